@@ -1,0 +1,99 @@
+"""The op registry: every primitive is defined once, here-shaped.
+
+An ``Op`` bundles, for one primitive:
+
+* ``infer(*metas, **attrs)``  -> ``Meta`` (or a tuple of them for multi-output ops): static shape
+  and dtype, raising torch-like errors for bad input. Used by eager mode, the tracer and the IR
+  verifier alike.
+* ``eager(*arrays, **attrs)`` -> ndarray (or tuple): the vectorised numpy implementation, also
+  used by the IR interpreter.
+* ``backward(ctx, *grads)``   -> one gradient (or None) per input, written with tracenet ops so the
+  same rule runs on eager tensors and on traced IR values.
+* ``saves``: which inputs (indices) and whether the outputs the backward rule reads; only these
+  are kept alive (and version-checked) by eager autograd.
+* ``grad_fn``: PyTorch's backward-node class name (a string, or a function of ctx).
+
+``apply(op, *tensors, **attrs)`` is the single entry point that runs an op: on traced values it
+records an IR node, otherwise it runs the numpy implementation and records the autograd node.
+"""
+from collections import namedtuple
+
+Meta = namedtuple("Meta", "shape dtype")
+
+REGISTRY = {}
+
+
+class Op:
+    __slots__ = ("name", "infer", "eager", "backward", "saves_inputs", "saves_outputs",
+                 "grad_fn", "num_outputs", "differentiable", "doc")
+
+    def __init__(self, name, infer, eager, backward=None, saves=(), save_outputs=False,
+                 grad_fn=None, num_outputs=1, differentiable=True, doc=""):
+        self.name = name
+        self.infer = infer
+        self.eager = eager
+        self.backward = backward
+        self.saves_inputs = tuple(saves)
+        self.saves_outputs = save_outputs
+        self.grad_fn = grad_fn
+        self.num_outputs = num_outputs
+        # ops whose outputs carry no gradient (comparisons, argmax, integer results)
+        self.differentiable = differentiable
+        self.doc = doc
+
+    def grad_fn_name(self, ctx):
+        g = self.grad_fn
+        if g is None:
+            return "".join(p.capitalize() for p in self.name.split("_")) + "Backward0"
+        return g if isinstance(g, str) else g(ctx)
+
+    def __repr__(self):
+        return f"<Op {self.name}>"
+
+
+def register(name, *, infer, eager, backward=None, saves=(), save_outputs=False, grad_fn=None,
+             num_outputs=1, differentiable=True):
+    if name in REGISTRY:
+        raise ValueError(f"op {name!r} is registered twice")
+    op = Op(name, infer, eager, backward, saves, save_outputs, grad_fn, num_outputs,
+            differentiable)
+    REGISTRY[name] = op
+    return op
+
+
+def defop(name, **kw):
+    """Decorator form: the decorated function is the shape rule; eager/backward are keywords."""
+    def wrap(infer):
+        return register(name, infer=infer, **kw)
+    return wrap
+
+
+class Ctx:
+    """What a backward rule sees: the saved inputs/outputs (tensors or IR values), metadata of
+    every input, the attributes, and which inputs need a gradient."""
+    __slots__ = ("inputs", "outputs", "metas", "out_metas", "attrs", "needs_input_grad")
+
+    def __init__(self, inputs, outputs, metas, out_metas, attrs, needs_input_grad):
+        self.inputs = inputs
+        self.outputs = outputs
+        self.metas = metas
+        self.out_metas = out_metas
+        self.attrs = attrs
+        self.needs_input_grad = needs_input_grad
+
+    @property
+    def output(self):
+        return self.outputs[0]
+
+
+# set by tracenet.trace while a trace is active: a callable (op, inputs, attrs) -> outputs
+_tracer = [None]
+
+
+def apply(op, *inputs, **attrs):
+    """Run ``op`` on tensors: record an IR node under tracing, else compute eagerly."""
+    tracer = _tracer[0]
+    if tracer is not None and any(t._ir is not None for t in inputs):
+        return tracer(op, inputs, attrs)
+    from ..autograd.engine import run_eager
+    return run_eager(op, inputs, attrs)

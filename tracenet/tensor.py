@@ -1,0 +1,359 @@
+"""Tensor: numpy storage plus the autograd state (requires_grad, grad, grad_fn, version).
+
+A tensor is either *concrete* (``_data`` is a numpy array) or *traced* (``_ir`` is an IR value
+and ``_data`` is None). Math methods are bound in ``_tensor_methods.py`` from the op modules, so
+each op is defined once, in the registry.
+"""
+import warnings
+
+import numpy as np
+
+from . import _dtype
+from .autograd import grad_mode
+
+
+class _VersionCounter:
+    """Shared by a tensor and its views; bumped by every in-place op."""
+    __slots__ = ("value",)
+
+    def __init__(self):
+        self.value = 0
+
+
+def _check_device(device):
+    if device is None:
+        return
+    name = device if isinstance(device, str) else getattr(device, "type", str(device))
+    if str(name).split(":")[0] != "cpu":
+        raise RuntimeError(f"tracenet runs on the CPU only; device {str(device)!r} is not "
+                           "available (use device='cpu')")
+
+
+class device:
+    """``tracenet.device('cpu')``: the only device there is."""
+    def __init__(self, type="cpu", index=None):
+        _check_device(type)
+        self.type = "cpu"
+        self.index = index
+
+    def __repr__(self):
+        return "device(type='cpu')"
+
+    def __str__(self):
+        return "cpu"
+
+    def __eq__(self, other):
+        return str(other) == "cpu" or isinstance(other, device)
+
+    def __hash__(self):
+        return hash("cpu")
+
+
+class Tensor:
+    __slots__ = ("_data", "_ir", "_requires_grad", "_grad", "grad_fn", "_output_nr", "_vc",
+                 "_retains_grad", "_hooks", "_accumulator", "_base", "__weakref__", "__dict__")
+
+    # --- construction -------------------------------------------------------------------
+    def __init__(self, *args, **kwargs):
+        # legacy constructor: Tensor(2, 3) allocates, Tensor([1, 2]) copies (always float32)
+        if len(args) == 1 and not isinstance(args[0], int):
+            arr = np.array(_to_nested_numbers(args[0]), dtype=np.float32)
+        else:
+            arr = np.zeros(tuple(int(a) for a in args), dtype=np.float32)
+        self._init(arr)
+
+    def _init(self, array, requires_grad=False):
+        self._data = array
+        self._ir = None
+        self._requires_grad = requires_grad
+        self._grad = None
+        self.grad_fn = None
+        self._output_nr = 0
+        self._vc = _VersionCounter()
+        self._retains_grad = False
+        self._hooks = None
+        self._accumulator = None
+        self._base = None
+
+    @classmethod
+    def _wrap(cls, array, requires_grad=False):
+        """Fast internal constructor around a numpy array of a supported dtype."""
+        t = object.__new__(cls)
+        t._init(array, requires_grad)
+        return t
+
+    # --- basic properties ---------------------------------------------------------------
+    @property
+    def dtype(self):
+        if self._ir is not None:
+            return self._ir.dtype
+        return _dtype._BY_NP[self._data.dtype]
+
+    @property
+    def shape(self):
+        from .size import Size
+        return Size(self._ir.shape if self._ir is not None else self._data.shape)
+
+    def size(self, dim=None):
+        s = self.shape
+        if dim is None:
+            return s
+        return s[_wrap_dim(dim, len(s))]
+
+    def dim(self):
+        return len(self._ir.shape) if self._ir is not None else self._data.ndim
+
+    ndim = property(dim)
+
+    def ndimension(self):
+        return self.dim()
+
+    def numel(self):
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    nelement = numel
+
+    def element_size(self):
+        return self.dtype.itemsize
+
+    def stride(self, dim=None):
+        st = tuple(s // self.dtype.itemsize for s in self._concrete("stride").strides)
+        return st if dim is None else st[_wrap_dim(dim, len(st))]
+
+    def is_contiguous(self, memory_format=None):
+        return self._ir is not None or self._data.flags.c_contiguous
+
+    def is_floating_point(self):
+        return self.dtype.is_floating_point
+
+    @property
+    def device(self):
+        return device("cpu")
+
+    is_cuda = False
+    is_sparse = False
+    is_quantized = False
+    is_meta = False
+    layout = "torch.strided"
+
+    def cpu(self):
+        return self
+
+    def cuda(self, *a, **k):
+        _check_device("cuda")
+
+    def get_device(self):
+        return -1
+
+    @property
+    def _version(self):
+        return self._vc.value
+
+    @property
+    def is_leaf(self):
+        return self.grad_fn is None
+
+    @property
+    def requires_grad(self):
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        value = bool(value)
+        if self.grad_fn is not None:
+            if not value:
+                raise RuntimeError("you can only change requires_grad flags of leaf variables. If "
+                                   "you want to use a computed variable in a subgraph that doesn't "
+                                   "require differentiation use var_no_grad = var.detach().")
+            return
+        if value and not (self.dtype.is_floating_point):
+            raise RuntimeError("only Tensors of floating point dtype can require gradients")
+        self._requires_grad = value
+
+    def requires_grad_(self, requires_grad=True):
+        self.requires_grad = requires_grad
+        return self
+
+    @property
+    def grad(self):
+        if self.grad_fn is not None and not self._retains_grad and self._ir is None:
+            warnings.warn(
+                "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed. Its "
+                ".grad attribute won't be populated during autograd.backward(). If you indeed "
+                "want the .grad field to be populated for a non-leaf Tensor, use .retain_grad() "
+                "on the non-leaf Tensor. If you access the non-leaf Tensor by mistake, make sure "
+                "you access the leaf Tensor instead.", UserWarning, stacklevel=2)
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if value is not None:
+            if not isinstance(value, Tensor):
+                raise TypeError(f"assigned grad expected to be a Tensor or None but got grad of "
+                                f"type {type(value).__name__}")
+            if tuple(value.shape) != tuple(self.shape):
+                raise RuntimeError("assigned grad has data of a different size")
+            if value.dtype is not self.dtype:
+                raise RuntimeError("assigned grad has data of a different type")
+        self._grad = value
+
+    def retain_grad(self):
+        if not self._requires_grad:
+            raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
+        if self.grad_fn is not None:
+            self._retains_grad = True
+            self.grad_fn._retain(self._output_nr, self)
+
+    @property
+    def retains_grad(self):
+        return self._retains_grad
+
+    def register_hook(self, hook):
+        """Call ``hook(grad)`` when the gradient w.r.t. this tensor is computed; a non-None
+        return value replaces the gradient."""
+        if not self._requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if self.grad_fn is not None:
+            return self.grad_fn._add_hook(self._output_nr, hook)
+        from .autograd.engine import accumulator_of
+        return accumulator_of(self)._add_hook(0, hook)
+
+    # --- data access ----------------------------------------------------------------------
+    def _concrete(self, what):
+        if self._ir is not None:
+            from .trace import data_dependent
+            data_dependent(what)
+        return self._data
+
+    @property
+    def data(self):
+        out = Tensor._wrap(self._concrete("data"))
+        out._base = self._base
+        return out
+
+    @data.setter
+    def data(self, value):
+        self._data = value._concrete("data")
+
+    def detach(self):
+        if self._ir is not None:
+            from .ops import shape as shape_ops
+            return shape_ops.detach(self)
+        out = Tensor._wrap(self._data)
+        out._vc = self._vc  # detach shares the version counter, .data does not
+        return out
+
+    def detach_(self):
+        if self.grad_fn is not None:
+            self.grad_fn = None
+        self._requires_grad = False
+        return self
+
+    def numpy(self, *, force=False):
+        data = self._concrete("numpy()")
+        if self._requires_grad and not force:
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use "
+                               "tensor.detach().numpy() instead.")
+        return data
+
+    def item(self):
+        data = self._concrete("item()")
+        if data.size != 1:
+            raise RuntimeError(f"a Tensor with {data.size} elements cannot be converted to Scalar")
+        return data.reshape(()).item()
+
+    def tolist(self):
+        return self._concrete("tolist()").tolist()
+
+    def __bool__(self):
+        data = self._concrete("bool()")
+        if data.size != 1:
+            raise RuntimeError(f"Boolean value of Tensor with more than one value is ambiguous")
+        return bool(data.reshape(()))
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __index__(self):
+        if self.dtype.is_floating_point or self.numel() != 1:
+            raise TypeError("only integer tensors of a single element can be converted to an index")
+        return int(self.item())
+
+    def __len__(self):
+        if self.dim() == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __iter__(self):
+        if self.dim() == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self.numpy()
+        return arr if dtype is None else arr.astype(dtype)
+
+    __hash__ = object.__hash__
+
+    def __repr__(self, *, tensor_contents=None):
+        from ._tensor_str import tensor_repr
+        return tensor_repr(self)
+
+    def __format__(self, spec):
+        if self._ir is None and self.dim() == 0:
+            return self.item().__format__(spec)
+        return object.__format__(self, spec)
+
+    def __reduce_ex__(self, proto):
+        return (_rebuild, (self._data, self._requires_grad, type(self)))
+
+    def __deepcopy__(self, memo):
+        if not self.is_leaf:
+            raise RuntimeError("Only Tensors created explicitly by the user (graph leaves) support "
+                               "the deepcopy protocol at the moment.")
+        new = type(self)._wrap(self._data.copy(), self._requires_grad)
+        if self._grad is not None:
+            new._grad = self._grad.__deepcopy__(memo)
+        memo[id(self)] = new
+        return new
+
+    def type(self, dtype=None):
+        names = {_dtype.float32: "torch.FloatTensor", _dtype.float64: "torch.DoubleTensor",
+                 _dtype.int64: "torch.LongTensor", _dtype.bool_: "torch.BoolTensor"}
+        if dtype is None:
+            return names[self.dtype]
+        return self.to(dtype)
+
+    def data_ptr(self):
+        return self._concrete("data_ptr()").ctypes.data
+
+
+def _rebuild(data, requires_grad, cls):
+    t = cls._wrap(data.copy())
+    t._requires_grad = requires_grad
+    return t
+
+
+def _wrap_dim(dim, ndim):
+    if isinstance(dim, Tensor):
+        dim = int(dim)
+    lo, hi = (-ndim, ndim - 1) if ndim else (-1, 0)
+    if not lo <= dim <= hi:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{lo}, {hi}], "
+                         f"but got {dim})")
+    return dim % ndim if ndim else 0
+
+
+def _to_nested_numbers(data):
+    """Turn nested lists that may contain 0-dim/1-element tensors into plain numbers."""
+    if isinstance(data, Tensor):
+        return data._concrete("tensor()")
+    if isinstance(data, (list, tuple)):
+        return [_to_nested_numbers(d) for d in data]
+    return data
