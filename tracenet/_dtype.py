@@ -3,7 +3,7 @@ import numpy as np
 
 
 class dtype:
-    """A tensor element type; compares by identity, prints like ``tracenet.float32``."""
+    """A tensor element type; compares by identity, prints like ``torch.float32`` (as PyTorch code expects)."""
 
     __slots__ = ("name", "np", "is_floating_point", "itemsize", "_category", "short")
 
@@ -16,7 +16,7 @@ class dtype:
         self.short = short  # the IR spelling, e.g. f32
 
     def __repr__(self):
-        return "tracenet." + self.name
+        return "torch." + self.name  # printed as torch does, so tutorial output matches
 
     def __reduce__(self):
         return (_by_name, (self.name,))

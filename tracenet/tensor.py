@@ -218,8 +218,11 @@ class Tensor:
             raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
         if self.grad_fn is not None:
             return self.grad_fn._add_hook(self._output_nr, hook)
-        from .autograd.engine import accumulator_of
-        return accumulator_of(self)._add_hook(0, hook)
+        if self._hooks is None:
+            self._hooks = []
+        self._hooks.append(hook)
+        from .autograd.engine import _RemovableHandle
+        return _RemovableHandle(self._hooks, hook)
 
     # --- data access ----------------------------------------------------------------------
     def _concrete(self, what):
@@ -324,14 +327,17 @@ class Tensor:
         return new
 
     def type(self, dtype=None):
-        names = {_dtype.float32: "torch.FloatTensor", _dtype.float64: "torch.DoubleTensor",
-                 _dtype.int64: "torch.LongTensor", _dtype.bool_: "torch.BoolTensor"}
         if dtype is None:
-            return names[self.dtype]
+            return _legacy_type_name(self.dtype)
         return self.to(dtype)
 
     def data_ptr(self):
         return self._concrete("data_ptr()").ctypes.data
+
+
+def _legacy_type_name(dt):
+    return {_dtype.float32: "torch.FloatTensor", _dtype.float64: "torch.DoubleTensor",
+            _dtype.int64: "torch.LongTensor", _dtype.bool_: "torch.BoolTensor"}[dt]
 
 
 def _rebuild(data, requires_grad, cls):

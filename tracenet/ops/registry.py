@@ -1,4 +1,4 @@
-"""The op registry: every primitive is defined once, here-shaped.
+"""The op registry: every primitive is defined once, here.
 
 An ``Op`` bundles, for one primitive:
 
@@ -25,10 +25,10 @@ REGISTRY = {}
 
 class Op:
     __slots__ = ("name", "infer", "eager", "backward", "saves_inputs", "saves_outputs",
-                 "grad_fn", "num_outputs", "differentiable", "doc")
+                 "grad_fn", "num_outputs", "differentiable", "is_view", "doc")
 
     def __init__(self, name, infer, eager, backward=None, saves=(), save_outputs=False,
-                 grad_fn=None, num_outputs=1, differentiable=True, doc=""):
+                 grad_fn=None, num_outputs=1, differentiable=True, is_view=False, doc=""):
         self.name = name
         self.infer = infer
         self.eager = eager
@@ -39,6 +39,8 @@ class Op:
         self.num_outputs = num_outputs
         # ops whose outputs carry no gradient (comparisons, argmax, integer results)
         self.differentiable = differentiable
+        # eager result aliases input 0's memory (numpy view): shares its version counter
+        self.is_view = is_view
         self.doc = doc
 
     def grad_fn_name(self, ctx):
@@ -52,11 +54,11 @@ class Op:
 
 
 def register(name, *, infer, eager, backward=None, saves=(), save_outputs=False, grad_fn=None,
-             num_outputs=1, differentiable=True):
+             num_outputs=1, differentiable=True, is_view=False):
     if name in REGISTRY:
         raise ValueError(f"op {name!r} is registered twice")
     op = Op(name, infer, eager, backward, saves, save_outputs, grad_fn, num_outputs,
-            differentiable)
+            differentiable, is_view)
     REGISTRY[name] = op
     return op
 
@@ -84,6 +86,15 @@ class Ctx:
     @property
     def output(self):
         return self.outputs[0]
+
+
+def op_attrs(attrs):
+    """The attributes an op's rules see: names starting with ``_`` only label the autograd node
+    (``_name``, ``_full``) and are dropped."""
+    for k in attrs:
+        if k[0] == "_":
+            return {k: v for k, v in attrs.items() if k[0] != "_"}
+    return attrs
 
 
 # set by tracenet.trace while a trace is active: a callable (op, inputs, attrs) -> outputs

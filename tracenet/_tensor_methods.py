@@ -1,0 +1,337 @@
+"""Binds the op functions to ``Tensor`` as methods and operators, and implements in-place ops.
+
+Every method here forwards to the one definition of its op in ``tracenet.ops``. In-place ops are
+computed out of place and written back into the tensor's memory (so views and ``.data`` aliases
+see the change), bumping the version counter and re-pointing ``grad_fn`` at the new node.
+"""
+import numpy as np
+
+from . import _dtype
+from .autograd import grad_mode
+from .ops import common, creation, elementwise as ew, index as ix, linalg, nn as nnops, \
+    reduce as rd, shape as sh
+from .tensor import Tensor, _check_device
+
+
+def _rev(fn):
+    return lambda self, other: fn(other, self)
+
+
+def _binary_operand_check(fn):
+    def method(self, other):
+        if not isinstance(other, (Tensor, int, float, bool, np.number, np.bool_)):
+            return NotImplemented
+        return fn(self, other)
+    return method
+
+
+# --- operators --------------------------------------------------------------------------------
+_OPERATORS = {
+    "__add__": ew.add, "__radd__": _rev(ew.add),
+    "__sub__": ew.sub, "__rsub__": _rev(ew.sub),
+    "__mul__": ew.mul, "__rmul__": _rev(ew.mul),
+    "__truediv__": ew.div, "__rtruediv__": _rev(ew.div),
+    "__pow__": ew.pow, "__rpow__": _rev(ew.pow),
+    "__eq__": ew.eq, "__ne__": ew.ne, "__lt__": ew.lt, "__le__": ew.le, "__gt__": ew.gt,
+    "__ge__": ew.ge,
+    "__and__": lambda a, b: ew.logical_and(a, b) if a.dtype is _dtype.bool_ else
+    ew.bitwise_and(a, b),
+    "__or__": lambda a, b: ew.logical_or(a, b) if a.dtype is _dtype.bool_ else
+    ew.bitwise_or(a, b),
+    "__xor__": lambda a, b: ew.logical_xor(a, b) if a.dtype is _dtype.bool_ else
+    ew.bitwise_xor(a, b),
+    "__floordiv__": lambda a, b: ew.div(a, b, rounding_mode="floor"),
+    "__rfloordiv__": lambda a, b: ew.div(b, a, rounding_mode="floor"),
+    "__mod__": lambda a, b: a - ew.div(a, b, rounding_mode="floor") * b,
+}
+for _name, _fn in _OPERATORS.items():
+    setattr(Tensor, _name, _binary_operand_check(_fn))
+
+Tensor.__matmul__ = lambda self, other: linalg.matmul(self, other)
+Tensor.__rmatmul__ = lambda self, other: linalg.matmul(other, self)
+Tensor.__neg__ = lambda self: ew.neg(self)
+Tensor.__pos__ = lambda self: self
+Tensor.__abs__ = lambda self: ew.abs(self)
+Tensor.__invert__ = lambda self: ew.logical_not(self) if self.dtype is _dtype.bool_ else \
+    -self - 1
+Tensor.__getitem__ = lambda self, key: ix.getitem(self, key)
+Tensor.__hash__ = object.__hash__
+
+# --- plain methods -------------------------------------------------------------------------
+_METHODS = {
+    # elementwise
+    "add": ew.add, "sub": ew.sub, "subtract": ew.sub, "mul": ew.mul, "multiply": ew.mul,
+    "div": ew.div, "divide": ew.div, "true_divide": ew.div, "pow": ew.pow,
+    "maximum": ew.maximum, "minimum": ew.minimum,
+    "neg": ew.neg, "negative": ew.neg, "exp": ew.exp, "log": ew.log, "log2": ew.log2,
+    "log1p": ew.log1p, "expm1": ew.expm1, "sqrt": ew.sqrt, "rsqrt": ew.rsqrt,
+    "reciprocal": ew.reciprocal, "tanh": ew.tanh, "sigmoid": ew.sigmoid, "sin": ew.sin,
+    "cos": ew.cos, "abs": ew.abs, "absolute": ew.abs, "sign": ew.sign, "relu": ew.relu,
+    "floor": ew.floor, "ceil": ew.ceil, "round": ew.round, "trunc": ew.trunc,
+    "square": ew.square, "clamp": ew.clamp, "clip": ew.clamp, "clamp_min": ew.clamp_min,
+    "clamp_max": ew.clamp_max, "eq": ew.eq, "ne": ew.ne, "lt": ew.lt, "le": ew.le, "gt": ew.gt,
+    "ge": ew.ge, "greater": ew.gt, "less": ew.lt, "logical_not": ew.logical_not,
+    "logical_and": ew.logical_and, "logical_or": ew.logical_or, "isnan": ew.isnan,
+    "isinf": ew.isinf, "isfinite": ew.isfinite, "lerp": ew.lerp, "addcmul": ew.addcmul,
+    "addcdiv": ew.addcdiv, "clone": ew.clone,
+    "where": lambda self, cond, other: ew.where(cond, self, other),
+    # reductions
+    "sum": rd.sum, "mean": rd.mean, "max": rd.max, "min": rd.min, "amax": rd.amax,
+    "amin": rd.amin, "argmax": rd.argmax, "argmin": rd.argmin, "var": rd.var, "std": rd.std,
+    "logsumexp": rd.logsumexp, "all": rd.all, "any": rd.any,
+    "count_nonzero": rd.count_nonzero,
+    # shape
+    "view": sh.view, "reshape": sh.reshape, "flatten": sh.flatten, "unflatten": sh.unflatten,
+    "squeeze": sh.squeeze, "unsqueeze": sh.unsqueeze, "permute": sh.permute,
+    "transpose": sh.transpose, "swapaxes": sh.transpose, "t": sh.t, "expand": sh.expand,
+    "expand_as": sh.expand_as, "broadcast_to": sh.broadcast_to, "contiguous": sh.contiguous,
+    "repeat": sh.repeat, "flip": sh.flip,
+    # indexing
+    "select": ix.select, "narrow": ix.narrow, "split": ix.split, "chunk": ix.chunk,
+    "unbind": ix.unbind, "index_select": ix.index_select, "masked_fill": ix.masked_fill,
+    "gather": ix.gather, "scatter_add": ix.scatter_add, "nonzero": ix.nonzero,
+    "masked_select": ix.masked_select,
+    # linear algebra
+    "matmul": linalg.matmul, "mm": linalg.mm, "bmm": linalg.bmm, "mv": linalg.mv,
+    "dot": linalg.dot, "addmm": linalg.addmm, "outer": linalg.outer,
+    # nn
+    "softmax": lambda self, dim, dtype=None: nnops.softmax(self, dim),
+    "log_softmax": lambda self, dim, dtype=None: nnops.log_softmax(self, dim),
+}
+for _name, _fn in _METHODS.items():
+    setattr(Tensor, _name, _fn)
+
+Tensor.T = property(lambda self: sh.permute(self, tuple(reversed(range(self.dim())))))
+Tensor.mT = property(lambda self: sh.transpose(self, -2, -1))
+
+
+def _view_as(self, other):
+    return sh.view(self, tuple(other.shape))
+
+
+def _reshape_as(self, other):
+    return sh.reshape(self, tuple(other.shape))
+
+
+Tensor.view_as = _view_as
+Tensor.reshape_as = _reshape_as
+Tensor.type_as = lambda self, other: self.to(other.dtype)
+
+
+# --- conversions ----------------------------------------------------------------------------
+
+
+def _to(self, *args, **kwargs):
+    """``to(dtype)``, ``to('cpu')``, ``to(other)``, ``to(device, dtype)``; ``copy=True`` copies."""
+    dtype = kwargs.pop("dtype", None)
+    device = kwargs.pop("device", None)
+    copy = kwargs.pop("copy", False)
+    kwargs.pop("non_blocking", None)
+    kwargs.pop("memory_format", None)
+    if kwargs:
+        raise TypeError(f"to() got an unexpected keyword argument '{next(iter(kwargs))}'")
+    for a in args:
+        if isinstance(a, _dtype.dtype):
+            dtype = a
+        elif isinstance(a, Tensor):
+            dtype = a.dtype
+        elif isinstance(a, bool) or a is None:
+            continue
+        else:
+            device = a
+    _check_device(device)
+    out = self if dtype is None else ew.to_dtype(self, dtype)
+    if copy and out is self:
+        out = ew.clone(self)
+    return out
+
+
+Tensor.to = _to
+Tensor.float = lambda self, memory_format=None: ew.to_dtype(self, _dtype.float32)
+Tensor.double = lambda self, memory_format=None: ew.to_dtype(self, _dtype.float64)
+Tensor.long = lambda self, memory_format=None: ew.to_dtype(self, _dtype.int64)
+Tensor.int = lambda self, memory_format=None: ew.to_dtype(self, _dtype.int64)
+Tensor.bool = lambda self, memory_format=None: ew.to_dtype(self, _dtype.bool_)
+
+
+def _half(self, *a, **k):
+    raise TypeError("tracenet supports float32, float64, int64 and bool tensors; float16 is "
+                    "not available")
+
+
+Tensor.half = Tensor.bfloat16 = _half
+
+
+def _new_factory(factory):
+    def method(self, *size, dtype=None, device=None, requires_grad=False):
+        return factory(*size, dtype=dtype or self.dtype, device=device,
+                       requires_grad=requires_grad)
+    return method
+
+
+Tensor.new_zeros = _new_factory(creation.zeros)
+Tensor.new_ones = _new_factory(creation.ones)
+Tensor.new_empty = _new_factory(creation.empty)
+Tensor.new_full = lambda self, size, fill_value, dtype=None, device=None, requires_grad=False: \
+    creation.full(size, fill_value, dtype=dtype or self.dtype, device=device,
+                  requires_grad=requires_grad)
+Tensor.new_tensor = lambda self, data, dtype=None, device=None, requires_grad=False: \
+    creation.tensor(data, dtype=dtype or self.dtype, device=device, requires_grad=requires_grad)
+
+
+# --- in-place -------------------------------------------------------------------------------
+
+
+def _check_inplace_allowed(self):
+    if grad_mode._enabled[0] and self._requires_grad:
+        if self.grad_fn is None:
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place "
+                               "operation.")
+        if self._base is not None and self._base._requires_grad and self._base.grad_fn is None:
+            raise RuntimeError("a view of a leaf Variable that requires grad is being used in an "
+                               "in-place operation.")
+
+
+def inplace(self, compute, *args, **kwargs):
+    """Run ``compute(self, *args)`` out of place and make ``self`` hold the result."""
+    _check_inplace_allowed(self)
+    if self._ir is not None:
+        out = compute(self, *args, **kwargs)
+        self._ir = out._ir
+        self.grad_fn, self._output_nr, self._requires_grad = out.grad_fn, 0, out._requires_grad
+        return self
+    src = self
+    recording = grad_mode._enabled[0] and (self._requires_grad or any(
+        isinstance(a, Tensor) and a._requires_grad for a in args))
+    if recording:
+        # the node may save its input: give it a snapshot of the old value, in the old graph spot
+        src = Tensor._wrap(self._data.copy())
+        src._requires_grad, src.grad_fn, src._output_nr = (self._requires_grad, self.grad_fn,
+                                                           self._output_nr)
+    out = compute(src, *args, **kwargs)
+    if out.dtype is not self.dtype and not _dtype.promote_types(out.dtype, self.dtype) \
+            is self.dtype:
+        raise RuntimeError(f"result type {_type_word(out.dtype)} can't be cast to the desired "
+                           f"output type {_type_word(self.dtype)}")
+    if tuple(out.shape) != tuple(self.shape):
+        raise RuntimeError(f"output with shape [{', '.join(map(str, self.shape))}] doesn't match "
+                           f"the broadcast shape [{', '.join(map(str, out.shape))}]")
+    if not self._data.flags.writeable:
+        raise RuntimeError("unsupported operation: more than one element of the written-to "
+                           "tensor refers to a single memory location. Please clone() the tensor "
+                           "before performing the operation.")
+    np.copyto(self._data, out._data, casting="unsafe")
+    self._vc.value += 1
+    if recording and out.grad_fn is not None:
+        self.grad_fn, self._output_nr, self._requires_grad = out.grad_fn, 0, True
+    return self
+
+
+def _type_word(dt):
+    return {"float32": "Float", "float64": "Double", "int64": "Long", "bool": "Bool"}[dt.name]
+
+
+def _inplace_method(fn):
+    def method(self, *args, **kwargs):
+        return inplace(self, fn, *args, **kwargs)
+    return method
+
+
+_INPLACE = {
+    "add_": ew.add, "sub_": ew.sub, "subtract_": ew.sub, "mul_": ew.mul, "multiply_": ew.mul,
+    "div_": ew.div, "divide_": ew.div, "pow_": ew.pow, "neg_": ew.neg, "exp_": ew.exp,
+    "log_": ew.log, "sqrt_": ew.sqrt, "tanh_": ew.tanh, "sigmoid_": ew.sigmoid, "abs_": ew.abs,
+    "relu_": ew.relu, "clamp_": ew.clamp, "clip_": ew.clamp, "clamp_min_": ew.clamp_min,
+    "clamp_max_": ew.clamp_max, "floor_": ew.floor, "ceil_": ew.ceil, "round_": ew.round,
+    "reciprocal_": ew.reciprocal, "square_": ew.square, "lerp_": ew.lerp,
+    "addcmul_": ew.addcmul, "addcdiv_": ew.addcdiv, "masked_fill_": ix.masked_fill,
+    "__iadd__": ew.add, "__isub__": ew.sub, "__imul__": ew.mul, "__itruediv__": ew.div,
+    "__ipow__": ew.pow,
+}
+for _name, _fn in _INPLACE.items():
+    setattr(Tensor, _name, _inplace_method(_fn))
+
+
+def _fill_(self, value):
+    if isinstance(value, Tensor):
+        if value.dim() != 0:
+            raise RuntimeError(f"fill_ only supports 0-dimension value tensor but got tensor "
+                               f"with {value.dim()} dimensions.")
+        return inplace(self, lambda s, v: ew.where(
+            common.scalar_tensor(True), v.to(s.dtype), s).expand(tuple(s.shape)) * 1, value)
+    if self._ir is None and not (grad_mode._enabled[0] and self._requires_grad):
+        self._data[...] = value
+        self._vc.value += 1
+        return self
+    return inplace(self, lambda s: ew.mul(s, 0) + common.scalar_tensor(value, s.dtype))
+
+
+def _zero_(self):
+    return _fill_(self, 0)
+
+
+def _copy_(self, src, non_blocking=False):
+    if not isinstance(src, Tensor):
+        raise TypeError(f"copy_(): argument 'src' must be Tensor, not {type(src).__name__}")
+    try:
+        common.broadcast_shapes(tuple(self.shape), tuple(src.shape))
+    except RuntimeError:
+        raise RuntimeError(f"The size of tensor a ({self.shape[-1] if self.dim() else 1}) must "
+                           f"match the size of tensor b ({src.shape[-1] if src.dim() else 1}) at "
+                           f"non-singleton dimension {self.dim() - 1}") from None
+    return inplace(self, lambda s, v: ix.index_put(s, v, [], ()), src)
+
+
+def _setitem(self, key, value):
+    if isinstance(value, (list, tuple)):
+        value = creation.tensor(value, dtype=self.dtype)
+    inplace(self, lambda s, v: ix.setitem_value(s, key, v), value)
+
+
+def _uniform_(self, a=0.0, b=1.0, generator=None):
+    from . import _random
+    with grad_mode.no_grad():
+        self._data[...] = _random.rng().uniform(a, b, self._data.shape)
+    self._vc.value += 1
+    return self
+
+
+def _normal_(self, mean=0.0, std=1.0, generator=None):
+    from . import _random
+    self._data[...] = mean + std * _random.rng().standard_normal(self._data.shape)
+    self._vc.value += 1
+    return self
+
+
+def _random_(self, low=0, high=None, generator=None):
+    from . import _random
+    if high is None:
+        low, high = 0, low
+    self._data[...] = _random.rng().integers(low, high, self._data.shape)
+    self._vc.value += 1
+    return self
+
+
+def _bernoulli_(self, p=0.5, generator=None):
+    from . import _random
+    self._data[...] = _random.rng().random(self._data.shape) < p
+    self._vc.value += 1
+    return self
+
+
+Tensor.fill_ = _fill_
+Tensor.zero_ = _zero_
+Tensor.copy_ = _copy_
+Tensor.__setitem__ = _setitem
+Tensor.uniform_ = _uniform_
+Tensor.normal_ = _normal_
+Tensor.random_ = _random_
+Tensor.bernoulli_ = _bernoulli_
+
+
+def _backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+    from .autograd import backward
+    backward(self, gradient, retain_graph, create_graph, inputs=inputs)
+
+
+Tensor.backward = _backward

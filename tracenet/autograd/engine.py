@@ -1,0 +1,350 @@
+"""Eager autograd: running registry ops on numpy and walking the recorded graph backwards.
+
+Each eager op application that needs a gradient records one ``Node`` whose class name is
+PyTorch's (``AddmmBackward0``...). Leaves get a cached ``AccumulateGrad`` node. ``backward``
+orders the reachable nodes topologically, calls each op's registry backward rule (written in
+tracenet ops, so it runs here on tensors and in the IR autodiff on traced values), and sums
+cotangents where a value was used more than once.
+"""
+import weakref
+
+import numpy as np
+
+from ..ops.registry import Ctx, Meta, op_attrs
+from . import grad_mode
+
+_node_classes = {}
+
+_FREED_MSG = ("Trying to backward through the graph a second time (or directly access saved "
+              "tensors after they have already been freed). Saved intermediate values of the graph "
+              "are freed when you call .backward() or autograd.grad(). Specify retain_graph=True if "
+              "you need to backward through the graph a second time or if you need to access saved "
+              "tensors after calling backward.")
+
+
+class Node:
+    """A backward function. ``next_functions`` pairs each input's node with its output index."""
+    __slots__ = ("next_functions", "_hooks", "_retained", "_pre_hooks", "metadata", "__weakref__")
+
+    def __init__(self, next_functions):
+        self.next_functions = next_functions
+        self._hooks = None        # {output_nr: [hook]} hooks on the tensors this node produced
+        self._retained = None     # {output_nr: weakref(tensor)} for retain_grad()
+        self._pre_hooks = []
+        self.metadata = {}
+
+    def name(self):
+        return type(self).__name__
+
+    def __repr__(self):
+        return f"<{type(self).__name__} object at {hex(id(self))}>"
+
+    def _retain(self, output_nr, tensor):
+        if self._retained is None:
+            self._retained = {}
+        self._retained[output_nr] = weakref.ref(tensor)
+
+    def _add_hook(self, output_nr, hook):
+        if self._hooks is None:
+            self._hooks = {}
+        hooks = self._hooks.setdefault(output_nr, [])
+        hooks.append(hook)
+        return _RemovableHandle(hooks, hook)
+
+    def register_hook(self, hook):
+        raise NotImplementedError("hooks on grad_fn nodes are not supported; use "
+                                  "Tensor.register_hook")
+
+    def register_prehook(self, hook):
+        raise NotImplementedError("pre-hooks on grad_fn nodes are not supported; use "
+                                  "Tensor.register_hook")
+
+    # subclasses implement: _run(grads) -> tuple of input grads; _release(); _saved_count
+    def _run(self, grads):
+        raise NotImplementedError
+
+
+class _RemovableHandle:
+    def __init__(self, hooks, hook):
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self):
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)
+
+
+class OpNode(Node):
+    """The backward of one registry op application."""
+    __slots__ = ("op", "ctx", "_saved", "_freed")
+
+    def _run(self, grads):
+        if self._freed:
+            raise RuntimeError(_FREED_MSG)
+        for tensor, version in self._saved:
+            if tensor._vc.value != version:
+                raise RuntimeError(_inplace_error(tensor, version))
+        res = self.op.backward(self.ctx, *grads)
+        return res if isinstance(res, tuple) else (res,)
+
+    def _release(self):
+        if self._saved or self.op.saves_outputs:
+            self._freed = True
+            self.ctx.inputs = None
+            self.ctx.outputs = None
+            self._saved = ()
+
+
+class AccumulateGrad(Node):
+    """Adds the incoming gradient into a leaf's ``.grad``."""
+    __slots__ = ("variable",)
+
+    def __init__(self, variable):
+        super().__init__(())
+        self.variable = variable
+
+    def _run(self, grads):
+        return ()
+
+    def _release(self):
+        pass
+
+
+def accumulator_of(leaf):
+    acc = leaf._accumulator() if leaf._accumulator is not None else None
+    if acc is None:
+        acc = AccumulateGrad(leaf)
+        leaf._accumulator = weakref.ref(acc)
+    return acc
+
+
+def edge_of(t):
+    """The (node, output_nr) a gradient for tensor ``t`` flows into, or (None, 0)."""
+    if t.grad_fn is not None:
+        return (t.grad_fn, t._output_nr)
+    if t._requires_grad:
+        return (accumulator_of(t), 0)
+    return (None, 0)
+
+
+def node_class(name, base=OpNode):
+    cls = _node_classes.get((name, base))
+    if cls is None:
+        cls = type(name, (base,), {"__slots__": ()})
+        _node_classes[(name, base)] = cls
+    return cls
+
+
+def _inplace_error(tensor, version):
+    from ..tensor import _legacy_type_name
+    where = ""
+    if tensor.grad_fn is not None:
+        where = f", which is output {tensor._output_nr} of {tensor.grad_fn.name()},"
+    shape = ", ".join(str(s) for s in tensor.shape)
+    return ("one of the variables needed for gradient computation has been modified by an "
+            f"inplace operation: [{_legacy_type_name(tensor.dtype)} [{shape}]]{where} is at "
+            f"version {tensor._vc.value}; expected version {version} instead. Hint: the "
+            "backtrace further above can show the operation that failed to compute its "
+            "gradient. The variable in question was changed in there or anywhere later. "
+            "Good luck!")
+
+
+# ---------------------------------------------------------------------------------------------
+# forward: run one op eagerly and record its node
+
+
+def run_eager(op, inputs, attrs):
+    from ..tensor import Tensor
+    metas = tuple(Meta(tuple(t._data.shape), t.dtype) for t in inputs)
+    kw = op_attrs(attrs)
+    out_meta = op.infer(*metas, **kw)
+    result = op.eager(*(t._data for t in inputs), **kw)
+    multi = op.num_outputs != 1
+    metas_out = out_meta if multi else (out_meta,)
+    arrays = result if multi else (result,)
+    outputs = []
+    for arr, meta in zip(arrays, metas_out):
+        arr = np.asarray(arr)
+        if arr.dtype != meta.dtype.np:
+            arr = arr.astype(meta.dtype.np)
+        if arr.shape != tuple(meta.shape):
+            raise AssertionError(f"op {op.name}: eager result shape {arr.shape} disagrees with its "
+                                 f"shape rule {tuple(meta.shape)}")
+        outputs.append(Tensor._wrap(arr))
+    if op.is_view:
+        base = inputs[0]
+        for o in outputs:
+            o._vc = base._vc
+            o._base = base._base if base._base is not None else base
+    if op.differentiable and grad_mode._enabled[0]:
+        needs = tuple(t._requires_grad for t in inputs)
+        if any(needs):
+            _record(op, inputs, outputs, metas, metas_out, attrs, needs)
+    return tuple(outputs) if multi else outputs[0]
+
+
+def _record(op, inputs, outputs, metas, out_metas, attrs, needs):
+    from ..tensor import Tensor
+    saved_inputs = [None] * len(inputs)
+    saved = []
+    for i in op.saves_inputs:
+        if i >= len(inputs):  # an optional input that was not given (bias, class weight)
+            continue
+        saved_inputs[i] = inputs[i]
+        saved.append((inputs[i], inputs[i]._vc.value))
+    saved_outputs = None
+    if op.saves_outputs:
+        # alias the outputs without their grad_fn: no reference cycle node -> output -> node
+        saved_outputs = []
+        for o in outputs:
+            alias = Tensor._wrap(o._data)
+            alias._vc = o._vc
+            saved_outputs.append(alias)
+    ctx = Ctx(saved_inputs, saved_outputs, metas, out_metas, attrs, needs)
+    node = node_class(op.grad_fn_name(ctx))(tuple(edge_of(t) for t in inputs))
+    node.op = op
+    node.ctx = ctx
+    node._saved = tuple(saved)
+    node._freed = False
+    if saved_outputs is not None:
+        for o, alias in zip(outputs, saved_outputs):
+            saved.append((alias, o._vc.value))
+        node._saved = tuple(saved)
+    for i, o in enumerate(outputs):
+        if o.dtype.is_floating_point:
+            o._requires_grad = True
+            o.grad_fn = node
+            o._output_nr = i
+
+
+# ---------------------------------------------------------------------------------------------
+# backward
+
+
+def _topo_order(roots):
+    """Nodes reachable from ``roots`` in an order where every node precedes its inputs."""
+    order, seen = [], set()
+    for root in roots:
+        if root is None or id(root) in seen:
+            continue
+        stack = [(root, iter(root.next_functions))]
+        seen.add(id(root))
+        while stack:
+            node, it = stack[-1]
+            for nxt, _ in it:
+                if nxt is not None and id(nxt) not in seen:
+                    seen.add(id(nxt))
+                    stack.append((nxt, iter(nxt.next_functions)))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
+    order.reverse()
+    return order
+
+
+def _accumulate(slot, index, grad):
+    prev = slot[index]
+    slot[index] = grad if prev is None else prev + grad
+
+
+def run_backward(tensors, grad_tensors, retain_graph=False, create_graph=False, inputs=None,
+                 allow_unused=True):
+    """Propagate ``grad_tensors`` from ``tensors`` back through the graph.
+
+    With ``inputs=None`` gradients are accumulated into leaves' ``.grad`` (``backward``);
+    otherwise the gradients of ``inputs`` are returned (``autograd.grad``)."""
+    roots = []
+    for t in tensors:
+        node, nr = edge_of(t)
+        if node is None:
+            raise RuntimeError("element 0 of tensors does not require grad and does not have a "
+                               "grad_fn")
+        roots.append((node, nr))
+    order = _topo_order([n for n, _ in roots])
+    pending = {id(n): [None] * _num_outputs(n) for n in order}
+    for (node, nr), g in zip(roots, grad_tensors):
+        _accumulate(pending[id(node)], nr, g)
+
+    capture = None
+    if inputs is not None:
+        capture = {}
+        wanted = {}
+        for i, t in enumerate(inputs):
+            node, nr = edge_of(t)
+            if node is None:
+                raise RuntimeError("One of the differentiated Tensors does not require grad")
+            wanted.setdefault(id(node), []).append((i, nr))
+    with grad_mode.set_grad_enabled(create_graph):
+        for node in order:
+            grads = pending.pop(id(node))
+            if node._hooks:
+                for nr, hooks in node._hooks.items():
+                    for hook in hooks:
+                        if grads[nr] is not None:
+                            new = hook(grads[nr])
+                            if new is not None:
+                                grads[nr] = new
+            if node._retained:
+                for nr, ref in node._retained.items():
+                    t = ref()
+                    if t is not None and grads[nr] is not None:
+                        g = grads[nr] if create_graph else grads[nr].detach()
+                        t._grad = g.clone() if t._grad is None else t._grad + g
+            if capture is not None and id(node) in wanted:
+                for i, nr in wanted[id(node)]:
+                    capture[i] = grads[nr]
+                if isinstance(node, AccumulateGrad):
+                    continue
+            if isinstance(node, AccumulateGrad):
+                if capture is None and grads[0] is not None:
+                    _accumulate_into_leaf(node.variable, grads[0], create_graph)
+                continue
+            if all(g is None for g in grads):
+                continue
+            in_grads = node._run(grads)
+            if not retain_graph:
+                node._release()
+            for (nxt, nr), g in zip(node.next_functions, in_grads):
+                if nxt is not None and g is not None:
+                    _accumulate(pending[id(nxt)], nr, g)
+    if capture is not None:
+        result = []
+        for i, t in enumerate(inputs):
+            g = capture.get(i)
+            if g is None and not allow_unused:
+                raise RuntimeError("One of the differentiated Tensors appears to not have been "
+                                   "used in the graph. Set allow_unused=True if this is the "
+                                   "desired behavior.")
+            result.append(g)
+        return tuple(result)
+    return None
+
+
+def _num_outputs(node):
+    if isinstance(node, OpNode):
+        return len(node.ctx.out_metas)
+    return getattr(node, "_num_outputs", 1)
+
+
+def _accumulate_into_leaf(leaf, grad, create_graph):
+    if leaf._hooks:
+        for hook in list(leaf._hooks):
+            new = hook(grad)
+            if new is not None:
+                grad = new
+    if tuple(grad.shape) != tuple(leaf.shape):
+        raise RuntimeError(f"Function AccumulateGrad returned an invalid gradient - got "
+                           f"{list(grad.shape)} but expected shape compatible with "
+                           f"{list(leaf.shape)}")
+    if not create_graph:
+        grad = grad.detach()
+    if leaf._grad is None:
+        # own the storage: later accumulation happens in place
+        leaf._grad = grad.clone() if not create_graph else grad
+        if leaf._grad.dtype is not leaf.dtype:
+            leaf._grad = leaf._grad.to(leaf.dtype)
+    elif create_graph or leaf._grad._requires_grad:
+        leaf._grad = leaf._grad + grad
+    else:
+        np.add(leaf._grad._data, grad._data, out=leaf._grad._data, casting="unsafe")
+        leaf._grad._vc.value += 1

@@ -1,0 +1,107 @@
+"""Convolution layers: Conv1d, Conv2d, Conv3d."""
+import math
+
+from ...ops import creation
+from ...ops.common import pair
+from .. import functional as F, init
+from ..parameter import Parameter
+from .linear import factory_kwargs
+from .module import Module
+
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+class _ConvNd(Module):
+    _n = 2
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
+        super().__init__()
+        n = self._n
+        fk = factory_kwargs(device, dtype)
+        if groups <= 0:
+            raise ValueError("groups must be a positive integer")
+        if in_channels % groups != 0:
+            raise ValueError("in_channels must be divisible by groups")
+        if out_channels % groups != 0:
+            raise ValueError("out_channels must be divisible by groups")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"Invalid padding string {padding!r}, should be one of "
+                                 "{'valid', 'same'}")
+            if padding == "same" and any(s != 1 for s in pair(stride, n)):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {list(_PADDING_MODES)}, but got "
+                             f"padding_mode='{padding_mode}'")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = pair(kernel_size, n, "kernel_size")
+        self.stride = pair(stride, n, "stride")
+        self.padding = padding if isinstance(padding, str) else pair(padding, n, "padding")
+        self.dilation = pair(dilation, n, "dilation")
+        self.transposed = False
+        self.output_padding = (0,) * n
+        self.groups = groups
+        self.padding_mode = padding_mode
+        self.weight = Parameter(creation.empty(
+            (out_channels, in_channels // groups) + self.kernel_size, **fk))
+        if bias:
+            self.bias = Parameter(creation.empty(out_channels, **fk))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+            if fan_in != 0:
+                bound = 1 / math.sqrt(fan_in)
+                init.uniform_(self.bias, -bound, bound)
+
+    def _padding_for_mode(self):
+        """Explicit pad widths for non-zero padding modes (last dim first, as F.pad wants)."""
+        if isinstance(self.padding, str):
+            if self.padding == "valid":
+                return [0] * (2 * self._n)
+            widths = []
+            for d, k in zip(reversed(self.dilation), reversed(self.kernel_size)):
+                total = d * (k - 1)
+                widths += [total // 2, total - total // 2]
+            return widths
+        return [p for p in reversed(self.padding) for _ in range(2)]
+
+    def forward(self, input):
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self._n - 1]
+        if self.padding_mode != "zeros":
+            return conv(F.pad(input, self._padding_for_mode(), mode=self.padding_mode),
+                        self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return conv(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                    self.groups)
+
+    def extra_repr(self):
+        s = ("{in_channels}, {out_channels}, kernel_size={kernel_size}"
+             ", stride={stride}")
+        if self.padding != (0,) * len(self.padding):
+            s += ", padding={padding}"
+        if self.dilation != (1,) * len(self.dilation):
+            s += ", dilation={dilation}"
+        if self.groups != 1:
+            s += ", groups={groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += ", padding_mode={padding_mode}"
+        return s.format(**self.__dict__)
+
+
+class Conv1d(_ConvNd):
+    _n = 1
+
+
+class Conv2d(_ConvNd):
+    _n = 2
+
+
+class Conv3d(_ConvNd):
+    _n = 3

@@ -1,0 +1,116 @@
+"""Small helpers shared by the op families: argument coercion, broadcasting, dims."""
+import numbers
+
+import numpy as np
+
+from .. import _dtype
+from .registry import Meta
+
+
+def tensor_cls():
+    from ..tensor import Tensor
+    return Tensor
+
+
+def is_tensor(x):
+    return isinstance(x, tensor_cls())
+
+
+def scalar_tensor(value, dtype=None):
+    """A Python number as a 0-dim constant tensor (torch's "wrapped number")."""
+    dt = dtype or _dtype.scalar_dtype(value)
+    return tensor_cls()._wrap(np.array(value, dtype=dt.np))
+
+
+def as_tensor_pair(a, b):
+    """Coerce two operands (tensors or Python numbers) to tensors of the promoted dtype.
+
+    A Python number adopts the dtype the result will have, so ``x * 2`` stays float32."""
+    if is_tensor(a) and is_tensor(b):
+        return a, b
+    if not is_tensor(a) and not is_tensor(b):
+        raise TypeError("expected at least one tensor operand")
+    for v in (a, b):
+        if not is_tensor(v) and not isinstance(v, (numbers.Number, np.generic)):
+            raise TypeError(f"unsupported operand type: '{type(v).__name__}'")
+    dt = _dtype.result_type(a, b)
+    if not is_tensor(a):
+        a = scalar_tensor(a, dt)
+    if not is_tensor(b):
+        b = scalar_tensor(b, dt)
+    return a, b
+
+
+def broadcast_shapes(*shapes):
+    ndim = max(len(s) for s in shapes)
+    out = []
+    for i in range(ndim):
+        size = 1
+        for s in shapes:
+            d = s[i - ndim + len(s)] if i - ndim + len(s) >= 0 else 1
+            if d != 1:
+                if size != 1 and d != size:
+                    a, b = shapes[0], shapes[1] if len(shapes) > 1 else shapes[0]
+                    dim = i
+                    raise RuntimeError(
+                        f"The size of tensor a ({_dim_of(a, i, ndim)}) must match the size of "
+                        f"tensor b ({_dim_of(b, i, ndim)}) at non-singleton dimension {dim}")
+                size = d
+        out.append(size)
+    return tuple(out)
+
+
+def _dim_of(shape, i, ndim):
+    j = i - ndim + len(shape)
+    return shape[j] if j >= 0 else 1
+
+
+def wrap_dim(dim, ndim):
+    lo, hi = (-ndim, ndim - 1) if ndim else (-1, 0)
+    if not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    if not lo <= dim <= hi:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{lo}, {hi}], "
+                         f"but got {dim})")
+    return int(dim) % ndim if ndim else 0
+
+
+def wrap_dims(dims, ndim):
+    if dims is None:
+        return tuple(range(ndim))
+    if isinstance(dims, (int, np.integer)):
+        dims = (dims,)
+    out = tuple(sorted(wrap_dim(d, ndim) for d in dims))
+    if len(set(out)) != len(out):
+        raise RuntimeError("dim appears multiple times in the list of dims")
+    return out
+
+
+def same(m):
+    """Shape rule of ops whose output looks like their (first) input."""
+    return Meta(tuple(m.shape), m.dtype)
+
+
+def float_meta(m):
+    """Like ``same`` but integer inputs give the default float dtype (exp, sqrt...)."""
+    dt = m.dtype if m.dtype.is_floating_point else _dtype.get_default_dtype()
+    return Meta(tuple(m.shape), dt)
+
+
+def numel(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def pair(v, n=2, name="value"):
+    """Expand an int to an n-tuple; validate tuples (kernel_size=3 -> (3, 3))."""
+    if isinstance(v, (list, tuple)):
+        if len(v) == 1:
+            return tuple(int(v[0]) for _ in range(n))
+        if len(v) != n:
+            raise ValueError(f"expected {name} to be a single integer or a tuple of {n} integers, "
+                             f"got {tuple(v)}")
+        return tuple(int(x) for x in v)
+    return tuple(int(v) for _ in range(n))

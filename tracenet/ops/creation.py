@@ -1,0 +1,278 @@
+"""Tensor factories: tensor, from_numpy, zeros/ones/full/empty/eye/arange/range/linspace,
+the random ones (randn, rand, randint, randperm, normal) and the ``*_like`` forms."""
+import math
+import numbers
+import warnings
+
+import numpy as np
+
+from .. import _dtype, _random
+from ..tensor import Tensor, _check_device, _to_nested_numbers
+
+
+def _make(arr, dtype=None, device=None, requires_grad=False):
+    _check_device(device)
+    if dtype is not None:
+        dtype = _as_dtype(dtype)
+        if arr.dtype != dtype.np:
+            arr = arr.astype(dtype.np)
+    t = Tensor._wrap(arr)
+    if requires_grad:
+        t.requires_grad_(True)
+    return t
+
+
+def _as_dtype(dtype):
+    if isinstance(dtype, _dtype.dtype):
+        return dtype
+    if dtype in (float,):
+        return _dtype.float64
+    if dtype in (int,):
+        return _dtype.int64
+    if dtype in (bool,):
+        return _dtype.bool_
+    try:
+        return _dtype.from_numpy_dtype(dtype)
+    except TypeError:
+        raise TypeError(f"unsupported dtype {dtype!r}") from None
+
+
+def _size(size):
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
+        size = tuple(size[0])
+    out = []
+    for s in size:
+        if isinstance(s, Tensor):
+            s = int(s)
+        if not isinstance(s, (int, np.integer)):
+            raise TypeError(f"expected a sequence of integers, got {type(s).__name__}")
+        if s < 0:
+            raise RuntimeError(f"Trying to create tensor with negative dimension {s}: "
+                               f"[{', '.join(map(str, size))}]")
+        out.append(int(s))
+    return tuple(out)
+
+
+def _infer_dtype(data):
+    """torch.tensor's dtype inference from Python data."""
+    flat = np.asarray(data, dtype=object).reshape(-1) if not isinstance(data, numbers.Number) \
+        else [data]
+    kinds = set()
+    for v in flat:
+        if isinstance(v, (bool, np.bool_)):
+            kinds.add(0)
+        elif isinstance(v, (numbers.Integral,)):
+            kinds.add(1)
+        elif isinstance(v, numbers.Number):
+            kinds.add(2)
+        else:
+            raise TypeError(f"new(): invalid data type '{type(v).__name__}'")
+    if not kinds:
+        return _dtype.get_default_dtype()
+    return (_dtype.bool_, _dtype.int64, _dtype.get_default_dtype())[max(kinds)]
+
+
+def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False):
+    if isinstance(data, Tensor):
+        warnings.warn("To copy construct from a tensor, it is recommended to use "
+                      "sourceTensor.clone().detach() or sourceTensor.clone().detach()."
+                      "requires_grad_(True), rather than torch.tensor(sourceTensor).",
+                      UserWarning, stacklevel=2)
+        arr = np.array(data._concrete("tensor()"), copy=True)
+    elif isinstance(data, np.ndarray):
+        arr = np.array(data, copy=True)
+        arr = arr.astype(_dtype.from_numpy_dtype(arr.dtype).np, copy=False)
+    else:
+        data = _to_nested_numbers(data)
+        dt = _as_dtype(dtype) if dtype is not None else _infer_dtype(data)
+        try:
+            arr = np.array(data, dtype=dt.np)
+        except ValueError as e:
+            raise ValueError(f"expected sequence of equal-length lists: {e}") from None
+    return _make(arr, dtype, device, requires_grad)
+
+
+def as_tensor(data, dtype=None, device=None):
+    if isinstance(data, Tensor) and (dtype is None or _as_dtype(dtype) is data.dtype):
+        return data
+    if isinstance(data, np.ndarray) and data.dtype in _dtype._BY_NP and (
+            dtype is None or _as_dtype(dtype).np == data.dtype):
+        return Tensor._wrap(data)
+    return tensor(data, dtype=dtype, device=device)
+
+
+def from_numpy(arr):
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"expected np.ndarray (got {type(arr).__name__})")
+    if arr.dtype not in _dtype._BY_NP:
+        raise TypeError(f"can't convert np.ndarray of type numpy.{arr.dtype}. The only supported "
+                        "types are: float64, float32, int64, and bool.")
+    return Tensor._wrap(arr)  # shares memory, like torch
+
+
+def _factory(fill):
+    def factory(*size, out=None, dtype=None, layout=None, device=None, requires_grad=False,
+                pin_memory=False, memory_format=None):
+        dt = _as_dtype(dtype) if dtype is not None else _dtype.get_default_dtype()
+        return _make(fill(_size(size), dt.np), None, device, requires_grad)
+    return factory
+
+
+zeros = _factory(lambda s, d: np.zeros(s, d))
+ones = _factory(lambda s, d: np.ones(s, d))
+empty = _factory(lambda s, d: np.zeros(s, d))  # zero-filled: garbage helps nobody
+
+
+def full(size, fill_value, *, dtype=None, device=None, requires_grad=False, layout=None,
+         out=None):
+    if dtype is None:
+        dtype = _dtype.scalar_dtype(fill_value)
+    dt = _as_dtype(dtype)
+    return _make(np.full(_size((size,)), fill_value, dt.np), None, device, requires_grad)
+
+
+def eye(n, m=None, *, dtype=None, device=None, requires_grad=False, layout=None, out=None):
+    dt = _as_dtype(dtype) if dtype is not None else _dtype.get_default_dtype()
+    return _make(np.eye(n, n if m is None else m, dtype=dt.np), None, device, requires_grad)
+
+
+def arange(start, end=None, step=1, *, dtype=None, device=None, requires_grad=False,
+           layout=None, out=None):
+    if end is None:
+        start, end = 0, start
+    vals = [v.item() if isinstance(v, Tensor) else v for v in (start, end, step)]
+    if step == 0:
+        raise RuntimeError("step must be nonzero")
+    if dtype is None:
+        dt = _dtype.int64 if all(isinstance(v, (int, np.integer)) for v in vals) \
+            else _dtype.get_default_dtype()
+    else:
+        dt = _as_dtype(dtype)
+    s, e, st = vals
+    if (e - s) * st < 0:
+        raise RuntimeError("upper bound and larger bound inconsistent with step sign")
+    n = max(0, math.ceil((e - s) / st))
+    arr = (s + np.arange(n, dtype=np.float64) * st) if dt.is_floating_point or any(
+        isinstance(v, float) for v in vals) else np.arange(s, e, st)
+    return _make(np.asarray(arr).astype(dt.np), None, device, requires_grad)
+
+
+def range_(start=0, end=None, step=1, *, dtype=None, device=None, requires_grad=False,
+           layout=None, out=None):
+    warnings.warn("torch.range is deprecated and will be removed in a future release because "
+                  "its behavior is inconsistent with Python's range builtin. Instead, use "
+                  "torch.arange, which produces values in [start, end).", UserWarning,
+                  stacklevel=2)
+    if end is None:
+        start, end = 0, start
+    dt = _as_dtype(dtype) if dtype is not None else _dtype.get_default_dtype()
+    n = int(math.floor((end - start) / step)) + 1
+    arr = start + np.arange(max(n, 0), dtype=np.float64) * step
+    return _make(arr.astype(dt.np), None, device, requires_grad)
+
+
+def linspace(start, end, steps, *, dtype=None, device=None, requires_grad=False, out=None):
+    dt = _as_dtype(dtype) if dtype is not None else _dtype.get_default_dtype()
+    return _make(np.linspace(start, end, steps).astype(dt.np), None, device, requires_grad)
+
+
+# --- random -------------------------------------------------------------------------------------
+
+
+def manual_seed(seed):
+    _random.manual_seed(seed)
+    return _Generator()
+
+
+class _Generator:
+    """What manual_seed returns; only ``initial_seed`` is meaningful."""
+    def initial_seed(self):
+        return _random.initial_seed()
+
+
+seed = lambda: _random.manual_seed(np.random.SeedSequence().entropy % (2 ** 63))  # noqa: E731
+initial_seed = _random.initial_seed
+
+
+def _random_factory(sample):
+    def factory(*size, generator=None, out=None, dtype=None, layout=None, device=None,
+                requires_grad=False, pin_memory=False):
+        dt = _as_dtype(dtype) if dtype is not None else _dtype.get_default_dtype()
+        if not dt.is_floating_point:
+            raise RuntimeError(f"\"{factory.__name__}\" not implemented for 'Long'")
+        return _make(sample(_random.rng(), _size(size)).astype(dt.np), None, device,
+                     requires_grad)
+    return factory
+
+
+randn = _random_factory(lambda rng, s: rng.standard_normal(s))
+randn.__name__ = "normal_kernel_cpu"
+rand = _random_factory(lambda rng, s: rng.random(s))
+rand.__name__ = "check_uniform_bounds"
+
+
+def randint(low, high=None, size=None, *, generator=None, dtype=None, device=None,
+            requires_grad=False, out=None, layout=None):
+    if high is None:
+        low, high = 0, low
+    if size is None:
+        raise TypeError("randint() missing 1 required positional arguments: \"size\"")
+    if low >= high:
+        raise RuntimeError(f"random_ expects 'from' to be less than 'to', but got from={low} >= "
+                           f"to={high}")
+    dt = _as_dtype(dtype) if dtype is not None else _dtype.int64
+    return _make(_random.rng().integers(low, high, _size((size,))).astype(dt.np), None, device,
+                 requires_grad)
+
+
+def randperm(n, *, dtype=None, device=None, requires_grad=False, generator=None, out=None):
+    dt = _as_dtype(dtype) if dtype is not None else _dtype.int64
+    return _make(_random.rng().permutation(n).astype(dt.np), None, device, requires_grad)
+
+
+def normal(mean=0.0, std=1.0, size=None, *, generator=None, dtype=None, out=None):
+    if isinstance(mean, Tensor) or isinstance(std, Tensor):
+        m = mean._data if isinstance(mean, Tensor) else mean
+        s = std._data if isinstance(std, Tensor) else std
+        shape = np.broadcast_shapes(np.shape(m), np.shape(s))
+        ref = mean if isinstance(mean, Tensor) else std
+        return Tensor._wrap((m + s * _random.rng().standard_normal(shape)).astype(ref.dtype.np))
+    dt = _as_dtype(dtype) if dtype is not None else _dtype.get_default_dtype()
+    return Tensor._wrap((mean + std * _random.rng().standard_normal(_size((size,))))
+                        .astype(dt.np))
+
+
+def bernoulli(p, generator=None):
+    return Tensor._wrap((_random.rng().random(p.shape) < p._data).astype(p.dtype.np))
+
+
+def multinomial(*a, **k):
+    raise NotImplementedError("multinomial is not supported yet")
+
+
+# --- *_like ---------------------------------------------------------------------------------
+
+
+def _like(factory):
+    def like(t, *, dtype=None, device=None, requires_grad=False, layout=None,
+             memory_format=None):
+        return factory(tuple(t.shape), dtype=dtype or t.dtype, device=device,
+                       requires_grad=requires_grad)
+    return like
+
+
+zeros_like = _like(zeros)
+ones_like = _like(ones)
+empty_like = _like(empty)
+randn_like = _like(randn)
+rand_like = _like(rand)
+
+
+def full_like(t, fill_value, *, dtype=None, device=None, requires_grad=False, layout=None,
+              memory_format=None):
+    return full(tuple(t.shape), fill_value, dtype=dtype or t.dtype, device=device,
+                requires_grad=requires_grad)
+
+
+def randint_like(t, low, high=None, *, dtype=None, device=None, requires_grad=False):
+    return randint(low, high, tuple(t.shape), dtype=dtype or t.dtype, device=device)

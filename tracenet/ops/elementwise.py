@@ -1,0 +1,446 @@
+"""Elementwise ops: broadcasting binary arithmetic, unary math, comparisons, where, casts."""
+import numpy as np
+
+from .. import _dtype
+from . import common, reduce
+from .registry import Meta, apply, register
+
+# ---------------------------------------------------------------------------------------------
+# binary arithmetic (broadcasting; Python numbers become 0-dim tensors of the result dtype)
+
+
+def _binary_meta(a, b):
+    return Meta(common.broadcast_shapes(a.shape, b.shape), _dtype.result_type(a, b))
+
+
+def _div_meta(a, b):
+    m = _binary_meta(a, b)
+    return m if m.dtype.is_floating_point else Meta(m.shape, _dtype.get_default_dtype())
+
+
+def _unbroadcast(ctx, i, g):
+    """The gradient of input ``i`` from a broadcast result's gradient ``g``."""
+    if not ctx.needs_input_grad[i]:
+        return None
+    return reduce.sum_to_shape(g, ctx.metas[i].shape)
+
+
+def _same_kind(arr_fn):
+    """numpy binary op computed in the result dtype (avoids numpy's own promotion rules)."""
+    return arr_fn
+
+
+add_op = register(
+    "add", infer=_binary_meta, eager=np.add,
+    backward=lambda ctx, g: (_unbroadcast(ctx, 0, g), _unbroadcast(ctx, 1, g)))
+
+sub_op = register(
+    "sub", infer=_binary_meta, eager=np.subtract,
+    backward=lambda ctx, g: (_unbroadcast(ctx, 0, g),
+                             _unbroadcast(ctx, 1, neg(g)) if ctx.needs_input_grad[1] else None))
+
+mul_op = register(
+    "mul", infer=_binary_meta, eager=np.multiply, saves=(0, 1),
+    backward=lambda ctx, g: (
+        _unbroadcast(ctx, 0, g * ctx.inputs[1]) if ctx.needs_input_grad[0] else None,
+        _unbroadcast(ctx, 1, g * ctx.inputs[0]) if ctx.needs_input_grad[1] else None))
+
+
+def _div_backward(ctx, g):
+    a, b = ctx.inputs
+    ga = _unbroadcast(ctx, 0, g / b) if ctx.needs_input_grad[0] else None
+    gb = _unbroadcast(ctx, 1, neg(g) * a / (b * b)) if ctx.needs_input_grad[1] else None
+    return ga, gb
+
+
+div_op = register("div", infer=_div_meta, eager=np.true_divide, saves=(0, 1),
+                  backward=_div_backward)
+
+
+def _pow_backward(ctx, g):
+    a, b = ctx.inputs
+    ga = gb = None
+    if ctx.needs_input_grad[0]:
+        ga = _unbroadcast(ctx, 0, g * b * a ** (b - 1))
+    if ctx.needs_input_grad[1]:
+        # d(a^b)/db = a^b log a, taken as 0 where a == 0 (torch's convention)
+        safe = where(a == 0, 1.0, a)
+        gb = _unbroadcast(ctx, 1, g * (a ** b) * log(safe))
+    return ga, gb
+
+
+pow_op = register("pow", infer=_binary_meta, eager=np.power, saves=(0, 1),
+                  backward=_pow_backward, grad_fn="PowBackward1")
+
+
+def _pow_scalar_eager(x, exponent):
+    if exponent == 2:
+        return x * x
+    if exponent == 0.5:
+        return np.sqrt(x)
+    return np.power(x, np.asarray(exponent, dtype=x.dtype))
+
+
+def _pow_scalar_meta(x, exponent):
+    if isinstance(exponent, float) and not x.dtype.is_floating_point:
+        return Meta(tuple(x.shape), _dtype.get_default_dtype())
+    return Meta(tuple(x.shape), x.dtype)
+
+
+def _pow_scalar_backward(ctx, g):
+    (x,), e = ctx.inputs, ctx.attrs["exponent"]
+    if e == 0:
+        return (g * 0,)
+    if e == 1:
+        return (g,)
+    if e == 2:
+        return (g * x * 2.0,)
+    return (g * e * pow_scalar(x, e - 1),)
+
+
+pow_scalar_op = register("pow_scalar", infer=_pow_scalar_meta, eager=_pow_scalar_eager,
+                         saves=(0,), backward=_pow_scalar_backward, grad_fn="PowBackward0")
+
+
+def _minmax_backward(pick_first):
+    def backward(ctx, g):
+        a, b = ctx.inputs
+        mask = pick_first(a, b)
+        zero = g * 0
+        ga = _unbroadcast(ctx, 0, where(mask, g, zero)) if ctx.needs_input_grad[0] else None
+        gb = _unbroadcast(ctx, 1, where(mask, zero, g)) if ctx.needs_input_grad[1] else None
+        return ga, gb
+    return backward
+
+
+maximum_op = register("maximum", infer=_binary_meta, eager=np.maximum, saves=(0, 1),
+                      backward=_minmax_backward(lambda a, b: a >= b))
+minimum_op = register("minimum", infer=_binary_meta, eager=np.minimum, saves=(0, 1),
+                      backward=_minmax_backward(lambda a, b: a <= b))
+
+
+def add(a, b, alpha=1):
+    a, b = common.as_tensor_pair(a, b)
+    if alpha != 1:
+        b = mul(b, alpha)
+    return apply(add_op, a, b)
+
+
+def sub(a, b, alpha=1):
+    a, b = common.as_tensor_pair(a, b)
+    if alpha != 1:
+        b = mul(b, alpha)
+    return apply(sub_op, a, b)
+
+
+def rsub(a, b, alpha=1):
+    return sub(b, a, alpha=alpha)
+
+
+def mul(a, b):
+    return apply(mul_op, *common.as_tensor_pair(a, b))
+
+
+def div(a, b, rounding_mode=None):
+    a, b = common.as_tensor_pair(a, b)
+    if rounding_mode is None:
+        return apply(div_op, a, b)
+    if rounding_mode == "trunc":
+        return trunc(apply(div_op, a, b)).to(_dtype.result_type(a, b))
+    if rounding_mode == "floor":
+        return floor(apply(div_op, a, b)).to(_dtype.result_type(a, b))
+    raise RuntimeError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but "
+                       f"found '{rounding_mode}'")
+
+
+def pow(a, b):
+    if common.is_tensor(a) and not common.is_tensor(b):
+        if isinstance(b, (bool, np.bool_)):
+            b = int(b)
+        return apply(pow_scalar_op, a, exponent=b.item() if isinstance(b, np.generic) else b)
+    return apply(pow_op, *common.as_tensor_pair(a, b))
+
+
+def pow_scalar(x, exponent):
+    return apply(pow_scalar_op, x, exponent=exponent)
+
+
+def maximum(a, b):
+    return apply(maximum_op, *common.as_tensor_pair(a, b))
+
+
+def minimum(a, b):
+    return apply(minimum_op, *common.as_tensor_pair(a, b))
+
+
+true_divide = divide = div
+multiply = mul
+subtract = sub
+
+# ---------------------------------------------------------------------------------------------
+# unary math. Each entry: numpy implementation, backward from (ctx, g) using the saved input x
+# or the saved output y, and the shape rule.
+
+
+def _unary(name, eager, backward=None, uses="x", infer=common.float_meta, grad_fn=None,
+           differentiable=True):
+    saves = (0,) if uses == "x" else ()
+    op = register(name, infer=infer, eager=eager, backward=backward, saves=saves,
+                  save_outputs=(uses == "y"), grad_fn=grad_fn, differentiable=differentiable)
+
+    def fn(x):
+        return apply(op, x)
+    fn.__name__ = name
+    fn.op = op
+    return fn
+
+
+def _x(ctx):
+    return ctx.inputs[0]
+
+
+def _y(ctx):
+    return ctx.output
+
+
+def _sigmoid_np(x):
+    # split by sign so neither branch overflows
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+neg = _unary("neg", np.negative, lambda ctx, g: (neg(g),), uses=None, infer=common.same)
+exp = _unary("exp", np.exp, lambda ctx, g: (g * _y(ctx),), uses="y")
+log = _unary("log", np.log, lambda ctx, g: (g / _x(ctx),))
+log2 = _unary("log2", np.log2, lambda ctx, g: (g / (_x(ctx) * float(np.log(2.0))),))
+log1p = _unary("log1p", np.log1p, lambda ctx, g: (g / (_x(ctx) + 1.0),))
+expm1 = _unary("expm1", np.expm1, lambda ctx, g: (g * (_y(ctx) + 1.0),), uses="y")
+sqrt = _unary("sqrt", np.sqrt, lambda ctx, g: (g / (_y(ctx) * 2.0),), uses="y")
+rsqrt = _unary("rsqrt", lambda x: 1.0 / np.sqrt(x),
+               lambda ctx, g: (g * pow_scalar(_y(ctx), 3) * -0.5,), uses="y")
+reciprocal = _unary("reciprocal", lambda x: 1.0 / x,
+                    lambda ctx, g: (neg(g) * _y(ctx) * _y(ctx),), uses="y")
+tanh = _unary("tanh", np.tanh, lambda ctx, g: (g * (1.0 - _y(ctx) * _y(ctx)),), uses="y")
+sigmoid = _unary("sigmoid", _sigmoid_np, lambda ctx, g: (g * _y(ctx) * (1.0 - _y(ctx)),),
+                 uses="y")
+sin = _unary("sin", np.sin, lambda ctx, g: (g * cos(_x(ctx)),))
+cos = _unary("cos", np.cos, lambda ctx, g: (neg(g) * sin(_x(ctx)),))
+abs = _unary("abs", np.abs, lambda ctx, g: (g * sign(_x(ctx)),), infer=common.same)
+sign = _unary("sign", np.sign, lambda ctx, g: (g * 0,), uses=None, infer=common.same)
+relu = _unary("relu", lambda x: np.maximum(x, 0), uses="y", infer=common.same,
+              backward=lambda ctx, g: (threshold_backward(g, _y(ctx), 0.0),))
+floor = _unary("floor", np.floor, lambda ctx, g: (g * 0,), uses=None, infer=common.same)
+ceil = _unary("ceil", np.ceil, lambda ctx, g: (g * 0,), uses=None, infer=common.same)
+round = _unary("round", np.round, lambda ctx, g: (g * 0,), uses=None, infer=common.same)
+trunc = _unary("trunc", np.trunc, lambda ctx, g: (g * 0,), uses=None, infer=common.same)
+absolute = abs
+negative = neg
+
+
+def square(x):
+    return pow_scalar(x, 2)
+
+
+def _threshold_backward_eager(g, y, threshold):
+    return np.where(y > threshold, g, np.zeros((), g.dtype))
+
+
+threshold_backward_op = register(
+    "threshold_backward",
+    infer=lambda g, y, threshold: Meta(common.broadcast_shapes(g.shape, y.shape), g.dtype),
+    eager=_threshold_backward_eager, saves=(1,),
+    backward=lambda ctx, gg: (threshold_backward(gg, ctx.inputs[1], ctx.attrs["threshold"]),
+                              None))
+
+
+def threshold_backward(g, y, threshold):
+    """``g`` where ``y > threshold`` else 0: relu's gradient mask, one fused-able op."""
+    return apply(threshold_backward_op, g, y, threshold=threshold)
+
+
+# ---------------------------------------------------------------------------------------------
+# comparisons and logic (no gradient)
+
+
+def _compare_meta(a, b):
+    return Meta(common.broadcast_shapes(a.shape, b.shape), _dtype.bool_)
+
+
+def _compare(name, np_fn):
+    op = register(name, infer=_compare_meta, eager=np_fn, differentiable=False)
+
+    def fn(a, b):
+        return apply(op, *common.as_tensor_pair(a, b))
+    fn.__name__ = name
+    fn.op = op
+    return fn
+
+
+eq = _compare("eq", np.equal)
+ne = _compare("ne", np.not_equal)
+lt = _compare("lt", np.less)
+le = _compare("le", np.less_equal)
+gt = _compare("gt", np.greater)
+ge = _compare("ge", np.greater_equal)
+logical_and = _compare("logical_and", np.logical_and)
+logical_or = _compare("logical_or", np.logical_or)
+logical_xor = _compare("logical_xor", np.logical_xor)
+greater, greater_equal, less, less_equal, not_equal = gt, ge, lt, le, ne
+
+logical_not_op = register("logical_not", infer=lambda m: Meta(tuple(m.shape), _dtype.bool_),
+                          eager=np.logical_not, differentiable=False)
+isnan_op = register("isnan", infer=lambda m: Meta(tuple(m.shape), _dtype.bool_),
+                    eager=np.isnan, differentiable=False)
+isinf_op = register("isinf", infer=lambda m: Meta(tuple(m.shape), _dtype.bool_),
+                    eager=np.isinf, differentiable=False)
+
+
+def logical_not(x):
+    return apply(logical_not_op, x)
+
+
+def isnan(x):
+    return apply(isnan_op, x)
+
+
+def isinf(x):
+    return apply(isinf_op, x)
+
+
+def isfinite(x):
+    return logical_not(logical_or(isnan(x), isinf(x)))
+
+
+def _bitwise(name, np_fn):
+    def infer(a, b):
+        if a.dtype.is_floating_point or b.dtype.is_floating_point:
+            raise RuntimeError(f"\"{name}_cpu\" not implemented for 'Float'")
+        return _binary_meta(a, b)
+    op = register(name, infer=infer, eager=np_fn, differentiable=False)
+
+    def fn(a, b):
+        return apply(op, *common.as_tensor_pair(a, b))
+    return fn
+
+
+bitwise_and = _bitwise("bitwise_and", np.bitwise_and)
+bitwise_or = _bitwise("bitwise_or", np.bitwise_or)
+bitwise_xor = _bitwise("bitwise_xor", np.bitwise_xor)
+
+
+def _where_meta(c, a, b):
+    if c.dtype is not _dtype.bool_:
+        raise RuntimeError(f"where expected condition to be a boolean tensor, but got a tensor "
+                           f"with dtype {c.dtype.name.capitalize()}")
+    shape = common.broadcast_shapes(c.shape, a.shape, b.shape)
+    return Meta(shape, _dtype.result_type(a, b))
+
+
+def _where_backward(ctx, g):
+    c = ctx.inputs[0]
+    zero = g * 0
+    ga = _unbroadcast(ctx, 1, where(c, g, zero)) if ctx.needs_input_grad[1] else None
+    gb = _unbroadcast(ctx, 2, where(c, zero, g)) if ctx.needs_input_grad[2] else None
+    return None, ga, gb
+
+
+where_op = register("where", infer=_where_meta, eager=np.where, saves=(0,),
+                    backward=_where_backward)
+
+
+def where(condition, a=None, b=None):
+    if a is None and b is None:
+        from .index import nonzero
+        return nonzero(condition, as_tuple=True)
+    if not common.is_tensor(a) and not common.is_tensor(b):
+        dt = _dtype.result_type(a, b)
+        a, b = common.scalar_tensor(a, dt), common.scalar_tensor(b, dt)
+    else:
+        a, b = common.as_tensor_pair(a, b)
+    return apply(where_op, condition, a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# clamp, casts, clone
+
+
+def _clamp_eager(x, min, max):
+    if min is not None and max is not None:
+        return np.minimum(np.maximum(x, min), max)
+    return np.maximum(x, min) if min is not None else np.minimum(x, max)
+
+
+def _clamp_meta(x, min, max):
+    if min is None and max is None:
+        raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+    if not x.dtype.is_floating_point and any(isinstance(v, float) for v in (min, max)):
+        return Meta(tuple(x.shape), _dtype.get_default_dtype())
+    return common.same(x)
+
+
+def _clamp_backward(ctx, g):
+    x, lo, hi = ctx.inputs[0], ctx.attrs["min"], ctx.attrs["max"]
+    if lo is not None and hi is not None:
+        mask = logical_and(x >= lo, x <= hi)
+    else:
+        mask = x >= lo if lo is not None else x <= hi
+    return (where(mask, g, g * 0),)
+
+
+clamp_op = register("clamp", infer=_clamp_meta, eager=_clamp_eager, saves=(0,),
+                    backward=_clamp_backward, grad_fn="ClampBackward1")
+
+
+def clamp(x, min=None, max=None):
+    def number(v):
+        if common.is_tensor(v):
+            return v.item()
+        return v
+    return apply(clamp_op, x, min=number(min), max=number(max))
+
+
+clip = clamp
+
+
+def clamp_min(x, min):
+    return clamp(x, min=min)
+
+
+def clamp_max(x, max):
+    return clamp(x, max=max)
+
+
+to_dtype_op = register(
+    "to_dtype", infer=lambda x, dtype: Meta(tuple(x.shape), dtype),
+    eager=lambda x, dtype: x.astype(dtype.np),
+    backward=lambda ctx, g: (to_dtype(g, ctx.metas[0].dtype),), grad_fn="ToCopyBackward0")
+
+
+def to_dtype(x, dtype):
+    if x.dtype is dtype:
+        return x
+    return apply(to_dtype_op, x, dtype=dtype)
+
+
+clone_op = register("clone", infer=common.same, eager=lambda x: np.array(x, copy=True),
+                    backward=lambda ctx, g: (g,))
+
+
+def clone(x, memory_format=None):
+    return apply(clone_op, x)
+
+
+def lerp(a, b, weight):
+    return a + (b - a) * weight
+
+
+def addcmul(x, t1, t2, value=1):
+    return x + t1 * t2 * value
+
+
+def addcdiv(x, t1, t2, value=1):
+    return x + t1 / t2 * value

@@ -1,0 +1,391 @@
+"""Indexing: ``x[key]`` and ``x[key] = v`` for basic and advanced keys, gather/scatter.
+
+A key is normalised once into a hashable *spec* (ints, slice triples, None, Ellipsis and
+``("t", k)`` placeholders for the k-th index tensor), so the IR can carry it as an attribute and
+the same spec drives the forward, its gradient and ``__setitem__``.
+"""
+import numpy as np
+
+from .. import _dtype
+from . import common, reduce
+from .registry import Meta, apply, register
+
+
+def split_key(x, key):
+    """Normalise a ``__getitem__`` key into ``(spec, index_tensors)``."""
+    Tensor = common.tensor_cls()
+    if not isinstance(key, tuple):
+        key = (key,)
+    spec, tensors = [], []
+    dim = 0  # the input dim the next item indexes, for turning bool masks into long indices
+    for k in key:
+        if k is None:
+            spec.append(None)
+        elif k is Ellipsis:
+            spec.append(Ellipsis)
+            dim = x.dim() - sum(1 for kk in key if kk is not None and kk is not Ellipsis
+                                and not (isinstance(kk, (Tensor, np.ndarray))
+                                         and _is_bool(kk))) + 0
+        elif isinstance(k, slice):
+            spec.append(("s", _int_or_none(k.start), _int_or_none(k.stop),
+                         _int_or_none(k.step)))
+            dim += 1
+        elif isinstance(k, (bool, np.bool_)):
+            spec.append(None)
+            if not k:
+                raise NotImplementedError("indexing with a False scalar is not supported")
+        elif isinstance(k, (int, np.integer)):
+            spec.append(int(k))
+            dim += 1
+        else:
+            if not isinstance(k, Tensor):
+                k = _index_tensor(k)
+            if k.dtype is _dtype.bool_:
+                # a mask over k.dim() dims becomes one long index per dim
+                for idx in k.nonzero(as_tuple=True):
+                    spec.append(("t", len(tensors)))
+                    tensors.append(idx)
+                dim += k.dim()
+                continue
+            if k.dtype.is_floating_point:
+                raise IndexError("tensors used as indices must be long, int, byte or bool tensors")
+            spec.append(("t", len(tensors)))
+            tensors.append(k)
+            dim += 1
+    return tuple(spec), tensors
+
+
+def _is_bool(k):
+    return getattr(k, "dtype", None) in (_dtype.bool_, np.bool_)
+
+
+def _index_tensor(k):
+    from .creation import tensor
+    arr = np.asarray(k.tolist() if hasattr(k, "tolist") and not isinstance(k, np.ndarray) else k)
+    if arr.dtype.kind == "b":
+        return tensor(arr)
+    if arr.size == 0:
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise IndexError("tensors used as indices must be long, int, byte or bool tensors")
+    return tensor(arr.astype(np.int64))
+
+
+def _int_or_none(v):
+    if v is None:
+        return None
+    if isinstance(v, common.tensor_cls()):
+        return int(v.item())
+    return int(v)
+
+
+def np_key(spec, arrays):
+    out = []
+    for item in spec:
+        if isinstance(item, tuple):
+            out.append(slice(*item[1:]) if item[0] == "s" else arrays[item[1]])
+        else:
+            out.append(item)
+    return tuple(out)
+
+
+def has_tensors(spec):
+    return any(isinstance(i, tuple) and i[0] == "t" for i in spec)
+
+
+def _translate_index_error(fn):
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except IndexError as e:
+            msg = str(e).replace("axis", "dimension")
+            raise IndexError(msg) from None
+    return wrapper
+
+
+def _index_meta(x, *idx, spec):
+    _check_key(x.shape, spec)
+    probe = np.broadcast_to(np.zeros((), np.bool_), tuple(x.shape))
+    dummies = [np.zeros(tuple(m.shape), np.int64) for m in idx]
+    try:
+        shape = probe[np_key(spec, dummies)].shape
+    except IndexError as e:
+        raise IndexError(str(e).replace("axis", "dimension")) from None
+    return Meta(shape, x.dtype)
+
+
+def _check_key(shape, spec):
+    consumed = sum(1 for i in spec if i is not None and i is not Ellipsis)
+    if consumed > len(shape):
+        raise IndexError(f"too many indices for tensor of dimension {len(shape)}")
+    dim = 0
+    for item in spec:
+        if item is Ellipsis:
+            dim += len(shape) - consumed
+        elif item is None:
+            continue
+        else:
+            if isinstance(item, int):
+                size = shape[dim]
+                if not -size <= item < size:
+                    raise IndexError(f"index {item} is out of bounds for dimension {dim} with "
+                                     f"size {size}")
+            elif item[0] == "s" and item[3] is not None and item[3] <= 0:
+                raise ValueError("step must be greater than zero")
+            dim += 1
+
+
+def _index_grad_fn(ctx):
+    spec = ctx.attrs["spec"]
+    if has_tensors(spec):
+        return "IndexBackward0"
+    for item in reversed(spec):
+        if isinstance(item, int):
+            return "SelectBackward0"
+        if item is None:
+            return "UnsqueezeBackward0"
+        if isinstance(item, tuple):
+            return "SliceBackward0"
+    return "AliasBackward0"
+
+
+index_op = register(
+    "index", infer=_index_meta,
+    eager=_translate_index_error(lambda x, *idx, spec: x[np_key(spec, idx)]),
+    saves=tuple(range(1, 64)), grad_fn=_index_grad_fn,
+    backward=lambda ctx, g: (index_backward(g, ctx.inputs[1:], ctx.metas[0].shape,
+                                            ctx.attrs["spec"]),) + (None,) * (len(ctx.metas) - 1),
+    is_view=True)
+
+
+def _index_backward_eager(g, *idx, shape, spec):
+    out = np.zeros(shape, dtype=g.dtype)
+    key = np_key(spec, idx)
+    if has_tensors(spec):
+        np.add.at(out, key, g)
+    else:
+        out[key] = g
+    return out
+
+
+index_backward_op = register(
+    "index_backward", infer=lambda g, *idx, shape, spec: Meta(tuple(shape), g.dtype),
+    eager=_index_backward_eager, saves=tuple(range(1, 64)),
+    backward=lambda ctx, gg: (index(gg, ctx.inputs[1:], ctx.attrs["spec"]),)
+    + (None,) * (len(ctx.metas) - 1))
+
+
+def index(x, tensors, spec):
+    return apply(index_op, x, *tensors, spec=spec)
+
+
+def index_backward(g, tensors, shape, spec):
+    return apply(index_backward_op, g, *tensors, shape=tuple(shape), spec=spec)
+
+
+def getitem(x, key):
+    spec, tensors = split_key(x, key)
+    return index(x, tensors, spec)
+
+
+# --- setitem: out-of-place (CopySlices); Tensor.__setitem__ writes the result back in place ---
+
+
+def _index_put_eager(x, v, *idx, spec):
+    out = np.array(x, copy=True)
+    out[np_key(spec, idx)] = v
+    return out
+
+
+def _index_put_meta(x, v, *idx, spec):
+    target = _index_meta(x, *idx, spec=spec)
+    try:
+        common.broadcast_shapes(tuple(target.shape), tuple(v.shape))
+        np.broadcast_shapes(tuple(v.shape), tuple(target.shape))
+        if len(v.shape) > len(target.shape) and any(s != 1 for s in v.shape[:len(v.shape) -
+                                                                             len(target.shape)]):
+            raise ValueError
+        if common.broadcast_shapes(tuple(target.shape), tuple(v.shape)) != tuple(target.shape) \
+                and len(v.shape) <= len(target.shape):
+            raise ValueError
+    except (ValueError, RuntimeError):
+        raise RuntimeError(f"shape mismatch: value tensor of shape [{', '.join(map(str, v.shape))}]"
+                           f" cannot be broadcast to indexing result of shape "
+                           f"[{', '.join(map(str, target.shape))}]") from None
+    return Meta(tuple(x.shape), x.dtype)
+
+
+def _index_put_backward(ctx, g):
+    idx, spec = ctx.inputs[2:], ctx.attrs["spec"]
+    gx = gv = None
+    if ctx.needs_input_grad[0]:
+        gx = index_put(g, common.scalar_tensor(0.0, g.dtype), idx, spec)
+    if ctx.needs_input_grad[1]:
+        part = index(g, idx, spec)
+        vshape = tuple(ctx.metas[1].shape)
+        if len(vshape) > part.dim():
+            part = part.reshape((1,) * (len(vshape) - part.dim()) + tuple(part.shape))
+        gv = reduce.sum_to_shape(part, vshape).to(ctx.metas[1].dtype)
+    return (gx, gv) + (None,) * len(idx)
+
+
+index_put_op = register("index_put", infer=_index_put_meta, eager=_index_put_eager,
+                        saves=tuple(range(2, 64)), backward=_index_put_backward, grad_fn="CopySlices")
+
+
+def index_put(x, value, tensors, spec):
+    if not common.is_tensor(value):
+        value = common.scalar_tensor(value, x.dtype)
+    elif value.dtype is not x.dtype:
+        value = value.to(x.dtype)
+    return apply(index_put_op, x, value, *tensors, spec=spec)
+
+
+def setitem_value(x, key, value):
+    """The tensor ``x`` would become after ``x[key] = value`` (computed out of place)."""
+    spec, tensors = split_key(x, key)
+    return index_put(x, value, tensors, spec)
+
+
+# --- convenience forms built on index ---------------------------------------------------------
+
+
+def select(x, dim, i):
+    dim = common.wrap_dim(dim, x.dim())
+    size = x.shape[dim]
+    if not -size <= i < size:
+        raise IndexError(f"select(): index {i} out of range for tensor of size "
+                         f"[{', '.join(map(str, x.shape))}] at dimension {dim}")
+    return index(x, [], (("s", None, None, None),) * dim + (int(i),))
+
+
+def narrow(x, dim, start, length):
+    dim = common.wrap_dim(dim, x.dim())
+    start = int(start)
+    if start < 0:
+        start += x.shape[dim]
+    if start + length > x.shape[dim] or length < 0:
+        raise RuntimeError(f"start ({start}) + length ({length}) exceeds dimension size "
+                           f"({x.shape[dim]}).")
+    return index(x, [], (("s", None, None, None),) * dim + (("s", start, start + length, None),))
+
+
+def split(x, split_size_or_sections, dim=0):
+    dim = common.wrap_dim(dim, x.dim())
+    size = x.shape[dim]
+    if isinstance(split_size_or_sections, int):
+        n = split_size_or_sections
+        sizes = [min(n, size - s) for s in range(0, size, n)] or [0]
+    else:
+        sizes = list(split_size_or_sections)
+        if sum(sizes) != size:
+            raise RuntimeError(f"split_with_sizes expects split_sizes to sum exactly to {size} "
+                               f"(input tensor's size at dimension {dim}), but got "
+                               f"split_sizes={sizes}")
+    out, start = [], 0
+    for n in sizes:
+        out.append(narrow(x, dim, start, n))
+        start += n
+    return tuple(out)
+
+
+def chunk(x, chunks, dim=0):
+    dim = common.wrap_dim(dim, x.dim())
+    size = x.shape[dim]
+    step = -(-size // chunks) if size else 1
+    return split(x, step, dim)
+
+
+def unbind(x, dim=0):
+    dim = common.wrap_dim(dim, x.dim())
+    return tuple(select(x, dim, i) for i in range(x.shape[dim]))
+
+
+def index_select(x, dim, idx):
+    dim = common.wrap_dim(dim, x.dim())
+    if idx.dim() > 1:
+        raise IndexError("index_select(): Index is supposed to be a vector")
+    return index(x, [idx.reshape(-1)], (("s", None, None, None),) * dim + (("t", 0),))
+
+
+def masked_fill(x, mask, value):
+    from .elementwise import where
+    if common.is_tensor(value):
+        value = value.to(x.dtype)
+    return where(mask, common.scalar_tensor(value, x.dtype) if not common.is_tensor(value)
+                 else value, x)
+
+
+# --- data-dependent -------------------------------------------------------------------------
+
+nonzero_op = register(
+    "nonzero", infer=lambda x: (_ for _ in ()).throw(RuntimeError(
+        "nonzero has a data-dependent output shape")),
+    eager=lambda x: np.stack(np.nonzero(x), axis=1), differentiable=False)
+
+
+def nonzero(x, as_tuple=False):
+    data = x._concrete("nonzero()")
+    Tensor = common.tensor_cls()
+    idx = np.nonzero(data) if data.ndim else np.nonzero(data.reshape(1))
+    if as_tuple:
+        return tuple(Tensor._wrap(i.astype(np.int64)) for i in idx)
+    return Tensor._wrap(np.stack(idx, axis=1).astype(np.int64) if idx else
+                        np.zeros((0, 0), np.int64))
+
+
+def masked_select(x, mask):
+    return getitem(x.expand(common.broadcast_shapes(tuple(x.shape), tuple(mask.shape))),
+                   mask.expand(common.broadcast_shapes(tuple(x.shape), tuple(mask.shape))))
+
+
+# --- gather / scatter_add -----------------------------------------------------------------------
+
+
+def _gather_meta(x, idx, dim):
+    if idx.dtype is not _dtype.int64:
+        raise RuntimeError("gather(): Expected dtype int64 for index")
+    if len(idx.shape) != len(x.shape):
+        raise RuntimeError("Index tensor must have the same number of dimensions as input tensor")
+    return Meta(tuple(idx.shape), x.dtype)
+
+
+def _take_along(x, idx, dim):
+    if np.any(idx < -x.shape[dim]) or np.any(idx >= x.shape[dim]):
+        bad = idx[(idx < -x.shape[dim]) | (idx >= x.shape[dim])].flat[0]
+        raise RuntimeError(f"index {bad} is out of bounds for dimension {dim} with size "
+                           f"{x.shape[dim]}")
+    if idx.shape == x.shape or x.ndim == 0:
+        return np.take_along_axis(x, idx, axis=dim)
+    sl = tuple(slice(0, s) for s in idx.shape[:dim]) + (slice(None),) + tuple(
+        slice(0, s) for s in idx.shape[dim + 1:])
+    return np.take_along_axis(x[sl], idx, axis=dim)
+
+
+gather_op = register(
+    "gather", infer=_gather_meta, eager=_take_along, saves=(1,),
+    backward=lambda ctx, g: (scatter_add(g.new_zeros(tuple(ctx.metas[0].shape)),
+                                         ctx.attrs["dim"], ctx.inputs[1], g), None))
+
+
+def _scatter_add_eager(x, idx, src, dim):
+    out = np.array(x, copy=True)
+    grids = list(np.indices(idx.shape, sparse=True))
+    grids[dim] = idx
+    np.add.at(out, tuple(grids), src[tuple(slice(0, s) for s in idx.shape)])
+    return out
+
+
+scatter_add_op = register(
+    "scatter_add", infer=lambda x, idx, src, dim: common.same(x), eager=_scatter_add_eager,
+    saves=(1,),
+    backward=lambda ctx, g: (g, None, gather(g, ctx.attrs["dim"], ctx.inputs[1])))
+
+
+def gather(x, dim, idx):
+    return apply(gather_op, x, idx, dim=common.wrap_dim(dim, x.dim()))
+
+
+def scatter_add(x, dim, idx, src):
+    return apply(scatter_add_op, x, idx, src, dim=common.wrap_dim(dim, x.dim()))
+

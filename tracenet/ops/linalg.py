@@ -1,0 +1,198 @@
+"""Matrix products: mm, addmm, bmm (primitives) and matmul, mv, dot, outer built on them."""
+import numpy as np
+
+from .. import _dtype
+from . import common
+from .registry import Meta, apply, register
+
+
+def _type_word(dt):
+    return {"float32": "Float", "float64": "Double", "int64": "Long", "bool": "Bool"}[dt.name]
+
+
+def _check_same_dtype(name, *metas):
+    if len({m.dtype for m in metas}) != 1:
+        words = [_type_word(m.dtype) for m in metas]
+        raise RuntimeError(f"expected m1 and m2 to have the same dtype, but got: "
+                           f"{words[0].lower()} != {words[1].lower()}")
+
+
+def _shape_str(shape):
+    return "x".join(str(s) for s in shape)
+
+
+def _mm_meta(a, b):
+    if len(a.shape) != 2:
+        raise RuntimeError(f"self must be a matrix")
+    if len(b.shape) != 2:
+        raise RuntimeError(f"mat2 must be a matrix")
+    if a.shape[1] != b.shape[0]:
+        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({_shape_str(a.shape)} and "
+                           f"{_shape_str(b.shape)})")
+    _check_same_dtype("mm", a, b)
+    return Meta((a.shape[0], b.shape[1]), a.dtype)
+
+
+def _mm_backward(ctx, g):
+    a, b = ctx.inputs
+    ga = g.mm(b.t()) if ctx.needs_input_grad[0] else None
+    gb = a.t().mm(g) if ctx.needs_input_grad[1] else None
+    return ga, gb
+
+
+mm_op = register("mm", infer=_mm_meta, eager=np.matmul, saves=(0, 1), backward=_mm_backward)
+
+
+def _addmm_meta(bias, a, b, beta=1, alpha=1):
+    out = _mm_meta(a, b)
+    try:
+        shape = common.broadcast_shapes(tuple(bias.shape), tuple(out.shape))
+    except RuntimeError:
+        shape = None
+    if shape != tuple(out.shape):
+        raise RuntimeError(f"The expanded size of the tensor ({out.shape[-1]}) must match the "
+                           f"existing size ({bias.shape[-1] if bias.shape else 1}) at "
+                           "non-singleton dimension 1.  Target sizes: "
+                           f"[{out.shape[0]}, {out.shape[1]}].  Tensor sizes: "
+                           f"[{', '.join(map(str, bias.shape))}]")
+    return out
+
+
+def _addmm_eager(bias, a, b, beta=1, alpha=1):
+    prod = np.matmul(a, b)
+    if alpha != 1:
+        prod *= alpha
+    return prod + (bias if beta == 1 else bias * beta)
+
+
+def _addmm_backward(ctx, g):
+    from .reduce import sum_to_shape
+    _, a, b = ctx.inputs
+    beta, alpha = ctx.attrs.get("beta", 1), ctx.attrs.get("alpha", 1)
+    gbias = None
+    if ctx.needs_input_grad[0]:
+        gbias = sum_to_shape(g if beta == 1 else g * beta, ctx.metas[0].shape)
+    ga = gb = None
+    if ctx.needs_input_grad[1]:
+        ga = g.mm(b.t())
+        ga = ga if alpha == 1 else ga * alpha
+    if ctx.needs_input_grad[2]:
+        gb = a.t().mm(g)
+        gb = gb if alpha == 1 else gb * alpha
+    return gbias, ga, gb
+
+
+addmm_op = register("addmm", infer=_addmm_meta, eager=_addmm_eager, saves=(1, 2),
+                    backward=_addmm_backward)
+
+
+def _bmm_meta(a, b):
+    if len(a.shape) != 3:
+        raise RuntimeError(f"batch1 must be a 3D tensor")
+    if len(b.shape) != 3:
+        raise RuntimeError(f"batch2 must be a 3D tensor")
+    if a.shape[0] != b.shape[0]:
+        raise RuntimeError(f"batch1 and batch2 must have same number of batches, got "
+                           f"{a.shape[0]} and {b.shape[0]}")
+    if a.shape[2] != b.shape[1]:
+        raise RuntimeError(f"Expected size for first two dimensions of batch2 tensor to be: "
+                           f"[{a.shape[0]}, {a.shape[2]}] but got: [{b.shape[0]}, {b.shape[1]}].")
+    _check_same_dtype("bmm", a, b)
+    return Meta((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+
+
+def _bmm_backward(ctx, g):
+    a, b = ctx.inputs
+    ga = g.bmm(b.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+    gb = a.transpose(1, 2).bmm(g) if ctx.needs_input_grad[1] else None
+    return ga, gb
+
+
+bmm_op = register("bmm", infer=_bmm_meta, eager=np.matmul, saves=(0, 1), backward=_bmm_backward)
+
+
+def mm(a, b):
+    return apply(mm_op, a, b)
+
+
+def addmm(bias, a, b, *, beta=1, alpha=1):
+    attrs = {}
+    if beta != 1:
+        attrs["beta"] = beta
+    if alpha != 1:
+        attrs["alpha"] = alpha
+    return apply(addmm_op, bias, a, b, **attrs)
+
+
+def bmm(a, b):
+    return apply(bmm_op, a, b)
+
+
+def matmul(a, b):
+    """numpy/torch matmul semantics, lowered to mm/bmm plus views (as torch does)."""
+    da, db = a.dim(), b.dim()
+    if da == 0 or db == 0:
+        raise RuntimeError(f"both arguments to matmul need to be at least 1D, but they are "
+                           f"{da}D and {db}D")
+    if da == 1 and db == 1:
+        return dot(a, b)
+    if da == 2 and db == 1:
+        return mv(a, b)
+    if da == 1 and db == 2:
+        return mm(a.unsqueeze(0), b).squeeze(0)
+    if da == 2 and db == 2:
+        return mm(a, b)
+    if db <= 2 and da >= 3:
+        # fold batch dims into rows: one mm
+        lead = tuple(a.shape[:-1])
+        b2 = b if db == 2 else b.unsqueeze(1)
+        out = mm(a.reshape(-1, a.shape[-1]), b2)
+        out = out.reshape(lead + (b2.shape[-1],))
+        return out if db == 2 else out.squeeze(-1)
+    # batched: broadcast batch dims, then bmm
+    a2 = a if da > 1 else a.unsqueeze(0)
+    b2 = b if db > 1 else b.unsqueeze(-1)
+    batch = common.broadcast_shapes(tuple(a2.shape[:-2]), tuple(b2.shape[:-2]))
+    n, k = a2.shape[-2], a2.shape[-1]
+    k2, m = b2.shape[-2], b2.shape[-1]
+    if k != k2:
+        raise RuntimeError(f"Expected size for first two dimensions of batch2 tensor to be: "
+                           f"[{common.numel(batch)}, {k}] but got: [{common.numel(batch)}, {k2}].")
+    a3 = a2.expand(batch + (n, k)).reshape(-1, n, k)
+    b3 = b2.expand(batch + (k2, m)).reshape(-1, k2, m)
+    out = bmm(a3, b3).reshape(batch + (n, m))
+    if da == 1:
+        out = out.squeeze(-2)
+    if db == 1:
+        out = out.squeeze(-1)
+    return out
+
+
+def mv(a, v):
+    if a.dim() != 2 or v.dim() != 1:
+        raise RuntimeError(f"vector + matrix @ vector expected, got {a.dim()}, {v.dim()}")
+    if a.shape[1] != v.shape[0]:
+        raise RuntimeError(f"size mismatch, got input ({a.shape[0]}), mat ({a.shape[0]}x"
+                           f"{a.shape[1]}), vec ({v.shape[0]})")
+    return mm(a, v.unsqueeze(1)).squeeze(1)
+
+
+def dot(a, b):
+    if a.dim() != 1 or b.dim() != 1:
+        raise RuntimeError(f"1D tensors expected, but got {a.dim()}D and {b.dim()}D tensors")
+    if a.shape[0] != b.shape[0]:
+        raise RuntimeError(f"inconsistent tensor size, expected tensor [{a.shape[0]}] and src "
+                           f"[{b.shape[0]}] to have the same number of elements, but got "
+                           f"{a.shape[0]} and {b.shape[0]} elements respectively")
+    return mm(a.unsqueeze(0), b.unsqueeze(1)).reshape(())
+
+
+def outer(a, b):
+    return a.unsqueeze(1) * b.unsqueeze(0)
+
+
+ger = outer
+
+
+def einsum(equation, *operands):
+    raise NotImplementedError("einsum is not supported yet")

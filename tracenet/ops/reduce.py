@@ -1,0 +1,364 @@
+"""Reductions: sum, mean, max/min (all, amax, with indices), argmax, var/std, all/any."""
+import collections
+
+import numpy as np
+
+from .. import _dtype
+from . import common
+from .registry import Meta, apply, register
+
+values_indices = collections.namedtuple("values_indices", "values indices")
+
+
+def _reduced_shape(shape, dims, keepdim):
+    if keepdim:
+        return tuple(1 if i in dims else s for i, s in enumerate(shape))
+    return tuple(s for i, s in enumerate(shape) if i not in dims)
+
+
+def _reduce_meta(dtype_rule):
+    def infer(x, dims, keepdim, dtype=None):
+        return Meta(_reduced_shape(x.shape, dims, keepdim), dtype or dtype_rule(x, dims))
+    return infer
+
+
+def _int_promoting(x, dims):
+    return x.dtype if x.dtype.is_floating_point else _dtype.int64
+
+
+def _expand_back(ctx, g):
+    """Broadcast a reduced gradient back to the input's shape."""
+    dims, keepdim = ctx.attrs["dims"], ctx.attrs["keepdim"]
+    shape = tuple(ctx.metas[0].shape)
+    if not keepdim:
+        g = g.reshape(_reduced_shape(shape, dims, True))
+    return g.expand(shape)
+
+
+sum_op = register(
+    "sum", infer=_reduce_meta(_int_promoting),
+    eager=lambda x, dims, keepdim, dtype=None: np.sum(x, axis=dims,
+                                                                  keepdims=keepdim),
+    backward=lambda ctx, g: (_expand_back(ctx, g),),
+    grad_fn=lambda ctx: "SumBackward0" if ctx.attrs.get("_full") else "SumBackward1")
+
+
+def _mean_meta(x, dims, keepdim, dtype=None):
+    dt = dtype or x.dtype
+    if not dt.is_floating_point:
+        raise RuntimeError("mean(): could not infer output dtype. Input dtype must be either a "
+                           f"floating point or complex dtype. Got: {_type_word(x.dtype)}")
+    return Meta(_reduced_shape(x.shape, dims, keepdim), dt)
+
+
+def _type_word(dt):
+    return {"float32": "Float", "float64": "Double", "int64": "Long", "bool": "Bool"}[dt.name]
+
+
+def _mean_backward(ctx, g):
+    count = 1
+    for d in ctx.attrs["dims"]:
+        count *= ctx.metas[0].shape[d]
+    return (_expand_back(ctx, g) / float(max(count, 1)),)
+
+
+mean_op = register(
+    "mean", infer=_mean_meta,
+    eager=lambda x, dims, keepdim, dtype=None: np.mean(x, axis=dims, keepdims=keepdim),
+    backward=_mean_backward,
+    grad_fn=lambda ctx: "MeanBackward0" if ctx.attrs.get("_full") else "MeanBackward1")
+
+
+def sum_to_shape(g, shape):
+    """Sum a broadcast gradient down to ``shape``: the one place broadcasting is undone."""
+    shape = tuple(shape)
+    gshape = tuple(g.shape)
+    if gshape == shape:
+        return g
+    lead = len(gshape) - len(shape)
+    dims = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape)
+                                      if s == 1 and gshape[lead + i] != 1)
+    if dims:
+        g = sum(g, dims, keepdim=True)
+    return g.reshape(shape) if tuple(g.shape) != shape else g
+
+
+def _dims_arg(x, dim):
+    return common.wrap_dims(dim, x.dim()), dim is None or (isinstance(dim, (tuple, list))
+                                                           and len(dim) == 0)
+
+
+def sum(x, dim=None, keepdim=False, *, dtype=None):
+    if isinstance(dim, (list, tuple)) and len(dim) == 0:
+        dim = None
+    dims, full = _dims_arg(x, dim)
+    return apply(sum_op, x, dims=dims, keepdim=keepdim, dtype=dtype, _full=full)
+
+
+def mean(x, dim=None, keepdim=False, *, dtype=None):
+    if isinstance(dim, (list, tuple)) and len(dim) == 0:
+        dim = None
+    dims, full = _dims_arg(x, dim)
+    return apply(mean_op, x, dims=dims, keepdim=keepdim, dtype=dtype, _full=full)
+
+
+# --- max / min ------------------------------------------------------------------------------
+
+
+def _extreme_backward(ctx, g):
+    """Gradient of amax/amin: split evenly between tied extreme elements."""
+    x, y = ctx.inputs[0], ctx.output
+    dims, keepdim = ctx.attrs["dims"], ctx.attrs["keepdim"]
+    shape = tuple(ctx.metas[0].shape)
+    if not keepdim:
+        y = y.reshape(_reduced_shape(shape, dims, True))
+        g = g.reshape(_reduced_shape(shape, dims, True))
+    mask = (x == y.expand(shape)).to(g.dtype)
+    count = sum(mask, dims, keepdim=True)
+    return ((g / count).expand(shape) * mask,)
+
+
+def _check_nonempty(x, dims, name):
+    if common.numel(x.shape) == 0:
+        raise RuntimeError(f"{name}(): Expected reduction dim to be specified for input.numel() "
+                           "== 0. Specify the reduction dim with the 'dim' argument.")
+
+
+def _amax_meta(name):
+    def infer(x, dims, keepdim):
+        _check_nonempty(x, dims, name)
+        return Meta(_reduced_shape(x.shape, dims, keepdim), x.dtype)
+    return infer
+
+
+amax_op = register(
+    "amax", infer=_amax_meta("max"),
+    eager=lambda x, dims, keepdim: np.max(x, axis=dims, keepdims=keepdim),
+    saves=(0,), save_outputs=True, backward=_extreme_backward,
+    grad_fn=lambda ctx: "MaxBackward1" if ctx.attrs.get("_full") else "AmaxBackward0")
+amin_op = register(
+    "amin", infer=_amax_meta("min"),
+    eager=lambda x, dims, keepdim: np.min(x, axis=dims, keepdims=keepdim),
+    saves=(0,), save_outputs=True, backward=_extreme_backward,
+    grad_fn=lambda ctx: "MinBackward1" if ctx.attrs.get("_full") else "AminBackward0")
+
+
+def amax(x, dim=(), keepdim=False):
+    dims, full = _dims_arg(x, None if dim in ((), []) else dim)
+    return apply(amax_op, x, dims=dims, keepdim=keepdim)
+
+
+def amin(x, dim=(), keepdim=False):
+    dims, full = _dims_arg(x, None if dim in ((), []) else dim)
+    return apply(amin_op, x, dims=dims, keepdim=keepdim)
+
+
+def _arg_extreme(np_fn):
+    def eager(x, dim, keepdim):
+        if dim is None:
+            out = np.asarray(np_fn(x.reshape(-1)))
+            return out.reshape((1,) * x.ndim) if keepdim else out
+        idx = np_fn(x, axis=dim)
+        return np.expand_dims(idx, dim) if keepdim else idx
+    return eager
+
+
+def _arg_meta(x, dim, keepdim):
+    if dim is None:
+        if common.numel(x.shape) == 0:
+            raise RuntimeError("argmax(): Expected reduction dim to be specified for "
+                               "input.numel() == 0.")
+        return Meta((1,) * len(x.shape) if keepdim else (), _dtype.int64)
+    if x.shape and x.shape[dim] == 0:
+        raise IndexError("argmax(): Expected reduction dim " + str(dim) + " to have non-zero size.")
+    return Meta(_reduced_shape(x.shape, (dim,), keepdim), _dtype.int64)
+
+
+argmax_op = register("argmax", infer=_arg_meta, eager=_arg_extreme(np.argmax),
+                     differentiable=False)
+argmin_op = register("argmin", infer=_arg_meta, eager=_arg_extreme(np.argmin),
+                     differentiable=False)
+
+
+def argmax(x, dim=None, keepdim=False):
+    return apply(argmax_op, x, dim=None if dim is None else common.wrap_dim(dim, x.dim()),
+                 keepdim=keepdim)
+
+
+def argmin(x, dim=None, keepdim=False):
+    return apply(argmin_op, x, dim=None if dim is None else common.wrap_dim(dim, x.dim()),
+                 keepdim=keepdim)
+
+
+def _select_at_index_backward(ctx, g, _gi=None):
+    """Gradient of max(dim)/min(dim): the incoming gradient placed at the chosen indices."""
+    dim, keepdim = ctx.attrs["dim"], ctx.attrs["keepdim"]
+    shape = tuple(ctx.metas[0].shape)
+    idx = ctx.outputs[1]
+    if not keepdim:
+        g = g.unsqueeze(dim)
+        idx = idx.unsqueeze(dim)
+    from . import creation
+    positions = creation.arange(shape[dim]).reshape(
+        tuple(shape[dim] if i == dim else 1 for i in range(len(shape))))
+    mask = positions == idx
+    return (elementwise().where(mask, g.expand(shape), g.new_zeros(()).expand(shape)),)
+
+
+def elementwise():
+    from . import elementwise as ew
+    return ew
+
+
+def _extreme_dim(np_arg):
+    def eager(x, dim, keepdim):
+        idx = np_arg(x, axis=dim)
+        vals = np.take_along_axis(x, np.expand_dims(idx, dim), axis=dim)
+        if not keepdim:
+            vals = np.squeeze(vals, dim)
+        else:
+            idx = np.expand_dims(idx, dim)
+        return vals, idx
+    return eager
+
+
+def _extreme_dim_meta(x, dim, keepdim):
+    if x.shape and x.shape[dim] == 0:
+        raise IndexError("max(): Expected reduction dim " + str(dim) + " to have non-zero size.")
+    shape = _reduced_shape(x.shape, (dim,), keepdim)
+    return Meta(shape, x.dtype), Meta(shape, _dtype.int64)
+
+
+max_dim_op = register("max_dim", infer=_extreme_dim_meta, eager=_extreme_dim(np.argmax),
+                      save_outputs=True, backward=_select_at_index_backward, num_outputs=2,
+                      grad_fn="MaxBackward0")
+min_dim_op = register("min_dim", infer=_extreme_dim_meta, eager=_extreme_dim(np.argmin),
+                      save_outputs=True, backward=_select_at_index_backward, num_outputs=2,
+                      grad_fn="MinBackward0")
+
+max_result = collections.namedtuple("max", "values indices")
+min_result = collections.namedtuple("min", "values indices")
+
+
+def max(x, dim=None, keepdim=False, *, other=None):
+    from . import elementwise as ew
+    if common.is_tensor(dim):
+        return ew.maximum(x, dim)
+    if dim is None:
+        return apply(amax_op, x, dims=tuple(range(x.dim())), keepdim=False, _full=True)
+    vals, idx = apply(max_dim_op, x, dim=common.wrap_dim(dim, x.dim()), keepdim=keepdim)
+    return max_result(vals, idx)
+
+
+def min(x, dim=None, keepdim=False):
+    from . import elementwise as ew
+    if common.is_tensor(dim):
+        return ew.minimum(x, dim)
+    if dim is None:
+        return apply(amin_op, x, dims=tuple(range(x.dim())), keepdim=False, _full=True)
+    vals, idx = apply(min_dim_op, x, dim=common.wrap_dim(dim, x.dim()), keepdim=keepdim)
+    return min_result(vals, idx)
+
+
+# --- variance ---------------------------------------------------------------------------------
+
+
+def _var_meta(x, dims, correction, keepdim):
+    if not x.dtype.is_floating_point:
+        raise RuntimeError(f"std and var only support floating point and complex dtypes")
+    return Meta(_reduced_shape(x.shape, dims, keepdim), x.dtype)
+
+
+def _count(shape, dims):
+    n = 1
+    for d in dims:
+        n *= shape[d]
+    return n
+
+
+def _var_backward(ctx, g):
+    x = ctx.inputs[0]
+    dims, correction = ctx.attrs["dims"], ctx.attrs["correction"]
+    shape = tuple(ctx.metas[0].shape)
+    centred = x - mean(x, dims, keepdim=True)
+    scale = 2.0 / float(_count(shape, dims) - correction)
+    return (_expand_back(ctx, g) * centred * scale,)
+
+
+def _std_backward(ctx, g):
+    x, y = ctx.inputs[0], ctx.output
+    dims, correction, keepdim = ctx.attrs["dims"], ctx.attrs["correction"], ctx.attrs["keepdim"]
+    shape = tuple(ctx.metas[0].shape)
+    centred = x - mean(x, dims, keepdim=True)
+    if not keepdim:
+        y = y.reshape(_reduced_shape(shape, dims, True))
+    scale = 1.0 / float(_count(shape, dims) - correction)
+    return (_expand_back(ctx, g) * centred * scale / y.expand(shape),)
+
+
+var_op = register(
+    "var", infer=_var_meta, saves=(0,), backward=_var_backward,
+    eager=lambda x, dims, correction, keepdim: np.var(x, axis=dims, ddof=correction,
+                                                      keepdims=keepdim),
+    grad_fn="VarBackward0")
+std_op = register(
+    "std", infer=_var_meta, saves=(0,), save_outputs=True, backward=_std_backward,
+    eager=lambda x, dims, correction, keepdim: np.std(x, axis=dims, ddof=correction,
+                                                      keepdims=keepdim),
+    grad_fn="StdBackward0")
+
+
+def _correction(unbiased, correction):
+    if correction is not None:
+        return correction
+    return 1 if unbiased is None or unbiased else 0
+
+
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    if isinstance(dim, bool):  # var(x, False): the legacy unbiased positional
+        unbiased, dim = dim, None
+    dims, _ = _dims_arg(x, dim)
+    return apply(var_op, x, dims=dims, correction=_correction(unbiased, correction),
+                 keepdim=keepdim)
+
+
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    if isinstance(dim, bool):
+        unbiased, dim = dim, None
+    dims, _ = _dims_arg(x, dim)
+    return apply(std_op, x, dims=dims, correction=_correction(unbiased, correction),
+                 keepdim=keepdim)
+
+
+def logsumexp(x, dim, keepdim=False):
+    from . import elementwise as ew
+    dims = common.wrap_dims(dim, x.dim())
+    m = amax(x, dims, keepdim=True).detach()
+    m = ew.where(ew.isinf(m), m * 0, m)
+    out = ew.log(sum(ew.exp(x - m), dims, keepdim=True)) + m
+    return out if keepdim else out.squeeze(dims) if len(dims) == 1 else out.reshape(
+        _reduced_shape(tuple(x.shape), dims, False))
+
+
+# --- boolean reductions -----------------------------------------------------------------------
+
+
+def _bool_reduce(name, np_fn):
+    op = register(name, infer=lambda x, dims, keepdim: Meta(
+        _reduced_shape(x.shape, dims, keepdim), _dtype.bool_),
+        eager=lambda x, dims, keepdim: np_fn(x, axis=dims, keepdims=keepdim),
+        differentiable=False)
+
+    def fn(x, dim=None, keepdim=False):
+        dims, _ = _dims_arg(x, dim)
+        return apply(op, x, dims=dims, keepdim=keepdim)
+    return fn
+
+
+all = _bool_reduce("all", np.all)
+any = _bool_reduce("any", np.any)
+
+
+def count_nonzero(x, dim=None):
+    from . import elementwise as ew
+    return sum(ew.ne(x, 0).to(_dtype.int64), dim)
