@@ -1082,3 +1082,16 @@ def test_containers_register_parameters_in_state_dict(TH):
                 self.ml = L.ModuleList([define(L).Leaf(1, 1)])
         return list(Holder().state_dict()), repr(Holder())
     assert_same(run, TH)
+
+
+def test_load_state_dict_from_torch_tensors(TH):
+    torch = pytest.importorskip("torch")
+    src = define(TH).Net()
+    with torch.no_grad():
+        for i, p in enumerate(src.parameters()):
+            p.copy_(torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape) + i)
+    dst = define(TN).Net()
+    assert repr(dst.load_state_dict(src.state_dict())) == "<All keys matched successfully>"
+    for (k1, a), (k2, b) in zip(dst.state_dict().items(), src.state_dict().items()):
+        assert k1 == k2 and a._data.dtype == b.numpy().dtype
+        np.testing.assert_array_equal(a._data, b.numpy())

@@ -1,10 +1,182 @@
-"""Tracing placeholder: the error raised when traced code needs a concrete value."""
+"""Tracing: run ``forward`` once on symbolic tensors and record every registry op as an IR node.
+
+A traced tensor is a ``Tensor`` whose ``_ir`` is an IR ``Value`` (and whose ``_data`` is None).
+``registry.apply`` sends any op with a traced input here. Concrete tensors met during tracing
+(Python numbers, tensors created inside ``forward``) become ``constant`` nodes; Python control
+flow and shape arithmetic simply run, so the graph is specialised to the example inputs.
+"""
+import os
+import sys
+
+import numpy as np
+
+from .autograd import grad_mode
+from .ir.graph import Graph
+from .ops import registry
+from .ops.registry import Meta, op_attrs
+from .tensor import Tensor
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class TraceError(RuntimeError):
-    pass
+    """Raised when traced code needs a concrete value (data-dependent control flow)."""
+
+
+def user_location():
+    """(filename, lineno) of the innermost frame outside tracenet: where the user's code is."""
+    f = sys._getframe(1)
+    while f is not None:
+        fn = f.f_code.co_filename
+        if not os.path.abspath(fn).startswith(_PACKAGE_DIR + os.sep):
+            return (fn, f.f_lineno)
+        f = f.f_back
+    return None
 
 
 def data_dependent(what):
-    raise TraceError(f"{what} needs a concrete value, which a traced tensor does not have; "
-                     "run this code in eager mode")
+    loc = user_location()
+    where = f" at {loc[0]}:{loc[1]}" if loc else ""
+    raise TraceError(
+        f"{what} needs the value of a traced tensor{where}, but tracing only knows shapes and "
+        "dtypes: data-dependent Python control flow (if/while on tensor values, .item(), "
+        ".tolist(), .numpy(), bool()) cannot be compiled. Run this module in eager mode (call it "
+        "without tracenet.compile), or move the data-dependent part outside forward.")
+
+
+def traced_tensor(value):
+    t = Tensor._wrap(None)
+    t._ir = value
+    t._requires_grad = value.requires_grad
+    return t
+
+
+class Tracer:
+    """Records ops into ``graph``; concrete tensors are interned as constant nodes."""
+
+    def __init__(self, graph, foreign=None):
+        self.graph = graph
+        self._constants = {}
+        self.loc = None  # when set, recorded nodes take this location (autodiff uses the
+        # forward node's, so backward nodes point at the user's line they differentiate)
+        # values from another graph (autodiff reads forward values): mapped to new inputs
+        self.foreign = foreign
+
+    def value_of(self, t):
+        if t._ir is not None:
+            if self.foreign is not None:
+                return self.foreign(t._ir)
+            return t._ir
+        key = id(t._data)
+        entry = self._constants.get(key)
+        if entry is None or entry[0] is not t._data:
+            entry = (t._data, self.graph.add_constant(np.array(t._data, copy=True)))
+            self._constants[key] = entry
+        return entry[1]
+
+    def record(self, op, inputs, attrs):
+        values = [self.value_of(t) for t in inputs]
+        metas = tuple(Meta(v.shape, v.dtype) for v in values)
+        kw = op_attrs(attrs)
+        out_meta = op.infer(*metas, **kw)
+        multi = op.num_outputs != 1
+        out_metas = out_meta if multi else (out_meta,)
+        requires_grad = (op.differentiable and grad_mode.is_grad_enabled()
+                         and any(v.requires_grad for v in values))
+        node = self.graph.add_node(op.name, values, kw, out_metas,
+                                   loc=self.loc or user_location())
+        outs = []
+        for v in node.outputs:
+            v.requires_grad = requires_grad and v.dtype.is_floating_point
+            outs.append(traced_tensor(v))
+        return tuple(outs) if multi else outs[0]
+
+
+class tracing:
+    """Context manager that routes registry ops on traced tensors to ``tracer``."""
+
+    def __init__(self, tracer):
+        self.tracer = tracer
+
+    def __enter__(self):
+        self._prev = registry._tracer[0]
+        registry._tracer[0] = self.tracer.record
+        return self.tracer
+
+    def __exit__(self, *exc):
+        registry._tracer[0] = self._prev
+        return False
+
+
+def _named_state(module):
+    """Parameters then buffers, by their state-dict names (parameters in named_parameters
+    order)."""
+    out = [(n, p) for n, p in module.named_parameters()]
+    seen = {id(p) for _, p in out}
+    for n, b in module.named_buffers():
+        if id(b) not in seen:
+            out.append((n, b))
+    return out
+
+
+def _flatten_outputs(out):
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        flat = []
+        for o in out:
+            flat.extend(_flatten_outputs(o))
+        return flat
+    raise TraceError(f"forward must return a Tensor or a tuple of Tensors to be traced, got "
+                     f"{type(out).__name__}")
+
+
+def trace(fn, *example_inputs, name=None):
+    """Trace ``fn`` (a Module or a function of tensors) on ``example_inputs`` into a Graph.
+
+    Graph inputs are the example inputs (named ``x``, ``x1``...) followed by the module's
+    parameters and buffers under their state-dict names."""
+    from .nn.modules.module import Module
+    module = fn if isinstance(fn, Module) else None
+    graph = Graph(name or (type(fn).__name__ if module is not None else
+                           getattr(fn, "__name__", "graph")))
+    state = _named_state(module) if module is not None else []
+    graph.key = specialisation_key(example_inputs, module)
+    args = []
+    for i, x in enumerate(example_inputs):
+        if not isinstance(x, Tensor):
+            raise TraceError(f"example input {i} must be a Tensor, got {type(x).__name__}")
+        v = graph.add_input("x" if i == 0 else f"x{i}", x.shape, x.dtype, x.requires_grad)
+        args.append(traced_tensor(v))
+    saved = []
+    try:
+        for n, p in state:
+            saved.append((p, p._ir))
+            p._ir = graph.add_input(n, p.shape, p.dtype, p.requires_grad)
+        tracer = Tracer(graph)
+        with tracing(tracer):
+            out = fn(*args)
+        outputs = _flatten_outputs(out)
+        graph.outputs = [tracer.value_of(o) for o in outputs]
+    finally:
+        for p, prev in saved:
+            p._ir = prev
+    return graph.renumber()
+
+
+def specialisation_key(example_inputs, module=None):
+    shapes = tuple((tuple(x.shape), x.dtype.short) for x in example_inputs)
+    training = bool(module.training) if module is not None else False
+    return Key(shapes, training, grad_mode.is_grad_enabled())
+
+
+class Key(tuple):
+    """(input shapes+dtypes, training flag, grad enabled): what a graph is specialised to."""
+
+    def __new__(cls, shapes, training, grad):
+        return super().__new__(cls, (shapes, training, grad))
+
+    def __str__(self):
+        shapes, training, grad = self
+        ins = ", ".join(f"{d}[{','.join(map(str, s))}]" for s, d in shapes)
+        return f"inputs=({ins}) training={training} grad={grad}"

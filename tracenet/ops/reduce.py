@@ -1,4 +1,5 @@
 """Reductions: sum, mean, max/min (all, amax, with indices), argmax, var/std, all/any."""
+import builtins
 import collections
 
 import numpy as np
@@ -59,7 +60,7 @@ def _mean_backward(ctx, g):
     count = 1
     for d in ctx.attrs["dims"]:
         count *= ctx.metas[0].shape[d]
-    return (_expand_back(ctx, g) / float(max(count, 1)),)
+    return (_expand_back(ctx, g) / float(builtins.max(count, 1)),)
 
 
 mean_op = register(

@@ -22,6 +22,11 @@ def _as_list(tensors):
 def _vector_norm(arr, ord):
     """``torch.linalg.vector_norm`` of a flat float64 array."""
     a = np.abs(arr.reshape(-1))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _vector_norm_abs(a, ord)
+
+
+def _vector_norm_abs(a, ord):
     if ord == math.inf:
         return float(a.max()) if a.size else 0.0
     if ord == -math.inf:
@@ -68,11 +73,12 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None):
     else:
         total = np.asarray(total_norm, dtype=_dtype.get_default_dtype().np)
     dt = total.dtype.type
-    coef = dt(max_norm) / (total + dt(1e-6))
-    coef = np.minimum(coef, dt(1.0))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        coef = np.minimum(dt(max_norm) / (total + dt(1e-6)), dt(1.0))
     for g in grads:
         data = g._concrete("clip_grads_with_norm_")
-        data *= coef.astype(data.dtype)
+        with np.errstate(invalid="ignore", over="ignore"):
+            data *= coef.astype(data.dtype)
         g._vc.value += 1
 
 

@@ -1,0 +1,132 @@
+"""The IR: plain data. A ``Graph`` holds named input ``Value``s, ``Node``s in topological SSA
+order, and output values. Every value has a static shape and dtype.
+
+A node's ``op`` names a registry op (its attributes are that op's keyword arguments), or is one
+of two structural ops: ``constant`` (``attrs["value"]`` holds a numpy array) and ``fused``
+(``members`` holds the nodes it groups; the fused node's outputs are the member values used
+outside the group).
+"""
+import itertools
+
+
+class Value:
+    """An SSA value. Identity is the object itself; ``id`` is only its printed number."""
+    __slots__ = ("id", "shape", "dtype", "producer", "name", "requires_grad")
+
+    def __init__(self, id, shape, dtype, producer=None, name=None, requires_grad=False):
+        self.id = id
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.producer = producer  # the Node that defines it; None for graph inputs
+        self.name = name          # graph inputs are named (x, conv1.weight)
+        self.requires_grad = requires_grad
+
+    @property
+    def ref(self):
+        return f"%{self.name}" if self.name is not None else f"%{self.id}"
+
+    def type_str(self):
+        return f"{self.dtype.short}[{','.join(str(s) for s in self.shape)}]"
+
+    def __repr__(self):
+        return f"<Value {self.ref}: {self.type_str()}>"
+
+
+class Node:
+    __slots__ = ("op", "inputs", "attrs", "outputs", "loc", "members")
+
+    def __init__(self, op, inputs, attrs, loc=None, members=None):
+        self.op = op
+        self.inputs = list(inputs)
+        self.attrs = dict(attrs)
+        self.outputs = []
+        self.loc = loc          # (filename, lineno) of the user code that created it
+        self.members = members  # fused nodes: the grouped nodes, in order
+
+    @property
+    def output(self):
+        return self.outputs[0]
+
+    def __repr__(self):
+        return f"<Node {self.op} -> {', '.join(v.ref for v in self.outputs)}>"
+
+
+class Graph:
+    def __init__(self, name="graph"):
+        self.name = name
+        self.inputs = []
+        self.nodes = []
+        self.outputs = []
+        self.key = None       # the specialisation: input shapes/dtypes and the training flag
+        self._ids = itertools.count()
+
+    # --- construction ---------------------------------------------------------------------
+    def new_value(self, shape, dtype, producer=None, name=None, requires_grad=False):
+        return Value(next(self._ids), shape, dtype, producer, name, requires_grad)
+
+    def add_input(self, name, shape, dtype, requires_grad=False):
+        v = self.new_value(shape, dtype, None, name, requires_grad)
+        self.inputs.append(v)
+        return v
+
+    def add_node(self, op, inputs, attrs, out_metas, loc=None, requires_grad=False,
+                 members=None):
+        node = Node(op, inputs, attrs, loc, members)
+        for m in out_metas:
+            node.outputs.append(self.new_value(m.shape, m.dtype, node,
+                                               requires_grad=requires_grad))
+        self.nodes.append(node)
+        return node
+
+    def add_constant(self, array):
+        from .. import _dtype
+        from ..ops.registry import Meta
+        dt = _dtype.from_numpy_dtype(array.dtype)
+        return self.add_node("constant", [], {"value": array},
+                             [Meta(array.shape, dt)]).output
+
+    # --- queries ------------------------------------------------------------------------
+    def users(self):
+        """Value -> list of nodes that read it (graph outputs are not counted)."""
+        out = {}
+        for node in self.nodes:
+            for v in node.inputs:
+                out.setdefault(v, []).append(node)
+        return out
+
+    def renumber(self):
+        """Give values consecutive ids in definition order (after passes removed nodes); the
+        internal values of fused nodes are numbered after all top-level ones."""
+        counter = itertools.count()
+        for node in self.nodes:
+            for v in node.outputs:
+                v.id = next(counter)
+        for node in self.nodes:
+            exported = {id(v) for v in node.outputs}
+            for m in node.members or ():
+                for v in m.outputs:
+                    if id(v) not in exported:
+                        v.id = next(counter)
+        self._ids = counter
+        return self
+
+    def op_counts(self):
+        counts = {}
+        for node in self.nodes:
+            counts[node.op] = counts.get(node.op, 0) + 1
+        return counts
+
+    def __str__(self):
+        from .printer import format_graph
+        return format_graph(self)
+
+    def __repr__(self):
+        return f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.nodes)} nodes>"
+
+    def to_dot(self):
+        from .printer import to_dot
+        return to_dot(self)
+
+    def copy(self):
+        import copy
+        return copy.deepcopy(self)

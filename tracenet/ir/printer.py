@@ -1,0 +1,126 @@
+"""The IR's text form (stable across runs, for reading and snapshot tests) and Graphviz export."""
+import os
+
+import numpy as np
+
+
+def format_attr(value):
+    if isinstance(value, (tuple, list)):
+        return "[" + ",".join(format_attr(v) for v in value) + "]"
+    if isinstance(value, float):
+        return repr(value)
+    if hasattr(value, "short"):  # a dtype
+        return value.short
+    return str(value)
+
+
+def format_spec(spec):
+    """An indexing key as Python would write it: [:, 1:3, None]."""
+    parts = []
+    for item in spec:
+        if item is None:
+            parts.append("None")
+        elif item is Ellipsis:
+            parts.append("...")
+        elif isinstance(item, tuple) and item[0] == "s":
+            start, stop, step = ("" if v is None else str(v) for v in item[1:])
+            parts.append(f"{start}:{stop}" + (f":{step}" if step else ""))
+        elif isinstance(item, tuple):
+            parts.append(f"idx{item[1]}")
+        else:
+            parts.append(str(item))
+    return "[" + ", ".join(parts) + "]"
+
+
+def format_constant(array):
+    if array.size == 1:
+        v = array.reshape(()).item()
+        return repr(v) if not isinstance(v, bool) else str(v)
+    return f"<{array.size} values>"
+
+
+def format_attrs(node):
+    out = []
+    for k, v in node.attrs.items():
+        if node.op == "constant" and k == "value":
+            continue
+        if k == "spec":
+            out.append(f"key={format_spec(v)}")
+        elif v is None:
+            continue
+        else:
+            out.append(f"{k}={format_attr(v)}")
+    return " ".join(out)
+
+
+def format_loc(loc):
+    return f"{os.path.basename(loc[0])}:{loc[1]}" if loc else ""
+
+
+def _node_line(node, indent):
+    outs = ", ".join(f"{v.ref}: {v.type_str()}" for v in node.outputs)
+    if node.op == "constant":
+        rhs = f"constant {format_constant(node.attrs['value'])}"
+    else:
+        name = node.op if node.op != "fused" else f"fused[{node.attrs.get('kind', '')}]"
+        rhs = f"{name}({', '.join(v.ref for v in node.inputs)})"
+        attrs = format_attrs(node) if node.op != "fused" else ""
+        if attrs:
+            rhs += "  " + attrs
+    line = f"{indent}{outs} = {rhs}"
+    loc = format_loc(node.loc)
+    if loc:
+        line += f"  # {loc}"
+    return line
+
+
+def format_graph(graph):
+    params = ", ".join(f"{v.ref}: {v.type_str()}" for v in graph.inputs)
+    lines = []
+    if graph.key is not None:
+        lines.append(f"# specialised for {graph.key}")
+    lines.append(f"graph {graph.name}({params}) {{")
+    for node in graph.nodes:
+        if node.op == "fused":
+            lines.append(_node_line(node, "  ") + " {")
+            for m in node.members:
+                lines.append(_node_line(m, "      "))
+            lines.append("  }")
+        else:
+            lines.append(_node_line(node, "  "))
+    lines.append(f"  return {', '.join(v.ref for v in graph.outputs)}")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _dot_escape(s):
+    return s.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def to_dot(graph):
+    lines = [f'digraph "{_dot_escape(graph.name)}" {{', "  rankdir=TB;",
+             '  node [shape=box, fontname="monospace"];']
+    for v in graph.inputs:
+        lines.append(f'  v{v.id} [label="{_dot_escape(v.ref)}\\n{v.type_str()}", '
+                     'shape=ellipse];')
+    for i, node in enumerate(graph.nodes):
+        label = node.op if node.op != "fused" else f"fused[{node.attrs.get('kind', '')}]"
+        if node.op == "constant":
+            label = f"constant {format_constant(node.attrs['value'])}"
+        outs = ", ".join(f"{v.ref}: {v.type_str()}" for v in node.outputs)
+        lines.append(f'  n{i} [label="{_dot_escape(label)}\\n{_dot_escape(outs)}"];')
+        for v in node.inputs:
+            src = _dot_source(graph, v)
+            lines.append(f"  {src} -> n{i};")
+    for v in graph.outputs:
+        lines.append(f'  out{v.id} [label="return {_dot_escape(v.ref)}", shape=ellipse];')
+        lines.append(f"  {_dot_source(graph, v)} -> out{v.id};")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _dot_source(graph, v):
+    for i, node in enumerate(graph.nodes):
+        if any(o is v for o in node.outputs):
+            return f"n{i}"
+    return f"v{v.id}"

@@ -1,0 +1,140 @@
+"""Reverse-mode autodiff on the IR.
+
+``grad(forward)`` walks the forward graph backwards and calls each op's registry backward rule
+on traced tensors, so the one rule that runs in eager mode is recorded here into a new graph.
+Cotangents of a value used several times are summed.
+
+What the forward saves is exactly what the backward rules read: a forward value that a rule
+touches becomes an input of the backward graph (``bwd.saved`` lists them, in input order).
+With the current rules that means: matmul/conv inputs, relu *outputs* (the mask is recomputed
+from them as ``y > 0``, so no separate mask is stored), max-pool's argmax indices (never the
+window), softmax/log-softmax outputs, and the targets of losses. Forward constants read by a
+rule are copied into the backward graph rather than saved.
+"""
+import numpy as np
+
+from ..autograd import grad_mode
+from ..ir.graph import Graph
+from ..ops.registry import REGISTRY, Ctx, Meta
+from ..trace import Tracer, traced_tensor, tracing
+
+
+class BackwardGraph(Graph):
+    """A backward graph plus how it connects to its forward graph.
+
+    Inputs: one cotangent per differentiable forward output (``cotangent_of``), then the saved
+    forward values (``saved``). Outputs: the gradients of ``grad_of`` (forward inputs)."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.cotangent_of = []
+        self.saved = []
+        self.grad_of = []
+
+
+def _all_values(graph):
+    values = set(graph.inputs)
+    for node in graph.nodes:
+        values.update(node.outputs)
+        for m in node.members or ():
+            values.update(m.outputs)
+    return values
+
+
+def _flat_nodes(graph):
+    for node in graph.nodes:
+        if node.op == "fused":
+            yield from node.members
+        else:
+            yield node
+
+
+def grad(forward, wrt=None):
+    """The backward graph of ``forward``. ``wrt`` (default: every forward input that requires
+    grad) picks the inputs whose gradients are its outputs."""
+    bwd = BackwardGraph(f"{forward.name}_backward")
+    bwd.key = forward.key
+    fwd_values = _all_values(forward)
+    saved_inputs = {}
+    constants = {}
+
+    def foreign(v):
+        if v not in fwd_values:
+            return v
+        if v.producer is not None and v.producer.op == "constant":
+            if v not in constants:
+                constants[v] = bwd.add_constant(v.producer.attrs["value"])
+            return constants[v]
+        if v not in saved_inputs:
+            name = v.name if v.name is not None else f"fwd{v.id}"
+            saved_inputs[v] = None  # placeholder; the input is added after the cotangents
+            saved_inputs[v] = bwd.new_value(v.shape, v.dtype, None, name)
+            bwd.saved.append(v)
+        return saved_inputs[v]
+
+    # cotangent inputs come first
+    cot = {}
+    for i, v in enumerate(forward.outputs):
+        if not v.requires_grad:
+            continue
+        g = bwd.add_input("grad" if len(forward.outputs) == 1 else f"grad{i}", v.shape, v.dtype)
+        bwd.cotangent_of.append(v)
+        t = traced_tensor(g)
+        cot[v] = t if v not in cot else cot[v] + t
+
+    tracer = Tracer(bwd, foreign=foreign)
+    with tracing(tracer), grad_mode.no_grad():
+        nodes = list(_flat_nodes(forward))
+        for node in reversed(nodes):
+            if node.op == "constant":
+                continue
+            grads = [cot.get(o) for o in node.outputs]
+            if all(g is None for g in grads):
+                continue
+            op = REGISTRY[node.op]
+            needs = tuple(v.requires_grad for v in node.inputs)
+            if not op.differentiable or not any(needs):
+                continue
+            grads = [_zeros_like_value(o) if g is None and o.dtype.is_floating_point else g
+                     for g, o in zip(grads, node.outputs)]
+            ctx = Ctx([traced_tensor(v) for v in node.inputs],
+                      [traced_tensor(o) for o in node.outputs],
+                      tuple(Meta(v.shape, v.dtype) for v in node.inputs),
+                      tuple(Meta(o.shape, o.dtype) for o in node.outputs),
+                      node.attrs, needs)
+            tracer.loc = node.loc
+            res = op.backward(ctx, *grads)
+            res = res if isinstance(res, tuple) else (res,)
+            for v, g, need in zip(node.inputs, res, needs):
+                if need and g is not None:
+                    if g.dtype is not v.dtype:
+                        g = g.to(v.dtype)
+                    cot[v] = g if v not in cot else cot[v] + g
+        tracer.loc = None
+        wrt = [v for v in forward.inputs if v.requires_grad] if wrt is None else list(wrt)
+        outputs = []
+        for v in wrt:
+            g = cot.get(v)
+            outputs.append(tracer.value_of(g) if g is not None else
+                           tracer.value_of(_zeros_like_value(v)))
+    bwd.grad_of = wrt
+    bwd.outputs = outputs
+    bwd.inputs.extend(saved_inputs[v] for v in bwd.saved)
+    return bwd.renumber()
+
+
+def _zeros_like_value(v):
+    from ..tensor import Tensor
+    return Tensor._wrap(np.zeros(v.shape, v.dtype.np))
+
+
+def joint_forward(forward, backward):
+    """A copy of ``forward`` whose outputs also include the values ``backward`` saves."""
+    import copy
+    memo = {}
+    joint = copy.deepcopy(forward, memo)
+    extra = [memo[id(v)] for v in backward.saved
+             if v.producer is not None and memo[id(v)] not in joint.outputs]
+    joint.outputs = joint.outputs + extra
+    joint.name = forward.name
+    return joint
