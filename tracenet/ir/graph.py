@@ -6,9 +6,6 @@ of two structural ops: ``constant`` (``attrs["value"]`` holds a numpy array) and
 (``members`` holds the nodes it groups; the fused node's outputs are the member values used
 outside the group).
 """
-import itertools
-
-
 class Value:
     """An SSA value. Identity is the object itself; ``id`` is only its printed number."""
     __slots__ = ("id", "shape", "dtype", "producer", "name", "requires_grad")
@@ -58,11 +55,12 @@ class Graph:
         self.nodes = []
         self.outputs = []
         self.key = None       # the specialisation: input shapes/dtypes and the training flag
-        self._ids = itertools.count()
+        self._next_id = 0
 
     # --- construction ---------------------------------------------------------------------
     def new_value(self, shape, dtype, producer=None, name=None, requires_grad=False):
-        return Value(next(self._ids), shape, dtype, producer, name, requires_grad)
+        self._next_id += 1
+        return Value(self._next_id - 1, shape, dtype, producer, name, requires_grad)
 
     def add_input(self, name, shape, dtype, requires_grad=False):
         v = self.new_value(shape, dtype, None, name, requires_grad)
@@ -97,17 +95,17 @@ class Graph:
     def renumber(self):
         """Give values consecutive ids in definition order (after passes removed nodes); the
         internal values of fused nodes are numbered after all top-level ones."""
-        counter = itertools.count()
+        n = 0
         for node in self.nodes:
             for v in node.outputs:
-                v.id = next(counter)
+                v.id, n = n, n + 1
         for node in self.nodes:
-            exported = {id(v) for v in node.outputs}
+            exported = set(node.outputs)
             for m in node.members or ():
                 for v in m.outputs:
-                    if id(v) not in exported:
-                        v.id = next(counter)
-        self._ids = counter
+                    if v not in exported:
+                        v.id, n = n, n + 1
+        self._next_id = n
         return self
 
     def op_counts(self):
@@ -127,6 +125,29 @@ class Graph:
         from .printer import to_dot
         return to_dot(self)
 
-    def copy(self):
-        import copy
-        return copy.deepcopy(self)
+    def copy(self, mapping=None):
+        """A structural copy (new Node/Value objects, shared constant arrays). ``mapping``, if
+        given, is filled with old Value -> new Value."""
+        mapping = {} if mapping is None else mapping
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+
+        def val(v, producer=None):
+            if v not in mapping:
+                mapping[v] = Value(v.id, v.shape, v.dtype, producer, v.name, v.requires_grad)
+            return mapping[v]
+
+        def copy_node(node):
+            c = Node(node.op, [mapping[v] for v in node.inputs], node.attrs, node.loc,
+                     None)
+            if node.members is not None:
+                c.members = [copy_node(m) for m in node.members]
+            c.outputs = [val(v, c) for v in node.outputs]
+            for v in c.outputs:
+                v.producer = c
+            return c
+
+        new.inputs = [val(v) for v in self.inputs]
+        new.nodes = [copy_node(n) for n in self.nodes]
+        new.outputs = [mapping[v] for v in self.outputs]
+        return new

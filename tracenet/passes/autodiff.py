@@ -130,11 +130,10 @@ def _zeros_like_value(v):
 
 def joint_forward(forward, backward):
     """A copy of ``forward`` whose outputs also include the values ``backward`` saves."""
-    import copy
-    memo = {}
-    joint = copy.deepcopy(forward, memo)
-    extra = [memo[id(v)] for v in backward.saved
-             if v.producer is not None and memo[id(v)] not in joint.outputs]
+    mapping = {}
+    joint = forward.copy(mapping)
+    extra = [mapping[v] for v in backward.saved
+             if v.producer is not None and mapping[v] not in joint.outputs]
     joint.outputs = joint.outputs + extra
     joint.name = forward.name
     return joint

@@ -1,0 +1,163 @@
+"""Fusion: group nodes that the code generator emits as one kernel into ``fused`` nodes.
+
+Groups (``attrs["kind"]``):
+
+* ``conv``: ``convolution`` (bias included) -> optional ``relu`` -> optional ``max_pool``;
+* ``gemm``: ``addmm``, or ``mm`` followed by a broadcast bias ``add``, then an optional
+  activation (``relu``, ``tanh``, ``sigmoid``);
+* ``elementwise``: a chain of elementwise ops of one output shape.
+
+A fused node's inputs are the values its members read from outside, its outputs the member
+values used after it (intermediates needed elsewhere, e.g. saved for backward, stay visible).
+The interpreter runs the members, so fusion is checked for equality with the unfused graph.
+"""
+from ..ir.graph import Node
+
+ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "exp", "log", "log2", "log1p", "expm1",
+               "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "sin", "cos", "abs", "sign",
+               "relu", "threshold_backward", "pow_scalar", "maximum", "minimum", "clamp",
+               "where", "to_dtype", "eq", "ne", "lt", "le", "gt", "ge", "floor", "ceil",
+               "trunc", "round", "pow"}
+ACTIVATIONS = {"relu", "tanh", "sigmoid"}
+
+
+def _positions(graph):
+    return {id(n): i for i, n in enumerate(graph.nodes)}
+
+
+def _users(graph):
+    users = {}
+    for node in graph.nodes:
+        for v in node.inputs:
+            users.setdefault(v, []).append(node)
+    return users
+
+
+def _sole_user(users, graph, value):
+    us = users.get(value, [])
+    if len(us) == 1 and value not in graph.outputs:
+        return us[0]
+    return None
+
+
+def _only_user_besides_outputs(users, value):
+    """The single node reading ``value`` (graph outputs, e.g. saved values, are allowed)."""
+    us = users.get(value, [])
+    return us[0] if len(us) == 1 else None
+
+
+def fuse_group(graph, members, kind):
+    """Replace ``members`` (nodes of ``graph``, in order) by one fused node placed where the last
+    member was. Returns the fused node, or None if the group would break SSA order."""
+    pos = _positions(graph)
+    member_ids = {id(m) for m in members}
+    last = max(pos[id(m)] for m in members)
+    produced = set()
+    for m in members:
+        produced.update(m.outputs)
+    inputs = []
+    for m in members:
+        for v in m.inputs:
+            if v not in produced and v not in inputs:
+                inputs.append(v)
+    users = _users(graph)
+    exported = []
+    for m in members:
+        for v in m.outputs:
+            outside = [u for u in users.get(v, []) if id(u) not in member_ids]
+            if any(pos[id(u)] < last for u in outside):
+                return None  # a reader sits between the members: cannot move the group
+            if outside or v in graph.outputs:
+                exported.append(v)
+    # every external input must be defined before the first member... or at least before last
+    fused = Node("fused", inputs, {"kind": kind}, loc=members[-1].loc, members=list(members))
+    fused.outputs = exported
+    for v in exported:
+        v.producer = fused
+    new_nodes = []
+    for i, n in enumerate(graph.nodes):
+        if id(n) in member_ids:
+            if i == last:
+                new_nodes.append(fused)
+            continue
+        new_nodes.append(n)
+    graph.nodes = new_nodes
+    return fused
+
+
+def _conv_groups(graph):
+    users = _users(graph)
+    groups = []
+    for node in graph.nodes:
+        if node.op != "convolution":
+            continue
+        group = [node]
+        nxt = _only_user_besides_outputs(users, node.output)
+        if nxt is not None and nxt.op == "relu":
+            group.append(nxt)
+            nxt = _only_user_besides_outputs(users, nxt.output)
+        if nxt is not None and nxt.op == "max_pool" and len(group[-1].outputs) == 1:
+            group.append(nxt)
+        if len(group) > 1:
+            groups.append(group)
+    return groups
+
+
+def _gemm_groups(graph):
+    users = _users(graph)
+    groups = []
+    for node in graph.nodes:
+        if node.op not in ("addmm", "mm"):
+            continue
+        group = [node]
+        nxt = _only_user_besides_outputs(users, node.output)
+        if node.op == "mm" and nxt is not None and nxt.op == "add" and \
+                nxt.output.shape == node.output.shape and len(nxt.inputs[1].shape) <= 1:
+            group.append(nxt)
+            nxt = _only_user_besides_outputs(users, nxt.output)
+        if nxt is not None and nxt.op in ACTIVATIONS:
+            group.append(nxt)
+        if len(group) > 1:
+            groups.append(group)
+    return groups
+
+
+def _elementwise_groups(graph):
+    users = _users(graph)
+    groups = []
+    group_of = {}
+    for node in graph.nodes:
+        if node.op not in ELEMENTWISE:
+            continue
+        shape = node.outputs[0].shape
+        joined = None
+        for v in node.inputs:
+            prod = v.producer
+            if prod is None or id(prod) not in group_of:
+                continue
+            if v.shape != shape or _sole_user(users, graph, v) is not node:
+                continue
+            joined = group_of[id(prod)]
+            break
+        if joined is None:
+            joined = []
+            groups.append(joined)
+        joined.append(node)
+        group_of[id(node)] = joined
+    return [g for g in groups if len(g) > 1]
+
+
+def fuse(graph):
+    """Apply every fusion pattern; returns the graph (modified in place)."""
+    for finder, kind in ((_conv_groups, "conv"), (_gemm_groups, "gemm"),
+                         (_elementwise_groups, "elementwise")):
+        for group in finder(graph):
+            if all(m in graph.nodes for m in group):
+                fuse_group(graph, group, _kind_name(kind, group))
+    return graph.renumber()
+
+
+def _kind_name(kind, group):
+    if kind == "elementwise":
+        return "elementwise"
+    return "_".join(m.op if m.op != "convolution" else "conv" for m in group)
