@@ -40,3 +40,23 @@ def interpret(graph, *inputs):
     for node in graph.nodes:
         run_node(node, env)
     return [env[v] for v in graph.outputs]
+
+
+def interpret_env(graph, *inputs):
+    """Like ``interpret`` but returns every computed value: {Value: array}. The backward graph's
+    saved inputs are read from here."""
+    env = {}
+    for v, x in zip(graph.inputs, inputs):
+        env[v] = x._data if hasattr(x, "_data") else np.asarray(x)
+    for node in graph.nodes:
+        run_node(node, env)
+    return env
+
+
+def interpret_backward(forward, backward, inputs, cotangents):
+    """Run ``forward`` on ``inputs``, then ``backward`` on ``cotangents`` and the saved values;
+    returns the gradients (numpy arrays) of ``backward.grad_of``."""
+    env = interpret_env(forward, *inputs)
+    saved = [env[v] for v in backward.saved]
+    cots = [c._data if hasattr(c, "_data") else np.asarray(c) for c in cotangents]
+    return interpret(backward, *cots, *saved)

@@ -36,6 +36,10 @@ def _rng(generator):
             inner = inner()
             if isinstance(inner, np.random.Generator):
                 return inner
+    if hasattr(generator, "initial_seed"):
+        # a generator object without its own stream (as returned by manual_seed) draws from
+        # the global one
+        return _random.rng()
     raise TypeError(f"generator must be a tracenet Generator or None, not "
                     f"{type(generator).__name__}")
 

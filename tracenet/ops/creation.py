@@ -18,7 +18,10 @@ def _make(arr, dtype=None, device=None, requires_grad=False):
             arr = arr.astype(dtype.np)
     t = Tensor._wrap(arr)
     if requires_grad:
-        t.requires_grad_(True)
+        if not t.dtype.is_floating_point:
+            raise RuntimeError("Only Tensors of floating point and complex dtype can require "
+                               "gradients")
+        t._requires_grad = True
     return t
 
 
@@ -37,7 +40,7 @@ def _as_dtype(dtype):
         raise TypeError(f"unsupported dtype {dtype!r}") from None
 
 
-def _size(size):
+def _size(size, name=None):
     if len(size) == 1 and isinstance(size[0], (tuple, list)):
         size = tuple(size[0])
     out = []
@@ -46,36 +49,51 @@ def _size(size):
             s = int(s)
         if not isinstance(s, (int, np.integer)):
             raise TypeError(f"expected a sequence of integers, got {type(s).__name__}")
-        if s < 0:
-            raise RuntimeError(f"Trying to create tensor with negative dimension {s}: "
-                               f"[{', '.join(map(str, size))}]")
         out.append(int(s))
+    for s in out:
+        if s < 0:
+            if name == "zeros":
+                raise RuntimeError("zeros: Dimension size must be non-negative.")
+            raise RuntimeError(f"Trying to create tensor with negative dimension {s}: "
+                               f"[{', '.join(map(str, out))}]")
     return tuple(out)
 
 
 def _infer_dtype(data):
-    """torch.tensor's dtype inference from Python data."""
-    flat = np.asarray(data, dtype=object).reshape(-1) if not isinstance(data, numbers.Number) \
-        else [data]
-    kinds = set()
-    for v in flat:
-        if isinstance(v, (bool, np.bool_)):
-            kinds.add(0)
-        elif isinstance(v, (numbers.Integral,)):
-            kinds.add(1)
-        elif isinstance(v, numbers.Number):
-            kinds.add(2)
+    """torch.tensor's dtype inference from Python data: Python floats take the default dtype,
+    numpy scalars/arrays and tensors keep their own, and all elements are promoted together."""
+    found = []
+
+    def walk(v):
+        if isinstance(v, (list, tuple)):
+            for item in v:
+                walk(item)
+        elif isinstance(v, Tensor):
+            found.append(v.dtype)
+        elif isinstance(v, (np.ndarray, np.generic)):
+            found.append(_dtype.from_numpy_dtype(v.dtype))
+        elif isinstance(v, bool):
+            found.append(_dtype.bool_)
+        elif isinstance(v, numbers.Integral):
+            found.append(_dtype.int64)
+        elif isinstance(v, numbers.Real):
+            found.append(_dtype.get_default_dtype())
         else:
             raise TypeError(f"new(): invalid data type '{type(v).__name__}'")
-    if not kinds:
+
+    walk(data)
+    if not found:
         return _dtype.get_default_dtype()
-    return (_dtype.bool_, _dtype.int64, _dtype.get_default_dtype())[max(kinds)]
+    result = found[0]
+    for d in found[1:]:
+        result = _dtype.promote_types(result, d)
+    return result
 
 
 def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False):
     if isinstance(data, Tensor):
         warnings.warn("To copy construct from a tensor, it is recommended to use "
-                      "sourceTensor.clone().detach() or sourceTensor.clone().detach()."
+                      "sourceTensor.detach().clone() or sourceTensor.detach().clone()."
                       "requires_grad_(True), rather than torch.tensor(sourceTensor).",
                       UserWarning, stacklevel=2)
         arr = np.array(data._concrete("tensor()"), copy=True)
@@ -83,8 +101,8 @@ def tensor(data, dtype=None, device=None, requires_grad=False, pin_memory=False)
         arr = np.array(data, copy=True)
         arr = arr.astype(_dtype.from_numpy_dtype(arr.dtype).np, copy=False)
     else:
-        data = _to_nested_numbers(data)
         dt = _as_dtype(dtype) if dtype is not None else _infer_dtype(data)
+        data = _to_nested_numbers(data)
         try:
             arr = np.array(data, dtype=dt.np)
         except ValueError as e:
@@ -110,17 +128,20 @@ def from_numpy(arr):
     return Tensor._wrap(arr)  # shares memory, like torch
 
 
-def _factory(fill):
+def _factory(fill, name):
     def factory(*size, out=None, dtype=None, layout=None, device=None, requires_grad=False,
                 pin_memory=False, memory_format=None):
+        if not size:
+            raise TypeError(f"{name}() missing 1 required positional arguments: \"size\"")
         dt = _as_dtype(dtype) if dtype is not None else _dtype.get_default_dtype()
-        return _make(fill(_size(size), dt.np), None, device, requires_grad)
+        return _make(fill(_size(size, name), dt.np), None, device, requires_grad)
+    factory.__name__ = name
     return factory
 
 
-zeros = _factory(lambda s, d: np.zeros(s, d))
-ones = _factory(lambda s, d: np.ones(s, d))
-empty = _factory(lambda s, d: np.zeros(s, d))  # zero-filled: garbage helps nobody
+zeros = _factory(lambda s, d: np.zeros(s, d), "zeros")
+ones = _factory(lambda s, d: np.ones(s, d), "ones")
+empty = _factory(lambda s, d: np.zeros(s, d), "empty")  # zero-filled: garbage helps nobody
 
 
 def full(size, fill_value, *, dtype=None, device=None, requires_grad=False, layout=None,
@@ -150,7 +171,7 @@ def arange(start, end=None, step=1, *, dtype=None, device=None, requires_grad=Fa
         dt = _as_dtype(dtype)
     s, e, st = vals
     if (e - s) * st < 0:
-        raise RuntimeError("upper bound and larger bound inconsistent with step sign")
+        raise RuntimeError("upper bound and lower bound inconsistent with step sign")
     n = max(0, math.ceil((e - s) / st))
     arr = (s + np.arange(n, dtype=np.float64) * st) if dt.is_floating_point or any(
         isinstance(v, float) for v in vals) else np.arange(s, e, st)
@@ -197,6 +218,9 @@ initial_seed = _random.initial_seed
 def _random_factory(sample):
     def factory(*size, generator=None, out=None, dtype=None, layout=None, device=None,
                 requires_grad=False, pin_memory=False):
+        if not size:
+            raise TypeError(f"{factory.public_name}() missing 1 required positional arguments: "
+                            "\"size\"")
         dt = _as_dtype(dtype) if dtype is not None else _dtype.get_default_dtype()
         if not dt.is_floating_point:
             raise RuntimeError(f"\"{factory.__name__}\" not implemented for 'Long'")
@@ -207,13 +231,17 @@ def _random_factory(sample):
 
 randn = _random_factory(lambda rng, s: rng.standard_normal(s))
 randn.__name__ = "normal_kernel_cpu"
+randn.public_name = "randn"
 rand = _random_factory(lambda rng, s: rng.random(s))
 rand.__name__ = "check_uniform_bounds"
+rand.public_name = "rand"
 
 
 def randint(low, high=None, size=None, *, generator=None, dtype=None, device=None,
             requires_grad=False, out=None, layout=None):
-    if high is None:
+    if size is None and isinstance(high, (tuple, list)):  # randint(high, size)
+        low, high, size = 0, low, high
+    elif high is None:
         low, high = 0, low
     if size is None:
         raise TypeError("randint() missing 1 required positional arguments: \"size\"")

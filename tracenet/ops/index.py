@@ -292,8 +292,11 @@ def split(x, split_size_or_sections, dim=0):
 def chunk(x, chunks, dim=0):
     dim = common.wrap_dim(dim, x.dim())
     size = x.shape[dim]
-    step = -(-size // chunks) if size else 1
-    return split(x, step, dim)
+    if chunks <= 0:
+        raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
+    if size == 0:
+        return tuple(narrow(x, dim, 0, 0) for _ in range(chunks))
+    return split(x, -(-size // chunks), dim)
 
 
 def unbind(x, dim=0):
