@@ -10,6 +10,7 @@ import tracenet as torch
 import tracenet.nn.functional as F
 from tracenet.ops import index as ix, nn as nnops
 from tracenet.ops.elementwise import threshold_backward
+from tracenet.ops.gemm import gemm
 from tracenet.ops.registry import REGISTRY, apply
 
 rng = np.random.default_rng(1234)
@@ -124,6 +125,8 @@ SAMPLES = {
                     [r(2, 2), r(2, 2)], [0, 1]),
     "mm": (lambda a, b: a.mm(b), [r(3, 4), r(4, 2)], [0, 1]),
     "addmm": (lambda c, a, b: torch.addmm(c, a, b), [r(2), r(3, 4), r(4, 2)], [0, 1, 2]),
+    "gemm": (lambda a, b, c: gemm(a, b, c, trans_a=True, trans_b=True, alpha=0.5, beta=2.0),
+             [r(4, 3), r(2, 4), r(2)], [0, 1, 2]),
     "bmm": (lambda a, b: a.bmm(b), [r(2, 3, 4), r(2, 4, 2)], [0, 1]),
     "convolution": (lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=(1, 0),
                                              dilation=(1, 2)),

@@ -360,3 +360,5 @@ def test_joint_forward_outputs_saved_values():
     pool_saved = [v for v in bwd.saved if v.producer is not None and v.producer.op == "max_pool"]
     assert sum(v.dtype.short == "i64" for v in pool_saved) == 2  # both pools' argmax indices
     assert len(joint.outputs) == 1 + len([v for v in bwd.saved if v.producer is not None])
+    assert [k for k, _ in joint.saved_sources].count("input") == \
+        len([v for v in bwd.saved if v.producer is None])

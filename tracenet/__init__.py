@@ -24,6 +24,7 @@ from .ops.elementwise import (abs, absolute, add, addcdiv, addcmul, ceil, clamp,
                               logical_xor, lt, maximum, minimum, mul, multiply, ne, neg, negative,
                               not_equal, pow, reciprocal, relu, round, rsqrt, rsub, sigmoid, sign,
                               sin, sqrt, square, sub, subtract, tanh, true_divide, trunc, where)
+from .ops.elementwise import floor_divide, remainder
 from .ops.reduce import (all, amax, amin, any, argmax, argmin, count_nonzero, logsumexp, max,
                          mean, min, std, sum, var)
 from .ops.shape import (broadcast_to, cat, concat, concatenate, flatten, flip, hstack, permute,
@@ -37,6 +38,8 @@ from .ops.nn import log_softmax as _log_softmax, softmax as _softmax
 from .ops.common import broadcast_shapes as _broadcast_shapes
 from . import autograd, nn, optim  # noqa: E402
 from .nn.functional import conv1d, conv2d, conv3d, dropout  # noqa: E402
+from .compiler import compile  # noqa: E402,A001
+from .trace import trace  # noqa: E402
 
 strided = "torch.strided"
 contiguous_format = preserve_format = channels_last = None
@@ -63,7 +66,9 @@ def log_softmax(x, dim, dtype=None):
 
 
 def broadcast_shapes(*shapes):
-    return Size(_broadcast_shapes(*(tuple(s) if not isinstance(s, int) else (s,) for s in shapes)))
+    import numbers as _numbers
+    return Size(_broadcast_shapes(*((s,) if isinstance(s, _numbers.Integral) else tuple(s)
+                                    for s in shapes)))
 
 
 def detach(x):
@@ -72,14 +77,14 @@ def detach(x):
 
 def allclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
     import numpy as _np
-    return bool(_np.allclose(a._concrete("allclose"), b._concrete("allclose"), rtol, atol,
-                             equal_nan))
+    # numpy's allclose/array_equal already return Python bools
+    return _np.allclose(a._concrete("allclose"), b._concrete("allclose"), rtol, atol, equal_nan)
 
 
 def equal(a, b):
     import numpy as _np
-    return tuple(a.shape) == tuple(b.shape) and bool(_np.array_equal(a._concrete("equal"),
-                                                                        b._concrete("equal")))
+    return tuple(a.shape) == tuple(b.shape) and _np.array_equal(a._concrete("equal"),
+                                                                b._concrete("equal"))
 
 
 def isclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):

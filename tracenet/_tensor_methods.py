@@ -27,10 +27,12 @@ def _binary_operand_check(fn):
 
 # --- operators --------------------------------------------------------------------------------
 _OPERATORS = {
-    "__add__": ew.add, "__radd__": _rev(ew.add),
-    "__sub__": ew.sub, "__rsub__": _rev(ew.sub),
-    "__mul__": ew.mul, "__rmul__": _rev(ew.mul),
-    "__truediv__": ew.div, "__rtruediv__": _rev(ew.div),
+    # reflected forms as torch computes them: 2 + x is x + 2, 2 - x is rsub(x, 2),
+    # 2 / x is reciprocal(x) * 2
+    "__add__": ew.add, "__radd__": ew.add,
+    "__sub__": ew.sub, "__rsub__": ew.rsub,
+    "__mul__": ew.mul, "__rmul__": ew.mul,
+    "__truediv__": ew.div, "__rtruediv__": lambda a, b: ew.mul(ew.reciprocal(a), b),
     "__pow__": ew.pow, "__rpow__": _rev(ew.pow),
     "__eq__": ew.eq, "__ne__": ew.ne, "__lt__": ew.lt, "__le__": ew.le, "__gt__": ew.gt,
     "__ge__": ew.ge,
@@ -42,7 +44,7 @@ _OPERATORS = {
     ew.bitwise_xor(a, b),
     "__floordiv__": lambda a, b: ew.div(a, b, rounding_mode="floor"),
     "__rfloordiv__": lambda a, b: ew.div(b, a, rounding_mode="floor"),
-    "__mod__": lambda a, b: a - ew.div(a, b, rounding_mode="floor") * b,
+    "__mod__": ew.remainder, "__rmod__": _rev(ew.remainder),
 }
 for _name, _fn in _OPERATORS.items():
     setattr(Tensor, _name, _binary_operand_check(_fn))
@@ -62,6 +64,7 @@ _METHODS = {
     # elementwise
     "add": ew.add, "sub": ew.sub, "subtract": ew.sub, "mul": ew.mul, "multiply": ew.mul,
     "div": ew.div, "divide": ew.div, "true_divide": ew.div, "pow": ew.pow,
+    "remainder": ew.remainder, "floor_divide": ew.floor_divide,
     "maximum": ew.maximum, "minimum": ew.minimum,
     "neg": ew.neg, "negative": ew.neg, "exp": ew.exp, "log": ew.log, "log2": ew.log2,
     "log1p": ew.log1p, "expm1": ew.expm1, "sqrt": ew.sqrt, "rsqrt": ew.rsqrt,
@@ -169,7 +172,7 @@ def _new_factory(factory):
     return method
 
 
-Tensor.new_zeros = _new_factory(creation.zeros)
+Tensor.new_zeros = _new_factory(creation.new_zeros)
 Tensor.new_ones = _new_factory(creation.ones)
 Tensor.new_empty = _new_factory(creation.empty)
 Tensor.new_full = lambda self, size, fill_value, dtype=None, device=None, requires_grad=False: \

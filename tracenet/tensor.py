@@ -170,10 +170,14 @@ class Tensor:
                                    "require differentiation use var_no_grad = var.detach().")
             return
         if value and not (self.dtype.is_floating_point):
-            raise RuntimeError("only Tensors of floating point dtype can require gradients")
+            raise RuntimeError("only Tensors of floating point and complex dtype can require "
+                               "gradients")
         self._requires_grad = value
 
     def requires_grad_(self, requires_grad=True):
+        requires_grad = bool(requires_grad)
+        if requires_grad and self.grad_fn is None and not self.dtype.is_floating_point:
+            raise RuntimeError("only Tensors of floating point dtype can require gradients")
         self.requires_grad = requires_grad
         return self
 
@@ -277,11 +281,17 @@ class Tensor:
             raise RuntimeError(f"Boolean value of Tensor with more than one value is ambiguous")
         return bool(data.reshape(()))
 
+    def _python_scalar(self):
+        data = self._concrete("item()")
+        if data.size != 1:
+            raise ValueError("only one element tensors can be converted to Python scalars")
+        return data.reshape(()).item()
+
     def __float__(self):
-        return float(self.item())
+        return float(self._python_scalar())
 
     def __int__(self):
-        return int(self.item())
+        return int(self._python_scalar())
 
     def __index__(self):
         if self.dtype.is_floating_point or self.numel() != 1:
@@ -326,9 +336,14 @@ class Tensor:
         memo[id(self)] = new
         return new
 
-    def type(self, dtype=None):
+    def type(self, dtype=None, non_blocking=False):
         if dtype is None:
             return _legacy_type_name(self.dtype)
+        if isinstance(dtype, str):
+            names = {_legacy_type_name(d): d for d in _dtype.ALL}
+            if dtype not in names:
+                raise ValueError(f"invalid type: '{dtype}'")
+            dtype = names[dtype]
         return self.to(dtype)
 
     def data_ptr(self):

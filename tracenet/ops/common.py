@@ -80,10 +80,13 @@ def wrap_dims(dims, ndim):
         return tuple(range(ndim))
     if isinstance(dims, (int, np.integer)):
         dims = (dims,)
-    out = tuple(sorted(wrap_dim(d, ndim) for d in dims))
-    if len(set(out)) != len(out):
-        raise RuntimeError("dim appears multiple times in the list of dims")
-    return out
+    out = []
+    for d in dims:
+        d = wrap_dim(d, ndim)
+        if d in out:
+            raise RuntimeError(f"dim {d} appears multiple times in the list of dims")
+        out.append(d)
+    return tuple(sorted(out))
 
 
 def same(m):

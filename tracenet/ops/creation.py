@@ -142,6 +142,7 @@ def _factory(fill, name):
 zeros = _factory(lambda s, d: np.zeros(s, d), "zeros")
 ones = _factory(lambda s, d: np.ones(s, d), "ones")
 empty = _factory(lambda s, d: np.zeros(s, d), "empty")  # zero-filled: garbage helps nobody
+new_zeros = _factory(lambda s, d: np.zeros(s, d), "new_zeros")
 
 
 def full(size, fill_value, *, dtype=None, device=None, requires_grad=False, layout=None,

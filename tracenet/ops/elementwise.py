@@ -34,10 +34,25 @@ add_op = register(
     "add", infer=_binary_meta, eager=np.add,
     backward=lambda ctx, g: (_unbroadcast(ctx, 0, g), _unbroadcast(ctx, 1, g)))
 
+_SUB_BOOL_MSG = ("Subtraction, the `-` operator, with a bool tensor is not supported. If you are "
+                 "trying to invert a mask, use the `~` or `logical_not()` operator instead.")
+_SUB_BOOLS_MSG = ("Subtraction, the `-` operator, with two bool tensors is not supported. Use the "
+                  "`^` or `logical_xor()` operator instead.")
+
+
+def _sub_meta(a, b):
+    if a.dtype is _dtype.bool_ and b.dtype is _dtype.bool_:
+        raise RuntimeError(_SUB_BOOLS_MSG)
+    if a.dtype is _dtype.bool_ or b.dtype is _dtype.bool_:
+        raise RuntimeError(_SUB_BOOL_MSG)
+    return _binary_meta(a, b)
+
+
 sub_op = register(
-    "sub", infer=_binary_meta, eager=np.subtract,
+    "sub", infer=_sub_meta, eager=np.subtract,
     backward=lambda ctx, g: (_unbroadcast(ctx, 0, g),
-                             _unbroadcast(ctx, 1, neg(g)) if ctx.needs_input_grad[1] else None))
+                             _unbroadcast(ctx, 1, neg(g)) if ctx.needs_input_grad[1] else None),
+    grad_fn=lambda ctx: ctx.attrs.get("_name", "SubBackward0"))
 
 mul_op = register(
     "mul", infer=_binary_meta, eager=np.multiply, saves=(0, 1),
@@ -69,22 +84,45 @@ def _pow_backward(ctx, g):
     return ga, gb
 
 
-pow_op = register("pow", infer=_binary_meta, eager=np.power, saves=(0, 1),
-                  backward=_pow_backward, grad_fn="PowBackward1")
+def _pow_eager(a, b):
+    if b.dtype.kind in "iub" and a.dtype.kind in "iub":
+        if np.any(b < 0):
+            # torch: 1 ** -n == 1, (-1) ** -n == +-1, everything else truncates to 0
+            out = np.power(a, np.where(b < 0, 0, b))
+            neg_b = np.broadcast_to(b < 0, out.shape)
+            base = np.broadcast_to(a, out.shape)
+            parity = np.broadcast_to(np.abs(b) % 2, out.shape)
+            inv = np.where(base == 1, 1, np.where(base == -1, np.where(parity == 1, -1, 1), 0))
+            return np.where(neg_b, inv, out).astype(out.dtype)
+    return np.power(a, b)
+
+
+pow_op = register("pow", infer=_binary_meta, eager=_pow_eager, saves=(0, 1),
+                  backward=_pow_backward,
+                  grad_fn=lambda ctx: ctx.attrs.get("_name", "PowBackward1"))
+
+
+def _np_meta(x):
+    return Meta(x.shape, _dtype.from_numpy_dtype(x.dtype))
 
 
 def _pow_scalar_eager(x, exponent):
+    dt = _dtype.result_type(_np_meta(x), exponent)
+    x = x.astype(dt.np, copy=False)
     if exponent == 2:
         return x * x
     if exponent == 0.5:
         return np.sqrt(x)
-    return np.power(x, np.asarray(exponent, dtype=x.dtype))
+    return np.power(x, np.asarray(exponent, dtype=dt.np))
+
+
+_NEG_INT_POW_MSG = "Integers to negative integer powers are not allowed."
 
 
 def _pow_scalar_meta(x, exponent):
-    if isinstance(exponent, float) and not x.dtype.is_floating_point:
-        return Meta(tuple(x.shape), _dtype.get_default_dtype())
-    return Meta(tuple(x.shape), x.dtype)
+    if not x.dtype.is_floating_point and not isinstance(exponent, float) and exponent < 0:
+        raise RuntimeError(_NEG_INT_POW_MSG)
+    return Meta(tuple(x.shape), _dtype.result_type(x, exponent))
 
 
 def _pow_scalar_backward(ctx, g):
@@ -126,15 +164,25 @@ def add(a, b, alpha=1):
     return apply(add_op, a, b)
 
 
-def sub(a, b, alpha=1):
+def _is_boolish(v):
+    return v.dtype is _dtype.bool_ if common.is_tensor(v) else isinstance(v, (bool, np.bool_))
+
+
+def sub(a, b, alpha=1, *, _name=None):
+    if _is_boolish(a) or _is_boolish(b):
+        raise RuntimeError(_SUB_BOOLS_MSG if _is_boolish(a) and _is_boolish(b)
+                           else _SUB_BOOL_MSG)
     a, b = common.as_tensor_pair(a, b)
     if alpha != 1:
         b = mul(b, alpha)
+    if _name is not None:
+        return apply(sub_op, a, b, _name=_name)
     return apply(sub_op, a, b)
 
 
 def rsub(a, b, alpha=1):
-    return sub(b, a, alpha=alpha)
+    """``b - alpha * a`` (torch's reflected subtraction, ``2 - x``)."""
+    return sub(b, a, alpha=alpha, _name="RsubBackward1")
 
 
 def mul(a, b):
@@ -158,6 +206,9 @@ def pow(a, b):
         if isinstance(b, (bool, np.bool_)):
             b = int(b)
         return apply(pow_scalar_op, a, exponent=b.item() if isinstance(b, np.generic) else b)
+    if not common.is_tensor(a):
+        # a Python number to a tensor power (``2 ** x``): torch's PowBackward2
+        return apply(pow_op, *common.as_tensor_pair(a, b), _name="PowBackward2")
     return apply(pow_op, *common.as_tensor_pair(a, b))
 
 
@@ -173,6 +224,53 @@ def minimum(a, b):
     return apply(minimum_op, *common.as_tensor_pair(a, b))
 
 
+def _mod_family(name, np_fn, quotient):
+    """remainder-like ops: ``a - b * quotient(a / b)``; gradient 1 for ``a``, ``-quotient(a/b)``
+    for ``b``. A Python-number divisor is an attribute (one graph edge, like torch)."""
+    def infer(a, b):
+        if a.dtype is _dtype.bool_ and b.dtype is _dtype.bool_:
+            raise RuntimeError(f"\"{name}_cpu\" not implemented for 'Bool'")
+        return _binary_meta(a, b)
+
+    def backward(ctx, g):
+        a, b = ctx.inputs
+        ga = _unbroadcast(ctx, 0, g) if ctx.needs_input_grad[0] else None
+        gb = None
+        if ctx.needs_input_grad[1]:
+            gb = _unbroadcast(ctx, 1, neg(g) * quotient(a / b))
+        return ga, gb
+
+    op = register(name, infer=infer, eager=np_fn, saves=(0, 1), backward=backward,
+                  grad_fn=name.capitalize() + "Backward1")
+
+    def scalar_infer(x, other):
+        return Meta(tuple(x.shape), _dtype.result_type(x, other))
+
+    def scalar_eager(x, other):
+        dt = _dtype.result_type(_np_meta(x), other)
+        return np_fn(x.astype(dt.np, copy=False), np.asarray(other, dt.np))
+
+    scalar_op = register(name + "_scalar", infer=scalar_infer, eager=scalar_eager,
+                         backward=lambda ctx, g: (g,), grad_fn=name.capitalize() + "Backward0")
+
+    def fn(a, b):
+        if common.is_tensor(a) and not common.is_tensor(b):
+            if not isinstance(b, (int, float, bool, np.number, np.bool_)):
+                raise TypeError(f"{name}(): argument 'other' must be Tensor or Number, not "
+                                f"{type(b).__name__}")
+            return apply(scalar_op, a, other=b.item() if isinstance(b, np.generic) else b)
+        return apply(op, *common.as_tensor_pair(a, b))
+    fn.__name__ = name
+    return fn
+
+
+remainder = _mod_family("remainder", np.mod, lambda q: floor(q))
+
+
+def floor_divide(a, b):
+    return div(a, b, rounding_mode="floor")
+
+
 true_divide = divide = div
 multiply = mul
 subtract = sub
@@ -185,6 +283,14 @@ subtract = sub
 def _unary(name, eager, backward=None, uses="x", infer=common.float_meta, grad_fn=None,
            differentiable=True):
     saves = (0,) if uses == "x" else ()
+    if infer is common.float_meta:
+        np_fn = eager
+
+        def eager(x):
+            # integer/bool input: computed in the default float dtype, as torch does
+            if x.dtype.kind in "biu":
+                x = x.astype(_dtype.get_default_dtype().np)
+            return np_fn(x)
     op = register(name, infer=infer, eager=eager, backward=backward, saves=saves,
                   save_outputs=(uses == "y"), grad_fn=grad_fn, differentiable=differentiable)
 
@@ -213,7 +319,15 @@ def _sigmoid_np(x):
     return out
 
 
-neg = _unary("neg", np.negative, lambda ctx, g: (neg(g),), uses=None, infer=common.same)
+def _neg_meta(m):
+    if m.dtype is _dtype.bool_:
+        raise RuntimeError("Negation, the `-` operator, on a bool tensor is not supported. If you "
+                           "are trying to invert a mask, use the `~` or `logical_not()` operator "
+                           "instead.")
+    return common.same(m)
+
+
+neg = _unary("neg", np.negative, lambda ctx, g: (neg(g),), uses=None, infer=_neg_meta)
 exp = _unary("exp", np.exp, lambda ctx, g: (g * _y(ctx),), uses="y")
 log = _unary("log", np.log, lambda ctx, g: (g / _x(ctx),))
 log2 = _unary("log2", np.log2, lambda ctx, g: (g / (_x(ctx) * float(np.log(2.0))),))
@@ -392,26 +506,82 @@ def _clamp_backward(ctx, g):
 
 
 clamp_op = register("clamp", infer=_clamp_meta, eager=_clamp_eager, saves=(0,),
-                    backward=_clamp_backward, grad_fn="ClampBackward1")
+                    backward=_clamp_backward,
+                    grad_fn=lambda ctx: ctx.attrs.get("_name", "ClampBackward1"))
 
 
-def clamp(x, min=None, max=None):
-    def number(v):
-        if common.is_tensor(v):
-            return v.item()
-        return v
-    return apply(clamp_op, x, min=number(min), max=number(max))
+def _clamp_tensor_meta(x, lo, hi, has_min, has_max):
+    present = [x] + [m for m, has in ((lo, has_min), (hi, has_max)) if has]
+    return Meta(common.broadcast_shapes(*(tuple(m.shape) for m in present)),
+                _dtype.result_type(*present))
+
+
+def _clamp_tensor_eager(x, lo, hi, has_min, has_max):
+    out = x
+    if has_min:
+        out = np.maximum(out, lo)
+    if has_max:
+        out = np.minimum(out, hi)
+    return out
+
+
+def _clamp_tensor_backward(ctx, g):
+    """``x`` gets the gradient where it lies within the bounds; a bound gets it where it
+    clipped (``max`` wins when ``min > max``)."""
+    x, lo, hi = ctx.inputs
+    has_min, has_max = ctx.attrs["has_min"], ctx.attrs["has_max"]
+    zero = g * 0
+    gx = glo = ghi = None
+    if ctx.needs_input_grad[0]:
+        if has_min and has_max:
+            inside = logical_and(x >= lo, x <= hi)
+        else:
+            inside = x >= lo if has_min else x <= hi
+        gx = _unbroadcast(ctx, 0, where(inside, g, zero))
+    if has_min and ctx.needs_input_grad[1]:
+        below = x < lo
+        if has_max:
+            below = logical_and(below, lo < hi)
+        glo = _unbroadcast(ctx, 1, where(below, g, zero))
+    if has_max and ctx.needs_input_grad[2]:
+        above = x > hi
+        if has_min:
+            above = logical_or(above, hi < lo)
+        ghi = _unbroadcast(ctx, 2, where(above, g, zero))
+    return gx, glo, ghi
+
+
+clamp_tensor_op = register("clamp_tensor", infer=_clamp_tensor_meta, eager=_clamp_tensor_eager,
+                           saves=(0, 1, 2), backward=_clamp_tensor_backward,
+                           grad_fn=lambda ctx: ctx.attrs.get("_name", "ClampBackward0"))
+
+
+def clamp(x, min=None, max=None, *, _name=None):
+    named = {} if _name is None else {"_name": _name}
+    if common.is_tensor(min) or common.is_tensor(max):
+        if min is None and max is None:
+            raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+
+        def bound(v):
+            if v is None:
+                return common.scalar_tensor(0, x.dtype)  # placeholder, never read
+            return v if common.is_tensor(v) else common.scalar_tensor(v, x.dtype)
+        if _name is not None:
+            named["_name"] = _name[:-1] + "1"
+        return apply(clamp_tensor_op, x, bound(min), bound(max), has_min=min is not None,
+                     has_max=max is not None, **named)
+    return apply(clamp_op, x, min=min, max=max, **named)
 
 
 clip = clamp
 
 
 def clamp_min(x, min):
-    return clamp(x, min=min)
+    return clamp(x, min=min, _name="ClampMinBackward0")
 
 
 def clamp_max(x, max):
-    return clamp(x, max=max)
+    return clamp(x, max=max, _name="ClampMaxBackward0")
 
 
 to_dtype_op = register(
@@ -426,12 +596,21 @@ def to_dtype(x, dtype):
     return apply(to_dtype_op, x, dtype=dtype)
 
 
-clone_op = register("clone", infer=common.same, eager=lambda x: np.array(x, copy=True),
-                    backward=lambda ctx, g: (g,))
+clone_op = register(
+    "clone", infer=lambda x, contiguous=False: common.same(x),
+    # like torch's preserve_format, a copy keeps the memory layout unless asked for a
+    # contiguous one
+    eager=lambda x, contiguous=False: np.array(x, order="C" if contiguous else "K", copy=True),
+    backward=lambda ctx, g: (g,))
 
 
 def clone(x, memory_format=None):
     return apply(clone_op, x)
+
+
+def contiguous_copy(x):
+    """A row-major copy (``Tensor.contiguous`` of a non-contiguous tensor)."""
+    return apply(clone_op, x, contiguous=True)
 
 
 def lerp(a, b, weight):

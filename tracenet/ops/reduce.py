@@ -237,8 +237,17 @@ min_dim_op = register("min_dim", infer=_extreme_dim_meta, eager=_extreme_dim(np.
                       save_outputs=True, backward=_select_at_index_backward, num_outputs=2,
                       grad_fn="MinBackward0")
 
-max_result = collections.namedtuple("max", "values indices")
-min_result = collections.namedtuple("min", "values indices")
+def _return_type(name):
+    """A (values, indices) namedtuple that prints like torch's ``torch.return_types.<name>``."""
+    base = collections.namedtuple(name, "values indices")
+
+    def __repr__(self):
+        return f"torch.return_types.{name}(\nvalues={self.values!r},\nindices={self.indices!r})"
+    return type(name, (base,), {"__slots__": (), "__repr__": __repr__})
+
+
+max_result = _return_type("max")
+min_result = _return_type("min")
 
 
 def max(x, dim=None, keepdim=False, *, other=None):

@@ -21,6 +21,10 @@ def infer_shape(shape, numel):
             raise RuntimeError(f"invalid shape dimension {s}")
     known = common.numel(s for s in shape if s != -1)
     if unknown:
+        if known == 0 and numel == 0:
+            raise RuntimeError(f"cannot reshape tensor of 0 elements into shape "
+                               f"[{', '.join(map(str, shape))}] because the unspecified "
+                               "dimension size -1 can be any value and is ambiguous")
         if known == 0 or numel % known:
             raise RuntimeError(f"shape '[{', '.join(map(str, shape))}]' is invalid for input of "
                                f"size {numel}")
@@ -157,9 +161,7 @@ def t(x):
     nd = x.dim()
     if nd > 2:
         raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {nd}D")
-    if nd < 2:
-        return x  # torch returns a view, we return the tensor itself
-    return apply(permute_op, x, dims=(1, 0), _name="TBackward0")
+    return apply(permute_op, x, dims=tuple(reversed(range(nd))), _name="TBackward0")
 
 
 # --- expand -----------------------------------------------------------------------------------
@@ -178,7 +180,8 @@ def expand(x, *sizes):
     sizes = _shape_args(sizes)
     shape = tuple(x.shape)
     if len(sizes) < len(shape):
-        raise RuntimeError(f"expand(torch.FloatTensor{{[{', '.join(map(str, shape))}]}}, "
+        from ..tensor import _legacy_type_name
+        raise RuntimeError(f"expand({_legacy_type_name(x.dtype)}{{[{', '.join(map(str, shape))}]}}, "
                            f"size=[{', '.join(map(str, sizes))}]): the number of sizes provided "
                            f"({len(sizes)}) must be greater or equal to the number of dimensions "
                            f"in the tensor ({len(shape)})")
@@ -314,10 +317,10 @@ def detach(x):
 
 
 def contiguous(x, memory_format=None):
-    if x._ir is not None or x._data.flags.c_contiguous:
+    if x._ir is not None or x.is_contiguous():
         return x
-    from .elementwise import clone
-    return clone(x)
+    from .elementwise import contiguous_copy
+    return contiguous_copy(x)
 
 
 # --- repeat / flip ----------------------------------------------------------------------------

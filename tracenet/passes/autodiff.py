@@ -129,11 +129,21 @@ def _zeros_like_value(v):
 
 
 def joint_forward(forward, backward):
-    """A copy of ``forward`` whose outputs also include the values ``backward`` saves."""
+    """A copy of ``forward`` whose outputs also include the values ``backward`` saves.
+
+    ``joint.saved_sources[i]`` says where ``backward.saved[i]`` is found when the joint graph
+    runs: ``("input", k)`` (the k-th forward input) or ``("output", k)``."""
     mapping = {}
     joint = forward.copy(mapping)
-    extra = [mapping[v] for v in backward.saved
-             if v.producer is not None and mapping[v] not in joint.outputs]
-    joint.outputs = joint.outputs + extra
-    joint.name = forward.name
+    sources = []
+    for v in backward.saved:
+        if v.producer is None:
+            sources.append(("input", forward.inputs.index(v)))
+            continue
+        mv = mapping[v]
+        if mv not in joint.outputs:
+            joint.outputs.append(mv)
+        sources.append(("output", joint.outputs.index(mv)))
+    joint.outputs = list(joint.outputs)
+    joint.saved_sources = sources
     return joint

@@ -3,7 +3,7 @@
 Groups (``attrs["kind"]``):
 
 * ``conv``: ``convolution`` (bias included) -> optional ``relu`` -> optional ``max_pool``;
-* ``gemm``: ``addmm``, or ``mm`` followed by a broadcast bias ``add``, then an optional
+* ``gemm``: ``addmm``/``gemm``, or ``mm`` followed by a broadcast bias ``add``, then an optional
   activation (``relu``, ``tanh``, ``sigmoid``);
 * ``elementwise``: a chain of elementwise ops of one output shape.
 
@@ -107,11 +107,12 @@ def _gemm_groups(graph):
     users = _users(graph)
     groups = []
     for node in graph.nodes:
-        if node.op not in ("addmm", "mm"):
+        if node.op not in ("addmm", "mm", "gemm"):
             continue
         group = [node]
         nxt = _only_user_besides_outputs(users, node.output)
-        if node.op == "mm" and nxt is not None and nxt.op == "add" and \
+        biasless = node.op == "mm" or (node.op == "gemm" and len(node.inputs) == 2)
+        if biasless and nxt is not None and nxt.op == "add" and \
                 nxt.output.shape == node.output.shape and len(nxt.inputs[1].shape) <= 1:
             group.append(nxt)
             nxt = _only_user_besides_outputs(users, nxt.output)

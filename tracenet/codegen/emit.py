@@ -1,0 +1,242 @@
+"""Graph -> one C translation unit: kernels, constants, a memory plan, and one exported entry
+point per graph.
+
+Entry points take a single ``const intptr_t *args``: the graph's inputs, then its outputs, as
+buffer addresses. Intermediates live in a static arena laid out by a liveness-based plan that
+reuses the memory of dead values; views alias their source buffer.
+"""
+import re
+
+import numpy as np
+
+from ..ops.common import numel
+from .kernels import ALIAS_OPS, CTYPE, LoweringError, ctype, lower_node
+
+ALIGN = 64
+
+
+def c_identifier(text):
+    """A safe C identifier derived from arbitrary text (module or attribute names)."""
+    ident = re.sub(r"[^0-9A-Za-z_]", "_", text)
+    if not ident or ident[0].isdigit():
+        ident = "_" + ident
+    return ident
+
+
+def root_of(v):
+    """The value whose buffer ``v`` lives in (following views)."""
+    while v.producer is not None and v.producer.op in ALIAS_OPS:
+        v = v.producer.inputs[0]
+    return v
+
+
+class EntryPoint:
+    """One graph's C entry function and how to call it."""
+
+    def __init__(self, name, graph):
+        self.name = name
+        self.graph = graph
+        self.kernels = []          # (Kernel, node)
+        self.arena_bytes = 0
+        self.copies = []           # (output index, value) copied at the end
+        self.flops = []            # per kernel, for the time debug topic
+
+    @property
+    def num_args(self):
+        return len(self.graph.inputs) + len(self.graph.outputs)
+
+
+def _exported(graph):
+    """Values read by some node or returned: what a kernel must actually store."""
+    used = set(graph.outputs)
+    for node in graph.nodes:
+        used.update(node.inputs)
+    return used
+
+
+def _format_constant(array, ct):
+    flat = array.reshape(-1)
+    if ct == "float":
+        items = [float(x).hex() + "f" if np.isfinite(x) else
+                 ("NAN" if np.isnan(x) else ("INFINITY" if x > 0 else "-INFINITY"))
+                 for x in flat.astype(np.float64)]
+    elif ct == "double":
+        items = [float(x).hex() if np.isfinite(x) else
+                 ("NAN" if np.isnan(x) else ("INFINITY" if x > 0 else "-INFINITY"))
+                 for x in flat]
+    else:
+        items = [str(int(x)) for x in flat]
+    body = ", ".join(items) if items else "0"
+    return body
+
+
+class _Arena:
+    """First-fit allocation of byte ranges over node-index lifetimes."""
+
+    def __init__(self):
+        self.free = []   # (offset, size)
+        self.size = 0
+
+    def alloc(self, nbytes):
+        nbytes = max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
+        best = None
+        for i, (off, size) in enumerate(self.free):
+            if size >= nbytes and (best is None or size < self.free[best][1]):
+                best = i
+        if best is not None:
+            off, size = self.free.pop(best)
+            if size > nbytes:
+                self.free.append((off + nbytes, size - nbytes))
+            return off
+        off = self.size
+        self.size += nbytes
+        return off
+
+    def release(self, off, nbytes):
+        nbytes = max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
+        self.free.append((off, nbytes))
+        self.free.sort()
+        merged = []
+        for o, s in self.free:
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + s)
+            else:
+                merged.append((o, s))
+        self.free = merged
+
+
+def _nbytes(v):
+    return numel(v.shape) * v.dtype.itemsize
+
+
+def plan_entry(entry, prefix):
+    """Lower every node of ``entry.graph`` and lay out its memory; returns C source lines."""
+    graph = entry.graph
+    exported = _exported(graph)
+    storage = {}           # root Value -> C pointer expression (untyped)
+    decls = []
+    n_in = len(graph.inputs)
+    for i, v in enumerate(graph.inputs):
+        storage[v] = f"args[{i}]"
+    constants = []
+    for node in graph.nodes:
+        if node.op == "constant":
+            v = node.output
+            cname = f"{prefix}_c{v.id}"
+            ct = ctype(v)
+            arr = np.ascontiguousarray(node.attrs["value"])
+            constants.append(f"static const {ct} {cname}[{max(arr.size, 1)}] "
+                             f"__attribute__((aligned({ALIGN}))) = "
+                             f"{{{_format_constant(arr, ct)}}};")
+            storage[v] = f"(intptr_t){cname}"
+    for j, v in enumerate(graph.outputs):
+        r = root_of(v)
+        if r in storage or r.producer is None:
+            entry.copies.append((j, v))
+        else:
+            storage[r] = f"args[{n_in + j}]"
+
+    # lower nodes
+    kernels = []
+    for idx, node in enumerate(graph.nodes):
+        if node.op == "constant":
+            continue
+        kname = f"{prefix}_k{idx}_{c_identifier(node.attrs.get('kind', node.op))}"
+        k = lower_node(kname, node, [v for v in node.outputs if v in exported])
+        if k is not None:
+            kernels.append((idx, k, node))
+
+    # lifetimes of arena values (by node index), following aliases to their roots
+    last_use = {}
+    for idx, node in enumerate(graph.nodes):
+        for v in node.inputs:
+            r = root_of(v)
+            last_use[r] = max(last_use.get(r, idx), idx)
+    arena = _Arena()
+    live = []  # (end, offset, nbytes)
+    placements = {}
+    scratch_at = {}
+    for idx, k, node in kernels:
+        for end, off, nb in [e for e in live if e[0] < idx]:
+            arena.release(off, nb)
+        live = [e for e in live if e[0] >= idx]
+        for role, v in k.writes:
+            r = root_of(v)
+            if r in storage or r in placements:
+                continue
+            off = arena.alloc(_nbytes(r))
+            placements[r] = off
+            live.append((last_use.get(r, idx), off, _nbytes(r)))
+        if k.scratch:
+            nb = k.scratch * np.dtype({"float": np.float32, "double": np.float64,
+                                       "int64_t": np.int64}[k.scratch_ctype]).itemsize
+            off = arena.alloc(nb)
+            scratch_at[idx] = off
+            live.append((idx, off, nb))
+    entry.arena_bytes = arena.size
+    arena_name = f"{prefix}_arena"
+    for r, off in placements.items():
+        storage[r] = f"(intptr_t)({arena_name} + {off})"
+
+    def ptr(v):
+        return f"({CTYPE[v.dtype.short]} *){storage[root_of(v)]}"
+
+    body = []
+    for idx, k, node in kernels:
+        args = [ptr(v) for _, v in k.reads] + [ptr(v) for _, v in k.writes]
+        if k.scratch:
+            args.append(f"({k.scratch_ctype} *)({arena_name} + {scratch_at[idx]})")
+        body.append((k, f"{k.name}({', '.join(args)});"))
+        entry.kernels.append((k, node))
+    copies = []
+    for j, v in entry.copies:
+        copies.append(f"memcpy((void *)args[{n_in + j}], (const void *){storage[root_of(v)]}, "
+                      f"{_nbytes(v)});")
+    return constants, body, copies, arena_name
+
+
+def generate(graphs, unit, timing=False):
+    """C source for ``graphs`` (a list of (entry suffix, Graph)); returns (source, cdef,
+    [EntryPoint])."""
+    prefix = c_identifier(f"tn_{unit}")
+    parts = ["/* generated by tracenet: one translation unit, one entry point per graph */",
+             "#include <stdint.h>", "#include <stddef.h>", "#include <string.h>",
+             "#include <tgmath.h>", ""]
+    if timing:
+        parts += ["#include <time.h>",
+                  "static double tn_now(void) { struct timespec t; "
+                  "clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }", ""]
+    cdefs, entries = [], []
+    for suffix, graph in graphs:
+        entry = EntryPoint(f"{prefix}_{c_identifier(suffix)}", graph)
+        constants, body, copies, arena_name = plan_entry(entry, entry.name)
+        parts += constants
+        if entry.arena_bytes:
+            parts.append(f"static char {arena_name}[{entry.arena_bytes}] "
+                         f"__attribute__((aligned({ALIGN})));")
+        parts.append("")
+        for k, _ in body:
+            parts.append(k.source)
+        if timing:
+            parts.append(f"static double {entry.name}_times[{max(len(body), 1)}];")
+            parts.append(f"double *{entry.name}_kernel_times(void) {{ return "
+                         f"{entry.name}_times; }}")
+            cdefs.append(f"double *{entry.name}_kernel_times(void);")
+        sig = f"void {entry.name}(const intptr_t *args)"
+        parts.append(f"/* graph {graph.name}: {len(graph.inputs)} inputs, "
+                     f"{len(graph.outputs)} outputs, arena {entry.arena_bytes} bytes */")
+        parts.append(sig)
+        parts.append("{")
+        for i, (k, call) in enumerate(body):
+            if timing:
+                parts.append(f"    {{ double t0 = tn_now(); {call} "
+                             f"{entry.name}_times[{i}] = tn_now() - t0; }}")
+            else:
+                parts.append(f"    {call}")
+        for c in copies:
+            parts.append(f"    {c}")
+        parts.append("}")
+        parts.append("")
+        cdefs.append(sig + ";")
+        entries.append(entry)
+    return "\n".join(parts), "\n".join(cdefs), entries

@@ -1,0 +1,485 @@
+"""Lowering: one IR node (or fused group) -> one C kernel rendered from a Jinja template.
+
+Each lowering returns a ``Kernel``: the rendered function, the IR values it reads and writes (in
+parameter order) and how much scratch memory it needs. Views and detach emit no kernel; the
+memory plan lets them share their input's buffer.
+"""
+import os
+
+import numpy as np
+
+from ..ir.printer import _node_line
+from ..ops.common import numel
+from .templates import render
+
+CTYPE = {"f32": "float", "f64": "double", "i64": "int64_t", "b8": "uint8_t"}
+ALIAS_OPS = {"view", "detach"}
+
+
+class LoweringError(NotImplementedError):
+    """An op that has no C lowering."""
+
+
+def ctype(value):
+    return CTYPE[value.dtype.short]
+
+
+def acc_ctype(value):
+    return "double" if value.dtype.short == "f64" else ctype(value)
+
+
+class Kernel:
+    def __init__(self, name, reads, writes, source, scratch=0, scratch_ctype="float"):
+        self.name = name
+        self.reads = reads          # [(role, Value)]
+        self.writes = writes        # [(role, Value)]
+        self.source = source
+        self.scratch = scratch      # elements of scratch_ctype the kernel needs
+        self.scratch_ctype = scratch_ctype
+
+    def signature(self):
+        return signature(self.reads, self.writes, self.scratch, self.scratch_ctype)
+
+
+def signature(reads, writes, scratch=0, scratch_ctype="float"):
+    parts = [f"const {ctype(v)} *restrict {role}" for role, v in reads]
+    parts += [f"{ctype(v)} *restrict {role}" for role, v in writes]
+    if scratch:
+        parts.append(f"{scratch_ctype} *restrict scratch")
+    return ", ".join(parts) or "void"
+
+
+def node_lines(nodes):
+    lines = []
+    for n in nodes:
+        line = _node_line(n, "")
+        lines.append(line.replace("*/", "* /"))
+    return lines
+
+
+def where(node):
+    if node.loc:
+        return f" (traced at {os.path.basename(node.loc[0])}:{node.loc[1]})"
+    return ""
+
+
+# --- elementwise --------------------------------------------------------------------------------
+
+
+def _fmt_float(v, ct):
+    if ct == "float":
+        return f"{float(v)!r}f".replace("inff", "INFINITY").replace("nanf", "NAN")
+    return repr(float(v)).replace("inf", "INFINITY").replace("nan", "NAN")
+
+
+def _scalar(v, ct):
+    if ct in ("float", "double"):
+        return f"(({ct}){_fmt_float(v, ct)})"
+    return f"(({ct}){int(v)})"
+
+
+def _pow_scalar(args, attrs, ct):
+    (a,), e = args, attrs["exponent"]
+    if e == 2:
+        return f"({a} * {a})"
+    if e == 3:
+        return f"({a} * {a} * {a})"
+    if e == 1:
+        return a
+    if e == 0.5:
+        return f"sqrt({a})"
+    if e == -1:
+        return f"(1 / {a})"
+    return f"pow({a}, {_scalar(e, ct)})"
+
+
+def _clamp(args, attrs, ct):
+    (a,), lo, hi = args, attrs["min"], attrs["max"]
+    expr = a
+    if lo is not None:
+        expr = f"({expr} < {_scalar(lo, ct)} ? {_scalar(lo, ct)} : {expr})"
+    if hi is not None:
+        expr = f"({expr} > {_scalar(hi, ct)} ? {_scalar(hi, ct)} : {expr})"
+    return expr
+
+
+def _cast(args, attrs, ct):
+    if ct == "uint8_t":
+        return f"({args[0]} != 0)"
+    return f"(({ct}){args[0]})"
+
+
+# C expression of each elementwise op; args are C expressions of the inputs, ct the result type
+C_EXPR = {
+    "add": lambda a, at, ct: f"({a[0]} + {a[1]})",
+    "sub": lambda a, at, ct: f"({a[0]} - {a[1]})",
+    "mul": lambda a, at, ct: f"({a[0]} * {a[1]})",
+    "div": lambda a, at, ct: f"(({ct}){a[0]} / ({ct}){a[1]})",
+    "neg": lambda a, at, ct: f"(-{a[0]})",
+    "exp": lambda a, at, ct: f"exp({a[0]})",
+    "log": lambda a, at, ct: f"log({a[0]})",
+    "log2": lambda a, at, ct: f"log2({a[0]})",
+    "log1p": lambda a, at, ct: f"log1p({a[0]})",
+    "expm1": lambda a, at, ct: f"expm1({a[0]})",
+    "sqrt": lambda a, at, ct: f"sqrt({a[0]})",
+    "rsqrt": lambda a, at, ct: f"(1 / sqrt({a[0]}))",
+    "reciprocal": lambda a, at, ct: f"(1 / {a[0]})",
+    "tanh": lambda a, at, ct: f"tanh({a[0]})",
+    "sigmoid": lambda a, at, ct: f"(1 / (1 + exp(-{a[0]})))",
+    "sin": lambda a, at, ct: f"sin({a[0]})",
+    "cos": lambda a, at, ct: f"cos({a[0]})",
+    "abs": lambda a, at, ct: f"fabs({a[0]})" if ct in ("float", "double") else
+    f"({a[0]} < 0 ? -{a[0]} : {a[0]})",
+    "sign": lambda a, at, ct: f"(({ct})(({a[0]} > 0) - ({a[0]} < 0)))",
+    "relu": lambda a, at, ct: f"({a[0]} <= 0 ? 0 : {a[0]})",
+    "threshold_backward": lambda a, at, ct: f"({a[1]} > {_scalar(at['threshold'], ct)} ? "
+                                            f"{a[0]} : 0)",
+    "pow_scalar": lambda a, at, ct: _pow_scalar(a, at, ct),
+    "pow": lambda a, at, ct: f"pow({a[0]}, {a[1]})",
+    "maximum": lambda a, at, ct: f"(({a[0]} != {a[0]} || {a[0]} > {a[1]}) ? {a[0]} : {a[1]})",
+    "minimum": lambda a, at, ct: f"(({a[0]} != {a[0]} || {a[0]} < {a[1]}) ? {a[0]} : {a[1]})",
+    "clamp": _clamp,
+    "where": lambda a, at, ct: f"({a[0]} ? {a[1]} : {a[2]})",
+    "to_dtype": _cast,
+    "clone": lambda a, at, ct: a[0],
+    "expand": lambda a, at, ct: a[0],
+    "eq": lambda a, at, ct: f"({a[0]} == {a[1]})",
+    "ne": lambda a, at, ct: f"({a[0]} != {a[1]})",
+    "lt": lambda a, at, ct: f"({a[0]} < {a[1]})",
+    "le": lambda a, at, ct: f"({a[0]} <= {a[1]})",
+    "gt": lambda a, at, ct: f"({a[0]} > {a[1]})",
+    "ge": lambda a, at, ct: f"({a[0]} >= {a[1]})",
+    "logical_and": lambda a, at, ct: f"({a[0]} && {a[1]})",
+    "logical_or": lambda a, at, ct: f"({a[0]} || {a[1]})",
+    "logical_xor": lambda a, at, ct: f"(!{a[0]} != !{a[1]})",
+    "logical_not": lambda a, at, ct: f"(!{a[0]})",
+    "floor": lambda a, at, ct: f"floor({a[0]})",
+    "ceil": lambda a, at, ct: f"ceil({a[0]})",
+    "trunc": lambda a, at, ct: f"trunc({a[0]})",
+    "round": lambda a, at, ct: f"nearbyint({a[0]})",
+    "isnan": lambda a, at, ct: f"({a[0]} != {a[0]})",
+}
+
+
+def _broadcast_index(in_shape, out_shape):
+    """C expression for the flat index into an input of ``in_shape`` read at output index i."""
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+    if in_shape == out_shape:
+        return "i"
+    if numel(in_shape) == 1:
+        return "0"
+    nd = len(out_shape)
+    in_shape = (1,) * (nd - len(in_shape)) + in_shape
+    out_strides = [numel(out_shape[d + 1:]) for d in range(nd)]
+    in_strides = [numel(in_shape[d + 1:]) for d in range(nd)]
+    terms = []
+    for d in range(nd):
+        if in_shape[d] == 1:
+            continue
+        term = f"i / {out_strides[d]}" if out_strides[d] != 1 else "i"
+        if d > 0:
+            term = f"({term}) % {out_shape[d]}"
+        terms.append(f"({term}) * {in_strides[d]}" if in_strides[d] != 1 else f"({term})")
+    return " + ".join(terms) or "0"
+
+
+def lower_elementwise(name, members, inputs, outputs):
+    shape = members[-1].outputs[0].shape
+    reads = [(f"in{j}", v) for j, v in enumerate(inputs)]
+    writes = [(f"out{j}", v) for j, v in enumerate(outputs)]
+    expr_of = {}
+    for role, v in reads:
+        expr_of[v] = f"{role}[{_broadcast_index(v.shape, shape)}]"
+    lines = []
+    for k, node in enumerate(members):
+        if node.op not in C_EXPR:
+            raise LoweringError(f"op '{node.op}' has no C lowering{where(node)}; run this model "
+                                "in eager mode")
+        v = node.outputs[0]
+        ct = ctype(v)
+        args = [expr_of[x] for x in node.inputs]
+        tmp = f"t{k}"
+        lines.append(f"const {ct} {tmp} = {C_EXPR[node.op](args, node.attrs, ct)};")
+        expr_of[v] = tmp
+    for role, v in writes:
+        lines.append(f"{role}[i] = {expr_of[v]};")
+    src = render("elementwise.c.j2", name=name, signature=signature(reads, writes),
+                 node_lines=node_lines(members), numel=numel(shape), shape=shape, lines=lines)
+    return Kernel(name, reads, writes, src)
+
+
+# --- convolution / pooling ------------------------------------------------------------------
+
+
+def _conv_geometry(conv):
+    x, w = conv.inputs[0], conv.inputs[1]
+    a = conv.attrs
+    nsp = len(a["stride"])
+    if nsp > 2:
+        raise LoweringError(f"{nsp}-d convolution has no C lowering yet{where(conv)}")
+    pad1 = (lambda t, fill: (fill,) * (2 - nsp) + tuple(t))
+    xs = (x.shape[0], x.shape[1]) + pad1(x.shape[2:], 1)
+    ks = pad1(w.shape[2:], 1)
+    os_ = pad1(conv.outputs[0].shape[2:], 1)
+    st, pd, dl = pad1(a["stride"], 1), pad1(a["padding"], 0), pad1(a["dilation"], 1)
+    return dict(N=xs[0], C=xs[1], H=xs[2], W=xs[3], O=w.shape[0], KH=ks[0], KW=ks[1],
+                OH=os_[0], OW=os_[1], SH=st[0], SW=st[1], PH=pd[0], PW=pd[1], DH=dl[0],
+                DW=dl[1], G=a["groups"])
+
+
+def _pool_geometry(pool, ih, iw):
+    a = pool.attrs
+    nsp = len(a["kernel"])
+    if nsp > 2:
+        raise LoweringError(f"{nsp}-d max pooling has no C lowering yet{where(pool)}")
+    pad1 = (lambda t, fill: (fill,) * (2 - nsp) + tuple(t))
+    k, s, p, d = (pad1(a["kernel"], 1), pad1(a["stride"], 1), pad1(a["padding"], 0),
+                  pad1(a["dilation"], 1))
+    o = pad1(pool.outputs[0].shape[2:], 1)
+    return dict(KH=k[0], KW=k[1], SH=s[0], SW=s[1], PH=p[0], PW=p[1], DH=d[0], DW=d[1],
+                IH=ih, IW=iw, OH=o[0], OW=o[1])
+
+
+def lower_conv_group(name, members, exported):
+    conv = members[0]
+    relu = next((m for m in members if m.op == "relu"), None)
+    pool = next((m for m in members if m.op == "max_pool"), None)
+    geo = _conv_geometry(conv)
+    reads = [("x", conv.inputs[0]), ("w", conv.inputs[1])]
+    if len(conv.inputs) > 2:
+        reads.append(("b", conv.inputs[2]))
+    writes = []
+    conv_v = conv.outputs[0]
+    scratch = 0
+    plane_out = relu_out = None
+    relu_scratch = False
+    if conv_v in exported:
+        writes.append(("conv_out", conv_v))
+        plane_out = "conv_out"
+    if relu is not None:
+        relu_v = relu.outputs[0]
+        if relu_v in exported:
+            writes.append(("relu_out", relu_v))
+            if plane_out:
+                relu_out = "relu_out"
+            else:
+                plane_out = "relu_out"
+        elif plane_out:
+            relu_scratch = True
+    if pool is not None:
+        writes.append(("pool_out", pool.outputs[0]))
+        if pool.outputs[1] in exported:
+            writes.append(("pool_idx", pool.outputs[1]))
+    elif plane_out is None:
+        raise AssertionError("a conv group without pooling must export its last value")
+    if plane_out is None or relu_scratch:
+        scratch = geo["OH"] * geo["OW"]
+    ct = ctype(conv_v)
+    src = render("conv2d.c.j2", name=name, node_lines=node_lines(members), ctype=ct,
+                 signature=signature(reads, writes, scratch, ct), has_bias=len(conv.inputs) > 2,
+                 plane_out=plane_out, relu=relu is not None,
+                 relu_out=relu_out, relu_scratch=relu_scratch,
+                 pool=_pool_geometry(pool, geo["OH"], geo["OW"]) if pool else None,
+                 pool_idx=pool is not None and pool.outputs[1] in exported, **geo)
+    return Kernel(name, reads, writes, src, scratch, ct)
+
+
+def lower_max_pool(name, node, exported):
+    x = node.inputs[0]
+    shape = x.shape
+    ih, iw = (shape[2], shape[3]) if len(shape) == 4 else (1, shape[2])
+    reads = [("x", x)]
+    writes = [("out", node.outputs[0])]
+    with_idx = node.outputs[1] in exported
+    if with_idx:
+        writes.append(("idx", node.outputs[1]))
+    src = render("max_pool.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
+                 signature=signature(reads, writes), NC=shape[0] * shape[1],
+                 pool=_pool_geometry(node, ih, iw), with_idx=with_idx)
+    return Kernel(name, reads, writes, src)
+
+
+def lower_max_pool_backward(name, node):
+    g, idx = node.inputs
+    out = node.outputs[0]
+    nc = out.shape[0] * out.shape[1]
+    reads, writes = [("g", g), ("idx", idx)], [("out", out)]
+    src = render("max_pool_backward.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ctype(out), signature=signature(reads, writes), NC=nc,
+                 IN=numel(out.shape[2:]), ON=numel(g.shape[2:]))
+    return Kernel(name, reads, writes, src)
+
+
+def _conv_grad_geometry(node, x_shape, w_shape, gy_shape):
+    a = node.attrs
+    nsp = len(a["stride"])
+    if nsp > 2:
+        raise LoweringError(f"{nsp}-d convolution gradients have no C lowering yet{where(node)}")
+    pad1 = (lambda t, fill: (fill,) * (2 - nsp) + tuple(t))
+    xs = tuple(x_shape[:2]) + pad1(x_shape[2:], 1)
+    ks = pad1(w_shape[2:], 1)
+    os_ = pad1(gy_shape[2:], 1)
+    st, pd, dl = pad1(a["stride"], 1), pad1(a["padding"], 0), pad1(a["dilation"], 1)
+    return dict(N=xs[0], C=xs[1], H=xs[2], W=xs[3], O=w_shape[0], KH=ks[0], KW=ks[1],
+                OH=os_[0], OW=os_[1], SH=st[0], SW=st[1], PH=pd[0], PW=pd[1], DH=dl[0],
+                DW=dl[1], G=a["groups"])
+
+
+def lower_conv_backward_input(name, node):
+    gy, w = node.inputs
+    out = node.outputs[0]
+    geo = _conv_grad_geometry(node, out.shape, w.shape, gy.shape)
+    reads, writes = [("gy", gy), ("w", w)], [("out", out)]
+    src = render("conv_backward_input.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ctype(out), signature=signature(reads, writes), **geo)
+    return Kernel(name, reads, writes, src)
+
+
+def lower_conv_backward_weight(name, node):
+    gy, x = node.inputs
+    out = node.outputs[0]
+    geo = _conv_grad_geometry(node, x.shape, out.shape, gy.shape)
+    reads, writes = [("gy", gy), ("x", x)], [("out", out)]
+    src = render("conv_backward_weight.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ctype(out), acctype=acc_ctype(out), signature=signature(reads, writes),
+                 **geo)
+    return Kernel(name, reads, writes, src)
+
+
+# --- gemm ------------------------------------------------------------------------------------
+
+
+def lower_gemm_group(name, members, exported):
+    g = members[0]
+    if g.op != "gemm":
+        raise LoweringError(f"op '{g.op}' should have been rewritten to gemm{where(g)}")
+    act_node = next((m for m in members[1:] if m.op in ("relu", "tanh", "sigmoid")), None)
+    add_node = next((m for m in members[1:] if m.op == "add"), None)
+    a, b = g.inputs[0], g.inputs[1]
+    ta, tb = g.attrs["trans_a"], g.attrs["trans_b"]
+    m, k = (a.shape[1], a.shape[0]) if ta else a.shape
+    n = b.shape[0] if tb else b.shape[1]
+    reads = [("a", a), ("b", b)]
+    bias = None
+    beta = g.attrs["beta"]
+    if len(g.inputs) > 2:
+        bias = g.inputs[2]
+    elif add_node is not None:
+        bias = add_node.inputs[1] if add_node.inputs[0] is g.outputs[0] else add_node.inputs[0]
+        beta = 1.0
+    if bias is not None:
+        reads.append(("c", bias))
+    last = members[-1].outputs[0]
+    writes = [("out", last)]
+    pre = None
+    if act_node is not None:
+        pre_v = act_node.inputs[0]
+        if pre_v in exported:
+            pre = pre_v
+            writes.append(("pre", pre_v))
+    bias_index = None
+    if bias is not None:
+        bs = (1,) * (2 - len(bias.shape)) + tuple(bias.shape)
+        bias_index = {(1, 1): "0", (1, n): "j", (m, 1): "i"}.get(
+            bs, f"(size_t)i * {n} + j")
+    ct = ctype(last)
+    scratch = k * n if tb else 0
+    src = render("gemm.c.j2", name=name, node_lines=node_lines(members), ctype=ct,
+                 signature=signature(reads, writes, scratch, ct), M=m, N=n, K=k,
+                 trans_a=ta, trans_b=tb, alpha=g.attrs["alpha"], beta=beta,
+                 bias=bias is not None, bias_index=bias_index,
+                 act=act_node.op if act_node is not None else None,
+                 pre_act_out=pre is not None)
+    return Kernel(name, reads, writes, src, scratch, ct)
+
+
+# --- reductions and data movement --------------------------------------------------------------
+
+
+def _offset_expr(shape, names):
+    strides = [numel(shape[d + 1:]) for d in range(len(shape))]
+    terms = [f"{names[d]} * {strides[d]}" if strides[d] != 1 else names[d]
+             for d in range(len(shape)) if shape[d] != 1]
+    return " + ".join(terms) or "0"
+
+
+_REDUCE = {
+    "sum": ("0", "acc += v;", "acc"),
+    "mean": ("0", "acc += v;", "acc / {count}"),
+    "amax": ("-INFINITY", "if (v > acc || v != v) acc = v;", "acc"),
+    "amin": ("INFINITY", "if (v < acc || v != v) acc = v;", "acc"),
+}
+
+
+def lower_reduce(name, node):
+    x = node.inputs[0]
+    out = node.outputs[0]
+    dims = tuple(node.attrs["dims"])
+    shape = tuple(x.shape)
+    kept = [d for d in range(len(shape)) if d not in dims]
+    names = [f"k{d}" if d in kept else f"r{d}" for d in range(len(shape))]
+    init, update, finish = _REDUCE[node.op]
+    count = numel(shape[d] for d in dims)
+    out_ct = ctype(out)
+    acc = "double" if out_ct in ("double", "int64_t") or node.op in ("sum", "mean") and \
+        out_ct == "float" else out_ct
+    if not x.dtype.is_floating_point and node.op in ("amax", "amin"):
+        init = "INT64_MIN" if node.op == "amax" else "INT64_MAX"
+        acc = "int64_t"
+    if node.op in ("sum",) and not x.dtype.is_floating_point:
+        acc = "int64_t"
+    reads, writes = [("x", x)], [("out", out)]
+    src = render("reduce.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
+                 out_ctype=out_ct, acctype=acc, signature=signature(reads, writes),
+                 kind=node.op, in_shape=shape, dims=dims, kept=kept, init=init, update=update,
+                 finish=finish.format(count=f"({acc}){count}"),
+                 offset=_offset_expr(shape, names))
+    return Kernel(name, reads, writes, src)
+
+
+def lower_permute(name, node):
+    x, out = node.inputs[0], node.outputs[0]
+    dims = node.attrs["dims"]
+    in_shape = tuple(x.shape)
+    # output loop variable d walks input dim dims[d]
+    names = [None] * len(in_shape)
+    for d, src in enumerate(dims):
+        names[src] = f"i{d}"
+    reads, writes = [("x", x)], [("out", out)]
+    src = render("permute.c.j2", name=name, node_lines=node_lines([node]),
+                 signature=signature(reads, writes), out_shape=tuple(out.shape),
+                 offset=_offset_expr(in_shape, names))
+    return Kernel(name, reads, writes, src)
+
+
+def lower_node(name, node, exported):
+    """Kernel for a top-level node (fused or not); None for ops that only alias memory."""
+    if node.op in ALIAS_OPS:
+        return None
+    if node.op == "fused":
+        kind = node.attrs["kind"]
+        if kind.startswith("conv"):
+            return lower_conv_group(name, node.members, set(exported))
+        if kind == "elementwise":
+            return lower_elementwise(name, node.members, node.inputs, node.outputs)
+        return lower_gemm_group(name, node.members, set(exported))
+    if node.op == "convolution":
+        return lower_conv_group(name, [node], set(node.outputs))
+    if node.op == "gemm":
+        return lower_gemm_group(name, [node], set(node.outputs))
+    if node.op in C_EXPR:
+        return lower_elementwise(name, [node], node.inputs, node.outputs)
+    if node.op == "max_pool":
+        return lower_max_pool(name, node, set(exported))
+    if node.op == "max_pool_backward":
+        return lower_max_pool_backward(name, node)
+    if node.op == "conv_backward_input":
+        return lower_conv_backward_input(name, node)
+    if node.op == "conv_backward_weight":
+        return lower_conv_backward_weight(name, node)
+    if node.op in _REDUCE:
+        return lower_reduce(name, node)
+    if node.op == "permute":
+        return lower_permute(name, node)
+    raise LoweringError(f"op '{node.op}' has no C lowering{where(node)}; run this model in "
+                        "eager mode (without tracenet.compile)")

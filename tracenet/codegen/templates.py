@@ -1,0 +1,31 @@
+"""The Jinja environment over the kernel templates (``templates/*.c.j2``, installed as the
+``tracenet.templates`` package data)."""
+import functools
+import os
+
+import jinja2
+
+
+def template_dir():
+    try:
+        from importlib.resources import files
+        d = files("tracenet.templates")
+        path = str(d)
+        if os.path.isdir(path) and any(n.endswith(".c.j2") for n in os.listdir(path)):
+            return path
+    except (ModuleNotFoundError, TypeError):
+        pass
+    # running from a source checkout: templates/ sits next to the package
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "templates")
+
+
+@functools.lru_cache(maxsize=1)
+def environment():
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir()),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              trim_blocks=False, lstrip_blocks=False)
+
+
+def render(template, **context):
+    return environment().get_template(template).render(**context)

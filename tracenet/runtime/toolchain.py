@@ -1,0 +1,89 @@
+"""The system C compiler: which one (``CC``, default gcc), its identity, and the flags it
+supports. Probed once per process; each probe is a tiny test compile."""
+import functools
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+
+class CompilerError(RuntimeError):
+    """The C compiler is missing or rejected the generated source."""
+
+
+@functools.lru_cache(maxsize=None)
+def compiler():
+    """(argv prefix, identity string) of the C compiler to use."""
+    cc = os.environ.get("CC", "gcc").strip()
+    argv = cc.split()
+    if not argv or shutil.which(argv[0]) is None:
+        raise CompilerError(
+            f"no C compiler found: {cc!r} is not on PATH. tracenet.compile needs gcc or clang; "
+            "install one (e.g. 'apt-get install gcc') or set CC to a compiler's path.")
+    try:
+        out = subprocess.run(argv + ["--version"], capture_output=True, text=True, timeout=30)
+    except OSError as e:
+        raise CompilerError(f"cannot run the C compiler {cc!r}: {e}") from None
+    identity = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else cc
+    return tuple(argv), identity
+
+
+def _try_compile(flags, source="int f(int x) { return x + 1; }\n"):
+    argv, _ = compiler()
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "probe.c")
+        with open(src, "w") as f:
+            f.write(source)
+        res = subprocess.run(list(argv) + list(flags) + ["-shared", "-fPIC", src, "-o",
+                                                       os.path.join(d, "probe.so")],
+                             capture_output=True, text=True, timeout=60)
+        return res.returncode == 0
+
+
+_OPENMP_PROBE = """
+#include <omp.h>
+int f(int n) { int s = 0;
+#pragma omp parallel for reduction(+:s)
+  for (int i = 0; i < n; i++) s += i;
+  return s + omp_get_max_threads(); }
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def flags():
+    """Optimisation flags this compiler accepts. Never -ffast-math: it would switch the whole
+    process to flush-to-zero arithmetic. ``-fopenmp-simd`` lets reductions vectorise under
+    ``#pragma omp simd`` without reassociating anything else."""
+    out = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno"]
+    if os.environ.get("TRACENET_NATIVE", "1") != "0" and _try_compile(["-march=native"]):
+        out.append("-march=native")
+    if _try_compile(["-fopenmp-simd"]):
+        out.append("-fopenmp-simd")
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=None)
+def openmp_flags():
+    """Flags for OpenMP threading, or () if a test compile shows it does not work."""
+    if os.environ.get("TRACENET_OPENMP", "1") == "0":
+        return ()
+    if _try_compile(["-fopenmp"], _OPENMP_PROBE):
+        return ("-fopenmp",)
+    return ()
+
+
+@functools.lru_cache(maxsize=None)
+def target_cpu():
+    """What -march=native means here, for the cache key."""
+    model = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") or line.startswith("flags"):
+                    model += "|" + line.split(":", 1)[1].strip()
+                    if line.startswith("flags"):
+                        break
+    except OSError:
+        pass
+    return model
