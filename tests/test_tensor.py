@@ -691,8 +691,19 @@ def test_t_T_mT():
         assert_same(a, b)
     a, b = both(lambda m: m.arange(6.0).reshape(2, 3).T)
     assert_same(a, b)
-    a, b = both(lambda m: m.arange(4.0).T)
-    assert_same(a, b)
+    same_error(lambda m: m.arange(4.0).mT)
+    torch.set_warn_always(True)  # torch warns once per process otherwise
+    try:
+        for make in (lambda m: m.arange(4.0), lambda m: m.tensor(1.0),
+                     lambda m: m.arange(8.0).reshape(2, 2, 2)):
+            with pytest.warns(UserWarning) as ours:
+                a = make(tn).T
+            with pytest.warns(UserWarning) as theirs:
+                b = make(torch).T
+            assert_same(a, b)
+            assert str(theirs[0].message).startswith(str(ours[0].message))
+    finally:
+        torch.set_warn_always(False)
 
 
 def test_transpose_is_a_view():

@@ -311,7 +311,7 @@ def test_clamp_errors_and_dtypes():
     same_error(lambda m: m.ones(2).clamp())
     a, b = both(lambda m: m.tensor([1, 5, 9]).clamp(2.5, 7.5))
     assert_same(a, b)
-    a, b = both(lambda m: m.tensor([1, 5, 9]).clamp(m.tensor([2.5]), 7))
+    a, b = both(lambda m: m.tensor([1, 5, 9]).clamp(m.tensor([2.5]), m.tensor(7)))
     assert_same(a, b)
     a, b = both(lambda m: m.tensor([1., float("nan")]).clamp(0, 2))
     assert_same(a, b)

@@ -4,6 +4,8 @@ Every method here forwards to the one definition of its op in ``tracenet.ops``. 
 computed out of place and written back into the tensor's memory (so views and ``.data`` aliases
 see the change), bumping the version counter and re-pointing ``grad_fn`` at the new node.
 """
+import warnings
+
 import numpy as np
 
 from . import _dtype
@@ -104,8 +106,29 @@ _METHODS = {
 for _name, _fn in _METHODS.items():
     setattr(Tensor, _name, _fn)
 
-Tensor.T = property(lambda self: sh.permute(self, tuple(reversed(range(self.dim())))))
-Tensor.mT = property(lambda self: sh.transpose(self, -2, -1))
+def _T(self):
+    nd = self.dim()
+    if nd == 0:
+        warnings.warn("Tensor.T is deprecated on 0-D tensors. This function is the identity in "
+                      "these cases.", UserWarning, stacklevel=2)
+    elif nd != 2:
+        warnings.warn("The use of `x.T` on tensors of dimension other than 2 to reverse their "
+                      "shape is deprecated and it will throw an error in a future release. "
+                      "Consider `x.mT` to transpose batches of matrices or `x.permute(*torch."
+                      "arange(x.ndim - 1, -1, -1))` to reverse the dimensions of a tensor.",
+                      UserWarning, stacklevel=2)
+    return sh.permute(self, tuple(reversed(range(nd))))
+
+
+Tensor.T = property(_T)
+def _mT(self):
+    if self.dim() < 2:
+        raise RuntimeError(f"tensor.mT is only supported on matrices or batches of matrices. Got "
+                           f"{self.dim()}-D tensor.")
+    return sh.transpose(self, -2, -1)
+
+
+Tensor.mT = property(_mT)
 
 
 def _view_as(self, other):

@@ -60,6 +60,8 @@ class Specialisation:
             # where each saved value of the backward graph comes from at run time
             self.saved_sources = joint.saved_sources
             fwd_index = {v: i for i, v in enumerate(fwd.inputs)}
+            self.version_checked = sorted({fwd_index[v] for v in map(_view_source, bwd.saved)
+                                           if v in fwd_index})
             self.grad_of = [fwd_index[v] for v in bwd.grad_of]
             self.cotangent_of = [fwd.outputs.index(v) for v in bwd.cotangent_of]
             self.backward_graph = optimise(bwd)
@@ -168,6 +170,17 @@ class CompiledFunctionBackward(engine.Node):
         self.saved = None
 
 
+_VIEW_OPS = ("view", "permute", "expand", "detach")
+
+
+def _view_source(v):
+    """The value ``v`` is a view of (itself if none): eager autograd would save that tensor,
+    so an in-place change to it before backward must raise as in eager mode."""
+    while v.producer is not None and v.producer.op in _VIEW_OPS:
+        v = v.producer.inputs[0]
+    return v
+
+
 def _state(module):
     out = list(module.named_parameters())
     seen = {id(p) for _, p in out}
@@ -252,16 +265,15 @@ class CompiledModule:
             node = CompiledFunctionBackward(tuple(engine.edge_of(leaves[i])
                                                   for i in spec.grad_of))
             node.spec = spec
-            saved, versions = [], []
+            saved = []
             for kind, idx in spec.saved_sources:
                 if kind == "input":
-                    t = leaves[idx]
-                    saved.append(in_arrays[idx] if idx < spec.n_user else t._data)
-                    versions.append((t, t._vc.value))
+                    saved.append(in_arrays[idx] if idx < spec.n_user else leaves[idx]._data)
                 else:
                     saved.append(outs[idx])
             node.saved = saved
-            node.saved_versions = tuple(versions)
+            node.saved_versions = tuple((leaves[i], leaves[i]._vc.value)
+                                        for i in spec.version_checked)
             node.freed = False
             node.out_shapes = spec.out_meta[:spec.n_out]
             node._num_outputs = spec.n_out

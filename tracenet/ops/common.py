@@ -4,7 +4,23 @@ import numbers
 import numpy as np
 
 from .. import _dtype
-from .registry import Meta
+from .registry import Meta, register as _register
+
+
+def quiet(fn):
+    """A numpy kernel run without numpy's floating-point warnings: like torch, overflow,
+    division by zero and invalid values silently give inf/nan."""
+    def kernel(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+    kernel.__name__ = getattr(fn, "__name__", "kernel")
+    kernel.__wrapped__ = fn
+    return kernel
+
+
+def register_quiet(name, *, eager, **kw):
+    """``registry.register`` with an ``eager`` kernel that does not emit numpy warnings."""
+    return _register(name, eager=quiet(eager), **kw)
 
 
 def tensor_cls():

@@ -3,7 +3,9 @@ import numpy as np
 
 from .. import _dtype
 from . import common, reduce
-from .registry import Meta, apply, register
+from .registry import Meta, apply
+
+register = common.register_quiet
 
 # ---------------------------------------------------------------------------------------------
 # binary arithmetic (broadcasting; Python numbers become 0-dim tensors of the result dtype)
@@ -97,7 +99,13 @@ def _pow_eager(a, b):
     return np.power(a, b)
 
 
-pow_op = register("pow", infer=_binary_meta, eager=_pow_eager, saves=(0, 1),
+def _pow_meta(a, b):
+    if a.dtype is _dtype.bool_ and b.dtype is _dtype.bool_:
+        raise NotImplementedError("\"pow\" not implemented for 'Bool'")
+    return _binary_meta(a, b)
+
+
+pow_op = register("pow", infer=_pow_meta, eager=_pow_eager, saves=(0, 1),
                   backward=_pow_backward,
                   grad_fn=lambda ctx: ctx.attrs.get("_name", "PowBackward1"))
 
@@ -108,6 +116,8 @@ def _np_meta(x):
 
 def _pow_scalar_eager(x, exponent):
     dt = _dtype.result_type(_np_meta(x), exponent)
+    if dt is _dtype.bool_:  # bool ** True is the tensor, bool ** False all True
+        return x.copy() if exponent else np.ones_like(x)
     x = x.astype(dt.np, copy=False)
     if exponent == 2:
         return x * x
@@ -203,8 +213,6 @@ def div(a, b, rounding_mode=None):
 
 def pow(a, b):
     if common.is_tensor(a) and not common.is_tensor(b):
-        if isinstance(b, (bool, np.bool_)):
-            b = int(b)
         return apply(pow_scalar_op, a, exponent=b.item() if isinstance(b, np.generic) else b)
     if not common.is_tensor(a):
         # a Python number to a tensor power (``2 ** x``): torch's PowBackward2

@@ -88,16 +88,15 @@ addmm_op = register("addmm", infer=_addmm_meta, eager=_addmm_eager, saves=(1, 2)
 
 def _bmm_meta(a, b):
     if len(a.shape) != 3:
-        raise RuntimeError(f"batch1 must be a 3D tensor")
+        raise RuntimeError("batch1 must be a 3D tensor")
     if len(b.shape) != 3:
-        raise RuntimeError(f"batch2 must be a 3D tensor")
-    if a.shape[0] != b.shape[0]:
-        raise RuntimeError(f"batch1 and batch2 must have same number of batches, got "
-                           f"{a.shape[0]} and {b.shape[0]}")
-    if a.shape[2] != b.shape[1]:
+        raise RuntimeError("batch2 must be a 3D tensor")
+    if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
         raise RuntimeError(f"Expected size for first two dimensions of batch2 tensor to be: "
                            f"[{a.shape[0]}, {a.shape[2]}] but got: [{b.shape[0]}, {b.shape[1]}].")
-    _check_same_dtype("bmm", a, b)
+    if a.dtype is not b.dtype:
+        raise RuntimeError(f"expected scalar type {_type_word(a.dtype)} but found "
+                           f"{_type_word(b.dtype)}")
     return Meta((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
 
 
@@ -109,6 +108,54 @@ def _bmm_backward(ctx, g):
 
 
 bmm_op = register("bmm", infer=_bmm_meta, eager=np.matmul, saves=(0, 1), backward=_bmm_backward)
+
+
+def _dot_meta(a, b):
+    if len(a.shape) != 1 or len(b.shape) != 1:
+        raise RuntimeError(f"1D tensors expected, but got {len(a.shape)}D and {len(b.shape)}D "
+                           "tensors")
+    if a.dtype is not b.dtype:
+        raise RuntimeError(f"dot : expected both vectors to have same dtype, but found "
+                           f"{_type_word(a.dtype)} and {_type_word(b.dtype)}")
+    if a.shape[0] != b.shape[0]:
+        raise RuntimeError(f"inconsistent tensor size, expected tensor [{a.shape[0]}] and src "
+                           f"[{b.shape[0]}] to have the same number of elements, but got "
+                           f"{a.shape[0]} and {b.shape[0]} elements respectively")
+    return Meta((), a.dtype)
+
+
+def _dot_backward(ctx, g):
+    a, b = ctx.inputs
+    return (g * b if ctx.needs_input_grad[0] else None,
+            g * a if ctx.needs_input_grad[1] else None)
+
+
+dot_op = register("dot", infer=_dot_meta, eager=lambda a, b: np.dot(a, b), saves=(0, 1),
+                  backward=_dot_backward)
+
+
+def _mv_meta(a, v):
+    if len(a.shape) != 2 or len(v.shape) != 1:
+        raise RuntimeError(f"vector + matrix @ vector expected, got 1, {len(a.shape)}, "
+                           f"{len(v.shape)}")
+    if a.shape[1] != v.shape[0]:
+        raise RuntimeError(f"size mismatch, got input ({a.shape[0]}), mat ({a.shape[0]}x"
+                           f"{a.shape[1]}), vec ({v.shape[0]})")
+    if a.dtype is not v.dtype:
+        raise RuntimeError(f"addmv input tensors must have the same dtype, but got "
+                           f"{_type_word(v.dtype)}, {_type_word(a.dtype)}, and "
+                           f"{_type_word(v.dtype)}")
+    return Meta((a.shape[0],), a.dtype)
+
+
+def _mv_backward(ctx, g):
+    a, v = ctx.inputs
+    ga = g.unsqueeze(1).mm(v.unsqueeze(0)) if ctx.needs_input_grad[0] else None
+    gv = a.t().mv(g) if ctx.needs_input_grad[1] else None
+    return ga, gv
+
+
+mv_op = register("mv", infer=_mv_meta, eager=np.matmul, saves=(0, 1), backward=_mv_backward)
 
 
 def mm(a, b):
@@ -129,7 +176,8 @@ def bmm(a, b):
 
 
 def matmul(a, b):
-    """numpy/torch matmul semantics, lowered to mm/bmm plus views (as torch does)."""
+    """numpy/torch matmul semantics, lowered to dot/mv/mm/bmm plus views (as torch does)."""
+    from .shape import _view
     da, db = a.dim(), b.dim()
     if da == 0 or db == 0:
         raise RuntimeError(f"both arguments to matmul need to be at least 1D, but they are "
@@ -139,52 +187,39 @@ def matmul(a, b):
     if da == 2 and db == 1:
         return mv(a, b)
     if da == 1 and db == 2:
-        return mm(a.unsqueeze(0), b).squeeze(0)
+        out = mm(a.unsqueeze(0), b)
+        return _view(out, tuple(out.shape[1:]), True, "SqueezeBackward4")
     if da == 2 and db == 2:
         return mm(a, b)
-    if db <= 2 and da >= 3:
-        # fold batch dims into rows: one mm
+    if da >= 3 and db <= 2:
+        # fold the batch dims into the rows: one mm (or mv)
         lead = tuple(a.shape[:-1])
-        b2 = b if db == 2 else b.unsqueeze(1)
-        out = mm(a.reshape(-1, a.shape[-1]), b2)
-        out = out.reshape(lead + (b2.shape[-1],))
-        return out if db == 2 else out.squeeze(-1)
-    # batched: broadcast batch dims, then bmm
+        folded = a.reshape(common.numel(lead), a.shape[-1])
+        out = mm(folded, b) if db == 2 else mv(folded, b)
+        shape = lead + ((b.shape[-1],) if db == 2 else ())
+        return _view(out, shape, True, "UnsafeViewBackward0")
+    # batched: broadcast the batch dims, then one bmm
     a2 = a if da > 1 else a.unsqueeze(0)
     b2 = b if db > 1 else b.unsqueeze(-1)
     batch = common.broadcast_shapes(tuple(a2.shape[:-2]), tuple(b2.shape[:-2]))
     n, k = a2.shape[-2], a2.shape[-1]
     k2, m = b2.shape[-2], b2.shape[-1]
+    nb = common.numel(batch)
     if k != k2:
         raise RuntimeError(f"Expected size for first two dimensions of batch2 tensor to be: "
-                           f"[{common.numel(batch)}, {k}] but got: [{common.numel(batch)}, {k2}].")
-    a3 = a2.expand(batch + (n, k)).reshape(-1, n, k)
-    b3 = b2.expand(batch + (k2, m)).reshape(-1, k2, m)
-    out = bmm(a3, b3).reshape(batch + (n, m))
-    if da == 1:
-        out = out.squeeze(-2)
-    if db == 1:
-        out = out.squeeze(-1)
-    return out
+                           f"[{nb}, {k}] but got: [{nb}, {k2}].")
+    a3 = a2.expand(batch + (n, k)).reshape(nb, n, k)
+    b3 = b2.expand(batch + (k2, m)).reshape(nb, k2, m)
+    shape = batch + ((n,) if da > 1 else ()) + ((m,) if db > 1 else ())
+    return _view(bmm(a3, b3), shape, True, "UnsafeViewBackward0")
 
 
 def mv(a, v):
-    if a.dim() != 2 or v.dim() != 1:
-        raise RuntimeError(f"vector + matrix @ vector expected, got {a.dim()}, {v.dim()}")
-    if a.shape[1] != v.shape[0]:
-        raise RuntimeError(f"size mismatch, got input ({a.shape[0]}), mat ({a.shape[0]}x"
-                           f"{a.shape[1]}), vec ({v.shape[0]})")
-    return mm(a, v.unsqueeze(1)).squeeze(1)
+    return apply(mv_op, a, v)
 
 
 def dot(a, b):
-    if a.dim() != 1 or b.dim() != 1:
-        raise RuntimeError(f"1D tensors expected, but got {a.dim()}D and {b.dim()}D tensors")
-    if a.shape[0] != b.shape[0]:
-        raise RuntimeError(f"inconsistent tensor size, expected tensor [{a.shape[0]}] and src "
-                           f"[{b.shape[0]}] to have the same number of elements, but got "
-                           f"{a.shape[0]} and {b.shape[0]} elements respectively")
-    return mm(a.unsqueeze(0), b.unsqueeze(1)).reshape(())
+    return apply(dot_op, a, b)
 
 
 def outer(a, b):

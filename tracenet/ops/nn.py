@@ -1,11 +1,11 @@
 """Neural-network primitives: N-d convolution (and its two gradient ops), max pooling with
-indices, average pooling, softmax and log-softmax.
+indices, average pooling, softmax, log-softmax and padding.
 
 Eager implementations are vectorised numpy: a strided window view of the padded input turns
 convolution into one tensordot (im2col) and pooling into a reduction over the window axes.
+Pooling ops take batched ``(N, C, *spatial)`` or unbatched ``(C, *spatial)`` input, as torch's
+kernels do, so no reshape nodes appear in the graph.
 """
-import math
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -14,17 +14,31 @@ from . import common
 from .registry import Meta, apply, register
 
 
+def _sizes(shape):
+    """torch's IntArrayRef formatting: ``[2, 3, 4]``."""
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+def _tname(dt):
+    """The C type name torch prints in "Input type (...)" messages."""
+    return {"float32": "float", "float64": "double", "int64": "long int", "bool": "bool"}[dt.name]
+
+
+def _word(dt):
+    """The ScalarType name torch prints in dtype errors."""
+    return {"float32": "Float", "float64": "Double", "int64": "Long", "bool": "Bool"}[dt.name]
+
+
+def _half(v):
+    """C++ integer ``v / 2`` (truncates toward zero)."""
+    return int(v / 2)
+
+
 # --- geometry -----------------------------------------------------------------------------------
 
 
-def conv_out_size(size, k, stride, pad, dil, ceil_mode=False):
-    span = size + 2 * pad - dil * (k - 1) - 1
-    if ceil_mode:
-        out = -(-span // stride) + 1
-        if (out - 1) * stride >= size + pad:  # the last window must start inside the input
-            out -= 1
-        return out
-    return span // stride + 1
+def conv_out_size(size, k, stride, pad, dil):
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
 
 def _windows(xp, out, k, stride, dil):
@@ -46,54 +60,69 @@ def _pad_spatial(x, pads, value=0.0, extra=None):
     return np.pad(x, width, constant_values=value)
 
 
+def _as_planes(x, n):
+    """(*lead, *spatial) -> (L, 1, *spatial) with L the product of the leading dims."""
+    spatial = x.shape[x.ndim - n:]
+    return x.reshape((common.numel(x.shape[:x.ndim - n]), 1) + spatial)
+
+
 # --- convolution ---------------------------------------------------------------------------------
 
 
 def _conv_meta(x, w, *b, stride, padding, dilation, groups):
     n = len(stride)
-    if len(x.shape) != n + 2:
-        raise RuntimeError(f"Expected {n + 2}D (batched) or {n + 1}D (unbatched) input to "
-                           f"conv{n}d, but got input of size: [{', '.join(map(str, x.shape))}]")
-    if x.dtype is not w.dtype or (b and b[0].dtype is not x.dtype):
-        raise RuntimeError(f"Input type ({_tname(x.dtype)}) and weight type ({_tname(w.dtype)}) "
+    if b and b[0].dtype is not x.dtype:
+        raise RuntimeError(f"Input type ({_tname(x.dtype)}) and bias type ({_tname(b[0].dtype)}) "
                            "should be the same")
-    if not x.dtype.is_floating_point:
-        raise RuntimeError(f"\"slow_conv2d_cpu\" not implemented for '{_word(x.dtype)}'")
-    cin = x.shape[1]
-    if w.shape[1] * groups != cin:
-        raise RuntimeError(
-            f"Given groups={groups}, weight of size [{', '.join(map(str, w.shape))}], expected "
-            f"input[{', '.join(map(str, x.shape))}] to have {w.shape[1] * groups} channels, but "
-            f"got {cin} channels instead")
+    if any(p < 0 for p in padding):
+        raise RuntimeError("negative padding is not supported")
+    if any(s <= 0 for s in stride):
+        raise RuntimeError("non-positive stride is not supported")
+    if any(d < 0 for d in dilation):
+        raise RuntimeError("dilation should be greater than zero")
+    k = len(w.shape)
+    if len(x.shape) != k:
+        raise RuntimeError(f"Expected {k}-dimensional input for {k}-dimensional weight "
+                           f"{_sizes(w.shape)}, but got {len(x.shape)}-dimensional input of size "
+                           f"{_sizes(x.shape)} instead")
+    if w.shape[0] < groups:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be at least {groups} at "
+                           f"dimension 0, but got weight of size {_sizes(w.shape)} instead")
     if w.shape[0] % groups:
-        raise RuntimeError("Given groups=" + str(groups) + ", expected weight to be divisible by "
-                           f"{groups} at dimension 0, but got weight of size "
-                           f"[{', '.join(map(str, w.shape))}] instead")
-    if b and tuple(b[0].shape) != (w.shape[0],):
-        raise RuntimeError(f"Given weight of size [{', '.join(map(str, w.shape))}], expected bias "
-                           f"to be 1-dimensional with {w.shape[0]} elements, but got bias of size "
-                           f"[{', '.join(map(str, b[0].shape))}] instead")
-    out = []
-    for i in range(n):
-        padded = x.shape[2 + i] + 2 * padding[i]
-        eff_k = dilation[i] * (w.shape[2 + i] - 1) + 1
-        if padded < eff_k:
-            raise RuntimeError(
-                f"Calculated padded input size per channel: "
-                f"({' x '.join(str(x.shape[2 + j] + 2 * padding[j]) for j in range(n))}). Kernel "
-                f"size: ({' x '.join(str(dilation[j] * (w.shape[2 + j] - 1) + 1) for j in range(n))})"
-                f". Kernel size can't be greater than actual input size")
-        out.append(conv_out_size(x.shape[2 + i], w.shape[2 + i], stride[i], padding[i],
-                                 dilation[i]))
+        raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} at "
+                           f"dimension 0, but got weight of size [{_sizes(w.shape)}] instead")
+    if x.shape[1] != w.shape[1] * groups:
+        raise RuntimeError(
+            f"Given groups={groups}, weight of size {_sizes(w.shape)}, expected "
+            f"input{_sizes(x.shape)} to have {w.shape[1] * groups} channels, but got "
+            f"{x.shape[1]} channels instead")
+    if b and (len(b[0].shape) != 1 or b[0].shape[0] != w.shape[0]):
+        raise RuntimeError(f"Given weight of size {_sizes(w.shape)}, expected bias to be "
+                           f"1-dimensional with {w.shape[0]} elements, but got bias of size "
+                           f"{_sizes(b[0].shape)} instead")
+    padded = [x.shape[2 + i] + 2 * padding[i] for i in range(n)]
+    eff_k = [dilation[i] * (w.shape[2 + i] - 1) + 1 for i in range(n)]
+    if any(p < e for p, e in zip(padded, eff_k)):
+        raise RuntimeError(
+            f"Calculated padded input size per channel: ({' x '.join(map(str, padded))}). "
+            f"Kernel size: ({' x '.join(map(str, eff_k))}). Kernel size can't be greater than "
+            "actual input size")
+    if any(d == 0 for d in dilation):
+        raise RuntimeError(f"dilation should be greater than zero, but got {_sizes(dilation)}")
+    if any(s == 0 for s in w.shape[2:]):
+        if n == 2 and all(d == 1 for d in dilation):
+            raise RuntimeError(f"kernel size should be greater than zero, but got kernel_height: "
+                               f"{w.shape[2]} kernel_width: {w.shape[3]}")
+        raise RuntimeError(f"kernel size should be greater than zero, but got "
+                           f"{_sizes(w.shape[2:])}")
+    if x.dtype is not w.dtype:
+        raise RuntimeError(f"expected scalar type {_word(x.dtype)} but found {_word(w.dtype)}")
+    if x.dtype is _dtype.bool_:
+        kernel = "compute_columns3d" if n == 3 else "slow_conv2d_cpu"
+        raise NotImplementedError(f"\"{kernel}\" not implemented for 'Bool'")
+    out = [conv_out_size(x.shape[2 + i], w.shape[2 + i], stride[i], padding[i], dilation[i])
+           for i in range(n)]
     return Meta((x.shape[0], w.shape[0]) + tuple(out), x.dtype)
-
-
-def _tname(dt):
-    return {"float32": "float", "float64": "double", "int64": "long", "bool": "bool"}[dt.name]
-
-
-def _word(dt):
-    return {"float32": "Float", "float64": "Double", "int64": "Long", "bool": "Bool"}[dt.name]
 
 
 def _conv_eager(x, w, *b, stride, padding, dilation, groups):
@@ -117,11 +146,13 @@ def _conv_eager(x, w, *b, stride, padding, dilation, groups):
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
+def _geo(attrs):
+    return {k: attrs[k] for k in ("stride", "padding", "dilation", "groups")}
+
+
 def _conv_backward(ctx, g):
     x, w = ctx.inputs[0], ctx.inputs[1]
-    a = ctx.attrs
-    geo = dict(stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
-               groups=a["groups"])
+    geo = _geo(ctx.attrs)
     gx = gw = gb = None
     if ctx.needs_input_grad[0]:
         gx = conv_backward_input(g, w, tuple(ctx.metas[0].shape), **geo)
@@ -171,14 +202,13 @@ def _conv_weight_grad_eager(g, x, weight_shape, stride, padding, dilation, group
         gg = g[:, grp * og:(grp + 1) * og]
         cc = cols[:, grp * cg:(grp + 1) * cg]
         parts.append(np.tensordot(gg, cc, axes=((0,) + oaxes, (0,) + oaxes)))  # Og Cg *k
-    return np.ascontiguousarray(np.concatenate(parts, axis=0) if groups > 1 else parts[0])
+    res = np.concatenate(parts, axis=0) if groups > 1 else parts[0]
+    return np.ascontiguousarray(res, dtype=g.dtype)
 
 
 def _conv_input_grad_backward(ctx, gg):
     g, w = ctx.inputs
-    a = ctx.attrs
-    geo = dict(stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
-               groups=a["groups"])
+    geo = _geo(ctx.attrs)
     d_g = apply(convolution_op, gg, w, **geo) if ctx.needs_input_grad[0] else None
     d_w = conv_backward_weight(g, gg, tuple(ctx.metas[1].shape), **geo) \
         if ctx.needs_input_grad[1] else None
@@ -187,9 +217,7 @@ def _conv_input_grad_backward(ctx, gg):
 
 def _conv_weight_grad_backward(ctx, gg):
     g, x = ctx.inputs
-    a = ctx.attrs
-    geo = dict(stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
-               groups=a["groups"])
+    geo = _geo(ctx.attrs)
     d_g = apply(convolution_op, x, gg, **geo) if ctx.needs_input_grad[0] else None
     d_x = conv_backward_input(g, gg, tuple(ctx.metas[1].shape), **geo) \
         if ctx.needs_input_grad[1] else None
@@ -220,69 +248,171 @@ def convolution(x, w, b, stride, padding, dilation, groups):
                  dilation=tuple(dilation), groups=int(groups))
 
 
-# --- max pooling -------------------------------------------------------------------------------
+# --- pooling geometry and checks ----------------------------------------------------------------
+
+
+def pool_out_size(size, k, pad, stride, dil, ceil_mode):
+    """One spatial output size, with the argument checks torch makes while computing it."""
+    if stride == 0:
+        raise RuntimeError("stride should not be zero")
+    if pad < 0:
+        raise RuntimeError(f"pad must be non-negative, but got pad: {pad}")
+    if pad > _half((k - 1) * dil + 1):
+        raise RuntimeError(f"pad should be at most half of effective kernel size, but got "
+                           f"pad={pad}, kernel_size={k} and dilation={dil}")
+    out = (size + 2 * pad - dil * (k - 1) - 1 + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:  # the last window must start inside
+        out -= 1
+    return out
 
 
 def _pool_out(x_shape, kernel, stride, padding, dilation, ceil_mode):
-    return tuple(conv_out_size(x_shape[2 + i], kernel[i], stride[i], padding[i], dilation[i],
-                               ceil_mode) for i in range(len(kernel)))
-
-
-def _check_pool(x, kernel, stride, padding, dilation, name):
     n = len(kernel)
-    if len(x.shape) != n + 2:
-        raise RuntimeError(f"{name}: Expected {n + 1}D or {n + 2}D input tensor, but got input "
-                           f"of size [{', '.join(map(str, x.shape))}]")
-    for i in range(n):
-        if kernel[i] <= 0 or stride[i] <= 0:
-            raise RuntimeError(f"{name}: kernel_size and stride must be greater than zero")
-        if padding[i] > kernel[i] // 2:
-            raise RuntimeError(f"pad should be at most half of effective kernel size, but got "
-                               f"pad={padding[i]}, kernel_size={kernel[i]} and dilation="
-                               f"{dilation[i]}")
+    spatial = x_shape[len(x_shape) - n:]
+    return tuple(pool_out_size(spatial[i], kernel[i], padding[i], stride[i], dilation[i],
+                               ceil_mode) for i in range(n))
+
+
+def _labelled(prefix, values):
+    """``kT: 1 kH: 2 kW: 3`` (the last len(values) of T, H, W)."""
+    names = ("T", "H", "W")[3 - len(values):]
+    return " ".join(f"{prefix}{a}: {v}" for a, v in zip(names, values))
+
+
+def _pool_shape_check(x, kernel, stride, padding, dilation, out, kind):
+    """torch's pool2d/pool3d shape checks (``kind`` is "max" or "avg")."""
+    n = len(kernel)
+    shape = tuple(x.shape)
+    if any(k <= 0 for k in kernel):
+        raise RuntimeError("kernel size should be greater than zero, but got "
+                           + _labelled("k", kernel))
+    if any(s <= 0 for s in stride):
+        raise RuntimeError("stride should be greater than zero, but got " + _labelled("d", stride))
+    if any(d <= 0 for d in dilation):
+        raise RuntimeError("dilation should be greater than zero, but got "
+                           + _labelled("dilation", dilation))
+    non_batch = shape[len(shape) - n - 1:]
+    if n == 2:
+        if len(shape) not in (3, 4) or any(s == 0 for s in non_batch):
+            raise RuntimeError("Expected 3D or 4D (batch mode) tensor with optional 0 dim batch "
+                               f"size for input, but got:{_sizes(shape)}")
+    elif any(s == 0 for s in non_batch):
+        fn = "max_pool3d_with_indices_out_cpu_template" if kind == "max" else "avg_pool3d"
+        raise RuntimeError(f"{fn}(): Expected input's non-batch dimensions to have positive "
+                           f"length, but input has a shape of {_sizes(shape)} and non-batch "
+                           "dimension 0 has length zero!")
+    spatial = shape[len(shape) - n:]
+    if n == 3 and kind == "avg" and any(s < k for s, k in zip(spatial, kernel)):
+        raise RuntimeError(f"input image (T: {spatial[0]} H: {spatial[1]} W: {spatial[2]}) smaller "
+                           f"than kernel size (kT: {kernel[0]} kH: {kernel[1]} kW: {kernel[2]})")
+    if any(p > _half(k) for p, k in zip(padding, kernel)):
+        if n == 2:
+            raise RuntimeError(f"pad should be smaller than or equal to half of kernel size, but "
+                               f"got padW = {padding[1]}, padH = {padding[0]}, kW = {kernel[1]}, "
+                               f"kH = {kernel[0]}")
+        raise RuntimeError(f"pad should be smaller than or equal to half of kernel size, but got "
+                           f"kT: {kernel[0]} kW: {kernel[2]} kH: {kernel[1]} padT: {padding[0]} "
+                           f"padW: {padding[2]} padH: {padding[1]}")
+    if any(o < 1 for o in out):
+        planes = non_batch[0]
+        raise RuntimeError(f"Given input size: ({'x'.join(map(str, non_batch))}). Calculated "
+                           f"output size: ({'x'.join(map(str, (planes,) + tuple(out)))}). Output "
+                           "size is too small")
+
+
+def _lowest(np_dtype):
+    return -np.inf if np_dtype.kind == "f" else np.iinfo(np_dtype).min
+
+
+def _covered(spatial, out, kernel, stride, padding, dilation):
+    """Per spatial dim, which output positions have at least one window tap inside the input."""
+    res = []
+    for i in range(len(kernel)):
+        start = np.arange(out[i]) * stride[i] - padding[i]
+        taps = start[:, None] + np.arange(kernel[i])[None, :] * dilation[i]
+        res.append(((taps >= 0) & (taps < spatial[i])).any(axis=1))
+    return res
+
+
+def _empty_windows(spatial, out, kernel, stride, padding, dilation):
+    """Boolean (*out) mask of windows lying entirely in the padding, or None if there are none."""
+    cov = _covered(spatial, out, kernel, stride, padding, dilation)
+    if all(c.all() for c in cov):
+        return None
+    full = np.ones((), bool)
+    for i, c in enumerate(cov):
+        shape = [1] * len(cov)
+        shape[i] = -1
+        full = full & c.reshape(shape)
+    return ~full
+
+
+# --- max pooling -------------------------------------------------------------------------------
 
 
 def _max_pool_meta(x, kernel, stride, padding, dilation, ceil_mode):
-    _check_pool(x, kernel, stride, padding, dilation, "max_pool")
+    n = len(kernel)
+    if len(x.shape) not in (n + 1, n + 2):
+        raise RuntimeError(f"non-empty {n + 1}D or {n + 2}D (batch mode) tensor expected for input")
     out = _pool_out(x.shape, kernel, stride, padding, dilation, ceil_mode)
-    if any(o <= 0 for o in out):
-        raise RuntimeError(f"Given input size: ({'x'.join(map(str, x.shape[1:]))}). Calculated "
-                           f"output size: ({'x'.join(map(str, (x.shape[1],) + out))}). Output "
-                           "size is too small")
-    shape = tuple(x.shape[:2]) + out
+    _pool_shape_check(x, kernel, stride, padding, dilation, out, "max")
+    if x.dtype is _dtype.bool_:
+        raise NotImplementedError(f"\"max_pool{n}d\" not implemented for 'Bool'")
+    shape = tuple(x.shape[:len(x.shape) - n]) + out
     return Meta(shape, x.dtype), Meta(shape, _dtype.int64)
 
 
 def _max_pool_eager(x, kernel, stride, padding, dilation, ceil_mode):
     n = len(kernel)
-    spatial = x.shape[2:]
+    lead, spatial = x.shape[:x.ndim - n], x.shape[x.ndim - n:]
     out = _pool_out(x.shape, kernel, stride, padding, dilation, ceil_mode)
     need = [(out[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 for i in range(n)]
     extra = tuple(max(0, need[i] - spatial[i] - 2 * padding[i]) for i in range(n))
-    fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-    xp = _pad_spatial(x, padding, fill, extra)
-    win = _windows(xp, out, kernel, stride, dilation)
-    flat = win.reshape(win.shape[:2 + n] + (-1,))
-    arg = np.argmax(flat, axis=-1)
-    if x.dtype.kind == "f":  # a NaN in the window wins, as in torch
-        nan_any = np.isnan(flat).any(axis=-1)
-        if nan_any.any():
-            arg = np.where(nan_any, np.argmax(np.isnan(flat), axis=-1), arg)
+    planes = _as_planes(x, n)
+    L, K = planes.shape[0], common.numel(kernel)
+    fill = _lowest(x.dtype)
+    win = _windows(_pad_spatial(planes, padding, fill, extra), out, kernel, stride, dilation)
+    flat = win.reshape((L,) + out + (K,))
+    valid = _pad_spatial(np.ones((1, 1) + spatial, bool), padding, False, extra)
+    vflat = _windows(valid, out, kernel, stride, dilation).reshape(out + (K,))
+    if vflat.all():
+        arg = np.argmax(flat, axis=-1)
+    else:
+        # padding taps never win, not even against -inf inputs: the first valid maximum does
+        masked = np.where(vflat, flat, fill)
+        hit = vflat & (flat == masked.max(axis=-1, keepdims=True))
+        arg = np.argmax(hit, axis=-1)
+    if x.dtype.kind == "f":
+        nan = np.isnan(flat)
+        if nan.any():  # torch keeps scanning past a NaN: the last NaN in the window wins
+            has = nan.any(axis=-1)
+            arg = np.where(has, K - 1 - np.argmax(nan[..., ::-1], axis=-1), arg)
     vals = np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
-    # window tap -> position in the unpadded input, flattened over the spatial dims
     taps = np.unravel_index(arg, kernel)
+    empty = _empty_windows(spatial, out, kernel, stride, padding, dilation)
     index = np.zeros(arg.shape, np.int64)
     for i in range(n):
-        shape = [1] * (2 + n)
-        shape[2 + i] = out[i]
+        shape = [1] * (1 + n)
+        shape[1 + i] = out[i]
         start = (np.arange(out[i]) * stride[i] - padding[i]).reshape(shape)
-        index = index * spatial[i] + start + taps[i] * dilation[i]
-    return np.ascontiguousarray(vals), index
+        pos = start + taps[i] * dilation[i]
+        if empty is not None:
+            # an all-padding window reports its first in-range start, as torch does
+            first = np.where(start < 0, start + (-start + dilation[i] - 1) // dilation[i]
+                             * dilation[i], start)
+            pos = np.where(empty, first, pos)
+        index = index * spatial[i] + pos
+    return (np.ascontiguousarray(vals.reshape(lead + out)),
+            np.ascontiguousarray(index.reshape(lead + out)))
+
+
+def _pool_geo(attrs):
+    return {k: attrs[k] for k in ("kernel", "stride", "padding", "dilation")}
 
 
 def _max_pool_backward(ctx, g, _gi=None):
     idx = ctx.outputs[1]
-    return (max_pool_backward(g, idx, tuple(ctx.metas[0].shape)),)
+    return (max_pool_backward(g, idx, tuple(ctx.metas[0].shape), **_pool_geo(ctx.attrs)),)
 
 
 max_pool_op = register(
@@ -291,31 +421,54 @@ max_pool_op = register(
     grad_fn=lambda ctx: f"MaxPool{len(ctx.attrs['kernel'])}DWithIndicesBackward0")
 
 
-def _max_pool_backward_eager(g, idx, input_shape):
-    N, C = input_shape[:2]
-    out = np.zeros((N * C, common.numel(input_shape[2:])), g.dtype)
-    rows = np.repeat(np.arange(N * C), common.numel(g.shape[2:]))
-    np.add.at(out, (rows, idx.reshape(-1)), g.reshape(-1))
-    return out.reshape(input_shape)
+def _max_pool_backward_eager(g, idx, input_shape, kernel, stride, padding, dilation):
+    n = len(kernel)
+    spatial = tuple(input_shape[len(input_shape) - n:])
+    L, P = common.numel(input_shape[:len(input_shape) - n]), common.numel(spatial)
+    gi = g.reshape(L, -1)
+    ii = idx.reshape(L, -1)
+    empty = _empty_windows(spatial, g.shape[g.ndim - n:], kernel, stride, padding, dilation)
+    if empty is not None:  # windows entirely in the padding take no input: no gradient
+        keep = ~empty.reshape(-1)
+        gi = np.where(keep, gi, 0)
+        ii = np.where(keep, ii, 0)
+    flat = (np.arange(L)[:, None] * P + ii).reshape(-1)
+    res = np.bincount(flat, weights=gi.reshape(-1), minlength=L * P)
+    return res.reshape(input_shape).astype(g.dtype)
 
 
 def _max_pool_backward_backward(ctx, gg):
     idx = ctx.inputs[1]
-    n, c = ctx.metas[0].shape[:2]
-    picked = gg.reshape(n, c, -1).gather(2, idx.reshape(n, c, -1))
-    return picked.reshape(tuple(ctx.metas[0].shape)), None
+    a = ctx.attrs
+    n = len(a["kernel"])
+    in_shape, out_shape = tuple(a["input_shape"]), tuple(ctx.metas[0].shape)
+    spatial = in_shape[len(in_shape) - n:]
+    L, P = common.numel(in_shape[:len(in_shape) - n]), common.numel(spatial)
+    flat_idx = idx.reshape(L, -1)
+    empty = _empty_windows(spatial, out_shape[len(out_shape) - n:], **_pool_geo(a))
+    if empty is not None:
+        flat_idx = flat_idx.clamp(0, max(P - 1, 0))
+    picked = gg.reshape(L, P).gather(1, flat_idx)
+    if empty is not None:
+        keep = common.tensor_cls()._wrap((~empty).reshape(1, -1).astype(gg.dtype.np))
+        picked = picked * keep
+    return picked.reshape(out_shape), None
 
 
 max_pool_backward_op = register(
-    "max_pool_backward", infer=lambda g, idx, input_shape: Meta(tuple(input_shape), g.dtype),
+    "max_pool_backward",
+    infer=lambda g, idx, input_shape, **geo: Meta(tuple(input_shape), g.dtype),
     eager=_max_pool_backward_eager, saves=(1,), backward=_max_pool_backward_backward)
 
 
-def max_pool_backward(g, idx, input_shape):
-    return apply(max_pool_backward_op, g, idx, input_shape=tuple(input_shape))
+def max_pool_backward(g, idx, input_shape, kernel, stride, padding, dilation):
+    return apply(max_pool_backward_op, g, idx, input_shape=tuple(input_shape),
+                 kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding),
+                 dilation=tuple(dilation))
 
 
 def max_pool(x, kernel, stride, padding, dilation, ceil_mode):
+    """(values, indices) of max pooling over the last len(kernel) dims."""
     return apply(max_pool_op, x, kernel=tuple(kernel), stride=tuple(stride),
                  padding=tuple(padding), dilation=tuple(dilation), ceil_mode=bool(ceil_mode))
 
@@ -323,21 +476,22 @@ def max_pool(x, kernel, stride, padding, dilation, ceil_mode):
 # --- average pooling ------------------------------------------------------------------------------
 
 
-def _avg_divisors(x_shape, kernel, stride, padding, ceil_mode, count_include_pad,
+def _avg_divisors(spatial, kernel, stride, padding, ceil_mode, count_include_pad,
                   divisor_override):
-    """Per-output-position divisor, shaped (*out), float64."""
+    """Per-output-position divisor, shaped (*out), float64 (None with divisor_override)."""
     if divisor_override:
         return None
     n = len(kernel)
-    out = _pool_out(x_shape, kernel, stride, padding, (1,) * n, ceil_mode)
+    out = tuple(pool_out_size(spatial[i], kernel[i], padding[i], stride[i], 1, ceil_mode)
+                for i in range(n))
     div = np.ones((), np.float64)
     for i in range(n):
         start = np.arange(out[i]) * stride[i] - padding[i]
-        end = np.minimum(start + kernel[i], x_shape[2 + i] + padding[i])
+        end = np.minimum(start + kernel[i], spatial[i] + padding[i])
         if count_include_pad:
             size = end - start
         else:
-            size = np.minimum(end, x_shape[2 + i]) - np.maximum(start, 0)
+            size = np.minimum(end, spatial[i]) - np.maximum(start, 0)
         shape = [1] * n
         shape[i] = out[i]
         div = div * size.reshape(shape)
@@ -346,46 +500,58 @@ def _avg_divisors(x_shape, kernel, stride, padding, ceil_mode, count_include_pad
 
 def _avg_pool_meta(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
     n = len(kernel)
-    _check_pool(x, kernel, stride, padding, (1,) * n, "avg_pool")
+    nd = len(x.shape)
+    if n == 3 and nd not in (4, 5):
+        raise RuntimeError("non-empty 4D or 5D (batch mode) tensor expected for input")
+    if n == 2 and nd < 3:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-nd}, {nd - 1}], "
+                         "but got -3)")
+    if divisor_override is not None and divisor_override == 0:
+        raise RuntimeError("divisor must be not zero")
     out = _pool_out(x.shape, kernel, stride, padding, (1,) * n, ceil_mode)
-    if any(o <= 0 for o in out):
-        raise RuntimeError(f"Given input size: ({'x'.join(map(str, x.shape[1:]))}). Calculated "
-                           f"output size: ({'x'.join(map(str, (x.shape[1],) + out))}). Output "
-                           "size is too small")
-    return Meta(tuple(x.shape[:2]) + out, x.dtype)
+    _pool_shape_check(x, kernel, stride, padding, (1,) * n, out, "avg")
+    if x.dtype is _dtype.bool_:
+        raise NotImplementedError(f"\"{'avg_pool3d_out_frame' if n == 3 else 'avg_pool2d'}\" "
+                                  "not implemented for 'Bool'")
+    return Meta(tuple(x.shape[:nd - n]) + out, x.dtype)
 
 
 def _avg_pool_eager(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
     n = len(kernel)
+    lead, spatial = x.shape[:x.ndim - n], x.shape[x.ndim - n:]
     out = _pool_out(x.shape, kernel, stride, padding, (1,) * n, ceil_mode)
     need = [(out[i] - 1) * stride[i] + kernel[i] for i in range(n)]
-    extra = tuple(max(0, need[i] - x.shape[2 + i] - 2 * padding[i]) for i in range(n))
-    win = _windows(_pad_spatial(x, padding, 0.0, extra), out, kernel, stride, (1,) * n)
+    extra = tuple(max(0, need[i] - spatial[i] - 2 * padding[i]) for i in range(n))
+    planes = _as_planes(x, n)
+    win = _windows(_pad_spatial(planes, padding, 0, extra), out, kernel, stride, (1,) * n)
     total = win.sum(axis=tuple(range(2 + n, 2 + 2 * n)))
-    div = _avg_divisors(x.shape, kernel, stride, padding, ceil_mode, count_include_pad,
+    div = _avg_divisors(spatial, kernel, stride, padding, ceil_mode, count_include_pad,
                         divisor_override)
-    return (total / (divisor_override if div is None else div)).astype(x.dtype)
+    res = total / (divisor_override if div is None else div)
+    return np.ascontiguousarray(res.reshape(lead + out).astype(x.dtype))
 
 
 def _avg_pool_backward_eager(g, input_shape, kernel, stride, padding, ceil_mode,
                              count_include_pad, divisor_override):
     n = len(kernel)
-    out = g.shape[2:]
-    div = _avg_divisors(input_shape, kernel, stride, padding, ceil_mode, count_include_pad,
+    spatial = tuple(input_shape[len(input_shape) - n:])
+    out = g.shape[g.ndim - n:]
+    div = _avg_divisors(spatial, kernel, stride, padding, ceil_mode, count_include_pad,
                         divisor_override)
-    gs = g / (divisor_override if div is None else div)
+    gs = _as_planes(g / (divisor_override if div is None else div), n)
     need = [(out[i] - 1) * stride[i] + kernel[i] for i in range(n)]
-    padded = [max(input_shape[2 + i] + 2 * padding[i], need[i]) for i in range(n)]
-    gxp = np.zeros(tuple(input_shape[:2]) + tuple(padded), g.dtype)
+    padded = [max(spatial[i] + 2 * padding[i], need[i]) for i in range(n)]
+    gxp = np.zeros((gs.shape[0], 1) + tuple(padded), gs.dtype)
     for tap in np.ndindex(*kernel):
         sl = tuple(slice(tap[i], tap[i] + stride[i] * (out[i] - 1) + 1, stride[i])
                    for i in range(n))
         gxp[(slice(None), slice(None)) + sl] += gs
-    crop = tuple(slice(padding[i], padding[i] + input_shape[2 + i]) for i in range(n))
-    return np.ascontiguousarray(gxp[(slice(None), slice(None)) + crop]).astype(g.dtype)
+    crop = tuple(slice(padding[i], padding[i] + spatial[i]) for i in range(n))
+    return np.ascontiguousarray(gxp[(slice(None), slice(None)) + crop].reshape(input_shape),
+                                dtype=g.dtype)
 
 
-def _pool_attrs(ctx):
+def _avg_attrs(ctx):
     return {k: ctx.attrs[k] for k in ("kernel", "stride", "padding", "ceil_mode",
                                       "count_include_pad", "divisor_override")}
 
@@ -393,13 +559,13 @@ def _pool_attrs(ctx):
 avg_pool_op = register(
     "avg_pool", infer=_avg_pool_meta, eager=_avg_pool_eager,
     backward=lambda ctx, g: (apply(avg_pool_backward_op, g, input_shape=tuple(
-        ctx.metas[0].shape), **_pool_attrs(ctx)),),
+        ctx.metas[0].shape), **_avg_attrs(ctx)),),
     grad_fn=lambda ctx: f"AvgPool{len(ctx.attrs['kernel'])}DBackward0")
 avg_pool_backward_op = register(
     "avg_pool_backward",
     infer=lambda g, input_shape, **kw: Meta(tuple(input_shape), g.dtype),
     eager=_avg_pool_backward_eager,
-    backward=lambda ctx, gg: (apply(avg_pool_op, gg, **_pool_attrs(ctx)),))
+    backward=lambda ctx, gg: (apply(avg_pool_op, gg, **_avg_attrs(ctx)),))
 
 
 def avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
@@ -412,20 +578,26 @@ def avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_o
 
 
 def _softmax_eager(x, dim):
-    e = np.exp(x - np.max(x, axis=dim, keepdims=True))
-    return e / np.sum(e, axis=dim, keepdims=True)
+    e = np.exp(x - np.max(x, axis=dim, keepdims=True)) if x.size else x
+    return e / np.sum(e, axis=dim, keepdims=True) if x.size else x
 
 
 def _log_softmax_eager(x, dim):
+    if not x.size:
+        return x
     shifted = x - np.max(x, axis=dim, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=dim, keepdims=True))
 
 
-def _softmax_meta(x, dim):
-    dt = x.dtype
-    if not dt.is_floating_point:
-        raise RuntimeError(f"\"softmax_lastdim_kernel_impl\" not implemented for '{_word(dt)}'")
-    return common.same(x)
+def _softmax_meta_for(prefix):
+    def meta(x, dim):
+        dt = x.dtype
+        if not dt.is_floating_point:
+            last = len(x.shape) == 0 or dim == len(x.shape) - 1
+            kernel = f"{prefix}softmax_{'lastdim_' if last else ''}kernel_impl"
+            raise NotImplementedError(f"\"{kernel}\" not implemented for '{_word(dt)}'")
+        return common.same(x)
+    return meta
 
 
 def _softmax_backward(ctx, g):
@@ -438,10 +610,11 @@ def _log_softmax_backward(ctx, g):
     return (g - y.exp() * g.sum(dim, keepdim=True),)
 
 
-softmax_op = register("softmax", infer=_softmax_meta, eager=_softmax_eager, save_outputs=True,
-                      backward=_softmax_backward)
-log_softmax_op = register("log_softmax", infer=_softmax_meta, eager=_log_softmax_eager,
-                          save_outputs=True, backward=_log_softmax_backward)
+softmax_op = register("softmax", infer=_softmax_meta_for(""), eager=_softmax_eager,
+                      save_outputs=True, backward=_softmax_backward)
+log_softmax_op = register("log_softmax", infer=_softmax_meta_for("log_"),
+                          eager=_log_softmax_eager, save_outputs=True,
+                          backward=_log_softmax_backward)
 
 
 def softmax(x, dim):
@@ -454,52 +627,85 @@ def log_softmax(x, dim):
 
 # --- padding ------------------------------------------------------------------------------------
 
-_NP_PAD_MODE = {"constant": "constant", "reflect": "reflect", "replicate": "edge",
-                "circular": "wrap"}
+_PAD_MODES = ("constant", "reflect", "replicate", "circular")
+_PAD_COMBOS = ("Supported combinations for non-constant padding:\n"
+               "  - 2D or 3D input: padding size = 2 (pads last dimension)\n"
+               "  - 3D or 4D input: padding size = 4 (pads last 2 dimensions)\n"
+               "  - 4D or 5D input: padding size = 6 (pads last 3 dimensions)")
 
 
 def _pad_widths(ndim, pads):
-    """torch's flat (last-dim-first) pad list as numpy's per-dim (before, after) pairs."""
+    """torch's flat (last-dim-first) pad list as per-dim (before, after) pairs."""
     widths = [(0, 0)] * ndim
     for i in range(len(pads) // 2):
         widths[ndim - 1 - i] = (pads[2 * i], pads[2 * i + 1])
     return widths
 
 
+def _too_small(spatial, out):
+    names = ("D", "H", "W")[3 - len(spatial):]
+    given = ", ".join(f"{a}: {s}" for a, s in zip(names, spatial))
+    calc = " ".join(f"{a}: {o}" for a, o in zip(names, out))
+    return RuntimeError(f"input ({given}) is too small. Calculated output {calc}")
+
+
 def _pad_meta(x, pads, mode, value):
-    widths = _pad_widths(len(x.shape), pads)
-    if mode not in _NP_PAD_MODE:
+    shape = tuple(x.shape)
+    nd, n = len(shape), len(pads) // 2
+    if mode not in _PAD_MODES:
         raise NotImplementedError(f"Unrecognised padding mode {mode}")
-    if mode != "constant":
-        n = len(pads) // 2
-        if len(x.shape) not in (n + 1, n + 2):
-            raise NotImplementedError(f"Only 2D, 3D, 4D, 5D padding with non-constant padding "
-                                      f"are supported for now")
-    shape = []
-    for s, (a, b) in zip(x.shape, widths):
-        if mode == "reflect" and (a >= s or b >= s) and (a or b):
-            raise RuntimeError(f"Argument #4: Padding size should be less than the corresponding "
-                               f"input dimension, but got: padding ({a}, {b}) at dimension "
-                               f"{len(shape)} of input {list(x.shape)}")
-        if s + a + b < 0 or (mode != "constant" and (a < 0 or b < 0)):
-            raise RuntimeError("negative padding is only supported with mode='constant' and must "
-                               "not remove the whole dimension")
-        shape.append(s + a + b)
-    return Meta(tuple(shape), x.dtype)
+    widths = _pad_widths(nd, pads)
+    if mode == "constant":
+        out = tuple(s + a + b for s, (a, b) in zip(shape, widths))
+        if any(o < 0 for o in out):
+            raise RuntimeError("narrow(): length must be non-negative.")
+        return Meta(out, x.dtype)
+    if n not in (1, 2, 3) or nd not in (n + 1, n + 2):
+        raise NotImplementedError(f"Padding size {len(pads)} is not supported for {nd}D input "
+                                  f"tensor.\n{_PAD_COMBOS}")
+    spatial = shape[nd - n:]
+    out = tuple(s + a + b for s, (a, b) in zip(spatial, widths[nd - n:]))
+    if mode == "circular":
+        for s, (a, b) in zip(spatial, widths[nd - n:]):
+            if a > s or b > s:
+                raise RuntimeError("Padding value causes wrapping around more than once.")
+        if any(o <= 0 for o in out):
+            raise RuntimeError("Negative padding value is resulting in an empty dimension")
+        return Meta(shape[:nd - n] + out, x.dtype)
+    if any(s == 0 for s in shape[nd - n - 1:]):
+        raise RuntimeError(f"Expected {n + 1}D or {n + 2}D (batch mode) tensor with possibly 0 "
+                           f"batch size and other non-zero dimensions for input, but got: "
+                           f"{_sizes(shape)}")
+    if mode == "reflect":
+        for i in range(n):  # last dim first
+            d = nd - 1 - i
+            a, b = widths[d]
+            if a >= shape[d] or b >= shape[d]:
+                raise RuntimeError(f"Argument #{4 + 2 * i}: Padding size should be less than the "
+                                   f"corresponding input dimension, but got: padding ({a}, {b}) "
+                                   f"at dimension {d} of input {_sizes(shape)}")
+    if any(o < 1 for o in out):
+        raise _too_small(spatial, out)
+    return Meta(shape[:nd - n] + out, x.dtype)
 
 
-def _source_indices(size, before, after, mode):
-    """For each padded position along one dim, the input index it reads (-1: a constant)."""
+def _pad_source(size, before, after, mode):
+    """For each padded position along one dim, the input index it reads (-1: the constant)."""
     src = np.arange(-before, size + after)
     if mode == "constant":
         return np.where((src >= 0) & (src < size), src, -1)
     if mode == "replicate":
         return np.clip(src, 0, size - 1)
-    if mode == "circular":
-        return src % size
-    period = 2 * (size - 1) if size > 1 else 1  # reflect without repeating the edge
-    m = np.abs(src) % period
-    return np.where(m >= size, period - m, m)
+    if mode == "reflect":  # mirror about the edges without repeating them
+        period = 2 * (size - 1) if size > 1 else 1
+        m = np.abs(src) % period
+        return np.where(m >= size, period - m, m)
+    # circular: negative pads crop first, then positive pads wrap around what is left
+    lo, hi = max(-before, 0), size - max(-after, 0)
+    kept = hi - lo
+    if kept <= 0:
+        return np.full(size + before + after, -1)
+    return lo + (np.arange(size + before + after) - max(before, 0)) % kept
 
 
 def _pad_eager(x, pads, mode, value):
@@ -507,12 +713,14 @@ def _pad_eager(x, pads, mode, value):
     for axis, (a, b) in enumerate(_pad_widths(x.ndim, pads)):
         if a == 0 and b == 0:
             continue
-        src = _source_indices(out.shape[axis], a, b, mode)
-        taken = np.take(out, np.maximum(src, 0), axis=axis)
-        if mode == "constant":
+        src = _pad_source(out.shape[axis], a, b, mode)
+        taken = np.take(out, np.maximum(src, 0), axis=axis) if out.shape[axis] else \
+            np.zeros(out.shape[:axis] + (len(src),) + out.shape[axis + 1:], x.dtype)
+        if (src < 0).any():
             shape = [1] * out.ndim
             shape[axis] = -1
-            taken = np.where((src >= 0).reshape(shape), taken, np.asarray(value, x.dtype))
+            fill = np.asarray(value if mode == "constant" and value is not None else 0)
+            taken = np.where((src >= 0).reshape(shape), taken, fill.astype(x.dtype))
         out = taken
     return np.ascontiguousarray(out)
 
@@ -523,23 +731,22 @@ def _pad_backward_eager(g, input_shape, pads, mode):
         if a == 0 and b == 0:
             continue
         size = input_shape[axis]
-        src = _source_indices(size, a, b, mode)
-        shape = list(out.shape)
-        shape[axis] = size
-        acc = np.zeros(shape, g.dtype)
-        keep = src >= 0
-        moved = np.moveaxis(out, axis, 0)[keep]
-        np.add.at(np.moveaxis(acc, axis, 0), src[keep], moved)
-        out = acc
-    return out
+        src = _pad_source(size, a, b, mode)
+        # the adjoint of a gather along one axis: a (padded, size) 0/1 matrix
+        scatter = np.zeros((len(src), size), g.dtype)
+        rows = np.nonzero(src >= 0)[0]
+        scatter[rows, src[rows]] = 1
+        out = np.moveaxis(np.tensordot(out, scatter, axes=([axis], [0])), -1, axis)
+    return np.ascontiguousarray(out, dtype=g.dtype)
 
 
 def _pad_grad_fn(ctx):
     mode, n = ctx.attrs["mode"], len(ctx.attrs["pads"]) // 2
     if mode == "constant":
         return "ConstantPadNdBackward0"
-    return {"reflect": "ReflectionPad", "replicate": "ReplicationPad"}.get(
-        mode, "CircularPad") + f"{n}DBackward0"
+    if mode == "circular":
+        return "CopySlices"
+    return {"reflect": "ReflectionPad", "replicate": "ReplicationPad"}[mode] + f"{n}DBackward0"
 
 
 pad_op = register(

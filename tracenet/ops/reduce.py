@@ -1,12 +1,15 @@
 """Reductions: sum, mean, max/min (all, amax, with indices), argmax, var/std, all/any."""
 import builtins
 import collections
+import warnings
 
 import numpy as np
 
 from .. import _dtype
 from . import common
-from .registry import Meta, apply, register
+from .registry import Meta, apply
+
+register = common.register_quiet
 
 values_indices = collections.namedtuple("values_indices", "values indices")
 
@@ -36,10 +39,18 @@ def _expand_back(ctx, g):
     return g.expand(shape)
 
 
+def _axes(x, dims):
+    """numpy axes for reduction ``dims`` (a 0-dim tensor reduces over dim 0 = nothing)."""
+    return tuple(d for d in dims if d < x.ndim)
+
+
+def _sum_eager(x, dims, keepdim, dtype=None):
+    acc = dtype.np if dtype is not None else (np.int64 if x.dtype.kind in "biu" else None)
+    return np.sum(x, axis=_axes(x, dims), keepdims=keepdim, dtype=acc)
+
+
 sum_op = register(
-    "sum", infer=_reduce_meta(_int_promoting),
-    eager=lambda x, dims, keepdim, dtype=None: np.sum(x, axis=dims,
-                                                                  keepdims=keepdim),
+    "sum", infer=_reduce_meta(_int_promoting), eager=_sum_eager,
     backward=lambda ctx, g: (_expand_back(ctx, g),),
     grad_fn=lambda ctx: "SumBackward0" if ctx.attrs.get("_full") else "SumBackward1")
 
@@ -56,16 +67,29 @@ def _type_word(dt):
     return {"float32": "Float", "float64": "Double", "int64": "Long", "bool": "Bool"}[dt.name]
 
 
+def _mean_np(x, dims, keepdim):
+    # sum / count rather than np.mean: an empty reduction is a silent nan, as in torch
+    total = np.sum(x, axis=_axes(x, dims), keepdims=keepdim)
+    return np.true_divide(total, _count(x.shape, dims), dtype=x.dtype)
+
+
+def _var_np(x, dims, correction, keepdim):
+    axes = _axes(x, dims)
+    centred = x - _mean_np(x, dims, True)
+    total = np.sum(centred * centred, axis=axes, keepdims=keepdim)
+    return np.true_divide(total, builtins.max(_count(x.shape, dims) - correction, 0),
+                          dtype=x.dtype)
+
+
 def _mean_backward(ctx, g):
-    count = 1
-    for d in ctx.attrs["dims"]:
-        count *= ctx.metas[0].shape[d]
+    count = _count(ctx.metas[0].shape, ctx.attrs["dims"])
     return (_expand_back(ctx, g) / float(builtins.max(count, 1)),)
 
 
 mean_op = register(
     "mean", infer=_mean_meta,
-    eager=lambda x, dims, keepdim, dtype=None: np.mean(x, axis=dims, keepdims=keepdim),
+    eager=lambda x, dims, keepdim, dtype=None: _mean_np(
+        x if dtype is None else x.astype(dtype.np), dims, keepdim),
     backward=_mean_backward,
     grad_fn=lambda ctx: "MeanBackward0" if ctx.attrs.get("_full") else "MeanBackward1")
 
@@ -134,12 +158,12 @@ def _amax_meta(name):
 
 amax_op = register(
     "amax", infer=_amax_meta("max"),
-    eager=lambda x, dims, keepdim: np.max(x, axis=dims, keepdims=keepdim),
+    eager=lambda x, dims, keepdim: np.max(x, axis=_axes(x, dims), keepdims=keepdim),
     saves=(0,), save_outputs=True, backward=_extreme_backward,
     grad_fn=lambda ctx: "MaxBackward1" if ctx.attrs.get("_full") else "AmaxBackward0")
 amin_op = register(
     "amin", infer=_amax_meta("min"),
-    eager=lambda x, dims, keepdim: np.min(x, axis=dims, keepdims=keepdim),
+    eager=lambda x, dims, keepdim: np.min(x, axis=_axes(x, dims), keepdims=keepdim),
     saves=(0,), save_outputs=True, backward=_extreme_backward,
     grad_fn=lambda ctx: "MinBackward1" if ctx.attrs.get("_full") else "AminBackward0")
 
@@ -159,6 +183,8 @@ def _arg_extreme(np_fn):
         if dim is None:
             out = np.asarray(np_fn(x.reshape(-1)))
             return out.reshape((1,) * x.ndim) if keepdim else out
+        if x.ndim == 0:
+            return np.zeros((), np.int64)
         idx = np_fn(x, axis=dim)
         return np.expand_dims(idx, dim) if keepdim else idx
     return eager
@@ -195,6 +221,8 @@ def _select_at_index_backward(ctx, g, _gi=None):
     """Gradient of max(dim)/min(dim): the incoming gradient placed at the chosen indices."""
     dim, keepdim = ctx.attrs["dim"], ctx.attrs["keepdim"]
     shape = tuple(ctx.metas[0].shape)
+    if not shape:
+        return (g,)
     idx = ctx.outputs[1]
     if not keepdim:
         g = g.unsqueeze(dim)
@@ -213,6 +241,8 @@ def elementwise():
 
 def _extreme_dim(np_arg):
     def eager(x, dim, keepdim):
+        if x.ndim == 0:
+            return x.copy(), np.zeros((), np.int64)
         idx = np_arg(x, axis=dim)
         vals = np.take_along_axis(x, np.expand_dims(idx, dim), axis=dim)
         if not keepdim:
@@ -282,7 +312,8 @@ def _var_meta(x, dims, correction, keepdim):
 def _count(shape, dims):
     n = 1
     for d in dims:
-        n *= shape[d]
+        if d < len(shape):
+            n *= shape[d]
     return n
 
 
@@ -308,14 +339,19 @@ def _std_backward(ctx, g):
 
 var_op = register(
     "var", infer=_var_meta, saves=(0,), backward=_var_backward,
-    eager=lambda x, dims, correction, keepdim: np.var(x, axis=dims, ddof=correction,
-                                                      keepdims=keepdim),
+    eager=_var_np,
     grad_fn="VarBackward0")
 std_op = register(
     "std", infer=_var_meta, saves=(0,), save_outputs=True, backward=_std_backward,
-    eager=lambda x, dims, correction, keepdim: np.std(x, axis=dims, ddof=correction,
-                                                      keepdims=keepdim),
+    eager=lambda x, dims, correction, keepdim: np.sqrt(_var_np(x, dims, correction, keepdim)),
     grad_fn="StdBackward0")
+
+
+def _check_dof(name, x, dims, correction):
+    if _count(tuple(x.shape), dims) - correction <= 0:
+        warnings.warn(f"{name}(): degrees of freedom is <= 0. Correction should be strictly less "
+                      "than the reduction factor (input numel divided by output numel).",
+                      UserWarning, stacklevel=3)
 
 
 def _correction(unbiased, correction):
@@ -328,16 +364,18 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
     if isinstance(dim, bool):  # var(x, False): the legacy unbiased positional
         unbiased, dim = dim, None
     dims, _ = _dims_arg(x, dim)
-    return apply(var_op, x, dims=dims, correction=_correction(unbiased, correction),
-                 keepdim=keepdim)
+    correction = _correction(unbiased, correction)
+    _check_dof("var", x, dims, correction)
+    return apply(var_op, x, dims=dims, correction=correction, keepdim=keepdim)
 
 
 def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
     if isinstance(dim, bool):
         unbiased, dim = dim, None
     dims, _ = _dims_arg(x, dim)
-    return apply(std_op, x, dims=dims, correction=_correction(unbiased, correction),
-                 keepdim=keepdim)
+    correction = _correction(unbiased, correction)
+    _check_dof("std", x, dims, correction)
+    return apply(std_op, x, dims=dims, correction=correction, keepdim=keepdim)
 
 
 def logsumexp(x, dim, keepdim=False):
@@ -356,7 +394,7 @@ def logsumexp(x, dim, keepdim=False):
 def _bool_reduce(name, np_fn):
     op = register(name, infer=lambda x, dims, keepdim: Meta(
         _reduced_shape(x.shape, dims, keepdim), _dtype.bool_),
-        eager=lambda x, dims, keepdim: np_fn(x, axis=dims, keepdims=keepdim),
+        eager=lambda x, dims, keepdim: np_fn(x, axis=_axes(x, dims), keepdims=keepdim),
         differentiable=False)
 
     def fn(x, dim=None, keepdim=False):

@@ -1,6 +1,8 @@
 """The system C compiler: which one (``CC``, default gcc), its identity, and the flags it
 supports. Probed once per process; each probe is a tiny test compile."""
 import functools
+import hashlib
+import json
 import os
 import platform
 import shutil
@@ -50,27 +52,56 @@ int f(int n) { int s = 0;
 """
 
 
+def _probe_cache_path():
+    """Probe results are kept on disk per compiler identity, so a warm process compiles
+    nothing at all (not even the probes)."""
+    from .build import cache_dir
+    argv, identity = compiler()
+    key = hashlib.sha256(("\0".join(argv) + "\0" + identity + "\0" + target_cpu() + "\0" +
+                          os.environ.get("TRACENET_NATIVE", "1") + "\0" +
+                          os.environ.get("TRACENET_OPENMP", "1")).encode()).hexdigest()[:24]
+    return os.path.join(cache_dir(), f"toolchain-{key}.json")
+
+
 @functools.lru_cache(maxsize=None)
-def flags():
-    """Optimisation flags this compiler accepts. Never -ffast-math: it would switch the whole
-    process to flush-to-zero arithmetic. ``-fopenmp-simd`` lets reductions vectorise under
-    ``#pragma omp simd`` without reassociating anything else."""
+def _probed():
+    path = _probe_cache_path()
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return tuple(data["flags"]), tuple(data["openmp"])
+    except (OSError, ValueError, KeyError):
+        pass
     out = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno"]
     if os.environ.get("TRACENET_NATIVE", "1") != "0" and _try_compile(["-march=native"]):
         out.append("-march=native")
     if _try_compile(["-fopenmp-simd"]):
         out.append("-fopenmp-simd")
-    return tuple(out)
+    omp = ()
+    if os.environ.get("TRACENET_OPENMP", "1") != "0" and _try_compile(["-fopenmp"],
+                                                                       _OPENMP_PROBE):
+        omp = ("-fopenmp",)
+    from .build import _atomic_write
+    _atomic_write(path, json.dumps({"flags": out, "openmp": list(omp)}))
+    return tuple(out), omp
 
 
-@functools.lru_cache(maxsize=None)
+def flags():
+    """Optimisation flags this compiler accepts. Never -ffast-math: it would switch the whole
+    process to flush-to-zero arithmetic. ``-fopenmp-simd`` lets reductions vectorise under
+    ``#pragma omp simd`` without reassociating anything else."""
+    return _probed()[0]
+
+
 def openmp_flags():
     """Flags for OpenMP threading, or () if a test compile shows it does not work."""
-    if os.environ.get("TRACENET_OPENMP", "1") == "0":
-        return ()
-    if _try_compile(["-fopenmp"], _OPENMP_PROBE):
-        return ("-fopenmp",)
-    return ()
+    return _probed()[1]
+
+
+def reset():
+    """Forget the probed compiler (after ``CC`` changed)."""
+    compiler.cache_clear()
+    _probed.cache_clear()
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,322 @@
+"""tracenet.compile: compiled forward/backward against eager, the module-like surface, the
+build cache, compiler errors and debug output."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import tracenet as torch
+import tracenet.nn as nn
+import tracenet.nn.functional as F
+import tracenet.optim as optim
+from tracenet.codegen.kernels import LoweringError
+from tracenet.runtime import build, toolchain
+
+from test_ir import MLP, LeNet, Residual
+
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    # one cache per test session keeps the suite fast; tests that need a cold cache make one
+    d = tmp_path_factory.getbasetemp() / "tracenet-cache"
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(d))
+
+
+def _grads(model):
+    return [p.grad.numpy().copy() for p in model.parameters()]
+
+
+def _check_model(model, shape, steps=1):
+    compiled = torch.compile(model)
+    for _ in range(steps):
+        x = torch.randn(*shape)
+        ref = model(x)
+        out = compiled(x)
+        np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), **TOL)
+        gy = torch.randn(*ref.shape)
+        model.zero_grad()
+        ref.backward(gy)
+        expect = _grads(model)
+        model.zero_grad()
+        out.backward(gy)
+        for g, e in zip(_grads(model), expect):
+            np.testing.assert_allclose(g, e, **TOL)
+    return compiled
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_lenet_forward_backward_match_eager(batch):
+    torch.manual_seed(batch)
+    _check_model(LeNet(), (batch, 1, 32, 32))
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: LeNet(3), (2, 1, 32, 32)),
+                                        (lambda: LeNet(5, use_view=True), (2, 1, 32, 32)),
+                                        (MLP, (5, 20)), (Residual, (2, 3, 8, 8))])
+def test_model_variants_match_eager(make, shape):
+    torch.manual_seed(0)
+    _check_model(make(), shape)
+
+
+def test_sequential_with_strided_padded_grouped_conv():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), nn.ReLU(),
+                          nn.MaxPool2d(3, stride=2, padding=1), nn.Flatten(),
+                          nn.Linear(6 * 3 * 3, 5), nn.Sigmoid())
+    _check_model(model, (3, 4, 11, 11))
+
+
+def test_conv_dilation_and_rectangular_kernel():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(2, 1),
+                                    dilation=(2, 1)), nn.Tanh(), nn.Flatten())
+    _check_model(model, (2, 2, 9, 7))
+
+
+def test_gradients_accumulate_like_eager():
+    torch.manual_seed(3)
+    model = LeNet()
+    compiled = torch.compile(model)
+    x = torch.randn(2, 1, 32, 32)
+    model(x).sum().backward()
+    model(x).sum().backward()
+    expect = _grads(model)
+    model.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    compiled(x).sum().backward()
+    compiled(x).sum().backward()
+    for g, e in zip(_grads(model), expect):
+        np.testing.assert_allclose(g, e, **TOL)
+
+
+def test_input_gradient():
+    model = MLP()
+    compiled = torch.compile(model)
+    x = torch.randn(3, 20, requires_grad=True)
+    model(x).pow(2).sum().backward()
+    expect = x.grad.numpy().copy()
+    x.grad = None
+    compiled(x).pow(2).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), expect, **TOL)
+
+
+def test_training_loop_matches_eager_trajectory():
+    torch.manual_seed(4)
+    eager_net = LeNet()
+    compiled_net = LeNet()
+    compiled_net.load_state_dict(eager_net.state_dict())
+    compiled = torch.compile(compiled_net)
+    opt_e = optim.SGD(eager_net.parameters(), lr=0.05, momentum=0.9)
+    opt_c = optim.SGD(compiled.parameters(), lr=0.05, momentum=0.9)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,))
+    for _ in range(10):
+        for net, opt in ((eager_net, opt_e), (compiled, opt_c)):
+            opt.zero_grad()
+            loss = crit(net(x), y)
+            loss.backward()
+            opt.step()
+        np.testing.assert_allclose(crit(compiled(x), y).item(), crit(eager_net(x), y).item(),
+                                   rtol=1e-4)
+    assert len(compiled.specialisations) == 1  # weight updates never recompile
+
+
+def test_no_grad_and_eval_save_nothing():
+    model = LeNet()
+    compiled = torch.compile(model)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        out = compiled(x)
+    assert out.grad_fn is None and not out.requires_grad
+    assert compiled.backward_graph is None
+    np.testing.assert_allclose(out.numpy(), model(x).detach().numpy(), **TOL)
+    compiled.eval()
+    with torch.no_grad():
+        compiled(x)
+    assert len(compiled.specialisations) == 2
+
+
+def test_module_surface_is_shared():
+    model = MLP()
+    compiled = torch.compile(model)
+    assert list(compiled.parameters()) == list(model.parameters())
+    assert compiled.state_dict().keys() == model.state_dict().keys()
+    compiled(torch.randn(2, 20)).sum().backward()
+    compiled.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    with torch.no_grad():
+        model.l1.weight.mul_(0.0)
+        model.l1.bias.zero_()
+    out = compiled(torch.randn(2, 20))
+    np.testing.assert_allclose(out.detach().numpy(),
+                               model(torch.randn(2, 20)).detach().numpy(), **TOL)
+
+
+def test_new_batch_size_compiles_a_new_specialisation(capfd, monkeypatch):
+    monkeypatch.setenv("TRACENET_DEBUG", "cache")
+    compiled = torch.compile(MLP())
+    compiled(torch.randn(2, 20))
+    compiled(torch.randn(2, 20))
+    compiled(torch.randn(5, 20))
+    assert len(compiled.specialisations) == 2
+    err = capfd.readouterr().err
+    assert "new specialisation" in err and "f32[5,20]" in err
+
+
+def test_second_backward_raises_and_inplace_weight_change_is_caught():
+    model = MLP()
+    compiled = torch.compile(model)
+    out = compiled(torch.randn(2, 20)).sum()
+    out.backward()
+    with pytest.raises(RuntimeError, match="Trying to backward through the graph a second time"):
+        out.backward()
+    out = compiled(torch.randn(2, 20)).sum()
+    with torch.no_grad():
+        model.l2.weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
+
+
+def test_inspection_graph_source_and_c_readability():
+    compiled = torch.compile(LeNet())
+    compiled(torch.randn(1, 1, 32, 32))
+    assert "fused[conv_relu_max_pool]" in str(compiled.graph)
+    assert "conv_backward_weight" in str(compiled.backward_graph)
+    src = compiled.source()
+    assert "conv_relu_max_pool" in src and "= convolution(" in src  # IR lines as comments
+    assert "void tn_LeNet_0_forward(const intptr_t *args)" in src
+    assert "void tn_LeNet_0_backward(const intptr_t *args)" in src
+
+
+def test_debug_topics(capfd, monkeypatch):
+    monkeypatch.setenv("TRACENET_DEBUG", "ir,fusion,c,time")
+    compiled = torch.compile(MLP())
+    compiled(torch.randn(2, 20)).sum().backward()
+    err = capfd.readouterr().err
+    assert "[tracenet:ir] before fusion:" in err
+    assert "[tracenet:fusion] after fusion:" in err
+    assert "[tracenet:c] source " in err and ".c" in err
+    assert "[tracenet:time]" in err and " us" in err
+
+
+def test_flags_never_fast_math():
+    flags = toolchain.flags() + toolchain.openmp_flags()
+    assert not any("fast-math" in f or f == "-Ofast" for f in flags)
+
+
+def test_unsupported_op_names_op_and_line():
+    class Odd(nn.Module):
+        def forward(self, x):
+            return torch.flip(x, [0])  # no C lowering
+    with pytest.raises(LoweringError) as info:
+        torch.compile(Odd())(torch.randn(3))
+    msg = str(info.value)
+    assert "'flip'" in msg and "test_compile.py:" in msg
+
+
+def test_weird_module_names_are_sanitised():
+    Weird = type("Weird-Net $1", (MLP,), {})
+    compiled = torch.compile(Weird())
+    compiled(torch.randn(2, 20))
+    assert "Weird_Net__1" in compiled.source()
+
+
+def test_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-cc-xyz")
+    toolchain.reset()
+    try:
+        with pytest.raises(toolchain.CompilerError, match="no-such-cc-xyz"):
+            torch.compile(MLP())(torch.randn(2, 20))
+    finally:
+        monkeypatch.delenv("CC")
+        toolchain.reset()
+
+
+def test_failing_compiler_reports_its_message_and_source(tmp_path, monkeypatch):
+    fake = tmp_path / "fakecc"
+    fake.write_text("#!/bin/sh\n"
+                    "for a in \"$@\"; do case $a in --version) echo fakecc 1.0; exit 0;; esac; "
+                    "done\n"
+                    "case \"$*\" in *probe*) exec gcc \"$@\";; esac\n"
+                    "echo 'kernel.c:1: error: the sky is falling' >&2; exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(fake))
+    toolchain.reset()
+    try:
+        with pytest.raises(toolchain.CompilerError) as info:
+            torch.compile(MLP())(torch.randn(2, 20))
+        msg = str(info.value)
+        assert "the sky is falling" in msg
+        path = msg.split("generated source ")[1].split()[0]
+        assert os.path.exists(path) and path.endswith(".c")
+    finally:
+        monkeypatch.delenv("CC")
+        toolchain.reset()
+
+
+_SCRIPT = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    import tracenet as torch
+    from test_ir import LeNet
+    torch.manual_seed(0)
+    net = torch.compile(LeNet())
+    t = time.perf_counter()
+    out = net(torch.randn(2, 1, 32, 32))
+    out.sum().backward()
+    print("ready", time.perf_counter() - t)
+""")
+
+
+def test_second_process_uses_cache_without_compiling(tmp_path):
+    cache, log = tmp_path / "cache", tmp_path / "cc.log"
+    wrapper = tmp_path / "cc"
+    wrapper.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexec gcc \"$@\"\n")
+    wrapper.chmod(0o755)
+    env = dict(os.environ, TRACENET_CACHE_DIR=str(cache), CC=str(wrapper))
+    script = _SCRIPT.format(tests=os.path.dirname(__file__))
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert len([f for f in os.listdir(cache) if f.endswith(".so")]) == 1
+    assert " -o " in log.read_text()
+    log.write_text("")
+    second = subprocess.run([sys.executable, "-c", script], env=dict(env, TRACENET_DEBUG="cache"),
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "[tracenet:cache] hit" in second.stderr
+    calls = log.read_text().splitlines()
+    assert calls == ["--version"], calls  # identified, never run to compile
+    assert not [f for f in os.listdir(cache) if f.startswith(".tmp-")]
+
+
+@pytest.mark.skipif(not any(os.path.exists(os.path.join(p, "clang"))
+                            for p in os.environ.get("PATH", "").split(os.pathsep)),
+                    reason="clang is not installed")
+def test_clang_builds_the_same_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "clang")
+    toolchain.reset()
+    try:
+        assert "clang" in toolchain.compiler()[1]
+        _check_model(LeNet(), (2, 1, 32, 32))
+    finally:
+        monkeypatch.delenv("CC")
+        toolchain.reset()
+
+
+def test_atomic_cache_write_leaves_no_partial_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+    src = "int tn_probe(void) { return 42; }\n"
+    lib = build.build(src, "int tn_probe(void);", name="probe")
+    assert lib.lib.tn_probe() == 42 and not lib.cached
+    again = build.build(src, "int tn_probe(void);", name="probe")
+    assert again.cached and again.path == lib.path
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
