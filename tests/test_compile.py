@@ -291,7 +291,7 @@ def test_second_process_uses_cache_without_compiling(tmp_path):
     second = subprocess.run([sys.executable, "-c", script], env=dict(env, TRACENET_DEBUG="cache"),
                             capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
-    assert "[tracenet:cache] hit" in second.stderr
+    assert "[tracenet:cache] hit" in second.stderr, (second.stderr, os.listdir(cache))
     calls = log.read_text().splitlines()
     assert calls == ["--version"], calls  # identified, never run to compile
     assert not [f for f in os.listdir(cache) if f.startswith(".tmp-")]

@@ -166,6 +166,19 @@ def test_integer_division_rules():
                  lambda a, b: a.floor_divide(b), lambda a, b: a.double() % b,
                  lambda a, b: a.double() // b, lambda a, b: (a * 1.5) % -2.0):
         assert_same(expr(ta, tb), expr(ra, rb), exact=True)
+    big_t, big_r = pair([1000000007, -1000000007, 2 ** 40 + 1, 2 ** 62 - 1], np.int64)
+    for expr in (lambda a: a // 3, lambda a: a % 7, lambda a: a.div(3, rounding_mode="trunc"),
+                 lambda a: a.div(-3, rounding_mode="floor"), lambda a: a // a.flip(0)):
+        assert_same(expr(big_t), expr(big_r), exact=True)
+    same_error(lambda m: m.tensor([1, 2]) // 0)
+    same_error(lambda m: m.tensor([1, 2]) % m.tensor([1, 0]))
+    same_error(lambda m: m.tensor([4]).div(m.tensor([0]), rounding_mode="trunc"))
+    a, b = both(lambda m: m.tensor([1, 2]) / 0)
+    assert_same(a, b)
+    a, b = both(lambda m: m.tensor([1.0, -1.0, 0.0]) // 0)
+    assert_same(a, b)
+    a, b = both(lambda m: m.tensor([1.0, -1.0, 0.0]) % 0)
+    assert_same(a, b)
     a, b = both(lambda m: m.remainder(m.tensor([5, -5]), 3))
     assert_same(a, b)
     a, b = both(lambda m: m.floor_divide(m.tensor([5., -5]), 3))

@@ -74,6 +74,37 @@ div_op = register("div", infer=_div_meta, eager=np.true_divide, saves=(0, 1),
                   backward=_div_backward)
 
 
+def _check_int_divisor(b):
+    if b.dtype.kind in "biu" and np.any(b == 0):
+        raise RuntimeError("ZeroDivisionError")
+
+
+def _div_rounding_meta(a, b, rounding_mode):
+    if a.dtype is _dtype.bool_ and b.dtype is _dtype.bool_:
+        raise NotImplementedError(f"\"div_{rounding_mode}_cpu\" not implemented for 'Bool'")
+    return _binary_meta(a, b)
+
+
+def _div_rounding_eager(a, b, rounding_mode):
+    dt = _dtype.promote_types(_dtype.from_numpy_dtype(a.dtype), _dtype.from_numpy_dtype(b.dtype))
+    a, b = a.astype(dt.np, copy=False), b.astype(dt.np, copy=False)
+    if dt.is_floating_point:
+        if rounding_mode == "floor":
+            return np.floor_divide(a, b)
+        return np.trunc(np.true_divide(a, b))
+    _check_int_divisor(b)
+    q = np.floor_divide(a, b)
+    if rounding_mode == "trunc":  # floor rounds negative inexact quotients one further down
+        q = q + ((np.remainder(a, b) != 0) & ((a < 0) != (b < 0)))
+    return q
+
+
+div_rounding_op = register(
+    "div_rounding", infer=_div_rounding_meta, eager=_div_rounding_eager,
+    backward=lambda ctx, g: (_unbroadcast(ctx, 0, g * 0), _unbroadcast(ctx, 1, g * 0)),
+    grad_fn="DivBackward2")
+
+
 def _pow_backward(ctx, g):
     a, b = ctx.inputs
     ga = gb = None
@@ -200,15 +231,13 @@ def mul(a, b):
 
 
 def div(a, b, rounding_mode=None):
+    if rounding_mode not in (None, "trunc", "floor"):
+        raise RuntimeError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' "
+                           f"but found '{rounding_mode}'")
     a, b = common.as_tensor_pair(a, b)
     if rounding_mode is None:
         return apply(div_op, a, b)
-    if rounding_mode == "trunc":
-        return trunc(apply(div_op, a, b)).to(_dtype.result_type(a, b))
-    if rounding_mode == "floor":
-        return floor(apply(div_op, a, b)).to(_dtype.result_type(a, b))
-    raise RuntimeError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but "
-                       f"found '{rounding_mode}'")
+    return apply(div_rounding_op, a, b, rounding_mode=rounding_mode)
 
 
 def pow(a, b):
@@ -232,47 +261,54 @@ def minimum(a, b):
     return apply(minimum_op, *common.as_tensor_pair(a, b))
 
 
-def _mod_family(name, np_fn, quotient):
-    """remainder-like ops: ``a - b * quotient(a / b)``; gradient 1 for ``a``, ``-quotient(a/b)``
-    for ``b``. A Python-number divisor is an attribute (one graph edge, like torch)."""
-    def infer(a, b):
-        if a.dtype is _dtype.bool_ and b.dtype is _dtype.bool_:
-            raise RuntimeError(f"\"{name}_cpu\" not implemented for 'Bool'")
-        return _binary_meta(a, b)
-
-    def backward(ctx, g):
-        a, b = ctx.inputs
-        ga = _unbroadcast(ctx, 0, g) if ctx.needs_input_grad[0] else None
-        gb = None
-        if ctx.needs_input_grad[1]:
-            gb = _unbroadcast(ctx, 1, neg(g) * quotient(a / b))
-        return ga, gb
-
-    op = register(name, infer=infer, eager=np_fn, saves=(0, 1), backward=backward,
-                  grad_fn=name.capitalize() + "Backward1")
-
-    def scalar_infer(x, other):
-        return Meta(tuple(x.shape), _dtype.result_type(x, other))
-
-    def scalar_eager(x, other):
-        dt = _dtype.result_type(_np_meta(x), other)
-        return np_fn(x.astype(dt.np, copy=False), np.asarray(other, dt.np))
-
-    scalar_op = register(name + "_scalar", infer=scalar_infer, eager=scalar_eager,
-                         backward=lambda ctx, g: (g,), grad_fn=name.capitalize() + "Backward0")
-
-    def fn(a, b):
-        if common.is_tensor(a) and not common.is_tensor(b):
-            if not isinstance(b, (int, float, bool, np.number, np.bool_)):
-                raise TypeError(f"{name}(): argument 'other' must be Tensor or Number, not "
-                                f"{type(b).__name__}")
-            return apply(scalar_op, a, other=b.item() if isinstance(b, np.generic) else b)
-        return apply(op, *common.as_tensor_pair(a, b))
-    fn.__name__ = name
-    return fn
+def _remainder_meta(a, b):
+    if a.dtype is _dtype.bool_ and b.dtype is _dtype.bool_:
+        raise NotImplementedError("\"remainder_cpu\" not implemented for 'Bool'")
+    return _binary_meta(a, b)
 
 
-remainder = _mod_family("remainder", np.mod, lambda q: floor(q))
+def _remainder_np(a, b):
+    """Python's (and torch's) modulo: the result takes the sign of the divisor."""
+    if b.dtype.kind in "biu":
+        _check_int_divisor(b)
+    return np.mod(a, b)
+
+
+def _remainder_eager(a, b):
+    dt = _dtype.promote_types(_dtype.from_numpy_dtype(a.dtype), _dtype.from_numpy_dtype(b.dtype))
+    return _remainder_np(a.astype(dt.np, copy=False), b.astype(dt.np, copy=False))
+
+
+def _remainder_backward(ctx, g):
+    """``a - b * floor(a / b)``: gradient 1 for ``a`` and ``-floor(a / b)`` for ``b``."""
+    a, b = ctx.inputs
+    ga = _unbroadcast(ctx, 0, g) if ctx.needs_input_grad[0] else None
+    gb = _unbroadcast(ctx, 1, neg(g) * floor(a / b)) if ctx.needs_input_grad[1] else None
+    return ga, gb
+
+
+remainder_op = register("remainder", infer=_remainder_meta, eager=_remainder_eager, saves=(0, 1),
+                        backward=_remainder_backward, grad_fn="RemainderBackward1")
+
+
+def _remainder_scalar_eager(x, other):
+    dt = _dtype.result_type(_np_meta(x), other)
+    return _remainder_np(x.astype(dt.np, copy=False), np.asarray(other, dt.np))
+
+
+# a Python-number divisor is an attribute: one graph edge, like torch's RemainderBackward0
+remainder_scalar_op = register(
+    "remainder_scalar", infer=lambda x, other: Meta(tuple(x.shape), _dtype.result_type(x, other)),
+    eager=_remainder_scalar_eager, backward=lambda ctx, g: (g,), grad_fn="RemainderBackward0")
+
+
+def remainder(a, b):
+    if common.is_tensor(a) and not common.is_tensor(b):
+        if not isinstance(b, (int, float, bool, np.number, np.bool_)):
+            raise TypeError(f"remainder(): argument 'other' must be Tensor or Number, not "
+                            f"{type(b).__name__}")
+        return apply(remainder_scalar_op, a, other=b.item() if isinstance(b, np.generic) else b)
+    return apply(remainder_op, *common.as_tensor_pair(a, b))
 
 
 def floor_divide(a, b):

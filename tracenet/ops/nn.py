@@ -350,7 +350,8 @@ def _empty_windows(spatial, out, kernel, stride, padding, dilation):
 # --- max pooling -------------------------------------------------------------------------------
 
 
-def _max_pool_meta(x, kernel, stride, padding, dilation, ceil_mode):
+def _max_pool_check(x, kernel, stride, padding, dilation, ceil_mode):
+    """Shape rule for batched or unbatched input, with torch's errors."""
     n = len(kernel)
     if len(x.shape) not in (n + 1, n + 2):
         raise RuntimeError(f"non-empty {n + 1}D or {n + 2}D (batch mode) tensor expected for input")
@@ -360,6 +361,14 @@ def _max_pool_meta(x, kernel, stride, padding, dilation, ceil_mode):
         raise NotImplementedError(f"\"max_pool{n}d\" not implemented for 'Bool'")
     shape = tuple(x.shape[:len(x.shape) - n]) + out
     return Meta(shape, x.dtype), Meta(shape, _dtype.int64)
+
+
+def _max_pool_meta(x, kernel, stride, padding, dilation, ceil_mode):
+    # the op itself takes (N, C, *spatial); max_pool() below adds the batch dim when missing
+    metas = _max_pool_check(x, kernel, stride, padding, dilation, ceil_mode)
+    if len(x.shape) != len(kernel) + 2:
+        raise RuntimeError("the max_pool op takes batched input; call ops.nn.max_pool")
+    return metas
 
 
 def _max_pool_eager(x, kernel, stride, padding, dilation, ceil_mode):
@@ -412,7 +421,13 @@ def _pool_geo(attrs):
 
 def _max_pool_backward(ctx, g, _gi=None):
     idx = ctx.outputs[1]
-    return (max_pool_backward(g, idx, tuple(ctx.metas[0].shape), **_pool_geo(ctx.attrs)),)
+    a = ctx.attrs
+    shape = tuple(ctx.metas[0].shape)
+    out = tuple(ctx.out_metas[0].shape)[2:]
+    geo = {}
+    if _empty_windows(shape[2:], out, **_pool_geo(a)) is not None:
+        geo = _pool_geo(a)  # only then does the backward need the window geometry
+    return (max_pool_backward(g, idx, shape, **geo),)
 
 
 max_pool_op = register(
@@ -421,13 +436,12 @@ max_pool_op = register(
     grad_fn=lambda ctx: f"MaxPool{len(ctx.attrs['kernel'])}DWithIndicesBackward0")
 
 
-def _max_pool_backward_eager(g, idx, input_shape, kernel, stride, padding, dilation):
-    n = len(kernel)
-    spatial = tuple(input_shape[len(input_shape) - n:])
-    L, P = common.numel(input_shape[:len(input_shape) - n]), common.numel(spatial)
+def _max_pool_backward_eager(g, idx, input_shape, **geo):
+    spatial = tuple(input_shape[2:])
+    L, P = input_shape[0] * input_shape[1], common.numel(spatial)
     gi = g.reshape(L, -1)
     ii = idx.reshape(L, -1)
-    empty = _empty_windows(spatial, g.shape[g.ndim - n:], kernel, stride, padding, dilation)
+    empty = _empty_windows(spatial, g.shape[2:], **geo) if geo else None
     if empty is not None:  # windows entirely in the padding take no input: no gradient
         keep = ~empty.reshape(-1)
         gi = np.where(keep, gi, 0)
@@ -439,13 +453,11 @@ def _max_pool_backward_eager(g, idx, input_shape, kernel, stride, padding, dilat
 
 def _max_pool_backward_backward(ctx, gg):
     idx = ctx.inputs[1]
-    a = ctx.attrs
-    n = len(a["kernel"])
-    in_shape, out_shape = tuple(a["input_shape"]), tuple(ctx.metas[0].shape)
-    spatial = in_shape[len(in_shape) - n:]
-    L, P = common.numel(in_shape[:len(in_shape) - n]), common.numel(spatial)
+    a = dict(ctx.attrs)
+    in_shape, out_shape = tuple(a.pop("input_shape")), tuple(ctx.metas[0].shape)
+    L, P = in_shape[0] * in_shape[1], common.numel(in_shape[2:])
     flat_idx = idx.reshape(L, -1)
-    empty = _empty_windows(spatial, out_shape[len(out_shape) - n:], **_pool_geo(a))
+    empty = _empty_windows(in_shape[2:], out_shape[2:], **a) if a else None
     if empty is not None:
         flat_idx = flat_idx.clamp(0, max(P - 1, 0))
     picked = gg.reshape(L, P).gather(1, flat_idx)
@@ -461,16 +473,23 @@ max_pool_backward_op = register(
     eager=_max_pool_backward_eager, saves=(1,), backward=_max_pool_backward_backward)
 
 
-def max_pool_backward(g, idx, input_shape, kernel, stride, padding, dilation):
+def max_pool_backward(g, idx, input_shape, **geo):
+    """Scatter ``g`` to the argmax positions ``idx``. The window geometry (kernel, stride,
+    padding, dilation) is only needed when some windows lie entirely in the padding."""
     return apply(max_pool_backward_op, g, idx, input_shape=tuple(input_shape),
-                 kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding),
-                 dilation=tuple(dilation))
+                 **{k: tuple(v) for k, v in geo.items()})
 
 
 def max_pool(x, kernel, stride, padding, dilation, ceil_mode):
-    """(values, indices) of max pooling over the last len(kernel) dims."""
-    return apply(max_pool_op, x, kernel=tuple(kernel), stride=tuple(stride),
-                 padding=tuple(padding), dilation=tuple(dilation), ceil_mode=bool(ceil_mode))
+    """(values, indices) of max pooling over the last len(kernel) dims of a batched
+    (N, C, *spatial) or unbatched (C, *spatial) tensor."""
+    attrs = dict(kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding),
+                 dilation=tuple(dilation), ceil_mode=bool(ceil_mode))
+    if x.dim() == len(kernel) + 1:
+        _max_pool_check(Meta(tuple(x.shape), x.dtype), **attrs)
+        vals, idx = apply(max_pool_op, x.unsqueeze(0), **attrs)
+        return vals.squeeze(0), idx.squeeze(0)
+    return apply(max_pool_op, x, **attrs)
 
 
 # --- average pooling ------------------------------------------------------------------------------
@@ -498,7 +517,9 @@ def _avg_divisors(spatial, kernel, stride, padding, ceil_mode, count_include_pad
     return div
 
 
-def _avg_pool_meta(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+def _avg_pool_check(x, kernel, stride, padding, ceil_mode, count_include_pad,
+                    divisor_override):
+    """Shape rule for batched or unbatched input, with torch's errors."""
     n = len(kernel)
     nd = len(x.shape)
     if n == 3 and nd not in (4, 5):
@@ -514,6 +535,15 @@ def _avg_pool_meta(x, kernel, stride, padding, ceil_mode, count_include_pad, div
         raise NotImplementedError(f"\"{'avg_pool3d_out_frame' if n == 3 else 'avg_pool2d'}\" "
                                   "not implemented for 'Bool'")
     return Meta(tuple(x.shape[:nd - n]) + out, x.dtype)
+
+
+def _avg_pool_meta(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    # the op itself takes (N, C, *spatial); avg_pool() below adds the batch dim when missing
+    meta = _avg_pool_check(x, kernel, stride, padding, ceil_mode, count_include_pad,
+                           divisor_override)
+    if len(x.shape) != len(kernel) + 2:
+        raise RuntimeError("the avg_pool op takes batched input; call ops.nn.avg_pool")
+    return meta
 
 
 def _avg_pool_eager(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
@@ -569,9 +599,14 @@ avg_pool_backward_op = register(
 
 
 def avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    return apply(avg_pool_op, x, kernel=tuple(kernel), stride=tuple(stride),
-                 padding=tuple(padding), ceil_mode=bool(ceil_mode),
-                 count_include_pad=bool(count_include_pad), divisor_override=divisor_override)
+    """Average pooling over the last len(kernel) dims of a batched or unbatched tensor."""
+    attrs = dict(kernel=tuple(kernel), stride=tuple(stride), padding=tuple(padding),
+                 ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad),
+                 divisor_override=divisor_override)
+    if x.dim() == len(kernel) + 1:
+        _avg_pool_check(Meta(tuple(x.shape), x.dtype), **attrs)
+        return apply(avg_pool_op, x.unsqueeze(0), **attrs).squeeze(0)
+    return apply(avg_pool_op, x, **attrs)
 
 
 # --- softmax --------------------------------------------------------------------------------
