@@ -246,10 +246,21 @@ def inplace(self, compute, *args, **kwargs):
         raise RuntimeError("unsupported operation: more than one element of the written-to "
                            "tensor refers to a single memory location. Please clone() the tensor "
                            "before performing the operation.")
+    base = self._base
+    rewrite = recording and out.grad_fn is not None
+    if rewrite and base is not None:
+        # writing through a view changes the base: its new history is the old one with the
+        # view's elements replaced (CopySlices); computed before the write reads the old data
+        new_base = ix.write_through_view(base, self, out)
     np.copyto(self._data, out._data, casting="unsafe")
     self._vc.value += 1
-    if recording and out.grad_fn is not None:
-        self.grad_fn, self._output_nr, self._requires_grad = out.grad_fn, 0, True
+    if rewrite:
+        if base is not None:
+            base.grad_fn, base._output_nr, base._requires_grad = new_base.grad_fn, 0, True
+            base._hist += 1  # every view of it, this one included, rebuilds its history
+        else:
+            self.grad_fn, self._output_nr, self._requires_grad = out.grad_fn, 0, True
+            self._hist += 1
     return self
 
 

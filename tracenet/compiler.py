@@ -69,8 +69,9 @@ class Specialisation:
             self.forward_graph = joint
         else:
             graphs = [("forward", optimise(fwd))]
-        self.source_code, cdef, entries = generate(graphs, unit, timing=debug.enabled("time"))
-        self.library = build.build(self.source_code, cdef, name=unit)
+        self.source_code, cdef, entries, openmp = generate(graphs, unit,
+                                                           timing=debug.enabled("time"))
+        self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp)
         lib = self.library.lib
         self._ffi = self.library.ffi
         self.forward_entry = entries[0]

@@ -50,8 +50,9 @@ class device:
 
 
 class Tensor:
-    __slots__ = ("_data", "_ir", "_requires_grad", "_grad", "grad_fn", "_output_nr", "_vc",
-                 "_retains_grad", "_hooks", "_accumulator", "_base", "__weakref__", "__dict__")
+    __slots__ = ("_data", "_ir", "_req", "_grad", "_grad_fn", "_output_nr", "_vc",
+                 "_retains_grad", "_hooks", "_accumulator", "_base_", "_hist", "_view_hist",
+                 "__weakref__", "__dict__")
 
     # --- construction -------------------------------------------------------------------
     def __init__(self, *args, **kwargs):
@@ -65,15 +66,17 @@ class Tensor:
     def _init(self, array, requires_grad=False):
         self._data = array
         self._ir = None
-        self._requires_grad = requires_grad
+        self._req = requires_grad
         self._grad = None
-        self.grad_fn = None
+        self._grad_fn = None
         self._output_nr = 0
         self._vc = _VersionCounter()
         self._retains_grad = False
         self._hooks = None
         self._accumulator = None
-        self._base = None
+        self._base_ = None
+        self._hist = 0  # bumped when an in-place op rewrites this (base) tensor's history
+        self._view_hist = 0
 
     @classmethod
     def _wrap(cls, array, requires_grad=False):
@@ -81,6 +84,55 @@ class Tensor:
         t = object.__new__(cls)
         t._init(array, requires_grad)
         return t
+
+    # --- autograd history of views ---------------------------------------------------------
+    #
+    # A view (the output of a view op) remembers its base. When an in-place op rewrites the
+    # base's history (an in-place op on the base, or on any view of it, while recording), the
+    # view's own history is stale: it is rebuilt on next use as a strided view of the base's
+    # new history (torch's AsStridedBackward0), so gradients keep flowing to the right place.
+
+    @property
+    def _base(self):
+        return self._base_
+
+    @_base.setter
+    def _base(self, base):
+        self._base_ = base
+        self._view_hist = base._hist if base is not None else 0
+
+    def _view_is_stale(self):
+        base = self._base_
+        return base is not None and self._view_hist != base._hist
+
+    def _refresh_view(self):
+        base = self._base_
+        self._view_hist = base._hist
+        if base._req and self._ir is None and base._ir is None:
+            from .ops.index import view_of_base
+            with grad_mode.enable_grad():
+                fresh = view_of_base(base, self)
+            self._grad_fn, self._output_nr, self._req = fresh._grad_fn, 0, True
+
+    @property
+    def grad_fn(self):
+        if self._base_ is not None and self._view_hist != self._base_._hist:
+            self._refresh_view()
+        return self._grad_fn
+
+    @grad_fn.setter
+    def grad_fn(self, node):
+        self._grad_fn = node
+
+    @property
+    def _requires_grad(self):
+        if self._base_ is not None and self._view_hist != self._base_._hist:
+            self._refresh_view()
+        return self._req
+
+    @_requires_grad.setter
+    def _requires_grad(self, value):
+        self._req = value
 
     # --- basic properties ---------------------------------------------------------------
     @property
@@ -237,9 +289,8 @@ class Tensor:
 
     @property
     def data(self):
-        out = Tensor._wrap(self._concrete("data"))
-        out._base = self._base
-        return out
+        # shares memory but not the version counter or the autograd history
+        return Tensor._wrap(self._concrete("data"))
 
     @data.setter
     def data(self, value):
@@ -254,8 +305,14 @@ class Tensor:
         return out
 
     def detach_(self):
-        if self.grad_fn is not None:
-            self.grad_fn = None
+        if self._base is not None and self._requires_grad:
+            raise RuntimeError(
+                "Can't detach views in-place. Use detach() instead. If you are using "
+                "DistributedDataParallel (DDP) for training, and gradient_as_bucket_view is set "
+                "as True, gradients are views of DDP buckets, and hence detach_() cannot be "
+                "called on these gradients. To fix this error, please refer to the "
+                "Optimizer.zero_grad() function in torch/optim/optimizer.py as the solution.")
+        self.grad_fn = None
         self._requires_grad = False
         return self
 

@@ -29,13 +29,18 @@ def acc_ctype(value):
 
 
 class Kernel:
-    def __init__(self, name, reads, writes, source, scratch=0, scratch_ctype="float"):
+    def __init__(self, name, reads, writes, source, scratch=0, scratch_ctype="float", flops=0,
+                 parallel=False):
         self.name = name
         self.reads = reads          # [(role, Value)]
         self.writes = writes        # [(role, Value)]
         self.source = source
-        self.scratch = scratch      # elements of scratch_ctype the kernel needs
+        # elements of scratch_ctype the kernel needs, or (per thread, "threads") for kernels
+        # that give each OpenMP thread its own slice
+        self.scratch = scratch
         self.scratch_ctype = scratch_ctype
+        self.flops = flops          # for GFLOP/s under TRACENET_DEBUG=time
+        self.parallel = parallel
 
     def signature(self):
         return signature(self.reads, self.writes, self.scratch, self.scratch_ctype)
@@ -240,6 +245,32 @@ def _pool_geometry(pool, ih, iw):
                 IH=ih, IW=iw, OH=o[0], OW=o[1])
 
 
+SFX = {"float": "_f32", "double": "_f64"}
+MAX_THREADS = 16  # per-thread scratch is reserved for at most this many OpenMP threads
+PARALLEL_MIN_FLOPS = 2_000_000
+
+
+def openmp_available():
+    from ..runtime import toolchain
+    return bool(toolchain.openmp_flags())
+
+
+def _conv_template_geo(geo, ct):
+    g = dict(geo)
+    g["CG"] = geo["C"] // geo["G"]
+    g["ctype"] = ct
+    return g
+
+
+def _parallel(geo, flops):
+    return int(geo["N"] > 1 and flops >= PARALLEL_MIN_FLOPS and openmp_available())
+
+
+def _conv_flops(geo):
+    return 2 * geo["N"] * geo["O"] * (geo["C"] // geo["G"]) * geo["KH"] * geo["KW"] * \
+        geo["OH"] * geo["OW"]
+
+
 def lower_conv_group(name, members, exported):
     conv = members[0]
     relu = next((m for m in members if m.op == "relu"), None)
@@ -250,7 +281,6 @@ def lower_conv_group(name, members, exported):
         reads.append(("b", conv.inputs[2]))
     writes = []
     conv_v = conv.outputs[0]
-    scratch = 0
     plane_out = relu_out = None
     relu_scratch = False
     if conv_v in exported:
@@ -272,16 +302,24 @@ def lower_conv_group(name, members, exported):
             writes.append(("pool_idx", pool.outputs[1]))
     elif plane_out is None:
         raise AssertionError("a conv group without pooling must export its last value")
-    if plane_out is None or relu_scratch:
-        scratch = geo["OH"] * geo["OW"]
     ct = ctype(conv_v)
+    t = _conv_template_geo(geo, ct)
+    plane = geo["O"] // geo["G"] * geo["OH"] * geo["OW"]
+    per_thread = t["CG"] * geo["KH"] * geo["KW"] * geo["OH"] * geo["OW"] + plane * 2
+    parallel = _parallel(geo, _conv_flops(geo))
     src = render("conv2d.c.j2", name=name, node_lines=node_lines(members), ctype=ct,
-                 signature=signature(reads, writes, scratch, ct), has_bias=len(conv.inputs) > 2,
-                 plane_out=plane_out, relu=relu is not None,
+                 sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
+                 has_bias=len(conv.inputs) > 2, plane_out=plane_out, relu=relu is not None,
                  relu_out=relu_out, relu_scratch=relu_scratch,
                  pool=_pool_geometry(pool, geo["OH"], geo["OW"]) if pool else None,
-                 pool_idx=pool is not None and pool.outputs[1] in exported, **geo)
-    return Kernel(name, reads, writes, src, scratch, ct)
+                 pool_idx=pool is not None and pool.outputs[1] in exported, geo=t,
+                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, **geo)
+    return Kernel(name, reads, writes, src, _threads_scratch(per_thread, parallel), ct,
+                  flops=_conv_flops(geo), parallel=parallel)
+
+
+def _threads_scratch(per_thread, parallel):
+    return (per_thread, "threads") if parallel else per_thread
 
 
 def lower_max_pool(name, node, exported):
@@ -329,21 +367,34 @@ def lower_conv_backward_input(name, node):
     gy, w = node.inputs
     out = node.outputs[0]
     geo = _conv_grad_geometry(node, out.shape, w.shape, gy.shape)
+    ct = ctype(out)
+    t = _conv_template_geo(geo, ct)
+    per_thread = t["CG"] * geo["KH"] * geo["KW"] * geo["OH"] * geo["OW"]
+    parallel = _parallel(geo, _conv_flops(geo))
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_backward_input.c.j2", name=name, node_lines=node_lines([node]),
-                 ctype=ctype(out), signature=signature(reads, writes), **geo)
-    return Kernel(name, reads, writes, src)
+                 ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
+                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, **geo)
+    return Kernel(name, reads, writes, src, _threads_scratch(per_thread, parallel), ct,
+                  flops=_conv_flops(geo), parallel=parallel)
 
 
 def lower_conv_backward_weight(name, node):
     gy, x = node.inputs
     out = node.outputs[0]
     geo = _conv_grad_geometry(node, x.shape, out.shape, gy.shape)
+    ct = ctype(out)
+    t = _conv_template_geo(geo, ct)
+    wsize = numel(out.shape)
+    per_thread = t["CG"] * geo["KH"] * geo["KW"] * geo["OH"] * geo["OW"] + wsize
+    parallel = _parallel(geo, _conv_flops(geo))
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
     src = render("conv_backward_weight.c.j2", name=name, node_lines=node_lines([node]),
-                 ctype=ctype(out), acctype=acc_ctype(out), signature=signature(reads, writes),
-                 **geo)
-    return Kernel(name, reads, writes, src)
+                 ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
+                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
+                 max_threads="TN_MAX_THREADS", **geo)
+    return Kernel(name, reads, writes, src, _threads_scratch(per_thread, parallel), ct,
+                  flops=_conv_flops(geo), parallel=parallel)
 
 
 # --- gemm ------------------------------------------------------------------------------------
@@ -383,14 +434,18 @@ def lower_gemm_group(name, members, exported):
         bias_index = {(1, 1): "0", (1, n): "j", (m, 1): "i"}.get(
             bs, f"(size_t)i * {n} + j")
     ct = ctype(last)
-    scratch = k * n if tb else 0
+    scratch = k * n if (tb and ta) else 0
+    flops = 2 * m * n * k
+    parallel = int(flops >= PARALLEL_MIN_FLOPS and m >= 12 and openmp_available())
+    row_block = max(6, -(-m // 12) * 6) if parallel else max(m, 1)
+    act = act_node.op if act_node is not None else None
     src = render("gemm.c.j2", name=name, node_lines=node_lines(members), ctype=ct,
-                 signature=signature(reads, writes, scratch, ct), M=m, N=n, K=k,
+                 sfx=SFX[ct], signature=signature(reads, writes, scratch, ct), M=m, N=n, K=k,
                  trans_a=ta, trans_b=tb, alpha=g.attrs["alpha"], beta=beta,
-                 bias=bias is not None, bias_index=bias_index,
-                 act=act_node.op if act_node is not None else None,
-                 pre_act_out=pre is not None)
-    return Kernel(name, reads, writes, src, scratch, ct)
+                 bias=bias is not None, bias_index=bias_index, act=act,
+                 pre_act_out=pre is not None, parallel=parallel, row_block=row_block,
+                 epilogue=bias is not None or act is not None or g.attrs["alpha"] != 1.0)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=flops, parallel=parallel)
 
 
 # --- reductions and data movement --------------------------------------------------------------

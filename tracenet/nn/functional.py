@@ -15,27 +15,42 @@ from ..ops import common, elementwise as ew, index as ix, linalg, loss as lossop
 from ..ops.common import is_tensor, pair
 from . import _reduction
 
-relu = ew.relu
 sigmoid = ew.sigmoid
 tanh = ew.tanh
 
 
-def relu_(x):
-    return x.relu_()
+def relu(input, inplace=False):
+    return input.relu_() if inplace else ew.relu(input)
 
 
-def _relu(x, inplace=False):
-    return x.relu_() if inplace else ew.relu(x)
+def relu_(input):
+    return input.relu_()
+
+
+def _sizes(shape):
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
 
 
 # --- linear -------------------------------------------------------------------------------------
 
 
-def linear(x, weight, bias=None):
-    if x.dim() == 2 and bias is not None:
-        return linalg.addmm(bias, x, weight.t())
-    out = linalg.matmul(x, weight.t())
-    return out if bias is None else out + bias
+def linear(input, weight, bias=None):
+    dx, dw = input.dim(), weight.dim()
+    if dx == 0 or dw == 0:
+        raise RuntimeError(f"both arguments to linear need to be at least 1D, but they are {dx}D "
+                           f"and {dw}D")
+    wt = weight.t()
+    if bias is not None:
+        if dx == 2:
+            return linalg.addmm(bias, input, wt)
+        if input.is_contiguous() and (dx == 3 or bias.dim() == 1):
+            # fold the leading dims into one matrix: a single addmm, viewed back
+            lead = tuple(input.shape[:-1])
+            rows = common.numel(lead)
+            out = linalg.addmm(bias, input.reshape(rows, input.shape[-1]), wt)
+            return out.view(lead + (out.shape[1],))
+        return linalg.matmul(input, wt) + bias
+    return linalg.matmul(input, wt)
 
 
 def bilinear(x1, x2, weight, bias=None):
@@ -49,39 +64,89 @@ def bilinear(x1, x2, weight, bias=None):
 # --- convolution ----------------------------------------------------------------------------
 
 
+def _int_list(value, n, fn="conv", name="stride"):
+    """An int-list argument as torch's argument parser sees it: an int repeats n times."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in items):
+        bad = type(value).__name__ if not isinstance(value, (list, tuple)) else \
+            f"{type(value).__name__} of {type(items[0]).__name__}"
+        raise TypeError(f"{fn}() received an invalid combination of arguments - got "
+                        f"{name}={bad}, but expected tuple of ints {name}")
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    return [int(value)] * n
+
+
+def _expand_param(values, name, dim):
+    if len(values) == 1:
+        return tuple(values) * dim
+    if len(values) != dim:
+        raise RuntimeError(f"expected {name} to be a single integer value or a list of {dim} "
+                           f"values to match the convolution dimensions, but got "
+                           f"{name}={_sizes(values)}")
+    return tuple(values)
+
+
+def _same_padding(x, weight, stride, dilation, groups):
+    """padding='same': the symmetric part as conv padding, an odd remainder padded explicitly
+    on the right (returns the possibly padded input and the conv padding)."""
+    k = weight.dim()
+    if k < 3:
+        raise RuntimeError("weight should have at least three dimensions")
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    dim = k - 2
+    if k != x.dim():
+        raise RuntimeError(f"Expected {k}-dimensional input for {k}-dimensional "
+                           f"weight{_sizes(weight.shape)}, but got {x.dim()}-dimensional input of "
+                           f"size {_sizes(x.shape)} instead")
+    if len(stride) not in (1, dim):
+        raise RuntimeError(f"stride cannot broadcast to {dim} dimensions")
+    if len(dilation) not in (1, dim):
+        raise RuntimeError(f"dilation cannot broadcast to {dim} dimensions")
+    if any(s != 1 for s in stride):
+        raise RuntimeError("padding='same' is not supported for strided convolutions")
+    dil = dilation * dim if len(dilation) == 1 else dilation
+    total = [dil[i] * (weight.shape[2 + i] - 1) for i in range(dim)]
+    left = [t // 2 for t in total]
+    extra = [t - 2 * lo for t, lo in zip(total, left)]
+    if any(extra):
+        warnings.warn("Using padding='same' with even kernel lengths and odd dilation may require "
+                      "a zero-padded copy of the input be created", UserWarning, stacklevel=4)
+        widths = []
+        for i in reversed(range(dim)):
+            widths += [0, extra[i]]
+        x = pad(x, widths)
+    return x, left
+
+
 def _conv(n, x, weight, bias, stride, padding, dilation, groups):
-    name = f"conv{n}d"
-    unbatched = x.dim() == n + 1
     if x.dim() not in (n + 1, n + 2):
         raise RuntimeError(f"Expected {n + 1}D (unbatched) or {n + 2}D (batched) input to "
-                           f"{name}, but got input of size: [{', '.join(map(str, x.shape))}]")
+                           f"conv{n}d, but got input of size: {_sizes(x.shape)}")
+    unbatched = x.dim() == n + 1
     if unbatched:
         x = x.unsqueeze(0)
-    stride, dilation = pair(stride, n, "stride"), pair(dilation, n, "dilation")
+    fn = f"conv{n}d"
+    stride, dilation = _int_list(stride, n, fn, "stride"), _int_list(dilation, n, fn, "dilation")
     if isinstance(padding, str):
-        if padding == "valid":
-            padding = (0,) * n
-        elif padding == "same":
-            if any(s != 1 for s in stride):
-                raise RuntimeError("padding='same' is not supported for strided convolutions")
-            total = [dilation[i] * (weight.shape[2 + i] - 1) for i in range(n)]
-            left = [t // 2 for t in total]
-            if any(t % 2 for t in total):
-                # asymmetric: pad the extra element on the right explicitly, as torch does
-                widths = []
-                for i in reversed(range(n)):
-                    widths += [0, total[i] - 2 * left[i]]
-                x = pad(x, widths)
-            padding = tuple(left)
+        if padding == "same":
+            x, padding = _same_padding(x, weight, stride, dilation, groups)
+        elif padding == "valid":
+            padding = [0]
         else:
-            raise ValueError(f"Invalid padding string '{padding}', should be one of "
-                             "{'valid', 'same'}")
+            raise RuntimeError(f"Invalid padding string: '{padding}'")
     else:
-        padding = pair(padding, n, "padding")
-    if any(s <= 0 for s in stride):
-        raise RuntimeError("non-positive stride is not supported")
-    if any(p < 0 for p in padding):
-        raise RuntimeError("negative padding is not supported")
+        padding = _int_list(padding, n, fn, "padding")
+    if weight.dim() < 3:
+        raise RuntimeError("weight should have at least three dimensions")
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    dim = weight.dim() - 2
+    stride = _expand_param(stride, "stride", dim)
+    padding = _expand_param(padding, "padding", dim)
+    dilation = _expand_param(dilation, "dilation", dim)
+    _expand_param([0] * n, "output_padding", dim)
     out = nnops.convolution(x, weight, bias, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out
 
@@ -100,30 +165,131 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 # --- pooling --------------------------------------------------------------------------------
 
-
-def _pool_input(x, n, name):
-    if x.dim() not in (n + 1, n + 2):
-        raise RuntimeError(f"{name}: Expected {n + 1}D or {n + 2}D input tensor, but got input of "
-                           f"size [{', '.join(map(str, x.shape))}]" if n > 1 else
-                           f"{name}() Expected 2D or 3D input tensor, but got "
-                           f"[{', '.join(map(str, x.shape))}]")
-    return (x.unsqueeze(0), True) if x.dim() == n + 1 else (x, False)
+_NUM_WORD = {2: "two", 3: "three"}
+_POS = {"kernel_size": 2, "stride": 3, "padding": 4, "dilation": 5}
 
 
-def _max_pool(n, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
-    kernel = pair(kernel_size, n, "kernel_size")
-    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) \
-        else pair(stride, n, "stride")
-    x, unbatched = _pool_input(x, n, f"max_pool{n}d")
-    out, idx = nnops.max_pool(x, kernel, stride, pair(padding, n), pair(dilation, n), ceil_mode)
-    if unbatched:
-        out, idx = out.squeeze(0), idx.squeeze(0)
-    return (out, idx) if return_indices else out
+def _int_arg(fn, name, value, positional=True):
+    """Type check of an int-list argument, with the argument parser's TypeError."""
+    ok = isinstance(value, (int, np.integer)) or (
+        isinstance(value, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in value))
+    if not ok or isinstance(value, bool):
+        where = f" (position {_POS[name]})" if positional else ""
+        raise TypeError(f"{fn}(): argument '{name}'{where} must be tuple of ints, not "
+                        f"{type(value).__name__}")
+    return [int(value)] if not isinstance(value, (list, tuple)) else [int(v) for v in value]
+
+
+def _nd_arg(fn, name, value, n, message, parser_fn=None):
+    """Expand an int-list pooling argument to n values, or raise torch's RuntimeError."""
+    vals = _int_arg(parser_fn or fn, name, value, positional=not fn.startswith("avg"))
+    if len(vals) == 1:
+        return tuple(vals) * n
+    if len(vals) != n:
+        raise RuntimeError(message)
+    return tuple(vals)
+
+
+def _pool_args(kind, n, kernel_size, stride, padding, dilation=1, parser_fn=None):
+    fn = f"{kind}_pool{n}d"
+    num = _NUM_WORD[n]
+    if kind == "avg" and n == 3:
+        msgs = ("kernel_size must be a single int", "stride must be omitted, a single int",
+                "padding must be a single int")
+    else:
+        msgs = ("kernel_size must either be a single int", "stride must either be omitted, a "
+                "single int", "padding must either be a single int")
+    kernel = _nd_arg(fn, "kernel_size", kernel_size, n,
+                     f"{fn}: {msgs[0]}, or a tuple of {num} ints", parser_fn)
+    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        stride = kernel
+    else:
+        stride = _nd_arg(fn, "stride", stride, n, f"{fn}: {msgs[1]}, or a tuple of {num} ints",
+                         parser_fn)
+    padding = _nd_arg(fn, "padding", padding, n, f"{fn}: {msgs[2]}, or a tuple of {num} ints",
+                      parser_fn)
+    dilation = _nd_arg(fn, "dilation", dilation, n,
+                       f"{fn}: dilation must be either a single int, or a tuple of {num} ints",
+                       parser_fn)
+    return kernel, stride, padding, dilation
+
+
+def _one_int(fn, name, value, parser_fn=None):
+    """A 1-d pooling argument through the argument parser: one int (or a 1-element list)."""
+    vals = _int_arg(parser_fn or fn, name, value, positional=fn != "avg_pool1d")
+    if len(vals) != 1:
+        raise RuntimeError(f"{fn}() argument '{name}' should contain one int (got {len(vals)})")
+    return vals[0]
+
+
+def _check_dim_range(x, fn):
+    if x.dim() not in (2, 3):
+        raise RuntimeError(f"Expected 2 to 3 dimensions, but got {x.dim()}-dimensional tensor for "
+                           f"argument #1 'self' (while checking arguments for {fn})")
+
+
+def _max_pool1d_checks(x, kernel_size, stride, padding, dilation, ceil_mode):
+    """The argument checks of torch's max_pool1d (the call without indices)."""
+    def one(name, value, text, allow_none=False):
+        if allow_none and (value is None or (isinstance(value, (list, tuple)) and not value)):
+            return None
+        vals = _int_arg("max_pool1d", name, value)
+        if len(vals) != 1:
+            raise RuntimeError(f"max_pool1d() {name} must be {text} of size 1 but got size "
+                               f"{len(vals)}")
+        return vals[0]
+    k = one("kernel_size", kernel_size, "an int, list of ints or tuple of ints")
+    s = one("stride", stride, "None, an int, list of ints, or tuple of ints", allow_none=True)
+    p = one("padding", padding, "an int, list of ints, or tuple of ints")
+    d = one("dilation", dilation, "an int, list of ints or tuple of ints")
+    s = k if s is None else s
+    if x.dim() not in (2, 3) or any(v == 0 for v in tuple(x.shape)[-2:]):
+        raise RuntimeError("max_pool1d: Expected 2D or 3D (batch mode) tensor with optional 0 dim "
+                           f"batch size for input, but got:{_sizes(x.shape)}")
+    if k <= 0:
+        raise RuntimeError(f"max_pool1d() kernel_size must be greater than zero, but got {k}")
+    if s <= 0:
+        raise RuntimeError(f"max_pool1d() stride must be greater than zero, but got {s}")
+    if p < 0:
+        raise RuntimeError(f"max_pool1d() padding must be non-negative, but got {p}")
+    if p > k // 2:
+        raise RuntimeError(f"max_pool1d() padding should be at most half of kernel size, but got "
+                           f"padding={p} and kernel_size={k}")
+    if d <= 0:
+        raise RuntimeError(f"max_pool1d() dilation must be greater than zero, but got {d}")
+    out = nnops.pool_out_size(x.shape[-1], k, p, s, d, ceil_mode)
+    if out < 1:
+        raise RuntimeError(f"max_pool1d() Invalid computed output size: {out}")
+    if not x.dtype.is_floating_point:
+        word = {"int64": "Long", "bool": "Bool"}.get(x.dtype.name, x.dtype.name)
+        raise NotImplementedError(f"\"max_pool1d_impl\" not implemented for '{word}'")
+    return k, s, p, d
 
 
 def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
-    return _max_pool(1, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    if return_indices:
+        pf = "max_pool1d_with_indices"
+        k = _one_int("max_pool1d", "kernel_size", kernel_size, pf)
+        s = k if stride is None or (isinstance(stride, (list, tuple)) and not stride) else \
+            _one_int("max_pool1d", "stride", stride, pf)
+        p = _one_int("max_pool1d", "padding", padding, pf)
+        d = _one_int("max_pool1d", "dilation", dilation, pf)
+        _check_dim_range(input, "max_pool1d")
+    else:
+        k, s, p, d = _max_pool1d_checks(input, kernel_size, stride, padding, dilation, ceil_mode)
+    # computed as 2-d pooling of a height-1 image, as torch does
+    out, idx = nnops.max_pool(input.unsqueeze(-2), (1, k), (1, s), (0, p), (1, d), ceil_mode)
+    out = out.squeeze(-2)
+    return (out, idx.squeeze(-2)) if return_indices else out
+
+
+def _max_pool(n, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    parser_fn = f"max_pool{n}d_with_indices" if return_indices else None
+    kernel, stride, padding, dilation = _pool_args("max", n, kernel_size, stride, padding,
+                                                   dilation, parser_fn)
+    out, idx = nnops.max_pool(x, kernel, stride, padding, dilation, ceil_mode)
+    return (out, idx) if return_indices else out
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -136,27 +302,38 @@ def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     return _max_pool(3, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
+def max_pool1d_with_indices(*args, **kwargs):
+    kwargs["return_indices"] = True
+    return max_pool1d(*args, **kwargs)
+
+
 def max_pool2d_with_indices(*args, **kwargs):
     kwargs["return_indices"] = True
     return max_pool2d(*args, **kwargs)
 
 
-def _avg_pool(n, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-              divisor_override):
-    kernel = pair(kernel_size, n, "kernel_size")
-    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and not stride) \
-        else pair(stride, n, "stride")
-    if divisor_override is not None and divisor_override == 0:
-        raise RuntimeError("divisor must be not zero")
-    x, unbatched = _pool_input(x, n, f"avg_pool{n}d")
-    out = nnops.avg_pool(x, kernel, stride, pair(padding, n), ceil_mode, count_include_pad,
-                         divisor_override)
-    return out.squeeze(0) if unbatched else out
+def max_pool3d_with_indices(*args, **kwargs):
+    kwargs["return_indices"] = True
+    return max_pool3d(*args, **kwargs)
 
 
 def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True):
-    return _avg_pool(1, input, kernel_size, stride, padding, ceil_mode, count_include_pad, None)
+    k = _one_int("avg_pool1d", "kernel_size", kernel_size)
+    s = k if stride is None or (isinstance(stride, (list, tuple)) and not stride) else \
+        _one_int("avg_pool1d", "stride", stride)
+    p = _one_int("avg_pool1d", "padding", padding)
+    _check_dim_range(input, "avg_pool1d")
+    out = nnops.avg_pool(input.unsqueeze(-2), (1, k), (1, s), (0, p), ceil_mode,
+                         count_include_pad, None)
+    return out.squeeze(-2)
+
+
+def _avg_pool(n, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+              divisor_override):
+    kernel, stride, padding, _ = _pool_args("avg", n, kernel_size, stride, padding)
+    return nnops.avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad,
+                          divisor_override)
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -181,6 +358,8 @@ def pad(input, pad, mode="constant", value=None):
         raise RuntimeError("Padding length should be less than or equal to two times the input "
                            "dimension but got padding length " + str(len(pad)) +
                            " and input of dimension " + str(input.dim()))
+    if mode != "constant" and value is not None and value != 0:
+        raise RuntimeError(f"Padding mode \"{mode}\" doesn't take in value argument")
     return nnops.pad(input, tuple(int(p) for p in pad), mode, 0.0 if value is None else value)
 
 
@@ -238,9 +417,35 @@ def dropout(input, p=0.5, training=True, inplace=False):
 # --- losses -------------------------------------------------------------------------------------
 
 
-def mse_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+def _broadcast_pair(a, b):
+    """torch.broadcast_tensors for two tensors: only a tensor whose shape changes is expanded."""
+    shape = common.broadcast_shapes(tuple(a.shape), tuple(b.shape))
+    a = a if tuple(a.shape) == shape else a.expand(shape)
+    b = b if tuple(b.shape) == shape else b.expand(shape)
+    return a, b
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+    if target.size() != input.size():
+        warnings.warn(f"Using a target size ({target.size()}) that is different to the input size "
+                      f"({input.size()}). This will likely lead to incorrect results due to "
+                      "broadcasting. Please ensure they have the same size.", UserWarning,
+                      stacklevel=2)
     reduction = _reduction.resolve(size_average, reduce, reduction)
-    return lossops.mse_loss(input, target, reduction)
+    input, target = _broadcast_pair(input, target)
+    if weight is None:
+        return lossops.mse_loss(input, target, reduction)
+    if weight.size() != input.size():
+        raise ValueError("Weights and input must have the same size.")
+    weighted = (input - target).pow(2) * weight
+    if reduction == "none":
+        return weighted
+    if reduction == "sum":
+        return weighted.sum()
+    if reduction == "mean":
+        return weighted.sum() / weight.sum()
+    raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', "
+                     "'sum'.")
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
@@ -249,59 +454,81 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     return lossops.nll_loss(input, target, weight, ignore_index, reduction)
 
 
+def _word(dt):
+    return {"float32": "Float", "float64": "Double", "int64": "Long", "bool": "Bool"}[dt.name]
+
+
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0):
     reduction = _reduction.resolve(size_average, reduce, reduction)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    lossops.check_reduction(reduction)
     class_dim = 0 if input.dim() == 1 else 1
-    logp = nnops.log_softmax(input, class_dim)
-    if target.dtype.is_floating_point:
-        return _soft_target_cross_entropy(logp, target, weight, reduction, label_smoothing,
+    if tuple(input.shape) == tuple(target.shape):
+        # class probabilities
+        if not target.dtype.is_floating_point:
+            raise RuntimeError("Expected floating point type for target with class "
+                               f"probabilities, got {_word(target.dtype)}")
+        if ignore_index >= 0:
+            raise RuntimeError("ignore_index is not supported for floating point target")
+        n_classes = input.shape[class_dim]
+        if weight is not None and (weight.dim() != 1 or weight.numel() != n_classes):
+            raise RuntimeError(f"cross_entropy: weight tensor should be defined either for all "
+                               f"{n_classes} classes or no classes but got weight tensor of "
+                               f"shape: {_sizes(weight.shape)}")
+        _check_label_smoothing(label_smoothing)
+        return _prob_target_cross_entropy(input, target, weight, reduction, label_smoothing,
                                           class_dim)
-    nll = lossops.nll_loss(logp, target, weight, ignore_index, reduction)
-    if label_smoothing == 0.0:
-        return nll
-    return _smoothed(logp, target, weight, ignore_index, reduction, label_smoothing, class_dim,
-                     nll)
+    if label_smoothing > 0.0:
+        _check_label_smoothing(label_smoothing)
+        return _smoothed_cross_entropy(input, target, weight, ignore_index, reduction,
+                                       label_smoothing, class_dim)
+    logp = nnops.log_softmax(input, class_dim)
+    return lossops.nll_loss(logp, target, weight, ignore_index, reduction)
 
 
-def _class_shape(logp, class_dim):
-    return tuple(logp.shape[class_dim] if i == class_dim else 1 for i in range(logp.dim()))
+def _check_label_smoothing(eps):
+    if eps > 1.0:
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {eps:g}")
 
 
-def _soft_target_cross_entropy(logp, target, weight, reduction, label_smoothing, class_dim):
-    if tuple(target.shape) != tuple(logp.shape):
-        raise RuntimeError(f"Expected target size {list(logp.shape)}, got {list(target.shape)}")
-    n_classes = logp.shape[class_dim]
-    if label_smoothing > 0:
-        target = target * (1 - label_smoothing) + label_smoothing / n_classes
-    prod = logp * target
+def _class_shape(x, class_dim):
+    """Shape that broadcasts a per-class vector along ``class_dim`` of ``x``."""
+    return tuple(x.shape[class_dim] if i == class_dim else 1 for i in range(x.dim()))
+
+
+def _prob_target_cross_entropy(input, target, weight, reduction, eps, class_dim):
+    n_classes = input.shape[class_dim]
+    logp = nnops.log_softmax(input, class_dim)
+    if eps > 0.0:
+        target = target * (1 - eps) + eps / n_classes
     if weight is not None:
-        prod = prod * weight.reshape(_class_shape(logp, class_dim))
-    losses = -prod.sum(class_dim)
+        logp = logp * weight.reshape(_class_shape(input, class_dim))
+    prod = logp * target
     if reduction == "none":
-        return losses
+        return -prod.sum(class_dim)
     if reduction == "sum":
-        return losses.sum()
-    return losses.sum() / float(max(losses.numel(), 1)) if losses.dim() else losses
+        return -prod.sum()
+    batch = input.numel() // n_classes if n_classes else 0
+    return -prod.sum() / batch if batch else -prod.sum() / float("nan")
 
 
-def _smoothed(logp, target, weight, ignore_index, reduction, eps, class_dim, nll):
-    n_classes = logp.shape[class_dim]
-    valid = (target != ignore_index).to(logp.dtype)
-    wlogp = logp if weight is None else logp * weight.reshape(_class_shape(logp, class_dim))
-    smooth = -wlogp.sum(class_dim) * valid
+def _smoothed_cross_entropy(input, target, weight, ignore_index, reduction, eps, class_dim):
+    n_classes = input.shape[class_dim]
+    logp = nnops.log_softmax(input, class_dim)
+    nll = lossops.nll_loss(logp, target, weight, ignore_index, reduction)
+    ignored = target == ignore_index
+    wlogp = logp if weight is None else logp * weight.reshape(_class_shape(input, class_dim))
+    smooth = (-wlogp.sum(class_dim)).masked_fill(ignored, 0.0)
     if reduction == "none":
         smooth_loss = smooth
     elif reduction == "sum":
         smooth_loss = smooth.sum()
     else:
+        kept = target != ignore_index
         if weight is None:
-            denom = valid.sum()
+            denom = kept.sum()
         else:
-            safe = ew.where(target != ignore_index, target, target * 0)
-            denom = (weight[safe] * valid).sum()
+            denom = weight.gather(0, target.masked_select(kept).flatten()).sum()
         smooth_loss = smooth.sum() / denom
     return nll * (1 - eps) + smooth_loss * (eps / n_classes)
 

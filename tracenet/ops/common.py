@@ -38,6 +38,33 @@ def scalar_tensor(value, dtype=None):
     return tensor_cls()._wrap(np.array(value, dtype=dt.np))
 
 
+def unsaved(t):
+    """``t`` as an input whose value its op's backward will not read (the other operand of a
+    product when only this one needs a gradient): the same place in the graph, but its own
+    version counter, so an in-place change to ``t`` after the op is, as in torch, not an error
+    at backward time."""
+    from ..autograd import grad_mode
+    if t._ir is not None or not grad_mode.is_grad_enabled():
+        return t
+    alias = tensor_cls()._wrap(t._data)
+    if t._requires_grad:
+        alias._requires_grad = True
+        if t.grad_fn is not None:
+            alias.grad_fn, alias._output_nr = t.grad_fn, t._output_nr
+        else:  # a leaf: gradients must still reach t's own accumulator
+            from ..autograd.engine import accumulator_of
+            acc = accumulator_of(t)
+            alias._accumulator = lambda: acc
+    return alias
+
+
+def product_operands(a, b):
+    """Operands of a product-like op whose gradient for one input reads only the other:
+    an input is saved only when the other one needs a gradient."""
+    a_needed, b_needed = b._requires_grad, a._requires_grad
+    return (a if a_needed else unsaved(a)), (b if b_needed else unsaved(b))
+
+
 def as_tensor_pair(a, b):
     """Coerce two operands (tensors or Python numbers) to tensors of the promoted dtype.
 

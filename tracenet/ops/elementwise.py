@@ -227,7 +227,7 @@ def rsub(a, b, alpha=1):
 
 
 def mul(a, b):
-    return apply(mul_op, *common.as_tensor_pair(a, b))
+    return apply(mul_op, *common.product_operands(*common.as_tensor_pair(a, b)))
 
 
 def div(a, b, rounding_mode=None):
@@ -236,7 +236,8 @@ def div(a, b, rounding_mode=None):
                            f"but found '{rounding_mode}'")
     a, b = common.as_tensor_pair(a, b)
     if rounding_mode is None:
-        return apply(div_op, a, b)
+        # a/b's gradient for a reads only b: a is needed only when b needs a gradient
+        return apply(div_op, a if b._requires_grad else common.unsaved(a), b)
     return apply(div_rounding_op, a, b, rounding_mode=rounding_mode)
 
 

@@ -4,6 +4,8 @@ A key is normalised once into a hashable *spec* (ints, slice triples, None, Elli
 ``("t", k)`` placeholders for the k-th index tensor), so the IR can carry it as an attribute and
 the same spec drives the forward, its gradient and ``__setitem__``.
 """
+import warnings
+
 import numpy as np
 
 from .. import _dtype
@@ -14,6 +16,9 @@ from .registry import Meta, apply, register
 def split_key(x, key):
     """Normalise a ``__getitem__`` key into ``(spec, index_tensors)``."""
     Tensor = common.tensor_cls()
+    if isinstance(key, list) and _sequence_is_tuple(key, Tensor):
+        warnings.warn(_SEQUENCE_KEY_WARNING, UserWarning, stacklevel=4)
+        key = tuple(key)
     if not isinstance(key, tuple):
         key = (key,)
     spec, tensors = [], []
@@ -41,6 +46,7 @@ def split_key(x, key):
             if not isinstance(k, Tensor):
                 k = _index_tensor(k)
             if k.dtype is _dtype.bool_:
+                _check_mask(k, x, dim)
                 # a mask over k.dim() dims becomes one long index per dim
                 for idx in k.nonzero(as_tuple=True):
                     spec.append(("t", len(tensors)))
@@ -53,6 +59,30 @@ def split_key(x, key):
             tensors.append(k)
             dim += 1
     return tuple(spec), tensors
+
+
+_SEQUENCE_KEY_WARNING = (
+    "Using a non-tuple sequence for multidimensional indexing is deprecated and will be changed "
+    "in pytorch 2.9; use x[tuple(seq)] instead of x[seq]. In pytorch 2.9 this will be "
+    "interpreted as tensor index, x[torch.tensor(seq)], which will result either in an error or "
+    "a different result")
+
+
+def _sequence_is_tuple(key, Tensor):
+    """torch's legacy rule: a short list holding sequences, slices, tensors, None or ``...`` is
+    a multidimensional key (``x[[0, slice(None)]]`` is ``x[0, :]``)."""
+    return len(key) < 32 and any(
+        isinstance(k, (list, tuple, slice, Tensor, np.ndarray)) or k is None or k is Ellipsis
+        for k in key)
+
+
+def _check_mask(mask, x, dim):
+    shape = tuple(x.shape)
+    for j, size in enumerate(mask.shape):
+        if dim + j >= len(shape) or size != shape[dim + j]:
+            raise IndexError(f"The shape of the mask [{', '.join(map(str, mask.shape))}] at index "
+                             f"{j} does not match the shape of the indexed tensor "
+                             f"[{', '.join(map(str, shape))}] at index {dim + j}")
 
 
 def _is_bool(k):
@@ -105,6 +135,13 @@ def _translate_index_error(fn):
 
 def _index_meta(x, *idx, spec):
     _check_key(x.shape, spec)
+    if len(idx) > 1:
+        try:
+            common.broadcast_shapes(*(tuple(m.shape) for m in idx))
+        except RuntimeError:
+            raise IndexError("shape mismatch: indexing tensors could not be broadcast together "
+                             "with shapes " + ", ".join(
+                                 "[" + ", ".join(map(str, m.shape)) + "]" for m in idx)) from None
     probe = np.broadcast_to(np.zeros((), np.bool_), tuple(x.shape))
     dummies = [np.zeros(tuple(m.shape), np.int64) for m in idx]
     try:
@@ -131,11 +168,14 @@ def _check_key(shape, spec):
                     raise IndexError(f"index {item} is out of bounds for dimension {dim} with "
                                      f"size {size}")
             elif item[0] == "s" and item[3] is not None and item[3] <= 0:
-                raise ValueError("step must be greater than zero")
+                raise ValueError("slice step cannot be zero" if item[3] == 0 else
+                                 "step must be greater than zero")
             dim += 1
 
 
 def _index_grad_fn(ctx):
+    if "_name" in ctx.attrs:
+        return ctx.attrs["_name"]
     spec = ctx.attrs["spec"]
     if has_tensors(spec):
         return "IndexBackward0"
@@ -175,8 +215,14 @@ index_backward_op = register(
     + (None,) * (len(ctx.metas) - 1))
 
 
-def index(x, tensors, spec):
-    return apply(index_op, x, *tensors, spec=spec)
+def index(x, tensors, spec, _name=None):
+    out = apply(index_op, x, *tensors, spec=spec, **({} if _name is None else {"_name": _name}))
+    if tensors and out._ir is None:
+        # advanced indexing copies: the result is not a view (own version counter, no base)
+        from ..tensor import _VersionCounter
+        out._vc = _VersionCounter()
+        out._base = None
+    return out
 
 
 def index_backward(g, tensors, shape, spec):
@@ -199,6 +245,14 @@ def _index_put_eager(x, v, *idx, spec):
 
 def _index_put_meta(x, v, *idx, spec):
     target = _index_meta(x, *idx, spec=spec)
+    if not has_tensors(spec):
+        # a view of x takes the value: copy_'s broadcasting, after dropping leading 1s
+        vshape = tuple(v.shape)
+        while vshape and vshape[0] == 1:
+            vshape = vshape[1:]
+        from .shape import expanded_shape
+        expanded_shape(vshape, tuple(target.shape), v.dtype)
+        return Meta(tuple(x.shape), x.dtype)
     try:
         common.broadcast_shapes(tuple(target.shape), tuple(v.shape))
         np.broadcast_shapes(tuple(v.shape), tuple(target.shape))
@@ -229,22 +283,90 @@ def _index_put_backward(ctx, g):
     return (gx, gv) + (None,) * len(idx)
 
 
+def _index_put_grad_fn(ctx):
+    if "_name" in ctx.attrs:
+        return ctx.attrs["_name"]
+    return "IndexPutBackward0" if has_tensors(ctx.attrs["spec"]) else "CopySlices"
+
+
 index_put_op = register("index_put", infer=_index_put_meta, eager=_index_put_eager,
-                        saves=tuple(range(2, 64)), backward=_index_put_backward, grad_fn="CopySlices")
+                        saves=tuple(range(2, 64)), backward=_index_put_backward,
+                        grad_fn=_index_put_grad_fn)
 
 
-def index_put(x, value, tensors, spec):
+def index_put(x, value, tensors, spec, _name=None):
     if not common.is_tensor(value):
         value = common.scalar_tensor(value, x.dtype)
     elif value.dtype is not x.dtype:
         value = value.to(x.dtype)
-    return apply(index_put_op, x, value, *tensors, spec=spec)
+    named = {} if _name is None else {"_name": _name}
+    return apply(index_put_op, x, value, *tensors, spec=spec, **named)
+
+
+def _type_word(dt):
+    return {"float32": "Float", "float64": "Double", "int64": "Long", "bool": "Bool"}[dt.name]
 
 
 def setitem_value(x, key, value):
     """The tensor ``x`` would become after ``x[key] = value`` (computed out of place)."""
     spec, tensors = split_key(x, key)
+    single = key[0] if isinstance(key, tuple) and len(key) == 1 else key
+    masked_fill = (common.is_tensor(single) and single.dtype is _dtype.bool_
+                   and common.is_tensor(value) and value.numel() == 1)
+    if tensors and common.is_tensor(value) and value.dtype is not x.dtype and not masked_fill:
+        raise RuntimeError(f"Index put requires the source and destination dtypes match, got "
+                           f"{_type_word(x.dtype)} for the destination and "
+                           f"{_type_word(value.dtype)} for the source.")
     return index_put(x, value, tensors, spec)
+
+
+# --- where a view's elements live in its base (rebuilding a view's history) -------------------
+
+
+def _addresses(arr, origin):
+    """Byte offset of every element of ``arr`` from ``origin``."""
+    addr = np.full(arr.shape, origin, dtype=np.int64)
+    for d, (n, stride) in enumerate(zip(arr.shape, arr.strides)):
+        addr = addr + (np.arange(n, dtype=np.int64) * stride).reshape(
+            (n,) + (1,) * (arr.ndim - d - 1))
+    return addr
+
+
+def view_positions(base, view):
+    """For a numpy ``view`` into ``base``'s memory, the index of each of its elements in
+    ``base``: one int64 array per base dim, each shaped like ``view``."""
+    b_addr = _addresses(base, 0).reshape(-1)
+    offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    v_addr = _addresses(view, offset)
+    order = np.argsort(b_addr, kind="stable")
+    flat = order[np.searchsorted(b_addr[order], v_addr)]
+    return np.unravel_index(flat, base.shape)
+
+
+def _position_key(base, view):
+    Tensor = common.tensor_cls()
+    pos = view_positions(base._data, view._data)
+    return [Tensor._wrap(np.ascontiguousarray(p, dtype=np.int64)) for p in pos], \
+        tuple(("t", i) for i in range(len(pos)))
+
+
+def view_of_base(base, view):
+    """``view`` recomputed from ``base`` (same elements), recording the autograd node that
+    routes its gradient into the base: torch's AsStridedBackward0."""
+    if base.dim() == 0:
+        from .shape import _view
+        return _view(base, tuple(view.shape), True, "AsStridedBackward0")
+    tensors, spec = _position_key(base, view)
+    return index(base, tensors, spec, _name="AsStridedBackward0")
+
+
+def write_through_view(base, view, value):
+    """The base's new history after ``view`` (a view of ``base``) took ``value`` in place:
+    torch's CopySlices, the old base with the view's elements replaced by ``value``."""
+    if base.dim() == 0:
+        return index_put(base, value.reshape(()), [], (), _name="CopySlices")
+    tensors, spec = _position_key(base, view)
+    return index_put(base, value, tensors, spec, _name="CopySlices")
 
 
 # --- convenience forms built on index ---------------------------------------------------------

@@ -159,7 +159,7 @@ mv_op = register("mv", infer=_mv_meta, eager=np.matmul, saves=(0, 1), backward=_
 
 
 def mm(a, b):
-    return apply(mm_op, a, b)
+    return apply(mm_op, *common.product_operands(a, b))
 
 
 def addmm(bias, a, b, *, beta=1, alpha=1):
@@ -168,11 +168,11 @@ def addmm(bias, a, b, *, beta=1, alpha=1):
         attrs["beta"] = beta
     if alpha != 1:
         attrs["alpha"] = alpha
-    return apply(addmm_op, bias, a, b, **attrs)
+    return apply(addmm_op, bias, *common.product_operands(a, b), **attrs)
 
 
 def bmm(a, b):
-    return apply(bmm_op, a, b)
+    return apply(bmm_op, *common.product_operands(a, b))
 
 
 def matmul(a, b):
@@ -215,11 +215,11 @@ def matmul(a, b):
 
 
 def mv(a, v):
-    return apply(mv_op, a, v)
+    return apply(mv_op, *common.product_operands(a, v))
 
 
 def dot(a, b):
-    return apply(dot_op, a, b)
+    return apply(dot_op, *common.product_operands(a, b))
 
 
 def outer(a, b):

@@ -1,7 +1,5 @@
 """Loss primitives with their own torch backward nodes: mse_loss and nll_loss (cross entropy is
 log_softmax followed by nll_loss, as in torch)."""
-import warnings
-
 import numpy as np
 
 from .. import _dtype
@@ -27,9 +25,19 @@ def _reduce_np(v, reduction):
 # --- mse ------------------------------------------------------------------------------------------
 
 
+def _word(dt):
+    return {"float32": "Float", "float64": "Double", "int64": "Long", "bool": "Bool"}[dt.name]
+
+
+def _sizes(shape):
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
 def _mse_meta(x, y, reduction):
     shape = common.broadcast_shapes(tuple(x.shape), tuple(y.shape))
     dt = _dtype.result_type(x, y)
+    if not dt.is_floating_point:
+        raise NotImplementedError(f"\"mse_cpu\" not implemented for '{_word(dt)}'")
     return Meta(shape if reduction == "none" else (), dt)
 
 
@@ -47,18 +55,19 @@ def _mse_backward(ctx, g):
     return gx, gy
 
 
-mse_loss_op = register(
-    "mse_loss", infer=_mse_meta, saves=(0, 1), backward=_mse_backward,
-    eager=lambda x, y, reduction: _reduce_np(np.square(x - y), reduction))
+def _mse_eager(x, y, reduction):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _reduce_np(np.square(x - y), reduction)
+
+
+mse_loss_op = register("mse_loss", infer=_mse_meta, eager=_mse_eager, saves=(0, 1),
+                       backward=_mse_backward)
 
 
 def mse_loss(x, y, reduction="mean"):
+    """Mean squared error of same-shaped (or broadcastable) tensors; torch's size warning and
+    legacy arguments are handled by nn.functional.mse_loss."""
     check_reduction(reduction)
-    if tuple(x.shape) != tuple(y.shape):
-        warnings.warn(f"Using a target size ({y.shape}) that is different to the input size "
-                      f"({x.shape}). This will likely lead to incorrect results due to "
-                      "broadcasting. Please ensure they have the same size.", UserWarning,
-                      stacklevel=3)
     return apply(mse_loss_op, x, y, reduction=reduction)
 
 
@@ -66,39 +75,62 @@ def mse_loss(x, y, reduction="mean"):
 
 
 def _nll_meta(x, t, *w, reduction, ignore_index):
-    if t.dtype is not _dtype.int64:
-        word = {"float32": "Float", "float64": "Double", "bool": "Bool"}[t.dtype.name]
-        raise RuntimeError(f"expected scalar type Long but found {word}")
     xs, ts = tuple(x.shape), tuple(t.shape)
-    if len(xs) < 1 or len(xs) > 1 and len(ts) != len(xs) - 1 or len(xs) == 1 and ts != ():
-        raise ValueError(f"Expected input and target to have compatible shapes: input "
-                         f"{list(xs)}, target {list(ts)}" if len(xs) != 2 else
-                         f"Expected target size {list(xs[:1])}, got {list(ts)}")
-    if len(xs) > 1 and xs[0] != ts[0]:
-        raise ValueError(f"Expected input batch_size ({xs[0]}) to match target batch_size "
-                         f"({ts[0]}).")
-    if len(xs) > 2 and tuple(xs[2:]) != tuple(ts[1:]):
-        raise RuntimeError(f"Expected target size [{', '.join(map(str, (xs[0],) + xs[2:]))}], "
-                           f"got [{', '.join(map(str, ts))}]")
-    if w and tuple(w[0].shape) != (xs[1 if len(xs) > 1 else 0],):
-        raise RuntimeError(f"weight tensor should be defined either for all "
-                           f"{xs[1 if len(xs) > 1 else 0]} classes or no classes but got weight "
-                           f"tensor of shape: [{', '.join(map(str, w[0].shape))}]")
-    return Meta(ts if reduction == "none" else (), x.dtype)
+    nd = len(xs)
+    if nd == 4:
+        kernel = "nll_loss2d_forward_out_frame"
+        if len(ts) != 3:
+            raise RuntimeError("only batches of spatial targets supported (3D tensors) but got "
+                               f"targets of dimension: {len(ts)}")
+        _check_target_dtype(t)
+        if w and common.numel(w[0].shape) != xs[1]:
+            raise RuntimeError("weight tensor should be defined either for all or no classes")
+        if (xs[0], xs[2], xs[3]) != ts:
+            raise RuntimeError(f"size mismatch (got input: {_sizes(xs)} , target: {_sizes(ts)}")
+        out = ts
+    elif nd in (1, 2):
+        kernel = "nll_loss_out_frame"
+        if len(ts) > 1:
+            raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
+        _check_target_dtype(t)
+        if nd == 1 and len(ts) == 1 and ts[0] != 1:
+            raise ValueError(f"For 1D input, 1D target must have size 1, but got target size: "
+                             f"{ts[0]}")
+        if nd == 2 and (len(ts) != 1 or ts[0] != xs[0]):
+            raise RuntimeError(f"size mismatch (got input: {_sizes(xs)}, target: {_sizes(ts)})")
+        n_classes = xs[-1]
+        if w and (len(w[0].shape) != 1 or w[0].shape[0] != n_classes):
+            raise RuntimeError(f"weight tensor should be defined either for all {n_classes} "
+                               f"classes or no classes but got weight tensor of shape: "
+                               f"{_sizes(w[0].shape)}")
+        out = (xs[0],) if nd == 2 else ()
+    else:
+        raise RuntimeError(f"the nll_loss op takes 1-D, 2-D or 4-D input, got {nd}-D; call "
+                           "ops.loss.nll_loss")
+    if not x.dtype.is_floating_point:
+        raise NotImplementedError(f"\"{kernel}\" not implemented for '{_word(x.dtype)}'")
+    if w and w[0].dtype is not x.dtype:
+        raise RuntimeError(f"expected scalar type {_word(x.dtype)} but found {_word(w[0].dtype)}")
+    return Meta(out if reduction == "none" else (), x.dtype)
+
+
+def _check_target_dtype(t):
+    if t.dtype is not _dtype.int64:
+        raise RuntimeError(f"expected target dtype to be Long or Byte, but got {_word(t.dtype)}")
 
 
 def _nll_parts(x, t, w, ignore_index):
-    """(picked log-probs, per-element weights) with classes moved to the last axis."""
+    """(picked log-probs, per-element weights, safe targets) with classes on the last axis."""
     if x.ndim == 1:
-        x, t = x[None], t[None]
+        x, t = x[None], t.reshape(1)
     xl = np.moveaxis(x, 1, -1)  # N *d C
     valid = t != ignore_index
     safe = np.where(valid, t, 0)
-    if np.any((safe < 0) | (safe >= xl.shape[-1])):
-        bad = safe[(safe < 0) | (safe >= xl.shape[-1])].flat[0]
-        raise IndexError(f"Target {bad} is out of bounds.")
+    bad = (safe < 0) | (safe >= xl.shape[-1])
+    if np.any(bad):
+        raise IndexError(f"Target {safe[bad].flat[0]} is out of bounds.")
     picked = np.take_along_axis(xl, safe[..., None], axis=-1)[..., 0]
-    weights = (w[0][safe] if w else np.ones_like(picked)) * valid
+    weights = (w[0].reshape(-1)[safe] if w else np.ones_like(picked)) * valid
     return picked, weights.astype(x.dtype), safe
 
 
@@ -111,7 +143,8 @@ def _nll_eager(x, t, *w, reduction, ignore_index):
         return losses
     if reduction == "sum":
         return np.sum(losses)
-    return np.sum(losses) / np.sum(weights)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sum(losses) / np.sum(weights)
 
 
 def _nll_backward(ctx, g):
@@ -133,11 +166,12 @@ def _nll_backward_eager(g, t, *w, input_shape, reduction, ignore_index):
     dummy = np.zeros(x_shape, g.dtype)
     _, weights, safe = _nll_parts(dummy, t, w, ignore_index)
     if reduction == "mean":
-        scale = -g / np.sum(weights)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scale = -g / np.sum(weights)
     elif reduction == "sum":
         scale = -g
     else:
-        scale = -(g[None] if len(x_shape) == 1 else g)
+        scale = -(g.reshape(1) if len(x_shape) == 1 else g)
     contrib = (weights * scale).astype(g.dtype)  # N *d
     out = np.zeros(x_shape if len(x_shape) > 1 else (1,) + x_shape, g.dtype)
     outl = np.moveaxis(out, 1, -1)
@@ -160,6 +194,27 @@ nll_loss_backward_op = register(
 
 
 def nll_loss(x, target, weight=None, ignore_index=-100, reduction="mean"):
+    """Negative log-likelihood over class dim 1 (dim 0 for 1-D input); inputs with 3 or more
+    than 4 dims run as 4-D (N, C, 1, -1), as torch does."""
     check_reduction(reduction)
-    inputs = (x, target) if weight is None else (x, target, weight)
-    return apply(nll_loss_op, *inputs, reduction=reduction, ignore_index=ignore_index)
+    nd = x.dim()
+    if nd < 1:
+        raise ValueError(f"Expected 1 or more dimensions (got {nd})")
+    if nd != 1:
+        tb = target.shape[0] if target.dim() else 0
+        if x.shape[0] != tb:
+            raise ValueError(f"Expected input batch_size ({x.shape[0]}) to match target "
+                             f"batch_size ({tb}).")
+    extra = () if weight is None else (weight,)
+    attrs = dict(reduction=reduction, ignore_index=int(ignore_index))
+    if nd in (1, 2, 4):
+        return apply(nll_loss_op, x, target, *extra, **attrs)
+    n, c = x.shape[0], x.shape[1]
+    out_size = (n,) + tuple(x.shape[2:])
+    if tuple(target.shape[1:]) != tuple(x.shape[2:]):
+        raise RuntimeError(f"Expected target size {_sizes(out_size)}, got "
+                           f"{_sizes(target.shape)}")
+    x4 = x.reshape(n, c, 1, -1) if x.numel() else x.reshape(n, c, 0, 0)
+    t3 = target.reshape(n, 1, -1) if target.numel() else target.reshape(n, 0, 0)
+    out = apply(nll_loss_op, x4, t3, *extra, **attrs)
+    return out.view(out_size) if reduction == "none" else out

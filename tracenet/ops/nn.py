@@ -677,9 +677,14 @@ def _pad_widths(ndim, pads):
     return widths
 
 
-def _too_small(spatial, out):
+def _too_small(spatial, out, mode):
+    if len(spatial) == 1:
+        given = f"W: {spatial[0]}"
+    elif len(spatial) == 2:
+        given = f"H: {spatial[0]}, W: {spatial[1]}" + (" " if mode == "replicate" else "")
+    else:
+        given = f"D: {spatial[0]} H: {spatial[1]}, W: {spatial[2]}"
     names = ("D", "H", "W")[3 - len(spatial):]
-    given = ", ".join(f"{a}: {s}" for a, s in zip(names, spatial))
     calc = " ".join(f"{a}: {o}" for a, o in zip(names, out))
     return RuntimeError(f"input ({given}) is too small. Calculated output {calc}")
 
@@ -691,10 +696,9 @@ def _pad_meta(x, pads, mode, value):
         raise NotImplementedError(f"Unrecognised padding mode {mode}")
     widths = _pad_widths(nd, pads)
     if mode == "constant":
-        out = tuple(s + a + b for s, (a, b) in zip(shape, widths))
-        if any(o < 0 for o in out):
+        if any(s + min(a, 0) + min(b, 0) < 0 for s, (a, b) in zip(shape, widths)):
             raise RuntimeError("narrow(): length must be non-negative.")
-        return Meta(out, x.dtype)
+        return Meta(tuple(s + a + b for s, (a, b) in zip(shape, widths)), x.dtype)
     if n not in (1, 2, 3) or nd not in (n + 1, n + 2):
         raise NotImplementedError(f"Padding size {len(pads)} is not supported for {nd}D input "
                                   f"tensor.\n{_PAD_COMBOS}")
@@ -704,7 +708,7 @@ def _pad_meta(x, pads, mode, value):
         for s, (a, b) in zip(spatial, widths[nd - n:]):
             if a > s or b > s:
                 raise RuntimeError("Padding value causes wrapping around more than once.")
-        if any(o <= 0 for o in out):
+        if any(o < 0 for o in out):
             raise RuntimeError("Negative padding value is resulting in an empty dimension")
         return Meta(shape[:nd - n] + out, x.dtype)
     if any(s == 0 for s in shape[nd - n - 1:]):
@@ -719,9 +723,14 @@ def _pad_meta(x, pads, mode, value):
                 raise RuntimeError(f"Argument #{4 + 2 * i}: Padding size should be less than the "
                                    f"corresponding input dimension, but got: padding ({a}, {b}) "
                                    f"at dimension {d} of input {_sizes(shape)}")
-    if any(o < 1 for o in out):
-        raise _too_small(spatial, out)
-    return Meta(shape[:nd - n] + out, x.dtype)
+    # torch reports "too small" only when every padded dim is empty (1-d: the one dim)
+    if all(o < 1 for o in out):
+        raise _too_small(spatial, out, mode)
+    full = shape[:nd - n] + out
+    if any(o < 0 for o in out):
+        raise RuntimeError(f"Trying to create tensor with negative dimension "
+                           f"{min(out)}: {_sizes(full)}")
+    return Meta(full, x.dtype)
 
 
 def _pad_source(size, before, after, mode):

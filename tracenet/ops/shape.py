@@ -52,10 +52,24 @@ view_op = register(
     grad_fn=lambda ctx: ctx.attrs.get("_name", "ViewBackward0"))
 
 
+def _viewable(arr, shape):
+    try:
+        np.reshape(arr, shape, copy=False)
+        return True
+    except ValueError:
+        return False
+
+
 def _view(x, shape, copy_ok, name=None):
     shape = infer_shape(shape, x.numel())
-    if tuple(x.shape) == shape and name is None and copy_ok:
-        pass  # reshape to the same shape still records a node, as torch does for view
+    if copy_ok and x._ir is None and not _viewable(x._data, shape):
+        # reshape of a tensor whose memory cannot be viewed so: a contiguous copy, then a view
+        # of it (torch's CloneBackward0 -> UnsafeViewBackward0); the result is not a view of x
+        from .elementwise import contiguous_copy
+        x, name = contiguous_copy(x), name or "UnsafeViewBackward0"
+        out = apply(view_op, x, shape=shape, copy_ok=copy_ok, _name=name)
+        out._base = None
+        return out
     attrs = {"shape": shape, "copy_ok": copy_ok}
     if name is not None:
         attrs["_name"] = name
@@ -176,12 +190,11 @@ expand_op = register(
     is_view=True, backward=lambda ctx, g: (reduce.sum_to_shape(g, ctx.metas[0].shape),))
 
 
-def expand(x, *sizes):
-    sizes = _shape_args(sizes)
-    shape = tuple(x.shape)
+def expanded_shape(shape, sizes, dtype):
+    """The shape ``expand(sizes)`` gives a tensor of ``shape``, with torch's errors."""
+    from ..tensor import _legacy_type_name
     if len(sizes) < len(shape):
-        from ..tensor import _legacy_type_name
-        raise RuntimeError(f"expand({_legacy_type_name(x.dtype)}{{[{', '.join(map(str, shape))}]}}, "
+        raise RuntimeError(f"expand({_legacy_type_name(dtype)}{{[{', '.join(map(str, shape))}]}}, "
                            f"size=[{', '.join(map(str, sizes))}]): the number of sizes provided "
                            f"({len(sizes)}) must be greater or equal to the number of dimensions "
                            f"in the tensor ({len(shape)})")
@@ -200,7 +213,13 @@ def expand(x, *sizes):
                                f"[{', '.join(map(str, sizes))}].  Tensor sizes: "
                                f"[{', '.join(map(str, shape))}]")
         out.append(int(s))
-    out = tuple(out)
+    return tuple(out)
+
+
+def expand(x, *sizes):
+    sizes = _shape_args(sizes)
+    shape = tuple(x.shape)
+    out = expanded_shape(shape, tuple(sizes), x.dtype)
     if out == shape:
         return x if x._ir is not None else apply(expand_op, x, shape=out)
     return apply(expand_op, x, shape=out)

@@ -8,14 +8,19 @@ What the forward saves is exactly what the backward rules read: a forward value 
 touches becomes an input of the backward graph (``bwd.saved`` lists them, in input order).
 With the current rules that means: matmul/conv inputs, relu *outputs* (the mask is recomputed
 from them as ``y > 0``, so no separate mask is stored), max-pool's argmax indices (never the
-window), softmax/log-softmax outputs, and the targets of losses. Forward constants read by a
-rule are copied into the backward graph rather than saved.
+window), softmax/log-softmax outputs, and the targets of losses. Views (transposes, reshapes)
+are recomputed from their source instead of saved, and forward constants read by a rule are
+copied into the backward graph.
 """
 import numpy as np
 
 from ..autograd import grad_mode
 from ..ir.graph import Graph
-from ..ops.registry import REGISTRY, Ctx, Meta
+from ..ops.registry import REGISTRY, Ctx, Meta, apply
+
+# ops the backward recomputes rather than saving their result: views are free, and a
+# transposed weight feeding a gemm costs nothing once the transpose is absorbed
+RECOMPUTED = ("permute", "view", "expand", "detach")
 from ..trace import Tracer, traced_tensor, tracing
 
 
@@ -57,6 +62,7 @@ def grad(forward, wrt=None):
     fwd_values = _all_values(forward)
     saved_inputs = {}
     constants = {}
+    recomputed = {}
 
     def foreign(v):
         if v not in fwd_values:
@@ -65,6 +71,13 @@ def grad(forward, wrt=None):
             if v not in constants:
                 constants[v] = bwd.add_constant(v.producer.attrs["value"])
             return constants[v]
+        if v.producer is not None and v.producer.op in RECOMPUTED:
+            # a view of another value: save that value and redo the (free) view here
+            if v not in recomputed:
+                src = traced_tensor(foreign(v.producer.inputs[0]))
+                out = apply(REGISTRY[v.producer.op], src, **v.producer.attrs)
+                recomputed[v] = out._ir
+            return recomputed[v]
         if v not in saved_inputs:
             name = v.name if v.name is not None else f"fwd{v.id}"
             saved_inputs[v] = None  # placeholder; the input is added after the cotangents

@@ -36,6 +36,11 @@ def cache_key(source, flags):
     return h.hexdigest()[:32]
 
 
+# Loaded libraries are never closed: unloading the last one that uses OpenMP would unload
+# libgomp under its sleeping worker threads. They are small, and cached by source anyway.
+_loaded = {}
+
+
 class Library:
     """A loaded shared library plus where it came from."""
 
@@ -59,9 +64,13 @@ def build(source, cdef, name="graph", openmp=False):
     else:
         debug.log("cache", f"miss {so_path}")
         _compile(source, c_path, so_path, flags)
-    ffi = cffi.FFI()
-    ffi.cdef(cdef)
-    lib = ffi.dlopen(so_path)
+    if so_path in _loaded:
+        ffi, lib = _loaded[so_path]
+    else:
+        ffi = cffi.FFI()
+        ffi.cdef(cdef)
+        lib = ffi.dlopen(so_path)
+        _loaded[so_path] = (ffi, lib)
     seconds = time.perf_counter() - start
     debug.log("c", f"source {c_path}")
     debug.log("time", f"{'load' if cached else 'compile+load'} {name}: {seconds * 1e3:.1f} ms")

@@ -2,13 +2,16 @@
 import math
 
 from ...ops import creation
-from ...ops.common import pair
 from .. import functional as F, init
 from ..parameter import Parameter
 from .linear import factory_kwargs
 from .module import Module
 
-_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+def _ntuple(value, n):
+    """torch's _single/_pair/_triple: an iterable is kept as a tuple, anything else repeated."""
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return (value,) * n
 
 
 class _ConvNd(Module):
@@ -25,20 +28,22 @@ class _ConvNd(Module):
             raise ValueError("in_channels must be divisible by groups")
         if out_channels % groups != 0:
             raise ValueError("out_channels must be divisible by groups")
+        valid_padding_strings = {"same", "valid"}  # a set: printed as torch prints it
         if isinstance(padding, str):
-            if padding not in ("same", "valid"):
+            if padding not in valid_padding_strings:
                 raise ValueError(f"Invalid padding string {padding!r}, should be one of "
-                                 "{'valid', 'same'}")
-            if padding == "same" and any(s != 1 for s in pair(stride, n)):
+                                 f"{valid_padding_strings}")
+            if padding == "same" and any(s != 1 for s in _ntuple(stride, n)):
                 raise ValueError("padding='same' is not supported for strided convolutions")
-        if padding_mode not in _PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {list(_PADDING_MODES)}, but got "
+        valid_padding_modes = {"zeros", "reflect", "replicate", "circular"}
+        if padding_mode not in valid_padding_modes:
+            raise ValueError(f"padding_mode must be one of {valid_padding_modes}, but got "
                              f"padding_mode='{padding_mode}'")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = pair(kernel_size, n, "kernel_size")
-        self.stride = pair(stride, n, "stride")
-        self.padding = padding if isinstance(padding, str) else pair(padding, n, "padding")
-        self.dilation = pair(dilation, n, "dilation")
+        self.kernel_size = _ntuple(kernel_size, n)
+        self.stride = _ntuple(stride, n)
+        self.padding = padding if isinstance(padding, str) else _ntuple(padding, n)
+        self.dilation = _ntuple(dilation, n)
         self.transposed = False
         self.output_padding = (0,) * n
         self.groups = groups
