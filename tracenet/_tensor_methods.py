@@ -294,17 +294,20 @@ def _fill_(self, value):
         if value.dim() != 0:
             raise RuntimeError(f"fill_ only supports 0-dimension value tensor but got tensor "
                                f"with {value.dim()} dimensions.")
-        return inplace(self, lambda s, v: ew.where(
-            common.scalar_tensor(True), v.to(s.dtype), s).expand(tuple(s.shape)) * 1, value)
+        return inplace(self, lambda s, v: ix.index_put(s, v, [], (), _name="FillBackward3"),
+                       value)
     if self._ir is None and not (grad_mode._enabled[0] and self._requires_grad):
+        _check_inplace_allowed(self)
         self._data[...] = value
         self._vc.value += 1
         return self
-    return inplace(self, lambda s: ew.mul(s, 0) + common.scalar_tensor(value, s.dtype))
+    return inplace(self, lambda s: ix.index_put(s, value, [], (), _name="FillBackward2"))
 
 
 def _zero_(self):
-    return _fill_(self, 0)
+    if self._ir is None and not (grad_mode._enabled[0] and self._requires_grad):
+        return _fill_(self, 0)
+    return inplace(self, lambda s: ix.index_put(s, 0, [], (), _name="ZeroBackward0"))
 
 
 def _copy_(self, src, non_blocking=False):
@@ -316,12 +319,17 @@ def _copy_(self, src, non_blocking=False):
         raise RuntimeError(f"The size of tensor a ({self.shape[-1] if self.dim() else 1}) must "
                            f"match the size of tensor b ({src.shape[-1] if src.dim() else 1}) at "
                            f"non-singleton dimension {self.dim() - 1}") from None
-    return inplace(self, lambda s, v: ix.index_put(s, v, [], ()), src)
+    return inplace(self, lambda s, v: ix.index_put(s, v, [], (), _name="CopyBackwards"), src)
 
 
 def _setitem(self, key, value):
     if isinstance(value, (list, tuple)):
         value = creation.tensor(value, dtype=self.dtype)
+    if grad_mode._enabled[0] and self._requires_grad and self.grad_fn is None \
+            and self._ir is None and ix.key_is_view(self, key):
+        # torch writes a basic-indexed assignment through a view of self
+        raise RuntimeError("a view of a leaf Variable that requires grad is being used in an "
+                           "in-place operation.")
     inplace(self, lambda s, v: ix.setitem_value(s, key, v), value)
 
 

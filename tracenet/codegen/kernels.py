@@ -507,6 +507,69 @@ def lower_permute(name, node):
     return Kernel(name, reads, writes, src)
 
 
+# --- softmax and losses ------------------------------------------------------------------
+
+
+def lower_softmax(name, node):
+    x, out = node.inputs[0], node.outputs[0]
+    dim = node.attrs["dim"]
+    shape = tuple(x.shape)
+    reads, writes = [("x", x)], [("out", out)]
+    src = render("softmax.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
+                 acctype="double", signature=signature(reads, writes),
+                 log=node.op == "log_softmax", D=shape[dim] if shape else 1,
+                 OUTER=numel(shape[:dim]), INNER=numel(shape[dim + 1:]))
+    return Kernel(name, reads, writes, src)
+
+
+def _nll_layout(x_shape):
+    if len(x_shape) == 1:
+        return 1, x_shape[0], 1
+    return x_shape[0], x_shape[1], numel(x_shape[2:])
+
+
+def lower_nll_loss(name, node):
+    x, t = node.inputs[0], node.inputs[1]
+    out = node.outputs[0]
+    reads = [("x", x), ("target", t)]
+    if len(node.inputs) > 2:
+        reads.append(("weight", node.inputs[2]))
+    writes = [("out", out)]
+    n, c, d = _nll_layout(tuple(x.shape))
+    src = render("nll_loss.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
+                 acctype="double", signature=signature(reads, writes), N=n, C=c, D=d,
+                 weighted=len(node.inputs) > 2, reduction=node.attrs["reduction"],
+                 ignore_index=int(node.attrs["ignore_index"]))
+    return Kernel(name, reads, writes, src)
+
+
+def lower_nll_loss_backward(name, node):
+    g, t = node.inputs[0], node.inputs[1]
+    out = node.outputs[0]
+    reads = [("g", g), ("target", t)]
+    if len(node.inputs) > 2:
+        reads.append(("weight", node.inputs[2]))
+    writes = [("out", out)]
+    n, c, d = _nll_layout(tuple(out.shape))
+    src = render("nll_loss_backward.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ctype(out), acctype="double", signature=signature(reads, writes),
+                 N=n, C=c, D=d, weighted=len(node.inputs) > 2,
+                 reduction=node.attrs["reduction"], ignore_index=int(node.attrs["ignore_index"]))
+    return Kernel(name, reads, writes, src)
+
+
+def lower_mse_loss(name, node):
+    a, b = node.inputs
+    out = node.outputs[0]
+    if tuple(a.shape) != tuple(b.shape):
+        raise LoweringError(f"mse_loss with broadcasting operands has no C lowering{where(node)}")
+    reads, writes = [("a", a), ("b", b)], [("out", out)]
+    src = render("mse_loss.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(out),
+                 acctype="double", signature=signature(reads, writes), numel=numel(a.shape),
+                 reduction=node.attrs["reduction"])
+    return Kernel(name, reads, writes, src)
+
+
 def lower_node(name, node, exported):
     """Kernel for a top-level node (fused or not); None for ops that only alias memory."""
     if node.op in ALIAS_OPS:
@@ -536,5 +599,15 @@ def lower_node(name, node, exported):
         return lower_reduce(name, node)
     if node.op == "permute":
         return lower_permute(name, node)
+    if node.op in ("softmax", "log_softmax"):
+        return lower_softmax(name, node)
+    if node.op == "nll_loss":
+        return lower_nll_loss(name, node)
+    if node.op == "nll_loss_backward":
+        return lower_nll_loss_backward(name, node)
+    if node.op == "mse_loss":
+        return lower_mse_loss(name, node)
+    if node.op in OPTIMIZER_KERNELS:
+        return OPTIMIZER_KERNELS[node.op](name, node)
     raise LoweringError(f"op '{node.op}' has no C lowering{where(node)}; run this model in "
                         "eager mode (without tracenet.compile)")

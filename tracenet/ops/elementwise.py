@@ -508,10 +508,11 @@ def _where_backward(ctx, g):
 
 
 where_op = register("where", infer=_where_meta, eager=np.where, saves=(0,),
-                    backward=_where_backward)
+                    backward=_where_backward,
+                    grad_fn=lambda ctx: ctx.attrs.get("_name", "WhereBackward0"))
 
 
-def where(condition, a=None, b=None):
+def where(condition, a=None, b=None, *, _name=None):
     if a is None and b is None:
         from .index import nonzero
         return nonzero(condition, as_tuple=True)
@@ -520,6 +521,8 @@ def where(condition, a=None, b=None):
         a, b = common.scalar_tensor(a, dt), common.scalar_tensor(b, dt)
     else:
         a, b = common.as_tensor_pair(a, b)
+    if _name is not None:
+        return apply(where_op, condition, a, b, _name=_name)
     return apply(where_op, condition, a, b)
 
 

@@ -286,7 +286,10 @@ def _index_put_backward(ctx, g):
 def _index_put_grad_fn(ctx):
     if "_name" in ctx.attrs:
         return ctx.attrs["_name"]
-    return "IndexPutBackward0" if has_tensors(ctx.attrs["spec"]) else "CopySlices"
+    spec = ctx.attrs["spec"]
+    if basic_part_is_view(tuple(ctx.metas[0].shape), spec):
+        return "CopySlices"
+    return "IndexPutBackward0" if has_tensors(spec) else "CopyBackwards"
 
 
 index_put_op = register("index_put", infer=_index_put_meta, eager=_index_put_eager,
@@ -307,6 +310,30 @@ def _type_word(dt):
     return {"float32": "Float", "float64": "Double", "int64": "Long", "bool": "Bool"}[dt.name]
 
 
+def basic_part_is_view(shape, spec):
+    """Whether the int/slice/None part of a key selects less than the whole tensor (torch then
+    writes through that view: CopySlices) rather than the tensor itself."""
+    consumed = sum(1 for i in spec if i is not None and i is not Ellipsis)
+    dim = 0
+    for item in spec:
+        if item is Ellipsis:
+            dim += len(shape) - consumed
+            continue
+        if item is None or isinstance(item, int):
+            return True
+        if item[0] == "s" and dim < len(shape):
+            size = shape[dim]
+            if slice(*item[1:]).indices(size) != (0, size, 1):
+                return True
+        dim += 1
+    return False
+
+
+def key_is_view(x, key):
+    spec, _ = split_key(x, key)
+    return basic_part_is_view(tuple(x.shape), spec)
+
+
 def setitem_value(x, key, value):
     """The tensor ``x`` would become after ``x[key] = value`` (computed out of place)."""
     spec, tensors = split_key(x, key)
@@ -317,7 +344,17 @@ def setitem_value(x, key, value):
         raise RuntimeError(f"Index put requires the source and destination dtypes match, got "
                            f"{_type_word(x.dtype)} for the destination and "
                            f"{_type_word(value.dtype)} for the source.")
-    return index_put(x, value, tensors, spec)
+    # the backward node torch records: a write through a view of x, index_put_ on x itself,
+    # or (the key selects all of x) fill_/copy_
+    if basic_part_is_view(tuple(x.shape), spec):
+        name = "CopySlices"
+    elif tensors:
+        name = "IndexPutBackward0"
+    elif not common.is_tensor(value) or value.dim() == 0:
+        name = "FillBackward3"
+    else:
+        name = "CopyBackwards"
+    return index_put(x, value, tensors, spec, _name=name)
 
 
 # --- where a view's elements live in its base (rebuilding a view's history) -------------------
@@ -438,7 +475,7 @@ def masked_fill(x, mask, value):
     if common.is_tensor(value):
         value = value.to(x.dtype)
     return where(mask, common.scalar_tensor(value, x.dtype) if not common.is_tensor(value)
-                 else value, x)
+                 else value, x, _name="MaskedFillBackward0")
 
 
 # --- data-dependent -------------------------------------------------------------------------

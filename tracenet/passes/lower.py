@@ -64,7 +64,8 @@ def lower_gemm(graph):
             continue
         for i, flag in ((0, "trans_a"), (1, "trans_b")):
             prod = node.inputs[i].producer
-            if _is_transpose(prod):
+            while _is_transpose(prod):  # transposes of transposes cancel
                 node.inputs[i] = prod.inputs[0]
                 node.attrs[flag] = not node.attrs[flag]
+                prod = node.inputs[i].producer
     return dce(graph)
