@@ -39,6 +39,7 @@ from .ops.common import broadcast_shapes as _broadcast_shapes
 from . import autograd, nn, optim  # noqa: E402
 from .nn.functional import conv1d, conv2d, conv3d, dropout  # noqa: E402
 from .compiler import compile  # noqa: E402,A001
+from .step import compile_step  # noqa: E402
 from .trace import trace  # noqa: E402
 
 strided = "torch.strided"

@@ -131,16 +131,18 @@ def _flatten_outputs(out):
                      f"{type(out).__name__}")
 
 
-def trace(fn, *example_inputs, name=None):
+def trace(fn, *example_inputs, name=None, state=None):
     """Trace ``fn`` (a Module or a function of tensors) on ``example_inputs`` into a Graph.
 
     Graph inputs are the example inputs (named ``x``, ``x1``...) followed by the module's
-    parameters and buffers under their state-dict names."""
+    parameters and buffers under their state-dict names, or by ``state`` (a list of
+    ``(name, tensor)``: the tensors a plain function reads, e.g. an optimizer's parameters)."""
     from .nn.modules.module import Module
     module = fn if isinstance(fn, Module) else None
     graph = Graph(name or (type(fn).__name__ if module is not None else
                            getattr(fn, "__name__", "graph")))
-    state = _named_state(module) if module is not None else []
+    if state is None:
+        state = _named_state(module) if module is not None else []
     graph.key = specialisation_key(example_inputs, module)
     args = []
     for i, x in enumerate(example_inputs):

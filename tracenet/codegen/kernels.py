@@ -570,6 +570,31 @@ def lower_mse_loss(name, node):
     return Kernel(name, reads, writes, src)
 
 
+# --- optimizer steps ----------------------------------------------------------------------
+
+
+def lower_sgd_step(name, node):
+    p, g, buf, h = node.inputs
+    reads = [("p", p), ("g", g), ("buf", buf), ("h", h)]
+    writes = [("p_out", node.outputs[0]), ("buf_out", node.outputs[1])]
+    src = render("sgd_step.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(p),
+                 signature=signature(reads, writes), numel=numel(p.shape), **node.attrs)
+    return Kernel(name, reads, writes, src)
+
+
+def lower_adam_step(name, node):
+    p, g, m, v, vmax, h = node.inputs
+    reads = [("p", p), ("g", g), ("m", m), ("v", v), ("vmax", vmax), ("h", h)]
+    writes = [("p_out", node.outputs[0]), ("m_out", node.outputs[1]),
+              ("v_out", node.outputs[2]), ("vmax_out", node.outputs[3])]
+    src = render("adam_step.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(p),
+                 signature=signature(reads, writes), numel=numel(p.shape), **node.attrs)
+    return Kernel(name, reads, writes, src)
+
+
+OPTIMIZER_KERNELS = {"sgd_step": lower_sgd_step, "adam_step": lower_adam_step}
+
+
 def lower_node(name, node, exported):
     """Kernel for a top-level node (fused or not); None for ops that only alias memory."""
     if node.op in ALIAS_OPS:

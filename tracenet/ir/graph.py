@@ -76,6 +76,30 @@ class Graph:
         self.nodes.append(node)
         return node
 
+    def inline(self, other, input_values, mapping=None):
+        """Append copies of ``other``'s nodes, reading ``input_values`` (one per input of
+        ``other``); returns the values corresponding to ``other.outputs``. ``mapping``, if
+        given, is filled with every value of ``other`` -> its copy."""
+        mapping = {} if mapping is None else mapping
+        mapping.update(zip(other.inputs, input_values))
+
+        def clone(node):
+            c = Node(node.op, [mapping[v] for v in node.inputs], node.attrs, node.loc, None)
+            if node.members is not None:
+                c.members = [clone(m) for m in node.members]
+            for v in node.outputs:
+                if v not in mapping:
+                    mapping[v] = self.new_value(v.shape, v.dtype, c,
+                                                requires_grad=v.requires_grad)
+                c.outputs.append(mapping[v])
+            for v in c.outputs:
+                v.producer = c
+            return c
+
+        for node in other.nodes:
+            self.nodes.append(clone(node))
+        return [mapping[v] for v in other.outputs]
+
     def add_constant(self, array):
         from .. import _dtype
         from ..ops.registry import Meta

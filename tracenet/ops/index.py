@@ -119,6 +119,15 @@ def np_key(spec, arrays):
     return tuple(out)
 
 
+def _view_key(spec, arrays):
+    """The numpy key for ``spec``; a basic key ends in ``...`` so that selecting a single
+    element gives a 0-dim view, not a copied numpy scalar."""
+    key = np_key(spec, arrays)
+    if Ellipsis not in spec and not has_tensors(spec):
+        key = key + (Ellipsis,)
+    return key
+
+
 def has_tensors(spec):
     return any(isinstance(i, tuple) and i[0] == "t" for i in spec)
 
@@ -191,7 +200,7 @@ def _index_grad_fn(ctx):
 
 index_op = register(
     "index", infer=_index_meta,
-    eager=_translate_index_error(lambda x, *idx, spec: x[np_key(spec, idx)]),
+    eager=_translate_index_error(lambda x, *idx, spec: x[_view_key(spec, idx)]),
     saves=tuple(range(1, 64)), grad_fn=_index_grad_fn,
     backward=lambda ctx, g: (index_backward(g, ctx.inputs[1:], ctx.metas[0].shape,
                                             ctx.attrs["spec"]),) + (None,) * (len(ctx.metas) - 1),
@@ -376,8 +385,11 @@ def view_positions(base, view):
     offset = view.__array_interface__["data"][0] - base.__array_interface__["data"][0]
     v_addr = _addresses(view, offset)
     order = np.argsort(b_addr, kind="stable")
-    flat = order[np.searchsorted(b_addr[order], v_addr)]
-    return np.unravel_index(flat, base.shape)
+    sorted_addr = b_addr[order]
+    found = np.minimum(np.searchsorted(sorted_addr, v_addr), max(len(order) - 1, 0))
+    if v_addr.size and not np.array_equal(sorted_addr[found], v_addr):
+        raise AssertionError("a view's memory lies outside its base")
+    return np.unravel_index(order[found], base.shape)
 
 
 def _position_key(base, view):
