@@ -140,6 +140,12 @@ def test_index_with_numpy_and_tuple_keys():
 
 def test_advanced_indexing_errors():
     same_error(lambda m: base(m)[m.tensor([4])])
+    for key in ((slice(None), [7]), (slice(None), slice(None), [7]), ([0], [7]),
+                ([0], slice(None), [-7]), (0, [7]), ([-9],)):
+        same_error(lambda m: base(m)[tuple(m.tensor(k) if isinstance(k, list) else k
+                                           for k in key)])
+        same_error(lambda m: base(m).__setitem__(tuple(m.tensor(k) if isinstance(k, list) else k
+                                                       for k in key), 1.0))
     same_error(lambda m: base(m)[m.tensor([0.0])], IndexError)
     same_error(lambda m: base(m)[m.tensor([0, 1]), m.tensor([0, 1, 2])])
     same_error(lambda m: base(m)[m.tensor([True, False])], IndexError)

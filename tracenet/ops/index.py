@@ -119,6 +119,29 @@ def np_key(spec, arrays):
     return tuple(out)
 
 
+def split_np_key(spec, arrays):
+    """torch's two-step advanced indexing as numpy keys ``(first, second)``: ints, slices and
+    None apply first (a view), then the index tensors on that view. (numpy would count ints as
+    advanced indices, which moves the result dims elsewhere: ``x[:, [0, 0], :, 0]``.)"""
+    first, second = [], []
+    for item in spec:
+        if item is None:
+            first.append(None)
+            second.append(slice(None))
+        elif item is Ellipsis:
+            first.append(Ellipsis)
+            second.append(Ellipsis)
+        elif isinstance(item, int):
+            first.append(item)
+        elif item[0] == "s":
+            first.append(slice(*item[1:]))
+            second.append(slice(None))
+        else:
+            first.append(slice(None))
+            second.append(arrays[item[1]])
+    return tuple(first), tuple(second)
+
+
 def _view_key(spec, arrays):
     """The numpy key for ``spec``; a basic key ends in ``...`` so that selecting a single
     element gives a 0-dim view, not a copied numpy scalar."""
@@ -154,7 +177,8 @@ def _index_meta(x, *idx, spec):
     probe = np.broadcast_to(np.zeros((), np.bool_), tuple(x.shape))
     dummies = [np.zeros(tuple(m.shape), np.int64) for m in idx]
     try:
-        shape = probe[np_key(spec, dummies)].shape
+        first, second = split_np_key(spec, dummies)
+        shape = probe[first][second].shape
     except IndexError as e:
         raise IndexError(str(e).replace("axis", "dimension")) from None
     return Meta(shape, x.dtype)
@@ -182,6 +206,48 @@ def _check_key(shape, spec):
             dim += 1
 
 
+def _tensor_dims(shape, spec):
+    """The dim of ``shape`` each index tensor of ``spec`` indexes, in order."""
+    consumed = sum(1 for i in spec if i is not None and i is not Ellipsis)
+    dims, dim = [], 0
+    for item in spec:
+        if item is Ellipsis:
+            dim += len(shape) - consumed
+        elif item is not None:
+            if isinstance(item, tuple) and item[0] == "t":
+                dims.append(dim)
+            dim += 1
+    return dims
+
+
+def _check_bounds(shape, spec, idx):
+    """torch's bounds check of index tensors (it names the k-th index tensor's position)."""
+    for k, (dim, arr) in enumerate(zip(_tensor_dims(shape, spec), idx)):
+        size = shape[dim]
+        bad = (arr >= size) | (arr < -size)
+        if bad.any():
+            raise IndexError(f"index {arr[bad].flat[0]} is out of bounds for dimension {k} with "
+                             f"size {size}")
+
+
+def _advanced_shape(shape, spec, idx):
+    """The shape ``spec`` selects (index values replaced by zeros: no bounds check)."""
+    probe = np.broadcast_to(np.zeros((), np.bool_), tuple(shape))
+    first, second = split_np_key(spec, [np.zeros(a.shape, np.int64) for a in idx])
+    return probe[first][second].shape
+
+
+def _index_eager(x, idx, spec):
+    if idx:
+        shape = _advanced_shape(x.shape, spec, idx)
+        if common.numel(shape) == 0:  # nothing is read: torch checks no index
+            return np.zeros(shape, x.dtype)
+        _check_bounds(x.shape, spec, idx)
+        first, second = split_np_key(spec, idx)
+        return x[first][second]
+    return x[_view_key(spec, idx)]
+
+
 def _index_grad_fn(ctx):
     if "_name" in ctx.attrs:
         return ctx.attrs["_name"]
@@ -200,7 +266,7 @@ def _index_grad_fn(ctx):
 
 index_op = register(
     "index", infer=_index_meta,
-    eager=_translate_index_error(lambda x, *idx, spec: x[_view_key(spec, idx)]),
+    eager=_translate_index_error(lambda x, *idx, spec: _index_eager(x, idx, spec)),
     saves=tuple(range(1, 64)), grad_fn=_index_grad_fn,
     backward=lambda ctx, g: (index_backward(g, ctx.inputs[1:], ctx.metas[0].shape,
                                             ctx.attrs["spec"]),) + (None,) * (len(ctx.metas) - 1),
@@ -209,11 +275,11 @@ index_op = register(
 
 def _index_backward_eager(g, *idx, shape, spec):
     out = np.zeros(shape, dtype=g.dtype)
-    key = np_key(spec, idx)
-    if has_tensors(spec):
-        np.add.at(out, key, g)
-    else:
-        out[key] = g
+    if has_tensors(spec) and g.size:
+        first, second = split_np_key(spec, idx)
+        np.add.at(out[first], second, g)  # out[first] is a view: accumulates into out
+    elif not has_tensors(spec):
+        out[np_key(spec, idx)] = g
     return out
 
 
@@ -248,6 +314,12 @@ def getitem(x, key):
 
 def _index_put_eager(x, v, *idx, spec):
     out = np.array(x, copy=True)
+    if idx:
+        first, second = split_np_key(spec, idx)
+        if common.numel(_advanced_shape(x.shape, spec, idx)):  # else nothing is written
+            _check_bounds(x.shape, spec, idx)
+            out[first][second] = v
+        return out
     out[np_key(spec, idx)] = v
     return out
 

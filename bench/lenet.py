@@ -1,0 +1,280 @@
+"""LeNet (the PyTorch tutorial's net) side by side: PyTorch eager vs tracenet compiled.
+
+    python bench/lenet.py [--quick] [--no-inductor]
+
+Both frameworks run in this process with the same weights; timings alternate between them in
+rounds and report medians, and every row prints the ratio PyTorch time / tracenet time (> 1
+means tracenet is faster). Train step = zero_grad, forward, CrossEntropyLoss, backward, SGD
+(momentum 0.9). tracenet runs it two ways: ``compile_step`` (the whole step as one C call) and
+the plain loop around ``tracenet.compile(net)`` (loss, backward driver and optimizer in eager
+mode). Cold/warm compile times and peak memory are measured in fresh subprocesses.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import tracenet as tn  # noqa: E402
+
+try:
+    import torch
+except ImportError:  # pragma: no cover
+    sys.exit("bench/lenet.py compares against PyTorch: pip install torch==2.13.0")
+
+TARGETS = {("train", 1): 15, ("train", 8): 6, ("train", 64): 2.5, ("train", 256): 2.5,
+           ("infer", 1): 10, ("infer", 64): 2}
+
+
+def torch_lenet():
+    nn, F = torch.nn, torch.nn.functional
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 6, 5)
+            self.conv2 = nn.Conv2d(6, 16, 5)
+            self.fc1 = nn.Linear(16 * 5 * 5, 120)
+            self.fc2 = nn.Linear(120, 84)
+            self.fc3 = nn.Linear(84, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            x = torch.flatten(x, 1)
+            x = F.relu(self.fc1(x))
+            x = F.relu(self.fc2(x))
+            return self.fc3(x)
+    return Net()
+
+
+def tracenet_lenet():
+    nn, F = tn.nn, tn.nn.functional
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 6, 5)
+            self.conv2 = nn.Conv2d(6, 16, 5)
+            self.fc1 = nn.Linear(16 * 5 * 5, 120)
+            self.fc2 = nn.Linear(120, 84)
+            self.fc3 = nn.Linear(84, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            x = tn.flatten(x, 1)
+            x = F.relu(self.fc1(x))
+            x = F.relu(self.fc2(x))
+            return self.fc3(x)
+    return Net()
+
+
+def copy_weights(src, dst):
+    for (_, a), (_, b) in zip(src.named_parameters(), dst.named_parameters()):
+        b.data.copy_(tn.from_numpy(a.detach().numpy().copy()))
+
+
+def time_calls(fn, n):
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def compare(fns, rounds, per_round):
+    """Alternate between the callables; median seconds per call for each."""
+    for fn in fns:
+        for _ in range(3):
+            fn()
+    samples = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            samples[i] += time_calls(fn, per_round)
+    return [statistics.median(s) for s in samples]
+
+
+def train_workloads(batch, rng):
+    tnet = torch_lenet()
+    net, plain_net = tracenet_lenet(), tracenet_lenet()
+    copy_weights(tnet, net)
+    copy_weights(tnet, plain_net)
+    x = rng.standard_normal((batch, 1, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    nx, ny = tn.from_numpy(x), tn.from_numpy(y)
+    t_opt = torch.optim.SGD(tnet.parameters(), lr=0.01, momentum=0.9)
+    t_crit = torch.nn.CrossEntropyLoss()
+
+    def torch_step():
+        t_opt.zero_grad()
+        t_crit(tnet(tx), ty).backward()
+        t_opt.step()
+
+    crit = tn.nn.CrossEntropyLoss()
+    opt = tn.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    step = tn.compile_step(lambda a, b: crit(net(a), b), opt)
+
+    def fused_step():
+        step(nx, ny)
+
+    plain = tn.compile(plain_net)
+    plain_opt = tn.optim.SGD(plain_net.parameters(), lr=0.01, momentum=0.9)
+
+    def plain_step():
+        plain_opt.zero_grad()
+        crit(plain(nx), ny).backward()
+        plain_opt.step()
+    return torch_step, fused_step, plain_step
+
+
+def infer_workloads(batch, rng, inductor):
+    tnet = torch_lenet().eval()
+    net = tracenet_lenet().eval()
+    copy_weights(tnet, net)
+    x = rng.standard_normal((batch, 1, 32, 32)).astype(np.float32)
+    tx, nx = torch.from_numpy(x), tn.from_numpy(x)
+    compiled = tn.compile(net)
+
+    def torch_infer():
+        with torch.no_grad():
+            tnet(tx)
+
+    def tn_infer():
+        with tn.no_grad():
+            compiled(nx)
+    fns = [torch_infer, tn_infer]
+    if inductor:
+        ind = torch.compile(tnet)
+
+        def inductor_infer():
+            with torch.no_grad():
+                ind(tx)
+        with torch.no_grad():
+            ind(tx)  # compile outside the timed region
+        fns.append(inductor_infer)
+    with torch.no_grad(), tn.no_grad():
+        np.testing.assert_allclose(compiled(nx).numpy(), tnet(tx).numpy(), rtol=1e-4,
+                                   atol=1e-5)
+    return fns
+
+
+_CHILD = textwrap.dedent("""
+    import json, resource, sys, time
+
+    def rss_kb(field):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+
+    def reset_peak():
+        # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return rss_kb("VmRSS:")
+    sys.path.insert(0, {root!r})
+    t0 = time.perf_counter()
+    import numpy as np
+    mode, batch = sys.argv[1], int(sys.argv[2])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 1, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    if mode == "torch":
+        import torch
+        torch.set_num_threads(2)
+        sys.path.insert(0, {here!r})
+        from lenet import torch_lenet
+        net = torch_lenet(); opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        crit = torch.nn.CrossEntropyLoss(); tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        opt.zero_grad(); crit(net(tx), ty).backward(); opt.step()
+        base = reset_peak()
+        for _ in range(5):
+            opt.zero_grad(); crit(net(tx), ty).backward(); opt.step()
+        print(json.dumps({{"peak_kb": rss_kb("VmHWM:") - base}}))
+    else:
+        import tracenet as tn
+        sys.path.insert(0, {here!r})
+        from lenet import tracenet_lenet
+        net = tracenet_lenet(); opt = tn.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        crit = tn.nn.CrossEntropyLoss(); nx, ny = tn.from_numpy(x), tn.from_numpy(y)
+        t1 = time.perf_counter()
+        step = tn.compile_step(lambda a, b: crit(net(a), b), opt)
+        step(nx, ny)
+        ready = time.perf_counter() - t1
+        base = reset_peak()
+        for _ in range(5):
+            step(nx, ny)
+        print(json.dumps({{"ready_s": ready, "peak_kb": rss_kb("VmHWM:") - base}}))
+""")
+
+
+def child(mode, batch, cache_dir):
+    script = _CHILD.format(root=os.path.dirname(HERE), here=HERE)
+    env = dict(os.environ, TRACENET_CACHE_DIR=cache_dir)
+    out = subprocess.run([sys.executable, "-c", script, mode, str(batch)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer rounds")
+    ap.add_argument("--no-inductor", action="store_true", help="skip torch.compile")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    rounds, per_round = (3, 5) if args.quick else (7, 10)
+    rng = np.random.default_rng(0)
+    rows = []
+    print(f"# LeNet, tracenet vs PyTorch {torch.__version__} eager ({torch.get_num_threads()} "
+          f"threads); median us per call over {rounds} alternating rounds of {per_round}")
+    print()
+    print("| workload | batch | PyTorch eager us | tracenet compile_step us | ratio | "
+          "tracenet plain loop us | ratio | target |")
+    print("|---|---|---|---|---|---|---|---|")
+    for batch in (1, 8, 64, 256):
+        reps = per_round if batch < 256 else max(3, per_round // 3)
+        t, fused, plain = compare(train_workloads(batch, rng), rounds, reps)
+        rows.append(("train", batch, t, fused, plain))
+        print(f"| train step | {batch} | {t * 1e6:.0f} | {fused * 1e6:.0f} | {t / fused:.2f}x | "
+              f"{plain * 1e6:.0f} | {t / plain:.2f}x | >= {TARGETS[('train', batch)]}x |",
+              flush=True)
+    print()
+    print("| workload | batch | PyTorch eager us | tracenet compiled us | ratio | "
+          "torch.compile us | ratio vs torch.compile | target |")
+    print("|---|---|---|---|---|---|---|---|")
+    for batch in (1, 64):
+        inductor = not args.no_inductor and batch == 64
+        res = compare(infer_workloads(batch, rng, inductor), rounds, per_round)
+        ind = f"{res[2] * 1e6:.0f} | {res[2] / res[1]:.2f}x" if inductor else "- | -"
+        print(f"| inference | {batch} | {res[0] * 1e6:.0f} | {res[1] * 1e6:.0f} | "
+              f"{res[0] / res[1]:.2f}x | {ind} | >= {TARGETS[('infer', batch)]}x |", flush=True)
+    print()
+    with tempfile.TemporaryDirectory() as cache:
+        cold = child("tracenet", 64, cache)
+        warm = child("tracenet", 64, cache)
+        peak_torch = child("torch", 64, cache)
+    print(f"cold compile of the training step (trace, autodiff, C, build): "
+          f"{cold['ready_s']:.2f} s (target < 1 s)")
+    print(f"second process, warm cache, until the first step is done: "
+          f"{warm['ready_s'] * 1e3:.0f} ms (target < 50 ms)")
+    print(f"peak memory above the steady state during 5 training steps at batch 64 (after one "
+          f"warm-up step): tracenet "
+          f"{warm['peak_kb'] / 1024:.1f} MiB, PyTorch {peak_torch['peak_kb'] / 1024:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
