@@ -11,6 +11,7 @@ import tracenet.nn.functional as F
 from tracenet.ops import index as ix, nn as nnops
 from tracenet.ops.elementwise import threshold_backward
 from tracenet.ops.gemm import gemm
+from tracenet.ops.optim_step import adam_step, sgd_step
 from tracenet.ops.registry import REGISTRY, apply
 
 rng = np.random.default_rng(1234)
@@ -51,6 +52,9 @@ SAMPLES = {
     "sub": (lambda a, b: a - b, [r(3, 4), r(3, 1)], [0, 1]),
     "mul": (lambda a, b: a * b * 2.0, [r(2, 3), r(2, 3)], [0, 1]),
     "div": (lambda a, b: a / b, [r(2, 3), r(3, low=0.5)], [0, 1]),
+    "div_rounding": (lambda a, b: torch.div(a, b, rounding_mode="floor") * a,
+                     [r(2, 3), r(3, low=0.5)], [0]),
+    "remainder": (lambda a, b: a % b, [r(2, 3), r(3, low=0.5)], [0, 1]),
     "pow": (lambda a, b: a ** b, [r(2, 3, low=0.5), r(2, 3)], [0, 1]),
     "pow_scalar": (lambda a: a ** 3, [r(2, 3)], [0]),
     "maximum": (lambda a, b: torch.maximum(a, b), [r(4), r(4)], [0, 1]),
@@ -155,6 +159,11 @@ SAMPLES = {
     "nll_loss_backward": (lambda g: _apply(
         "nll_loss_backward", g, torch.tensor([1, 0, 3]), input_shape=(3, 4), reduction="none",
         ignore_index=-100), [r(3)], [0]),
+    "sgd_step": (lambda p, g, b, h: sgd_step(p, g, b, h, nesterov=True)[0],
+                 [r(3, 2), r(3, 2), r(3, 2), np.array([0.1, 0.9, 0.1, 0.01, 0.0])], []),
+    "adam_step": (lambda p, g, m, v, vm, h: adam_step(p, g, m, v, vm, h, amsgrad=True)[0],
+                  [r(4), r(4), r(4), r(4, low=0.1), r(4, low=0.1),
+                   np.array([1e-3, 0.9, 0.999, 1e-8, 0.01, 3.0])], []),
 }
 
 # ops that cannot be traced at all, with the reason

@@ -22,9 +22,15 @@ def template_dir():
 
 @functools.lru_cache(maxsize=1)
 def environment():
+    # compiled templates are cached on disk next to the built libraries: a warm process
+    # then skips Jinja's parser entirely
+    from ..runtime.build import cache_dir
+    bytecode = os.path.join(cache_dir(), "jinja")
+    os.makedirs(bytecode, exist_ok=True)
     return jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir()),
                               undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                              trim_blocks=False, lstrip_blocks=False)
+                              trim_blocks=False, lstrip_blocks=False,
+                              bytecode_cache=jinja2.FileSystemBytecodeCache(bytecode))
 
 
 def render(template, **context):

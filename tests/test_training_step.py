@@ -1,0 +1,107 @@
+"""compile_step: a whole training step in one C call, checked against the eager loop."""
+import numpy as np
+import pytest
+
+import tracenet as torch
+import tracenet.nn as nn
+import tracenet.optim as optim
+
+from test_ir import LeNet, MLP
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _pair(make):
+    torch.manual_seed(0)
+    a, b = make(), make()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+OPTIMIZERS = {
+    "sgd": lambda ps: optim.SGD(ps, lr=0.05),
+    "sgd_momentum": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9),
+    "sgd_nesterov_wd": lambda ps: optim.SGD(ps, lr=0.02, momentum=0.9, nesterov=True,
+                                             weight_decay=1e-3),
+    "sgd_dampening_maximize": lambda ps: optim.SGD(ps, lr=0.01, momentum=0.5, dampening=0.3,
+                                                   maximize=True),
+    "adam": lambda ps: optim.Adam(ps, lr=1e-3),
+    "adam_amsgrad_wd": lambda ps: optim.Adam(ps, lr=1e-3, amsgrad=True, weight_decay=1e-2),
+    "adamw": lambda ps: optim.AdamW(ps, lr=1e-3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_step_matches_eager_loop(name):
+    eager, compiled = _pair(MLP)
+    opt_e, opt_c = OPTIMIZERS[name](eager.parameters()), OPTIMIZERS[name](compiled.parameters())
+    crit = nn.CrossEntropyLoss()
+    step = torch.compile_step(lambda x, y: crit(compiled(x), y), opt_c)
+    x, y = torch.randn(6, 20), torch.randint(0, 5, (6,))
+    for _ in range(10):
+        opt_e.zero_grad()
+        loss_e = crit(eager(x), y)
+        loss_e.backward()
+        opt_e.step()
+        loss_c = step(x, y)
+        np.testing.assert_allclose(loss_c.item(), loss_e.item(), rtol=1e-5)
+    for p, q in zip(eager.parameters(), compiled.parameters()):
+        np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(q.grad.numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-6)
+    # the optimizer state is the eager optimizer's: stepping eagerly afterwards continues it
+    for p, q in zip(eager.parameters(), compiled.parameters()):
+        for k, v in opt_e.state[p].items():
+            if isinstance(v, torch.Tensor):
+                np.testing.assert_allclose(opt_c.state[q][k].numpy(), v.numpy(), rtol=1e-4,
+                                           atol=1e-6)
+
+
+def test_lenet_100_steps_match_eager_training():
+    eager, compiled = _pair(LeNet)
+    opt_e = optim.SGD(eager.parameters(), lr=0.01, momentum=0.9)
+    opt_c = optim.SGD(compiled.parameters(), lr=0.01, momentum=0.9)
+    crit = nn.CrossEntropyLoss()
+    step = torch.compile_step(lambda x, y: crit(compiled(x), y), opt_c)
+    rng = np.random.default_rng(0)
+    xs = [torch.from_numpy(rng.standard_normal((4, 1, 32, 32)).astype(np.float32))
+          for _ in range(5)]
+    ys = [torch.from_numpy(rng.integers(0, 10, 4)) for _ in range(5)]
+    for i in range(100):
+        x, y = xs[i % 5], ys[i % 5]
+        opt_e.zero_grad()
+        loss_e = crit(eager(x), y)
+        loss_e.backward()
+        opt_e.step()
+        loss_c = step(x, y)
+        np.testing.assert_allclose(loss_c.item(), loss_e.item(), rtol=1e-3, atol=1e-5)
+    for p, q in zip(eager.parameters(), compiled.parameters()):
+        np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-3,
+                                   atol=1e-4)
+    assert len(step._specs) == 1
+
+
+def test_learning_rate_change_does_not_recompile():
+    torch.manual_seed(1)
+    model = MLP()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.MSELoss()
+    step = torch.compile_step(lambda x, y: crit(model(x), y), opt)
+    x, y = torch.randn(4, 20), torch.randn(4, 5)
+    step(x, y)
+    before = model.l1.weight.detach().numpy().copy()
+    opt.param_groups[0]["lr"] = 0.0
+    step(x, y)
+    np.testing.assert_array_equal(model.l1.weight.detach().numpy(), before)
+    assert len(step._specs) == 1
+
+
+def test_step_requires_scalar_loss_and_supported_optimizer():
+    model = MLP()
+    with pytest.raises(NotImplementedError, match="RMSprop"):
+        torch.compile_step(lambda x: model(x).sum(), optim.RMSprop(model.parameters()))
+    step = torch.compile_step(lambda x: model(x), optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="scalar"):
+        step(torch.randn(2, 20))
