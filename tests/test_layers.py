@@ -89,7 +89,8 @@ CONV_MODULES = [
     ("Conv1d", (4, 6, 4), dict(padding="same", padding_mode="circular"), (2, 4, 9)),
     ("Conv2d", (1, 6, 5), {}, (2, 1, 32, 32)),
     ("Conv2d", (6, 16, 5), {}, (2, 6, 14, 14)),
-    ("Conv2d", (4, 6, (3, 5)), dict(stride=(2, 1), padding=(4, 2), dilation=(3, 1)), (2, 4, 20, 16)),
+    ("Conv2d", (4, 6, (3, 5)), dict(stride=(2, 1), padding=(4, 2), dilation=(3, 1)),
+     (2, 4, 20, 16)),
     ("Conv2d", (4, 6, 3), dict(padding="same", bias=False), (2, 4, 7, 8)),
     ("Conv2d", (4, 6, 4), dict(padding="same", dilation=(1, 2)), (2, 4, 7, 8)),
     ("Conv2d", (4, 6, 3), dict(padding="valid", stride=2), (2, 4, 9, 8)),
@@ -154,6 +155,8 @@ def test_conv2d_docs_example_float32():
     ("AvgPool2d", ((3, 2),), dict(stride=(2, 1), padding=1, ceil_mode=True,
                                   count_include_pad=False), (2, 3, 9, 8)),
     ("AvgPool2d", (3,), dict(padding=1, divisor_override=2), (2, 3, 7, 7)),
+    ("AvgPool3d", ((2, 3, 2),), dict(stride=1, padding=(1, 0, 1), count_include_pad=False),
+     (1, 2, 4, 5, 3)),
     ("Flatten", (), {}, (2, 3, 4)),
     ("Flatten", (0, 1), {}, (2, 3, 4)),
 ])
@@ -230,6 +233,7 @@ REPR_CASES = [
                                                            ceil_mode=True,
                                                            count_include_pad=False,
                                                            divisor_override=3)),
+    ("AvgPool3d", (2,), {}), ("AvgPool3d", ((1, 2, 3),), dict(stride=1, padding=(0, 1, 1))),
     ("Flatten", (), {}), ("Flatten", (0, 2), {}), ("Dropout", (), {}), ("Dropout", (0.2, True), {}),
     ("MSELoss", (), {}), ("MSELoss", (), dict(reduction="sum")), ("CrossEntropyLoss", (), {}),
     ("CrossEntropyLoss", (), dict(label_smoothing=0.1, ignore_index=3)), ("NLLLoss", (), {}),
@@ -351,7 +355,7 @@ def test_grad_fn_names_expected_values():
 
 def test_modules_exported():
     for name in ("Linear", "Conv1d", "Conv2d", "Conv3d", "ReLU", "Softmax", "LogSoftmax",
-                 "Softmin", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d",
+                 "Softmin", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",
                  "Flatten", "Unflatten", "Dropout", "MSELoss", "CrossEntropyLoss", "NLLLoss",
                  "Identity", "Sigmoid", "Tanh"):
         assert hasattr(tnn, name), name

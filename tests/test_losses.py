@@ -65,7 +65,7 @@ def compare(fn, inputs, grad_of=(0,), rtol=1e-10, atol=1e-12):
     return yt, yl
 
 
-# --- MSE -------------------------------------------------------------------------------------------
+# --- MSE ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
@@ -115,7 +115,7 @@ def test_mse_loss_mixed_dtypes_promote():
     close(yl, yt, 1e-6)
 
 
-# --- legacy size_average / reduce -------------------------------------------------------------------
+# --- legacy size_average / reduce -----------------------------------------------------------------
 
 LEGACY = [(True, None), (False, None), (None, True), (None, False), (True, True),
           (False, True), (True, False), (False, False)]
@@ -288,7 +288,7 @@ def test_weighted_loss_modules_keep_weight_buffer():
     assert tnn.NLLLoss().weight is None
 
 
-# --- errors -------------------------------------------------------------------------------------
+# --- errors ---------------------------------------------------------------------------------------
 
 LOSS_ERRORS = {
     "nll float target": lambda T: T.F.nll_loss(T.z(5, 4), T.z(5)),

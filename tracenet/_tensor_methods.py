@@ -313,12 +313,10 @@ def _zero_(self):
 def _copy_(self, src, non_blocking=False):
     if not isinstance(src, Tensor):
         raise TypeError(f"copy_(): argument 'src' must be Tensor, not {type(src).__name__}")
-    try:
-        common.broadcast_shapes(tuple(self.shape), tuple(src.shape))
-    except RuntimeError:
-        raise RuntimeError(f"The size of tensor a ({self.shape[-1] if self.dim() else 1}) must "
-                           f"match the size of tensor b ({src.shape[-1] if src.dim() else 1}) at "
-                           f"non-singleton dimension {self.dim() - 1}") from None
+    shape = common.broadcast_shapes(tuple(self.shape), tuple(src.shape))
+    if shape != tuple(self.shape):
+        raise RuntimeError(f"output with shape [{', '.join(map(str, self.shape))}] doesn't match "
+                           f"the broadcast shape [{', '.join(map(str, shape))}]")
     return inplace(self, lambda s, v: ix.index_put(s, v, [], (), _name="CopyBackwards"), src)
 
 

@@ -136,9 +136,18 @@ class Specialisation:
         return grads
 
     def _log_kernel_times(self, entry):
-        times = getattr(self.library.lib, f"{entry.name}_kernel_times")()
-        for i, (k, node) in enumerate(entry.kernels):
-            debug.log("time", f"{k.name}: {times[i] * 1e6:9.1f} us")
+        log_kernel_times(self.library, entry)
+
+
+def log_kernel_times(library, entry):
+    """Per-kernel time of the last call (built with timing under TRACENET_DEBUG=time)."""
+    times = getattr(library.lib, f"{entry.name}_kernel_times", None)
+    if times is None:
+        return
+    times = times()
+    for i, (k, node) in enumerate(entry.kernels):
+        rate = f"  {k.flops / times[i] * 1e-9:6.1f} GFLOP/s" if k.flops and times[i] else ""
+        debug.log("time", f"{k.name}: {times[i] * 1e6:9.1f} us{rate}")
 
 
 class CompiledFunctionBackward(engine.Node):

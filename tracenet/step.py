@@ -15,7 +15,7 @@ import numpy as np
 from . import _dtype
 from .autograd import grad_mode
 from .codegen.emit import c_identifier, generate
-from .compiler import optimise
+from .compiler import log_kernel_times, optimise
 from .ir.graph import Graph
 from .ops import optim_step
 from .ops.registry import Meta
@@ -126,81 +126,101 @@ class _StepSpecialisation:
         self.loss_meta = (self.graph.outputs[0].shape, self.graph.outputs[0].dtype.np)
         self.grad_arrays = [np.zeros(p.shape, p.dtype.np) for p in self.params]
         self.hyper = np.zeros((n, 5 if self.kind == "sgd" else 6), np.float64)
-        self.n_state = 1 if self.kind == "sgd" else 3
+        self._hyper_keys = [None] * n
+        self._layout = None
+        self._grad_ptrs = [g.__array_interface__["data"][0] for g in self.grad_arrays]
+        self._grad_tensors = [Tensor._wrap(g) for g in self.grad_arrays]
+        # amsgrad's running maximum exists only with amsgrad; the kernel still takes a buffer
+        self._spare = [np.zeros(p.shape, p.dtype.np) for p in self.params] \
+            if self.kind != "sgd" else None
 
-    def state_arrays(self, optimizer):
-        """The optimizer state buffers the C code updates in place (created on first use)."""
-        out = []
-        for i, p in enumerate(self.params):
-            st = optimizer.state[p]
-            if self.kind == "sgd":
-                group = self.groups[i]
-                first = "momentum_buffer" not in st or st["momentum_buffer"] is None
-                if first:
-                    buf = np.zeros(p.shape, p.dtype.np)
-                    if group["momentum"] != 0:
-                        st["momentum_buffer"] = Tensor._wrap(buf)
-                else:
-                    buf = st["momentum_buffer"]._data
-                self.hyper[i] = optim_step.sgd_hyper(group, first)
-                out.append([buf])
-            else:
-                group = self.groups[i]
-                if not st:
-                    st["step"] = Tensor._wrap(np.zeros((), np.float32))
-                    st["exp_avg"] = Tensor._wrap(np.zeros(p.shape, p.dtype.np))
-                    st["exp_avg_sq"] = Tensor._wrap(np.zeros(p.shape, p.dtype.np))
-                    if group["amsgrad"]:
-                        st["max_exp_avg_sq"] = Tensor._wrap(np.zeros(p.shape, p.dtype.np))
-                step_t = st["step"]
-                step_t._data[...] = step_t._data + 1
-                step_t._vc.value += 1
-                vmax = st["max_exp_avg_sq"]._data if "max_exp_avg_sq" in st else \
-                    st.setdefault("_vmax_unused", np.zeros(p.shape, p.dtype.np))
-                self.hyper[i] = optim_step.adam_hyper(group, float(step_t._data))
-                out.append([st["exp_avg"]._data, st["exp_avg_sq"]._data, vmax])
-        return out
+    def _sgd_state(self, optimizer, i, p):
+        st = optimizer.state[p]
+        group = self.groups[i]
+        buf_t = st.get("momentum_buffer")
+        first = buf_t is None
+        if first:
+            buf = np.zeros(p.shape, p.dtype.np)
+            if group["momentum"] != 0:
+                st["momentum_buffer"] = Tensor._wrap(buf)
+        else:
+            buf = buf_t._data
+        key = (group["lr"], group["momentum"], group["dampening"], group["weight_decay"], first)
+        if self._hyper_keys[i] != key:
+            self.hyper[i] = optim_step.sgd_hyper(group, first)
+            self._hyper_keys[i] = key
+        return (buf,)
+
+    def _adam_state(self, optimizer, i, p):
+        st = optimizer.state[p]
+        group = self.groups[i]
+        if not st:
+            st["step"] = Tensor._wrap(np.zeros((), np.float32))
+            st["exp_avg"] = Tensor._wrap(np.zeros(p.shape, p.dtype.np))
+            st["exp_avg_sq"] = Tensor._wrap(np.zeros(p.shape, p.dtype.np))
+            if group["amsgrad"]:
+                st["max_exp_avg_sq"] = Tensor._wrap(np.zeros(p.shape, p.dtype.np))
+        step_t = st["step"]
+        step_t._data[...] = step_t._data + 1
+        step_t._vc.value += 1
+        vmax = st["max_exp_avg_sq"]._data if "max_exp_avg_sq" in st else self._spare[i]
+        self.hyper[i] = optim_step.adam_hyper(group, float(step_t._data))
+        return (st["exp_avg"]._data, st["exp_avg_sq"]._data, vmax)
 
     def run(self, batch, optimizer):
+        """One step: fill the argument vector (re-reading only addresses that changed) and
+        make the one C call."""
         args = self._args
         k = 0
         for x in batch:
             arr = x._data if x._data.flags.c_contiguous else np.ascontiguousarray(x._data)
             args[k] = arr.__array_interface__["data"][0]
             k += 1
-        params = [p._data for p in self.params]
-        for arr in params:
-            args[k] = arr.__array_interface__["data"][0]
+        n = len(self.params)
+        state_fn = self._sgd_state if self.kind == "sgd" else self._adam_state
+        arrays = [p._data for p in self.params]
+        states = [state_fn(optimizer, i, p) for i, p in enumerate(self.params)]
+        layout = tuple(map(id, arrays)) + tuple(id(a) for st in states for a in st)
+        if layout != self._layout:
+            # parameters or state buffers were replaced: recompute their addresses
+            self._layout = layout
+            self._ptrs = [a.__array_interface__["data"][0] for a in arrays]
+            self._state_ptrs = [[a.__array_interface__["data"][0] for a in st]
+                                for st in states]
+            self._keep = (arrays, states)
+        for ptr in self._ptrs:
+            args[k] = ptr
             k += 1
-        states = self.state_arrays(optimizer)
         hyper_base = self.hyper.__array_interface__["data"][0]
         row = self.hyper.strides[0]
-        for i, st in enumerate(states):
-            for arr in st:
-                args[k] = arr.__array_interface__["data"][0]
+        for i in range(n):
+            for ptr in self._state_ptrs[i]:
+                args[k] = ptr
                 k += 1
             args[k] = hyper_base + i * row
             k += 1
         loss = np.empty(*self.loss_meta)
         args[k] = loss.__array_interface__["data"][0]
         k += 1
-        for g in self.grad_arrays:
-            args[k] = g.__array_interface__["data"][0]
+        for ptr in self._grad_ptrs:
+            args[k] = ptr
             k += 1
-        for arr in params:  # updated parameters are written in place
-            args[k] = arr.__array_interface__["data"][0]
+        for ptr in self._ptrs:  # updated parameters are written in place
+            args[k] = ptr
             k += 1
-        for st in states:
-            for arr in st:
-                args[k] = arr.__array_interface__["data"][0]
+        for ptrs in self._state_ptrs:
+            for ptr in ptrs:
+                args[k] = ptr
                 k += 1
         self._fn(args)
-        for p, g in zip(self.params, self.grad_arrays):
+        if debug.enabled("time"):
+            log_kernel_times(self.library, self.entry)
+        for p, g in zip(self.params, self._grad_tensors):
             p._vc.value += 1
-            if p._grad is None or p._grad._data is not g:
-                p._grad = Tensor._wrap(g)
+            if p._grad is not g:
+                p._grad = g
             else:
-                p._grad._vc.value += 1
+                g._vc.value += 1
         return Tensor._wrap(loss)
 
 

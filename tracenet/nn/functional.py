@@ -3,16 +3,12 @@
 Functions here validate and normalise arguments (tuples, defaults, legacy loss arguments) and
 then call registry ops, so every computation still has exactly one definition.
 """
-import math
 import warnings
 
 import numpy as np
 
-from .. import _dtype, _random
-from ..autograd import grad_mode
-from ..ops import common, elementwise as ew, index as ix, linalg, loss as lossops, nn as nnops, \
-    reduce as rd, shape as sh
-from ..ops.common import is_tensor, pair
+from .. import _random
+from ..ops import common, elementwise as ew, linalg, loss as lossops, nn as nnops, shape as sh
 from . import _reduction
 
 sigmoid = ew.sigmoid
