@@ -5,6 +5,7 @@ grad_fn names and, for bad input, the exception type and message. The last part 
 registry op of ``ops/nn.py`` and ``ops/loss.py`` (gradient ops included) against central
 finite differences.
 """
+import re
 import types
 import warnings
 
@@ -35,6 +36,13 @@ def _run(fn, ns):
             return None, e, [str(w.message) for w in caught]
 
 
+def _sorted_sets(msg):
+    """Python sets of strings print in hash order, which differs between set objects built from
+    differently ordered sources: compare their contents, not their order."""
+    return re.sub(r"\{'[^{}]*'\}", lambda m: "{" + ", ".join(sorted(m.group(0)[1:-1].split(
+        ", "))) + "}", msg)
+
+
 def assert_same_error(fn):
     """Both libraries raise the same exception type with the same message."""
     _, e_th, _ = _run(fn, TH)
@@ -42,7 +50,7 @@ def assert_same_error(fn):
     assert e_th is not None, "torch did not raise"
     assert e_tn is not None, f"tracenet did not raise; torch raised {e_th!r}"
     assert type(e_tn).__name__ == type(e_th).__name__, (e_th, e_tn)
-    assert str(e_tn) == str(e_th)
+    assert _sorted_sets(str(e_tn)) == _sorted_sets(str(e_th))
 
 
 def npy(t):
@@ -477,7 +485,8 @@ def test_pool_errors_match_torch():
 # --- padding ------------------------------------------------------------------------------------
 
 PAD_CASES = [((1, 2), (2, 3, 4)), ((1, 2, 2, 1), (2, 3, 4, 5)),
-             ((1, 1, 1, 1, 1, 1), (2, 3, 4, 5, 6)), ((1, 2), (3, 4)), ((1, 1, 2, 2), (2, 3, 4)), ((3, 3), (2, 3, 4)),
+             ((1, 1, 1, 1, 1, 1), (2, 3, 4, 5, 6)), ((1, 2), (3, 4)), ((1, 1, 2, 2), (2, 3, 4)),
+             ((3, 3), (2, 3, 4)),
              ((-1, 2), (2, 3, 4)), ((1, -1, 0, 2), (2, 3, 4, 5)), ((0, 0), (2, 3, 1)),
              ((-3, 1, -1, -2), (2, 3, 4, 4)), ((2, 0, 0, 3, 1, 1), (1, 2, 4, 4, 4))]
 
