@@ -355,6 +355,12 @@ LOSS_ERRORS = {
                                                          weight=T.z(3, 4)),
     "mse weight shape": lambda T: T.F.mse_loss(T.z(3, 4), T.z(3, 4), weight=T.z(4)),
     "MSELoss bad reduction": lambda T: T.nn.MSELoss(reduction="foo")(T.z(3, 4), T.z(3, 4)),
+    "nll weight requires grad": lambda T: T.F.nll_loss(T.z(3, 4), T.z(3, dtype=T.L),
+                                                       weight=T.z(4, requires_grad=True)),
+    "nll 4-d weight requires grad": lambda T: T.F.nll_loss(
+        T.z(3, 4, 2, 2), T.z(3, 2, 2, dtype=T.L), weight=T.z(4, requires_grad=True)),
+    "ce weight requires grad": lambda T: T.F.cross_entropy(
+        T.z(3, 4, requires_grad=True), T.z(3, dtype=T.L), weight=T.z(4, requires_grad=True)),
 }
 
 

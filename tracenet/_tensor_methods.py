@@ -208,6 +208,24 @@ Tensor.new_tensor = lambda self, data, dtype=None, device=None, requires_grad=Fa
 # --- in-place -------------------------------------------------------------------------------
 
 
+_MULTI_VIEW_TAIL = ("This view is the output of a function that returns multiple views. Such "
+                    "functions do not allow the output views to be modified inplace. You should "
+                    "replace the inplace operation by an out-of-place one.")
+
+
+def _check_multi_view(self, args):
+    """torch refuses in-place changes to the outputs of split/chunk/unbind when recording."""
+    mark = self.__dict__.get("_multi_view")
+    if mark is None or not grad_mode._enabled[0]:
+        return
+    if self._requires_grad:
+        raise RuntimeError(f"Output {mark[1]} of {mark[0]} is a view and is being modified "
+                           f"inplace. {_MULTI_VIEW_TAIL}")
+    if any(isinstance(a, Tensor) and a._requires_grad for a in args):
+        raise RuntimeError("A view was created in no_grad mode and is being modified inplace "
+                           f"with grad mode enabled. {_MULTI_VIEW_TAIL}")
+
+
 def _check_inplace_allowed(self):
     if grad_mode._enabled[0] and self._requires_grad:
         if self.grad_fn is None:
@@ -221,6 +239,7 @@ def _check_inplace_allowed(self):
 def inplace(self, compute, *args, **kwargs):
     """Run ``compute(self, *args)`` out of place and make ``self`` hold the result."""
     _check_inplace_allowed(self)
+    _check_multi_view(self, args)
     if self._ir is not None:
         out = compute(self, *args, **kwargs)
         self._ir = out._ir
@@ -255,6 +274,7 @@ def inplace(self, compute, *args, **kwargs):
     np.copyto(self._data, out._data, casting="unsafe")
     self._vc.value += 1
     if rewrite:
+        _adopt_saved_output(out.grad_fn, out, self)
         if base is not None:
             base.grad_fn, base._output_nr, base._requires_grad = new_base.grad_fn, 0, True
             base._hist += 1  # every view of it, this one included, rebuilds its history
@@ -262,6 +282,21 @@ def inplace(self, compute, *args, **kwargs):
             self.grad_fn, self._output_nr, self._requires_grad = out.grad_fn, 0, True
             self._hist += 1
     return self
+
+
+def _adopt_saved_output(node, out, self):
+    """The op just run in place may have saved its output for backward (relu_, exp_...): that
+    output is now ``self``, so the saved value follows ``self``'s version counter and a later
+    in-place change to ``self`` is caught at backward time, as in torch."""
+    ctx = getattr(node, "ctx", None)
+    if ctx is None or not getattr(node.op, "saves_outputs", False) or ctx.outputs is None:
+        return
+    aliases = {id(a) for a in ctx.outputs}
+    for a in ctx.outputs:
+        if a._data is out._data:
+            a._data, a._vc = self._data, self._vc
+    node._saved = tuple((t, self._vc.value) if id(t) in aliases else (t, v)
+                        for t, v in node._saved)
 
 
 def _type_word(dt):

@@ -405,6 +405,7 @@ def lower_gemm_group(name, members, exported):
     if g.op != "gemm":
         raise LoweringError(f"op '{g.op}' should have been rewritten to gemm{where(g)}")
     act_node = next((m for m in members[1:] if m.op in ("relu", "tanh", "sigmoid")), None)
+    mask_node = next((m for m in members[1:] if m.op == "threshold_backward"), None)
     add_node = next((m for m in members[1:] if m.op == "add"), None)
     a, b = g.inputs[0], g.inputs[1]
     ta, tb = g.attrs["trans_a"], g.attrs["trans_b"]
@@ -420,6 +421,8 @@ def lower_gemm_group(name, members, exported):
         beta = 1.0
     if bias is not None:
         reads.append(("c", bias))
+    if mask_node is not None:
+        reads.append(("mask", mask_node.inputs[1]))
     last = members[-1].outputs[0]
     writes = [("out", last)]
     pre = None
@@ -444,7 +447,9 @@ def lower_gemm_group(name, members, exported):
                  trans_a=ta, trans_b=tb, alpha=g.attrs["alpha"], beta=beta,
                  bias=bias is not None, bias_index=bias_index, act=act,
                  pre_act_out=pre is not None, parallel=parallel, row_block=row_block,
-                 epilogue=bias is not None or act is not None or g.attrs["alpha"] != 1.0)
+                 mask=_fmt_float(mask_node.attrs["threshold"], ct) if mask_node else None,
+                 epilogue=bias is not None or act is not None or g.attrs["alpha"] != 1.0 or
+                 mask_node is not None)
     return Kernel(name, reads, writes, src, scratch, ct, flops=flops, parallel=parallel)
 
 
@@ -570,6 +575,30 @@ def lower_mse_loss(name, node):
     return Kernel(name, reads, writes, src)
 
 
+# --- fused backward of conv -> relu -> max_pool -----------------------------------------------
+
+
+def lower_pool_relu_backward(name, members, exported):
+    mpb, thr = members[0], members[1]
+    bias = members[2] if len(members) > 2 else None
+    g, idx = mpb.inputs
+    y = thr.inputs[1]
+    out = thr.outputs[0]
+    n, c = out.shape[0], out.shape[1]
+    reads = [("g", g), ("idx", idx), ("y", y)]
+    writes = [("out", out)]
+    if bias is not None:
+        writes.append(("bias_out", bias.outputs[0]))
+    flops = numel(out.shape) * 3
+    parallel = int(n * numel(out.shape[1:]) >= 100_000 and c > 1 and openmp_available())
+    src = render("pool_relu_backward.c.j2", name=name, node_lines=node_lines(members),
+                 ctype=ctype(out), acctype="double", signature=signature(reads, writes),
+                 N=n, C=c, IN=numel(out.shape[2:]), ON=numel(g.shape[2:]),
+                 threshold=_fmt_float(thr.attrs["threshold"], ctype(out)), bias=bias is not None,
+                 parallel=parallel)
+    return Kernel(name, reads, writes, src, flops=flops, parallel=parallel)
+
+
 # --- optimizer steps ----------------------------------------------------------------------
 
 
@@ -603,6 +632,8 @@ def lower_node(name, node, exported):
         kind = node.attrs["kind"]
         if kind.startswith("conv"):
             return lower_conv_group(name, node.members, set(exported))
+        if kind.startswith("max_pool_backward"):
+            return lower_pool_relu_backward(name, node.members, set(exported))
         if kind == "elementwise":
             return lower_elementwise(name, node.members, node.inputs, node.outputs)
         return lower_gemm_group(name, node.members, set(exported))

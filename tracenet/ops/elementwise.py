@@ -376,7 +376,8 @@ neg = _unary("neg", np.negative, lambda ctx, g: (neg(g),), uses=None, infer=_neg
 exp = _unary("exp", np.exp, lambda ctx, g: (g * _y(ctx),), uses="y")
 log = _unary("log", np.log, lambda ctx, g: (g / _x(ctx),))
 log2 = _unary("log2", np.log2, lambda ctx, g: (g / (_x(ctx) * float(np.log(2.0))),))
-log1p = _unary("log1p", np.log1p, lambda ctx, g: (g / (_x(ctx) + 1.0),))
+log1p = _unary("log1p", np.log1p, lambda ctx, g: (g / (_x(ctx) + 1.0),),
+               grad_fn="Log1PBackward0")
 expm1 = _unary("expm1", np.expm1, lambda ctx, g: (g * (_y(ctx) + 1.0),), uses="y")
 sqrt = _unary("sqrt", np.sqrt, lambda ctx, g: (g / (_y(ctx) * 2.0),), uses="y")
 rsqrt = _unary("rsqrt", lambda x: 1.0 / np.sqrt(x),

@@ -513,23 +513,84 @@ def narrow(x, dim, start, length):
     return index(x, [], (("s", None, None, None),) * dim + (("s", start, start + length, None),))
 
 
+def _split_meta(x, dim, sizes):
+    shape = tuple(x.shape)
+    return tuple(Meta(shape[:dim] + (n,) + shape[dim + 1:], x.dtype) for n in sizes)
+
+
+def _split_eager(x, dim, sizes):
+    offsets = np.cumsum(sizes)[:-1]
+    return tuple(np.split(x, offsets, axis=dim)) if len(sizes) > 1 else (x[...],)
+
+
+def _fill_missing(ctx, grads):
+    """Gradients of a multi-output op with zeros for the outputs that got none."""
+    from .creation import zeros
+    return [g if g is not None else zeros(tuple(m.shape), dtype=m.dtype)
+            for g, m in zip(grads, ctx.out_metas)]
+
+
+def _split_backward(ctx, *grads):
+    from .shape import cat
+    return (cat(_fill_missing(ctx, grads), ctx.attrs["dim"]),)
+
+
+# one node, several views of the input: torch's SplitBackward0 / SplitWithSizesBackward0
+split_op = register("split", infer=_split_meta, eager=_split_eager, backward=_split_backward,
+                    num_outputs=-1, is_view=True,
+                    grad_fn=lambda ctx: ctx.attrs.get("_name", "SplitBackward0"))
+
+
+def _unbind_meta(x, dim):
+    shape = tuple(x.shape)
+    return tuple(Meta(shape[:dim] + shape[dim + 1:], x.dtype) for _ in range(shape[dim]))
+
+
+def _unbind_backward(ctx, *grads):
+    from .shape import stack
+    return (stack(_fill_missing(ctx, grads), ctx.attrs["dim"]),)
+
+
+unbind_op = register(
+    "unbind", infer=_unbind_meta,
+    eager=lambda x, dim: tuple(np.moveaxis(x, dim, 0)[i] for i in range(x.shape[dim])),
+    backward=_unbind_backward, num_outputs=-1, is_view=True, grad_fn="UnbindBackward0")
+
+_MULTI_VIEW_NAMES = {"split": "Split", "split_with_sizes": "SplitWithSizes", "unbind": "Unbind"}
+
+
+def _mark_multi_view(outs, name):
+    """Outputs of an op returning several views: torch forbids modifying them in place while
+    recording (``Tensor`` checks the mark)."""
+    for i, o in enumerate(outs):
+        o.__dict__["_multi_view"] = (_MULTI_VIEW_NAMES[name], i)
+    return outs
+
+
 def split(x, split_size_or_sections, dim=0):
     dim = common.wrap_dim(dim, x.dim())
     size = x.shape[dim]
-    if isinstance(split_size_or_sections, int):
-        n = split_size_or_sections
-        sizes = [min(n, size - s) for s in range(0, size, n)] or [0]
+    if isinstance(split_size_or_sections, (int, np.integer)):
+        n = int(split_size_or_sections)
+        if n < 0:
+            raise RuntimeError(f"split expects split_size be non-negative, but got "
+                               f"split_size={n}")
+        if n == 0 and size != 0:
+            raise RuntimeError(f"split_size can only be 0 if dimension size is 0, but got "
+                               f"dimension size of {size}")
+        sizes = [min(n, size - s) for s in range(0, size, n)] if n else [0]
+        sizes = sizes or [0]
+        name = "split"
     else:
-        sizes = list(split_size_or_sections)
-        if sum(sizes) != size:
+        sizes = [int(v) for v in split_size_or_sections]
+        if sum(sizes) != size or any(v < 0 for v in sizes):
             raise RuntimeError(f"split_with_sizes expects split_sizes to sum exactly to {size} "
                                f"(input tensor's size at dimension {dim}), but got "
                                f"split_sizes={sizes}")
-    out, start = [], 0
-    for n in sizes:
-        out.append(narrow(x, dim, start, n))
-        start += n
-    return tuple(out)
+        name = "split_with_sizes"
+    outs = apply(split_op, x, dim=dim, sizes=tuple(sizes),
+                 _name="SplitBackward0" if name == "split" else "SplitWithSizesBackward0")
+    return _mark_multi_view(outs, name) if x._ir is None else outs
 
 
 def chunk(x, chunks, dim=0):
@@ -538,20 +599,22 @@ def chunk(x, chunks, dim=0):
     if chunks <= 0:
         raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
     if size == 0:
-        return tuple(narrow(x, dim, 0, 0) for _ in range(chunks))
+        return split(x, [0] * chunks, dim)
     return split(x, -(-size // chunks), dim)
 
 
 def unbind(x, dim=0):
     dim = common.wrap_dim(dim, x.dim())
-    return tuple(select(x, dim, i) for i in range(x.shape[dim]))
+    outs = apply(unbind_op, x, dim=dim)
+    return _mark_multi_view(outs, "unbind") if x._ir is None else outs
 
 
 def index_select(x, dim, idx):
     dim = common.wrap_dim(dim, x.dim())
     if idx.dim() > 1:
         raise IndexError("index_select(): Index is supposed to be a vector")
-    return index(x, [idx.reshape(-1)], (("s", None, None, None),) * dim + (("t", 0),))
+    return index(x, [idx.reshape(-1)], (("s", None, None, None),) * dim + (("t", 0),),
+                 _name="IndexSelectBackward0")
 
 
 def masked_fill(x, mask, value):
@@ -581,8 +644,10 @@ def nonzero(x, as_tuple=False):
 
 
 def masked_select(x, mask):
-    return getitem(x.expand(common.broadcast_shapes(tuple(x.shape), tuple(mask.shape))),
-                   mask.expand(common.broadcast_shapes(tuple(x.shape), tuple(mask.shape))))
+    shape = common.broadcast_shapes(tuple(x.shape), tuple(mask.shape))
+    x = x.expand(shape) if tuple(x.shape) != shape else x
+    spec, tensors = split_key(x, mask.expand(shape))
+    return index(x, tensors, spec, _name="MaskedSelectBackward0")
 
 
 # --- gather / scatter_add -----------------------------------------------------------------------

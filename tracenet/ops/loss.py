@@ -3,6 +3,7 @@ log_softmax followed by nll_loss, as in torch)."""
 import numpy as np
 
 from .. import _dtype
+from ..autograd import grad_mode
 from . import common
 from .registry import Meta, apply, register
 
@@ -207,6 +208,10 @@ def nll_loss(x, target, weight=None, ignore_index=-100, reduction="mean"):
                              f"batch_size ({tb}).")
     extra = () if weight is None else (weight,)
     attrs = dict(reduction=reduction, ignore_index=int(ignore_index))
+    if weight is not None and weight.requires_grad and grad_mode.is_grad_enabled():
+        fn = "nll_loss_forward" if nd in (1, 2) else "nll_loss2d_forward"
+        raise RuntimeError(f"The function '{fn}' is not differentiable with respect to argument "
+                           "'weight'. This input cannot have requires_grad True.")
     if nd in (1, 2, 4):
         return apply(nll_loss_op, x, target, *extra, **attrs)
     n, c = x.shape[0], x.shape[1]

@@ -378,14 +378,38 @@ def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
     return apply(std_op, x, dims=dims, correction=correction, keepdim=keepdim)
 
 
+def _logsumexp_eager(x, dims, keepdim):
+    axes = _axes(x, dims)
+    if x.size == 0:
+        return np.log(np.sum(np.exp(x), axis=axes, keepdims=keepdim))
+    m = np.max(x, axis=axes, keepdims=True)
+    m = np.where(np.isfinite(m), m, np.zeros((), x.dtype))  # all -inf (or an inf): shift by 0
+    out = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m
+    return out if keepdim else np.squeeze(out, axis=axes)
+
+
+def _logsumexp_backward(ctx, g):
+    """d/dx log(sum(exp(x))) = exp(x - logsumexp(x)): the softmax over the reduced dims."""
+    from . import elementwise as ew
+    x, y = ctx.inputs[0], ctx.output
+    shape = tuple(ctx.metas[0].shape)
+    if not ctx.attrs["keepdim"]:
+        y = y.reshape(_reduced_shape(shape, ctx.attrs["dims"], True))
+    return (_expand_back(ctx, g) * ew.exp(x - y.expand(shape)),)
+
+
+logsumexp_op = register(
+    "logsumexp", infer=_reduce_meta(lambda x, dims: x.dtype if x.dtype.is_floating_point
+                                    else _dtype.get_default_dtype()),
+    eager=_logsumexp_eager, saves=(0,), save_outputs=True, backward=_logsumexp_backward)
+
+
 def logsumexp(x, dim, keepdim=False):
     from . import elementwise as ew
+    if not x.dtype.is_floating_point:
+        x = ew.to_dtype(x, _dtype.get_default_dtype())
     dims = common.wrap_dims(dim, x.dim())
-    m = amax(x, dims, keepdim=True).detach()
-    m = ew.where(ew.isinf(m), m * 0, m)
-    out = ew.log(sum(ew.exp(x - m), dims, keepdim=True)) + m
-    return out if keepdim else out.squeeze(dims) if len(dims) == 1 else out.reshape(
-        _reduced_shape(tuple(x.shape), dims, False))
+    return apply(logsumexp_op, x, dims=dims, keepdim=keepdim)
 
 
 # --- boolean reductions -----------------------------------------------------------------------

@@ -345,17 +345,34 @@ def contiguous(x, memory_format=None):
 # --- repeat / flip ----------------------------------------------------------------------------
 
 
+def _repeat_meta(x, sizes):
+    shape = (1,) * (len(sizes) - len(x.shape)) + tuple(x.shape)
+    return Meta(tuple(r * n for r, n in zip(sizes, shape)), x.dtype)
+
+
+def _repeat_backward(ctx, g):
+    """Each input element appears once per tile: sum the tiles (a reshape that splits every
+    dim into (repeats, size), then a sum over the repeat axes)."""
+    sizes, shape = ctx.attrs["sizes"], tuple(ctx.metas[0].shape)
+    padded = (1,) * (len(sizes) - len(shape)) + shape
+    g = reshape(g, tuple(v for r, n in zip(sizes, padded) for v in (r, n)))
+    g = reduce.sum(g, tuple(range(0, 2 * len(sizes), 2)))
+    return (reshape(g, shape),)
+
+
+repeat_op = register("repeat", infer=_repeat_meta,
+                     eager=lambda x, sizes: np.tile(x, sizes), backward=_repeat_backward)
+
+
 def repeat(x, *sizes):
-    sizes = _shape_args(sizes)
+    sizes = tuple(int(v) for v in _shape_args(sizes))
     if len(sizes) < x.dim():
         raise RuntimeError("Number of dimensions of repeat dims can not be smaller than number of "
                            "dimensions of tensor")
-    lead = len(sizes) - x.dim()
-    shape = (1,) * lead + tuple(x.shape)
-    # interleave a broadcast axis before each dim, then merge: repeat as expand + reshape
-    y = reshape(x, tuple(v for s in shape for v in (1, s)))
-    y = expand(y, tuple(v for r, s in zip(sizes, shape) for v in (r, s)))
-    return reshape(y, tuple(r * s for r, s in zip(sizes, shape)))
+    if any(v < 0 for v in sizes):
+        raise RuntimeError(f"Trying to create tensor with negative dimension {min(sizes)}: "
+                           f"[{', '.join(map(str, sizes))}]")
+    return apply(repeat_op, x, sizes=sizes)
 
 
 flip_op = register(

@@ -65,11 +65,17 @@ def fuse_group(graph, members, kind):
     for m in members:
         for v in m.outputs:
             outside = [u for u in users.get(v, []) if id(u) not in member_ids]
-            if any(pos[id(u)] < last for u in outside):
+            if any(pos[id(u)] < last for u in outside) and not _movable(graph, members, pos):
                 return None  # a reader sits between the members: cannot move the group
             if outside or v in graph.outputs:
                 exported.append(v)
-    # every external input must be defined before the first member... or at least before last
+    # place the group where its first member was if everything it reads is defined by then
+    # (members that only read other members can move up); else where its last member was
+    first = min(pos[id(m)] for m in members)
+    defined_before_first = set(graph.inputs)
+    for n in graph.nodes[:first]:
+        defined_before_first.update(n.outputs)
+    at = first if all(v in defined_before_first for v in inputs) else last
     fused = Node("fused", inputs, {"kind": kind}, loc=members[-1].loc, members=list(members))
     fused.outputs = exported
     for v in exported:
@@ -77,12 +83,23 @@ def fuse_group(graph, members, kind):
     new_nodes = []
     for i, n in enumerate(graph.nodes):
         if id(n) in member_ids:
-            if i == last:
+            if i == at:
                 new_nodes.append(fused)
             continue
         new_nodes.append(n)
     graph.nodes = new_nodes
     return fused
+
+
+def _movable(graph, members, pos):
+    """True if the whole group can sit at its first member: every value a member reads from
+    outside the group is defined before that point."""
+    first = min(pos[id(m)] for m in members)
+    produced = {v for m in members for v in m.outputs}
+    defined = set(graph.inputs)
+    for n in graph.nodes[:first]:
+        defined.update(n.outputs)
+    return all(v in defined or v in produced for m in members for v in m.inputs)
 
 
 def _conv_groups(graph):
@@ -148,9 +165,46 @@ def _elementwise_groups(graph):
     return [g for g in groups if len(g) > 1]
 
 
+def _pool_relu_backward_groups(graph):
+    """max_pool_backward -> threshold_backward (relu's mask) [-> the bias-gradient sum]: the
+    backward of conv -> relu -> max_pool, one pass over each plane."""
+    users = _users(graph)
+    groups = []
+    for node in graph.nodes:
+        if node.op != "max_pool_backward" or len(node.output.shape) != 4:
+            continue
+        thr = _sole_user(users, graph, node.output)
+        if thr is None or thr.op != "threshold_backward" or thr.inputs[0] is not node.output \
+                or thr.inputs[1].shape != node.output.shape:
+            continue
+        group = [node, thr]
+        bias = next((u for u in users.get(thr.output, []) if u.op == "sum" and
+                     tuple(u.attrs["dims"]) == (0, 2, 3) and not u.attrs["keepdim"]), None)
+        if bias is not None:
+            group.append(bias)
+        groups.append(group)
+    return groups
+
+
+def _gemm_mask_groups(graph):
+    """gemm -> threshold_backward: the input gradient of a linear layer masked by the relu
+    that followed it, applied in the gemm's epilogue."""
+    users = _users(graph)
+    groups = []
+    for node in graph.nodes:
+        if node.op != "gemm":
+            continue
+        thr = _sole_user(users, graph, node.output)
+        if thr is not None and thr.op == "threshold_backward" and \
+                thr.inputs[0] is node.output and thr.inputs[1].shape == node.output.shape:
+            groups.append([node, thr])
+    return groups
+
+
 def fuse(graph):
     """Apply every fusion pattern; returns the graph (modified in place)."""
-    for finder, kind in ((_conv_groups, "conv"), (_gemm_groups, "gemm"),
+    for finder, kind in ((_conv_groups, "conv"), (_pool_relu_backward_groups, "pool_backward"),
+                         (_gemm_mask_groups, "gemm"), (_gemm_groups, "gemm"),
                          (_elementwise_groups, "elementwise")):
         for group in finder(graph):
             if all(m in graph.nodes for m in group):
