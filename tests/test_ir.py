@@ -332,6 +332,25 @@ def test_fusion_groups_lenet():
     assert "fused[conv_relu_max_pool]" in str(graph)
 
 
+def test_backward_fusion_of_lenet():
+    from tracenet.passes.lower import lower_gemm
+    model = LeNet()
+    x = torch.randn(2, 1, 32, 32)
+    graph = trace(model, x)
+    bwd = grad(graph)
+    ref = interpret_backward(graph, bwd, [x] + list(model.parameters()),
+                             [np.ones((2, 10), np.float32)])
+    fuse(lower_gemm(simplify(bwd)))
+    verify(bwd)
+    kinds = [n.attrs["kind"] for n in bwd.nodes if n.op == "fused"]
+    assert kinds.count("max_pool_backward_threshold_backward_sum") == 2
+    assert kinds.count("gemm_threshold_backward") == 2
+    got = interpret_backward(graph, bwd, [x] + list(model.parameters()),
+                             [np.ones((2, 10), np.float32)])
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_fusion_of_elementwise_chain_and_mm_bias():
     def f(x, w, b):
         y = x.mm(w) + b
