@@ -320,3 +320,39 @@ def test_atomic_cache_write_leaves_no_partial_files(tmp_path, monkeypatch):
     again = build.build(src, "int tn_probe(void);", name="probe")
     assert again.cached and again.path == lib.path
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+class _RunningMean(nn.Module):
+    """Updates buffers in place during forward, like batch norm's running statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.register_buffer("running", torch.zeros(3))
+        self.register_buffer("steps", torch.tensor(0))
+
+    def forward(self, x):
+        y = self.fc(x)
+        if self.training:
+            with torch.no_grad():
+                self.running.mul_(0.9).add_(y.mean(0) * 0.1)
+                self.steps.add_(1)
+        return y
+
+
+def test_in_place_buffer_updates_are_written_back():
+    torch.manual_seed(5)
+    eager, model = _RunningMean(), _RunningMean()
+    model.load_state_dict(eager.state_dict())
+    compiled = torch.compile(model)
+    x = torch.randn(5, 4)
+    for _ in range(3):
+        eager(x).sum().backward()
+        compiled(x).sum().backward()
+    np.testing.assert_allclose(model.running.numpy(), eager.running.numpy(), **TOL)
+    assert model.steps.item() == eager.steps.item() == 3
+    assert model.running.grad_fn is None and not model.running.requires_grad
+    compiled.eval()
+    with torch.no_grad():
+        compiled(x)
+    assert model.steps.item() == 3  # eval: no update

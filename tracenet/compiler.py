@@ -47,8 +47,9 @@ class Specialisation:
         self.key = key
         self.params = params
         self.n_user = len(inputs)
-        self.n_out = len(fwd.outputs)
-        self.differentiable = [v.requires_grad for v in fwd.outputs]
+        self.state_updates = list(fwd.state_updates)
+        self.n_out = len(fwd.outputs) - len(self.state_updates)
+        self.differentiable = [v.requires_grad for v in fwd.outputs[:self.n_out]]
         self.needs_grad = any(self.differentiable)
         self.forward_graph = fwd
         self.backward_graph = None
@@ -269,6 +270,10 @@ class CompiledModule:
 
     def _run(self, spec, inputs):
         in_arrays, outs = spec.run_forward(inputs)
+        for state_index, out_index in spec.state_updates:
+            buf = spec.params[state_index][1]  # e.g. a running mean, updated as in eager mode
+            np.copyto(buf._data, outs[out_index])
+            buf._vc.value += 1
         results = [Tensor._wrap(o) for o in outs[:spec.n_out]]
         if spec.needs_grad and grad_mode.is_grad_enabled():
             leaves = list(inputs) + [p for _, p in spec.params]

@@ -153,16 +153,26 @@ def trace(fn, *example_inputs, name=None, state=None):
     saved = []
     try:
         for n, p in state:
-            saved.append((p, p._ir))
+            saved.append((p, p._ir, p.grad_fn, p._requires_grad, p._output_nr))
             p._ir = graph.add_input(n, p.shape, p.dtype, p.requires_grad)
+        inputs_of_state = [p._ir for _, p in state]
         tracer = Tracer(graph)
         with tracing(tracer):
             out = fn(*args)
         outputs = _flatten_outputs(out)
         graph.outputs = [tracer.value_of(o) for o in outputs]
+        # in-place updates of buffers (batch-norm running statistics...) become extra outputs
+        # that the runtime writes back: graph.state_updates[i] = (state index, output index)
+        graph.state_updates = []
+        for i, ((_, p), v) in enumerate(zip(state, inputs_of_state)):
+            if p._ir is not v:
+                p._ir.requires_grad = False  # a side effect, never differentiated
+                graph.state_updates.append((i, len(graph.outputs)))
+                graph.outputs.append(p._ir)
     finally:
-        for p, prev in saved:
-            p._ir = prev
+        for p, prev, grad_fn, requires_grad, output_nr in saved:
+            p._ir, p.grad_fn, p._requires_grad, p._output_nr = (prev, grad_fn, requires_grad,
+                                                                output_nr)
     return graph.renumber()
 
 

@@ -55,6 +55,8 @@ class Graph:
         self.nodes = []
         self.outputs = []
         self.key = None       # the specialisation: input shapes/dtypes and the training flag
+        # (state input index, output index) for buffers the traced code updates in place
+        self.state_updates = []
         self._next_id = 0
 
     # --- construction ---------------------------------------------------------------------
