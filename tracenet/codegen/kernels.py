@@ -20,6 +20,22 @@ class LoweringError(NotImplementedError):
     """An op that has no C lowering."""
 
 
+# op name -> function(kernel name, node, exported values) -> Kernel: lowerings that live in
+# tracenet/codegen/lowerings/ register here, so adding an op's C code touches no dispatch table
+LOWERINGS = {}
+
+
+def lowering(*ops):
+    """Decorator registering a lowering for (unfused) nodes of the given ops."""
+    def wrap(fn):
+        for op in ops:
+            if op in LOWERINGS:
+                raise ValueError(f"op {op!r} has two C lowerings")
+            LOWERINGS[op] = fn
+        return fn
+    return wrap
+
+
 def ctype(value):
     return CTYPE[value.dtype.short]
 
@@ -637,6 +653,8 @@ def lower_node(name, node, exported):
         if kind == "elementwise":
             return lower_elementwise(name, node.members, node.inputs, node.outputs)
         return lower_gemm_group(name, node.members, set(exported))
+    if node.op in LOWERINGS:
+        return LOWERINGS[node.op](name, node, set(exported))
     if node.op == "convolution":
         return lower_conv_group(name, [node], set(node.outputs))
     if node.op == "gemm":
@@ -667,3 +685,6 @@ def lower_node(name, node, exported):
         return OPTIMIZER_KERNELS[node.op](name, node)
     raise LoweringError(f"op '{node.op}' has no C lowering{where(node)}; run this model in "
                         "eager mode (without tracenet.compile)")
+
+
+from . import lowerings  # noqa: E402,F401  (registers the lowerings defined there)

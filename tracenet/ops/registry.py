@@ -25,10 +25,11 @@ REGISTRY = {}
 
 class Op:
     __slots__ = ("name", "infer", "eager", "backward", "saves_inputs", "saves_outputs",
-                 "grad_fn", "num_outputs", "differentiable", "is_view", "doc")
+                 "grad_fn", "num_outputs", "differentiable", "is_view", "elementwise", "doc")
 
     def __init__(self, name, infer, eager, backward=None, saves=(), save_outputs=False,
-                 grad_fn=None, num_outputs=1, differentiable=True, is_view=False, doc=""):
+                 grad_fn=None, num_outputs=1, differentiable=True, is_view=False, elementwise=False,
+                 doc=""):
         self.name = name
         self.infer = infer
         self.eager = eager
@@ -41,6 +42,9 @@ class Op:
         self.differentiable = differentiable
         # eager result aliases input 0's memory (numpy view): shares its version counter
         self.is_view = is_view
+        # pointwise with broadcasting: fusable into elementwise kernels (needs a C expression
+        # in tracenet/codegen)
+        self.elementwise = elementwise
         self.doc = doc
 
     def grad_fn_name(self, ctx):
@@ -54,11 +58,11 @@ class Op:
 
 
 def register(name, *, infer, eager, backward=None, saves=(), save_outputs=False, grad_fn=None,
-             num_outputs=1, differentiable=True, is_view=False):
+             num_outputs=1, differentiable=True, is_view=False, elementwise=False):
     if name in REGISTRY:
         raise ValueError(f"op {name!r} is registered twice")
     op = Op(name, infer, eager, backward, saves, save_outputs, grad_fn, num_outputs,
-            differentiable, is_view)
+            differentiable, is_view, elementwise)
     REGISTRY[name] = op
     return op
 

@@ -12,6 +12,7 @@ values used after it (intermediates needed elsewhere, e.g. saved for backward, s
 The interpreter runs the members, so fusion is checked for equality with the unfused graph.
 """
 from ..ir.graph import Node
+from ..ops.registry import REGISTRY
 
 ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "exp", "log", "log2", "log1p", "expm1",
                "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "sin", "cos", "abs", "sign",
@@ -19,6 +20,15 @@ ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "exp", "log", "log2", "log1p",
                "where", "to_dtype", "eq", "ne", "lt", "le", "gt", "ge", "floor", "ceil",
                "trunc", "round", "pow"}
 ACTIVATIONS = {"relu", "tanh", "sigmoid"}
+
+
+def is_elementwise(op):
+    """Pointwise ops (same-shape output, broadcast inputs) that elementwise kernels fuse: the
+    core set above plus any registry op registered with ``elementwise=True``."""
+    if op in ELEMENTWISE:
+        return True
+    entry = REGISTRY.get(op)
+    return bool(entry is not None and getattr(entry, "elementwise", False))
 
 
 def _positions(graph):
@@ -145,7 +155,7 @@ def _elementwise_groups(graph):
     groups = []
     group_of = {}
     for node in graph.nodes:
-        if node.op not in ELEMENTWISE:
+        if not is_elementwise(node.op):
             continue
         shape = node.outputs[0].shape
         joined = None
