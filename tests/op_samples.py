@@ -166,5 +166,23 @@ SAMPLES = {
                    np.array([1e-3, 0.9, 0.999, 1e-8, 0.01, 3.0])], []),
 }
 
+# more samples, one module per area: tests/samples/<area>.py defines SAMPLES (and optionally
+# UNTRACEABLE) the same way
+def _merge_area_samples():
+    import importlib
+    import os
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
+    for fname in sorted(os.listdir(here)):
+        if fname.endswith(".py") and not fname.startswith("_"):
+            mod = importlib.import_module(f"samples.{fname[:-3]}")
+            for name, sample in mod.SAMPLES.items():
+                if name in SAMPLES:
+                    raise ValueError(f"two samples for op {name}")
+                SAMPLES[name] = sample
+            UNTRACEABLE.update(getattr(mod, "UNTRACEABLE", {}))
+
+
 # ops that cannot be traced at all, with the reason
 UNTRACEABLE = {"nonzero": "its output shape depends on the data"}
+
+_merge_area_samples()

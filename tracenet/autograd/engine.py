@@ -34,7 +34,8 @@ class Node:
         self.metadata = {}
 
     def name(self):
-        return type(self).__name__
+        n = type(self).__name__
+        return "torch::autograd::CopySlices" if n == "CopySlices" else n
 
     def __repr__(self):
         return f"<{type(self).__name__} object at {hex(id(self))}>"
@@ -101,6 +102,9 @@ class AccumulateGrad(Node):
     def __init__(self, variable):
         super().__init__(())
         self.variable = variable
+
+    def name(self):
+        return "torch::autograd::AccumulateGrad"  # what torch's name() says for C++ nodes
 
     def _run(self, grads):
         return ()
@@ -200,7 +204,11 @@ def _record(op, inputs, outputs, metas, out_metas, attrs, needs):
             alias._vc = o._vc
             saved_outputs.append(alias)
     ctx = Ctx(saved_inputs, saved_outputs, metas, out_metas, attrs, needs)
-    node = node_class(op.grad_fn_name(ctx))(tuple(edge_of(t) for t in inputs))
+    edges = tuple(edge_of(t) for t in inputs)
+    if attrs.get("_none_edges"):
+        # optional inputs that were not given (a convolution without bias) still have an edge
+        edges += ((None, 0),) * attrs["_none_edges"]
+    node = node_class(op.grad_fn_name(ctx))(edges)
     node.op = op
     node.ctx = ctx
     node._saved = tuple(saved)

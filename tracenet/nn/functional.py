@@ -534,3 +534,11 @@ def _smoothed_cross_entropy(input, target, weight, ignore_index, reduction, eps,
 
 def flatten(input, start_dim=0, end_dim=-1):
     return sh.flatten(input, start_dim, end_dim)
+
+
+# the rest of the catalogue, one module per area (each defines __all__)
+from ._functional.activation import *  # noqa: E402,F401,F403
+from ._functional.normalization import *  # noqa: E402,F401,F403
+from ._functional.vision import *  # noqa: E402,F401,F403
+from ._functional.loss import *  # noqa: E402,F401,F403
+from ._functional.rnn import *  # noqa: E402,F401,F403

@@ -181,21 +181,25 @@ pow_scalar_op = register("pow_scalar", infer=_pow_scalar_meta, eager=_pow_scalar
                          saves=(0,), backward=_pow_scalar_backward, grad_fn="PowBackward0")
 
 
-def _minmax_backward(pick_first):
+def _minmax_backward(first_wins):
+    """The gradient goes to the operand that was picked; ties split it evenly (as torch)."""
     def backward(ctx, g):
         a, b = ctx.inputs
-        mask = pick_first(a, b)
         zero = g * 0
-        ga = _unbroadcast(ctx, 0, where(mask, g, zero)) if ctx.needs_input_grad[0] else None
-        gb = _unbroadcast(ctx, 1, where(mask, zero, g)) if ctx.needs_input_grad[1] else None
+        tie = where(a == b, g * 0.5, zero)
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = _unbroadcast(ctx, 0, where(first_wins(a, b), g, tie))
+        if ctx.needs_input_grad[1]:
+            gb = _unbroadcast(ctx, 1, where(first_wins(b, a), g, tie))
         return ga, gb
     return backward
 
 
 maximum_op = register("maximum", infer=_binary_meta, eager=np.maximum, saves=(0, 1),
-                      backward=_minmax_backward(lambda a, b: a >= b))
+                      backward=_minmax_backward(lambda a, b: a > b))
 minimum_op = register("minimum", infer=_binary_meta, eager=np.minimum, saves=(0, 1),
-                      backward=_minmax_backward(lambda a, b: a <= b))
+                      backward=_minmax_backward(lambda a, b: a < b))
 
 
 def add(a, b, alpha=1):
@@ -223,7 +227,8 @@ def sub(a, b, alpha=1, *, _name=None):
 
 def rsub(a, b, alpha=1):
     """``b - alpha * a`` (torch's reflected subtraction, ``2 - x``)."""
-    return sub(b, a, alpha=alpha, _name="RsubBackward1")
+    return sub(b, a, alpha=alpha,
+               _name="RsubBackward0" if common.is_tensor(b) else "RsubBackward1")
 
 
 def mul(a, b):

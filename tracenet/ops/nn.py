@@ -244,8 +244,9 @@ def conv_backward_weight(g, x, weight_shape, **geo):
 
 def convolution(x, w, b, stride, padding, dilation, groups):
     inputs = (x, w) if b is None else (x, w, b)
+    extra = {} if b is not None else {"_none_edges": 1}  # torch's node keeps a bias edge
     return apply(convolution_op, *inputs, stride=tuple(stride), padding=tuple(padding),
-                 dilation=tuple(dilation), groups=int(groups))
+                 dilation=tuple(dilation), groups=int(groups), **extra)
 
 
 # --- pooling geometry and checks ----------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Functional API by area; tracenet.nn.functional re-exports every public name."""

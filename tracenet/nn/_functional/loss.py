@@ -1,0 +1,2 @@
+"""The loss part of tracenet.nn.functional (re-exported there)."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""The normalization part of tracenet.nn.functional (re-exported there)."""
+__all__ = []

@@ -1,0 +1,2 @@
+"""The rnn part of tracenet.nn.functional (re-exported there)."""
+__all__ = []
