@@ -356,3 +356,22 @@ def test_in_place_buffer_updates_are_written_back():
     with torch.no_grad():
         compiled(x)
     assert model.steps.item() == 3  # eval: no update
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_max_pool_ties_and_nans_match_eager(padding):
+    model = nn.MaxPool2d(2, stride=2, padding=padding)
+    x = torch.tensor(np.array([[[[1., 1., 2., float("nan")],
+                                 [1., 0., float("nan"), float("nan")],
+                                 [3., 3., -1., -1.],
+                                 [3., 3., -1., -2.]]]], np.float32))
+    with torch.no_grad():
+        out = torch.compile(model)(x)
+    eager = model(x)
+    np.testing.assert_array_equal(out.numpy(), eager.numpy())
+    _, idx = torch.nn.functional.max_pool2d(x, 2, 2, padding=padding, return_indices=True)
+    x2 = x.clone().requires_grad_()
+    model(x2).sum().backward()
+    x3 = x.clone().requires_grad_()
+    torch.compile(model)(x3).sum().backward()
+    np.testing.assert_array_equal(x3.grad.numpy(), x2.grad.numpy())

@@ -257,8 +257,11 @@ def _pool_geometry(pool, ih, iw):
     k, s, p, d = (pad1(a["kernel"], 1), pad1(a["stride"], 1), pad1(a["padding"], 0),
                   pad1(a["dilation"], 1))
     o = pad1(pool.outputs[0].shape[2:], 1)
+    # every window lies inside the image (no padding, no ceil-mode overhang)
+    inside = (p[0] == 0 and p[1] == 0 and (o[0] - 1) * s[0] + (k[0] - 1) * d[0] < ih and
+              (o[1] - 1) * s[1] + (k[1] - 1) * d[1] < iw)
     return dict(KH=k[0], KW=k[1], SH=s[0], SW=s[1], PH=p[0], PW=p[1], DH=d[0], DW=d[1],
-                IH=ih, IW=iw, OH=o[0], OW=o[1])
+                IH=ih, IW=iw, OH=o[0], OW=o[1], inside=inside)
 
 
 SFX = {"float": "_f32", "double": "_f64"}

@@ -119,15 +119,25 @@ def _conv_groups(graph):
         if node.op != "convolution":
             continue
         group = [node]
-        nxt = _only_user_besides_outputs(users, node.output)
-        if nxt is not None and nxt.op == "relu":
+        # the next stage may share its input with later readers (e.g. the backward of a
+        # whole training step reads relu's output): those get it as an exported value
+        nxt = _user_with_op(users, node.output, "relu")
+        if nxt is not None:
             group.append(nxt)
-            nxt = _only_user_besides_outputs(users, nxt.output)
-        if nxt is not None and nxt.op == "max_pool" and len(group[-1].outputs) == 1:
-            group.append(nxt)
+        pool = _user_with_op(users, group[-1].output, "max_pool")
+        if pool is not None:
+            group.append(pool)
         if len(group) > 1:
             groups.append(group)
     return groups
+
+
+def _user_with_op(users, value, op):
+    """The first node of kind ``op`` reading ``value`` as its first input, if any."""
+    for u in users.get(value, []):
+        if u.op == op and u.inputs[0] is value:
+            return u
+    return None
 
 
 def _gemm_groups(graph):
