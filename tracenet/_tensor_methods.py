@@ -271,6 +271,8 @@ def inplace(self, compute, *args, **kwargs):
         # writing through a view changes the base: its new history is the old one with the
         # view's elements replaced (CopySlices); computed before the write reads the old data
         new_base = ix.write_through_view(base, self, out)
+        if new_base is None:  # self no longer aliases its base: only self changes
+            base = None
     np.copyto(self._data, out._data, casting="unsafe")
     self._vc.value += 1
     if rewrite:

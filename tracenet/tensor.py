@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 
 from . import _dtype
+from .size import Size
 from .autograd import grad_mode
 
 
@@ -112,7 +113,8 @@ class Tensor:
             from .ops.index import view_of_base
             with grad_mode.enable_grad():
                 fresh = view_of_base(base, self)
-            self._grad_fn, self._output_nr, self._req = fresh._grad_fn, 0, True
+            if fresh is not None:
+                self._grad_fn, self._output_nr, self._req = fresh._grad_fn, 0, True
 
     @property
     def grad_fn(self):
@@ -143,7 +145,6 @@ class Tensor:
 
     @property
     def shape(self):
-        from .size import Size
         return Size(self._ir.shape if self._ir is not None else self._data.shape)
 
     def size(self, dim=None):

@@ -234,18 +234,7 @@ def lower_elementwise(name, members, inputs, outputs):
 
 def _conv_geometry(conv):
     x, w = conv.inputs[0], conv.inputs[1]
-    a = conv.attrs
-    nsp = len(a["stride"])
-    if nsp > 2:
-        raise LoweringError(f"{nsp}-d convolution has no C lowering yet{where(conv)}")
-    pad1 = (lambda t, fill: (fill,) * (2 - nsp) + tuple(t))
-    xs = (x.shape[0], x.shape[1]) + pad1(x.shape[2:], 1)
-    ks = pad1(w.shape[2:], 1)
-    os_ = pad1(conv.outputs[0].shape[2:], 1)
-    st, pd, dl = pad1(a["stride"], 1), pad1(a["padding"], 0), pad1(a["dilation"], 1)
-    return dict(N=xs[0], C=xs[1], H=xs[2], W=xs[3], O=w.shape[0], KH=ks[0], KW=ks[1],
-                OH=os_[0], OW=os_[1], SH=st[0], SW=st[1], PH=pd[0], PW=pd[1], DH=dl[0],
-                DW=dl[1], G=a["groups"])
+    return _conv_grad_geometry(conv, x.shape, w.shape, conv.outputs[0].shape)
 
 
 def _pool_geometry(pool, ih, iw):
@@ -368,6 +357,8 @@ def lower_max_pool_backward(name, node):
 
 
 def _conv_grad_geometry(node, x_shape, w_shape, gy_shape):
+    """Convolution geometry as 2-D constants (1-D convolutions get a height of 1), from the
+    shapes of the input, weight and output (or output gradient)."""
     a = node.attrs
     nsp = len(a["stride"])
     if nsp > 2:

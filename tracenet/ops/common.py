@@ -4,6 +4,7 @@ import numbers
 import numpy as np
 
 from .. import _dtype
+from ..autograd import grad_mode
 from .registry import Meta, register as _register
 
 
@@ -23,9 +24,14 @@ def register_quiet(name, *, eager, **kw):
     return _register(name, eager=quiet(eager), **kw)
 
 
+_tensor_cls = []
+
+
 def tensor_cls():
-    from ..tensor import Tensor
-    return Tensor
+    if not _tensor_cls:
+        from ..tensor import Tensor
+        _tensor_cls.append(Tensor)
+    return _tensor_cls[0]
 
 
 def is_tensor(x):
@@ -43,8 +49,7 @@ def unsaved(t):
     product when only this one needs a gradient): the same place in the graph, but its own
     version counter, so an in-place change to ``t`` after the op is, as in torch, not an error
     at backward time."""
-    from ..autograd import grad_mode
-    if t._ir is not None or not grad_mode.is_grad_enabled():
+    if t._ir is not None or not grad_mode._enabled[0]:
         return t
     alias = tensor_cls()._wrap(t._data)
     if t._requires_grad:

@@ -224,7 +224,8 @@ def _random_factory(sample):
                             "\"size\"")
         dt = _as_dtype(dtype) if dtype is not None else _dtype.get_default_dtype()
         if not dt.is_floating_point:
-            raise RuntimeError(f"\"{factory.__name__}\" not implemented for 'Long'")
+            word = {"int64": "Long", "bool": "Bool"}[dt.name]
+            raise NotImplementedError(f"\"{factory.__name__}\" not implemented for '{word}'")
         return _make(sample(_random.rng(), _size(size)).astype(dt.np), None, device,
                      requires_grad)
     return factory

@@ -483,7 +483,8 @@ def isfinite(x):
 def _bitwise(name, np_fn):
     def infer(a, b):
         if a.dtype.is_floating_point or b.dtype.is_floating_point:
-            raise RuntimeError(f"\"{name}_cpu\" not implemented for 'Float'")
+            word = "Double" if _dtype.float64 in (a.dtype, b.dtype) else "Float"
+            raise NotImplementedError(f"\"{name}_cpu\" not implemented for '{word}'")
         return _binary_meta(a, b)
     op = register(name, infer=infer, eager=np_fn, differentiable=False)
 

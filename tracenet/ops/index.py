@@ -460,33 +460,41 @@ def view_positions(base, view):
     sorted_addr = b_addr[order]
     found = np.minimum(np.searchsorted(sorted_addr, v_addr), max(len(order) - 1, 0))
     if v_addr.size and not np.array_equal(sorted_addr[found], v_addr):
-        raise AssertionError("a view's memory lies outside its base")
+        return None  # no longer aliases the base (its storage was replaced through .data)
     return np.unravel_index(order[found], base.shape)
 
 
 def _position_key(base, view):
     Tensor = common.tensor_cls()
     pos = view_positions(base._data, view._data)
+    if pos is None:
+        return None, None
     return [Tensor._wrap(np.ascontiguousarray(p, dtype=np.int64)) for p in pos], \
         tuple(("t", i) for i in range(len(pos)))
 
 
 def view_of_base(base, view):
     """``view`` recomputed from ``base`` (same elements), recording the autograd node that
-    routes its gradient into the base: torch's AsStridedBackward0."""
+    routes its gradient into the base: torch's AsStridedBackward0 (None if ``view`` no longer
+    aliases ``base``)."""
     if base.dim() == 0:
         from .shape import _view
         return _view(base, tuple(view.shape), True, "AsStridedBackward0")
     tensors, spec = _position_key(base, view)
+    if tensors is None:
+        return None
     return index(base, tensors, spec, _name="AsStridedBackward0")
 
 
 def write_through_view(base, view, value):
     """The base's new history after ``view`` (a view of ``base``) took ``value`` in place:
-    torch's CopySlices, the old base with the view's elements replaced by ``value``."""
+    torch's CopySlices, the old base with the view's elements replaced by ``value`` (None if
+    ``view`` no longer aliases ``base``)."""
     if base.dim() == 0:
         return index_put(base, value.reshape(()), [], (), _name="CopySlices")
     tensors, spec = _position_key(base, view)
+    if tensors is None:
+        return None
     return index_put(base, value, tensors, spec, _name="CopySlices")
 
 

@@ -3,6 +3,7 @@ import numpy as np
 
 from .. import _dtype
 from . import common
+from .shape import _view
 from .registry import Meta, apply, register
 
 
@@ -177,7 +178,6 @@ def bmm(a, b):
 
 def matmul(a, b):
     """numpy/torch matmul semantics, lowered to dot/mv/mm/bmm plus views (as torch does)."""
-    from .shape import _view
     da, db = a.dim(), b.dim()
     if da == 0 or db == 0:
         raise RuntimeError(f"both arguments to matmul need to be at least 1D, but they are "

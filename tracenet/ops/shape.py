@@ -192,8 +192,8 @@ expand_op = register(
 
 def expanded_shape(shape, sizes, dtype):
     """The shape ``expand(sizes)`` gives a tensor of ``shape``, with torch's errors."""
-    from ..tensor import _legacy_type_name
     if len(sizes) < len(shape):
+        from ..tensor import _legacy_type_name
         raise RuntimeError(f"expand({_legacy_type_name(dtype)}{{[{', '.join(map(str, shape))}]}}, "
                            f"size=[{', '.join(map(str, sizes))}]): the number of sizes provided "
                            f"({len(sizes)}) must be greater or equal to the number of dimensions "
@@ -278,7 +278,7 @@ cat_op = register("cat", infer=_cat_meta, eager=_cat_eager, backward=_cat_backwa
 def cat(tensors, dim=0):
     tensors = list(tensors)
     if not tensors:
-        raise RuntimeError("torch.cat(): expected a non-empty list of Tensors")
+        raise ValueError("torch.cat(): expected a non-empty list of Tensors")
     ref = next((t for t in tensors if not (t.dim() == 1 and t.shape[0] == 0)), tensors[0])
     if ref.dim() == 0:
         raise RuntimeError("zero-dimensional tensor (at position 0) cannot be concatenated")

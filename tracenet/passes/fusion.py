@@ -36,11 +36,7 @@ def _positions(graph):
 
 
 def _users(graph):
-    users = {}
-    for node in graph.nodes:
-        for v in node.inputs:
-            users.setdefault(v, []).append(node)
-    return users
+    return graph.users()
 
 
 def _sole_user(users, graph, value):

@@ -21,14 +21,6 @@ def _new_gemm(a, b, c, ta, tb, alpha, beta, out_value, loc):
     return node
 
 
-def _users(graph):
-    users = {}
-    for node in graph.nodes:
-        for v in node.inputs:
-            users.setdefault(v, []).append(node)
-    return users
-
-
 def lower_gemm(graph):
     # 1. mm / addmm -> gemm
     nodes = []
@@ -44,7 +36,7 @@ def lower_gemm(graph):
     graph.nodes = nodes
 
     # 2. transpose(gemm(a, b)) -> gemm(b^T, a^T) when the gemm result is not needed otherwise
-    users = _users(graph)
+    users = graph.users()
     nodes = []
     for node in graph.nodes:
         src = node.inputs[0].producer if node.op == "permute" else None
