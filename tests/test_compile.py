@@ -375,3 +375,26 @@ def test_max_pool_ties_and_nans_match_eager(padding):
     x3 = x.clone().requires_grad_()
     torch.compile(model)(x3).sum().backward()
     np.testing.assert_array_equal(x3.grad.numpy(), x2.grad.numpy())
+
+
+class _Reductions(nn.Module):
+    def __init__(self, op, dims, keepdim):
+        super().__init__()
+        self.op, self.dims, self.keepdim = op, dims, keepdim
+        self.scale = nn.Parameter(torch.ones(3, 4, 5))
+
+    def forward(self, x):
+        y = x * self.scale
+        if self.op == "sum":
+            return y.sum(self.dims, keepdim=self.keepdim)
+        if self.op == "mean":
+            return y.mean(self.dims, keepdim=self.keepdim)
+        return y.amax(self.dims, keepdim=self.keepdim)
+
+
+@pytest.mark.parametrize("op", ["sum", "mean", "amax"])
+@pytest.mark.parametrize("dims,keepdim", [((0,), False), ((2,), True), ((0, 2), False),
+                                          ((1,), False), ((0, 1, 2), False)])
+def test_reductions_match_eager(op, dims, keepdim):
+    torch.manual_seed(6)
+    _check_model(_Reductions(op, dims, keepdim), (3, 4, 5))

@@ -481,28 +481,36 @@ _REDUCE = {
 }
 
 
+_UPDATE_OUT = {"sum": "*a += v;", "mean": "*a += v;",
+               "amax": "if (v > *a || v != v) *a = v;", "amin": "if (v < *a || v != v) *a = v;"}
+
+
 def lower_reduce(name, node):
     x = node.inputs[0]
     out = node.outputs[0]
     dims = tuple(node.attrs["dims"])
     shape = tuple(x.shape)
     kept = [d for d in range(len(shape)) if d not in dims]
-    names = [f"k{d}" if d in kept else f"r{d}" for d in range(len(shape))]
     init, update, finish = _REDUCE[node.op]
     count = numel(shape[d] for d in dims)
     out_ct = ctype(out)
-    acc = "double" if out_ct in ("double", "int64_t") or node.op in ("sum", "mean") and \
-        out_ct == "float" else out_ct
-    if not x.dtype.is_floating_point and node.op in ("amax", "amin"):
-        init = "INT64_MIN" if node.op == "amax" else "INT64_MAX"
+    acc = "double" if out_ct == "double" else out_ct
+    if not x.dtype.is_floating_point:
         acc = "int64_t"
-    if node.op in ("sum",) and not x.dtype.is_floating_point:
-        acc = "int64_t"
+        if node.op in ("amax", "amin"):
+            init = "INT64_MIN" if node.op == "amax" else "INT64_MAX"
+    in_order = bool(shape) and (len(shape) - 1) in kept and bool(dims) and \
+        x.dtype.is_floating_point
+    names = [f"k{d}" if d in kept else f"r{d}" for d in range(len(shape))]
+    kept_shape = [shape[d] for d in kept]
+    out_offset = _offset_expr(kept_shape, [names[d] for d in kept])
     reads, writes = [("x", x)], [("out", out)]
     src = render("reduce.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
                  out_ctype=out_ct, acctype=acc, signature=signature(reads, writes),
                  kind=node.op, in_shape=shape, dims=dims, kept=kept, init=init, update=update,
-                 finish=finish.format(count=f"({acc}){count}"),
+                 finish=finish.format(count=f"({acc}){count}"), in_order=in_order,
+                 names=names, out_offset=out_offset, out_numel=numel(out.shape),
+                 update_out=_UPDATE_OUT[node.op], count=count,
                  offset=_offset_expr(shape, names))
     return Kernel(name, reads, writes, src)
 
