@@ -38,7 +38,7 @@ def _check_model(model, shape, steps=1):
         ref = model(x)
         out = compiled(x)
         np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), **TOL)
-        gy = torch.randn(*ref.shape)
+        gy = torch.randn(tuple(ref.shape))
         model.zero_grad()
         ref.backward(gy)
         expect = _grads(model)
