@@ -398,3 +398,26 @@ class _Reductions(nn.Module):
 def test_reductions_match_eager(op, dims, keepdim):
     torch.manual_seed(6)
     _check_model(_Reductions(op, dims, keepdim), (3, 4, 5))
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(kernel_size=3, padding=1), dict(kernel_size=(3, 2), padding=(2, 1), dilation=(2, 1)),
+    dict(kernel_size=3, padding=1, groups=2), dict(kernel_size=1),
+    dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=(2, 3), stride=(1, 2)),
+    dict(kernel_size=5, padding=3, dilation=2)])
+def test_convolution_input_and_weight_gradients(cfg):
+    torch.manual_seed(7)
+    conv = nn.Conv2d(4, 6, **cfg)
+    compiled = torch.compile(conv)
+    x1 = torch.randn(3, 4, 9, 8, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    ref, out = conv(x1), compiled(x2)
+    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), **TOL)
+    gy = torch.randn(tuple(ref.shape))
+    ref.backward(gy)
+    expect = _grads(conv)
+    conv.zero_grad()
+    out.backward(gy)
+    np.testing.assert_allclose(x2.grad.numpy(), x1.grad.numpy(), **TOL)
+    for g, e in zip(_grads(conv), expect):
+        np.testing.assert_allclose(g, e, **TOL)

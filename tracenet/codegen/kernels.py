@@ -313,7 +313,13 @@ def lower_conv_group(name, members, exported):
     ct = ctype(conv_v)
     t = _conv_template_geo(geo, ct)
     plane = geo["O"] // geo["G"] * geo["OH"] * geo["OW"]
-    per_thread = t["CG"] * geo["KH"] * geo["KW"] * geo["OH"] * geo["OW"] + plane * 2
+    direct = _direct_geometry(geo)
+    if direct:
+        work = geo["O"] // geo["G"] * geo["OH"] * direct["WP"] + \
+            (t["CG"] * direct["HP"] * direct["WP"] if direct["padded"] else 0)
+    else:
+        work = t["CG"] * geo["KH"] * geo["KW"] * geo["OH"] * geo["OW"]
+    per_thread = work + plane * 2
     parallel = _parallel(geo, _conv_flops(geo))
     src = render("conv2d.c.j2", name=name, node_lines=node_lines(members), ctype=ct,
                  sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
@@ -321,9 +327,24 @@ def lower_conv_group(name, members, exported):
                  relu_out=relu_out, relu_scratch=relu_scratch,
                  pool=_pool_geometry(pool, geo["OH"], geo["OW"]) if pool else None,
                  pool_idx=pool is not None and pool.outputs[1] in exported, geo=t,
-                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, **geo)
+                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
+                 work_elems=work, direct=bool(direct), **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, _threads_scratch(per_thread, parallel), ct,
                   flops=_conv_flops(geo), parallel=parallel)
+
+
+def _direct_geometry(geo):
+    """For stride-1 convolutions: the columns of the GEMM are shifted views of the (padded)
+    image. Returns the padded image size, the number of positions (rows of the padded width,
+    the last one cut at the output width) and each tap's offset; None for strided ones."""
+    if geo["SH"] != 1 or geo["SW"] != 1:
+        return None
+    hp, wp = geo["H"] + 2 * geo["PH"], geo["W"] + 2 * geo["PW"]
+    cg = geo["C"] // geo["G"]
+    taps = [c * hp * wp + kh * geo["DH"] * wp + kw * geo["DW"]
+            for c in range(cg) for kh in range(geo["KH"]) for kw in range(geo["KW"])]
+    return dict(HP=hp, WP=wp, NW=(geo["OH"] - 1) * wp + geo["OW"], taps=taps,
+                padded=bool(geo["PH"] or geo["PW"]))
 
 
 def _threads_scratch(per_thread, parallel):
@@ -379,14 +400,31 @@ def lower_conv_backward_input(name, node):
     geo = _conv_grad_geometry(node, out.shape, w.shape, gy.shape)
     ct = ctype(out)
     t = _conv_template_geo(geo, ct)
-    per_thread = t["CG"] * geo["KH"] * geo["KW"] * geo["OH"] * geo["OW"]
+    og, kk = geo["O"] // geo["G"], geo["KH"] * geo["KW"]
+    ph2 = (geo["KH"] - 1) * geo["DH"] - geo["PH"]
+    pw2 = (geo["KW"] - 1) * geo["DW"] - geo["PW"]
+    direct = {}
+    shared = 0
+    if geo["SH"] == 1 and geo["SW"] == 1 and ph2 >= 0 and pw2 >= 0:
+        hq, wq = geo["OH"] + 2 * ph2, geo["OW"] + 2 * pw2
+        taps = [o * hq * wq + (geo["KH"] - 1 - kh) * geo["DH"] * wq +
+                (geo["KW"] - 1 - kw) * geo["DW"]
+                for o in range(og) for kh in range(geo["KH"]) for kw in range(geo["KW"])]
+        direct = dict(HQ=hq, WQ=wq, PH2=ph2, PW2=pw2, NQ=(geo["H"] - 1) * wq + geo["W"],
+                      taps=taps)
+        shared = geo["O"] * t["CG"] * kk
+        per_thread = og * hq * wq + t["CG"] * geo["H"] * wq
+    else:
+        per_thread = t["CG"] * kk * geo["OH"] * geo["OW"]
     parallel = _parallel(geo, _conv_flops(geo))
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_backward_input.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
-                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, **geo)
-    return Kernel(name, reads, writes, src, _threads_scratch(per_thread, parallel), ct,
-                  flops=_conv_flops(geo), parallel=parallel)
+                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
+                 shared_elems=shared, direct=bool(direct), **direct, **geo)
+    scratch = (per_thread, "threads", shared) if parallel else per_thread + shared
+    return Kernel(name, reads, writes, src, scratch, ct, flops=_conv_flops(geo),
+                  parallel=parallel)
 
 
 def lower_conv_backward_weight(name, node):
@@ -396,13 +434,19 @@ def lower_conv_backward_weight(name, node):
     ct = ctype(out)
     t = _conv_template_geo(geo, ct)
     wsize = numel(out.shape)
-    per_thread = t["CG"] * geo["KH"] * geo["KW"] * geo["OH"] * geo["OW"] + wsize
+    direct = _direct_geometry(geo)
+    if direct:
+        work = geo["O"] // geo["G"] * direct["NW"] + \
+            (t["CG"] * direct["HP"] * direct["WP"] if direct["padded"] else 0)
+    else:
+        work = t["CG"] * geo["KH"] * geo["KW"] * geo["OH"] * geo["OW"]
+    per_thread = work + wsize
     parallel = _parallel(geo, _conv_flops(geo))
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
     src = render("conv_backward_weight.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
-                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
-                 max_threads="TN_MAX_THREADS", **geo)
+                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, work_elems=work,
+                 max_threads="TN_MAX_THREADS", direct=bool(direct), **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, _threads_scratch(per_thread, parallel), ct,
                   flops=_conv_flops(geo), parallel=parallel)
 
