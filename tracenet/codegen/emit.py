@@ -5,6 +5,7 @@ Entry points take a single ``const intptr_t *args``: the graph's inputs, then it
 buffer addresses. Intermediates live in a static arena laid out by a liveness-based plan that
 reuses the memory of dead values; views alias their source buffer.
 """
+import os
 import re
 
 import numpy as np
@@ -209,9 +210,12 @@ def generate(graphs, unit, timing=False):
     ctypes = {CTYPE[v.dtype.short] for _, g in graphs for n in g.nodes for v in n.outputs}
     parts.append(render("_preamble.c.j2", max_threads=MAX_THREADS, ctypes=ctypes))
     if timing:
+        # TRACENET_TIME_CLOCK=cpu times kernels in process CPU time (steadier on a busy machine)
+        clock = "CLOCK_PROCESS_CPUTIME_ID" if os.environ.get("TRACENET_TIME_CLOCK") == "cpu" \
+            else "CLOCK_MONOTONIC"
         parts += ["#include <time.h>",
                   "static double tn_now(void) { struct timespec t; "
-                  "clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }", ""]
+                  f"clock_gettime({clock}, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }}", ""]
     cdefs, entries = [], []
     for suffix, graph in graphs:
         entry = EntryPoint(f"{prefix}_{c_identifier(suffix)}", graph)
