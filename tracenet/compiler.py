@@ -60,6 +60,9 @@ class Specialisation:
             joint = joint_forward(fwd, bwd)
             # where each saved value of the backward graph comes from at run time
             self.saved_sources = joint.saved_sources
+            first_saved = len(fwd.outputs)  # user outputs and state updates come first
+            self.recyclable = sorted({i for kind, i in self.saved_sources
+                                      if kind == "output" and i >= first_saved})
             fwd_index = {v: i for i, v in enumerate(fwd.inputs)}
             self.version_checked = sorted({fwd_index[v] for v in map(_view_source, bwd.saved)
                                            if v in fwd_index})
@@ -69,6 +72,7 @@ class Specialisation:
             graphs = [("forward", optimise(joint)), ("backward", self.backward_graph)]
             self.forward_graph = joint
         else:
+            self.recyclable = []
             graphs = [("forward", optimise(fwd))]
         self.source_code, cdef, entries, openmp = generate(graphs, unit,
                                                            timing=debug.enabled("time"))
@@ -84,6 +88,9 @@ class Specialisation:
             self._backward_fn = getattr(lib, entries[1].name)
             self.grad_meta = [(v.shape, v.dtype.np) for v in self.backward_graph.outputs]
         self._param_arrays = [None] * len(params)
+        # buffers of saved values, handed back after backward: reusing them avoids fresh
+        # (page-faulting) allocations on every training call
+        self._spare = [[] for _ in self.out_meta]
         self.compile_seconds = time.perf_counter() - start
         debug.log("time", f"specialisation {key}: ready in {self.compile_seconds * 1e3:.1f} ms "
                           f"({'cache hit' if self.library.cached else 'compiled'})")
@@ -111,7 +118,8 @@ class Specialisation:
         n_in = self.n_user + len(self.params)
         outs = []
         for j, (shape, dt) in enumerate(self.out_meta):
-            o = np.empty(shape, dt)
+            spare = self._spare[j]
+            o = spare.pop() if spare else np.empty(shape, dt)
             outs.append(o)
             args[n_in + j] = _pointer(o)
         self._forward_fn(args)
@@ -153,7 +161,8 @@ def log_kernel_times(library, entry):
 
 class CompiledFunctionBackward(engine.Node):
     """The backward of one compiled forward call."""
-    __slots__ = ("spec", "saved", "saved_versions", "freed", "out_shapes", "_num_outputs")
+    __slots__ = ("spec", "saved", "saved_versions", "freed", "out_shapes", "_num_outputs",
+                 "recyclable")
 
     def _run(self, grads):
         if self.freed:
@@ -174,11 +183,19 @@ class CompiledFunctionBackward(engine.Node):
                     arr = arr.astype(dt)
                 cots.append(np.ascontiguousarray(arr))
         arrays = spec.run_backward(cots, self.saved)
-        return tuple(Tensor._wrap(a) for a in arrays)
+        grads = []
+        for a in arrays:
+            t = Tensor._wrap(a)
+            t._fresh_grad = True  # nobody else holds it: the engine may keep it as .grad
+            grads.append(t)
+        return tuple(grads)
 
     def _release(self):
         self.freed = True
+        for idx, arr in zip(self.spec.recyclable, self.recyclable):
+            self.spec._spare[idx].append(arr)
         self.saved = None
+        self.recyclable = ()
 
 
 _VIEW_OPS = ("view", "permute", "expand", "detach")
@@ -287,6 +304,7 @@ class CompiledModule:
                 else:
                     saved.append(outs[idx])
             node.saved = saved
+            node.recyclable = [outs[i] for i in spec.recyclable]
             node.saved_versions = tuple((leaves[i], leaves[i]._vc.value)
                                         for i in spec.version_checked)
             node.freed = False

@@ -344,11 +344,13 @@ def _accumulate_into_leaf(leaf, grad, create_graph):
         raise RuntimeError(f"Function AccumulateGrad returned an invalid gradient - got "
                            f"{list(grad.shape)} but expected shape compatible with "
                            f"{list(leaf.shape)}")
-    if not create_graph:
+    fresh = grad.__dict__.get("_fresh_grad", False)
+    if not create_graph and not fresh:
         grad = grad.detach()
     if leaf._grad is None:
-        # own the storage: later accumulation happens in place
-        leaf._grad = grad.clone() if not create_graph else grad
+        # own the storage (later accumulation happens in place): copy, unless the gradient
+        # was made for this leaf alone (compiled backward results)
+        leaf._grad = grad if create_graph or fresh else grad.clone()
         if leaf._grad.dtype is not leaf.dtype:
             leaf._grad = leaf._grad.to(leaf.dtype)
     elif create_graph or leaf._grad._requires_grad:
