@@ -351,6 +351,8 @@ def _accumulate_into_leaf(leaf, grad, create_graph):
         # own the storage (later accumulation happens in place): copy, unless the gradient
         # was made for this leaf alone (compiled backward results)
         leaf._grad = grad if create_graph or fresh else grad.clone()
+        if fresh:
+            del grad._fresh_grad  # it is the leaf's own .grad now
         if leaf._grad.dtype is not leaf.dtype:
             leaf._grad = leaf._grad.to(leaf.dtype)
     elif create_graph or leaf._grad._requires_grad:
