@@ -27,6 +27,7 @@ def same_error(fn, exc=RuntimeError, match_message=True):
         fn(tn)
     with pytest.raises(exc) as theirs:
         fn(torch)
+    assert type(ours.value) is type(theirs.value), (ours.value, theirs.value)
     if match_message:
         assert str(ours.value) == str(theirs.value)
     return str(ours.value)

@@ -36,6 +36,7 @@ def same_error(fn, exc=RuntimeError, match_message=True):
         fn(tn)
     with pytest.raises(exc) as theirs:
         fn(torch)
+    assert type(ours.value) is type(theirs.value), (ours.value, theirs.value)
     if match_message:
         assert str(ours.value) == str(theirs.value)
     return str(ours.value)
@@ -221,6 +222,8 @@ def test_integer_bitwise_and_invert():
     ta, ra = pair([5, -3, 0], np.int64)
     for expr in (lambda a: a & 3, lambda a: a | 8, lambda a: a ^ 1, lambda a: ~a):
         assert_same(expr(ta), expr(ra), exact=True)
+    same_error(lambda m: m.ones(2) & m.ones(2), NotImplementedError)
+    same_error(lambda m: m.ones(2, dtype=m.float64) | 1, NotImplementedError)
 
 
 def test_function_forms():
@@ -651,3 +654,115 @@ def test_reductions_hypothesis(shape, draw):
     d0 = dims[0]
     assert_same(ta.max(d0, keepdim).indices, ra.max(d0, keepdim).indices)
     assert_same(ta.argmin(d0, keepdim), ra.argmin(d0, keepdim))
+
+
+# --- assorted edge cases: same value, or the same error ---------------------------------------
+
+EDGE_CASES = {
+    "bool_argmax": lambda m: m.tensor([False, True]).argmax(),
+    "bool_argmin": lambda m: m.tensor([False, True]).argmin(0),
+    "bool_sum_dim": lambda m: m.tensor([[True, True]]).sum(1),
+    "std_int": lambda m: m.tensor([1, 2]).std(),
+    "exp_bool": lambda m: m.tensor([True, False]).exp(),
+    "abs_bool": lambda m: m.tensor([True, False]).abs(),
+    "neg_int": lambda m: -m.tensor([1, 2]),
+    "sqrt_int": lambda m: m.tensor([1, 4]).sqrt(),
+    "sigmoid_int": lambda m: m.tensor([1, 4]).sigmoid(),
+    "relu_int": lambda m: m.tensor([-1, 4]).relu(),
+    "sign_bool": lambda m: m.tensor([True, False]).sign(),
+    "round_half_even": lambda m: m.tensor([0.5, 1.5, 2.5, -0.5]).round(),
+    "clamp_int": lambda m: m.tensor([1, 5]).clamp(2),
+    "max_int_dim": lambda m: m.tensor([[1, 5], [7, 2]]).max(1),
+    "min_bool": lambda m: m.tensor([True, False]).min(),
+    "where_float_int": lambda m: m.where(m.tensor([True, False]), 1.0, 0),
+    "where_int_int": lambda m: m.where(m.tensor([True, False]), 1, 0),
+    "cat_bool_int": lambda m: m.cat([m.tensor([True]), m.tensor([2])]),
+    "stack_0d_mixed": lambda m: m.stack([m.tensor(1), m.tensor(2.0)]),
+    "arange_negative_float": lambda m: m.arange(-1, -2.5, -0.5),
+    "full_0d_bool": lambda m: m.full((), False),
+    "linspace_int": lambda m: m.linspace(0, 10, 5, dtype=m.int64),
+    "eye_bool": lambda m: m.eye(2, dtype=m.bool),
+    "full_like_float_on_int": lambda m: m.full_like(m.tensor([1, 2]), 2.7),
+    "view_same_dtype": lambda m: m.ones(2).view(m.float32),
+    "reshape_empty": lambda m: m.zeros(0, 3).reshape(-1, 3),
+    "reshape_empty_ambiguous": lambda m: m.zeros(0, 3).reshape(-1, 0),
+    "transpose_1d": lambda m: m.arange(3.0).transpose(0, -1),
+    "expand_0d": lambda m: m.tensor(3.0).expand(2),
+    "repeat_0d": lambda m: m.tensor(3.0).repeat(2, 2),
+    "flip_0d": lambda m: m.tensor(3.0).flip(0),
+    "narrow_negative_start": lambda m: m.arange(5).narrow(0, -2, 2),
+    "split_bigger_than_dim": lambda m: m.arange(5).split(10),
+    "split_zero": lambda m: m.arange(5).split(0),
+    "chunk_negative_dim": lambda m: m.arange(5).chunk(2, -1),
+    "chunk_zero": lambda m: m.arange(5).chunk(0),
+    "index_negative_list": lambda m: m.arange(5)[[-1, -2]],
+    "index_0d_true": lambda m: m.tensor(5.0)[m.tensor(True)],
+    "index_true": lambda m: m.tensor([1.0, 2.0])[True],
+    "nonzero_0d": lambda m: m.tensor(1.0).nonzero(),
+    "nonzero_0d_false": lambda m: m.tensor(0.0).nonzero(),
+    "nonzero_0d_tuple": lambda m: m.tensor(1.0).nonzero(as_tuple=True),
+    "pow_int_negative_tensor": lambda m: m.tensor([2, 1, -1]) ** m.tensor([-1, -2, -3]),
+    "remainder_negative_float": lambda m: m.tensor([-3.5, 3.5]) % 2,
+    "floordiv_negative_divisor": lambda m: m.tensor([-3.5, 3.5]) // -2,
+    "rtruediv_int": lambda m: 3 / m.tensor([2, 4]),
+    "rfloordiv_int": lambda m: 7 // m.tensor([2, -4]),
+    "rmod_int": lambda m: 7 % m.tensor([2, -4]),
+    "rpow_float_int": lambda m: 2.5 ** m.tensor([2, 3]),
+    "eq_python_bool": lambda m: m.tensor([1, 0]) == True,  # noqa: E712
+    "lt_int_float": lambda m: m.tensor([1, 2]) < m.tensor([1.5, 1.5]),
+    "matmul_int": lambda m: m.tensor([[1, 2]]) @ m.tensor([[3], [4]]),
+    "matmul_bool": lambda m: m.tensor([[True]]) @ m.tensor([[True]]),
+    "dot_bool": lambda m: m.tensor([True]).dot(m.tensor([True])),
+    "mv_bool": lambda m: m.tensor([[True]]).mv(m.tensor([True])),
+    "bmm_bool": lambda m: m.ones(1, 1, 1, dtype=m.bool).bmm(m.ones(1, 1, 1, dtype=m.bool)),
+    "mm_mixed_dtypes": lambda m: m.ones(2, 2) @ m.ones(2, 2, dtype=m.float64),
+    "dot_mixed_dtypes": lambda m: m.ones(2).dot(m.ones(2, dtype=m.float64)),
+    "mv_mixed_dtypes": lambda m: m.ones(2, 2).mv(m.ones(2, dtype=m.int64)),
+    "bmm_mixed_dtypes": lambda m: m.ones(1, 2, 2).bmm(m.ones(1, 2, 2, dtype=m.float64)),
+    "mean_empty_tuple_dim": lambda m: m.ones(2, 3).mean(()),
+    "var_single_element": lambda m: m.ones(1).var(),
+    "argmax_keepdim_no_dim": lambda m: m.ones(2, 3).argmax(keepdim=True),
+    "all_int": lambda m: m.tensor([1, 0]).all(),
+    "any_float": lambda m: m.tensor([0.0, 0.5]).any(),
+    "count_nonzero_dims": lambda m: m.ones(2, 3).count_nonzero((0, 1)),
+    "masked_fill_int_with_float": lambda m: m.tensor([1, 2]).masked_fill(
+        m.tensor([True, False]), 3.7),
+    "gather_negative_dim": lambda m: m.arange(6.).reshape(2, 3).gather(-1, m.tensor([[0], [2]])),
+    "index_select_negative_dim": lambda m: m.arange(6.).reshape(2, 3).index_select(
+        -1, m.tensor([2])),
+    "new_full_float_on_int": lambda m: m.ones(2, dtype=m.int64).new_full((2,), 1.5),
+    "logsumexp_inf": lambda m: m.tensor([[-float("inf"), -float("inf")], [float("inf"), 1.0]])
+    .logsumexp(1),
+    "logsumexp_int": lambda m: m.tensor([1, 2]).logsumexp(0),
+    "sum_0d_dim": lambda m: m.tensor(2.0).sum(0),
+    "max_0d_dim": lambda m: m.tensor(2.0).max(0),
+    "argmax_0d_dim": lambda m: m.tensor(2.0).argmax(0, keepdim=True),
+    "var_0d_dim_biased": lambda m: m.tensor(2.0).var(0, correction=0),
+}
+
+
+def _compare(ours, theirs):
+    if isinstance(theirs, torch.Tensor):
+        assert_same(ours, theirs, rtol=1e-6)
+    elif isinstance(theirs, tuple):
+        assert type(ours).__name__ == type(theirs).__name__ and len(ours) == len(theirs)
+        for a, b in zip(ours, theirs):
+            _compare(a, b)
+    else:
+        assert ours == theirs
+
+
+@pytest.mark.parametrize("name", sorted(EDGE_CASES))
+def test_edge_cases(name):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            theirs = EDGE_CASES[name](torch)
+        except Exception as e:  # noqa: BLE001  (torch's error is the expectation)
+            with pytest.raises(Exception) as ours:
+                EDGE_CASES[name](tn)
+            assert type(ours.value) is type(e)
+            assert str(ours.value) == str(e)
+            return
+        _compare(EDGE_CASES[name](tn), theirs)

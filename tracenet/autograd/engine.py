@@ -76,7 +76,7 @@ class _RemovableHandle:
 
 class OpNode(Node):
     """The backward of one registry op application."""
-    __slots__ = ("op", "ctx", "_saved", "_freed")
+    __slots__ = ("op", "ctx", "_saved", "_freed", "_edge_inputs")
 
     def _run(self, grads):
         if self._freed:
@@ -85,7 +85,10 @@ class OpNode(Node):
             if tensor._vc.value != version:
                 raise RuntimeError(_inplace_error(tensor, version))
         res = self.op.backward(self.ctx, *grads)
-        return res if isinstance(res, tuple) else (res,)
+        res = res if isinstance(res, tuple) else (res,)
+        if self._edge_inputs is not None:
+            res = tuple(res[i] for i in self._edge_inputs)
+        return res
 
     def _release(self):
         if self._saved or self.op.saves_outputs:
@@ -204,13 +207,19 @@ def _record(op, inputs, outputs, metas, out_metas, attrs, needs):
             alias._vc = o._vc
             saved_outputs.append(alias)
     ctx = Ctx(saved_inputs, saved_outputs, metas, out_metas, attrs, needs)
-    edges = tuple(edge_of(t) for t in inputs)
+    # like torch, inputs that can never carry a gradient (integer tensors, a condition, a class
+    # weight) get no edge; float inputs that just do not require grad get (None, 0)
+    keep = [i for i, t in enumerate(inputs)
+            if t.dtype.is_floating_point and i not in op.nondiff]
+    edge_inputs = None if len(keep) == len(inputs) else tuple(keep)
+    edges = tuple(edge_of(inputs[i]) for i in keep)
     if attrs.get("_none_edges"):
         # optional inputs that were not given (a convolution without bias) still have an edge
         edges += ((None, 0),) * attrs["_none_edges"]
     node = node_class(op.grad_fn_name(ctx))(edges)
     node.op = op
     node.ctx = ctx
+    node._edge_inputs = edge_inputs
     node._saved = tuple(saved)
     node._freed = False
     if saved_outputs is not None:

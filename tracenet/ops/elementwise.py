@@ -394,8 +394,15 @@ sigmoid = _unary("sigmoid", _sigmoid_np, lambda ctx, g: (g * _y(ctx) * (1.0 - _y
                  uses="y")
 sin = _unary("sin", np.sin, lambda ctx, g: (g * cos(_x(ctx)),))
 cos = _unary("cos", np.cos, lambda ctx, g: (neg(g) * sin(_x(ctx)),))
-abs = _unary("abs", np.abs, lambda ctx, g: (g * sign(_x(ctx)),), infer=common.same)
-sign = _unary("sign", np.sign, lambda ctx, g: (g * 0,), uses=None, infer=common.same)
+def _abs_meta(m):
+    if m.dtype is _dtype.bool_:
+        raise NotImplementedError("\"abs_cpu\" not implemented for 'Bool'")
+    return common.same(m)
+
+
+abs = _unary("abs", np.abs, lambda ctx, g: (g * sign(_x(ctx)),), infer=_abs_meta)
+sign = _unary("sign", lambda x: x.copy() if x.dtype == np.bool_ else np.sign(x),
+              lambda ctx, g: (g * 0,), uses=None, infer=common.same)
 relu = _unary("relu", lambda x: np.maximum(x, 0), uses="y", infer=common.same,
               backward=lambda ctx, g: (threshold_backward(g, _y(ctx), 0.0),))
 floor = _unary("floor", np.floor, lambda ctx, g: (g * 0,), uses=None, infer=common.same)

@@ -35,10 +35,12 @@ def split_key(x, key):
             spec.append(("s", _int_or_none(k.start), _int_or_none(k.stop),
                          _int_or_none(k.step)))
             dim += 1
-        elif isinstance(k, (bool, np.bool_)):
-            spec.append(None)
-            if not k:
+        elif isinstance(k, (bool, np.bool_)) or (isinstance(k, Tensor) and k.dim() == 0
+                                                   and k.dtype is _dtype.bool_):
+            # a scalar True adds a dim of size 1 (like None)
+            if not bool(k):
                 raise NotImplementedError("indexing with a False scalar is not supported")
+            spec.append(None)
         elif isinstance(k, (int, np.integer)):
             spec.append(int(k))
             dim += 1
@@ -645,6 +647,8 @@ def nonzero(x, as_tuple=False):
     data = x._concrete("nonzero()")
     Tensor = common.tensor_cls()
     idx = np.nonzero(data) if data.ndim else np.nonzero(data.reshape(1))
+    if data.ndim == 0 and not as_tuple:  # one row per nonzero element, no index columns
+        return Tensor._wrap(np.zeros((len(idx[0]), 0), np.int64))
     if as_tuple:
         return tuple(Tensor._wrap(i.astype(np.int64)) for i in idx)
     return Tensor._wrap(np.stack(idx, axis=1).astype(np.int64) if idx else

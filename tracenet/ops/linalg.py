@@ -18,6 +18,11 @@ def _check_same_dtype(name, *metas):
                            f"{words[0].lower()} != {words[1].lower()}")
 
 
+def _no_bool(m, kernel):
+    if m.dtype is _dtype.bool_:
+        raise NotImplementedError(f"\"{kernel}\" not implemented for 'Bool'")
+
+
 def _shape_str(shape):
     return "x".join(str(s) for s in shape)
 
@@ -31,6 +36,7 @@ def _mm_meta(a, b):
         raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({_shape_str(a.shape)} and "
                            f"{_shape_str(b.shape)})")
     _check_same_dtype("mm", a, b)
+    _no_bool(a, "addmm_impl_cpu_")
     return Meta((a.shape[0], b.shape[1]), a.dtype)
 
 
@@ -98,6 +104,7 @@ def _bmm_meta(a, b):
     if a.dtype is not b.dtype:
         raise RuntimeError(f"expected scalar type {_type_word(a.dtype)} but found "
                            f"{_type_word(b.dtype)}")
+    _no_bool(a, "bmm")
     return Meta((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
 
 
@@ -122,6 +129,7 @@ def _dot_meta(a, b):
         raise RuntimeError(f"inconsistent tensor size, expected tensor [{a.shape[0]}] and src "
                            f"[{b.shape[0]}] to have the same number of elements, but got "
                            f"{a.shape[0]} and {b.shape[0]} elements respectively")
+    _no_bool(a, "dot")
     return Meta((), a.dtype)
 
 
@@ -146,6 +154,7 @@ def _mv_meta(a, v):
         raise RuntimeError(f"addmv input tensors must have the same dtype, but got "
                            f"{_type_word(v.dtype)}, {_type_word(a.dtype)}, and "
                            f"{_type_word(v.dtype)}")
+    _no_bool(a, "addmv_impl_cpu")
     return Meta((a.shape[0],), a.dtype)
 
 

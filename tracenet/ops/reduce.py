@@ -190,7 +190,9 @@ def _arg_extreme(np_fn):
     return eager
 
 
-def _arg_meta(x, dim, keepdim):
+def _arg_meta(x, dim, keepdim, name="argmax"):
+    if x.dtype is _dtype.bool_:
+        raise RuntimeError(f"{name}(): does not support bool input")
     if dim is None:
         if common.numel(x.shape) == 0:
             raise RuntimeError("argmax(): Expected reduction dim to be specified for "
@@ -203,7 +205,8 @@ def _arg_meta(x, dim, keepdim):
 
 argmax_op = register("argmax", infer=_arg_meta, eager=_arg_extreme(np.argmax),
                      differentiable=False)
-argmin_op = register("argmin", infer=_arg_meta, eager=_arg_extreme(np.argmin),
+argmin_op = register("argmin", infer=lambda x, dim, keepdim: _arg_meta(x, dim, keepdim, "argmin"),
+                     eager=_arg_extreme(np.argmin),
                      differentiable=False)
 
 

@@ -25,11 +25,12 @@ REGISTRY = {}
 
 class Op:
     __slots__ = ("name", "infer", "eager", "backward", "saves_inputs", "saves_outputs",
-                 "grad_fn", "num_outputs", "differentiable", "is_view", "elementwise", "doc")
+                 "grad_fn", "num_outputs", "differentiable", "is_view", "elementwise", "nondiff",
+                 "doc")
 
     def __init__(self, name, infer, eager, backward=None, saves=(), save_outputs=False,
                  grad_fn=None, num_outputs=1, differentiable=True, is_view=False, elementwise=False,
-                 doc=""):
+                 nondiff=(), doc=""):
         self.name = name
         self.infer = infer
         self.eager = eager
@@ -45,6 +46,8 @@ class Op:
         # pointwise with broadcasting: fusable into elementwise kernels (needs a C expression
         # in tracenet/codegen)
         self.elementwise = elementwise
+        # inputs never differentiated (a mask, a class weight): no autograd edge, as in torch
+        self.nondiff = tuple(nondiff)
         self.doc = doc
 
     def grad_fn_name(self, ctx):
@@ -58,11 +61,11 @@ class Op:
 
 
 def register(name, *, infer, eager, backward=None, saves=(), save_outputs=False, grad_fn=None,
-             num_outputs=1, differentiable=True, is_view=False, elementwise=False):
+             num_outputs=1, differentiable=True, is_view=False, elementwise=False, nondiff=()):
     if name in REGISTRY:
         raise ValueError(f"op {name!r} is registered twice")
     op = Op(name, infer, eager, backward, saves, save_outputs, grad_fn, num_outputs,
-            differentiable, is_view, elementwise)
+            differentiable, is_view, elementwise, nondiff)
     REGISTRY[name] = op
     return op
 

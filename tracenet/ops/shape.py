@@ -85,6 +85,8 @@ def _shape_args(shape):
 def view(x, *shape):
     shape = _shape_args(shape)
     if len(shape) == 1 and isinstance(shape[0], _dtype.dtype):
+        if shape[0] is x.dtype:
+            return _view(x, tuple(x.shape), copy_ok=False)
         raise NotImplementedError("view(dtype) is not supported")
     return _view(x, shape, copy_ok=False)
 
@@ -377,7 +379,7 @@ def repeat(x, *sizes):
 
 flip_op = register(
     "flip", infer=lambda x, dims: common.same(x),
-    eager=lambda x, dims: np.flip(x, dims).copy(),
+    eager=lambda x, dims: np.flip(x, tuple(d for d in dims if d < x.ndim)).copy(),
     backward=lambda ctx, g: (apply(flip_op, g, dims=ctx.attrs["dims"]),))
 
 

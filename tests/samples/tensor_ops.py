@@ -1,0 +1,23 @@
+"""Samples for tensor-API registry ops beyond the core set in op_samples.py."""
+import numpy as np
+
+import tracenet as torch
+
+rng = np.random.default_rng(4321)
+
+
+def r(*shape):
+    return rng.standard_normal(shape)
+
+
+SAMPLES = {
+    "remainder_scalar": (lambda a: a % 0.7, [r(3, 4)], [0]),
+    "clamp_tensor": (lambda a, lo, hi: a.clamp(lo, hi + 2.0), [r(3, 4), r(4), r(3, 1)],
+                     [0, 1, 2]),
+    "dot": (lambda a, b: torch.dot(a, b), [r(5), r(5)], [0, 1]),
+    "mv": (lambda a, v: a.mv(v), [r(3, 4), r(4)], [0, 1]),
+    "split": (lambda a: a.split([1, 3], 1)[1] * 2, [r(2, 4)], [0]),
+    "unbind": (lambda a: a.unbind(1)[2] * 3, [r(2, 4)], [0]),
+    "repeat": (lambda a: a.repeat(2, 1, 3), [r(2, 3)], [0]),
+    "logsumexp": (lambda a: a.logsumexp(1), [r(3, 4)], [0]),
+}
