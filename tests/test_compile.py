@@ -421,3 +421,19 @@ def test_convolution_input_and_weight_gradients(cfg):
     np.testing.assert_allclose(x2.grad.numpy(), x1.grad.numpy(), **TOL)
     for g, e in zip(_grads(conv), expect):
         np.testing.assert_allclose(g, e, **TOL)
+
+
+class _VectorProducts(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.m = nn.Parameter(torch.randn(4, 6))
+        self.u = nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        y = torch.mv(self.m, x)          # matrix @ vector
+        return torch.dot(y, self.u) * y   # vector . vector
+
+
+def test_mv_and_dot():
+    torch.manual_seed(8)
+    _check_model(_VectorProducts(), (6,))

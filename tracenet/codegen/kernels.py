@@ -507,6 +507,17 @@ def lower_gemm_group(name, members, exported):
     return Kernel(name, reads, writes, src, scratch, ct, flops=flops, parallel=parallel)
 
 
+def lower_matvec(name, node):
+    """mv (matrix @ vector) and dot (vector . vector)."""
+    a, v = node.inputs
+    out = node.outputs[0]
+    rows = a.shape[0] if node.op == "mv" else 0
+    reads, writes = [("a", a), ("v", v)], [("out", out)]
+    src = render("matvec.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(out),
+                 signature=signature(reads, writes), rows=rows, K=v.shape[0])
+    return Kernel(name, reads, writes, src, flops=2 * max(rows, 1) * v.shape[0])
+
+
 # --- reductions and data movement --------------------------------------------------------------
 
 
@@ -721,6 +732,8 @@ def lower_node(name, node, exported):
         return lower_permute(name, node)
     if node.op in ("softmax", "log_softmax"):
         return lower_softmax(name, node)
+    if node.op in ("mv", "dot"):
+        return lower_matvec(name, node)
     if node.op == "nll_loss":
         return lower_nll_loss(name, node)
     if node.op == "nll_loss_backward":
