@@ -120,15 +120,17 @@ class _StepSpecialisation:
         self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp)
         self.entry = entries[0]
         self._fn = getattr(self.library.lib, entries[0].name)
-        self._args = self.library.ffi.new("intptr_t[]", entries[0].num_args)
+        self._ffi = self.library.ffi
+        self._args = self._ffi.new("void *[]", entries[0].num_args)
         self.n_batch = n_batch
         n = len(self.params)
         self.loss_meta = (self.graph.outputs[0].shape, self.graph.outputs[0].dtype.np)
         self.grad_arrays = [np.zeros(p.shape, p.dtype.np) for p in self.params]
         self.hyper = np.zeros((n, 5 if self.kind == "sgd" else 6), np.float64)
         self._hyper_keys = [None] * n
+        self._hyper_rows = [self._ffi.from_buffer(row) for row in self.hyper]
         self._layout = None
-        self._grad_ptrs = [g.__array_interface__["data"][0] for g in self.grad_arrays]
+        self._grad_ptrs = [self._ffi.from_buffer(g) for g in self.grad_arrays]
         self._grad_tensors = [Tensor._wrap(g) for g in self.grad_arrays]
         # amsgrad's running maximum exists only with amsgrad; the kernel still takes a buffer
         self._spare = [np.zeros(p.shape, p.dtype.np) for p in self.params] \
@@ -172,9 +174,12 @@ class _StepSpecialisation:
         make the one C call."""
         args = self._args
         k = 0
+        ffi = self._ffi
+        keep = []
         for x in batch:
             arr = x._data if x._data.flags.c_contiguous else np.ascontiguousarray(x._data)
-            args[k] = arr.__array_interface__["data"][0]
+            keep.append(arr)
+            args[k] = ffi.from_buffer(arr)
             k += 1
         n = len(self.params)
         state_fn = self._sgd_state if self.kind == "sgd" else self._adam_state
@@ -184,23 +189,20 @@ class _StepSpecialisation:
         if layout != self._layout:
             # parameters or state buffers were replaced: recompute their addresses
             self._layout = layout
-            self._ptrs = [a.__array_interface__["data"][0] for a in arrays]
-            self._state_ptrs = [[a.__array_interface__["data"][0] for a in st]
-                                for st in states]
+            self._ptrs = [ffi.from_buffer(a) for a in arrays]
+            self._state_ptrs = [[ffi.from_buffer(a) for a in st] for st in states]
             self._keep = (arrays, states)
         for ptr in self._ptrs:
             args[k] = ptr
             k += 1
-        hyper_base = self.hyper.__array_interface__["data"][0]
-        row = self.hyper.strides[0]
         for i in range(n):
             for ptr in self._state_ptrs[i]:
                 args[k] = ptr
                 k += 1
-            args[k] = hyper_base + i * row
+            args[k] = self._hyper_rows[i]
             k += 1
         loss = np.empty(*self.loss_meta)
-        args[k] = loss.__array_interface__["data"][0]
+        args[k] = ffi.from_buffer(loss)
         k += 1
         for ptr in self._grad_ptrs:
             args[k] = ptr

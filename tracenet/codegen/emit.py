@@ -1,7 +1,7 @@
 """Graph -> one C translation unit: kernels, constants, a memory plan, and one exported entry
 point per graph.
 
-Entry points take a single ``const intptr_t *args``: the graph's inputs, then its outputs, as
+Entry points take a single ``void *const *args``: the graph's inputs, then its outputs, as
 buffer addresses. Intermediates live in a static arena laid out by a liveness-based plan that
 reuses the memory of dead values; views alias their source buffer.
 """
@@ -130,7 +130,7 @@ def plan_entry(entry, prefix):
             constants.append(f"static const {ct} {cname}[{max(arr.size, 1)}] "
                              f"__attribute__((aligned({ALIGN}))) = "
                              f"{{{_format_constant(arr, ct)}}};")
-            storage[v] = f"(intptr_t){cname}"
+            storage[v] = f"(void *){cname}"
     for j, v in enumerate(graph.outputs):
         r = root_of(v)
         if r in storage or r.producer is None:
@@ -181,7 +181,7 @@ def plan_entry(entry, prefix):
     entry.arena_bytes = arena.size
     arena_name = f"{prefix}_arena"
     for r, off in placements.items():
-        storage[r] = f"(intptr_t)({arena_name} + {off})"
+        storage[r] = f"(void *)({arena_name} + {off})"
 
     def ptr(v):
         return f"({CTYPE[v.dtype.short]} *){storage[root_of(v)]}"
@@ -232,7 +232,7 @@ def generate(graphs, unit, timing=False):
             parts.append(f"double *{entry.name}_kernel_times(void) {{ return "
                          f"{entry.name}_times; }}")
             cdefs.append(f"double *{entry.name}_kernel_times(void);")
-        sig = f"void {entry.name}(const intptr_t *args)"
+        sig = f"void {entry.name}(void *const *args)"
         parts.append(f"/* graph {graph.name}: {len(graph.inputs)} inputs, "
                      f"{len(graph.outputs)} outputs, arena {entry.arena_bytes} bytes */")
         parts.append(sig)
