@@ -23,12 +23,33 @@ def compiler():
         raise CompilerError(
             f"no C compiler found: {cc!r} is not on PATH. tracenet.compile needs gcc or clang; "
             "install one (e.g. 'apt-get install gcc') or set CC to a compiler's path.")
+    return tuple(argv), _identity(argv)
+
+
+def _identity(argv):
+    """The compiler's first ``--version`` line, remembered on disk per executable (path, size,
+    modification time), so a warm process does not run the compiler at all."""
+    exe = shutil.which(argv[0])
+    st = os.stat(exe)
+    stamp = f"{' '.join(argv)}|{os.path.realpath(exe)}|{st.st_size}|{st.st_mtime_ns}"
+    from .build import cache_dir
+    path = os.path.join(cache_dir(), "compiler-" +
+                        hashlib.sha256(stamp.encode()).hexdigest()[:24] + ".txt")
     try:
-        out = subprocess.run(argv + ["--version"], capture_output=True, text=True, timeout=30)
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(list(argv) + ["--version"], capture_output=True, text=True,
+                             timeout=30)
     except OSError as e:
-        raise CompilerError(f"cannot run the C compiler {cc!r}: {e}") from None
-    identity = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else cc
-    return tuple(argv), identity
+        raise CompilerError(f"cannot run the C compiler {argv[0]!r}: {e}") from None
+    text = out.stdout or out.stderr
+    identity = text.splitlines()[0] if text else argv[0]
+    from .build import _atomic_write
+    _atomic_write(path, identity)
+    return identity
 
 
 def _try_compile(flags, source="int f(int x) { return x + 1; }\n"):
