@@ -1,5 +1,7 @@
-"""Loss primitives with their own torch backward nodes: mse_loss and nll_loss (cross entropy is
-log_softmax followed by nll_loss, as in torch)."""
+"""Loss primitives with their own torch backward nodes: mse_loss, nll_loss (cross entropy is
+log_softmax followed by nll_loss, as in torch), binary_cross_entropy (on probabilities and on
+logits), smooth_l1_loss and huber_loss. Losses without a node of their own in torch (l1, kl_div)
+are compositions in tracenet.nn.functional."""
 import numpy as np
 
 from .. import _dtype
@@ -157,7 +159,7 @@ def _nll_backward(ctx, g):
 
 
 nll_loss_op = register("nll_loss", infer=_nll_meta, eager=_nll_eager, saves=(1, 2),
-                       backward=_nll_backward,
+                       nondiff=(2,), backward=_nll_backward,
                        grad_fn=lambda ctx: "NllLoss2DBackward0" if len(ctx.metas[0].shape) == 4
                        else "NllLossBackward0")
 
@@ -223,3 +225,272 @@ def nll_loss(x, target, weight=None, ignore_index=-100, reduction="mean"):
     t3 = target.reshape(n, 1, -1) if target.numel() else target.reshape(n, 0, 0)
     out = apply(nll_loss_op, x4, t3, *extra, **attrs)
     return out.view(out_size) if reduction == "none" else out
+
+
+# --- pointwise losses with their own backward nodes -------------------------------------------
+
+
+def _cast_grad(g, meta):
+    """A gradient in the dtype of the input it belongs to (mixed-dtype losses)."""
+    return g if g.dtype is meta.dtype else g.to(meta.dtype)
+
+
+def _mean_scale(ctx, g):
+    """The incoming gradient, divided by the element count under reduction='mean'."""
+    if ctx.attrs["reduction"] == "mean":
+        return g * (1.0 / max(common.numel(ctx.metas[0].shape), 1))
+    return g
+
+
+def _check_same_shape(metas):
+    shape = tuple(metas[0].shape)
+    for m in metas[1:]:
+        if tuple(m.shape) != shape:
+            raise RuntimeError(f"output with shape {_sizes(shape)} doesn't match the broadcast "
+                               f"shape {_sizes(common.broadcast_shapes(shape, tuple(m.shape)))}")
+    return shape
+
+
+# binary cross entropy on probabilities: log terms clamped at -100, the gradient's denominator
+# x (1 - x) clamped at torch's single-precision epsilon
+BCE_LOG_MIN = -100.0
+BCE_EPS = float(np.float32(1e-12))
+
+
+def _bce_meta(x, t, *w, reduction):
+    if t.dtype is not x.dtype:
+        raise RuntimeError(f"Found dtype {_word(t.dtype)} but expected {_word(x.dtype)}")
+    if not x.dtype.is_floating_point:
+        raise NotImplementedError(f"\"binary_cross_entropy\" not implemented for "
+                                  f"'{_word(x.dtype)}'")
+    shape = _check_same_shape((x, t) + w)
+    return Meta(shape if reduction == "none" else (), x.dtype)
+
+
+def check_probabilities(x, t):
+    """torch's range check of binary_cross_entropy, element by element: the input, then the
+    target (NaN is out of range)."""
+    bad_x = ~((x >= 0) & (x <= 1))
+    bad_t = ~((t >= 0) & (t <= 1))
+    bad = (bad_x | bad_t).reshape(-1)
+    if bad.any():
+        first = int(np.argmax(bad))
+        which = "input" if bad_x.reshape(-1)[first] else "target"
+        raise RuntimeError(f"all elements of {which} should be between 0 and 1")
+
+
+def _bce_eager(x, t, *w, reduction):
+    check_probabilities(x, t)
+    log_x = np.maximum(np.log(x), BCE_LOG_MIN)
+    log_1mx = np.maximum(np.log1p(-x), BCE_LOG_MIN)
+    loss = (t - 1) * log_1mx - t * log_x
+    if w:
+        loss = loss * w[0].astype(x.dtype, copy=False)
+    return _reduce_np(loss, reduction)
+
+
+def _bce_backward(ctx, g):
+    x, t = ctx.inputs[0], ctx.inputs[1]
+    g = _mean_scale(ctx, g)
+    if len(ctx.metas) > 2:
+        w = ctx.inputs[2]
+        g = g * (w if w.dtype is g.dtype else w.to(g.dtype))
+    gx = gt = None
+    if ctx.needs_input_grad[0]:
+        from .elementwise import clamp
+        gx = g * (x - t) / clamp(x * (1.0 - x), min=BCE_EPS)
+    if ctx.needs_input_grad[1]:
+        from .elementwise import log, log1p
+        gt = g * (log1p(-x) - log(x))
+    return (gx, gt) + (None,) * (len(ctx.metas) - 2)
+
+
+bce_op = common.register_quiet(
+    "binary_cross_entropy", infer=_bce_meta, eager=_bce_eager, saves=(0, 1, 2), nondiff=(2,),
+    backward=_bce_backward, grad_fn="BinaryCrossEntropyBackward0")
+
+
+def _no_grad_weight(fn, name, w):
+    if w is not None and w.requires_grad and grad_mode.is_grad_enabled():
+        raise RuntimeError(f"The function '{fn}' is not differentiable with respect to argument "
+                           f"'{name}'. This input cannot have requires_grad True.")
+
+
+def binary_cross_entropy(x, target, weight=None, reduction="mean"):
+    """Binary cross entropy of probabilities ``x`` (a weight must already have x's shape)."""
+    check_reduction(reduction)
+    _no_grad_weight("binary_cross_entropy", "weight", weight)
+    extra = () if weight is None else (weight,)
+    return apply(bce_op, x, target, *extra, reduction=reduction)
+
+
+# binary cross entropy on logits: (1 - t) x - (1 + (p - 1) t) log sigmoid(x), with
+# log sigmoid(x) = min(x, 0) - log1p(exp(-|x|)) so no term overflows
+
+
+def _bce_logits_meta(x, t, *extra, reduction, weighted, pos_weighted):
+    if t.dtype is _dtype.bool_:
+        from .elementwise import _SUB_BOOLS_MSG
+        raise RuntimeError(_SUB_BOOLS_MSG)
+    rt = _dtype.promote_types(x.dtype, t.dtype)
+    if rt.is_floating_point and not t.dtype.is_floating_point:
+        raise RuntimeError(f"result type {_word(rt)} can't be cast to the desired output type "
+                           f"{_word(t.dtype)}")
+    if not x.dtype.is_floating_point:
+        raise NotImplementedError(f"\"log_sigmoid_cpu\" not implemented for '{_word(x.dtype)}'")
+    shape = tuple(x.shape)
+    w = extra[0] if weighted else None
+    pw = extra[-1] if pos_weighted else None
+    for operand, first in ((pw, True), (w, False)):
+        if operand is None:
+            continue
+        pair = (tuple(operand.shape), shape) if first else (shape, tuple(operand.shape))
+        full = common.broadcast_shapes(*pair)
+        if full != shape:
+            raise RuntimeError(f"output with shape {_sizes(shape)} doesn't match the broadcast "
+                               f"shape {_sizes(full)}")
+    return Meta(shape if reduction == "none" else (), t.dtype)
+
+
+def _log_sigmoid_np(x):
+    return np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
+
+
+def _bce_logits_parts(extra, weighted, pos_weighted):
+    w = extra[0] if weighted else None
+    pw = extra[-1] if pos_weighted else None
+    return w, pw
+
+
+def _bce_logits_eager(x, t, *extra, reduction, weighted, pos_weighted):
+    w, pw = _bce_logits_parts(extra, weighted, pos_weighted)
+    log_sig = _log_sigmoid_np(x)
+    if pw is not None:
+        loss = (1 - t) * x - ((pw - 1) * t + 1) * log_sig
+    else:
+        loss = (1 - t) * x - log_sig
+    if w is not None:
+        loss = loss * w
+    return _reduce_np(loss, reduction)
+
+
+def _bce_logits_backward(ctx, g):
+    from .elementwise import exp, log1p, relu, sigmoid
+    x, t = ctx.inputs[0], ctx.inputs[1]
+    w, pw = _bce_logits_parts(ctx.inputs[2:], ctx.attrs["weighted"], ctx.attrs["pos_weighted"])
+    g = _mean_scale(ctx, g)
+    if w is not None:
+        g = g * w
+    gx = gt = None
+    if ctx.needs_input_grad[0]:
+        s = sigmoid(x)
+        if pw is not None:
+            gx = g * (s * ((pw - 1) * t + 1) - pw * t)
+        else:
+            gx = g * (s - t)
+        gx = _cast_grad(gx, ctx.metas[0])
+    if ctx.needs_input_grad[1]:
+        if pw is not None:
+            log_sig = -relu(-x) - log1p(exp(-x.abs()))
+            gt = g * (-x - (pw - 1) * log_sig)
+        else:
+            gt = g * -x
+        gt = _cast_grad(gt, ctx.metas[1])
+    return (gx, gt) + (None,) * (len(ctx.metas) - 2)
+
+
+bce_logits_op = common.register_quiet(
+    "binary_cross_entropy_with_logits", infer=_bce_logits_meta, eager=_bce_logits_eager,
+    saves=(0, 1, 2, 3), nondiff=(2, 3), backward=_bce_logits_backward,
+    grad_fn="BinaryCrossEntropyWithLogitsBackward0")
+
+
+def binary_cross_entropy_with_logits(x, target, weight=None, pos_weight=None,
+                                     reduction="mean"):
+    """Binary cross entropy of logits; ``weight`` and ``pos_weight`` broadcast to x's shape."""
+    check_reduction(reduction)
+    _no_grad_weight("binary_cross_entropy_with_logits", "weight", weight)
+    _no_grad_weight("binary_cross_entropy_with_logits", "pos_weight", pos_weight)
+    extra = tuple(v for v in (weight, pos_weight) if v is not None)
+    return apply(bce_logits_op, x, target, *extra, reduction=reduction,
+                 weighted=weight is not None, pos_weighted=pos_weight is not None)
+
+
+# smooth L1 (beta) and Huber (delta): quadratic near zero, linear beyond
+
+
+def _smooth_l1_meta(x, t, reduction, beta):
+    if beta < 0:
+        raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
+    dt = _dtype.promote_types(x.dtype, t.dtype)
+    if not dt.is_floating_point:
+        raise NotImplementedError(f"\"smooth_l1_cpu\" not implemented for '{_word(dt)}'")
+    shape = _check_same_shape((x, t))
+    return Meta(shape if reduction == "none" else (), dt)
+
+
+def _smooth_l1_eager(x, t, reduction, beta):
+    d = x - t
+    ad = np.abs(d)
+    loss = np.where(ad < beta, 0.5 * d * d / beta, ad - 0.5 * beta)
+    return _reduce_np(loss, reduction)
+
+
+def _pointwise_loss_grads(ctx, g, dloss):
+    """(input grad, target grad) of a loss of x - t whose derivative is ``dloss``."""
+    g = _mean_scale(ctx, g) * dloss
+    gx = _cast_grad(g, ctx.metas[0]) if ctx.needs_input_grad[0] else None
+    gt = _cast_grad(-g, ctx.metas[1]) if ctx.needs_input_grad[1] else None
+    return gx, gt
+
+
+def _smooth_l1_backward(ctx, g):
+    x, t = ctx.inputs
+    beta = ctx.attrs["beta"]
+    return _pointwise_loss_grads(ctx, g, ((x - t) * (1.0 / beta)).clamp(-1.0, 1.0))
+
+
+smooth_l1_op = common.register_quiet(
+    "smooth_l1_loss", infer=_smooth_l1_meta, eager=_smooth_l1_eager, saves=(0, 1),
+    backward=_smooth_l1_backward, grad_fn="SmoothL1LossBackward0")
+
+
+def smooth_l1_loss(x, target, reduction="mean", beta=1.0):
+    check_reduction(reduction)
+    return apply(smooth_l1_op, x, target, reduction=reduction, beta=float(beta))
+
+
+def _huber_meta(x, t, reduction, delta):
+    if delta <= 0:
+        raise RuntimeError("huber_loss does not support non-positive values for delta.")
+    dt = _dtype.promote_types(x.dtype, t.dtype)
+    if not dt.is_floating_point:
+        raise NotImplementedError(f"\"huber_cpu\" not implemented for '{_word(dt)}'")
+    if not x.dtype.is_floating_point:
+        raise RuntimeError(f"result type {_word(dt)} can't be cast to the desired output type "
+                           f"{_word(x.dtype)}")
+    shape = _check_same_shape((x, t))
+    return Meta(shape if reduction == "none" else (), x.dtype)
+
+
+def _huber_eager(x, t, reduction, delta):
+    d = x - t
+    ad = np.abs(d)
+    loss = np.where(ad < delta, 0.5 * d * d, delta * (ad - 0.5 * delta))
+    return _reduce_np(loss, reduction)
+
+
+def _huber_backward(ctx, g):
+    x, t = ctx.inputs
+    delta = ctx.attrs["delta"]
+    return _pointwise_loss_grads(ctx, g, (x - t).clamp(-delta, delta))
+
+
+huber_op = common.register_quiet(
+    "huber_loss", infer=_huber_meta, eager=_huber_eager, saves=(0, 1),
+    backward=_huber_backward, grad_fn="HuberLossBackward0")
+
+
+def huber_loss(x, target, reduction="mean", delta=1.0):
+    check_reduction(reduction)
+    return apply(huber_op, x, target, reduction=reduction, delta=float(delta))
