@@ -750,6 +750,16 @@ FD_SAMPLES = {
     "avg_pool": (lambda x: nnops.avg_pool(x, **_AVG), [rand(2, 2, 7, 6)], [0]),
     "avg_pool_backward": (lambda g: _apply("avg_pool_backward", g, input_shape=(2, 2, 7, 6),
                                            **_AVG), [rand(2, 2, 4, 7)], [0]),
+    "max_unpool": (lambda x: nnops.max_unpool(
+        x, _idx_of(_sep(2, 2, 6, 7), (2, 2), (2, 2), (0, 0), (1, 1)), (6, 7)),
+        [rand(2, 2, 3, 3)], [0]),
+    "max_unpool_backward": (lambda g: _apply(
+        "max_unpool_backward", g, _idx_of(_sep(2, 2, 6, 7), (2, 2), (2, 2), (0, 0), (1, 1))),
+        [rand(2, 2, 6, 7)], [0]),
+    "adaptive_avg_pool": (lambda x: nnops.adaptive_avg_pool(x, (3, 4)), [rand(2, 2, 7, 5)],
+                          [0]),
+    "adaptive_avg_pool_backward": (lambda g: _apply(
+        "adaptive_avg_pool_backward", g, input_shape=(2, 2, 7, 5)), [rand(2, 2, 3, 4)], [0]),
     "softmax": (lambda x: nnops.softmax(x, 1), [rand(3, 4, 2)], [0]),
     "log_softmax": (lambda x: nnops.log_softmax(x, 0), [rand(3, 4)], [0]),
     "pad constant": (lambda x: nnops.pad(x, (1, -1, 2, 0), "constant", 0.5), [rand(2, 3, 4)],

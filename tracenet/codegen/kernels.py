@@ -143,8 +143,8 @@ C_EXPR = {
     "log1p": lambda a, at, ct: f"log1p({a[0]})",
     "expm1": lambda a, at, ct: f"expm1({a[0]})",
     "sqrt": lambda a, at, ct: f"sqrt({a[0]})",
-    "rsqrt": lambda a, at, ct: f"(1 / sqrt({a[0]}))",
-    "reciprocal": lambda a, at, ct: f"(1 / {a[0]})",
+    "rsqrt": lambda a, at, ct: f"(({ct})1 / sqrt(({ct}){a[0]}))",
+    "reciprocal": lambda a, at, ct: f"(({ct})1 / ({ct}){a[0]})",
     "tanh": lambda a, at, ct: f"tanh({a[0]})",
     "sigmoid": lambda a, at, ct: f"(1 / (1 + exp(-{a[0]})))",
     "sin": lambda a, at, ct: f"sin({a[0]})",
@@ -701,6 +701,11 @@ def lower_node(name, node, exported):
     """Kernel for a top-level node (fused or not); None for ops that only alias memory."""
     if node.op in ALIAS_OPS:
         return None
+    conv = node.members[0] if node.op == "fused" else node
+    if conv.op in ("convolution", "conv_backward_input", "conv_backward_weight") and \
+            len(conv.attrs["stride"]) == 3:
+        from .lowerings.vision import lower_conv3d  # 3-d convolutions (fused or not)
+        return lower_conv3d(name, node, exported)
     if node.op == "fused":
         kind = node.attrs["kind"]
         if kind.startswith("conv"):

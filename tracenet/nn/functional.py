@@ -8,8 +8,7 @@ import warnings
 import numpy as np
 
 from .. import _random
-from ..ops import common, elementwise as ew, linalg, loss as lossops, nn as nnops, shape as sh
-from . import _reduction
+from ..ops import common, elementwise as ew, linalg, nn as nnops, shape as sh
 
 sigmoid = ew.sigmoid
 tanh = ew.tanh
@@ -25,36 +24,6 @@ def relu_(input):
 
 def _sizes(shape):
     return "[" + ", ".join(str(int(s)) for s in shape) + "]"
-
-
-# --- linear -------------------------------------------------------------------------------------
-
-
-def linear(input, weight, bias=None):
-    dx, dw = input.dim(), weight.dim()
-    if dx == 0 or dw == 0:
-        raise RuntimeError(f"both arguments to linear need to be at least 1D, but they are {dx}D "
-                           f"and {dw}D")
-    wt = weight.t()
-    if bias is not None:
-        if dx == 2:
-            return linalg.addmm(bias, input, wt)
-        if input.is_contiguous() and (dx == 3 or bias.dim() == 1):
-            # fold the leading dims into one matrix: a single addmm, viewed back
-            lead = tuple(input.shape[:-1])
-            rows = common.numel(lead)
-            out = linalg.addmm(bias, input.reshape(rows, input.shape[-1]), wt)
-            return out.view(lead + (out.shape[1],))
-        return linalg.matmul(input, wt) + bias
-    return linalg.matmul(input, wt)
-
-
-def bilinear(x1, x2, weight, bias=None):
-    # y_k = x1 W_k x2^T + b_k
-    out = (linalg.matmul(x1.unsqueeze(-2).unsqueeze(-3), weight.unsqueeze(0) if x1.dim() > 1
-                         else weight)
-           .squeeze(-2) * x2.unsqueeze(-2)).sum(-1)
-    return out if bias is None else out + bias
 
 
 # --- convolution ----------------------------------------------------------------------------
@@ -348,6 +317,10 @@ def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
 
 
 def pad(input, pad, mode="constant", value=None):
+    for i, p in enumerate(pad):
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer)):
+            raise TypeError(f"pad(): argument 'pad' (position 2) must be tuple of ints, but "
+                            f"found element of type {type(p).__name__} at pos {i}")
     if len(pad) % 2:
         raise RuntimeError("Padding length must be divisible by 2")
     if len(pad) // 2 > input.dim():
@@ -388,145 +361,6 @@ def softmin(input, dim=None, _stacklevel=3, dtype=None):
     if dim is None:
         dim = _implicit_dim("softmin", input.dim(), _stacklevel)
     return nnops.softmax(-input, dim)
-
-
-# --- dropout --------------------------------------------------------------------------------
-
-
-def _check_p(p):
-    if p < 0.0 or p > 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-
-
-def dropout(input, p=0.5, training=True, inplace=False):
-    _check_p(p)
-    if not training or p == 0.0:
-        return input
-    if p == 1.0:
-        return input.mul_(0) if inplace else input * 0.0
-    keep = (_random.rng().random(tuple(input.shape)) >= p).astype(input.dtype.np)
-    mask = common.tensor_cls()._wrap(keep / (1.0 - p))
-    mask = mask.to(input.dtype)
-    return input.mul_(mask) if inplace else input * mask
-
-
-# --- losses -------------------------------------------------------------------------------------
-
-
-def _broadcast_pair(a, b):
-    """torch.broadcast_tensors for two tensors: only a tensor whose shape changes is expanded."""
-    shape = common.broadcast_shapes(tuple(a.shape), tuple(b.shape))
-    a = a if tuple(a.shape) == shape else a.expand(shape)
-    b = b if tuple(b.shape) == shape else b.expand(shape)
-    return a, b
-
-
-def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
-    if target.size() != input.size():
-        warnings.warn(f"Using a target size ({target.size()}) that is different to the input size "
-                      f"({input.size()}). This will likely lead to incorrect results due to "
-                      "broadcasting. Please ensure they have the same size.", UserWarning,
-                      stacklevel=2)
-    reduction = _reduction.resolve(size_average, reduce, reduction)
-    input, target = _broadcast_pair(input, target)
-    if weight is None:
-        return lossops.mse_loss(input, target, reduction)
-    if weight.size() != input.size():
-        raise ValueError("Weights and input must have the same size.")
-    weighted = (input - target).pow(2) * weight
-    if reduction == "none":
-        return weighted
-    if reduction == "sum":
-        return weighted.sum()
-    if reduction == "mean":
-        return weighted.sum() / weight.sum()
-    raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', "
-                     "'sum'.")
-
-
-def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
-             reduction="mean"):
-    reduction = _reduction.resolve(size_average, reduce, reduction)
-    return lossops.nll_loss(input, target, weight, ignore_index, reduction)
-
-
-def _word(dt):
-    return {"float32": "Float", "float64": "Double", "int64": "Long", "bool": "Bool"}[dt.name]
-
-
-def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                  reduction="mean", label_smoothing=0.0):
-    reduction = _reduction.resolve(size_average, reduce, reduction)
-    lossops.check_reduction(reduction)
-    class_dim = 0 if input.dim() == 1 else 1
-    if tuple(input.shape) == tuple(target.shape):
-        # class probabilities
-        if not target.dtype.is_floating_point:
-            raise RuntimeError("Expected floating point type for target with class "
-                               f"probabilities, got {_word(target.dtype)}")
-        if ignore_index >= 0:
-            raise RuntimeError("ignore_index is not supported for floating point target")
-        n_classes = input.shape[class_dim]
-        if weight is not None and (weight.dim() != 1 or weight.numel() != n_classes):
-            raise RuntimeError(f"cross_entropy: weight tensor should be defined either for all "
-                               f"{n_classes} classes or no classes but got weight tensor of "
-                               f"shape: {_sizes(weight.shape)}")
-        _check_label_smoothing(label_smoothing)
-        return _prob_target_cross_entropy(input, target, weight, reduction, label_smoothing,
-                                          class_dim)
-    if label_smoothing > 0.0:
-        _check_label_smoothing(label_smoothing)
-        return _smoothed_cross_entropy(input, target, weight, ignore_index, reduction,
-                                       label_smoothing, class_dim)
-    logp = nnops.log_softmax(input, class_dim)
-    return lossops.nll_loss(logp, target, weight, ignore_index, reduction)
-
-
-def _check_label_smoothing(eps):
-    if eps > 1.0:
-        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {eps:g}")
-
-
-def _class_shape(x, class_dim):
-    """Shape that broadcasts a per-class vector along ``class_dim`` of ``x``."""
-    return tuple(x.shape[class_dim] if i == class_dim else 1 for i in range(x.dim()))
-
-
-def _prob_target_cross_entropy(input, target, weight, reduction, eps, class_dim):
-    n_classes = input.shape[class_dim]
-    logp = nnops.log_softmax(input, class_dim)
-    if eps > 0.0:
-        target = target * (1 - eps) + eps / n_classes
-    if weight is not None:
-        logp = logp * weight.reshape(_class_shape(input, class_dim))
-    prod = logp * target
-    if reduction == "none":
-        return -prod.sum(class_dim)
-    if reduction == "sum":
-        return -prod.sum()
-    batch = input.numel() // n_classes if n_classes else 0
-    return -prod.sum() / batch if batch else -prod.sum() / float("nan")
-
-
-def _smoothed_cross_entropy(input, target, weight, ignore_index, reduction, eps, class_dim):
-    n_classes = input.shape[class_dim]
-    logp = nnops.log_softmax(input, class_dim)
-    nll = lossops.nll_loss(logp, target, weight, ignore_index, reduction)
-    ignored = target == ignore_index
-    wlogp = logp if weight is None else logp * weight.reshape(_class_shape(input, class_dim))
-    smooth = (-wlogp.sum(class_dim)).masked_fill(ignored, 0.0)
-    if reduction == "none":
-        smooth_loss = smooth
-    elif reduction == "sum":
-        smooth_loss = smooth.sum()
-    else:
-        kept = target != ignore_index
-        if weight is None:
-            denom = kept.sum()
-        else:
-            denom = weight.gather(0, target.masked_select(kept).flatten()).sum()
-        smooth_loss = smooth.sum() / denom
-    return nll * (1 - eps) + smooth_loss * (eps / n_classes)
 
 
 # --- shape helpers --------------------------------------------------------------------------

@@ -489,8 +489,16 @@ def max_pool(x, kernel, stride, padding, dilation, ceil_mode):
     if x.dim() == len(kernel) + 1:
         _max_pool_check(Meta(tuple(x.shape), x.dtype), **attrs)
         vals, idx = apply(max_pool_op, x.unsqueeze(0), **attrs)
-        return vals.squeeze(0), idx.squeeze(0)
+        return (_unbatch(vals, f"MaxPool{len(kernel)}DWithIndicesBackward0"),
+                idx.squeeze(0))
     return apply(max_pool_op, x, **attrs)
+
+
+def _unbatch(y, name):
+    """Drop the batch dim a pooling op added to unbatched input; the view's autograd node
+    takes the pooling op's name, as torch's pooling of unbatched input reports it."""
+    from .shape import _view
+    return _view(y, tuple(y.shape)[1:], True, name)
 
 
 # --- average pooling ------------------------------------------------------------------------------
@@ -606,8 +614,138 @@ def avg_pool(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_o
                  divisor_override=divisor_override)
     if x.dim() == len(kernel) + 1:
         _avg_pool_check(Meta(tuple(x.shape), x.dtype), **attrs)
-        return apply(avg_pool_op, x.unsqueeze(0), **attrs).squeeze(0)
+        return _unbatch(apply(avg_pool_op, x.unsqueeze(0), **attrs),
+                        f"AvgPool{len(kernel)}DBackward0")
     return apply(avg_pool_op, x, **attrs)
+
+
+# --- max unpooling --------------------------------------------------------------------------------
+
+
+def _unpool_meta(x, idx, output_size):
+    n = len(output_size)
+    if len(x.shape) != n + 2:
+        raise RuntimeError("the max_unpool op takes batched input; call ops.nn.max_unpool")
+    if tuple(idx.shape) != tuple(x.shape) or idx.dtype is not _dtype.int64:
+        raise RuntimeError("max_unpool expects int64 indices shaped like its input")
+    return Meta(tuple(x.shape[:2]) + tuple(output_size), x.dtype)
+
+
+def _unpool_index_check(idx, output_size):
+    """torch's data-dependent check: every index must address the output plane."""
+    plane = common.numel(output_size)
+    bad = (idx < 0) | (idx >= plane)
+    if bad.any():
+        first = int(idx.reshape(-1)[np.argmax(bad.reshape(-1))])
+        raise RuntimeError(f"Found an invalid max index: {first} (output volumes are of size "
+                           f"{'x'.join(str(int(s)) for s in output_size)})")
+
+
+def _unpool_eager(x, idx, output_size):
+    _unpool_index_check(idx, output_size)
+    L, P = x.shape[0] * x.shape[1], common.numel(output_size)
+    out = np.zeros((L, P), x.dtype)
+    rows = np.repeat(np.arange(L), common.numel(x.shape[2:]))
+    # a position named twice keeps the value written last, as the sequential scatter does
+    out[rows, idx.reshape(-1)] = x.reshape(-1)
+    return out.reshape(tuple(x.shape[:2]) + tuple(output_size))
+
+
+def _unpool_gather_eager(g, idx):
+    L = g.shape[0] * g.shape[1]
+    picked = np.take_along_axis(g.reshape(L, -1), idx.reshape(L, -1), axis=1)
+    return np.ascontiguousarray(picked.reshape(idx.shape))
+
+
+max_unpool_op = register(
+    "max_unpool", infer=_unpool_meta, eager=_unpool_eager, saves=(1,),
+    backward=lambda ctx, g: (apply(max_unpool_backward_op, g, ctx.inputs[1]), None),
+    grad_fn=lambda ctx: f"MaxUnpool{len(ctx.attrs['output_size'])}DBackward0")
+max_unpool_backward_op = register(
+    "max_unpool_backward",
+    infer=lambda g, idx: Meta(tuple(idx.shape), g.dtype),
+    eager=_unpool_gather_eager, saves=(1,),
+    backward=lambda ctx, gg: (apply(max_unpool_op, gg, ctx.inputs[1], output_size=tuple(
+        ctx.metas[0].shape[2:])), None))
+
+
+def max_unpool(x, idx, output_size):
+    """Scatter the values of a batched (N, C, *in) or unbatched (C, *in) tensor to the flat
+    per-plane positions ``idx`` of a zero (…, *output_size) tensor."""
+    n = len(output_size)
+    output_size = tuple(int(s) for s in output_size)
+    if x.dim() == n + 1:
+        y = apply(max_unpool_op, x.unsqueeze(0), idx.unsqueeze(0), output_size=output_size)
+        return _unbatch(y, f"MaxUnpool{n}DBackward0")
+    return apply(max_unpool_op, x, idx, output_size=output_size)
+
+
+# --- adaptive average pooling -----------------------------------------------------------------
+
+
+def adaptive_windows(n_in, n_out):
+    """(start, end) of each of the n_out adaptive windows over n_in positions."""
+    return [((i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)) for i in range(n_out)]
+
+
+def _adaptive_matrix(n_in, n_out):
+    m = np.zeros((n_out, n_in))
+    for i, (s, e) in enumerate(adaptive_windows(n_in, n_out)):
+        m[i, s:e] = 1.0 / (e - s)
+    return m
+
+
+def _apply_per_dim(x, mats, transpose):
+    """Contract each trailing spatial dim of x with its matrix (or its transpose)."""
+    n = len(mats)
+    y = x.astype(np.float64)
+    for i, m in enumerate(mats):
+        axis = x.ndim - n + i
+        y = np.moveaxis(np.tensordot(y, m.T if transpose else m, axes=([axis], [1])), -1, axis)
+    return y
+
+
+def _adaptive_meta(x, output_size):
+    if len(x.shape) != len(output_size) + 2:
+        raise RuntimeError("the adaptive_avg_pool op takes batched input; call "
+                           "ops.nn.adaptive_avg_pool")
+    return Meta(tuple(x.shape[:2]) + tuple(output_size), x.dtype)
+
+
+def _adaptive_eager(x, output_size):
+    n = len(output_size)
+    mats = [_adaptive_matrix(x.shape[x.ndim - n + i], output_size[i]) for i in range(n)]
+    return np.ascontiguousarray(_apply_per_dim(x, mats, False).astype(x.dtype))
+
+
+def _adaptive_backward_eager(g, input_shape):
+    n = g.ndim - 2
+    mats = [_adaptive_matrix(input_shape[2 + i], g.shape[2 + i]) for i in range(n)]
+    return np.ascontiguousarray(_apply_per_dim(g, mats, True).astype(g.dtype))
+
+
+adaptive_avg_pool_op = register(
+    "adaptive_avg_pool", infer=_adaptive_meta, eager=_adaptive_eager,
+    backward=lambda ctx, g: (apply(adaptive_avg_pool_backward_op, g,
+                                   input_shape=tuple(ctx.metas[0].shape)),),
+    grad_fn=lambda ctx: f"AdaptiveAvgPool{len(ctx.attrs['output_size'])}DBackward0")
+adaptive_avg_pool_backward_op = register(
+    "adaptive_avg_pool_backward",
+    infer=lambda g, input_shape: Meta(tuple(input_shape), g.dtype),
+    eager=_adaptive_backward_eager,
+    backward=lambda ctx, gg: (apply(adaptive_avg_pool_op, gg, output_size=tuple(
+        ctx.metas[0].shape[2:])),))
+
+
+def adaptive_avg_pool(x, output_size):
+    """Adaptive average pooling of a batched (N, C, *in) or unbatched (C, *in) tensor over its
+    last len(output_size) dims."""
+    n = len(output_size)
+    output_size = tuple(int(s) for s in output_size)
+    if x.dim() == n + 1:
+        y = apply(adaptive_avg_pool_op, x.unsqueeze(0), output_size=output_size)
+        return _unbatch(y, f"AdaptiveAvgPool{n}DBackward0")
+    return apply(adaptive_avg_pool_op, x, output_size=output_size)
 
 
 # --- softmax --------------------------------------------------------------------------------
@@ -706,11 +844,11 @@ def _pad_meta(x, pads, mode, value):
     spatial = shape[nd - n:]
     out = tuple(s + a + b for s, (a, b) in zip(spatial, widths[nd - n:]))
     if mode == "circular":
-        for s, (a, b) in zip(spatial, widths[nd - n:]):
+        for s, (a, b), o in zip(spatial, widths[nd - n:], out):
             if a > s or b > s:
                 raise RuntimeError("Padding value causes wrapping around more than once.")
-        if any(o < 0 for o in out):
-            raise RuntimeError("Negative padding value is resulting in an empty dimension")
+            if o < 0:
+                raise RuntimeError("Negative padding value is resulting in an empty dimension")
         return Meta(shape[:nd - n] + out, x.dtype)
     if any(s == 0 for s in shape[nd - n - 1:]):
         raise RuntimeError(f"Expected {n + 1}D or {n + 2}D (batch mode) tensor with possibly 0 "
@@ -729,8 +867,13 @@ def _pad_meta(x, pads, mode, value):
         raise _too_small(spatial, out, mode)
     full = shape[:nd - n] + out
     if any(o < 0 for o in out):
+        if mode == "reflect" and n == 2:
+            raise RuntimeError("numel: integer multiplication overflow")
         raise RuntimeError(f"Trying to create tensor with negative dimension "
                            f"{min(out)}: {_sizes(full)}")
+    if x.dtype is _dtype.bool_:
+        kernel = {"reflect": "reflection", "replicate": "replication"}[mode]
+        raise NotImplementedError(f"\"{kernel}_pad{n}d\" not implemented for 'Bool'")
     return Meta(full, x.dtype)
 
 

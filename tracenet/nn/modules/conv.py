@@ -7,6 +7,7 @@ from ..parameter import Parameter
 from .linear import factory_kwargs
 from .module import Module
 
+
 def _ntuple(value, n):
     """torch's _single/_pair/_triple: an iterable is kept as a tuple, anything else repeated."""
     if isinstance(value, (list, tuple)):
@@ -15,6 +16,8 @@ def _ntuple(value, n):
 
 
 class _ConvNd(Module):
+    __constants__ = ["stride", "padding", "dilation", "groups", "padding_mode",
+                     "output_padding", "in_channels", "out_channels", "kernel_size"]
     _n = 2
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
@@ -48,6 +51,7 @@ class _ConvNd(Module):
         self.output_padding = (0,) * n
         self.groups = groups
         self.padding_mode = padding_mode
+        self._reversed_padding_repeated_twice = self._padding_for_mode()
         self.weight = Parameter(creation.empty(
             (out_channels, in_channels // groups) + self.kernel_size, **fk))
         if bias:
@@ -67,22 +71,26 @@ class _ConvNd(Module):
     def _padding_for_mode(self):
         """Explicit pad widths for non-zero padding modes (last dim first, as F.pad wants)."""
         if isinstance(self.padding, str):
-            if self.padding == "valid":
-                return [0] * (2 * self._n)
-            widths = []
-            for d, k in zip(reversed(self.dilation), reversed(self.kernel_size)):
-                total = d * (k - 1)
-                widths += [total // 2, total - total // 2]
+            widths = [0] * (2 * len(self.kernel_size))
+            if self.padding == "same":
+                for i, (d, k) in enumerate(zip(self.dilation, self.kernel_size)):
+                    total = d * (k - 1)
+                    left = total // 2
+                    j = 2 * (len(self.kernel_size) - 1 - i)
+                    widths[j], widths[j + 1] = left, total - left
             return widths
-        return [p for p in reversed(self.padding) for _ in range(2)]
+        return tuple(p for p in reversed(self.padding) for _ in range(2))
 
-    def forward(self, input):
+    def _conv_forward(self, input, weight, bias):
         conv = (F.conv1d, F.conv2d, F.conv3d)[self._n - 1]
         if self.padding_mode != "zeros":
-            return conv(F.pad(input, self._padding_for_mode(), mode=self.padding_mode),
-                        self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        return conv(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                    self.groups)
+            return conv(F.pad(input, self._reversed_padding_repeated_twice,
+                              mode=self.padding_mode),
+                        weight, bias, self.stride, 0, self.dilation, self.groups)
+        return conv(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, input):
+        return self._conv_forward(input, self.weight, self.bias)
 
     def extra_repr(self):
         s = ("{in_channels}, {out_channels}, kernel_size={kernel_size}"

@@ -1,0 +1,75 @@
+"""C lowerings of the batch-norm ops: the per-channel statistics (two passes in double), the
+normalisation (one multiply-add per element with per-channel scale and shift) and the whole
+backward in one kernel (per channel: the two sums, then grad_input). Each kernel walks a
+(N, C, S) view of the input, S the product of the spatial dims; channels run in parallel under
+OpenMP for large tensors."""
+from ...ops.common import numel
+from ...ops.normalization import channels
+from ..kernels import Kernel, _fmt_float, ctype, lowering, node_lines, openmp_available, \
+    signature
+from ..templates import render
+
+PARALLEL_MIN_ELEMENTS = 1 << 17
+
+
+def _layout(shape):
+    shape = tuple(shape)
+    c = channels(shape)
+    return dict(N=shape[0], C=c, S=numel(shape[2:]), M=max(numel(shape) // c if c else 0, 1))
+
+
+def _parallel(shape):
+    return int(shape[1] > 1 and numel(shape) >= PARALLEL_MIN_ELEMENTS and openmp_available())
+
+
+@lowering("batch_norm_stats")
+def lower_batch_norm_stats(name, node, exported):
+    x = node.inputs[0]
+    mean, var = node.outputs
+    writes = [(role, v) for role, v in (("mean_out", mean), ("var_out", var)) if v in exported]
+    reads = [("x", x)]
+    par = _parallel(x.shape)
+    src = render("norm_batch_stats.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ctype(x), signature=signature(reads, writes), parallel=par,
+                 mean_out=mean in exported, var_out=var in exported, **_layout(x.shape))
+    return Kernel(name, reads, writes, src, parallel=par)
+
+
+@lowering("batch_norm")
+def lower_batch_norm(name, node, exported):
+    x, mean, var = node.inputs[:3]
+    a = node.attrs
+    reads = [("x", x), ("mean", mean), ("var", var)]
+    extra = list(node.inputs[3:])
+    if a["has_weight"]:
+        reads.append(("weight", extra.pop(0)))
+    if a["has_bias"]:
+        reads.append(("bias", extra.pop(0)))
+    writes = [("out", node.outputs[0])]
+    par = _parallel(x.shape)
+    src = render("norm_batch_norm.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ctype(x), signature=signature(reads, writes), parallel=par,
+                 eps=_fmt_float(a["eps"], "double"), has_weight=a["has_weight"],
+                 has_bias=a["has_bias"], **_layout(x.shape))
+    return Kernel(name, reads, writes, src, parallel=par)
+
+
+@lowering("batch_norm_backward")
+def lower_batch_norm_backward(name, node, exported):
+    g, x, mean, var = node.inputs[:4]
+    has_weight = len(node.inputs) > 4
+    a = node.attrs
+    reads = [("g", g), ("x", x), ("mean", mean), ("var", var)]
+    if has_weight:
+        reads.append(("weight", node.inputs[4]))
+    gx, gw, gb = node.outputs
+    writes = [(role, v) for role, v in (("gx_out", gx), ("gw_out", gw), ("gb_out", gb))
+              if v in exported]
+    layout = _layout(x.shape)
+    par = _parallel(x.shape)
+    src = render("norm_batch_norm_backward.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ctype(x), signature=signature(reads, writes), parallel=par,
+                 eps=_fmt_float(a["eps"], "double"), has_weight=has_weight,
+                 training=bool(a["training"]) and layout["M"] > 0, gx_out=gx in exported,
+                 gw_out=gw in exported, gb_out=gb in exported, **layout)
+    return Kernel(name, reads, writes, src, parallel=par)
