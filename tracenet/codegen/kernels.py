@@ -701,6 +701,8 @@ def lower_node(name, node, exported):
     """Kernel for a top-level node (fused or not); None for ops that only alias memory."""
     if node.op in ALIAS_OPS:
         return None
+    if all(numel(v.shape) == 0 for v in node.outputs):
+        return None  # nothing to compute: empty outputs
     conv = node.members[0] if node.op == "fused" else node
     if conv.op in ("convolution", "conv_backward_input", "conv_backward_weight") and \
             len(conv.attrs["stride"]) == 3:

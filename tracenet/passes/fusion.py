@@ -31,10 +31,6 @@ def is_elementwise(op):
     return bool(entry is not None and getattr(entry, "elementwise", False))
 
 
-def _positions(graph):
-    return {id(n): i for i, n in enumerate(graph.nodes)}
-
-
 def _users(graph):
     return graph.users()
 
@@ -52,60 +48,78 @@ def _only_user_besides_outputs(users, value):
     return us[0] if len(us) == 1 else None
 
 
+class _Fuser:
+    """Applies the groups of one fusion pattern in linear time: nodes keep their original
+    position as an order key, fused nodes take the key of the member whose place they take,
+    and the node list is rebuilt once at the end."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.key = {id(n): i for i, n in enumerate(graph.nodes)}
+        self.users = graph.users()
+        self.defined = {v: -1 for v in graph.inputs}
+        for i, n in enumerate(graph.nodes):
+            for v in n.outputs:
+                self.defined[v] = i
+        self.outputs = set(graph.outputs)
+        self.removed = set()
+        self.placed = {}
+
+    def fuse(self, members, kind):
+        """Replace ``members`` by one fused node placed where its first member was if
+        everything the group reads is defined by then, else where its last member was.
+        Returns the fused node, or None if the group would break SSA order."""
+        if any(id(m) in self.removed for m in members):
+            return None
+        member_ids = {id(m) for m in members}
+        first = min(self.key[id(m)] for m in members)
+        last = max(self.key[id(m)] for m in members)
+        produced = {v for m in members for v in m.outputs}
+        inputs = []
+        for m in members:
+            for v in m.inputs:
+                if v not in produced and v not in inputs:
+                    inputs.append(v)
+        movable = all(self.defined[v] < first for v in inputs)
+        at = first if movable else last
+        exported = []
+        for m in members:
+            for v in m.outputs:
+                outside = [u for u in self.users.get(v, []) if id(u) not in member_ids]
+                if any(self.key[id(u)] < at for u in outside):
+                    return None  # a reader sits between the members: cannot move the group
+                if outside or v in self.outputs:
+                    exported.append(v)
+        fused = Node("fused", inputs, {"kind": kind}, loc=members[-1].loc,
+                     members=list(members))
+        fused.outputs = exported
+        self.key[id(fused)] = at
+        for v in exported:
+            v.producer = fused
+            self.defined[v] = at
+        for v in inputs:
+            readers = [u for u in self.users.get(v, []) if id(u) not in member_ids]
+            self.users[v] = readers + [fused]
+        self.removed.update(member_ids)
+        self.placed[at] = fused
+        return fused
+
+    def finish(self):
+        nodes = []
+        for i, n in enumerate(self.graph.nodes):
+            if i in self.placed:
+                nodes.append(self.placed[i])
+            if id(n) not in self.removed:
+                nodes.append(n)
+        self.graph.nodes = nodes
+
+
 def fuse_group(graph, members, kind):
-    """Replace ``members`` (nodes of ``graph``, in order) by one fused node placed where the last
-    member was. Returns the fused node, or None if the group would break SSA order."""
-    pos = _positions(graph)
-    member_ids = {id(m) for m in members}
-    last = max(pos[id(m)] for m in members)
-    produced = set()
-    for m in members:
-        produced.update(m.outputs)
-    inputs = []
-    for m in members:
-        for v in m.inputs:
-            if v not in produced and v not in inputs:
-                inputs.append(v)
-    users = _users(graph)
-    exported = []
-    for m in members:
-        for v in m.outputs:
-            outside = [u for u in users.get(v, []) if id(u) not in member_ids]
-            if any(pos[id(u)] < last for u in outside) and not _movable(graph, members, pos):
-                return None  # a reader sits between the members: cannot move the group
-            if outside or v in graph.outputs:
-                exported.append(v)
-    # place the group where its first member was if everything it reads is defined by then
-    # (members that only read other members can move up); else where its last member was
-    first = min(pos[id(m)] for m in members)
-    defined_before_first = set(graph.inputs)
-    for n in graph.nodes[:first]:
-        defined_before_first.update(n.outputs)
-    at = first if all(v in defined_before_first for v in inputs) else last
-    fused = Node("fused", inputs, {"kind": kind}, loc=members[-1].loc, members=list(members))
-    fused.outputs = exported
-    for v in exported:
-        v.producer = fused
-    new_nodes = []
-    for i, n in enumerate(graph.nodes):
-        if id(n) in member_ids:
-            if i == at:
-                new_nodes.append(fused)
-            continue
-        new_nodes.append(n)
-    graph.nodes = new_nodes
+    """Fuse one group (see ``_Fuser.fuse``); returns the fused node or None."""
+    fuser = _Fuser(graph)
+    fused = fuser.fuse(members, kind)
+    fuser.finish()
     return fused
-
-
-def _movable(graph, members, pos):
-    """True if the whole group can sit at its first member: every value a member reads from
-    outside the group is defined before that point."""
-    first = min(pos[id(m)] for m in members)
-    produced = {v for m in members for v in m.outputs}
-    defined = set(graph.inputs)
-    for n in graph.nodes[:first]:
-        defined.update(n.outputs)
-    return all(v in defined or v in produced for m in members for v in m.inputs)
 
 
 def _conv_groups(graph):
@@ -222,9 +236,10 @@ def fuse(graph):
     for finder, kind in ((_conv_groups, "conv"), (_pool_relu_backward_groups, "pool_backward"),
                          (_gemm_mask_groups, "gemm"), (_gemm_groups, "gemm"),
                          (_elementwise_groups, "elementwise")):
+        fuser = _Fuser(graph)
         for group in finder(graph):
-            if all(m in graph.nodes for m in group):
-                fuse_group(graph, group, _kind_name(kind, group))
+            fuser.fuse(group, _kind_name(kind, group))
+        fuser.finish()
     return graph.renumber()
 
 
