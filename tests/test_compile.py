@@ -437,3 +437,22 @@ class _VectorProducts(nn.Module):
 def test_mv_and_dot():
     torch.manual_seed(8)
     _check_model(_VectorProducts(), (6,))
+
+
+def test_nested_inputs_and_outputs_keep_their_structure():
+    torch.manual_seed(9)
+    lstm = nn.LSTM(5, 7, num_layers=2)
+    compiled = torch.compile(lstm)
+    x, h0, c0 = torch.randn(4, 3, 5), torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    out, (h, c) = compiled(x, (h0, c0))
+    ref, (rh, rc) = lstm(x, (h0, c0))
+    for a, b in ((out, ref), (h, rh), (c, rc)):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), **TOL)
+    (out.sum() + h.sum()).backward()
+    got = _grads(lstm)
+    lstm.zero_grad()
+    (ref.sum() + rh.sum()).backward()
+    for g, e in zip(got, _grads(lstm)):
+        np.testing.assert_allclose(g, e, **TOL)
+    out2, state = compiled(x)  # default (None) state: a second specialisation
+    assert isinstance(state, tuple) and len(compiled.specialisations) == 2

@@ -19,7 +19,7 @@ from .passes import fuse, grad as ir_grad, joint_forward, simplify
 from .passes.lower import lower_gemm
 from .runtime import build, debug
 from .tensor import Tensor
-from .trace import trace, specialisation_key
+from .trace import rebuild, specialisation_key, structure_of, trace
 
 
 def optimise(graph):
@@ -41,10 +41,15 @@ def _pointer(ffi, arr):
 class Specialisation:
     """Everything compiled for one key: graphs, the loaded library and how to call it."""
 
-    def __init__(self, module, inputs, key, unit):
+    def __init__(self, module, inputs, key, unit, input_structure=None):
         start = time.perf_counter()
         params = _state(module)
-        fwd = trace(module, *inputs, name=type(module).__name__)
+        if input_structure is None:
+            fwd = trace(module, *inputs, name=type(module).__name__)
+        else:  # nested inputs (an LSTM's (h0, c0)): trace through a flattening wrapper
+            fwd = trace(lambda *flat: module(*rebuild(input_structure, flat)), *inputs,
+                        name=type(module).__name__, state=params)
+        self.output_structure = fwd.output_structure
         debug.log("ir", f"traced forward:\n{fwd}")
         self.key = key
         self.params = params
@@ -271,14 +276,17 @@ class CompiledModule:
         return (tuple((x._data.shape, x._data.dtype.num, x._requires_grad) for x in inputs),
                 self._module.training, grad_mode._enabled[0])
 
-    def __call__(self, *inputs, **kwargs):
+    def __call__(self, *args, **kwargs):
         if kwargs:
-            raise TypeError("compiled modules take positional tensor inputs only")
-        for i, x in enumerate(inputs):
-            if not isinstance(x, Tensor):
-                raise TypeError(f"compiled module input {i} must be a Tensor, got "
-                                f"{type(x).__name__}")
-        key = self._key(inputs)
+            raise TypeError("compiled modules take positional inputs only")
+        simple = all(isinstance(x, Tensor) for x in args)
+        if simple:
+            inputs, structure = args, None
+        else:
+            leaves = []
+            structure = ("tuple", tuple(structure_of(a, leaves) for a in args))
+            inputs = tuple(leaves)
+        key = self._key(inputs) + (structure,)
         spec = self._specs.get(key)
         if spec is None:
             unit = c_identifier(f"{type(self._module).__name__}_{len(self._specs)}")
@@ -286,7 +294,7 @@ class CompiledModule:
             if self._specs:
                 debug.log("cache", f"new specialisation for {shown} (have "
                                    f"{len(self._specs)})")
-            spec = Specialisation(self._module, inputs, shown, unit)
+            spec = Specialisation(self._module, inputs, shown, unit, structure)
             self._specs[key] = spec
         object.__setattr__(self, "_last", spec)
         return self._run(spec, inputs)
@@ -319,6 +327,8 @@ class CompiledModule:
             for i, (t, diff) in enumerate(zip(results, spec.differentiable)):
                 if diff:
                     t._requires_grad, t.grad_fn, t._output_nr = True, node, i
+        if spec.output_structure is not None:
+            return rebuild(spec.output_structure, results)
         return results[0] if len(results) == 1 else tuple(results)
 
 

@@ -119,6 +119,31 @@ def _named_state(module):
     return out
 
 
+def structure_of(obj, leaves):
+    """Flatten nested tuples/lists of tensors: append the tensors to ``leaves`` and return a
+    hashable template to rebuild the nesting (``rebuild``). None stays as None."""
+    if isinstance(obj, Tensor):
+        leaves.append(obj)
+        return len(leaves) - 1
+    if obj is None:
+        return None
+    if isinstance(obj, (tuple, list)):
+        return ("list" if isinstance(obj, list) else "tuple",
+                tuple(structure_of(o, leaves) for o in obj))
+    raise TraceError(f"only tensors, None and tuples/lists of them can be traced inputs or "
+                     f"outputs, got {type(obj).__name__}")
+
+
+def rebuild(template, leaves):
+    if template is None:
+        return None
+    if isinstance(template, int):
+        return leaves[template]
+    kind, items = template
+    out = [rebuild(t, leaves) for t in items]
+    return out if kind == "list" else tuple(out)
+
+
 def _flatten_outputs(out):
     if isinstance(out, Tensor):
         return [out]
@@ -159,7 +184,8 @@ def trace(fn, *example_inputs, name=None, state=None):
         tracer = Tracer(graph)
         with tracing(tracer):
             out = fn(*args)
-        outputs = _flatten_outputs(out)
+        outputs = []
+        graph.output_structure = structure_of(out, outputs)
         graph.outputs = [tracer.value_of(o) for o in outputs]
         # in-place updates of buffers (batch-norm running statistics...) become extra outputs
         # that the runtime writes back: graph.state_updates[i] = (state index, output index)

@@ -57,6 +57,8 @@ class Graph:
         self.key = None       # the specialisation: input shapes/dtypes and the training flag
         # (state input index, output index) for buffers the traced code updates in place
         self.state_updates = []
+        # how the traced function's outputs nest (trace.structure_of); None: a flat list
+        self.output_structure = None
         self._next_id = 0
 
     # --- construction ---------------------------------------------------------------------
