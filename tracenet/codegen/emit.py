@@ -147,6 +147,9 @@ def plan_entry(entry, prefix):
         k = lower_node(kname, node, [v for v in node.outputs if v in exported])
         if k is not None:
             kernels.append((idx, k, node))
+        elif node.op not in ALIAS_OPS:
+            for v in node.outputs:  # empty results: nothing is ever read through them
+                storage.setdefault(v, "(void *)0")
 
     # lifetimes of arena values (by node index), following aliases to their roots
     last_use = {}
