@@ -227,6 +227,8 @@ def _check_multi_view(self, args):
 
 
 def _check_inplace_allowed(self):
+    if self._ir is not None and self._ir.producer is not None:
+        return  # a traced intermediate: in-place ops are rebound functionally
     if grad_mode._enabled[0] and self._requires_grad:
         if self.grad_fn is None:
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place "

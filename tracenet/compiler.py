@@ -19,7 +19,7 @@ from .passes import fuse, grad as ir_grad, joint_forward, simplify
 from .passes.lower import lower_gemm
 from .runtime import build, debug
 from .tensor import Tensor
-from .trace import rebuild, specialisation_key, structure_of, trace
+from .trace import fresh_seeds, rebuild, specialisation_key, structure_of, trace
 
 
 def optimise(graph):
@@ -56,6 +56,9 @@ class Specialisation:
         self.n_user = len(inputs)
         self.state_updates = list(fwd.state_updates)
         self.n_out = len(fwd.outputs) - len(self.state_updates)
+        # random ops' seeds: the last graph inputs, given fresh values on every call
+        self.n_seeds = len(fwd.seed_inputs)
+        assert fwd.inputs[len(fwd.inputs) - self.n_seeds:] == fwd.seed_inputs
         self.differentiable = [v.requires_grad for v in fwd.outputs[:self.n_out]]
         self.needs_grad = any(self.differentiable)
         self.forward_graph = fwd
@@ -123,6 +126,12 @@ class Specialisation:
             args[i] = _pointer(self._ffi, arr)
         self._fill_params(args, self.n_user)
         n_in = self.n_user + len(self.params)
+        if self.n_seeds:
+            seeds = fresh_seeds(self.n_seeds)
+            for k in range(self.n_seeds):
+                arrays.append(seeds[k:k + 1].reshape(()))  # kept with the user inputs
+                args[n_in + k] = _pointer(self._ffi, arrays[-1])
+            n_in += self.n_seeds
         outs = []
         for j, (shape, dt) in enumerate(self.out_meta):
             spare = self._spare[j]
@@ -314,7 +323,12 @@ class CompiledModule:
             saved = []
             for kind, idx in spec.saved_sources:
                 if kind == "input":
-                    saved.append(in_arrays[idx] if idx < spec.n_user else leaves[idx]._data)
+                    if idx < spec.n_user:
+                        saved.append(in_arrays[idx])
+                    elif idx < len(leaves):
+                        saved.append(leaves[idx]._data)
+                    else:  # a seed: run_forward keeps them after the user inputs
+                        saved.append(in_arrays[idx - len(spec.params)])
                 else:
                     saved.append(outs[idx])
             node.saved = saved

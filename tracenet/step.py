@@ -22,7 +22,7 @@ from .ops.registry import Meta
 from .passes import grad as ir_grad
 from .runtime import build, debug
 from .tensor import Tensor
-from .trace import trace
+from .trace import fresh_seeds, trace
 
 
 def _optimizer_kind(optimizer):
@@ -56,6 +56,7 @@ def build_step_graph(fwd, bwd, kind, flags, param_values):
     for v in fwd.inputs:
         mapping[v] = graph.add_input(v.name, v.shape, v.dtype, v.requires_grad)
     fwd_map = {}
+    graph.seed_inputs = [mapping[v] for v in fwd.seed_inputs]
     loss, = graph.inline(fwd, [mapping[v] for v in fwd.inputs], fwd_map)
     one = graph.add_constant(np.ones(loss.shape, loss.dtype.np))
     grads = graph.inline(bwd, [one] + [fwd_map[v] for v in bwd.saved])
@@ -96,7 +97,8 @@ class _StepSpecialisation:
             raise ValueError("the function given to compile_step must return one scalar "
                              "floating-point loss")
         n_batch = len(batch)
-        param_values = fwd.inputs[n_batch:]
+        param_values = fwd.inputs[n_batch:n_batch + len(self.params)]
+        self.n_seeds = len(fwd.seed_inputs)  # after the parameters
         for v in param_values:
             v.requires_grad = True
         bwd = ir_grad(fwd, wrt=param_values)
@@ -195,6 +197,12 @@ class _StepSpecialisation:
         for ptr in self._ptrs:
             args[k] = ptr
             k += 1
+        if self.n_seeds:
+            seeds = fresh_seeds(self.n_seeds)
+            keep.append(seeds)
+            for i in range(self.n_seeds):
+                args[k] = ffi.from_buffer(seeds[i:i + 1])
+                k += 1
         for i in range(n):
             for ptr in self._state_ptrs[i]:
                 args[k] = ptr

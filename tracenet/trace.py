@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 
+from . import _dtype, _random
 from .autograd import grad_mode
 from .ir.graph import Graph
 from .ops import registry
@@ -90,6 +91,26 @@ class Tracer:
             v.requires_grad = requires_grad and v.dtype.is_floating_point
             outs.append(traced_tensor(v))
         return tuple(outs) if multi else outs[0]
+
+
+def random_seed():
+    """While tracing: a traced int64 scalar that takes a fresh value, drawn from tracenet's
+    generator, every time the compiled graph runs (a graph input listed in
+    ``graph.seed_inputs``, after the state inputs). Random ops (dropout) derive their random
+    numbers from it, so they are not frozen into traced constants."""
+    record = registry._tracer[0]
+    tracer = getattr(record, "__self__", None)
+    if not isinstance(tracer, Tracer) or tracer.foreign is not None:
+        raise TraceError("random_seed() is only available while tracing a forward graph")
+    graph = tracer.graph
+    v = graph.add_input(f"seed{len(graph.seed_inputs)}", (), _dtype.int64)
+    graph.seed_inputs.append(v)
+    return traced_tensor(v)
+
+
+def fresh_seeds(n):
+    """Values for a graph's ``n`` seed inputs, drawn from tracenet's generator."""
+    return _random.rng().integers(0, np.iinfo(np.int64).max, size=n, dtype=np.int64)
 
 
 class tracing:

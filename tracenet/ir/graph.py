@@ -57,6 +57,8 @@ class Graph:
         self.key = None       # the specialisation: input shapes/dtypes and the training flag
         # (state input index, output index) for buffers the traced code updates in place
         self.state_updates = []
+        # int64 scalar inputs that take a fresh random value on every run (random ops' seeds)
+        self.seed_inputs = []
         # how the traced function's outputs nest (trace.structure_of); None: a flat list
         self.output_structure = None
         self._next_id = 0
@@ -176,6 +178,7 @@ class Graph:
             return c
 
         new.inputs = [val(v) for v in self.inputs]
+        new.seed_inputs = [mapping[v] for v in self.seed_inputs]
         new.nodes = [copy_node(n) for n in self.nodes]
         new.outputs = [mapping[v] for v in self.outputs]
         return new

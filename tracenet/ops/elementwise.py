@@ -425,8 +425,9 @@ threshold_backward_op = register(
     "threshold_backward",
     infer=lambda g, y, threshold: Meta(common.broadcast_shapes(g.shape, y.shape), g.dtype),
     eager=_threshold_backward_eager, saves=(1,),
+    # the mask is piecewise constant in y: its gradient is zero (as torch's, not absent)
     backward=lambda ctx, gg: (threshold_backward(gg, ctx.inputs[1], ctx.attrs["threshold"]),
-                              None))
+                              gg * 0 if ctx.needs_input_grad[1] else None))
 
 
 def threshold_backward(g, y, threshold):

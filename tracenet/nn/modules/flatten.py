@@ -1,15 +1,15 @@
 """Flatten and Unflatten."""
-from .. import functional as F
 from .module import Module
 
 
 class Flatten(Module):
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
-        self.start_dim, self.end_dim = start_dim, end_dim
+        self.start_dim = start_dim
+        self.end_dim = end_dim
 
     def forward(self, input):
-        return F.flatten(input, self.start_dim, self.end_dim)
+        return input.flatten(self.start_dim, self.end_dim)
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -18,12 +18,15 @@ class Flatten(Module):
 class Unflatten(Module):
     def __init__(self, dim, unflattened_size):
         super().__init__()
-        if isinstance(dim, str):
-            raise NotImplementedError("named-dimension Unflatten is not supported")
         if not isinstance(unflattened_size, (tuple, list)):
-            raise TypeError("unflattened_size must be tuple of ints, but found type "
+            raise TypeError("unflattened_size must be a tuple of ints, but found type "
                             f"{type(unflattened_size).__name__}")
-        self.dim, self.unflattened_size = dim, unflattened_size
+        for i, size in enumerate(unflattened_size):
+            if not isinstance(size, int):
+                raise TypeError("unflattened_size must be tuple of ints, but found element of "
+                                f"type {type(size).__name__} at pos {i}")
+        self.dim = dim
+        self.unflattened_size = unflattened_size
 
     def forward(self, input):
         return input.unflatten(self.dim, self.unflattened_size)
