@@ -52,16 +52,23 @@ def _identity(argv):
     return identity
 
 
-def _try_compile(flags, source="int f(int x) { return x + 1; }\n"):
+_SIMPLE_PROBE = "int f(int x) { return x + 1; }\n"
+
+
+def _try_compile_all(probes):
+    """Which of ``probes`` (flags, source) compile: all test compiles run at once."""
     argv, _ = compiler()
     with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "probe.c")
-        with open(src, "w") as f:
-            f.write(source)
-        res = subprocess.run(list(argv) + list(flags) + ["-shared", "-fPIC", src, "-o",
-                                                       os.path.join(d, "probe.so")],
-                             capture_output=True, text=True, timeout=60)
-        return res.returncode == 0
+        running = []
+        for i, (flags, source) in enumerate(probes):
+            src = os.path.join(d, f"probe{i}.c")
+            with open(src, "w") as f:
+                f.write(source)
+            running.append(subprocess.Popen(
+                list(argv) + list(flags) + ["-shared", "-fPIC", src, "-o",
+                                            os.path.join(d, f"probe{i}.so")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return [p.wait(timeout=60) == 0 for p in running]
 
 
 _OPENMP_PROBE = """
@@ -96,14 +103,16 @@ def _probed():
     # gnu99 rather than c99: ISO mode turns off contraction of a*b+c into FMA instructions
     # -O2: the hot loops are written with explicit vector types, and -O3 doubles build time
     out = ["-O2", "-std=gnu99", "-fPIC", "-shared", "-fno-math-errno"]
-    if os.environ.get("TRACENET_NATIVE", "1") != "0" and _try_compile(["-march=native"]):
+    native = os.environ.get("TRACENET_NATIVE", "1") != "0"
+    openmp = os.environ.get("TRACENET_OPENMP", "1") != "0"
+    ok_native, ok_simd, ok_omp = _try_compile_all([
+        (["-march=native"], _SIMPLE_PROBE), (["-fopenmp-simd"], _SIMPLE_PROBE),
+        (["-fopenmp"], _OPENMP_PROBE)])
+    if native and ok_native:
         out.append("-march=native")
-    if _try_compile(["-fopenmp-simd"]):
+    if ok_simd:
         out.append("-fopenmp-simd")
-    omp = ()
-    if os.environ.get("TRACENET_OPENMP", "1") != "0" and _try_compile(["-fopenmp"],
-                                                                       _OPENMP_PROBE):
-        omp = ("-fopenmp",)
+    omp = ("-fopenmp",) if openmp and ok_omp else ()
     from .build import _atomic_write
     _atomic_write(path, json.dumps({"flags": out, "openmp": list(omp)}))
     return tuple(out), omp
