@@ -255,7 +255,7 @@ def _pool_geometry(pool, ih, iw):
 
 SFX = {"float": "_f32", "double": "_f64"}
 MAX_THREADS = 16  # per-thread scratch is reserved for at most this many OpenMP threads
-PARALLEL_MIN_FLOPS = 2_000_000
+PARALLEL_MIN_FLOPS = 500_000  # below this, a fork/join costs more than it saves
 
 
 def openmp_available():
