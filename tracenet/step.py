@@ -244,17 +244,20 @@ class CompiledTrainingStep:
         self._last = None
 
     def __call__(self, *batch):
-        for i, x in enumerate(batch):
-            if not isinstance(x, Tensor):
-                raise TypeError(f"compiled step input {i} must be a Tensor, got "
-                                f"{type(x).__name__}")
-        key = tuple((tuple(x.shape), x.dtype.short) for x in batch)
+        try:
+            key = tuple((x._data.shape, x._data.dtype.num) for x in batch)
+        except AttributeError:
+            bad = next(i for i, x in enumerate(batch) if not isinstance(x, Tensor))
+            raise TypeError(f"compiled step input {bad} must be a Tensor, got "
+                            f"{type(batch[bad]).__name__}") from None
         spec = self._specs.get(key)
         if spec is None:
             unit = c_identifier(f"{getattr(self.fn, '__name__', 'step')}_step_"
                                 f"{len(self._specs)}")
             if self._specs:
-                debug.log("cache", f"new training-step specialisation for {key}")
+                shown = ", ".join(f"{x.dtype.short}[{','.join(map(str, x.shape))}]"
+                                  for x in batch)
+                debug.log("cache", f"new training-step specialisation for ({shown})")
             spec = _StepSpecialisation(self.fn, self.optimizer, batch, key, unit)
             self._specs[key] = spec
         self._last = spec
