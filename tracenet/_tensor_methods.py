@@ -299,8 +299,8 @@ def _adopt_saved_output(node, out, self):
     for a in ctx.outputs:
         if a._data is out._data:
             a._data, a._vc = self._data, self._vc
-    node._saved = tuple((t, self._vc.value) if id(t) in aliases else (t, v)
-                        for t, v in node._saved)
+    node._saved = tuple((t, self._vc.value, *rest) if id(t) in aliases else (t, v, *rest)
+                        for t, v, *rest in node._saved)
 
 
 def _type_word(dt):

@@ -6,6 +6,7 @@ orders the reachable nodes topologically, calls each op's registry backward rule
 tracenet ops, so it runs here on tensors and in the IR autodiff on traced values), and sums
 cotangents where a value was used more than once.
 """
+import re
 import weakref
 
 import numpy as np
@@ -81,9 +82,9 @@ class OpNode(Node):
     def _run(self, grads):
         if self._freed:
             raise RuntimeError(_FREED_MSG)
-        for tensor, version in self._saved:
+        for tensor, version, *producer in self._saved:
             if tensor._vc.value != version:
-                raise RuntimeError(_inplace_error(tensor, version))
+                raise RuntimeError(_inplace_error(tensor, version, *producer))
         res = self.op.backward(self.ctx, *grads)
         res = res if isinstance(res, tuple) else (res,)
         if self._edge_inputs is not None:
@@ -141,18 +142,22 @@ def node_class(name, base=OpNode):
     return cls
 
 
-def _inplace_error(tensor, version):
+def _inplace_error(tensor, version, producer=None, output_nr=0):
+    """torch's message for a saved tensor changed in place; ``producer`` names the node that
+    made a saved output (its alias carries no grad_fn of its own)."""
     from ..tensor import _legacy_type_name
+    if producer is None and tensor.grad_fn is not None:
+        producer, output_nr = tensor.grad_fn.name(), tensor._output_nr
     where = ""
-    if tensor.grad_fn is not None:
-        where = f", which is output {tensor._output_nr} of {tensor.grad_fn.name()},"
+    if producer is not None:
+        # torch names the forward function: SigmoidBackward0 -> Sigmoid
+        where = f", which is output {output_nr} of {re.sub(r'Backward[0-9]*$', '', producer)},"
     shape = ", ".join(str(s) for s in tensor.shape)
     return ("one of the variables needed for gradient computation has been modified by an "
             f"inplace operation: [{_legacy_type_name(tensor.dtype)} [{shape}]]{where} is at "
-            f"version {tensor._vc.value}; expected version {version} instead. Hint: the "
-            "backtrace further above can show the operation that failed to compute its "
-            "gradient. The variable in question was changed in there or anywhere later. "
-            "Good luck!")
+            f"version {tensor._vc.value}; expected version {version} instead. Hint: enable "
+            "anomaly detection to find the operation that failed to compute its gradient, with "
+            "torch.autograd.set_detect_anomaly(True, check_nan=False).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,8 +228,8 @@ def _record(op, inputs, outputs, metas, out_metas, attrs, needs):
     node._saved = tuple(saved)
     node._freed = False
     if saved_outputs is not None:
-        for o, alias in zip(outputs, saved_outputs):
-            saved.append((alias, o._vc.value))
+        for i, (o, alias) in enumerate(zip(outputs, saved_outputs)):
+            saved.append((alias, o._vc.value, node.name(), i))
         node._saved = tuple(saved)
     for i, o in enumerate(outputs):
         if o.dtype.is_floating_point:
