@@ -5,6 +5,7 @@ and ``_data`` is None). Math methods are bound in ``_tensor_methods.py`` from th
 each op is defined once, in the registry.
 """
 import warnings
+from collections import OrderedDict
 
 import numpy as np
 
@@ -277,10 +278,9 @@ class Tensor:
         if self.grad_fn is not None:
             return self.grad_fn._add_hook(self._output_nr, hook)
         if self._hooks is None:
-            self._hooks = []
-        self._hooks.append(hook)
-        from .autograd.engine import _RemovableHandle
-        return _RemovableHandle(self._hooks, hook)
+            self._hooks = OrderedDict()
+        from .autograd.engine import add_hook
+        return add_hook(self._hooks, hook)
 
     # --- data access ----------------------------------------------------------------------
     def _concrete(self, what):

@@ -8,10 +8,12 @@ cotangents where a value was used more than once.
 """
 import re
 import weakref
+from collections import OrderedDict
 
 import numpy as np
 
 from ..ops.registry import Ctx, Meta, op_attrs
+from ..utils.hooks import RemovableHandle
 from . import grad_mode
 
 _node_classes = {}
@@ -29,7 +31,7 @@ class Node:
 
     def __init__(self, next_functions):
         self.next_functions = next_functions
-        self._hooks = None        # {output_nr: [hook]} hooks on the tensors this node produced
+        self._hooks = None        # {output_nr: {handle id: hook}} on the tensors it produced
         self._retained = None     # {output_nr: weakref(tensor)} for retain_grad()
         self._pre_hooks = []
         self.metadata = {}
@@ -49,9 +51,7 @@ class Node:
     def _add_hook(self, output_nr, hook):
         if self._hooks is None:
             self._hooks = {}
-        hooks = self._hooks.setdefault(output_nr, [])
-        hooks.append(hook)
-        return _RemovableHandle(hooks, hook)
+        return add_hook(self._hooks.setdefault(output_nr, OrderedDict()), hook)
 
     def register_hook(self, hook):
         raise NotImplementedError("hooks on grad_fn nodes are not supported; use "
@@ -66,13 +66,11 @@ class Node:
         raise NotImplementedError
 
 
-class _RemovableHandle:
-    def __init__(self, hooks, hook):
-        self._hooks, self._hook = hooks, hook
-
-    def remove(self):
-        if self._hook in self._hooks:
-            self._hooks.remove(self._hook)
+def add_hook(hooks, hook):
+    """Register ``hook`` in the ordered dict ``hooks``; returns its RemovableHandle."""
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = hook
+    return handle
 
 
 class OpNode(Node):
@@ -301,7 +299,7 @@ def run_backward(tensors, grad_tensors, retain_graph=False, create_graph=False, 
             grads = pending.pop(id(node))
             if node._hooks:
                 for nr, hooks in node._hooks.items():
-                    for hook in hooks:
+                    for hook in list(hooks.values()):
                         if grads[nr] is not None:
                             new = hook(grads[nr])
                             if new is not None:
@@ -350,7 +348,7 @@ def _num_outputs(node):
 
 def _accumulate_into_leaf(leaf, grad, create_graph):
     if leaf._hooks:
-        for hook in list(leaf._hooks):
+        for hook in list(leaf._hooks.values()):
             new = hook(grad)
             if new is not None:
                 grad = new

@@ -7,6 +7,7 @@ from itertools import chain
 
 import numpy as np
 
+from ..utils.hooks import RemovableHandle
 from ..autograd import grad_mode
 from ..tensor import Tensor
 
@@ -41,24 +42,6 @@ def _value(x):
     return x
 
 
-class _RemovableHandle:
-    _next_id = 0
-
-    def __init__(self, hooks_dict):
-        self._hooks_dict = hooks_dict
-        self.id = _RemovableHandle._next_id
-        _RemovableHandle._next_id += 1
-
-    def remove(self):
-        self._hooks_dict.pop(self.id, None)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.remove()
-
-
 _global_step_pre_hooks = OrderedDict()
 _global_step_post_hooks = OrderedDict()
 
@@ -66,14 +49,14 @@ _global_step_post_hooks = OrderedDict()
 def register_optimizer_step_pre_hook(hook):
     """``hook(optimizer, args, kwargs)`` runs before every optimizer's ``step``; it may return a
     new ``(args, kwargs)`` pair."""
-    handle = _RemovableHandle(_global_step_pre_hooks)
+    handle = RemovableHandle(_global_step_pre_hooks)
     _global_step_pre_hooks[handle.id] = hook
     return handle
 
 
 def register_optimizer_step_post_hook(hook):
     """``hook(optimizer, args, kwargs)`` runs after every optimizer's ``step``."""
-    handle = _RemovableHandle(_global_step_post_hooks)
+    handle = RemovableHandle(_global_step_post_hooks)
     _global_step_post_hooks[handle.id] = hook
     return handle
 
@@ -143,19 +126,19 @@ class Optimizer:
 
     def register_step_pre_hook(self, hook):
         hooks = self._step_pre_hooks()
-        handle = _RemovableHandle(hooks)
+        handle = RemovableHandle(hooks)
         hooks[handle.id] = hook
         return handle
 
     def register_step_post_hook(self, hook):
         hooks = self._step_post_hooks()
-        handle = _RemovableHandle(hooks)
+        handle = RemovableHandle(hooks)
         hooks[handle.id] = hook
         return handle
 
     def _register(self, name, hook, prepend):
         hooks = self.__dict__.setdefault(name, OrderedDict())
-        handle = _RemovableHandle(hooks)
+        handle = RemovableHandle(hooks)
         hooks[handle.id] = hook
         if prepend:
             hooks.move_to_end(handle.id, last=False)
