@@ -172,56 +172,32 @@ class _StepSpecialisation:
         return (st["exp_avg"]._data, st["exp_avg_sq"]._data, vmax)
 
     def run(self, batch, optimizer):
-        """One step: fill the argument vector (re-reading only addresses that changed) and
-        make the one C call."""
+        """One step: set the argument vector's batch, seed and loss slots (the parameter, state
+        and gradient addresses are re-read only when those buffers were replaced) and make the
+        one C call."""
         args = self._args
-        k = 0
         ffi = self._ffi
         keep = []
-        for x in batch:
+        for k, x in enumerate(batch):
             arr = x._data if x._data.flags.c_contiguous else np.ascontiguousarray(x._data)
             keep.append(arr)
             args[k] = ffi.from_buffer(arr)
-            k += 1
-        n = len(self.params)
         state_fn = self._sgd_state if self.kind == "sgd" else self._adam_state
         arrays = [p._data for p in self.params]
         states = [state_fn(optimizer, i, p) for i, p in enumerate(self.params)]
         layout = tuple(map(id, arrays)) + tuple(id(a) for st in states for a in st)
         if layout != self._layout:
-            # parameters or state buffers were replaced: recompute their addresses
+            # parameters or state buffers were replaced: lay out every address again
             self._layout = layout
-            self._ptrs = [ffi.from_buffer(a) for a in arrays]
-            self._state_ptrs = [[ffi.from_buffer(a) for a in st] for st in states]
             self._keep = (arrays, states)
-        for ptr in self._ptrs:
-            args[k] = ptr
-            k += 1
+            self._fill_static(args, arrays, states)
         if self.n_seeds:
             seeds = fresh_seeds(self.n_seeds)
             keep.append(seeds)
             for i in range(self.n_seeds):
-                args[k] = ffi.from_buffer(seeds[i:i + 1])
-                k += 1
-        for i in range(n):
-            for ptr in self._state_ptrs[i]:
-                args[k] = ptr
-                k += 1
-            args[k] = self._hyper_rows[i]
-            k += 1
+                args[self._seed_slot + i] = ffi.from_buffer(seeds[i:i + 1])
         loss = np.empty(*self.loss_meta)
-        args[k] = ffi.from_buffer(loss)
-        k += 1
-        for ptr in self._grad_ptrs:
-            args[k] = ptr
-            k += 1
-        for ptr in self._ptrs:  # updated parameters are written in place
-            args[k] = ptr
-            k += 1
-        for ptrs in self._state_ptrs:
-            for ptr in ptrs:
-                args[k] = ptr
-                k += 1
+        args[self._loss_slot] = ffi.from_buffer(loss)
         self._fn(args)
         if debug.enabled("time"):
             log_kernel_times(self.library, self.entry)
@@ -232,6 +208,39 @@ class _StepSpecialisation:
             else:
                 g._vc.value += 1
         return Tensor._wrap(loss)
+
+
+    def _fill_static(self, args, arrays, states):
+        """Parameter, state, hyperparameter and gradient addresses; remembers where the
+        per-call seed and loss slots are."""
+        ffi = self._ffi
+        ptrs = [ffi.from_buffer(a) for a in arrays]
+        state_ptrs = [[ffi.from_buffer(a) for a in st] for st in states]
+        self._ptr_refs = (ptrs, state_ptrs)
+        k = self.n_batch
+        for ptr in ptrs:
+            args[k] = ptr
+            k += 1
+        self._seed_slot = k
+        k += self.n_seeds
+        for i, sp in enumerate(state_ptrs):
+            for ptr in sp:
+                args[k] = ptr
+                k += 1
+            args[k] = self._hyper_rows[i]
+            k += 1
+        self._loss_slot = k
+        k += 1
+        for ptr in self._grad_ptrs:
+            args[k] = ptr
+            k += 1
+        for ptr in ptrs:  # updated parameters are written in place
+            args[k] = ptr
+            k += 1
+        for sp in state_ptrs:
+            for ptr in sp:
+                args[k] = ptr
+                k += 1
 
 
 class CompiledTrainingStep:
