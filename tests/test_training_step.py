@@ -105,3 +105,26 @@ def test_step_requires_scalar_loss_and_supported_optimizer():
     step = torch.compile_step(lambda x: model(x), optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(ValueError, match="scalar"):
         step(torch.randn(2, 20))
+
+
+def test_switching_train_and_eval_respecialises():
+    torch.manual_seed(2)
+    eager = nn.Sequential(nn.Linear(20, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 5))
+    compiled_net = nn.Sequential(nn.Linear(20, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 5))
+    compiled_net.load_state_dict(eager.state_dict())
+    opt_e = optim.SGD(eager.parameters(), lr=0.1)
+    opt_c = optim.SGD(compiled_net.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    step = torch.compile_step(lambda x, y: crit(compiled_net(x), y), opt_c)
+    x, y = torch.randn(6, 20), torch.randint(0, 5, (6,))
+    for mode in ("train", "eval", "train"):
+        eager.train(mode == "train")
+        compiled_net.train(mode == "train")
+        opt_e.zero_grad()
+        loss_e = crit(eager(x), y)
+        loss_e.backward()
+        opt_e.step()
+        np.testing.assert_allclose(step(x, y).item(), loss_e.item(), rtol=1e-5)
+    assert len(step._specs) == 2
+    np.testing.assert_allclose(compiled_net[1].running_mean.numpy(),
+                               eager[1].running_mean.numpy(), rtol=1e-5, atol=1e-7)

@@ -57,7 +57,7 @@ def build_step_graph(fwd, bwd, kind, flags, param_values):
         mapping[v] = graph.add_input(v.name, v.shape, v.dtype, v.requires_grad)
     fwd_map = {}
     graph.seed_inputs = [mapping[v] for v in fwd.seed_inputs]
-    loss, = graph.inline(fwd, [mapping[v] for v in fwd.inputs], fwd_map)
+    loss, *updates = graph.inline(fwd, [mapping[v] for v in fwd.inputs], fwd_map)
     one = graph.add_constant(np.ones(loss.shape, loss.dtype.np))
     grads = graph.inline(bwd, [one] + [fwd_map[v] for v in bwd.saved])
     new_params, new_state = [], []
@@ -79,7 +79,9 @@ def build_step_graph(fwd, bwd, kind, flags, param_values):
                                   [Meta(p.shape, p.dtype)] * 4)
             new_params.append(node.outputs[0])
             new_state.append(node.outputs[1:])
-    graph.outputs = [loss] + list(grads) + new_params + [v for s in new_state for v in s]
+    # buffer updates (batch-norm running statistics) come last; the runtime writes them back
+    graph.outputs = [loss] + list(grads) + new_params + [v for s in new_state for v in s] + \
+        updates
     return graph
 
 
@@ -89,10 +91,21 @@ class _StepSpecialisation:
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.groups = [g for g in optimizer.param_groups for _ in g["params"]]
         names = _param_names(optimizer)
-        with grad_mode.enable_grad():
-            fwd = trace(fn, *batch, name=getattr(fn, "__name__", "step"),
-                        state=list(zip(names, self.params)))
-        if len(fwd.outputs) != 1 or fwd.outputs[0].shape not in ((), (1,)) or \
+        from .nn.modules import module as module_mod
+        self.buffers = _buffers_of(fn, self.params)
+        seen = {}
+        observe = (lambda m: seen.setdefault(id(m), m))
+        module_mod._call_observers.append(observe)
+        try:
+            with grad_mode.enable_grad():
+                fwd = trace(fn, *batch, name=getattr(fn, "__name__", "step"),
+                            state=list(zip(names, self.params)) + self.buffers)
+        finally:
+            module_mod._call_observers.remove(observe)
+        # the modules the traced code called: their train/eval flags are part of the key
+        self.modules = tuple(seen.values())
+        n_loss = len(fwd.outputs) - len(fwd.state_updates)
+        if n_loss != 1 or fwd.outputs[0].shape not in ((), (1,)) or \
                 not fwd.outputs[0].dtype.is_floating_point:
             raise ValueError("the function given to compile_step must return one scalar "
                              "floating-point loss")
@@ -125,6 +138,11 @@ class _StepSpecialisation:
         self._ffi = self.library.ffi
         self._args = self._ffi.new("void *[]", entries[0].num_args)
         self.n_batch = n_batch
+        # (buffer, index among the graph outputs) for in-place buffer updates
+        first_update = len(self.graph.outputs) - len(fwd.state_updates)
+        self.state_updates = [(self.buffers[i - len(self.params)][1], first_update + j)
+                              for j, (i, _) in enumerate(fwd.state_updates)]
+        self.update_arrays = [np.empty(b.shape, b.dtype.np) for b, _ in self.state_updates]
         n = len(self.params)
         self.loss_meta = (self.graph.outputs[0].shape, self.graph.outputs[0].dtype.np)
         self.grad_arrays = [np.zeros(p.shape, p.dtype.np) for p in self.params]
@@ -183,7 +201,7 @@ class _StepSpecialisation:
             keep.append(arr)
             args[k] = ffi.from_buffer(arr)
         state_fn = self._sgd_state if self.kind == "sgd" else self._adam_state
-        arrays = [p._data for p in self.params]
+        arrays = [p._data for p in self.params] + [b._data for _, b in self.buffers]
         states = [state_fn(optimizer, i, p) for i, p in enumerate(self.params)]
         layout = tuple(map(id, arrays)) + tuple(id(a) for st in states for a in st)
         if layout != self._layout:
@@ -201,6 +219,9 @@ class _StepSpecialisation:
         self._fn(args)
         if debug.enabled("time"):
             log_kernel_times(self.library, self.entry)
+        for (buf, _), arr in zip(self.state_updates, self.update_arrays):
+            np.copyto(buf._data, arr)  # running statistics, as the eager step updates them
+            buf._vc.value += 1
         for p, g in zip(self.params, self._grad_tensors):
             p._vc.value += 1
             if p._grad is not g:
@@ -214,13 +235,15 @@ class _StepSpecialisation:
         """Parameter, state, hyperparameter and gradient addresses; remembers where the
         per-call seed and loss slots are."""
         ffi = self._ffi
-        ptrs = [ffi.from_buffer(a) for a in arrays]
+        ptrs = [ffi.from_buffer(a) for a in arrays]  # parameters, then buffers
         state_ptrs = [[ffi.from_buffer(a) for a in st] for st in states]
-        self._ptr_refs = (ptrs, state_ptrs)
+        update_ptrs = [ffi.from_buffer(a) for a in self.update_arrays]
+        self._ptr_refs = (ptrs, state_ptrs, update_ptrs)
         k = self.n_batch
         for ptr in ptrs:
             args[k] = ptr
             k += 1
+        ptrs = ptrs[:len(self.params)]
         self._seed_slot = k
         k += self.n_seeds
         for i, sp in enumerate(state_ptrs):
@@ -241,6 +264,41 @@ class _StepSpecialisation:
             for ptr in sp:
                 args[k] = ptr
                 k += 1
+        for ptr in update_ptrs:
+            args[k] = ptr
+            k += 1
+
+
+def _buffers_of(fn, params):
+    """(name, tensor) of the buffers of the modules ``fn`` can reach through its closure,
+    defaults, bound object or the globals it names: they become graph inputs, so in-place
+    updates (running statistics) are traced instead of applied to the real buffers."""
+    from .nn.modules.module import Module
+    found = []
+    code = getattr(fn, "__code__", None)
+    candidates = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())
+                  if _cell_filled(c)]
+    candidates += list(getattr(fn, "__defaults__", None) or ())
+    candidates.append(getattr(fn, "__self__", None))
+    if code is not None:
+        g = getattr(fn, "__globals__", {})
+        candidates += [g[n] for n in code.co_names if n in g]
+    seen, param_ids = set(), {id(p) for p in params}
+    for obj in candidates:
+        if isinstance(obj, Module):
+            for name, b in obj.named_buffers():
+                if id(b) not in seen and id(b) not in param_ids:
+                    seen.add(id(b))
+                    found.append((f"{type(obj).__name__}.{name}", b))
+    return found
+
+
+def _cell_filled(cell):
+    try:
+        cell.cell_contents
+        return True
+    except ValueError:
+        return False
 
 
 class CompiledTrainingStep:
@@ -252,9 +310,22 @@ class CompiledTrainingStep:
         self._specs = {}
         self._last = None
 
+    def _flags_for(self, shapes):
+        """The train/eval flags of the modules a specialisation for ``shapes`` traced (None
+        before any exists: the first trace defines them)."""
+        for (s, flags), spec in self._specs.items():
+            if s == shapes:
+                return tuple(m.training for m in spec.modules)
+        return None
+
     def __call__(self, *batch):
         try:
             key = tuple((x._data.shape, x._data.dtype.num) for x in batch)
+            last = self._last
+            if last is not None and last.key_shapes == key:
+                key = (key, tuple(m.training for m in last.modules))
+            else:
+                key = (key, self._flags_for(key))
         except AttributeError:
             bad = next(i for i, x in enumerate(batch) if not isinstance(x, Tensor))
             raise TypeError(f"compiled step input {bad} must be a Tensor, got "
@@ -268,6 +339,8 @@ class CompiledTrainingStep:
                                   for x in batch)
                 debug.log("cache", f"new training-step specialisation for ({shown})")
             spec = _StepSpecialisation(self.fn, self.optimizer, batch, key, unit)
+            spec.key_shapes = key[0]
+            key = (key[0], tuple(m.training for m in spec.modules))
             self._specs[key] = spec
         self._last = spec
         return spec.run(batch, self.optimizer)

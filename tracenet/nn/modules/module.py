@@ -70,6 +70,9 @@ class _IncompatibleKeys(IncompatibleKeys):
 # --- global hooks (apply to every module) -------------------------------------------------
 
 _global_forward_pre_hooks = OrderedDict()
+# callables told of every module call (the tracer uses this to note the modules a traced
+# function runs, so a compiled training step re-specialises when one switches train/eval)
+_call_observers = []
 _global_forward_hooks = OrderedDict()
 _global_forward_hooks_always_called = OrderedDict()
 _global_forward_hooks_with_kwargs = OrderedDict()
@@ -627,6 +630,9 @@ class Module:
             raise
 
     def __call__(self, *args, **kwargs):
+        if _call_observers:
+            for observe in _call_observers:
+                observe(self)  # tracing records which modules (and training flags) it went through
         return self._call_impl(*args, **kwargs)
 
     # --- attribute protocol --------------------------------------------------------------------
