@@ -35,8 +35,9 @@ TARGETS = {("train", 1): 15, ("train", 8): 6, ("train", 64): 2.5, ("train", 256)
            ("infer", 1): 10, ("infer", 64): 2}
 
 
-def torch_lenet():
-    nn, F = torch.nn, torch.nn.functional
+def lenet(lib):
+    """The tutorial's LeNet written once, built with ``lib`` (``torch`` or ``tracenet``)."""
+    nn, F = lib.nn, lib.nn.functional
 
     class Net(nn.Module):
         def __init__(self):
@@ -50,29 +51,7 @@ def torch_lenet():
         def forward(self, x):
             x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
             x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-            x = torch.flatten(x, 1)
-            x = F.relu(self.fc1(x))
-            x = F.relu(self.fc2(x))
-            return self.fc3(x)
-    return Net()
-
-
-def tracenet_lenet():
-    nn, F = tn.nn, tn.nn.functional
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 6, 5)
-            self.conv2 = nn.Conv2d(6, 16, 5)
-            self.fc1 = nn.Linear(16 * 5 * 5, 120)
-            self.fc2 = nn.Linear(120, 84)
-            self.fc3 = nn.Linear(84, 10)
-
-        def forward(self, x):
-            x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
-            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-            x = tn.flatten(x, 1)
+            x = lib.flatten(x, 1)
             x = F.relu(self.fc1(x))
             x = F.relu(self.fc2(x))
             return self.fc3(x)
@@ -106,8 +85,8 @@ def compare(fns, rounds, per_round):
 
 
 def train_workloads(batch, rng):
-    tnet = torch_lenet()
-    net, plain_net = tracenet_lenet(), tracenet_lenet()
+    tnet = lenet(torch)
+    net, plain_net = lenet(tn), lenet(tn)
     copy_weights(tnet, net)
     copy_weights(tnet, plain_net)
     x = rng.standard_normal((batch, 1, 32, 32)).astype(np.float32)
@@ -140,8 +119,8 @@ def train_workloads(batch, rng):
 
 
 def infer_workloads(batch, rng, inductor):
-    tnet = torch_lenet().eval()
-    net = tracenet_lenet().eval()
+    tnet = lenet(torch).eval()
+    net = lenet(tn).eval()
     copy_weights(tnet, net)
     x = rng.standard_normal((batch, 1, 32, 32)).astype(np.float32)
     tx, nx = torch.from_numpy(x), tn.from_numpy(x)
@@ -195,8 +174,8 @@ _CHILD = textwrap.dedent("""
         import torch
         torch.set_num_threads(2)
         sys.path.insert(0, {here!r})
-        from lenet import torch_lenet
-        net = torch_lenet(); opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        from lenet import lenet
+        net = lenet(torch); opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
         crit = torch.nn.CrossEntropyLoss(); tx, ty = torch.from_numpy(x), torch.from_numpy(y)
         first = reset_peak()
         opt.zero_grad(); crit(net(tx), ty).backward(); opt.step()
@@ -208,8 +187,8 @@ _CHILD = textwrap.dedent("""
     else:
         import tracenet as tn
         sys.path.insert(0, {here!r})
-        from lenet import tracenet_lenet
-        net = tracenet_lenet(); opt = tn.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        from lenet import lenet
+        net = lenet(tn); opt = tn.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
         crit = tn.nn.CrossEntropyLoss(); nx, ny = tn.from_numpy(x), tn.from_numpy(y)
         first = reset_peak()
         t1 = time.perf_counter()

@@ -16,6 +16,7 @@ from .autograd import engine, grad_mode
 from .codegen.emit import c_identifier, generate
 from .ir.verify import verify
 from .passes import fuse, grad as ir_grad, joint_forward, simplify
+from .passes.autodiff import RECOMPUTED
 from .passes.lower import lower_gemm
 from .runtime import build, debug
 from .tensor import Tensor
@@ -215,13 +216,10 @@ class CompiledFunctionBackward(engine.Node):
         self.recyclable = ()
 
 
-_VIEW_OPS = ("view", "permute", "expand", "detach")
-
-
 def _view_source(v):
     """The value ``v`` is a view of (itself if none): eager autograd would save that tensor,
     so an in-place change to it before backward must raise as in eager mode."""
-    while v.producer is not None and v.producer.op in _VIEW_OPS:
+    while v.producer is not None and v.producer.op in RECOMPUTED:
         v = v.producer.inputs[0]
     return v
 

@@ -165,18 +165,6 @@ def rebuild(template, leaves):
     return out if kind == "list" else tuple(out)
 
 
-def _flatten_outputs(out):
-    if isinstance(out, Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        flat = []
-        for o in out:
-            flat.extend(_flatten_outputs(o))
-        return flat
-    raise TraceError(f"forward must return a Tensor or a tuple of Tensors to be traced, got "
-                     f"{type(out).__name__}")
-
-
 def trace(fn, *example_inputs, name=None, state=None):
     """Trace ``fn`` (a Module or a function of tensors) on ``example_inputs`` into a Graph.
 

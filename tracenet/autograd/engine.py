@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..ops.registry import Ctx, Meta, op_attrs
+from ..ops.registry import Ctx, Meta, op_attrs, saved_input_indices
 from ..utils.hooks import RemovableHandle
 from . import grad_mode
 
@@ -196,9 +196,7 @@ def _record(op, inputs, outputs, metas, out_metas, attrs, needs):
     from ..tensor import Tensor
     saved_inputs = [None] * len(inputs)
     saved = []
-    for i in op.saves_inputs:
-        if i >= len(inputs):  # an optional input that was not given (bias, class weight)
-            continue
+    for i in saved_input_indices(op, len(inputs)):
         saved_inputs[i] = inputs[i]
         saved.append((inputs[i], inputs[i]._vc.value))
     saved_outputs = None

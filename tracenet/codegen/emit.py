@@ -41,7 +41,6 @@ class EntryPoint:
         self.kernels = []          # (Kernel, node)
         self.arena_bytes = 0
         self.copies = []           # (output index, value) copied at the end
-        self.flops = []            # per kernel, for the time debug topic
 
     @property
     def num_args(self):

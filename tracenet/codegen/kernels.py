@@ -40,10 +40,6 @@ def ctype(value):
     return CTYPE[value.dtype.short]
 
 
-def acc_ctype(value):
-    return "double" if value.dtype.short == "f64" else ctype(value)
-
-
 class Kernel:
     def __init__(self, name, reads, writes, source, scratch=0, scratch_ctype="float", flops=0,
                  parallel=False):

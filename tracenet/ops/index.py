@@ -269,7 +269,7 @@ def _index_grad_fn(ctx):
 index_op = register(
     "index", infer=_index_meta,
     eager=_translate_index_error(lambda x, *idx, spec: _index_eager(x, idx, spec)),
-    saves=tuple(range(1, 64)), grad_fn=_index_grad_fn,
+    saves=(1, ...), grad_fn=_index_grad_fn,
     backward=lambda ctx, g: (index_backward(g, ctx.inputs[1:], ctx.metas[0].shape,
                                             ctx.attrs["spec"]),) + (None,) * (len(ctx.metas) - 1),
     is_view=True)
@@ -287,7 +287,7 @@ def _index_backward_eager(g, *idx, shape, spec):
 
 index_backward_op = register(
     "index_backward", infer=lambda g, *idx, shape, spec: Meta(tuple(shape), g.dtype),
-    eager=_index_backward_eager, saves=tuple(range(1, 64)),
+    eager=_index_backward_eager, saves=(1, ...),
     backward=lambda ctx, gg: (index(gg, ctx.inputs[1:], ctx.attrs["spec"]),)
     + (None,) * (len(ctx.metas) - 1))
 
@@ -376,7 +376,7 @@ def _index_put_grad_fn(ctx):
 
 
 index_put_op = register("index_put", infer=_index_put_meta, eager=_index_put_eager,
-                        saves=tuple(range(2, 64)), backward=_index_put_backward,
+                        saves=(2, ...), backward=_index_put_backward,
                         grad_fn=_index_put_grad_fn)
 
 

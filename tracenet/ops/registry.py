@@ -35,6 +35,8 @@ class Op:
         self.infer = infer
         self.eager = eager
         self.backward = backward
+        # input indices the backward reads; a trailing ``...`` means "and every later input"
+        # (the index tensors of an indexing op)
         self.saves_inputs = tuple(saves)
         self.saves_outputs = save_outputs
         self.grad_fn = grad_fn
@@ -93,6 +95,20 @@ class Ctx:
     @property
     def output(self):
         return self.outputs[0]
+
+
+def saved_input_indices(op, n_inputs):
+    """The indices of an op's inputs its backward reads, for an application with
+    ``n_inputs`` inputs (optional inputs that were not given are skipped)."""
+    out, after = [], 0
+    for i in op.saves_inputs:
+        if i is Ellipsis:
+            out.extend(range(after, n_inputs))
+        else:
+            after = i + 1
+            if i < n_inputs:
+                out.append(i)
+    return out
 
 
 def op_attrs(attrs):

@@ -31,10 +31,6 @@ def is_elementwise(op):
     return bool(entry is not None and getattr(entry, "elementwise", False))
 
 
-def _users(graph):
-    return graph.users()
-
-
 def _sole_user(users, graph, value):
     us = users.get(value, [])
     if len(us) == 1 and value not in graph.outputs:
@@ -114,16 +110,8 @@ class _Fuser:
         self.graph.nodes = nodes
 
 
-def fuse_group(graph, members, kind):
-    """Fuse one group (see ``_Fuser.fuse``); returns the fused node or None."""
-    fuser = _Fuser(graph)
-    fused = fuser.fuse(members, kind)
-    fuser.finish()
-    return fused
-
-
 def _conv_groups(graph):
-    users = _users(graph)
+    users = graph.users()
     groups = []
     for node in graph.nodes:
         if node.op != "convolution":
@@ -151,7 +139,7 @@ def _user_with_op(users, value, op):
 
 
 def _gemm_groups(graph):
-    users = _users(graph)
+    users = graph.users()
     groups = []
     for node in graph.nodes:
         if node.op not in ("addmm", "mm", "gemm"):
@@ -171,7 +159,7 @@ def _gemm_groups(graph):
 
 
 def _elementwise_groups(graph):
-    users = _users(graph)
+    users = graph.users()
     groups = []
     group_of = {}
     for node in graph.nodes:
@@ -198,7 +186,7 @@ def _elementwise_groups(graph):
 def _pool_relu_backward_groups(graph):
     """max_pool_backward -> threshold_backward (relu's mask) [-> the bias-gradient sum]: the
     backward of conv -> relu -> max_pool, one pass over each plane."""
-    users = _users(graph)
+    users = graph.users()
     groups = []
     for node in graph.nodes:
         if node.op != "max_pool_backward" or len(node.output.shape) != 4:
@@ -219,7 +207,7 @@ def _pool_relu_backward_groups(graph):
 def _gemm_mask_groups(graph):
     """gemm -> threshold_backward: the input gradient of a linear layer masked by the relu
     that followed it, applied in the gemm's epilogue."""
-    users = _users(graph)
+    users = graph.users()
     groups = []
     for node in graph.nodes:
         if node.op != "gemm":
