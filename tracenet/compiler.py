@@ -98,6 +98,7 @@ class Specialisation:
             self.backward_entry = entries[1]
             self._backward_fn = getattr(lib, entries[1].name)
             self.grad_meta = [(v.shape, v.dtype.np) for v in self.backward_graph.outputs]
+            self._backward_args = self._ffi.new("void *[]", max(entries[1].num_args, 1))
         self._param_arrays = [None] * len(params)
         # buffers of saved values, handed back after backward: reusing them avoids fresh
         # (page-faulting) allocations on every training call
@@ -146,7 +147,7 @@ class Specialisation:
 
     def run_backward(self, cotangents, saved):
         ffi = self._ffi
-        args = ffi.new("void *[]", max(self.backward_entry.num_args, 1))
+        args = self._backward_args
         k = 0
         for arr in list(cotangents) + list(saved):
             args[k] = ffi.from_buffer(arr)

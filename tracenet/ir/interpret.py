@@ -27,6 +27,13 @@ def run_node(node, env):
 def interpret(graph, *inputs):
     """Run ``graph`` on numpy arrays or tensors given in ``graph.inputs`` order; returns a list
     of numpy arrays, one per graph output."""
+    env = interpret_env(graph, *inputs)
+    return [env[v] for v in graph.outputs]
+
+
+def interpret_env(graph, *inputs):
+    """Like ``interpret`` but returns every computed value: {Value: array}. The backward graph's
+    saved inputs are read from here."""
     if len(inputs) != len(graph.inputs):
         raise ValueError(f"graph {graph.name} takes {len(graph.inputs)} inputs "
                          f"({', '.join(v.ref for v in graph.inputs)}), got {len(inputs)}")
@@ -37,17 +44,6 @@ def interpret(graph, *inputs):
             raise ValueError(f"input {v.ref} expects shape {list(v.shape)}, got "
                              f"{list(arr.shape)}")
         env[v] = arr
-    for node in graph.nodes:
-        run_node(node, env)
-    return [env[v] for v in graph.outputs]
-
-
-def interpret_env(graph, *inputs):
-    """Like ``interpret`` but returns every computed value: {Value: array}. The backward graph's
-    saved inputs are read from here."""
-    env = {}
-    for v, x in zip(graph.inputs, inputs):
-        env[v] = x._data if hasattr(x, "_data") else np.asarray(x)
     for node in graph.nodes:
         run_node(node, env)
     return env
