@@ -607,6 +607,12 @@ COMPILED = {
     "conv2d_same_reflect": (lambda: tnn.Conv2d(4, 6, (2, 3), padding="same",
                                                padding_mode="reflect", dilation=(3, 1)),
                             (2, 4, 7, 8)),
+    # stride 1: the input gradient is one GEMM per tap into the (padded) gradient image
+    "conv2d_dilated_grouped_padded": (lambda: tnn.Conv2d(4, 6, (3, 2), padding=(2, 1),
+                                                         dilation=(2, 3), groups=2),
+                                      (2, 4, 7, 8)),
+    "conv2d_padding_past_kernel": (lambda: tnn.Conv2d(3, 4, 2, padding=3), (2, 3, 5, 6)),
+    "conv1d_dilated": (lambda: tnn.Conv1d(3, 5, 3, padding=4, dilation=2), (3, 3, 9)),
     "conv3d": (lambda: tnn.Sequential(tnn.Conv3d(2, 4, 3, padding=1), tnn.Tanh()),
                (2, 2, 4, 5, 6)),
     "conv3d_relu_grouped": (lambda: tnn.Sequential(tnn.Conv3d(
@@ -635,3 +641,10 @@ def test_compiled_large_conv2d_float64(_cache):
     tn.manual_seed(0)
     model = tnn.Conv2d(16, 33, (3, 5), stride=(2, 1), padding=(4, 2), dilation=(3, 1)).double()
     _check_compiled(model, (4, 16, 50, 100), dtype=tn.float64, tol=1e-8)
+
+
+def test_compiled_large_stride1_conv2d_parallel(_cache):
+    """Large enough for the OpenMP paths of the forward and both gradient kernels."""
+    tn.manual_seed(0)
+    model = tnn.Conv2d(6, 8, (3, 4), padding=(2, 1), dilation=(1, 2), groups=2)
+    _check_compiled(model, (4, 6, 20, 24))

@@ -343,6 +343,13 @@ def _direct_geometry(geo):
                 padded=bool(geo["PH"] or geo["PW"]))
 
 
+def _gradient_work(geo, direct):
+    """Scratch elements of a stride-1 gradient kernel: the output gradient on rows of the
+    padded width, and the padded image when there is padding."""
+    return geo["O"] // geo["G"] * direct["NW"] + \
+        (geo["C"] // geo["G"] * direct["HP"] * direct["WP"] if direct["padded"] else 0)
+
+
 def _threads_scratch(per_thread, parallel):
     return (per_thread, "threads") if parallel else per_thread
 
@@ -396,31 +403,19 @@ def lower_conv_backward_input(name, node):
     geo = _conv_grad_geometry(node, out.shape, w.shape, gy.shape)
     ct = ctype(out)
     t = _conv_template_geo(geo, ct)
-    og, kk = geo["O"] // geo["G"], geo["KH"] * geo["KW"]
-    ph2 = (geo["KH"] - 1) * geo["DH"] - geo["PH"]
-    pw2 = (geo["KW"] - 1) * geo["DW"] - geo["PW"]
-    direct = {}
-    shared = 0
-    if geo["SH"] == 1 and geo["SW"] == 1 and ph2 >= 0 and pw2 >= 0:
-        hq, wq = geo["OH"] + 2 * ph2, geo["OW"] + 2 * pw2
-        taps = [o * hq * wq + (geo["KH"] - 1 - kh) * geo["DH"] * wq +
-                (geo["KW"] - 1 - kw) * geo["DW"]
-                for o in range(og) for kh in range(geo["KH"]) for kw in range(geo["KW"])]
-        direct = dict(HQ=hq, WQ=wq, PH2=ph2, PW2=pw2, NQ=(geo["H"] - 1) * wq + geo["W"],
-                      taps=taps)
-        shared = geo["O"] * t["CG"] * kk
-        per_thread = og * hq * wq + t["CG"] * geo["H"] * wq
+    direct = _direct_geometry(geo)
+    if direct:
+        per_thread = _gradient_work(geo, direct)
     else:
-        per_thread = t["CG"] * kk * geo["OH"] * geo["OW"]
+        per_thread = t["CG"] * geo["KH"] * geo["KW"] * geo["OH"] * geo["OW"]
     parallel = _parallel(geo, _conv_flops(geo))
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_backward_input.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
-                 shared_elems=shared, direct=bool(direct), **direct, **geo)
-    scratch = (per_thread, "threads", shared) if parallel else per_thread + shared
-    return Kernel(name, reads, writes, src, scratch, ct, flops=_conv_flops(geo),
-                  parallel=parallel)
+                 direct=bool(direct), **(direct or {}), **geo)
+    return Kernel(name, reads, writes, src, _threads_scratch(per_thread, parallel), ct,
+                  flops=_conv_flops(geo), parallel=parallel)
 
 
 def lower_conv_backward_weight(name, node):
@@ -432,8 +427,7 @@ def lower_conv_backward_weight(name, node):
     wsize = numel(out.shape)
     direct = _direct_geometry(geo)
     if direct:
-        work = geo["O"] // geo["G"] * direct["NW"] + \
-            (t["CG"] * direct["HP"] * direct["WP"] if direct["padded"] else 0)
+        work = _gradient_work(geo, direct)
     else:
         work = t["CG"] * geo["KH"] * geo["KW"] * geo["OH"] * geo["OW"]
     per_thread = work + wsize
