@@ -71,6 +71,24 @@ def test_sequential_with_strided_padded_grouped_conv():
     _check_model(model, (3, 4, 11, 11))
 
 
+class _ReluUsedTwice(nn.Module):
+    """The relu output feeds the max-pool and another op: its mask is applied after the
+    max-pool gradient is scattered (and the relu output is saved)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        return (F.max_pool2d(y, 2) * 2 + y.mean((2, 3), keepdim=True)).flatten(1)
+
+
+def test_relu_output_used_beside_max_pool():
+    torch.manual_seed(3)
+    _check_model(_ReluUsedTwice(), (3, 2, 6, 6))
+
+
 def test_conv_dilation_and_rectangular_kernel():
     torch.manual_seed(2)
     model = nn.Sequential(nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(2, 1),

@@ -343,7 +343,12 @@ def test_backward_fusion_of_lenet():
     fuse(lower_gemm(simplify(bwd)))
     verify(bwd)
     kinds = [n.attrs["kind"] for n in bwd.nodes if n.op == "fused"]
-    assert kinds.count("max_pool_backward_threshold_backward_sum") == 2
+    # relu -> max_pool: the pooled gradient is masked by the pooled output, then scattered
+    assert kinds.count("threshold_backward_max_pool_backward_sum") == 2
+    # ... so the relu outputs are not saved, only the pooled ones
+    saved = [tuple(v.shape) for v in bwd.saved]
+    assert (2, 6, 28, 28) not in saved and (2, 16, 10, 10) not in saved
+    assert (2, 6, 14, 14) in saved and (2, 16, 5, 5) in saved
     assert kinds.count("gemm_threshold_backward") == 2
     got = interpret_backward(graph, bwd, [x] + list(model.parameters()),
                              [np.ones((2, 10), np.float32)])

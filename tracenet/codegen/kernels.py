@@ -642,11 +642,11 @@ def lower_mse_loss(name, node):
 
 
 def lower_pool_relu_backward(name, members, exported):
-    mpb, thr = members[0], members[1]
+    thr, mpb = members[:2]  # mask the pooled gradient, then scatter it
     bias = members[2] if len(members) > 2 else None
-    g, idx = mpb.inputs
-    y = thr.inputs[1]
-    out = thr.outputs[0]
+    g, y = thr.inputs
+    idx = mpb.inputs[1]
+    out = mpb.outputs[0]
     n, c = out.shape[0], out.shape[1]
     reads = [("g", g), ("idx", idx), ("y", y)]
     writes = [("out", out)]
@@ -702,7 +702,7 @@ def lower_node(name, node, exported):
         kind = node.attrs["kind"]
         if kind.startswith("conv"):
             return lower_conv_group(name, node.members, set(exported))
-        if kind.startswith("max_pool_backward"):
+        if any(m.op == "max_pool_backward" for m in node.members):
             return lower_pool_relu_backward(name, node.members, set(exported))
         if kind == "elementwise":
             return lower_elementwise(name, node.members, node.inputs, node.outputs)

@@ -8,7 +8,9 @@ What the forward saves is exactly what the backward rules read: a forward value 
 touches becomes an input of the backward graph (``bwd.saved`` lists them, in input order).
 With the current rules that means: matmul/conv inputs, relu *outputs* (the mask is recomputed
 from them as ``y > 0``, so no separate mask is stored), max-pool's argmax indices (never the
-window), softmax/log-softmax outputs, and the targets of losses. Views (transposes, reshapes)
+window), softmax/log-softmax outputs, and the targets of losses. One pattern is rewritten:
+relu -> max_pool masks the pooled gradient by the pooled output (which is the relu output at
+each argmax) before scattering it, so such a relu output is not saved at all. Views (transposes, reshapes)
 are recomputed from their source instead of saved, and forward constants read by a rule are
 copied into the backward graph.
 """
@@ -16,6 +18,8 @@ import numpy as np
 
 from ..autograd import grad_mode
 from ..ir.graph import Graph
+from ..ops.elementwise import threshold_backward
+from ..ops.nn import _max_pool_backward
 from ..ops.registry import REGISTRY, Ctx, Meta, apply
 
 # ops the backward recomputes rather than saving their result: views are free, and a
@@ -96,6 +100,7 @@ def grad(forward, wrt=None):
         cot[v] = t if v not in cot else cot[v] + t
 
     tracer = Tracer(bwd, foreign=foreign)
+    pooled_relu = {}  # relu output -> (its max_pool node, the pooled gradient, the scattered one)
     with tracing(tracer), grad_mode.no_grad():
         nodes = list(_flat_nodes(forward))
         for node in reversed(nodes):
@@ -108,13 +113,18 @@ def grad(forward, wrt=None):
             needs = tuple(v.requires_grad for v in node.inputs)
             if not op.differentiable or not any(needs):
                 continue
+            shortcut = pooled_relu.get(node.outputs[0]) if node.op == "relu" else None
+            if shortcut is not None and grads[0] is shortcut[2]:
+                # the max_pool was the relu output's only consumer: mask, then scatter
+                pool, gp, _ = shortcut
+                masked = threshold_backward(gp, traced_tensor(pool.outputs[0]), 0.0)
+                gx = _max_pool_backward(_ctx(pool, (True,)), masked)[0]
+                v = node.inputs[0]
+                cot[v] = gx if v not in cot else cot[v] + gx
+                continue
             grads = [_zeros_like_value(o) if g is None and o.dtype.is_floating_point else g
                      for g, o in zip(grads, node.outputs)]
-            ctx = Ctx([traced_tensor(v) for v in node.inputs],
-                      [traced_tensor(o) for o in node.outputs],
-                      tuple(Meta(v.shape, v.dtype) for v in node.inputs),
-                      tuple(Meta(o.shape, o.dtype) for o in node.outputs),
-                      node.attrs, needs)
+            ctx = _ctx(node, needs)
             tracer.loc = node.loc
             res = op.backward(ctx, *grads)
             res = res if isinstance(res, tuple) else (res,)
@@ -123,6 +133,9 @@ def grad(forward, wrt=None):
                     if g.dtype is not v.dtype:
                         g = g.to(v.dtype)
                     cot[v] = g if v not in cot else cot[v] + g
+            if node.op == "max_pool" and grads[0] is not None and node.inputs[0].producer \
+                    is not None and node.inputs[0].producer.op == "relu" and res[0] is not None:
+                pooled_relu[node.inputs[0]] = (node, grads[0], res[0])
         tracer.loc = None
         wrt = [v for v in forward.inputs if v.requires_grad] if wrt is None else list(wrt)
         outputs = []
@@ -134,6 +147,13 @@ def grad(forward, wrt=None):
     bwd.outputs = outputs
     bwd.inputs.extend(saved_inputs[v] for v in bwd.saved)
     return bwd.renumber()
+
+
+def _ctx(node, needs):
+    """What a backward rule sees of a forward node: its inputs and outputs as traced tensors."""
+    return Ctx([traced_tensor(v) for v in node.inputs], [traced_tensor(o) for o in node.outputs],
+               tuple(Meta(v.shape, v.dtype) for v in node.inputs),
+               tuple(Meta(o.shape, o.dtype) for o in node.outputs), node.attrs, needs)
 
 
 def _zeros_like_value(v):

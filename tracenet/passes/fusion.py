@@ -184,19 +184,21 @@ def _elementwise_groups(graph):
 
 
 def _pool_relu_backward_groups(graph):
-    """max_pool_backward -> threshold_backward (relu's mask) [-> the bias-gradient sum]: the
-    backward of conv -> relu -> max_pool, one pass over each plane."""
+    """The backward of conv -> relu -> max_pool as autodiff writes it: threshold_backward (the
+    relu mask, on the pooled gradient) -> max_pool_backward [-> the bias-gradient sum], one
+    pass over each plane."""
     users = graph.users()
     groups = []
     for node in graph.nodes:
         if node.op != "max_pool_backward" or len(node.output.shape) != 4:
             continue
-        thr = _sole_user(users, graph, node.output)
-        if thr is None or thr.op != "threshold_backward" or thr.inputs[0] is not node.output \
-                or thr.inputs[1].shape != node.output.shape:
+        thr = node.inputs[0].producer
+        if thr is None or thr.op != "threshold_backward" or \
+                not thr.inputs[1].shape == thr.output.shape == node.inputs[0].shape or \
+                _sole_user(users, graph, thr.output) is not node:
             continue
-        group = [node, thr]
-        bias = next((u for u in users.get(thr.output, []) if u.op == "sum" and
+        group = [thr, node]
+        bias = next((u for u in users.get(node.output, []) if u.op == "sum" and
                      tuple(u.attrs["dims"]) == (0, 2, 3) and not u.attrs["keepdim"]), None)
         if bias is not None:
             group.append(bias)
