@@ -219,6 +219,7 @@ def generate(graphs, unit, timing=False):
                   "static double tn_now(void) { struct timespec t; "
                   f"clock_gettime({clock}, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }}", ""]
     cdefs, entries = [], []
+    helpers_done = set()
     for suffix, graph in graphs:
         entry = EntryPoint(f"{prefix}_{c_identifier(suffix)}", graph)
         constants, body, copies, arena_name = plan_entry(entry, entry.name)
@@ -228,6 +229,10 @@ def generate(graphs, unit, timing=False):
                          f"__attribute__((aligned({ALIGN})));")
         parts.append("")
         for k, _ in body:
+            for helper, source in k.helpers:
+                if helper not in helpers_done:
+                    helpers_done.add(helper)
+                    parts.append(source)
             parts.append(k.source)
         if timing:
             parts.append(f"static double {entry.name}_times[{max(len(body), 1)}];")

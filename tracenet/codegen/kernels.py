@@ -42,7 +42,7 @@ def ctype(value):
 
 class Kernel:
     def __init__(self, name, reads, writes, source, scratch=0, scratch_ctype="float", flops=0,
-                 parallel=False):
+                 parallel=False, helpers=()):
         self.name = name
         self.reads = reads          # [(role, Value)]
         self.writes = writes        # [(role, Value)]
@@ -53,6 +53,8 @@ class Kernel:
         self.scratch_ctype = scratch_ctype
         self.flops = flops          # for GFLOP/s under TRACENET_DEBUG=time
         self.parallel = parallel
+        # [(name, source)] of functions several kernels share: emitted once per translation unit
+        self.helpers = list(helpers)
 
     def signature(self):
         return signature(self.reads, self.writes, self.scratch, self.scratch_ctype)
@@ -665,13 +667,23 @@ def lower_pool_relu_backward(name, members, exported):
 # --- optimizer steps ----------------------------------------------------------------------
 
 
+def _update_helper(template, ct, **flags):
+    """(name, source) of the shared update loop for element type ``ct`` and compile-time
+    ``flags``."""
+    name = f"tn_{template}{SFX[ct]}_" + "_".join(f"{k}{int(bool(v))}"
+                                                 for k, v in sorted(flags.items()))
+    return name, render(f"{template}.c.j2", helper=name, ctype=ct, **flags)
+
+
 def lower_sgd_step(name, node):
     p, g, buf, h = node.inputs
     reads = [("p", p), ("g", g), ("buf", buf), ("h", h)]
     writes = [("p_out", node.outputs[0]), ("buf_out", node.outputs[1])]
-    src = render("sgd_step.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(p),
-                 signature=signature(reads, writes), numel=numel(p.shape), **node.attrs)
-    return Kernel(name, reads, writes, src)
+    helper = _update_helper("sgd_update", ctype(p), maximize=node.attrs["maximize"],
+                            nesterov=node.attrs["nesterov"])
+    src = render("sgd_step.c.j2", name=name, node_lines=node_lines([node]),
+                 signature=signature(reads, writes), numel=numel(p.shape), helper=helper[0])
+    return Kernel(name, reads, writes, src, helpers=[helper])
 
 
 def lower_adam_step(name, node):
@@ -679,9 +691,11 @@ def lower_adam_step(name, node):
     reads = [("p", p), ("g", g), ("m", m), ("v", v), ("vmax", vmax), ("h", h)]
     writes = [("p_out", node.outputs[0]), ("m_out", node.outputs[1]),
               ("v_out", node.outputs[2]), ("vmax_out", node.outputs[3])]
-    src = render("adam_step.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(p),
-                 signature=signature(reads, writes), numel=numel(p.shape), **node.attrs)
-    return Kernel(name, reads, writes, src)
+    helper = _update_helper("adam_update", ctype(p), maximize=node.attrs["maximize"],
+                            decoupled=node.attrs["decoupled"], amsgrad=node.attrs["amsgrad"])
+    src = render("adam_step.c.j2", name=name, node_lines=node_lines([node]),
+                 signature=signature(reads, writes), numel=numel(p.shape), helper=helper[0])
+    return Kernel(name, reads, writes, src, helpers=[helper])
 
 
 OPTIMIZER_KERNELS = {"sgd_step": lower_sgd_step, "adam_step": lower_adam_step}
