@@ -474,3 +474,35 @@ def test_nested_inputs_and_outputs_keep_their_structure():
         np.testing.assert_allclose(g, e, **TOL)
     out2, state = compiled(x)  # default (None) state: a second specialisation
     assert isinstance(state, tuple) and len(compiled.specialisations) == 2
+
+
+class _ConvReluPoolIndices(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+
+    def forward(self, x):
+        return F.max_pool2d(F.relu(self.conv(x)), 2, return_indices=True)
+
+
+@pytest.mark.parametrize("width", [18, 21, 36])
+def test_conv_relu_pool_indices_ties_and_nan(width):
+    """The vectorised 2x2 pooling epilogue keeps the eager rules: the first maximum in window
+    order wins ties (relu's zeros, equal values), and a NaN wins over numbers."""
+    torch.manual_seed(4)
+    model = _ConvReluPoolIndices()
+    with torch.no_grad():
+        model.conv.weight[1].zero_()            # channel 1: every output is its bias: all ties
+        model.conv.bias[1] = 0.5
+        model.conv.weight[2] = model.conv.weight[2].abs()
+        model.conv.bias[2] = -100.0              # channel 2: relu gives zeros: all ties
+    x = torch.randn(2, 1, 12, width)
+    x[0, 0, 3, 5] = float("nan")
+    x[1, 0, 7, width - 2] = float("nan")
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        out, idx = compiled(x)
+        ref, ref_idx = model(x)
+    np.testing.assert_array_equal(idx.numpy(), ref_idx.numpy())
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.isnan(out.numpy()).any()

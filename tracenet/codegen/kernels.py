@@ -312,6 +312,13 @@ def lower_conv_group(name, members, exported):
     t = _conv_template_geo(geo, ct)
     plane = geo["O"] // geo["G"] * geo["OH"] * geo["OW"]
     direct = _direct_geometry(geo)
+    pool_geo = _pool_geometry(pool, geo["OH"], geo["OW"]) if pool else None
+    # 2x2 stride-2 max-pool of relu(conv + bias) read straight from the GEMM's output, eight
+    # windows per vector step, when no full-size plane is wanted
+    pool_2x2 = bool(pool_geo and relu and direct and plane_out is None and ct == "float" and
+                    pool_geo["inside"] and pool_geo["OW"] >= 8 and
+                    all(pool_geo[k] == v for k, v in (("KH", 2), ("KW", 2), ("SH", 2),
+                                                      ("SW", 2), ("DH", 1), ("DW", 1))))
     if direct:
         work = geo["O"] // geo["G"] * geo["OH"] * direct["WP"] + \
             (t["CG"] * direct["HP"] * direct["WP"] if direct["padded"] else 0)
@@ -323,7 +330,7 @@ def lower_conv_group(name, members, exported):
                  sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  has_bias=len(conv.inputs) > 2, plane_out=plane_out, relu=relu is not None,
                  relu_out=relu_out, relu_scratch=relu_scratch,
-                 pool=_pool_geometry(pool, geo["OH"], geo["OW"]) if pool else None,
+                 pool=pool_geo, pool_2x2=pool_2x2,
                  pool_idx=pool is not None and pool.outputs[1] in exported, geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
                  work_elems=work, direct=bool(direct), **(direct or {}), **geo)
