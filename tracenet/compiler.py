@@ -85,8 +85,8 @@ class Specialisation:
         else:
             self.recyclable = []
             graphs = [("forward", optimise(fwd))]
-        self.source_code, cdef, entries, openmp = generate(graphs, unit,
-                                                           timing=debug.enabled("time"))
+        self.timing = debug.enabled("time")  # built with per-kernel clocks
+        self.source_code, cdef, entries, openmp = generate(graphs, unit, timing=self.timing)
         self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp)
         lib = self.library.lib
         self._ffi = self.library.ffi
@@ -141,7 +141,7 @@ class Specialisation:
             outs.append(o)
             args[n_in + j] = _pointer(self._ffi, o)
         self._forward_fn(args)
-        if debug.enabled("time"):
+        if self.timing:
             self._log_kernel_times(self.forward_entry)
         return arrays, outs
 
@@ -159,7 +159,7 @@ class Specialisation:
             args[k] = ffi.from_buffer(g)
             k += 1
         self._backward_fn(args)
-        if debug.enabled("time"):
+        if self.timing:
             self._log_kernel_times(self.backward_entry)
         return grads
 

@@ -130,8 +130,9 @@ class _StepSpecialisation:
         graph = build_step_graph(fwd, bwd, self.kind, flags, param_values)
         debug.log("ir", f"training step:\n{graph}")
         self.graph = optimise(graph)
+        self.timing = debug.enabled("time")  # built with per-kernel clocks
         self.source_code, cdef, entries, openmp = generate([("step", self.graph)], unit,
-                                                           timing=debug.enabled("time"))
+                                                           timing=self.timing)
         self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp)
         self.entry = entries[0]
         self._fn = getattr(self.library.lib, entries[0].name)
@@ -152,9 +153,28 @@ class _StepSpecialisation:
         self._layout = None
         self._grad_ptrs = [self._ffi.from_buffer(g) for g in self.grad_arrays]
         self._grad_tensors = [Tensor._wrap(g) for g in self.grad_arrays]
+        self._sgd_sig = self._sgd_cache = None
+        self._no_momentum = [np.zeros(p.shape, p.dtype.np) for p in self.params] \
+            if self.kind == "sgd" else None
         # amsgrad's running maximum exists only with amsgrad; the kernel still takes a buffer
         self._spare = [np.zeros(p.shape, p.dtype.np) for p in self.params] \
             if self.kind != "sgd" else None
+
+    def _sgd_states(self, optimizer):
+        """Each parameter's (momentum buffer,), refreshing the hyperparameter rows; the
+        common case (same buffers, same group settings as last step) costs one pass."""
+        state = optimizer.state
+        bufs = [state[p].get("momentum_buffer") for p in self.params]
+        settings = [(g["lr"], g["momentum"], g["dampening"], g["weight_decay"])
+                    for g in optimizer.param_groups]
+        # (the buffers are kept referenced, so equal ids mean the same objects; a first step
+        # creates buffers, so the step after it takes this slow path again)
+        sig = (tuple(map(id, bufs)), settings)
+        if sig != self._sgd_sig:
+            states = [self._sgd_state(optimizer, i, p) for i, p in enumerate(self.params)]
+            self._sgd_sig = sig
+            self._sgd_cache = (bufs, states)
+        return self._sgd_cache[1]
 
     def _sgd_state(self, optimizer, i, p):
         st = optimizer.state[p]
@@ -162,9 +182,11 @@ class _StepSpecialisation:
         buf_t = st.get("momentum_buffer")
         first = buf_t is None
         if first:
-            buf = np.zeros(p.shape, p.dtype.np)
             if group["momentum"] != 0:
+                buf = np.zeros(p.shape, p.dtype.np)
                 st["momentum_buffer"] = Tensor._wrap(buf)
+            else:  # without momentum the kernel never reads the buffer: keep one
+                buf = self._no_momentum[i]
         else:
             buf = buf_t._data
         key = (group["lr"], group["momentum"], group["dampening"], group["weight_decay"], first)
@@ -200,10 +222,14 @@ class _StepSpecialisation:
             arr = x._data if x._data.flags.c_contiguous else np.ascontiguousarray(x._data)
             keep.append(arr)
             args[k] = ffi.from_buffer(arr)
-        state_fn = self._sgd_state if self.kind == "sgd" else self._adam_state
         arrays = [p._data for p in self.params] + [b._data for _, b in self.buffers]
-        states = [state_fn(optimizer, i, p) for i, p in enumerate(self.params)]
-        layout = tuple(map(id, arrays)) + tuple(id(a) for st in states for a in st)
+        if self.kind == "sgd":
+            states = self._sgd_states(optimizer)
+        else:
+            states = [self._adam_state(optimizer, i, p) for i, p in enumerate(self.params)]
+        # (an SGD step's cached state list is the same object while its buffers stay the same)
+        layout = tuple(map(id, arrays)) + ((id(states),) if self.kind == "sgd" else
+                                           tuple(id(a) for st in states for a in st))
         if layout != self._layout:
             # parameters or state buffers were replaced: lay out every address again
             self._layout = layout
@@ -217,7 +243,7 @@ class _StepSpecialisation:
         loss = np.empty(*self.loss_meta)
         args[self._loss_slot] = ffi.from_buffer(loss)
         self._fn(args)
-        if debug.enabled("time"):
+        if self.timing:
             log_kernel_times(self.library, self.entry)
         for (buf, _), arr in zip(self.state_updates, self.update_arrays):
             np.copyto(buf._data, arr)  # running statistics, as the eager step updates them
