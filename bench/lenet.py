@@ -3,7 +3,9 @@
     python bench/lenet.py [--quick] [--no-inductor]
 
 Both frameworks run in this process with the same weights; timings alternate between them in
-rounds and report medians, and every row prints the ratio PyTorch time / tracenet time (> 1
+rounds (each framework's turn starts with two untimed calls, so both are timed in the steady
+state of a loop, not just after the other one evicted their caches) and report medians, and
+every row prints the ratio PyTorch time / tracenet time (> 1
 means tracenet is faster). Train step = zero_grad, forward, CrossEntropyLoss, backward, SGD
 (momentum 0.9). tracenet runs it two ways: ``compile_step`` (the whole step as one C call) and
 the plain loop around ``tracenet.compile(net)`` (loss, backward driver and optimizer in eager
@@ -72,14 +74,19 @@ def time_calls(fn, n):
     return out
 
 
-def compare(fns, rounds, per_round):
-    """Alternate between the callables; median seconds per call for each."""
+def compare(fns, rounds, per_round, settle=2):
+    """Alternate between the callables in rounds; median seconds per call for each. Each turn
+    starts with ``settle`` untimed calls: the first calls after a switch pay for the other
+    framework's cache footprint and idle thread pool (PyTorch's as much as ours), and a
+    training loop runs in the steady state after them."""
     for fn in fns:
         for _ in range(3):
             fn()
     samples = [[] for _ in fns]
     for _ in range(rounds):
         for i, fn in enumerate(fns):
+            for _ in range(settle):
+                fn()
             samples[i] += time_calls(fn, per_round)
     return [statistics.median(s) for s in samples]
 
@@ -220,11 +227,12 @@ def main():
     ap.add_argument("--no-inductor", action="store_true", help="skip torch.compile")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    rounds, per_round = (3, 5) if args.quick else (7, 10)
+    rounds, per_round = (3, 6) if args.quick else (7, 10)
     rng = np.random.default_rng(0)
     rows = []
     print(f"# LeNet, tracenet vs PyTorch {torch.__version__} eager ({torch.get_num_threads()} "
-          f"threads); median us per call over {rounds} alternating rounds of {per_round}")
+          f"threads); median us per call over {rounds} alternating rounds of {per_round} "
+          f"(each after 2 untimed calls)")
     print()
     print("| workload | batch | PyTorch eager us | tracenet compile_step us | ratio | "
           "tracenet plain loop us | ratio | target |")
