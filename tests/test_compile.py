@@ -485,7 +485,7 @@ class _ConvReluPoolIndices(nn.Module):
         return F.max_pool2d(F.relu(self.conv(x)), 2, return_indices=True)
 
 
-@pytest.mark.parametrize("width", [18, 21, 36])
+@pytest.mark.parametrize("width", [10, 13, 18, 21, 36])
 def test_conv_relu_pool_indices_ties_and_nan(width):
     """The vectorised 2x2 pooling epilogue keeps the eager rules: the first maximum in window
     order wins ties (relu's zeros, equal values), and a NaN wins over numbers."""

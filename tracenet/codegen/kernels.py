@@ -314,9 +314,9 @@ def lower_conv_group(name, members, exported):
     direct = _direct_geometry(geo)
     pool_geo = _pool_geometry(pool, geo["OH"], geo["OW"]) if pool else None
     # 2x2 stride-2 max-pool of relu(conv + bias) read straight from the GEMM's output, eight
-    # windows per vector step, when no full-size plane is wanted
+    # (or four) windows per vector step, when no full-size plane is wanted
     pool_2x2 = bool(pool_geo and relu and direct and plane_out is None and ct == "float" and
-                    pool_geo["inside"] and pool_geo["OW"] >= 8 and
+                    pool_geo["inside"] and pool_geo["OW"] >= 4 and
                     all(pool_geo[k] == v for k, v in (("KH", 2), ("KW", 2), ("SH", 2),
                                                       ("SW", 2), ("DH", 1), ("DW", 1))))
     if direct:
