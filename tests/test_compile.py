@@ -506,3 +506,11 @@ def test_conv_relu_pool_indices_ties_and_nan(width):
     np.testing.assert_array_equal(idx.numpy(), ref_idx.numpy())
     np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-5, atol=1e-6)
     assert np.isnan(out.numpy()).any()
+
+
+def test_small_batch_wide_linear_layers():
+    """Few rows, many columns: forward with bias and activations, input gradient, and the
+    weight gradients (large enough to be split by rows between threads)."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(300, 256), nn.ReLU(), nn.Linear(256, 200), nn.Tanh())
+    _check_model(model, (5, 300), steps=2)
