@@ -508,9 +508,10 @@ def test_conv_relu_pool_indices_ties_and_nan(width):
     assert np.isnan(out.numpy()).any()
 
 
-def test_small_batch_wide_linear_layers():
-    """Few rows, many columns: forward with bias and activations, input gradient, and the
-    weight gradients (large enough to be split by rows between threads)."""
+@pytest.mark.parametrize("batch", [5, 16])
+def test_wide_linear_layers(batch):
+    """Forward with bias and activations, input and weight gradients; at batch 16 the GEMMs
+    are large enough to split their rows between threads."""
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(300, 256), nn.ReLU(), nn.Linear(256, 200), nn.Tanh())
-    _check_model(model, (5, 300), steps=2)
+    _check_model(model, (batch, 300), steps=2)
