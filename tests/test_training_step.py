@@ -81,6 +81,9 @@ def test_lenet_100_steps_match_eager_training():
         np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-3,
                                    atol=1e-4)
     assert len(step._specs) == 1
+    # the linear layers' weight gradients are updated in the GEMM that computes them
+    kinds = [n.attrs["kind"] for n in step.graph.nodes if n.op == "fused"]
+    assert kinds.count("gemm_sgd_step") == 3
 
 
 def test_learning_rate_change_does_not_recompile():
@@ -128,3 +131,34 @@ def test_switching_train_and_eval_respecialises():
     assert len(step._specs) == 2
     np.testing.assert_allclose(compiled_net[1].running_mean.numpy(),
                                eager[1].running_mean.numpy(), rtol=1e-5, atol=1e-7)
+
+
+class _TiedSquare(nn.Module):
+    """One weight used by two layers: its gradient is a sum of two GEMMs, and the backward
+    reads the weight after the first of them."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 8) * 0.3)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(x @ self.w.t())
+        return self.head(torch.tanh(h @ self.w))
+
+
+def test_tied_weight_step_matches_eager():
+    eager, compiled = _pair(_TiedSquare)
+    opt_e = optim.SGD(eager.parameters(), lr=0.05, momentum=0.9)
+    opt_c = optim.SGD(compiled.parameters(), lr=0.05, momentum=0.9)
+    crit = nn.CrossEntropyLoss()
+    step = torch.compile_step(lambda x, y: crit(compiled(x), y), opt_c)
+    x, y = torch.randn(5, 8), torch.randint(0, 3, (5,))
+    for _ in range(5):
+        opt_e.zero_grad()
+        loss_e = crit(eager(x), y)
+        loss_e.backward()
+        opt_e.step()
+        np.testing.assert_allclose(step(x, y).item(), loss_e.item(), rtol=1e-5)
+    for p, q in zip(eager.parameters(), compiled.parameters()):
+        np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-4, atol=1e-6)

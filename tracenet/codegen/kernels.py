@@ -464,6 +464,7 @@ def lower_gemm_group(name, members, exported):
     act_node = next((m for m in members[1:] if m.op in ("relu", "tanh", "sigmoid")), None)
     mask_node = next((m for m in members[1:] if m.op == "threshold_backward"), None)
     add_node = next((m for m in members[1:] if m.op == "add"), None)
+    sgd_node = next((m for m in members[1:] if m.op == "sgd_step"), None)
     a, b = g.inputs[0], g.inputs[1]
     ta, tb = g.attrs["trans_a"], g.attrs["trans_b"]
     m, k = (a.shape[1], a.shape[0]) if ta else a.shape
@@ -480,8 +481,16 @@ def lower_gemm_group(name, members, exported):
         reads.append(("c", bias))
     if mask_node is not None:
         reads.append(("mask", mask_node.inputs[1]))
-    last = members[-1].outputs[0]
+    last = g.outputs[0] if sgd_node is not None else members[-1].outputs[0]
     writes = [("out", last)]
+    sgd_helper = None
+    if sgd_node is not None:  # the update of the parameter whose gradient this is
+        reads += [("p", sgd_node.inputs[0]), ("buf", sgd_node.inputs[2]),
+                  ("h", sgd_node.inputs[3])]
+        writes += [("p_out", sgd_node.outputs[0]), ("buf_out", sgd_node.outputs[1])]
+        sgd_helper = _update_helper("sgd_update", ctype(last),
+                                    maximize=sgd_node.attrs["maximize"],
+                                    nesterov=sgd_node.attrs["nesterov"])
     pre = None
     if act_node is not None:
         pre_v = act_node.inputs[0]
@@ -498,6 +507,8 @@ def lower_gemm_group(name, members, exported):
     flops = 2 * m * n * k
     parallel = int(flops >= GEMM_PARALLEL_MIN_FLOPS and m >= 12 and openmp_available())
     row_block = max(6, -(-m // 12) * 6) if parallel else max(m, 1)
+    if sgd_node is not None and not parallel:
+        row_block = min(row_block, max(6, 4096 // max(n, 1) // 6 * 6))  # rows that stay in L1
     act = act_node.op if act_node is not None else None
     src = render("gemm.c.j2", name=name, node_lines=node_lines(members), ctype=ct,
                  sfx=SFX[ct], signature=signature(reads, writes, scratch, ct), M=m, N=n, K=k,
@@ -506,8 +517,9 @@ def lower_gemm_group(name, members, exported):
                  pre_act_out=pre is not None, parallel=parallel, row_block=row_block,
                  mask=_fmt_float(mask_node.attrs["threshold"], ct) if mask_node else None,
                  epilogue=bias is not None or act is not None or g.attrs["alpha"] != 1.0 or
-                 mask_node is not None)
-    return Kernel(name, reads, writes, src, scratch, ct, flops=flops, parallel=parallel)
+                 mask_node is not None, sgd=sgd_helper[0] if sgd_helper else None)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=flops, parallel=parallel,
+                  helpers=[sgd_helper] if sgd_helper else ())
 
 
 def lower_matvec(name, node):

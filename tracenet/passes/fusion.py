@@ -221,11 +221,37 @@ def _gemm_mask_groups(graph):
     return groups
 
 
+def _gemm_sgd_groups(graph):
+    """gemm (a weight gradient) -> sgd_step: the update runs on each block of gradient rows
+    right after the GEMM wrote it, while it is in cache. The step writes the parameter in
+    place, so every other reader of the parameter (or of a view of it) must come before."""
+    users = graph.users()
+    position = {id(n): i for i, n in enumerate(graph.nodes)}
+    groups = []
+    for node in graph.nodes:
+        if node.op != "sgd_step":
+            continue
+        gemm = node.inputs[1].producer
+        if gemm is None or gemm.op != "gemm" or len(gemm.inputs) != 2 or \
+                [u for u in users.get(gemm.output, []) if u is not node]:
+            continue
+        aliases, readers = [node.inputs[0]], []
+        while aliases:
+            for u in users.get(aliases.pop(), []):
+                if u.op in ("view", "detach", "permute", "expand"):
+                    aliases.extend(u.outputs)
+                elif u is not node:
+                    readers.append(u)
+        if all(position[id(r)] < position[id(gemm)] for r in readers):
+            groups.append([gemm, node])
+    return groups
+
+
 def fuse(graph):
     """Apply every fusion pattern; returns the graph (modified in place)."""
     for finder, kind in ((_conv_groups, "conv"), (_pool_relu_backward_groups, "pool_backward"),
-                         (_gemm_mask_groups, "gemm"), (_gemm_groups, "gemm"),
-                         (_elementwise_groups, "elementwise")):
+                         (_gemm_mask_groups, "gemm"), (_gemm_sgd_groups, "gemm"),
+                         (_gemm_groups, "gemm"), (_elementwise_groups, "elementwise")):
         fuser = _Fuser(graph)
         for group in finder(graph):
             fuser.fuse(group, _kind_name(kind, group))
