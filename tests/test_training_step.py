@@ -34,23 +34,28 @@ OPTIMIZERS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_step_matches_eager_loop(name):
-    eager, compiled = _pair(MLP)
-    opt_e, opt_c = OPTIMIZERS[name](eager.parameters()), OPTIMIZERS[name](compiled.parameters())
+def _steps_match(make, make_opt, x, y, steps):
+    """``steps`` compiled steps against the eager loop: losses, parameters and gradients."""
+    eager, compiled = _pair(make)
+    opt_e, opt_c = make_opt(eager.parameters()), make_opt(compiled.parameters())
     crit = nn.CrossEntropyLoss()
-    step = torch.compile_step(lambda x, y: crit(compiled(x), y), opt_c)
-    x, y = torch.randn(6, 20), torch.randint(0, 5, (6,))
-    for _ in range(10):
+    step = torch.compile_step(lambda a, b: crit(compiled(a), b), opt_c)
+    for _ in range(steps):
         opt_e.zero_grad()
         loss_e = crit(eager(x), y)
         loss_e.backward()
         opt_e.step()
-        loss_c = step(x, y)
-        np.testing.assert_allclose(loss_c.item(), loss_e.item(), rtol=1e-5)
+        np.testing.assert_allclose(step(x, y).item(), loss_e.item(), rtol=1e-5)
     for p, q in zip(eager.parameters(), compiled.parameters()):
         np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(q.grad.numpy(), p.grad.numpy(), rtol=1e-4, atol=1e-6)
+    return eager, compiled, opt_e, opt_c
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_step_matches_eager_loop(name):
+    eager, compiled, opt_e, opt_c = _steps_match(
+        MLP, OPTIMIZERS[name], torch.randn(6, 20), torch.randint(0, 5, (6,)), 10)
     # the optimizer state is the eager optimizer's: stepping eagerly afterwards continues it
     for p, q in zip(eager.parameters(), compiled.parameters()):
         for k, v in opt_e.state[p].items():
@@ -148,17 +153,5 @@ class _TiedSquare(nn.Module):
 
 
 def test_tied_weight_step_matches_eager():
-    eager, compiled = _pair(_TiedSquare)
-    opt_e = optim.SGD(eager.parameters(), lr=0.05, momentum=0.9)
-    opt_c = optim.SGD(compiled.parameters(), lr=0.05, momentum=0.9)
-    crit = nn.CrossEntropyLoss()
-    step = torch.compile_step(lambda x, y: crit(compiled(x), y), opt_c)
-    x, y = torch.randn(5, 8), torch.randint(0, 3, (5,))
-    for _ in range(5):
-        opt_e.zero_grad()
-        loss_e = crit(eager(x), y)
-        loss_e.backward()
-        opt_e.step()
-        np.testing.assert_allclose(step(x, y).item(), loss_e.item(), rtol=1e-5)
-    for p, q in zip(eager.parameters(), compiled.parameters()):
-        np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-4, atol=1e-6)
+    _steps_match(_TiedSquare, lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9),
+                 torch.randn(5, 8), torch.randint(0, 3, (5,)), 5)
