@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
+import tracenet
 import tracenet.optim as optim
 from tracenet.optim import _functional
 from tracenet.optim import lr_scheduler
@@ -669,6 +670,32 @@ def test_optimizer_pickles():
     np.testing.assert_array_equal(clone.state[q]["exp_avg"]._data, opt.state[p]["exp_avg"]._data)
     q.grad = Tensor._wrap(np.ones(3, np.float32))
     clone.step()
+
+
+@pytest.mark.parametrize("name, missing", [("Adam", ("amsgrad", "maximize", "fused")),
+                                           ("SGD", ("nesterov", "foreach")),
+                                           ("RMSprop", ("centered", "momentum")),
+                                           ("Adagrad", ("differentiable",))])
+def test_older_state_dict_gets_group_defaults_and_tensor_step(name, missing):
+    """A state dict saved before some group entries existed loads with their defaults, and a
+    numeric ``step`` becomes a float32 tensor, as in torch."""
+    p = Tensor._wrap(np.ones(3, np.float32), requires_grad=True)
+    p.grad = Tensor._wrap(np.ones(3, np.float32))
+    opt = getattr(optim, name)([p], lr=0.1)
+    opt.step()
+    expected = {k: opt.param_groups[0][k] for k in missing}
+    sd = opt.state_dict()
+    for k in missing:
+        del sd["param_groups"][0][k]
+    for st in sd["state"].values():
+        if "step" in st:
+            st["step"] = 1.0
+    fresh = getattr(optim, name)([p], lr=0.1)
+    fresh.load_state_dict(sd)
+    assert {k: fresh.param_groups[0][k] for k in missing} == expected
+    for st in fresh.state.values():
+        if "step" in st:
+            assert isinstance(st["step"], Tensor) and st["step"].dtype == tracenet.float32
 
 
 # --- lr schedulers ---------------------------------------------------------------------------

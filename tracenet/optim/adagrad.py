@@ -37,14 +37,8 @@ class Adagrad(Optimizer):
                 state["step"] = _step_tensor()
                 state["sum"] = _zeros_like(p, group["initial_accumulator_value"])
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("fused", None)
-        self._step_tensor_to_float(self.state.values())
+    _group_entry_defaults = {"foreach": None, "maximize": False, "differentiable": False,
+                             "fused": None}
 
     def step(self, closure=None):
         """Perform a single optimization step; ``closure`` re-evaluates the model and returns

@@ -49,17 +49,9 @@ class Adam(Optimizer):
         super().__init__(params, defaults)
         _check_fused(foreach, differentiable, fused)
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("amsgrad", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("capturable", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("decoupled_weight_decay", False)
-            group.setdefault("fused", None)
-        self._step_tensor_to_float(self.state.values())
+    _group_entry_defaults = {"amsgrad": False, "maximize": False, "foreach": None,
+                             "capturable": False, "differentiable": False,
+                             "decoupled_weight_decay": False, "fused": None}
 
     def step(self, closure=None):
         """Perform a single optimization step; ``closure`` re-evaluates the model and returns

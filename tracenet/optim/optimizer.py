@@ -165,6 +165,9 @@ class Optimizer:
         return {"defaults": self.defaults, "state": self.state,
                 "param_groups": self.param_groups}
 
+    # group entries that older state dicts may lack, with the values each optimizer fills in
+    _group_entry_defaults = {}
+
     def __setstate__(self, state):
         self.__dict__.update(state)
         for name in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",
@@ -173,6 +176,10 @@ class Optimizer:
                      "_optimizer_load_state_dict_post_hooks"):
             if name not in self.__dict__:
                 setattr(self, name, OrderedDict())
+        for group in self.__dict__.get("param_groups", ()):
+            for key, value in self._group_entry_defaults.items():
+                group.setdefault(key, value)
+        self._step_tensor_to_float(self.__dict__.get("state", {}).values())
 
     def __repr__(self):
         text = self.__class__.__name__ + " ("
