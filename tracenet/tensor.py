@@ -279,7 +279,7 @@ class Tensor:
             return self.grad_fn._add_hook(self._output_nr, hook)
         if self._hooks is None:
             self._hooks = OrderedDict()
-        from .autograd.engine import add_hook
+        from .utils.hooks import add_hook
         return add_hook(self._hooks, hook)
 
     # --- data access ----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..ops.registry import Ctx, Meta, op_attrs, saved_input_indices
-from ..utils.hooks import RemovableHandle
+from ..utils.hooks import add_hook
 from . import grad_mode
 
 _node_classes = {}
@@ -64,13 +64,6 @@ class Node:
     # subclasses implement: _run(grads) -> tuple of input grads; _release(); _saved_count
     def _run(self, grads):
         raise NotImplementedError
-
-
-def add_hook(hooks, hook):
-    """Register ``hook`` in the ordered dict ``hooks``; returns its RemovableHandle."""
-    handle = RemovableHandle(hooks)
-    hooks[handle.id] = hook
-    return handle
 
 
 class OpNode(Node):

@@ -7,7 +7,7 @@ from itertools import chain
 
 import numpy as np
 
-from ..utils.hooks import RemovableHandle
+from ..utils.hooks import add_hook
 from ..autograd import grad_mode
 from ..tensor import Tensor
 
@@ -49,16 +49,12 @@ _global_step_post_hooks = OrderedDict()
 def register_optimizer_step_pre_hook(hook):
     """``hook(optimizer, args, kwargs)`` runs before every optimizer's ``step``; it may return a
     new ``(args, kwargs)`` pair."""
-    handle = RemovableHandle(_global_step_pre_hooks)
-    _global_step_pre_hooks[handle.id] = hook
-    return handle
+    return add_hook(_global_step_pre_hooks, hook)
 
 
 def register_optimizer_step_post_hook(hook):
     """``hook(optimizer, args, kwargs)`` runs after every optimizer's ``step``."""
-    handle = RemovableHandle(_global_step_post_hooks)
-    _global_step_post_hooks[handle.id] = hook
-    return handle
+    return add_hook(_global_step_post_hooks, hook)
 
 
 def _with_step_hooks(step):
@@ -125,24 +121,13 @@ class Optimizer:
         return self.__dict__.setdefault("_optimizer_step_post_hooks", OrderedDict())
 
     def register_step_pre_hook(self, hook):
-        hooks = self._step_pre_hooks()
-        handle = RemovableHandle(hooks)
-        hooks[handle.id] = hook
-        return handle
+        return add_hook(self._step_pre_hooks(), hook)
 
     def register_step_post_hook(self, hook):
-        hooks = self._step_post_hooks()
-        handle = RemovableHandle(hooks)
-        hooks[handle.id] = hook
-        return handle
+        return add_hook(self._step_post_hooks(), hook)
 
     def _register(self, name, hook, prepend):
-        hooks = self.__dict__.setdefault(name, OrderedDict())
-        handle = RemovableHandle(hooks)
-        hooks[handle.id] = hook
-        if prepend:
-            hooks.move_to_end(handle.id, last=False)
-        return handle
+        return add_hook(self.__dict__.setdefault(name, OrderedDict()), hook, prepend)
 
     def register_state_dict_pre_hook(self, hook, prepend=False):
         """``hook(optimizer)`` runs before ``state_dict()`` builds its result."""

@@ -45,3 +45,13 @@ class RemovableHandle:
 
     def __exit__(self, *exc):
         self.remove()
+
+
+def add_hook(hooks, hook, prepend=False):
+    """Register ``hook`` in the ordered dict ``hooks`` (first when ``prepend``); returns its
+    RemovableHandle."""
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = hook
+    if prepend:
+        hooks.move_to_end(handle.id, last=False)
+    return handle
