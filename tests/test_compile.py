@@ -515,3 +515,16 @@ def test_wide_linear_layers(batch):
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(300, 256), nn.ReLU(), nn.Linear(256, 200), nn.Tanh())
     _check_model(model, (batch, 300), steps=2)
+
+
+def test_portable_paths_without_vector_shuffles(monkeypatch):
+    """Compilers without __builtin_shufflevector get the general pooling epilogue and the
+    portable dot-product kernel: same results as eager mode."""
+    from tracenet.codegen import emit
+    render = emit.render
+    monkeypatch.setattr(emit, "render", lambda name, **kw: render(name, **kw).replace(
+        "#define TN_SHUFFLE 1", "/* no vector shuffles */"))
+    torch.manual_seed(6)
+    model = LeNet()
+    compiled = _check_model(model, (3, 1, 32, 32))
+    assert "no vector shuffles" in compiled.source()

@@ -5,7 +5,10 @@ Groups (``attrs["kind"]``):
 * ``conv``: ``convolution`` (bias included) -> optional ``relu`` -> optional ``max_pool``;
 * ``gemm``: ``addmm``/``gemm``, or ``mm`` followed by a broadcast bias ``add``, then an optional
   activation (``relu``, ``tanh``, ``sigmoid``);
-* ``elementwise``: a chain of elementwise ops of one output shape.
+* ``elementwise``: a chain of elementwise ops of one output shape;
+* backward groups: ``threshold_backward`` (relu's mask on a pooled gradient) ->
+  ``max_pool_backward`` -> optional bias-gradient ``sum``; ``gemm`` -> ``threshold_backward``;
+  and in a training-step graph a weight-gradient ``gemm`` -> that weight's ``sgd_step``.
 
 A fused node's inputs are the values its members read from outside, its outputs the member
 values used after it (intermediates needed elsewhere, e.g. saved for backward, stay visible).
@@ -13,6 +16,7 @@ The interpreter runs the members, so fusion is checked for equality with the unf
 """
 from ..ir.graph import Node
 from ..ops.registry import REGISTRY
+from .autodiff import RECOMPUTED
 
 ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "exp", "log", "log2", "log1p", "expm1",
                "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "sin", "cos", "abs", "sign",
@@ -238,7 +242,7 @@ def _gemm_sgd_groups(graph):
         aliases, readers = [node.inputs[0]], []
         while aliases:
             for u in users.get(aliases.pop(), []):
-                if u.op in ("view", "detach", "permute", "expand"):
+                if u.op in RECOMPUTED:  # a view: its readers read the parameter
                     aliases.extend(u.outputs)
                 elif u is not node:
                     readers.append(u)
