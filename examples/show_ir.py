@@ -5,8 +5,7 @@ Run: python examples/show_ir.py
 import tracenet as torch
 import tracenet.nn as nn
 import tracenet.nn.functional as F
-from tracenet.passes import fuse, simplify
-from tracenet.passes.lower import lower_gemm
+from tracenet.compiler import optimise
 
 
 class Net(nn.Module):
@@ -30,4 +29,4 @@ class Net(nn.Module):
 graph = torch.trace(Net(), torch.randn(1, 1, 32, 32))
 print(graph)
 print()
-print(fuse(lower_gemm(simplify(graph))))
+print(optimise(graph))

@@ -911,7 +911,7 @@ def test_dropout_mask_is_the_same_in_numpy_and_c():
     from tracenet.codegen.emit import generate
     from tracenet.ir.graph import Graph
     from tracenet.ops.activation import dropout_mask
-    from tracenet.runtime import build
+    from tracenet.runtime import build, target
     from tracenet.trace import Tracer, tracing, traced_tensor
 
     for dtype, p in ((tn.float32, 0.3), (tn.float64, 0.7)):
@@ -920,7 +920,8 @@ def test_dropout_mask_is_the_same_in_numpy_and_c():
         with tracing(Tracer(g)):
             out = dropout_mask(traced_tensor(seed), (37, 11), p, dtype)
         g.outputs = [out._ir]
-        src, cdef, entries, openmp = generate([("forward", g)], f"mask_{dtype.short}")
+        src, cdef, entries, openmp = generate([("forward", g)], f"mask_{dtype.short}",
+                                              target.current())
         lib = build.build(src, cdef, name=f"mask_{dtype.short}", openmp=openmp)
         for s in (0, 12345, 2 ** 62 + 17):
             seed_arr = np.array(s, np.int64)

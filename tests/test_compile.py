@@ -12,7 +12,7 @@ import tracenet as torch
 import tracenet.nn as nn
 import tracenet.nn.functional as F
 import tracenet.optim as optim
-from tracenet.codegen.kernels import LoweringError
+from tracenet.codegen.base import LoweringError
 from tracenet.runtime import build, toolchain
 
 from test_ir import MLP, LeNet, Residual

@@ -13,18 +13,21 @@ import numpy as np
 
 from . import _dtype
 from .autograd import engine, grad_mode
+from .codegen.base import has_lowering
 from .codegen.emit import c_identifier, generate
 from .ir.verify import verify
 from .passes import fuse, grad as ir_grad, joint_forward, simplify
-from .passes.autodiff import RECOMPUTED
+from .passes.autodiff import view_source
+from .passes.decompose import decompose
 from .passes.lower import lower_gemm
-from .runtime import build, debug
+from .runtime import build, debug, target as runtime_target
 from .tensor import Tensor
 from .trace import fresh_seeds, rebuild, specialisation_key, structure_of, trace
 
 
 def optimise(graph):
     """The pass pipeline every compiled graph goes through (verified after each pass)."""
+    verify(decompose(graph, has_lowering))  # ops without a C lowering of their own
     for p in (simplify, lower_gemm):
         verify(p(graph))
     debug.log("ir", f"before fusion:\n{graph}")
@@ -75,7 +78,7 @@ class Specialisation:
             self.recyclable = sorted({i for kind, i in self.saved_sources
                                       if kind == "output" and i >= first_saved})
             fwd_index = {v: i for i, v in enumerate(fwd.inputs)}
-            self.version_checked = sorted({fwd_index[v] for v in map(_view_source, bwd.saved)
+            self.version_checked = sorted({fwd_index[v] for v in map(view_source, bwd.saved)
                                            if v in fwd_index})
             self.grad_of = [fwd_index[v] for v in bwd.grad_of]
             self.cotangent_of = [fwd.outputs.index(v) for v in bwd.cotangent_of]
@@ -86,7 +89,8 @@ class Specialisation:
             self.recyclable = []
             graphs = [("forward", optimise(fwd))]
         self.timing = debug.enabled("time")  # built with per-kernel clocks
-        self.source_code, cdef, entries, openmp = generate(graphs, unit, timing=self.timing)
+        self.source_code, cdef, entries, openmp = generate(graphs, unit, runtime_target.current(),
+                                                           timing=self.timing)
         self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp)
         lib = self.library.lib
         self._ffi = self.library.ffi
@@ -215,14 +219,6 @@ class CompiledFunctionBackward(engine.Node):
             self.spec._spare[idx].append(arr)
         self.saved = None
         self.recyclable = ()
-
-
-def _view_source(v):
-    """The value ``v`` is a view of (itself if none): eager autograd would save that tensor,
-    so an in-place change to it before backward must raise as in eager mode."""
-    while v.producer is not None and v.producer.op in RECOMPUTED:
-        v = v.producer.inputs[0]
-    return v
 
 
 def _state(module):

@@ -20,7 +20,7 @@ from .ir.graph import Graph
 from .ops import optim_step
 from .ops.registry import Meta
 from .passes import grad as ir_grad
-from .runtime import build, debug
+from .runtime import build, debug, target as runtime_target
 from .tensor import Tensor
 from .trace import fresh_seeds, trace
 
@@ -132,6 +132,7 @@ class _StepSpecialisation:
         self.graph = optimise(graph)
         self.timing = debug.enabled("time")  # built with per-kernel clocks
         self.source_code, cdef, entries, openmp = generate([("step", self.graph)], unit,
+                                                           runtime_target.current(),
                                                            timing=self.timing)
         self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp)
         self.entry = entries[0]

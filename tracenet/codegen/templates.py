@@ -20,17 +20,27 @@ def template_dir():
         os.path.abspath(__file__)))), "templates")
 
 
+_cache_dir = [None]
+
+
+def use_cache_dir(path):
+    """Cache compiled templates under ``path`` (None: no cache): a warm process then skips
+    Jinja's parser entirely."""
+    if path != _cache_dir[0]:
+        _cache_dir[0] = path
+        environment.cache_clear()
+
+
 @functools.lru_cache(maxsize=1)
 def environment():
-    # compiled templates are cached on disk next to the built libraries: a warm process
-    # then skips Jinja's parser entirely
-    from ..runtime.build import cache_dir
-    bytecode = os.path.join(cache_dir(), "jinja")
-    os.makedirs(bytecode, exist_ok=True)
+    bytecode = None
+    if _cache_dir[0] is not None:
+        path = os.path.join(_cache_dir[0], "jinja")
+        os.makedirs(path, exist_ok=True)
+        bytecode = jinja2.FileSystemBytecodeCache(path)
     return jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir()),
                               undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                              trim_blocks=False, lstrip_blocks=False,
-                              bytecode_cache=jinja2.FileSystemBytecodeCache(bytecode))
+                              trim_blocks=False, lstrip_blocks=False, bytecode_cache=bytecode)
 
 
 def render(template, **context):

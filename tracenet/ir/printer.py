@@ -57,7 +57,7 @@ def format_loc(loc):
     return f"{os.path.basename(loc[0])}:{loc[1]}" if loc else ""
 
 
-def _node_line(node, indent):
+def node_line(node, indent):
     outs = ", ".join(f"{v.ref}: {v.type_str()}" for v in node.outputs)
     if node.op == "constant":
         rhs = f"constant {format_constant(node.attrs['value'])}"
@@ -82,12 +82,12 @@ def format_graph(graph):
     lines.append(f"graph {graph.name}({params}) {{")
     for node in graph.nodes:
         if node.op == "fused":
-            lines.append(_node_line(node, "  ") + " {")
+            lines.append(node_line(node, "  ") + " {")
             for m in node.members:
-                lines.append(_node_line(m, "      "))
+                lines.append(node_line(m, "      "))
             lines.append("  }")
         else:
-            lines.append(_node_line(node, "  "))
+            lines.append(node_line(node, "  "))
     lines.append(f"  return {', '.join(v.ref for v in graph.outputs)}")
     lines.append("}")
     return "\n".join(lines)

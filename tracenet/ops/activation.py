@@ -16,6 +16,7 @@ import numpy as np
 from .. import _dtype
 from . import common
 from .elementwise import where
+from .cexpr import scalar
 from .registry import Meta, apply
 
 register = common.register_quiet
@@ -127,14 +128,84 @@ def _leaky_relu_backward_rule(ctx, g):
     return (leaky_relu_backward(g, ctx.inputs[0], slope),)
 
 
+# --- C expressions of the elementwise activations (the compiler's elementwise kernels) -----
+
+
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+_lit = scalar  # a floating-point literal of the result type
+
+
+def _c_leaky_relu(a, at, ct):
+    return f"({a[0]} > 0 ? {a[0]} : {a[0]} * {_lit(at['negative_slope'], ct)})"
+
+
+def _c_leaky_relu_backward(a, at, ct):
+    g, x = a
+    return f"({x} > 0 ? {g} : {g} * {_lit(at['negative_slope'], ct)})"
+
+
+def _c_elu(a, at, ct):
+    x = a[0]
+    neg = f"expm1({x} * {_lit(at['input_scale'], ct)}) * {_lit(at['alpha'] * at['scale'], ct)}"
+    return f"({x} > 0 ? {x} * {_lit(at['scale'], ct)} : {neg})"
+
+
+def _c_elu_backward(a, at, ct):
+    g, x = a
+    k = at["input_scale"] * at["alpha"] * at["scale"]
+    neg = f"{g} * {_lit(k, ct)} * exp({x} * {_lit(at['input_scale'], ct)})"
+    return f"({x} > 0 ? {g} * {_lit(at['scale'], ct)} : {neg})"
+
+
+def _c_tanh_inner(x, ct):
+    return (f"tanh({_lit(_K_TANH, ct)} * ({x} + {_lit(_C_TANH, ct)} * {x} * {x} * "
+            f"{x}))")
+
+
+def _c_gelu(a, at, ct):
+    x = a[0]
+    if at["approximate"] == "tanh":
+        return f"({_lit(0.5, ct)} * {x} * (1 + {_c_tanh_inner(x, ct)}))"
+    return f"({_lit(0.5, ct)} * {x} * (1 + erf({x} * {_lit(_SQRT1_2, ct)})))"
+
+
+def _c_gelu_backward(a, at, ct):
+    g, x = a
+    if at["approximate"] == "tanh":
+        t = _c_tanh_inner(x, ct)
+        du = f"{_lit(_K_TANH, ct)} * (1 + {_lit(3 * _C_TANH, ct)} * {x} * {x})"
+        return (f"({g} * ({_lit(0.5, ct)} * (1 + {t}) + {_lit(0.5, ct)} * {x} * "
+                f"(1 - {t} * {t}) * {du}))")
+    cdf = f"{_lit(0.5, ct)} * (1 + erf({x} * {_lit(_SQRT1_2, ct)}))"
+    pdf = f"{_lit(_INV_SQRT_2PI, ct)} * exp({_lit(-0.5, ct)} * {x} * {x})"
+    return f"({g} * ({cdf} + {x} * {pdf}))"
+
+
+def _c_softplus(a, at, ct):
+    x = a[0]
+    bx = f"({x} * {_lit(at['beta'], ct)})"
+    return (f"({bx} > {_lit(at['threshold'], ct)} ? {x} : log1p(exp({bx})) / "
+            f"{_lit(at['beta'], ct)})")
+
+
+def _c_softplus_backward(a, at, ct):
+    g, x = a
+    bx = f"({x} * {_lit(at['beta'], ct)})"
+    return f"({bx} > {_lit(at['threshold'], ct)} ? {g} : {g} * exp({bx}) / (exp({bx}) + 1))"
+
+
 leaky_relu_op = register(
     "leaky_relu", infer=_floating("leaky_relu_cpu"), eager=_leaky_relu_eager, saves=(0,),
-    backward=_leaky_relu_backward_rule, grad_fn=_named("LeakyReluBackward0"), elementwise=True)
+    backward=_leaky_relu_backward_rule, grad_fn=_named("LeakyReluBackward0"),
+    c_expr=_c_leaky_relu)
 
 leaky_relu_backward_op = register(
     "leaky_relu_backward", infer=_grad_meta,
     eager=lambda g, x, negative_slope: np.where(x > 0, g, g * _typed(negative_slope, g)),
-    saves=(1,), elementwise=True,
+    saves=(1,), c_expr=_c_leaky_relu_backward,
     # piecewise linear in x: the gradient for x is zero (as torch's, not absent)
     backward=lambda ctx, gg: (leaky_relu_backward(gg, ctx.inputs[1], ctx.attrs["negative_slope"]),
                               gg * 0 if ctx.needs_input_grad[1] else None))
@@ -190,11 +261,11 @@ def _elu_backward_backward(ctx, gg):
 
 elu_op = register(
     "elu", infer=_floating("elu_cpu"), eager=_elu_eager, saves=(0,), backward=_elu_backward_rule,
-    grad_fn=_named("EluBackward0"), elementwise=True)
+    grad_fn=_named("EluBackward0"), c_expr=_c_elu)
 
 elu_backward_op = register(
     "elu_backward", infer=_grad_meta, eager=_elu_grad_eager, saves=(0, 1),
-    backward=_elu_backward_backward, elementwise=True)
+    backward=_elu_backward_backward, c_expr=_c_elu_backward)
 
 
 def elu(x, alpha=1.0, scale=1.0, input_scale=1.0, **named):
@@ -263,11 +334,11 @@ def _gelu_backward_backward(ctx, gg):
 gelu_op = register(
     "gelu", infer=_gelu_meta, eager=_gelu_eager, saves=(0,), grad_fn="GeluBackward0",
     backward=lambda ctx, g: (gelu_backward(g, ctx.inputs[0], ctx.attrs["approximate"]),),
-    elementwise=True)
+    c_expr=_c_gelu)
 
 gelu_backward_op = register(
     "gelu_backward", infer=_grad_meta, eager=_gelu_grad_eager, saves=(0, 1),
-    backward=_gelu_backward_backward, elementwise=True)
+    backward=_gelu_backward_backward, c_expr=_c_gelu_backward)
 
 
 def gelu(x, approximate="none"):
@@ -310,11 +381,11 @@ softplus_op = register(
     "softplus", infer=_floating("softplus_cpu"), eager=_softplus_eager, saves=(0,),
     backward=lambda ctx, g: (softplus_backward(g, ctx.inputs[0], ctx.attrs["beta"],
                                                ctx.attrs["threshold"]),),
-    grad_fn="SoftplusBackward0", elementwise=True)
+    grad_fn="SoftplusBackward0", c_expr=_c_softplus)
 
 softplus_backward_op = register(
     "softplus_backward", infer=_grad_meta, eager=_softplus_grad_eager, saves=(0, 1),
-    backward=_softplus_backward_backward, elementwise=True)
+    backward=_softplus_backward_backward, c_expr=_c_softplus_backward)
 
 
 def softplus(x, beta=1.0, threshold=20.0):

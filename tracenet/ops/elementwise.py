@@ -3,6 +3,7 @@ import numpy as np
 
 from .. import _dtype
 from . import common, reduce
+from .cexpr import scalar, template
 from .registry import Meta, apply
 
 register = common.register_quiet
@@ -33,7 +34,7 @@ def _same_kind(arr_fn):
 
 
 add_op = register(
-    "add", infer=_binary_meta, eager=np.add,
+    "add", infer=_binary_meta, eager=np.add, c_expr=template("({0} + {1})"),
     backward=lambda ctx, g: (_unbroadcast(ctx, 0, g), _unbroadcast(ctx, 1, g)))
 
 _SUB_BOOL_MSG = ("Subtraction, the `-` operator, with a bool tensor is not supported. If you are "
@@ -51,13 +52,13 @@ def _sub_meta(a, b):
 
 
 sub_op = register(
-    "sub", infer=_sub_meta, eager=np.subtract,
+    "sub", infer=_sub_meta, eager=np.subtract, c_expr=template("({0} - {1})"),
     backward=lambda ctx, g: (_unbroadcast(ctx, 0, g),
                              _unbroadcast(ctx, 1, neg(g)) if ctx.needs_input_grad[1] else None),
     grad_fn=lambda ctx: ctx.attrs.get("_name", "SubBackward0"))
 
 mul_op = register(
-    "mul", infer=_binary_meta, eager=np.multiply, saves=(0, 1),
+    "mul", infer=_binary_meta, eager=np.multiply, saves=(0, 1), c_expr=template("({0} * {1})"),
     backward=lambda ctx, g: (
         _unbroadcast(ctx, 0, g * ctx.inputs[1]) if ctx.needs_input_grad[0] else None,
         _unbroadcast(ctx, 1, g * ctx.inputs[0]) if ctx.needs_input_grad[1] else None))
@@ -71,7 +72,7 @@ def _div_backward(ctx, g):
 
 
 div_op = register("div", infer=_div_meta, eager=np.true_divide, saves=(0, 1),
-                  backward=_div_backward)
+                  backward=_div_backward, c_expr=template("(({ct}){0} / ({ct}){1})"))
 
 
 def _check_int_divisor(b):
@@ -100,7 +101,7 @@ def _div_rounding_eager(a, b, rounding_mode):
 
 
 div_rounding_op = register(
-    "div_rounding", infer=_div_rounding_meta, eager=_div_rounding_eager,
+    "div_rounding", eager_only="no C lowering yet (integer division by zero must raise as in eager mode)", infer=_div_rounding_meta, eager=_div_rounding_eager,
     backward=lambda ctx, g: (_unbroadcast(ctx, 0, g * 0), _unbroadcast(ctx, 1, g * 0)),
     grad_fn="DivBackward2")
 
@@ -137,7 +138,7 @@ def _pow_meta(a, b):
 
 
 pow_op = register("pow", infer=_pow_meta, eager=_pow_eager, saves=(0, 1),
-                  backward=_pow_backward,
+                  backward=_pow_backward, c_expr=template("pow({0}, {1})"),
                   grad_fn=lambda ctx: ctx.attrs.get("_name", "PowBackward1"))
 
 
@@ -177,8 +178,24 @@ def _pow_scalar_backward(ctx, g):
     return (g * e * pow_scalar(x, e - 1),)
 
 
+def _pow_scalar_c(args, attrs, ct):
+    (a,), e = args, attrs["exponent"]
+    if e == 2:
+        return f"({a} * {a})"
+    if e == 3:
+        return f"({a} * {a} * {a})"
+    if e == 1:
+        return a
+    if e == 0.5:
+        return f"sqrt({a})"
+    if e == -1:
+        return f"(1 / {a})"
+    return f"pow({a}, {scalar(e, ct)})"
+
+
 pow_scalar_op = register("pow_scalar", infer=_pow_scalar_meta, eager=_pow_scalar_eager,
-                         saves=(0,), backward=_pow_scalar_backward, grad_fn="PowBackward0")
+                         saves=(0,), backward=_pow_scalar_backward, grad_fn="PowBackward0",
+                         c_expr=_pow_scalar_c)
 
 
 def _minmax_backward(first_wins):
@@ -196,10 +213,13 @@ def _minmax_backward(first_wins):
     return backward
 
 
+# NaN propagates from either operand, as in numpy and torch
 maximum_op = register("maximum", infer=_binary_meta, eager=np.maximum, saves=(0, 1),
-                      backward=_minmax_backward(lambda a, b: a > b))
+                      backward=_minmax_backward(lambda a, b: a > b),
+                      c_expr=template("(({0} != {0} || {0} > {1}) ? {0} : {1})"))
 minimum_op = register("minimum", infer=_binary_meta, eager=np.minimum, saves=(0, 1),
-                      backward=_minmax_backward(lambda a, b: a < b))
+                      backward=_minmax_backward(lambda a, b: a < b),
+                      c_expr=template("(({0} != {0} || {0} < {1}) ? {0} : {1})"))
 
 
 def add(a, b, alpha=1):
@@ -293,7 +313,7 @@ def _remainder_backward(ctx, g):
     return ga, gb
 
 
-remainder_op = register("remainder", infer=_remainder_meta, eager=_remainder_eager, saves=(0, 1),
+remainder_op = register("remainder", eager_only="no C lowering yet (integer division by zero must raise as in eager mode)", infer=_remainder_meta, eager=_remainder_eager, saves=(0, 1),
                         backward=_remainder_backward, grad_fn="RemainderBackward1")
 
 
@@ -304,7 +324,7 @@ def _remainder_scalar_eager(x, other):
 
 # a Python-number divisor is an attribute: one graph edge, like torch's RemainderBackward0
 remainder_scalar_op = register(
-    "remainder_scalar", infer=lambda x, other: Meta(tuple(x.shape), _dtype.result_type(x, other)),
+    "remainder_scalar", eager_only="no C lowering yet (integer division by zero must raise as in eager mode)", infer=lambda x, other: Meta(tuple(x.shape), _dtype.result_type(x, other)),
     eager=_remainder_scalar_eager, backward=lambda ctx, g: (g,), grad_fn="RemainderBackward0")
 
 
@@ -331,7 +351,7 @@ subtract = sub
 
 
 def _unary(name, eager, backward=None, uses="x", infer=common.float_meta, grad_fn=None,
-           differentiable=True):
+           differentiable=True, c=None):
     saves = (0,) if uses == "x" else ()
     if infer is common.float_meta:
         np_fn = eager
@@ -342,7 +362,8 @@ def _unary(name, eager, backward=None, uses="x", infer=common.float_meta, grad_f
                 x = x.astype(_dtype.get_default_dtype().np)
             return np_fn(x)
     op = register(name, infer=infer, eager=eager, backward=backward, saves=saves,
-                  save_outputs=(uses == "y"), grad_fn=grad_fn, differentiable=differentiable)
+                  save_outputs=(uses == "y"), grad_fn=grad_fn, differentiable=differentiable,
+                  c_expr=c if callable(c) else template(c))
 
     def fn(x):
         return apply(op, x)
@@ -377,38 +398,54 @@ def _neg_meta(m):
     return common.same(m)
 
 
-neg = _unary("neg", np.negative, lambda ctx, g: (neg(g),), uses=None, infer=_neg_meta)
-exp = _unary("exp", np.exp, lambda ctx, g: (g * _y(ctx),), uses="y")
-log = _unary("log", np.log, lambda ctx, g: (g / _x(ctx),))
-log2 = _unary("log2", np.log2, lambda ctx, g: (g / (_x(ctx) * float(np.log(2.0))),))
+neg = _unary("neg", np.negative, lambda ctx, g: (neg(g),), uses=None, infer=_neg_meta,
+             c="(-{0})")
+exp = _unary("exp", np.exp, lambda ctx, g: (g * _y(ctx),), uses="y", c="exp({0})")
+log = _unary("log", np.log, lambda ctx, g: (g / _x(ctx),), c="log({0})")
+log2 = _unary("log2", np.log2, lambda ctx, g: (g / (_x(ctx) * float(np.log(2.0))),),
+              c="log2({0})")
 log1p = _unary("log1p", np.log1p, lambda ctx, g: (g / (_x(ctx) + 1.0),),
-               grad_fn="Log1PBackward0")
-expm1 = _unary("expm1", np.expm1, lambda ctx, g: (g * (_y(ctx) + 1.0),), uses="y")
-sqrt = _unary("sqrt", np.sqrt, lambda ctx, g: (g / (_y(ctx) * 2.0),), uses="y")
+               grad_fn="Log1PBackward0", c="log1p({0})")
+expm1 = _unary("expm1", np.expm1, lambda ctx, g: (g * (_y(ctx) + 1.0),), uses="y",
+               c="expm1({0})")
+sqrt = _unary("sqrt", np.sqrt, lambda ctx, g: (g / (_y(ctx) * 2.0),), uses="y", c="sqrt({0})")
 rsqrt = _unary("rsqrt", lambda x: 1.0 / np.sqrt(x),
-               lambda ctx, g: (g * pow_scalar(_y(ctx), 3) * -0.5,), uses="y")
+               lambda ctx, g: (g * pow_scalar(_y(ctx), 3) * -0.5,), uses="y",
+               c="(({ct})1 / sqrt(({ct}){0}))")
 reciprocal = _unary("reciprocal", lambda x: 1.0 / x,
-                    lambda ctx, g: (neg(g) * _y(ctx) * _y(ctx),), uses="y")
-tanh = _unary("tanh", np.tanh, lambda ctx, g: (g * (1.0 - _y(ctx) * _y(ctx)),), uses="y")
+                    lambda ctx, g: (neg(g) * _y(ctx) * _y(ctx),), uses="y",
+                    c="(({ct})1 / ({ct}){0})")
+tanh = _unary("tanh", np.tanh, lambda ctx, g: (g * (1.0 - _y(ctx) * _y(ctx)),), uses="y",
+              c="tanh({0})")
 sigmoid = _unary("sigmoid", _sigmoid_np, lambda ctx, g: (g * _y(ctx) * (1.0 - _y(ctx)),),
-                 uses="y")
-sin = _unary("sin", np.sin, lambda ctx, g: (g * cos(_x(ctx)),))
-cos = _unary("cos", np.cos, lambda ctx, g: (neg(g) * sin(_x(ctx)),))
+                 uses="y", c="(1 / (1 + exp(-{0})))")
+sin = _unary("sin", np.sin, lambda ctx, g: (g * cos(_x(ctx)),), c="sin({0})")
+cos = _unary("cos", np.cos, lambda ctx, g: (neg(g) * sin(_x(ctx)),), c="cos({0})")
+
+
 def _abs_meta(m):
     if m.dtype is _dtype.bool_:
         raise NotImplementedError("\"abs_cpu\" not implemented for 'Bool'")
     return common.same(m)
 
 
-abs = _unary("abs", np.abs, lambda ctx, g: (g * sign(_x(ctx)),), infer=_abs_meta)
+abs = _unary("abs", np.abs, lambda ctx, g: (g * sign(_x(ctx)),), infer=_abs_meta,
+             c=lambda a, at, ct: f"fabs({a[0]})" if ct in ("float", "double") else
+             f"({a[0]} < 0 ? -{a[0]} : {a[0]})")
 sign = _unary("sign", lambda x: x.copy() if x.dtype == np.bool_ else np.sign(x),
-              lambda ctx, g: (g * 0,), uses=None, infer=common.same)
+              lambda ctx, g: (g * 0,), uses=None, infer=common.same,
+              c="(({ct})(({0} > 0) - ({0} < 0)))")
 relu = _unary("relu", lambda x: np.maximum(x, 0), uses="y", infer=common.same,
-              backward=lambda ctx, g: (threshold_backward(g, _y(ctx), 0.0),))
-floor = _unary("floor", np.floor, lambda ctx, g: (g * 0,), uses=None, infer=common.same)
-ceil = _unary("ceil", np.ceil, lambda ctx, g: (g * 0,), uses=None, infer=common.same)
-round = _unary("round", np.round, lambda ctx, g: (g * 0,), uses=None, infer=common.same)
-trunc = _unary("trunc", np.trunc, lambda ctx, g: (g * 0,), uses=None, infer=common.same)
+              backward=lambda ctx, g: (threshold_backward(g, _y(ctx), 0.0),),
+              c="({0} <= 0 ? 0 : {0})")
+floor = _unary("floor", np.floor, lambda ctx, g: (g * 0,), uses=None, infer=common.same,
+               c="floor({0})")
+ceil = _unary("ceil", np.ceil, lambda ctx, g: (g * 0,), uses=None, infer=common.same,
+              c="ceil({0})")
+round = _unary("round", np.round, lambda ctx, g: (g * 0,), uses=None, infer=common.same,
+               c="nearbyint({0})")
+trunc = _unary("trunc", np.trunc, lambda ctx, g: (g * 0,), uses=None, infer=common.same,
+               c="trunc({0})")
 absolute = abs
 negative = neg
 
@@ -425,6 +462,7 @@ threshold_backward_op = register(
     "threshold_backward",
     infer=lambda g, y, threshold: Meta(common.broadcast_shapes(g.shape, y.shape), g.dtype),
     eager=_threshold_backward_eager, saves=(1,),
+    c_expr=lambda a, at, ct: f"({a[1]} > {scalar(at['threshold'], ct)} ? {a[0]} : 0)",
     # the mask is piecewise constant in y: its gradient is zero (as torch's, not absent)
     backward=lambda ctx, gg: (threshold_backward(gg, ctx.inputs[1], ctx.attrs["threshold"]),
                               gg * 0 if ctx.needs_input_grad[1] else None))
@@ -443,8 +481,9 @@ def _compare_meta(a, b):
     return Meta(common.broadcast_shapes(a.shape, b.shape), _dtype.bool_)
 
 
-def _compare(name, np_fn):
-    op = register(name, infer=_compare_meta, eager=np_fn, differentiable=False)
+def _compare(name, np_fn, c):
+    op = register(name, infer=_compare_meta, eager=np_fn, differentiable=False,
+                  c_expr=template(c))
 
     def fn(a, b):
         return apply(op, *common.as_tensor_pair(a, b))
@@ -453,23 +492,25 @@ def _compare(name, np_fn):
     return fn
 
 
-eq = _compare("eq", np.equal)
-ne = _compare("ne", np.not_equal)
-lt = _compare("lt", np.less)
-le = _compare("le", np.less_equal)
-gt = _compare("gt", np.greater)
-ge = _compare("ge", np.greater_equal)
-logical_and = _compare("logical_and", np.logical_and)
-logical_or = _compare("logical_or", np.logical_or)
-logical_xor = _compare("logical_xor", np.logical_xor)
+eq = _compare("eq", np.equal, "({0} == {1})")
+ne = _compare("ne", np.not_equal, "({0} != {1})")
+lt = _compare("lt", np.less, "({0} < {1})")
+le = _compare("le", np.less_equal, "({0} <= {1})")
+gt = _compare("gt", np.greater, "({0} > {1})")
+ge = _compare("ge", np.greater_equal, "({0} >= {1})")
+logical_and = _compare("logical_and", np.logical_and, "({0} && {1})")
+logical_or = _compare("logical_or", np.logical_or, "({0} || {1})")
+logical_xor = _compare("logical_xor", np.logical_xor, "(!{0} != !{1})")
 greater, greater_equal, less, less_equal, not_equal = gt, ge, lt, le, ne
 
 logical_not_op = register("logical_not", infer=lambda m: Meta(tuple(m.shape), _dtype.bool_),
-                          eager=np.logical_not, differentiable=False)
+                          eager=np.logical_not, differentiable=False,
+                          c_expr=template("(!{0})"))
 isnan_op = register("isnan", infer=lambda m: Meta(tuple(m.shape), _dtype.bool_),
-                    eager=np.isnan, differentiable=False)
+                    eager=np.isnan, differentiable=False, c_expr=template("({0} != {0})"))
 isinf_op = register("isinf", infer=lambda m: Meta(tuple(m.shape), _dtype.bool_),
-                    eager=np.isinf, differentiable=False)
+                    eager=np.isinf, differentiable=False,
+                    c_expr=template("({0} == INFINITY || {0} == -INFINITY)"))
 
 
 def logical_not(x):
@@ -488,22 +529,23 @@ def isfinite(x):
     return logical_not(logical_or(isnan(x), isinf(x)))
 
 
-def _bitwise(name, np_fn):
+def _bitwise(name, np_fn, c_op):
     def infer(a, b):
         if a.dtype.is_floating_point or b.dtype.is_floating_point:
             word = "Double" if _dtype.float64 in (a.dtype, b.dtype) else "Float"
             raise NotImplementedError(f"\"{name}_cpu\" not implemented for '{word}'")
         return _binary_meta(a, b)
-    op = register(name, infer=infer, eager=np_fn, differentiable=False)
+    op = register(name, infer=infer, eager=np_fn, differentiable=False,
+                  c_expr=template("(({ct}){0} %s ({ct}){1})" % c_op))
 
     def fn(a, b):
         return apply(op, *common.as_tensor_pair(a, b))
     return fn
 
 
-bitwise_and = _bitwise("bitwise_and", np.bitwise_and)
-bitwise_or = _bitwise("bitwise_or", np.bitwise_or)
-bitwise_xor = _bitwise("bitwise_xor", np.bitwise_xor)
+bitwise_and = _bitwise("bitwise_and", np.bitwise_and, "&")
+bitwise_or = _bitwise("bitwise_or", np.bitwise_or, "|")
+bitwise_xor = _bitwise("bitwise_xor", np.bitwise_xor, "^")
 
 
 def _where_meta(c, a, b):
@@ -523,7 +565,7 @@ def _where_backward(ctx, g):
 
 
 where_op = register("where", infer=_where_meta, eager=np.where, saves=(0,),
-                    backward=_where_backward,
+                    backward=_where_backward, c_expr=template("({0} ? {1} : {2})"),
                     grad_fn=lambda ctx: ctx.attrs.get("_name", "WhereBackward0"))
 
 
@@ -568,8 +610,18 @@ def _clamp_backward(ctx, g):
     return (where(mask, g, g * 0),)
 
 
+def _clamp_c(args, attrs, ct):
+    (a,), lo, hi = args, attrs["min"], attrs["max"]
+    expr = a
+    if lo is not None:
+        expr = f"({expr} < {scalar(lo, ct)} ? {scalar(lo, ct)} : {expr})"
+    if hi is not None:
+        expr = f"({expr} > {scalar(hi, ct)} ? {scalar(hi, ct)} : {expr})"
+    return expr
+
+
 clamp_op = register("clamp", infer=_clamp_meta, eager=_clamp_eager, saves=(0,),
-                    backward=_clamp_backward,
+                    backward=_clamp_backward, c_expr=_clamp_c,
                     grad_fn=lambda ctx: ctx.attrs.get("_name", "ClampBackward1"))
 
 
@@ -614,8 +666,19 @@ def _clamp_tensor_backward(ctx, g):
     return gx, glo, ghi
 
 
+def _clamp_tensor_c(args, attrs, ct):
+    """np.maximum then np.minimum: a NaN in x or in a bound propagates."""
+    expr = args[0]
+    if attrs["has_min"]:
+        expr = f"(({expr}) != ({expr}) || ({expr}) > {args[1]} ? ({expr}) : {args[1]})"
+    if attrs["has_max"]:
+        expr = f"(({expr}) != ({expr}) || ({expr}) < {args[2]} ? ({expr}) : {args[2]})"
+    return expr
+
+
 clamp_tensor_op = register("clamp_tensor", infer=_clamp_tensor_meta, eager=_clamp_tensor_eager,
                            saves=(0, 1, 2), backward=_clamp_tensor_backward,
+                           c_expr=_clamp_tensor_c,
                            grad_fn=lambda ctx: ctx.attrs.get("_name", "ClampBackward0"))
 
 
@@ -650,7 +713,9 @@ def clamp_max(x, max):
 to_dtype_op = register(
     "to_dtype", infer=lambda x, dtype: Meta(tuple(x.shape), dtype),
     eager=lambda x, dtype: x.astype(dtype.np),
-    backward=lambda ctx, g: (to_dtype(g, ctx.metas[0].dtype),), grad_fn="ToCopyBackward0")
+    backward=lambda ctx, g: (to_dtype(g, ctx.metas[0].dtype),), grad_fn="ToCopyBackward0",
+    # a cast to bool is a test against zero, as numpy's astype(bool)
+    c_expr=lambda a, at, ct: f"({a[0]} != 0)" if ct == "uint8_t" else f"(({ct}){a[0]})")
 
 
 def to_dtype(x, dtype):
@@ -664,7 +729,7 @@ clone_op = register(
     # like torch's preserve_format, a copy keeps the memory layout unless asked for a
     # contiguous one
     eager=lambda x, contiguous=False: np.array(x, order="C" if contiguous else "K", copy=True),
-    backward=lambda ctx, g: (g,))
+    backward=lambda ctx, g: (g,), c_expr=template("{0}"))
 
 
 def clone(x, memory_format=None):

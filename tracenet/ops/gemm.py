@@ -1,8 +1,8 @@
 """``gemm``: alpha * op(a) @ op(b) + beta * c, with op() an optional transpose.
 
-Eager code never calls it; the compiler's ``lower_gemm`` pass rewrites mm/addmm and the
-transposes around them into ``gemm`` nodes, so the C code reads the untransposed buffers
-directly. It is a registry op like any other, so rewritten graphs still verify, interpret and
+Eager code never calls it; ``mm`` and ``addmm`` decompose into it, and the compiler's
+``lower_gemm`` pass folds the transposes around it into its flags, so the C code reads the
+untransposed buffers directly. It is a registry op like any other, so rewritten graphs still verify, interpret and
 differentiate.
 """
 import numpy as np

@@ -375,7 +375,7 @@ def _index_put_grad_fn(ctx):
     return "IndexPutBackward0" if has_tensors(spec) else "CopyBackwards"
 
 
-index_put_op = register("index_put", infer=_index_put_meta, eager=_index_put_eager,
+index_put_op = register("index_put", eager_only="no C lowering yet (index checks)", infer=_index_put_meta, eager=_index_put_eager,
                         saves=(2, ...), backward=_index_put_backward,
                         grad_fn=_index_put_grad_fn)
 
@@ -638,7 +638,7 @@ def masked_fill(x, mask, value):
 # --- data-dependent -------------------------------------------------------------------------
 
 nonzero_op = register(
-    "nonzero", infer=lambda x: (_ for _ in ()).throw(RuntimeError(
+    "nonzero", eager_only="its output shape depends on the data, which a static graph cannot have", infer=lambda x: (_ for _ in ()).throw(RuntimeError(
         "nonzero has a data-dependent output shape")),
     eager=lambda x: np.stack(np.nonzero(x), axis=1), differentiable=False)
 
@@ -686,7 +686,7 @@ def _take_along(x, idx, dim):
 
 
 gather_op = register(
-    "gather", infer=_gather_meta, eager=_take_along, saves=(1,),
+    "gather", eager_only="no C lowering yet (index checks)", infer=_gather_meta, eager=_take_along, saves=(1,),
     backward=lambda ctx, g: (scatter_add(g.new_zeros(tuple(ctx.metas[0].shape)),
                                          ctx.attrs["dim"], ctx.inputs[1], g), None))
 
@@ -700,7 +700,7 @@ def _scatter_add_eager(x, idx, src, dim):
 
 
 scatter_add_op = register(
-    "scatter_add", infer=lambda x, idx, src, dim: common.same(x), eager=_scatter_add_eager,
+    "scatter_add", eager_only="no C lowering yet (index checks)", infer=lambda x, idx, src, dim: common.same(x), eager=_scatter_add_eager,
     saves=(1,),
     backward=lambda ctx, g: (g, None, gather(g, ctx.attrs["dim"], ctx.inputs[1])))
 

@@ -3,6 +3,7 @@ import numpy as np
 
 from .. import _dtype
 from . import common
+from .gemm import gemm
 from .shape import _view
 from .registry import Meta, apply, register
 
@@ -47,7 +48,8 @@ def _mm_backward(ctx, g):
     return ga, gb
 
 
-mm_op = register("mm", infer=_mm_meta, eager=np.matmul, saves=(0, 1), backward=_mm_backward)
+mm_op = register("mm", infer=_mm_meta, eager=np.matmul, saves=(0, 1), backward=_mm_backward,
+                 decomposition=lambda a, b: gemm(a, b))
 
 
 def _addmm_meta(bias, a, b, beta=1, alpha=1):
@@ -90,7 +92,9 @@ def _addmm_backward(ctx, g):
 
 
 addmm_op = register("addmm", infer=_addmm_meta, eager=_addmm_eager, saves=(1, 2),
-                    backward=_addmm_backward)
+                    backward=_addmm_backward,
+                    decomposition=lambda c, a, b, alpha=1, beta=1: gemm(a, b, c, alpha=alpha,
+                                                                         beta=beta))
 
 
 def _bmm_meta(a, b):
@@ -115,7 +119,7 @@ def _bmm_backward(ctx, g):
     return ga, gb
 
 
-bmm_op = register("bmm", infer=_bmm_meta, eager=np.matmul, saves=(0, 1), backward=_bmm_backward)
+bmm_op = register("bmm", eager_only="no C lowering yet (batched matrix products)", infer=_bmm_meta, eager=np.matmul, saves=(0, 1), backward=_bmm_backward)
 
 
 def _dot_meta(a, b):

@@ -50,7 +50,7 @@ def _sum_eager(x, dims, keepdim, dtype=None):
 
 
 sum_op = register(
-    "sum", infer=_reduce_meta(_int_promoting), eager=_sum_eager,
+    "sum", kind="reduction", infer=_reduce_meta(_int_promoting), eager=_sum_eager,
     backward=lambda ctx, g: (_expand_back(ctx, g),),
     grad_fn=lambda ctx: "SumBackward0" if ctx.attrs.get("_full") else "SumBackward1")
 
@@ -87,7 +87,7 @@ def _mean_backward(ctx, g):
 
 
 mean_op = register(
-    "mean", infer=_mean_meta,
+    "mean", kind="reduction", infer=_mean_meta,
     eager=lambda x, dims, keepdim, dtype=None: _mean_np(
         x if dtype is None else x.astype(dtype.np), dims, keepdim),
     backward=_mean_backward,
@@ -157,12 +157,12 @@ def _amax_meta(name):
 
 
 amax_op = register(
-    "amax", infer=_amax_meta("max"),
+    "amax", kind="reduction", infer=_amax_meta("max"),
     eager=lambda x, dims, keepdim: np.max(x, axis=_axes(x, dims), keepdims=keepdim),
     saves=(0,), save_outputs=True, backward=_extreme_backward,
     grad_fn=lambda ctx: "MaxBackward1" if ctx.attrs.get("_full") else "AmaxBackward0")
 amin_op = register(
-    "amin", infer=_amax_meta("min"),
+    "amin", kind="reduction", infer=_amax_meta("min"),
     eager=lambda x, dims, keepdim: np.min(x, axis=_axes(x, dims), keepdims=keepdim),
     saves=(0,), save_outputs=True, backward=_extreme_backward,
     grad_fn=lambda ctx: "MinBackward1" if ctx.attrs.get("_full") else "AminBackward0")
@@ -203,9 +203,9 @@ def _arg_meta(x, dim, keepdim, name="argmax"):
     return Meta(_reduced_shape(x.shape, (dim,), keepdim), _dtype.int64)
 
 
-argmax_op = register("argmax", infer=_arg_meta, eager=_arg_extreme(np.argmax),
+argmax_op = register("argmax", eager_only="no C lowering yet (index-returning reductions)", kind="reduction", infer=_arg_meta, eager=_arg_extreme(np.argmax),
                      differentiable=False)
-argmin_op = register("argmin", infer=lambda x, dim, keepdim: _arg_meta(x, dim, keepdim, "argmin"),
+argmin_op = register("argmin", eager_only="no C lowering yet (index-returning reductions)", kind="reduction", infer=lambda x, dim, keepdim: _arg_meta(x, dim, keepdim, "argmin"),
                      eager=_arg_extreme(np.argmin),
                      differentiable=False)
 
@@ -263,10 +263,10 @@ def _extreme_dim_meta(x, dim, keepdim):
     return Meta(shape, x.dtype), Meta(shape, _dtype.int64)
 
 
-max_dim_op = register("max_dim", infer=_extreme_dim_meta, eager=_extreme_dim(np.argmax),
+max_dim_op = register("max_dim", eager_only="no C lowering yet (index-returning reductions)", kind="reduction", infer=_extreme_dim_meta, eager=_extreme_dim(np.argmax),
                       save_outputs=True, backward=_select_at_index_backward, num_outputs=2,
                       grad_fn="MaxBackward0")
-min_dim_op = register("min_dim", infer=_extreme_dim_meta, eager=_extreme_dim(np.argmin),
+min_dim_op = register("min_dim", eager_only="no C lowering yet (index-returning reductions)", kind="reduction", infer=_extreme_dim_meta, eager=_extreme_dim(np.argmin),
                       save_outputs=True, backward=_select_at_index_backward, num_outputs=2,
                       grad_fn="MinBackward0")
 
@@ -340,14 +340,21 @@ def _std_backward(ctx, g):
     return (_expand_back(ctx, g) * centred * scale / y.expand(shape),)
 
 
+def _var_decomposition(x, dims, correction, keepdim):
+    centred = x - apply(mean_op, x, dims=dims, keepdim=True)
+    squares = apply(sum_op, centred * centred, dims=dims, keepdim=keepdim)
+    dof = _count(tuple(x.shape), dims) - correction  # (this module's max is the tensor op)
+    return squares / float(dof if dof > 0 else 0)
+
+
 var_op = register(
-    "var", infer=_var_meta, saves=(0,), backward=_var_backward,
-    eager=_var_np,
-    grad_fn="VarBackward0")
+    "var", kind="reduction", infer=_var_meta, saves=(0,), backward=_var_backward,
+    eager=_var_np, grad_fn="VarBackward0", decomposition=_var_decomposition)
 std_op = register(
-    "std", infer=_var_meta, saves=(0,), save_outputs=True, backward=_std_backward,
+    "std", kind="reduction", infer=_var_meta, saves=(0,), save_outputs=True, backward=_std_backward,
     eager=lambda x, dims, correction, keepdim: np.sqrt(_var_np(x, dims, correction, keepdim)),
-    grad_fn="StdBackward0")
+    grad_fn="StdBackward0",
+    decomposition=lambda x, **attrs: _var_decomposition(x, **attrs).sqrt())
 
 
 def _check_dof(name, x, dims, correction):
@@ -391,6 +398,13 @@ def _logsumexp_eager(x, dims, keepdim):
     return out if keepdim else np.squeeze(out, axis=axes)
 
 
+def _logsumexp_decomposition(x, dims, keepdim):
+    m = apply(amax_op, x, dims=dims, keepdim=True)
+    m = m.where(m.isfinite(), 0.0)  # all -inf (or an inf): shift by 0, as the eager kernel
+    out = apply(sum_op, (x - m).exp(), dims=dims, keepdim=True).log() + m
+    return out if keepdim else out.reshape(_reduced_shape(tuple(x.shape), dims, False))
+
+
 def _logsumexp_backward(ctx, g):
     """d/dx log(sum(exp(x))) = exp(x - logsumexp(x)): the softmax over the reduced dims."""
     from . import elementwise as ew
@@ -402,9 +416,10 @@ def _logsumexp_backward(ctx, g):
 
 
 logsumexp_op = register(
-    "logsumexp", infer=_reduce_meta(lambda x, dims: x.dtype if x.dtype.is_floating_point
+    "logsumexp", kind="reduction", infer=_reduce_meta(lambda x, dims: x.dtype if x.dtype.is_floating_point
                                     else _dtype.get_default_dtype()),
-    eager=_logsumexp_eager, saves=(0,), save_outputs=True, backward=_logsumexp_backward)
+    eager=_logsumexp_eager, saves=(0,), save_outputs=True, backward=_logsumexp_backward,
+    decomposition=_logsumexp_decomposition)
 
 
 def logsumexp(x, dim, keepdim=False):
@@ -418,11 +433,11 @@ def logsumexp(x, dim, keepdim=False):
 # --- boolean reductions -----------------------------------------------------------------------
 
 
-def _bool_reduce(name, np_fn):
-    op = register(name, infer=lambda x, dims, keepdim: Meta(
+def _bool_reduce(name, np_fn, decomposition):
+    op = register(name, kind="reduction", infer=lambda x, dims, keepdim: Meta(
         _reduced_shape(x.shape, dims, keepdim), _dtype.bool_),
         eager=lambda x, dims, keepdim: np_fn(x, axis=_axes(x, dims), keepdims=keepdim),
-        differentiable=False)
+        differentiable=False, decomposition=decomposition)
 
     def fn(x, dim=None, keepdim=False):
         dims, _ = _dims_arg(x, dim)
@@ -430,8 +445,15 @@ def _bool_reduce(name, np_fn):
     return fn
 
 
-all = _bool_reduce("all", np.all)
-any = _bool_reduce("any", np.any)
+def _count_of(cond, dims, keepdim):
+    return apply(sum_op, cond.to(_dtype.int64), dims=dims, keepdim=keepdim)
+
+
+# (counting keeps empty reductions right: all() of nothing is True, any() False)
+all = _bool_reduce("all", np.all,
+                   lambda x, dims, keepdim: _count_of(x == 0, dims, keepdim) == 0)
+any = _bool_reduce("any", np.any,
+                   lambda x, dims, keepdim: _count_of(x != 0, dims, keepdim) > 0)
 
 
 def count_nonzero(x, dim=None):

@@ -12,6 +12,17 @@ An ``Op`` bundles, for one primitive:
 * ``saves``: which inputs (indices) and whether the outputs the backward rule reads; only these
   are kept alive (and version-checked) by eager autograd.
 * ``grad_fn``: PyTorch's backward-node class name (a string, or a function of ctx).
+* ``kind``: what the compiler may assume about the op (``KINDS``): ``"elementwise"`` (pointwise
+  with broadcasting, computed by ``c_expr``: fusable into elementwise kernels and GEMM
+  epilogues), ``"view"`` (reinterprets input 0's data: the backward recomputes it instead of
+  saving it), ``"reduction"`` or ``"opaque"``.
+* ``c_expr(args, attrs, ctype)`` -> C expression of one element, for elementwise ops: ``args``
+  are the C expressions of the inputs, ``ctype`` the C type of the result.
+* ``decomposition(*tensors, **attrs)``: the op written with other ops. The compiler uses it
+  when the op has no C lowering of its own (``tracenet/codegen`` registers the lowerings).
+* ``eager_only``: why the op can never be compiled (e.g. a data-dependent output shape).
+
+Every pass asks these records; none keeps a list of op names of its own.
 
 ``apply(op, *tensors, **attrs)`` is the single entry point that runs an op: on traced values it
 records an IR node, otherwise it runs the numpy implementation and records the autograd node.
@@ -21,16 +32,17 @@ from collections import namedtuple
 Meta = namedtuple("Meta", "shape dtype")
 
 REGISTRY = {}
+KINDS = ("elementwise", "view", "reduction", "opaque")
 
 
 class Op:
     __slots__ = ("name", "infer", "eager", "backward", "saves_inputs", "saves_outputs",
-                 "grad_fn", "num_outputs", "differentiable", "is_view", "elementwise", "nondiff",
-                 "doc")
+                 "grad_fn", "num_outputs", "differentiable", "is_view", "kind", "c_expr",
+                 "decomposition", "eager_only", "nondiff", "doc")
 
     def __init__(self, name, infer, eager, backward=None, saves=(), save_outputs=False,
-                 grad_fn=None, num_outputs=1, differentiable=True, is_view=False, elementwise=False,
-                 nondiff=(), doc=""):
+                 grad_fn=None, num_outputs=1, differentiable=True, is_view=False, kind=None,
+                 c_expr=None, decomposition=None, eager_only=None, nondiff=(), doc=""):
         self.name = name
         self.infer = infer
         self.eager = eager
@@ -43,11 +55,21 @@ class Op:
         self.num_outputs = num_outputs
         # ops whose outputs carry no gradient (comparisons, argmax, integer results)
         self.differentiable = differentiable
-        # eager result aliases input 0's memory (numpy view): shares its version counter
-        self.is_view = is_view
-        # pointwise with broadcasting: fusable into elementwise kernels (needs a C expression
-        # in tracenet/codegen)
-        self.elementwise = elementwise
+        if kind is None:
+            kind = "elementwise" if c_expr is not None else "opaque"
+        if kind not in KINDS:
+            raise ValueError(f"op {name!r}: kind must be one of {KINDS}, got {kind!r}")
+        if (kind == "elementwise" and c_expr is None) or \
+                (c_expr is not None and kind not in ("elementwise", "view")):
+            raise ValueError(f"op {name!r}: an elementwise op (or a broadcasting view) is "
+                             "defined by its C expression")
+        self.kind = kind
+        self.c_expr = c_expr
+        self.decomposition = decomposition
+        self.eager_only = eager_only
+        # eager result aliases input 0's memory (numpy view): shares its version counter.
+        # Every IR view is one; some eager views (basic indexing, split) are copies in the IR.
+        self.is_view = is_view or kind == "view"
         # inputs never differentiated (a mask, a class weight): no autograd edge, as in torch
         self.nondiff = tuple(nondiff)
         self.doc = doc
@@ -58,16 +80,26 @@ class Op:
             return "".join(p.capitalize() for p in self.name.split("_")) + "Backward0"
         return g if isinstance(g, str) else g(ctx)
 
+    @property
+    def elementwise(self):
+        return self.kind == "elementwise"
+
     def __repr__(self):
         return f"<Op {self.name}>"
 
 
-def register(name, *, infer, eager, backward=None, saves=(), save_outputs=False, grad_fn=None,
-             num_outputs=1, differentiable=True, is_view=False, elementwise=False, nondiff=()):
+def op_kind(name):
+    """The kind of op ``name`` (``"opaque"`` for names that are not registry ops, such as
+    fused groups)."""
+    op = REGISTRY.get(name)
+    return op.kind if op is not None else "opaque"
+
+
+def register(name, *, infer, eager, **facts):
+    """Define op ``name``; ``facts`` are the keyword arguments of ``Op``."""
     if name in REGISTRY:
         raise ValueError(f"op {name!r} is registered twice")
-    op = Op(name, infer, eager, backward, saves, save_outputs, grad_fn, num_outputs,
-            differentiable, is_view, elementwise, nondiff)
+    op = Op(name, infer, eager, **facts)
     REGISTRY[name] = op
     return op
 

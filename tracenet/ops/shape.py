@@ -48,7 +48,7 @@ def _view_eager(x, shape, copy_ok):
 
 view_op = register(
     "view", infer=lambda x, shape, copy_ok: Meta(tuple(shape), x.dtype), eager=_view_eager,
-    backward=lambda ctx, g: (g.reshape(tuple(ctx.metas[0].shape)),), is_view=True,
+    backward=lambda ctx, g: (g.reshape(tuple(ctx.metas[0].shape)),), kind="view",
     grad_fn=lambda ctx: ctx.attrs.get("_name", "ViewBackward0"))
 
 
@@ -144,7 +144,7 @@ def _inverse(dims):
 
 permute_op = register(
     "permute", infer=lambda x, dims: Meta(tuple(x.shape[d] for d in dims), x.dtype),
-    eager=lambda x, dims: np.transpose(x, dims), is_view=True,
+    eager=lambda x, dims: np.transpose(x, dims), kind="view",
     backward=lambda ctx, g: (permute(g, _inverse(ctx.attrs["dims"])),),
     grad_fn=lambda ctx: ctx.attrs.get("_name", "PermuteBackward0"))
 
@@ -189,7 +189,9 @@ def _expand_meta(x, shape):
 
 expand_op = register(
     "expand", infer=_expand_meta, eager=lambda x, shape: np.broadcast_to(x, shape),
-    is_view=True, backward=lambda ctx, g: (reduce.sum_to_shape(g, ctx.metas[0].shape),))
+    backward=lambda ctx, g: (reduce.sum_to_shape(g, ctx.metas[0].shape),),
+    # materialised (when a kernel needs it) as a broadcast copy
+    kind="view", c_expr=lambda a, at, ct: a[0])
 
 
 def expanded_shape(shape, sizes, dtype):
@@ -330,7 +332,7 @@ def vstack(tensors):
 # --- detach / contiguous ----------------------------------------------------------------------
 
 detach_op = register("detach", infer=common.same, eager=lambda x: x, differentiable=False,
-                     is_view=True)
+                     kind="view")
 
 
 def detach(x):
@@ -362,7 +364,7 @@ def _repeat_backward(ctx, g):
     return (reshape(g, shape),)
 
 
-repeat_op = register("repeat", infer=_repeat_meta,
+repeat_op = register("repeat", eager_only="no C lowering yet", infer=_repeat_meta,
                      eager=lambda x, sizes: np.tile(x, sizes), backward=_repeat_backward)
 
 
@@ -378,7 +380,7 @@ def repeat(x, *sizes):
 
 
 flip_op = register(
-    "flip", infer=lambda x, dims: common.same(x),
+    "flip", eager_only="no C lowering yet", infer=lambda x, dims: common.same(x),
     eager=lambda x, dims: np.flip(x, tuple(d for d in dims if d < x.ndim)).copy(),
     backward=lambda ctx, g: (apply(flip_op, g, dims=ctx.attrs["dims"]),))
 

@@ -20,12 +20,21 @@ from ..autograd import grad_mode
 from ..ir.graph import Graph
 from ..ops.elementwise import threshold_backward
 from ..ops.nn import _max_pool_backward
-from ..ops.registry import REGISTRY, Ctx, Meta, apply
-
-# ops the backward recomputes rather than saving their result: views are free, and a
-# transposed weight feeding a gemm costs nothing once the transpose is absorbed
-RECOMPUTED = ("permute", "view", "expand", "detach")
+from ..ops.registry import REGISTRY, Ctx, Meta, apply, op_kind
 from ..trace import Tracer, traced_tensor, tracing
+
+
+def is_recomputed(op):
+    """Whether the backward recomputes ``op``'s result rather than saving it: views are free,
+    and a transposed weight feeding a gemm costs nothing once the transpose is absorbed."""
+    return op_kind(op) == "view"
+
+
+def view_source(v):
+    """The value ``v`` is a view of (itself if none)."""
+    while v.producer is not None and is_recomputed(v.producer.op):
+        v = v.producer.inputs[0]
+    return v
 
 
 class BackwardGraph(Graph):
@@ -75,7 +84,7 @@ def grad(forward, wrt=None):
             if v not in constants:
                 constants[v] = bwd.add_constant(v.producer.attrs["value"])
             return constants[v]
-        if v.producer is not None and v.producer.op in RECOMPUTED:
+        if v.producer is not None and is_recomputed(v.producer.op):
             # a view of another value: save that value and redo the (free) view here
             if v not in recomputed:
                 src = traced_tensor(foreign(v.producer.inputs[0]))

@@ -1,38 +1,31 @@
 """Fusion: group nodes that the code generator emits as one kernel into ``fused`` nodes.
 
-Groups (``attrs["kind"]``):
+Groups (``attrs["group"]``, the key of the group's C lowering; ``attrs["kind"]`` names the
+members for people):
 
 * ``conv``: ``convolution`` (bias included) -> optional ``relu`` -> optional ``max_pool``;
 * ``gemm``: ``addmm``/``gemm``, or ``mm`` followed by a broadcast bias ``add``, then an optional
-  activation (``relu``, ``tanh``, ``sigmoid``);
-* ``elementwise``: a chain of elementwise ops of one output shape;
-* backward groups: ``threshold_backward`` (relu's mask on a pooled gradient) ->
-  ``max_pool_backward`` -> optional bias-gradient ``sum``; ``gemm`` -> ``threshold_backward``;
-  and in a training-step graph a weight-gradient ``gemm`` -> that weight's ``sgd_step``.
+  activation (any one-input elementwise op of the registry); ``attrs["roles"]`` names each
+  member's part of the epilogue;
+* ``elementwise``: a chain of elementwise ops (registry kind ``elementwise``) of one output
+  shape;
+* backward groups: ``pool_backward``: ``threshold_backward`` (relu's mask on a pooled
+  gradient) -> ``max_pool_backward`` -> optional bias-gradient ``sum``; ``gemm``:
+  ``gemm`` -> ``threshold_backward``, and in a training-step graph a weight-gradient ``gemm``
+  -> that weight's ``sgd_step``.
 
 A fused node's inputs are the values its members read from outside, its outputs the member
 values used after it (intermediates needed elsewhere, e.g. saved for backward, stay visible).
 The interpreter runs the members, so fusion is checked for equality with the unfused graph.
 """
 from ..ir.graph import Node
-from ..ops.registry import REGISTRY
-from .autodiff import RECOMPUTED
-
-ELEMENTWISE = {"add", "sub", "mul", "div", "neg", "exp", "log", "log2", "log1p", "expm1",
-               "sqrt", "rsqrt", "reciprocal", "tanh", "sigmoid", "sin", "cos", "abs", "sign",
-               "relu", "threshold_backward", "pow_scalar", "maximum", "minimum", "clamp",
-               "where", "to_dtype", "eq", "ne", "lt", "le", "gt", "ge", "floor", "ceil",
-               "trunc", "round", "pow"}
-ACTIVATIONS = {"relu", "tanh", "sigmoid"}
+from ..ops.registry import op_kind
 
 
-def is_elementwise(op):
-    """Pointwise ops (same-shape output, broadcast inputs) that elementwise kernels fuse: the
-    core set above plus any registry op registered with ``elementwise=True``."""
-    if op in ELEMENTWISE:
-        return True
-    entry = REGISTRY.get(op)
-    return bool(entry is not None and getattr(entry, "elementwise", False))
+def _is_activation(node, value):
+    """A one-input elementwise op on ``value`` that keeps its dtype: a GEMM epilogue."""
+    return op_kind(node.op) == "elementwise" and len(node.inputs) == 1 and \
+        node.inputs[0] is value and node.output.dtype is value.dtype
 
 
 def _sole_user(users, graph, value):
@@ -65,7 +58,7 @@ class _Fuser:
         self.removed = set()
         self.placed = {}
 
-    def fuse(self, members, kind):
+    def fuse(self, members, group, roles=None):
         """Replace ``members`` by one fused node placed where its first member was if
         everything the group reads is defined by then, else where its last member was.
         Returns the fused node, or None if the group would break SSA order."""
@@ -90,8 +83,10 @@ class _Fuser:
                     return None  # a reader sits between the members: cannot move the group
                 if outside or v in self.outputs:
                     exported.append(v)
-        fused = Node("fused", inputs, {"kind": kind}, loc=members[-1].loc,
-                     members=list(members))
+        attrs = {"group": group, "kind": _kind_name(group, members)}
+        if roles is not None:
+            attrs["roles"] = roles
+        fused = Node("fused", inputs, attrs, loc=members[-1].loc, members=list(members))
         fused.outputs = exported
         self.key[id(fused)] = at
         for v in exported:
@@ -148,17 +143,19 @@ def _gemm_groups(graph):
     for node in graph.nodes:
         if node.op not in ("addmm", "mm", "gemm"):
             continue
-        group = [node]
+        group, roles = [node], ["gemm"]
         nxt = _only_user_besides_outputs(users, node.output)
         biasless = node.op == "mm" or (node.op == "gemm" and len(node.inputs) == 2)
         if biasless and nxt is not None and nxt.op == "add" and \
                 nxt.output.shape == node.output.shape and len(nxt.inputs[1].shape) <= 1:
             group.append(nxt)
+            roles.append("bias")
             nxt = _only_user_besides_outputs(users, nxt.output)
-        if nxt is not None and nxt.op in ACTIVATIONS:
+        if nxt is not None and _is_activation(nxt, group[-1].output):
             group.append(nxt)
+            roles.append("activation")
         if len(group) > 1:
-            groups.append(group)
+            groups.append((group, roles))
     return groups
 
 
@@ -167,7 +164,7 @@ def _elementwise_groups(graph):
     groups = []
     group_of = {}
     for node in graph.nodes:
-        if not is_elementwise(node.op):
+        if op_kind(node.op) != "elementwise":
             continue
         shape = node.outputs[0].shape
         joined = None
@@ -221,7 +218,7 @@ def _gemm_mask_groups(graph):
         thr = _sole_user(users, graph, node.output)
         if thr is not None and thr.op == "threshold_backward" and \
                 thr.inputs[0] is node.output and thr.inputs[1].shape == node.output.shape:
-            groups.append([node, thr])
+            groups.append(([node, thr], ["gemm", "mask"]))
     return groups
 
 
@@ -242,28 +239,30 @@ def _gemm_sgd_groups(graph):
         aliases, readers = [node.inputs[0]], []
         while aliases:
             for u in users.get(aliases.pop(), []):
-                if u.op in RECOMPUTED:  # a view: its readers read the parameter
+                if op_kind(u.op) == "view":  # its readers read the parameter
                     aliases.extend(u.outputs)
                 elif u is not node:
                     readers.append(u)
         if all(position[id(r)] < position[id(gemm)] for r in readers):
-            groups.append([gemm, node])
+            groups.append(([gemm, node], ["gemm", "update"]))
     return groups
 
 
 def fuse(graph):
     """Apply every fusion pattern; returns the graph (modified in place)."""
-    for finder, kind in ((_conv_groups, "conv"), (_pool_relu_backward_groups, "pool_backward"),
-                         (_gemm_mask_groups, "gemm"), (_gemm_sgd_groups, "gemm"),
-                         (_gemm_groups, "gemm"), (_elementwise_groups, "elementwise")):
+    for finder, group_name in ((_conv_groups, "conv"),
+                               (_pool_relu_backward_groups, "pool_backward"),
+                               (_gemm_mask_groups, "gemm"), (_gemm_sgd_groups, "gemm"),
+                               (_gemm_groups, "gemm"), (_elementwise_groups, "elementwise")):
         fuser = _Fuser(graph)
-        for group in finder(graph):
-            fuser.fuse(group, _kind_name(kind, group))
+        for found in finder(graph):
+            members, roles = found if isinstance(found, tuple) else (found, None)
+            fuser.fuse(members, group_name, roles)
         fuser.finish()
     return graph.renumber()
 
 
-def _kind_name(kind, group):
-    if kind == "elementwise":
+def _kind_name(group, members):
+    if group == "elementwise":
         return "elementwise"
-    return "_".join(m.op if m.op != "convolution" else "conv" for m in group)
+    return "_".join(m.op if m.op != "convolution" else "conv" for m in members)

@@ -1,11 +1,10 @@
 """Lowering rewrites run before code generation.
 
-``lower_gemm``: mm/addmm become ``gemm`` nodes, and 2-D transposes feeding or consuming them
-are absorbed into the gemm's transpose flags, so no transposed copy is ever materialised
+``lower_gemm``: 2-D transposes feeding or consuming ``gemm`` nodes (what ``mm``/``addmm``
+decompose into) are absorbed into the gemm's transpose flags, so no transposed copy is ever materialised
 (``x @ w.t()`` reads ``w`` as stored; a weight gradient ``(x^T g)^T`` becomes ``g^T x``).
 """
 from ..ir.graph import Node
-from ..ops import gemm as _gemm  # noqa: F401  (registers the gemm op)
 from .simplify import dce
 
 
@@ -22,20 +21,7 @@ def _new_gemm(a, b, c, ta, tb, alpha, beta, out_value, loc):
 
 
 def lower_gemm(graph):
-    # 1. mm / addmm -> gemm
-    nodes = []
-    for node in graph.nodes:
-        if node.op == "mm":
-            node = _new_gemm(node.inputs[0], node.inputs[1], None, False, False, 1.0, 1.0,
-                             node.output, node.loc)
-        elif node.op == "addmm":
-            c, a, b = node.inputs
-            node = _new_gemm(a, b, c, False, False, float(node.attrs.get("alpha", 1.0)),
-                             float(node.attrs.get("beta", 1.0)), node.output, node.loc)
-        nodes.append(node)
-    graph.nodes = nodes
-
-    # 2. transpose(gemm(a, b)) -> gemm(b^T, a^T) when the gemm result is not needed otherwise
+    # 1. transpose(gemm(a, b)) -> gemm(b^T, a^T) when the gemm result is not needed otherwise
     users = graph.users()
     nodes = []
     for node in graph.nodes:
@@ -50,7 +36,7 @@ def lower_gemm(graph):
     graph.nodes = nodes
     dce(graph)
 
-    # 3. gemm(transpose(x), ...) reads x with the transpose flag flipped
+    # 2. gemm(transpose(x), ...) reads x with the transpose flag flipped
     for node in graph.nodes:
         if node.op != "gemm":
             continue

@@ -1,8 +1,5 @@
-"""C lowerings beyond the core set in ``kernels.py``. Each module here registers its lowerings
-with ``@lowering("op")`` (and elementwise C expressions in ``kernels.C_EXPR``); importing this
-package registers them all."""
-import importlib
-import pkgutil
-
-for _info in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_info.name}")
+"""The C lowerings, one module per op family. Each registers its lowerings in
+``codegen.base`` (``@lowering("op")``, ``@group_lowering("group")``); importing this package
+registers them all."""
+from . import (activation, conv, data_movement, elementwise, gemm, loss,  # noqa: F401
+               normalization, optim, pooling, reduce, vision)

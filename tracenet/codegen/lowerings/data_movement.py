@@ -1,5 +1,6 @@
 """C lowerings of data-movement ops: indexing (``index``) and its gradient
-(``index_backward``), ``cat``, ``stack``, ``split`` and ``unbind``.
+(``index_backward``), ``cat``, ``stack``, ``split``, ``unbind`` and ``permute``; ``view`` and
+``detach`` share their input's buffer.
 
 Every value in compiled code owns a contiguous buffer, so each of these is a set of strided
 block copies between buffers. A copy is described by its element offsets in source and
@@ -18,8 +19,12 @@ import numpy as np
 
 from ...ops.common import numel
 from ...ops.index import has_tensors, np_key, split_np_key
-from ..kernels import Kernel, ctype, lowering, node_lines, signature
+from ..base import Kernel, alias_lowering, offset_expr, ctype, lowering, node_lines, signature
 from ..templates import render
+
+
+# every compiled value is a contiguous buffer: a reshape or a detach is the same buffer
+alias_lowering("view", "detach")
 
 
 def _contiguous_strides(shape):
@@ -180,7 +185,7 @@ def _gather_kernel(name, node, x_role, x, g_role, g, out_shape, spec, idx, scatt
 
 
 @lowering("index")
-def lower_index(name, node, exported):
+def lower_index(name, node, exported, target):
     x, out = node.inputs[0], node.outputs[0]
     spec = node.attrs["spec"]
     if has_tensors(spec):
@@ -194,7 +199,7 @@ def lower_index(name, node, exported):
 
 
 @lowering("index_backward")
-def lower_index_backward(name, node, exported):
+def lower_index_backward(name, node, exported, target):
     g, out = node.inputs[0], node.outputs[0]
     spec = node.attrs["spec"]
     if has_tensors(spec):
@@ -233,13 +238,13 @@ def _joined(node, new_dim):
 
 
 @lowering("cat")
-def lower_cat(name, node, exported):
+def lower_cat(name, node, exported, target):
     reads, copies = _joined(node, new_dim=False)
     return _kernel(name, [node], reads, [("out", node.outputs[0])], copies)
 
 
 @lowering("stack")
-def lower_stack(name, node, exported):
+def lower_stack(name, node, exported, target):
     reads, copies = _joined(node, new_dim=True)
     return _kernel(name, [node], reads, [("out", node.outputs[0])], copies)
 
@@ -269,11 +274,31 @@ def _parts(name, node, exported, sizes, dim):
 
 
 @lowering("split")
-def lower_split(name, node, exported):
+def lower_split(name, node, exported, target):
     return _parts(name, node, exported, node.attrs["sizes"], node.attrs["dim"])
 
 
 @lowering("unbind")
-def lower_unbind(name, node, exported):
+def lower_unbind(name, node, exported, target):
     dim = node.attrs["dim"]
     return _parts(name, node, exported, [1] * node.inputs[0].shape[dim], dim)
+
+
+# --- permute: a transposing copy ----------------------------------------------------------------
+
+
+@lowering("permute")
+def lower_permute(name, node, exported, target):
+    x, out = node.inputs[0], node.outputs[0]
+    dims = node.attrs["dims"]
+    in_shape = tuple(x.shape)
+    # output loop variable d walks input dim dims[d]
+    names = [None] * len(in_shape)
+    for d, src in enumerate(dims):
+        names[src] = f"i{d}"
+    reads, writes = [("x", x)], [("out", out)]
+    src = render("permute.c.j2", name=name, node_lines=node_lines([node]),
+                 signature=signature(reads, writes), out_shape=tuple(out.shape),
+                 offset=offset_expr(in_shape, names))
+    return Kernel(name, reads, writes, src)
+

@@ -2,18 +2,20 @@
 probabilities and on logits), smooth L1 and Huber. Each is one loop over the elements that
 computes the loss in double precision and writes it, or accumulates its sum / mean; all render
 ``templates/loss_pointwise.c.j2``. Their backward rules are elementwise tracenet ops, lowered by
-the elementwise kernels. (mse_loss, nll_loss and nll_loss_backward are lowered in kernels.py.)
+the elementwise kernels. Then the mean squared error and the negative log-likelihood, forward
+and backward (cross entropy is log_softmax followed by nll_loss).
 """
 from ...ops.common import numel
 from ...ops.loss import BCE_LOG_MIN
-from ..kernels import Kernel, _broadcast_index, _fmt_float, ctype, lowering, node_lines, \
-    signature
+from ...ops.cexpr import fmt_float
+from ..base import Kernel, LoweringError, ctype, lowering, node_lines, signature, where
 from ..templates import render
+from .elementwise import broadcast_index
 
 
 @lowering("binary_cross_entropy", "binary_cross_entropy_with_logits", "smooth_l1_loss",
           "huber_loss")
-def lower_pointwise_loss(name, node, exported):
+def lower_pointwise_loss(name, node, exported, target):
     x, t = node.inputs[0], node.inputs[1]
     out = node.outputs[0]
     shape = tuple(x.shape)
@@ -23,22 +25,73 @@ def lower_pointwise_loss(name, node, exported):
     attrs = node.attrs
     if node.op == "binary_cross_entropy" and extra:
         reads.append(("w", extra[0]))
-        weight_index = _broadcast_index(extra[0].shape, shape)
+        weight_index = broadcast_index(extra[0].shape, shape)
     elif node.op == "binary_cross_entropy_with_logits":
         if attrs["weighted"]:
             w = extra.pop(0)
             reads.append(("w", w))
-            weight_index = _broadcast_index(w.shape, shape)
+            weight_index = broadcast_index(w.shape, shape)
         if attrs["pos_weighted"]:
             pw = extra.pop(0)
             reads.append(("pw", pw))
-            pos_weight_index = _broadcast_index(pw.shape, shape)
+            pos_weight_index = broadcast_index(pw.shape, shape)
     writes = [("out", out)]
     src = render("loss_pointwise.c.j2", name=name, node_lines=node_lines([node]),
                  signature=signature(reads, writes), ctype=ctype(out), kind=node.op,
                  numel=numel(shape), reduction=attrs["reduction"],
-                 log_min=_fmt_float(BCE_LOG_MIN, "double"),
-                 beta=_fmt_float(attrs.get("beta", 1.0), "double"),
-                 delta=_fmt_float(attrs.get("delta", 1.0), "double"),
+                 log_min=fmt_float(BCE_LOG_MIN, "double"),
+                 beta=fmt_float(attrs.get("beta", 1.0), "double"),
+                 delta=fmt_float(attrs.get("delta", 1.0), "double"),
                  weight_index=weight_index, pos_weight_index=pos_weight_index)
     return Kernel(name, reads, writes, src)
+
+def _nll_layout(x_shape):
+    if len(x_shape) == 1:
+        return 1, x_shape[0], 1
+    return x_shape[0], x_shape[1], numel(x_shape[2:])
+
+
+@lowering("nll_loss")
+def lower_nll_loss(name, node, exported, target):
+    x, t = node.inputs[0], node.inputs[1]
+    out = node.outputs[0]
+    reads = [("x", x), ("target", t)]
+    if len(node.inputs) > 2:
+        reads.append(("weight", node.inputs[2]))
+    writes = [("out", out)]
+    n, c, d = _nll_layout(tuple(x.shape))
+    src = render("nll_loss.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
+                 acctype="double", signature=signature(reads, writes), N=n, C=c, D=d,
+                 weighted=len(node.inputs) > 2, reduction=node.attrs["reduction"],
+                 ignore_index=int(node.attrs["ignore_index"]))
+    return Kernel(name, reads, writes, src)
+
+
+@lowering("nll_loss_backward")
+def lower_nll_loss_backward(name, node, exported, target):
+    g, t = node.inputs[0], node.inputs[1]
+    out = node.outputs[0]
+    reads = [("g", g), ("target", t)]
+    if len(node.inputs) > 2:
+        reads.append(("weight", node.inputs[2]))
+    writes = [("out", out)]
+    n, c, d = _nll_layout(tuple(out.shape))
+    src = render("nll_loss_backward.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ctype(out), acctype="double", signature=signature(reads, writes),
+                 N=n, C=c, D=d, weighted=len(node.inputs) > 2,
+                 reduction=node.attrs["reduction"], ignore_index=int(node.attrs["ignore_index"]))
+    return Kernel(name, reads, writes, src)
+
+
+@lowering("mse_loss")
+def lower_mse_loss(name, node, exported, target):
+    a, b = node.inputs
+    out = node.outputs[0]
+    if tuple(a.shape) != tuple(b.shape):
+        raise LoweringError(f"mse_loss with broadcasting operands has no C lowering{where(node)}")
+    reads, writes = [("a", a), ("b", b)], [("out", out)]
+    src = render("mse_loss.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(out),
+                 acctype="double", signature=signature(reads, writes), numel=numel(a.shape),
+                 reduction=node.attrs["reduction"])
+    return Kernel(name, reads, writes, src)
+

@@ -5,12 +5,9 @@ backward in one kernel (per channel: the two sums, then grad_input). Each kernel
 OpenMP for large tensors."""
 from ...ops.common import numel
 from ...ops.normalization import channels
-from ..kernels import Kernel, _fmt_float, ctype, lowering, node_lines, openmp_available, \
-    signature
+from ...ops.cexpr import fmt_float
+from ..base import Kernel, ctype, lowering, node_lines, signature
 from ..templates import render
-
-PARALLEL_MIN_ELEMENTS = 1 << 17
-
 
 def _layout(shape):
     shape = tuple(shape)
@@ -18,17 +15,17 @@ def _layout(shape):
     return dict(N=shape[0], C=c, S=numel(shape[2:]), M=max(numel(shape) // c if c else 0, 1))
 
 
-def _parallel(shape):
-    return int(shape[1] > 1 and numel(shape) >= PARALLEL_MIN_ELEMENTS and openmp_available())
+def _parallel(shape, target):
+    return target.parallel.memory(numel(shape), shape[1])
 
 
 @lowering("batch_norm_stats")
-def lower_batch_norm_stats(name, node, exported):
+def lower_batch_norm_stats(name, node, exported, target):
     x = node.inputs[0]
     mean, var = node.outputs
     writes = [(role, v) for role, v in (("mean_out", mean), ("var_out", var)) if v in exported]
     reads = [("x", x)]
-    par = _parallel(x.shape)
+    par = _parallel(x.shape, target)
     src = render("norm_batch_stats.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ctype(x), signature=signature(reads, writes), parallel=par,
                  mean_out=mean in exported, var_out=var in exported, **_layout(x.shape))
@@ -36,7 +33,7 @@ def lower_batch_norm_stats(name, node, exported):
 
 
 @lowering("batch_norm")
-def lower_batch_norm(name, node, exported):
+def lower_batch_norm(name, node, exported, target):
     x, mean, var = node.inputs[:3]
     a = node.attrs
     reads = [("x", x), ("mean", mean), ("var", var)]
@@ -46,16 +43,16 @@ def lower_batch_norm(name, node, exported):
     if a["has_bias"]:
         reads.append(("bias", extra.pop(0)))
     writes = [("out", node.outputs[0])]
-    par = _parallel(x.shape)
+    par = _parallel(x.shape, target)
     src = render("norm_batch_norm.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ctype(x), signature=signature(reads, writes), parallel=par,
-                 eps=_fmt_float(a["eps"], "double"), has_weight=a["has_weight"],
+                 eps=fmt_float(a["eps"], "double"), has_weight=a["has_weight"],
                  has_bias=a["has_bias"], **_layout(x.shape))
     return Kernel(name, reads, writes, src, parallel=par)
 
 
 @lowering("batch_norm_backward")
-def lower_batch_norm_backward(name, node, exported):
+def lower_batch_norm_backward(name, node, exported, target):
     g, x, mean, var = node.inputs[:4]
     has_weight = len(node.inputs) > 4
     a = node.attrs
@@ -66,10 +63,10 @@ def lower_batch_norm_backward(name, node, exported):
     writes = [(role, v) for role, v in (("gx_out", gx), ("gw_out", gw), ("gb_out", gb))
               if v in exported]
     layout = _layout(x.shape)
-    par = _parallel(x.shape)
+    par = _parallel(x.shape, target)
     src = render("norm_batch_norm_backward.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ctype(x), signature=signature(reads, writes), parallel=par,
-                 eps=_fmt_float(a["eps"], "double"), has_weight=has_weight,
+                 eps=fmt_float(a["eps"], "double"), has_weight=has_weight,
                  training=bool(a["training"]) and layout["M"] > 0, gx_out=gx in exported,
                  gw_out=gw in exported, gb_out=gb in exported, **layout)
     return Kernel(name, reads, writes, src, parallel=par)

@@ -1,6 +1,7 @@
-"""C lowerings of pooling beyond the core 2-d max pooling: average pooling and its backward,
-3-d max pooling (and max pooling whose windows can lie entirely in the padding), max unpooling
-and its gather backward, adaptive average pooling and its backward.
+"""C lowerings of pooling: max pooling (1-d to 3-d, windows that may lie entirely in the
+padding) and its scatter backward, the fused backward of conv -> relu -> max_pool, average
+pooling and its backward, max unpooling and its gather backward, adaptive average pooling and
+its backward.
 
 Every kernel works on (N, C, *spatial) planes with 1 to 3 spatial dims, padded to three
 (depth, height, width) with leading size-1 dims; all sizes are compile-time constants.
@@ -9,12 +10,10 @@ import numpy as np
 
 from ...ops.common import numel
 from ...ops.nn import _empty_windows
-from ..kernels import (Kernel, ctype, lower_max_pool, lower_max_pool_backward,
-                       lowering, node_lines, openmp_available, signature)
+from ...ops.cexpr import fmt_float
+from ..base import Kernel, LoweringError, ctype, group_lowering, lowering, members, node_lines, \
+    signature, where
 from ..templates import render
-
-PARALLEL_MIN_ELEMENTS = 1 << 18
-
 
 def _pad3(t, fill):
     t = tuple(t)
@@ -35,10 +34,6 @@ def _acc(value):
     return "double"
 
 
-def _parallel(nc, work):
-    return int(nc > 1 and work >= PARALLEL_MIN_ELEMENTS and openmp_available())
-
-
 # --- average pooling ----------------------------------------------------------------------------
 
 
@@ -52,12 +47,11 @@ def _divisor_expr(attrs):
 
 def _check_spatial(node, n):
     if n > 3:
-        from ..kernels import LoweringError, where
         raise LoweringError(f"{n}-d pooling has no C lowering{where(node)}")
 
 
 @lowering("avg_pool")
-def lower_avg_pool(name, node, exported):
+def lower_avg_pool(name, node, exported, target):
     x, out = node.inputs[0], node.outputs[0]
     a = node.attrs
     n = len(a["kernel"])
@@ -65,7 +59,7 @@ def lower_avg_pool(name, node, exported):
     nc = numel(x.shape[:2])
     g = _geometry(x.shape[2:], out.shape[2:], a["kernel"], a["stride"], a["padding"])
     reads, writes = [("x", x)], [("out", out)]
-    par = _parallel(nc, numel(out.shape) * numel(a["kernel"]))
+    par = target.parallel.memory(numel(out.shape) * numel(a["kernel"]), nc)
     src = render("pool_avg.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
                  acctype=_acc(x), signature=signature(reads, writes), NC=nc, g=g,
                  override=a["divisor_override"], count_include_pad=a["count_include_pad"],
@@ -75,7 +69,7 @@ def lower_avg_pool(name, node, exported):
 
 
 @lowering("avg_pool_backward")
-def lower_avg_pool_backward(name, node, exported):
+def lower_avg_pool_backward(name, node, exported, target):
     gy, out = node.inputs[0], node.outputs[0]
     a = node.attrs
     n = len(a["kernel"])
@@ -83,7 +77,7 @@ def lower_avg_pool_backward(name, node, exported):
     nc = numel(out.shape[:2])
     g = _geometry(out.shape[2:], gy.shape[2:], a["kernel"], a["stride"], a["padding"])
     reads, writes = [("g", gy)], [("out", out)]
-    par = _parallel(nc, numel(gy.shape) * numel(a["kernel"]))
+    par = target.parallel.memory(numel(gy.shape) * numel(a["kernel"]), nc)
     src = render("pool_avg_backward.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ctype(out), acctype=_acc(out), signature=signature(reads, writes),
                  NC=nc, g=g, override=a["divisor_override"],
@@ -92,7 +86,7 @@ def lower_avg_pool_backward(name, node, exported):
     return Kernel(name, reads, writes, src, parallel=par)
 
 
-# --- max pooling: 3-d, and windows entirely in the padding ------------------------------------
+# --- max pooling ------------------------------------------------------------------------------
 
 
 def _max_pool_empty(node, in_shape, out_shape):
@@ -101,41 +95,60 @@ def _max_pool_empty(node, in_shape, out_shape):
                           a["padding"], a["dilation"])
 
 
+def pool_geometry(pool, ih, iw):
+    """2-d plane geometry of a 1-d or 2-d max pooling (what ``_common.c.j2``'s ``pool_plane``
+    takes); ``inside``: every window lies inside the image."""
+    a = pool.attrs
+    nsp = len(a["kernel"])
+    if nsp > 2:
+        raise LoweringError(f"{nsp}-d max pooling has no C lowering yet{where(pool)}")
+    pad1 = (lambda t, fill: (fill,) * (2 - nsp) + tuple(t))
+    k, s, p, d = (pad1(a["kernel"], 1), pad1(a["stride"], 1), pad1(a["padding"], 0),
+                  pad1(a["dilation"], 1))
+    o = pad1(pool.outputs[0].shape[2:], 1)
+    # every window lies inside the image (no padding, no ceil-mode overhang)
+    inside = (p[0] == 0 and p[1] == 0 and (o[0] - 1) * s[0] + (k[0] - 1) * d[0] < ih and
+              (o[1] - 1) * s[1] + (k[1] - 1) * d[1] < iw)
+    return dict(KH=k[0], KW=k[1], SH=s[0], SW=s[1], PH=p[0], PW=p[1], DH=d[0], DW=d[1],
+                IH=ih, IW=iw, OH=o[0], OW=o[1], inside=inside)
+
+
 @lowering("max_pool")
-def lower_max_pool_nd(name, node, exported):
+def lower_max_pool(name, node, exported, target):
+    """1-d to 3-d max pooling. 1-d and 2-d windows that all take some input use the plane
+    kernel that conv -> max_pool fuses too; the rest the general loop."""
     x = node.inputs[0]
     a = node.attrs
     n = len(a["kernel"])
     _check_spatial(node, n)
-    empty = _max_pool_empty(node, x.shape, node.outputs[0].shape)
-    if n <= 2 and empty is None:
-        return lower_max_pool(name, node, exported)
     reads = [("x", x)]
     writes = [("out", node.outputs[0])]
     with_idx = node.outputs[1] in exported
     if with_idx:
         writes.append(("idx", node.outputs[1]))
     nc = numel(x.shape[:2])
+    plane = None
+    if n <= 2 and _max_pool_empty(node, x.shape, node.outputs[0].shape) is None:
+        ih, iw = (x.shape[2], x.shape[3]) if n == 2 else (1, x.shape[2])
+        plane = pool_geometry(node, ih, iw)
     g = _geometry(x.shape[2:], node.outputs[0].shape[2:], a["kernel"], a["stride"],
                   a["padding"], a["dilation"])
-    par = _parallel(nc, numel(node.outputs[0].shape) * numel(a["kernel"]))
+    par = target.parallel.memory(numel(node.outputs[0].shape) * numel(a["kernel"]), nc)
     src = render("pool_max.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
-                 signature=signature(reads, writes), NC=nc, g=g, with_idx=with_idx,
-                 parallel=par)
+                 signature=signature(reads, writes), NC=nc, g=g, plane=plane,
+                 with_idx=with_idx, parallel=par)
     return Kernel(name, reads, writes, src, parallel=par)
 
 
 @lowering("max_pool_backward")
-def lower_max_pool_backward_nd(name, node, exported):
+def lower_max_pool_backward(name, node, exported, target):
     gy, idx = node.inputs
     out = node.outputs[0]
     geo = {k: node.attrs[k] for k in ("kernel", "stride", "padding", "dilation")
            if k in node.attrs}
     empty = _empty_windows(tuple(out.shape[2:]), tuple(gy.shape[2:]), **geo) if geo else None
-    if empty is None:
-        return lower_max_pool_backward(name, node)
+    flags = None if empty is None else [str(int(e)) for e in np.asarray(empty).reshape(-1)]
     reads, writes = [("g", gy), ("idx", idx)], [("out", out)]
-    flags = [str(int(e)) for e in np.asarray(empty).reshape(-1)]
     src = render("pool_max_backward.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ctype(out), signature=signature(reads, writes),
                  NC=numel(out.shape[:2]), IN=numel(out.shape[2:]), ON=numel(gy.shape[2:]),
@@ -143,11 +156,37 @@ def lower_max_pool_backward_nd(name, node, exported):
     return Kernel(name, reads, writes, src)
 
 
+# --- conv -> relu -> max_pool backward ------------------------------------------------------
+
+
+@group_lowering("pool_backward")
+def lower_pool_relu_backward(name, node, exported, target):
+    group = members(node)
+    thr, mpb = group[:2]  # mask the pooled gradient, then scatter it
+    bias = group[2] if len(group) > 2 else None
+    g, y = thr.inputs
+    idx = mpb.inputs[1]
+    out = mpb.outputs[0]
+    n, c = out.shape[0], out.shape[1]
+    reads = [("g", g), ("idx", idx), ("y", y)]
+    writes = [("out", out)]
+    if bias is not None:
+        writes.append(("bias_out", bias.outputs[0]))
+    flops = numel(out.shape) * 3
+    parallel = target.parallel.memory(numel(out.shape), c)
+    src = render("pool_relu_backward.c.j2", name=name, node_lines=node_lines(group),
+                 ctype=ctype(out), acctype="double", signature=signature(reads, writes),
+                 N=n, C=c, IN=numel(out.shape[2:]), ON=numel(g.shape[2:]),
+                 threshold=fmt_float(thr.attrs["threshold"], ctype(out)), bias=bias is not None,
+                 parallel=parallel)
+    return Kernel(name, reads, writes, src, flops=flops, parallel=parallel)
+
+
 # --- max unpooling ----------------------------------------------------------------------------
 
 
 @lowering("max_unpool")
-def lower_max_unpool(name, node, exported):
+def lower_max_unpool(name, node, exported, target):
     x, idx = node.inputs
     out = node.outputs[0]
     reads, writes = [("x", x), ("idx", idx)], [("out", out)]
@@ -158,7 +197,7 @@ def lower_max_unpool(name, node, exported):
 
 
 @lowering("max_unpool_backward")
-def lower_max_unpool_backward(name, node, exported):
+def lower_max_unpool_backward(name, node, exported, target):
     gy, idx = node.inputs
     out = node.outputs[0]
     reads, writes = [("g", gy), ("idx", idx)], [("out", out)]
@@ -172,7 +211,7 @@ def lower_max_unpool_backward(name, node, exported):
 
 
 @lowering("adaptive_avg_pool", "adaptive_avg_pool_backward")
-def lower_adaptive_avg_pool(name, node, exported):
+def lower_adaptive_avg_pool(name, node, exported, target):
     backward = node.op == "adaptive_avg_pool_backward"
     src_v, out = node.inputs[0], node.outputs[0]
     big, small = (out, src_v) if backward else (src_v, out)
@@ -180,7 +219,7 @@ def lower_adaptive_avg_pool(name, node, exported):
     nc = numel(big.shape[:2])
     g = _geometry(big.shape[2:], small.shape[2:])
     reads, writes = [("g" if backward else "x", src_v)], [("out", out)]
-    par = _parallel(nc, numel(big.shape))
+    par = target.parallel.memory(numel(big.shape), nc)
     src = render("pool_adaptive_avg.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ctype(out), acctype=_acc(out), signature=signature(reads, writes),
                  NC=nc, g=g, backward=backward, parallel=par)

@@ -1,0 +1,94 @@
+"""C lowerings of matrix products: ``gemm`` (alone or fused with its epilogue) and the
+matrix-vector and vector-vector products ``mv`` and ``dot``. (``mm`` and ``addmm`` decompose
+into ``gemm``; ``passes/lower.py`` folds transposes into its flags.)"""
+from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
+    node_lines, signature, where
+from ..templates import render
+from .elementwise import c_expr
+from .optim import update_helper
+
+
+@group_lowering("gemm")
+@lowering("gemm")
+def lower_gemm(name, node, exported, target):
+    """A GEMM, alone or with its epilogue: bias, an elementwise activation, a relu mask, or
+    the SGD update of the weight whose gradient it computes."""
+    group = members(node)
+    if node.op != "fused":
+        exported = set(node.outputs)
+    g = group[0]
+    if g.op != "gemm":
+        raise LoweringError(f"op '{g.op}' should have been rewritten to gemm{where(g)}")
+    # fusion names each member's part in the epilogue
+    by_role = dict(zip(node.attrs["roles"], group)) if node.op == "fused" else {}
+    act_node, mask_node = by_role.get("activation"), by_role.get("mask")
+    add_node, sgd_node = by_role.get("bias"), by_role.get("update")
+    a, b = g.inputs[0], g.inputs[1]
+    ta, tb = g.attrs["trans_a"], g.attrs["trans_b"]
+    m, k = (a.shape[1], a.shape[0]) if ta else a.shape
+    n = b.shape[0] if tb else b.shape[1]
+    reads = [("a", a), ("b", b)]
+    bias = None
+    beta = g.attrs["beta"]
+    if len(g.inputs) > 2:
+        bias = g.inputs[2]
+    elif add_node is not None:
+        bias = add_node.inputs[1] if add_node.inputs[0] is g.outputs[0] else add_node.inputs[0]
+        beta = 1.0
+    if bias is not None:
+        reads.append(("c", bias))
+    if mask_node is not None:
+        reads.append(("mask", mask_node.inputs[1]))
+    last = g.outputs[0] if sgd_node is not None else group[-1].outputs[0]
+    writes = [("out", last)]
+    sgd_helper = None
+    if sgd_node is not None:  # the update of the parameter whose gradient this is
+        reads += [("p", sgd_node.inputs[0]), ("buf", sgd_node.inputs[2]),
+                  ("h", sgd_node.inputs[3])]
+        writes += [("p_out", sgd_node.outputs[0]), ("buf_out", sgd_node.outputs[1])]
+        sgd_helper = update_helper("sgd_update", ctype(last),
+                                    maximize=sgd_node.attrs["maximize"],
+                                    nesterov=sgd_node.attrs["nesterov"])
+    pre = None
+    if act_node is not None:
+        pre_v = act_node.inputs[0]
+        if pre_v in exported:
+            pre = pre_v
+            writes.append(("pre", pre_v))
+    bias_index = None
+    if bias is not None:
+        bs = (1,) * (2 - len(bias.shape)) + tuple(bias.shape)
+        bias_index = {(1, 1): "0", (1, n): "j", (m, 1): "i"}.get(
+            bs, f"(size_t)i * {n} + j")
+    ct = ctype(last)
+    scratch = k * n if (tb and ta) else 0
+    flops = 2 * m * n * k
+    parallel = target.parallel.gemm(flops, m)
+    row_block = max(6, -(-m // 12) * 6) if parallel else max(m, 1)
+    if sgd_node is not None and not parallel:
+        row_block = min(row_block, max(6, 4096 // max(n, 1) // 6 * 6))  # rows that stay in L1
+    act = act_node.op if act_node is not None else None
+    act_expr = c_expr(act_node, ["v"]) if act_node is not None else None
+    src = render("gemm.c.j2", name=name, node_lines=node_lines(group), ctype=ct,
+                 sfx=SFX[ct], signature=signature(reads, writes, scratch, ct), M=m, N=n, K=k,
+                 trans_a=ta, trans_b=tb, alpha=g.attrs["alpha"], beta=beta,
+                 bias=bias is not None, bias_index=bias_index, act=act, act_expr=act_expr,
+                 pre_act_out=pre is not None, parallel=parallel, row_block=row_block,
+                 mask=c_expr(mask_node, ["v", f"mask[(size_t)i * {n} + j]"]) if mask_node
+                 else None,
+                 epilogue=bias is not None or act is not None or g.attrs["alpha"] != 1.0 or
+                 mask_node is not None, sgd=sgd_helper[0] if sgd_helper else None)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=flops, parallel=parallel,
+                  helpers=[sgd_helper] if sgd_helper else ())
+
+
+@lowering("mv", "dot")
+def lower_matvec(name, node, exported, target):
+    """mv (matrix @ vector) and dot (vector . vector)."""
+    a, v = node.inputs
+    out = node.outputs[0]
+    rows = a.shape[0] if node.op == "mv" else 0
+    reads, writes = [("a", a), ("v", v)], [("out", out)]
+    src = render("matvec.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(out),
+                 signature=signature(reads, writes), rows=rows, K=v.shape[0])
+    return Kernel(name, reads, writes, src, flops=2 * max(rows, 1) * v.shape[0])

@@ -1,0 +1,63 @@
+"""C lowerings of reductions (``sum``, ``mean``, ``amax``, ``amin`` over any dims) and of
+softmax / log-softmax along one dim (``templates/reduce.c.j2``, ``templates/softmax.c.j2``)."""
+from ...ops.common import numel
+from ..base import Kernel, offset_expr, ctype, lowering, node_lines, signature
+from ..templates import render
+
+
+# per reduction: initial accumulator, update with element v, final value
+_REDUCE = {
+    "sum": ("0", "acc += v;", "acc"),
+    "mean": ("0", "acc += v;", "acc / {count}"),
+    "amax": ("-INFINITY", "if (v > acc || v != v) acc = v;", "acc"),
+    "amin": ("INFINITY", "if (v < acc || v != v) acc = v;", "acc"),
+}
+
+
+_UPDATE_OUT = {"sum": "*a += v;", "mean": "*a += v;",
+               "amax": "if (v > *a || v != v) *a = v;", "amin": "if (v < *a || v != v) *a = v;"}
+
+
+@lowering(*_REDUCE)
+def lower_reduce(name, node, exported, target):
+    x = node.inputs[0]
+    out = node.outputs[0]
+    dims = tuple(node.attrs["dims"])
+    shape = tuple(x.shape)
+    kept = [d for d in range(len(shape)) if d not in dims]
+    init, update, finish = _REDUCE[node.op]
+    count = numel(shape[d] for d in dims)
+    out_ct = ctype(out)
+    acc = "double" if out_ct == "double" else out_ct
+    if not x.dtype.is_floating_point:
+        acc = "int64_t"
+        if node.op in ("amax", "amin"):
+            init = "INT64_MIN" if node.op == "amax" else "INT64_MAX"
+    in_order = bool(shape) and (len(shape) - 1) in kept and bool(dims) and \
+        x.dtype.is_floating_point
+    names = [f"k{d}" if d in kept else f"r{d}" for d in range(len(shape))]
+    kept_shape = [shape[d] for d in kept]
+    out_offset = offset_expr(kept_shape, [names[d] for d in kept])
+    reads, writes = [("x", x)], [("out", out)]
+    src = render("reduce.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
+                 out_ctype=out_ct, acctype=acc, signature=signature(reads, writes),
+                 kind=node.op, in_shape=shape, dims=dims, kept=kept, init=init, update=update,
+                 finish=finish.format(count=f"({acc}){count}"), in_order=in_order,
+                 names=names, out_offset=out_offset, out_numel=numel(out.shape),
+                 update_out=_UPDATE_OUT[node.op], count=count,
+                 offset=offset_expr(shape, names))
+    return Kernel(name, reads, writes, src)
+
+
+@lowering("softmax", "log_softmax")
+def lower_softmax(name, node, exported, target):
+    x, out = node.inputs[0], node.outputs[0]
+    dim = node.attrs["dim"]
+    shape = tuple(x.shape)
+    reads, writes = [("x", x)], [("out", out)]
+    src = render("softmax.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
+                 acctype="double", signature=signature(reads, writes),
+                 log=node.op == "log_softmax", D=shape[dim] if shape else 1,
+                 OUTER=numel(shape[:dim]), INNER=numel(shape[dim + 1:]))
+    return Kernel(name, reads, writes, src)
+

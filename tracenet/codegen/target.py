@@ -1,0 +1,51 @@
+"""What the generated C is built for: the compiler, its flags, OpenMP, and the one policy that
+decides which kernels split their work between threads.
+
+``tracenet.runtime`` probes the machine once and hands a ``Target`` to code generation, so
+codegen never asks the toolchain itself.
+"""
+
+
+class Parallelism:
+    """When a kernel is worth an OpenMP fork/join (every threshold lives here).
+
+    Below these sizes a fork/join costs more than it saves; for GEMMs, moving half of the
+    result into the other core's cache costs the serial kernel that reads it more than the
+    split saves (measured on LeNet's fully connected layers, batch 8 against 64)."""
+
+    compute_min_flops = 500_000      # convolutions, split over the batch
+    gemm_min_flops = 2_000_000       # GEMMs, split by row blocks
+    gemm_min_rows = 12
+    memory_min_elements = 100_000    # memory-bound kernels, split over planes or channels
+
+    def __init__(self, openmp):
+        self.openmp = bool(openmp)
+
+    def compute(self, flops, units=2):
+        """A compute-bound kernel of ``flops`` over ``units`` independent parts."""
+        return int(self.openmp and units > 1 and flops >= self.compute_min_flops)
+
+    def gemm(self, flops, rows):
+        return int(self.openmp and flops >= self.gemm_min_flops and rows >= self.gemm_min_rows)
+
+    def memory(self, elements, units):
+        """A memory-bound kernel touching ``elements`` over ``units`` independent parts."""
+        return int(self.openmp and units > 1 and elements >= self.memory_min_elements)
+
+
+class Target:
+    """``cc``: the compiler's identity; ``flags``: its optimisation flags; ``openmp``: whether
+    ``-fopenmp`` works; ``max_threads``: per-thread scratch is reserved for at most this many
+    threads; ``cache_dir``: where compiled templates may be cached (None: nowhere)."""
+
+    max_threads = 16
+
+    def __init__(self, cc="cc", flags=(), openmp=False, cache_dir=None):
+        self.cc = cc
+        self.flags = tuple(flags)
+        self.openmp = bool(openmp)
+        self.cache_dir = cache_dir
+        self.parallel = Parallelism(openmp)
+
+    def __repr__(self):
+        return f"Target(cc={self.cc!r}, flags={self.flags!r}, openmp={self.openmp})"
