@@ -33,6 +33,11 @@ SAMPLES = {
     "softplus": (lambda x: F.softplus(x, 2.0, 1.0), [POINTS], [0]),
     "softplus_backward": (lambda g, x: act.softplus_backward(g, x, 2.0, 1.0), [r(3, 4), POINTS],
                           [0, 1]),
+    "silu": (lambda x: F.silu(x), [POINTS], [0]),
+    "mish": (lambda x: F.mish(x), [POINTS * 3], [0]),
+    # both sides of the kinks at -3 and 3
+    "hardswish": (lambda x: F.hardswish(x), [POINTS * 1.7], [0]),
+    "hardsigmoid": (lambda x: F.hardsigmoid(x), [POINTS * 1.7], [0]),
     "dropout_mask": (lambda x, s: x * act.dropout_mask(s, (3, 4), 0.4, torch.float64),
                      [r(3, 4), np.array(12345, np.int64)], [0]),
     # padding_idx and scale_grad_by_freq change the gradient on purpose (not a derivative):

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _dtype
 from . import common
-from .elementwise import where
+from .elementwise import _sigmoid_np, where
 from .cexpr import scalar
 from .registry import Meta, apply
 
@@ -347,6 +347,105 @@ def gelu(x, approximate="none"):
 
 def gelu_backward(g, x, approximate):
     return apply(gelu_backward_op, g, x, approximate=approximate)
+
+
+# --- SiLU, Mish, Hardswish, Hardsigmoid: elementwise ops whose backward rules are compositions
+# of other elementwise ops (so the compiler fuses both directions into elementwise kernels)
+
+
+def _silu_eager(x):
+    return x * _sigmoid_np(x)
+
+
+def _silu_backward(ctx, g):
+    x = ctx.inputs[0]
+    s = x.sigmoid()
+    return (g * s * (1.0 + x * (1.0 - s)),)
+
+
+silu_op = register(
+    "silu", infer=_floating("silu_cpu"), eager=_silu_eager, saves=(0,), backward=_silu_backward,
+    grad_fn="SiluBackward0", c_expr=lambda a, at, ct: f"({a[0]} / (1 + exp(-{a[0]})))")
+
+
+def silu(x):
+    return apply(silu_op, x)
+
+
+def _softplus_np(x):
+    """log(1 + exp(x)), linear from x > 20 (torch's softplus default threshold)."""
+    return np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20))))
+
+
+def _mish_backward(ctx, g):
+    x = ctx.inputs[0]
+    t = softplus(x, 1.0, 20.0).tanh()
+    return (g * (t + x * x.sigmoid() * (1.0 - t * t)),)
+
+
+def _c_mish(a, at, ct):
+    x = a[0]
+    return f"({x} * tanh({x} > 20 ? {x} : log1p(exp({x}))))"
+
+
+mish_op = register(
+    "mish", infer=_floating("mish_cpu"), eager=lambda x: x * np.tanh(_softplus_np(x)),
+    saves=(0,), backward=_mish_backward, grad_fn="MishBackward0", c_expr=_c_mish)
+
+
+def mish(x):
+    return apply(mish_op, x)
+
+
+def _hardswish_eager(x):
+    return x * np.clip(x + _typed(3, x), 0, 6) / _typed(6, x)
+
+
+def _hardswish_backward(ctx, g):
+    # torch's rule: 0 up to -3, x / 3 + 1/2 strictly between, 1 from 3 on
+    x = ctx.inputs[0]
+    slope = where(x <= -3.0, x * 0, where(x < 3.0, x / 3.0 + 0.5, x * 0 + 1.0))
+    return (g * slope,)
+
+
+def _c_hardswish(a, at, ct):
+    x = a[0]
+    return f"({x} <= -3 ? 0 : {x} >= 3 ? {x} : {x} * ({x} + 3) / 6)"
+
+
+hardswish_op = register(
+    "hardswish", infer=_floating("hardswish_cpu"), eager=_hardswish_eager, saves=(0,),
+    backward=_hardswish_backward, grad_fn="HardswishBackward0", c_expr=_c_hardswish)
+
+
+def hardswish(x):
+    return apply(hardswish_op, x)
+
+
+def _hardsigmoid_backward(ctx, g):
+    # torch's rule: 1/6 strictly inside (-3, 3), 0 elsewhere; torch's 1/6 is a float32
+    # constant in every dtype
+    x = ctx.inputs[0]
+    zero = x * 0  # (keeps the rule differentiable in x, as torch's: double backward works)
+    return (g * where((x > -3.0).logical_and(x < 3.0), zero + _ONE_SIXTH_F32, zero),)
+
+
+_ONE_SIXTH_F32 = float(np.float32(1.0) / np.float32(6.0))
+
+
+def _c_hardsigmoid(a, at, ct):
+    x = a[0]
+    return f"({x} <= -3 ? 0 : {x} >= 3 ? 1 : ({x} + 3) / 6)"
+
+
+hardsigmoid_op = register(
+    "hardsigmoid", infer=_floating("hardsigmoid_cpu"),
+    eager=lambda x: np.clip(x + _typed(3, x), 0, 6) / _typed(6, x), saves=(0,),
+    backward=_hardsigmoid_backward, grad_fn="HardsigmoidBackward0", c_expr=_c_hardsigmoid)
+
+
+def hardsigmoid(x):
+    return apply(hardsigmoid_op, x)
 
 
 # --- softplus: log(1 + exp(beta x)) / beta, linear where beta x > threshold ---------------------

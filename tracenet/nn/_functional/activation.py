@@ -11,7 +11,8 @@ from ... import _dtype, _random
 from ...autograd import grad_mode
 from ...ops import activation as act, common, elementwise as ew, linalg
 
-__all__ = ["leaky_relu", "leaky_relu_", "elu", "elu_", "gelu", "softplus",
+__all__ = ["leaky_relu", "leaky_relu_", "elu", "elu_", "gelu", "softplus", "silu", "mish",
+           "hardswish", "hardsigmoid",
            "dropout", "dropout1d", "dropout2d", "dropout3d", "linear", "bilinear", "embedding",
            "cosine_similarity", "pairwise_distance"]
 
@@ -56,6 +57,23 @@ def elu(input, alpha=1.0, inplace=False):
 def elu_(input, alpha=1.0):
     alpha = _number("elu_", "alpha", 2, alpha)
     return _inplace(input, lambda x: act.elu(x, alpha, _name="EluBackward1", _inplace=True))
+
+
+def _pointwise(op):
+    """F.<op>(input, inplace=False) of an activation without parameters; the in-place form
+    keeps torch's grad_fn name."""
+    def fn(input, inplace=False):
+        if inplace:
+            return _inplace(input, op)
+        return op(input)
+    fn.__name__ = op.__name__
+    return fn
+
+
+silu = _pointwise(act.silu)
+mish = _pointwise(act.mish)
+hardswish = _pointwise(act.hardswish)
+hardsigmoid = _pointwise(act.hardsigmoid)
 
 
 def gelu(input, *, approximate="none"):

@@ -41,6 +41,40 @@ class ELU(Module):
         return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
 
 
+class _Pointwise(Module):
+    """An activation without parameters: ``forward`` is ``_fn(input, inplace)``."""
+    _fn = None
+    _shows_inplace = True  # whether the repr says inplace=True (torch's Hardswish does not)
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, input):
+        return type(self)._fn(input, inplace=self.inplace)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace and self._shows_inplace else ""
+
+
+class SiLU(_Pointwise):
+    _fn = staticmethod(F.silu)
+
+
+class Mish(_Pointwise):
+    _fn = staticmethod(F.mish)
+
+
+class Hardswish(_Pointwise):
+    _fn = staticmethod(F.hardswish)
+    _shows_inplace = False
+
+
+class Hardsigmoid(_Pointwise):
+    _fn = staticmethod(F.hardsigmoid)
+    _shows_inplace = False
+
+
 class GELU(Module):
     def __init__(self, approximate="none"):
         super().__init__()
