@@ -1,0 +1,91 @@
+"""A/B of two tracenet source trees on LeNet, interleaved in one run.
+
+    python bench/ab.py OLD_TREE NEW_TREE [--rounds 5] [--calls 200]
+
+Each round runs one worker process per tree, alternating A, B, A, B..., so both see the same
+phases of a shared, noisy machine. A worker imports tracenet from its tree, compiles LeNet's
+training step (``compile_step``, SGD with momentum) and inference (``tracenet.compile`` under
+``no_grad``) at batch 1, 8 and 64, and reports the median time per call. The table gives each
+tree's median over rounds and the ratio A/B (> 1: the new tree is faster). A tree is any
+checkout, e.g. one made with ``git worktree add /tmp/old <commit>``.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+WORKER = r"""
+import json, statistics, sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import tracenet as tn
+sys.path.insert(0, sys.argv[2])
+from lenet import lenet
+
+def median_call(fn, n):
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+n = int(sys.argv[3])
+rng = np.random.default_rng(0)
+out = {}
+for batch in (1, 8, 64):
+    tn.manual_seed(0)
+    net = lenet(tn)
+    x = tn.from_numpy(rng.standard_normal((batch, 1, 32, 32)).astype(np.float32))
+    y = tn.from_numpy(rng.integers(0, 10, batch))
+    crit = tn.nn.CrossEntropyLoss()
+    opt = tn.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    step = tn.compile_step(lambda a, b: crit(net(a), b), opt)
+    out[f"train b{batch}"] = median_call(lambda: step(x, y), n)
+    infer = tn.compile(lenet(tn).eval())
+    def run():
+        with tn.no_grad():
+            infer(x)
+    out[f"infer b{batch}"] = median_call(run, n)
+print(json.dumps(out))
+"""
+
+
+def run_worker(tree, calls):
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    res = subprocess.run([sys.executable, "-c", WORKER, os.path.abspath(tree), HERE, str(calls)],
+                         capture_output=True, text=True, env=env, check=False)
+    if res.returncode != 0:
+        sys.exit(f"worker for {tree} failed:\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("old")
+    ap.add_argument("new")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=200)
+    args = ap.parse_args()
+    samples = {"A": {}, "B": {}}
+    for r in range(args.rounds):
+        for label, tree in (("A", args.old), ("B", args.new)) if r % 2 == 0 else \
+                (("B", args.new), ("A", args.old)):
+            for k, v in run_worker(tree, args.calls).items():
+                samples[label].setdefault(k, []).append(v)
+    print(f"A = {args.old}\nB = {args.new}\n{args.rounds} rounds, median of {args.calls} calls "
+          "each, then the median over rounds")
+    print(f"{'workload':<12} {'A us':>9} {'B us':>9} {'A/B':>6}")
+    for k in samples["A"]:
+        a, b = statistics.median(samples["A"][k]), statistics.median(samples["B"][k])
+        print(f"{k:<12} {a * 1e6:9.1f} {b * 1e6:9.1f} {a / b:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
