@@ -2,13 +2,13 @@
 ``tracenet.templates`` package data)."""
 import functools
 import os
+from importlib.resources import files
 
 import jinja2
 
 
 def template_dir():
     try:
-        from importlib.resources import files
         d = files("tracenet.templates")
         path = str(d)
         if os.path.isdir(path) and any(n.endswith(".c.j2") for n in os.listdir(path)):

@@ -21,6 +21,7 @@ from ..ir.graph import Graph
 from ..ops.elementwise import threshold_backward
 from ..ops.nn import _max_pool_backward
 from ..ops.registry import REGISTRY, Ctx, Meta, apply, op_kind
+from ..tensor import Tensor
 from ..trace import Tracer, traced_tensor, tracing
 
 
@@ -166,7 +167,6 @@ def _ctx(node, needs):
 
 
 def _zeros_like_value(v):
-    from ..tensor import Tensor
     return Tensor._wrap(np.zeros(v.shape, v.dtype.np))
 
 

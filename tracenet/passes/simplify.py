@@ -1,5 +1,7 @@
 """Clean-up passes: dead-code elimination, common-subexpression elimination, and folding of
 subgraphs that depend on no graph input. Each returns the (modified) graph."""
+import numpy as np
+
 from ..ir.interpret import run_node
 
 
@@ -17,7 +19,6 @@ def dce(graph):
 
 
 def _attr_key(value):
-    import numpy as np
     if isinstance(value, np.ndarray):
         return ("array", value.dtype.str, value.shape, value.tobytes())
     if isinstance(value, (list, tuple)):

@@ -1,38 +1,44 @@
 """C lowerings of reductions (``sum``, ``mean``, ``amax``, ``amin`` over any dims) and of
 softmax / log-softmax along one dim (``templates/reduce.c.j2``, ``templates/softmax.c.j2``)."""
 from ...ops.common import numel
-from ..base import Kernel, offset_expr, ctype, lowering, node_lines, signature
+from ..base import Kernel, ctype, lowering, node_lines, offset_expr, signature
 from ..templates import render
 
 
-# per reduction: initial accumulator, update with element v, final value
-_REDUCE = {
-    "sum": ("0", "acc += v;", "acc"),
-    "mean": ("0", "acc += v;", "acc / {count}"),
-    "amax": ("-INFINITY", "if (v > acc || v != v) acc = v;", "acc"),
-    "amin": ("INFINITY", "if (v < acc || v != v) acc = v;", "acc"),
+class _Reduction:
+    """How the reduce template accumulates one reduction: the initial accumulator (for float
+    and for integer input), the update with element ``v``, the final value, and the update of
+    an output element ``*a`` (for reductions over leading dims, done in place)."""
+
+    def __init__(self, init, int_init, update, finish, update_out):
+        self.init, self.int_init = init, int_init
+        self.update, self.finish, self.update_out = update, finish, update_out
+
+
+_REDUCTIONS = {
+    "sum": _Reduction("0", "0", "acc += v;", "acc", "*a += v;"),
+    "mean": _Reduction("0", "0", "acc += v;", "acc / {count}", "*a += v;"),
+    "amax": _Reduction("-INFINITY", "INT64_MIN", "if (v > acc || v != v) acc = v;", "acc",
+                       "if (v > *a || v != v) *a = v;"),
+    "amin": _Reduction("INFINITY", "INT64_MAX", "if (v < acc || v != v) acc = v;", "acc",
+                       "if (v < *a || v != v) *a = v;"),
 }
 
 
-_UPDATE_OUT = {"sum": "*a += v;", "mean": "*a += v;",
-               "amax": "if (v > *a || v != v) *a = v;", "amin": "if (v < *a || v != v) *a = v;"}
-
-
-@lowering(*_REDUCE)
+@lowering(*_REDUCTIONS)
 def lower_reduce(name, node, exported, target):
     x = node.inputs[0]
     out = node.outputs[0]
     dims = tuple(node.attrs["dims"])
     shape = tuple(x.shape)
     kept = [d for d in range(len(shape)) if d not in dims]
-    init, update, finish = _REDUCE[node.op]
+    red = _REDUCTIONS[node.op]
+    init = red.init
     count = numel(shape[d] for d in dims)
     out_ct = ctype(out)
     acc = "double" if out_ct == "double" else out_ct
     if not x.dtype.is_floating_point:
-        acc = "int64_t"
-        if node.op in ("amax", "amin"):
-            init = "INT64_MIN" if node.op == "amax" else "INT64_MAX"
+        acc, init = "int64_t", red.int_init
     in_order = bool(shape) and (len(shape) - 1) in kept and bool(dims) and \
         x.dtype.is_floating_point
     names = [f"k{d}" if d in kept else f"r{d}" for d in range(len(shape))]
@@ -41,10 +47,10 @@ def lower_reduce(name, node, exported, target):
     reads, writes = [("x", x)], [("out", out)]
     src = render("reduce.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
                  out_ctype=out_ct, acctype=acc, signature=signature(reads, writes),
-                 kind=node.op, in_shape=shape, dims=dims, kept=kept, init=init, update=update,
-                 finish=finish.format(count=f"({acc}){count}"), in_order=in_order,
+                 kind=node.op, in_shape=shape, dims=dims, kept=kept, init=init, update=red.update,
+                 finish=red.finish.format(count=f"({acc}){count}"), in_order=in_order,
                  names=names, out_offset=out_offset, out_numel=numel(out.shape),
-                 update_out=_UPDATE_OUT[node.op], count=count,
+                 update_out=red.update_out, count=count,
                  offset=offset_expr(shape, names))
     return Kernel(name, reads, writes, src)
 
