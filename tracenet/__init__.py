@@ -9,6 +9,7 @@ from ._dtype import promote_types, result_type as _result_type
 from .size import Size
 from .tensor import Tensor, device
 from . import _tensor_methods  # noqa: F401  (binds the op methods onto Tensor)
+from . import autograd  # installs the eager engine (registry._eager) and Tensor.backward
 from ._tensor_str import get_printoptions, set_printoptions
 from .autograd.grad_mode import (enable_grad, inference_mode, is_grad_enabled, no_grad,
                                  set_grad_enabled)

@@ -14,9 +14,10 @@ import math
 import numpy as np
 
 from .. import _dtype
+from .._meta import Meta
 from . import common
 from .elementwise import where
-from .registry import Meta, apply
+from .registry import apply
 
 register = common.register_quiet
 

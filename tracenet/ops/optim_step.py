@@ -8,7 +8,8 @@ compiled step has one numerical definition to match. They have no gradient.
 """
 import numpy as np
 
-from .registry import Meta, apply, register
+from .._meta import Meta
+from .registry import apply, register
 
 
 def _same_metas(*metas, n):

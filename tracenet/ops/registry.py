@@ -16,9 +16,7 @@ An ``Op`` bundles, for one primitive:
 ``apply(op, *tensors, **attrs)`` is the single entry point that runs an op: on traced values it
 records an IR node, otherwise it runs the numpy implementation and records the autograd node.
 """
-from collections import namedtuple
-
-Meta = namedtuple("Meta", "shape dtype")
+from .._meta import Meta  # noqa: F401  (re-exported: shape rules and passes import it here)
 
 REGISTRY = {}
 
@@ -123,11 +121,14 @@ def op_attrs(attrs):
 # set by tracenet.trace while a trace is active: a callable (op, inputs, attrs) -> outputs
 _tracer = [None]
 
+# the eager interpreter, (op, inputs, attrs) -> outputs: tracenet.autograd.engine installs its
+# run_eager here when imported (tracenet/__init__ imports it; ops never import autograd)
+_eager = [None]
+
 
 def apply(op, *inputs, **attrs):
     """Run ``op`` on tensors: record an IR node under tracing, else compute eagerly."""
     tracer = _tracer[0]
     if tracer is not None and any(t._ir is not None for t in inputs):
         return tracer(op, inputs, attrs)
-    from ..autograd.engine import run_eager
-    return run_eager(op, inputs, attrs)
+    return _eager[0](op, inputs, attrs)
