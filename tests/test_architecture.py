@@ -10,9 +10,9 @@ import ast
 import os
 import sys
 
-import tracenet
-
-PACKAGE_DIR = os.path.dirname(os.path.abspath(tracenet.__file__))
+# the source tree next to these tests (not whichever tracenet is installed)
+PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "tracenet")
 
 # [project] dependencies in pyproject.toml: always installed, so importing them locally needs no
 # reason; any other third-party import inside a function is an optional dependency
