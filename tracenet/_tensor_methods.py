@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from . import _dtype, _random
-from .autograd import grad_mode
+from . import _grad_mode as grad_mode
 from .ops import common, creation, elementwise as ew, index as ix, linalg, nn as nnops, \
     reduce as rd, shape as sh
 from .tensor import Tensor, _check_device

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import _dtype
 from .._meta import Meta
-from ..autograd import grad_mode
+from .. import _grad_mode as grad_mode
 from ..tensor import Tensor
 from . import registry as _registry
 from .registry import register as _register

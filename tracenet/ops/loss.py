@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import _dtype
 from .._meta import Meta
-from ..autograd import grad_mode
+from .. import _grad_mode as grad_mode
 from . import common
 from .elementwise import _SUB_BOOLS_MSG, clamp, exp, log, log1p, relu, sigmoid
 from .reduce import sum_to_shape
