@@ -2,7 +2,9 @@
 
 A tensor is either *concrete* (``_data`` is a numpy array) or *traced* (``_ir`` is an IR value
 and ``_data`` is None). Math methods are bound in ``_tensor_methods.py`` from the op modules, so
-each op is defined once, in the registry.
+each op is defined once, in the registry. This module sits below the ops and imports none of
+them: the methods that run ops (``detach``, the view-history refresh) are installed there too,
+and ``backward`` by ``tracenet.autograd``.
 """
 import warnings
 from collections import OrderedDict

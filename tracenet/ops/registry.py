@@ -16,7 +16,7 @@ An ``Op`` bundles, for one primitive:
 ``apply(op, *tensors, **attrs)`` is the single entry point that runs an op: on traced values it
 records an IR node, otherwise it runs the numpy implementation and records the autograd node.
 """
-from .._meta import Meta  # noqa: F401  (re-exported: shape rules and passes import it here)
+from .._meta import Meta  # noqa: F401  (re-exported: older importers use this name)
 
 REGISTRY = {}
 
