@@ -3,9 +3,8 @@ import numbers
 
 import numpy as np
 
-from .. import _dtype
+from .. import _dtype, _grad_mode as grad_mode
 from .._meta import Meta
-from .. import _grad_mode as grad_mode
 from ..tensor import Tensor
 from . import registry as _registry
 from .registry import register as _register

@@ -10,6 +10,9 @@ from .._meta import Meta
 from . import common, creation
 from .registry import apply
 
+# elementwise builds on this module (sum_to_shape): elementwise math here goes through Tensor
+# methods (x.exp(), x.ne(0)), so the op modules import each other in one direction
+
 register = common.register_quiet
 
 values_indices = collections.namedtuple("values_indices", "values indices")

@@ -9,6 +9,8 @@ from . import common, reduce
 from .elementwise import contiguous_copy
 from .registry import apply, register
 
+# index builds on this module: the rules here slice through Tensor methods (g.narrow, g.select)
+
 
 # --- view / reshape ---------------------------------------------------------------------------
 
