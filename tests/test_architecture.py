@@ -8,6 +8,7 @@ Meta`` names ``tracenet.ops.registry``; ``from .ops import REGISTRY`` names the 
 """
 import ast
 import os
+import re
 import sys
 
 # the source tree next to these tests (not whichever tracenet is installed)
@@ -46,13 +47,21 @@ class Import:
                f"{self.module} -> {self.target}"
 
 
+def _comment(line):
+    """The comment text of a source line, without linter directives (``noqa``...)."""
+    if "#" not in line:
+        return ""
+    text = line.split("#", 1)[1]
+    return re.sub(r"^\s*(noqa(:\s*[A-Z0-9, ]+)?|type:\s*ignore\S*)", "", text).strip()
+
+
 def _has_reason(lines, node):
     """A comment on one of the statement's lines or on the line just above it."""
     first = node.lineno - 1
     last = getattr(node, "end_lineno", node.lineno) - 1
-    if first > 0 and lines[first - 1].strip().startswith("#"):
+    if first > 0 and lines[first - 1].strip().startswith("#") and _comment(lines[first - 1]):
         return True
-    return any("#" in lines[i] for i in range(first, last + 1))
+    return any(_comment(lines[i]) for i in range(first, last + 1))
 
 
 def _targets(node, module, is_pkg, mods):
