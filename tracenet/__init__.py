@@ -8,6 +8,9 @@ from ._dtype import int64 as int  # noqa: A001  (torch.int is int32; tracenet ha
 from ._dtype import promote_types, result_type as _result_type
 from .size import Size
 from .tensor import Tensor, device
+# autograd installs the eager interpreter (registry._eager) and Tensor.backward: first, so
+# every op module loads with the engine in place
+from . import autograd
 from . import _tensor_methods  # noqa: F401  (binds the op methods onto Tensor)
 from ._tensor_str import get_printoptions, set_printoptions
 from .autograd.grad_mode import (enable_grad, inference_mode, is_grad_enabled, no_grad,

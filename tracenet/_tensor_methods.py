@@ -8,8 +8,8 @@ import warnings
 
 import numpy as np
 
-from . import _dtype
-from .autograd import grad_mode
+from . import _dtype, _random
+from . import _grad_mode as grad_mode
 from .ops import common, creation, elementwise as ew, index as ix, linalg, nn as nnops, \
     reduce as rd, shape as sh
 from .tensor import Tensor, _check_device
@@ -142,6 +142,29 @@ def _reshape_as(self, other):
 Tensor.view_as = _view_as
 Tensor.reshape_as = _reshape_as
 Tensor.type_as = lambda self, other: self.to(other.dtype)
+
+
+def _detach(self):
+    if self._ir is not None:
+        return sh.detach(self)
+    out = Tensor._wrap(self._data)
+    out._vc = self._vc  # detach shares the version counter, .data does not
+    return out
+
+
+def _refresh_view(self):
+    """A stale view's history rebuilt as a strided view of its base's new history."""
+    base = self._base_
+    self._view_hist = base._hist
+    if base._req and self._ir is None and base._ir is None:
+        with grad_mode.enable_grad():
+            fresh = ix.view_of_base(base, self)
+        if fresh is not None:
+            self._grad_fn, self._output_nr, self._req = fresh._grad_fn, 0, True
+
+
+Tensor.detach = _detach
+Tensor._refresh_view = _refresh_view
 
 
 # --- conversions ----------------------------------------------------------------------------
@@ -371,7 +394,6 @@ def _setitem(self, key, value):
 
 
 def _uniform_(self, a=0.0, b=1.0, generator=None):
-    from . import _random
     with grad_mode.no_grad():
         self._data[...] = _random.rng().uniform(a, b, self._data.shape)
     self._vc.value += 1
@@ -379,14 +401,12 @@ def _uniform_(self, a=0.0, b=1.0, generator=None):
 
 
 def _normal_(self, mean=0.0, std=1.0, generator=None):
-    from . import _random
     self._data[...] = mean + std * _random.rng().standard_normal(self._data.shape)
     self._vc.value += 1
     return self
 
 
 def _random_(self, low=0, high=None, generator=None):
-    from . import _random
     if high is None:
         low, high = 0, low
     self._data[...] = _random.rng().integers(low, high, self._data.shape)
@@ -395,7 +415,6 @@ def _random_(self, low=0, high=None, generator=None):
 
 
 def _bernoulli_(self, p=0.5, generator=None):
-    from . import _random
     self._data[...] = _random.rng().random(self._data.shape) < p
     self._vc.value += 1
     return self
@@ -409,11 +428,3 @@ Tensor.uniform_ = _uniform_
 Tensor.normal_ = _normal_
 Tensor.random_ = _random_
 Tensor.bernoulli_ = _bernoulli_
-
-
-def _backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
-    from .autograd import backward
-    backward(self, gradient, retain_graph, create_graph, inputs=inputs)
-
-
-Tensor.backward = _backward

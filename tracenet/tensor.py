@@ -2,7 +2,9 @@
 
 A tensor is either *concrete* (``_data`` is a numpy array) or *traced* (``_ir`` is an IR value
 and ``_data`` is None). Math methods are bound in ``_tensor_methods.py`` from the op modules, so
-each op is defined once, in the registry.
+each op is defined once, in the registry. This module sits below the ops and imports none of
+them: the methods that run ops (``detach``, the view-history refresh) are installed there too,
+and ``backward`` by ``tracenet.autograd``.
 """
 import warnings
 from collections import OrderedDict
@@ -10,8 +12,10 @@ from collections import OrderedDict
 import numpy as np
 
 from . import _dtype
+from ._tensor_str import tensor_repr
+from ._trace_errors import data_dependent
 from .size import Size
-from .autograd import grad_mode
+from .utils.hooks import add_hook
 
 
 class _VersionCounter:
@@ -107,15 +111,7 @@ class Tensor:
         base = self._base_
         return base is not None and self._view_hist != base._hist
 
-    def _refresh_view(self):
-        base = self._base_
-        self._view_hist = base._hist
-        if base._req and self._ir is None and base._ir is None:
-            from .ops.index import view_of_base
-            with grad_mode.enable_grad():
-                fresh = view_of_base(base, self)
-            if fresh is not None:
-                self._grad_fn, self._output_nr, self._req = fresh._grad_fn, 0, True
+    # _refresh_view(self): installed by _tensor_methods, as it runs the view ops
 
     @property
     def grad_fn(self):
@@ -279,13 +275,11 @@ class Tensor:
             return self.grad_fn._add_hook(self._output_nr, hook)
         if self._hooks is None:
             self._hooks = OrderedDict()
-        from .utils.hooks import add_hook
         return add_hook(self._hooks, hook)
 
     # --- data access ----------------------------------------------------------------------
     def _concrete(self, what):
         if self._ir is not None:
-            from .trace import data_dependent
             data_dependent(what)
         return self._data
 
@@ -298,13 +292,7 @@ class Tensor:
     def data(self, value):
         self._data = value._concrete("data")
 
-    def detach(self):
-        if self._ir is not None:
-            from .ops import shape as shape_ops
-            return shape_ops.detach(self)
-        out = Tensor._wrap(self._data)
-        out._vc = self._vc  # detach shares the version counter, .data does not
-        return out
+    # detach(self): installed by _tensor_methods (a traced tensor detaches through the op)
 
     def detach_(self):
         if self._base is not None and self._requires_grad:
@@ -374,7 +362,6 @@ class Tensor:
     __hash__ = object.__hash__
 
     def __repr__(self, *, tensor_contents=None):
-        from ._tensor_str import tensor_repr
         return tensor_repr(self)
 
     def __format__(self, spec):

@@ -5,44 +5,17 @@ A traced tensor is a ``Tensor`` whose ``_ir`` is an IR ``Value`` (and whose ``_d
 (Python numbers, tensors created inside ``forward``) become ``constant`` nodes; Python control
 flow and shape arithmetic simply run, so the graph is specialised to the example inputs.
 """
-import os
-import sys
-
 import numpy as np
 
 from . import _dtype, _random
+from ._meta import Meta
+from ._trace_errors import TraceError, data_dependent, user_location  # noqa: F401  (public here)
 from .autograd import grad_mode
 from .ir.graph import Graph
+from .nn.modules.module import Module
 from .ops import registry
-from .ops.registry import Meta, op_attrs
+from .ops.registry import op_attrs
 from .tensor import Tensor
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-class TraceError(RuntimeError):
-    """Raised when traced code needs a concrete value (data-dependent control flow)."""
-
-
-def user_location():
-    """(filename, lineno) of the innermost frame outside tracenet: where the user's code is."""
-    f = sys._getframe(1)
-    while f is not None:
-        fn = f.f_code.co_filename
-        if not os.path.abspath(fn).startswith(_PACKAGE_DIR + os.sep):
-            return (fn, f.f_lineno)
-        f = f.f_back
-    return None
-
-
-def data_dependent(what):
-    loc = user_location()
-    where = f" at {loc[0]}:{loc[1]}" if loc else ""
-    raise TraceError(
-        f"{what} needs the value of a traced tensor{where}, but tracing only knows shapes and "
-        "dtypes: data-dependent Python control flow (if/while on tensor values, .item(), "
-        ".tolist(), .numpy(), bool()) cannot be compiled. Run this module in eager mode (call it "
-        "without tracenet.compile), or move the data-dependent part outside forward.")
 
 
 def traced_tensor(value):
@@ -92,20 +65,17 @@ class Tracer:
             outs.append(traced_tensor(v))
         return tuple(outs) if multi else outs[0]
 
-
-def random_seed():
-    """While tracing: a traced int64 scalar that takes a fresh value, drawn from tracenet's
-    generator, every time the compiled graph runs (a graph input listed in
-    ``graph.seed_inputs``, after the state inputs). Random ops (dropout) derive their random
-    numbers from it, so they are not frozen into traced constants."""
-    record = registry._tracer[0]
-    tracer = getattr(record, "__self__", None)
-    if not isinstance(tracer, Tracer) or tracer.foreign is not None:
-        raise TraceError("random_seed() is only available while tracing a forward graph")
-    graph = tracer.graph
-    v = graph.add_input(f"seed{len(graph.seed_inputs)}", (), _dtype.int64)
-    graph.seed_inputs.append(v)
-    return traced_tensor(v)
+    def random_seed(self):
+        """A traced int64 scalar that takes a fresh value, drawn from tracenet's generator,
+        every time the compiled graph runs (a graph input listed in ``graph.seed_inputs``,
+        after the state inputs). Random ops (dropout) derive their random numbers from it, so
+        they are not frozen into traced constants."""
+        if self.foreign is not None:
+            raise TraceError("random_seed() is only available while tracing a forward graph")
+        graph = self.graph
+        v = graph.add_input(f"seed{len(graph.seed_inputs)}", (), _dtype.int64)
+        graph.seed_inputs.append(v)
+        return traced_tensor(v)
 
 
 def fresh_seeds(n):
@@ -171,7 +141,6 @@ def trace(fn, *example_inputs, name=None, state=None):
     Graph inputs are the example inputs (named ``x``, ``x1``...) followed by the module's
     parameters and buffers under their state-dict names, or by ``state`` (a list of
     ``(name, tensor)``: the tensors a plain function reads, e.g. an optimizer's parameters)."""
-    from .nn.modules.module import Module
     module = fn if isinstance(fn, Module) else None
     graph = Graph(name or (type(fn).__name__ if module is not None else
                            getattr(fn, "__name__", "graph")))

@@ -1,12 +1,13 @@
 """``tracenet.autograd``: backward, grad, grad mode, Function and the legacy Variable."""
 from .. import _dtype
+from ..ops.creation import ones_like, zeros_like
+from ..tensor import Tensor
 from .function import Function, FunctionCtx
 from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from . import engine
 
 
 def _make_grads(tensors, grad_tensors):
-    from ..tensor import Tensor
     grads = []
     for t, g in zip(tensors, grad_tensors):
         if g is None:
@@ -15,7 +16,6 @@ def _make_grads(tensors, grad_tensors):
             if not t.dtype.is_floating_point:
                 raise RuntimeError(f"grad can be implicitly created only for real scalar outputs "
                                    f"but got {t.dtype}")
-            from ..ops.creation import ones_like
             g = ones_like(t)
         elif not isinstance(g, Tensor):
             raise TypeError("gradients can be either Tensors or None, but got "
@@ -28,7 +28,6 @@ def _make_grads(tensors, grad_tensors):
 
 
 def _as_list(x):
-    from ..tensor import Tensor
     if x is None:
         return None
     return [x] if isinstance(x, Tensor) else list(x)
@@ -60,7 +59,6 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     result = engine.run_backward(outputs, grads, retain_graph, create_graph, inputs=inputs_list,
                                  allow_unused=bool(allow_unused) or materialize_grads)
     if materialize_grads:
-        from ..ops.creation import zeros_like
         result = tuple(zeros_like(t) if g is None else g for t, g in zip(inputs_list, result))
     return result
 
@@ -71,6 +69,12 @@ def Variable(data, requires_grad=False, volatile=False):
         data.requires_grad_(True)
     return data
 
+
+def _tensor_backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+    backward(self, gradient, retain_graph, create_graph, inputs=inputs)
+
+
+Tensor.backward = _tensor_backward  # Tensor sits below autograd, which installs this method
 
 __all__ = ["backward", "grad", "Function", "Variable", "no_grad", "enable_grad",
            "set_grad_enabled", "is_grad_enabled", "inference_mode"]

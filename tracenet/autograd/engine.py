@@ -12,7 +12,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..ops.registry import Ctx, Meta, op_attrs, saved_input_indices
+from .._meta import Meta
+from ..ops import common, registry
+from ..ops.registry import Ctx, op_attrs, saved_input_indices
+from ..tensor import Tensor, _legacy_type_name
 from ..utils.hooks import add_hook
 from . import grad_mode
 
@@ -136,7 +139,6 @@ def node_class(name, base=OpNode):
 def _inplace_error(tensor, version, producer=None, output_nr=0):
     """torch's message for a saved tensor changed in place; ``producer`` names the node that
     made a saved output (its alias carries no grad_fn of its own)."""
-    from ..tensor import _legacy_type_name
     if producer is None and tensor.grad_fn is not None:
         producer, output_nr = tensor.grad_fn.name(), tensor._output_nr
     where = ""
@@ -156,7 +158,6 @@ def _inplace_error(tensor, version, producer=None, output_nr=0):
 
 
 def run_eager(op, inputs, attrs):
-    from ..tensor import Tensor
     metas = tuple(Meta(tuple(t._data.shape), t.dtype) for t in inputs)
     kw = op_attrs(attrs)
     out_meta = op.infer(*metas, **kw)
@@ -186,7 +187,6 @@ def run_eager(op, inputs, attrs):
 
 
 def _record(op, inputs, outputs, metas, out_metas, attrs, needs):
-    from ..tensor import Tensor
     saved_inputs = [None] * len(inputs)
     saved = []
     for i in saved_input_indices(op, len(inputs)):
@@ -363,3 +363,8 @@ def _accumulate_into_leaf(leaf, grad, create_graph):
     else:
         np.add(leaf._grad._data, grad._data, out=leaf._grad._data, casting="unsafe")
         leaf._grad._vc.value += 1
+
+
+# this module is the ops' eager interpreter: the registry and ops.common call it through slots
+registry._eager[0] = run_eager
+common._accumulator_of[0] = accumulator_of

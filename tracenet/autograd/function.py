@@ -2,6 +2,8 @@
 
 The backward node is named ``<ClassName>Backward`` like torch's ``BackwardCFunction`` nodes.
 """
+from ..ops.creation import zeros
+from ..tensor import Tensor
 from . import engine, grad_mode
 
 
@@ -43,7 +45,6 @@ class FunctionNode(engine.Node):
 
     def _run(self, grads):
         if self.fn_ctx.materialize_grads:
-            from ..ops.creation import zeros
             grads = tuple(zeros(s, dtype=d) if g is None else g
                           for g, (s, d) in zip(grads, self._out_shapes))
         res = self.fn_cls.backward(self.fn_ctx, *grads)
@@ -79,7 +80,6 @@ class Function(metaclass=_FunctionMeta):
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        from ..tensor import Tensor
         ctx = FunctionCtx()
         tensor_args = [a for a in args if isinstance(a, Tensor)]
         ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a._requires_grad for a in args)

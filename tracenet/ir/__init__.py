@@ -6,6 +6,7 @@ from .verify import VerificationError, verify
 
 
 def grad(graph):
+    # passes sit above the IR (autodiff imports the tracer, which imports ir.graph)
     from ..passes.autodiff import grad as _grad
     return _grad(graph)
 

@@ -6,6 +6,11 @@ of two structural ops: ``constant`` (``attrs["value"]`` holds a numpy array) and
 (``members`` holds the nodes it groups; the fused node's outputs are the member values used
 outside the group).
 """
+from .. import _dtype
+from .._meta import Meta
+from . import printer
+
+
 class Value:
     """An SSA value. Identity is the object itself; ``id`` is only its printed number."""
     __slots__ = ("id", "shape", "dtype", "producer", "name", "requires_grad")
@@ -107,8 +112,6 @@ class Graph:
         return [mapping[v] for v in other.outputs]
 
     def add_constant(self, array):
-        from .. import _dtype
-        from ..ops.registry import Meta
         dt = _dtype.from_numpy_dtype(array.dtype)
         return self.add_node("constant", [], {"value": array},
                              [Meta(array.shape, dt)]).output
@@ -145,15 +148,13 @@ class Graph:
         return counts
 
     def __str__(self):
-        from .printer import format_graph
-        return format_graph(self)
+        return printer.format_graph(self)
 
     def __repr__(self):
         return f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.nodes)} nodes>"
 
     def to_dot(self):
-        from .printer import to_dot
-        return to_dot(self)
+        return printer.to_dot(self)
 
     def copy(self, mapping=None):
         """A structural copy (new Node/Value objects, shared constant arrays). ``mapping``, if

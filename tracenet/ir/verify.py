@@ -1,6 +1,7 @@
 """The IR verifier: SSA form, shapes/dtypes agreeing with each op's inference rule, outputs
 defined. Passes and tests run it after every transformation."""
-from ..ops.registry import REGISTRY, Meta
+from .._meta import Meta
+from ..ops.registry import REGISTRY
 
 
 class VerificationError(AssertionError):

@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import _random
 from ..ops import common, elementwise as ew, linalg, nn as nnops, shape as sh
+from ._functional.normalization import _check_dim_range
 
 sigmoid = ew.sigmoid
 tanh = ew.tanh
@@ -185,12 +186,6 @@ def _one_int(fn, name, value, parser_fn=None):
     if len(vals) != 1:
         raise RuntimeError(f"{fn}() argument '{name}' should contain one int (got {len(vals)})")
     return vals[0]
-
-
-def _check_dim_range(x, fn):
-    if x.dim() not in (2, 3):
-        raise RuntimeError(f"Expected 2 to 3 dimensions, but got {x.dim()}-dimensional tensor for "
-                           f"argument #1 'self' (while checking arguments for {fn})")
 
 
 def _max_pool1d_checks(x, kernel_size, stride, padding, dilation, ceil_mode):

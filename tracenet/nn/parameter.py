@@ -2,11 +2,11 @@
 ``Buffer``: a marker that makes a tensor a registered (optionally persistent) buffer."""
 import numpy as np
 
+from .. import _dtype
 from ..tensor import Tensor
 
 
 def _empty_float():
-    from .. import _dtype
     return np.empty((0,), dtype=_dtype.get_default_dtype().np)
 
 

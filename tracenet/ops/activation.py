@@ -14,10 +14,11 @@ import math
 import numpy as np
 
 from .. import _dtype
+from .._meta import Meta
 from . import common
-from .elementwise import _sigmoid_np, where
 from .cexpr import scalar
-from .registry import Meta, apply
+from .elementwise import _sigmoid_np, where
+from .registry import apply
 
 register = common.register_quiet
 

@@ -3,9 +3,11 @@ import numbers
 
 import numpy as np
 
-from .. import _dtype
-from ..autograd import grad_mode
-from .registry import Meta, register as _register
+from .. import _dtype, _grad_mode as grad_mode
+from .._meta import Meta
+from ..tensor import Tensor
+from . import registry as _registry
+from .registry import register as _register
 
 
 def quiet(fn):
@@ -24,24 +26,29 @@ def register_quiet(name, *, eager, **kw):
     return _register(name, eager=quiet(eager), **kw)
 
 
-_tensor_cls = []
-
-
 def tensor_cls():
-    if not _tensor_cls:
-        from ..tensor import Tensor
-        _tensor_cls.append(Tensor)
-    return _tensor_cls[0]
+    """The Tensor class (op modules reach it through here)."""
+    return Tensor
 
 
 def is_tensor(x):
-    return isinstance(x, tensor_cls())
+    return isinstance(x, Tensor)
+
+
+def active_tracer():
+    """The tracer recording ops right now (``tracenet.trace`` puts its bound ``record`` method
+    in the registry's slot), or None outside tracing."""
+    return getattr(_registry._tracer[0], "__self__", None)
+
+
+# installed by tracenet.autograd.engine, which sits above the ops: leaf -> its AccumulateGrad node
+_accumulator_of = [None]
 
 
 def scalar_tensor(value, dtype=None):
     """A Python number as a 0-dim constant tensor (torch's "wrapped number")."""
     dt = dtype or _dtype.scalar_dtype(value)
-    return tensor_cls()._wrap(np.array(value, dtype=dt.np))
+    return Tensor._wrap(np.array(value, dtype=dt.np))
 
 
 def unsaved(t):
@@ -51,14 +58,13 @@ def unsaved(t):
     at backward time."""
     if t._ir is not None or not grad_mode._enabled[0]:
         return t
-    alias = tensor_cls()._wrap(t._data)
+    alias = Tensor._wrap(t._data)
     if t._requires_grad:
         alias._requires_grad = True
         if t.grad_fn is not None:
             alias.grad_fn, alias._output_nr = t.grad_fn, t._output_nr
         else:  # a leaf: gradients must still reach t's own accumulator
-            from ..autograd.engine import accumulator_of
-            acc = accumulator_of(t)
+            acc = _accumulator_of[0](t)
             alias._accumulator = lambda: acc
     return alias
 

@@ -2,9 +2,10 @@
 import numpy as np
 
 from .. import _dtype
+from .._meta import Meta
 from . import common, reduce
 from .cexpr import scalar, template
-from .registry import Meta, apply
+from .registry import apply
 
 register = common.register_quiet
 
@@ -571,8 +572,7 @@ where_op = register("where", infer=_where_meta, eager=np.where, saves=(0,),
 
 def where(condition, a=None, b=None, *, _name=None):
     if a is None and b is None:
-        from .index import nonzero
-        return nonzero(condition, as_tuple=True)
+        return condition.nonzero(as_tuple=True)
     if not common.is_tensor(a) and not common.is_tensor(b):
         dt = _dtype.result_type(a, b)
         a, b = common.scalar_tensor(a, dt), common.scalar_tensor(b, dt)

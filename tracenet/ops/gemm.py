@@ -7,8 +7,10 @@ differentiate.
 """
 import numpy as np
 
+from .._meta import Meta
 from . import common
-from .registry import Meta, apply, register
+from .reduce import sum_to_shape
+from .registry import apply, register
 
 
 def _dims(m, trans):
@@ -38,7 +40,6 @@ def _gemm_eager(a, b, *c, trans_a=False, trans_b=False, alpha=1.0, beta=1.0):
 
 
 def _gemm_backward(ctx, g):
-    from .reduce import sum_to_shape
     a, b = ctx.inputs[0], ctx.inputs[1]
     ta, tb = ctx.attrs.get("trans_a", False), ctx.attrs.get("trans_b", False)
     alpha, beta = ctx.attrs.get("alpha", 1.0), ctx.attrs.get("beta", 1.0)

@@ -9,13 +9,16 @@ import warnings
 import numpy as np
 
 from .. import _dtype
-from . import common, reduce
-from .registry import Meta, apply, register
+from .._meta import Meta
+from ..tensor import Tensor, _VersionCounter
+from . import common, creation, reduce
+from .elementwise import where
+from .shape import _view, cat, expanded_shape, stack
+from .registry import apply, register
 
 
 def split_key(x, key):
     """Normalise a ``__getitem__`` key into ``(spec, index_tensors)``."""
-    Tensor = common.tensor_cls()
     if isinstance(key, list) and _sequence_is_tuple(key, Tensor):
         warnings.warn(_SEQUENCE_KEY_WARNING, UserWarning, stacklevel=4)
         key = tuple(key)
@@ -92,21 +95,20 @@ def _is_bool(k):
 
 
 def _index_tensor(k):
-    from .creation import tensor
     arr = np.asarray(k.tolist() if hasattr(k, "tolist") and not isinstance(k, np.ndarray) else k)
     if arr.dtype.kind == "b":
-        return tensor(arr)
+        return creation.tensor(arr)
     if arr.size == 0:
         arr = arr.astype(np.int64)
     if arr.dtype.kind not in "iu":
         raise IndexError("tensors used as indices must be long, int, byte or bool tensors")
-    return tensor(arr.astype(np.int64))
+    return creation.tensor(arr.astype(np.int64))
 
 
 def _int_or_none(v):
     if v is None:
         return None
-    if isinstance(v, common.tensor_cls()):
+    if isinstance(v, Tensor):
         return int(v.item())
     return int(v)
 
@@ -296,7 +298,6 @@ def index(x, tensors, spec, _name=None):
     out = apply(index_op, x, *tensors, spec=spec, **({} if _name is None else {"_name": _name}))
     if tensors and out._ir is None:
         # advanced indexing copies: the result is not a view (own version counter, no base)
-        from ..tensor import _VersionCounter
         out._vc = _VersionCounter()
         out._base = None
     return out
@@ -333,7 +334,6 @@ def _index_put_meta(x, v, *idx, spec):
         vshape = tuple(v.shape)
         while vshape and vshape[0] == 1:
             vshape = vshape[1:]
-        from .shape import expanded_shape
         expanded_shape(vshape, tuple(target.shape), v.dtype)
         return Meta(tuple(x.shape), x.dtype)
     try:
@@ -467,7 +467,6 @@ def view_positions(base, view):
 
 
 def _position_key(base, view):
-    Tensor = common.tensor_cls()
     pos = view_positions(base._data, view._data)
     if pos is None:
         return None, None
@@ -480,7 +479,6 @@ def view_of_base(base, view):
     routes its gradient into the base: torch's AsStridedBackward0 (None if ``view`` no longer
     aliases ``base``)."""
     if base.dim() == 0:
-        from .shape import _view
         return _view(base, tuple(view.shape), True, "AsStridedBackward0")
     tensors, spec = _position_key(base, view)
     if tensors is None:
@@ -535,13 +533,11 @@ def _split_eager(x, dim, sizes):
 
 def _fill_missing(ctx, grads):
     """Gradients of a multi-output op with zeros for the outputs that got none."""
-    from .creation import zeros
-    return [g if g is not None else zeros(tuple(m.shape), dtype=m.dtype)
+    return [g if g is not None else creation.zeros(tuple(m.shape), dtype=m.dtype)
             for g, m in zip(grads, ctx.out_metas)]
 
 
 def _split_backward(ctx, *grads):
-    from .shape import cat
     return (cat(_fill_missing(ctx, grads), ctx.attrs["dim"]),)
 
 
@@ -557,7 +553,6 @@ def _unbind_meta(x, dim):
 
 
 def _unbind_backward(ctx, *grads):
-    from .shape import stack
     return (stack(_fill_missing(ctx, grads), ctx.attrs["dim"]),)
 
 
@@ -628,7 +623,6 @@ def index_select(x, dim, idx):
 
 
 def masked_fill(x, mask, value):
-    from .elementwise import where
     if common.is_tensor(value):
         value = value.to(x.dtype)
     return where(mask, common.scalar_tensor(value, x.dtype) if not common.is_tensor(value)
@@ -645,7 +639,6 @@ nonzero_op = register(
 
 def nonzero(x, as_tuple=False):
     data = x._concrete("nonzero()")
-    Tensor = common.tensor_cls()
     idx = np.nonzero(data) if data.ndim else np.nonzero(data.reshape(1))
     if data.ndim == 0 and not as_tuple:  # one row per nonzero element, no index columns
         return Tensor._wrap(np.zeros((len(idx[0]), 0), np.int64))

@@ -2,10 +2,12 @@
 import numpy as np
 
 from .. import _dtype
+from .._meta import Meta
 from . import common
 from .gemm import gemm
+from .reduce import sum_to_shape
 from .shape import _view
-from .registry import Meta, apply, register
+from .registry import apply, register
 
 
 def _type_word(dt):
@@ -75,7 +77,6 @@ def _addmm_eager(bias, a, b, beta=1, alpha=1):
 
 
 def _addmm_backward(ctx, g):
-    from .reduce import sum_to_shape
     _, a, b = ctx.inputs
     beta, alpha = ctx.attrs.get("beta", 1), ctx.attrs.get("alpha", 1)
     gbias = None

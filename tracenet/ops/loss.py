@@ -5,9 +5,12 @@ are compositions in tracenet.nn.functional."""
 import numpy as np
 
 from .. import _dtype
-from ..autograd import grad_mode
+from .._meta import Meta
+from .. import _grad_mode as grad_mode
 from . import common
-from .registry import Meta, apply, register
+from .elementwise import _SUB_BOOLS_MSG, clamp, exp, log, log1p, relu, sigmoid
+from .reduce import sum_to_shape
+from .registry import apply, register
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -45,7 +48,6 @@ def _mse_meta(x, y, reduction):
 
 
 def _mse_backward(ctx, g):
-    from .reduce import sum_to_shape
     x, y = ctx.inputs
     diff = x - y
     if ctx.attrs["reduction"] == "mean":
@@ -297,10 +299,8 @@ def _bce_backward(ctx, g):
         g = g * (w if w.dtype is g.dtype else w.to(g.dtype))
     gx = gt = None
     if ctx.needs_input_grad[0]:
-        from .elementwise import clamp
         gx = g * (x - t) / clamp(x * (1.0 - x), min=BCE_EPS)
     if ctx.needs_input_grad[1]:
-        from .elementwise import log, log1p
         gt = g * (log1p(-x) - log(x))
     return (gx, gt) + (None,) * (len(ctx.metas) - 2)
 
@@ -330,7 +330,6 @@ def binary_cross_entropy(x, target, weight=None, reduction="mean"):
 
 def _bce_logits_meta(x, t, *extra, reduction, weighted, pos_weighted):
     if t.dtype is _dtype.bool_:
-        from .elementwise import _SUB_BOOLS_MSG
         raise RuntimeError(_SUB_BOOLS_MSG)
     rt = _dtype.promote_types(x.dtype, t.dtype)
     if rt.is_floating_point and not t.dtype.is_floating_point:
@@ -375,7 +374,6 @@ def _bce_logits_eager(x, t, *extra, reduction, weighted, pos_weighted):
 
 
 def _bce_logits_backward(ctx, g):
-    from .elementwise import exp, log1p, relu, sigmoid
     x, t = ctx.inputs[0], ctx.inputs[1]
     w, pw = _bce_logits_parts(ctx.inputs[2:], ctx.attrs["weighted"], ctx.attrs["pos_weighted"])
     g = _mean_scale(ctx, g)

@@ -10,8 +10,11 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .. import _dtype
+from .._meta import Meta
+from ..tensor import Tensor
 from . import common
-from .registry import Meta, apply, register
+from .shape import _view
+from .registry import apply, register
 
 
 def _sizes(shape):
@@ -463,7 +466,7 @@ def _max_pool_backward_backward(ctx, gg):
         flat_idx = flat_idx.clamp(0, max(P - 1, 0))
     picked = gg.reshape(L, P).gather(1, flat_idx)
     if empty is not None:
-        keep = common.tensor_cls()._wrap((~empty).reshape(1, -1).astype(gg.dtype.np))
+        keep = Tensor._wrap((~empty).reshape(1, -1).astype(gg.dtype.np))
         picked = picked * keep
     return picked.reshape(out_shape), None
 
@@ -497,7 +500,6 @@ def max_pool(x, kernel, stride, padding, dilation, ceil_mode):
 def _unbatch(y, name):
     """Drop the batch dim a pooling op added to unbatched input; the view's autograd node
     takes the pooling op's name, as torch's pooling of unbatched input reports it."""
-    from .shape import _view
     return _view(y, tuple(y.shape)[1:], True, name)
 
 

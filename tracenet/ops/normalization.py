@@ -13,8 +13,9 @@ Running statistics are updated by the functional code with in-place tensor ops (
 """
 import numpy as np
 
-from . import common
-from .registry import Meta, apply, register
+from .._meta import Meta
+from . import common, creation
+from .registry import apply, register
 
 
 def _word(dt):
@@ -163,7 +164,6 @@ def _bnb_eager(g, x, mean, var, *w, eps, training):
 
 
 def _zeros(meta):
-    from . import creation
     return creation.zeros(tuple(meta.shape), dtype=meta.dtype)
 
 

@@ -8,7 +8,8 @@ compiled step has one numerical definition to match. They have no gradient.
 """
 import numpy as np
 
-from .registry import Meta, apply, register
+from .._meta import Meta
+from .registry import apply, register
 
 
 def _same_metas(*metas, n):
@@ -25,7 +26,7 @@ def sgd_hyper(group, first_step):
 
 
 def _sgd_eager(param, grad, buf, hyper, nesterov, maximize):
-    from ..optim._functional import sgd_update
+    from ..optim._functional import sgd_update  # optim sits above ops: only run time needs it
     p = np.array(param, copy=True)
     lr, momentum, dampening, wd, first = (float(v) for v in hyper)
     b = None if first else np.array(buf, copy=True)
@@ -55,7 +56,7 @@ def adam_hyper(group, step):
 
 
 def _adam_eager(param, grad, m, v, vmax, hyper, amsgrad, maximize, decoupled):
-    from ..optim._functional import adam_update
+    from ..optim._functional import adam_update  # optim sits above ops (see sgd above)
     p, m, v, vmax = (np.array(a, copy=True) for a in (param, m, v, vmax))
     lr, beta1, beta2, eps, wd, step = (float(x) for x in hyper)
     adam_update(p, grad, m, v, vmax if amsgrad else None, step, lr, beta1=beta1, beta2=beta2,

@@ -6,8 +6,12 @@ import warnings
 import numpy as np
 
 from .. import _dtype
-from . import common
-from .registry import Meta, apply
+from .._meta import Meta
+from . import common, creation
+from .registry import apply
+
+# elementwise builds on this module (sum_to_shape): elementwise math here goes through Tensor
+# methods (x.exp(), x.ne(0)), so the op modules import each other in one direction
 
 register = common.register_quiet
 
@@ -230,16 +234,10 @@ def _select_at_index_backward(ctx, g, _gi=None):
     if not keepdim:
         g = g.unsqueeze(dim)
         idx = idx.unsqueeze(dim)
-    from . import creation
     positions = creation.arange(shape[dim]).reshape(
         tuple(shape[dim] if i == dim else 1 for i in range(len(shape))))
     mask = positions == idx
-    return (elementwise().where(mask, g.expand(shape), g.new_zeros(()).expand(shape)),)
-
-
-def elementwise():
-    from . import elementwise as ew
-    return ew
+    return (g.expand(shape).where(mask, g.new_zeros(()).expand(shape)),)
 
 
 def _extreme_dim(np_arg):
@@ -284,9 +282,8 @@ min_result = _return_type("min")
 
 
 def max(x, dim=None, keepdim=False, *, other=None):
-    from . import elementwise as ew
     if common.is_tensor(dim):
-        return ew.maximum(x, dim)
+        return x.maximum(dim)
     if dim is None:
         return apply(amax_op, x, dims=tuple(range(x.dim())), keepdim=False, _full=True)
     vals, idx = apply(max_dim_op, x, dim=common.wrap_dim(dim, x.dim()), keepdim=keepdim)
@@ -294,9 +291,8 @@ def max(x, dim=None, keepdim=False, *, other=None):
 
 
 def min(x, dim=None, keepdim=False):
-    from . import elementwise as ew
     if common.is_tensor(dim):
-        return ew.minimum(x, dim)
+        return x.minimum(dim)
     if dim is None:
         return apply(amin_op, x, dims=tuple(range(x.dim())), keepdim=False, _full=True)
     vals, idx = apply(min_dim_op, x, dim=common.wrap_dim(dim, x.dim()), keepdim=keepdim)
@@ -407,12 +403,11 @@ def _logsumexp_decomposition(x, dims, keepdim):
 
 def _logsumexp_backward(ctx, g):
     """d/dx log(sum(exp(x))) = exp(x - logsumexp(x)): the softmax over the reduced dims."""
-    from . import elementwise as ew
     x, y = ctx.inputs[0], ctx.output
     shape = tuple(ctx.metas[0].shape)
     if not ctx.attrs["keepdim"]:
         y = y.reshape(_reduced_shape(shape, ctx.attrs["dims"], True))
-    return (_expand_back(ctx, g) * ew.exp(x - y.expand(shape)),)
+    return (_expand_back(ctx, g) * (x - y.expand(shape)).exp(),)
 
 
 logsumexp_op = register(
@@ -423,9 +418,8 @@ logsumexp_op = register(
 
 
 def logsumexp(x, dim, keepdim=False):
-    from . import elementwise as ew
     if not x.dtype.is_floating_point:
-        x = ew.to_dtype(x, _dtype.get_default_dtype())
+        x = x.to(_dtype.get_default_dtype())
     dims = common.wrap_dims(dim, x.dim())
     return apply(logsumexp_op, x, dims=dims, keepdim=keepdim)
 
@@ -457,5 +451,4 @@ any = _bool_reduce("any", np.any,
 
 
 def count_nonzero(x, dim=None):
-    from . import elementwise as ew
-    return sum(ew.ne(x, 0).to(_dtype.int64), dim)
+    return sum(x.ne(0).to(_dtype.int64), dim)

@@ -27,9 +27,7 @@ Every pass asks these records; none keeps a list of op names of its own.
 ``apply(op, *tensors, **attrs)`` is the single entry point that runs an op: on traced values it
 records an IR node, otherwise it runs the numpy implementation and records the autograd node.
 """
-from collections import namedtuple
-
-Meta = namedtuple("Meta", "shape dtype")
+from .._meta import Meta  # noqa: F401  (re-exported: older importers use this name)
 
 REGISTRY = {}
 KINDS = ("elementwise", "view", "reduction", "opaque")
@@ -155,11 +153,14 @@ def op_attrs(attrs):
 # set by tracenet.trace while a trace is active: a callable (op, inputs, attrs) -> outputs
 _tracer = [None]
 
+# the eager interpreter, (op, inputs, attrs) -> outputs: tracenet.autograd.engine installs its
+# run_eager here when imported (tracenet/__init__ imports it; ops never import autograd)
+_eager = [None]
+
 
 def apply(op, *inputs, **attrs):
     """Run ``op`` on tensors: record an IR node under tracing, else compute eagerly."""
     tracer = _tracer[0]
     if tracer is not None and any(t._ir is not None for t in inputs):
         return tracer(op, inputs, attrs)
-    from ..autograd.engine import run_eager
-    return run_eager(op, inputs, attrs)
+    return _eager[0](op, inputs, attrs)

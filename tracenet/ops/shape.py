@@ -3,8 +3,13 @@ cat, stack, detach. Views share memory and the version counter with their input.
 import numpy as np
 
 from .. import _dtype
+from .._meta import Meta
+from ..tensor import _legacy_type_name
 from . import common, reduce
-from .registry import Meta, apply, register
+from .elementwise import contiguous_copy
+from .registry import apply, register
+
+# index builds on this module: the rules here slice through Tensor methods (g.narrow, g.select)
 
 
 # --- view / reshape ---------------------------------------------------------------------------
@@ -65,7 +70,6 @@ def _view(x, shape, copy_ok, name=None):
     if copy_ok and x._ir is None and not _viewable(x._data, shape):
         # reshape of a tensor whose memory cannot be viewed so: a contiguous copy, then a view
         # of it (torch's CloneBackward0 -> UnsafeViewBackward0); the result is not a view of x
-        from .elementwise import contiguous_copy
         x, name = contiguous_copy(x), name or "UnsafeViewBackward0"
         out = apply(view_op, x, shape=shape, copy_ok=copy_ok, _name=name)
         out._base = None
@@ -197,7 +201,6 @@ expand_op = register(
 def expanded_shape(shape, sizes, dtype):
     """The shape ``expand(sizes)`` gives a tensor of ``shape``, with torch's errors."""
     if len(sizes) < len(shape):
-        from ..tensor import _legacy_type_name
         raise RuntimeError(f"expand({_legacy_type_name(dtype)}{{[{', '.join(map(str, shape))}]}}, "
                            f"size=[{', '.join(map(str, sizes))}]): the number of sizes provided "
                            f"({len(sizes)}) must be greater or equal to the number of dimensions "
@@ -264,14 +267,13 @@ def _cat_eager(*xs, dim):
 
 
 def _cat_backward(ctx, g):
-    from .index import narrow
     dim, grads, start = ctx.attrs["dim"], [], 0
     for m, need in zip(ctx.metas, ctx.needs_input_grad):
         if len(m.shape) == 1 and m.shape[0] == 0 and len(ctx.out_metas[0].shape) != 1:
             grads.append(None)
             continue
         n = m.shape[dim]
-        grads.append(narrow(g, dim, start, n).to(m.dtype) if need else None)
+        grads.append(g.narrow(dim, start, n).to(m.dtype) if need else None)
         start += n
     return tuple(grads)
 
@@ -303,9 +305,8 @@ def _stack_meta(*xs, dim):
 
 
 def _stack_backward(ctx, g):
-    from .index import select
     dim = ctx.attrs["dim"]
-    return tuple(select(g, dim, i).to(m.dtype) if need else None
+    return tuple(g.select(dim, i).to(m.dtype) if need else None
                  for i, (m, need) in enumerate(zip(ctx.metas, ctx.needs_input_grad)))
 
 
@@ -342,7 +343,6 @@ def detach(x):
 def contiguous(x, memory_format=None):
     if x._ir is not None or x.is_contiguous():
         return x
-    from .elementwise import contiguous_copy
     return contiguous_copy(x)
 
 

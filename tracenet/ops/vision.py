@@ -10,7 +10,8 @@ ops apply its transpose, and the C lowering bakes the same tables into the kerne
 """
 import numpy as np
 
-from .registry import Meta, apply, register
+from .._meta import Meta
+from .registry import apply, register
 
 _CUBIC_A = -0.75
 # "linear_aa" / "cubic_aa": antialiased resizing (a triangle / cubic filter stretched over the

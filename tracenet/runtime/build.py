@@ -14,17 +14,8 @@ import time
 import cffi
 
 from . import debug, toolchain
+from .cache import atomic_write, cache_dir
 from .toolchain import CompilerError
-
-
-def cache_dir():
-    d = os.environ.get("TRACENET_CACHE_DIR")
-    if not d:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
-                                                                ".cache")
-        d = os.path.join(base, "tracenet")
-    os.makedirs(d, exist_ok=True)
-    return d
 
 
 def cache_key(source, flags):
@@ -77,15 +68,8 @@ def build(source, cdef, name="graph", openmp=False):
     return Library(ffi, lib, so_path, c_path, cached, seconds)
 
 
-def _atomic_write(path, data, mode="w"):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, mode) as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _compile(source, c_path, so_path, flags):
-    _atomic_write(c_path, source)  # kept next to the library for inspection and errors
+    atomic_write(c_path, source)  # kept next to the library for inspection and errors
     argv, _ = toolchain.compiler()
     fd, tmp_so = tempfile.mkstemp(dir=os.path.dirname(so_path), prefix=".tmp-", suffix=".so")
     os.close(fd)

@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import tempfile
 
+from .cache import atomic_write, cache_dir
+
 
 class CompilerError(RuntimeError):
     """The C compiler is missing or rejected the generated source."""
@@ -32,7 +34,6 @@ def _identity(argv):
     exe = shutil.which(argv[0])
     st = os.stat(exe)
     stamp = f"{' '.join(argv)}|{os.path.realpath(exe)}|{st.st_size}|{st.st_mtime_ns}"
-    from .build import cache_dir
     path = os.path.join(cache_dir(), "compiler-" +
                         hashlib.sha256(stamp.encode()).hexdigest()[:24] + ".txt")
     try:
@@ -47,8 +48,7 @@ def _identity(argv):
         raise CompilerError(f"cannot run the C compiler {argv[0]!r}: {e}") from None
     text = out.stdout or out.stderr
     identity = text.splitlines()[0] if text else argv[0]
-    from .build import _atomic_write
-    _atomic_write(path, identity)
+    atomic_write(path, identity)
     return identity
 
 
@@ -83,7 +83,6 @@ int f(int n) { int s = 0;
 def _probe_cache_path():
     """Probe results are kept on disk per compiler identity, so a warm process compiles
     nothing at all (not even the probes)."""
-    from .build import cache_dir
     argv, identity = compiler()
     key = hashlib.sha256(("\0".join(argv) + "\0" + identity + "\0" + target_cpu() + "\0" +
                           os.environ.get("TRACENET_NATIVE", "1") + "\0" +
@@ -113,8 +112,7 @@ def _probed():
     if ok_simd:
         out.append("-fopenmp-simd")
     omp = ("-fopenmp",) if openmp and ok_omp else ()
-    from .build import _atomic_write
-    _atomic_write(path, json.dumps({"flags": out, "openmp": list(omp)}))
+    atomic_write(path, json.dumps({"flags": out, "openmp": list(omp)}))
     return tuple(out), omp
 
 

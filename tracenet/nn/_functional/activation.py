@@ -98,8 +98,7 @@ def _seed(input):
     """The seed of one dropout mask: drawn from tracenet's generator in eager mode; while
     tracing, a graph input that the compiled code receives afresh on every call."""
     if input._ir is not None:
-        from ...trace import random_seed
-        return random_seed()
+        return common.active_tracer().random_seed()
     value = int(_random.rng().integers(0, np.iinfo(np.int64).max, dtype=np.int64))
     return common.scalar_tensor(value, _dtype.int64)
 

@@ -7,6 +7,7 @@ grad_fn chain torch builds for them."""
 import warnings
 
 from ...ops import common, creation, loss as lossops, nn as nnops
+from ...size import Size
 from .. import _reduction
 
 __all__ = ["l1_loss", "mse_loss", "nll_loss", "cross_entropy", "kl_div", "binary_cross_entropy",
@@ -48,7 +49,6 @@ def _broadcast_shapes(first, second):
         if out[-i] == 1:
             out[-i] = d
         elif out[-i] != d:
-            from ...size import Size
             raise RuntimeError(f"Attempting to broadcast a dimension of length {d} at -{i}! "
                                f"Mismatching argument at index 1 had {Size(second)}; but "
                                f"expected shape should be broadcastable to {_sizes(out)}")

@@ -212,6 +212,12 @@ def max_unpool3d(input, indices, kernel_size, stride=None, padding=0, output_siz
 # --- adaptive average pooling -------------------------------------------------------------------
 
 
+def _check_dim_range(x, fn):
+    if x.dim() not in (2, 3):
+        raise RuntimeError(f"Expected 2 to 3 dimensions, but got {x.dim()}-dimensional tensor for "
+                           f"argument #1 'self' (while checking arguments for {fn})")
+
+
 def _list_with_default(out_size, defaults):
     if isinstance(out_size, (int, np.integer)):
         return out_size
@@ -253,7 +259,6 @@ def _adaptive_avg_pool(n, input, output_size):
 
 def adaptive_avg_pool1d(input, output_size):
     """Average pooling to a fixed output length (windows of varying size)."""
-    from .. import functional as F
     if isinstance(output_size, (int, np.integer)) and not isinstance(output_size, bool):
         vals = [int(output_size)]
     elif isinstance(output_size, (list, tuple)):
@@ -265,7 +270,7 @@ def adaptive_avg_pool1d(input, output_size):
     if len(vals) != 1:
         raise RuntimeError(f"adaptive_avg_pool1d() argument 'output_size' should contain one int "
                            f"(got {len(vals)})")
-    F._check_dim_range(input, "adaptive_avg_pool1d")
+    _check_dim_range(input, "adaptive_avg_pool1d")
     return _adaptive_avg_pool(2, input.unsqueeze(-2), [1, vals[0]]).squeeze(-2)
 
 

@@ -11,7 +11,7 @@ torch.nn.functional has no recurrent functions, so nothing here is re-exported t
 functions mirror ``torch.rnn_tanh_cell``/``rnn_relu_cell``/``lstm_cell``/``gru_cell``.
 """
 from ...ops import creation, shape as sh
-from .. import functional as F
+from .activation import dropout as _dropout, linear
 
 __all__ = []
 
@@ -35,22 +35,22 @@ def check_same_dtype(a, w):
 
 
 def rnn_step(gi, h, w_hh, b_hh, nonlinearity="tanh"):
-    pre = gi + F.linear(h, w_hh, b_hh)
+    pre = gi + linear(h, w_hh, b_hh)
     return pre.tanh() if nonlinearity == "tanh" else pre.relu()
 
 
 def lstm_step(gi, h, c, w_hh, b_hh, w_hr=None):
-    gates = gi + F.linear(h, w_hh, b_hh)
+    gates = gi + linear(h, w_hh, b_hh)
     i, f, g, o = gates.chunk(4, 1)
     c = f.sigmoid() * c + i.sigmoid() * g.tanh()
     h = o.sigmoid() * c.tanh()
     if w_hr is not None:
-        h = F.linear(h, w_hr)
+        h = linear(h, w_hr)
     return h, c
 
 
 def gru_step(gi, h, w_hh, b_hh):
-    gh = F.linear(h, w_hh, b_hh)
+    gh = linear(h, w_hh, b_hh)
     i_r, i_z, i_n = gi.chunk(3, 1)
     h_r, h_z, h_n = gh.chunk(3, 1)
     r = (i_r + h_r).sigmoid()
@@ -86,24 +86,24 @@ def _cell_checks(input, hiddens, w_ih, w_hh):
 
 def rnn_tanh_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     _cell_checks(input, (hx,), w_ih, w_hh)
-    return rnn_step(F.linear(input, w_ih, b_ih), hx, w_hh, b_hh, "tanh")
+    return rnn_step(linear(input, w_ih, b_ih), hx, w_hh, b_hh, "tanh")
 
 
 def rnn_relu_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     _cell_checks(input, (hx,), w_ih, w_hh)
-    return rnn_step(F.linear(input, w_ih, b_ih), hx, w_hh, b_hh, "relu")
+    return rnn_step(linear(input, w_ih, b_ih), hx, w_hh, b_hh, "relu")
 
 
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     if len(hx) != 2:
         raise RuntimeError("lstm_cell expects two hidden states")
     _cell_checks(input, tuple(hx), w_ih, w_hh)
-    return lstm_step(F.linear(input, w_ih, b_ih), hx[0], hx[1], w_hh, b_hh)
+    return lstm_step(linear(input, w_ih, b_ih), hx[0], hx[1], w_hh, b_hh)
 
 
 def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     _cell_checks(input, (hx,), w_ih, w_hh)
-    return gru_step(F.linear(input, w_ih, b_ih), hx, w_hh, b_hh)
+    return gru_step(linear(input, w_ih, b_ih), hx, w_hh, b_hh)
 
 
 # --- the sequence loop --------------------------------------------------------------------------
@@ -159,14 +159,14 @@ def rnn_sequence(mode, input, hx, weights, num_layers, dropout, training, bidire
                 if lstm:
                     c = creation.zeros((batch, w[1].shape[0] // 4), dtype=input.dtype)
             # the input part of every step's gates: one product for the whole sequence
-            gi = F.linear(layer_input, w[0], w[2]).unbind(0)
+            gi = linear(layer_input, w[0], w[2]).unbind(0)
             ys, h, c = _direction(mode, gi, h, c, w, reverse=d == 1)
             outs.append(sh.stack(ys, 0))
             h_n.append(h)
             c_n.append(c)
         layer_output = outs[0] if num_dirs == 1 else sh.cat(outs, 2)
         if dropout and training and layer < num_layers - 1:
-            layer_output = F.dropout(layer_output, dropout, True)
+            layer_output = _dropout(layer_output, dropout, True)
         layer_input = layer_output
     if lstm:
         return layer_input, sh.stack(h_n, 0), sh.stack(c_n, 0)

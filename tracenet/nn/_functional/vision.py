@@ -8,6 +8,7 @@ import numpy as np
 
 from ...ops import elementwise as ew, shape as sh, vision as vops
 from ...ops.registry import apply
+from . import normalization
 
 __all__ = ["pixel_shuffle", "pixel_unshuffle", "interpolate", "upsample", "upsample_nearest",
            "upsample_bilinear"]
@@ -172,8 +173,7 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
     if nd in (3, 4, 5) and mode in ("nearest", "nearest-exact"):
         return _upsample(input, output_size, scale_factors, mode, False)
     if nd in (3, 4, 5) and mode == "area":
-        from .. import functional as F
-        pool = getattr(F, f"adaptive_avg_pool{dim}d", None)
+        pool = getattr(normalization, f"adaptive_avg_pool{dim}d", None)
         if pool is None:
             raise NotImplementedError("interpolate(mode='area') needs adaptive average pooling")
         return pool(input, output_size)

@@ -3,6 +3,7 @@ import math
 
 from ... import _dtype
 from ...ops import creation
+from ...tensor import _check_device
 from .. import functional as F, init
 from ..parameter import Parameter
 from .module import Module
@@ -10,7 +11,6 @@ from .module import Module
 
 def factory_kwargs(device, dtype):
     """The dtype new parameters get (device must be the CPU)."""
-    from ...tensor import _check_device
     _check_device(device)
     return {"dtype": dtype or _dtype.get_default_dtype()}
 

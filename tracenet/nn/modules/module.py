@@ -13,7 +13,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from ... import _dtype
-from ...tensor import Tensor, _check_device
+from ...size import Size
+from ...tensor import Tensor, _check_device, device as device_cls
 from ...autograd import grad_mode
 from ..parameter import Buffer, Parameter
 from ...utils.hooks import RemovableHandle, add_hook
@@ -169,7 +170,6 @@ def _as_tensor(value):
 
 
 def _shape_str(shape):
-    from ...size import Size
     return repr(Size(shape))
 
 
@@ -191,7 +191,6 @@ def _parse_to(*args, **kwargs):
     args = list(args)
 
     def is_device(x):
-        from ...tensor import device as device_cls
         return isinstance(x, (str, int, device_cls)) and not isinstance(x, bool)
 
     if args and isinstance(args[0], Tensor):

@@ -2,20 +2,11 @@
 import numpy as np
 
 from ... import _dtype
+from ...ops.shape import cat
 from ...tensor import Tensor
 from ..modules.module import _typename
 
 __all__ = ["parameters_to_vector", "vector_to_parameters"]
-
-
-def _differentiable_cat(flat):
-    """Concatenate with the library's own ops (so autograd records it) when they exist."""
-    try:
-        import tracenet
-        cat = tracenet.cat
-    except (ImportError, AttributeError):
-        return None
-    return cat(flat)
 
 
 def parameters_to_vector(parameters):
@@ -24,9 +15,8 @@ def parameters_to_vector(parameters):
     if not params:
         raise ValueError("torch.cat(): expected a non-empty list of Tensors")
     if any(p.requires_grad for p in params) and all(hasattr(p, "reshape") for p in params):
-        out = _differentiable_cat([p.reshape(-1) for p in params])
-        if out is not None:
-            return out
+        # the library's own op, so autograd records the concatenation
+        return cat([p.reshape(-1) for p in params])
     result_dtype = params[0].dtype
     for p in params[1:]:
         result_dtype = _dtype.promote_types(result_dtype, p.dtype)
