@@ -175,8 +175,11 @@ def plan_entry(entry, prefix, target):
             live.append((last_use.get(r, idx), off, _nbytes(r)))
         if k.scratch:
             # (per thread, "threads"[, shared]) reserves a slice per possible thread
-            elems = k.scratch[0] * target.max_threads + (k.scratch[2] if len(k.scratch) > 2 else 0) \
-                if isinstance(k.scratch, tuple) else k.scratch
+            if isinstance(k.scratch, tuple):
+                elems = k.scratch[0] * target.max_threads + \
+                    (k.scratch[2] if len(k.scratch) > 2 else 0)
+            else:
+                elems = k.scratch
             nb = elems * np.dtype({"float": np.float32, "double": np.float64,
                                    "int64_t": np.int64}[k.scratch_ctype]).itemsize
             off = arena.alloc(nb)
