@@ -15,7 +15,7 @@ import numpy as np
 from . import _dtype
 from .autograd import grad_mode
 from .codegen.emit import c_identifier, generate
-from .compiler import log_kernel_times, optimise
+from .executable import Executable, optimise
 from .ir.graph import Graph
 from .ops import optim_step
 from .ops.registry import Meta
@@ -130,14 +130,11 @@ class _StepSpecialisation:
         graph = build_step_graph(fwd, bwd, self.kind, flags, param_values)
         debug.log("ir", f"training step:\n{graph}")
         self.graph = optimise(graph)
-        self.timing = debug.enabled("time")  # built with per-kernel clocks
-        self.source_code, cdef, entries, openmp = generate([("step", self.graph)], unit,
-                                                           timing=self.timing)
-        self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp)
-        self.entry = entries[0]
-        self._fn = getattr(self.library.lib, entries[0].name)
-        self._ffi = self.library.ffi
-        self._args = self._ffi.new("void *[]", entries[0].num_args)
+        self.executable = Executable([("step", self.graph)], unit)
+        self.source_code = self.executable.source_code
+        self._call = self.executable.arguments[0]
+        self._ffi = self._call.ffi
+        self._args = self._call.args
         self.n_batch = n_batch
         # (buffer, index among the graph outputs) for in-place buffer updates
         first_update = len(self.graph.outputs) - len(fwd.state_updates)
@@ -242,9 +239,7 @@ class _StepSpecialisation:
                 args[self._seed_slot + i] = ffi.from_buffer(seeds[i:i + 1])
         loss = np.empty(*self.loss_meta)
         args[self._loss_slot] = ffi.from_buffer(loss)
-        self._fn(args)
-        if self.timing:
-            log_kernel_times(self.library, self.entry)
+        self._call()
         for (buf, _), arr in zip(self.state_updates, self.update_arrays):
             np.copyto(buf._data, arr)  # running statistics, as the eager step updates them
             buf._vc.value += 1
