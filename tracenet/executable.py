@@ -160,11 +160,12 @@ class Specialisations(dict):
         self.name = name
         self.last = None
 
-    def create(self, key, make, shown):
+    def create(self, key, make, shown, rekey=None):
         """Compile the specialisation for a new ``key``: ``make(unit)`` with a C unit name of
-        its own; ``shown`` describes the key in the cache log."""
+        its own; ``shown`` describes the key in the cache log. ``rekey(spec)``, if given, is
+        the key to keep it under when compiling refines the key."""
         if self:
             debug.log("cache", f"new specialisation for {shown} (have {len(self)})")
         spec = make(c_identifier(f"{self.name}_{len(self)}"))
-        self[key] = spec
+        self[key if rekey is None else rekey(spec)] = spec
         return spec

@@ -1,41 +1,42 @@
 """Optimizer updates as graph ops, for compiling a whole training step into one C call.
 
-``sgd_step`` and ``adam_step`` take a parameter, its gradient, the optimizer state and a
-float64 ``hyper`` vector of run-time scalars (learning rate, bias corrections... so schedulers
-never force a recompile) and return the updated parameter and state. Their eager
-implementations are the optimizers' own update rules (``tracenet.optim._functional``), so the
-compiled step has one numerical definition to match. They have no gradient.
+Each ``*_step`` op takes a parameter, its gradient, the optimizer's state arrays and a float64
+``hyper`` vector of run-time scalars (learning rate, step count... so schedulers never force a
+recompile) and returns the updated parameter and state. The optimizer class declares which op
+it uses, its state arrays, flags and the layout of ``hyper`` (``compiled_update``, see
+``tracenet/optim/compiled_update.py``); the eager implementations here unpack ``hyper`` with
+that declaration and run the optimizer's own update rule (``tracenet.optim._functional``), so
+the compiled step has one numerical definition to match. They have no gradient.
 """
 import numpy as np
 
 from .registry import Meta, apply, register
 
 
-def _same_metas(*metas, n):
-    return tuple(Meta(tuple(m.shape), m.dtype) for m in metas[:n])
+def _same_metas(*metas):
+    return tuple(Meta(tuple(m.shape), m.dtype) for m in metas)
+
+
+def _copies(*arrays):
+    return [np.array(a, copy=True) for a in arrays]
 
 
 # --- SGD ------------------------------------------------------------------------------------
-# hyper = [lr, momentum, dampening, weight_decay, first_step]
-
-
-def sgd_hyper(group, first_step):
-    return np.array([group["lr"], group["momentum"], group["dampening"], group["weight_decay"],
-                     1.0 if first_step else 0.0], np.float64)
 
 
 def _sgd_eager(param, grad, buf, hyper, nesterov, maximize):
-    from ..optim._functional import sgd_update
+    from ..optim import SGD, _functional
+    h = SGD.compiled_update.unpack(hyper)
     p = np.array(param, copy=True)
-    lr, momentum, dampening, wd, first = (float(v) for v in hyper)
-    b = None if first else np.array(buf, copy=True)
-    b = sgd_update(p, grad, b, lr, momentum=momentum, dampening=dampening, weight_decay=wd,
-                   nesterov=nesterov, maximize=maximize)
+    b = None if h["first_step"] else np.array(buf, copy=True)
+    b = _functional.sgd_update(p, grad, b, h["lr"], momentum=h["momentum"],
+                               dampening=h["dampening"], weight_decay=h["weight_decay"],
+                               nesterov=nesterov, maximize=maximize)
     return p, (b if b is not None else np.zeros_like(p))
 
 
 sgd_step_op = register(
-    "sgd_step", infer=lambda p, g, b, h, **kw: _same_metas(p, b, n=2), eager=_sgd_eager,
+    "sgd_step", infer=lambda p, g, b, h, **kw: _same_metas(p, b), eager=_sgd_eager,
     num_outputs=2, differentiable=False)
 
 
@@ -45,27 +46,21 @@ def sgd_step(param, grad, buf, hyper, nesterov=False, maximize=False):
 
 
 # --- Adam -----------------------------------------------------------------------------------
-# hyper = [lr, beta1, beta2, eps, weight_decay, step]
-
-
-def adam_hyper(group, step):
-    beta1, beta2 = group["betas"]
-    return np.array([group["lr"], beta1, beta2, group["eps"], group["weight_decay"], step],
-                    np.float64)
 
 
 def _adam_eager(param, grad, m, v, vmax, hyper, amsgrad, maximize, decoupled):
-    from ..optim._functional import adam_update
-    p, m, v, vmax = (np.array(a, copy=True) for a in (param, m, v, vmax))
-    lr, beta1, beta2, eps, wd, step = (float(x) for x in hyper)
-    adam_update(p, grad, m, v, vmax if amsgrad else None, step, lr, beta1=beta1, beta2=beta2,
-                eps=eps, weight_decay=wd, amsgrad=amsgrad, maximize=maximize,
-                decoupled_weight_decay=decoupled)
+    from ..optim import Adam, _functional
+    h = Adam.compiled_update.unpack(hyper)
+    p, m, v, vmax = _copies(param, m, v, vmax)
+    _functional.adam_update(p, grad, m, v, vmax if amsgrad else None, h["step"], h["lr"],
+                            beta1=h["beta1"], beta2=h["beta2"], eps=h["eps"],
+                            weight_decay=h["weight_decay"], amsgrad=amsgrad, maximize=maximize,
+                            decoupled_weight_decay=decoupled)
     return p, m, v, vmax
 
 
 adam_step_op = register(
-    "adam_step", infer=lambda p, g, m, v, vm, h, **kw: _same_metas(p, m, v, vm, n=4),
+    "adam_step", infer=lambda p, g, m, v, vm, h, **kw: _same_metas(p, m, v, vm),
     eager=_adam_eager, num_outputs=4, differentiable=False)
 
 
