@@ -14,7 +14,6 @@ change from call to call; everything else is here:
 * ``Specialisations``: the compiled specialisations of one callable, by key.
 """
 import functools
-import time
 
 import _cffi_backend
 
@@ -41,13 +40,11 @@ class Executable:
     ``arguments[i]`` calls the entry point of ``graphs[i]``."""
 
     def __init__(self, graphs, unit):
-        start = time.perf_counter()
         self.timing = debug.enabled("time")  # built with per-kernel clocks
         self.source_code, cdef, entries, openmp = generate(graphs, unit, timing=self.timing)
         self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp)
         self.entries = entries
         self.arguments = [Arguments(self.library, entry, self.timing) for entry in entries]
-        self.build_seconds = time.perf_counter() - start
 
 
 class Arguments:
@@ -57,8 +54,8 @@ class Arguments:
     A slot holds a raw address, so whoever sets it keeps the array alive: bound and fixed
     arrays are kept here, per-call arrays by the caller until the call returns."""
 
-    __slots__ = ("entry", "library", "timing", "ffi", "pointer", "fn", "args", "n_inputs", "_fixed",
-                 "_bound_slots", "_bound_names", "_bound")
+    __slots__ = ("entry", "library", "timing", "ffi", "pointer", "fn", "args", "n_inputs",
+                 "_fixed", "_bound_slots", "_bound_names", "_bound")
 
     def __init__(self, library, entry, timing):
         self.entry = entry
@@ -78,10 +75,6 @@ class Arguments:
 
     def output_slot(self, j):
         return self.n_inputs + j
-
-    def set(self, slot, array):
-        """Point ``slot`` at ``array`` (C-contiguous) for the next call."""
-        self.args[slot] = self.pointer(array)
 
     def set_seeds(self, slot, n):
         """Fresh values for the ``n`` seed inputs from ``slot`` on; returns them (an int64

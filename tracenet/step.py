@@ -7,8 +7,8 @@ forward, loss, backward and the optimizer update run inside one generated C func
 parameters, ``.grad`` and the optimizer state are updated in place, as in eager mode.
 
 Any optimizer whose class declares its update (``compiled_update``, see
-``tracenet/optim/compiled_update.py``) can be compiled: SGD, Adam and AdamW, with all their
-options. Hyperparameters are read on every call, so changing the
+``tracenet/optim/compiled_update.py``) can be compiled: SGD, Adam, AdamW, RMSprop and
+Adagrad, with all their options. Hyperparameters are read on every call, so changing the
 learning rate (e.g. by a scheduler) does not recompile.
 """
 import operator

@@ -67,3 +67,50 @@ adam_step_op = register(
 def adam_step(param, grad, m, v, vmax, hyper, amsgrad=False, maximize=False, decoupled=False):
     return apply(adam_step_op, param, grad, m, v, vmax, hyper, amsgrad=bool(amsgrad),
                  maximize=bool(maximize), decoupled=bool(decoupled))
+
+
+# --- RMSprop --------------------------------------------------------------------------------
+
+
+def _rmsprop_eager(param, grad, square_avg, momentum_buffer, grad_avg, hyper, centered,
+                   maximize):
+    from ..optim import RMSprop, _functional
+    h = RMSprop.compiled_update.unpack(hyper)
+    p, sq, buf, avg = _copies(param, square_avg, momentum_buffer, grad_avg)
+    _functional.rmsprop_update(p, grad, sq, avg if centered else None,
+                               buf if h["momentum"] > 0 else None, h["lr"], alpha=h["alpha"],
+                               eps=h["eps"], weight_decay=h["weight_decay"],
+                               momentum=h["momentum"], centered=centered, maximize=maximize)
+    return p, sq, buf, avg
+
+
+rmsprop_step_op = register(
+    "rmsprop_step", infer=lambda p, g, sq, b, a, h, **kw: _same_metas(p, sq, b, a),
+    eager=_rmsprop_eager, num_outputs=4, differentiable=False)
+
+
+def rmsprop_step(param, grad, square_avg, momentum_buffer, grad_avg, hyper, centered=False,
+                 maximize=False):
+    return apply(rmsprop_step_op, param, grad, square_avg, momentum_buffer, grad_avg, hyper,
+                 centered=bool(centered), maximize=bool(maximize))
+
+
+# --- Adagrad --------------------------------------------------------------------------------
+
+
+def _adagrad_eager(param, grad, state_sum, hyper, maximize):
+    from ..optim import Adagrad, _functional
+    h = Adagrad.compiled_update.unpack(hyper)
+    p, s = _copies(param, state_sum)
+    _functional.adagrad_update(p, grad, s, h["step"], h["lr"], lr_decay=h["lr_decay"],
+                               weight_decay=h["weight_decay"], eps=h["eps"], maximize=maximize)
+    return p, s
+
+
+adagrad_step_op = register(
+    "adagrad_step", infer=lambda p, g, s, h, **kw: _same_metas(p, s), eager=_adagrad_eager,
+    num_outputs=2, differentiable=False)
+
+
+def adagrad_step(param, grad, state_sum, hyper, maximize=False):
+    return apply(adagrad_step_op, param, grad, state_sum, hyper, maximize=bool(maximize))
