@@ -269,3 +269,15 @@ def test_update_kernel_is_the_eager_rule_bit_for_bit(name):
         compiled = torch.compile(update)(*args)
     for e, c in zip(eager, compiled):
         np.testing.assert_array_equal(c.numpy(), e.numpy())
+
+
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.RMSprop, optim.Adagrad],
+                         ids=lambda c: c.__name__)
+def test_hyper_layout_is_documented_by_the_template_that_reads_it(cls):
+    from tracenet.codegen.templates import template_dir
+    update = cls.compiled_update
+    rule = update.op[:-len("_step")]
+    with open(f"{template_dir()}/{rule}_update.c.j2") as f:
+        text = " ".join(f.read().split())
+    for i, name in enumerate(update.hyper):
+        assert f"h[{i}] {name}" in text, (rule, name)

@@ -13,8 +13,8 @@ An optimizer class that can be compiled sets ``compiled_update = CompiledUpdate(
 * ``flags``: op attribute -> param-group entry, for the switches compiled into the C code
   (every parameter group must agree on them);
 * ``hyper`` and ``hyper_from_group``: the layout of the float64 vector of run-time scalars the
-  op reads (``hyper[i]`` is named ``hyper[i]``), the one definition the op's eager
-  implementation unpacks and its C template indexes. Entries are read from the param group on
+  op reads (entry ``i`` of the vector is named ``hyper[i]``), the one definition the op's
+  eager implementation unpacks and its C template indexes. Entries are read from the param group on
   every step (a learning-rate schedule never recompiles); the trailing per-parameter entries
   ``"step"`` (the counter after incrementing) and ``"first_step"`` (1 when the state arrays
   were created for this step) are filled in by the compiled step.
