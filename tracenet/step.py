@@ -28,6 +28,7 @@ from .tensor import Tensor
 from .trace import trace
 
 _data_of = operator.attrgetter("_data")
+_training_of = operator.attrgetter("training")
 
 
 def _param_names(optimizer):
@@ -223,7 +224,7 @@ class CompiledTrainingStep:
         before any exists: the first trace defines them)."""
         for (s, flags), spec in self._specs.items():
             if s == shapes:
-                return tuple(m.training for m in spec.modules)
+                return tuple(map(_training_of, spec.modules))
         return None
 
     def __call__(self, *batch):
@@ -232,7 +233,7 @@ class CompiledTrainingStep:
             shapes = tuple((x._data.shape, x._data.dtype.num) for x in batch)
             last = specs.last
             if last is not None and last.key_shapes == shapes:
-                key = (shapes, tuple(m.training for m in last.modules))
+                key = (shapes, tuple(map(_training_of, last.modules)))
             else:
                 key = (shapes, self._flags_for(shapes))
         except AttributeError:
@@ -245,7 +246,7 @@ class CompiledTrainingStep:
                                     for x in batch) + ")"
             spec = specs.create(
                 key, lambda unit: _StepSpecialisation(self.fn, self.optimizer, batch, unit),
-                shown, rekey=lambda spec: (shapes, tuple(m.training for m in spec.modules)))
+                shown, rekey=lambda spec: (shapes, tuple(map(_training_of, spec.modules))))
             spec.key_shapes = shapes
         specs.last = spec
         return spec.run(batch)
