@@ -5,7 +5,7 @@ Run: python examples/show_ir.py
 import tracenet as torch
 import tracenet.nn as nn
 import tracenet.nn.functional as F
-from tracenet.compiler import optimise
+from tracenet.executable import optimise
 
 
 class Net(nn.Module):

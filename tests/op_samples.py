@@ -11,7 +11,7 @@ import tracenet.nn.functional as F
 from tracenet.ops import index as ix, nn as nnops
 from tracenet.ops.elementwise import threshold_backward
 from tracenet.ops.gemm import gemm
-from tracenet.ops.optim_step import adam_step, sgd_step
+from tracenet.optim.update_ops import adam_step, sgd_step
 from tracenet.ops.registry import REGISTRY, apply
 
 rng = np.random.default_rng(1234)

@@ -7,43 +7,26 @@ for the forward; ``loss.backward()`` reaches a ``CompiledFunctionBackward`` node
 backward graph in one C call and hands the parameter gradients to the autograd engine, which
 accumulates them into ``.grad`` exactly as in eager mode.
 """
+import operator
 import time
 
 import numpy as np
 
-from . import _dtype
 from .autograd import engine, grad_mode
-from .codegen.base import has_lowering
-from .codegen.emit import c_identifier, generate
-from .ir.verify import verify
-from .passes import fuse, grad as ir_grad, joint_forward, simplify
+from .executable import Executable, Specialisations, optimise
+from .nn.modules.module import Module
+from .passes import grad as ir_grad, joint_forward
 from .passes.autodiff import view_source
-from .passes.decompose import decompose
-from .passes.lower import lower_gemm
-from .runtime import build, debug, target as runtime_target
+from .runtime import debug
 from .tensor import Tensor
-from .trace import fresh_seeds, rebuild, specialisation_key, structure_of, trace
+from .trace import rebuild, specialisation_key, structure_of, trace
 
 
-def optimise(graph):
-    """The pass pipeline every compiled graph goes through (verified after each pass)."""
-    verify(decompose(graph, has_lowering))  # ops without a C lowering of their own
-    for p in (simplify, lower_gemm):
-        verify(p(graph))
-    debug.log("ir", f"before fusion:\n{graph}")
-    verify(fuse(graph))
-    debug.log("fusion", f"after fusion:\n{graph}")
-    return graph
-
-
-def _pointer(ffi, arr):
-    """A ``void *`` to a C-contiguous array's data, as cffi cdata: much cheaper per call than
-    reading the address from numpy's array interface."""
-    return ffi.from_buffer(arr)
+_data_of = operator.attrgetter("_data")
 
 
 class Specialisation:
-    """Everything compiled for one key: graphs, the loaded library and how to call it."""
+    """Everything compiled for one key: graphs, the executable and how to call it."""
 
     def __init__(self, module, inputs, key, unit, input_structure=None):
         start = time.perf_counter()
@@ -67,7 +50,6 @@ class Specialisation:
         self.needs_grad = any(self.differentiable)
         self.forward_graph = fwd
         self.backward_graph = None
-        graphs = []
         if self.needs_grad:
             bwd = ir_grad(fwd)
             debug.log("ir", f"traced backward:\n{bwd}")
@@ -88,98 +70,56 @@ class Specialisation:
         else:
             self.recyclable = []
             graphs = [("forward", optimise(fwd))]
-        self.timing = debug.enabled("time")  # built with per-kernel clocks
-        self.source_code, cdef, entries, openmp = generate(graphs, unit, runtime_target.current(),
-                                                           timing=self.timing)
-        self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp)
-        lib = self.library.lib
-        self._ffi = self.library.ffi
-        self.forward_entry = entries[0]
-        self._forward_fn = getattr(lib, entries[0].name)
-        self._forward_args = self._ffi.new("void *[]", max(entries[0].num_args, 1))
+        self.executable = Executable(graphs, unit)
+        # forward arguments: user inputs, parameters and buffers (bound), seeds; outputs
+        self._forward = self.executable.arguments[0]
+        self._forward.bind_slots([[self.n_user + i] for i in range(len(params))],
+                                 [f"parameter {name}" for name, _ in params])
+        self._param_tensors = [p for _, p in params]
+        self._seed_slot = self.n_user + len(params)
         self.out_meta = [(v.shape, v.dtype.np) for v in graphs[0][1].outputs]
-        if self.needs_grad:
-            self.backward_entry = entries[1]
-            self._backward_fn = getattr(lib, entries[1].name)
+        if self.needs_grad:  # backward arguments: cotangents, saved values; gradients
+            self._backward = self.executable.arguments[1]
             self.grad_meta = [(v.shape, v.dtype.np) for v in self.backward_graph.outputs]
-            self._backward_args = self._ffi.new("void *[]", max(entries[1].num_args, 1))
-        self._param_arrays = [None] * len(params)
         # buffers of saved values, handed back after backward: reusing them avoids fresh
         # (page-faulting) allocations on every training call
         self._spare = [[] for _ in self.out_meta]
         self.compile_seconds = time.perf_counter() - start
+        cached = self.executable.library.cached
         debug.log("time", f"specialisation {key}: ready in {self.compile_seconds * 1e3:.1f} ms "
-                          f"({'cache hit' if self.library.cached else 'compiled'})")
+                          f"({'cache hit' if cached else 'compiled'})")
+
+    @property
+    def source_code(self):
+        return self.executable.source_code
+
+    @property
+    def library(self):
+        return self.executable.library
 
     # --- calling -----------------------------------------------------------------------------
-    def _fill_params(self, args, offset):
-        for i, (_, p) in enumerate(self.params):
-            arr = p._data
-            if arr is not self._param_arrays[i]:
-                if not arr.flags.c_contiguous:
-                    raise RuntimeError(f"parameter {self.params[i][0]} is not contiguous")
-                self._param_arrays[i] = arr
-                args[offset + i] = _pointer(self._ffi, arr)
-
     def run_forward(self, inputs):
-        args = self._forward_args
+        call = self._forward
         arrays = []
-        for i, x in enumerate(inputs):
+        for x in inputs:
             arr = x._data
-            if not arr.flags.c_contiguous:
-                arr = np.ascontiguousarray(arr)
-            arrays.append(arr)
-            args[i] = _pointer(self._ffi, arr)
-        self._fill_params(args, self.n_user)
-        n_in = self.n_user + len(self.params)
-        if self.n_seeds:
-            seeds = fresh_seeds(self.n_seeds)
-            for k in range(self.n_seeds):
-                arrays.append(seeds[k:k + 1].reshape(()))  # kept with the user inputs
-                args[n_in + k] = _pointer(self._ffi, arrays[-1])
-            n_in += self.n_seeds
+            arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
         outs = []
-        for j, (shape, dt) in enumerate(self.out_meta):
-            spare = self._spare[j]
-            o = spare.pop() if spare else np.empty(shape, dt)
-            outs.append(o)
-            args[n_in + j] = _pointer(self._ffi, o)
-        self._forward_fn(args)
-        if self.timing:
-            self._log_kernel_times(self.forward_entry)
+        for (shape, dt), spare in zip(self.out_meta, self._spare):
+            outs.append(spare.pop() if spare else np.empty(shape, dt))
+        params = list(map(_data_of, self._param_tensors))
+        if self.n_seeds:
+            seeds = call.set_seeds(self._seed_slot, self.n_seeds)
+            call(arrays, outs, params)
+            # kept with the user inputs: the backward may read them as saved values
+            return arrays + [seeds[k:k + 1].reshape(()) for k in range(self.n_seeds)], outs
+        call(arrays, outs, params)
         return arrays, outs
 
     def run_backward(self, cotangents, saved):
-        ffi = self._ffi
-        args = self._backward_args
-        k = 0
-        for arr in list(cotangents) + list(saved):
-            args[k] = ffi.from_buffer(arr)
-            k += 1
-        grads = []
-        for shape, dt in self.grad_meta:
-            g = np.empty(shape, dt)
-            grads.append(g)
-            args[k] = ffi.from_buffer(g)
-            k += 1
-        self._backward_fn(args)
-        if self.timing:
-            self._log_kernel_times(self.backward_entry)
+        grads = [np.empty(shape, dt) for shape, dt in self.grad_meta]
+        self._backward(cotangents + saved, grads)
         return grads
-
-    def _log_kernel_times(self, entry):
-        log_kernel_times(self.library, entry)
-
-
-def log_kernel_times(library, entry):
-    """Per-kernel time of the last call (built with timing under TRACENET_DEBUG=time)."""
-    times = getattr(library.lib, f"{entry.name}_kernel_times", None)
-    if times is None:
-        return
-    times = times()
-    for i, (k, node) in enumerate(entry.kernels):
-        rate = f"  {k.flops / times[i] * 1e-9:6.1f} GFLOP/s" if k.flops and times[i] else ""
-        debug.log("time", f"{k.name}: {times[i] * 1e6:9.1f} us{rate}")
 
 
 class CompiledFunctionBackward(engine.Node):
@@ -236,8 +176,7 @@ class CompiledModule:
 
     def __init__(self, module):
         object.__setattr__(self, "_module", module)
-        object.__setattr__(self, "_specs", {})
-        object.__setattr__(self, "_last", None)
+        object.__setattr__(self, "_specs", Specialisations(type(module).__name__))
 
     # module-like surface ---------------------------------------------------------------------
     def __getattr__(self, name):
@@ -255,6 +194,10 @@ class CompiledModule:
 
     def eval(self):
         return self.train(False)
+
+    @property
+    def _last(self):
+        return self._specs.last
 
     @property
     def graph(self):
@@ -283,24 +226,21 @@ class CompiledModule:
     def __call__(self, *args, **kwargs):
         if kwargs:
             raise TypeError("compiled modules take positional inputs only")
-        simple = all(isinstance(x, Tensor) for x in args)
-        if simple:
-            inputs, structure = args, None
-        else:
-            leaves = []
-            structure = ("tuple", tuple(structure_of(a, leaves) for a in args))
-            inputs = tuple(leaves)
+        inputs, structure = args, None
+        for x in args:
+            if not isinstance(x, Tensor):  # nested inputs: flatten them
+                leaves = []
+                structure = ("tuple", tuple(structure_of(a, leaves) for a in args))
+                inputs = tuple(leaves)
+                break
         key = self._key(inputs) + (structure,)
-        spec = self._specs.get(key)
+        specs = self._specs
+        spec = specs.get(key)
         if spec is None:
-            unit = c_identifier(f"{type(self._module).__name__}_{len(self._specs)}")
             shown = specialisation_key(inputs, self._module)
-            if self._specs:
-                debug.log("cache", f"new specialisation for {shown} (have "
-                                   f"{len(self._specs)})")
-            spec = Specialisation(self._module, inputs, shown, unit, structure)
-            self._specs[key] = spec
-        object.__setattr__(self, "_last", spec)
+            spec = specs.create(key, lambda unit: Specialisation(
+                self._module, inputs, shown, unit, structure), shown)
+        specs.last = spec
         return self._run(spec, inputs)
 
     def _run(self, spec, inputs):
@@ -343,7 +283,6 @@ class CompiledModule:
 
 def compile(module, **options):
     """Compile ``module`` (a ``tracenet.nn.Module``) into a ``CompiledModule``."""
-    from .nn.modules.module import Module
     if not isinstance(module, Module):
         raise TypeError(f"tracenet.compile expects an nn.Module, got {type(module).__name__}")
     if options:

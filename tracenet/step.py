@@ -6,36 +6,30 @@ function); the parameters are the optimizer's. One call of the compiled step doe
 forward, loss, backward and the optimizer update run inside one generated C function, and
 parameters, ``.grad`` and the optimizer state are updated in place, as in eager mode.
 
-Supported optimizers: SGD (momentum, dampening, nesterov, weight decay, maximize) and Adam
-(amsgrad, weight decay, maximize; AdamW's decoupled decay). Hyperparameters are read on every
-call, so changing the learning rate (e.g. by a scheduler) does not recompile.
+Any optimizer whose class declares its update (``compiled_update``, see
+``tracenet/optim/compiled_update.py``) can be compiled: SGD, Adam, AdamW, RMSprop and
+Adagrad, with all their options. Hyperparameters are read on every call, so changing the
+learning rate (e.g. by a scheduler) does not recompile.
 """
+import operator
+
 import numpy as np
 
 from . import _dtype
 from .autograd import grad_mode
-from .codegen.emit import c_identifier, generate
-from .compiler import log_kernel_times, optimise
+from .executable import Executable, Specialisations, optimise
 from .ir.graph import Graph
-from .ops import optim_step
-from .ops.registry import Meta
+from .nn.modules import module as module_mod
+from .nn.modules.module import Module
+from ._meta import Meta
 from .passes import grad as ir_grad
-from .runtime import build, debug, target as runtime_target
+from .runtime import debug
+from .step_state import UpdateState, declaration_of
 from .tensor import Tensor
-from .trace import fresh_seeds, trace
+from .trace import trace
 
-
-def _optimizer_kind(optimizer):
-    from .optim import SGD, Adam, AdamW
-    if isinstance(optimizer, AdamW):
-        return "adamw"
-    if isinstance(optimizer, Adam):
-        return "adam"
-    if isinstance(optimizer, SGD):
-        return "sgd"
-    raise NotImplementedError(
-        f"compile_step supports SGD, Adam and AdamW; got {type(optimizer).__name__} (use "
-        "tracenet.compile(model) with the optimizer in eager mode instead)")
+_data_of = operator.attrgetter("_data")
+_training_of = operator.attrgetter("training")
 
 
 def _param_names(optimizer):
@@ -47,9 +41,12 @@ def _param_names(optimizer):
     return names
 
 
-def build_step_graph(fwd, bwd, kind, flags, param_values):
+def build_step_graph(fwd, bwd, update, flags, param_values):
     """The forward graph, its backward inlined (cotangent 1), then one optimizer-update node
-    per parameter. Outputs: loss, gradients, updated parameters, updated state."""
+    per parameter (``update`` is the optimizer's ``CompiledUpdate``; each node reads the
+    parameter, its gradient, its state arrays and its ``hyper`` row, all graph inputs after
+    the traced ones). Outputs: loss, gradients, updated parameters, updated state (parameter
+    by parameter), buffer updates."""
     graph = Graph(f"{fwd.name}_step")
     graph.key = fwd.key
     mapping = {}
@@ -61,37 +58,24 @@ def build_step_graph(fwd, bwd, kind, flags, param_values):
     one = graph.add_constant(np.ones(loss.shape, loss.dtype.np))
     grads = graph.inline(bwd, [one] + [fwd_map[v] for v in bwd.saved])
     new_params, new_state = [], []
-    for i, (p, g) in enumerate(zip(param_values, grads)):
-        p_in = fwd_map[p]
-        name = p.name
-        if kind == "sgd":
-            buf = graph.add_input(f"{name}.momentum_buffer", p.shape, p.dtype)
-            h = graph.add_input(f"{name}.hyper", (5,), _dtype.float64)
-            node = graph.add_node("sgd_step", [p_in, g, buf, h], dict(flags),
-                                  [Meta(p.shape, p.dtype)] * 2)
-            new_params.append(node.outputs[0])
-            new_state.append([node.outputs[1]])
-        else:
-            state = [graph.add_input(f"{name}.{s}", p.shape, p.dtype)
-                     for s in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")]
-            h = graph.add_input(f"{name}.hyper", (6,), _dtype.float64)
-            node = graph.add_node("adam_step", [p_in, g] + state + [h], dict(flags),
-                                  [Meta(p.shape, p.dtype)] * 4)
-            new_params.append(node.outputs[0])
-            new_state.append(node.outputs[1:])
+    for p, g in zip(param_values, grads):
+        state = [graph.add_input(f"{p.name}.{a.name}", p.shape, p.dtype) for a in update.state]
+        h = graph.add_input(f"{p.name}.hyper", (len(update.hyper),), _dtype.float64)
+        node = graph.add_node(update.op, [fwd_map[p], g] + state + [h], dict(flags),
+                              [Meta(p.shape, p.dtype)] * (1 + len(state)))
+        new_params.append(node.outputs[0])
+        new_state += node.outputs[1:]
     # buffer updates (batch-norm running statistics) come last; the runtime writes them back
-    graph.outputs = [loss] + list(grads) + new_params + [v for s in new_state for v in s] + \
-        updates
+    graph.outputs = [loss] + list(grads) + new_params + new_state + updates
     return graph
 
 
 class _StepSpecialisation:
-    def __init__(self, fn, optimizer, batch, key, unit):
-        self.kind = _optimizer_kind(optimizer)
+    def __init__(self, fn, optimizer, batch, unit):
+        update = declaration_of(optimizer)
+        flags = update.flags_of(optimizer)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.groups = [g for g in optimizer.param_groups for _ in g["params"]]
         names = _param_names(optimizer)
-        from .nn.modules import module as module_mod
         self.buffers = _buffers_of(fn, self.params)
         seen = {}
         observe = (lambda m: seen.setdefault(id(m), m))
@@ -110,143 +94,76 @@ class _StepSpecialisation:
             raise ValueError("the function given to compile_step must return one scalar "
                              "floating-point loss")
         n_batch = len(batch)
-        param_values = fwd.inputs[n_batch:n_batch + len(self.params)]
-        self.n_seeds = len(fwd.seed_inputs)  # after the parameters
+        n_params, n_buffers = len(self.params), len(self.buffers)
+        param_values = fwd.inputs[n_batch:n_batch + n_params]
         for v in param_values:
             v.requires_grad = True
         bwd = ir_grad(fwd, wrt=param_values)
-        group = optimizer.param_groups[0]
-        if self.kind == "sgd":
-            flags = {"nesterov": bool(group["nesterov"]), "maximize": bool(group["maximize"])}
-        else:
-            flags = {"amsgrad": bool(group["amsgrad"]), "maximize": bool(group["maximize"]),
-                     "decoupled": self.kind == "adamw" or
-                     bool(group.get("decoupled_weight_decay", False))}
-        for g in optimizer.param_groups:
-            for k in flags:
-                if k != "decoupled" and bool(g[k]) != flags[k]:
-                    raise NotImplementedError(f"compile_step needs the same '{k}' in every "
-                                              "parameter group")
-        graph = build_step_graph(fwd, bwd, self.kind, flags, param_values)
+        graph = build_step_graph(fwd, bwd, update, flags, param_values)
         debug.log("ir", f"training step:\n{graph}")
         self.graph = optimise(graph)
-        self.timing = debug.enabled("time")  # built with per-kernel clocks
-        self.source_code, cdef, entries, openmp = generate([("step", self.graph)], unit,
-                                                           runtime_target.current(),
-                                                           timing=self.timing)
-        self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp)
-        self.entry = entries[0]
-        self._fn = getattr(self.library.lib, entries[0].name)
-        self._ffi = self.library.ffi
-        self._args = self._ffi.new("void *[]", entries[0].num_args)
-        self.n_batch = n_batch
-        # (buffer, index among the graph outputs) for in-place buffer updates
-        first_update = len(self.graph.outputs) - len(fwd.state_updates)
-        self.state_updates = [(self.buffers[i - len(self.params)][1], first_update + j)
-                              for j, (i, _) in enumerate(fwd.state_updates)]
-        self.update_arrays = [np.empty(b.shape, b.dtype.np) for b, _ in self.state_updates]
-        n = len(self.params)
+        self.executable = Executable([("step", self.graph)], unit)
         self.loss_meta = (self.graph.outputs[0].shape, self.graph.outputs[0].dtype.np)
+        self.update_state = UpdateState(optimizer, update, self.params)
+        # (buffer, array the step writes its update to) for in-place buffer updates
+        first_update = len(self.graph.outputs) - len(fwd.state_updates)
+        self.buffer_updates = [(self.buffers[i - n_params][1], np.empty(v.shape, v.dtype.np))
+                               for (i, _), v in zip(fwd.state_updates,
+                                                    self.graph.outputs[first_update:])]
         self.grad_arrays = [np.zeros(p.shape, p.dtype.np) for p in self.params]
-        self.hyper = np.zeros((n, 5 if self.kind == "sgd" else 6), np.float64)
-        self._hyper_keys = [None] * n
-        self._hyper_rows = [self._ffi.from_buffer(row) for row in self.hyper]
-        self._layout = None
-        self._grad_ptrs = [self._ffi.from_buffer(g) for g in self.grad_arrays]
         self._grad_tensors = [Tensor._wrap(g) for g in self.grad_arrays]
-        self._sgd_sig = self._sgd_cache = None
-        self._no_momentum = [np.zeros(p.shape, p.dtype.np) for p in self.params] \
-            if self.kind == "sgd" else None
-        # amsgrad's running maximum exists only with amsgrad; the kernel still takes a buffer
-        self._spare = [np.zeros(p.shape, p.dtype.np) for p in self.params] \
-            if self.kind != "sgd" else None
+        self._tensors = self.params + [b for _, b in self.buffers]
+        self._call = self._bind_arguments(n_batch, n_params, n_buffers, len(fwd.seed_inputs),
+                                          [a.name for a in update.state], names)
 
-    def _sgd_states(self, optimizer):
-        """Each parameter's (momentum buffer,), refreshing the hyperparameter rows; the
-        common case (same buffers, same group settings as last step) costs one pass."""
-        state = optimizer.state
-        bufs = [state[p].get("momentum_buffer") for p in self.params]
-        settings = [(g["lr"], g["momentum"], g["dampening"], g["weight_decay"])
-                    for g in optimizer.param_groups]
-        # (the buffers are kept referenced, so equal ids mean the same objects; a first step
-        # creates buffers, so the step after it takes this slow path again)
-        sig = (tuple(map(id, bufs)), settings)
-        if sig != self._sgd_sig:
-            states = [self._sgd_state(optimizer, i, p) for i, p in enumerate(self.params)]
-            self._sgd_sig = sig
-            self._sgd_cache = (bufs, states)
-        return self._sgd_cache[1]
+    def _bind_arguments(self, n_batch, n_params, n_buffers, n_seeds, state_names, names):
+        """The argument vector: graph inputs are the batch (per call), parameters and buffers
+        (bound), seeds (per call), then per parameter its state arrays (bound) and hyper row
+        (fixed); outputs are the loss (per call), gradients (fixed), updated parameters and
+        state (bound: written in place) and buffer updates (fixed)."""
+        call = self.executable.arguments[0]
+        self._seed_slot = n_batch + n_params + n_buffers
+        self.n_seeds = n_seeds
+        first_state = self._seed_slot + n_seeds
+        n_state = len(state_names)
+        out = call.output_slot
+        first_new_param, first_new_state = out(1 + n_params), out(1 + 2 * n_params)
+        slots = [[n_batch + i, first_new_param + i] for i in range(n_params)]
+        slots += [[n_batch + n_params + j] for j in range(n_buffers)]
+        labels = [f"parameter {n}" for n in names] + [f"buffer {n}" for n, _ in self.buffers]
+        for i in range(n_params):
+            inputs = first_state + i * (n_state + 1)  # its state arrays, then its hyper row
+            for s, state_name in enumerate(state_names):
+                slots.append([inputs + s, first_new_state + i * n_state + s])
+                labels.append(f"optimizer state {state_name!r} of {names[i]}")
+            call.fix([inputs + n_state], self.update_state.hyper[i])
+        call.bind_slots(slots, labels)
+        for i, g in enumerate(self.grad_arrays):
+            call.fix([out(1 + i)], g)
+        first_buffer_update = out(1 + 2 * n_params + n_params * n_state)
+        for j, (_, arr) in enumerate(self.buffer_updates):
+            call.fix([first_buffer_update + j], arr)
+        return call
 
-    def _sgd_state(self, optimizer, i, p):
-        st = optimizer.state[p]
-        group = self.groups[i]
-        buf_t = st.get("momentum_buffer")
-        first = buf_t is None
-        if first:
-            if group["momentum"] != 0:
-                buf = np.zeros(p.shape, p.dtype.np)
-                st["momentum_buffer"] = Tensor._wrap(buf)
-            else:  # without momentum the kernel never reads the buffer: keep one
-                buf = self._no_momentum[i]
-        else:
-            buf = buf_t._data
-        key = (group["lr"], group["momentum"], group["dampening"], group["weight_decay"], first)
-        if self._hyper_keys[i] != key:
-            self.hyper[i] = optim_step.sgd_hyper(group, first)
-            self._hyper_keys[i] = key
-        return (buf,)
+    @property
+    def source_code(self):
+        return self.executable.source_code
 
-    def _adam_state(self, optimizer, i, p):
-        st = optimizer.state[p]
-        group = self.groups[i]
-        if not st:
-            st["step"] = Tensor._wrap(np.zeros((), np.float32))
-            st["exp_avg"] = Tensor._wrap(np.zeros(p.shape, p.dtype.np))
-            st["exp_avg_sq"] = Tensor._wrap(np.zeros(p.shape, p.dtype.np))
-            if group["amsgrad"]:
-                st["max_exp_avg_sq"] = Tensor._wrap(np.zeros(p.shape, p.dtype.np))
-        step_t = st["step"]
-        step_t._data[...] = step_t._data + 1
-        step_t._vc.value += 1
-        vmax = st["max_exp_avg_sq"]._data if "max_exp_avg_sq" in st else self._spare[i]
-        self.hyper[i] = optim_step.adam_hyper(group, float(step_t._data))
-        return (st["exp_avg"]._data, st["exp_avg_sq"]._data, vmax)
-
-    def run(self, batch, optimizer):
-        """One step: set the argument vector's batch, seed and loss slots (the parameter, state
-        and gradient addresses are re-read only when those buffers were replaced) and make the
-        one C call."""
-        args = self._args
-        ffi = self._ffi
-        keep = []
-        for k, x in enumerate(batch):
-            arr = x._data if x._data.flags.c_contiguous else np.ascontiguousarray(x._data)
-            keep.append(arr)
-            args[k] = ffi.from_buffer(arr)
-        arrays = [p._data for p in self.params] + [b._data for _, b in self.buffers]
-        if self.kind == "sgd":
-            states = self._sgd_states(optimizer)
-        else:
-            states = [self._adam_state(optimizer, i, p) for i, p in enumerate(self.params)]
-        # (an SGD step's cached state list is the same object while its buffers stay the same)
-        layout = tuple(map(id, arrays)) + ((id(states),) if self.kind == "sgd" else
-                                           tuple(id(a) for st in states for a in st))
-        if layout != self._layout:
-            # parameters or state buffers were replaced: lay out every address again
-            self._layout = layout
-            self._keep = (arrays, states)
-            self._fill_static(args, arrays, states)
+    def run(self, batch):
+        """One step: the batch, seeds and loss are this call's; parameters, buffers and state
+        are re-pointed only when replaced; one C call; then the eager step's bookkeeping."""
+        call = self._call
+        arrays = []
+        for x in batch:
+            arr = x._data
+            arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
+        bound = list(map(_data_of, self._tensors))
+        bound += self.update_state.refresh()
         if self.n_seeds:
-            seeds = fresh_seeds(self.n_seeds)
-            keep.append(seeds)
-            for i in range(self.n_seeds):
-                args[self._seed_slot + i] = ffi.from_buffer(seeds[i:i + 1])
+            seeds = call.set_seeds(self._seed_slot, self.n_seeds)  # kept until the call returns
         loss = np.empty(*self.loss_meta)
-        args[self._loss_slot] = ffi.from_buffer(loss)
-        self._fn(args)
-        if self.timing:
-            log_kernel_times(self.library, self.entry)
-        for (buf, _), arr in zip(self.state_updates, self.update_arrays):
+        call(arrays, (loss,), bound)
+        for buf, arr in self.buffer_updates:
             np.copyto(buf._data, arr)  # running statistics, as the eager step updates them
             buf._vc.value += 1
         for p, g in zip(self.params, self._grad_tensors):
@@ -258,49 +175,10 @@ class _StepSpecialisation:
         return Tensor._wrap(loss)
 
 
-    def _fill_static(self, args, arrays, states):
-        """Parameter, state, hyperparameter and gradient addresses; remembers where the
-        per-call seed and loss slots are."""
-        ffi = self._ffi
-        ptrs = [ffi.from_buffer(a) for a in arrays]  # parameters, then buffers
-        state_ptrs = [[ffi.from_buffer(a) for a in st] for st in states]
-        update_ptrs = [ffi.from_buffer(a) for a in self.update_arrays]
-        self._ptr_refs = (ptrs, state_ptrs, update_ptrs)
-        k = self.n_batch
-        for ptr in ptrs:
-            args[k] = ptr
-            k += 1
-        ptrs = ptrs[:len(self.params)]
-        self._seed_slot = k
-        k += self.n_seeds
-        for i, sp in enumerate(state_ptrs):
-            for ptr in sp:
-                args[k] = ptr
-                k += 1
-            args[k] = self._hyper_rows[i]
-            k += 1
-        self._loss_slot = k
-        k += 1
-        for ptr in self._grad_ptrs:
-            args[k] = ptr
-            k += 1
-        for ptr in ptrs:  # updated parameters are written in place
-            args[k] = ptr
-            k += 1
-        for sp in state_ptrs:
-            for ptr in sp:
-                args[k] = ptr
-                k += 1
-        for ptr in update_ptrs:
-            args[k] = ptr
-            k += 1
-
-
 def _buffers_of(fn, params):
     """(name, tensor) of the buffers of the modules ``fn`` can reach through its closure,
     defaults, bound object or the globals it names: they become graph inputs, so in-place
     updates (running statistics) are traced instead of applied to the real buffers."""
-    from .nn.modules.module import Module
     found = []
     code = getattr(fn, "__code__", None)
     candidates = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())
@@ -334,43 +212,43 @@ class CompiledTrainingStep:
     def __init__(self, fn, optimizer):
         self.fn = fn
         self.optimizer = optimizer
-        self._specs = {}
-        self._last = None
+        self._specs = Specialisations(f"{getattr(fn, '__name__', 'step')}_step")
+
+    @property
+    def _last(self):
+        return self._specs.last
 
     def _flags_for(self, shapes):
         """The train/eval flags of the modules a specialisation for ``shapes`` traced (None
         before any exists: the first trace defines them)."""
         for (s, flags), spec in self._specs.items():
             if s == shapes:
-                return tuple(m.training for m in spec.modules)
+                return tuple(map(_training_of, spec.modules))
         return None
 
     def __call__(self, *batch):
+        specs = self._specs
         try:
-            key = tuple((x._data.shape, x._data.dtype.num) for x in batch)
-            last = self._last
-            if last is not None and last.key_shapes == key:
-                key = (key, tuple(m.training for m in last.modules))
+            shapes = tuple((x._data.shape, x._data.dtype.num) for x in batch)
+            last = specs.last
+            if last is not None and last.key_shapes == shapes:
+                key = (shapes, tuple(map(_training_of, last.modules)))
             else:
-                key = (key, self._flags_for(key))
+                key = (shapes, self._flags_for(shapes))
         except AttributeError:
             bad = next(i for i, x in enumerate(batch) if not isinstance(x, Tensor))
             raise TypeError(f"compiled step input {bad} must be a Tensor, got "
                             f"{type(batch[bad]).__name__}") from None
-        spec = self._specs.get(key)
+        spec = specs.get(key)
         if spec is None:
-            unit = c_identifier(f"{getattr(self.fn, '__name__', 'step')}_step_"
-                                f"{len(self._specs)}")
-            if self._specs:
-                shown = ", ".join(f"{x.dtype.short}[{','.join(map(str, x.shape))}]"
-                                  for x in batch)
-                debug.log("cache", f"new training-step specialisation for ({shown})")
-            spec = _StepSpecialisation(self.fn, self.optimizer, batch, key, unit)
-            spec.key_shapes = key[0]
-            key = (key[0], tuple(m.training for m in spec.modules))
-            self._specs[key] = spec
-        self._last = spec
-        return spec.run(batch, self.optimizer)
+            shown = "(" + ", ".join(f"{x.dtype.short}[{','.join(map(str, x.shape))}]"
+                                    for x in batch) + ")"
+            spec = specs.create(
+                key, lambda unit: _StepSpecialisation(self.fn, self.optimizer, batch, unit),
+                shown, rekey=lambda spec: (shapes, tuple(map(_training_of, spec.modules))))
+            spec.key_shapes = shapes
+        specs.last = spec
+        return spec.run(batch)
 
     @property
     def graph(self):
@@ -383,5 +261,5 @@ class CompiledTrainingStep:
 def compile_step(fn, optimizer):
     """Compile ``zero_grad -> loss = fn(*batch) -> backward -> optimizer.step`` into one C
     call; returns a callable ``step(*batch) -> loss``."""
-    _optimizer_kind(optimizer)
+    declaration_of(optimizer)  # fail now for an optimizer that cannot be compiled
     return CompiledTrainingStep(fn, optimizer)

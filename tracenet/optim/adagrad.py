@@ -1,6 +1,7 @@
 """Adagrad: per-coordinate learning rates from the running sum of squared gradients."""
 from ..tensor import Tensor
 from . import _functional as F
+from .compiled_update import CompiledUpdate, StateArray
 from .optimizer import Optimizer, _bump, _grad_array, _step_tensor, _value, _zeros_like
 
 __all__ = ["Adagrad"]
@@ -36,6 +37,14 @@ class Adagrad(Optimizer):
                 state = self.state[p]
                 state["step"] = _step_tensor()
                 state["sum"] = _zeros_like(p, group["initial_accumulator_value"])
+
+    # in a compiled step (layout of h: templates/adagrad_update.c.j2)
+    compiled_update = CompiledUpdate(
+        op="adagrad_step",
+        state=[StateArray("sum", fill=lambda group: group["initial_accumulator_value"])],
+        counter="step",
+        flags={"maximize": "maximize"},
+        hyper=("lr", "lr_decay", "weight_decay", "eps", "step"))
 
     _group_entry_defaults = {"foreach": None, "maximize": False, "differentiable": False,
                              "fused": None}

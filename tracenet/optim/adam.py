@@ -1,6 +1,7 @@
 """Adam, with optional AMSGrad and decoupled (AdamW-style) weight decay."""
 from ..tensor import Tensor
 from . import _functional as F
+from .compiled_update import CompiledUpdate, StateArray
 from .optimizer import (Optimizer, _bump, _capturable_unsupported, _grad_array, _step_tensor,
                         _value, _zeros_like)
 
@@ -48,6 +49,18 @@ class Adam(Optimizer):
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
         _check_fused(foreach, differentiable, fused)
+
+    # in a compiled step (AdamW inherits it; layout of h: templates/adam_update.c.j2)
+    compiled_update = CompiledUpdate(
+        op="adam_step",
+        state=[StateArray("exp_avg"), StateArray("exp_avg_sq"),
+               StateArray("max_exp_avg_sq", kept=lambda group: group["amsgrad"])],
+        counter="step",
+        flags={"amsgrad": "amsgrad", "maximize": "maximize",
+               "decoupled": "decoupled_weight_decay"},
+        hyper=("lr", "beta1", "beta2", "eps", "weight_decay", "step"),
+        hyper_from_group=lambda group: (group["lr"], *group["betas"], group["eps"],
+                                        group["weight_decay"]))
 
     _group_entry_defaults = {"amsgrad": False, "maximize": False, "foreach": None,
                              "capturable": False, "differentiable": False,

@@ -1,6 +1,7 @@
 """RMSprop, optionally centered and with momentum."""
 from ..tensor import Tensor
 from . import _functional as F
+from .compiled_update import CompiledUpdate, StateArray
 from .optimizer import (Optimizer, _bump, _capturable_unsupported, _grad_array, _step_tensor,
                         _value, _zeros_like)
 
@@ -27,6 +28,16 @@ class RMSprop(Optimizer):
                         weight_decay=weight_decay, capturable=capturable, foreach=foreach,
                         maximize=maximize, differentiable=differentiable)
         super().__init__(params, defaults)
+
+    # in a compiled step (layout of h: templates/rmsprop_update.c.j2)
+    compiled_update = CompiledUpdate(
+        op="rmsprop_step",
+        state=[StateArray("square_avg"),
+               StateArray("momentum_buffer", kept=lambda group: group["momentum"] > 0),
+               StateArray("grad_avg", kept=lambda group: group["centered"])],
+        counter="step",
+        flags={"centered": "centered", "maximize": "maximize"},
+        hyper=("lr", "alpha", "eps", "weight_decay", "momentum"))
 
     _group_entry_defaults = {"momentum": 0, "centered": False, "foreach": None,
                              "maximize": False, "differentiable": False, "capturable": False}

@@ -1,6 +1,7 @@
 """Stochastic gradient descent, optionally with (Nesterov) momentum."""
 from ..tensor import Tensor
 from . import _functional as F
+from .compiled_update import CompiledUpdate, StateArray
 from .optimizer import Optimizer, _bump, _grad_array, _value
 
 __all__ = ["SGD"]
@@ -28,6 +29,14 @@ class SGD(Optimizer):
                 raise RuntimeError("`fused` does not support `differentiable`")
             if foreach:
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+    # in a compiled step: the buffer is kept only with momentum; on the first step the op
+    # starts it from the gradient, as sgd_update does (layout of h: templates/sgd_update.c.j2)
+    compiled_update = CompiledUpdate(
+        op="sgd_step",
+        state=[StateArray("momentum_buffer", kept=lambda group: group["momentum"] != 0)],
+        flags={"nesterov": "nesterov", "maximize": "maximize"},
+        hyper=("lr", "momentum", "dampening", "weight_decay", "first_step"))
 
     _group_entry_defaults = {"nesterov": False, "maximize": False, "foreach": None,
                              "differentiable": False, "fused": False}

@@ -20,7 +20,8 @@ from ..autograd import grad_mode
 from ..ir.graph import Graph
 from ..ops.elementwise import threshold_backward
 from ..ops.nn import _max_pool_backward
-from ..ops.registry import REGISTRY, Ctx, Meta, apply, op_kind
+from .._meta import Meta
+from ..ops.registry import REGISTRY, Ctx, apply, op_kind
 from ..tensor import Tensor
 from ..trace import Tracer, traced_tensor, tracing
 

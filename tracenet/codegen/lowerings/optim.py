@@ -1,6 +1,10 @@
-"""C lowerings of the optimizer updates of a compiled training step (``ops/optim_step.py``).
-Each update loop is a shared helper (``templates/<optimizer>_update.c.j2``) emitted once per
-translation unit, so a GEMM that computes a weight gradient can also call it on its rows."""
+"""C lowerings of the optimizer updates of a compiled training step (``optim/update_ops.py``).
+
+Each ``<rule>_step`` node becomes a small kernel calling its rule's update loop
+(``templates/<rule>_update.c.j2``). The loop is a shared helper, emitted once per translation
+unit for each element type and set of compile-time flags, so every parameter's kernel calls the
+same function and a GEMM that computes a weight gradient can call it on its rows too.
+"""
 from ...ops.common import numel
 from ..base import SFX, Kernel, ctype, lowering, node_lines, signature
 from ..templates import render
@@ -14,27 +18,37 @@ def update_helper(template, ct, **flags):
     return name, render(f"{template}.c.j2", helper=name, ctype=ct, **flags)
 
 
+def lower_update(name, node, rule, state_roles, flags):
+    """The kernel of one update node ``op(p, g, *state, h) -> (p, *state)``: its update loop
+    ``<rule>_update`` reads p, g, the state arrays (named by ``state_roles``) and h, and writes
+    the updated parameter and state; ``flags`` are the node attributes compiled into it."""
+    p, g, *state, h = node.inputs
+    reads = [("p", p), ("g", g)] + list(zip(state_roles, state)) + [("h", h)]
+    writes = [("p_out", node.outputs[0])] + [(f"{role}_out", v) for role, v in
+                                              zip(state_roles, node.outputs[1:])]
+    helper = update_helper(f"{rule}_update", ctype(p), **{f: node.attrs[f] for f in flags})
+    src = render("optim_step.c.j2", name=name, node_lines=node_lines([node]),
+                 signature=signature(reads, writes), numel=numel(p.shape), helper=helper[0],
+                 args=[role for role, _ in reads + writes])
+    return Kernel(name, reads, writes, src, helpers=[helper])
+
+
 @lowering("sgd_step")
 def lower_sgd_step(name, node, exported, target):
-    p, g, buf, h = node.inputs
-    reads = [("p", p), ("g", g), ("buf", buf), ("h", h)]
-    writes = [("p_out", node.outputs[0]), ("buf_out", node.outputs[1])]
-    helper = update_helper("sgd_update", ctype(p), maximize=node.attrs["maximize"],
-                            nesterov=node.attrs["nesterov"])
-    src = render("sgd_step.c.j2", name=name, node_lines=node_lines([node]),
-                 signature=signature(reads, writes), numel=numel(p.shape), helper=helper[0])
-    return Kernel(name, reads, writes, src, helpers=[helper])
+    return lower_update(name, node, "sgd", ("buf",), ("maximize", "nesterov"))
 
 
 @lowering("adam_step")
 def lower_adam_step(name, node, exported, target):
-    p, g, m, v, vmax, h = node.inputs
-    reads = [("p", p), ("g", g), ("m", m), ("v", v), ("vmax", vmax), ("h", h)]
-    writes = [("p_out", node.outputs[0]), ("m_out", node.outputs[1]),
-              ("v_out", node.outputs[2]), ("vmax_out", node.outputs[3])]
-    helper = update_helper("adam_update", ctype(p), maximize=node.attrs["maximize"],
-                            decoupled=node.attrs["decoupled"], amsgrad=node.attrs["amsgrad"])
-    src = render("adam_step.c.j2", name=name, node_lines=node_lines([node]),
-                 signature=signature(reads, writes), numel=numel(p.shape), helper=helper[0])
-    return Kernel(name, reads, writes, src, helpers=[helper])
+    return lower_update(name, node, "adam", ("m", "v", "vmax"),
+                        ("maximize", "decoupled", "amsgrad"))
 
+
+@lowering("rmsprop_step")
+def lower_rmsprop_step(name, node, exported, target):
+    return lower_update(name, node, "rmsprop", ("sq", "buf", "gavg"), ("centered", "maximize"))
+
+
+@lowering("adagrad_step")
+def lower_adagrad_step(name, node, exported, target):
+    return lower_update(name, node, "adagrad", ("sum",), ("maximize",))

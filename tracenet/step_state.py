@@ -1,0 +1,105 @@
+"""The optimizer's side of a compiled training step.
+
+On every call the step's update ops need each parameter's state arrays and a row of run-time
+hyperparameters. ``UpdateState`` keeps them in step with ``optimizer.state`` and the param
+groups exactly as the eager ``optimizer.step()`` would: state created on the first step,
+step counters incremented, hyperparameters re-read. It knows optimizers only through their
+``compiled_update`` declaration (``tracenet/optim/compiled_update.py``).
+"""
+import numpy as np
+
+from .tensor import Tensor
+
+
+def declaration_of(optimizer):
+    """The optimizer's ``CompiledUpdate``; NotImplementedError for one that has none."""
+    update = getattr(type(optimizer), "compiled_update", None)
+    if update is None:
+        raise NotImplementedError(
+            f"compile_step cannot compile {type(optimizer).__name__}: it declares no compiled "
+            "update (use tracenet.compile(model) with the optimizer in eager mode instead)")
+    return update
+
+
+class UpdateState:
+    """State arrays and ``hyper`` rows of the parameters ``params`` (in the optimizer's
+    order) for one compiled step."""
+
+    def __init__(self, optimizer, update, params):
+        self.optimizer = optimizer
+        self.update = update
+        self.params = params
+        # (the step's graph holds one ``hyper`` input per parameter: these rows, never moved)
+        self.hyper = np.zeros((len(params), len(update.hyper)), np.float64)
+        names = [a.name for a in update.state] + ([update.counter] if update.counter else [])
+        self._lookup = [(p, name) for p in params for name in names]
+        self._step_column = update.hyper.index("step") if "step" in update.hyper else None
+        self._first_column = update.hyper.index("first_step") \
+            if "first_step" in update.hyper else None
+        self._scratch = {}  # (parameter index, name) -> array the optimizer does not keep
+        self._signature = None
+        self.arrays = []    # per parameter, its state arrays in the op's argument order
+        self._counters = []
+
+    def refresh(self):
+        """Bring state and hyper rows up to date for one step; returns ``arrays`` (the same
+        list object while no state array was replaced, so binding them again is free)."""
+        state = self.optimizer.state
+        from_group = self.update.hyper_from_group
+        values = [from_group(g) for g in self.optimizer.param_groups]
+        tensors = [state[p].get(name) for p, name in self._lookup]
+        # (the tensors are kept referenced below, so equal ids mean the same objects; a first
+        # step creates state, so the step after it takes the slow path once more)
+        signature = (tuple(map(id, tensors)), values)
+        if signature != self._signature:
+            self._sync(values)
+            self._signature = signature
+            self._tensors = tensors
+        if self._counters:
+            self._count()
+        return self.arrays
+
+    def _sync(self, values):
+        """Create missing state as the eager step does; re-read every array and hyper row."""
+        update, state = self.update, self.optimizer.state
+        group_of = [(gi, g) for gi, g in enumerate(self.optimizer.param_groups)
+                    for _ in g["params"]]
+        arrays, counters = [], []
+        for i, p in enumerate(self.params):
+            gi, group = group_of[i]
+            st = state[p]
+            if update.counter is not None:
+                if update.counter not in st:
+                    st[update.counter] = Tensor._wrap(np.zeros((), np.float32))
+                counters.append(st[update.counter])
+            created = False
+            for spec in update.state:
+                if not spec.kept(group):  # the op still takes an array: a scratch one
+                    arrays.append(self._scratch_array(i, spec.name, p))
+                    continue
+                if spec.name not in st:
+                    st[spec.name] = Tensor._wrap(np.full(p.shape, spec.fill(group), p.dtype.np))
+                    created = True
+                arrays.append(st[spec.name]._data)
+            self.hyper[i, :update.n_group] = [float(v) for v in values[gi]]
+            if self._first_column is not None:
+                self.hyper[i, self._first_column] = 1.0 if created else 0.0
+        self.arrays = arrays
+        self._counters = [(t, t._data.dtype.type(1)) for t in counters]
+
+    def _scratch_array(self, i, name, p):
+        arr = self._scratch.get((i, name))
+        if arr is None:
+            arr = self._scratch[(i, name)] = np.zeros(p.shape, p.dtype.np)
+        return arr
+
+    def _count(self):
+        """Increment the step counters (before the update, as the eager step does)."""
+        col = self._step_column
+        hyper = self.hyper
+        for i, (t, one) in enumerate(self._counters):
+            d = t._data
+            d += one
+            t._vc.value += 1
+            if col is not None:
+                hyper[i, col] = d
