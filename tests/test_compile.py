@@ -279,6 +279,25 @@ def test_failing_compiler_reports_its_message_and_source(tmp_path, monkeypatch):
         toolchain.reset()
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 CPU levels")
+def test_tracenet_march_targets_another_cpu(tmp_path, monkeypatch):
+    """TRACENET_MARCH=x86-64-v3 builds for AVX2 + FMA machines (without AVX-512): the target
+    says so, the build cache keeps those libraries apart, and the results are eager's."""
+    from tracenet.runtime import target
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TRACENET_MARCH", "x86-64-v3")
+    toolchain.reset()
+    try:
+        t = target.current()
+        assert "-march=x86-64-v3" in t.flags and "-march=native" not in t.flags
+        assert t.vector_bits == 256
+        _check_model(LeNet(), (3, 1, 32, 32))
+    finally:
+        monkeypatch.delenv("TRACENET_MARCH")
+        toolchain.reset()
+    assert "-march=native" in target.current().flags or not toolchain.flags()
+
+
 _SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})

@@ -35,17 +35,21 @@ class Parallelism:
 
 class Target:
     """``cc``: the compiler's identity; ``flags``: its optimisation flags; ``openmp``: whether
-    ``-fopenmp`` works; ``max_threads``: per-thread scratch is reserved for at most this many
-    threads; ``cache_dir``: where compiled templates may be cached (None: nowhere)."""
+    ``-fopenmp`` works; ``vector_bits``: the widest SIMD registers the flags allow (the
+    templates pick their vector code from the same compiler macros); ``max_threads``:
+    per-thread scratch is reserved for at most this many threads; ``cache_dir``: where compiled
+    templates may be cached (None: nowhere)."""
 
     max_threads = 16
 
-    def __init__(self, cc="cc", flags=(), openmp=False, cache_dir=None):
+    def __init__(self, cc="cc", flags=(), openmp=False, vector_bits=0, cache_dir=None):
         self.cc = cc
         self.flags = tuple(flags)
         self.openmp = bool(openmp)
+        self.vector_bits = int(vector_bits)
         self.cache_dir = cache_dir
         self.parallel = Parallelism(openmp)
 
     def __repr__(self):
-        return f"Target(cc={self.cc!r}, flags={self.flags!r}, openmp={self.openmp})"
+        return (f"Target(cc={self.cc!r}, flags={self.flags!r}, openmp={self.openmp}, "
+                f"vector_bits={self.vector_bits})")

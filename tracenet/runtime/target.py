@@ -1,11 +1,19 @@
-"""The ``Target`` code generation builds for: this machine's C compiler, the flags it accepts
-and whether OpenMP works (probed once by ``runtime.toolchain``, remembered on disk)."""
+"""The ``Target`` code generation builds for: this machine's C compiler, the flags it accepts,
+whether OpenMP works and the vector width (probed once by ``runtime.toolchain``, remembered on
+disk)."""
 from ..codegen.target import Target
-from . import build, toolchain
+from . import build, debug, toolchain
+
+_shown = [None]
 
 
 def current():
-    """The Target for the compiler ``CC`` names now."""
+    """The Target for the compiler ``CC`` names now (``TRACENET_MARCH`` picks the CPU)."""
     _, identity = toolchain.compiler()
-    return Target(cc=identity, flags=toolchain.flags(), openmp=bool(toolchain.openmp_flags()),
-                  cache_dir=build.cache_dir())
+    target = Target(cc=identity, flags=toolchain.flags(),
+                    openmp=bool(toolchain.openmp_flags()), vector_bits=toolchain.vector_bits(),
+                    cache_dir=build.cache_dir())
+    if repr(target) != _shown[0]:
+        _shown[0] = repr(target)
+        debug.log("cache", f"building for {target!r}")
+    return target

@@ -85,7 +85,7 @@ def _probe_cache_path():
     nothing at all (not even the probes)."""
     argv, identity = compiler()
     key = hashlib.sha256(("\0".join(argv) + "\0" + identity + "\0" + target_cpu() + "\0" +
-                          os.environ.get("TRACENET_NATIVE", "1") + "\0" +
+                          os.environ.get("TRACENET_NATIVE", "1") + "\0" + _march() + "\0" +
                           os.environ.get("TRACENET_OPENMP", "1")).encode()).hexdigest()[:24]
     return os.path.join(cache_dir(), f"toolchain-{key}.json")
 
@@ -96,7 +96,7 @@ def _probed():
     try:
         with open(path) as f:
             data = json.load(f)
-        return tuple(data["flags"]), tuple(data["openmp"])
+        return tuple(data["flags"]), tuple(data["openmp"]), int(data["vector_bits"])
     except (OSError, ValueError, KeyError):
         pass
     # gnu99 rather than c99: ISO mode turns off contraction of a*b+c into FMA instructions
@@ -104,16 +104,40 @@ def _probed():
     out = ["-O2", "-std=gnu99", "-fPIC", "-shared", "-fno-math-errno"]
     native = os.environ.get("TRACENET_NATIVE", "1") != "0"
     openmp = os.environ.get("TRACENET_OPENMP", "1") != "0"
+    march = f"-march={_march()}"
     ok_native, ok_simd, ok_omp = _try_compile_all([
-        (["-march=native"], _SIMPLE_PROBE), (["-fopenmp-simd"], _SIMPLE_PROBE),
+        ([march], _SIMPLE_PROBE), (["-fopenmp-simd"], _SIMPLE_PROBE),
         (["-fopenmp"], _OPENMP_PROBE)])
     if native and ok_native:
-        out.append("-march=native")
+        out.append(march)
     if ok_simd:
         out.append("-fopenmp-simd")
     omp = ("-fopenmp",) if openmp and ok_omp else ()
-    atomic_write(path, json.dumps({"flags": out, "openmp": list(omp)}))
-    return tuple(out), omp
+    bits = _vector_bits([f for f in out if f not in ("-shared", "-fPIC")])
+    atomic_write(path, json.dumps({"flags": out, "openmp": list(omp), "vector_bits": bits}))
+    return tuple(out), omp, bits
+
+
+def _march():
+    """The CPU the generated code targets: this one by default; ``TRACENET_MARCH`` names
+    another (e.g. ``x86-64-v3``, AVX2 + FMA, to check code for machines without AVX-512)."""
+    return os.environ.get("TRACENET_MARCH", "native").strip() or "native"
+
+
+# the widest SIMD registers the compiler may use, from the macros it predefines
+_VECTOR_MACROS = (("__AVX512F__", 512), ("__AVX__", 256), ("__SSE2__", 128),
+                  ("__ARM_NEON", 128))
+
+
+def _vector_bits(flags):
+    argv, _ = compiler()
+    try:
+        out = subprocess.run(list(argv) + list(flags) + ["-dM", "-E", "-x", "c", os.devnull],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    defined = {line.split()[1] for line in out.splitlines() if line.startswith("#define ")}
+    return next((bits for macro, bits in _VECTOR_MACROS if macro in defined), 0)
 
 
 def flags():
@@ -126,6 +150,11 @@ def flags():
 def openmp_flags():
     """Flags for OpenMP threading, or () if a test compile shows it does not work."""
     return _probed()[1]
+
+
+def vector_bits():
+    """Width of the widest SIMD registers the flags let the compiler use (0: none known)."""
+    return _probed()[2]
 
 
 def reset():
