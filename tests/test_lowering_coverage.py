@@ -100,3 +100,26 @@ def test_an_eager_only_op_names_its_reason_when_compiled():
 
     with pytest.raises(NotImplementedError, match="op 'flip' has no C lowering: no C lowering"):
         torch.compile(Flip())(torch.randn(3, 2))
+
+
+def test_every_op_with_a_c_expression_fuses_into_one_kernel():
+    """clone, expand, isnan and the logical ops used to compile alone; now the registry's C
+    expression is all fusion asks for (a chain: each value read once)."""
+    class Mixed(nn.Module):
+        def forward(self, x, b, p, q, r):
+            y = torch.isnan(b.expand(4, 5) + x.clone())
+            return torch.logical_xor(torch.logical_or(torch.logical_and(
+                torch.logical_not(y), p), q), r)
+
+    x, b = torch.randn(4, 5), torch.randn(1, 5)
+    x[1, 2] = float("nan")
+    p, q, r = (torch.randn(4, 5) > 0 for _ in range(3))
+    expected = Mixed()(x, b, p, q, r)
+    cnet = torch.compile(Mixed())
+    out = cnet(x, b, p, q, r)
+    np.testing.assert_array_equal(out.numpy(), expected.numpy())
+    fused = [n for n in cnet.graph.nodes if n.op == "fused"]
+    assert len(fused) == 1 and len(cnet.graph.nodes) == 1, str(cnet.graph)
+    ops = {m.op for m in fused[0].members}
+    assert ops == {"expand", "clone", "add", "isnan", "logical_and", "logical_not",
+                   "logical_or", "logical_xor"}, ops

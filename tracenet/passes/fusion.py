@@ -7,8 +7,8 @@ members for people):
 * ``gemm``: ``addmm``/``gemm``, or ``mm`` followed by a broadcast bias ``add``, then an optional
   activation (any one-input elementwise op of the registry); ``attrs["roles"]`` names each
   member's part of the epilogue;
-* ``elementwise``: a chain of elementwise ops (registry kind ``elementwise``) of one output
-  shape;
+* ``elementwise``: a chain of ops with a C expression (elementwise ops, and ``expand``) of one
+  output shape;
 * backward groups: ``pool_backward``: ``threshold_backward`` (relu's mask on a pooled
   gradient) -> ``max_pool_backward`` -> optional bias-gradient ``sum``; ``gemm``:
   ``gemm`` -> ``threshold_backward``, and in a training-step graph a weight-gradient ``gemm``
@@ -19,7 +19,14 @@ values used after it (intermediates needed elsewhere, e.g. saved for backward, s
 The interpreter runs the members, so fusion is checked for equality with the unfused graph.
 """
 from ..ir.graph import Node
-from ..ops.registry import op_kind
+from ..ops.registry import REGISTRY, op_kind
+
+
+def _pointwise(op):
+    """Ops an elementwise kernel computes from their C expression: elementwise ops, and views
+    that broadcast (``expand``: its consumers read the source through a broadcast index)."""
+    entry = REGISTRY.get(op)
+    return entry is not None and entry.c_expr is not None
 
 
 def _is_activation(node, value):
@@ -164,9 +171,11 @@ def _elementwise_groups(graph):
     groups = []
     group_of = {}
     for node in graph.nodes:
-        if op_kind(node.op) != "elementwise":
+        if not _pointwise(node.op):
             continue
         shape = node.outputs[0].shape
+        # join the groups of every input this node alone reads (a tree of elementwise ops
+        # becomes one kernel; members keep graph order)
         joined = None
         for v in node.inputs:
             prod = v.producer
@@ -174,14 +183,21 @@ def _elementwise_groups(graph):
                 continue
             if v.shape != shape or _sole_user(users, graph, v) is not node:
                 continue
-            joined = group_of[id(prod)]
-            break
+            group = group_of[id(prod)]
+            if joined is None:
+                joined = group
+            elif group is not joined:
+                for m in group:
+                    group_of[id(m)] = joined
+                joined.extend(group)
+                group.clear()
         if joined is None:
             joined = []
             groups.append(joined)
         joined.append(node)
         group_of[id(node)] = joined
-    return [g for g in groups if len(g) > 1]
+    position = {id(n): i for i, n in enumerate(graph.nodes)}
+    return [sorted(g, key=lambda n: position[id(n)]) for g in groups if len(g) > 1]
 
 
 def _pool_relu_backward_groups(graph):
