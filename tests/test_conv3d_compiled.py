@@ -70,6 +70,11 @@ CASES = {
                                   (2, 2, 1, 5, 6), "direct"),
     "direct_depthwise_dilated": (lambda: nn.Conv3d(3, 3, 2, padding=(0, 2, 1), dilation=(3, 2, 1),
                                                    groups=3), (1, 3, 5, 4, 6), "direct"),
+    # a depth of 1 everywhere: the 2-d kernels
+    "direct_flat_depth": (lambda: nn.Conv3d(2, 3, (1, 3, 3), padding=(0, 1, 1)), (2, 2, 1, 5, 6),
+                          "direct"),
+    "im2col_flat_depth": (lambda: nn.Conv3d(2, 3, (1, 3, 2), stride=(3, 2, 1)), (2, 2, 1, 7, 6),
+                          "im2col"),
     # any other stride: im2col columns over (c, kd, kh, kw) x (od, oh, ow)
     "im2col_strided": (lambda: nn.Conv3d(3, 4, 3, stride=(2, 1, 2), padding=(1, 0, 2),
                                          dilation=(1, 2, 1)), (2, 3, 6, 7, 8), "im2col"),
