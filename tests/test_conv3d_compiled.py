@@ -154,7 +154,7 @@ def test_conv3d_relu_max_pool_group(name):
     assert "_pool(" in compiled.source()
     # inference: the pooling input lives in the kernel's scratch only
     source = _check_inference(model, shape).source()
-    fused = [k for k in re.findall(r"static void (\w+_max_pool)\(([^)]*)\)", source)]
+    fused = re.findall(r"static void (\w+_max_pool)\(([^)]*)\)", source)
     assert fused and all("scratch" in args and "relu_out" not in args for _, args in fused)
 
 
