@@ -1,9 +1,11 @@
 """C lowerings of convolution, every rank in one place: forward (alone or fused with ``relu``
 and ``max_pool``), input gradient and weight gradient.
 
-1-d and 2-d convolutions share the GEMM-based templates (a 1-d convolution is a 2-d one of
-height 1): for stride 1 the GEMM reads shifted views of the (padded) image directly, otherwise
-im2col columns. 3-d convolutions use direct loops (``templates/vision_conv3d*.c.j2``).
+Every convolution is lowered as a 3-d one (a 2-d convolution has depth 1, a 1-d one height 1
+too) onto the GEMM kernels of ``templates/_gemm.c.j2``: for stride 1 the GEMM reads shifted
+views of the (padded) image directly, otherwise im2col columns. The templates emit the depth
+loops only when there is a depth (``deep``), so the C of a 1-d or 2-d convolution is the 2-d
+code with no trace of the third dim.
 """
 from ...ops.common import numel
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
@@ -12,36 +14,26 @@ from ..templates import render
 from .pooling import lower_max_pool, pool_geometry
 
 
-def _rank(node):
-    return len(node.attrs["stride"])
-
-
 @group_lowering("conv")
 @lowering("convolution")
 def lower_convolution(name, node, exported, target):
     group = members(node)
     if node.op != "fused":
         exported = set(node.outputs)
-    if _rank(group[0]) == 3:
-        return _lower_conv3d_group(name, group, exported, target)
     return _lower_conv_group(name, group, exported, target)
 
 
 @lowering("conv_backward_input")
 def lower_conv_backward_input(name, node, exported, target):
-    if _rank(node) == 3:
-        return _lower_conv3d_backward_input(name, node, target)
     return _lower_conv_backward_input(name, node, target)
 
 
 @lowering("conv_backward_weight")
 def lower_conv_backward_weight(name, node, exported, target):
-    if _rank(node) == 3:
-        return _lower_conv3d_backward_weight(name, node, target)
     return _lower_conv_backward_weight(name, node, target)
 
 
-# --- 1-d and 2-d ----------------------------------------------------------------------------------
+# --- geometry ------------------------------------------------------------------------------------
 
 
 def _conv_geometry(conv):
@@ -50,59 +42,90 @@ def _conv_geometry(conv):
 
 
 def _conv_grad_geometry(node, x_shape, w_shape, gy_shape):
-    """Convolution geometry as 2-D constants (1-D convolutions get a height of 1), from the
-    shapes of the input, weight and output (or output gradient)."""
+    """Convolution geometry as 3-D constants (depth D, height H, width W; 2-D convolutions get
+    a depth of 1, 1-D ones a height of 1 too), from the shapes of the input, weight and output
+    (or output gradient). ``deep``: the depth is not trivially 1 (templates emit depth loops)."""
     a = node.attrs
     nsp = len(a["stride"])
-    if nsp > 2:
-        raise LoweringError(f"{nsp}-d convolution gradients have no C lowering yet{where(node)}")
-    pad1 = (lambda t, fill: (fill,) * (2 - nsp) + tuple(t))
-    xs = tuple(x_shape[:2]) + pad1(x_shape[2:], 1)
-    ks = pad1(w_shape[2:], 1)
-    os_ = pad1(gy_shape[2:], 1)
-    st, pd, dl = pad1(a["stride"], 1), pad1(a["padding"], 0), pad1(a["dilation"], 1)
-    return dict(N=xs[0], C=xs[1], H=xs[2], W=xs[3], O=w_shape[0], KH=ks[0], KW=ks[1],
-                OH=os_[0], OW=os_[1], SH=st[0], SW=st[1], PH=pd[0], PW=pd[1], DH=dl[0],
-                DW=dl[1], G=a["groups"])
+    if nsp > 3:
+        raise LoweringError(f"{nsp}-d convolutions have no C lowering{where(node)}")
+    pad = (lambda t, fill: (fill,) * (3 - nsp) + tuple(t))
+    xs = pad(x_shape[2:], 1)
+    ks = pad(w_shape[2:], 1)
+    os_ = pad(gy_shape[2:], 1)
+    st, pd, dl = pad(a["stride"], 1), pad(a["padding"], 0), pad(a["dilation"], 1)
+    return dict(N=x_shape[0], C=x_shape[1], D=xs[0], H=xs[1], W=xs[2], O=w_shape[0],
+                KD=ks[0], KH=ks[1], KW=ks[2], OD=os_[0], OH=os_[1], OW=os_[2],
+                SD=st[0], SH=st[1], SW=st[2], PD=pd[0], PH=pd[1], PW=pd[2],
+                DD=dl[0], DH=dl[1], DW=dl[2], G=a["groups"],
+                deep=not (xs[0] == 1 and ks[0] == 1 and pd[0] == 0))
 
 
-def _conv_template_geo(geo, ct):
-    g = dict(geo)
+def _conv_template_geo(geo, ct, direct):
+    """What the ``_conv.c.j2`` macros read: the geometry, the channels per group, the C type
+    and, for stride 1, the padded image and its positions."""
+    g = dict(geo, **(direct or {}))
     g["CG"] = geo["C"] // geo["G"]
     g["ctype"] = ct
     return g
 
 
 def _conv_flops(geo):
-    return 2 * geo["N"] * geo["O"] * (geo["C"] // geo["G"]) * geo["KH"] * geo["KW"] * \
-        geo["OH"] * geo["OW"]
+    return 2 * geo["N"] * geo["O"] * (geo["C"] // geo["G"]) * geo["KD"] * geo["KH"] * \
+        geo["KW"] * geo["OD"] * geo["OH"] * geo["OW"]
 
 
 def _direct_geometry(geo):
     """For stride-1 convolutions: the columns of the GEMM are shifted views of the (padded)
-    image. Returns the padded image size, the number of positions (rows of the padded width,
-    the last one cut at the output width) and each tap's offset; None for strided ones."""
-    if geo["SH"] != 1 or geo["SW"] != 1:
+    image. Positions run over rows of the padded width WP, OH of them per output depth (the
+    last one cut at the output width): NW positions per depth slab, one GEMM per slab, the
+    slab of output depth od starting at padded depth od. Returns the padded image size, NW and
+    each tap's offset from a slab's start; None for strided convolutions."""
+    if geo["SD"] != 1 or geo["SH"] != 1 or geo["SW"] != 1:
         return None
-    hp, wp = geo["H"] + 2 * geo["PH"], geo["W"] + 2 * geo["PW"]
+    dp, hp, wp = geo["D"] + 2 * geo["PD"], geo["H"] + 2 * geo["PH"], geo["W"] + 2 * geo["PW"]
     cg = geo["C"] // geo["G"]
-    taps = [c * hp * wp + kh * geo["DH"] * wp + kw * geo["DW"]
-            for c in range(cg) for kh in range(geo["KH"]) for kw in range(geo["KW"])]
-    return dict(HP=hp, WP=wp, NW=(geo["OH"] - 1) * wp + geo["OW"], taps=taps,
-                padded=bool(geo["PH"] or geo["PW"]))
+    taps = [((c * dp + kd * geo["DD"]) * hp + kh * geo["DH"]) * wp + kw * geo["DW"]
+            for c in range(cg) for kd in range(geo["KD"]) for kh in range(geo["KH"])
+            for kw in range(geo["KW"])]
+    nw = (geo["OH"] - 1) * wp + geo["OW"]
+    return dict(DP=dp, HP=hp, WP=wp, NW=nw, taps=taps,
+                # positions per output channel over all depth slabs (rows of width WP)
+                GW=(geo["OD"] - 1) * geo["OH"] * wp + nw,
+                padded=bool(geo["PD"] or geo["PH"] or geo["PW"]))
+
+
+def _columns(geo):
+    """Elements of the im2col column matrix of one image and group."""
+    return geo["C"] // geo["G"] * geo["KD"] * geo["KH"] * geo["KW"] * \
+        geo["OD"] * geo["OH"] * geo["OW"]
+
+
+def _padded_image(geo, direct):
+    """Elements of one group's zero-padded image (none without padding)."""
+    return geo["C"] // geo["G"] * direct["DP"] * direct["HP"] * direct["WP"] \
+        if direct["padded"] else 0
 
 
 def _gradient_work(geo, direct):
     """Scratch elements of a stride-1 gradient kernel: the output gradient on rows of the
     padded width, and the padded image when there is padding."""
-    return geo["O"] // geo["G"] * direct["NW"] + \
-        (geo["C"] // geo["G"] * direct["HP"] * direct["WP"] if direct["padded"] else 0)
+    return geo["O"] // geo["G"] * direct["GW"] + _padded_image(geo, direct)
+
+
+# --- kernels --------------------------------------------------------------------------------------
 
 
 def _lower_conv_group(name, group, exported, target):
     conv = group[0]
     relu = next((m for m in group if m.op == "relu"), None)
     pool = next((m for m in group if m.op == "max_pool"), None)
+    pool_after = outer_exported = None
+    if pool is not None and len(pool.attrs["kernel"]) == 3:
+        # 3-d max pooling: the general max-pool kernel pools the convolution part's output,
+        # which that part then writes in full
+        pool_after, pool = pool, None
+        outer_exported, exported = exported, set(exported) | {pool_after.inputs[0]}
     geo = _conv_geometry(conv)
     reads = [("x", conv.inputs[0]), ("w", conv.inputs[1])]
     if len(conv.inputs) > 2:
@@ -130,10 +153,11 @@ def _lower_conv_group(name, group, exported, target):
             writes.append(("pool_idx", pool.outputs[1]))
     elif plane_out is None:
         raise AssertionError("a conv group without pooling must export its last value")
+    conv_writes = list(writes)
     ct = ctype(conv_v)
-    t = _conv_template_geo(geo, ct)
-    plane = geo["O"] // geo["G"] * geo["OH"] * geo["OW"]
     direct = _direct_geometry(geo)
+    t = _conv_template_geo(geo, ct, direct)
+    plane = geo["O"] // geo["G"] * geo["OD"] * geo["OH"] * geo["OW"]
     pool_geo = pool_geometry(pool, geo["OH"], geo["OW"]) if pool else None
     # 2x2 stride-2 max-pool of relu(conv + bias) read straight from the GEMM's output, eight
     # (or four) windows per vector step, when no full-size plane is wanted
@@ -142,22 +166,59 @@ def _lower_conv_group(name, group, exported, target):
                     all(pool_geo[k] == v for k, v in (("KH", 2), ("KW", 2), ("SH", 2),
                                                       ("SW", 2), ("DH", 1), ("DW", 1))))
     if direct:
-        work = geo["O"] // geo["G"] * geo["OH"] * direct["WP"] + \
-            (t["CG"] * direct["HP"] * direct["WP"] if direct["padded"] else 0)
+        # the GEMM's output on rows of width WP, then the padded image
+        work = geo["O"] // geo["G"] * geo["OD"] * geo["OH"] * direct["WP"] + \
+            _padded_image(geo, direct)
     else:
-        work = t["CG"] * geo["KH"] * geo["KW"] * geo["OH"] * geo["OW"]
-    per_thread = work + plane * 2
+        work = _columns(geo)
+    # then two planes for a relu and a max pooling fused per plane (1-d and 2-d groups only)
+    per_thread = work + (plane * 2 if len(conv.attrs["stride"]) < 3 else 0)
     parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
-    src = render("conv2d.c.j2", name=name, node_lines=node_lines(group), ctype=ct,
-                 sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
+    scratch = threads_scratch(per_thread, parallel)
+    fn, then_pool = name, None
+    if pool_after is not None:
+        fn = f"{name}_conv"
+        then_pool, writes, scratch = _then_pool(name, reads, writes, scratch, pool_after,
+                                                outer_exported, target)
+    src = render("conv2d.c.j2", name=fn, node_lines=node_lines(group), ctype=ct,
+                 sfx=SFX[ct], signature=signature(reads, conv_writes, 1, ct),
                  has_bias=len(conv.inputs) > 2, plane_out=plane_out, relu=relu is not None,
                  relu_out=relu_out, relu_scratch=relu_scratch,
                  pool=pool_geo, pool_2x2=pool_2x2,
                  pool_idx=pool is not None and pool.outputs[1] in exported, geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
-                 work_elems=work, direct=bool(direct), **(direct or {}), **geo)
-    return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
-                  flops=_conv_flops(geo), parallel=parallel)
+                 work_elems=work, direct=bool(direct), then_pool=then_pool,
+                 **(direct or {}), **geo)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=_conv_flops(geo),
+                  parallel=parallel or bool(then_pool and then_pool["parallel"]))
+
+
+def _then_pool(name, reads, conv_writes, conv_scratch, pool, exported, target):
+    """conv [-> relu] -> 3-d max_pool: the convolution function (``{name}_conv``) writes the
+    pooling input in full, to scratch when nothing else reads it, then the general max-pool
+    kernel (``{name}_pool``) pools it. Returns what the template needs for the function
+    ``name`` calling both, and that function's writes and scratch."""
+    pooled = pool.inputs[0]
+    kept = pooled in exported
+    pool_k = lower_max_pool(f"{name}_pool", pool, exported, target)
+    if pool_k.scratch:
+        raise LoweringError(f"max pooling fused after a convolution cannot use scratch "
+                            f"memory{where(pool)}")
+    shared = 0 if kept else numel(pooled.shape)  # the pooling input, ahead of the conv's scratch
+    writes = [(r, v) for r, v in conv_writes if v in exported]
+    writes += [(f"pool_{r}", v) for r, v in pool_k.writes]
+    conv_args = [r for r, _ in reads] + [r if v in exported else "pooled" for r, v in conv_writes]
+    conv_args.append(f"scratch + {shared}" if shared else "scratch")
+    pool_in = next(r for r, v in conv_writes if v is pooled) if kept else "pooled"
+    pool_args = [pool_in] + [f"pool_{r}" for r, _ in pool_k.writes]
+    if shared:
+        conv_scratch = (conv_scratch[0], "threads", shared) if isinstance(conv_scratch, tuple) \
+            else conv_scratch + shared
+    ct = ctype(pooled)
+    return (dict(name=name, source=pool_k.source, parallel=pool_k.parallel, shared=shared,
+                 signature=signature(reads, writes, 1, ct), pool_name=pool_k.name,
+                 conv_args=", ".join(conv_args), pool_args=", ".join(pool_args)),
+            writes, conv_scratch)
 
 
 def _lower_conv_backward_input(name, node, target):
@@ -165,12 +226,9 @@ def _lower_conv_backward_input(name, node, target):
     out = node.outputs[0]
     geo = _conv_grad_geometry(node, out.shape, w.shape, gy.shape)
     ct = ctype(out)
-    t = _conv_template_geo(geo, ct)
     direct = _direct_geometry(geo)
-    if direct:
-        per_thread = _gradient_work(geo, direct)
-    else:
-        per_thread = t["CG"] * geo["KH"] * geo["KW"] * geo["OH"] * geo["OW"]
+    t = _conv_template_geo(geo, ct, direct)
+    per_thread = _gradient_work(geo, direct) if direct else _columns(geo)
     parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_backward_input.c.j2", name=name, node_lines=node_lines([node]),
@@ -186,13 +244,10 @@ def _lower_conv_backward_weight(name, node, target):
     out = node.outputs[0]
     geo = _conv_grad_geometry(node, x.shape, out.shape, gy.shape)
     ct = ctype(out)
-    t = _conv_template_geo(geo, ct)
     wsize = numel(out.shape)
     direct = _direct_geometry(geo)
-    if direct:
-        work = _gradient_work(geo, direct)
-    else:
-        work = t["CG"] * geo["KH"] * geo["KW"] * geo["OH"] * geo["OW"]
+    t = _conv_template_geo(geo, ct, direct)
+    work = _gradient_work(geo, direct) if direct else _columns(geo)
     per_thread = work + wsize
     parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
@@ -202,100 +257,3 @@ def _lower_conv_backward_weight(name, node, target):
                  max_threads="TN_MAX_THREADS", direct=bool(direct), **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
                   flops=_conv_flops(geo), parallel=parallel)
-
-
-
-# --- 3-d ----------------------------------------------------------------------------------------
-
-
-def _conv3d_geometry(x_shape, w_shape, y_shape, attrs):
-    st, pd, dl = attrs["stride"], attrs["padding"], attrs["dilation"]
-    g = attrs["groups"]
-    return dict(N=x_shape[0], C=x_shape[1], ID=x_shape[2], IH=x_shape[3], IW=x_shape[4],
-                O=w_shape[0], CG=w_shape[1], OG=w_shape[0] // g, KD=w_shape[2], KH=w_shape[3],
-                KW=w_shape[4], OD=y_shape[2], OH=y_shape[3], OW=y_shape[4], SD=st[0],
-                SH=st[1], SW=st[2], PD=pd[0], PH=pd[1], PW=pd[2], DD=dl[0], DH=dl[1],
-                DW=dl[2], G=g)
-
-
-def _conv3d_flops(geo):
-    return 2 * geo["N"] * geo["O"] * geo["CG"] * geo["KD"] * geo["KH"] * geo["KW"] * \
-        geo["OD"] * geo["OH"] * geo["OW"]
-
-
-def _lower_conv3d_group(name, group, exported, target):
-    conv = group[0]
-    relu = next((m for m in group if m.op == "relu"), None)
-    pool = next((m for m in group if m.op == "max_pool"), None)
-    x, w = conv.inputs[0], conv.inputs[1]
-    conv_v = conv.outputs[0]
-    geo = _conv3d_geometry(x.shape, w.shape, conv_v.shape, conv.attrs)
-    ct = ctype(conv_v)
-    reads = [("x", x), ("w", w)]
-    if len(conv.inputs) > 2:
-        reads.append(("b", conv.inputs[2]))
-    writes = []
-    last = relu.outputs[0] if relu is not None else conv_v
-    conv_dst = relu_dst = None
-    if conv_v in exported or (pool is None and relu is None):
-        writes.append(("conv_out", conv_v))
-        conv_dst = "conv_out"
-    if relu is not None and (relu.outputs[0] in exported or pool is None):
-        writes.append(("relu_out", relu.outputs[0]))
-        relu_dst = "relu_out"
-    pool_kernel = None
-    scratch = 0
-    if pool is not None:
-        # the pooling input is whatever the conv part wrote last, or scratch
-        pool_kernel = lower_max_pool(f"{name}_pool", pool, exported, target)
-        if pool_kernel.scratch:
-            raise LoweringError(f"max pooling fused after a 3-d convolution cannot use scratch "
-                                f"memory{where(pool)}")
-        pool_in = relu_dst if relu is not None else conv_dst
-        if pool_in is None:
-            scratch = numel(last.shape)
-            pool_in = "scratch"
-            if relu is not None:
-                relu_dst = "scratch"
-            else:
-                conv_dst = "scratch"
-        pool_writes = [(f"pool_{role}", v) for role, v in pool_kernel.writes]
-        writes += pool_writes
-        pool_call = f"{name}_pool({pool_in}, " + ", ".join(r for r, _ in pool_writes) + ");"
-    parallel = target.parallel.compute(_conv3d_flops(geo))
-    src = render("vision_conv3d.c.j2", name=name, node_lines=node_lines(group), ctype=ct,
-                 acctype="double", signature=signature(reads, writes, scratch, ct),
-                 conv_signature=signature(reads, []) + f", {ct} *conv_dst, {ct} *relu_dst",
-                 has_bias=len(conv.inputs) > 2, conv_dst=conv_dst or "NULL",
-                 relu_dst=relu_dst or "NULL", relu=relu is not None, g=geo, parallel=parallel,
-                 pool_source=pool_kernel.source if pool_kernel else None,
-                 pool_call=pool_call if pool_kernel else None)
-    return Kernel(name, reads, writes, src, scratch, ct, flops=_conv3d_flops(geo),
-                  parallel=parallel or bool(pool_kernel and pool_kernel.parallel))
-
-
-def _lower_conv3d_backward_input(name, node, target):
-    gy, w = node.inputs
-    out = node.outputs[0]
-    geo = _conv3d_geometry(out.shape, w.shape, gy.shape, node.attrs)
-    ct = ctype(out)
-    reads, writes = [("gy", gy), ("w", w)], [("out", out)]
-    parallel = target.parallel.compute(_conv3d_flops(geo))
-    src = render("vision_conv3d_backward_input.c.j2", name=name, node_lines=node_lines([node]),
-                 ctype=ct, acctype="double", signature=signature(reads, writes), g=geo,
-                 parallel=parallel)
-    return Kernel(name, reads, writes, src, flops=_conv3d_flops(geo), parallel=parallel)
-
-
-def _lower_conv3d_backward_weight(name, node, target):
-    gy, x = node.inputs
-    out = node.outputs[0]
-    geo = _conv3d_geometry(x.shape, out.shape, gy.shape, node.attrs)
-    ct = ctype(out)
-    reads, writes = [("gy", gy), ("x", x)], [("out", out)]
-    parallel = target.parallel.compute(_conv3d_flops(geo))
-    src = render("vision_conv3d_backward_weight.c.j2", name=name,
-                 node_lines=node_lines([node]), ctype=ct, acctype="double",
-                 signature=signature(reads, writes), g=geo, parallel=parallel)
-    return Kernel(name, reads, writes, src, flops=_conv3d_flops(geo), parallel=parallel)
-
