@@ -96,21 +96,18 @@ def _max_pool_empty(node, in_shape, out_shape):
 
 
 def pool_geometry(pool, ih, iw):
-    """2-d plane geometry of a 1-d or 2-d max pooling (what ``_common.c.j2``'s ``pool_plane``
-    takes); ``inside``: every window lies inside the image."""
+    """The geometry of a 1-d or 2-d max pooling of ``ih`` x ``iw`` planes (what
+    ``_common.c.j2``'s ``pool_plane`` reads), plus ``inside``: every window lies inside the
+    image (no padding, no ceil-mode overhang)."""
     a = pool.attrs
-    nsp = len(a["kernel"])
-    if nsp > 2:
-        raise LoweringError(f"{nsp}-d max pooling has no C lowering yet{where(pool)}")
-    pad1 = (lambda t, fill: (fill,) * (2 - nsp) + tuple(t))
-    k, s, p, d = (pad1(a["kernel"], 1), pad1(a["stride"], 1), pad1(a["padding"], 0),
-                  pad1(a["dilation"], 1))
-    o = pad1(pool.outputs[0].shape[2:], 1)
-    # every window lies inside the image (no padding, no ceil-mode overhang)
-    inside = (p[0] == 0 and p[1] == 0 and (o[0] - 1) * s[0] + (k[0] - 1) * d[0] < ih and
-              (o[1] - 1) * s[1] + (k[1] - 1) * d[1] < iw)
-    return dict(KH=k[0], KW=k[1], SH=s[0], SW=s[1], PH=p[0], PW=p[1], DH=d[0], DW=d[1],
-                IH=ih, IW=iw, OH=o[0], OW=o[1], inside=inside)
+    if len(a["kernel"]) > 2:
+        raise LoweringError(f"{len(a['kernel'])}-d pooling has no plane kernel{where(pool)}")
+    g = _geometry((ih, iw), pool.outputs[0].shape[2:], a["kernel"], a["stride"], a["padding"],
+                  a["dilation"])
+    g["inside"] = (g["PH"] == 0 and g["PW"] == 0 and
+                   (g["OH"] - 1) * g["SH"] + (g["KH"] - 1) * g["DH"] < ih and
+                   (g["OW"] - 1) * g["SW"] + (g["KW"] - 1) * g["DW"] < iw)
+    return g
 
 
 @lowering("max_pool")
