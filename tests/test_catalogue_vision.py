@@ -13,6 +13,8 @@ import tracenet as tn
 import tracenet.nn as tnn
 import tracenet.nn.functional as TF
 
+from compile_checks import check_compiled
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
@@ -533,25 +535,6 @@ class _Fn(tnn.Module):
         return self.fn(x, *self.mods)
 
 
-def _check_compiled(model, shape, dtype=tn.float32, tol=1e-4):
-    """Compiled forward, parameter and input gradients against eager mode."""
-    compiled = tn.compile(model)
-    x = tn.randn(*shape, dtype=dtype, requires_grad=True)
-    ref = model(x)
-    out = compiled(x)
-    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=tol, atol=tol)
-    gy = tn.randn(*ref.shape, dtype=dtype)
-    model.zero_grad()
-    ref.backward(gy)
-    expect = [p.grad.numpy().copy() for p in model.parameters()]
-    gx, x.grad = x.grad.numpy().copy(), None
-    model.zero_grad()
-    out.backward(gy)
-    for p, e in zip(model.parameters(), expect):
-        np.testing.assert_allclose(p.grad.numpy(), e, rtol=tol, atol=tol)
-    np.testing.assert_allclose(x.grad.numpy(), gx, rtol=tol, atol=tol)
-
-
 COMPILED = {
     "pixel_shuffle": (lambda: tnn.Sequential(tnn.Conv2d(2, 8, 3, padding=1),
                                              tnn.PixelShuffle(2)), (2, 2, 4, 5)),
@@ -634,17 +617,17 @@ COMPILED = {
 def test_compiled_matches_eager(name, _cache):
     make, shape = COMPILED[name]
     tn.manual_seed(0)
-    _check_compiled(make(), shape)
+    check_compiled(make(), shape)
 
 
 def test_compiled_large_conv2d_float64(_cache):
     tn.manual_seed(0)
     model = tnn.Conv2d(16, 33, (3, 5), stride=(2, 1), padding=(4, 2), dilation=(3, 1)).double()
-    _check_compiled(model, (4, 16, 50, 100), dtype=tn.float64, tol=1e-8)
+    check_compiled(model, (4, 16, 50, 100), dtype=tn.float64, tol=1e-8)
 
 
 def test_compiled_large_stride1_conv2d_parallel(_cache):
     """Large enough for the OpenMP paths of the forward and both gradient kernels."""
     tn.manual_seed(0)
     model = tnn.Conv2d(6, 8, (3, 4), padding=(2, 1), dilation=(1, 2), groups=2)
-    _check_compiled(model, (4, 6, 20, 24))
+    check_compiled(model, (4, 6, 20, 24))

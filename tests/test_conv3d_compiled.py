@@ -12,31 +12,12 @@ import tracenet.nn as nn
 import tracenet.optim as optim
 from tracenet.runtime import target as runtime_target
 
+from compile_checks import check_compiled
+
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-def _check_compiled(model, shape, dtype=tn.float32, tol=1e-4):
-    """Compiled forward, parameter and input gradients against eager mode; returns the
-    compiled module (its source is the training specialisation's)."""
-    compiled = tn.compile(model)
-    x = tn.randn(*shape, dtype=dtype, requires_grad=True)
-    ref = model(x)
-    out = compiled(x)
-    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=tol, atol=tol)
-    gy = tn.randn(*ref.shape, dtype=dtype)
-    model.zero_grad()
-    ref.backward(gy)
-    expect = [p.grad.numpy().copy() for p in model.parameters()]
-    gx, x.grad = x.grad.numpy().copy(), None
-    model.zero_grad()
-    out.backward(gy)
-    for p, e in zip(model.parameters(), expect):
-        np.testing.assert_allclose(p.grad.numpy(), e, rtol=tol, atol=tol)
-    np.testing.assert_allclose(x.grad.numpy(), gx, rtol=tol, atol=tol)
-    return compiled
 
 
 def _check_inference(model, shape, dtype=tn.float32, tol=1e-4):
@@ -92,7 +73,7 @@ CASES = {
 def test_conv3d_matches_eager(name):
     make, shape, path = CASES[name]
     tn.manual_seed(0)
-    compiled = _check_compiled(make(), shape)
+    compiled = check_compiled(make(), shape)
     kernels = _conv_kernels(compiled.source())
     # the forward and the weight gradient (and, as the input requires grad, the input gradient)
     assert len(kernels) >= 3, kernels
@@ -116,7 +97,7 @@ def test_conv3d_large_enough_for_openmp(stride):
     splits its images between threads (when OpenMP works here)."""
     tn.manual_seed(0)
     model = nn.Conv3d(4, 8, 3, stride=stride, padding=1, dilation=(1, 2, 1), groups=2)
-    compiled = _check_compiled(model, (4, 4, 12, 12, 13))
+    compiled = check_compiled(model, (4, 4, 12, 12, 13))
     kernels = _conv_kernels(compiled.source())
     assert len(kernels) == 3
     if runtime_target.current().openmp:
@@ -127,7 +108,7 @@ def test_conv3d_large_enough_for_openmp(stride):
 def test_conv3d_openmp_float64():
     tn.manual_seed(0)
     model = nn.Conv3d(3, 5, (2, 3, 3), padding=(1, 1, 0)).double()
-    _check_compiled(model, (3, 3, 8, 9, 10), dtype=tn.float64, tol=1e-10)
+    check_compiled(model, (3, 3, 8, 9, 10), dtype=tn.float64, tol=1e-10)
 
 
 GROUPS = {
@@ -150,7 +131,7 @@ def test_conv3d_relu_max_pool_group(name):
     make, shape = GROUPS[name]
     tn.manual_seed(0)
     model = make()
-    compiled = _check_compiled(model, shape)
+    compiled = check_compiled(model, shape)
     assert "_pool(" in compiled.source()
     # inference: the pooling input lives in the kernel's scratch only
     source = _check_inference(model, shape).source()
