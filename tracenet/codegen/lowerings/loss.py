@@ -45,41 +45,30 @@ def lower_pointwise_loss(name, node, exported, target):
                  weight_index=weight_index, pos_weight_index=pos_weight_index)
     return Kernel(name, reads, writes, src)
 
+
 def _nll_layout(x_shape):
     if len(x_shape) == 1:
         return 1, x_shape[0], 1
     return x_shape[0], x_shape[1], numel(x_shape[2:])
 
 
-@lowering("nll_loss")
+@lowering("nll_loss", "nll_loss_backward")
 def lower_nll_loss(name, node, exported, target):
-    x, t = node.inputs[0], node.inputs[1]
+    """The loss reads the log-probabilities ``x``; its backward the loss gradient ``g`` and
+    writes the gradient of ``x`` (the shape that gives the layout)."""
+    backward = node.op == "nll_loss_backward"
+    src_v, t = node.inputs[0], node.inputs[1]
     out = node.outputs[0]
-    reads = [("x", x), ("target", t)]
+    reads = [("g" if backward else "x", src_v), ("target", t)]
     if len(node.inputs) > 2:
         reads.append(("weight", node.inputs[2]))
     writes = [("out", out)]
-    n, c, d = _nll_layout(tuple(x.shape))
-    src = render("nll_loss.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
-                 acctype="double", signature=signature(reads, writes), N=n, C=c, D=d,
+    n, c, d = _nll_layout(tuple(out.shape if backward else src_v.shape))
+    src = render(f"{node.op}.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ctype(out if backward else src_v), acctype="double",
+                 signature=signature(reads, writes), N=n, C=c, D=d,
                  weighted=len(node.inputs) > 2, reduction=node.attrs["reduction"],
                  ignore_index=int(node.attrs["ignore_index"]))
-    return Kernel(name, reads, writes, src)
-
-
-@lowering("nll_loss_backward")
-def lower_nll_loss_backward(name, node, exported, target):
-    g, t = node.inputs[0], node.inputs[1]
-    out = node.outputs[0]
-    reads = [("g", g), ("target", t)]
-    if len(node.inputs) > 2:
-        reads.append(("weight", node.inputs[2]))
-    writes = [("out", out)]
-    n, c, d = _nll_layout(tuple(out.shape))
-    src = render("nll_loss_backward.c.j2", name=name, node_lines=node_lines([node]),
-                 ctype=ctype(out), acctype="double", signature=signature(reads, writes),
-                 N=n, C=c, D=d, weighted=len(node.inputs) > 2,
-                 reduction=node.attrs["reduction"], ignore_index=int(node.attrs["ignore_index"]))
     return Kernel(name, reads, writes, src)
 
 
