@@ -196,6 +196,46 @@ def test_function_local_imports_say_why():
                         "local:\n    " + "\n    ".join(silent))
 
 
+# the layers, bottom up: a module imports only from its own layer and the ones below it
+LAYERS = [
+    ("dtypes and value types", ["tracenet._dtype", "tracenet._meta", "tracenet._grad_mode",
+                                "tracenet._random", "tracenet._trace_errors", "tracenet.size",
+                                "tracenet.utils"]),
+    ("Tensor and the op registry", ["tracenet.tensor", "tracenet._tensor_methods",
+                                    "tracenet._tensor_str", "tracenet.ops"]),
+    ("autograd engine", ["tracenet.autograd"]),
+    ("nn and optim", ["tracenet.nn", "tracenet.optim"]),
+    ("trace, IR and passes", ["tracenet.trace", "tracenet.ir", "tracenet.passes"]),
+    ("codegen", ["tracenet.codegen"]),
+    ("runtime", ["tracenet.runtime"]),
+    ("compile drivers", ["tracenet.executable", "tracenet.step_state", "tracenet.compiler",
+                         "tracenet.step"]),
+    ("the public package", ["tracenet"]),
+]
+
+
+def layer_of(module):
+    """Index in LAYERS of the longest prefix naming ``module``."""
+    best = None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and \
+                    (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    return None if best is None else best[0]
+
+
+def test_every_module_has_a_layer_and_imports_downwards():
+    mods, found = imports()
+    assert not [m for m in mods if layer_of(m) is None]
+    upward = sorted(f"{imp} ({LAYERS[layer_of(imp.module)][0]} -> "
+                    f"{LAYERS[layer_of(imp.target)][0]})"
+                    for imp in found
+                    if imp.target in mods and layer_of(imp.target) > layer_of(imp.module))
+    assert not upward, "imports from a lower layer into a higher one:\n    " + \
+        "\n    ".join(upward)
+
+
 if __name__ == "__main__":
     # python tests/test_architecture.py: print the cycles and the local imports
     g = import_graph()
