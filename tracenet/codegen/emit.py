@@ -5,6 +5,7 @@ Entry points take a single ``void *const *args``: the graph's inputs, then its o
 buffer addresses. Intermediates live in a static arena laid out by a liveness-based plan that
 reuses the memory of dead values; views alias their source buffer.
 """
+import hashlib
 import os
 import re
 
@@ -20,11 +21,21 @@ ALIGN = 64
 
 
 def c_identifier(text):
-    """A safe C identifier derived from arbitrary text (module or attribute names)."""
+    """A safe C identifier derived from arbitrary text (module or attribute names); a long one
+    is cut short and made unique by a hash (it also names files)."""
     ident = re.sub(r"[^0-9A-Za-z_]", "_", text)
     if not ident or ident[0].isdigit():
         ident = "_" + ident
+    if len(ident) > 64:
+        ident = ident[:48] + "_" + hashlib.sha256(text.encode()).hexdigest()[:12]
     return ident
+
+
+def c_comment(text):
+    """Arbitrary text (a module's name) made safe inside a C comment: one line of printable
+    ASCII that cannot end the comment."""
+    text = "".join(c if " " <= c <= "~" and c != "\\" else "_" for c in str(text))
+    return text.replace("*/", "*_/")
 
 
 def root_of(v):
@@ -247,7 +258,7 @@ def generate(graphs, unit, target, timing=False):
                          f"{entry.name}_times; }}")
             cdefs.append(f"double *{entry.name}_kernel_times(void);")
         sig = f"void {entry.name}(void *const *args)"
-        parts.append(f"/* graph {graph.name}: {len(graph.inputs)} inputs, "
+        parts.append(f"/* graph {c_comment(graph.name)}: {len(graph.inputs)} inputs, "
                      f"{len(graph.outputs)} outputs, arena {entry.arena_bytes} bytes */")
         parts.append(sig)
         parts.append("{")
