@@ -2,20 +2,31 @@
 
 The compiler is run directly (much faster than going through ``ffi.compile``) and the result
 loaded with ``cffi``'s ``dlopen``. The cache key hashes the source, compiler identity, flags
-and target CPU; a build is written under a temporary name and renamed into place atomically, so
-concurrent processes never load a half-written library and a second process compiles nothing.
+and target CPU. An entry is built under a per-key file lock (a second process waits for the
+first one's build and reuses it), written under a temporary name and renamed into place
+atomically, and recorded with its size and SHA-256 in a ``.meta`` file written just before the
+rename. An entry whose ``.meta`` is missing or does not match is never loaded (a truncated
+library would crash the process on load): it is removed and rebuilt, with a warning.
 """
 import hashlib
+import json
 import os
-import subprocess
-import tempfile
+import re
+import stat
+import struct
+import sys
 import time
+import warnings
 
 import cffi
 
 from . import debug, toolchain
-from .cache import atomic_write, cache_dir
+from .cache import CacheError, atomic_write, cache_dir, locked, remove, remove_stale_temps, \
+    temp_path
 from .toolchain import CompilerError
+
+# seconds one compile may take before it is killed
+COMPILE_TIMEOUT = 600
 
 
 def cache_key(source, flags):
@@ -41,48 +52,151 @@ class Library:
         self.cached, self.seconds = cached, seconds
 
 
+def file_stem(name):
+    """``name`` as the start of a file name: a short run of safe characters (the cache key
+    that follows it keeps entries apart)."""
+    return re.sub(r"[^0-9A-Za-z_]", "_", name)[:40] or "unit"
+
+
 def build(source, cdef, name="graph", openmp=False):
     """Compile ``source`` (or reuse the cached build) and load it with ``cdef`` declarations."""
     flags = toolchain.flags() + (toolchain.openmp_flags() if openmp else ())
     key = cache_key(source, flags)
     d = cache_dir()
-    so_path = os.path.join(d, f"{name}-{key}.so")
-    c_path = os.path.join(d, f"{name}-{key}.c")
+    so_path = os.path.join(d, f"{file_stem(name)}-{key}.so")
+    c_path = so_path[:-3] + ".c"
     start = time.perf_counter()
-    cached = os.path.exists(so_path)
-    if cached:
-        debug.log("cache", f"hit {so_path}")
-    else:
-        debug.log("cache", f"miss {so_path}")
-        _compile(source, c_path, so_path, flags)
-    if so_path in _loaded:
-        ffi, lib = _loaded[so_path]
-    else:
-        ffi = cffi.FFI()
-        ffi.cdef(cdef)
-        lib = ffi.dlopen(so_path)
-        _loaded[so_path] = (ffi, lib)
+    cached = so_path in _loaded or _entry_problem(so_path) is None
+    if not cached:
+        cached = _build_entry(source, c_path, so_path, flags)
+    debug.log("cache", f"{'hit' if cached else 'miss'} {so_path}")
+    try:
+        ffi, lib = _load(so_path, cdef)
+    except OSError as e:
+        if not cached:
+            raise CompilerError(f"cannot load the library just built from {c_path}: {e}") \
+                from None
+        cached = _build_entry(source, c_path, so_path, flags, bad=f"it does not load ({e})")
+        ffi, lib = _load(so_path, cdef)
     seconds = time.perf_counter() - start
     debug.log("c", f"source {c_path}")
     debug.log("time", f"{'load' if cached else 'compile+load'} {name}: {seconds * 1e3:.1f} ms")
     return Library(ffi, lib, so_path, c_path, cached, seconds)
 
 
+def _load(so_path, cdef):
+    if so_path not in _loaded:
+        ffi = cffi.FFI()
+        ffi.cdef(cdef)
+        _loaded[so_path] = (ffi, ffi.dlopen(so_path))
+    return _loaded[so_path]
+
+
+def _build_entry(source, c_path, so_path, flags, bad=None):
+    """Build the entry under its lock; True if another process built it meanwhile. ``bad``:
+    why the entry there now must be replaced whatever its checksum says."""
+    with locked(so_path):
+        problem = bad or _entry_problem(so_path)
+        if problem is None:
+            return True
+        if os.path.lexists(so_path):
+            _quarantine(so_path, problem)
+        remove_stale_temps(os.path.dirname(so_path))
+        _compile(source, c_path, so_path, flags)
+        return False
+
+
+def _meta_path(so_path):
+    return so_path[:-3] + ".meta"
+
+
+def _digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _entry_problem(so_path):
+    """Why the cached library ``so_path`` must not be loaded (None: it is the one built)."""
+    try:
+        st = os.stat(so_path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return e.strerror
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    try:
+        with open(_meta_path(so_path)) as f:
+            meta = json.load(f)
+        if st.st_size != meta["size"]:
+            return f"{st.st_size} bytes where {meta['size']} were written"
+        if _digest(so_path) != meta["sha256"]:
+            return "its contents changed since it was built"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no valid {os.path.basename(_meta_path(so_path))}"
+    return None
+
+
+def _quarantine(so_path, problem):
+    """Remove a bad entry (the caller holds its lock)."""
+    warnings.warn(f"tracenet: discarding the cached library {so_path}: {problem}; rebuilding",
+                  RuntimeWarning, stacklevel=2)
+    remove(_meta_path(so_path))
+    remove(so_path)
+
+
+def _library_problem(path):
+    """Why the file the compiler wrote is not a complete shared library (None: it looks like
+    one). On ELF systems the section headers come last, so their end is the file's size."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        return e.strerror
+    if size == 0:
+        return "it is empty"
+    if head[:4] == b"\x7fELF" and len(head) == 64:
+        order = "<" if head[5] == 1 else ">"
+        if head[4] == 2:  # 64-bit
+            (shoff,), (shentsize, shnum) = struct.unpack_from(order + "Q", head, 0x28), \
+                struct.unpack_from(order + "HH", head, 0x3A)
+        else:
+            (shoff,), (shentsize, shnum) = struct.unpack_from(order + "I", head, 0x20), \
+                struct.unpack_from(order + "HH", head, 0x2E)
+        if size < shoff + shentsize * shnum:
+            return f"it is truncated ({size} of {shoff + shentsize * shnum} bytes)"
+    elif sys.platform.startswith("linux"):
+        return "it is not an ELF file"
+    return None
+
+
 def _compile(source, c_path, so_path, flags):
     atomic_write(c_path, source)  # kept next to the library for inspection and errors
     argv, _ = toolchain.compiler()
-    fd, tmp_so = tempfile.mkstemp(dir=os.path.dirname(so_path), prefix=".tmp-", suffix=".so")
-    os.close(fd)
+    tmp_so = temp_path(so_path)
     cmd = list(argv) + list(flags) + [c_path, "-o", tmp_so, "-lm"]
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except OSError as e:
-        os.unlink(tmp_so)
-        raise CompilerError(f"cannot run the C compiler {argv[0]!r}: {e}\n"
-                            f"generated source kept at {c_path}") from None
-    if res.returncode != 0:
-        os.unlink(tmp_so)
-        raise CompilerError(
-            f"the C compiler failed (exit {res.returncode}) on generated source {c_path}\n"
-            f"command: {' '.join(cmd)}\n{res.stderr.strip() or res.stdout.strip()}")
-    os.replace(tmp_so, so_path)
+        code, out, err = toolchain.run_compiler(cmd, COMPILE_TIMEOUT,
+                                                f"on generated source {c_path}")
+        if code != 0:
+            raise CompilerError(
+                f"the C compiler failed (exit {code}) on generated source {c_path}\n"
+                f"command: {' '.join(cmd)}\n{err.strip() or out.strip()}")
+        problem = _library_problem(tmp_so)
+        if problem:
+            raise CompilerError(f"the C compiler {argv[0]!r} reported success on generated "
+                                f"source {c_path} but its output is not a library: {problem}")
+        size, digest = os.path.getsize(tmp_so), _digest(tmp_so)
+        # the record goes first: whoever sees the library can check it against the record
+        atomic_write(_meta_path(so_path), json.dumps({"size": size, "sha256": digest}))
+        try:
+            os.replace(tmp_so, so_path)
+        except OSError as e:
+            raise CacheError(f"cannot write {so_path}: {e.strerror or e}") from None
+    finally:
+        remove(tmp_so)
+

@@ -1,19 +1,41 @@
 """The system C compiler: which one (``CC``, default gcc), its identity, and the flags it
 supports. Probed once per process; each probe is a tiny test compile."""
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import tempfile
 
-from .cache import atomic_write, cache_dir
+from .cache import CacheError, atomic_write, cache_dir
 
 
 class CompilerError(RuntimeError):
     """The C compiler is missing or rejected the generated source."""
+
+
+def run_compiler(cmd, timeout, what):
+    """Run ``cmd``: (exit code, stdout, stderr). The compiler runs in its own
+    process group, so a timeout kills the whole group (cc1, as, ld) and not just the
+    driver."""
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    except OSError as e:
+        raise CompilerError(f"cannot run the C compiler {cmd[0]!r} {what}: {e}") from None
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise CompilerError(f"the C compiler {cmd[0]!r} did not finish within {timeout} s "
+                            f"{what}") from None
+    return proc.returncode, out, err
 
 
 @functools.lru_cache(maxsize=None)
@@ -38,18 +60,24 @@ def _identity(argv):
                         hashlib.sha256(stamp.encode()).hexdigest()[:24] + ".txt")
     try:
         with open(path) as f:
-            return f.read()
-    except OSError:
+            identity = f.read()
+        if identity.strip():
+            return identity
+    except (OSError, ValueError):
         pass
-    try:
-        out = subprocess.run(list(argv) + ["--version"], capture_output=True, text=True,
-                             timeout=30)
-    except OSError as e:
-        raise CompilerError(f"cannot run the C compiler {argv[0]!r}: {e}") from None
-    text = out.stdout or out.stderr
+    _, out, err = run_compiler(list(argv) + ["--version"], 30, "for its version")
+    text = out or err
     identity = text.splitlines()[0] if text else argv[0]
-    atomic_write(path, identity)
+    _remember(path, identity)
     return identity
+
+
+def _remember(path, text):
+    """Keep a probe result on disk if possible (it only saves time next run)."""
+    try:
+        atomic_write(path, text)
+    except CacheError:
+        pass
 
 
 _SIMPLE_PROBE = "int f(int x) { return x + 1; }\n"
@@ -68,7 +96,17 @@ def _try_compile_all(probes):
                 list(argv) + list(flags) + ["-shared", "-fPIC", src, "-o",
                                             os.path.join(d, f"probe{i}.so")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        return [p.wait(timeout=60) == 0 for p in running]
+        return [_wait(p, 60) == 0 for p in running]
+
+
+def _wait(proc, timeout):
+    """``proc``'s exit code; a probe that hangs is killed and counts as failed."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
 
 
 _OPENMP_PROBE = """
@@ -96,8 +134,12 @@ def _probed():
     try:
         with open(path) as f:
             data = json.load(f)
-        return tuple(data["flags"]), tuple(data["openmp"]), int(data["vector_bits"])
-    except (OSError, ValueError, KeyError):
+        flags, omp, bits = data["flags"], data["openmp"], data["vector_bits"]
+        # a damaged file is probed again rather than trusted (flags go to every compile)
+        if all(isinstance(f, str) and f.startswith("-") for f in flags + omp) and \
+                "-shared" in flags and type(bits) is int:
+            return tuple(flags), tuple(omp), bits
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     # gnu99 rather than c99: ISO mode turns off contraction of a*b+c into FMA instructions
     # -O2: the hot loops are written with explicit vector types, and -O3 doubles build time
@@ -114,7 +156,7 @@ def _probed():
         out.append("-fopenmp-simd")
     omp = ("-fopenmp",) if openmp and ok_omp else ()
     bits = _vector_bits([f for f in out if f not in ("-shared", "-fPIC")])
-    atomic_write(path, json.dumps({"flags": out, "openmp": list(omp), "vector_bits": bits}))
+    _remember(path, json.dumps({"flags": out, "openmp": list(omp), "vector_bits": bits}))
     return tuple(out), omp, bits
 
 
