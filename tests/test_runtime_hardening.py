@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -154,7 +155,8 @@ def test_truncated_or_garbled_library_is_rebuilt(damage):
     assert "discarding the cached library" in res.stderr
 
 
-@pytest.mark.parametrize("kind", ["garbage", "empty", "directory", "no record"])
+@pytest.mark.parametrize("kind", ["garbage", "empty", "directory", "no record",
+                                  "bad record"])
 def test_bad_cache_entry_is_replaced_with_a_warning(kind):
     lib = build.build(SRC, CDEF, name="tiny")
     with open(lib.path, "rb") as f:
@@ -165,10 +167,18 @@ def test_bad_cache_entry_is_replaced_with_a_warning(kind):
     else:
         if kind == "no record":
             os.unlink(lib.path[:-3] + ".meta")
+        elif kind == "bad record":
+            with open(lib.path[:-3] + ".meta", "w") as f:
+                f.write("{")
         with open(lib.path, "wb") as f:
             f.write({"garbage": b"not a library at all", "empty": b""}.get(kind, data))
-    with pytest.warns(RuntimeWarning, match="discarding the cached library"):
-        again = build.build(SRC, CDEF, name="tiny")
+    if kind == "no record":  # as left by an older version: replaced quietly
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            again = build.build(SRC, CDEF, name="tiny")
+    else:
+        with pytest.warns(RuntimeWarning, match="discarding the cached library"):
+            again = build.build(SRC, CDEF, name="tiny")
     assert again.lib.tn_probe() == 42 and not again.cached
     build._loaded.pop(again.path)
     third = build.build(SRC, CDEF, name="tiny")

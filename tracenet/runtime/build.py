@@ -6,7 +6,8 @@ and target CPU. An entry is built under a per-key file lock (a second process wa
 first one's build and reuses it), written under a temporary name and renamed into place
 atomically, and recorded with its size and SHA-256 in a ``.meta`` file written just before the
 rename. An entry whose ``.meta`` is missing or does not match is never loaded (a truncated
-library would crash the process on load): it is removed and rebuilt, with a warning.
+library would crash the process on load): it is removed and rebuilt, with a warning unless it
+merely has no ``.meta`` (built by an older version).
 """
 import hashlib
 import json
@@ -99,11 +100,17 @@ def _build_entry(source, c_path, so_path, flags, bad=None):
         problem = bad or _entry_problem(so_path)
         if problem is None:
             return True
-        if os.path.lexists(so_path):
+        if problem == _NO_RECORD:  # built by an older version: replaced without a warning
+            debug.log("cache", f"no record for {so_path}: rebuilding")
+            remove(so_path)
+        elif os.path.lexists(so_path):
             _quarantine(so_path, problem)
         remove_stale_temps(os.path.dirname(so_path))
         _compile(source, c_path, so_path, flags)
         return False
+
+
+_NO_RECORD = "no record of its build"
 
 
 def _meta_path(so_path):
@@ -128,6 +135,8 @@ def _entry_problem(so_path):
         return e.strerror
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
+    if not os.path.exists(_meta_path(so_path)):
+        return _NO_RECORD
     try:
         with open(_meta_path(so_path)) as f:
             meta = json.load(f)
