@@ -17,7 +17,7 @@ import functools
 
 import _cffi_backend
 
-from .codegen.base import has_lowering
+from .codegen.base import STATUS_DETAILS, has_lowering
 from .codegen.emit import c_identifier, generate
 from .ir.verify import verify
 from .passes import fuse, simplify
@@ -59,7 +59,7 @@ class Arguments:
     arrays are kept here, per-call arrays by the caller until the call returns."""
 
     __slots__ = ("entry", "library", "timing", "ffi", "pointer", "fn", "args", "n_inputs",
-                 "_fixed", "_bound_slots", "_bound_names", "_bound")
+                 "_fixed", "_bound_slots", "_bound_names", "_bound", "_status")
 
     def __init__(self, library, entry, timing):
         self.entry = entry
@@ -76,6 +76,10 @@ class Arguments:
         self._bound_slots = ()  # per bound array, the slots it fills
         self._bound_names = ()
         self._bound = ()  # the arrays the bound slots point at
+        # a fresh zeroed status per call (thread-safe) for entries with data checks; the C
+        # code never reads it otherwise
+        self._status = functools.partial(self.ffi.new, "int64_t[]", 1 + STATUS_DETAILS) \
+            if entry.checks else (lambda: self.ffi.NULL)
 
     def output_slot(self, j):
         return self.n_inputs + j
@@ -134,9 +138,17 @@ class Arguments:
         for arr in outputs:
             args[k] = pointer(arr)
             k += 1
-        self.fn(args)
+        status = self._status()
+        self.fn(args, status)
         if self.timing:
             self.log_kernel_times()
+        if status and status[0]:
+            self.raise_check(status)
+
+    def raise_check(self, status):
+        """Raise the exception eager mode raises for the data check that failed."""
+        exc, message = self.entry.checks[status[0] - 1]
+        raise exc(message.format(*status[1:1 + STATUS_DETAILS]))
 
     def log_kernel_times(self):
         """Per-kernel time of the last call (built with timing under TRACENET_DEBUG=time)."""

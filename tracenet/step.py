@@ -162,7 +162,11 @@ class _StepSpecialisation:
         if self.n_seeds:
             seeds = call.set_seeds(self._seed_slot, self.n_seeds)  # kept until the call returns
         loss = np.empty(*self.loss_meta)
-        call(arrays, (loss,), bound)
+        try:
+            call(arrays, (loss,), bound)
+        except Exception:  # bad data: the C code stopped before any update
+            self.update_state.undo()
+            raise
         for buf, arr in self.buffer_updates:
             np.copyto(buf._data, arr)  # running statistics, as the eager step updates them
             buf._vc.value += 1

@@ -40,6 +40,7 @@ class UpdateState:
         self._signature = None
         self.arrays = []    # per parameter, its state arrays in the op's argument order
         self._counters = []
+        self._created = []  # (state dict, name) of the entries the last refresh created
 
     def refresh(self):
         """Bring state and hyper rows up to date for one step; returns ``arrays`` (the same
@@ -51,6 +52,7 @@ class UpdateState:
         # (the tensors are kept referenced below, so equal ids mean the same objects; a first
         # step creates state, so the step after it takes the slow path once more)
         signature = (tuple(map(id, tensors)), values)
+        self._created = []
         if signature != self._signature:
             self._sync(values)
             self._signature = signature
@@ -71,6 +73,7 @@ class UpdateState:
             if update.counter is not None:
                 if update.counter not in st:
                     st[update.counter] = Tensor._wrap(np.zeros((), np.float32))
+                    self._created.append((st, update.counter))
                 counters.append(st[update.counter])
             created = False
             for spec in update.state:
@@ -79,6 +82,7 @@ class UpdateState:
                     continue
                 if spec.name not in st:
                     st[spec.name] = Tensor._wrap(np.full(p.shape, spec.fill(group), p.dtype.np))
+                    self._created.append((st, spec.name))
                     created = True
                 arrays.append(st[spec.name]._data)
             self.hyper[i, :update.n_group] = [float(v) for v in values[gi]]
@@ -86,6 +90,19 @@ class UpdateState:
                 self.hyper[i, self._first_column] = 1.0 if created else 0.0
         self.arrays = arrays
         self._counters = [(t, t._data.dtype.type(1)) for t in counters]
+
+    def undo(self):
+        """Take back what the last ``refresh`` did, for a step that failed (bad data): as in
+        eager mode, where the error comes before ``optimizer.step()``, counters and state are
+        as before (state it created is dropped; the next step creates it again)."""
+        for t, one in self._counters:
+            t._data -= one
+            t._vc.value += 1
+        for st, name in self._created:
+            del st[name]
+        if self._created:
+            self._signature = None
+        self._created = []
 
     def _scratch_array(self, i, name, p):
         arr = self._scratch.get((i, name))

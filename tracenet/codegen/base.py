@@ -30,7 +30,7 @@ def ctype(value):
 
 class Kernel:
     def __init__(self, name, reads, writes, source, scratch=0, scratch_ctype="float", flops=0,
-                 parallel=False, helpers=()):
+                 parallel=False, helpers=(), checks=()):
         self.name = name
         self.reads = reads          # [(role, Value)]
         self.writes = writes        # [(role, Value)]
@@ -43,17 +43,36 @@ class Kernel:
         self.parallel = parallel
         # [(name, source)] of functions several kernels share: emitted once per translation unit
         self.helpers = list(helpers)
+        # the data checks the kernel makes, as (exception type, message format): see "data checks"
+        self.checks = list(checks)
 
     def signature(self):
-        return signature(self.reads, self.writes, self.scratch, self.scratch_ctype)
+        return signature(self.reads, self.writes, self.scratch, self.scratch_ctype,
+                         bool(self.checks))
 
 
-def signature(reads, writes, scratch=0, scratch_ctype="float"):
+def signature(reads, writes, scratch=0, scratch_ctype="float", checks=False):
     parts = [f"const {ctype(v)} *restrict {role}" for role, v in reads]
     parts += [f"{ctype(v)} *restrict {role}" for role, v in writes]
     if scratch:
         parts.append(f"{scratch_ctype} *restrict scratch")
+    if checks:
+        parts.append("int64_t *restrict err")
     return ", ".join(parts) or "void"
+
+
+# --- data checks ---------------------------------------------------------------------------------
+#
+# A kernel that validates its data (class targets, indices, probabilities) as eager mode does
+# takes a trailing ``int64_t *err`` (the call's status, zeroed by the caller) and lists its
+# checks in ``Kernel.checks``: (exception type, message format). When check ``c`` (1-based
+# position in that list) fails, the kernel stores ``c`` in ``err[0]`` and up to
+# ``STATUS_DETAILS`` values in ``err[1:]`` (the bad target, say) and returns (templates use the
+# ``fail`` macro of ``_common.c.j2``); the entry point returns right after it, and the caller
+# raises ``exc(message.format(*err[1:]))``. Constants of the message (a dim size) are part of
+# the format, put there by the lowering.
+
+STATUS_DETAILS = 3
 
 
 def threads_scratch(per_thread, parallel):

@@ -1,9 +1,11 @@
 """Graph -> one C translation unit: kernels, constants, a memory plan, and one exported entry
 point per graph.
 
-Entry points take a single ``void *const *args``: the graph's inputs, then its outputs, as
-buffer addresses. Intermediates live in a static arena laid out by a liveness-based plan that
-reuses the memory of dead values; views alias their source buffer.
+Entry points take ``void *const *args``: the graph's inputs, then its outputs, as buffer
+addresses; and ``int64_t *err``, the call's status (see "data checks" in ``base``): an entry
+returns right after a kernel that reports bad data, and ``EntryPoint.checks`` says how each
+status code is raised. Intermediates live in a static arena laid out by a liveness-based plan
+that reuses the memory of dead values; views alias their source buffer.
 """
 import hashlib
 import os
@@ -54,6 +56,7 @@ class EntryPoint:
         self.kernels = []          # (Kernel, node)
         self.arena_bytes = 0
         self.copies = []           # (output index, value) copied at the end
+        self.checks = []           # status code - 1 -> (exception type, message format)
 
     @property
     def num_args(self):
@@ -209,7 +212,12 @@ def plan_entry(entry, prefix, target):
         args = [ptr(v) for _, v in k.reads] + [ptr(v) for _, v in k.writes]
         if k.scratch:
             args.append(f"({k.scratch_ctype} *)({arena_name} + {scratch_at[idx]})")
-        body.append((k, f"{k.name}({', '.join(args)});"))
+        call = f"{k.name}({', '.join(args + ['err'] * bool(k.checks))});"
+        if k.checks:  # the kernel's codes count from 1: shift them to the entry's
+            base = len(entry.checks)
+            entry.checks += k.checks
+            call += f" if (err[0]) {{ {f'err[0] += {base}; ' if base else ''}return; }}"
+        body.append((k, call))
         entry.kernels.append((k, node))
     copies = []
     for j, v in entry.copies:
@@ -257,7 +265,7 @@ def generate(graphs, unit, target, timing=False):
             parts.append(f"double *{entry.name}_kernel_times(void) {{ return "
                          f"{entry.name}_times; }}")
             cdefs.append(f"double *{entry.name}_kernel_times(void);")
-        sig = f"void {entry.name}(void *const *args)"
+        sig = f"void {entry.name}(void *const *args, int64_t *err)"
         parts.append(f"/* graph {c_comment(graph.name)}: {len(graph.inputs)} inputs, "
                      f"{len(graph.outputs)} outputs, arena {entry.arena_bytes} bytes */")
         parts.append(sig)

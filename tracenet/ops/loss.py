@@ -177,7 +177,11 @@ def _nll_backward_eager(g, t, *w, input_shape, reduction, ignore_index):
         scale = -g
     else:
         scale = -(g.reshape(1) if len(x_shape) == 1 else g)
-    contrib = (weights * scale).astype(g.dtype)  # N *d
+    # ignored targets get no gradient, even when every target is (scale is then infinite; a
+    # target of weight 0 then gets 0 * inf = NaN, as in torch)
+    valid = (t != ignore_index).reshape(weights.shape)
+    with np.errstate(invalid="ignore"):
+        contrib = np.where(valid, weights * scale, 0).astype(g.dtype)  # N *d
     out = np.zeros(x_shape if len(x_shape) > 1 else (1,) + x_shape, g.dtype)
     outl = np.moveaxis(out, 1, -1)
     np.put_along_axis(outl, safe[..., None], contrib[..., None], axis=-1)

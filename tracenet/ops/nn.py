@@ -443,8 +443,9 @@ max_pool_op = register(
 def _max_pool_backward_eager(g, idx, input_shape, **geo):
     spatial = tuple(input_shape[2:])
     L, P = input_shape[0] * input_shape[1], common.numel(spatial)
-    gi = g.reshape(L, -1)
-    ii = idx.reshape(L, -1)
+    Q = common.numel(g.shape[2:])  # not -1: L may be 0 (an empty batch)
+    gi = g.reshape(L, Q)
+    ii = idx.reshape(L, Q)
     empty = _empty_windows(spatial, g.shape[2:], **geo) if geo else None
     if empty is not None:  # windows entirely in the padding take no input: no gradient
         keep = ~empty.reshape(-1)
@@ -460,7 +461,7 @@ def _max_pool_backward_backward(ctx, gg):
     a = dict(ctx.attrs)
     in_shape, out_shape = tuple(a.pop("input_shape")), tuple(ctx.metas[0].shape)
     L, P = in_shape[0] * in_shape[1], common.numel(in_shape[2:])
-    flat_idx = idx.reshape(L, -1)
+    flat_idx = idx.reshape(L, common.numel(out_shape[2:]))  # not -1: L may be 0
     empty = _empty_windows(in_shape[2:], out_shape[2:], **a) if a else None
     if empty is not None:
         flat_idx = flat_idx.clamp(0, max(P - 1, 0))

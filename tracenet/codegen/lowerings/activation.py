@@ -1,6 +1,7 @@
 """C lowerings of the dropout mask (``templates/activation_dropout_mask.c.j2``: the same
 counter-based generator as the numpy implementation, so a seed gives the same mask in both) and
-of embedding lookup and its gradient (``templates/activation_embedding*.c.j2``)."""
+of embedding lookup, which checks its indices as eager mode does, and its gradient
+(``templates/activation_embedding*.c.j2``)."""
 from ...ops import activation as act
 from ...ops.common import numel
 from ...ops.cexpr import scalar
@@ -26,11 +27,11 @@ def lower_embedding(name, node, exported, target):
     weight, idx = node.inputs
     out = node.outputs[0]
     reads, writes = [("weight", weight), ("idx", idx)], [("out", out)]
+    checks = [(IndexError, "index out of range in self")]  # eager's message
     src = render("activation_embedding.c.j2", name=name, node_lines=node_lines([node]),
-                 signature=signature(reads, writes), ctype=ctype(out), count=numel(idx.shape),
-                 D=weight.shape[1], num_weights=weight.shape[0],
-                 is_float=out.dtype.is_floating_point)
-    return Kernel(name, reads, writes, src)
+                 signature=signature(reads, writes, checks=True), ctype=ctype(out),
+                 count=numel(idx.shape), D=weight.shape[1], num_weights=weight.shape[0])
+    return Kernel(name, reads, writes, src, checks=checks)
 
 
 @lowering("embedding_backward")

@@ -12,8 +12,9 @@ so that the innermost loop is usually one ``memcpy`` (or a converting loop when 
 Indexing with index tensors (torch's two-step rule: ints, slices and None first, then the index
 tensors on that view) loops over the output and adds, per index tensor, its value times the
 indexed dim's stride (``templates/data_gather.c.j2``); its gradient accumulates into zeros.
-Negative indices wrap; an out-of-range index (eager mode raises) reads as zero and is skipped
-when scattering, so compiled code never touches memory outside a buffer.
+Negative indices wrap; an out-of-range index raises eager mode's error when gathering (the
+gather checks every index first) and is skipped when scattering (the gather before it checked
+it), so compiled code never touches memory outside a buffer.
 """
 import numpy as np
 
@@ -174,14 +175,20 @@ def _gather_kernel(name, node, x_role, x, g_role, g, out_shape, spec, idx, scatt
         role = f"idx{k}"
         reads.append((role, idx[k]))
         pos = " + ".join(term(bvar[j], st) for j, st in enumerate(bstrides) if st) or "0"
-        picks.append(dict(role=role, pos=pos, size=size, stride=stride))
+        picks.append(dict(role=role, pos=pos, size=size, stride=stride,
+                          count=numel(idx[k].shape)))
+    # eager's message names the index tensor's position among them
+    checks = [] if scatter else [
+        (IndexError, f"index {{0}} is out of bounds for dimension {k} with size {p['size']}")
+        for k, p in enumerate(picks)]
     out = node.outputs[0]
     src = render("data_gather.c.j2", name=name, node_lines=node_lines([node]),
-                 signature=signature(reads, [("out", out)]), loops=[n for n, _, _ in loops],
+                 signature=signature(reads, [("out", out)], checks=bool(checks)),
+                 loops=[n for n, _, _ in loops],
                  names=names, split=split, base=" + ".join(outer) or "0",
                  at=" + ".join(["at"] + inner), picks=picks, scatter=scatter, x_role=x_role,
                  g_role=g_role, numel=numel(out.shape), ctype=ctype(out))
-    return Kernel(name, reads, [("out", out)], src)
+    return Kernel(name, reads, [("out", out)], src, checks=checks)
 
 
 @lowering("index")

@@ -36,14 +36,17 @@ def lower_pointwise_loss(name, node, exported, target):
             reads.append(("pw", pw))
             pos_weight_index = broadcast_index(pw.shape, shape)
     writes = [("out", out)]
+    checks = [(RuntimeError, f"all elements of {which} should be between 0 and 1")
+              for which in ("input", "target")] if node.op == "binary_cross_entropy" else []
     src = render("loss_pointwise.c.j2", name=name, node_lines=node_lines([node]),
-                 signature=signature(reads, writes), ctype=ctype(out), kind=node.op,
+                 signature=signature(reads, writes, checks=bool(checks)), ctype=ctype(out),
+                 kind=node.op,
                  numel=numel(shape), reduction=attrs["reduction"],
                  log_min=fmt_float(BCE_LOG_MIN, "double"),
                  beta=fmt_float(attrs.get("beta", 1.0), "double"),
                  delta=fmt_float(attrs.get("delta", 1.0), "double"),
                  weight_index=weight_index, pos_weight_index=pos_weight_index)
-    return Kernel(name, reads, writes, src)
+    return Kernel(name, reads, writes, src, checks=checks)
 
 
 def _nll_layout(x_shape):
@@ -63,13 +66,16 @@ def lower_nll_loss(name, node, exported, target):
     if len(node.inputs) > 2:
         reads.append(("weight", node.inputs[2]))
     writes = [("out", out)]
+    # the loss checks the targets (eager's message); its backward, which runs after it, only
+    # skips bad ones
+    checks = [] if backward else [(IndexError, "Target {0} is out of bounds.")]
     n, c, d = _nll_layout(tuple(out.shape if backward else src_v.shape))
     src = render(f"{node.op}.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ctype(out if backward else src_v), acctype="double",
-                 signature=signature(reads, writes), N=n, C=c, D=d,
+                 signature=signature(reads, writes, checks=bool(checks)), N=n, C=c, D=d,
                  weighted=len(node.inputs) > 2, reduction=node.attrs["reduction"],
                  ignore_index=int(node.attrs["ignore_index"]))
-    return Kernel(name, reads, writes, src)
+    return Kernel(name, reads, writes, src, checks=checks)
 
 
 @lowering("mse_loss")

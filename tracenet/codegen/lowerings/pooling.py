@@ -1,7 +1,7 @@
 """C lowerings of pooling: max pooling (1-d to 3-d, windows that may lie entirely in the
 padding) and its scatter backward, the fused backward of conv -> relu -> max_pool, average
-pooling and its backward, max unpooling and its gather backward, adaptive average pooling and
-its backward.
+pooling and its backward, max unpooling (which checks its indices as eager mode does) and its
+gather backward, adaptive average pooling and its backward.
 
 Every kernel works on (N, C, *spatial) planes with 1 to 3 spatial dims, padded to three
 (depth, height, width) with leading size-1 dims; all sizes are compile-time constants.
@@ -187,10 +187,13 @@ def lower_max_unpool(name, node, exported, target):
     x, idx = node.inputs
     out = node.outputs[0]
     reads, writes = [("x", x), ("idx", idx)], [("out", out)]
+    size = "x".join(str(s) for s in out.shape[2:])
+    checks = [(RuntimeError, f"Found an invalid max index: {{0}} (output volumes are of size "
+                             f"{size})")]  # eager's message
     src = render("pool_unpool.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(out),
-                 signature=signature(reads, writes), NC=numel(x.shape[:2]),
+                 signature=signature(reads, writes, checks=True), NC=numel(x.shape[:2]),
                  IN=numel(x.shape[2:]), ON=numel(out.shape[2:]))
-    return Kernel(name, reads, writes, src)
+    return Kernel(name, reads, writes, src, checks=checks)
 
 
 @lowering("max_unpool_backward")
