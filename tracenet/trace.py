@@ -10,6 +10,7 @@ import operator
 import os
 import random as _py_random
 import sys
+import sysconfig
 import threading
 import time as _py_time
 
@@ -281,17 +282,25 @@ class recording_reads:
 # calls whose results differ from call to call: tracing would freeze one of them
 _RANDOM_FILE = os.path.abspath(_py_random.__file__)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# code that is not the user's: tracenet, the standard library and installed packages (whose
+# random/time calls, e.g. in a garbage-collection callback that runs mid-trace, are not part of
+# forward)
+_LIBRARY_DIRS = tuple(sorted({os.path.abspath(p) + os.sep for p in (
+    [_PACKAGE_DIR] + [sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib",
+                                                               "platlib")]) if p}))
 _internal_files = {}
 
 
 def _is_internal(filename):
-    """Whether ``filename`` is tracenet's own code or Python's random module (whose calls
-    are checked where the user's code calls into it)."""
+    """Whether ``filename`` is not the user's code: tracenet's own, the standard library's
+    (Python's random module is checked where the user's code calls into it) or an installed
+    package's."""
     known = _internal_files.get(filename)
     if known is None:
         path = os.path.abspath(filename)
-        known = _internal_files[filename] = (path.startswith(_PACKAGE_DIR + os.sep)
-                                             or path == _RANDOM_FILE)
+        known = _internal_files[filename] = (path.startswith(_LIBRARY_DIRS)
+                                             or path == _RANDOM_FILE
+                                             or filename.startswith("<frozen"))
     return known
 
 
