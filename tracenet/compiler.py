@@ -37,8 +37,10 @@ class Specialisation:
             # wrapper
             fwd = trace(lambda *flat: _call_flat(module, input_structure, flat), *inputs,
                         name=type(module).__name__, state=params)
-        # what the trace assumed of the module: its attributes read, its tree's structure
-        self.guards = Guards(fwd.reads, [module], [p for _, p in params])
+        # what the trace assumed of the module: its attributes read, its tree's structure and,
+        # when it traced with grad enabled, which parameters require grad
+        self.guards = Guards(fwd.reads, [module],
+                             [p for _, p in params] if key[2] else [])
         self.output_structure = fwd.output_structure
         debug.log("ir", f"traced forward:\n{fwd}")
         self.key = key

@@ -88,9 +88,9 @@ class _StepSpecialisation:
             module_mod._call_observers.remove(observe)
         # the modules the traced code called: their train/eval flags are part of the key
         self.modules = tuple(seen.values())
-        # what the trace assumed of them: the attributes it read, their trees' structure
-        self.guards = Guards(fwd.reads, self.modules,
-                             self.params + [b for _, b in self.buffers])
+        # what the trace assumed of them: the attributes it read, their trees' structure (the
+        # step differentiates every parameter, whatever its requires_grad flag)
+        self.guards = Guards(fwd.reads, self.modules, [])
         n_loss = len(fwd.outputs) - len(fwd.state_updates)
         if n_loss != 1 or fwd.outputs[0].shape not in ((), (1,)) or \
                 not fwd.outputs[0].dtype.is_floating_point:

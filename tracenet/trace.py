@@ -221,6 +221,7 @@ class Key(tuple):
 # Checking them is cheap: every module change advances ``module._epoch`` (see ``_changed`` in
 # nn/modules/module.py); while it has not moved since the last check, the guards hold.
 
+_epoch = _module_mod._epoch  # one list for the process: bound once, read on every call
 _PLAIN = frozenset((int, float, bool, str, type(None), complex))
 _MISSING = object()
 _object_getattribute = object.__getattribute__
@@ -452,15 +453,15 @@ class Guards:
         self.modules = tuple(seen.values())
         self.params = tuple(params)
         self.flags = tuple(map(_requires_grad_of, self.params))
-        self.checked = self.verified = _module_mod._epoch[0]
+        self.checked = self.verified = _epoch[0]
 
     def hold(self):
         """Whether the guards hold now; per call, one integer comparison and one pass over the
         requires_grad flags while no module has changed."""
-        epoch = _module_mod._epoch[0]
-        if epoch != self.checked and not self._recheck(epoch):
+        if self.checked != _epoch[0] and not self._recheck(_epoch[0]):
             return False
-        return tuple(map(_requires_grad_of, self.params)) == self.flags
+        params = self.params
+        return not params or tuple(map(_requires_grad_of, params)) == self.flags
 
     def _recheck(self, epoch):
         verified = self.verified
