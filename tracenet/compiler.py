@@ -19,7 +19,7 @@ from .passes import grad as ir_grad, joint_forward
 from .passes.autodiff import view_source
 from .runtime import debug
 from .tensor import Tensor
-from .trace import rebuild, specialisation_key, structure_of, trace
+from .trace import Guards, rebuild, specialisation_key, structure_of, trace
 
 
 _data_of = operator.attrgetter("_data")
@@ -33,9 +33,14 @@ class Specialisation:
         params = _state(module)
         if input_structure is None:
             fwd = trace(module, *inputs, name=type(module).__name__)
-        else:  # nested inputs (an LSTM's (h0, c0)): trace through a flattening wrapper
-            fwd = trace(lambda *flat: module(*rebuild(input_structure, flat)), *inputs,
+        else:  # nested or keyword inputs (an LSTM's (h0, c0)): trace through a flattening
+            # wrapper
+            fwd = trace(lambda *flat: _call_flat(module, input_structure, flat), *inputs,
                         name=type(module).__name__, state=params)
+        # what the trace assumed of the module: its attributes read, its tree's structure and,
+        # when it traced with grad enabled, which parameters require grad
+        self.guards = Guards(fwd.reads, [module],
+                             [p for _, p in params] if key[2] else [])
         self.output_structure = fwd.output_structure
         debug.log("ir", f"traced forward:\n{fwd}")
         self.key = key
@@ -161,6 +166,33 @@ class CompiledFunctionBackward(engine.Node):
         self.recyclable = ()
 
 
+def _call_flat(module, structure, flat):
+    """Call ``module`` on the inputs ``flat`` rebuilt by ``structure``: a template of the
+    positional inputs, or ``("call", positional template, keyword names, keyword template)``."""
+    if structure[0] != "call":
+        return module(*rebuild(structure, flat))
+    _, args, names, kwargs = structure
+    return module(*rebuild(args, flat), **dict(zip(names, rebuild(kwargs, flat))))
+
+
+def _flatten_call(args, kwargs):
+    """The tensors of a call's positional and keyword inputs and the template to rebuild them
+    (None when every input is a positional tensor)."""
+    if not kwargs:
+        for x in args:
+            if not isinstance(x, Tensor):
+                break
+        else:
+            return args, None
+    leaves = []
+    structure = ("tuple", tuple(structure_of(a, leaves) for a in args))
+    if kwargs:
+        names = tuple(kwargs)
+        structure = ("call", structure, names,
+                     ("tuple", tuple(structure_of(kwargs[n], leaves) for n in names)))
+    return tuple(leaves), structure
+
+
 def _state(module):
     out = list(module.named_parameters())
     seen = {id(p) for _, p in out}
@@ -177,6 +209,13 @@ class CompiledModule:
     def __init__(self, module):
         object.__setattr__(self, "_module", module)
         object.__setattr__(self, "_specs", Specialisations(type(module).__name__))
+        # cheap key -> the specialisations made for it, most recently used first; the first
+        # whose guards hold runs
+        object.__setattr__(self, "_lines", {})
+
+    def __reduce__(self):
+        # pickling a compiled module pickles the module; unpickling compiles it again
+        return (compile, (self._module,))
 
     # module-like surface ---------------------------------------------------------------------
     def __getattr__(self, name):
@@ -224,24 +263,36 @@ class CompiledModule:
                 self._module.training, grad_mode._enabled[0])
 
     def __call__(self, *args, **kwargs):
-        if kwargs:
-            raise TypeError("compiled modules take positional inputs only")
-        inputs, structure = args, None
-        for x in args:
-            if not isinstance(x, Tensor):  # nested inputs: flatten them
-                leaves = []
-                structure = ("tuple", tuple(structure_of(a, leaves) for a in args))
-                inputs = tuple(leaves)
-                break
+        inputs, structure = _flatten_call(args, kwargs)
         key = self._key(inputs) + (structure,)
-        specs = self._specs
-        spec = specs.get(key)
-        if spec is None:
-            shown = specialisation_key(inputs, self._module)
-            spec = specs.create(key, lambda unit: Specialisation(
-                self._module, inputs, shown, unit, structure), shown)
-        specs.last = spec
+        line = self._lines.get(key)
+        if line is not None and line[0].guards.hold():
+            spec = line[0]
+        else:
+            spec = self._lookup(key, line, inputs, structure)
+        self._specs.last = spec
         return self._run(spec, inputs)
+
+    def _lookup(self, key, line, inputs, structure):
+        """The specialisation for ``key`` whose guards hold (moved to the front of its line),
+        or a new one when none does: a module attribute the forward read, or the module tree,
+        changed since the others were traced."""
+        if line is None:
+            line = self._lines[key] = []
+        for i, spec in enumerate(line):
+            if spec.guards.hold():
+                line.insert(0, line.pop(i))
+                return spec
+        shown = specialisation_key(inputs, self._module)
+        if line:
+            debug.log("cache", f"guards failed for {shown}: "
+                               f"{', '.join(str(s.guards) for s in line)}")
+        n = len(line)
+        spec = self._specs.create(key, lambda unit: Specialisation(
+            self._module, inputs, shown, unit, structure), shown,
+            rekey=lambda spec: key if n == 0 else key + (n,))
+        line.insert(0, spec)
+        return spec
 
     def _run(self, spec, inputs):
         in_arrays, outs = spec.run_forward(inputs)

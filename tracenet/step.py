@@ -26,7 +26,7 @@ from .passes import grad as ir_grad
 from .runtime import debug
 from .step_state import UpdateState, declaration_of
 from .tensor import Tensor
-from .trace import trace
+from .trace import Guards, trace
 
 _data_of = operator.attrgetter("_data")
 _training_of = operator.attrgetter("training")
@@ -88,6 +88,9 @@ class _StepSpecialisation:
             module_mod._call_observers.remove(observe)
         # the modules the traced code called: their train/eval flags are part of the key
         self.modules = tuple(seen.values())
+        # what the trace assumed of them: the attributes it read, their trees' structure (the
+        # step differentiates every parameter, whatever its requires_grad flag)
+        self.guards = Guards(fwd.reads, self.modules, [])
         n_loss = len(fwd.outputs) - len(fwd.state_updates)
         if n_loss != 1 or fwd.outputs[0].shape not in ((), (1,)) or \
                 not fwd.outputs[0].dtype.is_floating_point:
@@ -217,6 +220,7 @@ class CompiledTrainingStep:
         self.fn = fn
         self.optimizer = optimizer
         self._specs = Specialisations(f"{getattr(fn, '__name__', 'step')}_step")
+        self._lines = {}  # key -> its specialisations, most recently used first
 
     @property
     def _last(self):
@@ -225,8 +229,8 @@ class CompiledTrainingStep:
     def _flags_for(self, shapes):
         """The train/eval flags of the modules a specialisation for ``shapes`` traced (None
         before any exists: the first trace defines them)."""
-        for (s, flags), spec in self._specs.items():
-            if s == shapes:
+        for key, spec in self._specs.items():
+            if key[0] == shapes:
                 return tuple(map(_training_of, spec.modules))
         return None
 
@@ -243,16 +247,36 @@ class CompiledTrainingStep:
             bad = next(i for i, x in enumerate(batch) if not isinstance(x, Tensor))
             raise TypeError(f"compiled step input {bad} must be a Tensor, got "
                             f"{type(batch[bad]).__name__}") from None
-        spec = specs.get(key)
-        if spec is None:
-            shown = "(" + ", ".join(f"{x.dtype.short}[{','.join(map(str, x.shape))}]"
-                                    for x in batch) + ")"
-            spec = specs.create(
-                key, lambda unit: _StepSpecialisation(self.fn, self.optimizer, batch, unit),
-                shown, rekey=lambda spec: (shapes, tuple(map(_training_of, spec.modules))))
-            spec.key_shapes = shapes
+        line = self._lines.get(key)
+        if line is not None and line[0].guards.hold():
+            spec = line[0]
+        else:
+            spec = self._lookup(key, line, batch, shapes)
         specs.last = spec
         return spec.run(batch)
+
+    def _lookup(self, key, line, batch, shapes):
+        """The specialisation for ``key`` whose guards hold (moved to the front of its line),
+        or a new one."""
+        for i, spec in enumerate(line or ()):
+            if spec.guards.hold():
+                line.insert(0, line.pop(i))
+                return spec
+        shown = "(" + ", ".join(f"{x.dtype.short}[{','.join(map(str, x.shape))}]"
+                                for x in batch) + ")"
+
+        def rekey(spec):
+            real = (shapes, tuple(map(_training_of, spec.modules)))
+            n = len(self._lines.get(real, ()))
+            return real if n == 0 else real + (n,)
+
+        spec = self._specs.create(
+            key, lambda unit: _StepSpecialisation(self.fn, self.optimizer, batch, unit),
+            shown, rekey=rekey)
+        spec.key_shapes = shapes
+        self._lines.setdefault((shapes, tuple(map(_training_of, spec.modules))),
+                               []).insert(0, spec)
+        return spec
 
     @property
     def graph(self):

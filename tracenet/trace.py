@@ -5,6 +5,15 @@ A traced tensor is a ``Tensor`` whose ``_ir`` is an IR ``Value`` (and whose ``_d
 (Python numbers, tensors created inside ``forward``) become ``constant`` nodes; Python control
 flow and shape arithmetic simply run, so the graph is specialised to the example inputs.
 """
+import functools
+import operator
+import os
+import random as _py_random
+import sys
+import sysconfig
+import threading
+import time as _py_time
+
 import numpy as np
 
 from . import _dtype, _random
@@ -12,6 +21,7 @@ from ._meta import Meta
 from ._trace_errors import TraceError, data_dependent, user_location  # noqa: F401  (public here)
 from .autograd import grad_mode
 from .ir.graph import Graph
+from .nn.modules import module as _module_mod
 from .nn.modules.module import Module
 from .ops import registry
 from .ops.registry import op_attrs
@@ -160,8 +170,9 @@ def trace(fn, *example_inputs, name=None, state=None):
             p._ir = graph.add_input(n, p.shape, p.dtype, p.requires_grad)
         inputs_of_state = [p._ir for _, p in state]
         tracer = Tracer(graph)
-        with tracing(tracer):
+        with tracing(tracer), recording_reads() as recorded, forbidding_frozen_calls():
             out = fn(*args)
+        graph.reads = list(recorded.reads.values())
         outputs = []
         graph.output_structure = structure_of(out, outputs)
         graph.outputs = [tracer.value_of(o) for o in outputs]
@@ -196,3 +207,275 @@ class Key(tuple):
         shapes, training, grad = self
         ins = ", ".join(f"{d}[{','.join(map(str, s))}]" for s, d in shapes)
         return f"inputs=({ins}) training={training} grad={grad}"
+
+
+# --- guards ----------------------------------------------------------------------------------
+# A trace runs ``forward``'s Python once: the Python values it reads are baked into the graph.
+# Guards record what those were, so that a compiled callable re-specialises when they change:
+#
+# * the module attributes of plain Python types (numbers, bools, strings, None, tuples of
+#   them) that the traced code read, recorded by ``Module.__getattribute__`` while tracing;
+# * the structure of the module tree: which modules, parameters and buffers it holds, by
+#   identity, and the parameters' ``requires_grad`` flags.
+#
+# Checking them is cheap: every module change advances ``module._epoch`` (see ``_changed`` in
+# nn/modules/module.py); while it has not moved since the last check, the guards hold.
+
+_epoch = _module_mod._epoch  # one list for the process: bound once, read on every call
+_PLAIN = frozenset((int, float, bool, str, type(None), complex))
+_MISSING = object()
+_object_getattribute = object.__getattribute__
+_requires_grad_of = operator.attrgetter("_requires_grad")
+
+
+def _is_plain(value):
+    t = type(value)
+    if t in _PLAIN:
+        return True
+    return t is tuple and all(type(v) in _PLAIN for v in value)
+
+
+class _Recording(threading.local):
+    reads = None  # while tracing in this thread: {(id(module), name): (module, name, value)}
+    forbid = False  # while tracing in this thread: random/time calls raise
+
+
+_recording = _Recording()
+_hook_lock = threading.Lock()
+_hook_users = [0]
+
+
+def _recording_getattribute(self, name):
+    value = _object_getattribute(self, name)
+    reads = _recording.reads
+    if reads is not None and _is_plain(value):
+        d = _object_getattribute(self, "__dict__")
+        if name in d and d[name] is value and name != "_mutation_epoch":
+            reads.setdefault((id(self), name), (self, name, value))
+    return value
+
+
+class recording_reads:
+    """While active (in this thread), every plain-typed instance attribute read from a Module
+    is recorded in ``self.reads``; ``Module.__getattribute__`` is only replaced meanwhile."""
+
+    def __enter__(self):
+        self._prev = _recording.reads
+        self.reads = _recording.reads = {}
+        with _hook_lock:
+            if _hook_users[0] == 0:
+                Module.__getattribute__ = _recording_getattribute
+            _hook_users[0] += 1
+        return self
+
+    def __exit__(self, *exc):
+        with _hook_lock:
+            _hook_users[0] -= 1
+            if _hook_users[0] == 0:
+                del Module.__getattribute__
+        _recording.reads = self._prev
+        if self._prev is not None:  # a nested trace's reads matter to the outer one too
+            for k, v in self.reads.items():
+                self._prev.setdefault(k, v)
+        return False
+
+
+# calls whose results differ from call to call: tracing would freeze one of them
+_RANDOM_FILE = os.path.abspath(_py_random.__file__)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# code that is not the user's: tracenet, the standard library and installed packages (whose
+# random/time calls, e.g. in a garbage-collection callback that runs mid-trace, are not part of
+# forward)
+_LIBRARY_DIRS = tuple(sorted({os.path.abspath(p) + os.sep for p in (
+    [_PACKAGE_DIR] + [sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib",
+                                                               "platlib")]) if p}))
+_internal_files = {}
+
+
+def _is_internal(filename):
+    """Whether ``filename`` is not the user's code: tracenet's own, the standard library's
+    (Python's random module is checked where the user's code calls into it) or an installed
+    package's."""
+    known = _internal_files.get(filename)
+    if known is None:
+        path = os.path.abspath(filename)
+        known = _internal_files[filename] = (path.startswith(_LIBRARY_DIRS)
+                                             or path == _RANDOM_FILE
+                                             or filename.startswith("<frozen"))
+    return known
+
+
+def _frozen_call_name(event, frame, arg):
+    """The name of a random/time function the user's code calls, or None."""
+    if event == "c_call":
+        owner = getattr(arg, "__self__", None)
+        if owner is _py_time:
+            name = f"time.{arg.__name__}"
+        elif isinstance(owner, _py_random.Random):
+            name = f"random.{arg.__name__}"
+        else:
+            return None
+        return None if _is_internal(frame.f_code.co_filename) else (name, frame)
+    if event == "call" and frame.f_code.co_filename == _py_random.__file__:
+        caller = frame.f_back
+        if caller is not None and not _is_internal(caller.f_code.co_filename):
+            return (f"random.{frame.f_code.co_name}", caller)
+    return None
+
+
+def _frozen_call_error(name, frame):
+    return TraceError(
+        f"{name}() called while tracing at {frame.f_code.co_filename}:{frame.f_lineno}: "
+        "tracing runs forward's Python once, so its result would be frozen into the compiled "
+        "graph, while eager mode draws a new value on every call. Use tracenet's random ops "
+        "(tracenet.rand, dropout...) on tensors, pass the value in as a tensor input, or run "
+        "this module in eager mode.")
+
+
+def _no_frozen_calls(frame, event, arg):
+    if event == "call" or event == "c_call":
+        found = _frozen_call_name(event, frame, arg)
+        if found is not None:
+            raise _frozen_call_error(*found)
+
+
+def _checked_np_random(name, fn):
+    """``numpy.random.<name>`` that raises when the tracing thread's user code calls it
+    (numpy's Cython functions are invisible to ``sys.setprofile``)."""
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        if _recording.forbid:
+            caller = sys._getframe(1)
+            if not _is_internal(caller.f_code.co_filename):
+                raise _frozen_call_error(f"numpy.random.{name}", caller)
+        return fn(*args, **kwargs)
+    return checked
+
+
+_np_random_originals = {}
+_np_random_users = [0]
+
+
+def _patch_np_random(on):
+    """Swap numpy.random's public functions for checked ones (``on``) or back."""
+    with _hook_lock:
+        if on:
+            _np_random_users[0] += 1
+            if _np_random_users[0] > 1:
+                return
+            for name in dir(np.random):
+                fn = getattr(np.random, name)
+                if name[0] != "_" and callable(fn) and not isinstance(fn, type):
+                    _np_random_originals[name] = fn
+                    setattr(np.random, name, _checked_np_random(name, fn))
+        else:
+            _np_random_users[0] -= 1
+            if _np_random_users[0] == 0:
+                for name, fn in _np_random_originals.items():
+                    setattr(np.random, name, fn)
+                _np_random_originals.clear()
+
+
+class forbidding_frozen_calls:
+    """While active (in this thread), calling Python's ``random``, ``numpy.random`` or ``time``
+    from user code raises a TraceError naming the line. ``random`` and ``time`` are watched
+    with ``sys.setprofile`` (chained to a Python-level profiler; skipped under a C-level one
+    such as cProfile), ``numpy.random``'s module functions by swapping them for checking ones
+    meanwhile. Methods of an existing ``numpy.random.Generator`` are not seen."""
+
+    def __enter__(self):
+        self._prev = prev = sys.getprofile()
+        self._prev_forbid = _recording.forbid
+        _recording.forbid = True
+        _patch_np_random(True)
+        if prev is None:
+            sys.setprofile(_no_frozen_calls)
+        elif type(prev).__name__ in ("function", "method"):
+            def chained(frame, event, arg):
+                _no_frozen_calls(frame, event, arg)
+                return prev(frame, event, arg)
+            sys.setprofile(chained)
+        return self
+
+    def __exit__(self, *exc):
+        sys.setprofile(self._prev)
+        _recording.forbid = self._prev_forbid
+        _patch_np_random(False)
+        return False
+
+
+def tree_signature(roots):
+    """The identity and structure of the module trees under ``roots``: per module (in
+    ``named_modules`` order) the module, its parameters (with requires_grad) and buffers.
+    Holds the objects themselves, so identities stay valid while it is kept."""
+    out = []
+    for root in roots:
+        for name, m in root.named_modules(remove_duplicate=False):
+            out.append((name, m, tuple(m._parameters.items()),
+                        tuple(m._buffers.items())))
+    return out
+
+
+def _same_signature(a, b):
+    if len(a) != len(b):
+        return False
+    for (n1, m1, p1, b1), (n2, m2, p2, b2) in zip(a, b):
+        if n1 != n2 or m1 is not m2 or len(p1) != len(p2) or len(b1) != len(b2):
+            return False
+        if any(k1 != k2 or v1 is not v2 for (k1, v1), (k2, v2) in zip(p1, p2)):
+            return False
+        if any(k1 != k2 or v1 is not v2 for (k1, v1), (k2, v2) in zip(b1, b2)):
+            return False
+    return True
+
+
+def _same_value(a, b):
+    return type(a) is type(b) and (a is b or a == b)
+
+
+class Guards:
+    """What one traced graph assumed of the Python world; ``hold()`` tells whether it still
+    does. ``reads``: (module, attribute, value) the traced code read; ``roots``: the modules
+    whose tree structure it depends on; ``params``: tensors whose requires_grad it baked in."""
+
+    __slots__ = ("reads", "roots", "signature", "modules", "params", "flags", "checked",
+                 "verified")
+
+    def __init__(self, reads, roots, params):
+        self.reads = tuple(reads)
+        self.roots = tuple(roots)
+        self.signature = tree_signature(self.roots)
+        seen = {}
+        for _, m, _, _ in self.signature:
+            seen.setdefault(id(m), m)
+        for m, _, _ in self.reads:
+            seen.setdefault(id(m), m)
+        self.modules = tuple(seen.values())
+        self.params = tuple(params)
+        self.flags = tuple(map(_requires_grad_of, self.params))
+        self.checked = self.verified = _epoch[0]
+
+    def hold(self):
+        """Whether the guards hold now; per call, one integer comparison and one pass over the
+        requires_grad flags while no module has changed."""
+        if self.checked != _epoch[0] and not self._recheck(_epoch[0]):
+            return False
+        params = self.params
+        return not params or tuple(map(_requires_grad_of, params)) == self.flags
+
+    def _recheck(self, epoch):
+        verified = self.verified
+        if all(_module_mod.mutation_epoch(m) <= verified for m in self.modules):
+            self.checked = epoch  # the modules this depends on have not changed
+            return True
+        for m, name, value in self.reads:
+            if not _same_value(m.__dict__.get(name, _MISSING), value):
+                return False
+        if not _same_signature(tree_signature(self.roots), self.signature):
+            return False
+        self.checked = self.verified = epoch
+        return True
+
+    def __str__(self):
+        reads = ", ".join(f"{type(m).__name__}.{n}={v!r}" for m, n, v in self.reads)
+        return f"guards({reads or 'no attribute reads'}; {len(self.modules)} modules)"

@@ -1,7 +1,19 @@
 """``tracenet.autograd.Function``: user-defined ops with ``forward``/``backward`` staticmethods.
 
 The backward node is named ``<ClassName>Backward`` like torch's ``BackwardCFunction`` nodes.
+
+Under tracing (``tracenet.compile``) ``apply`` traces ``forward``'s ops inline and passes its
+outputs through one ``custom_function`` node, whose backward rule is the Function's own
+``backward``: autodiff calls it on traced tensors, so it is traced into the backward graph (the
+ctx keeps the traced tensors ``forward`` saved). The compiler then drops the node (its
+decomposition is the identity on the outputs).
 """
+import os
+import traceback
+
+from .._meta import Meta
+from .._trace_errors import TraceError, user_location
+from ..ops import registry
 from ..ops.creation import zeros
 from ..tensor import Tensor
 from . import engine, grad_mode
@@ -61,6 +73,96 @@ class FunctionNode(engine.Node):
         self.fn_ctx.saved_tensors_ = ()
 
 
+def _custom_infer(*metas, n_in, **attrs):
+    return tuple(Meta(m.shape, m.dtype) for m in metas[n_in:])
+
+
+def _custom_eager(*arrays, n_in, **attrs):
+    return tuple(arrays[n_in:])
+
+
+def _custom_decomposition(*tensors, n_in, **attrs):
+    return tuple(tensors[n_in:])
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _user_frame(tb):
+    """'file:line' of the innermost frame of traceback ``tb`` outside tracenet."""
+    for fs in reversed(traceback.extract_tb(tb)):
+        if not os.path.abspath(fs.filename).startswith(_PACKAGE_DIR + os.sep):
+            return f"{fs.filename}:{fs.lineno}"
+    return None
+
+
+def _custom_backward(ctx, *grads):
+    """The node's backward rule: the Function's ``backward`` on the traced cotangents."""
+    attrs = ctx.attrs
+    cls, fctx, n_in, positions = attrs["function"], attrs["ctx"], attrs["n_in"], \
+        attrs["positions"]
+    try:
+        res = cls.backward(fctx, *grads)
+        if not isinstance(res, tuple):
+            res = (res,)
+        if len(res) < attrs["n_args"]:
+            raise RuntimeError(f"function {cls.__name__}Backward returned an incorrect number of "
+                               f"gradients (expected {attrs['n_args']}, got {len(res)})")
+        out = []
+        for i in positions:
+            g = res[i]
+            if g is not None and not isinstance(g, Tensor):
+                raise TypeError(f"backward returned a {type(g).__name__}, not a Tensor or None")
+            if g is not None and g._ir is None:
+                raise TraceError("backward returned a tensor that does not depend on its traced "
+                                 "inputs (computed outside tracenet ops, e.g. with numpy)")
+            out.append(g)
+    except Exception as e:  # noqa: BLE001  (any failure: the backward cannot be traced)
+        where = _user_frame(e.__traceback__)
+        applied = f" (applied at {attrs['loc']})" if attrs.get("loc") else ""
+        at = f" at {where}" if where else ""
+        reason = str(e).rstrip(".")
+        raise TraceError(
+            f"the backward of custom autograd.Function {cls.__name__}{applied} cannot be "
+            f"traced{at}: {reason}. A compiled module runs a Function's backward as traced "
+            "tracenet ops: it cannot use numpy, .item() or other concrete values of its "
+            "tensors. Run this module in eager mode, or write the backward with "
+            "tracenet ops.") from e
+    return tuple(out) + (None,) * (len(ctx.inputs) - n_in)
+
+
+CUSTOM_FUNCTION = registry.register(
+    "custom_function", infer=_custom_infer, eager=_custom_eager, backward=_custom_backward,
+    num_outputs=None, decomposition=_custom_decomposition,
+    doc="A custom autograd.Function under tracing: its inputs' tensors, then the outputs its "
+        "forward traced, passed through; differentiated by the Function's backward.")
+
+
+def _apply_traced(cls, ctx, args, kwargs):
+    """``apply`` while tracing: forward's ops inline, then the ``custom_function`` node."""
+    try:
+        with grad_mode.no_grad():
+            out = cls.forward(ctx, *args, **kwargs)
+    except TraceError as e:
+        raise TraceError(f"in the forward of custom autograd.Function {cls.__name__}: {e}") \
+            from e
+    outs = out if isinstance(out, tuple) else (out,)
+    positions = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
+    results = [i for i, o in enumerate(outs)
+               if isinstance(o, Tensor) and id(o) not in ctx.non_differentiable]
+    if not results:
+        return out
+    loc = user_location()
+    passed = registry.apply(
+        CUSTOM_FUNCTION, *[args[i] for i in positions], *[outs[i] for i in results],
+        n_in=len(positions), positions=tuple(positions), n_args=len(args), function=cls,
+        ctx=ctx, loc=f"{loc[0]}:{loc[1]}" if loc else None)
+    outs = list(outs)
+    for i, t in zip(results, passed):
+        outs[i] = t
+    return tuple(outs) if isinstance(out, tuple) else outs[0]
+
+
 class _FunctionMeta(type):
     def __init__(cls, name, bases, ns):
         super().__init__(name, bases, ns)
@@ -83,6 +185,8 @@ class Function(metaclass=_FunctionMeta):
         ctx = FunctionCtx()
         tensor_args = [a for a in args if isinstance(a, Tensor)]
         ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a._requires_grad for a in args)
+        if registry._tracer[0] is not None and any(t._ir is not None for t in tensor_args):
+            return _apply_traced(cls, ctx, args, kwargs)
         with grad_mode.no_grad():
             out = cls.forward(ctx, *args, **kwargs)
         outs = out if isinstance(out, tuple) else (out,)

@@ -8,6 +8,7 @@ import numpy as np
 from ..._tensor_methods import inplace as _inplace
 from ...ops import activation as _activation_ops  # noqa: F401  (registers the ops)
 from ... import _dtype, _random
+from ...tensor import Tensor
 from ...autograd import grad_mode
 from ...ops import activation as act, common, elementwise as ew, linalg
 
@@ -190,6 +191,10 @@ def dropout3d(input, p=0.5, training=True, inplace=False):
 
 
 def linear(input, weight, bias=None):
+    for i, (arg, value) in enumerate((("input", input), ("weight", weight))):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"linear(): argument '{arg}' (position {i + 1}) must be Tensor, not "
+                            f"{type(value).__name__}")
     dx, dw = input.dim(), weight.dim()
     if dx == 0 or dw == 0:
         raise RuntimeError(f"both arguments to linear need to be at least 1D, but they are {dx}D "

@@ -7,7 +7,7 @@ from itertools import chain, islice
 
 from ...tensor import Tensor
 from ..parameter import Parameter
-from .module import Module, _addindent, _typename
+from .module import Module, _addindent, _changed, _typename
 
 __all__ = ["Container", "Sequential", "ModuleList", "ModuleDict", "ParameterList",
            "ParameterDict"]
@@ -150,6 +150,7 @@ class Sequential(Module):
         for i in range(n, index, -1):
             self._modules[str(i)] = self._modules[str(i - 1)]
         self._modules[str(index)] = module
+        _changed(self)
         return self
 
     def extend(self, sequential):
@@ -247,6 +248,7 @@ class ModuleList(Module):
         for i in range(n, index, -1):
             self._modules[str(i)] = self._modules[str(i - 1)]
         self._modules[str(index)] = module
+        _changed(self)
 
     def append(self, module):
         """Add ``module`` at the end; returns ``self``."""
@@ -286,6 +288,7 @@ class ModuleDict(Module):
 
     def __delitem__(self, key):
         del self._modules[key]
+        _changed(self)
 
     def __len__(self):
         return len(self._modules)
@@ -299,6 +302,7 @@ class ModuleDict(Module):
     def clear(self):
         """Remove all modules."""
         self._modules.clear()
+        _changed(self)
 
     def pop(self, key):
         """Remove and return the module under ``key``."""

@@ -70,6 +70,24 @@ class _IncompatibleKeys(IncompatibleKeys):
 
 # --- global hooks (apply to every module) -------------------------------------------------
 
+# Mutation epochs, for the guards of compiled modules: every change to a module's attributes,
+# parameters, buffers or submodules advances ``_epoch[0]`` and stamps the module with the new
+# value (``_changed``). A compiled module's guards hold while the epoch they were checked at is
+# still current, or while none of the modules they read carries a later stamp.
+_epoch = [0]
+
+
+def _changed(module):
+    """Record that ``module``'s state or structure changed."""
+    _epoch[0] = epoch = _epoch[0] + 1
+    object.__setattr__(module, "_mutation_epoch", epoch)
+
+
+def mutation_epoch(module):
+    """The epoch of ``module``'s last change (0 if none since it was created)."""
+    return module.__dict__.get("_mutation_epoch", 0)
+
+
 _global_forward_pre_hooks = OrderedDict()
 # callables told of every module call (the tracer uses this to note the modules a traced
 # function runs, so a compiled training step re-specialises when one switches train/eval)
@@ -255,6 +273,7 @@ class Module:
                             f"{len(args) + 1} were given")
         setattr_ = object.__setattr__
         setattr_(self, "training", True)
+        setattr_(self, "_mutation_epoch", 0)
         setattr_(self, "_parameters", OrderedDict())
         setattr_(self, "_buffers", OrderedDict())
         setattr_(self, "_non_persistent_buffers_set", set())
@@ -302,6 +321,7 @@ class Module:
             if output is not None:
                 tensor = output
         self._buffers[name] = tensor
+        _changed(self)
         if persistent:
             self._non_persistent_buffers_set.discard(name)
         else:
@@ -314,6 +334,7 @@ class Module:
         self._check_state_name("parameter", name, self._parameters)
         if param is None:
             self._parameters[name] = None
+            _changed(self)
             return
         if not isinstance(param, Parameter):
             raise TypeError(f"cannot assign '{_typename(param)}' object to parameter '{name}' "
@@ -328,6 +349,7 @@ class Module:
             if output is not None:
                 param = output
         self._parameters[name] = param
+        _changed(self)
 
     def add_module(self, name, module):
         """Add a child module, reachable as attribute ``name``."""
@@ -346,6 +368,7 @@ class Module:
             if output is not None:
                 module = output
         self._modules[name] = module
+        _changed(self)
 
     def register_module(self, name, module):
         """Alias for ``add_module``."""
@@ -441,6 +464,7 @@ class Module:
             for key, buf in self._buffers.items():
                 if buf is not None:
                     self._buffers[key] = fn(buf)
+            _changed(self)
         return self
 
     def apply(self, fn):
@@ -668,6 +692,7 @@ class Module:
                     else:
                         d.discard(name)
 
+        _changed(self)
         d = self.__dict__
         params = d.get("_parameters")
         if isinstance(value, Parameter):
@@ -720,6 +745,7 @@ class Module:
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
+        _changed(self)
         d = self.__dict__
         if name in d.get("_parameters", ()):
             del self._parameters[name]
