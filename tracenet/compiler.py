@@ -221,7 +221,7 @@ class CompiledModule:
         """A cheap lookup key: shapes, dtypes and requires_grad of the inputs, the training
         flag and grad mode (what a specialisation depends on)."""
         return (tuple((x._data.shape, x._data.dtype.num, x._requires_grad) for x in inputs),
-                self._module.training, grad_mode._enabled[0])
+                self._module.training, grad_mode._state.enabled)
 
     def __call__(self, *args, **kwargs):
         if kwargs:
