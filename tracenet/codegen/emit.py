@@ -1,9 +1,12 @@
 """Graph -> one C translation unit: kernels, constants, a memory plan, and one exported entry
 point per graph.
 
-Entry points take a single ``void *const *args``: the graph's inputs, then its outputs, as
-buffer addresses. Intermediates live in a static arena laid out by a liveness-based plan that
-reuses the memory of dead values; views alias their source buffer.
+Entry points take ``void *const *args``, the graph's inputs then its outputs as buffer
+addresses, and ``char *arena``, the caller's work memory (``EntryPoint.arena_bytes``, aligned to
+``ALIGN``): intermediates and kernel scratch live there, laid out by a liveness-based plan that
+reuses the memory of dead values; views alias their source buffer. The generated code keeps no
+state of its own besides read-only constants, so one library serves any number of callers at
+once, each with its own arena.
 """
 import os
 import re
@@ -41,7 +44,7 @@ class EntryPoint:
         self.name = name
         self.graph = graph
         self.kernels = []          # (Kernel, node)
-        self.arena_bytes = 0
+        self.arena_bytes = 0       # the work memory a call needs (0: pass NULL)
         self.copies = []           # (output index, value) copied at the end
 
     @property
@@ -186,9 +189,8 @@ def plan_entry(entry, prefix, target):
             scratch_at[idx] = off
             live.append((idx, off, nb))
     entry.arena_bytes = arena.size
-    arena_name = f"{prefix}_arena"
     for r, off in placements.items():
-        storage[r] = f"(void *)({arena_name} + {off})"
+        storage[r] = f"(void *)(arena + {off})"
 
     def ptr(v):
         return f"({CTYPE[v.dtype.short]} *){storage[root_of(v)]}"
@@ -197,14 +199,14 @@ def plan_entry(entry, prefix, target):
     for idx, k, node in kernels:
         args = [ptr(v) for _, v in k.reads] + [ptr(v) for _, v in k.writes]
         if k.scratch:
-            args.append(f"({k.scratch_ctype} *)({arena_name} + {scratch_at[idx]})")
+            args.append(f"({k.scratch_ctype} *)(arena + {scratch_at[idx]})")
         body.append((k, f"{k.name}({', '.join(args)});"))
         entry.kernels.append((k, node))
     copies = []
     for j, v in entry.copies:
         copies.append(f"memcpy((void *)args[{n_in + j}], (const void *){storage[root_of(v)]}, "
                       f"{_nbytes(v)});")
-    return constants, body, copies, arena_name
+    return constants, body, copies
 
 
 def generate(graphs, unit, target, timing=False):
@@ -229,11 +231,8 @@ def generate(graphs, unit, target, timing=False):
     helpers_done = set()
     for suffix, graph in graphs:
         entry = EntryPoint(f"{prefix}_{c_identifier(suffix)}", graph)
-        constants, body, copies, arena_name = plan_entry(entry, entry.name, target)
+        constants, body, copies = plan_entry(entry, entry.name, target)
         parts += constants
-        if entry.arena_bytes:
-            parts.append(f"static char {arena_name}[{entry.arena_bytes}] "
-                         f"__attribute__((aligned({ALIGN})));")
         parts.append("")
         for k, _ in body:
             for helper, source in k.helpers:
@@ -246,7 +245,7 @@ def generate(graphs, unit, target, timing=False):
             parts.append(f"double *{entry.name}_kernel_times(void) {{ return "
                          f"{entry.name}_times; }}")
             cdefs.append(f"double *{entry.name}_kernel_times(void);")
-        sig = f"void {entry.name}(void *const *args)"
+        sig = f"void {entry.name}(void *const *args, char *arena)"
         parts.append(f"/* graph {graph.name}: {len(graph.inputs)} inputs, "
                      f"{len(graph.outputs)} outputs, arena {entry.arena_bytes} bytes */")
         parts.append(sig)
