@@ -80,26 +80,26 @@ class Arenas:
     smaller idle one is dropped when a larger one is needed); they are plain Python-owned
     memory, freed with the callable."""
 
-    __slots__ = ("_idle",)
+    __slots__ = ("idle",)
 
     def __init__(self):
-        self._idle = []
+        self.idle = []
 
     def take(self, nbytes):
         try:
-            arena = self._idle.pop()  # atomic: no two threads get the same arena
+            arena = self.idle.pop()  # atomic: no two threads get the same arena
         except IndexError:
             return _Arena(nbytes)
         return arena if arena.nbytes >= nbytes else _Arena(nbytes)
 
     def give(self, arena):
-        self._idle.append(arena)
+        self.idle.append(arena)
 
     def __len__(self):
-        return len(self._idle)
+        return len(self.idle)
 
     def largest(self):
-        return max((a.nbytes for a in self._idle), default=0)
+        return max((a.nbytes for a in self.idle), default=0)
 
 
 class _Arena:
@@ -229,10 +229,16 @@ class Arguments:
             seeds = fresh_seeds(self._n_seeds)
             for k in range(self._n_seeds):
                 args[self._seed_slot + k] = pointer(seeds[k:k + 1])
-        if self.arena_bytes:
-            arena = self.arenas.take(self.arena_bytes)
+        if self.arena_bytes:  # Arenas.take and give, inlined
+            idle = self.arenas.idle
+            try:
+                arena = idle.pop()
+                if arena.nbytes < self.arena_bytes:
+                    arena = _Arena(self.arena_bytes)
+            except IndexError:
+                arena = _Arena(self.arena_bytes)
             self.fn(args, arena.pointer)
-            self.arenas.give(arena)
+            idle.append(arena)
         else:
             self.fn(args, _NULL)
         self._idle.append(vector)
