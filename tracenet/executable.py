@@ -72,28 +72,18 @@ class Executable:
 
 class Arenas:
     """Work memory for the entry points of one compiled callable (the ``char *arena`` each C
-    call writes its intermediates and scratch to): the arenas not in use right now.
+    call writes its intermediates and scratch to): ``idle``, the arenas not in use right now.
 
-    A call takes one and gives it back when it returns, so calls from several threads at once
-    each get their own, and a thread calling again reuses the last one. There are never more
-    than the number of calls that ran at once, each as large as the largest need so far (a
-    smaller idle one is dropped when a larger one is needed); they are plain Python-owned
-    memory, freed with the callable."""
+    A call pops one and appends it back when it returns (``Arguments.__call__``), so calls
+    from several threads at once each get their own, and a thread calling again reuses one.
+    There are never more than the number of calls that ran at once, each as large as the
+    largest need so far (a smaller idle one is dropped when a larger one is needed); they are
+    plain Python-owned memory, freed with the callable."""
 
     __slots__ = ("idle",)
 
     def __init__(self):
         self.idle = []
-
-    def take(self, nbytes):
-        try:
-            arena = self.idle.pop()  # atomic: no two threads get the same arena
-        except IndexError:
-            return _Arena(nbytes)
-        return arena if arena.nbytes >= nbytes else _Arena(nbytes)
-
-    def give(self, arena):
-        self.idle.append(arena)
 
     def __len__(self):
         return len(self.idle)
@@ -229,10 +219,10 @@ class Arguments:
             seeds = fresh_seeds(self._n_seeds)
             for k in range(self._n_seeds):
                 args[self._seed_slot + k] = pointer(seeds[k:k + 1])
-        if self.arena_bytes:  # Arenas.take and give, inlined
+        if self.arena_bytes:
             idle = self.arenas.idle
             try:
-                arena = idle.pop()
+                arena = idle.pop()  # atomic: no two calls get the same arena
                 if arena.nbytes < self.arena_bytes:
                     arena = _Arena(self.arena_bytes)
             except IndexError:
