@@ -1,14 +1,26 @@
 """Grad mode: whether ops record autograd nodes (``no_grad``, ``enable_grad``,
 ``set_grad_enabled``, ``inference_mode``), usable as context managers and decorators (with or
-without parentheses, like torch)."""
+without parentheses, like torch).
+
+Grad mode is per thread, as in torch: ``no_grad`` in one thread leaves graph building in the
+others alone, and every thread starts with grad enabled."""
 import functools
 import inspect
+import threading
 
-_enabled = [True]
+
+class _GradState(threading.local):
+    """``enabled``: this thread's grad mode (read by the ops on every call: one attribute)."""
+
+    def __init__(self):
+        self.enabled = True
+
+
+_state = _GradState()
 
 
 def is_grad_enabled():
-    return _enabled[0]
+    return _state.enabled
 
 
 class _GradModeContext:
@@ -23,12 +35,12 @@ class _GradModeContext:
         return super().__new__(cls)
 
     def __enter__(self):
-        self._prev = _enabled[0]
-        _enabled[0] = self._target
+        self._prev = _state.enabled
+        _state.enabled = self._target
         return self
 
     def __exit__(self, *exc):
-        _enabled[0] = self._prev
+        _state.enabled = self._prev
         return False
 
     def __call__(self, fn):
@@ -40,25 +52,25 @@ class _GradModeContext:
                 gen = fn(*args, **kwargs)
                 value = None
                 while True:
-                    prev = _enabled[0]
-                    _enabled[0] = target
+                    prev = _state.enabled
+                    _state.enabled = target
                     try:
                         item = gen.send(value)
                     except StopIteration as stop:
                         return stop.value
                     finally:
-                        _enabled[0] = prev
+                        _state.enabled = prev
                     value = yield item
             return gen_wrapper
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            prev = _enabled[0]
-            _enabled[0] = target
+            prev = _state.enabled
+            _state.enabled = target
             try:
                 return fn(*args, **kwargs)
             finally:
-                _enabled[0] = prev
+                _state.enabled = prev
         return wrapper
 
     def clone(self):
@@ -83,19 +95,19 @@ class set_grad_enabled(_GradModeContext):
     as a decorator it leaves the mode it found and applies ``mode`` inside the function."""
 
     def __init__(self, mode):
-        self._prev = _enabled[0]
+        self._prev = _state.enabled
         self._target = bool(mode)
-        _enabled[0] = self._target
+        _state.enabled = self._target
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        _enabled[0] = self._prev
+        _state.enabled = self._prev
         return False
 
     def __call__(self, fn):
-        _enabled[0] = self._prev  # used as a decorator: undo the constructor's switch
+        _state.enabled = self._prev  # used as a decorator: undo the constructor's switch
         return super().__call__(fn)
 
     def clone(self):

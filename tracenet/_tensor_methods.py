@@ -239,7 +239,7 @@ _MULTI_VIEW_TAIL = ("This view is the output of a function that returns multiple
 def _check_multi_view(self, args):
     """torch refuses in-place changes to the outputs of split/chunk/unbind when recording."""
     mark = self.__dict__.get("_multi_view")
-    if mark is None or not grad_mode._enabled[0]:
+    if mark is None or not grad_mode._state.enabled:
         return
     if self._requires_grad:
         raise RuntimeError(f"Output {mark[1]} of {mark[0]} is a view and is being modified "
@@ -252,7 +252,7 @@ def _check_multi_view(self, args):
 def _check_inplace_allowed(self):
     if self._ir is not None and self._ir.producer is not None:
         return  # a traced intermediate: in-place ops are rebound functionally
-    if grad_mode._enabled[0] and self._requires_grad:
+    if grad_mode._state.enabled and self._requires_grad:
         if self.grad_fn is None:
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place "
                                "operation.")
@@ -271,7 +271,7 @@ def inplace(self, compute, *args, **kwargs):
         self.grad_fn, self._output_nr, self._requires_grad = out.grad_fn, 0, out._requires_grad
         return self
     src = self
-    recording = grad_mode._enabled[0] and (self._requires_grad or any(
+    recording = grad_mode._state.enabled and (self._requires_grad or any(
         isinstance(a, Tensor) and a._requires_grad for a in args))
     if recording:
         # the node may save its input: give it a snapshot of the old value, in the old graph spot
@@ -358,7 +358,7 @@ def _fill_(self, value):
                                f"with {value.dim()} dimensions.")
         return inplace(self, lambda s, v: ix.index_put(s, v, [], (), _name="FillBackward3"),
                        value)
-    if self._ir is None and not (grad_mode._enabled[0] and self._requires_grad):
+    if self._ir is None and not (grad_mode._state.enabled and self._requires_grad):
         _check_inplace_allowed(self)
         self._data[...] = value
         self._vc.value += 1
@@ -367,7 +367,7 @@ def _fill_(self, value):
 
 
 def _zero_(self):
-    if self._ir is None and not (grad_mode._enabled[0] and self._requires_grad):
+    if self._ir is None and not (grad_mode._state.enabled and self._requires_grad):
         return _fill_(self, 0)
     return inplace(self, lambda s: ix.index_put(s, 0, [], (), _name="ZeroBackward0"))
 
@@ -385,7 +385,7 @@ def _copy_(self, src, non_blocking=False):
 def _setitem(self, key, value):
     if isinstance(value, (list, tuple)):
         value = creation.tensor(value, dtype=self.dtype)
-    if grad_mode._enabled[0] and self._requires_grad and self.grad_fn is None \
+    if grad_mode._state.enabled and self._requires_grad and self.grad_fn is None \
             and self._ir is None and ix.key_is_view(self, key):
         # torch writes a basic-indexed assignment through a view of self
         raise RuntimeError("a view of a leaf Variable that requires grad is being used in an "

@@ -80,8 +80,8 @@ class Specialisation:
         self._forward = self.executable.arguments[0]
         self._forward.bind_slots([[self.n_user + i] for i in range(len(params))],
                                  [f"parameter {name}" for name, _ in params])
+        self._forward.seeds_at(self.n_user + len(params), self.n_seeds)
         self._param_tensors = [p for _, p in params]
-        self._seed_slot = self.n_user + len(params)
         self.out_meta = [(v.shape, v.dtype.np) for v in graphs[0][1].outputs]
         if self.needs_grad:  # backward arguments: cotangents, saved values; gradients
             self._backward = self.executable.arguments[1]
@@ -111,14 +111,18 @@ class Specialisation:
             arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
         outs = []
         for (shape, dt), spare in zip(self.out_meta, self._spare):
-            outs.append(spare.pop() if spare else np.empty(shape, dt))
+            if spare:
+                try:
+                    outs.append(spare.pop())
+                    continue
+                except IndexError:  # another thread took the last one
+                    pass
+            outs.append(np.empty(shape, dt))
         params = list(map(_data_of, self._param_tensors))
-        if self.n_seeds:
-            seeds = call.set_seeds(self._seed_slot, self.n_seeds)
-            call(arrays, outs, params)
+        seeds = call(arrays, outs, params)
+        if seeds is not None:
             # kept with the user inputs: the backward may read them as saved values
             return arrays + [seeds[k:k + 1].reshape(()) for k in range(self.n_seeds)], outs
-        call(arrays, outs, params)
         return arrays, outs
 
     def run_backward(self, cotangents, saved):
@@ -260,7 +264,7 @@ class CompiledModule:
         """A cheap lookup key: shapes, dtypes and requires_grad of the inputs, the training
         flag and grad mode (what a specialisation depends on)."""
         return (tuple((x._data.shape, x._data.dtype.num, x._requires_grad) for x in inputs),
-                self._module.training, grad_mode._enabled[0])
+                self._module.training, grad_mode._state.enabled)
 
     def __call__(self, *args, **kwargs):
         inputs, structure = _flatten_call(args, kwargs)

@@ -1,30 +1,42 @@
 """Generated C ready to call: the layer ``tracenet.compile`` and ``tracenet.compile_step`` share.
 
 A compiled specialisation is a few graphs run through the pass pipeline, emitted as one C
-translation unit, built (or loaded from the cache) and called through one reusable ``void *[]``
-per entry point. The front ends differ only in the graphs they build and in which arguments
+translation unit, built (or loaded from the cache) and called through reusable ``void *[]``
+vectors and work memory (arenas) that belong to one call at a time, so several threads may
+call one compiled callable at once. The front ends differ only in the graphs they build and in which arguments
 change from call to call; everything else is here:
 
 * ``optimise(graph)``: the pass pipeline every compiled graph goes through;
 * ``Executable(graphs, unit)``: generate -> build -> load, with one ``Arguments`` per graph;
-* ``Arguments``: an entry point's argument vector (the graph's inputs, then its outputs).
+* ``Arguments``: an entry point's argument vectors (the graph's inputs, then its outputs).
   *Bound* slots point at long-lived arrays (parameters, buffers, optimizer state) and are
   re-pointed only when those arrays are replaced; *fixed* slots point at arrays the caller owns
   for the executable's lifetime; the rest (batch, seeds, fresh outputs) are set on every call;
+* ``Arenas``: the work memory of one compiled callable, shared by its specialisations;
 * ``Specialisations``: the compiled specialisations of one callable, by key.
 """
 import functools
+import threading
 
 import _cffi_backend
+import cffi
+import numpy as np
 
 from .codegen.base import STATUS_DETAILS, has_lowering
-from .codegen.emit import c_identifier, generate
+from .codegen.emit import ALIGN, c_identifier, generate
 from .ir.verify import verify
 from .passes import fuse, simplify
 from .passes.decompose import decompose
 from .passes.lower import lower_gemm
 from .runtime import build, debug, target as runtime_target
 from .trace import fresh_seeds
+
+_ffi = cffi.FFI()
+_CHAR_ARRAY = _ffi.typeof("char[]")
+_NULL = _ffi.NULL
+# tracing and building are not thread-safe (one tracer is active per process): new
+# specialisations are made one at a time
+_compiling = threading.RLock()
 
 
 def optimise(graph):
@@ -40,7 +52,8 @@ def optimise(graph):
 
 class Executable:
     """``graphs`` (a list of (entry suffix, optimised Graph)) as one built, loaded C library;
-    ``arguments[i]`` calls the entry point of ``graphs[i]``."""
+    ``arguments[i]`` calls the entry point of ``graphs[i]``. Its entry points share one pool of
+    arenas (``share_arenas`` replaces it with the pool of a whole compiled callable)."""
 
     def __init__(self, graphs, unit):
         self.timing = debug.enabled("time")  # built with per-kernel clocks
@@ -48,56 +61,109 @@ class Executable:
                                                            timing=self.timing)
         self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp)
         self.entries = entries
-        self.arguments = [Arguments(self.library, entry, self.timing) for entry in entries]
+        arenas = Arenas()
+        self.arguments = [Arguments(self.library, entry, self.timing, arenas)
+                          for entry in entries]
+
+    def share_arenas(self, arenas):
+        for a in self.arguments:
+            a.arenas = arenas
+
+
+class Arenas:
+    """Work memory for the entry points of one compiled callable (the ``char *arena`` each C
+    call writes its intermediates and scratch to): ``idle``, the arenas not in use right now.
+
+    A call pops one and appends it back when it returns (``Arguments.__call__``), so calls
+    from several threads at once each get their own, and a thread calling again reuses one.
+    There are never more than the number of calls that ran at once, each as large as the
+    largest need so far (a smaller idle one is dropped when a larger one is needed); they are
+    plain Python-owned memory, freed with the callable."""
+
+    __slots__ = ("idle",)
+
+    def __init__(self):
+        self.idle = []
+
+    def __len__(self):
+        return len(self.idle)
+
+    def largest(self):
+        return max((a.nbytes for a in self.idle), default=0)
+
+
+class _Arena:
+    """``nbytes`` of uninitialised memory aligned to ``ALIGN``; ``pointer`` is what the C entry
+    point takes."""
+
+    __slots__ = ("nbytes", "pointer")
+
+    def __init__(self, nbytes):
+        memory = np.empty(nbytes + ALIGN, np.uint8)  # pages are touched only when used
+        start = -memory.ctypes.data % ALIGN
+        self.nbytes = nbytes
+        self.pointer = _cffi_backend.from_buffer(_CHAR_ARRAY, memory[start:start + nbytes])
+
+
+class _Vector:
+    """One ``void *[]`` of an entry point and the arrays its bound slots point at."""
+
+    __slots__ = ("args", "bound")
+
+    def __init__(self, args):
+        self.args = args
+        self.bound = ()
 
 
 class Arguments:
-    """One entry point and the ``void *[]`` it is called with, reused across calls.
+    """One entry point and how to call it: its argument vectors, reused across calls.
 
     Slot ``i < n_inputs`` is graph input ``i``; slot ``n_inputs + j`` is graph output ``j``.
     A slot holds a raw address, so whoever sets it keeps the array alive: bound and fixed
-    arrays are kept here, per-call arrays by the caller until the call returns."""
+    arrays are kept here, per-call arrays by the caller until the call returns.
 
-    __slots__ = ("entry", "library", "timing", "ffi", "pointer", "fn", "args", "n_inputs",
-                 "_fixed", "_bound_slots", "_bound_names", "_bound", "_status")
+    The C call runs without the GIL, so a vector belongs to one call at a time: a call takes an
+    idle vector (or makes one) and gives it back when it returns, together with an arena from
+    ``arenas``. Calls from several threads at once thus never share memory they write."""
 
-    def __init__(self, library, entry, timing):
+    __slots__ = ("entry", "library", "timing", "ffi", "pointer", "fn", "n_inputs", "arenas",
+                 "arena_bytes", "_idle", "_fixed", "_bound_slots", "_bound_names",
+                 "_seed_slot", "_n_seeds", "_status")
+
+    def __init__(self, library, entry, timing, arenas):
         self.entry = entry
         self.library = library
         self.timing = timing
         self.ffi = library.ffi
         # a ``char[]`` over an array's buffer, whose address a ``void *`` slot takes: what
         # ``ffi.from_buffer(array)`` returns, without its Python-level argument handling
-        self.pointer = functools.partial(_cffi_backend.from_buffer, self.ffi.typeof("char[]"))
+        self.pointer = functools.partial(_cffi_backend.from_buffer, _CHAR_ARRAY)
         self.fn = getattr(library.lib, entry.name)
-        self.args = self.ffi.new("void *[]", max(entry.num_args, 1))
         self.n_inputs = len(entry.graph.inputs)
-        self._fixed = []
+        self.arenas = arenas
+        self.arena_bytes = entry.arena_bytes
+        self._idle = []  # argument vectors not in use
+        self._fixed = []  # (slots, array)
         self._bound_slots = ()  # per bound array, the slots it fills
         self._bound_names = ()
-        self._bound = ()  # the arrays the bound slots point at
         # a fresh zeroed status per call (thread-safe) for entries with data checks; the C
         # code never reads it otherwise
         self._status = functools.partial(self.ffi.new, "int64_t[]", 1 + STATUS_DETAILS) \
-            if entry.checks else (lambda: self.ffi.NULL)
+            if entry.checks else (lambda: _NULL)
+        self._seed_slot, self._n_seeds = 0, 0
 
     def output_slot(self, j):
         return self.n_inputs + j
 
-    def set_seeds(self, slot, n):
-        """Fresh values for the ``n`` seed inputs from ``slot`` on; returns them (an int64
-        vector the caller keeps until the call returns)."""
-        seeds = fresh_seeds(n)
-        for k in range(n):
-            self.args[slot + k] = self.pointer(seeds[k:k + 1])
-        return seeds
+    def seeds_at(self, slot, n):
+        """The ``n`` seed inputs from ``slot`` on get fresh values on every call."""
+        self._seed_slot, self._n_seeds = slot, n
 
     def fix(self, slots, array):
-        """Point ``slots`` at ``array`` for the lifetime of this vector."""
-        ptr = self.pointer(array)
-        for s in slots:
-            self.args[s] = ptr
-        self._fixed.append(array)
+        """Point ``slots`` at ``array`` for the lifetime of these arguments (declared before
+        the first call)."""
+        self._fixed.append((tuple(slots), array))
+        self._idle = []
 
     def bind_slots(self, slot_groups, names):
         """Declare the bound arrays: array ``i`` (called ``names[i]`` in errors) fills the
@@ -105,31 +171,45 @@ class Arguments:
         output)."""
         self._bound_slots = tuple(tuple(g) for g in slot_groups)
         self._bound_names = tuple(names)
-        self._bound = [None] * len(self._bound_slots)  # none yet
+        self._idle = []
 
-    def _rebind(self, arrays):
-        args = self.args
+    def _new_vector(self):
+        args = self.ffi.new("void *[]", max(self.entry.num_args, 1))
+        for slots, array in self._fixed:
+            ptr = self.pointer(array)
+            for s in slots:
+                args[s] = ptr
+        return _Vector(args)
+
+    def _rebind(self, vector, arrays):
+        args = vector.args
         for name, slots, arr in zip(self._bound_names, self._bound_slots, arrays):
             if not arr.flags.c_contiguous:
                 raise RuntimeError(f"{name} is not contiguous")
             ptr = self.pointer(arr)
             for s in slots:
                 args[s] = ptr
-        self._bound = list(arrays)  # kept alive: the slots hold their raw addresses
+        vector.bound = list(arrays)  # kept alive: the slots hold their raw addresses
 
     def __call__(self, inputs=(), outputs=(), bound=()):
         """Call the entry point. ``inputs`` and ``outputs`` are this call's arrays for the
         leading input and output slots; ``bound`` the current long-lived arrays for the bound
-        slots, re-pointed only if they are not the arrays bound last time (the common case is
-        one identity check per array). Other slots keep what was set."""
-        for new, old in zip(bound, self._bound):
-            if new is not old:
-                self._rebind(bound)
-                break
+        slots, re-pointed only if they are not the arrays the vector was bound to last time
+        (the common case is one identity check per array). Returns the seeds drawn for this
+        call (an int64 vector), if the entry point takes any, else None."""
+        try:
+            vector = self._idle.pop()
+        except IndexError:
+            vector = self._new_vector()
+        old = vector.bound
+        if len(bound) != len(old):
+            self._rebind(vector, bound)
         else:
-            if len(bound) != len(self._bound):
-                self._rebind(bound)
-        args, pointer = self.args, self.pointer
+            for new, prev in zip(bound, old):
+                if new is not prev:
+                    self._rebind(vector, bound)
+                    break
+        args, pointer = vector.args, self.pointer
         k = 0
         for arr in inputs:
             args[k] = pointer(arr)
@@ -138,12 +218,30 @@ class Arguments:
         for arr in outputs:
             args[k] = pointer(arr)
             k += 1
+        seeds = None
+        if self._n_seeds:
+            seeds = fresh_seeds(self._n_seeds)
+            for k in range(self._n_seeds):
+                args[self._seed_slot + k] = pointer(seeds[k:k + 1])
         status = self._status()
-        self.fn(args, status)
+        if self.arena_bytes:
+            idle = self.arenas.idle
+            try:
+                arena = idle.pop()  # atomic: no two calls get the same arena
+                if arena.nbytes < self.arena_bytes:
+                    arena = _Arena(self.arena_bytes)
+            except IndexError:
+                arena = _Arena(self.arena_bytes)
+            self.fn(args, arena.pointer, status)
+            idle.append(arena)
+        else:
+            self.fn(args, _NULL, status)
+        self._idle.append(vector)
         if self.timing:
             self.log_kernel_times()
         if status and status[0]:
             self.raise_check(status)
+        return seeds
 
     def raise_check(self, status):
         """Raise the exception eager mode raises for the data check that failed."""
@@ -162,19 +260,30 @@ class Arguments:
 
 
 class Specialisations(dict):
-    """key -> specialisation, for one compiled callable; ``last`` is the one used last."""
+    """key -> specialisation, for one compiled callable; ``last`` is the one used last.
+    Its specialisations share ``arenas``: one thread calls one of them at a time, so the
+    callable holds the work memory of its largest specialisation, not of all of them."""
 
     def __init__(self, name):
         super().__init__()
         self.name = name
         self.last = None
+        self.arenas = Arenas()
 
     def create(self, key, make, shown, rekey=None):
-        """Compile the specialisation for a new ``key``: ``make(unit)`` with a C unit name of
-        its own; ``shown`` describes the key in the cache log. ``rekey(spec)``, if given, is
-        the key to keep it under when compiling refines the key."""
-        if self:
-            debug.log("cache", f"new specialisation for {shown} (have {len(self)})")
-        spec = make(c_identifier(f"{self.name}_{len(self)}"))
-        self[key if rekey is None else rekey(spec)] = spec
-        return spec
+        """Compile the specialisation for a new ``key``: ``make(unit)`` (whose result has an
+        ``executable``) with a C unit name of its own; ``shown`` describes the key in the cache
+        log. ``rekey(spec)``, if given, is the key to keep it under when compiling refines the
+        key. Threads compile one at a time; one that waited finds the specialisation another
+        made for its key."""
+        with _compiling:
+            spec = self.get(key)
+            # (a specialisation whose guards no longer hold is why the caller is here)
+            if spec is not None and spec.guards.hold():
+                return spec
+            if self:
+                debug.log("cache", f"new specialisation for {shown} (have {len(self)})")
+            spec = make(c_identifier(f"{self.name}_{len(self)}"))
+            spec.executable.share_arenas(self.arenas)
+            self[key if rekey is None else rekey(spec)] = spec
+            return spec

@@ -125,9 +125,9 @@ class _StepSpecialisation:
         (fixed); outputs are the loss (per call), gradients (fixed), updated parameters and
         state (bound: written in place) and buffer updates (fixed)."""
         call = self.executable.arguments[0]
-        self._seed_slot = n_batch + n_params + n_buffers
-        self.n_seeds = n_seeds
-        first_state = self._seed_slot + n_seeds
+        seed_slot = n_batch + n_params + n_buffers
+        call.seeds_at(seed_slot, n_seeds)
+        first_state = seed_slot + n_seeds
         n_state = len(state_names)
         out = call.output_slot
         first_new_param, first_new_state = out(1 + n_params), out(1 + 2 * n_params)
@@ -162,8 +162,6 @@ class _StepSpecialisation:
             arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
         bound = list(map(_data_of, self._tensors))
         bound += self.update_state.refresh()
-        if self.n_seeds:
-            seeds = call.set_seeds(self._seed_slot, self.n_seeds)  # kept until the call returns
         loss = np.empty(*self.loss_meta)
         try:
             call(arrays, (loss,), bound)

@@ -179,7 +179,7 @@ def run_eager(op, inputs, attrs):
         for o in outputs:
             o._vc = base._vc
             o._base = base._base if base._base is not None else base
-    if op.differentiable and grad_mode._enabled[0]:
+    if op.differentiable and grad_mode._state.enabled:
         needs = tuple(t._requires_grad for t in inputs)
         if any(needs):
             _record(op, inputs, outputs, metas, metas_out, attrs, needs)

@@ -1,11 +1,14 @@
 """Graph -> one C translation unit: kernels, constants, a memory plan, and one exported entry
 point per graph.
 
-Entry points take ``void *const *args``: the graph's inputs, then its outputs, as buffer
-addresses; and ``int64_t *err``, the call's status (see "data checks" in ``base``): an entry
-returns right after a kernel that reports bad data, and ``EntryPoint.checks`` says how each
-status code is raised. Intermediates live in a static arena laid out by a liveness-based plan
-that reuses the memory of dead values; views alias their source buffer.
+Entry points take ``void *const *args``, the graph's inputs then its outputs as buffer
+addresses; ``char *arena``, the caller's work memory (``EntryPoint.arena_bytes``, aligned to
+``ALIGN``): intermediates and kernel scratch live there, laid out by a liveness-based plan that
+reuses the memory of dead values (views alias their source buffer); and ``int64_t *err``, the
+call's status (see "data checks" in ``base``): an entry returns right after a kernel that
+reports bad data, and ``EntryPoint.checks`` says how each status code is raised. The generated
+code keeps no state of its own besides read-only constants, so one library serves any number
+of callers at once, each with its own arena and status.
 """
 import hashlib
 import os
@@ -54,7 +57,7 @@ class EntryPoint:
         self.name = name
         self.graph = graph
         self.kernels = []          # (Kernel, node)
-        self.arena_bytes = 0
+        self.arena_bytes = 0       # the work memory a call needs (0: pass NULL)
         self.copies = []           # (output index, value) copied at the end
         self.checks = []           # status code - 1 -> (exception type, message format)
 
@@ -200,9 +203,8 @@ def plan_entry(entry, prefix, target):
             scratch_at[idx] = off
             live.append((idx, off, nb))
     entry.arena_bytes = arena.size
-    arena_name = f"{prefix}_arena"
     for r, off in placements.items():
-        storage[r] = f"(void *)({arena_name} + {off})"
+        storage[r] = f"(void *)(arena + {off})"
 
     def ptr(v):
         return f"({CTYPE[v.dtype.short]} *){storage[root_of(v)]}"
@@ -211,7 +213,7 @@ def plan_entry(entry, prefix, target):
     for idx, k, node in kernels:
         args = [ptr(v) for _, v in k.reads] + [ptr(v) for _, v in k.writes]
         if k.scratch:
-            args.append(f"({k.scratch_ctype} *)({arena_name} + {scratch_at[idx]})")
+            args.append(f"({k.scratch_ctype} *)(arena + {scratch_at[idx]})")
         call = f"{k.name}({', '.join(args + ['err'] * bool(k.checks))});"
         if k.checks:  # the kernel's codes count from 1: shift them to the entry's
             base = len(entry.checks)
@@ -223,7 +225,7 @@ def plan_entry(entry, prefix, target):
     for j, v in entry.copies:
         copies.append(f"memcpy((void *)args[{n_in + j}], (const void *){storage[root_of(v)]}, "
                       f"{_nbytes(v)});")
-    return constants, body, copies, arena_name
+    return constants, body, copies
 
 
 def generate(graphs, unit, target, timing=False):
@@ -248,11 +250,8 @@ def generate(graphs, unit, target, timing=False):
     helpers_done = set()
     for suffix, graph in graphs:
         entry = EntryPoint(f"{prefix}_{c_identifier(suffix)}", graph)
-        constants, body, copies, arena_name = plan_entry(entry, entry.name, target)
+        constants, body, copies = plan_entry(entry, entry.name, target)
         parts += constants
-        if entry.arena_bytes:
-            parts.append(f"static char {arena_name}[{entry.arena_bytes}] "
-                         f"__attribute__((aligned({ALIGN})));")
         parts.append("")
         for k, _ in body:
             for helper, source in k.helpers:
@@ -265,7 +264,7 @@ def generate(graphs, unit, target, timing=False):
             parts.append(f"double *{entry.name}_kernel_times(void) {{ return "
                          f"{entry.name}_times; }}")
             cdefs.append(f"double *{entry.name}_kernel_times(void);")
-        sig = f"void {entry.name}(void *const *args, int64_t *err)"
+        sig = f"void {entry.name}(void *const *args, char *arena, int64_t *err)"
         parts.append(f"/* graph {c_comment(graph.name)}: {len(graph.inputs)} inputs, "
                      f"{len(graph.outputs)} outputs, arena {entry.arena_bytes} bytes */")
         parts.append(sig)

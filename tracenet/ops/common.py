@@ -56,7 +56,7 @@ def unsaved(t):
     product when only this one needs a gradient): the same place in the graph, but its own
     version counter, so an in-place change to ``t`` after the op is, as in torch, not an error
     at backward time."""
-    if t._ir is not None or not grad_mode._enabled[0]:
+    if t._ir is not None or not grad_mode._state.enabled:
         return t
     alias = Tensor._wrap(t._data)
     if t._requires_grad:
