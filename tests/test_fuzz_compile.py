@@ -1,0 +1,64 @@
+"""Fuzzing tracenet.compile: random small nets (tests/fuzz_nets.py) compiled and checked against
+eager mode -- outputs, input and parameter gradients, BatchNorm running statistics -- in train and
+eval modes, float32 and float64.
+
+The default run checks a fixed, derandomized set of examples; ``pytest -m fuzz`` runs the long,
+randomized variant. The sanitizer test runs a few examples with the generated C built under
+AddressSanitizer and UndefinedBehaviorSanitizer (TRACENET_SANITIZE=1) in a subprocess.
+Reproductions of what the fuzzer found are regular tests at the end of the file."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fuzz_nets import Case, check_case, fuzz
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    d = tmp_path_factory.getbasetemp() / "tracenet-cache"
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(d))
+
+
+def test_fuzz_compiled_matches_eager():
+    fuzz(max_examples=100)
+
+
+@pytest.mark.fuzz
+def test_fuzz_compiled_matches_eager_long():
+    fuzz(max_examples=int(os.environ.get("TRACENET_FUZZ_EXAMPLES", "3000")), derandomize=False)
+
+
+def _sanitizer_runtime():
+    """Path of gcc's ASan runtime, or None if the compiler cannot build sanitized code."""
+    cc = os.environ.get("CC", "gcc").split()
+    try:
+        path = subprocess.run(cc + ["-print-file-name=libasan.so"], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+    except OSError:
+        return None
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+def test_fuzz_under_sanitizers(tmp_path):
+    asan = _sanitizer_runtime()
+    if asan is None:
+        pytest.skip("the C compiler has no AddressSanitizer runtime (libasan)")
+    env = dict(os.environ, TRACENET_SANITIZE="1", TRACENET_CACHE_DIR=str(tmp_path),
+               LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0",
+               UBSAN_OPTIONS="print_stacktrace=1",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE]))
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "fuzz_nets.py"), "6"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if "cannot build with -fsanitize" in proc.stderr:
+        pytest.skip("the C compiler cannot link sanitized code")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for report in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+        assert report not in proc.stderr, proc.stderr[-4000:]
+    assert any(name.endswith(".so") for name in os.listdir(tmp_path))  # something was built
+
+
+# --- reproductions of what the fuzzer found ---------------------------------------------------
