@@ -62,3 +62,15 @@ def test_fuzz_under_sanitizers(tmp_path):
 
 
 # --- reproductions of what the fuzzer found ---------------------------------------------------
+
+
+def test_bias_before_batchnorm_gradient_is_rounding_noise():
+    """The bias of a Linear followed by BatchNorm1d (training) has an exactly-zero gradient;
+    eager float32 gives 2e-4 of rounding noise, compiled 0: compared on the gradients' scale."""
+    check_case(Case(layers=(
+        ("Residual", (("Conv2d", (4, 4, 1), {"groups": 2, "bias": True}),)),
+        ("MaxPool2d", (1,), {"stride": 1}),
+        ("Conv2d", (4, 4, 1), {"stride": (2, 1), "groups": 4, "bias": False}),
+        ("Tanh", (), {}), ("Flatten", (), {}), ("Linear", (24, 3), {"bias": True}),
+        ("BatchNorm1d", (3,), {"momentum": 0.1, "affine": False})),
+        shape=(2, 4, 2, 6), dtype="float32", train=True, seed=0))
