@@ -106,7 +106,7 @@ def conv(draw, shape, keep_spatial=False, same_channels=False):
     c, spatial = shape[0], shape[1:]
     d = len(spatial)
     groups = draw(st.sampled_from([g for g in (1, 2, 3, 4) if c % g == 0]))
-    out = c if same_channels else groups * draw(st.integers(1, max(1, 6 // groups)))
+    out = c if same_channels else groups * draw(st.integers(1, max(1, 8 // groups)))
     ks, strides, pads, dils, new = [], [], [], [], []
     for length in spatial:
         dil = draw(st.sampled_from([1, 1, 2]))
@@ -210,14 +210,16 @@ def head(draw, features):
 def cases(draw):
     kind = draw(st.sampled_from(["conv1d", "conv2d", "conv2d", "conv3d", "mlp"]))
     batch = draw(st.integers(1, 4))
+    wide = draw(st.integers(0, 3)) == 0  # wider than a SIMD register in the innermost dimension
     if kind == "mlp":
-        shape = (draw(st.integers(1, 12)),)
+        shape = (draw(st.integers(1, 40 if wide else 12)),)
         layers = draw(head(shape[0]))
     else:
         d = int(kind[4])
-        top = {1: 12, 2: 9, 3: 5}[d]
-        shape = (draw(st.integers(1, 4)), *draw(st.lists(st.integers(1, top), min_size=d,
-                                                          max_size=d)))
+        inner = {1: 40, 2: 20, 3: 6}[d] if wide else {1: 12, 2: 8, 3: 4}[d]
+        outer = st.integers(1, 8 if d == 2 else 4)
+        shape = (draw(st.integers(1, 8)), *draw(st.lists(outer, min_size=d - 1, max_size=d - 1)),
+                 draw(st.integers(1, inner)))
         layers, cur = [], shape
         for _ in range(draw(st.integers(1, 4 if d < 3 else 2))):
             item, cur = draw(block(cur))
