@@ -266,13 +266,26 @@ def make_net(case):
     return net.train(case.train)
 
 
-def _close(actual, expected, tol, what, scale=1.0):
-    """allclose with the absolute tolerance scaled by ``scale`` and the magnitude of the expected
-    values."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    scale = max(1.0, scale, _magnitude(expected))
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
+def _observe(case, net, forward, dtype, steps):
+    """What ``steps`` forward/backward steps of ``forward`` (``net`` or its compiled twin) show,
+    as (step, what, array) rows: the output, the input and parameter gradients, the buffers.
+    The inputs and cotangents are the case's, in the case's dtype, then converted to ``dtype``.
+    """
+    rows = []
+    for step in range(steps):
+        rng = np.random.default_rng([case.seed, step])
+        x = tn.tensor(rng.standard_normal(case.shape).astype(case.dtype).astype(dtype),
+                      requires_grad=True)
+        y = forward(x)
+        gy = rng.standard_normal(tuple(y.shape)).astype(case.dtype).astype(dtype)
+        net.zero_grad()
+        y.backward(tn.tensor(gy))
+        rows.append((step, "output", y.detach().numpy()))
+        rows.append((step, "gradient of input", x.grad.numpy()))
+        rows += [(step, f"gradient of {name}", p.grad.numpy())
+                 for name, p in net.named_parameters()]
+        rows += [(step, f"buffer {name}", b.numpy().copy()) for name, b in net.named_buffers()]
+    return rows
 
 
 def _magnitude(array):
@@ -280,33 +293,39 @@ def _magnitude(array):
 
 
 def check_case(case, steps=2):
-    """Compiled against eager: outputs, input and parameter gradients and buffers, over
-    ``steps`` forward/backward steps with fresh inputs (running statistics accumulate).
+    """Compiled against eager over ``steps`` forward/backward steps with fresh inputs (running
+    statistics accumulate): outputs, input and parameter gradients, buffers.
 
-    Gradients are compared on the scale of the largest gradient: a gradient that is zero in
-    exact arithmetic (a bias before BatchNorm) is rounding noise of that size in float32."""
-    eager, twin = make_net(case), make_net(case)
-    compiled = tn.compile(twin)
+    Values agree within ``TOLERANCE`` relative to their magnitude; gradients relative to the
+    largest gradient of their step (a gradient that is zero in exact arithmetic, like a bias
+    before BatchNorm, is rounding noise of that size). Where float32 results differ by more, the
+    compiled one must be about as close to the float64 result as eager's: BatchNorm over two
+    values per channel is ill-conditioned enough for both to be off by more than 1e-4."""
+    eager = make_net(case)
+    twin = make_net(case)
+    expected = _observe(case, eager, eager, case.dtype, steps)
+    actual = _observe(case, twin, tn.compile(twin), case.dtype, steps)
     tol = TOLERANCE[case.dtype]
-    rng = np.random.default_rng(case.seed + 1)
-    dtype = np.dtype(case.dtype)
-    for step in range(steps):
-        x = rng.standard_normal(case.shape).astype(dtype)
-        xe, xc = tn.tensor(x, requires_grad=True), tn.tensor(x, requires_grad=True)
-        ye, yc = eager(xe), compiled(xc)
-        _close(yc.detach().numpy(), ye.detach().numpy(), tol, f"step {step}: output")
-        gy = tn.tensor(rng.standard_normal(tuple(ye.shape)).astype(dtype))
-        eager.zero_grad(), twin.zero_grad()
-        ye.backward(gy)
-        yc.backward(gy)
-        expected = [("input", xe.grad, xc.grad)] + [
-            (name, pe.grad, pc.grad)
-            for (name, pe), pc in zip(eager.named_parameters(), twin.parameters())]
-        scale = max(_magnitude(e.numpy()) for _, e, _ in expected)
-        for name, e, c in expected:
-            _close(c.numpy(), e.numpy(), tol, f"step {step}: gradient of {name}", scale)
-        for (name, be), bc in zip(eager.named_buffers(), twin.buffers()):
-            _close(bc.numpy(), be.numpy(), tol, f"step {step}: buffer {name}")
+    grad_scale = {}
+    for step, what, e in expected:
+        if what.startswith("gradient"):
+            grad_scale[step] = max(grad_scale.get(step, 1.0), _magnitude(e))
+    exact = None
+    for i, ((step, what, e), (_, _, a)) in enumerate(zip(expected, actual)):
+        label = f"step {step}: {what}"
+        assert a.shape == e.shape, f"{label}: shape {a.shape} != {e.shape}"
+        scale = max(1.0, _magnitude(e), grad_scale[step] if what.startswith("gradient") else 0)
+        if np.allclose(a, e, rtol=tol, atol=tol * scale) or case.dtype != "float32":
+            np.testing.assert_allclose(a, e, rtol=tol, atol=tol * scale, err_msg=label)
+            continue
+        if exact is None:
+            double = make_net(case).double()
+            exact = _observe(case, double, double, "float64", steps)
+        x = exact[i][2]
+        eager_error, error = _magnitude(e - x), _magnitude(a - x)
+        assert error <= 2 * eager_error + tol * scale, (
+            f"{label}: compiled is {error:.3g} from the float64 result, eager {eager_error:.3g}"
+            f"\ncompiled {a}\neager {e}\nfloat64 {x}")
 
 
 FUZZ_SETTINGS = dict(deadline=None, database=None, print_blob=True,

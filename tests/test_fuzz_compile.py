@@ -66,11 +66,25 @@ def test_fuzz_under_sanitizers(tmp_path):
 
 def test_bias_before_batchnorm_gradient_is_rounding_noise():
     """The bias of a Linear followed by BatchNorm1d (training) has an exactly-zero gradient;
-    eager float32 gives 2e-4 of rounding noise, compiled 0: compared on the gradients' scale."""
+    eager and compiled float32 differ by 6e-4 of rounding noise there, which is small on the
+    scale of the net's gradients."""
     check_case(Case(layers=(
         ("Residual", (("Conv2d", (4, 4, 1), {"groups": 2, "bias": True}),)),
         ("MaxPool2d", (1,), {"stride": 1}),
         ("Conv2d", (4, 4, 1), {"stride": (2, 1), "groups": 4, "bias": False}),
         ("Tanh", (), {}), ("Flatten", (), {}), ("Linear", (24, 3), {"bias": True}),
         ("BatchNorm1d", (3,), {"momentum": 0.1, "affine": False})),
-        shape=(2, 4, 2, 6), dtype="float32", train=True, seed=0))
+        shape=(2, 4, 2, 6), dtype="float32", train=True, seed=29))
+
+
+def test_two_batchnorms_over_a_batch_of_two_float32():
+    """BatchNorm1d over two samples, twice: eager and compiled float32 weight gradients are both
+    1e-4 from the float64 result (in opposite directions); compiled is as accurate as eager."""
+    check_case(Case(layers=(
+        ("ReLU", (), {}), ("Mish", (), {}), ("MaxPool2d", (1,), {"stride": 1}),
+        ("Dropout", (), {"p": 0.0}), ("Flatten", (), {}),
+        ("Linear", (98, 6), {"bias": False}), ("Linear", (6, 3), {"bias": False}),
+        ("BatchNorm1d", (3,), {"momentum": 0.1, "affine": True}),
+        ("Linear", (3, 8), {"bias": True}),
+        ("BatchNorm1d", (8,), {"momentum": 0.1, "affine": False})),
+        shape=(2, 2, 7, 7), dtype="float32", train=True, seed=1238))
