@@ -107,7 +107,7 @@ def conv(draw, shape, keep_spatial=False, same_channels=False):
     d = len(spatial)
     groups = draw(st.sampled_from([g for g in (1, 2, 3, 4) if c % g == 0]))
     out = c if same_channels else groups * draw(st.integers(1, max(1, 8 // groups)))
-    ks, strides, pads, dils, new = [], [], [], [], []
+    windows, new = [], []  # (kernel, stride, padding, dilation) per dimension
     for length in spatial:
         dil = draw(st.sampled_from([1, 1, 2]))
         if keep_spatial:
@@ -117,8 +117,9 @@ def conv(draw, shape, keep_spatial=False, same_channels=False):
             pad = draw(st.integers(0, 2))
             k = draw(st.integers(1, 5).filter(lambda k: _fits(length, k, pad, dil)))
             stride = draw(st.integers(1, 3))
-        ks.append(k), strides.append(stride), pads.append(pad), dils.append(dil)
+        windows.append((k, stride, pad, dil))
         new.append(_out_len(length, k, stride, pad, dil))
+    ks, strides, pads, dils = zip(*windows)
     kwargs = dict(stride=_compact(strides), padding=_compact(pads), dilation=_compact(dils),
                   groups=groups, bias=draw(st.booleans()))
     return (f"Conv{d}d", (c, out, _compact(ks)), kwargs), (out, *new)
