@@ -10,9 +10,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from fuzz_nets import Case, check_case, fuzz
+from fuzz_nets import Case, check_case, fuzz, make_net
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -66,7 +67,7 @@ def test_fuzz_under_sanitizers(tmp_path):
 
 def test_bias_before_batchnorm_gradient_is_rounding_noise():
     """The bias of a Linear followed by BatchNorm1d (training) has an exactly-zero gradient;
-    eager and compiled float32 differ by 6e-4 of rounding noise there, which is small on the
+    eager and compiled float32 differ by 1e-3 of rounding noise there, which is small on the
     scale of the net's gradients."""
     check_case(Case(layers=(
         ("Residual", (("Conv2d", (4, 4, 1), {"groups": 2, "bias": True}),)),
@@ -74,7 +75,7 @@ def test_bias_before_batchnorm_gradient_is_rounding_noise():
         ("Conv2d", (4, 4, 1), {"stride": (2, 1), "groups": 4, "bias": False}),
         ("Tanh", (), {}), ("Flatten", (), {}), ("Linear", (24, 3), {"bias": True}),
         ("BatchNorm1d", (3,), {"momentum": 0.1, "affine": False})),
-        shape=(2, 4, 2, 6), dtype="float32", train=True, seed=29))
+        shape=(2, 4, 2, 6), dtype="float32", train=True, seed=6))
 
 
 def test_two_batchnorms_over_a_batch_of_two_float32():
@@ -87,4 +88,16 @@ def test_two_batchnorms_over_a_batch_of_two_float32():
         ("BatchNorm1d", (3,), {"momentum": 0.1, "affine": True}),
         ("Linear", (3, 8), {"bias": True}),
         ("BatchNorm1d", (8,), {"momentum": 0.1, "affine": False})),
-        shape=(2, 2, 7, 7), dtype="float32", train=True, seed=1238))
+        shape=(2, 2, 7, 7), dtype="float32", train=True, seed=1212))
+
+
+def test_inputs_and_running_mean_come_from_different_streams():
+    """Seeding both from the case's seed made the first input equal the running mean: eval
+    BatchNorm then gives exactly 0 in eager and 7e-18 compiled, and ReLU's gradient at its kink
+    differs. A generator artifact, not a compiler bug: the streams are now separate."""
+    case = Case(layers=(("BatchNorm1d", (1,), {"momentum": 0.1, "affine": False}),
+                        ("ReLU", (), {})), shape=(1, 1, 1), dtype="float32", train=False, seed=0)
+    net = make_net(case)
+    x = np.random.default_rng([2, case.seed, 0]).standard_normal(case.shape)
+    assert float(x.ravel()[0]) != pytest.approx(float(net[0].running_mean.numpy()[0]))
+    check_case(case)
