@@ -124,7 +124,8 @@ def _probe_cache_path():
     argv, identity = compiler()
     key = hashlib.sha256(("\0".join(argv) + "\0" + identity + "\0" + target_cpu() + "\0" +
                           os.environ.get("TRACENET_NATIVE", "1") + "\0" + _march() + "\0" +
-                          os.environ.get("TRACENET_OPENMP", "1")).encode()).hexdigest()[:24]
+                          os.environ.get("TRACENET_OPENMP", "1") + "\0" +
+                          " ".join(_sanitize_flags())).encode()).hexdigest()[:24]
     return os.path.join(cache_dir(), f"toolchain-{key}.json")
 
 
@@ -147,9 +148,14 @@ def _probed():
     native = os.environ.get("TRACENET_NATIVE", "1") != "0"
     openmp = os.environ.get("TRACENET_OPENMP", "1") != "0"
     march = f"-march={_march()}"
-    ok_native, ok_simd, ok_omp = _try_compile_all([
+    sanitize = _sanitize_flags()
+    ok_native, ok_simd, ok_omp, *ok_sanitize = _try_compile_all([
         ([march], _SIMPLE_PROBE), (["-fopenmp-simd"], _SIMPLE_PROBE),
-        (["-fopenmp"], _OPENMP_PROBE)])
+        (["-fopenmp"], _OPENMP_PROBE)] + [(sanitize, _SIMPLE_PROBE)] * bool(sanitize))
+    if not all(ok_sanitize):
+        raise CompilerError(f"TRACENET_SANITIZE=1 but {' '.join(compiler()[0])} cannot build "
+                            "with -fsanitize=address,undefined (is libasan/libubsan installed?)")
+    out += sanitize
     if native and ok_native:
         out.append(march)
     if ok_simd:
@@ -158,6 +164,16 @@ def _probed():
     bits = _vector_bits([f for f in out if f not in ("-shared", "-fPIC")])
     _remember(path, json.dumps({"flags": out, "openmp": list(omp), "vector_bits": bits}))
     return tuple(out), omp, bits
+
+
+def _sanitize_flags():
+    """``TRACENET_SANITIZE=1``: a debug build under AddressSanitizer and UndefinedBehaviorSanitizer
+    (undefined behaviour aborts). Loading it into Python needs the ASan runtime preloaded:
+    ``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``."""
+    if os.environ.get("TRACENET_SANITIZE", "0") in ("", "0"):
+        return []
+    return ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+            "-fno-omit-frame-pointer", "-g"]
 
 
 def _march():
