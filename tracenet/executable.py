@@ -33,6 +33,7 @@ from .trace import fresh_seeds
 
 _ffi = cffi.FFI()
 _CHAR_ARRAY = _ffi.typeof("char[]")
+_STATUS = _ffi.typeof("int64_t[]")
 _NULL = _ffi.NULL
 # tracing and building are not thread-safe (one tracer is active per process): new
 # specialisations are made one at a time
@@ -148,7 +149,8 @@ class Arguments:
         self._bound_names = ()
         # a fresh zeroed status per call (thread-safe) for entries with data checks; the C
         # code never reads it otherwise
-        self._status = functools.partial(self.ffi.new, "int64_t[]", 1 + STATUS_DETAILS) \
+        # (``newp`` with the resolved type: what ``ffi.new`` does, without parsing the type)
+        self._status = functools.partial(_cffi_backend.newp, _STATUS, 1 + STATUS_DETAILS) \
             if entry.checks else (lambda: _NULL)
         self._seed_slot, self._n_seeds = 0, 0
 
