@@ -210,7 +210,7 @@ LAYERS = [
     ("runtime", ["tracenet.runtime"]),
     ("compile drivers", ["tracenet.executable", "tracenet.step_state", "tracenet.compiler",
                          "tracenet.step"]),
-    ("the public package", ["tracenet"]),
+    ("the public package", ["tracenet", "tracenet.cli", "tracenet.__main__"]),
 ]
 
 
