@@ -79,7 +79,8 @@ def _model_arguments(p, backward=True):
                    metavar="SHAPE", help="the shape of one input, e.g. 1,1,32,32 (repeat for "
                                          "a forward taking several inputs)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                   help="dtype of the random inputs (default float32)")
+                   help="dtype of the random inputs and of the module's floating-point "
+                        "parameters and buffers (default float32)")
     p.add_argument("--eval", action="store_true",
                    help="put the module in eval mode first (dropout off, batch-norm running "
                         "statistics)")
@@ -185,6 +186,8 @@ def _prepare(args):
     module, path = load(args.target)
     if args.eval:
         module.eval()
+    if args.dtype != "float32":  # floating-point parameters and buffers as the inputs
+        module.to(DTYPES[args.dtype])
     inputs = [randn(*shape, dtype=DTYPES[args.dtype]) for shape in args.inputs]
     return module, path, inputs
 
