@@ -491,8 +491,8 @@ def test_one_cycle_drives_compiled_step(opt_name, tmp_path, monkeypatch):
     sched_e = lr_scheduler.OneCycleLR(opt_e, 0.1, total_steps=15)
     sched_c = lr_scheduler.OneCycleLR(opt_c, 0.1, total_steps=15)
     x, y = tracenet.randn(5, 6), tracenet.randint(0, 3, (5,))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         for _ in range(15):
             opt_e.zero_grad()
             loss = crit(eager(x), y)
@@ -502,6 +502,9 @@ def test_one_cycle_drives_compiled_step(opt_name, tmp_path, monkeypatch):
             np.testing.assert_allclose(step(x, y).item(), loss.item(), rtol=1e-4, atol=1e-6)
             sched_c.step()
             assert sched_c.get_last_lr() == sched_e.get_last_lr()
+    # a compiled step counts as the optimizer's step: no "scheduler before optimizer" warning
+    assert not [w for w in caught if "optimizer.step()" in str(w.message)], \
+        [str(w.message) for w in caught]
     for p, q in zip(eager.parameters(), compiled.parameters()):
         np.testing.assert_allclose(q.detach().numpy(), p.detach().numpy(), rtol=1e-4,
                                    atol=1e-5)

@@ -251,7 +251,9 @@ class CompiledTrainingStep:
         else:
             spec = self._lookup(key, line, batch, shapes)
         specs.last = spec
-        return spec.run(batch)
+        loss = spec.run(batch)
+        self.optimizer._opt_called = True  # the step ran: a scheduler stepped now is in order
+        return loss
 
     def _lookup(self, key, line, batch, shapes):
         """The specialisation for ``key`` whose guards hold (moved to the front of its line),
