@@ -239,7 +239,10 @@ def _elu_grad_eager(g, x, alpha, scale, input_scale):
 
 
 def _elu_attrs(ctx):
-    return {k: ctx.attrs[k] for k in ("alpha", "scale", "input_scale")}
+    a = {k: ctx.attrs[k] for k in ("alpha", "scale", "input_scale")}
+    # torch's celu differentiates with input_scale 1 / float32(alpha)
+    a["input_scale"] = ctx.attrs.get("_backward_input_scale", a["input_scale"])
+    return a
 
 
 def _elu_backward_rule(ctx, g):
@@ -256,7 +259,8 @@ def _elu_backward_backward(ctx, gg):
     if ctx.needs_input_grad[1]:
         k = a["input_scale"] * a["input_scale"] * a["alpha"] * a["scale"]
         curve = (x * a["input_scale"]).exp() * (g * gg) * k
-        dx = where(x > 0, curve * 0, curve)
+        # torch masks with x < 0: the second derivative at 0 is 0
+        dx = where(x < 0, curve, curve * 0)
     return dg, dx
 
 
@@ -525,7 +529,7 @@ def _hardtanh_backward(ctx, g):
     # torch's rule: zero at and beyond the bounds, g strictly between (and at nan)
     x = ctx.inputs[0]
     lo, hi = ctx.attrs["min_val"], ctx.attrs["max_val"]
-    zero = g * 0  # (differentiable in g: double backward gives g's gradient, zero for x)
+    zero = x * 0  # (keeps the rule in x's graph, as torch's: x's second derivative is zero)
     return (where((x <= lo).logical_or(x >= hi), zero, g),)
 
 

@@ -108,21 +108,27 @@ def _celu_alpha(fn, alpha):
     alpha = _number(fn, "alpha", 2, alpha)
     if alpha == 0:
         raise RuntimeError("ZeroDivisionError: alpha cannot be 0 for CELU")
-    return alpha
+    return float(alpha)
+
+
+def _celu(x, alpha, **named):
+    """torch's celu: elu with input_scale 1 / alpha, whose (out-of-place) backward uses
+    1 / float32(alpha). (Its in-place backward works from the result: exact to ~1e-8.)"""
+    if not named.get("_inplace"):
+        named["_backward_input_scale"] = 1.0 / float(np.float32(alpha))
+    return act.elu(x, alpha, 1.0, 1.0 / alpha, **named)
 
 
 def celu(input, alpha=1.0, inplace=False):
     if inplace:
         return celu_(input, alpha)
     alpha = _celu_alpha("celu", alpha)
-    # torch's celu is elu with input_scale 1 / alpha
-    return act.elu(input, alpha, 1.0, 1.0 / alpha, _name="CeluBackward0")
+    return _celu(input, alpha, _name="CeluBackward0")
 
 
 def celu_(input, alpha=1.0):
     alpha = _celu_alpha("celu_", alpha)
-    return _inplace(input, lambda x: act.elu(x, alpha, 1.0, 1.0 / alpha, _name="CeluBackward1",
-                                             _inplace=True))
+    return _inplace(input, lambda x: _celu(x, alpha, _name="CeluBackward1", _inplace=True))
 
 
 def softsign(input):
