@@ -18,6 +18,8 @@ from .._meta import Meta
 from . import common
 from .cexpr import scalar
 from .elementwise import _sigmoid_np, where
+from .reduce import sum_to_shape
+from .shape import cat
 from .registry import apply
 
 register = common.register_quiet
@@ -568,7 +570,6 @@ def _prelu_backward(ctx, g):
     gx = where(pos, g, g * w) if ctx.needs_input_grad[0] else None
     gw = None
     if ctx.needs_input_grad[1]:
-        from .reduce import sum_to_shape
         gw = sum_to_shape(where(pos, g * 0, g * x), ctx.metas[1].shape)
     return gx, gw
 
@@ -612,7 +613,6 @@ def _glu_halves(x, dim):
 
 
 def _glu_backward(ctx, g):
-    from .shape import cat
     dim = ctx.attrs["dim"]
     a, b = _glu_halves(ctx.inputs[0], dim)
     s = b.sigmoid()
