@@ -38,6 +38,12 @@ SAMPLES = {
     # both sides of the kinks at -3 and 3
     "hardswish": (lambda x: F.hardswish(x), [POINTS * 1.7], [0]),
     "hardsigmoid": (lambda x: F.hardsigmoid(x), [POINTS * 1.7], [0]),
+    "log_sigmoid": (lambda x: F.logsigmoid(x), [POINTS * 4], [0]),
+    # both bounds crossed, none hit exactly
+    "hardtanh": (lambda x: F.hardtanh(x, -0.9, 1.1), [POINTS], [0]),
+    "prelu": (lambda x, w: F.prelu(x, w), [np.stack([POINTS, -POINTS]), np.array([0.2, -0.4, 0.7])],
+              [0, 1]),
+    "glu": (lambda x: F.glu(x, 1), [POINTS * 2], [0]),
     "dropout_mask": (lambda x, s: x * act.dropout_mask(s, (3, 4), 0.4, torch.float64),
                      [r(3, 4), np.array(12345, np.int64)], [0]),
     # padding_idx and scale_grad_by_freq change the gradient on purpose (not a derivative):

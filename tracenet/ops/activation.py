@@ -18,6 +18,8 @@ from .._meta import Meta
 from . import common
 from .cexpr import scalar
 from .elementwise import _sigmoid_np, where
+from .reduce import sum_to_shape
+from .shape import cat
 from .registry import apply
 
 register = common.register_quiet
@@ -239,7 +241,10 @@ def _elu_grad_eager(g, x, alpha, scale, input_scale):
 
 
 def _elu_attrs(ctx):
-    return {k: ctx.attrs[k] for k in ("alpha", "scale", "input_scale")}
+    a = {k: ctx.attrs[k] for k in ("alpha", "scale", "input_scale")}
+    # torch's celu differentiates with input_scale 1 / float32(alpha)
+    a["input_scale"] = ctx.attrs.get("_backward_input_scale", a["input_scale"])
+    return a
 
 
 def _elu_backward_rule(ctx, g):
@@ -256,7 +261,8 @@ def _elu_backward_backward(ctx, gg):
     if ctx.needs_input_grad[1]:
         k = a["input_scale"] * a["input_scale"] * a["alpha"] * a["scale"]
         curve = (x * a["input_scale"]).exp() * (g * gg) * k
-        dx = where(x > 0, curve * 0, curve)
+        # torch masks with x < 0: the second derivative at 0 is 0
+        dx = where(x < 0, curve, curve * 0)
     return dg, dx
 
 
@@ -494,6 +500,138 @@ def softplus(x, beta=1.0, threshold=20.0):
 
 def softplus_backward(g, x, beta, threshold):
     return apply(softplus_backward_op, g, x, beta=float(beta), threshold=float(threshold))
+
+
+# --- log_sigmoid: min(x, 0) - log1p(exp(-|x|)) -------------------------------------------------
+
+
+def _log_sigmoid_eager(x):
+    return np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
+
+
+log_sigmoid_op = register(
+    "log_sigmoid", infer=_floating("log_sigmoid_cpu"), eager=_log_sigmoid_eager, saves=(0,),
+    # d/dx log(sigmoid(x)) = sigmoid(-x) (a composition: differentiable again)
+    backward=lambda ctx, g: (g * (-ctx.inputs[0]).sigmoid(),), grad_fn="LogSigmoidBackward0",
+    c_expr=lambda a, at, ct: f"(fmin({a[0]}, 0) - log1p(exp(-fabs({a[0]}))))")
+
+
+def log_sigmoid(x):
+    return apply(log_sigmoid_op, x)
+
+
+# --- hardtanh: clamp(x, min_val, max_val); relu6 is hardtanh(x, 0, 6) ---------------------------
+
+
+def _hardtanh_eager(x, min_val, max_val):
+    return np.clip(x, min_val, max_val).astype(x.dtype)
+
+
+def _hardtanh_backward(ctx, g):
+    # torch's rule: zero at and beyond the bounds, g strictly between (and at nan)
+    x = ctx.inputs[0]
+    lo, hi = ctx.attrs["min_val"], ctx.attrs["max_val"]
+    zero = x * 0  # (keeps the rule in x's graph, as torch's: x's second derivative is zero)
+    return (where((x <= lo).logical_or(x >= hi), zero, g),)
+
+
+def _c_hardtanh(a, at, ct):
+    x, lo, hi = a[0], _lit(at["min_val"], ct), _lit(at["max_val"], ct)
+    return f"({x} <= {lo} ? {lo} : {x} >= {hi} ? {hi} : {x})"
+
+
+hardtanh_op = register(
+    "hardtanh", infer=lambda x, min_val, max_val: common.same(x), eager=_hardtanh_eager,
+    saves=(0,), backward=_hardtanh_backward, grad_fn="HardtanhBackward0", c_expr=_c_hardtanh)
+
+
+def hardtanh(x, min_val=-1.0, max_val=1.0):
+    return apply(hardtanh_op, x, min_val=float(min_val), max_val=float(max_val))
+
+
+# --- prelu: x if x > 0 else weight * x, the weight broadcast over the channel dim --------------
+
+
+def _prelu_meta(x, w):
+    if not x.dtype.is_floating_point:
+        raise NotImplementedError(f"\"prelu_cpu\" not implemented for '{_WORD[x.dtype.name]}'")
+    if w.dtype is not x.dtype:
+        raise RuntimeError(f"prelu: Type promoting not supported. Got {_WORD[x.dtype.name]} and "
+                           f"{_WORD[w.dtype.name]}")
+    shape = tuple(x.shape)
+    if common.broadcast_shapes(shape, tuple(w.shape)) != shape:
+        raise RuntimeError("prelu: the weight must broadcast to the input's shape")
+    return common.same(x)
+
+
+def _prelu_backward(ctx, g):
+    x, w = ctx.inputs
+    pos = x > 0
+    gx = where(pos, g, g * w) if ctx.needs_input_grad[0] else None
+    gw = None
+    if ctx.needs_input_grad[1]:
+        gw = sum_to_shape(where(pos, g * 0, g * x), ctx.metas[1].shape)
+    return gx, gw
+
+
+prelu_op = register(
+    "prelu", infer=_prelu_meta, eager=lambda x, w: np.where(x > 0, x, w * x), saves=(0, 1),
+    backward=_prelu_backward, grad_fn="PreluKernelBackward0",
+    c_expr=lambda a, at, ct: f"({a[0]} > 0 ? {a[0]} : {a[1]} * {a[0]})")
+
+
+def prelu(x, weight):
+    """``weight`` is already shaped to broadcast against ``x`` (see ``F.prelu``)."""
+    return apply(prelu_op, x, weight)
+
+
+# --- glu: a * sigmoid(b), a and b the two halves of x along dim --------------------------------
+
+
+def _glu_meta(x, dim):
+    if not x.dtype.is_floating_point:
+        raise NotImplementedError(f"\"glu_cpu\" not implemented for '{_WORD[x.dtype.name]}'")
+    if len(x.shape) == 0:
+        raise RuntimeError("glu does not support scalars because halving size must be even")
+    d = common.wrap_dim(dim, len(x.shape))
+    if x.shape[d] % 2:
+        raise RuntimeError(f"Halving dimension must be even, but dimension {d} is size "
+                           f"{x.shape[d]}")
+    shape = list(x.shape)
+    shape[d] //= 2
+    return Meta(tuple(shape), x.dtype)
+
+
+def _glu_eager(x, dim):
+    a, b = np.split(x, 2, axis=dim)
+    return a * _sigmoid_np(b)
+
+
+def _glu_halves(x, dim):
+    h = x.shape[dim] // 2
+    return x.narrow(dim, 0, h), x.narrow(dim, h, h)
+
+
+def _glu_backward(ctx, g):
+    dim = ctx.attrs["dim"]
+    a, b = _glu_halves(ctx.inputs[0], dim)
+    s = b.sigmoid()
+    ga = g * s
+    return (cat([ga, ga * a * (1.0 - s)], dim),)
+
+
+def _glu_decomposition(x, dim):
+    a, b = _glu_halves(x, dim)
+    return a * b.sigmoid()
+
+
+glu_op = register(
+    "glu", infer=_glu_meta, eager=_glu_eager, saves=(0,), backward=_glu_backward,
+    grad_fn="GluBackward0", decomposition=_glu_decomposition)
+
+
+def glu(x, dim=-1):
+    return apply(glu_op, x, dim=common.wrap_dim(dim, max(x.dim(), 1)))
 
 
 # --- dropout mask ------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from ...autograd import grad_mode
 from ...ops import activation as act, common, elementwise as ew, linalg
 
 __all__ = ["leaky_relu", "leaky_relu_", "elu", "elu_", "gelu", "softplus", "silu", "mish",
-           "hardswish", "hardsigmoid",
+           "hardswish", "hardsigmoid", "selu", "selu_", "celu", "celu_", "softsign",
+           "tanhshrink", "logsigmoid", "glu", "prelu", "hardtanh", "hardtanh_", "relu6",
            "dropout", "dropout1d", "dropout2d", "dropout3d", "linear", "bilinear", "embedding",
            "cosine_similarity", "pairwise_distance"]
 
@@ -85,6 +86,109 @@ def softplus(input, beta=1.0, threshold=20.0):
     beta = _number("softplus", "beta", 2, beta)
     threshold = _number("softplus", "threshold", 3, threshold)
     return act.softplus(input, beta, threshold)
+
+
+# torch's SELU constants
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def selu(input, inplace=False):
+    if inplace:
+        return selu_(input)
+    return act.elu(input, _SELU_ALPHA, _SELU_SCALE)
+
+
+def selu_(input):
+    return _inplace(input, lambda x: act.elu(x, _SELU_ALPHA, _SELU_SCALE, _name="EluBackward1",
+                                             _inplace=True))
+
+
+def _celu_alpha(fn, alpha):
+    alpha = _number(fn, "alpha", 2, alpha)
+    if alpha == 0:
+        raise RuntimeError("ZeroDivisionError: alpha cannot be 0 for CELU")
+    return float(alpha)
+
+
+def _celu(x, alpha, **named):
+    """torch's celu: elu with input_scale 1 / alpha, whose (out-of-place) backward uses
+    1 / float32(alpha). (Its in-place backward works from the result: exact to ~1e-8.)"""
+    if not named.get("_inplace"):
+        named["_backward_input_scale"] = 1.0 / float(np.float32(alpha))
+    return act.elu(x, alpha, 1.0, 1.0 / alpha, **named)
+
+
+def celu(input, alpha=1.0, inplace=False):
+    if inplace:
+        return celu_(input, alpha)
+    alpha = _celu_alpha("celu", alpha)
+    return _celu(input, alpha, _name="CeluBackward0")
+
+
+def celu_(input, alpha=1.0):
+    alpha = _celu_alpha("celu_", alpha)
+    return _inplace(input, lambda x: _celu(x, alpha, _name="CeluBackward1", _inplace=True))
+
+
+def softsign(input):
+    return input / (input.abs() + 1)
+
+
+def tanhshrink(input):
+    return input - input.tanh()
+
+
+def logsigmoid(input):
+    return act.log_sigmoid(input)
+
+
+def glu(input, dim=-1):
+    if input.dim() == 0:
+        raise RuntimeError("glu does not support scalars because halving size must be even")
+    return act.glu(input, dim)
+
+
+def prelu(input, weight):
+    if not input.dtype.is_floating_point:
+        raise NotImplementedError(f"\"prelu_cpu\" not implemented for '{_WORD[input.dtype.name]}'")
+    if weight.dim() > 1:
+        raise RuntimeError("prelu: Expected `weight` to be a scalar or 1D tensor, but got: "
+                           f"ndim = {weight.dim()}")
+    n = weight.numel()
+    if n == 1:
+        w = weight.reshape(())
+    else:
+        channels = input.shape[1] if input.dim() >= 2 else 1
+        if n != channels:
+            raise RuntimeError("Mismatch of parameter numbers and input channel size. Found "
+                               f"parameter numbers = {n} and channel size = {channels}.")
+        w = weight.reshape((n,) + (1,) * (input.dim() - 2))
+    return act.prelu(input, w)
+
+
+def _hardtanh_bounds(min_val, max_val):
+    min_val = _number("hardtanh", "min_val", 2, min_val)
+    max_val = _number("hardtanh", "max_val", 3, max_val)
+    if min_val > max_val:
+        raise ValueError("min_val cannot be greater than max_val")
+    return min_val, max_val
+
+
+def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
+    min_val, max_val = _hardtanh_bounds(min_val, max_val)
+    if inplace:
+        return hardtanh_(input, min_val, max_val)
+    return act.hardtanh(input, min_val, max_val)
+
+
+def hardtanh_(input, min_val=-1.0, max_val=1.0):
+    min_val, max_val = _hardtanh_bounds(min_val, max_val)
+    return _inplace(input, lambda x: act.hardtanh(x, min_val, max_val))
+
+
+def relu6(input, inplace=False):
+    return hardtanh(input, 0.0, 6.0, inplace)
 
 
 # --- dropout ---------------------------------------------------------------------------------
