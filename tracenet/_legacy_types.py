@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _dtype
 from .size import Size
-from .tensor import Tensor, _to_nested_numbers
+from .tensor import Tensor, _check_device, _to_nested_numbers
 
 
 class _TensorType(type):
@@ -19,7 +19,6 @@ class _TensorType(type):
         if cls._dtype is None:
             raise TypeError(f"torch.{cls.__name__} needs dtype torch.{cls._missing}, which "
                             f"tracenet does not have (use torch.LongTensor for integers)")
-        from .tensor import _check_device
         _check_device(device)
         dt = cls._dtype
         if not args:

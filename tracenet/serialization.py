@@ -23,8 +23,10 @@ import zipfile
 import numpy as np
 
 from . import _dtype
+from .nn import parameter as _param_mod
+from .nn.parameter import Parameter
 from .size import Size
-from .tensor import Tensor, _check_device, device
+from .tensor import Tensor, _check_device, _rebuild, device
 
 _ALIGNMENT = 64
 _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
@@ -98,7 +100,6 @@ class _TorchPickler(pickle._Pickler):
         return super().save_global(obj, name)
 
     def _reduce_tensor(self, t):
-        from .nn.parameter import Parameter
         if t._data is None:
             raise RuntimeError("tracenet.save: cannot save a traced tensor (it has no values "
                                "until the compiled function runs)")
@@ -274,7 +275,6 @@ def _rebuild_tensor(storage, storage_offset, size, stride):
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks=None, state=None):
-    from .nn.parameter import Parameter
     p = Parameter(data, bool(requires_grad) and data.dtype.is_floating_point)
     p._loaded_from = getattr(data, "_loaded_from", None)
     return p
@@ -327,8 +327,6 @@ _BUILTINS_ALLOWED = {"set", "frozenset", "complex", "slice", "bytearray", "bytes
 
 def _tracenet_legacy(module, name):
     """Globals in the plain pickles earlier tracenet versions wrote."""
-    from .nn import parameter as _param_mod
-    from .tensor import _rebuild
     table = {("tracenet.tensor", "_rebuild"): _rebuild,
              ("tracenet.tensor", "Tensor"): Tensor,
              ("tracenet.tensor", "device"): device,
