@@ -44,6 +44,10 @@ from .nn.functional import conv1d, conv2d, conv3d, dropout  # noqa: E402
 from .compiler import compile  # noqa: E402,A001
 from .step import compile_step  # noqa: E402
 from .trace import trace  # noqa: E402
+from .serialization import load, save  # noqa: E402
+from . import backends, cuda  # noqa: E402
+from ._legacy_types import (BoolTensor, ByteTensor, DoubleTensor, FloatTensor,  # noqa: E402
+                            IntTensor, LongTensor)
 
 strided = "torch.strided"
 contiguous_format = preserve_format = channels_last = None
@@ -95,23 +99,6 @@ def isclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
     import numpy as _np
     return Tensor._wrap(_np.isclose(a._concrete("isclose"), b._concrete("isclose"), rtol, atol,
                                     equal_nan))
-
-
-def save(obj, f):
-    import pickle
-    if isinstance(f, (str, bytes)) or hasattr(f, "__fspath__"):
-        with open(f, "wb") as fh:
-            pickle.dump(obj, fh)
-    else:
-        pickle.dump(obj, f)
-
-
-def load(f, map_location=None, weights_only=None):
-    import pickle
-    if isinstance(f, (str, bytes)) or hasattr(f, "__fspath__"):
-        with open(f, "rb") as fh:
-            return pickle.load(fh)
-    return pickle.load(f)
 
 
 def set_num_threads(n):
