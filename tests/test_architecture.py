@@ -204,7 +204,7 @@ LAYERS = [
     ("Tensor and the op registry", ["tracenet.tensor", "tracenet._tensor_methods",
                                     "tracenet._tensor_str", "tracenet.ops"]),
     ("autograd engine", ["tracenet.autograd"]),
-    ("nn and optim", ["tracenet.nn", "tracenet.optim"]),
+    ("nn and optim", ["tracenet.nn", "tracenet.optim", "tracenet.utils.data"]),
     ("trace, IR and passes", ["tracenet.trace", "tracenet.ir", "tracenet.passes"]),
     ("codegen", ["tracenet.codegen"]),
     ("runtime", ["tracenet.runtime"]),
