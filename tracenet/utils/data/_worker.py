@@ -128,9 +128,10 @@ def seed_worker(base_seed, worker_id):
 
 
 def worker_loop(kind_iterable, dataset, index_queue, data_queue, auto_collation, collate_fn,
-                drop_last, base_seed, init_fn, worker_id, num_workers):
+                drop_last, base_seed, init_fn, worker_id, num_workers, done_event):
     """A worker's main: take (task index, sampler index) from index_queue, put (task index,
-    batch or ExceptionWrapper) on data_queue; None ends it."""
+    batch or ExceptionWrapper) on data_queue; None ends it. ``done_event`` set means the main
+    process is shutting down and reads no more results."""
     global _worker_info
     parent = os.getppid()
     try:
@@ -180,5 +181,8 @@ def worker_loop(kind_iterable, dataset, index_queue, data_queue, auto_collation,
     except KeyboardInterrupt:
         pass
     finally:
-        data_queue.cancel_join_thread()
+        if done_event.is_set():
+            data_queue.cancel_join_thread()  # nobody reads them: don't wait to flush
+        # otherwise exiting before the queue's feeder thread is done could lose a result, or
+        # leave the queue's shared write lock held forever
         data_queue.close()

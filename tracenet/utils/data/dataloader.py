@@ -233,6 +233,7 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
         self._persistent_workers = loader.persistent_workers
         context = loader.multiprocessing_context or multiprocessing
         self._worker_result_queue = context.Queue()
+        self._workers_done_event = context.Event()
         self._index_queues = []
         self._workers = []
         for i in range(self._num_workers):
@@ -242,7 +243,7 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
                 target=worker_loop,
                 args=(self._iterable, self._dataset, index_queue, self._worker_result_queue,
                       self._auto_collation, self._collate_fn, self._drop_last, self._base_seed,
-                      loader.worker_init_fn, i, self._num_workers))
+                      loader.worker_init_fn, i, self._num_workers, self._workers_done_event))
             w.daemon = True
             w.start()
             self._index_queues.append(index_queue)
@@ -275,7 +276,8 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
         try:
             return True, self._worker_result_queue.get(timeout=timeout)
         except queue.Empty:
-            failed = [w for w in self._workers if not w.is_alive()]
+            failed = [w for i, w in enumerate(self._workers)
+                      if self._workers_status[i] and not w.is_alive()]
             if failed:
                 pids = ", ".join(str(w.pid) for w in failed)
                 self._shutdown_workers()
@@ -368,6 +370,7 @@ class _MultiProcessingDataLoaderIter(_BaseDataLoaderIter):
             return
         self._shutdown = True
         try:
+            self._workers_done_event.set()
             for q in self._index_queues:
                 q.put(None)
             for w in self._workers:

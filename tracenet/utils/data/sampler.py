@@ -114,18 +114,25 @@ class WeightedRandomSampler(Sampler):
 
     def __iter__(self):
         p = self.weights.numpy()
-        if not np.all(np.isfinite(p)) or np.any(p < 0):
+        if np.any(~(p >= 0)) or not np.all(np.isfinite(p)):  # negative, nan or inf
             raise RuntimeError("invalid multinomial distribution (encountering probability "
-                               "entry < 0)" if np.any(p < 0) else
-                               "probability tensor contains either `inf`, `nan` or element < 0")
+                               "entry < 0)")
         if p.sum() <= 0:
             raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
-        if not self.replacement and self.num_samples > int(np.count_nonzero(p)):
+        if not self.replacement and self.num_samples > len(p):
             raise RuntimeError("cannot sample n_sample > prob_dist.size(-1) samples without "
                                "replacement")
         rng = numpy_rng(self._generator)
-        yield from rng.choice(len(p), size=self.num_samples, replace=self.replacement,
-                              p=p / p.sum()).tolist()
+        if self.replacement:
+            yield from rng.choice(len(p), size=self.num_samples, p=p / p.sum()).tolist()
+            return
+        # without replacement: successive weighted draws (exponential race keys); as in torch,
+        # zero-weight indices come last, once the others are used up
+        nonzero = np.flatnonzero(p > 0)
+        keys = rng.exponential(size=len(nonzero)) / p[nonzero]
+        order = np.concatenate([nonzero[np.argsort(keys, kind="stable")],
+                                rng.permutation(np.flatnonzero(p == 0))])
+        yield from order[:self.num_samples].tolist()
 
     def __len__(self):
         return self.num_samples
