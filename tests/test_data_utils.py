@@ -388,3 +388,15 @@ def test_training_loop_from_a_loader():
             first = loss.item() if first is None else first
     assert loss.item() < 1e-3 < first
     assert math.isclose(model.bias.item(), 0.3, abs_tol=0.05)
+
+
+def test_reachable_as_torch_utils_data_after_importing_tracenet():
+    import subprocess
+    import sys
+    code = ("import tracenet as torch; ds = torch.utils.data.TensorDataset(torch.arange(5)); "
+            "print([b[0].tolist() for b in torch.utils.data.DataLoader(ds, batch_size=2)])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=__import__("os").path.dirname(__import__("os").path.dirname(
+                             __import__("os").path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[[0, 1], [2, 3], [4]]"

@@ -46,6 +46,7 @@ from .step import compile_step  # noqa: E402
 from .trace import trace  # noqa: E402
 from .serialization import load, save  # noqa: E402
 from . import backends, cuda  # noqa: E402
+from .utils import data as _data  # noqa: E402,F401  (tracenet.utils.data, as torch.utils.data)
 from ._legacy_types import (BoolTensor, ByteTensor, DoubleTensor, FloatTensor,  # noqa: E402
                             IntTensor, LongTensor)
 
