@@ -391,12 +391,12 @@ def test_training_loop_from_a_loader():
 
 
 def test_reachable_as_torch_utils_data_after_importing_tracenet():
+    import os
     import subprocess
     import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = ("import tracenet as torch; ds = torch.utils.data.TensorDataset(torch.arange(5)); "
             "print([b[0].tolist() for b in torch.utils.data.DataLoader(ds, batch_size=2)])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=__import__("os").path.dirname(__import__("os").path.dirname(
-                             __import__("os").path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[[0, 1], [2, 3], [4]]"
