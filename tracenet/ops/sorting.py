@@ -459,7 +459,7 @@ def repeat_interleave(x, repeats=None, dim=None, *, output_size=None):
             raise RuntimeError("Repeats must be non-negative")
         shape = tuple(x.shape)
         expanded = x.unsqueeze(dim + 1).expand(shape[:dim + 1] + (repeats,) + shape[dim + 1:])
-        return expanded.clone().view(shape[:dim] + (n * repeats,) + shape[dim + 1:])
+        return expanded.contiguous().view(shape[:dim] + (n * repeats,) + shape[dim + 1:])
     r = repeats._concrete("repeat_interleave() with a tensor of repeats")
     if r.ndim != 1:
         raise RuntimeError("repeat_interleave only accept 1D vector as repeat")
