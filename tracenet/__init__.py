@@ -36,6 +36,9 @@ from .ops.shape import (broadcast_to, cat, concat, concatenate, flatten, flip, h
 from .ops.shape import detach as _detach
 from .ops.index import (chunk, gather, index_select, masked_fill, masked_select, narrow,
                         nonzero, scatter_add, select, split, unbind)
+from .ops.sorting import (argsort, bincount, cumprod, cumsum, diag, repeat_interleave, roll,
+                          sort, topk, tril, triu, unique)
+from .ops.creation import multinomial
 from .ops.linalg import addmm, bmm, dot, einsum, ger, matmul, mm, mv, outer
 from .ops.nn import log_softmax as _log_softmax, softmax as _softmax
 from .ops.common import broadcast_shapes as _broadcast_shapes

@@ -11,7 +11,7 @@ import numpy as np
 from . import _dtype, _random
 from . import _grad_mode as grad_mode
 from .ops import common, creation, elementwise as ew, index as ix, linalg, nn as nnops, \
-    reduce as rd, shape as sh
+    reduce as rd, shape as sh, sorting as so
 from .tensor import Tensor, _check_device
 
 
@@ -91,6 +91,11 @@ _METHODS = {
     "transpose": sh.transpose, "swapaxes": sh.transpose, "t": sh.t, "expand": sh.expand,
     "expand_as": sh.expand_as, "broadcast_to": sh.broadcast_to, "contiguous": sh.contiguous,
     "repeat": sh.repeat, "flip": sh.flip,
+    # sorting, scans and structured selections
+    "sort": so.sort, "argsort": so.argsort, "topk": so.topk, "cumsum": so.cumsum,
+    "cumprod": so.cumprod, "tril": so.tril, "triu": so.triu, "roll": so.roll, "diag": so.diag,
+    "bincount": so.bincount, "unique": so.unique, "repeat_interleave": so.repeat_interleave,
+    "multinomial": creation.multinomial,
     # indexing
     "select": ix.select, "narrow": ix.narrow, "split": ix.split, "chunk": ix.chunk,
     "unbind": ix.unbind, "index_select": ix.index_select, "masked_fill": ix.masked_fill,
@@ -344,6 +349,7 @@ _INPLACE = {
     "clamp_max_": ew.clamp_max, "floor_": ew.floor, "ceil_": ew.ceil, "round_": ew.round,
     "reciprocal_": ew.reciprocal, "square_": ew.square, "lerp_": ew.lerp,
     "addcmul_": ew.addcmul, "addcdiv_": ew.addcdiv, "masked_fill_": ix.masked_fill,
+    "tril_": so.tril, "triu_": so.triu, "cumsum_": so.cumsum, "cumprod_": so.cumprod,
     "__iadd__": ew.add, "__isub__": ew.sub, "__imul__": ew.mul, "__itruediv__": ew.div,
     "__ipow__": ew.pow,
 }

@@ -10,6 +10,7 @@ import numpy as np
 from .. import _random
 from ..ops import common, elementwise as ew, linalg, nn as nnops, shape as sh
 from ._functional.normalization import _check_dim_range
+from ..ops.sorting import one_hot  # noqa: F401
 
 sigmoid = ew.sigmoid
 tanh = ew.tanh

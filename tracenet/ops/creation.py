@@ -276,8 +276,42 @@ def bernoulli(p, generator=None):
     return Tensor._wrap((_random.rng().random(p.shape) < p._data).astype(p.dtype.np))
 
 
-def multinomial(*a, **k):
-    raise NotImplementedError("multinomial is not supported yet")
+def multinomial(input, num_samples, replacement=False, *, generator=None, out=None):
+    """Samples category indices from the rows of ``input`` (unnormalised probabilities)."""
+    p = input._concrete("multinomial()")
+    if p.ndim not in (1, 2):
+        raise RuntimeError("prob_dist must be 1 or 2 dim")
+    if not input.dtype.is_floating_point:
+        raise RuntimeError("multinomial only supports floating-point dtypes for input, got: "
+                           + {"int64": "Long", "bool": "Bool"}[input.dtype.name])
+    n = p.shape[-1]
+    if num_samples <= 0:
+        raise RuntimeError("cannot sample n_sample <= 0 samples")
+    if not replacement and num_samples > n:
+        raise RuntimeError("cannot sample n_sample > prob_dist.size(-1) samples without "
+                           "replacement")
+    rows = p.reshape(-1, n).astype(np.float64)
+    if not np.all(np.isfinite(rows)) or np.any(rows < 0):
+        raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+    totals = rows.sum(axis=1, keepdims=True)
+    if np.any(totals <= 0):
+        raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
+    gen = _random.rng()
+    probs = rows / totals
+    if replacement:
+        cdf = np.cumsum(probs, axis=1)
+        cdf[:, -1] = 1.0
+        u = gen.random((rows.shape[0], num_samples))
+        out_idx = np.stack([np.searchsorted(c, ui, side="right") for c, ui in zip(cdf, u)])
+        out_idx = np.minimum(out_idx, n - 1)
+    else:
+        # exponential race (Gumbel top-k): the k smallest E_i / p_i are a sample without
+        # replacement; zero-probability categories come last
+        with np.errstate(divide="ignore"):
+            keys = gen.exponential(size=rows.shape) / probs
+        out_idx = np.argsort(keys, axis=1, kind="stable")[:, :num_samples]
+    out_idx = out_idx.astype(np.int64)
+    return Tensor._wrap(out_idx if p.ndim == 2 else out_idx[0])
 
 
 # --- *_like ---------------------------------------------------------------------------------

@@ -626,7 +626,8 @@ def masked_fill(x, mask, value):
     if common.is_tensor(value):
         value = value.to(x.dtype)
     return where(mask, common.scalar_tensor(value, x.dtype) if not common.is_tensor(value)
-                 else value, x, _name="MaskedFillBackward0")
+                 else value, x, _name="MaskedFillBackward1" if common.is_tensor(value)
+                 else "MaskedFillBackward0")
 
 
 # --- data-dependent -------------------------------------------------------------------------
