@@ -1,5 +1,5 @@
-"""Samples of the batch-norm ops and of the pooling extras (max unpooling, adaptive average
-pooling)."""
+"""Samples of the batch-norm, layer-norm and group-norm ops and of the pooling extras (max
+unpooling, adaptive average pooling)."""
 import numpy as np
 
 import tracenet as torch
@@ -43,7 +43,21 @@ def _stats(x):
     return mean + var * 2
 
 
+def _layer_norm(x, w, b):
+    full = normops.layer_norm(x, w, b, norm_ndim=2, eps=1e-3)
+    plain = normops.layer_norm(x, norm_ndim=1, eps=1e-5)
+    return full + plain * 0.5 + normops.layer_norm(x, w, norm_ndim=2, eps=1e-2) * 0.3
+
+
+def _group_norm(x, w, b):
+    full = normops.group_norm(x, w, b, groups=2, eps=1e-3)
+    plain = normops.group_norm(x, groups=4, eps=1e-5)
+    return full + plain * 0.5 + normops.group_norm(x, None, b, groups=1, eps=1e-2) * 0.3
+
+
 SAMPLES = {
+    "layer_norm": (_layer_norm, [r(2, 3, 4, 5), r(4, 5), r(4, 5)], [0, 1, 2]),
+    "group_norm": (_group_norm, [r(2, 4, 3, 2), r(4), r(4)], [0, 1, 2]),
     "batch_norm_stats": (_stats, [r(4, 3, 2, 2)], []),
     "batch_norm": (_batch_norm, [r(3, 3, 4), r(3), r(3)], [0, 1, 2]),
     "batch_norm_backward": (_batch_norm_backward, [r(2, 3, 5), r(2, 3, 5), r(3)], [0, 1, 2]),

@@ -15,6 +15,7 @@ import numpy as np
 
 from .._meta import Meta
 from . import common, creation
+from .reduce import sum_to_shape
 from .registry import apply, register
 
 
@@ -232,3 +233,128 @@ def batch_norm_backward(g, x, mean, var, weight=None, *, eps, training):
     extra = (weight,) if weight is not None else ()
     return apply(batch_norm_backward_op, g, x, mean, var, *extra, eps=float(eps),
                  training=bool(training))
+
+
+# --- layer norm and group norm ------------------------------------------------------------------
+#
+# Both normalise rows of a (M, K) view of x to zero mean and unit (biased) variance, then apply
+# an optional elementwise weight and bias broadcast against x:
+#
+# * ``layer_norm(x[, weight][, bias], norm_ndim, eps)``: rows are the trailing ``norm_ndim``
+#   dims, weight/bias have that shape;
+# * ``group_norm(x[, weight][, bias], groups, eps)``: x is (N, C, *), rows are (sample, group),
+#   weight/bias are per channel (C,).
+#
+# The eager kernels are numpy; the backward and the decomposition (for the compiler) are written
+# with mean/rsqrt/sum ops that have C lowerings.
+
+
+def _rows_of(shape, attrs):
+    """(M, K): the rows whose statistics are taken, and the broadcast shape of weight/bias."""
+    n = common.numel(shape)
+    if "norm_ndim" in attrs:
+        k = common.numel(shape[len(shape) - attrs["norm_ndim"]:])
+        pshape = tuple(shape[len(shape) - attrs["norm_ndim"]:])
+    else:
+        m = shape[0] * attrs["groups"]
+        k = n // m if m else 0
+        pshape = (shape[1],) + (1,) * (len(shape) - 2)
+        return (m, k), pshape
+    return (n // k if k else 0, k), pshape
+
+
+def _affine_meta(name):
+    def meta(x, *wb, eps, has_weight, has_bias, **attrs):
+        if not x.dtype.is_floating_point:
+            raise NotImplementedError(f"\"{name}\" not implemented for '{_word(x.dtype)}'")
+        if any(p.dtype is not x.dtype for p in wb):
+            raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+        return Meta(tuple(x.shape), x.dtype)
+    return meta
+
+
+@common.quiet
+def _affine_norm_eager(x, *wb, eps, has_weight, has_bias, **attrs):
+    rows, pshape = _rows_of(x.shape, attrs)
+    xr = x.reshape(rows).astype(np.float64)
+    d = xr - xr.mean(axis=1, keepdims=True)
+    var = np.square(d).mean(axis=1, keepdims=True)
+    y = (d / np.sqrt(var + eps)).reshape(x.shape)
+    wb = list(wb)
+    if has_weight:
+        y = y * wb.pop(0).reshape(pshape)
+    if has_bias:
+        y = y + wb.pop(0).reshape(pshape)
+    return np.ascontiguousarray(y.astype(x.dtype))
+
+
+def _normalised_rows(x, rows, eps):
+    """(x - mean) * rstd over the rows of ``x`` viewed as ``rows``, and rstd."""
+    xr = x.reshape(rows)
+    d = xr - xr.mean(1, keepdim=True)
+    rstd = ((d * d).mean(1, keepdim=True) + eps).rsqrt()
+    return d * rstd, rstd
+
+
+def _affine_norm_decomposition(x, *wb, eps, has_weight, has_bias, **attrs):
+    shape = tuple(x.shape)
+    rows, pshape = _rows_of(shape, attrs)
+    y = _normalised_rows(x, rows, eps)[0].reshape(shape)
+    wb = list(wb)
+    if has_weight:
+        y = y * wb.pop(0).reshape(pshape)
+    if has_bias:
+        y = y + wb.pop(0).reshape(pshape)
+    return y
+
+
+def _affine_norm_backward(ctx, g):
+    """With xhat the normalised rows and gh = g * weight (as rows):
+    gx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)), grad_weight = sum(g * xhat),
+    grad_bias = sum(g), the sums over everything but the weight's dims."""
+    a = ctx.attrs
+    x = ctx.inputs[0]
+    w = ctx.inputs[1] if a["has_weight"] else None
+    shape = tuple(ctx.metas[0].shape)
+    rows, pshape = _rows_of(shape, a)
+    xhat, rstd = _normalised_rows(x, rows, a["eps"])
+    needs = ctx.needs_input_grad
+    grads = [None]
+    if needs[0]:
+        gh = (g * w.reshape(pshape) if w is not None else g).reshape(rows)
+        gx = rstd * (gh - gh.mean(1, keepdim=True) - xhat * (gh * xhat).mean(1, keepdim=True))
+        grads[0] = gx.reshape(shape)
+    k = 1
+    if a["has_weight"]:
+        grads.append(sum_to_shape(g * xhat.reshape(shape), pshape).reshape(
+            tuple(ctx.metas[k].shape)) if needs[k] else None)
+        k += 1
+    if a["has_bias"]:
+        grads.append(sum_to_shape(g, pshape).reshape(tuple(ctx.metas[k].shape))
+                     if needs[k] else None)
+    return tuple(grads)
+
+
+layer_norm_op = register("layer_norm", infer=_affine_meta("LayerNormKernelImpl"),
+                         eager=_affine_norm_eager, saves=(0, 1), backward=_affine_norm_backward,
+                         grad_fn="NativeLayerNormBackward0",
+                         decomposition=_affine_norm_decomposition)
+group_norm_op = register("group_norm", infer=_affine_meta("GroupNormKernelImpl"),
+                         eager=_affine_norm_eager, saves=(0, 1), backward=_affine_norm_backward,
+                         grad_fn="NativeGroupNormBackward0",
+                         decomposition=_affine_norm_decomposition)
+
+
+def layer_norm(x, weight=None, bias=None, *, norm_ndim, eps):
+    """Normalise over the trailing ``norm_ndim`` dims, then ``* weight + bias``."""
+    extra = [t for t in (weight, bias) if t is not None]
+    return apply(layer_norm_op, x, *extra, norm_ndim=int(norm_ndim), eps=float(eps),
+                 has_weight=weight is not None, has_bias=bias is not None)
+
+
+def group_norm(x, weight=None, bias=None, *, groups, eps):
+    """Normalise each of ``groups`` channel groups of each sample of a (N, C, *) tensor, then
+    ``* weight + bias`` per channel."""
+    extra = [t for t in (weight, bias) if t is not None]
+    return apply(group_norm_op, x, *extra, groups=int(groups), eps=float(eps),
+                 has_weight=weight is not None, has_bias=bias is not None)

@@ -1,11 +1,13 @@
-"""The normalization part of tracenet.nn.functional (re-exported there): batch_norm, plus the
-pooling extras max_unpool{1,2,3}d and adaptive_avg_pool{1,2,3}d."""
+"""The normalization part of tracenet.nn.functional (re-exported there): batch_norm, layer_norm,
+group_norm, instance_norm and normalize, plus the pooling extras max_unpool{1,2,3}d and
+adaptive_avg_pool{1,2,3}d."""
 import numpy as np
 
 from ...autograd import grad_mode
 from ...ops import nn as nnops, normalization as normops
+from .activation import _vector_norm
 
-__all__ = ["batch_norm", "max_unpool1d", "max_unpool2d", "max_unpool3d", "adaptive_avg_pool1d",
+__all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "normalize", "max_unpool1d", "max_unpool2d", "max_unpool3d", "adaptive_avg_pool1d",
            "adaptive_avg_pool2d", "adaptive_avg_pool3d"]
 
 
@@ -112,6 +114,149 @@ def _update(running, batch, momentum):
     if tuple(batch.shape) != tuple(running.shape):
         batch = batch.reshape(tuple(running.shape))
     running.mul_(1 - momentum).add_(batch * momentum)
+
+
+# --- layer, group and instance norm ---------------------------------------------------------
+
+
+def _sizes(shape):
+    return "[" + ", ".join(str(int(v)) for v in shape) + "]"
+
+
+def _check_params_dtype(x, params):
+    for p in params:
+        if p is not None and p.dtype is not x.dtype:
+            if x.dtype.name == "float32":
+                raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of "
+                                   "Float")
+            raise RuntimeError(f"expected scalar type {_word(x.dtype)} but found "
+                               f"{_word(p.dtype)}")
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-05):
+    """Normalise over the trailing dims ``normalized_shape`` (biased variance), then
+    ``* weight + bias`` (both of shape ``normalized_shape``)."""
+    if not isinstance(normalized_shape, (list, tuple)) and not hasattr(normalized_shape, "shape"):
+        raise TypeError(f"layer_norm(): argument 'normalized_shape' (position 2) must be tuple of "
+                        f"ints, not {type(normalized_shape).__name__}")
+    shape = list(normalized_shape)
+    _check_int_list("layer_norm", "normalized_shape", 2, shape)
+    shape = [int(v) for v in shape]
+    if not shape:
+        raise RuntimeError("Expected normalized_shape to be at least 1-dimensional, i.e., "
+                           "containing at least one element, but got normalized_shape = []")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and list(t.shape) != shape:
+            raise RuntimeError(f"Expected {name} to be of same shape as normalized_shape, but got "
+                               f"{name} of shape {_sizes(t.shape)} and normalized_shape = "
+                               f"{_sizes(shape)}")
+    k = len(shape)
+    if input.dim() < k or list(input.shape[input.dim() - k:]) != shape:
+        raise RuntimeError(f"Given normalized_shape={_sizes(shape)}, expected input with shape "
+                           f"[*, {', '.join(map(str, shape))}], but got input of size"
+                           f"{_sizes(input.shape)}")
+    if not input.dtype.is_floating_point:
+        raise NotImplementedError(f"\"LayerNormKernelImpl\" not implemented for "
+                                  f"'{_word(input.dtype)}'")
+    _check_params_dtype(input, (weight, bias))
+    return normops.layer_norm(input, weight, bias, norm_ndim=k, eps=eps)
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-05):
+    """Normalise each of ``num_groups`` groups of channels of each sample of a (N, C, *) input,
+    then ``* weight + bias`` per channel."""
+    if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)):
+        raise TypeError(f"group_norm(): argument 'num_groups' (position 2) must be int, not "
+                        f"{type(num_groups).__name__}")
+    if input.dim() < 2:
+        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received "
+                           f"{input.dim()}")
+    size = list(input.size())
+    _verify_batch_size([size[0] * size[1] // num_groups, num_groups] + size[2:])
+    c = size[1]
+    if num_groups <= 0:
+        raise RuntimeError(f"Expected num groups to be greater than 0, got {num_groups}")
+    if c % num_groups != 0:
+        raise RuntimeError(f"Expected number of channels in input to be divisible by num_groups, "
+                           f"but got input of shape {_sizes(size)} and num_groups={num_groups}")
+    if weight is not None and (weight.dim() != 1 or weight.numel() != c):
+        raise RuntimeError(f"Expected weight to be a vector of size equal to the number of "
+                           f"channels in input, but got weight of shape {_sizes(weight.shape)} "
+                           f"and input of shape {_sizes(size)}")
+    if bias is not None and (bias.dim() != 1 or bias.numel() != c):
+        # (torch names the weight's shape here, [0] without a weight)
+        shown = _sizes(weight.shape) if weight is not None else "[0]"
+        raise RuntimeError(f"Expected bias to be a vector of size equal to the number of "
+                           f"channels in input, but got bias of shape {shown} and input of "
+                           f"shape {_sizes(size)}")
+    if not input.dtype.is_floating_point:
+        raise NotImplementedError(f"\"GroupNormKernelImpl\" not implemented for "
+                                  f"'{_word(input.dtype)}'")
+    _check_params_dtype(input, (weight, bias))
+    return normops.group_norm(input, weight, bias, groups=num_groups, eps=eps)
+
+
+def _verify_spatial_size(size):
+    count = 1
+    for s in size[2:]:
+        count *= s
+    if count == 1:
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size "
+                         f"{size!r}")
+
+
+def _repeat(t, n):
+    """``t`` (C,) repeated ``n`` times as an (n * C,) vector (expand + reshape, which compile)."""
+    if t is None:
+        return None
+    return t.reshape(1, -1).expand(n, t.numel()).reshape(n * t.numel())
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-05):
+    """Normalise each channel of each sample of a (N, C, *) input over its spatial dims, as
+    torch does: batch norm of the (1, N * C, *) view. With running statistics and
+    ``use_input_stats`` they are updated with the batch average of the per-instance statistics;
+    without ``use_input_stats`` they normalise."""
+    if use_input_stats:
+        _verify_spatial_size(input.size())
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise RuntimeError("Expected running_mean and running_var to be defined when "
+                           "use_input_stats is false")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be "
+                         "None")
+    if input.dim() < 2:
+        nd = max(input.dim(), 1)
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-nd}, {nd - 1}], "
+                         "but got 1)")
+    size = tuple(input.shape)
+    n, c = size[0], size[1]
+    view = input.reshape((1, n * c) + size[2:])
+    w, b = _repeat(weight, n), _repeat(bias, n)
+    rm, rv = _repeat(running_mean, n), _repeat(running_var, n)
+    _check_batch_norm_args(view, rm, rv, w, b, use_input_stats)
+    if input.numel() == 0:
+        return _empty_batch_norm(view, w, b, n * c).reshape(size)
+    if not use_input_stats:
+        return normops.batch_norm(view, rm, rv, w, b, eps=eps, training=False).reshape(size)
+    mean, var = normops.batch_norm_stats(view)
+    out = normops.batch_norm(view, mean, var, w, b, eps=eps, training=True)
+    if running_mean is not None:
+        m = view.numel() // (n * c)
+        with grad_mode.no_grad():
+            unbiased = var * (m / (m - 1))
+            _update(running_mean, mean.reshape(n, c).mean(0), momentum)
+            _update(running_var, unbiased.reshape(n, c).mean(0), momentum)
+    return out.reshape(size)
+
+
+def normalize(input, p=2.0, dim=1, eps=1e-12, out=None):
+    """``input / max(||input||_p, eps)`` along ``dim``."""
+    if out is not None:
+        raise NotImplementedError("normalize(out=...) is not supported")
+    denom = _vector_norm(input, float(p), dim, True).clamp_min(eps).expand_as(input)
+    return input / denom
 
 
 # --- max unpooling ------------------------------------------------------------------------------
