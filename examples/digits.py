@@ -134,7 +134,7 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="compile the training step to C")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-batches", type=int, default=None,
@@ -165,6 +165,8 @@ def main(argv=None):
     net = Net()
     criterion = nn.CrossEntropyLoss()
     optimizer = optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
+    # the learning rate decays to 0 over the run (read on every call: no recompilation)
+    scheduler = optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     if args.compile:
         step = torch.compile_step(lambda x, y: criterion(net(x), y), optimizer)
         model = torch.compile(net)
@@ -194,6 +196,7 @@ def main(argv=None):
             total += loss
             if bar is not None and i % 10 == 0:
                 bar.set_postfix_str(f"loss {loss:.4f}")
+        scheduler.step()
         epoch_losses.append(total / n_batches)
         print(f"epoch {epoch:2d}/{args.epochs}: loss {epoch_losses[-1]:.4f}  "
               f"({time.perf_counter() - start:.2f} s)", flush=True)
