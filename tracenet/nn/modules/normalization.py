@@ -10,6 +10,23 @@ from .linear import factory_kwargs
 from .module import Module
 
 
+def _affine(module, shape, affine, bias, fk):
+    """The optional elementwise weight (ones) and bias (zeros) of ``shape``, as torch's
+    LayerNorm and GroupNorm register them (``None`` when absent)."""
+    weight = Parameter(creation.empty(shape, **fk)) if affine else None
+    module.register_parameter("weight", weight)
+    module.register_parameter("bias", Parameter(creation.empty(shape, **fk))
+                              if affine and bias else None)
+    _reset_affine(module)
+
+
+def _reset_affine(module):
+    if module.weight is not None:
+        init.ones_(module.weight)
+    if module.bias is not None:
+        init.zeros_(module.bias)
+
+
 class LayerNorm(Module):
     """Normalisation over the trailing ``normalized_shape`` dims, with an optional elementwise
     affine of that shape."""
@@ -23,22 +40,10 @@ class LayerNorm(Module):
         self.normalized_shape = tuple(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = Parameter(creation.empty(self.normalized_shape, **fk))
-            if bias:
-                self.bias = Parameter(creation.empty(self.normalized_shape, **fk))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.reset_parameters()
+        _affine(self, self.normalized_shape, elementwise_affine, bias, fk)
 
     def reset_parameters(self):
-        if self.elementwise_affine:
-            init.ones_(self.weight)
-            if self.bias is not None:
-                init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, input):
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -63,22 +68,10 @@ class GroupNorm(Module):
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
-        if affine:
-            self.weight = Parameter(creation.empty(num_channels, **fk))
-            if bias:
-                self.bias = Parameter(creation.empty(num_channels, **fk))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.reset_parameters()
+        _affine(self, (num_channels,), affine, bias, fk)
 
     def reset_parameters(self):
-        if self.affine:
-            init.ones_(self.weight)
-            if self.bias is not None:
-                init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, input):
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
