@@ -213,14 +213,7 @@ DOUBLE = {
 }
 
 
-# tanh's and softmax's backward rules read their saved output outside the graph, so their
-# gradients cannot be differentiated again yet (the ops of tracenet/ops/elementwise.py, nn.py)
-_OUTPUT_SAVED = pytest.mark.xfail(strict=True, reason="tanh/softmax backward is not "
-                                  "differentiable again (saved output)")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_OUTPUT_SAVED)
-                                  if n in ("tanhshrink", "softmin") else n for n in sorted(DOUBLE)])
+@pytest.mark.parametrize("name", sorted(DOUBLE))
 def test_double_backward_matches_torch(name):
     ours, theirs = DOUBLE[name]
     x = np.concatenate([np.linspace(-7, 7, 15), [0.0, 6.0, 3.0]])
@@ -322,3 +315,18 @@ def test_compiled_training_step_with_prelu_matches_the_eager_loop():
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-4, atol=1e-6)
     # the PReLU weights moved
     assert not np.allclose(net[1].weight.detach().numpy(), 0.25)
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "exp", "sqrt", "expm1", "rsqrt",
+                                  "reciprocal"])
+def test_double_backward_through_ops_that_save_their_output(name):
+    """Their backward rules read the saved output (tanh: 1 - y^2): under create_graph that
+    output is differentiated through its own node, as torch's saved output variables are."""
+    x = np.linspace(0.2, 2.5, 9)
+    a = tn.from_numpy(x.copy()).requires_grad_()
+    b = torch.from_numpy(x.copy()).requires_grad_()
+    (ga,) = tn.autograd.grad(getattr(a, name)().sum(), a, create_graph=True)
+    (gb,) = torch.autograd.grad(getattr(b, name)().sum(), b, create_graph=True)
+    (gga,) = tn.autograd.grad(ga.sum(), a)
+    (ggb,) = torch.autograd.grad(gb.sum(), b)
+    np.testing.assert_allclose(gga.numpy(), ggb.numpy(), rtol=1e-10, atol=1e-12)

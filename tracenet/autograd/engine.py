@@ -79,11 +79,22 @@ class OpNode(Node):
         for tensor, version, *producer in self._saved:
             if tensor._vc.value != version:
                 raise RuntimeError(_inplace_error(tensor, version, *producer))
+        if self.op.saves_outputs and grad_mode._state.enabled:
+            self._link_saved_outputs()
         res = self.op.backward(self.ctx, *grads)
         res = res if isinstance(res, tuple) else (res,)
         if self._edge_inputs is not None:
             res = tuple(res[i] for i in self._edge_inputs)
         return res
+
+    def _link_saved_outputs(self):
+        """Under create_graph, a rule that reads the op's output (tanh's ``1 - y^2``) must
+        differentiate through it: the saved aliases become this node's outputs again, as
+        torch's saved output variables do. (They are saved without it so that a graph that is
+        never differentiated twice holds no cycle node -> output -> node.)"""
+        for i, out in enumerate(self.ctx.outputs):
+            if out.grad_fn is None and out.dtype.is_floating_point:
+                out.grad_fn, out._output_nr, out._requires_grad = self, i, True
 
     def _release(self):
         if self._saved or self.op.saves_outputs:
