@@ -130,6 +130,64 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _conv(3, input, weight, bias, stride, padding, dilation, groups)
 
 
+def _conv_transpose(n, x, weight, bias, stride, padding, output_padding, groups, dilation):
+    fn = f"conv_transpose{n}d"
+    if x.dim() not in (n + 1, n + 2):
+        raise RuntimeError(f"Expected {n + 1}D (unbatched) or {n + 2}D (batched) input to "
+                           f"{fn}, but got input of size: {_sizes(x.shape)}")
+    unbatched = x.dim() == n + 1
+    if unbatched:
+        x = x.unsqueeze(0)
+    stride = _int_list(stride, n, fn, "stride")
+    padding = _int_list(padding, n, fn, "padding")
+    output_padding = _int_list(output_padding, n, fn, "output_padding")
+    dilation = _int_list(dilation, n, fn, "dilation")
+    if weight.dim() < 3:
+        raise RuntimeError("weight should have at least three dimensions")
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    dim = weight.dim() - 2
+    stride = _expand_param(stride, "stride", dim)
+    padding = _expand_param(padding, "padding", dim)
+    dilation = _expand_param(dilation, "dilation", dim)
+    output_padding = _expand_param(output_padding, "output_padding", dim)
+    if weight.shape[0] % groups != 0:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} "
+                           f"at dimension 0, but got weight of size [{_sizes(weight.shape)}] "
+                           "instead")
+    if x.shape[1] != weight.shape[0]:
+        raise RuntimeError(f"Given transposed=1, weight of size {_sizes(weight.shape)}, expected "
+                           f"input{_sizes(x.shape)} to have {weight.shape[0]} channels, but got "
+                           f"{x.shape[1]} channels instead")
+    if any(p >= s and p >= d for p, s, d in zip(output_padding, stride, dilation)):
+        # torch reports the 1-d case as a 2-d one of height 1
+        names = ("depth", "height", "width")[3 - max(dim, 2):]
+        pad = (lambda t, fill: (fill,) * (len(names) - dim) + tuple(t))
+        parts = [" ".join(f"{label}_{a}: {v}" for a, v in zip(names, pad(vals, fill)))
+                 for label, vals, fill in (("output_padding", output_padding, 0),
+                                           ("stride", stride, 1), ("dilation", dilation, 1))]
+        raise RuntimeError("output padding must be smaller than either stride or dilation, but "
+                           "got " + " ".join(parts))
+    if bias is not None and bias.shape != (weight.shape[1] * groups,):
+        raise RuntimeError(f"Given transposed=1, weight of size {_sizes(weight.shape)}, expected "
+                           f"bias to be 1-dimensional with {weight.shape[1] * groups} elements, "
+                           f"but got bias of size {_sizes(bias.shape)} instead")
+    out = nnops.conv_transpose(x, weight, bias, stride, padding, output_padding, dilation, groups)
+    return out.squeeze(0) if unbatched else out
+
+
+def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1):
+    return _conv_transpose(1, input, weight, bias, stride, padding, output_padding, groups,
+                           dilation)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1):
+    return _conv_transpose(2, input, weight, bias, stride, padding, output_padding, groups,
+                           dilation)
+
+
 # --- pooling --------------------------------------------------------------------------------
 
 _NUM_WORD = {2: "two", 3: "three"}

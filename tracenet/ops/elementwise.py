@@ -36,7 +36,8 @@ def _same_kind(arr_fn):
 
 add_op = register(
     "add", infer=_binary_meta, eager=np.add, c_expr=template("({0} + {1})"),
-    backward=lambda ctx, g: (_unbroadcast(ctx, 0, g), _unbroadcast(ctx, 1, g)))
+    backward=lambda ctx, g: (_unbroadcast(ctx, 0, g), _unbroadcast(ctx, 1, g)),
+    grad_fn=lambda ctx: ctx.attrs.get("_name", "AddBackward0"))
 
 _SUB_BOOL_MSG = ("Subtraction, the `-` operator, with a bool tensor is not supported. If you are "
                  "trying to invert a mask, use the `~` or `logical_not()` operator instead.")

@@ -12,7 +12,7 @@ from numpy.lib.stride_tricks import as_strided
 from .. import _dtype
 from .._meta import Meta
 from ..tensor import Tensor
-from . import common
+from . import common, elementwise as ew
 from .shape import _view
 from .registry import apply, register
 
@@ -212,7 +212,14 @@ def _conv_weight_grad_eager(g, x, weight_shape, stride, padding, dilation, group
 def _conv_input_grad_backward(ctx, gg):
     g, w = ctx.inputs
     geo = _geo(ctx.attrs)
-    d_g = apply(convolution_op, gg, w, **geo) if ctx.needs_input_grad[0] else None
+    d_g = None
+    if ctx.needs_input_grad[0]:
+        d_g = apply(convolution_op, gg, w, **geo)
+        # a transposed convolution's output_padding (smaller than the dilation but not the
+        # stride) can leave room for more windows than g has: keep g's positions
+        if tuple(d_g.shape) != tuple(ctx.metas[0].shape):
+            d_g = d_g[(slice(None), slice(None))
+                      + tuple(slice(0, s) for s in ctx.metas[0].shape[2:])]
     d_w = conv_backward_weight(g, gg, tuple(ctx.metas[1].shape), **geo) \
         if ctx.needs_input_grad[1] else None
     return d_g, d_w
@@ -230,7 +237,8 @@ def _conv_weight_grad_backward(ctx, gg):
 conv_backward_input_op = register(
     "conv_backward_input",
     infer=lambda g, w, input_shape, **geo: Meta(tuple(input_shape), g.dtype),
-    eager=_conv_input_grad_eager, saves=(0, 1), backward=_conv_input_grad_backward)
+    eager=_conv_input_grad_eager, saves=(0, 1), backward=_conv_input_grad_backward,
+    grad_fn=lambda ctx: ctx.attrs.get("_name", "ConvBackwardInputBackward0"))
 conv_backward_weight_op = register(
     "conv_backward_weight",
     infer=lambda g, x, weight_shape, **geo: Meta(tuple(weight_shape), g.dtype),
@@ -239,6 +247,22 @@ conv_backward_weight_op = register(
 
 def conv_backward_input(g, w, input_shape, **geo):
     return apply(conv_backward_input_op, g, w, input_shape=tuple(input_shape), **geo)
+
+
+def conv_transpose(x, w, b, stride, padding, output_padding, dilation, groups):
+    """The transposed convolution: the input gradient of the convolution with the same
+    geometry, plus the bias (the last node is named as torch names it)."""
+    n = len(stride)
+    out = tuple((x.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+                + dilation[i] * (w.shape[2 + i] - 1) + output_padding[i] + 1 for i in range(n))
+    geo = dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+               groups=int(groups))
+    shape = (x.shape[0], w.shape[1] * groups) + out
+    if b is None:
+        return apply(conv_backward_input_op, x, w, input_shape=shape, _name="ConvolutionBackward0",
+                     _none_edges=1, **geo)
+    y = apply(conv_backward_input_op, x, w, input_shape=shape, **geo)
+    return apply(ew.add_op, y, b.reshape((1, -1) + (1,) * n), _name="ConvolutionBackward0")
 
 
 def conv_backward_weight(g, x, weight_shape, **geo):

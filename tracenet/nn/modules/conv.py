@@ -1,4 +1,4 @@
-"""Convolution layers: Conv1d, Conv2d, Conv3d."""
+"""Convolution layers: Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d."""
 import math
 
 from ...ops import creation
@@ -21,7 +21,8 @@ class _ConvNd(Module):
     _n = 2
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
+                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None, *,
+                 transposed=False, output_padding=0):
         super().__init__()
         n = self._n
         fk = factory_kwargs(device, dtype)
@@ -47,13 +48,14 @@ class _ConvNd(Module):
         self.stride = _ntuple(stride, n)
         self.padding = padding if isinstance(padding, str) else _ntuple(padding, n)
         self.dilation = _ntuple(dilation, n)
-        self.transposed = False
-        self.output_padding = (0,) * n
+        self.transposed = transposed
+        self.output_padding = _ntuple(output_padding, n)
         self.groups = groups
         self.padding_mode = padding_mode
         self._reversed_padding_repeated_twice = self._padding_for_mode()
-        self.weight = Parameter(creation.empty(
-            (out_channels, in_channels // groups) + self.kernel_size, **fk))
+        channels = (in_channels, out_channels // groups) if transposed else \
+            (out_channels, in_channels // groups)
+        self.weight = Parameter(creation.empty(channels + self.kernel_size, **fk))
         if bias:
             self.bias = Parameter(creation.empty(out_channels, **fk))
         else:
@@ -99,6 +101,8 @@ class _ConvNd(Module):
             s += ", padding={padding}"
         if self.dilation != (1,) * len(self.dilation):
             s += ", dilation={dilation}"
+        if self.output_padding != (0,) * len(self.output_padding):
+            s += ", output_padding={output_padding}"
         if self.groups != 1:
             s += ", groups={groups}"
         if self.bias is None:
@@ -118,3 +122,53 @@ class Conv2d(_ConvNd):
 
 class Conv3d(_ConvNd):
     _n = 3
+
+
+class _ConvTransposeNd(_ConvNd):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
+                 device=None, dtype=None):
+        if padding_mode != "zeros":
+            raise ValueError(f'Only "zeros" padding mode is supported for '
+                             f"{type(self).__name__}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device, dtype, transposed=True,
+                         output_padding=output_padding)
+
+    def _output_padding(self, input, output_size):
+        """output_padding, or the one that gives output_size (torch's rule)."""
+        if output_size is None:
+            return self.output_padding
+        n = self._n
+        output_size = list(output_size)
+        if len(output_size) == n + 2 or len(output_size) == n + 1:
+            output_size = output_size[-n:]
+        if len(output_size) != n:
+            raise ValueError(f"ConvTranspose{n}D: for {input.dim()}D input, output_size must "
+                             f"have {n} or {n + 2} elements (got {len(output_size)})")
+        spatial = input.shape[input.dim() - n:]
+        res = []
+        for d in range(n):
+            smallest = ((spatial[d] - 1) * self.stride[d] - 2 * self.padding[d]
+                        + self.dilation[d] * (self.kernel_size[d] - 1) + 1)
+            largest = smallest + self.stride[d] - 1
+            if not smallest <= output_size[d] <= largest:
+                raise ValueError(f"requested an output size of {output_size}, but valid sizes "
+                                 f"range from {[smallest]} to {[largest]} (for an input of "
+                                 f"{list(spatial)})")
+            res.append(output_size[d] - smallest)
+        return tuple(res)
+
+    def forward(self, input, output_size=None):
+        conv = (F.conv_transpose1d, F.conv_transpose2d)[self._n - 1]
+        output_padding = self._output_padding(input, output_size)
+        return conv(input, self.weight, self.bias, self.stride, self.padding, output_padding,
+                    self.groups, self.dilation)
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    _n = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    _n = 2
