@@ -1,12 +1,13 @@
-"""ConvTranspose1d/2d and F.conv_transpose1d/2d against torch, and compiled against eager."""
+"""ConvTranspose1d/2d/3d and F.conv_transpose1d/2d/3d against torch, and compiled against eager."""
 import numpy as np
 import pytest
-import torch
 
 import tracenet as tn
 import tracenet.nn as nn
 import tracenet.nn.functional as F
 from compile_checks import check_compiled
+
+torch = pytest.importorskip("torch")
 
 CASES = [
     (1, {}), (2, {}),
@@ -14,6 +15,8 @@ CASES = [
     (2, dict(stride=2, padding=1, output_padding=1, groups=2, dilation=2)),
     (2, dict(stride=(2, 1), padding=(0, 1), output_padding=(1, 0))),
     (2, dict(stride=1, dilation=2, output_padding=1)),  # output_padding < dilation only
+    (3, {}),
+    (3, dict(stride=(2, 1, 2), padding=1, output_padding=(1, 0, 0), groups=2, dilation=(1, 2, 1))),
 ]
 
 
@@ -23,15 +26,15 @@ CASES = [
 def test_functional_matches_torch(n, kw, bias, dtype):
     rng = np.random.default_rng(0)
     g = kw.get("groups", 1)
-    x = rng.standard_normal((2, 4) + (5, 6)[:n]).astype(dtype)
-    w = rng.standard_normal((4, 3) + (3, 2)[:n]).astype(dtype)
+    x = rng.standard_normal((2, 4) + (5, 6, 4)[:n]).astype(dtype)
+    w = rng.standard_normal((4, 3) + (3, 2, 2)[:n]).astype(dtype)
     b = rng.standard_normal(3 * g).astype(dtype) if bias else None
     xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
     bt = torch.tensor(b, requires_grad=True) if bias else None
     X, W = tn.tensor(x, requires_grad=True), tn.tensor(w, requires_grad=True)
     B = tn.tensor(b, requires_grad=True) if bias else None
-    tf = (torch.nn.functional.conv_transpose1d, torch.nn.functional.conv_transpose2d)[n - 1]
-    f = (F.conv_transpose1d, F.conv_transpose2d)[n - 1]
+    tf = getattr(torch.nn.functional, f"conv_transpose{n}d")
+    f = getattr(F, f"conv_transpose{n}d")
     ref, out = tf(xt, wt, bt, **kw), f(X, W, B, **kw)
     tol = 1e-5 if dtype == "float32" else 1e-12
     assert tuple(out.shape) == tuple(ref.shape)
@@ -54,11 +57,11 @@ def test_unbatched():
     np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-12)
 
 
-@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("n", [1, 2, 3])
 def test_module_matches_torch(n):
     kw = dict(stride=2, padding=1, output_padding=1, groups=2, dilation=2)
-    m = (nn.ConvTranspose1d, nn.ConvTranspose2d)[n - 1](4, 6, 3, **kw)
-    t = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d)[n - 1](4, 6, 3, **kw)
+    m = getattr(nn, f"ConvTranspose{n}d")(4, 6, 3, **kw)
+    t = getattr(torch.nn, f"ConvTranspose{n}d")(4, 6, 3, **kw)
     assert tuple(m.weight.shape) == tuple(t.weight.shape) == (4, 3) + (3,) * n
     assert repr(m) == repr(t)
     with torch.no_grad():
@@ -111,5 +114,5 @@ def test_padding_mode_error():
 
 @pytest.mark.parametrize("n,kw", CASES)
 def test_compiled_matches_eager(n, kw):
-    m = (nn.ConvTranspose1d, nn.ConvTranspose2d)[n - 1](4, 6, (3, 2)[:n] if n == 2 else 3, **kw)
-    check_compiled(m, (2, 4) + (5, 6)[:n])
+    m = getattr(nn, f"ConvTranspose{n}d")(4, 6, (3, 2, 2)[:n] if n > 1 else 3, **kw)
+    check_compiled(m, (2, 4) + (5, 6, 4)[:n])

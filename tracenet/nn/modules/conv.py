@@ -160,7 +160,7 @@ class _ConvTransposeNd(_ConvNd):
         return tuple(res)
 
     def forward(self, input, output_size=None):
-        conv = (F.conv_transpose1d, F.conv_transpose2d)[self._n - 1]
+        conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self._n - 1]
         output_padding = self._output_padding(input, output_size)
         return conv(input, self.weight, self.bias, self.stride, self.padding, output_padding,
                     self.groups, self.dilation)
@@ -172,3 +172,7 @@ class ConvTranspose1d(_ConvTransposeNd):
 
 class ConvTranspose2d(_ConvTransposeNd):
     _n = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    _n = 3
