@@ -105,15 +105,8 @@ def _conv(n, x, weight, bias, stride, padding, dilation, groups):
             raise RuntimeError(f"Invalid padding string: '{padding}'")
     else:
         padding = _int_list(padding, n, fn, "padding")
-    if weight.dim() < 3:
-        raise RuntimeError("weight should have at least three dimensions")
-    if groups <= 0:
-        raise RuntimeError("non-positive groups is not supported")
-    dim = weight.dim() - 2
-    stride = _expand_param(stride, "stride", dim)
-    padding = _expand_param(padding, "padding", dim)
-    dilation = _expand_param(dilation, "dilation", dim)
-    _expand_param([0] * n, "output_padding", dim)
+    stride, padding, dilation, _ = _expanded_geometry(weight, groups, stride, padding,
+                                                      dilation, [0] * n)
     out = nnops.convolution(x, weight, bias, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out
 
@@ -130,6 +123,19 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _conv(3, input, weight, bias, stride, padding, dilation, groups)
 
 
+def _expanded_geometry(weight, groups, stride, padding, dilation, output_padding):
+    """A convolution's (transposed or not) weight and groups checks, then its geometry
+    expanded to one value per spatial dim of ``weight``, with torch's errors."""
+    if weight.dim() < 3:
+        raise RuntimeError("weight should have at least three dimensions")
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    dim = weight.dim() - 2
+    return (_expand_param(stride, "stride", dim), _expand_param(padding, "padding", dim),
+            _expand_param(dilation, "dilation", dim),
+            _expand_param(output_padding, "output_padding", dim))
+
+
 def _conv_transpose(n, x, weight, bias, stride, padding, output_padding, groups, dilation):
     fn = f"conv_transpose{n}d"
     if x.dim() not in (n + 1, n + 2):
@@ -142,15 +148,9 @@ def _conv_transpose(n, x, weight, bias, stride, padding, output_padding, groups,
     padding = _int_list(padding, n, fn, "padding")
     output_padding = _int_list(output_padding, n, fn, "output_padding")
     dilation = _int_list(dilation, n, fn, "dilation")
-    if weight.dim() < 3:
-        raise RuntimeError("weight should have at least three dimensions")
-    if groups <= 0:
-        raise RuntimeError("non-positive groups is not supported")
+    stride, padding, dilation, output_padding = _expanded_geometry(
+        weight, groups, stride, padding, dilation, output_padding)
     dim = weight.dim() - 2
-    stride = _expand_param(stride, "stride", dim)
-    padding = _expand_param(padding, "padding", dim)
-    dilation = _expand_param(dilation, "dilation", dim)
-    output_padding = _expand_param(output_padding, "output_padding", dim)
     if weight.shape[0] % groups != 0:
         raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} "
                            f"at dimension 0, but got weight of size [{_sizes(weight.shape)}] "

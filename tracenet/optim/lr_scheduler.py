@@ -145,6 +145,10 @@ class LRScheduler:
                     values = self.get_lr()
         finally:
             self._get_lr_called_within_step = False
+        self._write_lrs(values)
+
+    def _write_lrs(self, values):
+        """Set each group's learning rate and remember them for ``get_last_lr``."""
         for group, lr in zip(self.optimizer.param_groups, values):
             _set_group_value(group, "lr", lr)
         self._last_lr = _group_values(self.optimizer, "lr")
@@ -762,9 +766,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
             values = self.get_lr()
         finally:
             self._get_lr_called_within_step = False
-        for group, lr in zip(self.optimizer.param_groups, values):
-            _set_group_value(group, "lr", lr)
-        self._last_lr = _group_values(self.optimizer, "lr")
+        self._write_lrs(values)
 
 
 class OneCycleLR(LRScheduler):
