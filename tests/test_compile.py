@@ -175,15 +175,26 @@ def test_module_surface_is_shared():
                                model(torch.randn(2, 20)).detach().numpy(), **TOL)
 
 
-def test_new_batch_size_compiles_a_new_specialisation(capfd, monkeypatch):
+def test_new_batch_size_compiles_a_new_specialisation_when_not_dynamic(capfd, monkeypatch):
     monkeypatch.setenv("TRACENET_DEBUG", "cache")
-    compiled = torch.compile(MLP())
+    compiled = torch.compile(MLP(), dynamic=False)
     compiled(torch.randn(2, 20))
     compiled(torch.randn(2, 20))
     compiled(torch.randn(5, 20))
     assert len(compiled.specialisations) == 2
     err = capfd.readouterr().err
     assert "new specialisation" in err and "f32[5,20]" in err
+
+
+def test_new_batch_size_reuses_the_symbolic_specialisation(capfd, monkeypatch):
+    monkeypatch.setenv("TRACENET_DEBUG", "cache")
+    compiled = torch.compile(MLP())
+    compiled(torch.randn(2, 20))
+    compiled(torch.randn(5, 20))
+    assert len(compiled.specialisations) == 1
+    err = capfd.readouterr().err
+    assert "new specialisation" not in err
+    assert "f32[N,20]" in str(compiled.graph)
 
 
 def test_second_backward_raises_and_inplace_weight_change_is_caught():
@@ -207,8 +218,10 @@ def test_inspection_graph_source_and_c_readability():
     assert "conv_backward_weight" in str(compiled.backward_graph)
     src = compiled.source()
     assert "conv_relu_max_pool" in src and "= convolution(" in src  # IR lines as comments
-    assert "void tn_LeNet_0_forward(void *const *args, char *arena, int64_t *err)" in src
-    assert "void tn_LeNet_0_backward(void *const *args, char *arena, int64_t *err)" in src
+    assert "void tn_LeNet_0_forward(void *const *args, char *arena, int64_t *err, int64_t tn_N)" \
+        in src
+    assert "void tn_LeNet_0_backward(void *const *args, char *arena, int64_t *err, int64_t tn_N)" \
+        in src
 
 
 def test_debug_topics(capfd, monkeypatch):

@@ -19,7 +19,8 @@ from .passes import grad as ir_grad, joint_forward
 from .passes.autodiff import view_source
 from .runtime import debug
 from .tensor import Tensor
-from .trace import Guards, rebuild, specialisation_key, structure_of, trace
+from ._sym import Specialize, evaluate_shape, has_symbols
+from .trace import BATCH, Guards, rebuild, specialisation_key, structure_of, trace
 
 
 _data_of = operator.attrgetter("_data")
@@ -28,15 +29,15 @@ _data_of = operator.attrgetter("_data")
 class Specialisation:
     """Everything compiled for one key: graphs, the executable and how to call it."""
 
-    def __init__(self, module, inputs, key, unit, input_structure=None):
+    def __init__(self, module, inputs, key, unit, input_structure=None, batch=None):
         start = time.perf_counter()
         params = _state(module)
         if input_structure is None:
-            fwd = trace(module, *inputs, name=type(module).__name__)
+            fwd = trace(module, *inputs, name=type(module).__name__, batch=batch)
         else:  # nested or keyword inputs (an LSTM's (h0, c0)): trace through a flattening
             # wrapper
             fwd = trace(lambda *flat: _call_flat(module, input_structure, flat), *inputs,
-                        name=type(module).__name__, state=params)
+                        name=type(module).__name__, state=params, batch=batch)
         # what the trace assumed of the module: its attributes read, its tree's structure and,
         # when it traced with grad enabled, which parameters require grad
         self.guards = Guards(fwd.reads, [module],
@@ -83,6 +84,8 @@ class Specialisation:
         self._forward.seeds_at(self.n_user + len(params), self.n_seeds)
         self._param_tensors = [p for _, p in params]
         self.out_meta = [(v.shape, v.dtype.np) for v in graphs[0][1].outputs]
+        # with a symbolic batch size, shapes are evaluated for each call's batch size
+        self.symbolic = any(has_symbols(v.shape) for _, g in graphs for v in g.inputs)
         if self.needs_grad:  # backward arguments: cotangents, saved values; gradients
             self._backward = self.executable.arguments[1]
             self.grad_meta = [(v.shape, v.dtype.np) for v in self.backward_graph.outputs]
@@ -103,38 +106,48 @@ class Specialisation:
         return self.executable.library
 
     # --- calling -----------------------------------------------------------------------------
+    def shapes_for(self, meta, batch):
+        """``meta`` ((shape, dtype) pairs) for a call with batch size ``batch``."""
+        if not self.symbolic:
+            return meta
+        sizes = {BATCH: batch}
+        return [(evaluate_shape(shape, sizes), dt) for shape, dt in meta]
+
     def run_forward(self, inputs):
         call = self._forward
         arrays = []
         for x in inputs:
             arr = x._data
             arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
+        batch = arrays[0].shape[0] if self.symbolic else 0
         outs = []
-        for (shape, dt), spare in zip(self.out_meta, self._spare):
+        for (shape, dt), spare in zip(self.shapes_for(self.out_meta, batch), self._spare):
             if spare:
                 try:
-                    outs.append(spare.pop())
-                    continue
+                    arr = spare.pop()
+                    if arr.shape == shape:
+                        outs.append(arr)
+                        continue
                 except IndexError:  # another thread took the last one
                     pass
             outs.append(np.empty(shape, dt))
         params = list(map(_data_of, self._param_tensors))
-        seeds = call(arrays, outs, params)
+        seeds = call(arrays, outs, params, batch)
         if seeds is not None:
             # kept with the user inputs: the backward may read them as saved values
             return arrays + [seeds[k:k + 1].reshape(()) for k in range(self.n_seeds)], outs
         return arrays, outs
 
-    def run_backward(self, cotangents, saved):
-        grads = [np.empty(shape, dt) for shape, dt in self.grad_meta]
-        self._backward(cotangents + saved, grads)
+    def run_backward(self, cotangents, saved, batch):
+        grads = [np.empty(shape, dt) for shape, dt in self.shapes_for(self.grad_meta, batch)]
+        self._backward(cotangents + saved, grads, (), batch)
         return grads
 
 
 class CompiledFunctionBackward(engine.Node):
     """The backward of one compiled forward call."""
     __slots__ = ("spec", "saved", "saved_versions", "freed", "out_shapes", "_num_outputs",
-                 "recyclable")
+                 "recyclable", "batch")
 
     def _run(self, grads):
         if self.freed:
@@ -154,7 +167,7 @@ class CompiledFunctionBackward(engine.Node):
                 if arr.dtype != dt:
                     arr = arr.astype(dt)
                 cots.append(np.ascontiguousarray(arr))
-        arrays = spec.run_backward(cots, self.saved)
+        arrays = spec.run_backward(cots, self.saved, self.batch)
         grads = []
         for a in arrays:
             t = Tensor._wrap(a)
@@ -210,16 +223,19 @@ class CompiledModule:
     It shares the module's Parameter objects, so optimizers, ``state_dict`` and in-place updates
     keep working and weight changes never trigger recompilation."""
 
-    def __init__(self, module):
+    def __init__(self, module, dynamic=True):
         object.__setattr__(self, "_module", module)
         object.__setattr__(self, "_specs", Specialisations(type(module).__name__))
         # cheap key -> the specialisations made for it, most recently used first; the first
         # whose guards hold runs
         object.__setattr__(self, "_lines", {})
+        object.__setattr__(self, "_dynamic", bool(dynamic))
+        # symbolic keys whose trace or code needed the exact batch size: specialised instead
+        object.__setattr__(self, "_exact_only", set())
 
     def __reduce__(self):
         # pickling a compiled module pickles the module; unpickling compiles it again
-        return (compile, (self._module,))
+        return (compile if self._dynamic else _compile_static, (self._module,))
 
     # module-like surface ---------------------------------------------------------------------
     def __getattr__(self, name):
@@ -260,24 +276,37 @@ class CompiledModule:
         return self._last.source_code if self._last else None
 
     # calling ---------------------------------------------------------------------------------
-    def _key(self, inputs):
-        """A cheap lookup key: shapes, dtypes and requires_grad of the inputs, the training
-        flag and grad mode (what a specialisation depends on)."""
-        return (tuple((x._data.shape, x._data.dtype.num, x._requires_grad) for x in inputs),
-                self._module.training, grad_mode._state.enabled)
+    def _key(self, inputs, batch):
+        """A cheap lookup key: shapes (the leading size ``batch`` as -1: any batch size),
+        dtypes and requires_grad of the inputs, the training flag and grad mode (what a
+        specialisation depends on)."""
+        shapes = []
+        for x in inputs:
+            shape = x._data.shape
+            if batch is not None and shape and shape[0] == batch:
+                shape = (-1,) + shape[1:]
+            shapes.append((shape, x._data.dtype.num, x._requires_grad))
+        return (tuple(shapes), self._module.training, grad_mode._state.enabled)
 
     def __call__(self, *args, **kwargs):
         inputs, structure = _flatten_call(args, kwargs)
-        key = self._key(inputs) + (structure,)
+        batch = _batch_of(inputs) if self._dynamic else None
+        key = self._key(inputs, batch) + (structure,)
+        if batch is not None and key in self._exact_only:
+            batch = None
+            key = self._key(inputs, None) + (structure,)
         line = self._lines.get(key)
         if line is not None and line[0].guards.hold():
             spec = line[0]
         else:
-            spec = self._lookup(key, line, inputs, structure)
+            spec = self._lookup(key, line, inputs, structure, batch)
+            if spec is None:  # the batch size could not stay symbolic
+                self._exact_only.add(key)
+                return self(*args, **kwargs)
         self._specs.last = spec
         return self._run(spec, inputs)
 
-    def _lookup(self, key, line, inputs, structure):
+    def _lookup(self, key, line, inputs, structure, batch=None):
         """The specialisation for ``key`` whose guards hold (moved to the front of its line),
         or a new one when none does: a module attribute the forward read, or the module tree,
         changed since the others were traced."""
@@ -287,19 +316,28 @@ class CompiledModule:
             if spec.guards.hold():
                 line.insert(0, line.pop(i))
                 return spec
-        shown = specialisation_key(inputs, self._module)
+        shown = specialisation_key(inputs, self._module, batch)
         if line:
             debug.log("cache", f"guards failed for {shown}: "
                                f"{', '.join(str(s.guards) for s in line)}")
         n = len(line)
-        spec = self._specs.create(key, lambda unit: Specialisation(
-            self._module, inputs, shown, unit, structure), shown,
-            rekey=lambda spec: key if n == 0 else key + (n,))
+        try:
+            spec = self._specs.create(key, lambda unit: Specialisation(
+                self._module, inputs, shown, unit, structure, batch), shown,
+                rekey=lambda spec: key if n == 0 else key + (n,))
+        except Specialize as why:
+            if batch is None:
+                raise AssertionError(f"no size is symbolic, yet: {why}") from None
+            debug.log("cache", f"specialising on the batch size of {shown}: {why}")
+            if not line:
+                del self._lines[key]
+            return None
         line.insert(0, spec)
         return spec
 
     def _run(self, spec, inputs):
         in_arrays, outs = spec.run_forward(inputs)
+        batch = in_arrays[0].shape[0] if spec.symbolic else 0
         for state_index, out_index in spec.state_updates:
             buf = spec.params[state_index][1]  # e.g. a running mean, updated as in eager mode
             np.copyto(buf._data, outs[out_index])
@@ -326,7 +364,8 @@ class CompiledModule:
             node.saved_versions = tuple((leaves[i], leaves[i]._vc.value)
                                         for i in spec.version_checked)
             node.freed = False
-            node.out_shapes = spec.out_meta[:spec.n_out]
+            node.batch = batch
+            node.out_shapes = spec.shapes_for(spec.out_meta[:spec.n_out], batch)
             node._num_outputs = spec.n_out
             for i, (t, diff) in enumerate(zip(results, spec.differentiable)):
                 if diff:
@@ -336,10 +375,30 @@ class CompiledModule:
         return results[0] if len(results) == 1 else tuple(results)
 
 
-def compile(module, **options):
-    """Compile ``module`` (a ``tracenet.nn.Module``) into a ``CompiledModule``."""
+def _batch_of(inputs):
+    """The batch size of a call: the first input's leading size (None when it has none, or
+    for an empty batch, which is specialised exactly)."""
+    if inputs:
+        shape = inputs[0]._data.shape
+        if shape and shape[0] > 0:
+            return shape[0]
+    return None
+
+
+def compile(module, *, dynamic=True):
+    """Compile ``module`` (a ``tracenet.nn.Module``) into a ``CompiledModule``.
+
+    With ``dynamic=True`` (the default) the batch size stays symbolic: the leading dimension of
+    the first input, and of every input of the same leading size, is the symbol ``N``, so one
+    build serves every batch size (unless the model needs its exact value, e.g. in
+    ``x.view(4, -1)``: then each batch size is specialised, as with ``dynamic=False``).
+    ``dynamic=False`` specialises on every input shape exactly."""
     if not isinstance(module, Module):
         raise TypeError(f"tracenet.compile expects an nn.Module, got {type(module).__name__}")
-    if options:
-        raise TypeError(f"unexpected options: {', '.join(options)}")
-    return CompiledModule(module)
+    if dynamic is not None and not isinstance(dynamic, bool):
+        raise TypeError(f"dynamic must be a bool, got {type(dynamic).__name__}")
+    return CompiledModule(module, dynamic=dynamic is not False)
+
+
+def _compile_static(module):
+    return compile(module, dynamic=False)

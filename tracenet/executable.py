@@ -22,6 +22,7 @@ import _cffi_backend
 import cffi
 import numpy as np
 
+from ._sym import Sym, evaluate
 from .codegen.base import STATUS_DETAILS, has_lowering
 from .codegen.emit import ALIGN, c_identifier, generate
 from .ir.verify import verify
@@ -29,7 +30,7 @@ from .passes import fuse, simplify
 from .passes.decompose import decompose
 from .passes.lower import lower_gemm
 from .runtime import build, debug, target as runtime_target
-from .trace import fresh_seeds
+from .trace import BATCH, fresh_seeds
 
 _ffi = cffi.FFI()
 _CHAR_ARRAY = _ffi.typeof("char[]")
@@ -193,11 +194,12 @@ class Arguments:
                 args[s] = ptr
         vector.bound = list(arrays)  # kept alive: the slots hold their raw addresses
 
-    def __call__(self, inputs=(), outputs=(), bound=()):
+    def __call__(self, inputs=(), outputs=(), bound=(), batch=0):
         """Call the entry point. ``inputs`` and ``outputs`` are this call's arrays for the
         leading input and output slots; ``bound`` the current long-lived arrays for the bound
         slots, re-pointed only if they are not the arrays the vector was bound to last time
-        (the common case is one identity check per array). Returns the seeds drawn for this
+        (the common case is one identity check per array); ``batch`` the value of the size
+        symbol ``N`` (graphs with a symbolic batch size). Returns the seeds drawn for this
         call (an int64 vector), if the entry point takes any, else None."""
         try:
             vector = self._idle.pop()
@@ -226,21 +228,24 @@ class Arguments:
             for k in range(self._n_seeds):
                 args[self._seed_slot + k] = pointer(seeds[k:k + 1])
         status = self._status()
-        if self.arena_bytes:
+        nbytes = self.arena_bytes
+        if nbytes.__class__ is Sym:
+            nbytes = nbytes.evaluate({BATCH: batch})
+        if nbytes:
             idle = self.arenas.idle
             try:
                 arena = idle.pop()  # atomic: no two calls get the same arena
-                if arena.nbytes < self.arena_bytes:
-                    arena = _Arena(self.arena_bytes)
+                if arena.nbytes < nbytes:
+                    arena = _Arena(nbytes)
             except IndexError:
-                arena = _Arena(self.arena_bytes)
-            self.fn(args, arena.pointer, status)
+                arena = _Arena(nbytes)
+            self.fn(args, arena.pointer, status, batch)
             idle.append(arena)
         else:
-            self.fn(args, _NULL, status)
+            self.fn(args, _NULL, status, batch)
         self._idle.append(vector)
         if self.timing:
-            self.log_kernel_times()
+            self.log_kernel_times(batch)
         if status and status[0]:
             self.raise_check(status)
         return seeds
@@ -250,14 +255,15 @@ class Arguments:
         exc, message = self.entry.checks[status[0] - 1]
         raise exc(message.format(*status[1:1 + STATUS_DETAILS]))
 
-    def log_kernel_times(self):
+    def log_kernel_times(self, batch=0):
         """Per-kernel time of the last call (built with timing under TRACENET_DEBUG=time)."""
         times = getattr(self.library.lib, f"{self.entry.name}_kernel_times", None)
         if times is None:
             return
         times = times()
         for i, (k, node) in enumerate(self.entry.kernels):
-            rate = f"  {k.flops / times[i] * 1e-9:6.1f} GFLOP/s" if k.flops and times[i] else ""
+            flops = evaluate(k.flops, {BATCH: batch})
+            rate = f"  {flops / times[i] * 1e-9:6.1f} GFLOP/s" if flops and times[i] else ""
             debug.log("time", f"{k.name}: {times[i] * 1e6:9.1f} us{rate}")
 
 

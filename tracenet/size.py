@@ -1,12 +1,14 @@
 """``tracenet.Size``: the tuple subclass returned by ``Tensor.size()`` / ``.shape``."""
+from ._sym import Sym, display
 
 
 class Size(tuple):
     def __new__(cls, dims=()):
-        return super().__new__(cls, (int(d) for d in dims))
+        # a traced tensor's symbolic batch size stays a symbol
+        return super().__new__(cls, (d if isinstance(d, Sym) else int(d) for d in dims))
 
     def __repr__(self):
-        return f"torch.Size([{', '.join(str(d) for d in self)}])"
+        return f"torch.Size([{', '.join(display(d) for d in self)}])"
 
     __str__ = __repr__
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _dtype, _random
 from ._meta import Meta
+from ._sym import Sym, display
 from ._trace_errors import TraceError, data_dependent, user_location  # noqa: F401  (public here)
 from .autograd import grad_mode
 from .ir.graph import Graph
@@ -145,23 +146,27 @@ def rebuild(template, leaves):
     return out if kind == "list" else tuple(out)
 
 
-def trace(fn, *example_inputs, name=None, state=None):
+def trace(fn, *example_inputs, name=None, state=None, batch=None):
     """Trace ``fn`` (a Module or a function of tensors) on ``example_inputs`` into a Graph.
 
     Graph inputs are the example inputs (named ``x``, ``x1``...) followed by the module's
     parameters and buffers under their state-dict names, or by ``state`` (a list of
-    ``(name, tensor)``: the tensors a plain function reads, e.g. an optimizer's parameters)."""
+    ``(name, tensor)``: the tensors a plain function reads, e.g. an optimizer's parameters).
+    With ``batch`` (an int), the leading dimension of every input whose leading size is
+    ``batch`` is the symbol ``N`` (``batch_shape``); the trace raises ``Specialize`` if it needs
+    its exact value."""
     module = fn if isinstance(fn, Module) else None
     graph = Graph(name or (type(fn).__name__ if module is not None else
                            getattr(fn, "__name__", "graph")))
     if state is None:
         state = _named_state(module) if module is not None else []
-    graph.key = specialisation_key(example_inputs, module)
+    graph.key = specialisation_key(example_inputs, module, batch)
     args = []
     for i, x in enumerate(example_inputs):
         if not isinstance(x, Tensor):
             raise TraceError(f"example input {i} must be a Tensor, got {type(x).__name__}")
-        v = graph.add_input("x" if i == 0 else f"x{i}", x.shape, x.dtype, x.requires_grad)
+        v = graph.add_input("x" if i == 0 else f"x{i}", batch_shape(x.shape, batch), x.dtype,
+                            x.requires_grad)
         args.append(traced_tensor(v))
     saved = []
     try:
@@ -191,8 +196,18 @@ def trace(fn, *example_inputs, name=None, state=None):
     return graph.renumber()
 
 
-def specialisation_key(example_inputs, module=None):
-    shapes = tuple((tuple(x.shape), x.dtype.short) for x in example_inputs)
+BATCH = "N"  # the name of the symbolic batch size
+
+
+def batch_shape(shape, batch):
+    """``shape`` with its leading size as the symbol ``N`` if it is ``batch`` (None: none)."""
+    if batch is not None and len(shape) and shape[0] == batch:
+        return (Sym.symbol(BATCH, batch),) + tuple(shape[1:])
+    return tuple(shape)
+
+
+def specialisation_key(example_inputs, module=None, batch=None):
+    shapes = tuple((batch_shape(x.shape, batch), x.dtype.short) for x in example_inputs)
     training = bool(module.training) if module is not None else False
     return Key(shapes, training, grad_mode.is_grad_enabled())
 
@@ -205,7 +220,7 @@ class Key(tuple):
 
     def __str__(self):
         shapes, training, grad = self
-        ins = ", ".join(f"{d}[{','.join(map(str, s))}]" for s, d in shapes)
+        ins = ", ".join(f"{d}[{','.join(map(display, s))}]" for s, d in shapes)
         return f"inputs=({ins}) training={training} grad={grad}"
 
 

@@ -12,6 +12,7 @@ computes them from the registry's C expressions.
 """
 import os
 
+from .._sym import Specialize, Sym, is_one
 from ..ir.printer import node_line
 from ..ops.common import numel
 from ..ops.registry import REGISTRY
@@ -50,9 +51,22 @@ class Kernel:
         return signature(self.reads, self.writes, self.scratch, self.scratch_ctype,
                          bool(self.checks))
 
+    @property
+    def symbols(self):
+        """The size symbols the kernel takes first (see ``signature``)."""
+        return size_symbols(self.reads, self.writes)
+
+
+def size_symbols(reads, writes):
+    """The names of the size symbols in the shapes a kernel reads and writes: a kernel takes
+    each as a leading ``const int64_t tn_<name>`` argument, in this order."""
+    return sorted({s for _, v in list(reads) + list(writes) for d in v.shape
+                   if isinstance(d, Sym) for s in d.symbols()})
+
 
 def signature(reads, writes, scratch=0, scratch_ctype="float", checks=False):
-    parts = [f"const {ctype(v)} *restrict {role}" for role, v in reads]
+    parts = [f"const int64_t tn_{s}" for s in size_symbols(reads, writes)]
+    parts += [f"const {ctype(v)} *restrict {role}" for role, v in reads]
     parts += [f"{ctype(v)} *restrict {role}" for role, v in writes]
     if scratch:
         parts.append(f"{scratch_ctype} *restrict scratch")
@@ -80,12 +94,44 @@ def threads_scratch(per_thread, parallel):
     return (per_thread, "threads") if parallel else per_thread
 
 
+# --- sizes that may depend on the batch size ---------------------------------------------------
+# Each is an int when known at compile time, else a C expression (a string) in the size
+# symbols, so a lowering writes ``{{ rows }}`` into its template either way.
+
+def size_max(a, b):
+    try:
+        return max(a, b)
+    except (Specialize, TypeError):
+        return f"({a} > {b} ? {a} : {b})"
+
+
+def size_min(a, b):
+    try:
+        return min(a, b)
+    except (Specialize, TypeError):
+        return f"({a} < {b} ? {a} : {b})"
+
+
+def size_ceil_div(a, b):
+    """ceil(a / b) for positive sizes."""
+    if isinstance(a, int) and isinstance(b, int):
+        return -(-a // b)
+    return f"(({a} + {b} - 1) / {b})"
+
+
+def size_choice(condition, if_true, if_false):
+    """``if_true`` when ``condition`` (0, 1, or a C condition from ``Parallelism``) holds."""
+    if not isinstance(condition, str):
+        return if_true if condition else if_false
+    return f"({condition} ? {if_true} : {if_false})"
+
+
 def offset_expr(shape, names):
     """C expression of the row-major offset of the element whose index along dim d is the C
     variable ``names[d]``."""
     strides = [numel(shape[d + 1:]) for d in range(len(shape))]
-    terms = [f"{names[d]} * {strides[d]}" if strides[d] != 1 else names[d]
-             for d in range(len(shape)) if shape[d] != 1]
+    terms = [names[d] if is_one(strides[d]) else f"{names[d]} * {strides[d]}"
+             for d in range(len(shape)) if not is_one(shape[d])]
     return " + ".join(terms) or "0"
 
 

@@ -4,10 +4,12 @@ point per graph.
 Entry points take ``void *const *args``, the graph's inputs then its outputs as buffer
 addresses; ``char *arena``, the caller's work memory (``EntryPoint.arena_bytes``, aligned to
 ``ALIGN``): intermediates and kernel scratch live there, laid out by a liveness-based plan that
-reuses the memory of dead values (views alias their source buffer); and ``int64_t *err``, the
+reuses the memory of dead values (views alias their source buffer); ``int64_t *err``, the
 call's status (see "data checks" in ``base``): an entry returns right after a kernel that
-reports bad data, and ``EntryPoint.checks`` says how each status code is raised. The generated
-code keeps no state of its own besides read-only constants, so one library serves any number
+reports bad data, and ``EntryPoint.checks`` says how each status code is raised; and
+``int64_t tn_N``, the value of the batch-size symbol ``N`` in graphs whose shapes use it
+(sizes, offsets and the arena size are then C expressions in it). The generated code keeps
+no state of its own besides read-only constants, so one library serves any number
 of callers at once, each with its own arena and status.
 """
 import hashlib
@@ -16,6 +18,7 @@ import re
 
 import numpy as np
 
+from .._sym import Specialize, Sym, display
 from ..ops.common import numel
 from . import lowerings  # noqa: F401  (registers every lowering)
 from . import templates
@@ -23,6 +26,9 @@ from .base import CTYPE, ctype, is_alias, lower_node
 from .templates import render
 
 ALIGN = 64
+# the entry points' last argument: the batch size (the value of the symbol N; 0 in graphs
+# without symbolic sizes)
+SIZE_ARGUMENT = "tn_N"
 
 
 def c_identifier(text):
@@ -129,6 +135,55 @@ def _nbytes(v):
     return numel(v.shape) * v.dtype.itemsize
 
 
+class _Plan:
+    """The memory plan of one entry point: first-fit arenas over node-index lifetimes, one per
+    size scale. Sizes that do not depend on a size symbol share the constant region; a size
+    ``c * m`` (``m`` a monomial of symbols, ``4704 * N``) is planned in units of ``m``, in the
+    region of ``m``; a sum of terms takes a slot sized by its largest monomial (every symbol is
+    at least 1, so ``a * N + b <= (a + b) * N``). Regions are laid out one after the other, so
+    an offset is a C expression in the symbols (``arena + (4096 + 1024*tn_N)``)."""
+
+    def __init__(self):
+        self.regions = {}  # monomial (() for constant sizes) -> _Arena
+
+    @staticmethod
+    def _scale(nbytes):
+        if not isinstance(nbytes, Sym):
+            return (), nbytes
+        monomials = sorted(nbytes.terms, key=len)
+        top = monomials[-1]
+        for m in monomials:
+            rest = list(top)
+            for s in m:
+                if s not in rest:  # N*T + M: no monomial bounds the others
+                    raise Specialize(f"no memory plan for a buffer of {nbytes.display()} bytes")
+                rest.remove(s)
+        return top, sum(c for c in nbytes.terms.values() if c > 0)
+
+    def alloc(self, nbytes):
+        scale, units = self._scale(nbytes)
+        arena = self.regions.setdefault(scale, _Arena())
+        return scale, arena.alloc(units), units
+
+    def release(self, slot):
+        scale, off, units = slot
+        self.regions[scale].release(off, units)
+
+    def layout(self):
+        """(region base per scale, total bytes): the constant region first."""
+        base, total = {}, 0
+        for scale in sorted(self.regions, key=lambda m: (len(m), m)):
+            base[scale] = total
+            size = self.regions[scale].size
+            total = total + (size * Sym({scale: 1}, 0) if scale else size)
+        return base, total
+
+    @staticmethod
+    def offset(base, slot):
+        scale, off, _ = slot
+        return base[scale] + (off * Sym({scale: 1}, 0) if scale else off)
+
+
 def plan_entry(entry, prefix, target):
     """Lower every node of ``entry.graph`` and lay out its memory; returns C source lines."""
     graph = entry.graph
@@ -175,21 +230,20 @@ def plan_entry(entry, prefix, target):
         for v in node.inputs:
             r = root_of(v)
             last_use[r] = max(last_use.get(r, idx), idx)
-    arena = _Arena()
-    live = []  # (end, offset, nbytes)
+    plan = _Plan()
+    live = []  # (end, slot)
     placements = {}
     scratch_at = {}
     for idx, k, node in kernels:
-        for end, off, nb in [e for e in live if e[0] < idx]:
-            arena.release(off, nb)
+        for end, slot in [e for e in live if e[0] < idx]:
+            plan.release(slot)
         live = [e for e in live if e[0] >= idx]
         for role, v in k.writes:
             r = root_of(v)
             if r in storage or r in placements:
                 continue
-            off = arena.alloc(_nbytes(r))
-            placements[r] = off
-            live.append((last_use.get(r, idx), off, _nbytes(r)))
+            placements[r] = slot = plan.alloc(_nbytes(r))
+            live.append((last_use.get(r, idx), slot))
         if k.scratch:
             # (per thread, "threads"[, shared]) reserves a slice per possible thread
             if isinstance(k.scratch, tuple):
@@ -199,12 +253,12 @@ def plan_entry(entry, prefix, target):
                 elems = k.scratch
             nb = elems * np.dtype({"float": np.float32, "double": np.float64,
                                    "int64_t": np.int64}[k.scratch_ctype]).itemsize
-            off = arena.alloc(nb)
-            scratch_at[idx] = off
-            live.append((idx, off, nb))
-    entry.arena_bytes = arena.size
-    for r, off in placements.items():
-        storage[r] = f"(void *)(arena + {off})"
+            scratch_at[idx] = slot = plan.alloc(nb)
+            live.append((idx, slot))
+    base, entry.arena_bytes = plan.layout()
+    for r, slot in placements.items():
+        storage[r] = f"(void *)(arena + {_Plan.offset(base, slot)})"
+    scratch_at = {idx: _Plan.offset(base, slot) for idx, slot in scratch_at.items()}
 
     def ptr(v):
         return f"({CTYPE[v.dtype.short]} *){storage[root_of(v)]}"
@@ -214,7 +268,8 @@ def plan_entry(entry, prefix, target):
         args = [ptr(v) for _, v in k.reads] + [ptr(v) for _, v in k.writes]
         if k.scratch:
             args.append(f"({k.scratch_ctype} *)(arena + {scratch_at[idx]})")
-        call = f"{k.name}({', '.join(args + ['err'] * bool(k.checks))});"
+        sizes = [f"tn_{name}" for name in k.symbols]
+        call = f"{k.name}({', '.join(sizes + args + ['err'] * bool(k.checks))});"
         if k.checks:  # the kernel's codes count from 1: shift them to the entry's
             base = len(entry.checks)
             entry.checks += k.checks
@@ -264,9 +319,10 @@ def generate(graphs, unit, target, timing=False):
             parts.append(f"double *{entry.name}_kernel_times(void) {{ return "
                          f"{entry.name}_times; }}")
             cdefs.append(f"double *{entry.name}_kernel_times(void);")
-        sig = f"void {entry.name}(void *const *args, char *arena, int64_t *err)"
+        sig = f"void {entry.name}(void *const *args, char *arena, int64_t *err, " \
+              f"int64_t {SIZE_ARGUMENT})"
         parts.append(f"/* graph {c_comment(graph.name)}: {len(graph.inputs)} inputs, "
-                     f"{len(graph.outputs)} outputs, arena {entry.arena_bytes} bytes */")
+                     f"{len(graph.outputs)} outputs, arena {display(entry.arena_bytes)} bytes */")
         parts.append(sig)
         parts.append("{")
         for i, (k, call) in enumerate(body):

@@ -4,10 +4,33 @@ decides which kernels split their work between threads.
 ``tracenet.runtime`` probes the machine once and hands a ``Target`` to code generation, so
 codegen never asks the toolchain itself.
 """
+from .._sym import Specialize
+
+
+def _at_least(x, minimum):
+    """``x >= minimum``: a bool, or a C condition when it depends on a size symbol."""
+    try:
+        return x >= minimum
+    except Specialize:
+        return f"{x} >= {minimum}"
+
+
+def _all(*conditions):
+    """1 or 0 when every condition is known now, else the C condition (a string) that
+    OpenMP's ``if`` clause checks when the kernel runs."""
+    pending = []
+    for c in conditions:
+        if isinstance(c, str):
+            pending.append(c)
+        elif not c:
+            return 0
+    return "(" + " && ".join(pending) + ")" if pending else 1
 
 
 class Parallelism:
-    """When a kernel is worth an OpenMP fork/join (every threshold lives here).
+    """When a kernel is worth an OpenMP fork/join (every threshold lives here): 0, 1, or a C
+    condition when the work depends on the batch size (the kernel is then built for threads
+    and decides when it runs).
 
     Below these sizes a fork/join costs more than it saves; for GEMMs, moving half of the
     result into the other core's cache costs the serial kernel that reads it more than the
@@ -23,14 +46,16 @@ class Parallelism:
 
     def compute(self, flops, units=2):
         """A compute-bound kernel of ``flops`` over ``units`` independent parts."""
-        return int(self.openmp and units > 1 and flops >= self.compute_min_flops)
+        return _all(self.openmp, _at_least(units, 2), _at_least(flops, self.compute_min_flops))
 
     def gemm(self, flops, rows):
-        return int(self.openmp and flops >= self.gemm_min_flops and rows >= self.gemm_min_rows)
+        return _all(self.openmp, _at_least(flops, self.gemm_min_flops),
+                    _at_least(rows, self.gemm_min_rows))
 
     def memory(self, elements, units):
         """A memory-bound kernel touching ``elements`` over ``units`` independent parts."""
-        return int(self.openmp and units > 1 and elements >= self.memory_min_elements)
+        return _all(self.openmp, _at_least(units, 2),
+                    _at_least(elements, self.memory_min_elements))
 
 
 class Target:

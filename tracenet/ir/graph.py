@@ -8,6 +8,7 @@ outside the group).
 """
 from .. import _dtype
 from .._meta import Meta
+from .._sym import display
 from . import printer
 
 
@@ -28,7 +29,7 @@ class Value:
         return f"%{self.name}" if self.name is not None else f"%{self.id}"
 
     def type_str(self):
-        return f"{self.dtype.short}[{','.join(str(s) for s in self.shape)}]"
+        return f"{self.dtype.short}[{','.join(display(s) for s in self.shape)}]"
 
     def __repr__(self):
         return f"<Value {self.ref}: {self.type_str()}>"

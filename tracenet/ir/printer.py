@@ -3,6 +3,8 @@ import os
 
 import numpy as np
 
+from .._sym import Sym
+
 
 def format_attr(value):
     if isinstance(value, (tuple, list)):
@@ -11,6 +13,8 @@ def format_attr(value):
         return repr(value)
     if hasattr(value, "short"):  # a dtype
         return value.short
+    if isinstance(value, Sym):
+        return value.display()
     return str(value)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import _dtype, _grad_mode as grad_mode
 from .._meta import Meta
+from .._sym import is_one
 from ..tensor import Tensor
 from . import registry as _registry
 from .registry import register as _register
@@ -102,8 +103,8 @@ def broadcast_shapes(*shapes):
         size = 1
         for s in shapes:
             d = s[i - ndim + len(s)] if i - ndim + len(s) >= 0 else 1
-            if d != 1:
-                if size != 1 and d != size:
+            if not is_one(d):
+                if not is_one(size) and d != size:
                     a, b = shapes[0], shapes[1] if len(shapes) > 1 else shapes[0]
                     dim = i
                     raise RuntimeError(

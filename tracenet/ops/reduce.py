@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 
+from .._sym import is_one, same_shape
 from .. import _dtype
 from .._meta import Meta
 from . import common, creation
@@ -102,14 +103,14 @@ def sum_to_shape(g, shape):
     """Sum a broadcast gradient down to ``shape``: the one place broadcasting is undone."""
     shape = tuple(shape)
     gshape = tuple(g.shape)
-    if gshape == shape:
+    if same_shape(gshape, shape):
         return g
     lead = len(gshape) - len(shape)
     dims = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape)
-                                      if s == 1 and gshape[lead + i] != 1)
+                                      if is_one(s) and not is_one(gshape[lead + i]))
     if dims:
         g = sum(g, dims, keepdim=True)
-    return g.reshape(shape) if tuple(g.shape) != shape else g
+    return g if same_shape(g.shape, shape) else g.reshape(shape)
 
 
 def _dims_arg(x, dim):

@@ -4,6 +4,7 @@ import numpy as np
 
 from .. import _dtype
 from .._meta import Meta
+from .._sym import as_size
 from ..tensor import _legacy_type_name
 from . import common, reduce
 from .elementwise import contiguous_copy
@@ -17,7 +18,7 @@ from .registry import apply, register
 
 def infer_shape(shape, numel):
     """Resolve a -1 in ``shape`` against ``numel`` with torch's errors."""
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(as_size(s) for s in shape)
     unknown = [i for i, s in enumerate(shape) if s == -1]
     if len(unknown) > 1:
         raise RuntimeError("only one dimension can be inferred")

@@ -2,7 +2,7 @@
 matrix-vector and vector-vector products ``mv`` and ``dot``. (``mm`` and ``addmm`` decompose
 into ``gemm``; ``passes/lower.py`` folds transposes into its flags.)"""
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
-    node_lines, signature, where
+    node_lines, signature, size_ceil_div, size_choice, size_max, size_min, where
 from ..templates import render
 from .elementwise import c_expr
 from .optim import update_helper
@@ -64,9 +64,13 @@ def lower_gemm(name, node, exported, target):
     scratch = k * n if (tb and ta) else 0
     flops = 2 * m * n * k
     parallel = target.parallel.gemm(flops, m)
-    row_block = max(6, -(-m // 12) * 6) if parallel else max(m, 1)
-    if sgd_node is not None and not parallel:
-        row_block = min(row_block, max(6, 4096 // max(n, 1) // 6 * 6))  # rows that stay in L1
+    serial_block = size_max(m, 1)
+    if sgd_node is not None:
+        serial_block = size_min(serial_block, max(6, 4096 // max(n, 1) // 6 * 6))  # in L1
+    # two threads: two blocks of rows (multiples of the micro-kernel's 6)
+    split = size_ceil_div(m, 12)
+    row_block = size_choice(parallel, size_max(6, split * 6 if isinstance(split, int)
+                                               else f"{split} * 6"), serial_block)
     act = act_node.op if act_node is not None else None
     act_expr = c_expr(act_node, ["v"]) if act_node is not None else None
     src = render("gemm.c.j2", name=name, node_lines=node_lines(group), ctype=ct,

@@ -1,0 +1,319 @@
+"""Symbolic sizes: a dimension whose value is known only when the compiled code runs.
+
+``Sym`` is a polynomial with integer coefficients in named size symbols (today one: ``N``, the
+batch size), each at least 1. Shape rules, the tracer's user code and the lowerings compute
+with it like an int: ``+ - *``, exact ``//`` and ``%``, and comparisons whose answer is the same
+for every value of the symbols. Anything else — an answer that depends on the value
+(``N == 1``, ``N > 4``), ``int()``, indexing, a numpy array of that size — raises
+``Specialize``: the compiler then gives up on the symbol and specialises on the exact size, so
+a symbolic graph is never silently wrong.
+
+In C a symbol is the ``int64_t`` variable ``tn_<name>`` (``str()`` renders the C expression,
+so templates print a size as they always did); in the IR it prints by its name (``display``).
+
+One rule is not a comparison: broadcasting never treats a symbolic dimension as a size-1
+dimension to stretch (``is_one`` says False). That is sound: when the symbol is 1 at run time,
+the other operand's dimension is 1 or the same symbol (anything else specialised), and
+stretching a size-1 dimension to size 1 changes nothing.
+"""
+
+
+class Specialize(BaseException):
+    """A computation needs the exact value of a symbolic size. (A BaseException so that no
+    ``except Exception`` in traced code can swallow it and carry on with a wrong guess.)"""
+
+
+class Sym:
+    """An immutable polynomial: ``terms`` maps monomials (sorted tuples of symbol names; ``()``
+    is the constant) to non-zero int coefficients. ``hint`` is its value for the sizes it was
+    traced with: for performance heuristics only, never for what code computes."""
+
+    __slots__ = ("terms", "hint")
+
+    def __init__(self, terms, hint):
+        self.terms = terms
+        self.hint = hint
+
+    # --- construction -------------------------------------------------------------------------
+    @staticmethod
+    def symbol(name, hint):
+        return Sym({(name,): 1}, int(hint))
+
+    @staticmethod
+    def _make(terms, hint):
+        terms = {m: c for m, c in terms.items() if c}
+        if not terms:
+            return 0
+        if list(terms) == [()]:
+            return terms[()]
+        return Sym(terms, hint)
+
+    # --- arithmetic --------------------------------------------------------------------------
+    def __add__(self, other):
+        if not isinstance(other, (int, Sym)) or isinstance(other, bool):
+            return NotImplemented
+        terms = dict(self.terms)
+        for m, c in _terms(other).items():
+            terms[m] = terms.get(m, 0) + c
+        return Sym._make(terms, self.hint + hint(other))
+
+    __radd__ = __add__
+
+    def __neg__(self):
+        return Sym._make({m: -c for m, c in self.terms.items()}, -self.hint)
+
+    def __pos__(self):
+        return self
+
+    def __sub__(self, other):
+        if not isinstance(other, (int, Sym)):
+            return NotImplemented
+        return self + (-other)
+
+    def __rsub__(self, other):
+        if not isinstance(other, int):
+            return NotImplemented
+        return (-self) + other
+
+    def __mul__(self, other):
+        if not isinstance(other, (int, Sym)) or isinstance(other, bool):
+            return NotImplemented
+        terms = {}
+        for m1, c1 in self.terms.items():
+            for m2, c2 in _terms(other).items():
+                m = tuple(sorted(m1 + m2))
+                terms[m] = terms.get(m, 0) + c1 * c2
+        return Sym._make(terms, self.hint * hint(other))
+
+    __rmul__ = __mul__
+
+    def __floordiv__(self, other):
+        q = _exact_quotient(self, other)
+        if q is None:
+            raise Specialize(f"{self.display()} // {display(other)} is not exact for every "
+                             f"{_names(self, other)}")
+        return q
+
+    def __rfloordiv__(self, other):
+        if not isinstance(other, int):
+            return NotImplemented
+        q = _exact_quotient(other, self)
+        if q is None:
+            raise Specialize(f"{other} // {self.display()} depends on {_names(self)}")
+        return q
+
+    def __mod__(self, other):
+        if _exact_quotient(self, other) is None:
+            raise Specialize(f"{self.display()} % {display(other)} depends on "
+                             f"{_names(self, other)}")
+        return 0
+
+    def __rmod__(self, other):
+        if not isinstance(other, int):
+            return NotImplemented
+        if other == 0:
+            return 0
+        raise Specialize(f"{other} % {self.display()} depends on {_names(self)}")
+
+    # --- comparisons: answered only when the answer never depends on the symbols ----------
+    def __eq__(self, other):
+        if not isinstance(other, (int, Sym)) or isinstance(other, bool):
+            return NotImplemented
+        diff = self - other
+        if not isinstance(diff, Sym):
+            return diff == 0
+        lo, hi = _bounds(diff.terms)
+        if lo > 0 or hi < 0:
+            return False
+        raise Specialize(f"{self.display()} == {display(other)} depends on "
+                         f"{_names(self, other)}")
+
+    def __ne__(self, other):
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def _compare(self, other, strict, greater):
+        if not isinstance(other, (int, Sym)) or isinstance(other, bool):
+            return NotImplemented
+        diff = (self - other) if greater else (other - self)  # holds iff diff > 0 (or >= 0)
+        if not isinstance(diff, Sym):
+            return diff > 0 if strict else diff >= 0
+        lo, hi = _bounds(diff.terms)
+        if lo > 0 or (lo >= 0 and not strict):
+            return True
+        if hi < 0 or (hi <= 0 and strict):
+            return False
+        op = (">" if greater else "<") + ("" if strict else "=")
+        raise Specialize(f"{self.display()} {op} {display(other)} depends on "
+                         f"{_names(self, other)}")
+
+    def __gt__(self, other):
+        return self._compare(other, True, True)
+
+    def __ge__(self, other):
+        return self._compare(other, False, True)
+
+    def __lt__(self, other):
+        return self._compare(other, True, False)
+
+    def __le__(self, other):
+        return self._compare(other, False, False)
+
+    def __bool__(self):
+        return self != 0
+
+    def __hash__(self):
+        return hash(frozenset(self.terms.items()))
+
+    # --- what needs a value ------------------------------------------------------------------
+    def _needs_value(self, what):
+        raise Specialize(f"{what} of the symbolic size {self.display()}")
+
+    def __index__(self):
+        self._needs_value("the exact value")
+
+    __int__ = __index__
+
+    def __float__(self):
+        self._needs_value("a float")
+
+    # --- rendering ---------------------------------------------------------------------------
+    def _render(self, name_of, plus):
+        out = ""
+        for m in sorted(self.terms, key=lambda m: (-len(m), m)):
+            c = self.terms[m]
+            factors = [name_of(s) for s in m]
+            if abs(c) != 1 or not factors:
+                factors.insert(0, str(abs(c)))
+            sign = "-" if c < 0 else (plus if out else "")
+            out += sign + "*".join(factors)
+        return out
+
+    def c(self):
+        """The C expression (an int64_t)."""
+        return "(" + self._render(lambda s: f"tn_{s}", "+") + ")"
+
+    def display(self):
+        """How the IR prints it: ``N``, ``4*N``, ``N*N+1``."""
+        return self._render(lambda s: s, "+")
+
+    def __str__(self):
+        return self.c()
+
+    def __repr__(self):
+        return f"Sym({self.display()})"
+
+    def evaluate(self, values):
+        """The value for ``values`` (symbol name -> int)."""
+        total = 0
+        for m, c in self.terms.items():
+            for s in m:
+                c *= values[s]
+            total += c
+        return total
+
+    def symbols(self):
+        return sorted({s for m in self.terms for s in m})
+
+    def __reduce__(self):
+        return (Sym, (dict(self.terms), self.hint))
+
+
+def _terms(x):
+    return x.terms if isinstance(x, Sym) else ({(): x} if x else {})
+
+
+def hint(x):
+    """The value ``x`` had when traced (an int stays itself)."""
+    return x.hint if isinstance(x, Sym) else x
+
+
+def display(x):
+    return x.display() if isinstance(x, Sym) else str(x)
+
+
+def _names(*xs):
+    names = sorted({s for x in xs if isinstance(x, Sym) for s in x.symbols()})
+    return ", ".join(names)
+
+
+def is_symbolic(x):
+    return isinstance(x, Sym)
+
+
+def has_symbols(shape):
+    return any(isinstance(d, Sym) for d in shape)
+
+
+def is_one(d):
+    """Whether a dimension broadcasts as size 1 (never a symbolic one: see the module doc)."""
+    return not isinstance(d, Sym) and d == 1
+
+
+def evaluate(x, values):
+    return x.evaluate(values) if isinstance(x, Sym) else x
+
+
+def evaluate_shape(shape, values):
+    return tuple(d.evaluate(values) if isinstance(d, Sym) else d for d in shape)
+
+
+def _bounds(terms):
+    """(lower, upper) bounds of the polynomial over all symbols >= 1, each +-inf when the
+    polynomial is unbounded that way or the bound is not evident: with every symbol written
+    as 1 + t (t >= 0), a polynomial whose coefficients are all >= 0 is smallest at t = 0."""
+    shifted = {}
+    for m, c in terms.items():
+        # expand prod(1 + t_s) over the monomial's factors: every sub-multiset of them
+        expansions = {(): c}
+        for s in m:
+            nxt = {}
+            for sub, k in expansions.items():
+                nxt[sub] = nxt.get(sub, 0) + k
+                longer = tuple(sorted(sub + (s,)))
+                nxt[longer] = nxt.get(longer, 0) + k
+            expansions = nxt
+        for sub, k in expansions.items():
+            shifted[sub] = shifted.get(sub, 0) + k
+    const = shifted.pop((), 0)
+    rest = [c for c in shifted.values() if c]
+    inf = float("inf")
+    lo = const if all(c >= 0 for c in rest) else -inf
+    hi = const if all(c <= 0 for c in rest) else inf
+    return lo, hi
+
+
+def _exact_quotient(p, q):
+    """p // q when it is exact as polynomials (q an int or a single term), else None."""
+    if isinstance(q, bool) or not isinstance(q, (int, Sym)):
+        return None
+    if isinstance(q, int):
+        if q == 0:
+            raise ZeroDivisionError("integer division or modulo by zero")
+        qm, qc = (), q
+    elif len(q.terms) == 1:
+        (qm, qc), = q.terms.items()
+    else:
+        return None
+    out = {}
+    for m, c in _terms(p).items():
+        rest = list(m)
+        for s in qm:
+            if s not in rest:
+                return None
+            rest.remove(s)
+        if c % qc:
+            return None
+        out[tuple(rest)] = out.get(tuple(rest), 0) + c // qc
+    return Sym._make(out, hint(p) // hint(q) if hint(q) else 0)
+
+
+def as_size(d):
+    """A user-given size as an int (a symbolic one stays a symbol)."""
+    return d if isinstance(d, Sym) else int(d)
+
+
+def same_shape(a, b):
+    """``tuple(a) == tuple(b)``, comparing lengths first (so that sizes at different positions
+    are never compared)."""
+    return len(a) == len(b) and tuple(a) == tuple(b)
