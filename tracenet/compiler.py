@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from .autograd import engine, grad_mode
-from .executable import Executable, Specialisations, optimise
+from .executable import Executable, Specialisations, batch_of, key_shape, optimise
 from .nn.modules.module import Module
 from .passes import grad as ir_grad, joint_forward
 from .passes.autodiff import view_source
@@ -280,17 +280,12 @@ class CompiledModule:
         """A cheap lookup key: shapes (the leading size ``batch`` as -1: any batch size),
         dtypes and requires_grad of the inputs, the training flag and grad mode (what a
         specialisation depends on)."""
-        shapes = []
-        for x in inputs:
-            shape = x._data.shape
-            if batch is not None and shape and shape[0] == batch:
-                shape = (-1,) + shape[1:]
-            shapes.append((shape, x._data.dtype.num, x._requires_grad))
-        return (tuple(shapes), self._module.training, grad_mode._state.enabled)
+        return (tuple((key_shape(x._data.shape, batch), x._data.dtype.num, x._requires_grad)
+                      for x in inputs), self._module.training, grad_mode._state.enabled)
 
     def __call__(self, *args, **kwargs):
         inputs, structure = _flatten_call(args, kwargs)
-        batch = _batch_of(inputs) if self._dynamic else None
+        batch = batch_of(inputs) if self._dynamic else None
         key = self._key(inputs, batch) + (structure,)
         if batch is not None and key in self._exact_only:
             batch = None
@@ -373,16 +368,6 @@ class CompiledModule:
         if spec.output_structure is not None:
             return rebuild(spec.output_structure, results)
         return results[0] if len(results) == 1 else tuple(results)
-
-
-def _batch_of(inputs):
-    """The batch size of a call: the first input's leading size (None when it has none, or
-    for an empty batch, which is specialised exactly)."""
-    if inputs:
-        shape = inputs[0]._data.shape
-        if shape and shape[0] > 0:
-            return shape[0]
-    return None
 
 
 def compile(module, *, dynamic=True):

@@ -52,6 +52,24 @@ def optimise(graph):
     return graph
 
 
+def batch_of(inputs):
+    """The batch size of a call with a symbolic batch size: the first input's leading size
+    (None when it has none, or for an empty batch, which is specialised exactly)."""
+    if inputs:
+        shape = inputs[0]._data.shape
+        if shape and shape[0] > 0:
+            return shape[0]
+    return None
+
+
+def key_shape(shape, batch):
+    """An input's shape in a specialisation key: a leading size ``batch`` is -1 (any batch
+    size: the symbol N)."""
+    if batch is not None and shape and shape[0] == batch:
+        return (-1,) + shape[1:]
+    return shape
+
+
 class Executable:
     """``graphs`` (a list of (entry suffix, optimised Graph)) as one built, loaded C library;
     ``arguments[i]`` calls the entry point of ``graphs[i]``. Its entry points share one pool of

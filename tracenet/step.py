@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _dtype
 from .autograd import grad_mode
-from .executable import Executable, Specialisations, optimise
+from .executable import Executable, Specialisations, batch_of, key_shape, optimise
 from .ir.graph import Graph
 from .nn.modules import module as module_mod
 from .nn.modules.module import Module
@@ -26,7 +26,8 @@ from .passes import grad as ir_grad
 from .runtime import debug
 from .step_state import UpdateState, declaration_of
 from .tensor import Tensor
-from .trace import Guards, trace
+from ._sym import Specialize, display, has_symbols
+from .trace import Guards, batch_shape, trace
 
 _data_of = operator.attrgetter("_data")
 _training_of = operator.attrgetter("training")
@@ -71,7 +72,7 @@ def build_step_graph(fwd, bwd, update, flags, param_values):
 
 
 class _StepSpecialisation:
-    def __init__(self, fn, optimizer, batch, unit):
+    def __init__(self, fn, optimizer, batch, unit, batch_size=None):
         update = declaration_of(optimizer)
         flags = update.flags_of(optimizer)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -83,7 +84,8 @@ class _StepSpecialisation:
         try:
             with grad_mode.enable_grad():
                 fwd = trace(fn, *batch, name=getattr(fn, "__name__", "step"),
-                            state=list(zip(names, self.params)) + self.buffers)
+                            state=list(zip(names, self.params)) + self.buffers,
+                            batch=batch_size)
         finally:
             module_mod._call_observers.remove(observe)
         # the modules the traced code called: their train/eval flags are part of the key
@@ -106,6 +108,7 @@ class _StepSpecialisation:
         debug.log("ir", f"training step:\n{graph}")
         self.graph = optimise(graph)
         self.executable = Executable([("step", self.graph)], unit)
+        self.symbolic = any(has_symbols(v.shape) for v in self.graph.inputs)
         self.loss_meta = (self.graph.outputs[0].shape, self.graph.outputs[0].dtype.np)
         self.update_state = UpdateState(optimizer, update, self.params)
         # (buffer, array the step writes its update to) for in-place buffer updates
@@ -164,7 +167,7 @@ class _StepSpecialisation:
         bound += self.update_state.refresh()
         loss = np.empty(*self.loss_meta)
         try:
-            call(arrays, (loss,), bound)
+            call(arrays, (loss,), bound, arrays[0].shape[0] if self.symbolic else 0)
         except Exception:  # bad data: the C code stopped before any update
             self.update_state.undo()
             raise
@@ -214,11 +217,14 @@ def _cell_filled(cell):
 class CompiledTrainingStep:
     """Callable returned by ``compile_step``; ``step(*batch)`` returns the loss (no grad_fn)."""
 
-    def __init__(self, fn, optimizer):
+    def __init__(self, fn, optimizer, dynamic=True):
         self.fn = fn
         self.optimizer = optimizer
+        self.dynamic = bool(dynamic)
         self._specs = Specialisations(f"{getattr(fn, '__name__', 'step')}_step")
         self._lines = {}  # key -> its specialisations, most recently used first
+        # symbolic-batch shape keys whose trace or code needed the exact batch size
+        self._exact_only = set()
 
     @property
     def _last(self):
@@ -235,7 +241,10 @@ class CompiledTrainingStep:
     def __call__(self, *batch):
         specs = self._specs
         try:
-            shapes = tuple((x._data.shape, x._data.dtype.num) for x in batch)
+            n = batch_of(batch) if self.dynamic else None
+            shapes = tuple((key_shape(x._data.shape, n), x._data.dtype.num) for x in batch)
+            if n is not None and shapes in self._exact_only:
+                n, shapes = None, tuple((x._data.shape, x._data.dtype.num) for x in batch)
             last = specs.last
             if last is not None and last.key_shapes == shapes:
                 key = (shapes, tuple(map(_training_of, last.modules)))
@@ -249,30 +258,40 @@ class CompiledTrainingStep:
         if line is not None and line[0].guards.hold():
             spec = line[0]
         else:
-            spec = self._lookup(key, line, batch, shapes)
+            spec = self._lookup(key, line, batch, shapes, n)
+            if spec is None:  # the batch size could not stay symbolic
+                self._exact_only.add(shapes)
+                return self(*batch)
         specs.last = spec
         loss = spec.run(batch)
         self.optimizer._opt_called = True  # the step ran: a scheduler stepped now is in order
         return loss
 
-    def _lookup(self, key, line, batch, shapes):
+    def _lookup(self, key, line, batch, shapes, n=None):
         """The specialisation for ``key`` whose guards hold (moved to the front of its line),
-        or a new one."""
+        or a new one (None when the batch size ``n`` could not stay symbolic)."""
         for i, spec in enumerate(line or ()):
             if spec.guards.hold():
                 line.insert(0, line.pop(i))
                 return spec
-        shown = "(" + ", ".join(f"{x.dtype.short}[{','.join(map(str, x.shape))}]"
-                                for x in batch) + ")"
+        shown = "(" + ", ".join(
+            f"{x.dtype.short}[{','.join(map(display, batch_shape(x.shape, n)))}]"
+            for x in batch) + ")"
 
         def rekey(spec):
             real = (shapes, tuple(map(_training_of, spec.modules)))
             n = len(self._lines.get(real, ()))
             return real if n == 0 else real + (n,)
 
-        spec = self._specs.create(
-            key, lambda unit: _StepSpecialisation(self.fn, self.optimizer, batch, unit),
-            shown, rekey=rekey)
+        try:
+            spec = self._specs.create(
+                key, lambda unit: _StepSpecialisation(self.fn, self.optimizer, batch, unit, n),
+                shown, rekey=rekey)
+        except Specialize as why:
+            if n is None:
+                raise AssertionError(f"no size is symbolic, yet: {why}") from None
+            debug.log("cache", f"specialising on the batch size of {shown}: {why}")
+            return None
         spec.key_shapes = shapes
         self._lines.setdefault((shapes, tuple(map(_training_of, spec.modules))),
                                []).insert(0, spec)
@@ -286,8 +305,11 @@ class CompiledTrainingStep:
         return self._last.source_code if self._last else None
 
 
-def compile_step(fn, optimizer):
+def compile_step(fn, optimizer, *, dynamic=True):
     """Compile ``zero_grad -> loss = fn(*batch) -> backward -> optimizer.step`` into one C
-    call; returns a callable ``step(*batch) -> loss``."""
+    call; returns a callable ``step(*batch) -> loss``. As in ``tracenet.compile``, the batch
+    size stays symbolic unless ``dynamic=False``."""
     declaration_of(optimizer)  # fail now for an optimizer that cannot be compiled
-    return CompiledTrainingStep(fn, optimizer)
+    if not isinstance(dynamic, bool):
+        raise TypeError(f"dynamic must be a bool, got {type(dynamic).__name__}")
+    return CompiledTrainingStep(fn, optimizer, dynamic)

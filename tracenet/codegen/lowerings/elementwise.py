@@ -1,6 +1,7 @@
 """The elementwise kernel: one loop over the output that computes a chain of elementwise ops
 (a fused ``elementwise`` group, or one op) from the registry's C expressions, reading each
 input through its broadcast index."""
+from ..._sym import display, is_one, same_shape
 from ...ops.common import numel
 from ...ops.registry import REGISTRY
 from ..base import Kernel, LoweringError, ctype, group_lowering, members, node_lines, \
@@ -11,9 +12,9 @@ from ..templates import render
 def broadcast_index(in_shape, out_shape):
     """C expression for the flat index into an input of ``in_shape`` read at output index i."""
     in_shape, out_shape = tuple(in_shape), tuple(out_shape)
-    if in_shape == out_shape:
+    if same_shape(in_shape, out_shape):
         return "i"
-    if numel(in_shape) == 1:
+    if is_one(numel(in_shape)):
         return "0"
     nd = len(out_shape)
     in_shape = (1,) * (nd - len(in_shape)) + in_shape
@@ -21,12 +22,12 @@ def broadcast_index(in_shape, out_shape):
     in_strides = [numel(in_shape[d + 1:]) for d in range(nd)]
     terms = []
     for d in range(nd):
-        if in_shape[d] == 1:
+        if is_one(in_shape[d]):
             continue
-        term = f"i / {out_strides[d]}" if out_strides[d] != 1 else "i"
+        term = "i" if is_one(out_strides[d]) else f"i / {out_strides[d]}"
         if d > 0:
             term = f"({term}) % {out_shape[d]}"
-        terms.append(f"({term}) * {in_strides[d]}" if in_strides[d] != 1 else f"({term})")
+        terms.append(f"({term})" if is_one(in_strides[d]) else f"({term}) * {in_strides[d]}")
     return " + ".join(terms) or "0"
 
 
@@ -57,5 +58,6 @@ def lower_elementwise(name, node, exported, target):
     for role, v in writes:
         lines.append(f"{role}[i] = {expr_of[v]};")
     src = render("elementwise.c.j2", name=name, signature=signature(reads, writes),
-                 node_lines=node_lines(chain), numel=numel(shape), shape=shape, lines=lines)
+                 node_lines=node_lines(chain), numel=numel(shape),
+                 shape=[display(d) for d in shape], lines=lines)
     return Kernel(name, reads, writes, src)
