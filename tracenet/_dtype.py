@@ -1,6 +1,8 @@
 """dtypes: the four tensor element types and the promotion rule between them."""
 import numpy as np
 
+from ._sym import Sym
+
 
 class dtype:
     """A tensor element type; compares by identity, prints like ``torch.float32`` (as PyTorch code expects)."""
@@ -69,7 +71,7 @@ def scalar_dtype(value):
     """The dtype a Python scalar gets when it becomes a tensor on its own."""
     if isinstance(value, (bool, np.bool_)):
         return bool_
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, (int, np.integer, Sym)):
         return int64
     return get_default_dtype()
 

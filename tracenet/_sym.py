@@ -50,6 +50,8 @@ class Sym:
 
     # --- arithmetic --------------------------------------------------------------------------
     def __add__(self, other):
+        if isinstance(other, (float, SymFloat)):
+            return SymFloat.of(self) + other
         if not isinstance(other, (int, Sym)) or isinstance(other, bool):
             return NotImplemented
         terms = dict(self.terms)
@@ -66,16 +68,18 @@ class Sym:
         return self
 
     def __sub__(self, other):
-        if not isinstance(other, (int, Sym)):
+        if not isinstance(other, (int, float, Sym, SymFloat)):
             return NotImplemented
         return self + (-other)
 
     def __rsub__(self, other):
-        if not isinstance(other, int):
+        if not isinstance(other, (int, float)):
             return NotImplemented
         return (-self) + other
 
     def __mul__(self, other):
+        if isinstance(other, (float, SymFloat)):
+            return SymFloat.of(self) * other
         if not isinstance(other, (int, Sym)) or isinstance(other, bool):
             return NotImplemented
         terms = {}
@@ -86,6 +90,16 @@ class Sym:
         return Sym._make(terms, self.hint * hint(other))
 
     __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        if not isinstance(other, (int, float, Sym, SymFloat)) or isinstance(other, bool):
+            return NotImplemented
+        return SymFloat.of(self) / other
+
+    def __rtruediv__(self, other):
+        if not isinstance(other, (int, float)) or isinstance(other, bool):
+            return NotImplemented
+        return SymFloat.of(other) / self
 
     def __floordiv__(self, other):
         q = _exact_quotient(self, other)
@@ -219,17 +233,99 @@ class Sym:
         return (Sym, (dict(self.terms), self.hint))
 
 
+class SymFloat:
+    """A float computed from size symbols (``2.0 / (10*N)``, a mean's scale): Python code uses
+    it where it would use a float, and it becomes a tensor the way a Python float does (taking
+    the other operand's dtype), computed in double precision by the compiled code. Like a
+    ``Sym``, anything that needs its value raises ``Specialize``."""
+
+    __slots__ = ("expr", "text", "hint", "names")
+
+    def __init__(self, expr, text, hint, names):
+        self.expr, self.text, self.hint, self.names = expr, text, hint, names
+
+    @staticmethod
+    def of(x):
+        if isinstance(x, SymFloat):
+            return x
+        if isinstance(x, Sym):
+            text = x.display() if len(x.terms) == 1 and 1 in x.terms.values() else \
+                f"({x.display()})"
+            return SymFloat(f"(double){x.c()}", text, float(x.hint), frozenset(x.symbols()))
+        return SymFloat(repr(float(x)), repr(x), float(x), frozenset())
+
+    def _binary(self, other, op, swap=False):
+        if isinstance(other, bool) or not isinstance(other, (int, float, Sym, SymFloat)):
+            return NotImplemented
+        a, b = (SymFloat.of(other), self) if swap else (self, SymFloat.of(other))
+        hints = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y,
+                 "/": lambda x, y: x / y if y else float("nan")}
+        return SymFloat(f"({a.expr} {op} {b.expr})", f"({a.text}{op}{b.text})",
+                        hints[op](a.hint, b.hint), a.names | b.names)
+
+    def __add__(self, other):
+        return self._binary(other, "+")
+
+    def __radd__(self, other):
+        return self._binary(other, "+", True)
+
+    def __sub__(self, other):
+        return self._binary(other, "-")
+
+    def __rsub__(self, other):
+        return self._binary(other, "-", True)
+
+    def __mul__(self, other):
+        return self._binary(other, "*")
+
+    def __rmul__(self, other):
+        return self._binary(other, "*", True)
+
+    def __truediv__(self, other):
+        return self._binary(other, "/")
+
+    def __rtruediv__(self, other):
+        return self._binary(other, "/", True)
+
+    def __neg__(self):
+        return SymFloat(f"(-{self.expr})", f"-{self.text}", -self.hint, self.names)
+
+    def _needs_value(self, *args):
+        raise Specialize(f"the value of {self.text}, computed from symbolic sizes")
+
+    __float__ = __int__ = __index__ = __bool__ = _needs_value
+    __lt__ = __le__ = __gt__ = __ge__ = __eq__ = __ne__ = _needs_value
+    __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = __pow__ = __rpow__ = _needs_value
+    __round__ = __trunc__ = __abs__ = _needs_value
+    __hash__ = object.__hash__
+
+    def c(self):
+        return self.expr
+
+    def display(self):
+        return self.text
+
+    def __str__(self):
+        return self.expr
+
+    def __repr__(self):
+        return f"SymFloat({self.text})"
+
+    def symbols(self):
+        return sorted(self.names)
+
+
 def _terms(x):
     return x.terms if isinstance(x, Sym) else ({(): x} if x else {})
 
 
 def hint(x):
     """The value ``x`` had when traced (an int stays itself)."""
-    return x.hint if isinstance(x, Sym) else x
+    return x.hint if isinstance(x, (Sym, SymFloat)) else x
 
 
 def display(x):
-    return x.display() if isinstance(x, Sym) else str(x)
+    return x.display() if isinstance(x, (Sym, SymFloat)) else str(x)
 
 
 def _names(*xs):
@@ -314,6 +410,21 @@ def as_size(d):
 
 
 def same_shape(a, b):
-    """``tuple(a) == tuple(b)``, comparing lengths first (so that sizes at different positions
-    are never compared)."""
-    return len(a) == len(b) and tuple(a) == tuple(b)
+    """Whether two shapes are the same in form: a symbolic size equals only the same
+    expression (``N`` is not the same as 1, even though it may be 1 when the code runs). For
+    choosing between a no-op and the general path, which must also be right when they are
+    equal."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, Sym) or isinstance(y, Sym):
+            if not (isinstance(x, Sym) and isinstance(y, Sym) and x.terms == y.terms):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def as_float(x):
+    """``float(x)``, kept symbolic for a size computed from symbols."""
+    return SymFloat.of(x) if isinstance(x, (Sym, SymFloat)) else float(x)

@@ -8,6 +8,8 @@ import warnings
 
 import numpy as np
 
+from ._sym import Sym, SymFloat
+
 from . import _dtype, _random
 from . import _grad_mode as grad_mode
 from .ops import common, creation, elementwise as ew, index as ix, linalg, nn as nnops, \
@@ -21,7 +23,7 @@ def _rev(fn):
 
 def _binary_operand_check(fn):
     def method(self, other):
-        if not isinstance(other, (Tensor, int, float, bool, np.number, np.bool_)):
+        if not isinstance(other, (Tensor, int, float, bool, np.number, np.bool_, Sym, SymFloat)):
             return NotImplemented
         return fn(self, other)
     return method

@@ -31,7 +31,7 @@ def ctype(value):
 
 class Kernel:
     def __init__(self, name, reads, writes, source, scratch=0, scratch_ctype="float", flops=0,
-                 parallel=False, helpers=(), checks=()):
+                 parallel=False, helpers=(), checks=(), symbols=()):
         self.name = name
         self.reads = reads          # [(role, Value)]
         self.writes = writes        # [(role, Value)]
@@ -46,26 +46,27 @@ class Kernel:
         self.helpers = list(helpers)
         # the data checks the kernel makes, as (exception type, message format): see "data checks"
         self.checks = list(checks)
+        self.extra_symbols = tuple(symbols)  # size symbols used besides those of its shapes
 
     def signature(self):
         return signature(self.reads, self.writes, self.scratch, self.scratch_ctype,
-                         bool(self.checks))
+                         bool(self.checks), self.extra_symbols)
 
     @property
     def symbols(self):
         """The size symbols the kernel takes first (see ``signature``)."""
-        return size_symbols(self.reads, self.writes)
+        return size_symbols(self.reads, self.writes, self.extra_symbols)
 
 
-def size_symbols(reads, writes):
-    """The names of the size symbols in the shapes a kernel reads and writes: a kernel takes
-    each as a leading ``const int64_t tn_<name>`` argument, in this order."""
+def size_symbols(reads, writes, extra=()):
+    """The names of the size symbols in the shapes a kernel reads and writes (and ``extra``):
+    a kernel takes each as a leading ``const int64_t tn_<name>`` argument, in this order."""
     return sorted({s for _, v in list(reads) + list(writes) for d in v.shape
-                   if isinstance(d, Sym) for s in d.symbols()})
+                   if isinstance(d, Sym) for s in d.symbols()} | set(extra))
 
 
-def signature(reads, writes, scratch=0, scratch_ctype="float", checks=False):
-    parts = [f"const int64_t tn_{s}" for s in size_symbols(reads, writes)]
+def signature(reads, writes, scratch=0, scratch_ctype="float", checks=False, symbols=()):
+    parts = [f"const int64_t tn_{s}" for s in size_symbols(reads, writes, symbols)]
     parts += [f"const {ctype(v)} *restrict {role}" for role, v in reads]
     parts += [f"{ctype(v)} *restrict {role}" for role, v in writes]
     if scratch:

@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from .._sym import Sym
+from .._sym import Sym, SymFloat
 
 
 def format_attr(value):
@@ -13,7 +13,7 @@ def format_attr(value):
         return repr(value)
     if hasattr(value, "short"):  # a dtype
         return value.short
-    if isinstance(value, Sym):
+    if isinstance(value, (Sym, SymFloat)):
         return value.display()
     return str(value)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import _dtype
 from .._meta import Meta
+from .._sym import as_size
 from . import common
 from .cexpr import scalar
 from .elementwise import _sigmoid_np, where
@@ -681,7 +682,7 @@ dropout_mask_op = register("dropout_mask", infer=_dropout_mask_meta, eager=_drop
 
 def dropout_mask(seed, shape, p, dtype):
     """A mask of ``shape`` whose elements are 0 with probability ``p``, else ``1 / (1 - p)``."""
-    return apply(dropout_mask_op, seed, shape=tuple(int(s) for s in shape), p=float(p),
+    return apply(dropout_mask_op, seed, shape=tuple(as_size(s) for s in shape), p=float(p),
                  dtype=dtype)
 
 

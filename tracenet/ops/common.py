@@ -5,10 +5,11 @@ import numpy as np
 
 from .. import _dtype, _grad_mode as grad_mode
 from .._meta import Meta
-from .._sym import is_one
+from .._sym import Sym, SymFloat, is_one
 from ..tensor import Tensor
 from . import registry as _registry
 from .registry import register as _register
+from .size_value import size_tensor
 
 
 def quiet(fn):
@@ -47,8 +48,11 @@ _accumulator_of = [None]
 
 
 def scalar_tensor(value, dtype=None):
-    """A Python number as a 0-dim constant tensor (torch's "wrapped number")."""
+    """A Python number as a 0-dim constant tensor (torch's "wrapped number"); a symbolic size
+    (while tracing) becomes the tensor of its run-time value."""
     dt = dtype or _dtype.scalar_dtype(value)
+    if isinstance(value, (Sym, SymFloat)):
+        return size_tensor(value, dt)
     return Tensor._wrap(np.array(value, dtype=dt.np))
 
 
@@ -86,7 +90,8 @@ def as_tensor_pair(a, b):
     if not is_tensor(a) and not is_tensor(b):
         raise TypeError("expected at least one tensor operand")
     for v in (a, b):
-        if not is_tensor(v) and not isinstance(v, (numbers.Number, np.generic)):
+        if not is_tensor(v) and not isinstance(v, (numbers.Number, np.generic, Sym,
+                                                       SymFloat)):
             raise TypeError(f"unsupported operand type: '{type(v).__name__}'")
     dt = _dtype.result_type(a, b)
     if not is_tensor(a):

@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 
-from .._sym import is_one, same_shape
+from .._sym import as_float, is_one, same_shape
 from .. import _dtype
 from .._meta import Meta
 from . import common, creation
@@ -88,7 +88,7 @@ def _var_np(x, dims, correction, keepdim):
 
 def _mean_backward(ctx, g):
     count = _count(ctx.metas[0].shape, ctx.attrs["dims"])
-    return (_expand_back(ctx, g) / float(builtins.max(count, 1)),)
+    return (_expand_back(ctx, g) / as_float(builtins.max(count, 1)),)
 
 
 mean_op = register(
@@ -322,7 +322,7 @@ def _var_backward(ctx, g):
     dims, correction = ctx.attrs["dims"], ctx.attrs["correction"]
     shape = tuple(ctx.metas[0].shape)
     centred = x - mean(x, dims, keepdim=True)
-    scale = 2.0 / float(_count(shape, dims) - correction)
+    scale = 2.0 / as_float(_count(shape, dims) - correction)
     return (_expand_back(ctx, g) * centred * scale,)
 
 
@@ -333,7 +333,7 @@ def _std_backward(ctx, g):
     centred = x - mean(x, dims, keepdim=True)
     if not keepdim:
         y = y.reshape(_reduced_shape(shape, dims, True))
-    scale = 1.0 / float(_count(shape, dims) - correction)
+    scale = 1.0 / as_float(_count(shape, dims) - correction)
     return (_expand_back(ctx, g) * centred * scale / y.expand(shape),)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 
 from .. import _dtype
 from .._meta import Meta
-from .._sym import as_size
+from .._sym import as_size, is_one, same_shape
 from ..tensor import _legacy_type_name
 from . import common, reduce
 from .elementwise import contiguous_copy
@@ -215,12 +215,12 @@ def expanded_shape(shape, sizes, dtype):
                 raise RuntimeError("The expanded size of the tensor (-1) isn't allowed in a "
                                    "leading, non-existing dimension " + str(i))
             s = cur
-        elif cur != 1 and cur != s:
+        elif not is_one(cur) and cur != s:
             raise RuntimeError(f"The expanded size of the tensor ({s}) must match the existing "
                                f"size ({cur}) at non-singleton dimension {i}.  Target sizes: "
                                f"[{', '.join(map(str, sizes))}].  Tensor sizes: "
                                f"[{', '.join(map(str, shape))}]")
-        out.append(int(s))
+        out.append(as_size(s))
     return tuple(out)
 
 
@@ -228,7 +228,7 @@ def expand(x, *sizes):
     sizes = _shape_args(sizes)
     shape = tuple(x.shape)
     out = expanded_shape(shape, tuple(sizes), x.dtype)
-    if out == shape:
+    if same_shape(out, shape):
         return x if x._ir is not None else apply(expand_op, x, shape=out)
     return apply(expand_op, x, shape=out)
 

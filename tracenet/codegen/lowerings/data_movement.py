@@ -309,3 +309,15 @@ def lower_permute(name, node, exported, target):
                  offset=offset_expr(in_shape, names))
     return Kernel(name, reads, writes, src)
 
+
+
+@lowering("size_value")
+def lower_size_value(name, node, exported, target):
+    """A symbolic size as a number: one store of its C expression."""
+    value, out = node.attrs["value"], node.outputs[0]
+    writes = [("out", out)]
+    symbols = value.symbols()
+    src = "\n".join([*(f"/* {line} */" for line in node_lines([node])),
+                     f"static void {name}({signature([], writes, symbols=symbols)})",
+                     "{", f"    out[0] = ({ctype(out)}){value};", "}", ""])
+    return Kernel(name, [], writes, src, symbols=symbols)
