@@ -183,6 +183,8 @@ def _merge_area_samples():
 
 
 # ops that cannot be traced at all, with the reason
-UNTRACEABLE = {"nonzero": "its output shape depends on the data"}
+UNTRACEABLE = {"nonzero": "its output shape depends on the data",
+               "size_value": "it has no tensor inputs: only a symbolic batch size makes one "
+                             "(tests/test_symbolic_batch.py)"}
 
 _merge_area_samples()

@@ -152,19 +152,21 @@ def test_two_compiled_copies_of_one_net_from_two_threads():
     run_threads(work, 2)
 
 
-def test_compiling_from_threads_at_once():
-    # every thread meets a new specialisation (its own batch size) at the same time
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compiling_from_threads_at_once(dynamic):
+    # every thread meets a new specialisation (its own batch size) at the same time, or, with
+    # a symbolic batch size, the same one
     net = _lenet().eval()
     xs = [_inputs(1, batch=b)[0] for b in (1, 2, 3)]
     with tn.no_grad():
         expect = [net(x).numpy() for x in xs]
-    compiled = tn.compile(net)
+    compiled = tn.compile(net, dynamic=dynamic)
 
     def work(i):
         with tn.no_grad():
             np.testing.assert_allclose(compiled(xs[i]).numpy(), expect[i], rtol=1e-4, atol=1e-5)
     run_threads(work, 3)
-    assert len(compiled.specialisations) == 3
+    assert len(compiled.specialisations) == (1 if dynamic else 3)
 
 
 # --- training steps ----------------------------------------------------------------------------

@@ -428,3 +428,26 @@ def same_shape(a, b):
 def as_float(x):
     """``float(x)``, kept symbolic for a size computed from symbols."""
     return SymFloat.of(x) if isinstance(x, (Sym, SymFloat)) else float(x)
+
+
+def evaluator(x, name):
+    """A fast ``n -> value of x`` for the one symbol ``name`` (``x`` an int or a ``Sym``)."""
+    if not isinstance(x, Sym):
+        return lambda n: x
+    if set(x.terms) <= {(), (name,)}:
+        a, b = x.terms.get((), 0), x.terms.get((name,), 0)
+        return lambda n: a + b * n
+    return lambda n: x.evaluate({name: n})
+
+
+def shape_evaluator(shape, name):
+    """A fast ``n -> shape`` for the one symbol ``name``."""
+    shape = tuple(shape)
+    if not has_symbols(shape):
+        return lambda n: shape
+    if isinstance(shape[0], Sym) and shape[0].terms == {(name,): 1} and \
+            not has_symbols(shape[1:]):
+        rest = shape[1:]
+        return lambda n: (n,) + rest
+    dims = [evaluator(d, name) for d in shape]
+    return lambda n: tuple(d(n) for d in dims)

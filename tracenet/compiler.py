@@ -19,7 +19,7 @@ from .passes import grad as ir_grad, joint_forward
 from .passes.autodiff import view_source
 from .runtime import debug
 from .tensor import Tensor
-from ._sym import Specialize, evaluate_shape, has_symbols
+from ._sym import Specialize, has_symbols, shape_evaluator
 from .trace import BATCH, Guards, rebuild, specialisation_key, structure_of, trace
 
 
@@ -86,12 +86,15 @@ class Specialisation:
         self.out_meta = [(v.shape, v.dtype.np) for v in graphs[0][1].outputs]
         # with a symbolic batch size, shapes are evaluated for each call's batch size
         self.symbolic = any(has_symbols(v.shape) for _, g in graphs for v in g.inputs)
+        # per output: its shape for a batch size, dtype, spare buffers
         if self.needs_grad:  # backward arguments: cotangents, saved values; gradients
             self._backward = self.executable.arguments[1]
             self.grad_meta = [(v.shape, v.dtype.np) for v in self.backward_graph.outputs]
         # buffers of saved values, handed back after backward: reusing them avoids fresh
         # (page-faulting) allocations on every training call
         self._spare = [[] for _ in self.out_meta]
+        self._out_layout = [(shape_evaluator(shape, BATCH), dt, spare)
+                            for (shape, dt), spare in zip(self.out_meta, self._spare)]
         self.compile_seconds = time.perf_counter() - start
         cached = self.executable.library.cached
         debug.log("time", f"specialisation {key}: ready in {self.compile_seconds * 1e3:.1f} ms "
@@ -110,8 +113,7 @@ class Specialisation:
         """``meta`` ((shape, dtype) pairs) for a call with batch size ``batch``."""
         if not self.symbolic:
             return meta
-        sizes = {BATCH: batch}
-        return [(evaluate_shape(shape, sizes), dt) for shape, dt in meta]
+        return [(shape_evaluator(shape, BATCH)(batch), dt) for shape, dt in meta]
 
     def run_forward(self, inputs):
         call = self._forward
@@ -121,7 +123,8 @@ class Specialisation:
             arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
         batch = arrays[0].shape[0] if self.symbolic else 0
         outs = []
-        for (shape, dt), spare in zip(self.shapes_for(self.out_meta, batch), self._spare):
+        for shape_of, dt, spare in self._out_layout:
+            shape = shape_of(batch)
             if spare:
                 try:
                     arr = spare.pop()
@@ -287,11 +290,11 @@ class CompiledModule:
         inputs, structure = _flatten_call(args, kwargs)
         batch = batch_of(inputs) if self._dynamic else None
         key = self._key(inputs, batch) + (structure,)
-        if batch is not None and key in self._exact_only:
+        if self._exact_only and batch is not None and key in self._exact_only:
             batch = None
             key = self._key(inputs, None) + (structure,)
         line = self._lines.get(key)
-        if line is not None and line[0].guards.hold():
+        if line and line[0].guards.hold():  # (empty while another thread compiles it)
             spec = line[0]
         else:
             spec = self._lookup(key, line, inputs, structure, batch)

@@ -22,7 +22,7 @@ import _cffi_backend
 import cffi
 import numpy as np
 
-from ._sym import Sym, evaluate
+from ._sym import evaluate, evaluator
 from .codegen.base import STATUS_DETAILS, has_lowering
 from .codegen.emit import ALIGN, c_identifier, generate
 from .ir.verify import verify
@@ -161,7 +161,7 @@ class Arguments:
         self.fn = getattr(library.lib, entry.name)
         self.n_inputs = len(entry.graph.inputs)
         self.arenas = arenas
-        self.arena_bytes = entry.arena_bytes
+        self.arena_bytes = evaluator(entry.arena_bytes, BATCH)  # for a batch size
         self._idle = []  # argument vectors not in use
         self._fixed = []  # (slots, array)
         self._bound_slots = ()  # per bound array, the slots it fills
@@ -246,9 +246,7 @@ class Arguments:
             for k in range(self._n_seeds):
                 args[self._seed_slot + k] = pointer(seeds[k:k + 1])
         status = self._status()
-        nbytes = self.arena_bytes
-        if nbytes.__class__ is Sym:
-            nbytes = nbytes.evaluate({BATCH: batch})
+        nbytes = self.arena_bytes(batch)
         if nbytes:
             idle = self.arenas.idle
             try:

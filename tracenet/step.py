@@ -243,7 +243,7 @@ class CompiledTrainingStep:
         try:
             n = batch_of(batch) if self.dynamic else None
             shapes = tuple((key_shape(x._data.shape, n), x._data.dtype.num) for x in batch)
-            if n is not None and shapes in self._exact_only:
+            if self._exact_only and n is not None and shapes in self._exact_only:
                 n, shapes = None, tuple((x._data.shape, x._data.dtype.num) for x in batch)
             last = specs.last
             if last is not None and last.key_shapes == shapes:

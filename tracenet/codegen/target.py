@@ -8,11 +8,13 @@ from .._sym import Specialize
 
 
 def _at_least(x, minimum):
-    """``x >= minimum``: a bool, or a C condition when it depends on a size symbol."""
+    """``x >= minimum``: a bool; when it depends on a size symbol, False if it did not hold
+    for the traced sizes (the kernel stays serial: an OpenMP region that is mostly skipped
+    still costs its outlined code), else the C condition that decides at run time."""
     try:
         return x >= minimum
     except Specialize:
-        return f"{x} >= {minimum}"
+        return x.hint >= minimum and f"{x} >= {minimum}"
 
 
 def _all(*conditions):
@@ -29,8 +31,8 @@ def _all(*conditions):
 
 class Parallelism:
     """When a kernel is worth an OpenMP fork/join (every threshold lives here): 0, 1, or a C
-    condition when the work depends on the batch size (the kernel is then built for threads
-    and decides when it runs).
+    condition when the work depends on the batch size and was worth it at the traced batch
+    size (the kernel is then built for threads and decides when it runs).
 
     Below these sizes a fork/join costs more than it saves; for GEMMs, moving half of the
     result into the other core's cache costs the serial kernel that reads it more than the

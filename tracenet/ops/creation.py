@@ -7,7 +7,9 @@ import warnings
 import numpy as np
 
 from .. import _dtype, _random
+from .._sym import Specialize, Sym, has_symbols
 from ..tensor import Tensor, _check_device, _to_nested_numbers
+from . import registry
 
 
 def _make(arr, dtype=None, device=None, requires_grad=False):
@@ -47,11 +49,14 @@ def _size(size, name=None):
     for s in size:
         if isinstance(s, Tensor):
             s = int(s)
+        if isinstance(s, Sym):  # a symbolic batch size, while tracing
+            out.append(s)
+            continue
         if not isinstance(s, (int, np.integer)):
             raise TypeError(f"expected a sequence of integers, got {type(s).__name__}")
         out.append(int(s))
     for s in out:
-        if s < 0:
+        if not isinstance(s, Sym) and s < 0:
             if name == "zeros":
                 raise RuntimeError("zeros: Dimension size must be non-negative.")
             raise RuntimeError(f"Trying to create tensor with negative dimension {s}: "
@@ -128,21 +133,35 @@ def from_numpy(arr):
     return Tensor._wrap(arr)  # shares memory, like torch
 
 
-def _factory(fill, name):
+def _symbolic_full(size, value, dt, device, requires_grad):
+    """A tensor of a symbolic size (``zeros(x.size(0), 64)`` while tracing): the traced
+    constant ``value`` broadcast to ``size`` and copied (a buffer of its own, as in eager)."""
+    _check_device(device)
+    tracer = registry._tracer[0]
+    if tracer is None or requires_grad:
+        raise Specialize("a new leaf tensor of a symbolic size")
+    scalar = Tensor._wrap(np.array(value, dt.np))
+    return tracer(registry.REGISTRY["expand"], (scalar,), {"shape": tuple(size)}).clone()
+
+
+def _factory(value, name):
     def factory(*size, out=None, dtype=None, layout=None, device=None, requires_grad=False,
                 pin_memory=False, memory_format=None):
         if not size:
             raise TypeError(f"{name}() missing 1 required positional arguments: \"size\"")
         dt = _as_dtype(dtype) if dtype is not None else _dtype.get_default_dtype()
-        return _make(fill(_size(size, name), dt.np), None, device, requires_grad)
+        size = _size(size, name)
+        if has_symbols(size):
+            return _symbolic_full(size, value, dt, device, requires_grad)
+        return _make(np.full(size, value, dt.np), None, device, requires_grad)
     factory.__name__ = name
     return factory
 
 
-zeros = _factory(lambda s, d: np.zeros(s, d), "zeros")
-ones = _factory(lambda s, d: np.ones(s, d), "ones")
-empty = _factory(lambda s, d: np.zeros(s, d), "empty")  # zero-filled: garbage helps nobody
-new_zeros = _factory(lambda s, d: np.zeros(s, d), "new_zeros")
+zeros = _factory(0, "zeros")
+ones = _factory(1, "ones")
+empty = _factory(0, "empty")  # zero-filled: garbage helps nobody
+new_zeros = _factory(0, "new_zeros")
 
 
 def full(size, fill_value, *, dtype=None, device=None, requires_grad=False, layout=None,
@@ -150,7 +169,10 @@ def full(size, fill_value, *, dtype=None, device=None, requires_grad=False, layo
     if dtype is None:
         dtype = _dtype.scalar_dtype(fill_value)
     dt = _as_dtype(dtype)
-    return _make(np.full(_size((size,)), fill_value, dt.np), None, device, requires_grad)
+    size = _size((size,))
+    if has_symbols(size):
+        return _symbolic_full(size, fill_value, dt, device, requires_grad)
+    return _make(np.full(size, fill_value, dt.np), None, device, requires_grad)
 
 
 def eye(n, m=None, *, dtype=None, device=None, requires_grad=False, layout=None, out=None):

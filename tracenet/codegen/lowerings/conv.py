@@ -9,7 +9,7 @@ code with no trace of the third dim.
 """
 from ...ops.common import numel
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
-    node_lines, signature, threads_scratch, where
+    node_lines, signature, size_symbols, threads_scratch, where
 from ..templates import render
 from .pooling import lower_max_pool, pool_geometry
 
@@ -207,10 +207,12 @@ def _then_pool(name, reads, conv_writes, conv_scratch, pool, exported, target):
     shared = 0 if kept else numel(pooled.shape)  # the pooling input, ahead of the conv's scratch
     writes = [(r, v) for r, v in conv_writes if v in exported]
     writes += [(f"pool_{r}", v) for r, v in pool_k.writes]
-    conv_args = [r for r, _ in reads] + [r if v in exported else "pooled" for r, v in conv_writes]
+    conv_args = [f"tn_{s}" for s in size_symbols(reads, conv_writes)]
+    conv_args += [r for r, _ in reads] + [r if v in exported else "pooled" for r, v in conv_writes]
     conv_args.append(f"scratch + {shared}" if shared else "scratch")
     pool_in = next(r for r, v in conv_writes if v is pooled) if kept else "pooled"
-    pool_args = [pool_in] + [f"pool_{r}" for r, _ in pool_k.writes]
+    pool_args = [f"tn_{s}" for s in pool_k.symbols] + [pool_in] + \
+        [f"pool_{r}" for r, _ in pool_k.writes]
     if shared:
         conv_scratch = (conv_scratch[0], "threads", shared) if isinstance(conv_scratch, tuple) \
             else conv_scratch + shared
