@@ -83,6 +83,14 @@ def format_graph(graph):
     lines = []
     if graph.key is not None:
         lines.append(f"# specialised for {graph.key}")
+    symbolic = {}
+    for v in graph.inputs:
+        for d, size in enumerate(v.shape):
+            if isinstance(size, Sym):
+                for name in size.symbols():
+                    symbolic.setdefault(name, []).append(f"{v.ref} dim {d}")
+    for name, where in symbolic.items():
+        lines.append(f"# symbolic size {name} (known when the code runs): {', '.join(where)}")
     lines.append(f"graph {graph.name}({params}) {{")
     for node in graph.nodes:
         if node.op == "fused":
