@@ -218,10 +218,10 @@ def test_inspection_graph_source_and_c_readability():
     assert "conv_backward_weight" in str(compiled.backward_graph)
     src = compiled.source()
     assert "conv_relu_max_pool" in src and "= convolution(" in src  # IR lines as comments
-    assert "void tn_LeNet_0_forward(void *const *args, char *arena, int64_t *err, int64_t tn_N)" \
-        in src
-    assert "void tn_LeNet_0_backward(void *const *args, char *arena, int64_t *err, int64_t tn_N)" \
-        in src
+    assert "void tn_LeNet_0_forward(void *const *args, char *arena, int64_t *err, int64_t tn_N, " \
+        "int threads)" in src
+    assert "void tn_LeNet_0_backward(void *const *args, char *arena, int64_t *err, int64_t tn_N, " \
+        "int threads)" in src
 
 
 def test_debug_topics(capfd, monkeypatch):

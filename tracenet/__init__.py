@@ -105,12 +105,10 @@ def isclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
                                     equal_nan))
 
 
-def set_num_threads(n):
-    pass
+from .runtime.threads import get_num_threads, set_num_threads  # noqa: E402
+from .runtime.threads import set_blas_threads as _set_blas_threads  # noqa: E402
 
-
-def get_num_threads():
-    return 1
+_set_blas_threads(1)  # eager BLAS calls on the calling thread (see runtime/threads.py)
 
 
 __version__ = "0.1.0"

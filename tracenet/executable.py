@@ -30,6 +30,7 @@ from .passes import fuse, simplify
 from .passes.decompose import decompose
 from .passes.lower import lower_gemm
 from .runtime import build, debug, target as runtime_target
+from .runtime.threads import _threads  # read on every call: the current thread count
 from .trace import BATCH, fresh_seeds
 
 _ffi = cffi.FFI()
@@ -255,10 +256,10 @@ class Arguments:
                     arena = _Arena(nbytes)
             except IndexError:
                 arena = _Arena(nbytes)
-            self.fn(args, arena.pointer, status, batch)
+            self.fn(args, arena.pointer, status, batch, _threads[0])
             idle.append(arena)
         else:
-            self.fn(args, _NULL, status, batch)
+            self.fn(args, _NULL, status, batch, _threads[0])
         self._idle.append(vector)
         if self.timing:
             self.log_kernel_times(batch)

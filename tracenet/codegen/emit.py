@@ -8,8 +8,9 @@ reuses the memory of dead values (views alias their source buffer); ``int64_t *e
 call's status (see "data checks" in ``base``): an entry returns right after a kernel that
 reports bad data, and ``EntryPoint.checks`` says how each status code is raised; and
 ``int64_t tn_N``, the value of the batch-size symbol ``N`` in graphs whose shapes use it
-(sizes, offsets and the arena size are then C expressions in it). The generated code keeps
-no state of its own besides read-only constants, so one library serves any number
+(sizes, offsets and the arena size are then C expressions in it); and ``int threads``, the
+OpenMP thread count for its parallel kernels (``tracenet.set_num_threads``). The generated
+code keeps no state of its own besides read-only constants, so one library serves any number
 of callers at once, each with its own arena and status.
 """
 import hashlib
@@ -320,11 +321,13 @@ def generate(graphs, unit, target, timing=False):
                          f"{entry.name}_times; }}")
             cdefs.append(f"double *{entry.name}_kernel_times(void);")
         sig = f"void {entry.name}(void *const *args, char *arena, int64_t *err, " \
-              f"int64_t {SIZE_ARGUMENT})"
+              f"int64_t {SIZE_ARGUMENT}, int threads)"
         parts.append(f"/* graph {c_comment(graph.name)}: {len(graph.inputs)} inputs, "
                      f"{len(graph.outputs)} outputs, arena {display(entry.arena_bytes)} bytes */")
         parts.append(sig)
         parts.append("{")
+        if any(k.parallel for k, _ in body):  # the caller's thread count, for its regions
+            parts.append("    omp_set_num_threads(threads);")
         for i, (k, call) in enumerate(body):
             if timing:
                 parts.append(f"    {{ double t0 = tn_now(); {call} "

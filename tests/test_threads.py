@@ -1,0 +1,68 @@
+"""tracenet.set_num_threads / get_num_threads: the OpenMP threads of compiled code and the BLAS
+threads of eager mode."""
+import ctypes
+import ctypes.util
+import os
+
+import numpy as np
+import pytest
+
+import tracenet as tn
+from tracenet.runtime import threads
+
+from test_ir import LeNet
+
+
+@pytest.fixture(autouse=True)
+def _restore():
+    before = tn.get_num_threads()
+    yield
+    tn.set_num_threads(before)
+    threads.set_blas_threads(1)
+
+
+def _cores():
+    return len(os.sched_getaffinity(0))
+
+
+def test_default_is_the_cores_this_process_may_use():
+    if "OMP_NUM_THREADS" in os.environ:
+        pytest.skip("OMP_NUM_THREADS sets the default")
+    assert threads._default() == _cores()
+
+
+def test_eager_blas_runs_on_the_calling_thread_by_default():
+    if threads.blas_threads() is None:
+        pytest.skip("numpy's BLAS is not OpenBLAS")
+    assert threads.blas_threads() == 1
+
+
+def test_set_num_threads_sets_compiled_and_blas_threads():
+    libgomp = ctypes.util.find_library("gomp")
+    if libgomp is None:
+        pytest.skip("no libgomp")
+    gomp = ctypes.CDLL(libgomp)
+    tn.manual_seed(0)
+    net = LeNet()
+    compiled = tn.compile(net)
+    x = tn.randn(64, 1, 32, 32)  # large enough for parallel kernels
+    with tn.no_grad():
+        expect = net(x).numpy()
+        for n in (1, 2, 3):
+            tn.set_num_threads(n)
+            assert tn.get_num_threads() == n
+            np.testing.assert_allclose(compiled(x).numpy(), expect, rtol=1e-4, atol=1e-5)
+            if "omp_set_num_threads(threads)" in compiled.source():
+                # the entry point handed the count to OpenMP for this thread
+                assert gomp.omp_get_max_threads() == n
+            if threads.blas_threads() is not None:
+                assert threads.blas_threads() == n
+    assert "omp_set_num_threads(threads)" in compiled.source() or \
+        "parallel for if(0)" in compiled.source()
+
+
+def test_bad_thread_counts_raise_as_in_torch():
+    with pytest.raises(RuntimeError, match="expects a positive integer"):
+        tn.set_num_threads(0)
+    with pytest.raises(RuntimeError, match="expects an int, but got float"):
+        tn.set_num_threads(1.5)
