@@ -929,6 +929,6 @@ def test_dropout_mask_is_the_same_in_numpy_and_c():
             args = lib.ffi.new("void *[]", [lib.ffi.from_buffer(seed_arr),
                                             lib.ffi.from_buffer(res)])
             arena = lib.ffi.new("char[]", entries[0].arena_bytes + 1)  # the call's work memory
-            getattr(lib.lib, entries[0].name)(args, arena, lib.ffi.NULL, 0, 1)  # no status
+            getattr(lib.lib, entries[0].name)(args, arena, lib.ffi.NULL, 0, 0, 1)  # no status, sizes
             expect = npy(dropout_mask(tn.tensor(s), (37, 11), p, dtype))
             np.testing.assert_array_equal(res, expect)

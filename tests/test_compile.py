@@ -219,9 +219,9 @@ def test_inspection_graph_source_and_c_readability():
     src = compiled.source()
     assert "conv_relu_max_pool" in src and "= convolution(" in src  # IR lines as comments
     assert "void tn_LeNet_0_forward(void *const *args, char *arena, int64_t *err, int64_t tn_N, " \
-        "int threads)" in src
+        "int64_t tn_T, int threads)" in src
     assert "void tn_LeNet_0_backward(void *const *args, char *arena, int64_t *err, int64_t tn_N, " \
-        "int threads)" in src
+        "int64_t tn_T, int threads)" in src
 
 
 def test_debug_topics(capfd, monkeypatch):

@@ -183,7 +183,7 @@ def test_a_model_that_needs_the_exact_batch_size_is_specialised(counting_cc, cap
     assert len(compiled.specialisations) == 2
     assert counting_cc() == 2
     err = capfd.readouterr().err
-    assert "specialising on the batch size" in err and "N > 2 depends on N" in err
+    assert "specialising on the exact sizes" in err and "N > 2 depends on N" in err
 
 
 def test_dynamic_false_specialises_every_batch_size(counting_cc):
@@ -237,3 +237,34 @@ def test_symbol_arithmetic_and_decidable_comparisons():
     assert isinstance(ratio, SymFloat) and ratio.hint == pytest.approx(8 / 7)
     assert "tn_N" in str(ratio)
     assert torch.Size([n, 3]) == (n, 3) and repr(torch.Size([n, 3])) == "torch.Size([N, 3])"
+
+
+class _BagOfTokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.proj = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, tokens):
+        h = torch.tanh(self.proj(self.embed(tokens)))  # (N, T, 8)
+        return self.out(h.mean(1) + h.amax(1))
+
+
+def test_a_varying_sequence_length_becomes_symbolic(counting_cc, capfd, monkeypatch):
+    monkeypatch.setenv("TRACENET_DEBUG", "cache")
+    torch.manual_seed(4)
+    model = _BagOfTokens()
+    compiled = torch.compile(model)
+    for batch, length in ((4, 7), (4, 9), (3, 5), (6, 12), (1, 1)):
+        tokens = torch.randint(0, 20, (batch, length))
+        gy = torch.randn(batch, 3)
+        out, grads = _forward_backward(compiled, tokens, gy)
+        ref, ref_grads = _forward_backward(model, tokens, gy)
+        np.testing.assert_allclose(out, ref, **TOL)
+        for g, e in zip(grads, ref_grads):
+            np.testing.assert_allclose(g, e, **TOL)
+    # the first length, then one build with T symbolic for every other
+    assert counting_cc() == 2
+    assert "%x: i64[N,T]" in str(compiled.graph)
+    assert "the second size is symbolic from now on (T)" in capfd.readouterr().err

@@ -430,24 +430,28 @@ def as_float(x):
     return SymFloat.of(x) if isinstance(x, (Sym, SymFloat)) else float(x)
 
 
-def evaluator(x, name):
-    """A fast ``n -> value of x`` for the one symbol ``name`` (``x`` an int or a ``Sym``)."""
+SYMBOLS = ("N", "T")  # the batch size and the sequence length, in the order code passes them
+NO_SIZES = (0, 0)     # the run-time sizes of a graph without symbols
+
+
+def evaluator(x):
+    """A fast ``sizes -> value of x``, ``sizes`` the values of ``SYMBOLS`` in order."""
     if not isinstance(x, Sym):
-        return lambda n: x
-    if set(x.terms) <= {(), (name,)}:
-        a, b = x.terms.get((), 0), x.terms.get((name,), 0)
-        return lambda n: a + b * n
-    return lambda n: x.evaluate({name: n})
+        return lambda sizes: x
+    if set(x.terms) <= {(), ("N",)}:
+        a, b = x.terms.get((), 0), x.terms.get(("N",), 0)
+        return lambda sizes: a + b * sizes[0]
+    return lambda sizes: x.evaluate(dict(zip(SYMBOLS, sizes)))
 
 
-def shape_evaluator(shape, name):
-    """A fast ``n -> shape`` for the one symbol ``name``."""
+def shape_evaluator(shape):
+    """A fast ``sizes -> shape`` (see ``evaluator``)."""
     shape = tuple(shape)
     if not has_symbols(shape):
-        return lambda n: shape
-    if isinstance(shape[0], Sym) and shape[0].terms == {(name,): 1} and \
+        return lambda sizes: shape
+    if isinstance(shape[0], Sym) and shape[0].terms == {("N",): 1} and \
             not has_symbols(shape[1:]):
         rest = shape[1:]
-        return lambda n: (n,) + rest
-    dims = [evaluator(d, name) for d in shape]
-    return lambda n: tuple(d(n) for d in dims)
+        return lambda sizes: (sizes[0],) + rest
+    dims = [evaluator(d) for d in shape]
+    return lambda sizes: tuple(d(sizes) for d in dims)

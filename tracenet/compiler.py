@@ -13,14 +13,15 @@ import time
 import numpy as np
 
 from .autograd import engine, grad_mode
-from .executable import Executable, Specialisations, batch_of, key_shape, optimise
+from .executable import Executable, Specialisations, SymbolicSizes, graph_symbols, \
+    optimise, run_sizes
 from .nn.modules.module import Module
 from .passes import grad as ir_grad, joint_forward
 from .passes.autodiff import view_source
 from .runtime import debug
 from .tensor import Tensor
-from ._sym import Specialize, has_symbols, shape_evaluator
-from .trace import BATCH, Guards, rebuild, specialisation_key, structure_of, trace
+from ._sym import Specialize, shape_evaluator
+from .trace import Guards, rebuild, specialisation_key, structure_of, trace
 
 
 _data_of = operator.attrgetter("_data")
@@ -29,15 +30,15 @@ _data_of = operator.attrgetter("_data")
 class Specialisation:
     """Everything compiled for one key: graphs, the executable and how to call it."""
 
-    def __init__(self, module, inputs, key, unit, input_structure=None, batch=None):
+    def __init__(self, module, inputs, key, unit, input_structure=None, sizes=None):
         start = time.perf_counter()
         params = _state(module)
         if input_structure is None:
-            fwd = trace(module, *inputs, name=type(module).__name__, batch=batch)
+            fwd = trace(module, *inputs, name=type(module).__name__, sizes=sizes)
         else:  # nested or keyword inputs (an LSTM's (h0, c0)): trace through a flattening
             # wrapper
             fwd = trace(lambda *flat: _call_flat(module, input_structure, flat), *inputs,
-                        name=type(module).__name__, state=params, batch=batch)
+                        name=type(module).__name__, state=params, sizes=sizes)
         # what the trace assumed of the module: its attributes read, its tree's structure and,
         # when it traced with grad enabled, which parameters require grad
         self.guards = Guards(fwd.reads, [module],
@@ -84,16 +85,16 @@ class Specialisation:
         self._forward.seeds_at(self.n_user + len(params), self.n_seeds)
         self._param_tensors = [p for _, p in params]
         self.out_meta = [(v.shape, v.dtype.np) for v in graphs[0][1].outputs]
-        # with a symbolic batch size, shapes are evaluated for each call's batch size
-        self.symbolic = any(has_symbols(v.shape) for _, g in graphs for v in g.inputs)
-        # per output: its shape for a batch size, dtype, spare buffers
+        # with symbolic sizes, shapes are evaluated for each call's sizes
+        self.symbols = graph_symbols(g for _, g in graphs)
         if self.needs_grad:  # backward arguments: cotangents, saved values; gradients
             self._backward = self.executable.arguments[1]
             self.grad_meta = [(v.shape, v.dtype.np) for v in self.backward_graph.outputs]
         # buffers of saved values, handed back after backward: reusing them avoids fresh
         # (page-faulting) allocations on every training call
         self._spare = [[] for _ in self.out_meta]
-        self._out_layout = [(shape_evaluator(shape, BATCH), dt, spare)
+        # per output: its shape for the call's sizes, dtype, spare buffers
+        self._out_layout = [(shape_evaluator(shape), dt, spare)
                             for (shape, dt), spare in zip(self.out_meta, self._spare)]
         self.compile_seconds = time.perf_counter() - start
         cached = self.executable.library.cached
@@ -109,11 +110,11 @@ class Specialisation:
         return self.executable.library
 
     # --- calling -----------------------------------------------------------------------------
-    def shapes_for(self, meta, batch):
-        """``meta`` ((shape, dtype) pairs) for a call with batch size ``batch``."""
-        if not self.symbolic:
+    def shapes_for(self, meta, sizes):
+        """``meta`` ((shape, dtype) pairs) for a call with the symbols' values ``sizes``."""
+        if not self.symbols:
             return meta
-        return [(shape_evaluator(shape, BATCH)(batch), dt) for shape, dt in meta]
+        return [(shape_evaluator(shape)(sizes), dt) for shape, dt in meta]
 
     def run_forward(self, inputs):
         call = self._forward
@@ -121,10 +122,10 @@ class Specialisation:
         for x in inputs:
             arr = x._data
             arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
-        batch = arrays[0].shape[0] if self.symbolic else 0
+        sizes = run_sizes(arrays, self.symbols)
         outs = []
         for shape_of, dt, spare in self._out_layout:
-            shape = shape_of(batch)
+            shape = shape_of(sizes)
             if spare:
                 try:
                     arr = spare.pop()
@@ -135,22 +136,22 @@ class Specialisation:
                     pass
             outs.append(np.empty(shape, dt))
         params = list(map(_data_of, self._param_tensors))
-        seeds = call(arrays, outs, params, batch)
+        seeds = call(arrays, outs, params, sizes)
         if seeds is not None:
             # kept with the user inputs: the backward may read them as saved values
             return arrays + [seeds[k:k + 1].reshape(()) for k in range(self.n_seeds)], outs
         return arrays, outs
 
-    def run_backward(self, cotangents, saved, batch):
-        grads = [np.empty(shape, dt) for shape, dt in self.shapes_for(self.grad_meta, batch)]
-        self._backward(cotangents + saved, grads, (), batch)
+    def run_backward(self, cotangents, saved, sizes):
+        grads = [np.empty(shape, dt) for shape, dt in self.shapes_for(self.grad_meta, sizes)]
+        self._backward(cotangents + saved, grads, (), sizes)
         return grads
 
 
 class CompiledFunctionBackward(engine.Node):
     """The backward of one compiled forward call."""
     __slots__ = ("spec", "saved", "saved_versions", "freed", "out_shapes", "_num_outputs",
-                 "recyclable", "batch")
+                 "recyclable", "sizes")
 
     def _run(self, grads):
         if self.freed:
@@ -170,7 +171,7 @@ class CompiledFunctionBackward(engine.Node):
                 if arr.dtype != dt:
                     arr = arr.astype(dt)
                 cots.append(np.ascontiguousarray(arr))
-        arrays = spec.run_backward(cots, self.saved, self.batch)
+        arrays = spec.run_backward(cots, self.saved, self.sizes)
         grads = []
         for a in arrays:
             t = Tensor._wrap(a)
@@ -232,13 +233,11 @@ class CompiledModule:
         # cheap key -> the specialisations made for it, most recently used first; the first
         # whose guards hold runs
         object.__setattr__(self, "_lines", {})
-        object.__setattr__(self, "_dynamic", bool(dynamic))
-        # symbolic keys whose trace or code needed the exact batch size: specialised instead
-        object.__setattr__(self, "_exact_only", set())
+        object.__setattr__(self, "_sizes", SymbolicSizes(dynamic))
 
     def __reduce__(self):
         # pickling a compiled module pickles the module; unpickling compiles it again
-        return (compile if self._dynamic else _compile_static, (self._module,))
+        return (compile if self._sizes.dynamic else _compile_static, (self._module,))
 
     # module-like surface ---------------------------------------------------------------------
     def __getattr__(self, name):
@@ -279,32 +278,30 @@ class CompiledModule:
         return self._last.source_code if self._last else None
 
     # calling ---------------------------------------------------------------------------------
-    def _key(self, inputs, batch):
-        """A cheap lookup key: shapes (the leading size ``batch`` as -1: any batch size),
-        dtypes and requires_grad of the inputs, the training flag and grad mode (what a
-        specialisation depends on)."""
-        return (tuple((key_shape(x._data.shape, batch), x._data.dtype.num, x._requires_grad)
-                      for x in inputs), self._module.training, grad_mode._state.enabled)
+    def _rest(self, inputs, structure):
+        """What a specialisation depends on besides input shapes and dtypes: requires_grad of
+        the inputs, the training flag, grad mode and the call's structure."""
+        return (tuple(x._requires_grad for x in inputs), self._module.training,
+                grad_mode._state.enabled, structure)
 
     def __call__(self, *args, **kwargs):
         inputs, structure = _flatten_call(args, kwargs)
-        batch = batch_of(inputs) if self._dynamic else None
-        key = self._key(inputs, batch) + (structure,)
-        if self._exact_only and batch is not None and key in self._exact_only:
-            batch = None
-            key = self._key(inputs, None) + (structure,)
+        rest = self._rest(inputs, structure)
+        sizes, key = self._sizes.of(inputs, rest)
         line = self._lines.get(key)
         if line and line[0].guards.hold():  # (empty while another thread compiles it)
             spec = line[0]
         else:
-            spec = self._lookup(key, line, inputs, structure, batch)
-            if spec is None:  # the batch size could not stay symbolic
-                self._exact_only.add(key)
+            if line is None and self._sizes.new_key(inputs, rest):
+                return self(*args, **kwargs)  # the sequence length is symbolic now
+            spec = self._lookup(key, line, inputs, structure, sizes)
+            if spec is None:  # the sizes could not stay symbolic
+                self._sizes.exact_only.add(key)
                 return self(*args, **kwargs)
         self._specs.last = spec
         return self._run(spec, inputs)
 
-    def _lookup(self, key, line, inputs, structure, batch=None):
+    def _lookup(self, key, line, inputs, structure, sizes=None):
         """The specialisation for ``key`` whose guards hold (moved to the front of its line),
         or a new one when none does: a module attribute the forward read, or the module tree,
         changed since the others were traced."""
@@ -314,19 +311,19 @@ class CompiledModule:
             if spec.guards.hold():
                 line.insert(0, line.pop(i))
                 return spec
-        shown = specialisation_key(inputs, self._module, batch)
+        shown = specialisation_key(inputs, self._module, sizes)
         if line:
             debug.log("cache", f"guards failed for {shown}: "
                                f"{', '.join(str(s.guards) for s in line)}")
         n = len(line)
         try:
             spec = self._specs.create(key, lambda unit: Specialisation(
-                self._module, inputs, shown, unit, structure, batch), shown,
+                self._module, inputs, shown, unit, structure, sizes), shown,
                 rekey=lambda spec: key if n == 0 else key + (n,))
         except Specialize as why:
-            if batch is None:
+            if sizes is None:
                 raise AssertionError(f"no size is symbolic, yet: {why}") from None
-            debug.log("cache", f"specialising on the batch size of {shown}: {why}")
+            debug.log("cache", f"specialising on the exact sizes of {shown}: {why}")
             if not line:
                 del self._lines[key]
             return None
@@ -335,7 +332,7 @@ class CompiledModule:
 
     def _run(self, spec, inputs):
         in_arrays, outs = spec.run_forward(inputs)
-        batch = in_arrays[0].shape[0] if spec.symbolic else 0
+        sizes = run_sizes(in_arrays, spec.symbols)
         for state_index, out_index in spec.state_updates:
             buf = spec.params[state_index][1]  # e.g. a running mean, updated as in eager mode
             np.copyto(buf._data, outs[out_index])
@@ -362,8 +359,8 @@ class CompiledModule:
             node.saved_versions = tuple((leaves[i], leaves[i]._vc.value)
                                         for i in spec.version_checked)
             node.freed = False
-            node.batch = batch
-            node.out_shapes = spec.shapes_for(spec.out_meta[:spec.n_out], batch)
+            node.sizes = sizes
+            node.out_shapes = spec.shapes_for(spec.out_meta[:spec.n_out], sizes)
             node._num_outputs = spec.n_out
             for i, (t, diff) in enumerate(zip(results, spec.differentiable)):
                 if diff:

@@ -22,7 +22,7 @@ import _cffi_backend
 import cffi
 import numpy as np
 
-from ._sym import evaluate, evaluator
+from ._sym import NO_SIZES, Sym, evaluator
 from .codegen.base import STATUS_DETAILS, has_lowering
 from .codegen.emit import ALIGN, c_identifier, generate
 from .ir.verify import verify
@@ -31,7 +31,7 @@ from .passes.decompose import decompose
 from .passes.lower import lower_gemm
 from .runtime import build, debug, target as runtime_target
 from .runtime.threads import _threads  # read on every call: the current thread count
-from .trace import BATCH, fresh_seeds
+from .trace import fresh_seeds
 
 _ffi = cffi.FFI()
 _CHAR_ARRAY = _ffi.typeof("char[]")
@@ -53,22 +53,94 @@ def optimise(graph):
     return graph
 
 
-def batch_of(inputs):
-    """The batch size of a call with a symbolic batch size: the first input's leading size
-    (None when it has none, or for an empty batch, which is specialised exactly)."""
+def sizes_of(inputs, seq=False):
+    """The symbolic sizes of a call: (batch size, sequence length), the first input's leading
+    size and, with ``seq``, its second; None for one it lacks, and for an empty one (which is
+    specialised exactly)."""
     if inputs:
         shape = inputs[0]._data.shape
-        if shape and shape[0] > 0:
-            return shape[0]
+        batch = shape[0] if shape and shape[0] > 0 else None
+        length = shape[1] if seq and len(shape) > 1 and shape[1] > 0 else None
+        if batch is not None or length is not None:
+            return batch, length
     return None
 
 
-def key_shape(shape, batch):
-    """An input's shape in a specialisation key: a leading size ``batch`` is -1 (any batch
-    size: the symbol N)."""
+def key_shape(shape, sizes):
+    """An input's shape in a specialisation key: a leading size that is the batch size is -1
+    (any batch size: the symbol N), a second size that is the sequence length -2 (T)."""
+    if sizes is None:
+        return shape
+    batch, length = sizes
     if batch is not None and shape and shape[0] == batch:
-        return (-1,) + shape[1:]
+        shape = (-1,) + shape[1:]
+    if length is not None and len(shape) > 1 and shape[1] == length:
+        shape = shape[:1] + (-2,) + shape[2:]
     return shape
+
+
+class SymbolicSizes:
+    """Which input sizes of one compiled callable stay symbolic, and the keys they give.
+
+    With ``dynamic``, the batch size (the first input's leading size, and every input's
+    leading size equal to it) is the symbol ``N`` from the first call on. The sequence length
+    (the first input's second size, and every input's second size equal to it) becomes the
+    symbol ``T`` once two calls differ in it and nothing else: the second such call
+    compiles a specialisation whose loops take ``T`` when they run, and later lengths reuse it.
+    A key whose trace or code needed an exact size (``Specialize``) is compiled exactly
+    instead, from then on."""
+
+    def __init__(self, dynamic):
+        self.dynamic = bool(dynamic)
+        self.seq = False
+        self.exact_only = set()
+        self._lengths = {}  # a key with both sizes symbolic -> the sequence length seen
+
+    def of(self, inputs, rest):
+        """(sizes, key) of a call: ``sizes`` for ``trace`` (None: exact shapes), ``key`` the
+        input shapes (symbolic sizes as -1/-2) and dtypes followed by ``rest``."""
+        sizes = sizes_of(inputs, self.seq) if self.dynamic else None
+        key = self._key(inputs, sizes, rest)
+        if self.exact_only and sizes is not None and key in self.exact_only:
+            sizes, key = None, self._key(inputs, None, rest)
+        return sizes, key
+
+    @staticmethod
+    def _key(inputs, sizes, rest):
+        return (tuple((key_shape(x._data.shape, sizes), x._data.dtype.num) for x in inputs),) \
+            + tuple(rest)
+
+    def new_key(self, inputs, rest):
+        """Called before compiling for a new key: True if the sequence length just became
+        symbolic (the caller computes its key again)."""
+        if not self.dynamic or self.seq:
+            return False
+        sizes = sizes_of(inputs, True)
+        if sizes is None or sizes[1] is None:
+            return False
+        both = self._key(inputs, sizes, rest)
+        seen = self._lengths.setdefault(both, sizes[1])
+        if seen != sizes[1]:
+            self.seq = True
+            debug.log("cache", f"sequence lengths {seen} and {sizes[1]}: the second size is "
+                               "symbolic from now on (T)")
+            return True
+        return False
+
+
+def run_sizes(arrays, symbols):
+    """The values of the size symbols for a call on ``arrays`` (the graph's first inputs)
+    whose graph uses ``symbols`` (a subset of ``SYMBOLS``)."""
+    if not symbols:
+        return NO_SIZES
+    shape = arrays[0].shape
+    return (shape[0] if "N" in symbols else 0, shape[1] if "T" in symbols else 0)
+
+
+def graph_symbols(graphs):
+    """The size symbols the input shapes of ``graphs`` use."""
+    return frozenset(s for g in graphs for v in g.inputs for d in v.shape
+                     if isinstance(d, Sym) for s in d.symbols())
 
 
 class Executable:
@@ -162,7 +234,7 @@ class Arguments:
         self.fn = getattr(library.lib, entry.name)
         self.n_inputs = len(entry.graph.inputs)
         self.arenas = arenas
-        self.arena_bytes = evaluator(entry.arena_bytes, BATCH)  # for a batch size
+        self.arena_bytes = evaluator(entry.arena_bytes)  # for the call's sizes
         self._idle = []  # argument vectors not in use
         self._fixed = []  # (slots, array)
         self._bound_slots = ()  # per bound array, the slots it fills
@@ -213,12 +285,13 @@ class Arguments:
                 args[s] = ptr
         vector.bound = list(arrays)  # kept alive: the slots hold their raw addresses
 
-    def __call__(self, inputs=(), outputs=(), bound=(), batch=0):
+    def __call__(self, inputs=(), outputs=(), bound=(), sizes=NO_SIZES):
         """Call the entry point. ``inputs`` and ``outputs`` are this call's arrays for the
         leading input and output slots; ``bound`` the current long-lived arrays for the bound
         slots, re-pointed only if they are not the arrays the vector was bound to last time
-        (the common case is one identity check per array); ``batch`` the value of the size
-        symbol ``N`` (graphs with a symbolic batch size). Returns the seeds drawn for this
+        (the common case is one identity check per array); ``sizes`` the values of the size
+        symbols (``SYMBOLS``), for graphs with a symbolic batch size or sequence length.
+        Returns the seeds drawn for this
         call (an int64 vector), if the entry point takes any, else None."""
         try:
             vector = self._idle.pop()
@@ -247,7 +320,7 @@ class Arguments:
             for k in range(self._n_seeds):
                 args[self._seed_slot + k] = pointer(seeds[k:k + 1])
         status = self._status()
-        nbytes = self.arena_bytes(batch)
+        nbytes = self.arena_bytes(sizes)
         if nbytes:
             idle = self.arenas.idle
             try:
@@ -256,13 +329,13 @@ class Arguments:
                     arena = _Arena(nbytes)
             except IndexError:
                 arena = _Arena(nbytes)
-            self.fn(args, arena.pointer, status, batch, _threads[0])
+            self.fn(args, arena.pointer, status, sizes[0], sizes[1], _threads[0])
             idle.append(arena)
         else:
-            self.fn(args, _NULL, status, batch, _threads[0])
+            self.fn(args, _NULL, status, sizes[0], sizes[1], _threads[0])
         self._idle.append(vector)
         if self.timing:
-            self.log_kernel_times(batch)
+            self.log_kernel_times(sizes)
         if status and status[0]:
             self.raise_check(status)
         return seeds
@@ -272,14 +345,14 @@ class Arguments:
         exc, message = self.entry.checks[status[0] - 1]
         raise exc(message.format(*status[1:1 + STATUS_DETAILS]))
 
-    def log_kernel_times(self, batch=0):
+    def log_kernel_times(self, sizes=NO_SIZES):
         """Per-kernel time of the last call (built with timing under TRACENET_DEBUG=time)."""
         times = getattr(self.library.lib, f"{self.entry.name}_kernel_times", None)
         if times is None:
             return
         times = times()
         for i, (k, node) in enumerate(self.entry.kernels):
-            flops = evaluate(k.flops, {BATCH: batch})
+            flops = evaluator(k.flops)(sizes)
             rate = f"  {flops / times[i] * 1e-9:6.1f} GFLOP/s" if flops and times[i] else ""
             debug.log("time", f"{k.name}: {times[i] * 1e6:9.1f} us{rate}")
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from . import _dtype
 from .autograd import grad_mode
-from .executable import Executable, Specialisations, batch_of, key_shape, optimise
+from .executable import Executable, Specialisations, SymbolicSizes, graph_symbols, \
+    optimise, run_sizes
 from .ir.graph import Graph
 from .nn.modules import module as module_mod
 from .nn.modules.module import Module
@@ -26,8 +27,8 @@ from .passes import grad as ir_grad
 from .runtime import debug
 from .step_state import UpdateState, declaration_of
 from .tensor import Tensor
-from ._sym import Specialize, display, has_symbols
-from .trace import Guards, batch_shape, trace
+from ._sym import Specialize, display
+from .trace import Guards, symbolic_shape, trace
 
 _data_of = operator.attrgetter("_data")
 _training_of = operator.attrgetter("training")
@@ -72,7 +73,7 @@ def build_step_graph(fwd, bwd, update, flags, param_values):
 
 
 class _StepSpecialisation:
-    def __init__(self, fn, optimizer, batch, unit, batch_size=None):
+    def __init__(self, fn, optimizer, batch, unit, sizes=None):
         update = declaration_of(optimizer)
         flags = update.flags_of(optimizer)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -85,7 +86,7 @@ class _StepSpecialisation:
             with grad_mode.enable_grad():
                 fwd = trace(fn, *batch, name=getattr(fn, "__name__", "step"),
                             state=list(zip(names, self.params)) + self.buffers,
-                            batch=batch_size)
+                            sizes=sizes)
         finally:
             module_mod._call_observers.remove(observe)
         # the modules the traced code called: their train/eval flags are part of the key
@@ -108,7 +109,7 @@ class _StepSpecialisation:
         debug.log("ir", f"training step:\n{graph}")
         self.graph = optimise(graph)
         self.executable = Executable([("step", self.graph)], unit)
-        self.symbolic = any(has_symbols(v.shape) for v in self.graph.inputs)
+        self.symbols = graph_symbols([self.graph])
         self.loss_meta = (self.graph.outputs[0].shape, self.graph.outputs[0].dtype.np)
         self.update_state = UpdateState(optimizer, update, self.params)
         # (buffer, array the step writes its update to) for in-place buffer updates
@@ -167,7 +168,7 @@ class _StepSpecialisation:
         bound += self.update_state.refresh()
         loss = np.empty(*self.loss_meta)
         try:
-            call(arrays, (loss,), bound, arrays[0].shape[0] if self.symbolic else 0)
+            call(arrays, (loss,), bound, run_sizes(arrays, self.symbols))
         except Exception:  # bad data: the C code stopped before any update
             self.update_state.undo()
             raise
@@ -220,11 +221,9 @@ class CompiledTrainingStep:
     def __init__(self, fn, optimizer, dynamic=True):
         self.fn = fn
         self.optimizer = optimizer
-        self.dynamic = bool(dynamic)
+        self._sizes = SymbolicSizes(dynamic)
         self._specs = Specialisations(f"{getattr(fn, '__name__', 'step')}_step")
         self._lines = {}  # key -> its specialisations, most recently used first
-        # symbolic-batch shape keys whose trace or code needed the exact batch size
-        self._exact_only = set()
 
     @property
     def _last(self):
@@ -241,10 +240,7 @@ class CompiledTrainingStep:
     def __call__(self, *batch):
         specs = self._specs
         try:
-            n = batch_of(batch) if self.dynamic else None
-            shapes = tuple((key_shape(x._data.shape, n), x._data.dtype.num) for x in batch)
-            if self._exact_only and n is not None and shapes in self._exact_only:
-                n, shapes = None, tuple((x._data.shape, x._data.dtype.num) for x in batch)
+            sizes, (shapes,) = self._sizes.of(batch, ())
             last = specs.last
             if last is not None and last.key_shapes == shapes:
                 key = (shapes, tuple(map(_training_of, last.modules)))
@@ -255,27 +251,29 @@ class CompiledTrainingStep:
             raise TypeError(f"compiled step input {bad} must be a Tensor, got "
                             f"{type(batch[bad]).__name__}") from None
         line = self._lines.get(key)
-        if line is not None and line[0].guards.hold():
+        if line and line[0].guards.hold():
             spec = line[0]
         else:
-            spec = self._lookup(key, line, batch, shapes, n)
-            if spec is None:  # the batch size could not stay symbolic
-                self._exact_only.add(shapes)
+            if line is None and self._sizes.new_key(batch, ()):
+                return self(*batch)  # the sequence length is symbolic now
+            spec = self._lookup(key, line, batch, shapes, sizes)
+            if spec is None:  # the sizes could not stay symbolic
+                self._sizes.exact_only.add((shapes,))
                 return self(*batch)
         specs.last = spec
         loss = spec.run(batch)
         self.optimizer._opt_called = True  # the step ran: a scheduler stepped now is in order
         return loss
 
-    def _lookup(self, key, line, batch, shapes, n=None):
+    def _lookup(self, key, line, batch, shapes, sizes=None):
         """The specialisation for ``key`` whose guards hold (moved to the front of its line),
-        or a new one (None when the batch size ``n`` could not stay symbolic)."""
+        or a new one (None when the ``sizes`` could not stay symbolic)."""
         for i, spec in enumerate(line or ()):
             if spec.guards.hold():
                 line.insert(0, line.pop(i))
                 return spec
         shown = "(" + ", ".join(
-            f"{x.dtype.short}[{','.join(map(display, batch_shape(x.shape, n)))}]"
+            f"{x.dtype.short}[{','.join(map(display, symbolic_shape(x.shape, sizes)))}]"
             for x in batch) + ")"
 
         def rekey(spec):
@@ -285,12 +283,13 @@ class CompiledTrainingStep:
 
         try:
             spec = self._specs.create(
-                key, lambda unit: _StepSpecialisation(self.fn, self.optimizer, batch, unit, n),
+                key, lambda unit: _StepSpecialisation(self.fn, self.optimizer, batch, unit,
+                                                      sizes),
                 shown, rekey=rekey)
         except Specialize as why:
-            if n is None:
+            if sizes is None:
                 raise AssertionError(f"no size is symbolic, yet: {why}") from None
-            debug.log("cache", f"specialising on the batch size of {shown}: {why}")
+            debug.log("cache", f"specialising on the exact sizes of {shown}: {why}")
             return None
         spec.key_shapes = shapes
         self._lines.setdefault((shapes, tuple(map(_training_of, spec.modules))),

@@ -146,27 +146,27 @@ def rebuild(template, leaves):
     return out if kind == "list" else tuple(out)
 
 
-def trace(fn, *example_inputs, name=None, state=None, batch=None):
+def trace(fn, *example_inputs, name=None, state=None, sizes=None):
     """Trace ``fn`` (a Module or a function of tensors) on ``example_inputs`` into a Graph.
 
     Graph inputs are the example inputs (named ``x``, ``x1``...) followed by the module's
     parameters and buffers under their state-dict names, or by ``state`` (a list of
     ``(name, tensor)``: the tensors a plain function reads, e.g. an optimizer's parameters).
-    With ``batch`` (an int), the leading dimension of every input whose leading size is
-    ``batch`` is the symbol ``N`` (``batch_shape``); the trace raises ``Specialize`` if it needs
-    its exact value."""
+    With ``sizes`` (the traced batch size and sequence length, or None), the dimensions of
+    those sizes are the symbols ``N`` and ``T`` (``symbolic_shape``); the trace raises
+    ``Specialize`` if it needs their exact values."""
     module = fn if isinstance(fn, Module) else None
     graph = Graph(name or (type(fn).__name__ if module is not None else
                            getattr(fn, "__name__", "graph")))
     if state is None:
         state = _named_state(module) if module is not None else []
-    graph.key = specialisation_key(example_inputs, module, batch)
+    graph.key = specialisation_key(example_inputs, module, sizes)
     args = []
     for i, x in enumerate(example_inputs):
         if not isinstance(x, Tensor):
             raise TraceError(f"example input {i} must be a Tensor, got {type(x).__name__}")
-        v = graph.add_input("x" if i == 0 else f"x{i}", batch_shape(x.shape, batch), x.dtype,
-                            x.requires_grad)
+        v = graph.add_input("x" if i == 0 else f"x{i}", symbolic_shape(x.shape, sizes),
+                            x.dtype, x.requires_grad)
         args.append(traced_tensor(v))
     saved = []
     try:
@@ -196,18 +196,24 @@ def trace(fn, *example_inputs, name=None, state=None, batch=None):
     return graph.renumber()
 
 
-BATCH = "N"  # the name of the symbolic batch size
-
-
-def batch_shape(shape, batch):
-    """``shape`` with its leading size as the symbol ``N`` if it is ``batch`` (None: none)."""
+def symbolic_shape(shape, sizes):
+    """``shape`` with its leading size as the symbol ``N`` if it is the batch size
+    ``sizes[0]``, and its second as ``T`` if it is the sequence length ``sizes[1]`` (None:
+    that size is not symbolic; ``sizes`` None: neither)."""
+    shape = tuple(shape)
+    if sizes is None:
+        return shape
+    batch, seq = sizes
+    out = list(shape)
     if batch is not None and len(shape) and shape[0] == batch:
-        return (Sym.symbol(BATCH, batch),) + tuple(shape[1:])
-    return tuple(shape)
+        out[0] = Sym.symbol("N", batch)
+    if seq is not None and len(shape) > 1 and shape[1] == seq:
+        out[1] = Sym.symbol("T", seq)
+    return tuple(out)
 
 
-def specialisation_key(example_inputs, module=None, batch=None):
-    shapes = tuple((batch_shape(x.shape, batch), x.dtype.short) for x in example_inputs)
+def specialisation_key(example_inputs, module=None, sizes=None):
+    shapes = tuple((symbolic_shape(x.shape, sizes), x.dtype.short) for x in example_inputs)
     training = bool(module.training) if module is not None else False
     return Key(shapes, training, grad_mode.is_grad_enabled())
 

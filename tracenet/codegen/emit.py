@@ -7,8 +7,9 @@ addresses; ``char *arena``, the caller's work memory (``EntryPoint.arena_bytes``
 reuses the memory of dead values (views alias their source buffer); ``int64_t *err``, the
 call's status (see "data checks" in ``base``): an entry returns right after a kernel that
 reports bad data, and ``EntryPoint.checks`` says how each status code is raised; and
-``int64_t tn_N``, the value of the batch-size symbol ``N`` in graphs whose shapes use it
-(sizes, offsets and the arena size are then C expressions in it); and ``int threads``, the
+``int64_t tn_N, int64_t tn_T``, the values of the size symbols ``N`` (batch size) and ``T``
+(sequence length) in graphs whose shapes use them (sizes, offsets and the arena size are
+then C expressions in them); and ``int threads``, the
 OpenMP thread count for its parallel kernels (``tracenet.set_num_threads``). The generated
 code keeps no state of its own besides read-only constants, so one library serves any number
 of callers at once, each with its own arena and status.
@@ -19,7 +20,7 @@ import re
 
 import numpy as np
 
-from .._sym import Specialize, Sym, display
+from .._sym import SYMBOLS, Specialize, Sym, display
 from ..ops.common import numel
 from . import lowerings  # noqa: F401  (registers every lowering)
 from . import templates
@@ -27,9 +28,9 @@ from .base import CTYPE, ctype, is_alias, lower_node
 from .templates import render
 
 ALIGN = 64
-# the entry points' last argument: the batch size (the value of the symbol N; 0 in graphs
-# without symbolic sizes)
-SIZE_ARGUMENT = "tn_N"
+# the entry points' arguments after the status: the values of the size symbols (0 in graphs
+# that do not use them)
+SIZE_ARGUMENTS = ", ".join(f"int64_t tn_{s}" for s in SYMBOLS)
 
 
 def c_identifier(text):
@@ -321,7 +322,7 @@ def generate(graphs, unit, target, timing=False):
                          f"{entry.name}_times; }}")
             cdefs.append(f"double *{entry.name}_kernel_times(void);")
         sig = f"void {entry.name}(void *const *args, char *arena, int64_t *err, " \
-              f"int64_t {SIZE_ARGUMENT}, int threads)"
+              f"{SIZE_ARGUMENTS}, int threads)"
         parts.append(f"/* graph {c_comment(graph.name)}: {len(graph.inputs)} inputs, "
                      f"{len(graph.outputs)} outputs, arena {display(entry.arena_bytes)} bytes */")
         parts.append(sig)

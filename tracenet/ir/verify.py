@@ -1,5 +1,6 @@
 """The IR verifier: SSA form, shapes/dtypes agreeing with each op's inference rule, outputs
 defined. Passes and tests run it after every transformation."""
+from .._sym import same_shape
 from .._meta import Meta
 from ..ops.registry import REGISTRY
 
@@ -57,7 +58,7 @@ def _verify_node(node, defined, where):
     if len(expect) != len(node.outputs):
         raise VerificationError(f"{where}: {len(node.outputs)} outputs, op has {len(expect)}")
     for v, m in zip(node.outputs, expect):
-        if tuple(m.shape) != v.shape or m.dtype is not v.dtype:
+        if not same_shape(m.shape, v.shape) or m.dtype is not v.dtype:
             raise VerificationError(
                 f"{where}: {v.ref} is {v.type_str()} but the shape rule gives "
                 f"{m.dtype.short}[{','.join(map(str, m.shape))}]")

@@ -18,6 +18,7 @@ A fused node's inputs are the values its members read from outside, its outputs 
 values used after it (intermediates needed elsewhere, e.g. saved for backward, stay visible).
 The interpreter runs the members, so fusion is checked for equality with the unfused graph.
 """
+from .._sym import same_shape
 from ..ir.graph import Node
 from ..ops.registry import REGISTRY, op_kind
 
@@ -181,7 +182,7 @@ def _elementwise_groups(graph):
             prod = v.producer
             if prod is None or id(prod) not in group_of:
                 continue
-            if v.shape != shape or _sole_user(users, graph, v) is not node:
+            if not same_shape(v.shape, shape) or _sole_user(users, graph, v) is not node:
                 continue
             group = group_of[id(prod)]
             if joined is None:
@@ -211,7 +212,8 @@ def _pool_relu_backward_groups(graph):
             continue
         thr = node.inputs[0].producer
         if thr is None or thr.op != "threshold_backward" or \
-                not thr.inputs[1].shape == thr.output.shape == node.inputs[0].shape or \
+                not same_shape(thr.inputs[1].shape, thr.output.shape) or \
+                not same_shape(thr.output.shape, node.inputs[0].shape) or \
                 _sole_user(users, graph, thr.output) is not node:
             continue
         group = [thr, node]
@@ -233,7 +235,7 @@ def _gemm_mask_groups(graph):
             continue
         thr = _sole_user(users, graph, node.output)
         if thr is not None and thr.op == "threshold_backward" and \
-                thr.inputs[0] is node.output and thr.inputs[1].shape == node.output.shape:
+                thr.inputs[0] is node.output and same_shape(thr.inputs[1].shape, node.output.shape):
             groups.append(([node, thr], ["gemm", "mask"]))
     return groups
 

@@ -18,6 +18,7 @@ it), so compiled code never touches memory outside a buffer.
 """
 import numpy as np
 
+from ..._sym import same_shape
 from ...ops.common import numel
 from ...ops.index import has_tensors, np_key, split_np_key
 from ..base import Kernel, alias_lowering, offset_expr, ctype, lowering, node_lines, signature
@@ -199,7 +200,7 @@ def lower_index(name, node, exported, target):
         return _gather_kernel(name, node, "x", x, None, None, None, spec, node.inputs[1:],
                               scatter=False)
     offset, shape, strides = basic_view(x.shape, spec)
-    assert tuple(shape) == tuple(out.shape), (shape, out.shape)
+    assert same_shape(shape, out.shape), (shape, out.shape)
     copy = _Copy("x", "out", offset, 0, shape, strides, _contiguous_strides(shape), ctype(x),
                  ctype(out))
     return _kernel(name, [node], [("x", x)], [("out", out)], [copy])
@@ -213,7 +214,7 @@ def lower_index_backward(name, node, exported, target):
         return _gather_kernel(name, node, None, None, "g", g, out.shape, spec, node.inputs[1:],
                               scatter=True)
     offset, shape, strides = basic_view(out.shape, spec)
-    assert tuple(shape) == tuple(g.shape), (shape, g.shape)
+    assert same_shape(shape, g.shape), (shape, g.shape)
     copy = _Copy("g", "out", 0, offset, shape, _contiguous_strides(shape), strides, ctype(g),
                  ctype(out))
     return _kernel(name, [node], [("g", g)], [("out", out)], [copy], zero=("out",))

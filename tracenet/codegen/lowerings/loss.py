@@ -5,6 +5,7 @@ computes the loss in double precision and writes it, or accumulates its sum / me
 the elementwise kernels. Then the mean squared error and the negative log-likelihood, forward
 and backward (cross entropy is log_softmax followed by nll_loss).
 """
+from ..._sym import same_shape
 from ...ops.common import numel
 from ...ops.loss import BCE_LOG_MIN
 from ...ops.cexpr import fmt_float
@@ -82,7 +83,7 @@ def lower_nll_loss(name, node, exported, target):
 def lower_mse_loss(name, node, exported, target):
     a, b = node.inputs
     out = node.outputs[0]
-    if tuple(a.shape) != tuple(b.shape):
+    if not same_shape(a.shape, b.shape):
         raise LoweringError(f"mse_loss with broadcasting operands has no C lowering{where(node)}")
     reads, writes = [("a", a), ("b", b)], [("out", out)]
     src = render("mse_loss.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(out),
