@@ -414,15 +414,14 @@ def same_shape(a, b):
     expression (``N`` is not the same as 1, even though it may be 1 when the code runs). For
     choosing between a no-op and the general path, which must also be right when they are
     equal."""
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if isinstance(x, Sym) or isinstance(y, Sym):
-            if not (isinstance(x, Sym) and isinstance(y, Sym) and x.terms == y.terms):
-                return False
-        elif x != y:
-            return False
-    return True
+    return len(a) == len(b) and all(same_size(x, y) for x, y in zip(a, b))
+
+
+def same_size(x, y):
+    """Whether two sizes are the same in form (see ``same_shape``)."""
+    if isinstance(x, Sym) or isinstance(y, Sym):
+        return isinstance(x, Sym) and isinstance(y, Sym) and x.terms == y.terms
+    return x == y
 
 
 def as_float(x):

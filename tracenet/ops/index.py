@@ -4,11 +4,13 @@ A key is normalised once into a hashable *spec* (ints, slice triples, None, Elli
 ``("t", k)`` placeholders for the k-th index tensor), so the IR can carry it as an attribute and
 the same spec drives the forward, its gradient and ``__setitem__``.
 """
+import builtins
 import warnings
 
 import numpy as np
 
 from .. import _dtype
+from .._sym import has_symbols
 from .._meta import Meta
 from ..tensor import Tensor, _VersionCounter
 from . import common, creation, reduce
@@ -155,6 +157,58 @@ def _view_key(spec, arrays):
     return key
 
 
+def symbolic_view(shape, key):
+    """``(offset, shape, strides)`` in elements of ``x[key]`` (a basic numpy key: ints, slices,
+    None, ...) for a contiguous ``x`` of ``shape`` holding symbolic sizes: what numpy computes
+    for concrete ones (``codegen``'s probe), as expressions in the symbols. Raises
+    ``Specialize`` where the answer depends on their values (``x[1]`` may be out of range when
+    the batch size is 1) and numpy's IndexError for an index out of range for every value."""
+    key = list(key)
+    consumed = sum(1 for k in key if k is not None and k is not Ellipsis)
+    if Ellipsis in key:
+        at = key.index(Ellipsis)
+        key[at:at + 1] = [slice(None)] * (len(shape) - consumed)
+    else:
+        key += [slice(None)] * (len(shape) - consumed)
+    strides = [common.numel(shape[d + 1:]) for d in range(len(shape))]
+    offset, out_shape, out_strides, d = 0, [], [], 0
+    for k in key:
+        if k is None:
+            out_shape.append(1)
+            out_strides.append(0)
+            continue
+        size, stride = shape[d], strides[d]
+        if isinstance(k, (int, np.integer)):
+            i = k + size if k < 0 else k
+            if not 0 <= i < size:
+                raise IndexError(f"index {k} is out of bounds for axis {d} with size {size}")
+            offset += i * stride
+        else:
+            step = 1 if k.step is None else k.step
+            if step <= 0:
+                raise ValueError("step must be greater than zero")
+            start = _clamped(k.start, size, 0)
+            stop = _clamped(k.stop, size, size)
+            length = builtins.max(stop - start, 0)
+            if step != 1:
+                length = (length + step - 1) // step
+            offset += start * stride
+            out_shape.append(length)
+            out_strides.append(stride * step)
+        d += 1
+    return offset, tuple(out_shape), tuple(out_strides)
+
+
+def _clamped(bound, size, default):
+    """A slice bound as Python resolves it for a positive step: negative counts from the end,
+    then clamped to [0, size]."""
+    if bound is None:
+        return default
+    if bound < 0:
+        bound = bound + size
+    return builtins.min(builtins.max(bound, 0), size)
+
+
 def has_tensors(spec):
     return any(isinstance(i, tuple) and i[0] == "t" for i in spec)
 
@@ -178,6 +232,11 @@ def _index_meta(x, *idx, spec):
             raise IndexError("shape mismatch: indexing tensors could not be broadcast together "
                              "with shapes " + ", ".join(
                                  "[" + ", ".join(map(str, m.shape)) + "]" for m in idx)) from None
+    if not idx and has_symbols(x.shape):
+        try:
+            return Meta(symbolic_view(tuple(x.shape), np_key(spec, []))[1], x.dtype)
+        except IndexError as e:
+            raise IndexError(str(e).replace("axis", "dimension")) from None
     probe = np.broadcast_to(np.zeros((), np.bool_), tuple(x.shape))
     dummies = [np.zeros(tuple(m.shape), np.int64) for m in idx]
     try:

@@ -18,9 +18,9 @@ it), so compiled code never touches memory outside a buffer.
 """
 import numpy as np
 
-from ..._sym import same_shape
+from ..._sym import as_size, has_symbols, is_one, same_shape, same_size
 from ...ops.common import numel
-from ...ops.index import has_tensors, np_key, split_np_key
+from ...ops.index import has_tensors, np_key, split_np_key, symbolic_view
 from ..base import Kernel, alias_lowering, offset_expr, ctype, lowering, node_lines, signature
 from ..templates import render
 
@@ -38,9 +38,10 @@ def _merge_dims(sizes, src_strides, dst_strides):
     source and destination merged into one."""
     merged = []
     for n, s, d in zip(sizes, src_strides, dst_strides):
-        if n == 1:
+        if is_one(n):
             continue
-        if merged and merged[-1][1] == s * n and merged[-1][2] == d * n:
+        # (merging is an optimisation: sizes equal only for some values of a symbol stay apart)
+        if merged and same_size(merged[-1][1], s * n) and same_size(merged[-1][2], d * n):
             merged[-1] = (merged[-1][0] * n, s, d)
         else:
             merged.append((n, s, d))
@@ -53,11 +54,12 @@ class _Copy:
     def __init__(self, src, dst, src_off, dst_off, sizes, src_strides, dst_strides, src_ct,
                  dst_ct):
         self.src, self.dst = src, dst
-        self.src_off, self.dst_off = int(src_off), int(dst_off)
-        self.empty = any(n == 0 for n in sizes)
+        self.src_off, self.dst_off = as_size(src_off), as_size(dst_off)
+        # (a symbolic size that may be 0 just loops zero times)
+        self.empty = any(same_size(n, 0) for n in sizes)
         dims = _merge_dims(sizes, src_strides, dst_strides)
         self.memcpy = None  # length of the contiguous innermost run, copied with memcpy
-        if dims and dims[-1][1] == 1 and dims[-1][2] == 1 and src_ct == dst_ct:
+        if dims and is_one(dims[-1][1]) and is_one(dims[-1][2]) and src_ct == dst_ct:
             self.memcpy = dims.pop()[0]
         self.dims = [dict(n=n, ss=s, ds=d) for n, s, d in dims]
         if src_ct == dst_ct:
@@ -70,10 +72,10 @@ class _Copy:
     def index(self, which):
         off = self.src_off if which == "src" else self.dst_off
         key = "ss" if which == "src" else "ds"
-        terms = [str(off)] if off else []
+        terms = [] if same_size(off, 0) else [str(off)]
         for k, d in enumerate(self.dims):
-            if d[key]:
-                terms.append(f"i{k}" if d[key] == 1 else f"i{k} * {d[key]}")
+            if not same_size(d[key], 0):
+                terms.append(f"i{k}" if is_one(d[key]) else f"i{k} * {d[key]}")
         return " + ".join(terms) or "0"
 
 
@@ -106,6 +108,8 @@ def _probe_view(shape, key):
 def basic_view(shape, spec):
     """``(offset, shape, strides)`` in elements of ``x[spec]`` (a spec without index tensors)
     for a contiguous ``x`` of ``shape``."""
+    if has_symbols(shape):
+        return symbolic_view(tuple(shape), np_key(spec, []))
     return _probe_view(shape, np_key(spec, []))
 
 
