@@ -270,12 +270,15 @@ def make_net(case):
 def _observe(case, net, forward, dtype, steps):
     """What ``steps`` forward/backward steps of ``forward`` (``net`` or its compiled twin) show,
     as (step, what, array) rows: the output, the input and parameter gradients, the buffers.
+    Step ``k`` runs a batch ``2 k`` larger than the case's.
     The inputs and cotangents are the case's, in the case's dtype, then converted to ``dtype``.
     """
     rows = []
     for step in range(steps):
         rng = np.random.default_rng([2, case.seed, step])
-        x = tn.tensor(rng.standard_normal(case.shape).astype(case.dtype).astype(dtype),
+        # a new batch size on every step: a compiled net serves them all from one build
+        shape = (case.shape[0] + 2 * step,) + tuple(case.shape[1:])
+        x = tn.tensor(rng.standard_normal(shape).astype(case.dtype).astype(dtype),
                       requires_grad=True)
         y = forward(x)
         gy = rng.standard_normal(tuple(y.shape)).astype(case.dtype).astype(dtype)
