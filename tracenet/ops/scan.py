@@ -1,0 +1,87 @@
+"""``scan``: a loop over one dim as a single IR node whose body is a subgraph.
+
+``scan(carries..., xs..., consts...)`` with attributes ``body`` (a ``Graph``), ``n_carry`` and
+``n_xs`` runs the body once per index ``t`` of the leading dim of the ``xs`` (from the last to
+the first when ``reverse``). The body reads ``(carries, x_t for each xs, consts)`` and returns
+``(new carries, y_t...)``; the node returns the final carries, then each ``y`` stacked along a
+new leading dim. The trip count is the length of the xs' leading dim, nothing else.
+
+Only tracing makes scan nodes (eager recurrent layers keep their Python loop); ``scan`` below
+is the entry point traced code calls. Its body is traced by ``tracenet.trace``, which installs
+itself in ``body_tracer`` (the ops sit below tracing and never import it). The eager
+implementation runs the body with ``Graph.run`` (the IR interpreter), for the interpreter and
+constant folding.
+
+``zeros`` is the zero-filled buffer a backward scan starts its gradient sums from: an op with
+no inputs, so constant folding never turns it into a large literal in the C source.
+"""
+import numpy as np
+
+from .._meta import Meta
+from . import registry
+from .registry import register
+
+# set by tracenet.trace: (fn, carries, xs) -> the outputs of the recorded scan node
+body_tracer = [None]
+
+
+def _scan_infer(*metas, body, n_carry, n_xs, reverse=False, n_saved=0):
+    if n_xs < 1:
+        raise ValueError("scan needs at least one scanned input (the trip count is its length)")
+    if len(metas) != len(body.inputs):
+        raise ValueError(f"scan body takes {len(body.inputs)} inputs, got {len(metas)}")
+    length = metas[n_carry].shape[0] if metas[n_carry].shape else None
+    for i, (m, v) in enumerate(zip(metas, body.inputs)):
+        scanned = n_carry <= i < n_carry + n_xs
+        want = ((length,) + v.shape) if scanned else v.shape
+        if tuple(m.shape) != want or m.dtype is not v.dtype:
+            raise ValueError(f"scan operand {i} is {m.dtype.short}{list(m.shape)}, its body "
+                             f"input is {v.dtype.short}{list(want)}")
+    outs = [Meta(v.shape, v.dtype) for v in body.outputs[:n_carry]]
+    outs += [Meta((length,) + v.shape, v.dtype) for v in body.outputs[n_carry:]]
+    return tuple(outs)
+
+
+def _scan_eager(*arrays, body, n_carry, n_xs, reverse=False, n_saved=0):
+    carries = list(arrays[:n_carry])
+    xs = arrays[n_carry:n_carry + n_xs]
+    consts = list(arrays[n_carry + n_xs:])
+    length = xs[0].shape[0]
+    ys = [np.empty((length,) + v.shape, v.dtype.np) for v in body.outputs[n_carry:]]
+    for t in (range(length - 1, -1, -1) if reverse else range(length)):
+        outs = body.run(*carries, *(x[t] for x in xs), *consts)
+        carries = outs[:n_carry]
+        for y, o in zip(ys, outs[n_carry:]):
+            y[t] = o
+    return tuple(carries) + tuple(ys)
+
+
+# as many outputs as the body has (``num_outputs`` != 1: results are tuples)
+scan_op = register("scan", infer=_scan_infer, eager=_scan_eager, num_outputs=2,
+                   doc="a loop over the leading dim of its scanned inputs; see tracenet.ops.scan")
+
+
+def _zeros_infer(*, shape, dtype):
+    return Meta(tuple(shape), dtype)
+
+
+zeros_op = register("zeros", infer=_zeros_infer,
+                    eager=lambda *, shape, dtype: np.zeros(shape, dtype.np), differentiable=False,
+                    doc="a zero-filled buffer (the start of a gradient sum)")
+
+
+def is_traced(*tensors):
+    """Whether an op on ``tensors`` would be recorded into a graph (tracing is active and one
+    of them is a traced value)."""
+    return registry._tracer[0] is not None and any(
+        t is not None and t._ir is not None for t in tensors)
+
+
+def scan(fn, carries, xs, reverse=False):
+    """Record ``fn`` as the body of one scan node over ``xs`` (traced tensors, scanned along
+    dim 0). ``fn(carries, xs_t) -> (new carries, ys_t)`` takes and returns tuples; traced
+    values it reads from outside become the node's constant operands. Returns ``(final
+    carries, stacked ys)`` as tuples of traced tensors. Only valid while tracing."""
+    if body_tracer[0] is None or not is_traced(*carries, *xs):
+        raise RuntimeError("scan() records a loop while tracing; eager code loops in Python")
+    return body_tracer[0](fn, tuple(carries), tuple(xs), reverse)
