@@ -1,0 +1,141 @@
+"""The backward of a ``scan`` node: a scan running the other way over the saved per-step values.
+
+The backward body is derived from the forward body by the ordinary autodiff pass (``grad``,
+handed in by ``autodiff``, which calls this): one step's vector-Jacobian product. What that
+step reads of the forward step becomes per-step data:
+
+* values the forward body computes (a gate's sigmoid, the carry it read) are added to the
+  forward body's outputs, so the forward scan stacks them along time (its trailing outputs,
+  ``attrs["n_saved"]`` of them: JAX's partial evaluation of a scan does the same);
+* a step's slice of a scanned input is read from that input; constant operands as they are.
+
+The backward scan's carries are the cotangents of the forward carries, then the gradient sums
+of the constant operands that need one (started from ``zeros``); its scanned inputs are the
+cotangents of the stacked outputs, the stacked saved values and the scanned inputs it reads;
+its stacked outputs are the gradients of the scanned inputs.
+"""
+import copy
+
+import numpy as np
+
+from .._meta import Meta
+from ..ops import scan as scan_ops
+from ..ops.registry import apply
+from ..ir.graph import Graph
+from ..trace import Tracer, traced_tensor, tracing
+
+
+def scan_backward(forward, node, grads, tracer, grad, fwd_values):
+    """Gradients (traced tensors or None) of ``node``'s inputs given the cotangents ``grads``
+    of its outputs (None: zero). Records into ``tracer``'s graph; may add saved outputs to
+    ``node`` (new values of ``forward``, added to ``fwd_values``)."""
+    body = node.attrs["body"]
+    nc, nx = node.attrs["n_carry"], node.attrs["n_xs"]
+    n_saved = node.attrs.get("n_saved", 0)
+    n_user = len(body.outputs) - n_saved
+    n_in = len(body.inputs)
+    step = copy.copy(body)  # one forward step without the saved outputs
+    step.outputs = body.outputs[:n_user]
+    wrt = [v for v in body.inputs if v.requires_grad]
+    bb = grad(step, wrt)
+
+    # where the backward step finds each forward value it reads
+    stacked = {}  # body value -> index of the forward body output that stacks it
+    for j in range(nc, len(body.outputs)):
+        stacked.setdefault(body.outputs[j], j)
+    sources = []
+    for s in bb.saved:
+        k = body.inputs.index(s) if s in body.inputs else None
+        if k is not None and nc <= k < nc + nx:
+            sources.append(("x", k))
+        elif k is not None and k >= nc + nx:
+            sources.append(("const", k))
+        else:
+            if s not in stacked:
+                body.outputs.append(s)
+                stacked[s] = len(body.outputs) - 1
+                node.attrs["n_saved"] = node.attrs.get("n_saved", 0) + 1
+                length = node.inputs[nc].shape[0]
+                out = forward.new_value((length,) + s.shape, s.dtype, node)
+                node.outputs.append(out)
+                fwd_values.add(out)
+            sources.append(("saved", stacked[s]))
+
+    # the backward step's graph
+    bbody = Graph("body")
+    carry_float = [i for i in range(nc) if body.inputs[i].dtype.is_floating_point]
+    d_carry = {i: bbody.add_input(f"grad_carry{i}", body.inputs[i].shape, body.inputs[i].dtype)
+               for i in carry_float}
+    summed = [k for k in range(nc + nx, n_in) if body.inputs[k].requires_grad]
+    acc = {k: bbody.add_input(f"grad_{body.inputs[k].ref[1:]}", body.inputs[k].shape,
+                              body.inputs[k].dtype) for k in summed}
+    y_cots = [j for j in range(nc, n_user) if grads[j] is not None and
+              body.outputs[j].requires_grad]
+    gy = {j: bbody.add_input(f"grad_y{j - nc}", body.outputs[j].shape, body.outputs[j].dtype)
+          for j in y_cots}
+    saved_js = sorted({j for kind, j in sources if kind == "saved"})
+    saved = {j: bbody.add_input(f"saved{j - nc}", body.outputs[j].shape, body.outputs[j].dtype)
+             for j in saved_js}
+    xs_ks = sorted({k for kind, k in sources if kind == "x"})
+    xs_ks += [k for k in range(nc, nc + nx) if not (xs_ks or y_cots or saved_js)][:1]
+    xs_in = {k: bbody.add_input(f"x{k - nc}", body.inputs[k].shape, body.inputs[k].dtype)
+             for k in xs_ks}
+    const_ks = sorted({k for kind, k in sources if kind == "const"})
+    const_in = {k: bbody.add_input(body.inputs[k].ref[1:], body.inputs[k].shape,
+                                   body.inputs[k].dtype) for k in const_ks}
+
+    def zeros(v):
+        return bbody.add_constant(np.zeros(v.shape, v.dtype.np))
+
+    cot_values = []
+    for j, v in enumerate(step.outputs):
+        if not v.requires_grad:
+            continue
+        if j < nc:
+            cot_values.append(d_carry[j])
+        else:
+            cot_values.append(gy[j] if j in gy else zeros(v))
+    saved_values = []
+    for kind, k in sources:
+        saved_values.append(saved[k] if kind == "saved" else
+                            xs_in[k] if kind == "x" else const_in[k])
+    got = dict(zip(wrt, bbody.inline(bb, cot_values + saved_values)))
+    outs = [got[body.inputs[i]] if body.inputs[i] in got else zeros(body.inputs[i])
+            for i in carry_float]
+    with tracing(Tracer(bbody)):
+        for k in summed:
+            total = traced_tensor(acc[k]) + traced_tensor(got[body.inputs[k]])
+            outs.append(total._ir)
+    d_xs = [k for k in range(nc, nc + nx) if body.inputs[k] in got]
+    outs += [got[body.inputs[k]] for k in d_xs]
+    bbody.outputs = outs
+    bbody.renumber()
+
+    # the backward loop, recorded into the backward graph
+    def fwd(v):
+        return traced_tensor(v)
+
+    carries = []
+    for i in carry_float:
+        g = grads[i]
+        carries.append(g if g is not None else
+                       traced_tensor(tracer.graph.add_constant(
+                           np.zeros(node.outputs[i].shape, node.outputs[i].dtype.np))))
+    for k in summed:
+        v = body.inputs[k]
+        z = tracer.graph.add_node("zeros", [], {"shape": v.shape, "dtype": v.dtype},
+                                  [Meta(v.shape, v.dtype)])
+        carries.append(traced_tensor(z.output))
+    xs = [grads[j] for j in y_cots] + [fwd(node.outputs[j]) for j in saved_js]
+    xs += [fwd(node.inputs[k]) for k in xs_ks]
+    consts = [fwd(node.inputs[k]) for k in const_ks]
+    res = apply(scan_ops.scan_op, *carries, *xs, *consts, body=bbody,
+                n_carry=len(carries), n_xs=len(xs), reverse=not node.attrs.get("reverse"))
+    result = [None] * len(node.inputs)
+    for n, i in enumerate(carry_float):
+        result[i] = res[n]
+    for n, k in enumerate(summed):
+        result[k] = res[len(carry_float) + n]
+    for n, k in enumerate(d_xs):
+        result[k] = res[len(carries) + n]
+    return result
