@@ -18,7 +18,7 @@ no inputs, so constant folding never turns it into a large literal in the C sour
 import numpy as np
 
 from .._meta import Meta
-from . import registry
+from . import registry, shape
 from .registry import register
 
 # set by tracenet.trace: (fn, carries, xs) -> the outputs of the recorded scan node
@@ -56,8 +56,14 @@ def _scan_eager(*arrays, body, n_carry, n_xs, reverse=False, n_saved=0):
     return tuple(carries) + tuple(ys)
 
 
+def _graph_backward(ctx, *grads):
+    raise RuntimeError("a scan node is differentiated on the IR as a whole "
+                       "(tracenet.passes.scan_grad derives its backward body from its body)")
+
+
 # as many outputs as the body has (``num_outputs`` != 1: results are tuples)
 scan_op = register("scan", infer=_scan_infer, eager=_scan_eager, num_outputs=2,
+                   backward=_graph_backward,
                    doc="a loop over the leading dim of its scanned inputs; see tracenet.ops.scan")
 
 
@@ -78,10 +84,17 @@ def is_traced(*tensors):
 
 
 def scan(fn, carries, xs, reverse=False):
-    """Record ``fn`` as the body of one scan node over ``xs`` (traced tensors, scanned along
-    dim 0). ``fn(carries, xs_t) -> (new carries, ys_t)`` takes and returns tuples; traced
-    values it reads from outside become the node's constant operands. Returns ``(final
-    carries, stacked ys)`` as tuples of traced tensors. Only valid while tracing."""
-    if body_tracer[0] is None or not is_traced(*carries, *xs):
-        raise RuntimeError("scan() records a loop while tracing; eager code loops in Python")
-    return body_tracer[0](fn, tuple(carries), tuple(xs), reverse)
+    """A loop over dim 0 of the tensors ``xs``: ``fn(carries, xs_t) -> (new carries, ys_t)``
+    takes and returns tuples of tensors. Returns ``(final carries, ys stacked along dim 0)``.
+
+    While tracing, ``fn`` is traced once into the body of one scan node (traced values it reads
+    from outside become the node's constant operands); otherwise it runs step by step."""
+    carries, xs = tuple(carries), tuple(xs)
+    if is_traced(*carries, *xs):
+        return body_tracer[0](fn, carries, xs, reverse)
+    length = xs[0].shape[0]
+    ys = [None] * length
+    for t in (range(length - 1, -1, -1) if reverse else range(length)):
+        carries, ys[t] = fn(carries, tuple(x[t] for x in xs))
+        carries = tuple(carries)
+    return carries, tuple(shape.stack([y[k] for y in ys], 0) for k in range(len(ys[0])))
