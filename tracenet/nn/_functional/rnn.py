@@ -3,8 +3,8 @@ optionally bidirectional sequence loop behind ``nn.RNN``/``nn.LSTM``/``nn.GRU``.
 
 Everything is a composition of registry ops (``addmm`` through ``linear``, ``split`` through
 ``chunk``, ``unbind``, ``stack``, ``cat`` and pointwise ops), and the time loop is ordinary
-Python: under ``tracenet.compile`` it unrolls into a static graph for the traced sequence
-length. The input-to-hidden product of a whole layer is one matrix product over all time
+Python (under tracing, ``nn.modules.rnn`` records each layer's loop as one ``scan`` node
+instead, with these step functions as its body). The input-to-hidden product of a whole layer is one matrix product over all time
 steps; only the hidden-to-hidden product runs per step.
 
 torch.nn.functional has no recurrent functions, so nothing here is re-exported there; the cell
