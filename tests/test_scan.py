@@ -12,6 +12,7 @@ import pytest
 import tracenet as tn
 import tracenet.nn as tnn
 from tracenet.ir.verify import verify
+from tracenet.ops.scan import scan
 from tracenet.trace import trace
 
 torch = pytest.importorskip("torch")
@@ -212,3 +213,50 @@ def test_compiled_training_step_of_an_lstm_language_model_follows_eager():
                                    atol=1e-5, err_msg=n)
     assert losses[-1] < losses[0]
     assert step.graph.op_counts().get("scan") == 2  # the loop and its reverse
+
+
+class Decay(tnn.Module):
+    """A loop written with ``ops.scan.scan``: a scalar and a vector parameter read every step
+    (their gradients are summed over the steps: in the backward loop for the scalar, as one
+    reduction after it for the vector's column sums), two stacked outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.rate = tnn.Parameter(tn.tensor(0.7))
+        self.scale = tnn.Parameter(tn.randn(3))
+
+    def forward(self, x, h):
+        def step(carry, xs):
+            h = carry[0] * self.rate + xs[0] * self.scale
+            return (h.tanh(),), (h, h * xs[0])
+        (hn,), (ys, zs) = scan(step, (h,), (x,), reverse=True)
+        return ys.sum(0) + zs.mean(0) + hn
+
+
+def test_a_loop_written_with_scan_compiles_and_differentiates_like_eager():
+    tn.manual_seed(1)
+    m = Decay()
+    x, h = tn.randn(6, 2, 3, requires_grad=True), tn.randn(2, 3, requires_grad=True)
+    compiled = tn.compile(m)
+    gy = tn.randn(2, 3)
+    compiled(x, h).backward(gy)
+    got = [t.grad.numpy().copy() for t in (x, h, m.rate, m.scale)]
+    for t in (x, h, m.rate, m.scale):
+        t.grad = None
+    m(x, h).backward(gy)
+    for a, t in zip(got, (x, h, m.rate, m.scale)):
+        np.testing.assert_allclose(a, t.grad.numpy(), rtol=1e-5, atol=1e-6)
+    (bwd_scan,) = [n for n in compiled.backward_graph.nodes if n.op == "scan"]
+    # carries: the cotangent of h and the sum of the scalar's gradient; not the vector's
+    assert bwd_scan.attrs["n_carry"] == 2
+
+
+def test_weight_gradients_are_one_product_after_the_backward_loop():
+    m = tnn.LSTM(4, 8)
+    compiled = tn.compile(m)
+    out, _ = compiled(tn.randn(7, 3, 4, requires_grad=True))
+    out.sum().backward()
+    (bwd_scan,) = [n for n in compiled.backward_graph.nodes if n.op == "scan"]
+    assert bwd_scan.attrs["n_carry"] == 2  # the cotangents of h and c only
+    body = bwd_scan.attrs["body"]
+    assert all(v.shape != (32, 8) for n in body.nodes for v in n.outputs)  # no w_hh gradient
