@@ -116,7 +116,7 @@ def test_unbatched_input_compiles_to_a_scan():
 def _graph_text(length, **kwargs):
     m = tnn.LSTM(4, 8, **kwargs)
     x = tn.randn(length, 2, 4, requires_grad=True)
-    compiled = tn.compile(m)
+    compiled = tn.compile(m, dynamic=False)  # specialised on the exact length
     out, (h, c) = compiled(x)
     (out.sum() + h.sum() + c.sum()).backward()
     return str(compiled.graph), str(compiled.backward_graph), compiled.source()
@@ -138,6 +138,49 @@ def test_ir_and_c_do_not_grow_with_the_sequence_length():
     assert fwd.count("sigmoid(") == 6
     # the trip count appears once in each loop's C, as a value, not as unrolled code
     assert short[2].count("const int64_t length = 50;") == 4  # 2 forward + 2 backward
+
+
+def test_one_build_serves_every_sequence_length():
+    # a time-major input's leading size, the sequence length, is the symbolic size N: the loop
+    # bound is the run-time value, and the C is built once
+    tn.manual_seed(0)
+    m = tnn.LSTM(3, 5, num_layers=2)
+    compiled = tn.compile(m)
+    for length in (4, 9, 1):
+        x = tn.randn(length, 2, 3, requires_grad=True)
+        out, (h, c) = compiled(x)
+        (out.sum() + (h * c).sum()).backward()
+        got = [t.detach().numpy() for t in (out, h, c)] + [x.grad.numpy()] + \
+            [p.grad.numpy().copy() for p in m.parameters()]
+        x.grad = None
+        m.zero_grad()
+        out, (h, c) = m(x)
+        (out.sum() + (h * c).sum()).backward()
+        want = [t.detach().numpy() for t in (out, h, c)] + [x.grad.numpy()] + \
+            [p.grad.numpy().copy() for p in m.parameters()]
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        m.zero_grad()
+    assert len(compiled.specialisations) == 1
+    assert "const int64_t length = (tn_N);" in compiled.source()
+
+
+def test_a_symbolic_batch_size_reaches_the_loop_body():
+    # batch-first: the batch size is the symbol N, in the carries' and the body's shapes
+    tn.manual_seed(0)
+    m = tnn.RNN(3, 4, batch_first=True)
+    compiled = tn.compile(m)
+    for batch in (2, 5):
+        x = tn.randn(batch, 6, 3)
+        with tn.no_grad():
+            out, h = compiled(x)
+            want, want_h = m(x)
+        np.testing.assert_allclose(out.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(h.numpy(), want_h.numpy(), rtol=1e-5, atol=1e-6)
+    assert len(compiled.specialisations) == 1
+    assert "const int64_t length = 6;" in compiled.source()
+    assert re.search(r"_body\(args, work \+ \(.*tn_N.*\), \(int64_t \*\)0, tn_N\);",
+                     compiled.source())
 
 
 def test_traced_scan_runs_in_the_interpreter_like_eager():

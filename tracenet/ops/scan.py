@@ -12,8 +12,9 @@ itself in ``body_tracer`` (the ops sit below tracing and never import it). The e
 implementation runs the body with ``Graph.run`` (the IR interpreter), for the interpreter and
 constant folding.
 
-``zeros`` is the zero-filled buffer a backward scan starts its gradient sums from: an op with
-no inputs, so constant folding never turns it into a large literal in the C source.
+``zeros`` is a zero-filled buffer (a loop's initial state, the start of a backward loop's
+gradient sums): an op with no inputs, so constant folding never turns it into a large literal
+in the C source, and its shape may hold symbolic sizes.
 """
 import numpy as np
 
@@ -74,6 +75,12 @@ def _zeros_infer(*, shape, dtype):
 zeros_op = register("zeros", infer=_zeros_infer,
                     eager=lambda *, shape, dtype: np.zeros(shape, dtype.np), differentiable=False,
                     doc="a zero-filled buffer (the start of a gradient sum)")
+
+
+def zeros(shape, dtype):
+    """A zero-filled traced tensor (a ``zeros`` node: its shape may hold symbolic sizes, and
+    constant folding leaves it alone). Only valid while tracing."""
+    return registry._tracer[0](zeros_op, (), {"shape": tuple(shape), "dtype": dtype})
 
 
 def is_traced(*tensors):

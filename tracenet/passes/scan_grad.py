@@ -16,8 +16,6 @@ its stacked outputs are the gradients of the scanned inputs.
 """
 import copy
 
-import numpy as np
-
 from .._meta import Meta
 from ..ops import scan as scan_ops
 from ..ops.registry import apply
@@ -83,7 +81,7 @@ def scan_backward(forward, node, grads, tracer, grad, fwd_values):
     scanned_in = list(gy.values()) + list(saved.values()) + list(xs_in.values())
 
     def zeros(v):
-        return bbody.add_constant(np.zeros(v.shape, v.dtype.np))
+        return _zeros(bbody, v)
 
     cot_values = []
     for j, v in enumerate(step.outputs):
@@ -127,17 +125,9 @@ def scan_backward(forward, node, grads, tracer, grad, fwd_values):
     bbody.renumber()
 
     # the backward loop, recorded into the backward graph
-    carries = []
-    for i in carry_float:
-        g = grads[i]
-        carries.append(g if g is not None else
-                       traced_tensor(tracer.graph.add_constant(
-                           np.zeros(node.outputs[i].shape, node.outputs[i].dtype.np))))
-    for k in acc:
-        v = body.inputs[k]
-        z = tracer.graph.add_node("zeros", [], {"shape": v.shape, "dtype": v.dtype},
-                                  [Meta(v.shape, v.dtype)])
-        carries.append(traced_tensor(z.output))
+    carries = [grads[i] if grads[i] is not None else
+               traced_tensor(_zeros(tracer.graph, node.outputs[i])) for i in carry_float]
+    carries += [traced_tensor(_zeros(tracer.graph, body.inputs[k])) for k in acc]
     xs = [grads[j] for j in y_cots] + [traced_tensor(node.outputs[j]) for j in saved_js]
     xs += [traced_tensor(node.inputs[k]) for k in xs_ks]
     consts = [traced_tensor(node.inputs[k]) for k in const_ks]
@@ -164,6 +154,12 @@ def scan_backward(forward, node, grads, tracer, grad, fwd_values):
             g = p.t() @ q
             result[k] = g.t() if transposed else g
     return result
+
+
+def _zeros(graph, like):
+    """A ``zeros`` node in ``graph`` shaped like the value ``like`` (sizes may be symbolic)."""
+    return graph.add_node("zeros", [], {"shape": like.shape, "dtype": like.dtype},
+                          [Meta(like.shape, like.dtype)]).output
 
 
 def _is_transpose(node):

@@ -2,13 +2,16 @@
 same planner as a whole graph, into a function of its own; the scan kernel calls it once per
 step with the step's slices of the scanned inputs and outputs (pointer offsets) and its carries
 alternating between two buffers. Nothing in the C grows with the trip count, which appears
-once, as the loop bound and the factor of the step strides.
+once, as the loop bound and the factor of the step strides: a symbolic size there (a sequence
+length traced as the leading size ``N``) is the run-time value ``tn_N``, and a symbolic batch
+size inside the body is passed on to the body function.
 
 The planner lives in ``codegen.emit`` (which imports the lowerings): it hands itself over with
 ``use_planner`` when it is imported. Also here: ``zeros``, a memset.
 """
+from ..._sym import Specialize, Sym
 from ...ops.common import numel
-from ..base import Kernel, lowering, node_lines, signature
+from ..base import Kernel, lowering, node_lines, signature, size_symbols
 from ..templates import render
 
 _planner = [None]
@@ -22,7 +25,12 @@ def use_planner(entry_point, plan):
 
 
 def _aligned(nbytes):
-    return -(-nbytes // ALIGN) * ALIGN
+    """``nbytes`` rounded up to a multiple of ``ALIGN`` (for every value of its symbols)."""
+    if not isinstance(nbytes, Sym):
+        return -(-nbytes // ALIGN) * ALIGN
+    if any(c < 0 for c in nbytes.terms.values()):
+        raise Specialize(f"no aligned layout for {nbytes.display()} bytes")
+    return Sym({m: -(-c // ALIGN) * ALIGN for m, c in nbytes.terms.items()}, nbytes.hint)
 
 
 def _nbytes(v):
@@ -60,6 +68,7 @@ def lower_scan(name, node, exported, target):
     scratch = -(-work // 4)  # in floats
     src = render("scan.c.j2", name=name, node_lines=node_lines([node]),
                  signature=signature(reads, writes, scratch, "float", bool(checks)),
+                 symbols=size_symbols(reads, writes),
                  calls=[c for _, c in calls] + copies, length=node.inputs[n_carry].shape[0],
                  n_args=max(entry.num_args, 1), consts=consts, carries=carries, steps=steps,
                  reverse=node.attrs.get("reverse", False), body_arena=body_arena,

@@ -332,10 +332,10 @@ def _scanned_sequence(mode, input, hx, weights, num_layers, dropout, training, b
             k = layer * num_dirs + d
             w = weights[k]
             h, c = h0[k], c0[k]
-            if h is None:
-                h = creation.zeros((batch, w[1].shape[1]), dtype=input.dtype)
+            if h is None:  # (the batch size may be symbolic)
+                h = S.zeros((batch, w[1].shape[1]), input.dtype)
                 if lstm:
-                    c = creation.zeros((batch, w[1].shape[0] // 4), dtype=input.dtype)
+                    c = S.zeros((batch, w[1].shape[0] // 4), input.dtype)
             # the input part of every step's gates: one product for the whole sequence
             gi = linear(layer_input, w[0], w[2])
             carry, (ys,) = S.scan(_step_fn(mode, w), (h, c) if lstm else (h,), (gi,),
