@@ -12,7 +12,10 @@ step reads of the forward step becomes per-step data:
 The backward scan's carries are the cotangents of the forward carries, then the gradient sums
 of the constant operands that need one (started from ``zeros``); its scanned inputs are the
 cotangents of the stacked outputs, the stacked saved values and the scanned inputs it reads;
-its stacked outputs are the gradients of the scanned inputs.
+its stacked outputs are the gradients of the scanned inputs. A constant's gradient that is a
+sum over the rows of per-step values (a weight read by a matrix product: ``P^T Q``; a bias:
+column sums) is not summed step by step: the loop stacks those values and one product or
+reduction over all steps follows it (what cuDNN does for a recurrent layer's weights).
 """
 import copy
 
