@@ -5,10 +5,10 @@
 The model: Embedding(90, 32) -> LSTM(32, 64) -> Linear(64, 90), batch 16, sequence length T;
 the training step is zero_grad, forward, CrossEntropyLoss over every position, backward, SGD.
 Both frameworks run in this process with the same weights; timings alternate between them in
-rounds (each turn starts with two untimed calls) and report medians; every row prints the ratio
-PyTorch time / tracenet time (> 1 means tracenet is faster). tracenet runs the step two ways:
-``compile_step`` (the whole step as one C call) and the plain loop around
-``tracenet.compile(net)``, plus compiled inference. Cold compile times (trace, autodiff, C,
+rounds (each turn starts with two untimed calls: ``bench/lenet.py``'s ``compare``) and report
+medians; every row prints the ratio PyTorch time / tracenet time (> 1 means tracenet is
+faster). tracenet runs the step two ways: ``compile_step`` (the whole step as one C call) and
+the plain loop around ``tracenet.compile(net)``, plus compiled inference. Cold compile times (trace, autodiff, C,
 build and the first step, in a fresh process with an empty cache directory) are measured for
 every length. ``--root`` picks the tracenet source tree to measure (default: this checkout),
 e.g. an older one to compare against.
@@ -16,7 +16,6 @@ e.g. an older one to compare against.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,29 +50,6 @@ def data(length, seed=0):
     rng = np.random.default_rng(seed)
     return (rng.integers(0, VOCAB, (length, BATCH)),
             rng.integers(0, VOCAB, (length * BATCH,)))
-
-
-def time_calls(fn, n):
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
-def compare(fns, rounds, per_round, settle=2):
-    """Alternate between the callables in rounds; median seconds per call for each."""
-    for fn in fns:
-        for _ in range(3):
-            fn()
-    samples = [[] for _ in fns]
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            for _ in range(settle):
-                fn()
-            samples[i] += time_calls(fn, per_round)
-    return [statistics.median(s) for s in samples]
 
 
 def workloads(tn, torch, length):
@@ -176,6 +152,9 @@ def main():
         import torch
     except ImportError:  # pragma: no cover
         sys.exit("bench/lstm.py compares against PyTorch: pip install torch==2.13.0")
+    # the alternating timing and LeNet's cold compile (it finds the tracenet imported above)
+    sys.path.insert(0, HERE)
+    import lenet
     torch.set_num_threads(2)
     lengths = [int(s) for s in args.lengths.split(",")]
     rounds, per_round = (3, 5) if args.quick else (7, 10)
@@ -190,8 +169,8 @@ def main():
         print("|---|---|---|---|---|---|---|---|---|")
         for length in lengths:
             train, infer = workloads(tn, torch, length)
-            t, fused, plain = compare(train, rounds, per_round)
-            ti, ci = compare(infer, rounds, per_round)
+            t, fused, plain = lenet.compare(train, rounds, per_round)
+            ti, ci = lenet.compare(infer, rounds, per_round)
             print(f"| {length} | {t * 1e6:.0f} | {fused * 1e6:.0f} | {t / fused:.2f}x | "
                   f"{plain * 1e6:.0f} | {t / plain:.2f}x | {ti * 1e6:.0f} | {ci * 1e6:.0f} | "
                   f"{ti / ci:.2f}x |", flush=True)
@@ -210,8 +189,6 @@ def main():
                   f"{cold[hi]['ready_s'] / cold[lo]['ready_s']:.2f}x (target <= 1.3x)")
         if 32 in cold and root == os.path.dirname(HERE):
             # LeNet's cold compile (bench/lenet.py's measurement), now, on the same machine
-            sys.path.insert(0, HERE)
-            import lenet
             with tempfile.TemporaryDirectory() as cache:
                 ref = lenet.child("tracenet", 64, cache)["ready_s"]
             print(f"cold compile at T=32 / LeNet's ({ref:.2f} s): "

@@ -7,14 +7,14 @@ the first when ``reverse``). The body reads ``(carries, x_t for each xs, consts)
 new leading dim. The trip count is the length of the xs' leading dim, nothing else.
 
 Only tracing makes scan nodes (eager recurrent layers keep their Python loop); ``scan`` below
-is the entry point traced code calls. Its body is traced by ``tracenet.trace``, which installs
+is the entry point code calls (step by step when nothing is traced). Its body is traced by ``tracenet.trace``, which installs
 itself in ``body_tracer`` (the ops sit below tracing and never import it). The eager
 implementation runs the body with ``Graph.run`` (the IR interpreter), for the interpreter and
 constant folding.
 
-``zeros`` is a zero-filled buffer (a loop's initial state, the start of a backward loop's
-gradient sums): an op with no inputs, so constant folding never turns it into a large literal
-in the C source, and its shape may hold symbolic sizes.
+``zeros`` is a zero-filled buffer (a loop's zero initial state; where a backward loop's
+cotangents and gradient sums start): an op with no inputs, so constant folding never turns it
+into a large literal in the C source, and its shape may hold symbolic sizes.
 """
 import numpy as np
 
@@ -78,7 +78,7 @@ zeros_op = register("zeros", infer=_zeros_infer,
 
 
 def zeros(shape, dtype):
-    """A zero-filled traced tensor (a ``zeros`` node: its shape may hold symbolic sizes, and
+    """A zero-filled traced tensor: a ``zeros`` node (its shape may hold symbolic sizes, and
     constant folding leaves it alone). Only valid while tracing."""
     return registry._tracer[0](zeros_op, (), {"shape": tuple(shape), "dtype": dtype})
 

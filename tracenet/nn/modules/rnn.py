@@ -7,12 +7,11 @@ import math
 import numbers
 import warnings
 
-from ...ops import creation, scan as S, shape as sh
+from ...ops import creation, scan as S
 from ...ops.registry import REGISTRY, apply
 from ...tensor import Tensor
 from .. import init
 from .._functional import rnn as R
-from .._functional.activation import dropout as _dropout, linear
 from ..parameter import Parameter
 from .linear import factory_kwargs
 from .module import Module
@@ -215,10 +214,11 @@ class RNNBase(Module):
         if self.batch_first:
             x = x.transpose(0, 1)
         # traced, the time loop is one scan node per layer and direction; eager, plain Python
-        sequence = _scanned_sequence if S.is_traced(x, *self._flat_weights, *(
-            () if hx is None else hx if lstm else (hx,))) else R.rnn_sequence
-        result = sequence(self.mode, x, hx, self._layer_weights(), self.num_layers,
-                          self.dropout, self.training, self.bidirectional)
+        traced = S.is_traced(x, *self._flat_weights, *(() if hx is None else hx if lstm
+                                                       else (hx,)))
+        result = R.rnn_sequence(self.mode, x, hx, self._layer_weights(), self.num_layers,
+                                self.dropout, self.training, self.bidirectional,
+                                direction=_scanned_direction if traced else None)
         output, hidden = result[0], result[1:]
         if self.batch_first:
             output = _transpose01(output, "TransposeBackward0" if lstm else "TransposeBackward1")
@@ -292,64 +292,18 @@ class GRU(RNNBase):
         super().__init__("GRU", *args, **kwargs)
 
 
-def _step_fn(mode, weights):
-    """The body of one layer's time loop: (carries, (gi_t,)) -> (new carries, (h_t,))."""
-    _, w_hh, _, b_hh, w_hr = weights
-
-    def step(carry, xs):
-        if mode == "LSTM":
-            h, c = R.lstm_step(xs[0], carry[0], carry[1], w_hh, b_hh, w_hr)
-            return (h, c), (h,)
-        if mode == "GRU":
-            h = R.gru_step(xs[0], carry[0], w_hh, b_hh)
-        else:
-            h = R.rnn_step(xs[0], carry[0], w_hh, b_hh,
-                           "tanh" if mode == "RNN_TANH" else "relu")
-        return (h,), (h,)
-    return step
-
-
-def _scanned_sequence(mode, input, hx, weights, num_layers, dropout, training, bidirectional):
-    """``R.rnn_sequence`` for tracing: the same layers, initial states, dropout and results,
-    with each direction of each layer recorded as one ``scan`` node whose body is one step,
-    so the graph does not grow with the sequence length."""
-    if input.shape[0] == 0:
-        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+def _scanned_direction(mode, gi, h, c, weights, reverse):
+    """``R._direction`` for tracing: one direction of one layer as one ``scan`` node whose body
+    is one step, so the graph does not grow with the sequence length."""
     lstm = mode == "LSTM"
-    num_dirs = 2 if bidirectional else 1
-    batch = input.shape[1]
-    n = num_layers * num_dirs
-    if hx is None:
-        h0, c0 = [None] * n, [None] * n
-    else:
-        h0 = list(hx[0].unbind(0)) if lstm else list(hx.unbind(0))
-        c0 = list(hx[1].unbind(0)) if lstm else [None] * n
-    h_n, c_n = [], []
-    layer_input = input
-    for layer in range(num_layers):
-        outs = []
-        for d in range(num_dirs):
-            k = layer * num_dirs + d
-            w = weights[k]
-            h, c = h0[k], c0[k]
-            if h is None:  # (the batch size may be symbolic)
-                h = S.zeros((batch, w[1].shape[1]), input.dtype)
-                if lstm:
-                    c = S.zeros((batch, w[1].shape[0] // 4), input.dtype)
-            # the input part of every step's gates: one product for the whole sequence
-            gi = linear(layer_input, w[0], w[2])
-            carry, (ys,) = S.scan(_step_fn(mode, w), (h, c) if lstm else (h,), (gi,),
-                                  reverse=d == 1)
-            outs.append(ys)
-            h_n.append(carry[0])
-            c_n.append(carry[1] if lstm else None)
-        layer_output = outs[0] if num_dirs == 1 else sh.cat(outs, 2)
-        if dropout and training and layer < num_layers - 1:
-            layer_output = _dropout(layer_output, dropout, True)
-        layer_input = layer_output
-    if lstm:
-        return layer_input, sh.stack(h_n, 0), sh.stack(c_n, 0)
-    return layer_input, sh.stack(h_n, 0)
+    if h is None:  # zeros nodes: the batch size may be symbolic
+        h, c = R.zero_state(mode, gi, weights, S.zeros)
+
+    def step(carry, xs):  # (carries, (gi_t,)) -> (new carries, (h_t,))
+        h, c = R.layer_step(mode, xs[0], carry[0], carry[1] if lstm else None, weights)
+        return ((h, c) if lstm else (h,)), (h,)
+    carry, (ys,) = S.scan(step, (h, c) if lstm else (h,), (gi,), reverse=reverse)
+    return ys, carry[0], carry[1] if lstm else None
 
 
 # --- cells ----------------------------------------------------------------------------------
