@@ -17,35 +17,10 @@ from tracenet.trace import trace
 
 torch = pytest.importorskip("torch")
 
+# the cache-directory fixture and the layer pairs of the recurrent layers' catalogue
+from test_catalogue_rnn import _cache, _flat as flat, npy, rand, twins  # noqa: E402,F401
+
 TOL = dict(rtol=1e-9, atol=1e-10)
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    d = tmp_path_factory.getbasetemp() / "tracenet-cache"
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(d))
-
-
-def rand(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape)
-
-
-def npy(t):
-    return t.detach().numpy()
-
-
-def twins(name, *args, **kwargs):
-    """The same layer in torch and tracenet (float64), with torch's parameters."""
-    th = getattr(torch.nn, name)(*args, dtype=torch.float64, **kwargs)
-    ours = getattr(tnn, name)(*args, dtype=tn.float64, **kwargs)
-    for (_, p), (_, q) in zip(ours.named_parameters(), th.named_parameters()):
-        p.data = tn.tensor(npy(q).copy())
-    return th, ours
-
-
-def flat(result):
-    out, hidden = result
-    return [out] + (list(hidden) if isinstance(hidden, tuple) else [hidden])
 
 
 def run(lib, module, x, hx):
