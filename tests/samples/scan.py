@@ -1,8 +1,9 @@
-"""Samples of the loop op (``scan``) and of ``zeros``, the start of its gradient sums."""
+"""Samples of the loop op (``scan``) and of ``zeros`` (a loop's zero initial state, where its
+backward's gradient sums start)."""
 import numpy as np
 
 import tracenet as torch
-from tracenet.ops.scan import scan
+from tracenet.ops.scan import scan, zeros
 
 rng = np.random.default_rng(11)
 
@@ -19,6 +20,5 @@ def _loop(x, h, w):
 SAMPLES = {
     "scan": (_loop, [rng.standard_normal((5, 2, 3)), rng.standard_normal((2, 3)),
                      rng.standard_normal((3, 3)) * 0.5], [0, 1, 2]),
+    "zeros": (lambda x: x * 2.0 + zeros(x.shape, x.dtype), [rng.standard_normal((2, 3))], [0]),
 }
-
-UNTRACEABLE = {"zeros": "only autodiff makes it (a backward loop's gradient sums start there)"}

@@ -78,9 +78,12 @@ zeros_op = register("zeros", infer=_zeros_infer,
 
 
 def zeros(shape, dtype):
-    """A zero-filled traced tensor: a ``zeros`` node (its shape may hold symbolic sizes, and
-    constant folding leaves it alone). Only valid while tracing."""
-    return registry._tracer[0](zeros_op, (), {"shape": tuple(shape), "dtype": dtype})
+    """A zero-filled tensor; while tracing, a ``zeros`` node (its shape may hold symbolic
+    sizes, and constant folding leaves it alone)."""
+    tracer = registry._tracer[0]
+    if tracer is None:
+        return registry._eager[0](zeros_op, (), {"shape": tuple(shape), "dtype": dtype})
+    return tracer(zeros_op, (), {"shape": tuple(shape), "dtype": dtype})
 
 
 def is_traced(*tensors):
