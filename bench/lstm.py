@@ -1,6 +1,7 @@
 """An LSTM language model side by side: PyTorch eager vs tracenet compiled.
 
-    python bench/lstm.py [--quick] [--root DIR] [--lengths 32,128] [--no-cold]
+    python bench/lstm.py [--quick] [--root DIR] [--lengths 32,128] [--no-cold] [--no-steady]
+                         [--cpu]
 
 The model: Embedding(90, 32) -> LSTM(32, 64) -> Linear(64, 90), batch 16, sequence length T;
 the training step is zero_grad, forward, CrossEntropyLoss over every position, backward, SGD.
@@ -8,10 +9,10 @@ Both frameworks run in this process with the same weights; timings alternate bet
 rounds (each turn starts with two untimed calls: ``bench/lenet.py``'s ``compare``) and report
 medians; every row prints the ratio PyTorch time / tracenet time (> 1 means tracenet is
 faster). tracenet runs the step two ways: ``compile_step`` (the whole step as one C call) and
-the plain loop around ``tracenet.compile(net)``, plus compiled inference. Cold compile times (trace, autodiff, C,
-build and the first step, in a fresh process with an empty cache directory) are measured for
-every length. ``--root`` picks the tracenet source tree to measure (default: this checkout),
-e.g. an older one to compare against.
+the plain loop around ``tracenet.compile(net)``, plus compiled inference. Cold compile times
+(trace, autodiff, C, build and the first step, in a fresh process with an empty cache
+directory) are measured for every length. ``--root`` picks the tracenet source tree to measure (default: this checkout),
+e.g. an older one to compare against; ``--cpu`` adds tracenet's per-call process CPU time.
 """
 import argparse
 import json
@@ -122,6 +123,35 @@ _CHILD = textwrap.dedent("""
 """)
 
 
+def cpu_times(tn, length, n=40, repeats=5):
+    """(train step, inference) seconds of process CPU time per call of tracenet compiled, best
+    of ``repeats`` runs of ``n`` calls: steadier than wall time on a busy machine, and
+    comparable between source trees (``--root``) when run with OMP_NUM_THREADS=1."""
+    net, infer_net = lm(tn), lm(tn).eval()
+    crit = tn.nn.CrossEntropyLoss()
+    opt = tn.optim.SGD(net.parameters(), lr=0.01)
+    x, y = data(length)
+    nx, ny = tn.from_numpy(x), tn.from_numpy(y)
+    step = tn.compile_step(lambda a, b: crit(net(a), b), opt)
+    compiled = tn.compile(infer_net)
+
+    def infer():
+        with tn.no_grad():
+            compiled(nx)
+
+    out = []
+    for fn in (lambda: step(nx, ny), infer):
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.process_time()
+            for _ in range(n):
+                fn()
+            best = min(best, (time.process_time() - t) / n)
+        out.append(best)
+    return out
+
+
 def cold_compile(root, length):
     """Seconds until the first compiled training step is done, in a fresh process with an
     empty cache directory; also the C source size."""
@@ -144,6 +174,9 @@ def main():
     ap.add_argument("--lengths", default="32,128", help="sequence lengths, comma-separated")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold compiles")
     ap.add_argument("--no-steady", action="store_true", help="skip the steady-state timings")
+    ap.add_argument("--cpu", action="store_true",
+                    help="also time tracenet alone in process CPU time (run with OMP_NUM_THREADS=1 "
+                         "to compare source trees)")
     args = ap.parse_args()
     root = os.path.abspath(args.root)
     sys.path.insert(0, root)
@@ -174,6 +207,12 @@ def main():
             print(f"| {length} | {t * 1e6:.0f} | {fused * 1e6:.0f} | {t / fused:.2f}x | "
                   f"{plain * 1e6:.0f} | {t / plain:.2f}x | {ti * 1e6:.0f} | {ci * 1e6:.0f} | "
                   f"{ti / ci:.2f}x |", flush=True)
+    if args.cpu:
+        print()
+        for length in lengths:
+            train, infer = cpu_times(tn, length)
+            print(f"tracenet CPU time per call at T={length}: train step (compile_step) "
+                  f"{train * 1e6:.0f} us, inference {infer * 1e6:.0f} us", flush=True)
     if not args.no_cold:
         print()
         cold = {}
