@@ -278,3 +278,27 @@ def test_weight_gradients_are_one_product_after_the_backward_loop():
     assert bwd_scan.attrs["n_carry"] == 2  # the cotangents of h and c only
     body = bwd_scan.attrs["body"]
     assert all(v.shape != (32, 8) for n in body.nodes for v in n.outputs)  # no w_hh gradient
+
+
+def test_one_compiled_training_step_serves_every_sequence_length():
+    # time-major tokens and targets: their leading size, the sequence length, is symbolic
+    tn.manual_seed(0)
+    net, ref = LM(), LM()
+    ref.load_state_dict(net.state_dict())
+    crit = tn.nn.CrossEntropyLoss()
+    opt = tn.optim.SGD(net.parameters(), lr=0.5)
+    ref_opt = tn.optim.SGD(ref.parameters(), lr=0.5)
+    step = tn.compile_step(lambda a, b: crit(net(a), b.reshape(-1)), opt)
+    rng = np.random.default_rng(1)
+    for length in (7, 3, 12):
+        x = tn.from_numpy(rng.integers(0, VOCAB, (length, 4)))
+        y = tn.from_numpy(rng.integers(0, VOCAB, (length, 4)))
+        loss = step(x, y)
+        ref_opt.zero_grad()
+        want = crit(ref(x), y.reshape(-1))
+        want.backward()
+        ref_opt.step()
+        np.testing.assert_allclose(loss.numpy(), want.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for p, q in zip(net.parameters(), ref.parameters()):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert len(step._specs) == 1
