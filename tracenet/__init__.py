@@ -38,7 +38,7 @@ from .ops.index import (chunk, gather, index_select, masked_fill, masked_select,
                         nonzero, scatter_add, select, split, unbind)
 from .ops.sorting import (argsort, bincount, cumprod, cumsum, diag, repeat_interleave, roll,
                           sort, topk, tril, triu, unique)
-from .ops.creation import multinomial
+from .ops.creation import Generator, default_generator, multinomial
 from .ops.linalg import addmm, bmm, dot, einsum, ger, matmul, mm, mv, outer
 from .ops.nn import log_softmax as _log_softmax, softmax as _softmax
 from .ops.common import broadcast_shapes as _broadcast_shapes

@@ -403,13 +403,13 @@ def _setitem(self, key, value):
 
 def _uniform_(self, a=0.0, b=1.0, generator=None):
     with grad_mode.no_grad():
-        self._data[...] = _random.rng().uniform(a, b, self._data.shape)
+        self._data[...] = _random.rng(generator).uniform(a, b, self._data.shape)
     self._vc.value += 1
     return self
 
 
 def _normal_(self, mean=0.0, std=1.0, generator=None):
-    self._data[...] = mean + std * _random.rng().standard_normal(self._data.shape)
+    self._data[...] = mean + std * _random.rng(generator).standard_normal(self._data.shape)
     self._vc.value += 1
     return self
 
@@ -417,13 +417,13 @@ def _normal_(self, mean=0.0, std=1.0, generator=None):
 def _random_(self, low=0, high=None, generator=None):
     if high is None:
         low, high = 0, low
-    self._data[...] = _random.rng().integers(low, high, self._data.shape)
+    self._data[...] = _random.rng(generator).integers(low, high, self._data.shape)
     self._vc.value += 1
     return self
 
 
 def _bernoulli_(self, p=0.5, generator=None):
-    self._data[...] = _random.rng().random(self._data.shape) < p
+    self._data[...] = _random.rng(generator).random(self._data.shape) < p
     self._vc.value += 1
     return self
 
@@ -436,3 +436,4 @@ Tensor.uniform_ = _uniform_
 Tensor.normal_ = _normal_
 Tensor.random_ = _random_
 Tensor.bernoulli_ = _bernoulli_
+Tensor.bernoulli = lambda self, generator=None: creation.bernoulli(self, generator=generator)
