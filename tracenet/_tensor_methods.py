@@ -15,6 +15,7 @@ from . import _grad_mode as grad_mode
 from .ops import common, creation, elementwise as ew, index as ix, linalg, nn as nnops, \
     reduce as rd, shape as sh, sorting as so
 from .tensor import Tensor, _check_device
+from .ops import batch_products, norms, scatter as scatter_ops
 
 
 def _rev(fn):
@@ -102,7 +103,8 @@ _METHODS = {
     "select": ix.select, "narrow": ix.narrow, "split": ix.split, "chunk": ix.chunk,
     "unbind": ix.unbind, "index_select": ix.index_select, "masked_fill": ix.masked_fill,
     "gather": ix.gather, "scatter_add": ix.scatter_add, "nonzero": ix.nonzero,
-    "masked_select": ix.masked_select,
+    "masked_select": ix.masked_select, "scatter": scatter_ops.scatter, "histc": scatter_ops.histc,
+    "norm": norms.norm, "baddbmm": batch_products.baddbmm, "addbmm": batch_products.addbmm,
     # linear algebra
     "matmul": linalg.matmul, "mm": linalg.mm, "bmm": linalg.bmm, "mv": linalg.mv,
     "dot": linalg.dot, "addmm": linalg.addmm, "outer": linalg.outer,
@@ -351,7 +353,8 @@ _INPLACE = {
     "clamp_max_": ew.clamp_max, "floor_": ew.floor, "ceil_": ew.ceil, "round_": ew.round,
     "reciprocal_": ew.reciprocal, "square_": ew.square, "lerp_": ew.lerp,
     "addcmul_": ew.addcmul, "addcdiv_": ew.addcdiv, "masked_fill_": ix.masked_fill,
-    "tril_": so.tril, "triu_": so.triu, "cumsum_": so.cumsum, "cumprod_": so.cumprod,
+    "scatter_": scatter_ops.scatter, "scatter_add_": ix.scatter_add,
+    "baddbmm_": batch_products.baddbmm, "addbmm_": batch_products.addbmm, "tril_": so.tril, "triu_": so.triu, "cumsum_": so.cumsum, "cumprod_": so.cumprod,
     "__iadd__": ew.add, "__isub__": ew.sub, "__imul__": ew.mul, "__itruediv__": ew.div,
     "__ipow__": ew.pow,
 }

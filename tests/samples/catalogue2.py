@@ -1,0 +1,24 @@
+"""Samples for the ops of catalogue part 2: norms, distances, batched products, scatter,
+histc, pooling helpers."""
+import numpy as np
+
+import tracenet as torch
+
+rng = np.random.default_rng(2468)
+
+
+def r(*shape):
+    return rng.standard_normal(shape)
+
+
+SAMPLES = {
+    "linalg_vector_norm": (lambda a: torch.linalg.vector_norm(a, 3, 1), [r(3, 4)], [0]),
+    "cdist": (lambda a, b: torch.cdist(a, b), [r(2, 3, 4), r(2, 5, 4)], [0, 1]),
+    "baddbmm": (lambda c, a, b: torch.baddbmm(c, a, b, beta=0.5, alpha=2.0),
+                [r(2, 3, 5), r(2, 3, 4), r(2, 4, 5)], [0, 1, 2]),
+    "addbmm": (lambda c, a, b: torch.addbmm(c, a, b), [r(3, 5), r(2, 3, 4), r(2, 4, 5)],
+               [0, 1, 2]),
+    "scatter": (lambda x, s, i: torch.scatter(x, 1, i, s),
+                [r(3, 4), r(3, 2), np.array([[0, 3], [1, 2], [2, 0]])], [0, 1]),
+    "histc": (lambda a: torch.histc(a, 5, -1.0, 1.0), [r(20)], []),
+}
