@@ -436,3 +436,4 @@ from ._functional.normalization import *  # noqa: E402,F401,F403
 from ._functional.vision import *  # noqa: E402,F401,F403
 from ._functional.loss import *  # noqa: E402,F401,F403
 from ._functional.rnn import *  # noqa: E402,F401,F403
+from ._functional.pooling import *  # noqa: E402,F401,F403
