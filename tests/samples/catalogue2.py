@@ -3,6 +3,7 @@ histc, pooling helpers."""
 import numpy as np
 
 import tracenet as torch
+import tracenet.nn.functional as F
 
 rng = np.random.default_rng(2468)
 
@@ -21,4 +22,8 @@ SAMPLES = {
     "scatter": (lambda x, s, i: torch.scatter(x, 1, i, s),
                 [r(3, 4), r(3, 2), np.array([[0, 3], [1, 2], [2, 0]])], [0, 1]),
     "histc": (lambda a: torch.histc(a, 5, -1.0, 1.0), [r(20)], []),
+    "adaptive_max_pool": (lambda x: F.adaptive_max_pool2d(x, (3, 2)), [r(2, 3, 7, 5)], [0]),
+    "im2col": (lambda x: F.unfold(x, (2, 3), dilation=(1, 2), padding=1, stride=(2, 1)),
+               [r(2, 3, 6, 7)], [0]),
+    "col2im": (lambda c: F.fold(c, (4, 5), 2, padding=1, stride=2), [r(2, 12, 9)], [0]),
 }
