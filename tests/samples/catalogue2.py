@@ -25,5 +25,7 @@ SAMPLES = {
     "adaptive_max_pool": (lambda x: F.adaptive_max_pool2d(x, (3, 2)), [r(2, 3, 7, 5)], [0]),
     "im2col": (lambda x: F.unfold(x, (2, 3), dilation=(1, 2), padding=1, stride=(2, 1)),
                [r(2, 3, 6, 7)], [0]),
+    "embedding_renorm": (lambda w, i: F.embedding(i, w * 1.0, max_norm=1.5),
+                         [r(6, 3), np.array([[0, 2, 2], [5, 1, 0]])], []),
     "col2im": (lambda c: F.fold(c, (4, 5), 2, padding=1, stride=2), [r(2, 12, 9)], [0]),
 }
