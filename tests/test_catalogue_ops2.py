@@ -513,3 +513,46 @@ def test_embedding_max_norm_matches_torch():
     yo.sum().backward()
     yt.sum().backward()
     np.testing.assert_allclose(ours.weight.grad.numpy(), theirs.weight.grad.numpy())
+
+
+class _Indexing(tnn.Module):
+    def __init__(self, kind, dim):
+        super().__init__()
+        self.lin = tnn.Linear(4, 4)
+        self.kind, self.dim = kind, dim
+
+    def forward(self, x, idx):
+        h = self.lin(x)
+        if self.kind == "gather":
+            return h.gather(self.dim, idx) * 2
+        if self.kind == "scatter":
+            return h.scatter(self.dim, idx, h[:2] * 3)
+        if self.kind == "scatter_value":
+            return h.scatter(self.dim, idx, 0.5)
+        return h.scatter_add(self.dim, idx, h[:2].exp())
+
+
+@pytest.mark.parametrize("kind", ["gather", "scatter", "scatter_value", "scatter_add"])
+@pytest.mark.parametrize("dim", [0, 1])
+def test_compiled_gather_scatter_match_eager_and_check_indices(kind, dim):
+    tn.manual_seed(0)
+    net = _Indexing(kind, dim)
+    x = tn.randn(3, 4, requires_grad=True)
+    idx = tn.tensor([[0, 1, 2, 0], [1, 2, 0, 1]] if dim == 0 else [[0, 3, 2, 1], [1, 2, 0, 3]])
+    ye = net(x, idx)
+    w = tn.randn(*ye.shape)
+    (ye * w).sum().backward()
+    gx, gw = x.grad.numpy().copy(), net.lin.weight.grad.numpy().copy()
+    x.grad = None
+    net.zero_grad()
+    compiled = tn.compile(net)
+    yc = compiled(x, idx)
+    (yc * w).sum().backward()
+    assert kind.split("_value")[0] in compiled.graph.op_counts()
+    np.testing.assert_allclose(yc.detach().numpy(), ye.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(x.grad.numpy(), gx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(net.lin.weight.grad.numpy(), gw, rtol=1e-5, atol=1e-5)
+    size = 3 if dim == 0 else 4
+    with pytest.raises(RuntimeError, match=f"index 7 is out of bounds for dimension {dim} with "
+                                           f"size {size}"):
+        compiled(x, idx * 0 + 7)

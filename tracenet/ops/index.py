@@ -739,12 +739,16 @@ def _take_along(x, idx, dim):
 
 
 gather_op = register(
-    "gather", eager_only="no C lowering yet (index checks)", infer=_gather_meta, eager=_take_along, saves=(1,),
+    "gather", infer=_gather_meta, eager=_take_along, saves=(1,),
     backward=lambda ctx, g: (scatter_add(g.new_zeros(tuple(ctx.metas[0].shape)),
                                          ctx.attrs["dim"], ctx.inputs[1], g), None))
 
 
 def _scatter_add_eager(x, idx, src, dim):
+    if np.any(idx < -x.shape[dim]) or np.any(idx >= x.shape[dim]):
+        bad = idx[(idx < -x.shape[dim]) | (idx >= x.shape[dim])].flat[0]
+        raise RuntimeError(f"index {bad} is out of bounds for dimension {dim} with size "
+                           f"{x.shape[dim]}")
     out = np.array(x, copy=True)
     grids = list(np.indices(idx.shape, sparse=True))
     grids[dim] = idx
@@ -753,7 +757,7 @@ def _scatter_add_eager(x, idx, src, dim):
 
 
 scatter_add_op = register(
-    "scatter_add", eager_only="no C lowering yet (index checks)", infer=lambda x, idx, src, dim: common.same(x), eager=_scatter_add_eager,
+    "scatter_add", infer=lambda x, idx, src, dim: common.same(x), eager=_scatter_add_eager,
     saves=(1,),
     backward=lambda ctx, g: (g, None, gather(g, ctx.attrs["dim"], ctx.inputs[1])))
 

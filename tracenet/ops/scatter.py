@@ -73,7 +73,7 @@ def _scatter_backward(ctx, g):
 
 
 scatter_op = register(
-    "scatter", eager_only="no C lowering yet (index checks)", infer=_scatter_meta,
+    "scatter", infer=_scatter_meta,
     eager=_scatter_eager, saves=(1,), backward=_scatter_backward,
     grad_fn=lambda ctx: "ScatterBackward0" if len(ctx.metas) == 3 else "ScatterBackward1")
 
