@@ -38,7 +38,8 @@ from .ops.index import (chunk, gather, index_select, masked_fill, masked_select,
                         nonzero, scatter_add, select, split, unbind)
 from .ops.sorting import (argsort, bincount, cumprod, cumsum, diag, repeat_interleave, roll,
                           sort, topk, tril, triu, unique)
-from .ops.creation import Generator, default_generator, multinomial
+from .ops.creation import multinomial
+from .ops.generator import Generator, default_generator
 from .ops.linalg import addmm, bmm, dot, ger, matmul, mm, mv, outer
 from .ops.batch_products import addbmm, baddbmm
 from .ops.contraction import einsum, meshgrid, tensordot

@@ -12,7 +12,8 @@ def _new_rng(seed):
 
 class Generator:
     """A CPU random stream: seeded the same, it gives the same numbers every time (its
-    numbers are numpy's PCG64 stream, not torch's Mersenne twister)."""
+    numbers are numpy's PCG64 stream, not torch's Mersenne twister). ``ops.generator``
+    adds the Tensor-valued state (``get_state``/``set_state``)."""
 
     def __init__(self, device="cpu"):
         dev = str(getattr(device, "type", device))
@@ -21,11 +22,6 @@ class Generator:
                                " api.")
         self._seed = _DEFAULT_SEED
         self._rng = _new_rng(self._seed)
-
-    @property
-    def device(self):
-        from .tensor import device
-        return device("cpu")
 
     def manual_seed(self, seed):
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
@@ -45,33 +41,22 @@ class Generator:
     def initial_seed(self):
         return self._seed
 
-    def get_state(self):
-        """The stream's position as an int64 tensor (torch returns bytes; only ``set_state``
-        reads it)."""
-        from .tensor import Tensor
+    def state_words(self):
+        """The stream's position as 7 unsigned 64-bit words (PCG64's state and increment,
+        its buffered half-word, the seed)."""
         st = self._rng.bit_generator.state
-        words = [st["state"]["state"], st["state"]["inc"]]
-        parts = []
-        for w in words:
-            parts += [(w >> 64) & _MASK64, w & _MASK64]
-        parts += [st["has_uint32"], st["uinteger"], self._seed]
-        return Tensor._wrap(np.array(parts, dtype=np.uint64).view(np.int64).copy())
+        words = []
+        for w in (st["state"]["state"], st["state"]["inc"]):
+            words += [(w >> 64) & _MASK64, w & _MASK64]
+        return words + [st["has_uint32"], st["uinteger"], self._seed]
 
-    def set_state(self, new_state):
-        from .tensor import Tensor
-        if not isinstance(new_state, Tensor):
-            raise TypeError(f"expected a torch.ByteTensor, but got {type(new_state).__name__}")
-        words = [int(v) for v in np.asarray(new_state._data).reshape(-1).view(np.uint64)] \
-            if new_state._data.dtype == np.int64 else []
-        if len(words) != 7:
-            raise RuntimeError("Expected either a PhiloxCudaState or a CPUGeneratorImplState")
+    def set_state_words(self, words):
         rng = np.random.default_rng()
         rng.bit_generator.state = {
             "bit_generator": "PCG64",
             "state": {"state": (words[0] << 64) | words[1], "inc": (words[2] << 64) | words[3]},
             "has_uint32": words[4], "uinteger": words[5]}
         self._rng, self._seed = rng, words[6]
-        return self
 
     def __repr__(self):
         return f"<torch._C.Generator object at {id(self):#x}>"
@@ -79,6 +64,13 @@ class Generator:
 
 default_generator = Generator()
 default_generator.manual_seed(0)
+
+
+def set_default_generator(generator):
+    """Make ``generator`` the global one (``ops.generator`` installs its Tensor-aware
+    subclass here at import)."""
+    global default_generator
+    default_generator = generator
 
 
 def manual_seed(seed):

@@ -3,6 +3,7 @@
 Functions here validate and normalise arguments (tuples, defaults, legacy loss arguments) and
 then call registry ops, so every computation still has exactly one definition.
 """
+import math
 import warnings
 
 import numpy as np
@@ -371,6 +372,34 @@ def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                count_include_pad=True, divisor_override=None):
     return _avg_pool(3, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override)
+
+
+# --- power-average pooling: torch's formula, so values, gradients and grad_fn agree ----------
+
+
+def lp_pool1d(input, norm_type, kernel_size, stride=None, ceil_mode=False):
+    if isinstance(norm_type, (int, float)) and math.isinf(norm_type):
+        pooled = max_pool1d(input.abs() if norm_type > 0 else -input.abs(), kernel_size,
+                            stride, 0, 1, ceil_mode)
+        return pooled if norm_type > 0 else -pooled
+    if stride is not None:
+        out = avg_pool1d(input.pow(norm_type), kernel_size, stride, 0, ceil_mode)
+    else:
+        out = avg_pool1d(input.pow(norm_type), kernel_size, padding=0, ceil_mode=ceil_mode)
+    return (ew.sign(out) * ew.relu(ew.abs(out))).mul(kernel_size).pow(1.0 / norm_type)
+
+
+def lp_pool2d(input, norm_type, kernel_size, stride=None, ceil_mode=False):
+    kw, kh = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+    if isinstance(norm_type, (int, float)) and math.isinf(norm_type):
+        pooled = max_pool2d(input.abs() if norm_type > 0 else -input.abs(), kernel_size,
+                            stride, 0, 1, ceil_mode)
+        return pooled if norm_type > 0 else -pooled
+    if stride is not None:
+        out = avg_pool2d(input.pow(norm_type), kernel_size, stride, 0, ceil_mode)
+    else:
+        out = avg_pool2d(input.pow(norm_type), kernel_size, padding=0, ceil_mode=ceil_mode)
+    return (ew.sign(out) * ew.relu(ew.abs(out))).mul(kw * kh).pow(1.0 / norm_type)
 
 
 # --- padding ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ own, as in torch): ``tensordot``, ``einsum``; and ``meshgrid``."""
 import warnings
 
 from . import common
+from .creation import eye
 from .linalg import matmul, mm
 from .reduce import sum as rsum
 
@@ -103,7 +104,6 @@ def _diagonals(t, s):
         i = s.index(c)
         j = s.index(c, i + 1)
         n = t.shape[i]
-        from .creation import eye
         shape = [1] * t.dim()
         shape[i] = shape[j] = n
         t = rsum(t * eye(n, dtype=t.dtype).reshape(shape), j)

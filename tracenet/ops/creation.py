@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 
 from .. import _dtype, _random
+from . import generator as _generator  # noqa: F401  (installs the global Generator)
 from .._sym import Specialize, Sym, has_symbols
 from ..tensor import Tensor, _check_device, _to_nested_numbers
 from . import registry
@@ -221,10 +222,6 @@ def linspace(start, end, steps, *, dtype=None, device=None, requires_grad=False,
 
 
 # --- random -------------------------------------------------------------------------------------
-
-
-Generator = _random.Generator
-default_generator = _random.default_generator
 
 
 def manual_seed(seed):

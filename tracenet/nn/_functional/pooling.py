@@ -1,13 +1,11 @@
-"""Adaptive max pooling, power-average (LP) pooling, and unfold/fold (sliding blocks)."""
-import math
-
+"""Adaptive max pooling and unfold/fold (sliding blocks)."""
 import numpy as np
 
-from ...ops import adaptive_max, elementwise as ew, sliding
+from ...ops import adaptive_max, sliding
 from .normalization import _check_dim_range, _list_with_default
 
 __all__ = ["adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool1d_with_indices",
-           "adaptive_max_pool2d_with_indices", "lp_pool1d", "lp_pool2d", "unfold", "fold"]
+           "adaptive_max_pool2d_with_indices", "unfold", "fold"]
 
 
 def _word(dt):
@@ -66,36 +64,6 @@ def adaptive_max_pool2d_with_indices(input, output_size, return_indices=False):
 def adaptive_max_pool2d(input, output_size, return_indices=False):
     vals, idx = adaptive_max_pool2d_with_indices(input, output_size)
     return (vals, idx) if return_indices else vals
-
-
-# --- power-average pooling: torch's formula, so values, gradients and grad_fn agree ----------
-
-
-def lp_pool1d(input, norm_type, kernel_size, stride=None, ceil_mode=False):
-    from .. import functional as F
-    if isinstance(norm_type, (int, float)) and math.isinf(norm_type):
-        pooled = F.max_pool1d(input.abs() if norm_type > 0 else -input.abs(), kernel_size,
-                              stride, 0, 1, ceil_mode)
-        return pooled if norm_type > 0 else -pooled
-    if stride is not None:
-        out = F.avg_pool1d(input.pow(norm_type), kernel_size, stride, 0, ceil_mode)
-    else:
-        out = F.avg_pool1d(input.pow(norm_type), kernel_size, padding=0, ceil_mode=ceil_mode)
-    return (ew.sign(out) * ew.relu(ew.abs(out))).mul(kernel_size).pow(1.0 / norm_type)
-
-
-def lp_pool2d(input, norm_type, kernel_size, stride=None, ceil_mode=False):
-    from .. import functional as F
-    kw, kh = (kernel_size, kernel_size) if _is_int(kernel_size) else tuple(kernel_size)
-    if isinstance(norm_type, (int, float)) and math.isinf(norm_type):
-        pooled = F.max_pool2d(input.abs() if norm_type > 0 else -input.abs(), kernel_size,
-                              stride, 0, 1, ceil_mode)
-        return pooled if norm_type > 0 else -pooled
-    if stride is not None:
-        out = F.avg_pool2d(input.pow(norm_type), kernel_size, stride, 0, ceil_mode)
-    else:
-        out = F.avg_pool2d(input.pow(norm_type), kernel_size, padding=0, ceil_mode=ceil_mode)
-    return (ew.sign(out) * ew.relu(ew.abs(out))).mul(kw * kh).pow(1.0 / norm_type)
 
 
 # --- sliding blocks -------------------------------------------------------------------------
