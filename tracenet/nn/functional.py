@@ -377,29 +377,27 @@ def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
 # --- power-average pooling: torch's formula, so values, gradients and grad_fn agree ----------
 
 
-def lp_pool1d(input, norm_type, kernel_size, stride=None, ceil_mode=False):
+def _lp_pool(max_pool, avg_pool, window, input, norm_type, kernel_size, stride, ceil_mode):
     if isinstance(norm_type, (int, float)) and math.isinf(norm_type):
-        pooled = max_pool1d(input.abs() if norm_type > 0 else -input.abs(), kernel_size,
-                            stride, 0, 1, ceil_mode)
+        pooled = max_pool(input.abs() if norm_type > 0 else -input.abs(), kernel_size, stride,
+                          0, 1, ceil_mode)
         return pooled if norm_type > 0 else -pooled
     if stride is not None:
-        out = avg_pool1d(input.pow(norm_type), kernel_size, stride, 0, ceil_mode)
+        out = avg_pool(input.pow(norm_type), kernel_size, stride, 0, ceil_mode)
     else:
-        out = avg_pool1d(input.pow(norm_type), kernel_size, padding=0, ceil_mode=ceil_mode)
-    return (ew.sign(out) * ew.relu(ew.abs(out))).mul(kernel_size).pow(1.0 / norm_type)
+        out = avg_pool(input.pow(norm_type), kernel_size, padding=0, ceil_mode=ceil_mode)
+    return (ew.sign(out) * ew.relu(ew.abs(out))).mul(window).pow(1.0 / norm_type)
+
+
+def lp_pool1d(input, norm_type, kernel_size, stride=None, ceil_mode=False):
+    return _lp_pool(max_pool1d, avg_pool1d, kernel_size, input, norm_type, kernel_size, stride,
+                    ceil_mode)
 
 
 def lp_pool2d(input, norm_type, kernel_size, stride=None, ceil_mode=False):
     kw, kh = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-    if isinstance(norm_type, (int, float)) and math.isinf(norm_type):
-        pooled = max_pool2d(input.abs() if norm_type > 0 else -input.abs(), kernel_size,
-                            stride, 0, 1, ceil_mode)
-        return pooled if norm_type > 0 else -pooled
-    if stride is not None:
-        out = avg_pool2d(input.pow(norm_type), kernel_size, stride, 0, ceil_mode)
-    else:
-        out = avg_pool2d(input.pow(norm_type), kernel_size, padding=0, ceil_mode=ceil_mode)
-    return (ew.sign(out) * ew.relu(ew.abs(out))).mul(kw * kh).pow(1.0 / norm_type)
+    return _lp_pool(max_pool2d, avg_pool2d, kw * kh, input, norm_type, kernel_size, stride,
+                    ceil_mode)
 
 
 # --- padding ----------------------------------------------------------------------------------

@@ -726,11 +726,15 @@ def _gather_meta(x, idx, dim):
     return Meta(tuple(idx.shape), x.dtype)
 
 
+def check_index_range(idx, size, dim):
+    """gather/scatter's check of an index array along a dim of ``size``."""
+    if np.any(idx < -size) or np.any(idx >= size):
+        bad = idx[(idx < -size) | (idx >= size)].flat[0]
+        raise RuntimeError(f"index {bad} is out of bounds for dimension {dim} with size {size}")
+
+
 def _take_along(x, idx, dim):
-    if np.any(idx < -x.shape[dim]) or np.any(idx >= x.shape[dim]):
-        bad = idx[(idx < -x.shape[dim]) | (idx >= x.shape[dim])].flat[0]
-        raise RuntimeError(f"index {bad} is out of bounds for dimension {dim} with size "
-                           f"{x.shape[dim]}")
+    check_index_range(idx, x.shape[dim], dim)
     if idx.shape == x.shape or x.ndim == 0:
         return np.take_along_axis(x, idx, axis=dim)
     sl = tuple(slice(0, s) for s in idx.shape[:dim]) + (slice(None),) + tuple(
@@ -745,10 +749,7 @@ gather_op = register(
 
 
 def _scatter_add_eager(x, idx, src, dim):
-    if np.any(idx < -x.shape[dim]) or np.any(idx >= x.shape[dim]):
-        bad = idx[(idx < -x.shape[dim]) | (idx >= x.shape[dim])].flat[0]
-        raise RuntimeError(f"index {bad} is out of bounds for dimension {dim} with size "
-                           f"{x.shape[dim]}")
+    check_index_range(idx, x.shape[dim], dim)
     out = np.array(x, copy=True)
     grids = list(np.indices(idx.shape, sparse=True))
     grids[dim] = idx

@@ -4,7 +4,7 @@ import numpy as np
 from .. import _dtype
 from .._meta import Meta
 from . import common
-from .index import gather, scatter_add
+from .index import check_index_range, gather, scatter_add
 from .nn import pad
 from .registry import apply
 
@@ -39,10 +39,7 @@ def _scatter_meta(x, idx, src=None, dim=0, value=None):
 
 
 def _positions(x, idx, dim):
-    if np.any(idx < -x.shape[dim]) or np.any(idx >= x.shape[dim]):
-        bad = idx[(idx < -x.shape[dim]) | (idx >= x.shape[dim])].flat[0]
-        raise RuntimeError(f"index {bad} is out of bounds for dimension {dim} with size "
-                           f"{x.shape[dim]}")
+    check_index_range(idx, x.shape[dim], dim)
     grids = list(np.indices(idx.shape, sparse=True))
     grids[dim] = idx
     return tuple(grids)
