@@ -556,3 +556,30 @@ def test_compiled_gather_scatter_match_eager_and_check_indices(kind, dim):
     with pytest.raises(RuntimeError, match=f"index 7 is out of bounds for dimension {dim} with "
                                            f"size {size}"):
         compiled(x, idx * 0 + 7)
+
+
+class _AfterLinear(tnn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.lin = tnn.Linear(4, 4)
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(self.lin(x))
+
+
+@pytest.mark.parametrize("fn,shape", [
+    (lambda h: h.norm(dim=1, keepdim=True) * h, (6, 4)),
+    (lambda h: tn.linalg.vector_norm(h, 3, 1), (6, 4)),
+    (lambda h: tn.linalg.vector_norm(h, math.inf, 0), (6, 4)),
+    (lambda h: tn.cdist(h, h[:2] * 2), (6, 4)),
+    (lambda h: tn.cdist(h, h[:2] * 2, 1.0), (6, 4)),
+    (lambda h: tn.tensordot(h, h.t(), 1), (6, 4)),
+    (lambda h: tn.einsum("ij,kj->ik", h, h), (6, 4)),
+    (lambda h: tn.baddbmm(h.reshape(3, 2, 2), h.reshape(3, 2, 2), h.reshape(3, 2, 2),
+                          beta=0.5, alpha=2.0), (3, 4)),
+    (lambda h: tn.addbmm(h[:2, :2], h.reshape(6, 2, 2)[:3], h.reshape(6, 2, 2)[3:]), (6, 4)),
+])
+def test_compiled_tensor_ops_match_eager(fn, shape):
+    tn.manual_seed(3)
+    check_compiled(_AfterLinear(fn), shape)
