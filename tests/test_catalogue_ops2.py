@@ -2,7 +2,6 @@
 scatter/gather, histc, generators, adaptive max / LP pooling, unfold/fold, and the compiled
 layers against eager mode."""
 import math
-import warnings
 
 import numpy as np
 import pytest

@@ -29,7 +29,7 @@ def tensordot(a, b, dims=2, out=None):
         raise RuntimeError("both dimension lists should have same length")
     da = [common.wrap_dim(d, a.dim()) for d in da]
     db = [common.wrap_dim(d, b.dim()) for d in db]
-    for i, j, di, dj in zip(da, db, dims_text(da, dims, a), dims_text(db, dims, b, True)):
+    for i, j, di, dj in zip(da, db, _dims_text(da, dims, a), _dims_text(db, dims, b, True)):
         if a.shape[i] != b.shape[j]:
             raise RuntimeError(f"contracted dimensions need to match, but first has size "
                                f"{a.shape[i]} in dim {di} and second has size {b.shape[j]} in "
@@ -42,7 +42,7 @@ def tensordot(a, b, dims=2, out=None):
     return mm(a2, b2).reshape(tuple(a.shape[d] for d in fa) + tuple(b.shape[d] for d in fb))
 
 
-def dims_text(ds, dims, t, second=False):
+def _dims_text(ds, dims, t, second=False):
     """How torch names a contracted dim in its error: negative for the first operand when dims
     is a count."""
     if isinstance(dims, int) and not second:

@@ -5,7 +5,6 @@ renormalises the leaf weight under no_grad, so the lookup's gradient reaches the
 unscaled."""
 import numpy as np
 
-from .._meta import Meta
 from . import common
 from .registry import apply
 

@@ -16,7 +16,7 @@ def _blocks(size, k, d, p, s):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def _check_geometry(name, kernel, dilation, padding, stride):
+def _check_geometry(kernel, dilation, padding, stride):
     for what, key, v, low in (("kernel size", "kernel", kernel, 1),
                               ("dilation", "dilation", dilation, 1),
                               ("padding", "pad", padding, 0), ("stride", "stride", stride, 1)):
@@ -27,11 +27,12 @@ def _check_geometry(name, kernel, dilation, padding, stride):
 
 
 def _im2col_meta(x, kernel, dilation, padding, stride):
-    _check_geometry("im2col", kernel, dilation, padding, stride)
+    _check_geometry(kernel, dilation, padding, stride)
     shape = tuple(x.shape)
     if len(shape) not in (3, 4) or any(s == 0 for s in shape[-3:]):
-        raise RuntimeError(f"Expected 3D or 4D (batch mode) tensor with possibly 0 batch size and "
-                           f"other non-zero dimensions for input, but got: [{', '.join(map(str, shape))}]")
+        raise RuntimeError(f"Expected 3D or 4D (batch mode) tensor with possibly 0 batch size "
+                           f"and other non-zero dimensions for input, but got: "
+                           f"[{', '.join(map(str, shape))}]")
     h, w = shape[-2:]
     oh, ow = (_blocks(h, kernel[0], dilation[0], padding[0], stride[0]),
               _blocks(w, kernel[1], dilation[1], padding[1], stride[1]))
@@ -77,7 +78,7 @@ im2col_op = register(
 
 
 def _col2im_meta(cols, output_size, kernel, dilation, padding, stride):
-    _check_geometry("col2im", kernel, dilation, padding, stride)
+    _check_geometry(kernel, dilation, padding, stride)
     shape = tuple(cols.shape)
     if len(shape) not in (2, 3) or any(s == 0 for s in shape[-2:]):
         raise RuntimeError(f"Expected 2D or 3D (batch mode) tensor for input with possibly 0 "
