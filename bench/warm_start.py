@@ -1,0 +1,151 @@
+"""Warm start: how long a new process takes to finish its first training step.
+
+    python bench/warm_start.py [--rounds N]
+
+Every case runs in fresh subprocesses against a temporary cache directory: first with the cache
+cold (trace, passes, codegen, C compiler), then warm (a new process finding everything cached).
+The times printed are wall-clock times of the whole subprocess minus the time of
+``python -c "import tracenet"`` (interpreter start and import), measured the same way, and, in
+brackets, the time the child measured itself from after ``import tracenet`` to the end of its
+first step (model construction included).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+MODELS = textwrap.dedent('''
+    import tracenet as torch
+    import tracenet.nn as nn
+    import tracenet.nn.functional as F
+
+
+    class LeNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 6, 5)
+            self.conv2 = nn.Conv2d(6, 16, 5)
+            self.fc1 = nn.Linear(16 * 5 * 5, 120)
+            self.fc2 = nn.Linear(120, 84)
+            self.fc3 = nn.Linear(84, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            x = torch.flatten(x, 1)
+            x = F.relu(self.fc1(x))
+            x = F.relu(self.fc2(x))
+            return self.fc3(x)
+
+
+    class BasicBlock(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.shortcut = nn.Sequential()
+            if stride != 1 or cin != cout:
+                self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                              nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            out = F.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return F.relu(out + self.shortcut(x))
+
+
+    class ResNet(nn.Module):
+        def __init__(self, classes=10):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+            self.bn = nn.BatchNorm2d(16)
+            self.layers = nn.Sequential(BasicBlock(16, 16, 1), BasicBlock(16, 32, 2),
+                                        BasicBlock(32, 64, 2))
+            self.fc = nn.Linear(64, classes)
+
+        def forward(self, x):
+            x = F.relu(self.bn(self.conv(x)))
+            x = self.layers(x)
+            x = F.adaptive_avg_pool2d(x, 1)
+            return self.fc(torch.flatten(x, 1))
+''')
+
+CHILD = textwrap.dedent('''
+    import sys, time
+    import tracenet as torch
+    start = time.perf_counter()
+    import models
+    model_name, mode = sys.argv[1], sys.argv[2]
+    torch.manual_seed(0)
+    net = getattr(models, model_name)()
+    shape = (8, 1, 32, 32) if model_name == "LeNet" else (8, 3, 32, 32)
+    x, y = torch.randn(*shape), torch.randint(0, 10, (8,))
+    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    if mode == "step":
+        def loss_fn(x, y):
+            return criterion(net(x), y)
+        step = torch.compile_step(loss_fn, optimizer)
+        loss = step(x, y)
+    else:
+        model = torch.compile(net)
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+    print(f"{(time.perf_counter() - start) * 1e3:.2f} {float(loss):.6f}")
+''')
+
+
+def run(args, env, cwd):
+    start = time.perf_counter()
+    out = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if out.returncode:
+        sys.exit(f"{' '.join(args)} failed:\\n{out.stderr}")
+    return wall * 1e3, out.stdout.split()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5, help="warm runs per case (median)")
+    opts = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tn-warm-bench-") as tmp:
+        with open(os.path.join(tmp, "models.py"), "w") as f:
+            f.write(MODELS)
+        with open(os.path.join(tmp, "child.py"), "w") as f:
+            f.write(CHILD)
+        env = dict(os.environ, TRACENET_CACHE_DIR=os.path.join(tmp, "cache"),
+                   PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+        env.pop("TRACENET_DEBUG", None)
+        py = [sys.executable]
+        imports = statistics.median(run(py + ["-c", "import tracenet"], env, tmp)[0]
+                                    for _ in range(opts.rounds))
+        print(f"python -c 'import tracenet': {imports:.0f} ms (subtracted below)")
+        print(f"{'case':28s} {'cold':>16s} {'warm':>16s}  target")
+        for model, target in (("LeNet", 30), ("ResNet", 100)):
+            for mode in ("loop", "step"):
+                cold, (cold_in, _) = run(py + ["child.py", model, mode], env, tmp)
+                warm = [run(py + ["child.py", model, mode], env, tmp)
+                        for _ in range(opts.rounds)]
+                wall = statistics.median(w for w, _ in warm)
+                inside = statistics.median(float(o[0]) for _, o in warm)
+                name = f"{model} {'compile_step' if mode == 'step' else 'compile + loop'}"
+                print(f"{name:28s} {cold - imports:7.0f} ({float(cold_in):5.0f}) "
+                      f"{wall - imports:7.0f} ({inside:5.0f})  < {target} ms "
+                      f"{'ok' if wall - imports < target else 'MISSED'}")
+        print(json.dumps({"import_ms": round(imports, 1)}))
+
+
+if __name__ == "__main__":
+    main()
