@@ -31,6 +31,11 @@ FORMAT = 1
 SUFFIX = ".graph"
 
 
+# entries this process wrote: it traced them itself, so it keeps tracing (the cache is for
+# warm starts; a process that changed tracenet's behaviour at run time, as tests do, sees it)
+_stored_here = set()
+
+
 def path_for(key):
     return os.path.join(cache_dir(), f"graph-{key}{SUFFIX}")
 
@@ -60,6 +65,7 @@ def store(key, payload):
     except CacheError as e:
         debug.log("cache", f"graph not cached: {e}")
         return None
+    _stored_here.add(path)
     debug.log("cache", f"stored graph {path}")
     return path
 
@@ -67,6 +73,9 @@ def store(key, payload):
 def load(key):
     """The payload stored as ``key``, or None (missing, or bad: then removed, with a warning)."""
     path = path_for(key)
+    if path in _stored_here:
+        debug.log("cache", f"graph {path} was stored by this process: tracing again")
+        return None
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -127,6 +136,7 @@ def load_library(file_name, cdef):
     except OSError as e:
         debug.log("cache", f"cached graph not used: {so_path} does not load ({e})")
         return None
+    debug.log("cache", f"hit {so_path}")
     return build.Library(ffi, lib, so_path, so_path[:-3] + ".c", True,
                          time.perf_counter() - start)
 
