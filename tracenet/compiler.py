@@ -187,6 +187,7 @@ def _specialise(module, inputs, shown, unit, structure, key):
                     payload["executable"] = executable
                     guards = Guards(reads, [module],
                                     [p for _, p in _state(module)] if key[2] else [])
+                    warm.used(cache_key)
                     return Specialisation(module, inputs, shown, unit, structure,
                                           stored=payload, guards=guards)
     spec = Specialisation(module, inputs, shown, unit, structure)

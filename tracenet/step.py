@@ -317,6 +317,7 @@ def _from_cache(fn, optimizer, batch, unit, shapes):
         return None, key
     state["executable"] = executable
     guards = Guards(reads, modules, [])
+    warm.used(key)
     return _StepSpecialisation(fn, optimizer, batch, unit, stored=state,
                                modules=tuple(modules), guards=guards), key
 

@@ -254,6 +254,10 @@ def checks_of(graph, roots):
         return None
 
 
+def used(key):
+    debug.log("cache", f"graph hit {graph_cache.path_for(key)}: not traced")
+
+
 def store(key, state, checks):
     graph_cache.store(key, {"state": state, "checks": checks})
 

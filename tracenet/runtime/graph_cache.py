@@ -105,7 +105,7 @@ def load(key):
         return _discard(path, f"it does not load ({type(e).__name__}: {e})")
     if fmt != FORMAT:
         return _discard(path, f"format {fmt!r} inside a format-{FORMAT} record")
-    debug.log("cache", f"graph hit {path}")
+    debug.log("cache", f"graph read {path}")
     return payload
 
 
