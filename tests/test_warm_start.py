@@ -24,6 +24,10 @@ MODEL = textwrap.dedent('''
     SHIFT = float(os.environ.get("SHIFT", "0.0"))
 
 
+    def activation(h):
+        return F.relu(h)
+
+
     class Net(nn.Module):
         def __init__(self, hidden=16, scale=2.0):
             super().__init__()
@@ -33,7 +37,7 @@ MODEL = textwrap.dedent('''
             self.scale = scale
 
         def forward(self, x):
-            h = F.relu(self.bn(self.fc1(x)))
+            h = activation(self.bn(self.fc1(x)))
             return self.fc2(h) * self.scale + SHIFT
 ''')
 
@@ -58,6 +62,9 @@ CHILD = textwrap.dedent('''
     torch.manual_seed(0)
     net = model.Net(**kwargs)
     ref = copy.deepcopy(net)
+    if os.environ.get("HOOK"):
+        for m in (net, ref):
+            m.fc2.register_forward_hook(lambda mod, args, out: out * 2)
     x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
     criterion = torch.nn.CrossEntropyLoss()
 
@@ -117,13 +124,17 @@ def test_warm_process_runs_without_tracing(tmp_path, env, mode):
     assert warm["got"] == cold["got"]
 
 
-def test_edited_forward_is_traced_again(tmp_path, env):
-    run(tmp_path, env)
-    # the same module tree and shapes, another forward
-    (tmp_path / "model.py").write_text(MODEL.replace("* self.scale + SHIFT",
-                                                     "* self.scale - SHIFT + 1.0"))
+@pytest.mark.parametrize("edit", [("return F.relu(h)", "return F.relu(h) * 0.5"),
+                                  ("* self.scale + SHIFT", "* self.scale * 0.5 + SHIFT")],
+                         ids=["helper", "forward"])
+def test_edited_source_is_traced_again(tmp_path, env, edit):
+    first, _ = run(tmp_path, env)
+    # the same module tree and shapes, other code: a helper forward calls (its file is
+    # checked), forward itself (part of the key)
+    (tmp_path / "model.py").write_text(MODEL.replace(*edit))
     out, log = run(tmp_path, env)
-    assert graph_hits(log) == 0 and "changed" in log, log
+    assert graph_hits(log) == 0 and out["got"] != first["got"], log
+    assert ("model.py changed" if edit[0].startswith("return") else "graph miss") in log, log
     out2, log = run(tmp_path, env, NO_TRACE="1")
     assert graph_hits(log) == 1 and out2["got"] == out["got"]
 
@@ -143,6 +154,8 @@ def test_other_module_tree_or_tracenet_is_not_used(tmp_path, env):
     assert graph_hits(log) == 0 and "graph miss" in log
     _, log = run(tmp_path, env, OTHER_TRACENET="1")
     assert graph_hits(log) == 0 and "graph miss" in log
+    _, log = run(tmp_path, env, HOOK="1")  # a hook changes what forward computes
+    assert graph_hits(log) == 0 and "graph miss" in log and "hooks are registered" in log
     _, log = run(tmp_path, env, NO_TRACE="1")  # the first entry is still there
     assert graph_hits(log) == 1
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import _dtype
 from .codegen.templates import template_dir
+from .nn.modules import module as module_mod
 from .nn.modules.module import Module
 from .runtime import debug, graph_cache, toolchain, target as runtime_target
 from .runtime.graph_cache import FORMAT
@@ -66,7 +67,24 @@ def environment():
     return (FORMAT, tracenet_fingerprint(), tuple(argv), identity, tuple(toolchain.flags()),
             tuple(toolchain.openmp_flags()), toolchain.target_cpu(),
             repr(runtime_target.current()), timing,
-            os.environ.get("TRACENET_TIME_CLOCK") if timing else None)
+            os.environ.get("TRACENET_TIME_CLOCK") if timing else None,
+            # tensors forward creates take the default dtype; global hooks run in every module
+            _dtype.get_default_dtype().short, _hook_counts(module_mod))
+
+
+def _hook_counts(owner):
+    """How many hooks of each kind ``owner`` (a module, or the nn.Module module for the global
+    ones) holds: a graph is cached only while there are none (their code is not checked)."""
+    return tuple(len(v) for k, v in sorted(vars(owner).items())
+                 if "hook" in k and ("forward" in k or "backward" in k) and isinstance(v, dict))
+
+
+def _code_id(fn):
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return repr(fn)
+    return (code.co_filename, code.co_firstlineno, _qualname(code),
+            hashlib.sha256(code.co_code).hexdigest()[:16])
 
 
 def _type_name(obj):
@@ -82,7 +100,12 @@ def tree(roots, tensors=()):
     out = []
     for root in roots:
         for name, m in root.named_modules(remove_duplicate=False):
-            entry = [name, _type_name(m), bool(m.training)]
+            # the forward that runs (a class patched at run time has another), functions set
+            # on the instance (a replaced forward), and hooks
+            entry = [name, _type_name(m), bool(m.training), _code_id(type(m).forward),
+                     tuple(sorted(k for k, v in vars(m).items()
+                                  if callable(v) and not isinstance(v, (Module, type)))),
+                     _hook_counts(m)]
             for kind, items in (("p", m._parameters), ("b", m._buffers)):
                 for k, t in items.items():
                     if t is None:
@@ -147,6 +170,9 @@ def analyse(graph, roots):
     if codes is None:
         raise NotPortable("the code that ran while tracing was not watched (a C-level profiler "
                           "is active)")
+    if any(_hook_counts(module_mod)) or any(
+            any(_hook_counts(m)) for root in roots for m in root.modules()):
+        raise NotPortable("hooks are registered")
     paths = _module_paths(roots)
     memo, files, globals_, reads = {}, {}, {}, []
 
