@@ -209,3 +209,12 @@ def test_tampered_entry_cannot_run_code(tmp_path, env):
     _, log = run(tmp_path, env)
     assert not marker.exists()
     assert "ignoring the cached graph" in log and "never holds" in log, log
+
+
+def test_cache_clear_removes_graph_entries(tmp_path, env):
+    run(tmp_path, env)
+    assert glob.glob(str(tmp_path / "cache" / "graph-*"))
+    res = subprocess.run([sys.executable, "-m", "tracenet", "cache", "clear"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert not glob.glob(str(tmp_path / "cache" / "graph-*"))

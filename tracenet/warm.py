@@ -54,7 +54,7 @@ def tracenet_fingerprint():
             for name in sorted(names):
                 if name.endswith((".py", ".j2", ".h", ".c")):
                     path = os.path.join(root, name)
-                    h.update(os.path.relpath(path, top).encode() + b"\0")
+                    h.update(path[len(top):].encode() + b"\0")
                     with open(path, "rb") as f:
                         h.update(f.read())
     return h.hexdigest()
