@@ -55,6 +55,11 @@ def store(key, payload):
     except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as e:
         debug.log("cache", f"graph not cached: it does not pickle ({e})")
         return None
+    try:  # an entry that would be refused at load is not worth writing
+        _Unpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as e:
+        debug.log("cache", f"graph not cached: {e}")
+        return None
     try:
         with locked(path):
             # the record goes first: whoever sees the entry can check it against the record
