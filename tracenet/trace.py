@@ -444,7 +444,8 @@ class forbidding_frozen_calls:
         return self
 
     def __exit__(self, *exc):
-        sys.setprofile(self._prev)
+        if self.codes is not None:  # (a C-level profiler was left in place)
+            sys.setprofile(self._prev)
         _recording.forbid = self._prev_forbid
         _recording.codes = self._prev_codes
         if self._prev_codes is not None:  # a nested trace's code ran for the outer one too

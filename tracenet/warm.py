@@ -31,6 +31,7 @@ from .codegen.templates import template_dir
 from .nn.modules import module as module_mod
 from .nn.modules.module import Module
 from .runtime import debug, graph_cache, toolchain, target as runtime_target
+from .runtime.cache import CacheError, atomic_write
 from .runtime.graph_cache import FORMAT
 from .trace import _is_internal, _is_plain, _same_value
 
@@ -43,20 +44,44 @@ class NotPortable(Exception):
     """Why a trace cannot be re-checked in another process (its message)."""
 
 
-@functools.lru_cache(maxsize=1)
-def tracenet_fingerprint():
-    """A hash of tracenet's own source and templates (any edit invalidates every entry), with
-    the Python and numpy versions whose objects the entries pickle."""
-    h = hashlib.sha256(f"{sys.version}\0{np.__version__}\0".encode())
+def _source_files():
     for top in (_PACKAGE_DIR, template_dir()):
         for root, dirs, names in os.walk(top):
             dirs.sort()
             for name in sorted(names):
                 if name.endswith((".py", ".j2", ".h", ".c")):
                     path = os.path.join(root, name)
-                    h.update(path[len(top):].encode() + b"\0")
-                    with open(path, "rb") as f:
-                        h.update(f.read())
+                    yield path, path[len(top):]
+
+
+@functools.lru_cache(maxsize=1)
+def tracenet_fingerprint():
+    """A hash of tracenet's own source and templates (any edit invalidates every entry), with
+    the Python and numpy versions whose objects the entries pickle. Reading every file takes a
+    few milliseconds: the hash is remembered in the cache directory under a hash of the files'
+    sizes and modification times, which any edit changes."""
+    files = list(_source_files())
+    stats = hashlib.sha256(f"{sys.version}\0{np.__version__}\0".encode())
+    for path, name in files:
+        st = os.stat(path)
+        stats.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    memo = os.path.join(graph_cache.cache_dir(), f"graph-source-{stats.hexdigest()[:32]}.meta")
+    try:
+        with open(memo) as f:
+            known = f.read().strip()
+        if len(known) == 64:
+            return known
+    except OSError:
+        pass
+    h = hashlib.sha256(f"{sys.version}\0{np.__version__}\0".encode())
+    for path, name in files:
+        h.update(name.encode() + b"\0")
+        with open(path, "rb") as f:
+            h.update(f.read())
+    try:
+        atomic_write(memo, h.hexdigest())
+    except CacheError:
+        pass
     return h.hexdigest()
 
 
