@@ -160,13 +160,29 @@ def test_other_module_tree_or_tracenet_is_not_used(tmp_path, env):
     assert graph_hits(log) == 1
 
 
-def test_untracked_global_value_is_not_cached(tmp_path, env):
-    # a tensor global: its values could differ in another process, so nothing is stored
-    (tmp_path / "model.py").write_text(MODEL.replace(
-        "SHIFT = float(", "BIAS = torch.ones(3)\nSHIFT = float(").replace(
-        "+ SHIFT", "+ SHIFT + BIAS"))
+@pytest.mark.parametrize("where, reason", [
+    ("global", "global 'BIAS'"),
+    ("class attribute", "forward read Net.table"),
+    ("default argument", "called with a concrete tensor as 'bias'"),
+])
+def test_values_another_process_cannot_check_are_not_cached(tmp_path, env, where, reason):
+    # a tensor made at import: its values could differ in another process, so nothing is
+    # stored (and each process traces, getting its own values right)
+    source = MODEL.replace("SHIFT = float(", "BIAS = torch.randn(3)\nSHIFT = float(")
+    if where == "global":
+        source = source.replace("+ SHIFT", "+ SHIFT + BIAS")
+    elif where == "class attribute":
+        source = source.replace("class Net(nn.Module):",
+                                "class Net(nn.Module):\n    table = torch.randn(3)")
+        source = source.replace("+ SHIFT", "+ SHIFT + self.table")
+    else:
+        source = source.replace("return self.fc2(h) * self.scale + SHIFT",
+                                "return out(self.fc2(h), self.scale)").replace(
+            "class Net(", "def out(y, scale, bias=BIAS):\n    return y * scale + bias\n\n\n"
+                          "class Net(")
+    (tmp_path / "model.py").write_text(source)
     _, log = run(tmp_path, env)
-    assert "graph not cached: global 'BIAS'" in log, log
+    assert "graph not cached: " in log and reason in log, log
     assert not glob.glob(str(tmp_path / "cache" / "graph-*.graph"))
 
 

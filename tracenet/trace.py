@@ -267,7 +267,13 @@ def _recording_getattribute(self, name):
                 reads.setdefault((id(self), name), (self, name, value))
             elif not (name[0] == "_" and "hook" in name) and not isinstance(value, Module):
                 _recording.other_reads.setdefault((id(self), name), (self, name, value))
+        elif _is_concrete_array(value):  # a class attribute or property: baked into the graph
+            _recording.other_reads.setdefault((id(self), name), (self, name, value))
     return value
+
+
+def _is_concrete_array(value):
+    return isinstance(value, np.ndarray) or (isinstance(value, Tensor) and value._ir is None)
 
 
 class recording_reads:
@@ -362,13 +368,19 @@ def _note_code(frame):
     graph cache checks its source file and the global values it reads)."""
     code = frame.f_code
     codes = _recording.codes
-    if codes is not None and code not in codes and not _is_internal(code.co_filename) and \
+    if codes is not None and not _is_internal(code.co_filename) and \
             not frame.f_globals.get("__name__", "").startswith("namedtuple_"):
-        cells = ()
-        if code.co_freevars:
-            local = frame.f_locals
+        local = frame.f_locals
+        # concrete tensors passed in (a default, a functools.partial's): baked into the graph
+        n_args = code.co_argcount + code.co_kwonlyargcount
+        arrays = tuple(n for n in code.co_varnames[:n_args]
+                       if _is_concrete_array(local.get(n)))
+        known = codes.get(code)
+        if known is None:
             cells = tuple((n, local.get(n, _MISSING)) for n in code.co_freevars)
-        codes[code] = (frame.f_globals, cells)
+            codes[code] = (frame.f_globals, cells, arrays)
+        elif arrays and not known[2]:
+            codes[code] = known[:2] + (arrays,)
 
 
 def _no_frozen_calls(frame, event, arg):

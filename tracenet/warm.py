@@ -225,8 +225,11 @@ def analyse(graph, roots):
             return
         raise NotPortable(f"{what} is a {type(value).__name__}")
 
-    for code, (g, cells) in codes.items():
+    for code, (g, cells, arrays) in codes.items():
         add_file(code.co_filename, f"the code of {_qualname(code)}")
+        if arrays:
+            raise NotPortable(f"{_qualname(code)} was called with a concrete tensor as "
+                              f"{arrays[0]!r}")
         for name, value in cells:
             allowed(value, f"closure variable {name!r} of {_qualname(code)}")
         module_name = g.get("__name__")
