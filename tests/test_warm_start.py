@@ -234,3 +234,18 @@ def test_cache_clear_removes_graph_entries(tmp_path, env):
                          env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert not glob.glob(str(tmp_path / "cache" / "graph-*"))
+
+
+@pytest.mark.parametrize("mode", ["loop", "step"])
+def test_entry_that_does_not_fit_is_ignored_with_a_warning(tmp_path, env, mode):
+    run(tmp_path, env, mode)
+    path, meta = _entry(tmp_path)
+    # a well-formed record and pickle, but not what this tracenet stores
+    data = pickle.dumps((1, {"state": {"graphs": []}, "checks": {"files": {}, "globals": [],
+                                                                 "reads": []}}))
+    open(path, "wb").write(data)
+    open(meta, "w").write(json.dumps({"size": len(data), "format": 1,
+                                      "sha256": hashlib.sha256(data).hexdigest()}))
+    _, log = run(tmp_path, env, mode)
+    assert "ignoring the cached graph" in log and "does not fit" in log, log
+    assert graph_hits(log) == 0

@@ -179,21 +179,27 @@ def _specialise(module, inputs, shown, unit, structure, key):
     if cache_key is not None:
         stored = warm.load(cache_key, [module])
         if stored is not None:
-            payload, reads = stored
-            if [(n, tuple(p.shape), p.dtype.short) for n, p in _state(module)] == \
-                    payload["params"]:
-                executable = Executable.restore(payload["executable"])
-                if executable is not None:
-                    payload["executable"] = executable
-                    guards = Guards(reads, [module],
-                                    [p for _, p in _state(module)] if key[2] else [])
+            with warm.restoring(cache_key):
+                spec = _restore(module, inputs, shown, unit, structure, key, *stored)
+                if spec is not None:
                     warm.used(cache_key)
-                    return Specialisation(module, inputs, shown, unit, structure,
-                                          stored=payload, guards=guards)
+                    return spec
     spec = Specialisation(module, inputs, shown, unit, structure)
     if cache_key is not None and spec.checks is not None:
         warm.store(cache_key, spec.stored_state(), spec.checks)
     return spec
+
+
+def _restore(module, inputs, shown, unit, structure, key, state, reads):
+    params = _state(module)
+    if [(n, tuple(p.shape), p.dtype.short) for n, p in params] != state["params"]:
+        return None
+    executable = Executable.restore(state["executable"])
+    if executable is None:
+        return None
+    state["executable"] = executable
+    guards = Guards(reads, [module], [p for _, p in params] if key[2] else [])
+    return Specialisation(module, inputs, shown, unit, structure, stored=state, guards=guards)
 
 
 class CompiledFunctionBackward(engine.Node):

@@ -302,24 +302,25 @@ def _from_cache(fn, optimizer, batch, unit, shapes):
     found = warm.load(key, roots)
     if found is None:
         return None, key
-    state, reads = found
+    with warm.restoring(key):
+        return _restore(fn, optimizer, batch, unit, roots, key, *found), key
+    return None, key  # (a malformed entry)
+
+
+def _restore(fn, optimizer, batch, unit, roots, key, state, reads):
     params = [p for g in optimizer.param_groups for p in g["params"]]
     if state["tensors"] != _tensor_layout(params, _buffers_of(fn, params)):
-        return None, key
+        return None
+    modules = [roots[index].get_submodule(path) if path else roots[index]
+               for index, path in state["modules"]]
     executable = Executable.restore(state["executable"])
     if executable is None:
-        return None, key
-    modules = []
-    try:
-        for index, path in state["modules"]:
-            modules.append(roots[index].get_submodule(path) if path else roots[index])
-    except (IndexError, AttributeError):
-        return None, key
+        return None
     state["executable"] = executable
-    guards = Guards(reads, modules, [])
+    spec = _StepSpecialisation(fn, optimizer, batch, unit, stored=state,
+                               modules=tuple(modules), guards=Guards(reads, modules, []))
     warm.used(key)
-    return _StepSpecialisation(fn, optimizer, batch, unit, stored=state,
-                               modules=tuple(modules), guards=guards), key
+    return spec
 
 
 def _specialise(fn, optimizer, batch, unit, shapes):

@@ -23,6 +23,7 @@ import hashlib
 import os
 import sys
 import types
+import warnings
 
 import numpy as np
 
@@ -306,6 +307,27 @@ def checks_of(graph, roots):
     except NotPortable as e:
         debug.log("cache", f"graph not cached: {e}")
         return None
+
+
+class restoring:
+    """Around rebuilding a specialisation from an entry: an entry that does not fit (written
+    by a tracenet with the same source but a bug, or damaged in a way its record cannot show)
+    is reported and skipped, so the caller traces instead."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is None or not issubclass(kind, (KeyError, IndexError, TypeError, ValueError,
+                                                 AttributeError)):
+            return False
+        warnings.warn(f"tracenet: ignoring the cached graph {graph_cache.path_for(self.key)}: "
+                      f"it does not fit ({kind.__name__}: {exc}); tracing again",
+                      RuntimeWarning, stacklevel=2)
+        return True
 
 
 def used(key):
