@@ -81,21 +81,27 @@ def load(key):
     if path in _stored_here:
         debug.log("cache", f"graph {path} was stored by this process: tracing again")
         return None
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
+    if not os.path.exists(path):
         debug.log("cache", f"graph miss {path}")
         return None
-    except OSError as e:
-        return _discard(path, e.strerror or str(e))
     try:
-        with open(_meta_path(path)) as f:
-            meta = json.load(f)
-        size, digest, fmt = meta["size"], meta["sha256"], meta["format"]
-    except FileNotFoundError:
+        with locked(path):  # (a writer replaces the record and the entry one after the other)
+            with open(path, "rb") as f:
+                data = f.read()
+            with open(_meta_path(path)) as f:
+                meta = json.load(f)
+    except FileNotFoundError as e:
+        if e.filename == path:  # removed meanwhile
+            return None
         return _discard(path, "no record of how it was written")
-    except (OSError, ValueError, KeyError, TypeError):
+    except CacheError as e:
+        debug.log("cache", f"graph not read: {e}")
+        return None
+    except (OSError, ValueError) as e:
+        return _discard(path, f"it cannot be read ({getattr(e, 'strerror', None) or e})")
+    try:
+        size, digest, fmt = meta["size"], meta["sha256"], meta["format"]
+    except (KeyError, TypeError):
         return _discard(path, f"no valid {os.path.basename(_meta_path(path))}")
     if fmt != FORMAT:  # another version's entry: not an error
         debug.log("cache", f"graph {path} has format {fmt}, not {FORMAT}: ignored")
