@@ -37,8 +37,6 @@ from .runtime.graph_cache import FORMAT
 from .trace import _is_internal, _is_plain, _same_value
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-_CODE_TYPES = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type,
-               types.ModuleType, functools.partial)
 
 
 class NotPortable(Exception):
@@ -214,16 +212,21 @@ def analyse(graph, roots):
             if id(value) not in paths:
                 raise NotPortable(f"{what} is a module outside the compiled module tree")
             return
-        if isinstance(value, _CODE_TYPES) or value is None:
-            if isinstance(value, types.ModuleType):
-                f = getattr(value, "__file__", None)
-                if f and not _is_internal(f):
-                    add_file(f, f"module {value.__name__}")
-            elif isinstance(value, type):
-                f = getattr(sys.modules.get(value.__module__), "__file__", None)
-                if f and not _is_internal(f):
-                    add_file(f, f"class {value.__qualname__}")
+        if value is None or isinstance(value, types.FunctionType):
+            return  # (a function's code is checked if it runs)
+        if isinstance(value, types.ModuleType):
+            f = getattr(value, "__file__", None)
+            if f and not _is_internal(f):
+                add_file(f, f"module {value.__name__}")
             return
+        if isinstance(value, type):
+            f = getattr(sys.modules.get(value.__module__), "__file__", None)
+            if f and not _is_internal(f):
+                add_file(f, f"class {value.__qualname__}")
+            return
+        if isinstance(value, types.BuiltinFunctionType) and (
+                value.__self__ is None or isinstance(value.__self__, types.ModuleType)):
+            return  # (not a method bound to some object's state)
         raise NotPortable(f"{what} is a {type(value).__name__}")
 
     for code, (g, cells, arrays) in codes.items():
