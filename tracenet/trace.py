@@ -253,8 +253,8 @@ _recording = _Recording()
 _hook_lock = threading.Lock()
 _hook_users = [0]
 # what every Module keeps in its __dict__ (hooks, registries): not a value forward computes with
-_MODULE_INTERNALS = frozenset(("_mutation_epoch", "_parameters", "_buffers", "_modules",
-                               "_non_persistent_buffers_set", "_is_full_backward_hook"))
+_MODULE_INTERNALS = frozenset(("_parameters", "_buffers", "_modules",
+                               "_non_persistent_buffers_set"))
 
 
 def _recording_getattribute(self, name):
@@ -262,10 +262,10 @@ def _recording_getattribute(self, name):
     reads = _recording.reads
     if reads is not None:
         d = _object_getattribute(self, "__dict__")
-        if name in d and d[name] is value and name not in _MODULE_INTERNALS:
+        if name in d and d[name] is value and name != "_mutation_epoch":
             if _is_plain(value):
                 reads.setdefault((id(self), name), (self, name, value))
-            elif not (name[0] == "_" and "hook" in name) and not isinstance(value, Module):
+            elif name not in _MODULE_INTERNALS and not (name[0] == "_" and "hook" in name):
                 _recording.other_reads.setdefault((id(self), name), (self, name, value))
         elif _is_concrete_array(value):  # a class attribute or property: baked into the graph
             _recording.other_reads.setdefault((id(self), name), (self, name, value))
