@@ -86,8 +86,7 @@ class Specialisation:
         # when it traced with grad enabled, which parameters require grad
         self.guards = Guards(fwd.reads, [module],
                              [p for _, p in params] if key[2] else [])
-        if warm.enabled():
-            self.checks = warm.checks_of(fwd, [module])
+        self.checks = warm.checks_of(fwd, [module])
         self.output_structure = fwd.output_structure
         debug.log("ir", f"traced forward:\n{fwd}")
         self.state_updates = list(fwd.state_updates)

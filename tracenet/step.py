@@ -126,8 +126,7 @@ class _StepSpecialisation:
                 not fwd.outputs[0].dtype.is_floating_point:
             raise ValueError("the function given to compile_step must return one scalar "
                              "floating-point loss")
-        if warm.enabled():
-            self.checks = _step_checks(fn, fwd, self.params, self.modules)
+        self.checks = _step_checks(fn, fwd, self.params, self.modules)
         n_batch = len(batch)
         n_params = len(self.params)
         param_values = fwd.inputs[n_batch:n_batch + n_params]

@@ -251,7 +251,7 @@ def analyse(graph, roots):
                 globals_[(module_name, name)] = value
             else:
                 allowed(value, f"global {name!r} read by {_qualname(code)}")
-    for m, name, value in list(graph.reads) + list(getattr(graph, "unportable", ())):
+    for m, name, value in list(graph.reads) + list(getattr(graph, "unportable", None) or ()):
         what = f"{type(m).__name__}.{name}"
         if id(m) not in paths:
             raise NotPortable(f"forward read {what} of a module outside the compiled tree")
@@ -304,12 +304,16 @@ def module_key(module, key):
 
 
 def checks_of(graph, roots):
-    """``analyse``, or None (with a log line) when the trace cannot be checked elsewhere."""
+    """``analyse``, or None (with a log line) when the trace cannot be checked elsewhere or
+    the graph cache is off. Either way the graph lets go of the Python objects the trace
+    recorded for it (code, globals, closures)."""
     try:
-        return analyse(graph, roots)
+        return analyse(graph, roots) if enabled() else None
     except NotPortable as e:
         debug.log("cache", f"graph not cached: {e}")
         return None
+    finally:
+        graph.user_code = graph.unportable = None
 
 
 class restoring:
