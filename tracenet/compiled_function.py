@@ -28,8 +28,8 @@ from . import _dtype
 from ._meta import Meta
 from ._sym import Specialize, display, shape_evaluator
 from .autograd import grad_mode
-from .executable import Executable, Specialisations, SymbolicSizes, graph_symbols, optimise, \
-    run_sizes
+from .executable import Executable, Specialisations, SymbolicSizes, check_sizes, \
+    graph_symbols, optimise, run_sizes
 from .nn.modules import module as module_mod
 from .nn.modules.module import Module
 from .optim.optimizer import Optimizer
@@ -241,6 +241,7 @@ class _Specialisation:
         self.modules = tuple(seen.values())
         self.guards = Guards(fwd.reads, self.modules, [])
         self.output_structure = fwd.output_structure
+        self.size_checks = list(fwd.size_checks)
         self.n_out = len(fwd.outputs) - len(fwd.state_updates)
         # outputs after the function's: state updates (stepped parameters, buffers), the final
         # gradients, the optimizers' new state arrays
@@ -309,6 +310,8 @@ class _Specialisation:
         for _, update_state, _ in self.updates:
             bound += update_state.refresh()
         sizes = run_sizes(arrays, self.symbols)
+        if self.size_checks:
+            check_sizes(self.size_checks, sizes)
         n_lead = self.grad_slots[-1] + 1 if self.grad_slots else self.n_out + len(self.written)
         outs = [np.empty(shape, dt) for shape, dt in self._shapes(sizes)[:self.n_out]]
         for t, j, inplace in self.written:

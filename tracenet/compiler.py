@@ -15,8 +15,8 @@ import numpy as np
 from . import warm
 from .autograd import engine, grad_mode
 from .compiled_function import CompiledFunction
-from .executable import Executable, Specialisations, SymbolicSizes, graph_symbols, \
-    optimise, run_sizes
+from .executable import Executable, Specialisations, SymbolicSizes, check_sizes, \
+    graph_symbols, optimise, run_sizes
 from .nn.modules.module import Module
 from .passes import grad as ir_grad, joint_forward
 from .passes.autodiff import view_source
@@ -35,9 +35,9 @@ class Specialisation:
     ``guards`` are given, from what an earlier process traced and built."""
 
     # what a graph cache entry keeps, besides the executable
-    _STORED = ("output_structure", "state_updates", "n_out", "n_seeds", "differentiable",
-               "needs_grad", "saved_sources", "recyclable", "version_checked", "grad_of",
-               "cotangent_of")
+    _STORED = ("output_structure", "state_updates", "n_out", "n_seeds", "size_checks",
+               "differentiable", "needs_grad", "saved_sources", "recyclable",
+               "version_checked", "grad_of", "cotangent_of")
 
     def __init__(self, module, inputs, key, unit, input_structure=None, sizes=None,
                  stored=None, guards=None):
@@ -47,6 +47,7 @@ class Specialisation:
         self.params = params
         self.n_user = len(inputs)
         self.checks = None  # what a new process must re-check to reuse this (None: it cannot)
+        self.size_checks = []
         if stored is None:
             graphs = self._trace(module, inputs, key, unit, input_structure, params, sizes)
         else:
@@ -96,6 +97,7 @@ class Specialisation:
                              [p for _, p in params] if key[2] else [])
         self.checks = warm.checks_of(fwd, [module])
         self.output_structure = fwd.output_structure
+        self.size_checks = list(fwd.size_checks)
         debug.log("ir", f"traced forward:\n{fwd}")
         self.state_updates = list(fwd.state_updates)
         self.n_out = len(fwd.outputs) - len(self.state_updates)
@@ -164,6 +166,8 @@ class Specialisation:
             arr = x._data
             arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
         sizes = run_sizes(arrays, self.symbols)
+        if self.size_checks:
+            check_sizes(self.size_checks, sizes)
         outs = []
         for shape_of, dt, spare in self._out_layout:
             shape = shape_of(sizes)

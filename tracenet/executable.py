@@ -23,7 +23,7 @@ import _cffi_backend
 import cffi
 import numpy as np
 
-from ._sym import NO_SIZES, Sym, evaluator
+from ._sym import NO_SIZES, Sym, evaluator, shape_evaluator
 from .codegen.base import STATUS_DETAILS, Kernel, has_lowering
 from .codegen.emit import ALIGN, EntryPoint, c_identifier, generate
 from .ir.verify import verify
@@ -32,6 +32,7 @@ from .passes.decompose import decompose
 from .passes.lower import lower_gemm
 from .runtime import build, debug, graph_cache, target as runtime_target
 from .runtime.threads import compiled_threads
+from .size import Size
 from .trace import fresh_seeds
 
 _ffi = cffi.FFI()
@@ -127,6 +128,14 @@ class SymbolicSizes:
                                "symbolic from now on (T)")
             return True
         return False
+
+
+def check_sizes(checks, sizes):
+    """Raise what eager mode raises for a call whose sizes a trace required not to be some
+    value (``Graph.size_checks``)."""
+    for value, forbidden, exc, message, shape in checks:
+        if evaluator(value)(sizes) == forbidden:
+            raise exc(message.format(size=repr(Size(shape_evaluator(shape)(sizes)))))
 
 
 def run_sizes(arrays, symbols):

@@ -17,8 +17,8 @@ import numpy as np
 
 from . import _dtype, warm
 from .autograd import grad_mode
-from .executable import Executable, Specialisations, SymbolicSizes, graph_symbols, \
-    optimise, run_sizes
+from .executable import Executable, Specialisations, SymbolicSizes, check_sizes, \
+    graph_symbols, optimise, run_sizes
 from .ir.graph import Graph
 from .nn.modules import module as module_mod
 from .nn.modules.module import Module
@@ -90,6 +90,7 @@ class _StepSpecialisation:
         else:
             self.modules, self.guards = modules, guards
             self.graph, self.executable = stored["graph"], stored["executable"]
+            self.size_checks = stored.get("size_checks", [])
             state_updates, n_seeds = stored["state_updates"], stored["n_seeds"]
         self.state_updates, self.n_seeds = state_updates, n_seeds
         self.symbols = graph_symbols([self.graph])
@@ -132,6 +133,7 @@ class _StepSpecialisation:
             raise ValueError("the function given to compile_step must return one scalar "
                              "floating-point loss")
         self.checks = _step_checks(fn, fwd, self.params, self.modules)
+        self.size_checks = list(fwd.size_checks)
         n_batch = len(batch)
         n_params = len(self.params)
         param_values = fwd.inputs[n_batch:n_batch + n_params]
@@ -147,6 +149,7 @@ class _StepSpecialisation:
     def stored_state(self):
         """What a new process needs to rebuild this step without tracing."""
         return {"graph": self.graph, "executable": self.executable.stored_state(),
+                "size_checks": self.size_checks,
                 "state_updates": self.state_updates, "n_seeds": self.n_seeds,
                 "tensors": _tensor_layout(self.params, self.buffers)}
 
@@ -195,7 +198,10 @@ class _StepSpecialisation:
         bound += self.update_state.refresh()
         loss = np.empty(*self.loss_meta)
         try:
-            call(arrays, (loss,), bound, run_sizes(arrays, self.symbols))
+            sizes = run_sizes(arrays, self.symbols)
+            if self.size_checks:
+                check_sizes(self.size_checks, sizes)
+            call(arrays, (loss,), bound, sizes)
         except Exception:  # bad data: the C code stopped before any update
             self.update_state.undo()
             raise
