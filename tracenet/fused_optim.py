@@ -182,8 +182,8 @@ class FusedStep:
             return STALE
         arrays = self.state.refresh()
         if arrays is not self._arrays:
-            if not all(a.flags.c_contiguous for a in arrays):
-                self.state.undo()
+            if not self._fits(arrays, len(self.update.state)):
+                self.state.undo()  # state loaded with another shape: the numpy step raises
                 return False
             self._arrays = arrays
             self._bumped = self._written()
@@ -201,11 +201,12 @@ class FusedStep:
         last = self._data
         return last is not None and all(a is b for a, b in zip(data, last))
 
-    def _fits(self, data):
-        """Whether replaced parameter arrays still have the compiled shapes and dtypes."""
-        if any((d.shape, d.dtype) != m for d, m in zip(data, self.metas)):
-            return False
-        return all(d.flags.c_contiguous for d in data)
+    def _fits(self, arrays, per_param=1):
+        """Whether new arrays (``per_param`` for each parameter, in order) still have the
+        compiled shapes and dtypes, contiguous: the C code trusts them."""
+        metas = [m for m in self.metas for _ in range(per_param)]
+        return len(arrays) == len(metas) and all(
+            (a.shape, a.dtype) == m and a.flags.c_contiguous for a, m in zip(arrays, metas))
 
     def _written(self):
         """The parameters and the state tensors the update writes (the counters count
