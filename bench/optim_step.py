@@ -60,17 +60,33 @@ def _params(make, lib, arrays=None):
     return ps, arrays
 
 
-def _timer(opt, steps, env=None):
-    def run():
+def _timer(opt, env=None):
+    def one():
         if env is not None:
             os.environ[ENV] = env
+        opt.step()
+
+    def run(steps):
         for _ in range(2):  # untimed: steady state after another contender ran
-            opt.step()
+            one()
         t0 = time.perf_counter()
         for _ in range(steps):
-            opt.step()
+            one()
         return (time.perf_counter() - t0) / steps
+    run.__wrapped__ = one
     return run
+
+
+def _steps_for(contenders, most):
+    """Steps per timed run: ``most``, or fewer so that tracenet's numpy step (the slowest)
+    takes ~50 ms a run. Every contender steps twice, so all stay at the same step."""
+    took = {}
+    for _ in range(2):  # the first step compiles or loads the fused one, and creates state
+        for k, run in contenders.items():
+            t0 = time.perf_counter()
+            run.__wrapped__()
+            took[k] = time.perf_counter() - t0
+    return max(5, min(most, int(0.05 / took["tracenet numpy"])))
 
 
 def bench(name, make, opt_name, kwargs, rounds, steps):
@@ -79,17 +95,18 @@ def bench(name, make, opt_name, kwargs, rounds, steps):
     th_ps, _ = _params(make, torch, arrays)
     th_fused_ps, _ = _params(make, torch, arrays)
     contenders = {
-        "tracenet fused": _timer(getattr(tn.optim, opt_name)(tn_ps, **kwargs), steps, "1"),
-        "tracenet numpy": _timer(getattr(tn.optim, opt_name)(tn_np_ps, **kwargs), steps, "0"),
-        "torch": _timer(getattr(torch.optim, opt_name)(th_ps, **kwargs), steps),
+        "tracenet fused": _timer(getattr(tn.optim, opt_name)(tn_ps, **kwargs), "1"),
+        "tracenet numpy": _timer(getattr(tn.optim, opt_name)(tn_np_ps, **kwargs), "0"),
+        "torch": _timer(getattr(torch.optim, opt_name)(th_ps, **kwargs)),
     }
     if opt_name != "RMSprop":  # torch has no fused RMSprop
         contenders["torch fused"] = _timer(
-            getattr(torch.optim, opt_name)(th_fused_ps, fused=True, **kwargs), steps)
+            getattr(torch.optim, opt_name)(th_fused_ps, fused=True, **kwargs))
+    steps = _steps_for(contenders, steps)
     times = {k: [] for k in contenders}
-    for i in range(rounds + 1):  # round 0 (untimed) compiles or loads the fused step
+    for i in range(rounds + 1):  # round 0 is untimed
         for k, run in contenders.items():
-            t = run()
+            t = run(steps)
             if i:
                 times[k].append(t)
     os.environ.pop(ENV, None)
@@ -98,7 +115,7 @@ def bench(name, make, opt_name, kwargs, rounds, steps):
     np.testing.assert_allclose(tn_ps[0].detach().numpy(), tn_np_ps[0].detach().numpy(),
                                rtol=1e-6)
     n = sum(int(np.prod(a.shape)) for a in arrays)
-    row = f"{name:6s} {opt_name:8s} {len(arrays):3d} params {n:8d} elems | "
+    row = f"{name:5s} {opt_name:7s} {len(arrays):2d} params {n:6d} elems {steps:3d} steps | "
     row += "  ".join(f"{k} {v * 1e6:8.1f} us" for k, v in med.items())
     fused = med["tracenet fused"]
     row += f" | numpy/fused {med['tracenet numpy'] / fused:5.1f}x"
@@ -115,7 +132,7 @@ def main():
     torch.set_num_threads(1)
     tn.set_num_threads(1)
     rounds, steps = (5, 50) if args.quick else (15, 200)
-    print(f"torch {torch.__version__}, median of {rounds} rounds x {steps} steps, 1 thread")
+    print(f"torch {torch.__version__}, median of {rounds} rounds of up to {steps} steps, 1 thread")
     for case in CASES:
         bench(*case, rounds=rounds, steps=steps)
 

@@ -371,6 +371,25 @@ def test_param_replaced_by_another_shape_respecialises():
     assert opt.state[p]["exp_avg"].shape == (4,)
 
 
+@pytest.mark.filterwarnings("ignore:optimizer contains a parameter group with duplicate")
+@pytest.mark.parametrize("kind", ["repeated", "empty"])
+def test_repeated_and_empty_parameters_take_the_numpy_path(kind, monkeypatch):
+    results, opts, params = [], [], []
+    for env in ("1", "0"):
+        monkeypatch.setenv(fused_optim.ENV, env)
+        p = Tensor._wrap(np.ones(3, np.float32), requires_grad=True)
+        e = Tensor._wrap(np.ones(0, np.float32), requires_grad=True)
+        p.grad, e.grad = Tensor._wrap(np.ones(3, np.float32)), Tensor._wrap(np.ones(0, np.float32))
+        opts.append(optim.Adam([p, p] if kind == "repeated" else [p, e], lr=0.1))
+        opts[-1].step()
+        opts[-1].step()
+        results.append(p._data.copy())
+        params.append(p)
+    np.testing.assert_array_equal(results[0], results[1])
+    assert float(opts[0].state[params[0]]["step"].item()) == (4.0 if kind == "repeated" else 2.0)
+    assert list(opts[0].__dict__["_fused_update"].specs.values()) == [None]
+
+
 def test_state_of_another_shape_is_not_passed_to_c():
     p, opt = _one_param_opt()
     opt.step()
