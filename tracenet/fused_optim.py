@@ -263,10 +263,11 @@ class FusedOptimizer:
         spec = None
         if not params:
             return None  # nothing to update: the numpy step skips every parameter
-        if any(p._grad._data is None or p.dtype.name not in _FP_DTYPES or not p._data.size
-               for p in params) or len(set(map(id, params))) < len(params):
-            debug.log("compile", f"{type(opt).__name__}.step(): numpy update (parameters "
-                                 "that are empty, repeated or not float32/float64, or traced "
+        if any(p._data is None or p._grad._data is None or not p._data.size
+               or p.dtype.name not in _FP_DTYPES for p in params) \
+                or len(set(map(id, params))) < len(params):
+            debug.log("compile", f"{type(opt).__name__}.step(): numpy update (traced, empty, "
+                                 "repeated or not float32/float64 parameters, or traced "
                                  "gradients)")
         elif len(self.specs) >= MAX_SPECIALISATIONS:
             debug.log("compile", f"{type(opt).__name__}.step(): {len(self.specs)} fused "
