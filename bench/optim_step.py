@@ -4,7 +4,7 @@
 
 Parameters of LeNet (the tutorial's net) and of an MLP (784-512-256-10), gradients set once;
 each row times ``step()`` only. Timings alternate between the contenders in rounds in one
-process and report medians per step; the ratios are PyTorch time / tracenet time (> 1 means
+process (each runs ~20 ms a round) and report medians per step; the ratios are PyTorch time / tracenet time (> 1 means
 tracenet is faster). PyTorch runs its default CPU step (``foreach`` off on the CPU) and its
 ``fused=True`` step where it has one.
 """
@@ -78,15 +78,14 @@ def _timer(opt, env=None):
 
 
 def _steps_for(contenders, most):
-    """Steps per timed run: ``most``, or fewer so that tracenet's numpy step (the slowest)
-    takes ~50 ms a run. Every contender steps twice, so all stay at the same step."""
+    """Steps per timed run of each contender: ``most``, or fewer so a run takes ~20 ms."""
     took = {}
     for _ in range(2):  # the first step compiles or loads the fused one, and creates state
         for k, run in contenders.items():
             t0 = time.perf_counter()
             run.__wrapped__()
             took[k] = time.perf_counter() - t0
-    return max(5, min(most, int(0.05 / took["tracenet numpy"])))
+    return {k: max(5, min(most, int(0.02 / t))) for k, t in took.items()}
 
 
 def bench(name, make, opt_name, kwargs, rounds, steps):
@@ -103,19 +102,19 @@ def bench(name, make, opt_name, kwargs, rounds, steps):
         contenders["torch fused"] = _timer(
             getattr(torch.optim, opt_name)(th_fused_ps, fused=True, **kwargs))
     steps = _steps_for(contenders, steps)
+    # both paths did the same two steps: they must agree
+    for a, b in zip(tn_ps, tn_np_ps):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-6)
     times = {k: [] for k in contenders}
     for i in range(rounds + 1):  # round 0 is untimed
         for k, run in contenders.items():
-            t = run(steps)
+            t = run(steps[k])
             if i:
                 times[k].append(t)
     os.environ.pop(ENV, None)
     med = {k: statistics.median(v) for k, v in times.items()}
-    # both paths did the same steps: they must agree
-    np.testing.assert_allclose(tn_ps[0].detach().numpy(), tn_np_ps[0].detach().numpy(),
-                               rtol=1e-6)
     n = sum(int(np.prod(a.shape)) for a in arrays)
-    row = f"{name:5s} {opt_name:7s} {len(arrays):2d} params {n:6d} elems {steps:3d} steps | "
+    row = f"{name:5s} {opt_name:7s} {len(arrays):2d} params {n:6d} elems | "
     row += "  ".join(f"{k} {v * 1e6:8.1f} us" for k, v in med.items())
     fused = med["tracenet fused"]
     row += f" | numpy/fused {med['tracenet numpy'] / fused:5.1f}x"
@@ -132,7 +131,7 @@ def main():
     torch.set_num_threads(1)
     tn.set_num_threads(1)
     rounds, steps = (5, 50) if args.quick else (15, 200)
-    print(f"torch {torch.__version__}, median of {rounds} rounds of up to {steps} steps, 1 thread")
+    print(f"torch {torch.__version__}, median of {rounds} rounds (up to {steps} steps, ~20 ms each), 1 thread")
     for case in CASES:
         bench(*case, rounds=rounds, steps=steps)
 

@@ -118,9 +118,9 @@ class FusedStep:
         self.executable = Executable([("step", optimise(self._graph(optimizer, flags)))], unit)
         # counters are created with the state, so only an update without one (SGD) must not
         # create empty state for the parameters it does not keep anything for
-        self.state = UpdateState(_Part(optimizer, params_per_group, update.counter is None),
-                                 update, self.params)
-        self.optimizer = optimizer
+        self._part = _Part(optimizer, params_per_group, update.counter is None)
+        self.state = UpdateState(self._part, update, self.params)
+        self.optimizer = optimizer  # (its state dict is replaced by load_state_dict)
         self._call = self._bind()
         self._data = None  # the parameter arrays of the last call
         self._arrays = None  # the state arrays of the last call
@@ -212,11 +212,11 @@ class FusedStep:
         """The parameters and the state tensors the update writes (the counters count
         themselves)."""
         state = self.optimizer.state
-        names = [a.name for a in self.update.state]
         out = list(self.params)
-        for p in self.params:
-            st = state.get(p, {})
-            out += [st[n] for n in names if n in st]
+        for group in self._part.param_groups:
+            kept = [a.name for a in self.update.state if a.kept(group)]
+            for p in group["params"]:
+                out += [state[p][n] for n in kept]
         return out
 
 
