@@ -221,6 +221,9 @@ def test_params_without_grad_are_skipped_as_in_eager():
 def test_sgd_without_momentum_keeps_no_state():
     fused, _, th = _compare("SGD", dict(lr=0.1, weight_decay=0.1))
     assert len(fused.opt.state) == 0 and len(th.opt.state) == 0
+    # with momentum, plain dicts (a checkpoint that torch loads with weights_only holds them)
+    fused, _, _ = _compare("SGD", dict(lr=0.1, momentum=0.5))
+    assert fused.fused_steps() and {type(st) for st in fused.opt.state.values()} == {dict}
 
 
 def test_scheduler_changes_lr_without_recompiling():

@@ -63,16 +63,20 @@ class _Group:
 
 
 class _Pending(dict):
-    """The state of a parameter that has none yet: it joins ``optimizer.state`` when
-    something is stored in it (SGD without momentum keeps no state, as in torch)."""
+    """The state of a parameter that has none yet: a plain dict joins ``optimizer.state``
+    when something is stored (SGD without momentum keeps no state, as in torch)."""
 
     def __init__(self, state, param):
         super().__init__()
         self._state, self._param = state, param
 
     def __setitem__(self, key, value):
-        self._state.setdefault(self._param, self)
+        self._state.setdefault(self._param, {})[key] = value
         super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        del self._state[self._param][key]
+        super().__delitem__(key)
 
 
 class _LazyState:
