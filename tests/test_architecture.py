@@ -211,7 +211,8 @@ LAYERS = [
     ("codegen", ["tracenet.codegen"]),
     ("runtime", ["tracenet.runtime"]),
     ("compile drivers", ["tracenet.executable", "tracenet.step_state", "tracenet.warm",
-                         "tracenet.compiler", "tracenet.step", "tracenet.compiled_function"]),
+                         "tracenet.compiler", "tracenet.step", "tracenet.compiled_function",
+                         "tracenet.fused_optim"]),
     ("the public package", ["tracenet", "tracenet.cli", "tracenet.__main__"]),
 ]
 
