@@ -8,7 +8,6 @@ backward graph in one C call and hands the parameter gradients to the autograd e
 accumulates them into ``.grad`` exactly as in eager mode.
 """
 import operator
-import time
 
 import numpy as np
 
@@ -29,7 +28,7 @@ class Specialisation:
     """Everything compiled for one key: graphs, the executable and how to call it."""
 
     def __init__(self, module, inputs, key, unit, input_structure=None):
-        start = time.perf_counter()
+        clock = debug.CompileClock(f"{type(module).__name__} {key}")
         params = _state(module)
         if input_structure is None:
             fwd = trace(module, *inputs, name=type(module).__name__)
@@ -41,6 +40,7 @@ class Specialisation:
         # when it traced with grad enabled, which parameters require grad
         self.guards = Guards(fwd.reads, [module],
                              [p for _, p in params] if key[2] else [])
+        clock.lap("trace")
         self.output_structure = fwd.output_structure
         debug.log("ir", f"traced forward:\n{fwd}")
         self.key = key
@@ -69,12 +69,14 @@ class Specialisation:
                                            if v in fwd_index})
             self.grad_of = [fwd_index[v] for v in bwd.grad_of]
             self.cotangent_of = [fwd.outputs.index(v) for v in bwd.cotangent_of]
+            clock.lap("autodiff")
             self.backward_graph = optimise(bwd)
             graphs = [("forward", optimise(joint)), ("backward", self.backward_graph)]
             self.forward_graph = joint
         else:
             self.recyclable = []
             graphs = [("forward", optimise(fwd))]
+        clock.lap("passes")
         self.executable = Executable(graphs, unit)
         # forward arguments: user inputs, parameters and buffers (bound), seeds; outputs
         self._forward = self.executable.arguments[0]
@@ -89,10 +91,8 @@ class Specialisation:
         # buffers of saved values, handed back after backward: reusing them avoids fresh
         # (page-faulting) allocations on every training call
         self._spare = [[] for _ in self.out_meta]
-        self.compile_seconds = time.perf_counter() - start
-        cached = self.executable.library.cached
-        debug.log("time", f"specialisation {key}: ready in {self.compile_seconds * 1e3:.1f} ms "
-                          f"({'cache hit' if cached else 'compiled'})")
+        self.compile_seconds = clock.done(
+            "cache hit" if self.executable.library.cached else "compiled")
 
     @property
     def source_code(self):

@@ -58,9 +58,13 @@ class Executable:
 
     def __init__(self, graphs, unit):
         self.timing = debug.enabled("time")  # built with per-kernel clocks
-        self.source_code, cdef, entries, openmp = generate(graphs, unit, runtime_target.current(),
-                                                           timing=self.timing)
-        self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp)
+        with debug.phase("probe"):  # the compiler's flags, probed once per cache directory
+            target = runtime_target.current()
+        with debug.phase("render"):
+            self.source_code, cdef, entries, openmp, pieces = generate(
+                graphs, unit, target, timing=self.timing, pieces=True)
+        self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp,
+                                   pieces=pieces)
         self.entries = entries
         arenas = Arenas()
         self.arguments = [Arguments(self.library, entry, self.timing, arenas)

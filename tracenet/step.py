@@ -72,6 +72,7 @@ def build_step_graph(fwd, bwd, update, flags, param_values):
 
 class _StepSpecialisation:
     def __init__(self, fn, optimizer, batch, unit):
+        clock = debug.CompileClock(f"training step {unit}")
         update = declaration_of(optimizer)
         flags = update.flags_of(optimizer)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -91,6 +92,7 @@ class _StepSpecialisation:
         # what the trace assumed of them: the attributes it read, their trees' structure (the
         # step differentiates every parameter, whatever its requires_grad flag)
         self.guards = Guards(fwd.reads, self.modules, [])
+        clock.lap("trace")
         n_loss = len(fwd.outputs) - len(fwd.state_updates)
         if n_loss != 1 or fwd.outputs[0].shape not in ((), (1,)) or \
                 not fwd.outputs[0].dtype.is_floating_point:
@@ -104,7 +106,9 @@ class _StepSpecialisation:
         bwd = ir_grad(fwd, wrt=param_values)
         graph = build_step_graph(fwd, bwd, update, flags, param_values)
         debug.log("ir", f"training step:\n{graph}")
+        clock.lap("autodiff")
         self.graph = optimise(graph)
+        clock.lap("passes")
         self.executable = Executable([("step", self.graph)], unit)
         self.loss_meta = (self.graph.outputs[0].shape, self.graph.outputs[0].dtype.np)
         self.update_state = UpdateState(optimizer, update, self.params)
@@ -118,6 +122,7 @@ class _StepSpecialisation:
         self._tensors = self.params + [b for _, b in self.buffers]
         self._call = self._bind_arguments(n_batch, n_params, n_buffers, len(fwd.seed_inputs),
                                           [a.name for a in update.state], names)
+        clock.done("cache hit" if self.executable.library.cached else "compiled")
 
     def _bind_arguments(self, n_batch, n_params, n_buffers, n_seeds, state_names, names):
         """The argument vector: graph inputs are the batch (per call), parameters and buffers

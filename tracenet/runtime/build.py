@@ -18,10 +18,11 @@ import struct
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import cffi
 
-from . import debug, toolchain
+from . import debug, split, toolchain
 from .cache import CacheError, atomic_write, cache_dir, locked, remove, remove_stale_temps, \
     temp_path
 from .toolchain import CompilerError
@@ -59,26 +60,34 @@ def file_stem(name):
     return re.sub(r"[^0-9A-Za-z_]", "_", name)[:40] or "unit"
 
 
-def build(source, cdef, name="graph", openmp=False):
-    """Compile ``source`` (or reuse the cached build) and load it with ``cdef`` declarations."""
+def build(source, cdef, name="graph", openmp=False, pieces=None):
+    """Compile ``source`` (or reuse the cached build) and load it with ``cdef`` declarations.
+    ``pieces``: the same unit in pieces (``codegen.emit.generate``), which a large unit is
+    built from, as several files compiled at once (``split``); the library is the same."""
     flags = toolchain.flags() + (toolchain.openmp_flags() if openmp else ())
     key = cache_key(source, flags)
     d = cache_dir()
     so_path = os.path.join(d, f"{file_stem(name)}-{key}.so")
     c_path = so_path[:-3] + ".c"
     start = time.perf_counter()
-    cached = so_path in _loaded or _entry_problem(so_path) is None
+    with debug.phase("cache"):
+        cached = so_path in _loaded or _entry_problem(so_path) is None
     if not cached:
-        cached = _build_entry(source, c_path, so_path, flags)
+        with debug.phase("gcc"):
+            cached = _build_entry(source, c_path, so_path, flags, pieces=pieces)
     debug.log("cache", f"{'hit' if cached else 'miss'} {so_path}")
     try:
-        ffi, lib = _load(so_path, cdef)
+        with debug.phase("load"):
+            ffi, lib = _load(so_path, cdef)
     except OSError as e:
         if not cached:
             raise CompilerError(f"cannot load the library just built from {c_path}: {e}") \
                 from None
-        cached = _build_entry(source, c_path, so_path, flags, bad=f"it does not load ({e})")
-        ffi, lib = _load(so_path, cdef)
+        with debug.phase("gcc"):
+            cached = _build_entry(source, c_path, so_path, flags, bad=f"it does not load ({e})",
+                                  pieces=pieces)
+        with debug.phase("load"):
+            ffi, lib = _load(so_path, cdef)
     seconds = time.perf_counter() - start
     debug.log("c", f"source {c_path}")
     debug.log("time", f"{'load' if cached else 'compile+load'} {name}: {seconds * 1e3:.1f} ms")
@@ -93,7 +102,7 @@ def _load(so_path, cdef):
     return _loaded[so_path]
 
 
-def _build_entry(source, c_path, so_path, flags, bad=None):
+def _build_entry(source, c_path, so_path, flags, bad=None, pieces=None):
     """Build the entry under its lock; True if another process built it meanwhile. ``bad``:
     why the entry there now must be replaced whatever its checksum says."""
     with locked(so_path):
@@ -106,15 +115,18 @@ def _build_entry(source, c_path, so_path, flags, bad=None):
         elif os.path.lexists(so_path):
             _quarantine(so_path, problem)
         remove_stale_temps(os.path.dirname(so_path))
-        _compile(source, c_path, so_path, flags)
+        if split.worth_splitting(pieces):
+            _compile_split(source, pieces, c_path, so_path, flags)
+        else:
+            _compile(source, c_path, so_path, flags)
         return False
 
 
 _NO_RECORD = "no record of its build"
 
 
-def _meta_path(so_path):
-    return so_path[:-3] + ".meta"
+def _meta_path(path):
+    return os.path.splitext(path)[0] + ".meta"
 
 
 def _digest(path):
@@ -189,23 +201,106 @@ def _compile(source, c_path, so_path, flags):
     tmp_so = temp_path(so_path)
     cmd = list(argv) + list(flags) + [c_path, "-o", tmp_so, "-lm"]
     try:
-        code, out, err = toolchain.run_compiler(cmd, COMPILE_TIMEOUT,
-                                                f"on generated source {c_path}")
-        if code != 0:
-            raise CompilerError(
-                f"the C compiler failed (exit {code}) on generated source {c_path}\n"
-                f"command: {' '.join(cmd)}\n{err.strip() or out.strip()}")
-        problem = _library_problem(tmp_so)
-        if problem:
-            raise CompilerError(f"the C compiler {argv[0]!r} reported success on generated "
-                                f"source {c_path} but its output is not a library: {problem}")
-        size, digest = os.path.getsize(tmp_so), _digest(tmp_so)
-        # the record goes first: whoever sees the library can check it against the record
-        atomic_write(_meta_path(so_path), json.dumps({"size": size, "sha256": digest}))
-        try:
-            os.replace(tmp_so, so_path)
-        except OSError as e:
-            raise CacheError(f"cannot write {so_path}: {e.strerror or e}") from None
+        _run(cmd, c_path)
+        _check_output(tmp_so, "a library", c_path, argv)
+        _publish(tmp_so, so_path)
     finally:
         remove(tmp_so)
 
+
+
+def _check_output(tmp, what, source_path, argv):
+    problem = _library_problem(tmp)
+    if problem:
+        raise CompilerError(f"the C compiler {argv[0]!r} reported success on generated "
+                            f"source {source_path} but its output is not {what}: {problem}")
+
+
+def _run(cmd, source_path):
+    code, out, err = toolchain.run_compiler(cmd, COMPILE_TIMEOUT,
+                                            f"on generated source {source_path}")
+    if code != 0:
+        raise CompilerError(
+            f"the C compiler failed (exit {code}) on generated source {source_path}\n"
+            f"command: {' '.join(cmd)}\n{err.strip() or out.strip()}")
+
+
+def _publish(tmp, path):
+    """Record ``tmp``'s size and digest, then rename it to ``path`` (the caller holds the
+    entry's lock)."""
+    size, digest = os.path.getsize(tmp), _digest(tmp)
+    # the record goes first: whoever sees the file can check it against the record
+    atomic_write(_meta_path(path), json.dumps({"size": size, "sha256": digest}))
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CacheError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _compile_flags(flags):
+    return [f for f in flags if f != "-shared"] + ["-c"]
+
+
+def shared_object(source, flags):
+    """The object file of the code every large unit shares (the GEMM micro-kernels), built
+    once per source, compiler and flags and kept in the cache like a library: under its lock,
+    written under a temporary name, recorded and checked by size and SHA-256."""
+    key = cache_key(source, _compile_flags(flags))
+    o_path = os.path.join(cache_dir(), f"tn_shared-{key}.o")
+    if _entry_problem(o_path) is None:
+        return o_path
+    with locked(o_path):
+        problem = _entry_problem(o_path)
+        if problem is None:
+            return o_path
+        if problem == _NO_RECORD:
+            remove(o_path)
+        elif os.path.lexists(o_path):
+            _quarantine(o_path, problem)
+        c_path = o_path[:-2] + ".c"
+        atomic_write(c_path, source)
+        argv, _ = toolchain.compiler()
+        tmp = temp_path(o_path)
+        try:
+            _run(list(argv) + _compile_flags(flags) + [c_path, "-o", tmp], c_path)
+            _check_output(tmp, "an object file", c_path, argv)
+            _publish(tmp, o_path)
+        finally:
+            remove(tmp)
+    return o_path
+
+
+def _compile_split(source, pieces, c_path, so_path, flags):
+    """Build the unit from several files compiled at once, plus the shared object, then link
+    them (the caller holds the entry's lock)."""
+    atomic_write(c_path, source)  # the whole unit, for inspection
+    argv, _ = toolchain.compiler()
+    jobs = split.cores()
+    shared = pieces["shared"]
+    need_shared = shared is not None and _entry_problem(
+        os.path.join(cache_dir(), f"tn_shared-{cache_key(shared, _compile_flags(flags))}.o"))
+    sources = split.part_sources(pieces, jobs - bool(need_shared) or 1)
+    objects = []
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            # the shared object first: it is the largest single compile
+            shared_job = pool.submit(shared_object, shared, flags) if shared else None
+            compiles = []
+            for i, text in enumerate(sources):
+                part = f"{so_path[:-3]}.part{i}.c"
+                atomic_write(part, text)  # kept for inspection and compiler messages
+                obj = temp_path(so_path[:-3] + f".part{i}.o")
+                objects.append(obj)
+                compiles.append(pool.submit(_run, list(argv) + _compile_flags(flags) +
+                                            [part, "-o", obj], part))
+            for job in compiles:
+                job.result()
+            linked = objects + ([shared_job.result()] if shared_job else [])
+        tmp_so = temp_path(so_path)
+        objects.append(tmp_so)
+        _run(list(argv) + list(flags) + linked + ["-o", tmp_so, "-lm"], c_path)
+        _check_output(tmp_so, "a library", c_path, argv)
+        _publish(tmp_so, so_path)
+    finally:
+        for obj in objects:
+            remove(obj)
