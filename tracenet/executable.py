@@ -23,12 +23,12 @@ import cffi
 import numpy as np
 
 from .codegen.base import STATUS_DETAILS, has_lowering
-from .codegen.emit import ALIGN, c_identifier, generate
+from .codegen.emit import ALIGN, c_identifier
 from .ir.verify import verify
 from .passes import fuse, simplify
 from .passes.decompose import decompose
 from .passes.lower import lower_gemm
-from .runtime import build, debug, target as runtime_target
+from .runtime import build, debug, prepare
 from .trace import fresh_seeds
 
 _ffi = cffi.FFI()
@@ -58,11 +58,8 @@ class Executable:
 
     def __init__(self, graphs, unit):
         self.timing = debug.enabled("time")  # built with per-kernel clocks
-        with debug.phase("probe"):  # the compiler's flags, probed once per cache directory
-            target = runtime_target.current()
-        with debug.phase("render"):
-            self.source_code, cdef, entries, openmp, pieces = generate(
-                graphs, unit, target, timing=self.timing, pieces=True)
+        self.source_code, cdef, entries, openmp, pieces = prepare.generate(
+            graphs, unit, timing=self.timing)
         self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp,
                                    pieces=pieces)
         self.entries = entries

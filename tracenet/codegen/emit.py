@@ -273,10 +273,17 @@ def generate(graphs, unit, target, timing=False, pieces=False):
         tail += constants
         calls = []
         for k, call in body:
-            name = emitted.setdefault(k.source.replace(k.name, "\0"), k.name)
+            # the leading comment shows the kernel's IR nodes: not part of what it computes
+            about, code = "", k.source
+            if code.lstrip().startswith("/*"):
+                cut = code.index("*/") + 2
+                about, code = code[:cut], code[cut:]
+            name = emitted.setdefault(code.replace(k.name, "\0"), k.name)
             if name != k.name:  # a copy of a kernel already emitted: call that one
                 assert call.startswith(k.name + "("), call
                 call = name + call[len(k.name):]
+                if about:  # whoever looks for these nodes finds where they run
+                    parts.append(f"{about}\n/* (computed by {name}) */\n")
             else:
                 for helper, source in k.helpers:
                     if helper not in helpers:

@@ -56,8 +56,6 @@ class CompileClock:
 
     def done(self, note=""):
         self.lap("other")
-        if self.phases["other"] < 5e-5:
-            del self.phases["other"]
         if getattr(_clocks, "current", None) is self:
             _clocks.current = None
         self.total = self._last - self.start
