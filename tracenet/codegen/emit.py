@@ -228,7 +228,7 @@ def plan_entry(entry, prefix, target):
     return constants, body, copies
 
 
-def generate(graphs, unit, target, timing=False, pieces=False):
+def generate(graphs, unit, target, timing=False, pieces=False, shared_ready=None):
     """C source for ``graphs`` (a list of (entry suffix, Graph)) built for ``target`` (a
     ``codegen.target.Target``); returns (source, cdef, [EntryPoint], whether OpenMP is
     used), and with ``pieces`` a fifth item: the same unit as pieces that can be compiled
@@ -240,6 +240,10 @@ def generate(graphs, unit, target, timing=False, pieces=False):
       external linkage so the entry points in another piece can call them;
     * ``helpers``: helper name -> source, static in each piece that uses it;
     * ``tail``: constants and entry points.
+
+    ``shared_ready(source)``, if given, is called with the shared source as soon as it is
+    known, before the kernels are lowered (their templates' first compile takes a while), so
+    that it can be built meanwhile.
 
     Kernels that come out identical but for their name (the same template with the same
     constants: repeated layers, equal-sized optimizer updates) are emitted once and called
@@ -260,6 +264,12 @@ def generate(graphs, unit, target, timing=False, pieces=False):
                  "static double tn_now(void) { struct timespec t; "
                  f"clock_gettime({which}, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }}", ""]
     parts += clock
+    if pieces:
+        header, shared = ("\n".join(includes + [render(
+            "_preamble.c.j2", max_threads=target.max_threads, ctypes=ctypes, gemm_mode=mode)])
+            for mode in ("declare", "define"))
+        if shared_ready is not None:
+            shared_ready(shared)
     cdefs, entries = [], []
     helpers = {}   # name -> source, in order of first use
     kernels = []   # (name, source, helper names), each distinct kernel once
@@ -336,11 +346,8 @@ def generate(graphs, unit, target, timing=False, pieces=False):
                        ksource[start + len(head):], prototypes[-1], helper_names))
     calls_gemm = any("tn_gemm" in ksource for _, ksource, _ in kernels)
     layout = {
-        "header": "\n".join(includes + [render("_preamble.c.j2", max_threads=target.max_threads,
-                                                ctypes=ctypes, gemm_mode="declare")]),
-        "shared": "\n".join(includes + [render("_preamble.c.j2", max_threads=target.max_threads,
-                                                ctypes=ctypes, gemm_mode="define")])
-        if calls_gemm else None,
+        "header": header,
+        "shared": shared if calls_gemm else None,
         "kernels": linked,
         "helpers": helpers,
         "tail": "\n".join(clock + prototypes + [""] + tail),

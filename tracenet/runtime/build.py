@@ -16,6 +16,7 @@ import re
 import stat
 import struct
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -115,7 +116,10 @@ def _build_entry(source, c_path, so_path, flags, bad=None, pieces=None):
         elif os.path.lexists(so_path):
             _quarantine(so_path, problem)
         remove_stale_temps(os.path.dirname(so_path))
-        if split.worth_splitting(pieces):
+        early = pieces.get("early") if pieces else None
+        # a shared object whose build already started is as good as built
+        if split.worth_splitting(pieces) or (early is not None and pieces["shared"] is not None
+                                             and split.cores() > 1):
             _compile_split(source, pieces, c_path, so_path, flags)
         else:
             _compile(source, c_path, so_path, flags)
@@ -241,6 +245,35 @@ def _compile_flags(flags):
     return [f for f in flags if f != "-shared"] + ["-c"]
 
 
+class SharedBuild:
+    """``shared_object(source)`` built in a thread of its own, once ``after`` (a thread: the
+    compiler probe) has finished; ``result()`` waits for the path."""
+
+    def __init__(self, source, after=None):
+        self.source = source
+        self._path = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(after,), daemon=True,
+                                        name="tracenet-shared-object")
+        self._thread.start()
+
+    def _run(self, after):
+        try:
+            if after is not None:
+                after.join()
+            self._path = shared_object(self.source, toolchain.flags())
+        except BaseException as e:  # noqa: BLE001  (raised where the result is wanted)
+            self._error = e
+
+    def done(self):
+        return not self._thread.is_alive()
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._path
+
+
 def shared_object(source, flags):
     """The object file of the code every large unit shares (the GEMM micro-kernels), built
     once per source, compiler and flags and kept in the cache like a library: under its lock,
@@ -276,15 +309,21 @@ def _compile_split(source, pieces, c_path, so_path, flags):
     atomic_write(c_path, source)  # the whole unit, for inspection
     argv, _ = toolchain.compiler()
     jobs = split.cores()
-    shared = pieces["shared"]
-    need_shared = shared is not None and _entry_problem(
-        os.path.join(cache_dir(), f"tn_shared-{cache_key(shared, _compile_flags(flags))}.o"))
-    sources = split.part_sources(pieces, jobs - bool(need_shared) or 1)
+    shared, early = pieces["shared"], pieces.get("early")
+    # (no OpenMP in the GEMM micro-kernels: one object serves units with and without it)
+    base = toolchain.flags()
+    if early is not None and early.source == shared:
+        busy = not early.done()
+    else:
+        early = None
+        busy = shared is not None and _entry_problem(os.path.join(
+            cache_dir(), f"tn_shared-{cache_key(shared, _compile_flags(base))}.o")) is not None
+    sources = split.part_sources(pieces, jobs - busy or 1)  # a core builds the shared object
     objects = []
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             # the shared object first: it is the largest single compile
-            shared_job = pool.submit(shared_object, shared, flags) if shared else None
+            shared_job = early or (pool.submit(shared_object, shared, base) if shared else None)
             compiles = []
             for i, text in enumerate(sources):
                 part = f"{so_path[:-3]}.part{i}.c"

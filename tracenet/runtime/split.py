@@ -10,7 +10,7 @@ import os
 
 # kernel source (bytes) from which a unit is split: below it the compile of the kernels takes
 # about as long as starting the compiler twice more and linking (~30 ms each)
-MIN_KERNEL_BYTES = 16_000
+MIN_KERNEL_BYTES = 12_000
 # the smallest share of kernel source worth a compiler process of its own
 MIN_PART_BYTES = 8_000
 
