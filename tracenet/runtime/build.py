@@ -91,7 +91,6 @@ def build(source, cdef, name="graph", openmp=False, pieces=None):
             ffi, lib = _load(so_path, cdef)
     seconds = time.perf_counter() - start
     debug.log("c", f"source {c_path}")
-    debug.log("time", f"{'load' if cached else 'compile+load'} {name}: {seconds * 1e3:.1f} ms")
     return Library(ffi, lib, so_path, c_path, cached, seconds)
 
 
@@ -110,11 +109,7 @@ def _build_entry(source, c_path, so_path, flags, bad=None, pieces=None):
         problem = bad or _entry_problem(so_path)
         if problem is None:
             return True
-        if problem == _NO_RECORD:  # built by an older version: replaced without a warning
-            debug.log("cache", f"no record for {so_path}: rebuilding")
-            remove(so_path)
-        elif os.path.lexists(so_path):
-            _quarantine(so_path, problem)
+        _clear(so_path, problem)
         remove_stale_temps(os.path.dirname(so_path))
         early = pieces.get("early") if pieces else None
         # a shared object whose build already started is as good as built
@@ -163,6 +158,15 @@ def _entry_problem(so_path):
     except (OSError, ValueError, KeyError, TypeError):
         return f"no valid {os.path.basename(_meta_path(so_path))}"
     return None
+
+
+def _clear(path, problem):
+    """Remove the cache entry ``path`` before it is rebuilt (the caller holds its lock)."""
+    if problem == _NO_RECORD:  # built by an older version: replaced without a warning
+        debug.log("cache", f"no record for {path}: rebuilding")
+        remove(path)
+    elif os.path.lexists(path):
+        _quarantine(path, problem)
 
 
 def _quarantine(so_path, problem):
@@ -286,10 +290,7 @@ def shared_object(source, flags):
         problem = _entry_problem(o_path)
         if problem is None:
             return o_path
-        if problem == _NO_RECORD:
-            remove(o_path)
-        elif os.path.lexists(o_path):
-            _quarantine(o_path, problem)
+        _clear(o_path, problem)
         c_path = o_path[:-2] + ".c"
         atomic_write(c_path, source)
         argv, _ = toolchain.compiler()
