@@ -1,6 +1,5 @@
 """Cold builds: identical kernels emitted once, large units compiled as several files at once
-and linked with a cached object of the GEMM micro-kernels, and TRACENET_DEBUG=time's account of
-where a specialisation's compile time went."""
+and linked, and TRACENET_DEBUG=time's account of where a specialisation's compile time went."""
 import os
 import re
 import warnings
@@ -68,14 +67,8 @@ def test_identical_kernels_train_like_eager():
         np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), err_msg=name, **TOL)
 
 
-def _lenet_step(net):
-    opt = optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    crit = nn.CrossEntropyLoss()
-    return opt, crit
-
-
 @pytest.mark.parametrize("jobs", ["2", "3"])
-def test_split_unit_builds_links_the_shared_object_and_matches_eager(monkeypatch, jobs):
+def test_split_unit_builds_and_matches_eager(monkeypatch, jobs):
     monkeypatch.setenv("TRACENET_BUILD_JOBS", jobs)
     torch.manual_seed(0)
     net, ref = LeNet(), LeNet()
@@ -85,69 +78,69 @@ def test_split_unit_builds_links_the_shared_object_and_matches_eager(monkeypatch
     np.testing.assert_allclose(compiled(x).detach().numpy(), ref(x).detach().numpy(), **TOL)
     compiled(x).sum().backward()
     ref(x).sum().backward()
-    np.testing.assert_allclose(net.conv1.weight.grad.numpy(), ref.conv1.weight.grad.numpy(),
-                               **TOL)
+    for (name, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), err_msg=name, **TOL)
     lib = compiled._last.library
     stem = os.path.basename(lib.path)[:-3]
-    parts = [f for f in _cache_files(".c") if f.startswith(stem + ".part")]
-    assert len(parts) == int(jobs) - 1  # one core builds the shared object
-    assert len(_cache_files(".o")) == 1  # the shared object, kept; the parts' objects are not
-    # the whole unit is kept too, and its entry points live in the first part
-    assert os.path.exists(lib.source_path)
-    with open(os.path.join(os.path.dirname(lib.path), stem + ".part0.c")) as f:
-        assert "tn_LeNet_0_forward(void *const *args" in f.read()
+    d = os.path.dirname(lib.path)
+    parts = sorted(f for f in _cache_files(".c") if f.startswith(stem + ".part"))
+    assert 2 <= len(parts) <= int(jobs), parts
+    assert os.path.exists(lib.source_path)  # the whole unit is kept too
+    texts = [open(os.path.join(d, f)).read() for f in parts]
+    # the entry points live in the first file, with its kernels static as in one file
+    assert "void tn_LeNet_0_forward(void *const *args" in texts[0]
+    assert re.search(r"^static void tn_LeNet_0_\w+_k\d+", texts[0], re.M)
+    for text in texts[1:]:
+        assert re.search(r'^__attribute__\(\(visibility\("hidden"\)\)\) void tn_LeNet', text,
+                         re.M)
+    # each file that calls the GEMM has its own copy of it, and no object is left behind
+    for text in texts:
+        calls = re.search(r"^\s+tn_gemm(_nt)?_f32\(", text, re.M)
+        assert bool(calls) == ("static void tn_gemm_f32(int M" in text)
+    assert not _cache_files(".o")
 
 
-def test_second_unit_reuses_the_shared_object(tmp_path, monkeypatch):
-    log = tmp_path / "cc.log"
-    wrapper = tmp_path / "cc"
-    wrapper.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexec gcc \"$@\"\n")
-    wrapper.chmod(0o755)
-    monkeypatch.setenv("CC", str(wrapper))
-    monkeypatch.setenv("TRACENET_BUILD_JOBS", "2")
-    toolchain.reset()
-    torch.compile(LeNet())(torch.randn(2, 1, 32, 32))
-    torch.compile(LeNet())(torch.randn(3, 1, 32, 32))  # another unit
-    shared = [line for line in log.read_text().splitlines() if "tn_shared-" in line and " -c " in
-              f" {line} "]
-    assert len(shared) == 1, shared
-    assert len(_cache_files(".so")) == 2
-    # the second unit, with the shared object cached, is split over both cores
-    assert len([f for f in _cache_files(".c") if ".part" in f]) == 1 + 2
+def test_split_plan_balances_and_keeps_small_units_whole():
+    def kernel(name, size, gemm):
+        body = f"static void {name}(void) {{ /* {'x' * size} */ }}\n"
+        return (name, body, body.replace("static", "HIDDEN"), f"HIDDEN void {name}(void);",
+                [], gemm)
+    pieces = {"header": "H\n", "gemm_header": "H\n" + "G" * 20_000, "helpers": {},
+              "kernels": [kernel(f"k{i}", 6_000, i < 2) for i in range(8)], "tail": "TAIL"}
+    files = split.plan(pieces, jobs=2)
+    assert len(files) == 2 and "TAIL" in files[0] and "TAIL" not in files[1]
+    # every kernel once; the GEMM goes only with the kernels that call it
+    for i in range(8):
+        assert sum(f"void k{i}(void) {{" in f for f in files) == 1
+    assert ["G" * 20_000 in f for f in files].count(True) == 1
+    assert split.plan(pieces, jobs=1) is None
+    pieces["kernels"] = pieces["kernels"][:1]
+    assert split.plan(pieces, jobs=4) is None
 
 
 def test_small_units_and_one_core_build_one_file(monkeypatch):
     torch.compile(MLP())(torch.randn(2, 20))
     monkeypatch.setenv("TRACENET_BUILD_JOBS", "1")
     torch.compile(LeNet())(torch.randn(2, 1, 32, 32))
-    assert not [f for f in _cache_files(".c") if ".part" in f] and not _cache_files(".o")
+    assert not [f for f in _cache_files(".c") if ".part" in f]
     assert len(_cache_files(".so")) == 2
 
 
-def test_damaged_shared_object_is_rebuilt(monkeypatch):
-    monkeypatch.setenv("TRACENET_BUILD_JOBS", "2")
-    x = torch.randn(2, 1, 32, 32)
-    torch.compile(LeNet())(x)
-    d = os.environ["TRACENET_CACHE_DIR"]
-    (obj,) = _cache_files(".o")
-    with open(os.path.join(d, obj), "r+b") as f:
-        f.truncate(100)
-    x = torch.randn(3, 1, 32, 32)  # another unit that links it
-    with pytest.warns(RuntimeWarning, match="tn_shared-.*rebuilding"):
-        out = torch.compile(net := LeNet())(x)
-    np.testing.assert_allclose(out.detach().numpy(), net(x).detach().numpy(), **TOL)
-
-
-def test_compiler_error_in_a_part_names_its_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRACENET_BUILD_JOBS", "2")
+def test_compiler_error_in_a_part_names_its_file(monkeypatch):
     monkeypatch.setattr(split, "MIN_KERNEL_BYTES", 0)
-    monkeypatch.setattr(split, "MIN_PART_BYTES", 1)
-    pieces = {"header": "#include <stdint.h>\n", "shared": None, "helpers": {},
-              "kernels": [("k0", "void k0(void) { }\n", "void k0(void);", []),
-                          ("k1", "void k1(void) { this is not C; }\n", "void k1(void);", [])],
-              "tail": "void k0(void); void k1(void);\nint tn_probe(void) { k0(); k1(); "
-                      "return 42; }\n"}
-    with pytest.raises(toolchain.CompilerError, match=r"\.part\d\.c") as e:
+    monkeypatch.setattr(split, "FILE_OVERHEAD", 0)
+    monkeypatch.setattr(split, "LINK_OVERHEAD", 0)
+    monkeypatch.setenv("TRACENET_BUILD_JOBS", "2")
+    h = '__attribute__((visibility("hidden")))'
+    pieces = {"header": "#include <stdint.h>\n", "gemm_header": "#include <stdint.h>\n",
+              "helpers": {},
+              "kernels": [("k0", "static void k0(void) { }\n", f"{h} void k0(void) {{ }}\n",
+                           f"{h} void k0(void);", [], False),
+                          ("k1", "static void k1(void) { this is not C; }\n",
+                           f"{h} void k1(void) {{ this is not C; }}\n", f"{h} void k1(void);",
+                           [], False)],
+              "tail": "int tn_probe(void) { k0(); k1(); return 42; }\n"}
+    with pytest.raises(toolchain.CompilerError, match=r"\.part1\.c") as e:
         build.build("/* whole */ int tn_probe(void) { return 42; }\n", "int tn_probe(void);",
                     name="broken", pieces=pieces)
     assert "this is not C" in str(e.value) or "error" in str(e.value)

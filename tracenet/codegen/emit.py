@@ -228,22 +228,19 @@ def plan_entry(entry, prefix, target):
     return constants, body, copies
 
 
-def generate(graphs, unit, target, timing=False, pieces=False, shared_ready=None):
+def generate(graphs, unit, target, timing=False, pieces=False):
     """C source for ``graphs`` (a list of (entry suffix, Graph)) built for ``target`` (a
     ``codegen.target.Target``); returns (source, cdef, [EntryPoint], whether OpenMP is
     used), and with ``pieces`` a fifth item: the same unit as pieces that can be compiled
     apart and linked (see ``runtime.split``), a dict of
 
-    * ``header``: what every piece starts with (the GEMM entry points only declared);
-    * ``shared``: a source defining the GEMM entry points (None when no kernel calls them);
-    * ``kernels``: [(name, definition, prototype, [helper names])], definitions with hidden
-      external linkage so the entry points in another piece can call them;
+    * ``header``: what every piece starts with, without the GEMM entry points;
+    * ``gemm_header``: the same with them, static: a piece whose kernels call them compiles
+      its own copy, specialised by the compiler to its callers' arguments;
+    * ``kernels``: [(name, source, definition with hidden external linkage, its prototype,
+      [helper names], whether it calls the GEMM)];
     * ``helpers``: helper name -> source, static in each piece that uses it;
-    * ``tail``: constants and entry points.
-
-    ``shared_ready(source)``, if given, is called with the shared source as soon as it is
-    known, before the kernels are lowered (their templates' first compile takes a while), so
-    that it can be built meanwhile.
+    * ``tail``: constants and entry points (after the kernels it calls, or their prototypes).
 
     Kernels that come out identical but for their name (the same template with the same
     constants: repeated layers, equal-sized optimizer updates) are emitted once and called
@@ -264,12 +261,6 @@ def generate(graphs, unit, target, timing=False, pieces=False, shared_ready=None
                  "static double tn_now(void) { struct timespec t; "
                  f"clock_gettime({which}, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }}", ""]
     parts += clock
-    if pieces:
-        header, shared = ("\n".join(includes + [render(
-            "_preamble.c.j2", max_threads=target.max_threads, ctypes=ctypes, gemm_mode=mode)])
-            for mode in ("declare", "define"))
-        if shared_ready is not None:
-            shared_ready(shared)
     cdefs, entries = [], []
     helpers = {}   # name -> source, in order of first use
     kernels = []   # (name, source, helper names), each distinct kernel once
@@ -332,7 +323,7 @@ def generate(graphs, unit, target, timing=False, pieces=False, shared_ready=None
     if not pieces:
         return source, cdef, entries, uses_openmp
     hidden = '__attribute__((visibility("hidden")))'
-    linked, prototypes = [], []
+    split = []
     for name, ksource, helper_names in kernels:
         head = f"static void {name}("
         start = ksource.index(head)
@@ -341,15 +332,16 @@ def generate(graphs, unit, target, timing=False, pieces=False, shared_ready=None
             depth += {"(": 1, ")": -1}.get(ksource[end], 0)
             if depth == 0:
                 break
-        prototypes.append(f"{hidden} void {ksource[start + len('static void '):end + 1]};")
-        linked.append((name, ksource[:start] + f"{hidden} void {name}(" +
-                       ksource[start + len(head):], prototypes[-1], helper_names))
-    calls_gemm = any("tn_gemm" in ksource for _, ksource, _ in kernels)
+        split.append((name, ksource, ksource[:start] + f"{hidden} void {name}(" +
+                      ksource[start + len(head):],
+                      f"{hidden} void {ksource[start + len('static void '):end + 1]};",
+                      helper_names, "tn_gemm" in ksource))
     layout = {
-        "header": header,
-        "shared": shared if calls_gemm else None,
-        "kernels": linked,
+        "header": "\n".join(includes + [render("_preamble.c.j2", max_threads=target.max_threads,
+                                                ctypes=ctypes, with_gemm=False)]),
+        "gemm_header": "\n".join(parts[:len(includes) + 1]),
+        "kernels": split,
         "helpers": helpers,
-        "tail": "\n".join(clock + prototypes + [""] + tail),
+        "tail": "\n".join(clock + tail),
     }
     return source, cdef, entries, uses_openmp, layout

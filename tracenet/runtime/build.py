@@ -16,7 +16,6 @@ import re
 import stat
 import struct
 import sys
-import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -111,11 +110,9 @@ def _build_entry(source, c_path, so_path, flags, bad=None, pieces=None):
             return True
         _clear(so_path, problem)
         remove_stale_temps(os.path.dirname(so_path))
-        early = pieces.get("early") if pieces else None
-        # a shared object whose build already started is as good as built
-        if split.worth_splitting(pieces) or (early is not None and pieces["shared"] is not None
-                                             and split.cores() > 1):
-            _compile_split(source, pieces, c_path, so_path, flags)
+        sources = split.plan(pieces) if pieces else None
+        if sources:
+            _compile_split(source, pieces, c_path, so_path, flags, sources)
         else:
             _compile(source, c_path, so_path, flags)
         return False
@@ -249,82 +246,14 @@ def _compile_flags(flags):
     return [f for f in flags if f != "-shared"] + ["-c"]
 
 
-class SharedBuild:
-    """``shared_object(source)`` built in a thread of its own, once ``after`` (a thread: the
-    compiler probe) has finished; ``result()`` waits for the path."""
-
-    def __init__(self, source, after=None):
-        self.source = source
-        self._path = self._error = None
-        self._thread = threading.Thread(target=self._run, args=(after,), daemon=True,
-                                        name="tracenet-shared-object")
-        self._thread.start()
-
-    def _run(self, after):
-        try:
-            if after is not None:
-                after.join()
-            self._path = shared_object(self.source, toolchain.flags())
-        except BaseException as e:  # noqa: BLE001  (raised where the result is wanted)
-            self._error = e
-
-    def done(self):
-        return not self._thread.is_alive()
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._path
-
-
-def shared_object(source, flags):
-    """The object file of the code every large unit shares (the GEMM micro-kernels), built
-    once per source, compiler and flags and kept in the cache like a library: under its lock,
-    written under a temporary name, recorded and checked by size and SHA-256."""
-    key = cache_key(source, _compile_flags(flags))
-    o_path = os.path.join(cache_dir(), f"tn_shared-{key}.o")
-    if _entry_problem(o_path) is None:
-        return o_path
-    with locked(o_path):
-        problem = _entry_problem(o_path)
-        if problem is None:
-            return o_path
-        _clear(o_path, problem)
-        c_path = o_path[:-2] + ".c"
-        atomic_write(c_path, source)
-        argv, _ = toolchain.compiler()
-        tmp = temp_path(o_path)
-        try:
-            _run(list(argv) + _compile_flags(flags) + [c_path, "-o", tmp], c_path)
-            _check_output(tmp, "an object file", c_path, argv)
-            _publish(tmp, o_path)
-        finally:
-            remove(tmp)
-    return o_path
-
-
-def _compile_split(source, pieces, c_path, so_path, flags):
-    """Build the unit from several files compiled at once, plus the shared object, then link
-    them (the caller holds the entry's lock)."""
+def _compile_split(source, pieces, c_path, so_path, flags, sources):
+    """Build the unit from the C files ``sources``, compiled at once, then linked (the caller
+    holds the entry's lock)."""
     atomic_write(c_path, source)  # the whole unit, for inspection
     argv, _ = toolchain.compiler()
-    jobs = split.cores()
-    shared, early = pieces["shared"], pieces.get("early")
-    # (no OpenMP in the GEMM micro-kernels: one object serves units with and without it)
-    base = toolchain.flags()
-    if early is not None and early.source == shared:
-        busy = not early.done()
-    else:
-        early = None
-        busy = shared is not None and _entry_problem(os.path.join(
-            cache_dir(), f"tn_shared-{cache_key(shared, _compile_flags(base))}.o")) is not None
-    sources = split.part_sources(pieces, jobs - busy or 1)  # a core builds the shared object
     objects = []
     try:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            # the shared object first: it is the largest single compile
-            shared_job = early or (pool.submit(shared_object, shared, base) if shared else None)
+        with ThreadPoolExecutor(max_workers=len(sources)) as pool:
             compiles = []
             for i, text in enumerate(sources):
                 part = f"{so_path[:-3]}.part{i}.c"
@@ -335,7 +264,7 @@ def _compile_split(source, pieces, c_path, so_path, flags):
                                             [part, "-o", obj], part))
             for job in compiles:
                 job.result()
-            linked = objects + ([shared_job.result()] if shared_job else [])
+        linked = list(objects)
         tmp_so = temp_path(so_path)
         objects.append(tmp_so)
         _run(list(argv) + list(flags) + linked + ["-o", tmp_so, "-lm"], c_path)
