@@ -7,7 +7,8 @@ first one's build and reuses it), written under a temporary name and renamed int
 atomically, and recorded with its size and SHA-256 in a ``.meta`` file written just before the
 rename. An entry whose ``.meta`` is missing or does not match is never loaded (a truncated
 library would crash the process on load): it is removed and rebuilt, with a warning unless it
-merely has no ``.meta`` (built by an older version).
+merely has no ``.meta`` (built by an older version). A large unit may be compiled as several
+files at once and linked (``split``): the entry, its key and its checks are the same.
 """
 import hashlib
 import json
