@@ -8,7 +8,6 @@ backward graph in one C call and hands the parameter gradients to the autograd e
 accumulates them into ``.grad`` exactly as in eager mode.
 """
 import operator
-import time
 
 import numpy as np
 
@@ -41,7 +40,7 @@ class Specialisation:
 
     def __init__(self, module, inputs, key, unit, input_structure=None, sizes=None,
                  stored=None, guards=None):
-        start = time.perf_counter()
+        clock = self._clock = debug.CompileClock(f"{type(module).__name__} {key}")
         params = _state(module)
         self.key = key
         self.params = params
@@ -77,11 +76,10 @@ class Specialisation:
         self.symbols = graph_symbols(g for _, g in graphs)
         self._out_layout = [(shape_evaluator(shape), dt, spare)
                             for (shape, dt), spare in zip(self.out_meta, self._spare)]
-        self.compile_seconds = time.perf_counter() - start
         cached = self.executable.library.cached
-        how = "graph cache" if stored is not None else "cache hit" if cached else "compiled"
-        debug.log("time", f"specialisation {key}: ready in {self.compile_seconds * 1e3:.1f} ms "
-                          f"({how})")
+        self.compile_seconds = clock.done(
+            "graph cache" if stored is not None else "cache hit" if cached else "compiled")
+        del self._clock
 
     def _trace(self, module, inputs, key, unit, input_structure, params, sizes):
         """Trace, differentiate, optimise and build; returns the (entry suffix, graph) list."""
@@ -95,6 +93,7 @@ class Specialisation:
         # when it traced with grad enabled, which parameters require grad
         self.guards = Guards(fwd.reads, [module],
                              [p for _, p in params] if key[2] else [])
+        self._clock.lap("trace")
         self.checks = warm.checks_of(fwd, [module])
         self.output_structure = fwd.output_structure
         self.size_checks = list(fwd.size_checks)
@@ -122,12 +121,14 @@ class Specialisation:
                                            if v in fwd_index})
             self.grad_of = [fwd_index[v] for v in bwd.grad_of]
             self.cotangent_of = [fwd.outputs.index(v) for v in bwd.cotangent_of]
+            self._clock.lap("autodiff")
             self.backward_graph = optimise(bwd)
             graphs = [("forward", optimise(joint)), ("backward", self.backward_graph)]
             self.forward_graph = joint
         else:
             self.recyclable = []
             graphs = [("forward", optimise(fwd))]
+        self._clock.lap("passes")
         self.executable = Executable(graphs, unit)
         return graphs
 

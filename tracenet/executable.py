@@ -25,12 +25,12 @@ import numpy as np
 
 from ._sym import NO_SIZES, Sym, evaluator, shape_evaluator
 from .codegen.base import STATUS_DETAILS, Kernel, has_lowering
-from .codegen.emit import ALIGN, EntryPoint, c_identifier, generate
+from .codegen.emit import ALIGN, EntryPoint, c_identifier
 from .ir.verify import verify
 from .passes import fuse, simplify
 from .passes.decompose import decompose
 from .passes.lower import lower_gemm
-from .runtime import build, debug, graph_cache, target as runtime_target
+from .runtime import build, debug, graph_cache, prepare
 from .runtime.threads import compiled_threads
 from .size import Size
 from .trace import fresh_seeds
@@ -160,10 +160,10 @@ class Executable:
 
     def __init__(self, graphs, unit):
         self.timing = debug.enabled("time")  # built with per-kernel clocks
-        self._source, self.cdef, entries, openmp = generate(graphs, unit,
-                                                            runtime_target.current(),
-                                                            timing=self.timing)
-        self.library = build.build(self._source, self.cdef, name=unit, openmp=openmp)
+        self._source, self.cdef, entries, openmp, pieces = prepare.generate(
+            graphs, unit, timing=self.timing)
+        self.library = build.build(self._source, self.cdef, name=unit, openmp=openmp,
+                                   pieces=pieces)
         self._connect(entries)
 
     def _connect(self, entries):
@@ -186,8 +186,9 @@ class Executable:
         for e in self.entries:
             light = EntryPoint(e.name, e.graph)
             light.arena_bytes, light.copies, light.checks = e.arena_bytes, e.copies, e.checks
-            light.kernels = [(Kernel(k.name, (), (), "", flops=k.flops), node)
-                             for k, node in e.kernels]
+            # (kept: the name and flops for timing, whether it runs threads for the count)
+            light.kernels = [(Kernel(k.name, (), (), "", flops=k.flops, parallel=k.parallel),
+                              node) for k, node in e.kernels]
             entries.append(light)
         return {"library": os.path.basename(self.library.path), "cdef": self.cdef,
                 "timing": self.timing, "entries": entries}

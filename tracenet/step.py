@@ -79,6 +79,7 @@ class _StepSpecialisation:
 
     def __init__(self, fn, optimizer, batch, unit, sizes=None, stored=None, modules=None,
                  guards=None):
+        clock = self._clock = debug.CompileClock(f"training step {unit}")
         update = declaration_of(optimizer)
         flags = update.flags_of(optimizer)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -108,6 +109,10 @@ class _StepSpecialisation:
         self._tensors = self.params + [b for _, b in self.buffers]
         self._call = self._bind_arguments(n_batch, n_params, n_buffers, n_seeds,
                                           [a.name for a in update.state], names)
+        cached = self.executable.library.cached
+        clock.done("graph cache" if stored is not None else "cache hit" if cached else
+                   "compiled")
+        del self._clock
 
     def _trace(self, fn, batch, names, update, flags, unit, sizes):
         """Trace ``fn``, derive and inline its backward and the update, optimise and build;
@@ -127,6 +132,7 @@ class _StepSpecialisation:
         # what the trace assumed of them: the attributes it read, their trees' structure (the
         # step differentiates every parameter, whatever its requires_grad flag)
         self.guards = Guards(fwd.reads, self.modules, [])
+        self._clock.lap("trace")
         n_loss = len(fwd.outputs) - len(fwd.state_updates)
         if n_loss != 1 or fwd.outputs[0].shape not in ((), (1,)) or \
                 not fwd.outputs[0].dtype.is_floating_point:
@@ -142,7 +148,9 @@ class _StepSpecialisation:
         bwd = ir_grad(fwd, wrt=param_values)
         graph = build_step_graph(fwd, bwd, update, flags, param_values)
         debug.log("ir", f"training step:\n{graph}")
+        self._clock.lap("autodiff")
         self.graph = optimise(graph)
+        self._clock.lap("passes")
         self.executable = Executable([("step", self.graph)], unit)
         return list(fwd.state_updates), len(fwd.seed_inputs)
 

@@ -7,7 +7,8 @@ first one's build and reuses it), written under a temporary name and renamed int
 atomically, and recorded with its size and SHA-256 in a ``.meta`` file written just before the
 rename. An entry whose ``.meta`` is missing or does not match is never loaded (a truncated
 library would crash the process on load): it is removed and rebuilt, with a warning unless it
-merely has no ``.meta`` (built by an older version).
+merely has no ``.meta`` (built by an older version). A large unit may be compiled as several
+files at once and linked (``split``): the entry, its key and its checks are the same.
 """
 import hashlib
 import json
@@ -18,10 +19,11 @@ import struct
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import cffi
 
-from . import debug, toolchain
+from . import debug, split, toolchain
 from .cache import CacheError, atomic_write, cache_dir, locked, remove, remove_stale_temps, \
     temp_path
 from .toolchain import CompilerError
@@ -59,29 +61,36 @@ def file_stem(name):
     return re.sub(r"[^0-9A-Za-z_]", "_", name)[:40] or "unit"
 
 
-def build(source, cdef, name="graph", openmp=False):
-    """Compile ``source`` (or reuse the cached build) and load it with ``cdef`` declarations."""
+def build(source, cdef, name="graph", openmp=False, pieces=None):
+    """Compile ``source`` (or reuse the cached build) and load it with ``cdef`` declarations.
+    ``pieces``: the same unit in pieces (``codegen.emit.generate``), which a large unit is
+    built from, as several files compiled at once (``split``); the library is the same."""
     flags = toolchain.flags() + (toolchain.openmp_flags() if openmp else ())
     key = cache_key(source, flags)
     d = cache_dir()
     so_path = os.path.join(d, f"{file_stem(name)}-{key}.so")
     c_path = so_path[:-3] + ".c"
     start = time.perf_counter()
-    cached = so_path in _loaded or _entry_problem(so_path) is None
+    with debug.phase("cache"):
+        cached = so_path in _loaded or _entry_problem(so_path) is None
     if not cached:
-        cached = _build_entry(source, c_path, so_path, flags)
+        with debug.phase("gcc"):
+            cached = _build_entry(source, c_path, so_path, flags, pieces=pieces)
     debug.log("cache", f"{'hit' if cached else 'miss'} {so_path}")
     try:
-        ffi, lib = _load(so_path, cdef)
+        with debug.phase("load"):
+            ffi, lib = _load(so_path, cdef)
     except OSError as e:
         if not cached:
             raise CompilerError(f"cannot load the library just built from {c_path}: {e}") \
                 from None
-        cached = _build_entry(source, c_path, so_path, flags, bad=f"it does not load ({e})")
-        ffi, lib = _load(so_path, cdef)
+        with debug.phase("gcc"):
+            cached = _build_entry(source, c_path, so_path, flags, bad=f"it does not load ({e})",
+                                  pieces=pieces)
+        with debug.phase("load"):
+            ffi, lib = _load(so_path, cdef)
     seconds = time.perf_counter() - start
     debug.log("c", f"source {c_path}")
-    debug.log("time", f"{'load' if cached else 'compile+load'} {name}: {seconds * 1e3:.1f} ms")
     return Library(ffi, lib, so_path, c_path, cached, seconds)
 
 
@@ -93,28 +102,28 @@ def _load(so_path, cdef):
     return _loaded[so_path]
 
 
-def _build_entry(source, c_path, so_path, flags, bad=None):
+def _build_entry(source, c_path, so_path, flags, bad=None, pieces=None):
     """Build the entry under its lock; True if another process built it meanwhile. ``bad``:
     why the entry there now must be replaced whatever its checksum says."""
     with locked(so_path):
         problem = bad or _entry_problem(so_path)
         if problem is None:
             return True
-        if problem == _NO_RECORD:  # built by an older version: replaced without a warning
-            debug.log("cache", f"no record for {so_path}: rebuilding")
-            remove(so_path)
-        elif os.path.lexists(so_path):
-            _quarantine(so_path, problem)
+        _clear(so_path, problem)
         remove_stale_temps(os.path.dirname(so_path))
-        _compile(source, c_path, so_path, flags)
+        sources = split.plan(pieces) if pieces else None
+        if sources:
+            _compile_split(source, pieces, c_path, so_path, flags, sources)
+        else:
+            _compile(source, c_path, so_path, flags)
         return False
 
 
 _NO_RECORD = "no record of its build"
 
 
-def _meta_path(so_path):
-    return so_path[:-3] + ".meta"
+def _meta_path(path):
+    return os.path.splitext(path)[0] + ".meta"
 
 
 def _digest(path):
@@ -147,6 +156,15 @@ def _entry_problem(so_path):
     except (OSError, ValueError, KeyError, TypeError):
         return f"no valid {os.path.basename(_meta_path(so_path))}"
     return None
+
+
+def _clear(path, problem):
+    """Remove the cache entry ``path`` before it is rebuilt (the caller holds its lock)."""
+    if problem == _NO_RECORD:  # built by an older version: replaced without a warning
+        debug.log("cache", f"no record for {path}: rebuilding")
+        remove(path)
+    elif os.path.lexists(path):
+        _quarantine(path, problem)
 
 
 def _quarantine(so_path, problem):
@@ -189,23 +207,70 @@ def _compile(source, c_path, so_path, flags):
     tmp_so = temp_path(so_path)
     cmd = list(argv) + list(flags) + [c_path, "-o", tmp_so, "-lm"]
     try:
-        code, out, err = toolchain.run_compiler(cmd, COMPILE_TIMEOUT,
-                                                f"on generated source {c_path}")
-        if code != 0:
-            raise CompilerError(
-                f"the C compiler failed (exit {code}) on generated source {c_path}\n"
-                f"command: {' '.join(cmd)}\n{err.strip() or out.strip()}")
-        problem = _library_problem(tmp_so)
-        if problem:
-            raise CompilerError(f"the C compiler {argv[0]!r} reported success on generated "
-                                f"source {c_path} but its output is not a library: {problem}")
-        size, digest = os.path.getsize(tmp_so), _digest(tmp_so)
-        # the record goes first: whoever sees the library can check it against the record
-        atomic_write(_meta_path(so_path), json.dumps({"size": size, "sha256": digest}))
-        try:
-            os.replace(tmp_so, so_path)
-        except OSError as e:
-            raise CacheError(f"cannot write {so_path}: {e.strerror or e}") from None
+        _run(cmd, c_path)
+        _check_output(tmp_so, "a library", c_path, argv)
+        _publish(tmp_so, so_path)
     finally:
         remove(tmp_so)
 
+
+
+def _check_output(tmp, what, source_path, argv):
+    problem = _library_problem(tmp)
+    if problem:
+        raise CompilerError(f"the C compiler {argv[0]!r} reported success on generated "
+                            f"source {source_path} but its output is not {what}: {problem}")
+
+
+def _run(cmd, source_path):
+    code, out, err = toolchain.run_compiler(cmd, COMPILE_TIMEOUT,
+                                            f"on generated source {source_path}")
+    if code != 0:
+        raise CompilerError(
+            f"the C compiler failed (exit {code}) on generated source {source_path}\n"
+            f"command: {' '.join(cmd)}\n{err.strip() or out.strip()}")
+
+
+def _publish(tmp, path):
+    """Record ``tmp``'s size and digest, then rename it to ``path`` (the caller holds the
+    entry's lock)."""
+    size, digest = os.path.getsize(tmp), _digest(tmp)
+    # the record goes first: whoever sees the file can check it against the record
+    atomic_write(_meta_path(path), json.dumps({"size": size, "sha256": digest}))
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CacheError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _compile_flags(flags):
+    return [f for f in flags if f != "-shared"] + ["-c"]
+
+
+def _compile_split(source, pieces, c_path, so_path, flags, sources):
+    """Build the unit from the C files ``sources``, compiled at once, then linked (the caller
+    holds the entry's lock)."""
+    atomic_write(c_path, source)  # the whole unit, for inspection
+    argv, _ = toolchain.compiler()
+    objects = []
+    try:
+        with ThreadPoolExecutor(max_workers=len(sources)) as pool:
+            compiles = []
+            for i, text in enumerate(sources):
+                part = f"{so_path[:-3]}.part{i}.c"
+                atomic_write(part, text)  # kept for inspection and compiler messages
+                obj = temp_path(so_path[:-3] + f".part{i}.o")
+                objects.append(obj)
+                compiles.append(pool.submit(_run, list(argv) + _compile_flags(flags) +
+                                            [part, "-o", obj], part))
+            for job in compiles:
+                job.result()
+        linked = list(objects)
+        tmp_so = temp_path(so_path)
+        objects.append(tmp_so)
+        _run(list(argv) + list(flags) + linked + ["-o", tmp_so, "-lm"], c_path)
+        _check_output(tmp_so, "a library", c_path, argv)
+        _publish(tmp_so, so_path)
+    finally:
+        for obj in objects:
+            remove(obj)

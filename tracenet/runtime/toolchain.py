@@ -129,9 +129,8 @@ def _probe_cache_path():
     return os.path.join(cache_dir(), f"toolchain-{key}.json")
 
 
-@functools.lru_cache(maxsize=None)
-def _probed():
-    path = _probe_cache_path()
+def _recorded(path):
+    """The probe results remembered in ``path`` (None: none, or not to be trusted)."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -142,6 +141,26 @@ def _probed():
             return tuple(flags), tuple(omp), bits
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    return None
+
+
+def probe_pending():
+    """Whether asking for the flags now would run test compiles (nothing known yet, in this
+    process or on disk)."""
+    if _probed.cache_info().currsize:
+        return False
+    try:
+        return _recorded(_probe_cache_path()) is None
+    except CompilerError:
+        return False  # no compiler: whoever asks for the flags gets the error
+
+
+@functools.lru_cache(maxsize=None)
+def _probed():
+    path = _probe_cache_path()
+    known = _recorded(path)
+    if known is not None:
+        return known
     # gnu99 rather than c99: ISO mode turns off contraction of a*b+c into FMA instructions
     # -O2: the hot loops are written with explicit vector types, and -O3 doubles build time
     out = ["-O2", "-std=gnu99", "-fPIC", "-shared", "-fno-math-errno"]
@@ -149,9 +168,17 @@ def _probed():
     openmp = os.environ.get("TRACENET_OPENMP", "1") != "0"
     march = f"-march={_march()}"
     sanitize = _sanitize_flags()
-    ok_native, ok_simd, ok_omp, *ok_sanitize = _try_compile_all([
-        ([march], _SIMPLE_PROBE), (["-fopenmp-simd"], _SIMPLE_PROBE),
-        (["-fopenmp"], _OPENMP_PROBE)] + [(sanitize, _SIMPLE_PROBE)] * bool(sanitize))
+    # the usual outcome, everything works, costs one test compile (the macros the flags define
+    # are read meanwhile); only when it fails does each flag get a test compile of its own
+    likely = [march, "-fopenmp-simd"]
+    guess = _start_macros([f for f in out + sanitize + likely if f not in ("-shared", "-fPIC")])
+    if _try_compile_all([(likely + ["-fopenmp"] + sanitize, _OPENMP_PROBE)])[0]:
+        ok_native = ok_simd = ok_omp = True
+        ok_sanitize = [True]
+    else:
+        ok_native, ok_simd, ok_omp, *ok_sanitize = _try_compile_all([
+            ([march], _SIMPLE_PROBE), (["-fopenmp-simd"], _SIMPLE_PROBE),
+            (["-fopenmp"], _OPENMP_PROBE)] + [(sanitize, _SIMPLE_PROBE)] * bool(sanitize))
     if not all(ok_sanitize):
         raise CompilerError(f"TRACENET_SANITIZE=1 but {' '.join(compiler()[0])} cannot build "
                             "with -fsanitize=address,undefined (is libasan/libubsan installed?)")
@@ -161,7 +188,7 @@ def _probed():
     if ok_simd:
         out.append("-fopenmp-simd")
     omp = ("-fopenmp",) if openmp and ok_omp else ()
-    bits = _vector_bits([f for f in out if f not in ("-shared", "-fPIC")])
+    bits = _vector_bits([f for f in out if f not in ("-shared", "-fPIC")], guess)
     _remember(path, json.dumps({"flags": out, "openmp": list(omp), "vector_bits": bits}))
     return tuple(out), omp, bits
 
@@ -187,12 +214,33 @@ _VECTOR_MACROS = (("__AVX512F__", 512), ("__AVX__", 256), ("__SSE2__", 128),
                   ("__ARM_NEON", 128))
 
 
-def _vector_bits(flags):
+def _start_macros(flags):
+    """Start listing the macros the compiler predefines under ``flags``: (flags, process)."""
     argv, _ = compiler()
     try:
-        out = subprocess.run(list(argv) + list(flags) + ["-dM", "-E", "-x", "c", os.devnull],
-                             capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
+        return list(flags), subprocess.Popen(
+            list(argv) + list(flags) + ["-dM", "-E", "-x", "c", os.devnull],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    except OSError:
+        return list(flags), None
+
+
+def _vector_bits(flags, started=None):
+    """The vector width the compiler's macros under ``flags`` announce; ``started``: a listing
+    ``_start_macros`` began, used if it was for these flags."""
+    if started is None or started[0] != list(flags):
+        if started is not None and started[1] is not None:
+            started[1].kill()
+            started[1].communicate()
+        started = _start_macros(flags)
+    proc = started[1]
+    if proc is None:
+        return 0
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
         return 0
     defined = {line.split()[1] for line in out.splitlines() if line.startswith("#define ")}
     return next((bits for macro, bits in _VECTOR_MACROS if macro in defined), 0)

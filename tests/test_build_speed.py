@@ -1,0 +1,211 @@
+"""Cold builds: identical kernels emitted once, large units compiled as several files at once
+and linked, and TRACENET_DEBUG=time's account of where a specialisation's compile time went."""
+import os
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import tracenet as torch
+import tracenet.nn as nn
+import tracenet.optim as optim
+from tracenet.runtime import build, split, toolchain
+
+from test_ir import MLP, LeNet
+
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path / "cache"))
+    yield
+    toolchain.reset()
+
+
+def _cache_files(suffix):
+    d = os.environ["TRACENET_CACHE_DIR"]
+    return sorted(f for f in os.listdir(d) if f.endswith(suffix))
+
+
+class Twice(nn.Module):
+    """The same convolution + relu geometry twice: one kernel in the C."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.b(torch.relu(self.a(x))))
+
+
+def test_identical_kernels_are_emitted_once_and_match_eager():
+    net = Twice()
+    compiled = torch.compile(net)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x).numpy(), net(x).numpy(), **TOL)
+        src = compiled.source()
+    defined = re.findall(r"^static void (\w+conv\w*)\(", src, re.M)
+    assert len(defined) == 1, defined
+    # both layers call it, each with its own weights
+    calls = re.findall(rf"^\s+{defined[0]}\(([^;]*)\);", src, re.M)
+    assert len(calls) == 2 and calls[0] != calls[1]
+
+
+def test_identical_kernels_train_like_eager():
+    torch.manual_seed(0)
+    net, ref = Twice(), Twice()
+    ref.load_state_dict(net.state_dict())
+    compiled = torch.compile(net)
+    x = torch.randn(2, 4, 8, 8)
+    compiled(x).sum().backward()
+    ref(x).sum().backward()
+    for (name, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), err_msg=name, **TOL)
+
+
+@pytest.mark.parametrize("jobs", ["2", "3"])
+def test_split_unit_builds_and_matches_eager(monkeypatch, jobs):
+    monkeypatch.setenv("TRACENET_BUILD_JOBS", jobs)
+    torch.manual_seed(0)
+    net, ref = LeNet(), LeNet()
+    ref.load_state_dict(net.state_dict())
+    compiled = torch.compile(net)
+    x = torch.randn(3, 1, 32, 32)
+    np.testing.assert_allclose(compiled(x).detach().numpy(), ref(x).detach().numpy(), **TOL)
+    compiled(x).sum().backward()
+    ref(x).sum().backward()
+    for (name, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), err_msg=name, **TOL)
+    lib = compiled._last.library
+    stem = os.path.basename(lib.path)[:-3]
+    d = os.path.dirname(lib.path)
+    parts = sorted(f for f in _cache_files(".c") if f.startswith(stem + ".part"))
+    assert 2 <= len(parts) <= int(jobs), parts
+    assert os.path.exists(lib.source_path)  # the whole unit is kept too
+    texts = [open(os.path.join(d, f)).read() for f in parts]
+    # the entry points live in the first file, with its kernels static as in one file
+    assert "void tn_LeNet_0_forward(void *const *args" in texts[0]
+    assert re.search(r"^static void tn_LeNet_0_\w+_k\d+", texts[0], re.M)
+    for text in texts[1:]:
+        assert re.search(r'^__attribute__\(\(visibility\("hidden"\)\)\) void tn_LeNet', text,
+                         re.M)
+    # each file that calls the GEMM has its own copy of it, and no object is left behind
+    for text in texts:
+        calls = re.search(r"^\s+tn_gemm(_nt)?_f32\(", text, re.M)
+        assert bool(calls) == ("static void tn_gemm_f32(int M" in text)
+    assert not _cache_files(".o")
+
+
+def test_split_plan_balances_and_keeps_small_units_whole():
+    def kernel(name, size, gemm):
+        body = f"static void {name}(void) {{ /* {'x' * size} */ }}\n"
+        return (name, body, body.replace("static", "HIDDEN"), f"HIDDEN void {name}(void);",
+                [], gemm)
+    pieces = {"header": "H\n", "gemm_header": "H\n" + "G" * 20_000, "helpers": {},
+              "kernels": [kernel(f"k{i}", 6_000, i < 2) for i in range(8)], "tail": "TAIL"}
+    files = split.plan(pieces, jobs=2)
+    assert len(files) == 2 and "TAIL" in files[0] and "TAIL" not in files[1]
+    # every kernel once; the GEMM goes only with the kernels that call it
+    for i in range(8):
+        assert sum(f"void k{i}(void) {{" in f for f in files) == 1
+    assert ["G" * 20_000 in f for f in files].count(True) == 1
+    assert split.plan(pieces, jobs=1) is None
+    pieces["kernels"] = pieces["kernels"][:1]
+    assert split.plan(pieces, jobs=4) is None
+
+
+def test_small_units_and_one_core_build_one_file(monkeypatch):
+    torch.compile(MLP())(torch.randn(2, 20))
+    monkeypatch.setenv("TRACENET_BUILD_JOBS", "1")
+    torch.compile(LeNet())(torch.randn(2, 1, 32, 32))
+    assert not [f for f in _cache_files(".c") if ".part" in f]
+    assert len(_cache_files(".so")) == 2
+
+
+def test_compiler_error_in_a_part_names_its_file(monkeypatch):
+    monkeypatch.setattr(split, "MIN_KERNEL_BYTES", 0)
+    monkeypatch.setattr(split, "FILE_OVERHEAD", 0)
+    monkeypatch.setattr(split, "LINK_OVERHEAD", 0)
+    monkeypatch.setenv("TRACENET_BUILD_JOBS", "2")
+    h = '__attribute__((visibility("hidden")))'
+    pieces = {"header": "#include <stdint.h>\n", "gemm_header": "#include <stdint.h>\n",
+              "helpers": {},
+              "kernels": [("k0", "static void k0(void) { }\n", f"{h} void k0(void) {{ }}\n",
+                           f"{h} void k0(void);", [], False),
+                          ("k1", "static void k1(void) { this is not C; }\n",
+                           f"{h} void k1(void) {{ this is not C; }}\n", f"{h} void k1(void);",
+                           [], False)],
+              "tail": "int tn_probe(void) { k0(); k1(); return 42; }\n"}
+    with pytest.raises(toolchain.CompilerError, match=r"\.part1\.c") as e:
+        build.build("/* whole */ int tn_probe(void) { return 42; }\n", "int tn_probe(void);",
+                    name="broken", pieces=pieces)
+    assert "this is not C" in str(e.value) or "error" in str(e.value)
+    d = os.environ["TRACENET_CACHE_DIR"]
+    assert not _cache_files(".so") and not [f for f in os.listdir(d) if f.startswith(".tmp-")]
+
+
+_ROW = re.compile(r"\[tracenet:time\]   (\w+) +([\d.]+) ms +([\d.]+)%")
+_HEAD = re.compile(r"\[tracenet:time\] compile (.+): ([\d.]+) ms \((compiled|cache hit)\)")
+
+
+def _blocks(err):
+    """[(title, total ms, note, {phase: ms})] of the compile-time blocks in ``err``."""
+    out = []
+    for line in err.splitlines():
+        head, row = _HEAD.match(line), _ROW.match(line)
+        if head:
+            out.append((head[1], float(head[2]), head[3], {}))
+        elif row and out:
+            out[-1][3][row[1]] = float(row[2])
+    return out
+
+
+def test_time_breakdown_for_compile_lists_each_phase(capfd, monkeypatch):
+    monkeypatch.setenv("TRACENET_DEBUG", "time")
+    compiled = torch.compile(LeNet())
+    compiled(torch.randn(2, 1, 32, 32)).sum().backward()
+    blocks = _blocks(capfd.readouterr().err)
+    assert len(blocks) == 1, blocks
+    title, total, note, phases = blocks[0]
+    assert "LeNet" in title and note == "compiled"
+    for name in ("trace", "autodiff", "passes", "render", "gcc", "load"):
+        assert name in phases, phases
+    assert phases["gcc"] > 0
+    assert abs(sum(phases.values()) - total) <= 0.01 * total + 0.5
+
+
+def test_time_breakdown_for_compile_step_and_a_cache_hit(capfd, monkeypatch):
+    monkeypatch.setenv("TRACENET_DEBUG", "time")
+    for _ in range(2):  # the second net finds the first one's library in the cache
+        torch.manual_seed(0)
+        net = MLP()
+        opt = optim.SGD(net.parameters(), lr=0.1)
+        step = torch.compile_step(lambda x: net(x).sum(), opt)
+        step(torch.randn(2, 20))
+    blocks = _blocks(capfd.readouterr().err)
+    assert [b[2] for b in blocks] == ["compiled", "cache hit"], blocks
+    assert "training step" in blocks[0][0]
+    assert "gcc" in blocks[0][3] and "gcc" not in blocks[1][3]
+    for _, total, _, phases in blocks:
+        assert {"trace", "autodiff", "passes", "render", "load"} <= set(phases)
+        assert abs(sum(phases.values()) - total) <= 0.01 * total + 0.5
+
+
+def test_clock_phases_nest_without_counting_twice():
+    from tracenet.runtime import debug
+    clock = debug.CompileClock("t")
+    with debug.phase("outer"):
+        with debug.phase("inner"):
+            pass
+    clock.lap("lap")
+    total = clock.done()
+    assert set(clock.phases) <= {"outer", "inner", "lap", "other"}
+    assert abs(sum(clock.phases.values()) - total) < 1e-6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with debug.phase("no clock"):  # outside a compile: nothing recorded, nothing raised
+            pass
