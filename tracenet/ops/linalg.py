@@ -120,7 +120,8 @@ def _bmm_backward(ctx, g):
     return ga, gb
 
 
-bmm_op = register("bmm", eager_only="no C lowering yet (batched matrix products)", infer=_bmm_meta, eager=np.matmul, saves=(0, 1), backward=_bmm_backward)
+bmm_op = register("bmm", infer=_bmm_meta, eager=np.matmul, saves=(0, 1),
+                  backward=_bmm_backward)
 
 
 def _dot_meta(a, b):

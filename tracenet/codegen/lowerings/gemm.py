@@ -1,5 +1,5 @@
-"""C lowerings of matrix products: ``gemm`` (alone or fused with its epilogue) and the
-matrix-vector and vector-vector products ``mv`` and ``dot``. (``mm`` and ``addmm`` decompose
+"""C lowerings of matrix products: ``gemm`` (alone or fused with its epilogue), the batched
+``bmm`` and the matrix-vector and vector-vector products ``mv`` and ``dot``. (``mm`` and ``addmm`` decompose
 into ``gemm``; ``passes/lower.py`` folds transposes into its flags.)"""
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
     node_lines, signature, size_ceil_div, size_choice, size_max, size_min, where
@@ -96,3 +96,20 @@ def lower_matvec(name, node, exported, target):
     src = render("matvec.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(out),
                  signature=signature(reads, writes), rows=rows, K=v.shape[0])
     return Kernel(name, reads, writes, src, flops=2 * max(rows, 1) * v.shape[0])
+
+
+@lowering("bmm")
+def lower_bmm(name, node, exported, target):
+    """bmm: the GEMM micro-kernels once per matrix of the batch (whose size may be a symbol),
+    the batch split over threads when the work is large enough."""
+    a, b = node.inputs
+    out = node.outputs[0]
+    batch, m, k = a.shape
+    n = b.shape[2]
+    reads, writes = [("a", a), ("b", b)], [("out", out)]
+    ct = ctype(out)
+    flops = 2 * batch * m * n * k
+    parallel = target.parallel.compute(flops, batch)
+    src = render("bmm.c.j2", name=name, node_lines=node_lines([node]), sfx=SFX[ct],
+                 signature=signature(reads, writes), B=batch, M=m, N=n, K=k, parallel=parallel)
+    return Kernel(name, reads, writes, src, flops=flops, parallel=parallel)
