@@ -1,6 +1,6 @@
 """A small Transformer language model side by side: PyTorch eager vs tracenet compiled.
 
-    python bench/transformer.py [--quick]
+    python bench/transformer.py [--quick] [--threads N]
 
 Embedding + learned positions, 2 TransformerEncoderLayers (batch_first, causal mask,
 dropout 0), a linear head; vocab 50, d_model 32, 4 heads, sequence 16. Train step =
@@ -95,8 +95,10 @@ def workloads(batch, rng):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer rounds")
+    ap.add_argument("--threads", type=int, default=2, help="threads of both frameworks")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    tn.set_num_threads(args.threads)
     rounds, per_round = (3, 5) if args.quick else (7, 10)
     rng = np.random.default_rng(0)
     print(f"# Transformer LM (vocab {VOCAB}, d_model {D_MODEL}, {HEADS} heads, 2 layers, seq "

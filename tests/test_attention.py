@@ -121,7 +121,8 @@ def _mha_pair(cfg, seed=0):
 
 @pytest.mark.parametrize("cfg", MHA_CONFIGS)
 @pytest.mark.parametrize("need_weights", [True, False])
-@pytest.mark.parametrize("masks", ["none", "attn_bool", "attn_float", "padding", "both"])
+@pytest.mark.parametrize("masks", ["none", "attn_bool", "attn_float", "attn_3d", "padding",
+                                   "both"])
 def test_mha_matches_torch(cfg, need_weights, masks):
     ours, theirs = _mha_pair(cfg)
     gen = torch.Generator().manual_seed(2)
@@ -136,6 +137,8 @@ def test_mha_matches_torch(cfg, need_weights, masks):
         kw["attn_mask"] = ~_mask("bool", L, S, gen)  # True = masked in MultiheadAttention
     if masks == "attn_float":
         kw["attn_mask"] = torch.randn(L, S, generator=gen)
+    if masks == "attn_3d":  # one mask per (batch, head)
+        kw["attn_mask"] = torch.randn(N * 2, L, S, generator=gen)
     if masks in ("padding", "both"):
         pad = torch.zeros(N, S, dtype=torch.bool)
         pad[0, -2:] = True
