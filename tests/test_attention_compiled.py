@@ -226,3 +226,27 @@ def test_transformer_lm_compile_step_like_eager():
     compiled_step = tn.compile_step(step, opt)
     losses = [compiled_step(x, y).item() for x, y in _batches(20)]
     np.testing.assert_allclose(losses, eager, rtol=1e-4)
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, True), (True, False), (True, True)])
+def test_bmm_transposed_operands_compile(trans_a, trans_b):
+    from tracenet.ops.linalg import bmm_t
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(tn.randn(3, *((7, 5) if trans_b else (5, 7))))
+
+        def forward(self, x):
+            return bmm_t(x, self.w, trans_a=trans_a, trans_b=trans_b).tanh()
+
+    tn.manual_seed(0)
+    net = Net()
+    x = tn.randn(3, *((5, 4) if trans_a else (4, 5)))
+    expect = np.matmul(np.swapaxes(x.numpy(), 1, 2) if trans_a else x.numpy(),
+                       np.swapaxes(net.w.detach().numpy(), 1, 2) if trans_b
+                       else net.w.detach().numpy())
+    _close(net(x).detach().numpy(), np.tanh(expect), 1e-5)
+    compiled = check_compiled(net, [x])
+    # the transposes are flags of the kernel: no permute copies in either graph
+    assert "permute" not in str(compiled.graph) + str(compiled.backward_graph)

@@ -101,15 +101,19 @@ def lower_matvec(name, node, exported, target):
 @lowering("bmm")
 def lower_bmm(name, node, exported, target):
     """bmm: the GEMM micro-kernels once per matrix of the batch (whose size may be a symbol),
-    the batch split over threads when the work is large enough."""
+    the batch split over threads when the work is large enough. Transposed operands are read
+    in place: a^T through the core's strides, b^T by the A @ B^T kernel (both: b^T repacked)."""
     a, b = node.inputs
     out = node.outputs[0]
-    batch, m, k = a.shape
-    n = b.shape[2]
+    ta, tb = node.attrs.get("trans_a", False), node.attrs.get("trans_b", False)
+    batch, m, n = out.shape
+    k = a.shape[1] if ta else a.shape[2]
     reads, writes = [("a", a), ("b", b)], [("out", out)]
     ct = ctype(out)
+    scratch = k * n if (ta and tb) else 0
     flops = 2 * batch * m * n * k
-    parallel = target.parallel.compute(flops, batch)
-    src = render("bmm.c.j2", name=name, node_lines=node_lines([node]), sfx=SFX[ct],
-                 signature=signature(reads, writes), B=batch, M=m, N=n, K=k, parallel=parallel)
-    return Kernel(name, reads, writes, src, flops=flops, parallel=parallel)
+    parallel = 0 if scratch else target.parallel.compute(flops, batch)
+    src = render("bmm.c.j2", name=name, node_lines=node_lines([node]), sfx=SFX[ct], ctype=ct,
+                 signature=signature(reads, writes, scratch, ct), B=batch, M=m, N=n, K=k,
+                 trans_a=ta, trans_b=tb, parallel=parallel)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=flops, parallel=parallel)

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 
 from ... import _dtype
+from ..._sym import same_shape
 from ...tensor import Tensor
 from ...ops import linalg
 from ...ops.elementwise import where
@@ -29,6 +30,17 @@ def _safe_softmax(scores):
     valid = (scores > float("-inf")).any(-1, keepdim=True)
     zero = scores.new_zeros(())
     return where(valid, where(valid, scores, zero).softmax(-1), zero)
+
+
+def _scores(query, key):
+    """query @ key^T; with equal batch dims one bmm that reads key transposed in place."""
+    rows, cols = query.shape[-2], key.shape[-2]
+    batch = tuple(query.shape[:-2])
+    if query.dim() < 3 or not same_shape(batch, tuple(key.shape[:-2])):
+        return linalg.matmul(query, key.transpose(-2, -1))
+    q3 = query.reshape(-1, rows, query.shape[-1])
+    k3 = key.reshape(-1, cols, key.shape[-1])
+    return linalg.bmm_t(q3, k3, trans_b=True).reshape(batch + (rows, cols))
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
@@ -54,7 +66,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     rows, cols = query.shape[-2], key.shape[-2]
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
-    scores = linalg.matmul(query, key.transpose(-2, -1)) * scale
+    scores = _scores(query, key) * scale
     keep = _causal_keep(rows, cols) if is_causal else None
     if attn_mask is not None:
         if attn_mask.dtype is _dtype.bool_:
@@ -227,7 +239,7 @@ def multi_head_attention_forward(query, key, value, embed_dim_to_check, num_head
         dropout_p = 0.0
     if need_weights:
         q_scaled = q * math.sqrt(1.0 / float(head_dim))
-        scores = linalg.bmm(q_scaled, k.transpose(-2, -1))
+        scores = linalg.bmm_t(q_scaled, k, trans_b=True)
         if attn_mask is not None:
             scores = scores + attn_mask
         weights = scores.softmax(-1)
