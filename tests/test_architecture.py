@@ -211,7 +211,7 @@ LAYERS = [
     ("codegen", ["tracenet.codegen"]),
     ("runtime", ["tracenet.runtime"]),
     ("compile drivers", ["tracenet.executable", "tracenet.step_state", "tracenet.compiler",
-                         "tracenet.step"]),
+                         "tracenet.step", "tracenet.compiled_function"]),
     ("the public package", ["tracenet", "tracenet.cli", "tracenet.__main__"]),
 ]
 

@@ -801,12 +801,6 @@ def test_compiled_embedding(kwargs):
     assert "embedding_backward" in bops
 
 
-def test_compiled_embedding_max_norm_is_rejected_clearly():
-    compiled = tn.compile(tnn.Embedding(5, 2, max_norm=1.0))
-    with pytest.raises(NotImplementedError, match="max_norm"):
-        compiled(tn.tensor([1, 2]))
-
-
 @pytest.mark.parametrize("layer,s1,s2", [
     (lambda: tnn.CosineSimilarity(), (4, 6), (4, 6)),
     (lambda: tnn.CosineSimilarity(0, 1e-3), (5, 3), (5, 1)),

@@ -268,3 +268,33 @@ def test_a_varying_sequence_length_becomes_symbolic(counting_cc, capfd, monkeypa
     assert counting_cc() == 2
     assert "%x: i64[N,T]" in str(compiled.graph)
     assert "the second size is symbolic from now on (T)" in capfd.readouterr().err
+
+
+class _RecurrentLM(nn.Module):
+    def __init__(self, mode, bidirectional):
+        super().__init__()
+        self.embed = nn.Embedding(30, 8)
+        self.rnn = getattr(nn, mode)(8, 12, batch_first=True, bidirectional=bidirectional)
+        self.head = nn.Linear(24 if bidirectional else 12, 30)
+
+    def forward(self, tokens):
+        out, _ = self.rnn(self.embed(tokens))
+        return self.head(out)
+
+
+@pytest.mark.parametrize("mode,bidirectional", [("LSTM", False), ("GRU", True)])
+def test_recurrent_lm_over_batch_sizes_and_sequence_lengths(counting_cc, mode, bidirectional):
+    torch.manual_seed(5)
+    model = _RecurrentLM(mode, bidirectional)
+    compiled = torch.compile(model)
+    for batch, length in ((4, 7), (4, 9), (2, 5), (3, 12)):
+        tokens = torch.randint(0, 30, (batch, length))
+        gy = torch.randn(batch, length, 30)
+        out, grads = _forward_backward(compiled, tokens, gy)
+        ref, ref_grads = _forward_backward(model, tokens, gy)
+        np.testing.assert_allclose(out, ref, **TOL)
+        for g, e in zip(grads, ref_grads):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+    assert counting_cc() == 2  # the first length exactly, then T symbolic
+    graph = str(compiled.graph)
+    assert "%x: i64[N,T]" in graph and graph.count("= scan(") == (2 if bidirectional else 1)

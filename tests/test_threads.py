@@ -15,9 +15,10 @@ from test_ir import LeNet
 
 @pytest.fixture(autouse=True)
 def _restore():
-    before = tn.get_num_threads()
+    before, adaptive = tn.get_num_threads(), list(threads._adaptive)
     yield
     tn.set_num_threads(before)
+    threads._adaptive[:] = adaptive
     threads.set_blas_threads(1)
 
 
@@ -66,3 +67,39 @@ def test_bad_thread_counts_raise_as_in_torch():
         tn.set_num_threads(0)
     with pytest.raises(RuntimeError, match="expects an int, but got float"):
         tn.set_num_threads(1.5)
+
+
+def _watch_on(tmp_path, text, cores=2):
+    path = tmp_path / "loadavg"
+    path.write_text(text)
+    watch = threads.LoadWatch(cores, period=0.0)
+    watch._loadavg = os.open(path, os.O_RDONLY)
+    watch._own_running = lambda now: 1  # this thread only
+    return watch, path
+
+
+def test_compiled_code_leaves_the_cores_other_processes_use(tmp_path):
+    watch, path = _watch_on(tmp_path, "0.5 0.5 0.5 1/200 42\n")
+    assert watch.free_cores(1.0) == 2  # only this thread runs
+    path.write_text("4.0 4.0 4.0 4/200 42\n")  # three others running
+    watch.free_cores(2.0)
+    assert watch.free_cores(3.0) == 1  # the median of the last samples moved
+    path.write_text("0.5 0.5 0.5 1/200 42\n")
+    watch.free_cores(4.0)
+    watch.free_cores(5.0)
+    assert watch.free_cores(6.0) == 2
+
+
+def test_load_is_sampled_at_most_once_a_period(tmp_path):
+    watch, path = _watch_on(tmp_path, "4.0 4.0 4.0 4/200 42\n")
+    watch.period = 10.0
+    assert watch.free_cores(100.0) == 1
+    path.write_text("0.5 0.5 0.5 1/200 42\n")
+    assert watch.free_cores(105.0) == 1  # within the period: the last answer
+
+
+def test_a_set_thread_count_is_used_as_given(monkeypatch):
+    monkeypatch.setattr(threads, "_adaptive", [True])
+    tn.set_num_threads(2)
+    assert threads._adaptive == [False]
+    assert threads.compiled_threads() == 2

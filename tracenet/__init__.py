@@ -39,7 +39,13 @@ from .ops.index import (chunk, gather, index_select, masked_fill, masked_select,
 from .ops.sorting import (argsort, bincount, cumprod, cumsum, diag, repeat_interleave, roll,
                           sort, topk, tril, triu, unique)
 from .ops.creation import multinomial
-from .ops.linalg import addmm, bmm, dot, einsum, ger, matmul, mm, mv, outer
+from .ops.generator import Generator, default_generator
+from .ops.linalg import addmm, bmm, dot, ger, matmul, mm, mv, outer
+from .ops.batch_products import addbmm, baddbmm
+from .ops.contraction import einsum, meshgrid, tensordot
+from .ops.norms import cdist, norm
+from .ops.scatter import histc, scatter
+from . import linalg  # noqa: E402  (torch.linalg: norm, vector_norm, matrix_norm)
 from .ops.nn import log_softmax as _log_softmax, softmax as _softmax
 from .ops.common import broadcast_shapes as _broadcast_shapes
 from . import autograd, nn, optim  # noqa: E402

@@ -15,6 +15,7 @@ from . import _grad_mode as grad_mode
 from .ops import common, creation, elementwise as ew, index as ix, linalg, nn as nnops, \
     reduce as rd, shape as sh, sorting as so
 from .tensor import Tensor, _check_device
+from .ops import batch_products, norms, scatter as scatter_ops
 
 
 def _rev(fn):
@@ -102,7 +103,8 @@ _METHODS = {
     "select": ix.select, "narrow": ix.narrow, "split": ix.split, "chunk": ix.chunk,
     "unbind": ix.unbind, "index_select": ix.index_select, "masked_fill": ix.masked_fill,
     "gather": ix.gather, "scatter_add": ix.scatter_add, "nonzero": ix.nonzero,
-    "masked_select": ix.masked_select,
+    "masked_select": ix.masked_select, "scatter": scatter_ops.scatter, "histc": scatter_ops.histc,
+    "norm": norms.norm, "baddbmm": batch_products.baddbmm, "addbmm": batch_products.addbmm,
     # linear algebra
     "matmul": linalg.matmul, "mm": linalg.mm, "bmm": linalg.bmm, "mv": linalg.mv,
     "dot": linalg.dot, "addmm": linalg.addmm, "outer": linalg.outer,
@@ -351,7 +353,8 @@ _INPLACE = {
     "clamp_max_": ew.clamp_max, "floor_": ew.floor, "ceil_": ew.ceil, "round_": ew.round,
     "reciprocal_": ew.reciprocal, "square_": ew.square, "lerp_": ew.lerp,
     "addcmul_": ew.addcmul, "addcdiv_": ew.addcdiv, "masked_fill_": ix.masked_fill,
-    "tril_": so.tril, "triu_": so.triu, "cumsum_": so.cumsum, "cumprod_": so.cumprod,
+    "scatter_": scatter_ops.scatter, "scatter_add_": ix.scatter_add,
+    "baddbmm_": batch_products.baddbmm, "addbmm_": batch_products.addbmm, "tril_": so.tril, "triu_": so.triu, "cumsum_": so.cumsum, "cumprod_": so.cumprod,
     "__iadd__": ew.add, "__isub__": ew.sub, "__imul__": ew.mul, "__itruediv__": ew.div,
     "__ipow__": ew.pow,
 }
@@ -403,13 +406,13 @@ def _setitem(self, key, value):
 
 def _uniform_(self, a=0.0, b=1.0, generator=None):
     with grad_mode.no_grad():
-        self._data[...] = _random.rng().uniform(a, b, self._data.shape)
+        self._data[...] = _random.rng(generator).uniform(a, b, self._data.shape)
     self._vc.value += 1
     return self
 
 
 def _normal_(self, mean=0.0, std=1.0, generator=None):
-    self._data[...] = mean + std * _random.rng().standard_normal(self._data.shape)
+    self._data[...] = mean + std * _random.rng(generator).standard_normal(self._data.shape)
     self._vc.value += 1
     return self
 
@@ -417,13 +420,13 @@ def _normal_(self, mean=0.0, std=1.0, generator=None):
 def _random_(self, low=0, high=None, generator=None):
     if high is None:
         low, high = 0, low
-    self._data[...] = _random.rng().integers(low, high, self._data.shape)
+    self._data[...] = _random.rng(generator).integers(low, high, self._data.shape)
     self._vc.value += 1
     return self
 
 
 def _bernoulli_(self, p=0.5, generator=None):
-    self._data[...] = _random.rng().random(self._data.shape) < p
+    self._data[...] = _random.rng(generator).random(self._data.shape) < p
     self._vc.value += 1
     return self
 
@@ -436,3 +439,4 @@ Tensor.uniform_ = _uniform_
 Tensor.normal_ = _normal_
 Tensor.random_ = _random_
 Tensor.bernoulli_ = _bernoulli_
+Tensor.bernoulli = lambda self, generator=None: creation.bernoulli(self, generator=generator)

@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from .autograd import engine, grad_mode
+from .compiled_function import CompiledFunction
 from .executable import Executable, Specialisations, SymbolicSizes, graph_symbols, \
     optimise, run_sizes
 from .nn.modules.module import Module
@@ -371,17 +372,22 @@ class CompiledModule:
 
 
 def compile(module, *, dynamic=True):
-    """Compile ``module`` (a ``tracenet.nn.Module``) into a ``CompiledModule``.
+    """Compile ``module`` (a ``tracenet.nn.Module``) into a ``CompiledModule``, or a function
+    (a training or inference step, see ``tracenet/compiled_function.py``) into a
+    ``CompiledFunction``.
 
     With ``dynamic=True`` (the default) the batch size stays symbolic: the leading dimension of
     the first input, and of every input of the same leading size, is the symbol ``N``, so one
     build serves every batch size (unless the model needs its exact value, e.g. in
     ``x.view(4, -1)``: then each batch size is specialised, as with ``dynamic=False``).
     ``dynamic=False`` specialises on every input shape exactly."""
-    if not isinstance(module, Module):
-        raise TypeError(f"tracenet.compile expects an nn.Module, got {type(module).__name__}")
     if dynamic is not None and not isinstance(dynamic, bool):
         raise TypeError(f"dynamic must be a bool, got {type(dynamic).__name__}")
+    if not isinstance(module, Module):
+        if callable(module):  # a whole step function: traced with its backward and updates
+            return CompiledFunction(module, dynamic=dynamic is not False)
+        raise TypeError(f"tracenet.compile expects an nn.Module or a function, got "
+                        f"{type(module).__name__}")
     return CompiledModule(module, dynamic=dynamic is not False)
 
 

@@ -30,7 +30,7 @@ from .passes import fuse, simplify
 from .passes.decompose import decompose
 from .passes.lower import lower_gemm
 from .runtime import build, debug, target as runtime_target
-from .runtime.threads import _threads  # read on every call: the current thread count
+from .runtime.threads import compiled_threads
 from .trace import fresh_seeds
 
 _ffi = cffi.FFI()
@@ -221,7 +221,7 @@ class Arguments:
 
     __slots__ = ("entry", "library", "timing", "ffi", "pointer", "fn", "n_inputs", "arenas",
                  "arena_bytes", "_idle", "_fixed", "_bound_slots", "_bound_names",
-                 "_seed_slot", "_n_seeds", "_status")
+                 "_seed_slot", "_n_seeds", "_status", "_threads")
 
     def __init__(self, library, entry, timing, arenas):
         self.entry = entry
@@ -245,6 +245,9 @@ class Arguments:
         self._status = functools.partial(_cffi_backend.newp, _STATUS, 1 + STATUS_DETAILS) \
             if entry.checks else (lambda: _NULL)
         self._seed_slot, self._n_seeds = 0, 0
+        # the thread count for a call: only entry points with parallel kernels look at load
+        self._threads = compiled_threads if any(k.parallel for k, _ in entry.kernels) \
+            else _one_thread
 
     def output_slot(self, j):
         return self.n_inputs + j
@@ -329,10 +332,10 @@ class Arguments:
                     arena = _Arena(nbytes)
             except IndexError:
                 arena = _Arena(nbytes)
-            self.fn(args, arena.pointer, status, sizes[0], sizes[1], _threads[0])
+            self.fn(args, arena.pointer, status, sizes[0], sizes[1], self._threads())
             idle.append(arena)
         else:
-            self.fn(args, _NULL, status, sizes[0], sizes[1], _threads[0])
+            self.fn(args, _NULL, status, sizes[0], sizes[1], self._threads())
         self._idle.append(vector)
         if self.timing:
             self.log_kernel_times(sizes)
@@ -355,6 +358,10 @@ class Arguments:
             flops = evaluator(k.flops)(sizes)
             rate = f"  {flops / times[i] * 1e-9:6.1f} GFLOP/s" if flops and times[i] else ""
             debug.log("time", f"{k.name}: {times[i] * 1e6:9.1f} us{rate}")
+
+
+def _one_thread():
+    return 1
 
 
 class Specialisations(dict):

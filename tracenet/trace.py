@@ -24,7 +24,7 @@ from .autograd import grad_mode
 from .ir.graph import Graph
 from .nn.modules import module as _module_mod
 from .nn.modules.module import Module
-from .ops import registry
+from .ops import registry, scan as _scan
 from .ops.registry import op_attrs
 from .tensor import Tensor
 
@@ -89,6 +89,68 @@ class Tracer:
         return traced_tensor(v)
 
 
+def trace_scan(fn, carries, xs, reverse):
+    """Record one ``scan`` node (``tracenet.ops.scan.scan``): ``fn`` is traced once, on traced
+    tensors standing for the carries and one step of each of ``xs``, into the node's body
+    graph; traced values it reads from outside become body inputs (the node's constant
+    operands). A carry requires grad when anything the body reads does: the body is traced
+    again, with those carries marked, until that holds (a fixed point over the loop)."""
+    grad_on = grad_mode.is_grad_enabled()
+    carry_grad = [grad_on and c.requires_grad for c in carries]
+    while True:
+        body, consts = _trace_body(fn, carries, carry_grad, xs)
+        wanted = [g or v.requires_grad for g, v in zip(carry_grad, body.outputs)]
+        if wanted == carry_grad:
+            break
+        carry_grad = wanted
+    result = registry.apply(_scan.scan_op, *carries, *xs, *map(traced_tensor, consts),
+                            body=body, n_carry=len(carries), n_xs=len(xs), reverse=reverse)
+    return result[:len(carries)], result[len(carries):]
+
+
+def _trace_body(fn, carries, carry_grad, xs):
+    """The body graph of ``fn`` and the outer values it reads (its trailing inputs)."""
+    body = Graph("body")
+    owned = set()
+    consts = []
+    captured = {}
+
+    def new_value(*args, **kwargs):
+        v = Graph.new_value(body, *args, **kwargs)
+        owned.add(v)
+        return v
+
+    def foreign(v):  # a value of the enclosing graph: read through a new body input
+        if v in owned:
+            return v
+        if v not in captured:
+            captured[v] = body.add_input(v.name or f"p{len(consts)}", v.shape, v.dtype,
+                                         v.requires_grad)
+            consts.append(v)
+        return captured[v]
+
+    body.new_value = new_value  # while tracing: tells body values from enclosing ones
+    try:
+        cs = [traced_tensor(body.add_input(f"carry{i}", c.shape, c.dtype, g))
+              for i, (c, g) in enumerate(zip(carries, carry_grad))]
+        ts = [traced_tensor(body.add_input(f"x{i}", x.shape[1:], x.dtype, x.requires_grad))
+              for i, x in enumerate(xs)]
+        with tracing(Tracer(body, foreign=foreign)) as tracer:
+            new_carries, ys = fn(tuple(cs), tuple(ts))
+            new_carries, ys = tuple(new_carries), tuple(ys)
+            if len(new_carries) != len(carries):
+                raise TraceError(f"a scan body returned {len(new_carries)} carries for "
+                                 f"{len(carries)}")
+            body.outputs = [tracer.value_of(t) for t in new_carries + ys]
+    finally:
+        del body.new_value
+    for c, v in zip(carries, body.outputs):
+        if (tuple(c.shape), c.dtype) != (v.shape, v.dtype):
+            raise TraceError(f"a scan body turned a carry of {c.dtype}{list(c.shape)} into "
+                             f"{v.dtype.short}{list(v.shape)}")
+    return body.renumber(), consts
+
+
 def fresh_seeds(n):
     """Values for a graph's ``n`` seed inputs, drawn from tracenet's generator."""
     return _random.rng().integers(0, np.iinfo(np.int64).max, size=n, dtype=np.int64)
@@ -108,6 +170,9 @@ class tracing:
     def __exit__(self, *exc):
         registry._tracer[0] = self._prev
         return False
+
+
+_scan.body_tracer[0] = trace_scan
 
 
 def _named_state(module):

@@ -343,3 +343,7 @@ def generate(graphs, unit, target, timing=False):
         entries.append(entry)
     uses_openmp = any(k.parallel for e in entries for k, _ in e.kernels)
     return "\n".join(parts), "\n".join(cdefs), entries, uses_openmp
+
+
+# the scan lowering plans its loop body as a function of its own, with this module's planner
+lowerings.scan.use_planner(EntryPoint, plan_entry)

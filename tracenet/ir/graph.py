@@ -4,12 +4,14 @@ order, and output values. Every value has a static shape and dtype.
 A node's ``op`` names a registry op (its attributes are that op's keyword arguments), or is one
 of two structural ops: ``constant`` (``attrs["value"]`` holds a numpy array) and ``fused``
 (``members`` holds the nodes it groups; the fused node's outputs are the member values used
-outside the group).
+outside the group). A ``scan`` node holds its loop body, a Graph of its own, in
+``attrs["body"]`` (see ``tracenet.ops.scan``); copying a graph copies the bodies too.
 """
 from .. import _dtype
 from .._meta import Meta
 from .._sym import display
 from . import printer
+from .interpret import interpret
 
 
 class Value:
@@ -96,7 +98,8 @@ class Graph:
         mapping.update(zip(other.inputs, input_values))
 
         def clone(node):
-            c = Node(node.op, [mapping[v] for v in node.inputs], node.attrs, node.loc, None)
+            c = Node(node.op, [mapping[v] for v in node.inputs], _copied_attrs(node.attrs),
+                     node.loc, None)
             if node.members is not None:
                 c.members = [clone(m) for m in node.members]
             for v in node.outputs:
@@ -142,6 +145,14 @@ class Graph:
         self._next_id = n
         return self
 
+    def bodies(self):
+        """The subgraphs held by this graph's nodes (scan bodies), outermost first."""
+        return [n.attrs["body"] for n in self.nodes if "body" in n.attrs]
+
+    def run(self, *inputs):
+        """Run the graph with the IR interpreter; one numpy array per output."""
+        return interpret(self, *inputs)
+
     def op_counts(self):
         counts = {}
         for node in self.nodes:
@@ -170,8 +181,8 @@ class Graph:
             return mapping[v]
 
         def copy_node(node):
-            c = Node(node.op, [mapping[v] for v in node.inputs], node.attrs, node.loc,
-                     None)
+            c = Node(node.op, [mapping[v] for v in node.inputs], _copied_attrs(node.attrs),
+                     node.loc, None)
             if node.members is not None:
                 c.members = [copy_node(m) for m in node.members]
             c.outputs = [val(v, c) for v in node.outputs]
@@ -184,3 +195,11 @@ class Graph:
         new.nodes = [copy_node(n) for n in self.nodes]
         new.outputs = [mapping[v] for v in self.outputs]
         return new
+
+
+def _copied_attrs(attrs):
+    """A node's attributes for a copy of the node: a body graph is copied, not shared, so
+    passes that rewrite one copy's body leave the other alone."""
+    if "body" in attrs:
+        attrs = dict(attrs, body=attrs["body"].copy())
+    return attrs

@@ -46,8 +46,8 @@ def format_constant(array):
 def format_attrs(node):
     out = []
     for k, v in node.attrs.items():
-        if node.op == "constant" and k == "value":
-            continue
+        if (node.op == "constant" and k == "value") or k == "body":
+            continue  # a scan's body is printed below its node
         if k == "spec":
             out.append(f"key={format_spec(v)}")
         elif v is None:
@@ -78,30 +78,34 @@ def node_line(node, indent):
     return line
 
 
-def format_graph(graph):
+def format_graph(graph, indent=""):
     params = ", ".join(f"{v.ref}: {v.type_str()}" for v in graph.inputs)
     lines = []
-    if graph.key is not None:
+    if graph.key is not None and not indent:
         lines.append(f"# specialised for {graph.key}")
     symbolic = {}
-    for v in graph.inputs:
+    for v in graph.inputs if not indent else ():  # (a loop body's sizes are its node's)
         for d, size in enumerate(v.shape):
             if isinstance(size, Sym):
                 for name in size.symbols():
                     symbolic.setdefault(name, []).append(f"{v.ref} dim {d}")
     for name, where in symbolic.items():
         lines.append(f"# symbolic size {name} (known when the code runs): {', '.join(where)}")
-    lines.append(f"graph {graph.name}({params}) {{")
+    head = f"graph {graph.name}" if not indent else "body"  # a loop body is nameless
+    lines.append(f"{indent}{head}({params}) {{")
+    inner = indent + "  "
     for node in graph.nodes:
         if node.op == "fused":
-            lines.append(node_line(node, "  ") + " {")
+            lines.append(node_line(node, inner) + " {")
             for m in node.members:
-                lines.append(node_line(m, "      "))
-            lines.append("  }")
+                lines.append(node_line(m, inner + "    "))
+            lines.append(inner + "}")
         else:
-            lines.append(node_line(node, "  "))
-    lines.append(f"  return {', '.join(v.ref for v in graph.outputs)}")
-    lines.append("}")
+            lines.append(node_line(node, inner))
+            if "body" in node.attrs:  # a loop: its body once, indented under it
+                lines.append(format_graph(node.attrs["body"], inner + "    "))
+    lines.append(f"{inner}return {', '.join(v.ref for v in graph.outputs)}")
+    lines.append(f"{indent}}}")
     return "\n".join(lines)
 
 

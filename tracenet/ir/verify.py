@@ -1,5 +1,5 @@
 """The IR verifier: SSA form, shapes/dtypes agreeing with each op's inference rule, outputs
-defined. Passes and tests run it after every transformation."""
+defined, scan bodies included. Passes and tests run it after every transformation."""
 from .._sym import same_shape
 from .._meta import Meta
 from ..ops.registry import REGISTRY
@@ -46,6 +46,11 @@ def _verify_node(node, defined, where):
                 raise VerificationError(f"{where}: output {v.ref} is not produced by a member")
             _define(v, defined, where)
         return
+    if "body" in node.attrs:  # a loop body is a graph of its own
+        try:
+            verify(node.attrs["body"])
+        except VerificationError as e:
+            raise VerificationError(f"{where}: body: {e}") from None
     op = REGISTRY.get(node.op)
     if op is None:
         raise VerificationError(f"{where}: unknown op {node.op!r}")

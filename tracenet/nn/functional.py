@@ -3,6 +3,7 @@
 Functions here validate and normalise arguments (tuples, defaults, legacy loss arguments) and
 then call registry ops, so every computation still has exactly one definition.
 """
+import math
 import warnings
 
 import numpy as np
@@ -373,6 +374,32 @@ def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
                      divisor_override)
 
 
+# --- power-average pooling: torch's formula, so values, gradients and grad_fn agree ----------
+
+
+def _lp_pool(max_pool, avg_pool, window, input, norm_type, kernel_size, stride, ceil_mode):
+    if isinstance(norm_type, (int, float)) and math.isinf(norm_type):
+        pooled = max_pool(input.abs() if norm_type > 0 else -input.abs(), kernel_size, stride,
+                          0, 1, ceil_mode)
+        return pooled if norm_type > 0 else -pooled
+    if stride is not None:
+        out = avg_pool(input.pow(norm_type), kernel_size, stride, 0, ceil_mode)
+    else:
+        out = avg_pool(input.pow(norm_type), kernel_size, padding=0, ceil_mode=ceil_mode)
+    return (ew.sign(out) * ew.relu(ew.abs(out))).mul(window).pow(1.0 / norm_type)
+
+
+def lp_pool1d(input, norm_type, kernel_size, stride=None, ceil_mode=False):
+    return _lp_pool(max_pool1d, avg_pool1d, kernel_size, input, norm_type, kernel_size, stride,
+                    ceil_mode)
+
+
+def lp_pool2d(input, norm_type, kernel_size, stride=None, ceil_mode=False):
+    kw, kh = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+    return _lp_pool(max_pool2d, avg_pool2d, kw * kh, input, norm_type, kernel_size, stride,
+                    ceil_mode)
+
+
 # --- padding ----------------------------------------------------------------------------------
 
 
@@ -436,5 +463,6 @@ from ._functional.normalization import *  # noqa: E402,F401,F403
 from ._functional.vision import *  # noqa: E402,F401,F403
 from ._functional.loss import *  # noqa: E402,F401,F403
 from ._functional.rnn import *  # noqa: E402,F401,F403
+from ._functional.pooling import *  # noqa: E402,F401,F403
 from ._functional.attention import *  # noqa: E402,F401,F403
 from ._functional.attention import _canonical_mask, _none_or_dtype  # noqa: E402,F401

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 
 from .. import _dtype, _random
+from . import generator as _generator  # noqa: F401  (installs the global Generator)
 from .._sym import Specialize, Sym, has_symbols
 from ..tensor import Tensor, _check_device, _to_nested_numbers
 from . import registry
@@ -225,16 +226,15 @@ def linspace(start, end, steps, *, dtype=None, device=None, requires_grad=False,
 
 def manual_seed(seed):
     _random.manual_seed(seed)
-    return _Generator()
+    return _random.default_generator
 
 
-class _Generator:
-    """What manual_seed returns; only ``initial_seed`` is meaningful."""
-    def initial_seed(self):
-        return _random.initial_seed()
+def seed():
+    s = int(np.random.SeedSequence().entropy % (2 ** 63))
+    _random.manual_seed(s)
+    return s
 
 
-seed = lambda: _random.manual_seed(np.random.SeedSequence().entropy % (2 ** 63))  # noqa: E731
 initial_seed = _random.initial_seed
 
 
@@ -248,7 +248,7 @@ def _random_factory(sample):
         if not dt.is_floating_point:
             word = {"int64": "Long", "bool": "Bool"}[dt.name]
             raise NotImplementedError(f"\"{factory.__name__}\" not implemented for '{word}'")
-        return _make(sample(_random.rng(), _size(size)).astype(dt.np), None, device,
+        return _make(sample(_random.rng(generator), _size(size)).astype(dt.np), None, device,
                      requires_grad)
     return factory
 
@@ -273,13 +273,13 @@ def randint(low, high=None, size=None, *, generator=None, dtype=None, device=Non
         raise RuntimeError(f"random_ expects 'from' to be less than 'to', but got from={low} >= "
                            f"to={high}")
     dt = _as_dtype(dtype) if dtype is not None else _dtype.int64
-    return _make(_random.rng().integers(low, high, _size((size,))).astype(dt.np), None, device,
+    return _make(_random.rng(generator).integers(low, high, _size((size,))).astype(dt.np), None, device,
                  requires_grad)
 
 
 def randperm(n, *, dtype=None, device=None, requires_grad=False, generator=None, out=None):
     dt = _as_dtype(dtype) if dtype is not None else _dtype.int64
-    return _make(_random.rng().permutation(n).astype(dt.np), None, device, requires_grad)
+    return _make(_random.rng(generator).permutation(n).astype(dt.np), None, device, requires_grad)
 
 
 def normal(mean=0.0, std=1.0, size=None, *, generator=None, dtype=None, out=None):
@@ -288,14 +288,14 @@ def normal(mean=0.0, std=1.0, size=None, *, generator=None, dtype=None, out=None
         s = std._data if isinstance(std, Tensor) else std
         shape = np.broadcast_shapes(np.shape(m), np.shape(s))
         ref = mean if isinstance(mean, Tensor) else std
-        return Tensor._wrap((m + s * _random.rng().standard_normal(shape)).astype(ref.dtype.np))
+        return Tensor._wrap((m + s * _random.rng(generator).standard_normal(shape)).astype(ref.dtype.np))
     dt = _as_dtype(dtype) if dtype is not None else _dtype.get_default_dtype()
-    return Tensor._wrap((mean + std * _random.rng().standard_normal(_size((size,))))
+    return Tensor._wrap((mean + std * _random.rng(generator).standard_normal(_size((size,))))
                         .astype(dt.np))
 
 
 def bernoulli(p, generator=None):
-    return Tensor._wrap((_random.rng().random(p.shape) < p._data).astype(p.dtype.np))
+    return Tensor._wrap((_random.rng(generator).random(p.shape) < p._data).astype(p.dtype.np))
 
 
 def multinomial(input, num_samples, replacement=False, *, generator=None, out=None):
@@ -318,7 +318,7 @@ def multinomial(input, num_samples, replacement=False, *, generator=None, out=No
     totals = rows.sum(axis=1, keepdims=True)
     if np.any(totals <= 0):
         raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
-    gen = _random.rng()
+    gen = _random.rng(generator)
     probs = rows / totals
     if replacement:
         cdf = np.cumsum(probs, axis=1)

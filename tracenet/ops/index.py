@@ -726,11 +726,15 @@ def _gather_meta(x, idx, dim):
     return Meta(tuple(idx.shape), x.dtype)
 
 
+def check_index_range(idx, size, dim):
+    """gather/scatter's check of an index array along a dim of ``size``."""
+    if np.any(idx < -size) or np.any(idx >= size):
+        bad = idx[(idx < -size) | (idx >= size)].flat[0]
+        raise RuntimeError(f"index {bad} is out of bounds for dimension {dim} with size {size}")
+
+
 def _take_along(x, idx, dim):
-    if np.any(idx < -x.shape[dim]) or np.any(idx >= x.shape[dim]):
-        bad = idx[(idx < -x.shape[dim]) | (idx >= x.shape[dim])].flat[0]
-        raise RuntimeError(f"index {bad} is out of bounds for dimension {dim} with size "
-                           f"{x.shape[dim]}")
+    check_index_range(idx, x.shape[dim], dim)
     if idx.shape == x.shape or x.ndim == 0:
         return np.take_along_axis(x, idx, axis=dim)
     sl = tuple(slice(0, s) for s in idx.shape[:dim]) + (slice(None),) + tuple(
@@ -739,12 +743,13 @@ def _take_along(x, idx, dim):
 
 
 gather_op = register(
-    "gather", eager_only="no C lowering yet (index checks)", infer=_gather_meta, eager=_take_along, saves=(1,),
+    "gather", infer=_gather_meta, eager=_take_along, saves=(1,),
     backward=lambda ctx, g: (scatter_add(g.new_zeros(tuple(ctx.metas[0].shape)),
                                          ctx.attrs["dim"], ctx.inputs[1], g), None))
 
 
 def _scatter_add_eager(x, idx, src, dim):
+    check_index_range(idx, x.shape[dim], dim)
     out = np.array(x, copy=True)
     grids = list(np.indices(idx.shape, sparse=True))
     grids[dim] = idx
@@ -753,7 +758,7 @@ def _scatter_add_eager(x, idx, src, dim):
 
 
 scatter_add_op = register(
-    "scatter_add", eager_only="no C lowering yet (index checks)", infer=lambda x, idx, src, dim: common.same(x), eager=_scatter_add_eager,
+    "scatter_add", infer=lambda x, idx, src, dim: common.same(x), eager=_scatter_add_eager,
     saves=(1,),
     backward=lambda ctx, g: (g, None, gather(g, ctx.attrs["dim"], ctx.inputs[1])))
 

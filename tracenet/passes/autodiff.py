@@ -12,7 +12,8 @@ window), softmax/log-softmax outputs, and the targets of losses. One pattern is 
 relu -> max_pool masks the pooled gradient by the pooled output (which is the relu output at
 each argmax) before scattering it, so such a relu output is not saved at all. Views (transposes, reshapes)
 are recomputed from their source instead of saved, and forward constants read by a rule are
-copied into the backward graph.
+copied into the backward graph. A ``scan`` (a loop) differentiates into a scan running the
+other way (``scan_grad``), which may add per-step values to the forward scan's outputs.
 """
 import numpy as np
 
@@ -24,6 +25,7 @@ from .._meta import Meta
 from ..ops.registry import REGISTRY, Ctx, apply, op_kind
 from ..tensor import Tensor
 from ..trace import Tracer, traced_tensor, tracing
+from .scan_grad import scan_backward
 
 
 def is_recomputed(op):
@@ -102,15 +104,17 @@ def grad(forward, wrt=None):
 
     # cotangent inputs come first
     cot = {}
+    tracer = Tracer(bwd, foreign=foreign)
     for i, v in enumerate(forward.outputs):
         if not v.requires_grad:
             continue
         g = bwd.add_input("grad" if len(forward.outputs) == 1 else f"grad{i}", v.shape, v.dtype)
         bwd.cotangent_of.append(v)
         t = traced_tensor(g)
-        cot[v] = t if v not in cot else cot[v] + t
-
-    tracer = Tracer(bwd, foreign=foreign)
+        if v in cot:  # an output returned twice (a loop body's carry and its step output)
+            with tracing(tracer), grad_mode.no_grad():
+                t = cot[v] + t
+        cot[v] = t
     pooled_relu = {}  # relu output -> (its max_pool node, the pooled gradient, the scattered one)
     with tracing(tracer), grad_mode.no_grad():
         nodes = list(_flat_nodes(forward))
@@ -123,6 +127,11 @@ def grad(forward, wrt=None):
             op = REGISTRY[node.op]
             needs = tuple(v.requires_grad for v in node.inputs)
             if not op.differentiable or not any(needs):
+                continue
+            if node.op == "scan":  # a loop: its backward is a loop too
+                tracer.loc = node.loc
+                res = scan_backward(forward, node, grads, tracer, grad, fwd_values)
+                _accumulate(cot, node.inputs, res, needs)
                 continue
             shortcut = pooled_relu.get(node.outputs[0]) if node.op == "relu" else None
             if shortcut is not None and grads[0] is shortcut[2]:
@@ -139,11 +148,7 @@ def grad(forward, wrt=None):
             tracer.loc = node.loc
             res = op.backward(ctx, *grads)
             res = res if isinstance(res, tuple) else (res,)
-            for v, g, need in zip(node.inputs, res, needs):
-                if need and g is not None:
-                    if g.dtype is not v.dtype:
-                        g = g.to(v.dtype)
-                    cot[v] = g if v not in cot else cot[v] + g
+            _accumulate(cot, node.inputs, res, needs)
             if node.op == "max_pool" and grads[0] is not None and node.inputs[0].producer \
                     is not None and node.inputs[0].producer.op == "relu" and res[0] is not None:
                 pooled_relu[node.inputs[0]] = (node, grads[0], res[0])
@@ -158,6 +163,15 @@ def grad(forward, wrt=None):
     bwd.outputs = outputs
     bwd.inputs.extend(saved_inputs[v] for v in bwd.saved)
     return bwd.renumber()
+
+
+def _accumulate(cot, inputs, res, needs):
+    """Add the gradients ``res`` of ``inputs`` to their cotangents."""
+    for v, g, need in zip(inputs, res, needs):
+        if need and g is not None:
+            if g.dtype is not v.dtype:
+                g = g.to(v.dtype)
+            cot[v] = g if v not in cot else cot[v] + g
 
 
 def _ctx(node, needs):

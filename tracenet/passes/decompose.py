@@ -7,7 +7,10 @@ from ..trace import Tracer, traced_tensor, tracing
 
 def decompose(graph, lowerable):
     """Replace every node whose op is not ``lowerable(op)`` and has a decomposition; repeats
-    until the decompositions themselves are lowerable. Returns the graph."""
+    until the decompositions themselves are lowerable (loop bodies included). Returns the
+    graph."""
+    for body in graph.bodies():
+        decompose(body, lowerable)
     while _decompose_once(graph, lowerable):
         pass
     return graph

@@ -267,7 +267,10 @@ def _gemm_sgd_groups(graph):
 
 
 def fuse(graph):
-    """Apply every fusion pattern; returns the graph (modified in place)."""
+    """Apply every fusion pattern (in loop bodies too); returns the graph (modified in
+    place)."""
+    for body in graph.bodies():
+        fuse(body)
     for finder, group_name in ((_conv_groups, "conv"),
                                (_pool_relu_backward_groups, "pool_backward"),
                                (_gemm_mask_groups, "gemm"), (_gemm_sgd_groups, "gemm"),

@@ -21,6 +21,8 @@ def _new_gemm(a, b, c, ta, tb, alpha, beta, out_value, loc):
 
 
 def lower_gemm(graph):
+    for body in graph.bodies():  # loop bodies too
+        lower_gemm(body)
     # 1. transpose(gemm(a, b)) -> gemm(b^T, a^T) when the gemm result is not needed otherwise
     users = graph.users()
     nodes = []

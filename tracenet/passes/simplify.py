@@ -80,5 +80,7 @@ def fold_constants(graph, max_elements=1 << 20):
 
 
 def simplify(graph):
-    """fold -> cse -> dce, the usual clean-up before fusion."""
+    """fold -> cse -> dce, the usual clean-up before fusion (loop bodies included)."""
+    for body in graph.bodies():
+        simplify(body)
     return dce(cse(fold_constants(graph)))

@@ -3,7 +3,8 @@ threads of eager mode's numpy calls (``tracenet.set_num_threads``).
 
 Compiled code uses ``compiled_threads()`` threads, passed to every entry point, which hands it
 to OpenMP for the calling thread (so each Python thread's calls follow the current setting).
-The default is the number of cores this process may run on (``OMP_NUM_THREADS`` when set).
+The default is the number of cores this process may run on (``OMP_NUM_THREADS`` when set),
+lowered while other processes keep cores busy (``LoadWatch``) unless a count was set.
 
 Eager mode's BLAS calls (numpy's OpenBLAS) run on the calling thread by default: OpenBLAS
 worker threads spin between calls, and on a loaded machine they slowed eager training steps
@@ -14,6 +15,7 @@ torch's does for its intra-op pool. A BLAS library other than OpenBLAS is left a
 import ctypes
 import os
 import re
+import time
 
 from . import debug
 
@@ -33,8 +35,71 @@ def _default():
 _threads = [_default()]
 
 
-def compiled_threads():
-    return _threads[0]
+class LoadWatch:
+    """How many cores other processes leave free, sampled at most every ``period`` seconds:
+    the machine's runnable tasks now (``/proc/loadavg``) minus this process's own. A parallel
+    kernel whose second thread waits for a core another process holds takes a scheduler time
+    slice per region instead of microseconds (tens of times slower than one thread), so
+    compiled code uses no more threads than there are free cores. The median of the last
+    three samples smooths out one-off tasks."""
+
+    def __init__(self, cores, period=0.05):
+        self.cores, self.period = cores, period
+        self.free = cores
+        self._last = -1.0
+        self._samples = []
+        self._tasks, self._tasks_at = {}, -1.0
+        try:
+            self._loadavg = os.open("/proc/loadavg", os.O_RDONLY)
+        except OSError:
+            self._loadavg = None  # not Linux: no adaptation
+
+    def free_cores(self, now):
+        if self._loadavg is None or now - self._last < self.period:
+            return self.free
+        self._last = now
+        try:
+            running = int(os.pread(self._loadavg, 128, 0).split()[3].split(b"/")[0])
+            others = max(0, running - self._own_running(now))
+        except (OSError, ValueError, IndexError):
+            return self.free
+        self._samples = (self._samples + [others])[-3:]
+        self.free = max(1, self.cores - sorted(self._samples)[len(self._samples) // 2])
+        return self.free
+
+    def _own_running(self, now):
+        if now - self._tasks_at > 1.0:  # threads come and go rarely: list them once a second
+            self._tasks_at = now
+            for fd in self._tasks.values():
+                os.close(fd)
+            self._tasks = {}
+            for tid in os.listdir("/proc/self/task"):
+                try:
+                    self._tasks[tid] = os.open(f"/proc/self/task/{tid}/stat", os.O_RDONLY)
+                except OSError:
+                    pass
+        running = 0
+        for fd in self._tasks.values():
+            try:
+                stat = os.pread(fd, 512, 0)
+            except OSError:
+                continue
+            running += stat.rsplit(b")", 1)[-1].split()[0] == b"R"
+        return max(1, running)  # this thread is running
+
+
+_watch = LoadWatch(_cores())
+# False once the user sets a thread count: then it is used as given
+_adaptive = [os.environ.get("TRACENET_ADAPTIVE_THREADS", "1") != "0"
+             and "OMP_NUM_THREADS" not in os.environ]
+
+
+def compiled_threads(now=None):
+    """The OpenMP threads for a compiled call starting now: the set count, or, unless one was
+    set, no more than the cores other processes leave free."""
+    if not _adaptive[0]:
+        return _threads[0]
+    return min(_threads[0], _watch.free_cores(time.monotonic() if now is None else now))
 
 
 def set_num_threads(n):
@@ -44,6 +109,7 @@ def set_num_threads(n):
     if n < 1:
         raise RuntimeError("set_num_threads expects a positive integer")
     _threads[0] = n
+    _adaptive[0] = False
     set_blas_threads(n)
 
 

@@ -1,7 +1,7 @@
 """C lowerings of pooling: max pooling (1-d to 3-d, windows that may lie entirely in the
 padding) and its scatter backward, the fused backward of conv -> relu -> max_pool, average
 pooling and its backward, max unpooling (which checks its indices as eager mode does) and its
-gather backward, adaptive average pooling and its backward.
+gather backward, adaptive average pooling and its backward, adaptive max pooling.
 
 Every kernel works on (N, C, *spatial) planes with 1 to 3 spatial dims, padded to three
 (depth, height, width) with leading size-1 dims; all sizes are compile-time constants.
@@ -225,3 +225,24 @@ def lower_adaptive_avg_pool(name, node, exported, target):
                  NC=nc, g=g, backward=backward, parallel=par)
     return Kernel(name, reads, writes, src, parallel=par)
 
+
+
+# --- adaptive max pooling -----------------------------------------------------------------------
+
+
+@lowering("adaptive_max_pool")
+def lower_adaptive_max_pool(name, node, exported, target):
+    """Values and (when used) flat per-plane indices; the backward is max_pool_backward's."""
+    x, out = node.inputs[0], node.outputs[0]
+    _check_spatial(node, len(x.shape) - 2)
+    reads, writes = [("x", x)], [("out", out)]
+    with_idx = node.outputs[1] in exported
+    if with_idx:
+        writes.append(("idx", node.outputs[1]))
+    nc = numel(x.shape[:2])
+    g = _geometry(x.shape[2:], out.shape[2:])
+    par = target.parallel.memory(numel(x.shape), nc)
+    src = render("pool_adaptive_max.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ctype(out), signature=signature(reads, writes), NC=nc, g=g,
+                 with_idx=with_idx, parallel=par)
+    return Kernel(name, reads, writes, src, parallel=par)

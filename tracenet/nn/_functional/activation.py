@@ -8,6 +8,7 @@ import numpy as np
 from ..._tensor_methods import inplace as _inplace
 from ...ops import activation as _activation_ops  # noqa: F401  (registers the ops)
 from ... import _dtype, _random
+from ...ops.embedding_renorm import embedding_renorm, renorm_rows_np
 from ...tensor import Tensor
 from ...autograd import grad_mode
 from ...ops import activation as act, common, elementwise as ew, linalg
@@ -376,30 +377,20 @@ def _padding_index(padding_idx, num):
 
 def _renorm_rows(weight, indices, max_norm, norm_type):
     """torch's embedding_renorm_: rows of ``weight`` used by ``indices`` whose ``norm_type``-norm
-    exceeds ``max_norm`` are scaled down in place to norm ``max_norm``."""
+    exceeds ``max_norm`` are scaled down in place to norm ``max_norm``. Under tracing the
+    renormalised table is a graph value: the lookup reads it (its gradient passes straight to
+    the weight) and the compiled call writes it back to the weight."""
     if weight._ir is not None or indices._ir is not None:
-        raise NotImplementedError("Embedding with max_norm rescales its weight in place and "
-                                  "cannot be compiled; run it in eager mode")
-    w = weight._data
-    rows = np.unique(indices._concrete("embedding").reshape(-1))
-    if rows.size and (rows.min() < 0 or rows.max() >= w.shape[0]):
-        raise IndexError("index out of range in self")
-    sel = w[rows].astype(np.float64)
-    p = float(norm_type)
-    mag = np.abs(sel)
-    if p == float("inf"):
-        norms = mag.max(axis=1, initial=0.0)
-    elif p == float("-inf"):
-        norms = mag.min(axis=1, initial=np.inf)
-    elif p == 0:
-        norms = (mag != 0).sum(axis=1).astype(np.float64)
-    else:
-        norms = (mag ** p).sum(axis=1) ** (1.0 / p)
-    big = norms > max_norm
-    if big.any():
-        scale = max_norm / (norms[big] + 1e-7)
-        w[rows[big]] = (w[rows[big]] * scale[:, None]).astype(w.dtype)
+        if weight._ir is None:
+            raise NotImplementedError("Embedding with max_norm rescales its weight in place: "
+                                      "under tracing the weight must be a traced parameter")
+        table = embedding_renorm(weight, indices, max_norm, norm_type)
+        with grad_mode.no_grad():
+            weight._ir = table.detach()._ir  # the state update written back after the call
+        return table
+    if renorm_rows_np(weight._data, indices._concrete("embedding"), max_norm, norm_type):
         weight._vc.value += 1
+    return weight
 
 
 def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0,
@@ -412,8 +403,7 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0,
         raise NotImplementedError("sparse=True would need a sparse gradient, and tracenet has no "
                                   "sparse tensors; use sparse=False (a dense gradient)")
     if max_norm is not None:
-        with grad_mode.no_grad():
-            _renorm_rows(weight, input, max_norm, norm_type)
+        weight = _renorm_rows(weight, input, max_norm, norm_type)
     return act.embedding(weight, input, padding_idx, scale_grad_by_freq)
 
 

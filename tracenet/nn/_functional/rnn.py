@@ -3,9 +3,9 @@ optionally bidirectional sequence loop behind ``nn.RNN``/``nn.LSTM``/``nn.GRU``.
 
 Everything is a composition of registry ops (``addmm`` through ``linear``, ``split`` through
 ``chunk``, ``unbind``, ``stack``, ``cat`` and pointwise ops), and the time loop is ordinary
-Python: under ``tracenet.compile`` it unrolls into a static graph for the traced sequence
-length. The input-to-hidden product of a whole layer is one matrix product over all time
-steps; only the hidden-to-hidden product runs per step.
+Python (under tracing, ``nn.modules.rnn`` records each layer's loop as one ``scan`` node
+instead, with ``layer_step`` as its body). The input-to-hidden product of a whole layer is one
+matrix product over all time steps; only the hidden-to-hidden product runs per step.
 
 torch.nn.functional has no recurrent functions, so nothing here is re-exported there; the cell
 functions mirror ``torch.rnn_tanh_cell``/``rnn_relu_cell``/``lstm_cell``/``gru_cell``.
@@ -109,24 +109,42 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
 # --- the sequence loop --------------------------------------------------------------------------
 
 
-def _direction(mode, gi, h, c, weights, reverse):
-    """Run one direction of one layer over the per-step input gates ``gi``; returns the
-    per-step outputs (in time order) and the final state."""
+def layer_step(mode, gi, h, c, weights):
+    """One time step of one layer of ``mode`` given the input part ``gi`` of its gates;
+    returns the new ``(h, c)`` (``c`` is None but for LSTM)."""
     _, w_hh, _, b_hh, w_hr = weights
+    if mode == "LSTM":
+        return lstm_step(gi, h, c, w_hh, b_hh, w_hr)
+    if mode == "GRU":
+        return gru_step(gi, h, w_hh, b_hh), None
+    return rnn_step(gi, h, w_hh, b_hh, "tanh" if mode == "RNN_TANH" else "relu"), None
+
+
+def zero_state(mode, gi, weights, zeros=creation.zeros):
+    """The zero initial ``(h, c)`` of one layer and direction (``c`` None but for LSTM), made
+    with ``zeros(shape, dtype=)``."""
+    batch, w_hh = gi.shape[1], weights[1]
+    h = zeros((batch, w_hh.shape[1]), dtype=gi.dtype)
+    return h, (zeros((batch, w_hh.shape[0] // 4), dtype=gi.dtype) if mode == "LSTM" else None)
+
+
+def _direction(mode, gi, h, c, weights, reverse):
+    """Run one direction of one layer over the input part ``gi`` (T, B, G) of its gates, step
+    by step, from the state ``(h, c)`` (None: zeros); returns the outputs stacked in time order
+    (T, B, H) and the final state."""
+    if h is None:
+        h, c = zero_state(mode, gi, weights)
+    gi = gi.unbind(0)
     steps = range(len(gi) - 1, -1, -1) if reverse else range(len(gi))
     ys = [None] * len(gi)
     for t in steps:
-        if mode == "LSTM":
-            h, c = lstm_step(gi[t], h, c, w_hh, b_hh, w_hr)
-        elif mode == "GRU":
-            h = gru_step(gi[t], h, w_hh, b_hh)
-        else:
-            h = rnn_step(gi[t], h, w_hh, b_hh, "tanh" if mode == "RNN_TANH" else "relu")
+        h, c = layer_step(mode, gi[t], h, c, weights)
         ys[t] = h
-    return ys, h, c
+    return sh.stack(ys, 0), h, c
 
 
-def rnn_sequence(mode, input, hx, weights, num_layers, dropout, training, bidirectional):
+def rnn_sequence(mode, input, hx, weights, num_layers, dropout, training, bidirectional,
+                 direction=None):
     """The recurrent layers of ``mode`` ("RNN_TANH", "RNN_RELU", "LSTM", "GRU") over a
     time-major ``input`` (T, B, I).
 
@@ -134,12 +152,13 @@ def rnn_sequence(mode, input, hx, weights, num_layers, dropout, training, bidire
     (h0, c0) for LSTM. ``weights[l * D + d]`` is ``(w_ih, w_hh, b_ih, b_hh, w_hr)`` of layer
     ``l``, direction ``d`` (biases and the projection may be None). Dropout applies to the
     output of every layer but the last, in training only. Returns ``(output, h_n)`` or, for
-    LSTM, ``(output, h_n, c_n)``; output is (T, B, D*H)."""
+    LSTM, ``(output, h_n, c_n)``; output is (T, B, D*H). ``direction`` runs one direction of
+    one layer (``_direction``'s arguments and results); by default step by step in Python."""
+    direction = direction or _direction
     if input.shape[0] == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     lstm = mode == "LSTM"
     num_dirs = 2 if bidirectional else 1
-    batch = input.shape[1]
     if hx is None:
         h0 = [None] * (num_layers * num_dirs)
         c0 = [None] * (num_layers * num_dirs)
@@ -154,14 +173,10 @@ def rnn_sequence(mode, input, hx, weights, num_layers, dropout, training, bidire
             k = layer * num_dirs + d
             w = weights[k]
             h, c = h0[k], c0[k]
-            if h is None:
-                h = creation.zeros((batch, w[1].shape[1]), dtype=input.dtype)
-                if lstm:
-                    c = creation.zeros((batch, w[1].shape[0] // 4), dtype=input.dtype)
             # the input part of every step's gates: one product for the whole sequence
-            gi = linear(layer_input, w[0], w[2]).unbind(0)
-            ys, h, c = _direction(mode, gi, h, c, w, reverse=d == 1)
-            outs.append(sh.stack(ys, 0))
+            gi = linear(layer_input, w[0], w[2])
+            ys, h, c = direction(mode, gi, h, c, w, reverse=d == 1)
+            outs.append(ys)
             h_n.append(h)
             c_n.append(c)
         layer_output = outs[0] if num_dirs == 1 else sh.cat(outs, 2)

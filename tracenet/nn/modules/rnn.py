@@ -7,7 +7,7 @@ import math
 import numbers
 import warnings
 
-from ...ops import creation
+from ...ops import creation, scan as S
 from ...ops.registry import REGISTRY, apply
 from ...tensor import Tensor
 from .. import init
@@ -213,8 +213,12 @@ class RNNBase(Module):
         x = input
         if self.batch_first:
             x = x.transpose(0, 1)
+        # traced, the time loop is one scan node per layer and direction; eager, plain Python
+        traced = S.is_traced(x, *self._flat_weights, *(() if hx is None else hx if lstm
+                                                       else (hx,)))
         result = R.rnn_sequence(self.mode, x, hx, self._layer_weights(), self.num_layers,
-                                self.dropout, self.training, self.bidirectional)
+                                self.dropout, self.training, self.bidirectional,
+                                direction=_scanned_direction if traced else None)
         output, hidden = result[0], result[1:]
         if self.batch_first:
             output = _transpose01(output, "TransposeBackward0" if lstm else "TransposeBackward1")
@@ -286,6 +290,20 @@ class GRU(RNNBase):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
+
+
+def _scanned_direction(mode, gi, h, c, weights, reverse):
+    """``R._direction`` for tracing: one direction of one layer as one ``scan`` node whose body
+    is one step, so the graph does not grow with the sequence length."""
+    lstm = mode == "LSTM"
+    if h is None:  # zeros nodes: the batch size may be symbolic
+        h, c = R.zero_state(mode, gi, weights, S.zeros)
+
+    def step(carry, xs):  # (carries, (gi_t,)) -> (new carries, (h_t,))
+        h, c = R.layer_step(mode, xs[0], carry[0], carry[1] if lstm else None, weights)
+        return ((h, c) if lstm else (h,)), (h,)
+    carry, (ys,) = S.scan(step, (h, c) if lstm else (h,), (gi,), reverse=reverse)
+    return ys, carry[0], carry[1] if lstm else None
 
 
 # --- cells ----------------------------------------------------------------------------------

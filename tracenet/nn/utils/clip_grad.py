@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 
 from ... import _dtype
+from ..._trace_errors import TraceError
+from ...ops.shape import stack
 from ...tensor import Tensor
 
 __all__ = ["clip_grad_norm_", "clip_grad_norm", "clip_grad_value_", "get_total_norm",
@@ -50,6 +52,11 @@ def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=Non
     result_dtype = tensors[0].dtype
     for t in tensors[1:]:
         result_dtype = _dtype.promote_types(result_dtype, t.dtype)
+    if any(t._ir is not None for t in tensors):  # traced (a compiled step function)
+        if error_if_nonfinite:
+            raise TraceError("clip_grad_norm_(error_if_nonfinite=True) needs the norm's value: "
+                             "it cannot be compiled")
+        return _traced_total_norm(tensors, norm_type).to(result_dtype)
     norms = np.array([_vector_norm(t._concrete("clip_grad_norm_").astype(np.float64), norm_type)
                       for t in tensors])
     total = _vector_norm(norms, norm_type)
@@ -61,6 +68,22 @@ def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=Non
     return Tensor._wrap(np.array(total, dtype=result_dtype.np))
 
 
+def _traced_total_norm(tensors, ord):
+    """``get_total_norm`` with tensor ops (in float64, as the numpy path computes it)."""
+    norms = [t.to(_dtype.float64).abs() for t in tensors]
+    if ord == math.inf:
+        return stack([a.amax() for a in norms]).amax()
+    if ord == -math.inf:
+        return stack([a.amin() for a in norms]).amin()
+    if ord == 0:
+        return stack([(a != 0).to(_dtype.float64).sum() for a in norms]).sum()
+    if ord == 1:
+        return stack([a.sum() for a in norms]).sum()
+    if ord == 2:
+        return stack([(a * a).sum() for a in norms]).sum().sqrt()
+    return stack([(a ** ord).sum() for a in norms]).sum() ** (1.0 / ord)
+
+
 def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None):
     """Scale the gradients of ``parameters`` by ``min(1, max_norm / (total_norm + 1e-6))``."""
     parameters = _as_list(parameters)
@@ -68,6 +91,11 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None):
     if not grads:
         return
     max_norm = float(max_norm)
+    if isinstance(total_norm, Tensor) and total_norm._ir is not None:  # traced
+        coef = (max_norm / (total_norm + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(coef.to(g.dtype))
+        return
     if isinstance(total_norm, Tensor):
         total = total_norm._concrete("clip_grads_with_norm_")
     else:
@@ -117,6 +145,9 @@ def clip_grad_value_(parameters, clip_value, foreach=None):
     for p in parameters:
         g = p._grad
         if g is None:
+            continue
+        if g._ir is not None:  # traced (a compiled step function)
+            g.clamp_(-clip_value, clip_value)
             continue
         data = g._concrete("clip_grad_value_")
         np.clip(data, -clip_value, clip_value, out=data)

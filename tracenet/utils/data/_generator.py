@@ -10,7 +10,6 @@ import weakref
 import numpy as np
 
 from ... import _random
-from ...ops.creation import _Generator as _GlobalGenerator
 
 _streams = weakref.WeakKeyDictionary()
 _streams_by_id = {}  # objects that cannot be weakly referenced
@@ -26,8 +25,8 @@ def stateful(generator):
 
 def numpy_rng(generator):
     """The numpy Generator to draw from now."""
-    if generator is None or isinstance(generator, _GlobalGenerator):
-        return _random.rng()
+    if generator is None or isinstance(generator, _random.Generator):
+        return _random.rng(generator)
     if isinstance(generator, np.random.Generator):
         return generator
     if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):

@@ -1,0 +1,360 @@
+"""A model zoo side by side: PyTorch eager (and torch.compile, ONNX Runtime) vs tracenet.
+
+    python bench/zoo.py [--quick] [--models lenet,cifar,mlp,resnet,lstm] [--no-inductor]
+                        [--no-onnx] [--no-compile-times]
+
+Each model is written once and built with either library from the same weights. Timings use
+bench/lenet.py's method: the workloads of one row alternate in rounds (each turn after two
+untimed calls) and the row reports medians in us per call and the ratio PyTorch eager time /
+other time (> 1: the other is faster). PyTorch eager runs with 1 and with 2 threads and
+counts as the better of the two.
+
+Rows per model:
+* training: tracenet's whole step as one C call (``compile_step``), and the ordinary loop
+  around ``tracenet.compile(net)`` (eager loss, backward driver and optimizer step), against
+  PyTorch eager's loop and, unless ``--no-inductor``, torch.compile's;
+* inference: ``tracenet.compile`` under ``eval()`` and ``no_grad()`` against PyTorch eager,
+  torch.compile and ONNX Runtime (``torch.onnx.export``; skipped when onnxruntime or the
+  exporter is missing);
+* cold and warm compile of the training step in fresh processes (empty, then warm cache).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import tracenet as tn  # noqa: E402
+from lenet import compare, copy_weights, lenet  # noqa: E402
+
+try:
+    import torch
+except ImportError:  # pragma: no cover
+    sys.exit("bench/zoo.py compares against PyTorch: pip install torch==2.13.0")
+
+
+# --- the models, written once -------------------------------------------------------------
+
+def cifar_net(lib):
+    """The CIFAR-10 tutorial's net."""
+    nn, F = lib.nn, lib.nn.functional
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 6, 5)
+            self.pool = nn.MaxPool2d(2, 2)
+            self.conv2 = nn.Conv2d(6, 16, 5)
+            self.fc1 = nn.Linear(16 * 5 * 5, 120)
+            self.fc2 = nn.Linear(120, 84)
+            self.fc3 = nn.Linear(84, 10)
+
+        def forward(self, x):
+            x = self.pool(F.relu(self.conv1(x)))
+            x = self.pool(F.relu(self.conv2(x)))
+            x = lib.flatten(x, 1)
+            return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+    return Net()
+
+
+def mlp(lib):
+    nn = lib.nn
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def resnet(lib):
+    """Three BasicBlocks (16/32/64 channels, BatchNorm, residual adds) on 3x32x32."""
+    nn, F = lib.nn, lib.nn.functional
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.short = nn.Sequential()
+            if stride != 1 or cin != cout:
+                self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                           nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = F.relu(self.bn1(self.conv1(x)))
+            return F.relu(self.bn2(self.conv2(y)) + self.short(x))
+
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16),
+                                      nn.ReLU())
+            self.blocks = nn.Sequential(Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2))
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc(lib.flatten(self.pool(self.blocks(self.stem(x))), 1))
+    return ResNet()
+
+
+def lstm_lm(lib):
+    """Embedding 90x32 -> LSTM 32->64 -> Linear, batch first; logits flattened for the loss."""
+    nn = lib.nn
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(90, 32)
+            self.lstm = nn.LSTM(32, 64, batch_first=True)
+            self.head = nn.Linear(64, 90)
+
+        def forward(self, tokens):
+            out, _ = self.lstm(self.embed(tokens))
+            return self.head(out).reshape(-1, 90)
+    return LM()
+
+
+def _images(shape, classes):
+    def make(rng):
+        return (rng.standard_normal(shape).astype(np.float32),
+                rng.integers(0, classes, shape[0]))
+    return make
+
+
+def _tokens(batch, steps, vocab):
+    def make(rng):
+        return (rng.integers(0, vocab, (batch, steps)),
+                rng.integers(0, vocab, batch * steps))
+    return make
+
+
+# name -> (build(lib), make inputs (x, y) from a numpy Generator, optimizer, lr)
+MODELS = {
+    "lenet": (lenet, _images((1, 1, 32, 32), 10), "SGD", 0.01),
+    "cifar": (cifar_net, _images((32, 3, 32, 32), 10), "SGD", 0.01),
+    "mlp": (mlp, _images((64, 1, 28, 28), 10), "Adam", 1e-3),
+    "resnet": (resnet, _images((32, 3, 32, 32), 10), "SGD", 0.01),
+    "lstm": (lstm_lm, _tokens(16, 32, 90), "Adam", 1e-3),
+}
+
+
+def _optimizer(lib, kind, params, lr):
+    if kind == "SGD":
+        return lib.optim.SGD(params, lr=lr, momentum=0.9)
+    return getattr(lib.optim, kind)(params, lr=lr)
+
+
+def _pair(name):
+    """(torch model, tracenet model with the same weights)."""
+    build = MODELS[name][0]
+    torch.manual_seed(0)
+    tmodel = build(torch)
+    model = build(tn)
+    copy_weights(tmodel, model)
+    return tmodel, model
+
+
+# --- workloads -----------------------------------------------------------------------------
+
+def _torch_threads(fn, threads):
+    def run():
+        torch.set_num_threads(threads)
+        fn()
+    return run
+
+
+def train_row(name, rng, inductor):
+    _, make, kind, lr = MODELS[name]
+    x, y = make(rng)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    nx, ny = tn.from_numpy(x), tn.from_numpy(y)
+    tmodel, step_model = _pair(name)
+    _, loop_model = _pair(name)
+    t_crit, crit = torch.nn.CrossEntropyLoss(), tn.nn.CrossEntropyLoss()
+    t_opt = _optimizer(torch, kind, tmodel.parameters(), lr)
+
+    def torch_step(model=tmodel):
+        t_opt.zero_grad()
+        t_crit(model(tx), ty).backward()
+        t_opt.step()
+
+    opt = _optimizer(tn, kind, step_model.parameters(), lr)
+    step = tn.compile_step(lambda a, b: crit(step_model(a), b), opt)
+
+    def fused_step():
+        step(nx, ny)
+
+    compiled = tn.compile(loop_model)
+    loop_opt = _optimizer(tn, kind, loop_model.parameters(), lr)
+
+    def loop_step():
+        loop_opt.zero_grad()
+        crit(compiled(nx), ny).backward()
+        loop_opt.step()
+
+    fns = [_torch_threads(torch_step, 1), _torch_threads(torch_step, 2), fused_step, loop_step]
+    if inductor:
+        fns.append(_torch_threads(_inductor_step(tmodel, torch_step), 2))
+    return fns
+
+
+def _inductor_step(tmodel, torch_step):
+    compiled = torch.compile(tmodel)
+
+    def step():
+        torch_step(compiled)
+    step()  # compile outside the timed region
+    return step
+
+
+def infer_row(name, rng, inductor, onnx):
+    _, make, _, _ = MODELS[name]
+    x, _ = make(rng)
+    tmodel, model = _pair(name)
+    tmodel.eval()
+    model.eval()
+    tx, nx = torch.from_numpy(x), tn.from_numpy(x)
+    compiled = tn.compile(model)
+
+    def torch_infer():
+        with torch.no_grad():
+            tmodel(tx)
+
+    def tn_infer():
+        with tn.no_grad():
+            compiled(nx)
+
+    with torch.no_grad(), tn.no_grad():
+        np.testing.assert_allclose(compiled(nx).numpy(), tmodel(tx).numpy(), rtol=1e-3,
+                                   atol=1e-4)
+    fns = [_torch_threads(torch_infer, 1), _torch_threads(torch_infer, 2), tn_infer]
+    names = ["torch.compile", "ONNX Runtime"]
+    extra = {}
+    if inductor:
+        ind = torch.compile(tmodel)
+        with torch.no_grad():
+            ind(tx)
+
+        def inductor_infer():
+            with torch.no_grad():
+                ind(tx)
+        extra["torch.compile"] = _torch_threads(inductor_infer, 2)
+    if onnx:
+        session = _onnx_session(tmodel, tx)
+        if session is not None:
+            feed = {session.get_inputs()[0].name: x}
+            extra["ONNX Runtime"] = lambda: session.run(None, feed)
+    return fns + [extra[n] for n in names if n in extra], [n for n in names if n in extra]
+
+
+def _onnx_session(tmodel, tx):
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "model.onnx")
+        try:
+            torch.onnx.export(tmodel, (tx,), path, dynamo=False)
+        except Exception as e:  # the exporter needs the onnx package, and may not cover a model
+            print(f"  (ONNX export failed: {type(e).__name__}: {e})", file=sys.stderr)
+            return None
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 2
+        return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+_CHILD = textwrap.dedent("""
+    import json, sys, time
+    sys.path.insert(0, {root!r}); sys.path.insert(0, {here!r})
+    t0 = time.perf_counter()
+    import numpy as np
+    import tracenet as tn
+    import zoo
+    name = sys.argv[1]
+    build, make, kind, lr = zoo.MODELS[name]
+    x, y = make(np.random.default_rng(0))
+    model = build(tn)
+    crit = tn.nn.CrossEntropyLoss()
+    opt = zoo._optimizer(tn, kind, model.parameters(), lr)
+    t1 = time.perf_counter()
+    step = tn.compile_step(lambda a, b: crit(model(a), b), opt)
+    step(tn.from_numpy(x), tn.from_numpy(y))
+    print(json.dumps({{"ready_s": time.perf_counter() - t1}}))
+""")
+
+
+def compile_times(name):
+    """(cold, warm) seconds until the first compiled training step is done, in new processes."""
+    script = _CHILD.format(root=os.path.dirname(HERE), here=HERE)
+    times = []
+    with tempfile.TemporaryDirectory() as cache:
+        for _ in range(2):
+            out = subprocess.run([sys.executable, "-c", script, name],
+                                 env=dict(os.environ, TRACENET_CACHE_DIR=cache),
+                                 capture_output=True, text=True, timeout=900)
+            if out.returncode:
+                raise RuntimeError(out.stderr)
+            times.append(json.loads(out.stdout.strip().splitlines()[-1])["ready_s"])
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer rounds")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--no-inductor", action="store_true", help="skip torch.compile")
+    ap.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
+    ap.add_argument("--no-compile-times", action="store_true")
+    args = ap.parse_args()
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        ap.error(f"unknown models: {', '.join(unknown)} (have {', '.join(MODELS)})")
+    rounds, per_round = (3, 5) if args.quick else (7, 10)
+    inductor = not args.no_inductor
+    print(f"# tracenet vs PyTorch {torch.__version__}; median us per call over {rounds} "
+          f"alternating rounds of {per_round}; ratio = PyTorch eager (better of 1 and 2 "
+          f"threads) / other")
+    print()
+    print("| model | PyTorch eager us | compile_step us | ratio | compile(net) loop us | ratio"
+          + (" | torch.compile us | ratio" if inductor else "") + " |")
+    print("|---|---|---|---|---|---" + ("|---|---" if inductor else "") + "|")
+    for name in names:
+        rng = np.random.default_rng(0)
+        res = compare(train_row(name, rng, inductor), rounds, per_round)
+        eager = min(res[0], res[1])
+        cells = [f"{eager * 1e6:.0f}"]
+        for t in res[2:]:
+            cells += [f"{t * 1e6:.0f}", f"{eager / t:.2f}x"]
+        print(f"| {name} train | " + " | ".join(cells) + " |", flush=True)
+    print()
+    print("| model | PyTorch eager us | tracenet us | ratio | others (us, ratio) |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        rng = np.random.default_rng(0)
+        fns, others = infer_row(name, rng, inductor, not args.no_onnx)
+        res = compare(fns, rounds, per_round)
+        eager = min(res[0], res[1])
+        rest = ", ".join(f"{o} {t * 1e6:.0f} us {eager / t:.2f}x"
+                         for o, t in zip(others, res[3:])) or "-"
+        print(f"| {name} infer | {eager * 1e6:.0f} | {res[2] * 1e6:.0f} | {eager / res[2]:.2f}x "
+              f"| {rest} |", flush=True)
+    if not args.no_compile_times:
+        print()
+        print("| model | cold compile (first training step) | warm start (new process) |")
+        print("|---|---|---|")
+        for name in names:
+            cold, warm = compile_times(name)
+            print(f"| {name} | {cold:.2f} s | {warm * 1e3:.0f} ms |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""tracenet.compile(fn) on a whole training (or inference) step function: traced once with its
+backward, gradient clipping and optimizer step, run as one C call, leaving parameters, .grad
+and optimizer state as the eager function does."""
+import copy
+
+import numpy as np
+import pytest
+
+import tracenet as torch
+import tracenet.nn as nn
+from tracenet.trace import TraceError
+
+from test_ir import LeNet, MLP
+
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "tn-cache"))
+
+
+def _same_state(model, reference, opt, ref_opt):
+    for p, q in zip(model.parameters(), reference.parameters()):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), **TOL)
+        if q.grad is None:
+            assert p.grad is None
+        else:
+            np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), **TOL)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        mine, theirs = opt.state[p], ref_opt.state[q]
+        assert set(mine) == set(theirs)
+        for k in theirs:
+            np.testing.assert_allclose(np.asarray(mine[k].numpy()), np.asarray(theirs[k].numpy()),
+                                       **TOL)
+
+
+def _pair(make, opt_class, **kw):
+    torch.manual_seed(0)
+    model = make()
+    reference = copy.deepcopy(model)
+    return model, reference, opt_class(model.parameters(), **kw), \
+        opt_class(reference.parameters(), **kw)
+
+
+def _step_fn(model, opt, criterion, clip=None):
+    def train_step(x, y):
+        opt.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        if clip == "norm":
+            nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        elif clip == "value":
+            nn.utils.clip_grad_value_(model.parameters(), 0.01)
+        opt.step()
+        return loss
+    return train_step
+
+
+# RMSprop divides by a running RMS of small gradients: a last-bit difference between the
+# compiled and eager backward (another summation order) grows past float32 tolerances over a few
+# steps (see tests/test_training_step.py), so it runs in float64.
+@pytest.mark.parametrize("opt_class,kw,clip,double", [
+    (torch.optim.SGD, dict(lr=0.01, momentum=0.9), None, False),
+    (torch.optim.SGD, dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-3), "norm",
+     False),
+    (torch.optim.Adam, dict(lr=1e-3), "value", False),
+    (torch.optim.AdamW, dict(lr=1e-3, amsgrad=True), None, False),
+    (torch.optim.RMSprop, dict(lr=1e-3, momentum=0.5, centered=True), "norm", True),
+    (torch.optim.Adagrad, dict(lr=1e-2), None, False),
+])
+def test_a_training_step_function_matches_the_eager_loop(opt_class, kw, clip, double):
+    model, reference, opt, ref_opt = _pair(lambda: LeNet().double() if double else LeNet(),
+                                           opt_class, **kw)
+    criterion = nn.CrossEntropyLoss()
+    step = torch.compile(_step_fn(model, opt, criterion, clip))
+    eager = _step_fn(reference, ref_opt, criterion, clip)
+    for batch in (4, 4, 3, 6):
+        x, y = torch.randn(batch, 1, 32, 32), torch.randint(0, 10, (batch,))
+        if double:
+            x = x.double()
+        loss = step(x, y)
+        ref_loss = eager(x, y)
+        np.testing.assert_allclose(loss.item(), ref_loss.item(), rtol=1e-5)
+        _same_state(model, reference, opt, ref_opt)
+    assert len(step._specs) == 1  # every batch size from one build
+    assert loss.grad_fn is None
+
+
+def test_a_scheduler_outside_the_function_changes_the_learning_rate_without_recompiling():
+    model, reference, opt, ref_opt = _pair(MLP, torch.optim.SGD, lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    ref_sched = torch.optim.lr_scheduler.StepLR(ref_opt, 1, gamma=0.5)
+    criterion = nn.MSELoss()
+    step = torch.compile(_step_fn(model, opt, criterion))
+    eager = _step_fn(reference, ref_opt, criterion)
+    for _ in range(4):
+        x, y = torch.randn(5, 20), torch.randn(5, 5)
+        np.testing.assert_allclose(step(x, y).item(), eager(x, y).item(), rtol=1e-5)
+        sched.step()
+        ref_sched.step()
+        _same_state(model, reference, opt, ref_opt)
+    assert len(step._specs) == 1
+
+
+def test_an_inference_function_compiles():
+    torch.manual_seed(1)
+    model = MLP().eval()
+
+    def predict(x):
+        with torch.no_grad():
+            return model(x).softmax(1), model(x).sum(1)
+
+    compiled = torch.compile(predict)
+    x = torch.randn(7, 20)
+    for got, want in zip(compiled(x), predict(x)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_backward_onto_gradients_from_outside_is_refused():
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(2, 20)).sum().backward()  # gradients exist before the call
+
+    def no_zero_grad(x):
+        loss = model(x).sum()
+        loss.backward()
+        opt.step()
+        return loss
+
+    with pytest.raises(TraceError, match="zero_grad"):
+        torch.compile(no_zero_grad)(torch.randn(2, 20))
+    assert model.l1.weight.grad is not None and model.l1.weight.grad._ir is None
+
+
+def test_compile_rejects_what_is_neither_a_module_nor_a_function():
+    with pytest.raises(TypeError, match="nn.Module or a function"):
+        torch.compile(42)

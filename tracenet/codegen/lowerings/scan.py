@@ -1,0 +1,86 @@
+"""C lowering of ``scan`` (``templates/scan.c.j2``): the loop body is planned once, with the
+same planner as a whole graph, into a function of its own; the scan kernel calls it once per
+step with the step's slices of the scanned inputs and outputs (pointer offsets) and its carries
+alternating between two buffers. Nothing in the C grows with the trip count, which appears
+once, as the loop bound and the factor of the step strides: a symbolic size there (a sequence
+length traced as the leading size ``N``) is the run-time value ``tn_N``, and a symbolic batch
+size inside the body is passed on to the body function.
+
+The planner lives in ``codegen.emit`` (which imports the lowerings): it hands itself over with
+``use_planner`` when it is imported. Also here: ``zeros``, a memset.
+"""
+from ..._sym import Specialize, Sym
+from ...ops.common import numel
+from ..base import Kernel, lowering, node_lines, signature, size_symbols
+from ..templates import render
+
+_planner = [None]
+ALIGN = 64
+
+
+def use_planner(entry_point, plan):
+    """``entry_point(name, graph)`` makes an entry record, ``plan(entry, prefix, target)``
+    lowers its graph and lays out its memory (``codegen.emit.EntryPoint``/``plan_entry``)."""
+    _planner[0] = (entry_point, plan)
+
+
+def _aligned(nbytes):
+    """``nbytes`` rounded up to a multiple of ``ALIGN`` (for every value of its symbols)."""
+    if not isinstance(nbytes, Sym):
+        return -(-nbytes // ALIGN) * ALIGN
+    if any(c < 0 for c in nbytes.terms.values()):
+        raise Specialize(f"no aligned layout for {nbytes.display()} bytes")
+    return Sym({m: -(-c // ALIGN) * ALIGN for m, c in nbytes.terms.items()}, nbytes.hint)
+
+
+def _nbytes(v):
+    return numel(v.shape) * v.dtype.itemsize
+
+
+@lowering("scan")
+def lower_scan(name, node, exported, target):
+    body = node.attrs["body"]
+    n_carry, n_xs = node.attrs["n_carry"], node.attrs["n_xs"]
+    entry_point, plan = _planner[0]
+    entry = entry_point(f"{name}_body", body)
+    constants, calls, copies = plan(entry, entry.name, target)
+    helpers = [(f"{entry.name}_constants", "\n".join(constants))] if constants else []
+    for k, _ in entry.kernels:
+        helpers += k.helpers
+        helpers.append((k.name, k.source))
+    reads = [(f"in{i}", v) for i, v in enumerate(node.inputs)]
+    writes = [(f"out{j}", v) for j, v in enumerate(node.outputs)]
+    n_in = len(body.inputs)
+    work = 0  # bytes of scratch: the spare carry buffers, then the body's arena
+    carries = []
+    for i in range(n_carry):
+        carries.append({"slot": i, "out_slot": n_in + i, "init": f"in{i}", "out": f"out{i}",
+                        "spare": work})
+        work += _aligned(_nbytes(node.outputs[i]))
+    body_arena = work
+    work += entry.arena_bytes
+    steps = [{"slot": i, "ptr": f"in{i}", "stride": numel(body.inputs[i].shape)}
+             for i in range(n_carry, n_carry + n_xs)]
+    steps += [{"slot": n_in + j, "ptr": f"out{j}", "stride": numel(body.outputs[j].shape)}
+              for j in range(n_carry, len(body.outputs))]
+    consts = [{"slot": i, "ptr": f"in{i}"} for i in range(n_carry + n_xs, n_in)]
+    checks = list(entry.checks)
+    scratch = -(-work // 4)  # in floats
+    src = render("scan.c.j2", name=name, node_lines=node_lines([node]),
+                 signature=signature(reads, writes, scratch, "float", bool(checks)),
+                 symbols=size_symbols(reads, writes),
+                 calls=[c for _, c in calls] + copies, length=node.inputs[n_carry].shape[0],
+                 n_args=max(entry.num_args, 1), consts=consts, carries=carries, steps=steps,
+                 reverse=node.attrs.get("reverse", False), body_arena=body_arena,
+                 checks=bool(checks))
+    return Kernel(name, reads, writes, src, scratch=scratch, helpers=helpers, checks=checks,
+                  parallel=any(k.parallel for k, _ in entry.kernels))
+
+
+@lowering("zeros")
+def lower_zeros(name, node, exported, target):
+    out = node.outputs[0]
+    writes = [("out", out)]
+    src = (f"static void {name}({signature([], writes)})\n{{\n"
+           f"    memset(out, 0, {_nbytes(out)});\n}}\n")
+    return Kernel(name, [], writes, src)

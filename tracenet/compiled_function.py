@@ -1,0 +1,413 @@
+"""``tracenet.compile(fn)`` on a function: a whole training (or inference) step as one C call.
+
+The function is ordinary eager code::
+
+    def train_step(x, y):
+        optimizer.zero_grad()
+        loss = criterion(net(x), y)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 1.0)   # optional
+        optimizer.step()
+        return loss
+
+It is traced once per specialisation with the parameters, buffers and optimizer state of the
+modules and optimizers it names (through its closure, defaults or globals) as graph inputs.
+While it is traced, ``loss.backward()`` differentiates the graph recorded so far and inlines
+the gradients (``p.grad`` is then a traced value, so clipping traces too), ``zero_grad()``
+drops the traced gradients, and ``optimizer.step()`` records one update op per parameter with
+a gradient (the optimizer's ``compiled_update``, as in ``compile_step``). A call then runs
+the graph and leaves parameters, ``.grad``, buffers and ``optimizer.state`` as the eager
+function would; hyperparameters are read on every call, so schedulers keep working.
+"""
+import contextlib
+import operator
+
+import numpy as np
+
+from . import _dtype
+from ._meta import Meta
+from ._sym import Specialize, display, shape_evaluator
+from .autograd import grad_mode
+from .executable import Executable, Specialisations, SymbolicSizes, graph_symbols, optimise, \
+    run_sizes
+from .nn.modules import module as module_mod
+from .nn.modules.module import Module
+from .optim.optimizer import Optimizer
+from .passes import grad as ir_grad
+from .runtime import debug
+from .step import _cell_filled
+from .step_state import UpdateState, declaration_of
+from .tensor import Tensor
+from .ops import registry
+from .trace import Guards, TraceError, fresh_seeds, rebuild, symbolic_shape, trace, \
+    traced_tensor
+
+_training_of = operator.attrgetter("training")
+
+
+def _reachable(fn):
+    """The modules and optimizers ``fn`` names through its closure, defaults, bound object or
+    globals."""
+    candidates = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())
+                  if _cell_filled(c)]
+    candidates += list(getattr(fn, "__defaults__", None) or ())
+    candidates.append(getattr(fn, "__self__", None))
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        g = getattr(fn, "__globals__", {})
+        candidates += [g[n] for n in code.co_names if n in g]
+    modules, optimizers, seen = [], [], set()
+    for obj in candidates:
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Module):
+            modules.append(obj)
+        elif isinstance(obj, Optimizer):
+            optimizers.append(obj)
+    return modules, optimizers
+
+
+def _state_of(modules, optimizers):
+    """(name, tensor) of every parameter (the optimizers' first, in their order) and buffer."""
+    out, seen = [], set()
+    for k, opt in enumerate(optimizers):
+        for gi, group in enumerate(opt.param_groups):
+            for pi, p in enumerate(group["params"]):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append((f"optimizer{k}.group{gi}.param{pi}", p))
+    for m in modules:
+        for n, t in list(m.named_parameters()) + list(m.named_buffers()):
+            if id(t) not in seen:
+                seen.add(id(t))
+                out.append((f"{type(m).__name__}.{n}", t))
+    return out
+
+
+class _StepRecorder:
+    """What ``backward``, ``zero_grad`` and ``step`` do while the function is traced."""
+
+    def __init__(self, graph_of, state, optimizers):
+        self.graph_of = graph_of          # () -> the graph being traced
+        self.params = [t for _, t in state if isinstance(t, Tensor) and t._requires_grad]
+        self.optimizers = optimizers
+        self.updates = []                 # (optimizer, UpdateState, [state input values],
+        #                                    [hyper input values], [new state values])
+
+    # --- Tensor.backward ---------------------------------------------------------------------
+    def backward(self, loss, gradient=None):
+        graph = self.graph_of()
+        if loss._ir is None or not loss._ir.requires_grad:
+            raise RuntimeError("element 0 of tensors does not require grad and does not have a "
+                               "grad_fn")
+        params = [p for p in self.params if p._ir is not None and p._ir.requires_grad
+                  and p._ir in _ancestors(loss._ir)]
+        saved_outputs = graph.outputs
+        graph.outputs = [loss._ir]
+        try:
+            bwd = ir_grad(graph, wrt=[p._ir for p in params])
+        finally:
+            graph.outputs = saved_outputs
+        if gradient is None:
+            if loss._ir.shape not in ((),):
+                raise RuntimeError("grad can be implicitly created only for scalar outputs")
+            seed = graph.add_constant(np.ones((), loss._ir.dtype.np))
+        else:
+            seed = gradient._ir if gradient._ir is not None else \
+                graph.add_constant(np.asarray(gradient._data, loss._ir.dtype.np))
+        grads = graph.inline(bwd, [seed] + list(bwd.saved))
+        with grad_mode.no_grad():
+            for p, g in zip(params, grads):
+                t, prev = traced_tensor(g), p._grad
+                if prev is not None and prev._ir is None:
+                    raise TraceError(
+                        "loss.backward() in a compiled function would add to gradients computed "
+                        "outside it: call optimizer.zero_grad() in the function first")
+                p._grad = t if prev is None else prev + t
+
+    # --- Optimizer.zero_grad -------------------------------------------------------------------
+    @staticmethod
+    def zero_grad(optimizer, set_to_none=True):
+        with grad_mode.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p._grad is not None:
+                        p._grad = None if set_to_none else p._grad * 0
+
+    # --- Optimizer.step ----------------------------------------------------------------------
+    def step(self, optimizer):
+        if optimizer not in self.optimizers:
+            raise TraceError(f"{type(optimizer).__name__}.step() on an optimizer the compiled "
+                             "function does not name (pass it through a closure, default or "
+                             "global)")
+        if any(u[0] is optimizer for u in self.updates):
+            raise TraceError("the compiled function steps the same optimizer twice")
+        update = declaration_of(optimizer)
+        flags = update.flags_of(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]
+                  if p._grad is not None and p._grad._ir is not None]
+        graph = self.graph_of()
+        states, hypers, new_states = [], [], []
+        for i, p in enumerate(params):
+            v = p._ir
+            state = [graph.add_input(f"opt.p{i}.{a.name}", v.shape, v.dtype)
+                     for a in update.state]
+            hyper = graph.add_input(f"opt.p{i}.hyper", (len(update.hyper),), _dtype.float64)
+            node = graph.add_node(update.op, [v, p._grad._ir] + state + [hyper],
+                                  dict(flags), [Meta(v.shape, v.dtype)] * (1 + len(state)))
+            p._ir = node.outputs[0]  # the function's later reads see the updated parameter
+            states.append(state)
+            hypers.append(hyper)
+            new_states.append(node.outputs[1:])
+        self.updates.append((optimizer, UpdateState(optimizer, update, params), states, hypers,
+                             new_states))
+
+
+def _ancestors(value):
+    seen, stack = set(), [value]
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        if v.producer is not None:
+            stack.extend(v.producer.inputs)
+    return seen
+
+
+@contextlib.contextmanager
+def _recording(recorder):
+    """Route ``Tensor.backward``, ``Optimizer.zero_grad`` and ``step`` to ``recorder`` for
+    traced values while the function is traced."""
+    saved = (Tensor.backward, Optimizer.zero_grad)
+    steps = {}
+
+    def backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+        if self._ir is None:
+            return saved[0](self, gradient, retain_graph, create_graph, inputs)
+        if create_graph or inputs is not None:
+            raise TraceError("backward(create_graph=..., inputs=...) in a compiled function")
+        recorder.backward(self, gradient)
+
+    def zero_grad(self, set_to_none=True):
+        recorder.zero_grad(self, set_to_none)
+
+    Tensor.backward = backward
+    Optimizer.zero_grad = zero_grad
+    for opt in recorder.optimizers:
+        steps[opt] = opt.__dict__.get("step")
+        opt.step = (lambda closure=None, opt=opt: recorder.step(opt))
+    try:
+        yield
+    finally:
+        Tensor.backward, Optimizer.zero_grad = saved
+        for opt, own in steps.items():
+            if own is None:
+                del opt.step
+            else:
+                opt.step = own
+
+
+class _Specialisation:
+    """One traced and compiled specialisation of a function, and how to call it."""
+
+    def __init__(self, fn, inputs, unit, sizes, modules, optimizers):
+        state = _state_of(modules, optimizers)
+        self.state = [t for _, t in state]
+        real_grads = {t: t._grad for t in self.state}
+        graph_box = []
+        recorder = _StepRecorder(lambda: graph_box[0], state, optimizers)
+        seen = {}
+        observe = (lambda m: seen.setdefault(id(m), m))
+        final_grads = {}
+
+        def body(*args):
+            graph_box.append(_active_graph())
+            out = fn(*args)
+            final_grads.update((p, p._grad) for p in recorder.params
+                               if p._grad is not None and p._grad._ir is not None)
+            return out
+
+        module_mod._call_observers.append(observe)
+        try:
+            with _recording(recorder), grad_mode.enable_grad():
+                fwd = trace(body, *inputs, name=getattr(fn, "__name__", "function"),
+                            state=state, sizes=sizes)
+        finally:
+            module_mod._call_observers.remove(observe)
+            for t, g in real_grads.items():  # the trace's gradients were traced values
+                t._grad = g
+        self.modules = tuple(seen.values())
+        self.guards = Guards(fwd.reads, self.modules, [])
+        self.output_structure = fwd.output_structure
+        self.n_out = len(fwd.outputs) - len(fwd.state_updates)
+        # outputs after the function's: state updates (stepped parameters, buffers), the final
+        # gradients, the optimizers' new state arrays
+        self.written = [(self.state[i], j) for i, j in fwd.state_updates]
+        self.grad_params = list(final_grads)
+        first_grad = len(fwd.outputs)
+        fwd.outputs = fwd.outputs + [final_grads[p]._ir for p in self.grad_params]
+        self.grad_slots = list(range(first_grad, len(fwd.outputs)))
+        self.updates = []  # (optimizer, UpdateState, output index of its first new state)
+        for optimizer, update_state, states, hypers, new_states in recorder.updates:
+            self.updates.append((optimizer, update_state, len(fwd.outputs)))
+            for outs in new_states:
+                fwd.outputs += list(outs)
+        index = {v: i for i, v in enumerate(fwd.inputs)}
+        # where each graph input comes from on a call
+        self.sources = [None] * len(fwd.inputs)
+        for k in range(len(inputs)):
+            self.sources[k] = ("input", k)
+        for j in range(len(state)):
+            self.sources[len(inputs) + j] = ("state", j)
+        for k, v in enumerate(fwd.seed_inputs):
+            self.sources[index[v]] = ("seed", k)
+        self.n_seeds = len(fwd.seed_inputs)
+        for u, (_, _, states, hypers, _) in enumerate(recorder.updates):
+            flat = 0
+            for i, (state_values, hyper) in enumerate(zip(states, hypers)):
+                for v in state_values:
+                    self.sources[index[v]] = ("optimizer state", u, flat)
+                    flat += 1
+                self.sources[index[hyper]] = ("hyper", u, i)
+        if None in self.sources:
+            raise TraceError("the compiled function created a graph input it cannot feed")
+        debug.log("ir", f"compiled function:\n{fwd}")
+        self.graph = optimise(fwd)
+        self.executable = Executable([("function", self.graph)], unit)
+        self.call = self.executable.arguments[0]
+        self.symbols = graph_symbols([self.graph])
+        self.out_meta = [(v.shape, v.dtype.np) for v in self.graph.outputs]
+
+    @property
+    def source_code(self):
+        return self.executable.source_code
+
+    def run(self, inputs):
+        arrays = []
+        for x in inputs:
+            arr = x._data
+            arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
+        refreshed = [u.refresh() for _, u, _ in self.updates]
+        seeds = fresh_seeds(self.n_seeds) if self.n_seeds else None
+        feed = []
+        for source in self.sources:
+            kind = source[0]
+            if kind == "input":
+                feed.append(arrays[source[1]])
+            elif kind == "state":
+                feed.append(self.state[source[1]]._data)
+            elif kind == "seed":
+                feed.append(seeds[source[1]:source[1] + 1].reshape(()))
+            elif kind == "optimizer state":
+                feed.append(refreshed[source[1]][source[2]])
+            else:
+                feed.append(self.updates[source[1]][1].hyper[source[2]])
+        sizes = run_sizes(arrays, self.symbols)
+        outs = [np.empty(shape, dt) for shape, dt in self._shapes(sizes)]
+        # the optimizers' state is written in place, as the eager step does
+        for (_, update_state, first), arrs in zip(self.updates, refreshed):
+            for k, arr in enumerate(arrs):
+                outs[first + k] = arr
+        try:
+            self.call(feed, outs, (), sizes)
+        except Exception:  # bad data: the C code stopped before any update
+            for _, update_state, _ in self.updates:
+                update_state.undo()
+            raise
+        for t, j in self.written:
+            np.copyto(t._data, outs[j])
+            t._vc.value += 1
+        for p, j in zip(self.grad_params, self.grad_slots):
+            g = Tensor._wrap(outs[j])
+            p._grad = g
+        for optimizer, _, _ in self.updates:
+            optimizer._opt_called = True  # a scheduler stepped after this call is in order
+        results = [Tensor._wrap(o) for o in outs[:self.n_out]]
+        if self.output_structure is not None:
+            return rebuild(self.output_structure, results)
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def _shapes(self, sizes):
+        if not self.symbols:
+            return self.out_meta
+        return [(shape_evaluator(shape)(sizes), dt) for shape, dt in self.out_meta]
+
+
+def _active_graph():
+    """The graph the active tracer records into."""
+    return registry._tracer[0].__self__.graph
+
+
+class CompiledFunction:
+    """``tracenet.compile(fn)``: calls run ``fn`` as compiled C (see the module doc)."""
+
+    def __init__(self, fn, dynamic=True):
+        self.fn = fn
+        self._specs = Specialisations(getattr(fn, "__name__", "function"))
+        self._lines = {}
+        self._sizes = SymbolicSizes(dynamic)
+        self.modules, self.optimizers = _reachable(fn)
+        for opt in self.optimizers:
+            declaration_of(opt)  # fail now for an optimizer that cannot be compiled
+
+    @property
+    def _last(self):
+        return self._specs.last
+
+    @property
+    def graph(self):
+        return self._last.graph if self._last else None
+
+    def source(self):
+        return self._last.source_code if self._last else None
+
+    def _rest(self):
+        return (tuple(map(_training_of, self.modules)), grad_mode._state.enabled)
+
+    def __call__(self, *inputs):
+        for i, x in enumerate(inputs):
+            if not isinstance(x, Tensor):
+                raise TypeError(f"compiled function input {i} must be a Tensor, got "
+                                f"{type(x).__name__}")
+        rest = self._rest()
+        sizes, key = self._sizes.of(inputs, rest)
+        line = self._lines.get(key)
+        if line and line[0].guards.hold():
+            spec = line[0]
+        else:
+            if line is None and self._sizes.new_key(inputs, rest):
+                return self(*inputs)
+            spec = self._lookup(key, line, inputs, sizes)
+            if spec is None:
+                self._sizes.exact_only.add(key)
+                return self(*inputs)
+        self._specs.last = spec
+        return spec.run(inputs)
+
+    def _lookup(self, key, line, inputs, sizes):
+        if line is None:
+            line = self._lines[key] = []
+        for i, spec in enumerate(line):
+            if spec.guards.hold():
+                line.insert(0, line.pop(i))
+                return spec
+        shown = "(" + ", ".join(
+            f"{x.dtype.short}[{','.join(map(display, symbolic_shape(x.shape, sizes)))}]"
+            for x in inputs) + ")"
+        n = len(line)
+        try:
+            spec = self._specs.create(
+                key, lambda unit: _Specialisation(self.fn, inputs, unit, sizes, self.modules,
+                                                  self.optimizers),
+                shown, rekey=lambda spec: key if n == 0 else key + (n,))
+        except Specialize as why:
+            if sizes is None:
+                raise AssertionError(f"no size is symbolic, yet: {why}") from None
+            debug.log("cache", f"specialising on the exact sizes of {shown}: {why}")
+            if not line:
+                del self._lines[key]
+            return None
+        line.insert(0, spec)
+        return spec
