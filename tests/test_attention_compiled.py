@@ -250,3 +250,20 @@ def test_bmm_transposed_operands_compile(trans_a, trans_b):
     compiled = check_compiled(net, [x])
     # the transposes are flags of the kernel: no permute copies in either graph
     assert "permute" not in str(compiled.graph) + str(compiled.backward_graph)
+
+
+def test_baddbmm_addbmm_and_batched_einsum_compile():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(tn.randn(4, 5, 6))
+            self.c = nn.Parameter(tn.randn(3, 6))
+
+        def forward(self, x):
+            y = tn.baddbmm(self.c, x, self.w, beta=0.5, alpha=2.0)
+            z = tn.addbmm(self.c, x, self.w)
+            return tn.einsum("bij,bjk->bik", y, self.w.transpose(1, 2)).sum(-1) + z.sum()
+
+    tn.manual_seed(0)
+    compiled = check_compiled(Net(), [tn.randn(4, 3, 5)])
+    assert "bmm" in compiled.source()
