@@ -11,7 +11,7 @@ from ..._sym import same_shape
 from ...tensor import Tensor
 from ...ops import linalg
 from ...ops.elementwise import where
-from ...ops.shape import _view
+from ...ops.shape import _view, cat
 from .activation import dropout, linear
 
 __all__ = ["scaled_dot_product_attention", "multi_head_attention_forward"]
@@ -128,6 +128,11 @@ def _in_projection(query, key, value, w, b, separate):
     return linear(query, wq, bq), linear(key, wk, bk), linear(value, wv, bv)
 
 
+def _pad_key(mask):
+    """A float mask with one more key position, not masked (the added bias_k or zero key)."""
+    return cat([mask, mask.new_zeros(tuple(mask.shape[:-1]) + (1,))], -1)
+
+
 def _check_shapes(query, key, value, key_padding_mask, attn_mask, num_heads):
     """torch's _mha_shape_check: whether the inputs are batched."""
     if query.dim() == 3:
@@ -211,21 +216,20 @@ def multi_head_attention_forward(query, key, value, embed_dim_to_check, num_head
                                    f"should be {(bsz * num_heads, tgt_len, src_len)}.")
         else:
             raise RuntimeError(f"attn_mask's dimension {attn_mask.dim()} is not supported")
-    from .. import functional as F
     if bias_k is not None and bias_v is not None:
-        k = _cat([k, bias_k.expand(1, bsz, embed_dim)], 0)
-        v = _cat([v, bias_v.expand(1, bsz, embed_dim)], 0)
-        attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
-        key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None \
+        k = cat([k, bias_k.expand(1, bsz, embed_dim)], 0)
+        v = cat([v, bias_v.expand(1, bsz, embed_dim)], 0)
+        attn_mask = _pad_key(attn_mask) if attn_mask is not None else None
+        key_padding_mask = _pad_key(key_padding_mask) if key_padding_mask is not None \
             else None
     q = q.reshape(tgt_len, bsz * num_heads, head_dim).transpose(0, 1)
     k = k.reshape(k.shape[0], bsz * num_heads, head_dim).transpose(0, 1)
     v = v.reshape(v.shape[0], bsz * num_heads, head_dim).transpose(0, 1)
     if add_zero_attn:
-        k = _cat([k, k.new_zeros((bsz * num_heads, 1, head_dim))], 1)
-        v = _cat([v, v.new_zeros((bsz * num_heads, 1, head_dim))], 1)
-        attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
-        key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None \
+        k = cat([k, k.new_zeros((bsz * num_heads, 1, head_dim))], 1)
+        v = cat([v, v.new_zeros((bsz * num_heads, 1, head_dim))], 1)
+        attn_mask = _pad_key(attn_mask) if attn_mask is not None else None
+        key_padding_mask = _pad_key(key_padding_mask) if key_padding_mask is not None \
             else None
     src_len = k.shape[1]
     if key_padding_mask is not None:
@@ -268,8 +272,3 @@ def multi_head_attention_forward(query, key, value, embed_dim_to_check, num_head
     if not is_batched:
         out = out.squeeze(1)
     return out, None
-
-
-def _cat(tensors, dim):
-    from ...ops import shape as sh
-    return sh.cat(tensors, dim)
