@@ -210,8 +210,9 @@ LAYERS = [
     ("trace, IR and passes", ["tracenet.trace", "tracenet.ir", "tracenet.passes"]),
     ("codegen", ["tracenet.codegen"]),
     ("runtime", ["tracenet.runtime"]),
-    ("compile drivers", ["tracenet.executable", "tracenet.step_state", "tracenet.compiler",
-                         "tracenet.step", "tracenet.compiled_function"]),
+    ("compile drivers", ["tracenet.executable", "tracenet.step_state", "tracenet.warm",
+                         "tracenet.compiler", "tracenet.step", "tracenet.compiled_function",
+                         "tracenet.fused_optim"]),
     ("the public package", ["tracenet", "tracenet.cli", "tracenet.__main__"]),
 ]
 

@@ -73,7 +73,8 @@ def test_compiled_training_step_compiles_once_for_every_batch_size(counting_cc):
     model = LeNet()
     reference = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9)
+    # (the numpy step: a fused one would be a second build)
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9, fused=False)
     criterion = nn.CrossEntropyLoss()
     step = torch.compile_step(lambda x, y: criterion(model(x), y), opt)
     for batch in BATCHES:
@@ -298,3 +299,21 @@ def test_recurrent_lm_over_batch_sizes_and_sequence_lengths(counting_cc, mode, b
     assert counting_cc() == 2  # the first length exactly, then T symbolic
     graph = str(compiled.graph)
     assert "%x: i64[N,T]" in graph and graph.count("= scan(") == (2 if bidirectional else 1)
+
+
+def test_a_size_eager_refuses_is_refused_by_the_symbolic_build(counting_cc):
+    """Training batch norm needs more than one value per channel: with a symbolic batch
+    size the compiled code checks it when called, with eager's error."""
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    compiled = torch.compile(model)
+    for batch in (5, 2, 7):
+        x = torch.randn(batch, 8)
+        np.testing.assert_allclose(compiled(x).detach().numpy(), model(x).detach().numpy(),
+                                   **TOL)
+    with pytest.raises(ValueError) as eager:
+        model(torch.randn(1, 8))
+    with pytest.raises(ValueError) as got:
+        compiled(torch.randn(1, 8))
+    assert str(got.value) == str(eager.value)
+    assert counting_cc() == 1

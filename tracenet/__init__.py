@@ -52,6 +52,7 @@ from . import autograd, nn, optim  # noqa: E402
 from .nn.functional import conv1d, conv2d, conv3d, dropout  # noqa: E402
 from .compiler import compile  # noqa: E402,A001
 from .step import compile_step  # noqa: E402
+from . import fused_optim  # noqa: E402,F401  (optimizer.step() as one C call)
 from .trace import trace  # noqa: E402
 from .serialization import load, save  # noqa: E402
 from . import backends, cuda  # noqa: E402

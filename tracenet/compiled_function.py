@@ -28,8 +28,8 @@ from . import _dtype
 from ._meta import Meta
 from ._sym import Specialize, display, shape_evaluator
 from .autograd import grad_mode
-from .executable import Executable, Specialisations, SymbolicSizes, graph_symbols, optimise, \
-    run_sizes
+from .executable import Executable, Specialisations, SymbolicSizes, check_sizes, \
+    graph_symbols, optimise, run_sizes
 from .nn.modules import module as module_mod
 from .nn.modules.module import Module
 from .optim.optimizer import Optimizer
@@ -39,7 +39,7 @@ from .step import _cell_filled
 from .step_state import UpdateState, declaration_of
 from .tensor import Tensor
 from .ops import registry
-from .trace import Guards, TraceError, fresh_seeds, rebuild, symbolic_shape, trace, \
+from .trace import Guards, TraceError, rebuild, symbolic_shape, trace, \
     traced_tensor
 
 _training_of = operator.attrgetter("training")
@@ -241,6 +241,7 @@ class _Specialisation:
         self.modules = tuple(seen.values())
         self.guards = Guards(fwd.reads, self.modules, [])
         self.output_structure = fwd.output_structure
+        self.size_checks = list(fwd.size_checks)
         self.n_out = len(fwd.outputs) - len(fwd.state_updates)
         # outputs after the function's: state updates (stepped parameters, buffers), the final
         # gradients, the optimizers' new state arrays
@@ -255,30 +256,46 @@ class _Specialisation:
             for outs in new_states:
                 fwd.outputs += list(outs)
         index = {v: i for i, v in enumerate(fwd.inputs)}
-        # where each graph input comes from on a call
-        self.sources = [None] * len(fwd.inputs)
-        for k in range(len(inputs)):
-            self.sources[k] = ("input", k)
-        for j in range(len(state)):
-            self.sources[len(inputs) + j] = ("state", j)
-        for k, v in enumerate(fwd.seed_inputs):
-            self.sources[index[v]] = ("seed", k)
-        self.n_seeds = len(fwd.seed_inputs)
-        for u, (_, _, states, hypers, _) in enumerate(recorder.updates):
-            flat = 0
-            for i, (state_values, hyper) in enumerate(zip(states, hypers)):
-                for v in state_values:
-                    self.sources[index[v]] = ("optimizer state", u, flat)
-                    flat += 1
-                self.sources[index[hyper]] = ("hyper", u, i)
-        if None in self.sources:
-            raise TraceError("the compiled function created a graph input it cannot feed")
         debug.log("ir", f"compiled function:\n{fwd}")
         self.graph = optimise(fwd)
         self.executable = Executable([("function", self.graph)], unit)
-        self.call = self.executable.arguments[0]
         self.symbols = graph_symbols([self.graph])
         self.out_meta = [(v.shape, v.dtype.np) for v in self.graph.outputs]
+        self.n_user = len(inputs)
+        self._bind(index, fwd, state, recorder.updates)
+
+    def _bind(self, index, fwd, state, updates):
+        """Argument slots: user inputs and the leading outputs (the function's, state updates,
+        gradients) are set per call; parameters, buffers and optimizer state are bound (the
+        optimizer state written in place, as the eager step does), hyper rows fixed, seeds
+        fresh per call."""
+        call = self.call = self.executable.arguments[0]
+        seeds = sorted(index[v] for v in fwd.seed_inputs)
+        if seeds and seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+            raise TraceError("random ops after optimizer.step() in a compiled function")
+        if seeds:
+            call.seeds_at(seeds[0], len(seeds))
+        out = call.output_slot
+        groups = [[self.n_user + j] for j in range(len(state))]
+        names = [f"state {n}" for n, _ in state]
+        for u, (_, update_state, states, hypers, new_states) in enumerate(updates):
+            first = self.updates[u][2]
+            flat = 0
+            for i, (state_values, hyper) in enumerate(zip(states, hypers)):
+                for v in state_values:
+                    groups.append([index[v], out(first + flat)])
+                    names.append(f"optimizer state {v.name}")
+                    flat += 1
+                call.fix([index[hyper]], update_state.hyper[i])
+        call.bind_slots(groups, names)
+        # stepped parameters are written in place; buffers through an array of their own
+        stepped = {id(p) for _, u, _ in self.updates for p in u.params}
+        self.written = [(t, j, id(t) in stepped) for t, j in self.written]
+        self._buffer_out = {j: np.empty(t.shape, t.dtype.np) for t, j, inplace in self.written
+                            if not inplace}
+        # gradients land in arrays of their own, kept as the parameters' .grad (as compile_step)
+        self._grads = [Tensor._wrap(np.empty(self.out_meta[j][0], self.out_meta[j][1]))
+                       for j in self.grad_slots]
 
     @property
     def source_code(self):
@@ -289,39 +306,33 @@ class _Specialisation:
         for x in inputs:
             arr = x._data
             arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
-        refreshed = [u.refresh() for _, u, _ in self.updates]
-        seeds = fresh_seeds(self.n_seeds) if self.n_seeds else None
-        feed = []
-        for source in self.sources:
-            kind = source[0]
-            if kind == "input":
-                feed.append(arrays[source[1]])
-            elif kind == "state":
-                feed.append(self.state[source[1]]._data)
-            elif kind == "seed":
-                feed.append(seeds[source[1]:source[1] + 1].reshape(()))
-            elif kind == "optimizer state":
-                feed.append(refreshed[source[1]][source[2]])
-            else:
-                feed.append(self.updates[source[1]][1].hyper[source[2]])
+        bound = [t._data for t in self.state]
+        for _, update_state, _ in self.updates:
+            bound += update_state.refresh()
         sizes = run_sizes(arrays, self.symbols)
-        outs = [np.empty(shape, dt) for shape, dt in self._shapes(sizes)]
-        # the optimizers' state is written in place, as the eager step does
-        for (_, update_state, first), arrs in zip(self.updates, refreshed):
-            for k, arr in enumerate(arrs):
-                outs[first + k] = arr
+        if self.size_checks:
+            check_sizes(self.size_checks, sizes)
+        n_lead = self.grad_slots[-1] + 1 if self.grad_slots else self.n_out + len(self.written)
+        outs = [np.empty(shape, dt) for shape, dt in self._shapes(sizes)[:self.n_out]]
+        for t, j, inplace in self.written:
+            outs.append(t._data if inplace else self._buffer_out[j])
+        outs += [g._data for g in self._grads]
+        assert len(outs) == n_lead
         try:
-            self.call(feed, outs, (), sizes)
+            self.call(arrays, outs, bound, sizes)
         except Exception:  # bad data: the C code stopped before any update
             for _, update_state, _ in self.updates:
                 update_state.undo()
             raise
-        for t, j in self.written:
-            np.copyto(t._data, outs[j])
+        for t, j, inplace in self.written:
+            if not inplace:
+                np.copyto(t._data, outs[j])
             t._vc.value += 1
-        for p, j in zip(self.grad_params, self.grad_slots):
-            g = Tensor._wrap(outs[j])
-            p._grad = g
+        for p, g in zip(self.grad_params, self._grads):
+            if p._grad is not g:
+                p._grad = g
+            else:
+                g._vc.value += 1
         for optimizer, _, _ in self.updates:
             optimizer._opt_called = True  # a scheduler stepped after this call is in order
         results = [Tensor._wrap(o) for o in outs[:self.n_out]]

@@ -12,10 +12,11 @@ import time
 
 import numpy as np
 
+from . import warm
 from .autograd import engine, grad_mode
 from .compiled_function import CompiledFunction
-from .executable import Executable, Specialisations, SymbolicSizes, graph_symbols, \
-    optimise, run_sizes
+from .executable import Executable, Specialisations, SymbolicSizes, check_sizes, \
+    graph_symbols, optimise, run_sizes
 from .nn.modules.module import Module
 from .passes import grad as ir_grad, joint_forward
 from .passes.autodiff import view_source
@@ -29,11 +30,61 @@ _data_of = operator.attrgetter("_data")
 
 
 class Specialisation:
-    """Everything compiled for one key: graphs, the executable and how to call it."""
+    """Everything compiled for one key: graphs, the executable and how to call it. Made by
+    tracing ``module`` or, when ``stored`` (a graph cache payload, see ``stored_state``) and
+    ``guards`` are given, from what an earlier process traced and built."""
 
-    def __init__(self, module, inputs, key, unit, input_structure=None, sizes=None):
+    # what a graph cache entry keeps, besides the executable
+    _STORED = ("output_structure", "state_updates", "n_out", "n_seeds", "size_checks",
+               "differentiable", "needs_grad", "saved_sources", "recyclable",
+               "version_checked", "grad_of", "cotangent_of")
+
+    def __init__(self, module, inputs, key, unit, input_structure=None, sizes=None,
+                 stored=None, guards=None):
         start = time.perf_counter()
         params = _state(module)
+        self.key = key
+        self.params = params
+        self.n_user = len(inputs)
+        self.checks = None  # what a new process must re-check to reuse this (None: it cannot)
+        self.size_checks = []
+        if stored is None:
+            graphs = self._trace(module, inputs, key, unit, input_structure, params, sizes)
+        else:
+            self.guards = guards
+            for name in self._STORED:
+                if name in stored:
+                    setattr(self, name, stored[name])
+            graphs = stored["graphs"]
+            self.forward_graph = graphs[0][1]
+            self.backward_graph = graphs[1][1] if self.needs_grad else None
+            self.executable = stored["executable"]
+        # forward arguments: user inputs, parameters and buffers (bound), seeds; outputs
+        self._forward = self.executable.arguments[0]
+        self._forward.bind_slots([[self.n_user + i] for i in range(len(params))],
+                                 [f"parameter {name}" for name, _ in params])
+        self._forward.seeds_at(self.n_user + len(params), self.n_seeds)
+        self._param_tensors = [p for _, p in params]
+        self.out_meta = [(v.shape, v.dtype.np) for v in graphs[0][1].outputs]
+        if self.needs_grad:  # backward arguments: cotangents, saved values; gradients
+            self._backward = self.executable.arguments[1]
+            self.grad_meta = [(v.shape, v.dtype.np) for v in self.backward_graph.outputs]
+        # buffers of saved values, handed back after backward: reusing them avoids fresh
+        # (page-faulting) allocations on every training call
+        self._spare = [[] for _ in self.out_meta]
+        # with symbolic sizes, shapes are evaluated for each call's sizes: per output, its
+        # shape for the call's sizes, dtype, spare buffers
+        self.symbols = graph_symbols(g for _, g in graphs)
+        self._out_layout = [(shape_evaluator(shape), dt, spare)
+                            for (shape, dt), spare in zip(self.out_meta, self._spare)]
+        self.compile_seconds = time.perf_counter() - start
+        cached = self.executable.library.cached
+        how = "graph cache" if stored is not None else "cache hit" if cached else "compiled"
+        debug.log("time", f"specialisation {key}: ready in {self.compile_seconds * 1e3:.1f} ms "
+                          f"({how})")
+
+    def _trace(self, module, inputs, key, unit, input_structure, params, sizes):
+        """Trace, differentiate, optimise and build; returns the (entry suffix, graph) list."""
         if input_structure is None:
             fwd = trace(module, *inputs, name=type(module).__name__, sizes=sizes)
         else:  # nested or keyword inputs (an LSTM's (h0, c0)): trace through a flattening
@@ -44,11 +95,10 @@ class Specialisation:
         # when it traced with grad enabled, which parameters require grad
         self.guards = Guards(fwd.reads, [module],
                              [p for _, p in params] if key[2] else [])
+        self.checks = warm.checks_of(fwd, [module])
         self.output_structure = fwd.output_structure
+        self.size_checks = list(fwd.size_checks)
         debug.log("ir", f"traced forward:\n{fwd}")
-        self.key = key
-        self.params = params
-        self.n_user = len(inputs)
         self.state_updates = list(fwd.state_updates)
         self.n_out = len(fwd.outputs) - len(self.state_updates)
         # random ops' seeds: the last graph inputs, given fresh values on every call
@@ -79,28 +129,20 @@ class Specialisation:
             self.recyclable = []
             graphs = [("forward", optimise(fwd))]
         self.executable = Executable(graphs, unit)
-        # forward arguments: user inputs, parameters and buffers (bound), seeds; outputs
-        self._forward = self.executable.arguments[0]
-        self._forward.bind_slots([[self.n_user + i] for i in range(len(params))],
-                                 [f"parameter {name}" for name, _ in params])
-        self._forward.seeds_at(self.n_user + len(params), self.n_seeds)
-        self._param_tensors = [p for _, p in params]
-        self.out_meta = [(v.shape, v.dtype.np) for v in graphs[0][1].outputs]
-        # with symbolic sizes, shapes are evaluated for each call's sizes
-        self.symbols = graph_symbols(g for _, g in graphs)
-        if self.needs_grad:  # backward arguments: cotangents, saved values; gradients
-            self._backward = self.executable.arguments[1]
-            self.grad_meta = [(v.shape, v.dtype.np) for v in self.backward_graph.outputs]
-        # buffers of saved values, handed back after backward: reusing them avoids fresh
-        # (page-faulting) allocations on every training call
-        self._spare = [[] for _ in self.out_meta]
-        # per output: its shape for the call's sizes, dtype, spare buffers
-        self._out_layout = [(shape_evaluator(shape), dt, spare)
-                            for (shape, dt), spare in zip(self.out_meta, self._spare)]
-        self.compile_seconds = time.perf_counter() - start
-        cached = self.executable.library.cached
-        debug.log("time", f"specialisation {key}: ready in {self.compile_seconds * 1e3:.1f} ms "
-                          f"({'cache hit' if cached else 'compiled'})")
+        return graphs
+
+    def stored_state(self):
+        """What a new process needs to rebuild this specialisation without tracing (the
+        graphs first: pickling reaches the values through them)."""
+        graphs = [("forward", self.forward_graph)]
+        if self.needs_grad:
+            graphs.append(("backward", self.backward_graph))
+        state = {"graphs": graphs, "executable": self.executable.stored_state(),
+                 "params": [(n, tuple(p.shape), p.dtype.short) for n, p in self.params]}
+        for name in self._STORED:
+            if hasattr(self, name):
+                state[name] = getattr(self, name)
+        return state
 
     @property
     def source_code(self):
@@ -124,6 +166,8 @@ class Specialisation:
             arr = x._data
             arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
         sizes = run_sizes(arrays, self.symbols)
+        if self.size_checks:
+            check_sizes(self.size_checks, sizes)
         outs = []
         for shape_of, dt, spare in self._out_layout:
             shape = shape_of(sizes)
@@ -147,6 +191,36 @@ class Specialisation:
         grads = [np.empty(shape, dt) for shape, dt in self.shapes_for(self.grad_meta, sizes)]
         self._backward(cotangents + saved, grads, (), sizes)
         return grads
+
+
+def _specialise(module, inputs, shown, unit, structure, key, sizes):
+    """The specialisation for ``key``: from the graph cache when an earlier process stored one
+    whose checks hold now, else traced (and stored when a new process can check it)."""
+    cache_key = warm.module_key(module, key) if warm.enabled() else None
+    if cache_key is not None:
+        stored = warm.load(cache_key, [module])
+        if stored is not None:
+            with warm.restoring(cache_key):
+                spec = _restore(module, inputs, shown, unit, structure, key, *stored)
+                if spec is not None:
+                    warm.used(cache_key)
+                    return spec
+    spec = Specialisation(module, inputs, shown, unit, structure, sizes)
+    if cache_key is not None and spec.checks is not None:
+        warm.store(cache_key, spec.stored_state(), spec.checks)
+    return spec
+
+
+def _restore(module, inputs, shown, unit, structure, key, state, reads):
+    params = _state(module)
+    if [(n, tuple(p.shape), p.dtype.short) for n, p in params] != state["params"]:
+        return None
+    executable = Executable.restore(state["executable"])
+    if executable is None:
+        return None
+    state["executable"] = executable
+    guards = Guards(reads, [module], [p for _, p in params] if shown[2] else [])
+    return Specialisation(module, inputs, shown, unit, structure, stored=state, guards=guards)
 
 
 class CompiledFunctionBackward(engine.Node):
@@ -318,8 +392,8 @@ class CompiledModule:
                                f"{', '.join(str(s.guards) for s in line)}")
         n = len(line)
         try:
-            spec = self._specs.create(key, lambda unit: Specialisation(
-                self._module, inputs, shown, unit, structure, sizes), shown,
+            spec = self._specs.create(key, lambda unit: _specialise(
+                self._module, inputs, shown, unit, structure, key, sizes), shown,
                 rekey=lambda spec: key if n == 0 else key + (n,))
         except Specialize as why:
             if sizes is None:

@@ -16,21 +16,23 @@ change from call to call; everything else is here:
 * ``Specialisations``: the compiled specialisations of one callable, by key.
 """
 import functools
+import os
 import threading
 
 import _cffi_backend
 import cffi
 import numpy as np
 
-from ._sym import NO_SIZES, Sym, evaluator
-from .codegen.base import STATUS_DETAILS, has_lowering
-from .codegen.emit import ALIGN, c_identifier, generate
+from ._sym import NO_SIZES, Sym, evaluator, shape_evaluator
+from .codegen.base import STATUS_DETAILS, Kernel, has_lowering
+from .codegen.emit import ALIGN, EntryPoint, c_identifier, generate
 from .ir.verify import verify
 from .passes import fuse, simplify
 from .passes.decompose import decompose
 from .passes.lower import lower_gemm
-from .runtime import build, debug, target as runtime_target
+from .runtime import build, debug, graph_cache, target as runtime_target
 from .runtime.threads import compiled_threads
+from .size import Size
 from .trace import fresh_seeds
 
 _ffi = cffi.FFI()
@@ -128,6 +130,14 @@ class SymbolicSizes:
         return False
 
 
+def check_sizes(checks, sizes):
+    """Raise what eager mode raises for a call whose sizes a trace required not to be some
+    value (``Graph.size_checks``)."""
+    for value, forbidden, exc, message, shape in checks:
+        if evaluator(value)(sizes) == forbidden:
+            raise exc(message.format(size=repr(Size(shape_evaluator(shape)(sizes)))))
+
+
 def run_sizes(arrays, symbols):
     """The values of the size symbols for a call on ``arrays`` (the graph's first inputs)
     whose graph uses ``symbols`` (a subset of ``SYMBOLS``)."""
@@ -150,13 +160,50 @@ class Executable:
 
     def __init__(self, graphs, unit):
         self.timing = debug.enabled("time")  # built with per-kernel clocks
-        self.source_code, cdef, entries, openmp = generate(graphs, unit, runtime_target.current(),
-                                                           timing=self.timing)
-        self.library = build.build(self.source_code, cdef, name=unit, openmp=openmp)
+        self._source, self.cdef, entries, openmp = generate(graphs, unit,
+                                                            runtime_target.current(),
+                                                            timing=self.timing)
+        self.library = build.build(self._source, self.cdef, name=unit, openmp=openmp)
+        self._connect(entries)
+
+    def _connect(self, entries):
         self.entries = entries
         arenas = Arenas()
         self.arguments = [Arguments(self.library, entry, self.timing, arenas)
                           for entry in entries]
+
+    @property
+    def source_code(self):
+        if self._source is None:  # restored from the graph cache: the source is on disk
+            with open(self.library.source_path) as f:
+                self._source = f.read()
+        return self._source
+
+    def stored_state(self):
+        """What ``restore`` needs in a new process: the library's file in the cache, its
+        declarations and the entry points (kernels kept only by name, for timing)."""
+        entries = []
+        for e in self.entries:
+            light = EntryPoint(e.name, e.graph)
+            light.arena_bytes, light.copies, light.checks = e.arena_bytes, e.copies, e.checks
+            light.kernels = [(Kernel(k.name, (), (), "", flops=k.flops), node)
+                             for k, node in e.kernels]
+            entries.append(light)
+        return {"library": os.path.basename(self.library.path), "cdef": self.cdef,
+                "timing": self.timing, "entries": entries}
+
+    @classmethod
+    def restore(cls, state):
+        """The executable ``stored_state`` describes, with no code generated (None if its
+        library is no longer in the cache)."""
+        library = graph_cache.load_library(state["library"], state["cdef"])
+        if library is None:
+            return None
+        self = cls.__new__(cls)
+        self.timing, self.cdef, self._source, self.library = \
+            state["timing"], state["cdef"], None, library
+        self._connect(state["entries"])
+        return self
 
     def share_arenas(self, arenas):
         for a in self.arguments:

@@ -15,10 +15,10 @@ import operator
 
 import numpy as np
 
-from . import _dtype
+from . import _dtype, warm
 from .autograd import grad_mode
-from .executable import Executable, Specialisations, SymbolicSizes, graph_symbols, \
-    optimise, run_sizes
+from .executable import Executable, Specialisations, SymbolicSizes, check_sizes, \
+    graph_symbols, optimise, run_sizes
 from .ir.graph import Graph
 from .nn.modules import module as module_mod
 from .nn.modules.module import Module
@@ -73,12 +73,45 @@ def build_step_graph(fwd, bwd, update, flags, param_values):
 
 
 class _StepSpecialisation:
-    def __init__(self, fn, optimizer, batch, unit, sizes=None):
+    """One compiled step: traced from ``fn`` (its batch and sequence sizes symbolic as
+    ``sizes`` says) or, with ``stored`` (a graph cache state, see ``stored_state``),
+    ``modules`` and ``guards``, rebuilt from what an earlier process traced and built."""
+
+    def __init__(self, fn, optimizer, batch, unit, sizes=None, stored=None, modules=None,
+                 guards=None):
         update = declaration_of(optimizer)
         flags = update.flags_of(optimizer)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         names = _param_names(optimizer)
         self.buffers = _buffers_of(fn, self.params)
+        self.checks = None  # what a new process must re-check to reuse this (None: it cannot)
+        if stored is None:
+            state_updates, n_seeds = self._trace(fn, batch, names, update, flags, unit, sizes)
+        else:
+            self.modules, self.guards = modules, guards
+            self.graph, self.executable = stored["graph"], stored["executable"]
+            self.size_checks = stored.get("size_checks", [])
+            state_updates, n_seeds = stored["state_updates"], stored["n_seeds"]
+        self.state_updates, self.n_seeds = state_updates, n_seeds
+        self.symbols = graph_symbols([self.graph])
+        n_batch = len(batch)
+        n_params, n_buffers = len(self.params), len(self.buffers)
+        self.loss_meta = (self.graph.outputs[0].shape, self.graph.outputs[0].dtype.np)
+        self.update_state = UpdateState(optimizer, update, self.params)
+        # (buffer, array the step writes its update to) for in-place buffer updates
+        first_update = len(self.graph.outputs) - len(state_updates)
+        self.buffer_updates = [(self.buffers[i - n_params][1], np.empty(v.shape, v.dtype.np))
+                               for (i, _), v in zip(state_updates,
+                                                    self.graph.outputs[first_update:])]
+        self.grad_arrays = [np.zeros(p.shape, p.dtype.np) for p in self.params]
+        self._grad_tensors = [Tensor._wrap(g) for g in self.grad_arrays]
+        self._tensors = self.params + [b for _, b in self.buffers]
+        self._call = self._bind_arguments(n_batch, n_params, n_buffers, n_seeds,
+                                          [a.name for a in update.state], names)
+
+    def _trace(self, fn, batch, names, update, flags, unit, sizes):
+        """Trace ``fn``, derive and inline its backward and the update, optimise and build;
+        returns the traced state updates and the number of seeds."""
         seen = {}
         observe = (lambda m: seen.setdefault(id(m), m))
         module_mod._call_observers.append(observe)
@@ -99,8 +132,10 @@ class _StepSpecialisation:
                 not fwd.outputs[0].dtype.is_floating_point:
             raise ValueError("the function given to compile_step must return one scalar "
                              "floating-point loss")
+        self.checks = _step_checks(fn, fwd, self.params, self.modules)
+        self.size_checks = list(fwd.size_checks)
         n_batch = len(batch)
-        n_params, n_buffers = len(self.params), len(self.buffers)
+        n_params = len(self.params)
         param_values = fwd.inputs[n_batch:n_batch + n_params]
         for v in param_values:
             v.requires_grad = True
@@ -109,19 +144,14 @@ class _StepSpecialisation:
         debug.log("ir", f"training step:\n{graph}")
         self.graph = optimise(graph)
         self.executable = Executable([("step", self.graph)], unit)
-        self.symbols = graph_symbols([self.graph])
-        self.loss_meta = (self.graph.outputs[0].shape, self.graph.outputs[0].dtype.np)
-        self.update_state = UpdateState(optimizer, update, self.params)
-        # (buffer, array the step writes its update to) for in-place buffer updates
-        first_update = len(self.graph.outputs) - len(fwd.state_updates)
-        self.buffer_updates = [(self.buffers[i - n_params][1], np.empty(v.shape, v.dtype.np))
-                               for (i, _), v in zip(fwd.state_updates,
-                                                    self.graph.outputs[first_update:])]
-        self.grad_arrays = [np.zeros(p.shape, p.dtype.np) for p in self.params]
-        self._grad_tensors = [Tensor._wrap(g) for g in self.grad_arrays]
-        self._tensors = self.params + [b for _, b in self.buffers]
-        self._call = self._bind_arguments(n_batch, n_params, n_buffers, len(fwd.seed_inputs),
-                                          [a.name for a in update.state], names)
+        return list(fwd.state_updates), len(fwd.seed_inputs)
+
+    def stored_state(self):
+        """What a new process needs to rebuild this step without tracing."""
+        return {"graph": self.graph, "executable": self.executable.stored_state(),
+                "size_checks": self.size_checks,
+                "state_updates": self.state_updates, "n_seeds": self.n_seeds,
+                "tensors": _tensor_layout(self.params, self.buffers)}
 
     def _bind_arguments(self, n_batch, n_params, n_buffers, n_seeds, state_names, names):
         """The argument vector: graph inputs are the batch (per call), parameters and buffers
@@ -168,7 +198,10 @@ class _StepSpecialisation:
         bound += self.update_state.refresh()
         loss = np.empty(*self.loss_meta)
         try:
-            call(arrays, (loss,), bound, run_sizes(arrays, self.symbols))
+            sizes = run_sizes(arrays, self.symbols)
+            if self.size_checks:
+                check_sizes(self.size_checks, sizes)
+            call(arrays, (loss,), bound, sizes)
         except Exception:  # bad data: the C code stopped before any update
             self.update_state.undo()
             raise
@@ -184,27 +217,131 @@ class _StepSpecialisation:
         return Tensor._wrap(loss)
 
 
+def _reachable_modules(fn):
+    """[(where, module)] of the modules ``fn`` can reach through its closure, defaults, bound
+    object or the globals it names; ``where`` says how (found the same way in a new
+    process)."""
+    code = getattr(fn, "__code__", None)
+    candidates = [(("cell", i), c.cell_contents)
+                  for i, c in enumerate(getattr(fn, "__closure__", None) or ())
+                  if _cell_filled(c)]
+    candidates += [(("default", i), d)
+                   for i, d in enumerate(getattr(fn, "__defaults__", None) or ())]
+    candidates.append((("self",), getattr(fn, "__self__", None)))
+    if code is not None:
+        g = getattr(fn, "__globals__", {})
+        candidates += [(("global", n), g[n]) for n in code.co_names if n in g]
+    return [(where, obj) for where, obj in candidates if isinstance(obj, Module)]
+
+
 def _buffers_of(fn, params):
     """(name, tensor) of the buffers of the modules ``fn`` can reach through its closure,
     defaults, bound object or the globals it names: they become graph inputs, so in-place
     updates (running statistics) are traced instead of applied to the real buffers."""
     found = []
-    code = getattr(fn, "__code__", None)
-    candidates = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())
-                  if _cell_filled(c)]
-    candidates += list(getattr(fn, "__defaults__", None) or ())
-    candidates.append(getattr(fn, "__self__", None))
-    if code is not None:
-        g = getattr(fn, "__globals__", {})
-        candidates += [g[n] for n in code.co_names if n in g]
     seen, param_ids = set(), {id(p) for p in params}
-    for obj in candidates:
-        if isinstance(obj, Module):
-            for name, b in obj.named_buffers():
-                if id(b) not in seen and id(b) not in param_ids:
-                    seen.add(id(b))
-                    found.append((f"{type(obj).__name__}.{name}", b))
+    for _, obj in _reachable_modules(fn):
+        for name, b in obj.named_buffers():
+            if id(b) not in seen and id(b) not in param_ids:
+                seen.add(id(b))
+                found.append((f"{type(obj).__name__}.{name}", b))
     return found
+
+
+def _tensor_layout(params, buffers):
+    return ([(tuple(p.shape), p.dtype.short) for p in params],
+            [(n, tuple(b.shape), b.dtype.short) for n, b in buffers])
+
+
+def _roots(fn):
+    """The modules whose trees a step of ``fn`` may depend on, found as a new process finds
+    them: [(where, module)]."""
+    roots = _reachable_modules(fn)
+    if isinstance(fn, Module):
+        roots.insert(0, (("fn",), fn))
+    return roots
+
+
+def _step_checks(fn, fwd, params, modules):
+    """``warm.checks_of`` for a step's trace, plus where each called module sits in the
+    trees a new process can find; None when it cannot be checked."""
+    roots = [m for _, m in _roots(fn)]
+    checks = warm.checks_of(fwd, roots)
+    if checks is None:
+        return None
+    param_ids = {id(p) for p in params}
+    paths = {}
+    for i, root in enumerate(roots):
+        for name, m in root.named_modules(remove_duplicate=False):
+            paths.setdefault(id(m), (i, name))
+            # a parameter the optimizer does not update is traced as a constant: its values
+            # may differ in another process
+            if any(id(p) not in param_ids for p in m._parameters.values() if p is not None):
+                debug.log("cache", f"graph not cached: {type(m).__name__} has parameters the "
+                                   "optimizer does not update")
+                return None
+    if any(id(m) not in paths for m in modules):
+        debug.log("cache", "graph not cached: the step calls a module it does not name")
+        return None
+    checks["modules"] = [paths[id(m)] for m in modules]
+    return checks
+
+
+def _step_cache_key(fn, optimizer, update, flags, shapes):
+    roots = _roots(fn)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    return warm.digest("step", warm.environment(), getattr(fn, "__module__", None),
+                       getattr(fn, "__qualname__", type(fn).__qualname__),
+                       warm._type_name(optimizer), sorted(flags.items()), update.op,
+                       tuple(a.name for a in update.state), update.hyper,
+                       _param_names(optimizer),
+                       [(tuple(p.shape), p.dtype.short, bool(p._requires_grad))
+                        for p in params],
+                       [where for where, _ in roots], warm.tree([m for _, m in roots], params),
+                       shapes)
+
+
+def _from_cache(fn, optimizer, batch, unit, shapes):
+    """The step rebuilt from the graph cache (None when it has no usable entry), and the
+    cache key to store a traced one under (None: not to be stored)."""
+    if not warm.enabled():
+        return None, None
+    update = declaration_of(optimizer)
+    key = _step_cache_key(fn, optimizer, update, update.flags_of(optimizer), shapes)
+    roots = [m for _, m in _roots(fn)]
+    found = warm.load(key, roots)
+    if found is None:
+        return None, key
+    with warm.restoring(key):
+        return _restore(fn, optimizer, batch, unit, roots, key, *found), key
+    return None, key  # (a malformed entry)
+
+
+def _restore(fn, optimizer, batch, unit, roots, key, state, reads):
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if state["tensors"] != _tensor_layout(params, _buffers_of(fn, params)):
+        return None
+    modules = [roots[index].get_submodule(path) if path else roots[index]
+               for index, path in state["modules"]]
+    executable = Executable.restore(state["executable"])
+    if executable is None:
+        return None
+    state["executable"] = executable
+    spec = _StepSpecialisation(fn, optimizer, batch, unit, stored=state,
+                               modules=tuple(modules), guards=Guards(reads, modules, []))
+    warm.used(key)
+    return spec
+
+
+def _specialise(fn, optimizer, batch, unit, shapes, sizes):
+    spec, key = _from_cache(fn, optimizer, batch, unit, shapes)
+    if spec is None:
+        spec = _StepSpecialisation(fn, optimizer, batch, unit, sizes)
+        if key is not None and spec.checks is not None:
+            state = spec.stored_state()
+            state["modules"] = spec.checks.pop("modules")
+            warm.store(key, state, spec.checks)
+    return spec
 
 
 def _cell_filled(cell):
@@ -283,8 +420,8 @@ class CompiledTrainingStep:
 
         try:
             spec = self._specs.create(
-                key, lambda unit: _StepSpecialisation(self.fn, self.optimizer, batch, unit,
-                                                      sizes),
+                key, lambda unit: _specialise(self.fn, self.optimizer, batch, unit, shapes,
+                                              sizes),
                 shown, rekey=rekey)
         except Specialize as why:
             if sizes is None:

@@ -240,9 +240,13 @@ def trace(fn, *example_inputs, name=None, state=None, sizes=None):
             p._ir = graph.add_input(n, p.shape, p.dtype, p.requires_grad)
         inputs_of_state = [p._ir for _, p in state]
         tracer = Tracer(graph)
-        with tracing(tracer), recording_reads() as recorded, forbidding_frozen_calls():
+        with tracing(tracer), recording_reads() as recorded, \
+                forbidding_frozen_calls() as watched:
             out = fn(*args)
         graph.reads = list(recorded.reads.values())
+        # for the graph cache: what else the Python that ran depended on (None: not known)
+        graph.unportable = list(recorded.unportable)
+        graph.user_code = watched.codes
         outputs = []
         graph.output_structure = structure_of(out, outputs)
         graph.outputs = [tracer.value_of(o) for o in outputs]
@@ -323,22 +327,39 @@ def _is_plain(value):
 
 class _Recording(threading.local):
     reads = None  # while tracing in this thread: {(id(module), name): (module, name, value)}
+    # while tracing in this thread: {(id(module), name): (module, name, value)} of the other
+    # instance attributes read (lists, dicts, tensors, objects...): a graph cache entry made
+    # from the trace must re-check them or cannot be made
+    other_reads = None
     forbid = False  # while tracing in this thread: random/time calls raise
+    codes = None  # while tracing in this thread: {user code object: its globals, closure}
 
 
 _recording = _Recording()
 _hook_lock = threading.Lock()
 _hook_users = [0]
+# what every Module keeps in its __dict__ (hooks, registries): not a value forward computes with
+_MODULE_INTERNALS = frozenset(("_parameters", "_buffers", "_modules",
+                               "_non_persistent_buffers_set"))
 
 
 def _recording_getattribute(self, name):
     value = _object_getattribute(self, name)
     reads = _recording.reads
-    if reads is not None and _is_plain(value):
+    if reads is not None:
         d = _object_getattribute(self, "__dict__")
         if name in d and d[name] is value and name != "_mutation_epoch":
-            reads.setdefault((id(self), name), (self, name, value))
+            if _is_plain(value):
+                reads.setdefault((id(self), name), (self, name, value))
+            elif name not in _MODULE_INTERNALS and not (name[0] == "_" and "hook" in name):
+                _recording.other_reads.setdefault((id(self), name), (self, name, value))
+        elif _is_concrete_array(value):  # a class attribute or property: baked into the graph
+            _recording.other_reads.setdefault((id(self), name), (self, name, value))
     return value
+
+
+def _is_concrete_array(value):
+    return isinstance(value, np.ndarray) or (isinstance(value, Tensor) and value._ir is None)
 
 
 class recording_reads:
@@ -347,7 +368,9 @@ class recording_reads:
 
     def __enter__(self):
         self._prev = _recording.reads
+        self._prev_other = _recording.other_reads
         self.reads = _recording.reads = {}
+        self.other_reads = _recording.other_reads = {}
         with _hook_lock:
             if _hook_users[0] == 0:
                 Module.__getattribute__ = _recording_getattribute
@@ -360,10 +383,18 @@ class recording_reads:
             if _hook_users[0] == 0:
                 del Module.__getattribute__
         _recording.reads = self._prev
+        _recording.other_reads = self._prev_other
         if self._prev is not None:  # a nested trace's reads matter to the outer one too
             for k, v in self.reads.items():
                 self._prev.setdefault(k, v)
+            for k, v in self.other_reads.items():
+                self._prev_other.setdefault(k, v)
         return False
+
+    @property
+    def unportable(self):
+        """(module, name, value) of the attributes read that are not plain values."""
+        return list(self.other_reads.values())
 
 
 # calls whose results differ from call to call: tracing would freeze one of them
@@ -418,7 +449,29 @@ def _frozen_call_error(name, frame):
         "this module in eager mode.")
 
 
+def _note_code(frame):
+    """Remember a user function that ran while tracing: its code, globals and closure (the
+    graph cache checks its source file and the global values it reads)."""
+    code = frame.f_code
+    codes = _recording.codes
+    if codes is not None and not _is_internal(code.co_filename) and \
+            not frame.f_globals.get("__name__", "").startswith("namedtuple_"):
+        local = frame.f_locals
+        # concrete tensors passed in (a default, a functools.partial's): baked into the graph
+        n_args = code.co_argcount + code.co_kwonlyargcount
+        arrays = tuple(n for n in code.co_varnames[:n_args]
+                       if _is_concrete_array(local.get(n)))
+        known = codes.get(code)
+        if known is None:
+            cells = tuple((n, local.get(n, _MISSING)) for n in code.co_freevars)
+            codes[code] = (frame.f_globals, cells, arrays)
+        elif arrays and not known[2]:
+            codes[code] = known[:2] + (arrays,)
+
+
 def _no_frozen_calls(frame, event, arg):
+    if event == "call":
+        _note_code(frame)
     if event == "call" or event == "c_call":
         found = _frozen_call_name(event, frame, arg)
         if found is not None:
@@ -472,6 +525,9 @@ class forbidding_frozen_calls:
     def __enter__(self):
         self._prev = prev = sys.getprofile()
         self._prev_forbid = _recording.forbid
+        self._prev_codes = _recording.codes
+        # the user functions that run meanwhile (None: not watched, under a C-level profiler)
+        self.codes = _recording.codes = {}
         _recording.forbid = True
         _patch_np_random(True)
         if prev is None:
@@ -481,11 +537,17 @@ class forbidding_frozen_calls:
                 _no_frozen_calls(frame, event, arg)
                 return prev(frame, event, arg)
             sys.setprofile(chained)
+        else:
+            self.codes = None
         return self
 
     def __exit__(self, *exc):
-        sys.setprofile(self._prev)
+        if self.codes is not None:  # (a C-level profiler was left in place)
+            sys.setprofile(self._prev)
         _recording.forbid = self._prev_forbid
+        _recording.codes = self._prev_codes
+        if self._prev_codes is not None:  # a nested trace's code ran for the outer one too
+            self._prev_codes.update(self.codes or {})
         _patch_np_random(False)
         return False
 

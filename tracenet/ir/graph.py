@@ -69,6 +69,9 @@ class Graph:
         self.seed_inputs = []
         # how the traced function's outputs nest (trace.structure_of); None: a flat list
         self.output_structure = None
+        # (size, forbidden value, exception type, message, shape): checked before each call
+        # of the compiled code (see ops/size_value.require_size)
+        self.size_checks = []
         self._next_id = 0
 
     # --- construction ---------------------------------------------------------------------
@@ -192,6 +195,7 @@ class Graph:
 
         new.inputs = [val(v) for v in self.inputs]
         new.seed_inputs = [mapping[v] for v in self.seed_inputs]
+        new.size_checks = list(self.size_checks)
         new.nodes = [copy_node(n) for n in self.nodes]
         new.outputs = [mapping[v] for v in self.outputs]
         return new

@@ -13,6 +13,17 @@ size_value_op = register(
     eager=lambda value, dtype: np.array(value, dtype.np), differentiable=False)
 
 
+def require_size(value, forbidden, exc, message, shape):
+    """While tracing with symbolic sizes: the compiled code must raise ``exc(message)`` (its
+    ``{size}`` the ``torch.Size`` of ``shape`` for the call) when ``value`` is ``forbidden``
+    (batch norm in training refuses one value per channel). The check runs before each call
+    (``Graph.size_checks``)."""
+    tracer = registry._tracer[0]
+    if tracer is None:
+        raise RuntimeError(f"the symbolic size {value.display()} exists only while tracing")
+    tracer.__self__.graph.size_checks.append((value, forbidden, exc, message, tuple(shape)))
+
+
 def size_tensor(value, dtype):
     """``value`` (a number, or a ``Sym``/``SymFloat`` while tracing) as a 0-dim tensor of
     ``dtype``."""

@@ -53,6 +53,8 @@ class Adagrad(Optimizer):
         """Perform a single optimization step; ``closure`` re-evaluates the model and returns
         the loss."""
         loss = self._run_closure(closure)
+        if self._step_fused():
+            return loss
         for group in self.param_groups:
             for p in group["params"]:
                 if p._grad is None:

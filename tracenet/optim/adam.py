@@ -70,6 +70,8 @@ class Adam(Optimizer):
         """Perform a single optimization step; ``closure`` re-evaluates the model and returns
         the loss."""
         loss = self._run_closure(closure)
+        if self._step_fused():
+            return loss
         for group in self.param_groups:
             beta1, beta2 = (_value(b) for b in group["betas"])
             amsgrad = group["amsgrad"]

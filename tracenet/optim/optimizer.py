@@ -42,6 +42,11 @@ def _value(x):
     return x
 
 
+# the fused update, installed by tracenet.fused_optim (compiled code lives in the layers above):
+# ``fused_step[0](optimizer)`` updates every parameter that has a gradient in one C call and
+# returns True, or returns False and leaves the step to the numpy rules
+fused_step = [None]
+
 _global_step_pre_hooks = OrderedDict()
 _global_step_post_hooks = OrderedDict()
 
@@ -265,6 +270,11 @@ class Optimizer:
     def step(self, closure=None):
         """Perform a single optimization step; subclasses implement the update."""
         raise NotImplementedError
+
+    def _step_fused(self):
+        """Run this step's update as one compiled call if possible (True when done)."""
+        run = fused_step[0]
+        return run is not None and run(self)
 
     def _run_closure(self, closure):
         if closure is None:

@@ -45,6 +45,8 @@ class SGD(Optimizer):
         """Perform a single optimization step; ``closure`` re-evaluates the model and returns
         the loss."""
         loss = self._run_closure(closure)
+        if self._step_fused():
+            return loss
         for group in self.param_groups:
             momentum = group["momentum"]
             for p in group["params"]:

@@ -3,8 +3,10 @@ group_norm, instance_norm and normalize, plus the pooling extras max_unpool{1,2,
 adaptive_avg_pool{1,2,3}d."""
 import numpy as np
 
+from ..._sym import Sym
 from ...autograd import grad_mode
 from ...ops import nn as nnops, normalization as normops
+from ...ops.size_value import require_size
 from .activation import _vector_norm
 
 __all__ = ["batch_norm", "layer_norm", "group_norm", "instance_norm", "normalize", "max_unpool1d", "max_unpool2d", "max_unpool3d", "adaptive_avg_pool1d",
@@ -22,9 +24,11 @@ def _verify_batch_size(size):
     count = size[0]
     for s in size[2:]:
         count *= s
-    if count == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
-                         f"{size!r}")
+    message = "Expected more than 1 value per channel when training, got input size {size}"
+    if isinstance(count, Sym):  # known when the compiled code runs: checked then
+        require_size(count, 1, ValueError, message, size)
+    elif count == 1:
+        raise ValueError(message.format(size=repr(size)))
 
 
 def _check_batch_norm_args(x, running_mean, running_var, weight, bias, training):

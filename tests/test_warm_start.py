@@ -1,0 +1,271 @@
+"""Warm starts: a new process finds the traced, optimised graphs in the graph cache and runs
+without tracing; anything that could make a stored graph wrong (an edited source file, a
+changed hyper-parameter or global, another module tree, another tracenet) makes it trace
+again; a damaged or tampered entry is ignored with a warning."""
+import glob
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MODEL = textwrap.dedent('''
+    import os
+    import tracenet as torch
+    import tracenet.nn as nn
+    import tracenet.nn.functional as F
+
+    SHIFT = float(os.environ.get("SHIFT", "0.0"))
+
+
+    def activation(h):
+        return F.relu(h)
+
+
+    class Net(nn.Module):
+        def __init__(self, hidden=16, scale=2.0):
+            super().__init__()
+            self.fc1 = nn.Linear(8, hidden)
+            self.bn = nn.BatchNorm1d(hidden)
+            self.fc2 = nn.Linear(hidden, 3)
+            self.scale = scale
+
+        def forward(self, x):
+            h = activation(self.bn(self.fc1(x)))
+            return self.fc2(h) * self.scale + SHIFT
+''')
+
+# runs a training step compiled (``mode``: loop or step) and the same step eagerly on a copy,
+# and prints both losses and the largest difference of the updated weights; with NO_TRACE set,
+# tracing raises
+CHILD = textwrap.dedent('''
+    import copy, json, os, sys
+    import numpy as np
+    import tracenet as torch
+    import tracenet.compiler, tracenet.step
+    if os.environ.get("NO_TRACE"):
+        def forbidden(*args, **kwargs):
+            raise AssertionError("traced in a warm process")
+        tracenet.compiler.trace = tracenet.step.trace = forbidden
+    if os.environ.get("OTHER_TRACENET"):
+        import tracenet.warm
+        tracenet.warm.tracenet_fingerprint = lambda: "another tracenet"
+    import model
+    mode = sys.argv[1]
+    kwargs = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    torch.manual_seed(0)
+    net = model.Net(**kwargs)
+    ref = copy.deepcopy(net)
+    if os.environ.get("HOOK"):
+        for m in (net, ref):
+            m.fc2.register_forward_hook(lambda mod, args, out: out * 2)
+    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def run(m, compiled):
+        if os.environ.get("ADAM"):
+            opt = torch.optim.Adam(m.parameters(), lr=0.01)
+        else:
+            opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        if compiled and mode == "step":
+            step = torch.compile_step(lambda a, b: criterion(m(a), b), opt)
+            return [float(step(x, y)) for _ in range(2)]
+        f = torch.compile(m) if compiled else m
+        losses = []
+        for _ in range(2):
+            opt.zero_grad()
+            loss = criterion(f(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        return losses
+
+    got, want = run(net, True), run(ref, False)
+    diff = max(float(np.abs(a._data - b._data).max())
+               for a, b in zip(net.state_dict().values(), ref.state_dict().values()))
+    print(json.dumps({"got": got, "want": want, "diff": diff}))
+''')
+
+
+@pytest.fixture
+def env(tmp_path):
+    (tmp_path / "model.py").write_text(MODEL)
+    (tmp_path / "child.py").write_text(CHILD)
+    return dict(os.environ, TRACENET_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=ROOT,
+                TRACENET_DEBUG="cache")
+
+
+def run(tmp_path, env, mode="loop", args=None, tol=1e-4, **extra):
+    argv = [sys.executable, "child.py", mode] + ([json.dumps(args)] if args else [])
+    res = subprocess.run(argv, cwd=tmp_path, env=dict(env, **extra), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.splitlines()[-1])
+    # compiled code gives eager's answer, whichever way it was made
+    assert out["got"] == pytest.approx(out["want"], rel=1e-4, abs=1e-5), out
+    assert out["diff"] < tol, out
+    return out, res.stderr
+
+
+def graph_hits(log):
+    return log.count("[tracenet:cache] graph hit")
+
+
+@pytest.mark.parametrize("mode", ["loop", "step"])
+def test_warm_process_runs_without_tracing(tmp_path, env, mode):
+    cold, log = run(tmp_path, env, mode)
+    assert "stored graph" in log and graph_hits(log) == 0
+    assert glob.glob(str(tmp_path / "cache" / "graph-*.graph"))
+    warm, log = run(tmp_path, env, mode, NO_TRACE="1")
+    assert graph_hits(log) == 1, log
+    assert warm["got"] == cold["got"]
+
+
+@pytest.mark.parametrize("edit", [("return F.relu(h)", "return F.relu(h) * 0.5"),
+                                  ("* self.scale + SHIFT", "* self.scale * 0.5 + SHIFT")],
+                         ids=["helper", "forward"])
+def test_edited_source_is_traced_again(tmp_path, env, edit):
+    first, _ = run(tmp_path, env)
+    # the same module tree and shapes, other code: a helper forward calls (its file is
+    # checked), forward itself (part of the key)
+    (tmp_path / "model.py").write_text(MODEL.replace(*edit))
+    out, log = run(tmp_path, env)
+    assert graph_hits(log) == 0 and out["got"] != first["got"], log
+    assert ("model.py changed" if edit[0].startswith("return") else "graph miss") in log, log
+    out2, log = run(tmp_path, env, NO_TRACE="1")
+    assert graph_hits(log) == 1 and out2["got"] == out["got"]
+
+
+def test_changed_hyper_parameter_or_global_is_traced_again(tmp_path, env):
+    first, _ = run(tmp_path, env, args={"scale": 2.0})
+    out, log = run(tmp_path, env, args={"scale": 3.0})  # a module attribute forward reads
+    assert graph_hits(log) == 0 and "scale is not 2.0" in log, log
+    assert out["got"] != first["got"]
+    out, log = run(tmp_path, env, args={"scale": 3.0}, SHIFT="0.5")  # a global forward reads
+    assert graph_hits(log) == 0 and "SHIFT is not 0.0" in log, log
+
+
+def test_other_module_tree_or_tracenet_is_not_used(tmp_path, env):
+    run(tmp_path, env)
+    _, log = run(tmp_path, env, args={"hidden": 12})
+    assert graph_hits(log) == 0 and "graph miss" in log
+    _, log = run(tmp_path, env, OTHER_TRACENET="1")
+    assert graph_hits(log) == 0 and "graph miss" in log
+    _, log = run(tmp_path, env, HOOK="1")  # a hook changes what forward computes
+    assert graph_hits(log) == 0 and "graph miss" in log and "hooks are registered" in log
+    _, log = run(tmp_path, env, NO_TRACE="1")  # the first entry is still there
+    assert graph_hits(log) == 1
+
+
+@pytest.mark.parametrize("where, reason", [
+    ("global", "global 'BIAS'"),
+    ("class attribute", "forward read Net.table"),
+    ("default argument", "called with a concrete tensor as 'bias'"),
+])
+def test_values_another_process_cannot_check_are_not_cached(tmp_path, env, where, reason):
+    # a tensor made at import: its values could differ in another process, so nothing is
+    # stored (and each process traces, getting its own values right)
+    source = MODEL.replace("SHIFT = float(", "BIAS = torch.randn(3)\nSHIFT = float(")
+    if where == "global":
+        source = source.replace("+ SHIFT", "+ SHIFT + BIAS")
+    elif where == "class attribute":
+        source = source.replace("class Net(nn.Module):",
+                                "class Net(nn.Module):\n    table = torch.randn(3)")
+        source = source.replace("+ SHIFT", "+ SHIFT + self.table")
+    else:
+        source = source.replace("return self.fc2(h) * self.scale + SHIFT",
+                                "return out(self.fc2(h), self.scale)").replace(
+            "class Net(", "def out(y, scale, bias=BIAS):\n    return y * scale + bias\n\n\n"
+                          "class Net(")
+    (tmp_path / "model.py").write_text(source)
+    _, log = run(tmp_path, env)
+    assert "graph not cached: " in log and reason in log, log
+    assert not glob.glob(str(tmp_path / "cache" / "graph-*.graph"))
+
+
+def _entry(tmp_path):
+    (path,) = glob.glob(str(tmp_path / "cache" / "graph-*.graph"))
+    return path, path[:-len(".graph")] + ".meta"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "no meta"])
+def test_damaged_entry_is_ignored_with_a_warning_and_rebuilt(tmp_path, env, damage):
+    run(tmp_path, env)
+    path, meta = _entry(tmp_path)
+    data = open(path, "rb").read()
+    if damage == "truncate":
+        open(path, "wb").write(data[:len(data) // 2])
+    elif damage == "garble":
+        open(path, "wb").write(data[:100] + bytes(b ^ 0xFF for b in data[100:200]) + data[200:])
+    else:
+        os.unlink(meta)
+    _, log = run(tmp_path, env)
+    assert "RuntimeWarning: tracenet: ignoring the cached graph" in log, log
+    assert graph_hits(log) == 0 and "stored graph" in log
+    _, log = run(tmp_path, env, NO_TRACE="1")
+    assert graph_hits(log) == 1
+
+
+def test_tampered_entry_cannot_run_code(tmp_path, env):
+    run(tmp_path, env)
+    path, meta = _entry(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    data = pickle.dumps((1, Evil()))
+    open(path, "wb").write(data)  # with a matching record: only the unpickler stands guard
+    open(meta, "w").write(json.dumps({"size": len(data), "format": 1,
+                                      "sha256": hashlib.sha256(data).hexdigest()}))
+    _, log = run(tmp_path, env)
+    assert not marker.exists()
+    assert "ignoring the cached graph" in log and "never holds" in log, log
+
+
+def test_cache_clear_removes_graph_entries(tmp_path, env):
+    run(tmp_path, env)
+    assert glob.glob(str(tmp_path / "cache" / "graph-*"))
+    res = subprocess.run([sys.executable, "-m", "tracenet", "cache", "clear"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert not glob.glob(str(tmp_path / "cache" / "graph-*"))
+
+
+@pytest.mark.parametrize("mode", ["loop", "step"])
+def test_entry_that_does_not_fit_is_ignored_with_a_warning(tmp_path, env, mode):
+    run(tmp_path, env, mode)
+    path, meta = _entry(tmp_path)
+    # a well-formed record and pickle, but not what this tracenet stores
+    data = pickle.dumps((1, {"state": {"graphs": []}, "checks": {"files": {}, "globals": [],
+                                                                 "reads": []}}))
+    open(path, "wb").write(data)
+    open(meta, "w").write(json.dumps({"size": len(data), "format": 1,
+                                      "sha256": hashlib.sha256(data).hexdigest()}))
+    _, log = run(tmp_path, env, mode)
+    assert "ignoring the cached graph" in log and "does not fit" in log, log
+    assert graph_hits(log) == 0
+
+
+def test_other_optimizer_is_not_used(tmp_path, env):
+    run(tmp_path, env, "step")
+    # (fc1's bias feeds a batch norm: its gradient is rounding noise, which Adam's normalised
+    # steps turn into differences of up to the learning rate, compiled or not)
+    _, log = run(tmp_path, env, "step", ADAM="1", tol=0.02)
+    assert graph_hits(log) == 0 and "graph miss" in log, log
+    _, log = run(tmp_path, env, "step", ADAM="1", NO_TRACE="1", tol=0.02)
+    assert graph_hits(log) == 1, log
+
+
+def test_graph_cache_can_be_turned_off(tmp_path, env):
+    _, log = run(tmp_path, env, TRACENET_GRAPH_CACHE="0")
+    assert "graph miss" not in log and "stored graph" not in log, log
+    assert not glob.glob(str(tmp_path / "cache" / "graph-*.graph"))
+    assert glob.glob(str(tmp_path / "cache" / "*.so"))
