@@ -1,6 +1,7 @@
 """A model zoo side by side: PyTorch eager (and torch.compile, ONNX Runtime) vs tracenet.
 
-    python bench/zoo.py [--quick] [--models lenet,cifar,mlp,resnet,lstm] [--no-inductor]
+    python bench/zoo.py [--quick] [--models lenet,cifar,mlp,resnet,lstm,transformer]
+                        [--no-inductor]
                         [--no-onnx] [--no-compile-times]
 
 Each model is written once and built with either library from the same weights. Timings use
@@ -121,6 +122,27 @@ def lstm_lm(lib):
     return LM()
 
 
+def transformer_lm(lib):
+    """Embedding 50x32 plus learned positions -> 2 TransformerEncoderLayers (4 heads,
+    feed-forward 64, causal mask, batch first, dropout 0) -> Linear; logits flattened."""
+    nn = lib.nn
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(50, 32)
+            self.pos = nn.Parameter(lib.randn(16, 32) * 0.1)
+            layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(32, 50)
+            self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(16))
+
+        def forward(self, tokens):
+            x = self.embed(tokens) + self.pos
+            return self.head(self.encoder(x, mask=self.mask, is_causal=True)).reshape(-1, 50)
+    return LM()
+
+
 def _images(shape, classes):
     def make(rng):
         return (rng.standard_normal(shape).astype(np.float32),
@@ -142,6 +164,7 @@ MODELS = {
     "mlp": (mlp, _images((64, 1, 28, 28), 10), "Adam", 1e-3),
     "resnet": (resnet, _images((32, 3, 32, 32), 10), "SGD", 0.01),
     "lstm": (lstm_lm, _tokens(16, 32, 90), "Adam", 1e-3),
+    "transformer": (transformer_lm, _tokens(8, 16, 50), "Adam", 1e-3),
 }
 
 

@@ -464,3 +464,5 @@ from ._functional.vision import *  # noqa: E402,F401,F403
 from ._functional.loss import *  # noqa: E402,F401,F403
 from ._functional.rnn import *  # noqa: E402,F401,F403
 from ._functional.pooling import *  # noqa: E402,F401,F403
+from ._functional.attention import *  # noqa: E402,F401,F403
+from ._functional.attention import _canonical_mask, _none_or_dtype  # noqa: E402,F401

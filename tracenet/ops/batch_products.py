@@ -1,12 +1,11 @@
 """``baddbmm`` and ``addbmm``: batched products added to an input, one registry op each
 (torch's BaddbmmBackward0 / AddbmmBackward0); addbmm compiles as one addmm, and both, forward
-and backward, as one mm per batch entry where they need batched products."""
+and backward, with bmm where they need batched products."""
 import numpy as np
 
 from .._meta import Meta
 from . import common
-from .linalg import addmm_op, bmm, mm
-from .shape import stack
+from .linalg import addmm_op, bmm, bmm_t
 from .reduce import sum_to_shape
 from .registry import apply
 
@@ -21,13 +20,6 @@ def _check(b1, b2):
     if b1.dtype is not b2.dtype:
         raise RuntimeError("expected mat1 and mat2 to have the same dtype")
 
-
-def _batched_mm(b1, b2):
-    """bmm as one mm per batch entry (mm lowers to a GEMM); a symbolic batch count keeps bmm."""
-    n = b1.shape[0]
-    if not isinstance(n, int):
-        return bmm(b1, b2)
-    return stack([mm(x, y) for x, y in zip(b1.unbind(0), b2.unbind(0))])
 
 def _baddbmm_meta(c, b1, b2, beta=1, alpha=1):
     _check(b1, b2)
@@ -53,8 +45,8 @@ def _baddbmm_backward(ctx, g):
     c, b1, b2 = ctx.inputs
     beta, alpha = ctx.attrs.get("beta", 1), ctx.attrs.get("alpha", 1)
     gc = sum_to_shape(g * beta, tuple(ctx.metas[0].shape)) if ctx.needs_input_grad[0] else None
-    ga = _batched_mm(g, b2.transpose(1, 2)) * alpha if ctx.needs_input_grad[1] else None
-    gb = _batched_mm(b1.transpose(1, 2), g) * alpha if ctx.needs_input_grad[2] else None
+    ga = bmm_t(g, b2, trans_b=True) * alpha if ctx.needs_input_grad[1] else None
+    gb = bmm_t(b1, g, trans_a=True) * alpha if ctx.needs_input_grad[2] else None
     return gc, ga, gb
 
 
@@ -63,7 +55,7 @@ baddbmm_op = register(
     eager=lambda c, b1, b2, beta=1, alpha=1: _combine(c, np.matmul(b1, b2), beta, alpha)
     .astype(b1.dtype),
     saves=(0, 1, 2), backward=_baddbmm_backward, grad_fn="BaddbmmBackward0",
-    decomposition=lambda c, b1, b2, beta=1, alpha=1: _combine(c, _batched_mm(b1, b2), beta, alpha))
+    decomposition=lambda c, b1, b2, beta=1, alpha=1: _combine(c, bmm(b1, b2), beta, alpha))
 
 
 
@@ -88,8 +80,8 @@ def _addbmm_backward(ctx, g):
     beta, alpha = ctx.attrs.get("beta", 1), ctx.attrs.get("alpha", 1)
     gc = sum_to_shape(g * beta, tuple(ctx.metas[0].shape)) if ctx.needs_input_grad[0] else None
     gb = g.unsqueeze(0).expand((b1.shape[0],) + tuple(g.shape))
-    ga = _batched_mm(gb, b2.transpose(1, 2)) * alpha if ctx.needs_input_grad[1] else None
-    gbb = _batched_mm(b1.transpose(1, 2), gb) * alpha if ctx.needs_input_grad[2] else None
+    ga = bmm_t(gb, b2, trans_b=True) * alpha if ctx.needs_input_grad[1] else None
+    gbb = bmm_t(b1, gb, trans_a=True) * alpha if ctx.needs_input_grad[2] else None
     return gc, ga, gbb
 
 

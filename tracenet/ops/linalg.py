@@ -98,29 +98,43 @@ addmm_op = register("addmm", infer=_addmm_meta, eager=_addmm_eager, saves=(1, 2)
                                                                          beta=beta))
 
 
-def _bmm_meta(a, b):
+def _bmm_meta(a, b, trans_a=False, trans_b=False):
     if len(a.shape) != 3:
         raise RuntimeError("batch1 must be a 3D tensor")
     if len(b.shape) != 3:
         raise RuntimeError("batch2 must be a 3D tensor")
-    if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+    m, k = (a.shape[2], a.shape[1]) if trans_a else (a.shape[1], a.shape[2])
+    k2, n = (b.shape[2], b.shape[1]) if trans_b else (b.shape[1], b.shape[2])
+    if a.shape[0] != b.shape[0] or k != k2:
         raise RuntimeError(f"Expected size for first two dimensions of batch2 tensor to be: "
-                           f"[{a.shape[0]}, {a.shape[2]}] but got: [{b.shape[0]}, {b.shape[1]}].")
+                           f"[{a.shape[0]}, {k}] but got: [{b.shape[0]}, {k2}].")
     if a.dtype is not b.dtype:
         raise RuntimeError(f"expected scalar type {_type_word(a.dtype)} but found "
                            f"{_type_word(b.dtype)}")
     _no_bool(a, "bmm")
-    return Meta((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+    return Meta((a.shape[0], m, n), a.dtype)
+
+
+def _bmm_eager(a, b, trans_a=False, trans_b=False):
+    return np.matmul(a.swapaxes(1, 2) if trans_a else a, b.swapaxes(1, 2) if trans_b else b)
 
 
 def _bmm_backward(ctx, g):
+    # as gemm's: the transposes stay flags, so no transposed copy is made
     a, b = ctx.inputs
-    ga = g.bmm(b.transpose(1, 2)) if ctx.needs_input_grad[0] else None
-    gb = a.transpose(1, 2).bmm(g) if ctx.needs_input_grad[1] else None
+    ta, tb = ctx.attrs.get("trans_a", False), ctx.attrs.get("trans_b", False)
+    ga = gb = None
+    if ctx.needs_input_grad[0]:
+        ga = bmm_t(b, g, trans_a=tb, trans_b=True) if ta else bmm_t(g, b, trans_b=not tb)
+    if ctx.needs_input_grad[1]:
+        gb = bmm_t(g, a, trans_a=True, trans_b=ta) if tb else bmm_t(a, g, trans_a=not ta)
     return ga, gb
 
 
-bmm_op = register("bmm", eager_only="no C lowering yet (batched matrix products)", infer=_bmm_meta, eager=np.matmul, saves=(0, 1), backward=_bmm_backward)
+# torch.bmm, plus optional transposes of either operand (what attention's q @ k^T and every
+# backward use); they print in the IR only when set
+bmm_op = register("bmm", infer=_bmm_meta, eager=_bmm_eager, saves=(0, 1),
+                  backward=_bmm_backward)
 
 
 def _dot_meta(a, b):
@@ -188,6 +202,12 @@ def addmm(bias, a, b, *, beta=1, alpha=1):
 
 def bmm(a, b):
     return apply(bmm_op, *common.product_operands(a, b))
+
+
+def bmm_t(a, b, trans_a=False, trans_b=False):
+    """a @ b over a batch, with a and/or b read transposed (their last two dims swapped)."""
+    attrs = {k: True for k, v in (("trans_a", trans_a), ("trans_b", trans_b)) if v}
+    return apply(bmm_op, *common.product_operands(a, b), **attrs)
 
 
 def matmul(a, b):

@@ -1,5 +1,5 @@
-"""C lowerings of matrix products: ``gemm`` (alone or fused with its epilogue) and the
-matrix-vector and vector-vector products ``mv`` and ``dot``. (``mm`` and ``addmm`` decompose
+"""C lowerings of matrix products: ``gemm`` (alone or fused with its epilogue), the batched
+``bmm`` and the matrix-vector and vector-vector products ``mv`` and ``dot``. (``mm`` and ``addmm`` decompose
 into ``gemm``; ``passes/lower.py`` folds transposes into its flags.)"""
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
     node_lines, signature, size_ceil_div, size_choice, size_max, size_min, where
@@ -96,3 +96,24 @@ def lower_matvec(name, node, exported, target):
     src = render("matvec.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(out),
                  signature=signature(reads, writes), rows=rows, K=v.shape[0])
     return Kernel(name, reads, writes, src, flops=2 * max(rows, 1) * v.shape[0])
+
+
+@lowering("bmm")
+def lower_bmm(name, node, exported, target):
+    """bmm: the GEMM micro-kernels once per matrix of the batch (whose size may be a symbol),
+    the batch split over threads when the work is large enough. Transposed operands are read
+    in place: a^T through the core's strides, b^T by the A @ B^T kernel (both: b^T repacked)."""
+    a, b = node.inputs
+    out = node.outputs[0]
+    ta, tb = node.attrs.get("trans_a", False), node.attrs.get("trans_b", False)
+    batch, m, n = out.shape
+    k = a.shape[1] if ta else a.shape[2]
+    reads, writes = [("a", a), ("b", b)], [("out", out)]
+    ct = ctype(out)
+    scratch = k * n if (ta and tb) else 0
+    flops = 2 * batch * m * n * k
+    parallel = 0 if scratch else target.parallel.compute(flops, batch)
+    src = render("bmm.c.j2", name=name, node_lines=node_lines([node]), sfx=SFX[ct], ctype=ct,
+                 signature=signature(reads, writes, scratch, ct), B=batch, M=m, N=n, K=k,
+                 trans_a=ta, trans_b=tb, parallel=parallel)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=flops, parallel=parallel)
