@@ -395,7 +395,10 @@ def generate(graphs, unit, target, timing=False, pieces=False):
         split.append((name, ksource, ksource[:start] + f"{hidden} void {name}(" +
                       ksource[start + len(head):],
                       f"{hidden} void {ksource[start + len('static void '):end + 1]};",
-                      helper_names, "tn_gemm" in ksource))
+                      helper_names,
+                      # (a loop's body functions, among its helpers, may call the GEMM too)
+                      any("tn_gemm" in text for text in
+                          [ksource] + [helpers[h] for h in helper_names])))
     layout = {
         "header": "\n".join(includes + [render("_preamble.c.j2", max_threads=target.max_threads,
                                                 ctypes=ctypes, with_gemm=False)]),
