@@ -205,7 +205,7 @@ def _compile(source, c_path, so_path, flags):
     atomic_write(c_path, source)  # kept next to the library for inspection and errors
     argv, _ = toolchain.compiler()
     tmp_so = temp_path(so_path)
-    cmd = list(argv) + list(flags) + [c_path, "-o", tmp_so, "-lm"]
+    cmd = list(argv) + list(flags) + [c_path, "-o", tmp_so] + list(toolchain.libraries())
     try:
         _run(cmd, c_path)
         _check_output(tmp_so, "a library", c_path, argv)
@@ -268,7 +268,8 @@ def _compile_split(source, pieces, c_path, so_path, flags, sources):
         linked = list(objects)
         tmp_so = temp_path(so_path)
         objects.append(tmp_so)
-        _run(list(argv) + list(flags) + linked + ["-o", tmp_so, "-lm"], c_path)
+        _run(list(argv) + list(flags) + linked + ["-o", tmp_so] + list(toolchain.libraries()),
+             c_path)
         _check_output(tmp_so, "a library", c_path, argv)
         _publish(tmp_so, so_path)
     finally:

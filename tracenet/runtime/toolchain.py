@@ -84,17 +84,19 @@ _SIMPLE_PROBE = "int f(int x) { return x + 1; }\n"
 
 
 def _try_compile_all(probes):
-    """Which of ``probes`` (flags, source) compile: all test compiles run at once."""
+    """Which of ``probes`` ((flags, source) or (flags, source, libraries)) compile: all test
+    compiles run at once."""
     argv, _ = compiler()
     with tempfile.TemporaryDirectory() as d:
         running = []
-        for i, (flags, source) in enumerate(probes):
+        for i, (flags, source, *libs) in enumerate(probes):
             src = os.path.join(d, f"probe{i}.c")
             with open(src, "w") as f:
                 f.write(source)
             running.append(subprocess.Popen(
                 list(argv) + list(flags) + ["-shared", "-fPIC", src, "-o",
-                                            os.path.join(d, f"probe{i}.so")],
+                                            os.path.join(d, f"probe{i}.so")] +
+                list(libs[0] if libs else ()),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         return [_wait(p, 60) == 0 for p in running]
 
@@ -118,6 +120,29 @@ int f(int n) { int s = 0;
 """
 
 
+# glibc's vector math library (libmvec) has SIMD versions of these: declared so (the preamble
+# does it under TN_LIBMVEC), loops over them vectorise instead of calling libm per element
+VECTOR_MATH = ("exp", "log", "tanh", "log1p")
+_LIBMVEC_PROBE = "#include <math.h>\n" + "".join(
+    f"float {f}f(float) __attribute__((simd(\"notinbranch\")));\n"
+    f"double {f}(double) __attribute__((simd(\"notinbranch\")));\n" for f in VECTOR_MATH) + """
+void tn_probe(float *restrict o, const float *restrict x, double *restrict p,
+              const double *restrict q, int n) {
+#pragma omp simd
+  for (int i = 0; i < n; i++) o[i] = expf(x[i]) + logf(x[i]) + tanhf(x[i]) + log1pf(x[i]);
+#pragma omp simd
+  for (int i = 0; i < n; i++) p[i] = exp(q[i]) + log(q[i]) + tanh(q[i]) + log1p(q[i]);
+}
+"""
+# a library whose vector functions are missing must fail the probe, not the first load
+_LIBMVEC_LINK = ("-Wl,--no-undefined", "-lmvec", "-lm")
+
+
+def libraries():
+    """What every library links against."""
+    return ("-lmvec", "-lm") if "-DTN_LIBMVEC" in flags() else ("-lm",)
+
+
 def _probe_cache_path():
     """Probe results are kept on disk per compiler identity, so a warm process compiles
     nothing at all (not even the probes)."""
@@ -135,6 +160,7 @@ def _recorded(path):
         with open(path) as f:
             data = json.load(f)
         flags, omp, bits = data["flags"], data["openmp"], data["vector_bits"]
+        data["libmvec"]  # (recorded before libmvec was probed: probe again)
         # a damaged file is probed again rather than trusted (flags go to every compile)
         if all(isinstance(f, str) and f.startswith("-") for f in flags + omp) and \
                 "-shared" in flags and type(bits) is int:
@@ -172,7 +198,10 @@ def _probed():
     # are read meanwhile); only when it fails does each flag get a test compile of its own
     likely = [march, "-fopenmp-simd"]
     guess = _start_macros([f for f in out + sanitize + likely if f not in ("-shared", "-fPIC")])
-    if _try_compile_all([(likely + ["-fopenmp"] + sanitize, _OPENMP_PROBE)])[0]:
+    both, ok_mvec = _try_compile_all([
+        (likely + ["-fopenmp"] + sanitize, _OPENMP_PROBE),
+        (["-O2", "-fno-math-errno"] + likely + sanitize, _LIBMVEC_PROBE, _LIBMVEC_LINK)])
+    if both:
         ok_native = ok_simd = ok_omp = True
         ok_sanitize = [True]
     else:
@@ -187,9 +216,12 @@ def _probed():
         out.append(march)
     if ok_simd:
         out.append("-fopenmp-simd")
+    if ok_simd and ok_native and ok_mvec and native:
+        out.append("-DTN_LIBMVEC")
     omp = ("-fopenmp",) if openmp and ok_omp else ()
     bits = _vector_bits([f for f in out if f not in ("-shared", "-fPIC")], guess)
-    _remember(path, json.dumps({"flags": out, "openmp": list(omp), "vector_bits": bits}))
+    _remember(path, json.dumps({"flags": out, "openmp": list(omp), "vector_bits": bits,
+                                "libmvec": "-DTN_LIBMVEC" in out}))
     return tuple(out), omp, bits
 
 
