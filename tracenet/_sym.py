@@ -333,10 +333,6 @@ def _names(*xs):
     return ", ".join(names)
 
 
-def is_symbolic(x):
-    return isinstance(x, Sym)
-
-
 def has_symbols(shape):
     return any(isinstance(d, Sym) for d in shape)
 
@@ -344,14 +340,6 @@ def has_symbols(shape):
 def is_one(d):
     """Whether a dimension broadcasts as size 1 (never a symbolic one: see the module doc)."""
     return not isinstance(d, Sym) and d == 1
-
-
-def evaluate(x, values):
-    return x.evaluate(values) if isinstance(x, Sym) else x
-
-
-def evaluate_shape(shape, values):
-    return tuple(d.evaluate(values) if isinstance(d, Sym) else d for d in shape)
 
 
 def _bounds(terms):

@@ -26,20 +26,19 @@ import numpy as np
 
 from . import _dtype
 from ._meta import Meta
-from ._sym import Specialize, display, shape_evaluator
 from .autograd import grad_mode
-from .executable import Executable, Specialisations, SymbolicSizes, check_sizes, \
-    graph_symbols, optimise, run_sizes
+from .executable import Executable, ShapeTable, Specialisations, SymbolicSizes, \
+    check_sizes, graph_symbols, optimise, run_sizes
 from .nn.modules import module as module_mod
 from .nn.modules.module import Module
 from .optim.optimizer import Optimizer
 from .passes import grad as ir_grad
 from .runtime import debug
-from .step import _cell_filled
+from .step import reachable
 from .step_state import UpdateState, declaration_of
 from .tensor import Tensor
 from .ops import registry
-from .trace import Guards, TraceError, rebuild, symbolic_shape, trace, \
+from .trace import Guards, TraceError, format_inputs, rebuild, symbolic_shape, trace, \
     traced_tensor
 
 _training_of = operator.attrgetter("training")
@@ -48,16 +47,8 @@ _training_of = operator.attrgetter("training")
 def _reachable(fn):
     """The modules and optimizers ``fn`` names through its closure, defaults, bound object or
     globals."""
-    candidates = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())
-                  if _cell_filled(c)]
-    candidates += list(getattr(fn, "__defaults__", None) or ())
-    candidates.append(getattr(fn, "__self__", None))
-    code = getattr(fn, "__code__", None)
-    if code is not None:
-        g = getattr(fn, "__globals__", {})
-        candidates += [g[n] for n in code.co_names if n in g]
     modules, optimizers, seen = [], [], set()
-    for obj in candidates:
+    for _, obj in reachable(fn):
         if id(obj) in seen:
             continue
         seen.add(id(obj))
@@ -261,6 +252,7 @@ class _Specialisation:
         self.executable = Executable([("function", self.graph)], unit)
         self.symbols = graph_symbols([self.graph])
         self.out_meta = [(v.shape, v.dtype.np) for v in self.graph.outputs]
+        self.user_out_shapes = ShapeTable(self.out_meta[:self.n_out])
         self.n_user = len(inputs)
         self._bind(index, fwd, state, recorder.updates)
 
@@ -313,7 +305,7 @@ class _Specialisation:
         if self.size_checks:
             check_sizes(self.size_checks, sizes)
         n_lead = self.grad_slots[-1] + 1 if self.grad_slots else self.n_out + len(self.written)
-        outs = [np.empty(shape, dt) for shape, dt in self._shapes(sizes)[:self.n_out]]
+        outs = [np.empty(shape, dt) for shape, dt in self.user_out_shapes(sizes)]
         for t, j, inplace in self.written:
             outs.append(t._data if inplace else self._buffer_out[j])
         outs += [g._data for g in self._grads]
@@ -339,11 +331,6 @@ class _Specialisation:
         if self.output_structure is not None:
             return rebuild(self.output_structure, results)
         return results[0] if len(results) == 1 else tuple(results)
-
-    def _shapes(self, sizes):
-        if not self.symbols:
-            return self.out_meta
-        return [(shape_evaluator(shape)(sizes), dt) for shape, dt in self.out_meta]
 
 
 def _active_graph():
@@ -404,19 +391,14 @@ class CompiledFunction:
             if spec.guards.hold():
                 line.insert(0, line.pop(i))
                 return spec
-        shown = "(" + ", ".join(
-            f"{x.dtype.short}[{','.join(map(display, symbolic_shape(x.shape, sizes)))}]"
-            for x in inputs) + ")"
+        shown = format_inputs((symbolic_shape(x.shape, sizes), x.dtype.short)
+                              for x in inputs)
         n = len(line)
-        try:
-            spec = self._specs.create(
-                key, lambda unit: _Specialisation(self.fn, inputs, unit, sizes, self.modules,
-                                                  self.optimizers),
-                shown, rekey=lambda spec: key if n == 0 else key + (n,))
-        except Specialize as why:
-            if sizes is None:
-                raise AssertionError(f"no size is symbolic, yet: {why}") from None
-            debug.log("cache", f"specialising on the exact sizes of {shown}: {why}")
+        spec = self._specs.create_symbolic(
+            key, lambda unit: _Specialisation(self.fn, inputs, unit, sizes, self.modules,
+                                              self.optimizers),
+            shown, sizes, rekey=lambda spec: key if n == 0 else key + (n,))
+        if spec is None:
             if not line:
                 del self._lines[key]
             return None

@@ -14,14 +14,14 @@ import numpy as np
 from . import warm
 from .autograd import engine, grad_mode
 from .compiled_function import CompiledFunction
-from .executable import Executable, Specialisations, SymbolicSizes, check_sizes, \
-    graph_symbols, optimise, run_sizes
+from .executable import Executable, ShapeTable, Specialisations, SymbolicSizes, \
+    check_sizes, graph_symbols, optimise, run_sizes
 from .nn.modules.module import Module
 from .passes import grad as ir_grad, joint_forward
 from .passes.autodiff import view_source
 from .runtime import debug
 from .tensor import Tensor
-from ._sym import Specialize, shape_evaluator
+from ._sym import shape_evaluator
 from .trace import Guards, rebuild, specialisation_key, structure_of, trace
 
 
@@ -67,7 +67,8 @@ class Specialisation:
         self.out_meta = [(v.shape, v.dtype.np) for v in graphs[0][1].outputs]
         if self.needs_grad:  # backward arguments: cotangents, saved values; gradients
             self._backward = self.executable.arguments[1]
-            self.grad_meta = [(v.shape, v.dtype.np) for v in self.backward_graph.outputs]
+            self.grad_shapes = ShapeTable((v.shape, v.dtype.np)
+                                          for v in self.backward_graph.outputs)
         # buffers of saved values, handed back after backward: reusing them avoids fresh
         # (page-faulting) allocations on every training call
         self._spare = [[] for _ in self.out_meta]
@@ -76,6 +77,7 @@ class Specialisation:
         self.symbols = graph_symbols(g for _, g in graphs)
         self._out_layout = [(shape_evaluator(shape), dt, spare)
                             for (shape, dt), spare in zip(self.out_meta, self._spare)]
+        self.user_out_shapes = ShapeTable(self.out_meta[:self.n_out])
         cached = self.executable.library.cached
         self.compile_seconds = clock.done(
             "graph cache" if stored is not None else "cache hit" if cached else "compiled")
@@ -154,12 +156,6 @@ class Specialisation:
         return self.executable.library
 
     # --- calling -----------------------------------------------------------------------------
-    def shapes_for(self, meta, sizes):
-        """``meta`` ((shape, dtype) pairs) for a call with the symbols' values ``sizes``."""
-        if not self.symbols:
-            return meta
-        return [(shape_evaluator(shape)(sizes), dt) for shape, dt in meta]
-
     def run_forward(self, inputs):
         call = self._forward
         arrays = []
@@ -189,7 +185,7 @@ class Specialisation:
         return arrays, outs
 
     def run_backward(self, cotangents, saved, sizes):
-        grads = [np.empty(shape, dt) for shape, dt in self.shapes_for(self.grad_meta, sizes)]
+        grads = [np.empty(shape, dt) for shape, dt in self.grad_shapes(sizes)]
         self._backward(cotangents + saved, grads, (), sizes)
         return grads
 
@@ -392,14 +388,10 @@ class CompiledModule:
             debug.log("cache", f"guards failed for {shown}: "
                                f"{', '.join(str(s.guards) for s in line)}")
         n = len(line)
-        try:
-            spec = self._specs.create(key, lambda unit: _specialise(
-                self._module, inputs, shown, unit, structure, key, sizes), shown,
-                rekey=lambda spec: key if n == 0 else key + (n,))
-        except Specialize as why:
-            if sizes is None:
-                raise AssertionError(f"no size is symbolic, yet: {why}") from None
-            debug.log("cache", f"specialising on the exact sizes of {shown}: {why}")
+        spec = self._specs.create_symbolic(key, lambda unit: _specialise(
+            self._module, inputs, shown, unit, structure, key, sizes), shown, sizes,
+            rekey=lambda spec: key if n == 0 else key + (n,))
+        if spec is None:
             if not line:
                 del self._lines[key]
             return None
@@ -436,7 +428,7 @@ class CompiledModule:
                                         for i in spec.version_checked)
             node.freed = False
             node.sizes = sizes
-            node.out_shapes = spec.shapes_for(spec.out_meta[:spec.n_out], sizes)
+            node.out_shapes = spec.user_out_shapes(sizes)
             node._num_outputs = spec.n_out
             for i, (t, diff) in enumerate(zip(results, spec.differentiable)):
                 if diff:

@@ -23,7 +23,7 @@ import _cffi_backend
 import cffi
 import numpy as np
 
-from ._sym import NO_SIZES, Sym, evaluator, shape_evaluator
+from ._sym import NO_SIZES, Specialize, Sym, evaluator, shape_evaluator
 from .codegen.base import STATUS_DETAILS, Kernel, has_lowering
 from .codegen.emit import ALIGN, EntryPoint, c_identifier
 from .ir.verify import verify
@@ -128,6 +128,24 @@ class SymbolicSizes:
                                "symbolic from now on (T)")
             return True
         return False
+
+
+class ShapeTable:
+    """(shape, dtype) pairs whose shapes may hold size symbols, evaluated for a call's sizes
+    by evaluators made once."""
+
+    __slots__ = ("meta", "_of")
+
+    def __init__(self, meta):
+        self.meta = list(meta)
+        symbolic = any(isinstance(d, Sym) for shape, _ in self.meta for d in shape)
+        self._of = [(shape_evaluator(shape), dt) for shape, dt in self.meta] if symbolic \
+            else None
+
+    def __call__(self, sizes):
+        if self._of is None:
+            return self.meta
+        return [(shape_of(sizes), dt) for shape_of, dt in self._of]
 
 
 def check_sizes(checks, sizes):
@@ -440,3 +458,14 @@ class Specialisations(dict):
             spec.executable.share_arenas(self.arenas)
             self[key if rekey is None else rekey(spec)] = spec
             return spec
+
+    def create_symbolic(self, key, make, shown, sizes, rekey=None):
+        """``create``, or None when the trace or the code needed the exact value of a size
+        that ``sizes`` made symbolic (the caller then specialises on exact sizes)."""
+        try:
+            return self.create(key, make, shown, rekey)
+        except Specialize as why:
+            if sizes is None:
+                raise AssertionError(f"no size is symbolic, yet: {why}") from None
+            debug.log("cache", f"specialising on the exact sizes of {shown}: {why}")
+            return None

@@ -27,8 +27,7 @@ from .passes import grad as ir_grad
 from .runtime import debug
 from .step_state import UpdateState, declaration_of
 from .tensor import Tensor
-from ._sym import Specialize, display
-from .trace import Guards, symbolic_shape, trace
+from .trace import Guards, format_inputs, symbolic_shape, trace
 
 _data_of = operator.attrgetter("_data")
 _training_of = operator.attrgetter("training")
@@ -225,10 +224,9 @@ class _StepSpecialisation:
         return Tensor._wrap(loss)
 
 
-def _reachable_modules(fn):
-    """[(where, module)] of the modules ``fn`` can reach through its closure, defaults, bound
-    object or the globals it names; ``where`` says how (found the same way in a new
-    process)."""
+def reachable(fn):
+    """[(where, object)] of what ``fn`` can reach through its closure, defaults, bound object
+    or the globals it names; ``where`` says how (found the same way in a new process)."""
     code = getattr(fn, "__code__", None)
     candidates = [(("cell", i), c.cell_contents)
                   for i, c in enumerate(getattr(fn, "__closure__", None) or ())
@@ -239,7 +237,12 @@ def _reachable_modules(fn):
     if code is not None:
         g = getattr(fn, "__globals__", {})
         candidates += [(("global", n), g[n]) for n in code.co_names if n in g]
-    return [(where, obj) for where, obj in candidates if isinstance(obj, Module)]
+    return candidates
+
+
+def _reachable_modules(fn):
+    """``reachable`` narrowed to modules."""
+    return [(where, obj) for where, obj in reachable(fn) if isinstance(obj, Module)]
 
 
 def _buffers_of(fn, params):
@@ -417,24 +420,17 @@ class CompiledTrainingStep:
             if spec.guards.hold():
                 line.insert(0, line.pop(i))
                 return spec
-        shown = "(" + ", ".join(
-            f"{x.dtype.short}[{','.join(map(display, symbolic_shape(x.shape, sizes)))}]"
-            for x in batch) + ")"
+        shown = format_inputs((symbolic_shape(x.shape, sizes), x.dtype.short) for x in batch)
 
         def rekey(spec):
             real = (shapes, tuple(map(_training_of, spec.modules)))
             n = len(self._lines.get(real, ()))
             return real if n == 0 else real + (n,)
 
-        try:
-            spec = self._specs.create(
-                key, lambda unit: _specialise(self.fn, self.optimizer, batch, unit, shapes,
-                                              sizes),
-                shown, rekey=rekey)
-        except Specialize as why:
-            if sizes is None:
-                raise AssertionError(f"no size is symbolic, yet: {why}") from None
-            debug.log("cache", f"specialising on the exact sizes of {shown}: {why}")
+        spec = self._specs.create_symbolic(
+            key, lambda unit: _specialise(self.fn, self.optimizer, batch, unit, shapes, sizes),
+            shown, sizes, rekey=rekey)
+        if spec is None:
             return None
         spec.key_shapes = shapes
         self._lines.setdefault((shapes, tuple(map(_training_of, spec.modules))),

@@ -295,8 +295,12 @@ class Key(tuple):
 
     def __str__(self):
         shapes, training, grad = self
-        ins = ", ".join(f"{d}[{','.join(map(display, s))}]" for s, d in shapes)
-        return f"inputs=({ins}) training={training} grad={grad}"
+        return f"inputs={format_inputs(shapes)} training={training} grad={grad}"
+
+
+def format_inputs(shapes):
+    """``(f32[N,1,32,32], i64[N])`` for (shape, dtype short name) pairs."""
+    return "(" + ", ".join(f"{d}[{','.join(map(display, s))}]" for s, d in shapes) + ")"
 
 
 # --- guards ----------------------------------------------------------------------------------
