@@ -79,8 +79,7 @@ def _state_of(modules, optimizers):
 class _StepRecorder:
     """What ``backward``, ``zero_grad`` and ``step`` do while the function is traced."""
 
-    def __init__(self, graph_of, state, optimizers):
-        self.graph_of = graph_of          # () -> the graph being traced
+    def __init__(self, state, optimizers):
         self.params = [t for _, t in state if isinstance(t, Tensor) and t._requires_grad]
         self.optimizers = optimizers
         self.updates = []                 # (optimizer, UpdateState, [state input values],
@@ -88,7 +87,7 @@ class _StepRecorder:
 
     # --- Tensor.backward ---------------------------------------------------------------------
     def backward(self, loss, gradient=None):
-        graph = self.graph_of()
+        graph = _active_graph()
         if loss._ir is None or not loss._ir.requires_grad:
             raise RuntimeError("element 0 of tensors does not require grad and does not have a "
                                "grad_fn")
@@ -138,7 +137,7 @@ class _StepRecorder:
         flags = update.flags_of(optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"]
                   if p._grad is not None and p._grad._ir is not None]
-        graph = self.graph_of()
+        graph = _active_graph()
         states, hypers, new_states = [], [], []
         for i, p in enumerate(params):
             v = p._ir
@@ -207,14 +206,12 @@ class _Specialisation:
         state = _state_of(modules, optimizers)
         self.state = [t for _, t in state]
         real_grads = {t: t._grad for t in self.state}
-        graph_box = []
-        recorder = _StepRecorder(lambda: graph_box[0], state, optimizers)
+        recorder = _StepRecorder(state, optimizers)
         seen = {}
         observe = (lambda m: seen.setdefault(id(m), m))
         final_grads = {}
 
         def body(*args):
-            graph_box.append(_active_graph())
             out = fn(*args)
             final_grads.update((p, p._grad) for p in recorder.params
                                if p._grad is not None and p._grad._ir is not None)
@@ -334,7 +331,8 @@ class _Specialisation:
 
 
 def _active_graph():
-    """The graph the active tracer records into."""
+    """The graph the active tracer records into (the function's, while it is traced: the
+    recorder's hooks run from its code)."""
     return registry._tracer[0].__self__.graph
 
 
