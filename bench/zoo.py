@@ -2,7 +2,7 @@
 
     python bench/zoo.py [--quick] [--models lenet,cifar,mlp,resnet,lstm,transformer]
                         [--no-inductor]
-                        [--no-onnx] [--no-compile-times]
+                        [--no-onnx] [--no-compile-times] [--busy]
 
 Each model is written once and built with either library from the same weights. Timings use
 bench/lenet.py's method: the workloads of one row alternate in rounds (each turn after two
@@ -18,14 +18,20 @@ Rows per model:
   torch.compile and ONNX Runtime (``torch.onnx.export``; skipped when onnxruntime or the
   exporter is missing);
 * cold and warm compile of the training step in fresh processes (empty, then warm cache).
+
+``--busy`` keeps one core busy with another process (a spinning loop) for the whole run, as a
+shared machine often is. ONNX Runtime comes with the ``bench`` extra (``pip install
+'.[bench]'``).
 """
 import argparse
+import atexit
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import textwrap
+import warnings
 
 import numpy as np
 
@@ -285,7 +291,9 @@ def _onnx_session(tmodel, tx):
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "model.onnx")
         try:
-            torch.onnx.export(tmodel, (tx,), path, dynamo=False)
+            with warnings.catch_warnings():  # the TorchScript exporter announces its deprecation
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(tmodel, (tx,), path, dynamo=False)
         except Exception as e:  # the exporter needs the onnx package, and may not cover a model
             print(f"  (ONNX export failed: {type(e).__name__}: {e})", file=sys.stderr)
             return None
@@ -336,7 +344,12 @@ def main():
     ap.add_argument("--no-inductor", action="store_true", help="skip torch.compile")
     ap.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
     ap.add_argument("--no-compile-times", action="store_true")
+    ap.add_argument("--busy", action="store_true",
+                    help="keep one core busy with another process (a spinning loop) throughout")
     args = ap.parse_args()
+    if args.busy:
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        atexit.register(spinner.kill)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
@@ -345,7 +358,7 @@ def main():
     inductor = not args.no_inductor
     print(f"# tracenet vs PyTorch {torch.__version__}; median us per call over {rounds} "
           f"alternating rounds of {per_round}; ratio = PyTorch eager (better of 1 and 2 "
-          f"threads) / other")
+          f"threads) / other" + ("; one core kept busy by another process" if args.busy else ""))
     print()
     print("| model | PyTorch eager us | compile_step us | ratio | compile(net) loop us | ratio"
           + (" | torch.compile us | ratio" if inductor else "") + " |")
