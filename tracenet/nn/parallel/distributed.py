@@ -63,7 +63,7 @@ def _bucket_indices(params, cap_bytes):
         members, size = open_.get(p.dtype, ([], 0))
         members.append(i)
         size += p._data.nbytes
-        if size >= (FIRST_BUCKET_BYTES if not done else cap_bytes):
+        if size >= (min(FIRST_BUCKET_BYTES, cap_bytes) if not done else cap_bytes):
             done.append(members)
             open_.pop(p.dtype, None)
         else:
