@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -181,7 +182,7 @@ def errors(rank, world):
     return out
 
 
-def worker():
+def worker(out_dir):
     dist.init_process_group("mpi")
     rank, world = dist.get_rank(), dist.get_world_size()
     result = {"rank": rank, "world": world, "collectives": collectives(rank, world),
@@ -189,7 +190,8 @@ def worker():
               "errors": errors(rank, world)}
     dist.barrier()
     dist.destroy_process_group()
-    print("RESULT " + json.dumps(result), flush=True)
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(result, f)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,14 +207,18 @@ def _launch():
     """Both ranks' results (one launch for all the MPI tests)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable, os.path.abspath(__file__)],
-                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=env,
-                          cwd=ROOT)
-    lines = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
-             if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and len(lines) == 2, \
-        f"mpiexec failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return sorted(lines, key=lambda r: r["rank"])
+    with tempfile.TemporaryDirectory() as out_dir:
+        proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable,
+                               os.path.abspath(__file__), out_dir],
+                              capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=env,
+                              cwd=ROOT)
+        assert proc.returncode == 0, \
+            f"mpiexec failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        results = []
+        for rank in range(2):
+            with open(os.path.join(out_dir, f"rank{rank}.json")) as f:
+                results.append(json.load(f))
+    return results
 
 
 needs_mpi = pytest.mark.skipif(
@@ -323,4 +329,4 @@ def test_distributed_sampler_checks_the_rank():
 
 
 if __name__ == "__main__":
-    worker()
+    worker(sys.argv[1])
