@@ -280,6 +280,27 @@ def test_state_dict_keys_and_module_attribute():
         assert r["errors"]["module_is_given"] is True
 
 
+def _example(ranks, *args):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run([_mpiexec(), "-n", str(ranks), sys.executable,
+                           os.path.join(ROOT, "examples", "ddp_digits.py"), "--epochs", "2",
+                           "--max-batches", "8", *args], capture_output=True, text=True,
+                          timeout=LAUNCH_TIMEOUT, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the numbers, without the timings
+    return [line.split("(")[0] for line in proc.stdout.splitlines()[1:]]
+
+
+@needs_mpi
+@pytest.mark.parametrize("args", [(), ("--compile",)])
+def test_ddp_example_on_two_ranks_prints_what_one_process_prints(args):
+    pytest.importorskip("sklearn")
+    two, one = _example(2, *args), _example(1, *args)
+    assert two == one
+    assert two[-1].startswith("test accuracy: ") and len(two) == 3
+
+
 def test_missing_mpi4py_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now raises ImportError
     with pytest.raises(ImportError, match=r"tracenet\[mpi\]"):
