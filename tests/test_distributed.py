@@ -122,6 +122,8 @@ def equivalence(rank, world, expected):
     for name, wrap, train in [("eager", lambda n: n, train_eager),
                               ("compiled module", tracenet.compile, train_eager),
                               ("compiled step", lambda n: n, train_compiled_step),
+                              ("compiled step of a compiled module", tracenet.compile,
+                               train_compiled_step),
                               ("no_sync", lambda n: n, train_no_sync)]:
         net = lenet(rank)  # rank 1 starts elsewhere: rank 0's parameters must reach it
         ddp = DistributedDataParallel(wrap(net), bucket_cap_mb=0.1)
@@ -177,6 +179,25 @@ def errors(rank, world):
         return loss
 
     out["compile_step_fn"] = _error(lambda: tracenet.compile(step)(*my_half(rank, world)))
+
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(4, 2), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.used(x)
+
+    unused = DistributedDataParallel(Unused())
+    unused(tracenet.ones(3, 4)).sum().backward()
+    out["unused"] = _error(lambda: unused(tracenet.ones(3, 4)))
+    # rank 1's running statistics differ; each forward starts from rank 0's
+    tracenet.manual_seed(0)
+    bn_net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    bn = DistributedDataParallel(bn_net)
+    bn_net[1].running_mean.fill_(float(rank))
+    bn(tracenet.arange(20.0).reshape(5, 4))  # the same batch on both ranks
+    out["running_mean"] = bn_net[1].running_mean.tolist()
     out["state_dict"] = list(ddp.state_dict())[:2]
     out["module_is_given"] = ddp.module is net
     return out
@@ -256,7 +277,8 @@ def test_mismatched_shapes_raise_on_every_rank():
 
 
 @needs_mpi
-@pytest.mark.parametrize("mode", ["eager", "compiled module", "compiled step", "no_sync"])
+@pytest.mark.parametrize("mode", ["eager", "compiled module", "compiled step",
+                                  "compiled step of a compiled module", "no_sync"])
 def test_two_ranks_half_batches_equal_one_process_full_batch(mode):
     r0, r1 = (r["equivalence"][mode] for r in _launch())
     assert r0["diff"] < 1e-5 and r1["diff"] < 1e-5
@@ -271,6 +293,22 @@ def test_compiling_around_ddp_raises_a_clear_error():
             kind, message = r["errors"][case]
             assert "DistributedDataParallel cannot run inside a compiled program" in message
             assert "compile_step" in message
+
+
+@needs_mpi
+def test_a_parameter_without_gradient_is_named_at_the_next_forward():
+    for r in _launch():
+        kind, message = r["errors"]["unused"]
+        assert kind == "RuntimeError"
+        assert "Expected to have finished reduction in the prior iteration" in message
+        assert "unused.weight, unused.bias" in message
+
+
+@needs_mpi
+def test_buffers_are_rank_0s_at_every_forward():
+    r0, r1 = (r["errors"]["running_mean"] for r in _launch())
+    assert r0 == pytest.approx(r1, abs=0)  # rank 1 started from rank 0's (0), same batch stats
+    assert r0 != [0.0, 0.0, 0.0]
 
 
 @needs_mpi

@@ -143,7 +143,9 @@ class DistributedDataParallel(Module):
             if not step_tracers:
                 raise RuntimeError(_NOT_TRACEABLE)
             step_tracers[-1].append(self)
-            return self._target(*inputs, **kwargs)
+            # the step compiles the whole forward: trace the plain module even when a
+            # compiled one was given (the same parameters)
+            return self._modules["module"](*inputs, **kwargs)
         self._prepare_for_backward()
         return self._target(*inputs, **kwargs)
 
