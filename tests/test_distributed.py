@@ -112,6 +112,22 @@ def train_compiled_step(ddp, net, rank, world):
         step(x, y)
 
 
+def train_compiled_function(ddp, net, rank, world):
+    opt = sgd(net)
+
+    @tracenet.compile
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(ddp(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    x, y = my_half(rank, world)
+    for _ in range(STEPS):
+        step(x, y)
+
+
 def max_diff(a, b):
     return max(float(np.abs(p.detach().numpy() - q.detach().numpy()).max())
                for p, q in zip(a.parameters(), b.parameters()))
@@ -124,6 +140,7 @@ def equivalence(rank, world, expected):
                               ("compiled step", lambda n: n, train_compiled_step),
                               ("compiled step of a compiled module", tracenet.compile,
                                train_compiled_step),
+                              ("compiled function", lambda n: n, train_compiled_function),
                               ("no_sync", lambda n: n, train_no_sync)]:
         net = lenet(rank)  # rank 1 starts elsewhere: rank 0's parameters must reach it
         ddp = DistributedDataParallel(wrap(net), bucket_cap_mb=0.1)
@@ -171,14 +188,22 @@ def errors(rank, world):
     ddp = DistributedDataParallel(net)
     opt = sgd(net)
 
-    def step(x, y):
+    def clipped(x, y):
         opt.zero_grad()
-        loss = F.cross_entropy(ddp(x), y)
-        loss.backward()
+        F.cross_entropy(ddp(x), y).backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        return loss
 
-    out["compile_step_fn"] = _error(lambda: tracenet.compile(step)(*my_half(rank, world)))
+    out["compiled_clipping"] = _error(lambda: tracenet.compile(clipped)(*my_half(rank, world)))
+
+    def reads_after_step(x, y):
+        opt.zero_grad()
+        F.cross_entropy(ddp(x), y).backward()
+        opt.step()
+        return ddp(x)
+
+    out["compiled_reads_after_step"] = _error(
+        lambda: tracenet.compile(reads_after_step)(*my_half(rank, world)))
 
     class Unused(nn.Module):
         def __init__(self):
@@ -278,7 +303,8 @@ def test_mismatched_shapes_raise_on_every_rank():
 
 @needs_mpi
 @pytest.mark.parametrize("mode", ["eager", "compiled module", "compiled step",
-                                  "compiled step of a compiled module", "no_sync"])
+                                  "compiled step of a compiled module", "compiled function",
+                                  "no_sync"])
 def test_two_ranks_half_batches_equal_one_process_full_batch(mode):
     r0, r1 = (r["equivalence"][mode] for r in _launch())
     assert r0["diff"] < 1e-5 and r1["diff"] < 1e-5
@@ -289,10 +315,13 @@ def test_two_ranks_half_batches_equal_one_process_full_batch(mode):
 @needs_mpi
 def test_compiling_around_ddp_raises_a_clear_error():
     for r in _launch():
-        for case in ("compile_ddp", "compile_step_fn"):
-            kind, message = r["errors"][case]
-            assert "DistributedDataParallel cannot run inside a compiled program" in message
-            assert "compile_step" in message
+        kind, message = r["errors"]["compile_ddp"]
+        assert "DistributedDataParallel cannot run inside a compiled program" in message
+        assert "compile_step" in message
+        kind, message = r["errors"]["compiled_clipping"]
+        assert kind == "TraceError" and "between backward and optimizer.step()" in message
+        kind, message = r["errors"]["compiled_reads_after_step"]
+        assert kind == "TraceError" and "reads parameters after optimizer.step()" in message
 
 
 @needs_mpi
