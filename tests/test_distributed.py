@@ -248,11 +248,18 @@ def _mpiexec():
     return here if os.path.exists(here) else shutil.which("mpiexec")
 
 
+def _launch_env():
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+        # MPICH: start the local ranks directly (no ssh); Open MPI, if that is the mpiexec
+        # found: allow running as root, as in a container
+        HYDRA_LAUNCHER="fork", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+
+
 @functools.lru_cache(maxsize=None)
 def _launch():
     """Both ranks' results (one launch for all the MPI tests)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env = _launch_env()
     with tempfile.TemporaryDirectory() as out_dir:
         proc = subprocess.run([_mpiexec(), "-n", "2", sys.executable,
                                os.path.abspath(__file__), out_dir],
@@ -348,8 +355,7 @@ def test_state_dict_keys_and_module_attribute():
 
 
 def _example(ranks, *args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env = _launch_env()
     proc = subprocess.run([_mpiexec(), "-n", str(ranks), sys.executable,
                            os.path.join(ROOT, "examples", "ddp_digits.py"), "--epochs", "2",
                            "--max-batches", "8", *args], capture_output=True, text=True,
