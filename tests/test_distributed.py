@@ -225,6 +225,7 @@ def errors(rank, world):
     out["running_mean"] = bn_net[1].running_mean.tolist()
     out["state_dict"] = list(ddp.state_dict())[:2]
     out["module_is_given"] = ddp.module is net
+    out["repr"] = repr(DistributedDataParallel(nn.Linear(2, 3)))
     return out
 
 
@@ -352,6 +353,8 @@ def test_state_dict_keys_and_module_attribute():
     for r in _launch():
         assert r["errors"]["state_dict"] == ["module.conv1.weight", "module.conv1.bias"]
         assert r["errors"]["module_is_given"] is True
+        assert r["errors"]["repr"] == ("DistributedDataParallel(\n  (module): Linear("
+                                       "in_features=2, out_features=3, bias=True)\n)")
 
 
 def _example(ranks, *args):
@@ -414,6 +417,14 @@ def test_distributed_sampler_shuffles_the_same_way_on_every_rank():
         p.set_epoch(1)
     second = [list(p) for p in parts]
     assert second != first and sorted(second[0] + second[1]) == list(range(10))
+
+
+def test_distributed_sampler_import_paths():
+    from tracenet.utils.data.distributed import DistributedSampler as from_module
+    import tracenet.nn.parallel.distributed as ddp_module
+    assert from_module is DistributedSampler
+    assert ddp_module.DistributedDataParallel is DistributedDataParallel
+    assert tracenet.nn.parallel.DistributedDataParallel is DistributedDataParallel
 
 
 def test_distributed_sampler_checks_the_rank():
