@@ -89,6 +89,7 @@ class _StepRecorder:
         self.deferred = []                # optimizers stepped after the gradient allreduce
         self.backward_grads = {}          # parameter -> the gradient value backward made
         self.n_nodes_at_step = None       # the graph's length when a deferred step ran
+        self.stepped = set()              # the parameter values a deferred step would update
 
     # --- Tensor.backward ---------------------------------------------------------------------
     def backward(self, loss, gradient=None):
@@ -162,7 +163,6 @@ class _StepRecorder:
         self.updates.append((optimizer, UpdateState(optimizer, update, params), states, hypers,
                              new_states))
 
-
     def _defer(self, optimizer):
         """With DistributedDataParallel the update runs after the C call, once the gradients
         are averaged across ranks: the graph ends here for the stepped parameters."""
@@ -177,8 +177,8 @@ class _StepRecorder:
         self.deferred.append(optimizer)
         graph = _active_graph()
         self.n_nodes_at_step = len(graph.nodes)
-        self.stepped = {p._ir for g in optimizer.param_groups for p in g["params"]
-                        if p._ir is not None}
+        self.stepped |= {p._ir for g in optimizer.param_groups for p in g["params"]
+                         if p._ir is not None}
 
 
 def _ancestors(value):
@@ -258,10 +258,11 @@ class _Specialisation:
         self.modules = tuple(seen.values())
         self.ddp = tuple({id(m): m for m in recorder.ddp}.values())
         self.deferred = list(recorder.deferred)
-        if self.ddp and not self.deferred:
-            # (no optimizer.step(): the allreduce would have nowhere to go)
+        if self.ddp and (not self.deferred or recorder.updates):
+            # (an update recorded before the DDP forward would use unreduced gradients)
             raise TraceError("a compiled function with DistributedDataParallel must call "
-                             "optimizer.step() after loss.backward()")
+                             "optimizer.step() after the DDP module's forward and "
+                             "loss.backward()")
         if self.deferred:
             _check_nothing_reads_stepped(fwd, recorder)
         self.guards = Guards(fwd.reads, self.modules, [])
