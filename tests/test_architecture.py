@@ -206,7 +206,7 @@ LAYERS = [
                                     "tracenet._legacy_types"]),
     ("autograd engine", ["tracenet.autograd"]),
     ("nn and optim", ["tracenet.nn", "tracenet.optim", "tracenet.serialization",
-                      "tracenet.utils.data"]),
+                      "tracenet.utils.data", "tracenet.distributed"]),
     ("trace, IR and passes", ["tracenet.trace", "tracenet.ir", "tracenet.passes"]),
     ("codegen", ["tracenet.codegen"]),
     ("runtime", ["tracenet.runtime"]),

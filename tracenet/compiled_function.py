@@ -31,6 +31,7 @@ from .executable import Executable, ShapeTable, Specialisations, SymbolicSizes, 
     check_sizes, graph_symbols, optimise, run_sizes
 from .nn.modules import module as module_mod
 from .nn.modules.module import Module
+from .nn.parallel import distributed as ddp_mod
 from .optim.optimizer import Optimizer
 from .passes import grad as ir_grad
 from .runtime import debug
@@ -84,6 +85,11 @@ class _StepRecorder:
         self.optimizers = optimizers
         self.updates = []                 # (optimizer, UpdateState, [state input values],
         #                                    [hyper input values], [new state values])
+        self.ddp = []                     # DistributedDataParallel modules the function calls
+        self.deferred = []                # optimizers stepped after the gradient allreduce
+        self.backward_grads = {}          # parameter -> the gradient value backward made
+        self.n_nodes_at_step = None       # the graph's length when a deferred step ran
+        self.stepped = set()              # the parameter values a deferred step would update
 
     # --- Tensor.backward ---------------------------------------------------------------------
     def backward(self, loss, gradient=None):
@@ -115,6 +121,7 @@ class _StepRecorder:
                         "loss.backward() in a compiled function would add to gradients computed "
                         "outside it: call optimizer.zero_grad() in the function first")
                 p._grad = t if prev is None else prev + t
+                self.backward_grads[p] = p._grad._ir
 
     # --- Optimizer.zero_grad -------------------------------------------------------------------
     @staticmethod
@@ -131,8 +138,11 @@ class _StepRecorder:
             raise TraceError(f"{type(optimizer).__name__}.step() on an optimizer the compiled "
                              "function does not name (pass it through a closure, default or "
                              "global)")
-        if any(u[0] is optimizer for u in self.updates):
+        if any(u[0] is optimizer for u in self.updates) or optimizer in self.deferred:
             raise TraceError("the compiled function steps the same optimizer twice")
+        if self.ddp:
+            self._defer(optimizer)
+            return
         update = declaration_of(optimizer)
         flags = update.flags_of(optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"]
@@ -152,6 +162,23 @@ class _StepRecorder:
             new_states.append(node.outputs[1:])
         self.updates.append((optimizer, UpdateState(optimizer, update, params), states, hypers,
                              new_states))
+
+    def _defer(self, optimizer):
+        """With DistributedDataParallel the update runs after the C call, once the gradients
+        are averaged across ranks: the graph ends here for the stepped parameters."""
+        for g in optimizer.param_groups:
+            for p in g["params"]:
+                if p._grad is not None and p._grad._ir is not None and \
+                        self.backward_grads.get(p) is not p._grad._ir:
+                    raise TraceError(
+                        "a compiled function with DistributedDataParallel changes gradients "
+                        "between backward and optimizer.step() (clipping, scaling): they would "
+                        "change before the allreduce, not after as in eager mode")
+        self.deferred.append(optimizer)
+        graph = _active_graph()
+        self.n_nodes_at_step = len(graph.nodes)
+        self.stepped |= {p._ir for g in optimizer.param_groups for p in g["params"]
+                         if p._ir is not None}
 
 
 def _ancestors(value):
@@ -218,15 +245,26 @@ class _Specialisation:
             return out
 
         module_mod._call_observers.append(observe)
+        ddp_mod.step_tracers.append(recorder.ddp)
         try:
             with _recording(recorder), grad_mode.enable_grad():
                 fwd = trace(body, *inputs, name=getattr(fn, "__name__", "function"),
                             state=state, sizes=sizes)
         finally:
             module_mod._call_observers.remove(observe)
+            ddp_mod.step_tracers.pop()
             for t, g in real_grads.items():  # the trace's gradients were traced values
                 t._grad = g
         self.modules = tuple(seen.values())
+        self.ddp = tuple({id(m): m for m in recorder.ddp}.values())
+        self.deferred = list(recorder.deferred)
+        if self.ddp and (not self.deferred or recorder.updates):
+            # (an update recorded before the DDP forward would use unreduced gradients)
+            raise TraceError("a compiled function with DistributedDataParallel must call "
+                             "optimizer.step() after the DDP module's forward and "
+                             "loss.backward()")
+        if self.deferred:
+            _check_nothing_reads_stepped(fwd, recorder)
         self.guards = Guards(fwd.reads, self.modules, [])
         self.output_structure = fwd.output_structure
         self.size_checks = list(fwd.size_checks)
@@ -291,6 +329,12 @@ class _Specialisation:
         return self.executable.source_code
 
     def run(self, inputs):
+        for ddp in self.ddp:
+            if not ddp.require_backward_grad_sync:
+                raise RuntimeError("a compiled function that steps its optimizer cannot run "
+                                   "inside DistributedDataParallel.no_sync()")
+            if ddp.broadcast_buffers:
+                ddp.sync_buffers()
         arrays = []
         for x in inputs:
             arr = x._data
@@ -322,12 +366,28 @@ class _Specialisation:
                 p._grad = g
             else:
                 g._vc.value += 1
+        if self.deferred:
+            # the allreduce sits between the compiled backward and the update, the optimizer's
+            # own step (one generated C call, see fused_optim)
+            for ddp in self.ddp:
+                ddp.reduce_gradients()
+            for optimizer in self.deferred:
+                optimizer.step()
         for optimizer, _, _ in self.updates:
             optimizer._opt_called = True  # a scheduler stepped after this call is in order
         results = [Tensor._wrap(o) for o in outs[:self.n_out]]
         if self.output_structure is not None:
             return rebuild(self.output_structure, results)
         return results[0] if len(results) == 1 else tuple(results)
+
+
+def _check_nothing_reads_stepped(graph, recorder):
+    """A deferred update happens after the C call: nothing the function computes after
+    ``optimizer.step()`` may read a parameter it stepped (it would see the old values)."""
+    late = graph.nodes[recorder.n_nodes_at_step:]
+    if any(v in recorder.stepped for node in late for v in node.inputs):
+        raise TraceError("a compiled function with DistributedDataParallel reads parameters "
+                         "after optimizer.step(): the update runs after the compiled code")
 
 
 def _active_graph():

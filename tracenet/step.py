@@ -22,6 +22,7 @@ from .executable import Executable, Specialisations, SymbolicSizes, check_sizes,
 from .ir.graph import Graph
 from .nn.modules import module as module_mod
 from .nn.modules.module import Module
+from .nn.parallel import distributed as ddp_mod
 from ._meta import Meta
 from .passes import grad as ir_grad
 from .runtime import debug
@@ -47,7 +48,9 @@ def build_step_graph(fwd, bwd, update, flags, param_values):
     per parameter (``update`` is the optimizer's ``CompiledUpdate``; each node reads the
     parameter, its gradient, its state arrays and its ``hyper`` row, all graph inputs after
     the traced ones). Outputs: loss, gradients, updated parameters, updated state (parameter
-    by parameter), buffer updates."""
+    by parameter), buffer updates. Without ``update`` (a DistributedDataParallel step, whose
+    gradients are reduced across ranks before the update) only loss, gradients and buffer
+    updates."""
     graph = Graph(f"{fwd.name}_step")
     graph.key = fwd.key
     mapping = {}
@@ -59,7 +62,7 @@ def build_step_graph(fwd, bwd, update, flags, param_values):
     one = graph.add_constant(np.ones(loss.shape, loss.dtype.np))
     grads = graph.inline(bwd, [one] + [fwd_map[v] for v in bwd.saved])
     new_params, new_state = [], []
-    for p, g in zip(param_values, grads):
+    for p, g in zip(param_values if update is not None else (), grads):
         state = [graph.add_input(f"{p.name}.{a.name}", p.shape, p.dtype) for a in update.state]
         h = graph.add_input(f"{p.name}.hyper", (len(update.hyper),), _dtype.float64)
         node = graph.add_node(update.op, [fwd_map[p], g] + state + [h], dict(flags),
@@ -85,6 +88,8 @@ class _StepSpecialisation:
         names = _param_names(optimizer)
         self.buffers = _buffers_of(fn, self.params)
         self.checks = None  # what a new process must re-check to reuse this (None: it cannot)
+        self.ddp = ()  # DistributedDataParallel modules: their gradients are reduced
+        self.optimizer = optimizer
         if stored is None:
             state_updates, n_seeds = self._trace(fn, batch, names, update, flags, unit, sizes)
         else:
@@ -97,7 +102,7 @@ class _StepSpecialisation:
         n_batch = len(batch)
         n_params, n_buffers = len(self.params), len(self.buffers)
         self.loss_meta = (self.graph.outputs[0].shape, self.graph.outputs[0].dtype.np)
-        self.update_state = UpdateState(optimizer, update, self.params)
+        self.update_state = None if self.ddp else UpdateState(optimizer, update, self.params)
         # (buffer, array the step writes its update to) for in-place buffer updates
         first_update = len(self.graph.outputs) - len(state_updates)
         self.buffer_updates = [(self.buffers[i - n_params][1], np.empty(v.shape, v.dtype.np))
@@ -106,8 +111,11 @@ class _StepSpecialisation:
         self.grad_arrays = [np.zeros(p.shape, p.dtype.np) for p in self.params]
         self._grad_tensors = [Tensor._wrap(g) for g in self.grad_arrays]
         self._tensors = self.params + [b for _, b in self.buffers]
-        self._call = self._bind_arguments(n_batch, n_params, n_buffers, n_seeds,
-                                          [a.name for a in update.state], names)
+        if self.ddp:
+            self._call = self._bind_gradient_step(n_batch, n_params, n_buffers, n_seeds, names)
+        else:
+            self._call = self._bind_arguments(n_batch, n_params, n_buffers, n_seeds,
+                                              [a.name for a in update.state], names)
         cached = self.executable.library.cached
         clock.done("graph cache" if stored is not None else "cache hit" if cached else
                    "compiled")
@@ -119,6 +127,8 @@ class _StepSpecialisation:
         seen = {}
         observe = (lambda m: seen.setdefault(id(m), m))
         module_mod._call_observers.append(observe)
+        ddp_modules = []  # the DistributedDataParallel modules the step calls
+        ddp_mod.step_tracers.append(ddp_modules)
         try:
             with grad_mode.enable_grad():
                 fwd = trace(fn, *batch, name=getattr(fn, "__name__", "step"),
@@ -126,6 +136,8 @@ class _StepSpecialisation:
                             sizes=sizes)
         finally:
             module_mod._call_observers.remove(observe)
+            ddp_mod.step_tracers.pop()
+        self.ddp = tuple({id(m): m for m in ddp_modules}.values())
         # the modules the traced code called: their train/eval flags are part of the key
         self.modules = tuple(seen.values())
         # what the trace assumed of them: the attributes it read, their trees' structure (the
@@ -145,7 +157,8 @@ class _StepSpecialisation:
         for v in param_values:
             v.requires_grad = True
         bwd = ir_grad(fwd, wrt=param_values)
-        graph = build_step_graph(fwd, bwd, update, flags, param_values)
+        # with DistributedDataParallel the update runs after the gradients are reduced
+        graph = build_step_graph(fwd, bwd, None if self.ddp else update, flags, param_values)
         debug.log("ir", f"training step:\n{graph}")
         self._clock.lap("autodiff")
         self.graph = optimise(graph)
@@ -189,6 +202,21 @@ class _StepSpecialisation:
             call.fix([first_buffer_update + j], arr)
         return call
 
+    def _bind_gradient_step(self, n_batch, n_params, n_buffers, n_seeds, names):
+        """``_bind_arguments`` for a graph without the update: inputs are the batch, parameters,
+        buffers and seeds; outputs the loss, gradients and buffer updates."""
+        call = self.executable.arguments[0]
+        call.seeds_at(n_batch + n_params + n_buffers, n_seeds)
+        out = call.output_slot
+        call.bind_slots([[n_batch + i] for i in range(n_params + n_buffers)],
+                        [f"parameter {n}" for n in names] +
+                        [f"buffer {n}" for n, _ in self.buffers])
+        for i, g in enumerate(self.grad_arrays):
+            call.fix([out(1 + i)], g)
+        for j, (_, arr) in enumerate(self.buffer_updates):
+            call.fix([out(1 + n_params + j)], arr)
+        return call
+
     @property
     def source_code(self):
         return self.executable.source_code
@@ -201,8 +229,15 @@ class _StepSpecialisation:
         for x in batch:
             arr = x._data
             arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
+        for ddp in self.ddp:
+            if not ddp.require_backward_grad_sync:
+                raise RuntimeError("a compiled training step always updates the parameters: "
+                                   "it cannot run inside DistributedDataParallel.no_sync()")
+            if ddp.broadcast_buffers:
+                ddp.sync_buffers()
         bound = list(map(_data_of, self._tensors))
-        bound += self.update_state.refresh()
+        if not self.ddp:
+            bound += self.update_state.refresh()
         loss = np.empty(*self.loss_meta)
         try:
             sizes = run_sizes(arrays, self.symbols)
@@ -210,17 +245,25 @@ class _StepSpecialisation:
                 check_sizes(self.size_checks, sizes)
             call(arrays, (loss,), bound, sizes)
         except Exception:  # bad data: the C code stopped before any update
-            self.update_state.undo()
+            if not self.ddp:
+                self.update_state.undo()
             raise
         for buf, arr in self.buffer_updates:
             np.copyto(buf._data, arr)  # running statistics, as the eager step updates them
             buf._vc.value += 1
         for p, g in zip(self.params, self._grad_tensors):
-            p._vc.value += 1
+            if not self.ddp:
+                p._vc.value += 1
             if p._grad is not g:
                 p._grad = g
             else:
                 g._vc.value += 1
+        if self.ddp:
+            # the allreduce sits between the compiled backward and the update, which is the
+            # optimizer's own step (one generated C call, see fused_optim)
+            for ddp in self.ddp:
+                ddp.reduce_gradients()
+            self.optimizer.step()
         return Tensor._wrap(loss)
 
 
@@ -315,8 +358,9 @@ def _step_cache_key(fn, optimizer, update, flags, shapes):
 def _from_cache(fn, optimizer, batch, unit, shapes):
     """The step rebuilt from the graph cache (None when it has no usable entry), and the
     cache key to store a traced one under (None: not to be stored)."""
-    if not warm.enabled():
-        return None, None
+    if not warm.enabled() or any(isinstance(m, ddp_mod.DistributedDataParallel)
+                                 for _, m in _roots(fn)):
+        return None, None  # (a step that reduces gradients across ranks is not stored)
     update = declaration_of(optimizer)
     key = _step_cache_key(fn, optimizer, update, update.flags_of(optimizer), shapes)
     roots = [m for _, m in _roots(fn)]
@@ -348,7 +392,7 @@ def _specialise(fn, optimizer, batch, unit, shapes, sizes):
     spec, key = _from_cache(fn, optimizer, batch, unit, shapes)
     if spec is None:
         spec = _StepSpecialisation(fn, optimizer, batch, unit, sizes)
-        if key is not None and spec.checks is not None:
+        if key is not None and spec.checks is not None and not spec.ddp:
             state = spec.stored_state()
             state["modules"] = spec.checks.pop("modules")
             warm.store(key, state, spec.checks)

@@ -1,9 +1,11 @@
 """Samplers: the order in which a DataLoader visits a map-style dataset's indices."""
 import itertools
+import math
 import warnings
 
 import numpy as np
 
+from ...distributed import group
 from ...ops.creation import from_numpy
 from ._generator import numpy_rng, stateful
 
@@ -175,3 +177,57 @@ class _InfiniteConstantSampler(Sampler):
     def __iter__(self):
         while True:
             yield None
+
+
+class DistributedSampler(Sampler):
+    """Each of ``num_replicas`` ranks visits its own ``1/num_replicas`` of the dataset, as
+    torch's: the indices (shuffled with ``seed + epoch``, the same permutation on every rank)
+    are padded by repetition to a multiple of ``num_replicas`` (or cut, with ``drop_last``),
+    and rank ``r`` takes every ``num_replicas``-th from ``r``. Call ``set_epoch`` before each
+    epoch for a new order."""
+
+    def __init__(self, dataset, num_replicas=None, rank=None, shuffle=True, seed=0,
+                 drop_last=False):
+        if num_replicas is None:
+            num_replicas = group.get_world_size()
+        if rank is None:
+            rank = group.get_rank()
+        if rank >= num_replicas or rank < 0:
+            raise ValueError(f"Invalid rank {rank}, rank should be in the interval "
+                             f"[0, {num_replicas - 1}]")
+        self.dataset = dataset
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.drop_last = drop_last
+        n = len(dataset)
+        if drop_last and n % num_replicas != 0:
+            self.num_samples = math.ceil((n - num_replicas) / num_replicas)
+        else:
+            self.num_samples = math.ceil(n / num_replicas)
+        self.total_size = self.num_samples * num_replicas
+        self.shuffle = shuffle
+        self.seed = seed
+
+    def __iter__(self):
+        n = len(self.dataset)
+        if self.shuffle:
+            indices = np.random.default_rng(self.seed + self.epoch).permutation(n).tolist()
+        else:
+            indices = list(range(n))
+        if not self.drop_last:
+            padding = self.total_size - len(indices)
+            if padding <= len(indices):
+                indices += indices[:padding]
+            else:
+                indices += (indices * math.ceil(padding / len(indices)))[:padding]
+        else:
+            indices = indices[:self.total_size]
+        return iter(indices[self.rank:self.total_size:self.num_replicas])
+
+    def __len__(self):
+        return self.num_samples
+
+    def set_epoch(self, epoch):
+        """The epoch seeds the shuffle: every rank must set the same one."""
+        self.epoch = epoch

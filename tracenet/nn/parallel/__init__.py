@@ -1,0 +1,4 @@
+"""``tracenet.nn.parallel``: data-parallel training across processes."""
+from .distributed import DistributedDataParallel
+
+__all__ = ["DistributedDataParallel"]

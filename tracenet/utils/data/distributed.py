@@ -1,0 +1,4 @@
+"""``torch.utils.data.distributed``'s import path for ``DistributedSampler``."""
+from .sampler import DistributedSampler
+
+__all__ = ["DistributedSampler"]
