@@ -1,7 +1,9 @@
 """C lowering of ``scan`` (``templates/scan.c.j2``): the loop body is planned once, with the
 same planner as a whole graph, into a function of its own; the scan kernel calls it once per
 step with the step's slices of the scanned inputs and outputs (pointer offsets) and its carries
-alternating between two buffers. Nothing in the C grows with the trip count, which appears
+alternating between two buffers, or, for a carry that is also a stacked output (an RNN's h,
+the state a step read and its backward needs), in that output's slices. The body is planned
+from ``scan_cell.cell_body``: a recurrent step's gate math as one kernel. Nothing in the C grows with the trip count, which appears
 once, as the loop bound and the factor of the step strides: a symbolic size there (a sequence
 length traced as the leading size ``N``) is the run-time value ``tn_N``, and a symbolic batch
 size inside the body is passed on to the body function.
@@ -61,12 +63,14 @@ def lower_scan(name, node, exported, target):
         # a carry also stacked as a per-step output lives in that output's slices: the step
         # writes its new value into its own slice ("out"), or into the next step's slice when
         # the stacked value is the carry a step reads ("in"), instead of a copy per step
-        same = [j for j in range(n_carry, n_out) if body.outputs[j] is body.outputs[i]]
-        read = [j for j in range(n_carry, n_out) if body.outputs[j] is body.inputs[i]]
+        same = [j for j in range(n_carry, n_out) if body.outputs[j] is body.outputs[i] and
+                n_in + j not in skipped]
+        read = [j for j in range(n_carry, n_out) if body.outputs[j] is body.inputs[i] and
+                n_in + j not in skipped]
         if same or read:
             c["mode"], j = ("out", same[0]) if same else ("in", read[0])
             c["stack"], c["stride"] = f"out{j}", numel(body.outputs[j].shape)
-            skipped.add(n_in + j)
+            skipped.add(n_in + j)  # each stacked output holds one carry
         carries.append(c)
         work += _aligned(_nbytes(node.outputs[i]))
     body_arena = work
@@ -76,6 +80,8 @@ def lower_scan(name, node, exported, target):
     steps += [{"slot": n_in + j, "ptr": f"out{j}", "stride": numel(body.outputs[j].shape)}
               for j in range(n_carry, len(body.outputs))]
     consts = [{"slot": i, "ptr": f"in{i}"} for i in range(n_carry + n_xs, n_in)]
+    # the body's copies into those outputs would copy a slice onto itself: left out (were one
+    # kept, it would still copy nothing but the same bytes)
     copies = [c for c in copies if not any(c.startswith(f"memcpy((void *)args[{k}],")
                                            for k in skipped)]
     checks = list(entry.checks)
