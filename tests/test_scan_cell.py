@@ -9,6 +9,7 @@ import pytest
 
 import tracenet as tn
 import tracenet.nn as tnn
+from tracenet.ops.scan import scan
 
 from test_catalogue_rnn import _cache  # noqa: F401  (the cache-directory fixture)
 
@@ -95,3 +96,42 @@ def test_float32_layers_follow_eager_at_two_lengths_and_two_batch_sizes(name, kw
     # the batch size is symbolic from the first call, the length from the second on
     assert len(compiled.specialisations) <= 2
     assert "tn_T" in compiled.source()
+
+
+class TwoGates(tnn.Module):
+    """A loop written with ``ops.scan.scan`` whose step squashes its state before the product
+    and then gates it: the gate kernel starts after the product, not at the first
+    elementwise op of the step."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = tnn.Parameter(tn.randn(6, 3) * 0.5)
+
+    def forward(self, x, h):
+        def step(carry, xs):
+            s = carry[0].tanh() * 0.5
+            a, b = (s @ self.w.t() + xs[0]).split(3, dim=1)
+            h = a.sigmoid() * carry[0] + (1 - a.sigmoid()) * b.tanh()
+            return (h,), (h * 2,)
+        (hn,), (ys,) = scan(step, (h,), (x,))
+        return ys.sum() + (hn * hn).sum()
+
+
+def test_a_loop_written_with_scan_gets_one_gate_kernel_after_its_product():
+    tn.manual_seed(2)
+    m = TwoGates()
+    x, h = tn.randn(5, 4, 6, requires_grad=True), tn.randn(4, 3, requires_grad=True)
+    compiled = tn.compile(m)
+    compiled(x, h).backward()
+    got = [t.grad.numpy().copy() for t in (x, h, m.w)]
+    for t in (x, h, m.w):
+        t.grad = None
+    m(x, h).backward()
+    for a, t in zip(got, (x, h, m.w)):
+        np.testing.assert_allclose(a, t.grad.numpy(), **F32)
+    kinds = sorted([c.rsplit("_", 1)[-1] for c in calls]
+                   for calls in _bodies(compiled.source()).values())
+    # forward: the squashing (its own kernels), the product, then the gates in one kernel;
+    # backward: the gates' gradients in one kernel, the product, the squashing's gradient
+    assert kinds == [["cell", "gemm", "elementwise"],
+                     ["tanh", "mul", "gemm", "cell", "memcpy"]]

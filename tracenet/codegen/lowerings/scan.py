@@ -3,10 +3,11 @@ same planner as a whole graph, into a function of its own; the scan kernel calls
 step with the step's slices of the scanned inputs and outputs (pointer offsets) and its carries
 alternating between two buffers, or, for a carry that is also a stacked output (an RNN's h,
 the state a step read and its backward needs), in that output's slices. The body is planned
-from ``scan_cell.cell_body``: a recurrent step's gate math as one kernel. Nothing in the C grows with the trip count, which appears
-once, as the loop bound and the factor of the step strides: a symbolic size there (a sequence
-length traced as the leading size ``N``) is the run-time value ``tn_N``, and a symbolic batch
-size inside the body is passed on to the body function.
+from ``scan_cell.cell_body``: a recurrent step's gate math as one kernel. Nothing in the C
+grows with the trip count, which appears once, as the loop bound and the factor of the step
+strides: a symbolic size there (a sequence length traced as the leading size ``N``) is the
+run-time value ``tn_N``, and a symbolic batch size inside the body is passed on to the body
+function.
 
 The planner lives in ``codegen.emit`` (which imports the lowerings): it hands itself over with
 ``use_planner`` when it is imported. Also here: ``zeros``, a memset.

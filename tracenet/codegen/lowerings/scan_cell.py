@@ -96,7 +96,9 @@ def cell_body(body):
                 produced[v] = shaped(v)
             continue
         if any(v in produced for v in node.inputs):
-            break  # a reader of the run that cannot join it ends the run
+            if any(m.op in ("split", "cat") for m in members):
+                break  # a reader of the run that cannot join it ends the run
+            members, produced, first = [], {}, None  # no gates yet: start again after it
     if len(members) < 2 or not any(m.op in ("split", "cat") for m in members):
         return body
     member_ids = {id(m) for m in members}
