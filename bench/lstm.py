@@ -1,7 +1,7 @@
 """An LSTM language model side by side: PyTorch eager vs tracenet compiled.
 
     python bench/lstm.py [--quick] [--root DIR] [--lengths 32,128] [--no-cold] [--no-steady]
-                         [--cpu]
+                         [--cpu] [--ab OLD_DIR]
 
 The model: Embedding(90, 32) -> LSTM(32, 64) -> Linear(64, 90), batch 16, sequence length T;
 the training step is zero_grad, forward, CrossEntropyLoss over every position, backward, SGD.
@@ -13,6 +13,10 @@ the plain loop around ``tracenet.compile(net)``, plus compiled inference. Cold c
 (trace, autodiff, C, build and the first step, in a fresh process with an empty cache
 directory) are measured for every length. ``--root`` picks the tracenet source tree to measure (default: this checkout),
 e.g. an older one to compare against; ``--cpu`` adds tracenet's per-call process CPU time.
+``--ab OLD_DIR`` compares two trees instead: worker processes of the old tree and of
+``--root`` alternate, each timing tracenet's compiled training step and inference in process
+CPU time on one thread (best of its runs), and the table gives the medians over rounds and
+the ratio old / new (> 1: the new tree is faster).
 """
 import argparse
 import json
@@ -152,6 +156,38 @@ def cpu_times(tn, length, n=40, repeats=5):
     return out
 
 
+_AB_WORKER = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    sys.path.insert(0, {here!r})
+    import tracenet as tn
+    from lstm import cpu_times
+    print(json.dumps({{n: cpu_times(tn, int(n)) for n in sys.argv[2].split(",")}}))
+""")
+
+
+def ab(old, new, lengths, rounds):
+    """Medians over ``rounds`` of (train, inference) CPU seconds per call of each tree, the
+    trees' worker processes alternating; rows of the table ``main`` prints."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("PYTHONPATH", None)
+    runs = {old: [], new: []}
+    for _ in range(rounds):
+        for root in (old, new):
+            out = subprocess.run([sys.executable, "-c", _AB_WORKER.format(here=HERE), root,
+                                  ",".join(map(str, lengths))], env=env, capture_output=True,
+                                 text=True, timeout=1200)
+            if out.returncode:
+                raise RuntimeError(out.stderr)
+            runs[root].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = []
+    for length in lengths:
+        for i, what in enumerate(("train step (compile_step)", "inference")):
+            a, b = (sorted(r[str(length)][i] for r in runs[t])[rounds // 2] for t in (old, new))
+            rows.append(f"| {length} | {what} | {a * 1e6:.0f} | {b * 1e6:.0f} | {a / b:.3f}x |")
+    return rows
+
+
 def cold_compile(root, length):
     """Seconds until the first compiled training step is done, in a fresh process with an
     empty cache directory; also the C source size."""
@@ -177,8 +213,23 @@ def main():
     ap.add_argument("--cpu", action="store_true",
                     help="also time tracenet alone in process CPU time (run with OMP_NUM_THREADS=1 "
                          "to compare source trees)")
+    ap.add_argument("--ab", metavar="OLD_DIR",
+                    help="compare the tracenet tree OLD_DIR with --root instead (CPU time, "
+                         "one thread, alternating worker processes)")
     args = ap.parse_args()
     root = os.path.abspath(args.root)
+    lengths = [int(s) for s in args.lengths.split(",")]
+    if args.ab:
+        old = os.path.abspath(args.ab)
+        rounds = 3 if args.quick else 7
+        print(f"# LSTM LM, tracenet CPU us per call on one thread, {old} (old) vs {root} "
+              f"(new), medians over {rounds} alternating rounds")
+        print()
+        print("| T | workload | old us | new us | old / new |")
+        print("|---|---|---|---|---|")
+        for row in ab(old, root, lengths, rounds):
+            print(row, flush=True)
+        return
     sys.path.insert(0, root)
     import tracenet as tn
     try:
@@ -189,7 +240,6 @@ def main():
     sys.path.insert(0, HERE)
     import lenet
     torch.set_num_threads(2)
-    lengths = [int(s) for s in args.lengths.split(",")]
     rounds, per_round = (3, 5) if args.quick else (7, 10)
     print(f"# LSTM LM (Embedding {VOCAB}x{EMBED} -> LSTM {EMBED}->{HIDDEN} -> Linear, batch "
           f"{BATCH}), tracenet ({root}) vs PyTorch {torch.__version__} eager "

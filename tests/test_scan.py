@@ -278,6 +278,9 @@ def test_weight_gradients_are_one_product_after_the_backward_loop():
     assert bwd_scan.attrs["n_carry"] == 2  # the cotangents of h and c only
     body = bwd_scan.attrs["body"]
     assert all(v.shape != (32, 8) for n in body.nodes for v in n.outputs)  # no w_hh gradient
+    # b_ih's and b_hh's gradients are the same column sums of the stacked gate gradients:
+    # one reduction serves both
+    assert compiled.backward_graph.op_counts().get("sum") == 1
 
 
 def test_one_compiled_training_step_serves_every_sequence_length():

@@ -151,7 +151,10 @@ def scan_backward(forward, node, grads, tracer, grad, fwd_values):
 
     for k, (kind, operands, transposed) in hoisted.items():
         if kind == "sum":
-            result[k] = stacked(operands[0]).sum(0)
+            # written as a linear layer's bias gradient is, so that CSE merges the two when
+            # the loop's bias and the hoisted input projection's read the same values
+            total = stacked(operands[0]).sum(0, keepdim=True)
+            result[k] = total.reshape(total.shape[-1])
         else:  # P^T Q summed over steps is the product of the stacked P and Q
             p, q = map(stacked, operands)
             g = p.t() @ q

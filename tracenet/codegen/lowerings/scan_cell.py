@@ -1,0 +1,194 @@
+"""A recurrent step's gate math as one kernel (``scan`` bodies: ``codegen/lowerings/scan.py``).
+
+A recurrent layer's step computes its gates as one wide ``[rows, k*H]`` product, ``split`` s it
+into ``k`` gates of ``[rows, H]``, and applies elementwise ops to them (LSTM: the cell update
+and ``h = o * tanh(c)``); its backward does the elementwise part in reverse and ``cat`` s the
+``k`` gate gradients into one wide value for the next product. The ordinary fusion makes one
+kernel per chain whose intermediates nothing else reads, so a step ran ten kernels and copied
+the gates apart. ``cell_body`` regroups the run of elementwise ops, splits and cats that
+follows the step's product into one ``fused`` node (group ``scan_cell``), lowered here to one
+loop over ``(row, column of a gate)`` that reads each gate of a wide value at its column offset
+and writes each piece of a ``cat`` in place: one kernel after the product, in every step.
+
+The IR graph is not changed: the regrouped body is a planning copy made when the scan lowers.
+"""
+import copy
+import re
+
+from ..._sym import is_one, same_shape
+from ...ir.graph import Node
+from ...ops.common import numel
+from ...ops.registry import REGISTRY
+from ..base import Kernel, ctype, group_lowering, node_lines, signature
+from ..templates import render
+from .elementwise import broadcast_index, c_expr
+
+GROUP = "scan_cell"
+
+
+def _pointwise(node):
+    entry = REGISTRY.get(node.op)
+    return entry is not None and entry.c_expr is not None
+
+
+def _pieces(node):
+    """(k, narrow shape) of a split or cat into/from ``k`` equal pieces along the last dim."""
+    if node.op == "split":
+        wide, narrow = node.inputs[0].shape, node.outputs[0].shape
+        sizes, parts = node.attrs.get("sizes"), node.outputs
+    elif node.op == "cat":
+        wide, narrow = node.output.shape, node.inputs[0].shape
+        sizes, parts = None, node.inputs
+    else:
+        return None
+    nd = len(wide)
+    if nd < 1 or node.attrs.get("dim", 0) % nd != nd - 1 or len(parts) < 2:
+        return None
+    if any(not same_shape(p.shape, narrow) for p in parts) or \
+            (sizes is not None and len(set(sizes)) != 1):
+        return None
+    if not isinstance(narrow[-1], int) or not same_shape(wide[-1:], (narrow[-1] * len(parts),)):
+        return None
+    return len(parts), tuple(narrow)
+
+
+def _items(body):
+    """The body's nodes with fused elementwise chains opened into their members, each with the
+    top-level node it came from."""
+    out = []
+    for node in body.nodes:
+        if node.op == "fused" and node.attrs.get("group") == "elementwise":
+            out += [(m, node) for m in node.members]
+        else:
+            out.append((node, node))
+    return out
+
+
+def cell_body(body):
+    """``body`` with the elementwise run after its product (splits and cats of equal gates
+    included) as one ``scan_cell`` fused node; ``body`` itself when there is nothing to
+    regroup (no split or cat of gates, or fewer than two kernels to merge)."""
+    items = _items(body)
+    shape = next((p for n, _ in items for p in [_pieces(n)] if p), None)
+    if shape is None:
+        return body
+    k, narrow = shape
+    wide = narrow[:-1] + (narrow[-1] * k,)
+
+    def shaped(v):  # 0: narrow, 1: wide, None: neither
+        return 0 if same_shape(v.shape, narrow) else 1 if same_shape(v.shape, wide) else None
+
+    members, produced = [], {}
+    first = None
+    for pos, (node, _) in enumerate(items):
+        if _pointwise(node) and len(node.outputs) == 1:
+            kind = shaped(node.output)
+            ok = kind is not None and all(produced.get(v, kind) == kind for v in node.inputs)
+        else:
+            ok = _pieces(node) == (k, narrow) and all(
+                v not in produced or produced[v] == (1 if node.op == "split" else 0)
+                for v in node.inputs)
+        if ok:
+            if first is None:
+                first = pos
+            members.append(node)
+            for v in node.outputs:
+                produced[v] = shaped(v)
+            continue
+        if any(v in produced for v in node.inputs):
+            if any(m.op in ("split", "cat") for m in members):
+                break  # a reader of the run that cannot join it ends the run
+            members, produced, first = [], {}, None  # no gates yet: start again after it
+    if len(members) < 2 or not any(m.op in ("split", "cat") for m in members):
+        return body
+    member_ids = {id(m) for m in members}
+    # a chain the ordinary fusion made is kept whole or not at all
+    for node, top in items:
+        if top is not node and (id(node) in member_ids) != \
+                all(id(m) in member_ids for m in top.members):
+            return body
+    last = max(i for i, (n, _) in enumerate(items) if id(n) in member_ids)
+    readers_after = set(body.outputs)
+    for node, _ in items[last + 1:]:
+        readers_after.update(node.inputs)
+    for node, _ in items[first:last]:
+        if id(node) not in member_ids and any(v in produced for v in node.inputs):
+            return body
+    inputs = []
+    for m in members:
+        for v in m.inputs:
+            if v not in produced and v not in inputs:
+                inputs.append(v)
+    fused = Node("fused", inputs,
+                 {"group": GROUP, "kind": "cell", "pieces": k, "narrow": narrow},
+                 loc=members[-1].loc, members=members)
+    fused.outputs = [v for m in members for v in m.outputs if v in readers_after]
+    nodes, placed = [], set()
+    for pos, (node, top) in enumerate(items):
+        if id(node) in member_ids:
+            if pos == last:
+                nodes.append(fused)
+            continue
+        if top is not node:  # a member of a chain that stays whole
+            if id(top) not in placed:
+                placed.add(id(top))
+                nodes.append(top)
+            continue
+        nodes.append(node)
+    out = copy.copy(body)
+    out.nodes = nodes
+    return out
+
+
+@group_lowering(GROUP)
+def lower_cell(name, node, exported, target):
+    k, narrow = node.attrs["pieces"], node.attrs["narrow"]
+    width = narrow[-1]
+    rows = numel(narrow[:-1])
+    wide = narrow[:-1] + (width * k,)
+    reads = [(f"in{j}", v) for j, v in enumerate(node.inputs)]
+    writes = [(f"out{j}", v) for j, v in enumerate(node.outputs)]
+
+    def index(shape, piece):
+        """Flat index into a value of ``shape`` read at (row r, column c) of gate ``piece``
+        (None: of a narrow value)."""
+        target, flat = (narrow, "i") if piece is None else (wide, f"iw + {piece * width}")
+        if same_shape(shape, target):
+            return flat
+        if is_one(numel(shape)):
+            return "0"
+        if len(shape) and all(is_one(d) for d in shape[:-1]) and \
+                same_shape(shape[-1:], target[-1:]):
+            return "c" if piece is None else f"c + {piece * width}"
+        return re.sub(r"\bi\b", f"({flat})", broadcast_index(shape, target))
+
+    expr = {}  # (value, piece or None) -> C expression
+    for role, v in reads:
+        expr[(v, None)] = f"{role}[{index(v.shape, None)}]"
+        for g in range(k):
+            expr[(v, g)] = f"{role}[{index(v.shape, g)}]"
+    lines = []
+    for n, m in enumerate(node.members):
+        if m.op == "split":
+            for g, v in enumerate(m.outputs):
+                expr[(v, None)] = expr[(m.inputs[0], g)]
+        elif m.op == "cat":
+            for g, v in enumerate(m.inputs):
+                expr[(m.output, g)] = expr[(v, None)]
+        else:
+            v = m.output
+            pieces = [None] if same_shape(v.shape, narrow) else range(k)
+            for g in pieces:
+                tmp = f"t{n}" if g is None else f"t{n}_{g}"
+                lines.append(f"const {ctype(v)} {tmp} = "
+                             f"{c_expr(m, [expr[(x, g)] for x in m.inputs])};")
+                expr[(v, g)] = tmp
+    for role, v in writes:
+        if same_shape(v.shape, narrow):
+            lines.append(f"{role}[i] = {expr[(v, None)]};")
+        else:
+            lines += [f"{role}[iw + {g * width}] = {expr[(v, g)]};" for g in range(k)]
+    src = render("scan_cell.c.j2", name=name, signature=signature(reads, writes),
+                 node_lines=node_lines(node.members), rows=rows, width=width, k=k,
+                 lines=lines)
+    return Kernel(name, reads, writes, src)
