@@ -1,5 +1,6 @@
 """C lowerings of reductions (``sum``, ``mean``, ``amax``, ``amin`` over any dims) and of
 softmax / log-softmax along one dim (``templates/reduce.c.j2``, ``templates/softmax.c.j2``)."""
+from ..._sym import is_one
 from ...ops.common import numel
 from ..base import Kernel, ctype, lowering, node_lines, offset_expr, signature
 from ..templates import render
@@ -64,6 +65,7 @@ def lower_softmax(name, node, exported, target):
     src = render("softmax.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
                  acctype="double", signature=signature(reads, writes),
                  log=node.op == "log_softmax", D=shape[dim] if shape else 1,
-                 OUTER=numel(shape[:dim]), INNER=numel(shape[dim + 1:]))
+                 OUTER=numel(shape[:dim]), INNER=numel(shape[dim + 1:]),
+                 contiguous=is_one(numel(shape[dim + 1:])))
     return Kernel(name, reads, writes, src)
 
