@@ -364,6 +364,8 @@ def _covered(spatial, out, kernel, stride, padding, dilation):
 
 def _empty_windows(spatial, out, kernel, stride, padding, dilation):
     """Boolean (*out) mask of windows lying entirely in the padding, or None if there are none."""
+    if not any(padding):
+        return None  # without padding every window starts inside the input
     cov = _covered(spatial, out, kernel, stride, padding, dilation)
     if all(c.all() for c in cov):
         return None
@@ -410,22 +412,26 @@ def _max_pool_eager(x, kernel, stride, padding, dilation, ceil_mode):
     fill = _lowest(x.dtype)
     win = _windows(_pad_spatial(planes, padding, fill, extra), out, kernel, stride, dilation)
     flat = win.reshape((L,) + out + (K,))
-    valid = _pad_spatial(np.ones((1, 1) + spatial, bool), padding, False, extra)
-    vflat = _windows(valid, out, kernel, stride, dilation).reshape(out + (K,))
-    if vflat.all():
-        arg = np.argmax(flat, axis=-1)
+    if not any(padding) and not any(extra):
+        arg = np.argmax(flat, axis=-1)  # every tap lies inside the input
     else:
+        valid = _pad_spatial(np.ones((1, 1) + spatial, bool), padding, False, extra)
+        vflat = _windows(valid, out, kernel, stride, dilation).reshape(out + (K,))
         # padding taps never win, not even against -inf inputs: the first valid maximum does
-        masked = np.where(vflat, flat, fill)
-        hit = vflat & (flat == masked.max(axis=-1, keepdims=True))
-        arg = np.argmax(hit, axis=-1)
+        if vflat.all():
+            arg = np.argmax(flat, axis=-1)
+        else:
+            masked = np.where(vflat, flat, fill)
+            hit = vflat & (flat == masked.max(axis=-1, keepdims=True))
+            arg = np.argmax(hit, axis=-1)
     if x.dtype.kind == "f":
         nan = np.isnan(flat)
         if nan.any():  # torch keeps scanning past a NaN: the last NaN in the window wins
             has = nan.any(axis=-1)
             arg = np.where(has, K - 1 - np.argmax(nan[..., ::-1], axis=-1), arg)
-    vals = np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
-    taps = np.unravel_index(arg, kernel)
+    # the winners, picked from the flat (L * out, K) rows by their flat position
+    vals = flat.reshape(-1)[np.arange(0, arg.size * K, K).reshape(arg.shape) + arg]
+    taps = divmod(arg, kernel[1]) if n == 2 else np.unravel_index(arg, kernel)
     empty = _empty_windows(spatial, out, kernel, stride, padding, dilation)
     index = np.zeros(arg.shape, np.int64)
     for i in range(n):

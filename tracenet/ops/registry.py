@@ -36,7 +36,7 @@ KINDS = ("elementwise", "view", "reduction", "opaque")
 class Op:
     __slots__ = ("name", "infer", "eager", "backward", "saves_inputs", "saves_outputs",
                  "grad_fn", "num_outputs", "differentiable", "is_view", "kind", "c_expr",
-                 "decomposition", "eager_only", "nondiff", "doc")
+                 "decomposition", "eager_only", "nondiff", "doc", "node_cls", "edge_plans")
 
     def __init__(self, name, infer, eager, backward=None, saves=(), save_outputs=False,
                  grad_fn=None, num_outputs=1, differentiable=True, is_view=False, kind=None,
@@ -71,6 +71,10 @@ class Op:
         # inputs never differentiated (a mask, a class weight): no autograd edge, as in torch
         self.nondiff = tuple(nondiff)
         self.doc = doc
+        # eager autograd's caches: the backward-node class when its name is fixed (set by
+        # tracenet.autograd.engine), and per input-dtype pattern which inputs get edges
+        self.node_cls = None
+        self.edge_plans = {}
 
     def grad_fn_name(self, ctx):
         g = self.grad_fn
