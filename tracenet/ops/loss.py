@@ -134,7 +134,10 @@ def _nll_parts(x, t, w, ignore_index):
     bad = (safe < 0) | (safe >= xl.shape[-1])
     if np.any(bad):
         raise IndexError(f"Target {safe[bad].flat[0]} is out of bounds.")
-    picked = np.take_along_axis(xl, safe[..., None], axis=-1)[..., 0]
+    if xl.ndim == 2:  # (N, C): plain fancy indexing, no index broadcasting machinery
+        picked = xl[np.arange(len(safe)), safe]
+    else:
+        picked = np.take_along_axis(xl, safe[..., None], axis=-1)[..., 0]
     weights = (w[0].reshape(-1)[safe] if w else np.ones_like(picked)) * valid
     return picked, weights.astype(x.dtype), safe
 
@@ -168,7 +171,8 @@ nll_loss_op = register("nll_loss", infer=_nll_meta, eager=_nll_eager, saves=(1, 
 
 def _nll_backward_eager(g, t, *w, input_shape, reduction, ignore_index):
     x_shape = tuple(input_shape)
-    dummy = np.zeros(x_shape, g.dtype)
+    # only the targets' weights are read: a broadcast zero stands in for the input
+    dummy = np.broadcast_to(np.zeros((), g.dtype), x_shape)
     _, weights, safe = _nll_parts(dummy, t, w, ignore_index)
     if reduction == "mean":
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -183,8 +187,10 @@ def _nll_backward_eager(g, t, *w, input_shape, reduction, ignore_index):
     with np.errstate(invalid="ignore"):
         contrib = np.where(valid, weights * scale, 0).astype(g.dtype)  # N *d
     out = np.zeros(x_shape if len(x_shape) > 1 else (1,) + x_shape, g.dtype)
-    outl = np.moveaxis(out, 1, -1)
-    np.put_along_axis(outl, safe[..., None], contrib[..., None], axis=-1)
+    if out.ndim == 2:
+        out[np.arange(len(safe)), safe] = contrib
+    else:
+        np.put_along_axis(np.moveaxis(out, 1, -1), safe[..., None], contrib[..., None], axis=-1)
     return out if len(x_shape) > 1 else out[0]
 
 

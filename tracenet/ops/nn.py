@@ -172,6 +172,8 @@ convolution_op = register("convolution", infer=_conv_meta, eager=_conv_eager, sa
 
 def _conv_input_grad_eager(g, w, input_shape, stride, padding, dilation, groups):
     n = len(stride)
+    if groups == 1 and all(d == 1 for d in dilation) and g.size:
+        return _conv_input_grad_full(g, w, input_shape, stride, padding)
     k = w.shape[2:]
     N, C = input_shape[0], input_shape[1]
     og, cg = w.shape[0] // groups, w.shape[1]
@@ -191,6 +193,28 @@ def _conv_input_grad_eager(g, w, input_shape, stride, padding, dilation, groups)
             target[(slice(None), slice(None)) + sl] += cols[(Ellipsis,) + tap]
     crop = tuple(slice(padding[i], padding[i] + input_shape[2 + i]) for i in range(n))
     return np.ascontiguousarray(gxp[(slice(None), slice(None)) + crop])
+
+
+def _conv_input_grad_full(g, w, input_shape, stride, padding):
+    """The input gradient without dilation or groups, as one correlation: ``g`` spread out by
+    the stride and padded by the kernel size minus one, against the flipped kernel."""
+    n = len(stride)
+    k = w.shape[2:]
+    N, O = g.shape[:2]
+    out = g.shape[2:]
+    padded = [input_shape[2 + i] + 2 * padding[i] for i in range(n)]
+    # the spread gradient, framed so that its windows cover every padded input position
+    frame = tuple(padded[i] + k[i] - 1 for i in range(n))
+    gf = np.zeros((N, O) + frame, g.dtype)
+    gf[(slice(None), slice(None)) + tuple(slice(k[i] - 1, k[i] - 1 + stride[i] * (out[i] - 1) + 1,
+                                                stride[i]) for i in range(n))] = g
+    cols = _windows(gf, padded, k, (1,) * n, (1,) * n)  # N O *padded *k
+    flipped = w[(slice(None), slice(None)) + (slice(None, None, -1),) * n]
+    kaxes = tuple(range(2 + n, 2 + 2 * n))
+    gxp = np.tensordot(cols, flipped, axes=((1,) + kaxes, (0,) + tuple(range(2, 2 + n))))
+    gxp = np.moveaxis(gxp, -1, 1)  # N C *padded
+    crop = tuple(slice(padding[i], padding[i] + input_shape[2 + i]) for i in range(n))
+    return np.ascontiguousarray(gxp[(slice(None), slice(None)) + crop], dtype=g.dtype)
 
 
 def _conv_weight_grad_eager(g, x, weight_shape, stride, padding, dilation, groups):
