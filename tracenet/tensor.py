@@ -142,7 +142,9 @@ class Tensor:
 
     @property
     def shape(self):
-        return Size(self._ir.shape if self._ir is not None else self._data.shape)
+        if self._ir is None:  # numpy's shape is a tuple of ints already
+            return tuple.__new__(Size, self._data.shape)
+        return Size(self._ir.shape)
 
     def size(self, dim=None):
         s = self.shape

@@ -128,18 +128,18 @@ def _nll_parts(x, t, w, ignore_index):
     """(picked log-probs, per-element weights, safe targets) with classes on the last axis."""
     if x.ndim == 1:
         x, t = x[None], t.reshape(1)
-    xl = np.moveaxis(x, 1, -1)  # N *d C
     valid = t != ignore_index
-    safe = np.where(valid, t, 0)
-    bad = (safe < 0) | (safe >= xl.shape[-1])
-    if np.any(bad):
+    safe = t if valid.all() else np.where(valid, t, 0)
+    n_classes = x.shape[1]
+    if safe.size and (safe.min() < 0 or safe.max() >= n_classes):
+        bad = (safe < 0) | (safe >= n_classes)
         raise IndexError(f"Target {safe[bad].flat[0]} is out of bounds.")
-    if xl.ndim == 2:  # (N, C): plain fancy indexing, no index broadcasting machinery
-        picked = xl[np.arange(len(safe)), safe]
+    if x.ndim == 2:  # (N, C): plain fancy indexing, no index broadcasting machinery
+        picked = x[np.arange(len(safe)), safe]
     else:
-        picked = np.take_along_axis(xl, safe[..., None], axis=-1)[..., 0]
-    weights = (w[0].reshape(-1)[safe] if w else np.ones_like(picked)) * valid
-    return picked, weights.astype(x.dtype), safe
+        picked = np.take_along_axis(np.moveaxis(x, 1, -1), safe[..., None], axis=-1)[..., 0]
+    weights = (w[0].reshape(-1)[safe] * valid).astype(x.dtype) if w else valid.astype(x.dtype)
+    return picked, weights, safe
 
 
 def _nll_eager(x, t, *w, reduction, ignore_index):
@@ -150,9 +150,12 @@ def _nll_eager(x, t, *w, reduction, ignore_index):
     if reduction == "none":
         return losses
     if reduction == "sum":
-        return np.sum(losses)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.sum(losses) / np.sum(weights)
+        return losses.sum()
+    total = weights.sum()
+    if not total:  # every target ignored: 0 / 0 is NaN, quietly, as in torch
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return losses.sum() / total
+    return losses.sum() / total
 
 
 def _nll_backward(ctx, g):
@@ -176,7 +179,7 @@ def _nll_backward_eager(g, t, *w, input_shape, reduction, ignore_index):
     _, weights, safe = _nll_parts(dummy, t, w, ignore_index)
     if reduction == "mean":
         with np.errstate(invalid="ignore", divide="ignore"):
-            scale = -g / np.sum(weights)
+            scale = -g / weights.sum()
     elif reduction == "sum":
         scale = -g
     else:

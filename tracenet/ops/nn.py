@@ -816,8 +816,8 @@ def _softmax_eager(x, dim):
 def _log_softmax_eager(x, dim):
     if not x.size:
         return x
-    shifted = x - np.max(x, axis=dim, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=dim, keepdims=True))
+    shifted = x - x.max(axis=dim, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
 
 
 def _softmax_meta_for(prefix):
