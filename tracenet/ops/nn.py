@@ -128,25 +128,37 @@ def _conv_meta(x, w, *b, stride, padding, dilation, groups):
     return Meta((x.shape[0], w.shape[0]) + tuple(out), x.dtype)
 
 
+def _columns(xp, out, k, stride, dil):
+    """im2col: (N, C * prod(k), prod(out)) of the padded input, one column per window, rows
+    ordered channel-major, so that a group's channels are a contiguous block of rows and the
+    product with the flattened kernel is already in (N, O, *out) order."""
+    n = len(k)
+    s = xp.strides
+    win = as_strided(xp, xp.shape[:2] + tuple(k) + tuple(out),
+                     s[:2] + tuple(s[2 + i] * dil[i] for i in range(n))
+                     + tuple(s[2 + i] * stride[i] for i in range(n)), writeable=False)
+    return win.reshape(xp.shape[0], xp.shape[1] * common.numel(k), common.numel(out))
+
+
+def _grouped_product(w2, cols, groups):
+    """(N, O, P): each group's (O_g, R_g) kernel rows times its block of column rows."""
+    if groups == 1:
+        return np.matmul(w2, cols)
+    og, rg = w2.shape[0] // groups, cols.shape[1] // groups
+    return np.concatenate([np.matmul(w2[g * og:(g + 1) * og], cols[:, g * rg:(g + 1) * rg])
+                           for g in range(groups)], axis=1)
+
+
 def _conv_eager(x, w, *b, stride, padding, dilation, groups):
     n = len(stride)
     k = w.shape[2:]
-    out = [conv_out_size(x.shape[2 + i], k[i], stride[i], padding[i], dilation[i])
-           for i in range(n)]
-    cols = _windows(_pad_spatial(x, padding), out, k, stride, dilation)  # N C *out *k
-    kaxes = tuple(range(2 + n, 2 + 2 * n))
-    cg, og = w.shape[1], w.shape[0] // groups
-    parts = []
-    for g in range(groups):
-        cg_cols = cols[:, g * cg:(g + 1) * cg]
-        wg = w[g * og:(g + 1) * og]
-        # contract channels and kernel taps: (N, *out, O_g)
-        parts.append(np.tensordot(cg_cols, wg, axes=((1,) + kaxes, (1,) + tuple(range(2, 2 + n)))))
-    y = parts[0] if groups == 1 else np.concatenate(parts, axis=-1)
-    y = np.moveaxis(y, -1, 1)
+    out = tuple(conv_out_size(x.shape[2 + i], k[i], stride[i], padding[i], dilation[i])
+                for i in range(n))
+    cols = _columns(_pad_spatial(x, padding), out, k, stride, dilation)
+    y = _grouped_product(w.reshape(w.shape[0], -1), cols, groups)
     if b:
-        y = y + b[0].reshape((1, -1) + (1,) * n)
-    return np.ascontiguousarray(y, dtype=x.dtype)
+        y += b[0].reshape(-1, 1)
+    return np.ascontiguousarray(y.reshape(y.shape[:2] + out), dtype=x.dtype)
 
 
 def _geo(attrs):
@@ -171,48 +183,26 @@ convolution_op = register("convolution", infer=_conv_meta, eager=_conv_eager, sa
 
 
 def _conv_input_grad_eager(g, w, input_shape, stride, padding, dilation, groups):
-    n = len(stride)
-    if groups == 1 and all(d == 1 for d in dilation) and g.size:
-        return _conv_input_grad_full(g, w, input_shape, stride, padding)
-    k = w.shape[2:]
-    N, C = input_shape[0], input_shape[1]
-    og, cg = w.shape[0] // groups, w.shape[1]
-    padded = [input_shape[2 + i] + 2 * padding[i] for i in range(n)]
-    out = g.shape[2:]
-    gxp = np.zeros((N, C) + tuple(padded), dtype=g.dtype)
-    for grp in range(groups):
-        gg = g[:, grp * og:(grp + 1) * og]
-        wg = w[grp * og:(grp + 1) * og]
-        # (N, *out, Cg, *k): every output position's contribution to each window tap
-        cols = np.tensordot(gg, wg, axes=((1,), (0,)))
-        cols = np.moveaxis(cols, 1 + n, 1)  # N Cg *out *k
-        target = gxp[:, grp * cg:(grp + 1) * cg]
-        for tap in np.ndindex(*k):
-            sl = tuple(slice(tap[i] * dilation[i], tap[i] * dilation[i] + stride[i] * (out[i] - 1)
-                             + 1, stride[i]) for i in range(n))
-            target[(slice(None), slice(None)) + sl] += cols[(Ellipsis,) + tap]
-    crop = tuple(slice(padding[i], padding[i] + input_shape[2 + i]) for i in range(n))
-    return np.ascontiguousarray(gxp[(slice(None), slice(None)) + crop])
-
-
-def _conv_input_grad_full(g, w, input_shape, stride, padding):
-    """The input gradient without dilation or groups, as one correlation: ``g`` spread out by
-    the stride and padded by the kernel size minus one, against the flipped kernel."""
+    """The convolution's input gradient as one correlation: ``g`` spread out by the stride
+    and framed by the dilated kernel's extent, against the flipped kernel with input and
+    output channels swapped (per group)."""
     n = len(stride)
     k = w.shape[2:]
     N, O = g.shape[:2]
     out = g.shape[2:]
-    padded = [input_shape[2 + i] + 2 * padding[i] for i in range(n)]
-    # the spread gradient, framed so that its windows cover every padded input position
-    frame = tuple(padded[i] + k[i] - 1 for i in range(n))
-    gf = np.zeros((N, O) + frame, g.dtype)
-    gf[(slice(None), slice(None)) + tuple(slice(k[i] - 1, k[i] - 1 + stride[i] * (out[i] - 1) + 1,
-                                                stride[i]) for i in range(n))] = g
-    cols = _windows(gf, padded, k, (1,) * n, (1,) * n)  # N O *padded *k
+    og, cg = w.shape[0] // groups, w.shape[1]
+    padded = tuple(input_shape[2 + i] + 2 * padding[i] for i in range(n))
+    reach = tuple(dilation[i] * (k[i] - 1) for i in range(n))
+    gf = np.zeros((N, O) + tuple(padded[i] + reach[i] for i in range(n)), g.dtype)
+    gf[(slice(None), slice(None)) + tuple(
+        slice(reach[i], reach[i] + stride[i] * (out[i] - 1) + 1, stride[i])
+        for i in range(n))] = g
+    cols = _columns(gf, padded, k, (1,) * n, dilation)  # N, O * K, prod(padded)
     flipped = w[(slice(None), slice(None)) + (slice(None, None, -1),) * n]
-    kaxes = tuple(range(2 + n, 2 + 2 * n))
-    gxp = np.tensordot(cols, flipped, axes=((1,) + kaxes, (0,) + tuple(range(2, 2 + n))))
-    gxp = np.moveaxis(gxp, -1, 1)  # N C *padded
+    # per group: (C_g, O_g * K) rows, stacked over the groups
+    wt = flipped.reshape((groups, og, cg) + tuple(k)).swapaxes(1, 2).reshape(
+        groups * cg, og * common.numel(k))
+    gxp = _grouped_product(wt, cols, groups).reshape((N, groups * cg) + padded)
     crop = tuple(slice(padding[i], padding[i] + input_shape[2 + i]) for i in range(n))
     return np.ascontiguousarray(gxp[(slice(None), slice(None)) + crop], dtype=g.dtype)
 
@@ -221,16 +211,18 @@ def _conv_weight_grad_eager(g, x, weight_shape, stride, padding, dilation, group
     n = len(stride)
     k = weight_shape[2:]
     out = g.shape[2:]
-    cols = _windows(_pad_spatial(x, padding), out, k, stride, dilation)  # N C *out *k
-    og, cg = weight_shape[0] // groups, weight_shape[1]
-    oaxes = tuple(range(2, 2 + n))
+    cols = _columns(_pad_spatial(x, padding), out, k, stride, dilation)  # N, C * K, P
+    g3 = g.reshape(g.shape[:2] + (common.numel(out),))  # N, O, P (not -1: N may be 0)
+    og, rg = weight_shape[0] // groups, cols.shape[1] // groups
     parts = []
     for grp in range(groups):
-        gg = g[:, grp * og:(grp + 1) * og]
-        cc = cols[:, grp * cg:(grp + 1) * cg]
-        parts.append(np.tensordot(gg, cc, axes=((0,) + oaxes, (0,) + oaxes)))  # Og Cg *k
+        gg = g3[:, grp * og:(grp + 1) * og]
+        cc = cols[:, grp * rg:(grp + 1) * rg]
+        # summed over the batch: one product when the batch is 1
+        prod = np.matmul(gg, cc.transpose(0, 2, 1))
+        parts.append(prod[0] if len(prod) == 1 else prod.sum(axis=0, dtype=g.dtype))
     res = np.concatenate(parts, axis=0) if groups > 1 else parts[0]
-    return np.ascontiguousarray(res, dtype=g.dtype)
+    return np.ascontiguousarray(res.reshape(tuple(weight_shape)), dtype=g.dtype)
 
 
 def _conv_input_grad_backward(ctx, gg):
