@@ -50,7 +50,13 @@ def _mm_backward(ctx, g):
     return ga, gb
 
 
-mm_op = register("mm", infer=_mm_meta, eager=np.matmul, saves=(0, 1), backward=_mm_backward,
+def _matmul2d(a, b):
+    """A matrix product. numpy's matmul takes a slow loop for an inner size of 1 (the outer
+    products of batch-1 weight gradients, ~10x slower); dot calls BLAS for it."""
+    return np.dot(a, b) if a.shape[1] == 1 else np.matmul(a, b)
+
+
+mm_op = register("mm", infer=_mm_meta, eager=_matmul2d, saves=(0, 1), backward=_mm_backward,
                  decomposition=lambda a, b: gemm(a, b))
 
 
@@ -70,7 +76,7 @@ def _addmm_meta(bias, a, b, beta=1, alpha=1):
 
 
 def _addmm_eager(bias, a, b, beta=1, alpha=1):
-    prod = np.matmul(a, b)
+    prod = _matmul2d(a, b)
     if alpha != 1:
         prod *= alpha
     return prod + (bias if beta == 1 else bias * beta)
