@@ -128,16 +128,23 @@ def _conv_meta(x, w, *b, stride, padding, dilation, groups):
     return Meta((x.shape[0], w.shape[0]) + tuple(out), x.dtype)
 
 
-def _columns(xp, out, k, stride, dil):
+def _columns(xp, out, k, stride, dil, batch_inner=False):
     """im2col: (N, C * prod(k), prod(out)) of the padded input, one column per window, rows
     ordered channel-major, so that a group's channels are a contiguous block of rows and the
-    product with the flattened kernel is already in (N, O, *out) order."""
+    product with the flattened kernel is already in (N, O, *out) order. ``batch_inner``:
+    (C * prod(k), N * prod(out)) instead, every window of the batch in one row."""
     n = len(k)
     s = xp.strides
-    win = as_strided(xp, xp.shape[:2] + tuple(k) + tuple(out),
-                     s[:2] + tuple(s[2 + i] * dil[i] for i in range(n))
-                     + tuple(s[2 + i] * stride[i] for i in range(n)), writeable=False)
-    return win.reshape(xp.shape[0], xp.shape[1] * common.numel(k), common.numel(out))
+    taps = tuple(k), tuple(s[2 + i] * dil[i] for i in range(n))
+    windows = tuple(out), tuple(s[2 + i] * stride[i] for i in range(n))
+    N, C = xp.shape[:2]
+    if batch_inner:
+        win = as_strided(xp, (C,) + taps[0] + (N,) + windows[0],
+                         (s[1],) + taps[1] + (s[0],) + windows[1], writeable=False)
+        return win.reshape(C * common.numel(k), N * common.numel(out))
+    win = as_strided(xp, (N, C) + taps[0] + windows[0], s[:2] + taps[1] + windows[1],
+                     writeable=False)
+    return win.reshape(N, C * common.numel(k), common.numel(out))
 
 
 def _grouped_product(w2, cols, groups):
@@ -192,6 +199,11 @@ def _conv_input_grad_eager(g, w, input_shape, stride, padding, dilation, groups)
     out = g.shape[2:]
     og, cg = w.shape[0] // groups, w.shape[1]
     padded = tuple(input_shape[2 + i] + 2 * padding[i] for i in range(n))
+    crop = tuple(slice(padding[i], padding[i] + input_shape[2 + i]) for i in range(n))
+    if N * O * common.numel(k) * common.numel(padded) > 1 << 20:
+        # large: the correlation's columns would be a big copy; add each tap's share instead
+        return np.ascontiguousarray(_conv_input_grad_taps(g, w, padded, stride, dilation,
+                                                          groups)[(slice(None),) * 2 + crop])
     reach = tuple(dilation[i] * (k[i] - 1) for i in range(n))
     gf = np.zeros((N, O) + tuple(padded[i] + reach[i] for i in range(n)), g.dtype)
     gf[(slice(None), slice(None)) + tuple(
@@ -203,24 +215,44 @@ def _conv_input_grad_eager(g, w, input_shape, stride, padding, dilation, groups)
     wt = flipped.reshape((groups, og, cg) + tuple(k)).swapaxes(1, 2).reshape(
         groups * cg, og * common.numel(k))
     gxp = _grouped_product(wt, cols, groups).reshape((N, groups * cg) + padded)
-    crop = tuple(slice(padding[i], padding[i] + input_shape[2 + i]) for i in range(n))
     return np.ascontiguousarray(gxp[(slice(None), slice(None)) + crop], dtype=g.dtype)
+
+
+def _conv_input_grad_taps(g, w, padded, stride, dilation, groups):
+    """The padded input gradient as the sum over kernel taps of each tap's share: the
+    transposed kernel times ``g`` (col2im), added into strided slices."""
+    n = len(stride)
+    k = w.shape[2:]
+    N, O = g.shape[:2]
+    out = g.shape[2:]
+    og, cg = O // groups, w.shape[1]
+    g3 = g.reshape((N, O, common.numel(out)))
+    gxp = np.zeros((N, groups * cg) + tuple(padded), g.dtype)
+    for grp in range(groups):
+        wg = w[grp * og:(grp + 1) * og].reshape(og, -1)  # O_g, C_g * K
+        cols = np.matmul(wg.T, g3[:, grp * og:(grp + 1) * og])  # N, C_g * K, P
+        cols = cols.reshape((N, cg) + tuple(k) + tuple(out))
+        target = gxp[:, grp * cg:(grp + 1) * cg]
+        for tap in np.ndindex(*k):
+            sl = tuple(slice(tap[i] * dilation[i],
+                             tap[i] * dilation[i] + stride[i] * (out[i] - 1) + 1, stride[i])
+                       for i in range(n))
+            target[(slice(None), slice(None)) + sl] += cols[(slice(None), slice(None)) + tap]
+    return gxp
 
 
 def _conv_weight_grad_eager(g, x, weight_shape, stride, padding, dilation, groups):
     n = len(stride)
     k = weight_shape[2:]
     out = g.shape[2:]
-    cols = _columns(_pad_spatial(x, padding), out, k, stride, dilation)  # N, C * K, P
-    g3 = g.reshape(g.shape[:2] + (common.numel(out),))  # N, O, P (not -1: N may be 0)
-    og, rg = weight_shape[0] // groups, cols.shape[1] // groups
-    parts = []
-    for grp in range(groups):
-        gg = g3[:, grp * og:(grp + 1) * og]
-        cc = cols[:, grp * rg:(grp + 1) * rg]
-        # summed over the batch: one product when the batch is 1
-        prod = np.matmul(gg, cc.transpose(0, 2, 1))
-        parts.append(prod[0] if len(prod) == 1 else prod.sum(axis=0, dtype=g.dtype))
+    N, O = g.shape[:2]
+    # one product over every window of the batch: (O, N * P) times (N * P, C * K)
+    cols = _columns(_pad_spatial(x, padding), out, k, stride, dilation, batch_inner=True)
+    g2 = g.reshape((N, O, common.numel(out)))
+    g2 = g2[0] if N == 1 else g2.transpose(1, 0, 2).reshape(O, -1)
+    og, rg = weight_shape[0] // groups, cols.shape[0] // groups
+    parts = [np.matmul(g2[grp * og:(grp + 1) * og], cols[grp * rg:(grp + 1) * rg].T)
+             for grp in range(groups)]
     res = np.concatenate(parts, axis=0) if groups > 1 else parts[0]
     return np.ascontiguousarray(res.reshape(tuple(weight_shape)), dtype=g.dtype)
 
