@@ -31,14 +31,19 @@ _FREED_MSG = ("Trying to backward through the graph a second time (or directly a
 
 class Node:
     """A backward function. ``next_functions`` pairs each input's node with its output index."""
-    __slots__ = ("next_functions", "_hooks", "_retained", "_pre_hooks", "metadata", "__weakref__")
+    __slots__ = ("next_functions", "_hooks", "_retained", "_metadata", "__weakref__")
 
     def __init__(self, next_functions):
         self.next_functions = next_functions
         self._hooks = None        # {output_nr: {handle id: hook}} on the tensors it produced
         self._retained = None     # {output_nr: weakref(tensor)} for retain_grad()
-        self._pre_hooks = []
-        self.metadata = {}
+        self._metadata = None     # made on first use: most nodes never have any
+
+    @property
+    def metadata(self):
+        if self._metadata is None:
+            self._metadata = {}
+        return self._metadata
 
     def name(self):
         n = type(self).__name__
@@ -133,9 +138,13 @@ def accumulator_of(leaf):
 
 def edge_of(t):
     """The (node, output_nr) a gradient for tensor ``t`` flows into, or (None, 0)."""
-    if t.grad_fn is not None:
-        return (t.grad_fn, t._output_nr)
-    if t._requires_grad:
+    base = t._base_
+    if base is not None and t._view_hist != base._hist:
+        t._refresh_view()  # what the grad_fn property does for a view with a stale history
+    fn = t._grad_fn
+    if fn is not None:
+        return (fn, t._output_nr)
+    if t._req:
         return (accumulator_of(t), 0)
     return (None, 0)
 

@@ -457,6 +457,11 @@ def _max_pool_eager(x, kernel, stride, padding, dilation, ceil_mode):
     extra = tuple(max(0, need[i] - spatial[i] - 2 * padding[i]) for i in range(n))
     planes = _as_planes(x, n)
     L, K = planes.shape[0], common.numel(kernel)
+    scanned = None
+    if not any(padding) and not any(extra) and planes.size:
+        scanned = _max_pool_scan(planes, out, kernel, stride, dilation)
+    if scanned is not None:
+        return scanned[0].reshape(lead + out), scanned[1].reshape(lead + out)
     fill = _lowest(x.dtype)
     win = _windows(_pad_spatial(planes, padding, fill, extra), out, kernel, stride, dilation)
     flat = win.reshape((L,) + out + (K,))
@@ -495,6 +500,43 @@ def _max_pool_eager(x, kernel, stride, padding, dilation, ceil_mode):
         index = index * spatial[i] + pos
     return (np.ascontiguousarray(vals.reshape(lead + out)),
             np.ascontiguousarray(index.reshape(lead + out)))
+
+
+def _max_pool_scan(planes, out, kernel, stride, dilation):
+    """Max pooling without padding, tap by tap over every window at once: the maximum, and
+    the first tap holding it (torch's scan keeps the first maximum). (values, flat input
+    indices), both (L, 1, *out); None when a NaN makes torch's scan order matter."""
+    n = len(kernel)
+    spatial = planes.shape[2:]
+    win = _windows(planes, out, kernel, stride, dilation)  # (L, 1, *out, *kernel) view
+    taps = list(np.ndindex(*kernel))
+    views = [win[(Ellipsis,) + t] for t in taps]
+    if len(views) == 1:
+        best = views[0].copy()
+    else:
+        best = np.maximum(views[0], views[1])
+        for v in views[2:]:
+            np.maximum(best, v, out=best)
+    if planes.dtype.kind == "f" and np.isnan(best).any():
+        return None
+    # the winning tap = how many leading taps are below the maximum
+    below = views[0] != best
+    arg = below.astype(np.intp)
+    for v in views[1:-1]:
+        below &= v != best
+        arg += below
+    # flat input index = the window's start + the winning tap's offset
+    row = [1] * n
+    for i in range(n - 1, 0, -1):
+        row[i - 1] = row[i] * spatial[i]
+    start = np.zeros((), np.int64)
+    for i in range(n):
+        shape = [1] * n
+        shape[i] = out[i]
+        start = start + (np.arange(out[i], dtype=np.int64) * (stride[i] * row[i])).reshape(shape)
+    offsets = np.array([sum(t[i] * dilation[i] * row[i] for i in range(n)) for t in taps],
+                       np.int64)
+    return best, start + offsets[arg]
 
 
 def _pool_geo(attrs):
