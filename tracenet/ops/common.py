@@ -12,38 +12,29 @@ from .registry import register as _register
 from .size_value import size_tensor
 
 
-try:  # numpy >= 2 keeps its error state in a context variable: set it directly, ~1 us less
-    from numpy._core._ufunc_config import _extobj_contextvar, _make_extobj
-    _IGNORE_ALL = _make_extobj(all="ignore")
-except ImportError:  # pragma: no cover (older numpy)
-    _extobj_contextvar = None
-
-
 def quiet(fn):
     """A numpy kernel run without numpy's floating-point warnings: like torch, overflow,
     division by zero and invalid values silently give inf/nan."""
-    if _extobj_contextvar is not None:
-        enter, leave = _extobj_contextvar.set, _extobj_contextvar.reset
-
-        def kernel(*args, **kwargs):
-            # what np.errstate(all="ignore") does, without building its state on every call
-            token = enter(_IGNORE_ALL)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                leave(token)
-    else:
-        def kernel(*args, **kwargs):
-            with np.errstate(all="ignore"):
-                return fn(*args, **kwargs)
-    kernel.__name__ = getattr(fn, "__name__", "kernel")
-    kernel.__wrapped__ = fn
-    return kernel
+    return _registry._quiet(fn)
 
 
 def register_quiet(name, *, eager, **kw):
     """``registry.register`` with an ``eager`` kernel that does not emit numpy warnings."""
     return _register(name, eager=quiet(eager), **kw)
+
+
+def np_sum_to(g, shape):
+    """numpy ``g`` summed down to the broadcast source ``shape`` (``reduce.sum_to_shape`` on
+    arrays: the same sums, so the same bits)."""
+    shape = tuple(shape)
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    dims = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape)
+                                      if s == 1 and g.shape[lead + i] != 1)
+    if dims:
+        g = np.sum(g, axis=dims, keepdims=True)
+    return g if g.shape == shape else g.reshape(shape)
 
 
 def tensor_cls():

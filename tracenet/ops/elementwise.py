@@ -353,7 +353,7 @@ subtract = sub
 
 
 def _unary(name, eager, backward=None, uses="x", infer=common.float_meta, grad_fn=None,
-           differentiable=True, c=None):
+           differentiable=True, c=None, eager_backward=None):
     saves = (0,) if uses == "x" else ()
     if infer is common.float_meta:
         np_fn = eager
@@ -365,7 +365,7 @@ def _unary(name, eager, backward=None, uses="x", infer=common.float_meta, grad_f
             return np_fn(x)
     op = register(name, infer=infer, eager=eager, backward=backward, saves=saves,
                   save_outputs=(uses == "y"), grad_fn=grad_fn, differentiable=differentiable,
-                  c_expr=c if callable(c) else template(c))
+                  c_expr=c if callable(c) else template(c), eager_backward=eager_backward)
 
     def fn(x):
         return apply(op, x)
@@ -439,6 +439,8 @@ sign = _unary("sign", lambda x: x.copy() if x.dtype == np.bool_ else np.sign(x),
               c="(({ct})(({0} > 0) - ({0} < 0)))")
 relu = _unary("relu", lambda x: np.maximum(x, 0), uses="y", infer=common.same,
               backward=lambda ctx, g: (threshold_backward(g, _y(ctx), 0.0),),
+              eager_backward=lambda ctx, g: (_threshold_backward_eager(g, ctx.output._data,
+                                                                       0.0),),
               c="({0} <= 0 ? 0 : {0})")
 floor = _unary("floor", np.floor, lambda ctx, g: (g * 0,), uses=None, infer=common.same,
                c="floor({0})")

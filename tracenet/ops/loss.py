@@ -166,8 +166,17 @@ def _nll_backward(ctx, g):
     return (gx, None) + (None,) * len(w)
 
 
+def _nll_backward_np(ctx, g):
+    t = ctx.inputs[1]._data
+    w = (ctx.inputs[2]._data,) if len(ctx.metas) > 2 else ()
+    gx = _nll_backward_eager(g, t, *w, input_shape=tuple(ctx.metas[0].shape),
+                             reduction=ctx.attrs["reduction"],
+                             ignore_index=ctx.attrs["ignore_index"])
+    return (gx, None) + (None,) * len(w)
+
+
 nll_loss_op = register("nll_loss", infer=_nll_meta, eager=_nll_eager, saves=(1, 2),
-                       nondiff=(2,), backward=_nll_backward,
+                       nondiff=(2,), backward=_nll_backward, eager_backward=_nll_backward_np,
                        grad_fn=lambda ctx: "NllLoss2DBackward0" if len(ctx.metas[0].shape) == 4
                        else "NllLossBackward0")
 

@@ -185,8 +185,21 @@ def _conv_backward(ctx, g):
     return (gx, gw, gb) if len(ctx.metas) > 2 else (gx, gw)
 
 
+def _conv_backward_np(ctx, g):
+    x, w = ctx.inputs[0]._data, ctx.inputs[1]._data
+    geo = _geo(ctx.attrs)
+    need = ctx.needs_input_grad
+    gx = _conv_input_grad_eager(g, w, tuple(ctx.metas[0].shape), **geo) if need[0] else None
+    gw = _conv_weight_grad_eager(g, x, tuple(ctx.metas[1].shape), **geo) if need[1] else None
+    if len(ctx.metas) == 2:
+        return gx, gw
+    gb = np.sum(g, axis=(0,) + tuple(range(2, g.ndim))) if need[2] else None
+    return gx, gw, gb
+
+
 convolution_op = register("convolution", infer=_conv_meta, eager=_conv_eager, saves=(0, 1),
-                          backward=_conv_backward, grad_fn="ConvolutionBackward0")
+                          backward=_conv_backward, eager_backward=_conv_backward_np,
+                          grad_fn="ConvolutionBackward0")
 
 
 def _conv_input_grad_eager(g, w, input_shape, stride, padding, dilation, groups):
@@ -554,9 +567,18 @@ def _max_pool_backward(ctx, g, _gi=None):
     return (max_pool_backward(g, idx, shape, **geo),)
 
 
+def _max_pool_backward_np(ctx, g, _gi=None):
+    shape = tuple(ctx.metas[0].shape)
+    out = tuple(ctx.out_metas[0].shape)[2:]
+    geo = {}
+    if _empty_windows(shape[2:], out, **_pool_geo(ctx.attrs)) is not None:
+        geo = _pool_geo(ctx.attrs)
+    return (_max_pool_backward_eager(g, ctx.outputs[1]._data, shape, **geo),)
+
+
 max_pool_op = register(
     "max_pool", infer=_max_pool_meta, eager=_max_pool_eager, save_outputs=True,
-    backward=_max_pool_backward, num_outputs=2,
+    backward=_max_pool_backward, num_outputs=2, eager_backward=_max_pool_backward_np,
     grad_fn=lambda ctx: f"MaxPool{len(ctx.attrs['kernel'])}DWithIndicesBackward0")
 
 
@@ -909,9 +931,15 @@ def _log_softmax_backward(ctx, g):
 
 softmax_op = register("softmax", infer=_softmax_meta_for(""), eager=_softmax_eager,
                       save_outputs=True, backward=_softmax_backward)
+def _log_softmax_backward_np(ctx, g):
+    y = ctx.outputs[0]._data
+    return (g - np.exp(y) * np.sum(g, axis=ctx.attrs["dim"], keepdims=True),)
+
+
 log_softmax_op = register("log_softmax", infer=_softmax_meta_for("log_"),
                           eager=_log_softmax_eager, save_outputs=True,
-                          backward=_log_softmax_backward)
+                          backward=_log_softmax_backward,
+                          eager_backward=_log_softmax_backward_np)
 
 
 def softmax(x, dim):

@@ -55,6 +55,7 @@ def _view_eager(x, shape, copy_ok):
 view_op = register(
     "view", infer=lambda x, shape, copy_ok: Meta(tuple(shape), x.dtype), eager=_view_eager,
     backward=lambda ctx, g: (g.reshape(tuple(ctx.metas[0].shape)),), kind="view",
+    eager_backward=lambda ctx, g: (np.reshape(g, ctx.metas[0].shape),),
     grad_fn=lambda ctx: ctx.attrs.get("_name", "ViewBackward0"))
 
 
@@ -151,6 +152,7 @@ permute_op = register(
     "permute", infer=lambda x, dims: Meta(tuple(x.shape[d] for d in dims), x.dtype),
     eager=lambda x, dims: np.transpose(x, dims), kind="view",
     backward=lambda ctx, g: (permute(g, _inverse(ctx.attrs["dims"])),),
+    eager_backward=lambda ctx, g: (np.transpose(g, _inverse(ctx.attrs["dims"])),),
     grad_fn=lambda ctx: ctx.attrs.get("_name", "PermuteBackward0"))
 
 
