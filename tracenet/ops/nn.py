@@ -6,6 +6,8 @@ convolution into one tensordot (im2col) and pooling into a reduction over the wi
 Pooling ops take batched ``(N, C, *spatial)`` or unbatched ``(C, *spatial)`` input, as torch's
 kernels do, so no reshape nodes appear in the graph.
 """
+import functools
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -538,7 +540,17 @@ def _max_pool_scan(planes, out, kernel, stride, dilation):
     for v in views[1:-1]:
         below &= v != best
         arg += below
-    # flat input index = the window's start + the winning tap's offset
+    start, offsets = _scan_positions(tuple(spatial), tuple(out), tuple(kernel), tuple(stride),
+                                     tuple(dilation))
+    return best, start + offsets[arg]
+
+
+@functools.lru_cache(maxsize=256)
+def _scan_positions(spatial, out, kernel, stride, dilation):
+    """(flat input index of every window's first tap, (*out); flat offset of every tap): a
+    max-pooling index is the sum of its window's start and its winning tap's offset. Cached
+    per geometry, read-only."""
+    n = len(kernel)
     row = [1] * n
     for i in range(n - 1, 0, -1):
         row[i - 1] = row[i] * spatial[i]
@@ -547,9 +559,10 @@ def _max_pool_scan(planes, out, kernel, stride, dilation):
         shape = [1] * n
         shape[i] = out[i]
         start = start + (np.arange(out[i], dtype=np.int64) * (stride[i] * row[i])).reshape(shape)
-    offsets = np.array([sum(t[i] * dilation[i] * row[i] for i in range(n)) for t in taps],
-                       np.int64)
-    return best, start + offsets[arg]
+    offsets = np.array([sum(t[i] * dilation[i] * row[i] for i in range(n))
+                        for t in np.ndindex(*kernel)], np.int64)
+    start.flags.writeable = offsets.flags.writeable = False
+    return start, offsets
 
 
 def _pool_geo(attrs):
