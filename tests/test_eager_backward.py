@@ -178,3 +178,41 @@ def test_freed_graph_and_inplace_checks_still_apply():
     a.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("shapes", [((2, 3), (2, 3)), ((2, 3), (3,)), ((4, 1, 3), (2, 1)),
+                                    ((2, 3), ())])
+def test_broadcasting_arithmetic(shapes):
+    rng = np.random.default_rng(7)
+    a, b = _t(rng, *shapes[0]), _t(rng, *shapes[1])
+    out_shape = np.broadcast_shapes(*shapes)
+    g = tn.from_numpy(rng.standard_normal(out_shape).astype(np.float32))
+    for fn in (lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b,
+               lambda a, b: (a * b - a) * 2 + b):
+        got = _same_as_rule(fn, [a, b], g)
+        ta, tb = (torch.from_numpy(t.detach().numpy()).requires_grad_() for t in (a, b))
+        fn(ta, tb).backward(torch.from_numpy(g.numpy()))
+        np.testing.assert_allclose(got[0], ta.grad.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[1], tb.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_mixed_dtype_products_run_the_rule():
+    rng = np.random.default_rng(8)
+    a = _t(rng, 2, 3)
+    b = _t(rng, 3, dtype=np.float64)
+    s = tn.tensor(1.5, dtype=tn.float64, requires_grad=True)
+    got = _same_as_rule(lambda a, b, s: (a * b).sum() + (a * s).sum(), [a, b, s])
+    assert [g.dtype for g in got] == [np.float32, np.float64, np.float64]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(dim=1), dict(dim=(0, 2), keepdim=True),
+                                dict(dim=-1, dtype=tn.float64)])
+def test_sum_and_mean(kw):
+    rng = np.random.default_rng(9)
+    x = _t(rng, 2, 3, 4)
+    for name in ("sum", "mean"):
+        got = _same_as_rule(lambda x: getattr(x, name)(**kw).exp().sum(), [x])
+        tkw = dict(kw, dtype=torch.float64) if "dtype" in kw else kw
+        tx = torch.from_numpy(x.detach().numpy()).requires_grad_()
+        getattr(tx, name)(**tkw).exp().sum().backward()
+        np.testing.assert_allclose(got[0], tx.grad.numpy(), rtol=1e-5, atol=1e-6)
