@@ -216,3 +216,15 @@ def test_sum_and_mean(kw):
         tx = torch.from_numpy(x.detach().numpy()).requires_grad_()
         getattr(tx, name)(**tkw).exp().sum().backward()
         np.testing.assert_allclose(got[0], tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_leaf_gradients_are_laid_out_like_torchs():
+    # a linear layer's weight gradient arrives transposed; .grad follows the parameter's
+    # row-major layout, as torch's gradient layout contract has it
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    lin, tlin = tn.nn.Linear(4, 5), torch.nn.Linear(4, 5)
+    lin(tn.from_numpy(x)).sum().backward()
+    tlin(torch.from_numpy(x)).sum().backward()
+    for p, tp in zip(lin.parameters(), tlin.parameters()):
+        assert p.grad.is_contiguous() and p.grad.stride() == tp.grad.stride()

@@ -426,8 +426,11 @@ def _accumulate_into_leaf(leaf, grad, create_graph):
     fresh = grad.__dict__.get("_fresh_grad", False)
     if not create_graph and not fresh:
         if leaf._grad is None and concrete:
-            # detach().clone(), without two op dispatches: a copy with no history
-            leaf._grad = Tensor._wrap(np.array(grad._data, order="K", copy=True))
+            # detach().clone(), without two op dispatches: a copy with no history, laid out
+            # like the leaf when that is row-major (torch's gradient layout contract: a
+            # linear layer's weight gradient arrives transposed)
+            order = "C" if leaf._data.flags.c_contiguous else "K"
+            leaf._grad = Tensor._wrap(np.array(grad._data, order=order, copy=True))
             if leaf._grad.dtype is not leaf.dtype:
                 leaf._grad = leaf._grad.to(leaf.dtype)
             return
