@@ -69,6 +69,8 @@ mm_op = register("mm", infer=_mm_meta, eager=_matmul2d, saves=(0, 1), backward=_
 
 def _addmm_meta(bias, a, b, beta=1, alpha=1):
     out = _mm_meta(a, b)
+    if bias.shape == out.shape[1:] or bias.shape == out.shape:
+        return out  # a linear layer's bias (or a full matrix): nothing to broadcast or check
     try:
         shape = common.broadcast_shapes(tuple(bias.shape), tuple(out.shape))
     except RuntimeError:

@@ -69,7 +69,9 @@ def _viewable(arr, shape):
 
 def _view(x, shape, copy_ok, name=None):
     shape = infer_shape(shape, x.numel())
-    if copy_ok and x._ir is None and not _viewable(x._data, shape):
+    # (a row-major array reshapes to any shape as a view: only other layouts are tried)
+    if copy_ok and x._ir is None and not x._data.flags.c_contiguous and \
+            not _viewable(x._data, shape):
         # reshape of a tensor whose memory cannot be viewed so: a contiguous copy, then a view
         # of it (torch's CloneBackward0 -> UnsafeViewBackward0); the result is not a view of x
         x, name = contiguous_copy(x), name or "UnsafeViewBackward0"
