@@ -3,7 +3,8 @@
 Each eager op application that needs a gradient records one ``Node`` whose class name is
 PyTorch's (``AddmmBackward0``...). Leaves get a cached ``AccumulateGrad`` node. ``backward``
 orders the reachable nodes topologically, calls each op's registry backward rule (written in
-tracenet ops, so it runs here on tensors and in the IR autodiff on traced values), and sums
+tracenet ops, so it runs here on tensors and in the IR autodiff on traced values; or, when no
+graph of the backward is recorded, the op's numpy form of it if it has one), and sums
 cotangents where a value was used more than once.
 """
 import re
@@ -12,10 +13,10 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .._dtype import _BY_NP
 from .._meta import Meta
 from ..ops import common, registry
 from ..ops.registry import Ctx, op_attrs, saved_input_indices
-from .._dtype import _BY_NP
 from ..tensor import Tensor, _legacy_type_name
 from ..utils.hooks import add_hook
 from . import grad_mode
