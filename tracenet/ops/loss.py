@@ -142,7 +142,19 @@ def _nll_parts(x, t, w, ignore_index):
     return picked, weights, safe
 
 
+def _plain_targets(x, t, w, ignore_index):
+    """Whether a (N, C) batch has no class weights and every target is a class (none out of
+    range or ignored): the common case, computed without per-element weights."""
+    if x.ndim != 2 or w or not t.size:
+        return False
+    lo, hi = t.min(), t.max()
+    return 0 <= lo and hi < x.shape[1] and not lo <= ignore_index <= hi
+
+
 def _nll_eager(x, t, *w, reduction, ignore_index):
+    if reduction == "mean" and _plain_targets(x, t, w, ignore_index):
+        # every weight is 1: the same sums as below, without multiplying by them
+        return np.negative(x[np.arange(len(t)), t]).sum() / x.dtype.type(len(t))
     picked, weights, _ = _nll_parts(x, t, w, ignore_index)
     losses = -picked * weights
     if x.ndim == 1:
@@ -183,6 +195,13 @@ nll_loss_op = register("nll_loss", infer=_nll_meta, eager=_nll_eager, saves=(1, 
 
 def _nll_backward_eager(g, t, *w, input_shape, reduction, ignore_index):
     x_shape = tuple(input_shape)
+    if reduction == "mean" and len(x_shape) == 2 and not w and t.size and \
+            0 <= t.min() and t.max() < x_shape[1] and \
+            not t.min() <= ignore_index <= t.max():
+        # every weight is 1 (see _plain_targets): -g / N at each target
+        out = np.zeros(x_shape, g.dtype)
+        out[np.arange(len(t)), t] = (-g / g.dtype.type(len(t))).astype(g.dtype)
+        return out
     # only the targets' weights are read: a broadcast zero stands in for the input
     dummy = np.broadcast_to(np.zeros((), g.dtype), x_shape)
     _, weights, safe = _nll_parts(dummy, t, w, ignore_index)
