@@ -1,15 +1,16 @@
 """LeNet (the PyTorch tutorial's net) side by side: PyTorch eager vs tracenet compiled.
 
-    python bench/lenet.py [--quick] [--no-inductor]
+    python bench/lenet.py [--quick] [--no-inductor] [--train-only]
 
 Both frameworks run in this process with the same weights; timings alternate between them in
 rounds (each framework's turn starts with two untimed calls, so both are timed in the steady
 state of a loop, not just after the other one evicted their caches) and report medians, and
 every row prints the ratio PyTorch time / tracenet time (> 1
 means tracenet is faster). Train step = zero_grad, forward, CrossEntropyLoss, backward, SGD
-(momentum 0.9). tracenet runs it two ways: ``compile_step`` (the whole step as one C call) and
-the plain loop around ``tracenet.compile(net)`` (loss, backward driver and optimizer in eager
-mode). Cold/warm compile times and peak memory are measured in fresh subprocesses.
+(momentum 0.9). tracenet runs it four ways: ``compile_step`` (the whole step as one C call),
+``tracenet.compile(step_fn)`` of the ordinary step function, the tutorial's loop around
+``tracenet.compile(net)`` (loss, backward driver and optimizer in eager mode) and the same loop
+in eager mode. Before timing, every path's first losses must equal PyTorch's. Cold/warm compile times and peak memory are measured in fresh subprocesses.
 """
 import argparse
 import json
@@ -33,8 +34,18 @@ try:
 except ImportError:  # pragma: no cover
     sys.exit("bench/lenet.py compares against PyTorch: pip install torch==2.13.0")
 
-TARGETS = {("train", 1): 15, ("train", 8): 6, ("train", 64): 2.5, ("train", 256): 2.5,
-           ("infer", 1): 10, ("infer", 64): 2}
+# ratio PyTorch eager time / tracenet time each training path must reach, per batch size
+TRAIN_TARGETS = {
+    "compile_step": {1: 15, 8: 6, 64: 2.5, 256: 2.5},
+    "tracenet.compile(step_fn)": {1: 20},
+    "plain loop around tracenet.compile(net)": {1: 6, 64: 3},
+    "tracenet eager": {1: 1},
+}
+INFER_TARGETS = {1: 10, 64: 2}
+# the batch sizes each path is timed at (the eager loop is slow to time at 256)
+TRAIN_BATCHES = {"compile_step": (1, 8, 64, 256), "tracenet.compile(step_fn)": (1, 8, 64, 256),
+                 "plain loop around tracenet.compile(net)": (1, 8, 64, 256),
+                 "tracenet eager": (1, 8, 64)}
 
 
 def lenet(lib):
@@ -92,10 +103,9 @@ def compare(fns, rounds, per_round, settle=2):
 
 
 def train_workloads(batch, rng):
+    """{name: step callable returning its loss} for PyTorch eager and each tracenet path, every
+    network a copy of the same weights, every optimizer SGD with momentum."""
     tnet = lenet(torch)
-    net, plain_net = lenet(tn), lenet(tn)
-    copy_weights(tnet, net)
-    copy_weights(tnet, plain_net)
     x = rng.standard_normal((batch, 1, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, batch)
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
@@ -105,24 +115,55 @@ def train_workloads(batch, rng):
 
     def torch_step():
         t_opt.zero_grad()
-        t_crit(tnet(tx), ty).backward()
+        loss = t_crit(tnet(tx), ty)
+        loss.backward()
         t_opt.step()
+        return loss
 
     crit = tn.nn.CrossEntropyLoss()
-    opt = tn.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    step = tn.compile_step(lambda a, b: crit(net(a), b), opt)
 
-    def fused_step():
-        step(nx, ny)
+    def copy():
+        net = lenet(tn)
+        copy_weights(tnet, net)
+        return net, tn.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
-    plain = tn.compile(plain_net)
-    plain_opt = tn.optim.SGD(plain_net.parameters(), lr=0.01, momentum=0.9)
+    fused_net, fused_opt = copy()
+    fused = tn.compile_step(lambda a, b: crit(fused_net(a), b), fused_opt)
 
-    def plain_step():
-        plain_opt.zero_grad()
-        crit(plain(nx), ny).backward()
-        plain_opt.step()
-    return torch_step, fused_step, plain_step
+    fn_net, fn_opt = copy()
+
+    def train_step(a, b):
+        fn_opt.zero_grad()
+        loss = crit(fn_net(a), b)
+        loss.backward()
+        fn_opt.step()
+        return loss
+    compiled_fn = tn.compile(train_step)
+
+    def loop(net, opt):
+        def step():  # the tutorial's loop
+            opt.zero_grad()
+            loss = crit(net(nx), ny)
+            loss.backward()
+            opt.step()
+            return loss
+        return step
+    plain_net, plain_opt = copy()
+    eager_net, eager_opt = copy()
+    return {"PyTorch eager": torch_step,
+            "compile_step": lambda: fused(nx, ny),
+            "tracenet.compile(step_fn)": lambda: compiled_fn(nx, ny),
+            "plain loop around tracenet.compile(net)": loop(tn.compile(plain_net), plain_opt),
+            "tracenet eager": loop(eager_net, eager_opt)}
+
+
+def check_first_losses(steps, n=3):
+    """Every path's first ``n`` losses equal PyTorch's (all start from the same weights)."""
+    losses = {name: [step().item() for _ in range(n)] for name, step in steps.items()}
+    want = losses["PyTorch eager"]
+    for name, got in losses.items():
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6,
+                                   err_msg=f"{name}: first losses differ from PyTorch's")
 
 
 def infer_workloads(batch, rng, inductor):
@@ -227,8 +268,13 @@ def main():
     ap.add_argument("--no-inductor", action="store_true", help="skip torch.compile")
     ap.add_argument("--cold-runs", type=int, default=3,
                     help="cold compiles to take the median of (default 3)")
+    ap.add_argument("--torch-threads", type=int, default=2,
+                    help="PyTorch's intra-op threads (default 2; 1 is steadier on a loaded "
+                         "machine, where PyTorch's thread pool waits for a busy core)")
+    ap.add_argument("--train-only", action="store_true",
+                    help="only the training table (no inference, compile times or memory)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.torch_threads)
     rounds, per_round = (3, 6) if args.quick else (7, 10)
     rng = np.random.default_rng(0)
     rows = []
@@ -236,16 +282,21 @@ def main():
           f"threads); median us per call over {rounds} alternating rounds of {per_round} "
           f"(each after 2 untimed calls)")
     print()
-    print("| workload | batch | PyTorch eager us | tracenet compile_step us | ratio | "
-          "tracenet plain loop us | ratio | target |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| train step | batch | PyTorch eager us | tracenet us | ratio | target |")
+    print("|---|---|---|---|---|---|")
     for batch in (1, 8, 64, 256):
         reps = per_round if batch < 256 else max(3, per_round // 3)
-        t, fused, plain = compare(train_workloads(batch, rng), rounds, reps)
-        rows.append(("train", batch, t, fused, plain))
-        print(f"| train step | {batch} | {t * 1e6:.0f} | {fused * 1e6:.0f} | {t / fused:.2f}x | "
-              f"{plain * 1e6:.0f} | {t / plain:.2f}x | >= {TARGETS[('train', batch)]}x |",
-              flush=True)
+        steps = train_workloads(batch, rng)
+        check_first_losses(steps)
+        names = [n for n in steps if n == "PyTorch eager" or batch in TRAIN_BATCHES[n]]
+        # PyTorch is timed against each path in turn, interleaved with it
+        for name in names[1:]:
+            t, ours = compare([steps["PyTorch eager"], steps[name]], rounds, reps)
+            target = TRAIN_TARGETS[name].get(batch)
+            print(f"| {name} | {batch} | {t * 1e6:.0f} | {ours * 1e6:.0f} | {t / ours:.2f}x | "
+                  f"{'>= %gx' % target if target else '-'} |", flush=True)
+    if args.train_only:
+        return
     print()
     print("| workload | batch | PyTorch eager us | tracenet compiled us | ratio | "
           "torch.compile us | ratio vs torch.compile | target |")
@@ -255,7 +306,7 @@ def main():
         res = compare(infer_workloads(batch, rng, inductor), rounds, per_round)
         ind = f"{res[2] * 1e6:.0f} | {res[2] / res[1]:.2f}x" if inductor else "- | -"
         print(f"| inference | {batch} | {res[0] * 1e6:.0f} | {res[1] * 1e6:.0f} | "
-              f"{res[0] / res[1]:.2f}x | {ind} | >= {TARGETS[('infer', batch)]}x |", flush=True)
+              f"{res[0] / res[1]:.2f}x | {ind} | >= {INFER_TARGETS[batch]}x |", flush=True)
     print()
     colds = []
     for _ in range(args.cold_runs):  # each in a cache of its own: a shared machine is noisy

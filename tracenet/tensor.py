@@ -86,9 +86,22 @@ class Tensor:
 
     @classmethod
     def _wrap(cls, array, requires_grad=False):
-        """Fast internal constructor around a numpy array of a supported dtype."""
+        """Fast internal constructor around a numpy array of a supported dtype (``_init``'s
+        fields, set here directly: every eager op result is made here)."""
         t = object.__new__(cls)
-        t._init(array, requires_grad)
+        t._data = array
+        t._ir = None
+        t._req = requires_grad
+        t._grad = None
+        t._grad_fn = None
+        t._output_nr = 0
+        t._vc = _VersionCounter()
+        t._retains_grad = False
+        t._hooks = None
+        t._accumulator = None
+        t._base_ = None
+        t._hist = 0
+        t._view_hist = 0
         return t
 
     # --- autograd history of views ---------------------------------------------------------
@@ -142,7 +155,9 @@ class Tensor:
 
     @property
     def shape(self):
-        return Size(self._ir.shape if self._ir is not None else self._data.shape)
+        if self._ir is None:  # numpy's shape is a tuple of ints already
+            return tuple.__new__(Size, self._data.shape)
+        return Size(self._ir.shape)
 
     def size(self, dim=None):
         s = self.shape

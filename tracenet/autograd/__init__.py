@@ -1,4 +1,6 @@
 """``tracenet.autograd``: backward, grad, grad mode, Function and the legacy Variable."""
+import numpy as np
+
 from .. import _dtype
 from ..ops.creation import ones_like, zeros_like
 from ..tensor import Tensor
@@ -16,7 +18,9 @@ def _make_grads(tensors, grad_tensors):
             if not t.dtype.is_floating_point:
                 raise RuntimeError(f"grad can be implicitly created only for real scalar outputs "
                                    f"but got {t.dtype}")
-            g = ones_like(t)
+            # the implicit gradient 1 (a plain array for a concrete output: no op dispatch)
+            g = ones_like(t) if t._ir is not None else Tensor._wrap(np.ones((), t._data.dtype)
+                                                                     .reshape(t._data.shape))
         elif not isinstance(g, Tensor):
             raise TypeError("gradients can be either Tensors or None, but got "
                             f"{type(g).__name__}")

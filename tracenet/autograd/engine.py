@@ -3,7 +3,8 @@
 Each eager op application that needs a gradient records one ``Node`` whose class name is
 PyTorch's (``AddmmBackward0``...). Leaves get a cached ``AccumulateGrad`` node. ``backward``
 orders the reachable nodes topologically, calls each op's registry backward rule (written in
-tracenet ops, so it runs here on tensors and in the IR autodiff on traced values), and sums
+tracenet ops, so it runs here on tensors and in the IR autodiff on traced values; or, when no
+graph of the backward is recorded, the op's numpy form of it if it has one), and sums
 cotangents where a value was used more than once.
 """
 import re
@@ -12,6 +13,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .._dtype import _BY_NP
 from .._meta import Meta
 from ..ops import common, registry
 from ..ops.registry import Ctx, op_attrs, saved_input_indices
@@ -30,14 +32,19 @@ _FREED_MSG = ("Trying to backward through the graph a second time (or directly a
 
 class Node:
     """A backward function. ``next_functions`` pairs each input's node with its output index."""
-    __slots__ = ("next_functions", "_hooks", "_retained", "_pre_hooks", "metadata", "__weakref__")
+    __slots__ = ("next_functions", "_hooks", "_retained", "_metadata", "__weakref__")
 
     def __init__(self, next_functions):
         self.next_functions = next_functions
         self._hooks = None        # {output_nr: {handle id: hook}} on the tensors it produced
         self._retained = None     # {output_nr: weakref(tensor)} for retain_grad()
-        self._pre_hooks = []
-        self.metadata = {}
+        self._metadata = None     # made on first use: most nodes never have any
+
+    @property
+    def metadata(self):
+        if self._metadata is None:
+            self._metadata = {}
+        return self._metadata
 
     def name(self):
         n = type(self).__name__
@@ -76,16 +83,40 @@ class OpNode(Node):
     def _run(self, grads):
         if self._freed:
             raise RuntimeError(_FREED_MSG)
-        for tensor, version, *producer in self._saved:
-            if tensor._vc.value != version:
-                raise RuntimeError(_inplace_error(tensor, version, *producer))
-        if self.op.saves_outputs and grad_mode._state.enabled:
-            self._link_saved_outputs()
-        res = self.op.backward(self.ctx, *grads)
-        res = res if isinstance(res, tuple) else (res,)
+        for saved in self._saved:
+            if saved[0]._vc.value != saved[1]:
+                raise RuntimeError(_inplace_error(*saved))
+        op = self.op
+        res = None
+        if grad_mode._state.enabled:
+            if op.saves_outputs:
+                self._link_saved_outputs()
+        elif op.eager_backward is not None:
+            res = self._run_numpy(grads)
+        if res is None:
+            res = op.backward(self.ctx, *grads)
+            res = res if isinstance(res, tuple) else (res,)
         if self._edge_inputs is not None:
             res = tuple(res[i] for i in self._edge_inputs)
         return res
+
+    def _run_numpy(self, grads):
+        """The op's numpy backward, when the gradients are what the op's outputs are (else
+        the rule, with its checks, runs): tensors of the input gradients, or None."""
+        arrays = []
+        for g, meta in zip(grads, self.ctx.out_metas):
+            if g is None:
+                arrays.append(None)
+                continue
+            a = g._data
+            if a is None or a.dtype != meta.dtype.np or a.shape != meta.shape:
+                return None
+            arrays.append(a)
+        res = self.op.eager_backward(self.ctx, *arrays)
+        if res is None:
+            return None
+        return tuple([None if a is None else
+                      Tensor._wrap(a if type(a) is np.ndarray else np.asarray(a)) for a in res])
 
     def _link_saved_outputs(self):
         """Under create_graph, a rule that reads the op's output (tanh's ``1 - y^2``) must
@@ -132,9 +163,13 @@ def accumulator_of(leaf):
 
 def edge_of(t):
     """The (node, output_nr) a gradient for tensor ``t`` flows into, or (None, 0)."""
-    if t.grad_fn is not None:
-        return (t.grad_fn, t._output_nr)
-    if t._requires_grad:
+    base = t._base_
+    if base is not None and t._view_hist != base._hist:
+        t._refresh_view()  # what the grad_fn property does for a view with a stale history
+    fn = t._grad_fn
+    if fn is not None:
+        return (fn, t._output_nr)
+    if t._req:
         return (accumulator_of(t), 0)
     return (None, 0)
 
@@ -169,40 +204,66 @@ def _inplace_error(tensor, version, producer=None, output_nr=0):
 
 
 def run_eager(op, inputs, attrs):
-    metas = tuple(Meta(tuple(t._data.shape), t.dtype) for t in inputs)
-    kw = op_attrs(attrs)
+    # the hot path of every eager op: read the numpy arrays once, no Size/dtype properties
+    arrays = [t._data for t in inputs]
+    metas = tuple([Meta(a.shape, _BY_NP[a.dtype]) for a in arrays])
+    kw = op_attrs(attrs) if attrs else attrs
     out_meta = op.infer(*metas, **kw)
-    result = op.eager(*(t._data for t in inputs), **kw)
-    multi = op.num_outputs != 1
-    metas_out = out_meta if multi else (out_meta,)
-    arrays = result if multi else (result,)
-    outputs = []
-    for arr, meta in zip(arrays, metas_out):
-        arr = np.asarray(arr)
-        if arr.dtype != meta.dtype.np:
-            arr = arr.astype(meta.dtype.np)
-        if arr.shape != tuple(meta.shape):
-            raise AssertionError(f"op {op.name}: eager result shape {arr.shape} disagrees with its "
-                                 f"shape rule {tuple(meta.shape)}")
-        outputs.append(Tensor._wrap(arr))
+    result = op.eager(*arrays, **kw)
+    if op.num_outputs == 1:
+        metas_out = (out_meta,)
+        outputs = [_output(op, result, out_meta)]
+    else:
+        metas_out = out_meta
+        outputs = [_output(op, arr, meta) for arr, meta in zip(result, out_meta)]
     if op.is_view:
         base = inputs[0]
         for o in outputs:
             o._vc = base._vc
             o._base = base._base if base._base is not None else base
     if op.differentiable and grad_mode._state.enabled:
-        needs = tuple(t._requires_grad for t in inputs)
+        needs = tuple([t._requires_grad for t in inputs])
         if any(needs):
             _record(op, inputs, outputs, metas, metas_out, attrs, needs)
-    return tuple(outputs) if multi else outputs[0]
+    return outputs[0] if op.num_outputs == 1 else tuple(outputs)
+
+
+def _output(op, arr, meta):
+    """The eager result ``arr`` as a tensor of ``meta``'s dtype, checked against its shape."""
+    if type(arr) is not np.ndarray:
+        arr = np.asarray(arr)
+    want = meta.dtype.np
+    if arr.dtype is not want and arr.dtype != want:
+        arr = arr.astype(want)
+    if arr.shape != meta.shape and arr.shape != tuple(meta.shape):
+        raise AssertionError(f"op {op.name}: eager result shape {arr.shape} disagrees with its "
+                             f"shape rule {tuple(meta.shape)}")
+    return Tensor._wrap(arr)
+
+
+def _edge_plan(op, inputs):
+    """(indices of the inputs that get an autograd edge, or None for all of them; indices of
+    the saved inputs), cached per op and input dtypes: inputs that can never carry a gradient
+    (integer tensors, a condition, a class weight) get no edge, like torch; float inputs that
+    just do not require grad get (None, 0)."""
+    key = tuple([t._data.dtype.kind == "f" for t in inputs])
+    plan = op.edge_plans.get(key)
+    if plan is None:
+        keep = tuple(i for i, f in enumerate(key) if f and i not in op.nondiff)
+        plan = (None if len(keep) == len(inputs) else keep,
+                tuple(saved_input_indices(op, len(inputs))))
+        op.edge_plans[key] = plan
+    return plan
 
 
 def _record(op, inputs, outputs, metas, out_metas, attrs, needs):
+    edge_inputs, save_idx = _edge_plan(op, inputs)
     saved_inputs = [None] * len(inputs)
     saved = []
-    for i in saved_input_indices(op, len(inputs)):
-        saved_inputs[i] = inputs[i]
-        saved.append((inputs[i], inputs[i]._vc.value))
+    for i in save_idx:
+        t = inputs[i]
+        saved_inputs[i] = t
+        saved.append((t, t._vc.value))
     saved_outputs = None
     if op.saves_outputs:
         # alias the outputs without their grad_fn: no reference cycle node -> output -> node
@@ -212,29 +273,31 @@ def _record(op, inputs, outputs, metas, out_metas, attrs, needs):
             alias._vc = o._vc
             saved_outputs.append(alias)
     ctx = Ctx(saved_inputs, saved_outputs, metas, out_metas, attrs, needs)
-    # like torch, inputs that can never carry a gradient (integer tensors, a condition, a class
-    # weight) get no edge; float inputs that just do not require grad get (None, 0)
-    keep = [i for i, t in enumerate(inputs)
-            if t.dtype.is_floating_point and i not in op.nondiff]
-    edge_inputs = None if len(keep) == len(inputs) else tuple(keep)
-    edges = tuple(edge_of(inputs[i]) for i in keep)
-    if attrs.get("_none_edges"):
+    if edge_inputs is None:
+        edges = tuple([edge_of(t) for t in inputs])
+    else:
+        edges = tuple([edge_of(inputs[i]) for i in edge_inputs])
+    if attrs and attrs.get("_none_edges"):
         # optional inputs that were not given (a convolution without bias) still have an edge
         edges += ((None, 0),) * attrs["_none_edges"]
-    node = node_class(op.grad_fn_name(ctx))(edges)
+    cls = op.node_cls
+    if cls is None:
+        cls = node_class(op.grad_fn_name(ctx))
+        if not callable(op.grad_fn):  # a fixed name: one class for every application
+            op.node_cls = cls
+    node = cls(edges)
     node.op = op
     node.ctx = ctx
     node._edge_inputs = edge_inputs
-    node._saved = tuple(saved)
     node._freed = False
     if saved_outputs is not None:
         for i, (o, alias) in enumerate(zip(outputs, saved_outputs)):
             saved.append((alias, o._vc.value, node.name(), i))
-        node._saved = tuple(saved)
+    node._saved = tuple(saved)
     for i, o in enumerate(outputs):
-        if o.dtype.is_floating_point:
-            o._requires_grad = True
-            o.grad_fn = node
+        if o._data.dtype.kind == "f":
+            o._req = True
+            o._grad_fn = node
             o._output_nr = i
 
 
@@ -312,16 +375,17 @@ def run_backward(tensors, grad_tensors, retain_graph=False, create_graph=False, 
                     if t is not None and grads[nr] is not None:
                         g = grads[nr] if create_graph else grads[nr].detach()
                         t._grad = g.clone() if t._grad is None else t._grad + g
+            leaf = type(node) is AccumulateGrad
             if capture is not None and id(node) in wanted:
                 for i, nr in wanted[id(node)]:
                     capture[i] = grads[nr]
-                if isinstance(node, AccumulateGrad):
+                if leaf:
                     continue
-            if isinstance(node, AccumulateGrad):
+            if leaf:
                 if capture is None and grads[0] is not None:
                     _accumulate_into_leaf(node.variable, grads[0], create_graph)
                 continue
-            if all(g is None for g in grads):
+            if (grads[0] is None if len(grads) == 1 else all(g is None for g in grads)):
                 continue
             in_grads = node._run(grads)
             if not retain_graph:
@@ -354,12 +418,23 @@ def _accumulate_into_leaf(leaf, grad, create_graph):
             new = hook(grad)
             if new is not None:
                 grad = new
-    if tuple(grad.shape) != tuple(leaf.shape):
+    concrete = grad._ir is None and leaf._ir is None
+    if (grad._data.shape != leaf._data.shape if concrete
+            else tuple(grad.shape) != tuple(leaf.shape)):
         raise RuntimeError(f"Function AccumulateGrad returned an invalid gradient - got "
                            f"{list(grad.shape)} but expected shape compatible with "
                            f"{list(leaf.shape)}")
     fresh = grad.__dict__.get("_fresh_grad", False)
     if not create_graph and not fresh:
+        if leaf._grad is None and concrete:
+            # detach().clone(), without two op dispatches: a copy with no history, laid out
+            # like the leaf when that is row-major (torch's gradient layout contract: a
+            # linear layer's weight gradient arrives transposed)
+            order = "C" if leaf._data.flags.c_contiguous else "K"
+            leaf._grad = Tensor._wrap(np.array(grad._data, order=order, copy=True))
+            if leaf._grad.dtype is not leaf.dtype:
+                leaf._grad = leaf._grad.to(leaf.dtype)
+            return
         grad = grad.detach()
     if leaf._grad is None:
         # own the storage (later accumulation happens in place): copy, unless the gradient

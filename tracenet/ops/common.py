@@ -15,17 +15,26 @@ from .size_value import size_tensor
 def quiet(fn):
     """A numpy kernel run without numpy's floating-point warnings: like torch, overflow,
     division by zero and invalid values silently give inf/nan."""
-    def kernel(*args, **kwargs):
-        with np.errstate(all="ignore"):
-            return fn(*args, **kwargs)
-    kernel.__name__ = getattr(fn, "__name__", "kernel")
-    kernel.__wrapped__ = fn
-    return kernel
+    return _registry._quiet(fn)
 
 
 def register_quiet(name, *, eager, **kw):
     """``registry.register`` with an ``eager`` kernel that does not emit numpy warnings."""
     return _register(name, eager=quiet(eager), **kw)
+
+
+def np_sum_to(g, shape):
+    """numpy ``g`` summed down to the broadcast source ``shape`` (``reduce.sum_to_shape`` on
+    arrays: the same sums, so the same bits)."""
+    shape = tuple(shape)
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    dims = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape)
+                                      if s == 1 and g.shape[lead + i] != 1)
+    if dims:
+        g = np.sum(g, axis=dims, keepdims=True)
+    return g if g.shape == shape else g.reshape(shape)
 
 
 def tensor_cls():

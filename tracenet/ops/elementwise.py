@@ -34,9 +34,28 @@ def _same_kind(arr_fn):
     return arr_fn
 
 
+def _unbroadcast_np(ctx, i, g):
+    return common.np_sum_to(g, ctx.metas[i].shape) if ctx.needs_input_grad[i] else None
+
+
+def _same_dtypes(ctx, g):
+    """Whether the operands and the gradient share one dtype (else a product's numpy backward
+    would promote differently from the rule's ops)."""
+    return all(m.dtype.np == g.dtype for m in ctx.metas)
+
+
+def _mul_backward_np(ctx, g):
+    if not _same_dtypes(ctx, g):
+        return None
+    a, b = ctx.inputs
+    return (_unbroadcast_np(ctx, 0, np.multiply(g, b._data)) if ctx.needs_input_grad[0] else None,
+            _unbroadcast_np(ctx, 1, np.multiply(g, a._data)) if ctx.needs_input_grad[1] else None)
+
+
 add_op = register(
     "add", infer=_binary_meta, eager=np.add, c_expr=template("({0} + {1})"),
     backward=lambda ctx, g: (_unbroadcast(ctx, 0, g), _unbroadcast(ctx, 1, g)),
+    eager_backward=lambda ctx, g: (_unbroadcast_np(ctx, 0, g), _unbroadcast_np(ctx, 1, g)),
     grad_fn=lambda ctx: ctx.attrs.get("_name", "AddBackward0"))
 
 _SUB_BOOL_MSG = ("Subtraction, the `-` operator, with a bool tensor is not supported. If you are "
@@ -57,13 +76,17 @@ sub_op = register(
     "sub", infer=_sub_meta, eager=np.subtract, c_expr=template("({0} - {1})"),
     backward=lambda ctx, g: (_unbroadcast(ctx, 0, g),
                              _unbroadcast(ctx, 1, neg(g)) if ctx.needs_input_grad[1] else None),
+    eager_backward=lambda ctx, g: (
+        _unbroadcast_np(ctx, 0, g),
+        _unbroadcast_np(ctx, 1, np.negative(g)) if ctx.needs_input_grad[1] else None),
     grad_fn=lambda ctx: ctx.attrs.get("_name", "SubBackward0"))
 
 mul_op = register(
     "mul", infer=_binary_meta, eager=np.multiply, saves=(0, 1), c_expr=template("({0} * {1})"),
     backward=lambda ctx, g: (
         _unbroadcast(ctx, 0, g * ctx.inputs[1]) if ctx.needs_input_grad[0] else None,
-        _unbroadcast(ctx, 1, g * ctx.inputs[0]) if ctx.needs_input_grad[1] else None))
+        _unbroadcast(ctx, 1, g * ctx.inputs[0]) if ctx.needs_input_grad[1] else None),
+    eager_backward=_mul_backward_np)
 
 
 def _div_backward(ctx, g):
@@ -353,7 +376,7 @@ subtract = sub
 
 
 def _unary(name, eager, backward=None, uses="x", infer=common.float_meta, grad_fn=None,
-           differentiable=True, c=None):
+           differentiable=True, c=None, eager_backward=None):
     saves = (0,) if uses == "x" else ()
     if infer is common.float_meta:
         np_fn = eager
@@ -365,7 +388,7 @@ def _unary(name, eager, backward=None, uses="x", infer=common.float_meta, grad_f
             return np_fn(x)
     op = register(name, infer=infer, eager=eager, backward=backward, saves=saves,
                   save_outputs=(uses == "y"), grad_fn=grad_fn, differentiable=differentiable,
-                  c_expr=c if callable(c) else template(c))
+                  c_expr=c if callable(c) else template(c), eager_backward=eager_backward)
 
     def fn(x):
         return apply(op, x)
@@ -439,6 +462,8 @@ sign = _unary("sign", lambda x: x.copy() if x.dtype == np.bool_ else np.sign(x),
               c="(({ct})(({0} > 0) - ({0} < 0)))")
 relu = _unary("relu", lambda x: np.maximum(x, 0), uses="y", infer=common.same,
               backward=lambda ctx, g: (threshold_backward(g, _y(ctx), 0.0),),
+              eager_backward=lambda ctx, g: (_threshold_backward_eager(g, ctx.output._data,
+                                                                       0.0),),
               c="({0} <= 0 ? 0 : {0})")
 floor = _unary("floor", np.floor, lambda ctx, g: (g * 0,), uses=None, infer=common.same,
                c="floor({0})")

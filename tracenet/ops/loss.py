@@ -128,18 +128,33 @@ def _nll_parts(x, t, w, ignore_index):
     """(picked log-probs, per-element weights, safe targets) with classes on the last axis."""
     if x.ndim == 1:
         x, t = x[None], t.reshape(1)
-    xl = np.moveaxis(x, 1, -1)  # N *d C
     valid = t != ignore_index
-    safe = np.where(valid, t, 0)
-    bad = (safe < 0) | (safe >= xl.shape[-1])
-    if np.any(bad):
+    safe = t if valid.all() else np.where(valid, t, 0)
+    n_classes = x.shape[1]
+    if safe.size and (safe.min() < 0 or safe.max() >= n_classes):
+        bad = (safe < 0) | (safe >= n_classes)
         raise IndexError(f"Target {safe[bad].flat[0]} is out of bounds.")
-    picked = np.take_along_axis(xl, safe[..., None], axis=-1)[..., 0]
-    weights = (w[0].reshape(-1)[safe] if w else np.ones_like(picked)) * valid
-    return picked, weights.astype(x.dtype), safe
+    if x.ndim == 2:  # (N, C): plain fancy indexing, no index broadcasting machinery
+        picked = x[np.arange(len(safe)), safe]
+    else:
+        picked = np.take_along_axis(np.moveaxis(x, 1, -1), safe[..., None], axis=-1)[..., 0]
+    weights = (w[0].reshape(-1)[safe] * valid).astype(x.dtype) if w else valid.astype(x.dtype)
+    return picked, weights, safe
+
+
+def _plain_targets(x, t, w, ignore_index):
+    """Whether a (N, C) batch has no class weights and every target is a class (none out of
+    range or ignored): the common case, computed without per-element weights."""
+    if x.ndim != 2 or w or not t.size:
+        return False
+    lo, hi = t.min(), t.max()
+    return 0 <= lo and hi < x.shape[1] and not lo <= ignore_index <= hi
 
 
 def _nll_eager(x, t, *w, reduction, ignore_index):
+    if reduction == "mean" and _plain_targets(x, t, w, ignore_index):
+        # every weight is 1: the same sums as below, without multiplying by them
+        return np.negative(x[np.arange(len(t)), t]).sum() / x.dtype.type(len(t))
     picked, weights, _ = _nll_parts(x, t, w, ignore_index)
     losses = -picked * weights
     if x.ndim == 1:
@@ -147,9 +162,12 @@ def _nll_eager(x, t, *w, reduction, ignore_index):
     if reduction == "none":
         return losses
     if reduction == "sum":
-        return np.sum(losses)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.sum(losses) / np.sum(weights)
+        return losses.sum()
+    total = weights.sum()
+    if not total:  # every target ignored: 0 / 0 is NaN, quietly, as in torch
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return losses.sum() / total
+    return losses.sum() / total
 
 
 def _nll_backward(ctx, g):
@@ -160,19 +178,36 @@ def _nll_backward(ctx, g):
     return (gx, None) + (None,) * len(w)
 
 
+def _nll_backward_np(ctx, g):
+    t = ctx.inputs[1]._data
+    w = (ctx.inputs[2]._data,) if len(ctx.metas) > 2 else ()
+    gx = _nll_backward_eager(g, t, *w, input_shape=tuple(ctx.metas[0].shape),
+                             reduction=ctx.attrs["reduction"],
+                             ignore_index=ctx.attrs["ignore_index"])
+    return (gx, None) + (None,) * len(w)
+
+
 nll_loss_op = register("nll_loss", infer=_nll_meta, eager=_nll_eager, saves=(1, 2),
-                       nondiff=(2,), backward=_nll_backward,
+                       nondiff=(2,), backward=_nll_backward, eager_backward=_nll_backward_np,
                        grad_fn=lambda ctx: "NllLoss2DBackward0" if len(ctx.metas[0].shape) == 4
                        else "NllLossBackward0")
 
 
 def _nll_backward_eager(g, t, *w, input_shape, reduction, ignore_index):
     x_shape = tuple(input_shape)
-    dummy = np.zeros(x_shape, g.dtype)
+    if reduction == "mean" and len(x_shape) == 2 and not w and t.size and \
+            0 <= t.min() and t.max() < x_shape[1] and \
+            not t.min() <= ignore_index <= t.max():
+        # every weight is 1 (see _plain_targets): -g / N at each target
+        out = np.zeros(x_shape, g.dtype)
+        out[np.arange(len(t)), t] = (-g / g.dtype.type(len(t))).astype(g.dtype)
+        return out
+    # only the targets' weights are read: a broadcast zero stands in for the input
+    dummy = np.broadcast_to(np.zeros((), g.dtype), x_shape)
     _, weights, safe = _nll_parts(dummy, t, w, ignore_index)
     if reduction == "mean":
         with np.errstate(invalid="ignore", divide="ignore"):
-            scale = -g / np.sum(weights)
+            scale = -g / weights.sum()
     elif reduction == "sum":
         scale = -g
     else:
@@ -183,8 +218,10 @@ def _nll_backward_eager(g, t, *w, input_shape, reduction, ignore_index):
     with np.errstate(invalid="ignore"):
         contrib = np.where(valid, weights * scale, 0).astype(g.dtype)  # N *d
     out = np.zeros(x_shape if len(x_shape) > 1 else (1,) + x_shape, g.dtype)
-    outl = np.moveaxis(out, 1, -1)
-    np.put_along_axis(outl, safe[..., None], contrib[..., None], axis=-1)
+    if out.ndim == 2:
+        out[np.arange(len(safe)), safe] = contrib
+    else:
+        np.put_along_axis(np.moveaxis(out, 1, -1), safe[..., None], contrib[..., None], axis=-1)
     return out if len(x_shape) > 1 else out[0]
 
 

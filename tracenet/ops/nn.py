@@ -6,6 +6,8 @@ convolution into one tensordot (im2col) and pooling into a reduction over the wi
 Pooling ops take batched ``(N, C, *spatial)`` or unbatched ``(C, *spatial)`` input, as torch's
 kernels do, so no reshape nodes appear in the graph.
 """
+import functools
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -128,25 +130,44 @@ def _conv_meta(x, w, *b, stride, padding, dilation, groups):
     return Meta((x.shape[0], w.shape[0]) + tuple(out), x.dtype)
 
 
+def _columns(xp, out, k, stride, dil, batch_inner=False):
+    """im2col: (N, C * prod(k), prod(out)) of the padded input, one column per window, rows
+    ordered channel-major, so that a group's channels are a contiguous block of rows and the
+    product with the flattened kernel is already in (N, O, *out) order. ``batch_inner``:
+    (C * prod(k), N * prod(out)) instead, every window of the batch in one row."""
+    n = len(k)
+    s = xp.strides
+    taps = tuple(k), tuple(s[2 + i] * dil[i] for i in range(n))
+    windows = tuple(out), tuple(s[2 + i] * stride[i] for i in range(n))
+    N, C = xp.shape[:2]
+    if batch_inner:
+        win = as_strided(xp, (C,) + taps[0] + (N,) + windows[0],
+                         (s[1],) + taps[1] + (s[0],) + windows[1], writeable=False)
+        return win.reshape(C * common.numel(k), N * common.numel(out))
+    win = as_strided(xp, (N, C) + taps[0] + windows[0], s[:2] + taps[1] + windows[1],
+                     writeable=False)
+    return win.reshape(N, C * common.numel(k), common.numel(out))
+
+
+def _grouped_product(w2, cols, groups):
+    """(N, O, P): each group's (O_g, R_g) kernel rows times its block of column rows."""
+    if groups == 1:
+        return np.matmul(w2, cols)
+    og, rg = w2.shape[0] // groups, cols.shape[1] // groups
+    return np.concatenate([np.matmul(w2[g * og:(g + 1) * og], cols[:, g * rg:(g + 1) * rg])
+                           for g in range(groups)], axis=1)
+
+
 def _conv_eager(x, w, *b, stride, padding, dilation, groups):
     n = len(stride)
     k = w.shape[2:]
-    out = [conv_out_size(x.shape[2 + i], k[i], stride[i], padding[i], dilation[i])
-           for i in range(n)]
-    cols = _windows(_pad_spatial(x, padding), out, k, stride, dilation)  # N C *out *k
-    kaxes = tuple(range(2 + n, 2 + 2 * n))
-    cg, og = w.shape[1], w.shape[0] // groups
-    parts = []
-    for g in range(groups):
-        cg_cols = cols[:, g * cg:(g + 1) * cg]
-        wg = w[g * og:(g + 1) * og]
-        # contract channels and kernel taps: (N, *out, O_g)
-        parts.append(np.tensordot(cg_cols, wg, axes=((1,) + kaxes, (1,) + tuple(range(2, 2 + n)))))
-    y = parts[0] if groups == 1 else np.concatenate(parts, axis=-1)
-    y = np.moveaxis(y, -1, 1)
+    out = tuple(conv_out_size(x.shape[2 + i], k[i], stride[i], padding[i], dilation[i])
+                for i in range(n))
+    cols = _columns(_pad_spatial(x, padding), out, k, stride, dilation)
+    y = _grouped_product(w.reshape(w.shape[0], -1), cols, groups)
     if b:
-        y = y + b[0].reshape((1, -1) + (1,) * n)
-    return np.ascontiguousarray(y, dtype=x.dtype)
+        y += b[0].reshape(-1, 1)
+    return np.ascontiguousarray(y.reshape(y.shape[:2] + out), dtype=x.dtype)
 
 
 def _geo(attrs):
@@ -166,47 +187,89 @@ def _conv_backward(ctx, g):
     return (gx, gw, gb) if len(ctx.metas) > 2 else (gx, gw)
 
 
+def _conv_backward_np(ctx, g):
+    x, w = ctx.inputs[0]._data, ctx.inputs[1]._data
+    geo = _geo(ctx.attrs)
+    need = ctx.needs_input_grad
+    gx = _conv_input_grad_eager(g, w, tuple(ctx.metas[0].shape), **geo) if need[0] else None
+    gw = _conv_weight_grad_eager(g, x, tuple(ctx.metas[1].shape), **geo) if need[1] else None
+    if len(ctx.metas) == 2:
+        return gx, gw
+    gb = np.sum(g, axis=(0,) + tuple(range(2, g.ndim))) if need[2] else None
+    return gx, gw, gb
+
+
 convolution_op = register("convolution", infer=_conv_meta, eager=_conv_eager, saves=(0, 1),
-                          backward=_conv_backward, grad_fn="ConvolutionBackward0")
+                          backward=_conv_backward, eager_backward=_conv_backward_np,
+                          grad_fn="ConvolutionBackward0")
 
 
 def _conv_input_grad_eager(g, w, input_shape, stride, padding, dilation, groups):
+    """The convolution's input gradient as one correlation: ``g`` spread out by the stride
+    and framed by the dilated kernel's extent, against the flipped kernel with input and
+    output channels swapped (per group)."""
     n = len(stride)
     k = w.shape[2:]
-    N, C = input_shape[0], input_shape[1]
-    og, cg = w.shape[0] // groups, w.shape[1]
-    padded = [input_shape[2 + i] + 2 * padding[i] for i in range(n)]
+    N, O = g.shape[:2]
     out = g.shape[2:]
-    gxp = np.zeros((N, C) + tuple(padded), dtype=g.dtype)
+    og, cg = w.shape[0] // groups, w.shape[1]
+    padded = tuple(input_shape[2 + i] + 2 * padding[i] for i in range(n))
+    crop = tuple(slice(padding[i], padding[i] + input_shape[2 + i]) for i in range(n))
+    if N * O * common.numel(k) * common.numel(padded) > 1 << 20:
+        # large: the correlation's columns would be a big copy; add each tap's share instead
+        return np.ascontiguousarray(_conv_input_grad_taps(g, w, padded, stride, dilation,
+                                                          groups)[(slice(None),) * 2 + crop])
+    reach = tuple(dilation[i] * (k[i] - 1) for i in range(n))
+    gf = np.zeros((N, O) + tuple(padded[i] + reach[i] for i in range(n)), g.dtype)
+    gf[(slice(None), slice(None)) + tuple(
+        slice(reach[i], reach[i] + stride[i] * (out[i] - 1) + 1, stride[i])
+        for i in range(n))] = g
+    cols = _columns(gf, padded, k, (1,) * n, dilation)  # N, O * K, prod(padded)
+    flipped = w[(slice(None), slice(None)) + (slice(None, None, -1),) * n]
+    # per group: (C_g, O_g * K) rows, stacked over the groups
+    wt = flipped.reshape((groups, og, cg) + tuple(k)).swapaxes(1, 2).reshape(
+        groups * cg, og * common.numel(k))
+    gxp = _grouped_product(wt, cols, groups).reshape((N, groups * cg) + padded)
+    return np.ascontiguousarray(gxp[(slice(None), slice(None)) + crop], dtype=g.dtype)
+
+
+def _conv_input_grad_taps(g, w, padded, stride, dilation, groups):
+    """The padded input gradient as the sum over kernel taps of each tap's share: the
+    transposed kernel times ``g`` (col2im), added into strided slices."""
+    n = len(stride)
+    k = w.shape[2:]
+    N, O = g.shape[:2]
+    out = g.shape[2:]
+    og, cg = O // groups, w.shape[1]
+    g3 = g.reshape((N, O, common.numel(out)))
+    gxp = np.zeros((N, groups * cg) + tuple(padded), g.dtype)
     for grp in range(groups):
-        gg = g[:, grp * og:(grp + 1) * og]
-        wg = w[grp * og:(grp + 1) * og]
-        # (N, *out, Cg, *k): every output position's contribution to each window tap
-        cols = np.tensordot(gg, wg, axes=((1,), (0,)))
-        cols = np.moveaxis(cols, 1 + n, 1)  # N Cg *out *k
+        wg = w[grp * og:(grp + 1) * og].reshape(og, -1)  # O_g, C_g * K
+        cols = np.matmul(wg.T, g3[:, grp * og:(grp + 1) * og])  # N, C_g * K, P
+        cols = cols.reshape((N, cg) + tuple(k) + tuple(out))
         target = gxp[:, grp * cg:(grp + 1) * cg]
         for tap in np.ndindex(*k):
-            sl = tuple(slice(tap[i] * dilation[i], tap[i] * dilation[i] + stride[i] * (out[i] - 1)
-                             + 1, stride[i]) for i in range(n))
-            target[(slice(None), slice(None)) + sl] += cols[(Ellipsis,) + tap]
-    crop = tuple(slice(padding[i], padding[i] + input_shape[2 + i]) for i in range(n))
-    return np.ascontiguousarray(gxp[(slice(None), slice(None)) + crop])
+            sl = tuple(slice(tap[i] * dilation[i],
+                             tap[i] * dilation[i] + stride[i] * (out[i] - 1) + 1, stride[i])
+                       for i in range(n))
+            target[(slice(None), slice(None)) + sl] += cols[(slice(None), slice(None)) + tap]
+    return gxp
 
 
 def _conv_weight_grad_eager(g, x, weight_shape, stride, padding, dilation, groups):
     n = len(stride)
     k = weight_shape[2:]
     out = g.shape[2:]
-    cols = _windows(_pad_spatial(x, padding), out, k, stride, dilation)  # N C *out *k
-    og, cg = weight_shape[0] // groups, weight_shape[1]
-    oaxes = tuple(range(2, 2 + n))
-    parts = []
-    for grp in range(groups):
-        gg = g[:, grp * og:(grp + 1) * og]
-        cc = cols[:, grp * cg:(grp + 1) * cg]
-        parts.append(np.tensordot(gg, cc, axes=((0,) + oaxes, (0,) + oaxes)))  # Og Cg *k
+    N, O = g.shape[:2]
+    # one product over every window of the batch: (O, N * P) times (N * P, C * K)
+    cols = _columns(_pad_spatial(x, padding), out, k, stride, dilation, batch_inner=True)
+    g2 = g.reshape((N, O, common.numel(out)))
+    g2 = g2[0] if N == 1 else g2.transpose(1, 0, 2).reshape(O, -1)
+    og, rg = weight_shape[0] // groups, cols.shape[0] // groups
+    parts = [np.matmul(g2[grp * og:(grp + 1) * og], cols[grp * rg:(grp + 1) * rg].T)
+             for grp in range(groups)]
     res = np.concatenate(parts, axis=0) if groups > 1 else parts[0]
-    return np.ascontiguousarray(res, dtype=g.dtype)
+    return np.ascontiguousarray(res.reshape(tuple(weight_shape)), dtype=g.dtype)
 
 
 def _conv_input_grad_backward(ctx, gg):
@@ -364,6 +427,8 @@ def _covered(spatial, out, kernel, stride, padding, dilation):
 
 def _empty_windows(spatial, out, kernel, stride, padding, dilation):
     """Boolean (*out) mask of windows lying entirely in the padding, or None if there are none."""
+    if not any(padding):
+        return None  # without padding every window starts inside the input
     cov = _covered(spatial, out, kernel, stride, padding, dilation)
     if all(c.all() for c in cov):
         return None
@@ -407,25 +472,34 @@ def _max_pool_eager(x, kernel, stride, padding, dilation, ceil_mode):
     extra = tuple(max(0, need[i] - spatial[i] - 2 * padding[i]) for i in range(n))
     planes = _as_planes(x, n)
     L, K = planes.shape[0], common.numel(kernel)
+    scanned = None
+    if not any(padding) and not any(extra) and planes.size:
+        scanned = _max_pool_scan(planes, out, kernel, stride, dilation)
+    if scanned is not None:
+        return scanned[0].reshape(lead + out), scanned[1].reshape(lead + out)
     fill = _lowest(x.dtype)
     win = _windows(_pad_spatial(planes, padding, fill, extra), out, kernel, stride, dilation)
     flat = win.reshape((L,) + out + (K,))
-    valid = _pad_spatial(np.ones((1, 1) + spatial, bool), padding, False, extra)
-    vflat = _windows(valid, out, kernel, stride, dilation).reshape(out + (K,))
-    if vflat.all():
-        arg = np.argmax(flat, axis=-1)
+    if not any(padding) and not any(extra):
+        arg = np.argmax(flat, axis=-1)  # every tap lies inside the input
     else:
+        valid = _pad_spatial(np.ones((1, 1) + spatial, bool), padding, False, extra)
+        vflat = _windows(valid, out, kernel, stride, dilation).reshape(out + (K,))
         # padding taps never win, not even against -inf inputs: the first valid maximum does
-        masked = np.where(vflat, flat, fill)
-        hit = vflat & (flat == masked.max(axis=-1, keepdims=True))
-        arg = np.argmax(hit, axis=-1)
+        if vflat.all():
+            arg = np.argmax(flat, axis=-1)
+        else:
+            masked = np.where(vflat, flat, fill)
+            hit = vflat & (flat == masked.max(axis=-1, keepdims=True))
+            arg = np.argmax(hit, axis=-1)
     if x.dtype.kind == "f":
         nan = np.isnan(flat)
         if nan.any():  # torch keeps scanning past a NaN: the last NaN in the window wins
             has = nan.any(axis=-1)
             arg = np.where(has, K - 1 - np.argmax(nan[..., ::-1], axis=-1), arg)
-    vals = np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
-    taps = np.unravel_index(arg, kernel)
+    # the winners, picked from the flat (L * out, K) rows by their flat position
+    vals = flat.reshape(-1)[np.arange(0, arg.size * K, K).reshape(arg.shape) + arg]
+    taps = divmod(arg, kernel[1]) if n == 2 else np.unravel_index(arg, kernel)
     empty = _empty_windows(spatial, out, kernel, stride, padding, dilation)
     index = np.zeros(arg.shape, np.int64)
     for i in range(n):
@@ -443,6 +517,54 @@ def _max_pool_eager(x, kernel, stride, padding, dilation, ceil_mode):
             np.ascontiguousarray(index.reshape(lead + out)))
 
 
+def _max_pool_scan(planes, out, kernel, stride, dilation):
+    """Max pooling without padding, tap by tap over every window at once: the maximum, and
+    the first tap holding it (torch's scan keeps the first maximum). (values, flat input
+    indices), both (L, 1, *out); None when a NaN makes torch's scan order matter."""
+    n = len(kernel)
+    spatial = planes.shape[2:]
+    win = _windows(planes, out, kernel, stride, dilation)  # (L, 1, *out, *kernel) view
+    taps = list(np.ndindex(*kernel))
+    views = [win[(Ellipsis,) + t] for t in taps]
+    if len(views) == 1:
+        best = views[0].copy()
+    else:
+        best = np.maximum(views[0], views[1])
+        for v in views[2:]:
+            np.maximum(best, v, out=best)
+    if planes.dtype.kind == "f" and np.isnan(best).any():
+        return None
+    # the winning tap = how many leading taps are below the maximum
+    below = views[0] != best
+    arg = below.astype(np.intp)
+    for v in views[1:-1]:
+        below &= v != best
+        arg += below
+    start, offsets = _scan_positions(tuple(spatial), tuple(out), tuple(kernel), tuple(stride),
+                                     tuple(dilation))
+    return best, start + offsets[arg]
+
+
+@functools.lru_cache(maxsize=256)
+def _scan_positions(spatial, out, kernel, stride, dilation):
+    """(flat input index of every window's first tap, (*out); flat offset of every tap): a
+    max-pooling index is the sum of its window's start and its winning tap's offset. Cached
+    per geometry, read-only."""
+    n = len(kernel)
+    row = [1] * n
+    for i in range(n - 1, 0, -1):
+        row[i - 1] = row[i] * spatial[i]
+    start = np.zeros((), np.int64)
+    for i in range(n):
+        shape = [1] * n
+        shape[i] = out[i]
+        start = start + (np.arange(out[i], dtype=np.int64) * (stride[i] * row[i])).reshape(shape)
+    offsets = np.array([sum(t[i] * dilation[i] * row[i] for i in range(n))
+                        for t in np.ndindex(*kernel)], np.int64)
+    start.flags.writeable = offsets.flags.writeable = False
+    return start, offsets
+
+
 def _pool_geo(attrs):
     return {k: attrs[k] for k in ("kernel", "stride", "padding", "dilation")}
 
@@ -458,9 +580,18 @@ def _max_pool_backward(ctx, g, _gi=None):
     return (max_pool_backward(g, idx, shape, **geo),)
 
 
+def _max_pool_backward_np(ctx, g, _gi=None):
+    shape = tuple(ctx.metas[0].shape)
+    out = tuple(ctx.out_metas[0].shape)[2:]
+    geo = {}
+    if _empty_windows(shape[2:], out, **_pool_geo(ctx.attrs)) is not None:
+        geo = _pool_geo(ctx.attrs)
+    return (_max_pool_backward_eager(g, ctx.outputs[1]._data, shape, **geo),)
+
+
 max_pool_op = register(
     "max_pool", infer=_max_pool_meta, eager=_max_pool_eager, save_outputs=True,
-    backward=_max_pool_backward, num_outputs=2,
+    backward=_max_pool_backward, num_outputs=2, eager_backward=_max_pool_backward_np,
     grad_fn=lambda ctx: f"MaxPool{len(ctx.attrs['kernel'])}DWithIndicesBackward0")
 
 
@@ -786,8 +917,8 @@ def _softmax_eager(x, dim):
 def _log_softmax_eager(x, dim):
     if not x.size:
         return x
-    shifted = x - np.max(x, axis=dim, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=dim, keepdims=True))
+    shifted = x - x.max(axis=dim, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
 
 
 def _softmax_meta_for(prefix):
@@ -813,9 +944,15 @@ def _log_softmax_backward(ctx, g):
 
 softmax_op = register("softmax", infer=_softmax_meta_for(""), eager=_softmax_eager,
                       save_outputs=True, backward=_softmax_backward)
+def _log_softmax_backward_np(ctx, g):
+    y = ctx.outputs[0]._data
+    return (g - np.exp(y) * np.sum(g, axis=ctx.attrs["dim"], keepdims=True),)
+
+
 log_softmax_op = register("log_softmax", infer=_softmax_meta_for("log_"),
                           eager=_log_softmax_eager, save_outputs=True,
-                          backward=_log_softmax_backward)
+                          backward=_log_softmax_backward,
+                          eager_backward=_log_softmax_backward_np)
 
 
 def softmax(x, dim):

@@ -44,6 +44,15 @@ def _expand_back(ctx, g):
     return g.expand(shape)
 
 
+def _expand_back_np(ctx, g):
+    """``_expand_back`` on arrays: the same broadcast view."""
+    dims, keepdim = ctx.attrs["dims"], ctx.attrs["keepdim"]
+    shape = tuple(ctx.metas[0].shape)
+    if not keepdim:
+        g = g.reshape(_reduced_shape(shape, dims, True))
+    return np.broadcast_to(g, shape)
+
+
 def _axes(x, dims):
     """numpy axes for reduction ``dims`` (a 0-dim tensor reduces over dim 0 = nothing)."""
     return tuple(d for d in dims if d < x.ndim)
@@ -57,6 +66,7 @@ def _sum_eager(x, dims, keepdim, dtype=None):
 sum_op = register(
     "sum", kind="reduction", infer=_reduce_meta(_int_promoting), eager=_sum_eager,
     backward=lambda ctx, g: (_expand_back(ctx, g),),
+    eager_backward=lambda ctx, g: (_expand_back_np(ctx, g),),
     grad_fn=lambda ctx: "SumBackward0" if ctx.attrs.get("_full") else "SumBackward1")
 
 
@@ -91,11 +101,18 @@ def _mean_backward(ctx, g):
     return (_expand_back(ctx, g) / as_float(builtins.max(count, 1)),)
 
 
+def _mean_backward_np(ctx, g):
+    count = _count(ctx.metas[0].shape, ctx.attrs["dims"])
+    # the rule's division by a Python number: a 0-dim array of the gradient's dtype
+    return (np.true_divide(_expand_back_np(ctx, g),
+                           np.array(float(builtins.max(count, 1)), g.dtype)),)
+
+
 mean_op = register(
     "mean", kind="reduction", infer=_mean_meta,
     eager=lambda x, dims, keepdim, dtype=None: _mean_np(
         x if dtype is None else x.astype(dtype.np), dims, keepdim),
-    backward=_mean_backward,
+    backward=_mean_backward, eager_backward=_mean_backward_np,
     grad_fn=lambda ctx: "MeanBackward0" if ctx.attrs.get("_full") else "MeanBackward1")
 
 

@@ -9,6 +9,9 @@ An ``Op`` bundles, for one primitive:
   used by the IR interpreter.
 * ``backward(ctx, *grads)``   -> one gradient (or None) per input, written with tracenet ops so the
   same rule runs on eager tensors and on traced IR values.
+* ``eager_backward(ctx, *grad_arrays)`` -> one ndarray (or None) per input, or None to use
+  ``backward``: optional, the same rule in numpy for eager autograd when no graph of the
+  backward is recorded (no ``create_graph``), so common nodes do not dispatch an op per term.
 * ``saves``: which inputs (indices) and whether the outputs the backward rule reads; only these
   are kept alive (and version-checked) by eager autograd.
 * ``grad_fn``: PyTorch's backward-node class name (a string, or a function of ctx).
@@ -27,7 +30,38 @@ Every pass asks these records; none keeps a list of op names of its own.
 ``apply(op, *tensors, **attrs)`` is the single entry point that runs an op: on traced values it
 records an IR node, otherwise it runs the numpy implementation and records the autograd node.
 """
+import numpy as np
+
 from .._meta import Meta  # noqa: F401  (re-exported: older importers use this name)
+
+try:  # numpy >= 2 keeps its error state in a context variable
+    from numpy._core._ufunc_config import _extobj_contextvar, _make_extobj
+    _IGNORE_ALL = _make_extobj(all="ignore")
+except ImportError:  # pragma: no cover (older numpy)
+    _extobj_contextvar = None
+
+
+def _quiet(fn):
+    """``fn`` run without numpy's floating-point warnings: like torch, overflow, division by
+    zero and invalid values silently give inf/nan."""
+    if _extobj_contextvar is not None:
+        enter, leave = _extobj_contextvar.set, _extobj_contextvar.reset
+
+        def kernel(*args, **kwargs):
+            # what np.errstate(all="ignore") does, without building its state on every call
+            token = enter(_IGNORE_ALL)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                leave(token)
+    else:
+        def kernel(*args, **kwargs):
+            with np.errstate(all="ignore"):
+                return fn(*args, **kwargs)
+    kernel.__name__ = getattr(fn, "__name__", "kernel")
+    kernel.__wrapped__ = fn
+    return kernel
+
 
 REGISTRY = {}
 KINDS = ("elementwise", "view", "reduction", "opaque")
@@ -36,11 +70,13 @@ KINDS = ("elementwise", "view", "reduction", "opaque")
 class Op:
     __slots__ = ("name", "infer", "eager", "backward", "saves_inputs", "saves_outputs",
                  "grad_fn", "num_outputs", "differentiable", "is_view", "kind", "c_expr",
-                 "decomposition", "eager_only", "nondiff", "doc")
+                 "decomposition", "eager_only", "nondiff", "doc", "node_cls", "edge_plans",
+                 "eager_backward")
 
     def __init__(self, name, infer, eager, backward=None, saves=(), save_outputs=False,
                  grad_fn=None, num_outputs=1, differentiable=True, is_view=False, kind=None,
-                 c_expr=None, decomposition=None, eager_only=None, nondiff=(), doc=""):
+                 c_expr=None, decomposition=None, eager_only=None, nondiff=(), doc="",
+                 eager_backward=None):
         self.name = name
         self.infer = infer
         self.eager = eager
@@ -71,6 +107,12 @@ class Op:
         # inputs never differentiated (a mask, a class weight): no autograd edge, as in torch
         self.nondiff = tuple(nondiff)
         self.doc = doc
+        # eager autograd's caches: the backward-node class when its name is fixed (set by
+        # tracenet.autograd.engine), and per input-dtype pattern which inputs get edges
+        self.node_cls = None
+        self.edge_plans = {}
+        # run without numpy's floating-point warnings, as the rule's ops would be
+        self.eager_backward = None if eager_backward is None else _quiet(eager_backward)
 
     def grad_fn_name(self, ctx):
         g = self.grad_fn

@@ -55,6 +55,7 @@ def _view_eager(x, shape, copy_ok):
 view_op = register(
     "view", infer=lambda x, shape, copy_ok: Meta(tuple(shape), x.dtype), eager=_view_eager,
     backward=lambda ctx, g: (g.reshape(tuple(ctx.metas[0].shape)),), kind="view",
+    eager_backward=lambda ctx, g: (np.reshape(g, ctx.metas[0].shape),),
     grad_fn=lambda ctx: ctx.attrs.get("_name", "ViewBackward0"))
 
 
@@ -68,7 +69,9 @@ def _viewable(arr, shape):
 
 def _view(x, shape, copy_ok, name=None):
     shape = infer_shape(shape, x.numel())
-    if copy_ok and x._ir is None and not _viewable(x._data, shape):
+    # (a row-major array reshapes to any shape as a view: only other layouts are tried)
+    if copy_ok and x._ir is None and not x._data.flags.c_contiguous and \
+            not _viewable(x._data, shape):
         # reshape of a tensor whose memory cannot be viewed so: a contiguous copy, then a view
         # of it (torch's CloneBackward0 -> UnsafeViewBackward0); the result is not a view of x
         x, name = contiguous_copy(x), name or "UnsafeViewBackward0"
@@ -151,6 +154,7 @@ permute_op = register(
     "permute", infer=lambda x, dims: Meta(tuple(x.shape[d] for d in dims), x.dtype),
     eager=lambda x, dims: np.transpose(x, dims), kind="view",
     backward=lambda ctx, g: (permute(g, _inverse(ctx.attrs["dims"])),),
+    eager_backward=lambda ctx, g: (np.transpose(g, _inverse(ctx.attrs["dims"])),),
     grad_fn=lambda ctx: ctx.attrs.get("_name", "PermuteBackward0"))
 
 
