@@ -1,5 +1,7 @@
 """The compiled softmax / log_softmax kernel (templates/softmax.c.j2): vector loops along a
 contiguous dim and across blocks of inner positions otherwise, against eager and torch."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -58,6 +60,18 @@ def test_infinities_and_nan_follow_eager(dim, log):
     np.testing.assert_array_equal(np.isnan(out), np.isnan(eager))
     np.testing.assert_array_equal(np.isnan(out), np.isnan(expect))
     np.testing.assert_allclose(out, expect, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_eager_softmax_of_a_fully_masked_row_gives_nan_without_warnings(log):
+    data = np.array([[-np.inf, -np.inf], [0.0, 1.0]], dtype=np.float32)
+    x = tracenet.tensor(data, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = Soft(1, log)(x)
+        out.sum().backward()
+    expect = (torch.log_softmax if log else torch.softmax)(torch.tensor(data), 1).numpy()
+    np.testing.assert_array_equal(np.isnan(out.detach().numpy()), np.isnan(expect))
 
 
 def test_a_varying_batch_runs_one_build_along_a_non_contiguous_dim():

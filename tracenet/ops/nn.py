@@ -942,17 +942,21 @@ def _log_softmax_backward(ctx, g):
     return (g - y.exp() * g.sum(dim, keepdim=True),)
 
 
-softmax_op = register("softmax", infer=_softmax_meta_for(""), eager=_softmax_eager,
-                      save_outputs=True, backward=_softmax_backward)
+# quiet kernels: rows of -inf (fully masked scores) give nan without numpy warnings, as in torch
+softmax_op = common.register_quiet("softmax", infer=_softmax_meta_for(""), eager=_softmax_eager,
+                                   save_outputs=True, backward=_softmax_backward)
+
+
+@common.quiet
 def _log_softmax_backward_np(ctx, g):
     y = ctx.outputs[0]._data
     return (g - np.exp(y) * np.sum(g, axis=ctx.attrs["dim"], keepdims=True),)
 
 
-log_softmax_op = register("log_softmax", infer=_softmax_meta_for("log_"),
-                          eager=_log_softmax_eager, save_outputs=True,
-                          backward=_log_softmax_backward,
-                          eager_backward=_log_softmax_backward_np)
+log_softmax_op = common.register_quiet("log_softmax", infer=_softmax_meta_for("log_"),
+                                       eager=_log_softmax_eager, save_outputs=True,
+                                       backward=_log_softmax_backward,
+                                       eager_backward=_log_softmax_backward_np)
 
 
 def softmax(x, dim):
