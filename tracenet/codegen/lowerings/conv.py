@@ -1,5 +1,6 @@
-"""C lowerings of convolution, every rank in one place: forward (alone or fused with ``relu``
-and ``max_pool``), input gradient and weight gradient.
+"""C lowerings of convolution, every rank in one place: forward (alone or fused with an
+eval-mode ``batch_norm``, a residual ``add``, ``relu`` and ``max_pool``), input gradient and
+weight gradient.
 
 Every convolution is lowered as a 3-d one (a 2-d convolution has depth 1, a 1-d one height 1
 too) onto the GEMM kernels of ``templates/_gemm.c.j2``: for stride 1 the GEMM reads shifted
@@ -7,6 +8,7 @@ views of the (padded) image directly, otherwise im2col columns. The templates em
 loops only when there is a depth (``deep``), so the C of a 1-d or 2-d convolution is the 2-d
 code with no trace of the third dim.
 """
+from ...ops.cexpr import fmt_float
 from ...ops.common import numel
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
     node_lines, signature, size_symbols, threads_scratch, where
@@ -130,8 +132,12 @@ def _lower_conv_group(name, group, exported, target):
     reads = [("x", conv.inputs[0]), ("w", conv.inputs[1])]
     if len(conv.inputs) > 2:
         reads.append(("b", conv.inputs[2]))
+    bn = _batch_norm_reads(group, reads)
+    res = _residual_read(group, reads)
     writes = []
-    conv_v = conv.outputs[0]
+    # the value before the relu: the convolution's, or its batch norm's, or the residual sum
+    conv_v = next(m for m in reversed(group) if m.op in ("convolution", "batch_norm", "add")) \
+        .outputs[0]
     plane_out = relu_out = None
     relu_scratch = False
     if conv_v in exported:
@@ -162,6 +168,7 @@ def _lower_conv_group(name, group, exported, target):
     # 2x2 stride-2 max-pool of relu(conv + bias) read straight from the GEMM's output, eight
     # (or four) windows per vector step, when no full-size plane is wanted
     pool_2x2 = bool(pool_geo and relu and direct and plane_out is None and ct == "float" and
+                    not bn and not res and
                     pool_geo["inside"] and pool_geo["OW"] >= 4 and
                     all(pool_geo[k] == v for k, v in (("KH", 2), ("KW", 2), ("SH", 2),
                                                       ("SW", 2), ("DH", 1), ("DW", 1))))
@@ -187,10 +194,39 @@ def _lower_conv_group(name, group, exported, target):
                  pool=pool_geo, pool_2x2=pool_2x2,
                  pool_idx=pool is not None and pool.outputs[1] in exported, geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
-                 work_elems=work, direct=bool(direct), then_pool=then_pool,
+                 work_elems=work, direct=bool(direct), then_pool=then_pool, bn=bn, res=res,
                  **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, scratch, ct, flops=_conv_flops(geo),
                   parallel=parallel or bool(then_pool and then_pool["parallel"]))
+
+
+def _batch_norm_reads(group, reads):
+    """For an eval-mode batch norm in the group: append its running statistics (and weight
+    and bias) to ``reads``; returns what the template needs (None without one)."""
+    bn = next((m for m in group if m.op == "batch_norm"), None)
+    if bn is None:
+        return None
+    a = bn.attrs
+    reads += [("bn_mean", bn.inputs[1]), ("bn_var", bn.inputs[2])]
+    extra = list(bn.inputs[3:])
+    if a["has_weight"]:
+        reads.append(("bn_weight", extra.pop(0)))
+    if a["has_bias"]:
+        reads.append(("bn_bias", extra.pop(0)))
+    return dict(eps=fmt_float(a["eps"], "double"), has_weight=a["has_weight"],
+                has_bias=a["has_bias"])
+
+
+def _residual_read(group, reads):
+    """For a residual ``add`` in the group: append the added tensor to ``reads``."""
+    add = next((m for m in group if m.op == "add"), None)
+    if add is None:
+        return False
+    summand = add.inputs[0].producer
+    inside = {id(m) for m in group}
+    other = add.inputs[1] if summand is not None and id(summand) in inside else add.inputs[0]
+    reads.append(("res", other))
+    return True
 
 
 def _then_pool(name, reads, conv_writes, conv_scratch, pool, exported, target):
