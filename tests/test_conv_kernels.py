@@ -54,6 +54,11 @@ CASES = {
     "grouped_strided": ((8, 12, 3, 2, 1), dict(groups=4), (3, 8, 7, 9)),
     "unpadded_odd_kernel_batch1": ((3, 5, (3, 2), 1, 0), {}, (1, 3, 7, 5)),
     "wide_odd_stride1": ((6, 9, 3, 1, 1), {}, (1, 6, 5, 23)),
+    # eight or more input channels per group: the weight gradient's transposed GEMMs
+    "grouped_16_per_group": ((32, 12, 3, 1, 1), dict(groups=2), (2, 32, 7, 6)),
+    "grouped_16_per_group_strided": ((32, 12, 3, 2, 1), dict(groups=2, dilation=2), (2, 32, 9, 8)),
+    "batch1_16_channels": ((16, 8, 3, 1, 1), {}, (1, 16, 6, 7)),
+    "unpadded_8_channels": ((8, 24, 2, 1, 0), {}, (3, 8, 5, 5)),
 }
 
 
@@ -74,6 +79,18 @@ def test_conv2d_double_matches_eager():
     tn.manual_seed(0)
     check_compiled(nn.Conv2d(6, 10, 3, padding=1).double(), (2, 6, 7, 6), dtype=tn.float64,
                    tol=1e-9)
+
+
+@pytest.mark.parametrize("args,kwargs,shape", [
+    ((8, 6, 3), dict(padding=1), (2, 8, 4, 5, 3)),
+    ((16, 6, (2, 3, 2)), dict(stride=(2, 1, 2), padding=(1, 0, 1)), (2, 16, 5, 6, 5)),
+])
+def test_conv3d_many_channels_matches_torch(args, kwargs, shape):
+    """3-d: the weight gradient's transposed GEMMs per output depth and tap, and on im2col
+    columns."""
+    tn.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    _against_torch(nn.Conv3d(*args, **kwargs), torch.nn.Conv3d(*args, **kwargs), x)
 
 
 def test_symbolic_batch_two_sizes():

@@ -115,6 +115,11 @@ def _gradient_work(geo, direct):
     return geo["O"] // geo["G"] * direct["GW"] + _padded_image(geo, direct)
 
 
+# The weight gradient as GEMMs over input-channel rows and output-channel vectors from this
+# many input channels per group on (below, dot products along the positions)
+_TAPWISE_MIN_CHANNELS = 8
+
+
 # --- kernels --------------------------------------------------------------------------------------
 
 
@@ -285,13 +290,18 @@ def _lower_conv_backward_weight(name, node, target):
     wsize = numel(out.shape)
     direct = _direct_geometry(geo)
     t = _conv_template_geo(geo, ct, direct)
+    # with a row block of input channels, GEMMs vectorised along the output channels
+    tapwise = t["CG"] >= _TAPWISE_MIN_CHANNELS
     work = _gradient_work(geo, direct) if direct else _columns(geo)
+    if tapwise and not direct:
+        work += geo["O"] // geo["G"] * geo["OD"] * geo["OH"] * geo["OW"]  # the output gradient, transposed
     per_thread = work + wsize
     parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
     src = render("conv_backward_weight.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, work_elems=work,
-                 max_threads="TN_MAX_THREADS", direct=bool(direct), **(direct or {}), **geo)
+                 max_threads="TN_MAX_THREADS", direct=bool(direct), tapwise=tapwise,
+                 **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
                   flops=_conv_flops(geo), parallel=parallel)
