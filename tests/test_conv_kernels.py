@@ -59,6 +59,8 @@ CASES = {
     "grouped_16_per_group_strided": ((32, 12, 3, 2, 1), dict(groups=2, dilation=2), (2, 32, 9, 8)),
     "batch1_16_channels": ((16, 8, 3, 1, 1), {}, (1, 16, 6, 7)),
     "unpadded_8_channels": ((8, 24, 2, 1, 0), {}, (3, 8, 5, 5)),
+    # padding past the kernel's reach: the input gradient's per-tap GEMMs
+    "padding_past_reach": ((4, 5, 2, 1, 2), {}, (2, 4, 5, 6)),
 }
 
 

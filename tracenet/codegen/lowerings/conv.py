@@ -97,6 +97,20 @@ def _direct_geometry(geo):
                 padded=bool(geo["PD"] or geo["PH"] or geo["PW"]))
 
 
+def _flipped_geometry(geo):
+    """The input gradient of a stride-1 convolution is a stride-1 convolution of the output
+    gradient (channels O, padded by the kernel's reach less the padding) with the kernel
+    flipped and its channels swapped: its geometry, or None for strided convolutions and
+    padding past the kernel's reach."""
+    if geo["SD"] != 1 or geo["SH"] != 1 or geo["SW"] != 1:
+        return None
+    pads = [(geo["K" + d] - 1) * geo["D" + d] - geo["P" + d] for d in "DHW"]
+    if min(pads) < 0:
+        return None
+    return dict(geo, C=geo["O"], O=geo["C"], D=geo["OD"], H=geo["OH"], W=geo["OW"],
+                OD=geo["D"], OH=geo["H"], OW=geo["W"], PD=pads[0], PH=pads[1], PW=pads[2])
+
+
 def _columns(geo):
     """Elements of the im2col column matrix of one image and group."""
     return geo["C"] // geo["G"] * geo["KD"] * geo["KH"] * geo["KW"] * \
@@ -269,6 +283,9 @@ def _lower_conv_backward_input(name, node, target):
     out = node.outputs[0]
     geo = _conv_grad_geometry(node, out.shape, w.shape, gy.shape)
     ct = ctype(out)
+    flipped = _flipped_geometry(geo)
+    if flipped is not None:
+        return _lower_flipped_backward_input(name, node, geo, flipped, ct, target)
     direct = _direct_geometry(geo)
     t = _conv_template_geo(geo, ct, direct)
     per_thread = _gradient_work(geo, direct) if direct else _columns(geo)
@@ -276,10 +293,32 @@ def _lower_conv_backward_input(name, node, target):
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_backward_input.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
-                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
+                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, flipped=False,
                  direct=bool(direct), **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
                   flops=_conv_flops(geo), parallel=parallel)
+
+
+def _lower_flipped_backward_input(name, node, geo, fgeo, ct, target):
+    """Stride 1: one GEMM per image and group (and input depth) over shifted views of the
+    padded output gradient, with [C/G x O/G * taps] flipped weights repacked once per call
+    (shared scratch ahead of the threads' slices), the result on rows of the padded width."""
+    gy, w = node.inputs
+    out = node.outputs[0]
+    direct = _direct_geometry(fgeo)
+    t = _conv_template_geo(fgeo, ct, direct)
+    shared = geo["O"] * (geo["C"] // geo["G"]) * geo["KD"] * geo["KH"] * geo["KW"]
+    wide = geo["C"] // geo["G"] * geo["D"] * geo["H"] * direct["WP"]
+    per_thread = wide + _padded_image(fgeo, direct)
+    parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
+    scratch = (per_thread, "threads", shared) if parallel else per_thread + shared
+    reads, writes = [("gy", gy), ("w", w)], [("out", out)]
+    src = render("conv_backward_input.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
+                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, shared=shared,
+                 wide_elems=wide, flipped=True, direct=True, **direct, **fgeo)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=_conv_flops(geo),
+                  parallel=parallel)
 
 
 def _lower_conv_backward_weight(name, node, target):
