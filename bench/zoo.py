@@ -340,6 +340,7 @@ import sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import numpy as np
 import tracenet as tn
+from tracenet.runtime.threads import compiled_threads
 import zoo
 name, calls = sys.argv[3], int(sys.argv[4])
 _, make, kind, lr = zoo.MODELS[name]
@@ -363,6 +364,7 @@ for label, fn in (("train", lambda: step(nx, ny)), ("infer", run_infer)):
     print("=== " + label, file=sys.stderr, flush=True)
     for _ in range(calls):
         fn()
+    print("=== threads %d" % compiled_threads(), file=sys.stderr, flush=True)
 """
 
 _FMA_LOOP = r"""
@@ -412,17 +414,20 @@ def fma_peak():
 
 
 def kernel_report(name, calls=20):
-    """Per-kernel time of the training step and of inference (each kernel's best call of
-    ``calls``, from ``TRACENET_DEBUG=time``) with GFLOP/s and the fraction of the FMA peak
-    of the cores a kernel may use (all of them when it is split between threads)."""
+    """(part, kernel) -> (best time in us of ``calls``, flops, threads compiled code ran on)
+    for the training step and inference, from ``TRACENET_DEBUG=time``."""
     env = dict(os.environ, TRACENET_DEBUG="time")
     out = subprocess.run([sys.executable, "-c", _KERNEL_WORKER, os.path.dirname(HERE), HERE,
                           name, str(calls)], env=env, capture_output=True, text=True,
                          timeout=1800)
     if out.returncode:
         raise RuntimeError(out.stderr)
-    best, label = {}, None
+    best, label, threads = {}, None, {}
     for line in out.stderr.splitlines():
+        if line.startswith("=== threads "):
+            threads[label] = int(line.split()[-1])
+            label = None
+            continue
         if line.startswith("=== "):
             label = line[4:] if line[4:] != "warm-up" else None
             continue
@@ -435,25 +440,25 @@ def kernel_report(name, calls=20):
         flops = float(parts[4]) * 1e3 * us if len(parts) > 5 and parts[5] == "GFLOP/s" else 0
         if key not in best or us < best[key][0]:
             best[key] = (us, flops)
-    return best
+    return {k: v + (threads.get(k[0], 1),) for k, v in best.items()}
 
 
 def print_kernel_report(names, peak):
-    cores = os.cpu_count() or 1
     print()
-    print(f"# per-kernel best of 20 calls; FMA peak {peak:.0f} GFLOP/s per core (measured), "
-          f"{cores} cores; % of peak = GFLOP/s / (peak x cores) for kernels that split over "
-          f"threads, and of one core in parentheses")
-    print("| model | kernel | us | GFLOP/s | % of peak (of one core) |")
-    print("|---|---|---|---|---|")
+    print(f"# per-kernel best of 20 calls; FMA peak {peak:.0f} GFLOP/s per core (measured); "
+          f"% of peak: of the threads compiled code ran on (fewer than the cores when other "
+          f"processes hold some: README, threads), and of one core in parentheses")
+    print("| model | kernel | threads | us | GFLOP/s | % of peak (of one core) |")
+    print("|---|---|---|---|---|---|")
     for name in names:
-        for (label, kernel), (us, flops) in kernel_report(name).items():
+        for (label, kernel), (us, flops, threads) in kernel_report(name).items():
             if not flops:
                 continue
             gf = flops / us * 1e-3
             short = kernel.split("_k", 1)[-1]
-            print(f"| {name} {label} | k{short} | {us:.0f} | {gf:.1f} | "
-                  f"{100 * gf / (peak * cores):.0f} % ({100 * gf / peak:.0f} %) |", flush=True)
+            print(f"| {name} {label} | k{short} | {threads} | {us:.0f} | {gf:.1f} | "
+                  f"{100 * gf / (peak * threads):.0f} % ({100 * gf / peak:.0f} %) |",
+                  flush=True)
 
 
 def main():
