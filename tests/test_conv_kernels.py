@@ -95,6 +95,17 @@ def test_conv3d_many_channels_matches_torch(args, kwargs, shape):
     _against_torch(nn.Conv3d(*args, **kwargs), torch.nn.Conv3d(*args, **kwargs), x)
 
 
+@pytest.mark.parametrize("kwargs", [dict(stride=1, dilation=2, output_padding=1),
+                                    dict(stride=1, padding=1, output_padding=(0, 1),
+                                         dilation=(1, 2))])
+def test_transposed_conv_output_padding_matches_torch(kwargs):
+    """A stride-1 transposed convolution with output_padding: input-gradient kernels whose
+    last rows or columns no output position reaches."""
+    tn.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((2, 8, 6, 7)).astype(np.float32)
+    _against_torch(nn.ConvTranspose2d(8, 8, 3, **kwargs), torch.nn.ConvTranspose2d(8, 8, 3, **kwargs), x)
+
+
 def test_symbolic_batch_two_sizes():
     """One compiled module at two batch sizes: the kernels take the batch size at run time."""
     tn.manual_seed(0)

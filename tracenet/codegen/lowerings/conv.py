@@ -107,8 +107,22 @@ def _flipped_geometry(geo):
     pads = [(geo["K" + d] - 1) * geo["D" + d] - geo["P" + d] for d in "DHW"]
     if min(pads) < 0:
         return None
+    # an input past the last position any output reads (a transposed convolution's
+    # output_padding) would need more padding after than before
+    if any(geo["O" + d] + 2 * p - (geo["K" + d] - 1) * geo["D" + d] != geo[d]
+           for d, p in zip("DHW", pads)):
+        return None
     return dict(geo, C=geo["O"], O=geo["C"], D=geo["OD"], H=geo["OH"], W=geo["OW"],
                 OD=geo["D"], OH=geo["H"], OW=geo["W"], PD=pads[0], PH=pads[1], PW=pads[2])
+
+
+def _flipped_pays(geo, fgeo):
+    """Whether the flipped convolution's positions (rows of the padded output gradient's
+    width, over the input) are not many more than the per-tap GEMMs' (rows of the padded
+    input's width, over the output): with a large kernel on a small image (LeNet's 5x5 on
+    10x10) most of the padded gradient is zeros and the per-tap GEMMs do less work."""
+    per_tap = _direct_geometry(geo)["GW"]
+    return _direct_geometry(fgeo)["GW"] <= 1.25 * per_tap
 
 
 def _columns(geo):
@@ -284,7 +298,7 @@ def _lower_conv_backward_input(name, node, target):
     geo = _conv_grad_geometry(node, out.shape, w.shape, gy.shape)
     ct = ctype(out)
     flipped = _flipped_geometry(geo)
-    if flipped is not None:
+    if flipped is not None and _flipped_pays(geo, flipped):
         return _lower_flipped_backward_input(name, node, geo, flipped, ct, target)
     direct = _direct_geometry(geo)
     t = _conv_template_geo(geo, ct, direct)
