@@ -253,3 +253,13 @@ def test_gemm_column_tail(m, k, n, dtype):
     np.testing.assert_allclose(x.grad.numpy(), np.ones((m, n), dtype) @ w.T, rtol=tol, atol=tol)
     np.testing.assert_allclose(model.w.grad.numpy(), a.T @ np.ones((m, n), dtype), rtol=tol,
                                atol=tol)
+
+
+def test_batch_norm_backward_large_mean_matches_torch():
+    """The input gradient of a training-mode batch norm whose input has a large mean (the
+    kernel subtracts the mean before scaling, in the element type)."""
+    tn.manual_seed(0)
+    model, tmodel = nn.BatchNorm2d(6), torch.nn.BatchNorm2d(6)
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((4, 6, 5, 7)) * 0.5 + 300).astype(np.float32)
+    _against_torch(model, tmodel, x, tol=1e-4)
