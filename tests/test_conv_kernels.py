@@ -202,7 +202,35 @@ def test_train_mode_batch_norm_not_folded():
     model, tmodel = _block(tn, False), _block(torch, False)
     x = np.random.default_rng(0).standard_normal((4, 8, 6, 6)).astype(np.float32)
     compiled = _against_torch(model, tmodel, x, tol=2e-4)
-    assert "bn_scale" not in compiled.source()
+    src = compiled.source()
+    assert "bn_scale" not in src
+    # the batch's statistics, then one pass of batch norm, residual add and relu
+    assert "_batch_norm_add_relu(" in src and "_batch_norm_relu(" in src
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_batch_norm_relu_without_conv_matches_torch(train):
+    """batch_norm -> relu and batch_norm -> add -> relu on a network's input (no convolution
+    to fuse into): one kernel each."""
+    def make(lib):
+        class Net(lib.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.bn1, self.bn2 = lib.nn.BatchNorm2d(5), lib.nn.BatchNorm2d(5)
+
+            def forward(self, x):
+                y = lib.nn.functional.relu(self.bn1(x))
+                return lib.nn.functional.relu(x + self.bn2(y))
+        return Net()
+
+    model, tmodel = make(tn), make(torch)
+    model.train(train)
+    tmodel.train(train)
+    rng = np.random.default_rng(0)
+    _randomise_stats(model, tmodel, rng)
+    x = rng.standard_normal((3, 5, 4, 6)).astype(np.float32)
+    src = _against_torch(model, tmodel, x, tol=2e-4).source()
+    assert "_batch_norm_add_relu(" in src and "_batch_norm_relu(" in src
 
 
 def test_batch_norm_output_used_twice_not_fused():

@@ -35,7 +35,7 @@ def test_every_op_lowers_decomposes_or_says_why():
 
 def test_lowerings_are_registered_for_registry_ops_and_fusion_groups_only():
     assert set(LOWERINGS) <= set(REGISTRY), set(LOWERINGS) - set(REGISTRY)
-    assert set(GROUP_LOWERINGS) == {"conv", "gemm", "elementwise", "pool_backward"}
+    assert set(GROUP_LOWERINGS) == {"conv", "norm", "gemm", "elementwise", "pool_backward"}
 
 
 DECOMPOSED = sorted(n for n, op in REGISTRY.items()

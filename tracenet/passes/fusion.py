@@ -6,6 +6,8 @@ members for people):
 * ``conv``: ``convolution`` (bias included) -> optional eval-mode ``batch_norm`` (the
   convolution's only reader) -> optional residual ``add`` (the batch norm's only reader) ->
   optional ``relu`` -> optional ``max_pool``;
+* ``norm``: ``batch_norm`` -> optional residual ``add`` -> ``relu`` (each the only reader of
+  the value before it);
 * ``gemm``: ``addmm``/``gemm``, or ``mm`` followed by a broadcast bias ``add``, then an optional
   activation (any one-input elementwise op of the registry); ``attrs["roles"]`` names each
   member's part of the epilogue;
@@ -163,6 +165,24 @@ def _residual(add, value):
     return other
 
 
+def _norm_groups(graph):
+    """batch_norm (not fused into a convolution) -> optional residual ``add`` -> ``relu``,
+    each the only reader of the value before it: one pass writing the relu's output."""
+    users = graph.users()
+    groups = []
+    for node in graph.nodes:
+        if node.op != "batch_norm":
+            continue
+        group = [node]
+        nxt = _sole_user(users, graph, node.output)
+        if nxt is not None and nxt.op == "add" and _residual(nxt, node.output) is not None:
+            group.append(nxt)
+            nxt = _sole_user(users, graph, nxt.output)
+        if nxt is not None and nxt.op == "relu" and nxt.inputs[0] is group[-1].output:
+            groups.append(group + [nxt])
+    return groups
+
+
 def _user_with_op(users, value, op):
     """The first node of kind ``op`` reading ``value`` as its first input, if any."""
     for u in users.get(value, []):
@@ -297,7 +317,7 @@ def fuse(graph):
     place)."""
     for body in graph.bodies():
         fuse(body)
-    for finder, group_name in ((_conv_groups, "conv"),
+    for finder, group_name in ((_conv_groups, "conv"), (_norm_groups, "norm"),
                                (_pool_relu_backward_groups, "pool_backward"),
                                (_gemm_mask_groups, "gemm"), (_gemm_sgd_groups, "gemm"),
                                (_gemm_groups, "gemm"), (_elementwise_groups, "elementwise")):
