@@ -266,9 +266,13 @@ class _MatMul(nn.Module):
 
 
 @pytest.mark.parametrize("m,k,n,dtype", [(5, 300, 13, np.float32), (7, 513, 3, np.float32),
-                                         (4, 9, 6, np.float64), (1, 260, 21, np.float64)])
+                                         (4, 9, 6, np.float64), (1, 260, 21, np.float64),
+                                         # 24+ rows and rows of B 256+ apart: packed panels
+                                         (48, 300, 260, np.float32), (31, 520, 259, np.float64),
+                                         (64, 784, 256, np.float32)])
 def test_gemm_column_tail(m, k, n, dtype):
-    """Columns past the last full vector, over more than one block of 256 rows of B."""
+    """Columns past the last full vector, over more than one block of 256 rows of B; with
+    many rows, column panels of B copied to a contiguous buffer."""
     rng = np.random.default_rng(0)
     a, w = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
     model = _MatMul(tn.from_numpy(w))
