@@ -3,6 +3,7 @@
     python bench/zoo.py [--quick] [--models lenet,cifar,mlp,resnet,lstm,transformer]
                         [--no-inductor]
                         [--no-onnx] [--no-compile-times] [--busy]
+                        [--kernels]
 
 Each model is written once and built with either library from the same weights. Timings use
 bench/lenet.py's method: the workloads of one row alternate in rounds (each turn after two
@@ -22,6 +23,9 @@ Rows per model:
 ``--busy`` keeps one core busy with another process (a spinning loop) for the whole run, as a
 shared machine often is. ONNX Runtime comes with the ``bench`` extra (``pip install
 '.[bench]'``).
+``--kernels`` prints instead each kernel's time (best of 20 calls) in the training step and in
+inference, with GFLOP/s and the fraction of the machine's FMA peak (measured with a loop of
+independent FMAs built with tracenet's flags).
 """
 import argparse
 import atexit
@@ -337,6 +341,134 @@ def compile_times(name):
     return times
 
 
+# --- per-kernel report -------------------------------------------------------------------
+
+_KERNEL_WORKER = r"""
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import numpy as np
+import tracenet as tn
+from tracenet.runtime.threads import compiled_threads
+import zoo
+name, calls = sys.argv[3], int(sys.argv[4])
+_, make, kind, lr = zoo.MODELS[name]
+x, y = make(np.random.default_rng(0))
+nx, ny = tn.from_numpy(x), tn.from_numpy(y)
+_, model = zoo._pair(name)
+opt = zoo._optimizer(tn, kind, model.parameters(), lr)
+crit = tn.nn.CrossEntropyLoss()
+step = tn.compile_step(lambda a, b: crit(model(a), b), opt)
+_, infer_model = zoo._pair(name)
+infer = tn.compile(infer_model.eval())
+
+def run_infer():
+    with tn.no_grad():
+        infer(nx)
+
+for label, fn in (("train", lambda: step(nx, ny)), ("infer", run_infer)):
+    print("=== warm-up", file=sys.stderr, flush=True)
+    for _ in range(3):
+        fn()
+    print("=== " + label, file=sys.stderr, flush=True)
+    for _ in range(calls):
+        fn()
+    print("=== threads %d" % compiled_threads(), file=sys.stderr, flush=True)
+"""
+
+_FMA_LOOP = r"""
+#include <stdio.h>
+#include <time.h>
+typedef float v8 __attribute__((vector_size(32)));
+int main(void) {
+    v8 b, c;
+    for (int l = 0; l < 8; l++) { b[l] = 0.9999f; c[l] = 1e-7f; }
+    %(decl)s
+    double best = 1e30;
+    for (int r = 0; r < 20; r++) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (long i = 0; i < 2000000; i++) { %(body)s }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double s = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+        if (s < best) best = s;
+    }
+    float sum = 0;
+    %(sum)s
+    printf("%%f %%f\n", 2.0 * 2000000 * %(n)d * 8 / best * 1e-9, sum);
+    return 0;
+}
+"""
+
+
+def fma_peak():
+    """One core's float32 FMA peak in GFLOP/s, measured: the best of 20 runs of a loop of 12
+    independent 8-lane FMA chains (enough to fill two FMA pipes of 4 cycles' latency), built
+    with the flags tracenet builds kernels with."""
+    from tracenet.runtime import toolchain
+    n = 12
+    src = _FMA_LOOP % dict(n=n, decl=" ".join(f"v8 a{i} = b * {i}.0f;" for i in range(n)),
+                           body=" ".join(f"a{i} = a{i} * b + c;" for i in range(n)),
+                           sum=" ".join(f"sum += a{i}[0];" for i in range(n)))
+    argv, _ = toolchain.compiler()
+    flags = [f for f in toolchain.flags() if f not in ("-shared", "-fPIC")]
+    with tempfile.TemporaryDirectory() as d:
+        c_path, exe = os.path.join(d, "fma.c"), os.path.join(d, "fma")
+        with open(c_path, "w") as f:
+            f.write(src)
+        subprocess.run(list(argv) + flags + [c_path, "-o", exe], check=True,
+                       capture_output=True)
+        return float(subprocess.run([exe], check=True, capture_output=True,
+                                    text=True).stdout.split()[0])
+
+
+def kernel_report(name, calls=20):
+    """(part, kernel) -> (best time in us of ``calls``, flops, threads compiled code ran on)
+    for the training step and inference, from ``TRACENET_DEBUG=time``."""
+    env = dict(os.environ, TRACENET_DEBUG="time")
+    out = subprocess.run([sys.executable, "-c", _KERNEL_WORKER, os.path.dirname(HERE), HERE,
+                          name, str(calls)], env=env, capture_output=True, text=True,
+                         timeout=1800)
+    if out.returncode:
+        raise RuntimeError(out.stderr)
+    best, label, threads = {}, None, {}
+    for line in out.stderr.splitlines():
+        if line.startswith("=== threads "):
+            threads[label] = int(line.split()[-1])
+            label = None
+            continue
+        if line.startswith("=== "):
+            label = line[4:] if line[4:] != "warm-up" else None
+            continue
+        parts = line.split()
+        if label is None or len(parts) < 4 or not line.startswith("[tracenet:time]") or \
+                parts[3] != "us":
+            continue
+        key = (label, parts[1].rstrip(":"))
+        us = float(parts[2])
+        flops = float(parts[4]) * 1e3 * us if len(parts) > 5 and parts[5] == "GFLOP/s" else 0
+        if key not in best or us < best[key][0]:
+            best[key] = (us, flops)
+    return {k: v + (threads.get(k[0], 1),) for k, v in best.items()}
+
+
+def print_kernel_report(names, peak):
+    print()
+    print(f"# per-kernel best of 20 calls; FMA peak {peak:.0f} GFLOP/s per core (measured); "
+          f"% of peak: of the threads compiled code ran on (fewer than the cores when other "
+          f"processes hold some: README, threads), and of one core in parentheses")
+    print("| model | kernel | threads | us | GFLOP/s | % of peak (of one core) |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        for (label, kernel), (us, flops, threads) in kernel_report(name).items():
+            if not flops:
+                continue
+            gf = flops / us * 1e-3
+            short = kernel.split("_k", 1)[-1]
+            print(f"| {name} {label} | k{short} | {threads} | {us:.0f} | {gf:.1f} | "
+                  f"{100 * gf / (peak * threads):.0f} % ({100 * gf / peak:.0f} %) |",
+                  flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer rounds")
@@ -346,6 +478,8 @@ def main():
     ap.add_argument("--no-compile-times", action="store_true")
     ap.add_argument("--busy", action="store_true",
                     help="keep one core busy with another process (a spinning loop) throughout")
+    ap.add_argument("--kernels", action="store_true",
+                    help="only the per-kernel report: time, GFLOP/s and %% of FMA peak")
     args = ap.parse_args()
     if args.busy:
         spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -354,6 +488,9 @@ def main():
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         ap.error(f"unknown models: {', '.join(unknown)} (have {', '.join(MODELS)})")
+    if args.kernels:
+        print_kernel_report(names, fma_peak())
+        return
     rounds, per_round = (3, 5) if args.quick else (7, 10)
     inductor = not args.no_inductor
     print(f"# tracenet vs PyTorch {torch.__version__}; median us per call over {rounds} "

@@ -3,7 +3,11 @@
 Groups (``attrs["group"]``, the key of the group's C lowering; ``attrs["kind"]`` names the
 members for people):
 
-* ``conv``: ``convolution`` (bias included) -> optional ``relu`` -> optional ``max_pool``;
+* ``conv``: ``convolution`` (bias included) -> optional eval-mode ``batch_norm`` (the
+  convolution's only reader) -> optional residual ``add`` (the batch norm's only reader) ->
+  optional ``relu`` -> optional ``max_pool``;
+* ``norm``: ``batch_norm`` -> optional residual ``add`` -> ``relu`` (each the only reader of
+  the value before it);
 * ``gemm``: ``addmm``/``gemm``, or ``mm`` followed by a broadcast bias ``add``, then an optional
   activation (any one-input elementwise op of the registry); ``attrs["roles"]`` names each
   member's part of the epilogue;
@@ -120,13 +124,25 @@ class _Fuser:
 def _conv_groups(graph):
     users = graph.users()
     groups = []
+    claimed = set()
     for node in graph.nodes:
         if node.op != "convolution":
             continue
         group = [node]
+        bn = _sole_user(users, graph, node.output)
+        if bn is not None and bn.op == "batch_norm" and not bn.attrs["training"] and \
+                bn.inputs[0] is node.output:
+            # eval-mode batch norm: a per-channel scale and shift in the epilogue, computed
+            # from the running statistics when the kernel runs (they may change between calls)
+            group.append(bn)
+            add = _sole_user(users, graph, bn.output)
+            if add is not None and add.op == "add" and id(add) not in claimed and \
+                    _residual(add, bn.output) is not None:
+                claimed.add(id(add))  # a sum of two convolutions goes to the first
+                group.append(add)
         # the next stage may share its input with later readers (e.g. the backward of a
         # whole training step reads relu's output): those get it as an exported value
-        nxt = _user_with_op(users, node.output, "relu")
+        nxt = _user_with_op(users, group[-1].output, "relu")
         if nxt is not None:
             group.append(nxt)
         pool = _user_with_op(users, group[-1].output, "max_pool")
@@ -134,6 +150,36 @@ def _conv_groups(graph):
             group.append(pool)
         if len(group) > 1:
             groups.append(group)
+    return groups
+
+
+def _residual(add, value):
+    """The other operand of ``add`` (``value`` + it) when it has the sum's shape and dtype: a
+    residual connection the convolution's epilogue adds; None otherwise."""
+    a, b = add.inputs
+    other = b if a is value else a if b is value else None
+    if other is None or other is value or other.dtype is not add.output.dtype or \
+            not same_shape(other.shape, add.output.shape) or \
+            not same_shape(value.shape, add.output.shape):
+        return None
+    return other
+
+
+def _norm_groups(graph):
+    """batch_norm (not fused into a convolution) -> optional residual ``add`` -> ``relu``,
+    each the only reader of the value before it: one pass writing the relu's output."""
+    users = graph.users()
+    groups = []
+    for node in graph.nodes:
+        if node.op != "batch_norm":
+            continue
+        group = [node]
+        nxt = _sole_user(users, graph, node.output)
+        if nxt is not None and nxt.op == "add" and _residual(nxt, node.output) is not None:
+            group.append(nxt)
+            nxt = _sole_user(users, graph, nxt.output)
+        if nxt is not None and nxt.op == "relu" and nxt.inputs[0] is group[-1].output:
+            groups.append(group + [nxt])
     return groups
 
 
@@ -271,7 +317,7 @@ def fuse(graph):
     place)."""
     for body in graph.bodies():
         fuse(body)
-    for finder, group_name in ((_conv_groups, "conv"),
+    for finder, group_name in ((_conv_groups, "conv"), (_norm_groups, "norm"),
                                (_pool_relu_backward_groups, "pool_backward"),
                                (_gemm_mask_groups, "gemm"), (_gemm_sgd_groups, "gemm"),
                                (_gemm_groups, "gemm"), (_elementwise_groups, "elementwise")):

@@ -1,5 +1,6 @@
-"""C lowerings of convolution, every rank in one place: forward (alone or fused with ``relu``
-and ``max_pool``), input gradient and weight gradient.
+"""C lowerings of convolution, every rank in one place: forward (alone or fused with an
+eval-mode ``batch_norm``, a residual ``add``, ``relu`` and ``max_pool``), input gradient and
+weight gradient.
 
 Every convolution is lowered as a 3-d one (a 2-d convolution has depth 1, a 1-d one height 1
 too) onto the GEMM kernels of ``templates/_gemm.c.j2``: for stride 1 the GEMM reads shifted
@@ -7,6 +8,7 @@ views of the (padded) image directly, otherwise im2col columns. The templates em
 loops only when there is a depth (``deep``), so the C of a 1-d or 2-d convolution is the 2-d
 code with no trace of the third dim.
 """
+from ...ops.cexpr import fmt_float
 from ...ops.common import numel
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
     node_lines, signature, size_symbols, threads_scratch, where
@@ -95,6 +97,34 @@ def _direct_geometry(geo):
                 padded=bool(geo["PD"] or geo["PH"] or geo["PW"]))
 
 
+def _flipped_geometry(geo):
+    """The input gradient of a stride-1 convolution is a stride-1 convolution of the output
+    gradient (channels O, padded by the kernel's reach less the padding) with the kernel
+    flipped and its channels swapped: its geometry, or None for strided convolutions and
+    padding past the kernel's reach."""
+    if geo["SD"] != 1 or geo["SH"] != 1 or geo["SW"] != 1:
+        return None
+    pads = [(geo["K" + d] - 1) * geo["D" + d] - geo["P" + d] for d in "DHW"]
+    if min(pads) < 0:
+        return None
+    # an input past the last position any output reads (a transposed convolution's
+    # output_padding) would need more padding after than before
+    if any(geo["O" + d] + 2 * p - (geo["K" + d] - 1) * geo["D" + d] != geo[d]
+           for d, p in zip("DHW", pads)):
+        return None
+    return dict(geo, C=geo["O"], O=geo["C"], D=geo["OD"], H=geo["OH"], W=geo["OW"],
+                OD=geo["D"], OH=geo["H"], OW=geo["W"], PD=pads[0], PH=pads[1], PW=pads[2])
+
+
+def _flipped_pays(geo, fgeo):
+    """Whether the flipped convolution's positions (rows of the padded output gradient's
+    width, over the input) are not many more than the per-tap GEMMs' (rows of the padded
+    input's width, over the output): with a large kernel on a small image (LeNet's 5x5 on
+    10x10) most of the padded gradient is zeros and the per-tap GEMMs do less work."""
+    per_tap = _direct_geometry(geo)["GW"]
+    return _direct_geometry(fgeo)["GW"] <= 1.25 * per_tap
+
+
 def _columns(geo):
     """Elements of the im2col column matrix of one image and group."""
     return geo["C"] // geo["G"] * geo["KD"] * geo["KH"] * geo["KW"] * \
@@ -111,6 +141,11 @@ def _gradient_work(geo, direct):
     """Scratch elements of a stride-1 gradient kernel: the output gradient on rows of the
     padded width, and the padded image when there is padding."""
     return geo["O"] // geo["G"] * direct["GW"] + _padded_image(geo, direct)
+
+
+# The weight gradient as GEMMs over input-channel rows and output-channel vectors from this
+# many input channels per group on (below, dot products along the positions)
+_TAPWISE_MIN_CHANNELS = 8
 
 
 # --- kernels --------------------------------------------------------------------------------------
@@ -130,8 +165,12 @@ def _lower_conv_group(name, group, exported, target):
     reads = [("x", conv.inputs[0]), ("w", conv.inputs[1])]
     if len(conv.inputs) > 2:
         reads.append(("b", conv.inputs[2]))
+    bn = _batch_norm_reads(group, reads)
+    res = _residual_read(group, reads)
     writes = []
-    conv_v = conv.outputs[0]
+    # the value before the relu: the convolution's, or its batch norm's, or the residual sum
+    conv_v = next(m for m in reversed(group) if m.op in ("convolution", "batch_norm", "add")) \
+        .outputs[0]
     plane_out = relu_out = None
     relu_scratch = False
     if conv_v in exported:
@@ -162,6 +201,7 @@ def _lower_conv_group(name, group, exported, target):
     # 2x2 stride-2 max-pool of relu(conv + bias) read straight from the GEMM's output, eight
     # (or four) windows per vector step, when no full-size plane is wanted
     pool_2x2 = bool(pool_geo and relu and direct and plane_out is None and ct == "float" and
+                    not bn and not res and
                     pool_geo["inside"] and pool_geo["OW"] >= 4 and
                     all(pool_geo[k] == v for k, v in (("KH", 2), ("KW", 2), ("SH", 2),
                                                       ("SW", 2), ("DH", 1), ("DW", 1))))
@@ -187,10 +227,39 @@ def _lower_conv_group(name, group, exported, target):
                  pool=pool_geo, pool_2x2=pool_2x2,
                  pool_idx=pool is not None and pool.outputs[1] in exported, geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
-                 work_elems=work, direct=bool(direct), then_pool=then_pool,
+                 work_elems=work, direct=bool(direct), then_pool=then_pool, bn=bn, res=res,
                  **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, scratch, ct, flops=_conv_flops(geo),
                   parallel=parallel or bool(then_pool and then_pool["parallel"]))
+
+
+def _batch_norm_reads(group, reads):
+    """For an eval-mode batch norm in the group: append its running statistics (and weight
+    and bias) to ``reads``; returns what the template needs (None without one)."""
+    bn = next((m for m in group if m.op == "batch_norm"), None)
+    if bn is None:
+        return None
+    a = bn.attrs
+    reads += [("bn_mean", bn.inputs[1]), ("bn_var", bn.inputs[2])]
+    extra = list(bn.inputs[3:])
+    if a["has_weight"]:
+        reads.append(("bn_weight", extra.pop(0)))
+    if a["has_bias"]:
+        reads.append(("bn_bias", extra.pop(0)))
+    return dict(eps=fmt_float(a["eps"], "double"), has_weight=a["has_weight"],
+                has_bias=a["has_bias"])
+
+
+def _residual_read(group, reads):
+    """For a residual ``add`` in the group: append the added tensor to ``reads``."""
+    add = next((m for m in group if m.op == "add"), None)
+    if add is None:
+        return False
+    summand = add.inputs[0].producer
+    inside = {id(m) for m in group}
+    other = add.inputs[1] if summand is not None and id(summand) in inside else add.inputs[0]
+    reads.append(("res", other))
+    return True
 
 
 def _then_pool(name, reads, conv_writes, conv_scratch, pool, exported, target):
@@ -228,6 +297,9 @@ def _lower_conv_backward_input(name, node, target):
     out = node.outputs[0]
     geo = _conv_grad_geometry(node, out.shape, w.shape, gy.shape)
     ct = ctype(out)
+    flipped = _flipped_geometry(geo)
+    if flipped is not None and _flipped_pays(geo, flipped):
+        return _lower_flipped_backward_input(name, node, geo, flipped, ct, target)
     direct = _direct_geometry(geo)
     t = _conv_template_geo(geo, ct, direct)
     per_thread = _gradient_work(geo, direct) if direct else _columns(geo)
@@ -235,10 +307,32 @@ def _lower_conv_backward_input(name, node, target):
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_backward_input.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
-                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
+                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, flipped=False,
                  direct=bool(direct), **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
                   flops=_conv_flops(geo), parallel=parallel)
+
+
+def _lower_flipped_backward_input(name, node, geo, fgeo, ct, target):
+    """Stride 1: one GEMM per image and group (and input depth) over shifted views of the
+    padded output gradient, with [C/G x O/G * taps] flipped weights repacked once per call
+    (shared scratch ahead of the threads' slices), the result on rows of the padded width."""
+    gy, w = node.inputs
+    out = node.outputs[0]
+    direct = _direct_geometry(fgeo)
+    t = _conv_template_geo(fgeo, ct, direct)
+    shared = geo["O"] * (geo["C"] // geo["G"]) * geo["KD"] * geo["KH"] * geo["KW"]
+    wide = geo["C"] // geo["G"] * geo["D"] * geo["H"] * direct["WP"]
+    per_thread = wide + _padded_image(fgeo, direct)
+    parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
+    scratch = (per_thread, "threads", shared) if parallel else per_thread + shared
+    reads, writes = [("gy", gy), ("w", w)], [("out", out)]
+    src = render("conv_backward_input.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
+                 CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, shared=shared,
+                 wide_elems=wide, flipped=True, direct=True, **direct, **fgeo)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=_conv_flops(geo),
+                  parallel=parallel)
 
 
 def _lower_conv_backward_weight(name, node, target):
@@ -249,13 +343,18 @@ def _lower_conv_backward_weight(name, node, target):
     wsize = numel(out.shape)
     direct = _direct_geometry(geo)
     t = _conv_template_geo(geo, ct, direct)
+    # with a row block of input channels, GEMMs vectorised along the output channels
+    tapwise = t["CG"] >= _TAPWISE_MIN_CHANNELS
     work = _gradient_work(geo, direct) if direct else _columns(geo)
+    if tapwise and not direct:
+        work += geo["O"] // geo["G"] * geo["OD"] * geo["OH"] * geo["OW"]  # the output gradient, transposed
     per_thread = work + wsize
     parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
     src = render("conv_backward_weight.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, work_elems=work,
-                 max_threads="TN_MAX_THREADS", direct=bool(direct), **(direct or {}), **geo)
+                 max_threads="TN_MAX_THREADS", direct=bool(direct), tapwise=tapwise,
+                 **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
                   flops=_conv_flops(geo), parallel=parallel)

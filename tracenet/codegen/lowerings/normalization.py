@@ -1,12 +1,13 @@
 """C lowerings of the batch-norm ops: the per-channel statistics (two passes in double), the
-normalisation (one multiply-add per element with per-channel scale and shift) and the whole
+normalisation (one multiply-add per element with per-channel scale and shift; with a residual
+add and relu when they follow) and the whole
 backward in one kernel (per channel: the two sums, then grad_input). Each kernel walks a
 (N, C, S) view of the input, S the product of the spatial dims; channels run in parallel under
 OpenMP for large tensors."""
 from ...ops.common import numel
 from ...ops.normalization import channels
 from ...ops.cexpr import fmt_float
-from ..base import Kernel, ctype, lowering, node_lines, signature
+from ..base import Kernel, ctype, group_lowering, lowering, members, node_lines, signature
 from ..templates import render
 
 def _layout(shape):
@@ -32,22 +33,31 @@ def lower_batch_norm_stats(name, node, exported, target):
     return Kernel(name, reads, writes, src, parallel=par)
 
 
+@group_lowering("norm")
 @lowering("batch_norm")
 def lower_batch_norm(name, node, exported, target):
-    x, mean, var = node.inputs[:3]
-    a = node.attrs
+    """Alone, or with a residual add and relu applied before the one write (``norm``
+    group: only the relu's output is written)."""
+    group = members(node)
+    bn = group[0]
+    x, mean, var = bn.inputs[:3]
+    a = bn.attrs
     reads = [("x", x), ("mean", mean), ("var", var)]
-    extra = list(node.inputs[3:])
+    extra = list(bn.inputs[3:])
     if a["has_weight"]:
         reads.append(("weight", extra.pop(0)))
     if a["has_bias"]:
         reads.append(("bias", extra.pop(0)))
-    writes = [("out", node.outputs[0])]
+    add = next((m for m in group if m.op == "add"), None)
+    if add is not None:
+        reads.append(("res", add.inputs[1] if add.inputs[0] is bn.output else add.inputs[0]))
+    writes = [("out", group[-1].outputs[0])]
     par = _parallel(x.shape, target)
-    src = render("norm_batch_norm.c.j2", name=name, node_lines=node_lines([node]),
+    src = render("norm_batch_norm.c.j2", name=name, node_lines=node_lines(group),
                  ctype=ctype(x), signature=signature(reads, writes), parallel=par,
                  eps=fmt_float(a["eps"], "double"), has_weight=a["has_weight"],
-                 has_bias=a["has_bias"], **_layout(x.shape))
+                 has_bias=a["has_bias"], res=add is not None,
+                 relu=any(m.op == "relu" for m in group), **_layout(x.shape))
     return Kernel(name, reads, writes, src, parallel=par)
 
 
