@@ -23,6 +23,7 @@ Rows per model:
 ``--busy`` keeps one core busy with another process (a spinning loop) for the whole run, as a
 shared machine often is. ONNX Runtime comes with the ``bench`` extra (``pip install
 '.[bench]'``).
+
 ``--kernels`` prints instead each kernel's time (best of 20 calls) in the training step and in
 inference, with GFLOP/s and the fraction of the machine's FMA peak (measured with a loop of
 independent FMAs built with tracenet's flags).
