@@ -28,7 +28,7 @@ import tracenet.nn as nn  # noqa: E402
 import tracenet.optim as optim  # noqa: E402
 from tracenet.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 from tracenet.utils.data import DataLoader, DistributedSampler, TensorDataset  # noqa: E402
-from digits import Net, mnist, sklearn_digits  # noqa: E402
+from digits import Net, normalised_data  # noqa: E402
 
 
 def main(argv=None):
@@ -55,12 +55,7 @@ def main(argv=None):
     say = print if rank == 0 else (lambda *a, **k: None)
 
     torch.manual_seed(args.seed)
-    if args.mnist:
-        train_x, train_y, test_x, test_y = mnist(args.mnist)
-    else:
-        train_x, train_y, test_x, test_y = sklearn_digits(args.seed)
-    mean, std = float(train_x.mean()), float(train_x.std())
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    train_x, train_y, test_x, test_y = normalised_data(args.mnist, args.seed)
     say(f"data: {len(train_y)} train, {len(test_y)} test images; {world} rank(s), "
         f"{args.batch_size // world} images per rank per step")
 

@@ -116,6 +116,17 @@ class PlainBar:
         sys.stderr.flush()
 
 
+def normalised_data(mnist_dir, seed):
+    """(train_x, train_y, test_x, test_y): MNIST from ``mnist_dir``, else scikit-learn's digits
+    split by ``seed``; images standardised with the training set's mean and deviation."""
+    if mnist_dir:
+        train_x, train_y, test_x, test_y = mnist(mnist_dir)
+    else:
+        train_x, train_y, test_x, test_y = sklearn_digits(seed)
+    mean, std = float(train_x.mean()), float(train_x.std())
+    return (train_x - mean) / std, train_y, (test_x - mean) / std, test_y
+
+
 def progress(iterable, total, desc, enabled):
     if not enabled:
         return None
@@ -146,12 +157,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    if args.mnist:
-        train_x, train_y, test_x, test_y = mnist(args.mnist)
-    else:
-        train_x, train_y, test_x, test_y = sklearn_digits(args.seed)
-    mean, std = float(train_x.mean()), float(train_x.std())
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    train_x, train_y, test_x, test_y = normalised_data(args.mnist, args.seed)
     print(f"data: {len(train_y)} train, {len(test_y)} test images "
           f"({'MNIST' if args.mnist else 'scikit-learn digits'}, 32x32)")
 
