@@ -137,3 +137,41 @@ def test_backward_onto_gradients_from_outside_is_refused():
 def test_compile_rejects_what_is_neither_a_module_nor_a_function():
     with pytest.raises(TypeError, match="nn.Module or a function"):
         torch.compile(42)
+
+
+class _BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.bn(self.conv(x))), 1))
+
+
+def test_buffers_parameters_replaced_and_optimizer_state_loaded_follow_the_eager_step():
+    """Running statistics are written back after every call; a parameter whose array is
+    replaced, and optimizer state loaded from a state dict, are what the next call uses."""
+    model, reference, opt, ref_opt = _pair(_BNNet, torch.optim.SGD, lr=0.05, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    step = torch.compile(_step_fn(model, opt, criterion))
+    eager = _step_fn(reference, ref_opt, criterion)
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        x = torch.tensor(rng.standard_normal((6, 1, 8, 8)).astype(np.float32))
+        y = torch.tensor(rng.integers(0, 5, 6))
+        if i == 2:  # a new array for a parameter, the same values in both
+            new = rng.standard_normal(tuple(model.fc.weight.shape)).astype(np.float32) * 0.1
+            model.fc.weight.data = torch.tensor(new)
+            reference.fc.weight.data = torch.tensor(new.copy())
+        if i == 3:  # the optimizer's state replaced through a state dict
+            saved = copy.deepcopy(ref_opt.state_dict())
+            opt.load_state_dict(copy.deepcopy(saved))
+            ref_opt.load_state_dict(saved)
+        loss, ref_loss = step(x, y), eager(x, y)
+        np.testing.assert_allclose(loss.item(), ref_loss.item(), **TOL)
+        _same_state(model, reference, opt, ref_opt)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            np.testing.assert_allclose(getattr(model.bn, name).numpy(),
+                                       getattr(reference.bn, name).numpy(), **TOL)

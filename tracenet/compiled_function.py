@@ -43,6 +43,7 @@ from .trace import Guards, TraceError, format_inputs, rebuild, symbolic_shape, t
     traced_tensor
 
 _training_of = operator.attrgetter("training")
+_data_of = operator.attrgetter("_data")
 
 
 def _reachable(fn):
@@ -292,10 +293,11 @@ class _Specialisation:
         self._bind(index, fwd, state, recorder.updates)
 
     def _bind(self, index, fwd, state, updates):
-        """Argument slots: user inputs and the leading outputs (the function's, state updates,
-        gradients) are set per call; parameters, buffers and optimizer state are bound (the
-        optimizer state written in place, as the eager step does), hyper rows fixed, seeds
-        fresh per call."""
+        """Argument slots: user inputs and the function's outputs are set per call;
+        parameters, buffers and optimizer state are bound (stepped parameters and optimizer
+        state written in place, as the eager step does); the arrays that buffer updates and
+        gradients are written to belong to this specialisation and are fixed, as are the hyper
+        rows; seeds are fresh per call."""
         call = self.call = self.executable.arguments[0]
         seeds = sorted(index[v] for v in fwd.seed_inputs)
         if seeds and seeds != list(range(seeds[0], seeds[0] + len(seeds))):
@@ -314,15 +316,24 @@ class _Specialisation:
                     names.append(f"optimizer state {v.name}")
                     flat += 1
                 call.fix([index[hyper]], update_state.hyper[i])
-        call.bind_slots(groups, names)
-        # stepped parameters are written in place; buffers through an array of their own
+        # stepped parameters are written in place (their output slot bound with their input
+        # slot); buffers through an array of their own, copied into the buffer after the call
         stepped = {id(p) for _, u, _ in self.updates for p in u.params}
         self.written = [(t, j, id(t) in stepped) for t, j in self.written]
-        self._buffer_out = {j: np.empty(t.shape, t.dtype.np) for t, j, inplace in self.written
-                            if not inplace}
+        self._buffer_out = {}
+        for i, j in fwd.state_updates:
+            t = self.state[i]
+            if id(t) in stepped:
+                groups[i].append(out(j))
+            else:
+                self._buffer_out[j] = np.empty(t.shape, t.dtype.np)
+                call.fix([out(j)], self._buffer_out[j])
+        call.bind_slots(groups, names)
         # gradients land in arrays of their own, kept as the parameters' .grad (as compile_step)
         self._grads = [Tensor._wrap(np.empty(self.out_meta[j][0], self.out_meta[j][1]))
                        for j in self.grad_slots]
+        for j, g in zip(self.grad_slots, self._grads):
+            call.fix([out(j)], g._data)
 
     @property
     def source_code(self):
@@ -339,18 +350,13 @@ class _Specialisation:
         for x in inputs:
             arr = x._data
             arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
-        bound = [t._data for t in self.state]
+        bound = list(map(_data_of, self.state))
         for _, update_state, _ in self.updates:
             bound += update_state.refresh()
         sizes = run_sizes(arrays, self.symbols)
         if self.size_checks:
             check_sizes(self.size_checks, sizes)
-        n_lead = self.grad_slots[-1] + 1 if self.grad_slots else self.n_out + len(self.written)
         outs = [np.empty(shape, dt) for shape, dt in self.user_out_shapes(sizes)]
-        for t, j, inplace in self.written:
-            outs.append(t._data if inplace else self._buffer_out[j])
-        outs += [g._data for g in self._grads]
-        assert len(outs) == n_lead
         try:
             self.call(arrays, outs, bound, sizes)
         except Exception:  # bad data: the C code stopped before any update
@@ -359,7 +365,7 @@ class _Specialisation:
             raise
         for t, j, inplace in self.written:
             if not inplace:
-                np.copyto(t._data, outs[j])
+                np.copyto(t._data, self._buffer_out[j])
             t._vc.value += 1
         for p, g in zip(self.grad_params, self._grads):
             if p._grad is not g:
