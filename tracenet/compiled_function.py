@@ -340,12 +340,7 @@ class _Specialisation:
         return self.executable.source_code
 
     def run(self, inputs):
-        for ddp in self.ddp:
-            if not ddp.require_backward_grad_sync:
-                raise RuntimeError("a compiled function that steps its optimizer cannot run "
-                                   "inside DistributedDataParallel.no_sync()")
-            if ddp.broadcast_buffers:
-                ddp.sync_buffers()
+        ddp_mod.before_compiled_step(self.ddp)
         arrays = []
         for x in inputs:
             arr = x._data
@@ -373,12 +368,7 @@ class _Specialisation:
             else:
                 g._vc.value += 1
         if self.deferred:
-            # the allreduce sits between the compiled backward and the update, the optimizer's
-            # own step (one generated C call, see fused_optim)
-            for ddp in self.ddp:
-                ddp.reduce_gradients()
-            for optimizer in self.deferred:
-                optimizer.step()
+            ddp_mod.after_compiled_backward(self.ddp, self.deferred)
         for optimizer, _, _ in self.updates:
             optimizer._opt_called = True  # a scheduler stepped after this call is in order
         results = [Tensor._wrap(o) for o in outs[:self.n_out]]

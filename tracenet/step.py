@@ -229,12 +229,7 @@ class _StepSpecialisation:
         for x in batch:
             arr = x._data
             arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
-        for ddp in self.ddp:
-            if not ddp.require_backward_grad_sync:
-                raise RuntimeError("a compiled training step always updates the parameters: "
-                                   "it cannot run inside DistributedDataParallel.no_sync()")
-            if ddp.broadcast_buffers:
-                ddp.sync_buffers()
+        ddp_mod.before_compiled_step(self.ddp)
         bound = list(map(_data_of, self._tensors))
         if not self.ddp:
             bound += self.update_state.refresh()
@@ -259,11 +254,7 @@ class _StepSpecialisation:
             else:
                 g._vc.value += 1
         if self.ddp:
-            # the allreduce sits between the compiled backward and the update, which is the
-            # optimizer's own step (one generated C call, see fused_optim)
-            for ddp in self.ddp:
-                ddp.reduce_gradients()
-            self.optimizer.step()
+            ddp_mod.after_compiled_backward(self.ddp, (self.optimizer,))
         return Tensor._wrap(loss)
 
 

@@ -260,6 +260,27 @@ class DistributedDataParallel(Module):
                 g._vc.value += 1
 
 
+def before_compiled_step(ddps):
+    """What a compiled training step does with the DistributedDataParallel modules it calls
+    before its C call: refuse ``no_sync()`` (the step always updates) and broadcast buffers."""
+    for ddp in ddps:
+        if not ddp.require_backward_grad_sync:
+            raise RuntimeError("a compiled training step always updates the parameters: it "
+                               "cannot run inside DistributedDataParallel.no_sync()")
+        if ddp.broadcast_buffers:
+            ddp.sync_buffers()
+
+
+def after_compiled_backward(ddps, optimizers):
+    """The rest of a compiled training step with DistributedDataParallel: the allreduce sits
+    between the compiled backward and the update, which is each optimizer's own step (one
+    generated C call, see fused_optim)."""
+    for ddp in ddps:
+        ddp.reduce_gradients()
+    for optimizer in optimizers:
+        optimizer.step()
+
+
 def _ready_hook(ddp_ref, index):
     def hook(grad):
         ddp = ddp_ref()
