@@ -13,6 +13,7 @@ from ...ops.common import numel
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
     node_lines, signature, size_symbols, threads_scratch, where
 from ..templates import render
+from .normalization import residual_operand, statistics_reads
 from .pooling import lower_max_pool, pool_geometry
 
 
@@ -239,26 +240,18 @@ def _batch_norm_reads(group, reads):
     bn = next((m for m in group if m.op == "batch_norm"), None)
     if bn is None:
         return None
+    reads += statistics_reads(bn, "bn_")
     a = bn.attrs
-    reads += [("bn_mean", bn.inputs[1]), ("bn_var", bn.inputs[2])]
-    extra = list(bn.inputs[3:])
-    if a["has_weight"]:
-        reads.append(("bn_weight", extra.pop(0)))
-    if a["has_bias"]:
-        reads.append(("bn_bias", extra.pop(0)))
     return dict(eps=fmt_float(a["eps"], "double"), has_weight=a["has_weight"],
                 has_bias=a["has_bias"])
 
 
 def _residual_read(group, reads):
     """For a residual ``add`` in the group: append the added tensor to ``reads``."""
-    add = next((m for m in group if m.op == "add"), None)
-    if add is None:
+    i = next((i for i, m in enumerate(group) if m.op == "add"), None)
+    if i is None:
         return False
-    summand = add.inputs[0].producer
-    inside = {id(m) for m in group}
-    other = add.inputs[1] if summand is not None and id(summand) in inside else add.inputs[0]
-    reads.append(("res", other))
+    reads.append(("res", residual_operand(group[i], group[i - 1].outputs[0])))
     return True
 
 

@@ -33,6 +33,23 @@ def lower_batch_norm_stats(name, node, exported, target):
     return Kernel(name, reads, writes, src, parallel=par)
 
 
+def statistics_reads(bn, prefix=""):
+    """A batch norm's running statistics (or batch statistics), then its weight and bias if
+    it has them, as kernel reads named with ``prefix``."""
+    reads = [(prefix + "mean", bn.inputs[1]), (prefix + "var", bn.inputs[2])]
+    extra = list(bn.inputs[3:])
+    if bn.attrs["has_weight"]:
+        reads.append((prefix + "weight", extra.pop(0)))
+    if bn.attrs["has_bias"]:
+        reads.append((prefix + "bias", extra.pop(0)))
+    return reads
+
+
+def residual_operand(add, value):
+    """The tensor a residual ``add`` adds to ``value``, the fused kernel's own stream."""
+    return add.inputs[1] if add.inputs[0] is value else add.inputs[0]
+
+
 @group_lowering("norm")
 @lowering("batch_norm")
 def lower_batch_norm(name, node, exported, target):
@@ -40,17 +57,12 @@ def lower_batch_norm(name, node, exported, target):
     group: only the relu's output is written)."""
     group = members(node)
     bn = group[0]
-    x, mean, var = bn.inputs[:3]
+    x = bn.inputs[0]
     a = bn.attrs
-    reads = [("x", x), ("mean", mean), ("var", var)]
-    extra = list(bn.inputs[3:])
-    if a["has_weight"]:
-        reads.append(("weight", extra.pop(0)))
-    if a["has_bias"]:
-        reads.append(("bias", extra.pop(0)))
+    reads = [("x", x)] + statistics_reads(bn)
     add = next((m for m in group if m.op == "add"), None)
     if add is not None:
-        reads.append(("res", add.inputs[1] if add.inputs[0] is bn.output else add.inputs[0]))
+        reads.append(("res", residual_operand(add, bn.output)))
     writes = [("out", group[-1].outputs[0])]
     par = _parallel(x.shape, target)
     src = render("norm_batch_norm.c.j2", name=name, node_lines=node_lines(group),
