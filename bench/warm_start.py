@@ -84,7 +84,7 @@ MODELS = textwrap.dedent('''
 CHILD = textwrap.dedent('''
     import sys, time
     import tracenet as torch
-    import tracenet.compiler, tracenet.step
+    import tracenet.compiler, tracenet.compiled_function
     start = time.perf_counter()
     ready = [0.0]
 
@@ -98,7 +98,7 @@ CHILD = textwrap.dedent('''
         return wrapper
 
     tracenet.compiler._specialise = timed(tracenet.compiler._specialise)
-    tracenet.step._specialise = timed(tracenet.step._specialise)
+    tracenet.compiled_function._specialise = timed(tracenet.compiled_function._specialise)
     import models
     model_name, mode = sys.argv[1], sys.argv[2]
     torch.manual_seed(0)

@@ -41,18 +41,19 @@ MODEL = textwrap.dedent('''
             return self.fc2(h) * self.scale + SHIFT
 ''')
 
-# runs a training step compiled (``mode``: loop or step) and the same step eagerly on a copy,
-# and prints both losses and the largest difference of the updated weights; with NO_TRACE set,
-# tracing raises
+# runs a training step compiled (``mode``: loop, step, or function: tracenet.compile of a step
+# function that clips gradients, with a learning-rate schedule around it) and the same step
+# eagerly on a copy, and prints both losses and the largest difference of the updated weights;
+# with NO_TRACE set, tracing raises
 CHILD = textwrap.dedent('''
     import copy, json, os, sys
     import numpy as np
     import tracenet as torch
-    import tracenet.compiler, tracenet.step
+    import tracenet.compiler, tracenet.compiled_function
     if os.environ.get("NO_TRACE"):
         def forbidden(*args, **kwargs):
             raise AssertionError("traced in a warm process")
-        tracenet.compiler.trace = tracenet.step.trace = forbidden
+        tracenet.compiler.trace = tracenet.compiled_function.trace = forbidden
     if os.environ.get("OTHER_TRACENET"):
         import tracenet.warm
         tracenet.warm.tracenet_fingerprint = lambda: "another tracenet"
@@ -72,7 +73,23 @@ CHILD = textwrap.dedent('''
         if os.environ.get("ADAM"):
             opt = torch.optim.Adam(m.parameters(), lr=0.01)
         else:
-            opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+            opt = torch.optim.SGD(m.parameters(), lr=float(os.environ.get("LR", "0.1")),
+                                  momentum=0.9)
+        if mode == "function":
+            def train_step(a, b):
+                opt.zero_grad()
+                loss = criterion(m(a), b)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(m.parameters(), 0.5)
+                opt.step()
+                return loss
+            step = torch.compile(train_step) if compiled else train_step
+            schedule = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+            losses = []
+            for _ in range(3):
+                losses.append(float(step(x, y)))
+                schedule.step()
+            return losses
         if compiled and mode == "step":
             step = torch.compile_step(lambda a, b: criterion(m(a), b), opt)
             return [float(step(x, y)) for _ in range(2)]
@@ -117,7 +134,7 @@ def graph_hits(log):
     return log.count("[tracenet:cache] graph hit")
 
 
-@pytest.mark.parametrize("mode", ["loop", "step"])
+@pytest.mark.parametrize("mode", ["loop", "step", "function"])
 def test_warm_process_runs_without_tracing(tmp_path, env, mode):
     cold, log = run(tmp_path, env, mode)
     assert "stored graph" in log and graph_hits(log) == 0
@@ -125,6 +142,29 @@ def test_warm_process_runs_without_tracing(tmp_path, env, mode):
     warm, log = run(tmp_path, env, mode, NO_TRACE="1")
     assert graph_hits(log) == 1, log
     assert warm["got"] == cold["got"]
+
+
+def test_warm_step_function_runs_without_tracing_or_compiling_at_another_learning_rate(
+        tmp_path, env):
+    """tracenet.compile(step_fn): a new process with a warm cache neither traces nor runs the
+    C compiler, also with another learning rate (read on every call, not part of the key)."""
+    log = tmp_path / "cc.log"
+    wrapper = tmp_path / "cc"
+    wrapper.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexec gcc \"$@\"\n")
+    wrapper.chmod(0o755)
+    env = dict(env, CC=str(wrapper))
+    cold, out = run(tmp_path, env, "function")
+    assert "stored graph" in out and graph_hits(out) == 0
+    assert " -o " in log.read_text()
+    log.write_text("")
+    for lr in ("0.1", "0.03"):
+        warm, out = run(tmp_path, env, "function", NO_TRACE="1", LR=lr)
+        assert graph_hits(out) == 1, out
+        assert log.read_text().splitlines() == []  # the compiler was not run, not even probed
+        if lr == "0.1":
+            assert warm["got"] == cold["got"]
+        else:  # (the first loss is before any update)
+            assert warm["got"][0] == cold["got"][0] and warm["got"][1:] != cold["got"][1:]
 
 
 @pytest.mark.parametrize("edit", [("return F.relu(h)", "return F.relu(h) * 0.5"),
@@ -239,7 +279,7 @@ def test_cache_clear_removes_graph_entries(tmp_path, env):
     assert not glob.glob(str(tmp_path / "cache" / "graph-*"))
 
 
-@pytest.mark.parametrize("mode", ["loop", "step"])
+@pytest.mark.parametrize("mode", ["loop", "step", "function"])
 def test_entry_that_does_not_fit_is_ignored_with_a_warning(tmp_path, env, mode):
     run(tmp_path, env, mode)
     path, meta = _entry(tmp_path)

@@ -18,14 +18,22 @@ drops the traced gradients, and ``optimizer.step()`` records one update op per p
 a gradient (the optimizer's ``compiled_update``, as in ``compile_step``). A call then runs
 the graph and leaves parameters, ``.grad``, buffers and ``optimizer.state`` as the eager
 function would; hyperparameters are read on every call, so schedulers keep working.
+
+A specialisation is stored in the graph cache (``tracenet/warm.py``) under a key of what
+determines it: the function's code, the modules' structure and forward code, the parameters',
+buffers' and inputs' shapes and dtypes, the optimizers' types, update flags and param groups
+(not their hyperparameters), training flags and grad mode; the source files and Python values
+the trace read are stored with it and checked. A new process then loads the graph and the
+library and runs its first call without tracing or compiling.
 """
 import contextlib
 import operator
 
 import numpy as np
 
-from . import _dtype
+from . import _dtype, warm
 from ._meta import Meta
+from ._sym import is_one
 from .autograd import grad_mode
 from .executable import Executable, ShapeTable, Specialisations, SymbolicSizes, \
     check_sizes, graph_symbols, optimise, run_sizes
@@ -35,7 +43,6 @@ from .nn.parallel import distributed as ddp_mod
 from .optim.optimizer import Optimizer
 from .passes import grad as ir_grad
 from .runtime import debug
-from .step import reachable
 from .step_state import UpdateState, declaration_of
 from .tensor import Tensor
 from .ops import registry
@@ -46,19 +53,47 @@ _training_of = operator.attrgetter("training")
 _data_of = operator.attrgetter("_data")
 
 
+def reachable(fn):
+    """[(where, object)] of what ``fn`` can reach through its closure, defaults, bound object
+    or the globals it names; ``where`` says how (found the same way in a new process)."""
+    code = getattr(fn, "__code__", None)
+    candidates = [(("cell", i), c.cell_contents)
+                  for i, c in enumerate(getattr(fn, "__closure__", None) or ())
+                  if _cell_filled(c)]
+    candidates += [(("default", i), d)
+                   for i, d in enumerate(getattr(fn, "__defaults__", None) or ())]
+    candidates.append((("self",), getattr(fn, "__self__", None)))
+    if code is not None:
+        g = getattr(fn, "__globals__", {})
+        candidates += [(("global", n), g[n]) for n in code.co_names if n in g]
+    return candidates
+
+
+def _cell_filled(cell):
+    try:
+        cell.cell_contents
+        return True
+    except ValueError:
+        return False
+
+
 def _reachable(fn):
     """The modules and optimizers ``fn`` names through its closure, defaults, bound object or
-    globals."""
-    modules, optimizers, seen = [], [], set()
-    for _, obj in reachable(fn):
+    globals (``fn`` itself first when it is a module), and where each module was found."""
+    modules, optimizers, wheres, seen = [], [], [], set()
+    found = reachable(fn)
+    if isinstance(fn, Module):
+        found.insert(0, (("fn",), fn))
+    for where, obj in found:
         if id(obj) in seen:
             continue
         seen.add(id(obj))
         if isinstance(obj, Module):
             modules.append(obj)
+            wheres.append(where)
         elif isinstance(obj, Optimizer):
             optimizers.append(obj)
-    return modules, optimizers
+    return modules, optimizers, wheres
 
 
 def _state_of(modules, optimizers):
@@ -84,7 +119,7 @@ class _StepRecorder:
     def __init__(self, state, optimizers):
         self.params = [t for _, t in state if isinstance(t, Tensor) and t._requires_grad]
         self.optimizers = optimizers
-        self.updates = []                 # (optimizer, UpdateState, [state input values],
+        self.updates = []                 # (optimizer, [parameters], [state input values],
         #                                    [hyper input values], [new state values])
         self.ddp = []                     # DistributedDataParallel modules the function calls
         self.deferred = []                # optimizers stepped after the gradient allreduce
@@ -98,22 +133,24 @@ class _StepRecorder:
         if loss._ir is None or not loss._ir.requires_grad:
             raise RuntimeError("element 0 of tensors does not require grad and does not have a "
                                "grad_fn")
+        reached = _ancestors(loss._ir)
         params = [p for p in self.params if p._ir is not None and p._ir.requires_grad
-                  and p._ir in _ancestors(loss._ir)]
-        saved_outputs = graph.outputs
-        graph.outputs = [loss._ir]
-        try:
-            bwd = ir_grad(graph, wrt=[p._ir for p in params])
-        finally:
-            graph.outputs = saved_outputs
+                  and p._ir in reached]
         if gradient is None:
-            if loss._ir.shape not in ((),):
+            if not all(map(is_one, loss._ir.shape)):  # (torch's rule: one element)
                 raise RuntimeError("grad can be implicitly created only for scalar outputs")
-            seed = graph.add_constant(np.ones((), loss._ir.dtype.np))
+            seed = graph.add_constant(np.ones(loss._ir.shape, loss._ir.dtype.np))
         else:
             seed = gradient._ir if gradient._ir is not None else \
                 graph.add_constant(np.asarray(gradient._data, loss._ir.dtype.np))
-        grads = graph.inline(bwd, [seed] + list(bwd.saved))
+        saved_outputs = graph.outputs
+        graph.outputs = [loss._ir]
+        with debug.phase("autodiff"):
+            try:
+                bwd = ir_grad(graph, wrt=[p._ir for p in params])
+            finally:
+                graph.outputs = saved_outputs
+            grads = graph.inline(bwd, [seed] + list(bwd.saved))
         with grad_mode.no_grad():
             for p, g in zip(params, grads):
                 t, prev = traced_tensor(g), p._grad
@@ -139,7 +176,7 @@ class _StepRecorder:
             raise TraceError(f"{type(optimizer).__name__}.step() on an optimizer the compiled "
                              "function does not name (pass it through a closure, default or "
                              "global)")
-        if any(u[0] is optimizer for u in self.updates) or optimizer in self.deferred:
+        if stepped_while_tracing(optimizer):
             raise TraceError("the compiled function steps the same optimizer twice")
         if self.ddp:
             self._defer(optimizer)
@@ -161,8 +198,7 @@ class _StepRecorder:
             states.append(state)
             hypers.append(hyper)
             new_states.append(node.outputs[1:])
-        self.updates.append((optimizer, UpdateState(optimizer, update, params), states, hypers,
-                             new_states))
+        self.updates.append((optimizer, params, states, hypers, new_states))
 
     def _defer(self, optimizer):
         """With DistributedDataParallel the update runs after the C call, once the gradients
@@ -194,6 +230,15 @@ def _ancestors(value):
     return seen
 
 
+_recorders = []  # the recorders of the functions being traced (innermost last)
+
+
+def stepped_while_tracing(optimizer):
+    """Whether the function being traced has stepped ``optimizer`` already."""
+    recorder = _recorders[-1]
+    return optimizer in recorder.deferred or any(u[0] is optimizer for u in recorder.updates)
+
+
 @contextlib.contextmanager
 def _recording(recorder):
     """Route ``Tensor.backward``, ``Optimizer.zero_grad`` and ``step`` to ``recorder`` for
@@ -213,12 +258,14 @@ def _recording(recorder):
 
     Tensor.backward = backward
     Optimizer.zero_grad = zero_grad
+    _recorders.append(recorder)
     for opt in recorder.optimizers:
         steps[opt] = opt.__dict__.get("step")
         opt.step = (lambda closure=None, opt=opt: recorder.step(opt))
     try:
         yield
     finally:
+        _recorders.remove(recorder)
         Tensor.backward, Optimizer.zero_grad = saved
         for opt, own in steps.items():
             if own is None:
@@ -228,13 +275,37 @@ def _recording(recorder):
 
 
 class _Specialisation:
-    """One traced and compiled specialisation of a function, and how to call it."""
+    """One compiled specialisation of a function, and how to call it: traced from ``fn`` or,
+    with ``stored`` (a graph cache payload, see ``stored_state``, its executable restored and
+    its ``modules`` and ``guards`` found in this process), rebuilt from what an earlier process
+    traced and built."""
 
-    def __init__(self, fn, inputs, unit, sizes, modules, optimizers):
-        state = _state_of(modules, optimizers)
-        self.state = [t for _, t in state]
+    def __init__(self, fn, inputs, unit, sizes, modules, optimizers, stored=None):
+        title = "training step" if optimizers else "function"
+        clock = self._clock = debug.CompileClock(f"{title} {unit}")
+        named = _state_of(modules, optimizers)
+        self.state = [t for _, t in named]
+        self.names = [n for n, _ in named]
+        self.optimizers = optimizers
+        self.checks = None  # what a new process must re-check to reuse this (None: it cannot)
+        if stored is None:
+            self.layout = self._trace(fn, inputs, unit, sizes, named, modules, optimizers)
+        else:
+            self.graph, self.executable = stored["graph"], stored["executable"]
+            self.layout, self.modules, self.guards = stored["layout"], stored["modules"], \
+                stored["guards"]
+            self.ddp, self.deferred = (), []  # (a step with DDP is never stored)
+        self._setup(self.layout)
+        cached = self.executable.library.cached
+        clock.done("graph cache" if stored is not None else "cache hit" if cached else
+                   "compiled")
+        del self._clock
+
+    def _trace(self, fn, inputs, unit, sizes, named, modules, optimizers):
+        """Trace ``fn`` (backward and updates recorded as it calls them), optimise and build;
+        returns the layout of the graph's inputs and outputs (``_setup``)."""
         real_grads = {t: t._grad for t in self.state}
-        recorder = _StepRecorder(state, optimizers)
+        recorder = _StepRecorder(named, optimizers)
         seen = {}
         observe = (lambda m: seen.setdefault(id(m), m))
         final_grads = {}
@@ -250,12 +321,13 @@ class _Specialisation:
         try:
             with _recording(recorder), grad_mode.enable_grad():
                 fwd = trace(body, *inputs, name=getattr(fn, "__name__", "function"),
-                            state=state, sizes=sizes)
+                            state=named, sizes=sizes)
         finally:
             module_mod._call_observers.remove(observe)
             ddp_mod.step_tracers.pop()
             for t, g in real_grads.items():  # the trace's gradients were traced values
                 t._grad = g
+        self._clock.lap("trace")
         self.modules = tuple(seen.values())
         self.ddp = tuple({id(m): m for m in recorder.ddp}.values())
         self.deferred = list(recorder.deferred)
@@ -267,73 +339,102 @@ class _Specialisation:
         if self.deferred:
             _check_nothing_reads_stepped(fwd, recorder)
         self.guards = Guards(fwd.reads, self.modules, [])
-        self.output_structure = fwd.output_structure
-        self.size_checks = list(fwd.size_checks)
-        self.n_out = len(fwd.outputs) - len(fwd.state_updates)
+        if not self.ddp:
+            self.checks = _checks(fwd, modules, optimizers, self.modules)
+        position = {id(t): i for i, t in enumerate(self.state)}
+        index = {v: i for i, v in enumerate(fwd.inputs)}
+        n_out = len(fwd.outputs) - len(fwd.state_updates)
         # outputs after the function's: state updates (stepped parameters, buffers), the final
         # gradients, the optimizers' new state arrays
-        self.written = [(self.state[i], j) for i, j in fwd.state_updates]
-        self.grad_params = list(final_grads)
-        first_grad = len(fwd.outputs)
-        fwd.outputs = fwd.outputs + [final_grads[p]._ir for p in self.grad_params]
-        self.grad_slots = list(range(first_grad, len(fwd.outputs)))
-        self.updates = []  # (optimizer, UpdateState, output index of its first new state)
-        for optimizer, update_state, states, hypers, new_states in recorder.updates:
-            self.updates.append((optimizer, update_state, len(fwd.outputs)))
+        grads = []
+        for p, g in final_grads.items():
+            grads.append((position[id(p)], len(fwd.outputs)))
+            fwd.outputs.append(g._ir)
+        updates = []
+        for optimizer, params, states, hypers, new_states in recorder.updates:
+            updates.append((optimizers.index(optimizer), [position[id(p)] for p in params],
+                            len(fwd.outputs), [[index[v] for v in s] for s in states],
+                            [index[h] for h in hypers]))
             for outs in new_states:
                 fwd.outputs += list(outs)
-        index = {v: i for i, v in enumerate(fwd.inputs)}
         debug.log("ir", f"compiled function:\n{fwd}")
         self.graph = optimise(fwd)
+        self._clock.lap("passes")
         self.executable = Executable([("function", self.graph)], unit)
+        return {"n_user": len(inputs), "n_out": n_out, "output_structure": fwd.output_structure,
+                "size_checks": list(fwd.size_checks), "state_updates": list(fwd.state_updates),
+                "grads": grads, "updates": updates,
+                "seeds": sorted(index[v] for v in fwd.seed_inputs)}
+
+    def stored_state(self):
+        """What a new process needs to rebuild this specialisation without tracing."""
+        return {"graph": self.graph, "executable": self.executable.stored_state(),
+                "layout": self.layout, "tensors": _tensor_layout(self.names, self.state)}
+
+    def _setup(self, layout):
+        self.n_user, self.n_out = layout["n_user"], layout["n_out"]
+        self.output_structure = layout["output_structure"]
+        self.size_checks = layout["size_checks"]
         self.symbols = graph_symbols([self.graph])
         self.out_meta = [(v.shape, v.dtype.np) for v in self.graph.outputs]
         self.user_out_shapes = ShapeTable(self.out_meta[:self.n_out])
-        self.n_user = len(inputs)
-        self._bind(index, fwd, state, recorder.updates)
+        self.updates = []  # (optimizer, UpdateState, output index of its first new state)
+        for k, params, first, _, _ in layout["updates"]:
+            optimizer = self.optimizers[k]
+            self.updates.append((optimizer, UpdateState(optimizer, declaration_of(optimizer),
+                                                        [self.state[i] for i in params]),
+                                 first))
+        self.grad_params = [self.state[i] for i, _ in layout["grads"]]
+        self._bind(layout)
 
-    def _bind(self, index, fwd, state, updates):
+    def _bind(self, layout):
         """Argument slots: user inputs and the function's outputs are set per call;
         parameters, buffers and optimizer state are bound (stepped parameters and optimizer
         state written in place, as the eager step does); the arrays that buffer updates and
         gradients are written to belong to this specialisation and are fixed, as are the hyper
         rows; seeds are fresh per call."""
         call = self.call = self.executable.arguments[0]
-        seeds = sorted(index[v] for v in fwd.seed_inputs)
+        seeds = layout["seeds"]
         if seeds and seeds != list(range(seeds[0], seeds[0] + len(seeds))):
             raise TraceError("random ops after optimizer.step() in a compiled function")
         if seeds:
             call.seeds_at(seeds[0], len(seeds))
         out = call.output_slot
-        groups = [[self.n_user + j] for j in range(len(state))]
-        names = [f"state {n}" for n, _ in state]
-        for u, (_, update_state, states, hypers, new_states) in enumerate(updates):
-            first = self.updates[u][2]
+        groups = [[self.n_user + j] for j in range(len(self.state))]
+        position = {id(t): i for i, t in enumerate(self.state)}
+        names = [f"state {n}" for n in self.names]
+        for (_, update_state, first), (_, _, _, states, hypers) in zip(self.updates,
+                                                                      layout["updates"]):
+            update = update_state.update
             flat = 0
-            for i, (state_values, hyper) in enumerate(zip(states, hypers)):
-                for v in state_values:
-                    groups.append([index[v], out(first + flat)])
-                    names.append(f"optimizer state {v.name}")
+            for i, (inputs, hyper) in enumerate(zip(states, hypers)):
+                owner = self.names[position[id(update_state.params[i])]]
+                for slot, spec in zip(inputs, update.state):
+                    groups.append([slot, out(first + flat)])
+                    names.append(f"optimizer state {spec.name!r} of {owner}")
                     flat += 1
-                call.fix([index[hyper]], update_state.hyper[i])
+                call.fix([hyper], update_state.hyper[i])
         # stepped parameters are written in place (their output slot bound with their input
         # slot); buffers through an array of their own, copied into the buffer after the call
         stepped = {id(p) for _, u, _ in self.updates for p in u.params}
-        self.written = [(t, j, id(t) in stepped) for t, j in self.written]
+        self.written = []
         self._buffer_out = {}
-        for i, j in fwd.state_updates:
+        for i, j in layout["state_updates"]:
             t = self.state[i]
             if id(t) in stepped:
                 groups[i].append(out(j))
             else:
                 self._buffer_out[j] = np.empty(t.shape, t.dtype.np)
                 call.fix([out(j)], self._buffer_out[j])
+            self.written.append((t, j, id(t) in stepped))
         call.bind_slots(groups, names)
-        # gradients land in arrays of their own, kept as the parameters' .grad (as compile_step)
-        self._grads = [Tensor._wrap(np.empty(self.out_meta[j][0], self.out_meta[j][1]))
-                       for j in self.grad_slots]
-        for j, g in zip(self.grad_slots, self._grads):
+        # gradients land in arrays of their own, kept as the parameters' .grad (as the eager
+        # step's are its own)
+        self._grads = []
+        for _, j in layout["grads"]:
+            g = Tensor._wrap(np.empty(self.out_meta[j][0], self.out_meta[j][1]))
             call.fix([out(j)], g._data)
+            self._grads.append(g)
 
     @property
     def source_code(self):
@@ -377,6 +478,89 @@ class _Specialisation:
         return results[0] if len(results) == 1 else tuple(results)
 
 
+# --- the graph cache ---------------------------------------------------------------------------
+def _tensor_layout(names, tensors):
+    return [(n, tuple(t.shape), t.dtype.short) for n, t in zip(names, tensors)]
+
+
+def _checks(graph, modules, optimizers, called):
+    """``warm.checks_of`` for a function's trace (its code may name the optimizers), plus where
+    each module it called sits in the trees a new process finds; None when it cannot be
+    checked there."""
+    checks = warm.checks_of(graph, modules, optimizers)
+    if checks is None:
+        return None
+    paths = {}
+    for i, root in enumerate(modules):
+        for name, m in root.named_modules(remove_duplicate=False):
+            paths.setdefault(id(m), (i, name))
+    if any(id(m) not in paths for m in called):
+        debug.log("cache", "graph not cached: the function calls a module it does not name")
+        return None
+    checks["modules"] = [paths[id(m)] for m in called]
+    return checks
+
+
+def _optimizer_structure(optimizer, position):
+    """What of an optimizer a compiled step depends on: its type, its update's op, state and
+    compile-time flags, and which parameters each group holds (not its hyperparameters: they
+    are read on every call)."""
+    update = declaration_of(optimizer)
+    return (warm._type_name(optimizer), update.op, tuple(a.name for a in update.state),
+            update.hyper, update.counter, sorted(update.flags_of(optimizer).items()),
+            [[position.get(id(p)) for p in g["params"]] for g in optimizer.param_groups])
+
+
+def _cache_key(code, wheres, modules, optimizers, state, inputs, key):
+    position = {id(t): i for i, t in enumerate(state)}
+    return warm.digest("function", warm.environment(), code, wheres,
+                       warm.tree(modules, state),
+                       [_optimizer_structure(o, position) for o in optimizers],
+                       [(tuple(t.shape), t.dtype.short, bool(t._requires_grad)) for t in state],
+                       [bool(x._requires_grad) for x in inputs], key)
+
+
+def _specialise(compiled, inputs, unit, sizes, key):
+    """The specialisation for ``key``: from the graph cache when an earlier process stored one
+    whose checks hold now, else traced (and stored when a new process can check it)."""
+    modules, optimizers = compiled.modules, compiled.optimizers
+    cache_key = None
+    if warm.enabled() and not any(isinstance(m, ddp_mod.DistributedDataParallel)
+                                  for m in modules):
+        state = [t for _, t in _state_of(modules, optimizers)]
+        cache_key = _cache_key(compiled.code, compiled.wheres, modules, optimizers, state,
+                               inputs, key)
+        found = warm.load(cache_key, modules)
+        if found is not None:
+            with warm.restoring(cache_key):
+                spec = _restore(compiled, inputs, unit, sizes, *found)
+                if spec is not None:
+                    warm.used(cache_key)
+                    return spec
+    spec = _Specialisation(compiled.fn, inputs, unit, sizes, modules, optimizers)
+    if cache_key is not None and spec.checks is not None:
+        stored = spec.stored_state()
+        stored["modules"] = spec.checks.pop("modules")
+        warm.store(cache_key, stored, spec.checks)
+    return spec
+
+
+def _restore(compiled, inputs, unit, sizes, state, reads):
+    modules = compiled.modules
+    named = _state_of(modules, compiled.optimizers)
+    if state["tensors"] != _tensor_layout([n for n, _ in named], [t for _, t in named]):
+        return None
+    executable = Executable.restore(state["executable"])
+    if executable is None:
+        return None
+    called = tuple(modules[i].get_submodule(path) if path else modules[i]
+                   for i, path in state["modules"])
+    stored = dict(state, executable=executable, modules=called,
+                  guards=Guards(reads, called, []))
+    return _Specialisation(compiled.fn, inputs, unit, sizes, modules, compiled.optimizers,
+                           stored=stored)
+
+
 def _check_nothing_reads_stepped(graph, recorder):
     """A deferred update happens after the C call: nothing the function computes after
     ``optimizer.step()`` may read a parameter it stepped (it would see the old values)."""
@@ -393,16 +577,24 @@ def _active_graph():
 
 
 class CompiledFunction:
-    """``tracenet.compile(fn)``: calls run ``fn`` as compiled C (see the module doc)."""
+    """``tracenet.compile(fn)``: calls run ``fn`` as compiled C (see the module doc).
 
-    def __init__(self, fn, dynamic=True):
+    ``reach`` (default ``fn``) is the function whose closure, defaults, bound object and
+    globals name the modules and optimizers, and ``optimizers`` more optimizers it steps
+    (``compile_step`` compiles a step function of its own around the user's loss function)."""
+
+    def __init__(self, fn, dynamic=True, *, reach=None, optimizers=(), name=None):
         self.fn = fn
-        self._specs = Specialisations(getattr(fn, "__name__", "function"))
+        self._specs = Specialisations(name or getattr(fn, "__name__", "function"))
         self._lines = {}
         self._sizes = SymbolicSizes(dynamic)
-        self.modules, self.optimizers = _reachable(fn)
+        reach = fn if reach is None else reach
+        self.modules, found, self.wheres = _reachable(reach)
+        self.optimizers = found + [o for o in optimizers if all(o is not f for f in found)]
         for opt in self.optimizers:
             declaration_of(opt)  # fail now for an optimizer that cannot be compiled
+        # (for the graph cache key: the code that runs; the files it is in are checked)
+        self.code = (warm._code_id(fn), warm._code_id(reach))
 
     @property
     def _last(self):
@@ -449,8 +641,7 @@ class CompiledFunction:
                               for x in inputs)
         n = len(line)
         spec = self._specs.create_symbolic(
-            key, lambda unit: _Specialisation(self.fn, inputs, unit, sizes, self.modules,
-                                              self.optimizers),
+            key, lambda unit: _specialise(self, inputs, unit, sizes, key),
             shown, sizes, rekey=lambda spec: key if n == 0 else key + (n,))
         if spec is None:
             if not line:

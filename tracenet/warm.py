@@ -186,9 +186,10 @@ def _qualname(code):
     return getattr(code, "co_qualname", code.co_name)
 
 
-def analyse(graph, roots):
+def analyse(graph, roots, named=()):
     """The checks a new process must pass to reuse a trace of code reading the module trees
-    under ``roots``: {"files": {path: sha256}, "globals": [(module name, name, value)],
+    under ``roots`` (and the objects ``named``, which the key describes: a step function's
+    optimizers): {"files": {path: sha256}, "globals": [(module name, name, value)],
     "reads": [(root index, module path, attribute, value)]}. Raises NotPortable."""
     codes = getattr(graph, "user_code", None)
     if codes is None:
@@ -212,7 +213,8 @@ def analyse(graph, roots):
             if id(value) not in paths:
                 raise NotPortable(f"{what} is a module outside the compiled module tree")
             return
-        if value is None or isinstance(value, types.FunctionType):
+        if value is None or isinstance(value, types.FunctionType) or \
+                any(value is obj for obj in named):
             return  # (a function's code is checked if it runs)
         if isinstance(value, types.ModuleType):
             f = getattr(value, "__file__", None)
@@ -303,12 +305,12 @@ def module_key(module, key):
     return digest("module", environment(), tree([module]), key)
 
 
-def checks_of(graph, roots):
+def checks_of(graph, roots, named=()):
     """``analyse``, or None (with a log line) when the trace cannot be checked elsewhere or
     the graph cache is off. Either way the graph lets go of the Python objects the trace
     recorded for it (code, globals, closures)."""
     try:
-        return analyse(graph, roots) if enabled() else None
+        return analyse(graph, roots, named) if enabled() else None
     except NotPortable as e:
         debug.log("cache", f"graph not cached: {e}")
         return None
