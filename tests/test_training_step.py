@@ -281,3 +281,26 @@ def test_hyper_layout_is_documented_by_the_template_that_reads_it(cls):
         text = " ".join(f.read().split())
     for i, name in enumerate(update.hyper):
         assert f"h[{i}] {name}" in text, (rule, name)
+
+
+def test_frozen_parameter_gets_no_gradient_and_no_update_as_in_eager_mode():
+    """A parameter with requires_grad=False, though the optimizer holds it, is left alone by
+    the eager step (no .grad, so no update and no state): so by the compiled one."""
+    eager, compiled = _pair(MLP)
+    for m in (eager, compiled):
+        m.l1.weight.requires_grad_(False)
+    opt_e = optim.SGD(eager.parameters(), lr=0.05, momentum=0.9)
+    opt_c = optim.SGD(compiled.parameters(), lr=0.05, momentum=0.9)
+    frozen = compiled.l1.weight.detach().numpy().copy()
+    crit = nn.CrossEntropyLoss()
+    step = torch.compile_step(lambda a, b: crit(compiled(a), b), opt_c)
+    x, y = torch.randn(6, 20), torch.randint(0, 5, (6,))
+    for _ in range(3):
+        opt_e.zero_grad()
+        loss_e = crit(eager(x), y)
+        loss_e.backward()
+        opt_e.step()
+        np.testing.assert_allclose(step(x, y).item(), loss_e.item(), rtol=1e-5)
+    np.testing.assert_array_equal(compiled.l1.weight.detach().numpy(), frozen)
+    assert compiled.l1.weight.grad is None and compiled.l1.weight not in opt_c.state
+    _state_matches(eager, compiled, opt_e, opt_c)

@@ -374,6 +374,7 @@ class _Specialisation:
     def _setup(self, layout):
         self.n_user, self.n_out = layout["n_user"], layout["n_out"]
         self.output_structure = layout["output_structure"]
+        self._one_output = self.output_structure is None and self.n_out == 1
         self.size_checks = layout["size_checks"]
         self.symbols = graph_symbols([self.graph])
         self.out_meta = [(v.shape, v.dtype.np) for v in self.graph.outputs]
@@ -417,16 +418,17 @@ class _Specialisation:
         # stepped parameters are written in place (their output slot bound with their input
         # slot); buffers through an array of their own, copied into the buffer after the call
         stepped = {id(p) for _, u, _ in self.updates for p in u.params}
-        self.written = []
-        self._buffer_out = {}
+        self._stepped = []  # the tensors written in place
+        self._copied = []   # (buffer, the array its update is written to)
         for i, j in layout["state_updates"]:
             t = self.state[i]
             if id(t) in stepped:
                 groups[i].append(out(j))
+                self._stepped.append(t)
             else:
-                self._buffer_out[j] = np.empty(t.shape, t.dtype.np)
-                call.fix([out(j)], self._buffer_out[j])
-            self.written.append((t, j, id(t) in stepped))
+                arr = np.empty(t.shape, t.dtype.np)
+                call.fix([out(j)], arr)
+                self._copied.append((t, arr))
         call.bind_slots(groups, names)
         # gradients land in arrays of their own, kept as the parameters' .grad (as the eager
         # step's are its own)
@@ -440,12 +442,13 @@ class _Specialisation:
     def source_code(self):
         return self.executable.source_code
 
-    def run(self, inputs):
-        ddp_mod.before_compiled_step(self.ddp)
-        arrays = []
-        for x in inputs:
-            arr = x._data
-            arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
+    def run(self, arrays):
+        """One call on the inputs' arrays."""
+        if self.ddp:
+            ddp_mod.before_compiled_step(self.ddp)
+        for i, arr in enumerate(arrays):
+            if not arr.flags.c_contiguous:
+                arrays[i] = np.ascontiguousarray(arr)
         bound = list(map(_data_of, self.state))
         for _, update_state, _ in self.updates:
             bound += update_state.refresh()
@@ -459,9 +462,10 @@ class _Specialisation:
             for _, update_state, _ in self.updates:
                 update_state.undo()
             raise
-        for t, j, inplace in self.written:
-            if not inplace:
-                np.copyto(t._data, self._buffer_out[j])
+        for t, arr in self._copied:
+            np.copyto(t._data, arr)
+            t._vc.value += 1
+        for t in self._stepped:
             t._vc.value += 1
         for p, g in zip(self.grad_params, self._grads):
             if p._grad is not g:
@@ -472,6 +476,8 @@ class _Specialisation:
             ddp_mod.after_compiled_backward(self.ddp, self.deferred)
         for optimizer, _, _ in self.updates:
             optimizer._opt_called = True  # a scheduler stepped after this call is in order
+        if self._one_output:
+            return Tensor._wrap(outs[0])
         results = [Tensor._wrap(o) for o in outs[:self.n_out]]
         if self.output_structure is not None:
             return rebuild(self.output_structure, results)
@@ -595,6 +601,7 @@ class CompiledFunction:
             declaration_of(opt)  # fail now for an optimizer that cannot be compiled
         # (for the graph cache key: the code that runs; the files it is in are checked)
         self.code = (warm._code_id(fn), warm._code_id(reach))
+        self._last_call = None
 
     @property
     def _last(self):
@@ -615,20 +622,32 @@ class CompiledFunction:
             if not isinstance(x, Tensor):
                 raise TypeError(f"compiled function input {i} must be a Tensor, got "
                                 f"{type(x).__name__}")
+        arrays = [x._data for x in inputs]
+        shapes = [(a.shape, a.dtype) for a in arrays]
         rest = self._rest()
+        last = self._last_call  # (the exact shapes, rest and specialisation of the last call)
+        if last is not None and last[0] == shapes and last[1] == rest and \
+                last[2].guards.hold():
+            spec = last[2]
+        else:
+            spec = self._dispatch(inputs, rest)
+            self._last_call = (shapes, rest, spec)
+            self._specs.last = spec
+        return spec.run(arrays)
+
+    def _dispatch(self, inputs, rest):
+        """The specialisation for a call whose shapes, flags or guards differ from the last."""
         sizes, key = self._sizes.of(inputs, rest)
         line = self._lines.get(key)
         if line and line[0].guards.hold():
-            spec = line[0]
-        else:
-            if line is None and self._sizes.new_key(inputs, rest):
-                return self(*inputs)
-            spec = self._lookup(key, line, inputs, sizes)
-            if spec is None:
-                self._sizes.exact_only.add(key)
-                return self(*inputs)
-        self._specs.last = spec
-        return spec.run(inputs)
+            return line[0]
+        if line is None and self._sizes.new_key(inputs, rest):
+            return self._dispatch(inputs, rest)
+        spec = self._lookup(key, line, inputs, sizes)
+        if spec is None:
+            self._sizes.exact_only.add(key)
+            return self._dispatch(inputs, rest)
+        return spec
 
     def _lookup(self, key, line, inputs, sizes):
         if line is None:

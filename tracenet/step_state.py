@@ -6,6 +6,8 @@ groups exactly as the eager ``optimizer.step()`` would: state created on the fir
 step counters incremented, hyperparameters re-read. It knows optimizers only through their
 ``compiled_update`` declaration (``tracenet/optim/compiled_update.py``).
 """
+import operator
+
 import numpy as np
 
 from .tensor import Tensor
@@ -32,12 +34,15 @@ class UpdateState:
         # (the step's graph holds one ``hyper`` input per parameter: these rows, never moved)
         self.hyper = np.zeros((len(params), len(update.hyper)), np.float64)
         names = [a.name for a in update.state] + ([update.counter] if update.counter else [])
-        self._lookup = [(p, name) for p in params for name in names]
+        # (parameter, state name) pairs to look up, as two columns for ``map``
+        self._lookup_params = [p for p in params for _ in names]
+        self._lookup_names = names * len(params)
         self._step_column = update.hyper.index("step") if "step" in update.hyper else None
         self._first_column = update.hyper.index("first_step") \
             if "first_step" in update.hyper else None
         self._scratch = {}  # (parameter index, name) -> array the optimizer does not keep
-        self._signature = None
+        self._values = None
+        self._tensors = ()
         self.arrays = []    # per parameter, its state arrays in the op's argument order
         self._counters = []
         self._created = []  # (state dict, name) of the entries the last refresh created
@@ -45,17 +50,16 @@ class UpdateState:
     def refresh(self):
         """Bring state and hyper rows up to date for one step; returns ``arrays`` (the same
         list object while no state array was replaced, so binding them again is free)."""
-        state = self.optimizer.state
         from_group = self.update.hyper_from_group
         values = [from_group(g) for g in self.optimizer.param_groups]
-        tensors = [state[p].get(name) for p, name in self._lookup]
-        # (the tensors are kept referenced below, so equal ids mean the same objects; a first
-        # step creates state, so the step after it takes the slow path once more)
-        signature = (tuple(map(id, tensors)), values)
+        tensors = list(map(dict.get, map(self.optimizer.state.__getitem__,
+                                         self._lookup_params), self._lookup_names))
+        # (a first step creates state, so the step after it takes the slow path once more)
         self._created = []
-        if signature != self._signature:
+        if values != self._values or len(tensors) != len(self._tensors) or \
+                not all(map(operator.is_, tensors, self._tensors)):
             self._sync(values)
-            self._signature = signature
+            self._values = values
             self._tensors = tensors
         if self._counters:
             self._count()
@@ -101,7 +105,7 @@ class UpdateState:
         for st, name in self._created:
             del st[name]
         if self._created:
-            self._signature = None
+            self._values = None
         self._created = []
 
     def _scratch_array(self, i, name, p):
