@@ -176,7 +176,7 @@ class _StepRecorder:
             raise TraceError(f"{type(optimizer).__name__}.step() on an optimizer the compiled "
                              "function does not name (pass it through a closure, default or "
                              "global)")
-        if stepped_while_tracing(optimizer):
+        if self.has_stepped(optimizer):
             raise TraceError("the compiled function steps the same optimizer twice")
         if self.ddp:
             self._defer(optimizer)
@@ -199,6 +199,10 @@ class _StepRecorder:
             hypers.append(hyper)
             new_states.append(node.outputs[1:])
         self.updates.append((optimizer, params, states, hypers, new_states))
+
+    def has_stepped(self, optimizer):
+        return any(o is optimizer for o in self.deferred) or \
+            any(u[0] is optimizer for u in self.updates)
 
     def _defer(self, optimizer):
         """With DistributedDataParallel the update runs after the C call, once the gradients
@@ -235,8 +239,7 @@ _recorders = []  # the recorders of the functions being traced (innermost last)
 
 def stepped_while_tracing(optimizer):
     """Whether the function being traced has stepped ``optimizer`` already."""
-    recorder = _recorders[-1]
-    return optimizer in recorder.deferred or any(u[0] is optimizer for u in recorder.updates)
+    return _recorders[-1].has_stepped(optimizer)
 
 
 @contextlib.contextmanager
