@@ -74,7 +74,7 @@ CHILD = textwrap.dedent('''
             opt = torch.optim.Adam(m.parameters(), lr=0.01)
         else:
             opt = torch.optim.SGD(m.parameters(), lr=float(os.environ.get("LR", "0.1")),
-                                  momentum=0.9)
+                                  momentum=0.9, nesterov=bool(os.environ.get("NESTEROV")))
         if mode == "function":
             def train_step(a, b):
                 opt.zero_grad()
@@ -147,7 +147,8 @@ def test_warm_process_runs_without_tracing(tmp_path, env, mode):
 def test_warm_step_function_runs_without_tracing_or_compiling_at_another_learning_rate(
         tmp_path, env):
     """tracenet.compile(step_fn): a new process with a warm cache neither traces nor runs the
-    C compiler, also with another learning rate (read on every call, not part of the key)."""
+    C compiler, also with another learning rate (read on every call, not part of the key);
+    with another update flag (nesterov) it traces."""
     log = tmp_path / "cc.log"
     wrapper = tmp_path / "cc"
     wrapper.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexec gcc \"$@\"\n")
@@ -165,6 +166,9 @@ def test_warm_step_function_runs_without_tracing_or_compiling_at_another_learnin
             assert warm["got"] == cold["got"]
         else:  # (the first loss is before any update)
             assert warm["got"][0] == cold["got"][0] and warm["got"][1:] != cold["got"][1:]
+    # a compile-time flag of the update is part of the key
+    _, out = run(tmp_path, env, "function", NESTEROV="1")
+    assert graph_hits(out) == 0 and "graph miss" in out, out
 
 
 @pytest.mark.parametrize("edit", [("return F.relu(h)", "return F.relu(h) * 0.5"),
