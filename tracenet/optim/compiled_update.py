@@ -19,7 +19,7 @@ An optimizer class that can be compiled sets ``compiled_update = CompiledUpdate(
   ``"step"`` (the counter after incrementing) and ``"first_step"`` (1 when the state arrays
   were created for this step) are filled in by the compiled step.
 
-This module only describes; ``tracenet/step.py`` and ``tracenet/step_state.py`` act on it.
+This module only describes; ``tracenet/compiled_function.py`` and ``tracenet/step_state.py`` act on it.
 """
 import operator
 
