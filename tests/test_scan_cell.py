@@ -25,25 +25,40 @@ def _bodies(source):
     return bodies
 
 
+def _cell_source(source, body):
+    """The source of the gate kernel a scan body calls (its ``_cols`` function)."""
+    name = _bodies(source)[body][0]
+    return re.search(rf"static void {name}_cols\(.*?\n\}}\n", source, re.S).group(0)
+
+
 @pytest.mark.parametrize("name,backward", [
     ("LSTM", ["cell", "gemm"]),
     # the gradient of h_{t-1} is the product's plus the direct path through z * h_{t-1}
     ("GRU", ["cell", "gemm", "add"])])
-def test_each_step_runs_the_product_and_one_gate_kernel(name, backward):
+def test_each_step_runs_one_kernel_with_the_product_inside(name, backward):
     m = getattr(tnn, name)(4, 8)
     compiled = tn.compile(m)
     out, _ = compiled(tn.randn(5, 3, 4, requires_grad=True))
     out.sum().backward()
-    bodies = _bodies(compiled.source())
+    source = compiled.source()
+    bodies = _bodies(source)
     assert len(bodies) == 2  # the forward loop and the backward loop
     kinds = sorted([c.rsplit("_", 1)[-1] for c in calls] for calls in bodies.values())
-    # forward: the product, then the gates, and one copy: the state h the step read, saved for
-    # the backward (h itself is written into the stacked output, the cell state c into the
-    # slice the next step reads and the backward finds it in); backward: the gates'
-    # gradients, then the product
-    assert kinds == [backward, ["gemm", "cell", "memcpy"]]
+    # forward: the product and the gates in one kernel, and one copy: the state h the step
+    # read, saved for the backward (h itself is written into the stacked output, the cell
+    # state c into the slice the next step reads and the backward finds it in); backward:
+    # the gates' gradients in one kernel, then their product with the weight
+    assert kinds == [backward, ["cell", "memcpy"]]
     # the gates are read in place from the product, not split into copies first
-    assert "_split(" not in compiled.source() and "_cat(" not in compiled.source()
+    assert "_split(" not in source and "_cat(" not in source
+    fwd = next(b for b in bodies if bodies[b][-1].endswith("memcpy"))
+    bwd = next(b for b in bodies if b != fwd)
+    # the forward product is computed a block of gate columns at a time into a tile the gate
+    # math reads, from the weight transposed once per loop
+    cell = _cell_source(source, fwd)
+    assert "tile[" in cell and cell.count("tn_gemm_f32(") == (4 if name == "LSTM" else 3)
+    assert "the weight a step's product reads as its transpose" in source
+    assert "tn_gemm" not in _cell_source(source, bwd)  # the backward product: its own kernel
 
 
 def test_inference_step_writes_only_the_new_state():
@@ -52,7 +67,7 @@ def test_inference_step_writes_only_the_new_state():
     with tn.no_grad():
         compiled(tn.randn(5, 3, 4))
     (calls,) = _bodies(compiled.source()).values()
-    assert [c.rsplit("_", 1)[-1] for c in calls] == ["gemm", "cell"]  # and no copy
+    assert [c.rsplit("_", 1)[-1] for c in calls] == ["cell"]  # the product inside; no copy
     cell = re.search(r"static void \w+_cell\(([^)]*)\)", compiled.source()).group(1)
     assert cell.count("float *restrict out") == 2  # h and c: nothing saved for a backward
 
@@ -131,7 +146,7 @@ def test_a_loop_written_with_scan_gets_one_gate_kernel_after_its_product():
         np.testing.assert_allclose(a, t.grad.numpy(), **F32)
     kinds = sorted([c.rsplit("_", 1)[-1] for c in calls]
                    for calls in _bodies(compiled.source()).values())
-    # forward: the squashing (its own kernels), the product, then the gates in one kernel;
-    # backward: the gates' gradients in one kernel, the product, the squashing's gradient
-    assert kinds == [["cell", "gemm", "elementwise"],
-                     ["tanh", "mul", "gemm", "cell", "memcpy"]]
+    # forward: the squashing (its own kernels), then the product and the gates in one
+    # kernel; backward: the gates' gradients in one kernel, the product, the squashing's
+    # gradient
+    assert kinds == [["cell", "gemm", "elementwise"], ["tanh", "mul", "cell", "memcpy"]]

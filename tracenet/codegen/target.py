@@ -42,6 +42,8 @@ class Parallelism:
     gemm_min_flops = 2_000_000       # GEMMs, split by row blocks
     gemm_min_rows = 12
     memory_min_elements = 100_000    # memory-bound kernels, split over planes or channels
+    recurrent_min_step_flops = 200_000  # recurrent loops, each step split by gate columns
+    recurrent_min_columns = 32
 
     def __init__(self, openmp):
         self.openmp = bool(openmp)
@@ -53,6 +55,12 @@ class Parallelism:
     def gemm(self, flops, rows):
         return _all(self.openmp, _at_least(flops, self.gemm_min_flops),
                     _at_least(rows, self.gemm_min_rows))
+
+    def recurrent(self, step_flops, columns):
+        """A recurrent loop whose threads split each step's gate columns, with a barrier per
+        step: worth it when a step's products are large enough to pay for the barriers."""
+        return _all(self.openmp, _at_least(columns, self.recurrent_min_columns),
+                    _at_least(step_flops, self.recurrent_min_step_flops))
 
     def memory(self, elements, units):
         """A memory-bound kernel touching ``elements`` over ``units`` independent parts."""

@@ -12,11 +12,13 @@ function.
 The planner lives in ``codegen.emit`` (which imports the lowerings): it hands itself over with
 ``use_planner`` when it is imported. Also here: ``zeros``, a memset.
 """
+import re
+
 from ..._sym import Specialize, Sym
 from ...ops.common import numel
-from ..base import Kernel, lowering, node_lines, signature, size_symbols
+from ..base import Kernel, ctype, lowering, node_lines, signature, size_symbols
 from ..templates import render
-from .scan_cell import cell_body
+from .scan_cell import GROUP, cell_body
 
 _planner = [None]
 ALIGN = 64
@@ -45,6 +47,7 @@ def _nbytes(v):
 def lower_scan(name, node, exported, target):
     body = cell_body(node.attrs["body"])  # the gate math as one kernel per step
     n_carry, n_xs = node.attrs["n_carry"], node.attrs["n_xs"]
+    packed = _packed_weight(body, n_carry + n_xs)
     entry_point, plan = _planner[0]
     entry = entry_point(f"{name}_body", body)
     constants, calls, copies = plan(entry, entry.name, target)
@@ -74,28 +77,89 @@ def lower_scan(name, node, exported, target):
             skipped.add(n_in + j)  # each stacked output holds one carry
         carries.append(c)
         work += _aligned(_nbytes(node.outputs[i]))
+    packs = []
+    if packed is not None:  # the weight transposed once per call, read by every step
+        slot, (rows, cols) = packed, body.inputs[packed].shape
+        packs.append({"slot": slot, "src": f"in{slot}", "rows": rows, "cols": cols,
+                      "at": work, "ctype": ctype(body.inputs[slot])})
+        work += _aligned(_nbytes(body.inputs[slot]))
     body_arena = work
     work += entry.arena_bytes
     steps = [{"slot": i, "ptr": f"in{i}", "stride": numel(body.inputs[i].shape)}
              for i in range(n_carry, n_carry + n_xs)]
     steps += [{"slot": n_in + j, "ptr": f"out{j}", "stride": numel(body.outputs[j].shape)}
               for j in range(n_carry, len(body.outputs))]
-    consts = [{"slot": i, "ptr": f"in{i}"} for i in range(n_carry + n_xs, n_in)]
+    consts = [{"slot": i, "ptr": f"(work + ({packs[0]['at']}))" if i == packed else f"in{i}"}
+              for i in range(n_carry + n_xs, n_in)]
     # the body's copies into those outputs would copy a slice onto itself: left out (were one
     # kept, it would still copy nothing but the same bytes)
     copies = [c for c in copies if not any(c.startswith(f"memcpy((void *)args[{k}],")
                                            for k in skipped)]
     checks = list(entry.checks)
+    body_calls = [c for _, c in calls]
+    split = _column_split(entry, body_calls, copies, n_in, checks, target)
+    if split:  # the body's one kernel, on this thread's columns; copies by one thread
+        (kernel, _), = entry.kernels
+        body_calls = [re.sub(rf"^{kernel.name}\((.*)\);$", rf"{kernel.name}_cols(\1, u0, u1);",
+                             body_calls[0])]
+        copies = [f"if (lead) {c}" for c in copies]
     scratch = -(-work // 4)  # in floats
     src = render("scan.c.j2", name=name, node_lines=node_lines([node]),
                  signature=signature(reads, writes, scratch, "float", bool(checks)),
                  symbols=size_symbols(reads, writes),
-                 calls=[c for _, c in calls] + copies, length=node.inputs[n_carry].shape[0],
+                 calls=body_calls + copies, length=node.inputs[n_carry].shape[0],
                  n_args=max(entry.num_args, 1), consts=consts, carries=carries, steps=steps,
                  reverse=node.attrs.get("reverse", False), body_arena=body_arena,
-                 checks=bool(checks))
+                 checks=bool(checks), split=split, packs=packs)
     return Kernel(name, reads, writes, src, scratch=scratch, helpers=helpers, checks=checks,
-                  parallel=any(k.parallel for k, _ in entry.kernels))
+                  parallel=bool(split) or any(k.parallel for k, _ in entry.kernels))
+
+
+def _packed_weight(body, first_const):
+    """The body input (a loop constant) that a gate kernel's leading product reads as
+    ``b^T`` and nothing else reads: the loop transposes it once, and the product reads it
+    row by row (register tiles of whole vectors, no reductions across lanes). None if none."""
+    for node in body.nodes:
+        if node.op == "fused" and node.attrs.get("group") == GROUP and \
+                node.members[0].op == "gemm":
+            w = node.members[0].inputs[1]
+            if w not in body.inputs or body.inputs.index(w) < first_const or \
+                    body.inputs.count(w) != 1 or w in body.outputs:
+                return None
+            if any(w in n.inputs for n in body.nodes if n is not node) or \
+                    sum(w in m.inputs for m in node.members) != 1:
+                return None
+            node.attrs["packed"] = True
+            return body.inputs.index(w)
+    return None
+
+
+def _column_split(entry, calls, copies, n_in, checks, target):
+    """How the threads share each step: None (one thread runs the loop), or the column count
+    of the gates and the C condition (or 1) under which they split it. Every step of a
+    recurrent loop needs the whole state of the step before, so the loop runs inside one
+    parallel region, each thread computing its columns of every gate, with a barrier per step.
+
+    Only a body that is one gate kernel qualifies (a forward step: the product inside the gate
+    kernel): its columns are independent but for the product's reads of the state, which the
+    barrier orders. The body's copies must read the step's inputs (copied by one thread after
+    the barrier that ends the step before), and no data check may stop the loop halfway. A
+    backward step (the gates' gradients, then their product) stays on one thread."""
+    if checks or len(entry.kernels) != 1 or len(calls) != 1:
+        return None
+    (kernel, _), = entry.kernels
+    width = getattr(kernel, "columns", None)
+    if width is None or not calls[0].startswith(kernel.name + "("):
+        return None
+    for c in copies:
+        m = re.match(r"memcpy\(\(void \*\)args\[\d+\], \(const void \*\)args\[(\d+)\],", c)
+        if m is None or int(m.group(1)) >= n_in:
+            return None
+    when = target.parallel.recurrent(kernel.flops, width)
+    if not when:
+        return None
+    itemsize = kernel.writes[0][1].dtype.itemsize
+    return {"width": width, "chunk": max(1, 64 // itemsize), "when": when}
 
 
 @lowering("zeros")

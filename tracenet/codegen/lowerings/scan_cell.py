@@ -10,6 +10,12 @@ follows the step's product into one ``fused`` node (group ``scan_cell``), lowere
 loop over ``(row, column of a gate)`` that reads each gate of a wide value at its column offset
 and writes each piece of a ``cat`` in place: one kernel after the product, in every step.
 
+A forward step's product (``h @ W^T + b``, read only by the gates) joins the kernel: each
+block of columns of every gate (the same hidden units' ``i, f, g, o`` columns) is multiplied
+into a tile in L1 and gated there, so the wide product is never stored, and the threads of a
+loop can each take a share of the hidden units (``{name}_cols``; ``scan.py``). The loop hands
+the weight over transposed once per call, so the product runs on whole-vector register tiles.
+
 The IR graph is not changed: the regrouped body is a planning copy made when the scan lowers.
 """
 import copy
@@ -19,7 +25,7 @@ from ..._sym import is_one, same_shape
 from ...ir.graph import Node
 from ...ops.common import numel
 from ...ops.registry import REGISTRY
-from ..base import Kernel, ctype, group_lowering, node_lines, signature
+from ..base import SFX, Kernel, ctype, group_lowering, node_lines, signature, size_symbols
 from ..templates import render
 from .elementwise import broadcast_index, c_expr
 
@@ -101,6 +107,11 @@ def cell_body(body):
             members, produced, first = [], {}, None  # no gates yet: start again after it
     if len(members) < 2 or not any(m.op in ("split", "cat") for m in members):
         return body
+    lead = _leading_product(items, members, produced, first, body, narrow, wide)
+    if lead is not None:  # the product the gates are read from, computed block by block
+        members.insert(0, lead)
+        produced[lead.output] = 1
+        first = next(i for i, (n, _) in enumerate(items) if n is lead)
     member_ids = {id(m) for m in members}
     # a chain the ordinary fusion made is kept whole or not at all
     for node, top in items:
@@ -140,14 +151,52 @@ def cell_body(body):
     return out
 
 
+def _plain_gemm(node):
+    """``a @ b^T [+ c]``: the product a step's gates are read from."""
+    a = node.attrs
+    return node.op == "gemm" and not a.get("trans_a") and bool(a.get("trans_b")) \
+        and a.get("alpha", 1.0) == 1.0 and (len(node.inputs) == 2 or a.get("beta", 1.0) == 1.0)
+
+
+def _readers(items, body, v):
+    return [n for n, _ in items if v in n.inputs] + [None] * body.outputs.count(v)
+
+
+def _leading_product(items, members, produced, first, body, narrow, wide):
+    """The ``gemm`` (``a @ b^T [+ c]``, before the run) whose wide result only the run reads:
+    joined to the run, each block of gate columns is multiplied and gated while it is in the
+    cache, and the wide result is never stored. None when there is none."""
+    if len(narrow) != 2:
+        return None
+    ids = {id(m) for m in members}
+    for node, top in items[:first]:
+        if top is not node or not _plain_gemm(node) or not same_shape(node.output.shape, wide):
+            continue
+        if node.output in produced or any(r is None or id(r) not in ids
+                                          for r in _readers(items, body, node.output)):
+            continue
+        return node
+    return None
+
+
+# a block of the leading product: ROW_BLOCK rows x COLUMN_BLOCK columns of each gate, in L1
+ROW_BLOCK, COLUMN_BLOCK = 16, 16
+
+
 @group_lowering(GROUP)
 def lower_cell(name, node, exported, target):
+    """``{name}_cols(..., u0, u1)`` computes columns ``[u0, u1)`` of every gate (the threads
+    of a loop split a step by them); ``{name}(...)`` all of them."""
     k, narrow = node.attrs["pieces"], node.attrs["narrow"]
     width = narrow[-1]
     rows = numel(narrow[:-1])
     wide = narrow[:-1] + (width * k,)
     reads = [(f"in{j}", v) for j, v in enumerate(node.inputs)]
     writes = [(f"out{j}", v) for j, v in enumerate(node.outputs)]
+    role = {v: r for r, v in reads + writes}
+    members = node.members
+    lead = members[0] if members[0].op == "gemm" else None
+    ct = ctype(node.outputs[0])
 
     def index(shape, piece):
         """Flat index into a value of ``shape`` read at (row r, column c) of gate ``piece``
@@ -163,13 +212,18 @@ def lower_cell(name, node, exported, target):
         return re.sub(r"\bi\b", f"({flat})", broadcast_index(shape, target))
 
     expr = {}  # (value, piece or None) -> C expression
-    for role, v in reads:
-        expr[(v, None)] = f"{role}[{index(v.shape, None)}]"
+    for r, v in reads:
+        expr[(v, None)] = f"{r}[{index(v.shape, None)}]"
         for g in range(k):
-            expr[(v, g)] = f"{role}[{index(v.shape, g)}]"
+            expr[(v, g)] = f"{r}[{index(v.shape, g)}]"
     lines = []
-    for n, m in enumerate(node.members):
-        if m.op == "split":
+    for n, m in enumerate(members):
+        if m is lead:  # gate g's block of the product, plus its bias
+            for g in range(k):
+                bias = f" + {expr[(m.inputs[2], g)]}" if len(m.inputs) > 2 else ""
+                lines.append(f"const {ct} t{n}_{g} = tile[it + {g * COLUMN_BLOCK}]{bias};")
+                expr[(m.output, g)] = f"t{n}_{g}"
+        elif m.op == "split":
             for g, v in enumerate(m.outputs):
                 expr[(v, None)] = expr[(m.inputs[0], g)]
         elif m.op == "cat":
@@ -183,12 +237,23 @@ def lower_cell(name, node, exported, target):
                 lines.append(f"const {ctype(v)} {tmp} = "
                              f"{c_expr(m, [expr[(x, g)] for x in m.inputs])};")
                 expr[(v, g)] = tmp
-    for role, v in writes:
+    for r, v in writes:
         if same_shape(v.shape, narrow):
-            lines.append(f"{role}[i] = {expr[(v, None)]};")
+            lines.append(f"{r}[i] = {expr[(v, None)]};")
         else:
-            lines += [f"{role}[iw + {g * width}] = {expr[(v, g)]};" for g in range(k)]
-    src = render("scan_cell.c.j2", name=name, signature=signature(reads, writes),
-                 node_lines=node_lines(node.members), rows=rows, width=width, k=k,
-                 lines=lines)
-    return Kernel(name, reads, writes, src)
+            lines += [f"{r}[iw + {g * width}] = {expr[(v, g)]};" for g in range(k)]
+    sig = signature(reads, writes)
+    args = [f"tn_{s}" for s in size_symbols(reads, writes)] + [r for r, _ in reads + writes]
+    product = None
+    if lead is not None:
+        a, b = lead.inputs[0], lead.inputs[1]
+        # packed: the loop hands over b transposed ([K, k * width]: scan.py)
+        product = dict(a=role[a], b=role[b], K=a.shape[1], packed=node.attrs.get("packed"))
+    src = render("scan_cell.c.j2", name=name, signature=sig, args=", ".join(args),
+                 node_lines=node_lines(members), rows=rows, width=width, k=k, lines=lines,
+                 sfx=SFX[ct], ctype=ct, product=product,
+                 row_block=ROW_BLOCK, column_block=COLUMN_BLOCK)
+    flops = 2 * rows * width * k * product["K"] if product else 0
+    kernel = Kernel(name, reads, writes, src, flops=flops)
+    kernel.columns = width  # what the threads of a loop may split a step by
+    return kernel
