@@ -285,17 +285,23 @@ def plan_entry(entry, prefix, target):
     return constants, body, copies
 
 
+# a call of one of the GEMM's entry points (templates/_gemm.c.j2), and their element types
+_GEMM_CALL = re.compile(r"\b(tn_gemm(?:_nt)?_f(?:32|64))\s*\(")
+_GEMM_CTYPE = {"_f32": "float", "_f64": "double"}
+
+
 def generate(graphs, unit, target, timing=False, pieces=False):
     """C source for ``graphs`` (a list of (entry suffix, Graph)) built for ``target`` (a
     ``codegen.target.Target``); returns (source, cdef, [EntryPoint], whether OpenMP is
     used), and with ``pieces`` a fifth item: the same unit as pieces that can be compiled
     apart and linked (see ``runtime.split``), a dict of
 
-    * ``header``: what every piece starts with, without the GEMM entry points;
-    * ``gemm_header``: the same with them, static: a piece whose kernels call them compiles
-      its own copy, specialised by the compiler to its callers' arguments;
+    * ``header``: what every piece starts with, with the GEMM entry points declared (hidden)
+      but not defined;
+    * ``gemm``: GEMM entry point name -> a C file defining just it (hidden), built once and
+      linked into every unit that calls it (``runtime.gemm``);
     * ``kernels``: [(name, source, definition with hidden external linkage, its prototype,
-      [helper names], whether it calls the GEMM)];
+      [helper names], the GEMM entry points it calls)];
     * ``helpers``: helper name -> source, static in each piece that uses it;
     * ``tail``: constants and entry points (after the kernels it calls, or their prototypes).
 
@@ -397,12 +403,16 @@ def generate(graphs, unit, target, timing=False, pieces=False):
                       f"{hidden} void {ksource[start + len('static void '):end + 1]};",
                       helper_names,
                       # (a loop's body functions, among its helpers, may call the GEMM too)
-                      any("tn_gemm" in text for text in
-                          [ksource] + [helpers[h] for h in helper_names])))
+                      sorted({m for text in [ksource] + [helpers[h] for h in helper_names]
+                              for m in _GEMM_CALL.findall(text)})))
+    called = sorted({g for k in split for g in k[5]})
     layout = {
         "header": "\n".join(includes + [render("_preamble.c.j2", max_threads=target.max_threads,
-                                                ctypes=ctypes, with_gemm=False)]),
-        "gemm_header": "\n".join(parts[:len(includes) + 1]),
+                                                ctypes=ctypes, with_gemm=False,
+                                                gemm_declared=True, gemm_linkage=hidden)]),
+        "gemm": {g: "\n".join(includes + [render(
+            "_preamble.c.j2", max_threads=target.max_threads, ctypes={_GEMM_CTYPE[g[-4:]]},
+            gemm_linkage=hidden, gemm_only=("nt" if "_nt_" in g else "nn",))]) for g in called},
         "kernels": split,
         "helpers": helpers,
         "tail": "\n".join(clock + tail),

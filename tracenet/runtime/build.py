@@ -111,9 +111,12 @@ def _build_entry(source, c_path, so_path, flags, bad=None, pieces=None):
             return True
         _clear(so_path, problem)
         remove_stale_temps(os.path.dirname(so_path))
-        sources = split.plan(pieces) if pieces else None
-        if sources:
-            _compile_split(source, pieces, c_path, so_path, flags, sources)
+        objects = {g: object_path(g, text) for g, text in (pieces or {}).get("gemm", {}).items()}
+        layout = split.plan(pieces, built={g for g, path in objects.items()
+                                           if _entry_problem(path) is None}) \
+            if pieces else None
+        if layout:
+            _compile_split(source, pieces, c_path, so_path, flags, layout, objects)
         else:
             _compile(source, c_path, so_path, flags)
         return False
@@ -247,31 +250,68 @@ def _compile_flags(flags):
     return [f for f in flags if f != "-shared"] + ["-c"]
 
 
-def _compile_split(source, pieces, c_path, so_path, flags, sources):
-    """Build the unit from the C files ``sources``, compiled at once, then linked (the caller
+def _compile_split(source, pieces, c_path, so_path, flags, layout, objects):
+    """Build the unit as ``layout`` (a ``split.Plan``): its files and the GEMM objects it
+    lacks compiled at once, each core's jobs one after the other, then linked (the caller
     holds the entry's lock)."""
     atomic_write(c_path, source)  # the whole unit, for inspection
     argv, _ = toolchain.compiler()
-    objects = []
+    temps = []
+    for i, text in enumerate(layout.files):
+        atomic_write(f"{so_path[:-3]}.part{i}.c", text)  # kept for inspection and messages
+        temps.append(temp_path(so_path[:-3] + f".part{i}.o"))
+
+    def run(jobs):
+        for what, which in jobs:
+            if what == "object":
+                build_object(objects[which], pieces["gemm"][which])
+            else:
+                part = f"{so_path[:-3]}.part{which}.c"
+                _run(list(argv) + _compile_flags(flags) + [part, "-o", temps[which]], part)
+
     try:
-        with ThreadPoolExecutor(max_workers=len(sources)) as pool:
-            compiles = []
-            for i, text in enumerate(sources):
-                part = f"{so_path[:-3]}.part{i}.c"
-                atomic_write(part, text)  # kept for inspection and compiler messages
-                obj = temp_path(so_path[:-3] + f".part{i}.o")
-                objects.append(obj)
-                compiles.append(pool.submit(_run, list(argv) + _compile_flags(flags) +
-                                            [part, "-o", obj], part))
-            for job in compiles:
+        with ThreadPoolExecutor(max_workers=len(layout.cores)) as pool:
+            for job in [pool.submit(run, jobs) for jobs in layout.cores]:
                 job.result()
-        linked = list(objects)
+        linked = temps + [objects[g] for g in layout.objects]
         tmp_so = temp_path(so_path)
-        objects.append(tmp_so)
+        temps.append(tmp_so)
         _run(list(argv) + list(flags) + linked + ["-o", tmp_so] + list(toolchain.libraries()),
              c_path)
         _check_output(tmp_so, "a library", c_path, argv)
         _publish(tmp_so, so_path)
     finally:
-        for obj in objects:
-            remove(obj)
+        for tmp in temps:
+            remove(tmp)
+
+
+def object_flags():
+    """What the shared objects (the GEMM) are compiled with: the library flags, less linking
+    and OpenMP (they have no parallel regions), so every unit can link the same ones."""
+    return _compile_flags(toolchain.flags())
+
+
+def object_path(name, source):
+    """Where the object file compiled from ``source`` is kept in the cache."""
+    return os.path.join(cache_dir(), f"{file_stem(name)}-{cache_key(source, object_flags())}.o")
+
+
+def build_object(path, source):
+    """Compile ``source`` to the cached object ``path`` unless it is there: under the entry's
+    lock (a process that finds another one building it waits and reuses it), checked and
+    published like a library."""
+    with locked(path):
+        problem = _entry_problem(path)
+        if problem is None:
+            return
+        _clear(path, problem)
+        c_path = path[:-2] + ".c"
+        atomic_write(c_path, source)
+        argv, _ = toolchain.compiler()
+        tmp = temp_path(path)
+        try:
+            _run(list(argv) + object_flags() + [c_path, "-o", tmp], c_path)
+            _check_output(tmp, "an object file", c_path, argv)
+            _publish(tmp, path)
+        finally:
+            remove(tmp)
