@@ -184,7 +184,10 @@ def test_gemm_objects_are_built_once_and_linked_into_every_unit(monkeypatch):
     torch.compile(LeNet())(torch.randn(2, 1, 32, 32))
     objects = _cache_files(".o")
     assert len(objects) == 2
-    assert len([c for c in runs if "-c" in c and any("tn_gemm" in a for a in c)]) == 2
+    # (compiled in the background while the kernels were rendered, so not in ``runs``)
+    assert not [c for c in runs if "-c" in c and any("tn_gemm" in a for a in c)]
+    d = os.environ["TRACENET_CACHE_DIR"]
+    stamps = [os.stat(os.path.join(d, o)).st_mtime_ns for o in objects]
     # a second unit (another process would do the same) links the same objects, even on one
     # core: they are built already
     monkeypatch.setenv("TRACENET_BUILD_JOBS", "1")
@@ -196,6 +199,7 @@ def test_gemm_objects_are_built_once_and_linked_into_every_unit(monkeypatch):
     with torch.no_grad():
         np.testing.assert_allclose(compiled(x).numpy(), net(x).numpy(), **TOL)
     assert _cache_files(".o") == objects
+    assert [os.stat(os.path.join(d, o)).st_mtime_ns for o in objects] == stamps
     assert not [c for c in runs if "-c" in c and any("tn_gemm" in a for a in c)]
     link = [c for c in runs if "-c" not in c]  # (inference calls only tn_gemm_nt)
     assert len(link) == 1 and any("tn_gemm_nt_f32-" in a for a in link[0]), link
@@ -321,3 +325,32 @@ def test_clock_phases_nest_without_counting_twice():
         warnings.simplefilter("error")
         with debug.phase("no clock"):  # outside a compile: nothing recorded, nothing raised
             pass
+
+
+def test_gemm_objects_compile_while_the_kernels_are_rendered(monkeypatch):
+    monkeypatch.setenv("TRACENET_BUILD_JOBS", "2")
+    events = []
+    start, real_build = build.start_objects, build.build
+
+    def started(sources):
+        events.append(("start", sorted(sources)))
+        start(sources)
+
+    def built(*args, **kwargs):
+        events.append(("build",))
+        return real_build(*args, **kwargs)
+    monkeypatch.setattr(build, "start_objects", started)
+    monkeypatch.setattr(build, "build", built)
+    runs = _compiler_runs(monkeypatch)
+    torch.manual_seed(0)
+    net, ref = LeNet(), LeNet()
+    ref.load_state_dict(net.state_dict())
+    compiled = torch.compile(net)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x).numpy(), ref(x).numpy(), **TOL)
+    # the convolution's GEMM was asked for as soon as its kernel was rendered, before the build
+    assert events[0] == ("start", ["tn_gemm_f32"]) and ("build",) in events
+    assert [o.split("-")[0] for o in _cache_files(".o")][:1] == ["tn_gemm_f32"]
+    assert not [c for c in runs if "-c" in c and any("tn_gemm_f32-" in a for a in c)]
+    assert not build._started  # waited for, and published

@@ -10,12 +10,15 @@ library would crash the process on load): it is removed and rebuilt, with a warn
 merely has no ``.meta`` (built by an older version). A large unit may be compiled as several
 files at once and linked (``split``): the entry, its key and its checks are the same.
 """
+import atexit
+import contextlib
 import hashlib
 import json
 import os
 import re
 import stat
 import struct
+import subprocess
 import sys
 import time
 import warnings
@@ -113,7 +116,8 @@ def _build_entry(source, c_path, so_path, flags, bad=None, pieces=None):
         remove_stale_temps(os.path.dirname(so_path))
         objects = {g: object_path(g, text) for g, text in (pieces or {}).get("gemm", {}).items()}
         layout = split.plan(pieces, built={g for g, path in objects.items()
-                                           if _entry_problem(path) is None}) \
+                                           if _entry_problem(path) is None},
+                            started={g for g, path in objects.items() if path in _started}) \
             if pieces else None
         if layout:
             _compile_split(source, pieces, c_path, so_path, flags, layout, objects)
@@ -273,6 +277,8 @@ def _compile_split(source, pieces, c_path, so_path, flags, layout, objects):
         with ThreadPoolExecutor(max_workers=len(layout.cores)) as pool:
             for job in [pool.submit(run, jobs) for jobs in layout.cores]:
                 job.result()
+        for g in layout.objects:  # (those compiling in the background: waited for)
+            build_object(objects[g], pieces["gemm"][g])
         linked = temps + [objects[g] for g in layout.objects]
         tmp_so = temp_path(so_path)
         temps.append(tmp_so)
@@ -296,10 +302,84 @@ def object_path(name, source):
     return os.path.join(cache_dir(), f"{file_stem(name)}-{cache_key(source, object_flags())}.o")
 
 
+class _Started:
+    """An object file being compiled in the background: the entry's lock is held (in
+    ``hold``) until ``finish`` has published it or given up."""
+
+    def __init__(self, path, source, hold):
+        self.path, self.hold = path, hold
+        self.c_path = path[:-2] + ".c"
+        atomic_write(self.c_path, source)
+        self.argv, _ = toolchain.compiler()
+        self.tmp = temp_path(path)
+        self.proc = subprocess.Popen(list(self.argv) + object_flags() +
+                                     [self.c_path, "-o", self.tmp], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def finish(self, kill=False):
+        """Wait for the compiler (or kill it) and publish the object if it is good; a failure
+        is left for ``build_object`` to run again and report."""
+        try:
+            if kill:
+                self.proc.kill()
+            try:
+                self.proc.communicate(timeout=COMPILE_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+            if not kill and self.proc.returncode == 0 and _library_problem(self.tmp) is None:
+                _publish(self.tmp, self.path)
+        finally:
+            remove(self.tmp)
+            self.hold.close()
+
+
+_started = {}  # object path -> _Started, in this process
+
+
+def start_objects(sources):
+    """Start compiling, in the background, the objects of ``sources`` (name -> C source) that
+    the cache lacks; ``build_object`` waits for them. Only with a core to spare (on one core
+    this would only slow down the rest of the compile) and only those no other process is
+    building."""
+    if split.cores() < 2:
+        return
+    for name, source in sources.items():
+        path = object_path(name, source)
+        if path in _started or _entry_problem(path) is None:
+            continue
+        hold = contextlib.ExitStack()
+        try:
+            if not hold.enter_context(locked(path, blocking=False)):
+                hold.close()
+                continue
+            problem = _entry_problem(path)
+            if problem is None:
+                hold.close()
+                continue
+            _clear(path, problem)
+            if not _started:
+                atexit.register(_abandon_started)
+            with debug.phase("gcc"):
+                _started[path] = _Started(path, source, hold)
+        except (OSError, CompilerError):
+            hold.close()  # (the build compiles it in the foreground, and reports why not)
+
+
+def _abandon_started():
+    """At exit: objects still compiling in the background that nothing waited for."""
+    for started in list(_started.values()):
+        started.finish(kill=True)
+    _started.clear()
+
+
 def build_object(path, source):
     """Compile ``source`` to the cached object ``path`` unless it is there: under the entry's
     lock (a process that finds another one building it waits and reuses it), checked and
     published like a library."""
+    started = _started.pop(path, None)
+    if started is not None:
+        started.finish()
     with locked(path):
         problem = _entry_problem(path)
         if problem is None:

@@ -55,9 +55,11 @@ class Plan:
         self.files, self.objects, self.cores = files, objects, cores
 
 
-def plan(pieces, jobs=None, built=()):
+def plan(pieces, jobs=None, built=(), started=()):
     """How to build the unit: a ``Plan``, or None to build it as one file with the GEMM in it.
-    ``built``: the GEMM objects already in the cache."""
+    ``built``: the GEMM objects already in the cache; ``started``: those being compiled
+    already (they keep a core busy, but a unit that calls one links it rather than compile
+    the GEMM again)."""
     jobs = cores() if jobs is None else jobs
     kernels, gemm = pieces["kernels"], pieces.get("gemm", {})
     called = sorted({g for k in kernels for g in k[5]})
@@ -71,13 +73,15 @@ def plan(pieces, jobs=None, built=()):
     for g in sorted((g for g in called if g not in built), key=lambda g: -len(gemm[g])):
         b = min(bins, key=lambda b: b["cost"])
         b["cost"] += FILE_OVERHEAD + gemm_cost(gemm[g])
-        b["jobs"].append(("object", g))
+        if g not in started:
+            b["jobs"].append(("object", g))
     for k in sorted(kernels, key=lambda k: -len(k[1])):
         b = min(bins, key=lambda b: b["cost"] + len(k[1]) + (0 if b["kernels"] else
                                                              FILE_OVERHEAD))
         b["cost"] += len(k[1]) + (0 if b["kernels"] else FILE_OVERHEAD)
         b["kernels"].append(k)
-    if max(b["cost"] for b in bins) + LINK_OVERHEAD >= one_file:
+    if max(b["cost"] for b in bins) + LINK_OVERHEAD >= one_file and \
+            not set(started) & set(called):
         return None
     bins = [b for b in bins if b["jobs"] or b["kernels"]]
     # the entry points go with the least work
