@@ -20,6 +20,7 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -303,35 +304,47 @@ def object_path(name, source):
 
 
 class _Started:
-    """An object file being compiled in the background: the entry's lock is held (in
-    ``hold``) until ``finish`` has published it or given up."""
+    """An object file being compiled in the background. The entry's lock is held until the
+    compiler ends and a thread of its own has published the object (or given up): not until
+    this process asks for it, which may be after another process that waits for that lock."""
 
     def __init__(self, path, source, hold):
         self.path, self.hold = path, hold
-        self.c_path = path[:-2] + ".c"
-        atomic_write(self.c_path, source)
-        self.argv, _ = toolchain.compiler()
+        c_path = path[:-2] + ".c"
+        atomic_write(c_path, source)
+        argv, _ = toolchain.compiler()
         self.tmp = temp_path(path)
-        self.proc = subprocess.Popen(list(self.argv) + object_flags() +
-                                     [self.c_path, "-o", self.tmp], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def finish(self, kill=False):
-        """Wait for the compiler (or kill it) and publish the object if it is good; a failure
-        is left for ``build_object`` to run again and report."""
         try:
-            if kill:
-                self.proc.kill()
+            self.proc = subprocess.Popen(list(argv) + object_flags() + [c_path, "-o", self.tmp],
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        except OSError:
+            remove(self.tmp)
+            raise
+        self.thread = threading.Thread(target=self._publish, name="tracenet-object",
+                                       daemon=True)
+        self.thread.start()
+
+    def _publish(self):
+        """A failure is left for ``build_object`` to run again and report."""
+        try:
             try:
                 self.proc.communicate(timeout=COMPILE_TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.communicate()
-            if not kill and self.proc.returncode == 0 and _library_problem(self.tmp) is None:
+            if self.proc.returncode == 0 and _library_problem(self.tmp) is None:
                 _publish(self.tmp, self.path)
+        except OSError:
+            pass
         finally:
             remove(self.tmp)
             self.hold.close()
+
+    def finish(self, kill=False):
+        if kill and self.proc.poll() is None:
+            self.proc.kill()
+        self.thread.join()
 
 
 _started = {}  # object path -> _Started, in this process
