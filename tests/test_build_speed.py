@@ -354,3 +354,27 @@ def test_gemm_objects_compile_while_the_kernels_are_rendered(monkeypatch):
     assert [o.split("-")[0] for o in _cache_files(".o")][:1] == ["tn_gemm_f32"]
     assert not [c for c in runs if "-c" in c and any("tn_gemm_f32-" in a for a in c)]
     assert not build._started  # waited for, and published
+
+
+def test_a_background_object_releases_its_lock_when_the_compiler_ends(monkeypatch):
+    # another process waiting for the object's lock (here a thread, with a lock of its own)
+    # gets it once the compiler is done, without this process asking for the object
+    import threading
+    from tracenet.codegen.emit import gemm_sources
+    from tracenet.runtime import cache, target
+    monkeypatch.setenv("TRACENET_BUILD_JOBS", "2")
+    sources = gemm_sources(target.current(), ["tn_gemm_nt_f32"])
+    build.start_objects(sources)
+    path = build.object_path("tn_gemm_nt_f32", sources["tn_gemm_nt_f32"])
+    assert path in build._started
+    got = []
+
+    def other():
+        with cache.locked(path):
+            got.append(build._entry_problem(path))
+    waiter = threading.Thread(target=other, daemon=True)
+    waiter.start()
+    waiter.join(timeout=300)
+    assert got == [None]  # the lock was free and the object published
+    build.build_object(path, sources["tn_gemm_nt_f32"])
+    assert path not in build._started

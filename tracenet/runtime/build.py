@@ -8,7 +8,9 @@ atomically, and recorded with its size and SHA-256 in a ``.meta`` file written j
 rename. An entry whose ``.meta`` is missing or does not match is never loaded (a truncated
 library would crash the process on load): it is removed and rebuilt, with a warning unless it
 merely has no ``.meta`` (built by an older version). A large unit may be compiled as several
-files at once and linked (``split``): the entry, its key and its checks are the same.
+files at once and linked (``split``): the entry, its key and its checks are the same. The
+GEMM's entry points are object files of the cache, built once (the same way: key, lock,
+record, checks) and linked into every unit that calls them.
 """
 import atexit
 import contextlib
