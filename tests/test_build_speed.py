@@ -93,37 +93,154 @@ def test_split_unit_builds_and_matches_eager(monkeypatch, jobs):
     for text in texts[1:]:
         assert re.search(r'^__attribute__\(\(visibility\("hidden"\)\)\) void tn_LeNet', text,
                          re.M)
-    # each file that calls the GEMM has its own copy of it, and no object is left behind
+    # no file has a copy of the GEMM: the files that call it declare it, and link the GEMM's
+    # objects, built once in the cache (hidden: they are no entry points of the library)
     for text in texts:
-        calls = re.search(r"^\s+tn_gemm(_nt)?_f32\(", text, re.M)
-        assert bool(calls) == ("static void tn_gemm_f32(int M" in text)
-    assert not _cache_files(".o")
+        assert not re.search(r"\bvoid tn_gemm(_nt)?_f32\([^;{]*\)\s*\{", text)
+        if re.search(r"^\s+tn_gemm(_nt)?_f32\(", text, re.M):
+            assert re.search(r'^__attribute__\(\(visibility\("hidden"\)\)\) void '
+                             r'tn_gemm_f32\(', text, re.M)
+    objects = _cache_files(".o")
+    assert [o.split("-")[0] for o in objects] == ["tn_gemm_f32", "tn_gemm_nt_f32"], objects
+    for obj in objects:
+        assert os.path.exists(os.path.join(d, obj[:-2] + ".meta"))
+        with pytest.raises(AttributeError):  # not exported from the library
+            getattr(lib.lib, obj.split("-")[0])
 
 
-def test_split_plan_balances_and_keeps_small_units_whole():
-    def kernel(name, size, gemm):
-        body = f"static void {name}(void) {{ /* {'x' * size} */ }}\n"
-        return (name, body, body.replace("static", "HIDDEN"), f"HIDDEN void {name}(void);",
-                [], gemm)
-    pieces = {"header": "H\n", "gemm_header": "H\n" + "G" * 20_000, "helpers": {},
-              "kernels": [kernel(f"k{i}", 6_000, i < 2) for i in range(8)], "tail": "TAIL"}
-    files = split.plan(pieces, jobs=2)
+def _kernel(name, size, gemm=()):
+    body = f"static void {name}(void) {{ /* {'x' * size} */ }}\n"
+    return (name, body, body.replace("static", "HIDDEN"), f"HIDDEN void {name}(void);", [],
+            list(gemm))
+
+
+def _pieces(kernels):
+    return {"header": "H\n", "gemm": {"tn_gemm_f32": "G" * 20_000, "tn_gemm_nt_f32": "T" * 6_000},
+            "helpers": {}, "kernels": kernels, "tail": "TAIL"}
+
+
+def test_split_plan_balances_and_builds_the_gemm_apart():
+    pieces = _pieces([_kernel(f"k{i}", 6_000, ["tn_gemm_f32"] * (i < 2)) for i in range(8)])
+    layout = split.plan(pieces, jobs=2)
+    files = layout.files
     assert len(files) == 2 and "TAIL" in files[0] and "TAIL" not in files[1]
-    # every kernel once; the GEMM goes only with the kernels that call it
+    # every kernel once, no file with the GEMM in it: it is an object of its own, to build
     for i in range(8):
         assert sum(f"void k{i}(void) {{" in f for f in files) == 1
-    assert ["G" * 20_000 in f for f in files].count(True) == 1
+    assert not any("G" * 100 in f for f in files)
+    assert layout.objects == ["tn_gemm_f32"]
+    jobs = [j for core in layout.cores for j in core]
+    assert sorted(jobs) == [("file", 0), ("file", 1), ("object", "tn_gemm_f32")]
+    # balanced: the core that builds the GEMM gets less kernel source
+    cost = {("object", "tn_gemm_f32"): split.gemm_cost("G" * 20_000),
+            ("file", 0): len(files[0]), ("file", 1): len(files[1])}
+    loads = sorted(sum(cost[j] for j in core) for core in layout.cores)
+    assert loads[1] - loads[0] < 12_000, loads
+    # built already: nothing to compile but the kernels, on both cores
+    layout = split.plan(pieces, jobs=2, built={"tn_gemm_f32"})
+    assert layout.objects == ["tn_gemm_f32"]
+    assert sorted(j for core in layout.cores for j in core) == [("file", 0), ("file", 1)]
+
+
+def test_split_plan_one_file_when_that_is_quicker():
+    # one core, the GEMM still to build: one file (no link, no second compiler)
+    pieces = _pieces([_kernel(f"k{i}", 6_000, ["tn_gemm_f32"] * (i < 2)) for i in range(8)])
     assert split.plan(pieces, jobs=1) is None
-    pieces["kernels"] = pieces["kernels"][:1]
-    assert split.plan(pieces, jobs=4) is None
+    # one core, the GEMM built: the unit's kernels alone, linked with it
+    layout = split.plan(pieces, jobs=1, built={"tn_gemm_f32"})
+    assert len(layout.files) == 1 and layout.cores == [[("file", 0)]]
+    # a small unit without GEMM calls: one file, however many cores
+    small = _pieces([_kernel("k0", 6_000), _kernel("k1", 1_000)])
+    assert split.plan(small, jobs=4) is None
+    assert split.plan(_pieces([_kernel("k0", 60_000)]), jobs=4) is None
 
 
 def test_small_units_and_one_core_build_one_file(monkeypatch):
-    torch.compile(MLP())(torch.randn(2, 20))
     monkeypatch.setenv("TRACENET_BUILD_JOBS", "1")
     torch.compile(LeNet())(torch.randn(2, 1, 32, 32))
     assert not [f for f in _cache_files(".c") if ".part" in f]
+    assert not _cache_files(".o")
+    monkeypatch.setenv("TRACENET_BUILD_JOBS", "4")
+    torch.compile(nn.Sequential(nn.Tanh()))(torch.randn(2, 20))
+    assert not [f for f in _cache_files(".c") if ".part" in f]
     assert len(_cache_files(".so")) == 2
+
+
+def _compiler_runs(monkeypatch):
+    """The compiler commands run from now on, as lists of arguments."""
+    runs = []
+    real = toolchain.run_compiler
+
+    def run(cmd, *args):
+        runs.append(cmd)
+        return real(cmd, *args)
+    monkeypatch.setattr(toolchain, "run_compiler", run)
+    return runs
+
+
+def test_gemm_objects_are_built_once_and_linked_into_every_unit(monkeypatch):
+    monkeypatch.setenv("TRACENET_BUILD_JOBS", "2")
+    runs = _compiler_runs(monkeypatch)
+    torch.compile(LeNet())(torch.randn(2, 1, 32, 32))
+    objects = _cache_files(".o")
+    assert len(objects) == 2
+    # (compiled in the background while the kernels were rendered, so not in ``runs``)
+    assert not [c for c in runs if "-c" in c and any("tn_gemm" in a for a in c)]
+    d = os.environ["TRACENET_CACHE_DIR"]
+    stamps = [os.stat(os.path.join(d, o)).st_mtime_ns for o in objects]
+    # a second unit (another process would do the same) links the same objects, even on one
+    # core: they are built already
+    monkeypatch.setenv("TRACENET_BUILD_JOBS", "1")
+    runs.clear()
+    torch.manual_seed(0)
+    net = MLP()
+    compiled = torch.compile(net)
+    x = torch.randn(3, 20)
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x).numpy(), net(x).numpy(), **TOL)
+    assert _cache_files(".o") == objects
+    assert [os.stat(os.path.join(d, o)).st_mtime_ns for o in objects] == stamps
+    assert not [c for c in runs if "-c" in c and any("tn_gemm" in a for a in c)]
+    link = [c for c in runs if "-c" not in c]  # (inference calls only tn_gemm_nt)
+    assert len(link) == 1 and any("tn_gemm_nt_f32-" in a for a in link[0]), link
+
+
+def test_a_damaged_gemm_object_is_rebuilt(monkeypatch):
+    monkeypatch.setenv("TRACENET_BUILD_JOBS", "2")
+    torch.manual_seed(0)
+    net = LeNet()
+    torch.compile(net)(torch.randn(2, 1, 32, 32)).sum().backward()
+    d = os.environ["TRACENET_CACHE_DIR"]
+    gemm = [f for f in _cache_files(".o") if f.startswith("tn_gemm_f32-")][0]
+    with open(os.path.join(d, gemm), "r+b") as f:
+        f.seek(200)
+        f.write(b"\0" * 64)
+    # inference: another unit, whose convolutions call tn_gemm
+    compiled = torch.compile(net)
+    x = torch.randn(3, 1, 32, 32)
+    with pytest.warns(RuntimeWarning, match="tn_gemm_f32.*changed since it was built"):
+        with torch.no_grad():
+            out = compiled(x)
+    with torch.no_grad():
+        np.testing.assert_allclose(out.numpy(), net(x).numpy(), **TOL)
+    assert build._entry_problem(os.path.join(d, gemm)) is None
+
+
+def test_float64_units_link_the_float64_gemm(monkeypatch):
+    monkeypatch.setenv("TRACENET_BUILD_JOBS", "2")
+    torch.manual_seed(0)
+    net, ref = MLP().double(), MLP().double()
+    ref.load_state_dict(net.state_dict())
+    compiled = torch.compile(net)
+    x = torch.randn(3, 20, dtype=torch.float64)
+    out = compiled(x)
+    np.testing.assert_allclose(out.detach().numpy(), ref(x).detach().numpy(), rtol=1e-12,
+                               atol=1e-12)
+    out.sum().backward()
+    ref(x).sum().backward()
+    for (name, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), err_msg=name, rtol=1e-10)
+    assert {o.split("-")[0] for o in _cache_files(".o")} >= {"tn_gemm_f64"}
 
 
 def test_compiler_error_in_a_part_names_its_file(monkeypatch):
@@ -132,13 +249,12 @@ def test_compiler_error_in_a_part_names_its_file(monkeypatch):
     monkeypatch.setattr(split, "LINK_OVERHEAD", 0)
     monkeypatch.setenv("TRACENET_BUILD_JOBS", "2")
     h = '__attribute__((visibility("hidden")))'
-    pieces = {"header": "#include <stdint.h>\n", "gemm_header": "#include <stdint.h>\n",
-              "helpers": {},
+    pieces = {"header": "#include <stdint.h>\n", "gemm": {}, "helpers": {},
               "kernels": [("k0", "static void k0(void) { }\n", f"{h} void k0(void) {{ }}\n",
-                           f"{h} void k0(void);", [], False),
+                           f"{h} void k0(void);", [], []),
                           ("k1", "static void k1(void) { this is not C; }\n",
                            f"{h} void k1(void) {{ this is not C; }}\n", f"{h} void k1(void);",
-                           [], False)],
+                           [], [])],
               "tail": "int tn_probe(void) { k0(); k1(); return 42; }\n"}
     with pytest.raises(toolchain.CompilerError, match=r"\.part1\.c") as e:
         build.build("/* whole */ int tn_probe(void) { return 42; }\n", "int tn_probe(void);",
@@ -209,3 +325,57 @@ def test_clock_phases_nest_without_counting_twice():
         warnings.simplefilter("error")
         with debug.phase("no clock"):  # outside a compile: nothing recorded, nothing raised
             pass
+
+
+def test_gemm_objects_compile_while_the_kernels_are_rendered(monkeypatch):
+    monkeypatch.setenv("TRACENET_BUILD_JOBS", "2")
+    events = []
+    start, real_build = build.start_objects, build.build
+
+    def started(sources):
+        events.append(("start", sorted(sources)))
+        start(sources)
+
+    def built(*args, **kwargs):
+        events.append(("build",))
+        return real_build(*args, **kwargs)
+    monkeypatch.setattr(build, "start_objects", started)
+    monkeypatch.setattr(build, "build", built)
+    runs = _compiler_runs(monkeypatch)
+    torch.manual_seed(0)
+    net, ref = LeNet(), LeNet()
+    ref.load_state_dict(net.state_dict())
+    compiled = torch.compile(net)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x).numpy(), ref(x).numpy(), **TOL)
+    # the convolution's GEMM was asked for as soon as its kernel was rendered, before the build
+    assert events[0] == ("start", ["tn_gemm_f32"]) and ("build",) in events
+    assert [o.split("-")[0] for o in _cache_files(".o")][:1] == ["tn_gemm_f32"]
+    assert not [c for c in runs if "-c" in c and any("tn_gemm_f32-" in a for a in c)]
+    d = os.environ["TRACENET_CACHE_DIR"]
+    assert not [p for p in build._started if p.startswith(d)]  # waited for, and published
+
+
+def test_a_background_object_releases_its_lock_when_the_compiler_ends(monkeypatch):
+    # another process waiting for the object's lock (here a thread, with a lock of its own)
+    # gets it once the compiler is done, without this process asking for the object
+    import threading
+    from tracenet.codegen.emit import gemm_sources
+    from tracenet.runtime import cache, target
+    monkeypatch.setenv("TRACENET_BUILD_JOBS", "2")
+    sources = gemm_sources(target.current(), ["tn_gemm_nt_f32"])
+    build.start_objects(sources)
+    path = build.object_path("tn_gemm_nt_f32", sources["tn_gemm_nt_f32"])
+    assert path in build._started
+    got = []
+
+    def other():
+        with cache.locked(path):
+            got.append(build._entry_problem(path))
+    waiter = threading.Thread(target=other, daemon=True)
+    waiter.start()
+    waiter.join(timeout=300)
+    assert got == [None]  # the lock was free and the object published
+    build.build_object(path, sources["tn_gemm_nt_f32"])
+    assert path not in build._started

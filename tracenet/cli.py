@@ -34,7 +34,7 @@ DTYPES = {"float32": _dtype.float32, "float64": _dtype.float64}
 # how long Graphviz may take to lay out a graph
 DOT_TIMEOUT = 60
 # the files tracenet writes into its cache directory (``cache clear`` removes nothing else)
-CACHE_SUFFIXES = (".so", ".c", ".graph", ".meta", ".lock")
+CACHE_SUFFIXES = (".so", ".o", ".c", ".graph", ".meta", ".lock")
 CACHE_PREFIXED = (("toolchain-", ".json"), ("compiler-", ".txt"))
 JINJA_DIR = "jinja"
 

@@ -8,15 +8,21 @@ atomically, and recorded with its size and SHA-256 in a ``.meta`` file written j
 rename. An entry whose ``.meta`` is missing or does not match is never loaded (a truncated
 library would crash the process on load): it is removed and rebuilt, with a warning unless it
 merely has no ``.meta`` (built by an older version). A large unit may be compiled as several
-files at once and linked (``split``): the entry, its key and its checks are the same.
+files at once and linked (``split``): the entry, its key and its checks are the same. The
+GEMM's entry points are object files of the cache, built once (the same way: key, lock,
+record, checks) and linked into every unit that calls them.
 """
+import atexit
+import contextlib
 import hashlib
 import json
 import os
 import re
 import stat
 import struct
+import subprocess
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -111,9 +117,13 @@ def _build_entry(source, c_path, so_path, flags, bad=None, pieces=None):
             return True
         _clear(so_path, problem)
         remove_stale_temps(os.path.dirname(so_path))
-        sources = split.plan(pieces) if pieces else None
-        if sources:
-            _compile_split(source, pieces, c_path, so_path, flags, sources)
+        objects = {g: object_path(g, text) for g, text in (pieces or {}).get("gemm", {}).items()}
+        layout = split.plan(pieces, built={g for g, path in objects.items()
+                                           if _entry_problem(path) is None},
+                            started={g for g, path in objects.items() if path in _started}) \
+            if pieces else None
+        if layout:
+            _compile_split(source, pieces, c_path, so_path, flags, layout, objects)
         else:
             _compile(source, c_path, so_path, flags)
         return False
@@ -247,31 +257,156 @@ def _compile_flags(flags):
     return [f for f in flags if f != "-shared"] + ["-c"]
 
 
-def _compile_split(source, pieces, c_path, so_path, flags, sources):
-    """Build the unit from the C files ``sources``, compiled at once, then linked (the caller
+def _compile_split(source, pieces, c_path, so_path, flags, layout, objects):
+    """Build the unit as ``layout`` (a ``split.Plan``): its files and the GEMM objects it
+    lacks compiled at once, each core's jobs one after the other, then linked (the caller
     holds the entry's lock)."""
     atomic_write(c_path, source)  # the whole unit, for inspection
     argv, _ = toolchain.compiler()
-    objects = []
+    temps = []
+    for i, text in enumerate(layout.files):
+        atomic_write(f"{so_path[:-3]}.part{i}.c", text)  # kept for inspection and messages
+        temps.append(temp_path(so_path[:-3] + f".part{i}.o"))
+
+    def run(jobs):
+        for what, which in jobs:
+            if what == "object":
+                build_object(objects[which], pieces["gemm"][which])
+            else:
+                part = f"{so_path[:-3]}.part{which}.c"
+                _run(list(argv) + _compile_flags(flags) + [part, "-o", temps[which]], part)
+
     try:
-        with ThreadPoolExecutor(max_workers=len(sources)) as pool:
-            compiles = []
-            for i, text in enumerate(sources):
-                part = f"{so_path[:-3]}.part{i}.c"
-                atomic_write(part, text)  # kept for inspection and compiler messages
-                obj = temp_path(so_path[:-3] + f".part{i}.o")
-                objects.append(obj)
-                compiles.append(pool.submit(_run, list(argv) + _compile_flags(flags) +
-                                            [part, "-o", obj], part))
-            for job in compiles:
+        with ThreadPoolExecutor(max_workers=len(layout.cores)) as pool:
+            for job in [pool.submit(run, jobs) for jobs in layout.cores]:
                 job.result()
-        linked = list(objects)
+        for g in layout.objects:  # (those compiling in the background: waited for)
+            build_object(objects[g], pieces["gemm"][g])
+        linked = temps + [objects[g] for g in layout.objects]
         tmp_so = temp_path(so_path)
-        objects.append(tmp_so)
+        temps.append(tmp_so)
         _run(list(argv) + list(flags) + linked + ["-o", tmp_so] + list(toolchain.libraries()),
              c_path)
         _check_output(tmp_so, "a library", c_path, argv)
         _publish(tmp_so, so_path)
     finally:
-        for obj in objects:
-            remove(obj)
+        for tmp in temps:
+            remove(tmp)
+
+
+def object_flags():
+    """What the shared objects (the GEMM) are compiled with: the library flags, less linking
+    and OpenMP (they have no parallel regions), so every unit can link the same ones."""
+    return _compile_flags(toolchain.flags())
+
+
+def object_path(name, source):
+    """Where the object file compiled from ``source`` is kept in the cache."""
+    return os.path.join(cache_dir(), f"{file_stem(name)}-{cache_key(source, object_flags())}.o")
+
+
+class _Started:
+    """An object file being compiled in the background. The entry's lock is held until the
+    compiler ends and a thread of its own has published the object (or given up): not until
+    this process asks for it, which may be after another process that waits for that lock."""
+
+    def __init__(self, path, source, hold):
+        self.path, self.hold = path, hold
+        c_path = path[:-2] + ".c"
+        atomic_write(c_path, source)
+        argv, _ = toolchain.compiler()
+        self.tmp = temp_path(path)
+        try:
+            self.proc = subprocess.Popen(list(argv) + object_flags() + [c_path, "-o", self.tmp],
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        except OSError:
+            remove(self.tmp)
+            raise
+        self.thread = threading.Thread(target=self._publish, name="tracenet-object",
+                                       daemon=True)
+        self.thread.start()
+
+    def _publish(self):
+        """A failure is left for ``build_object`` to run again and report."""
+        try:
+            try:
+                self.proc.communicate(timeout=COMPILE_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+            if self.proc.returncode == 0 and _library_problem(self.tmp) is None:
+                _publish(self.tmp, self.path)
+        except OSError:
+            pass
+        finally:
+            remove(self.tmp)
+            self.hold.close()
+
+    def finish(self, kill=False):
+        if kill and self.proc.poll() is None:
+            self.proc.kill()
+        self.thread.join()
+
+
+_started = {}  # object path -> _Started, in this process
+
+
+def start_objects(sources):
+    """Start compiling, in the background, the objects of ``sources`` (name -> C source) that
+    the cache lacks; ``build_object`` waits for them. Only with a core to spare (on one core
+    this would only slow down the rest of the compile) and only those no other process is
+    building."""
+    if split.cores() < 2:
+        return
+    for name, source in sources.items():
+        path = object_path(name, source)
+        if path in _started or _entry_problem(path) is None:
+            continue
+        hold = contextlib.ExitStack()
+        try:
+            if not hold.enter_context(locked(path, blocking=False)):
+                hold.close()
+                continue
+            problem = _entry_problem(path)
+            if problem is None:
+                hold.close()
+                continue
+            _clear(path, problem)
+            if not _started:
+                atexit.register(_abandon_started)
+            with debug.phase("gcc"):
+                _started[path] = _Started(path, source, hold)
+        except (OSError, CompilerError):
+            hold.close()  # (the build compiles it in the foreground, and reports why not)
+
+
+def _abandon_started():
+    """At exit: objects still compiling in the background that nothing waited for."""
+    for started in list(_started.values()):
+        started.finish(kill=True)
+    _started.clear()
+
+
+def build_object(path, source):
+    """Compile ``source`` to the cached object ``path`` unless it is there: under the entry's
+    lock (a process that finds another one building it waits and reuses it), checked and
+    published like a library."""
+    started = _started.pop(path, None)
+    if started is not None:
+        started.finish()
+    with locked(path):
+        problem = _entry_problem(path)
+        if problem is None:
+            return
+        _clear(path, problem)
+        c_path = path[:-2] + ".c"
+        atomic_write(c_path, source)
+        argv, _ = toolchain.compiler()
+        tmp = temp_path(path)
+        try:
+            _run(list(argv) + object_flags() + [c_path, "-o", tmp], c_path)
+            _check_output(tmp, "an object file", c_path, argv)
+            _publish(tmp, path)
+        finally:
+            remove(tmp)

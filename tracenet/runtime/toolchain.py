@@ -93,21 +93,24 @@ def _try_compile_all(probes):
             src = os.path.join(d, f"probe{i}.c")
             with open(src, "w") as f:
                 f.write(source)
+            # (its output is read through a pipe: waiting for that pipe to close notices the
+            # exit at once, where waiting with a timeout for the process polls)
             running.append(subprocess.Popen(
                 list(argv) + list(flags) + ["-shared", "-fPIC", src, "-o",
                                             os.path.join(d, f"probe{i}.so")] +
                 list(libs[0] if libs else ()),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
         return [_wait(p, 60) == 0 for p in running]
 
 
 def _wait(proc, timeout):
     """``proc``'s exit code; a probe that hangs is killed and counts as failed."""
     try:
-        return proc.wait(timeout=timeout)
+        proc.communicate(timeout=timeout)
+        return proc.returncode
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait()
+        proc.communicate()
         return None
 
 
@@ -198,9 +201,14 @@ def _probed():
     # are read meanwhile); only when it fails does each flag get a test compile of its own
     likely = [march, "-fopenmp-simd"]
     guess = _start_macros([f for f in out + sanitize + likely if f not in ("-shared", "-fPIC")])
-    both, ok_mvec = _try_compile_all([
-        (likely + ["-fopenmp"] + sanitize, _OPENMP_PROBE),
-        (["-O2", "-fno-math-errno"] + likely + sanitize, _LIBMVEC_PROBE, _LIBMVEC_LINK)])
+    # one test compile for OpenMP and libmvec together, two apart only if that fails
+    both = ok_mvec = _try_compile_all([
+        (["-O2", "-fno-math-errno"] + likely + ["-fopenmp"] + sanitize,
+         _OPENMP_PROBE + _LIBMVEC_PROBE, _LIBMVEC_LINK)])[0]
+    if not both:
+        both, ok_mvec = _try_compile_all([
+            (likely + ["-fopenmp"] + sanitize, _OPENMP_PROBE),
+            (["-O2", "-fno-math-errno"] + likely + sanitize, _LIBMVEC_PROBE, _LIBMVEC_LINK)])
     if both:
         ok_native = ok_simd = ok_omp = True
         ok_sanitize = [True]
