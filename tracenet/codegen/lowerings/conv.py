@@ -169,10 +169,13 @@ def _gathered_geometry(geo, ct):
                 image=cg * dp * hp * wp if padded else 0)
 
 
-def _gathered_pays(geo, direct):
-    """Whether the forward convolution takes the gathered GEMM: always for strided ones (no
-    column matrix), for stride 1 when the shifted views' rows of the padded width compute many
+def _gathered_pays(geo, direct, gathered):
+    """Whether the forward convolution takes the gathered GEMM: not with few taps (a 1x1
+    shortcut: transposing its result costs more than the column matrix saves); else for
+    strided ones (no column matrix), for stride 1 when the shifted views' rows of the padded width compute many
     positions past the output's (LeNet's 10-wide output on 14-wide rows)."""
+    if gathered["K"] < _GATHERED_MIN_TAPS:
+        return False
     return direct is None or direct["GW"] > _GATHERED_MIN_WASTE * geo["OD"] * geo["OH"] * geo["OW"]
 
 
@@ -180,6 +183,7 @@ def _gathered_pays(geo, direct):
 # when the shifted views compute this many times the output positions
 _GATHERED_MAX_TABLE = 16384
 _GATHERED_MIN_WASTE = 1.25
+_GATHERED_MIN_TAPS = 64
 
 # The weight gradient as GEMMs over input-channel rows and output-channel vectors from this
 # many input channels per group on (below, dot products along the positions)
@@ -234,7 +238,7 @@ def _lower_conv_group(name, group, exported, target):
     ct = ctype(conv_v)
     direct = _direct_geometry(geo)
     gathered = _gathered_geometry(geo, ct) if pool_after is None else None
-    if gathered is not None and not _gathered_pays(geo, direct):
+    if gathered is not None and not _gathered_pays(geo, direct, gathered):
         gathered = None
     if gathered is not None:
         direct = None
