@@ -295,3 +295,69 @@ def test_batch_norm_backward_large_mean_matches_torch():
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((4, 6, 5, 7)) * 0.5 + 300).astype(np.float32)
     _against_torch(model, tmodel, x, tol=1e-4)
+
+
+# --- the gathered GEMM: vectors along the output channels, rows read through offset tables ---
+
+GATHERED = {
+    # LeNet's second convolution: 10-wide output on 14-wide rows (forward), 6 input channels
+    # (weight gradient)
+    "lenet_conv2": ((6, 16, 5), {}, (1, 6, 14, 14)),
+    # the ResNet stem: 3 input channels, padded
+    "stem_3_channels": ((3, 16, 3, 1, 1), dict(bias=False), (2, 3, 16, 16)),
+    # the 1x1 stride-2 shortcut and a 3x3 stride-2 convolution, batches worth two threads
+    "shortcut_parallel": ((16, 32, 1, 2, 0), dict(bias=False), (8, 16, 16, 16)),
+    "stride2_parallel": ((16, 32, 3, 2, 1), dict(bias=False), (8, 16, 16, 16)),
+    # eight output channels per group, dilated, padded, strided, positions not a multiple of 6
+    "grouped_dilated": ((4, 16, 3), dict(stride=(2, 1), padding=2, dilation=2, groups=2),
+                        (2, 4, 9, 7)),
+    # 24 output channels: a two-vector and a one-vector column panel
+    "three_vectors": ((5, 24, 3, 2, 1), {}, (3, 5, 7, 6)),
+}
+
+
+@pytest.mark.parametrize("name", list(GATHERED))
+def test_gathered_conv2d_matches_torch(name):
+    args, kwargs, shape = GATHERED[name]
+    tn.manual_seed(0)
+    model = nn.Conv2d(*args, **kwargs)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    compiled = _against_torch(model, torch.nn.Conv2d(*args, **kwargs), x)
+    source = compiled.source()
+    assert "_ggemm(" in source and "conv_backward_weight_ggemm" in source
+    tn.manual_seed(0)
+    check_compiled(nn.Conv2d(*args, **kwargs), shape)
+
+
+def test_gathered_conv3d_and_double_match_torch():
+    """3-d strided (depth in the tables), and double (four lanes a vector)."""
+    tn.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 6, 5)).astype(np.float32)
+    args, kwargs = (3, 8, 3), dict(stride=2, padding=1)
+    compiled = _against_torch(nn.Conv3d(*args, **kwargs), torch.nn.Conv3d(*args, **kwargs), x)
+    assert "_ggemm(" in compiled.source()
+    x = np.random.default_rng(0).standard_normal((2, 6, 9, 8))
+    tn.manual_seed(0)
+    model = nn.Conv2d(6, 8, 3, 2, 1).double()
+    compiled = _against_torch(model, torch.nn.Conv2d(6, 8, 3, 2, 1).double(), x, tol=1e-9)
+    assert "_ggemm(" in compiled.source()
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_gathered_lenet_matches_torch(train):
+    """conv -> relu -> max_pool with a gathered forward (the epilogue reads the transposed
+    result), in inference and in a training step's gradients."""
+    tn.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))
+    tmodel = torch.nn.Sequential(torch.nn.Conv2d(6, 16, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+    x = np.random.default_rng(0).standard_normal((3, 6, 14, 14)).astype(np.float32)
+    if train:
+        compiled = _against_torch(model, tmodel, x)
+    else:
+        _copy_to_torch(model, tmodel)
+        compiled = tn.compile(model)
+        with tn.no_grad():
+            out = compiled(tn.from_numpy(x))
+        np.testing.assert_allclose(out.numpy(), tmodel(torch.from_numpy(x)).detach().numpy(),
+                                   rtol=1e-4, atol=1e-4)
+    assert "_ggemm(" in compiled.source()

@@ -144,6 +144,47 @@ def _gradient_work(geo, direct):
     return geo["O"] // geo["G"] * direct["GW"] + _padded_image(geo, direct)
 
 
+def _gathered_geometry(geo, ct):
+    """For the gathered GEMM (``_conv.c.j2``): where each output position's window and each
+    tap start in the (padded) image of one group, the padded sizes and the position count P;
+    None when the output channels per group are not whole vectors (the vectors run along
+    them) or the tables would be large."""
+    vl = 32 // (4 if ct == "float" else 8)
+    og = geo["O"] // geo["G"]
+    cg = geo["C"] // geo["G"]
+    if ct not in ("float", "double") or og % vl:
+        return None
+    p = geo["OD"] * geo["OH"] * geo["OW"]
+    k = cg * geo["KD"] * geo["KH"] * geo["KW"]
+    dp, hp, wp = geo["D"] + 2 * geo["PD"], geo["H"] + 2 * geo["PH"], geo["W"] + 2 * geo["PW"]
+    if p > _GATHERED_MAX_TABLE or k > _GATHERED_MAX_TABLE or cg * dp * hp * wp >= 2 ** 31:
+        return None
+    positions = [((od * geo["SD"]) * hp + oh * geo["SH"]) * wp + ow * geo["SW"]
+                 for od in range(geo["OD"]) for oh in range(geo["OH"]) for ow in range(geo["OW"])]
+    taps = [((c * dp + kd * geo["DD"]) * hp + kh * geo["DH"]) * wp + kw * geo["DW"]
+            for c in range(cg) for kd in range(geo["KD"]) for kh in range(geo["KH"])
+            for kw in range(geo["KW"])]
+    padded = bool(geo["PD"] or geo["PH"] or geo["PW"])
+    return dict(P=p, K=k, DP=dp, HP=hp, WP=wp, positions=positions, taps=taps, padded=padded,
+                image=cg * dp * hp * wp if padded else 0)
+
+
+def _gathered_pays(geo, direct, gathered):
+    """Whether the forward convolution takes the gathered GEMM: not with few taps (a 1x1
+    shortcut: transposing its result costs more than the column matrix saves); else for
+    strided ones (no column matrix), for stride 1 when the shifted views' rows of the padded width compute many
+    positions past the output's (LeNet's 10-wide output on 14-wide rows)."""
+    if gathered["K"] < _GATHERED_MIN_TAPS:
+        return False
+    return direct is None or direct["GW"] > _GATHERED_MIN_WASTE * geo["OD"] * geo["OH"] * geo["OW"]
+
+
+# Offset tables of the gathered GEMM up to this many entries; stride-1 convolutions take it
+# when the shifted views compute this many times the output positions
+_GATHERED_MAX_TABLE = 16384
+_GATHERED_MIN_WASTE = 1.25
+_GATHERED_MIN_TAPS = 64
+
 # The weight gradient as GEMMs over input-channel rows and output-channel vectors from this
 # many input channels per group on (below, dot products along the positions)
 _TAPWISE_MIN_CHANNELS = 8
@@ -196,6 +237,11 @@ def _lower_conv_group(name, group, exported, target):
     conv_writes = list(writes)
     ct = ctype(conv_v)
     direct = _direct_geometry(geo)
+    gathered = _gathered_geometry(geo, ct) if pool_after is None else None
+    if gathered is not None and not _gathered_pays(geo, direct, gathered):
+        gathered = None
+    if gathered is not None:
+        direct = None
     t = _conv_template_geo(geo, ct, direct)
     plane = geo["O"] // geo["G"] * geo["OD"] * geo["OH"] * geo["OW"]
     pool_geo = pool_geometry(pool, geo["OH"], geo["OW"]) if pool else None
@@ -206,7 +252,12 @@ def _lower_conv_group(name, group, exported, target):
                     pool_geo["inside"] and pool_geo["OW"] >= 4 and
                     all(pool_geo[k] == v for k, v in (("KH", 2), ("KW", 2), ("SH", 2),
                                                       ("SW", 2), ("DH", 1), ("DW", 1))))
-    if direct:
+    if gathered:
+        # the GEMM's output, [positions][output channels], then the padded image
+        work = gathered["P"] * (geo["O"] // geo["G"]) + gathered["image"]
+        gathered["shared"] = geo["O"] * gathered["K"]  # the weights transposed
+        gathered["geo"] = dict(t, DP=gathered["DP"], HP=gathered["HP"], WP=gathered["WP"])
+    elif direct:
         # the GEMM's output on rows of width WP, then the padded image
         work = geo["O"] // geo["G"] * geo["OD"] * geo["OH"] * direct["WP"] + \
             _padded_image(geo, direct)
@@ -215,7 +266,11 @@ def _lower_conv_group(name, group, exported, target):
     # then two planes for a relu and a max pooling fused per plane (1-d and 2-d groups only)
     per_thread = work + (plane * 2 if len(conv.attrs["stride"]) < 3 else 0)
     parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
-    scratch = threads_scratch(per_thread, parallel)
+    if gathered:
+        shared = gathered["shared"]
+        scratch = (per_thread, "threads", shared) if parallel else per_thread + shared
+    else:
+        scratch = threads_scratch(per_thread, parallel)
     fn, then_pool = name, None
     if pool_after is not None:
         fn = f"{name}_conv"
@@ -228,7 +283,8 @@ def _lower_conv_group(name, group, exported, target):
                  pool=pool_geo, pool_2x2=pool_2x2,
                  pool_idx=pool is not None and pool.outputs[1] in exported, geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
-                 work_elems=work, direct=bool(direct), then_pool=then_pool, bn=bn, res=res,
+                 work_elems=work, direct=bool(direct), gathered=gathered, then_pool=then_pool,
+                 bn=bn, res=res,
                  **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, scratch, ct, flops=_conv_flops(geo),
                   parallel=parallel or bool(then_pool and then_pool["parallel"]))
@@ -338,8 +394,17 @@ def _lower_conv_backward_weight(name, node, target):
     t = _conv_template_geo(geo, ct, direct)
     # with a row block of input channels, GEMMs vectorised along the output channels
     tapwise = t["CG"] >= _TAPWISE_MIN_CHANNELS
-    work = _gradient_work(geo, direct) if direct else _columns(geo)
-    if tapwise and not direct:
+    # else (few input channels), and for strided convolutions, one gathered GEMM: no column
+    # matrix, and vectors along the output channels too
+    gathered = _gathered_geometry(geo, ct)
+    if gathered is not None and direct and tapwise:
+        gathered = None
+    if gathered is not None:
+        work = gathered["P"] * (geo["O"] // geo["G"]) + gathered["image"]
+        gathered["geo"] = dict(t, DP=gathered["DP"], HP=gathered["HP"], WP=gathered["WP"])
+    else:
+        work = _gradient_work(geo, direct) if direct else _columns(geo)
+    if tapwise and not direct and gathered is None:
         work += geo["O"] // geo["G"] * geo["OD"] * geo["OH"] * geo["OW"]  # the output gradient, transposed
     per_thread = work + wsize
     parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
@@ -348,6 +413,7 @@ def _lower_conv_backward_weight(name, node, target):
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, work_elems=work,
                  max_threads="TN_MAX_THREADS", direct=bool(direct), tapwise=tapwise,
+                 gathered=gathered,
                  **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
                   flops=_conv_flops(geo), parallel=parallel)
