@@ -224,6 +224,8 @@ class CompiledFunctionBackward(engine.Node):
     """The backward of one compiled forward call."""
     __slots__ = ("spec", "saved", "saved_versions", "freed", "out_shapes", "_num_outputs",
                  "recyclable", "sizes")
+    # its gradients are arrays made for this call: a leaf may keep one as its .grad
+    _fresh_results = True
 
     def _run(self, grads):
         if self.freed:
@@ -243,13 +245,7 @@ class CompiledFunctionBackward(engine.Node):
                 if arr.dtype != dt:
                     arr = arr.astype(dt)
                 cots.append(np.ascontiguousarray(arr))
-        arrays = spec.run_backward(cots, self.saved, self.sizes)
-        grads = []
-        for a in arrays:
-            t = Tensor._wrap(a)
-            t._fresh_grad = True  # nobody else holds it: the engine may keep it as .grad
-            grads.append(t)
-        return tuple(grads)
+        return tuple(map(Tensor._wrap, spec.run_backward(cots, self.saved, self.sizes)))
 
     def _release(self):
         self.freed = True

@@ -201,7 +201,7 @@ def _conv_backward_np(ctx, g):
 
 convolution_op = register("convolution", infer=_conv_meta, eager=_conv_eager, saves=(0, 1),
                           backward=_conv_backward, eager_backward=_conv_backward_np,
-                          grad_fn="ConvolutionBackward0")
+                          grad_fn="ConvolutionBackward0", cache_infer=True)
 
 
 def _conv_input_grad_eager(g, w, input_shape, stride, padding, dilation, groups):
@@ -592,6 +592,7 @@ def _max_pool_backward_np(ctx, g, _gi=None):
 max_pool_op = register(
     "max_pool", infer=_max_pool_meta, eager=_max_pool_eager, save_outputs=True,
     backward=_max_pool_backward, num_outputs=2, eager_backward=_max_pool_backward_np,
+    cache_infer=True,
     grad_fn=lambda ctx: f"MaxPool{len(ctx.attrs['kernel'])}DWithIndicesBackward0")
 
 
