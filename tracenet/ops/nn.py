@@ -951,7 +951,8 @@ softmax_op = common.register_quiet("softmax", infer=_softmax_meta_for(""), eager
 
 def _log_softmax_backward_np(ctx, g):
     y = ctx.outputs[0]._data
-    return (g - np.exp(y) * np.sum(g, axis=ctx.attrs["dim"], keepdims=True),)
+    # (np.add.reduce is what np.sum runs, without its Python-level argument handling)
+    return (g - np.exp(y) * np.add.reduce(g, axis=ctx.attrs["dim"], keepdims=True),)
 
 
 log_softmax_op = common.register_quiet("log_softmax", infer=_softmax_meta_for("log_"),
