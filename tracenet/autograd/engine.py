@@ -113,7 +113,8 @@ class OpNode(Node):
                 arrays.append(None)
                 continue
             a = g._data
-            if a is None or a.dtype != meta.dtype.np or a.shape != meta.shape:
+            if a is None or a.shape != meta.shape or \
+                    a.dtype is not meta.dtype.np and a.dtype != meta.dtype.np:
                 return None
             arrays.append(a)
         res = self.op.eager_backward(self.ctx, *arrays)
@@ -480,11 +481,30 @@ def _accumulate_into_leaf(leaf, grad, create_graph, fresh=False):
             if new is not None:
                 grad, fresh = new, False
     concrete = grad._ir is None and leaf._ir is None
+    if concrete and not create_graph:  # the common case, on arrays
+        a, data = grad._data, leaf._data
+        if a.shape != data.shape:
+            _invalid_gradient(grad, leaf)
+        old = leaf._grad
+        if old is None:
+            if fresh and a.dtype is data.dtype:
+                leaf._grad = grad  # made for this leaf alone, with no history
+                return
+            # detach().clone(), without two op dispatches: a copy with no history, laid out
+            # like the leaf when that is row-major (torch's gradient layout contract: a
+            # linear layer's weight gradient arrives transposed)
+            order = "C" if data.flags.c_contiguous else "K"
+            leaf._grad = Tensor._wrap(np.array(a, order=order, copy=True))
+            if a.dtype is not data.dtype and a.dtype != data.dtype:
+                leaf._grad = leaf._grad.to(leaf.dtype)
+            return
+        if old._ir is None and not old._requires_grad:
+            np.add(old._data, a, out=old._data, casting="unsafe")
+            old._vc.value += 1
+            return
     if (grad._data.shape != leaf._data.shape if concrete
             else tuple(grad.shape) != tuple(leaf.shape)):
-        raise RuntimeError(f"Function AccumulateGrad returned an invalid gradient - got "
-                           f"{list(grad.shape)} but expected shape compatible with "
-                           f"{list(leaf.shape)}")
+        _invalid_gradient(grad, leaf)
     if not create_graph and not fresh:
         if leaf._grad is None and concrete:
             # detach().clone(), without two op dispatches: a copy with no history, laid out
@@ -507,6 +527,12 @@ def _accumulate_into_leaf(leaf, grad, create_graph, fresh=False):
     else:
         np.add(leaf._grad._data, grad._data, out=leaf._grad._data, casting="unsafe")
         leaf._grad._vc.value += 1
+
+
+def _invalid_gradient(grad, leaf):
+    raise RuntimeError(f"Function AccumulateGrad returned an invalid gradient - got "
+                       f"{list(grad.shape)} but expected shape compatible with "
+                       f"{list(leaf.shape)}")
 
 
 # this module is the ops' eager interpreter: the registry and ops.common call it through slots
