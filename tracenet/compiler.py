@@ -402,10 +402,14 @@ class CompiledModule:
             np.copyto(buf._data, outs[out_index])
             buf._vc.value += 1
         results = [Tensor._wrap(o) for o in outs[:spec.n_out]]
-        if spec.needs_grad and grad_mode.is_grad_enabled():
-            leaves = list(inputs) + [p for _, p in spec.params]
-            node = CompiledFunctionBackward(tuple(engine.edge_of(leaves[i])
-                                                  for i in spec.grad_of))
+        if spec.needs_grad and grad_mode._state.enabled:
+            leaves = list(inputs) + spec._param_tensors
+            edge_of = engine.edge_of
+            edges = tuple([edge_of(leaves[i]) for i in spec.grad_of])
+            # the parameters' AccumulateGrad nodes, kept from call to call (a leaf holds its
+            # node weakly, so each graph would otherwise make new ones)
+            spec.accumulators = [n for n, _ in edges if type(n) is engine.AccumulateGrad]
+            node = CompiledFunctionBackward(edges)
             node.spec = spec
             saved = []
             for kind, idx in spec.saved_sources:
