@@ -112,7 +112,7 @@ def _same_padding(x, weight, stride, dilation, groups):
     extra = [t - 2 * lo for t, lo in zip(total, left)]
     if any(extra):
         warnings.warn("Using padding='same' with even kernel lengths and odd dilation may require "
-                      "a zero-padded copy of the input be created", UserWarning, stacklevel=4)
+                      "a zero-padded copy of the input be created", UserWarning, stacklevel=5)
         widths = []
         for i in reversed(range(dim)):
             widths += [0, extra[i]]
