@@ -215,6 +215,11 @@ def _conv_input_grad_eager(g, w, input_shape, stride, padding, dilation, groups)
     og, cg = w.shape[0] // groups, w.shape[1]
     padded = tuple(input_shape[2 + i] + 2 * padding[i] for i in range(n))
     crop = tuple(slice(padding[i], padding[i] + input_shape[2 + i]) for i in range(n))
+    if N * groups * cg * common.numel(k) * common.numel(out) <= _SCATTER_LIMIT:
+        # small: each tap's share as one product, added into place by one bincount (the
+        # correlation's columns below would copy a larger, mostly zero, frame)
+        gxp = _conv_input_grad_scatter(g, w, padded, stride, dilation, groups)
+        return np.ascontiguousarray(gxp[(slice(None),) * 2 + crop])
     if N * O * common.numel(k) * common.numel(padded) > 1 << 20:
         # large: the correlation's columns would be a big copy; add each tap's share instead
         return np.ascontiguousarray(_conv_input_grad_taps(g, w, padded, stride, dilation,
@@ -231,6 +236,60 @@ def _conv_input_grad_eager(g, w, input_shape, stride, padding, dilation, groups)
         groups * cg, og * common.numel(k))
     gxp = _grouped_product(wt, cols, groups).reshape((N, groups * cg) + padded)
     return np.ascontiguousarray(gxp[(slice(None), slice(None)) + crop], dtype=g.dtype)
+
+
+# products (image, input channel, tap, output position) at most: past ~128 KB of float64
+# shares, each call's fresh arrays are mapped and page-faulted anew, and the columns win
+_SCATTER_LIMIT = 1 << 14
+
+
+def _conv_input_grad_scatter(g, w, padded, stride, dilation, groups):
+    """The padded input gradient: the transposed kernel times ``g`` gives every (input
+    channel, tap, output position)'s share, and one bincount adds them at their input
+    positions (in float64, then rounded once)."""
+    k = w.shape[2:]
+    N, O = g.shape[:2]
+    out = g.shape[2:]
+    og, cg = O // groups, w.shape[1]
+    g3 = g.reshape((N, O, common.numel(out)))
+    # (the transposed kernel made contiguous: numpy's matmul over a batch runs BLAS per
+    # image only then)
+    if groups == 1:
+        cols = np.matmul(np.ascontiguousarray(w.reshape(O, -1).T), g3)  # N, C * K, P
+    else:
+        cols = np.concatenate([np.matmul(
+            np.ascontiguousarray(w[grp * og:(grp + 1) * og].reshape(og, -1).T),
+            g3[:, grp * og:(grp + 1) * og]) for grp in range(groups)], axis=1)
+    C = groups * cg
+    index = _scatter_index(N, C, tuple(padded), tuple(k), tuple(out), tuple(stride),
+                           tuple(dilation))
+    # (float64 weights: bincount's own conversion of float32 ones is several times slower)
+    gxp = np.bincount(index, weights=cols.reshape(-1).astype(np.float64),
+                      minlength=N * C * common.numel(padded))
+    return gxp.reshape((N, C) + tuple(padded)).astype(g.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _scatter_index(N, C, padded, k, out, stride, dilation):
+    """The flat position in the padded (N, C, *padded) input of every (image, channel, tap,
+    output position), in that order (read-only, cached per geometry)."""
+    n = len(k)
+    row = [1] * n
+    for i in range(n - 1, 0, -1):
+        row[i - 1] = row[i] * padded[i]
+    dims = 2 + 2 * n
+    pos = (np.arange(N * C, dtype=np.int64) * common.numel(padded)).reshape(
+        (N * C,) + (1,) * (dims - 2))
+    for i in range(n):
+        tap = [1] * (dims - 1)
+        tap[1 + i] = k[i]
+        at = [1] * (dims - 1)
+        at[1 + n + i] = out[i]
+        pos = pos + (np.arange(k[i], dtype=np.int64) * (dilation[i] * row[i])).reshape(tap) \
+            + (np.arange(out[i], dtype=np.int64) * (stride[i] * row[i])).reshape(at)
+    index = np.ascontiguousarray(pos.reshape(-1))
+    index.flags.writeable = False
+    return index
 
 
 def _conv_input_grad_taps(g, w, padded, stride, dilation, groups):
