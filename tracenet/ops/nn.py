@@ -9,7 +9,7 @@ kernels do, so no reshape nodes appear in the graph.
 import functools
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
+from numpy.lib.stride_tricks import as_strided as _np_as_strided
 
 from .. import _dtype
 from .._meta import Meta
@@ -44,6 +44,17 @@ def _half(v):
 
 def conv_out_size(size, k, stride, pad, dil):
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def as_strided(x, shape, strides, writeable=False):
+    """A read-only strided view of ``x`` (strides from its first element): numpy's
+    ``as_strided``, which costs ~8 us in Python-level wrapping, made directly over a
+    contiguous array's buffer (~2 us)."""
+    if writeable or not x.flags.c_contiguous or not x.size:
+        return _np_as_strided(x, shape, strides, writeable=writeable)
+    view = np.ndarray(shape, x.dtype, buffer=x, strides=strides)
+    view.flags.writeable = False
+    return view
 
 
 def _windows(xp, out, k, stride, dil):
