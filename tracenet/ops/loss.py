@@ -255,7 +255,8 @@ def nll_loss(x, target, weight=None, ignore_index=-100, reduction="mean"):
     if nd < 1:
         raise ValueError(f"Expected 1 or more dimensions (got {nd})")
     if nd != 1:
-        tb = target.shape[0] if target.dim() else 0
+        ts = target._data.shape if target._ir is None else tuple(target.shape)
+        tb = ts[0] if ts else 0
         if x.shape[0] != tb:
             raise ValueError(f"Expected input batch_size ({x.shape[0]}) to match target "
                              f"batch_size ({tb}).")
