@@ -265,13 +265,16 @@ class _Arena:
 
 
 class _Vector:
-    """One ``void *[]`` of an entry point and the arrays its bound slots point at."""
+    """One ``void *[]`` of an entry point, the arrays its bound slots point at and, per
+    leading input and output slot, the array it pointed at last (kept alive by it: a recycled
+    buffer in the same slot, as a training loop passes them, needs no new pointer)."""
 
-    __slots__ = ("args", "bound")
+    __slots__ = ("args", "bound", "last")
 
-    def __init__(self, args):
+    def __init__(self, args, n):
         self.args = args
         self.bound = ()
+        self.last = [None] * n
 
 
 class Arguments:
@@ -342,7 +345,7 @@ class Arguments:
             ptr = self.pointer(array)
             for s in slots:
                 args[s] = ptr
-        return _Vector(args)
+        return _Vector(args, max(self.entry.num_args, 1))
 
     def _rebind(self, vector, arrays):
         args = vector.args
@@ -374,14 +377,18 @@ class Arguments:
                 if new is not prev:
                     self._rebind(vector, bound)
                     break
-        args, pointer = vector.args, self.pointer
+        args, pointer, last = vector.args, self.pointer, vector.last
         k = 0
         for arr in inputs:
-            args[k] = pointer(arr)
+            if arr is not last[k]:
+                args[k] = pointer(arr)
+                last[k] = arr
             k += 1
         k = self.n_inputs
         for arr in outputs:
-            args[k] = pointer(arr)
+            if arr is not last[k]:
+                args[k] = pointer(arr)
+                last[k] = arr
             k += 1
         seeds = None
         if self._n_seeds:
