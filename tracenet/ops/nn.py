@@ -537,9 +537,7 @@ def _max_pool_meta(x, kernel, stride, padding, dilation, ceil_mode):
 def _max_pool_eager(x, kernel, stride, padding, dilation, ceil_mode):
     n = len(kernel)
     lead, spatial = x.shape[:x.ndim - n], x.shape[x.ndim - n:]
-    out = _pool_out(x.shape, kernel, stride, padding, dilation, ceil_mode)
-    need = [(out[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 for i in range(n)]
-    extra = tuple(max(0, need[i] - spatial[i] - 2 * padding[i]) for i in range(n))
+    out, extra = _pool_geometry(spatial, kernel, stride, padding, dilation, ceil_mode)
     planes = _as_planes(x, n)
     L, K = planes.shape[0], common.numel(kernel)
     scanned = None
@@ -587,6 +585,22 @@ def _max_pool_eager(x, kernel, stride, padding, dilation, ceil_mode):
             np.ascontiguousarray(index.reshape(lead + out)))
 
 
+@functools.lru_cache(maxsize=256)
+def _pool_geometry(spatial, kernel, stride, padding, dilation, ceil_mode):
+    """(output sizes, the rows/columns past the input the last windows reach) of a pooling
+    (the shape rule checked the arguments), per geometry."""
+    n = len(kernel)
+    out = _pool_out(spatial, kernel, stride, padding, dilation, ceil_mode)
+    need = [(out[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 for i in range(n)]
+    return out, tuple(max(0, need[i] - spatial[i] - 2 * padding[i]) for i in range(n))
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel_taps(kernel):
+    """Every tap of a kernel, in row-major order."""
+    return tuple(np.ndindex(*kernel))
+
+
 def _max_pool_scan(planes, out, kernel, stride, dilation):
     """Max pooling without padding, tap by tap over every window at once: the maximum, and
     the first tap holding it (torch's scan keeps the first maximum). (values, flat input
@@ -594,7 +608,7 @@ def _max_pool_scan(planes, out, kernel, stride, dilation):
     n = len(kernel)
     spatial = planes.shape[2:]
     win = _windows(planes, out, kernel, stride, dilation)  # (L, 1, *out, *kernel) view
-    taps = list(np.ndindex(*kernel))
+    taps = _kernel_taps(tuple(kernel))
     views = [win[(Ellipsis,) + t] for t in taps]
     if len(views) == 1:
         best = views[0].copy()
