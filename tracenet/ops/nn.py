@@ -670,7 +670,8 @@ def _max_pool_backward_np(ctx, g, _gi=None):
     geo = {}
     if _empty_windows(shape[2:], out, **_pool_geo(ctx.attrs)) is not None:
         geo = _pool_geo(ctx.attrs)
-    return (_max_pool_backward_eager(g, ctx.outputs[1]._data, shape, **geo),)
+    return (_max_pool_backward_eager(g, ctx.outputs[1]._data, shape,
+                                     disjoint=_disjoint_windows(**ctx.attrs), **geo),)
 
 
 max_pool_op = register(
@@ -680,7 +681,7 @@ max_pool_op = register(
     grad_fn=lambda ctx: f"MaxPool{len(ctx.attrs['kernel'])}DWithIndicesBackward0")
 
 
-def _max_pool_backward_eager(g, idx, input_shape, **geo):
+def _max_pool_backward_eager(g, idx, input_shape, disjoint=False, **geo):
     spatial = tuple(input_shape[2:])
     L, P = input_shape[0] * input_shape[1], common.numel(spatial)
     Q = common.numel(g.shape[2:])  # not -1: L may be 0 (an empty batch)
@@ -692,8 +693,20 @@ def _max_pool_backward_eager(g, idx, input_shape, **geo):
         gi = np.where(keep, gi, 0)
         ii = np.where(keep, ii, 0)
     flat = (np.arange(L)[:, None] * P + ii).reshape(-1)
+    if disjoint and empty is None:
+        # every input position wins at most one window: the gradients need no sums (the same
+        # values as bincount's, which adds them to zeros: + 0 turns -0 into 0 as that does)
+        res = np.zeros(L * P, g.dtype)
+        res[flat] = gi.reshape(-1) + g.dtype.type(0)
+        return res.reshape(input_shape)
     res = np.bincount(flat, weights=gi.reshape(-1), minlength=L * P)
     return res.reshape(input_shape).astype(g.dtype)
+
+
+def _disjoint_windows(kernel, stride, dilation, **_):
+    """Whether no two pooling windows share an input position: each stride is at least the
+    window's extent."""
+    return all(stride[i] >= dilation[i] * (kernel[i] - 1) + 1 for i in range(len(kernel)))
 
 
 def _max_pool_backward_backward(ctx, gg):
