@@ -135,3 +135,19 @@ def test_compiled_module_follows_a_new_input_array_in_a_recycled_slot():
             x.data[...] = 0.5  # the same array, new values
         else:
             x = tn.from_numpy(rng.standard_normal((5, 4)).astype(np.float32))  # a new array
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (3, 3, 1), (2, 3, 0), (3, 2, 1)])
+def test_max_pool_gradient_equals_torchs_bit_for_bit(kernel, stride, padding):
+    """Disjoint windows place the gradient by assignment, overlapping ones sum it: both give
+    torch's values, signed zeros included."""
+    rng = np.random.default_rng(4)
+    x, tx = _pair(rng, 2, 3, 8, 8)
+    y = tn.nn.functional.max_pool2d(x, kernel, stride, padding)
+    ty = torch.nn.functional.max_pool2d(tx, kernel, stride, padding)
+    g = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
+    g[0, 0, 0, 0] = -0.0
+    y.backward(tn.from_numpy(g))
+    ty.backward(torch.from_numpy(g))
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
+    np.testing.assert_array_equal(np.signbit(x.grad.numpy()), np.signbit(tx.grad.numpy()))
