@@ -265,16 +265,13 @@ class _Arena:
 
 
 class _Vector:
-    """One ``void *[]`` of an entry point, the arrays its bound slots point at and, per
-    leading input and output slot, the array it pointed at last (kept alive by it: a recycled
-    buffer in the same slot, as a training loop passes them, needs no new pointer)."""
+    """One ``void *[]`` of an entry point and the arrays its bound slots point at."""
 
-    __slots__ = ("args", "bound", "last")
+    __slots__ = ("args", "bound")
 
-    def __init__(self, args, n):
+    def __init__(self, args):
         self.args = args
         self.bound = ()
-        self.last = [None] * n
 
 
 class Arguments:
@@ -345,7 +342,7 @@ class Arguments:
             ptr = self.pointer(array)
             for s in slots:
                 args[s] = ptr
-        return _Vector(args, max(self.entry.num_args, 1))
+        return _Vector(args)
 
     def _rebind(self, vector, arrays):
         args = vector.args
@@ -377,18 +374,14 @@ class Arguments:
                 if new is not prev:
                     self._rebind(vector, bound)
                     break
-        args, pointer, last = vector.args, self.pointer, vector.last
+        args, pointer = vector.args, self.pointer
         k = 0
         for arr in inputs:
-            if arr is not last[k]:
-                args[k] = pointer(arr)
-                last[k] = arr
+            args[k] = pointer(arr)
             k += 1
         k = self.n_inputs
         for arr in outputs:
-            if arr is not last[k]:
-                args[k] = pointer(arr)
-                last[k] = arr
+            args[k] = pointer(arr)
             k += 1
         seeds = None
         if self._n_seeds:
