@@ -407,8 +407,11 @@ class CompiledModule:
             edge_of = engine.edge_of
             edges = tuple([edge_of(leaves[i]) for i in spec.grad_of])
             # the parameters' AccumulateGrad nodes, kept from call to call (a leaf holds its
-            # node weakly, so each graph would otherwise make new ones)
-            spec.accumulators = [n for n, _ in edges if type(n) is engine.AccumulateGrad]
+            # node weakly, so each graph would otherwise make new ones; the inputs' are not
+            # kept: they would keep the call's inputs alive)
+            n_user = spec.n_user
+            spec.accumulators = [n for i, (n, _) in zip(spec.grad_of, edges)
+                                 if i >= n_user and type(n) is engine.AccumulateGrad]
             node = CompiledFunctionBackward(edges)
             node.spec = spec
             saved = []
