@@ -224,6 +224,8 @@ class CompiledFunctionBackward(engine.Node):
     """The backward of one compiled forward call."""
     __slots__ = ("spec", "saved", "saved_versions", "freed", "out_shapes", "_num_outputs",
                  "recyclable", "sizes")
+    # its gradients are arrays made for this call: a leaf may keep one as its .grad
+    _fresh_results = True
 
     def _run(self, grads):
         if self.freed:
@@ -243,13 +245,7 @@ class CompiledFunctionBackward(engine.Node):
                 if arr.dtype != dt:
                     arr = arr.astype(dt)
                 cots.append(np.ascontiguousarray(arr))
-        arrays = spec.run_backward(cots, self.saved, self.sizes)
-        grads = []
-        for a in arrays:
-            t = Tensor._wrap(a)
-            t._fresh_grad = True  # nobody else holds it: the engine may keep it as .grad
-            grads.append(t)
-        return tuple(grads)
+        return tuple(map(Tensor._wrap, spec.run_backward(cots, self.saved, self.sizes)))
 
     def _release(self):
         self.freed = True
@@ -406,10 +402,17 @@ class CompiledModule:
             np.copyto(buf._data, outs[out_index])
             buf._vc.value += 1
         results = [Tensor._wrap(o) for o in outs[:spec.n_out]]
-        if spec.needs_grad and grad_mode.is_grad_enabled():
-            leaves = list(inputs) + [p for _, p in spec.params]
-            node = CompiledFunctionBackward(tuple(engine.edge_of(leaves[i])
-                                                  for i in spec.grad_of))
+        if spec.needs_grad and grad_mode._state.enabled:
+            leaves = list(inputs) + spec._param_tensors
+            edge_of = engine.edge_of
+            edges = tuple([edge_of(leaves[i]) for i in spec.grad_of])
+            # the parameters' AccumulateGrad nodes, kept from call to call (a leaf holds its
+            # node weakly, so each graph would otherwise make new ones; the inputs' are not
+            # kept: they would keep the call's inputs alive)
+            n_user = spec.n_user
+            spec.accumulators = [n for i, (n, _) in zip(spec.grad_of, edges)
+                                 if i >= n_user and type(n) is engine.AccumulateGrad]
+            node = CompiledFunctionBackward(edges)
             node.spec = spec
             saved = []
             for kind, idx in spec.saved_sources:

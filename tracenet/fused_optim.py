@@ -43,7 +43,10 @@ STALE = "stale"
 
 
 def _rules_replaced():
-    return any(getattr(_functional, n) is not f for n, f in zip(_RULES, _ORIGINAL_RULES))
+    for n, f in zip(_RULES, _ORIGINAL_RULES):
+        if getattr(_functional, n) is not f:
+            return True
+    return False
 
 
 class _Group:
@@ -98,11 +101,18 @@ class _Part:
         self.optimizer = optimizer
         self.params_per_group = params_per_group
         self.lazy = lazy
+        self._groups = None
 
     @property
     def param_groups(self):
-        return [_Group(g, ps) for g, ps in zip(self.optimizer.param_groups,
-                                               self.params_per_group)]
+        groups = self.optimizer.param_groups
+        made = self._groups
+        # the same group dicts as last time: their views again (each reads its live group)
+        if made is None or len(made) != len(groups) or \
+                any(v.group is not g for v, g in zip(made, groups)):
+            made = self._groups = [_Group(g, ps) for g, ps in zip(groups,
+                                                                   self.params_per_group)]
+        return made
 
     @property
     def state(self):
@@ -173,15 +183,16 @@ class FusedStep:
         handle, STALE for parameter arrays that no longer fit the compiled code."""
         params = self.params
         grads = []
+        data = []
         for p in params:
             g = p._grad._data
             d = p._data
             if g is None or g.shape != d.shape:
                 return False  # the numpy step broadcasts, or raises
-            if g.dtype != d.dtype or not g.flags.c_contiguous:
+            if g.dtype is not d.dtype and g.dtype != d.dtype or not g.flags.c_contiguous:
                 g = g.astype(d.dtype, order="C")  # as the eager step casts it
             grads.append(g)
-        data = [p._data for p in params]
+            data.append(d)
         if not self._same(data) and not self._fits(data):
             return STALE
         arrays = self.state.refresh()
@@ -203,7 +214,12 @@ class FusedStep:
 
     def _same(self, data):
         last = self._data
-        return last is not None and all(a is b for a, b in zip(data, last))
+        if last is None:
+            return False
+        for a, b in zip(data, last):
+            if a is not b:
+                return False
+        return True
 
     def _fits(self, arrays, per_param=1):
         """Whether new arrays (``per_param`` for each parameter, in order) still have the
@@ -242,10 +258,11 @@ class FusedOptimizer:
         for g in opt.param_groups:
             if g.get("fused") is False or g.get("differentiable") or g.get("capturable"):
                 return False
-            if any(isinstance(v, Tensor) for v in self.from_group(g)):
-                return False  # a tensor may change in place: the numpy step reads it
-            ps = tuple(p for p in g["params"] if p._grad is not None)
-            key.append((tuple(map(id, ps)), tuple(bool(g.get(e, False)) for e in self.entries)))
+            for v in self.from_group(g):
+                if isinstance(v, Tensor):
+                    return False  # a tensor may change in place: the numpy step reads it
+            key.append((tuple([id(p) for p in g["params"] if p._grad is not None]),
+                        tuple([bool(g.get(e, False)) for e in self.entries])))
         key = tuple(key)
         spec = self.specs.get(key, self)
         if spec is self:

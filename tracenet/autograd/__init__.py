@@ -12,6 +12,10 @@ from . import engine
 def _make_grads(tensors, grad_tensors):
     grads = []
     for t, g in zip(tensors, grad_tensors):
+        if g is None and t._ir is None and t._data.size == 1 and t._data.dtype.kind == "f":
+            # the implicit gradient 1 of a concrete scalar (a plain array: no op dispatch)
+            grads.append(Tensor._wrap(np.ones(t._data.shape, t._data.dtype)))
+            continue
         if g is None:
             if t.numel() != 1:
                 raise RuntimeError("grad can be implicitly created only for scalar outputs")

@@ -7,6 +7,7 @@ tracenet ops, so it runs here on tensors and in the IR autodiff on traced values
 graph of the backward is recorded, the op's numpy form of it if it has one), and sums
 cotangents where a value was used more than once.
 """
+import functools
 import re
 import weakref
 from collections import OrderedDict
@@ -33,6 +34,9 @@ _FREED_MSG = ("Trying to backward through the graph a second time (or directly a
 class Node:
     """A backward function. ``next_functions`` pairs each input's node with its output index."""
     __slots__ = ("next_functions", "_hooks", "_retained", "_metadata", "__weakref__")
+    # whether the gradients ``_run`` returns are held by nobody else (a leaf may keep one as
+    # its ``.grad`` without a copy)
+    _fresh_results = False
 
     def __init__(self, next_functions):
         self.next_functions = next_functions
@@ -109,7 +113,8 @@ class OpNode(Node):
                 arrays.append(None)
                 continue
             a = g._data
-            if a is None or a.dtype != meta.dtype.np or a.shape != meta.shape:
+            if a is None or a.shape != meta.shape or \
+                    a.dtype is not meta.dtype.np and a.dtype != meta.dtype.np:
                 return None
             arrays.append(a)
         res = self.op.eager_backward(self.ctx, *arrays)
@@ -206,9 +211,23 @@ def _inplace_error(tensor, version, producer=None, output_nr=0):
 def run_eager(op, inputs, attrs):
     # the hot path of every eager op: read the numpy arrays once, no Size/dtype properties
     arrays = [t._data for t in inputs]
-    metas = tuple([Meta(a.shape, _BY_NP[a.dtype]) for a in arrays])
+    metas = tuple([_meta((a.shape, _BY_NP[a.dtype])) for a in arrays])
     kw = op_attrs(attrs) if attrs else attrs
-    out_meta = op.infer(*metas, **kw)
+    cache = op.infer_cache
+    if cache is None:
+        out_meta = op.infer(*metas, **kw)
+    else:  # a shape rule worth remembering: the same shapes and attributes give the same
+        try:
+            key = (metas, tuple(kw.items()))
+            out_meta = cache.get(key)
+        except TypeError:  # an unhashable attribute: no caching
+            key = out_meta = None
+        if out_meta is None:
+            out_meta = op.infer(*metas, **kw)
+            if key is not None:
+                if len(cache) >= _INFER_CACHE_SIZE:
+                    cache.clear()
+                cache[key] = out_meta
     result = op.eager(*arrays, **kw)
     if op.num_outputs == 1:
         metas_out = (out_meta,)
@@ -222,10 +241,17 @@ def run_eager(op, inputs, attrs):
             o._vc = base._vc
             o._base = base._base if base._base is not None else base
     if op.differentiable and grad_mode._state.enabled:
-        needs = tuple([t._requires_grad for t in inputs])
-        if any(needs):
+        # (a view with a stale history refreshes it through the property)
+        needs = tuple([t._req if t._base_ is None else t._requires_grad for t in inputs])
+        if True in needs:
             _record(op, inputs, outputs, metas, metas_out, attrs, needs)
     return outputs[0] if op.num_outputs == 1 else tuple(outputs)
+
+
+# shape rules remembered per op (for ops that opt in, see registry.Op.infer_cache), at most
+_INFER_CACHE_SIZE = 256
+# Meta((shape, dtype)) without the namedtuple's Python-level constructor
+_meta = functools.partial(tuple.__new__, Meta)
 
 
 def _output(op, arr, meta):
@@ -306,25 +332,42 @@ def _record(op, inputs, outputs, metas, out_metas, attrs, needs):
 
 
 def _topo_order(roots):
-    """Nodes reachable from ``roots`` in an order where every node precedes its inputs."""
-    order, seen = [], set()
+    """(nodes reachable from ``roots`` in an order where every node precedes its inputs,
+    {id of each AccumulateGrad node reached: the number of edges into it})."""
+    order, seen, fan_in = [], set(), {}
+    get, add, append = fan_in.get, seen.add, order.append
     for root in roots:
-        if root is None or id(root) in seen:
+        if root is None:
+            continue
+        if type(root) is AccumulateGrad:  # backward() of a leaf
+            fan_in[id(root)] = get(id(root), 0) + 1
+        if id(root) in seen:
             continue
         stack = [(root, iter(root.next_functions))]
-        seen.add(id(root))
+        add(id(root))
         while stack:
             node, it = stack[-1]
             for nxt, _ in it:
-                if nxt is not None and id(nxt) not in seen:
-                    seen.add(id(nxt))
+                if nxt is None:
+                    continue
+                k = id(nxt)
+                if type(nxt) is AccumulateGrad:  # no inputs: finished as soon as reached
+                    n = get(k)
+                    if n is None:
+                        fan_in[k] = 1
+                        add(k)
+                        append(nxt)
+                    else:
+                        fan_in[k] = n + 1
+                elif k not in seen:
+                    add(k)
                     stack.append((nxt, iter(nxt.next_functions)))
                     break
             else:
                 stack.pop()
-                order.append(node)
+                append(node)
     order.reverse()
-    return order
+    return order, fan_in
 
 
 def _accumulate(slot, index, grad):
@@ -337,7 +380,11 @@ def run_backward(tensors, grad_tensors, retain_graph=False, create_graph=False, 
     """Propagate ``grad_tensors`` from ``tensors`` back through the graph.
 
     With ``inputs=None`` gradients are accumulated into leaves' ``.grad`` (``backward``);
-    otherwise the gradients of ``inputs`` are returned (``autograd.grad``)."""
+    otherwise the gradients of ``inputs`` are returned (``autograd.grad``).
+
+    A leaf reached by one edge of the graph gets its gradient as soon as that edge delivers
+    it, as torch's engine runs an AccumulateGrad node first once it is ready; a leaf reached by
+    several edges gets their sum at its place in the order."""
     roots = []
     for t in tensors:
         node, nr = edge_of(t)
@@ -345,12 +392,10 @@ def run_backward(tensors, grad_tensors, retain_graph=False, create_graph=False, 
             raise RuntimeError("element 0 of tensors does not require grad and does not have a "
                                "grad_fn")
         roots.append((node, nr))
-    order = _topo_order([n for n, _ in roots])
-    pending = {id(n): [None] * _num_outputs(n) for n in order}
-    for (node, nr), g in zip(roots, grad_tensors):
-        _accumulate(pending[id(node)], nr, g)
-
-    capture = None
+    order, fan_in = _topo_order([n for n, _ in roots])
+    # the gradients arriving at each node, made when the first one arrives
+    pending = {}
+    capture = wanted = None
     if inputs is not None:
         capture = {}
         wanted = {}
@@ -359,9 +404,27 @@ def run_backward(tensors, grad_tensors, retain_graph=False, create_graph=False, 
             if node is None:
                 raise RuntimeError("One of the differentiated Tensors does not require grad")
             wanted.setdefault(id(node), []).append((i, nr))
+            fan_in.pop(id(node), None)  # captured at its place in the order
+    # the leaves the single edge into which accumulates directly (backward, not grad)
+    direct = () if capture is not None else {k for k, n in fan_in.items() if n == 1}
+
+    def deliver(node, nr, g, fresh):
+        k = id(node)
+        if k in direct:
+            _accumulate_into_leaf(node.variable, g, create_graph, fresh)
+            return
+        slot = pending.get(k)
+        if slot is None:
+            slot = pending[k] = [None] * _num_outputs(node)
+        _accumulate(slot, nr, g)
+
     with grad_mode.set_grad_enabled(create_graph):
+        for (node, nr), g in zip(roots, grad_tensors):
+            deliver(node, nr, g, False)
         for node in order:
-            grads = pending.pop(id(node))
+            grads = pending.pop(id(node), None)
+            if grads is None:  # nothing arrived (or a leaf already given its gradient)
+                continue
             if node._hooks:
                 for nr, hooks in node._hooks.items():
                     for hook in list(hooks.values()):
@@ -390,9 +453,18 @@ def run_backward(tensors, grad_tensors, retain_graph=False, create_graph=False, 
             in_grads = node._run(grads)
             if not retain_graph:
                 node._release()
+            fresh = node._fresh_results
             for (nxt, nr), g in zip(node.next_functions, in_grads):
-                if nxt is not None and g is not None:
-                    _accumulate(pending[id(nxt)], nr, g)
+                if nxt is None or g is None:
+                    continue
+                k = id(nxt)  # (what deliver does, inline: most edges pass here)
+                if k in direct:
+                    _accumulate_into_leaf(nxt.variable, g, create_graph, fresh)
+                    continue
+                slot = pending.get(k)
+                if slot is None:
+                    slot = pending[k] = [None] * _num_outputs(nxt)
+                _accumulate(slot, nr, g)
     if capture is not None:
         result = []
         for i, t in enumerate(inputs):
@@ -412,19 +484,39 @@ def _num_outputs(node):
     return getattr(node, "_num_outputs", 1)
 
 
-def _accumulate_into_leaf(leaf, grad, create_graph):
+def _accumulate_into_leaf(leaf, grad, create_graph, fresh=False):
+    """Add ``grad`` into ``leaf.grad`` (after the leaf's hooks). ``fresh``: nobody else holds
+    ``grad`` (a compiled backward's result), so it may become ``.grad`` without a copy."""
     if leaf._hooks:
         for hook in list(leaf._hooks.values()):
             new = hook(grad)
             if new is not None:
-                grad = new
+                grad, fresh = new, False
     concrete = grad._ir is None and leaf._ir is None
+    if concrete and not create_graph:  # the common case, on arrays
+        a, data = grad._data, leaf._data
+        if a.shape != data.shape:
+            _invalid_gradient(grad, leaf)
+        old = leaf._grad
+        if old is None:
+            if fresh and a.dtype is data.dtype:
+                leaf._grad = grad  # made for this leaf alone, with no history
+                return
+            # detach().clone(), without two op dispatches: a copy with no history, laid out
+            # like the leaf when that is row-major (torch's gradient layout contract: a
+            # linear layer's weight gradient arrives transposed)
+            order = "C" if data.flags.c_contiguous else "K"
+            leaf._grad = Tensor._wrap(np.array(a, order=order, copy=True))
+            if a.dtype is not data.dtype and a.dtype != data.dtype:
+                leaf._grad = leaf._grad.to(leaf.dtype)
+            return
+        if old._ir is None and not old._requires_grad:
+            np.add(old._data, a, out=old._data, casting="unsafe")
+            old._vc.value += 1
+            return
     if (grad._data.shape != leaf._data.shape if concrete
             else tuple(grad.shape) != tuple(leaf.shape)):
-        raise RuntimeError(f"Function AccumulateGrad returned an invalid gradient - got "
-                           f"{list(grad.shape)} but expected shape compatible with "
-                           f"{list(leaf.shape)}")
-    fresh = grad.__dict__.get("_fresh_grad", False)
+        _invalid_gradient(grad, leaf)
     if not create_graph and not fresh:
         if leaf._grad is None and concrete:
             # detach().clone(), without two op dispatches: a copy with no history, laid out
@@ -440,8 +532,6 @@ def _accumulate_into_leaf(leaf, grad, create_graph):
         # own the storage (later accumulation happens in place): copy, unless the gradient
         # was made for this leaf alone (compiled backward results)
         leaf._grad = grad if create_graph or fresh else grad.clone()
-        if fresh:
-            del grad._fresh_grad  # it is the leaf's own .grad now
         if leaf._grad.dtype is not leaf.dtype:
             leaf._grad = leaf._grad.to(leaf.dtype)
     elif create_graph or leaf._grad._requires_grad:
@@ -449,6 +539,12 @@ def _accumulate_into_leaf(leaf, grad, create_graph):
     else:
         np.add(leaf._grad._data, grad._data, out=leaf._grad._data, casting="unsafe")
         leaf._grad._vc.value += 1
+
+
+def _invalid_gradient(grad, leaf):
+    raise RuntimeError(f"Function AccumulateGrad returned an invalid gradient - got "
+                       f"{list(grad.shape)} but expected shape compatible with "
+                       f"{list(leaf.shape)}")
 
 
 # this module is the ops' eager interpreter: the registry and ops.common call it through slots

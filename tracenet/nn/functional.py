@@ -29,6 +29,38 @@ def _sizes(shape):
     return "[" + ", ".join(str(int(s)) for s in shape) + "]"
 
 
+def _plain(value):
+    """Whether an argument is an int, None or a tuple of ints: then it is hashable and cannot
+    change, and the arguments it is part of may be parsed once."""
+    t = type(value)
+    if t is int or value is None:
+        return True
+    if t is tuple:
+        for v in value:
+            if type(v) is not int:
+                return False
+        return True
+    return False
+
+
+_PARSED_LIMIT = 256  # parsed argument combinations remembered per function
+
+
+def _parsed(cache, parse, *args):
+    """``parse(*args)``, remembered in ``cache`` when every argument is ``_plain`` or a str
+    (torch's argument checks raise the same errors again: a failed parse is not kept)."""
+    for a in args:
+        if not (type(a) is str or _plain(a)):
+            return parse(*args)
+    got = cache.get(args)
+    if got is None:
+        got = parse(*args)
+        if len(cache) >= _PARSED_LIMIT:
+            cache.clear()
+        cache[args] = got
+    return got
+
+
 # --- convolution ----------------------------------------------------------------------------
 
 
@@ -80,7 +112,7 @@ def _same_padding(x, weight, stride, dilation, groups):
     extra = [t - 2 * lo for t, lo in zip(total, left)]
     if any(extra):
         warnings.warn("Using padding='same' with even kernel lengths and odd dilation may require "
-                      "a zero-padded copy of the input be created", UserWarning, stacklevel=4)
+                      "a zero-padded copy of the input be created", UserWarning, stacklevel=5)
         widths = []
         for i in reversed(range(dim)):
             widths += [0, extra[i]]
@@ -95,6 +127,39 @@ def _conv(n, x, weight, bias, stride, padding, dilation, groups):
     unbatched = x.dim() == n + 1
     if unbatched:
         x = x.unsqueeze(0)
+    if type(padding) is not str:
+        geometry = _parsed(_CONV_ARGS, _conv_geometry, n, weight.dim(), stride, padding,
+                           dilation, groups)
+    else:  # 'same' reads the weight's sizes and may pad the input
+        geometry = None
+    if geometry is None:
+        x, geometry = _conv_args(n, x, weight, stride, padding, dilation, groups)
+    out = nnops.convolution(x, weight, bias, *geometry, groups)
+    return out.squeeze(0) if unbatched else out
+
+
+_CONV_ARGS = {}
+
+
+class _Dims:
+    """What ``_expanded_geometry`` reads of a weight: its number of dims."""
+    __slots__ = ("n",)
+
+    def __init__(self, n):
+        self.n = n
+
+    def dim(self):
+        return self.n
+
+
+def _conv_geometry(n, weight_dims, stride, padding, dilation, groups):
+    """(stride, padding, dilation) of a convolution with numeric padding, with torch's argument
+    errors: a function of plain values, so it may be remembered (``_parsed``)."""
+    return _conv_args(n, None, _Dims(weight_dims), stride, padding, dilation, groups)[1]
+
+
+def _conv_args(n, x, weight, stride, padding, dilation, groups):
+    """(input, possibly padded for padding='same'; (stride, padding, dilation))."""
     fn = f"conv{n}d"
     stride, dilation = _int_list(stride, n, fn, "stride"), _int_list(dilation, n, fn, "dilation")
     if isinstance(padding, str):
@@ -108,8 +173,7 @@ def _conv(n, x, weight, bias, stride, padding, dilation, groups):
         padding = _int_list(padding, n, fn, "padding")
     stride, padding, dilation, _ = _expanded_geometry(weight, groups, stride, padding,
                                                       dilation, [0] * n)
-    out = nnops.convolution(x, weight, bias, stride, padding, dilation, groups)
-    return out.squeeze(0) if unbatched else out
+    return x, (stride, padding, dilation)
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -222,6 +286,9 @@ def _nd_arg(fn, name, value, n, message, parser_fn=None):
     return tuple(vals)
 
 
+_POOL_ARGS = {}
+
+
 def _pool_args(kind, n, kernel_size, stride, padding, dilation=1, parser_fn=None):
     fn = f"{kind}_pool{n}d"
     num = _NUM_WORD[n]
@@ -312,8 +379,8 @@ def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 def _max_pool(n, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     parser_fn = f"max_pool{n}d_with_indices" if return_indices else None
-    kernel, stride, padding, dilation = _pool_args("max", n, kernel_size, stride, padding,
-                                                   dilation, parser_fn)
+    kernel, stride, padding, dilation = _parsed(_POOL_ARGS, _pool_args, "max", n, kernel_size,
+                                                stride, padding, dilation, parser_fn)
     out, idx = nnops.max_pool(x, kernel, stride, padding, dilation, ceil_mode)
     return (out, idx) if return_indices else out
 

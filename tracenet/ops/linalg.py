@@ -118,7 +118,7 @@ def _addmm_backward_np(ctx, g):
 
 
 addmm_op = register("addmm", infer=_addmm_meta, eager=_addmm_eager, saves=(1, 2),
-                    backward=_addmm_backward, eager_backward=_addmm_backward_np,
+                    backward=_addmm_backward, eager_backward=_addmm_backward_np, cache_infer=True,
                     decomposition=lambda c, a, b, alpha=1, beta=1: gemm(a, b, c, alpha=alpha,
                                                                          beta=beta))
 

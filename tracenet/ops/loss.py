@@ -142,19 +142,28 @@ def _nll_parts(x, t, w, ignore_index):
     return picked, weights, safe
 
 
-def _plain_targets(x, t, w, ignore_index):
-    """Whether a (N, C) batch has no class weights and every target is a class (none out of
-    range or ignored): the common case, computed without per-element weights."""
-    if x.ndim != 2 or w or not t.size:
+def _plain_targets(shape, t, w, ignore_index):
+    """Whether a (N, C) batch (``shape``) has no class weights and every target is a class
+    (none out of range or ignored): the common case, computed without per-element weights."""
+    if len(shape) != 2 or w or not t.size:
         return False
-    lo, hi = t.min(), t.max()
-    return 0 <= lo and hi < x.shape[1] and not lo <= ignore_index <= hi
+    if t.size <= _FEW:  # a few targets: Python's min and max cost less than numpy's
+        values = t.tolist()
+        lo, hi = min(values), max(values)
+    else:
+        lo, hi = t.min(), t.max()
+    return 0 <= lo and hi < shape[1] and not lo <= ignore_index <= hi
+
+
+_FEW = 32
 
 
 def _nll_eager(x, t, *w, reduction, ignore_index):
-    if reduction == "mean" and _plain_targets(x, t, w, ignore_index):
+    if reduction == "mean" and _plain_targets(x.shape, t, w, ignore_index):
         # every weight is 1: the same sums as below, without multiplying by them
-        return np.negative(x[np.arange(len(t)), t]).sum() / x.dtype.type(len(t))
+        n = len(t)
+        picked = np.negative(x[np.arange(n), t])
+        return (picked[0] if n == 1 else np.add.reduce(picked)) / x.dtype.type(n)
     picked, weights, _ = _nll_parts(x, t, w, ignore_index)
     losses = -picked * weights
     if x.ndim == 1:
@@ -189,16 +198,15 @@ def _nll_backward_np(ctx, g):
 
 nll_loss_op = register("nll_loss", infer=_nll_meta, eager=_nll_eager, saves=(1, 2),
                        nondiff=(2,), backward=_nll_backward, eager_backward=_nll_backward_np,
+                       cache_infer=True,
                        grad_fn=lambda ctx: "NllLoss2DBackward0" if len(ctx.metas[0].shape) == 4
                        else "NllLossBackward0")
 
 
 def _nll_backward_eager(g, t, *w, input_shape, reduction, ignore_index):
     x_shape = tuple(input_shape)
-    if reduction == "mean" and len(x_shape) == 2 and not w and t.size and \
-            0 <= t.min() and t.max() < x_shape[1] and \
-            not t.min() <= ignore_index <= t.max():
-        # every weight is 1 (see _plain_targets): -g / N at each target
+    if reduction == "mean" and _plain_targets(x_shape, t, w, ignore_index):
+        # every weight is 1: -g / N at each target
         out = np.zeros(x_shape, g.dtype)
         out[np.arange(len(t)), t] = (-g / g.dtype.type(len(t))).astype(g.dtype)
         return out
@@ -247,7 +255,8 @@ def nll_loss(x, target, weight=None, ignore_index=-100, reduction="mean"):
     if nd < 1:
         raise ValueError(f"Expected 1 or more dimensions (got {nd})")
     if nd != 1:
-        tb = target.shape[0] if target.dim() else 0
+        ts = target._data.shape if target._ir is None else tuple(target.shape)
+        tb = ts[0] if ts else 0
         if x.shape[0] != tb:
             raise ValueError(f"Expected input batch_size ({x.shape[0]}) to match target "
                              f"batch_size ({tb}).")

@@ -9,7 +9,7 @@ kernels do, so no reshape nodes appear in the graph.
 import functools
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
+from numpy.lib.stride_tricks import as_strided as _np_as_strided
 
 from .. import _dtype
 from .._meta import Meta
@@ -44,6 +44,17 @@ def _half(v):
 
 def conv_out_size(size, k, stride, pad, dil):
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def as_strided(x, shape, strides, writeable=False):
+    """A read-only strided view of ``x`` (strides from its first element): numpy's
+    ``as_strided``, which costs ~8 us in Python-level wrapping, made directly over a
+    contiguous array's buffer (~2 us)."""
+    if writeable or not x.flags.c_contiguous or not x.size:
+        return _np_as_strided(x, shape, strides, writeable=writeable)
+    view = np.ndarray(shape, x.dtype, buffer=x, strides=strides)
+    view.flags.writeable = False
+    return view
 
 
 def _windows(xp, out, k, stride, dil):
@@ -201,7 +212,7 @@ def _conv_backward_np(ctx, g):
 
 convolution_op = register("convolution", infer=_conv_meta, eager=_conv_eager, saves=(0, 1),
                           backward=_conv_backward, eager_backward=_conv_backward_np,
-                          grad_fn="ConvolutionBackward0")
+                          grad_fn="ConvolutionBackward0", cache_infer=True)
 
 
 def _conv_input_grad_eager(g, w, input_shape, stride, padding, dilation, groups):
@@ -215,6 +226,11 @@ def _conv_input_grad_eager(g, w, input_shape, stride, padding, dilation, groups)
     og, cg = w.shape[0] // groups, w.shape[1]
     padded = tuple(input_shape[2 + i] + 2 * padding[i] for i in range(n))
     crop = tuple(slice(padding[i], padding[i] + input_shape[2 + i]) for i in range(n))
+    if N * groups * cg * common.numel(k) * common.numel(out) <= _SCATTER_LIMIT:
+        # small: each tap's share as one product, added into place by one bincount (the
+        # correlation's columns below would copy a larger, mostly zero, frame)
+        gxp = _conv_input_grad_scatter(g, w, padded, stride, dilation, groups)
+        return np.ascontiguousarray(gxp[(slice(None),) * 2 + crop])
     if N * O * common.numel(k) * common.numel(padded) > 1 << 20:
         # large: the correlation's columns would be a big copy; add each tap's share instead
         return np.ascontiguousarray(_conv_input_grad_taps(g, w, padded, stride, dilation,
@@ -231,6 +247,60 @@ def _conv_input_grad_eager(g, w, input_shape, stride, padding, dilation, groups)
         groups * cg, og * common.numel(k))
     gxp = _grouped_product(wt, cols, groups).reshape((N, groups * cg) + padded)
     return np.ascontiguousarray(gxp[(slice(None), slice(None)) + crop], dtype=g.dtype)
+
+
+# products (image, input channel, tap, output position) at most: past ~128 KB of float64
+# shares, each call's fresh arrays are mapped and page-faulted anew, and the columns win
+_SCATTER_LIMIT = 1 << 14
+
+
+def _conv_input_grad_scatter(g, w, padded, stride, dilation, groups):
+    """The padded input gradient: the transposed kernel times ``g`` gives every (input
+    channel, tap, output position)'s share, and one bincount adds them at their input
+    positions (in float64, then rounded once)."""
+    k = w.shape[2:]
+    N, O = g.shape[:2]
+    out = g.shape[2:]
+    og, cg = O // groups, w.shape[1]
+    g3 = g.reshape((N, O, common.numel(out)))
+    # (the transposed kernel made contiguous: numpy's matmul over a batch runs BLAS per
+    # image only then)
+    if groups == 1:
+        cols = np.matmul(np.ascontiguousarray(w.reshape(O, -1).T), g3)  # N, C * K, P
+    else:
+        cols = np.concatenate([np.matmul(
+            np.ascontiguousarray(w[grp * og:(grp + 1) * og].reshape(og, -1).T),
+            g3[:, grp * og:(grp + 1) * og]) for grp in range(groups)], axis=1)
+    C = groups * cg
+    index = _scatter_index(N, C, tuple(padded), tuple(k), tuple(out), tuple(stride),
+                           tuple(dilation))
+    # (float64 weights: bincount's own conversion of float32 ones is several times slower)
+    gxp = np.bincount(index, weights=cols.reshape(-1).astype(np.float64),
+                      minlength=N * C * common.numel(padded))
+    return gxp.reshape((N, C) + tuple(padded)).astype(g.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _scatter_index(N, C, padded, k, out, stride, dilation):
+    """The flat position in the padded (N, C, *padded) input of every (image, channel, tap,
+    output position), in that order (read-only, cached per geometry)."""
+    n = len(k)
+    row = [1] * n
+    for i in range(n - 1, 0, -1):
+        row[i - 1] = row[i] * padded[i]
+    dims = 2 + 2 * n
+    pos = (np.arange(N * C, dtype=np.int64) * common.numel(padded)).reshape(
+        (N * C,) + (1,) * (dims - 2))
+    for i in range(n):
+        tap = [1] * (dims - 1)
+        tap[1 + i] = k[i]
+        at = [1] * (dims - 1)
+        at[1 + n + i] = out[i]
+        pos = pos + (np.arange(k[i], dtype=np.int64) * (dilation[i] * row[i])).reshape(tap) \
+            + (np.arange(out[i], dtype=np.int64) * (stride[i] * row[i])).reshape(at)
+    index = np.ascontiguousarray(pos.reshape(-1))
+    index.flags.writeable = False
+    return index
 
 
 def _conv_input_grad_taps(g, w, padded, stride, dilation, groups):
@@ -467,9 +537,7 @@ def _max_pool_meta(x, kernel, stride, padding, dilation, ceil_mode):
 def _max_pool_eager(x, kernel, stride, padding, dilation, ceil_mode):
     n = len(kernel)
     lead, spatial = x.shape[:x.ndim - n], x.shape[x.ndim - n:]
-    out = _pool_out(x.shape, kernel, stride, padding, dilation, ceil_mode)
-    need = [(out[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 for i in range(n)]
-    extra = tuple(max(0, need[i] - spatial[i] - 2 * padding[i]) for i in range(n))
+    out, extra = _pool_geometry(spatial, kernel, stride, padding, dilation, ceil_mode)
     planes = _as_planes(x, n)
     L, K = planes.shape[0], common.numel(kernel)
     scanned = None
@@ -517,6 +585,22 @@ def _max_pool_eager(x, kernel, stride, padding, dilation, ceil_mode):
             np.ascontiguousarray(index.reshape(lead + out)))
 
 
+@functools.lru_cache(maxsize=256)
+def _pool_geometry(spatial, kernel, stride, padding, dilation, ceil_mode):
+    """(output sizes, the rows/columns past the input the last windows reach) of a pooling
+    (the shape rule checked the arguments), per geometry."""
+    n = len(kernel)
+    out = _pool_out(spatial, kernel, stride, padding, dilation, ceil_mode)
+    need = [(out[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 for i in range(n)]
+    return out, tuple(max(0, need[i] - spatial[i] - 2 * padding[i]) for i in range(n))
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel_taps(kernel):
+    """Every tap of a kernel, in row-major order."""
+    return tuple(np.ndindex(*kernel))
+
+
 def _max_pool_scan(planes, out, kernel, stride, dilation):
     """Max pooling without padding, tap by tap over every window at once: the maximum, and
     the first tap holding it (torch's scan keeps the first maximum). (values, flat input
@@ -524,7 +608,7 @@ def _max_pool_scan(planes, out, kernel, stride, dilation):
     n = len(kernel)
     spatial = planes.shape[2:]
     win = _windows(planes, out, kernel, stride, dilation)  # (L, 1, *out, *kernel) view
-    taps = list(np.ndindex(*kernel))
+    taps = _kernel_taps(tuple(kernel))
     views = [win[(Ellipsis,) + t] for t in taps]
     if len(views) == 1:
         best = views[0].copy()
@@ -586,16 +670,18 @@ def _max_pool_backward_np(ctx, g, _gi=None):
     geo = {}
     if _empty_windows(shape[2:], out, **_pool_geo(ctx.attrs)) is not None:
         geo = _pool_geo(ctx.attrs)
-    return (_max_pool_backward_eager(g, ctx.outputs[1]._data, shape, **geo),)
+    return (_max_pool_backward_eager(g, ctx.outputs[1]._data, shape,
+                                     disjoint=_disjoint_windows(**ctx.attrs), **geo),)
 
 
 max_pool_op = register(
     "max_pool", infer=_max_pool_meta, eager=_max_pool_eager, save_outputs=True,
     backward=_max_pool_backward, num_outputs=2, eager_backward=_max_pool_backward_np,
+    cache_infer=True,
     grad_fn=lambda ctx: f"MaxPool{len(ctx.attrs['kernel'])}DWithIndicesBackward0")
 
 
-def _max_pool_backward_eager(g, idx, input_shape, **geo):
+def _max_pool_backward_eager(g, idx, input_shape, disjoint=False, **geo):
     spatial = tuple(input_shape[2:])
     L, P = input_shape[0] * input_shape[1], common.numel(spatial)
     Q = common.numel(g.shape[2:])  # not -1: L may be 0 (an empty batch)
@@ -607,8 +693,20 @@ def _max_pool_backward_eager(g, idx, input_shape, **geo):
         gi = np.where(keep, gi, 0)
         ii = np.where(keep, ii, 0)
     flat = (np.arange(L)[:, None] * P + ii).reshape(-1)
+    if disjoint and empty is None:
+        # every input position wins at most one window: the gradients need no sums (the same
+        # values as bincount's, which adds them to zeros: + 0 turns -0 into 0 as that does)
+        res = np.zeros(L * P, g.dtype)
+        res[flat] = gi.reshape(-1) + g.dtype.type(0)
+        return res.reshape(input_shape)
     res = np.bincount(flat, weights=gi.reshape(-1), minlength=L * P)
     return res.reshape(input_shape).astype(g.dtype)
+
+
+def _disjoint_windows(kernel, stride, dilation, **_):
+    """Whether no two pooling windows share an input position: each stride is at least the
+    window's extent."""
+    return all(stride[i] >= dilation[i] * (kernel[i] - 1) + 1 for i in range(len(kernel)))
 
 
 def _max_pool_backward_backward(ctx, gg):
@@ -950,7 +1048,8 @@ softmax_op = common.register_quiet("softmax", infer=_softmax_meta_for(""), eager
 
 def _log_softmax_backward_np(ctx, g):
     y = ctx.outputs[0]._data
-    return (g - np.exp(y) * np.sum(g, axis=ctx.attrs["dim"], keepdims=True),)
+    # (np.add.reduce is what np.sum runs, without its Python-level argument handling)
+    return (g - np.exp(y) * np.add.reduce(g, axis=ctx.attrs["dim"], keepdims=True),)
 
 
 log_softmax_op = common.register_quiet("log_softmax", infer=_softmax_meta_for("log_"),

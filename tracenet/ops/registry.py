@@ -24,6 +24,8 @@ An ``Op`` bundles, for one primitive:
 * ``decomposition(*tensors, **attrs)``: the op written with other ops. The compiler uses it
   when the op has no C lowering of its own (``tracenet/codegen`` registers the lowerings).
 * ``eager_only``: why the op can never be compiled (e.g. a data-dependent output shape).
+* ``cache_infer``: eager mode may remember ``infer``'s results by input metas and attributes
+  (for costly shape rules that read nothing else and have no side effects).
 
 Every pass asks these records; none keeps a list of op names of its own.
 
@@ -71,12 +73,12 @@ class Op:
     __slots__ = ("name", "infer", "eager", "backward", "saves_inputs", "saves_outputs",
                  "grad_fn", "num_outputs", "differentiable", "is_view", "kind", "c_expr",
                  "decomposition", "eager_only", "nondiff", "doc", "node_cls", "edge_plans",
-                 "eager_backward")
+                 "eager_backward", "infer_cache")
 
     def __init__(self, name, infer, eager, backward=None, saves=(), save_outputs=False,
                  grad_fn=None, num_outputs=1, differentiable=True, is_view=False, kind=None,
                  c_expr=None, decomposition=None, eager_only=None, nondiff=(), doc="",
-                 eager_backward=None):
+                 eager_backward=None, cache_infer=False):
         self.name = name
         self.infer = infer
         self.eager = eager
@@ -113,6 +115,10 @@ class Op:
         self.edge_plans = {}
         # run without numpy's floating-point warnings, as the rule's ops would be
         self.eager_backward = None if eager_backward is None else _quiet(eager_backward)
+        # eager mode remembers the shape rule's results per input metas and attributes: for
+        # rules that cost more than looking them up (a convolution's, a pooling's), which
+        # must then depend on nothing else and have no side effects (errors are not kept)
+        self.infer_cache = {} if cache_infer else None
 
     def grad_fn_name(self, ctx):
         g = self.grad_fn

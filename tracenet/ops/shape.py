@@ -152,7 +152,7 @@ def _inverse(dims):
 
 permute_op = register(
     "permute", infer=lambda x, dims: Meta(tuple(x.shape[d] for d in dims), x.dtype),
-    eager=lambda x, dims: np.transpose(x, dims), kind="view",
+    eager=lambda x, dims: np.transpose(x, dims), kind="view", cache_infer=True,
     backward=lambda ctx, g: (permute(g, _inverse(ctx.attrs["dims"])),),
     eager_backward=lambda ctx, g: (np.transpose(g, _inverse(ctx.attrs["dims"])),),
     grad_fn=lambda ctx: ctx.attrs.get("_name", "PermuteBackward0"))

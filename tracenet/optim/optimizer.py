@@ -65,6 +65,12 @@ def register_optimizer_step_post_hook(hook):
 def _with_step_hooks(step):
     @functools.wraps(step)
     def wrapper(self, *args, **kwargs):
+        d = self.__dict__
+        if not (_global_step_pre_hooks or _global_step_post_hooks
+                or d.get("_optimizer_step_pre_hooks") or d.get("_optimizer_step_post_hooks")):
+            out = step(self, *args, **kwargs)  # no hooks to run
+            self._opt_called = True
+            return out
         for hook in chain(_global_step_pre_hooks.values(), self._step_pre_hooks().values()):
             result = hook(self, args, kwargs)
             if result is not None:

@@ -200,8 +200,12 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0):
     reduction = _reduction.normalize(_reduction.resolve(size_average, reduce, reduction))
-    class_dim = 0 if input.dim() == 1 else 1
-    if tuple(input.shape) == tuple(target.shape):
+    if input._ir is None and target._ir is None:  # concrete: the arrays' shapes, as tuples
+        shape, target_shape = input._data.shape, target._data.shape
+    else:
+        shape, target_shape = tuple(input.shape), tuple(target.shape)
+    class_dim = 0 if len(shape) == 1 else 1
+    if shape == target_shape:
         # class probabilities
         if not target.dtype.is_floating_point:
             raise RuntimeError("Expected floating point type for target with class "

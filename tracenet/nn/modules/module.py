@@ -645,6 +645,9 @@ class Module:
         if _call_observers:
             for observe in _call_observers:
                 observe(self)  # tracing records which modules (and training flags) it went through
+        elif not (self._forward_hooks or self._forward_pre_hooks or _global_forward_hooks
+                  or _global_forward_pre_hooks):
+            return self.forward(*args, **kwargs)  # no hooks: what _call_impl does, one call less
         return self._call_impl(*args, **kwargs)
 
     # --- attribute protocol --------------------------------------------------------------------
