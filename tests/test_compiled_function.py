@@ -175,3 +175,65 @@ def test_buffers_parameters_replaced_and_optimizer_state_loaded_follow_the_eager
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             np.testing.assert_allclose(getattr(model.bn, name).numpy(),
                                        getattr(reference.bn, name).numpy(), **TOL)
+
+
+def _bn_step_fn(net, opt, criterion):
+    """A step that reaches its model only through ``net`` (a compiled module, or the model)."""
+    def train_step(x, y):
+        opt.zero_grad()
+        loss = criterion(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return train_step
+
+
+def test_a_step_through_a_compiled_module_matches_the_eager_loop():
+    """``cnet = tracenet.compile(net)`` called inside a compiled step function: the step traces
+    the module inline, its parameters and buffers (BatchNorm's running statistics) are the
+    step's inputs, and parameters, .grad, running statistics and num_batches_tracked follow the
+    same function run eagerly on a copy."""
+    model, reference, opt, ref_opt = _pair(_BNNet, torch.optim.SGD, lr=0.05, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    step = torch.compile(_bn_step_fn(torch.compile(model), opt, criterion))
+    eager = _bn_step_fn(reference, ref_opt, criterion)
+    rng = np.random.default_rng(5)
+    for batch in (6, 6, 4, 7):
+        x = torch.tensor(rng.standard_normal((batch, 1, 8, 8)).astype(np.float32))
+        y = torch.tensor(rng.integers(0, 5, batch))
+        loss, ref_loss = step(x, y), eager(x, y)
+        np.testing.assert_allclose(loss.item(), ref_loss.item(), **TOL)
+        _same_state(model, reference, opt, ref_opt)
+        assert all(p.grad is not None for p in model.parameters())
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            np.testing.assert_allclose(getattr(model.bn, name).numpy(),
+                                       getattr(reference.bn, name).numpy(), **TOL)
+    assert int(model.bn.num_batches_tracked.item()) == 4
+    inputs = " ".join(v.name for v in step.graph.inputs)
+    assert "running_mean" in inputs and "running_var" in inputs
+    assert {type(m) for m in step.modules} == {_BNNet, nn.CrossEntropyLoss}  # (unwrapped)
+
+
+def test_inference_through_a_compiled_module_reads_the_current_running_statistics():
+    """An eval-mode compiled module inside a compiled function under no_grad gives eager's
+    answer, also after eager training steps change the running statistics (they are inputs,
+    not constants of the trace)."""
+    torch.manual_seed(2)
+    model = _BNNet().eval()
+    cnet = torch.compile(model)
+
+    def predict(x):
+        with torch.no_grad():
+            return cnet(x).softmax(1)
+
+    compiled = torch.compile(predict)
+    x = torch.randn(5, 1, 8, 8)
+    for round_ in range(3):
+        want = model(x).softmax(1)
+        np.testing.assert_allclose(compiled(x).numpy(), want.detach().numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        model.train()
+        model(torch.randn(8, 1, 8, 8) * (round_ + 2) + 1)  # moves the running statistics
+        model.eval()
+    assert all(p.grad is None for p in model.parameters())
+    assert len(compiled._specs) == 1

@@ -42,7 +42,8 @@ MODEL = textwrap.dedent('''
 ''')
 
 # runs a training step compiled (``mode``: loop, step, or function: tracenet.compile of a step
-# function that clips gradients, with a learning-rate schedule around it) and the same step
+# function that clips gradients, with a learning-rate schedule around it; with COMPILED_NET set
+# the step function calls a compiled module) and the same step
 # eagerly on a copy, and prints both losses and the largest difference of the updated weights;
 # with NO_TRACE set, tracing raises
 CHILD = textwrap.dedent('''
@@ -76,9 +77,12 @@ CHILD = textwrap.dedent('''
             opt = torch.optim.SGD(m.parameters(), lr=float(os.environ.get("LR", "0.1")),
                                   momentum=0.9, nesterov=bool(os.environ.get("NESTEROV")))
         if mode == "function":
+            # (with COMPILED_NET the step reaches the model only through tracenet.compile(m))
+            net = torch.compile(m) if compiled and os.environ.get("COMPILED_NET") else m
+
             def train_step(a, b):
                 opt.zero_grad()
-                loss = criterion(m(a), b)
+                loss = criterion(net(a), b)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(m.parameters(), 0.5)
                 opt.step()
@@ -169,6 +173,27 @@ def test_warm_step_function_runs_without_tracing_or_compiling_at_another_learnin
     # a compile-time flag of the update is part of the key
     _, out = run(tmp_path, env, "function", NESTEROV="1")
     assert graph_hits(out) == 0 and "graph miss" in out, out
+
+
+def test_warm_step_function_through_a_compiled_module_runs_without_tracing_or_compiling(
+        tmp_path, env):
+    """A step function that calls ``tracenet.compile(net)`` is stored too: a new process
+    neither traces nor runs the C compiler, and the BatchNorm running statistics (graph
+    inputs, compared in ``diff``) follow the eager step."""
+    log = tmp_path / "cc.log"
+    wrapper = tmp_path / "cc"
+    wrapper.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexec gcc \"$@\"\n")
+    wrapper.chmod(0o755)
+    env = dict(env, CC=str(wrapper), COMPILED_NET="1")
+    cold, out = run(tmp_path, env, "function")
+    assert "stored graph" in out and graph_hits(out) == 0, out
+    assert "not cached" not in out, out
+    assert " -o " in log.read_text()
+    log.write_text("")
+    warm, out = run(tmp_path, env, "function", NO_TRACE="1")
+    assert graph_hits(out) == 1, out
+    assert log.read_text().splitlines() == []  # the compiler was not run, not even probed
+    assert warm["got"] == cold["got"]
 
 
 @pytest.mark.parametrize("edit", [("return F.relu(h)", "return F.relu(h) * 0.5"),

@@ -17,7 +17,9 @@ the gradients (``p.grad`` is then a traced value, so clipping traces too), ``zer
 drops the traced gradients, and ``optimizer.step()`` records one update op per parameter with
 a gradient (the optimizer's ``compiled_update``, as in ``compile_step``). A call then runs
 the graph and leaves parameters, ``.grad``, buffers and ``optimizer.state`` as the eager
-function would; hyperparameters are read on every call, so schedulers keep working.
+function would; hyperparameters are read on every call, so schedulers keep working. A compiled
+module (``tracenet.compile(net)``) the function names or calls stands for the module it wraps:
+its forward is traced inline, with that module's parameters and buffers as graph inputs.
 
 A specialisation is stored in the graph cache (``tracenet/warm.py``) under a key of what
 determines it: the function's code, the modules' structure and forward code, the parameters',
@@ -82,9 +84,10 @@ def _reachable(fn):
     globals (``fn`` itself first when it is a module), and where each module was found."""
     modules, optimizers, wheres, seen = [], [], [], set()
     found = reachable(fn)
-    if isinstance(fn, Module):
+    if isinstance(_unwrapped(fn), Module):
         found.insert(0, (("fn",), fn))
     for where, obj in found:
+        obj = _unwrapped(obj)
         if id(obj) in seen:
             continue
         seen.add(id(obj))
@@ -94,6 +97,23 @@ def _reachable(fn):
         elif isinstance(obj, Optimizer):
             optimizers.append(obj)
     return modules, optimizers, wheres
+
+
+_module_wrappers = []  # the class of tracenet.compile(module) (compiler.py imports this module)
+
+
+def module_wrapper(cls):
+    """Class decorator: ``cls`` wraps a module (as ``_module``) that a compiled function traces
+    inline when it calls or names one."""
+    _module_wrappers.append(cls)
+    return cls
+
+
+def _unwrapped(obj):
+    """The module a ``tracenet.compile(module)`` wraps, else ``obj``: the function's trace
+    records the inner module's forward, so its parameters and buffers are the graph's inputs
+    and it is found again in a new process."""
+    return obj._module if isinstance(obj, tuple(_module_wrappers)) else obj
 
 
 def _state_of(modules, optimizers):
@@ -126,6 +146,7 @@ class _StepRecorder:
         self.backward_grads = {}          # parameter -> the gradient value backward made
         self.n_nodes_at_step = None       # the graph's length when a deferred step ran
         self.stepped = set()              # the parameter values a deferred step would update
+        self.compiled_modules = []        # the tracenet.compile(module) objects it calls
 
     # --- Tensor.backward ---------------------------------------------------------------------
     def backward(self, loss, gradient=None):
@@ -242,6 +263,21 @@ def stepped_while_tracing(optimizer):
     return _recorders[-1].has_stepped(optimizer)
 
 
+def tracing_a_function():
+    """Whether a compiled function is being traced (in this process)."""
+    return bool(_recorders)
+
+
+def call_inline(wrapper, args, kwargs):
+    """A compiled module called while a function is traced: its module's forward is traced
+    into the function's graph (a C call of its own could not take traced values, nor update
+    its buffers inside that graph)."""
+    called = _recorders[-1].compiled_modules
+    if all(wrapper is not c for c in called):
+        called.append(wrapper)
+    return wrapper._module(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def _recording(recorder):
     """Route ``Tensor.backward``, ``Optimizer.zero_grad`` and ``step`` to ``recorder`` for
@@ -343,7 +379,8 @@ class _Specialisation:
             _check_nothing_reads_stepped(fwd, recorder)
         self.guards = Guards(fwd.reads, self.modules, [])
         if not self.ddp:
-            self.checks = _checks(fwd, modules, optimizers, self.modules)
+            self.checks = _checks(fwd, modules, optimizers + recorder.compiled_modules,
+                                  self.modules)
         position = {id(t): i for i, t in enumerate(self.state)}
         index = {v: i for i, v in enumerate(fwd.inputs)}
         n_out = len(fwd.outputs) - len(fwd.state_updates)
@@ -492,11 +529,12 @@ def _tensor_layout(names, tensors):
     return [(n, tuple(t.shape), t.dtype.short) for n, t in zip(names, tensors)]
 
 
-def _checks(graph, modules, optimizers, called):
-    """``warm.checks_of`` for a function's trace (its code may name the optimizers), plus where
-    each module it called sits in the trees a new process finds; None when it cannot be
+def _checks(graph, modules, named, called):
+    """``warm.checks_of`` for a function's trace (its code may name the optimizers and the
+    compiled modules it called, which the key describes through the modules they wrap), plus
+    where each module it called sits in the trees a new process finds; None when it cannot be
     checked there."""
-    checks = warm.checks_of(graph, modules, optimizers)
+    checks = warm.checks_of(graph, modules, named)
     if checks is None:
         return None
     paths = {}

@@ -13,7 +13,8 @@ import numpy as np
 
 from . import warm
 from .autograd import engine, grad_mode
-from .compiled_function import CompiledFunction
+from .compiled_function import CompiledFunction, call_inline, module_wrapper, \
+    tracing_a_function
 from .executable import Executable, ShapeTable, Specialisations, SymbolicSizes, \
     check_sizes, graph_symbols, optimise, run_sizes
 from .nn.modules.module import Module
@@ -289,6 +290,7 @@ def _state(module):
     return out
 
 
+@module_wrapper
 class CompiledModule:
     """A drop-in for ``module`` whose forward and backward run as compiled C.
 
@@ -353,6 +355,8 @@ class CompiledModule:
                 grad_mode._state.enabled, structure)
 
     def __call__(self, *args, **kwargs):
+        if tracing_a_function():  # (inside tracenet.compile(fn): traced into its graph)
+            return call_inline(self, args, kwargs)
         inputs, structure = _flatten_call(args, kwargs)
         rest = self._rest(inputs, structure)
         sizes, key = self._sizes.of(inputs, rest)
