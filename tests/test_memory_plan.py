@@ -1,7 +1,7 @@
 """The memory plan of an entry point (``tracenet.codegen.memory_plan``): buffers live at the same
 time never overlap, whatever the batch size; every buffer is aligned; a staggered plan puts
 each buffer at the same address modulo a page for every batch size, and buffers live at the
-same time at different ones (4K aliasing)."""
+same time at different ones (4K aliasing); per-thread scratch holds every thread a call runs."""
 import random
 import re
 
@@ -12,6 +12,7 @@ import tracenet as tn
 from tracenet._sym import Sym
 from tracenet.codegen.memory_plan import ALIGN, PAGE, SMALL, Plan, pick_stagger
 from tracenet.executable import _Arena
+from tracenet.runtime import threads
 
 from test_ir import LeNet
 
@@ -159,7 +160,8 @@ def _arena_offsets(call):
 
 
 @pytest.mark.parametrize("train", [False, True])
-def test_lenet_kernels_read_and_write_at_distinct_addresses_modulo_a_page(train):
+def test_lenet_kernels_read_and_write_at_distinct_addresses_modulo_a_page(train, monkeypatch):
+    monkeypatch.setenv("TRACENET_ARENA", "staggered")
     tn.manual_seed(0)
     net = LeNet()
     compiled = tn.compile(net if train else net.eval())
@@ -173,7 +175,9 @@ def test_lenet_kernels_read_and_write_at_distinct_addresses_modulo_a_page(train)
             expect, out = net(x), compiled(x)
     np.testing.assert_allclose(out.detach().numpy(), expect.detach().numpy(), rtol=1e-4,
                                atol=1e-5)
-    calls = [line for line in compiled.source().splitlines()
+    source = compiled.source()
+    assert re.search(r"arena [0-9]+\*N\+[0-9]+ bytes", source)
+    calls = [line for line in source.splitlines()
              if line.startswith("    tn_") and "arena" in line]
     assert calls
     for call in calls:
@@ -182,3 +186,44 @@ def test_lenet_kernels_read_and_write_at_distinct_addresses_modulo_a_page(train)
             residues = [f(n) % PAGE for f in offsets]
             assert all(r % ALIGN == 0 for r in residues)
             assert len(set(residues)) == len(residues), (n, call)
+
+
+def test_the_default_plan_packs_lenets_buffers():
+    tn.manual_seed(0)
+    net = LeNet().eval()
+    compiled = tn.compile(net)
+    x = tn.randn(2, 1, 32, 32)
+    with tn.no_grad():
+        np.testing.assert_allclose(compiled(x).numpy(), net(x).numpy(), rtol=1e-4, atol=1e-5)
+    sizes = re.findall(r"arena ([0-9]+)\*N\+([0-9]+) bytes", compiled.source())
+    # packed: the batch-scaled activations take 6336 bytes an image (not whole pages)
+    assert sizes and all(int(per_image) < 8192 for per_image, _ in sizes)
+
+
+@pytest.fixture
+def _many_threads():
+    before, adaptive = tn.get_num_threads(), list(threads._adaptive)
+    tn.set_num_threads(24)  # more than the 16 threads per-thread scratch has slices for
+    yield
+    tn.set_num_threads(before)
+    threads._adaptive[:] = adaptive
+    threads.set_blas_threads(1)
+
+
+@pytest.mark.usefixtures("_many_threads")
+def test_more_threads_than_scratch_slices_still_compute_eagers_answer():
+    tn.manual_seed(0)
+    net = LeNet()
+    compiled = tn.compile(net)
+    x = tn.randn(64, 1, 32, 32)  # large enough for the convolutions to run in parallel
+    with tn.no_grad():
+        expect = net(x).numpy()
+        for _ in range(3):
+            np.testing.assert_allclose(compiled(x).numpy(), expect, rtol=1e-4, atol=1e-5)
+    compiled(x).sum().backward()
+    grads = [p.grad.numpy().copy() for p in net.parameters()]
+    net.zero_grad()
+    net(x).sum().backward()
+    for g, p in zip(grads, net.parameters()):
+        np.testing.assert_allclose(g, p.grad.numpy(), rtol=1e-4, atol=1e-4)
+    assert "if (threads > TN_MAX_THREADS) threads = TN_MAX_THREADS;" in compiled.source()

@@ -5,7 +5,7 @@ Entry points take ``void *const *args``, the graph's inputs then its outputs as 
 addresses; ``char *arena``, the caller's work memory (``EntryPoint.arena_bytes``, aligned to
 ``ARENA_ALIGN``, a page): intermediates and kernel scratch live there, laid out by
 ``memory_plan`` (liveness-based, reusing the memory of dead values; views alias their source
-buffer; buffer addresses staggered modulo a page); ``int64_t *err``, the
+buffer; optionally staggered modulo a page); ``int64_t *err``, the
 call's status (see "data checks" in ``base``): an entry returns right after a kernel that
 reports bad data, and ``EntryPoint.checks`` says how each status code is raised; and
 ``int64_t tn_N, int64_t tn_T``, the values of the size symbols ``N`` (batch size) and ``T``
@@ -29,8 +29,8 @@ from .base import CTYPE, ctype, is_alias, lower_node
 from .memory_plan import ALIGN, PAGE, Plan
 from .templates import render
 
-# what an entry point's arena must be aligned to: its plan controls every buffer's address
-# modulo a page (see ``memory_plan``)
+# what an entry point's arena is aligned to: a page, so that where a buffer falls modulo a page
+# (see ``memory_plan``) is fixed by the plan, not by where the arena happened to be allocated
 ARENA_ALIGN = PAGE
 # the entry points' arguments after the status: the values of the size symbols (0 in graphs
 # that do not use them)
@@ -73,8 +73,9 @@ class EntryPoint:
         self.copies = []           # (output index, value) copied at the end
         self.checks = []           # status code - 1 -> (exception type, message format)
 
-    # the arena is aligned to ARENA_ALIGN: its buffers are staggered modulo a page
-    staggered = True
+    # whether its arena is aligned to ARENA_ALIGN, so that its plan may stagger buffers
+    # modulo a page (``Target.staggered_arena``; see ``memory_plan``)
+    page_aligned = True
 
     @property
     def num_args(self):
@@ -155,7 +156,7 @@ def plan_entry(entry, prefix, target):
         for v in node.inputs:
             r = root_of(v)
             last_use[r] = max(last_use.get(r, idx), idx)
-    plan = Plan(staggered=entry.staggered)
+    plan = Plan(staggered=entry.page_aligned and target.staggered_arena)
     live = []  # (end, slot)
     placements = {}
     scratch_at = {}
@@ -286,6 +287,8 @@ def generate(graphs, unit, target, timing=False, pieces=False):
         lines.append(sig)
         lines.append("{")
         if any(k.parallel for k, _ in body):  # the caller's thread count, for its regions
+            # per-thread scratch has a slice for at most TN_MAX_THREADS threads
+            lines.append("    if (threads > TN_MAX_THREADS) threads = TN_MAX_THREADS;")
             lines.append("    omp_set_num_threads(threads);")
         for i, call in enumerate(calls):
             if timing:
@@ -335,9 +338,9 @@ def generate(graphs, unit, target, timing=False, pieces=False):
 
 class LoopBody(EntryPoint):
     """A scan's loop body: its arena lies in the scan kernel's scratch, aligned to ``ALIGN``
-    only, so its plan packs buffers instead of staggering them."""
+    only, so its plan packs buffers, never staggers them."""
 
-    staggered = False
+    page_aligned = False
 
 
 # the scan lowering plans its loop body as a function of its own, with this module's planner

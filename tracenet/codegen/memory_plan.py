@@ -7,26 +7,27 @@ a slot sized by its largest monomial (every symbol is at least 1, so ``a * N + b
 N``). Regions are laid out one after the other, so an offset is a C expression in the symbols
 (``arena + (8192*tn_N+12288)``).
 
-Staggering. A load whose address equals that of an earlier store still in flight modulo 4096
-waits for the store (the load/store unit compares the low 12 address bits first: "4K
-aliasing"). When a kernel's input and output start at nearby addresses modulo 4096, its loads
-keep hitting its own recent stores, which cost LeNet's batch-1 inference a sixth of its time.
-So a staggered plan (``Plan(staggered=True)``, for an arena aligned to ``PAGE``) controls every
-buffer's address modulo 4096 for every value of the symbols:
+Staggering (``Plan(staggered=True)``, for an arena aligned to ``PAGE``). A load whose address
+equals that of an earlier store still in flight modulo 4096 may wait for that store (the
+load/store unit compares the low 12 address bits first: "4K aliasing"). A staggered plan
+controls every buffer's address modulo 4096 for every value of the symbols, so that a kernel's
+inputs, outputs and scratch do not share their low 12 address bits:
 
 * every slot spans whole pages of its region: in the region of ``N`` a unit is ``N`` bytes, so
   a slot ``u`` units in starts ``u * N`` bytes in, a multiple of 4096 for every ``N`` when ``u``
   is one; region bases are then multiples of 4096 too;
 * the buffer starts ``stagger`` bytes into its slot: a multiple of ``ALIGN`` chosen as far as
   possible, modulo 4096, from where the buffers live at that moment start (and from 0, where
-  numpy's large arrays start), so a kernel's inputs, outputs and scratch do not share their
-  low 12 address bits;
+  numpy's large arrays start);
 * buffers of constant size below ``SMALL`` bytes are packed together at the start of the
   arena instead (a page per handful of bytes would spread them over many pages); their
   offsets, below a page or so, are their addresses modulo 4096 and count as taken.
 
-An unstaggered plan (a loop body's arena inside its scan kernel's scratch) packs every buffer
-at ``ALIGN``.
+Plans are packed (every buffer at ``ALIGN``) unless ``Target.staggered_arena``
+(``TRACENET_ARENA=staggered``): on the AMD EPYC with AVX-512 this was measured on, LeNet's C
+calls took the same time with either layout at batch 1, 8 and 64, in AVX2 and AVX-512 builds,
+and with the arena at any offset modulo 4096, so the default keeps the smaller arena. The
+option is there to measure a processor whose loads do stall on 4K aliasing.
 """
 from .._sym import Specialize, Sym
 
@@ -116,7 +117,7 @@ class Plan:
     buffer of ``nbytes`` (an int or a ``Sym``), ``release`` it when its last reader has run,
     then ``layout`` the regions and ask each slot's ``offset``."""
 
-    def __init__(self, staggered=True):
+    def __init__(self, staggered=False):
         self.staggered = staggered
         self.regions = {}   # (monomial, packed) -> FirstFit
         self.live = {}      # id(slot) -> the buffer's residue modulo PAGE (staggered plans)
