@@ -5,6 +5,7 @@ same time at different ones (4K aliasing); per-thread scratch holds every thread
 import random
 import re
 
+import cffi
 import numpy as np
 import pytest
 
@@ -142,11 +143,10 @@ def test_an_unstaggered_plan_packs_everything():
 def test_the_arena_a_call_gets_is_page_aligned():
     for nbytes in (64, 5000, 300_000):
         arena = _Arena(nbytes)
-        assert int(tn_address(arena.pointer)) % PAGE == 0
+        assert _address(arena.pointer) % PAGE == 0
 
 
-def tn_address(pointer):
-    import cffi  # the executable's own pointer type: ask cffi for its address
+def _address(pointer):
     return int(cffi.FFI().cast("uintptr_t", pointer))
 
 
@@ -188,7 +188,8 @@ def test_lenet_kernels_read_and_write_at_distinct_addresses_modulo_a_page(train,
             assert len(set(residues)) == len(residues), (n, call)
 
 
-def test_the_default_plan_packs_lenets_buffers():
+def test_the_default_plan_packs_lenets_buffers(monkeypatch):
+    monkeypatch.delenv("TRACENET_ARENA", raising=False)
     tn.manual_seed(0)
     net = LeNet().eval()
     compiled = tn.compile(net)
