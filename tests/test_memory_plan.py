@@ -140,10 +140,10 @@ def test_an_unstaggered_plan_packs_everything():
     assert value(total, 2) == 5184 + 2 * (128 + 5056)
 
 
-def test_the_arena_a_call_gets_is_page_aligned():
+def test_the_arena_a_call_gets_is_aligned():
     for nbytes in (64, 5000, 300_000):
         arena = _Arena(nbytes)
-        assert _address(arena.pointer) % PAGE == 0
+        assert _address(arena.pointer) % ALIGN == 0
 
 
 def _address(pointer):

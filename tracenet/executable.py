@@ -252,8 +252,8 @@ class Arenas:
 
 
 class _Arena:
-    """``nbytes`` of uninitialised memory aligned to ``ARENA_ALIGN`` (a page: the plan staggers
-    buffers modulo a page); ``pointer`` is what the C entry point takes."""
+    """``nbytes`` of uninitialised memory aligned to ``ARENA_ALIGN``; ``pointer`` is what the C
+    entry point takes."""
 
     __slots__ = ("nbytes", "pointer")
 

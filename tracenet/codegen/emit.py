@@ -3,7 +3,7 @@ point per graph.
 
 Entry points take ``void *const *args``, the graph's inputs then its outputs as buffer
 addresses; ``char *arena``, the caller's work memory (``EntryPoint.arena_bytes``, aligned to
-``ARENA_ALIGN``, a page): intermediates and kernel scratch live there, laid out by
+``ARENA_ALIGN``): intermediates and kernel scratch live there, laid out by
 ``memory_plan`` (liveness-based, reusing the memory of dead values; views alias their source
 buffer; optionally staggered modulo a page); ``int64_t *err``, the
 call's status (see "data checks" in ``base``): an entry returns right after a kernel that
@@ -26,12 +26,12 @@ from ..ops.common import numel
 from . import lowerings  # noqa: F401  (registers every lowering)
 from . import templates
 from .base import CTYPE, ctype, is_alias, lower_node
-from .memory_plan import ALIGN, PAGE, Plan
+from .memory_plan import ALIGN, Plan
 from .templates import render
 
-# what an entry point's arena is aligned to: a page, so that where a buffer falls modulo a page
-# (see ``memory_plan``) is fixed by the plan, not by where the arena happened to be allocated
-ARENA_ALIGN = PAGE
+# what an entry point's arena is aligned to (a page measured slower at batch 64 here; a
+# staggered plan keeps its buffers apart modulo a page relative to the arena either way)
+ARENA_ALIGN = ALIGN
 # the entry points' arguments after the status: the values of the size symbols (0 in graphs
 # that do not use them)
 SIZE_ARGUMENTS = ", ".join(f"int64_t tn_{s}" for s in SYMBOLS)
@@ -73,8 +73,8 @@ class EntryPoint:
         self.copies = []           # (output index, value) copied at the end
         self.checks = []           # status code - 1 -> (exception type, message format)
 
-    # whether its arena is aligned to ARENA_ALIGN, so that its plan may stagger buffers
-    # modulo a page (``Target.staggered_arena``; see ``memory_plan``)
+    # whether its plan may stagger buffers modulo a page (``Target.staggered_arena``; see
+    # ``memory_plan``): not inside another kernel's scratch
     page_aligned = True
 
     @property

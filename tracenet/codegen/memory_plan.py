@@ -7,11 +7,12 @@ a slot sized by its largest monomial (every symbol is at least 1, so ``a * N + b
 N``). Regions are laid out one after the other, so an offset is a C expression in the symbols
 (``arena + (8192*tn_N+12288)``).
 
-Staggering (``Plan(staggered=True)``, for an arena aligned to ``PAGE``). A load whose address
+Staggering (``Plan(staggered=True)``). A load whose address
 equals that of an earlier store still in flight modulo 4096 may wait for that store (the
 load/store unit compares the low 12 address bits first: "4K aliasing"). A staggered plan
-controls every buffer's address modulo 4096 for every value of the symbols, so that a kernel's
-inputs, outputs and scratch do not share their low 12 address bits:
+controls every buffer's offset modulo 4096 for every value of the symbols, so that a kernel's
+inputs, outputs and scratch do not share their low 12 address bits (relative to the arena's
+start, which is aligned to ``ALIGN`` only: a page-aligned arena measured slower at batch 64):
 
 * every slot spans whole pages of its region: in the region of ``N`` a unit is ``N`` bytes, so
   a slot ``u`` units in starts ``u * N`` bytes in, a multiple of 4096 for every ``N`` when ``u``
@@ -32,7 +33,7 @@ option is there to measure a processor whose loads do stall on 4K aliasing.
 from .._sym import Specialize, Sym
 
 ALIGN = 64      # every buffer's alignment (the kernels' vector loads assume it)
-PAGE = 4096     # the period of 4K aliasing, and a staggered arena's alignment
+PAGE = 4096     # the period of 4K aliasing
 SMALL = 1024    # constant-size buffers below this are packed, not staggered
 
 
