@@ -25,7 +25,7 @@ import numpy as np
 
 from ._sym import NO_SIZES, Specialize, Sym, evaluator, shape_evaluator
 from .codegen.base import STATUS_DETAILS, Kernel, has_lowering
-from .codegen.emit import ALIGN, EntryPoint, c_identifier
+from .codegen.emit import ARENA_ALIGN, EntryPoint, c_identifier
 from .ir.verify import verify
 from .passes import fuse, simplify
 from .passes.decompose import decompose
@@ -252,14 +252,14 @@ class Arenas:
 
 
 class _Arena:
-    """``nbytes`` of uninitialised memory aligned to ``ALIGN``; ``pointer`` is what the C entry
-    point takes."""
+    """``nbytes`` of uninitialised memory aligned to ``ARENA_ALIGN``; ``pointer`` is what the C
+    entry point takes."""
 
     __slots__ = ("nbytes", "pointer")
 
     def __init__(self, nbytes):
-        memory = np.empty(nbytes + ALIGN, np.uint8)  # pages are touched only when used
-        start = -memory.ctypes.data % ALIGN
+        memory = np.empty(nbytes + ARENA_ALIGN, np.uint8)  # pages are touched only when used
+        start = -memory.ctypes.data % ARENA_ALIGN
         self.nbytes = nbytes
         self.pointer = _cffi_backend.from_buffer(_CHAR_ARRAY, memory[start:start + nbytes])
 

@@ -3,8 +3,9 @@ point per graph.
 
 Entry points take ``void *const *args``, the graph's inputs then its outputs as buffer
 addresses; ``char *arena``, the caller's work memory (``EntryPoint.arena_bytes``, aligned to
-``ALIGN``): intermediates and kernel scratch live there, laid out by a liveness-based plan that
-reuses the memory of dead values (views alias their source buffer); ``int64_t *err``, the
+``ARENA_ALIGN``): intermediates and kernel scratch live there, laid out by
+``memory_plan`` (liveness-based, reusing the memory of dead values; views alias their source
+buffer; optionally staggered modulo a page); ``int64_t *err``, the
 call's status (see "data checks" in ``base``): an entry returns right after a kernel that
 reports bad data, and ``EntryPoint.checks`` says how each status code is raised; and
 ``int64_t tn_N, int64_t tn_T``, the values of the size symbols ``N`` (batch size) and ``T``
@@ -20,14 +21,17 @@ import re
 
 import numpy as np
 
-from .._sym import SYMBOLS, Specialize, Sym, display
+from .._sym import SYMBOLS, display
 from ..ops.common import numel
 from . import lowerings  # noqa: F401  (registers every lowering)
 from . import templates
 from .base import CTYPE, ctype, is_alias, lower_node
+from .memory_plan import ALIGN, Plan
 from .templates import render
 
-ALIGN = 64
+# what an entry point's arena is aligned to (a page measured slower at batch 64 here; a
+# staggered plan keeps its buffers apart modulo a page relative to the arena either way)
+ARENA_ALIGN = ALIGN
 # the entry points' arguments after the status: the values of the size symbols (0 in graphs
 # that do not use them)
 SIZE_ARGUMENTS = ", ".join(f"int64_t tn_{s}" for s in SYMBOLS)
@@ -69,6 +73,10 @@ class EntryPoint:
         self.copies = []           # (output index, value) copied at the end
         self.checks = []           # status code - 1 -> (exception type, message format)
 
+    # whether its plan may stagger buffers modulo a page (``Target.staggered_arena``; see
+    # ``memory_plan``): not inside another kernel's scratch
+    page_aligned = True
+
     @property
     def num_args(self):
         return len(self.graph.inputs) + len(self.graph.outputs)
@@ -98,92 +106,8 @@ def _format_constant(array, ct):
     return body
 
 
-class _Arena:
-    """First-fit allocation of byte ranges over node-index lifetimes."""
-
-    def __init__(self):
-        self.free = []   # (offset, size)
-        self.size = 0
-
-    def alloc(self, nbytes):
-        nbytes = max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
-        best = None
-        for i, (off, size) in enumerate(self.free):
-            if size >= nbytes and (best is None or size < self.free[best][1]):
-                best = i
-        if best is not None:
-            off, size = self.free.pop(best)
-            if size > nbytes:
-                self.free.append((off + nbytes, size - nbytes))
-            return off
-        off = self.size
-        self.size += nbytes
-        return off
-
-    def release(self, off, nbytes):
-        nbytes = max(ALIGN, -(-nbytes // ALIGN) * ALIGN)
-        self.free.append((off, nbytes))
-        self.free.sort()
-        merged = []
-        for o, s in self.free:
-            if merged and merged[-1][0] + merged[-1][1] == o:
-                merged[-1] = (merged[-1][0], merged[-1][1] + s)
-            else:
-                merged.append((o, s))
-        self.free = merged
-
-
 def _nbytes(v):
     return numel(v.shape) * v.dtype.itemsize
-
-
-class _Plan:
-    """The memory plan of one entry point: first-fit arenas over node-index lifetimes, one per
-    size scale. Sizes that do not depend on a size symbol share the constant region; a size
-    ``c * m`` (``m`` a monomial of symbols, ``4704 * N``) is planned in units of ``m``, in the
-    region of ``m``; a sum of terms takes a slot sized by its largest monomial (every symbol is
-    at least 1, so ``a * N + b <= (a + b) * N``). Regions are laid out one after the other, so
-    an offset is a C expression in the symbols (``arena + (4096 + 1024*tn_N)``)."""
-
-    def __init__(self):
-        self.regions = {}  # monomial (() for constant sizes) -> _Arena
-
-    @staticmethod
-    def _scale(nbytes):
-        if not isinstance(nbytes, Sym):
-            return (), nbytes
-        monomials = sorted(nbytes.terms, key=len)
-        top = monomials[-1]
-        for m in monomials:
-            rest = list(top)
-            for s in m:
-                if s not in rest:  # N*T + M: no monomial bounds the others
-                    raise Specialize(f"no memory plan for a buffer of {nbytes.display()} bytes")
-                rest.remove(s)
-        return top, sum(c for c in nbytes.terms.values() if c > 0)
-
-    def alloc(self, nbytes):
-        scale, units = self._scale(nbytes)
-        arena = self.regions.setdefault(scale, _Arena())
-        return scale, arena.alloc(units), units
-
-    def release(self, slot):
-        scale, off, units = slot
-        self.regions[scale].release(off, units)
-
-    def layout(self):
-        """(region base per scale, total bytes): the constant region first."""
-        base, total = {}, 0
-        for scale in sorted(self.regions, key=lambda m: (len(m), m)):
-            base[scale] = total
-            size = self.regions[scale].size
-            total = total + (size * Sym({scale: 1}, 0) if scale else size)
-        return base, total
-
-    @staticmethod
-    def offset(base, slot):
-        scale, off, _ = slot
-        return base[scale] + (off * Sym({scale: 1}, 0) if scale else off)
 
 
 def plan_entry(entry, prefix, target):
@@ -232,7 +156,7 @@ def plan_entry(entry, prefix, target):
         for v in node.inputs:
             r = root_of(v)
             last_use[r] = max(last_use.get(r, idx), idx)
-    plan = _Plan()
+    plan = Plan(staggered=entry.page_aligned and target.staggered_arena)
     live = []  # (end, slot)
     placements = {}
     scratch_at = {}
@@ -259,8 +183,8 @@ def plan_entry(entry, prefix, target):
             live.append((idx, slot))
     base, entry.arena_bytes = plan.layout()
     for r, slot in placements.items():
-        storage[r] = f"(void *)(arena + {_Plan.offset(base, slot)})"
-    scratch_at = {idx: _Plan.offset(base, slot) for idx, slot in scratch_at.items()}
+        storage[r] = f"(void *)(arena + {Plan.offset(base, slot)})"
+    scratch_at = {idx: Plan.offset(base, slot) for idx, slot in scratch_at.items()}
 
     def ptr(v):
         return f"({CTYPE[v.dtype.short]} *){storage[root_of(v)]}"
@@ -389,6 +313,8 @@ def generate(graphs, unit, target, timing=False, pieces=False, on_gemm=None):
         lines.append(sig)
         lines.append("{")
         if any(k.parallel for k, _ in body):  # the caller's thread count, for its regions
+            # per-thread scratch has a slice for at most TN_MAX_THREADS threads
+            lines.append("    if (threads > TN_MAX_THREADS) threads = TN_MAX_THREADS;")
             lines.append("    omp_set_num_threads(threads);")
         for i, call in enumerate(calls):
             if timing:
@@ -438,5 +364,12 @@ def generate(graphs, unit, target, timing=False, pieces=False, on_gemm=None):
     return source, cdef, entries, uses_openmp, layout
 
 
+class LoopBody(EntryPoint):
+    """A scan's loop body: its arena lies in the scan kernel's scratch, aligned to ``ALIGN``
+    only, so its plan packs buffers, never staggers them."""
+
+    page_aligned = False
+
+
 # the scan lowering plans its loop body as a function of its own, with this module's planner
-lowerings.scan.use_planner(EntryPoint, plan_entry)
+lowerings.scan.use_planner(LoopBody, plan_entry)
