@@ -5,7 +5,10 @@
 Each round runs one worker process per tree, alternating A, B, A, B..., so both see the same
 phases of a shared, noisy machine. A worker imports tracenet from its tree, compiles LeNet's
 training step (``compile_step``, SGD with momentum) and inference (``tracenet.compile`` under
-``no_grad``) at batch 1, 8 and 64, and reports the median time per call. The table gives each
+``no_grad``) at one batch size, and reports the median time per call. Each batch size (1, 8,
+64) gets its own worker with an empty cache directory, so it is built at that size, as for a
+user whose batch size is fixed (a build traced at batch 1 and reused at 64 keeps serial
+kernels: see "Shapes" in the README). The table gives each
 tree's median over rounds and the ratio A/B (> 1: the new tree is faster). A tree is any
 checkout, e.g. one made with ``git worktree add /tmp/old <commit>``.
 """
@@ -15,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -39,7 +43,7 @@ def median_call(fn, n):
 n = int(sys.argv[3])
 rng = np.random.default_rng(0)
 out = {}
-for batch in (1, 8, 64):
+for batch in (int(sys.argv[4]),):
     tn.manual_seed(0)
     net = lenet(tn)
     x = tn.from_numpy(rng.standard_normal((batch, 1, 32, 32)).astype(np.float32))
@@ -57,10 +61,13 @@ print(json.dumps(out))
 """
 
 
-def run_worker(tree, calls):
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    res = subprocess.run([sys.executable, "-c", WORKER, os.path.abspath(tree), HERE, str(calls)],
-                         capture_output=True, text=True, env=env, check=False)
+def run_worker(tree, calls, batch):
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
+                   TRACENET_CACHE_DIR=cache)
+        res = subprocess.run([sys.executable, "-c", WORKER, os.path.abspath(tree), HERE,
+                              str(calls), str(batch)],
+                             capture_output=True, text=True, env=env, check=False)
     if res.returncode != 0:
         sys.exit(f"worker for {tree} failed:\n{res.stderr}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -77,8 +84,9 @@ def main():
     for r in range(args.rounds):
         for label, tree in (("A", args.old), ("B", args.new)) if r % 2 == 0 else \
                 (("B", args.new), ("A", args.old)):
-            for k, v in run_worker(tree, args.calls).items():
-                samples[label].setdefault(k, []).append(v)
+            for batch in (1, 8, 64):
+                for k, v in run_worker(tree, args.calls, batch).items():
+                    samples[label].setdefault(k, []).append(v)
     print(f"A = {args.old}\nB = {args.new}\n{args.rounds} rounds, median of {args.calls} calls "
           "each, then the median over rounds")
     print(f"{'workload':<12} {'A us':>9} {'B us':>9} {'A/B':>6}")
