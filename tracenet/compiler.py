@@ -400,13 +400,13 @@ class CompiledModule:
 
     def _run(self, spec, inputs):
         in_arrays, outs = spec.run_forward(inputs)
-        sizes = run_sizes(in_arrays, spec.symbols)
         for state_index, out_index in spec.state_updates:
             buf = spec.params[state_index][1]  # e.g. a running mean, updated as in eager mode
             np.copyto(buf._data, outs[out_index])
             buf._vc.value += 1
         results = [Tensor._wrap(o) for o in outs[:spec.n_out]]
         if spec.needs_grad and grad_mode._state.enabled:
+            sizes = run_sizes(in_arrays, spec.symbols)  # (only the backward needs them here)
             leaves = list(inputs) + spec._param_tensors
             edge_of = engine.edge_of
             edges = tuple([edge_of(leaves[i]) for i in spec.grad_of])
