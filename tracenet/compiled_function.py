@@ -642,7 +642,6 @@ class CompiledFunction:
             declaration_of(opt)  # fail now for an optimizer that cannot be compiled
         # (for the graph cache key: the code that runs; the files it is in are checked)
         self.code = (warm._code_id(fn), warm._code_id(reach))
-        self._last_call = None
 
     @property
     def _last(self):
@@ -664,31 +663,11 @@ class CompiledFunction:
                 raise TypeError(f"compiled function input {i} must be a Tensor, got "
                                 f"{type(x).__name__}")
         arrays = [x._data for x in inputs]
-        shapes = [(a.shape, a.dtype) for a in arrays]
-        rest = self._rest()
-        last = self._last_call  # (the exact shapes, rest and specialisation of the last call)
-        if last is not None and last[0] == shapes and last[1] == rest and \
-                last[2].guards.hold():
-            spec = last[2]
-        else:
-            spec = self._dispatch(inputs, rest)
-            self._last_call = (shapes, rest, spec)
-            self._specs.last = spec
+        spec = self._sizes.specialisation(arrays, inputs, self._rest(), self._lines,
+                                          lambda key, line, sizes:
+                                          self._lookup(key, line, inputs, sizes))
+        self._specs.last = spec
         return spec.run(arrays)
-
-    def _dispatch(self, inputs, rest):
-        """The specialisation for a call whose shapes, flags or guards differ from the last."""
-        sizes, key = self._sizes.of(inputs, rest)
-        line = self._lines.get(key)
-        if line and line[0].guards.hold():
-            return line[0]
-        if line is None and self._sizes.new_key(inputs, rest):
-            return self._dispatch(inputs, rest)
-        spec = self._lookup(key, line, inputs, sizes)
-        if spec is None:
-            self._sizes.exact_only.add(key)
-            return self._dispatch(inputs, rest)
-        return spec
 
     def _lookup(self, key, line, inputs, sizes):
         if line is None:

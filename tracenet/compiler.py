@@ -358,18 +358,9 @@ class CompiledModule:
         if tracing_a_function():  # (inside tracenet.compile(fn): traced into its graph)
             return call_inline(self, args, kwargs)
         inputs, structure = _flatten_call(args, kwargs)
-        rest = self._rest(inputs, structure)
-        sizes, key = self._sizes.of(inputs, rest)
-        line = self._lines.get(key)
-        if line and line[0].guards.hold():  # (empty while another thread compiles it)
-            spec = line[0]
-        else:
-            if line is None and self._sizes.new_key(inputs, rest):
-                return self(*args, **kwargs)  # the sequence length is symbolic now
-            spec = self._lookup(key, line, inputs, structure, sizes)
-            if spec is None:  # the sizes could not stay symbolic
-                self._sizes.exact_only.add(key)
-                return self(*args, **kwargs)
+        spec = self._sizes.specialisation(
+            [x._data for x in inputs], inputs, self._rest(inputs, structure), self._lines,
+            lambda key, line, sizes: self._lookup(key, line, inputs, structure, sizes))
         self._specs.last = spec
         return self._run(spec, inputs)
 

@@ -97,6 +97,7 @@ class SymbolicSizes:
         self.seq = False
         self.exact_only = set()
         self._lengths = {}  # a key with both sizes symbolic -> the sequence length seen
+        self._last = None  # (exact shapes and dtypes, rest, specialisation) of the last call
 
     def of(self, inputs, rest):
         """(sizes, key) of a call: ``sizes`` for ``trace`` (None: exact shapes), ``key`` the
@@ -106,6 +107,34 @@ class SymbolicSizes:
         if self.exact_only and sizes is not None and key in self.exact_only:
             sizes, key = None, self._key(inputs, None, rest)
         return sizes, key
+
+    def specialisation(self, arrays, inputs, rest, lines, lookup):
+        """The specialisation for a call on ``inputs`` (whose arrays are ``arrays``).
+
+        A call with the last call's exact shapes, dtypes and ``rest`` reuses its specialisation
+        while its guards hold, without building a key. Otherwise the key's line in ``lines``
+        (key -> specialisations, the last one whose guards held first) gives it, or
+        ``lookup(key, line, sizes)`` makes a new one; a key whose sizes could not stay symbolic
+        (``lookup`` gives None) is compiled exactly from then on."""
+        shapes = [(a.shape, a.dtype) for a in arrays]
+        last = self._last
+        if last is not None and last[0] == shapes and last[1] == rest and \
+                last[2].guards.hold():
+            return last[2]
+        while True:
+            sizes, key = self.of(inputs, rest)
+            line = lines.get(key)
+            if line and line[0].guards.hold():  # (empty while another thread compiles it)
+                spec = line[0]
+                break
+            if line is None and self.new_key(inputs, rest):
+                continue  # the sequence length is symbolic now: the key changed
+            spec = lookup(key, line, sizes)
+            if spec is not None:
+                break
+            self.exact_only.add(key)
+        self._last = (shapes, rest, spec)
+        return spec
 
     @staticmethod
     def _key(inputs, sizes, rest):
