@@ -210,8 +210,10 @@ def plan_entry(entry, prefix, target):
 
 
 # a call of one of the GEMM's entry points (templates/_gemm.c.j2), and their element types
-_GEMM_CALL = re.compile(r"\b(tn_gemm(?:_nt)?_f(?:32|64))\s*\(")
+_GEMM_CALL = re.compile(r"\b(tn_g?gemm(?:_nt)?_f(?:32|64))\s*\(")
 _GEMM_CTYPE = {"_f32": "float", "_f64": "double"}
+# the entry point's name (less the type suffix) -> what ``_gemm.c.j2`` calls it in ``only``
+_GEMM_ENTRY = {"tn_gemm": "nn", "tn_gemm_nt": "nt", "tn_ggemm": "gg"}
 
 
 def gemm_sources(target, names):
@@ -223,7 +225,7 @@ def gemm_sources(target, names):
         "#define _POSIX_C_SOURCE 199309L", "#include <string.h>",
         render("_preamble.c.j2", max_threads=target.max_threads, ctypes={_GEMM_CTYPE[g[-4:]]},
                gemm_linkage='__attribute__((visibility("hidden")))',
-               gemm_only=("nt" if "_nt_" in g else "nn",))]) for g in names}
+               gemm_only=(_GEMM_ENTRY[g[:-4]],))]) for g in names}
 
 
 def generate(graphs, unit, target, timing=False, pieces=False, on_gemm=None):

@@ -2,7 +2,8 @@
 
 gcc compiles one file on one core, and most of a unit's cold build is gcc. Half of it is the
 GEMM's generic code (packing, tails, every tile size), which is the same for every unit: each
-of its two entry points (tn_gemm, tn_gemm_nt, per element type) is built once into an object
+of its entry points (tn_gemm, tn_gemm_nt and the convolutions' gathered tn_ggemm, per element
+type) is built once into an object
 file of the cache (``build.object_file``) and linked into every unit that calls it, so a
 unit's own files hold only its kernels. The kernels are dealt out largest first to the core
 that would finish first, the GEMM objects not built yet counted as jobs of their own; the file
