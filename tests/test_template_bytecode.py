@@ -1,4 +1,5 @@
-"""The kernel templates' Jinja bytecode: written at package build time and read by a process
+"""The kernel templates' Jinja bytecode: written at package build time (with the prebuilt
+GEMM objects) and read by a process
 that has an empty cache, so a cold compile does not parse templates; never trusted when the
 template's source differs."""
 import os
@@ -85,9 +86,12 @@ def test_a_damaged_entry_is_parsed_again(tmp_path, no_parsing):
     assert no_parsing == ["softmax.c.j2"]
 
 
-def test_the_package_build_ships_the_bytecode(tmp_path):
+def test_the_package_build_ships_the_bytecode_and_the_prebuilt_gemm(tmp_path):
     out = tmp_path / "build"
     subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(out)], cwd=ROOT,
                    check=True, capture_output=True)
     shipped = out / "tracenet" / "templates" / templates.SHIPPED
     assert len(os.listdir(shipped)) == len(names())
+    # (tests/test_prebuilt.py checks what is in it, and that a compile uses it)
+    objects = [n for n in os.listdir(out / "tracenet" / "_prebuilt") if n.endswith(".o")]
+    assert len(objects) == 6, objects

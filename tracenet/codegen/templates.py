@@ -92,7 +92,11 @@ def environment():
     if _cache_dir[0] is not None:
         directory = os.path.join(_cache_dir[0], "jinja")
         os.makedirs(directory, exist_ok=True)
-    return _environment(TemplateBytecode(directory, [os.path.join(template_dir(), SHIPPED)]))
+    # TRACENET_PREBUILT=0 ignores what the package build wrote ahead of time: this bytecode
+    # too, not only runtime.cache.prebuilt_dir's files
+    shipped = [] if os.environ.get("TRACENET_PREBUILT", "").strip() == "0" else \
+        [os.path.join(template_dir(), SHIPPED)]
+    return _environment(TemplateBytecode(directory, shipped))
 
 
 def precompile(out_dir, source_dir=None):

@@ -30,8 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 import cffi
 
 from . import debug, split, toolchain
-from .cache import CacheError, atomic_write, cache_dir, locked, remove, remove_stale_temps, \
-    temp_path
+from .cache import CacheError, atomic_write, cache_dir, locked, prebuilt, remove, \
+    remove_stale_temps, temp_path
 from .toolchain import CompilerError
 
 # seconds one compile may take before it is killed
@@ -301,8 +301,11 @@ def object_flags():
 
 
 def object_path(name, source):
-    """Where the object file compiled from ``source`` is kept in the cache."""
-    return os.path.join(cache_dir(), f"{file_stem(name)}-{cache_key(source, object_flags())}.o")
+    """Where the object file compiled from ``source`` is: the one built when the package was
+    installed (``cache.prebuilt``) if it is there and intact, else the cache's."""
+    path = os.path.join(cache_dir(), f"{file_stem(name)}-{cache_key(source, object_flags())}.o")
+    ready = prebuilt(path)
+    return ready if ready is not None and _entry_problem(ready) is None else path
 
 
 class _Started:
@@ -395,6 +398,8 @@ def build_object(path, source):
     started = _started.pop(path, None)
     if started is not None:
         started.finish()
+    elif _entry_problem(path) is None:  # (the cache's, or a prebuilt one: not locked)
+        return
     with locked(path):
         problem = _entry_problem(path)
         if problem is None:

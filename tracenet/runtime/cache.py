@@ -50,6 +50,32 @@ def cache_dir():
     return _usable[d]
 
 
+def prebuilt_dir():
+    """The read-only directory of files built when the package was installed (the compiler
+    probes' records and the GEMM objects; ``runtime.prebuild``), consulted after the cache:
+    ``TRACENET_PREBUILT``, else ``_prebuilt/`` in the package; None when it is ``0`` or the
+    directory does not exist. Its files are named as in the cache, by the same keys, so one
+    built for another compiler, CPU or set of flags is never found."""
+    d = os.environ.get("TRACENET_PREBUILT", "").strip()
+    if d == "0":
+        return None
+    d = d or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          PREBUILT)
+    return d if os.path.isdir(d) else None
+
+
+PREBUILT = "_prebuilt"
+
+
+def prebuilt(path):
+    """The prebuilt file named as the cache file ``path`` is, if there is one (else None)."""
+    d = prebuilt_dir()
+    if d is None:
+        return None
+    candidate = os.path.join(d, os.path.basename(path))
+    return candidate if os.path.isfile(candidate) else None
+
+
 def _unwritable(d):
     """Why files cannot be created in directory ``d`` (None: they can)."""
     try:

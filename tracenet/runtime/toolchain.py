@@ -11,7 +11,7 @@ import signal
 import subprocess
 import tempfile
 
-from .cache import CacheError, atomic_write, cache_dir
+from .cache import CacheError, atomic_write, cache_dir, prebuilt
 
 
 class CompilerError(RuntimeError):
@@ -58,13 +58,14 @@ def _identity(argv):
     stamp = f"{' '.join(argv)}|{os.path.realpath(exe)}|{st.st_size}|{st.st_mtime_ns}"
     path = os.path.join(cache_dir(), "compiler-" +
                         hashlib.sha256(stamp.encode()).hexdigest()[:24] + ".txt")
-    try:
-        with open(path) as f:
-            identity = f.read()
-        if identity.strip():
-            return identity
-    except (OSError, ValueError):
-        pass
+    for known in (path, prebuilt(path)):
+        try:
+            with open(known) as f:
+                identity = f.read()
+            if identity.strip():
+                return identity
+        except (OSError, ValueError, TypeError):
+            pass
     _, out, err = run_compiler(list(argv) + ["--version"], 30, "for its version")
     text = out or err
     identity = text.splitlines()[0] if text else argv[0]
@@ -173,13 +174,22 @@ def _recorded(path):
     return None
 
 
+def _recorded_anywhere(path):
+    """The probe results remembered in the cache file ``path``, or else in the prebuilt
+    directory (probed when the package was installed)."""
+    known = _recorded(path)
+    if known is None and prebuilt(path) is not None:
+        known = _recorded(prebuilt(path))
+    return known
+
+
 def probe_pending():
     """Whether asking for the flags now would run test compiles (nothing known yet, in this
     process or on disk)."""
     if _probed.cache_info().currsize:
         return False
     try:
-        return _recorded(_probe_cache_path()) is None
+        return _recorded_anywhere(_probe_cache_path()) is None
     except CompilerError:
         return False  # no compiler: whoever asks for the flags gets the error
 
@@ -187,7 +197,7 @@ def probe_pending():
 @functools.lru_cache(maxsize=None)
 def _probed():
     path = _probe_cache_path()
-    known = _recorded(path)
+    known = _recorded_anywhere(path)
     if known is not None:
         return known
     # gnu99 rather than c99: ISO mode turns off contraction of a*b+c into FMA instructions
