@@ -252,6 +252,15 @@ _CHILD = textwrap.dedent("""
 """)
 
 
+def prebuild(root):
+    """Build in the tracenet checkout ``root`` what `pip install` builds ahead of time (the
+    GEMM objects, the compiler probe, the templates' bytecode), so that a cold compile there
+    is measured as in an installed package. (Not for a tree from before that existed.)"""
+    if os.path.exists(os.path.join(root, "tracenet", "runtime", "prebuild.py")):
+        subprocess.run([sys.executable, "-m", "tracenet.runtime.prebuild"], check=True,
+                       cwd=root, capture_output=True)
+
+
 def child(mode, batch, cache_dir, **extra_env):
     script = _CHILD.format(root=os.path.dirname(HERE), here=HERE)
     env = dict(os.environ, TRACENET_CACHE_DIR=cache_dir, **extra_env)
@@ -308,10 +317,7 @@ def main():
         print(f"| inference | {batch} | {res[0] * 1e6:.0f} | {res[1] * 1e6:.0f} | "
               f"{res[0] / res[1]:.2f}x | {ind} | >= {INFER_TARGETS[batch]}x |", flush=True)
     print()
-    # what `pip install` builds ahead of time (the GEMM objects, the compiler probe, the
-    # templates' bytecode), done for this checkout as the install does it
-    subprocess.run([sys.executable, "-m", "tracenet.runtime.prebuild"], check=True,
-                   cwd=os.path.dirname(HERE), capture_output=True)
+    prebuild(os.path.dirname(HERE))
     colds, bare = [], []
     for _ in range(args.cold_runs):  # each in a cache of its own: a shared machine is noisy
         for runs, env in ((colds, {}), (bare, {"TRACENET_PREBUILT": "0"})):

@@ -11,7 +11,8 @@ medians; every row prints the ratio PyTorch time / tracenet time (> 1 means trac
 faster). tracenet runs the step two ways: ``compile_step`` (the whole step as one C call) and
 the plain loop around ``tracenet.compile(net)``, plus compiled inference. Cold compile times
 (trace, autodiff, C, build and the first step, in a fresh process with an empty cache
-directory) are measured for every length. ``--root`` picks the tracenet source tree to measure (default: this checkout),
+directory, with what the package build prebuilds: ``bench/lenet.py``'s ``prebuild``) are
+measured for every length. ``--root`` picks the tracenet source tree to measure (default: this checkout),
 e.g. an older one to compare against; ``--cpu`` adds tracenet's per-call process CPU time.
 ``--ab OLD_DIR`` compares two trees instead: worker processes of the old tree and of
 ``--root`` alternate, each timing tracenet's compiled training step and inference in process
@@ -265,6 +266,7 @@ def main():
                   f"{train * 1e6:.0f} us, inference {infer * 1e6:.0f} us", flush=True)
     if not args.no_cold:
         print()
+        lenet.prebuild(root)  # (measured as installed, as bench/lenet.py does)
         cold = {}
         for length in lengths:
             cold[length] = r = cold_compile(root, length)
