@@ -241,17 +241,24 @@ def run_eager(op, inputs, attrs):
             o._vc = base._vc
             o._base = base._base if base._base is not None else base
     if op.differentiable and grad_mode._state.enabled:
-        # (a view with a stale history refreshes it through the property)
-        needs = tuple([t._req if t._base_ is None else t._requires_grad for t in inputs])
-        if True in needs:
-            _record(op, inputs, outputs, metas, metas_out, attrs, needs)
+        record(op, inputs, outputs, metas, metas_out, attrs)
     return outputs[0] if op.num_outputs == 1 else tuple(outputs)
+
+
+def record(op, inputs, outputs, metas, out_metas, attrs):
+    """Record the node of one eager application of ``op`` (with grad mode on) if an input
+    needs a gradient: what ``run_eager`` records, for a caller that ran the op's kernel itself
+    (a lean path for a hot pair of ops)."""
+    # (a view with a stale history refreshes it through the property)
+    needs = tuple([t._req if t._base_ is None else t._requires_grad for t in inputs])
+    if True in needs:
+        _record(op, inputs, outputs, metas, out_metas, attrs, needs)
 
 
 # shape rules remembered per op (for ops that opt in, see registry.Op.infer_cache), at most
 _INFER_CACHE_SIZE = 256
 # Meta((shape, dtype)) without the namedtuple's Python-level constructor
-_meta = functools.partial(tuple.__new__, Meta)
+_meta = meta_of = functools.partial(tuple.__new__, Meta)
 
 
 def _output(op, arr, meta):
