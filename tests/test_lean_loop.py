@@ -137,3 +137,44 @@ def test_tutorial_loop_around_a_compiled_module_matches_torch(batch):
         np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=1e-4,
                                    atol=1e-5)
         np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_backward_never_overwrites_a_gradient_someone_holds():
+    """A compiled backward reuses the gradient arrays of an earlier one only when nothing
+    else holds them: a kept ``.grad`` (or its array, or a view of it) keeps its values."""
+    net = tn.nn.Linear(4, 3)
+    ref = tn.nn.Linear(4, 3)
+    ref.load_state_dict(net.state_dict())
+    cnet = tn.compile(net)
+    rng = np.random.default_rng(5)
+    xs = [tn.from_numpy(rng.standard_normal((2, 4)).astype(np.float32)) for _ in range(4)]
+    cnet(xs[0]).sum().backward()
+    kept_tensor = net.weight.grad
+    kept_array = net.bias.grad.numpy()
+    kept_view = net.weight.grad.numpy()[:1]
+    before = [kept_tensor.numpy().copy(), kept_array.copy(), kept_view.copy()]
+    for x in xs[1:]:
+        net.zero_grad()
+        (cnet(x) * 3).sum().backward()
+        ref.zero_grad()
+        (ref(x) * 3).sum().backward()
+        for p, q in zip(net.parameters(), ref.parameters()):
+            np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-6)
+    for got, want in zip((kept_tensor.numpy(), kept_array, kept_view), before):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_compiled_backward_reuses_dropped_gradient_arrays():
+    net = tn.nn.Linear(4, 3)
+    cnet = tn.compile(net)
+    x = tn.randn(2, 4)
+    cnet(x).sum().backward()
+    first = id(net.weight.grad.numpy())
+    net.zero_grad()  # drops .grad: the arrays are free again
+    cnet(x).sum().backward()
+    assert id(net.weight.grad.numpy()) == first
+    expected = np.broadcast_to(x.numpy().sum(0), (3, 4))
+    np.testing.assert_allclose(net.weight.grad.numpy(), expected, rtol=1e-6)
+    # accumulation into a kept .grad adds a fresh gradient in place
+    cnet(x).sum().backward()
+    np.testing.assert_allclose(net.weight.grad.numpy(), 2 * expected, rtol=1e-6)

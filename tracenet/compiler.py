@@ -8,6 +8,7 @@ backward graph in one C call and hands the parameter gradients to the autograd e
 accumulates them into ``.grad`` exactly as in eager mode.
 """
 import operator
+import sys
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from .trace import Guards, rebuild, specialisation_key, structure_of, trace
 
 
 _data_of = operator.attrgetter("_data")
+_refcount = sys.getrefcount
 
 
 class Specialisation:
@@ -164,6 +166,7 @@ class Specialisation:
         in that order), which leaves get an edge and which are version-checked."""
         n_user, n_params = self.n_user, len(self.params)
         first_out = n_user + n_params + self.n_seeds
+        self._grad_pool = []  # [(sizes, gradient arrays)] of earlier backward calls
         self._saved_plan = [idx if kind == "input" else first_out + idx
                             for kind, idx in self.saved_sources]
         self._recycled_plan = [first_out + i for i in self.recyclable]
@@ -203,8 +206,27 @@ class Specialisation:
         return arrays, outs, sizes
 
     def run_backward(self, cotangents, saved, sizes):
-        grads = [np.empty(shape, dt) for shape, dt in self.grad_shapes(sizes)]
+        grads = self._free_gradients(sizes)
+        if grads is None:
+            grads = [np.empty(shape, dt) for shape, dt in self.grad_shapes(sizes)]
         self._backward(cotangents + saved, grads, (), sizes)
+        self._grad_pool.append((sizes, grads))
+        return grads
+
+    def _free_gradients(self, sizes):
+        """The gradient arrays of an earlier backward if nothing outside this pool holds them
+        any more (a loop that drops ``.grad`` in ``zero_grad`` gets the same arrays again, so
+        nothing is allocated and no argument slot re-pointed), else None."""
+        try:
+            last_sizes, grads = self._grad_pool.pop()  # (atomic: one thread gets them)
+        except IndexError:
+            return None
+        if last_sizes != sizes:
+            return None
+        for a in grads:
+            # the pool's list, this loop and getrefcount's argument: nobody else
+            if _refcount(a) != 3:
+                return None
         return grads
 
 

@@ -18,6 +18,7 @@ change from call to call; everything else is here:
 import functools
 import os
 import threading
+import weakref
 
 import _cffi_backend
 import cffi
@@ -39,6 +40,7 @@ _ffi = cffi.FFI()
 _CHAR_ARRAY = _ffi.typeof("char[]")
 _STATUS = _ffi.typeof("int64_t[]")
 _NULL = _ffi.NULL
+_weak = weakref.ref
 # tracing and building are not thread-safe (one tracer is active per process): new
 # specialisations are made one at a time
 _compiling = threading.RLock()
@@ -300,8 +302,9 @@ class _Arena:
 
 class _Vector:
     """One ``void *[]`` of an entry point, the arrays its bound slots point at and, per
-    per-call slot, the array it pointed at last (kept alive: a call that passes the same array
-    again, such as a recycled buffer of saved values, skips re-pointing its slot)."""
+    per-call slot, a weak reference to the array it pointed at last: a call that passes that
+    array again (a recycled buffer of saved values, the same input) skips re-pointing the
+    slot, and the array is not kept alive by it."""
 
     __slots__ = ("args", "bound", "held")
 
@@ -415,15 +418,17 @@ class Arguments:
         args, pointer, held = vector.args, self.pointer, vector.held
         k = 0
         for arr in inputs:
-            if held[k] is not arr:
+            ref = held[k]
+            if ref is None or ref() is not arr:
                 args[k] = pointer(arr)
-                held[k] = arr
+                held[k] = _weak(arr)
             k += 1
         k = self.n_inputs
         for arr in outputs:
-            if held[k] is not arr:
+            ref = held[k]
+            if ref is None or ref() is not arr:
                 args[k] = pointer(arr)
-                held[k] = arr
+                held[k] = _weak(arr)
             k += 1
         seeds = None
         if self._n_seeds:
