@@ -101,7 +101,7 @@ class OpNode(Node):
             res = op.backward(self.ctx, *grads)
             res = res if isinstance(res, tuple) else (res,)
         if self._edge_inputs is not None:
-            res = tuple(res[i] for i in self._edge_inputs)
+            res = tuple([res[i] for i in self._edge_inputs])
         return res
 
     def _run_numpy(self, grads):
