@@ -390,7 +390,7 @@ class CompiledModule:
     def _rest(self, inputs, structure):
         """What a specialisation depends on besides input shapes and dtypes: requires_grad of
         the inputs, the training flag, grad mode and the call's structure."""
-        return (tuple(x._requires_grad for x in inputs), self._module.training,
+        return (tuple([x._requires_grad for x in inputs]), self._module.training,
                 grad_mode._state.enabled, structure)
 
     def __call__(self, *args, **kwargs):

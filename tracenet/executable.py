@@ -16,6 +16,7 @@ change from call to call; everything else is here:
 * ``Specialisations``: the compiled specialisations of one callable, by key.
 """
 import functools
+import operator
 import os
 import threading
 import weakref
@@ -41,6 +42,7 @@ _CHAR_ARRAY = _ffi.typeof("char[]")
 _STATUS = _ffi.typeof("int64_t[]")
 _NULL = _ffi.NULL
 _weak = weakref.ref
+_is = operator.is_
 # tracing and building are not thread-safe (one tracer is active per process): new
 # specialisations are made one at a time
 _compiling = threading.RLock()
@@ -408,13 +410,8 @@ class Arguments:
         except IndexError:
             vector = self._new_vector()
         old = vector.bound
-        if len(bound) != len(old):
+        if len(bound) != len(old) or not all(map(_is, bound, old)):
             self._rebind(vector, bound)
-        else:
-            for new, prev in zip(bound, old):
-                if new is not prev:
-                    self._rebind(vector, bound)
-                    break
         args, pointer, held = vector.args, self.pointer, vector.held
         k = 0
         for arr in inputs:
