@@ -178,3 +178,64 @@ def test_compiled_backward_reuses_dropped_gradient_arrays():
     # accumulation into a kept .grad adds a fresh gradient in place
     cnet(x).sum().backward()
     np.testing.assert_allclose(net.weight.grad.numpy(), 2 * expected, rtol=1e-6)
+
+
+def test_backward_through_a_chain_matches_torch_with_hooks_and_repeated_leaves():
+    """Graphs that are a chain of nodes ending at leaves take the engine's short path; leaf
+    hooks, hooks on intermediate tensors, a leaf reached twice and retain_graph behave as in
+    torch."""
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((3, 4)).astype(np.float32)
+    w = rng.standard_normal((4, 2)).astype(np.float32)
+    x, tx = tn.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    v, tv = tn.tensor(w, requires_grad=True), torch.tensor(w, requires_grad=True)
+    order, t_order = [], []
+    x.register_hook(lambda g: order.append("x"))
+    v.register_hook(lambda g: order.append("v"))
+    tx.register_hook(lambda g: t_order.append("x"))
+    tv.register_hook(lambda g: t_order.append("v"))
+    # a chain: mm -> relu -> sum, with a hook that doubles the gradient of the intermediate
+    h, th = (x @ v).relu(), (tx @ tv).relu()
+    h.register_hook(lambda g: g * 2)
+    th.register_hook(lambda g: g * 2)
+    loss, ref = h.sum(), th.sum()
+    loss.backward(retain_graph=True)
+    ref.backward(retain_graph=True)
+    assert order == t_order
+    loss.backward()
+    ref.backward()
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(v.grad.numpy(), tv.grad.numpy(), rtol=1e-6)
+    with pytest.raises(RuntimeError, match="Trying to backward through the graph a second"):
+        loss.backward()
+    # the same chain without the intermediate hook, into the gradients accumulated so far
+    order.clear()
+    t_order.clear()
+    (x @ v).relu().sum().backward()
+    (tx @ tv).relu().sum().backward()
+    assert order == t_order and len(order) == 2
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(v.grad.numpy(), tv.grad.numpy(), rtol=1e-6)
+    # one leaf on two edges of one node: the gradients are summed
+    y, ty = tn.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    (y * y).sum().backward()
+    (ty * ty).sum().backward()
+    np.testing.assert_allclose(y.grad.numpy(), ty.grad.numpy(), rtol=1e-6)
+
+
+def test_compiled_module_called_on_one_leaf_twice_sums_its_gradients():
+    class Pair(tn.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = tn.nn.Linear(3, 3)
+
+        def forward(self, a, b):
+            return self.lin(a) * b
+
+    net = Pair()
+    cnet = tn.compile(net)
+    x = tn.randn(2, 3, requires_grad=True)
+    cnet(x, x).sum().backward()
+    x_eager = x.detach().clone().requires_grad_()
+    net(x_eager, x_eager).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), x_eager.grad.numpy(), rtol=1e-5, atol=1e-6)
