@@ -8,6 +8,7 @@ backward graph in one C call and hands the parameter gradients to the autograd e
 accumulates them into ``.grad`` exactly as in eager mode.
 """
 import operator
+import sys
 
 import numpy as np
 
@@ -22,11 +23,12 @@ from .passes import grad as ir_grad, joint_forward
 from .passes.autodiff import view_source
 from .runtime import debug
 from .tensor import Tensor
-from ._sym import shape_evaluator
+from ._sym import NO_SIZES, shape_evaluator
 from .trace import Guards, rebuild, specialisation_key, structure_of, trace
 
 
 _data_of = operator.attrgetter("_data")
+_refcount = sys.getrefcount
 
 
 class Specialisation:
@@ -79,6 +81,8 @@ class Specialisation:
         self._out_layout = [(shape_evaluator(shape), dt, spare)
                             for (shape, dt), spare in zip(self.out_meta, self._spare)]
         self.user_out_shapes = ShapeTable(self.out_meta[:self.n_out])
+        if self.needs_grad:
+            self._plan_backward()
         cached = self.executable.library.cached
         self.compile_seconds = clock.done(
             "graph cache" if stored is not None else "cache hit" if cached else "compiled")
@@ -156,14 +160,28 @@ class Specialisation:
     def library(self):
         return self.executable.library
 
+    def _plan_backward(self):
+        """What a training call hands its backward node, worked out once: where each saved
+        value comes from in the call's array pool (user inputs, parameters, seeds, outputs,
+        in that order), which leaves get an edge and which are version-checked."""
+        n_user, n_params = self.n_user, len(self.params)
+        first_out = n_user + n_params + self.n_seeds
+        self._grad_pool = []  # [(sizes, gradient arrays)] of earlier backward calls
+        self._saved_plan = [idx if kind == "input" else first_out + idx
+                            for kind, idx in self.saved_sources]
+        self._recycled_plan = [first_out + i for i in self.recyclable]
+        self.differentiable_outputs = [i for i, d in enumerate(self.differentiable) if d]
+
     # --- calling -----------------------------------------------------------------------------
     def run_forward(self, inputs):
-        call = self._forward
+        """Run the forward on the tensors ``inputs``: (the call's array pool: user inputs,
+        parameters, seeds as 0-d arrays, outputs; the outputs; the size values)."""
         arrays = []
         for x in inputs:
             arr = x._data
             arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
-        sizes = run_sizes(arrays, self.symbols)
+        symbols = self.symbols
+        sizes = run_sizes(arrays, symbols) if symbols else NO_SIZES
         if self.size_checks:
             check_sizes(self.size_checks, sizes)
         outs = []
@@ -179,15 +197,36 @@ class Specialisation:
                     pass
             outs.append(np.empty(shape, dt))
         params = list(map(_data_of, self._param_tensors))
-        seeds = call(arrays, outs, params, sizes)
+        seeds = self._forward(arrays, outs, params, sizes)
+        arrays += params
         if seeds is not None:
             # kept with the user inputs: the backward may read them as saved values
-            return arrays + [seeds[k:k + 1].reshape(()) for k in range(self.n_seeds)], outs
-        return arrays, outs
+            arrays += [seeds[k:k + 1].reshape(()) for k in range(self.n_seeds)]
+        arrays += outs
+        return arrays, outs, sizes
 
     def run_backward(self, cotangents, saved, sizes):
-        grads = [np.empty(shape, dt) for shape, dt in self.grad_shapes(sizes)]
+        grads = self._free_gradients(sizes)
+        if grads is None:
+            grads = [np.empty(shape, dt) for shape, dt in self.grad_shapes(sizes)]
         self._backward(cotangents + saved, grads, (), sizes)
+        self._grad_pool.append((sizes, grads))
+        return grads
+
+    def _free_gradients(self, sizes):
+        """The gradient arrays of an earlier backward if nothing outside this pool holds them
+        any more (a loop that drops ``.grad`` in ``zero_grad`` gets the same arrays again, so
+        nothing is allocated and no argument slot re-pointed), else None."""
+        try:
+            last_sizes, grads = self._grad_pool.pop()  # (atomic: one thread gets them)
+        except IndexError:
+            return None
+        if last_sizes != sizes:
+            return None
+        for a in grads:
+            # the pool's list, this loop and getrefcount's argument: nobody else
+            if _refcount(a) != 3:
+                return None
         return grads
 
 
@@ -351,7 +390,7 @@ class CompiledModule:
     def _rest(self, inputs, structure):
         """What a specialisation depends on besides input shapes and dtypes: requires_grad of
         the inputs, the training flag, grad mode and the call's structure."""
-        return (tuple(x._requires_grad for x in inputs), self._module.training,
+        return (tuple([x._requires_grad for x in inputs]), self._module.training,
                 grad_mode._state.enabled, structure)
 
     def __call__(self, *args, **kwargs):
@@ -390,14 +429,14 @@ class CompiledModule:
         return spec
 
     def _run(self, spec, inputs):
-        in_arrays, outs = spec.run_forward(inputs)
+        pool, outs, sizes = spec.run_forward(inputs)
         for state_index, out_index in spec.state_updates:
             buf = spec.params[state_index][1]  # e.g. a running mean, updated as in eager mode
             np.copyto(buf._data, outs[out_index])
             buf._vc.value += 1
-        results = [Tensor._wrap(o) for o in outs[:spec.n_out]]
+        wrap = Tensor._wrap
+        results = [wrap(o) for o in outs[:spec.n_out]]
         if spec.needs_grad and grad_mode._state.enabled:
-            sizes = run_sizes(in_arrays, spec.symbols)  # (only the backward needs them here)
             leaves = list(inputs) + spec._param_tensors
             edge_of = engine.edge_of
             edges = tuple([edge_of(leaves[i]) for i in spec.grad_of])
@@ -409,28 +448,17 @@ class CompiledModule:
                                  if i >= n_user and type(n) is engine.AccumulateGrad]
             node = CompiledFunctionBackward(edges)
             node.spec = spec
-            saved = []
-            for kind, idx in spec.saved_sources:
-                if kind == "input":
-                    if idx < spec.n_user:
-                        saved.append(in_arrays[idx])
-                    elif idx < len(leaves):
-                        saved.append(leaves[idx]._data)
-                    else:  # a seed: run_forward keeps them after the user inputs
-                        saved.append(in_arrays[idx - len(spec.params)])
-                else:
-                    saved.append(outs[idx])
-            node.saved = saved
-            node.recyclable = [outs[i] for i in spec.recyclable]
-            node.saved_versions = tuple((leaves[i], leaves[i]._vc.value)
-                                        for i in spec.version_checked)
+            node.saved = [pool[i] for i in spec._saved_plan]
+            node.recyclable = [pool[i] for i in spec._recycled_plan]
+            node.saved_versions = tuple([(leaves[i], leaves[i]._vc.value)
+                                         for i in spec.version_checked])
             node.freed = False
             node.sizes = sizes
             node.out_shapes = spec.user_out_shapes(sizes)
             node._num_outputs = spec.n_out
-            for i, (t, diff) in enumerate(zip(results, spec.differentiable)):
-                if diff:
-                    t._requires_grad, t.grad_fn, t._output_nr = True, node, i
+            for i in spec.differentiable_outputs:
+                t = results[i]
+                t._req, t._grad_fn, t._output_nr = True, node, i
         if spec.output_structure is not None:
             return rebuild(spec.output_structure, results)
         return results[0] if len(results) == 1 else tuple(results)

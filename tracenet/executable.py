@@ -16,8 +16,10 @@ change from call to call; everything else is here:
 * ``Specialisations``: the compiled specialisations of one callable, by key.
 """
 import functools
+import operator
 import os
 import threading
+import weakref
 
 import _cffi_backend
 import cffi
@@ -39,6 +41,8 @@ _ffi = cffi.FFI()
 _CHAR_ARRAY = _ffi.typeof("char[]")
 _STATUS = _ffi.typeof("int64_t[]")
 _NULL = _ffi.NULL
+_weak = weakref.ref
+_is = operator.is_
 # tracing and building are not thread-safe (one tracer is active per process): new
 # specialisations are made one at a time
 _compiling = threading.RLock()
@@ -163,18 +167,23 @@ class ShapeTable:
     """(shape, dtype) pairs whose shapes may hold size symbols, evaluated for a call's sizes
     by evaluators made once."""
 
-    __slots__ = ("meta", "_of")
+    __slots__ = ("meta", "_of", "_last")
 
     def __init__(self, meta):
         self.meta = list(meta)
         symbolic = any(isinstance(d, Sym) for shape, _ in self.meta for d in shape)
         self._of = [(shape_evaluator(shape), dt) for shape, dt in self.meta] if symbolic \
             else None
+        self._last = (None, None)  # (sizes, table) of the last call: a loop repeats its sizes
 
     def __call__(self, sizes):
         if self._of is None:
             return self.meta
-        return [(shape_of(sizes), dt) for shape_of, dt in self._of]
+        last_sizes, table = self._last
+        if sizes != last_sizes:
+            table = [(shape_of(sizes), dt) for shape_of, dt in self._of]
+            self._last = (sizes, table)
+        return table
 
 
 def check_sizes(checks, sizes):
@@ -294,13 +303,17 @@ class _Arena:
 
 
 class _Vector:
-    """One ``void *[]`` of an entry point and the arrays its bound slots point at."""
+    """One ``void *[]`` of an entry point, the arrays its bound slots point at and, per
+    per-call slot, a weak reference to the array it pointed at last: a call that passes that
+    array again (a recycled buffer of saved values, the same input) skips re-pointing the
+    slot, and the array is not kept alive by it."""
 
-    __slots__ = ("args", "bound")
+    __slots__ = ("args", "bound", "held")
 
-    def __init__(self, args):
+    def __init__(self, args, n):
         self.args = args
         self.bound = ()
+        self.held = [None] * n
 
 
 class Arguments:
@@ -366,12 +379,13 @@ class Arguments:
         self._idle = []
 
     def _new_vector(self):
-        args = self.ffi.new("void *[]", max(self.entry.num_args, 1))
+        n = max(self.entry.num_args, 1)
+        args = self.ffi.new("void *[]", n)
         for slots, array in self._fixed:
             ptr = self.pointer(array)
             for s in slots:
                 args[s] = ptr
-        return _Vector(args)
+        return _Vector(args, n)
 
     def _rebind(self, vector, arrays):
         args = vector.args
@@ -396,21 +410,22 @@ class Arguments:
         except IndexError:
             vector = self._new_vector()
         old = vector.bound
-        if len(bound) != len(old):
+        if len(bound) != len(old) or not all(map(_is, bound, old)):
             self._rebind(vector, bound)
-        else:
-            for new, prev in zip(bound, old):
-                if new is not prev:
-                    self._rebind(vector, bound)
-                    break
-        args, pointer = vector.args, self.pointer
+        args, pointer, held = vector.args, self.pointer, vector.held
         k = 0
         for arr in inputs:
-            args[k] = pointer(arr)
+            ref = held[k]
+            if ref is None or ref() is not arr:
+                args[k] = pointer(arr)
+                held[k] = _weak(arr)
             k += 1
         k = self.n_inputs
         for arr in outputs:
-            args[k] = pointer(arr)
+            ref = held[k]
+            if ref is None or ref() is not arr:
+                args[k] = pointer(arr)
+                held[k] = _weak(arr)
             k += 1
         seeds = None
         if self._n_seeds:

@@ -133,7 +133,8 @@ class FusedStep:
         # counters are created with the state, so only an update without one (SGD) must not
         # create empty state for the parameters it does not keep anything for
         self._part = _Part(optimizer, params_per_group, update.counter is None)
-        self.state = UpdateState(self._part, update, self.params)
+        self.state = UpdateState(self._part, update, self.params,
+                                 live_state=lambda: optimizer.state)
         self.optimizer = optimizer  # (its state dict is replaced by load_state_dict)
         self._call = self._bind()
         self._data = None  # the parameter arrays of the last call
@@ -178,9 +179,10 @@ class FusedStep:
         call.bind_slots(slots, labels)
         return call
 
-    def run(self):
+    def run(self, values=None):
         """One step: True when done; False (nothing done) for gradients the numpy step must
-        handle, STALE for parameter arrays that no longer fit the compiled code."""
+        handle, STALE for parameter arrays that no longer fit the compiled code. ``values``:
+        each param group's hyperparameters, if the caller has read them."""
         params = self.params
         grads = []
         data = []
@@ -195,7 +197,7 @@ class FusedStep:
             data.append(d)
         if not self._same(data) and not self._fits(data):
             return STALE
-        arrays = self.state.refresh()
+        arrays = self.state.refresh(values)
         if arrays is not self._arrays:
             if not self._fits(arrays, len(self.update.state)):
                 self.state.undo()  # state loaded with another shape: the numpy step raises
@@ -255,12 +257,15 @@ class FusedOptimizer:
     def step(self):
         opt = self.optimizer
         key = []
+        values = []  # (read once: the update's hyper rows take them too)
         for g in opt.param_groups:
             if g.get("fused") is False or g.get("differentiable") or g.get("capturable"):
                 return False
-            for v in self.from_group(g):
+            hyper = self.from_group(g)
+            for v in hyper:
                 if isinstance(v, Tensor):
                     return False  # a tensor may change in place: the numpy step reads it
+            values.append(hyper)
             key.append((tuple([id(p) for p in g["params"] if p._grad is not None]),
                         tuple([bool(g.get(e, False)) for e in self.entries])))
         key = tuple(key)
@@ -269,7 +274,7 @@ class FusedOptimizer:
             spec = self._create(key)
         if spec is None:
             return False
-        done = spec.run()
+        done = spec.run(values)
         if done is STALE:  # the parameters changed shape or layout: specialise again
             del self.specs[key]
             spec = self._create(key)

@@ -27,8 +27,10 @@ class UpdateState:
     """State arrays and ``hyper`` rows of the parameters ``params`` (in the optimizer's
     order) for one compiled step."""
 
-    def __init__(self, optimizer, update, params):
+    def __init__(self, optimizer, update, params, live_state=None):
         self.optimizer = optimizer
+        # the optimizer's state dict as it is now, read without creating entries
+        self._live_state = live_state or (lambda: optimizer.state)
         self.update = update
         self.params = params
         # (the step's graph holds one ``hyper`` input per parameter: these rows, never moved)
@@ -47,13 +49,16 @@ class UpdateState:
         self._counters = []
         self._created = []  # (state dict, name) of the entries the last refresh created
 
-    def refresh(self):
+    def refresh(self, values=None):
         """Bring state and hyper rows up to date for one step; returns ``arrays`` (the same
-        list object while no state array was replaced, so binding them again is free)."""
-        from_group = self.update.hyper_from_group
-        values = [from_group(g) for g in self.optimizer.param_groups]
-        tensors = list(map(dict.get, map(self.optimizer.state.__getitem__,
-                                         self._lookup_params), self._lookup_names))
+        list object while no state array was replaced, so binding them again is free).
+        ``values``: each param group's hyperparameters, if the caller has read them."""
+        if values is None:
+            from_group = self.update.hyper_from_group
+            values = [from_group(g) for g in self.optimizer.param_groups]
+        entries = map(self._live_state().get, self._lookup_params)
+        tensors = [None if st is None else st.get(name)
+                   for st, name in zip(entries, self._lookup_names)]
         # (a first step creates state, so the step after it takes the slow path once more)
         self._created = []
         if values != self._values or len(tensors) != len(self._tensors) or \

@@ -79,6 +79,14 @@ def Variable(data, requires_grad=False, volatile=False):
 
 
 def _tensor_backward(self, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+    data = self._data
+    if gradient is None and inputs is None and self._ir is None and data.size == 1 and \
+            data.dtype.kind == "f":
+        # a loss: its implicit gradient 1, without backward()'s argument handling
+        grad = Tensor._wrap(np.ones(data.shape, data.dtype))
+        engine.run_backward([self], [grad], create_graph if retain_graph is None
+                            else retain_graph, create_graph)
+        return
     backward(self, gradient, retain_graph, create_graph, inputs=inputs)
 
 

@@ -101,7 +101,7 @@ class OpNode(Node):
             res = op.backward(self.ctx, *grads)
             res = res if isinstance(res, tuple) else (res,)
         if self._edge_inputs is not None:
-            res = tuple(res[i] for i in self._edge_inputs)
+            res = tuple([res[i] for i in self._edge_inputs])
         return res
 
     def _run_numpy(self, grads):
@@ -241,17 +241,24 @@ def run_eager(op, inputs, attrs):
             o._vc = base._vc
             o._base = base._base if base._base is not None else base
     if op.differentiable and grad_mode._state.enabled:
-        # (a view with a stale history refreshes it through the property)
-        needs = tuple([t._req if t._base_ is None else t._requires_grad for t in inputs])
-        if True in needs:
-            _record(op, inputs, outputs, metas, metas_out, attrs, needs)
+        record(op, inputs, outputs, metas, metas_out, attrs)
     return outputs[0] if op.num_outputs == 1 else tuple(outputs)
+
+
+def record(op, inputs, outputs, metas, out_metas, attrs):
+    """Record the node of one eager application of ``op`` (with grad mode on) if an input
+    needs a gradient: what ``run_eager`` records, for a caller that ran the op's kernel itself
+    (a lean path for a hot pair of ops)."""
+    # (a view with a stale history refreshes it through the property)
+    needs = tuple([t._req if t._base_ is None else t._requires_grad for t in inputs])
+    if True in needs:
+        _record(op, inputs, outputs, metas, out_metas, attrs, needs)
 
 
 # shape rules remembered per op (for ops that opt in, see registry.Op.infer_cache), at most
 _INFER_CACHE_SIZE = 256
 # Meta((shape, dtype)) without the namedtuple's Python-level constructor
-_meta = functools.partial(tuple.__new__, Meta)
+_meta = meta_of = functools.partial(tuple.__new__, Meta)
 
 
 def _output(op, arr, meta):
@@ -392,6 +399,12 @@ def run_backward(tensors, grad_tensors, retain_graph=False, create_graph=False, 
             raise RuntimeError("element 0 of tensors does not require grad and does not have a "
                                "grad_fn")
         roots.append((node, nr))
+    if inputs is None and len(roots) == 1:
+        chain = _chain(roots[0][0])
+        if chain is not None:
+            with grad_mode.set_grad_enabled(create_graph):
+                _run_chain(chain, roots[0][1], grad_tensors[0], retain_graph, create_graph)
+            return None
     order, fan_in = _topo_order([n for n, _ in roots])
     # the gradients arriving at each node, made when the first one arrives
     pending = {}
@@ -476,6 +489,62 @@ def run_backward(tensors, grad_tensors, retain_graph=False, create_graph=False, 
             result.append(g)
         return tuple(result)
     return None
+
+
+def _chain(root):
+    """The nodes from ``root`` on when the graph is a chain: each node has at most one edge to
+    a node that is not a leaf, every leaf is reached by one edge, and no node has hooks or
+    retained gradients (a training loss through a compiled module: the loss nodes, then the
+    compiled backward, then the parameters). None for any other graph."""
+    if type(root) is AccumulateGrad:
+        return None
+    nodes, leaves = [], set()
+    node = root
+    while node is not None:
+        if node._hooks or node._retained:
+            return None
+        nodes.append(node)
+        inner = None
+        for nxt, _ in node.next_functions:
+            if nxt is None:
+                continue
+            if type(nxt) is AccumulateGrad:
+                k = id(nxt)
+                if k in leaves:
+                    return None
+                leaves.add(k)
+            elif inner is None:
+                inner = nxt
+            else:
+                return None
+        node = inner
+    return nodes
+
+
+def _run_chain(nodes, nr, grad, retain_graph, create_graph):
+    """``run_backward`` for a chain (see ``_chain``): the same node runs, releases and leaf
+    accumulations in the same order, without the ordering and bookkeeping of a general
+    graph."""
+    grads = [None] * _num_outputs(nodes[0])
+    grads[nr] = grad
+    for node in nodes:
+        if (grads[0] is None if len(grads) == 1 else all(g is None for g in grads)):
+            return
+        in_grads = node._run(grads)
+        if not retain_graph:
+            node._release()
+        fresh = node._fresh_results
+        grads = None
+        for (nxt, nr), g in zip(node.next_functions, in_grads):
+            if nxt is None or g is None:
+                continue
+            if type(nxt) is AccumulateGrad:
+                _accumulate_into_leaf(nxt.variable, g, create_graph, fresh)
+            else:  # the chain's next node: this is its only edge
+                grads = [None] * _num_outputs(nxt)
+                grads[nr] = g
+        if grads is None:
+            return
 
 
 def _num_outputs(node):

@@ -162,8 +162,10 @@ def _nll_eager(x, t, *w, reduction, ignore_index):
     if reduction == "mean" and _plain_targets(x.shape, t, w, ignore_index):
         # every weight is 1: the same sums as below, without multiplying by them
         n = len(t)
+        if n == 1:  # (-x / 1 is -x: one element, read without fancy indexing)
+            return np.negative(x[0, t[0]])
         picked = np.negative(x[np.arange(n), t])
-        return (picked[0] if n == 1 else np.add.reduce(picked)) / x.dtype.type(n)
+        return np.add.reduce(picked) / x.dtype.type(n)
     picked, weights, _ = _nll_parts(x, t, w, ignore_index)
     losses = -picked * weights
     if x.ndim == 1:
@@ -208,7 +210,10 @@ def _nll_backward_eager(g, t, *w, input_shape, reduction, ignore_index):
     if reduction == "mean" and _plain_targets(x_shape, t, w, ignore_index):
         # every weight is 1: -g / N at each target
         out = np.zeros(x_shape, g.dtype)
-        out[np.arange(len(t)), t] = (-g / g.dtype.type(len(t))).astype(g.dtype)
+        if len(t) == 1:  # (a batch of one: -g / 1 is -g, set without fancy indexing)
+            out[0, t[0]] = -g
+        else:
+            out[np.arange(len(t)), t] = (-g / g.dtype.type(len(t))).astype(g.dtype)
         return out
     # only the targets' weights are read: a broadcast zero stands in for the input
     dummy = np.broadcast_to(np.zeros((), g.dtype), x_shape)

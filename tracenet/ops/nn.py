@@ -1015,8 +1015,9 @@ def _softmax_eager(x, dim):
 def _log_softmax_eager(x, dim):
     if not x.size:
         return x
-    shifted = x - x.max(axis=dim, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
+    # (the ufuncs' reduce is what .max and .sum run, without their Python-level wrappers)
+    shifted = x - np.maximum.reduce(x, axis=dim, keepdims=True)
+    return shifted - np.log(np.add.reduce(np.exp(shifted), axis=dim, keepdims=True))
 
 
 def _softmax_meta_for(prefix):

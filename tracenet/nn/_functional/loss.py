@@ -6,8 +6,13 @@ the label-smoothing and probability-target forms of cross entropy) are compositi
 grad_fn chain torch builds for them."""
 import warnings
 
+import numpy as np
+
+from ..._dtype import _BY_NP, int64
+from ...autograd import engine, grad_mode
 from ...ops import common, creation, loss as lossops, nn as nnops
 from ...size import Size
+from ...tensor import Tensor
 from .. import _reduction
 
 __all__ = ["l1_loss", "mse_loss", "nll_loss", "cross_entropy", "kl_div", "binary_cross_entropy",
@@ -201,6 +206,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                   reduction="mean", label_smoothing=0.0):
     reduction = _reduction.normalize(_reduction.resolve(size_average, reduce, reduction))
     if input._ir is None and target._ir is None:  # concrete: the arrays' shapes, as tuples
+        if weight is None and reduction == "mean" and label_smoothing <= 0.0:
+            loss = _plain_cross_entropy(input, target, ignore_index)
+            if loss is not None:
+                return loss
         shape, target_shape = input._data.shape, target._data.shape
     else:
         shape, target_shape = tuple(input.shape), tuple(target.shape)
@@ -226,6 +235,35 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                                        label_smoothing, class_dim)
     logp = nnops.log_softmax(input, class_dim)
     return lossops.nll_loss(logp, target, weight, ignore_index, reduction)
+
+
+_LEAN_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _plain_cross_entropy(input, target, ignore_index):
+    """The common cross entropy, of a concrete (N, C) float batch and N class indices with the
+    mean over the batch: log_softmax then nll_loss, the same kernels, nodes (NllLossBackward0
+    -> LogSoftmaxBackward0) and data errors as through the ops' dispatch, without its
+    per-call shape rules and checks (these inputs pass them all). None for other inputs."""
+    x, t = input._data, target._data
+    if x.ndim != 2 or t.ndim != 1 or t.dtype != np.int64 or x.dtype not in _LEAN_DTYPES or \
+            not x.size or x.shape[0] != t.shape[0]:
+        return None
+    record = grad_mode._state.enabled
+    x_meta = engine.meta_of((x.shape, _BY_NP[x.dtype]))
+    logp = Tensor._wrap(nnops.log_softmax_op.eager(x, dim=1))
+    if record:
+        engine.record(nnops.log_softmax_op, (input,), (logp,), (x_meta,), (x_meta,),
+                      {"dim": 1})
+    attrs = {"reduction": "mean", "ignore_index": int(ignore_index)}
+    loss = lossops.nll_loss_op.eager(logp._data, t, **attrs)
+    loss = Tensor._wrap(np.asarray(loss, x.dtype) if type(loss) is not np.ndarray or
+                        loss.dtype != x.dtype else loss)
+    if record:
+        metas = (x_meta, engine.meta_of((t.shape, int64)))
+        engine.record(lossops.nll_loss_op, (logp, target), (loss,), metas,
+                      (engine.meta_of(((), x_meta.dtype)),), attrs)
+    return loss
 
 
 def _check_label_smoothing(eps):
