@@ -3,6 +3,8 @@ threads of eager mode."""
 import ctypes
 import ctypes.util
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -103,3 +105,31 @@ def test_a_set_thread_count_is_used_as_given(monkeypatch):
     tn.set_num_threads(2)
     assert threads._adaptive == [False]
     assert threads.compiled_threads() == 2
+
+
+EXIT_AFTER_A_PARALLEL_REGION = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import tracenet as tn
+tn.set_num_threads(2)
+lin = tn.compile(tn.nn.Linear(512, 512))
+x = tn.randn(256, 512)
+with tn.no_grad():
+    for _ in range(3):
+        y = lin(x)
+assert "omp parallel" in lin.source()
+print("done")
+"""
+
+
+def test_a_process_exits_cleanly_right_after_a_parallel_region(tmp_path):
+    """OpenMP's worker threads still spin after the last region (always, with
+    OMP_WAIT_POLICY=active); unloading the libraries at exit used to unload libgomp under them
+    and the process died of a segmentation fault after its last line."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRACENET_CACHE_DIR=str(tmp_path), OMP_WAIT_POLICY="active",
+               OMP_NUM_THREADS="2")
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", EXIT_AFTER_A_PARALLEL_REGION, root],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]

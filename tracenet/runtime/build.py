@@ -50,6 +50,11 @@ def cache_key(source, flags):
 # Loaded libraries are never closed: unloading the last one that uses OpenMP would unload
 # libgomp under its sleeping worker threads. They are small, and cached by source anyway.
 _loaded = {}
+# ...not even when the interpreter exits and frees ``_loaded``: a library using OpenMP is
+# linked so that dlclose leaves it (and so libgomp) loaded. Otherwise a worker thread still
+# spinning after the last parallel region (OMP_WAIT_POLICY=active always does) runs unmapped
+# code and the process dies of a segmentation fault at exit.
+KEEP_LOADED = ("-Wl,-z,nodelete",) if sys.platform.startswith("linux") else ()
 
 
 class Library:
@@ -71,7 +76,7 @@ def build(source, cdef, name="graph", openmp=False, pieces=None):
     """Compile ``source`` (or reuse the cached build) and load it with ``cdef`` declarations.
     ``pieces``: the same unit in pieces (``codegen.emit.generate``), which a large unit is
     built from, as several files compiled at once (``split``); the library is the same."""
-    flags = toolchain.flags() + (toolchain.openmp_flags() if openmp else ())
+    flags = toolchain.flags() + (toolchain.openmp_flags() + KEEP_LOADED if openmp else ())
     key = cache_key(source, flags)
     d = cache_dir()
     so_path = os.path.join(d, f"{file_stem(name)}-{key}.so")
