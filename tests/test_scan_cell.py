@@ -26,9 +26,10 @@ def _bodies(source):
 
 
 def _cell_source(source, body):
-    """The source of the gate kernel a scan body calls (its ``_cols`` function)."""
+    """The source of the gate kernel a scan body calls (its ``_gates`` function, which its
+    ``_cols`` function calls with a pointer per gate of a gate-wide result)."""
     name = _bodies(source)[body][0]
-    return re.search(rf"static void {name}_cols\(.*?\n\}}\n", source, re.S).group(0)
+    return re.search(rf"static void {name}_gates\(.*?\n\}}\n", source, re.S).group(0)
 
 
 @pytest.mark.parametrize("name,backward", [
