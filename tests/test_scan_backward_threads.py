@@ -8,7 +8,8 @@ Every call here runs in work memory filled with NaN (a fresh arena per call), so
 memory no step wrote, or of another thread's columns before they are written, shows up as a
 wrong gradient instead of a stale right one; gradients are checked against eager mode and
 PyTorch on one, two and three threads, with hidden sizes that give each thread exactly one
-block of columns, unequal shares, or none."""
+block of columns, unequal shares, or none. A GRU's step adds the product to the state's direct
+gradient, on each thread's columns."""
 import re
 
 import numpy as np
@@ -88,9 +89,9 @@ def test_backward_step_is_gates_barrier_then_each_threads_columns_of_the_product
     assert re.match(r"\w+_cell_cols\(.*, u0, u1\);$", lines[0])
     assert lines[1].startswith("#pragma omp barrier")
     # [20, 128] gates @ the weight's columns [u0, u1) -> the state gradient's columns
-    assert re.match(r"if \(u1 > u0\) tn_gemm_f32\(\(int\)\(20\), u1 - u0, 128, \(float \*\)args"
-                    r"\[\d+\], 128, 1, \(float \*\)args\[\d+\] \+ u0, 32, NULL, "
-                    r"\(float \*\)args\[\d+\] \+ u0, 32, 0\);$", lines[2])
+    assert re.match(r"if \(u1 > u0\) \{ tn_gemm_f32\(\(int\)\(20\), u1 - u0, 128, \(float \*\)"
+                    r"args\[\d+\], 128, 1, \(float \*\)args\[\d+\] \+ u0, 32, NULL, "
+                    r"\(float \*\)args\[\d+\] \+ u0, 32, 0\); \}$", lines[2])
     assert len(lines) == 3
     # the gate gradients live in the step's own slice of the stacked output: the next step
     # writes another, so the loop needs no second barrier per step, only one after it
@@ -124,15 +125,19 @@ def test_float32_gradients_follow_eager_on_one_two_and_three_threads(_small_step
         assert len(_split_scans(compiled.source())) == 2
 
 
-@pytest.mark.parametrize("kwargs", [{}, dict(num_layers=2, bidirectional=True)])
+@pytest.mark.parametrize("name,kwargs", [
+    ("LSTM", {}),
+    ("LSTM", dict(num_layers=2, bidirectional=True)),
+    ("GRU", {}),
+    ("GRU", dict(num_layers=2, bidirectional=True, batch_first=True))])
 def test_float64_gradients_match_eager_and_torch_on_two_and_three_threads(
-        _small_steps_split, kwargs):
+        _small_steps_split, name, kwargs):
     """Float64 blocks are 8 columns: hidden 16 gives two threads one block each."""
     T, B, I, H = 5, 13, 4, 16
-    th, ours = twins("LSTM", I, H, **kwargs)
-    x = rand(T, B, I)
+    th, ours = twins(name, I, H, **kwargs)
+    x = rand(B, T, I) if kwargs.get("batch_first") else rand(T, B, I)
     layers = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
-    hx = [rand(layers, B, H, seed=1), rand(layers, B, H, seed=2)]
+    hx = [rand(layers, B, H, seed=1)] + ([rand(layers, B, H, seed=2)] if name == "LSTM" else [])
     compiled = tn.compile(ours)
     torch_out, torch_grads = run(__import__("torch"), th, x, hx)
     for n in (2, 3, 2):
@@ -150,14 +155,27 @@ def test_float64_gradients_match_eager_and_torch_on_two_and_three_threads(
         assert len([s for s in _split_scans(compiled.source()) if "backward" in s]) == layers
 
 
-def test_gru_backward_stays_on_one_thread_and_follows_eager(_small_steps_split):
-    """A GRU's step adds the product to the state's direct gradient (z * dh): not this
-    two-phase form, so its backward loop runs on one thread, as before."""
+@pytest.mark.parametrize("hidden", [32, 33])
+def test_gru_backward_adds_the_product_to_the_direct_gradient_on_each_threads_columns(
+        _small_steps_split, hidden):
+    """A GRU's state gradient is the product's plus the direct path through z * h: each
+    thread starts its columns of the result from the direct part and accumulates its columns
+    of the product onto them (no separate addition kernel)."""
     tn.manual_seed(0)
-    m = tnn.GRU(6, 32)
+    m = tnn.GRU(6, hidden)
     compiled = tn.compile(m)
-    tn.set_num_threads(2)
-    x = tn.randn(4, 20, 6)
-    for a, b in zip(_step(compiled, x), _step(m, x)):
-        np.testing.assert_allclose(a, b, **F32)
-    assert all("forward" in s for s in _split_scans(compiled.source()))
+    for _ in range(3):
+        for n in (2, 3, 1):
+            tn.set_num_threads(n)
+            x = tn.randn(4, 20, 6)
+            for a, b in zip(_step(compiled, x), _step(m, x)):
+                assert np.isfinite(a).all()
+                np.testing.assert_allclose(a, b, **F32)
+    if not runtime_target.current().openmp:
+        return
+    source = compiled.source()
+    (scan,) = [s for s in _split_scans(source) if "backward" in s]
+    body = re.search(rf"static void {scan}_body\(.*?\n\}}\n", source, re.S).group(0)
+    assert "_add(" not in body and body.count("#pragma omp barrier") == 1
+    assert re.search(r"for \(int c = u0; c < u1; c\+\+\) .* = .*; tn_gemm_f32\(.*, 1\); \}",
+                     body)

@@ -1,9 +1,10 @@
 """Recurrent loops on several threads (``codegen/lowerings/scan.py``): the loop runs inside one
 parallel region, each thread computing its share of every gate's columns with a barrier per
 step, and compiled layers follow eager mode on one, two and three threads, at batch sizes that
-leave a partial block of rows, with hidden sizes that do not split evenly. An LSTM's backward
-loop splits each step in two phases: each thread's columns of the gates' gradients, a barrier,
-then each thread's columns of their product with the recurrent weight."""
+leave a partial block of rows, with hidden sizes that do not split evenly. A backward loop
+splits each step in two phases: each thread's columns of the gates' gradients, a barrier, then
+each thread's columns of their product with the recurrent weight
+(``test_scan_backward_threads.py``)."""
 import re
 
 import numpy as np
@@ -61,13 +62,12 @@ def test_threads_split_each_step_and_follow_eager(monkeypatch, tmp_path, name, h
         assert split == []
         return
     layers = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
-    # every forward loop splits; an LSTM's backward loop (the gates' gradients, a barrier,
-    # then each thread's columns of their product) too; a GRU's backward step adds the
-    # product to another gradient of the state and stays on one thread
+    # every forward loop splits, and every backward loop (the gates' gradients, a barrier,
+    # then each thread's columns of their product, for a GRU added to z * dh)
     forward = [s for s in split if "forward" in s]
     backward = [s for s in split if "backward" in s]
     assert len(forward) == layers
-    assert len(backward) == (layers if name == "LSTM" else 0)
+    assert len(backward) == layers
     assert len(split) == len(forward) + len(backward)
     assert re.search(r"_cell_cols\([^;]*, u0, u1\);", compiled.source())
 

@@ -154,7 +154,7 @@ def _column_split(entry, body, calls, copies, n_carry, skipped, checks, target):
     n_in = len(body.inputs)
     if len(entry.kernels) == 1 and len(calls) == 1:
         split = _forward_split(entry, calls, copies, n_in)
-    elif len(entry.kernels) == 2 and len(calls) == 2 and not copies:
+    elif len(entry.kernels) in (2, 3) and len(calls) == len(entry.kernels) and not copies:
         split = _backward_split(entry, body, calls, n_carry, skipped)
     else:
         return None
@@ -195,18 +195,32 @@ def _call_pointers(kernel, call):
     return inner.split(", ")[len(kernel.symbols):]
 
 
+def _added(node):
+    """The inputs of ``node`` if it is one addition of two values (alone or as a chain of
+    one), else None."""
+    if node.op == "fused" and node.attrs.get("group") == "elementwise" and \
+            len(node.members) == 1:
+        node = node.members[0]
+    if node.op != "add" or len(node.inputs) != 2 or node.attrs.get("alpha", 1) != 1:
+        return None
+    return node.inputs
+
+
 def _backward_split(entry, body, calls, n_carry, skipped):
     """A body that is a gate kernel (the gates' gradients) and then the product of its wide
-    result with a weight the loop does not change (``dh_prev = dgates @ W``): the threads
-    run their columns of the gate kernel, wait for each other, then compute their columns of
-    the product, which are the columns of the state gradient they read in the next step.
+    result with a weight the loop does not change (``dh_prev = dgates @ W``), maybe plus
+    another gradient of the state (a GRU's ``z * dh``: ``dh_prev = d + dgates @ W``): the
+    threads run their columns of the gate kernel, wait for each other, then compute their
+    columns of the product, which are the columns of the state gradient they read in the
+    next step.
 
     So a thread reads another's results only in the product (the whole of the wide value),
-    after the barrier. That value is rewritten in the next step; when it lives in the step's
-    own slice of a stacked output (as the gate gradients do when the weight's gradient is
-    summed after the loop), the next step writes another slice and the step needs no second
-    barrier; elsewhere (the body's arena) every step ends with one."""
-    (cell, cell_node), (prod, prod_node) = entry.kernels
+    after the barrier; everything else it reads at its own columns, which it wrote itself.
+    The wide value is rewritten in the next step; when it lives in the step's own slice of a
+    stacked output (as the gate gradients do when the weight's gradient is summed after the
+    loop), the next step writes another slice and the step needs no second barrier;
+    elsewhere (the body's arena) every step ends with one."""
+    (cell, cell_node), (prod, prod_node) = entry.kernels[:2]
     width = getattr(cell, "columns", None)
     if width is None or getattr(cell, "leading", False) or prod_node.op != "gemm" or \
             not calls[0].startswith(cell.name + "(") or not calls[1].startswith(prod.name + "("):
@@ -229,26 +243,42 @@ def _backward_split(entry, body, calls, n_carry, skipped):
     elif b.producer is None or b.producer.op != "constant":
         return None
     ptr_a, ptr_b, ptr_out = _call_pointers(prod, calls[1])
+    start = ""  # the product is added to what the result's columns start as
+    if len(entry.kernels) == 3:
+        add, add_node = entry.kernels[2]
+        terms = _added(add_node)
+        if terms is None or not calls[2].startswith(add.name + "(") or out not in terms or \
+                terms[0] is terms[1] or out in body.outputs or \
+                any(out in n.inputs for n in body.nodes if n is not add_node):
+            return None
+        other = terms[1] if terms[0] is out else terms[0]
+        if not same_shape(other.shape, out.shape) or \
+                not same_shape(add_node.outputs[0].shape, out.shape):
+            return None
+        pointers = _call_pointers(add, calls[2])
+        ptr_other, ptr_out = pointers[terms.index(other)], pointers[2]
+        start = (f"for (long r = 0; r < (long)({out.shape[0]}); r++) for (int c = u0; c < u1; "
+                 f"c++) ({ptr_out})[r * {width} + c] = ({ptr_other})[r * {width} + c]; ")
     n_in = len(body.inputs)
     stacked = {f"({ctype(a)} *)args[{n_in + j}]" for j in range(n_carry, len(body.outputs))
                if n_in + j not in skipped}
-    # anything of the step in the arena is rewritten by the next step: the threads wait
-    in_arena = any("arena" in p for p in _call_pointers(cell, calls[0])[len(cell.reads):]) \
-        or "arena" in ptr_out
+    # every other value is read only at the reader's own columns: by the same thread
     m, k = a.shape
     sfx = SFX[ctype(a)]
+    acc = int(bool(start))
     if trans_b:  # b is [n, k]: its rows [u0, u1)
         product = (f"tn_gemm_nt{sfx}((int)({m}), u1 - u0, {k}, {ptr_a}, {k}, "
-                   f"{ptr_b} + (size_t)u0 * {k}, {k}, NULL, {ptr_out} + u0, {n}, 0);")
+                   f"{ptr_b} + (size_t)u0 * {k}, {k}, NULL, {ptr_out} + u0, {n}, {acc});")
     else:  # b is [k, n]: its columns [u0, u1)
         product = (f"tn_gemm{sfx}((int)({m}), u1 - u0, {k}, {ptr_a}, {k}, 1, "
-                   f"{ptr_b} + u0, {n}, NULL, {ptr_out} + u0, {n}, 0);")
+                   f"{ptr_b} + u0, {n}, NULL, {ptr_out} + u0, {n}, {acc});")
     return {"width": width, "flops": prod.flops,
-            "step_barrier": in_arena or ptr_a not in stacked,
+            "step_barrier": ptr_a not in stacked,
             "calls": [_on_columns(cell, calls[0]),
                       "#pragma omp barrier  /* the product reads every thread's gates */",
-                      f"if (u1 > u0) {product}"],
-            "copies": [], "replaced": (prod.name,)}  # its kernel is not called
+                      f"if (u1 > u0) {{ {start}{product} }}"],
+            "copies": [],  # the product's and the addition's kernels are not called
+            "replaced": tuple(k.name for k, _ in entry.kernels[1:])}
 
 
 @lowering("zeros")
