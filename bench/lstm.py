@@ -184,7 +184,7 @@ def ab(old, new, lengths, rounds, threads=1):
                                  capture_output=True,
                                  text=True, timeout=1200)
             if out.returncode:
-                raise RuntimeError(out.stderr)
+                raise RuntimeError(f"{root}: exit {out.returncode}\n{out.stderr}")
             runs[root].append(json.loads(out.stdout.strip().splitlines()[-1]))
     rows = []
     for length in lengths:
