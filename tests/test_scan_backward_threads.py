@@ -21,10 +21,12 @@ import tracenet.nn as tnn
 from tracenet.codegen.target import Parallelism
 from tracenet.runtime import target as runtime_target
 
-from test_catalogue_rnn import _cache, npy, rand, twins  # noqa: F401  (cache fixture)
-from test_scan import run
-from test_scan_cell import _step
-from test_scan_threads import _restore_threads, _split_scans  # noqa: F401  (fixture)
+torch = pytest.importorskip("torch")
+
+from test_catalogue_rnn import _cache, rand, twins  # noqa: E402,F401  (cache fixture)
+from test_scan import run  # noqa: E402
+from test_scan_cell import _step  # noqa: E402
+from test_scan_threads import _restore_threads, _split_scans  # noqa: E402,F401  (fixture)
 
 F32 = dict(rtol=1e-4, atol=2e-5)
 F64 = dict(rtol=1e-9, atol=1e-10)
@@ -139,7 +141,7 @@ def test_float64_gradients_match_eager_and_torch_on_two_and_three_threads(
     layers = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
     hx = [rand(layers, B, H, seed=1)] + ([rand(layers, B, H, seed=2)] if name == "LSTM" else [])
     compiled = tn.compile(ours)
-    torch_out, torch_grads = run(__import__("torch"), th, x, hx)
+    torch_out, torch_grads = run(torch, th, x, hx)
     for n in (2, 3, 2):
         tn.set_num_threads(n)
         ours.zero_grad()
