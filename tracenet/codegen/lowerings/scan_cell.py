@@ -255,7 +255,9 @@ def lower_cell(name, node, exported, target):
     symbols = [f"tn_{s}" for s in size_symbols(reads, writes)]
     args = symbols + [r for r, _ in reads + writes]
     gates_sig = ", ".join([p for p in sig.split(", ") if "*restrict out" not in p] + gate_ptrs)
-    gates_args = ", ".join(symbols + [r for r, _ in reads] + gate_args)
+    # (only a kernel with a gate-wide result needs the function with a pointer per gate)
+    gates_args = ", ".join(symbols + [r for r, _ in reads] + gate_args) \
+        if len(gate_args) > len(writes) else None
     product = None
     if lead is not None:
         a, b = lead.inputs[0], lead.inputs[1]
