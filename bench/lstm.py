@@ -1,7 +1,7 @@
 """An LSTM language model side by side: PyTorch eager vs tracenet compiled.
 
     python bench/lstm.py [--quick] [--root DIR] [--lengths 32,128] [--no-cold] [--no-steady]
-                         [--cpu] [--ab OLD_DIR]
+                         [--cpu] [--ab OLD_DIR [--ab-threads N]]
 
 The model: Embedding(90, 32) -> LSTM(32, 64) -> Linear(64, 90), batch 16, sequence length T;
 the training step is zero_grad, forward, CrossEntropyLoss over every position, backward, SGD.
@@ -17,7 +17,8 @@ e.g. an older one to compare against; ``--cpu`` adds tracenet's per-call process
 ``--ab OLD_DIR`` compares two trees instead: worker processes of the old tree and of
 ``--root`` alternate, each timing tracenet's compiled training step and inference in process
 CPU time on one thread (best of its runs), and the table gives the medians over rounds and
-the ratio old / new (> 1: the new tree is faster).
+the ratio old / new (> 1: the new tree is faster); ``--ab-threads N`` runs both on N threads
+and times wall time instead.
 """
 import argparse
 import json
@@ -128,10 +129,11 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def cpu_times(tn, length, n=40, repeats=5):
+def cpu_times(tn, length, n=40, repeats=5, clock=time.process_time):
     """(train step, inference) seconds of process CPU time per call of tracenet compiled, best
     of ``repeats`` runs of ``n`` calls: steadier than wall time on a busy machine, and
-    comparable between source trees (``--root``) when run with OMP_NUM_THREADS=1."""
+    comparable between source trees (``--root``) when run with OMP_NUM_THREADS=1 (with more
+    threads, pass ``clock=time.perf_counter``: CPU time adds up the threads)."""
     net, infer_net = lm(tn), lm(tn).eval()
     crit = tn.nn.CrossEntropyLoss()
     opt = tn.optim.SGD(net.parameters(), lr=0.01)
@@ -149,10 +151,10 @@ def cpu_times(tn, length, n=40, repeats=5):
         fn()
         best = float("inf")
         for _ in range(repeats):
-            t = time.process_time()
+            t = clock()
             for _ in range(n):
                 fn()
-            best = min(best, (time.process_time() - t) / n)
+            best = min(best, (clock() - t) / n)
         out.append(best)
     return out
 
@@ -162,24 +164,28 @@ _AB_WORKER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     sys.path.insert(0, {here!r})
     import tracenet as tn
+    import time
     from lstm import cpu_times
-    print(json.dumps({{n: cpu_times(tn, int(n)) for n in sys.argv[2].split(",")}}))
+    clock = time.process_time if sys.argv[3] == "1" else time.perf_counter
+    print(json.dumps({{n: cpu_times(tn, int(n), clock=clock) for n in sys.argv[2].split(",")}}))
 """)
 
 
-def ab(old, new, lengths, rounds):
-    """Medians over ``rounds`` of (train, inference) CPU seconds per call of each tree, the
-    trees' worker processes alternating; rows of the table ``main`` prints."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def ab(old, new, lengths, rounds, threads=1):
+    """Medians over ``rounds`` of (train, inference) seconds per call of each tree (CPU time
+    on one thread, wall time on more), the trees' worker processes alternating; rows of the
+    table ``main`` prints."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     env.pop("PYTHONPATH", None)
     runs = {old: [], new: []}
     for _ in range(rounds):
         for root in (old, new):
             out = subprocess.run([sys.executable, "-c", _AB_WORKER.format(here=HERE), root,
-                                  ",".join(map(str, lengths))], env=env, capture_output=True,
+                                  ",".join(map(str, lengths)), str(threads)], env=env,
+                                 capture_output=True,
                                  text=True, timeout=1200)
             if out.returncode:
-                raise RuntimeError(out.stderr)
+                raise RuntimeError(f"{root}: exit {out.returncode}\n{out.stderr}")
             runs[root].append(json.loads(out.stdout.strip().splitlines()[-1]))
     rows = []
     for length in lengths:
@@ -217,18 +223,22 @@ def main():
     ap.add_argument("--ab", metavar="OLD_DIR",
                     help="compare the tracenet tree OLD_DIR with --root instead (CPU time, "
                          "one thread, alternating worker processes)")
+    ap.add_argument("--ab-threads", type=int, default=1, metavar="N",
+                    help="--ab with N OpenMP threads (wall time: best of the runs)")
     args = ap.parse_args()
     root = os.path.abspath(args.root)
     lengths = [int(s) for s in args.lengths.split(",")]
     if args.ab:
         old = os.path.abspath(args.ab)
         rounds = 3 if args.quick else 7
-        print(f"# LSTM LM, tracenet CPU us per call on one thread, {old} (old) vs {root} "
+        how = "CPU us per call on one thread" if args.ab_threads == 1 else \
+            f"wall us per call on {args.ab_threads} threads"
+        print(f"# LSTM LM, tracenet {how}, {old} (old) vs {root} "
               f"(new), medians over {rounds} alternating rounds")
         print()
         print("| T | workload | old us | new us | old / new |")
         print("|---|---|---|---|---|")
-        for row in ab(old, root, lengths, rounds):
+        for row in ab(old, root, lengths, rounds, args.ab_threads):
             print(row, flush=True)
         return
     sys.path.insert(0, root)

@@ -26,9 +26,11 @@ def _bodies(source):
 
 
 def _cell_source(source, body):
-    """The source of the gate kernel a scan body calls (its ``_cols`` function)."""
+    """The source of the gate kernel a scan body calls (its ``_cols`` function, or the
+    ``_gates`` function that calls with a pointer per gate of a gate-wide result)."""
     name = _bodies(source)[body][0]
-    return re.search(rf"static void {name}_cols\(.*?\n\}}\n", source, re.S).group(0)
+    suffix = "_gates" if f"{name}_gates(" in source else "_cols"
+    return re.search(rf"static void {name}{suffix}\(.*?\n\}}\n", source, re.S).group(0)
 
 
 @pytest.mark.parametrize("name,backward", [

@@ -1,8 +1,10 @@
 """Recurrent loops on several threads (``codegen/lowerings/scan.py``): the loop runs inside one
 parallel region, each thread computing its share of every gate's columns with a barrier per
 step, and compiled layers follow eager mode on one, two and three threads, at batch sizes that
-leave a partial block of rows, with hidden sizes that do not split evenly. (A backward loop
-runs its gates and its product as two kernels, on one thread.)"""
+leave a partial block of rows, with hidden sizes that do not split evenly. A backward loop
+splits each step in two phases: each thread's columns of the gates' gradients, a barrier, then
+each thread's columns of their product with the recurrent weight
+(``test_scan_backward_threads.py``)."""
 import re
 
 import numpy as np
@@ -60,10 +62,13 @@ def test_threads_split_each_step_and_follow_eager(monkeypatch, tmp_path, name, h
         assert split == []
         return
     layers = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
-    # every forward loop splits; a backward loop (the gates' gradients, then the product)
-    # stays on one thread
-    assert len(split) == layers
-    assert all("forward" in s for s in split)
+    # every forward loop splits, and every backward loop (the gates' gradients, a barrier,
+    # then each thread's columns of their product, for a GRU added to z * dh)
+    forward = [s for s in split if "forward" in s]
+    backward = [s for s in split if "backward" in s]
+    assert len(forward) == layers
+    assert len(backward) == layers
+    assert len(split) == len(forward) + len(backward)
     assert re.search(r"_cell_cols\([^;]*, u0, u1\);", compiled.source())
 
 
@@ -105,7 +110,7 @@ def test_language_model_step_splits_at_its_real_size():
         y = tn.from_numpy(rng.integers(0, 90, (12 * 16,)))
         losses = [float(step(x, y)) for _ in range(3)]
         results.append((losses, [p.detach().numpy().copy() for p in net.parameters()]))
-        assert len(_split_scans(step.source())) == 1  # the forward loop
+        assert len(_split_scans(step.source())) == 2  # the forward loop and the backward
     (l1, p1), (l2, p2) = results
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     for a, b in zip(p1, p2):

@@ -14,9 +14,9 @@ The planner lives in ``codegen.emit`` (which imports the lowerings): it hands it
 """
 import re
 
-from ..._sym import Specialize, Sym
+from ..._sym import Specialize, Sym, same_shape
 from ...ops.common import numel
-from ..base import Kernel, ctype, lowering, node_lines, signature, size_symbols
+from ..base import SFX, Kernel, ctype, lowering, node_lines, signature, size_symbols
 from ..templates import render
 from .scan_cell import GROUP, cell_body
 
@@ -97,12 +97,10 @@ def lower_scan(name, node, exported, target):
                                            for k in skipped)]
     checks = list(entry.checks)
     body_calls = [c for _, c in calls]
-    split = _column_split(entry, body_calls, copies, n_in, checks, target)
-    if split:  # the body's one kernel, on this thread's columns; copies by one thread
-        (kernel, _), = entry.kernels
-        body_calls = [re.sub(rf"^{kernel.name}\((.*)\);$", rf"{kernel.name}_cols(\1, u0, u1);",
-                             body_calls[0])]
-        copies = [f"if (lead) {c}" for c in copies]
+    split = _column_split(entry, body, body_calls, copies, n_carry, skipped, checks, target)
+    if split:  # each thread on its columns of every step; copies by one thread
+        body_calls, copies = split["calls"], split["copies"]
+        helpers = [h for h in helpers if h[0] not in split["replaced"]]
     scratch = -(-work // 4)  # in floats
     src = render("scan.c.j2", name=name, node_lines=node_lines([node]),
                  signature=signature(reads, writes, scratch, "float", bool(checks)),
@@ -134,19 +132,46 @@ def _packed_weight(body, first_const):
     return None
 
 
-def _column_split(entry, calls, copies, n_in, checks, target):
-    """How the threads share each step: None (one thread runs the loop), or the column count
-    of the gates and the C condition (or 1) under which they split it. Every step of a
+def _column_split(entry, body, calls, copies, n_carry, skipped, checks, target):
+    """How the threads share each step: None (one thread runs the loop), or a dict of the
+    column count of the gates (``width``), the C condition (or 1) under which they split it
+    (``when``), the body's calls and copies as each thread runs them, and whether the threads
+    wait for each other at the end of every step (``step_barrier``). Every step of a
     recurrent loop needs the whole state of the step before, so the loop runs inside one
-    parallel region, each thread computing its columns of every gate, with a barrier per step.
+    parallel region, each thread owning the same hidden units (columns of every gate and of
+    the state) in every step.
 
-    Only a body that is one gate kernel qualifies (a forward step: the product inside the gate
-    kernel): its columns are independent but for the product's reads of the state, which the
-    barrier orders. The body's copies must read the step's inputs (copied by one thread after
-    the barrier that ends the step before), and no data check may stop the loop halfway. A
-    backward step (the gates' gradients, then their product) stays on one thread."""
-    if checks or len(entry.kernels) != 1 or len(calls) != 1:
+    Two bodies qualify; no data check may stop the loop halfway in either:
+
+    * a forward step, one gate kernel with the product inside (``_forward_split``): its
+      columns are independent but for the product's reads of the whole state, which the
+      barrier at the end of each step orders;
+    * a backward step, the gates' gradients then their product with the recurrent weight
+      (``_backward_split``): each thread computes its columns of the gate gradients, all
+      wait, then each computes its columns of the state's gradient from all of them."""
+    if checks:
         return None
+    n_in = len(body.inputs)
+    if len(entry.kernels) == 1 and len(calls) == 1:
+        split = _forward_split(entry, calls, copies, n_in)
+    elif len(entry.kernels) in (2, 3) and len(calls) == len(entry.kernels) and not copies:
+        split = _backward_split(entry, body, calls, n_carry, skipped)
+    else:
+        return None
+    if split is None:
+        return None
+    when = target.parallel.recurrent(split.pop("flops"), split["width"])
+    if not when:
+        return None
+    (kernel, _) = entry.kernels[0]
+    itemsize = kernel.writes[0][1].dtype.itemsize
+    return dict(split, chunk=max(1, 64 // itemsize), when=when)
+
+
+def _forward_split(entry, calls, copies, n_in):
+    """A body that is one gate kernel: each thread runs its columns of it. The body's copies
+    must read the step's inputs (copied by one thread after the barrier that ends the step
+    before)."""
     (kernel, _), = entry.kernels
     width = getattr(kernel, "columns", None)
     if width is None or not calls[0].startswith(kernel.name + "("):
@@ -155,11 +180,105 @@ def _column_split(entry, calls, copies, n_in, checks, target):
         m = re.match(r"memcpy\(\(void \*\)args\[\d+\], \(const void \*\)args\[(\d+)\],", c)
         if m is None or int(m.group(1)) >= n_in:
             return None
-    when = target.parallel.recurrent(kernel.flops, width)
-    if not when:
+    return {"width": width, "flops": kernel.flops, "step_barrier": True,
+            "calls": [_on_columns(kernel, calls[0])], "copies": [f"if (lead) {c}" for c in copies],
+            "replaced": ()}
+
+
+def _on_columns(kernel, call):
+    return re.sub(rf"^{kernel.name}\((.*)\);$", rf"{kernel.name}_cols(\1, u0, u1);", call)
+
+
+def _call_pointers(kernel, call):
+    """The pointer arguments of a body call of ``kernel`` (reads, then writes)."""
+    inner = call[len(kernel.name) + 1:call.rindex(")")]
+    return inner.split(", ")[len(kernel.symbols):]
+
+
+def _added(node):
+    """The inputs of ``node`` if it is one addition of two values (alone or as a chain of
+    one), else None."""
+    if node.op == "fused" and node.attrs.get("group") == "elementwise" and \
+            len(node.members) == 1:
+        node = node.members[0]
+    if node.op != "add" or len(node.inputs) != 2 or node.attrs.get("alpha", 1) != 1:
         return None
-    itemsize = kernel.writes[0][1].dtype.itemsize
-    return {"width": width, "chunk": max(1, 64 // itemsize), "when": when}
+    return node.inputs
+
+
+def _backward_split(entry, body, calls, n_carry, skipped):
+    """A body that is a gate kernel (the gates' gradients) and then the product of its wide
+    result with a weight the loop does not change (``dh_prev = dgates @ W``), maybe plus
+    another gradient of the state (a GRU's ``z * dh``: ``dh_prev = d + dgates @ W``): the
+    threads run their columns of the gate kernel, wait for each other, then compute their
+    columns of the product, which are the columns of the state gradient they read in the
+    next step.
+
+    So a thread reads another's results only in the product (the whole of the wide value),
+    after the barrier; everything else it reads at its own columns, which it wrote itself.
+    The wide value is rewritten in the next step; when it lives in the step's own slice of a
+    stacked output (as the gate gradients do when the weight's gradient is summed after the
+    loop), the next step writes another slice and the step needs no second barrier;
+    elsewhere (the body's arena) every step ends with one."""
+    (cell, cell_node), (prod, prod_node) = entry.kernels[:2]
+    width = getattr(cell, "columns", None)
+    if width is None or getattr(cell, "leading", False) or prod_node.op != "gemm" or \
+            not calls[0].startswith(cell.name + "(") or not calls[1].startswith(prod.name + "("):
+        return None
+    a, b = prod_node.inputs[:2]
+    attrs = prod_node.attrs
+    if len(prod_node.inputs) != 2 or attrs.get("trans_a") or attrs.get("alpha", 1.0) != 1.0 \
+            or a not in cell_node.outputs or len(a.shape) != 2 or len(b.shape) != 2:
+        return None
+    trans_b = bool(attrs.get("trans_b"))
+    n = b.shape[0] if trans_b else b.shape[1]
+    out = prod_node.outputs[0]
+    # the product's columns are the hidden units the gate kernel reads at their own column
+    if n != width or not same_shape(out.shape, cell_node.attrs["narrow"]):
+        return None
+    # the weight: read-only through the loop (a scanned slice or a constant operand)
+    if b in body.inputs:
+        if body.inputs.index(b) < n_carry:
+            return None
+    elif b.producer is None or b.producer.op != "constant":
+        return None
+    ptr_a, ptr_b, ptr_out = _call_pointers(prod, calls[1])
+    start = ""  # the product is added to what the result's columns start as
+    if len(entry.kernels) == 3:
+        add, add_node = entry.kernels[2]
+        terms = _added(add_node)
+        if terms is None or not calls[2].startswith(add.name + "(") or out not in terms or \
+                terms[0] is terms[1] or out in body.outputs or \
+                any(out in n.inputs for n in body.nodes if n is not add_node):
+            return None
+        other = terms[1] if terms[0] is out else terms[0]
+        if not same_shape(other.shape, out.shape) or \
+                not same_shape(add_node.outputs[0].shape, out.shape):
+            return None
+        pointers = _call_pointers(add, calls[2])
+        ptr_other, ptr_out = pointers[terms.index(other)], pointers[2]
+        start = (f"for (long r = 0; r < (long)({out.shape[0]}); r++) for (int c = u0; c < u1; "
+                 f"c++) ({ptr_out})[r * {width} + c] = ({ptr_other})[r * {width} + c]; ")
+    n_in = len(body.inputs)
+    stacked = {f"({ctype(a)} *)args[{n_in + j}]" for j in range(n_carry, len(body.outputs))
+               if n_in + j not in skipped}
+    # every other value is read only at the reader's own columns: by the same thread
+    m, k = a.shape
+    sfx = SFX[ctype(a)]
+    acc = int(bool(start))
+    if trans_b:  # b is [n, k]: its rows [u0, u1)
+        product = (f"tn_gemm_nt{sfx}((int)({m}), u1 - u0, {k}, {ptr_a}, {k}, "
+                   f"{ptr_b} + (size_t)u0 * {k}, {k}, NULL, {ptr_out} + u0, {n}, {acc});")
+    else:  # b is [k, n]: its columns [u0, u1)
+        product = (f"tn_gemm{sfx}((int)({m}), u1 - u0, {k}, {ptr_a}, {k}, 1, "
+                   f"{ptr_b} + u0, {n}, NULL, {ptr_out} + u0, {n}, {acc});")
+    return {"width": width, "flops": prod.flops,
+            "step_barrier": ptr_a not in stacked,
+            "calls": [_on_columns(cell, calls[0]),
+                      "#pragma omp barrier  /* the product reads every thread's gates */",
+                      f"if (u1 > u0) {{ {start}{product} }}"],
+            "copies": [],  # the product's and the addition's kernels are not called
+            "replaced": tuple(k.name for k, _ in entry.kernels[1:])}
 
 
 @lowering("zeros")

@@ -237,23 +237,39 @@ def lower_cell(name, node, exported, target):
                 lines.append(f"const {ctype(v)} {tmp} = "
                              f"{c_expr(m, [expr[(x, g)] for x in m.inputs])};")
                 expr[(v, g)] = tmp
+    # a gate-wide result is written through one pointer per gate: through one pointer, a
+    # gate's column c and the next gate's column c - width would be the same element, and the
+    # compiler may carry stores from one column to a later one, storing after the loop
+    # columns of another thread's share (gcc 12's predictive commoning does, at -O2)
+    gate_ptrs, gate_args = [], []
     for r, v in writes:
         if same_shape(v.shape, narrow):
             lines.append(f"{r}[i] = {expr[(v, None)]};")
+            gate_ptrs.append(f"{ctype(v)} *restrict {r}")
+            gate_args.append(r)
         else:
-            lines += [f"{r}[iw + {g * width}] = {expr[(v, g)]};" for g in range(k)]
+            lines += [f"{r}_{g}[iw] = {expr[(v, g)]};" for g in range(k)]
+            gate_ptrs += [f"{ctype(v)} *restrict {r}_{g}" for g in range(k)]
+            gate_args += [f"{r} + {g * width}" for g in range(k)]
     sig = signature(reads, writes)
-    args = [f"tn_{s}" for s in size_symbols(reads, writes)] + [r for r, _ in reads + writes]
+    symbols = [f"tn_{s}" for s in size_symbols(reads, writes)]
+    args = symbols + [r for r, _ in reads + writes]
+    gates_sig = ", ".join([p for p in sig.split(", ") if "*restrict out" not in p] + gate_ptrs)
+    # (only a kernel with a gate-wide result needs the function with a pointer per gate)
+    gates_args = ", ".join(symbols + [r for r, _ in reads] + gate_args) \
+        if len(gate_args) > len(writes) else None
     product = None
     if lead is not None:
         a, b = lead.inputs[0], lead.inputs[1]
         # packed: the loop hands over b transposed ([K, k * width]: scan.py)
         product = dict(a=role[a], b=role[b], K=a.shape[1], packed=node.attrs.get("packed"))
     src = render("scan_cell.c.j2", name=name, signature=sig, args=", ".join(args),
+                 gates_signature=gates_sig, gates_args=gates_args,
                  node_lines=node_lines(members), rows=rows, width=width, k=k, lines=lines,
                  sfx=SFX[ct], ctype=ct, product=product,
                  row_block=ROW_BLOCK, column_block=COLUMN_BLOCK)
     flops = 2 * rows * width * k * product["K"] if product else 0
     kernel = Kernel(name, reads, writes, src, flops=flops)
     kernel.columns = width  # what the threads of a loop may split a step by
+    kernel.leading = lead is not None  # whether it reads the whole state (in its product)
     return kernel

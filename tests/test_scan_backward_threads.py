@@ -1,0 +1,183 @@
+"""An LSTM's backward loop on several threads (``codegen/lowerings/scan.py``): each step is two
+phases in one parallel region, each thread's columns of the gates' gradients, one barrier,
+then each thread's columns of their product with the recurrent weight (the state gradient the
+same thread reads in the next step). The weights' gradients are summed after the loop, as one
+product over the stacked gate gradients, never across threads inside it.
+
+Every call here runs in work memory filled with NaN (a fresh arena per call), so a read of
+memory no step wrote, or of another thread's columns before they are written, shows up as a
+wrong gradient instead of a stale right one; gradients are checked against eager mode and
+PyTorch on one, two and three threads, with hidden sizes that give each thread exactly one
+block of columns, unequal shares, or none. A GRU's step adds the product to the state's direct
+gradient, on each thread's columns."""
+import re
+
+import numpy as np
+import pytest
+
+import tracenet as tn
+import tracenet.executable as executable
+import tracenet.nn as tnn
+from tracenet.codegen.target import Parallelism
+from tracenet.runtime import target as runtime_target
+
+torch = pytest.importorskip("torch")
+
+from test_catalogue_rnn import _cache, rand, twins  # noqa: E402,F401  (cache fixture)
+from test_scan import run  # noqa: E402
+from test_scan_cell import _step  # noqa: E402
+from test_scan_threads import _restore_threads, _split_scans  # noqa: E402,F401  (fixture)
+
+F32 = dict(rtol=1e-4, atol=2e-5)
+F64 = dict(rtol=1e-9, atol=1e-10)
+
+
+class _Forgotten(list):
+    """An arena pool that keeps nothing: every call gets a new arena."""
+
+    def append(self, arena):
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _nan_arenas(monkeypatch):
+    """Every call's work memory is new and all NaN (bytes 0xFF)."""
+    make = executable._Arena.__init__
+
+    def filled(self, nbytes):
+        make(self, nbytes)
+        np.frombuffer(executable._cffi_backend.buffer(self.pointer), np.uint8)[:] = 0xFF
+
+    def forgetful(self):
+        self.idle = _Forgotten()
+
+    monkeypatch.setattr(executable._Arena, "__init__", filled)
+    monkeypatch.setattr(executable.Arenas, "__init__", forgetful)
+
+
+@pytest.fixture
+def _small_steps_split(monkeypatch, tmp_path):
+    monkeypatch.setattr(Parallelism, "recurrent_min_step_flops", 0)  # small sizes split too
+    monkeypatch.setattr(Parallelism, "recurrent_min_columns", 0)
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
+
+
+def _openmp():
+    if not runtime_target.current().openmp:
+        pytest.skip("no OpenMP here")
+
+
+def test_the_arena_really_starts_as_nan(_small_steps_split):
+    """The fixture's arena reaches the C code: a kernel that reads its scratch before writing
+    it would see NaN (checked on the arena object itself)."""
+    arena = executable._Arena(64)
+    assert np.isnan(np.frombuffer(executable._cffi_backend.buffer(arena.pointer),
+                                  np.float32)).all()
+    pool = executable.Arenas()
+    pool.idle.append(arena)
+    assert len(pool) == 0
+
+
+def test_backward_step_is_gates_barrier_then_each_threads_columns_of_the_product(
+        _small_steps_split):
+    _openmp()
+    m = tnn.LSTM(6, 32)
+    compiled = tn.compile(m)
+    _step(compiled, tn.randn(4, 20, 6))
+    source = compiled.source()
+    (scan,) = [s for s in _split_scans(source) if "backward" in s]
+    body = re.search(rf"static void {scan}_body\(.*?\n\}}\n", source, re.S).group(0)
+    lines = [line.strip() for line in body.splitlines()[3:-1]]
+    assert re.match(r"\w+_cell_cols\(.*, u0, u1\);$", lines[0])
+    assert lines[1].startswith("#pragma omp barrier")
+    # [20, 128] gates @ the weight's columns [u0, u1) -> the state gradient's columns
+    assert re.match(r"if \(u1 > u0\) \{ tn_gemm_f32\(\(int\)\(20\), u1 - u0, 128, \(float \*\)"
+                    r"args\[\d+\], 128, 1, \(float \*\)args\[\d+\] \+ u0, 32, NULL, "
+                    r"\(float \*\)args\[\d+\] \+ u0, 32, 0\); \}$", lines[2])
+    assert len(lines) == 3
+    # the gate gradients live in the step's own slice of the stacked output: the next step
+    # writes another, so the loop needs no second barrier per step, only one after it
+    loop = re.search(rf"static void {scan}\(.*?\n\}}\n", source, re.S).group(0)
+    assert loop.count("#pragma omp barrier") == 1
+    assert loop.index("#pragma omp barrier") > loop.index(f"{scan}_body(args")
+    # the gate kernel writes each gate of the wide gradient through a pointer of its own
+    cell = re.search(r"static void (\w+_cell)_gates\(([^)]*)\)", source[source.index(scan):])
+    assert re.findall(r"\bout1_\d\b", cell.group(2)) == ["out1_0", "out1_1", "out1_2", "out1_3"]
+
+
+@pytest.mark.parametrize("hidden", [32, 40, 64])
+def test_float32_gradients_follow_eager_on_one_two_and_three_threads(_small_steps_split,
+                                                                     hidden):
+    """32: one block of 16 columns per thread on two threads, none for one of three; 40 and
+    64: unequal and equal shares of several blocks."""
+    tn.manual_seed(0)
+    m = tnn.LSTM(6, hidden)
+    compiled = tn.compile(m)
+    for _ in range(3):
+        for n in (2, 1, 3):
+            tn.set_num_threads(n)
+            for batch, length in ((20, 4), (3, 7)):
+                x = tn.randn(length, batch, 6)
+                got, want = _step(compiled, x), _step(m, x)
+                for a, b in zip(got, want):
+                    assert a.shape == b.shape
+                    assert np.isfinite(a).all()
+                    np.testing.assert_allclose(a, b, **F32)
+    if runtime_target.current().openmp:
+        assert len(_split_scans(compiled.source())) == 2
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("LSTM", {}),
+    ("LSTM", dict(num_layers=2, bidirectional=True)),
+    ("GRU", {}),
+    ("GRU", dict(num_layers=2, bidirectional=True, batch_first=True))])
+def test_float64_gradients_match_eager_and_torch_on_two_and_three_threads(
+        _small_steps_split, name, kwargs):
+    """Float64 blocks are 8 columns: hidden 16 gives two threads one block each."""
+    T, B, I, H = 5, 13, 4, 16
+    th, ours = twins(name, I, H, **kwargs)
+    x = rand(B, T, I) if kwargs.get("batch_first") else rand(T, B, I)
+    layers = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
+    hx = [rand(layers, B, H, seed=1)] + ([rand(layers, B, H, seed=2)] if name == "LSTM" else [])
+    compiled = tn.compile(ours)
+    torch_out, torch_grads = run(torch, th, x, hx)
+    for n in (2, 3, 2):
+        tn.set_num_threads(n)
+        ours.zero_grad()
+        got_out, got_grads = run(tn, compiled, x, hx)
+        ours.zero_grad()
+        eager_out, eager_grads = run(tn, ours, x, hx)
+        assert len(got_grads) == len(torch_grads)
+        for a, b, c in zip(got_out + got_grads, eager_out + eager_grads,
+                           torch_out + torch_grads):
+            np.testing.assert_allclose(a, b, **F64)
+            np.testing.assert_allclose(a, c, **F64)
+    if runtime_target.current().openmp:
+        assert len([s for s in _split_scans(compiled.source()) if "backward" in s]) == layers
+
+
+@pytest.mark.parametrize("hidden", [32, 33])
+def test_gru_backward_adds_the_product_to_the_direct_gradient_on_each_threads_columns(
+        _small_steps_split, hidden):
+    """A GRU's state gradient is the product's plus the direct path through z * h: each
+    thread starts its columns of the result from the direct part and accumulates its columns
+    of the product onto them (no separate addition kernel)."""
+    tn.manual_seed(0)
+    m = tnn.GRU(6, hidden)
+    compiled = tn.compile(m)
+    for _ in range(3):
+        for n in (2, 3, 1):
+            tn.set_num_threads(n)
+            x = tn.randn(4, 20, 6)
+            for a, b in zip(_step(compiled, x), _step(m, x)):
+                assert np.isfinite(a).all()
+                np.testing.assert_allclose(a, b, **F32)
+    if not runtime_target.current().openmp:
+        return
+    source = compiled.source()
+    (scan,) = [s for s in _split_scans(source) if "backward" in s]
+    body = re.search(rf"static void {scan}_body\(.*?\n\}}\n", source, re.S).group(0)
+    assert "_add(" not in body and body.count("#pragma omp barrier") == 1
+    assert re.search(r"for \(int c = u0; c < u1; c\+\+\) .* = .*; tn_gemm_f32\(.*, 1\); \}",
+                     body)
