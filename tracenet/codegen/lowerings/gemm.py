@@ -73,6 +73,14 @@ def lower_gemm(name, node, exported, target):
                                                else f"{split} * 6"), serial_block)
     act = act_node.op if act_node is not None else None
     act_expr = c_expr(act_node, ["v"]) if act_node is not None else None
+    # a batch of one through a layer (b not transposed, or repacked): eight chains of FMAs
+    # along the columns, compiled in only where the rows may be one
+    one_row = not (tb and not ta) and ct in ("float", "double") and isinstance(n, int) and \
+        n >= 2 * 32 // (4 if ct == "float" else 8) and (m == 1 or not isinstance(m, int))
+    # b transposed: dot products of the row with eight of b's rows at a time
+    one_row_nt = tb and not ta and ct in ("float", "double") and isinstance(n, int) and \
+        isinstance(k, int) and k >= 32 // (4 if ct == "float" else 8) and \
+        (m == 1 or not isinstance(m, int))
     src = render("gemm.c.j2", name=name, node_lines=node_lines(group), ctype=ct,
                  sfx=SFX[ct], signature=signature(reads, writes, scratch, ct), M=m, N=n, K=k,
                  trans_a=ta, trans_b=tb, alpha=g.attrs["alpha"], beta=beta,
@@ -81,7 +89,8 @@ def lower_gemm(name, node, exported, target):
                  mask=c_expr(mask_node, ["v", f"mask[(size_t)i * {n} + j]"]) if mask_node
                  else None,
                  epilogue=bias is not None or act is not None or g.attrs["alpha"] != 1.0 or
-                 mask_node is not None, sgd=sgd_helper[0] if sgd_helper else None)
+                 mask_node is not None, sgd=sgd_helper[0] if sgd_helper else None,
+                 one_row=one_row, one_row_nt=one_row_nt)
     return Kernel(name, reads, writes, src, scratch, ct, flops=flops, parallel=parallel,
                   helpers=[sgd_helper] if sgd_helper else ())
 
