@@ -31,11 +31,13 @@ def _check_inference(model, shape, dtype=tn.float32, tol=1e-4):
 
 
 def _conv_kernels(source):
-    """The functions of the convolution kernels (forward and both gradients) in ``source``."""
+    """The functions of the convolution kernels (forward and both gradients) in ``source``:
+    those calling the GEMM core or a weight gradient's register tiles of dot products."""
     return [m.group(0) for m in re.finditer(
-        r"static void \w+\((?:.|\n)*?\n}\n", source)
-        if "tn_gemm" in m.group(0) and "static void tn_gemm" not in m.group(0)
-        and "tn_tile" not in m.group(0)]
+        r"static void (\w+)\((?:.|\n)*?\n}\n", source)
+        if ("tn_gemm" in m.group(0) or re.search(r"\b\w+_dots\(", m.group(0)))
+        and "static void tn_gemm" not in m.group(0)
+        and "tn_tile" not in m.group(0) and "_dots" not in m.group(1)]
 
 
 # (constructor, input shape, path the forward and both gradients take)

@@ -4,6 +4,7 @@ into ``gemm``; ``passes/lower.py`` folds transposes into its flags.)"""
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
     node_lines, signature, size_ceil_div, size_choice, size_max, size_min, where
 from ..templates import render
+from ..._sym import has_symbols, is_one
 from .elementwise import c_expr
 from .optim import update_helper
 
@@ -73,6 +74,15 @@ def lower_gemm(name, node, exported, target):
                                                else f"{split} * 6"), serial_block)
     act = act_node.op if act_node is not None else None
     act_expr = c_expr(act_node, ["v"]) if act_node is not None else None
+    # a batch of one through a layer, compiled in only where the rows may be one (a symbol
+    # is never compared with 1: that would specialise the build on it): with b not transposed
+    # (or repacked), eight chains of FMAs along the columns
+    rows_may_be_one = has_symbols((m,)) or is_one(m)
+    one_row = rows_may_be_one and not (tb and not ta) and ct in ("float", "double") and \
+        isinstance(n, int) and n >= 2 * 32 // (4 if ct == "float" else 8)
+    # with b transposed, dot products of the row with eight of b's rows at a time
+    one_row_nt = rows_may_be_one and tb and not ta and ct in ("float", "double") and \
+        isinstance(n, int) and isinstance(k, int) and k >= 32 // (4 if ct == "float" else 8)
     src = render("gemm.c.j2", name=name, node_lines=node_lines(group), ctype=ct,
                  sfx=SFX[ct], signature=signature(reads, writes, scratch, ct), M=m, N=n, K=k,
                  trans_a=ta, trans_b=tb, alpha=g.attrs["alpha"], beta=beta,
@@ -81,7 +91,8 @@ def lower_gemm(name, node, exported, target):
                  mask=c_expr(mask_node, ["v", f"mask[(size_t)i * {n} + j]"]) if mask_node
                  else None,
                  epilogue=bias is not None or act is not None or g.attrs["alpha"] != 1.0 or
-                 mask_node is not None, sgd=sgd_helper[0] if sgd_helper else None)
+                 mask_node is not None, sgd=sgd_helper[0] if sgd_helper else None,
+                 one_row=one_row, one_row_nt=one_row_nt)
     return Kernel(name, reads, writes, src, scratch, ct, flops=flops, parallel=parallel,
                   helpers=[sgd_helper] if sgd_helper else ())
 

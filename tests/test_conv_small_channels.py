@@ -1,0 +1,102 @@
+"""Convolutions with few channels (LeNet's first layer: one input channel, six output
+channels) at batch 1 and at a symbolic batch: the weight gradient's register tiles of dot
+products along the positions (``_conv.c.j2`` ``dots``), built for AVX-512 and for AVX2 only,
+against PyTorch's values and gradients."""
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import tracenet as tn
+import tracenet.nn as nn
+from tracenet.runtime import toolchain
+
+
+MARCHES = ["native"] + (["x86-64-v3"] if os.uname().machine == "x86_64" else [])
+
+
+@pytest.fixture(params=MARCHES)
+def march(request, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TRACENET_MARCH", request.param)
+    toolchain.reset()
+    yield request.param
+    monkeypatch.delenv("TRACENET_MARCH")
+    toolchain.reset()
+
+
+# name -> (layer, its torch twin's class, arguments, input shape without the batch);
+# the tap counts leave 0, 1 and 2 taps past the register tiles, the channel counts rows
+CASES = {
+    "lenet_conv1": (nn.Conv2d, torch.nn.Conv2d, (1, 6, 5), {}, (1, 32, 32)),
+    "odd_channels_padded": (nn.Conv2d, torch.nn.Conv2d, (3, 5, 3), dict(padding=1), (3, 9, 11)),
+    "grouped_dilated": (nn.Conv2d, torch.nn.Conv2d, (4, 6, (2, 3)), dict(groups=2, dilation=2,
+                                                                         padding=1), (4, 8, 7)),
+    "one_output_channel": (nn.Conv2d, torch.nn.Conv2d, (2, 1, 3), {}, (2, 6, 6)),
+    "conv3d": (nn.Conv3d, torch.nn.Conv3d, (2, 3, 3), dict(padding=1), (2, 4, 5, 6)),
+    "conv1d": (nn.Conv1d, torch.nn.Conv1d, (3, 7, 4), {}, (3, 19)),
+}
+
+
+def _copy_to_torch(model, tmodel):
+    theirs = dict(tmodel.state_dict())
+    for name, value in model.state_dict().items():
+        theirs[name].copy_(torch.from_numpy(np.array(value.numpy())))
+
+
+def _weight_gradient_body(source):
+    bodies = re.findall(r"\bvoid (\w+)\(.*?\n\{(.*?)\n\}", source, re.S)
+    return "".join(body for name, body in bodies if name.endswith("conv_backward_weight"))
+
+
+def _step(compiled, model, tmodel, x, dtype):
+    """One forward and backward through the compiled module and the torch twin, compared."""
+    model.zero_grad()
+    tmodel.zero_grad()
+    xn = tn.from_numpy(x).requires_grad_(True)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out, ref = compiled(xn), tmodel(xt)
+    tol = 1e-4 if dtype == np.float32 else 1e-9
+    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=tol, atol=tol)
+    gy = np.random.default_rng(1).standard_normal(ref.shape).astype(dtype)
+    out.backward(tn.from_numpy(gy))
+    ref.backward(torch.from_numpy(gy))
+    np.testing.assert_allclose(xn.grad.numpy(), xt.grad.numpy(), rtol=tol, atol=tol)
+    for (name, p), tp in zip(model.named_parameters(), tmodel.parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=tol, atol=tol,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_few_channel_conv_matches_torch_batch1(march, name):
+    layer, tlayer, args, kwargs, shape = CASES[name]
+    tn.manual_seed(0)
+    model = layer(*args, **kwargs)
+    tmodel = tlayer(*args, **kwargs)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    x = np.random.default_rng(0).standard_normal((1,) + shape).astype(np.float32)
+    _step(compiled, model, tmodel, x, np.float32)
+    assert "_dots(" in _weight_gradient_body(compiled.source())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_few_channel_conv_symbolic_batch(march, dtype):
+    """One specialisation at batch sizes 1, 2 and 5: the dot products add up over the images
+    (and double vectors hold four lanes)."""
+    tn.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.Conv2d(6, 5, 3, padding=1))
+    tmodel = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 5), torch.nn.ReLU(),
+                                 torch.nn.Conv2d(6, 5, 3, padding=1))
+    if dtype == np.float64:
+        model, tmodel = model.double(), tmodel.double()
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    rng = np.random.default_rng(0)
+    for batch in (2, 5, 1):
+        _step(compiled, model, tmodel, rng.standard_normal((batch, 1, 16, 15)).astype(dtype), dtype)
+    assert len(compiled.specialisations) == 1
+    source = compiled.source()
+    assert "tn_N" in source and "_dots(" in _weight_gradient_body(source)
