@@ -96,14 +96,15 @@ def test_split_unit_builds_and_matches_eager(monkeypatch, jobs):
     # no file has a copy of the GEMM: the files that call it declare it, and link the GEMM's
     # objects, built once in the cache (hidden: they are no entry points of the library)
     for text in texts:
-        assert not re.search(r"\bvoid tn_g?gemm(_nt)?_f32\([^;{]*\)\s*\{", text)
-        if re.search(r"^\s+tn_g?gemm(_nt)?_f32\(", text, re.M):
+        assert not re.search(r"\bvoid tn_g?gemm(_nt|_dots)?_f32\([^;{]*\)\s*\{", text)
+        if re.search(r"^\s+tn_g?gemm(_nt|_dots)?_f32\(", text, re.M):
             assert re.search(r'^__attribute__\(\(visibility\("hidden"\)\)\) void '
                              r'tn_gemm_f32\(', text, re.M)
     objects = _cache_files(".o")
-    # (the GEMM's two entry points, and the gathered GEMM of LeNet's second convolution)
-    assert [o.split("-")[0] for o in objects] == ["tn_gemm_f32", "tn_gemm_nt_f32",
-                                                  "tn_ggemm_f32"], objects
+    # (the GEMM's two entry points, the dot-product tiles of the first convolution's weight
+    # gradient and the gathered GEMM of the second convolution)
+    assert [o.split("-")[0] for o in objects] == ["tn_gemm_dots_f32", "tn_gemm_f32",
+                                                  "tn_gemm_nt_f32", "tn_ggemm_f32"], objects
     for obj in objects:
         assert os.path.exists(os.path.join(d, obj[:-2] + ".meta"))
         with pytest.raises(AttributeError):  # not exported from the library
@@ -185,8 +186,9 @@ def test_gemm_objects_are_built_once_and_linked_into_every_unit(monkeypatch):
     runs = _compiler_runs(monkeypatch)
     torch.compile(LeNet())(torch.randn(2, 1, 32, 32))
     objects = _cache_files(".o")
-    # tn_gemm, tn_gemm_nt and the gathered GEMM of the second convolution
-    assert len(objects) == 3
+    # tn_gemm, tn_gemm_nt, the first convolution's dot-product tiles and the gathered GEMM of
+    # the second convolution
+    assert len(objects) == 4
     # (compiled in the background while the kernels were rendered, so not in ``runs``)
     assert not [c for c in runs if "-c" in c and any(re.search("tn_g?gemm", a) for a in c)]
     d = os.environ["TRACENET_CACHE_DIR"]

@@ -101,8 +101,8 @@ def test_prebuild_writes_every_gemm_object_and_the_probe_records(tmp_path):
     cc, _ = _wrapper(tmp_path)
     out = _prebuild(tmp_path, cc)
     names = sorted(os.path.basename(p).split("-")[0] for p in glob.glob(str(out / "*.o")))
-    assert names == ["tn_gemm_f32", "tn_gemm_f64", "tn_gemm_nt_f32", "tn_gemm_nt_f64",
-                     "tn_ggemm_f32", "tn_ggemm_f64"]
+    assert names == ["tn_gemm_dots_f32", "tn_gemm_dots_f64", "tn_gemm_f32", "tn_gemm_f64",
+                     "tn_gemm_nt_f32", "tn_gemm_nt_f64", "tn_ggemm_f32", "tn_ggemm_f64"]
     for obj in glob.glob(str(out / "*.o")):
         assert os.path.exists(obj[:-2] + ".meta")
         assert os.stat(obj).st_mode & 0o044 == 0o044  # readable by every user of the package

@@ -94,4 +94,4 @@ def test_the_package_build_ships_the_bytecode_and_the_prebuilt_gemm(tmp_path):
     assert len(os.listdir(shipped)) == len(names())
     # (tests/test_prebuilt.py checks what is in it, and that a compile uses it)
     objects = [n for n in os.listdir(out / "tracenet" / "_prebuilt") if n.endswith(".o")]
-    assert len(objects) == 6, objects
+    assert len(objects) == 8, objects

@@ -210,10 +210,10 @@ def plan_entry(entry, prefix, target):
 
 
 # a call of one of the GEMM's entry points (templates/_gemm.c.j2), and their element types
-_GEMM_CALL = re.compile(r"\b(tn_g?gemm(?:_nt)?_f(?:32|64))\s*\(")
+_GEMM_CALL = re.compile(r"\b(tn_g?gemm(?:_nt|_dots)?_f(?:32|64))\s*\(")
 _GEMM_CTYPE = {"_f32": "float", "_f64": "double"}
 # the entry point's name (less the type suffix) -> what ``_gemm.c.j2`` calls it in ``only``
-_GEMM_ENTRY = {"tn_gemm": "nn", "tn_gemm_nt": "nt", "tn_ggemm": "gg"}
+_GEMM_ENTRY = {"tn_gemm": "nn", "tn_gemm_nt": "nt", "tn_ggemm": "gg", "tn_gemm_dots": "dots"}
 
 
 def gemm_sources(target, names):

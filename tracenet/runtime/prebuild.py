@@ -10,6 +10,7 @@ flags, target CPU, source), and the runtime uses one only when its key matches a
 record (size, SHA-256) checks out; otherwise it builds its own in the cache, as without them.
 """
 import os
+import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +20,7 @@ from . import build, target
 from .cache import PREBUILT, remove
 
 # every entry point of templates/_gemm.c.j2, per element type
-GEMM_ENTRY_POINTS = tuple(f"{name}_{t}" for name in ("tn_gemm", "tn_gemm_nt", "tn_ggemm")
+GEMM_ENTRY_POINTS = tuple(f"{name}_{t}" for name in ("tn_gemm", "tn_gemm_nt", "tn_ggemm", "tn_gemm_dots")
                           for t in ("f32", "f64"))
 
 
@@ -48,6 +49,8 @@ def prebuild(out_dir):
 def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
     out_dir = os.path.abspath(args[0] if args else default_dir())
+    if not args:  # (this checkout's: what earlier sources built goes)
+        shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir, exist_ok=True)
     os.environ["TRACENET_CACHE_DIR"] = out_dir
     os.environ["TRACENET_PREBUILT"] = "0"  # (build them, not find them)

@@ -384,16 +384,6 @@ def _lower_flipped_backward_input(name, node, geo, fgeo, ct, target):
                   parallel=parallel)
 
 
-def _dot_tiles(taps):
-    """Register tiles (rows, taps) of the weight gradient's dot products along the positions,
-    with 32 vector registers (``wide``: 3 rows, 15-24 accumulators) and with 16 (``narrow``: 2
-    rows, 8-12): of the tap counts that fit, the one leaving the fewest taps over, then the
-    largest."""
-    def pick(rows, counts):
-        return rows, min(counts, key=lambda t: (taps % t, -t))
-    return dict(wide=pick(3, (8, 7, 6, 5)), narrow=pick(2, (6, 5, 4)))
-
-
 def _lower_conv_backward_weight(name, node, target):
     gy, x = node.inputs
     out = node.outputs[0]
@@ -420,8 +410,8 @@ def _lower_conv_backward_weight(name, node, target):
     parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
     # dot products along the positions: register tiles of output channels x taps
-    dots = _dot_tiles(t["CG"] * geo["KD"] * geo["KH"] * geo["KW"]) \
-        if direct and not tapwise and gathered is None else None
+    # few channels: register tiles of dot products along the positions (tn_gemm_dots)
+    dots = bool(direct and not tapwise and gathered is None)
     src = render("conv_backward_weight.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, work_elems=work,
