@@ -59,12 +59,13 @@ def prebuilt_dir():
     d = os.environ.get("TRACENET_PREBUILT", "").strip()
     if d == "0":
         return None
-    d = d or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          PREBUILT)
+    d = d or PACKAGE_PREBUILT
     return d if os.path.isdir(d) else None
 
 
-PREBUILT = "_prebuilt"
+# where the package build writes them
+PACKAGE_PREBUILT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "_prebuilt")
 
 
 def prebuilt(path):

@@ -17,15 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from ..codegen import templates
 from ..codegen.emit import gemm_sources
 from . import build, target
-from .cache import PREBUILT, remove
+from .cache import PACKAGE_PREBUILT, remove
 
 # every entry point of templates/_gemm.c.j2, per element type
-GEMM_ENTRY_POINTS = tuple(f"{name}_{t}" for name in ("tn_gemm", "tn_gemm_nt", "tn_ggemm", "tn_gemm_dots")
+GEMM_ENTRY_POINTS = tuple(f"{name}_{t}"
+                          for name in ("tn_gemm", "tn_gemm_nt", "tn_ggemm", "tn_gemm_dots")
                           for t in ("f32", "f64"))
-
-
-def default_dir():
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), PREBUILT)
 
 
 def prebuild(out_dir):
@@ -48,7 +45,7 @@ def prebuild(out_dir):
 
 def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
-    out_dir = os.path.abspath(args[0] if args else default_dir())
+    out_dir = os.path.abspath(args[0] if args else PACKAGE_PREBUILT)
     if not args:  # (this checkout's: what earlier sources built goes)
         shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir, exist_ok=True)
