@@ -9,6 +9,14 @@ from .elementwise import c_expr
 from .optim import update_helper
 
 
+def _one_symbol(size):
+    """Whether ``size`` is a size symbol alone (N), not a product or sum of them."""
+    if not has_symbols((size,)):
+        return False
+    (monomial, coefficient), = size.terms.items() if len(size.terms) == 1 else ((None, 0),)
+    return coefficient == 1 and monomial is not None and len(monomial) == 1
+
+
 @group_lowering("gemm")
 @lowering("gemm")
 def lower_gemm(name, node, exported, target):
@@ -74,10 +82,12 @@ def lower_gemm(name, node, exported, target):
                                                else f"{split} * 6"), serial_block)
     act = act_node.op if act_node is not None else None
     act_expr = c_expr(act_node, ["v"]) if act_node is not None else None
-    # a batch of one through a layer, compiled in only where the rows may be one (a symbol
-    # is never compared with 1: that would specialise the build on it): with b not transposed
-    # (or repacked), eight chains of FMAs along the columns
-    rows_may_be_one = has_symbols((m,)) or is_one(m)
+    # a batch of one through a layer, compiled in only where the rows may be one: one row, or
+    # rows that are the batch size itself (a symbol is never compared with 1: that would
+    # specialise the build on it; rows of a product such as time steps x batch are left out,
+    # whose extra code slowed the recurrent nets' GEMMs): with b not transposed (or
+    # repacked), eight chains of FMAs along the columns
+    rows_may_be_one = is_one(m) or _one_symbol(m)
     one_row = rows_may_be_one and not (tb and not ta) and ct in ("float", "double") and \
         isinstance(n, int) and n >= 2 * 32 // (4 if ct == "float" else 8)
     # with b transposed, dot products of the row with eight of b's rows at a time
