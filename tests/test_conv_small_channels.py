@@ -12,6 +12,7 @@ import torch
 import tracenet as tn
 import tracenet.nn as nn
 from tracenet.runtime import toolchain
+from test_conv_kernels import _copy_to_torch
 
 
 MARCHES = ["native"] + (["x86-64-v3"] if os.uname().machine == "x86_64" else [])
@@ -38,12 +39,6 @@ CASES = {
     "conv3d": (nn.Conv3d, torch.nn.Conv3d, (2, 3, 3), dict(padding=1), (2, 4, 5, 6)),
     "conv1d": (nn.Conv1d, torch.nn.Conv1d, (3, 7, 4), {}, (3, 19)),
 }
-
-
-def _copy_to_torch(model, tmodel):
-    theirs = dict(tmodel.state_dict())
-    for name, value in model.state_dict().items():
-        theirs[name].copy_(torch.from_numpy(np.array(value.numpy())))
 
 
 def _weight_gradient_body(source):

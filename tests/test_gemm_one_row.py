@@ -10,6 +10,7 @@ import torch
 
 import tracenet as tn
 import tracenet.nn as nn
+from test_conv_kernels import _copy_to_torch
 
 
 @pytest.fixture(autouse=True)
@@ -21,12 +22,6 @@ def _row_calls(source):
     """Names of the kernels that call a one-row helper."""
     bodies = re.findall(r"\bvoid (\w+)\(.*?\n\{(.*?)\n\}", source, re.S)
     return {name for name, body in bodies if re.search(r"\b\w+_row\(", body)}
-
-
-def _copy_to_torch(model, tmodel):
-    theirs = dict(tmodel.state_dict())
-    for name, value in model.state_dict().items():
-        theirs[name].copy_(torch.from_numpy(np.array(value.numpy())))
 
 
 def _mlp(lib, sizes):
