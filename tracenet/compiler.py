@@ -7,6 +7,7 @@ for the forward; ``loss.backward()`` reaches a ``CompiledFunctionBackward`` node
 backward graph in one C call and hands the parameter gradients to the autograd engine, which
 accumulates them into ``.grad`` exactly as in eager mode.
 """
+import itertools
 import operator
 import sys
 
@@ -29,6 +30,21 @@ from .trace import Guards, rebuild, specialisation_key, structure_of, trace
 
 _data_of = operator.attrgetter("_data")
 _refcount = sys.getrefcount
+_ne = operator.ne
+_TWO = itertools.repeat(2)
+# what a parameter's autograd edge depends on (``engine.edge_of``)
+_leaf_state = operator.attrgetter("_grad_fn", "_base_", "_req", "_accumulator")
+
+
+def _taker(indices):
+    """A function of a list giving its items at ``indices`` as a list (``itemgetter`` in C)."""
+    if not indices:
+        return lambda pool: []
+    if len(indices) == 1:
+        i = indices[0]
+        return lambda pool: [pool[i]]
+    get = operator.itemgetter(*indices)
+    return lambda pool: list(get(pool))
 
 
 class Specialisation:
@@ -170,7 +186,34 @@ class Specialisation:
         self._saved_plan = [idx if kind == "input" else first_out + idx
                             for kind, idx in self.saved_sources]
         self._recycled_plan = [first_out + i for i in self.recyclable]
+        self.take_saved = _taker(self._saved_plan)
+        self.take_recycled = _taker(self._recycled_plan)
         self.differentiable_outputs = [i for i, d in enumerate(self.differentiable) if d]
+        # the parameters' edges (their AccumulateGrad nodes, kept from call to call: a leaf
+        # holds its node weakly, so each graph would otherwise make new ones), valid while
+        # the parameters' autograd state is ``_leaf_states``
+        self._user_grads = any(i < n_user for i in self.grad_of)
+        self._leaf_states = None
+        self._param_edges = ()
+        self.accumulators = []
+
+    def edges(self, inputs):
+        """The autograd edges of a call on ``inputs``, one per differentiated input (user
+        inputs and parameters, in ``grad_of`` order)."""
+        params = self._param_tensors
+        states = list(map(_leaf_state, params))
+        if states != self._leaf_states or self._user_grads:
+            leaves = list(inputs) + params
+            edges = tuple([engine.edge_of(leaves[i]) for i in self.grad_of])
+            n_user = self.n_user
+            self.accumulators = [n for i, (n, _) in zip(self.grad_of, edges)
+                                 if i >= n_user and type(n) is engine.AccumulateGrad]
+            # (plain leaves only: a view's or a non-leaf's edge is worked out every call)
+            plain = all(g is None and b is None for g, b, _, _ in states)
+            self._leaf_states = list(map(_leaf_state, params)) if plain else None
+            self._param_edges = edges
+            return edges
+        return self._param_edges
 
     # --- calling -----------------------------------------------------------------------------
     def run_forward(self, inputs):
@@ -209,7 +252,8 @@ class Specialisation:
         grads = self._free_gradients(sizes)
         if grads is None:
             grads = [np.empty(shape, dt) for shape, dt in self.grad_shapes(sizes)]
-        self._backward(cotangents + saved, grads, (), sizes)
+        cotangents += saved
+        self._backward(cotangents, grads, (), sizes)
         self._grad_pool.append((sizes, grads))
         return grads
 
@@ -223,10 +267,9 @@ class Specialisation:
             return None
         if last_sizes != sizes:
             return None
-        for a in grads:
-            # the pool's list, this loop and getrefcount's argument: nobody else
-            if _refcount(a) != 3:
-                return None
+        # the pool's list and getrefcount's argument: nobody else
+        if any(map(_ne, map(_refcount, grads), _TWO)):
+            return None
         return grads
 
 
@@ -280,11 +323,11 @@ class CompiledFunctionBackward(engine.Node):
             shape, dt = self.out_shapes[idx]
             if g is None:
                 cots.append(np.zeros(shape, dt))
-            else:
-                arr = g._concrete("backward")
-                if arr.dtype != dt:
-                    arr = arr.astype(dt)
-                cots.append(np.ascontiguousarray(arr))
+                continue
+            arr = g._concrete("backward")
+            if arr.dtype is not dt and arr.dtype != dt:
+                arr = arr.astype(dt)
+            cots.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
         return tuple(map(Tensor._wrap, spec.run_backward(cots, self.saved, self.sizes)))
 
     def _release(self):
@@ -437,21 +480,14 @@ class CompiledModule:
         wrap = Tensor._wrap
         results = [wrap(o) for o in outs[:spec.n_out]]
         if spec.needs_grad and grad_mode._state.enabled:
-            leaves = list(inputs) + spec._param_tensors
-            edge_of = engine.edge_of
-            edges = tuple([edge_of(leaves[i]) for i in spec.grad_of])
-            # the parameters' AccumulateGrad nodes, kept from call to call (a leaf holds its
-            # node weakly, so each graph would otherwise make new ones; the inputs' are not
-            # kept: they would keep the call's inputs alive)
-            n_user = spec.n_user
-            spec.accumulators = [n for i, (n, _) in zip(spec.grad_of, edges)
-                                 if i >= n_user and type(n) is engine.AccumulateGrad]
-            node = CompiledFunctionBackward(edges)
+            node = CompiledFunctionBackward(spec.edges(inputs))
             node.spec = spec
-            node.saved = [pool[i] for i in spec._saved_plan]
-            node.recyclable = [pool[i] for i in spec._recycled_plan]
-            node.saved_versions = tuple([(leaves[i], leaves[i]._vc.value)
-                                         for i in spec.version_checked])
+            node.saved = spec.take_saved(pool)
+            node.recyclable = spec.take_recycled(pool)
+            n_user, params = spec.n_user, spec._param_tensors
+            node.saved_versions = tuple([
+                (t, t._vc.value) for t in
+                (inputs[i] if i < n_user else params[i - n_user] for i in spec.version_checked)])
             node.freed = False
             node.sizes = sizes
             node.out_shapes = spec.user_out_shapes(sizes)

@@ -18,7 +18,10 @@ hyperparameters, and when an update rule of ``_functional`` has been replaced.
 
 Importing this module installs it into ``tracenet.optim.optimizer.fused_step``.
 """
+import operator
 import os
+import weakref
+from itertools import repeat
 
 from ._meta import Meta
 from ._dtype import float64
@@ -40,6 +43,11 @@ _FP_DTYPES = ("float32", "float64")
 _RULES = ("_sqrt", "fma", "sgd_update", "adam_update", "rmsprop_update", "adagrad_update")
 _ORIGINAL_RULES = tuple(getattr(_functional, n) for n in _RULES)
 STALE = "stale"
+_data_of = operator.attrgetter("_data")
+_grad_of = operator.attrgetter("_grad")
+_is, _is_not = operator.is_, operator.is_not
+# (a weak reference's referent, called from ``map`` in C)
+_deref = getattr(operator, "call", None) or operator.methodcaller("__call__")
 
 
 def _rules_replaced():
@@ -140,6 +148,10 @@ class FusedStep:
         self._data = None  # the parameter arrays of the last call
         self._arrays = None  # the state arrays of the last call
         self._bumped = ()  # what the update writes: version counters to increment
+        # weak references to the last gradient arrays that passed ``_gradients``' checks as
+        # they are (a loop whose compiled backward recycles its gradient arrays passes the
+        # same ones every step); weak, so that they can still be recycled
+        self._checked = []
 
     def _graph(self, optimizer, flags):
         """Inputs: gradients, parameters, then per parameter its state arrays and hyper row;
@@ -184,17 +196,13 @@ class FusedStep:
         handle, STALE for parameter arrays that no longer fit the compiled code. ``values``:
         each param group's hyperparameters, if the caller has read them."""
         params = self.params
-        grads = []
-        data = []
-        for p in params:
-            g = p._grad._data
-            d = p._data
-            if g is None or g.shape != d.shape:
-                return False  # the numpy step broadcasts, or raises
-            if g.dtype is not d.dtype and g.dtype != d.dtype or not g.flags.c_contiguous:
-                g = g.astype(d.dtype, order="C")  # as the eager step casts it
-            grads.append(g)
-            data.append(d)
+        data = list(map(_data_of, params))
+        grads = list(map(_data_of, map(_grad_of, params)))
+        checked = self._checked
+        if len(checked) != len(grads) or not all(map(_is, grads, map(_deref, checked))):
+            grads = self._gradients(grads, data)
+            if grads is None:
+                return False
         if not self._same(data) and not self._fits(data):
             return STALE
         arrays = self.state.refresh(values)
@@ -214,14 +222,24 @@ class FusedStep:
             t._vc.value += 1
         return True
 
+    def _gradients(self, grads, data):
+        """The gradient arrays as the C code takes them (cast and made contiguous as the
+        eager step casts them), or None for gradients the numpy step must handle."""
+        out = []
+        plain = True
+        for g, d in zip(grads, data):
+            if g is None or g.shape != d.shape:
+                return None  # the numpy step broadcasts, or raises
+            if g.dtype is not d.dtype and g.dtype != d.dtype or not g.flags.c_contiguous:
+                g = g.astype(d.dtype, order="C")
+                plain = False
+            out.append(g)
+        self._checked = list(map(weakref.ref, out)) if plain else []
+        return out
+
     def _same(self, data):
         last = self._data
-        if last is None:
-            return False
-        for a, b in zip(data, last):
-            if a is not b:
-                return False
-        return True
+        return last is not None and len(last) == len(data) and all(map(_is, data, last))
 
     def _fits(self, arrays, per_param=1):
         """Whether new arrays (``per_param`` for each parameter, in order) still have the
@@ -266,7 +284,10 @@ class FusedOptimizer:
                 if isinstance(v, Tensor):
                     return False  # a tensor may change in place: the numpy step reads it
             values.append(hyper)
-            key.append((tuple([id(p) for p in g["params"] if p._grad is not None]),
+            params = g["params"]
+            # (which parameters have a gradient: their ids and a flag each, made in C)
+            key.append((tuple(map(id, params)),
+                        tuple(map(_is_not, map(_grad_of, params), repeat(None))),
                         tuple([bool(g.get(e, False)) for e in self.entries])))
         key = tuple(key)
         spec = self.specs.get(key, self)
@@ -300,7 +321,7 @@ class FusedOptimizer:
                                  "updates already; numpy update for this set of gradients")
             return None
         else:
-            flags = [dict(zip(self.attrs, f)) for _, f in key]
+            flags = [dict(zip(self.attrs, f)) for *_, f in key]
             unit = c_identifier(f"{type(opt).__name__.lower()}_update_{len(self.specs)}")
             try:
                 spec = FusedStep(opt, self.update, params_per_group, flags, unit)

@@ -83,7 +83,9 @@ def _tensor_backward(self, gradient=None, retain_graph=None, create_graph=False,
     if gradient is None and inputs is None and self._ir is None and data.size == 1 and \
             data.dtype.kind == "f":
         # a loss: its implicit gradient 1, without backward()'s argument handling
-        grad = Tensor._wrap(np.ones(data.shape, data.dtype))
+        # (np.array makes a 0-d one in C; np.ones runs Python)
+        grad = Tensor._wrap(np.array(1, data.dtype) if data.ndim == 0 else
+                            np.ones(data.shape, data.dtype))
         engine.run_backward([self], [grad], create_graph if retain_graph is None
                             else retain_graph, create_graph)
         return

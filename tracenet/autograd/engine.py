@@ -402,8 +402,12 @@ def run_backward(tensors, grad_tensors, retain_graph=False, create_graph=False, 
     if inputs is None and len(roots) == 1:
         chain = _chain(roots[0][0])
         if chain is not None:
-            with grad_mode.set_grad_enabled(create_graph):
+            state = grad_mode._state  # (what set_grad_enabled does, without its object)
+            prev, state.enabled = state.enabled, bool(create_graph)
+            try:
                 _run_chain(chain, roots[0][1], grad_tensors[0], retain_graph, create_graph)
+            finally:
+                state.enabled = prev
             return None
     order, fan_in = _topo_order([n for n, _ in roots])
     # the gradients arriving at each node, made when the first one arrives
@@ -539,7 +543,16 @@ def _run_chain(nodes, nr, grad, retain_graph, create_graph):
             if nxt is None or g is None:
                 continue
             if type(nxt) is AccumulateGrad:
-                _accumulate_into_leaf(nxt.variable, g, create_graph, fresh)
+                leaf = nxt.variable
+                if fresh and not create_graph and leaf._grad is None and \
+                        leaf._hooks is None and g._ir is None and leaf._ir is None:
+                    a, data = g._data, leaf._data
+                    if a.shape == data.shape and a.dtype is data.dtype:
+                        # (what _accumulate_into_leaf does for a first gradient made for
+                        # this leaf alone: it becomes .grad)
+                        leaf._grad = g
+                        continue
+                _accumulate_into_leaf(leaf, g, create_graph, fresh)
             else:  # the chain's next node: this is its only edge
                 grads = [None] * _num_outputs(nxt)
                 grads[nr] = g
