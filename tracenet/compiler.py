@@ -196,6 +196,7 @@ class Specialisation:
         self._leaf_states = None
         self._param_edges = ()
         self.accumulators = []
+        self.leaf_ids = None
 
     def edges(self, inputs):
         """The autograd edges of a call on ``inputs``, one per differentiated input (user
@@ -212,6 +213,11 @@ class Specialisation:
             plain = all(g is None and b is None for g, b, _, _ in states)
             self._leaf_states = list(map(_leaf_state, params)) if plain else None
             self._param_edges = edges
+            # (for the engine's chain: every edge to a leaf of its own; the ids stay theirs
+            # while ``accumulators`` holds the nodes)
+            ids = {id(n) for n in self.accumulators}
+            self.leaf_ids = frozenset(ids) if plain and not self._user_grads and \
+                len(ids) == len(edges) else None
             return edges
         return self._param_edges
 
@@ -306,7 +312,7 @@ def _restore(module, inputs, shown, unit, structure, key, state, reads):
 class CompiledFunctionBackward(engine.Node):
     """The backward of one compiled forward call."""
     __slots__ = ("spec", "saved", "saved_versions", "freed", "out_shapes", "_num_outputs",
-                 "recyclable", "sizes")
+                 "recyclable", "sizes", "_leaf_ids")
     # its gradients are arrays made for this call: a leaf may keep one as its .grad
     _fresh_results = True
 
@@ -482,6 +488,7 @@ class CompiledModule:
         if spec.needs_grad and grad_mode._state.enabled:
             node = CompiledFunctionBackward(spec.edges(inputs))
             node.spec = spec
+            node._leaf_ids = spec.leaf_ids
             node.saved = spec.take_saved(pool)
             node.recyclable = spec.take_recycled(pool)
             n_user, params = spec.n_user, spec._param_tensors

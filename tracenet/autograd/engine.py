@@ -37,6 +37,9 @@ class Node:
     # whether the gradients ``_run`` returns are held by nobody else (a leaf may keep one as
     # its ``.grad`` without a copy)
     _fresh_results = False
+    # the ids of the leaves' nodes when every edge is known to go to a leaf of its own (a
+    # subclass whose edges are the same from call to call may tell ``_chain`` so)
+    _leaf_ids = None
 
     def __init__(self, next_functions):
         self.next_functions = next_functions
@@ -508,21 +511,38 @@ def _chain(root):
         if node._hooks or node._retained:
             return None
         nodes.append(node)
-        inner = None
-        for nxt, _ in node.next_functions:
-            if nxt is None:
-                continue
-            if type(nxt) is AccumulateGrad:
-                k = id(nxt)
-                if k in leaves:
-                    return None
-                leaves.add(k)
-            elif inner is None:
-                inner = nxt
-            else:
+        ids = node._leaf_ids
+        if ids is not None:  # (known: every edge is to a leaf of its own)
+            inner = None
+        else:
+            inner, ids = _edges_shape(node.next_functions)
+            if ids is None:
                 return None
+        if ids:
+            if not leaves.isdisjoint(ids):
+                return None
+            leaves |= ids
         node = inner
     return nodes
+
+
+def _edges_shape(edges):
+    """(the one edge to a node that is not a leaf, or None; the ids of the leaves' nodes)
+    of a node's ``edges``; ids None when there are two inner edges or a leaf twice."""
+    inner, ids = None, set()
+    for nxt, _ in edges:
+        if nxt is None:
+            continue
+        if type(nxt) is AccumulateGrad:
+            k = id(nxt)
+            if k in ids:
+                return None, None
+            ids.add(k)
+        elif inner is None:
+            inner = nxt
+        else:
+            return None, None
+    return inner, ids
 
 
 def _run_chain(nodes, nr, grad, retain_graph, create_graph):
