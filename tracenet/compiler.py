@@ -24,7 +24,7 @@ from .passes import grad as ir_grad, joint_forward
 from .passes.autodiff import view_source
 from .runtime import debug
 from .tensor import Tensor
-from ._sym import NO_SIZES, shape_evaluator
+from ._sym import NO_SIZES
 from .trace import Guards, rebuild, specialisation_key, structure_of, trace
 
 
@@ -94,8 +94,7 @@ class Specialisation:
         # with symbolic sizes, shapes are evaluated for each call's sizes: per output, its
         # shape for the call's sizes, dtype, spare buffers
         self.symbols = graph_symbols(g for _, g in graphs)
-        self._out_layout = [(shape_evaluator(shape), dt, spare)
-                            for (shape, dt), spare in zip(self.out_meta, self._spare)]
+        self.out_shapes = ShapeTable(self.out_meta)
         self.user_out_shapes = ShapeTable(self.out_meta[:self.n_out])
         if self.needs_grad:
             self._plan_backward()
@@ -234,8 +233,7 @@ class Specialisation:
         if self.size_checks:
             check_sizes(self.size_checks, sizes)
         outs = []
-        for shape_of, dt, spare in self._out_layout:
-            shape = shape_of(sizes)
+        for (shape, dt), spare in zip(self.out_shapes(sizes), self._spare):
             if spare:
                 try:
                     arr = spare.pop()

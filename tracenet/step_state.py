@@ -7,10 +7,14 @@ step counters incremented, hyperparameters re-read. It knows optimizers only thr
 ``compiled_update`` declaration (``tracenet/optim/compiled_update.py``).
 """
 import operator
+from itertools import repeat
 
 import numpy as np
 
 from .tensor import Tensor
+
+# what ``refresh`` looks a parameter without state up in (never written)
+_NO_STATE = repeat({})
 
 
 def declaration_of(optimizer):
@@ -56,9 +60,13 @@ class UpdateState:
         if values is None:
             from_group = self.update.hyper_from_group
             values = [from_group(g) for g in self.optimizer.param_groups]
-        entries = map(self._live_state().get, self._lookup_params)
-        tensors = [None if st is None else st.get(name)
-                   for st, name in zip(entries, self._lookup_names)]
+        entries = map(self._live_state().get, self._lookup_params, _NO_STATE)
+        try:  # (per-parameter state dicts, as the optimizers keep them: looked up in C)
+            tensors = list(map(dict.get, entries, self._lookup_names))
+        except TypeError:  # a state entry that is not a dict
+            entries = map(self._live_state().get, self._lookup_params)
+            tensors = [None if st is None else st.get(name)
+                       for st, name in zip(entries, self._lookup_names)]
         # (a first step creates state, so the step after it takes the slow path once more)
         self._created = []
         if values != self._values or len(tensors) != len(self._tensors) or \

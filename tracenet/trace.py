@@ -320,6 +320,7 @@ _PLAIN = frozenset((int, float, bool, str, type(None), complex))
 _MISSING = object()
 _object_getattribute = object.__getattribute__
 _requires_grad_of = operator.attrgetter("_requires_grad")
+_req_of = operator.attrgetter("_req")
 
 
 def _is_plain(value):
@@ -591,7 +592,7 @@ class Guards:
     whose tree structure it depends on; ``params``: tensors whose requires_grad it baked in."""
 
     __slots__ = ("reads", "roots", "signature", "modules", "params", "flags", "checked",
-                 "verified")
+                 "verified", "_flag_of")
 
     def __init__(self, reads, roots, params):
         self.reads = tuple(reads)
@@ -604,7 +605,11 @@ class Guards:
             seen.setdefault(id(m), m)
         self.modules = tuple(seen.values())
         self.params = tuple(params)
-        self.flags = tuple(map(_requires_grad_of, self.params))
+        # a tensor that is not a view never becomes one: its flag is ``_req`` (read in C),
+        # without the property's refresh of a view's stale history
+        self._flag_of = _req_of if all(p._base_ is None for p in self.params) \
+            else _requires_grad_of
+        self.flags = tuple(map(self._flag_of, self.params))
         self.checked = self.verified = _epoch[0]
 
     def hold(self):
@@ -613,7 +618,7 @@ class Guards:
         if self.checked != _epoch[0] and not self._recheck(_epoch[0]):
             return False
         params = self.params
-        return not params or tuple(map(_requires_grad_of, params)) == self.flags
+        return not params or tuple(map(self._flag_of, params)) == self.flags
 
     def _recheck(self, epoch):
         verified = self.verified

@@ -248,14 +248,15 @@ def run_eager(op, inputs, attrs):
     return outputs[0] if op.num_outputs == 1 else tuple(outputs)
 
 
-def record(op, inputs, outputs, metas, out_metas, attrs):
+def record(op, inputs, outputs, metas, out_metas, attrs, cls=None):
     """Record the node of one eager application of ``op`` (with grad mode on) if an input
     needs a gradient: what ``run_eager`` records, for a caller that ran the op's kernel itself
-    (a lean path for a hot pair of ops)."""
+    (a lean path for a hot pair of ops). ``cls``: the node's class, when the caller knows
+    which of the op's names this application has."""
     # (a view with a stale history refreshes it through the property)
     needs = tuple([t._req if t._base_ is None else t._requires_grad for t in inputs])
     if True in needs:
-        _record(op, inputs, outputs, metas, out_metas, attrs, needs)
+        _record(op, inputs, outputs, metas, out_metas, attrs, needs, cls)
 
 
 # shape rules remembered per op (for ops that opt in, see registry.Op.infer_cache), at most
@@ -292,7 +293,7 @@ def _edge_plan(op, inputs):
     return plan
 
 
-def _record(op, inputs, outputs, metas, out_metas, attrs, needs):
+def _record(op, inputs, outputs, metas, out_metas, attrs, needs, cls=None):
     edge_inputs, save_idx = _edge_plan(op, inputs)
     saved_inputs = [None] * len(inputs)
     saved = []
@@ -316,7 +317,8 @@ def _record(op, inputs, outputs, metas, out_metas, attrs, needs):
     if attrs and attrs.get("_none_edges"):
         # optional inputs that were not given (a convolution without bias) still have an edge
         edges += ((None, 0),) * attrs["_none_edges"]
-    cls = op.node_cls
+    if cls is None:
+        cls = op.node_cls
     if cls is None:
         cls = node_class(op.grad_fn_name(ctx))
         if not callable(op.grad_fn):  # a fixed name: one class for every application

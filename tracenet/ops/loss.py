@@ -198,11 +198,13 @@ def _nll_backward_np(ctx, g):
     return (gx, None) + (None,) * len(w)
 
 
+# the node name of nll_loss of (N, C) scores (of (N, C, H, W): NllLoss2DBackward0)
+NLL_NODE = "NllLossBackward0"
 nll_loss_op = register("nll_loss", infer=_nll_meta, eager=_nll_eager, saves=(1, 2),
                        nondiff=(2,), backward=_nll_backward, eager_backward=_nll_backward_np,
                        cache_infer=True,
                        grad_fn=lambda ctx: "NllLoss2DBackward0" if len(ctx.metas[0].shape) == 4
-                       else "NllLossBackward0")
+                       else NLL_NODE)
 
 
 def _nll_backward_eager(g, t, *w, input_shape, reduction, ignore_index):

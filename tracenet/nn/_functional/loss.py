@@ -262,8 +262,12 @@ def _plain_cross_entropy(input, target, ignore_index):
     if record:
         metas = (x_meta, engine.meta_of((t.shape, int64)))
         engine.record(lossops.nll_loss_op, (logp, target), (loss,), metas,
-                      (engine.meta_of(((), x_meta.dtype)),), attrs)
+                      (engine.meta_of(((), x_meta.dtype)),), attrs, _NLL_NODE)
     return loss
+
+
+# the node class of an (N, C) batch's nll_loss (the op names it per input rank)
+_NLL_NODE = engine.node_class(lossops.NLL_NODE)
 
 
 def _check_label_smoothing(eps):
