@@ -53,6 +53,8 @@ from .trace import Guards, TraceError, format_inputs, rebuild, symbolic_shape, t
 
 _training_of = operator.attrgetter("training")
 _data_of = operator.attrgetter("_data")
+_grad_of = operator.attrgetter("_grad")
+_is = operator.is_
 
 
 def reachable(fn):
@@ -477,6 +479,8 @@ class _Specialisation:
             g = Tensor._wrap(np.empty(self.out_meta[j][0], self.out_meta[j][1]))
             call.fix([out(j)], g._data)
             self._grads.append(g)
+        # what a call writes in place when the gradients are already .grad
+        self._written = self._stepped + self._grads
 
     @property
     def source_code(self):
@@ -505,13 +509,18 @@ class _Specialisation:
         for t, arr in self._copied:
             np.copyto(t._data, arr)
             t._vc.value += 1
-        for t in self._stepped:
-            t._vc.value += 1
-        for p, g in zip(self.grad_params, self._grads):
-            if p._grad is not g:
-                p._grad = g
-            else:
-                g._vc.value += 1
+        if all(map(_is, map(_grad_of, self.grad_params), self._grads)):
+            # (the gradients are the parameters' .grad already: written in place)
+            for t in self._written:
+                t._vc.value += 1
+        else:
+            for t in self._stepped:
+                t._vc.value += 1
+            for p, g in zip(self.grad_params, self._grads):
+                if p._grad is not g:
+                    p._grad = g
+                else:
+                    g._vc.value += 1
         if self.deferred:
             ddp_mod.after_compiled_backward(self.ddp, self.deferred)
         for optimizer, _, _ in self.updates:

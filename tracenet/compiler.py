@@ -186,6 +186,12 @@ class Specialisation:
                             for kind, idx in self.saved_sources]
         self._recycled_plan = [first_out + i for i in self.recyclable]
         self.take_saved = _taker(self._saved_plan)
+        # the leaves whose versions the backward checks: user inputs (by index), parameters
+        self.checked_inputs = [i for i in self.version_checked if i < n_user]
+        self.checked_params = [self._param_tensors[i - n_user] for i in self.version_checked
+                               if i >= n_user]
+        # the spare lists the recyclable outputs go back to
+        self.recycled_spares = [self._spare[i] for i in self.recyclable]
         self.take_recycled = _taker(self._recycled_plan)
         self.differentiable_outputs = [i for i, d in enumerate(self.differentiable) if d]
         # the parameters' edges (their AccumulateGrad nodes, kept from call to call: a leaf
@@ -336,8 +342,8 @@ class CompiledFunctionBackward(engine.Node):
 
     def _release(self):
         self.freed = True
-        for idx, arr in zip(self.spec.recyclable, self.recyclable):
-            self.spec._spare[idx].append(arr)
+        for spare, arr in zip(self.spec.recycled_spares, self.recyclable):
+            spare.append(arr)
         self.saved = None
         self.recyclable = ()
 
@@ -489,10 +495,12 @@ class CompiledModule:
             node._leaf_ids = spec.leaf_ids
             node.saved = spec.take_saved(pool)
             node.recyclable = spec.take_recycled(pool)
-            n_user, params = spec.n_user, spec._param_tensors
-            node.saved_versions = tuple([
-                (t, t._vc.value) for t in
-                (inputs[i] if i < n_user else params[i - n_user] for i in spec.version_checked)])
+            checked = spec.checked_inputs
+            if checked:
+                checked = [inputs[i] for i in checked] + spec.checked_params
+            else:
+                checked = spec.checked_params
+            node.saved_versions = tuple([(t, t._vc.value) for t in checked])
             node.freed = False
             node.sizes = sizes
             node.out_shapes = spec.user_out_shapes(sizes)

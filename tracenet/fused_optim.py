@@ -51,10 +51,7 @@ _deref = getattr(operator, "call", None) or operator.methodcaller("__call__")
 
 
 def _rules_replaced():
-    for n, f in zip(_RULES, _ORIGINAL_RULES):
-        if getattr(_functional, n) is not f:
-            return True
-    return False
+    return not all(map(_is, map(getattr, repeat(_functional), _RULES), _ORIGINAL_RULES))
 
 
 class _Group:
@@ -280,9 +277,8 @@ class FusedOptimizer:
             if g.get("fused") is False or g.get("differentiable") or g.get("capturable"):
                 return False
             hyper = self.from_group(g)
-            for v in hyper:
-                if isinstance(v, Tensor):
-                    return False  # a tensor may change in place: the numpy step reads it
+            if any(map(isinstance, hyper, repeat(Tensor))):
+                return False  # a tensor may change in place: the numpy step reads it
             values.append(hyper)
             params = g["params"]
             # (which parameters have a gradient: their ids and a flag each, made in C)
