@@ -239,3 +239,113 @@ def test_compiled_module_called_on_one_leaf_twice_sums_its_gradients():
     x_eager = x.detach().clone().requires_grad_()
     net(x_eager, x_eager).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), x_eager.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _loop_step(net, opt, crit, x, y, before_step=None):
+    opt.zero_grad()
+    loss = crit(net(x), y)
+    loss.backward()
+    if before_step is not None:
+        before_step()
+    opt.step()
+    return loss.item()
+
+
+def test_loop_follows_changes_between_steps_as_torch_does():
+    """What the loop's per-call shortcuts remember (the parameters' edges, the gradient
+    arrays the fused step checked last) gives way to a hook added, a parameter frozen and a
+    gradient replaced between steps, as in torch."""
+    tnet, net = _lenet_pair()
+    cnet = tn.compile(net)
+    opt = tn.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    t_opt = torch.optim.SGD(tnet.parameters(), lr=0.05, momentum=0.9)
+    crit, t_crit = tn.nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
+    rng = np.random.default_rng(11)
+
+    def fortran(p):
+        def run():
+            p.grad = tn.from_numpy(np.asfortranarray(p.grad.numpy()))
+        return run
+
+    def fortran_torch(p):
+        def run():
+            p.grad = p.grad.t().contiguous().t()
+        return run
+
+    for step in range(7):
+        if step == 2:  # a hook on a parameter: the gradient it returns accumulates
+            net[3].weight.register_hook(lambda g: g * 2)
+            tnet[3].weight.register_hook(lambda g: g * 2)
+        if step == 4:  # a frozen parameter: no gradient, no update
+            net[0].bias.requires_grad_(False)
+            tnet[0].bias.requires_grad_(False)
+        x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+        y = rng.integers(0, 10, 2)
+        late = step == 5  # a gradient replaced by one of another layout before the step
+        ours = _loop_step(cnet, opt, crit, tn.from_numpy(x), tn.from_numpy(y),
+                          fortran(net[3].weight) if late else None)
+        ref = _loop_step(tnet, t_opt, t_crit, torch.from_numpy(x), torch.from_numpy(y),
+                         fortran_torch(tnet[3].weight) if late else None)
+        np.testing.assert_allclose(ours, ref, rtol=1e-5)
+        for (name, a), (_, b) in zip(tnet.named_parameters(), net.named_parameters()):
+            np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=1e-4,
+                                       atol=1e-5, err_msg=f"step {step}: {name}")
+            if a.grad is None:
+                assert b.grad is None
+            else:
+                np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), rtol=1e-4,
+                                           atol=1e-5, err_msg=f"step {step}: {name}.grad")
+    assert net[0].bias.grad is None
+
+
+def test_loop_still_checks_parameters_changed_in_place_before_backward():
+    tnet, net = _lenet_pair()
+    cnet = tn.compile(net)
+    opt = tn.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    crit = tn.nn.CrossEntropyLoss()
+    x, y = tn.randn(1, 1, 8, 8), tn.tensor([3])
+    for _ in range(3):
+        _loop_step(cnet, opt, crit, x, y)
+    loss = crit(cnet(x), y)
+    with tn.no_grad():
+        net[3].weight.mul_(1.0)
+    tx, ty = torch.randn(1, 1, 8, 8), torch.tensor([3])
+    ref = torch.nn.CrossEntropyLoss()(tnet(tx), ty)
+    with torch.no_grad():
+        tnet[3].weight.mul_(1.0)
+    with pytest.raises(RuntimeError) as theirs:
+        ref.backward()
+    with pytest.raises(RuntimeError) as ours:
+        loss.backward()
+    assert "modified by an inplace operation" in str(ours.value)
+    assert str(ours.value).split(";")[0].split(":")[0] == \
+        str(theirs.value).split(";")[0].split(":")[0]
+
+
+def test_compiled_step_function_keeps_grad_tensors_and_versions():
+    """``tracenet.compile(step_fn)`` leaves each parameter's .grad as the eager step would:
+    the same tensor from call to call, its version bumped by every call that writes it, and
+    given back after ``zero_grad`` dropped it."""
+    _, net = _lenet_pair()
+    opt = tn.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    crit = tn.nn.CrossEntropyLoss()
+
+    def step(a, b):
+        opt.zero_grad(set_to_none=False)
+        loss = crit(net(a), b)
+        loss.backward()
+        opt.step()
+        return loss
+
+    f = tn.compile(step)
+    x, y = tn.randn(2, 1, 8, 8), tn.tensor([1, 7])
+    f(x, y)
+    w = net[3].weight
+    g = w.grad
+    versions = (g._version, w._version)
+    f(x, y)
+    assert w.grad is g
+    assert (g._version, w._version) == (versions[0] + 1, versions[1] + 1)
+    w.grad = None
+    f(x, y)
+    assert w.grad is g
