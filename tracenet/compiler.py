@@ -7,7 +7,6 @@ for the forward; ``loss.backward()`` reaches a ``CompiledFunctionBackward`` node
 backward graph in one C call and hands the parameter gradients to the autograd engine, which
 accumulates them into ``.grad`` exactly as in eager mode.
 """
-import itertools
 import operator
 import sys
 
@@ -30,8 +29,6 @@ from .trace import Guards, rebuild, specialisation_key, structure_of, trace
 
 _data_of = operator.attrgetter("_data")
 _refcount = sys.getrefcount
-_ne = operator.ne
-_TWO = itertools.repeat(2)
 # what a parameter's autograd edge depends on (``engine.edge_of``)
 _leaf_state = operator.attrgetter("_grad_fn", "_base_", "_req", "_accumulator")
 
@@ -277,9 +274,10 @@ class Specialisation:
             return None
         if last_sizes != sizes:
             return None
-        # the pool's list and getrefcount's argument: nobody else
-        if any(map(_ne, map(_refcount, grads), _TWO)):
-            return None
+        for a in grads:
+            # the pool's list, this loop and getrefcount's argument: nobody else
+            if _refcount(a) != 3:
+                return None
         return grads
 
 

@@ -21,7 +21,6 @@ Importing this module installs it into ``tracenet.optim.optimizer.fused_step``.
 import operator
 import os
 import weakref
-from itertools import repeat
 
 from ._meta import Meta
 from ._dtype import float64
@@ -45,13 +44,16 @@ _ORIGINAL_RULES = tuple(getattr(_functional, n) for n in _RULES)
 STALE = "stale"
 _data_of = operator.attrgetter("_data")
 _grad_of = operator.attrgetter("_grad")
-_is, _is_not = operator.is_, operator.is_not
+_is = operator.is_
 # (a weak reference's referent, called from ``map`` in C)
 _deref = getattr(operator, "call", None) or operator.methodcaller("__call__")
 
 
 def _rules_replaced():
-    return not all(map(_is, map(getattr, repeat(_functional), _RULES), _ORIGINAL_RULES))
+    for n, f in zip(_RULES, _ORIGINAL_RULES):
+        if getattr(_functional, n) is not f:
+            return True
+    return False
 
 
 class _Group:
@@ -277,13 +279,11 @@ class FusedOptimizer:
             if g.get("fused") is False or g.get("differentiable") or g.get("capturable"):
                 return False
             hyper = self.from_group(g)
-            if any(map(isinstance, hyper, repeat(Tensor))):
-                return False  # a tensor may change in place: the numpy step reads it
+            for v in hyper:
+                if isinstance(v, Tensor):
+                    return False  # a tensor may change in place: the numpy step reads it
             values.append(hyper)
-            params = g["params"]
-            # (which parameters have a gradient: their ids and a flag each, made in C)
-            key.append((tuple(map(id, params)),
-                        tuple(map(_is_not, map(_grad_of, params), repeat(None))),
+            key.append((tuple([id(p) for p in g["params"] if p._grad is not None]),
                         tuple([bool(g.get(e, False)) for e in self.entries])))
         key = tuple(key)
         spec = self.specs.get(key, self)
@@ -317,7 +317,7 @@ class FusedOptimizer:
                                  "updates already; numpy update for this set of gradients")
             return None
         else:
-            flags = [dict(zip(self.attrs, f)) for *_, f in key]
+            flags = [dict(zip(self.attrs, f)) for _, f in key]
             unit = c_identifier(f"{type(opt).__name__.lower()}_update_{len(self.specs)}")
             try:
                 spec = FusedStep(opt, self.update, params_per_group, flags, unit)
