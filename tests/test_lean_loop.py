@@ -349,3 +349,22 @@ def test_compiled_step_function_keeps_grad_tensors_and_versions():
     w.grad = None
     f(x, y)
     assert w.grad is g
+
+
+def test_compiled_module_keeps_no_graph_of_its_inputs_alive():
+    """The edges a compiled module keeps from call to call are its parameters' alone: an
+    input's graph is freed with the input, as after an eager call."""
+    import gc
+    import weakref
+    net = tn.nn.Linear(3, 2)
+    cnet = tn.compile(net)
+    x = tn.randn(4, 3, requires_grad=True)
+    for _ in range(2):
+        h = x * 2
+        node = weakref.ref(h.grad_fn)
+        cnet(h).sum().backward()
+        del h
+        gc.collect()
+        assert node() is None
+    np.testing.assert_allclose(x.grad.numpy(), np.broadcast_to(
+        4 * net.weight.detach().numpy().sum(0), (4, 3)), rtol=1e-5)
