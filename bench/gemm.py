@@ -1,6 +1,7 @@
 """tracenet's GEMM against numpy's and PyTorch's ``mm`` on the same shapes.
 
     python bench/gemm.py [--shapes 64x784x256,64x784x256t,...] [--rounds 5] [--calls 20]
+                         [--threads N]
 
 For each M x K x N (C[M x N] = A[M x K] B[K x N], float32; a trailing ``t``: B stored
 transposed, N x K, as a linear layer's weight): numpy's ``a @ b`` (its BLAS, with its own
@@ -8,7 +9,8 @@ threads), ``torch.mm`` with 1 and 2 threads, and ``tracenet.compile`` of a modul
 computing ``x @ w`` under ``no_grad`` (a whole compiled call, its small fixed cost included).
 The workloads of one shape alternate in rounds (bench/lenet.py's ``compare``); the table gives
 GFLOP/s from the median time per call and the ratio tracenet / the best of the others
-(> 1: tracenet is faster).
+(> 1: tracenet is faster). tracenet's threads adapt to the cores other processes leave free
+unless ``--threads`` sets them (``tracenet.set_num_threads``).
 """
 import argparse
 import os
@@ -76,7 +78,10 @@ def main():
     ap.add_argument("--shapes", default=SHAPES)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=0, help="tracenet's threads (default: adaptive)")
     args = ap.parse_args()
+    if args.threads:
+        tn.set_num_threads(args.threads)
     print(f"# float32 GFLOP/s (median time per call over {args.rounds} alternating rounds of "
           f"{args.calls}); ratio = tracenet / best other; numpy {np.__version__}, "
           f"PyTorch {torch.__version__}")
