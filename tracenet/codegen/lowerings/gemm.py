@@ -17,6 +17,24 @@ def _one_symbol(size):
     return coefficient == 1 and monomial is not None and len(monomial) == 1
 
 
+def _column_split(parallel, m, n, ct, plain):
+    """(unit, condition): the threads of a parallel GEMM with no more rows than columns split
+    its columns, in units of the GEMM core's two-vector panels, instead of its rows, when the
+    C condition holds (None: never). Split by rows, every thread packs and reads all of b
+    (K x N); split by columns, every thread reads all of a (M x K) instead: for the MLP's
+    64 x 784 x 256 layer on two cores, 1.15x faster. Only the plain path: the SGD update
+    works on whole rows of the gradient."""
+    unit = 2 * 32 // (4 if ct == "float" else 8)
+    if not (plain and parallel and isinstance(n, int) and n >= 4 * unit):
+        return unit, None
+    conditions = [] if parallel == 1 else [str(parallel)]
+    if has_symbols((m,)):
+        conditions.append(f"{m} <= {n}")
+    elif m > n:
+        return unit, None
+    return unit, " && ".join(conditions + ["omp_get_max_threads() > 1"])
+
+
 @group_lowering("gemm")
 @lowering("gemm")
 def lower_gemm(name, node, exported, target):
@@ -80,6 +98,7 @@ def lower_gemm(name, node, exported, target):
     split = size_ceil_div(m, 12)
     row_block = size_choice(parallel, size_max(6, split * 6 if isinstance(split, int)
                                                else f"{split} * 6"), serial_block)
+    col_unit, col_split = _column_split(parallel, m, n, ct, sgd_node is None)
     act = act_node.op if act_node is not None else None
     act_expr = c_expr(act_node, ["v"]) if act_node is not None else None
     # a batch of one through a layer, compiled in only where the rows may be one: one row, or
@@ -102,7 +121,8 @@ def lower_gemm(name, node, exported, target):
                  else None,
                  epilogue=bias is not None or act is not None or g.attrs["alpha"] != 1.0 or
                  mask_node is not None, sgd=sgd_helper[0] if sgd_helper else None,
-                 one_row=one_row, one_row_nt=one_row_nt)
+                 one_row=one_row, one_row_nt=one_row_nt, col_split=col_split,
+                 col_unit=col_unit)
     return Kernel(name, reads, writes, src, scratch, ct, flops=flops, parallel=parallel,
                   helpers=[sgd_helper] if sgd_helper else ())
 
