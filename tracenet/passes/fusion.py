@@ -15,8 +15,9 @@ members for people):
   output shape;
 * backward groups: ``pool_backward``: ``threshold_backward`` (relu's mask on a pooled
   gradient) -> ``max_pool_backward`` -> optional bias-gradient ``sum``; ``gemm``:
-  ``gemm`` -> ``threshold_backward``, and in a training-step graph a weight-gradient ``gemm``
-  -> that weight's ``sgd_step``.
+  ``gemm`` -> ``threshold_backward``; ``weight_update``: in a training-step graph a
+  weight-gradient ``gemm`` -> that weight's ``sgd_step``, with the layer's input-gradient
+  ``gemm`` (and its relu mask) when it reads the same weight.
 
 A fused node's inputs are the values its members read from outside, its outputs the member
 values used after it (intermediates needed elsewhere, e.g. saved for backward, stay visible).
@@ -289,7 +290,10 @@ def _gemm_mask_groups(graph):
 def _gemm_sgd_groups(graph):
     """gemm (a weight gradient) -> sgd_step: the update runs on each block of gradient rows
     right after the GEMM wrote it, while it is in cache. The step writes the parameter in
-    place, so every other reader of the parameter (or of a view of it) must come before."""
+    place, so every other reader of the parameter (or of a view of it) must come before.
+    When one of those readers is the layer's input gradient ``dy @ W`` (of the same ``dy``,
+    optionally masked by a relu), it joins the group: at small batch one pass over W reads
+    the old weights for it and updates them (roles ``input_grad``, ``mask``)."""
     users = graph.users()
     position = {id(n): i for i, n in enumerate(graph.nodes)}
     groups = []
@@ -307,9 +311,30 @@ def _gemm_sgd_groups(graph):
                     aliases.extend(u.outputs)
                 elif u is not node:
                     readers.append(u)
-        if all(position[id(r)] < position[id(gemm)] for r in readers):
+        if not all(position[id(r)] < position[id(gemm)] for r in readers):
+            continue
+        dx = next((r for r in readers if _input_gradient_of(r, gemm, node.inputs[0])), None)
+        # the group takes the input gradient's place: no other reader may sit after it
+        if dx is None or any(position[id(r)] > position[id(dx)] for r in readers):
             groups.append(([gemm, node], ["gemm", "update"]))
+            continue
+        members, roles = [dx], ["input_grad"]
+        mask = _sole_user(users, graph, dx.output)
+        if mask is not None and mask.op == "threshold_backward" and \
+                mask.inputs[0] is dx.output and same_shape(mask.inputs[1].shape, dx.output.shape):
+            members.append(mask)
+            roles.append("mask")
+        groups.append((members + [gemm, node], roles + ["gemm", "update"]))
     return groups
+
+
+def _input_gradient_of(node, weight_gradient, weight):
+    """Whether ``node`` is ``dy @ W`` for the ``dy`` of ``weight_gradient`` (``dy^T @ x``)."""
+    g = weight_gradient
+    return node.op == "gemm" and len(node.inputs) == 2 and node.inputs[1] is weight and \
+        node.inputs[0] is g.inputs[0] and g.attrs["trans_a"] and not g.attrs["trans_b"] and \
+        not node.attrs["trans_a"] and not node.attrs["trans_b"] and \
+        node.attrs["alpha"] == 1.0 and g.attrs["alpha"] == 1.0
 
 
 def fuse(graph):
@@ -319,14 +344,28 @@ def fuse(graph):
         fuse(body)
     for finder, group_name in ((_conv_groups, "conv"), (_norm_groups, "norm"),
                                (_pool_relu_backward_groups, "pool_backward"),
-                               (_gemm_mask_groups, "gemm"), (_gemm_sgd_groups, "gemm"),
+                               (_gemm_sgd_groups, "weight_update"), (_gemm_mask_groups, "gemm"),
                                (_gemm_groups, "gemm"), (_elementwise_groups, "elementwise")):
         fuser = _Fuser(graph)
         for found in finder(graph):
             members, roles = found if isinstance(found, tuple) else (found, None)
             fuser.fuse(members, group_name, roles)
         fuser.finish()
+    _mark_rows_split(graph)
     return graph.renumber()
+
+
+def _mark_rows_split(graph):
+    """Mark the fused forward GEMMs (``x @ W^T``) of weights that a ``weight_update`` group
+    updates: at a batch of one both kernels split W's rows between threads the same way, so
+    each core keeps its rows in its own cache (``codegen/lowerings/weight_update.py``)."""
+    updated = {id(n.members[-1].inputs[0]) for n in graph.nodes
+               if n.op == "fused" and n.attrs["group"] == "weight_update"}
+    for node in graph.nodes:
+        if node.op == "fused" and node.attrs["group"] == "gemm":
+            g = node.members[0]
+            if id(g.inputs[1]) in updated and g.attrs["trans_b"] and not g.attrs["trans_a"]:
+                node.attrs["rows_split"] = True
 
 
 def _kind_name(group, members):

@@ -112,6 +112,10 @@ def lower_gemm(name, node, exported, target):
     # with b transposed, dot products of the row with eight of b's rows at a time
     one_row_nt = rows_may_be_one and tb and not ta and ct in ("float", "double") and \
         isinstance(n, int) and isinstance(k, int) and k >= 32 // (4 if ct == "float" else 8)
+    # at a batch of one, a layer whose fused backward and update split W's rows between
+    # threads (lowerings/weight_update.py; fusion marks its forward) splits them alike
+    one_row_split = target.parallel.weight_update(n * k, n) \
+        if one_row_nt and node.attrs.get("rows_split") else 0
     src = render("gemm.c.j2", name=name, node_lines=node_lines(group), ctype=ct,
                  sfx=SFX[ct], signature=signature(reads, writes, scratch, ct), M=m, N=n, K=k,
                  trans_a=ta, trans_b=tb, alpha=g.attrs["alpha"], beta=beta,
@@ -122,8 +126,9 @@ def lower_gemm(name, node, exported, target):
                  epilogue=bias is not None or act is not None or g.attrs["alpha"] != 1.0 or
                  mask_node is not None, sgd=sgd_helper[0] if sgd_helper else None,
                  one_row=one_row, one_row_nt=one_row_nt, col_split=col_split,
-                 col_unit=col_unit)
-    return Kernel(name, reads, writes, src, scratch, ct, flops=flops, parallel=parallel,
+                 col_unit=col_unit, one_row_split=one_row_split)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=flops,
+                  parallel=parallel or bool(one_row_split),
                   helpers=[sgd_helper] if sgd_helper else ())
 
 
