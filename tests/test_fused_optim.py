@@ -29,11 +29,11 @@ def _arrays(seed, dtype, shapes=SHAPES):
     return [np.asarray(rng.standard_normal(s), dtype=dtype) for s in shapes]
 
 
-def _grads(seed, dtype, steps=STEPS, none_at=()):
+def _grads(seed, dtype, steps=STEPS, none_at=(), shapes=SHAPES):
     """Per step, a gradient per parameter (None at the (step, index) pairs ``none_at``)."""
     rng = np.random.default_rng(seed)
     return [[None if (k, i) in none_at else np.asarray(rng.standard_normal(s), dtype=dtype)
-             for i, s in enumerate(SHAPES)] for k in range(steps)]
+             for i, s in enumerate(shapes)] for k in range(steps)]
 
 
 def _groups(params, spec):
@@ -99,14 +99,15 @@ def _states(opt):
     return out
 
 
-def _compare(name, kwargs, spec=None, dtype=np.float32, none_at=(), per_step=None):
-    """Fused, numpy and torch side by side over STEPS steps; returns the three runs."""
-    arrays = _arrays(0, dtype)
+def _compare(name, kwargs, spec=None, dtype=np.float32, none_at=(), per_step=None,
+             shapes=SHAPES, steps=STEPS):
+    """Fused, numpy and torch side by side over ``steps`` steps; returns the three runs."""
+    arrays = _arrays(0, dtype, shapes)
     runs = [_Run(lib, name, kwargs, spec, arrays) for lib in ("fused", "numpy", "torch")]
     rtol = 1e-6 if dtype == np.float32 else 1e-13
     # tracenet's square roots are correctly rounded, torch's CPU ones are not (MKL)
     rtol_torch = 1e-5 if dtype == np.float32 else 1e-12
-    for k, grads in enumerate(_grads(1, dtype, none_at=none_at)):
+    for k, grads in enumerate(_grads(1, dtype, steps, none_at, shapes)):
         for r in runs:
             r.step(grads)
             if per_step is not None:
@@ -420,3 +421,27 @@ def test_no_compiler_runs_the_numpy_step_and_says_so(tmp_path, monkeypatch, capf
     assert float(opt.state[p]["step"].item()) == 2.0
     # numpy's two steps: the first moves by lr, the second by about lr again
     np.testing.assert_allclose(p._data, np.full(3, 0.8, np.float32), rtol=1e-5)
+
+
+# parameters large enough for their update to be split between threads (codegen's
+# Parallelism.memory), with sizes that are not whole cache lines or whole thread blocks
+LARGE = [(397, 263), (100_003,), (5,)]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("name,kwargs", [
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    ("Adam", dict(lr=0.01, weight_decay=0.1)),
+    ("Adam", dict(lr=0.01, amsgrad=True)),
+    ("RMSprop", dict(lr=0.01, momentum=0.9, centered=True)),
+    ("Adagrad", dict(lr=0.1, weight_decay=0.1)),
+])
+def test_large_parameters_updated_by_threads_match_numpy_and_torch(name, kwargs, threads):
+    before = tracenet.get_num_threads()
+    tracenet.set_num_threads(threads)
+    try:
+        runs = _compare(name, kwargs, shapes=LARGE, steps=4)
+    finally:
+        tracenet.set_num_threads(before)
+    (spec,) = runs[0].fused_steps()
+    assert spec is not None, "the update did not compile"

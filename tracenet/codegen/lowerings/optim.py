@@ -18,7 +18,7 @@ def update_helper(template, ct, **flags):
     return name, render(f"{template}.c.j2", helper=name, ctype=ct, **flags)
 
 
-def lower_update(name, node, rule, state_roles, flags):
+def lower_update(name, node, rule, state_roles, flags, target):
     """The kernel of one update node ``op(p, g, *state, h) -> (p, *state)``: its update loop
     ``<rule>_update`` reads p, g, the state arrays (named by ``state_roles``) and h, and writes
     the updated parameter and state; ``flags`` are the node attributes compiled into it."""
@@ -27,28 +27,34 @@ def lower_update(name, node, rule, state_roles, flags):
     writes = [("p_out", node.outputs[0])] + [(f"{role}_out", v) for role, v in
                                               zip(state_roles, node.outputs[1:])]
     helper = update_helper(f"{rule}_update", ctype(p), **{f: node.attrs[f] for f in flags})
+    n = numel(p.shape)
+    # a large parameter's update is memory-bound: each thread updates its own block, read
+    # through its own core's cache
+    parallel = target.parallel.memory(n, n)
     src = render("optim_step.c.j2", name=name, node_lines=node_lines([node]),
-                 signature=signature(reads, writes), numel=numel(p.shape), helper=helper[0],
-                 args=[role for role, _ in reads + writes])
-    return Kernel(name, reads, writes, src, helpers=[helper])
+                 signature=signature(reads, writes), numel=n, helper=helper[0],
+                 args=[role for role, _ in reads + writes], parallel=parallel,
+                 per_element=[role != "h" for role, _ in reads + writes])
+    return Kernel(name, reads, writes, src, parallel=parallel, helpers=[helper])
 
 
 @lowering("sgd_step")
 def lower_sgd_step(name, node, exported, target):
-    return lower_update(name, node, "sgd", ("buf",), ("maximize", "nesterov"))
+    return lower_update(name, node, "sgd", ("buf",), ("maximize", "nesterov"), target)
 
 
 @lowering("adam_step")
 def lower_adam_step(name, node, exported, target):
     return lower_update(name, node, "adam", ("m", "v", "vmax"),
-                        ("maximize", "decoupled", "amsgrad"))
+                        ("maximize", "decoupled", "amsgrad"), target)
 
 
 @lowering("rmsprop_step")
 def lower_rmsprop_step(name, node, exported, target):
-    return lower_update(name, node, "rmsprop", ("sq", "buf", "gavg"), ("centered", "maximize"))
+    return lower_update(name, node, "rmsprop", ("sq", "buf", "gavg"), ("centered", "maximize"),
+                        target)
 
 
 @lowering("adagrad_step")
 def lower_adagrad_step(name, node, exported, target):
-    return lower_update(name, node, "adagrad", ("sum",), ("maximize",))
+    return lower_update(name, node, "adagrad", ("sum",), ("maximize",), target)
