@@ -175,23 +175,8 @@ def lower_pool_relu_backward(name, node, exported, target):
                  ctype=ctype(out), acctype="double", signature=signature(reads, writes),
                  N=n, C=c, IN=numel(out.shape[2:]), ON=numel(g.shape[2:]),
                  threshold=fmt_float(thr.attrs["threshold"], ctype(out)), bias=bias is not None,
-                 parallel=parallel, dense=_dense_2x2(out, g))
+                 parallel=parallel)
     return Kernel(name, reads, writes, src, flops=flops, parallel=parallel)
-
-
-def _dense_2x2(out, gy):
-    """For float planes exactly twice the pooled size (as 2x2 windows at stride 2 give): what
-    the template's dense path needs (each 2x2 block's four input gradients written at once, no
-    scatter; it checks that every argmax lies in its block, else scatters), else None."""
-    if ctype(out) != "float" or len(out.shape) != 4:
-        return None
-    (ih, iw), (oh, ow) = out.shape[2:], gy.shape[2:]
-    if ih != 2 * oh or iw != 2 * ow or ow < 8:  # (narrower rows: the scatter costs less)
-        return None
-    lanes = 8
-    lo = ", ".join(f"{i}, {i + lanes}" for i in range(lanes // 2))
-    hi = ", ".join(f"{i}, {i + lanes}" for i in range(lanes // 2, lanes))
-    return dict(L=lanes, OH=oh, OW=ow, IW=iw, lo=lo, hi=hi)
 
 
 # --- max unpooling ----------------------------------------------------------------------------
