@@ -2,6 +2,7 @@
 import numpy as np
 
 import tracenet as tn
+from tracenet import executable
 
 
 def check_compiled(model, shape, dtype=tn.float32, tol=1e-4):
@@ -23,3 +24,26 @@ def check_compiled(model, shape, dtype=tn.float32, tol=1e-4):
         np.testing.assert_allclose(p.grad.numpy(), e, rtol=tol, atol=tol)
     np.testing.assert_allclose(x.grad.numpy(), gx, rtol=tol, atol=tol)
     return compiled
+
+
+class _Forgotten(list):
+    """An arena pool that keeps nothing: every call gets a new arena."""
+
+    def append(self, arena):
+        pass
+
+
+def nan_filled_arenas(monkeypatch):
+    """Make every compiled call's work memory new and all NaN (bytes 0xFF), so a kernel that
+    reads what no kernel of this call wrote shows in the results."""
+    make = executable._Arena.__init__
+
+    def filled(self, nbytes):
+        make(self, nbytes)
+        np.frombuffer(executable._cffi_backend.buffer(self.pointer), np.uint8)[:] = 0xFF
+
+    def forgetful(self):
+        self.idle = _Forgotten()
+
+    monkeypatch.setattr(executable._Arena, "__init__", filled)
+    monkeypatch.setattr(executable.Arenas, "__init__", forgetful)

@@ -23,6 +23,7 @@ from tracenet.runtime import target as runtime_target
 
 torch = pytest.importorskip("torch")
 
+from compile_checks import nan_filled_arenas  # noqa: E402
 from test_catalogue_rnn import _cache, rand, twins  # noqa: E402,F401  (cache fixture)
 from test_scan import run  # noqa: E402
 from test_scan_cell import _step  # noqa: E402
@@ -32,27 +33,11 @@ F32 = dict(rtol=1e-4, atol=2e-5)
 F64 = dict(rtol=1e-9, atol=1e-10)
 
 
-class _Forgotten(list):
-    """An arena pool that keeps nothing: every call gets a new arena."""
-
-    def append(self, arena):
-        pass
-
 
 @pytest.fixture(autouse=True)
 def _nan_arenas(monkeypatch):
     """Every call's work memory is new and all NaN (bytes 0xFF)."""
-    make = executable._Arena.__init__
-
-    def filled(self, nbytes):
-        make(self, nbytes)
-        np.frombuffer(executable._cffi_backend.buffer(self.pointer), np.uint8)[:] = 0xFF
-
-    def forgetful(self):
-        self.idle = _Forgotten()
-
-    monkeypatch.setattr(executable._Arena, "__init__", filled)
-    monkeypatch.setattr(executable.Arenas, "__init__", forgetful)
+    nan_filled_arenas(monkeypatch)
 
 
 @pytest.fixture

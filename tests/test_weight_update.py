@@ -8,12 +8,14 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 import tracenet as tn
-from tracenet import executable
 from tracenet.codegen.target import Parallelism
 from tracenet.runtime import target as runtime_target
+
+from compile_checks import nan_filled_arenas
+
+torch = pytest.importorskip("torch")
 
 # SGD settings: each switch of the update on its own
 VARIANTS = {
@@ -136,12 +138,6 @@ def test_built_at_a_larger_batch_then_run_at_one():
     _train_and_compare(WIDTHS["lenet"], VARIANTS["momentum"], np.float32, [4, 1, 1, 4])
 
 
-class _Forgotten(list):
-    """An arena pool that keeps nothing: every call gets a new arena."""
-
-    def append(self, arena):
-        pass
-
 
 @pytest.fixture
 def _nan_arenas_all_split(monkeypatch, tmp_path):
@@ -149,17 +145,7 @@ def _nan_arenas_all_split(monkeypatch, tmp_path):
     forward split W's rows between threads, however small."""
     if not runtime_target.current().openmp:
         pytest.skip("no OpenMP here")
-    make = executable._Arena.__init__
-
-    def filled(self, nbytes):
-        make(self, nbytes)
-        np.frombuffer(executable._cffi_backend.buffer(self.pointer), np.uint8)[:] = 0xFF
-
-    def forgetful(self):
-        self.idle = _Forgotten()
-
-    monkeypatch.setattr(executable._Arena, "__init__", filled)
-    monkeypatch.setattr(executable.Arenas, "__init__", forgetful)
+    nan_filled_arenas(monkeypatch)
     monkeypatch.setattr(Parallelism, "weight_update_min_elements", 0)
     monkeypatch.setattr(Parallelism, "weight_update_min_rows", 0)
     monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
