@@ -3,7 +3,7 @@
     python bench/zoo.py [--quick] [--models lenet,cifar,mlp,resnet,lstm,transformer]
                         [--no-inductor]
                         [--no-onnx] [--no-compile-times] [--busy]
-                        [--kernels]
+                        [--kernels [--kernel-threads N]]
 
 Each model is written once and built with either library from the same weights. Timings use
 bench/lenet.py's method: the workloads of one row alternate in rounds (each turn after two
@@ -26,7 +26,9 @@ shared machine often is. ONNX Runtime comes with the ``bench`` extra (``pip inst
 
 ``--kernels`` prints instead each kernel's time (best of 20 calls) in the training step and in
 inference, with GFLOP/s and the fraction of the machine's FMA peak (measured with a loop of
-independent FMAs built with tracenet's flags).
+independent FMAs built with tracenet's flags). Compiled code runs on ``--kernel-threads``
+threads (default: every core this process may use), set with ``tracenet.set_num_threads`` so
+that the thread count does not follow the load while the kernels are timed.
 """
 import argparse
 import atexit
@@ -349,9 +351,9 @@ import sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import numpy as np
 import tracenet as tn
-from tracenet.runtime.threads import compiled_threads
 import zoo
-name, calls = sys.argv[3], int(sys.argv[4])
+name, calls, threads = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+tn.set_num_threads(threads)  # fixed: an adaptive count could differ from call to call
 _, make, kind, lr = zoo.MODELS[name]
 x, y = make(np.random.default_rng(0))
 nx, ny = tn.from_numpy(x), tn.from_numpy(y)
@@ -373,7 +375,7 @@ for label, fn in (("train", lambda: step(nx, ny)), ("infer", run_infer)):
     print("=== " + label, file=sys.stderr, flush=True)
     for _ in range(calls):
         fn()
-    print("=== threads %d" % compiled_threads(), file=sys.stderr, flush=True)
+    print("=== threads %d" % threads, file=sys.stderr, flush=True)
 """
 
 _FMA_LOOP = r"""
@@ -422,19 +424,19 @@ def fma_peak():
                                     text=True).stdout.split()[0])
 
 
-def kernel_report(name, calls=20):
+def kernel_report(name, threads, calls=20):
     """(part, kernel) -> (best time in us of ``calls``, flops, threads compiled code ran on)
     for the training step and inference, from ``TRACENET_DEBUG=time``."""
     env = dict(os.environ, TRACENET_DEBUG="time")
     out = subprocess.run([sys.executable, "-c", _KERNEL_WORKER, os.path.dirname(HERE), HERE,
-                          name, str(calls)], env=env, capture_output=True, text=True,
-                         timeout=1800)
+                          name, str(calls), str(threads)],
+                         env=env, capture_output=True, text=True, timeout=1800)
     if out.returncode:
         raise RuntimeError(out.stderr)
-    best, label, threads = {}, None, {}
+    best, label, ran_on = {}, None, {}
     for line in out.stderr.splitlines():
         if line.startswith("=== threads "):
-            threads[label] = int(line.split()[-1])
+            ran_on[label] = int(line.split()[-1])
             label = None
             continue
         if line.startswith("=== "):
@@ -449,18 +451,18 @@ def kernel_report(name, calls=20):
         flops = float(parts[4]) * 1e3 * us if len(parts) > 5 and parts[5] == "GFLOP/s" else 0
         if key not in best or us < best[key][0]:
             best[key] = (us, flops)
-    return {k: v + (threads.get(k[0], 1),) for k, v in best.items()}
+    return {k: v + (ran_on.get(k[0], 1),) for k, v in best.items()}
 
 
-def print_kernel_report(names, peak):
+def print_kernel_report(names, peak, threads):
     print()
     print(f"# per-kernel best of 20 calls; FMA peak {peak:.0f} GFLOP/s per core (measured); "
-          f"% of peak: of the threads compiled code ran on (fewer than the cores when other "
-          f"processes hold some: README, threads), and of one core in parentheses")
+          f"% of peak: of the {threads} thread(s) compiled code ran on "
+          f"(--kernel-threads), and of one core in parentheses")
     print("| model | kernel | threads | us | GFLOP/s | % of peak (of one core) |")
     print("|---|---|---|---|---|---|")
     for name in names:
-        for (label, kernel), (us, flops, threads) in kernel_report(name).items():
+        for (label, kernel), (us, flops, threads) in kernel_report(name, threads).items():
             if not flops:
                 continue
             gf = flops / us * 1e-3
@@ -481,6 +483,9 @@ def main():
                     help="keep one core busy with another process (a spinning loop) throughout")
     ap.add_argument("--kernels", action="store_true",
                     help="only the per-kernel report: time, GFLOP/s and %% of FMA peak")
+    ap.add_argument("--kernel-threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="threads of compiled code in the per-kernel report (default: the "
+                         "cores this process may use)")
     args = ap.parse_args()
     if args.busy:
         spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -490,7 +495,7 @@ def main():
     if unknown:
         ap.error(f"unknown models: {', '.join(unknown)} (have {', '.join(MODELS)})")
     if args.kernels:
-        print_kernel_report(names, fma_peak())
+        print_kernel_report(names, fma_peak(), args.kernel_threads)
         return
     rounds, per_round = (3, 5) if args.quick else (7, 10)
     inductor = not args.no_inductor
