@@ -2,7 +2,7 @@
 softmax / log-softmax along one dim (``templates/reduce.c.j2``, ``templates/softmax.c.j2``)."""
 from ..._sym import is_one
 from ...ops.common import numel
-from ..base import Kernel, ctype, lowering, node_lines, offset_expr, signature
+from ..base import SFX, Kernel, ctype, lowering, node_lines, offset_expr, signature
 from ..templates import render
 
 
@@ -45,6 +45,15 @@ def lower_reduce(name, node, exported, target):
     names = [f"k{d}" if d in kept else f"r{d}" for d in range(len(shape))]
     kept_shape = [shape[d] for d in kept]
     out_offset = offset_expr(kept_shape, [names[d] for d in kept])
+    # a float sum or mean of contiguous runs (the reduced dims trailing): numpy's pairwise
+    # summation of each run, vectorised, instead of one chain of additions
+    pairwise = None
+    if node.op in ("sum", "mean") and not in_order and dims and \
+            ctype(x) in ("float", "double") and acc == ctype(x) and \
+            sorted(dims) == list(range(len(shape) - len(dims), len(shape))):
+        pairwise = (f"tn_pairwise_sum{SFX[acc]}",
+                    render("pairwise_sum.c.j2", helper=f"tn_pairwise_sum{SFX[acc]}",
+                           ctype=acc))
     reads, writes = [("x", x)], [("out", out)]
     src = render("reduce.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
                  out_ctype=out_ct, acctype=acc, signature=signature(reads, writes),
@@ -52,8 +61,9 @@ def lower_reduce(name, node, exported, target):
                  finish=red.finish.format(count=f"({acc}){count}"), in_order=in_order,
                  names=names, out_offset=out_offset, out_numel=numel(out.shape),
                  update_out=red.update_out, count=count,
-                 offset=offset_expr(shape, names))
-    return Kernel(name, reads, writes, src)
+                 offset=offset_expr(shape, names),
+                 pairwise=pairwise[0] if pairwise else None)
+    return Kernel(name, reads, writes, src, helpers=[pairwise] if pairwise else ())
 
 
 @lowering("softmax", "log_softmax")
