@@ -319,6 +319,32 @@ def test_constant_folding_in_backward_graph():
     np.testing.assert_allclose(ref, x.grad.numpy(), rtol=1e-5)
 
 
+def test_constant_folding_does_not_spread_a_scalar_over_a_large_tensor(tmp_path, monkeypatch):
+    """The gradient of a mean loss is the scalar 1/n expanded over the output: folded, its n
+    copies were written into the C source one by one (6 MB for n = 262144); it stays an
+    expand of a small constant, and the step still trains as eager mode does."""
+    tn = torch  # (this file's "torch" is tracenet)
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+
+    def make():
+        tn.manual_seed(0)
+        m = tn.nn.Linear(64, 4096)
+        return m, tn.optim.SGD(m.parameters(), lr=0.1)
+    x = tn.from_numpy(np.random.default_rng(0).random((64, 64)).astype(np.float32))
+    m1, o1 = make()
+    m2, o2 = make()
+    step = tn.compile_step(lambda a: m1(a).square().mean(), o1)
+    for _ in range(2):
+        got = step(x).item()
+        o2.zero_grad()
+        loss = m2(x).square().mean()
+        loss.backward()
+        o2.step()
+        assert got == pytest.approx(loss.item(), rel=1e-6)
+    sources = list(tmp_path.rglob("*.c"))
+    assert sources and max(p.stat().st_size for p in sources) < 200_000
+
+
 def test_fusion_groups_lenet():
     model = LeNet()
     x = torch.randn(2, 1, 32, 32)

@@ -51,6 +51,10 @@ def cse(graph):
     return graph.renumber()
 
 
+# a folded constant may always have this many elements, however small its inputs
+_SMALL_CONSTANT = 4096
+
+
 def fold_constants(graph, max_elements=1 << 20):
     """Evaluate nodes whose inputs are all constants and replace them by constant nodes."""
     constant = {}
@@ -65,7 +69,12 @@ def fold_constants(graph, max_elements=1 << 20):
         elif node.op != "fused" and node.inputs and all(v in constant for v in node.inputs):
             env = dict(constant)
             run_node(node, env)
-            if all(env[v].size <= max_elements for v in node.outputs):
+            # a node that only spreads its constants out (an expand of a scalar: the gradient
+            # of a mean) stays a node: folded, its result would be written out in the C
+            # source element by element
+            limit = min(max_elements, max(_SMALL_CONSTANT,
+                                          sum(constant[v].size for v in node.inputs)))
+            if all(env[v].size <= limit for v in node.outputs):
                 for v in node.outputs:
                     const = graph.add_constant(env[v])
                     graph.nodes.pop()  # add_constant appends; the node goes here instead
