@@ -70,3 +70,23 @@ def test_mean_loss_of_a_large_output_trains_as_eager():
         assert a == pytest.approx(b, rel=1e-6)
     np.testing.assert_allclose(m1.weight.detach().numpy(), m2.weight.detach().numpy(),
                                rtol=1e-5, atol=1e-7)
+
+
+class _ThreeReductions(tn.nn.Module):
+    def forward(self, x):
+        return (x * 2).mean(), x.sum(dim=(1, 2)), x.mean(dim=-1)
+
+
+def test_one_build_for_every_batch_size_including_empty():
+    """The run length and the runs' start depend on the batch symbol; an empty batch gives
+    eager's nan (mean) and zeros."""
+    model = _ThreeReductions()
+    compiled = tn.compile(model)
+    for batch in (3, 5, 64, 1, 0):
+        a = (np.random.default_rng(batch).random((batch, 37, 300)) + 10).astype(np.float32)
+        with tn.no_grad():
+            got = [t.numpy() for t in compiled(tn.from_numpy(a))]
+            expect = [t.numpy() for t in model(tn.from_numpy(a))]
+        for g, e in zip(got, expect):
+            assert g.shape == e.shape
+            np.testing.assert_allclose(g, e, rtol=1e-6)
