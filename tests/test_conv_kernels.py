@@ -27,21 +27,31 @@ def _copy_to_torch(model, tmodel):
         theirs[name].copy_(torch.from_numpy(np.array(value.numpy())))
 
 
+def _step_against_torch(compiled, model, tmodel, x, tol, what=""):
+    """One forward and backward through ``compiled`` (of ``model``) and the torch twin, their
+    gradients zeroed first: the outputs and the input and parameter gradients compared."""
+    model.zero_grad()
+    tmodel.zero_grad()
+    xn = tn.from_numpy(x).requires_grad_(True)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out, ref = compiled(xn), tmodel(xt)
+    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=tol, atol=tol,
+                               err_msg=what)
+    gy = np.random.default_rng(1).standard_normal(ref.shape).astype(x.dtype)
+    out.backward(tn.from_numpy(gy))
+    ref.backward(torch.from_numpy(gy))
+    np.testing.assert_allclose(xn.grad.numpy(), xt.grad.numpy(), rtol=tol, atol=tol,
+                               err_msg=what)
+    for (name, p), tp in zip(model.named_parameters(), tmodel.parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=tol, atol=tol,
+                                   err_msg=f"{name} {what}")
+
+
 def _against_torch(model, tmodel, x, tol=1e-4):
     """Compiled forward and gradients (input and parameters) against PyTorch's."""
     _copy_to_torch(model, tmodel)
     compiled = tn.compile(model)
-    xn = tn.from_numpy(x).requires_grad_(True)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    out, ref = compiled(xn), tmodel(xt)
-    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=tol, atol=tol)
-    gy = np.random.default_rng(1).standard_normal(ref.shape).astype(x.dtype)
-    out.backward(tn.from_numpy(gy))
-    ref.backward(torch.from_numpy(gy))
-    np.testing.assert_allclose(xn.grad.numpy(), xt.grad.numpy(), rtol=tol, atol=tol)
-    for (name, p), tp in zip(model.named_parameters(), tmodel.parameters()):
-        np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=tol, atol=tol,
-                                   err_msg=name)
+    _step_against_torch(compiled, model, tmodel, x, tol)
     return compiled
 
 

@@ -12,7 +12,7 @@ import torch
 import tracenet as tn
 import tracenet.nn as nn
 from tracenet.runtime import toolchain
-from test_conv_kernels import _copy_to_torch
+from test_conv_kernels import _copy_to_torch, _step_against_torch
 
 
 MARCHES = ["native"] + (["x86-64-v3"] if os.uname().machine == "x86_64" else [])
@@ -48,20 +48,7 @@ def _weight_gradient_body(source):
 
 def _step(compiled, model, tmodel, x, dtype):
     """One forward and backward through the compiled module and the torch twin, compared."""
-    model.zero_grad()
-    tmodel.zero_grad()
-    xn = tn.from_numpy(x).requires_grad_(True)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    out, ref = compiled(xn), tmodel(xt)
-    tol = 1e-4 if dtype == np.float32 else 1e-9
-    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=tol, atol=tol)
-    gy = np.random.default_rng(1).standard_normal(ref.shape).astype(dtype)
-    out.backward(tn.from_numpy(gy))
-    ref.backward(torch.from_numpy(gy))
-    np.testing.assert_allclose(xn.grad.numpy(), xt.grad.numpy(), rtol=tol, atol=tol)
-    for (name, p), tp in zip(model.named_parameters(), tmodel.parameters()):
-        np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=tol, atol=tol,
-                                   err_msg=name)
+    _step_against_torch(compiled, model, tmodel, x, 1e-4 if dtype == np.float32 else 1e-9)
 
 
 @pytest.mark.parametrize("name", list(CASES))

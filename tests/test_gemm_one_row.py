@@ -10,7 +10,7 @@ import torch
 
 import tracenet as tn
 import tracenet.nn as nn
-from test_conv_kernels import _copy_to_torch
+from test_conv_kernels import _copy_to_torch, _step_against_torch
 
 
 @pytest.fixture(autouse=True)
@@ -33,19 +33,7 @@ def _mlp(lib, sizes):
 
 def _against_torch(compiled, model, tmodel, x, tol):
     """One forward and backward, compiled and torch, compared; returns the compiled source."""
-    model.zero_grad()
-    tmodel.zero_grad()
-    xn = tn.from_numpy(x).requires_grad_(True)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    out, ref = compiled(xn), tmodel(xt)
-    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=tol, atol=tol)
-    gy = np.random.default_rng(1).standard_normal(ref.shape).astype(x.dtype)
-    out.backward(tn.from_numpy(gy))
-    ref.backward(torch.from_numpy(gy))
-    np.testing.assert_allclose(xn.grad.numpy(), xt.grad.numpy(), rtol=tol, atol=tol)
-    for (pname, p), tp in zip(model.named_parameters(), tmodel.parameters()):
-        np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=tol, atol=tol,
-                                   err_msg=pname)
+    _step_against_torch(compiled, model, tmodel, x, tol)
     return compiled.source()
 
 

@@ -8,7 +8,7 @@ import torch
 
 import tracenet as tn
 from tracenet.runtime import threads
-from test_conv_kernels import _copy_to_torch
+from test_conv_kernels import _copy_to_torch, _step_against_torch
 
 SPLIT = "omp_get_max_threads() > 1"  # the guard of the column-split path
 
@@ -86,21 +86,8 @@ def test_linear_symbolic_batch_split_matches_torch(dtype, threads_n, n_threads):
     compiled = tn.compile(model)
     rng = np.random.default_rng(0)
     for batch in (64, 7, 200, 263, 64):
-        model.zero_grad()
-        tmodel.zero_grad()
         x = rng.standard_normal((batch, 333)).astype(dtype)
-        xn = tn.from_numpy(x).requires_grad_(True)
-        xt = torch.from_numpy(x).requires_grad_(True)
-        out, ref = compiled(xn), tmodel(xt)
-        np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=tol,
-                                   atol=tol)
-        gy = rng.standard_normal(ref.shape).astype(dtype)
-        out.backward(tn.from_numpy(gy))
-        ref.backward(torch.from_numpy(gy))
-        np.testing.assert_allclose(xn.grad.numpy(), xt.grad.numpy(), rtol=tol, atol=tol)
-        for (name, p), tp in zip(model.named_parameters(), tmodel.parameters()):
-            np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=tol, atol=tol,
-                                       err_msg=f"{name} at batch {batch}")
+        _step_against_torch(compiled, model, tmodel, x, tol, f"at batch {batch}")
     assert len(compiled.specialisations) == 1
     # the first layer's forward decides at run time: columns while the batch is <= 200
     forward = _kernel(compiled.source(), "forward_k0_gemm_relu")

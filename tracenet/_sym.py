@@ -342,6 +342,16 @@ def is_one(d):
     return not isinstance(d, Sym) and d == 1
 
 
+def is_one_or_symbol(d):
+    """Whether ``d`` is 1 or a size symbol alone (N), not a product or sum of symbols: a size
+    that is one at a batch of one, where code for that case is worth compiling in (a symbol is
+    never compared with 1 when tracing: that would specialise the build on it)."""
+    if not isinstance(d, Sym):
+        return d == 1
+    (monomial, coefficient), = d.terms.items() if len(d.terms) == 1 else ((None, 0),)
+    return coefficient == 1 and monomial is not None and len(monomial) == 1
+
+
 def _bounds(terms):
     """(lower, upper) bounds of the polynomial over all symbols >= 1, each +-inf when the
     polynomial is unbounded that way or the bound is not evident: with every symbol written

@@ -213,7 +213,7 @@ class Specialisation:
                                  if i >= n_user and type(n) is engine.AccumulateGrad]
             # (plain leaves only: a view's or a non-leaf's edge is worked out every call)
             plain = all(g is None and b is None for g, b, _, _ in states)
-            self._leaf_states = list(map(_leaf_state, params)) if plain else None
+            self._leaf_states = states if plain else None
             # (kept only when they are the parameters' alone: a user input's edge would keep
             # the call's input and its graph alive)
             self._param_edges = edges if not self._user_grads else ()

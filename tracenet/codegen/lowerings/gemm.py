@@ -4,17 +4,9 @@ into ``gemm``; ``passes/lower.py`` folds transposes into its flags.)"""
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
     node_lines, signature, size_ceil_div, size_choice, size_max, size_min, where
 from ..templates import render
-from ..._sym import has_symbols, is_one
+from ..._sym import has_symbols, is_one_or_symbol
 from .elementwise import c_expr
 from .optim import update_helper
-
-
-def _one_symbol(size):
-    """Whether ``size`` is a size symbol alone (N), not a product or sum of them."""
-    if not has_symbols((size,)):
-        return False
-    (monomial, coefficient), = size.terms.items() if len(size.terms) == 1 else ((None, 0),)
-    return coefficient == 1 and monomial is not None and len(monomial) == 1
 
 
 def _column_split(parallel, m, n, ct, plain):
@@ -106,7 +98,7 @@ def lower_gemm(name, node, exported, target):
     # specialise the build on it; rows of a product such as time steps x batch are left out,
     # whose extra code slowed the recurrent nets' GEMMs): with b not transposed (or
     # repacked), eight chains of FMAs along the columns
-    rows_may_be_one = is_one(m) or _one_symbol(m)
+    rows_may_be_one = is_one_or_symbol(m)
     one_row = rows_may_be_one and not (tb and not ta) and ct in ("float", "double") and \
         isinstance(n, int) and n >= 2 * 32 // (4 if ct == "float" else 8)
     # with b transposed, dot products of the row with eight of b's rows at a time

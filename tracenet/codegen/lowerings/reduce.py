@@ -51,9 +51,8 @@ def lower_reduce(name, node, exported, target):
     if node.op in ("sum", "mean") and not in_order and dims and \
             ctype(x) in ("float", "double") and acc == ctype(x) and \
             sorted(dims) == list(range(len(shape) - len(dims), len(shape))):
-        pairwise = (f"tn_pairwise_sum{SFX[acc]}",
-                    render("pairwise_sum.c.j2", helper=f"tn_pairwise_sum{SFX[acc]}",
-                           ctype=acc))
+        helper = f"tn_pairwise_sum{SFX[acc]}"
+        pairwise = (helper, render("pairwise_sum.c.j2", helper=helper, ctype=acc))
     reads, writes = [("x", x)], [("out", out)]
     src = render("reduce.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
                  out_ctype=out_ct, acctype=acc, signature=signature(reads, writes),

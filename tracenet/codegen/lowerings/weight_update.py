@@ -10,9 +10,9 @@ from ..base import Kernel, SFX, ctype, group_lowering, members, node_lines, sign
     threads_scratch
 from ..templates import render
 from ...ir.graph import Node
-from ..._sym import is_one
+from ..._sym import is_one, is_one_or_symbol
 from .elementwise import c_expr
-from .gemm import _one_symbol as one_symbol, lower_gemm
+from .gemm import lower_gemm
 from .optim import update_helper
 
 
@@ -53,7 +53,7 @@ def lower_weight_update(name, node, exported, target):
                                    ["gemm", "mask"][:len(dx_members)], target))
     role_of = {v: role for role, v in reads + writes}
     # the batch of one gets one pass over W's rows, compiled in where the batch may be one
-    one = (is_one(batch) or one_symbol(batch)) and ct in ("float", "double") and \
+    one = is_one_or_symbol(batch) and ct in ("float", "double") and \
         all(not k.scratch for k in parts)
     parallel = target.parallel.weight_update(rows * cols, rows) if one else 0
     helper = update_helper("sgd_update", ct, maximize=sgd.attrs["maximize"],
