@@ -5,7 +5,9 @@ members for people):
 
 * ``conv``: ``convolution`` (bias included) -> optional eval-mode ``batch_norm`` (the
   convolution's only reader) -> optional residual ``add`` (the batch norm's only reader) ->
-  optional ``relu`` -> optional ``max_pool``;
+  optional ``relu`` -> optional ``max_pool``; or ``convolution`` -> the
+  ``batch_norm_stats`` of its output (training-mode batch norm: the epilogue sums each plane
+  while it is in cache);
 * ``norm``: ``batch_norm`` -> optional residual ``add`` -> ``relu`` (each the only reader of
   the value before it);
 * ``gemm``: ``addmm``/``gemm``, or ``mm`` followed by a broadcast bias ``add``, then an optional
@@ -141,6 +143,13 @@ def _conv_groups(graph):
                     _residual(add, bn.output) is not None:
                 claimed.add(id(add))  # a sum of two convolutions goes to the first
                 group.append(add)
+        else:
+            stats = _user_with_op(users, node.output, "batch_norm_stats")
+            if stats is not None:
+                # training-mode batch norm: the output is written in full (the
+                # normalisation and the backward read it), its statistics come with it
+                groups.append([node, stats])
+                continue
         # the next stage may share its input with later readers (e.g. the backward of a
         # whole training step reads relu's output): those get it as an exported value
         nxt = _user_with_op(users, group[-1].output, "relu")

@@ -210,6 +210,7 @@ def _lower_conv_group(name, group, exported, target):
     bn = _batch_norm_reads(group, reads)
     res = _residual_read(group, reads)
     writes = []
+    stats = _statistics_writes(group, exported, writes)
     # the value before the relu: the convolution's, or its batch norm's, or the residual sum
     conv_v = next(m for m in reversed(group) if m.op in ("convolution", "batch_norm", "add")) \
         .outputs[0]
@@ -266,8 +267,14 @@ def _lower_conv_group(name, group, exported, target):
     # then two planes for a relu and a max pooling fused per plane (1-d and 2-d groups only)
     per_thread = work + (plane * 2 if len(conv.attrs["stride"]) < 3 else 0)
     parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
-    if gathered:
-        shared = gathered["shared"]
+    # scratch: [the statistics' per-thread sums][the weights transposed][one slice per thread]
+    shared = gathered["shared"] if gathered else 0
+    stats_at = 0
+    if stats is not None:
+        stats["threads"] = target.max_threads if parallel else 1
+        stats_at = _statistics_elements(stats["threads"] * geo["O"], ct)
+        shared += stats_at
+    if shared:
         scratch = (per_thread, "threads", shared) if parallel else per_thread + shared
     else:
         scratch = threads_scratch(per_thread, parallel)
@@ -284,7 +291,7 @@ def _lower_conv_group(name, group, exported, target):
                  pool_idx=pool is not None and pool.outputs[1] in exported, geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
                  work_elems=work, direct=bool(direct), gathered=gathered, then_pool=then_pool,
-                 bn=bn, res=res,
+                 bn=bn, res=res, stats=stats, stats_at=stats_at, shared=shared,
                  **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, scratch, ct, flops=_conv_flops(geo),
                   parallel=parallel or bool(then_pool and then_pool["parallel"]))
@@ -300,6 +307,26 @@ def _batch_norm_reads(group, reads):
     a = bn.attrs
     return dict(eps=fmt_float(a["eps"], "double"), has_weight=a["has_weight"],
                 has_bias=a["has_bias"])
+
+
+def _statistics_writes(group, exported, writes):
+    """For a training-mode batch norm's ``batch_norm_stats`` in the group: append its mean and
+    variance to ``writes``; returns what the template needs (None without one)."""
+    st = next((m for m in group if m.op == "batch_norm_stats"), None)
+    if st is None:
+        return None
+    mean, var = st.outputs
+    for role, v in (("mean_out", mean), ("var_out", var)):
+        if v in exported:
+            writes.append((role, v))
+    return dict(mean_out=mean in exported, var_out=var in exported)
+
+
+def _statistics_elements(slots, ct):
+    """Scratch elements of ``ct`` holding ``slots`` (count, mean, sum of squared deviations)
+    triples of doubles, rounded up to 64 bytes so what follows keeps its alignment."""
+    per_double = 2 if ct == "float" else 1
+    return -(-slots * 3 * per_double // 16) * 16
 
 
 def _residual_read(group, reads):
