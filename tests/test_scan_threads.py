@@ -1,9 +1,10 @@
 """Recurrent loops on several threads (``codegen/lowerings/scan.py``): the loop runs inside one
-parallel region, each thread computing its share of every gate's columns with a barrier per
-step, and compiled layers follow eager mode on one, two and three threads, at batch sizes that
-leave a partial block of rows, with hidden sizes that do not split evenly. A backward loop
-splits each step in two phases: each thread's columns of the gates' gradients, a barrier, then
-each thread's columns of their product with the recurrent weight
+parallel region, each thread computing its share of the batch rows (no barrier inside the
+loop) or, for a batch too small to share, of every gate's columns with a barrier per step, and
+compiled layers follow eager mode on one, two and three threads, at batch sizes that leave a
+partial block of rows or split by columns, with hidden sizes that do not split evenly. Split by
+columns, a backward loop splits each step in two phases: each thread's columns of the gates'
+gradients, a barrier, then each thread's columns of their product with the recurrent weight
 (``test_scan_backward_threads.py``)."""
 import re
 
