@@ -112,6 +112,8 @@ def test_language_model_step_splits_at_its_real_size():
         losses = [float(step(x, y)) for _ in range(3)]
         results.append((losses, [p.detach().numpy().copy() for p in net.parameters()]))
         assert len(_split_scans(step.source())) == 2  # the forward loop and the backward
+        # both split the batch rows when each thread gets 4 (16 rows: up to 4 threads)
+        assert step.source().count("const int by_columns = rows < 4L * nth;") == 2
     (l1, p1), (l2, p2) = results
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     for a, b in zip(p1, p2):

@@ -160,7 +160,7 @@ def _thread_split(entry, body, calls, copies, n_carry, skipped, checks, target):
         return None
     n_in = len(body.inputs)
     if len(entry.kernels) == 1 and len(calls) == 1:
-        split = _forward_split(entry, calls, copies, n_in)
+        split = _forward_split(entry, body, calls, copies, n_in)
     elif len(entry.kernels) in (2, 3) and len(calls) == len(entry.kernels) and not copies:
         split = _backward_split(entry, body, calls, n_carry, skipped)
     else:
@@ -172,27 +172,42 @@ def _thread_split(entry, body, calls, copies, n_carry, skipped, checks, target):
         return None
     (kernel, _) = entry.kernels[0]
     itemsize = kernel.writes[0][1].dtype.itemsize
-    # (the body's copies are whole values, made by one thread: only after a barrier)
-    min_rows = 0 if split["copies"] else target.parallel.recurrent_min_rows_per_thread
+    min_rows = target.parallel.recurrent_min_rows_per_thread if split.pop("row_copies", True) \
+        else 0
     return dict(split, chunk=max(1, 64 // itemsize), when=when, rows=kernel.rows,
                 min_rows=min_rows)
 
 
-def _forward_split(entry, calls, copies, n_in):
-    """A body that is one gate kernel: each thread runs its columns of it. The body's copies
-    must read the step's inputs (copied by one thread after the barrier that ends the step
-    before)."""
+def _forward_split(entry, body, calls, copies, n_in):
+    """A body that is one gate kernel: each thread runs its rows or columns of it. The body's
+    copies must read the step's inputs: split by columns, one thread copies them whole after
+    the barrier that ends the step before; split by rows, each thread copies its rows (which
+    it wrote itself), when every copied value's leading dim is the rows (else the loop never
+    splits rows: ``row_copies``)."""
     (kernel, _), = entry.kernels
     width = getattr(kernel, "columns", None)
     if width is None or not calls[0].startswith(kernel.name + "("):
         return None
+    slots = body.inputs + body.outputs
+    out, row_copies = [], True
     for c in copies:
-        m = re.match(r"memcpy\(\(void \*\)args\[\d+\], \(const void \*\)args\[(\d+)\],", c)
-        if m is None or int(m.group(1)) >= n_in:
+        m = re.match(r"memcpy\(\(void \*\)args\[(\d+)\], \(const void \*\)args\[(\d+)\], "
+                     r"(.*)\);$", c)
+        if m is None or int(m.group(2)) >= n_in:
             return None
+        dst, src, nbytes = m.groups()
+        shape = slots[int(src)].shape
+        if not shape or not same_shape(shape[:1], (kernel.rows,)):
+            row_copies = False
+            out.append(f"if (lead) {c}")
+            continue
+        row = f"(size_t)({numel(shape[1:]) * slots[int(src)].dtype.itemsize})"
+        out.append(f"if (!by_columns) memcpy((char *)args[{dst}] + v0 * {row}, "
+                   f"(const char *)args[{src}] + v0 * {row}, (v1 - v0) * {row}); "
+                   f"else if (lead) {c}")
     return {"width": width, "flops": kernel.flops, "step_barrier": True,
-            "calls": [_on_columns(kernel, calls[0])], "copies": [f"if (lead) {c}" for c in copies],
-            "replaced": ()}
+            "calls": [_on_columns(kernel, calls[0])], "copies": out,
+            "row_copies": row_copies, "replaced": ()}
 
 
 def _on_columns(kernel, call):
