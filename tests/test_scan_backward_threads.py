@@ -1,7 +1,8 @@
-"""An LSTM's backward loop on several threads (``codegen/lowerings/scan.py``): each step is two
-phases in one parallel region, each thread's columns of the gates' gradients, one barrier,
-then each thread's columns of their product with the recurrent weight (the state gradient the
-same thread reads in the next step). The weights' gradients are summed after the loop, as one
+"""An LSTM's backward loop on several threads (``codegen/lowerings/scan.py``): split by batch
+rows, each thread runs its rows of every step alone; split by columns, each step is two phases
+in one parallel region, each thread's columns of the gates' gradients, one barrier, then each
+thread's columns of their product with the recurrent weight (the state gradient the same
+thread reads in the next step). Every test here runs both ways. The weights' gradients are summed after the loop, as one
 product over the stacked gate gradients, never across threads inside it.
 
 Every call here runs in work memory filled with NaN (a fresh arena per call), so a read of
@@ -40,11 +41,16 @@ def _nan_arenas(monkeypatch):
     nan_filled_arenas(monkeypatch)
 
 
-@pytest.fixture
-def _small_steps_split(monkeypatch, tmp_path):
-    monkeypatch.setattr(Parallelism, "recurrent_min_step_flops", 0)  # small sizes split too
+@pytest.fixture(params=["rows", "columns"])
+def _small_steps_split(monkeypatch, tmp_path, request):
+    """Small loops split too, by batch rows whenever each thread gets one, or by columns
+    only."""
+    monkeypatch.setattr(Parallelism, "recurrent_min_step_flops", 0)
     monkeypatch.setattr(Parallelism, "recurrent_min_columns", 0)
+    monkeypatch.setattr(Parallelism, "recurrent_min_rows_per_thread",
+                        1 if request.param == "rows" else 0)
     monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
+    return request.param
 
 
 def _openmp():
@@ -73,13 +79,18 @@ def test_backward_step_is_gates_barrier_then_each_threads_columns_of_the_product
     (scan,) = [s for s in _split_scans(source) if "backward" in s]
     body = re.search(rf"static void {scan}_body\(.*?\n\}}\n", source, re.S).group(0)
     lines = [line.strip() for line in body.splitlines()[3:-1]]
-    assert re.match(r"\w+_cell_cols\(.*, u0, u1\);$", lines[0])
-    assert lines[1].startswith("#pragma omp barrier")
-    # [20, 128] gates @ the weight's columns [u0, u1) -> the state gradient's columns
-    assert re.match(r"if \(u1 > u0\) \{ tn_gemm_f32\(\(int\)\(20\), u1 - u0, 128, \(float \*\)"
-                    r"args\[\d+\], 128, 1, \(float \*\)args\[\d+\] \+ u0, 32, NULL, "
-                    r"\(float \*\)args\[\d+\] \+ u0, 32, 0\); \}$", lines[2])
-    assert len(lines) == 3
+    assert re.match(r"\w+_cell_cols\(.*, v0, v1, u0, u1\);$", lines[0])
+    # split by columns, the threads wait for every thread's gates; by rows, they do not
+    assert lines[1:4] == ["if (by_columns) {", lines[2], "}"]
+    assert lines[2].startswith("#pragma omp barrier")
+    # rows [v0, v1) of the [20, 128] gates @ the weight's columns [u0, u1) -> those rows and
+    # columns of the state gradient
+    assert re.match(r"if \(u1 > u0 && v1 > v0\) \{ tn_gemm_f32\(\(int\)\(v1 - v0\), u1 - u0, "
+                    r"128, \(float \*\)args\[\d+\] \+ \(size_t\)v0 \* 128, 128, 1, "
+                    r"\(float \*\)args\[\d+\] \+ u0, 32, NULL, "
+                    r"\(float \*\)args\[\d+\] \+ \(size_t\)v0 \* 32 \+ u0, 32, 0\); \}$",
+                    lines[4])
+    assert len(lines) == 5
     # the gate gradients live in the step's own slice of the stacked output: the next step
     # writes another, so the loop needs no second barrier per step, only one after it
     loop = re.search(rf"static void {scan}\(.*?\n\}}\n", source, re.S).group(0)
@@ -164,5 +175,5 @@ def test_gru_backward_adds_the_product_to_the_direct_gradient_on_each_threads_co
     (scan,) = [s for s in _split_scans(source) if "backward" in s]
     body = re.search(rf"static void {scan}_body\(.*?\n\}}\n", source, re.S).group(0)
     assert "_add(" not in body and body.count("#pragma omp barrier") == 1
-    assert re.search(r"for \(int c = u0; c < u1; c\+\+\) .* = .*; tn_gemm_f32\(.*, 1\); \}",
-                     body)
+    assert re.search(r"for \(long r = v0; r < v1; r\+\+\) for \(int c = u0; c < u1; c\+\+\) "
+                     r".* = .*; tn_gemm_f32\(.*, 1\); \}", body)

@@ -1,9 +1,10 @@
 """Recurrent loops on several threads (``codegen/lowerings/scan.py``): the loop runs inside one
-parallel region, each thread computing its share of every gate's columns with a barrier per
-step, and compiled layers follow eager mode on one, two and three threads, at batch sizes that
-leave a partial block of rows, with hidden sizes that do not split evenly. A backward loop
-splits each step in two phases: each thread's columns of the gates' gradients, a barrier, then
-each thread's columns of their product with the recurrent weight
+parallel region, each thread computing its share of the batch rows (no barrier inside the
+loop) or, for a batch too small to share, of every gate's columns with a barrier per step, and
+compiled layers follow eager mode on one, two and three threads, at batch sizes that leave a
+partial block of rows or split by columns, with hidden sizes that do not split evenly. Split by
+columns, a backward loop splits each step in two phases: each thread's columns of the gates'
+gradients, a barrier, then each thread's columns of their product with the recurrent weight
 (``test_scan_backward_threads.py``)."""
 import re
 
@@ -111,6 +112,8 @@ def test_language_model_step_splits_at_its_real_size():
         losses = [float(step(x, y)) for _ in range(3)]
         results.append((losses, [p.detach().numpy().copy() for p in net.parameters()]))
         assert len(_split_scans(step.source())) == 2  # the forward loop and the backward
+        # both split the batch rows when each thread gets 4 (16 rows: up to 4 threads)
+        assert step.source().count("const int by_columns = rows < 4L * nth;") == 2
     (l1, p1), (l2, p2) = results
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     for a, b in zip(p1, p2):

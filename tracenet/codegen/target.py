@@ -49,8 +49,11 @@ class Parallelism:
     # AVX-512, 0.86-0.89x with AVX2 only (the kernel alone: 5.3 against 8.5 us)
     weight_update_min_elements = None
     weight_update_min_rows = 16
-    recurrent_min_step_flops = 200_000  # recurrent loops, each step split by gate columns
-    recurrent_min_columns = 32
+    recurrent_min_step_flops = 200_000  # recurrent loops, each step split by batch rows or
+    recurrent_min_columns = 32          # by gate columns
+    # rows per thread from which a recurrent loop's threads split the batch rows (no barrier
+    # inside the loop) rather than the gate columns (a barrier every step)
+    recurrent_min_rows_per_thread = 4
 
     def __init__(self, openmp):
         self.openmp = bool(openmp)

@@ -19,7 +19,7 @@ into a large literal in the C source, and its shape may hold symbolic sizes.
 import numpy as np
 
 from .._meta import Meta
-from . import registry, shape
+from . import registry, shape, table_projection
 from .registry import register
 
 # set by tracenet.trace: (fn, carries, xs) -> the outputs of the recorded scan node
@@ -98,9 +98,12 @@ def scan(fn, carries, xs, reverse=False):
     takes and returns tuples of tensors. Returns ``(final carries, ys stacked along dim 0)``.
 
     While tracing, ``fn`` is traced once into the body of one scan node (traced values it reads
-    from outside become the node's constant operands); otherwise it runs step by step."""
+    from outside become the node's constant operands); otherwise it runs step by step. A
+    scanned input that projects embedding rows is traced as rows of the projected table
+    (``table_projection``)."""
     carries, xs = tuple(carries), tuple(xs)
     if is_traced(*carries, *xs):
+        xs = tuple(map(table_projection.projected, xs))
         return body_tracer[0](fn, carries, xs, reverse)
     length = xs[0].shape[0]
     ys = [None] * length

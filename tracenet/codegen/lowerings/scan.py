@@ -97,8 +97,8 @@ def lower_scan(name, node, exported, target):
                                            for k in skipped)]
     checks = list(entry.checks)
     body_calls = [c for _, c in calls]
-    split = _column_split(entry, body, body_calls, copies, n_carry, skipped, checks, target)
-    if split:  # each thread on its columns of every step; copies by one thread
+    split = _thread_split(entry, body, body_calls, copies, n_carry, skipped, checks, target)
+    if split:  # each thread on its rows or columns of every step; copies by one thread
         body_calls, copies = split["calls"], split["copies"]
         helpers = [h for h in helpers if h[0] not in split["replaced"]]
     scratch = -(-work // 4)  # in floats
@@ -132,28 +132,35 @@ def _packed_weight(body, first_const):
     return None
 
 
-def _column_split(entry, body, calls, copies, n_carry, skipped, checks, target):
+def _thread_split(entry, body, calls, copies, n_carry, skipped, checks, target):
     """How the threads share each step: None (one thread runs the loop), or a dict of the
-    column count of the gates (``width``), the C condition (or 1) under which they split it
-    (``when``), the body's calls and copies as each thread runs them, and whether the threads
-    wait for each other at the end of every step (``step_barrier``). Every step of a
-    recurrent loop needs the whole state of the step before, so the loop runs inside one
-    parallel region, each thread owning the same hidden units (columns of every gate and of
-    the state) in every step.
+    row and column counts of the gates (``rows``, ``width``), the C condition (or 1) under
+    which they split the loop (``when``), the body's calls and copies as each thread runs
+    them, whether the threads wait for each other at the end of every step when they split
+    columns (``step_barrier``), and from how many rows per thread they split rows instead
+    (``min_rows``; 0: never). The loop runs inside one parallel region, each thread owning
+    the same rows or the same hidden units (columns of every gate and of the state) in every
+    step.
+
+    Split by rows (batch rows: each row's recurrence reads only its own row of the state),
+    the threads never wait for each other inside the loop. Split by columns (a batch too
+    small to share), every step of a recurrent loop needs the whole state of the step before,
+    written by every thread.
 
     Two bodies qualify; no data check may stop the loop halfway in either:
 
     * a forward step, one gate kernel with the product inside (``_forward_split``): its
       columns are independent but for the product's reads of the whole state, which the
-      barrier at the end of each step orders;
+      barrier at the end of each step orders (split by columns);
     * a backward step, the gates' gradients then their product with the recurrent weight
-      (``_backward_split``): each thread computes its columns of the gate gradients, all
-      wait, then each computes its columns of the state's gradient from all of them."""
+      (``_backward_split``): split by columns, each thread computes its columns of the gate
+      gradients, all wait, then each computes its columns of the state's gradient from all
+      of them."""
     if checks:
         return None
     n_in = len(body.inputs)
     if len(entry.kernels) == 1 and len(calls) == 1:
-        split = _forward_split(entry, calls, copies, n_in)
+        split = _forward_split(entry, body, calls, copies, n_in)
     elif len(entry.kernels) in (2, 3) and len(calls) == len(entry.kernels) and not copies:
         split = _backward_split(entry, body, calls, n_carry, skipped)
     else:
@@ -165,28 +172,47 @@ def _column_split(entry, body, calls, copies, n_carry, skipped, checks, target):
         return None
     (kernel, _) = entry.kernels[0]
     itemsize = kernel.writes[0][1].dtype.itemsize
-    return dict(split, chunk=max(1, 64 // itemsize), when=when)
+    min_rows = target.parallel.recurrent_min_rows_per_thread if split.pop("row_copies", True) \
+        else 0
+    return dict(split, chunk=max(1, 64 // itemsize), when=when, rows=kernel.rows,
+                min_rows=min_rows)
 
 
-def _forward_split(entry, calls, copies, n_in):
-    """A body that is one gate kernel: each thread runs its columns of it. The body's copies
-    must read the step's inputs (copied by one thread after the barrier that ends the step
-    before)."""
+def _forward_split(entry, body, calls, copies, n_in):
+    """A body that is one gate kernel: each thread runs its rows or columns of it. The body's
+    copies must read the step's inputs: split by columns, one thread copies them whole after
+    the barrier that ends the step before; split by rows, each thread copies its rows (which
+    it wrote itself), when every copied value's leading dim is the rows (else the loop never
+    splits rows: ``row_copies``)."""
     (kernel, _), = entry.kernels
     width = getattr(kernel, "columns", None)
     if width is None or not calls[0].startswith(kernel.name + "("):
         return None
+    slots = body.inputs + body.outputs
+    out, row_copies = [], True
     for c in copies:
-        m = re.match(r"memcpy\(\(void \*\)args\[\d+\], \(const void \*\)args\[(\d+)\],", c)
-        if m is None or int(m.group(1)) >= n_in:
+        m = re.match(r"memcpy\(\(void \*\)args\[(\d+)\], \(const void \*\)args\[(\d+)\], "
+                     r"(.*)\);$", c)
+        if m is None or int(m.group(2)) >= n_in:
             return None
+        dst, src, nbytes = m.groups()
+        shape = slots[int(src)].shape
+        if not shape or not same_shape(shape[:1], (kernel.rows,)):
+            row_copies = False
+            out.append(f"if (lead) {c}")
+            continue
+        row = f"(size_t)({numel(shape[1:]) * slots[int(src)].dtype.itemsize})"
+        out.append(f"if (!by_columns) memcpy((char *)args[{dst}] + v0 * {row}, "
+                   f"(const char *)args[{src}] + v0 * {row}, (v1 - v0) * {row}); "
+                   f"else if (lead) {c}")
     return {"width": width, "flops": kernel.flops, "step_barrier": True,
-            "calls": [_on_columns(kernel, calls[0])], "copies": [f"if (lead) {c}" for c in copies],
-            "replaced": ()}
+            "calls": [_on_columns(kernel, calls[0])], "copies": out,
+            "row_copies": row_copies, "replaced": ()}
 
 
 def _on_columns(kernel, call):
-    return re.sub(rf"^{kernel.name}\((.*)\);$", rf"{kernel.name}_cols(\1, u0, u1);", call)
+    return re.sub(rf"^{kernel.name}\((.*)\);$", rf"{kernel.name}_cols(\1, v0, v1, u0, u1);",
+                  call)
 
 
 def _call_pointers(kernel, call):
@@ -209,10 +235,10 @@ def _added(node):
 def _backward_split(entry, body, calls, n_carry, skipped):
     """A body that is a gate kernel (the gates' gradients) and then the product of its wide
     result with a weight the loop does not change (``dh_prev = dgates @ W``), maybe plus
-    another gradient of the state (a GRU's ``z * dh``: ``dh_prev = d + dgates @ W``): the
-    threads run their columns of the gate kernel, wait for each other, then compute their
-    columns of the product, which are the columns of the state gradient they read in the
-    next step.
+    another gradient of the state (a GRU's ``z * dh``: ``dh_prev = d + dgates @ W``). Split
+    by rows, each thread runs its rows of both. Split by columns, the threads run their
+    columns of the gate kernel, wait for each other, then compute their columns of the
+    product, which are the columns of the state gradient they read in the next step.
 
     So a thread reads another's results only in the product (the whole of the wide value),
     after the barrier; everything else it reads at its own columns, which it wrote itself.
@@ -257,7 +283,7 @@ def _backward_split(entry, body, calls, n_carry, skipped):
             return None
         pointers = _call_pointers(add, calls[2])
         ptr_other, ptr_out = pointers[terms.index(other)], pointers[2]
-        start = (f"for (long r = 0; r < (long)({out.shape[0]}); r++) for (int c = u0; c < u1; "
+        start = (f"for (long r = v0; r < v1; r++) for (int c = u0; c < u1; "
                  f"c++) ({ptr_out})[r * {width} + c] = ({ptr_other})[r * {width} + c]; ")
     n_in = len(body.inputs)
     stacked = {f"({ctype(a)} *)args[{n_in + j}]" for j in range(n_carry, len(body.outputs))
@@ -266,17 +292,22 @@ def _backward_split(entry, body, calls, n_carry, skipped):
     m, k = a.shape
     sfx = SFX[ctype(a)]
     acc = int(bool(start))
+    if not same_shape((m,), (cell.rows,)):
+        return None
+    rows_a, rows_out = f"{ptr_a} + (size_t)v0 * {k}", f"{ptr_out} + (size_t)v0 * {n} + u0"
     if trans_b:  # b is [n, k]: its rows [u0, u1)
-        product = (f"tn_gemm_nt{sfx}((int)({m}), u1 - u0, {k}, {ptr_a}, {k}, "
-                   f"{ptr_b} + (size_t)u0 * {k}, {k}, NULL, {ptr_out} + u0, {n}, {acc});")
+        product = (f"tn_gemm_nt{sfx}((int)(v1 - v0), u1 - u0, {k}, {rows_a}, {k}, "
+                   f"{ptr_b} + (size_t)u0 * {k}, {k}, NULL, {rows_out}, {n}, {acc});")
     else:  # b is [k, n]: its columns [u0, u1)
-        product = (f"tn_gemm{sfx}((int)({m}), u1 - u0, {k}, {ptr_a}, {k}, 1, "
-                   f"{ptr_b} + u0, {n}, NULL, {ptr_out} + u0, {n}, {acc});")
+        product = (f"tn_gemm{sfx}((int)(v1 - v0), u1 - u0, {k}, {rows_a}, {k}, 1, "
+                   f"{ptr_b} + u0, {n}, NULL, {rows_out}, {n}, {acc});")
     return {"width": width, "flops": prod.flops,
             "step_barrier": ptr_a not in stacked,
             "calls": [_on_columns(cell, calls[0]),
+                      "if (by_columns) {",
                       "#pragma omp barrier  /* the product reads every thread's gates */",
-                      f"if (u1 > u0) {{ {start}{product} }}"],
+                      "}",
+                      f"if (u1 > u0 && v1 > v0) {{ {start}{product} }}"],
             "copies": [],  # the product's and the addition's kernels are not called
             "replaced": tuple(k.name for k, _ in entry.kernels[1:])}
 

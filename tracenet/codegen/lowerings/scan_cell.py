@@ -13,7 +13,8 @@ and writes each piece of a ``cat`` in place: one kernel after the product, in ev
 A forward step's product (``h @ W^T + b``, read only by the gates) joins the kernel: each
 block of columns of every gate (the same hidden units' ``i, f, g, o`` columns) is multiplied
 into a tile in L1 and gated there, so the wide product is never stored, and the threads of a
-loop can each take a share of the hidden units (``{name}_cols``; ``scan.py``). The loop hands
+loop can each take a share of the batch rows or of the hidden units (``{name}_cols``;
+``scan.py``). The loop hands
 the weight over transposed once per call, so the product runs on whole-vector register tiles.
 
 The IR graph is not changed: the regrouped body is a planning copy made when the scan lowers.
@@ -185,8 +186,9 @@ ROW_BLOCK, COLUMN_BLOCK = 16, 16
 
 @group_lowering(GROUP)
 def lower_cell(name, node, exported, target):
-    """``{name}_cols(..., u0, u1)`` computes columns ``[u0, u1)`` of every gate (the threads
-    of a loop split a step by them); ``{name}(...)`` all of them."""
+    """``{name}_cols(..., v0, v1, u0, u1)`` computes rows ``[v0, v1)`` of columns ``[u0, u1)``
+    of every gate (the threads of a loop split a step by one or the other); ``{name}(...)``
+    all of them."""
     k, narrow = node.attrs["pieces"], node.attrs["narrow"]
     width = narrow[-1]
     rows = numel(narrow[:-1])
@@ -271,5 +273,6 @@ def lower_cell(name, node, exported, target):
     flops = 2 * rows * width * k * product["K"] if product else 0
     kernel = Kernel(name, reads, writes, src, flops=flops)
     kernel.columns = width  # what the threads of a loop may split a step by
+    kernel.rows = rows
     kernel.leading = lead is not None  # whether it reads the whole state (in its product)
     return kernel
