@@ -83,3 +83,25 @@ def test_a_varying_batch_runs_one_build_along_a_non_contiguous_dim():
         np.testing.assert_allclose(out, torch.log_softmax(torch.tensor(data), 1).numpy(),
                                    rtol=1e-5, atol=1e-6)
     assert len(net.specialisations) == 1
+
+
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("at", [0, 15, 16, 31, 36])
+def test_long_rows_with_infinities_and_nan_follow_eager(at, log):
+    """Rows of 37 (two 16-lane blocks of the maximum, then a tail of 5): an infinity or a
+    NaN in a block or in the tail, and the maximum itself in either."""
+    rng = np.random.default_rng(at)
+    data = rng.standard_normal((5, 37)).astype(np.float32)
+    data[0, at] = np.inf
+    data[1, at] = np.nan
+    data[2, at] = -np.inf
+    data[3, at] = 9.0  # the row's maximum, in a block or in the tail
+    data[4, :] = -np.inf
+    net = tracenet.compile(Soft(1, log))
+    with tracenet.no_grad():
+        out = net(tracenet.tensor(data)).numpy()
+    expect = (torch.log_softmax if log else torch.softmax)(torch.tensor(data), dim=1).numpy()
+    eager = Soft(1, log)(tracenet.tensor(data)).numpy()
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(eager))
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expect))
+    np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-6)
