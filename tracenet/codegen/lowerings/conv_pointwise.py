@@ -1,0 +1,97 @@
+"""C lowerings of 1x1 convolutions (padding 0, one group, no depth; any stride): forward,
+input gradient and weight gradient, each one plain GEMM per image on a packed panel.
+
+A 1x1 convolution of image n is Y[n] = W [O x C] @ Xs[n] [C x P], with Xs the input
+subsampled by the stride (the image itself for stride 1) and P the output positions. The
+strided subsample is gathered once per image into a packed panel, so the GEMM reads
+contiguous rows; the input gradient is W^T @ dY[n] scattered back into the strided positions
+(the others written as zeros); the weight gradient sums dY[n] @ Xs[n]^T over the images, each
+thread its share of the batch, with Xs[n] transposed so the GEMM's vectors run along the input
+channels and its long dimension (the positions) is the reduction. ``lowerings/conv.py`` hands a
+convolution here when ``applies`` says so; fused epilogues (bias, eval-mode batch norm,
+residual add, relu) are those of its kernel; max pooling stays there.
+"""
+from ..base import Kernel, SFX, ctype, node_lines, signature, threads_scratch
+from ..templates import render
+
+
+def applies(geo, ct):
+    """Whether a convolution of geometry ``geo`` (``conv.py``'s 3-d form) is a 1x1 one this
+    module lowers."""
+    return (ct in SFX and geo["G"] == 1 and geo["D"] == 1 and geo["OD"] == 1 and
+            geo["KD"] == geo["KH"] == geo["KW"] == 1 and
+            geo["PD"] == geo["PH"] == geo["PW"] == 0)
+
+
+def _flops(geo):
+    return 2 * geo["N"] * geo["O"] * geo["C"] * geo["OH"] * geo["OW"]
+
+
+def _scratch(per_thread, parallel):
+    return threads_scratch(per_thread, parallel) if per_thread else 0
+
+
+def _template_geo(geo):
+    """The sizes the template reads: P output positions, and whether the input is strided
+    (then gathered into a packed [C x P] panel)."""
+    p = geo["OH"] * geo["OW"]
+    strided = geo["SH"] != 1 or geo["SW"] != 1
+    return dict(geo, P=p, strided=strided)
+
+
+def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res, target):
+    """conv [-> eval-mode batch_norm] [-> residual add] [-> relu], without pooling: the GEMM
+    writes the output planes (``plane_out``), the epilogue then runs per plane in cache."""
+    conv = group[0]
+    ct = ctype(conv.outputs[0])
+    t = _template_geo(geo)
+    has_bias = len(conv.inputs) > 2
+    relu = any(m.op == "relu" for m in group)
+    per_thread = geo["C"] * t["P"] if t["strided"] else 0
+    parallel = target.parallel.compute(_flops(geo), geo["N"])
+    src = render("conv_pointwise.c.j2", kind="forward", name=name,
+                 node_lines=node_lines(group), ctype=ct, sfx=SFX[ct],
+                 signature=signature(reads, writes, 1 if per_thread else 0, ct),
+                 parallel=parallel, per_thread=per_thread, has_bias=has_bias, bn=bn, res=res,
+                 relu=relu, plane_out=plane_out, relu_out=relu_out,
+                 epilogue=bool(has_bias or bn or res or relu), **t)
+    return Kernel(name, reads, writes, src, _scratch(per_thread, parallel), ct,
+                  flops=_flops(geo), parallel=parallel)
+
+
+def lower_backward_input(name, node, geo, target):
+    """dX[n] = W^T @ dY[n], into the strided positions of dX (zeros between)."""
+    gy, w = node.inputs
+    out = node.outputs[0]
+    ct = ctype(out)
+    t = _template_geo(geo)
+    per_thread = geo["C"] * t["P"] if t["strided"] else 0
+    parallel = target.parallel.compute(_flops(geo), geo["N"])
+    reads, writes = [("gy", gy), ("w", w)], [("out", out)]
+    src = render("conv_pointwise.c.j2", kind="input", name=name, node_lines=node_lines([node]),
+                 ctype=ct, sfx=SFX[ct],
+                 signature=signature(reads, writes, 1 if per_thread else 0, ct),
+                 parallel=parallel, per_thread=per_thread, **t)
+    return Kernel(name, reads, writes, src, _scratch(per_thread, parallel), ct,
+                  flops=_flops(geo), parallel=parallel)
+
+
+def lower_backward_weight(name, node, geo, target):
+    """dW = sum over n of dY[n] @ Xs[n]^T: each thread adds its images' GEMMs into its own
+    [O x C] buffer (Xs[n] transposed first), then the buffers are added into ``out``."""
+    gy, x = node.inputs
+    out = node.outputs[0]
+    ct = ctype(out)
+    t = _template_geo(geo)
+    panel = geo["C"] * t["P"]
+    # the transposed subsample, the packed subsample when strided, then the [O x C] sums
+    work = panel * (2 if t["strided"] else 1)
+    per_thread = work + geo["O"] * geo["C"]
+    parallel = target.parallel.compute(_flops(geo), geo["N"])
+    reads, writes = [("gy", gy), ("x", x)], [("out", out)]
+    src = render("conv_pointwise.c.j2", kind="weight", name=name, node_lines=node_lines([node]),
+                 ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
+                 parallel=parallel, per_thread=per_thread, work_elems=work, panel=panel,
+                 max_threads="TN_MAX_THREADS", **t)
+    return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
+                  flops=_flops(geo), parallel=parallel)
