@@ -75,7 +75,17 @@ CASES = {
     "float64_stride2": (2, 12, 20, 2, True, (3, 12, 9, 8), np.float64),
     "float64_stride1": (2, 6, 5, 1, False, (2, 6, 4, 5), np.float64),
     "conv1d_stride2": (1, 6, 9, 2, True, (3, 6, 37), np.float32),
+    # the input gradient's register tiles stored straight into the image gradient: output rows
+    # of two vectors, of one (a pair of vectors spans two rows; 24 positions end on a single
+    # one), float64's vectors of four
+    "fused_two_vector_rows": (2, 16, 32, 2, False, (2, 16, 32, 32), np.float32),
+    "fused_one_vector_rows": (2, 7, 20, 2, True, (2, 7, 6, 16), np.float32),
+    "fused_float64": (2, 6, 10, 2, False, (2, 6, 8, 8), np.float64),
 }
+
+# the cases whose input gradient is stored by the register tiles (even image sizes, whole
+# vectors of positions per output row)
+FUSED = {"fused_two_vector_rows", "fused_one_vector_rows", "fused_float64", "shortcut_parallel"}
 
 
 def _conv(lib, rank, cin, cout, stride, bias):
@@ -96,7 +106,10 @@ def test_pointwise_conv_matches_torch(name):
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     tol = 1e-10 if dtype == np.float64 else 1e-4
     _step_against_torch(compiled, model, tmodel, x, tol)
-    assert _pointwise_kinds(compiled.source()) == {"forward", "input", "weight"}
+    source = compiled.source()
+    assert _pointwise_kinds(source) == {"forward", "input", "weight"}
+    assert ("register tiles stored straight into the strided positions" in source) == \
+        (name in FUSED)
     tn.manual_seed(0)
     model = _conv(tn, rank, cin, cout, stride, bias)
     check_compiled(model.double() if dtype == np.float64 else model, shape,
@@ -250,12 +263,12 @@ def _nan_arenas_split(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("stride", [2, 3])
-def test_nan_arena_threads(_nan_arenas_split, threads, stride):
+@pytest.mark.parametrize("stride,size", [(2, (9, 10)), (3, (9, 10)), (2, (16, 16))])
+def test_nan_arena_threads(_nan_arenas_split, threads, stride, size):
     """The 1x1 convolution between two others: its input gradient, in work memory, feeds the
     first one's backward, so a position between the strided ones left unwritten shows as
-    NaN; the weight gradient's per-thread sums start from NaN memory (three threads over five
-    images split unevenly)."""
+    NaN (16x16: written by the register tiles); the weight gradient's per-thread sums start
+    from NaN memory (three threads over five images split unevenly)."""
     tn.set_num_threads(threads)
     tn.manual_seed(0)
 
@@ -267,7 +280,7 @@ def test_nan_arena_threads(_nan_arenas_split, threads, stride):
     compiled = tn.compile(model)
     rng = np.random.default_rng(0)
     for batch in (5, 2):
-        x = rng.standard_normal((batch, 3, 9, 10)).astype(np.float32)
+        x = rng.standard_normal((batch, 3) + size).astype(np.float32)
         _step_against_torch(compiled, model, tmodel, x, 1e-4)
     source = compiled.source()
     assert _pointwise_kinds(source) == {"forward", "input", "weight"}

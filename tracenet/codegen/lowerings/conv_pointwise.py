@@ -65,15 +65,27 @@ def lower_backward_input(name, node, geo, target):
     out = node.outputs[0]
     ct = ctype(out)
     t = _template_geo(geo)
+    fused = _fused_scatter(geo, ct)
+    # (without vector shuffles, a fused scatter takes the packed panel too)
     per_thread = geo["C"] * t["P"] if t["strided"] else 0
     parallel = target.parallel.compute(_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_pointwise.c.j2", kind="input", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct],
                  signature=signature(reads, writes, 1 if per_thread else 0, ct),
-                 parallel=parallel, per_thread=per_thread, **t)
+                 parallel=parallel, per_thread=per_thread, fused_scatter=fused, **t)
     return Kernel(name, reads, writes, src, _scratch(per_thread, parallel), ct,
                   flops=_flops(geo), parallel=parallel)
+
+
+def _fused_scatter(geo, ct):
+    """Whether the input gradient's register tiles store straight into the image gradient:
+    stride 2 both ways on an image of twice the output's size (every input row and column
+    pair holds one strided position) with whole vectors of positions per output row, and
+    vector shuffles to interleave them with zeros (the compiler's; see the preamble)."""
+    vl = 8 if ct == "float" else 4
+    return (geo["SH"] == geo["SW"] == 2 and geo["H"] == 2 * geo["OH"] and
+            geo["W"] == 2 * geo["OW"] and geo["OW"] % vl == 0)
 
 
 def lower_backward_weight(name, node, geo, target):
