@@ -80,12 +80,18 @@ CASES = {
     # one), float64's vectors of four
     "fused_two_vector_rows": (2, 16, 32, 2, False, (2, 16, 32, 32), np.float32),
     "fused_one_vector_rows": (2, 7, 20, 2, True, (2, 7, 6, 16), np.float32),
-    "fused_float64": (2, 6, 10, 2, False, (2, 6, 8, 8), np.float64),
+    "fused_float64": (2, 8, 10, 2, False, (2, 8, 8, 8), np.float64),
+    # the weight gradient's transposed gather with a row stride of 3
+    "strides_3_2_whole_vectors": (2, 8, 5, (3, 2), True, (2, 8, 10, 16), np.float32),
 }
 
 # the cases whose input gradient is stored by the register tiles (even image sizes, whole
 # vectors of positions per output row)
 FUSED = {"fused_two_vector_rows", "fused_one_vector_rows", "fused_float64", "shortcut_parallel"}
+# the cases whose weight gradient gathers the strided positions straight into the transposed
+# panel (stride 2 across an even width, whole vectors of channels and positions per row)
+GATHERED_T = {"fused_two_vector_rows", "fused_float64", "shortcut_parallel", "float64_stride2",
+              "strides_3_2_whole_vectors"}
 
 
 def _conv(lib, rank, cin, cout, stride, bias):
@@ -110,6 +116,7 @@ def test_pointwise_conv_matches_torch(name):
     assert _pointwise_kinds(source) == {"forward", "input", "weight"}
     assert ("register tiles stored straight into the strided positions" in source) == \
         (name in FUSED)
+    assert ("subsampled by the stride and transposed" in source) == (name in GATHERED_T)
     tn.manual_seed(0)
     model = _conv(tn, rank, cin, cout, stride, bias)
     check_compiled(model.double() if dtype == np.float64 else model, shape,

@@ -23,6 +23,9 @@ def applies(geo, ct):
             geo["PD"] == geo["PH"] == geo["PW"] == 0)
 
 
+_VL = {"float": 8, "double": 4}  # elements per vector of the GEMM core (32 bytes)
+
+
 def _flops(geo):
     return 2 * geo["N"] * geo["O"] * geo["C"] * geo["OH"] * geo["OW"]
 
@@ -78,12 +81,21 @@ def lower_backward_input(name, node, geo, target):
                   flops=_flops(geo), parallel=parallel)
 
 
+def _gather_transposed(geo, ct):
+    """Whether the weight gradient gathers the strided positions straight into the transposed
+    panel (``gather_t`` in the template): stride 2 across an even width, whole vectors of
+    channels and of positions per output row."""
+    vl = _VL[ct]
+    return (geo["SH"] != 1 and geo["SW"] == 2 and geo["W"] == 2 * geo["OW"] and
+            geo["C"] % vl == 0 and geo["OW"] % vl == 0)
+
+
 def _fused_scatter(geo, ct):
     """Whether the input gradient's register tiles store straight into the image gradient:
     stride 2 both ways on an image of twice the output's size (every input row and column
     pair holds one strided position) with whole vectors of positions per output row, and
     vector shuffles to interleave them with zeros (the compiler's; see the preamble)."""
-    vl = 8 if ct == "float" else 4
+    vl = _VL[ct]
     return (geo["SH"] == geo["SW"] == 2 and geo["H"] == 2 * geo["OH"] and
             geo["W"] == 2 * geo["OW"] and geo["OW"] % vl == 0)
 
@@ -104,6 +116,6 @@ def lower_backward_weight(name, node, geo, target):
     src = render("conv_pointwise.c.j2", kind="weight", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, work_elems=work, panel=panel,
-                 max_threads="TN_MAX_THREADS", **t)
+                 max_threads="TN_MAX_THREADS", gather_transposed=_gather_transposed(geo, ct), **t)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
                   flops=_flops(geo), parallel=parallel)
