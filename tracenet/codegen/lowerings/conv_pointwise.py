@@ -1,15 +1,17 @@
 """C lowerings of 1x1 convolutions (padding 0, one group, no depth; any stride): forward,
-input gradient and weight gradient, each one plain GEMM per image on a packed panel.
+input gradient and weight gradient, each one plain GEMM per image.
 
 A 1x1 convolution of image n is Y[n] = W [O x C] @ Xs[n] [C x P], with Xs the input
 subsampled by the stride (the image itself for stride 1) and P the output positions. The
 strided subsample is gathered once per image into a packed panel, so the GEMM reads
-contiguous rows; the input gradient is W^T @ dY[n] scattered back into the strided positions
-(the others written as zeros); the weight gradient sums dY[n] @ Xs[n]^T over the images, each
-thread its share of the batch, with Xs[n] transposed so the GEMM's vectors run along the input
-channels and its long dimension (the positions) is the reduction. ``lowerings/conv.py`` hands a
-convolution here when ``applies`` says so; fused epilogues (bias, eval-mode batch norm,
-residual add, relu) are those of its kernel; max pooling stays there.
+contiguous rows. The input gradient is W^T @ dY[n] in the strided positions of dX[n], the
+others written as zeros: for stride 2 on even sizes the template's own register tiles store
+it there directly, else a panel is scattered back. The weight gradient sums dY[n] @ Xs[n]^T
+over the images, each thread its share of the batch, with Xs[n] transposed so the GEMM's
+vectors run along the input channels and its long dimension (the positions) is the
+reduction. ``lowerings/conv.py`` hands a convolution here when ``applies`` says so; the fused
+epilogues (bias, eval-mode batch norm, residual add, relu) are those of its kernel; max
+pooling stays there.
 """
 from ..base import Kernel, SFX, ctype, node_lines, signature, threads_scratch
 from ..templates import render
@@ -63,7 +65,7 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
 
 
 def lower_backward_input(name, node, geo, target):
-    """dX[n] = W^T @ dY[n], into the strided positions of dX (zeros between)."""
+    """dX[n] = W^T @ dY[n] in the strided positions of dX[n], zeros between."""
     gy, w = node.inputs
     out = node.outputs[0]
     ct = ctype(out)
@@ -83,18 +85,18 @@ def lower_backward_input(name, node, geo, target):
 
 def _gather_transposed(geo, ct):
     """Whether the weight gradient gathers the strided positions straight into the transposed
-    panel (``gather_t`` in the template): stride 2 across an even width, whole vectors of
-    channels and of positions per output row."""
+    panel (``gather_t`` in the template, where the compiler has vector shuffles): stride 2
+    across an even width, whole vectors of channels and of positions per output row."""
     vl = _VL[ct]
-    return (geo["SH"] != 1 and geo["SW"] == 2 and geo["W"] == 2 * geo["OW"] and
-            geo["C"] % vl == 0 and geo["OW"] % vl == 0)
+    return (geo["SW"] == 2 and geo["W"] == 2 * geo["OW"] and geo["C"] % vl == 0 and
+            geo["OW"] % vl == 0)
 
 
 def _fused_scatter(geo, ct):
     """Whether the input gradient's register tiles store straight into the image gradient:
     stride 2 both ways on an image of twice the output's size (every input row and column
-    pair holds one strided position) with whole vectors of positions per output row, and
-    vector shuffles to interleave them with zeros (the compiler's; see the preamble)."""
+    pair holds one strided position) with whole vectors of positions per output row (where
+    the compiler has the vector shuffles that interleave them with zeros)."""
     vl = _VL[ct]
     return (geo["SH"] == geo["SW"] == 2 and geo["H"] == 2 * geo["OH"] and
             geo["W"] == 2 * geo["OW"] and geo["OW"] % vl == 0)
@@ -102,7 +104,7 @@ def _fused_scatter(geo, ct):
 
 def lower_backward_weight(name, node, geo, target):
     """dW = sum over n of dY[n] @ Xs[n]^T: each thread adds its images' GEMMs into its own
-    [O x C] buffer (Xs[n] transposed first), then the buffers are added into ``out``."""
+    [O x C] buffer (Xs[n] gathered transposed), then the buffers are added into ``out``."""
     gy, x = node.inputs
     out = node.outputs[0]
     ct = ctype(out)
@@ -116,6 +118,7 @@ def lower_backward_weight(name, node, geo, target):
     src = render("conv_pointwise.c.j2", kind="weight", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, work_elems=work, panel=panel,
-                 max_threads="TN_MAX_THREADS", gather_transposed=_gather_transposed(geo, ct), **t)
+                 max_threads="TN_MAX_THREADS", gather_transposed=_gather_transposed(geo, ct),
+                 **t)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
                   flops=_flops(geo), parallel=parallel)
