@@ -350,7 +350,7 @@ def _lower_conv_backward_input(name, node, target):
     out = node.outputs[0]
     geo = _conv_grad_geometry(node, out.shape, w.shape, gy.shape)
     ct = ctype(out)
-    if conv_pointwise.applies(geo, ct):
+    if conv_pointwise.takes_input_gradient(geo, ct, target):
         return conv_pointwise.lower_backward_input(name, node, geo, target)
     flipped = _flipped_geometry(geo)
     if flipped is not None and _flipped_pays(geo, flipped):
