@@ -317,8 +317,7 @@ GATHERED = {
     "lenet_conv2": ((6, 16, 5), {}, (1, 6, 14, 14)),
     # the ResNet stem: 3 input channels, padded
     "stem_3_channels": ((3, 16, 3, 1, 1), dict(bias=False), (2, 3, 16, 16)),
-    # the 1x1 stride-2 shortcut and a 3x3 stride-2 convolution, batches worth two threads
-    "shortcut_parallel": ((16, 32, 1, 2, 0), dict(bias=False), (8, 16, 16, 16)),
+    # a 3x3 stride-2 convolution, a batch worth two threads (1x1 ones: test_conv_pointwise.py)
     "stride2_parallel": ((16, 32, 3, 2, 1), dict(bias=False), (8, 16, 16, 16)),
     # eight output channels per group, dilated, padded, strided, positions not a multiple of 6
     "grouped_dilated": ((4, 16, 3), dict(stride=(2, 1), padding=2, dilation=2, groups=2),

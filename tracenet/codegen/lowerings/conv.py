@@ -14,6 +14,7 @@ from ...ops.common import numel
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
     node_lines, signature, size_symbols, threads_scratch, where
 from ..templates import render
+from . import conv_pointwise
 from .normalization import residual_operand, statistics_reads
 from .pooling import lower_max_pool, pool_geometry
 
@@ -243,6 +244,9 @@ def _lower_conv_group(name, group, exported, target):
         raise AssertionError("a conv group without pooling must export its last value")
     conv_writes = list(writes)
     ct = ctype(conv_v)
+    if pool is None and pool_after is None and conv_pointwise.applies(geo, ct):
+        return conv_pointwise.lower_forward(name, group, geo, reads, writes, plane_out,
+                                            relu_out, bn, res, target)
     direct = _direct_geometry(geo)
     gathered = _gathered_geometry(geo, ct) if pool_after is None else None
     if gathered is not None and not _gathered_pays(geo, direct, gathered):
@@ -379,6 +383,8 @@ def _lower_conv_backward_input(name, node, target):
     out = node.outputs[0]
     geo = _conv_grad_geometry(node, out.shape, w.shape, gy.shape)
     ct = ctype(out)
+    if conv_pointwise.takes_input_gradient(geo, ct, target):
+        return conv_pointwise.lower_backward_input(name, node, geo, target)
     flipped = _flipped_geometry(geo)
     if flipped is not None and _flipped_pays(geo, flipped):
         return _lower_flipped_backward_input(name, node, geo, flipped, ct, target)
@@ -492,6 +498,8 @@ def _lower_conv_backward_weight(name, node, target):
     out = node.outputs[0]
     geo = _conv_grad_geometry(node, x.shape, out.shape, gy.shape)
     ct = ctype(out)
+    if conv_pointwise.applies(geo, ct):
+        return conv_pointwise.lower_backward_weight(name, node, geo, target)
     wsize = numel(out.shape)
     direct = _direct_geometry(geo)
     t = _conv_template_geo(geo, ct, direct)

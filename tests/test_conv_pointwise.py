@@ -1,0 +1,299 @@
+"""The 1x1 convolution kernels (padding 0, one group; lowerings/conv_pointwise.py): forward,
+input and weight gradients against PyTorch and eager mode over strides 1, 2 and 3 (mixed
+too), odd sizes, channel counts that are not whole vectors, batch 1, a symbolic batch,
+float64, with and without bias; the epilogues fused into the forward (eval-mode batch norm,
+residual add, relu, the value before the relu kept); and, in work memory filled with NaN,
+split between threads, the zeros the input gradient writes between the strided positions and
+the weight gradient's per-thread sums."""
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import tracenet as tn
+import tracenet.nn as nn
+from tracenet.codegen.target import Parallelism
+from tracenet.runtime import target as runtime_target
+
+from compile_checks import check_compiled, nan_filled_arenas
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _copy_to_torch(model, tmodel):
+    theirs = dict(tmodel.state_dict())
+    for name, value in model.state_dict().items():
+        theirs[name].copy_(torch.from_numpy(np.array(value.numpy())))
+
+
+def _step_against_torch(compiled, model, tmodel, x, tol):
+    """One forward and backward through ``compiled`` and the torch twin: the output, the
+    input gradient and the parameter gradients compared."""
+    model.zero_grad()
+    tmodel.zero_grad()
+    xn = tn.from_numpy(x).requires_grad_(True)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out, ref = compiled(xn), tmodel(xt)
+    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=tol, atol=tol)
+    gy = np.random.default_rng(1).standard_normal(ref.shape).astype(x.dtype)
+    out.backward(tn.from_numpy(gy))
+    ref.backward(torch.from_numpy(gy))
+    np.testing.assert_allclose(xn.grad.numpy(), xt.grad.numpy(), rtol=tol, atol=tol)
+    for (name, p), tp in zip(model.named_parameters(), tmodel.parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=tol, atol=tol,
+                                   err_msg=name)
+
+
+# the input gradients are lowered there only with AVX-512 (conv_pointwise.takes_input_gradient)
+ALL_KINDS = {"forward", "weight"} | ({"input"} if runtime_target.current().vector_bits >= 512
+                                    else set())
+
+
+def _pointwise_kinds(source):
+    """Which of the 1x1 kernels (forward, input, weight) the compiled source has."""
+    kinds = set()
+    if "pointwise 1x1 convolution, " in source:
+        kinds.add("forward")
+    if "pointwise 1x1 convolution input" in source:
+        kinds.add("input")
+    if "pointwise 1x1 convolution weight" in source:
+        kinds.add("weight")
+    return kinds
+
+
+# name -> (conv rank, in channels, out channels, stride, bias, input shape, dtype)
+CASES = {
+    "shortcut_16_32_stride2": (2, 16, 32, 2, False, (2, 16, 8, 8), np.float32),
+    # a batch worth two threads
+    "shortcut_parallel": (2, 16, 32, 2, False, (8, 16, 16, 16), np.float32),
+    "shortcut_32_64_stride2": (2, 32, 64, 2, False, (3, 32, 6, 6), np.float32),
+    "odd_7x7_stride2_bias": (2, 5, 7, 2, True, (3, 5, 7, 7), np.float32),
+    "stride1_batch1": (2, 5, 7, 1, True, (1, 5, 7, 9), np.float32),
+    "stride1_wide": (2, 9, 20, 1, False, (2, 9, 5, 23), np.float32),
+    "stride3": (2, 13, 11, 3, True, (2, 13, 10, 11), np.float32),
+    "mixed_strides": (2, 3, 10, (2, 1), False, (2, 3, 9, 6), np.float32),
+    "batch1_stride2": (2, 16, 24, 2, True, (1, 16, 17, 34), np.float32),
+    "float64_stride2": (2, 12, 20, 2, True, (3, 12, 9, 8), np.float64),
+    "float64_stride1": (2, 6, 5, 1, False, (2, 6, 4, 5), np.float64),
+    "conv1d_stride2": (1, 6, 9, 2, True, (3, 6, 37), np.float32),
+    # the input gradient's register tiles stored straight into the image gradient: output rows
+    # of two vectors, of one (a pair of vectors spans two rows; 24 positions end on a single
+    # one), float64's vectors of four
+    "fused_two_vector_rows": (2, 16, 32, 2, False, (2, 16, 32, 32), np.float32),
+    "fused_one_vector_rows": (2, 7, 20, 2, True, (2, 7, 6, 16), np.float32),
+    "fused_float64": (2, 8, 10, 2, False, (2, 8, 8, 8), np.float64),
+    # the weight gradient's transposed gather with a row stride of 3
+    "strides_3_2_whole_vectors": (2, 8, 5, (3, 2), True, (2, 8, 10, 16), np.float32),
+}
+
+# the cases whose input gradient is stored by the register tiles (even image sizes, whole
+# vectors of positions per output row)
+FUSED = {"fused_two_vector_rows", "fused_one_vector_rows", "fused_float64", "shortcut_parallel"}
+# the cases whose weight gradient gathers the strided positions straight into the transposed
+# panel (stride 2 across an even width, whole vectors of channels and positions per row)
+GATHERED_T = {"fused_two_vector_rows", "fused_float64", "shortcut_parallel", "float64_stride2",
+              "strides_3_2_whole_vectors"}
+
+
+def _conv(lib, rank, cin, cout, stride, bias):
+    cls = lib.nn.Conv1d if rank == 1 else lib.nn.Conv2d
+    return cls(cin, cout, 1, stride=stride, bias=bias)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_pointwise_conv_matches_torch(name):
+    rank, cin, cout, stride, bias, shape, dtype = CASES[name]
+    tn.manual_seed(0)
+    model, tmodel = _conv(tn, rank, cin, cout, stride, bias), _conv(torch, rank, cin, cout,
+                                                                   stride, bias)
+    if dtype == np.float64:
+        model, tmodel = model.double(), tmodel.double()
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    _step_against_torch(compiled, model, tmodel, x, tol)
+    source = compiled.source()
+    assert _pointwise_kinds(source) == ALL_KINDS
+    assert ("register tiles stored straight into the strided positions" in source) == \
+        (name in FUSED and "input" in ALL_KINDS)
+    assert ("subsampled by the stride and transposed" in source) == (name in GATHERED_T)
+    tn.manual_seed(0)
+    model = _conv(tn, rank, cin, cout, stride, bias)
+    check_compiled(model.double() if dtype == np.float64 else model, shape,
+                   dtype=tn.float64 if dtype == np.float64 else tn.float32)
+
+
+def test_symbolic_batch_two_sizes():
+    """One compiled module at batch 3 and 5 (and 1): the kernels take the batch at run time."""
+    tn.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 32, 1, 2))
+    tmodel = torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3, 1, 1), torch.nn.ReLU(),
+                                 torch.nn.Conv2d(16, 32, 1, 2))
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    rng = np.random.default_rng(0)
+    for batch in (3, 5, 1):
+        x = rng.standard_normal((batch, 4, 10, 10)).astype(np.float32)
+        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    assert len(compiled.specialisations) == 1
+    source = compiled.source()
+    assert "tn_N" in source and _pointwise_kinds(source) == ALL_KINDS
+
+
+def test_not_taken_with_padding_groups_or_a_wider_kernel():
+    """Padding, groups and kernels past 1x1 stay with the general convolution kernels."""
+    for conv in (nn.Conv2d(8, 8, 1, 2, padding=1), nn.Conv2d(8, 8, 1, 2, groups=2),
+                 nn.Conv2d(8, 8, 3, 2, 1)):
+        compiled = check_compiled(conv, (2, 8, 7, 7))
+        assert _pointwise_kinds(compiled.source()) == set()
+
+
+def test_transposed_1x1_output_padding_matches_torch():
+    """A transposed 1x1 convolution with output padding: its gradient kernels see an input
+    one row and column past the last strided position."""
+    tn.manual_seed(0)
+    args = (6, 10, 1)
+    kwargs = dict(stride=2, output_padding=1)
+    model = nn.ConvTranspose2d(*args, **kwargs)
+    tmodel = torch.nn.ConvTranspose2d(*args, **kwargs)
+    _copy_to_torch(model, tmodel)
+    x = np.random.default_rng(0).standard_normal((2, 6, 5, 4)).astype(np.float32)
+    _step_against_torch(tn.compile(model), model, tmodel, x, 1e-4)
+
+
+# --- the epilogues fused into the forward ------------------------------------------------------
+
+def _shortcut_block(lib, bias):
+    nn_, F = lib.nn, lib.nn.functional
+
+    class Block(nn_.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn_.Conv2d(8, 8, 3, 2, 1, bias=False)
+            self.bn = nn_.BatchNorm2d(8)
+            self.short = nn_.Conv2d(6, 8, 1, 2, bias=bias)
+            self.bn_short = nn_.BatchNorm2d(8)
+            self.lift = nn_.Conv2d(6, 8, 3, 1, 1, bias=False)
+
+        def forward(self, x):
+            y = self.bn(self.conv(F.relu(self.lift(x))))
+            # the shortcut's convolution first: its epilogue adds y and applies the relu
+            return F.relu(self.bn_short(self.short(x)) + y)
+    return Block()
+
+
+def _randomise_stats(model, tmodel, rng):
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(tn.from_numpy(rng.standard_normal(c).astype(np.float32)))
+            m.running_var.copy_(tn.from_numpy(rng.uniform(0.5, 2, c).astype(np.float32)))
+            m.weight.data.copy_(tn.from_numpy(rng.uniform(0.5, 1.5, c).astype(np.float32)))
+            m.bias.data.copy_(tn.from_numpy(rng.standard_normal(c).astype(np.float32)))
+    _copy_to_torch(model, tmodel)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_eval_batch_norm_residual_relu_fused(bias):
+    tn.manual_seed(0)
+    torch.manual_seed(0)
+    model, tmodel = _shortcut_block(tn, bias), _shortcut_block(torch, bias)
+    model.eval()
+    tmodel.eval()
+    rng = np.random.default_rng(0)
+    _randomise_stats(model, tmodel, rng)
+    compiled = tn.compile(model)
+    x = rng.standard_normal((3, 6, 9, 9)).astype(np.float32)
+    for _ in range(2):  # the statistics change between calls: folded when the kernel runs
+        with tn.no_grad(), torch.no_grad():
+            out, ref = compiled(tn.from_numpy(x)), tmodel(torch.from_numpy(x))
+        np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
+        _randomise_stats(model, tmodel, rng)
+    source = compiled.source()
+    assert "_conv_batch_norm_add_relu(" in source
+    assert re.search(r"pointwise 1x1 convolution, .*?eval-mode batch norm, the residual, relu",
+                     source, re.S)
+
+
+def _keeps_both(lib, stride):
+    """relu(conv(x)) * conv(x): the convolution's value and its relu both leave the kernel."""
+
+    class KeepsBoth(lib.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = lib.nn.Conv2d(5, 12, 1, stride)
+
+        def forward(self, x):
+            c = self.conv(x)
+            return lib.nn.functional.relu(c) * c
+    return KeepsBoth()
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_relu_with_the_value_before_it_kept(stride):
+    tn.manual_seed(0)
+    model, tmodel = _keeps_both(tn, stride), _keeps_both(torch, stride)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    x = np.random.default_rng(0).standard_normal((2, 5, 7, 6)).astype(np.float32)
+    _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    source = compiled.source()
+    assert "rplane[p] = v <= 0 ? 0 : v" in source
+    assert _pointwise_kinds(source) == ALL_KINDS
+
+
+def test_bias_relu_training_matches_torch():
+    tn.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(7, 9, 1, 2), nn.ReLU())
+    tmodel = torch.nn.Sequential(torch.nn.Conv2d(7, 9, 1, 2), torch.nn.ReLU())
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    x = np.random.default_rng(0).standard_normal((4, 7, 11, 10)).astype(np.float32)
+    _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    assert _pointwise_kinds(compiled.source()) == ALL_KINDS
+
+
+# --- NaN-filled work memory, split between threads ---------------------------------------------
+
+@pytest.fixture
+def _nan_arenas_split(monkeypatch, tmp_path):
+    """Every call's work memory is new and all NaN; every convolution splits its batch
+    between the threads, however small."""
+    if not runtime_target.current().openmp:
+        pytest.skip("no OpenMP here")
+    nan_filled_arenas(monkeypatch)
+    monkeypatch.setattr(Parallelism, "compute_min_flops", 0)
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
+    before = tn.get_num_threads()
+    yield
+    tn.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("stride,size", [(2, (9, 10)), (3, (9, 10)), (2, (16, 16))])
+def test_nan_arena_threads(_nan_arenas_split, threads, stride, size):
+    """The 1x1 convolution between two others: its input gradient, in work memory, feeds the
+    first one's backward, so a position between the strided ones left unwritten shows as
+    NaN (16x16: written by the register tiles); the weight gradient's per-thread sums start
+    from NaN memory (three threads over five images split unevenly)."""
+    tn.set_num_threads(threads)
+    tn.manual_seed(0)
+
+    def make(lib):
+        return lib.nn.Sequential(lib.nn.Conv2d(3, 8, 3, 1, 1), lib.nn.Conv2d(8, 11, 1, stride),
+                                 lib.nn.Conv2d(11, 4, 3, 1, 1))
+    model, tmodel = make(tn), make(torch)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    rng = np.random.default_rng(0)
+    for batch in (5, 2):
+        x = rng.standard_normal((batch, 3) + size).astype(np.float32)
+        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    source = compiled.source()
+    assert _pointwise_kinds(source) == ALL_KINDS
+    assert "#pragma omp barrier" in source

@@ -1,0 +1,133 @@
+"""C lowerings of 1x1 convolutions (padding 0, one group, no depth; any stride): forward,
+input gradient and weight gradient, each one plain GEMM per image.
+
+A 1x1 convolution of image n is Y[n] = W [O x C] @ Xs[n] [C x P], with Xs the input
+subsampled by the stride (the image itself for stride 1) and P the output positions. The
+strided subsample is gathered once per image into a packed panel, so the GEMM reads
+contiguous rows. The input gradient is W^T @ dY[n] in the strided positions of dX[n], the
+others written as zeros: for stride 2 on even sizes the template's own register tiles store
+it there directly, else a panel is scattered back. The weight gradient sums dY[n] @ Xs[n]^T
+over the images, each thread its share of the batch, with Xs[n] transposed so the GEMM's
+vectors run along the input channels and its long dimension (the positions) is the
+reduction. ``lowerings/conv.py`` hands a convolution here when ``applies`` says so; the fused
+epilogues (bias, eval-mode batch norm, residual add, relu) are those of its kernel; max
+pooling stays there.
+"""
+from ..base import Kernel, SFX, ctype, node_lines, signature, threads_scratch
+from ..templates import render
+
+
+def applies(geo, ct):
+    """Whether a convolution of geometry ``geo`` (``conv.py``'s 3-d form) is a 1x1 one this
+    module lowers."""
+    return (ct in SFX and geo["G"] == 1 and geo["D"] == 1 and geo["OD"] == 1 and
+            geo["KD"] == geo["KH"] == geo["KW"] == 1 and
+            geo["PD"] == geo["PH"] == geo["PW"] == 0)
+
+
+def takes_input_gradient(geo, ct, target):
+    """Whether the input gradient of such a convolution is lowered here: only with AVX-512's
+    registers (``target.vector_bits``). Interleaved A/Bs of the ResNet's kernels against the
+    general kernel (im2col columns, col2im): 16->32 shortcut 1.05-1.24x, 32->64 0.94-1.01x
+    with AVX-512; 0.83x and 0.80x with AVX2 only, whose shuffles that interleave the
+    gradients with zeros cross the vectors' halves."""
+    return applies(geo, ct) and target.vector_bits >= 512
+
+
+_VL = {"float": 8, "double": 4}  # elements per vector of the GEMM core (32 bytes)
+
+
+def _flops(geo):
+    return 2 * geo["N"] * geo["O"] * geo["C"] * geo["OH"] * geo["OW"]
+
+
+def _scratch(per_thread, parallel):
+    return threads_scratch(per_thread, parallel) if per_thread else 0
+
+
+def _template_geo(geo):
+    """The sizes the template reads: P output positions, and whether the input is strided
+    (then gathered into a packed [C x P] panel)."""
+    p = geo["OH"] * geo["OW"]
+    strided = geo["SH"] != 1 or geo["SW"] != 1
+    return dict(geo, P=p, strided=strided)
+
+
+def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res, target):
+    """conv [-> eval-mode batch_norm] [-> residual add] [-> relu], without pooling: the GEMM
+    writes the output planes (``plane_out``), the epilogue then runs per plane in cache."""
+    conv = group[0]
+    ct = ctype(conv.outputs[0])
+    t = _template_geo(geo)
+    has_bias = len(conv.inputs) > 2
+    relu = any(m.op == "relu" for m in group)
+    per_thread = geo["C"] * t["P"] if t["strided"] else 0
+    parallel = target.parallel.compute(_flops(geo), geo["N"])
+    src = render("conv_pointwise.c.j2", kind="forward", name=name,
+                 node_lines=node_lines(group), ctype=ct, sfx=SFX[ct],
+                 signature=signature(reads, writes, 1 if per_thread else 0, ct),
+                 parallel=parallel, per_thread=per_thread, has_bias=has_bias, bn=bn, res=res,
+                 relu=relu, plane_out=plane_out, relu_out=relu_out,
+                 epilogue=bool(has_bias or bn or res or relu), **t)
+    return Kernel(name, reads, writes, src, _scratch(per_thread, parallel), ct,
+                  flops=_flops(geo), parallel=parallel)
+
+
+def lower_backward_input(name, node, geo, target):
+    """dX[n] = W^T @ dY[n] in the strided positions of dX[n], zeros between."""
+    gy, w = node.inputs
+    out = node.outputs[0]
+    ct = ctype(out)
+    t = _template_geo(geo)
+    fused = _fused_scatter(geo, ct)
+    # (without vector shuffles, a fused scatter takes the packed panel too)
+    per_thread = geo["C"] * t["P"] if t["strided"] else 0
+    parallel = target.parallel.compute(_flops(geo), geo["N"])
+    reads, writes = [("gy", gy), ("w", w)], [("out", out)]
+    src = render("conv_pointwise.c.j2", kind="input", name=name, node_lines=node_lines([node]),
+                 ctype=ct, sfx=SFX[ct],
+                 signature=signature(reads, writes, 1 if per_thread else 0, ct),
+                 parallel=parallel, per_thread=per_thread, fused_scatter=fused, **t)
+    return Kernel(name, reads, writes, src, _scratch(per_thread, parallel), ct,
+                  flops=_flops(geo), parallel=parallel)
+
+
+def _gather_transposed(geo, ct):
+    """Whether the weight gradient gathers the strided positions straight into the transposed
+    panel (``gather_t`` in the template, where the compiler has vector shuffles): stride 2
+    across an even width, whole vectors of channels and of positions per output row."""
+    vl = _VL[ct]
+    return (geo["SW"] == 2 and geo["W"] == 2 * geo["OW"] and geo["C"] % vl == 0 and
+            geo["OW"] % vl == 0)
+
+
+def _fused_scatter(geo, ct):
+    """Whether the input gradient's register tiles store straight into the image gradient:
+    stride 2 both ways on an image of twice the output's size (every input row and column
+    pair holds one strided position) with whole vectors of positions per output row (where
+    the compiler has the vector shuffles that interleave them with zeros)."""
+    vl = _VL[ct]
+    return (geo["SH"] == geo["SW"] == 2 and geo["H"] == 2 * geo["OH"] and
+            geo["W"] == 2 * geo["OW"] and geo["OW"] % vl == 0)
+
+
+def lower_backward_weight(name, node, geo, target):
+    """dW = sum over n of dY[n] @ Xs[n]^T: each thread adds its images' GEMMs into its own
+    [O x C] buffer (Xs[n] gathered transposed), then the buffers are added into ``out``."""
+    gy, x = node.inputs
+    out = node.outputs[0]
+    ct = ctype(out)
+    t = _template_geo(geo)
+    panel = geo["C"] * t["P"]
+    # the transposed subsample, the packed subsample when strided, then the [O x C] sums
+    work = panel * (2 if t["strided"] else 1)
+    per_thread = work + geo["O"] * geo["C"]
+    parallel = target.parallel.compute(_flops(geo), geo["N"])
+    reads, writes = [("gy", gy), ("x", x)], [("out", out)]
+    src = render("conv_pointwise.c.j2", kind="weight", name=name, node_lines=node_lines([node]),
+                 ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
+                 parallel=parallel, per_thread=per_thread, work_elems=work, panel=panel,
+                 max_threads="TN_MAX_THREADS", gather_transposed=_gather_transposed(geo, ct),
+                 **t)
+    return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
+                  flops=_flops(geo), parallel=parallel)
