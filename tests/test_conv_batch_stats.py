@@ -16,6 +16,7 @@ CASES = {
     "resnet_3x3": (2, (16, 16, 3, 1, 1), dict(bias=False), (4, 16, 10, 10)),
     "strided_biased": (2, (3, 8, 3, 2, 1), {}, (3, 3, 11, 9)),
     "shortcut_1x1_stride2": (2, (16, 32, 1, 2, 0), dict(bias=False), (2, 16, 8, 8)),
+    "pointwise_stride1_biased": (2, (6, 10, 1, 1, 0), {}, (3, 6, 5, 7)),
     "dilated_grouped": (2, (8, 12, 3, 1, 2), dict(dilation=2, groups=4), (2, 8, 9, 7)),
     "gathered_many_channels": (2, (32, 64, 3, 1, 1), dict(bias=False), (2, 32, 6, 6)),
     "batch1_unpadded": (2, (4, 6, (3, 2), 1, 0), {}, (1, 4, 7, 5)),

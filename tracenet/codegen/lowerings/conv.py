@@ -15,7 +15,7 @@ from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, 
     node_lines, signature, size_symbols, threads_scratch, where
 from ..templates import render
 from . import conv_pointwise
-from .normalization import residual_operand, statistics_reads
+from .normalization import residual_operand, statistics_reads, statistics_scratch
 from .pooling import lower_max_pool, pool_geometry
 
 
@@ -246,7 +246,7 @@ def _lower_conv_group(name, group, exported, target):
     ct = ctype(conv_v)
     if pool is None and pool_after is None and conv_pointwise.applies(geo, ct):
         return conv_pointwise.lower_forward(name, group, geo, reads, writes, plane_out,
-                                            relu_out, bn, res, target)
+                                            relu_out, bn, res, stats, target)
     direct = _direct_geometry(geo)
     gathered = _gathered_geometry(geo, ct) if pool_after is None else None
     if gathered is not None and not _gathered_pays(geo, direct, gathered):
@@ -281,8 +281,7 @@ def _lower_conv_group(name, group, exported, target):
     shared = gathered["shared"] if gathered else 0
     stats_at = 0
     if stats is not None:
-        stats["threads"] = target.max_threads if parallel else 1
-        stats_at = _statistics_elements(stats["threads"] * geo["O"], ct)
+        stats_at = statistics_scratch(stats, geo["O"], ct, parallel, target)
         shared += stats_at
     if shared:
         scratch = (per_thread, "threads", shared) if parallel else per_thread + shared
@@ -330,13 +329,6 @@ def _statistics_writes(group, exported, writes):
         if v in exported:
             writes.append((role, v))
     return dict(mean_out=mean in exported, var_out=var in exported)
-
-
-def _statistics_elements(slots, ct):
-    """Scratch elements of ``ct`` holding ``slots`` (count, mean, sum of squared deviations)
-    triples of doubles, rounded up to 64 bytes so what follows keeps its alignment."""
-    per_double = 2 if ct == "float" else 1
-    return -(-slots * 3 * per_double // 16) * 16
 
 
 def _residual_read(group, reads):

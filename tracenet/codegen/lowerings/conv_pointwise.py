@@ -10,11 +10,13 @@ it there directly, else a panel is scattered back. The weight gradient sums dY[n
 over the images, each thread its share of the batch, with Xs[n] transposed so the GEMM's
 vectors run along the input channels and its long dimension (the positions) is the
 reduction. ``lowerings/conv.py`` hands a convolution here when ``applies`` says so; the fused
-epilogues (bias, eval-mode batch norm, residual add, relu) are those of its kernel; max
+epilogues (bias, eval-mode batch norm, residual add, relu, a training-mode batch norm's
+statistics) are those of its kernel; max
 pooling stays there.
 """
 from ..base import Kernel, SFX, ctype, node_lines, signature, threads_scratch
 from ..templates import render
+from .normalization import statistics_scratch
 
 
 def applies(geo, ct):
@@ -53,9 +55,11 @@ def _template_geo(geo):
     return dict(geo, P=p, strided=strided)
 
 
-def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res, target):
-    """conv [-> eval-mode batch_norm] [-> residual add] [-> relu], without pooling: the GEMM
-    writes the output planes (``plane_out``), the epilogue then runs per plane in cache."""
+def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res, stats,
+                  target):
+    """conv [-> eval-mode batch_norm] [-> residual add] [-> relu], or conv with the
+    ``stats`` of a training-mode batch norm, without pooling: the GEMM writes the output
+    planes (``plane_out``), the epilogue then runs per plane in cache."""
     conv = group[0]
     ct = ctype(conv.outputs[0])
     t = _template_geo(geo)
@@ -63,14 +67,18 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     relu = any(m.op == "relu" for m in group)
     per_thread = geo["C"] * t["P"] if t["strided"] else 0
     parallel = target.parallel.compute(_flops(geo), geo["N"])
+    stats_at = 0 if stats is None else statistics_scratch(stats, geo["O"], ct, parallel, target)
+    if stats_at:
+        scratch = (per_thread, "threads", stats_at) if parallel else per_thread + stats_at
+    else:
+        scratch = _scratch(per_thread, parallel)
     src = render("conv_pointwise.c.j2", kind="forward", name=name,
                  node_lines=node_lines(group), ctype=ct, sfx=SFX[ct],
-                 signature=signature(reads, writes, 1 if per_thread else 0, ct),
+                 signature=signature(reads, writes, 1 if scratch else 0, ct),
                  parallel=parallel, per_thread=per_thread, has_bias=has_bias, bn=bn, res=res,
-                 relu=relu, plane_out=plane_out, relu_out=relu_out,
-                 epilogue=bool(has_bias or bn or res or relu), **t)
-    return Kernel(name, reads, writes, src, _scratch(per_thread, parallel), ct,
-                  flops=_flops(geo), parallel=parallel)
+                 relu=relu, plane_out=plane_out, relu_out=relu_out, stats=stats,
+                 stats_at=stats_at, epilogue=bool(has_bias or bn or res or relu or stats), **t)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=_flops(geo), parallel=parallel)
 
 
 def lower_backward_input(name, node, geo, target):

@@ -45,6 +45,17 @@ def statistics_reads(bn, prefix=""):
     return reads
 
 
+def statistics_scratch(stats, channels, ct, parallel, target):
+    """For a batch norm's statistics summed in a convolution's epilogue
+    (``templates/_batch_stats.c.j2``): sets ``stats["threads"]``, the slots of per-thread sums,
+    and returns the scratch elements of ``ct`` they take at the start of the kernel's scratch,
+    (count, mean, sum of squared deviations) in doubles per thread and channel, rounded up to
+    64 bytes so what follows keeps its alignment."""
+    stats["threads"] = target.max_threads if parallel else 1
+    per_double = 2 if ct == "float" else 1
+    return -(-stats["threads"] * channels * 3 * per_double // 16) * 16
+
+
 def residual_operand(add, value):
     """The tensor a residual ``add`` adds to ``value``, the fused kernel's own stream."""
     return add.inputs[1] if add.inputs[0] is value else add.inputs[0]
