@@ -395,13 +395,16 @@ class Arguments:
             ptr = self.pointer(arr)
             for s in slots:
                 args[s] = ptr
-        vector.bound = list(arrays)  # kept alive: the slots hold their raw addresses
+        # kept alive: the slots hold their raw addresses (a tuple: a caller that passes the
+        # same list object again, unchanged, is the common case ``__call__`` checks first)
+        vector.bound = arrays if type(arrays) is tuple else tuple(arrays)
 
     def __call__(self, inputs=(), outputs=(), bound=(), sizes=NO_SIZES):
         """Call the entry point. ``inputs`` and ``outputs`` are this call's arrays for the
         leading input and output slots; ``bound`` the current long-lived arrays for the bound
         slots, re-pointed only if they are not the arrays the vector was bound to last time
-        (the common case is one identity check per array); ``sizes`` the values of the size
+        (the common case is one identity check per array, or none for the very tuple the
+        vector was bound with, which the caller never changes); ``sizes`` the values of the size
         symbols (``SYMBOLS``), for graphs with a symbolic batch size or sequence length.
         Returns the seeds drawn for this
         call (an int64 vector), if the entry point takes any, else None."""
@@ -410,7 +413,7 @@ class Arguments:
         except IndexError:
             vector = self._new_vector()
         old = vector.bound
-        if len(bound) != len(old) or not all(map(_is, bound, old)):
+        if bound is not old and (len(bound) != len(old) or not all(map(_is, bound, old))):
             self._rebind(vector, bound)
         args, pointer, held = vector.args, self.pointer, vector.held
         k = 0

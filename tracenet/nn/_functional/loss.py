@@ -204,7 +204,9 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0):
-    reduction = _reduction.normalize(_reduction.resolve(size_average, reduce, reduction))
+    if reduction != "mean" or size_average is not None or reduce is not None:
+        # (the default needs neither the legacy arguments' mapping nor validation)
+        reduction = _reduction.normalize(_reduction.resolve(size_average, reduce, reduction))
     if input._ir is None and target._ir is None:  # concrete: the arrays' shapes, as tuples
         if weight is None and reduction == "mean" and label_smoothing <= 0.0:
             loss = _plain_cross_entropy(input, target, ignore_index)
