@@ -368,3 +368,45 @@ def test_compiled_module_keeps_no_graph_of_its_inputs_alive():
         assert node() is None
     np.testing.assert_allclose(x.grad.numpy(), np.broadcast_to(
         4 * net.weight.detach().numpy().sum(0), (4, 3)), rtol=1e-5)
+
+
+def test_compiled_module_reuses_saved_value_buffers_only_when_released():
+    """The buffers of a call's saved values go back after its backward and are reused, as one
+    set, by a later call of the same sizes; graphs alive at once (two forwards before one
+    backward, retain_graph, another batch size) get buffers of their own, and every backward
+    reads its own call's values."""
+    tnet, net = _lenet_pair()
+    cnet = tn.compile(net)
+    spec_of = lambda: cnet._specs.last  # noqa: E731
+    rng = np.random.default_rng(11)
+
+    def pair(batch):
+        x = rng.standard_normal((batch, 1, 8, 8)).astype(np.float32)
+        return tn.from_numpy(x), torch.from_numpy(x)
+
+    def check(loss, ref):
+        net.zero_grad()
+        tnet.zero_grad()
+        loss.backward()
+        ref.backward()
+        for (_, a), (_, b) in zip(tnet.named_parameters(), net.named_parameters()):
+            np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+    (x1, t1), (x2, t2) = pair(2), pair(2)
+    first, second = (cnet(x1) ** 2).sum(), (cnet(x2) ** 2).sum()  # both graphs alive
+    check(second, (tnet(t2) ** 2).sum())
+    check(first, (tnet(t1) ** 2).sum())
+    assert len(spec_of()._spare_sets) == 2  # both sets came back
+    kept = {id(a) for _, spares in spec_of()._spare_sets for a in spares}
+    (x3, t3) = pair(2)
+    loss = (cnet(x3) ** 2).sum()
+    ref = (tnet(t3) ** 2).sum()
+    assert len(spec_of()._spare_sets) == 1  # one set taken again
+    loss.backward(retain_graph=True)  # retained: its buffers stay with its graph
+    ref.backward(retain_graph=True)
+    assert len(spec_of()._spare_sets) == 1
+    (x4, t4) = pair(3)  # another batch size: buffers of its own size
+    check((cnet(x4) ** 2).sum(), (tnet(t4) ** 2).sum())
+    check(loss, ref)  # the retained graph still reads its own saved values
+    reused = {id(a) for _, spares in spec_of()._spare_sets for a in spares}
+    assert kept & reused

@@ -303,16 +303,17 @@ class _Arena:
 
 
 class _Vector:
-    """One ``void *[]`` of an entry point, the arrays its bound slots point at and, per
-    per-call slot, a weak reference to the array it pointed at last: a call that passes that
-    array again (a recycled buffer of saved values, the same input) skips re-pointing the
-    slot, and the array is not kept alive by it."""
+    """One ``void *[]`` of an entry point, the arrays its bound slots point at, the tuple of
+    arrays its last output slots point at (``spares``) and, per other per-call slot, a weak
+    reference to the array it pointed at last: a call that passes that array again (the same
+    input) skips re-pointing the slot, and the array is not kept alive by it."""
 
-    __slots__ = ("args", "bound", "held")
+    __slots__ = ("args", "bound", "spares", "held")
 
     def __init__(self, args, n):
         self.args = args
         self.bound = ()
+        self.spares = ()
         self.held = [None] * n
 
 
@@ -399,14 +400,16 @@ class Arguments:
         # same list object again, unchanged, is the common case ``__call__`` checks first)
         vector.bound = arrays if type(arrays) is tuple else tuple(arrays)
 
-    def __call__(self, inputs=(), outputs=(), bound=(), sizes=NO_SIZES):
+    def __call__(self, inputs=(), outputs=(), bound=(), sizes=NO_SIZES, spares=()):
         """Call the entry point. ``inputs`` and ``outputs`` are this call's arrays for the
         leading input and output slots; ``bound`` the current long-lived arrays for the bound
         slots, re-pointed only if they are not the arrays the vector was bound to last time
         (the common case is one identity check per array, or none for the very tuple the
         vector was bound with, which the caller never changes); ``sizes`` the values of the size
-        symbols (``SYMBOLS``), for graphs with a symbolic batch size or sequence length.
-        Returns the seeds drawn for this
+        symbols (``SYMBOLS``), for graphs with a symbolic batch size or sequence length;
+        ``spares`` a tuple of arrays for the output slots after ``outputs`` (reused buffers of
+        saved values), re-pointed only when it is not the tuple of the vector's last call,
+        which the vector keeps alive. Returns the seeds drawn for this
         call (an int64 vector), if the entry point takes any, else None."""
         try:
             vector = self._idle.pop()
@@ -430,6 +433,11 @@ class Arguments:
                 args[k] = pointer(arr)
                 held[k] = _weak(arr)
             k += 1
+        if spares is not vector.spares:
+            for arr in spares:
+                args[k] = pointer(arr)
+                k += 1
+            vector.spares = spares
         seeds = None
         if self._n_seeds:
             seeds = fresh_seeds(self._n_seeds)
