@@ -184,7 +184,7 @@ class Specialisation:
         in that order), which leaves get an edge and which are version-checked."""
         n_user, n_params = self.n_user, len(self.params)
         first_out = n_user + n_params + self.n_seeds
-        self._grad_pool = []  # [(sizes, gradient arrays)] of earlier backward calls
+        self._grad_pool = []  # [(sizes, tuple of gradient arrays)] of earlier backward calls
         self._saved_plan = [idx if kind == "input" else first_out + idx
                             for kind, idx in self.saved_sources]
         self.take_saved = _taker(self._saved_plan)
@@ -264,9 +264,11 @@ class Specialisation:
     def run_backward(self, cotangents, saved, sizes):
         grads = self._free_gradients(sizes)
         if grads is None:
-            grads = [np.empty(shape, dt) for shape, dt in self.grad_shapes(sizes)]
+            grads = tuple([np.empty(shape, dt) for shape, dt in self.grad_shapes(sizes)])
         cotangents += saved
-        self._backward(cotangents, grads, (), sizes)
+        # (the gradients as the argument vector's tuple of last outputs: the same tuple again
+        # re-points nothing; the tuple holds each array once, wherever it is kept)
+        self._backward(cotangents, (), (), sizes, grads)
         self._grad_pool.append((sizes, grads))
         return grads
 
@@ -281,7 +283,7 @@ class Specialisation:
         if last_sizes != sizes:
             return None
         for a in grads:
-            # the pool's list, this loop and getrefcount's argument: nobody else
+            # the pool's tuple, this loop and getrefcount's argument: nobody else
             if _refcount(a) != 3:
                 return None
         return grads
