@@ -410,3 +410,46 @@ def test_compiled_module_reuses_saved_value_buffers_only_when_released():
     check(loss, ref)  # the retained graph still reads its own saved values
     reused = {id(a) for _, spares in spec_of()._spare_sets for a in spares}
     assert kept & reused
+
+
+def test_parameter_array_replaced_is_followed_or_refused_never_misread():
+    """A parameter whose array is replaced between calls (``.data =``) is read from its new
+    array when that has the shape and dtype the code was built for; one of another shape or
+    dtype raises a clear error (the C code would read it as the old one), in a compiled
+    module and in a compiled step function."""
+    tnet, net = _lenet_pair()
+    cnet = tn.compile(net)
+    x = np.random.default_rng(12).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    cnet(tn.from_numpy(x)).sum().backward()
+    new = np.random.default_rng(13).standard_normal((10, 108)).astype(np.float32)
+    net[3].weight.data = tn.from_numpy(new.copy())
+    tnet[3].weight.data = torch.from_numpy(new.copy())
+    np.testing.assert_allclose(cnet(tn.from_numpy(x)).detach().numpy(),
+                               tnet(torch.from_numpy(x)).detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
+    for bad in (np.zeros((11, 108), np.float32), np.zeros((10, 108), np.float64)):
+        net[3].weight.data = tn.from_numpy(bad)
+        with pytest.raises(RuntimeError, match=r"parameter 3\.weight is .* now; the compiled "
+                                               r"code was built for float32 of shape "
+                                               r"\(10, 108\)"):
+            cnet(tn.from_numpy(x))
+
+    _, net = _lenet_pair()
+    opt = tn.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    crit = tn.nn.CrossEntropyLoss()
+
+    def step(a, b):
+        opt.zero_grad()
+        loss = crit(net(a), b)
+        loss.backward()
+        opt.step()
+        return loss
+
+    compiled = tn.compile(step)
+    y = tn.tensor([1, 7])
+    compiled(tn.from_numpy(x), y)
+    net[0].bias.data = tn.zeros(4)
+    with pytest.raises(RuntimeError, match=r"state optimizer0\.group0\.param1 is float32 of "
+                                           r"shape \(4,\) now; the compiled code was built "
+                                           r"for float32 of shape \(3,\)"):
+        compiled(tn.from_numpy(x), y)

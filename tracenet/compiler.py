@@ -340,7 +340,7 @@ class CompiledFunctionBackward(engine.Node):
             if g is None:
                 cots.append(np.zeros(shape, dt))
                 continue
-            arr = g._concrete("backward")
+            arr = g._data if g._ir is None else g._concrete("backward")
             if arr.dtype is not dt and arr.dtype != dt:
                 arr = arr.astype(dt)
             cots.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
@@ -514,8 +514,11 @@ class CompiledModule:
             for i in spec.differentiable_outputs:
                 t = results[i]
                 t._req, t._grad_fn, t._output_nr = True, node, i
-        if spec.output_structure is not None:
-            return rebuild(spec.output_structure, results)
+        structure = spec.output_structure
+        if type(structure) is int:  # (one tensor: what rebuild gives)
+            return results[structure]
+        if structure is not None:
+            return rebuild(structure, results)
         return results[0] if len(results) == 1 else tuple(results)
 
 

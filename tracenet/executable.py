@@ -25,7 +25,7 @@ import _cffi_backend
 import cffi
 import numpy as np
 
-from ._sym import NO_SIZES, Specialize, Sym, evaluator, shape_evaluator
+from ._sym import NO_SIZES, Specialize, Sym, evaluator, has_symbols, shape_evaluator
 from .codegen.base import STATUS_DETAILS, Kernel, has_lowering
 from .codegen.emit import ARENA_ALIGN, EntryPoint, c_identifier
 from .ir.verify import verify
@@ -330,7 +330,7 @@ class Arguments:
 
     __slots__ = ("entry", "library", "timing", "ffi", "pointer", "fn", "n_inputs", "arenas",
                  "arena_bytes", "_idle", "_fixed", "_bound_slots", "_bound_names",
-                 "_seed_slot", "_n_seeds", "_status", "_threads")
+                 "_bound_metas", "_seed_slot", "_n_seeds", "_status", "_threads")
 
     def __init__(self, library, entry, timing, arenas):
         self.entry = entry
@@ -348,6 +348,7 @@ class Arguments:
         self._fixed = []  # (slots, array)
         self._bound_slots = ()  # per bound array, the slots it fills
         self._bound_names = ()
+        self._bound_metas = ()  # per bound array, the (shape, dtype) the code was built for
         # a fresh zeroed status per call (thread-safe) for entries with data checks; the C
         # code never reads it otherwise
         # (``newp`` with the resolved type: what ``ffi.new`` does, without parsing the type)
@@ -377,7 +378,15 @@ class Arguments:
         output)."""
         self._bound_slots = tuple(tuple(g) for g in slot_groups)
         self._bound_names = tuple(names)
+        self._bound_metas = tuple(self._slot_meta(g[0]) for g in self._bound_slots)
         self._idle = []
+
+    def _slot_meta(self, slot):
+        """(shape, numpy dtype) of the array the C code takes in ``slot``; None for a shape
+        with size symbols."""
+        graph = self.entry.graph
+        v = graph.inputs[slot] if slot < self.n_inputs else graph.outputs[slot - self.n_inputs]
+        return None if has_symbols(v.shape) else (tuple(v.shape), v.dtype.np)
 
     def _new_vector(self):
         n = max(self.entry.num_args, 1)
@@ -390,9 +399,17 @@ class Arguments:
 
     def _rebind(self, vector, arrays):
         args = vector.args
-        for name, slots, arr in zip(self._bound_names, self._bound_slots, arrays):
+        for name, slots, meta, arr in zip(self._bound_names, self._bound_slots,
+                                          self._bound_metas, arrays):
             if not arr.flags.c_contiguous:
                 raise RuntimeError(f"{name} is not contiguous")
+            if meta is not None and (arr.shape != meta[0] or arr.dtype != meta[1]):
+                # (an array replaced by one of another shape or dtype, say through
+                # ``.data =``: the C code would read it as the one it was built for)
+                raise RuntimeError(
+                    f"{name} is {_described(arr.shape, arr.dtype)} now; the compiled code "
+                    f"was built for {_described(*meta)}: compile again after changing a "
+                    "parameter's shape or dtype")
             ptr = self.pointer(arr)
             for s in slots:
                 args[s] = ptr
@@ -483,6 +500,10 @@ class Arguments:
 
 def _one_thread():
     return 1
+
+
+def _described(shape, dtype):
+    return f"{dtype.name} of shape {tuple(shape)}"
 
 
 class Specialisations(dict):

@@ -240,6 +240,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 
 
 _LEAN_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_INT64 = np.dtype(np.int64)
 
 
 def _plain_cross_entropy(input, target, ignore_index):
@@ -248,7 +249,7 @@ def _plain_cross_entropy(input, target, ignore_index):
     -> LogSoftmaxBackward0) and data errors as through the ops' dispatch, without its
     per-call shape rules and checks (these inputs pass them all). None for other inputs."""
     x, t = input._data, target._data
-    if x.ndim != 2 or t.ndim != 1 or t.dtype != np.int64 or x.dtype not in _LEAN_DTYPES or \
+    if x.ndim != 2 or t.ndim != 1 or t.dtype != _INT64 or x.dtype not in _LEAN_DTYPES or \
             not x.size or x.shape[0] != t.shape[0]:
         return None
     record = grad_mode._state.enabled
