@@ -257,7 +257,7 @@ def _plain_cross_entropy(input, target, ignore_index):
     logp = Tensor._wrap(nnops.log_softmax_op.eager(x, dim=1))
     if record:
         engine.record(nnops.log_softmax_op, (input,), (logp,), (x_meta,), (x_meta,),
-                      {"dim": 1})
+                      {"dim": 1}, plan=_LOG_SOFTMAX_PLAN)
     attrs = {"reduction": "mean", "ignore_index": int(ignore_index)}
     loss = lossops.nll_loss_op.eager(logp._data, t, **attrs)
     loss = Tensor._wrap(np.asarray(loss, x.dtype) if type(loss) is not np.ndarray or
@@ -265,12 +265,15 @@ def _plain_cross_entropy(input, target, ignore_index):
     if record:
         metas = (x_meta, engine.meta_of((t.shape, int64)))
         engine.record(lossops.nll_loss_op, (logp, target), (loss,), metas,
-                      (engine.meta_of(((), x_meta.dtype)),), attrs, _NLL_NODE)
+                      (engine.meta_of(((), x_meta.dtype)),), attrs, _NLL_NODE, _NLL_PLAN)
     return loss
 
 
 # the node class of an (N, C) batch's nll_loss (the op names it per input rank)
 _NLL_NODE = engine.node_class(lossops.NLL_NODE)
+# which inputs get edges and are saved: float scores, then (for nll_loss) integer targets
+_LOG_SOFTMAX_PLAN = engine.edge_plan(nnops.log_softmax_op, (True,))
+_NLL_PLAN = engine.edge_plan(lossops.nll_loss_op, (True, False))
 
 
 def _check_label_smoothing(eps):
