@@ -330,7 +330,8 @@ class Arguments:
 
     __slots__ = ("entry", "library", "timing", "ffi", "pointer", "fn", "n_inputs", "arenas",
                  "arena_bytes", "_idle", "_fixed", "_bound_slots", "_bound_names",
-                 "_bound_metas", "_seed_slot", "_n_seeds", "_status", "_threads")
+                 "_bound_metas", "_seed_slot", "_n_seeds", "_status", "_threads",
+                 "_arena_size")
 
     def __init__(self, library, entry, timing, arenas):
         self.entry = entry
@@ -344,6 +345,9 @@ class Arguments:
         self.n_inputs = len(entry.graph.inputs)
         self.arenas = arenas
         self.arena_bytes = evaluator(entry.arena_bytes)  # for the call's sizes
+        # (the same for every call unless it depends on a size symbol: read without a call)
+        self._arena_size = None if isinstance(entry.arena_bytes, Sym) \
+            else int(entry.arena_bytes)
         self._idle = []  # argument vectors not in use
         self._fixed = []  # (slots, array)
         self._bound_slots = ()  # per bound array, the slots it fills
@@ -353,11 +357,12 @@ class Arguments:
         # code never reads it otherwise
         # (``newp`` with the resolved type: what ``ffi.new`` does, without parsing the type)
         self._status = functools.partial(_cffi_backend.newp, _STATUS, 1 + STATUS_DETAILS) \
-            if entry.checks else (lambda: _NULL)
+            if entry.checks else None
         self._seed_slot, self._n_seeds = 0, 0
         # the thread count for a call: only entry points with parallel kernels look at load
+        # (None: one thread)
         self._threads = compiled_threads if any(k.parallel for k, _ in entry.kernels) \
-            else _one_thread
+            else None
 
     def output_slot(self, j):
         return self.n_inputs + j
@@ -460,8 +465,11 @@ class Arguments:
             seeds = fresh_seeds(self._n_seeds)
             for k in range(self._n_seeds):
                 args[self._seed_slot + k] = pointer(seeds[k:k + 1])
-        status = self._status()
-        nbytes = self.arena_bytes(sizes)
+        status = _NULL if self._status is None else self._status()
+        threads = 1 if self._threads is None else self._threads()
+        nbytes = self._arena_size
+        if nbytes is None:
+            nbytes = self.arena_bytes(sizes)
         if nbytes:
             idle = self.arenas.idle
             try:
@@ -470,10 +478,10 @@ class Arguments:
                     arena = _Arena(nbytes)
             except IndexError:
                 arena = _Arena(nbytes)
-            self.fn(args, arena.pointer, status, sizes[0], sizes[1], self._threads())
+            self.fn(args, arena.pointer, status, sizes[0], sizes[1], threads)
             idle.append(arena)
         else:
-            self.fn(args, _NULL, status, sizes[0], sizes[1], self._threads())
+            self.fn(args, _NULL, status, sizes[0], sizes[1], threads)
         self._idle.append(vector)
         if self.timing:
             self.log_kernel_times(sizes)
@@ -496,10 +504,6 @@ class Arguments:
             flops = evaluator(k.flops)(sizes)
             rate = f"  {flops / times[i] * 1e-9:6.1f} GFLOP/s" if flops and times[i] else ""
             debug.log("time", f"{k.name}: {times[i] * 1e6:9.1f} us{rate}")
-
-
-def _one_thread():
-    return 1
 
 
 def _described(shape, dtype):
