@@ -525,9 +525,13 @@ def _chain(root):
         if ids is not None:  # (known: every edge is to a leaf of its own)
             inner = None
         else:
-            inner, ids = _edges_shape(node.next_functions)
-            if ids is None:
-                return None
+            edges = node.next_functions
+            if len(edges) == 1 and type(edges[0][0]) is not AccumulateGrad:
+                inner = edges[0][0]  # (one edge, to an inner node or to nothing)
+            else:
+                inner, ids = _edges_shape(edges)
+                if ids is None:
+                    return None
         if ids:
             if not leaves.isdisjoint(ids):
                 return None
