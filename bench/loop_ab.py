@@ -1,13 +1,16 @@
 """A/B of two tracenet source trees on the Python around compiled LeNet calls, per phase.
 
-    python bench/loop_ab.py OLD_TREE NEW_TREE [--rounds 4] [--steps 2000] [--batch 1]
+    python bench/loop_ab.py OLD_TREE NEW_TREE [--rounds 4] [--steps 2000] [--batch 1] [--cpu]
 
 Each round runs one worker process per tree, alternating A, B, A, B..., so both see the same
 phases of a shared, noisy machine. A worker imports tracenet from its tree and times, at one
 batch size, the tutorial's loop around ``tracenet.compile(net)`` phase by phase (zero_grad,
 compiled forward, eager loss, backward, ``optimizer.step()``) and ``tracenet.compile(step_fn)``
 of the same step, each the median of ``--steps`` steps. The table gives each tree's median
-over rounds and the ratio A/B (> 1: the new tree is faster).
+over rounds and the ratio A/B (> 1: the new tree is faster). ``--cpu`` times with the
+thread's CPU clock instead of the wall clock: on a loaded machine a step that the scheduler
+interrupts then does not count the time other processes ran (compiled kernels running on
+more than one thread are then undercounted, the same in both trees).
 """
 import argparse
 import json
@@ -23,7 +26,7 @@ import tracenet as tn
 sys.path.insert(0, sys.argv[2])
 from lenet import lenet
 
-batch, steps = int(sys.argv[3]), int(sys.argv[4])
+batch, steps, cpu = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "cpu"
 rng = np.random.default_rng(0)
 x = tn.from_numpy(rng.standard_normal((batch, 1, 32, 32)).astype(np.float32))
 y = tn.from_numpy(rng.integers(0, 10, batch))
@@ -42,7 +45,7 @@ def step_fn(a, b):
     return loss
 
 compiled = tn.compile(step_fn)
-clock = time.perf_counter
+clock = time.thread_time if cpu else time.perf_counter
 
 def loop_step():
     t0 = clock()
@@ -83,6 +86,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--cpu", action="store_true", help="time with the thread's CPU clock")
     args = ap.parse_args()
     bench = sys.path[0]
     results = {"old": [], "new": []}
@@ -90,7 +94,7 @@ def main():
         for which in ("old", "new"):
             tree = getattr(args, which)
             proc = subprocess.run([sys.executable, "-c", WORKER, tree, bench, str(args.batch),
-                                   str(args.steps)], capture_output=True, text=True, check=True)
+                                   str(args.steps), "cpu" if args.cpu else "wall"], capture_output=True, text=True, check=True)
             results[which].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(f"| batch {args.batch} | A (old) us | B (new) us | A/B |")
     print("|---|---|---|---|")

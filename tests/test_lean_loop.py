@@ -368,3 +368,88 @@ def test_compiled_module_keeps_no_graph_of_its_inputs_alive():
         assert node() is None
     np.testing.assert_allclose(x.grad.numpy(), np.broadcast_to(
         4 * net.weight.detach().numpy().sum(0), (4, 3)), rtol=1e-5)
+
+
+def test_compiled_module_reuses_saved_value_buffers_only_when_released():
+    """The buffers of a call's saved values go back after its backward and are reused, as one
+    set, by a later call of the same sizes; graphs alive at once (two forwards before one
+    backward, retain_graph, another batch size) get buffers of their own, and every backward
+    reads its own call's values."""
+    tnet, net = _lenet_pair()
+    cnet = tn.compile(net)
+    spec_of = lambda: cnet._specs.last  # noqa: E731
+    rng = np.random.default_rng(11)
+
+    def pair(batch):
+        x = rng.standard_normal((batch, 1, 8, 8)).astype(np.float32)
+        return tn.from_numpy(x), torch.from_numpy(x)
+
+    def check(loss, ref):
+        net.zero_grad()
+        tnet.zero_grad()
+        loss.backward()
+        ref.backward()
+        for (_, a), (_, b) in zip(tnet.named_parameters(), net.named_parameters()):
+            np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+    (x1, t1), (x2, t2) = pair(2), pair(2)
+    first, second = (cnet(x1) ** 2).sum(), (cnet(x2) ** 2).sum()  # both graphs alive
+    check(second, (tnet(t2) ** 2).sum())
+    check(first, (tnet(t1) ** 2).sum())
+    assert len(spec_of()._spare_sets) == 2  # both sets came back
+    kept = {id(a) for _, spares in spec_of()._spare_sets for a in spares}
+    (x3, t3) = pair(2)
+    loss = (cnet(x3) ** 2).sum()
+    ref = (tnet(t3) ** 2).sum()
+    assert len(spec_of()._spare_sets) == 1  # one set taken again
+    loss.backward(retain_graph=True)  # retained: its buffers stay with its graph
+    ref.backward(retain_graph=True)
+    assert len(spec_of()._spare_sets) == 1
+    (x4, t4) = pair(3)  # another batch size: buffers of its own size
+    check((cnet(x4) ** 2).sum(), (tnet(t4) ** 2).sum())
+    check(loss, ref)  # the retained graph still reads its own saved values
+    reused = {id(a) for _, spares in spec_of()._spare_sets for a in spares}
+    assert kept & reused
+
+
+def test_parameter_array_replaced_is_followed_or_refused_never_misread():
+    """A parameter whose array is replaced between calls (``.data =``) is read from its new
+    array when that has the shape and dtype the code was built for; one of another shape or
+    dtype raises a clear error (the C code would read it as the old one), in a compiled
+    module and in a compiled step function."""
+    tnet, net = _lenet_pair()
+    cnet = tn.compile(net)
+    x = np.random.default_rng(12).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    cnet(tn.from_numpy(x)).sum().backward()
+    new = np.random.default_rng(13).standard_normal((10, 108)).astype(np.float32)
+    net[3].weight.data = tn.from_numpy(new.copy())
+    tnet[3].weight.data = torch.from_numpy(new.copy())
+    np.testing.assert_allclose(cnet(tn.from_numpy(x)).detach().numpy(),
+                               tnet(torch.from_numpy(x)).detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
+    for bad in (np.zeros((11, 108), np.float32), np.zeros((10, 108), np.float64)):
+        net[3].weight.data = tn.from_numpy(bad)
+        with pytest.raises(RuntimeError, match=r"parameter 3\.weight is .* now; the compiled "
+                                               r"code was built for float32 of shape "
+                                               r"\(10, 108\)"):
+            cnet(tn.from_numpy(x))
+
+    _, net = _lenet_pair()
+    opt = tn.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    crit = tn.nn.CrossEntropyLoss()
+
+    def step(a, b):
+        opt.zero_grad()
+        loss = crit(net(a), b)
+        loss.backward()
+        opt.step()
+        return loss
+
+    compiled = tn.compile(step)
+    y = tn.tensor([1, 7])
+    compiled(tn.from_numpy(x), y)
+    net[0].bias.data = tn.zeros(4)
+    with pytest.raises(RuntimeError, match=r"state optimizer0\.group0\.param1 is float32 of "
+                                           r"shape \(4,\) now; the compiled code was built "
+                                           r"for float32 of shape \(3,\)"):
+        compiled(tn.from_numpy(x), y)

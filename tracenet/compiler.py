@@ -85,13 +85,19 @@ class Specialisation:
             self._backward = self.executable.arguments[1]
             self.grad_shapes = ShapeTable((v.shape, v.dtype.np)
                                           for v in self.backward_graph.outputs)
-        # buffers of saved values, handed back after backward: reusing them avoids fresh
-        # (page-faulting) allocations on every training call
-        self._spare = [[] for _ in self.out_meta]
-        # with symbolic sizes, shapes are evaluated for each call's sizes: per output, its
-        # shape for the call's sizes, dtype, spare buffers
+        # the buffers of saved values (the last outputs), handed back together, with the
+        # sizes they were made for, after backward: reusing them avoids fresh (page-faulting)
+        # allocations and re-pointing their argument slots on every training call. (Saved
+        # values are always the last outputs; were they not, none would be reused.)
+        n_outs, recyclable = len(self.out_meta), list(self.recyclable)
+        self.n_fresh = n_outs - len(recyclable) \
+            if recyclable == list(range(n_outs - len(recyclable), n_outs)) else n_outs
+        self._spare_sets = []
+        # with symbolic sizes, shapes are evaluated for each call's sizes: the outputs made
+        # for each call, the reusable ones
         self.symbols = graph_symbols(g for _, g in graphs)
-        self.out_shapes = ShapeTable(self.out_meta)
+        self.fresh_shapes = ShapeTable(self.out_meta[:self.n_fresh])
+        self.spare_shapes = ShapeTable(self.out_meta[self.n_fresh:])
         self.user_out_shapes = ShapeTable(self.out_meta[:self.n_out])
         if self.needs_grad:
             self._plan_backward()
@@ -178,18 +184,14 @@ class Specialisation:
         in that order), which leaves get an edge and which are version-checked."""
         n_user, n_params = self.n_user, len(self.params)
         first_out = n_user + n_params + self.n_seeds
-        self._grad_pool = []  # [(sizes, gradient arrays)] of earlier backward calls
+        self._grad_pool = []  # [(sizes, tuple of gradient arrays)] of earlier backward calls
         self._saved_plan = [idx if kind == "input" else first_out + idx
                             for kind, idx in self.saved_sources]
-        self._recycled_plan = [first_out + i for i in self.recyclable]
         self.take_saved = _taker(self._saved_plan)
         # the leaves whose versions the backward checks: user inputs (by index), parameters
         self.checked_inputs = [i for i in self.version_checked if i < n_user]
         self.checked_params = [self._param_tensors[i - n_user] for i in self.version_checked
                                if i >= n_user]
-        # the spare lists the recyclable outputs go back to
-        self.recycled_spares = [self._spare[i] for i in self.recyclable]
-        self.take_recycled = _taker(self._recycled_plan)
         self.differentiable_outputs = [i for i, d in enumerate(self.differentiable) if d]
         # the parameters' edges (their AccumulateGrad nodes, kept from call to call: a leaf
         # holds its node weakly, so each graph would otherwise make new ones), valid while
@@ -228,7 +230,8 @@ class Specialisation:
     # --- calling -----------------------------------------------------------------------------
     def run_forward(self, inputs):
         """Run the forward on the tensors ``inputs``: (the call's array pool: user inputs,
-        parameters, seeds as 0-d arrays, outputs; the outputs; the size values)."""
+        parameters, seeds as 0-d arrays, outputs; the outputs made for this call; the reusable
+        outputs after them, a tuple; the size values)."""
         arrays = []
         for x in inputs:
             arr = x._data
@@ -237,32 +240,35 @@ class Specialisation:
         sizes = run_sizes(arrays, symbols) if symbols else NO_SIZES
         if self.size_checks:
             check_sizes(self.size_checks, sizes)
-        outs = []
-        for (shape, dt), spare in zip(self.out_shapes(sizes), self._spare):
-            if spare:
-                try:
-                    arr = spare.pop()
-                    if arr.shape == shape:
-                        outs.append(arr)
-                        continue
-                except IndexError:  # another thread took the last one
-                    pass
-            outs.append(np.empty(shape, dt))
+        outs = [np.empty(shape, dt) for shape, dt in self.fresh_shapes(sizes)]
+        spares = None
+        if self._spare_sets:
+            try:
+                made_for, spares = self._spare_sets.pop()  # (atomic: one thread gets them)
+                if made_for != sizes:
+                    spares = None
+            except IndexError:  # another thread took the last ones
+                pass
+        if spares is None:
+            spares = tuple([np.empty(shape, dt) for shape, dt in self.spare_shapes(sizes)])
         params = list(map(_data_of, self._param_tensors))
-        seeds = self._forward(arrays, outs, params, sizes)
+        seeds = self._forward(arrays, outs, params, sizes, spares)
         arrays += params
         if seeds is not None:
             # kept with the user inputs: the backward may read them as saved values
             arrays += [seeds[k:k + 1].reshape(()) for k in range(self.n_seeds)]
         arrays += outs
-        return arrays, outs, sizes
+        arrays += spares
+        return arrays, outs, spares, sizes
 
     def run_backward(self, cotangents, saved, sizes):
         grads = self._free_gradients(sizes)
         if grads is None:
-            grads = [np.empty(shape, dt) for shape, dt in self.grad_shapes(sizes)]
+            grads = tuple([np.empty(shape, dt) for shape, dt in self.grad_shapes(sizes)])
         cotangents += saved
-        self._backward(cotangents, grads, (), sizes)
+        # (the gradients as the argument vector's tuple of last outputs: the same tuple again
+        # re-points nothing; the tuple holds each array once, wherever it is kept)
+        self._backward(cotangents, (), (), sizes, grads)
         self._grad_pool.append((sizes, grads))
         return grads
 
@@ -277,7 +283,7 @@ class Specialisation:
         if last_sizes != sizes:
             return None
         for a in grads:
-            # the pool's list, this loop and getrefcount's argument: nobody else
+            # the pool's tuple, this loop and getrefcount's argument: nobody else
             if _refcount(a) != 3:
                 return None
         return grads
@@ -334,7 +340,7 @@ class CompiledFunctionBackward(engine.Node):
             if g is None:
                 cots.append(np.zeros(shape, dt))
                 continue
-            arr = g._concrete("backward")
+            arr = g._data if g._ir is None else g._concrete("backward")
             if arr.dtype is not dt and arr.dtype != dt:
                 arr = arr.astype(dt)
             cots.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
@@ -342,8 +348,8 @@ class CompiledFunctionBackward(engine.Node):
 
     def _release(self):
         self.freed = True
-        for spare, arr in zip(self.spec.recycled_spares, self.recyclable):
-            spare.append(arr)
+        if self.recyclable:
+            self.spec._spare_sets.append((self.sizes, self.recyclable))
         self.saved = None
         self.recyclable = ()
 
@@ -482,7 +488,7 @@ class CompiledModule:
         return spec
 
     def _run(self, spec, inputs):
-        pool, outs, sizes = spec.run_forward(inputs)
+        pool, outs, spares, sizes = spec.run_forward(inputs)
         for state_index, out_index in spec.state_updates:
             buf = spec.params[state_index][1]  # e.g. a running mean, updated as in eager mode
             np.copyto(buf._data, outs[out_index])
@@ -494,7 +500,7 @@ class CompiledModule:
             node.spec = spec
             node._leaf_ids = spec.leaf_ids
             node.saved = spec.take_saved(pool)
-            node.recyclable = spec.take_recycled(pool)
+            node.recyclable = spares
             checked = spec.checked_inputs
             if checked:
                 checked = [inputs[i] for i in checked] + spec.checked_params
@@ -508,8 +514,11 @@ class CompiledModule:
             for i in spec.differentiable_outputs:
                 t = results[i]
                 t._req, t._grad_fn, t._output_nr = True, node, i
-        if spec.output_structure is not None:
-            return rebuild(spec.output_structure, results)
+        structure = spec.output_structure
+        if type(structure) is int:  # (one tensor: what rebuild gives)
+            return results[structure]
+        if structure is not None:
+            return rebuild(structure, results)
         return results[0] if len(results) == 1 else tuple(results)
 
 

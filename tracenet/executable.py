@@ -25,7 +25,7 @@ import _cffi_backend
 import cffi
 import numpy as np
 
-from ._sym import NO_SIZES, Specialize, Sym, evaluator, shape_evaluator
+from ._sym import NO_SIZES, Specialize, Sym, evaluator, has_symbols, shape_evaluator
 from .codegen.base import STATUS_DETAILS, Kernel, has_lowering
 from .codegen.emit import ARENA_ALIGN, EntryPoint, c_identifier
 from .ir.verify import verify
@@ -303,16 +303,17 @@ class _Arena:
 
 
 class _Vector:
-    """One ``void *[]`` of an entry point, the arrays its bound slots point at and, per
-    per-call slot, a weak reference to the array it pointed at last: a call that passes that
-    array again (a recycled buffer of saved values, the same input) skips re-pointing the
-    slot, and the array is not kept alive by it."""
+    """One ``void *[]`` of an entry point, the arrays its bound slots point at, the tuple of
+    arrays its last output slots point at (``spares``) and, per other per-call slot, a weak
+    reference to the array it pointed at last: a call that passes that array again (the same
+    input) skips re-pointing the slot, and the array is not kept alive by it."""
 
-    __slots__ = ("args", "bound", "held")
+    __slots__ = ("args", "bound", "spares", "held")
 
     def __init__(self, args, n):
         self.args = args
         self.bound = ()
+        self.spares = ()
         self.held = [None] * n
 
 
@@ -329,7 +330,8 @@ class Arguments:
 
     __slots__ = ("entry", "library", "timing", "ffi", "pointer", "fn", "n_inputs", "arenas",
                  "arena_bytes", "_idle", "_fixed", "_bound_slots", "_bound_names",
-                 "_seed_slot", "_n_seeds", "_status", "_threads")
+                 "_bound_metas", "_seed_slot", "_n_seeds", "_status", "_threads",
+                 "_arena_size")
 
     def __init__(self, library, entry, timing, arenas):
         self.entry = entry
@@ -343,19 +345,24 @@ class Arguments:
         self.n_inputs = len(entry.graph.inputs)
         self.arenas = arenas
         self.arena_bytes = evaluator(entry.arena_bytes)  # for the call's sizes
+        # (the same for every call unless it depends on a size symbol: read without a call)
+        self._arena_size = None if isinstance(entry.arena_bytes, Sym) \
+            else int(entry.arena_bytes)
         self._idle = []  # argument vectors not in use
         self._fixed = []  # (slots, array)
         self._bound_slots = ()  # per bound array, the slots it fills
         self._bound_names = ()
+        self._bound_metas = ()  # per bound array, the (shape, dtype) the code was built for
         # a fresh zeroed status per call (thread-safe) for entries with data checks; the C
         # code never reads it otherwise
         # (``newp`` with the resolved type: what ``ffi.new`` does, without parsing the type)
         self._status = functools.partial(_cffi_backend.newp, _STATUS, 1 + STATUS_DETAILS) \
-            if entry.checks else (lambda: _NULL)
+            if entry.checks else None
         self._seed_slot, self._n_seeds = 0, 0
         # the thread count for a call: only entry points with parallel kernels look at load
+        # (None: one thread)
         self._threads = compiled_threads if any(k.parallel for k, _ in entry.kernels) \
-            else _one_thread
+            else None
 
     def output_slot(self, j):
         return self.n_inputs + j
@@ -376,7 +383,15 @@ class Arguments:
         output)."""
         self._bound_slots = tuple(tuple(g) for g in slot_groups)
         self._bound_names = tuple(names)
+        self._bound_metas = tuple(self._slot_meta(g[0]) for g in self._bound_slots)
         self._idle = []
+
+    def _slot_meta(self, slot):
+        """(shape, numpy dtype) of the array the C code takes in ``slot``; None for a shape
+        with size symbols."""
+        graph = self.entry.graph
+        v = graph.inputs[slot] if slot < self.n_inputs else graph.outputs[slot - self.n_inputs]
+        return None if has_symbols(v.shape) else (tuple(v.shape), v.dtype.np)
 
     def _new_vector(self):
         n = max(self.entry.num_args, 1)
@@ -389,28 +404,41 @@ class Arguments:
 
     def _rebind(self, vector, arrays):
         args = vector.args
-        for name, slots, arr in zip(self._bound_names, self._bound_slots, arrays):
+        for name, slots, meta, arr in zip(self._bound_names, self._bound_slots,
+                                          self._bound_metas, arrays):
             if not arr.flags.c_contiguous:
                 raise RuntimeError(f"{name} is not contiguous")
+            if meta is not None and (arr.shape != meta[0] or arr.dtype != meta[1]):
+                # (an array replaced by one of another shape or dtype, say through
+                # ``.data =``: the C code would read it as the one it was built for)
+                raise RuntimeError(
+                    f"{name} is {_described(arr.shape, arr.dtype)} now; the compiled code "
+                    f"was built for {_described(*meta)}: compile again after changing a "
+                    "parameter's shape or dtype")
             ptr = self.pointer(arr)
             for s in slots:
                 args[s] = ptr
-        vector.bound = list(arrays)  # kept alive: the slots hold their raw addresses
+        # kept alive: the slots hold their raw addresses (a tuple: a caller that passes the
+        # same list object again, unchanged, is the common case ``__call__`` checks first)
+        vector.bound = arrays if type(arrays) is tuple else tuple(arrays)
 
-    def __call__(self, inputs=(), outputs=(), bound=(), sizes=NO_SIZES):
+    def __call__(self, inputs=(), outputs=(), bound=(), sizes=NO_SIZES, spares=()):
         """Call the entry point. ``inputs`` and ``outputs`` are this call's arrays for the
         leading input and output slots; ``bound`` the current long-lived arrays for the bound
         slots, re-pointed only if they are not the arrays the vector was bound to last time
-        (the common case is one identity check per array); ``sizes`` the values of the size
-        symbols (``SYMBOLS``), for graphs with a symbolic batch size or sequence length.
-        Returns the seeds drawn for this
+        (the common case is one identity check per array, or none for the very tuple the
+        vector was bound with, which the caller never changes); ``sizes`` the values of the size
+        symbols (``SYMBOLS``), for graphs with a symbolic batch size or sequence length;
+        ``spares`` a tuple of arrays for the output slots after ``outputs`` (reused buffers of
+        saved values), re-pointed only when it is not the tuple of the vector's last call,
+        which the vector keeps alive. Returns the seeds drawn for this
         call (an int64 vector), if the entry point takes any, else None."""
         try:
             vector = self._idle.pop()
         except IndexError:
             vector = self._new_vector()
         old = vector.bound
-        if len(bound) != len(old) or not all(map(_is, bound, old)):
+        if bound is not old and (len(bound) != len(old) or not all(map(_is, bound, old))):
             self._rebind(vector, bound)
         args, pointer, held = vector.args, self.pointer, vector.held
         k = 0
@@ -427,13 +455,21 @@ class Arguments:
                 args[k] = pointer(arr)
                 held[k] = _weak(arr)
             k += 1
+        if spares is not vector.spares:
+            for arr in spares:
+                args[k] = pointer(arr)
+                k += 1
+            vector.spares = spares
         seeds = None
         if self._n_seeds:
             seeds = fresh_seeds(self._n_seeds)
             for k in range(self._n_seeds):
                 args[self._seed_slot + k] = pointer(seeds[k:k + 1])
-        status = self._status()
-        nbytes = self.arena_bytes(sizes)
+        status = _NULL if self._status is None else self._status()
+        threads = 1 if self._threads is None else self._threads()
+        nbytes = self._arena_size
+        if nbytes is None:
+            nbytes = self.arena_bytes(sizes)
         if nbytes:
             idle = self.arenas.idle
             try:
@@ -442,10 +478,10 @@ class Arguments:
                     arena = _Arena(nbytes)
             except IndexError:
                 arena = _Arena(nbytes)
-            self.fn(args, arena.pointer, status, sizes[0], sizes[1], self._threads())
+            self.fn(args, arena.pointer, status, sizes[0], sizes[1], threads)
             idle.append(arena)
         else:
-            self.fn(args, _NULL, status, sizes[0], sizes[1], self._threads())
+            self.fn(args, _NULL, status, sizes[0], sizes[1], threads)
         self._idle.append(vector)
         if self.timing:
             self.log_kernel_times(sizes)
@@ -470,8 +506,8 @@ class Arguments:
             debug.log("time", f"{k.name}: {times[i] * 1e6:9.1f} us{rate}")
 
 
-def _one_thread():
-    return 1
+def _described(shape, dtype):
+    return f"{dtype.name} of shape {tuple(shape)}"
 
 
 class Specialisations(dict):

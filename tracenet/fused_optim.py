@@ -41,6 +41,7 @@ _FP_DTYPES = ("float32", "float64")
 # the step must run it
 _RULES = ("_sqrt", "fma", "sgd_update", "adam_update", "rmsprop_update", "adagrad_update")
 _ORIGINAL_RULES = tuple(getattr(_functional, n) for n in _RULES)
+_rules_now = operator.attrgetter(*_RULES)
 STALE = "stale"
 _data_of = operator.attrgetter("_data")
 _grad_of = operator.attrgetter("_grad")
@@ -50,10 +51,23 @@ _deref = getattr(operator, "call", None) or operator.methodcaller("__call__")
 
 
 def _rules_replaced():
-    for n, f in zip(_RULES, _ORIGINAL_RULES):
-        if getattr(_functional, n) is not f:
-            return True
-    return False
+    # (a tuple comparison tries identity first: no rule's __eq__ runs while none is replaced)
+    return _rules_now(_functional) != _ORIGINAL_RULES
+
+
+# the environment as the process sees it (what ``os.environ.get`` reads, without its
+# Python-level key encoding on every step); None where ``os.environ`` keeps no such mapping
+_environ = getattr(os.environ, "_data", None)
+_ENV_KEY, _OFF = (os.environ.encodekey(ENV), os.environ.encodevalue("0")) \
+    if _environ is not None else (None, None)
+
+
+def _disabled():
+    """Whether ``TRACENET_FUSED_OPTIM=0`` (read on every step: a test or a script may set it
+    between steps)."""
+    if _environ is not None:
+        return _environ.get(_ENV_KEY) == _OFF
+    return os.environ.get(ENV, "1") == "0"
 
 
 class _Group:
@@ -145,6 +159,7 @@ class FusedStep:
         self.optimizer = optimizer  # (its state dict is replaced by load_state_dict)
         self._call = self._bind()
         self._data = None  # the parameter arrays of the last call
+        self._bound = ()  # the arrays bound in the last call: parameters, then state
         self._arrays = None  # the state arrays of the last call
         self._bumped = ()  # what the update writes: version counters to increment
         # weak references to the last gradient arrays that passed ``_gradients``' checks as
@@ -202,7 +217,8 @@ class FusedStep:
             grads = self._gradients(grads, data)
             if grads is None:
                 return False
-        if not self._same(data) and not self._fits(data):
+        same = self._same(data)
+        if not same and not self._fits(data):
             return STALE
         arrays = self.state.refresh(values)
         if arrays is not self._arrays:
@@ -211,12 +227,17 @@ class FusedStep:
                 return False
             self._arrays = arrays
             self._bumped = self._written()
+            same = False
+        if not same:
+            # (the bound arrays as one tuple, passed again while nothing was replaced: the
+            # arguments then take it without comparing its arrays)
+            self._bound = tuple(data + arrays)
+            self._data = data
         try:
-            self._call(grads, (), data + arrays)
+            self._call(grads, (), self._bound)
         except BaseException:
             self.state.undo()
             raise
-        self._data = data
         for t in self._bumped:
             t._vc.value += 1
         return True
@@ -337,7 +358,7 @@ def fused_step(optimizer):
         if update is None:
             return False
         fused = optimizer.__dict__["_fused_update"] = FusedOptimizer(optimizer, update)
-    if os.environ.get(ENV, "1") == "0" or _rules_replaced():
+    if _disabled() or _rules_replaced():
         return False
     return fused.step()
 

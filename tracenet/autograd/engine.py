@@ -248,15 +248,16 @@ def run_eager(op, inputs, attrs):
     return outputs[0] if op.num_outputs == 1 else tuple(outputs)
 
 
-def record(op, inputs, outputs, metas, out_metas, attrs, cls=None):
+def record(op, inputs, outputs, metas, out_metas, attrs, cls=None, plan=None):
     """Record the node of one eager application of ``op`` (with grad mode on) if an input
     needs a gradient: what ``run_eager`` records, for a caller that ran the op's kernel itself
     (a lean path for a hot pair of ops). ``cls``: the node's class, when the caller knows
-    which of the op's names this application has."""
+    which of the op's names this application has; ``plan``: ``edge_plan(op, floats)``, when
+    the caller knows which inputs are floating-point."""
     # (a view with a stale history refreshes it through the property)
     needs = tuple([t._req if t._base_ is None else t._requires_grad for t in inputs])
     if True in needs:
-        _record(op, inputs, outputs, metas, out_metas, attrs, needs, cls)
+        _record(op, inputs, outputs, metas, out_metas, attrs, needs, cls, plan)
 
 
 # shape rules remembered per op (for ops that opt in, see registry.Op.infer_cache), at most
@@ -285,16 +286,23 @@ def _edge_plan(op, inputs):
     just do not require grad get (None, 0)."""
     key = tuple([t._data.dtype.kind == "f" for t in inputs])
     plan = op.edge_plans.get(key)
+    return edge_plan(op, key) if plan is None else plan
+
+
+def edge_plan(op, floats):
+    """``_edge_plan`` of an application whose inputs are floating-point where ``floats``
+    (one bool per input) says so."""
+    plan = op.edge_plans.get(floats)
     if plan is None:
-        keep = tuple(i for i, f in enumerate(key) if f and i not in op.nondiff)
-        plan = (None if len(keep) == len(inputs) else keep,
-                tuple(saved_input_indices(op, len(inputs))))
-        op.edge_plans[key] = plan
+        keep = tuple(i for i, f in enumerate(floats) if f and i not in op.nondiff)
+        plan = (None if len(keep) == len(floats) else keep,
+                tuple(saved_input_indices(op, len(floats))))
+        op.edge_plans[floats] = plan
     return plan
 
 
-def _record(op, inputs, outputs, metas, out_metas, attrs, needs, cls=None):
-    edge_inputs, save_idx = _edge_plan(op, inputs)
+def _record(op, inputs, outputs, metas, out_metas, attrs, needs, cls=None, plan=None):
+    edge_inputs, save_idx = _edge_plan(op, inputs) if plan is None else plan
     saved_inputs = [None] * len(inputs)
     saved = []
     for i in save_idx:
@@ -517,9 +525,13 @@ def _chain(root):
         if ids is not None:  # (known: every edge is to a leaf of its own)
             inner = None
         else:
-            inner, ids = _edges_shape(node.next_functions)
-            if ids is None:
-                return None
+            edges = node.next_functions
+            if len(edges) == 1 and type(edges[0][0]) is not AccumulateGrad:
+                inner = edges[0][0]  # (one edge, to an inner node or to nothing)
+            else:
+                inner, ids = _edges_shape(edges)
+                if ids is None:
+                    return None
         if ids:
             if not leaves.isdisjoint(ids):
                 return None

@@ -204,7 +204,9 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0):
-    reduction = _reduction.normalize(_reduction.resolve(size_average, reduce, reduction))
+    if reduction != "mean" or size_average is not None or reduce is not None:
+        # (the default needs neither the legacy arguments' mapping nor validation)
+        reduction = _reduction.normalize(_reduction.resolve(size_average, reduce, reduction))
     if input._ir is None and target._ir is None:  # concrete: the arrays' shapes, as tuples
         if weight is None and reduction == "mean" and label_smoothing <= 0.0:
             loss = _plain_cross_entropy(input, target, ignore_index)
@@ -238,6 +240,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 
 
 _LEAN_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_INT64 = np.dtype(np.int64)
 
 
 def _plain_cross_entropy(input, target, ignore_index):
@@ -246,7 +249,7 @@ def _plain_cross_entropy(input, target, ignore_index):
     -> LogSoftmaxBackward0) and data errors as through the ops' dispatch, without its
     per-call shape rules and checks (these inputs pass them all). None for other inputs."""
     x, t = input._data, target._data
-    if x.ndim != 2 or t.ndim != 1 or t.dtype != np.int64 or x.dtype not in _LEAN_DTYPES or \
+    if x.ndim != 2 or t.ndim != 1 or t.dtype != _INT64 or x.dtype not in _LEAN_DTYPES or \
             not x.size or x.shape[0] != t.shape[0]:
         return None
     record = grad_mode._state.enabled
@@ -254,7 +257,7 @@ def _plain_cross_entropy(input, target, ignore_index):
     logp = Tensor._wrap(nnops.log_softmax_op.eager(x, dim=1))
     if record:
         engine.record(nnops.log_softmax_op, (input,), (logp,), (x_meta,), (x_meta,),
-                      {"dim": 1})
+                      {"dim": 1}, plan=_LOG_SOFTMAX_PLAN)
     attrs = {"reduction": "mean", "ignore_index": int(ignore_index)}
     loss = lossops.nll_loss_op.eager(logp._data, t, **attrs)
     loss = Tensor._wrap(np.asarray(loss, x.dtype) if type(loss) is not np.ndarray or
@@ -262,12 +265,15 @@ def _plain_cross_entropy(input, target, ignore_index):
     if record:
         metas = (x_meta, engine.meta_of((t.shape, int64)))
         engine.record(lossops.nll_loss_op, (logp, target), (loss,), metas,
-                      (engine.meta_of(((), x_meta.dtype)),), attrs, _NLL_NODE)
+                      (engine.meta_of(((), x_meta.dtype)),), attrs, _NLL_NODE, _NLL_PLAN)
     return loss
 
 
 # the node class of an (N, C) batch's nll_loss (the op names it per input rank)
 _NLL_NODE = engine.node_class(lossops.NLL_NODE)
+# which inputs get edges and are saved: float scores, then (for nll_loss) integer targets
+_LOG_SOFTMAX_PLAN = engine.edge_plan(nnops.log_softmax_op, (True,))
+_NLL_PLAN = engine.edge_plan(lossops.nll_loss_op, (True, False))
 
 
 def _check_label_smoothing(eps):
