@@ -8,6 +8,7 @@ import pytest
 
 import tracenet as tn
 from compile_checks import nan_filled_arenas
+from test_conv_kernels import _step_against_torch
 
 torch = pytest.importorskip("torch")
 
@@ -54,21 +55,9 @@ def _input(shape, dtype, seed=0):
 
 
 def _step(compiled, model, tmodel, x, tol):
-    """One training forward and backward: outputs, input and parameter gradients, and the
-    running statistics the forward updated, against torch."""
-    model.zero_grad()
-    tmodel.zero_grad()
-    xn = tn.from_numpy(x).requires_grad_(True)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    out, ref = compiled(xn), tmodel(xt)
-    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=tol, atol=tol)
-    gy = np.random.default_rng(1).standard_normal(ref.shape).astype(x.dtype)
-    out.backward(tn.from_numpy(gy))
-    ref.backward(torch.from_numpy(gy))
-    np.testing.assert_allclose(xn.grad.numpy(), xt.grad.numpy(), rtol=tol, atol=tol)
-    for (name, p), tp in zip(model.named_parameters(), tmodel.parameters()):
-        np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=tol, atol=tol,
-                                   err_msg=name)
+    """One training forward and backward against torch (outputs, input and parameter
+    gradients), then the running statistics the forward updated."""
+    _step_against_torch(compiled, model, tmodel, x, tol)
     for name in ("running_mean", "running_var"):
         np.testing.assert_allclose(getattr(model[1], name).numpy(),
                                    getattr(tmodel[1], name).detach().numpy(),

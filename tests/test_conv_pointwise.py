@@ -17,35 +17,12 @@ from tracenet.codegen.target import Parallelism
 from tracenet.runtime import target as runtime_target
 
 from compile_checks import check_compiled, nan_filled_arenas
+from test_conv_kernels import _copy_to_torch, _randomise_stats, _step_against_torch
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-def _copy_to_torch(model, tmodel):
-    theirs = dict(tmodel.state_dict())
-    for name, value in model.state_dict().items():
-        theirs[name].copy_(torch.from_numpy(np.array(value.numpy())))
-
-
-def _step_against_torch(compiled, model, tmodel, x, tol):
-    """One forward and backward through ``compiled`` and the torch twin: the output, the
-    input gradient and the parameter gradients compared."""
-    model.zero_grad()
-    tmodel.zero_grad()
-    xn = tn.from_numpy(x).requires_grad_(True)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    out, ref = compiled(xn), tmodel(xt)
-    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), rtol=tol, atol=tol)
-    gy = np.random.default_rng(1).standard_normal(ref.shape).astype(x.dtype)
-    out.backward(tn.from_numpy(gy))
-    ref.backward(torch.from_numpy(gy))
-    np.testing.assert_allclose(xn.grad.numpy(), xt.grad.numpy(), rtol=tol, atol=tol)
-    for (name, p), tp in zip(model.named_parameters(), tmodel.parameters()):
-        np.testing.assert_allclose(p.grad.numpy(), tp.grad.numpy(), rtol=tol, atol=tol,
-                                   err_msg=name)
 
 
 # the input gradients are lowered there only with AVX-512 (conv_pointwise.takes_input_gradient)
@@ -185,17 +162,6 @@ def _shortcut_block(lib, bias):
             # the shortcut's convolution first: its epilogue adds y and applies the relu
             return F.relu(self.bn_short(self.short(x)) + y)
     return Block()
-
-
-def _randomise_stats(model, tmodel, rng):
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(tn.from_numpy(rng.standard_normal(c).astype(np.float32)))
-            m.running_var.copy_(tn.from_numpy(rng.uniform(0.5, 2, c).astype(np.float32)))
-            m.weight.data.copy_(tn.from_numpy(rng.uniform(0.5, 1.5, c).astype(np.float32)))
-            m.bias.data.copy_(tn.from_numpy(rng.standard_normal(c).astype(np.float32)))
-    _copy_to_torch(model, tmodel)
 
 
 @pytest.mark.parametrize("bias", [False, True])
