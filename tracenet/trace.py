@@ -25,15 +25,9 @@ from .ir.graph import Graph
 from .nn.modules import module as _module_mod
 from .nn.modules.module import Module
 from .ops import registry, scan as _scan
+from .ops.common import traced_tensor
 from .ops.registry import op_attrs
 from .tensor import Tensor
-
-
-def traced_tensor(value):
-    t = Tensor._wrap(None)
-    t._ir = value
-    t._requires_grad = value.requires_grad
-    return t
 
 
 class Tracer:

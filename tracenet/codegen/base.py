@@ -90,8 +90,11 @@ def signature(reads, writes, scratch=0, scratch_ctype="float", checks=False, sym
 STATUS_DETAILS = 3
 
 
-def threads_scratch(per_thread, parallel):
-    """A kernel's scratch: one slice per possible thread when it runs in parallel."""
+def threads_scratch(per_thread, parallel, shared=0):
+    """A kernel's scratch: ``shared`` elements every thread uses, then one slice of
+    ``per_thread`` per possible thread when it runs in parallel (else one)."""
+    if shared:
+        return (per_thread, "threads", shared) if parallel else per_thread + shared
     return (per_thread, "threads") if parallel else per_thread
 
 

@@ -42,6 +42,14 @@ def tensor_cls():
     return Tensor
 
 
+def traced_tensor(value):
+    """A Tensor standing for the traced IR ``value``."""
+    t = Tensor._wrap(None)
+    t._ir = value
+    t._requires_grad = value.requires_grad
+    return t
+
+
 def is_tensor(x):
     return isinstance(x, Tensor)
 

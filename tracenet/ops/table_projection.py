@@ -14,15 +14,8 @@ the table is not the smaller side. The nodes it replaces are left unused (dead-c
 removes them).
 """
 from .._sym import hint, same_shape
-from .common import numel, tensor_cls
+from .common import numel, traced_tensor
 from .registry import REGISTRY, apply
-
-
-def _traced(value):
-    t = tensor_cls()._wrap(None)
-    t._ir = value
-    t._requires_grad = value.requires_grad
-    return t
 
 
 def _producer(value, op):
@@ -71,8 +64,8 @@ def projected(x):
     if not same_shape(rows.shape, (numel(lead), table.shape[1])) or \
             not same_shape(x.shape, lead + (prod.outputs[0].shape[1],)):
         return x
-    idx_t = _traced(idx)
+    idx_t = traced_tensor(idx)
     if dims is not None:
         idx_t = apply(REGISTRY["permute"], idx_t, dims=dims)
-    projected_table = apply(REGISTRY["addmm"], _traced(bias), _traced(table), _traced(w))
+    projected_table = apply(REGISTRY["addmm"], *map(traced_tensor, (bias, table, w)))
     return apply(REGISTRY["embedding"], projected_table, idx_t, **emb.attrs)

@@ -286,10 +286,7 @@ def _lower_conv_group(name, group, exported, target):
     if stats is not None:
         stats_at = statistics_scratch(stats, geo["O"], ct, parallel, target)
         shared += stats_at
-    if shared:
-        scratch = (per_thread, "threads", shared) if parallel else per_thread + shared
-    else:
-        scratch = threads_scratch(per_thread, parallel)
+    scratch = threads_scratch(per_thread, parallel, shared)
     fn, then_pool = name, None
     if pool_after is not None:
         fn = f"{name}_conv"
@@ -424,7 +421,7 @@ def _lower_flipped_backward_input(name, node, geo, fgeo, ct, target):
     wide = geo["C"] // geo["G"] * geo["D"] * geo["H"] * direct["WP"]
     per_thread = wide + _padded_image(fgeo, direct)
     parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
-    scratch = (per_thread, "threads", shared) if parallel else per_thread + shared
+    scratch = threads_scratch(per_thread, parallel, shared)
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_backward_input.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
@@ -471,7 +468,7 @@ def _lower_row_folded_backward_input(name, node, geo, direct, ct, target, per_ta
         # the per-tap kernel indexes its own (smaller or equal) slices from scratch's start
         tap_scratch = per_tap.scratch[0] if isinstance(per_tap.scratch, tuple) else per_tap.scratch
         per_thread = max(per_thread, tap_scratch)
-    scratch = (per_thread, "threads", shared) if parallel else per_thread + shared
+    scratch = threads_scratch(per_thread, parallel, shared)
     t = _conv_template_geo(geo, ct, direct)
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_backward_input.c.j2", name=name, node_lines=node_lines([node]),

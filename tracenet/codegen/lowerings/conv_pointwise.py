@@ -43,8 +43,8 @@ def _flops(geo):
     return 2 * geo["N"] * geo["O"] * geo["C"] * geo["OH"] * geo["OW"]
 
 
-def _scratch(per_thread, parallel):
-    return threads_scratch(per_thread, parallel) if per_thread else 0
+def _scratch(per_thread, parallel, shared=0):
+    return threads_scratch(per_thread, parallel, shared) if per_thread or shared else 0
 
 
 def _template_geo(geo):
@@ -68,10 +68,7 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     per_thread = geo["C"] * t["P"] if t["strided"] else 0
     parallel = target.parallel.compute(_flops(geo), geo["N"])
     stats_at = 0 if stats is None else statistics_scratch(stats, geo["O"], ct, parallel, target)
-    if stats_at:
-        scratch = (per_thread, "threads", stats_at) if parallel else per_thread + stats_at
-    else:
-        scratch = _scratch(per_thread, parallel)
+    scratch = _scratch(per_thread, parallel, stats_at)
     src = render("conv_pointwise.c.j2", kind="forward", name=name,
                  node_lines=node_lines(group), ctype=ct, sfx=SFX[ct],
                  signature=signature(reads, writes, 1 if scratch else 0, ct),
