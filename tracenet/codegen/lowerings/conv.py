@@ -14,7 +14,7 @@ from ...ops.common import numel
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
     node_lines, signature, size_symbols, threads_scratch, where
 from ..templates import render
-from . import conv_pointwise
+from . import conv_pointwise, conv_winograd
 from .normalization import residual_operand, statistics_reads, statistics_scratch
 from .pooling import lower_max_pool, pool_geometry
 
@@ -250,6 +250,9 @@ def _lower_conv_group(name, group, exported, target):
     if pool is None and pool_after is None and conv_pointwise.applies(geo, ct):
         return conv_pointwise.lower_forward(name, group, geo, reads, writes, plane_out,
                                             relu_out, bn, res, stats, target)
+    if pool is None and pool_after is None and conv_winograd.takes_forward(geo, ct, target):
+        return conv_winograd.lower_forward(name, group, geo, reads, writes, plane_out,
+                                           relu_out, bn, res, stats, target)
     direct = _direct_geometry(geo)
     gathered = _gathered_geometry(geo, ct) if pool_after is None else None
     if gathered is not None and not _gathered_pays(geo, direct, gathered):
@@ -377,6 +380,8 @@ def _lower_conv_backward_input(name, node, target):
     ct = ctype(out)
     if conv_pointwise.takes_input_gradient(geo, ct, target):
         return conv_pointwise.lower_backward_input(name, node, geo, target)
+    if conv_winograd.takes_input_gradient(geo, ct, target):
+        return conv_winograd.lower_backward_input(name, node, geo, target)
     flipped = _flipped_geometry(geo)
     if flipped is not None and _flipped_pays(geo, flipped):
         return _lower_flipped_backward_input(name, node, geo, flipped, ct, target)

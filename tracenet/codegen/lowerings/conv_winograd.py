@@ -1,0 +1,103 @@
+"""C lowerings of 3x3 stride-1 padding-1 convolutions (one group, no depth, no dilation) by
+Winograd's F(2x2, 3x3): forward and input gradient.
+
+Each 2x2 block of outputs comes from a 4x4 tile of the input through 16 products per channel
+pair instead of 36: the weights are transformed once per call (U = G g G^T), each block of
+tile rows of an image is transformed (V = B^T d B) into [16][channels][tiles], the 16
+[out x in] x [in x tiles] products run on the GEMM core, and Y = A^T M A goes to the output
+rows with the general kernel's fused epilogue (bias, eval-mode batch norm, residual add, relu,
+a training-mode batch norm's statistics). The input gradient of such a convolution is the
+same convolution of the output gradient with the kernel flipped and its channels swapped,
+the same kernel with another weight transform. The results round differently from the
+direct sum (within a few units in the last place of the inputs' scale).
+``lowerings/conv.py`` hands a convolution here when ``takes_forward`` /
+``takes_input_gradient`` say so.
+"""
+from ..base import Kernel, SFX, ctype, node_lines, signature, threads_scratch
+from ..templates import render
+from .normalization import statistics_scratch
+
+# Input and output channels from which the Winograd form is taken (below, the transforms
+# cost more than the products they save)
+_MIN_CHANNELS = 16
+# A block of tile rows keeps about this many [channels x tiles] elements per transformed
+# matrix, so that each of the 16 GEMMs' operand stays in the first-level cache
+_BLOCK_ELEMENTS = 2048
+
+
+def applies(geo, ct):
+    """Whether a convolution of geometry ``geo`` (``conv.py``'s 3-d form) has the shape this
+    module lowers: 2-d (or 1-d height) 3x3, stride 1, padding 1, no dilation, one group, the
+    output the input's size, with at least ``_MIN_CHANNELS`` channels in and out."""
+    return (ct in SFX and geo["G"] == 1 and not geo["deep"] and geo["KD"] == 1 and
+            geo["KH"] == geo["KW"] == 3 and geo["SH"] == geo["SW"] == 1 and
+            geo["PH"] == geo["PW"] == 1 and geo["DH"] == geo["DW"] == 1 and
+            geo["OH"] == geo["H"] and geo["OW"] == geo["W"] and
+            geo["C"] >= _MIN_CHANNELS and geo["O"] >= _MIN_CHANNELS)
+
+
+def takes_forward(geo, ct, target):
+    return applies(geo, ct)
+
+
+def takes_input_gradient(geo, ct, target):
+    return applies(geo, ct)
+
+
+def _flops(geo):
+    """The direct convolution's multiply-adds, twice: the rate reported is that form's."""
+    return 2 * geo["N"] * geo["O"] * geo["C"] * 9 * geo["OH"] * geo["OW"]
+
+
+def _blocking(ci, h, w):
+    """Tiles per side, tile rows per block (R) and tiles per block (RB)."""
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    r = max(1, min(th, _BLOCK_ELEMENTS // (ci * tw)))
+    return dict(TH=th, TW=tw, R=r, RB=r * tw)
+
+
+def _scratch(ci, co, blocks, parallel, shared_before):
+    """Per-thread work (the split input rows, V, M, a two-row buffer) and the shared
+    elements (``shared_before``, then U)."""
+    per_thread = ci * (2 * blocks["R"] + 2) * 2 * (blocks["TW"] + 1) + \
+        16 * (ci + co) * blocks["RB"] + 4 * blocks["TW"]
+    shared = shared_before + 16 * ci * co
+    return per_thread, shared, threads_scratch(per_thread, parallel, shared)
+
+
+def _render(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stats_at, **extra):
+    blocks = _blocking(ci, geo["H"], geo["W"])
+    per_thread, shared, scratch = _scratch(ci, co, blocks, parallel, stats_at)
+    src = render("conv_winograd.c.j2", kind=kind, name=name, node_lines=node_lines(nodes),
+                 ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
+                 parallel=parallel, per_thread=per_thread, shared=shared, u_at=stats_at,
+                 N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"], **blocks, **extra)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=_flops(geo), parallel=parallel)
+
+
+def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res, stats,
+                  target):
+    """conv [-> eval-mode batch_norm] [-> residual add] [-> relu], or conv with the
+    ``stats`` of a training-mode batch norm, without pooling."""
+    conv = group[0]
+    ct = ctype(conv.outputs[0])
+    has_bias = len(conv.inputs) > 2
+    relu = any(m.op == "relu" for m in group)
+    parallel = target.parallel.compute(_flops(geo), geo["N"])
+    stats_at = 0 if stats is None else statistics_scratch(stats, geo["O"], ct, parallel, target)
+    return _render("forward", name, group, ct, reads, writes, geo, geo["C"], geo["O"],
+                   parallel, stats_at, has_bias=has_bias, bn=bn, res=res, relu=relu,
+                   plane_out=plane_out, relu_out=relu_out, stats=stats,
+                   epilogue=bool(has_bias or bn or res or relu))
+
+
+def lower_backward_input(name, node, geo, target):
+    """dX = the output gradient convolved with the flipped kernel, channels swapped."""
+    gy, w = node.inputs
+    out = node.outputs[0]
+    ct = ctype(out)
+    parallel = target.parallel.compute(_flops(geo), geo["N"])
+    reads, writes = [("gy", gy), ("w", w)], [("out", out)]
+    return _render("input", name, [node], ct, reads, writes, geo, geo["O"], geo["C"],
+                   parallel, 0, stats=None, bn=None, res=False, relu=False, relu_out=None,
+                   has_bias=False, epilogue=False)
