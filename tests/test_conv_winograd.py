@@ -1,0 +1,241 @@
+"""The Winograd F(2x2, 3x3) kernels of 3x3 stride-1 padding-1 convolutions
+(lowerings/conv_winograd.py): forward and input gradient against PyTorch and eager mode over
+odd and even image sizes (edge tiles cut), channel counts that are not whole vectors, bias or
+not, batch 1, a symbolic batch, float64; the fused epilogues (eval-mode batch norm, residual
+add, relu, the value before the relu kept, a training-mode batch norm's statistics); work
+memory filled with NaN on 1-3 threads; and which convolutions take the Winograd form."""
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import tracenet as tn
+from tracenet.codegen.target import Parallelism
+from tracenet.runtime import target as runtime_target
+
+from compile_checks import check_compiled, nan_filled_arenas
+from test_conv_kernels import _copy_to_torch, _randomise_stats, _step_against_torch
+
+FORWARD = "winograd 3x3 convolution F(2x2,3x3), "
+INPUT = "winograd 3x3 convolution input gradient F(2x2,3x3)"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _forms(source):
+    """Which Winograd kernels (forward, input) the compiled source has, and how many."""
+    return source.count(FORWARD), source.count(INPUT)
+
+
+# name -> (in channels, out channels, bias, input shape, dtype)
+CASES = {
+    "even_8x8": (16, 16, False, (2, 16, 8, 8), np.float32),
+    "odd_7x7_bias": (17, 19, True, (3, 17, 7, 7), np.float32),
+    "odd_15x15": (20, 33, False, (2, 20, 15, 15), np.float32),
+    "resnet_32x32": (16, 16, False, (2, 16, 32, 32), np.float32),
+    "wide_odd_rows_batch1": (24, 16, True, (1, 24, 5, 23), np.float32),
+    "many_channels_8x8": (64, 64, False, (2, 64, 8, 8), np.float32),
+    "float64_odd": (16, 18, True, (2, 16, 9, 11), np.float64),
+    "float64_32x32": (32, 16, False, (1, 32, 32, 32), np.float64),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_winograd_conv_matches_torch(name):
+    cin, cout, bias, shape, dtype = CASES[name]
+    tn.manual_seed(0)
+    model = tn.nn.Conv2d(cin, cout, 3, 1, 1, bias=bias)
+    tmodel = torch.nn.Conv2d(cin, cout, 3, 1, 1, bias=bias)
+    if dtype == np.float64:
+        model, tmodel = model.double(), tmodel.double()
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    _step_against_torch(compiled, model, tmodel, x, tol)
+    assert _forms(compiled.source()) == (1, 1)
+    check_compiled(model, shape, dtype=tn.float64 if dtype == np.float64 else tn.float32)
+
+
+def test_symbolic_batch_two_sizes():
+    """One compiled module at batch 3, 5 and 1: the kernels take the batch at run time."""
+    tn.manual_seed(0)
+
+    def make(lib):
+        return lib.nn.Sequential(lib.nn.Conv2d(16, 20, 3, 1, 1), lib.nn.ReLU(),
+                                 lib.nn.Conv2d(20, 16, 3, 1, 1))
+    model, tmodel = make(tn), make(torch)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    rng = np.random.default_rng(0)
+    for batch in (3, 5, 1):
+        x = rng.standard_normal((batch, 16, 9, 10)).astype(np.float32)
+        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    assert len(compiled.specialisations) == 1
+    source = compiled.source()
+    assert "tn_N" in source and _forms(source) == (2, 2)
+
+
+@pytest.mark.parametrize("conv,shape", [
+    (dict(in_channels=8, out_channels=16), (2, 8, 8, 8)),  # few input channels
+    (dict(in_channels=16, out_channels=8), (2, 16, 8, 8)),  # few output channels
+    (dict(in_channels=16, out_channels=16, stride=2), (2, 16, 8, 8)),
+    (dict(in_channels=16, out_channels=16, padding=2, dilation=2), (2, 16, 8, 8)),
+    (dict(in_channels=16, out_channels=16, groups=2), (2, 16, 8, 8)),
+    (dict(in_channels=16, out_channels=16, padding=0), (2, 16, 8, 8)),
+])
+def test_not_taken_off_its_shape(conv, shape):
+    """Other strides, paddings, dilations, groups and fewer than 16 channels stay with the
+    general convolution kernels."""
+    kwargs = dict(dict(kernel_size=3, stride=1, padding=1), **conv)
+    tn.manual_seed(0)
+    compiled = check_compiled(tn.nn.Conv2d(**kwargs), shape)
+    assert _forms(compiled.source()) == (0, 0)
+
+
+# --- the epilogues fused into the forward ------------------------------------------------------
+
+def _block(lib, bias):
+    nn_, F = lib.nn, lib.nn.functional
+
+    class Block(nn_.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn_.Conv2d(16, 24, 3, 1, 1, bias=bias)
+            self.bn1 = nn_.BatchNorm2d(24)
+            self.conv2 = nn_.Conv2d(24, 16, 3, 1, 1, bias=False)
+            self.bn2 = nn_.BatchNorm2d(16)
+
+        def forward(self, x):
+            y = F.relu(self.bn1(self.conv1(x)))
+            return F.relu(self.bn2(self.conv2(y)) + x)
+    return Block()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_eval_batch_norm_residual_relu_fused(bias):
+    tn.manual_seed(0)
+    torch.manual_seed(0)
+    model, tmodel = _block(tn, bias), _block(torch, bias)
+    model.eval()
+    tmodel.eval()
+    rng = np.random.default_rng(0)
+    _randomise_stats(model, tmodel, rng)
+    compiled = tn.compile(model)
+    x = rng.standard_normal((3, 16, 9, 10)).astype(np.float32)
+    for _ in range(2):  # the statistics change between calls: folded when the kernel runs
+        with tn.no_grad(), torch.no_grad():
+            out, ref = compiled(tn.from_numpy(x)), tmodel(torch.from_numpy(x))
+        np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
+        _randomise_stats(model, tmodel, rng)
+    source = compiled.source()
+    assert "_conv_batch_norm_add_relu(" in source
+    assert re.search(re.escape(FORWARD) + r"\S+ -> \S+, then bias, eval-mode batch norm, "
+                     r"the residual, relu", source)
+    assert _forms(source) == (2, 0)
+
+
+def _conv_bn_relu(lib):
+    nn_ = lib.nn
+    return nn_.Sequential(nn_.Conv2d(16, 20, 3, 1, 1), nn_.BatchNorm2d(20), nn_.ReLU())
+
+
+def _biased_block(lib):
+    return _block(lib, True)
+
+
+@pytest.mark.parametrize("make,offset,forms", [(_biased_block, 0, (2, 2)),
+                                               (_conv_bn_relu, 30, (1, 1))])
+def test_training_with_statistics_matches_torch(make, offset, forms):
+    """Training mode: the batch norms' statistics summed in the convolutions' epilogues, per
+    block of rows; for one convolution from inputs far from zero (a one-pass sum of squares
+    would lose the variance)."""
+    tn.manual_seed(0)
+    torch.manual_seed(0)
+    model, tmodel = make(tn), make(torch)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    rng = np.random.default_rng(0)
+    bns = [(n, m) for n, m in model.named_modules() if isinstance(m, tn.nn.BatchNorm2d)]
+    tbns = dict(tmodel.named_modules())
+    for _ in range(3):
+        x = (rng.standard_normal((4, 16, 15, 13)) * 2 + offset).astype(np.float32)
+        _step_against_torch(compiled, model, tmodel, x, 2e-4)
+        for name, bn in bns:
+            for stat in ("running_mean", "running_var"):
+                np.testing.assert_allclose(getattr(bn, stat).numpy(),
+                                           getattr(tbns[name], stat).numpy(),
+                                           rtol=2e-4, atol=2e-4, err_msg=f"{name}.{stat}")
+    source = compiled.source()
+    assert "the batch statistics per block" in source
+    assert _forms(source) == forms
+
+
+def _keeps_both(lib):
+    """relu(conv(x)) * conv(x): the convolution's value and its relu both leave the kernel."""
+
+    class KeepsBoth(lib.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = lib.nn.Conv2d(16, 17, 3, 1, 1)
+
+        def forward(self, x):
+            c = self.conv(x)
+            return lib.nn.functional.relu(c) * c
+    return KeepsBoth()
+
+
+def test_relu_with_the_value_before_it_kept():
+    tn.manual_seed(0)
+    model, tmodel = _keeps_both(tn), _keeps_both(torch)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    x = np.random.default_rng(0).standard_normal((2, 16, 7, 6)).astype(np.float32)
+    _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    source = compiled.source()
+    assert "rdst[ow] = v <= 0 ? 0 : v" in source
+    assert _forms(source) == (1, 1)
+
+
+# --- NaN-filled work memory, split between threads ---------------------------------------------
+
+@pytest.fixture
+def _nan_arenas_split(monkeypatch, tmp_path):
+    """Every call's work memory is new and all NaN; every convolution splits its batch
+    between the threads, however small."""
+    if not runtime_target.current().openmp:
+        pytest.skip("no OpenMP here")
+    nan_filled_arenas(monkeypatch)
+    monkeypatch.setattr(Parallelism, "compute_min_flops", 0)
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
+    before = tn.get_num_threads()
+    yield
+    tn.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("size", [(7, 9), (16, 16)])
+def test_nan_arena_threads(_nan_arenas_split, threads, size):
+    """Two Winograd convolutions in a row: the second's input gradient, in work memory, feeds
+    the first one's backward, so an output left unwritten (an edge tile's row or column)
+    shows as NaN; three threads over five images split unevenly."""
+    tn.set_num_threads(threads)
+    tn.manual_seed(0)
+
+    def make(lib):
+        return lib.nn.Sequential(lib.nn.Conv2d(16, 18, 3, 1, 1), lib.nn.ReLU(),
+                                 lib.nn.Conv2d(18, 16, 3, 1, 1))
+    model, tmodel = make(tn), make(torch)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    rng = np.random.default_rng(0)
+    for batch in (5, 2):
+        x = rng.standard_normal((batch, 16) + size).astype(np.float32)
+        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    source = compiled.source()
+    assert _forms(source) == (2, 2)
+    assert "omp_get_thread_num()" in source
