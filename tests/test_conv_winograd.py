@@ -34,7 +34,8 @@ def _forms(source):
 # name -> (in channels, out channels, bias, input shape, dtype)
 CASES = {
     "even_8x8": (16, 16, False, (2, 16, 8, 8), np.float32),
-    "odd_7x7_bias": (17, 19, True, (3, 17, 7, 7), np.float32),
+    "odd_7x11_bias": (17, 19, True, (3, 17, 7, 11), np.float32),
+    "few_channels_16x16": (8, 9, True, (2, 8, 16, 16), np.float32),
     "odd_15x15": (20, 33, False, (2, 20, 15, 15), np.float32),
     "resnet_32x32": (16, 16, False, (2, 16, 32, 32), np.float32),
     "wide_odd_rows_batch1": (24, 16, True, (1, 24, 5, 23), np.float32),
@@ -81,16 +82,18 @@ def test_symbolic_batch_two_sizes():
 
 
 @pytest.mark.parametrize("conv,shape", [
-    (dict(in_channels=8, out_channels=16), (2, 8, 8, 8)),  # few input channels
-    (dict(in_channels=16, out_channels=8), (2, 16, 8, 8)),  # few output channels
+    (dict(in_channels=6, out_channels=16), (2, 6, 8, 8)),  # few input channels
+    (dict(in_channels=16, out_channels=7), (2, 16, 8, 8)),  # few output channels
+    (dict(in_channels=16, out_channels=16), (2, 16, 7, 7)),  # a small image
+    (dict(in_channels=16, out_channels=16), (2, 16, 4, 15)),
     (dict(in_channels=16, out_channels=16, stride=2), (2, 16, 8, 8)),
     (dict(in_channels=16, out_channels=16, padding=2, dilation=2), (2, 16, 8, 8)),
     (dict(in_channels=16, out_channels=16, groups=2), (2, 16, 8, 8)),
     (dict(in_channels=16, out_channels=16, padding=0), (2, 16, 8, 8)),
 ])
 def test_not_taken_off_its_shape(conv, shape):
-    """Other strides, paddings, dilations, groups and fewer than 16 channels stay with the
-    general convolution kernels."""
+    """Other strides, paddings, dilations, groups, fewer than 8 channels and fewer than 64
+    positions per image stay with the general convolution kernels."""
     kwargs = dict(dict(kernel_size=3, stride=1, padding=1), **conv)
     tn.manual_seed(0)
     compiled = check_compiled(tn.nn.Conv2d(**kwargs), shape)
@@ -194,7 +197,7 @@ def test_relu_with_the_value_before_it_kept():
     model, tmodel = _keeps_both(tn), _keeps_both(torch)
     _copy_to_torch(model, tmodel)
     compiled = tn.compile(model)
-    x = np.random.default_rng(0).standard_normal((2, 16, 7, 6)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((2, 16, 9, 8)).astype(np.float32)
     _step_against_torch(compiled, model, tmodel, x, 1e-4)
     source = compiled.source()
     assert "rdst[ow] = v <= 0 ? 0 : v" in source
@@ -218,7 +221,7 @@ def _nan_arenas_split(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("size", [(7, 9), (16, 16)])
+@pytest.mark.parametrize("size", [(7, 11), (16, 16)])
 def test_nan_arena_threads(_nan_arenas_split, threads, size):
     """Two Winograd convolutions in a row: the second's input gradient, in work memory, feeds
     the first one's backward, so an output left unwritten (an edge tile's row or column)
