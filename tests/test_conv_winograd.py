@@ -1,5 +1,6 @@
 """The Winograd F(2x2, 3x3) kernels of 3x3 stride-1 padding-1 convolutions
-(lowerings/conv_winograd.py): forward and input gradient against PyTorch and eager mode over
+(lowerings/conv_winograd.py): forward, input and weight gradients against PyTorch and eager
+mode over
 odd and even image sizes (edge tiles cut), channel counts that are not whole vectors, bias or
 not, batch 1, a symbolic batch, float64; the fused epilogues (eval-mode batch norm, residual
 add, relu, the value before the relu kept, a training-mode batch norm's statistics); work
@@ -19,6 +20,10 @@ from test_conv_kernels import _copy_to_torch, _randomise_stats, _step_against_to
 
 FORWARD = "winograd 3x3 convolution F(2x2,3x3), "
 INPUT = "winograd 3x3 convolution input gradient F(2x2,3x3)"
+WEIGHT = "winograd 3x3 convolution weight gradient F(2x2,3x3)"
+# the weight gradient takes it from 16 channels in and out with AVX-512, from 32 with AVX2 only
+# (conv_winograd.takes_weight_gradient)
+WEIGHT_FROM = 16 if runtime_target.current().vector_bits >= 512 else 32
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +32,15 @@ def _cache(tmp_path_factory, monkeypatch):
 
 
 def _forms(source):
-    """Which Winograd kernels (forward, input) the compiled source has, and how many."""
-    return source.count(FORWARD), source.count(INPUT)
+    """How many Winograd kernels of each kind (forward, input, weight) the compiled source
+    has."""
+    return source.count(FORWARD), source.count(INPUT), source.count(WEIGHT)
+
+
+def _weights(*channels):
+    """How many of the convolutions with these (in, out) channels take the Winograd weight
+    gradient."""
+    return sum(min(c) >= WEIGHT_FROM for c in channels)
 
 
 # name -> (in channels, out channels, bias, input shape, dtype)
@@ -58,7 +70,7 @@ def test_winograd_conv_matches_torch(name):
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     tol = 1e-10 if dtype == np.float64 else 1e-4
     _step_against_torch(compiled, model, tmodel, x, tol)
-    assert _forms(compiled.source()) == (1, 1)
+    assert _forms(compiled.source()) == (1, 1, _weights((cin, cout)))
     check_compiled(model, shape, dtype=tn.float64 if dtype == np.float64 else tn.float32)
 
 
@@ -78,7 +90,7 @@ def test_symbolic_batch_two_sizes():
         _step_against_torch(compiled, model, tmodel, x, 1e-4)
     assert len(compiled.specialisations) == 1
     source = compiled.source()
-    assert "tn_N" in source and _forms(source) == (2, 2)
+    assert "tn_N" in source and _forms(source) == (2, 2, _weights((16, 20), (20, 16)))
 
 
 @pytest.mark.parametrize("conv,shape", [
@@ -97,7 +109,7 @@ def test_not_taken_off_its_shape(conv, shape):
     kwargs = dict(dict(kernel_size=3, stride=1, padding=1), **conv)
     tn.manual_seed(0)
     compiled = check_compiled(tn.nn.Conv2d(**kwargs), shape)
-    assert _forms(compiled.source()) == (0, 0)
+    assert _forms(compiled.source()) == (0, 0, 0)
 
 
 # --- the epilogues fused into the forward ------------------------------------------------------
@@ -139,7 +151,7 @@ def test_eval_batch_norm_residual_relu_fused(bias):
     assert "_conv_batch_norm_add_relu(" in source
     assert re.search(re.escape(FORWARD) + r"\S+ -> \S+, then bias, eval-mode batch norm, "
                      r"the residual, relu", source)
-    assert _forms(source) == (2, 0)
+    assert _forms(source) == (2, 0, 0)
 
 
 def _conv_bn_relu(lib):
@@ -151,8 +163,9 @@ def _biased_block(lib):
     return _block(lib, True)
 
 
-@pytest.mark.parametrize("make,offset,forms", [(_biased_block, 0, (2, 2)),
-                                               (_conv_bn_relu, 30, (1, 1))])
+@pytest.mark.parametrize("make,offset,forms", [
+    (_biased_block, 0, (2, 2, _weights((16, 24), (24, 16)))),
+    (_conv_bn_relu, 30, (1, 1, _weights((16, 20))))])
 def test_training_with_statistics_matches_torch(make, offset, forms):
     """Training mode: the batch norms' statistics summed in the convolutions' epilogues, per
     block of rows; for one convolution from inputs far from zero (a one-pass sum of squares
@@ -201,7 +214,7 @@ def test_relu_with_the_value_before_it_kept():
     _step_against_torch(compiled, model, tmodel, x, 1e-4)
     source = compiled.source()
     assert "rdst[ow] = v <= 0 ? 0 : v" in source
-    assert _forms(source) == (1, 1)
+    assert _forms(source) == (1, 1, _weights((16, 17)))
 
 
 # --- NaN-filled work memory, split between threads ---------------------------------------------
@@ -222,23 +235,25 @@ def _nan_arenas_split(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("size", [(7, 11), (16, 16)])
-def test_nan_arena_threads(_nan_arenas_split, threads, size):
+@pytest.mark.parametrize("channels", [16, 32])
+def test_nan_arena_threads(_nan_arenas_split, threads, size, channels):
     """Two Winograd convolutions in a row: the second's input gradient, in work memory, feeds
     the first one's backward, so an output left unwritten (an edge tile's row or column)
-    shows as NaN; three threads over five images split unevenly."""
+    shows as NaN; three threads over five images split unevenly, over two images one with
+    none (its weight gradient sums start from NaN memory)."""
     tn.set_num_threads(threads)
     tn.manual_seed(0)
 
     def make(lib):
-        return lib.nn.Sequential(lib.nn.Conv2d(16, 18, 3, 1, 1), lib.nn.ReLU(),
-                                 lib.nn.Conv2d(18, 16, 3, 1, 1))
+        return lib.nn.Sequential(lib.nn.Conv2d(channels, channels + 2, 3, 1, 1), lib.nn.ReLU(),
+                                 lib.nn.Conv2d(channels + 2, channels, 3, 1, 1))
     model, tmodel = make(tn), make(torch)
     _copy_to_torch(model, tmodel)
     compiled = tn.compile(model)
     rng = np.random.default_rng(0)
     for batch in (5, 2):
-        x = rng.standard_normal((batch, 16) + size).astype(np.float32)
+        x = rng.standard_normal((batch, channels) + size).astype(np.float32)
         _step_against_torch(compiled, model, tmodel, x, 1e-4)
     source = compiled.source()
-    assert _forms(source) == (2, 2)
+    assert _forms(source) == (2, 2, _weights((channels, channels + 2), (channels + 2, channels)))
     assert "omp_get_thread_num()" in source

@@ -497,6 +497,8 @@ def _lower_conv_backward_weight(name, node, target):
     ct = ctype(out)
     if conv_pointwise.applies(geo, ct):
         return conv_pointwise.lower_backward_weight(name, node, geo, target)
+    if conv_winograd.takes_weight_gradient(geo, ct, target):
+        return conv_winograd.lower_backward_weight(name, node, geo, target)
     wsize = numel(out.shape)
     direct = _direct_geometry(geo)
     t = _conv_template_geo(geo, ct, direct)
