@@ -257,3 +257,17 @@ def test_nan_arena_threads(_nan_arenas_split, threads, size, channels):
     source = compiled.source()
     assert _forms(source) == (2, 2, _weights((channels, channels + 2), (channels + 2, channels)))
     assert "omp_get_thread_num()" in source
+
+
+def test_transposed_conv_matches_torch():
+    """A transposed 3x3 stride-1 padding-1 convolution is the input gradient of a convolution:
+    its forward takes the Winograd input-gradient kernel, its input gradient the forward one."""
+    tn.manual_seed(0)
+    model = tn.nn.ConvTranspose2d(16, 20, 3, 1, 1)
+    tmodel = torch.nn.ConvTranspose2d(16, 20, 3, 1, 1)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    x = np.random.default_rng(0).standard_normal((2, 16, 9, 12)).astype(np.float32)
+    _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    forward, backward_input, _ = _forms(compiled.source())
+    assert forward == 1 and backward_input == 1
