@@ -191,7 +191,8 @@ def tiles_helper(ct):
     """(name, source) of ``tn_scan_block{sfx}(rb, K, a, lda, b, ldb, c, ldc, acc)``: a step's
     product of ``rb`` rows with a block of ``COLUMN_BLOCK`` columns (float only: two vectors)."""
     return (f"tn_scan_tiles{SFX[ct]}", render("scan_tiles.c.j2", ct=ct, sfx=SFX[ct],
-                                              nv=TILE_VECTORS, rows=TILE_ROWS))
+                                              nv=TILE_VECTORS, rows=TILE_ROWS,
+                                              columns=COLUMN_BLOCK))
 
 
 @group_lowering(GROUP)
