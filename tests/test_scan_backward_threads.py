@@ -84,12 +84,16 @@ def test_backward_step_is_gates_barrier_then_each_threads_columns_of_the_product
     assert lines[1:4] == ["if (by_columns) {", lines[2], "}"]
     assert lines[2].startswith("#pragma omp barrier")
     # rows [v0, v1) of the [20, 128] gates @ the weight's columns [u0, u1) -> those rows and
-    # columns of the state gradient
-    assert re.match(r"if \(u1 > u0 && v1 > v0\) \{ tn_gemm_f32\(\(int\)\(v1 - v0\), u1 - u0, "
-                    r"128, \(float \*\)args\[\d+\] \+ \(size_t\)v0 \* 128, 128, 1, "
-                    r"\(float \*\)args\[\d+\] \+ u0, 32, NULL, "
-                    r"\(float \*\)args\[\d+\] \+ \(size_t\)v0 \* 32 \+ u0, 32, 0\); \}$",
-                    lines[4])
+    # columns of the state gradient: whole blocks of 16 columns on the step's register tiles,
+    # a narrower rest on the GEMM's
+    a, w, d = (r"\(float \*\)args\[\d+\]",) * 3
+    assert re.match(rf"if \(u1 > u0 && v1 > v0\) \{{ int j = u0; "
+                    rf"for \(; j \+ 16 <= u1; j \+= 16\) "
+                    rf"tn_scan_block_f32\(\(int\)\(v1 - v0\), 128, {a} \+ \(size_t\)v0 \* 128, "
+                    rf"128, {w} \+ j, 32, {d} \+ \(size_t\)v0 \* 32 \+ j, 32, 0\); "
+                    rf"if \(j < u1\) tn_gemm_f32\(\(int\)\(v1 - v0\), u1 - j, 128, "
+                    rf"{a} \+ \(size_t\)v0 \* 128, 128, 1, {w} \+ j, 32, NULL, "
+                    rf"{d} \+ \(size_t\)v0 \* 32 \+ j, 32, 0\); \}}$", lines[4])
     assert len(lines) == 5
     # the gate gradients live in the step's own slice of the stacked output: the next step
     # writes another, so the loop needs no second barrier per step, only one after it
@@ -176,4 +180,5 @@ def test_gru_backward_adds_the_product_to_the_direct_gradient_on_each_threads_co
     body = re.search(rf"static void {scan}_body\(.*?\n\}}\n", source, re.S).group(0)
     assert "_add(" not in body and body.count("#pragma omp barrier") == 1
     assert re.search(r"for \(long r = v0; r < v1; r\+\+\) for \(int c = u0; c < u1; c\+\+\) "
-                     r".* = .*; tn_gemm_f32\(.*, 1\); \}", body)
+                     r".* = .*; int j = u0; for .* tn_scan_block_f32\(.*, 1\); "
+                     r"if \(j < u1\) tn_gemm_f32\(.*, 1\); \}", body)

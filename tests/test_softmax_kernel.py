@@ -8,6 +8,8 @@ import torch
 
 import tracenet
 import tracenet.nn.functional as F
+from tracenet.runtime import target as runtime_target
+from tracenet.runtime import threads
 
 
 class Soft(tracenet.nn.Module):
@@ -105,3 +107,32 @@ def test_long_rows_with_infinities_and_nan_follow_eager(at, log):
     np.testing.assert_array_equal(np.isnan(out), np.isnan(eager))
     np.testing.assert_array_equal(np.isnan(out), np.isnan(expect))
     np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_many_rows_split_between_threads_match_eager_on_one_two_and_three_threads(log):
+    """A language model's loss rows (512 x 90 at its traced batch): the rows are split between
+    threads, with the condition on the batch size at run time; every thread count and a batch
+    too small to split give eager's values."""
+    if not runtime_target.current().openmp:
+        pytest.skip("no OpenMP here")
+    before, adaptive = tracenet.get_num_threads(), list(threads._adaptive)
+    net = tracenet.compile(Soft(1, log))
+    rng = np.random.default_rng(0)
+    try:
+        for n in (512, 3, 512):
+            data = (rng.standard_normal((n, 90)) * 4).astype(np.float32)
+            data[n // 2, 7] = np.inf  # (a row of the second thread's share)
+            eager = Soft(1, log)(tracenet.tensor(data)).numpy()
+            for count in (2, 1, 3):
+                tracenet.set_num_threads(count)
+                with tracenet.no_grad():
+                    out = net(tracenet.tensor(data)).numpy()
+                np.testing.assert_array_equal(np.isnan(out), np.isnan(eager))
+                np.testing.assert_allclose(out, eager, rtol=1e-5, atol=1e-6)
+    finally:
+        tracenet.set_num_threads(before)
+        threads._adaptive[:] = adaptive
+    assert len(net.specialisations) == 1  # one build: the split is decided at run time
+    (split,) = [line for line in net.source().splitlines() if "omp parallel for if(" in line]
+    assert "tn_N" in split  # (the batch size it splits from, checked at run time)

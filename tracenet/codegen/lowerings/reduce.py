@@ -65,16 +65,23 @@ def lower_reduce(name, node, exported, target):
     return Kernel(name, reads, writes, src, helpers=[pairwise] if pairwise else ())
 
 
+EXP_FLOPS = 20
+
+
 @lowering("softmax", "log_softmax")
 def lower_softmax(name, node, exported, target):
     x, out = node.inputs[0], node.outputs[0]
     dim = node.attrs["dim"]
     shape = tuple(x.shape)
     reads, writes = [("x", x)], [("out", out)]
+    outer, contiguous = numel(shape[:dim]), is_one(numel(shape[dim + 1:]))
+    # rows split between threads (a loss over many rows: an exponential per element, counted
+    # as EXP_FLOPS)
+    parallel = target.parallel.compute(numel(shape) * EXP_FLOPS, outer) if contiguous else 0
     src = render("softmax.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
+                 parallel=parallel,
                  acctype="double", signature=signature(reads, writes),
                  log=node.op == "log_softmax", D=shape[dim] if shape else 1,
-                 OUTER=numel(shape[:dim]), INNER=numel(shape[dim + 1:]),
-                 contiguous=is_one(numel(shape[dim + 1:])))
-    return Kernel(name, reads, writes, src)
+                 OUTER=outer, INNER=numel(shape[dim + 1:]), contiguous=contiguous)
+    return Kernel(name, reads, writes, src, parallel=bool(parallel))
 

@@ -18,7 +18,7 @@ from ..._sym import Specialize, Sym, same_shape
 from ...ops.common import numel
 from ..base import SFX, Kernel, ctype, lowering, node_lines, signature, size_symbols
 from ..templates import render
-from .scan_cell import GROUP, cell_body
+from .scan_cell import COLUMN_BLOCK, GROUP, cell_body, tiles_helper
 
 _planner = [None]
 ALIGN = 64
@@ -101,6 +101,7 @@ def lower_scan(name, node, exported, target):
     if split:  # each thread on its rows or columns of every step; copies by one thread
         body_calls, copies = split["calls"], split["copies"]
         helpers = [h for h in helpers if h[0] not in split["replaced"]]
+        helpers += [h for h in split.pop("helpers", ()) if h not in helpers]
     scratch = -(-work // 4)  # in floats
     src = render("scan.c.j2", name=name, node_lines=node_lines([node]),
                  signature=signature(reads, writes, scratch, "float", bool(checks)),
@@ -295,9 +296,20 @@ def _backward_split(entry, body, calls, n_carry, skipped):
     if not same_shape((m,), (cell.rows,)):
         return None
     rows_a, rows_out = f"{ptr_a} + (size_t)v0 * {k}", f"{ptr_out} + (size_t)v0 * {n} + u0"
+    tiles = False
     if trans_b:  # b is [n, k]: its rows [u0, u1)
         product = (f"tn_gemm_nt{sfx}((int)(v1 - v0), u1 - u0, {k}, {rows_a}, {k}, "
                    f"{ptr_b} + (size_t)u0 * {k}, {k}, NULL, {rows_out}, {n}, {acc});")
+    elif ctype(a) == "float":  # b is [k, n]: its columns [u0, u1), whole blocks on the
+        # step's own register tiles (the threads' shares are multiples of a block but for the
+        # last), the rest on the GEMM's
+        blk = COLUMN_BLOCK
+        product = (f"int j = u0; for (; j + {blk} <= u1; j += {blk}) "
+                   f"tn_scan_block{sfx}((int)(v1 - v0), {k}, {rows_a}, {k}, {ptr_b} + j, {n}, "
+                   f"{ptr_out} + (size_t)v0 * {n} + j, {n}, {acc}); "
+                   f"if (j < u1) tn_gemm{sfx}((int)(v1 - v0), u1 - j, {k}, {rows_a}, {k}, 1, "
+                   f"{ptr_b} + j, {n}, NULL, {ptr_out} + (size_t)v0 * {n} + j, {n}, {acc});")
+        tiles = True
     else:  # b is [k, n]: its columns [u0, u1)
         product = (f"tn_gemm{sfx}((int)(v1 - v0), u1 - u0, {k}, {rows_a}, {k}, 1, "
                    f"{ptr_b} + u0, {n}, NULL, {rows_out}, {n}, {acc});")
@@ -309,7 +321,8 @@ def _backward_split(entry, body, calls, n_carry, skipped):
                       "}",
                       f"if (u1 > u0 && v1 > v0) {{ {start}{product} }}"],
             "copies": [],  # the product's and the addition's kernels are not called
-            "replaced": tuple(k.name for k, _ in entry.kernels[1:])}
+            "replaced": tuple(k.name for k, _ in entry.kernels[1:]),
+            "helpers": [tiles_helper(ctype(a))] if tiles else []}
 
 
 @lowering("zeros")

@@ -182,6 +182,17 @@ def _leading_product(items, members, produced, first, body, narrow, wide):
 
 # a block of the leading product: ROW_BLOCK rows x COLUMN_BLOCK columns of each gate, in L1
 ROW_BLOCK, COLUMN_BLOCK = 16, 16
+# the register tiles of a float block: rows of each (8 only with AVX-512VL's 32 registers),
+# and vectors of 8 floats across (the block's 16 columns)
+TILE_ROWS, TILE_VECTORS = (8, 4, 2, 1), 2
+
+
+def tiles_helper(ct):
+    """(name, source) of ``tn_scan_block{sfx}(rb, K, a, lda, b, ldb, c, ldc, acc)``: a step's
+    product of ``rb`` rows with a block of ``COLUMN_BLOCK`` columns (float only: two vectors)."""
+    return (f"tn_scan_tiles{SFX[ct]}", render("scan_tiles.c.j2", ct=ct, sfx=SFX[ct],
+                                              nv=TILE_VECTORS, rows=TILE_ROWS,
+                                              columns=COLUMN_BLOCK))
 
 
 @group_lowering(GROUP)
@@ -260,18 +271,23 @@ def lower_cell(name, node, exported, target):
     # (only a kernel with a gate-wide result needs the function with a pointer per gate)
     gates_args = ", ".join(symbols + [r for r, _ in reads] + gate_args) \
         if len(gate_args) > len(writes) else None
-    product = None
+    product, helpers = None, []
     if lead is not None:
         a, b = lead.inputs[0], lead.inputs[1]
         # packed: the loop hands over b transposed ([K, k * width]: scan.py)
-        product = dict(a=role[a], b=role[b], K=a.shape[1], packed=node.attrs.get("packed"))
+        packed = node.attrs.get("packed")
+        # float blocks of two whole vectors on the step's own tiles (scan_tiles.c.j2)
+        product = dict(a=role[a], b=role[b], K=a.shape[1], packed=packed,
+                       tiles=bool(packed) and ct == "float")
+        if product["tiles"]:
+            helpers.append(tiles_helper(ct))
     src = render("scan_cell.c.j2", name=name, signature=sig, args=", ".join(args),
                  gates_signature=gates_sig, gates_args=gates_args,
                  node_lines=node_lines(members), rows=rows, width=width, k=k, lines=lines,
                  sfx=SFX[ct], ctype=ct, product=product,
                  row_block=ROW_BLOCK, column_block=COLUMN_BLOCK)
     flops = 2 * rows * width * k * product["K"] if product else 0
-    kernel = Kernel(name, reads, writes, src, flops=flops)
+    kernel = Kernel(name, reads, writes, src, flops=flops, helpers=helpers)
     kernel.columns = width  # what the threads of a loop may split a step by
     kernel.rows = rows
     kernel.leading = lead is not None  # whether it reads the whole state (in its product)
