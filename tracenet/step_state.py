@@ -58,8 +58,7 @@ class UpdateState:
         list object while no state array was replaced, so binding them again is free).
         ``values``: each param group's hyperparameters, if the caller has read them."""
         if values is None:
-            from_group = self.update.hyper_from_group
-            values = [from_group(g) for g in self.optimizer.param_groups]
+            values = list(map(self.update.hyper_from_group, self.optimizer.param_groups))
         entries = map(self._live_state().get, self._lookup_params, _NO_STATE)
         try:  # (per-parameter state dicts, as the optimizers keep them: looked up in C)
             tensors = list(map(dict.get, entries, self._lookup_names))
