@@ -648,6 +648,13 @@ def _active_graph():
     return registry._tracer[0].__self__.graph
 
 
+def _refuse(inputs):
+    for i, x in enumerate(inputs):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"compiled function input {i} must be a Tensor, got "
+                            f"{type(x).__name__}")
+
+
 class CompiledFunction:
     """``tracenet.compile(fn)``: calls run ``fn`` as compiled C (see the module doc).
 
@@ -683,10 +690,9 @@ class CompiledFunction:
         return (tuple(map(_training_of, self.modules)), grad_mode._state.enabled)
 
     def __call__(self, *inputs):
-        for i, x in enumerate(inputs):
+        for x in inputs:
             if not isinstance(x, Tensor):
-                raise TypeError(f"compiled function input {i} must be a Tensor, got "
-                                f"{type(x).__name__}")
+                _refuse(inputs)
         arrays = [x._data for x in inputs]
         spec = self._sizes.specialisation(arrays, inputs, self._rest(), self._lines,
                                           lambda key, line, sizes:

@@ -67,7 +67,8 @@ class UpdateState:
             tensors = [None if st is None else st.get(name)
                        for st, name in zip(entries, self._lookup_names)]
         # (a first step creates state, so the step after it takes the slow path once more)
-        self._created = []
+        if self._created:
+            self._created = []
         if values != self._values or len(tensors) != len(self._tensors) or \
                 not all(map(operator.is_, tensors, self._tensors)):
             self._sync(values)
