@@ -455,7 +455,10 @@ class Arguments:
         to (``own_outputs``: then ``outputs`` are the slots after them). Returns the seeds drawn
         for this call (an int64 vector), if the entry point takes any, else None."""
         idle_vectors = self._idle
-        vector = idle_vectors.pop() if idle_vectors else self._new_vector()
+        try:
+            vector = idle_vectors.pop()  # (atomic: a vector belongs to one call at a time)
+        except IndexError:
+            vector = self._new_vector()
         old = vector.bound
         if bound is not old and (len(bound) != len(old) or not all(map(_is, bound, old))):
             self._rebind(vector, bound)
