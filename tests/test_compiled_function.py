@@ -237,3 +237,50 @@ def test_inference_through_a_compiled_module_reads_the_current_running_statistic
         model.eval()
     assert all(p.grad is None for p in model.parameters())
     assert len(compiled._specs) == 1
+
+
+def test_each_call_returns_outputs_of_its_own():
+    # small outputs of static shapes are copied out of arrays the call keeps: a later call
+    # never changes what an earlier one returned
+    model, reference, opt, ref_opt = _pair(LeNet, torch.optim.SGD, lr=0.01, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+
+    def with_sums(net, optimizer):
+        def fn(x, y):
+            optimizer.zero_grad()
+            loss = criterion(net(x), y)
+            loss.backward()
+            optimizer.step()
+            return loss, net.fc3.weight.sum(1)  # (10,): a static shape
+        return fn
+
+    compiled = torch.compile(with_sums(model, opt))
+    eager = with_sums(reference, ref_opt)
+    got, want = [], []
+    for _ in range(3):
+        x, y = torch.randn(1, 1, 32, 32), torch.randint(0, 10, (1,))
+        got.append(compiled(x, y))
+        want.append(eager(x, y))
+    for (loss, sums), (ref_loss, ref_sums) in zip(got, want):
+        np.testing.assert_allclose(loss.item(), ref_loss.item(), rtol=1e-5)
+        np.testing.assert_allclose(sums.detach().numpy(), ref_sums.detach().numpy(), **TOL)
+    assert len({id(loss._data) for loss, _ in got}) == 3
+    assert len({id(sums._data) for _, sums in got}) == 3
+    _same_state(model, reference, opt, ref_opt)
+
+
+def test_bad_targets_between_good_steps_raise_each_time_and_change_nothing():
+    # one argument vector serves every call: its status is zero again after each failure
+    model, reference, opt, ref_opt = _pair(MLP, torch.optim.SGD, lr=0.1, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    step = torch.compile(_step_fn(model, opt, criterion))
+    eager = _step_fn(reference, ref_opt, criterion)
+    x = torch.randn(3, 20)
+    good, bad = torch.tensor([0, 4, 2]), torch.tensor([0, 4, 7])
+    for _ in range(3):
+        np.testing.assert_allclose(step(x, good).item(), eager(x, good).item(), rtol=1e-5)
+        for _ in range(2):
+            with pytest.raises(IndexError, match="Target 7 is out of bounds."):
+                step(x, bad)
+        _same_state(model, reference, opt, ref_opt)
+    assert len(step._specs) == 1

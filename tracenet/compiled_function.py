@@ -35,7 +35,7 @@ import numpy as np
 
 from . import _dtype, warm
 from ._meta import Meta
-from ._sym import is_one
+from ._sym import has_symbols, is_one
 from .autograd import grad_mode
 from .executable import Executable, ShapeTable, Specialisations, SymbolicSizes, \
     check_sizes, graph_symbols, optimise, run_sizes
@@ -48,12 +48,16 @@ from .runtime import debug
 from .step_state import UpdateState, declaration_of
 from .tensor import Tensor
 from .ops import registry
+from .ops.common import numel
 from .trace import Guards, TraceError, format_inputs, rebuild, symbolic_shape, trace, \
     traced_tensor
 
 _training_of = operator.attrgetter("training")
 _data_of = operator.attrgetter("_data")
 _grad_of = operator.attrgetter("_grad")
+_vc_of = operator.attrgetter("_vc")
+# the most bytes of outputs a call copies out of arrays it keeps (``Arguments.own_outputs``)
+_OWNED_BYTES = 4096
 _is = operator.is_
 
 
@@ -428,6 +432,7 @@ class _Specialisation:
                                                         [self.state[i] for i in params]),
                                  first))
         self.grad_params = [self.state[i] for i, _ in layout["grads"]]
+        self._stepped_optimizers = [optimizer for optimizer, _, _ in self.updates]
         self._bind(layout)
 
     def _bind(self, layout):
@@ -481,6 +486,13 @@ class _Specialisation:
             self._grads.append(g)
         # what a call writes in place when the gradients are already .grad
         self._written = self._stepped + self._grads
+        # small outputs of static shapes are written to arrays the argument vectors keep and
+        # copied out: cheaper than pointing a slot at a fresh array per call
+        user = self.out_meta[:self.n_out]
+        self._owned = not any(has_symbols(shape) for shape, _ in user) and \
+            sum(numel(shape) * np.dtype(dt).itemsize for shape, dt in user) <= _OWNED_BYTES
+        if self._owned:
+            call.own_outputs(user)
 
     @property
     def source_code(self):
@@ -499,9 +511,13 @@ class _Specialisation:
         sizes = run_sizes(arrays, self.symbols)
         if self.size_checks:
             check_sizes(self.size_checks, sizes)
-        outs = [np.empty(shape, dt) for shape, dt in self.user_out_shapes(sizes)]
         try:
-            self.call(arrays, outs, bound, sizes)
+            if self._owned:
+                outs = []
+                self.call(arrays, (), bound, sizes, results=outs)
+            else:
+                outs = [np.empty(shape, dt) for shape, dt in self.user_out_shapes(sizes)]
+                self.call(arrays, outs, bound, sizes)
         except Exception:  # bad data: the C code stopped before any update
             for _, update_state, _ in self.updates:
                 update_state.undo()
@@ -511,8 +527,8 @@ class _Specialisation:
             t._vc.value += 1
         if all(map(_is, map(_grad_of, self.grad_params), self._grads)):
             # (the gradients are the parameters' .grad already: written in place)
-            for t in self._written:
-                t._vc.value += 1
+            for counter in map(_vc_of, self._written):
+                counter.value += 1
         else:
             for t in self._stepped:
                 t._vc.value += 1
@@ -523,7 +539,7 @@ class _Specialisation:
                     g._vc.value += 1
         if self.deferred:
             ddp_mod.after_compiled_backward(self.ddp, self.deferred)
-        for optimizer, _, _ in self.updates:
+        for optimizer in self._stepped_optimizers:
             optimizer._opt_called = True  # a scheduler stepped after this call is in order
         if self._one_output:
             return Tensor._wrap(outs[0])
@@ -632,6 +648,13 @@ def _active_graph():
     return registry._tracer[0].__self__.graph
 
 
+def _refuse(inputs):
+    for i, x in enumerate(inputs):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"compiled function input {i} must be a Tensor, got "
+                            f"{type(x).__name__}")
+
+
 class CompiledFunction:
     """``tracenet.compile(fn)``: calls run ``fn`` as compiled C (see the module doc).
 
@@ -667,10 +690,9 @@ class CompiledFunction:
         return (tuple(map(_training_of, self.modules)), grad_mode._state.enabled)
 
     def __call__(self, *inputs):
-        for i, x in enumerate(inputs):
+        for x in inputs:
             if not isinstance(x, Tensor):
-                raise TypeError(f"compiled function input {i} must be a Tensor, got "
-                                f"{type(x).__name__}")
+                _refuse(inputs)
         arrays = [x._data for x in inputs]
         spec = self._sizes.specialisation(arrays, inputs, self._rest(), self._lines,
                                           lambda key, line, sizes:

@@ -43,6 +43,7 @@ _STATUS = _ffi.typeof("int64_t[]")
 _NULL = _ffi.NULL
 _weak = weakref.ref
 _is = operator.is_
+_copy = np.ndarray.copy
 # tracing and building are not thread-safe (one tracer is active per process): new
 # specialisations are made one at a time
 _compiling = threading.RLock()
@@ -304,17 +305,22 @@ class _Arena:
 
 class _Vector:
     """One ``void *[]`` of an entry point, the arrays its bound slots point at, the tuple of
-    arrays its last output slots point at (``spares``) and, per other per-call slot, a weak
-    reference to the array it pointed at last: a call that passes that array again (the same
-    input) skips re-pointing the slot, and the array is not kept alive by it."""
+    arrays its last output slots point at (``spares``), the arrays of its own its first output
+    slots point at (``owned``, see ``Arguments.own_outputs``) and, per other per-call slot, a
+    weak reference to the array it pointed at last: a call that passes that array again (the
+    same input) skips re-pointing the slot, and the array is not kept alive by it."""
 
-    __slots__ = ("args", "bound", "spares", "held")
+    __slots__ = ("args", "bound", "spares", "held", "owned", "status")
 
-    def __init__(self, args, n):
+    def __init__(self, args, n, status):
         self.args = args
         self.bound = ()
         self.spares = ()
         self.held = [None] * n
+        self.owned = ()
+        # the call's status (NULL for an entry without data checks): zero, as the C code writes
+        # it only when a check fails, and ``__call__`` zeroes it again before raising
+        self.status = status
 
 
 class Arguments:
@@ -331,7 +337,7 @@ class Arguments:
     __slots__ = ("entry", "library", "timing", "ffi", "pointer", "fn", "n_inputs", "arenas",
                  "arena_bytes", "_idle", "_fixed", "_bound_slots", "_bound_names",
                  "_bound_metas", "_seed_slot", "_n_seeds", "_status", "_threads",
-                 "_arena_size")
+                 "_arena_size", "_owned")
 
     def __init__(self, library, entry, timing, arenas):
         self.entry = entry
@@ -350,11 +356,12 @@ class Arguments:
             else int(entry.arena_bytes)
         self._idle = []  # argument vectors not in use
         self._fixed = []  # (slots, array)
+        self._owned = ()  # (shape, dtype) of the leading outputs each vector keeps arrays for
         self._bound_slots = ()  # per bound array, the slots it fills
         self._bound_names = ()
         self._bound_metas = ()  # per bound array, the (shape, dtype) the code was built for
-        # a fresh zeroed status per call (thread-safe) for entries with data checks; the C
-        # code never reads it otherwise
+        # a zeroed status per argument vector (one call at a time) for entries with data
+        # checks; the C code never reads it otherwise
         # (``newp`` with the resolved type: what ``ffi.new`` does, without parsing the type)
         self._status = functools.partial(_cffi_backend.newp, _STATUS, 1 + STATUS_DETAILS) \
             if entry.checks else None
@@ -375,6 +382,14 @@ class Arguments:
         """Point ``slots`` at ``array`` for the lifetime of these arguments (declared before
         the first call)."""
         self._fixed.append((tuple(slots), array))
+        self._idle = []
+
+    def own_outputs(self, metas):
+        """The leading output slots (``metas``: their static (shape, numpy dtype)) point at
+        arrays of each vector's own, set once: a call with ``results`` appends copies of them.
+        For small outputs a copy costs less than pointing a slot at a fresh array per call
+        (declared before the first call)."""
+        self._owned = tuple((tuple(shape), dt) for shape, dt in metas)
         self._idle = []
 
     def bind_slots(self, slot_groups, names):
@@ -400,7 +415,11 @@ class Arguments:
             ptr = self.pointer(array)
             for s in slots:
                 args[s] = ptr
-        return _Vector(args, n)
+        vector = _Vector(args, n, _NULL if self._status is None else self._status())
+        vector.owned = tuple(np.empty(shape, dt) for shape, dt in self._owned)
+        for j, arr in enumerate(vector.owned):
+            args[self.n_inputs + j] = self.pointer(arr)
+        return vector
 
     def _rebind(self, vector, arrays):
         args = vector.args
@@ -422,7 +441,8 @@ class Arguments:
         # same list object again, unchanged, is the common case ``__call__`` checks first)
         vector.bound = arrays if type(arrays) is tuple else tuple(arrays)
 
-    def __call__(self, inputs=(), outputs=(), bound=(), sizes=NO_SIZES, spares=()):
+    def __call__(self, inputs=(), outputs=(), bound=(), sizes=NO_SIZES, spares=(),
+                 results=None):
         """Call the entry point. ``inputs`` and ``outputs`` are this call's arrays for the
         leading input and output slots; ``bound`` the current long-lived arrays for the bound
         slots, re-pointed only if they are not the arrays the vector was bound to last time
@@ -431,10 +451,12 @@ class Arguments:
         symbols (``SYMBOLS``), for graphs with a symbolic batch size or sequence length;
         ``spares`` a tuple of arrays for the output slots after ``outputs`` (reused buffers of
         saved values), re-pointed only when it is not the tuple of the vector's last call,
-        which the vector keeps alive. Returns the seeds drawn for this
-        call (an int64 vector), if the entry point takes any, else None."""
+        which the vector keeps alive; ``results`` a list to append copies of the owned outputs
+        to (``own_outputs``: then ``outputs`` are the slots after them). Returns the seeds drawn
+        for this call (an int64 vector), if the entry point takes any, else None."""
+        idle_vectors = self._idle
         try:
-            vector = self._idle.pop()
+            vector = idle_vectors.pop()  # (atomic: a vector belongs to one call at a time)
         except IndexError:
             vector = self._new_vector()
         old = vector.bound
@@ -448,7 +470,7 @@ class Arguments:
                 args[k] = pointer(arr)
                 held[k] = _weak(arr)
             k += 1
-        k = self.n_inputs
+        k = self.n_inputs + len(vector.owned)
         for arr in outputs:
             ref = held[k]
             if ref is None or ref() is not arr:
@@ -465,7 +487,7 @@ class Arguments:
             seeds = fresh_seeds(self._n_seeds)
             for k in range(self._n_seeds):
                 args[self._seed_slot + k] = pointer(seeds[k:k + 1])
-        status = _NULL if self._status is None else self._status()
+        status = vector.status
         threads = 1 if self._threads is None else self._threads()
         nbytes = self._arena_size
         if nbytes is None:
@@ -482,15 +504,21 @@ class Arguments:
             idle.append(arena)
         else:
             self.fn(args, _NULL, status, sizes[0], sizes[1], threads)
-        self._idle.append(vector)
+        if results is not None:
+            results += map(_copy, vector.owned)
         if self.timing:
             self.log_kernel_times(sizes)
         if status and status[0]:
-            self.raise_check(status)
+            failed = list(status[0:1 + STATUS_DETAILS])
+            status[0] = 0  # (the vector's next call starts from a zero status)
+            idle_vectors.append(vector)
+            self.raise_check(failed)
+        idle_vectors.append(vector)
         return seeds
 
     def raise_check(self, status):
-        """Raise the exception eager mode raises for the data check that failed."""
+        """Raise the exception eager mode raises for the data check that failed (``status``:
+        the call's status words)."""
         exc, message = self.entry.checks[status[0] - 1]
         raise exc(message.format(*status[1:1 + STATUS_DETAILS]))
 

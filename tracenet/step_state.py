@@ -58,8 +58,7 @@ class UpdateState:
         list object while no state array was replaced, so binding them again is free).
         ``values``: each param group's hyperparameters, if the caller has read them."""
         if values is None:
-            from_group = self.update.hyper_from_group
-            values = [from_group(g) for g in self.optimizer.param_groups]
+            values = list(map(self.update.hyper_from_group, self.optimizer.param_groups))
         entries = map(self._live_state().get, self._lookup_params, _NO_STATE)
         try:  # (per-parameter state dicts, as the optimizers keep them: looked up in C)
             tensors = list(map(dict.get, entries, self._lookup_names))
@@ -68,7 +67,8 @@ class UpdateState:
             tensors = [None if st is None else st.get(name)
                        for st, name in zip(entries, self._lookup_names)]
         # (a first step creates state, so the step after it takes the slow path once more)
-        self._created = []
+        if self._created:
+            self._created = []
         if values != self._values or len(tensors) != len(self._tensors) or \
                 not all(map(operator.is_, tensors, self._tensors)):
             self._sync(values)

@@ -16,6 +16,11 @@ from .gemm import lower_gemm
 from .optim import update_helper
 
 
+# rows of W a batch of one's pass takes at a time with an input gradient: acc (dx's partial
+# sums) is loaded and stored once per that many rows instead of once per row
+ROWS_AT_ONCE = 4
+
+
 def _gemm_part(name, nodes, roles, target):
     """The GEMM kernel of some of the group's members (a fused node of group ``gemm``)."""
     part = Node("fused", [], {"group": "gemm", "roles": roles}, members=nodes)
@@ -63,7 +68,7 @@ def lower_weight_update(name, node, exported, target):
         "weight_update.c.j2", name=name, node_lines=node_lines(members(node)), ctype=ct,
         signature=signature(reads, writes, scratch, ct), one=one,
         always_one=is_one(batch), batch=batch, M=rows, K=cols, parallel=parallel,
-        sgd=helper[0], dx=dx is not None,
+        sgd=helper[0], dx=dx is not None, R=ROWS_AT_ONCE,
         mask=c_expr(mask_node, ["v", "mask[j]"]) if mask_node is not None else None,
         calls=[_call(k, role_of) for k in parts])
     helpers = [h for k in parts for h in k.helpers]
