@@ -1,8 +1,10 @@
 """The fused backward of conv -> relu -> max_pool (the relu mask on the pooled gradient, the
 scatter to the argmax and the bias gradient in one pass per plane) against PyTorch, on 2x2
 stride-2 windows (LeNet's, with rows of 14 and of 8 windows), overlapping windows, odd planes
-and narrow rows; the forward's 2x2 epilogue reads the GEMM output. Built for AVX-512 and for
-AVX2 only, at batch 1 and at a symbolic batch."""
+and narrow rows; the forward's 2x2 epilogue reads the GEMM output. Planes tiled by 2x2 windows
+of stride 2 with 8 or more per row are written densely, eight windows a step (an overlapping
+pooling of the same sizes falls back to the scatter). Built for AVX-512 and for AVX2 only, at
+batch 1 and at a symbolic batch, without a bias, and with every arena NaN-filled."""
 import re
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 
 import tracenet as tn
 import tracenet.nn as nn
+from compile_checks import nan_filled_arenas
 from test_conv_kernels import _copy_to_torch
 from test_conv_small_channels import march  # noqa: F401  (the fixture)
 
@@ -20,9 +23,10 @@ def _pool_backward_bodies(source):
     return [body for name, body in bodies if "threshold_backward_max_pool_backward" in name]
 
 
-def _net(lib, channels, pool):
+def _net(lib, channels, pool, bias=True):
     nn_ = lib.nn
-    return nn_.Sequential(nn_.Conv2d(channels, 6, 3, padding=1), nn_.ReLU(), nn_.MaxPool2d(**pool))
+    return nn_.Sequential(nn_.Conv2d(channels, 6, 3, padding=1, bias=bias), nn_.ReLU(),
+                          nn_.MaxPool2d(**pool))
 
 
 def _check(model, tmodel, compiled, x):
@@ -80,3 +84,38 @@ def test_conv_relu_pool_backward_symbolic_batch_and_ties(march):
     assert len(compiled.specialisations) == 1
     assert "tn_N" in compiled.source()
     assert len(_pool_backward_bodies(compiled.source())) == 1
+
+
+# the cases whose planes the backward writes densely (the overlapping windows' code has the
+# dense path too, and falls back to the scatter at run time)
+DENSE = {"lenet_28x28": True, "two_blocks_16x16": True, "overlapping_3x3_stride2": True,
+         "odd_plane": False, "narrow_rows": False}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_dense_pool_backward_by_geometry(name):
+    shape, pool = CASES[name]
+    tn.manual_seed(0)
+    compiled = tn.compile(_net(tn, shape[0], pool))
+    x = tn.randn(2, *shape, requires_grad=True)
+    compiled(x).sum().backward()
+    (body,) = _pool_backward_bodies(compiled.source())
+    assert ("tn_pf" in body) is DENSE[name]
+
+
+def test_dense_pool_backward_no_bias_nan_arenas(march, monkeypatch):
+    """Without a bias (no bias gradient), every arena NaN-filled: every element of the input
+    gradient is written, by the dense path and by the fallback of overlapping windows."""
+    nan_filled_arenas(monkeypatch)
+    for pool in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)):
+        tn.manual_seed(0)
+        model = _net(tn, 2, pool, bias=False)
+        tmodel = _net(torch, 2, pool, bias=False)
+        _copy_to_torch(model, tmodel)
+        compiled = tn.compile(model)
+        rng = np.random.default_rng(0)
+        for batch in (1, 3):
+            x = rng.standard_normal((batch, 2, 16, 20)).astype(np.float32)
+            x[:, :, :5] = -50.0  # relu zeros over whole windows
+            _check(model, tmodel, compiled, x)
+        assert "tn_pf" in _pool_backward_bodies(compiled.source())[0]

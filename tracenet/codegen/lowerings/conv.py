@@ -269,6 +269,11 @@ def _lower_conv_group(name, group, exported, target):
                     pool_geo["inside"] and pool_geo["OW"] >= 4 and
                     all(pool_geo[k] == v for k, v in (("KH", 2), ("KW", 2), ("SH", 2),
                                                       ("SW", 2), ("DH", 1), ("DW", 1))))
+    # a max-pool (with or without relu) of the gathered GEMM's [positions][channels] result,
+    # vectors along the output channels, when no full-size plane is wanted
+    pool_channels = bool(gathered and pool_geo and plane_out is None and ct == "float" and
+                         not bn and not res and stats is None and not geo["deep"] and
+                         pool_geo["inside"] and pool_geo["KH"] * pool_geo["KW"] <= 16)
     if gathered:
         # the GEMM's output, [positions][output channels], then the padded image
         work = gathered["P"] * (geo["O"] // geo["G"]) + gathered["image"]
@@ -299,7 +304,7 @@ def _lower_conv_group(name, group, exported, target):
                  sfx=SFX[ct], signature=signature(reads, conv_writes, 1, ct),
                  has_bias=len(conv.inputs) > 2, plane_out=plane_out, relu=relu is not None,
                  relu_out=relu_out, relu_scratch=relu_scratch,
-                 pool=pool_geo, pool_2x2=pool_2x2,
+                 pool=pool_geo, pool_2x2=pool_2x2, pool_channels=pool_channels,
                  pool_idx=pool is not None and pool.outputs[1] in exported, geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
                  work_elems=work, direct=bool(direct), gathered=gathered, then_pool=then_pool,
