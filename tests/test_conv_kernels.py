@@ -184,6 +184,24 @@ def _randomise_stats(model, tmodel, rng):
     _copy_to_torch(model, tmodel)
 
 
+def _eval_follows_statistics(model, tmodel, shape):
+    """``model`` compiled in eval mode against its torch twin over two calls, with new running
+    statistics before each (they are folded when the kernel runs, not when it is built);
+    returns the compiled source."""
+    model.eval()
+    tmodel.eval()
+    rng = np.random.default_rng(0)
+    _randomise_stats(model, tmodel, rng)
+    compiled = tn.compile(model)
+    x = rng.standard_normal(shape).astype(np.float32)
+    for _ in range(2):
+        with tn.no_grad(), torch.no_grad():
+            out, ref = compiled(tn.from_numpy(x)), tmodel(torch.from_numpy(x))
+        np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
+        _randomise_stats(model, tmodel, rng)
+    return compiled.source()
+
+
 @pytest.mark.parametrize("residual_first", [False, True])
 @pytest.mark.parametrize("stride,bias", [(1, False), (2, True)])
 def test_eval_batch_norm_fused_into_conv(residual_first, stride, bias):
@@ -191,18 +209,7 @@ def test_eval_batch_norm_fused_into_conv(residual_first, stride, bias):
     torch.manual_seed(0)
     model, tmodel = _block(tn, residual_first, stride, bias), _block(torch, residual_first,
                                                                     stride, bias)
-    model.eval()
-    tmodel.eval()
-    rng = np.random.default_rng(0)
-    _randomise_stats(model, tmodel, rng)
-    compiled = tn.compile(model)
-    x = rng.standard_normal((3, 8, 9, 9)).astype(np.float32)
-    for _ in range(2):  # the statistics change between calls: folded when the kernel runs
-        with tn.no_grad(), torch.no_grad():
-            out, ref = compiled(tn.from_numpy(x)), tmodel(torch.from_numpy(x))
-        np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
-        _randomise_stats(model, tmodel, rng)
-    src = compiled.source()
+    src = _eval_follows_statistics(model, tmodel, (3, 8, 9, 9))
     # every batch norm, the residual add and both relus run in the convolutions' epilogues
     assert src.count("bn_scale[o] = ") == 3, src
     assert "_batch_norm(" not in src.replace("_conv_batch_norm", "")

@@ -17,7 +17,8 @@ from tracenet.codegen.target import Parallelism
 from tracenet.runtime import target as runtime_target
 
 from compile_checks import check_compiled, nan_filled_arenas
-from test_conv_kernels import _copy_to_torch, _randomise_stats, _step_against_torch
+from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, \
+    _step_against_torch
 
 
 @pytest.fixture(autouse=True)
@@ -169,18 +170,7 @@ def test_eval_batch_norm_residual_relu_fused(bias):
     tn.manual_seed(0)
     torch.manual_seed(0)
     model, tmodel = _shortcut_block(tn, bias), _shortcut_block(torch, bias)
-    model.eval()
-    tmodel.eval()
-    rng = np.random.default_rng(0)
-    _randomise_stats(model, tmodel, rng)
-    compiled = tn.compile(model)
-    x = rng.standard_normal((3, 6, 9, 9)).astype(np.float32)
-    for _ in range(2):  # the statistics change between calls: folded when the kernel runs
-        with tn.no_grad(), torch.no_grad():
-            out, ref = compiled(tn.from_numpy(x)), tmodel(torch.from_numpy(x))
-        np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
-        _randomise_stats(model, tmodel, rng)
-    source = compiled.source()
+    source = _eval_follows_statistics(model, tmodel, (3, 6, 9, 9))
     assert "_conv_batch_norm_add_relu(" in source
     assert re.search(r"pointwise 1x1 convolution, .*?eval-mode batch norm, the residual, relu",
                      source, re.S)

@@ -16,7 +16,8 @@ from tracenet.codegen.target import Parallelism
 from tracenet.runtime import target as runtime_target
 
 from compile_checks import check_compiled, nan_filled_arenas
-from test_conv_kernels import _copy_to_torch, _randomise_stats, _step_against_torch
+from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, \
+    _step_against_torch
 
 FORWARD = "winograd 3x3 convolution F(2x2,3x3), "
 INPUT = "winograd 3x3 convolution input gradient F(2x2,3x3)"
@@ -136,18 +137,7 @@ def test_eval_batch_norm_residual_relu_fused(bias):
     tn.manual_seed(0)
     torch.manual_seed(0)
     model, tmodel = _block(tn, bias), _block(torch, bias)
-    model.eval()
-    tmodel.eval()
-    rng = np.random.default_rng(0)
-    _randomise_stats(model, tmodel, rng)
-    compiled = tn.compile(model)
-    x = rng.standard_normal((3, 16, 9, 10)).astype(np.float32)
-    for _ in range(2):  # the statistics change between calls: folded when the kernel runs
-        with tn.no_grad(), torch.no_grad():
-            out, ref = compiled(tn.from_numpy(x)), tmodel(torch.from_numpy(x))
-        np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
-        _randomise_stats(model, tmodel, rng)
-    source = compiled.source()
+    source = _eval_follows_statistics(model, tmodel, (3, 16, 9, 10))
     assert "_conv_batch_norm_add_relu(" in source
     assert re.search(re.escape(FORWARD) + r"\S+ -> \S+, then bias, eval-mode batch norm, "
                      r"the residual, relu", source)
