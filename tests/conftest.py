@@ -4,3 +4,24 @@ has its own tests (tests/test_prebuilt.py), which point ``TRACENET_PREBUILT`` at
 import os
 
 os.environ["TRACENET_PREBUILT"] = "0"
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def nan_arenas_split(monkeypatch, tmp_path):
+    """Every call's work memory is new and all NaN, and every kernel that can split its work
+    between threads does, however small: an output a thread leaves unwritten shows as NaN."""
+    import tracenet as tn
+    from compile_checks import nan_filled_arenas
+    from tracenet.codegen.target import Parallelism
+    from tracenet.runtime import target as runtime_target
+    if not runtime_target.current().openmp:
+        pytest.skip("no OpenMP here")
+    nan_filled_arenas(monkeypatch)
+    monkeypatch.setattr(Parallelism, "compute_min_flops", 0)
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
+    before = tn.get_num_threads()
+    yield
+    tn.set_num_threads(before)

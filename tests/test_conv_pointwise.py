@@ -13,10 +13,9 @@ import torch
 
 import tracenet as tn
 import tracenet.nn as nn
-from tracenet.codegen.target import Parallelism
 from tracenet.runtime import target as runtime_target
 
-from compile_checks import check_compiled, nan_filled_arenas
+from compile_checks import check_compiled
 from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, \
     _step_against_torch
 
@@ -216,23 +215,9 @@ def test_bias_relu_training_matches_torch():
 
 # --- NaN-filled work memory, split between threads ---------------------------------------------
 
-@pytest.fixture
-def _nan_arenas_split(monkeypatch, tmp_path):
-    """Every call's work memory is new and all NaN; every convolution splits its batch
-    between the threads, however small."""
-    if not runtime_target.current().openmp:
-        pytest.skip("no OpenMP here")
-    nan_filled_arenas(monkeypatch)
-    monkeypatch.setattr(Parallelism, "compute_min_flops", 0)
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
-    before = tn.get_num_threads()
-    yield
-    tn.set_num_threads(before)
-
-
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("stride,size", [(2, (9, 10)), (3, (9, 10)), (2, (16, 16))])
-def test_nan_arena_threads(_nan_arenas_split, threads, stride, size):
+def test_nan_arena_threads(nan_arenas_split, threads, stride, size):
     """The 1x1 convolution between two others: its input gradient, in work memory, feeds the
     first one's backward, so a position between the strided ones left unwritten shows as
     NaN (16x16: written by the register tiles); the weight gradient's per-thread sums start

@@ -12,10 +12,9 @@ import pytest
 import torch
 
 import tracenet as tn
-from tracenet.codegen.target import Parallelism
 from tracenet.runtime import target as runtime_target
 
-from compile_checks import check_compiled, nan_filled_arenas
+from compile_checks import check_compiled
 from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, \
     _step_against_torch
 
@@ -209,24 +208,10 @@ def test_relu_with_the_value_before_it_kept():
 
 # --- NaN-filled work memory, split between threads ---------------------------------------------
 
-@pytest.fixture
-def _nan_arenas_split(monkeypatch, tmp_path):
-    """Every call's work memory is new and all NaN; every convolution splits its batch
-    between the threads, however small."""
-    if not runtime_target.current().openmp:
-        pytest.skip("no OpenMP here")
-    nan_filled_arenas(monkeypatch)
-    monkeypatch.setattr(Parallelism, "compute_min_flops", 0)
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
-    before = tn.get_num_threads()
-    yield
-    tn.set_num_threads(before)
-
-
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("size", [(7, 11), (16, 16)])
 @pytest.mark.parametrize("channels", [16, 32])
-def test_nan_arena_threads(_nan_arenas_split, threads, size, channels):
+def test_nan_arena_threads(nan_arenas_split, threads, size, channels):
     """Two Winograd convolutions in a row: the second's input gradient, in work memory, feeds
     the first one's backward, so an output left unwritten (an edge tile's row or column)
     shows as NaN; three threads over five images split unevenly, over two images one with
