@@ -206,19 +206,21 @@ class LM(tnn.Module):
         return self.out(y).reshape(-1, VOCAB)
 
 
-def test_compiled_training_step_of_an_lstm_language_model_follows_eager():
-    tn.manual_seed(0)
-    net, ref = LM(), LM()
+def lm_steps_follow_eager(make, optimizer, vocab, tokens, steps):
+    """``compile_step`` of a language model's cross entropy (``make()`` builds the model)
+    against the same steps in eager mode on a copy, with ``optimizer(params)`` on each: every
+    step's loss, then every parameter. Random ``tokens``-shaped batches of ``vocab`` tokens.
+    Returns the compiled step and its losses."""
+    net, ref = make(), make()
     ref.load_state_dict(net.state_dict())
     crit = tn.nn.CrossEntropyLoss()
-    opt = tn.optim.SGD(net.parameters(), lr=0.5, momentum=0.9)
-    ref_opt = tn.optim.SGD(ref.parameters(), lr=0.5, momentum=0.9)
+    opt, ref_opt = optimizer(net.parameters()), optimizer(ref.parameters())
     step = tn.compile_step(lambda a, b: crit(net(a), b), opt)
     rng = np.random.default_rng(0)
     losses = []
-    for i in range(4):
-        x = tn.from_numpy(rng.integers(0, VOCAB, (9, 4)))
-        y = tn.from_numpy(rng.integers(0, VOCAB, (36,)))
+    for _ in range(steps):
+        x = tn.from_numpy(rng.integers(0, vocab, tokens))
+        y = tn.from_numpy(rng.integers(0, vocab, (int(np.prod(tokens)),)))
         loss = step(x, y)
         ref_opt.zero_grad()
         want = crit(ref(x), y)
@@ -229,6 +231,13 @@ def test_compiled_training_step_of_an_lstm_language_model_follows_eager():
     for (n, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-4,
                                    atol=1e-5, err_msg=n)
+    return step, losses
+
+
+def test_compiled_training_step_of_an_lstm_language_model_follows_eager():
+    tn.manual_seed(0)
+    step, losses = lm_steps_follow_eager(
+        LM, lambda params: tn.optim.SGD(params, lr=0.5, momentum=0.9), VOCAB, (9, 4), 4)
     assert losses[-1] < losses[0]
     assert step.graph.op_counts().get("scan") == 2  # the loop and its reverse
 

@@ -11,6 +11,7 @@ import tracenet.nn as tnn
 from test_catalogue_rnn import npy, rand  # noqa: F401
 from test_catalogue_rnn import _cache  # noqa: F401  (the cache-directory fixture)
 from compile_checks import nan_filled_arenas
+from test_scan import lm_steps_follow_eager
 
 torch = pytest.importorskip("torch")
 
@@ -142,23 +143,6 @@ def test_training_step_with_adam_follows_eager(monkeypatch):
             y, _ = self.rnn(self.embed(x))
             return self.out(y).reshape(-1, vocab)
 
-    net, ref = LM(), LM()
-    ref.load_state_dict(net.state_dict())
-    crit = tnn.CrossEntropyLoss()
-    opt = tn.optim.Adam(net.parameters(), lr=1e-2)
-    ref_opt = tn.optim.Adam(ref.parameters(), lr=1e-2)
-    step = tn.compile_step(lambda a, b: crit(net(a), b), opt)
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        x = tn.from_numpy(rng.integers(0, vocab, (5, 9)))
-        y = tn.from_numpy(rng.integers(0, vocab, (45,)))
-        loss = step(x, y)
-        ref_opt.zero_grad()
-        want = crit(ref(x), y)
-        want.backward()
-        ref_opt.step()
-        np.testing.assert_allclose(loss.numpy(), want.detach().numpy(), rtol=1e-5, atol=1e-6)
-    for (n, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
-        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-4,
-                                   atol=1e-5, err_msg=n)
+    step, _ = lm_steps_follow_eager(LM, lambda params: tn.optim.Adam(params, lr=1e-2), vocab,
+                                    (5, 9), 3)
     assert projected_tables(step.graph)
