@@ -171,7 +171,8 @@ def lower_pool_relu_backward(name, node, exported, target):
         writes.append(("bias_out", bias.outputs[0]))
     flops = numel(out.shape) * 3
     parallel = target.parallel.memory(numel(out.shape), c)
-    src = render("pool_relu_backward.c.j2", dense=_dense_2x2(out, g), name=name, node_lines=node_lines(group),
+    src = render("pool_relu_backward.c.j2", dense=_dense_2x2(out, g), name=name,
+                 node_lines=node_lines(group),
                  ctype=ctype(out), acctype="double", signature=signature(reads, writes),
                  N=n, C=c, IN=numel(out.shape[2:]), ON=numel(g.shape[2:]),
                  threshold=fmt_float(thr.attrs["threshold"], ctype(out)), bias=bias is not None,

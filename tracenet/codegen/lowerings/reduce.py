@@ -65,7 +65,8 @@ def lower_reduce(name, node, exported, target):
     return Kernel(name, reads, writes, src, helpers=[pairwise] if pairwise else ())
 
 
-EXP_FLOPS = 20
+# what an exponential counts as, in flops, for the threading threshold
+_EXP_FLOPS = 20
 
 
 @lowering("softmax", "log_softmax")
@@ -76,8 +77,8 @@ def lower_softmax(name, node, exported, target):
     reads, writes = [("x", x)], [("out", out)]
     outer, contiguous = numel(shape[:dim]), is_one(numel(shape[dim + 1:]))
     # rows split between threads (a loss over many rows: an exponential per element, counted
-    # as EXP_FLOPS)
-    parallel = target.parallel.compute(numel(shape) * EXP_FLOPS, outer) if contiguous else 0
+    # as _EXP_FLOPS)
+    parallel = target.parallel.compute(numel(shape) * _EXP_FLOPS, outer) if contiguous else 0
     src = render("softmax.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
                  parallel=parallel,
                  acctype="double", signature=signature(reads, writes),
