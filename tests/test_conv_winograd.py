@@ -18,8 +18,10 @@ from compile_checks import check_compiled
 from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, \
     _step_against_torch
 
-FORWARD = "winograd 3x3 convolution F(2x2,3x3), "
-INPUT = "winograd 3x3 convolution input gradient F(2x2,3x3)"
+# the forward and input gradient take F(4x4, 3x3) in float32, F(2x2, 3x3) in float64
+# (conv_winograd._takes_f4); the weight gradient F(2x2, 3x3)
+FORWARD = "winograd 3x3 convolution F({}x{},3x3), "
+INPUT = "winograd 3x3 convolution input gradient F({}x{},3x3)"
 WEIGHT = "winograd 3x3 convolution weight gradient F(2x2,3x3)"
 # the weight gradient takes it from 16 channels in and out with AVX-512, from 32 with AVX2 only
 # (conv_winograd.takes_weight_gradient)
@@ -31,10 +33,12 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def _forms(source):
+def _forms(source, m=None):
     """How many Winograd kernels of each kind (forward, input, weight) the compiled source
-    has."""
-    return source.count(FORWARD), source.count(INPUT), source.count(WEIGHT)
+    has; with ``m``, how many forward and input-gradient ones of F(m x m, 3x3)."""
+    ms = (2, 4) if m is None else (m,)
+    return (sum(source.count(FORWARD.format(k, k)) for k in ms),
+            sum(source.count(INPUT.format(k, k)) for k in ms), source.count(WEIGHT))
 
 
 def _weights(*channels):
@@ -52,6 +56,12 @@ CASES = {
     "resnet_32x32": (16, 16, False, (2, 16, 32, 32), np.float32),
     "wide_odd_rows_batch1": (24, 16, True, (1, 24, 5, 23), np.float32),
     "many_channels_8x8": (64, 64, False, (2, 64, 8, 8), np.float32),
+    # F(4x4): blocks of eight 8x8 images, the last one partial
+    "many_channels_8x8_batch9": (64, 64, True, (9, 64, 8, 8), np.float32),
+    "resnet_16x16_batch3": (32, 32, False, (3, 32, 16, 16), np.float32),
+    # F(4x4): rows split by column modulo 4 with vectors and the columns left one by one
+    "wide_9x37_batch1": (16, 16, True, (1, 16, 9, 37), np.float32),
+    "odd_13x6": (8, 12, False, (2, 8, 13, 6), np.float32),
     "float64_odd": (16, 18, True, (2, 16, 9, 11), np.float64),
     "float64_32x32": (32, 16, False, (1, 32, 32, 32), np.float64),
 }
@@ -70,7 +80,9 @@ def test_winograd_conv_matches_torch(name):
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     tol = 1e-10 if dtype == np.float64 else 1e-4
     _step_against_torch(compiled, model, tmodel, x, tol)
-    assert _forms(compiled.source()) == (1, 1, _weights((cin, cout)))
+    source = compiled.source()
+    assert _forms(source) == (1, 1, _weights((cin, cout)))
+    assert _forms(source, 4 if dtype == np.float32 else 2)[:2] == (1, 1)
     check_compiled(model, shape, dtype=tn.float64 if dtype == np.float64 else tn.float32)
 
 
@@ -138,7 +150,7 @@ def test_eval_batch_norm_residual_relu_fused(bias):
     model, tmodel = _block(tn, bias), _block(torch, bias)
     source = _eval_follows_statistics(model, tmodel, (3, 16, 9, 10))
     assert "_conv_batch_norm_add_relu(" in source
-    assert re.search(re.escape(FORWARD) + r"\S+ -> \S+, then bias, eval-mode batch norm, "
+    assert re.search(re.escape(FORWARD.format(4, 4)) + r"\S+ -> \S+, then bias, eval-mode batch norm, "
                      r"the residual, relu", source)
     assert _forms(source) == (2, 0, 0)
 

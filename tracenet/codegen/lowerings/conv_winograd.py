@@ -32,6 +32,8 @@ _MIN_POSITIONS = 64
 # with 2048 or 4096, and than 256, whose GEMMs are too narrow)
 _BLOCK_ELEMENTS = 512
 _MIN_BLOCK_TILES = 8
+_MIN_IMAGE_BLOCK_TILES = 32
+_F4_BLOCK_ELEMENTS = 512
 # The weight gradient's GEMMs are dot products along the tiles: longer blocks (the whole image
 # for the ResNet's sizes) pay (16 channels on 32x32: 1.40x against the general kernel, against
 # 1.22x with 2048 elements and 0.88x with 512)
@@ -71,6 +73,8 @@ def takes_weight_gradient(geo, ct, target):
     return applies(geo, ct) and min(geo["C"], geo["O"]) >= least
 
 
+# Elements between the transformed matrices beyond their size (a cache line of floats)
+_PAD = 16
 _VL = {"float": 8, "double": 4}  # elements per vector of the GEMM core (32 bytes)
 
 
@@ -79,11 +83,23 @@ def _flops(geo):
     return 2 * geo["N"] * geo["O"] * geo["C"] * 9 * geo["OH"] * geo["OW"]
 
 
-def _blocking(ci, h, w, budget=_BLOCK_ELEMENTS):
-    """Tiles per side, tile rows per block (R) and tiles per block (RB)."""
-    th, tw = (h + 1) // 2, (w + 1) // 2
+def _blocking(ci, h, w, budget=_BLOCK_ELEMENTS, images=False, m=2):
+    """Tiles (of m x m outputs) per side, tile rows per block (R), images per block (IMGS:
+    several when ``images`` and a whole image is fewer tiles than a block's) and tiles per
+    block (RB)."""
+    th, tw = -(-h // m), -(-w // m)
     r = min(th, max(1, budget // (ci * tw), -(-_MIN_BLOCK_TILES // tw)))
-    return dict(TH=th, TW=tw, R=r, RB=r * tw)
+    imgs = 1
+    if images and th * tw < _MIN_IMAGE_BLOCK_TILES:
+        r, imgs = th, -(-_MIN_IMAGE_BLOCK_TILES // (th * tw))
+    return dict(TH=th, TW=tw, R=r, IMGS=imgs, RB=imgs * r * tw)
+
+
+def _strides(ci, co, rb):
+    """The distances between the 16 transformed matrices of V ([ci][rb]), M ([co][rb]) and
+    U ([co][ci]): each padded by a cache line, since a power-of-two distance puts the 16
+    streams the transforms read or write in the same first-level cache sets."""
+    return dict(VS=ci * rb + _PAD, MS=co * rb + _PAD, US=co * ci + _PAD)
 
 
 def _split(ci, blocks):
@@ -94,19 +110,49 @@ def _split(ci, blocks):
 def _scratch(ci, co, blocks, parallel, shared_before):
     """Per-thread work (the split input rows, V, M, a two-row buffer) and the shared
     elements (``shared_before``, then U)."""
-    per_thread = _split(ci, blocks) + 16 * (ci + co) * blocks["RB"] + 4 * blocks["TW"]
-    shared = shared_before + 16 * ci * co
+    st = _strides(ci, co, blocks["RB"])
+    per_thread = _split(ci, blocks) + 16 * (st["VS"] + st["MS"]) + 4 * blocks["TW"]
+    shared = shared_before + 16 * st["US"]
     return per_thread, shared, threads_scratch(per_thread, parallel, shared)
 
 
 def _render(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stats_at, **extra):
-    blocks = _blocking(ci, geo["H"], geo["W"])
+    if _takes_f4(geo, ct):
+        return _render_f4(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel,
+                          stats_at, **extra)
+    blocks = _blocking(ci, geo["H"], geo["W"], images=True)
     per_thread, shared, scratch = _scratch(ci, co, blocks, parallel, stats_at)
     src = render("conv_winograd.c.j2", kind=kind, name=name, node_lines=node_lines(nodes),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, shared=shared, u_at=stats_at,
                  N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"],
-                 SPLIT=_split(ci, blocks), WE=blocks["TW"] + 1, ROWS=2 * blocks["R"] + 2, VL=_VL[ct], **blocks, **extra)
+                 SPLIT=_split(ci, blocks), WE=blocks["TW"] + 1, ROWS=2 * blocks["R"] + 2, VL=_VL[ct],
+                 **_strides(ci, co, blocks["RB"]), **blocks, **extra)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=_flops(geo), parallel=parallel)
+
+
+def _takes_f4(geo, ct):
+    """Whether the forward and input gradient take F(4x4, 3x3): in float32, every shape
+    ``applies`` takes (against F(2x2), one thread, interleaved, inference: 16 channels on
+    32x32 1.34x, 32 on 16x16 1.31x, 64 on 8x8 1.25x, 8 on 8x8 1.07x, 8 on 32x32 1.20x,
+    64 on 7x7 1.01x, 128 on 8x8 1.36x); float64 keeps F(2x2) (not measured with F(4x4))."""
+    return ct == "float"
+
+
+def _render_f4(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stats_at,
+               **extra):
+    blocks = _blocking(ci, geo["H"], geo["W"], _F4_BLOCK_ELEMENTS, images=True, m=4)
+    we, rows = blocks["TW"] + 2, 4 * blocks["R"] + 2
+    split = ci * rows * 4 * we
+    st = _strides(ci, co, blocks["RB"])
+    per_thread = split + 36 * (st["VS"] + st["MS"]) + 16 * blocks["TW"]
+    shared = stats_at + 36 * st["US"]
+    scratch = threads_scratch(per_thread, parallel, shared)
+    src = render("conv_winograd_f4.c.j2", kind=kind, name=name, node_lines=node_lines(nodes),
+                 ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
+                 parallel=parallel, per_thread=per_thread, shared=shared, u_at=stats_at,
+                 N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"],
+                 SPLIT=split, WE=we, ROWS=rows, VL=_VL[ct], **st, **blocks, **extra)
     return Kernel(name, reads, writes, src, scratch, ct, flops=_flops(geo), parallel=parallel)
 
 
@@ -137,8 +183,9 @@ def lower_backward_weight(name, node, geo, target):
     blocks = _blocking(ci, geo["H"], geo["W"], _WEIGHT_BLOCK_ELEMENTS)
     # the split input rows or output gradient rows, V, D, then the sums dU
     split = max(_split(ci, blocks), co * 2 * blocks["R"] * 2 * blocks["TW"])
-    du_at = split + 16 * (ci + co) * blocks["RB"]
-    per_thread = du_at + 16 * ci * co
+    st = _strides(ci, co, blocks["RB"])
+    du_at = split + 16 * (st["VS"] + st["MS"])
+    per_thread = du_at + 16 * st["US"]
     parallel = target.parallel.compute(_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
     src = render("conv_winograd.c.j2", kind="weight", name=name, node_lines=node_lines([node]),
@@ -146,7 +193,7 @@ def lower_backward_weight(name, node, geo, target):
                  parallel=parallel, per_thread=per_thread, du_at=du_at, N=geo["N"], CI=ci,
                  CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"], SPLIT=split,
                  WE=blocks["TW"] + 1,
-                 ROWS=2 * blocks["R"] + 2, VL=_VL[ct], stats=None, **blocks)
+                 ROWS=2 * blocks["R"] + 2, VL=_VL[ct], stats=None, **st, **blocks)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
                   flops=_flops(geo), parallel=parallel)
 
