@@ -12,6 +12,11 @@ the same kernel with another weight transform. The weight gradient is G^T dU G, 
 sum over the tiles of the output gradient's transformed tiles (A dy A^T) times the input's
 (dot products along the tiles, each thread its share of the batch). The results round
 differently from the direct sum (within a few units in the last place of the inputs' scale).
+In float32 the forward and the input gradient take F(4x4, 3x3) instead (``_takes_f4``): 6x6
+tiles, 36 products per 4x4 outputs, the same steps (``conv_winograd_f4.c.j2``; about ten
+times the rounding of F(2x2), which the weight gradient's long sums would not keep within
+the tests' tolerance, so it stays F(2x2)). A block of the forward or input gradient holds
+several whole images when one has fewer than ``_MIN_IMAGE_BLOCK_TILES`` tiles.
 ``lowerings/conv.py`` hands a convolution here when ``takes_forward``,
 ``takes_input_gradient`` or ``takes_weight_gradient`` say so.
 """
@@ -32,7 +37,10 @@ _MIN_POSITIONS = 64
 # with 2048 or 4096, and than 256, whose GEMMs are too narrow)
 _BLOCK_ELEMENTS = 512
 _MIN_BLOCK_TILES = 8
+# Images with fewer tiles share a block with the next ones, so the GEMMs have this many
+# columns (64 channels on 8x8, one thread: 1.20x in F(2x2) against one image per block)
 _MIN_IMAGE_BLOCK_TILES = 32
+# (F(4x4): 256, 1024 and 2048 measured 0.94-1.03x against 512 for the ResNet's shapes)
 _F4_BLOCK_ELEMENTS = 512
 # The weight gradient's GEMMs are dot products along the tiles: longer blocks (the whole image
 # for the ResNet's sizes) pay (16 channels on 32x32: 1.40x against the general kernel, against
@@ -126,8 +134,8 @@ def _render(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stats_a
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, shared=shared, u_at=stats_at,
                  N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"],
-                 SPLIT=_split(ci, blocks), WE=blocks["TW"] + 1, ROWS=2 * blocks["R"] + 2, VL=_VL[ct],
-                 **_strides(ci, co, blocks["RB"]), **blocks, **extra)
+                 SPLIT=_split(ci, blocks), WE=blocks["TW"] + 1, ROWS=2 * blocks["R"] + 2,
+                 VL=_VL[ct], **_strides(ci, co, blocks["RB"]), **blocks, **extra)
     return Kernel(name, reads, writes, src, scratch, ct, flops=_flops(geo), parallel=parallel)
 
 
