@@ -69,12 +69,15 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     parallel = target.parallel.compute(_flops(geo), geo["N"])
     stats_at = 0 if stats is None else statistics_scratch(stats, geo["O"], ct, parallel, target)
     scratch = _scratch(per_thread, parallel, stats_at)
+    # a training-mode batch norm's statistics alone: summed on the register tiles
+    stats_tiles = (stats is not None and not (bn or res or relu) and
+                   t["P"] % _VL[ct] == 0)
     src = render("conv_pointwise.c.j2", kind="forward", name=name,
                  node_lines=node_lines(group), ctype=ct, sfx=SFX[ct],
                  signature=signature(reads, writes, 1 if scratch else 0, ct),
                  parallel=parallel, per_thread=per_thread, has_bias=has_bias, bn=bn, res=res,
                  relu=relu, plane_out=plane_out, relu_out=relu_out, stats=stats,
-                 stats_at=stats_at, epilogue=bool(has_bias or bn or res or relu or stats), **t)
+                 stats_at=stats_at, stats_tiles=stats_tiles, epilogue=bool(has_bias or bn or res or relu or stats), **t)
     return Kernel(name, reads, writes, src, scratch, ct, flops=_flops(geo), parallel=parallel)
 
 
