@@ -77,7 +77,8 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
                  signature=signature(reads, writes, 1 if scratch else 0, ct),
                  parallel=parallel, per_thread=per_thread, has_bias=has_bias, bn=bn, res=res,
                  relu=relu, plane_out=plane_out, relu_out=relu_out, stats=stats,
-                 stats_at=stats_at, stats_tiles=stats_tiles, epilogue=bool(has_bias or bn or res or relu or stats), **t)
+                 stats_at=stats_at, stats_tiles=stats_tiles,
+                 epilogue=bool(has_bias or bn or res or relu or stats), **t)
     return Kernel(name, reads, writes, src, scratch, ct, flops=_flops(geo), parallel=parallel)
 
 
