@@ -256,6 +256,8 @@ STATS_CASES = {
     "batch1_stride1": (7, 9, 1, False, (1, 7, 8, 8), np.float32, 0.0),
     # 5x5 positions, not whole vectors: summed per plane after the GEMM
     "positions_not_vectors": (6, 10, 2, True, (3, 6, 9, 9), np.float32, 0.0),
+    # 17x19 positions: per plane, in runs of 256 (the last one partial), with a large mean
+    "plane_runs_large_mean": (8, 13, 1, True, (2, 8, 17, 19), np.float32, 100.0),
 }
 
 
