@@ -318,6 +318,22 @@ def test_batch_norm_backward_large_mean_matches_torch():
     _against_torch(model, tmodel, x, tol=1e-4)
 
 
+@pytest.mark.parametrize("shape,offset,dtype", [((3, 5, 17, 19), 300.0, np.float32),
+                                                 ((2, 4, 32, 40), 0.0, np.float32),
+                                                 ((2, 3, 23, 30), 50.0, np.float64)])
+def test_batch_norm_backward_runs_match_torch(shape, offset, dtype):
+    """Planes of several runs of 256 elements, the last one partial (the kernel's sums are
+    in the element type per run, in double across runs): the input, weight and bias
+    gradients against PyTorch."""
+    tn.manual_seed(0)
+    model, tmodel = nn.BatchNorm2d(shape[1]), torch.nn.BatchNorm2d(shape[1])
+    if dtype == np.float64:
+        model, tmodel = model.double(), tmodel.double()
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 2 + offset).astype(dtype)
+    _against_torch(model, tmodel, x, tol=1e-9 if dtype == np.float64 else 1e-4)
+
+
 # --- the gathered GEMM: vectors along the output channels, rows read through offset tables ---
 
 GATHERED = {

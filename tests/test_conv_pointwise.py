@@ -238,3 +238,90 @@ def test_nan_arena_threads(nan_arenas_split, threads, stride, size):
     source = compiled.source()
     assert _pointwise_kinds(source) == ALL_KINDS
     assert "#pragma omp barrier" in source
+
+
+# --- a training-mode batch norm's statistics summed on the forward's register tiles ------------
+
+_LANES = {np.float32: 8, np.float64: 4}  # the register tiles' vector (conv_pointwise._VL)
+
+# name -> (in channels, out channels, stride, bias, input shape, dtype, bias offset)
+STATS_CASES = {
+    "shortcut_16_32": (16, 32, 2, False, (4, 16, 32, 32), np.float32, 0.0),
+    "shortcut_32_64": (32, 64, 2, False, (3, 32, 16, 16), np.float32, 0.0),
+    # means about 100 times the deviations (a large bias): the sums are of deviations from a
+    # value of the channel
+    "large_mean_bias": (8, 13, 2, True, (2, 8, 8, 16), np.float32, 100.0),
+    # odd channel counts (tiles of 6, 4, 2 and 1 rows), a single last vector of positions
+    "odd_channels_one_vector": (5, 11, 1, True, (2, 5, 4, 6), np.float64, 0.0),
+    "batch1_stride1": (7, 9, 1, False, (1, 7, 8, 8), np.float32, 0.0),
+    # 5x5 positions, not whole vectors: summed per plane after the GEMM
+    "positions_not_vectors": (6, 10, 2, True, (3, 6, 9, 9), np.float32, 0.0),
+    # 17x19 positions: per plane, in runs of 256 (the last one partial), with a large mean
+    "plane_runs_large_mean": (8, 13, 1, True, (2, 8, 17, 19), np.float32, 100.0),
+}
+
+
+def _conv_bn(lib, cin, cout, stride, bias):
+    return lib.nn.Sequential(lib.nn.Conv2d(cin, cout, 1, stride=stride, bias=bias),
+                             lib.nn.BatchNorm2d(cout))
+
+
+def _stats_on_tiles(source):
+    return "sum its statistics per channel, in lanes" in source
+
+
+@pytest.mark.parametrize("name", list(STATS_CASES))
+def test_training_batch_norm_statistics_match_torch(name):
+    """conv 1x1 -> training batch norm: output, input and parameter gradients and the running
+    statistics against PyTorch over two steps; the statistics are summed on the register
+    tiles exactly when the positions are whole vectors."""
+    cin, cout, stride, bias, shape, dtype, offset = STATS_CASES[name]
+    tn.manual_seed(0)
+    model, tmodel = _conv_bn(tn, cin, cout, stride, bias), _conv_bn(torch, cin, cout, stride,
+                                                                     bias)
+    if dtype == np.float64:
+        model, tmodel = model.double(), tmodel.double()
+    if offset:
+        model[0].bias.data.copy_(model[0].bias.data + offset)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    rng = np.random.default_rng(0)
+    # (with a large bias, its gradient, zero but for rounding, is ~1e-4 of noise in both)
+    tol = 1e-9 if dtype == np.float64 else 5e-4 if offset else 1e-4
+    for _ in range(2):
+        x = rng.standard_normal(shape).astype(dtype)
+        _step_against_torch(compiled, model, tmodel, x, tol)
+        bn, tbn = model[1], tmodel[1]
+        for ours, theirs in ((bn.running_mean, tbn.running_mean),
+                             (bn.running_var, tbn.running_var)):
+            np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=tol, atol=tol)
+    oh, ow = (-(-s // stride) for s in shape[2:])
+    assert _stats_on_tiles(compiled.source()) == ((oh * ow) % _LANES[dtype] == 0)
+
+
+def test_training_batch_norm_statistics_symbolic_batch():
+    """One compiled module at batch 3, 1 and 5: the tiles' per-image sums merged over the
+    batch given at run time."""
+    tn.manual_seed(0)
+    model, tmodel = _conv_bn(tn, 16, 32, 2, False), _conv_bn(torch, 16, 32, 2, False)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    rng = np.random.default_rng(0)
+    for batch in (3, 1, 5):
+        _step_against_torch(compiled, model, tmodel,
+                            rng.standard_normal((batch, 16, 8, 8)).astype(np.float32), 1e-4)
+    assert _stats_on_tiles(compiled.source())
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_training_batch_norm_statistics_nan_arena_threads(nan_arenas_split, threads):
+    """The per-thread sums start from NaN work memory, five images split between threads."""
+    tn.set_num_threads(threads)
+    tn.manual_seed(0)
+    model, tmodel = _conv_bn(tn, 16, 24, 2, True), _conv_bn(torch, 16, 24, 2, True)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    x = np.random.default_rng(0).standard_normal((5, 16, 8, 16)).astype(np.float32)
+    _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    assert _stats_on_tiles(compiled.source())
+    assert "omp_get_thread_num() * 24 + o) * 3" in compiled.source()

@@ -14,7 +14,7 @@ from ...ops.common import numel
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
     node_lines, signature, size_symbols, threads_scratch, where
 from ..templates import render
-from . import conv_pointwise, conv_winograd
+from . import conv_phased, conv_pointwise, conv_winograd
 from .normalization import residual_operand, statistics_reads, statistics_scratch
 from .pooling import lower_max_pool, pool_geometry
 
@@ -387,6 +387,8 @@ def _lower_conv_backward_input(name, node, target):
         return conv_pointwise.lower_backward_input(name, node, geo, target)
     if conv_winograd.takes_input_gradient(geo, ct, target):
         return conv_winograd.lower_backward_input(name, node, geo, target)
+    if conv_phased.takes_input_gradient(geo, ct):
+        return conv_phased.lower_backward_input(name, node, geo, target)
     flipped = _flipped_geometry(geo)
     if flipped is not None and _flipped_pays(geo, flipped):
         return _lower_flipped_backward_input(name, node, geo, flipped, ct, target)

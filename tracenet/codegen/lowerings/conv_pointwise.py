@@ -65,7 +65,13 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     t = _template_geo(geo)
     has_bias = len(conv.inputs) > 2
     relu = any(m.op == "relu" for m in group)
-    per_thread = geo["C"] * t["P"] if t["strided"] else 0
+    # a training-mode batch norm's statistics alone: summed on the register tiles
+    stats_tiles = (stats is not None and not (bn or res or relu) and
+                   t["P"] % _VL[ct] == 0)
+    # the packed panel's rows a cache line longer than the positions where the tiles read it:
+    # rows a multiple of 4 KiB apart (the output planes' too) alias in the store buffer
+    ldx = t["P"] + (64 // (4 if ct == "float" else 8) if t["strided"] and stats_tiles else 0)
+    per_thread = geo["C"] * ldx if t["strided"] else 0
     parallel = target.parallel.compute(_flops(geo), geo["N"])
     stats_at = 0 if stats is None else statistics_scratch(stats, geo["O"], ct, parallel, target)
     scratch = _scratch(per_thread, parallel, stats_at)
@@ -74,7 +80,8 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
                  signature=signature(reads, writes, 1 if scratch else 0, ct),
                  parallel=parallel, per_thread=per_thread, has_bias=has_bias, bn=bn, res=res,
                  relu=relu, plane_out=plane_out, relu_out=relu_out, stats=stats,
-                 stats_at=stats_at, epilogue=bool(has_bias or bn or res or relu or stats), **t)
+                 stats_at=stats_at, stats_tiles=stats_tiles, LDX=ldx,
+                 epilogue=bool(has_bias or bn or res or relu or stats), **t)
     return Kernel(name, reads, writes, src, scratch, ct, flops=_flops(geo), parallel=parallel)
 
 
