@@ -420,7 +420,8 @@ class _Specialisation:
     def _setup(self, layout):
         self.n_user, self.n_out = layout["n_user"], layout["n_out"]
         self.output_structure = layout["output_structure"]
-        self._one_output = self.output_structure is None and self.n_out == 1
+        # (a function returning one tensor: its structure is that tensor, leaf 0)
+        self._one_output = self.n_out == 1 and self.output_structure in (None, 0)
         self.size_checks = layout["size_checks"]
         self.symbols = graph_symbols([self.graph])
         self.out_meta = [(v.shape, v.dtype.np) for v in self.graph.outputs]
