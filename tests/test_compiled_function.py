@@ -341,7 +341,49 @@ def test_every_call_bumps_the_versions_of_what_it_writes_in_place():
         assert alias._version == w._version
         if w.grad is grad:  # (the same .grad tensor again: written in place)
             assert grad._version == grad_before + 1
+    version = w.grad._version
+    w.grad.mul_(1.0)  # (an in-place op still counts once on top of the calls')
+    assert w.grad._version == version + 1
+    first(x, y)
+    assert w.grad._version == version + 2
     saved = (w * w).sum()
     first(x, y)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         saved.backward()
+
+
+def test_momentum_buffers_replaced_between_steps_match_torch():
+    """``buf.data = ...`` on momentum buffers between steps: the compiled step, the eager
+    step and torch's all continue from the new buffers."""
+    import torch as pt
+    rng = np.random.default_rng(8)
+    w0 = rng.standard_normal((3, 4)).astype(np.float32)
+    xs = rng.standard_normal((4, 2, 4)).astype(np.float32)
+    new_buf = rng.standard_normal((3, 4)).astype(np.float32)
+
+    def run(lib, compiled):
+        w = lib.nn.Parameter(lib.tensor(w0.copy()))
+        opt = lib.optim.SGD([w], lr=0.1, momentum=0.9)
+
+        def step(x):
+            opt.zero_grad()
+            loss = (lib.tanh(x @ w.t()) ** 2).sum()
+            loss.backward()
+            opt.step()
+            return loss
+        if compiled:
+            step = lib.compile(step)
+        losses = []
+        for i, x in enumerate(xs):
+            if i == 2:
+                opt.state[w]["momentum_buffer"].data = lib.tensor(new_buf.copy())
+            losses.append(step(lib.tensor(x)).item())
+        return losses, w.detach().numpy().copy(), \
+            opt.state[w]["momentum_buffer"].detach().numpy().copy()
+
+    expected = run(pt, False)
+    for compiled in (False, True):
+        got = run(torch, compiled)
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-5)
+        np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[2], expected[2], rtol=1e-5, atol=1e-6)
