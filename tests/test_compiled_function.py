@@ -284,3 +284,106 @@ def test_bad_targets_between_good_steps_raise_each_time_and_change_nothing():
                 step(x, bad)
         _same_state(model, reference, opt, ref_opt)
     assert len(step._specs) == 1
+
+
+def test_optimizer_state_arrays_replaced_between_calls_are_what_the_next_call_uses():
+    """A momentum buffer whose array is replaced (``.data =``) between calls, and a parameter
+    moved to a new array by ``vector_to_parameters``, are read from their new arrays, as in
+    the eager step."""
+    model, reference, opt, ref_opt = _pair(MLP, torch.optim.SGD, lr=0.05, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    step = torch.compile(_step_fn(model, opt, criterion))
+    eager = _step_fn(reference, ref_opt, criterion)
+    rng = np.random.default_rng(5)
+    for i in range(5):
+        x = torch.tensor(rng.standard_normal((4, 20)).astype(np.float32))
+        y = torch.tensor(rng.integers(0, 5, 4))
+        if i == 2:
+            for p, q in zip(model.parameters(), reference.parameters()):
+                new = rng.standard_normal(tuple(p.shape)).astype(np.float32)
+                opt.state[p]["momentum_buffer"].data = torch.tensor(new)
+                ref_opt.state[q]["momentum_buffer"].data = torch.tensor(new.copy())
+        if i == 3:
+            flat = rng.standard_normal(sum(p.numel() for p in model.parameters()))
+            flat = flat.astype(np.float32) * 0.1
+            nn.utils.vector_to_parameters(torch.tensor(flat), model.parameters())
+            nn.utils.vector_to_parameters(torch.tensor(flat.copy()), reference.parameters())
+        loss, ref_loss = step(x, y), eager(x, y)
+        np.testing.assert_allclose(loss.item(), ref_loss.item(), **TOL)
+        _same_state(model, reference, opt, ref_opt)
+
+
+def test_every_call_bumps_the_versions_of_what_it_writes_in_place():
+    """Each call of a compiled step counts as one in-place change of every stepped parameter
+    (seen through aliases sharing its version counter, as torch's optimizer.step() is), also
+    when two compiled functions step the same parameters; an eager graph that saved a
+    parameter before the call then refuses to backward through it."""
+    import torch as pt
+    model, reference, opt, ref_opt = _pair(MLP, torch.optim.SGD, lr=0.05, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    first = torch.compile(_step_fn(model, opt, criterion))
+    second = torch.compile(_step_fn(model, opt, criterion, clip="value"))
+    w = next(model.parameters())
+    alias = w.detach()
+    tw = pt.nn.Parameter(pt.zeros(3))
+    topt = pt.optim.SGD([tw], lr=0.05, momentum=0.9)
+    rng = np.random.default_rng(6)
+    x = torch.tensor(rng.standard_normal((4, 20)).astype(np.float32))
+    y = torch.tensor(rng.integers(0, 5, 4))
+    for step in (first, second, first, first, second):
+        before, grad = w._version, w.grad
+        grad_before = None if grad is None else grad._version
+        tw.grad = pt.ones(3)
+        torch_before = tw._version
+        topt.step()
+        step(x, y)
+        assert w._version - before == tw._version - torch_before == 1
+        assert alias._version == w._version
+        if w.grad is grad:  # (the same .grad tensor again: written in place)
+            assert grad._version == grad_before + 1
+    version = w.grad._version
+    w.grad.mul_(1.0)  # (an in-place op still counts once on top of the calls')
+    assert w.grad._version == version + 1
+    first(x, y)
+    assert w.grad._version == version + 2
+    saved = (w * w).sum()
+    first(x, y)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.backward()
+
+
+def test_momentum_buffers_replaced_between_steps_match_torch():
+    """``buf.data = ...`` on momentum buffers between steps: the compiled step, the eager
+    step and torch's all continue from the new buffers."""
+    import torch as pt
+    rng = np.random.default_rng(8)
+    w0 = rng.standard_normal((3, 4)).astype(np.float32)
+    xs = rng.standard_normal((4, 2, 4)).astype(np.float32)
+    new_buf = rng.standard_normal((3, 4)).astype(np.float32)
+
+    def run(lib, compiled):
+        w = lib.nn.Parameter(lib.tensor(w0.copy()))
+        opt = lib.optim.SGD([w], lr=0.1, momentum=0.9)
+
+        def step(x):
+            opt.zero_grad()
+            loss = (lib.tanh(x @ w.t()) ** 2).sum()
+            loss.backward()
+            opt.step()
+            return loss
+        if compiled:
+            step = lib.compile(step)
+        losses = []
+        for i, x in enumerate(xs):
+            if i == 2:
+                opt.state[w]["momentum_buffer"].data = lib.tensor(new_buf.copy())
+            losses.append(step(lib.tensor(x)).item())
+        return losses, w.detach().numpy().copy(), \
+            opt.state[w]["momentum_buffer"].detach().numpy().copy()
+
+    expected = run(pt, False)
+    for compiled in (False, True):
+        got = run(torch, compiled)
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-5)
+        np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[2], expected[2], rtol=1e-5, atol=1e-6)

@@ -46,7 +46,7 @@ from .optim.optimizer import Optimizer
 from .passes import grad as ir_grad
 from .runtime import debug
 from .step_state import UpdateState, declaration_of
-from .tensor import Tensor
+from .tensor import Tensor, arrays_replaced, clocked
 from .ops import registry
 from .ops.common import numel
 from .trace import Guards, TraceError, format_inputs, rebuild, symbolic_shape, trace, \
@@ -420,7 +420,8 @@ class _Specialisation:
     def _setup(self, layout):
         self.n_user, self.n_out = layout["n_user"], layout["n_out"]
         self.output_structure = layout["output_structure"]
-        self._one_output = self.output_structure is None and self.n_out == 1
+        # (a function returning one tensor: its structure is that tensor, leaf 0)
+        self._one_output = self.n_out == 1 and self.output_structure in (None, 0)
         self.size_checks = layout["size_checks"]
         self.symbols = graph_symbols([self.graph])
         self.out_meta = [(v.shape, v.dtype.np) for v in self.graph.outputs]
@@ -484,8 +485,15 @@ class _Specialisation:
             g = Tensor._wrap(np.empty(self.out_meta[j][0], self.out_meta[j][1]))
             call.fix([out(j)], g._data)
             self._grads.append(g)
-        # what a call writes in place when the gradients are already .grad
-        self._written = self._stepped + self._grads
+        # what a call writes in place: their versions count this clock's ticks (one per call)
+        # unless another compiled call's clock counts them already (then bumped one by one)
+        self._tick = [0]
+        self._bumped = [t for t in self._stepped + self._grads
+                        if not clocked(t._vc, self._tick)]
+        # the arrays the bound slots point at, re-read when an array was replaced or the
+        # optimizers' state arrays changed (``arrays_replaced``, ``UpdateState.refresh``)
+        self._update_states = [u for _, u, _ in self.updates]
+        self._bound, self._refreshed, self._replaced = (), [], None
         # small outputs of static shapes are written to arrays the argument vectors keep and
         # copied out: cheaper than pointing a slot at a fresh array per call
         user = self.out_meta[:self.n_out]
@@ -505,9 +513,13 @@ class _Specialisation:
         for i, arr in enumerate(arrays):
             if not arr.flags.c_contiguous:
                 arrays[i] = np.ascontiguousarray(arr)
-        bound = list(map(_data_of, self.state))
-        for _, update_state, _ in self.updates:
-            bound += update_state.refresh()
+        replaced = arrays_replaced[0]
+        refreshed = [u.refresh() for u in self._update_states]
+        if replaced != self._replaced or not all(map(_is, refreshed, self._refreshed)):
+            self._bound = tuple(map(_data_of, self.state)) + \
+                tuple(arr for arrays_of in refreshed for arr in arrays_of)
+            self._refreshed, self._replaced = refreshed, replaced
+        bound = self._bound
         sizes = run_sizes(arrays, self.symbols)
         if self.size_checks:
             check_sizes(self.size_checks, sizes)
@@ -525,18 +537,14 @@ class _Specialisation:
         for t, arr in self._copied:
             np.copyto(t._data, arr)
             t._vc.value += 1
-        if all(map(_is, map(_grad_of, self.grad_params), self._grads)):
-            # (the gradients are the parameters' .grad already: written in place)
-            for counter in map(_vc_of, self._written):
-                counter.value += 1
-        else:
-            for t in self._stepped:
-                t._vc.value += 1
+        self._tick[0] += 1
+        for counter in map(_vc_of, self._bumped):
+            counter.value += 1
+        if not all(map(_is, map(_grad_of, self.grad_params), self._grads)):
+            # (the gradients are not all the parameters' .grad: they are again)
             for p, g in zip(self.grad_params, self._grads):
                 if p._grad is not g:
                     p._grad = g
-                else:
-                    g._vc.value += 1
         if self.deferred:
             ddp_mod.after_compiled_backward(self.ddp, self.deferred)
         for optimizer in self._stepped_optimizers:

@@ -11,7 +11,7 @@ from itertools import repeat
 
 import numpy as np
 
-from .tensor import Tensor
+from .tensor import Tensor, arrays_replaced
 
 # what ``refresh`` looks a parameter without state up in (never written)
 _NO_STATE = repeat({})
@@ -48,6 +48,7 @@ class UpdateState:
             if "first_step" in update.hyper else None
         self._scratch = {}  # (parameter index, name) -> array the optimizer does not keep
         self._values = None
+        self._replaced = None  # ``arrays_replaced`` when the arrays were read
         self._tensors = ()
         self.arrays = []    # per parameter, its state arrays in the op's argument order
         self._counters = []
@@ -69,11 +70,14 @@ class UpdateState:
         # (a first step creates state, so the step after it takes the slow path once more)
         if self._created:
             self._created = []
-        if values != self._values or len(tensors) != len(self._tensors) or \
+        replaced = arrays_replaced[0]  # (a state tensor may have another array: ``.data =``)
+        if values != self._values or replaced != self._replaced or \
+                len(tensors) != len(self._tensors) or \
                 not all(map(operator.is_, tensors, self._tensors)):
             self._sync(values)
             self._values = values
             self._tensors = tensors
+            self._replaced = replaced
         if self._counters:
             self._count()
         return self.arrays

@@ -20,10 +20,51 @@ from .utils.hooks import add_hook
 
 class _VersionCounter:
     """Shared by a tensor and its views; bumped by every in-place op."""
-    __slots__ = ("value",)
+    __slots__ = ("value", "clock")
 
     def __init__(self):
         self.value = 0
+
+
+_stored_version = _VersionCounter.value  # the slot a clocked counter keeps its offset in
+
+
+class _ClockedCounter(_VersionCounter):
+    """A version counter that also counts the ticks of a shared ``clock`` (a one-item list):
+    a compiled call that rewrites many tensors in place bumps all their versions with one
+    ``clock[0] += 1``. ``clocked`` turns a plain counter into one, keeping its value."""
+    __slots__ = ()
+
+    @property
+    def value(self):
+        return _stored_version.__get__(self) + self.clock[0]
+
+    @value.setter
+    def value(self, v):
+        _stored_version.__set__(self, v - self.clock[0])
+
+
+def clocked(counter, clock):
+    """Make ``counter`` (shared by a tensor and its views) count ``clock``'s ticks as well; False
+    when it counts another clock already (its owner bumps it itself then)."""
+    if type(counter) is _ClockedCounter:
+        return counter.clock is clock
+    value = counter.value
+    counter.__class__ = _ClockedCounter
+    counter.clock = clock
+    _stored_version.__set__(counter, value - clock[0])
+    return True
+
+
+# how many times an existing tensor's array was replaced (``.data =``, ``Module._apply``,
+# ``vector_to_parameters``): compiled calls keep the arrays they bind while it is unchanged
+arrays_replaced = [0]
+
+
+def replace_array(t, array):
+    """Give the existing tensor ``t`` another array (counted in ``arrays_replaced``)."""
+    t._data = array
+    arrays_replaced[0] += 1
 
 
 def _check_device(device):
@@ -305,7 +346,7 @@ class Tensor:
 
     @data.setter
     def data(self, value):
-        self._data = value._concrete("data")
+        replace_array(self, value._concrete("data"))
 
     # detach(self): installed by _tensor_methods (a traced tensor detaches through the op)
 

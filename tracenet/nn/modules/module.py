@@ -14,7 +14,7 @@ import numpy as np
 
 from ... import _dtype
 from ...size import Size
-from ...tensor import Tensor, _check_device, device as device_cls
+from ...tensor import Tensor, _check_device, device as device_cls, replace_array
 from ...autograd import grad_mode
 from ..parameter import Buffer, Parameter
 from ...utils.hooks import RemovableHandle, add_hook
@@ -451,7 +451,7 @@ class Module:
                     continue
                 applied = fn(param)
                 if applied is not param:
-                    param._data = applied._concrete("Module._apply")
+                    replace_array(param, applied._concrete("Module._apply"))
                     if not param._data.dtype.kind == "f":
                         param._requires_grad = False
                     param._vc.value += 1
@@ -459,7 +459,7 @@ class Module:
                 if grad is not None:
                     grad_applied = fn(grad)
                     if grad_applied is not grad:
-                        grad._data = grad_applied._concrete("Module._apply")
+                        replace_array(grad, grad_applied._concrete("Module._apply"))
                         grad._vc.value += 1
             for key, buf in self._buffers.items():
                 if buf is not None:

@@ -3,7 +3,7 @@ import numpy as np
 
 from ... import _dtype
 from ...ops.shape import cat
-from ...tensor import Tensor
+from ...tensor import Tensor, replace_array
 from ..modules.module import _typename
 
 __all__ = ["parameters_to_vector", "vector_to_parameters"]
@@ -38,6 +38,6 @@ def vector_to_parameters(vec, parameters):
         chunk = data[pointer:pointer + num]
         if chunk.size != num:
             raise RuntimeError(f"shape '{list(shape)}' is invalid for input of size {chunk.size}")
-        param._data = chunk.reshape(shape)
+        replace_array(param, chunk.reshape(shape))
         param._vc.value += 1
         pointer += num
