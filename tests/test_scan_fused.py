@@ -171,6 +171,20 @@ def test_the_linear_layer_after_the_loop_runs_in_it(monkeypatch, name, kwargs):
         inferred(th, ours, compiled, tokens(batch, length, first, batch), F32)
 
 
+def test_a_stacked_layer_s_input_projection_runs_in_the_loop_before_it(monkeypatch):
+    """Two layers: the first loop multiplies its steps' rows by the second layer's input
+    weight, the second loop by the output layer's."""
+    nan_filled_arenas(monkeypatch)
+    th, ours = pair("LSTM", num_layers=2)
+    compiled = tn.compile(ours)
+    for batch, length in ((5, 6), (3, 4)):
+        inferred(th, ours, compiled, tokens(batch, length, False, batch), F32)
+    loops = headed(compiled.graph)
+    assert len(loops) == 2
+    assert [tuple(n.members[-1].inputs[1].shape) for n in loops] == [(4 * HIDDEN, HIDDEN),
+                                                                    (VOCAB, HIDDEN)]
+
+
 def test_a_loop_that_does_not_split_shares_the_layer_by_steps(monkeypatch, tmp_path):
     """A step too small to split: the layer runs after the loop, steps shared by threads."""
     nan_filled_arenas(monkeypatch)
