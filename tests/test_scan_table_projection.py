@@ -54,8 +54,10 @@ def tokens_for(rnn_kwargs, vocab, length=7, batch=4, seed=0):
 
 
 def projected_tables(graph):
-    """The embedding nodes of ``graph`` that gather rows of a product (a projected table)."""
-    return [n for n in graph.nodes if n.op == "embedding" and
+    """The embedding nodes of ``graph`` that gather rows of a product (a projected table),
+    those fused with the loop that reads them included (``test_scan_gather.py``)."""
+    nodes = [m for n in graph.nodes for m in (n.members if n.op == "fused" else [n])]
+    return [n for n in nodes if n.op == "embedding" and
             n.inputs[0].producer is not None and n.inputs[0].producer.op == "gemm"]
 
 

@@ -99,6 +99,8 @@ def format_graph(graph, indent=""):
             lines.append(node_line(node, inner) + " {")
             for m in node.members:
                 lines.append(node_line(m, inner + "    "))
+                if "body" in m.attrs:  # a loop fused with its neighbours: its body too
+                    lines.append(format_graph(m.attrs["body"], inner + "        "))
             lines.append(inner + "}")
         else:
             lines.append(node_line(node, inner))

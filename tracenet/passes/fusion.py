@@ -25,6 +25,7 @@ A fused node's inputs are the values its members read from outside, its outputs 
 values used after it (intermediates needed elsewhere, e.g. saved for backward, stay visible).
 The interpreter runs the members, so fusion is checked for equality with the unfused graph.
 """
+from .._dtype import float32, int64
 from .._sym import same_shape
 from ..ir.graph import Node
 from ..ops.registry import REGISTRY, op_kind
@@ -193,6 +194,71 @@ def _norm_groups(graph):
     return groups
 
 
+def _loop_groups(graph):
+    """Every ``scan`` with what it may take in: the ``embedding`` whose rows are its first
+    scanned input (read by nothing else: float rows of a 2-d table, one index per row), and
+    the linear layer after it (``_head``). A list of members per loop that takes either."""
+    users = graph.users()
+    groups = []
+    for node in graph.nodes:
+        if node.op != "scan":
+            continue
+        members = [node] + _head(graph, users, node)
+        emb = _gathered(graph, users, node)
+        if emb is not None:
+            members.insert(0, emb)
+        if len(members) > 1:
+            groups.append(members)
+    return groups
+
+
+def _gathered(graph, users, node):
+    if node.attrs["n_xs"] < 1:
+        return None
+    xs = node.inputs[node.attrs["n_carry"]]
+    emb = xs.producer
+    if emb is None or emb.op != "embedding" or len(emb.inputs) != 2 or \
+            _sole_user(users, graph, xs) is not node or node.inputs.count(xs) != 1:
+        return None
+    table, idx = emb.inputs
+    if len(table.shape) != 2 or len(idx.shape) < 2 or idx.dtype is not int64 or \
+            not same_shape(xs.shape, idx.shape + table.shape[1:]) or table.dtype is not xs.dtype:
+        return None
+    return emb
+
+
+def _head(graph, users, node):
+    """[permute?, view, gemm]: a float ``x @ W^T (+ b)`` of a stacked output of ``node``
+    (``[T, N, H]``) viewed as ``[T * N, H]`` rows, or batch first (its two leading dims
+    swapped) as ``[N * T, H]``; the permute and the view read by nothing else. [] if none."""
+    for ys in node.outputs[node.attrs["n_carry"]:]:
+        if len(ys.shape) != 3 or ys.dtype is not float32:
+            continue
+        chain, cur = [], ys
+        perm = next((u for u in users.get(ys, []) if u.op == "permute" and
+                     tuple(u.attrs["dims"]) == (1, 0, 2)), None)
+        if perm is not None:
+            if _sole_user(users, graph, perm.output) is None:
+                continue
+            chain, cur = [perm], perm.output
+        view = _sole_user(users, graph, cur) if chain else \
+            next((u for u in users.get(ys, []) if u.op == "view"), None)
+        if view is None or view.op != "view" or len(view.output.shape) != 2 or \
+                not same_shape(view.output.shape[1:], ys.shape[2:]):
+            continue
+        gemm = _sole_user(users, graph, view.output)
+        if gemm is None or gemm.op != "gemm" or gemm.inputs[0] is not view.output or \
+                gemm.inputs.count(view.output) != 1:
+            continue
+        at = gemm.attrs
+        if at.get("trans_a") or not at.get("trans_b") or at.get("alpha", 1.0) != 1.0 or \
+                at.get("beta", 1.0) != 1.0 or len(gemm.inputs[1].shape) != 2 or \
+                (len(gemm.inputs) == 3 and len(gemm.inputs[2].shape) != 1):
+            continue
+        return chain + [view, gemm]
+    return []
+
+
 def _user_with_op(users, value, op):
     """The first node of kind ``op`` reading ``value`` as its first input, if any."""
     for u in users.get(value, []):
@@ -351,7 +417,7 @@ def fuse(graph):
     place)."""
     for body in graph.bodies():
         fuse(body)
-    for finder, group_name in ((_conv_groups, "conv"), (_norm_groups, "norm"),
+    for finder, group_name in ((_loop_groups, "loop"), (_conv_groups, "conv"), (_norm_groups, "norm"),
                                (_pool_relu_backward_groups, "pool_backward"),
                                (_gemm_sgd_groups, "weight_update"), (_gemm_mask_groups, "gemm"),
                                (_gemm_groups, "gemm"), (_elementwise_groups, "elementwise")):

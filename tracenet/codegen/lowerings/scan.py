@@ -16,7 +16,8 @@ import re
 
 from ..._sym import Specialize, Sym, same_shape
 from ...ops.common import numel
-from ..base import SFX, Kernel, ctype, lowering, node_lines, signature, size_symbols
+from ..base import (SFX, Kernel, ctype, group_lowering, lowering, node_lines, signature,
+                    size_symbols)
 from ..templates import render
 from .scan_cell import COLUMN_BLOCK, GROUP, cell_body, tiles_helper
 
@@ -44,7 +45,9 @@ def _nbytes(v):
 
 
 @lowering("scan")
-def lower_scan(name, node, exported, target):
+def lower_scan(name, node, exported, target, gather=None, head=None):
+    """``gather``: the ``embedding`` whose rows are the first scanned input; ``head``: the
+    [permute?, view, gemm] of a linear layer after it (a ``loop`` group: ``lower_loop``)."""
     body = cell_body(node.attrs["body"])  # the gate math as one kernel per step
     n_carry, n_xs = node.attrs["n_carry"], node.attrs["n_xs"]
     packed = _packed_weight(body, n_carry + n_xs)
@@ -56,7 +59,24 @@ def lower_scan(name, node, exported, target):
         helpers += k.helpers
         helpers.append((k.name, k.source))
     reads = [(f"in{i}", v) for i, v in enumerate(node.inputs)]
+    if gather is not None:  # the table in the rows' place, and the indices
+        reads[n_carry] = (f"in{n_carry}", gather.inputs[0])
+        reads.append(("gidx", gather.inputs[1]))
     writes = [(f"out{j}", v) for j, v in enumerate(node.outputs)]
+    linear = None
+    if head is not None:  # the layer's weight, bias and result
+        gemm = head[-1]
+        ys = (head[0] if head[0].op == "permute" else head[-2]).inputs[0]
+        w = gemm.inputs[1]
+        reads.append(("hw", w))
+        if len(gemm.inputs) == 3:
+            reads.append(("hb", gemm.inputs[2]))
+        writes.append(("hout", gemm.output))
+        width = w.shape[0]
+        linear = {"ys": f"out{node.outputs.index(ys)}", "rows": numel(ys.shape[1:2]),
+                  "k": ys.shape[2], "n": width, "npad": -(-width // COLUMN_BLOCK) * COLUMN_BLOCK,
+                  "bias": len(gemm.inputs) == 3, "batch_first": head[0].op == "permute",
+                  "block": COLUMN_BLOCK}
     n_in = len(body.inputs)
     n_out = len(body.outputs)
     work = 0  # bytes of scratch: the spare carry buffers, then the body's arena
@@ -83,10 +103,23 @@ def lower_scan(name, node, exported, target):
         packs.append({"slot": slot, "src": f"in{slot}", "rows": rows, "cols": cols,
                       "at": work, "ctype": ctype(body.inputs[slot])})
         work += _aligned(_nbytes(body.inputs[slot]))
+    picked = None
+    if gather is not None:  # two slices of picked rows: a step's, and the next one's
+        table, idx = gather.inputs
+        row_bytes = table.shape[1] * table.dtype.itemsize
+        step_rows = numel(idx.shape[1:])
+        picked = {"slot": n_carry, "table": f"in{n_carry}", "idx": "gidx",
+                  "count": numel(idx.shape), "rows": step_rows, "table_rows": table.shape[0],
+                  "row_bytes": row_bytes, "at": work,
+                  "slice": _aligned(step_rows * row_bytes), "ctype": ctype(table)}
+        work += 2 * picked["slice"]
+    if linear is not None:  # the layer's weight transposed, its columns padded to whole blocks
+        linear["at"] = work
+        work += _aligned(linear["k"] * linear["npad"] * 4)
     body_arena = work
     work += entry.arena_bytes
     steps = [{"slot": i, "ptr": f"in{i}", "stride": numel(body.inputs[i].shape)}
-             for i in range(n_carry, n_carry + n_xs)]
+             for i in range(n_carry, n_carry + n_xs) if picked is None or i != n_carry]
     steps += [{"slot": n_in + j, "ptr": f"out{j}", "stride": numel(body.outputs[j].shape)}
               for j in range(n_carry, len(body.outputs))]
     consts = [{"slot": i, "ptr": f"(work + ({packs[0]['at']}))" if i == packed else f"in{i}"}
@@ -98,20 +131,50 @@ def lower_scan(name, node, exported, target):
     checks = list(entry.checks)
     body_calls = [c for _, c in calls]
     split = _thread_split(entry, body, body_calls, copies, n_carry, skipped, checks, target)
+    if picked is not None:  # checked before the loop, as the embedding would
+        picked["code"] = len(checks) + 1
+        picked["own_rows"] = bool(split) and same_shape((split["rows"],), (picked["rows"],))
+    if linear is not None:
+        linear["own_rows"] = bool(split) and same_shape((split["rows"],), (linear["rows"],))
+        # without a split loop, the steps' products after it, shared between threads
+        linear["when"] = target.parallel.gemm(2 * linear["k"] * linear["n"] * numel(
+            head[-1].output.shape[:1]), numel(head[-1].output.shape[:1]))
+        helpers += [h for h in [tiles_helper("float")] if h not in helpers]
     if split:  # each thread on its rows or columns of every step; copies by one thread
         body_calls, copies = split["calls"], split["copies"]
         helpers = [h for h in helpers if h[0] not in split["replaced"]]
         helpers += [h for h in split.pop("helpers", ()) if h not in helpers]
     scratch = -(-work // 4)  # in floats
     src = render("scan.c.j2", name=name, node_lines=node_lines([node]),
-                 signature=signature(reads, writes, scratch, "float", bool(checks)),
+                 signature=signature(reads, writes, scratch, "float",
+                                     bool(checks) or picked is not None),
                  symbols=size_symbols(reads, writes),
                  calls=body_calls + copies, length=node.inputs[n_carry].shape[0],
                  n_args=max(entry.num_args, 1), consts=consts, carries=carries, steps=steps,
                  reverse=node.attrs.get("reverse", False), body_arena=body_arena,
-                 checks=bool(checks), split=split, packs=packs)
+                 checks=bool(checks), split=split, packs=packs, picked=picked, linear=linear)
+    if picked is not None:
+        checks.append((IndexError, "index out of range in self"))  # eager's message
     return Kernel(name, reads, writes, src, scratch=scratch, helpers=helpers, checks=checks,
-                  parallel=bool(split) or any(k.parallel for k, _ in entry.kernels))
+                  parallel=bool(split) or bool(linear and linear["when"]) or
+                  any(k.parallel for k, _ in entry.kernels))
+
+
+@group_lowering("loop")
+def lower_loop(name, node, exported, target):
+    """A ``scan`` with the ``embedding`` whose rows it scans and/or the linear layer after it
+    (``passes/fusion.py``). The embedding: the loop checks the indices first, then each step
+    copies its rows from the table into a slice in L1 (each thread the rows it runs, when the
+    threads split rows) rather than reading them from a pass over every step's rows made
+    before the loop by one thread. The linear layer: each step's rows of the stacked output
+    are multiplied by its weight right after the step (by the thread that wrote them, when
+    the threads split rows), on the loop's register tiles, and written where the layer's
+    rows are (batch first, too); a loop that does not split multiplies them after it, the
+    steps shared between threads."""
+    members = list(node.members)
+    gather = members.pop(0) if members[0].op == "embedding" else None
+    scan = members.pop(0)
+    return lower_scan(name, scan, exported, target, gather=gather, head=members or None)
 
 
 def _packed_weight(body, first_const):
