@@ -14,9 +14,9 @@ import tracenet as tn
 import tracenet.nn as tnn
 from tracenet.codegen.target import Parallelism
 from tracenet.ops.scan import scan
-from tracenet.runtime import threads
 
 from test_catalogue_rnn import _cache  # noqa: F401  (the cache-directory fixture)
+from test_scan_threads import _restore_threads  # noqa: F401  (the thread-count fixture)
 from compile_checks import nan_filled_arenas
 
 torch = pytest.importorskip("torch")
@@ -24,15 +24,6 @@ torch = pytest.importorskip("torch")
 F32 = dict(rtol=1e-4, atol=2e-5)
 F64 = dict(rtol=1e-9, atol=1e-10)
 VOCAB, EMBED, HIDDEN = 11, 6, 40  # 40: three chunks of 16 gate columns, unequal shares
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    before, adaptive = tn.get_num_threads(), list(threads._adaptive)
-    yield
-    tn.set_num_threads(before)
-    threads._adaptive[:] = adaptive
-    threads.set_blas_threads(1)
 
 
 def tagger(lib, name, dtype, out_width=VOCAB, out_bias=True, **rnn_kwargs):
