@@ -65,6 +65,10 @@ CASES = {
     "fused_float64": (2, 8, 10, 2, False, (2, 8, 8, 8), np.float64),
     # the weight gradient's transposed gather with a row stride of 3
     "strides_3_2_whole_vectors": (2, 8, 5, (3, 2), True, (2, 8, 10, 16), np.float32),
+    # the weight gradient's four-vector tiles: two blocks of input channels, odd sizes,
+    # float64's vectors of four
+    "wide_two_channel_blocks": (2, 64, 13, 2, True, (3, 64, 7, 5), np.float32),
+    "wide_float64_batch1": (2, 16, 7, 1, False, (1, 16, 3, 5), np.float64),
 }
 
 # the cases whose input gradient is stored by the register tiles (even image sizes, whole
@@ -74,6 +78,9 @@ FUSED = {"fused_two_vector_rows", "fused_one_vector_rows", "fused_float64", "sho
 # panel (stride 2 across an even width, whole vectors of channels and positions per row)
 GATHERED_T = {"fused_two_vector_rows", "fused_float64", "shortcut_parallel", "float64_stride2",
               "strides_3_2_whole_vectors"}
+# the cases whose weight gradient takes the four-vector tiles (input channels in whole
+# blocks of four vectors)
+WIDE = {"shortcut_32_64_stride2", "wide_two_channel_blocks", "wide_float64_batch1"}
 
 
 def _conv(lib, rank, cin, cout, stride, bias):
@@ -99,6 +106,7 @@ def test_pointwise_conv_matches_torch(name):
     assert ("register tiles stored straight into the strided positions" in source) == \
         (name in FUSED and "input" in ALL_KINDS)
     assert ("subsampled by the stride and transposed" in source) == (name in GATHERED_T)
+    assert ("four vectors of input channels" in source) == (name in WIDE)
     tn.manual_seed(0)
     model = _conv(tn, rank, cin, cout, stride, bias)
     check_compiled(model.double() if dtype == np.float64 else model, shape,
@@ -238,6 +246,27 @@ def test_nan_arena_threads(nan_arenas_split, threads, stride, size):
     source = compiled.source()
     assert _pointwise_kinds(source) == ALL_KINDS
     assert "#pragma omp barrier" in source
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_wide_tiles_nan_arena_threads(nan_arenas_split, threads):
+    """The weight gradient's four-vector tiles (32 input channels) over NaN work memory, five
+    and then two images of one compiled step (a symbolic batch) split between threads: each
+    thread's first image stores its sums, the later ones add to them."""
+    tn.set_num_threads(threads)
+    tn.manual_seed(0)
+
+    def make(lib):
+        return lib.nn.Sequential(lib.nn.Conv2d(3, 32, 3, 1, 1), lib.nn.Conv2d(32, 11, 1, 2),
+                                 lib.nn.Conv2d(11, 4, 3, 1, 1))
+    model, tmodel = make(tn), make(torch)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    rng = np.random.default_rng(0)
+    for batch in (5, 2):
+        x = rng.standard_normal((batch, 3, 9, 10)).astype(np.float32)
+        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    assert "four vectors of input channels" in compiled.source()
 
 
 # --- a training-mode batch norm's statistics summed on the forward's register tiles ------------

@@ -140,6 +140,7 @@ def lower_backward_weight(name, node, geo, target):
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, work_elems=work, panel=panel,
                  max_threads="TN_MAX_THREADS", gather_transposed=_gather_transposed(geo, ct),
+                 wide_tiles=geo["C"] % (4 * _VL[ct]) == 0,
                  **t)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
                   flops=_flops(geo), parallel=parallel)
