@@ -223,18 +223,14 @@ def test_bias_relu_training_matches_torch():
 
 # --- NaN-filled work memory, split between threads ---------------------------------------------
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("stride,size", [(2, (9, 10)), (3, (9, 10)), (2, (16, 16))])
-def test_nan_arena_threads(nan_arenas_split, threads, stride, size):
-    """The 1x1 convolution between two others: its input gradient, in work memory, feeds the
-    first one's backward, so a position between the strided ones left unwritten shows as
-    NaN (16x16: written by the register tiles); the weight gradient's per-thread sums start
-    from NaN memory (three threads over five images split unevenly)."""
-    tn.set_num_threads(threads)
+def _between_two_convs(channels, stride, size):
+    """A 1x1 convolution (``channels`` in, 11 out) between two 3x3 ones, compiled, a step of
+    five and then of two images (a symbolic batch) against torch; the compiled source."""
     tn.manual_seed(0)
 
     def make(lib):
-        return lib.nn.Sequential(lib.nn.Conv2d(3, 8, 3, 1, 1), lib.nn.Conv2d(8, 11, 1, stride),
+        return lib.nn.Sequential(lib.nn.Conv2d(3, channels, 3, 1, 1),
+                                 lib.nn.Conv2d(channels, 11, 1, stride),
                                  lib.nn.Conv2d(11, 4, 3, 1, 1))
     model, tmodel = make(tn), make(torch)
     _copy_to_torch(model, tmodel)
@@ -243,7 +239,18 @@ def test_nan_arena_threads(nan_arenas_split, threads, stride, size):
     for batch in (5, 2):
         x = rng.standard_normal((batch, 3) + size).astype(np.float32)
         _step_against_torch(compiled, model, tmodel, x, 1e-4)
-    source = compiled.source()
+    return compiled.source()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("stride,size", [(2, (9, 10)), (3, (9, 10)), (2, (16, 16))])
+def test_nan_arena_threads(nan_arenas_split, threads, stride, size):
+    """The 1x1 convolution between two others: its input gradient, in work memory, feeds the
+    first one's backward, so a position between the strided ones left unwritten shows as
+    NaN (16x16: written by the register tiles); the weight gradient's per-thread sums start
+    from NaN memory (three threads over five images split unevenly)."""
+    tn.set_num_threads(threads)
+    source = _between_two_convs(8, stride, size)
     assert _pointwise_kinds(source) == ALL_KINDS
     assert "#pragma omp barrier" in source
 
@@ -254,19 +261,7 @@ def test_wide_tiles_nan_arena_threads(nan_arenas_split, threads):
     and then two images of one compiled step (a symbolic batch) split between threads: each
     thread's first image stores its sums, the later ones add to them."""
     tn.set_num_threads(threads)
-    tn.manual_seed(0)
-
-    def make(lib):
-        return lib.nn.Sequential(lib.nn.Conv2d(3, 32, 3, 1, 1), lib.nn.Conv2d(32, 11, 1, 2),
-                                 lib.nn.Conv2d(11, 4, 3, 1, 1))
-    model, tmodel = make(tn), make(torch)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (5, 2):
-        x = rng.standard_normal((batch, 3, 9, 10)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
-    assert "four vectors of input channels" in compiled.source()
+    assert "four vectors of input channels" in _between_two_convs(32, 2, (9, 10))
 
 
 # --- a training-mode batch norm's statistics summed on the forward's register tiles ------------
