@@ -15,6 +15,7 @@ from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, 
     node_lines, signature, size_symbols, threads_scratch, where
 from ..templates import render
 from . import conv_phased, conv_pointwise, conv_winograd
+from .conv_flops import conv_flops
 from .normalization import residual_operand, statistics_reads, statistics_scratch
 from .pooling import lower_max_pool, pool_geometry
 
@@ -73,11 +74,6 @@ def _conv_template_geo(geo, ct, direct):
     g["CG"] = geo["C"] // geo["G"]
     g["ctype"] = ct
     return g
-
-
-def _conv_flops(geo):
-    return 2 * geo["N"] * geo["O"] * (geo["C"] // geo["G"]) * geo["KD"] * geo["KH"] * \
-        geo["KW"] * geo["OD"] * geo["OH"] * geo["OW"]
 
 
 def _direct_geometry(geo):
@@ -287,7 +283,7 @@ def _lower_conv_group(name, group, exported, target):
         work = _columns(geo)
     # then two planes for a relu and a max pooling fused per plane (1-d and 2-d groups only)
     per_thread = work + (plane * 2 if len(conv.attrs["stride"]) < 3 else 0)
-    parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     # scratch: [the statistics' per-thread sums][the weights transposed][one slice per thread]
     shared = gathered["shared"] if gathered else 0
     stats_at = 0
@@ -310,7 +306,7 @@ def _lower_conv_group(name, group, exported, target):
                  work_elems=work, direct=bool(direct), gathered=gathered, then_pool=then_pool,
                  bn=bn, res=res, stats=stats, stats_at=stats_at, shared=shared,
                  **(direct or {}), **geo)
-    return Kernel(name, reads, writes, src, scratch, ct, flops=_conv_flops(geo),
+    return Kernel(name, reads, writes, src, scratch, ct, flops=conv_flops(geo),
                   parallel=parallel or bool(then_pool and then_pool["parallel"]))
 
 
@@ -411,14 +407,14 @@ def _lower_per_tap_backward_input(name, node, geo, direct, ct, target):
     out = node.outputs[0]
     t = _conv_template_geo(geo, ct, direct)
     per_thread = _gradient_work(geo, direct) if direct else _columns(geo)
-    parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_backward_input.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, flipped=False,
                  folded=None, direct=bool(direct), **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
-                  flops=_conv_flops(geo), parallel=parallel)
+                  flops=conv_flops(geo), parallel=parallel)
 
 
 def _lower_flipped_backward_input(name, node, geo, fgeo, ct, target):
@@ -432,14 +428,14 @@ def _lower_flipped_backward_input(name, node, geo, fgeo, ct, target):
     shared = geo["O"] * (geo["C"] // geo["G"]) * geo["KD"] * geo["KH"] * geo["KW"]
     wide = geo["C"] // geo["G"] * geo["D"] * geo["H"] * direct["WP"]
     per_thread = wide + _padded_image(fgeo, direct)
-    parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     scratch = threads_scratch(per_thread, parallel, shared)
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_backward_input.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct), geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread, shared=shared,
                  wide_elems=wide, flipped=True, direct=True, **direct, **fgeo)
-    return Kernel(name, reads, writes, src, scratch, ct, flops=_conv_flops(geo),
+    return Kernel(name, reads, writes, src, scratch, ct, flops=conv_flops(geo),
                   parallel=parallel)
 
 
@@ -475,7 +471,7 @@ def _lower_row_folded_backward_input(name, node, geo, direct, ct, target, per_ta
     og, cg = geo["O"] // geo["G"], geo["C"] // geo["G"]
     shared = geo["O"] * cg * geo["KH"] * geo["KW"]
     per_thread = og * folded["GWS"] + cg * folded["LDC"]
-    parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     if per_tap is not None:
         # the per-tap kernel indexes its own (smaller or equal) slices from scratch's start
         tap_scratch = per_tap.scratch[0] if isinstance(per_tap.scratch, tuple) else per_tap.scratch
@@ -493,7 +489,7 @@ def _lower_row_folded_backward_input(name, node, geo, direct, ct, target, per_ta
                                               [f"tn_{s}" for s in size_symbols(reads, writes)] +
                                               ["gy", "w", "out", "scratch"])),
                  **direct, **geo)
-    return Kernel(name, reads, writes, src, scratch, ct, flops=_conv_flops(geo),
+    return Kernel(name, reads, writes, src, scratch, ct, flops=conv_flops(geo),
                   parallel=parallel)
 
 
@@ -524,7 +520,7 @@ def _lower_conv_backward_weight(name, node, target):
     if tapwise and not direct and gathered is None:
         work += geo["O"] // geo["G"] * geo["OD"] * geo["OH"] * geo["OW"]  # the output gradient, transposed
     per_thread = work + wsize
-    parallel = target.parallel.compute(_conv_flops(geo), geo["N"])
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
     # dot products along the positions: register tiles of output channels x taps
     # few channels: register tiles of dot products along the positions (tn_gemm_dots)
@@ -536,4 +532,4 @@ def _lower_conv_backward_weight(name, node, target):
                  gathered=gathered, dots=dots,
                  **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
-                  flops=_conv_flops(geo), parallel=parallel)
+                  flops=conv_flops(geo), parallel=parallel)

@@ -13,6 +13,7 @@ col2im's additions, and the nine taps' products, no more (but for the padded col
 """
 from ..base import Kernel, SFX, ctype, node_lines, signature, threads_scratch
 from ..templates import render
+from .conv_flops import conv_flops
 
 
 def takes_input_gradient(geo, ct):
@@ -61,7 +62,7 @@ def lower_backward_input(name, node, geo, target):
     padded = _round16(geo["O"] * plane + 1)  # a tap's last view reads one element past
     per_thread = padded + 2 * _round16(geo["C"] * nq)
     shared = _round16(shared)
-    flops = 2 * geo["N"] * geo["O"] * geo["C"] * 9 * geo["OH"] * geo["OW"]
+    flops = conv_flops(geo)
     parallel = target.parallel.compute(flops, geo["N"])
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_backward_input_phased.c.j2", name=name, node_lines=node_lines([node]),

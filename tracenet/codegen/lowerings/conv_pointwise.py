@@ -16,6 +16,7 @@ pooling stays there.
 """
 from ..base import Kernel, SFX, ctype, node_lines, signature, threads_scratch
 from ..templates import render
+from .conv_flops import conv_flops
 from .normalization import statistics_scratch
 
 
@@ -37,10 +38,6 @@ def takes_input_gradient(geo, ct, target):
 
 
 _VL = {"float": 8, "double": 4}  # elements per vector of the GEMM core (32 bytes)
-
-
-def _flops(geo):
-    return 2 * geo["N"] * geo["O"] * geo["C"] * geo["OH"] * geo["OW"]
 
 
 def _scratch(per_thread, parallel, shared=0):
@@ -72,7 +69,7 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     # rows a multiple of 4 KiB apart (the output planes' too) alias in the store buffer
     ldx = t["P"] + (64 // (4 if ct == "float" else 8) if t["strided"] and stats_tiles else 0)
     per_thread = geo["C"] * ldx if t["strided"] else 0
-    parallel = target.parallel.compute(_flops(geo), geo["N"])
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     stats_at = 0 if stats is None else statistics_scratch(stats, geo["O"], ct, parallel, target)
     scratch = _scratch(per_thread, parallel, stats_at)
     src = render("conv_pointwise.c.j2", kind="forward", name=name,
@@ -82,7 +79,7 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
                  relu=relu, plane_out=plane_out, relu_out=relu_out, stats=stats,
                  stats_at=stats_at, stats_tiles=stats_tiles, LDX=ldx,
                  epilogue=bool(has_bias or bn or res or relu or stats), **t)
-    return Kernel(name, reads, writes, src, scratch, ct, flops=_flops(geo), parallel=parallel)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=conv_flops(geo), parallel=parallel)
 
 
 def lower_backward_input(name, node, geo, target):
@@ -94,14 +91,14 @@ def lower_backward_input(name, node, geo, target):
     fused = _fused_scatter(geo, ct)
     # (without vector shuffles, a fused scatter takes the packed panel too)
     per_thread = geo["C"] * t["P"] if t["strided"] else 0
-    parallel = target.parallel.compute(_flops(geo), geo["N"])
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_pointwise.c.j2", kind="input", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct],
                  signature=signature(reads, writes, 1 if per_thread else 0, ct),
                  parallel=parallel, per_thread=per_thread, fused_scatter=fused, **t)
     return Kernel(name, reads, writes, src, _scratch(per_thread, parallel), ct,
-                  flops=_flops(geo), parallel=parallel)
+                  flops=conv_flops(geo), parallel=parallel)
 
 
 def _gather_transposed(geo, ct):
@@ -134,7 +131,7 @@ def lower_backward_weight(name, node, geo, target):
     # the transposed subsample, the packed subsample when strided, then the [O x C] sums
     work = panel * (2 if t["strided"] else 1)
     per_thread = work + geo["O"] * geo["C"]
-    parallel = target.parallel.compute(_flops(geo), geo["N"])
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
     src = render("conv_pointwise.c.j2", kind="weight", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
@@ -143,4 +140,4 @@ def lower_backward_weight(name, node, geo, target):
                  wide_tiles=geo["C"] % (4 * _VL[ct]) == 0,
                  **t)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
-                  flops=_flops(geo), parallel=parallel)
+                  flops=conv_flops(geo), parallel=parallel)

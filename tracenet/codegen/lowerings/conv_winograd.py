@@ -22,6 +22,7 @@ several whole images when one has fewer than ``_MIN_IMAGE_BLOCK_TILES`` tiles.
 """
 from ..base import Kernel, SFX, ctype, node_lines, signature, threads_scratch
 from ..templates import render
+from .conv_flops import conv_flops
 from .normalization import statistics_scratch
 
 # Input and output channels, and positions per image, from which the Winograd form is taken:
@@ -86,11 +87,6 @@ _PAD = 16
 _VL = {"float": 8, "double": 4}  # elements per vector of the GEMM core (32 bytes)
 
 
-def _flops(geo):
-    """The direct convolution's multiply-adds, twice: the rate reported is that form's."""
-    return 2 * geo["N"] * geo["O"] * geo["C"] * 9 * geo["OH"] * geo["OW"]
-
-
 def _blocking(ci, h, w, budget=_BLOCK_ELEMENTS, images=False, m=2):
     """Tiles (of m x m outputs) per side, tile rows per block (R), images per block (IMGS:
     several when ``images`` and a whole image is fewer tiles than a block's) and tiles per
@@ -136,7 +132,7 @@ def _render(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stats_a
                  N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"],
                  SPLIT=_split(ci, blocks), WE=blocks["TW"] + 1, ROWS=2 * blocks["R"] + 2,
                  VL=_VL[ct], **_strides(ci, co, blocks["RB"]), **blocks, **extra)
-    return Kernel(name, reads, writes, src, scratch, ct, flops=_flops(geo), parallel=parallel)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=conv_flops(geo), parallel=parallel)
 
 
 def _takes_f4(geo, ct):
@@ -161,7 +157,7 @@ def _render_f4(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stat
                  parallel=parallel, per_thread=per_thread, shared=shared, u_at=stats_at,
                  N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"],
                  SPLIT=split, WE=we, ROWS=rows, VL=_VL[ct], **st, **blocks, **extra)
-    return Kernel(name, reads, writes, src, scratch, ct, flops=_flops(geo), parallel=parallel)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=conv_flops(geo), parallel=parallel)
 
 
 def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res, stats,
@@ -172,7 +168,7 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     ct = ctype(conv.outputs[0])
     has_bias = len(conv.inputs) > 2
     relu = any(m.op == "relu" for m in group)
-    parallel = target.parallel.compute(_flops(geo), geo["N"])
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     stats_at = 0 if stats is None else statistics_scratch(stats, geo["O"], ct, parallel, target)
     return _render("forward", name, group, ct, reads, writes, geo, geo["C"], geo["O"],
                    parallel, stats_at, has_bias=has_bias, bn=bn, res=res, relu=relu,
@@ -194,7 +190,7 @@ def lower_backward_weight(name, node, geo, target):
     st = _strides(ci, co, blocks["RB"])
     du_at = split + 16 * (st["VS"] + st["MS"])
     per_thread = du_at + 16 * st["US"]
-    parallel = target.parallel.compute(_flops(geo), geo["N"])
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
     src = render("conv_winograd.c.j2", kind="weight", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
@@ -203,7 +199,7 @@ def lower_backward_weight(name, node, geo, target):
                  WE=blocks["TW"] + 1,
                  ROWS=2 * blocks["R"] + 2, VL=_VL[ct], stats=None, **st, **blocks)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
-                  flops=_flops(geo), parallel=parallel)
+                  flops=conv_flops(geo), parallel=parallel)
 
 
 def lower_backward_input(name, node, geo, target):
@@ -211,7 +207,7 @@ def lower_backward_input(name, node, geo, target):
     gy, w = node.inputs
     out = node.outputs[0]
     ct = ctype(out)
-    parallel = target.parallel.compute(_flops(geo), geo["N"])
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     return _render("input", name, [node], ct, reads, writes, geo, geo["O"], geo["C"],
                    parallel, 0, stats=None, bn=None, res=False, relu=False, relu_out=None,
