@@ -705,7 +705,7 @@ def _embedding_meta(weight, indices, padding_idx, scale_grad_by_freq):
 
 def _check_indices(indices, n):
     if indices.size and (indices.min() < 0 or indices.max() >= n):
-        raise IndexError("index out of range in self")
+        raise IndexError(common.INDEX_OUT_OF_RANGE)
 
 
 def _embedding_eager(weight, indices, padding_idx, scale_grad_by_freq):

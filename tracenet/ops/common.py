@@ -12,6 +12,11 @@ from .registry import register as _register
 from .size_value import size_tensor
 
 
+# eager's (and torch's) IndexError message for an embedding index outside its table; the
+# compiled kernels that look rows up raise it from their data checks
+INDEX_OUT_OF_RANGE = "index out of range in self"
+
+
 def quiet(fn):
     """A numpy kernel run without numpy's floating-point warnings: like torch, overflow,
     division by zero and invalid values silently give inf/nan."""

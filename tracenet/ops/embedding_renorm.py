@@ -27,7 +27,7 @@ def renorm_rows_np(w, indices, max_norm, norm_type):
     """Scale, in ``w``, the looked-up rows whose norm exceeds ``max_norm``; True if any was."""
     rows = np.unique(indices.reshape(-1))
     if rows.size and (rows.min() < 0 or rows.max() >= w.shape[0]):
-        raise IndexError("index out of range in self")
+        raise IndexError(common.INDEX_OUT_OF_RANGE)
     norms = row_norms(w[rows].astype(np.float64), float(norm_type))
     big = norms > max_norm
     if big.any():

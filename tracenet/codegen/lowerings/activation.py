@@ -3,7 +3,7 @@ counter-based generator as the numpy implementation, so a seed gives the same ma
 of embedding lookup, which checks its indices as eager mode does, and its gradient
 (``templates/activation_embedding*.c.j2``)."""
 from ...ops import activation as act
-from ...ops.common import numel
+from ...ops.common import INDEX_OUT_OF_RANGE, numel
 from ...ops.cexpr import scalar
 from ..base import Kernel, ctype, lowering, node_lines, signature
 from ..templates import render
@@ -27,7 +27,7 @@ def lower_embedding(name, node, exported, target):
     weight, idx = node.inputs
     out = node.outputs[0]
     reads, writes = [("weight", weight), ("idx", idx)], [("out", out)]
-    checks = [(IndexError, "index out of range in self")]  # eager's message
+    checks = [(IndexError, INDEX_OUT_OF_RANGE)]
     src = render("activation_embedding.c.j2", name=name, node_lines=node_lines([node]),
                  signature=signature(reads, writes, checks=True), ctype=ctype(out),
                  count=numel(idx.shape), D=weight.shape[1], num_weights=weight.shape[0])

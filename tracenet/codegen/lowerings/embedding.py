@@ -3,7 +3,7 @@ mode computes them."""
 import math
 
 from ...ops.cexpr import fmt_float
-from ...ops.common import numel
+from ...ops.common import INDEX_OUT_OF_RANGE, numel
 from ..base import Kernel, ctype, lowering, node_lines, signature
 from ..templates import render
 
@@ -31,7 +31,7 @@ def lower_embedding_renorm(name, node, exported, target):
     p = node.attrs["norm_type"]
     init, accumulate, finish = _norm_code(p)
     reads, writes = [("weight", weight), ("idx", idx)], [("out", out)]
-    checks = [(IndexError, "index out of range in self")]  # eager's message
+    checks = [(IndexError, INDEX_OUT_OF_RANGE)]
     src = render("embedding_renorm.c.j2", name=name, node_lines=node_lines([node]),
                  signature=signature(reads, writes, checks=True), ctype=ctype(out),
                  count=numel(idx.shape), D=weight.shape[1], num_weights=weight.shape[0],

@@ -15,7 +15,7 @@ The planner lives in ``codegen.emit`` (which imports the lowerings): it hands it
 import re
 
 from ..._sym import Specialize, Sym, same_shape
-from ...ops.common import numel
+from ...ops.common import INDEX_OUT_OF_RANGE, numel
 from ..base import (SFX, Kernel, ctype, group_lowering, lowering, node_lines, signature,
                     size_symbols)
 from ..templates import render
@@ -154,7 +154,7 @@ def lower_scan(name, node, exported, target, gather=None, head=None):
                  reverse=node.attrs.get("reverse", False), body_arena=body_arena,
                  checks=bool(checks), split=split, packs=packs, picked=picked, linear=linear)
     if picked is not None:
-        checks.append((IndexError, "index out of range in self"))  # eager's message
+        checks.append((IndexError, INDEX_OUT_OF_RANGE))  # as the embedding
     return Kernel(name, reads, writes, src, scratch=scratch, helpers=helpers, checks=checks,
                   parallel=bool(split) or bool(linear and linear["when"]) or
                   any(k.parallel for k, _ in entry.kernels))
