@@ -3,7 +3,7 @@
     python bench/zoo.py [--quick] [--models lenet,cifar,mlp,resnet,lstm,transformer]
                         [--no-inductor]
                         [--no-onnx] [--no-compile-times] [--busy]
-                        [--kernels [--kernel-threads N]]
+                        [--kernels [--kernel-threads N]] [--threads-seen]
 
 Each model is written once and built with either library from the same weights. Timings use
 bench/lenet.py's method: the workloads of one row alternate in rounds (each turn after two
@@ -29,9 +29,14 @@ inference, with GFLOP/s and the fraction of the machine's FMA peak (measured wit
 independent FMAs built with tracenet's flags). Compiled code runs on ``--kernel-threads``
 threads (default: every core this process may use), set with ``tracenet.set_num_threads`` so
 that the thread count does not follow the load while the kernels are timed.
+
+``--threads-seen`` prints under each row how many threads tracenet's compiled calls chose
+(the count follows the machine's load, ``tracenet/runtime/threads.py``): a row much slower
+than usual on one thread is the load watch's choice, on two it is the machine.
 """
 import argparse
 import atexit
+import collections
 import json
 import os
 import subprocess
@@ -195,6 +200,33 @@ def _pair(name):
     model = build(tn)
     copy_weights(tmodel, model)
     return tmodel, model
+
+
+# --- the thread counts compiled calls choose (--threads-seen) -----------------------------
+
+_threads_seen = collections.Counter()
+
+
+def watch_thread_counts():
+    """Count the thread count of every compiled call from now on (entry points built later
+    look the chooser up when they are built)."""
+    import tracenet.executable as executable
+    choose = executable.compiled_threads
+
+    def counted(now=None):
+        n = choose(now)
+        _threads_seen[n] += 1
+        return n
+    executable.compiled_threads = counted
+
+
+def thread_counts_line():
+    """The counts since the last line, as percentages of the calls; empty when none."""
+    total = sum(_threads_seen.values())
+    line = ", ".join(f"{n} thread{'s' if n > 1 else ''} {c * 100 / total:.0f} %"
+                     for n, c in sorted(_threads_seen.items())) if total else ""
+    _threads_seen.clear()
+    return line
 
 
 # --- workloads -----------------------------------------------------------------------------
@@ -472,6 +504,12 @@ def print_kernel_report(names, peak, threads):
                   flush=True)
 
 
+def _print_thread_counts(args):
+    line = thread_counts_line()
+    if args.threads_seen and line:
+        print(f"|  (tracenet's calls: {line}) |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer rounds")
@@ -486,7 +524,11 @@ def main():
     ap.add_argument("--kernel-threads", type=int, default=len(os.sched_getaffinity(0)),
                     help="threads of compiled code in the per-kernel report (default: the "
                          "cores this process may use)")
+    ap.add_argument("--threads-seen", action="store_true",
+                    help="print under each row the thread counts tracenet's calls chose")
     args = ap.parse_args()
+    if args.threads_seen:
+        watch_thread_counts()
     if args.busy:
         spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         atexit.register(spinner.kill)
@@ -514,6 +556,7 @@ def main():
         for t in res[2:]:
             cells += [f"{t * 1e6:.0f}", f"{eager / t:.2f}x"]
         print(f"| {name} train | " + " | ".join(cells) + " |", flush=True)
+        _print_thread_counts(args)
     print()
     print("| model | PyTorch eager us | tracenet us | ratio | others (us, ratio) |")
     print("|---|---|---|---|---|")
@@ -526,6 +569,7 @@ def main():
                          for o, t in zip(others, res[3:])) or "-"
         print(f"| {name} infer | {eager * 1e6:.0f} | {res[2] * 1e6:.0f} | {eager / res[2]:.2f}x "
               f"| {rest} |", flush=True)
+        _print_thread_counts(args)
     if not args.no_compile_times:
         print()
         print("| model | cold compile (first training step) | warm start (new process) |")
