@@ -31,8 +31,9 @@ threads (default: every core this process may use), set with ``tracenet.set_num_
 that the thread count does not follow the load while the kernels are timed.
 
 ``--threads-seen`` prints under each row how many threads tracenet's compiled calls chose
-(the count follows the machine's load, ``tracenet/runtime/threads.py``): a row much slower
-than usual on one thread is the load watch's choice, on two it is the machine.
+(the count follows the machine's load, ``tracenet/runtime/threads.py``) and the share of CPU
+time the virtual machine's host took (steal): a row much slower than usual on one thread is
+the load watch's choice, on two with steal it is the host.
 """
 import argparse
 import atexit
@@ -202,9 +203,19 @@ def _pair(name):
     return tmodel, model
 
 
-# --- the thread counts compiled calls choose (--threads-seen) -----------------------------
+# --- the thread counts compiled calls choose, and the CPU time the host took (--threads-seen)
 
 _threads_seen = collections.Counter()
+_cpu_times_at = [None]
+
+
+def _cpu_times():
+    """The machine's CPU time counters (/proc/stat's "cpu" line); None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
 
 
 def watch_thread_counts():
@@ -218,15 +229,22 @@ def watch_thread_counts():
         _threads_seen[n] += 1
         return n
     executable.compiled_threads = counted
+    _cpu_times_at[0] = _cpu_times()
 
 
 def thread_counts_line():
-    """The counts since the last line, as percentages of the calls; empty when none."""
+    """The thread counts since the last line, as percentages of the calls, and the share of
+    the CPU time a virtual machine's host took (steal: a core the host held makes a row slow
+    whatever the thread count)."""
     total = sum(_threads_seen.values())
-    line = ", ".join(f"{n} thread{'s' if n > 1 else ''} {c * 100 / total:.0f} %"
-                     for n, c in sorted(_threads_seen.items())) if total else ""
+    parts = [f"{n} thread{'s' if n > 1 else ''} {c * 100 / total:.0f} %"
+             for n, c in sorted(_threads_seen.items())] if total else []
     _threads_seen.clear()
-    return line
+    before, now = _cpu_times_at[0], _cpu_times()
+    _cpu_times_at[0] = now
+    if before and now and len(now) > 7 and sum(now) > sum(before):
+        parts.append(f"steal {(now[7] - before[7]) * 100 / (sum(now) - sum(before)):.0f} %")
+    return ", ".join(parts)
 
 
 # --- workloads -----------------------------------------------------------------------------
