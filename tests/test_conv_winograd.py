@@ -88,6 +88,12 @@ def test_winograd_conv_matches_torch(name):
 
 def test_symbolic_batch_two_sizes():
     """One compiled module at batch 3, 5 and 1: the kernels take the batch at run time."""
+    _two_convs_over_batches((9, 10), (3, 5, 1))
+
+
+def _two_convs_over_batches(size, batches):
+    """Two convolutions of images of ``size`` compiled once, against torch at each of
+    ``batches``; returns the compiled source."""
     tn.manual_seed(0)
 
     def make(lib):
@@ -97,12 +103,13 @@ def test_symbolic_batch_two_sizes():
     _copy_to_torch(model, tmodel)
     compiled = tn.compile(model)
     rng = np.random.default_rng(0)
-    for batch in (3, 5, 1):
-        x = rng.standard_normal((batch, 16, 9, 10)).astype(np.float32)
+    for batch in batches:
+        x = rng.standard_normal((batch, 16) + size).astype(np.float32)
         _step_against_torch(compiled, model, tmodel, x, 1e-4)
     assert len(compiled.specialisations) == 1
     source = compiled.source()
     assert "tn_N" in source and _forms(source) == (2, 2, _weights((16, 20), (20, 16)))
+    return source
 
 
 @pytest.mark.parametrize("conv,shape", [
@@ -254,6 +261,12 @@ def test_nan_arena_threads(nan_arenas_split, threads, size, channels):
     the first one's backward, so an output left unwritten (an edge tile's row or column)
     shows as NaN; three threads over five images split unevenly, over two images one with
     none (its weight gradient sums start from NaN memory)."""
+    _two_convs_on_nan_arenas(threads, size, channels)
+
+
+def _two_convs_on_nan_arenas(threads, size, channels):
+    """test_nan_arena_threads' two convolutions on ``threads`` threads, against torch at
+    batch 5 and 2; returns the compiled source."""
     tn.set_num_threads(threads)
     tn.manual_seed(0)
 
@@ -270,6 +283,7 @@ def test_nan_arena_threads(nan_arenas_split, threads, size, channels):
     source = compiled.source()
     assert _forms(source) == (2, 2, _weights((channels, channels + 2), (channels + 2, channels)))
     assert "omp_get_thread_num()" in source
+    return source
 
 
 def test_transposed_conv_matches_torch():

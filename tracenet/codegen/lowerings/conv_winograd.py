@@ -16,7 +16,9 @@ In float32 the forward and the input gradient take F(4x4, 3x3) instead (``_takes
 tiles, 36 products per 4x4 outputs, the same steps (``conv_winograd_f4.c.j2``; about ten
 times the rounding of F(2x2), which the weight gradient's long sums would not keep within
 the tests' tolerance, so it stays F(2x2)). A block of the forward or input gradient holds
-several whole images when one has fewer than ``_MIN_IMAGE_BLOCK_TILES`` tiles.
+several whole images when one has fewer than ``_MIN_IMAGE_BLOCK_TILES`` tiles; in F(4x4) a
+block's images are interleaved tile by tile (``_blocking_f4``), so that the transforms fill a
+vector where an image row has fewer tiles than one.
 ``lowerings/conv.py`` hands a convolution here when ``takes_forward``,
 ``takes_input_gradient`` or ``takes_weight_gradient`` say so.
 """
@@ -143,13 +145,30 @@ def _takes_f4(geo, ct):
     return ct == "float"
 
 
+def _blocking_f4(ci, h, w, n, ct):
+    """F(4x4)'s blocks: tiles per side, images per block (J), tiles per row of a block (L = TW
+    J, the images' tiles interleaved), tile rows per block (R) and tiles per block (RB). J
+    images fill a 32-byte vector along a row's tiles (not AVX-512's 64 bytes: 16 floats cost
+    the ResNet's 32x32 and 16x16 kernels 0.88-0.91x and 0.93-0.96x in interleaving, one
+    thread), more when an image has fewer than ``_MIN_IMAGE_BLOCK_TILES`` tiles, none beyond
+    a known batch ``n``; R keeps about ``_F4_BLOCK_ELEMENTS`` per transformed matrix and
+    ``_MIN_IMAGE_BLOCK_TILES`` columns for the GEMMs."""
+    th, tw = -(-h // 4), -(-w // 4)
+    imgs = max(1, _VL[ct] // tw, -(-_MIN_IMAGE_BLOCK_TILES // (th * tw)))
+    if isinstance(n, int):
+        imgs = min(imgs, n)
+    row = imgs * tw
+    r = min(th, max(1, _F4_BLOCK_ELEMENTS // (ci * row), -(-_MIN_IMAGE_BLOCK_TILES // row)))
+    return dict(TH=th, TW=tw, J=imgs, L=row, R=r, RB=r * row)
+
+
 def _render_f4(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stats_at,
                **extra):
-    blocks = _blocking(ci, geo["H"], geo["W"], _F4_BLOCK_ELEMENTS, images=True, m=4)
+    blocks = _blocking_f4(ci, geo["H"], geo["W"], geo["N"], ct)
     we, rows = blocks["TW"] + 2, 4 * blocks["R"] + 2
-    split = ci * rows * 4 * we
+    split = rows * 4 * we * blocks["J"]
     st = _strides(ci, co, blocks["RB"])
-    per_thread = split + 36 * (st["VS"] + st["MS"]) + 16 * blocks["TW"]
+    per_thread = split + 36 * (st["VS"] + st["MS"]) + 16 * blocks["L"]
     shared = stats_at + 36 * st["US"]
     scratch = threads_scratch(per_thread, parallel, shared)
     src = render("conv_winograd_f4.c.j2", kind=kind, name=name, node_lines=node_lines(nodes),
