@@ -20,12 +20,10 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def _compiled_step(cin, cout, stride, size, batches, dtype=np.float32, front=False):
-    """A 1x1 convolution (after a 3x3 one when ``front``), compiled, one step per batch size
-    against torch, then against eager; the compiled source."""
-    def make(lib):
-        conv = lib.nn.Conv2d(cin, cout, 1, stride=stride, bias=True)
-        return lib.nn.Sequential(lib.nn.Conv2d(3, cin, 3, 1, 1), conv) if front else conv
+def compiled_steps(make, sample_shape, batches, dtype=np.float32):
+    """``make(lib)``'s model (tracenet's and torch's twin), compiled: one step per batch size
+    (inputs ``(batch,) + sample_shape``, a symbolic batch) against torch, then against eager;
+    the compiled source."""
     tn.manual_seed(0)
     model, tmodel = make(tn), make(torch)
     if dtype == np.float64:
@@ -34,14 +32,21 @@ def _compiled_step(cin, cout, stride, size, batches, dtype=np.float32, front=Fal
     compiled = tn.compile(model)
     tol = 1e-10 if dtype == np.float64 else 1e-4
     rng = np.random.default_rng(0)
-    channels = 3 if front else cin
     for batch in batches:
-        x = rng.standard_normal((batch, channels) + size).astype(dtype)
+        x = rng.standard_normal((batch,) + sample_shape).astype(dtype)
         _step_against_torch(compiled, model, tmodel, x, tol, what=f"batch {batch}")
     assert len(compiled.specialisations) == 1
-    check_compiled(model, (batches[0], channels) + size,
+    check_compiled(model, (batches[0],) + sample_shape,
                    dtype=tn.float64 if dtype == np.float64 else tn.float32, tol=tol)
     return compiled.source()
+
+
+def _compiled_step(cin, cout, stride, size, batches, dtype=np.float32, front=False):
+    """A 1x1 convolution (after a 3x3 one when ``front``) through ``compiled_steps``."""
+    def make(lib):
+        conv = lib.nn.Conv2d(cin, cout, 1, stride=stride, bias=True)
+        return lib.nn.Sequential(lib.nn.Conv2d(3, cin, 3, 1, 1), conv) if front else conv
+    return compiled_steps(make, (3 if front else cin,) + size, batches, dtype)
 
 
 @pytest.mark.parametrize("name,cin,cout,stride,size,batches,dtype", [

@@ -5,15 +5,13 @@ step (a symbolic batch), float64, batch 1, output rows of one vector, and in NaN
 memory split between 1-3 threads (the zeros between the strided positions are streamed too)."""
 import numpy as np
 import pytest
-import torch
 
 import tracenet as tn
 from tracenet.codegen import memory_plan
 from tracenet.codegen.lowerings import conv_pointwise
 from tracenet.runtime import target as runtime_target
 
-from compile_checks import check_compiled
-from test_conv_kernels import _copy_to_torch, _step_against_torch
+from test_conv_pointwise_rows import compiled_steps
 
 # the fused scatter (and so the streamed stores) is the input gradient's path only with
 # AVX-512 (conv_pointwise.takes_input_gradient)
@@ -34,32 +32,17 @@ def stream_all(monkeypatch):
     monkeypatch.setattr(conv_pointwise, "STREAMED_GRADIENT_BYTES", 0)
 
 
-def _between_two_convs(cin, size, batches, dtype=np.float32, tol=1e-4):
+def _between_two_convs(cin, size, batches, dtype=np.float32):
     """A 1x1 stride-2 convolution (``cin`` in, 2 * cin out) between two 3x3 ones, so its input
     gradient is work memory (64-byte aligned: memory_plan.ALIGN, so the tiles' stores are
-    aligned and the streamed path is taken when large enough); one compiled step per batch
-    size against torch, then against eager; the compiled source."""
+    aligned and the streamed path is taken when large enough), through ``compiled_steps``."""
     assert memory_plan.ALIGN % 32 == 0
 
     def make(lib):
         return lib.nn.Sequential(lib.nn.Conv2d(3, cin, 3, 1, 1),
                                  lib.nn.Conv2d(cin, 2 * cin, 1, 2, bias=False),
                                  lib.nn.Conv2d(2 * cin, 4, 3, 1, 1))
-    tn.manual_seed(0)
-    model, tmodel = make(tn), make(torch)
-    if dtype == np.float64:
-        model, tmodel = model.double(), tmodel.double()
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in batches:
-        x = rng.standard_normal((batch, 3) + size).astype(dtype)
-        _step_against_torch(compiled, model, tmodel, x, tol, what=f"batch {batch}")
-    assert len(compiled.specialisations) == 1
-    source = compiled.source()
-    check_compiled(model, (batches[0], 3) + size,
-                   dtype=tn.float64 if dtype == np.float64 else tn.float32, tol=tol)
-    return source
+    return compiled_steps(make, (3,) + size, batches, dtype)
 
 
 def test_resnet_shortcut_streamed_above_the_threshold_only():
@@ -79,8 +62,7 @@ def test_resnet_shortcut_streamed_above_the_threshold_only():
     ("float64", 8, (8, 8), (3, 1), np.float64),
 ])
 def test_streamed_matches_torch(stream_all, name, cin, size, batches, dtype):
-    tol = 1e-10 if dtype == np.float64 else 1e-4
-    source = _between_two_convs(cin, size, batches, dtype, tol)
+    source = _between_two_convs(cin, size, batches, dtype)
     assert _STREAMED.format(0) in source
 
 
