@@ -218,7 +218,8 @@ TILE_ROWS, TILE_VECTORS = (8, 4, 2, 1), 2
 
 def tiles_helper(ct):
     """(name, source) of ``tn_scan_block{sfx}(rb, K, a, lda, b, ldb, c, ldc, acc)``: a step's
-    product of ``rb`` rows with a block of ``COLUMN_BLOCK`` columns (float only: two vectors)."""
+    product of ``rb`` rows with a block of ``COLUMN_BLOCK`` columns (float only: two vectors);
+    ``tn_scan_block_from{sfx}(..., acc, start)``: its rows starting from ``start`` (a bias)."""
     return (f"tn_scan_tiles{SFX[ct]}", render("scan_tiles.c.j2", ct=ct, sfx=SFX[ct],
                                               nv=TILE_VECTORS, rows=TILE_ROWS,
                                               columns=COLUMN_BLOCK))
