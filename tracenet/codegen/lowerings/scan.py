@@ -19,7 +19,7 @@ from ...ops.common import INDEX_OUT_OF_RANGE, numel
 from ..base import (SFX, Kernel, ctype, group_lowering, lowering, node_lines, signature,
                     size_symbols)
 from ..templates import render
-from .scan_cell import COLUMN_BLOCK, GROUP, cell_body, tiles_helper
+from .scan_cell import COLUMN_BLOCK, GROUP, cell_body, rows_by_index, tiles_helper
 
 _planner = [None]
 ALIGN = 64
@@ -50,6 +50,9 @@ def lower_scan(name, node, exported, target, gather=None, head=None):
     [permute?, view, gemm] of a linear layer after it (a ``loop`` group: ``lower_loop``)."""
     body = cell_body(node.attrs["body"])  # the gate math as one kernel per step
     n_carry, n_xs = node.attrs["n_carry"], node.attrs["n_xs"]
+    # the gate kernel reads the table's rows by index (none copied), when it alone reads them
+    indexed = rows_by_index(body, n_carry) if gather is not None else None
+    body = indexed or body
     packed = _packed_weight(body, n_carry + n_xs)
     entry_point, plan = _planner[0]
     entry = entry_point(f"{name}_body", body)
@@ -104,26 +107,36 @@ def lower_scan(name, node, exported, target, gather=None, head=None):
                       "at": work, "ctype": ctype(body.inputs[slot])})
         work += _aligned(_nbytes(body.inputs[slot]))
     picked = None
-    if gather is not None:  # two slices of picked rows: a step's, and the next one's
+    if gather is not None:  # two slices of picked rows (a step's, and the next one's) unless
+        # the gate kernel reads the table by index
         table, idx = gather.inputs
         row_bytes = table.shape[1] * table.dtype.itemsize
         step_rows = numel(idx.shape[1:])
         picked = {"slot": n_carry, "table": f"in{n_carry}", "idx": "gidx",
                   "count": numel(idx.shape), "rows": step_rows, "table_rows": table.shape[0],
-                  "row_bytes": row_bytes, "at": work,
+                  "row_bytes": row_bytes, "at": work, "by_index": indexed is not None,
                   "slice": _aligned(step_rows * row_bytes), "ctype": ctype(table)}
-        work += 2 * picked["slice"]
-    if linear is not None:  # the layer's weight transposed, its columns padded to whole blocks
+        work += 0 if indexed else 2 * picked["slice"]
+    if linear is not None:  # the layer's weight transposed and its bias, their columns padded
+        # to whole blocks (the tiles start from the bias: the pass that added it after them,
+        # reloading what they had just stored, cost the LSTM LM's inference 359 -> 340 us on
+        # one thread)
         linear["at"] = work
         work += _aligned(linear["k"] * linear["npad"] * 4)
+        linear["bias_at"] = work
+        work += _aligned(linear["npad"] * 4) if linear["bias"] else 0
     body_arena = work
     work += entry.arena_bytes
     steps = [{"slot": i, "ptr": f"in{i}", "stride": numel(body.inputs[i].shape)}
              for i in range(n_carry, n_carry + n_xs) if picked is None or i != n_carry]
     steps += [{"slot": n_in + j, "ptr": f"out{j}", "stride": numel(body.outputs[j].shape)}
               for j in range(n_carry, len(body.outputs))]
+    n_consts = n_in - bool(indexed)  # (the step's indices: the body's last input)
     consts = [{"slot": i, "ptr": f"(work + ({packs[0]['at']}))" if i == packed else f"in{i}"}
-              for i in range(n_carry + n_xs, n_in)]
+              for i in range(n_carry + n_xs, n_consts)]
+    if indexed:  # the whole table, and the step's indices
+        consts.append({"slot": n_carry, "ptr": picked["table"]})
+        steps.append({"slot": n_consts, "ptr": picked["idx"], "stride": picked["rows"]})
     # the body's copies into those outputs would copy a slice onto itself: left out (were one
     # kept, it would still copy nothing but the same bytes)
     copies = [c for c in copies if not any(c.startswith(f"memcpy((void *)args[{k}],")
@@ -163,10 +176,12 @@ def lower_scan(name, node, exported, target, gather=None, head=None):
 @group_lowering("loop")
 def lower_loop(name, node, exported, target):
     """A ``scan`` with the ``embedding`` whose rows it scans and/or the linear layer after it
-    (``passes/fusion.py``). The embedding: the loop checks the indices first, then each step
-    copies its rows from the table into a slice in L1 (each thread the rows it runs, when the
-    threads split rows) rather than reading them from a pass over every step's rows made
-    before the loop by one thread. The linear layer: each step's rows of the stacked output
+    (``passes/fusion.py``). The embedding: the loop checks the indices first; then the step's
+    gate kernel reads row ``r`` of its input as the table's row ``index[r]`` (when it alone
+    reads the rows: ``scan_cell.rows_by_index``), or each step copies its rows from the table
+    into a slice in L1 (each thread the rows it runs, when the threads split rows), rather
+    than reading them from a pass over every step's rows made before the loop by one thread.
+    The linear layer: each step's rows of the stacked output
     are multiplied by its weight right after the step (by the thread that wrote them, when
     the threads split rows), on the loop's register tiles, and written where the layer's
     rows are (batch first, too); a loop that does not split multiplies them after it, the

@@ -22,8 +22,9 @@ The IR graph is not changed: the regrouped body is a planning copy made when the
 import copy
 import re
 
+from ..._dtype import int64
 from ..._sym import is_one, same_shape
-from ...ir.graph import Node
+from ...ir.graph import Node, Value
 from ...ops.common import numel
 from ...ops.registry import REGISTRY
 from ..base import SFX, Kernel, ctype, group_lowering, node_lines, signature, size_symbols
@@ -152,6 +153,34 @@ def cell_body(body):
     return out
 
 
+def rows_by_index(body, slot):
+    """``body`` (from ``cell_body``) with its gate kernel reading input ``slot`` (a gate-wide
+    value) by index: row ``r`` of it is row ``index[r]`` of a table passed in its place, and the
+    step's indices are a new last input. A loop whose scanned input is a table's rows so reads
+    them where they are instead of copying each step's rows first. None when anything else
+    reads that input (another kernel, the gate kernel's leading product, the body's result)."""
+    x = body.inputs[slot]
+    readers = [n for n in body.nodes if x in n.inputs]
+    if len(readers) != 1 or x in body.outputs or body.inputs.count(x) != 1:
+        return None
+    (cell,) = readers
+    if cell.op != "fused" or cell.attrs.get("group") != GROUP:
+        return None
+    k, narrow = cell.attrs["pieces"], cell.attrs["narrow"]
+    if len(narrow) != 2 or not same_shape(x.shape, (narrow[0], narrow[1] * k)) or \
+            (cell.members[0].op == "gemm" and x in cell.members[0].inputs):
+        return None
+    index = Value(1 + max(v.id for n in body.nodes for v in n.inputs + n.outputs),
+                  narrow[:1], int64, name=f"{x.ref[1:]}_rows")
+    indexed = Node("fused", cell.inputs + [index], dict(cell.attrs, by_index=(x, index)),
+                   loc=cell.loc, members=cell.members)
+    indexed.outputs = cell.outputs
+    out = copy.copy(body)
+    out.inputs = body.inputs + [index]
+    out.nodes = [indexed if n is cell else n for n in body.nodes]
+    return out
+
+
 def _plain_gemm(node):
     """``a @ b^T [+ c]``: the product a step's gates are read from."""
     a = node.attrs
@@ -189,7 +218,8 @@ TILE_ROWS, TILE_VECTORS = (8, 4, 2, 1), 2
 
 def tiles_helper(ct):
     """(name, source) of ``tn_scan_block{sfx}(rb, K, a, lda, b, ldb, c, ldc, acc)``: a step's
-    product of ``rb`` rows with a block of ``COLUMN_BLOCK`` columns (float only: two vectors)."""
+    product of ``rb`` rows with a block of ``COLUMN_BLOCK`` columns (float only: two vectors);
+    ``tn_scan_block_from{sfx}(..., acc, start)``: its rows starting from ``start`` (a bias)."""
     return (f"tn_scan_tiles{SFX[ct]}", render("scan_tiles.c.j2", ct=ct, sfx=SFX[ct],
                                               nv=TILE_VECTORS, rows=TILE_ROWS,
                                               columns=COLUMN_BLOCK))
@@ -225,7 +255,13 @@ def lower_cell(name, node, exported, target):
         return re.sub(r"\bi\b", f"({flat})", broadcast_index(shape, target))
 
     expr = {}  # (value, piece or None) -> C expression
+    by_index = node.attrs.get("by_index")  # (a table's rows, their indices): rows_by_index
     for r, v in reads:
+        if by_index is not None and v is by_index[0]:
+            start = f"(size_t){role[by_index[1]]}[row] * {width * k}"
+            for g in range(k):
+                expr[(v, g)] = f"{r}[{start} + c + {g * width}]"
+            continue
         expr[(v, None)] = f"{r}[{index(v.shape, None)}]"
         for g in range(k):
             expr[(v, g)] = f"{r}[{index(v.shape, g)}]"
