@@ -9,8 +9,10 @@ rows with the general kernel's fused epilogue (bias, eval-mode batch norm, resid
 a training-mode batch norm's statistics). The input gradient of such a convolution is the
 same convolution of the output gradient with the kernel flipped and its channels swapped,
 the same kernel with another weight transform. The weight gradient is G^T dU G, dU[e] the
-sum over the tiles of the output gradient's transformed tiles (A dy A^T) times the input's
-(dot products along the tiles, each thread its share of the batch). The results round
+sum over the tiles of the output gradient's transformed tiles (A dy A^T) times the input's,
+transformed with the channels innermost (``conv_winograd_weight.c.j2``: the GEMM core's
+broadcast tiles keep the sums along the tiles in registers; each thread its share of the
+batch). The results round
 differently from the direct sum (within a few units in the last place of the inputs' scale).
 In float32 the forward and the input gradient take F(4x4, 3x3) instead (``_takes_f4``): 6x6
 tiles, 36 products per 4x4 outputs, the same steps (``conv_winograd_f4.c.j2``; about ten
@@ -43,10 +45,13 @@ _MIN_BLOCK_TILES = 8
 _MIN_IMAGE_BLOCK_TILES = 32
 # (F(4x4): 256, 1024 and 2048 measured 0.94-1.03x against 512 for the ResNet's shapes)
 _F4_BLOCK_ELEMENTS = 512
-# The weight gradient's GEMMs are dot products along the tiles: longer blocks (the whole image
-# for the ResNet's sizes) pay (16 channels on 32x32: 1.40x against the general kernel, against
-# 1.22x with 2048 elements and 0.88x with 512)
+# The weight gradient's blocks: the whole image for the ResNet's sizes (one thread, against
+# 1024 and 2048 elements: 16 channels on 32x32 1.02-1.07x, 32 on 16x16 1.00-1.06x)
 _WEIGHT_BLOCK_ELEMENTS = 8192
+# Images with fewer tiles share a weight gradient's block with the next ones, so that the sums
+# along the tiles are long (64 channels on 8x8, one thread: 1.13x against one image per block,
+# 1.05x against 32 tiles, 1.02x against 64)
+_WEIGHT_IMAGE_BLOCK_TILES = 128
 # (channels the weight gradient was measured on: the ResNet's)
 _WEIGHT_MIN_CHANNELS = 16
 _WEIGHT_MIN_CHANNELS_AVX2 = 32
@@ -87,15 +92,16 @@ _PAD = 16
 _VL = {"float": 8, "double": 4}  # elements per vector of the GEMM core (32 bytes)
 
 
-def _blocking(ci, h, w, budget=_BLOCK_ELEMENTS, images=False, m=2):
+def _blocking(ci, h, w, budget=_BLOCK_ELEMENTS, images=False, m=2,
+              image_tiles=_MIN_IMAGE_BLOCK_TILES):
     """Tiles (of m x m outputs) per side, tile rows per block (R), images per block (IMGS:
-    several when ``images`` and a whole image is fewer tiles than a block's) and tiles per
-    block (RB)."""
+    several when ``images`` and a whole image is fewer than ``image_tiles`` tiles) and tiles
+    per block (RB)."""
     th, tw = -(-h // m), -(-w // m)
     r = min(th, max(1, budget // (ci * tw), -(-_MIN_BLOCK_TILES // tw)))
     imgs = 1
-    if images and th * tw < _MIN_IMAGE_BLOCK_TILES:
-        r, imgs = th, -(-_MIN_IMAGE_BLOCK_TILES // (th * tw))
+    if images and th * tw < image_tiles:
+        r, imgs = th, -(-image_tiles // (th * tw))
     return dict(TH=th, TW=tw, R=r, IMGS=imgs, RB=imgs * r * tw)
 
 
@@ -179,25 +185,27 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
 def lower_backward_weight(name, node, geo, target):
     """dW = G^T dU G, dU[e] the sum over the tiles of the output gradient's A dy A^T times
     the input's B^T d B: each thread adds its images' GEMMs into its own buffer, then the
-    buffers are added."""
+    buffers are added (``conv_winograd_weight.c.j2``)."""
     gy, x = node.inputs
     out = node.outputs[0]
     ct = ctype(out)
     ci, co = geo["C"], geo["O"]
-    blocks = _blocking(ci, geo["H"], geo["W"], _WEIGHT_BLOCK_ELEMENTS)
-    # the split input rows or output gradient rows, V, D, then the sums dU
-    split = max(_split(ci, blocks), co * 2 * blocks["R"] * 2 * blocks["TW"])
-    st = _strides(ci, co, blocks["RB"])
-    du_at = split + 16 * (st["VS"] + st["MS"])
+    blocks = _blocking(ci, geo["H"], geo["W"], _WEIGHT_BLOCK_ELEMENTS, images=True,
+                       image_tiles=_WEIGHT_IMAGE_BLOCK_TILES)
+    cip = -(-ci // _VL[ct]) * _VL[ct]
+    # the input rows with the channels innermost, the split output gradient rows, V, D, dU
+    wx, xrows = 2 * blocks["TW"] + 2, 2 * blocks["R"] + 2
+    xt, split = xrows * wx * cip, co * 2 * blocks["R"] * 2 * blocks["TW"]
+    st = dict(VS=blocks["RB"] * cip + _PAD, MS=co * blocks["RB"] + _PAD, US=co * ci + _PAD)
+    du_at = xt + split + 16 * (st["VS"] + st["MS"])
     per_thread = du_at + 16 * st["US"]
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
-    src = render("conv_winograd.c.j2", kind="weight", name=name, node_lines=node_lines([node]),
+    src = render("conv_winograd_weight.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, du_at=du_at, N=geo["N"], CI=ci,
-                 CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"], SPLIT=split,
-                 WE=blocks["TW"] + 1,
-                 ROWS=2 * blocks["R"] + 2, VL=_VL[ct], stats=None, **st, **blocks)
+                 CIP=cip, CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"], XT=xt,
+                 SPLIT=split, WX=wx, XROWS=xrows, VL=_VL[ct], **st, **blocks)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
                   flops=conv_flops(geo), parallel=parallel)
 
