@@ -181,6 +181,16 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
                    epilogue=bool(has_bias or bn or res or relu))
 
 
+def _wide_tiles(ci, co, ct):
+    """The weight gradient's AVX-512 register tiles: NV vectors of ZL channels in (all of a
+    row's up to four) x MR output channels, within 24 of the 32 registers; MR 0 (the GEMM
+    core alone) when fewer than a vector of channels or MR rows."""
+    zl = 64 // (4 if ct == "float" else 8)
+    nv = min(4, ci // zl)
+    mr = {0: 0, 1: 16, 2: 12, 3: 8, 4: 6}[nv]
+    return dict(ZL=zl, NV=nv, MR=mr if co >= mr else 0)
+
+
 def lower_backward_weight(name, node, geo, target):
     """dW = G^T dU G, dU[e] the sum over the tiles of the output gradient's A dy A^T times
     the input's B^T d B: each thread adds its images' GEMMs into its own buffer, then the
@@ -200,7 +210,7 @@ def lower_backward_weight(name, node, geo, target):
     per_thread = du_at + 16 * st["US"]
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
-    src = render("conv_winograd_weight.c.j2", name=name, node_lines=node_lines([node]),
+    src = render("conv_winograd_weight.c.j2", **_wide_tiles(ci, co, ct), name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, du_at=du_at, N=geo["N"], CI=ci,
                  CIP=cip, CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"], XT=xt,
