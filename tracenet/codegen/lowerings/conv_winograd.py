@@ -78,11 +78,10 @@ def takes_input_gradient(geo, ct, target):
 
 
 def takes_weight_gradient(geo, ct, target):
-    """From ``_WEIGHT_MIN_CHANNELS`` in and out, with AVX-512 or AVX2 only. Per kernel against
-    the general one, the ResNet at batch 32 on one thread: with AVX2 only, 16 channels on
-    32x32 2124-2133 -> 1056-1065 us (2.0x; the earlier dot-product form lost there, 0.91-0.93x,
-    and was taken from 32 channels); with AVX-512 that form was 1.38-1.40x (16 channels on
-    32x32), 1.05-1.09x (32 on 16x16) and 1.23x (64 on 8x8), and this one is faster still."""
+    """From ``_WEIGHT_MIN_CHANNELS`` in and out, with AVX-512 or AVX2 only (the ResNet's
+    16-channel 32x32 kernels with AVX2 only, batch 32, one thread: 2124-2133 us in the general
+    kernel, 1056-1065 us here; the dot products along the tiles before lost there, 0.91-0.93x,
+    and were taken from 32 channels)."""
     return applies(geo, ct) and min(geo["C"], geo["O"]) >= _WEIGHT_MIN_CHANNELS
 
 
@@ -191,6 +190,20 @@ def _wide_tiles(ci, co, ct):
     return dict(ZL=zl, NV=nv, MR=mr if co >= mr else 0)
 
 
+def _weight_layout(ci, co, blocks, ct):
+    """The weight gradient's per-thread work: the input rows with the channels innermost (XT
+    elements, CIP channels a position), the split output gradient rows (SPLIT), V and D (VS
+    and MS apart), then the sums dU (at ``du_at``, US apart)."""
+    cip = -(-ci // _VL[ct]) * _VL[ct]
+    wx, xrows = 2 * blocks["TW"] + 2, 2 * blocks["R"] + 2
+    layout = dict(CIP=cip, WX=wx, XROWS=xrows, XT=xrows * wx * cip,
+                  SPLIT=co * 2 * blocks["R"] * 2 * blocks["TW"],
+                  VS=blocks["RB"] * cip + _PAD, MS=co * blocks["RB"] + _PAD, US=co * ci + _PAD)
+    layout["du_at"] = layout["XT"] + layout["SPLIT"] + 16 * (layout["VS"] + layout["MS"])
+    layout["per_thread"] = layout["du_at"] + 16 * layout["US"]
+    return layout
+
+
 def lower_backward_weight(name, node, geo, target):
     """dW = G^T dU G, dU[e] the sum over the tiles of the output gradient's A dy A^T times
     the input's B^T d B: each thread adds its images' GEMMs into its own buffer, then the
@@ -201,21 +214,15 @@ def lower_backward_weight(name, node, geo, target):
     ci, co = geo["C"], geo["O"]
     blocks = _blocking(ci, geo["H"], geo["W"], _WEIGHT_BLOCK_ELEMENTS, images=True,
                        image_tiles=_WEIGHT_IMAGE_BLOCK_TILES)
-    cip = -(-ci // _VL[ct]) * _VL[ct]
-    # the input rows with the channels innermost, the split output gradient rows, V, D, dU
-    wx, xrows = 2 * blocks["TW"] + 2, 2 * blocks["R"] + 2
-    xt, split = xrows * wx * cip, co * 2 * blocks["R"] * 2 * blocks["TW"]
-    st = dict(VS=blocks["RB"] * cip + _PAD, MS=co * blocks["RB"] + _PAD, US=co * ci + _PAD)
-    du_at = xt + split + 16 * (st["VS"] + st["MS"])
-    per_thread = du_at + 16 * st["US"]
+    layout = _weight_layout(ci, co, blocks, ct)
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
-    src = render("conv_winograd_weight.c.j2", **_wide_tiles(ci, co, ct), name=name, node_lines=node_lines([node]),
+    src = render("conv_winograd_weight.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
-                 parallel=parallel, per_thread=per_thread, du_at=du_at, N=geo["N"], CI=ci,
-                 CIP=cip, CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"], XT=xt,
-                 SPLIT=split, WX=wx, XROWS=xrows, VL=_VL[ct], **st, **blocks)
-    return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
+                 parallel=parallel, N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"],
+                 P=geo["H"] * geo["W"], VL=_VL[ct], **layout, **blocks,
+                 **_wide_tiles(ci, co, ct))
+    return Kernel(name, reads, writes, src, threads_scratch(layout["per_thread"], parallel), ct,
                   flops=conv_flops(geo), parallel=parallel)
 
 
