@@ -54,6 +54,8 @@ CASES = {
     # 9x9 images: 25 tiles, six images a block
     "odd_small_images": (16, 20, True, (7, 16, 9, 9), np.float32),
     "channels_in_fewer_than_out": (16, 48, False, (2, 16, 12, 12), np.float32),
+    # 12 tile rows in blocks of 8: a whole block, then a partial one
+    "row_blocks_partial": (48, 16, False, (2, 48, 24, 40), np.float32),
     # float64: vectors of four channels, 18 padded to 20
     "float64_odd": (18, 16, True, (2, 18, 9, 11), np.float64),
     "float64_small_images_batch3": (16, 17, False, (3, 16, 8, 8), np.float64),
