@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import tracenet as tn
-from tracenet.runtime import target as runtime_target
 
 from compile_checks import check_compiled
 from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, \
@@ -23,9 +22,8 @@ from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, \
 FORWARD = "winograd 3x3 convolution F({}x{},3x3), "
 INPUT = "winograd 3x3 convolution input gradient F({}x{},3x3)"
 WEIGHT = "winograd 3x3 convolution weight gradient F(2x2,3x3)"
-# the weight gradient takes it from 16 channels in and out with AVX-512, from 32 with AVX2 only
-# (conv_winograd.takes_weight_gradient)
-WEIGHT_FROM = 16 if runtime_target.current().vector_bits >= 512 else 32
+# the weight gradient takes it from 16 channels in and out (conv_winograd.takes_weight_gradient)
+WEIGHT_FROM = 16
 
 
 @pytest.fixture(autouse=True)

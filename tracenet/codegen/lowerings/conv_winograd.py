@@ -9,8 +9,10 @@ rows with the general kernel's fused epilogue (bias, eval-mode batch norm, resid
 a training-mode batch norm's statistics). The input gradient of such a convolution is the
 same convolution of the output gradient with the kernel flipped and its channels swapped,
 the same kernel with another weight transform. The weight gradient is G^T dU G, dU[e] the
-sum over the tiles of the output gradient's transformed tiles (A dy A^T) times the input's
-(dot products along the tiles, each thread its share of the batch). The results round
+sum over the tiles of the output gradient's transformed tiles (A dy A^T) times the input's,
+transformed with the channels innermost (``conv_winograd_weight.c.j2``: the GEMM core's
+broadcast tiles keep the sums along the tiles in registers; each thread its share of the
+batch). The results round
 differently from the direct sum (within a few units in the last place of the inputs' scale).
 In float32 the forward and the input gradient take F(4x4, 3x3) instead (``_takes_f4``): 6x6
 tiles, 36 products per 4x4 outputs, the same steps (``conv_winograd_f4.c.j2``; about ten
@@ -45,13 +47,15 @@ _MIN_BLOCK_TILES = 8
 _MIN_IMAGE_BLOCK_TILES = 32
 # (F(4x4): 256, 1024 and 2048 measured 0.94-1.03x against 512 for the ResNet's shapes)
 _F4_BLOCK_ELEMENTS = 512
-# The weight gradient's GEMMs are dot products along the tiles: longer blocks (the whole image
-# for the ResNet's sizes) pay (16 channels on 32x32: 1.40x against the general kernel, against
-# 1.22x with 2048 elements and 0.88x with 512)
+# The weight gradient's blocks: the whole image for the ResNet's sizes (one thread, against
+# 1024 and 2048 elements: 16 channels on 32x32 1.02-1.07x, 32 on 16x16 1.00-1.06x)
 _WEIGHT_BLOCK_ELEMENTS = 8192
+# Images with fewer tiles share a weight gradient's block with the next ones, so that the sums
+# along the tiles are long (64 channels on 8x8, one thread: 1.13x against one image per block,
+# 1.05x against 32 tiles, 1.02x against 64)
+_WEIGHT_IMAGE_BLOCK_TILES = 128
 # (channels the weight gradient was measured on: the ResNet's)
 _WEIGHT_MIN_CHANNELS = 16
-_WEIGHT_MIN_CHANNELS_AVX2 = 32
 
 
 def applies(geo, ct):
@@ -76,12 +80,11 @@ def takes_input_gradient(geo, ct, target):
 
 
 def takes_weight_gradient(geo, ct, target):
-    """From ``_WEIGHT_MIN_CHANNELS`` in and out with AVX-512's registers
-    (``target.vector_bits``), from ``_WEIGHT_MIN_CHANNELS_AVX2`` with AVX2 only. Per kernel against the general one, the ResNet at
-    batch 32 on one thread: 16 channels on 32x32 1.38-1.40x, 32 on 16x16 1.05-1.09x, 64 on
-    8x8 1.23x; with AVX2 only 0.91-0.93x, 1.32x and 1.16-1.18x."""
-    least = _WEIGHT_MIN_CHANNELS if target.vector_bits >= 512 else _WEIGHT_MIN_CHANNELS_AVX2
-    return applies(geo, ct) and min(geo["C"], geo["O"]) >= least
+    """From ``_WEIGHT_MIN_CHANNELS`` in and out, with AVX-512 or AVX2 only (the ResNet's
+    16-channel 32x32 kernels with AVX2 only, batch 32, one thread: 2124-2133 us in the general
+    kernel, 1056-1065 us here; the dot products along the tiles before lost there, 0.91-0.93x,
+    and were taken from 32 channels)."""
+    return applies(geo, ct) and min(geo["C"], geo["O"]) >= _WEIGHT_MIN_CHANNELS
 
 
 # Elements between the transformed matrices beyond their size (a cache line of floats)
@@ -89,15 +92,16 @@ _PAD = 16
 _VL = {"float": 8, "double": 4}  # elements per vector of the GEMM core (32 bytes)
 
 
-def _blocking(ci, h, w, budget=_BLOCK_ELEMENTS, images=False, m=2):
+def _blocking(ci, h, w, budget=_BLOCK_ELEMENTS, images=False, m=2,
+              image_tiles=_MIN_IMAGE_BLOCK_TILES):
     """Tiles (of m x m outputs) per side, tile rows per block (R), images per block (IMGS:
-    several when ``images`` and a whole image is fewer tiles than a block's) and tiles per
-    block (RB)."""
+    several when ``images`` and a whole image is fewer than ``image_tiles`` tiles) and tiles
+    per block (RB)."""
     th, tw = -(-h // m), -(-w // m)
     r = min(th, max(1, budget // (ci * tw), -(-_MIN_BLOCK_TILES // tw)))
     imgs = 1
-    if images and th * tw < _MIN_IMAGE_BLOCK_TILES:
-        r, imgs = th, -(-_MIN_IMAGE_BLOCK_TILES // (th * tw))
+    if images and th * tw < image_tiles:
+        r, imgs = th, -(-image_tiles // (th * tw))
     return dict(TH=th, TW=tw, R=r, IMGS=imgs, RB=imgs * r * tw)
 
 
@@ -195,29 +199,49 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
                    epilogue=bool(has_bias or bn or res or relu))
 
 
+def _wide_tiles(ci, co, ct):
+    """The weight gradient's AVX-512 register tiles: NV vectors of ZL channels in (all of a
+    row's up to four) x MR output channels, within 24 of the 32 registers; MR 0 (the GEMM
+    core alone) when fewer than a vector of channels or MR rows."""
+    zl = 64 // (4 if ct == "float" else 8)
+    nv = min(4, ci // zl)
+    mr = {0: 0, 1: 16, 2: 12, 3: 8, 4: 6}[nv]
+    return dict(ZL=zl, NV=nv, MR=mr if co >= mr else 0)
+
+
+def _weight_layout(ci, co, blocks, ct):
+    """The weight gradient's per-thread work: the input rows with the channels innermost (XT
+    elements, CIP channels a position), the split output gradient rows (SPLIT), V and D (VS
+    and MS apart), then the sums dU (at ``du_at``, US apart)."""
+    cip = -(-ci // _VL[ct]) * _VL[ct]
+    wx, xrows = 2 * blocks["TW"] + 2, 2 * blocks["R"] + 2
+    layout = dict(CIP=cip, WX=wx, XROWS=xrows, XT=xrows * wx * cip,
+                  SPLIT=co * 2 * blocks["R"] * 2 * blocks["TW"],
+                  VS=blocks["RB"] * cip + _PAD, MS=co * blocks["RB"] + _PAD, US=co * ci + _PAD)
+    layout["du_at"] = layout["XT"] + layout["SPLIT"] + 16 * (layout["VS"] + layout["MS"])
+    layout["per_thread"] = layout["du_at"] + 16 * layout["US"]
+    return layout
+
+
 def lower_backward_weight(name, node, geo, target):
     """dW = G^T dU G, dU[e] the sum over the tiles of the output gradient's A dy A^T times
     the input's B^T d B: each thread adds its images' GEMMs into its own buffer, then the
-    buffers are added."""
+    buffers are added (``conv_winograd_weight.c.j2``)."""
     gy, x = node.inputs
     out = node.outputs[0]
     ct = ctype(out)
     ci, co = geo["C"], geo["O"]
-    blocks = _blocking(ci, geo["H"], geo["W"], _WEIGHT_BLOCK_ELEMENTS)
-    # the split input rows or output gradient rows, V, D, then the sums dU
-    split = max(_split(ci, blocks), co * 2 * blocks["R"] * 2 * blocks["TW"])
-    st = _strides(ci, co, blocks["RB"])
-    du_at = split + 16 * (st["VS"] + st["MS"])
-    per_thread = du_at + 16 * st["US"]
+    blocks = _blocking(ci, geo["H"], geo["W"], _WEIGHT_BLOCK_ELEMENTS, images=True,
+                       image_tiles=_WEIGHT_IMAGE_BLOCK_TILES)
+    layout = _weight_layout(ci, co, blocks, ct)
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
-    src = render("conv_winograd.c.j2", kind="weight", name=name, node_lines=node_lines([node]),
+    src = render("conv_winograd_weight.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
-                 parallel=parallel, per_thread=per_thread, du_at=du_at, N=geo["N"], CI=ci,
-                 CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"], SPLIT=split,
-                 WE=blocks["TW"] + 1,
-                 ROWS=2 * blocks["R"] + 2, VL=_VL[ct], stats=None, **st, **blocks)
-    return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
+                 parallel=parallel, N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"],
+                 P=geo["H"] * geo["W"], VL=_VL[ct], **layout, **blocks,
+                 **_wide_tiles(ci, co, ct))
+    return Kernel(name, reads, writes, src, threads_scratch(layout["per_thread"], parallel), ct,
                   flops=conv_flops(geo), parallel=parallel)
 
 
