@@ -1,8 +1,9 @@
-"""The input gradient of a serial stride-1 2-d convolution from a mostly-zero output gradient
-(a max pooling's backward passes one value per window): only the nonzero output gradients are
-multiplied, each adding its weights to its window of the input gradient. A call whose output
-gradient has more nonzeros, or whose weights or output gradient are not all finite, takes the
-dense kernel compiled beside it. Against PyTorch, float32 and float64, built for AVX-512 and
+"""The input and weight gradients of a serial stride-1 2-d convolution from a mostly-zero output
+gradient (a max pooling's backward passes one value per window): only the nonzero output
+gradients are multiplied, each adding its weights to its window of the input gradient, or its
+window of the image to its output channel's weight gradient. A call whose output gradient has
+more nonzeros, or whose operands are not all finite, takes the dense kernel compiled beside
+it. Against PyTorch, float32 and float64, built for AVX-512 and
 for AVX2 only, with work memory filled with NaN."""
 import re
 
@@ -17,14 +18,15 @@ from test_conv_kernels import _copy_to_torch, _step_against_torch
 from test_conv_small_channels import march  # noqa: F401  (the fixture)
 
 
-def _functions(source):
-    return dict(re.findall(r"\bvoid (\w+conv_backward_input\w*)\(.*?\n\{(.*?)\n\}", source, re.S))
+def _functions(source, of="input"):
+    return dict(re.findall(rf"\bvoid (\w+conv_backward_{of}\w*)\(.*?\n\{{(.*?)\n\}}", source,
+                           re.S))
 
 
-def _sparse_kernels(source):
-    """The sparse input-gradient kernels in ``source``: (name, body) of each function that
-    calls its dense twin."""
-    return [(n, body) for n, body in _functions(source).items()
+def _sparse_kernels(source, of="input"):
+    """The sparse input- or weight-gradient kernels in ``source``: (name, body) of each
+    function that calls its dense twin."""
+    return [(n, body) for n, body in _functions(source, of).items()
             if f"{n}_dense(" in body and "_block" in body]
 
 
@@ -37,6 +39,8 @@ CASES = {
     # a kernel row wider than a vector (two with float64), one input channel per block
     "wide_kernel_rows": ((3, 8, (2, 9)), {}, (3, 8, 13), 2),
     "sixty_four_outputs": ((2, 64, 3), dict(bias=False), (2, 8, 8), 2),
+    # one input channel: the weight gradient stays dense (LeNet's conv1)
+    "one_input_channel": ((1, 8, 5), {}, (1, 12, 12), 2),
 }
 
 
@@ -69,6 +73,7 @@ def test_pooled_input_gradient_matches_torch(march, monkeypatch, name, dtype):
     x = np.random.default_rng(0).standard_normal((1,) + shape).astype(dtype)
     _step_against_torch(compiled, model, tmodel, x, _tol(dtype))
     assert len(_sparse_kernels(compiled.source())) == 1
+    assert len(_sparse_kernels(compiled.source(), "weight")) == (args[0] >= 2)
 
 
 def test_symbolic_batch_matches_torch(monkeypatch):
@@ -83,6 +88,7 @@ def test_symbolic_batch_matches_torch(monkeypatch):
         _step_against_torch(compiled, model, tmodel, x, 1e-4, what=f"batch {batch}")
     assert len(compiled.specialisations) == 1
     assert len(_sparse_kernels(compiled.source())) == 1
+    assert len(_sparse_kernels(compiled.source(), "weight")) == 1
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -100,6 +106,7 @@ def test_thread_counts(monkeypatch, threads):
     finally:
         tn.set_num_threads(old)
     assert len(_sparse_kernels(compiled.source())) == 1
+    assert len(_sparse_kernels(compiled.source(), "weight")) == 1
 
 
 def test_dense_output_gradient_matches_torch(monkeypatch):
@@ -166,3 +173,34 @@ def test_parallel_kernels_stay_dense():
     bodies = _functions(compiled.source())
     parallel = any("omp parallel" in body for body in bodies.values())
     assert bool(_sparse_kernels(compiled.source())) != parallel
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_image_not_finite_takes_the_dense_weight_kernel(monkeypatch, value):
+    """An image element that is not finite reaches every weight gradient element it is
+    multiplied with, zero output gradients included."""
+    nan_filled_arenas(monkeypatch)
+    args, kwargs, shape, pool = CASES["lenet_conv2"]
+    tn.manual_seed(0)
+    conv = nn.Conv2d(*args, **kwargs)
+    tconv = torch.nn.Conv2d(*args, **kwargs)
+    _copy_to_torch(conv, tconv)
+    model, tmodel = nn.Sequential(conv, nn.MaxPool2d(pool)), torch.nn.Sequential(
+        tconv, torch.nn.MaxPool2d(pool))
+    compiled = tn.compile(model, dynamic=False)
+    x = np.random.default_rng(0).standard_normal((1,) + shape).astype(np.float32)
+    x[0, 2, 7, 7] = value
+    gy = np.zeros((1, 16, 5, 5), np.float32)
+    gy[0, 3, 2, 1] = 0.5  # one nonzero: sparse enough for the sparse kernel
+    grads = []
+    for run, lib in ((compiled, tn), (model, tn), (tmodel, torch)):
+        run(lib.from_numpy(x.copy())).backward(lib.from_numpy(gy))
+        grads.append(next(iter(run.parameters())).grad.numpy().copy())
+        (model if lib is tn else tmodel).zero_grad()
+    ours, eager, theirs = grads
+    assert not np.isfinite(theirs).all()
+    for ref in (eager, theirs):
+        assert np.isnan(ours[~np.isfinite(ref)]).all()
+        finite = np.isfinite(ours)
+        np.testing.assert_allclose(ours[finite], ref[finite], rtol=1e-4, atol=1e-4)
+    assert len(_sparse_kernels(compiled.source(), "weight")) == 1

@@ -196,6 +196,9 @@ _ROW_FOLDED_MIN_IMAGES = 4
 # with blocks of 10 to 20 accumulators, 3.2 us with 30)
 _SPARSE_ACCUMULATORS_AVX512 = 15
 _SPARSE_ACCUMULATORS_AVX2 = 12
+# ... and the sparse weight gradient from this many input channels on: with one (LeNet's conv1,
+# five accumulators per output channel, each waiting for its last FMA) it lost, 3.4 -> 3.6 us
+_SPARSE_WEIGHT_MIN_CHANNELS = 2
 
 # The weight gradient as GEMMs over input-channel rows and output-channel vectors from this
 # many input channels per group on (below, dot products along the positions)
@@ -395,7 +398,7 @@ def _lower_conv_backward_input(name, node, target):
     if sparse is not None:
         dense = _lower_general_backward_input(f"{name}_dense", node, geo, ct, target)
         if not dense.parallel and isinstance(dense.scratch, int):
-            return _lower_sparse_backward_input(name, node, geo, sparse, dense, ct)
+            return _lower_sparse_gradient(name, node, geo, sparse, dense, ct, "input")
     return _lower_general_backward_input(name, node, geo, ct, target)
 
 
@@ -454,16 +457,22 @@ def _sparse_gradient_geometry(geo, ct):
                 blocks=sorted({cb512, cb2, c % cb512, c % cb2} - {0}))
 
 
-def _lower_sparse_backward_input(name, node, geo, sparse, dense, ct):
-    """``_sparse_gradient_geometry``'s kernel, with the ``dense`` one (serial) for output
-    gradients with more nonzeros or elements that are not finite; both use scratch from its
-    start."""
-    gy, w = node.inputs
+def _lower_sparse_gradient(name, node, geo, sparse, dense, ct, of):
+    """The input or weight gradient (``of``) from a mostly-zero output gradient
+    (``_sparse_gradient_geometry``), with the ``dense`` kernel (serial) for output gradients
+    with more nonzeros or operands that are not all finite; both use scratch from its start:
+    the weights (input gradient) or one padded image (weight gradient), then the result, each
+    with the slack a row's last vector reads or writes past it."""
+    gy, other = node.inputs
     out = node.outputs[0]
-    reads, writes = [("gy", gy), ("w", w)], [("out", out)]
-    own = sparse["WS"] + geo["C"] * sparse["HP"] * sparse["WP"] + sparse["SLACK"]
-    args = [f"tn_{s}" for s in size_symbols(reads, writes)] + ["gy", "w", "out", "scratch"]
-    src = render("conv_backward_input_sparse.c.j2", name=name, node_lines=node_lines([node]),
+    role = "w" if of == "input" else "x"
+    reads, writes = [("gy", gy), (role, other)], [("out", out)]
+    if of == "input":
+        own = sparse["WS"] + geo["C"] * sparse["HP"] * sparse["WP"] + sparse["SLACK"]
+    else:
+        own = geo["C"] * sparse["HP"] * sparse["WP"] + numel(out.shape) + 2 * sparse["SLACK"]
+    args = [f"tn_{s}" for s in size_symbols(reads, writes)] + ["gy", role, "out", "scratch"]
+    src = render(f"conv_backward_{of}_sparse.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  sparse=sparse, dense=dense, dense_args=", ".join(args), **geo)
     return Kernel(name, reads, writes, src, max(own, dense.scratch), ct,
@@ -572,6 +581,19 @@ def _lower_conv_backward_weight(name, node, target):
         return conv_pointwise.lower_backward_weight(name, node, geo, target)
     if conv_winograd.takes_weight_gradient(geo, ct, target):
         return conv_winograd.lower_backward_weight(name, node, geo, target)
+    sparse = _sparse_gradient_geometry(geo, ct) \
+        if _max_pooled(gy) and geo["C"] >= _SPARSE_WEIGHT_MIN_CHANNELS else None
+    if sparse is not None:
+        dense = _lower_general_backward_weight(f"{name}_dense", node, geo, ct, target)
+        if not dense.parallel and isinstance(dense.scratch, int):
+            return _lower_sparse_gradient(name, node, geo, sparse, dense, ct, "weight")
+    return _lower_general_backward_weight(name, node, geo, ct, target)
+
+
+def _lower_general_backward_weight(name, node, geo, ct, target):
+    """Tap-wise GEMMs, a gathered GEMM, dot products along the positions, or columns."""
+    gy, x = node.inputs
+    out = node.outputs[0]
     wsize = numel(out.shape)
     direct = _direct_geometry(geo)
     t = _conv_template_geo(geo, ct, direct)
