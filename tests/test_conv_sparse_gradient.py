@@ -38,7 +38,8 @@ CASES = {
     "padding_past_reach": ((4, 6, 2), dict(padding=2), (4, 5, 6), 3),
     # a kernel row wider than a vector (two with float64), one input channel per block
     "wide_kernel_rows": ((3, 8, (2, 9)), {}, (3, 8, 13), 2),
-    "sixty_four_outputs": ((2, 64, 3), dict(bias=False), (2, 8, 8), 2),
+    # as many output channels as a float32 mask has bits
+    "thirty_two_outputs": ((2, 32, 3), dict(bias=False), (2, 8, 8), 2),
     # one input channel: the weight gradient stays dense (LeNet's conv1)
     "one_input_channel": ((1, 8, 5), {}, (1, 12, 12), 2),
 }

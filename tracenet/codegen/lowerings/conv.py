@@ -434,15 +434,16 @@ def _max_pooled(gradient):
 
 
 def _sparse_gradient_geometry(geo, ct):
-    """For the input gradient of a 2-d stride-1 convolution with one group, no dilation, at
-    most 64 output channels and a kernel whose rows fit a register block: the padded image
-    (HP x WP), the vectors per kernel row (RV), the elements a row's last vector reads past
+    """For the gradients of a 2-d stride-1 convolution with one group, no dilation, at most 32
+    output channels (64 in float64) and a kernel whose rows fit a register block: the padded
+    image (HP x WP), the vectors per kernel row (RV), the elements a row's last vector reads past
     it (SLACK), the weights' elements with that slack (WS) and the blocks of input channels
     with AVX-512's vector registers and with AVX2's (``_SPARSE_ACCUMULATORS_*``; a smaller
     block for the channels left); None where it does not apply."""
     vl = 32 // (4 if ct == "float" else 8)
-    if ct not in ("float", "double") or geo["deep"] or geo["G"] != 1 or geo["O"] > 64 or \
-            (geo["SH"], geo["SW"], geo["DH"], geo["DW"]) != (1, 1, 1, 1):
+    # (the input gradient's masks of output channels have the lanes of the element type)
+    if ct not in ("float", "double") or geo["deep"] or geo["G"] != 1 or \
+            geo["O"] > 8 * 32 // vl or (geo["SH"], geo["SW"], geo["DH"], geo["DW"]) != (1, 1, 1, 1):
         return None
     rv = -(-geo["KW"] // vl)
     row = geo["KH"] * rv  # accumulators per input channel
@@ -468,7 +469,8 @@ def _lower_sparse_gradient(name, node, geo, sparse, dense, ct, of):
     role = "w" if of == "input" else "x"
     reads, writes = [("gy", gy), (role, other)], [("out", out)]
     if of == "input":
-        own = sparse["WS"] + geo["C"] * sparse["HP"] * sparse["WP"] + sparse["SLACK"]
+        own = sparse["WS"] + geo["C"] * sparse["HP"] * sparse["WP"] + sparse["SLACK"] + \
+            geo["OH"] * geo["OW"]  # (a mask per position, as wide as an element)
     else:
         own = geo["C"] * sparse["HP"] * sparse["WP"] + numel(out.shape) + 2 * sparse["SLACK"]
     args = [f"tn_{s}" for s in size_symbols(reads, writes)] + ["gy", role, "out", "scratch"]
