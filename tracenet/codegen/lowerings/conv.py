@@ -191,6 +191,15 @@ _GATHERED_MIN_TAPS = 64
 # 509 -> 421 us, 439 -> 416 us with AVX2 only; batch 1 7.8 -> 8.0 us, 6.8 -> 7.3 us)
 _ROW_FOLDED_MIN_IMAGES = 4
 
+# The sparse input gradient's register blocks: accumulators of one output position's window
+# with AVX-512's 32 vector registers and with AVX2's 16 (LeNet's conv2, one thread: 1.6 us
+# with blocks of 10 to 20 accumulators, 3.2 us with 30)
+_SPARSE_ACCUMULATORS_AVX512 = 15
+_SPARSE_ACCUMULATORS_AVX2 = 12
+# ... and the sparse weight gradient from this many input channels on: with one (LeNet's conv1,
+# five accumulators per output channel, each waiting for its last FMA) it lost, 3.4 -> 3.6 us
+_SPARSE_WEIGHT_MIN_CHANNELS = 2
+
 # The weight gradient as GEMMs over input-channel rows and output-channel vectors from this
 # many input channels per group on (below, dot products along the positions)
 _TAPWISE_MIN_CHANNELS = 8
@@ -385,6 +394,16 @@ def _lower_conv_backward_input(name, node, target):
         return conv_winograd.lower_backward_input(name, node, geo, target)
     if conv_phased.takes_input_gradient(geo, ct):
         return conv_phased.lower_backward_input(name, node, geo, target)
+    sparse = _sparse_gradient_geometry(geo, ct) if _max_pooled(gy) else None
+    if sparse is not None:
+        dense = _lower_general_backward_input(f"{name}_dense", node, geo, ct, target)
+        if not dense.parallel and isinstance(dense.scratch, int):
+            return _lower_sparse_gradient(name, node, geo, sparse, dense, ct, "input")
+    return _lower_general_backward_input(name, node, geo, ct, target)
+
+
+def _lower_general_backward_input(name, node, geo, ct, target):
+    """The flipped convolution, GEMMs per kernel row or per tap, or col2im (strided)."""
     flipped = _flipped_geometry(geo)
     if flipped is not None and _flipped_pays(geo, flipped):
         return _lower_flipped_backward_input(name, node, geo, flipped, ct, target)
@@ -398,6 +417,68 @@ def _lower_conv_backward_input(name, node, target):
     return _lower_row_folded_backward_input(
         name, node, geo, direct, ct, target,
         _lower_per_tap_backward_input(f"{name}_taps", node, geo, direct, ct, target))
+
+
+def _max_pooled(gradient):
+    """Whether ``gradient`` comes from a max pooling's backward (through relu's, maybe in one
+    fused kernel): mostly zeros, one value per window of a pooling whose windows do not
+    overlap."""
+    node = gradient.producer
+    while node is not None:
+        if any(m.op == "max_pool_backward" for m in members(node)):
+            return True
+        if node.op != "threshold_backward":
+            return False
+        node = node.inputs[0].producer
+    return False
+
+
+def _sparse_gradient_geometry(geo, ct):
+    """For the gradients of a 2-d stride-1 convolution with one group, no dilation, at most 32
+    output channels (64 in float64) and a kernel whose rows fit a register block: the padded
+    image (HP x WP), the vectors per kernel row (RV), the elements a row's last vector reads past
+    it (SLACK), the weights' elements with that slack (WS) and the blocks of input channels
+    with AVX-512's vector registers and with AVX2's (``_SPARSE_ACCUMULATORS_*``; a smaller
+    block for the channels left); None where it does not apply."""
+    vl = 32 // (4 if ct == "float" else 8)
+    # (the input gradient's masks of output channels have the lanes of the element type)
+    if ct not in ("float", "double") or geo["deep"] or geo["G"] != 1 or \
+            geo["O"] > 8 * 32 // vl or (geo["SH"], geo["SW"], geo["DH"], geo["DW"]) != (1, 1, 1, 1):
+        return None
+    rv = -(-geo["KW"] // vl)
+    row = geo["KH"] * rv  # accumulators per input channel
+    if row > _SPARSE_ACCUMULATORS_AVX2:
+        return None
+    c = geo["C"]
+    cb512 = min(c, _SPARSE_ACCUMULATORS_AVX512 // row)
+    cb2 = min(c, _SPARSE_ACCUMULATORS_AVX2 // row)
+    return dict(HP=geo["H"] + 2 * geo["PH"], WP=geo["W"] + 2 * geo["PW"], RV=rv, SLACK=rv * vl,
+                WS=geo["O"] * c * geo["KH"] * geo["KW"] + rv * vl,
+                CB512=cb512, tail512=c % cb512, CB2=cb2, tail2=c % cb2,
+                blocks=sorted({cb512, cb2, c % cb512, c % cb2} - {0}))
+
+
+def _lower_sparse_gradient(name, node, geo, sparse, dense, ct, of):
+    """The input or weight gradient (``of``) from a mostly-zero output gradient
+    (``_sparse_gradient_geometry``), with the ``dense`` kernel (serial) for output gradients
+    with more nonzeros or operands that are not all finite; both use scratch from its start:
+    the weights (input gradient) or one padded image (weight gradient), then the result, each
+    with the slack a row's last vector reads or writes past it."""
+    gy, other = node.inputs
+    out = node.outputs[0]
+    role = "w" if of == "input" else "x"
+    reads, writes = [("gy", gy), (role, other)], [("out", out)]
+    if of == "input":
+        own = sparse["WS"] + geo["C"] * sparse["HP"] * sparse["WP"] + sparse["SLACK"] + \
+            geo["OH"] * geo["OW"]  # (a mask per position, as wide as an element)
+    else:
+        own = geo["C"] * sparse["HP"] * sparse["WP"] + numel(out.shape) + 2 * sparse["SLACK"]
+    args = [f"tn_{s}" for s in size_symbols(reads, writes)] + ["gy", role, "out", "scratch"]
+    src = render(f"conv_backward_{of}_sparse.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
+                 sparse=sparse, dense=dense, dense_args=", ".join(args), **geo)
+    return Kernel(name, reads, writes, src, max(own, dense.scratch), ct,
+                  flops=conv_flops(geo), parallel=False)
 
 
 def _lower_per_tap_backward_input(name, node, geo, direct, ct, target):
@@ -502,6 +583,19 @@ def _lower_conv_backward_weight(name, node, target):
         return conv_pointwise.lower_backward_weight(name, node, geo, target)
     if conv_winograd.takes_weight_gradient(geo, ct, target):
         return conv_winograd.lower_backward_weight(name, node, geo, target)
+    sparse = _sparse_gradient_geometry(geo, ct) \
+        if _max_pooled(gy) and geo["C"] >= _SPARSE_WEIGHT_MIN_CHANNELS else None
+    if sparse is not None:
+        dense = _lower_general_backward_weight(f"{name}_dense", node, geo, ct, target)
+        if not dense.parallel and isinstance(dense.scratch, int):
+            return _lower_sparse_gradient(name, node, geo, sparse, dense, ct, "weight")
+    return _lower_general_backward_weight(name, node, geo, ct, target)
+
+
+def _lower_general_backward_weight(name, node, geo, ct, target):
+    """Tap-wise GEMMs, a gathered GEMM, dot products along the positions, or columns."""
+    gy, x = node.inputs
+    out = node.outputs[0]
     wsize = numel(out.shape)
     direct = _direct_geometry(geo)
     t = _conv_template_geo(geo, ct, direct)
