@@ -105,14 +105,20 @@ def test_the_loop_picks_its_rows_from_the_table(name, kwargs):
                           source)) == 1
 
 
+def small_loops_split_on_nan_arenas(monkeypatch, tmp_path):
+    """NaN-filled arenas; loops as small as the tests' split between the threads too, built
+    in ``tmp_path`` (apart from builds under the usual policy)."""
+    nan_filled_arenas(monkeypatch)
+    monkeypatch.setattr(Parallelism, "recurrent_min_step_flops", 0)
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+
+
 @pytest.mark.parametrize("name", ["LSTM", "GRU"])
 def test_threads_pick_their_rows_and_follow_eager(monkeypatch, tmp_path, name):
     """Batch 20 on two threads: each picks its own 10 rows (split by rows, no barrier);
     batch 3 and three threads at 20: the threads share each step's rows, then wait (split
     by gate columns)."""
-    nan_filled_arenas(monkeypatch)
-    monkeypatch.setattr(Parallelism, "recurrent_min_step_flops", 0)  # small sizes split too
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
+    small_loops_split_on_nan_arenas(monkeypatch, tmp_path)
     th, ours = pair(name, batch_first=True)
     compiled = tn.compile(ours)
     for n in (2, 1, 3):

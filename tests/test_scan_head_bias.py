@@ -8,11 +8,10 @@ import re
 import pytest
 
 import tracenet as tn
-from tracenet.codegen.target import Parallelism
 
 from test_catalogue_rnn import _cache  # noqa: F401  (the cache-directory fixture)
 from test_scan_threads import _restore_threads  # noqa: F401  (the thread-count fixture)
-from test_scan_fused import F32, headed, inferred, pair, tokens
+from test_scan_fused import F32, headed, inferred, pair, small_loops_split_on_nan_arenas, tokens
 from compile_checks import nan_filled_arenas
 
 pytest.importorskip("torch")
@@ -48,9 +47,7 @@ def test_the_layer_starts_from_its_bias(monkeypatch, width, bias):
 
 @pytest.mark.parametrize("first", [True, False])
 def test_threads_start_their_rows_from_the_bias(monkeypatch, tmp_path, first):
-    nan_filled_arenas(monkeypatch)
-    monkeypatch.setattr(Parallelism, "recurrent_min_step_flops", 0)  # small sizes split too
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
+    small_loops_split_on_nan_arenas(monkeypatch, tmp_path)
     th, ours = pair("LSTM", batch_first=first, out_width=37)
     compiled = tn.compile(ours)
     for n in (2, 1, 3):

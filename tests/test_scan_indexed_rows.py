@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import tracenet as tn
-from tracenet.codegen.target import Parallelism
 
 from test_catalogue_rnn import _cache  # noqa: F401  (the cache-directory fixture)
 from test_scan_threads import _restore_threads  # noqa: F401  (the thread-count fixture)
-from test_scan_fused import F32, F64, follows, gathered, inferred, pair, tokens
+from test_scan_fused import (F32, F64, follows, gathered, inferred, pair,
+                             small_loops_split_on_nan_arenas, tokens)
 from compile_checks import nan_filled_arenas
 
 torch = pytest.importorskip("torch")
@@ -58,9 +58,7 @@ def test_the_gate_kernel_reads_the_table_by_index(monkeypatch, name, f64, kwargs
 def test_threads_read_their_rows_by_index(monkeypatch, tmp_path, name):
     """Batch 20: two threads split the rows; batch 3 and three threads at 20: they split the
     gate columns, every thread reading every row's index."""
-    nan_filled_arenas(monkeypatch)
-    monkeypatch.setattr(Parallelism, "recurrent_min_step_flops", 0)  # small sizes split too
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
+    small_loops_split_on_nan_arenas(monkeypatch, tmp_path)
     th, ours = pair(name, batch_first=True)
     compiled = tn.compile(ours)
     for n in (2, 1, 3):

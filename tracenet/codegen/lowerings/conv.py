@@ -394,12 +394,8 @@ def _lower_conv_backward_input(name, node, target):
         return conv_winograd.lower_backward_input(name, node, geo, target)
     if conv_phased.takes_input_gradient(geo, ct):
         return conv_phased.lower_backward_input(name, node, geo, target)
-    sparse = _sparse_gradient_geometry(geo, ct) if _max_pooled(gy) else None
-    if sparse is not None:
-        dense = _lower_general_backward_input(f"{name}_dense", node, geo, ct, target)
-        if not dense.parallel and isinstance(dense.scratch, int):
-            return _lower_sparse_gradient(name, node, geo, sparse, dense, ct, "input")
-    return _lower_general_backward_input(name, node, geo, ct, target)
+    return _sparse_or_general(name, node, geo, ct, target, "input", _max_pooled(gy),
+                              _lower_general_backward_input)
 
 
 def _lower_general_backward_input(name, node, geo, ct, target):
@@ -456,6 +452,18 @@ def _sparse_gradient_geometry(geo, ct):
                 WS=geo["O"] * c * geo["KH"] * geo["KW"] + rv * vl,
                 CB512=cb512, tail512=c % cb512, CB2=cb2, tail2=c % cb2,
                 blocks=sorted({cb512, cb2, c % cb512, c % cb2} - {0}))
+
+
+def _sparse_or_general(name, node, geo, ct, target, of, mostly_zero, general):
+    """The input or weight gradient (``of``) by ``general``, or, when the output gradient is
+    ``mostly_zero`` and the geometry and the dense kernel allow (serial, static scratch), the
+    sparse kernel with that dense one compiled beside it."""
+    sparse = _sparse_gradient_geometry(geo, ct) if mostly_zero else None
+    if sparse is not None:
+        dense = general(f"{name}_dense", node, geo, ct, target)
+        if not dense.parallel and isinstance(dense.scratch, int):
+            return _lower_sparse_gradient(name, node, geo, sparse, dense, ct, of)
+    return general(name, node, geo, ct, target)
 
 
 def _lower_sparse_gradient(name, node, geo, sparse, dense, ct, of):
@@ -583,13 +591,9 @@ def _lower_conv_backward_weight(name, node, target):
         return conv_pointwise.lower_backward_weight(name, node, geo, target)
     if conv_winograd.takes_weight_gradient(geo, ct, target):
         return conv_winograd.lower_backward_weight(name, node, geo, target)
-    sparse = _sparse_gradient_geometry(geo, ct) \
-        if _max_pooled(gy) and geo["C"] >= _SPARSE_WEIGHT_MIN_CHANNELS else None
-    if sparse is not None:
-        dense = _lower_general_backward_weight(f"{name}_dense", node, geo, ct, target)
-        if not dense.parallel and isinstance(dense.scratch, int):
-            return _lower_sparse_gradient(name, node, geo, sparse, dense, ct, "weight")
-    return _lower_general_backward_weight(name, node, geo, ct, target)
+    return _sparse_or_general(name, node, geo, ct, target, "weight",
+                              _max_pooled(gy) and geo["C"] >= _SPARSE_WEIGHT_MIN_CHANNELS,
+                              _lower_general_backward_weight)
 
 
 def _lower_general_backward_weight(name, node, geo, ct, target):
