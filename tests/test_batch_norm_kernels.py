@@ -1,9 +1,11 @@
-"""The batch norm's backward kernel (templates/norm_batch_norm_backward.c.j2): per block of up
-to 256 channels, both passes walk the planes image by image (long runs through memory), the
-threads splitting the channels. Compared against PyTorch (input and parameter gradients) and
-eager mode over shapes (one element per plane, planes shorter and longer than a 256-element
-run, more than 256 channels), dtypes, train and eval mode, a symbolic batch, and NaN-filled
-arenas on 1-3 threads."""
+"""The batch norm's kernels not fused into a convolution: the normalisation (with a residual add
+and relu after it: templates/norm_batch_norm.c.j2) and the backward
+(templates/norm_batch_norm_backward.c.j2). Per block of up to 256 channels, each pass walks
+the planes image by image (long runs through memory), the threads splitting the channels.
+Compared against PyTorch (outputs, input and parameter gradients) and eager mode over shapes
+(one element per plane, planes shorter and longer than a 256-element run, more than 256
+channels), dtypes, train and eval mode, a symbolic batch, and NaN-filled arenas on 1-3
+threads."""
 import re
 
 import numpy as np
@@ -42,6 +44,25 @@ def _pair(case, dtype, affine=True):
     bn.load_state_dict({k: tn.from_numpy(v.detach().numpy().copy())
                         for k, v in tbn.state_dict().items()})
     return bn, tbn, shape
+
+
+class _Residual:
+    """``relu(bn(x) + x)``: the normalisation's residual add and relu in its one pass."""
+
+    def __init__(self, lib, bn):
+        self.lib, self.bn = lib, bn
+
+    def module(self):
+        lib, bn = self.lib, self.bn
+
+        class Residual(lib.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.bn = bn
+
+            def forward(self, x):
+                return lib.nn.functional.relu(self.bn(x) + x)
+        return Residual()
 
 
 def _input(shape, dtype, seed=0):
@@ -124,3 +145,30 @@ def test_threads_on_nan_arenas(monkeypatch, case, threads):
         assert "omp_get_num_threads" in body  # (built to split the channels)
     finally:
         tn.set_num_threads(old)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("case", ["image_odd_plane", "more_than_256_channels"])
+def test_residual_add_and_relu(case, training):
+    """batch_norm -> add -> relu is one kernel (fusion group ``norm``)."""
+    bn, tbn, shape = _pair(case, np.float32)
+    model, tmodel = _Residual(tn, bn).module(), _Residual(torch, tbn).module()
+    model.train(training)
+    tmodel.train(training)
+    compiled = tn.compile(model)
+    x = _input(shape, np.float32) - 5  # (about half the sums below zero: relu masks them)
+    gy = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    results = []
+    for m, lib, params in ((compiled, tn, bn.parameters()), (model, tn, bn.parameters()),
+                           (tmodel, torch, tbn.parameters())):
+        params = list(params)
+        for p in params:
+            p.grad = None
+        xt = lib.from_numpy(x.copy()).requires_grad_(True)
+        out = m(xt)
+        out.backward(lib.from_numpy(gy))
+        results.append([out.detach().numpy(), xt.grad.numpy()] + [p.grad.numpy() for p in params])
+    for got_compiled, got_eager, want in zip(*results):
+        np.testing.assert_allclose(got_compiled, want, rtol=2e-4, atol=2e-4)
+        np.testing.assert_allclose(got_compiled, got_eager, rtol=2e-4, atol=2e-4)
+    assert re.search(r"static void \w+_batch_norm_add_relu\(", compiled.source())
