@@ -15,6 +15,8 @@ members for people):
   member's part of the epilogue;
 * ``elementwise``: a chain of ops with a C expression (elementwise ops, and ``expand``) of one
   output shape;
+* ``cross_entropy``: ``log_softmax`` -> ``nll_loss`` over ``[N, C]`` logits with their backward
+  (``nll_loss_backward`` -> log_softmax's rule), forward and backward in one kernel;
 * backward groups: ``pool_backward``: ``threshold_backward`` (relu's mask on a pooled
   gradient) -> ``max_pool_backward`` -> optional bias-gradient ``sum``; ``gemm``:
   ``gemm`` -> ``threshold_backward``; ``weight_update``: in a training-step graph a
@@ -25,7 +27,7 @@ A fused node's inputs are the values its members read from outside, its outputs 
 values used after it (intermediates needed elsewhere, e.g. saved for backward, stay visible).
 The interpreter runs the members, so fusion is checked for equality with the unfused graph.
 """
-from .._dtype import float32, int64
+from .._dtype import float32, float64, int64
 from .._sym import same_shape
 from ..ir.graph import Node
 from ..ops.registry import REGISTRY, op_kind
@@ -259,6 +261,51 @@ def _head(graph, users, node):
     return []
 
 
+def _cross_entropy_groups(graph):
+    """Cross entropy and its backward as autodiff writes them, over ``[N, C]`` float logits:
+    ``y = log_softmax(x, 1)`` -> ``nll_loss(y, t)``, and ``gl = nll_loss_backward(g, t)`` ->
+    ``gl - exp(y) * gl.sum(1, keepdim)``, with ``y`` and ``gl`` read by nothing else. One pass
+    over each row of logits writes the loss and the logits' gradient
+    (``codegen/lowerings/loss.py``); the log-probabilities are never stored."""
+    users = graph.users()
+    groups = []
+    for node in graph.nodes:
+        if node.op != "log_softmax" or len(node.inputs[0].shape) != 2 or \
+                node.attrs["dim"] != 1 or node.output.dtype not in (float32, float64):
+            continue
+        y = node.output
+        readers = users.get(y, [])
+        nll = next((u for u in readers if u.op == "nll_loss" and u.inputs[0] is y), None)
+        exp = next((u for u in readers if u.op == "exp"), None)
+        if nll is None or exp is None or len(readers) != 2 or y in graph.outputs:
+            continue
+        backward = _softmax_onehot_gradient(graph, users, exp, nll)
+        if backward is not None:
+            groups.append([node, nll] + backward)
+    return groups
+
+
+def _softmax_onehot_gradient(graph, users, exp, nll):
+    """[nll_loss_backward, sum, exp, mul, sub]: log_softmax's backward rule applied to
+    nll_loss's gradient (of the same targets, weights and attributes as ``nll``), else None."""
+    mul = _sole_user(users, graph, exp.output)
+    if mul is None or mul.op != "mul" or mul.inputs[0] is not exp.output:
+        return None
+    row_sum = mul.inputs[1].producer
+    sub = _sole_user(users, graph, mul.output)
+    if row_sum is None or row_sum.op != "sum" or tuple(row_sum.attrs["dims"]) != (1,) or \
+            not row_sum.attrs["keepdim"] or _sole_user(users, graph, row_sum.output) is not mul or \
+            sub is None or sub.op != "sub" or sub.inputs[1] is not mul.output:
+        return None
+    grad = row_sum.inputs[0].producer
+    if grad is None or grad.op != "nll_loss_backward" or sub.inputs[0] is not grad.output or \
+            grad.inputs[1:] != nll.inputs[1:] or grad.output in graph.outputs or \
+            len(users.get(grad.output, [])) != 2 or \
+            any(grad.attrs[k] != nll.attrs[k] for k in ("reduction", "ignore_index")):
+        return None
+    return [grad, row_sum, exp, mul, sub]
+
+
 def _user_with_op(users, value, op):
     """The first node of kind ``op`` reading ``value`` as its first input, if any."""
     for u in users.get(value, []):
@@ -419,6 +466,7 @@ def fuse(graph):
         fuse(body)
     for finder, group_name in ((_loop_groups, "loop"), (_conv_groups, "conv"), (_norm_groups, "norm"),
                                (_pool_relu_backward_groups, "pool_backward"),
+                               (_cross_entropy_groups, "cross_entropy"),
                                (_gemm_sgd_groups, "weight_update"), (_gemm_mask_groups, "gemm"),
                                (_gemm_groups, "gemm"), (_elementwise_groups, "elementwise")):
         fuser = _Fuser(graph)

@@ -3,15 +3,18 @@ probabilities and on logits), smooth L1 and Huber. Each is one loop over the ele
 computes the loss in double precision and writes it, or accumulates its sum / mean; all render
 ``templates/loss_pointwise.c.j2``. Their backward rules are elementwise tracenet ops, lowered by
 the elementwise kernels. Then the mean squared error and the negative log-likelihood, forward
-and backward (cross entropy is log_softmax followed by nll_loss).
+and backward (cross entropy is log_softmax followed by nll_loss), and the two with their
+backward fused over ``[N, C]`` logits (``cross_entropy``).
 """
 from ..._sym import same_shape
 from ...ops.common import numel
 from ...ops.loss import BCE_LOG_MIN
 from ...ops.cexpr import fmt_float
-from ..base import Kernel, LoweringError, ctype, lowering, node_lines, signature, where
+from ..base import Kernel, LoweringError, ctype, group_lowering, lowering, members, node_lines, \
+    signature, where
 from ..templates import render
 from .elementwise import broadcast_index
+from .reduce import _EXP_FLOPS
 
 
 @lowering("binary_cross_entropy", "binary_cross_entropy_with_logits", "smooth_l1_loss",
@@ -56,6 +59,10 @@ def _nll_layout(x_shape):
     return x_shape[0], x_shape[1], numel(x_shape[2:])
 
 
+# eager's message for a class target out of range: the nll_loss kernels' first check
+_TARGET_CHECK = (IndexError, "Target {0} is out of bounds.")
+
+
 @lowering("nll_loss", "nll_loss_backward")
 def lower_nll_loss(name, node, exported, target):
     """The loss reads the log-probabilities ``x``; its backward the loss gradient ``g`` and
@@ -69,7 +76,7 @@ def lower_nll_loss(name, node, exported, target):
     writes = [("out", out)]
     # the loss checks the targets (eager's message); its backward, which runs after it, only
     # skips bad ones
-    checks = [] if backward else [(IndexError, "Target {0} is out of bounds.")]
+    checks = [] if backward else [_TARGET_CHECK]
     n, c, d = _nll_layout(tuple(out.shape if backward else src_v.shape))
     src = render(f"{node.op}.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ctype(out if backward else src_v), acctype="double",
@@ -91,3 +98,25 @@ def lower_mse_loss(name, node, exported, target):
                  reduction=node.attrs["reduction"])
     return Kernel(name, reads, writes, src)
 
+
+@group_lowering("cross_entropy")
+def lower_cross_entropy(name, node, exported, target):
+    """log_softmax -> nll_loss and their backward (``passes/fusion.py``,
+    ``_cross_entropy_groups``): reads the logits ``x``, the targets, the loss gradient ``g``
+    (and the class weights); writes the loss and the logits' gradient. Rows are split between
+    threads as log_softmax's are."""
+    by_op = {m.op: m for m in members(node)}
+    nll, grad = by_op["nll_loss"], by_op["sub"]
+    x, t = by_op["log_softmax"].inputs[0], nll.inputs[1]
+    reads = [("x", x), ("target", t), ("g", by_op["nll_loss_backward"].inputs[0])]
+    if len(nll.inputs) > 2:
+        reads.append(("weight", nll.inputs[2]))
+    writes = [("loss_out", nll.outputs[0]), ("grad", grad.outputs[0])]
+    n, c = x.shape
+    parallel = target.parallel.compute(numel(x.shape) * _EXP_FLOPS, n)
+    src = render("nll_loss_log_softmax.c.j2", name=name, node_lines=node_lines(members(node)),
+                 ctype=ctype(x), acctype="double",
+                 signature=signature(reads, writes, checks=True), N=n, C=c,
+                 weighted=len(nll.inputs) > 2, reduction=nll.attrs["reduction"],
+                 ignore_index=int(nll.attrs["ignore_index"]), parallel=parallel, bias=False)
+    return Kernel(name, reads, writes, src, checks=[_TARGET_CHECK], parallel=bool(parallel))

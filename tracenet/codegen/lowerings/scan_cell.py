@@ -24,7 +24,7 @@ import re
 
 from ..._dtype import int64
 from ..._sym import is_one, same_shape
-from ...ir.graph import Node, Value
+from ...ir.graph import Node
 from ...ops.common import numel
 from ...ops.registry import REGISTRY
 from ..base import SFX, Kernel, ctype, group_lowering, node_lines, signature, size_symbols
@@ -170,12 +170,11 @@ def rows_by_index(body, slot):
     if len(narrow) != 2 or not same_shape(x.shape, (narrow[0], narrow[1] * k)) or \
             (cell.members[0].op == "gemm" and x in cell.members[0].inputs):
         return None
-    index = Value(1 + max(v.id for n in body.nodes for v in n.inputs + n.outputs),
-                  narrow[:1], int64, name=f"{x.ref[1:]}_rows")
+    out = copy.copy(body)
+    index = out.new_value(narrow[:1], int64, name=f"{x.ref[1:]}_rows")
     indexed = Node("fused", cell.inputs + [index], dict(cell.attrs, by_index=(x, index)),
                    loc=cell.loc, members=cell.members)
     indexed.outputs = cell.outputs
-    out = copy.copy(body)
     out.inputs = body.inputs + [index]
     out.nodes = [indexed if n is cell else n for n in body.nodes]
     return out
