@@ -166,6 +166,15 @@ def _blocking_f4(ci, h, w, n, ct):
     return dict(TH=th, TW=tw, J=imgs, L=row, R=r, RB=r * row)
 
 
+def _f4_tiles(co, rb):
+    """F(4x4)'s AVX-512 product tiles: TNV vectors of 16 tiles (two where a block has 32 tiles,
+    the ResNet's) x TMR output channels, within 24 of the 32 registers; TMR 0 (the GEMM core
+    alone) when a block has fewer than 16 tiles or fewer output channels than a tile."""
+    nv = min(2, rb // 16)
+    mr = {0: 0, 1: 16, 2: 8}[nv]
+    return dict(TNV=nv, TMR=mr if co >= mr else 0)
+
+
 def _render_f4(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stats_at,
                **extra):
     blocks = _blocking_f4(ci, geo["H"], geo["W"], geo["N"], ct)
@@ -179,7 +188,8 @@ def _render_f4(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stat
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, shared=shared, u_at=stats_at,
                  N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"],
-                 SPLIT=split, WE=we, ROWS=rows, VL=_VL[ct], **st, **blocks, **extra)
+                 SPLIT=split, WE=we, ROWS=rows, VL=_VL[ct], **st, **blocks,
+                 **_f4_tiles(co, blocks["RB"]), **extra)
     return Kernel(name, reads, writes, src, scratch, ct, flops=conv_flops(geo), parallel=parallel)
 
 
