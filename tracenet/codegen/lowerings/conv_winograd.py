@@ -221,14 +221,14 @@ def _wide_tiles(ci, co, ct):
 
 def _weight_layout(ci, co, blocks, ct):
     """The weight gradient's per-thread work: the input rows with the channels innermost (XT
-    elements, CIP channels a position), the split output gradient rows (SPLIT), V and D (VS
+    elements, CIP channels a position), a row of zeros (ZEROS), V and D (VS
     and MS apart), then the sums dU (at ``du_at``, US apart)."""
     cip = -(-ci // _VL[ct]) * _VL[ct]
     wx, xrows = 2 * blocks["TW"] + 2, 2 * blocks["R"] + 2
     layout = dict(CIP=cip, WX=wx, XROWS=xrows, XT=xrows * wx * cip,
-                  SPLIT=co * 2 * blocks["R"] * 2 * blocks["TW"],
+                  ZEROS=2 * blocks["TW"],
                   VS=blocks["RB"] * cip + _PAD, MS=co * blocks["RB"] + _PAD, US=co * ci + _PAD)
-    layout["du_at"] = layout["XT"] + layout["SPLIT"] + 16 * (layout["VS"] + layout["MS"])
+    layout["du_at"] = layout["XT"] + layout["ZEROS"] + 16 * (layout["VS"] + layout["MS"])
     layout["per_thread"] = layout["du_at"] + 16 * layout["US"]
     return layout
 
