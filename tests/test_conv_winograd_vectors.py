@@ -7,7 +7,6 @@ images a block). Against PyTorch and eager mode over output channels and block w
 leave rows and columns past the tiles, blocks too narrow for a tile, edge tiles cut, a last
 block of fewer images, batch 1, a symbolic batch, fused epilogues, builds for AVX-512 and for
 AVX2 only, and NaN-filled work memory on 1-3 threads."""
-import os
 import re
 
 import numpy as np
@@ -15,29 +14,18 @@ import pytest
 import torch
 
 import tracenet as tn
-from tracenet.runtime import toolchain
 
 from compile_checks import check_compiled
+from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
 from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, _step_against_torch
 from test_conv_winograd import _block, _forms, _two_convs_on_nan_arenas, \
     _two_convs_over_batches
 from test_conv_winograd_f4 import FEWER, _images_per_block
 
-MARCHES = ["native"] + (["x86-64-v3"] if os.uname().machine == "x86_64" else [])
 # a kernel's product tiles: its name, TMR output channels, TNV vectors of 16 tiles
 TILE = re.compile(r"static inline void (\w+)_tile\(int K")
 TILE_ROWS = re.compile(r"o0 \+ (\d+) <= \d+; o0 \+= \d+\)\n\s+for \(int j = 0; j < wide; j \+= (\d+)\)")
 VECTOR_OUTPUTS = "8 tiles a step, a row's columns interleaved in registers"
-
-
-@pytest.fixture(params=MARCHES)
-def march(request, tmp_path, monkeypatch):
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("TRACENET_MARCH", request.param)
-    toolchain.reset()
-    yield request.param
-    monkeypatch.delenv("TRACENET_MARCH")
-    toolchain.reset()
 
 
 def _tiles(source):

@@ -5,33 +5,21 @@ tile alone), a row of zeros standing for the row past an odd height. Against PyT
 eager mode over even and odd widths and heights, widths below one vector pair, float32 and
 float64, blocks of several images, batch 1, builds for AVX-512 and for AVX2 only, and
 NaN-filled work memory on 1-3 threads."""
-import os
 
 import numpy as np
 import pytest
 import torch
 
 import tracenet as tn
-from tracenet.runtime import toolchain
 
 from compile_checks import check_compiled
+from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
 from test_conv_kernels import _copy_to_torch, _step_against_torch
 from test_conv_winograd import _two_convs_on_nan_arenas
 from test_conv_winograd_weight import _conv, _takes_it
 
-MARCHES = ["native"] + (["x86-64-v3"] if os.uname().machine == "x86_64" else [])
 FROM_ROWS = "split into even and odd columns in registers"
 ODD_COLUMN = "the last column's tile, its odd column past the edge"
-
-
-@pytest.fixture(params=MARCHES)
-def march(request, tmp_path, monkeypatch):
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("TRACENET_MARCH", request.param)
-    toolchain.reset()
-    yield request.param
-    monkeypatch.delenv("TRACENET_MARCH")
-    toolchain.reset()
 
 
 # name -> (in channels, out channels, input shape, dtype)
