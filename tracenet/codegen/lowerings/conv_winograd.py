@@ -166,6 +166,15 @@ def _blocking_f4(ci, h, w, n, ct):
     return dict(TH=th, TW=tw, J=imgs, L=row, R=r, RB=r * row)
 
 
+def _f4_tiles(co, rb):
+    """F(4x4)'s AVX-512 product tiles: TNV vectors of 16 tiles (two where a block has 32 tiles,
+    the ResNet's) x TMR output channels, within 24 of the 32 registers; TMR 0 (the GEMM core
+    alone) when a block has fewer than 16 tiles or fewer output channels than a tile."""
+    nv = min(2, rb // 16)
+    mr = {0: 0, 1: 16, 2: 8}[nv]
+    return dict(TNV=nv, TMR=mr if co >= mr else 0)
+
+
 def _render_f4(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stats_at,
                **extra):
     blocks = _blocking_f4(ci, geo["H"], geo["W"], geo["N"], ct)
@@ -179,7 +188,8 @@ def _render_f4(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stat
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, shared=shared, u_at=stats_at,
                  N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"],
-                 SPLIT=split, WE=we, ROWS=rows, VL=_VL[ct], **st, **blocks, **extra)
+                 SPLIT=split, WE=we, ROWS=rows, VL=_VL[ct], **st, **blocks,
+                 **_f4_tiles(co, blocks["RB"]), **extra)
     return Kernel(name, reads, writes, src, scratch, ct, flops=conv_flops(geo), parallel=parallel)
 
 
@@ -211,14 +221,14 @@ def _wide_tiles(ci, co, ct):
 
 def _weight_layout(ci, co, blocks, ct):
     """The weight gradient's per-thread work: the input rows with the channels innermost (XT
-    elements, CIP channels a position), the split output gradient rows (SPLIT), V and D (VS
+    elements, CIP channels a position), a row of zeros (ZEROS), V and D (VS
     and MS apart), then the sums dU (at ``du_at``, US apart)."""
     cip = -(-ci // _VL[ct]) * _VL[ct]
     wx, xrows = 2 * blocks["TW"] + 2, 2 * blocks["R"] + 2
     layout = dict(CIP=cip, WX=wx, XROWS=xrows, XT=xrows * wx * cip,
-                  SPLIT=co * 2 * blocks["R"] * 2 * blocks["TW"],
+                  ZEROS=2 * blocks["TW"],
                   VS=blocks["RB"] * cip + _PAD, MS=co * blocks["RB"] + _PAD, US=co * ci + _PAD)
-    layout["du_at"] = layout["XT"] + layout["SPLIT"] + 16 * (layout["VS"] + layout["MS"])
+    layout["du_at"] = layout["XT"] + layout["ZEROS"] + 16 * (layout["VS"] + layout["MS"])
     layout["per_thread"] = layout["du_at"] + 16 * layout["US"]
     return layout
 
