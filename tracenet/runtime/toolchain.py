@@ -147,16 +147,6 @@ def libraries():
     return ("-lmvec", "-lm") if "-DTN_LIBMVEC" in flags() else ("-lm",)
 
 
-# gnu99 rather than c99: ISO mode turns off contraction of a*b+c into FMA instructions.
-# -O2: the hot loops are written with explicit vector types, and -O3 doubles build time.
-# -fno-trapping-math: no code reads the floating-point exception flags, and with them kept a
-# select such as relu's backward (``m > 0 ? g : 0``) stays a branch per element where a vector
-# may not compute both sides (AVX2 has no masked arithmetic): the ResNet's add + relu-mask
-# kernels ran 4.4x slower with AVX2 only than with AVX-512 (380 against 86 us on 2 MB). The
-# values are the same: it allows no reassociation and keeps NaNs and infinities.
-_BASE_FLAGS = ("-O2", "-std=gnu99", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math")
-
-
 def _probe_cache_path():
     """Probe results are kept on disk per compiler identity, so a warm process compiles
     nothing at all (not even the probes)."""
@@ -164,8 +154,7 @@ def _probe_cache_path():
     key = hashlib.sha256(("\0".join(argv) + "\0" + identity + "\0" + target_cpu() + "\0" +
                           os.environ.get("TRACENET_NATIVE", "1") + "\0" + _march() + "\0" +
                           os.environ.get("TRACENET_OPENMP", "1") + "\0" +
-                          " ".join(_sanitize_flags()) + "\0" +
-                          " ".join(_BASE_FLAGS)).encode()).hexdigest()[:24]
+                          " ".join(_sanitize_flags())).encode()).hexdigest()[:24]
     return os.path.join(cache_dir(), f"toolchain-{key}.json")
 
 
@@ -211,7 +200,9 @@ def _probed():
     known = _recorded_anywhere(path)
     if known is not None:
         return known
-    out = list(_BASE_FLAGS)
+    # gnu99 rather than c99: ISO mode turns off contraction of a*b+c into FMA instructions
+    # -O2: the hot loops are written with explicit vector types, and -O3 doubles build time
+    out = ["-O2", "-std=gnu99", "-fPIC", "-shared", "-fno-math-errno"]
     native = os.environ.get("TRACENET_NATIVE", "1") != "0"
     openmp = os.environ.get("TRACENET_OPENMP", "1") != "0"
     march = f"-march={_march()}"
