@@ -17,7 +17,7 @@ from .. import _dtype
 from .._meta import Meta
 from .._sym import as_size
 from . import common
-from .cexpr import scalar
+from .cexpr import scalar, select
 from .elementwise import _sigmoid_np, where
 from .reduce import sum_to_shape
 from .shape import cat
@@ -143,12 +143,12 @@ _lit = scalar  # a floating-point literal of the result type
 
 
 def _c_leaky_relu(a, at, ct):
-    return f"({a[0]} > 0 ? {a[0]} : {a[0]} * {_lit(at['negative_slope'], ct)})"
+    return select(f"{a[0]} > 0", a[0], f"{a[0]} * {_lit(at['negative_slope'], ct)}", ct)
 
 
 def _c_leaky_relu_backward(a, at, ct):
     g, x = a
-    return f"({x} > 0 ? {g} : {g} * {_lit(at['negative_slope'], ct)})"
+    return select(f"{x} > 0", g, f"{g} * {_lit(at['negative_slope'], ct)}", ct)
 
 
 def _c_elu(a, at, ct):
@@ -578,7 +578,7 @@ def _prelu_backward(ctx, g):
 prelu_op = register(
     "prelu", infer=_prelu_meta, eager=lambda x, w: np.where(x > 0, x, w * x), saves=(0, 1),
     backward=_prelu_backward, grad_fn="PreluKernelBackward0",
-    c_expr=lambda a, at, ct: f"({a[0]} > 0 ? {a[0]} : {a[1]} * {a[0]})")
+    c_expr=lambda a, at, ct: select(f"{a[0]} > 0", a[0], f"{a[1]} * {a[0]}", ct))
 
 
 def prelu(x, weight):

@@ -24,3 +24,19 @@ def template(text):
     """A C expression from a format string: ``{0}``, ``{1}``... are the inputs, ``{ct}`` the
     result's C type."""
     return lambda args, attrs, ct: text.format(*args, ct=ct)
+
+
+_BITS_SUFFIX = {"float": "_f32", "double": "_f64"}
+
+
+def select(cond, a, b, ctype):
+    """``cond ? a : b`` as a C expression of ``ctype``. For floating-point types, a select on
+    the values' bits (``tn_keep``/``tn_pick``, templates/_preamble.c.j2): the same value, and a
+    loop over it vectorises on targets without masked arithmetic, where gcc keeps a ternary
+    whose arm is computed only for its element a branch."""
+    sfx = _BITS_SUFFIX.get(ctype)
+    if sfx is None:
+        return f"({cond} ? {a} : {b})"
+    if b == "0":
+        return f"tn_keep{sfx}({cond}, {a})"
+    return f"tn_pick{sfx}({cond}, {a}, {b})"

@@ -4,7 +4,7 @@ import numpy as np
 from .. import _dtype
 from .._meta import Meta
 from . import common, reduce
-from .cexpr import scalar, template
+from .cexpr import scalar, select, template
 from .registry import apply
 
 register = common.register_quiet
@@ -482,21 +482,23 @@ def square(x):
 
 
 def _threshold_backward_eager(g, y, threshold):
-    return np.where(y > threshold, g, np.zeros((), g.dtype))
+    # (torch's test: zero where y <= threshold, so a NaN y passes its gradient through)
+    return np.where(y <= threshold, np.zeros((), g.dtype), g)
 
 
 threshold_backward_op = register(
     "threshold_backward",
     infer=lambda g, y, threshold: Meta(common.broadcast_shapes(g.shape, y.shape), g.dtype),
     eager=_threshold_backward_eager, saves=(1,),
-    c_expr=lambda a, at, ct: f"({a[1]} > {scalar(at['threshold'], ct)} ? {a[0]} : 0)",
+    c_expr=lambda a, at, ct: select(f"!({a[1]} <= {scalar(at['threshold'], ct)})", a[0], "0", ct),
     # the mask is piecewise constant in y: its gradient is zero (as torch's, not absent)
     backward=lambda ctx, gg: (threshold_backward(gg, ctx.inputs[1], ctx.attrs["threshold"]),
                               gg * 0 if ctx.needs_input_grad[1] else None))
 
 
 def threshold_backward(g, y, threshold):
-    """``g`` where ``y > threshold`` else 0: relu's gradient mask, one fused-able op."""
+    """``g`` where ``y > threshold`` or ``y`` is NaN (as torch: zero where ``y <= threshold``),
+    else 0: relu's gradient mask, one fused-able op."""
     return apply(threshold_backward_op, g, y, threshold=threshold)
 
 
@@ -592,7 +594,8 @@ def _where_backward(ctx, g):
 
 
 where_op = register("where", infer=_where_meta, eager=np.where, saves=(0,),
-                    backward=_where_backward, c_expr=template("({0} ? {1} : {2})"),
+                    backward=_where_backward,
+                    c_expr=lambda a, at, ct: select(a[0], a[1], a[2], ct),
                     grad_fn=lambda ctx: ctx.attrs.get("_name", "WhereBackward0"))
 
 
