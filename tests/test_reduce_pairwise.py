@@ -90,3 +90,22 @@ def test_one_build_for_every_batch_size_including_empty():
         for g, e in zip(got, expect):
             assert g.shape == e.shape
             np.testing.assert_allclose(g, e, rtol=1e-6)
+
+
+from test_conv_small_channels import march  # noqa: E402,F401  (the fixture)
+
+
+@pytest.mark.parametrize("width", [7, 8, 49, 64, 129, 300])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_sums_are_numpys_with_each_instruction_set(march, width, dtype):
+    """The pairwise sum's eight accumulators are one vector (templates/pairwise_sum.c.j2):
+    with AVX-512 and with AVX2 only, each row's sum is numpy's, bit for bit, as a global
+    average pool's mean over many short rows."""
+    a = (np.random.default_rng(width).random((37, 5, width)) + 10.0).astype(dtype)
+    x = tn.from_numpy(a)
+    for kind in ("sum", "mean"):
+        model = _Reduce(kind, (-1,))
+        with tn.no_grad():
+            got = tn.compile(model)(x).numpy()
+            eager = model(x).numpy()
+        assert got.tobytes() == eager.tobytes(), (march, kind)
