@@ -24,11 +24,12 @@ torch = pytest.importorskip("torch")
 
 class Step:
     """A training step of ``module`` (output weighted by fixed weights, summed, backward,
-    SGD at rate 0), compiled, and its results: the output and every parameter's gradient."""
+    an ``optimizer`` at rate 0), compiled, and its results: the output and every parameter's
+    gradient."""
 
-    def __init__(self, module, **compile_kwargs):
+    def __init__(self, module, optimizer=tn.optim.SGD, **compile_kwargs):
         self.module = module
-        opt = tn.optim.SGD(module.parameters(), lr=0.0)
+        opt = optimizer(module.parameters(), lr=0.0)
 
         def step(toks, weights):
             opt.zero_grad()

@@ -17,6 +17,8 @@ members for people):
   output shape;
 * ``cross_entropy``: ``log_softmax`` -> ``nll_loss`` over ``[N, C]`` logits with their backward
   (``nll_loss_backward`` -> log_softmax's rule), forward and backward in one kernel;
+* ``table_gradient``: an embedding table's gradient with the two products that read it and
+  its column sum (a table projection's backward);
 * backward groups: ``pool_backward``: ``threshold_backward`` (relu's mask on a pooled
   gradient) -> ``max_pool_backward`` -> optional bias-gradient ``sum``; ``gemm``:
   ``gemm`` -> ``threshold_backward``; ``weight_update``: in a training-step graph a
@@ -337,6 +339,30 @@ def _softmax_onehot_gradient(graph, users, exp, nll):
     return [grad, row_sum, exp, mul, sub]
 
 
+def _table_gradient_groups(graph):
+    """[embedding_backward, gemm, gemm, sum?]: a float table's gradient (no
+    ``scale_grad_by_freq``) read by nothing but two products that take it as their left
+    operand (``a`` or ``a^T``, times a matrix) and maybe its column sum: a table projection's
+    backward (``ops/table_projection.py``: the table's and the input weight's gradients, and
+    the input bias's). One kernel computes the gradient, the sum and both products
+    (``codegen/lowerings/embedding.py``)."""
+    users = graph.users()
+    groups = []
+    for node in graph.nodes:
+        if node.op != "embedding_backward" or node.attrs["scale_grad_by_freq"] or \
+                node.output in graph.outputs or node.output.dtype not in (float32, float64):
+            continue
+        readers = users.get(node.output, [])
+        gemms = [u for u in readers if u.op == "gemm" and len(u.inputs) == 2 and
+                 u.inputs[0] is node.output and u.inputs[1] is not node.output and
+                 not u.attrs["trans_b"] and u.attrs["alpha"] == 1.0]
+        sums = [u for u in readers if u.op == "sum" and tuple(u.attrs["dims"]) == (0,) and
+                u.output.dtype is node.output.dtype]
+        if len(gemms) == 2 and len(sums) <= 1 and len(readers) == len(gemms) + len(sums):
+            groups.append([node] + gemms + sums)
+    return groups
+
+
 def _user_with_op(users, value, op):
     """The first node of kind ``op`` reading ``value`` as its first input, if any."""
     for u in users.get(value, []):
@@ -499,6 +525,7 @@ def fuse(graph):
                                (_pool_relu_backward_groups, "pool_backward"),
                                (_cross_entropy_groups, "cross_entropy"),
                                (_gemm_sgd_groups, "weight_update"), (_gemm_mask_groups, "gemm"),
+                               (_table_gradient_groups, "table_gradient"),
                                (_gemm_groups, "gemm"), (_elementwise_groups, "elementwise")):
         fuser = _Fuser(graph)
         for found in finder(graph):
