@@ -199,7 +199,11 @@ def lower_scan(name, node, exported, target, gather=None, head=None, unpermute=N
 
 @group_lowering("loop")
 def lower_loop(name, node, exported, target):
-    """A ``scan`` with the ``embedding`` whose rows it scans and/or the linear layer after it
+    """A ``scan`` with the ``embedding`` whose rows it scans (or the batch-first ``permute``
+    of a scanned input: each step copies its rows from the batch-first value, as a step
+    without a gate kernel copies the table's rows below) and/or the linear layer after it (or
+    the batch-first ``permute`` of a stacked output: each step's rows are copied to where they
+    sit batch first, by the thread that wrote them when the threads split rows)
     (``passes/fusion.py``). The embedding: the loop checks the indices first; then the step's
     gate kernel reads row ``r`` of its input as the table's row ``index[r]`` (when it alone
     reads the rows: ``scan_cell.rows_by_index``), or each step copies its rows from the table
