@@ -73,9 +73,14 @@ def test_compiled_forward_and_backward_match_eager_and_torch(name, kwargs, with_
                        torch_out + torch_grads):
         np.testing.assert_allclose(a, b, **TOL)
         np.testing.assert_allclose(a, c, **TOL)
-    # the compiled graphs hold the loops: one scan per layer and direction, each way
-    assert compiled.graph.op_counts().get("scan") == layers * dirs
-    assert compiled.backward_graph.op_counts().get("scan") == layers * dirs
+    # the compiled graphs hold the loops: one scan per layer and direction, each way (alone
+    # or in a fused loop)
+    assert scans(compiled.graph) == layers * dirs
+    assert scans(compiled.backward_graph) == layers * dirs
+
+
+def scans(graph):
+    return sum(m.op == "scan" for n in graph.nodes for m in (n.members or [n]))
 
 
 def test_unbatched_input_compiles_to_a_scan():

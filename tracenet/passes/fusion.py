@@ -17,6 +17,8 @@ members for people):
   output shape;
 * ``cross_entropy``: ``log_softmax`` -> ``nll_loss`` over ``[N, C]`` logits with their backward
   (``nll_loss_backward`` -> log_softmax's rule), forward and backward in one kernel;
+* ``table_gradient``: an embedding table's gradient with the two products that read it and
+  its column sum (a table projection's backward);
 * backward groups: ``pool_backward``: ``threshold_backward`` (relu's mask on a pooled
   gradient) -> ``max_pool_backward`` -> optional bias-gradient ``sum``; ``gemm``:
   ``gemm`` -> ``threshold_backward``; ``weight_update``: in a training-step graph a
@@ -198,20 +200,52 @@ def _norm_groups(graph):
 
 def _loop_groups(graph):
     """Every ``scan`` with what it may take in: the ``embedding`` whose rows are its first
-    scanned input (read by nothing else: float rows of a 2-d table, one index per row), and
-    the linear layer after it (``_head``). A list of members per loop that takes either."""
+    scanned input (read by nothing else: float rows of a 2-d table, one index per row), else
+    the batch-first ``permute`` of a scanned input (``_unpermuted``); the linear layer after
+    it (``_head``), else the batch-first ``permute`` of a stacked output (``_permuted``). A
+    list of members per loop that takes any."""
     users = graph.users()
     groups = []
     for node in graph.nodes:
         if node.op != "scan":
             continue
-        members = [node] + _head(graph, users, node)
-        emb = _gathered(graph, users, node)
-        if emb is not None:
-            members.insert(0, emb)
+        members = [node] + (_head(graph, users, node) or _permuted(users, node))
+        first = _gathered(graph, users, node) or _unpermuted(graph, users, node)
+        if first is not None:
+            members.insert(0, first)
         if len(members) > 1:
             groups.append(members)
     return groups
+
+
+def _swaps_two_leading_dims(node):
+    return node.op == "permute" and tuple(node.attrs["dims"]) == (1, 0, 2)
+
+
+def _unpermuted(graph, users, node):
+    """The ``permute`` that makes a 3-d scanned input of ``node`` time-major from a
+    batch-first value, read by nothing else: the loop copies each step's rows from the
+    batch-first value (the backward loop of a ``batch_first`` RNN reads its output gradient
+    so), instead of a kernel copying all of them before it. None if none."""
+    for x in node.inputs[node.attrs["n_carry"]:node.attrs["n_carry"] + node.attrs["n_xs"]]:
+        perm = x.producer
+        if perm is not None and _swaps_two_leading_dims(perm) and len(x.shape) == 3 and \
+                _sole_user(users, graph, x) is node and node.inputs.count(x) == 1:
+            return perm
+    return None
+
+
+def _permuted(users, node):
+    """[permute]: the batch-first copy of a 3-d stacked output of ``node``, which the loop
+    writes row by row after each step instead of a kernel copying all of them after it (a
+    ``batch_first`` RNN's output, when the linear layer's product is not fused: in training
+    its weight's gradient reads the rows too). [] if none."""
+    for ys in node.outputs[node.attrs["n_carry"]:]:
+        perm = next((u for u in users.get(ys, []) if _swaps_two_leading_dims(u) and
+                     u.inputs[0] is ys), None)
+        if perm is not None and len(ys.shape) == 3:
+            return [perm]
+    return []
 
 
 def _gathered(graph, users, node):
@@ -237,8 +271,7 @@ def _head(graph, users, node):
         if len(ys.shape) != 3 or ys.dtype is not float32:
             continue
         chain, cur = [], ys
-        perm = next((u for u in users.get(ys, []) if u.op == "permute" and
-                     tuple(u.attrs["dims"]) == (1, 0, 2)), None)
+        perm = next((u for u in users.get(ys, []) if _swaps_two_leading_dims(u)), None)
         if perm is not None:
             if _sole_user(users, graph, perm.output) is None:
                 continue
@@ -304,6 +337,30 @@ def _softmax_onehot_gradient(graph, users, exp, nll):
             any(grad.attrs[k] != nll.attrs[k] for k in ("reduction", "ignore_index")):
         return None
     return [grad, row_sum, exp, mul, sub]
+
+
+def _table_gradient_groups(graph):
+    """[embedding_backward, gemm, gemm, sum?]: a float table's gradient (no
+    ``scale_grad_by_freq``) read by nothing but two products that take it as their left
+    operand (``a`` or ``a^T``, times a matrix) and maybe its column sum: a table projection's
+    backward (``ops/table_projection.py``: the table's and the input weight's gradients, and
+    the input bias's). One kernel computes the gradient, the sum and both products
+    (``codegen/lowerings/embedding.py``)."""
+    users = graph.users()
+    groups = []
+    for node in graph.nodes:
+        if node.op != "embedding_backward" or node.attrs["scale_grad_by_freq"] or \
+                node.output in graph.outputs or node.output.dtype not in (float32, float64):
+            continue
+        readers = users.get(node.output, [])
+        gemms = [u for u in readers if u.op == "gemm" and len(u.inputs) == 2 and
+                 u.inputs[0] is node.output and u.inputs[1] is not node.output and
+                 not u.attrs["trans_b"] and u.attrs["alpha"] == 1.0]
+        sums = [u for u in readers if u.op == "sum" and tuple(u.attrs["dims"]) == (0,) and
+                u.output.dtype is node.output.dtype]
+        if len(gemms) == 2 and len(sums) <= 1 and len(readers) == len(gemms) + len(sums):
+            groups.append([node] + gemms + sums)
+    return groups
 
 
 def _user_with_op(users, value, op):
@@ -468,6 +525,7 @@ def fuse(graph):
                                (_pool_relu_backward_groups, "pool_backward"),
                                (_cross_entropy_groups, "cross_entropy"),
                                (_gemm_sgd_groups, "weight_update"), (_gemm_mask_groups, "gemm"),
+                               (_table_gradient_groups, "table_gradient"),
                                (_gemm_groups, "gemm"), (_elementwise_groups, "elementwise")):
         fuser = _Fuser(graph)
         for found in finder(graph):

@@ -53,6 +53,9 @@ def lower_reduce(name, node, exported, target):
             sorted(dims) == list(range(len(shape) - len(dims), len(shape))):
         helper = f"tn_pairwise_sum{SFX[acc]}"
         pairwise = (helper, render("pairwise_sum.c.j2", helper=helper, ctype=acc))
+    columns = _column_blocks(node.op, x, dims, acc)
+    parallel = target.parallel.memory(columns[0] * columns[1], columns[1] // (4 * columns[2])) \
+        if columns else 0
     reads, writes = [("x", x)], [("out", out)]
     src = render("reduce.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
                  out_ctype=out_ct, acctype=acc, signature=signature(reads, writes),
@@ -61,8 +64,27 @@ def lower_reduce(name, node, exported, target):
                  names=names, out_offset=out_offset, out_numel=numel(out.shape),
                  update_out=red.update_out, count=count,
                  offset=offset_expr(shape, names),
-                 pairwise=pairwise[0] if pairwise else None)
-    return Kernel(name, reads, writes, src, helpers=[pairwise] if pairwise else ())
+                 pairwise=pairwise[0] if pairwise else None, columns=columns,
+                 parallel=parallel)
+    return Kernel(name, reads, writes, src, helpers=[pairwise] if pairwise else (),
+                  parallel=bool(parallel))
+
+
+def _column_blocks(op, x, dims, acc):
+    """A float sum or mean over the leading dims of a fixed shape (a bias gradient's column
+    sum): (rows, columns, vector width) for the column-block loop of ``reduce.c.j2``, which
+    keeps blocks of columns in vector registers while it walks the rows, each column still
+    summed row by row in order (the same sums as the loop that accumulates into the output);
+    else None. That loop reloads and stores the output for every row, and -O2 leaves a row of
+    90 columns unvectorised: the LSTM LM's [512, 90] bias gradient 6.7 -> 3.2 us, [512, 256]
+    6.7 -> 4.7 us (one thread, in a C harness; AVX2 only: 12.9 -> 3.2 and 8.9 -> 4.6 us)."""
+    shape = tuple(x.shape)
+    if op not in ("sum", "mean") or acc not in ("float", "double") or acc != ctype(x) or \
+            not dims or len(dims) == len(shape) or \
+            sorted(dims) != list(range(len(dims))) or \
+            not all(isinstance(d, int) for d in shape):
+        return None
+    return numel(shape[:len(dims)]), numel(shape[len(dims):]), 32 // x.dtype.itemsize
 
 
 # what an exponential counts as, in flops, for the threading threshold

@@ -45,9 +45,12 @@ def _nbytes(v):
 
 
 @lowering("scan")
-def lower_scan(name, node, exported, target, gather=None, head=None):
+def lower_scan(name, node, exported, target, gather=None, head=None, unpermute=None,
+               permute=None):
     """``gather``: the ``embedding`` whose rows are the first scanned input; ``head``: the
-    [permute?, view, gemm] of a linear layer after it (a ``loop`` group: ``lower_loop``)."""
+    [permute?, view, gemm] of a linear layer after it; ``unpermute``: the batch-first
+    ``permute`` a scanned input is read through; ``permute``: the batch-first ``permute`` of
+    a stacked output (a ``loop`` group: ``lower_loop``)."""
     body = cell_body(node.attrs["body"])  # the gate math as one kernel per step
     n_carry, n_xs = node.attrs["n_carry"], node.attrs["n_xs"]
     # the gate kernel reads the table's rows by index (none copied), when it alone reads them
@@ -65,7 +68,20 @@ def lower_scan(name, node, exported, target, gather=None, head=None):
     if gather is not None:  # the table in the rows' place, and the indices
         reads[n_carry] = (f"in{n_carry}", gather.inputs[0])
         reads.append(("gidx", gather.inputs[1]))
+    strided = None
+    if unpermute is not None:  # the batch-first value in the scanned input's place
+        slot = node.inputs.index(unpermute.output)
+        reads[slot] = (f"in{slot}", unpermute.inputs[0])
+        strided = _step_rows(body.inputs[slot], slot, f"in{slot}")
     writes = [(f"out{j}", v) for j, v in enumerate(node.outputs)]
+    transposed = None
+    if permute is not None:  # the stacked output's batch-first copy
+        j = node.outputs.index(permute.inputs[0])
+        writes.append(("tout", permute.output))
+        transposed = {"ys": f"out{j}", "out": "tout", "stride": numel(body.outputs[j].shape),
+                      "rows": numel(body.outputs[j].shape[:1]),
+                      "row_bytes": numel(body.outputs[j].shape[1:]) *
+                      body.outputs[j].dtype.itemsize}
     linear = None
     if head is not None:  # the layer's weight, bias and result
         gemm = head[-1]
@@ -117,6 +133,9 @@ def lower_scan(name, node, exported, target, gather=None, head=None):
                   "row_bytes": row_bytes, "at": work, "by_index": indexed is not None,
                   "slice": _aligned(step_rows * row_bytes), "ctype": ctype(table)}
         work += 0 if indexed else 2 * picked["slice"]
+    if strided is not None:  # two slices of its rows (a step's, and the next one's)
+        strided["at"] = work
+        work += 2 * strided["slice"]
     if linear is not None:  # the layer's weight transposed and its bias, their columns padded
         # to whole blocks (the tiles start from the bias: the pass that added it after them,
         # reloading what they had just stored, cost the LSTM LM's inference 359 -> 340 us on
@@ -127,8 +146,9 @@ def lower_scan(name, node, exported, target, gather=None, head=None):
         work += _aligned(linear["npad"] * 4) if linear["bias"] else 0
     body_arena = work
     work += entry.arena_bytes
+    copied = {p["slot"] for p in (picked, strided) if p is not None}
     steps = [{"slot": i, "ptr": f"in{i}", "stride": numel(body.inputs[i].shape)}
-             for i in range(n_carry, n_carry + n_xs) if picked is None or i != n_carry]
+             for i in range(n_carry, n_carry + n_xs) if i not in copied]
     steps += [{"slot": n_in + j, "ptr": f"out{j}", "stride": numel(body.outputs[j].shape)}
               for j in range(n_carry, len(body.outputs))]
     n_consts = n_in - bool(indexed)  # (the step's indices: the body's last input)
@@ -147,6 +167,9 @@ def lower_scan(name, node, exported, target, gather=None, head=None):
     if picked is not None:  # checked before the loop, as the embedding would
         picked["code"] = len(checks) + 1
         picked["own_rows"] = bool(split) and same_shape((split["rows"],), (picked["rows"],))
+    for rows in (strided, transposed):
+        if rows is not None:
+            rows["own_rows"] = bool(split) and same_shape((split["rows"],), (rows["rows"],))
     if linear is not None:
         linear["own_rows"] = bool(split) and same_shape((split["rows"],), (linear["rows"],))
         # without a split loop, the steps' products after it, shared between threads
@@ -165,7 +188,8 @@ def lower_scan(name, node, exported, target, gather=None, head=None):
                  calls=body_calls + copies, length=node.inputs[n_carry].shape[0],
                  n_args=max(entry.num_args, 1), consts=consts, carries=carries, steps=steps,
                  reverse=node.attrs.get("reverse", False), body_arena=body_arena,
-                 checks=bool(checks), split=split, packs=packs, picked=picked, linear=linear)
+                 checks=bool(checks), split=split, packs=packs, picked=picked, linear=linear,
+                 strided=strided, transposed=transposed)
     if picked is not None:
         checks.append((IndexError, INDEX_OUT_OF_RANGE))  # as the embedding
     return Kernel(name, reads, writes, src, scratch=scratch, helpers=helpers, checks=checks,
@@ -175,7 +199,11 @@ def lower_scan(name, node, exported, target, gather=None, head=None):
 
 @group_lowering("loop")
 def lower_loop(name, node, exported, target):
-    """A ``scan`` with the ``embedding`` whose rows it scans and/or the linear layer after it
+    """A ``scan`` with the ``embedding`` whose rows it scans (or the batch-first ``permute``
+    of a scanned input: each step copies its rows from the batch-first value, as a step
+    without a gate kernel copies the table's rows below) and/or the linear layer after it (or
+    the batch-first ``permute`` of a stacked output: each step's rows are copied to where they
+    sit batch first, by the thread that wrote them when the threads split rows)
     (``passes/fusion.py``). The embedding: the loop checks the indices first; then the step's
     gate kernel reads row ``r`` of its input as the table's row ``index[r]`` (when it alone
     reads the rows: ``scan_cell.rows_by_index``), or each step copies its rows from the table
@@ -188,8 +216,21 @@ def lower_loop(name, node, exported, target):
     steps shared between threads."""
     members = list(node.members)
     gather = members.pop(0) if members[0].op == "embedding" else None
+    unpermute = members.pop(0) if members[0].op == "permute" else None
     scan = members.pop(0)
-    return lower_scan(name, scan, exported, target, gather=gather, head=members or None)
+    permute = members.pop(0) if [m.op for m in members] == ["permute"] else None
+    return lower_scan(name, scan, exported, target, gather=gather, head=members or None,
+                      unpermute=unpermute, permute=permute)
+
+
+def _step_rows(value, slot, source):
+    """A step's slice of a scanned input (``value``: [rows, ...]) copied by the loop into
+    slices of its own from a batch-first ``source`` (row r of step t at row r * length + t):
+    the template's ``step_rows``."""
+    rows = numel(value.shape[:1])
+    row_bytes = numel(value.shape[1:]) * value.dtype.itemsize
+    return {"slot": slot, "table": source, "idx": None, "rows": rows, "row_bytes": row_bytes,
+            "slice": _aligned(rows * row_bytes)}
 
 
 def _packed_weight(body, first_const):
