@@ -135,10 +135,20 @@ def test_mlp_adam_step_matches_eager_and_torch(march, monkeypatch, batch, thread
     """The MLP of bench/zoo.py at odd sizes, trained through ``tracenet.compile`` of the
     whole step (Adam), against the eager loop and PyTorch, on work memory filled with NaN,
     its GEMMs and updates split between the threads however small."""
+    source = train_mlp_against_eager_and_torch(monkeypatch, (37, 19, 5), dict(lr=0.01), batch,
+                                               threads, dtype)
+    assert _reciprocal_compiled(source) == (march == "native" and dtype == np.float32 and
+                                            toolchain.vector_bits() >= 512)
+
+
+def train_mlp_against_eager_and_torch(monkeypatch, dims, adam_kwargs, batch, threads, dtype):
+    """Four Adam steps (``adam_kwargs``) of an MLP of layer widths ``dims`` through
+    ``tracenet.compile`` of the whole step, against the eager loop and PyTorch, on work memory
+    filled with NaN, every GEMM and update split between ``threads`` however small; returns
+    the step's C source."""
     nan_filled_arenas(monkeypatch)
     monkeypatch.setattr(Parallelism, "memory_min_elements", 0)
     monkeypatch.setattr(Parallelism, "gemm_min_flops", 0)
-    dims = (37, 19, 5)
     compiled_model, eager_model = _mlp(tn, dims, dtype), _mlp(tn, dims, dtype)
     eager_model.load_state_dict(compiled_model.state_dict())
     tmodel = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(*dims[:2]), torch.nn.ReLU(),
@@ -146,8 +156,9 @@ def test_mlp_adam_step_matches_eager_and_torch(march, monkeypatch, batch, thread
     if dtype == np.float64:
         tmodel = tmodel.double()
     _copy_to_torch(compiled_model, tmodel)
-    opt_c, opt_e = (optim.Adam(m.parameters(), lr=0.01) for m in (compiled_model, eager_model))
-    opt_t = torch.optim.Adam(tmodel.parameters(), lr=0.01)
+    opt_c, opt_e = (optim.Adam(m.parameters(), **adam_kwargs)
+                    for m in (compiled_model, eager_model))
+    opt_t = torch.optim.Adam(tmodel.parameters(), **adam_kwargs)
     crit, tcrit = nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
 
     @tn.compile
@@ -183,5 +194,4 @@ def test_mlp_adam_step_matches_eager_and_torch(march, monkeypatch, batch, thread
         np.testing.assert_allclose(p.grad.numpy(), t.grad.numpy(), rtol=tol, atol=tol)
     source = step.source()
     assert "adam_step" in source
-    assert _reciprocal_compiled(source) == (march == "native" and dtype == np.float32 and
-                                            toolchain.vector_bits() >= 512)
+    return source
