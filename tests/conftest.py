@@ -21,7 +21,23 @@ def pytest_xdist_auto_num_workers(config):
 
 
 @pytest.fixture
-def nan_arenas_split(monkeypatch, tmp_path):
+def policy_cache(tmp_path_factory, monkeypatch):
+    """``policy_cache(name)`` points ``TRACENET_CACHE_DIR`` at this process's cache for builds
+    under the compile policy ``name`` (a test that changes a threshold or the target), apart
+    from builds under the usual one and shared by the tests of that policy: a directory per
+    test probed the compiler and built the GEMM objects again each time, and built the same
+    library once per thread count. Sharing is safe because a library's file is named by the
+    hash of its source and flags, and a process never reads back the graphs it stored
+    (``runtime/graph_cache.py``); pytest-xdist gives each worker a base directory of its own."""
+    def use(name):
+        d = tmp_path_factory.getbasetemp() / f"cache-{name}"
+        monkeypatch.setenv("TRACENET_CACHE_DIR", str(d))
+        return d
+    return use
+
+
+@pytest.fixture
+def nan_arenas_split(monkeypatch, policy_cache):
     """Every call's work memory is new and all NaN, and every kernel that can split its work
     between threads does, however small: an output a thread leaves unwritten shows as NaN."""
     import tracenet as tn
@@ -32,7 +48,7 @@ def nan_arenas_split(monkeypatch, tmp_path):
         pytest.skip("no OpenMP here")
     nan_filled_arenas(monkeypatch)
     monkeypatch.setattr(Parallelism, "compute_min_flops", 0)
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
+    policy_cache("nan-arenas-split")  # builds of this policy apart
     before = tn.get_num_threads()
     yield
     tn.set_num_threads(before)

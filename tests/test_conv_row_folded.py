@@ -66,8 +66,8 @@ def test_row_folded_input_gradient_symbolic_batch(march, monkeypatch, name, dtyp
 
 
 @pytest.mark.parametrize("batch, folded", [(2, False), (5, True)])
-def test_fixed_batch_compiles_one_form(batch, folded, tmp_path, monkeypatch):
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+def test_fixed_batch_compiles_one_form(batch, folded, policy_cache, monkeypatch):
+    policy_cache("usual")
     nan_filled_arenas(monkeypatch)
     args, kwargs, shape = CASES["lenet_conv2"]
     model, tmodel = _pair(args, kwargs, np.float32)
@@ -79,10 +79,10 @@ def test_fixed_batch_compiles_one_form(batch, folded, tmp_path, monkeypatch):
     assert any("_rows, dst + kh" in body for body in bodies.values()) == folded
 
 
-def test_lenet_training_steps_cross_the_threshold_as_in_torch(tmp_path, monkeypatch):
+def test_lenet_training_steps_cross_the_threshold_as_in_torch(policy_cache, monkeypatch):
     """LeNet's compiled step (conv2's input gradient among its kernels) at batch 1 and 8 in one
     specialisation: the losses of three SGD steps equal PyTorch's."""
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+    policy_cache("usual")
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench"))
     from lenet import copy_weights, lenet
     for batch in (1, 8):

@@ -19,8 +19,8 @@ MARCHES = ["native"] + (["x86-64-v3"] if os.uname().machine == "x86_64" else [])
 
 
 @pytest.fixture(params=MARCHES)
-def march(request, tmp_path, monkeypatch):
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+def march(request, policy_cache, monkeypatch):
+    policy_cache(f"march-{request.param}")
     monkeypatch.setenv("TRACENET_MARCH", request.param)
     toolchain.reset()
     yield request.param

@@ -14,8 +14,8 @@ from test_conv_kernels import _copy_to_torch, _step_against_torch
 
 
 @pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def _row_calls(source):

@@ -14,8 +14,8 @@ SPLIT = "omp_get_max_threads() > 1"  # the guard of the column-split path
 
 
 @pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.fixture

@@ -471,10 +471,10 @@ def test_scheduler_before_optimizer_step_warns():
 
 # --- with a compiled training step -----------------------------------------------------------
 @pytest.mark.parametrize("opt_name", ["SGD", "Adam"])
-def test_one_cycle_drives_compiled_step(opt_name, tmp_path, monkeypatch):
+def test_one_cycle_drives_compiled_step(opt_name, policy_cache):
     """The lr and momentum (beta1) a scheduler writes each step reach a ``compile_step`` without
     recompiling, and training matches the eager loop under the same schedule."""
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+    policy_cache("usual")
     import tracenet.nn as nn
 
     def make():

@@ -42,14 +42,14 @@ def _nan_arenas(monkeypatch):
 
 
 @pytest.fixture(params=["rows", "columns"])
-def _small_steps_split(monkeypatch, tmp_path, request):
+def _small_steps_split(monkeypatch, policy_cache, request):
     """Small loops split too, by batch rows whenever each thread gets one, or by columns
     only."""
     monkeypatch.setattr(Parallelism, "recurrent_min_step_flops", 0)
     monkeypatch.setattr(Parallelism, "recurrent_min_columns", 0)
     monkeypatch.setattr(Parallelism, "recurrent_min_rows_per_thread",
                         1 if request.param == "rows" else 0)
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
+    policy_cache(f"small-steps-split-{request.param}")  # builds of this policy apart
     return request.param
 
 

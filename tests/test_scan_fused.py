@@ -105,20 +105,24 @@ def test_the_loop_picks_its_rows_from_the_table(name, kwargs):
                           source)) == 1
 
 
-def small_loops_split_on_nan_arenas(monkeypatch, tmp_path):
+def small_loops_split_on_nan_arenas(monkeypatch, cache_dir):
     """NaN-filled arenas; loops as small as the tests' split between the threads too, built
-    in ``tmp_path`` (apart from builds under the usual policy)."""
+    in ``cache_dir`` (apart from builds under the usual policy: the tests pass
+    ``policy_cache(SMALL_LOOPS_SPLIT)``, tests/conftest.py)."""
     nan_filled_arenas(monkeypatch)
     monkeypatch.setattr(Parallelism, "recurrent_min_step_flops", 0)
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(cache_dir))
+
+
+SMALL_LOOPS_SPLIT = "small-loops-split"  # (the policy's cache, tests/conftest.py)
 
 
 @pytest.mark.parametrize("name", ["LSTM", "GRU"])
-def test_threads_pick_their_rows_and_follow_eager(monkeypatch, tmp_path, name):
+def test_threads_pick_their_rows_and_follow_eager(monkeypatch, policy_cache, name):
     """Batch 20 on two threads: each picks its own 10 rows (split by rows, no barrier);
     batch 3 and three threads at 20: the threads share each step's rows, then wait (split
     by gate columns)."""
-    small_loops_split_on_nan_arenas(monkeypatch, tmp_path)
+    small_loops_split_on_nan_arenas(monkeypatch, policy_cache(SMALL_LOOPS_SPLIT))
     th, ours = pair(name, batch_first=True)
     compiled = tn.compile(ours)
     for n in (2, 1, 3):
@@ -182,12 +186,12 @@ def test_a_stacked_layer_s_input_projection_runs_in_the_loop_before_it(monkeypat
                                                                     (VOCAB, HIDDEN)]
 
 
-def test_a_loop_that_does_not_split_shares_the_layer_by_steps(monkeypatch, tmp_path):
+def test_a_loop_that_does_not_split_shares_the_layer_by_steps(monkeypatch, policy_cache):
     """A step too small to split: the layer runs after the loop, steps shared by threads."""
     nan_filled_arenas(monkeypatch)
     monkeypatch.setattr(Parallelism, "gemm_min_flops", 0)
     monkeypatch.setattr(Parallelism, "gemm_min_rows", 0)
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
+    policy_cache("small-gemms-split")  # builds of this policy apart
     th, ours = pair("LSTM", batch_first=True)
     compiled = tn.compile(ours)
     for n in (2, 3, 1):

@@ -11,7 +11,8 @@ import tracenet as tn
 
 from test_catalogue_rnn import _cache  # noqa: F401  (the cache-directory fixture)
 from test_scan_threads import _restore_threads  # noqa: F401  (the thread-count fixture)
-from test_scan_fused import F32, headed, inferred, pair, small_loops_split_on_nan_arenas, tokens
+from test_scan_fused import (SMALL_LOOPS_SPLIT, F32, headed, inferred, pair,
+                             small_loops_split_on_nan_arenas, tokens)
 from compile_checks import nan_filled_arenas
 
 pytest.importorskip("torch")
@@ -46,8 +47,8 @@ def test_the_layer_starts_from_its_bias(monkeypatch, width, bias):
 
 
 @pytest.mark.parametrize("first", [True, False])
-def test_threads_start_their_rows_from_the_bias(monkeypatch, tmp_path, first):
-    small_loops_split_on_nan_arenas(monkeypatch, tmp_path)
+def test_threads_start_their_rows_from_the_bias(monkeypatch, policy_cache, first):
+    small_loops_split_on_nan_arenas(monkeypatch, policy_cache(SMALL_LOOPS_SPLIT))
     th, ours = pair("LSTM", batch_first=first, out_width=37)
     compiled = tn.compile(ours)
     for n in (2, 1, 3):

@@ -13,7 +13,7 @@ import tracenet as tn
 
 from test_catalogue_rnn import _cache  # noqa: F401  (the cache-directory fixture)
 from test_scan_threads import _restore_threads  # noqa: F401  (the thread-count fixture)
-from test_scan_fused import (F32, F64, follows, gathered, inferred, pair,
+from test_scan_fused import (SMALL_LOOPS_SPLIT, F32, F64, follows, gathered, inferred, pair,
                              small_loops_split_on_nan_arenas, tokens)
 from compile_checks import nan_filled_arenas
 
@@ -55,10 +55,10 @@ def test_the_gate_kernel_reads_the_table_by_index(monkeypatch, name, f64, kwargs
 
 
 @pytest.mark.parametrize("name", ["LSTM", "GRU"])
-def test_threads_read_their_rows_by_index(monkeypatch, tmp_path, name):
+def test_threads_read_their_rows_by_index(monkeypatch, policy_cache, name):
     """Batch 20: two threads split the rows; batch 3 and three threads at 20: they split the
     gate columns, every thread reading every row's index."""
-    small_loops_split_on_nan_arenas(monkeypatch, tmp_path)
+    small_loops_split_on_nan_arenas(monkeypatch, policy_cache(SMALL_LOOPS_SPLIT))
     th, ours = pair(name, batch_first=True)
     compiled = tn.compile(ours)
     for n in (2, 1, 3):

@@ -44,9 +44,10 @@ def _split_scans(source):
     ("LSTM", 32, dict(num_layers=2, bidirectional=True)),
     ("RNN", 32, {}),        # no gates to split: today's loop, on one thread
 ])
-def test_threads_split_each_step_and_follow_eager(monkeypatch, tmp_path, name, hidden, kwargs):
+def test_threads_split_each_step_and_follow_eager(monkeypatch, policy_cache, name, hidden,
+                                                  kwargs):
     monkeypatch.setattr(Parallelism, "recurrent_min_step_flops", 0)  # small sizes split too
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
+    policy_cache("recurrent-split")  # builds of this policy apart
     tn.manual_seed(0)
     m = getattr(tnn, name)(6, hidden, **kwargs)
     compiled = tn.compile(m)

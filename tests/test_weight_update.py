@@ -34,8 +34,8 @@ WIDTHS = {"lenet": (400, 120, 84, 10), "odd": (37, 131, 67, 19, 5),
 
 
 @pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def _mlp(lib, widths, seed):
@@ -142,7 +142,7 @@ def test_built_at_a_larger_batch_then_run_at_one():
 
 
 @pytest.fixture
-def _nan_arenas_all_split(monkeypatch, tmp_path):
+def _nan_arenas_all_split(monkeypatch, policy_cache):
     """Every call's work memory is new and all NaN (bytes 0xFF); every layer's update and
     forward split W's rows between threads, however small."""
     if not runtime_target.current().openmp:
@@ -150,7 +150,7 @@ def _nan_arenas_all_split(monkeypatch, tmp_path):
     nan_filled_arenas(monkeypatch)
     monkeypatch.setattr(Parallelism, "weight_update_min_elements", 0)
     monkeypatch.setattr(Parallelism, "weight_update_min_rows", 0)
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
+    policy_cache("weight-update-split")  # builds of this policy apart
     before = tn.get_num_threads()
     yield
     tn.set_num_threads(before)
