@@ -16,13 +16,13 @@ torch = pytest.importorskip("torch")
 
 
 @pytest.fixture
-def split_everything(monkeypatch, tmp_path):
+def split_everything(monkeypatch, policy_cache):
     """Every elementwise kernel splits, however small; work memory is new and NaN."""
     if not runtime_target.current().openmp:
         pytest.skip("no OpenMP here")
     nan_filled_arenas(monkeypatch)
     monkeypatch.setattr(Parallelism, "memory_min_elements", 0)
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))  # builds of this policy apart
+    policy_cache("elementwise-split")  # builds of this policy apart
     before = tn.get_num_threads()
     yield
     tn.set_num_threads(before)
@@ -123,9 +123,8 @@ def test_training_step_with_split_kernels(split_everything, threads):
         np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_small_kernels_stay_serial(monkeypatch, tmp_path):
+def test_small_kernels_stay_serial():
     """Below the memory-bound threshold no OpenMP region is built."""
-    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
     a = np.ones((100,), np.float32)
     _, _, compiled = _compiled_and_eager(_Flat(), [a, a], dynamic=False)
     assert all("omp_get_num_threads" not in body for body in _kernel_bodies(compiled))
