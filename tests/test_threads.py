@@ -5,6 +5,7 @@ import ctypes.util
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -76,7 +77,7 @@ def _watch_on(tmp_path, text, cores=2):
     path.write_text(text)
     watch = threads.LoadWatch(cores, period=0.0)
     watch._loadavg = os.open(path, os.O_RDONLY)
-    watch._own_running = lambda now: 1  # this thread only
+    watch._own_running = lambda: 1  # this thread only
     return watch, path
 
 
@@ -133,3 +134,29 @@ def test_a_process_exits_cleanly_right_after_a_parallel_region(tmp_path):
         done = subprocess.run([sys.executable, "-c", EXIT_AFTER_A_PARALLEL_REGION, root],
                               env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]
+
+
+def test_a_thread_started_since_the_last_sample_counts_as_this_process(tmp_path):
+    """A thread of this process that starts between two samples and runs is this process's,
+    not another process keeping a core: the thread list is read at every sample."""
+    import hashlib
+    import threading
+    watch = threads.LoadWatch(2, period=0.0)
+    assert watch._own_running() >= 1
+    stop = threading.Event()
+
+    def spin():  # (hashing a large buffer runs without the interpreter lock)
+        data = bytes(1 << 22)
+        while not stop.is_set():
+            hashlib.sha256(data).digest()
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        deadline = time.monotonic() + 0.5  # (the list used to be read once a second)
+        seen = 0
+        while time.monotonic() < deadline and seen < 2:
+            seen = max(seen, watch._own_running())  # the spinning thread and this one
+        assert seen == 2
+    finally:
+        stop.set()
+        t.join()

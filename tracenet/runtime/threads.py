@@ -48,7 +48,7 @@ class LoadWatch:
         self.free = cores
         self._last = -1.0
         self._samples = []
-        self._tasks, self._tasks_at = {}, -1.0
+        self._tasks = {}  # thread id -> its open stat file
         try:
             self._loadavg = os.open("/proc/loadavg", os.O_RDONLY)
         except OSError:
@@ -59,25 +59,34 @@ class LoadWatch:
             return self.free
         self._last = now
         try:
+            # this process's running threads counted before and after the machine's: a thread
+            # that goes to sleep or wakes up between the two readings (an OpenMP worker that
+            # stops spinning, ours or another library's in this process) counts as ours, not
+            # as another process (that race read a quiet machine as busy and halved the
+            # threads of whole benchmark rows)
+            own = self._own_running()
             running = int(os.pread(self._loadavg, 128, 0).split()[3].split(b"/")[0])
-            others = max(0, running - self._own_running(now))
+            others = max(0, running - max(own, self._own_running()))
         except (OSError, ValueError, IndexError):
             return self.free
         self._samples = (self._samples + [others])[-3:]
         self.free = max(1, self.cores - sorted(self._samples)[len(self._samples) // 2])
         return self.free
 
-    def _own_running(self, now):
-        if now - self._tasks_at > 1.0:  # threads come and go rarely: list them once a second
-            self._tasks_at = now
-            for fd in self._tasks.values():
-                os.close(fd)
-            self._tasks = {}
-            for tid in os.listdir("/proc/self/task"):
-                try:
-                    self._tasks[tid] = os.open(f"/proc/self/task/{tid}/stat", os.O_RDONLY)
-                except OSError:
-                    pass
+    def _own_running(self):
+        # the threads listed at every sample (~7 us): a thread started since the last listing
+        # (a library's thread pool growing, say torch's going from one thread to two) would
+        # count as another process while it runs
+        tids = os.listdir("/proc/self/task")
+        if len(tids) != len(self._tasks) or not all(map(self._tasks.__contains__, tids)):
+            for tid in [t for t in self._tasks if t not in tids]:
+                os.close(self._tasks.pop(tid))
+            for tid in tids:
+                if tid not in self._tasks:
+                    try:
+                        self._tasks[tid] = os.open(f"/proc/self/task/{tid}/stat", os.O_RDONLY)
+                    except OSError:
+                        pass
         running = 0
         for fd in self._tasks.values():
             try:
