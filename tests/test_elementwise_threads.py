@@ -8,24 +8,16 @@ import numpy as np
 import pytest
 
 import tracenet as tn
-from compile_checks import nan_filled_arenas
 from tracenet.codegen.target import Parallelism
-from tracenet.runtime import target as runtime_target
 
 torch = pytest.importorskip("torch")
 
 
 @pytest.fixture
-def split_everything(monkeypatch, policy_cache):
-    """Every elementwise kernel splits, however small; work memory is new and NaN."""
-    if not runtime_target.current().openmp:
-        pytest.skip("no OpenMP here")
-    nan_filled_arenas(monkeypatch)
+def split_everything(nan_arenas_split, monkeypatch):
+    """Every elementwise kernel splits, however small; work memory is new and NaN
+    (``nan_arenas_split``, tests/conftest.py)."""
     monkeypatch.setattr(Parallelism, "memory_min_elements", 0)
-    policy_cache("elementwise-split")  # builds of this policy apart
-    before = tn.get_num_threads()
-    yield
-    tn.set_num_threads(before)
 
 
 class _Chain(tn.nn.Module):
