@@ -14,11 +14,11 @@ import os
 
 from .._sym import Specialize, Sym, is_one
 from ..ir.printer import node_line
+from ..ops.cexpr import SFX  # noqa: F401  (the lowerings' suffixes of typed C helpers)
 from ..ops.common import numel
 from ..ops.registry import REGISTRY
 
 CTYPE = {"f32": "float", "f64": "double", "i64": "int64_t", "b8": "uint8_t"}
-SFX = {"float": "_f32", "double": "_f64"}  # suffix of the typed C helpers in the preamble
 
 
 class LoweringError(NotImplementedError):

@@ -26,7 +26,8 @@ def template(text):
     return lambda args, attrs, ct: text.format(*args, ct=ct)
 
 
-_BITS_SUFFIX = {"float": "_f32", "double": "_f64"}
+# suffix of the typed C helpers in the preamble (templates/_preamble.c.j2), by C type
+SFX = {"float": "_f32", "double": "_f64"}
 
 
 def select(cond, a, b, ctype):
@@ -34,7 +35,7 @@ def select(cond, a, b, ctype):
     the values' bits (``tn_keep``/``tn_pick``, templates/_preamble.c.j2): the same value, and a
     loop over it vectorises on targets without masked arithmetic, where gcc keeps a ternary
     whose arm is computed only for its element a branch."""
-    sfx = _BITS_SUFFIX.get(ctype)
+    sfx = SFX.get(ctype)
     if sfx is None:
         return f"({cond} ? {a} : {b})"
     if b == "0":

@@ -64,6 +64,7 @@ class LoadWatch:
             # stops spinning, ours or another library's in this process) counts as ours, not
             # as another process (that race read a quiet machine as busy and halved the
             # threads of whole benchmark rows)
+            self._list_threads()
             own = self._own_running()
             running = int(os.pread(self._loadavg, 128, 0).split()[3].split(b"/")[0])
             others = max(0, running - max(own, self._own_running()))
@@ -73,20 +74,20 @@ class LoadWatch:
         self.free = max(1, self.cores - sorted(self._samples)[len(self._samples) // 2])
         return self.free
 
+    def _list_threads(self):
+        """This process's threads, listed at every sample (~7 us): a thread started since the
+        last listing (a library's thread pool growing, say torch's going from one thread to
+        two) would count as another process while it runs."""
+        tids = set(os.listdir("/proc/self/task"))
+        for tid in self._tasks.keys() - tids:
+            os.close(self._tasks.pop(tid))
+        for tid in tids - self._tasks.keys():
+            try:
+                self._tasks[tid] = os.open(f"/proc/self/task/{tid}/stat", os.O_RDONLY)
+            except OSError:
+                pass
+
     def _own_running(self):
-        # the threads listed at every sample (~7 us): a thread started since the last listing
-        # (a library's thread pool growing, say torch's going from one thread to two) would
-        # count as another process while it runs
-        tids = os.listdir("/proc/self/task")
-        if len(tids) != len(self._tasks) or not all(map(self._tasks.__contains__, tids)):
-            for tid in [t for t in self._tasks if t not in tids]:
-                os.close(self._tasks.pop(tid))
-            for tid in tids:
-                if tid not in self._tasks:
-                    try:
-                        self._tasks[tid] = os.open(f"/proc/self/task/{tid}/stat", os.O_RDONLY)
-                    except OSError:
-                        pass
         running = 0
         for fd in self._tasks.values():
             try:

@@ -15,7 +15,7 @@ def update_helper(template, ct, **flags):
     ``flags``."""
     name = f"tn_{template}{SFX[ct]}_" + "_".join(f"{k}{int(bool(v))}"
                                                  for k, v in sorted(flags.items()))
-    return name, render(f"{template}.c.j2", helper=name, ctype=ct, **flags)
+    return name, render(f"{template}.c.j2", helper=name, ctype=ct, sfx=SFX[ct], **flags)
 
 
 def lower_update(name, node, rule, state_roles, flags, target):
