@@ -45,7 +45,7 @@ MODEL = textwrap.dedent('''
 # function that clips gradients, with a learning-rate schedule around it; with COMPILED_NET set
 # the step function calls a compiled module) and the same step
 # eagerly on a copy, and prints both losses and the largest difference of the updated weights;
-# with NO_TRACE set, tracing raises
+# with NO_TRACE set, tracing raises; BATCH sets the batch size
 CHILD = textwrap.dedent('''
     import copy, json, os, sys
     import numpy as np
@@ -67,7 +67,8 @@ CHILD = textwrap.dedent('''
     if os.environ.get("HOOK"):
         for m in (net, ref):
             m.fc2.register_forward_hook(lambda mod, args, out: out * 2)
-    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
+    n = int(os.environ.get("BATCH", "4"))
+    x, y = torch.randn(n, 8), torch.randint(0, 3, (n,))
     criterion = torch.nn.CrossEntropyLoss()
 
     def run(m, compiled):
@@ -146,6 +147,33 @@ def test_warm_process_runs_without_tracing(tmp_path, env, mode):
     warm, log = run(tmp_path, env, mode, NO_TRACE="1")
     assert graph_hits(log) == 1, log
     assert warm["got"] == cold["got"]
+
+
+def libraries(log, event):
+    """The generated libraries a process's log says it built (``miss``) or loaded (``hit``)."""
+    return sorted(os.path.basename(line.split()[-1]) for line in log.splitlines()
+                  if line.startswith(f"[tracenet:cache] {event} ") and line.endswith(".so")
+                  and "_update_" not in line)
+
+
+@pytest.mark.parametrize("mode", ["loop", "step", "function"])
+def test_warm_process_restores_the_code_planned_for_its_own_batch_size(tmp_path, env, mode):
+    """The batch size stays symbolic, but the code's plans (thread splits, tiles) are chosen
+    for the size it is traced at: an entry traced at another batch size is not restored, so a
+    warm process runs the code a fresh one would have built (not another size's)."""
+    small, big = "4", "8192"
+    _, log = run(tmp_path, env, mode, BATCH=small)
+    built_small = libraries(log, "miss")
+    _, log = run(tmp_path, env, mode, BATCH=big)
+    built_big = libraries(log, "miss")
+    assert graph_hits(log) == 0 and "graph miss" in log, log
+    assert built_big and built_big != built_small  # (else this test shows nothing)
+    _, log = run(tmp_path, env, mode, BATCH=small, NO_TRACE="1")
+    assert graph_hits(log) == 1, log
+    assert libraries(log, "hit") == built_small, log
+    _, log = run(tmp_path, env, mode, BATCH=big, NO_TRACE="1")
+    assert graph_hits(log) == 1, log
+    assert libraries(log, "hit") == built_big, log
 
 
 def test_warm_step_function_runs_without_tracing_or_compiling_at_another_learning_rate(

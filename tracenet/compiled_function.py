@@ -591,13 +591,13 @@ def _optimizer_structure(optimizer, position):
             [[position.get(id(p)) for p in g["params"]] for g in optimizer.param_groups])
 
 
-def _cache_key(code, wheres, modules, optimizers, state, inputs, key):
+def _cache_key(code, wheres, modules, optimizers, state, inputs, key, sizes):
     position = {id(t): i for i, t in enumerate(state)}
     return warm.digest("function", warm.environment(), code, wheres,
                        warm.tree(modules, state),
                        [_optimizer_structure(o, position) for o in optimizers],
                        [(tuple(t.shape), t.dtype.short, bool(t._requires_grad)) for t in state],
-                       [bool(x._requires_grad) for x in inputs], key)
+                       [bool(x._requires_grad) for x in inputs], key, sizes)
 
 
 def _specialise(compiled, inputs, unit, sizes, key):
@@ -609,7 +609,7 @@ def _specialise(compiled, inputs, unit, sizes, key):
                                   for m in modules):
         state = [t for _, t in _state_of(modules, optimizers)]
         cache_key = _cache_key(compiled.code, compiled.wheres, modules, optimizers, state,
-                               inputs, key)
+                               inputs, key, sizes)
         found = warm.load(cache_key, modules)
         if found is not None:
             with warm.restoring(cache_key):

@@ -292,7 +292,7 @@ class Specialisation:
 def _specialise(module, inputs, shown, unit, structure, key, sizes):
     """The specialisation for ``key``: from the graph cache when an earlier process stored one
     whose checks hold now, else traced (and stored when a new process can check it)."""
-    cache_key = warm.module_key(module, key) if warm.enabled() else None
+    cache_key = warm.module_key(module, key, sizes) if warm.enabled() else None
     if cache_key is not None:
         stored = warm.load(cache_key, [module])
         if stored is not None:

@@ -3,7 +3,10 @@ new process can check (stored with an entry, checked before it is used).
 
 The key (computable before tracing) covers tracenet's own source, the toolchain and target, the
 module trees (module types and names, parameter and buffer names, shapes, dtypes,
-requires_grad, sharing, training flags) and the call (input shapes and dtypes, grad mode...).
+requires_grad, sharing, training flags) and the call (input shapes and dtypes, grad mode...,
+and the sizes a symbolic specialisation is traced at: the generated code's plans, such as
+thread splits and tiles, are chosen for them, so a new process restores what it would have
+built itself, not the code another batch size was planned for).
 What only the trace reveals is stored with the entry and re-checked at load (``check``):
 
 * the contents of the user's source files whose code ran while tracing (and of the user
@@ -299,10 +302,10 @@ def enabled():
     return os.environ.get("TRACENET_GRAPH_CACHE", "1") != "0"
 
 
-def module_key(module, key):
+def module_key(module, key, sizes):
     """The graph cache key of ``tracenet.compile(module)`` called with ``key`` (input shapes,
-    dtypes and requires_grad, training flag, grad mode, input nesting)."""
-    return digest("module", environment(), tree([module]), key)
+    dtypes and requires_grad, training flag, grad mode, input nesting) and ``sizes``."""
+    return digest("module", environment(), tree([module]), key, sizes)
 
 
 def checks_of(graph, roots, named=()):
