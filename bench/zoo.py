@@ -31,9 +31,10 @@ threads (default: every core this process may use), set with ``tracenet.set_num_
 that the thread count does not follow the load while the kernels are timed.
 
 ``--threads-seen`` prints under each row how many threads tracenet's compiled calls chose
-(the count follows the machine's load, ``tracenet/runtime/threads.py``) and the share of CPU
-time the virtual machine's host took (steal): a row much slower than usual on one thread is
-the load watch's choice, on two with steal it is the host.
+(the count follows the machine's load, ``tracenet/runtime/threads.py``), how many cores other
+processes kept busy meanwhile, and the share of CPU time the virtual machine's host took
+(steal): a row much slower than usual on one thread is the load watch's choice (a misreading
+if other processes were near 0 cores), on two with steal it is the host.
 """
 import argparse
 import atexit
@@ -206,7 +207,7 @@ def _pair(name):
 # --- the thread counts compiled calls choose, and the CPU time the host took (--threads-seen)
 
 _threads_seen = collections.Counter()
-_cpu_times_at = [None]
+_cpu_times_at = [None]  # (the machine's counters, this process's CPU seconds)
 
 
 def _cpu_times():
@@ -229,21 +230,33 @@ def watch_thread_counts():
         _threads_seen[n] += 1
         return n
     executable.compiled_threads = counted
-    _cpu_times_at[0] = _cpu_times()
+    _cpu_times_at[0] = (_cpu_times(), _own_cpu_seconds())
+
+
+def _own_cpu_seconds():
+    t = os.times()
+    return t.user + t.system
 
 
 def thread_counts_line():
-    """The thread counts since the last line, as percentages of the calls, and the share of
-    the CPU time a virtual machine's host took (steal: a core the host held makes a row slow
-    whatever the thread count)."""
+    """The thread counts since the last line, as percentages of the calls; the cores other
+    processes kept busy on average (the machine's busy time less this process's: a row on one
+    thread while they are near 0 is the load watch misreading a quiet machine); and the share
+    of the CPU time a virtual machine's host took (steal: a core the host held makes a row
+    slow whatever the thread count)."""
     total = sum(_threads_seen.values())
     parts = [f"{n} thread{'s' if n > 1 else ''} {c * 100 / total:.0f} %"
              for n, c in sorted(_threads_seen.items())] if total else []
     _threads_seen.clear()
-    before, now = _cpu_times_at[0], _cpu_times()
-    _cpu_times_at[0] = now
+    (before, own_before), now, own = _cpu_times_at[0], _cpu_times(), _own_cpu_seconds()
+    _cpu_times_at[0] = (now, own)
     if before and now and len(now) > 7 and sum(now) > sum(before):
-        parts.append(f"steal {(now[7] - before[7]) * 100 / (sum(now) - sum(before)):.0f} %")
+        delta = [b - a for a, b in zip(before, now)]
+        # busy: user, nice, system, irq, softirq (not idle, iowait or steal)
+        busy = sum(delta[i] for i in (0, 1, 2, 5, 6)) / os.sysconf("SC_CLK_TCK")
+        wall = sum(delta) / os.sysconf("SC_CLK_TCK") / os.cpu_count()  # (all the machine's)
+        parts.append(f"other processes {max(0.0, busy - (own - own_before)) / wall:.2f} cores")
+        parts.append(f"steal {delta[7] * 100 / sum(delta):.0f} %")
     return ", ".join(parts)
 
 
