@@ -78,6 +78,7 @@ def _watch_on(tmp_path, text, cores=2):
     watch = threads.LoadWatch(cores, period=0.0)
     watch._loadavg = os.open(path, os.O_RDONLY)
     watch._own_running = lambda: 1  # this thread only
+    watch._stat = None  # the count alone (the CPU-time confirmation is tested below)
     return watch, path
 
 
@@ -162,3 +163,41 @@ def test_a_thread_started_since_the_last_sample_counts_as_this_process(tmp_path)
     finally:
         stop.set()
         t.join()
+
+
+def _stat_line(busy_s, idle_s):
+    """A /proc/stat whose busy time (user, nice, system, irq, softirq) is ``busy_s`` seconds."""
+    t = os.sysconf("SC_CLK_TCK")
+    return (f"cpu  {int(busy_s * t)} 0 0 {int(idle_s * t)} 0 0 0 0 0 0\n"
+            "cpu0 0 0 0 0 0 0 0 0 0 0\nintr 0\n")
+
+
+@pytest.mark.parametrize("others_busy, free", [(0.0, 2), (0.1, 2), (1.0, 1)])
+def test_a_core_counts_as_taken_only_if_other_processes_used_its_time(tmp_path, monkeypatch,
+                                                                        others_busy, free):
+    """Three other tasks runnable at every sample, but over the last window other processes
+    used ``others_busy`` cores of CPU time (the machine's busy time less this process's one
+    core): tasks runnable for a moment (kernel threads, processes starting or exiting) leave
+    the cores free."""
+    watch, path = _watch_on(tmp_path, "4.0 4.0 4.0 4/200 42\n")
+    stat = tmp_path / "stat"
+    stat.write_text(_stat_line(0.0, 10.0))
+    watch._stat = os.open(stat, os.O_RDONLY)
+    own = [0.0]
+    monkeypatch.setattr(threads, "_own_cpu_seconds", lambda: own[0])
+    for k in range(8):  # a sample every 50 ms: this process busy on one core throughout
+        now = 100.0 + 0.05 * k
+        own[0] = 0.05 * k
+        stat.write_text(_stat_line((1.0 + others_busy) * 0.05 * k, 10.0))
+        got = watch.free_cores(now)
+        if now - 100.0 < watch.window / 2:
+            assert got == 1  # no window yet: the count alone
+    assert got == free
+
+
+def test_without_proc_stat_the_count_alone_decides(tmp_path):
+    watch, path = _watch_on(tmp_path, "4.0 4.0 4.0 4/200 42\n")
+    assert watch._stat is None
+    for k in range(8):
+        got = watch.free_cores(100.0 + 0.05 * k)
+    assert got == 1

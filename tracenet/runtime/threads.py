@@ -12,6 +12,7 @@ several times over while compiled code's threads competed with them; with one BL
 thread beyond the compiled code's ever runs. ``set_num_threads(n)`` sets both to ``n``, as
 torch's does for its intra-op pool. A BLAS library other than OpenBLAS is left alone.
 """
+import collections
 import ctypes
 import os
 import re
@@ -41,18 +42,29 @@ class LoadWatch:
     kernel whose second thread waits for a core another process holds takes a scheduler time
     slice per region instead of microseconds (tens of times slower than one thread), so
     compiled code uses no more threads than there are free cores. The median of the last
-    three samples smooths out one-off tasks."""
+    three samples smooths out one-off tasks.
 
-    def __init__(self, cores, period=0.05):
-        self.cores, self.period = cores, period
+    A core counts as taken only if other processes also used CPU time to match over the last
+    ``window`` seconds (``/proc/stat``'s busy time less this process's, at least a quarter of
+    a core per core taken): a count of runnable tasks at one instant also catches tasks that
+    run for a moment (kernel threads, processes starting or exiting), and had halved compiled
+    code's threads on a quiet machine."""
+
+    def __init__(self, cores, period=0.05, window=0.25):
+        self.cores, self.period, self.window = cores, period, window
         self.free = cores
         self._last = -1.0
         self._samples = []
         self._tasks = {}  # thread id -> its open stat file
+        self._cpu = collections.deque()  # (time, machine's busy CPU s, this process's CPU s)
         try:
             self._loadavg = os.open("/proc/loadavg", os.O_RDONLY)
         except OSError:
             self._loadavg = None  # not Linux: no adaptation
+        try:
+            self._stat = os.open("/proc/stat", os.O_RDONLY)
+        except OSError:
+            self._stat = None  # no confirmation: the count alone
 
     def free_cores(self, now):
         if self._loadavg is None or now - self._last < self.period:
@@ -71,8 +83,33 @@ class LoadWatch:
         except (OSError, ValueError, IndexError):
             return self.free
         self._samples = (self._samples + [others])[-3:]
-        self.free = max(1, self.cores - sorted(self._samples)[len(self._samples) // 2])
+        taken = sorted(self._samples)[len(self._samples) // 2]
+        busy = self._busy_elsewhere(now)
+        if busy is not None:
+            taken = min(taken, int(busy + 0.75))
+        self.free = max(1, self.cores - taken)
         return self.free
+
+    def _busy_elsewhere(self, now):
+        """The cores other processes kept busy on average over about the last ``window``
+        seconds, or None before a window's worth of samples (or without ``/proc/stat``).
+        Reading it takes ~20 us, once a sample."""
+        if self._stat is None:
+            return None
+        try:
+            fields = os.pread(self._stat, 256, 0).split(b"\n", 1)[0].split()[1:]
+            # user, nice, system, irq, softirq: not idle, iowait or the host's steal
+            busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6)) / _TICKS
+        except (OSError, ValueError, IndexError):
+            return None
+        cpu = self._cpu
+        cpu.append((now, busy, _own_cpu_seconds()))
+        while len(cpu) > 2 and now - cpu[1][0] >= self.window:
+            cpu.popleft()
+        then, busy_then, own_then = cpu[0]
+        if now - then < self.window / 2:
+            return None
+        return max(0.0, (busy - busy_then) - (cpu[-1][2] - own_then)) / (now - then)
 
     def _list_threads(self):
         """This process's threads, listed at every sample (~7 us): a thread started since the
@@ -96,6 +133,15 @@ class LoadWatch:
                 continue
             running += stat.rsplit(b")", 1)[-1].split()[0] == b"R"
         return max(1, running)  # this thread is running
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc/stat's unit
+
+
+def _own_cpu_seconds():
+    """This process's CPU time (all its threads)."""
+    t = os.times()
+    return t.user + t.system
 
 
 _watch = LoadWatch(_cores())
