@@ -33,10 +33,17 @@ def _vector_loop_expected(march, dtype=np.float32):
 @pytest.mark.parametrize("kwargs", CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in
                                                                    k.items()))
 def test_adam_vector_loop_is_the_numpy_rule_bit_for_bit(march, monkeypatch, kwargs, shape):
+    check_update_bit_for_bit(march, monkeypatch, kwargs, shape, seed=1)
+
+
+def check_update_bit_for_bit(march, monkeypatch, kwargs, shape, seed):
+    """Adam (``kwargs``) compiled on one float32 parameter of ``shape``, stepped on hard
+    gradients (infinities and NaN from 16 elements on), against the numpy rule bit for bit;
+    returns the update's C source."""
     monkeypatch.delenv(fused_optim.ENV, raising=False)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     params = [rng.standard_normal(shape).astype(np.float32)]
-    grads = [(g,) for g in _grads(2, shape, STEPS, specials=np.prod(shape) >= 16)]
+    grads = [(g,) for g in _grads(seed + 1, shape, STEPS, specials=np.prod(shape) >= 16)]
     fused_p, fused_s, steps = _run(kwargs, params, grads, numpy_rule=False)
     numpy_p, numpy_s, _ = _run(kwargs, params, grads, numpy_rule=True)
     assert len(steps) == 1 and steps[0] is not None  # compiled, not the numpy fallback
@@ -47,6 +54,7 @@ def test_adam_vector_loop_is_the_numpy_rule_bit_for_bit(march, monkeypatch, kwar
     source = steps[0].executable.source_code
     assert "adam_step" in source
     assert _vector_loop_compiled(source) == _vector_loop_expected(march)
+    return source
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1,0 +1,91 @@
+"""A @ B^T (a linear layer's forward) with AVX-512, float32: tn_gemm_nt's packed panels of B^T
+multiplied by register tiles of 8 rows x 2 vectors before the 6-row ones (templates/_gemm.c.j2;
+the MLP's 64 rows are eight 8-row tiles instead of ten 6-row tiles and a 4-row one), at sizes
+that leave every remainder (rows past the 8-row tiles, columns past the two-vector panels, K
+past a packed chunk), against PyTorch and eager in float32 and float64, built for AVX-512 and
+for AVX2 only, on work memory filled with NaN and split between 1-3 threads."""
+import numpy as np
+import pytest
+
+import tracenet as tn
+from compile_checks import nan_filled_arenas
+from test_conv_small_channels import march  # noqa: F401  (the fixture)
+from tracenet.codegen.emit import gemm_sources
+from tracenet.codegen.target import Parallelism
+from tracenet.runtime import target, toolchain
+
+torch = pytest.importorskip("torch")
+
+EIGHT_ROW_TILES = "tn_tile_f32_8x2(kc, A + (long)i0 * lda + k0"  # tn_gemm_nt's packed loop
+
+
+def _eight_row_tiles_taken(source, march, dtype):
+    """Whether the product goes through tn_gemm_nt whose packed panels the 8-row tiles
+    multiply: float32 built for AVX-512 (the tiles are compiled where AVX-512VL is)."""
+    core = gemm_sources(target.current(), ["tn_gemm_nt_f32"])["tn_gemm_nt_f32"]
+    taken = "tn_gemm_nt_f32(" in source and EIGHT_ROW_TILES in core and \
+        march == "native" and toolchain.vector_bits() >= 512
+    return taken == (march == "native" and dtype == np.float32 and
+                     toolchain.vector_bits() >= 512)
+
+
+# (M, N, K) of a @ b^T: the MLP's forward; 8-row tiles then 5 rows (a 4-row and a 1-row
+# tile) with 3 columns past 8 panels and K past a 256-row chunk; 6 rows past the 8-row tiles
+SHAPES = {"mlp_forward": (64, 256, 784), "every_remainder": (45, 131, 300),
+          "six_rows_past": (38, 48, 785)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_product_with_transposed_b_matches_torch_and_eager(march, monkeypatch, name, dtype):
+    nan_filled_arenas(monkeypatch)
+    monkeypatch.setattr(Parallelism, "gemm_min_flops", 0)
+    m, n, k = SHAPES[name]
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((n, k)).astype(dtype)
+    compiled = tn.compile(lambda x, y: x @ y.t())
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    for threads in (1, 2, 3):
+        tn.set_num_threads(threads)  # (conftest.py restores the count)
+        got = compiled(tn.from_numpy(a), tn.from_numpy(b)).numpy()
+        eager = (tn.from_numpy(a) @ tn.from_numpy(b).t()).numpy()
+        ref = (torch.from_numpy(a) @ torch.from_numpy(b).t()).numpy()
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.sqrt(k))
+        np.testing.assert_allclose(got, eager, rtol=tol, atol=tol * np.sqrt(k))
+    assert _eight_row_tiles_taken(compiled.source(), march, dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_linear_layer_at_symbolic_batch(march, monkeypatch, threads):
+    """A linear layer + ReLU compiled once with a symbolic batch, at batches 1, 37 (just past
+    the 36 rows from which tn_gemm_nt packs panels) and 64: outputs and the input and
+    parameter gradients against PyTorch."""
+    nan_filled_arenas(monkeypatch)
+    monkeypatch.setattr(Parallelism, "gemm_min_flops", 0)
+    tn.manual_seed(0)
+    layer = tn.nn.Sequential(tn.nn.Linear(300, 131), tn.nn.ReLU())
+    tlayer = torch.nn.Sequential(torch.nn.Linear(300, 131), torch.nn.ReLU())
+    with torch.no_grad():
+        tlayer[0].weight.copy_(torch.from_numpy(layer[0].weight.detach().numpy()))
+        tlayer[0].bias.copy_(torch.from_numpy(layer[0].bias.detach().numpy()))
+    compiled = tn.compile(layer)
+    tn.set_num_threads(threads)
+    rng = np.random.default_rng(2)
+    for batch in (1, 37, 64):
+        x = rng.standard_normal((batch, 300)).astype(np.float32)
+        gy = rng.standard_normal((batch, 131)).astype(np.float32)
+        layer.zero_grad()
+        tlayer.zero_grad()
+        xt, tx = tn.from_numpy(x), torch.from_numpy(x)
+        xt.requires_grad_(True)
+        tx.requires_grad_(True)
+        y, ty = compiled(xt), tlayer(tx)
+        np.testing.assert_allclose(y.detach().numpy(), ty.detach().numpy(), rtol=1e-4,
+                                   atol=1e-4)
+        y.backward(tn.from_numpy(gy))
+        ty.backward(torch.from_numpy(gy))
+        np.testing.assert_allclose(xt.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(layer[0].weight.grad.numpy(), tlayer[0].weight.grad.numpy(),
+                                   rtol=1e-4, atol=1e-4 * np.sqrt(batch))
+    assert _eight_row_tiles_taken(compiled.source(), march, np.float32)
