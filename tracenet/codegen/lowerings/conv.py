@@ -596,6 +596,25 @@ def _lower_conv_backward_weight(name, node, target):
                               _lower_general_backward_weight)
 
 
+# The weight gradient's gathered GEMM sums over at least this many positions a call, several
+# small images to one call: its K is the positions, and each register tile's sums are loaded
+# and stored once per call (the ResNet's 32->64 stride-2 gradient on 8x8 outputs: four images
+# a call)
+_GATHERED_WEIGHT_MIN_K = 256
+
+
+def _batch_gathered_images(gathered, geo):
+    """Sets how many images one gathered GEMM of the weight gradient takes (``images``), their
+    images' distance in the (padded) source and the positions table over all of them."""
+    stride = gathered["image"] or geo["C"] * geo["D"] * geo["H"] * geo["W"]
+    images = max(1, _GATHERED_WEIGHT_MIN_K // gathered["P"])
+    while images > 1 and images * stride >= 2 ** 31:
+        images -= 1
+    gathered.update(images=images, image_stride=stride,
+                    batch_positions=[p + b * stride for b in range(images)
+                                     for p in gathered["positions"]])
+
+
 def _lower_general_backward_weight(name, node, geo, ct, target):
     """Tap-wise GEMMs, a gathered GEMM, dot products along the positions, or columns."""
     gy, x = node.inputs
@@ -611,7 +630,8 @@ def _lower_general_backward_weight(name, node, geo, ct, target):
     if gathered is not None and direct and tapwise:
         gathered = None
     if gathered is not None:
-        work = gathered["P"] * (geo["O"] // geo["G"]) + gathered["image"]
+        _batch_gathered_images(gathered, geo)
+        work = gathered["images"] * (gathered["P"] * (geo["O"] // geo["G"]) + gathered["image"])
         gathered["geo"] = dict(t, DP=gathered["DP"], HP=gathered["HP"], WP=gathered["WP"])
     else:
         work = _gradient_work(geo, direct) if direct else _columns(geo)
