@@ -85,14 +85,21 @@ def time_calls(fn, n):
     return out
 
 
-def compare(fns, rounds, per_round, settle=2):
+def compare(fns, rounds, per_round, settle=2, on_start=None):
     """Alternate between the callables in rounds; median seconds per call for each. Each turn
     starts with ``settle`` untimed calls: the first calls after a switch pay for the other
     framework's cache footprint and idle thread pool (PyTorch's as much as ours), and a
-    training loop runs in the steady state after them."""
+    training loop runs in the steady state after them. ``on_start`` is called when the
+    rounds start (after the calls that compile)."""
     for fn in fns:
         for _ in range(3):
             fn()
+    # the load watch (tracenet/runtime/threads.py) looks back a quarter second: the rounds
+    # start after it, not while a compile that just ended (torch.compile's compiler
+    # processes) still reads as another process
+    time.sleep(0.3)
+    if on_start is not None:
+        on_start()
     samples = [[] for _ in fns]
     for _ in range(rounds):
         for i, fn in enumerate(fns):

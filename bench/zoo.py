@@ -52,6 +52,10 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+# torch.compile compiles in this process: its pool of compile workers otherwise kept about a
+# core busy through the rows timed after it (--threads-seen read "other processes" at
+# 0.65-1.15 cores on a quiet machine, and the MLP's step at 532 against 343 us)
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import tracenet as tn  # noqa: E402
 from lenet import compare, copy_weights, lenet  # noqa: E402
@@ -230,12 +234,18 @@ def watch_thread_counts():
         _threads_seen[n] += 1
         return n
     executable.compiled_threads = counted
-    _cpu_times_at[0] = (_cpu_times(), _own_cpu_seconds())
+    restart_thread_counts()
 
 
 def _own_cpu_seconds():
     t = os.times()
     return t.user + t.system
+
+
+def restart_thread_counts():
+    """Count from now on (the timed rounds, not the calls that compile)."""
+    _threads_seen.clear()
+    _cpu_times_at[0] = (_cpu_times(), _own_cpu_seconds())
 
 
 def thread_counts_line():
@@ -247,9 +257,8 @@ def thread_counts_line():
     total = sum(_threads_seen.values())
     parts = [f"{n} thread{'s' if n > 1 else ''} {c * 100 / total:.0f} %"
              for n, c in sorted(_threads_seen.items())] if total else []
-    _threads_seen.clear()
     (before, own_before), now, own = _cpu_times_at[0], _cpu_times(), _own_cpu_seconds()
-    _cpu_times_at[0] = (now, own)
+    restart_thread_counts()
     if before and now and len(now) > 7 and sum(now) > sum(before):
         delta = [b - a for a, b in zip(before, now)]
         # busy: user, nice, system, irq, softirq (not idle, iowait or steal)
@@ -581,7 +590,8 @@ def main():
     print("|---|---|---|---|---|---" + ("|---|---" if inductor else "") + "|")
     for name in names:
         rng = np.random.default_rng(0)
-        res = compare(train_row(name, rng, inductor), rounds, per_round)
+        res = compare(train_row(name, rng, inductor), rounds, per_round,
+                      on_start=restart_thread_counts)
         eager = min(res[0], res[1])
         cells = [f"{eager * 1e6:.0f}"]
         for t in res[2:]:
@@ -594,7 +604,7 @@ def main():
     for name in names:
         rng = np.random.default_rng(0)
         fns, others = infer_row(name, rng, inductor, not args.no_onnx)
-        res = compare(fns, rounds, per_round)
+        res = compare(fns, rounds, per_round, on_start=restart_thread_counts)
         eager = min(res[0], res[1])
         rest = ", ".join(f"{o} {t * 1e6:.0f} us {eager / t:.2f}x"
                          for o, t in zip(others, res[3:])) or "-"
