@@ -58,6 +58,7 @@ sys.path.insert(0, HERE)
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import tracenet as tn  # noqa: E402
+from tracenet.runtime.threads import TICKS, busy_cpu_seconds, own_cpu_seconds  # noqa: E402
 from lenet import compare, copy_weights, lenet  # noqa: E402
 
 try:
@@ -237,15 +238,10 @@ def watch_thread_counts():
     restart_thread_counts()
 
 
-def _own_cpu_seconds():
-    t = os.times()
-    return t.user + t.system
-
-
 def restart_thread_counts():
     """Count from now on (the timed rounds, not the calls that compile)."""
     _threads_seen.clear()
-    _cpu_times_at[0] = (_cpu_times(), _own_cpu_seconds())
+    _cpu_times_at[0] = (_cpu_times(), own_cpu_seconds())
 
 
 def thread_counts_line():
@@ -257,13 +253,12 @@ def thread_counts_line():
     total = sum(_threads_seen.values())
     parts = [f"{n} thread{'s' if n > 1 else ''} {c * 100 / total:.0f} %"
              for n, c in sorted(_threads_seen.items())] if total else []
-    (before, own_before), now, own = _cpu_times_at[0], _cpu_times(), _own_cpu_seconds()
+    (before, own_before), now, own = _cpu_times_at[0], _cpu_times(), own_cpu_seconds()
     restart_thread_counts()
     if before and now and len(now) > 7 and sum(now) > sum(before):
         delta = [b - a for a, b in zip(before, now)]
-        # busy: user, nice, system, irq, softirq (not idle, iowait or steal)
-        busy = sum(delta[i] for i in (0, 1, 2, 5, 6)) / os.sysconf("SC_CLK_TCK")
-        wall = sum(delta) / os.sysconf("SC_CLK_TCK") / os.cpu_count()  # (all the machine's)
+        busy = busy_cpu_seconds(delta)
+        wall = sum(delta) / TICKS / os.cpu_count()  # (all the machine's cores)
         parts.append(f"other processes {max(0.0, busy - (own - own_before)) / wall:.2f} cores")
         parts.append(f"steal {delta[7] * 100 / sum(delta):.0f} %")
     return ", ".join(parts)

@@ -167,7 +167,7 @@ def test_a_thread_started_since_the_last_sample_counts_as_this_process(tmp_path)
 
 def _stat_line(busy_s, idle_s):
     """A /proc/stat whose busy time (user, nice, system, irq, softirq) is ``busy_s`` seconds."""
-    t = os.sysconf("SC_CLK_TCK")
+    t = threads.TICKS
     return (f"cpu  {int(busy_s * t)} 0 0 {int(idle_s * t)} 0 0 0 0 0 0\n"
             "cpu0 0 0 0 0 0 0 0 0 0 0\nintr 0\n")
 
@@ -184,7 +184,7 @@ def test_a_core_counts_as_taken_only_if_other_processes_used_its_time(tmp_path, 
     stat.write_text(_stat_line(0.0, 10.0))
     watch._stat = os.open(stat, os.O_RDONLY)
     own = [0.0]
-    monkeypatch.setattr(threads, "_own_cpu_seconds", lambda: own[0])
+    monkeypatch.setattr(threads, "own_cpu_seconds", lambda: own[0])
     for k in range(8):  # a sample every 50 ms: this process busy on one core throughout
         now = 100.0 + 0.05 * k
         own[0] = 0.05 * k

@@ -97,13 +97,12 @@ class LoadWatch:
         if self._stat is None:
             return None
         try:
-            fields = os.pread(self._stat, 256, 0).split(b"\n", 1)[0].split()[1:]
-            # user, nice, system, irq, softirq: not idle, iowait or the host's steal
-            busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6)) / _TICKS
+            line = os.pread(self._stat, 256, 0).split(b"\n", 1)[0]
+            busy = busy_cpu_seconds([int(v) for v in line.split()[1:]])
         except (OSError, ValueError, IndexError):
             return None
         cpu = self._cpu
-        cpu.append((now, busy, _own_cpu_seconds()))
+        cpu.append((now, busy, own_cpu_seconds()))
         while len(cpu) > 2 and now - cpu[1][0] >= self.window:
             cpu.popleft()
         then, busy_then, own_then = cpu[0]
@@ -135,10 +134,16 @@ class LoadWatch:
         return max(1, running)  # this thread is running
 
 
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc/stat's unit
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc/stat's unit
 
 
-def _own_cpu_seconds():
+def busy_cpu_seconds(counters):
+    """The busy time in /proc/stat's "cpu" counters (ints, in the file's order): user, nice,
+    system, irq and softirq; not idle, iowait or the host's steal."""
+    return sum(counters[i] for i in (0, 1, 2, 5, 6)) / TICKS
+
+
+def own_cpu_seconds():
     """This process's CPU time (all its threads)."""
     t = os.times()
     return t.user + t.system
