@@ -9,6 +9,7 @@ import pytest
 
 import tracenet as tn
 from compile_checks import nan_filled_arenas
+from test_conv_kernels import _copy_to_torch
 from test_conv_small_channels import march  # noqa: F401  (the fixture)
 from tracenet.codegen.emit import gemm_sources
 from tracenet.codegen.target import Parallelism
@@ -66,9 +67,7 @@ def test_linear_layer_at_symbolic_batch(march, monkeypatch, threads):
     tn.manual_seed(0)
     layer = tn.nn.Sequential(tn.nn.Linear(300, 131), tn.nn.ReLU())
     tlayer = torch.nn.Sequential(torch.nn.Linear(300, 131), torch.nn.ReLU())
-    with torch.no_grad():
-        tlayer[0].weight.copy_(torch.from_numpy(layer[0].weight.detach().numpy()))
-        tlayer[0].bias.copy_(torch.from_numpy(layer[0].bias.detach().numpy()))
+    _copy_to_torch(layer, tlayer)
     compiled = tn.compile(layer)
     tn.set_num_threads(threads)
     rng = np.random.default_rng(2)
