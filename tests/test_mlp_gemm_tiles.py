@@ -20,9 +20,10 @@ torch = pytest.importorskip("torch")
 
 
 def _wide_tiles_compiled(source, march, dtype):
-    """Whether the build multiplies float32 panels with the 8 x 3 tiles (AVX-512 only), checked
-    against the source and the compiler's vector width."""
-    wide = "tn_gemm_wide_f32(rows" in source and toolchain.vector_bits() >= 512
+    """Whether the build multiplies float32 panels with the wide tiles (AVX-512 only: through
+    tn_gemm_zmm, whose columns past its panels tn_gemm_wide takes), checked against the source
+    and the compiler's vector width."""
+    wide = "tn_gemm_zmm_f32(rows" in source and toolchain.vector_bits() >= 512
     return wide == (march == "native" and dtype == np.float32 and
                     toolchain.vector_bits() >= 512)
 
