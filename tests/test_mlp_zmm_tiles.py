@@ -9,8 +9,9 @@ import pytest
 
 import tracenet as tn
 from compile_checks import nan_filled_arenas
-from test_conv_kernels import _copy_to_torch
 from test_conv_small_channels import march  # noqa: F401  (the fixture)
+from test_mlp_gemm_tiles import check_transposed_product
+from test_mlp_nt_tiles import check_linear_layer
 from tracenet.codegen.emit import gemm_sources
 from tracenet.codegen.target import Parallelism
 from tracenet.runtime import target, toolchain
@@ -44,21 +45,8 @@ SHAPES = {
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_transposed_product_matches_torch_and_eager(march, monkeypatch, name, dtype):
-    nan_filled_arenas(monkeypatch)
     monkeypatch.setattr(Parallelism, "gemm_min_flops", 0)
-    m, n, k = SHAPES[name]
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((k, m)).astype(dtype)
-    b = rng.standard_normal((k, n)).astype(dtype)
-    compiled = tn.compile(lambda x, y: x.t() @ y)
-    tol = 1e-4 if dtype == np.float32 else 1e-11
-    for threads in (1, 2, 3):
-        tn.set_num_threads(threads)  # (conftest.py restores the count)
-        got = compiled(tn.from_numpy(a), tn.from_numpy(b)).numpy()
-        eager = (tn.from_numpy(a).t() @ tn.from_numpy(b)).numpy()
-        ref = (torch.from_numpy(a).t() @ torch.from_numpy(b)).numpy()
-        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.sqrt(k))
-        np.testing.assert_allclose(got, eager, rtol=tol, atol=tol * np.sqrt(k))
+    compiled = check_transposed_product(monkeypatch, *SHAPES[name], dtype)
     assert _zmm_tiles_taken(compiled.source(), march, dtype)
 
 
@@ -81,33 +69,6 @@ def test_plain_product_with_bias_and_relu_matches_torch(march, monkeypatch, dtyp
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_linear_layer_at_symbolic_batch(march, monkeypatch, threads):
-    """A linear layer + ReLU compiled once with a symbolic batch, at batches 1, 7 and 64 (the
-    weight gradient's K): output, input and parameter gradients against PyTorch."""
-    nan_filled_arenas(monkeypatch)
-    monkeypatch.setattr(Parallelism, "gemm_min_flops", 0)
-    tn.manual_seed(0)
-    layer = tn.nn.Sequential(tn.nn.Linear(200, 75), tn.nn.ReLU())
-    tlayer = torch.nn.Sequential(torch.nn.Linear(200, 75), torch.nn.ReLU())
-    _copy_to_torch(layer, tlayer)
-    compiled = tn.compile(layer)
-    tn.set_num_threads(threads)
-    rng = np.random.default_rng(2)
-    for batch in (1, 7, 64):
-        x = rng.standard_normal((batch, 200)).astype(np.float32)
-        gy = rng.standard_normal((batch, 75)).astype(np.float32)
-        layer.zero_grad()
-        tlayer.zero_grad()
-        xt, tx = tn.from_numpy(x), torch.from_numpy(x)
-        xt.requires_grad_(True)
-        tx.requires_grad_(True)
-        y, ty = compiled(xt), tlayer(tx)
-        np.testing.assert_allclose(y.detach().numpy(), ty.detach().numpy(), rtol=1e-4,
-                                   atol=1e-4)
-        y.backward(tn.from_numpy(gy))
-        ty.backward(torch.from_numpy(gy))
-        np.testing.assert_allclose(xt.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(layer[0].weight.grad.numpy(), tlayer[0].weight.grad.numpy(),
-                                   rtol=1e-4, atol=1e-4 * np.sqrt(batch))
-        np.testing.assert_allclose(layer[0].bias.grad.numpy(), tlayer[0].bias.grad.numpy(),
-                                   rtol=1e-4, atol=1e-4 * np.sqrt(batch))
+    """A linear layer + ReLU at batches 1, 7 and 64 (the weight gradient's K)."""
+    compiled = check_linear_layer(monkeypatch, 200, 75, (1, 7, 64), threads)
     assert _zmm_tiles_taken(compiled.source(), march, np.float32)
