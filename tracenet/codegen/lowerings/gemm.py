@@ -2,7 +2,8 @@
 ``bmm`` and the matrix-vector and vector-vector products ``mv`` and ``dot``. (``mm`` and ``addmm`` decompose
 into ``gemm``; ``passes/lower.py`` folds transposes into its flags.)"""
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
-    node_lines, signature, size_ceil_div, size_choice, size_max, size_min, where
+    node_lines, signature, size_ceil_div, size_choice, size_max, size_min, threads_scratch, \
+    where
 from ..templates import render
 from ..._sym import has_symbols, hint, is_one_or_symbol
 from .elementwise import c_expr
@@ -29,15 +30,17 @@ def _column_split(parallel, m, n, ct, plain):
 
 def _swapped(m, n, k, ta, tb, ct, plain):
     """Whether a @ b^T with few rows (a linear layer's forward at a batch far below its
-    sizes) is computed as out^T = b a^T, a^T copied (m * k elements) and out^T transposed
-    back (m * n), where tn_gemm_nt transposes all of b into panels (n * k): floats, where
-    AVX-512 gives tn_gemm_zmm (gemm.c.j2 keeps the other path in the #else), at least one of
-    its 64-column panels of rows, and no more than half the elements moved. True, False, or
-    the C condition on a symbolic batch (compiled in when the traced batch meets it). The
-    MLP's forward (64 x 784 x 256) with its bias and ReLU, one thread, best of 300 calls in the
-    step: 249 -> 230 us."""
+    sizes) is computed as out^T = b a^T: a^T copied (m * k elements, by each thread) and out^T
+    transposed back (m * n), where tn_gemm_nt transposes all of b into panels (n * k). Floats,
+    where AVX-512 gives tn_gemm_zmm (gemm.c.j2 keeps the other path in the #else), at least
+    one of its 64-column panels of rows, no more than half the elements moved, and K from 512
+    (below, the copies' fixed costs ate the gain on two threads: 64x256x256 43.5 -> 46.5 us).
+    True, False, or the C condition on a symbolic batch (compiled in when the traced batch
+    meets it). With bias and ReLU, best of 300 calls, alternating processes, one thread and
+    two: the MLP's 64x784x256 247 -> 230 us and 126 -> 123; 64x1024x512 733 -> 588 and
+    396 -> 332; 128x1024x1024 2916 -> 2403 and 1467-1541 -> 1254-1261."""
     if not (tb and not ta and plain and ct == "float" and isinstance(n, int) and
-            isinstance(k, int)):
+            isinstance(k, int) and k >= 512):
         return False
     rows = hint(m)
     if not (rows >= 64 and 2 * rows * (k + n) <= n * k):
@@ -99,9 +102,11 @@ def lower_gemm(name, node, exported, target):
             bs, f"(size_t)i * {n} + j")
     ct = ctype(last)
     swapped = _swapped(m, n, k, ta, tb, ct, sgd_node is None)
-    scratch = k * n if (tb and ta) else m * (k + n) if swapped else 0
     flops = 2 * m * n * k
     parallel = target.parallel.gemm(flops, m)
+    scratch = k * n if (tb and ta) else 0
+    if swapped:  # out^T, shared, and each thread's copy of a^T
+        scratch = threads_scratch(m * k, parallel, shared=m * n)
     serial_block = size_max(m, 1)
     if sgd_node is not None:
         serial_block = size_min(serial_block, max(6, 4096 // max(n, 1) // 6 * 6))  # in L1
