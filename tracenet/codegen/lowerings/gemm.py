@@ -28,19 +28,19 @@ def _column_split(parallel, m, n, ct, plain):
     return unit, " && ".join(conditions + ["omp_get_max_threads() > 1"])
 
 
-def _swapped(m, n, k, ta, tb, ct, plain):
+def _swapped(m, n, k, ta, tb, ct, plain, target):
     """Whether a @ b^T with few rows (a linear layer's forward at a batch far below its
     sizes) is computed as out^T = b a^T: a^T copied (m * k elements, by each thread) and out^T
     transposed back (m * n), where tn_gemm_nt transposes all of b into panels (n * k). Floats,
-    where AVX-512 gives tn_gemm_zmm (gemm.c.j2 keeps the other path in the #else), at least
-    one of its 64-column panels of rows, no more than half the elements moved, and K from 512
+    built for AVX-512, which gives tn_gemm_zmm (gemm.c.j2 keeps the other path in the #else
+    too), at least one of its 64-column panels of rows, no more than half the elements moved, and K from 512
     (below, the copies' fixed costs ate the gain on two threads: 64x256x256 43.5 -> 46.5 us).
     True, False, or the C condition on a symbolic batch (compiled in when the traced batch
     meets it). With bias and ReLU, best of 300 calls, alternating processes, one thread and
     two: the MLP's 64x784x256 247 -> 230 us and 126 -> 123; 64x1024x512 733 -> 588 and
     396 -> 332; 128x1024x1024 2916 -> 2403 and 1467-1541 -> 1254-1261."""
-    if not (tb and not ta and plain and ct == "float" and isinstance(n, int) and
-            isinstance(k, int) and k >= 512):
+    if not (tb and not ta and plain and ct == "float" and target.vector_bits >= 512 and
+            isinstance(n, int) and isinstance(k, int) and k >= 512):
         return False
     rows = hint(m)
     if not (rows >= 64 and 2 * rows * (k + n) <= n * k):
@@ -101,7 +101,7 @@ def lower_gemm(name, node, exported, target):
         bias_index = {(1, 1): "0", (1, n): "j", (m, 1): "i"}.get(
             bs, f"(size_t)i * {n} + j")
     ct = ctype(last)
-    swapped = _swapped(m, n, k, ta, tb, ct, sgd_node is None)
+    swapped = _swapped(m, n, k, ta, tb, ct, sgd_node is None, target)
     flops = 2 * m * n * k
     parallel = target.parallel.gemm(flops, m)
     scratch = k * n if (tb and ta) else 0
