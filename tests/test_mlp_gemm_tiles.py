@@ -20,9 +20,10 @@ torch = pytest.importorskip("torch")
 
 
 def _wide_tiles_compiled(source, march, dtype):
-    """Whether the build multiplies float32 panels with the 8 x 3 tiles (AVX-512 only), checked
-    against the source and the compiler's vector width."""
-    wide = "tn_gemm_wide_f32(rows" in source and toolchain.vector_bits() >= 512
+    """Whether the build multiplies float32 panels with the wide tiles (AVX-512 only: through
+    tn_gemm_zmm, whose columns past its panels tn_gemm_wide takes), checked against the source
+    and the compiler's vector width."""
+    wide = "tn_gemm_zmm_f32(rows" in source and toolchain.vector_bits() >= 512
     return wide == (march == "native" and dtype == np.float32 and
                     toolchain.vector_bits() >= 512)
 
@@ -37,11 +38,10 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name", list(SHAPES))
-def test_transposed_product_matches_torch_and_eager(march, monkeypatch, name, dtype):
+def check_transposed_product(monkeypatch, m, n, k, dtype):
+    """x^T @ y of a k x m and a k x n matrix, compiled, against PyTorch and eager on 1-3
+    threads, on work memory filled with NaN; returns the compiled function."""
     nan_filled_arenas(monkeypatch)
-    m, n, k = SHAPES[name]
     rng = np.random.default_rng(0)
     a = rng.standard_normal((k, m)).astype(dtype)
     b = rng.standard_normal((k, n)).astype(dtype)
@@ -55,6 +55,13 @@ def test_transposed_product_matches_torch_and_eager(march, monkeypatch, name, dt
         scale = np.sqrt(k)
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * scale)
         np.testing.assert_allclose(got, eager, rtol=tol, atol=tol * scale)
+    return compiled
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_transposed_product_matches_torch_and_eager(march, monkeypatch, name, dtype):
+    compiled = check_transposed_product(monkeypatch, *SHAPES[name], dtype)
     assert _wide_tiles_compiled(compiled.source(), march, dtype)
 
 

@@ -36,44 +36,59 @@ SHAPES = {"mlp_forward": (64, 256, 784), "every_remainder": (45, 131, 300),
           "six_rows_past": (38, 48, 785)}
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name", list(SHAPES))
-def test_product_with_transposed_b_matches_torch_and_eager(march, monkeypatch, name, dtype):
+def check_product_with_transposed_b(monkeypatch, m, n, k, dtype, bias_relu=False):
+    """x @ y^T (``bias_relu``: relu(x @ y^T + z)) of an m x k and an n x k matrix, compiled,
+    against PyTorch and eager on 1-3 threads, on work memory filled with NaN; returns the
+    compiled function."""
     nan_filled_arenas(monkeypatch)
     monkeypatch.setattr(Parallelism, "gemm_min_flops", 0)
-    m, n, k = SHAPES[name]
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((m, k)).astype(dtype)
-    b = rng.standard_normal((n, k)).astype(dtype)
-    compiled = tn.compile(lambda x, y: x @ y.t())
+    values = [rng.standard_normal(shape).astype(dtype) for shape in ((m, k), (n, k), (n,))]
+    if not bias_relu:
+        values.pop()
+
+    def product(lib, x, y, z=None):
+        out = x @ y.t()
+        return out if z is None else lib.relu(out + z)
+
+    compiled = tn.compile(lambda *args: product(tn, *args))
     tol = 1e-4 if dtype == np.float32 else 1e-11
     for threads in (1, 2, 3):
         tn.set_num_threads(threads)  # (conftest.py restores the count)
-        got = compiled(tn.from_numpy(a), tn.from_numpy(b)).numpy()
-        eager = (tn.from_numpy(a) @ tn.from_numpy(b).t()).numpy()
-        ref = (torch.from_numpy(a) @ torch.from_numpy(b).t()).numpy()
+        got = compiled(*map(tn.from_numpy, values)).numpy()
+        eager = product(tn, *map(tn.from_numpy, values)).numpy()
+        ref = product(torch, *map(torch.from_numpy, values)).numpy()
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.sqrt(k))
         np.testing.assert_allclose(got, eager, rtol=tol, atol=tol * np.sqrt(k))
+    return compiled
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_product_with_transposed_b_matches_torch_and_eager(march, monkeypatch, name, dtype):
+    compiled = check_product_with_transposed_b(monkeypatch, *SHAPES[name], dtype)
     assert _eight_row_tiles_taken(compiled.source(), march, dtype)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_linear_layer_at_symbolic_batch(march, monkeypatch, threads):
-    """A linear layer + ReLU compiled once with a symbolic batch, at batches 1, 37 (just past
-    the 36 rows from which tn_gemm_nt packs panels) and 64: outputs and the input and
-    parameter gradients against PyTorch."""
+def check_linear_layer(monkeypatch, n_in, n_out, batches, threads, traced_at=None):
+    """A linear layer + ReLU compiled once with a symbolic batch (first called at batch
+    ``traced_at``, else at the first of ``batches``), at each of ``batches`` on ``threads``
+    threads, on work memory filled with NaN: outputs and the input and parameter gradients
+    against PyTorch. Returns the compiled layer."""
     nan_filled_arenas(monkeypatch)
     monkeypatch.setattr(Parallelism, "gemm_min_flops", 0)
     tn.manual_seed(0)
-    layer = tn.nn.Sequential(tn.nn.Linear(300, 131), tn.nn.ReLU())
-    tlayer = torch.nn.Sequential(torch.nn.Linear(300, 131), torch.nn.ReLU())
+    layer = tn.nn.Sequential(tn.nn.Linear(n_in, n_out), tn.nn.ReLU())
+    tlayer = torch.nn.Sequential(torch.nn.Linear(n_in, n_out), torch.nn.ReLU())
     _copy_to_torch(layer, tlayer)
     compiled = tn.compile(layer)
     tn.set_num_threads(threads)
     rng = np.random.default_rng(2)
-    for batch in (1, 37, 64):
-        x = rng.standard_normal((batch, 300)).astype(np.float32)
-        gy = rng.standard_normal((batch, 131)).astype(np.float32)
+    if traced_at is not None:
+        compiled(tn.from_numpy(rng.standard_normal((traced_at, n_in)).astype(np.float32)))
+    for batch in batches:
+        x = rng.standard_normal((batch, n_in)).astype(np.float32)
+        gy = rng.standard_normal((batch, n_out)).astype(np.float32)
         layer.zero_grad()
         tlayer.zero_grad()
         xt, tx = tn.from_numpy(x), torch.from_numpy(x)
@@ -81,10 +96,20 @@ def test_linear_layer_at_symbolic_batch(march, monkeypatch, threads):
         tx.requires_grad_(True)
         y, ty = compiled(xt), tlayer(tx)
         np.testing.assert_allclose(y.detach().numpy(), ty.detach().numpy(), rtol=1e-4,
-                                   atol=1e-4)
+                                   atol=1e-4 * np.sqrt(n_in / 300))
         y.backward(tn.from_numpy(gy))
         ty.backward(torch.from_numpy(gy))
         np.testing.assert_allclose(xt.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(layer[0].weight.grad.numpy(), tlayer[0].weight.grad.numpy(),
                                    rtol=1e-4, atol=1e-4 * np.sqrt(batch))
+        np.testing.assert_allclose(layer[0].bias.grad.numpy(), tlayer[0].bias.grad.numpy(),
+                                   rtol=1e-4, atol=1e-4 * np.sqrt(batch))
+    return compiled
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_linear_layer_at_symbolic_batch(march, monkeypatch, threads):
+    """A linear layer + ReLU at batches 1, 37 (just past the 36 rows from which tn_gemm_nt
+    packs panels) and 64."""
+    compiled = check_linear_layer(monkeypatch, 300, 131, (1, 37, 64), threads)
     assert _eight_row_tiles_taken(compiled.source(), march, np.float32)

@@ -209,8 +209,16 @@ def plan_entry(entry, prefix, target):
     return constants, body, copies
 
 
-# a call of one of the GEMM's entry points (templates/_gemm.c.j2), and their element types
-_GEMM_CALL = re.compile(r"\b(tn_g?gemm(?:_nt|_dots)?_f(?:32|64))\s*\(")
+# a call of one of the GEMM's entry points (templates/_gemm.c.j2; tn_gemm_wide and tn_gemm_zmm
+# are defined with tn_gemm), and their element types
+_GEMM_CALL = re.compile(r"\b(tn_g?gemm(?:_nt|_dots)?)(?:_wide|_zmm)?(_f(?:32|64))\s*\(")
+
+
+def _gemm_calls(text):
+    """The GEMM entry points (named as their objects are) that C ``text`` calls."""
+    return [entry + sfx for entry, sfx in _GEMM_CALL.findall(text)]
+
+
 _GEMM_CTYPE = {"_f32": "float", "_f64": "double"}
 # the entry point's name (less the type suffix) -> what ``_gemm.c.j2`` calls it in ``only``
 _GEMM_ENTRY = {"tn_gemm": "nn", "tn_gemm_nt": "nt", "tn_ggemm": "gg", "tn_gemm_dots": "dots"}
@@ -297,7 +305,7 @@ def generate(graphs, unit, target, timing=False, pieces=False, on_gemm=None):
                 parts.append(k.source)
                 kernels.append((k.name, k.source, [h for h, _ in k.helpers]))
                 if on_gemm is not None:
-                    for g in _GEMM_CALL.findall(k.source + "".join(h for _, h in k.helpers)):
+                    for g in _gemm_calls(k.source + "".join(h for _, h in k.helpers)):
                         if g not in gemm_seen:
                             gemm_seen.add(g)
                             on_gemm(g)
@@ -352,7 +360,7 @@ def generate(graphs, unit, target, timing=False, pieces=False, on_gemm=None):
                       helper_names,
                       # (a loop's body functions, among its helpers, may call the GEMM too)
                       sorted({m for text in [ksource] + [helpers[h] for h in helper_names]
-                              for m in _GEMM_CALL.findall(text)})))
+                              for m in _gemm_calls(text)})))
     called = sorted({g for k in split for g in k[5]})
     layout = {
         "header": "\n".join(includes + [render("_preamble.c.j2", max_threads=target.max_threads,

@@ -2,9 +2,10 @@
 ``bmm`` and the matrix-vector and vector-vector products ``mv`` and ``dot``. (``mm`` and ``addmm`` decompose
 into ``gemm``; ``passes/lower.py`` folds transposes into its flags.)"""
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
-    node_lines, signature, size_ceil_div, size_choice, size_max, size_min, where
+    node_lines, signature, size_ceil_div, size_choice, size_max, size_min, threads_scratch, \
+    where
 from ..templates import render
-from ..._sym import has_symbols, is_one_or_symbol
+from ..._sym import has_symbols, hint, is_one_or_symbol
 from .elementwise import c_expr
 from .optim import update_helper
 
@@ -25,6 +26,26 @@ def _column_split(parallel, m, n, ct, plain):
     elif m > n:
         return unit, None
     return unit, " && ".join(conditions + ["omp_get_max_threads() > 1"])
+
+
+def _swapped(m, n, k, ta, tb, ct, plain, target):
+    """Whether a @ b^T with few rows (a linear layer's forward at a batch far below its
+    sizes) is computed as out^T = b a^T: a^T copied (m * k elements, by each thread) and out^T
+    transposed back (m * n), where tn_gemm_nt transposes all of b into panels (n * k). Floats,
+    built for AVX-512, which gives tn_gemm_zmm (gemm.c.j2 keeps the other path in the #else
+    too), at least one of its 64-column panels of rows, no more than half the elements moved, and K from 512
+    (below, the copies' fixed costs ate the gain on two threads: 64x256x256 43.5 -> 46.5 us).
+    True, False, or the C condition on a symbolic batch (compiled in when the traced batch
+    meets it). With bias and ReLU, best of 300 calls, alternating processes, one thread and
+    two: the MLP's 64x784x256 247 -> 230 us and 126 -> 123; 64x1024x512 733 -> 588 and
+    396 -> 332; 128x1024x1024 2916 -> 2403 and 1467-1541 -> 1254-1261."""
+    if not (tb and not ta and plain and ct == "float" and target.vector_bits >= 512 and
+            isinstance(n, int) and isinstance(k, int) and k >= 512):
+        return False
+    rows = hint(m)
+    if not (rows >= 64 and 2 * rows * (k + n) <= n * k):
+        return False
+    return True if isinstance(m, int) else f"{m} >= 64 && {2 * (k + n)} * {m} <= {n * k}"
 
 
 @group_lowering("gemm")
@@ -80,9 +101,12 @@ def lower_gemm(name, node, exported, target):
         bias_index = {(1, 1): "0", (1, n): "j", (m, 1): "i"}.get(
             bs, f"(size_t)i * {n} + j")
     ct = ctype(last)
-    scratch = k * n if (tb and ta) else 0
+    swapped = _swapped(m, n, k, ta, tb, ct, sgd_node is None, target)
     flops = 2 * m * n * k
     parallel = target.parallel.gemm(flops, m)
+    scratch = k * n if (tb and ta) else 0
+    if swapped:  # out^T, shared, and each thread's copy of a^T
+        scratch = threads_scratch(m * k, parallel, shared=m * n)
     serial_block = size_max(m, 1)
     if sgd_node is not None:
         serial_block = size_min(serial_block, max(6, 4096 // max(n, 1) // 6 * 6))  # in L1
@@ -121,7 +145,7 @@ def lower_gemm(name, node, exported, target):
                  else None,
                  epilogue=bias is not None or act is not None or g.attrs["alpha"] != 1.0 or
                  mask_node is not None, sgd=sgd_helper[0] if sgd_helper else None,
-                 one_row=one_row, one_row_nt=one_row_nt, col_split=col_split,
+                 one_row=one_row, one_row_nt=one_row_nt, col_split=col_split, swapped=swapped,
                  col_unit=col_unit, one_row_split=one_row_split)
     return Kernel(name, reads, writes, src, scratch, ct, flops=flops,
                   parallel=parallel or bool(one_row_split),
