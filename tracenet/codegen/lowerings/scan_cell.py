@@ -339,7 +339,11 @@ def lower_cell(name, node, exported, target):
                        panels=[panel_at(g, "j0", k, width, K) for g in range(k)])
         if product["tiles"]:
             helpers.append(tiles_helper(ct))
-    src = render("scan_cell.c.j2", name=name, signature=sig, args=", ".join(args),
+    # the pointers the gates of a block read and write (scan_cell.c.j2's {name}_block)
+    block_sig = gates_sig if gates_args else sig
+    block = dict(signature=block_sig,
+                 args=", ".join(p.split()[-1].lstrip("*") for p in block_sig.split(", ")))
+    src = render("scan_cell.c.j2", name=name, signature=sig, args=", ".join(args), block=block,
                  gates_signature=gates_sig, gates_args=gates_args,
                  node_lines=node_lines(members), rows=rows, width=width, k=k, lines=lines,
                  sfx=SFX[ct], ctype=ct, product=product,
