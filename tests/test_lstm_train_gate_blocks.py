@@ -9,30 +9,16 @@ import re
 
 import pytest
 
-import tracenet as tn
-from tracenet.codegen.target import Parallelism
-
 from test_catalogue_rnn import _cache  # noqa: F401  (the cache-directory fixture)
-from test_lstm_train_weight_panels import follows, lstm_pair, training_step
-from test_scan_fused import F32
+from test_lstm_train_weight_panels import trained_on_one_to_three_threads
 from test_scan_threads import _restore_threads  # noqa: F401  (the thread-count fixture)
-from compile_checks import nan_filled_arenas
 
 pytest.importorskip("torch")
 
 
 @pytest.mark.parametrize("hidden", [16, 40])  # 40: two whole blocks and one of 8 columns
 def test_the_gates_run_a_block_at_a_time(monkeypatch, policy_cache, hidden):
-    nan_filled_arenas(monkeypatch)
-    monkeypatch.setattr(Parallelism, "recurrent_min_step_flops", 0)  # small loops split too
-    policy_cache("recurrent-split")
-    th, ours = lstm_pair(hidden, False)
-    step, compiled = training_step(ours)
-    for n in (2, 1, 3):
-        tn.set_num_threads(n)
-        for batch, length in ((20, 4), (3, 5), (1, 3)):
-            follows(th, ours, step, compiled, batch, length, F32)
-    source = compiled.source()
+    compiled = trained_on_one_to_three_threads(monkeypatch, policy_cache, hidden, False)
     assert re.search(r"#ifdef __AVX512F__\n\s+if \(jb == 16\)\n"
                      r"\s+\w+_cell_block\([^;]*, tile, r0, rb, j0, 16\);\n\s+else\n#endif\n"
-                     r"\s+\w+_cell_block\([^;]*, tile, r0, rb, j0, jb\);", source)
+                     r"\s+\w+_cell_block\([^;]*, tile, r0, rb, j0, jb\);", compiled.source())

@@ -82,9 +82,11 @@ def reads_panels(source, hidden, f64):
                          source), g
 
 
-@pytest.mark.parametrize("hidden", [20, 40, 64])  # 20, 40: a partial panel per gate
-@pytest.mark.parametrize("f64", [False, True])
-def test_the_forward_loop_reads_its_weight_in_panels(monkeypatch, policy_cache, hidden, f64):
+def trained_on_one_to_three_threads(monkeypatch, policy_cache, hidden, f64):
+    """The compiled training step of an LSTM of ``hidden`` units, after it followed eager and
+    torch on two, one and three threads in NaN-filled work memory: 20 rows (split by rows),
+    3 and 1 (by gate columns: with three threads at hidden 40 in float64, chunks of 8
+    columns, a share starts inside a panel)."""
     nan_filled_arenas(monkeypatch)
     monkeypatch.setattr(Parallelism, "recurrent_min_step_flops", 0)  # small loops split too
     policy_cache("recurrent-split")
@@ -92,8 +94,13 @@ def test_the_forward_loop_reads_its_weight_in_panels(monkeypatch, policy_cache, 
     step, compiled = training_step(ours)
     for n in (2, 1, 3):
         tn.set_num_threads(n)
-        # 20 rows: split by rows; 3 and 1: by gate columns (three threads at hidden 40 in
-        # float64, chunks of 8 columns: a share starts inside a panel)
         for batch, length in ((20, 4), (3, 5), (1, 3)):
             follows(th, ours, step, compiled, batch, length, F64 if f64 else F32)
+    return compiled
+
+
+@pytest.mark.parametrize("hidden", [20, 40, 64])  # 20, 40: a partial panel per gate
+@pytest.mark.parametrize("f64", [False, True])
+def test_the_forward_loop_reads_its_weight_in_panels(monkeypatch, policy_cache, hidden, f64):
+    compiled = trained_on_one_to_three_threads(monkeypatch, policy_cache, hidden, f64)
     reads_panels(compiled.source(), hidden, f64)
