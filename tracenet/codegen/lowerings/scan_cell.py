@@ -231,6 +231,8 @@ def panel_at(g, j0, k, width, K):
     per_gate, _ = weight_panels(k, width)
     return (f"(size_t)({g * per_gate} + ({j0}) / {COLUMN_BLOCK}) * {K * COLUMN_BLOCK}"
             f" + ({j0}) % {COLUMN_BLOCK}")
+
+
 # the register tiles of a float block: rows of each (8 only with AVX-512VL's 32 registers),
 # and vectors of 8 floats across (the block's 16 columns)
 TILE_ROWS, TILE_VECTORS = (8, 4, 2, 1), 2
