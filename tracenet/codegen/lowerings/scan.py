@@ -19,7 +19,8 @@ from ...ops.common import INDEX_OUT_OF_RANGE, numel
 from ..base import (SFX, Kernel, ctype, group_lowering, lowering, node_lines, signature,
                     size_symbols)
 from ..templates import render
-from .scan_cell import COLUMN_BLOCK, GROUP, cell_body, rows_by_index, tiles_helper
+from .scan_cell import (COLUMN_BLOCK, GROUP, cell_body, rows_by_index, tiles_helper,
+                        weight_panels)
 
 _planner = [None]
 ALIGN = 64
@@ -117,11 +118,15 @@ def lower_scan(name, node, exported, target, gather=None, head=None, unpermute=N
         carries.append(c)
         work += _aligned(_nbytes(node.outputs[i]))
     packs = []
-    if packed is not None:  # the weight transposed once per call, read by every step
-        slot, (rows, cols) = packed, body.inputs[packed].shape
-        packs.append({"slot": slot, "src": f"in{slot}", "rows": rows, "cols": cols,
-                      "at": work, "ctype": ctype(body.inputs[slot])})
-        work += _aligned(_nbytes(body.inputs[slot]))
+    if packed is not None:  # the weight in panels, packed once per call, read by every step
+        slot, cell = packed
+        w = body.inputs[slot]
+        k, width = cell.attrs["pieces"], cell.attrs["narrow"][-1]
+        per_gate, panels = weight_panels(k, width)
+        packs.append({"slot": slot, "src": f"in{slot}", "K": w.shape[1], "gates": k,
+                      "width": width, "per_gate": per_gate, "block": COLUMN_BLOCK, "at": work,
+                      "ctype": ctype(w)})
+        work += _aligned(panels * w.shape[1] * COLUMN_BLOCK * w.dtype.itemsize)
     picked = None
     if gather is not None:  # two slices of picked rows (a step's, and the next one's) unless
         # the gate kernel reads the table by index
@@ -152,7 +157,8 @@ def lower_scan(name, node, exported, target, gather=None, head=None, unpermute=N
     steps += [{"slot": n_in + j, "ptr": f"out{j}", "stride": numel(body.outputs[j].shape)}
               for j in range(n_carry, len(body.outputs))]
     n_consts = n_in - bool(indexed)  # (the step's indices: the body's last input)
-    consts = [{"slot": i, "ptr": f"(work + ({packs[0]['at']}))" if i == packed else f"in{i}"}
+    packed_slot = packs[0]["slot"] if packs else None
+    consts = [{"slot": i, "ptr": f"(work + ({packs[0]['at']}))" if i == packed_slot else f"in{i}"}
               for i in range(n_carry + n_xs, n_consts)]
     if indexed:  # the whole table, and the step's indices
         consts.append({"slot": n_carry, "ptr": picked["table"]})
@@ -234,9 +240,10 @@ def _step_rows(value, slot, source):
 
 
 def _packed_weight(body, first_const):
-    """The body input (a loop constant) that a gate kernel's leading product reads as
-    ``b^T`` and nothing else reads: the loop transposes it once, and the product reads it
-    row by row (register tiles of whole vectors, no reductions across lanes). None if none."""
+    """(slot, gate kernel): the body input (a loop constant) that a gate kernel's leading
+    product reads as ``b^T`` and nothing else reads: the loop packs it once into panels of
+    its transpose (``scan_cell.weight_panels``), and the product reads them row by row
+    (register tiles of whole vectors, no reductions across lanes). None if none."""
     for node in body.nodes:
         if node.op == "fused" and node.attrs.get("group") == GROUP and \
                 node.members[0].op == "gemm":
@@ -248,7 +255,7 @@ def _packed_weight(body, first_const):
                     sum(w in m.inputs for m in node.members) != 1:
                 return None
             node.attrs["packed"] = True
-            return body.inputs.index(w)
+            return body.inputs.index(w), node
     return None
 
 
