@@ -14,7 +14,7 @@ from ...ops.common import numel
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
     node_lines, signature, size_symbols, threads_scratch, where
 from ..templates import render
-from . import conv_phased, conv_pointwise, conv_winograd
+from . import conv_phased, conv_pointwise, conv_winograd, conv_winograd_s2
 from .conv_flops import conv_flops
 from .normalization import residual_operand, statistics_reads, statistics_scratch
 from .pooling import lower_max_pool, pool_geometry
@@ -258,6 +258,9 @@ def _lower_conv_group(name, group, exported, target):
     if pool is None and pool_after is None and conv_winograd.takes_forward(geo, ct, target):
         return conv_winograd.lower_forward(name, group, geo, reads, writes, plane_out,
                                            relu_out, bn, res, stats, target)
+    if pool is None and pool_after is None and conv_winograd_s2.takes_forward(geo, ct, target):
+        return conv_winograd_s2.lower_forward(name, group, geo, reads, writes, plane_out,
+                                              relu_out, bn, res, stats, target)
     direct = _direct_geometry(geo)
     gathered = _gathered_geometry(geo, ct) if pool_after is None else None
     if gathered is not None and not _gathered_pays(geo, direct, gathered):
@@ -392,6 +395,8 @@ def _lower_conv_backward_input(name, node, target):
         return conv_pointwise.lower_backward_input(name, node, geo, target)
     if conv_winograd.takes_input_gradient(geo, ct, target):
         return conv_winograd.lower_backward_input(name, node, geo, target)
+    if conv_winograd_s2.takes_input_gradient(geo, ct, target):
+        return conv_winograd_s2.lower_backward_input(name, node, geo, target)
     if conv_phased.takes_input_gradient(geo, ct):
         return conv_phased.lower_backward_input(name, node, geo, target)
     return _sparse_or_general(name, node, geo, ct, target, "input", _max_pooled(gy),

@@ -1,0 +1,152 @@
+"""C lowerings of the forward and input gradient of 2-d 3x3 convolutions of stride 2 and
+padding 1 (one group, no dilation: the ResNet's downsampling convolutions) by Winograd forms of
+their phases.
+
+Along one dim, two outputs of stride 2 read five inputs x0..x4 (from 2 o - 1): y0 = w0 x0 +
+w1 x1 + w2 x2, y1 = w0 x2 + w1 x3 + w2 x4. The even inputs meet the taps w0, w2 as a stride-1
+2-tap convolution, whose F(2, 2) takes three products ((x0 - x2) w0, x2 (w0 + w2),
+(x4 - x2) w2), and the odd ones meet w1 alone (x1 w1, x3 w1): five products for two outputs
+against six. In 2-d, 5 x 5 = 25 products per 2x2 outputs against 36: F(2x2, 2x2) on the
+2x2-tap phase, F(2, 2) on the two 2-tap phases, the 1-tap phase as it is. The transforms'
+coefficients are 0 and +-1, so the result rounds about as the direct sum does.
+
+The forward (``conv_winograd_s2.c.j2``) has the F(4x4, 3x3) kernel's steps: each 5x5 input
+tile (stride 4) transformed into V = B^T d B, products M = U V with U = G g G^T, and
+Y = A^T M A stored with the fused epilogue. The input gradient
+(``conv_winograd_s2_input.c.j2``) is the same along one dim read backwards: four image-gradient
+values 4 t .. 4 t + 3 take the output gradient's three values 2 t .. 2 t + 2 through five
+products (the odd ones F(2, 2) of taps w2, w0, the even ones w1 alone), so 3x3 tiles of the
+output gradient (2 apart) give 4x4 tiles of the image gradient, every value written once. In
+both, the points of the taps w1 share their weights, so the 25 products are 16 GEMMs of 1, 2
+or 4 blocks of tiles side by side.
+``lowerings/conv.py`` hands a convolution here when ``takes_forward`` or
+``takes_input_gradient`` say so.
+"""
+from ..base import Kernel, SFX, ctype, node_lines, signature, threads_scratch
+from ..templates import render
+from .conv_flops import conv_flops
+from .conv_winograd import _F4_BLOCK_ELEMENTS, _MIN_IMAGE_BLOCK_TILES, _PAD, _VL, _blocking_f4, \
+    _f4_tiles
+from .normalization import statistics_scratch
+
+# the distinct weight transforms along one dim (G's rows w0, w0 + w2, w2, w1) and, per point of
+# the transformed tile, which of them it takes: the odd inputs' two points share w1
+_DISTINCT = 4
+_POINT_WEIGHTS = (0, 1, 2, 3, 3)
+
+
+# Channel pairs (in x out) from which the phases' Winograd forms are taken: below, the
+# transforms cost about what the products save (one thread, a 1x1 convolution, this one and a
+# relu, forward and backward at batch 32, against the general and phased kernels: 16 -> 32 on
+# 32x32 and 32 -> 64 on 16x16, the ResNet's, win; 16 -> 16 on 16x16 0.97-0.98x, 16 -> 8 0.97x,
+# 8 -> 16 0.97x, 8 -> 8 on 16x16 0.95x, on 32x32 1.02-1.03x; 12 -> 12 on 8x8 1.14x)
+_MIN_CHANNEL_PAIRS = 512
+
+
+def takes_forward(geo, ct, target):
+    """2-d (or 1-d height) 3x3, stride 2, padding 1, no dilation, one group, from
+    ``_MIN_CHANNEL_PAIRS`` channel pairs."""
+    return (ct in SFX and geo["G"] == 1 and not geo["deep"] and geo["KD"] == 1 and
+            geo["KH"] == geo["KW"] == 3 and geo["SH"] == geo["SW"] == 2 and
+            geo["PH"] == geo["PW"] == 1 and geo["DH"] == geo["DW"] == 1 and
+            geo["C"] * geo["O"] >= _MIN_CHANNEL_PAIRS)
+
+
+def _groups(ci, co, rb):
+    """The 16 GEMMs: per pair of distinct weight transforms (gu, gv), the points (a, b) that
+    take it side by side (``k`` blocks of RB tiles), with where its V ([ci][k RB]) and M
+    ([co][k RB]) start; and per point, its V and M offsets and row length."""
+    groups, points, v_at, m_at = [], {}, 0, 0
+    for gu in range(_DISTINCT):
+        for gv in range(_DISTINCT):
+            members = [(a, b) for a in range(5) for b in range(5)
+                       if (_POINT_WEIGHTS[a], _POINT_WEIGHTS[b]) == (gu, gv)]
+            ld = len(members) * rb
+            groups.append(dict(u=gu * _DISTINCT + gv, k=len(members), v=v_at, m=m_at, ld=ld))
+            for s, ab in enumerate(members):
+                points[ab] = dict(v=v_at + s * rb, m=m_at + s * rb, ld=ld)
+            v_at += ci * ld + _PAD
+            m_at += co * ld + _PAD
+    return groups, points, v_at, m_at
+
+
+def _tiles(co, rb, ct):
+    """The products' AVX-512 tiles: F(4x4)'s (``conv_winograd._f4_tiles``: vectors of 16
+    floats) in float32; float64 keeps the GEMM core."""
+    return _f4_tiles(co, rb) if ct == "float" else dict(TNV=0, TMR=0)
+
+
+def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res, stats,
+                  target):
+    """conv [-> eval-mode batch_norm] [-> residual add] [-> relu], or conv with the
+    ``stats`` of a training-mode batch norm, without pooling."""
+    conv = group[0]
+    ct = ctype(conv.outputs[0])
+    ci, co = geo["C"], geo["O"]
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
+    stats_at = 0 if stats is None else statistics_scratch(stats, co, ct, parallel, target)
+    blocks = _blocking_f4(ci, geo["OH"], geo["OW"], geo["N"], ct, m=2)
+    groups, points, v_size, m_size = _groups(ci, co, blocks["RB"])
+    we, rows = blocks["TW"] + 1, 4 * blocks["R"] + 1
+    split = rows * 4 * we * blocks["J"]
+    us = co * ci + _PAD
+    per_thread = split + v_size + m_size + 4 * blocks["L"] * blocks["R"]
+    shared = stats_at + _DISTINCT * _DISTINCT * us
+    has_bias = len(conv.inputs) > 2
+    relu = any(m.op == "relu" for m in group)
+    src = render("conv_winograd_s2.c.j2", name=name, node_lines=node_lines(group),
+                 ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
+                 parallel=parallel, per_thread=per_thread, shared=shared, u_at=stats_at,
+                 N=geo["N"], CI=ci, CO=co, XH=geo["H"], XW=geo["W"], XP=geo["H"] * geo["W"],
+                 H=geo["OH"], W=geo["OW"], P=geo["OH"] * geo["OW"], SPLIT=split, WE=we,
+                 ROWS=rows, VL=_VL[ct], US=us, V_SIZE=v_size, M_SIZE=m_size, groups=groups,
+                 points=points, has_bias=has_bias, bn=bn, res=res, relu=relu, plane_out=plane_out,
+                 relu_out=relu_out, stats=stats, epilogue=bool(has_bias or bn or res or relu),
+                 **blocks, **_tiles(co, blocks["RB"], ct))
+    return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel, shared), ct,
+                  flops=conv_flops(geo), parallel=parallel)
+
+
+def takes_input_gradient(geo, ct, target):
+    return takes_forward(geo, ct, target)
+
+
+def _input_blocking(co, h, w):
+    """The input gradient's blocks: tiles of 4x4 image-gradient values per side, tile rows per
+    block (R), whole images per block (IMGS: several when one has fewer than
+    ``_MIN_IMAGE_BLOCK_TILES`` tiles) and tiles per block (RB), at least that many tiles for
+    the GEMMs and about ``_F4_BLOCK_ELEMENTS`` elements per transformed matrix."""
+    th, tw = -(-h // 4), -(-w // 4)
+    r = min(th, max(1, _F4_BLOCK_ELEMENTS // (co * tw), -(-_MIN_IMAGE_BLOCK_TILES // tw)))
+    imgs = 1
+    if th * tw < _MIN_IMAGE_BLOCK_TILES:
+        r, imgs = th, -(-_MIN_IMAGE_BLOCK_TILES // (th * tw))
+    return dict(TH=th, TW=tw, R=r, IMGS=imgs, RB=imgs * r * tw)
+
+
+def lower_backward_input(name, node, geo, target):
+    """dX from the output gradient's 3x3 tiles (2 apart) through the same 25 products per
+    4x4 values of dX (``conv_winograd_s2_input.c.j2``)."""
+    gy, w = node.inputs
+    out = node.outputs[0]
+    ct = ctype(out)
+    ci, co = geo["O"], geo["C"]  # the GEMMs' depth: the output gradient's channels
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
+    blocks = _input_blocking(ci, geo["H"], geo["W"])
+    groups, points, v_size, m_size = _groups(ci, co, blocks["RB"])
+    we, rows = blocks["TW"] + 1, 2 * blocks["R"] + 1
+    split = rows * 2 * we
+    us = co * ci + _PAD
+    per_thread = split + v_size + m_size + 16 * blocks["RB"]
+    shared = _DISTINCT * _DISTINCT * us
+    reads, writes = [("gy", gy), ("w", w)], [("out", out)]
+    src = render("conv_winograd_s2_input.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
+                 parallel=parallel, per_thread=per_thread, shared=shared, u_at=0, N=geo["N"],
+                 CI=ci, CO=co, YH=geo["OH"], YW=geo["OW"], YP=geo["OH"] * geo["OW"], H=geo["H"],
+                 W=geo["W"], P=geo["H"] * geo["W"], SPLIT=split, WE=we, ROWS=rows,
+                 VL=_VL[ct], US=us, V_SIZE=v_size, M_SIZE=m_size, groups=groups,
+                 points=points, **blocks, **_tiles(co, blocks["RB"], ct))
+    return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel, shared), ct,
+                  flops=conv_flops(geo), parallel=parallel)
+
