@@ -151,13 +151,13 @@ def _takes_f4(geo, ct):
 
 def _blocking_f4(ci, h, w, n, ct, m=4):
     """F(4x4)'s blocks (and, with ``m`` 2, those of the stride-2 forward's tiles of 2x2
-    outputs, ``conv_winograd_s2.py``): tiles per side, images per block (J), tiles per row of a block (L = TW
-    J, the images' tiles interleaved), tile rows per block (R) and tiles per block (RB). J
-    images fill a 32-byte vector along a row's tiles (not AVX-512's 64 bytes: 16 floats cost
-    the ResNet's 32x32 and 16x16 kernels 0.88-0.91x and 0.93-0.96x in interleaving, one
-    thread), more when an image has fewer than ``_MIN_IMAGE_BLOCK_TILES`` tiles, none beyond
-    a known batch ``n``; R keeps about ``_F4_BLOCK_ELEMENTS`` per transformed matrix and
-    ``_MIN_IMAGE_BLOCK_TILES`` columns for the GEMMs."""
+    outputs, ``conv_winograd_s2.py``): tiles per side, images per block (J), tiles per row of
+    a block (L = TW J, the images' tiles interleaved), tile rows per block (R) and tiles per
+    block (RB). J images fill a 32-byte vector along a row's tiles (not AVX-512's 64 bytes: 16
+    floats cost the ResNet's 32x32 and 16x16 kernels 0.88-0.91x and 0.93-0.96x in
+    interleaving, one thread), more when an image has fewer than ``_MIN_IMAGE_BLOCK_TILES``
+    tiles, none beyond a known batch ``n``; R keeps about ``_F4_BLOCK_ELEMENTS`` per
+    transformed matrix and ``_MIN_IMAGE_BLOCK_TILES`` columns for the GEMMs."""
     th, tw = -(-h // m), -(-w // m)
     imgs = max(1, _VL[ct] // tw, -(-_MIN_IMAGE_BLOCK_TILES // (th * tw)))
     if isinstance(n, int):

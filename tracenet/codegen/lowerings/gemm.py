@@ -33,8 +33,9 @@ def _swapped(m, n, k, ta, tb, ct, plain, target):
     sizes) is computed as out^T = b a^T: a^T copied (m * k elements, by each thread) and out^T
     transposed back (m * n), where tn_gemm_nt transposes all of b into panels (n * k). Floats,
     built for AVX-512, which gives tn_gemm_zmm (gemm.c.j2 keeps the other path in the #else
-    too), at least one of its 64-column panels of rows, no more than half the elements moved, and K from 512
-    (below, the copies' fixed costs ate the gain on two threads: 64x256x256 43.5 -> 46.5 us).
+    too), at least one of its 64-column panels of rows, no more than half the elements moved,
+    and K from 512 (below, the copies' fixed costs ate the gain on two threads: 64x256x256
+    43.5 -> 46.5 us).
     True, False, or the C condition on a symbolic batch (compiled in when the traced batch
     meets it). With bias and ReLU, best of 300 calls, alternating processes, one thread and
     two: the MLP's 64x784x256 247 -> 230 us and 126 -> 123; 64x1024x512 733 -> 588 and
