@@ -316,4 +316,41 @@ def test_a_size_eager_refuses_is_refused_by_the_symbolic_build(counting_cc):
     with pytest.raises(ValueError) as got:
         compiled(torch.randn(1, 8))
     assert str(got.value) == str(eager.value)
+    # (sizes that passed pass again; a refused size is refused on every call)
+    x = torch.randn(7, 8)
+    np.testing.assert_allclose(compiled(x).detach().numpy(), model(x).detach().numpy(), **TOL)
+    with pytest.raises(ValueError, match="per channel"):
+        compiled(torch.randn(1, 8))
+    assert counting_cc() == 1
+
+
+def test_a_compiled_step_refuses_a_size_eager_refuses_on_every_call(counting_cc):
+    """The same check in a compiled training step: batch 1 refused with eager's error (and
+    nothing updated), before and after calls at sizes that pass."""
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = crit(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    compiled = torch.compile(step)
+    with pytest.raises(ValueError) as eager:
+        model(torch.randn(1, 8))
+    for batch in (4, 4, 1, 6, 1):
+        x, y = torch.randn(batch, 8), torch.randint(0, 3, (batch,))
+        if batch == 1:
+            before = [p.detach().clone() for p in model.parameters()]
+            with pytest.raises(ValueError) as got:
+                compiled(x, y)
+            assert str(got.value) == str(eager.value)
+            assert all(np.array_equal(p.detach().numpy(), b.numpy())
+                       for p, b in zip(model.parameters(), before))
+        else:
+            assert np.isfinite(compiled(x, y).item())
     assert counting_cc() == 1

@@ -37,8 +37,8 @@ from . import _dtype, warm
 from ._meta import Meta
 from ._sym import has_symbols, is_one
 from .autograd import grad_mode
-from .executable import Executable, ShapeTable, Specialisations, SymbolicSizes, \
-    check_sizes, graph_symbols, optimise, run_sizes
+from .executable import Executable, ShapeTable, SizeChecks, Specialisations, SymbolicSizes, \
+    graph_symbols, optimise, run_sizes
 from .nn.modules import module as module_mod
 from .nn.modules.module import Module
 from .nn.parallel import distributed as ddp_mod
@@ -422,7 +422,7 @@ class _Specialisation:
         self.output_structure = layout["output_structure"]
         # (a function returning one tensor: its structure is that tensor, leaf 0)
         self._one_output = self.n_out == 1 and self.output_structure in (None, 0)
-        self.size_checks = layout["size_checks"]
+        self.size_checks = SizeChecks(layout["size_checks"])
         self.symbols = graph_symbols([self.graph])
         self.out_meta = [(v.shape, v.dtype.np) for v in self.graph.outputs]
         self.user_out_shapes = ShapeTable(self.out_meta[:self.n_out])
@@ -522,7 +522,7 @@ class _Specialisation:
         bound = self._bound
         sizes = run_sizes(arrays, self.symbols)
         if self.size_checks:
-            check_sizes(self.size_checks, sizes)
+            self.size_checks(sizes)
         try:
             if self._owned:
                 outs = []

@@ -16,8 +16,8 @@ from . import warm
 from .autograd import engine, grad_mode
 from .compiled_function import CompiledFunction, call_inline, module_wrapper, \
     tracing_a_function
-from .executable import Executable, ShapeTable, Specialisations, SymbolicSizes, \
-    check_sizes, graph_symbols, optimise, run_sizes
+from .executable import Executable, ShapeTable, SizeChecks, Specialisations, SymbolicSizes, \
+    graph_symbols, optimise, run_sizes
 from .nn.modules.module import Module
 from .passes import grad as ir_grad, joint_forward
 from .passes.autodiff import view_source
@@ -96,6 +96,7 @@ class Specialisation:
         # with symbolic sizes, shapes are evaluated for each call's sizes: the outputs made
         # for each call, the reusable ones
         self.symbols = graph_symbols(g for _, g in graphs)
+        self.check_sizes = SizeChecks(self.size_checks)
         self.fresh_shapes = ShapeTable(self.out_meta[:self.n_fresh])
         self.spare_shapes = ShapeTable(self.out_meta[self.n_fresh:])
         self.user_out_shapes = ShapeTable(self.out_meta[:self.n_out])
@@ -238,8 +239,8 @@ class Specialisation:
             arrays.append(arr if arr.flags.c_contiguous else np.ascontiguousarray(arr))
         symbols = self.symbols
         sizes = run_sizes(arrays, symbols) if symbols else NO_SIZES
-        if self.size_checks:
-            check_sizes(self.size_checks, sizes)
+        if self.check_sizes:
+            self.check_sizes(sizes)
         outs = [np.empty(shape, dt) for shape, dt in self.fresh_shapes(sizes)]
         spares = None
         if self._spare_sets:

