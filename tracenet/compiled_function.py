@@ -33,7 +33,7 @@ import operator
 
 import numpy as np
 
-from . import _dtype, warm
+from . import _aligned, _dtype, warm
 from ._meta import Meta
 from ._sym import has_symbols, is_one
 from .autograd import grad_mode
@@ -482,7 +482,7 @@ class _Specialisation:
         # step's are its own)
         self._grads = []
         for _, j in layout["grads"]:
-            g = Tensor._wrap(np.empty(self.out_meta[j][0], self.out_meta[j][1]))
+            g = Tensor._wrap(_aligned.empty(self.out_meta[j][0], self.out_meta[j][1]))
             call.fix([out(j)], g._data)
             self._grads.append(g)
         # what a call writes in place: their versions count this clock's ticks (one per call)

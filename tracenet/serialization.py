@@ -119,7 +119,9 @@ class _TorchPickler(pickle._Pickler):
         own."""
         itemsize = arr.dtype.itemsize
         root = arr
-        while isinstance(root.base, np.ndarray):
+        # (up to the array of this dtype that the others view: not the raw bytes an aligned
+        # array lies in, see tracenet/_aligned.py)
+        while isinstance(root.base, np.ndarray) and root.base.dtype == arr.dtype:
             root = root.base
         ptr = arr.__array_interface__["data"][0]
         rptr = root.__array_interface__["data"][0] if root.size else ptr

@@ -11,6 +11,7 @@ from itertools import repeat
 
 import numpy as np
 
+from . import _aligned
 from .tensor import Tensor, arrays_replaced
 
 # what ``refresh`` looks a parameter without state up in (never written)
@@ -102,7 +103,8 @@ class UpdateState:
                     arrays.append(self._scratch_array(i, spec.name, p))
                     continue
                 if spec.name not in st:
-                    st[spec.name] = Tensor._wrap(np.full(p.shape, spec.fill(group), p.dtype.np))
+                    st[spec.name] = Tensor._wrap(
+                        _aligned.full(p.shape, spec.fill(group), p.dtype.np))
                     self._created.append((st, spec.name))
                     created = True
                 arrays.append(st[spec.name]._data)
@@ -128,7 +130,7 @@ class UpdateState:
     def _scratch_array(self, i, name, p):
         arr = self._scratch.get((i, name))
         if arr is None:
-            arr = self._scratch[(i, name)] = np.zeros(p.shape, p.dtype.np)
+            arr = self._scratch[(i, name)] = _aligned.full(p.shape, 0, p.dtype.np)
         return arr
 
     def _count(self):

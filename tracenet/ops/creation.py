@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from .. import _dtype, _random
+from .. import _aligned, _dtype, _random
 from . import generator as _generator  # noqa: F401  (installs the global Generator)
 from .._sym import Specialize, Sym, has_symbols
 from ..tensor import Tensor, _check_device, _to_nested_numbers
@@ -154,7 +154,7 @@ def _factory(value, name):
         size = _size(size, name)
         if has_symbols(size):
             return _symbolic_full(size, value, dt, device, requires_grad)
-        return _make(np.full(size, value, dt.np), None, device, requires_grad)
+        return _make(_aligned.full(size, value, dt.np), None, device, requires_grad)
     factory.__name__ = name
     return factory
 
@@ -173,7 +173,7 @@ def full(size, fill_value, *, dtype=None, device=None, requires_grad=False, layo
     size = _size((size,))
     if has_symbols(size):
         return _symbolic_full(size, fill_value, dt, device, requires_grad)
-    return _make(np.full(size, fill_value, dt.np), None, device, requires_grad)
+    return _make(_aligned.full(size, fill_value, dt.np), None, device, requires_grad)
 
 
 def eye(n, m=None, *, dtype=None, device=None, requires_grad=False, layout=None, out=None):
