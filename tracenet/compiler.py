@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from . import warm
+from . import _aligned, warm
 from .autograd import engine, grad_mode
 from .compiled_function import CompiledFunction, call_inline, module_wrapper, \
     tracing_a_function
@@ -241,7 +241,7 @@ class Specialisation:
         sizes = run_sizes(arrays, symbols) if symbols else NO_SIZES
         if self.check_sizes:
             self.check_sizes(sizes)
-        outs = [np.empty(shape, dt) for shape, dt in self.fresh_shapes(sizes)]
+        outs = [_aligned.empty(shape, dt) for shape, dt in self.fresh_shapes(sizes)]
         spares = None
         if self._spare_sets:
             try:
@@ -251,7 +251,8 @@ class Specialisation:
             except IndexError:  # another thread took the last ones
                 pass
         if spares is None:
-            spares = tuple([np.empty(shape, dt) for shape, dt in self.spare_shapes(sizes)])
+            spares = tuple([_aligned.empty(shape, dt)
+                            for shape, dt in self.spare_shapes(sizes)])
         params = list(map(_data_of, self._param_tensors))
         seeds = self._forward(arrays, outs, params, sizes, spares)
         arrays += params
@@ -265,7 +266,7 @@ class Specialisation:
     def run_backward(self, cotangents, saved, sizes):
         grads = self._free_gradients(sizes)
         if grads is None:
-            grads = tuple([np.empty(shape, dt) for shape, dt in self.grad_shapes(sizes)])
+            grads = tuple([_aligned.empty(shape, dt) for shape, dt in self.grad_shapes(sizes)])
         cotangents += saved
         # (the gradients as the argument vector's tuple of last outputs: the same tuple again
         # re-points nothing; the tuple holds each array once, wherever it is kept)
