@@ -198,7 +198,7 @@ def test_function_local_imports_say_why():
 
 # the layers, bottom up: a module imports only from its own layer and the ones below it
 LAYERS = [
-    ("dtypes and value types", ["tracenet._dtype", "tracenet._meta", "tracenet._sym",
+    ("dtypes and value types", ["tracenet._dtype", "tracenet._aligned", "tracenet._meta", "tracenet._sym",
                                 "tracenet._grad_mode", "tracenet._random", "tracenet._trace_errors", "tracenet.size",
                                 "tracenet.utils", "tracenet.cuda", "tracenet.backends"]),
     ("Tensor and the op registry", ["tracenet.tensor", "tracenet._tensor_methods",
