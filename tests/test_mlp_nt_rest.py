@@ -1,7 +1,8 @@
 """A @ B^T with AVX-512, float32, where tn_gemm_nt takes its 3 x 8 tiles of dot products (fewer
 than 36 rows, or fewer than 16 columns): the columns past the 8-column tiles by tiles of 3 rows
-x 4, 2 and 1 columns (templates/_gemm.c.j2's tn_nt_rest; the MLP's second layer, 10 = 8 + 2
-columns). At sizes that leave each of them and rows past the 3-row tiles and K past a vector,
+x 4 columns and of 6, then 3, rows x 2 and 1 columns (templates/_gemm.c.j2's tn_nt_rest; the
+MLP's second layer, 10 = 8 + 2 columns). At sizes that leave each of them, 3 rows past the
+6-row tiles or none, rows past the 3-row tiles and K past a vector,
 with and without bias and ReLU, against PyTorch and eager in float32 and float64, built for
 AVX-512 and for AVX2 only, on work memory filled with NaN and split between 1-3 threads; and
 the MLP's second layer trained at a symbolic batch."""
@@ -28,10 +29,10 @@ def _rest_tiles_taken(source, march, dtype):
                      toolchain.vector_bits() >= 512)
 
 
-# (M, N, K) of a @ b^T: the MLP's second layer (2 columns past 8); 7 columns past 8 (tiles of
-# 4, 2 and 1), 2 rows past the 3-row tiles, K 4 past a vector; 5 columns past 16 (4 and 1),
-# 1 row past, K = 77; 3 rows (one 3-row tile) of 14 columns (6 past 8: 4 and 2), K below a
-# vector
+# (M, N, K) of a @ b^T: the MLP's second layer (2 columns past 8; 63 rows: ten 6-row tiles and
+# a 3-row one, then 1 row); 7 columns past 8 (tiles of 4, 2 and 1), 2 rows past the 3-row
+# tiles, K 4 past a vector; 5 columns past 16 (4 and 1), two 6-row tiles and 1 row past, K =
+# 77; 3 rows (one 3-row tile) of 14 columns (6 past 8: 4 and 2), K below a vector
 SHAPES = {"mlp_head": (64, 10, 256), "seven_past": (35, 15, 300), "five_past": (13, 21, 77),
           "three_rows": (3, 14, 5)}
 
