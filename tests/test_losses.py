@@ -379,3 +379,25 @@ def test_nll_float_target_message():
     with pytest.raises(RuntimeError, match=r"^expected target dtype to be Long or Byte, but got "
                                            r"Float$"):
         LF.nll_loss(tn.zeros(3, 4), tn.zeros(3))
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("weight", [False, True])
+def test_ignored_target_beside_an_infinite_logit_adds_nothing(reduction, weight):
+    """An ignored target contributes 0, as torch skips it, even where the class its index
+    stands in for has log-probability -inf (the value times its weight 0 would be NaN)."""
+    logits = np.array([[-np.inf, 1.0, 2.0], [0.5, -1.0, 3.0], [-np.inf, 0.0, 0.0]], np.float32)
+    target = np.array([-100, 2, 1])
+    w = np.array([0.5, 2.0, 1.5], np.float32) if weight else None
+    kw = dict(reduction=reduction)
+    x = torch.tensor(logits, requires_grad=True)
+    want = torch.nn.functional.cross_entropy(
+        x, torch.tensor(target), weight=None if w is None else torch.tensor(w), **kw)
+    y = tn.tensor(logits, requires_grad=True)
+    got = LF.cross_entropy(y, tn.tensor(target), weight=None if w is None else tn.tensor(w),
+                           **kw)
+    assert np.isfinite(want.detach().numpy()).all()
+    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-6)
+    want.sum().backward()
+    got.sum().backward()
+    np.testing.assert_allclose(y.grad.numpy(), x.grad.numpy(), rtol=1e-6, atol=1e-7)

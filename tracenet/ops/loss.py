@@ -129,7 +129,8 @@ def _nll_parts(x, t, w, ignore_index):
     if x.ndim == 1:
         x, t = x[None], t.reshape(1)
     valid = t != ignore_index
-    safe = t if valid.all() else np.where(valid, t, 0)
+    all_valid = valid.all()
+    safe = t if all_valid else np.where(valid, t, 0)
     n_classes = x.shape[1]
     if safe.size and (safe.min() < 0 or safe.max() >= n_classes):
         bad = (safe < 0) | (safe >= n_classes)
@@ -138,6 +139,8 @@ def _nll_parts(x, t, w, ignore_index):
         picked = x[np.arange(len(safe)), safe]
     else:
         picked = np.take_along_axis(np.moveaxis(x, 1, -1), safe[..., None], axis=-1)[..., 0]
+    if not all_valid:  # an ignored target adds 0, as torch skips it: what it stands in for
+        picked = np.where(valid, picked, 0)  # (class 0) may be -inf, and -inf * 0 is NaN
     weights = (w[0].reshape(-1)[safe] * valid).astype(x.dtype) if w else valid.astype(x.dtype)
     return picked, weights, safe
 
