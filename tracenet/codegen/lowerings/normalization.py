@@ -6,7 +6,7 @@ backward in one kernel (per channel: the two sums, then grad_input). Each kernel
 OpenMP for large tensors."""
 from ...ops.common import numel
 from ...ops.normalization import channels
-from ...ops.cexpr import fmt_float
+from ...ops.cexpr import fmt_float, select
 from ..base import Kernel, ctype, group_lowering, lowering, members, node_lines, signature
 from ..templates import render
 
@@ -86,20 +86,42 @@ def lower_batch_norm(name, node, exported, target):
 
 @lowering("batch_norm_backward")
 def lower_batch_norm_backward(name, node, exported, target):
+    return _batch_norm_backward(name, [node], exported, target)
+
+
+@group_lowering("norm_backward")
+def lower_masked_batch_norm_backward(name, node, exported, target):
+    """relu's threshold_backward -> batch_norm_backward (fusion group ``norm_backward``): the
+    mask recomputed from the batch norm's input and the forward's scale and shift, so no pass
+    writes the masked gradient."""
+    return _batch_norm_backward(name, members(node), exported, target)
+
+
+def _batch_norm_backward(name, group, exported, target):
+    node = group[-1]
+    mask = group[0] if len(group) > 1 else None
     g, x, mean, var = node.inputs[:4]
     has_weight = len(node.inputs) > 4
     a = node.attrs
-    reads = [("g", g), ("x", x), ("mean", mean), ("var", var)]
+    reads = [("g", mask.inputs[0] if mask else g), ("x", x), ("mean", mean), ("var", var)]
     if has_weight:
         reads.append(("weight", node.inputs[4]))
+    # the forward batch norm whose relu made the mask's y (the ``norm`` group the fusion pass
+    # found as y's producer): its bias is the shift of the value recomputed for the mask
+    forward = members(mask.inputs[1].producer)[0] if mask else None
+    has_bias = forward is not None and forward.attrs["has_bias"]
+    if has_bias:
+        reads.append(statistics_reads(forward)[-1])
     gx, gw, gb = node.outputs
     writes = [(role, v) for role, v in (("gx_out", gx), ("gw_out", gw), ("gb_out", gb))
               if v in exported]
     layout = _layout(x.shape)
     par = _parallel(x.shape, target)
-    src = render("norm_batch_norm_backward.c.j2", name=name, node_lines=node_lines([node]),
+    src = render("norm_batch_norm_backward.c.j2", name=name, node_lines=node_lines(group),
                  ctype=ctype(x), signature=signature(reads, writes), parallel=par,
                  eps=fmt_float(a["eps"], "double"), has_weight=has_weight,
                  training=bool(a["training"]) and layout["M"] > 0, gx_out=gx in exported,
-                 gw_out=gw in exported, gb_out=gb in exported, **layout)
+                 gw_out=gw in exported, gb_out=gb in exported, mask=mask is not None,
+                 keep=lambda cond, value: select(cond, value, "0", ctype(x)), has_bias=has_bias,
+                 **layout)
     return Kernel(name, reads, writes, src, parallel=par)
