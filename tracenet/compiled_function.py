@@ -528,7 +528,7 @@ class _Specialisation:
                 outs = []
                 self.call(arrays, (), bound, sizes, results=outs)
             else:
-                outs = [_aligned.empty(shape, dt) for shape, dt in self.user_out_shapes(sizes)]
+                outs = [np.empty(shape, dt) for shape, dt in self.user_out_shapes(sizes)]
                 self.call(arrays, outs, bound, sizes)
         except Exception:  # bad data: the C code stopped before any update
             for _, update_state, _ in self.updates:
