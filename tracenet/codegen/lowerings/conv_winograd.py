@@ -56,6 +56,9 @@ _WEIGHT_BLOCK_ELEMENTS = 8192
 _WEIGHT_IMAGE_BLOCK_TILES = 128
 # (channels the weight gradient was measured on: the ResNet's)
 _WEIGHT_MIN_CHANNELS = 16
+# Channel pairs the weight gradient's last step (the threads' sums, G^T dU G) takes at a time,
+# along the vectors
+_WEIGHT_REDUCE_BLOCK = 16
 
 
 def applies(geo, ct):
@@ -250,8 +253,8 @@ def lower_backward_weight(name, node, geo, target):
     src = render("conv_winograd_weight.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"],
-                 P=geo["H"] * geo["W"], VL=_VL[ct], **layout, **blocks,
-                 **_wide_tiles(ci, co, ct))
+                 P=geo["H"] * geo["W"], VL=_VL[ct], RBLK=_WEIGHT_REDUCE_BLOCK, **layout,
+                 **blocks, **_wide_tiles(ci, co, ct))
     return Kernel(name, reads, writes, src, threads_scratch(layout["per_thread"], parallel), ct,
                   flops=conv_flops(geo), parallel=parallel)
 
