@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import tracenet as tn
+from tracenet.runtime import target as runtime_target
 
 from compile_checks import check_compiled
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
@@ -36,6 +37,12 @@ CASES = {
 }
 
 
+def _fused(cout, dtype):
+    """Whether the tiles are made inside the products instead (test_resnet_wgrad_fused.py)."""
+    return (runtime_target.current().vector_bits >= 512 and dtype == np.float32 and
+            cout % 16 == 0 and cout <= 32)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_tiles_from_rows_match_torch_and_eager(march, name):
     cin, cout, shape, dtype = CASES[name]
@@ -48,8 +55,9 @@ def test_tiles_from_rows_match_torch_and_eager(march, name):
     _step_against_torch(compiled, model, tmodel, x, tol)
     source = compiled.source()
     _takes_it(source)
-    assert FROM_ROWS in source
-    assert (ODD_COLUMN in source) == (shape[-1] % 2 == 1)
+    if not _fused(cout, dtype):
+        assert FROM_ROWS in source
+        assert (ODD_COLUMN in source) == (shape[-1] % 2 == 1)
     check_compiled(model, shape, dtype=tn.float64 if dtype == np.float64 else tn.float32,
                    tol=tol)
 
@@ -58,6 +66,7 @@ def test_tiles_from_rows_match_torch_and_eager(march, name):
 @pytest.mark.parametrize("size", [(32, 32), (9, 11)])
 def test_nan_arena_threads(nan_arenas_split, threads, size):
     """Two convolutions in a row over five and two images on work memory filled with NaN: a
-    tile read from an unwritten row of zeros, or left unwritten, shows as NaN."""
+    tile read from an unwritten row of zeros, or left unwritten, shows as NaN (the 18 -> 16
+    gradient's tiles are made inside the products where ``_fused``)."""
     source = _two_convs_on_nan_arenas(threads, size, 16)
-    assert source.count(FROM_ROWS) == 2
+    assert source.count(FROM_ROWS) == (1 if _fused(16, np.float32) else 2)

@@ -620,6 +620,27 @@ def _batch_gathered_images(gathered, geo):
                                      for p in gathered["positions"]])
 
 
+# The weight gradient's AVX-512 gathered tiles: a channel's taps (read at constant offsets
+# from one pointer) x one or two vectors of 16 output channels, up to 24 of the 32 registers
+# accumulating, the positions in chunks of this many. The ResNet's stride-2 gradients, one
+# thread, interleaved in one process: 16->32 772-840 -> 756-804 us, 32->64 725-734 ->
+# 708-714 us (1.01-1.05x); 12 taps through a pointer each lost (0.92-0.99x: too few
+# general registers)
+_GATHERED_WEIGHT_TILE_K = 256
+
+
+def _gathered_weight_tile(geo, ct, target):
+    """The weight gradient's own AVX-512 tile for its gathered GEMM (``MR`` taps x ``NV``
+    vectors of 16 output channels, ``KC`` positions a chunk), or None: float32 with AVX-512,
+    whole vectors of output channels per group and at most 24 accumulators."""
+    og = geo["O"] // geo["G"]
+    kk = geo["KD"] * geo["KH"] * geo["KW"]
+    nv = 2 if og % 32 == 0 else 1
+    if ct != "float" or target.vector_bits < 512 or og % 16 or kk * nv > 24:
+        return None
+    return dict(MR=kk, NV=nv, KC=_GATHERED_WEIGHT_TILE_K)
+
+
 def _lower_general_backward_weight(name, node, geo, ct, target):
     """Tap-wise GEMMs, a gathered GEMM, dot products along the positions, or columns."""
     gy, x = node.inputs
@@ -636,6 +657,7 @@ def _lower_general_backward_weight(name, node, geo, ct, target):
         gathered = None
     if gathered is not None:
         _batch_gathered_images(gathered, geo)
+        gathered["wide"] = _gathered_weight_tile(geo, ct, target)
         work = gathered["images"] * (gathered["P"] * (geo["O"] // geo["G"]) + gathered["image"])
         gathered["geo"] = dict(t, DP=gathered["DP"], HP=gathered["HP"], WP=gathered["WP"])
     else:

@@ -56,6 +56,9 @@ _WEIGHT_BLOCK_ELEMENTS = 8192
 _WEIGHT_IMAGE_BLOCK_TILES = 128
 # (channels the weight gradient was measured on: the ResNet's)
 _WEIGHT_MIN_CHANNELS = 16
+# Channel pairs the weight gradient's last step (the threads' sums, G^T dU G) takes at a time,
+# along the vectors
+_WEIGHT_REDUCE_BLOCK = 16
 
 
 def applies(geo, ct):
@@ -83,8 +86,28 @@ def takes_weight_gradient(geo, ct, target):
     """From ``_WEIGHT_MIN_CHANNELS`` in and out, with AVX-512 or AVX2 only (the ResNet's
     16-channel 32x32 kernels with AVX2 only, batch 32, one thread: 2124-2133 us in the general
     kernel, 1056-1065 us here; the dot products along the tiles before lost there, 0.91-0.93x,
-    and were taken from 32 channels)."""
-    return applies(geo, ct) and min(geo["C"], geo["O"]) >= _WEIGHT_MIN_CHANNELS
+    and were taken from 32 channels); and with few input channels (``_few_channels_weight``)."""
+    return ((applies(geo, ct) and min(geo["C"], geo["O"]) >= _WEIGHT_MIN_CHANNELS) or
+            _few_channels_weight(geo, ct, target))
+
+
+# The few-channel weight gradient: up to this many input channels (8 of the 16 points x 3
+# channels are 24 register accumulators of AVX-512's 32) and whole 64-byte vectors of output
+# channels
+_FEW_MAX_CHANNELS = 3
+_FEW_OUT_VECTOR = 16
+
+
+def _few_channels_weight(geo, ct, target):
+    """Whether the weight gradient takes ``conv_winograd_weight_few.c.j2``: float32 with
+    AVX-512, 3x3 stride 1 padding 1, up to ``_FEW_MAX_CHANNELS`` channels in, whole vectors of
+    channels out, even sizes (the ResNet's stem)."""
+    return (ct == "float" and target.vector_bits >= 512 and geo["G"] == 1 and not geo["deep"]
+            and geo["KD"] == 1 and geo["KH"] == geo["KW"] == 3 and
+            geo["SH"] == geo["SW"] == 1 and geo["PH"] == geo["PW"] == 1 and
+            geo["DH"] == geo["DW"] == 1 and geo["OH"] == geo["H"] and geo["OW"] == geo["W"] and
+            geo["H"] % 2 == 0 and geo["W"] % 2 == 0 and geo["C"] <= _FEW_MAX_CHANNELS and
+            geo["O"] % _FEW_OUT_VECTOR == 0)
 
 
 # Elements between the transformed matrices beyond their size (a cache line of floats)
@@ -220,6 +243,22 @@ def _wide_tiles(ci, co, ct):
     return dict(ZL=zl, NV=nv, MR=mr if co >= mr else 0)
 
 
+# The weight gradient's fused products: input channels a pass (4 points x 6 channels, 24 of
+# AVX-512's 32 registers accumulating), and up to this many 64-byte vectors of output channels
+# (each vector's passes read the transposed output gradient again: one thread, interleaved in
+# one process, 16 channels on 32x32 1.05-1.08x, 32 on 16x16 0.99-1.07x, 64 on 8x8 0.94-0.99x)
+_FUSED_CHANNELS = 6
+_FUSED_MAX_OUT_VECTORS = 2
+
+
+def _fused_products(co, ct, target):
+    """Whether the weight gradient makes A dy A^T in registers inside its products
+    (``conv_winograd_weight.c.j2``'s ``fused_pass``): float32 with AVX-512, one or two whole
+    64-byte vectors of output channels."""
+    return (ct == "float" and target.vector_bits >= 512 and co % 16 == 0 and
+            co // 16 <= _FUSED_MAX_OUT_VECTORS)
+
+
 def _weight_layout(ci, co, blocks, ct):
     """The weight gradient's per-thread work: the input rows with the channels innermost (XT
     elements, CIP channels a position), a row of zeros (ZEROS), V and D (VS
@@ -234,6 +273,28 @@ def _weight_layout(ci, co, blocks, ct):
     return layout
 
 
+def _lower_few_channels_weight(name, node, geo, target):
+    """The weight gradient with few input channels: per image the output gradient transposed,
+    V = B^T d B along the tiles, dU[e] += (A dy A^T)[e] V[e] on register accumulators of 16
+    output channels, each thread its images (``conv_winograd_weight_few.c.j2``)."""
+    gy, x = node.inputs
+    out = node.outputs[0]
+    ci, co, h, w = geo["C"], geo["O"], geo["H"], geo["W"]
+    tiles = (h // 2) * (w // 2)
+    split = ci * (h + 2) * 2 * (w // 2 + 1)
+    du_at = h * w * co + split + 16 * ci * tiles
+    per_thread = du_at + 16 * ci * co
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
+    reads, writes = [("gy", gy), ("x", x)], [("out", out)]
+    src = render("conv_winograd_weight_few.c.j2", name=name, node_lines=node_lines([node]),
+                 sfx=SFX["float"], signature=signature(reads, writes, 1, "float"),
+                 parallel=parallel, N=geo["N"], CI=ci, CO=co, H=h, W=w, P=h * w,
+                 TH=h // 2, TW=w // 2, TILES=tiles, SPLIT=split, du_at=du_at,
+                 per_thread=per_thread)
+    return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), "float",
+                  flops=conv_flops(geo), parallel=parallel)
+
+
 def lower_backward_weight(name, node, geo, target):
     """dW = G^T dU G, dU[e] the sum over the tiles of the output gradient's A dy A^T times
     the input's B^T d B: each thread adds its images' GEMMs into its own buffer, then the
@@ -241,6 +302,8 @@ def lower_backward_weight(name, node, geo, target):
     gy, x = node.inputs
     out = node.outputs[0]
     ct = ctype(out)
+    if _few_channels_weight(geo, ct, target):
+        return _lower_few_channels_weight(name, node, geo, target)
     ci, co = geo["C"], geo["O"]
     blocks = _blocking(ci, geo["H"], geo["W"], _WEIGHT_BLOCK_ELEMENTS, images=True,
                        image_tiles=_WEIGHT_IMAGE_BLOCK_TILES)
@@ -250,8 +313,9 @@ def lower_backward_weight(name, node, geo, target):
     src = render("conv_winograd_weight.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"],
-                 P=geo["H"] * geo["W"], VL=_VL[ct], **layout, **blocks,
-                 **_wide_tiles(ci, co, ct))
+                 P=geo["H"] * geo["W"], VL=_VL[ct], RBLK=_WEIGHT_REDUCE_BLOCK, **layout,
+                 **blocks, **_wide_tiles(ci, co, ct), FUSED=_fused_products(co, ct, target),
+                 CB=_FUSED_CHANNELS)
     return Kernel(name, reads, writes, src, threads_scratch(layout["per_thread"], parallel), ct,
                   flops=conv_flops(geo), parallel=parallel)
 
