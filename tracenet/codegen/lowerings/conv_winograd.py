@@ -95,7 +95,9 @@ def takes_weight_gradient(geo, ct, target):
 # channels are 24 register accumulators of AVX-512's 32) and whole 64-byte vectors of output
 # channels
 _FEW_MAX_CHANNELS = 3
-_FEW_OUT_VECTOR = 16
+# float32 lanes of a 64-byte vector: the weight gradient's AVX-512 forms take whole vectors of
+# output channels
+_ZMM_FLOATS = 16
 
 
 def _few_channels_weight(geo, ct, target):
@@ -107,7 +109,7 @@ def _few_channels_weight(geo, ct, target):
             geo["SH"] == geo["SW"] == 1 and geo["PH"] == geo["PW"] == 1 and
             geo["DH"] == geo["DW"] == 1 and geo["OH"] == geo["H"] and geo["OW"] == geo["W"] and
             geo["H"] % 2 == 0 and geo["W"] % 2 == 0 and geo["C"] <= _FEW_MAX_CHANNELS and
-            geo["O"] % _FEW_OUT_VECTOR == 0)
+            geo["O"] % _ZMM_FLOATS == 0)
 
 
 # Elements between the transformed matrices beyond their size (a cache line of floats)
@@ -255,8 +257,8 @@ def _fused_products(co, ct, target):
     """Whether the weight gradient makes A dy A^T in registers inside its products
     (``conv_winograd_weight.c.j2``'s ``fused_pass``): float32 with AVX-512, one or two whole
     64-byte vectors of output channels."""
-    return (ct == "float" and target.vector_bits >= 512 and co % 16 == 0 and
-            co // 16 <= _FUSED_MAX_OUT_VECTORS)
+    return (ct == "float" and target.vector_bits >= 512 and co % _ZMM_FLOATS == 0 and
+            co // _ZMM_FLOATS <= _FUSED_MAX_OUT_VECTORS)
 
 
 def _weight_layout(ci, co, blocks, ct):
