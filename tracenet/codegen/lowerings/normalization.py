@@ -65,14 +65,18 @@ def residual_operand(add, value):
 @lowering("batch_norm")
 def lower_batch_norm(name, node, exported, target):
     """Alone, or with a residual add and relu applied before the one write (``norm``
-    group: only the relu's output is written)."""
+    group: only the relu's output is written); a residual made by a batch norm of the group
+    is normalised in the same pass (read as its input, ``res_x``, and its statistics)."""
     group = members(node)
     bn = group[0]
     x = bn.inputs[0]
     a = bn.attrs
     reads = [("x", x)] + statistics_reads(bn)
     add = next((m for m in group if m.op == "add"), None)
-    if add is not None:
+    res_bn = next((m for m in group[1:] if m.op == "batch_norm"), None)
+    if res_bn is not None:
+        reads += [("res_x", res_bn.inputs[0])] + statistics_reads(res_bn, "res_")
+    elif add is not None:
         reads.append(("res", residual_operand(add, bn.output)))
     writes = [("out", group[-1].outputs[0])]
     par = _parallel(x.shape, target)
@@ -80,6 +84,9 @@ def lower_batch_norm(name, node, exported, target):
                  ctype=ctype(x), signature=signature(reads, writes), parallel=par,
                  eps=fmt_float(a["eps"], "double"), has_weight=a["has_weight"],
                  has_bias=a["has_bias"], res=add is not None,
+                 res_bn=None if res_bn is None else dict(
+                     eps=fmt_float(res_bn.attrs["eps"], "double"),
+                     has_weight=res_bn.attrs["has_weight"], has_bias=res_bn.attrs["has_bias"]),
                  relu=any(m.op == "relu" for m in group), **_layout(x.shape))
     return Kernel(name, reads, writes, src, parallel=par)
 
