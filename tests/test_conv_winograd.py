@@ -18,10 +18,11 @@ from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, \
     _step_against_torch
 
 # the forward and input gradient take F(4x4, 3x3) in float32, F(2x2, 3x3) in float64
-# (conv_winograd._takes_f4); the weight gradient F(2x2, 3x3)
+# (conv_winograd._takes_f4); the weight gradient F(2x2, 3x3), or F(2x4, 3x3) where its
+# products are fused (conv_winograd._wide_weight_tiles)
 FORWARD = "winograd 3x3 convolution F({}x{},3x3), "
 INPUT = "winograd 3x3 convolution input gradient F({}x{},3x3)"
-WEIGHT = "winograd 3x3 convolution weight gradient F(2x2,3x3)"
+WEIGHT = "winograd 3x3 convolution weight gradient F(2x"
 # the weight gradient takes it from 16 channels in and out (conv_winograd.takes_weight_gradient)
 WEIGHT_FROM = 16
 

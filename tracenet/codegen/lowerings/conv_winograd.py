@@ -12,7 +12,8 @@ the same kernel with another weight transform. The weight gradient is G^T dU G, 
 sum over the tiles of the output gradient's transformed tiles (A dy A^T) times the input's,
 transformed with the channels innermost (``conv_winograd_weight.c.j2``: the GEMM core's
 broadcast tiles keep the sums along the tiles in registers; each thread its share of the
-batch). The results round
+batch; with AVX-512 and one or two vectors of output channels on tiles of 2 x 4 output-gradient
+values, F(2x4, 3x3): ``_wide_weight_tiles``). The results round
 differently from the direct sum (within a few units in the last place of the inputs' scale).
 In float32 the forward and the input gradient take F(4x4, 3x3) instead (``_takes_f4``): 6x6
 tiles, 36 products per 4x4 outputs, the same steps (``conv_winograd_f4.c.j2``; about ten
@@ -261,17 +262,35 @@ def _fused_products(co, ct, target):
             co // _ZMM_FLOATS <= _FUSED_MAX_OUT_VECTORS)
 
 
-def _weight_layout(ci, co, blocks, ct):
-    """The weight gradient's per-thread work: the input rows with the channels innermost (XT
-    elements, CIP channels a position), a row of zeros (ZEROS), V and D (VS
-    and MS apart), then the sums dU (at ``du_at``, US apart)."""
+# The weight gradient's tiles of 2 x 4 output-gradient values (F(2x4, 3x3): 4 x 6 input
+# values, 24 products per 8 positions against F(2x2)'s 16 per 4), where the products are fused:
+# input channels a pass (3 of the 6 column points x 8 channels, 24 of AVX-512's 32 registers)
+_WIDE_TILE_CHANNELS = 8
+# ... and tiles summed in registers before the sums go to memory: one long float32 run per
+# thread rounds F(2x4)'s larger transformed values past the tests' tolerance (see README)
+_WEIGHT_SUM_TILES = 64
+
+
+def _wide_weight_tiles(co, ct, target):
+    """Whether the weight gradient takes tiles of 2 x 4 output-gradient values: where its
+    products are fused (``_fused_products``)."""
+    return _fused_products(co, ct, target)
+
+
+def _weight_layout(ci, co, blocks, ct, mw=2):
+    """The weight gradient's per-thread work for tiles of 2 x ``mw`` output-gradient values:
+    the input rows with the channels innermost (XT elements, CIP channels a position, WX
+    positions a row), a row of zeros (ZEROS), V and D (VS and MS apart, NE points), then the
+    sums dU (at ``du_at``, US apart)."""
     cip = -(-ci // _VL[ct]) * _VL[ct]
-    wx, xrows = 2 * blocks["TW"] + 2, 2 * blocks["R"] + 2
-    layout = dict(CIP=cip, WX=wx, XROWS=xrows, XT=xrows * wx * cip,
-                  ZEROS=2 * blocks["TW"],
+    ne = 4 * (mw + 2)
+    wr = mw * blocks["TW"]  # a row's output-gradient columns, whole tiles
+    wx, xrows = wr + 2, 2 * blocks["R"] + 2
+    layout = dict(CIP=cip, WX=wx, WR=wr, XROWS=xrows, XT=xrows * wx * cip, ZEROS=wr,
+                  MW=mw, NE=ne,
                   VS=blocks["RB"] * cip + _PAD, MS=co * blocks["RB"] + _PAD, US=co * ci + _PAD)
-    layout["du_at"] = layout["XT"] + layout["ZEROS"] + 16 * (layout["VS"] + layout["MS"])
-    layout["per_thread"] = layout["du_at"] + 16 * layout["US"]
+    layout["du_at"] = layout["XT"] + layout["ZEROS"] + ne * (layout["VS"] + layout["MS"])
+    layout["per_thread"] = layout["du_at"] + ne * layout["US"]
     return layout
 
 
@@ -307,9 +326,11 @@ def lower_backward_weight(name, node, geo, target):
     if _few_channels_weight(geo, ct, target):
         return _lower_few_channels_weight(name, node, geo, target)
     ci, co = geo["C"], geo["O"]
-    blocks = _blocking(ci, geo["H"], geo["W"], _WEIGHT_BLOCK_ELEMENTS, images=True,
-                       image_tiles=_WEIGHT_IMAGE_BLOCK_TILES)
-    layout = _weight_layout(ci, co, blocks, ct)
+    mw = 4 if _wide_weight_tiles(co, ct, target) else 2
+    # (tiles of 2 x mw: _blocking's 2 x 2 tiles on a width of 2 tiles per mw columns)
+    blocks = _blocking(ci, geo["H"], 2 * -(-geo["W"] // mw), _WEIGHT_BLOCK_ELEMENTS,
+                       images=True, image_tiles=_WEIGHT_IMAGE_BLOCK_TILES)
+    layout = _weight_layout(ci, co, blocks, ct, mw)
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("x", x)], [("out", out)]
     src = render("conv_winograd_weight.c.j2", name=name, node_lines=node_lines([node]),
@@ -317,7 +338,8 @@ def lower_backward_weight(name, node, geo, target):
                  parallel=parallel, N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"],
                  P=geo["H"] * geo["W"], VL=_VL[ct], RBLK=_WEIGHT_REDUCE_BLOCK, **layout,
                  **blocks, **_wide_tiles(ci, co, ct), FUSED=_fused_products(co, ct, target),
-                 CB=_FUSED_CHANNELS)
+                 CB=_WIDE_TILE_CHANNELS if mw == 4 else _FUSED_CHANNELS,
+                 SUMROWS=max(1, _WEIGHT_SUM_TILES // blocks["TW"]))
     return Kernel(name, reads, writes, src, threads_scratch(layout["per_thread"], parallel), ct,
                   flops=conv_flops(geo), parallel=parallel)
 
