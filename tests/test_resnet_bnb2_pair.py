@@ -54,6 +54,11 @@ def _models(cin, c, stride, affine, eps2, dtype, tap=False):
     tn.manual_seed(0)
     model = _net(tn, cin, c, stride, affine, eps2, tap)
     tmodel = _net(torch, cin, c, stride, affine, eps2, tap)
+    # the same weights in every run, whatever ran before in the process: two steps of a relu
+    # net compared at 2e-4 meet a relu input within rounding of 0 for some weights, whose mask
+    # then differs from PyTorch's in the second step (seed 0 does, on the 32-channel NaN-arena
+    # net, with the batch norms' backwards fused or not)
+    torch.manual_seed(1)
     with torch.no_grad():  # away from (1, 0), so each batch norm's weight and bias matter
         for bn in (tmodel.bn1, tmodel.bns) + ((tmodel.bn2,) if affine else ()):
             bn.weight.uniform_(0.5, 1.5)
