@@ -26,6 +26,38 @@ def check_compiled(model, shape, dtype=tn.float32, tol=1e-4):
     return compiled
 
 
+def sgd_steps_against_torch_and_eager(model, tmodel, eager, batches, tol, dynamic=True):
+    """SGD steps compiled (``compile_step`` on ``model``), in eager mode (``eager``, a copy of
+    ``model``) and in PyTorch (``tmodel``) on each (x, y) of ``batches``: the losses,
+    parameter gradients and updated parameters agree. Returns the compiled step."""
+    import torch  # (only the tests that compare with PyTorch need it)
+    eager.load_state_dict(model.state_dict())
+    crit = tn.nn.CrossEntropyLoss()
+    step = tn.compile_step(lambda a, b: crit(model(a), b),
+                           tn.optim.SGD(model.parameters(), lr=0.1), dynamic=dynamic)
+    eager_opt = tn.optim.SGD(eager.parameters(), lr=0.1)
+    topt = torch.optim.SGD(tmodel.parameters(), lr=0.1)
+    for x, y in batches:
+        loss = step(tn.from_numpy(x), tn.from_numpy(y)).item()
+        eager_opt.zero_grad()
+        eager_loss = crit(eager(tn.from_numpy(x)), tn.from_numpy(y))
+        eager_loss.backward()
+        eager_opt.step()
+        topt.zero_grad()
+        ref = torch.nn.CrossEntropyLoss()(tmodel(torch.from_numpy(x)), torch.from_numpy(y))
+        ref.backward()
+        topt.step()
+        np.testing.assert_allclose(loss, ref.item(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(loss, eager_loss.item(), rtol=tol, atol=tol)
+        for (name, p), q, tp in zip(model.named_parameters(), eager.parameters(),
+                                    tmodel.parameters()):
+            for got, want in ((p.grad.numpy(), tp.grad.numpy()),
+                              (p.grad.numpy(), q.grad.numpy()),
+                              (p.detach().numpy(), tp.detach().numpy())):
+                np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=name)
+    return step
+
+
 class _Forgotten(list):
     """An arena pool that keeps nothing: every call gets a new arena."""
 

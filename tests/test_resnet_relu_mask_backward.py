@@ -15,7 +15,7 @@ import torch
 
 import tracenet as tn
 
-from compile_checks import nan_filled_arenas
+from compile_checks import nan_filled_arenas, sgd_steps_against_torch_and_eager
 
 # the fused kernel's comment (templates/norm_batch_norm_backward.c.j2)
 MASKED = "g is the output gradient masked by the relu after the forward batch norm"
@@ -70,37 +70,11 @@ def _data(shape, dtype, seed):
 
 
 def _steps_against_torch_and_eager(model, tmodel, batches, tol, dynamic=True):
-    """SGD steps compiled, in eager mode (a copy of ``model``) and in PyTorch on each (x, y)
-    of ``batches``: the losses, parameter gradients and updated parameters agree. Returns the
-    compiled step."""
+    """SGD steps compiled, in eager mode and in PyTorch agree (``compile_checks``)."""
     eager = _net(tn, model.conv1.in_channels, model.conv1.out_channels, model.bn.affine)
     if model.conv1.weight.dtype == tn.float64:
         eager = eager.double()
-    eager.load_state_dict(model.state_dict())
-    crit = tn.nn.CrossEntropyLoss()
-    step = tn.compile_step(lambda a, b: crit(model(a), b),
-                           tn.optim.SGD(model.parameters(), lr=0.1), dynamic=dynamic)
-    eager_opt = tn.optim.SGD(eager.parameters(), lr=0.1)
-    topt = torch.optim.SGD(tmodel.parameters(), lr=0.1)
-    for x, y in batches:
-        loss = step(tn.from_numpy(x), tn.from_numpy(y)).item()
-        eager_opt.zero_grad()
-        eager_loss = crit(eager(tn.from_numpy(x)), tn.from_numpy(y))
-        eager_loss.backward()
-        eager_opt.step()
-        topt.zero_grad()
-        ref = torch.nn.CrossEntropyLoss()(tmodel(torch.from_numpy(x)), torch.from_numpy(y))
-        ref.backward()
-        topt.step()
-        np.testing.assert_allclose(loss, ref.item(), rtol=tol, atol=tol)
-        np.testing.assert_allclose(loss, eager_loss.item(), rtol=tol, atol=tol)
-        for (name, p), q, tp in zip(model.named_parameters(), eager.parameters(),
-                                    tmodel.parameters()):
-            for got, want in ((p.grad.numpy(), tp.grad.numpy()),
-                              (p.grad.numpy(), q.grad.numpy()),
-                              (p.detach().numpy(), tp.detach().numpy())):
-                np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=name)
-    return step
+    return sgd_steps_against_torch_and_eager(model, tmodel, eager, batches, tol, dynamic)
 
 
 def _kernels(source):

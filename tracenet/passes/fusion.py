@@ -14,6 +14,8 @@ members for people):
 * ``norm_backward``: a relu's ``threshold_backward`` -> training-mode ``batch_norm_backward``
   when the relu's output is the ``norm`` group ``relu(batch_norm(x))`` of the same ``x`` and
   statistics: the kernel recomputes the mask from ``x`` (reading the forward's bias too);
+* ``norm_backward_pair``: the two training-mode ``batch_norm_backward`` of one gradient, its
+  only readers: each pass reads the gradient once for both;
 * ``gemm``: ``addmm``/``gemm``, or ``mm`` followed by a broadcast bias ``add``, then an optional
   activation (any one-input elementwise op of the registry); ``attrs["roles"]`` names each
   member's part of the epilogue;
@@ -248,6 +250,29 @@ def _norm_backward_groups(graph):
             continue
         bias = forward.inputs[-1:] if forward.attrs["has_bias"] else []
         groups.append(([thr, node], None, bias, [thr.inputs[1]]))
+    return groups
+
+
+def _shared_gradient_norm_backward_groups(graph):
+    """[first, second]: the two training-mode ``batch_norm_backward`` reading one gradient g,
+    its only readers (a residual block's output gradient reaches its last batch norm and its
+    shortcut's, in the ResNet): one kernel whose two passes read g once for both instead of
+    once each."""
+    users = graph.users()
+    groups = []
+    for node in graph.nodes:
+        if node.op != "batch_norm_backward" or not node.attrs["training"]:
+            continue
+        g = node.inputs[0]
+        readers = users.get(g, [])
+        if len(readers) != 2 or readers[0] is not node or g in graph.outputs:
+            continue
+        other = readers[1]
+        if other.op == "batch_norm_backward" and other.attrs["training"] and \
+                other.inputs[0] is g and g not in other.inputs[1:] and \
+                g not in node.inputs[1:] and other.inputs[1].dtype is g.dtype and \
+                node.inputs[1].dtype is g.dtype:
+            groups.append([node, other])
     return groups
 
 
@@ -595,6 +620,7 @@ def fuse(graph):
         fuse(body)
     for finder, group_name in ((_loop_groups, "loop"), (_conv_groups, "conv"), (_norm_groups, "norm"),
                                (_norm_backward_groups, "norm_backward"),
+                               (_shared_gradient_norm_backward_groups, "norm_backward_pair"),
                                (_pool_relu_backward_groups, "pool_backward"),
                                (_cross_entropy_groups, "cross_entropy"),
                                (_gemm_sgd_groups, "weight_update"), (_gemm_mask_groups, "gemm"),

@@ -104,31 +104,51 @@ def lower_masked_batch_norm_backward(name, node, exported, target):
     return _batch_norm_backward(name, members(node), exported, target)
 
 
+@group_lowering("norm_backward_pair")
+def lower_batch_norm_backward_pair(name, node, exported, target):
+    """Two training-mode batch_norm_backward of one gradient (fusion group
+    ``norm_backward_pair``): each pass reads g once for both (the second's reads and writes
+    named with a 2)."""
+    return _batch_norm_backward(name, members(node), exported, target)
+
+
 def _batch_norm_backward(name, group, exported, target):
-    node = group[-1]
-    mask = group[0] if len(group) > 1 else None
-    g, x, mean, var = node.inputs[:4]
-    has_weight = len(node.inputs) > 4
-    a = node.attrs
-    reads = [("g", mask.inputs[0] if mask else g), ("x", x), ("mean", mean), ("var", var)]
-    if has_weight:
-        reads.append(("weight", node.inputs[4]))
+    mask = group[0] if group[0].op == "threshold_backward" else None
+    parts = [m for m in group if m.op == "batch_norm_backward"]
+    node = parts[0]
+    g, x = node.inputs[:2]
+    reads = [("g", mask.inputs[0] if mask else g)]
+    writes = []
+    for i, part in enumerate(parts):
+        sfx = str(i + 1) if i else ""
+        reads += [("x" + sfx, part.inputs[1]), ("mean" + sfx, part.inputs[2]),
+                  ("var" + sfx, part.inputs[3])]
+        if len(part.inputs) > 4:
+            reads.append(("weight" + sfx, part.inputs[4]))
+        writes += [(role.replace("_", sfx + "_", 1), v) for role, v in
+                   zip(("gx_out", "gw_out", "gb_out"), part.outputs) if v in exported]
     # the forward batch norm whose relu made the mask's y (the ``norm`` group the fusion pass
     # found as y's producer): its bias is the shift of the value recomputed for the mask
     forward = members(mask.inputs[1].producer)[0] if mask else None
     has_bias = forward is not None and forward.attrs["has_bias"]
     if has_bias:
         reads.append(statistics_reads(forward)[-1])
-    gx, gw, gb = node.outputs
-    writes = [(role, v) for role, v in (("gx_out", gx), ("gw_out", gw), ("gb_out", gb))
-              if v in exported]
     layout = _layout(x.shape)
     par = _parallel(x.shape, target)
     src = render("norm_batch_norm_backward.c.j2", name=name, node_lines=node_lines(group),
                  ctype=ctype(x), signature=signature(reads, writes), parallel=par,
-                 eps=fmt_float(a["eps"], "double"), has_weight=has_weight,
-                 training=bool(a["training"]) and layout["M"] > 0, gx_out=gx in exported,
-                 gw_out=gw in exported, gb_out=gb in exported, mask=mask is not None,
+                 eps=fmt_float(node.attrs["eps"], "double"), has_weight=len(node.inputs) > 4,
+                 training=bool(node.attrs["training"]) and layout["M"] > 0,
+                 parts=[_part(p, str(i + 1) if i else "", exported) for i, p in enumerate(parts)],
+                 mask=mask is not None,
                  keep=lambda cond, value: select(cond, value, "0", ctype(x)), has_bias=has_bias,
                  **layout)
     return Kernel(name, reads, writes, src, parallel=par)
+
+
+def _part(node, sfx, exported):
+    """One batch_norm_backward's part of the kernel: the suffix of its names, its epsilon,
+    whether it has a weight and which of its outputs it writes."""
+    gx, gw, gb = node.outputs
+    return dict(s=sfx, eps=fmt_float(node.attrs["eps"], "double"), has_weight=len(node.inputs) > 4,
+                gx_out=gx in exported, gw_out=gw in exported, gb_out=gb in exported)
