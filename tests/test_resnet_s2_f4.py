@@ -50,6 +50,8 @@ def _paths(source):
 # rows split by transposes, output rows by shuffles, by transposes)
 CASES = {
     "resnet_16_32": (16, 32, False, (2, 16, 32, 32), np.float32, False, 2, True, True, False),
+    # the bias and relu an epilogue: the shuffled rows through the buffer
+    "resnet_16_32_bias": (16, 32, True, (2, 16, 32, 32), np.float32, False, 2, True, True, False),
     "resnet_16_32_batch3": (16, 32, False, (3, 16, 32, 32), np.float32, True, 2, True, True,
                             False),
     "resnet_32_64_batch9": (32, 64, False, (9, 32, 16, 16), np.float32, True, 8, True, False,
