@@ -7,6 +7,8 @@ block, a last block of fewer images (which keeps the buffer), edge tiles cut (wh
 a fused epilogue (which keeps it), batch 1, a symbolic batch, float64, builds for AVX-512 and
 for AVX2 only, NaN-filled work memory on 1-3 threads; the statistics over runs with a tail,
 of several runs, in float64."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -83,7 +85,7 @@ def test_direct_rows_match_torch_and_eager(march, name):
     if stride == 1 and dtype == np.float32:
         assert _forms(source, 4)[:2] == (1, 1)
     if stride == 2:
-        assert source.count(STRIDE2) == source.count(STRIDE2_INPUT) == 1
+        assert len(re.findall(STRIDE2, source)) == source.count(STRIDE2_INPUT) == 1
     assert _direct(source) == (direct, direct_input)
     check_compiled(model, shape, dtype=tn.float64 if dtype == np.float64 else tn.float32)
 

@@ -17,7 +17,8 @@ from compile_checks import check_compiled
 from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, _step_against_torch
 
 # the kernels' comments (templates/conv_winograd_s2.c.j2, conv_winograd_s2_input.c.j2)
-STRIDE2 = "stride-2 3x3 convolution by its phases' Winograd forms (25 products per 2x2 outputs)"
+STRIDE2 = re.escape("stride-2 3x3 convolution by its phases' Winograd forms (") + \
+    r"(?:25 products per 2x2|81 products per 4x4) outputs\)"
 STRIDE2_INPUT = "stride-2 3x3 convolution input gradient by its phases' Winograd forms " \
     "(25 products per 4x4 values)"
 INTERLEAVED = re.compile(r"\((\d+) image\(s\) interleaved\)")
@@ -31,7 +32,7 @@ def _cache(tmp_path_factory, monkeypatch):
 def _taken(source):
     """How many stride-2 convolutions of the compiled source take the phases' Winograd form:
     forwards and input gradients."""
-    return source.count(STRIDE2), source.count(STRIDE2_INPUT)
+    return len(re.findall(STRIDE2, source)), source.count(STRIDE2_INPUT)
 
 
 def _net(lib, cin, cout, bias):
@@ -44,16 +45,16 @@ def _net(lib, cin, cout, bias):
 
 # name -> (in channels, out channels, bias, input shape, dtype, images per block)
 CASES = {
-    "resnet_16_32": (16, 32, False, (2, 16, 32, 32), np.float32, 1),
-    # two images a block, the last block of one
-    "resnet_32_64_batch3": (32, 64, False, (3, 32, 16, 16), np.float32, 2),
+    # tiles of 4x4 outputs (test_resnet_s2_f4.py): two images a block; eight, the last of three
+    "resnet_16_32": (16, 32, False, (2, 16, 32, 32), np.float32, 2),
+    "resnet_32_64_batch3": (32, 64, False, (3, 32, 16, 16), np.float32, 8),
     # odd sizes: the last tile row and column cut, inputs past the edge read as zeros
     "odd_11x13_bias": (16, 32, True, (3, 16, 11, 13), np.float32, 3),
     # four tiles an image: eight images a block, of which two are there
     "odd_channels_7x6": (17, 33, False, (2, 17, 7, 6), np.float32, 8),
     "batch1_wide_6x40": (24, 24, True, (1, 24, 6, 40), np.float32, 2),
     "float64_odd": (16, 33, True, (2, 16, 9, 10), np.float64, 4),
-    "float64_32x32": (16, 32, False, (1, 16, 32, 32), np.float64, 1),
+    "float64_32x32": (16, 32, False, (1, 16, 32, 32), np.float64, 2),
 }
 
 
@@ -116,7 +117,7 @@ def test_eval_batch_norm_relu_fused(bias):
     torch.manual_seed(0)
     model, tmodel = _down_block(tn, bias), _down_block(torch, bias)
     source = _eval_follows_statistics(model, tmodel, (3, 16, 15, 18))
-    assert re.search(re.escape(STRIDE2) + r",\s+\S+ -> \S+, then bias, eval-mode batch norm, relu",
+    assert re.search(STRIDE2 + r",\s+\S+ -> \S+, then bias, eval-mode batch norm, relu",
                      source)
     assert _taken(source) == (1, 0)
 
@@ -145,7 +146,7 @@ def test_eval_residual_and_relu_with_the_value_before_it_kept():
     model, tmodel = _strided_residual(tn), _strided_residual(torch)
     _copy_to_torch(model, tmodel)
     source = _eval_follows_statistics(model, tmodel, (3, 24, 14, 10))
-    assert re.search(re.escape(STRIDE2) + r",\s+\S+ -> \S+, then bias, eval-mode batch norm, "
+    assert re.search(STRIDE2 + r",\s+\S+ -> \S+, then bias, eval-mode batch norm, "
                      r"the residual, relu", source)
     assert "rdst[ow] = v <= 0 ? 0 : v" in source and _taken(source) == (1, 0)
 
@@ -169,7 +170,7 @@ def test_training_statistics_match_torch():
                 np.testing.assert_allclose(getattr(m, stat).numpy(), getattr(tm, stat).numpy(),
                                            rtol=2e-4, atol=2e-4, err_msg=f"{name}.{stat}")
     source = compiled.source()
-    assert re.search(re.escape(STRIDE2) + r",\s+\S+ -> \S+, the batch statistics per block",
+    assert re.search(STRIDE2 + r",\s+\S+ -> \S+, the batch statistics per block",
                      source)
     assert _taken(source) == (1, 1)
 

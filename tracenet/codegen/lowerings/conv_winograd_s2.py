@@ -29,10 +29,14 @@ from .conv_winograd import _F4_BLOCK_ELEMENTS, _MIN_IMAGE_BLOCK_TILES, _PAD, _VL
     _f4_tiles
 from .normalization import statistics_scratch
 
-# the distinct weight transforms along one dim (G's rows w0, w0 + w2, w2, w1) and, per point of
-# the transformed tile, which of them it takes: the odd inputs' two points share w1
-_DISTINCT = 4
-_POINT_WEIGHTS = (0, 1, 2, 3, 3)
+# Per tile side of m outputs (2: F(2, 2) on the even inputs, 4: F(4, 2)), which distinct
+# weight transform along one dim each of the 2 m + 1 points of a transformed tile takes: the
+# even inputs' m + 1 points one each (G's rows), the odd inputs' m points all w1
+_POINT_WEIGHTS = {2: (0, 1, 2, 3, 3), 4: (0, 1, 2, 3, 4, 5, 5, 5, 5)}
+
+
+def _distinct(m):
+    return max(_POINT_WEIGHTS[m]) + 1
 
 
 # Channel pairs (in x out) from which the phases' Winograd forms are taken: below, the
@@ -52,17 +56,19 @@ def takes_forward(geo, ct, target):
             geo["C"] * geo["O"] >= _MIN_CHANNEL_PAIRS)
 
 
-def _groups(ci, co, rb):
-    """The 16 GEMMs: per pair of distinct weight transforms (gu, gv), the points (a, b) that
-    take it side by side (``k`` blocks of RB tiles), with where its V ([ci][k RB]) and M
-    ([co][k RB]) start; and per point, its V and M offsets and row length."""
+def _groups(ci, co, rb, m=2):
+    """The GEMMs (16 for tiles of 2x2 outputs, 36 for 4x4): per pair of distinct weight
+    transforms (gu, gv), the points (a, b) that take it side by side (``k`` blocks of RB
+    tiles), with where its V ([ci][k RB]) and M ([co][k RB]) start; and per point, its V and
+    M offsets and row length."""
+    weights, distinct = _POINT_WEIGHTS[m], _distinct(m)
     groups, points, v_at, m_at = [], {}, 0, 0
-    for gu in range(_DISTINCT):
-        for gv in range(_DISTINCT):
-            members = [(a, b) for a in range(5) for b in range(5)
-                       if (_POINT_WEIGHTS[a], _POINT_WEIGHTS[b]) == (gu, gv)]
+    for gu in range(distinct):
+        for gv in range(distinct):
+            members = [(a, b) for a in range(len(weights)) for b in range(len(weights))
+                       if (weights[a], weights[b]) == (gu, gv)]
             ld = len(members) * rb
-            groups.append(dict(u=gu * _DISTINCT + gv, k=len(members), v=v_at, m=m_at, ld=ld))
+            groups.append(dict(u=gu * distinct + gv, k=len(members), v=v_at, m=m_at, ld=ld))
             for s, ab in enumerate(members):
                 points[ab] = dict(v=v_at + s * rb, m=m_at + s * rb, ld=ld)
             v_at += ci * ld + _PAD
@@ -76,6 +82,14 @@ def _tiles(co, rb, ct):
     return _f4_tiles(co, rb) if ct == "float" else dict(TNV=0, TMR=0)
 
 
+def _forward_tile(geo):
+    """Outputs per tile side of the forward: 4 (F(4, 2) on the even inputs: 81 products per
+    4x4 outputs against 25 per 2x2) on whole tiles, where it was measured (one thread, C
+    harness of the ResNet's step, best of 60 calls, interleaved: 16 -> 32 on 32x32 708 ->
+    587 us, 32 -> 64 on 16x16 631 -> 518 us), else 2 (cut tiles would waste more)."""
+    return 4 if geo["OH"] % 4 == 0 and geo["OW"] % 4 == 0 else 2
+
+
 def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res, stats,
                   target):
     """conv [-> eval-mode batch_norm] [-> residual add] [-> relu], or conv with the
@@ -85,13 +99,14 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     ci, co = geo["C"], geo["O"]
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     stats_at = 0 if stats is None else statistics_scratch(stats, co, ct, parallel, target)
-    blocks = _blocking_f4(ci, geo["OH"], geo["OW"], geo["N"], ct, m=2)
-    groups, points, v_size, m_size = _groups(ci, co, blocks["RB"])
-    we, rows = blocks["TW"] + 1, 4 * blocks["R"] + 1
-    split = rows * 4 * we * blocks["J"]
+    m = _forward_tile(geo)
+    blocks = _blocking_f4(ci, geo["OH"], geo["OW"], geo["N"], ct, m=m)
+    groups, points, v_size, m_size = _groups(ci, co, blocks["RB"], m)
+    we, rows = blocks["TW"] + 1, 2 * m * blocks["R"] + 1
+    split = rows * 2 * m * we * blocks["J"]
     us = co * ci + _PAD
-    per_thread = split + v_size + m_size + 4 * blocks["L"] * blocks["R"]
-    shared = stats_at + _DISTINCT * _DISTINCT * us
+    per_thread = split + v_size + m_size + m * m * blocks["L"] * blocks["R"]
+    shared = stats_at + _distinct(m) ** 2 * us
     has_bias = len(conv.inputs) > 2
     relu = any(m.op == "relu" for m in group)
     src = render("conv_winograd_s2.c.j2", name=name, node_lines=node_lines(group),
@@ -100,7 +115,7 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
                  N=geo["N"], CI=ci, CO=co, XH=geo["H"], XW=geo["W"], XP=geo["H"] * geo["W"],
                  H=geo["OH"], W=geo["OW"], P=geo["OH"] * geo["OW"], SPLIT=split, WE=we,
                  ROWS=rows, VL=_VL[ct], US=us, V_SIZE=v_size, M_SIZE=m_size, groups=groups,
-                 points=points, has_bias=has_bias, bn=bn, res=res, relu=relu, plane_out=plane_out,
+                 points=points, MT=m, DIST=_distinct(m), has_bias=has_bias, bn=bn, res=res, relu=relu, plane_out=plane_out,
                  relu_out=relu_out, stats=stats, epilogue=bool(has_bias or bn or res or relu),
                  **blocks, **_tiles(co, blocks["RB"], ct))
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel, shared), ct,
@@ -138,7 +153,7 @@ def lower_backward_input(name, node, geo, target):
     split = rows * 2 * we
     us = co * ci + _PAD
     per_thread = split + v_size + m_size + 16 * blocks["RB"]
-    shared = _DISTINCT * _DISTINCT * us
+    shared = _distinct(2) ** 2 * us
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_winograd_s2_input.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
@@ -146,7 +161,7 @@ def lower_backward_input(name, node, geo, target):
                  CI=ci, CO=co, YH=geo["OH"], YW=geo["OW"], YP=geo["OH"] * geo["OW"], H=geo["H"],
                  W=geo["W"], P=geo["H"] * geo["W"], SPLIT=split, WE=we, ROWS=rows,
                  VL=_VL[ct], US=us, V_SIZE=v_size, M_SIZE=m_size, groups=groups,
-                 points=points, **blocks, **_tiles(co, blocks["RB"], ct))
+                 points=points, MT=2, DIST=_distinct(2), **blocks, **_tiles(co, blocks["RB"], ct))
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel, shared), ct,
                   flops=conv_flops(geo), parallel=parallel)
 
