@@ -117,13 +117,14 @@ def _batch_norm_backward(name, group, exported, target):
     parts = [m for m in group if m.op == "batch_norm_backward"]
     node = parts[0]
     g, x = node.inputs[:2]
+    infos = [_part(p, str(i + 1) if i else "", exported) for i, p in enumerate(parts)]
     reads = [("g", mask.inputs[0] if mask else g)]
     writes = []
-    for i, part in enumerate(parts):
-        sfx = str(i + 1) if i else ""
+    for part, info in zip(parts, infos):
+        sfx = info["s"]
         reads += [("x" + sfx, part.inputs[1]), ("mean" + sfx, part.inputs[2]),
                   ("var" + sfx, part.inputs[3])]
-        if len(part.inputs) > 4:
+        if info["has_weight"]:
             reads.append(("weight" + sfx, part.inputs[4]))
         writes += [(role.replace("_", sfx + "_", 1), v) for role, v in
                    zip(("gx_out", "gw_out", "gb_out"), part.outputs) if v in exported]
@@ -137,9 +138,8 @@ def _batch_norm_backward(name, group, exported, target):
     par = _parallel(x.shape, target)
     src = render("norm_batch_norm_backward.c.j2", name=name, node_lines=node_lines(group),
                  ctype=ctype(x), signature=signature(reads, writes), parallel=par,
-                 eps=fmt_float(node.attrs["eps"], "double"), has_weight=len(node.inputs) > 4,
-                 training=bool(node.attrs["training"]) and layout["M"] > 0,
-                 parts=[_part(p, str(i + 1) if i else "", exported) for i, p in enumerate(parts)],
+                 eps=infos[0]["eps"], has_weight=infos[0]["has_weight"],
+                 training=bool(node.attrs["training"]) and layout["M"] > 0, parts=infos,
                  mask=mask is not None,
                  keep=lambda cond, value: select(cond, value, "0", ctype(x)), has_bias=has_bias,
                  **layout)
