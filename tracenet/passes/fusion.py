@@ -21,6 +21,12 @@ members for people):
   member's part of the epilogue;
 * ``elementwise``: a chain of ops with a C expression (elementwise ops, and ``expand``) of one
   output shape;
+* ``pointwise_gradient_sum``: the input gradient of a 1x1 convolution (stride 1 or 2, padding
+  0, one group, 2-d, float) read by nothing but an ``add`` of a tensor of its shape -> optional
+  ``threshold_backward`` of the sum (its only reader): the kernel computes the product per
+  image into scratch and adds it into the other gradient in one pass, so the convolution's
+  input gradient, zeros between the strided positions, is never written (the ResNet's
+  projection shortcuts, ``codegen/lowerings/conv_pointwise_sum.py``);
 * ``cross_entropy``: ``log_softmax`` -> ``nll_loss`` over ``[N, C]`` logits with their backward
   (``nll_loss_backward`` -> log_softmax's rule), forward and backward in one kernel;
 * ``table_gradient``: an embedding table's gradient with the two products that read it and
@@ -548,6 +554,46 @@ def _pool_relu_backward_groups(graph):
     return groups
 
 
+def _pointwise_gradient_sum_groups(graph):
+    """[conv_backward_input, add, threshold_backward?]: see the module's docstring."""
+    users = graph.users()
+    groups = []
+    for node in graph.nodes:
+        if node.op != "conv_backward_input" or not _pointwise_strided_gradient(node):
+            continue
+        add = _sole_user(users, graph, node.output)
+        if add is None or add.op != "add" or _residual(add, node.output) is None:
+            continue
+        group = [node, add]
+        mask = _sole_user(users, graph, add.output)
+        if mask is not None and mask.op == "threshold_backward" and \
+                mask.inputs[0] is add.output and mask.inputs[1] is not add.output and \
+                mask.inputs[1].dtype is add.output.dtype and \
+                same_shape(mask.inputs[1].shape, add.output.shape):
+            group.append(mask)
+        groups.append(group)
+    return groups
+
+
+def _pointwise_strided_gradient(node):
+    """Whether ``node`` (a ``conv_backward_input``) is the float input gradient of a 2-d 1x1
+    convolution of stride 1 or 2, padding 0 and one group, of static channels and sizes."""
+    a = node.attrs
+    gy, w = node.inputs
+    dx = node.output
+    if dx.dtype not in (float32, float64) or len(dx.shape) != 4 or len(w.shape) != 4 or \
+            tuple(w.shape[2:]) != (1, 1) or a["groups"] != 1 or any(a["padding"]) or \
+            len(a["stride"]) != 2 or not set(a["stride"]) <= {1, 2}:
+        return False
+    sizes = list(dx.shape[1:]) + list(gy.shape[1:])
+    if not all(isinstance(d, int) for d in sizes):
+        return False
+    # the sizes a forward convolution gives (a transposed one's output_padding adds at most a
+    # row and a column, past the last strided position)
+    return all(0 < (o - 1) * s + 1 <= i <= o * s for i, o, s in
+               zip(dx.shape[2:], gy.shape[2:], a["stride"]))
+
+
 def _gemm_mask_groups(graph):
     """gemm -> threshold_backward: the input gradient of a linear layer masked by the relu
     that followed it, applied in the gemm's epilogue."""
@@ -625,7 +671,9 @@ def fuse(graph):
                                (_cross_entropy_groups, "cross_entropy"),
                                (_gemm_sgd_groups, "weight_update"), (_gemm_mask_groups, "gemm"),
                                (_table_gradient_groups, "table_gradient"),
-                               (_gemm_groups, "gemm"), (_elementwise_groups, "elementwise")):
+                               (_gemm_groups, "gemm"),
+                               (_pointwise_gradient_sum_groups, "pointwise_gradient_sum"),
+                               (_elementwise_groups, "elementwise")):
         fuser = _Fuser(graph)
         for found in finder(graph):
             # members, or (members, roles[, reads[, unread]])
