@@ -30,8 +30,9 @@ def lower_pointwise_gradient_sum(name, node, exported, target):
     out = group[-1].output
     ct = ctype(out)
     geo = _geometry(conv, ct)
-    operands = [v for m in group[1:] for v in m.inputs if v is not conv.output and
-                v.producer not in group[1:]]
+    produced = {m.output for m in group}
+    # the add's other addend and the mask's operand: read at the row being written
+    operands = [v for m in group[1:] for v in m.inputs if v not in produced]
     reads, role_of = [], {}
     for role, v in [("gy", gy), ("w", w)] + [(f"in{j}", v) for j, v in enumerate(operands)]:
         if v not in role_of:
