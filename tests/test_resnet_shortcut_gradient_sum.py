@@ -138,3 +138,26 @@ def _two_shortcuts(lib):
 def test_padded_shortcut_keeps_its_kernel():
     source = _steps(_two_shortcuts, (9, 9))
     assert len(re.findall(FUSED, source)) == 1
+
+
+@pytest.mark.parametrize("output_padding,size", [(1, (6, 8)), (0, (5, 7))])
+def test_transposed_convolution_forward(output_padding, size):
+    """A 1x1 stride-2 transposed convolution (no bias) is a ``conv_backward_input`` in the
+    forward: added to a tensor of its shape it takes the group too, with an output padding (the
+    last row and column no strided position, H = 2 OH) or without (H = 2 OH - 1)."""
+    def make(lib):
+        nn = lib.nn
+
+        class Up(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.up = nn.ConvTranspose2d(6, 4, 1, stride=2, output_padding=output_padding,
+                                             bias=False)
+                self.skip = nn.Conv2d(3, 4, 3, 1, 1)
+                self.down = nn.Conv2d(3, 6, 3, 2, 1)
+
+            def forward(self, x):
+                return self.up(self.down(x)) + self.skip(x)
+        return Up()
+    source = _steps(make, size)  # (the input's size: the block's output's)
+    assert re.search(FUSED, source)
