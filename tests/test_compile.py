@@ -311,6 +311,29 @@ def test_tracenet_march_targets_another_cpu(tmp_path, monkeypatch):
     assert "-march=native" in target.current().flags or not toolchain.flags()
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 CPU levels")
+def test_baseline_x86_64_without_avx(tmp_path, monkeypatch):
+    """TRACENET_MARCH=x86-64 (SSE2 only, no AVX) builds the kernels whose register pins
+    name a vector register (a 1x1 stride-2 convolution's statistics tiles, a batch-1
+    linear layer's dot products): without AVX their 32-byte vectors fit no one register, so
+    the pin is left out rather than failing to compile."""
+    from tracenet.runtime import target
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TRACENET_MARCH", "x86-64")
+    toolchain.reset()
+    try:
+        assert target.current().vector_bits == 128
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 1, 2, bias=False),
+                                    torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+                                    torch.nn.Flatten(), torch.nn.Linear(32 * 4 * 4, 10))
+        for batch in (4, 1):
+            _check_model(model, (batch, 16, 8, 8))
+    finally:
+        monkeypatch.delenv("TRACENET_MARCH")
+        toolchain.reset()
+
+
 _SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
