@@ -1,9 +1,11 @@
 """A @ B^T (a linear layer's forward) with AVX-512, float32: tn_gemm_nt's packed panels of B^T
-multiplied by register tiles of 8 rows x 2 vectors before the 6-row ones (templates/_gemm.c.j2;
-the MLP's 64 rows are eight 8-row tiles instead of ten 6-row tiles and a 4-row one), at sizes
-that leave every remainder (rows past the 8-row tiles, columns past the two-vector panels, K
-past a packed chunk), against PyTorch and eager in float32 and float64, built for AVX-512 and
-for AVX2 only, on work memory filled with NaN and split between 1-3 threads."""
+multiplied by register tiles of 8, 4, 2 and 1 rows x one vector of 16 floats, the columns past
+the whole panels as a panel padded with zero columns, through a buffer (templates/_gemm.c.j2's
+tn_nt_panels_zmm), at sizes that leave every remainder (rows past the 8-row tiles, columns past
+the panels, K past a packed chunk, where the padded panel adds to what the first chunk wrote),
+and the LSTM LM's head and table projection, against PyTorch and eager in float32 and float64,
+built for AVX-512 and for AVX2 only (tiles of 6 rows x 2 vectors of 8, the columns past them as
+dot products), on work memory filled with NaN and split between 1-3 threads."""
 import numpy as np
 import pytest
 
@@ -17,7 +19,7 @@ from tracenet.runtime import target, toolchain
 
 torch = pytest.importorskip("torch")
 
-EIGHT_ROW_TILES = "tn_tile_f32_8x2(kc, A + (long)i0 * lda + k0"  # tn_gemm_nt's packed loop
+EIGHT_ROW_TILES = "tn_ztile_f32_8x1(kc, A + (long)i0 * lda + k0"  # tn_gemm_nt's packed loop
 
 
 def _eight_row_tiles_taken(source, march, dtype):
@@ -31,9 +33,11 @@ def _eight_row_tiles_taken(source, march, dtype):
 
 
 # (M, N, K) of a @ b^T: the MLP's forward; 8-row tiles then 5 rows (a 4-row and a 1-row
-# tile) with 3 columns past 8 panels and K past a 256-row chunk; 6 rows past the 8-row tiles
+# tile) with 3 columns past 8 panels and K past a 256-row chunk; 6 rows past the 8-row tiles;
+# the LSTM LM's head (10 columns past 5 panels) and its table projection (2 rows past)
 SHAPES = {"mlp_forward": (64, 256, 784), "every_remainder": (45, 131, 300),
-          "six_rows_past": (38, 48, 785)}
+          "six_rows_past": (38, 48, 785), "lstm_head": (512, 90, 64),
+          "lstm_table_projection": (90, 256, 32)}
 
 
 def check_product_with_transposed_b(monkeypatch, m, n, k, dtype, bias_relu=False):

@@ -127,6 +127,8 @@ def lower_scan(name, node, exported, target, gather=None, head=None, unpermute=N
                       "width": width, "per_gate": per_gate, "block": COLUMN_BLOCK, "at": work,
                       "ctype": ctype(w)})
         work += _aligned(panels * w.shape[1] * COLUMN_BLOCK * w.dtype.itemsize)
+        if ctype(w) == "float":  # (its transpose: scan_tiles.c.j2)
+            helpers += [h for h in [tiles_helper("float")] if h not in helpers]
     picked = None
     if gather is not None:  # two slices of picked rows (a step's, and the next one's) unless
         # the gate kernel reads the table by index

@@ -233,17 +233,19 @@ def panel_at(g, j0, k, width, K):
             f" + ({j0}) % {COLUMN_BLOCK}")
 
 
-# the register tiles of a float block: rows of each (8 only with AVX-512VL's 32 registers),
-# and vectors of 8 floats across (the block's 16 columns)
-TILE_ROWS, TILE_VECTORS = (8, 4, 2, 1), 2
+# the register tiles of a float block: with AVX-512VL rows of one vector of 16 floats (8
+# accumulators and 8 broadcasts a step of k in the largest), else rows of two vectors of 8
+# (the first, 6, taken only while the rest is not 8 or 4 rows: scan_tiles.c.j2)
+ZTILE_ROWS = (8, 4, 2, 1)
+TILE_ROWS, TILE_VECTORS = (6, 4, 2, 1), 2
 
 
 def tiles_helper(ct):
     """(name, source) of ``tn_scan_block{sfx}(rb, K, a, lda, b, ldb, c, ldc, acc)``: a step's
-    product of ``rb`` rows with a block of ``COLUMN_BLOCK`` columns (float only: two vectors);
+    product of ``rb`` rows with a block of ``COLUMN_BLOCK`` columns (float only);
     ``tn_scan_block_from{sfx}(..., acc, start)``: its rows starting from ``start`` (a bias)."""
     return (f"tn_scan_tiles{SFX[ct]}", render("scan_tiles.c.j2", ct=ct, sfx=SFX[ct],
-                                              nv=TILE_VECTORS, rows=TILE_ROWS,
+                                              nv=TILE_VECTORS, rows=TILE_ROWS, zrows=ZTILE_ROWS,
                                               columns=COLUMN_BLOCK))
 
 
