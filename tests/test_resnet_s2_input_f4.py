@@ -3,10 +3,11 @@ with MT 4: 5x5 output-gradient values, 4 apart, through 81 products, the odd val
 of the taps w2, w0 and the even ones w1 alone), taken where the image gradient is whole
 tiles: against PyTorch (values, input and weight gradients) and eager mode, with the images'
 tiles interleaved (two, three and eight images a block, one image of 64 columns, a last block
-of fewer images), the output rows transposed into the tiles' rows eight tiles a step or a
-store per value (a short tile row, a last block of fewer images, batch 1, float64), builds for
-AVX-512 and AVX2 only, NaN-filled work memory on 1-3 threads, the rounding against a float64
-sum; sides not multiples of 8 keep the tiles of 4x4 values."""
+of fewer images), the output-gradient rows split in vectors (8x8 transposes of eight images,
+shuffles of two) or a store per value, the output rows transposed into the tiles' rows eight
+tiles a step or a store per value (a short tile row, a last block of fewer images, batch 1,
+float64), builds for AVX-512 and AVX2 only, NaN-filled work memory on 1-3 threads, the
+rounding against a float64 sum; sides not multiples of 8 keep the tiles of 4x4 values."""
 import re
 
 import numpy as np
@@ -26,6 +27,7 @@ F2 = "stride-2 3x3 convolution input gradient by its phases' Winograd forms " \
     "(25 products per 4x4 values)"
 IMAGES = re.compile(r"tiles of (\d+) interleaved images a step")
 TRANSPOSED = "eight tiles a step, each output row's eight values transposed"
+SPLIT = "the rows split in vectors"
 
 
 @pytest.fixture(autouse=True)
@@ -36,31 +38,33 @@ def _cache(tmp_path_factory, monkeypatch):
 def _paths(source):
     return dict(f4=source.count(F4), f2=source.count(F2),
                 images={int(j) for j in IMAGES.findall(source)},
-                transposed=TRANSPOSED in source)
+                transposed=TRANSPOSED in source, split=SPLIT in source)
 
 
-# name -> (in, out channels, bias, input shape, dtype, dynamic batch, images per block
-# (and "nb" for a last block of fewer), output rows by transposes)
+# name -> (in, out channels, bias, input shape, dtype, dynamic batch, images per block (a
+# last block of fewer: a store per value), output rows by transposes, rows split in vectors)
 CASES = {
     # the ResNet's 16 -> 32: four tiles a row, two images a block
-    "resnet_16_32": (16, 32, False, (2, 16, 32, 32), np.float32, False, {2}, True),
-    "resnet_16_32_bias_batch3": (16, 32, True, (3, 16, 32, 32), np.float32, True, {2}, True),
+    "resnet_16_32": (16, 32, False, (2, 16, 32, 32), np.float32, False, {2}, True, True),
+    "resnet_16_32_bias_batch3": (16, 32, True, (3, 16, 32, 32), np.float32, True, {2}, True,
+                                 True),
     # the ResNet's 32 -> 64: two tiles a row, eight images a block, the last of one
-    "resnet_32_64_batch9": (32, 64, False, (9, 32, 16, 16), np.float32, True, {8}, True),
-    "resnet_32_64_bias": (32, 64, True, (8, 32, 16, 16), np.float32, False, {8}, True),
+    "resnet_32_64_batch9": (32, 64, False, (9, 32, 16, 16), np.float32, True, {8}, True, True),
+    "resnet_32_64_bias": (32, 64, True, (8, 32, 16, 16), np.float32, False, {8}, True, True),
     # one image, four tiles: a store per value
-    "batch1_32x32": (16, 32, False, (1, 16, 32, 32), np.float32, False, {1}, False),
+    "batch1_32x32": (16, 32, False, (1, 16, 32, 32), np.float32, False, {1}, False, False),
     # one image of eight tiles a row: its rows split by shuffles, one image a step
-    "one_image_64x64": (16, 32, True, (2, 16, 64, 64), np.float32, False, {1}, True),
+    "one_image_64x64": (16, 32, True, (2, 16, 64, 64), np.float32, False, {1}, True, False),
     # five tiles a row, three images: 15 tiles a row, a store per value
-    "odd_channels_24x40": (17, 33, False, (3, 17, 24, 40), np.float32, True, {3}, False),
-    "float64_16x16": (16, 32, True, (3, 16, 16, 16), np.float64, True, {8}, False),
+    "odd_channels_24x40": (17, 33, False, (3, 17, 24, 40), np.float32, True, {3}, False,
+                           False),
+    "float64_16x16": (16, 32, True, (3, 16, 16, 16), np.float64, True, {8}, False, False),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_f4_input_gradient_matches_torch_and_eager(march, name):
-    cin, cout, bias, shape, dtype, dynamic, images, transposed = CASES[name]
+    cin, cout, bias, shape, dtype, dynamic, images, transposed, split = CASES[name]
     tn.manual_seed(0)
     model, tmodel = _net(tn, cin, cout, bias), _net(torch, cin, cout, bias)
     if dtype == np.float64:
@@ -71,7 +75,8 @@ def test_f4_input_gradient_matches_torch_and_eager(march, name):
     _step_against_torch(compiled, model, tmodel, x, 1e-9 if dtype == np.float64 else 1e-4)
     paths = _paths(compiled.source())
     assert (paths["f4"], paths["f2"]) == (1, 0)
-    assert paths["images"] == images and paths["transposed"] == transposed
+    assert paths["images"] == images
+    assert (paths["transposed"], paths["split"]) == (transposed, split)
     check_compiled(model, shape, dtype=tn.float64 if dtype == np.float64 else tn.float32)
 
 
@@ -124,7 +129,8 @@ def test_rounding_against_the_float64_sum(cin, cout, size):
                                           torch.tensor(gy, dtype=dtype), stride=2,
                                           padding=1).numpy()
     exact = direct(torch.float64)
-    err, torch_err = np.abs(xn.grad.numpy() - exact).max(), np.abs(direct(torch.float32) - exact).max()
+    err = np.abs(xn.grad.numpy() - exact).max()
+    torch_err = np.abs(direct(torch.float32) - exact).max()
     assert err < 1e-5 and err < 12 * torch_err, (err, torch_err)
 
 
