@@ -162,9 +162,9 @@ def lower_backward_input(name, node, geo, target):
     return _lower_backward_input_4(name, node, geo, target)
 
 
-def _render_input(name, node, geo, target, m, blocks, split, per_thread):
+def _render_input(name, node, geo, target, m, blocks, split, buffer):
     """The input-gradient kernel of tiles of 2 m image-gradient values per side, ``blocks``
-    its blocking, ``split`` and ``per_thread`` its work memory."""
+    its blocking, ``split`` and ``buffer`` the sizes of its split rows and row buffer."""
     gy, w = node.inputs
     out = node.outputs[0]
     ct = ctype(out)
@@ -172,7 +172,7 @@ def _render_input(name, node, geo, target, m, blocks, split, per_thread):
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     groups, points, v_size, m_size = _groups(ci, co, blocks["RB"], m)
     us = co * ci + _PAD
-    per_thread += split + v_size + m_size
+    per_thread = split + v_size + m_size + buffer
     shared = _distinct(m) ** 2 * us
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_winograd_s2_input.c.j2", name=name, node_lines=node_lines([node]),
