@@ -19,6 +19,13 @@ products (the odd ones F(2, 2) of taps w2, w0, the even ones w1 alone), so 3x3 t
 output gradient (2 apart) give 4x4 tiles of the image gradient, every value written once. In
 both, the points of the taps w1 share their weights, so the 25 products are 16 GEMMs of 1, 2
 or 4 blocks of tiles side by side.
+
+Both have a larger form (``_forward_tile``, ``_input_tile``) on whole tiles: the forward's
+tiles of 4x4 outputs take F(4, 2) on the nine even inputs' five, 81 products per 4x4 outputs;
+the input gradient's 8x8 values take five output-gradient values per dim (4 apart), the four
+odd values dx 2 j + 1 = w2 dy j + w0 dy j+1 the forward's F(4, 2) of taps w0, w2 on the five
+read backwards (the same weight transforms), the four even ones w1 dy j alone: 81 products
+per 8x8 values against 100. Their 36 GEMMs group the points alike.
 ``lowerings/conv.py`` hands a convolution here when ``takes_forward`` or
 ``takes_input_gradient`` say so.
 """
@@ -31,7 +38,8 @@ from .normalization import statistics_scratch
 
 # Per tile side of m outputs (2: F(2, 2) on the even inputs, 4: F(4, 2)), which distinct
 # weight transform along one dim each of the 2 m + 1 points of a transformed tile takes: the
-# even inputs' m + 1 points one each (G's rows), the odd inputs' m points all w1
+# even inputs' m + 1 points one each (G's rows), the odd inputs' m points all w1 (the input
+# gradient's tiles of 2 m values alike: the odd values' m + 1 points, the even ones' m)
 _POINT_WEIGHTS = {2: (0, 1, 2, 3, 3), 4: (0, 1, 2, 3, 4, 5, 5, 5, 5)}
 
 
@@ -139,29 +147,58 @@ def _input_blocking(co, h, w):
     return dict(TH=th, TW=tw, R=r, IMGS=imgs, RB=imgs * r * tw)
 
 
+def _input_tile(geo):
+    """Image-gradient values per tile side of the input gradient: 8 (the odd values F(4, 2) of
+    five output-gradient values, the even ones w1 alone: 81 products per 8x8 values against
+    25 per 4x4) on whole tiles, else 4."""
+    return 8 if geo["H"] % 8 == 0 and geo["W"] % 8 == 0 else 4
+
+
 def lower_backward_input(name, node, geo, target):
-    """dX from the output gradient's 3x3 tiles (2 apart) through the same 25 products per
-    4x4 values of dX (``conv_winograd_s2_input.c.j2``)."""
+    """dX from the output gradient's tiles through the products of ``_input_tile``'s form
+    (``conv_winograd_s2_input.c.j2``)."""
+    if _input_tile(geo) == 8:
+        return _lower_backward_input_8(name, node, geo, target)
+    return _lower_backward_input_4(name, node, geo, target)
+
+
+def _render_input(name, node, geo, target, m, blocks, split, buffer):
+    """The input-gradient kernel of tiles of 2 m image-gradient values per side, ``blocks``
+    its blocking, ``split`` and ``buffer`` the sizes of its split rows and row buffer."""
     gy, w = node.inputs
     out = node.outputs[0]
     ct = ctype(out)
     ci, co = geo["O"], geo["C"]  # the GEMMs' depth: the output gradient's channels
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
-    blocks = _input_blocking(ci, geo["H"], geo["W"])
-    groups, points, v_size, m_size = _groups(ci, co, blocks["RB"])
-    we, rows = blocks["TW"] + 1, 2 * blocks["R"] + 1
-    split = rows * 2 * we
+    groups, points, v_size, m_size = _groups(ci, co, blocks["RB"], m)
     us = co * ci + _PAD
-    per_thread = split + v_size + m_size + 16 * blocks["RB"]
-    shared = _distinct(2) ** 2 * us
+    per_thread = split + v_size + m_size + buffer
+    shared = _distinct(m) ** 2 * us
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     src = render("conv_winograd_s2_input.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, shared=shared, u_at=0, N=geo["N"],
                  CI=ci, CO=co, YH=geo["OH"], YW=geo["OW"], YP=geo["OH"] * geo["OW"], H=geo["H"],
-                 W=geo["W"], P=geo["H"] * geo["W"], SPLIT=split, WE=we, ROWS=rows,
-                 VL=_VL[ct], US=us, V_SIZE=v_size, M_SIZE=m_size, groups=groups,
-                 points=points, MT=2, DIST=_distinct(2), **blocks, **_tiles(co, blocks["RB"], ct))
+                 W=geo["W"], P=geo["H"] * geo["W"], SPLIT=split, VL=_VL[ct], US=us,
+                 V_SIZE=v_size, M_SIZE=m_size, groups=groups, points=points, MT=m,
+                 DIST=_distinct(m), **blocks, **_tiles(co, blocks["RB"], ct))
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel, shared), ct,
                   flops=conv_flops(geo), parallel=parallel)
 
+
+def _lower_backward_input_4(name, node, geo, target):
+    """Tiles of 4x4 values from the output gradient's 3x3 tiles (2 apart), 25 products each."""
+    blocks = _input_blocking(geo["O"], geo["H"], geo["W"])
+    we, rows = blocks["TW"] + 1, 2 * blocks["R"] + 1
+    return _render_input(name, node, geo, target, 2, dict(blocks, WE=we, ROWS=rows),
+                         rows * 2 * we, 16 * blocks["RB"])
+
+
+def _lower_backward_input_8(name, node, geo, target):
+    """Tiles of 8x8 values from the output gradient's 5x5 tiles (4 apart), 81 products each,
+    blocked as the forward's tiles (``_blocking_f4`` with tiles of 8: J images interleaved),
+    the values stored straight into the image gradient."""
+    blocks = _blocking_f4(geo["O"], geo["H"], geo["W"], geo["N"], ctype(node.outputs[0]), m=8)
+    we, rows = blocks["TW"] + 1, 4 * blocks["R"] + 1
+    return _render_input(name, node, geo, target, 4, dict(blocks, WE=we, ROWS=rows),
+                         rows * 4 * we * blocks["J"], 0)
