@@ -1,7 +1,9 @@
 """The Winograd weight gradient's input transform down each column of tiles
 (templates/conv_winograd_weight.c.j2's ``v_column``: a tile's last two input rows are the next
 tile's first two, their column points carried in registers; 64-byte vectors of channels in
-F(2x4) and 32-byte ones for the rest, F(2x2) everywhere). Against PyTorch and eager mode in
+F(2x4) and 32-byte ones for the rest, F(2x2) everywhere), and the input and output-gradient
+rows transposed 16 x 16 in 64-byte registers with AVX-512 where rows are whole blocks of 16
+columns (``transpose16``). Against PyTorch and eager mode in
 float32 and float64, natively and with AVX2 only: blocks of tile rows whose last one is
 partial (down to one tile row), channels in whole 64-byte vectors and past them, odd heights
 and widths, several small images a block, batch 1, a symbolic batch, NaN-filled work memory on
@@ -42,6 +44,11 @@ CASES = {
     "odd_sizes_channels_past_vectors": (24, 32, (2, 24, 15, 13), np.float32),
     # 40 channels: two 64-byte vectors, then a 32-byte one
     "two_vectors_and_a_half": (40, 16, (2, 40, 16, 20), np.float32),
+    # rows of whole 16-column blocks (64-byte transposes of 16 x 16 with AVX-512): 40
+    # channels in, two blocks of 16 and one of 8 (32-byte transposes)
+    "transposes_16_and_8": (40, 16, (2, 40, 10, 32), np.float32),
+    # 17 channels in: a block of 16, then one channel by itself; 16 columns; batch 1
+    "transposes_16_and_one_batch1": (17, 32, (1, 17, 12, 16), np.float32),
     # 16x16 images, four a block, the last one partial
     "resnet_32_16x16_batch5": (32, 32, (5, 32, 16, 16), np.float32),
     # F(2x2) (three vectors out): 20 channels padded to 24, three 32-byte vectors
