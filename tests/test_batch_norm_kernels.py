@@ -1,7 +1,9 @@
 """The batch norm's kernels not fused into a convolution: the normalisation (with a residual add
 and relu after it: templates/norm_batch_norm.c.j2) and the backward
 (templates/norm_batch_norm_backward.c.j2). Per block of up to 256 channels, each pass walks
-the planes image by image (long runs through memory), the threads splitting the channels.
+the planes image by image (long runs through memory), the threads splitting the images (the
+backward's sums added up across threads), or the channels when a batch has fewer images than
+threads.
 Compared against PyTorch (outputs, input and parameter gradients) and eager mode over shapes
 (one element per plane, planes shorter and longer than a 256-element run, more than 256
 channels), dtypes, train and eval mode, a symbolic batch, and NaN-filled arenas on 1-3
@@ -130,8 +132,8 @@ def test_symbolic_batch():
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("case", ["image_odd_plane", "more_than_256_channels"])
 def test_threads_on_nan_arenas(monkeypatch, case, threads):
-    """Large enough to split the channels between threads; every pass reads only what this
-    call wrote."""
+    """Large enough to split the images between threads (3 threads: unequal shares); every
+    pass reads only what this call wrote, the backward's partial sums included."""
     nan_filled_arenas(monkeypatch)
     old = tn.get_num_threads()
     tn.set_num_threads(threads)
@@ -142,7 +144,31 @@ def test_threads_on_nan_arenas(monkeypatch, case, threads):
         _check(compiled, bn, tbn, _input(big, np.float32, threads), 2e-4)
         [kernel] = _backward_kernels(compiled)
         body = compiled.source().split(f"static void {kernel}(")[1].split("\n}\n")[0]
-        assert "omp_get_num_threads" in body  # (built to split the channels)
+        assert "omp_get_num_threads" in body  # (built to split the images)
+        assert "omp barrier" in body  # (the partial sums meet past a barrier)
+    finally:
+        tn.set_num_threads(old)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_fewer_images_than_threads(monkeypatch, threads):
+    """A batch of fewer images than threads, large enough to run in parallel: the threads
+    split the channels instead (one or two images, 8 channels of 120x110)."""
+    nan_filled_arenas(monkeypatch)
+    old = tn.get_num_threads()
+    tn.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        tbn = torch.nn.BatchNorm2d(8)
+        with torch.no_grad():
+            tbn.weight.uniform_(0.5, 1.5)
+            tbn.bias.uniform_(-0.5, 0.5)
+        bn = tn.nn.BatchNorm2d(8)
+        bn.load_state_dict({k: tn.from_numpy(v.detach().numpy().copy())
+                            for k, v in tbn.state_dict().items()})
+        for batch in range(1, threads):
+            compiled = tn.compile(bn, dynamic=False)
+            _check(compiled, bn, tbn, _input((batch, 8, 120, 110), np.float32, batch), 2e-4)
     finally:
         tn.set_num_threads(old)
 

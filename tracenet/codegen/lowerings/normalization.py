@@ -7,7 +7,8 @@ OpenMP for large tensors."""
 from ...ops.common import numel
 from ...ops.normalization import channels
 from ...ops.cexpr import fmt_float, select
-from ..base import Kernel, ctype, group_lowering, lowering, members, node_lines, signature
+from ..base import Kernel, ctype, group_lowering, lowering, members, node_lines, signature, \
+    threads_scratch
 from ..templates import render
 
 def _layout(shape):
@@ -136,14 +137,17 @@ def _batch_norm_backward(name, group, exported, target):
         reads.append(statistics_reads(forward)[-1])
     layout = _layout(x.shape)
     par = _parallel(x.shape, target)
+    # per thread: its partial sums of g and of g (x - mean) per part, one per channel each
+    scratch = threads_scratch((len(parts) + 1) * layout["C"], par)
     src = render("norm_batch_norm_backward.c.j2", name=name, node_lines=node_lines(group),
-                 ctype=ctype(x), signature=signature(reads, writes), parallel=par,
+                 ctype=ctype(x), signature=signature(reads, writes, scratch, "double"),
+                 parallel=par,
                  eps=infos[0]["eps"], has_weight=infos[0]["has_weight"],
                  training=bool(node.attrs["training"]) and layout["M"] > 0, parts=infos,
                  mask=mask is not None,
                  keep=lambda cond, value: select(cond, value, "0", ctype(x)), has_bias=has_bias,
                  **layout)
-    return Kernel(name, reads, writes, src, parallel=par)
+    return Kernel(name, reads, writes, src, scratch, "double", parallel=par)
 
 
 def _part(node, sfx, exported):
