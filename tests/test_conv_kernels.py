@@ -49,6 +49,21 @@ def _step_against_torch(compiled, model, tmodel, x, tol, what=""):
                                    err_msg=f"{name} {what}")
 
 
+def _stepped_twins(make, shapes, tol=1e-4, dtype=np.float32):
+    """``make(lib)``'s model in tracenet and its torch twin with the same weights (seed 0),
+    compiled once and stepped against torch at each input shape in turn (standard normal
+    inputs, seed 0): the compiled module."""
+    tn.manual_seed(0)
+    model, tmodel = make(tn), make(torch)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    rng = np.random.default_rng(0)
+    for shape in shapes:
+        _step_against_torch(compiled, model, tmodel, rng.standard_normal(shape).astype(dtype),
+                            tol)
+    return compiled
+
+
 def _against_torch(model, tmodel, x, tol=1e-4):
     """Compiled forward and gradients (input and parameters) against PyTorch's."""
     _copy_to_torch(model, tmodel)

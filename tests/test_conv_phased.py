@@ -11,7 +11,7 @@ import torch
 import tracenet as tn
 
 from compile_checks import check_compiled
-from test_conv_kernels import _copy_to_torch, _step_against_torch
+from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
 from tracenet.codegen.lowerings import conv_winograd_s2
 
 
@@ -87,14 +87,8 @@ def test_odd_sizes_keep_the_general_kernel(shape):
 
 def test_symbolic_batch():
     """One compiled module at batch 3, 1 and 4."""
-    tn.manual_seed(0)
-    model, tmodel = _net(tn, 8, 16, False), _net(torch, 8, 16, False)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (3, 1, 4):
-        x = rng.standard_normal((batch, 3, 8, 16)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 2e-4)
+    compiled = _stepped_twins(
+        lambda lib: _net(lib, 8, 16, False), [(batch, 3, 8, 16) for batch in (3, 1, 4)], 2e-4)
     assert _phased(compiled.source())
 
 
@@ -103,12 +97,6 @@ def test_nan_arena_threads(nan_arenas_split, threads):
     """Five images split between threads, work memory all NaN: the padded copy's zeros and
     every element of the image gradient are written."""
     tn.set_num_threads(threads)
-    tn.manual_seed(0)
-    model, tmodel = _net(tn, 8, 12, True), _net(torch, 8, 12, True)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (5, 2):
-        x = rng.standard_normal((batch, 3, 12, 16)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 2e-4)
+    compiled = _stepped_twins(
+        lambda lib: _net(lib, 8, 12, True), [(batch, 3, 12, 16) for batch in (5, 2)], 2e-4)
     assert _phased(compiled.source())

@@ -15,7 +15,7 @@ import tracenet as tn
 
 from compile_checks import check_compiled
 from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, \
-    _step_against_torch
+    _step_against_torch, _stepped_twins
 
 # the forward and input gradient take F(4x4, 3x3) in float32, F(2x2, 3x3) in float64
 # (conv_winograd._takes_f4); the weight gradient F(2x2, 3x3), or F(2x4, 3x3) where its
@@ -93,18 +93,11 @@ def test_symbolic_batch_two_sizes():
 def _two_convs_over_batches(size, batches):
     """Two convolutions of images of ``size`` compiled once, against torch at each of
     ``batches``; returns the compiled source."""
-    tn.manual_seed(0)
 
     def make(lib):
         return lib.nn.Sequential(lib.nn.Conv2d(16, 20, 3, 1, 1), lib.nn.ReLU(),
                                  lib.nn.Conv2d(20, 16, 3, 1, 1))
-    model, tmodel = make(tn), make(torch)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in batches:
-        x = rng.standard_normal((batch, 16) + size).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(make, [(batch, 16) + size for batch in batches])
     assert len(compiled.specialisations) == 1
     source = compiled.source()
     assert "tn_N" in source and _forms(source) == (2, 2, _weights((16, 20), (20, 16)))
@@ -267,18 +260,11 @@ def _two_convs_on_nan_arenas(threads, size, channels):
     """test_nan_arena_threads' two convolutions on ``threads`` threads, against torch at
     batch 5 and 2; returns the compiled source."""
     tn.set_num_threads(threads)
-    tn.manual_seed(0)
 
     def make(lib):
         return lib.nn.Sequential(lib.nn.Conv2d(channels, channels + 2, 3, 1, 1), lib.nn.ReLU(),
                                  lib.nn.Conv2d(channels + 2, channels, 3, 1, 1))
-    model, tmodel = make(tn), make(torch)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (5, 2):
-        x = rng.standard_normal((batch, channels) + size).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(make, [(batch, channels) + size for batch in (5, 2)])
     source = compiled.source()
     assert _forms(source) == (2, 2, _weights((channels, channels + 2), (channels + 2, channels)))
     assert "omp_get_thread_num()" in source

@@ -11,7 +11,7 @@ import torch
 import tracenet as tn
 
 from compile_checks import check_compiled
-from test_conv_kernels import _copy_to_torch, _step_against_torch
+from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
 
 # F(2x2, 3x3), or F(2x4, 3x3) where the products are fused (test_resnet_wgrad2_tiles.py)
 WEIGHT = "winograd 3x3 convolution weight gradient F(2x"
@@ -86,14 +86,9 @@ def test_weight_gradient_matches_torch_and_eager(name):
 def test_symbolic_batch_of_small_images():
     """One compiled module at batch 10, 3 and 1 on 8x8 images: the blocks of eight images
     (the last one partial) follow the batch at run time."""
-    tn.manual_seed(0)
-    model, tmodel = _conv(tn, 16, 24, True, np.float32), _conv(torch, 16, 24, True, np.float32)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (10, 3, 1):
-        x = rng.standard_normal((batch, 16, 8, 8)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(
+        lambda lib: _conv(lib, 16, 24, True, np.float32),
+        [(batch, 16, 8, 8) for batch in (10, 3, 1)])
     assert len(compiled.specialisations) == 1
     source = compiled.source()
     assert "tn_N" in source and SEVERAL_IMAGES in source

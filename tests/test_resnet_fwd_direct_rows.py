@@ -16,7 +16,7 @@ import torch
 import tracenet as tn
 
 from compile_checks import check_compiled
-from test_conv_kernels import _copy_to_torch, _step_against_torch
+from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
 from test_conv_winograd import _forms
 from test_resnet_stride2_winograd import STRIDE2, STRIDE2_INPUT
@@ -94,14 +94,9 @@ def test_direct_rows_match_torch_and_eager(march, name):
 def test_symbolic_batch(stride, size):
     """One compiled module at batch 3, 1 and 2: blocks of two images, of one, the last of one
     (the buffer)."""
-    tn.manual_seed(0)
-    model, tmodel = _net(tn, 16, 32, stride, False), _net(torch, 16, 32, stride, False)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (3, 1, 2):
-        x = rng.standard_normal((batch, 16, size, size)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(
+        lambda lib: _net(lib, 16, 32, stride, False),
+        [(batch, 16, size, size) for batch in (3, 1, 2)])
     assert len(compiled.specialisations) == 1
     source = compiled.source()
     assert "tn_N" in source and _direct(source) == ((2, 0) if stride == 1 else (1, 1))
@@ -115,14 +110,9 @@ def test_nan_arena_threads(nan_arenas_split, threads, stride, size, direct):
     is written by the direct stores (12x12 to 6x6 by stride 2: three tiles a row, the forward
     keeps the buffer)."""
     tn.set_num_threads(threads)
-    tn.manual_seed(0)
-    model, tmodel = _net(tn, 16, 32, stride, False), _net(torch, 16, 32, stride, False)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (5, 2):
-        x = rng.standard_normal((batch, 16, size, size)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(
+        lambda lib: _net(lib, 16, 32, stride, False),
+        [(batch, 16, size, size) for batch in (5, 2)])
     source = compiled.source()
     assert _direct(source) == direct and "omp_get_thread_num()" in source
 

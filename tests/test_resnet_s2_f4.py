@@ -15,7 +15,7 @@ import torch
 import tracenet as tn
 
 from compile_checks import check_compiled
-from test_conv_kernels import _copy_to_torch, _step_against_torch
+from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
 from test_resnet_stride2_winograd import INTERLEAVED, _down_block
 
@@ -146,13 +146,7 @@ def test_nan_arena_threads(nan_arenas_split, threads, cin, cout, size):
     """Nine and two images split between threads, work memory all NaN: the split rows' zeros,
     the transformed tiles, the transposes' buffer and every output element are written."""
     tn.set_num_threads(threads)
-    tn.manual_seed(0)
-    model, tmodel = _net(tn, cin, cout, True), _net(torch, cin, cout, True)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (9, 2):
-        x = rng.standard_normal((batch, cin, size, size)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(
+        lambda lib: _net(lib, cin, cout, True), [(batch, cin, size, size) for batch in (9, 2)])
     source = compiled.source()
     assert _paths(source)["f4"] == 1 and "omp_get_thread_num()" in source

@@ -17,7 +17,7 @@ import torch
 import tracenet as tn
 
 from compile_checks import check_compiled
-from test_conv_kernels import _copy_to_torch, _step_against_torch
+from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
 from test_resnet_s2_f4 import _net
 
@@ -95,14 +95,8 @@ def test_sides_off_multiples_of_8_keep_4x4_values(shape):
 
 def test_symbolic_batch():
     """One compiled module at batch 3, 1 and 5: blocks of two 32x32 images, the last of one."""
-    tn.manual_seed(0)
-    model, tmodel = _net(tn, 16, 32, True), _net(torch, 16, 32, True)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (3, 1, 5):
-        x = rng.standard_normal((batch, 16, 32, 32)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(
+        lambda lib: _net(lib, 16, 32, True), [(batch, 16, 32, 32) for batch in (3, 1, 5)])
     assert len(compiled.specialisations) == 1
     source = compiled.source()
     assert "tn_N" in source and _paths(source)["f4"] == 1
@@ -140,13 +134,7 @@ def test_nan_arena_threads(nan_arenas_split, threads, cin, cout, size):
     """Nine and two images split between threads, work memory all NaN: the split rows' zeros,
     the transformed tiles and every image-gradient value are written."""
     tn.set_num_threads(threads)
-    tn.manual_seed(0)
-    model, tmodel = _net(tn, cin, cout, True), _net(torch, cin, cout, True)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (9, 2):
-        x = rng.standard_normal((batch, cin, size, size)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(
+        lambda lib: _net(lib, cin, cout, True), [(batch, cin, size, size) for batch in (9, 2)])
     source = compiled.source()
     assert _paths(source)["f4"] == 1 and "omp_get_thread_num()" in source

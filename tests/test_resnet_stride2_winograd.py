@@ -14,7 +14,8 @@ import torch
 import tracenet as tn
 
 from compile_checks import check_compiled
-from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, _step_against_torch
+from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, _step_against_torch, \
+    _stepped_twins
 
 # the kernels' comments (templates/conv_winograd_s2.c.j2, conv_winograd_s2_input.c.j2)
 STRIDE2 = re.escape("stride-2 3x3 convolution by its phases' Winograd forms (") + \
@@ -77,14 +78,8 @@ def test_stride2_forward_matches_torch_and_eager(name):
 
 def test_symbolic_batch():
     """One compiled module at batch 3, 1 and 5: blocks of two 16x16 images, the last of one."""
-    tn.manual_seed(0)
-    model, tmodel = _net(tn, 16, 32, True), _net(torch, 16, 32, True)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (3, 1, 5):
-        x = rng.standard_normal((batch, 16, 16, 16)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(
+        lambda lib: _net(lib, 16, 32, True), [(batch, 16, 16, 16) for batch in (3, 1, 5)])
     assert len(compiled.specialisations) == 1
     source = compiled.source()
     assert "tn_N" in source and _taken(source) == (1, 1)
@@ -182,14 +177,8 @@ def test_nan_arena_threads(nan_arenas_split, threads, size):
     the transformed tiles and every output element are written (a short last block's gaps
     between the points' columns hold NaN, their products unread)."""
     tn.set_num_threads(threads)
-    tn.manual_seed(0)
-    model, tmodel = _net(tn, 16, 32, True), _net(torch, 16, 32, True)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (5, 2):
-        x = rng.standard_normal((batch, 16) + size).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(
+        lambda lib: _net(lib, 16, 32, True), [(batch, 16) + size for batch in (5, 2)])
     source = compiled.source()
     assert _taken(source) == (1, 1) and "omp_get_thread_num()" in source
 

@@ -17,7 +17,7 @@ import tracenet as tn
 
 from compile_checks import check_compiled
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
-from test_conv_kernels import _copy_to_torch, _step_against_torch
+from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
 from test_conv_winograd_weight import WEIGHT, _conv, _takes_it
 from test_resnet_wgrad2_tiles import _float64_weight_gradient
 
@@ -102,14 +102,9 @@ def test_falls_back_off_its_shapes(name):
 def test_symbolic_batch():
     """One compiled module at batch 3, 2 and 1 on 18x32 images (9 tile rows): the images
     follow the batch at run time."""
-    tn.manual_seed(0)
-    model, tmodel = _conv(tn, 16, 32, True, np.float32), _conv(torch, 16, 32, True, np.float32)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (3, 2, 1):
-        x = rng.standard_normal((batch, 16, 18, 32)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(
+        lambda lib: _conv(lib, 16, 32, True, np.float32),
+        [(batch, 16, 18, 32) for batch in (3, 2, 1)])
     assert len(compiled.specialisations) == 1
     source = compiled.source()
     assert "tn_N" in source
@@ -122,18 +117,11 @@ def test_nan_arena_threads(nan_arenas_split, threads, size):
     """Work memory all NaN, batch 3 and 1 on 1 and 2 threads: the transposed rows, the carried
     rows' points and every block's transformed tiles are written before they are read."""
     tn.set_num_threads(threads)
-    tn.manual_seed(0)
 
     def make(lib):
         return lib.nn.Sequential(lib.nn.Conv2d(16, 24, 3, 1, 1), lib.nn.ReLU(),
                                  lib.nn.Conv2d(24, 16, 3, 1, 1))
-    model, tmodel = make(tn), make(torch)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (3, 1):
-        x = rng.standard_normal((batch, 16) + size).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(make, [(batch, 16) + size for batch in (3, 1)])
     _check_form(compiled.source(), 2)
 
 

@@ -13,7 +13,7 @@ from tracenet.runtime import target as runtime_target
 
 from compile_checks import check_compiled
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
-from test_conv_kernels import _copy_to_torch, _step_against_torch
+from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
 from test_conv_winograd_weight import _conv
 
 FEW = "winograd 3x3 convolution weight gradient F(2x2,3x3) with few input channels"
@@ -73,14 +73,9 @@ def test_stem_batch32_against_float64():
 
 def test_symbolic_batch():
     """One compiled module at batch 5, 2 and 1."""
-    tn.manual_seed(0)
-    model, tmodel = _conv(tn, 3, 16, True, np.float32), _conv(torch, 3, 16, True, np.float32)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (5, 2, 1):
-        x = rng.standard_normal((batch, 3, 8, 12)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(
+        lambda lib: _conv(lib, 3, 16, True, np.float32),
+        [(batch, 3, 8, 12) for batch in (5, 2, 1)])
     assert len(compiled.specialisations) == 1
     source = compiled.source()
     assert "tn_N" in source
@@ -115,18 +110,11 @@ def test_nan_arena_threads(nan_arenas_split, threads):
     thread has none, its sums start from NaN memory): the split rows' zero edges, the
     transposed output gradient and the sums are all written before they are read."""
     tn.set_num_threads(threads)
-    tn.manual_seed(0)
 
     def make(lib):
         return lib.nn.Sequential(lib.nn.Conv2d(3, 16, 3, 1, 1), lib.nn.ReLU(),
                                  lib.nn.Conv2d(16, 16, 3, 1, 1))
-    model, tmodel = make(tn), make(torch)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (5, 2):
-        x = rng.standard_normal((batch, 3, 10, 12)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(make, [(batch, 3, 10, 12) for batch in (5, 2)])
     source = compiled.source()
     assert source.count(FEW) == (1 if _avx512() else 0)
     assert "omp_get_thread_num()" in source

@@ -16,7 +16,7 @@ from tracenet.runtime import target as runtime_target
 
 from compile_checks import check_compiled
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
-from test_conv_kernels import _copy_to_torch, _step_against_torch
+from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
 from test_conv_winograd_weight import _conv, _takes_it
 
 FUSED = "transposed, vectors\n                   along the output channels"
@@ -87,14 +87,9 @@ def test_not_fused_off_its_shapes(name):
 def test_symbolic_batch():
     """One compiled module at batch 10, 3 and 1 on 8x8 images: blocks of eight images, the
     last one partial, follow the batch at run time."""
-    tn.manual_seed(0)
-    model, tmodel = _conv(tn, 16, 32, True, np.float32), _conv(torch, 16, 32, True, np.float32)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (10, 3, 1):
-        x = rng.standard_normal((batch, 16, 8, 8)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(
+        lambda lib: _conv(lib, 16, 32, True, np.float32),
+        [(batch, 16, 8, 8) for batch in (10, 3, 1)])
     assert len(compiled.specialisations) == 1
     source = compiled.source()
     assert "tn_N" in source
@@ -108,18 +103,11 @@ def test_nan_arena_threads(nan_arenas_split, threads, size):
     thread has none, its sums start from NaN memory): the transposed rows, their zero row and
     column past odd sizes and the sums are all written before they are read."""
     tn.set_num_threads(threads)
-    tn.manual_seed(0)
 
     def make(lib):
         return lib.nn.Sequential(lib.nn.Conv2d(16, 32, 3, 1, 1), lib.nn.ReLU(),
                                  lib.nn.Conv2d(32, 16, 3, 1, 1))
-    model, tmodel = make(tn), make(torch)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (5, 2):
-        x = rng.standard_normal((batch, 16) + size).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(make, [(batch, 16) + size for batch in (5, 2)])
     source = compiled.source()
     _takes_it(source, 2)
     assert source.count(FUSED) == (2 if _fused_here() else 0)

@@ -14,7 +14,7 @@ from tracenet.runtime import target as runtime_target
 
 from compile_checks import check_compiled
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
-from test_conv_kernels import _copy_to_torch, _step_against_torch
+from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
 
 TILE = "the gathered GEMM's AVX-512 tile"
 
@@ -89,18 +89,11 @@ def test_nan_arena_threads(nan_arenas_split, threads):
     thread has none, its sums start from NaN memory): the padded images, the transposed output
     gradients and the sums are all written before they are read."""
     tn.set_num_threads(threads)
-    tn.manual_seed(0)
 
     def make(lib):
         return lib.nn.Sequential(lib.nn.Conv2d(16, 32, 3, 2, 1), lib.nn.ReLU(),
                                  lib.nn.Conv2d(32, 64, 3, 2, 1))
-    model, tmodel = make(tn), make(torch)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (5, 2):
-        x = rng.standard_normal((batch, 16, 16, 16)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(make, [(batch, 16, 16, 16) for batch in (5, 2)])
     source = compiled.source()
     assert source.count(TILE) == (2 if _avx512() else 0)
     assert "omp_get_thread_num()" in source
