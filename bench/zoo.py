@@ -448,10 +448,16 @@ for label, fn in (("train", lambda: step(nx, ny)), ("infer", run_infer)):
 _FMA_LOOP = r"""
 #include <stdio.h>
 #include <time.h>
-typedef float v8 __attribute__((vector_size(32)));
+/* the widest vectors the flags allow: the kernels' FMAs are 16 lanes wide with AVX-512 */
+#ifdef __AVX512F__
+enum { LANES = 16 };
+#else
+enum { LANES = 8 };
+#endif
+typedef float v8 __attribute__((vector_size(4 * LANES)));
 int main(void) {
     v8 b, c;
-    for (int l = 0; l < 8; l++) { b[l] = 0.9999f; c[l] = 1e-7f; }
+    for (int l = 0; l < LANES; l++) { b[l] = 0.9999f; c[l] = 1e-7f; }
     %(decl)s
     double best = 1e30;
     for (int r = 0; r < 20; r++) {
@@ -464,7 +470,7 @@ int main(void) {
     }
     float sum = 0;
     %(sum)s
-    printf("%%f %%f\n", 2.0 * 2000000 * %(n)d * 8 / best * 1e-9, sum);
+    printf("%%f %%f\n", 2.0 * 2000000 * %(n)d * LANES / best * 1e-9, sum);
     return 0;
 }
 """
@@ -472,8 +478,9 @@ int main(void) {
 
 def fma_peak():
     """One core's float32 FMA peak in GFLOP/s, measured: the best of 20 runs of a loop of 12
-    independent 8-lane FMA chains (enough to fill two FMA pipes of 4 cycles' latency), built
-    with the flags tracenet builds kernels with."""
+    independent FMA chains of the widest vectors the flags allow (16 lanes with AVX-512, else
+    8; enough to fill two FMA pipes of 4 cycles' latency), built with the flags tracenet
+    builds kernels with."""
     from tracenet.runtime import toolchain
     n = 12
     src = _FMA_LOOP % dict(n=n, decl=" ".join(f"v8 a{i} = b * {i}.0f;" for i in range(n)),
