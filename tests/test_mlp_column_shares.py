@@ -61,8 +61,12 @@ def test_product_matches_torch_and_eager(march, monkeypatch, name, trans_a, bias
 
 def test_mlp_training_step_at_symbolic_batch(march, monkeypatch):
     """bench/zoo.py's MLP trained with Adam through compile_step on 1-3 threads (its weight
-    gradient split in column shares from two), batches 64, 1 and 37, against PyTorch."""
+    gradient split in column shares from two), batches 64, 1 and 37, against PyTorch. The
+    weights come from a fixed seed: drawn from whatever state earlier tests in the process left,
+    some draws put a parameter where Adam's step (about lr times the sign of a near-zero
+    gradient's moments) turns float32 rounding into a difference past the tolerance."""
     nan_filled_arenas(monkeypatch)
+    tn.manual_seed(0)
     nets = [lib.nn.Sequential(lib.nn.Flatten(), lib.nn.Linear(784, 256), lib.nn.ReLU(),
                               lib.nn.Linear(256, 10)) for lib in (tn, torch)]
     for p, tp in zip(nets[0].parameters(), nets[1].parameters()):
