@@ -2,8 +2,9 @@
 normalisation (one multiply-add per element with per-channel scale and shift; with a residual
 add and relu when they follow) and the whole
 backward in one kernel (per channel: the two sums, then grad_input). Each kernel walks a
-(N, C, S) view of the input, S the product of the spatial dims; channels run in parallel under
-OpenMP for large tensors."""
+(N, C, S) view of the input, S the product of the spatial dims; for large tensors the
+normalisation and the backward split the images between OpenMP threads (the channels when a
+batch has fewer images than threads), the statistics the channels."""
 from ...ops.common import numel
 from ...ops.normalization import channels
 from ...ops.cexpr import fmt_float, select
