@@ -1,4 +1,4 @@
-"""The input and weight gradients of a serial stride-1 2-d convolution from a mostly-zero output
+"""The input and weight gradients of a stride-1 2-d convolution from a mostly-zero output
 gradient (a max pooling's backward passes one value per window): only the nonzero output
 gradients are multiplied, each adding its weights to its window of the input gradient, or its
 window of the image to its output channel's weight gradient. A call whose output gradient has
@@ -164,16 +164,83 @@ def test_values_not_finite_take_the_dense_kernel(monkeypatch, where, value):
     assert len(_sparse_kernels(compiled.source())) == 1
 
 
-def test_parallel_kernels_stay_dense():
-    """A convolution split over threads (batch 8) keeps the dense kernel alone."""
-    args, kwargs, _, pool = CASES["lenet_conv2"]
+def _parallel(source, of):
+    """Whether every sparse kernel of ``of`` in ``source`` splits its images between threads."""
+    kernels = _sparse_kernels(source, of)
+    return bool(kernels) and all("omp parallel" in body for _, body in kernels)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_parallel_kernels_split_the_images(monkeypatch, threads, dtype):
+    """A convolution split over threads (batch 8) takes the sparse kernels too, whole images
+    per thread, the weight gradient's per-thread sums added at the end: the same gradients as
+    torch on 1, 2 and 3 threads, and at batches of 2 and 1 (fewer images than threads, and a
+    call that runs serially) under a symbolic batch."""
+    nan_filled_arenas(monkeypatch)
+    old = tn.get_num_threads()
+    tn.set_num_threads(threads)
+    try:
+        args, kwargs, shape, pool = CASES["lenet_conv2"]
+        model, tmodel = _pooled(args, kwargs, pool, dtype)
+        compiled = tn.compile(model)
+        rng = np.random.default_rng(threads)
+        for batch in (8, 2, 1, 8):
+            x = rng.standard_normal((batch,) + shape).astype(dtype)
+            _step_against_torch(compiled, model, tmodel, x, _tol(dtype), what=f"batch {batch}")
+    finally:
+        tn.set_num_threads(old)
+    assert len(compiled.specialisations) == 1
+    assert _parallel(compiled.source(), "input") and _parallel(compiled.source(), "weight")
+
+
+def test_parallel_kernels_match_the_serial_input_gradient(monkeypatch):
+    """Each image's input gradient is computed as the serial kernel does, whichever thread
+    takes it: bit for bit the same as one image at a time."""
+    nan_filled_arenas(monkeypatch)
+    args, kwargs, shape, pool = CASES["lenet_conv2"]
+    model, _ = _pooled(args, kwargs, pool, np.float32)
+    compiled = tn.compile(model, dynamic=False)
+    single = tn.compile(model, dynamic=False)
+    x = np.random.default_rng(0).standard_normal((8,) + shape).astype(np.float32)
+    gy = None
+    grads = []
+    for batch in (8, 1):
+        parts = []
+        for i in range(0, 8, batch):
+            xv = tn.from_numpy(x[i:i + batch].copy()).requires_grad_(True)
+            out = (compiled if batch == 8 else single)(xv)
+            if gy is None:
+                gy = np.random.default_rng(1).standard_normal((8,) + out.shape[1:]).astype(
+                    np.float32)
+            out.backward(tn.from_numpy(gy[i:i + batch].copy()))
+            parts.append(xv.grad.numpy())
+        grads.append(np.concatenate(parts))
+    np.testing.assert_array_equal(grads[0], grads[1])
+    assert _parallel(compiled.source(), "input")
+
+
+def test_parallel_dense_fallback_matches_torch(monkeypatch):
+    """A batch split over threads whose output gradient is not finite takes the dense kernel."""
+    nan_filled_arenas(monkeypatch)
+    args, kwargs, shape, pool = CASES["lenet_conv2"]
     model, tmodel = _pooled(args, kwargs, pool, np.float32)
     compiled = tn.compile(model, dynamic=False)
-    x = np.random.default_rng(0).standard_normal((8, 6, 14, 14)).astype(np.float32)
-    _step_against_torch(compiled, model, tmodel, x, 1e-4)
-    bodies = _functions(compiled.source())
-    parallel = any("omp parallel" in body for body in bodies.values())
-    assert bool(_sparse_kernels(compiled.source())) != parallel
+    x = np.random.default_rng(0).standard_normal((8,) + shape).astype(np.float32)
+    gy = np.zeros((8, 16, 5, 5), np.float32)
+    gy[3, 3, 2, 1] = 0.5
+    gy[5, 9, 0, 0] = np.inf
+    grads = []
+    for run, lib in ((compiled, tn), (tmodel, torch)):
+        xv = lib.from_numpy(x.copy()).requires_grad_(True)
+        run(xv).backward(lib.from_numpy(gy))
+        grads.append(xv.grad.numpy())
+    ours, theirs = grads
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+    np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
+    finite = np.isfinite(ours)
+    np.testing.assert_allclose(ours[finite], theirs[finite], rtol=1e-4, atol=1e-4)
+    assert _parallel(compiled.source(), "input")
 
 
 @pytest.mark.parametrize("value", [np.inf, np.nan])

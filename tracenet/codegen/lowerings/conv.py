@@ -461,37 +461,67 @@ def _sparse_gradient_geometry(geo, ct):
 
 def _sparse_or_general(name, node, geo, ct, target, of, mostly_zero, general):
     """The input or weight gradient (``of``) by ``general``, or, when the output gradient is
-    ``mostly_zero`` and the geometry and the dense kernel allow (serial, static scratch), the
-    sparse kernel with that dense one compiled beside it."""
+    ``mostly_zero`` and the geometry and the dense kernel's scratch allow (sizes known when
+    compiled), the sparse kernel with that dense one compiled beside it. The sparse kernel
+    splits the images between threads when the dense one is built for threads."""
     sparse = _sparse_gradient_geometry(geo, ct) if mostly_zero else None
     if sparse is not None:
         dense = general(f"{name}_dense", node, geo, ct, target)
-        if not dense.parallel and isinstance(dense.scratch, int):
+        if _scratch_elements_known(dense.scratch):
             return _lower_sparse_gradient(name, node, geo, sparse, dense, ct, of)
     return general(name, node, geo, ct, target)
 
 
+def _scratch_elements_known(scratch):
+    parts = scratch if isinstance(scratch, tuple) else (scratch,)
+    return all(isinstance(p, int) for p in parts if p != "threads")
+
+
+def _scratch_for_either(a, b):
+    """Scratch enough for each of two kernels that never run at once (``Kernel.scratch``)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return max(a, b)
+
+    def per_thread_and_shared(s):
+        if not isinstance(s, tuple):
+            return 0, s
+        return s[0], (s[2] if len(s) > 2 else 0)
+    (pa, sa), (pb, sb) = per_thread_and_shared(a), per_thread_and_shared(b)
+    return threads_scratch(max(pa, pb), True, max(sa, sb))
+
+
 def _lower_sparse_gradient(name, node, geo, sparse, dense, ct, of):
     """The input or weight gradient (``of``) from a mostly-zero output gradient
-    (``_sparse_gradient_geometry``), with the ``dense`` kernel (serial) for output gradients
-    with more nonzeros or operands that are not all finite; both use scratch from its start:
-    the weights (input gradient) or one padded image (weight gradient), then the result, each
-    with the slack a row's last vector reads or writes past it."""
+    (``_sparse_gradient_geometry``), with the ``dense`` kernel for output gradients with more
+    nonzeros or operands that are not all finite; both use scratch from its start. The
+    input gradient's scratch: the weights, then per thread one padded image gradient and
+    its masks; the weight gradient's: per thread one padded image and a weight gradient,
+    each with the slack a row's last vector reads or writes past it. Split between threads
+    as the dense kernel is (whole images per thread; the threads' weight gradients are added
+    in thread order)."""
     gy, other = node.inputs
     out = node.outputs[0]
     role = "w" if of == "input" else "x"
     reads, writes = [("gy", gy), (role, other)], [("out", out)]
+    parallel = dense.parallel
     if of == "input":
-        own = sparse["WS"] + geo["C"] * sparse["HP"] * sparse["WP"] + sparse["SLACK"] + \
+        shared = sparse["WS"]
+        per_thread = geo["C"] * sparse["HP"] * sparse["WP"] + sparse["SLACK"] + \
             geo["OH"] * geo["OW"]  # (a mask per position, as wide as an element)
     else:
-        own = geo["C"] * sparse["HP"] * sparse["WP"] + numel(out.shape) + 2 * sparse["SLACK"]
+        shared = 0
+        per_thread = geo["C"] * sparse["HP"] * sparse["WP"] + numel(out.shape) + \
+            2 * sparse["SLACK"]
+    if parallel:  # (each thread's slice on its own cache lines)
+        per_thread = -(-per_thread // 16) * 16
     args = [f"tn_{s}" for s in size_symbols(reads, writes)] + ["gy", role, "out", "scratch"]
     src = render(f"conv_backward_{of}_sparse.c.j2", name=name, node_lines=node_lines([node]),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
-                 sparse=sparse, dense=dense, dense_args=", ".join(args), **geo)
-    return Kernel(name, reads, writes, src, max(own, dense.scratch), ct,
-                  flops=conv_flops(geo), parallel=False)
+                 sparse=sparse, dense=dense, dense_args=", ".join(args), parallel=parallel,
+                 per_thread=per_thread, **geo)
+    own = threads_scratch(per_thread, parallel, shared)
+    return Kernel(name, reads, writes, src, _scratch_for_either(own, dense.scratch), ct,
+                  flops=conv_flops(geo), parallel=parallel)
 
 
 def _lower_per_tap_backward_input(name, node, geo, direct, ct, target):
