@@ -83,3 +83,16 @@ def test_few_channel_conv_symbolic_batch(march, dtype):
     source = compiled.source()
     assert "tn_N" in source
     assert re.search(r"\btn_gemm_dots_f(32|64)\(", _weight_gradient_body(source))
+
+
+@pytest.mark.parametrize("length", [10, 11, 18, 19, 26, 27, 34, 43])
+def test_dot_products_of_every_tail_length(march, length):
+    """A 1-d convolution of 4 taps on ``length`` positions: dot products of 7 to 40 terms, so
+    the sums take every mix of steps of 16 floats (AVX-512), of 8 and single terms."""
+    tn.manual_seed(0)
+    model, tmodel = nn.Conv1d(2, 5, 4), torch.nn.Conv1d(2, 5, 4)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model, dynamic=False)
+    x = np.random.default_rng(length).standard_normal((1, 2, length)).astype(np.float32)
+    _step(compiled, model, tmodel, x, np.float32)
+    assert re.search(r"\btn_gemm_dots_f32\(", _weight_gradient_body(compiled.source()))
