@@ -96,3 +96,32 @@ def test_dot_products_of_every_tail_length(march, length):
     x = np.random.default_rng(length).standard_normal((1, 2, length)).astype(np.float32)
     _step(compiled, model, tmodel, x, np.float32)
     assert re.search(r"\btn_gemm_dots_f32\(", _weight_gradient_body(compiled.source()))
+
+
+def test_wide_vectors_round_as_narrow_ones(policy_cache, monkeypatch):
+    """The convolutions' GEMM tiles on shifted views and gathered rows (LeNet's conv1 and
+    conv2) sum each output in the order of its taps, whatever the vector width: built for
+    this machine (16-float vectors with AVX-512) and for AVX2 only, the forward and the input
+    gradient are bit for bit the same. (The weight gradients' dot products add up lanes,
+    whose number differs.)"""
+    if os.uname().machine != "x86_64":
+        pytest.skip("x86-64 targets")
+    tn.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5),
+                          nn.ReLU(), nn.MaxPool2d(2))
+    x = np.random.default_rng(0).standard_normal((3, 1, 32, 32)).astype(np.float32)
+    results = []
+    for march in MARCHES:
+        policy_cache(f"march-{march}")
+        monkeypatch.setenv("TRACENET_MARCH", march)
+        toolchain.reset()
+        compiled = tn.compile(model, dynamic=False)
+        model.zero_grad()
+        xv = tn.from_numpy(x.copy()).requires_grad_(True)
+        out = compiled(xv)
+        out.sum().backward()
+        results.append([out.detach().numpy().copy(), xv.grad.numpy().copy()])
+    monkeypatch.delenv("TRACENET_MARCH")
+    toolchain.reset()
+    for ours, theirs in zip(*results):
+        np.testing.assert_array_equal(ours, theirs)
