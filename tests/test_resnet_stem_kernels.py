@@ -1,0 +1,206 @@
+"""The forward of stride-1 convolutions with few input channels (the ResNet's stem, 3 -> 16 on
+32x32; ``lowerings/conv.py``'s ``_few_channels_geometry``, ``templates/conv2d.c.j2``'s
+``few_band``): register tiles of output channels x two vectors of output columns summing the
+taps straight from the padded image, with the epilogue (bias, eval-mode batch norm, residual,
+relu, a training-mode batch norm's statistics) in registers. Against PyTorch and eager mode
+(values, running statistics, input and parameter gradients) in float32 and float64, built for
+AVX-512 and for AVX2 only, at batch 1, at a symbolic batch and on 1-3 threads with NaN-filled
+work memory; the batch-32 stem against float64; and the shapes that keep the GEMM forms."""
+import numpy as np
+import pytest
+import torch
+
+import tracenet as tn
+
+from compile_checks import check_compiled
+from test_conv_batch_stats import _input
+from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, _step_against_torch, \
+    _stepped_twins
+from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
+
+FEW = "output columns, which sum the"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _dtype(dtype):
+    return (tn.float64, torch.float64) if dtype == np.float64 else (tn.float32, torch.float32)
+
+
+def _stem(lib, cin=3, cout=16, bias=False, dtype=np.float32):
+    """conv 3x3 padding 1 -> batch norm -> relu, the batch norm's affine parameters away from
+    (1, 0)."""
+    nn = lib.nn
+    model = nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1, bias=bias), nn.BatchNorm2d(cout),
+                          nn.ReLU()).to(_dtype(dtype)[0 if lib is tn else 1])
+    rng = np.random.default_rng(3)
+    model[1].weight.data.copy_(lib.from_numpy(rng.uniform(0.5, 1.5, cout).astype(dtype)))
+    model[1].bias.data.copy_(lib.from_numpy(rng.uniform(-0.5, 0.5, cout).astype(dtype)))
+    return model
+
+
+def _twins(cin=3, cout=16, bias=False, dtype=np.float32):
+    tn.manual_seed(0)
+    model, tmodel = _stem(tn, cin, cout, bias, dtype), _stem(torch, cin, cout, bias, dtype)
+    _copy_to_torch(model, tmodel)
+    return model, tmodel
+
+
+def _normal(shape, dtype, seed):
+    # (inputs off zero, as ``_input``'s, give the batch norm's input gradient a cancellation
+    # that parts the float32 weight gradients of any two summation orders by more than the
+    # tolerance: the statistics' rounding is tested against float64 below)
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def _tol(dtype):
+    return 1e-10 if dtype == np.float64 else 2e-4
+
+
+# name -> (in channels, out channels, bias, input shape, dtype); gradients summed over at most
+# 2048 positions a weight (more and float32 sums in any order part from PyTorch's by more
+# than the tolerance: see the batch-32 test against float64)
+CASES = {
+    "stem_16x16": (3, 16, False, (2, 3, 16, 16), np.float32),
+    "stem_32x32_batch1": (3, 16, False, (1, 3, 32, 32), np.float32),
+    "two_channels_biased_oblong": (2, 16, True, (3, 2, 5, 32), np.float32),
+    "one_channel_32_out": (1, 32, True, (2, 1, 7, 16), np.float32),
+    "stem_float64": (3, 16, True, (2, 3, 6, 32), np.float64),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_training_step_matches_torch(march, name):
+    """The training forward (the statistics in the tiles' epilogue) and its gradients, three
+    steps (the running statistics move), then eval mode (the batch norm folded, relu)."""
+    cin, cout, bias, shape, dtype = CASES[name]
+    model, tmodel = _twins(cin, cout, bias, dtype)
+    compiled = tn.compile(model)
+    for seed in range(3):
+        _step_against_torch(compiled, model, tmodel, _normal(shape, dtype, seed), _tol(dtype))
+    for stat in ("running_mean", "running_var"):
+        np.testing.assert_allclose(getattr(model[1], stat).numpy(),
+                                   getattr(tmodel[1], stat).detach().numpy(),
+                                   rtol=_tol(dtype), atol=_tol(dtype), err_msg=stat)
+    assert compiled.source().count(FEW) == 1
+    model.eval()
+    tmodel.eval()
+    compiled = tn.compile(model)
+    x = _input(shape, dtype, 7)
+    with tn.no_grad(), torch.no_grad():
+        out, ref = compiled(tn.from_numpy(x)).numpy(), tmodel(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out, ref, rtol=_tol(dtype), atol=_tol(dtype))
+    assert compiled.source().count(FEW) == 1
+
+
+def _residual(lib):
+    """relu(bn(conv(x)) + bn(shortcut(x))) in eval mode: the residual sum and relu in the
+    epilogue of one of the two convolutions, each batch norm folded into its own."""
+    nn = lib.nn
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)
+            self.short, self.bn_short = nn.Conv2d(3, 16, 3, 1, 1), nn.BatchNorm2d(16)
+
+        def forward(self, x):
+            return lib.nn.functional.relu(self.bn(self.conv(x)) + self.bn_short(self.short(x)))
+    return Residual()
+
+
+def test_eval_residual_and_relu_in_the_epilogue():
+    tn.manual_seed(0)
+    torch.manual_seed(0)
+    source = _eval_follows_statistics(_residual(tn), _residual(torch), (3, 3, 5, 32))
+    assert source.count(FEW) == 2 and "conv_batch_norm_add_relu" in source
+
+
+def test_plain_and_relu_forward_against_eager(march):
+    """conv with a bias alone and conv -> relu, through ``check_compiled`` (eager mode)."""
+    tn.manual_seed(0)
+    for model in (tn.nn.Conv2d(3, 16, 3, 1, 1),
+                  tn.nn.Sequential(tn.nn.Conv2d(3, 16, 3, 1, 1), tn.nn.ReLU())):
+        compiled = check_compiled(model, (2, 3, 6, 32))
+        assert compiled.source().count(FEW) == 1
+
+
+def test_symbolic_batch():
+    """One compiled module at batch 5, 2 and 1."""
+    compiled = _stepped_twins(lambda lib: _stem(lib), [(b, 3, 4, 32) for b in (5, 2, 1)])
+    assert len(compiled.specialisations) == 1
+    source = compiled.source()
+    assert "tn_N" in source and source.count(FEW) == 1
+
+
+def test_stem_batch32_against_float64():
+    """The ResNet's stem at batch 32: the normalised output and the batch's mean and variance
+    (through the running statistics) against the float64 result, as close as PyTorch's
+    float32 (output 1.1e-6 and 1.8e-6 from float64 on inputs about 0 and 3, PyTorch's 1.2e-6
+    and 1.8e-6; the statistics' relative errors below 1e-7)."""
+    tn.manual_seed(0)
+    model = tn.nn.Sequential(tn.nn.Conv2d(3, 16, 3, 1, 1, bias=False), tn.nn.BatchNorm2d(16))
+    compiled = tn.compile(model)
+    w = torch.from_numpy(model[0].weight.detach().numpy()).double()
+    rng = np.random.default_rng(2)
+    for offset in (0.0, 3.0):
+        model[1].reset_running_stats()
+        x = (rng.standard_normal((32, 3, 32, 32)) * 2 + offset).astype(np.float32)
+        out = compiled(tn.from_numpy(x)).detach().numpy()
+        y = torch.nn.functional.conv2d(torch.from_numpy(x).double(), w, padding=1)
+        mean, var = y.mean((0, 2, 3)), y.var((0, 2, 3), unbiased=False)
+        exact = ((y - mean[None, :, None, None]) /
+                 torch.sqrt(var[None, :, None, None] + 1e-5)).numpy()
+        theirs = torch.nn.functional.batch_norm(
+            torch.nn.functional.conv2d(torch.from_numpy(x), w.float(), padding=1), None, None,
+            training=True).numpy()
+        assert np.abs(out - exact).max() <= 1.25 * np.abs(theirs - exact).max() + 1e-7
+        n = y.numel() // 16
+        np.testing.assert_allclose(model[1].running_mean.numpy(), 0.1 * mean.numpy(),
+                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(model[1].running_var.numpy(),
+                                   0.9 + 0.1 * var.numpy() * n / (n - 1), rtol=1e-6)
+    assert compiled.source().count(FEW) == 1
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_nan_arena_threads(nan_arenas_split, threads):
+    """Work memory all NaN, batch 5 and 2 split between 1-3 threads: the padded image's zero
+    border, the weights' tile order and the statistics' sums are all written before they are
+    read (in training and in eval mode)."""
+    tn.set_num_threads(threads)
+    compiled = _stepped_twins(lambda lib: _stem(lib), [(b, 3, 6, 32) for b in (5, 2)])
+    source = compiled.source()
+    assert source.count(FEW) == 1 and "omp_get_thread_num()" in source
+    model, tmodel = _twins()
+    model.eval()
+    tmodel.eval()
+    compiled = tn.compile(model)
+    x = _input((5, 3, 6, 32), np.float32)
+    with tn.no_grad(), torch.no_grad():
+        np.testing.assert_allclose(compiled(tn.from_numpy(x)).numpy(),
+                                   tmodel(torch.from_numpy(x)).numpy(), rtol=2e-4, atol=2e-4)
+    assert compiled.source().count(FEW) == 1
+
+
+# name -> (layer, input shape): shapes the form leaves to the GEMM kernels
+NOT_TAKEN = {
+    "width_not_two_vectors": (lambda: tn.nn.Conv2d(3, 16, 3, 1, 1), (2, 3, 8, 12)),
+    "four_channels": (lambda: tn.nn.Conv2d(4, 16, 3, 1, 1), (2, 4, 8, 32)),
+    "six_out_channels": (lambda: tn.nn.Conv2d(3, 6, 3, 1, 1), (2, 3, 8, 32)),
+    "stride_2": (lambda: tn.nn.Conv2d(3, 16, 3, 2, 1), (2, 3, 8, 64)),
+    "groups": (lambda: tn.nn.Conv2d(2, 16, 3, 1, 1, groups=2), (2, 2, 8, 32)),
+    "max_pooled": (lambda: tn.nn.Sequential(tn.nn.Conv2d(3, 16, 3, 1, 1), tn.nn.ReLU(),
+                                            tn.nn.MaxPool2d(2)), (2, 3, 8, 32)),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_TAKEN))
+def test_not_taken_off_its_shapes(name):
+    make, shape = NOT_TAKEN[name]
+    tn.manual_seed(0)
+    compiled = check_compiled(make(), shape)
+    assert FEW not in compiled.source()
