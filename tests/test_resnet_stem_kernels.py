@@ -1,8 +1,11 @@
-"""The forward of stride-1 convolutions with few input channels (the ResNet's stem, 3 -> 16 on
-32x32; ``lowerings/conv.py``'s ``_few_channels_geometry``, ``templates/conv2d.c.j2``'s
-``few_band``): register tiles of output channels x two vectors of output columns summing the
-taps straight from the padded image, with the epilogue (bias, eval-mode batch norm, residual,
-relu, a training-mode batch norm's statistics) in registers. Against PyTorch and eager mode
+"""The forward and weight gradient of stride-1 convolutions with few input channels (the
+ResNet's stem, 3 -> 16 on 32x32; ``lowerings/conv.py``'s ``_few_channels_geometry`` and
+``_few_channels_weight_geometry``). The forward (``templates/conv2d.c.j2``'s ``few_band``):
+register tiles of output channels x vectors of output columns summing the taps straight from
+the padded image, with the epilogue (bias, eval-mode batch norm, residual, relu, a
+training-mode batch norm's statistics) in registers; the weight gradient
+(``templates/conv_backward_weight_few.c.j2``): register tiles of output channels x a kernel
+row's taps summed along vectors of output columns, in double per image. Against PyTorch and eager mode
 (values, running statistics, input and parameter gradients) in float32 and float64, built for
 AVX-512 and for AVX2 only, at batch 1, at a symbolic batch and on 1-3 threads with NaN-filled
 work memory; the batch-32 stem against float64; and the shapes that keep the GEMM forms."""
@@ -19,6 +22,7 @@ from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, _step_ag
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
 
 FEW = "output columns, which sum the"
+FEW_WEIGHT = "per image and kernel row (c, kh), register tiles of"
 
 
 @pytest.fixture(autouse=True)
@@ -60,15 +64,14 @@ def _tol(dtype):
     return 1e-10 if dtype == np.float64 else 2e-4
 
 
-# name -> (in channels, out channels, bias, input shape, dtype); gradients summed over at most
-# 2048 positions a weight (more and float32 sums in any order part from PyTorch's by more
-# than the tolerance: see the batch-32 test against float64)
+# name -> (in channels, out channels, bias, input shape, dtype, whether the weight gradient's
+# form takes it: images of 1024 positions or more)
 CASES = {
-    "stem_16x16": (3, 16, False, (2, 3, 16, 16), np.float32),
-    "stem_32x32_batch1": (3, 16, False, (1, 3, 32, 32), np.float32),
-    "two_channels_biased_oblong": (2, 16, True, (3, 2, 5, 32), np.float32),
-    "one_channel_32_out": (1, 32, True, (2, 1, 7, 16), np.float32),
-    "stem_float64": (3, 16, True, (2, 3, 6, 32), np.float64),
+    "stem_16x16": (3, 16, False, (2, 3, 16, 16), np.float32, False),
+    "stem_32x32_batch1": (3, 16, False, (1, 3, 32, 32), np.float32, True),
+    "two_channels_biased_oblong": (2, 16, True, (3, 2, 5, 32), np.float32, False),
+    "one_channel_32_out_oblong": (1, 32, True, (2, 1, 16, 64), np.float32, True),
+    "stem_float64": (3, 16, True, (2, 3, 32, 32), np.float64, True),
 }
 
 
@@ -76,7 +79,7 @@ CASES = {
 def test_training_step_matches_torch(march, name):
     """The training forward (the statistics in the tiles' epilogue) and its gradients, three
     steps (the running statistics move), then eval mode (the batch norm folded, relu)."""
-    cin, cout, bias, shape, dtype = CASES[name]
+    cin, cout, bias, shape, dtype, weight = CASES[name]
     model, tmodel = _twins(cin, cout, bias, dtype)
     compiled = tn.compile(model)
     for seed in range(3):
@@ -86,6 +89,7 @@ def test_training_step_matches_torch(march, name):
                                    getattr(tmodel[1], stat).detach().numpy(),
                                    rtol=_tol(dtype), atol=_tol(dtype), err_msg=stat)
     assert compiled.source().count(FEW) == 1
+    assert compiled.source().count(FEW_WEIGHT) == (1 if weight else 0)
     model.eval()
     tmodel.eval()
     compiled = tn.compile(model)
@@ -124,16 +128,16 @@ def test_plain_and_relu_forward_against_eager(march):
     tn.manual_seed(0)
     for model in (tn.nn.Conv2d(3, 16, 3, 1, 1),
                   tn.nn.Sequential(tn.nn.Conv2d(3, 16, 3, 1, 1), tn.nn.ReLU())):
-        compiled = check_compiled(model, (2, 3, 6, 32))
-        assert compiled.source().count(FEW) == 1
+        compiled = check_compiled(model, (2, 3, 32, 32))
+        assert compiled.source().count(FEW) == 1 and compiled.source().count(FEW_WEIGHT) == 1
 
 
 def test_symbolic_batch():
-    """One compiled module at batch 5, 2 and 1."""
-    compiled = _stepped_twins(lambda lib: _stem(lib), [(b, 3, 4, 32) for b in (5, 2, 1)])
+    """One compiled module at batch 3, 2 and 1."""
+    compiled = _stepped_twins(lambda lib: _stem(lib), [(b, 3, 32, 32) for b in (3, 2, 1)])
     assert len(compiled.specialisations) == 1
     source = compiled.source()
-    assert "tn_N" in source and source.count(FEW) == 1
+    assert "tn_N" in source and source.count(FEW) == 1 and source.count(FEW_WEIGHT) == 1
 
 
 def test_stem_batch32_against_float64():
@@ -166,41 +170,64 @@ def test_stem_batch32_against_float64():
     assert compiled.source().count(FEW) == 1
 
 
+def test_weight_gradient_batch32_against_float64():
+    """The stem's weight gradient at batch 32 (sums over 32768 positions a weight): against the
+    float64 result within 1e-6 of the largest value (the tiles' float sums run over one
+    image's row vectors, 64 products a lane, the images in double: 7.9e-5 on values up to 652,
+    1.2e-7 of it, where PyTorch's float32 parts by 3.1e-3, 4.7e-6 of it)."""
+    tn.manual_seed(0)
+    model = tn.nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+    compiled = tn.compile(model)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((32, 3, 32, 32)).astype(np.float32)
+    gy = rng.standard_normal((32, 16, 32, 32)).astype(np.float32)
+    compiled(tn.from_numpy(x)).backward(tn.from_numpy(gy))
+    exact = torch.nn.grad.conv2d_weight(torch.from_numpy(x).double(), (16, 3, 3, 3),
+                                        torch.from_numpy(gy).double(), padding=1).numpy()
+    assert np.abs(model.weight.grad.numpy() - exact).max() <= 1e-6 * np.abs(exact).max()
+    assert compiled.source().count(FEW_WEIGHT) == 1
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_nan_arena_threads(nan_arenas_split, threads):
     """Work memory all NaN, batch 5 and 2 split between 1-3 threads: the padded image's zero
     border, the weights' tile order and the statistics' sums are all written before they are
     read (in training and in eval mode)."""
     tn.set_num_threads(threads)
-    compiled = _stepped_twins(lambda lib: _stem(lib), [(b, 3, 6, 32) for b in (5, 2)])
+    compiled = _stepped_twins(lambda lib: _stem(lib), [(b, 3, 32, 32) for b in (5, 2)])
     source = compiled.source()
-    assert source.count(FEW) == 1 and "omp_get_thread_num()" in source
+    assert source.count(FEW) == 1 and source.count(FEW_WEIGHT) == 1
+    assert "omp_get_thread_num()" in source
     model, tmodel = _twins()
     model.eval()
     tmodel.eval()
     compiled = tn.compile(model)
-    x = _input((5, 3, 6, 32), np.float32)
+    x = _input((5, 3, 32, 32), np.float32)
     with tn.no_grad(), torch.no_grad():
         np.testing.assert_allclose(compiled(tn.from_numpy(x)).numpy(),
                                    tmodel(torch.from_numpy(x)).numpy(), rtol=2e-4, atol=2e-4)
     assert compiled.source().count(FEW) == 1
 
 
-# name -> (layer, input shape): shapes the form leaves to the GEMM kernels
+# name -> (layer, input shape, whether the forward's form takes it): shapes the forms leave
+# to the other kernels (the weight gradient's form takes none of them)
 NOT_TAKEN = {
-    "width_not_two_vectors": (lambda: tn.nn.Conv2d(3, 16, 3, 1, 1), (2, 3, 8, 12)),
-    "four_channels": (lambda: tn.nn.Conv2d(4, 16, 3, 1, 1), (2, 4, 8, 32)),
-    "six_out_channels": (lambda: tn.nn.Conv2d(3, 6, 3, 1, 1), (2, 3, 8, 32)),
-    "stride_2": (lambda: tn.nn.Conv2d(3, 16, 3, 2, 1), (2, 3, 8, 64)),
-    "groups": (lambda: tn.nn.Conv2d(2, 16, 3, 1, 1, groups=2), (2, 2, 8, 32)),
+    "width_not_a_vector": (lambda: tn.nn.Conv2d(3, 16, 3, 1, 1), (2, 3, 32, 12), False),
+    "four_channels": (lambda: tn.nn.Conv2d(4, 16, 3, 1, 1), (2, 4, 32, 32), False),
+    "six_out_channels": (lambda: tn.nn.Conv2d(3, 6, 3, 1, 1), (2, 3, 32, 32), False),
+    "stride_2": (lambda: tn.nn.Conv2d(3, 16, 3, 2, 1), (2, 3, 32, 64), False),
+    "groups": (lambda: tn.nn.Conv2d(2, 16, 3, 1, 1, groups=2), (2, 2, 32, 32), False),
+    "five_taps_a_row": (lambda: tn.nn.Conv2d(3, 16, 5, 1, 2), (2, 3, 32, 32), True),
+    "small_image": (lambda: tn.nn.Conv2d(3, 16, 3, 1, 1), (2, 3, 16, 16), True),
     "max_pooled": (lambda: tn.nn.Sequential(tn.nn.Conv2d(3, 16, 3, 1, 1), tn.nn.ReLU(),
-                                            tn.nn.MaxPool2d(2)), (2, 3, 8, 32)),
+                                            tn.nn.MaxPool2d(2)), (2, 3, 8, 32), False),
 }
 
 
 @pytest.mark.parametrize("name", list(NOT_TAKEN))
 def test_not_taken_off_its_shapes(name):
-    make, shape = NOT_TAKEN[name]
+    make, shape, forward = NOT_TAKEN[name]
     tn.manual_seed(0)
-    compiled = check_compiled(make(), shape)
-    assert FEW not in compiled.source()
+    source = check_compiled(make(), shape).source()
+    assert source.count(FEW) == (1 if forward else 0)
+    assert FEW_WEIGHT not in source
