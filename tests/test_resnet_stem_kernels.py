@@ -5,10 +5,11 @@ register tiles of output channels x vectors of output columns summing the taps s
 the padded image, with the epilogue (bias, eval-mode batch norm, residual, relu, a
 training-mode batch norm's statistics) in registers; the weight gradient
 (``templates/conv_backward_weight_few.c.j2``): register tiles of output channels x a kernel
-row's taps summed along vectors of output columns, in double per image. Against PyTorch and eager mode
-(values, running statistics, input and parameter gradients) in float32 and float64, built for
-AVX-512 and for AVX2 only, at batch 1, at a symbolic batch and on 1-3 threads with NaN-filled
-work memory; the batch-32 stem against float64; and the shapes that keep the GEMM forms."""
+row's taps summed along vectors of output columns, in double per image. Against PyTorch and
+eager mode (values, running statistics, input and parameter gradients) in float32 and
+float64, built for AVX-512 and for AVX2 only, at batch 1, at a symbolic batch, on 1-3
+threads with NaN-filled work memory and over other geometries (1-d, dilated, unpadded,
+oblong kernels); the batch-32 stem against float64; and the shapes the forms leave."""
 import numpy as np
 import pytest
 import torch
@@ -130,6 +131,30 @@ def test_plain_and_relu_forward_against_eager(march):
                   tn.nn.Sequential(tn.nn.Conv2d(3, 16, 3, 1, 1), tn.nn.ReLU())):
         compiled = check_compiled(model, (2, 3, 32, 32))
         assert compiled.source().count(FEW) == 1 and compiled.source().count(FEW_WEIGHT) == 1
+
+
+# name -> (layer, input shape, dtype): other geometries both forms take (the weight gradient's
+# on images of 1024 positions or more)
+GEOMETRIES = {
+    "conv1d": (lambda: tn.nn.Conv1d(3, 16, 3, padding=1), (2, 3, 2048), tn.float32),
+    "dilated": (lambda: tn.nn.Conv2d(3, 16, 3, 1, 2, dilation=2), (2, 3, 32, 32), tn.float32),
+    "unpadded": (lambda: tn.nn.Conv2d(2, 16, 3, 1, 0), (2, 2, 34, 34), tn.float32),
+    "oblong_kernel": (lambda: tn.nn.Conv2d(3, 16, (3, 2), 1, (1, 0)), (2, 3, 32, 33),
+                      tn.float32),
+    "kernel_2x2_dilated_8_out": (lambda: tn.nn.Conv2d(1, 8, 2, 1, 0, dilation=(1, 3)),
+                                 (3, 1, 33, 35), tn.float32),
+    "biased_float64": (lambda: tn.nn.Conv2d(3, 16, 3, 1, 1).double(), (2, 3, 32, 32),
+                       tn.float64),
+}
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_geometries_against_eager(march, name):
+    make, shape, dtype = GEOMETRIES[name]
+    tn.manual_seed(0)
+    source = check_compiled(make(), shape, dtype=dtype,
+                            tol=1e-9 if dtype is tn.float64 else 1e-4).source()
+    assert source.count(FEW) == 1 and source.count(FEW_WEIGHT) == 1
 
 
 def test_symbolic_batch():
