@@ -12,7 +12,7 @@ import torch
 import tracenet as tn
 import tracenet.nn as nn
 
-from tracenet.codegen.lowerings import conv_winograd
+from tracenet.codegen.lowerings import conv, conv_winograd
 
 from compile_checks import check_compiled
 
@@ -378,8 +378,10 @@ def _calls_gathered_gemm(source, kernel):
 def test_gathered_conv2d_matches_torch(name, monkeypatch):
     args, kwargs, shape = GATHERED[name]
     # (the stem's weight gradient takes the few-channel Winograd form with AVX-512:
-    # test_resnet_wgrad_few_channels.py)
+    # test_resnet_wgrad_few_channels.py; its forward the few-channel register tiles:
+    # test_resnet_stem_kernels.py)
     monkeypatch.setattr(conv_winograd, "_few_channels_weight", lambda geo, ct, target: False)
+    monkeypatch.setattr(conv, "_few_channels_geometry", lambda *args: None)
     tn.manual_seed(0)
     model = nn.Conv2d(*args, **kwargs)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tracenet as tn
+from tracenet.codegen.lowerings import conv
 from tracenet.runtime import target as runtime_target
 
 from compile_checks import check_compiled
@@ -22,6 +23,13 @@ FEW = "winograd 3x3 convolution weight gradient F(2x2,3x3) with few input channe
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _winograd_form(monkeypatch):
+    """The direct few-channel weight gradient (tests/test_resnet_stem_kernels.py) takes rows of
+    whole vectors first; these tests keep the Winograd form on the shapes both take."""
+    monkeypatch.setattr(conv, "_few_channels_weight_geometry", lambda *args: None)
 
 
 def _avx512():

@@ -177,6 +177,30 @@ def _gathered_pays(geo, direct, gathered):
     return direct is None or direct["GW"] > _GATHERED_MIN_WASTE * geo["OD"] * geo["OH"] * geo["OW"]
 
 
+def _few_channels_geometry(geo, direct, ct, target):
+    """For stride-1 2-d convolutions with few input channels (the ResNet's stem, 3 -> 16): the
+    register tiles of ``CB`` output channels x ``NV`` vectors of ``VL`` output columns (two
+    where the rows are whole pairs of vectors, else one) that sum the
+    ``K`` taps straight from the padded image, each input vector loaded once for ``CB``
+    multiply-adds (vectors of the widest registers: ``VB`` bytes), and the ``BR`` output rows
+    of a band whose epilogue runs while the band is in the first-level cache; None where the
+    form does not apply (more channels, more than one group, rows not whole vectors, output
+    channels not whole tiles)."""
+    if direct is None or geo["deep"] or geo["G"] != 1 or geo["C"] > _FEW_MAX_CHANNELS or \
+            ct not in ("float", "double") or target.vector_bits < 256:
+        return None
+    vb = target.vector_bits // 8
+    vl = vb // (4 if ct == "float" else 8)
+    cb = _FEW_TILE_CHANNELS_AVX512 if target.vector_bits >= 512 else _FEW_TILE_CHANNELS_AVX2
+    if geo["O"] % cb or geo["OW"] % vl:
+        return None
+    nv = 2 if geo["OW"] % (2 * vl) == 0 else 1
+    oh, ow = geo["OH"], geo["OW"]
+    br = max(d for d in range(1, oh + 1) if oh % d == 0 and (d == 1 or d * ow <= _FEW_BAND))
+    k = geo["C"] * geo["KH"] * geo["KW"]
+    return dict(VB=vb, VL=vl, NV=nv, CB=cb, BR=br, K=k, shared=geo["O"] * k)
+
+
 # Offset tables of the gathered GEMM up to this many entries; stride-1 convolutions take it
 # when the shifted views compute more than this many times the output positions (the
 # ResNet's 3x3 convolutions on 16x16 and 8x8, 18- and 10-wide padded rows: inference 1.07-1.09x
@@ -185,6 +209,18 @@ def _gathered_pays(geo, direct, gathered):
 _GATHERED_MAX_TABLE = 16384
 _GATHERED_MIN_WASTE = 1.1
 _GATHERED_MIN_TAPS = 64
+
+# The few-channel forward (``_few_channels_geometry``): up to this many input channels (the
+# stem's 3: 27 taps); tiles of 8 output channels x 2 vectors with AVX-512's 32 registers (16
+# accumulators) and of 4 x 2 with AVX2's 16. The stem, 3 -> 16 channels on 32x32, batch 32,
+# one thread, its products alone in a C harness: AVX-512 8 x 2 134 us (85 % of the FMA peak),
+# 16 x 1 150 us, 4 x 2 146 us; AVX2 4 x 2 272 us, 8 x 1 276 us, 4 x 4 spills (1133 us)
+_FEW_MAX_CHANNELS = 3
+_FEW_TILE_CHANNELS_AVX512 = 8
+_FEW_TILE_CHANNELS_AVX2 = 4
+# ... and its epilogue (bias, batch norm, residual, relu, statistics) per band of output rows
+# of up to this many values per channel, while the band is in the first-level cache
+_FEW_BAND = 256
 
 # The input gradient as GEMMs per kernel row from this many images on: the weights are
 # repacked once per call (LeNet's conv2, 6 <- 16 channels, 5x5 on 10x10, one thread: batch 64
@@ -262,7 +298,10 @@ def _lower_conv_group(name, group, exported, target):
         return conv_winograd_s2.lower_forward(name, group, geo, reads, writes, plane_out,
                                               relu_out, bn, res, stats, target)
     direct = _direct_geometry(geo)
-    gathered = _gathered_geometry(geo, ct) if pool_after is None else None
+    few = None
+    if pool is None and pool_after is None:
+        few = _few_channels_geometry(geo, direct, ct, target)
+    gathered = _gathered_geometry(geo, ct) if pool_after is None and few is None else None
     if gathered is not None and not _gathered_pays(geo, direct, gathered):
         gathered = None
     if gathered is not None:
@@ -282,7 +321,10 @@ def _lower_conv_group(name, group, exported, target):
     pool_channels = bool(gathered and pool_geo and plane_out is None and ct == "float" and
                          not bn and not res and stats is None and not geo["deep"] and
                          pool_geo["inside"] and pool_geo["KH"] * pool_geo["KW"] <= 16)
-    if gathered:
+    if few:
+        # the padded image (the tiles write the output planes)
+        work = _padded_image(geo, direct)
+    elif gathered:
         # the GEMM's output, [positions][output channels], then the padded image
         work = gathered["P"] * (geo["O"] // geo["G"]) + gathered["image"]
         gathered["shared"] = geo["O"] * gathered["K"]  # the weights transposed
@@ -297,7 +339,7 @@ def _lower_conv_group(name, group, exported, target):
     per_thread = work + (plane * 2 if len(conv.attrs["stride"]) < 3 else 0)
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     # scratch: [the statistics' per-thread sums][the weights transposed][one slice per thread]
-    shared = gathered["shared"] if gathered else 0
+    shared = gathered["shared"] if gathered else few["shared"] if few else 0
     stats_at = 0
     if stats is not None:
         stats_at = statistics_scratch(stats, geo["O"], ct, parallel, target)
@@ -316,7 +358,7 @@ def _lower_conv_group(name, group, exported, target):
                  pool_idx=pool is not None and pool.outputs[1] in exported, geo=t,
                  CG=t["CG"], parallel=parallel, scratch_per_thread=per_thread,
                  work_elems=work, direct=bool(direct), gathered=gathered, then_pool=then_pool,
-                 bn=bn, res=res, stats=stats, stats_at=stats_at, shared=shared,
+                 bn=bn, res=res, stats=stats, stats_at=stats_at, shared=shared, few=few,
                  **(direct or {}), **geo)
     return Kernel(name, reads, writes, src, scratch, ct, flops=conv_flops(geo),
                   parallel=parallel or bool(then_pool and then_pool["parallel"]))
@@ -624,11 +666,67 @@ def _lower_conv_backward_weight(name, node, target):
     ct = ctype(out)
     if conv_pointwise.applies(geo, ct):
         return conv_pointwise.lower_backward_weight(name, node, geo, target)
+    few = _few_channels_weight_geometry(geo, ct, target)
+    if few is not None:
+        return _lower_few_channels_weight(name, node, geo, few, ct, target)
     if conv_winograd.takes_weight_gradient(geo, ct, target):
         return conv_winograd.lower_backward_weight(name, node, geo, target)
     return _sparse_or_general(name, node, geo, ct, target, "weight",
                               _max_pooled(gy) and geo["C"] >= _SPARSE_WEIGHT_MIN_CHANNELS,
                               _lower_general_backward_weight)
+
+
+# The few-channel weight gradient (``_few_channels_weight_geometry``): tiles of 8 output
+# channels x a kernel row's 3 taps with AVX-512 (24 of the 32 registers accumulating) and of
+# 4 x 3 with AVX2's 16. The stem, 3 -> 16 channels on 32x32, batch 32, one thread, its sums
+# alone in a C harness: AVX-512 8 x 3 171 us, 4 x 3 228 us; AVX2 4 x 3 273 us, 2 x 3 385 us
+_FEW_WEIGHT_ACCUMULATORS_AVX512 = 24
+_FEW_WEIGHT_ACCUMULATORS_AVX2 = 12
+# ... from this many positions an image on: 3 -> 16 channels on 16x16, batch 32, one thread,
+# 49-58 us against the Winograd form's 42 with AVX-512 (several images summed before the
+# additions in double, and one at a time), 85 against the gathered GEMM's 82 with AVX2 only
+_FEW_WEIGHT_MIN_POSITIONS = 1024
+
+
+def _few_channels_weight_geometry(geo, ct, target):
+    """For the weight gradient of a stride-1 2-d convolution with few input channels (the
+    ResNet's stem): register tiles of ``CB`` output channels x a kernel row's taps, vectors of
+    ``VL`` output columns (``VB`` bytes) summed along the positions
+    (``conv_backward_weight_few.c.j2``); each thread's scratch is the padded image, then at
+    ``sums_at`` its double sums by lanes (``per_thread`` elements in all). None where the form
+    does not apply (as the forward's ``_few_channels_geometry``, a kernel row too long for the
+    registers, or images of fewer than ``_FEW_WEIGHT_MIN_POSITIONS`` positions)."""
+    direct = _direct_geometry(geo)
+    if direct is None or geo["deep"] or geo["G"] != 1 or geo["C"] > _FEW_MAX_CHANNELS or \
+            ct not in ("float", "double") or target.vector_bits < 256:
+        return None
+    vb = target.vector_bits // 8
+    vl = vb // (4 if ct == "float" else 8)
+    cb, accumulators = (_FEW_TILE_CHANNELS_AVX512, _FEW_WEIGHT_ACCUMULATORS_AVX512) \
+        if target.vector_bits >= 512 else (_FEW_TILE_CHANNELS_AVX2, _FEW_WEIGHT_ACCUMULATORS_AVX2)
+    if geo["O"] % cb or cb * geo["KW"] > accumulators or geo["OW"] % vl or \
+            geo["OH"] * geo["OW"] < _FEW_WEIGHT_MIN_POSITIONS:
+        return None
+    line = 64 // (4 if ct == "float" else 8)  # elements of a cache line
+    sums_at = -(-geo["C"] * direct["HP"] * direct["WP"] // line) * line
+    sums = geo["O"] * geo["C"] * geo["KH"] * geo["KW"] * vl * 8 // (4 if ct == "float" else 8)
+    return dict(VB=vb, VL=vl, CB=cb, sums_at=sums_at, per_thread=sums_at + sums,
+                HP=direct["HP"], WP=direct["WP"])
+
+
+def _lower_few_channels_weight(name, node, geo, few, ct, target):
+    """The weight gradient with few input channels: each thread sums its images in register
+    tiles (``_few_channels_weight_geometry``), then the threads' sums are added."""
+    gy, x = node.inputs
+    out = node.outputs[0]
+    t = _conv_template_geo(geo, ct, dict(HP=few["HP"], WP=few["WP"]))
+    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
+    reads, writes = [("gy", gy), ("x", x)], [("out", out)]
+    src = render("conv_backward_weight_few.c.j2", name=name, node_lines=node_lines([node]),
+                 ctype=ct, signature=signature(reads, writes, 1, ct), geo=t, f=few,
+                 parallel=parallel, **dict(geo, HP=few["HP"], WP=few["WP"]))
+    return Kernel(name, reads, writes, src, threads_scratch(few["per_thread"], parallel), ct,
+                  flops=conv_flops(geo), parallel=parallel)
 
 
 # The weight gradient's gathered GEMM sums over at least this many positions a call, several

@@ -104,7 +104,8 @@ _ZMM_FLOATS = 16
 def _few_channels_weight(geo, ct, target):
     """Whether the weight gradient takes ``conv_winograd_weight_few.c.j2``: float32 with
     AVX-512, 3x3 stride 1 padding 1, up to ``_FEW_MAX_CHANNELS`` channels in, whole vectors of
-    channels out, even sizes (the ResNet's stem)."""
+    channels out, even sizes (the ResNet's stem on rows that are not whole vectors: on whole
+    vectors ``conv.py`` takes its direct few-channel form first)."""
     return (ct == "float" and target.vector_bits >= 512 and geo["G"] == 1 and not geo["deep"]
             and geo["KD"] == 1 and geo["KH"] == geo["KW"] == 3 and
             geo["SH"] == geo["SW"] == 1 and geo["PH"] == geo["PW"] == 1 and
