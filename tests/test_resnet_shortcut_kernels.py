@@ -1,6 +1,7 @@
 """The ResNet's 1x1 stride-2 shortcut convolutions in AVX-512's forms (lowerings/conv_pointwise.py:
 the forward's 16-float position vectors gathered from two loads, with a training-mode batch
-norm's statistics or an eval-mode one's scale and shift on the register tiles) against
+norm's statistics or an eval-mode one's scale and shift on the register tiles; the weight
+gradient's positions gathered and transposed in 16 x 16 register blocks) against
 PyTorch and eager mode: values and gradients, batch 1 and others, a symbolic batch, 1 and 2
 threads over NaN-filled work memory, float64 and the sizes that keep the other forms."""
 import numpy as np
@@ -24,6 +25,11 @@ def _cache(tmp_path_factory, monkeypatch):
 def _zmm_forward(source):
     """Whether the compiled source has the forward's AVX-512 form."""
     return "_zgather(img, xs);" in source
+
+
+def _zmm_weight(source):
+    """Whether the compiled source has the weight gradient's AVX-512 form."""
+    return "_zgather_t(img, xt);" in source
 
 
 def _conv_bn(lib, cin, cout, bias=False, stride=2):
@@ -57,53 +63,65 @@ def _training_steps(model, tmodel, shapes, dtype, tol):
     return compiled.source()
 
 
-# name -> (in channels, out channels, bias, input shapes (batches), dtype, bias offset, form)
+# name -> (in channels, out channels, bias, input shapes (batches), dtype, bias offset, forms:
+# whether the forward's and the weight gradient's AVX-512 forms apply)
 TRAINING = {
     # the ResNet's shortcuts: output rows of 16 positions (one vector) and of 8 (two rows a
     # vector), batch 2 then 1 and 3 (one compiled module)
     "resnet_16_32": (16, 32, False, [(2, 16, 32, 32), (1, 16, 32, 32), (3, 16, 32, 32)],
-                     np.float32, 0.0, True),
-    "resnet_32_64": (32, 64, False, [(2, 32, 16, 16), (1, 32, 16, 16)], np.float32, 0.0, True),
+                     np.float32, 0.0, (True, True)),
+    "resnet_32_64": (32, 64, False, [(2, 32, 16, 16), (1, 32, 16, 16)], np.float32, 0.0,
+                     (True, True)),
+    # the weight gradient's tiles of one vector of input channels (three blocks) and of two
+    # (two blocks), odd output channel counts (tiles of 8, 4 and 1; of 12 and 1)
+    "weight_48_channels_odd_outputs": (48, 13, True, [(2, 48, 8, 32)], np.float32, 0.0,
+                                       (True, True)),
+    "weight_64_channels": (64, 25, False, [(3, 64, 16, 16), (1, 64, 16, 16)], np.float32, 0.0,
+                           (True, True)),
     # output rows of two vectors, odd channel counts (tiles of 4, 2 and 1 channels), a bias
-    "two_vector_rows_odd_channels": (5, 7, True, [(2, 5, 4, 64)], np.float32, 0.0, True),
+    "two_vector_rows_odd_channels": (5, 7, True, [(2, 5, 4, 64)], np.float32, 0.0,
+                                     (True, False)),
     # 48 positions: a last single vector after a tile of four
-    "single_last_vector": (8, 6, True, [(2, 8, 12, 16)], np.float32, 0.0, True),
+    "single_last_vector": (8, 6, True, [(2, 8, 12, 16)], np.float32, 0.0, (True, False)),
     # means about 100 times the deviations: the sums are of deviations from a value of the
     # channel
-    "large_mean": (8, 13, True, [(2, 8, 8, 16)], np.float32, 100.0, True),
+    "large_mean": (16, 13, True, [(2, 16, 8, 16)], np.float32, 100.0, (True, True)),
     # the other forms: float64; output rows of 4 positions, of 7 (odd input), of 8 with an odd
     # count of output rows (a vector would span two images' rows)
-    "float64": (16, 32, False, [(2, 16, 16, 16)], np.float64, 0.0, False),
-    "rows_of_4": (16, 32, False, [(2, 16, 8, 8)], np.float32, 0.0, False),
-    "odd_input": (8, 16, False, [(2, 8, 15, 15)], np.float32, 0.0, False),
-    "odd_output_rows": (8, 16, False, [(2, 8, 14, 16)], np.float32, 0.0, False),
+    "float64": (16, 32, False, [(2, 16, 16, 16)], np.float64, 0.0, (False, False)),
+    "rows_of_4": (16, 32, False, [(2, 16, 8, 8)], np.float32, 0.0, (False, False)),
+    "odd_input": (16, 16, False, [(2, 16, 15, 15)], np.float32, 0.0, (False, False)),
+    "odd_output_rows": (16, 16, False, [(2, 16, 14, 16)], np.float32, 0.0, (False, False)),
 }
 
 
 @pytest.mark.parametrize("name", list(TRAINING))
 def test_training_forward_matches_torch(name):
     """conv 1x1 stride 2 -> training batch norm: output, input and parameter gradients and
-    running statistics against PyTorch; the AVX-512 form taken exactly where it applies."""
-    cin, cout, bias, shapes, dtype, offset, form = TRAINING[name]
+    running statistics against PyTorch; the AVX-512 forms taken exactly where they apply."""
+    cin, cout, bias, shapes, dtype, offset, (forward, weight) = TRAINING[name]
     model, tmodel = _twins(cin, cout, bias, dtype=dtype, offset=offset)
     # (with a large bias, its gradient, zero but for rounding, is ~1e-4 of noise in both)
     tol = 1e-9 if dtype == np.float64 else 5e-4 if offset else 1e-4
     source = _training_steps(model, tmodel, shapes, dtype, tol)
-    assert _zmm_forward(source) == (form and AVX512)
+    assert _zmm_forward(source) == (forward and AVX512)
+    assert _zmm_weight(source) == (weight and AVX512)
 
 
-@pytest.mark.parametrize("name", ["resnet_32_64", "two_vector_rows_odd_channels", "rows_of_4"])
+@pytest.mark.parametrize("name", ["resnet_32_64", "weight_48_channels_odd_outputs",
+                                  "two_vector_rows_odd_channels", "rows_of_4"])
 def test_training_forward_matches_eager(name):
-    cin, cout, bias, shapes, dtype, _, form = TRAINING[name]
+    cin, cout, bias, shapes, dtype, _, (forward, weight) = TRAINING[name]
     model, _ = _twins(cin, cout, bias, dtype=dtype)
-    compiled = check_compiled(model, shapes[0])
-    assert _zmm_forward(compiled.source()) == (form and AVX512)
+    source = check_compiled(model, shapes[0]).source()
+    assert _zmm_forward(source) == (forward and AVX512)
+    assert _zmm_weight(source) == (weight and AVX512)
 
 
 def test_stride_3_keeps_the_other_form():
     model, tmodel = _twins(16, 32, stride=3)
     source = _training_steps(model, tmodel, [(2, 16, 48, 48)], np.float32, 1e-4)
-    assert not _zmm_forward(source)
+    assert not _zmm_forward(source) and not _zmm_weight(source)
 
 
 def _shortcut_block(lib, cin, cout, bias):
@@ -162,10 +180,12 @@ def test_relu_keeps_nan():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_nan_arena_threads(nan_arenas_split, threads):
-    """The packed panels and per-thread statistics in NaN work memory, five images and then two
-    of one compiled module split between threads."""
+    """The packed panels, per-thread statistics and weight gradient sums in NaN work memory,
+    five images and then two of one compiled module split between threads (each thread's
+    first image stores its sums, the later ones add to them)."""
     tn.set_num_threads(threads)
     model, tmodel = _twins(16, 24, bias=True)
     source = _training_steps(model, tmodel, [(5, 16, 16, 32), (2, 16, 16, 32)], np.float32,
                              1e-4)
     assert _zmm_forward(source) == AVX512
+    assert _zmm_weight(source) == AVX512

@@ -147,6 +147,20 @@ def _fused_scatter(geo, ct):
             geo["W"] == 2 * geo["OW"] and geo["OW"] % vl == 0)
 
 
+def _zmm_weight(geo, ct, target):
+    """The template's arguments of the weight gradient's AVX-512 form (``zgather_t`` and the
+    ``zwtile`` tiles): where the forward's applies (``_zmm_forward``) and the input channels
+    are whole 16-float vectors; tiles of 12 output channels x two vectors of input channels,
+    or of 24 x one (24 accumulators either way)."""
+    if not (_zmm_forward(geo, ct, target) and geo["C"] % 16 == 0):
+        return dict(zmm_weight=False)
+    two = geo["C"] % 32 == 0
+    lines = (geo["O"] * geo["OH"] * geo["OW"] * 4 + 63) // 64 + \
+        geo["C"] * geo["OH"] * ((geo["W"] * 4 + 63) // 64)
+    return dict(zmm_weight=True, ZNVW=2 if two else 1,
+                ZMR=(12, 4, 2, 1) if two else (24, 8, 4, 2, 1), ZWLINES=lines)
+
+
 def lower_backward_weight(name, node, geo, target):
     """dW = sum over n of dY[n] @ Xs[n]^T: each thread adds its images' GEMMs into its own
     [O x C] buffer (Xs[n] gathered transposed), then the buffers are added into ``out``."""
@@ -164,7 +178,7 @@ def lower_backward_weight(name, node, geo, target):
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, work_elems=work, panel=panel,
                  max_threads="TN_MAX_THREADS", gather_transposed=_gather_transposed(geo, ct),
-                 wide_tiles=geo["C"] % (4 * _VL[ct]) == 0,
+                 wide_tiles=geo["C"] % (4 * _VL[ct]) == 0, **_zmm_weight(geo, ct, target),
                  **t)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
                   flops=conv_flops(geo), parallel=parallel)
