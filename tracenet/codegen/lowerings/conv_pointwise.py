@@ -59,6 +59,21 @@ def _template_geo(geo):
     return dict(geo, P=p, strided=strided)
 
 
+def _zmm_forward(geo, ct, target):
+    """Whether the forward takes AVX-512's form (``zgather`` and the ``z`` tiles in the
+    template): float32, stride 2 both ways on an image of twice the output's size, each 16-float
+    vector of positions the even elements of two input rows' vectors (output rows of a multiple
+    of 16 positions, or of 8: then two output rows a vector)."""
+    return (ct == "float" and target.vector_bits >= 512 and geo["SH"] == geo["SW"] == 2 and
+            geo["H"] == 2 * geo["OH"] and geo["W"] == 2 * geo["OW"] and
+            (geo["OW"] % 16 == 0 or (geo["OW"] == 8 and geo["OH"] % 2 == 0)))
+
+
+# vectors of 16 positions a tile of the forward's AVX-512 form spans, with the statistics (4
+# channels: 16 accumulators, 8 sums in registers) and without (6 channels: 24 accumulators)
+_ZMM_POSITION_VECTORS = {True: 4, False: 4}
+
+
 def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res, stats,
                   target):
     """conv [-> eval-mode batch_norm] [-> residual add] [-> relu], or conv with the
@@ -74,8 +89,11 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
                    t["P"] % _VL[ct] == 0)
     # the packed panel's rows a cache line longer than the positions where the tiles read it:
     # rows a multiple of 4 KiB apart (the output planes' too) alias in the store buffer
-    ldx = t["P"] + (64 // (4 if ct == "float" else 8) if t["strided"] and stats_tiles else 0)
-    per_thread = geo["C"] * ldx if t["strided"] else 0
+    line = 64 // (4 if ct == "float" else 8)
+    ldx = t["P"] + (line if t["strided"] and stats_tiles else 0)
+    zmm = (_zmm_forward(geo, ct, target) and not relu_out and
+           (stats is None or stats_tiles))
+    per_thread = geo["C"] * max(ldx, t["P"] + line if zmm else 0) if t["strided"] else 0
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     stats_at = 0 if stats is None else statistics_scratch(stats, geo["O"], ct, parallel, target)
     scratch = _scratch(per_thread, parallel, stats_at)
@@ -84,7 +102,8 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
                  signature=signature(reads, writes, 1 if scratch else 0, ct),
                  parallel=parallel, per_thread=per_thread, has_bias=has_bias, bn=bn, res=res,
                  relu=relu, plane_out=plane_out, relu_out=relu_out, stats=stats,
-                 stats_at=stats_at, stats_tiles=stats_tiles, LDX=ldx,
+                 stats_at=stats_at, stats_tiles=stats_tiles, LDX=ldx, zmm_forward=zmm,
+                 ZLDX=t["P"] + line, ZNV=_ZMM_POSITION_VECTORS[bool(stats_tiles)],
                  epilogue=bool(has_bias or bn or res or relu or stats), **t)
     return Kernel(name, reads, writes, src, scratch, ct, flops=conv_flops(geo), parallel=parallel)
 
@@ -128,6 +147,20 @@ def _fused_scatter(geo, ct):
             geo["W"] == 2 * geo["OW"] and geo["OW"] % vl == 0)
 
 
+def _zmm_weight(geo, ct, target):
+    """The template's arguments of the weight gradient's AVX-512 form (``zgather_t`` and the
+    ``zwtile`` tiles): where the forward's applies (``_zmm_forward``) and the input channels
+    are whole 16-float vectors; tiles of 12 output channels x two vectors of input channels,
+    or of 24 x one (24 accumulators either way)."""
+    if not (_zmm_forward(geo, ct, target) and geo["C"] % 16 == 0):
+        return dict(zmm_weight=False)
+    two = geo["C"] % 32 == 0
+    lines = (geo["O"] * geo["OH"] * geo["OW"] * 4 + 63) // 64 + \
+        geo["C"] * geo["OH"] * ((geo["W"] * 4 + 63) // 64)
+    return dict(zmm_weight=True, ZNVW=2 if two else 1,
+                ZMR=(12, 4, 2, 1) if two else (24, 8, 4, 2, 1), ZWLINES=lines)
+
+
 def lower_backward_weight(name, node, geo, target):
     """dW = sum over n of dY[n] @ Xs[n]^T: each thread adds its images' GEMMs into its own
     [O x C] buffer (Xs[n] gathered transposed), then the buffers are added into ``out``."""
@@ -145,7 +178,7 @@ def lower_backward_weight(name, node, geo, target):
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, work_elems=work, panel=panel,
                  max_threads="TN_MAX_THREADS", gather_transposed=_gather_transposed(geo, ct),
-                 wide_tiles=geo["C"] % (4 * _VL[ct]) == 0,
+                 wide_tiles=geo["C"] % (4 * _VL[ct]) == 0, **_zmm_weight(geo, ct, target),
                  **t)
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel), ct,
                   flops=conv_flops(geo), parallel=parallel)
