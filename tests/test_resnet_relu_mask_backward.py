@@ -5,8 +5,8 @@ batch norm's input as the forward computed it, when the relu's output is the ``n
 relu(batch_norm(x)). Compiled steps (``compile_step``) against PyTorch's and eager mode's
 (loss, parameter gradients, updated parameters) over the ResNet's sizes, odd sizes, batch 1,
 float64, a batch norm without weight and bias, a symbolic batch, an input half below zero (the
-mask in play), work memory filled with NaN on 1-3 threads; relus after a residual add, and
-those whose gradient is a sum, keep the mask where it was."""
+mask in play), work memory filled with NaN on 1-3 threads; relus after a residual add keep
+the mask where it was, those whose gradient is a sum take the sum into the kernel too."""
 import re
 
 import numpy as np
@@ -154,7 +154,7 @@ def _residual_net(lib):
 
 def _two_reader_net(lib):
     """relu(bn(conv(x))) read by a convolution and by the mean after it: the relu's gradient
-    is a sum, and the elementwise kernel of that sum applies the mask."""
+    is a sum, added and masked in the batch-norm backward's passes."""
     nn = lib.nn
 
     class Net(nn.Module):
@@ -171,15 +171,27 @@ def _two_reader_net(lib):
     return Net()
 
 
-@pytest.mark.parametrize("make", [_residual_net, _two_reader_net])
-def test_mask_stays_out_when_another_pass_applies_it(make):
-    """A relu after a residual add (its mask passes the residual's gradient too), and a relu
-    whose gradient is a sum (the sum's elementwise kernel masks it): no masked backward."""
+def _compiled_step(make, channels):
     tn.manual_seed(0)
     model = make(tn)
     crit = tn.nn.CrossEntropyLoss()
     step = tn.compile_step(lambda a, b: crit(model(a), b),
                            tn.optim.SGD(model.parameters(), lr=0.1))
-    x, y = _data((2, 4 if make is _residual_net else 3, 6, 6), np.float32, 0)
+    x, y = _data((2, channels, 6, 6), np.float32, 0)
     step(tn.from_numpy(x), tn.from_numpy(y))
-    assert MASKED not in step.source()
+    return step
+
+
+def test_mask_stays_out_after_a_residual_add():
+    """A relu after a residual add (its mask passes the residual's gradient too): no masked
+    backward."""
+    assert MASKED not in _compiled_step(_residual_net, 4).source()
+
+
+def test_mask_of_a_summed_gradient_joins_the_sum():
+    """A relu whose gradient is a sum: the backward adds the two and masks the sum in its
+    passes (tests/test_batch_norm_backward_fusion.py checks the values)."""
+    source = _compiled_step(_two_reader_net, 3).source()
+    assert source.count(MASKED) == 1
+    assert "the output gradient is the sum (g0 + g1) of two" in source
+    assert not re.findall(r"static void \w+_threshold_backward\(", source)

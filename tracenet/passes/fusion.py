@@ -11,9 +11,10 @@ members for people):
 * ``norm``: ``batch_norm`` -> optional residual ``add`` -> ``relu`` (each the only reader of
   the value before it), with the residual's own ``batch_norm`` when the add is its only
   reader;
-* ``norm_backward``: a relu's ``threshold_backward`` -> training-mode ``batch_norm_backward``
-  when the relu's output is the ``norm`` group ``relu(batch_norm(x))`` of the same ``x`` and
-  statistics: the kernel recomputes the mask from ``x`` (reading the forward's bias too);
+* ``norm_backward``: training-mode ``batch_norm_backward`` with the prologue of its gradient:
+  an ``add`` of two gradients and/or a relu's ``threshold_backward`` when the relu's output is
+  the ``norm`` group ``relu(batch_norm(x))`` of the same ``x`` and statistics: the kernel adds
+  the two and recomputes the mask from ``x`` (reading the forward's bias too) in both passes;
 * ``norm_backward_pair``: the two training-mode ``batch_norm_backward`` of one gradient, its
   only readers: each pass reads the gradient once for both;
 * ``gemm``: ``addmm``/``gemm``, or ``mm`` followed by a broadcast bias ``add``, then an optional
@@ -231,32 +232,68 @@ def _normalised_residual(users, graph, add, bn):
 
 
 def _norm_backward_groups(graph):
-    """(members, None, reads, unread): threshold_backward(g, y) -> batch_norm_backward of the
-    masked g in training mode, the mask read by nothing else, where y is a ``norm`` group's
-    ``relu(batch_norm(x, mean, var, weight, bias))`` of the backward's x, mean, var and weight:
-    the backward recomputes the mask from x, so no pass writes the masked gradient (the
-    ResNet's relus after bn1). ``reads``: the forward's bias, if any; ``unread``: y, whose
-    buffer is then free for the backward's output (kept alive for the fused kernel, the
-    ResNet's step measured 1 % slower: the first block's input gradient then wrote a buffer
-    not in cache)."""
+    """(members, None, reads, unread): a training-mode batch_norm_backward with the pointwise
+    prologue of its gradient, at least one of: the sum of two gradients ``add(a, b)``
+    (``_gradient_sum``), then a relu's mask ``threshold_backward(., y)`` where y is a ``norm``
+    group's ``relu(batch_norm(x, mean, var, weight, bias))`` of the backward's x, mean, var and
+    weight (``_recomputed_mask``). The kernel's passes compute the masked sum from a, b and x,
+    so no pass writes the sum or the masked gradient (the ResNet's relus after bn1, and the
+    stem's, whose gradient sums the first block's two paths). ``reads``: the forward's bias,
+    if any; ``unread``: y, whose buffer is then free for the backward's output (kept alive for
+    the fused kernel, the ResNet's step measured 1 % slower: the first block's input gradient
+    then wrote a buffer not in cache)."""
     users = graph.users()
     groups = []
     for node in graph.nodes:
         if node.op != "batch_norm_backward" or not node.attrs["training"]:
             continue
-        thr = node.inputs[0].producer
-        if thr is None or thr.op != "threshold_backward" or thr.attrs["threshold"] != 0.0 or \
-                _sole_user(users, graph, thr.output) is not node or _joins_elementwise(thr) or \
-                not all(same_shape(v.shape, thr.output.shape) for v in thr.inputs):
+        mask = _recomputed_mask(users, graph, node)
+        g = mask.inputs[0] if mask is not None else node.inputs[0]
+        add = _gradient_sum(users, graph, g, mask if mask is not None else node)
+        if add is None and (mask is None or _joins_elementwise(mask)):
             continue
-        forward = _relu_batch_norm(thr.inputs[1])
-        if forward is None or forward.attrs["eps"] != node.attrs["eps"] or \
-                forward.attrs["has_weight"] != (len(node.inputs) > 4) or \
-                any(a is not b for a, b in zip(forward.inputs, node.inputs[1:])):
-            continue
-        bias = forward.inputs[-1:] if forward.attrs["has_bias"] else []
-        groups.append(([thr, node], None, bias, [thr.inputs[1]]))
+        forward = _relu_batch_norm(mask.inputs[1]) if mask is not None else None
+        bias = forward.inputs[-1:] if forward is not None and forward.attrs["has_bias"] else []
+        members = ([add] if add is not None else []) + ([mask] if mask is not None else [])
+        unread = [mask.inputs[1]] if mask is not None and \
+            (add is None or mask.inputs[1] not in add.inputs) else []
+        groups.append((members + [node], None, bias, unread))
     return groups
+
+
+def _recomputed_mask(users, graph, node):
+    """The relu's ``threshold_backward(g, y)`` that makes the gradient of ``node`` (a
+    batch_norm_backward), read by nothing else, when y is relu(batch_norm) of the backward's
+    x, statistics and weight (the kernel recomputes the mask from x); else None."""
+    thr = node.inputs[0].producer
+    if thr is None or thr.op != "threshold_backward" or thr.attrs["threshold"] != 0.0 or \
+            _sole_user(users, graph, thr.output) is not node or \
+            not all(same_shape(v.shape, thr.output.shape) for v in thr.inputs):
+        return None
+    forward = _relu_batch_norm(thr.inputs[1])
+    if forward is None or forward.attrs["eps"] != node.attrs["eps"] or \
+            forward.attrs["has_weight"] != (len(node.inputs) > 4) or \
+            any(a is not b for a, b in zip(forward.inputs, node.inputs[1:])):
+        return None
+    return thr
+
+
+def _gradient_sum(users, graph, g, reader):
+    """The ``add`` of two gradients of g's shape and dtype that makes ``g``, read by nothing
+    but ``reader``, neither addend the output of an elementwise op that only the add reads
+    (that op's kernel computes the sum and mask in its pass instead); else None. The sum's
+    pass (a, b, y in, the sum out) then the backward's two (g and x; g and x in, dx out) move
+    9 tensors, the fused passes (a, b and x; a, b and x in, dx out) 7: the ResNet's stem,
+    masked sum and backward 243 + 300 -> 388 us on one thread, 129 + 129 -> 184 us on two."""
+    add = g.producer
+    if add is None or add.op != "add" or _sole_user(users, graph, g) is not reader or \
+            not all(v.dtype is g.dtype and same_shape(v.shape, g.shape) for v in add.inputs):
+        return None
+    for v in add.inputs:
+        if v.producer is not None and _pointwise(v.producer.op) and \
+                _sole_user(users, graph, v) is add:
+            return None
+    return add
 
 
 def _shared_gradient_norm_backward_groups(graph):
@@ -283,9 +320,11 @@ def _shared_gradient_norm_backward_groups(graph):
 
 
 def _joins_elementwise(thr):
-    """Whether the mask's gradient comes from an elementwise op, whose kernel applies the mask
-    anyway: the ResNet's stem, where (a + b) masked in one pass then the batch-norm backward
-    took 108 + 159 us, a + b then the masked backward 121 + 190 us (one thread)."""
+    """Whether the mask's gradient comes from an elementwise op (other than the sum that
+    ``_gradient_sum`` takes into the group), whose kernel applies the mask anyway (measured
+    on the ResNet's stem before its sum joined the group: (a + b) masked in one pass then the
+    batch-norm backward took 108 + 159 us, a + b then the masked backward 121 + 190 us, one
+    thread)."""
     g = thr.inputs[0].producer
     return g is not None and _pointwise(g.op)
 

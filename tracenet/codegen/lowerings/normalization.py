@@ -11,6 +11,7 @@ from ...ops.cexpr import fmt_float, select
 from ..base import Kernel, ctype, group_lowering, lowering, members, node_lines, signature, \
     threads_scratch
 from ..templates import render
+from .elementwise import c_expr
 
 def _layout(shape):
     shape = tuple(shape)
@@ -100,9 +101,10 @@ def lower_batch_norm_backward(name, node, exported, target):
 
 @group_lowering("norm_backward")
 def lower_masked_batch_norm_backward(name, node, exported, target):
-    """relu's threshold_backward -> batch_norm_backward (fusion group ``norm_backward``): the
-    mask recomputed from the batch norm's input and the forward's scale and shift, so no pass
-    writes the masked gradient."""
+    """[add ->] [relu's threshold_backward ->] batch_norm_backward (fusion group
+    ``norm_backward``): each pass adds the two gradients and recomputes the mask from the
+    batch norm's input and the forward's scale and shift, so no pass writes the sum or the
+    masked gradient."""
     return _batch_norm_backward(name, members(node), exported, target)
 
 
@@ -115,12 +117,18 @@ def lower_batch_norm_backward_pair(name, node, exported, target):
 
 
 def _batch_norm_backward(name, group, exported, target):
-    mask = group[0] if group[0].op == "threshold_backward" else None
+    mask = next((m for m in group if m.op == "threshold_backward"), None)
+    add = next((m for m in group if m.op == "add"), None)
     parts = [m for m in group if m.op == "batch_norm_backward"]
     node = parts[0]
     g, x = node.inputs[:2]
     infos = [_part(p, str(i + 1) if i else "", exported) for i, p in enumerate(parts)]
-    reads = [("g", mask.inputs[0] if mask else g)]
+    if add is not None:
+        reads, gradient = _summed_gradient(add)
+    else:
+        reads = [("g", mask.inputs[0] if mask else g)]
+        gradient = lambda operand: operand.format("g")  # noqa: E731
+    grads = [role for role, _ in reads]
     writes = []
     for part, info in zip(parts, infos):
         sfx = info["s"]
@@ -145,10 +153,22 @@ def _batch_norm_backward(name, group, exported, target):
                  parallel=par,
                  eps=infos[0]["eps"], has_weight=infos[0]["has_weight"],
                  training=bool(node.attrs["training"]) and layout["M"] > 0, parts=infos,
-                 mask=mask is not None,
+                 mask=mask is not None, grads=grads,
+                 gradient_sum=gradient, summed=add is not None,
                  keep=lambda cond, value: select(cond, value, "0", ctype(x)), has_bias=has_bias,
                  **layout)
     return Kernel(name, reads, writes, src, scratch, "double", parallel=par)
+
+
+def _summed_gradient(add):
+    """The reads of a gradient that is the sum ``add`` of two (``g0``, ``g1``; ``g0`` alone for
+    a + a), and ``gradient(operand)``: the sum's C expression, the add's own (as eager adds
+    them), with the addend read as role ``r`` written ``operand.format(r)``."""
+    roles = {}
+    for v in add.inputs:
+        roles.setdefault(v, f"g{len(roles)}")
+    return [(role, v) for v, role in roles.items()], \
+        lambda operand: c_expr(add, [operand.format(roles[v]) for v in add.inputs])
 
 
 def _part(node, sfx, exported):
