@@ -535,9 +535,9 @@ def _scratch_for_either(a, b):
 def _lower_sparse_gradient(name, node, geo, sparse, dense, ct, of):
     """The input or weight gradient (``of``) from a mostly-zero output gradient
     (``_sparse_gradient_geometry``), with the ``dense`` kernel for output gradients with more
-    nonzeros or operands that are not all finite; both use scratch from its start. The
-    input gradient's scratch: the weights, then per thread one padded image gradient and
-    its masks; the weight gradient's: per thread one padded image and a weight gradient,
+    nonzeros or operands that are not all finite; both use scratch from its start. Per
+    thread, the input gradient's scratch holds a copy of the weights, one padded image
+    gradient and its masks; the weight gradient's one padded image and a weight gradient,
     each with the slack a row's last vector reads or writes past it. Split between threads
     as the dense kernel is (whole images per thread; the threads' weight gradients are added
     in thread order)."""
@@ -547,11 +547,9 @@ def _lower_sparse_gradient(name, node, geo, sparse, dense, ct, of):
     reads, writes = [("gy", gy), (role, other)], [("out", out)]
     parallel = dense.parallel
     if of == "input":
-        shared = sparse["WS"]
-        per_thread = geo["C"] * sparse["HP"] * sparse["WP"] + sparse["SLACK"] + \
+        per_thread = sparse["WS"] + geo["C"] * sparse["HP"] * sparse["WP"] + sparse["SLACK"] + \
             geo["OH"] * geo["OW"]  # (a mask per position, as wide as an element)
     else:
-        shared = 0
         per_thread = geo["C"] * sparse["HP"] * sparse["WP"] + numel(out.shape) + \
             2 * sparse["SLACK"]
     if parallel:  # (each thread's slice on its own cache lines)
@@ -561,7 +559,7 @@ def _lower_sparse_gradient(name, node, geo, sparse, dense, ct, of):
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  sparse=sparse, dense=dense, dense_args=", ".join(args), parallel=parallel,
                  per_thread=per_thread, **geo)
-    own = threads_scratch(per_thread, parallel, shared)
+    own = threads_scratch(per_thread, parallel)
     return Kernel(name, reads, writes, src, _scratch_for_either(own, dense.scratch), ct,
                   flops=conv_flops(geo), parallel=parallel)
 
