@@ -17,6 +17,7 @@ import pytest
 
 import tracenet as tn
 from compile_checks import nan_filled_arenas, sgd_steps_against_torch_and_eager
+from test_resnet_relu_mask_backward import twins_with_shifted_batch_norms
 from tracenet.codegen.target import Parallelism
 from tracenet.ops.elementwise import threshold_backward
 from tracenet.ops.normalization import batch_norm, batch_norm_backward, batch_norm_stats
@@ -187,21 +188,8 @@ def _stem_and_block(lib, c):
 
 
 def _models(c, dtype):
-    tn.manual_seed(0)
-    model = _stem_and_block(tn, c)
-    tmodel = _stem_and_block(torch, c)
-    with torch.no_grad():  # away from (1, 0): the shift moves the mask
-        for bn in (tmodel.bn, tmodel.bn1, tmodel.bn2):
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
-    tmodel.load_state_dict({k: torch.from_numpy(v.numpy().copy())
-                            for k, v in model.state_dict().items() if "bn" not in k},
-                           strict=False)
-    model.load_state_dict({k: tn.from_numpy(v.detach().numpy().copy())
-                           for k, v in tmodel.state_dict().items()})
-    if dtype == np.float64:
-        model, tmodel = model.double(), tmodel.double()
-    return model, tmodel
+    return twins_with_shifted_batch_norms(lambda lib: _stem_and_block(lib, c),
+                                          ("bn", "bn1", "bn2"), dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -45,22 +45,29 @@ def _net(lib, cin, c, affine):
     return Net()
 
 
-def _models(cin, c, affine, dtype):
+def twins_with_shifted_batch_norms(make, names, dtype):
+    """``make(lib)``'s model in tracenet and torch with the same weights (seed 0), the affine
+    parameters of its batch norms ``names`` drawn away from (1, 0) (the shift moves the relu
+    mask), in ``dtype``."""
     tn.manual_seed(0)
-    model = _net(tn, cin, c, affine)
-    tmodel = _net(torch, cin, c, affine)
-    if affine:
-        with torch.no_grad():  # away from (1, 0): the shift moves the mask
-            tmodel.bn.weight.uniform_(0.5, 1.5)
-            tmodel.bn.bias.uniform_(-0.5, 0.5)
+    model, tmodel = make(tn), make(torch)
+    with torch.no_grad():
+        for name in names:
+            getattr(tmodel, name).weight.uniform_(0.5, 1.5)
+            getattr(tmodel, name).bias.uniform_(-0.5, 0.5)
     tmodel.load_state_dict({k: torch.from_numpy(v.numpy().copy())
-                            for k, v in model.state_dict().items() if "bn." not in k},
-                           strict=False)
+                            for k, v in model.state_dict().items()
+                            if k.split(".")[0] not in names}, strict=False)
     model.load_state_dict({k: tn.from_numpy(v.detach().numpy().copy())
                            for k, v in tmodel.state_dict().items()})
     if dtype == np.float64:
         model, tmodel = model.double(), tmodel.double()
     return model, tmodel
+
+
+def _models(cin, c, affine, dtype):
+    return twins_with_shifted_batch_norms(lambda lib: _net(lib, cin, c, affine),
+                                          ("bn",) if affine else (), dtype)
 
 
 def _data(shape, dtype, seed):
