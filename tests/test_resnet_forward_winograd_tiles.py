@@ -1,0 +1,120 @@
+"""The F(4x4, 3x3) Winograd forward and input gradient with the split rows' columns past the
+image's edges zeroed once a block instead of per row (templates/conv_winograd_f4.c.j2's
+``block``, _winograd.c.j2's ``split_rows(zeroed_pads=True)``): on work memory filled with NaN
+(a pad column left unwritten shows as NaN) on 1 and 2 threads, over the ResNet's sizes (whole
+vectors of tiles a row, images interleaved, a last block of fewer images), odd sizes whose
+phases have different pads, batch 1 and others, with a training-mode batch norm's statistics
+against eager mode, PyTorch and PyTorch in float64; float64 keeps F(2x2)."""
+import numpy as np
+import pytest
+import torch
+
+import tracenet as tn
+
+from compile_checks import check_compiled
+from test_conv_kernels import _copy_to_torch, _step_against_torch
+from test_conv_winograd import _forms, _two_convs_on_nan_arenas
+
+# the comment of the zeroing in the generated source (templates/conv_winograd_f4.c.j2)
+ZEROED = "the split rows' columns past the edges"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+# (height, width): 32x32 rows of whole vectors of tiles, one image a block; 16x16 two images
+# interleaved; 8x8 eight, the last block of fewer; 13x30 and 9x9 edge tiles cut, the four
+# column phases with different pads
+SIZES = [(32, 32), (16, 16), (8, 8), (13, 30), (9, 9)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("size", SIZES)
+def test_pads_zeroed_once_a_block_on_nan_arenas(nan_arenas_split, threads, size):
+    """Two convolutions (forward and input gradient in F(4x4)) at batch 5 and 2 against torch,
+    on NaN-filled work memory."""
+    source = _two_convs_on_nan_arenas(threads, size, 16)
+    assert _forms(source, 4)[:2] == (2, 2)
+    assert source.count(ZEROED) == 4 * (1 + ("(nb image(s) interleaved)" in source))
+
+
+def _conv_bn(lib, channels=16):
+    nn_ = lib.nn
+    return nn_.Sequential(nn_.Conv2d(channels, channels, 3, 1, 1, bias=False),
+                          nn_.BatchNorm2d(channels), nn_.ReLU(),
+                          nn_.Conv2d(channels, channels, 3, 1, 1, bias=False),
+                          nn_.BatchNorm2d(channels))
+
+
+def _output_and_input_gradient_within_float64(compiled, model, tmodel, exact, x, tol):
+    """The training forward's output and input gradient (the kernels these tests are about)
+    within ``tol`` of PyTorch in float64, or no farther from it than PyTorch's float32, and
+    within 1e-4 of eager mode. (The weight gradients take the Winograd weight-gradient
+    kernels, which this form leaves as they were: on these sizes they round up to 1.7x
+    farther from float64 than PyTorch's float32, past 2e-4, and past 1e-4 from eager.)"""
+    xn = tn.from_numpy(x).requires_grad_(True)
+    xg = tn.from_numpy(x.copy()).requires_grad_(True)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    xe = torch.from_numpy(x).double().requires_grad_(True)
+    out, eager, ref, truth = compiled(xn), model(xg), tmodel(xt), exact(xe)
+    gy = np.random.default_rng(1).standard_normal(ref.shape).astype(x.dtype)
+    out.backward(tn.from_numpy(gy))
+    eager.backward(tn.from_numpy(gy))
+    ref.backward(torch.from_numpy(gy))
+    truth.backward(torch.from_numpy(gy).double())
+    for name, ours, theirs, want in [
+            ("output", out.detach().numpy(), ref.detach().numpy(), truth.detach().numpy()),
+            ("input gradient", xn.grad.numpy(), xt.grad.numpy(), xe.grad.numpy())]:
+        bound = max(tol, float(np.abs(theirs - want).max()))
+        err = float(np.abs(ours - want).max())
+        assert err <= bound, f"{name}: {err:.3g} from float64, torch float32 {bound:.3g}"
+    np.testing.assert_allclose(out.detach().numpy(), eager.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(xn.grad.numpy(), xg.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 16, 32, 32), (3, 16, 32, 32), (5, 16, 13, 30),
+                                   (9, 16, 8, 8)])
+def test_training_statistics_on_nan_arenas(nan_arenas_split, threads, shape):
+    """The training forward with the batch norm's statistics in its epilogue, and its input
+    gradient, against PyTorch in float64 and float32 and against eager mode."""
+    tn.set_num_threads(threads)
+    tn.manual_seed(0)
+    model, tmodel = _conv_bn(tn), _conv_bn(torch)
+    _copy_to_torch(model, tmodel)
+    exact = _conv_bn(torch).double()
+    exact.load_state_dict({k: v.double() for k, v in tmodel.state_dict().items()})
+    compiled = tn.compile(model)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    _output_and_input_gradient_within_float64(compiled, model, tmodel, exact, x, 2e-4)
+    source = compiled.source()
+    assert "the batch statistics per block" in source and ZEROED in source
+    assert min(_forms(source, 4)[:2]) >= 1
+
+
+def test_float64_keeps_f2():
+    """float64 takes F(2x2), whose rows keep their own pads: unchanged, against torch."""
+    tn.manual_seed(0)
+    model = tn.nn.Conv2d(16, 16, 3, 1, 1, bias=False).double()
+    tmodel = torch.nn.Conv2d(16, 16, 3, 1, 1, bias=False).double()
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    x = np.random.default_rng(0).standard_normal((3, 16, 32, 32))
+    _step_against_torch(compiled, model, tmodel, x, 1e-10)
+    source = compiled.source()
+    assert _forms(source, 2)[:2] == (1, 1) and _forms(source, 4)[:2] == (0, 0)
+    assert ZEROED not in source
+    check_compiled(model, (1, 16, 32, 32), dtype=tn.float64)
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 7, 7), (2, 4, 32, 32)])
+def test_fewer_positions_or_channels_fall_back(shape):
+    """Images of fewer than 64 positions and fewer than 8 channels keep the general kernels."""
+    tn.manual_seed(0)
+    model = tn.nn.Conv2d(shape[1], 16, 3, 1, 1)
+    compiled = check_compiled(model, shape)
+    source = compiled.source()
+    assert _forms(source) == (0, 0, 0)
+    assert ZEROED not in source
