@@ -3,7 +3,9 @@ ones, templates/conv_backward_weight.c.j2) zeroes its padded images' borders onc
 each image then writes only its inside: against PyTorch (values, input and weight gradients)
 and eager mode in float32 and float64, natively and with AVX2 only, at batch 1 and others,
 several images a call with a last partial one, a symbolic batch, and NaN-filled work memory
-split between one and two threads (a border left unzeroed reads as NaN); unpadded convolutions
+split between one and two threads (a border left unzeroed reads as NaN). With AVX-512 the
+tiles also fetch the next call's inputs into the cache (hints that change no result: their
+source is checked to have them wherever the tile runs). Unpadded convolutions
 (the images read in place) and output channels that are not whole vectors fall back to forms
 without the padded images."""
 import numpy as np
@@ -17,6 +19,8 @@ from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only b
 from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
 
 ZEROED_ONCE = "the padded images' borders, zeroed once"
+TILE = "the gathered GEMM's AVX-512 tile"
+FETCHES_NEXT = "share out the next call's images"
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +64,7 @@ def test_weight_gradient_matches_torch_and_eager(march, name):
     tol = 1e-10 if dtype == np.float64 else 1e-4
     _step_against_torch(compiled, model, tmodel, x, tol)
     assert (ZEROED_ONCE in compiled.source()) == zeroed_once
+    assert (FETCHES_NEXT in compiled.source()) == (TILE in compiled.source())
     checked = check_compiled(model, shape, dtype=tn.float64 if dtype == np.float64 else tn.float32,
                              tol=tol)
     assert (ZEROED_ONCE in checked.source()) == zeroed_once
@@ -80,6 +85,7 @@ def test_symbolic_batch():
     assert len(compiled.specialisations) == 1
     source = compiled.source()
     assert "tn_N" in source and ZEROED_ONCE in source
+    assert (FETCHES_NEXT in source) == (TILE in source)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
