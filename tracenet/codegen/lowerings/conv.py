@@ -767,6 +767,18 @@ def _gathered_weight_tile(geo, ct, target):
     return dict(MR=kk, NV=nv, KC=_GATHERED_WEIGHT_TILE_K)
 
 
+def _channel_planes(gathered, geo):
+    """The positions of the images of one call in one channel's padded planes (placed one after
+    another), for the AVX-512 tile to copy and sum a channel at a time, or None: 2-d padded
+    images whose positions of a call are one chunk of the tile."""
+    wide = gathered["wide"]
+    if wide is None or not gathered["padded"] or geo["deep"] or \
+            gathered["images"] * gathered["P"] > wide["KC"]:
+        return None
+    plane = gathered["HP"] * gathered["WP"]
+    return [p + b * plane for b in range(gathered["images"]) for p in gathered["positions"]]
+
+
 def _lower_general_backward_weight(name, node, geo, ct, target):
     """Tap-wise GEMMs, a gathered GEMM, dot products along the positions, or columns."""
     gy, x = node.inputs
@@ -784,6 +796,7 @@ def _lower_general_backward_weight(name, node, geo, ct, target):
     if gathered is not None:
         _batch_gathered_images(gathered, geo)
         gathered["wide"] = _gathered_weight_tile(geo, ct, target)
+        gathered["planes"] = _channel_planes(gathered, geo)
         work = gathered["images"] * (gathered["P"] * (geo["O"] // geo["G"]) + gathered["image"])
         gathered["geo"] = dict(t, DP=gathered["DP"], HP=gathered["HP"], WP=gathered["WP"])
     else:
