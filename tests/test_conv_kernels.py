@@ -64,6 +64,22 @@ def _stepped_twins(make, shapes, tol=1e-4, dtype=np.float32):
     return compiled
 
 
+def _conv2d_twins_stepped(args, kw, shape, dtype):
+    """``nn.Conv2d(*args, **kw)`` in tracenet and torch with the same weights (seed 0), in
+    ``dtype``, compiled and stepped against torch once on a standard normal input of ``shape``
+    (seed 0): (the compiled module, the tracenet layer, the tolerance used)."""
+    tn.manual_seed(0)
+    model, tmodel = tn.nn.Conv2d(*args, **kw), torch.nn.Conv2d(*args, **kw)
+    if dtype == np.float64:
+        model, tmodel = model.double(), tmodel.double()
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    _step_against_torch(compiled, model, tmodel, x, tol)
+    return compiled, model, tol
+
+
 def _against_torch(model, tmodel, x, tol=1e-4):
     """Compiled forward and gradients (input and parameters) against PyTorch's."""
     _copy_to_torch(model, tmodel)

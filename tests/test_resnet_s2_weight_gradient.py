@@ -12,13 +12,12 @@ and odd sizes here too). Unpadded convolutions
 without the padded images."""
 import numpy as np
 import pytest
-import torch
 
 import tracenet as tn
 
 from compile_checks import check_compiled
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
-from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
+from test_conv_kernels import _conv2d_twins_stepped, _stepped_twins
 
 ZEROED_ONCE = "the padded images' borders, zeroed once"
 TILE = "the gathered GEMM's AVX-512 tile"
@@ -63,15 +62,7 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_weight_gradient_matches_torch_and_eager(march, name):
     args, kw, shape, dtype, zeroed_once, planes = CASES[name]
-    tn.manual_seed(0)
-    model, tmodel = tn.nn.Conv2d(*args, **kw), torch.nn.Conv2d(*args, **kw)
-    if dtype == np.float64:
-        model, tmodel = model.double(), tmodel.double()
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
-    tol = 1e-10 if dtype == np.float64 else 1e-4
-    _step_against_torch(compiled, model, tmodel, x, tol)
+    compiled, model, tol = _conv2d_twins_stepped(args, kw, shape, dtype)
     assert (ZEROED_ONCE in compiled.source()) == zeroed_once
     assert (FETCHES_NEXT in compiled.source()) == (TILE in compiled.source())
     assert (PLANES in compiled.source()) == (planes and TILE in compiled.source())
@@ -83,15 +74,8 @@ def test_weight_gradient_matches_torch_and_eager(march, name):
 def test_symbolic_batch():
     """One compiled module at batch 6, 3 and 1: the images of each call zeroed once at run
     time, whatever the batch."""
-    tn.manual_seed(0)
-    model = tn.nn.Conv2d(32, 64, 3, 2, 1, bias=False)
-    tmodel = torch.nn.Conv2d(32, 64, 3, 2, 1, bias=False)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (6, 3, 1):
-        _step_against_torch(compiled, model, tmodel,
-                            rng.standard_normal((batch, 32, 16, 16)).astype(np.float32), 1e-4)
+    compiled = _stepped_twins(lambda lib: lib.nn.Conv2d(32, 64, 3, 2, 1, bias=False),
+                              [(batch, 32, 16, 16) for batch in (6, 3, 1)])
     assert len(compiled.specialisations) == 1
     source = compiled.source()
     assert "tn_N" in source and ZEROED_ONCE in source

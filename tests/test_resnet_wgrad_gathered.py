@@ -7,14 +7,13 @@ memory on 1-3 threads; with AVX2 only, in float64, or with more taps than regist
 core keeps it."""
 import numpy as np
 import pytest
-import torch
 
 import tracenet as tn
 from tracenet.runtime import target as runtime_target
 
 from compile_checks import check_compiled
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
-from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
+from test_conv_kernels import _conv2d_twins_stepped, _stepped_twins
 
 TILE = "the gathered GEMM's AVX-512 tile"
 
@@ -50,15 +49,7 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_gathered_tile_matches_torch_and_eager(march, name):
     args, kw, shape, dtype, takes = CASES[name]
-    tn.manual_seed(0)
-    model, tmodel = tn.nn.Conv2d(*args, **kw), torch.nn.Conv2d(*args, **kw)
-    if dtype == np.float64:
-        model, tmodel = model.double(), tmodel.double()
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
-    tol = 1e-10 if dtype == np.float64 else 1e-4
-    _step_against_torch(compiled, model, tmodel, x, tol)
+    compiled, model, tol = _conv2d_twins_stepped(args, kw, shape, dtype)
     assert (TILE in compiled.source()) == (takes and _avx512())
     eager = check_compiled(model, shape, dtype=tn.float64 if dtype == np.float64 else tn.float32,
                            tol=tol)
@@ -68,15 +59,8 @@ def test_gathered_tile_matches_torch_and_eager(march, name):
 def test_symbolic_batch():
     """One compiled module at batch 6, 3 and 1 on 8x8 outputs: four images a call, the last
     call partial, at run time."""
-    tn.manual_seed(0)
-    model = tn.nn.Conv2d(32, 64, 3, 2, 1, bias=False)
-    tmodel = torch.nn.Conv2d(32, 64, 3, 2, 1, bias=False)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for batch in (6, 3, 1):
-        x = rng.standard_normal((batch, 32, 16, 16)).astype(np.float32)
-        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    compiled = _stepped_twins(lambda lib: lib.nn.Conv2d(32, 64, 3, 2, 1, bias=False),
+                              [(batch, 32, 16, 16) for batch in (6, 3, 1)])
     assert len(compiled.specialisations) == 1
     source = compiled.source()
     assert "tn_N" in source
