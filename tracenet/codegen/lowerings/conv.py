@@ -177,6 +177,17 @@ def _gathered_pays(geo, direct, gathered):
     return direct is None or direct["GW"] > _GATHERED_MIN_WASTE * geo["OD"] * geo["OH"] * geo["OW"]
 
 
+def _few_channels_vectors(geo, direct, ct, target):
+    """Where the few-channel forms apply (a direct stride-1 2-d convolution, one group, up to
+    ``_FEW_MAX_CHANNELS`` input channels, float or double, vectors of 32 bytes or more): the
+    bytes and the elements of a vector; else None."""
+    if direct is None or geo["deep"] or geo["G"] != 1 or geo["C"] > _FEW_MAX_CHANNELS or \
+            ct not in ("float", "double") or target.vector_bits < 256:
+        return None
+    vb = target.vector_bits // 8
+    return vb, vb // (4 if ct == "float" else 8)
+
+
 def _few_channels_geometry(geo, direct, ct, target):
     """For stride-1 2-d convolutions with few input channels (the ResNet's stem, 3 -> 16): the
     register tiles of ``CB`` output channels x ``NV`` vectors of ``VL`` output columns (two
@@ -186,11 +197,10 @@ def _few_channels_geometry(geo, direct, ct, target):
     of a band whose epilogue runs while the band is in the first-level cache; None where the
     form does not apply (more channels, more than one group, rows not whole vectors, output
     channels not whole tiles)."""
-    if direct is None or geo["deep"] or geo["G"] != 1 or geo["C"] > _FEW_MAX_CHANNELS or \
-            ct not in ("float", "double") or target.vector_bits < 256:
+    vectors = _few_channels_vectors(geo, direct, ct, target)
+    if vectors is None:
         return None
-    vb = target.vector_bits // 8
-    vl = vb // (4 if ct == "float" else 8)
+    vb, vl = vectors
     cb = _FEW_TILE_CHANNELS_AVX512 if target.vector_bits >= 512 else _FEW_TILE_CHANNELS_AVX2
     if geo["O"] % cb or geo["OW"] % vl:
         return None
@@ -695,11 +705,10 @@ def _few_channels_weight_geometry(geo, ct, target):
     does not apply (as the forward's ``_few_channels_geometry``, a kernel row too long for the
     registers, or images of fewer than ``_FEW_WEIGHT_MIN_POSITIONS`` positions)."""
     direct = _direct_geometry(geo)
-    if direct is None or geo["deep"] or geo["G"] != 1 or geo["C"] > _FEW_MAX_CHANNELS or \
-            ct not in ("float", "double") or target.vector_bits < 256:
+    vectors = _few_channels_vectors(geo, direct, ct, target)
+    if vectors is None:
         return None
-    vb = target.vector_bits // 8
-    vl = vb // (4 if ct == "float" else 8)
+    vb, vl = vectors
     cb, accumulators = (_FEW_TILE_CHANNELS_AVX512, _FEW_WEIGHT_ACCUMULATORS_AVX512) \
         if target.vector_bits >= 512 else (_FEW_TILE_CHANNELS_AVX2, _FEW_WEIGHT_ACCUMULATORS_AVX2)
     if geo["O"] % cb or cb * geo["KW"] > accumulators or geo["OW"] % vl or \
