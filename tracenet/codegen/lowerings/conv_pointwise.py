@@ -71,7 +71,7 @@ def _zmm_forward(geo, ct, target):
 
 # vectors of 16 positions a tile of the forward's AVX-512 form spans, with the statistics (4
 # channels: 16 accumulators, 8 sums in registers) and without (6 channels: 24 accumulators)
-_ZMM_POSITION_VECTORS = {True: 4, False: 4}
+_ZMM_POSITION_VECTORS = 4
 
 
 def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res, stats,
@@ -103,7 +103,7 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
                  parallel=parallel, per_thread=per_thread, has_bias=has_bias, bn=bn, res=res,
                  relu=relu, plane_out=plane_out, relu_out=relu_out, stats=stats,
                  stats_at=stats_at, stats_tiles=stats_tiles, LDX=ldx, zmm_forward=zmm,
-                 ZLDX=t["P"] + line, ZNV=_ZMM_POSITION_VECTORS[bool(stats_tiles)],
+                 ZLDX=t["P"] + line, ZNV=_ZMM_POSITION_VECTORS,
                  epilogue=bool(has_bias or bn or res or relu or stats), **t)
     return Kernel(name, reads, writes, src, scratch, ct, flops=conv_flops(geo), parallel=parallel)
 

@@ -124,7 +124,8 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
                  H=geo["OH"], W=geo["OW"], P=geo["OH"] * geo["OW"], SPLIT=split, WE=we,
                  ROWS=rows, VL=_VL[ct], US=us, V_SIZE=v_size, M_SIZE=m_size, groups=groups,
                  points=points, MT=m, DIST=_distinct(m), has_bias=has_bias, bn=bn, res=res,
-                 relu=relu, plane_out=plane_out, relu_out=relu_out, stats=stats, epilogue=bool(has_bias or bn or res or relu),
+                 relu=relu, plane_out=plane_out, relu_out=relu_out, stats=stats,
+                 epilogue=bool(has_bias or bn or res or relu),
                  **blocks, **_tiles(co, blocks["RB"], ct))
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel, shared), ct,
                   flops=conv_flops(geo), parallel=parallel)
