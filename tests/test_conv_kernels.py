@@ -64,12 +64,14 @@ def _stepped_twins(make, shapes, tol=1e-4, dtype=np.float32):
     return compiled
 
 
-def _conv2d_twins_stepped(args, kw, shape, dtype):
-    """``nn.Conv2d(*args, **kw)`` in tracenet and torch with the same weights (seed 0), in
-    ``dtype``, compiled and stepped against torch once on a standard normal input of ``shape``
-    (seed 0): (the compiled module, the tracenet layer, the tolerance used)."""
+def _conv2d_twins_stepped(args, kw, shape, dtype, layer="Conv2d"):
+    """``nn.Conv2d(*args, **kw)`` (or the ``layer`` named) in tracenet and torch with the same
+    weights (seed 0), in ``dtype``, compiled and stepped against torch once on a standard
+    normal input of ``shape`` (seed 0): (the compiled module, the tracenet layer, the
+    tolerance used)."""
     tn.manual_seed(0)
-    model, tmodel = tn.nn.Conv2d(*args, **kw), torch.nn.Conv2d(*args, **kw)
+    model = getattr(tn.nn, layer)(*args, **kw)
+    tmodel = getattr(torch.nn, layer)(*args, **kw)
     if dtype == np.float64:
         model, tmodel = model.double(), tmodel.double()
     _copy_to_torch(model, tmodel)

@@ -16,8 +16,8 @@ import tracenet.nn as nn
 from tracenet.runtime import target as runtime_target
 
 from compile_checks import check_compiled
-from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, \
-    _step_against_torch
+from test_conv_kernels import _conv2d_twins_stepped, _copy_to_torch, \
+    _eval_follows_statistics, _step_against_torch
 
 
 @pytest.fixture(autouse=True)
@@ -91,16 +91,8 @@ def _conv(lib, rank, cin, cout, stride, bias):
 @pytest.mark.parametrize("name", list(CASES))
 def test_pointwise_conv_matches_torch(name):
     rank, cin, cout, stride, bias, shape, dtype = CASES[name]
-    tn.manual_seed(0)
-    model, tmodel = _conv(tn, rank, cin, cout, stride, bias), _conv(torch, rank, cin, cout,
-                                                                   stride, bias)
-    if dtype == np.float64:
-        model, tmodel = model.double(), tmodel.double()
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
-    tol = 1e-10 if dtype == np.float64 else 1e-4
-    _step_against_torch(compiled, model, tmodel, x, tol)
+    compiled, _, _ = _conv2d_twins_stepped((cin, cout, 1), dict(stride=stride, bias=bias),
+                                           shape, dtype, layer=f"Conv{rank}d")
     source = compiled.source()
     assert _pointwise_kinds(source) == ALL_KINDS
     assert ("register tiles stored straight into the strided positions" in source) == \

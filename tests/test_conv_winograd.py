@@ -14,8 +14,8 @@ import torch
 import tracenet as tn
 
 from compile_checks import check_compiled
-from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, \
-    _step_against_torch, _stepped_twins
+from test_conv_kernels import _conv2d_twins_stepped, _copy_to_torch, \
+    _eval_follows_statistics, _step_against_torch, _stepped_twins
 
 # the forward and input gradient take F(4x4, 3x3) in float32, F(2x2, 3x3) in float64
 # (conv_winograd._takes_f4); the weight gradient F(2x2, 3x3), or F(2x4, 3x3) where its
@@ -69,16 +69,8 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_winograd_conv_matches_torch(name):
     cin, cout, bias, shape, dtype = CASES[name]
-    tn.manual_seed(0)
-    model = tn.nn.Conv2d(cin, cout, 3, 1, 1, bias=bias)
-    tmodel = torch.nn.Conv2d(cin, cout, 3, 1, 1, bias=bias)
-    if dtype == np.float64:
-        model, tmodel = model.double(), tmodel.double()
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
-    tol = 1e-10 if dtype == np.float64 else 1e-4
-    _step_against_torch(compiled, model, tmodel, x, tol)
+    compiled, model, _ = _conv2d_twins_stepped((cin, cout, 3, 1, 1), dict(bias=bias), shape,
+                                               dtype)
     source = compiled.source()
     assert _forms(source) == (1, 1, _weights((cin, cout)))
     assert _forms(source, 4 if dtype == np.float32 else 2)[:2] == (1, 1)
