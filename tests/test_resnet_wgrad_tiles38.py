@@ -6,7 +6,9 @@ AVX2 only (F(2x2) there): two vectors of output channels, input channels past th
 blocks of eight, runs of tiles within a block (the last one partial), batch 1, a symbolic
 batch, NaN-filled work memory on 1 and 2 threads, shapes that take F(2x2) (float64, three
 vectors of output channels); the rounding at batch 32 against the float64 sum, which is that
-of the points made in every pass (the gradients are bit for bit the same)."""
+of the points made in every pass (the gradients are bit for bit the same). And F(2x2)'s output
+channels past its AVX-512 GEMM tiles in a tile of their own (bit for bit the GEMM core's sums),
+in float32 and float64, batch 1 and 3, NaN-filled work memory on 1 and 2 threads."""
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ import tracenet as tn
 from compile_checks import check_compiled
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
 from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
-from test_conv_winograd_weight import _conv
+from test_conv_winograd_weight import _conv, _takes_it
 from test_resnet_wgrad2_tiles import NARROW, _check_form, _float64_weight_gradient, _wide_here
 from test_resnet_wgrad_fused import NOT_FUSED
 
@@ -129,3 +131,61 @@ def test_rounding_at_batch_32(shape):
             assert err.max() <= BATCH32[shape], (seed, err.max())
     finally:
         tn.set_num_threads(old)
+
+
+# F(2x2) with D in memory, the AVX-512 GEMM tiles of MR rows x NV vectors: the output channels
+# past the last whole tile summed in a tile of their own (``_rest``), not on the GEMM core.
+# name -> (in channels, out channels, input shape, dtype)
+REST_ROWS = {
+    # the ResNet's 64 channels on 8x8: 10 tiles of 6 rows, then 4; batch 3 (a partial block)
+    "resnet_64_8x8_batch3": (64, 64, (3, 64, 8, 8), np.float32),
+    # 40 channels in (two vectors, MR 12, then 8 channels on the GEMM core), 4 rows past
+    # three tiles; batch 1
+    "two_vectors_in_batch1": (40, 40, (1, 40, 12, 12), np.float32),
+    # float64 (8 lanes a vector: MR 6 x 4 vectors), 4 rows past 10 tiles, odd sizes
+    "float64_odd_sizes": (64, 64, (2, 64, 9, 11), np.float64),
+}
+REST = "_conv_backward_weight_rest("
+
+
+def _check_rest_rows(source, count=1):
+    _takes_it(source, count)
+    # (defined and called; built where the compiler has AVX-512, like the GEMM tiles)
+    assert source.count(REST) == 2 * count
+
+
+@pytest.mark.parametrize("name", list(REST_ROWS))
+def test_rest_rows_match_torch_and_eager(march, name):
+    cin, cout, shape, dtype = REST_ROWS[name]
+    double = dtype == np.float64
+    tol = 1e-10 if double else 1e-4
+    tn.manual_seed(0)
+    model, tmodel = _conv(tn, cin, cout, True, dtype), _conv(torch, cin, cout, True, dtype)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    _step_against_torch(compiled, model, tmodel, x, tol)
+    _check_rest_rows(compiled.source())
+    eager = check_compiled(model, shape, dtype=tn.float64 if double else tn.float32, tol=tol)
+    _check_rest_rows(eager.source())
+
+
+def test_whole_tiles_take_no_rest():
+    """48 output channels on 64 in: 8 tiles of 6 rows, nothing past them."""
+    tn.manual_seed(0)
+    model = _conv(tn, 64, 48, False, np.float32)
+    source = check_compiled(model, (2, 64, 8, 8), tol=1e-4).source()
+    assert NARROW in source and REST not in source
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rest_rows_nan_arena_threads(nan_arenas_split, threads):
+    """Work memory all NaN, 8x8 images at batch 3 and 1 on 1 and 2 threads: 64 channels into
+    40 (4 rows past 6 tiles of 6) and 40 into 64 (4 past 5 of 12)."""
+    tn.set_num_threads(threads)
+
+    def make(lib):
+        return lib.nn.Sequential(lib.nn.Conv2d(64, 40, 3, 1, 1), lib.nn.ReLU(),
+                                 lib.nn.Conv2d(40, 64, 3, 1, 1))
+    compiled = _stepped_twins(make, [(batch, 64, 8, 8) for batch in (3, 1)])
+    _check_rest_rows(compiled.source(), 2)
