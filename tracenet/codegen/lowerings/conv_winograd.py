@@ -278,11 +278,17 @@ def _wide_weight_tiles(co, ct, target):
     return _fused_products(co, ct, target)
 
 
+def _sum_rows(blocks):
+    """Rows of tiles a run of F(2x4)'s sums in registers takes (``_WEIGHT_SUM_TILES`` tiles)."""
+    return max(1, _WEIGHT_SUM_TILES // blocks["TW"])
+
+
 def _weight_layout(ci, co, blocks, ct, mw=2):
     """The weight gradient's per-thread work for tiles of 2 x ``mw`` output-gradient values:
     the input rows with the channels innermost (XT elements, CIP channels a position, WX
-    positions a row), a row of zeros (ZEROS), V and D (VS and MS apart, NE points), then the
-    sums dU (at ``du_at``, US apart)."""
+    positions a row), a row of zeros (ZEROS), V and D (VS and MS apart, NE points), the sums
+    dU (at ``du_at``, US apart), then F(2x4)'s column points of a pass for a run's tiles (DT:
+    3 vectors of output channels a tile)."""
     cip = -(-ci // _VL[ct]) * _VL[ct]
     ne = 4 * (mw + 2)
     wr = mw * blocks["TW"]  # a row's output-gradient columns, whole tiles
@@ -291,7 +297,9 @@ def _weight_layout(ci, co, blocks, ct, mw=2):
                   MW=mw, NE=ne,
                   VS=blocks["RB"] * cip + _PAD, MS=co * blocks["RB"] + _PAD, US=co * ci + _PAD)
     layout["du_at"] = layout["XT"] + layout["ZEROS"] + ne * (layout["VS"] + layout["MS"])
-    layout["per_thread"] = layout["du_at"] + ne * layout["US"]
+    run_tiles = min(_sum_rows(blocks), blocks["IMGS"] * blocks["R"]) * blocks["TW"]
+    layout["DT"] = 3 * _ZMM_FLOATS * run_tiles if mw == 4 else 0
+    layout["per_thread"] = layout["du_at"] + ne * layout["US"] + layout["DT"]
     return layout
 
 
@@ -340,7 +348,7 @@ def lower_backward_weight(name, node, geo, target):
                  P=geo["H"] * geo["W"], VL=_VL[ct], RBLK=_WEIGHT_REDUCE_BLOCK, **layout,
                  **blocks, **_wide_tiles(ci, co, ct), FUSED=_fused_products(co, ct, target),
                  CB=_WIDE_TILE_CHANNELS if mw == 4 else _FUSED_CHANNELS,
-                 SUMROWS=max(1, _WEIGHT_SUM_TILES // blocks["TW"]))
+                 SUMROWS=_sum_rows(blocks))
     return Kernel(name, reads, writes, src, threads_scratch(layout["per_thread"], parallel), ct,
                   flops=conv_flops(geo), parallel=parallel)
 
