@@ -6,9 +6,10 @@ Values and gradients against PyTorch and eager mode (a symbolic batch, then batc
 and float64, the shortcut's rows moved in vectors (two and eight images a block) or a value at
 a time (a last block of fewer images, three images, float64), with and without the mask and
 batch norms, builds for AVX-512 and AVX2 only, NaN-filled work memory on 1 and 2 threads, NaN
-through the mask, the rounding against a float64 sum, and the graphs that keep today's
-kernels (a second reader of either gradient or of the sum, other strides, shapes and
-paddings, too few channels)."""
+through the mask, the rounding against a float64 sum, the add's operands in either order and
+one output gradient read by both convolutions, and the graphs that keep today's kernels (a
+second reader of either gradient or of the sum, other strides, shapes and paddings, too few
+channels)."""
 import re
 
 import numpy as np
@@ -203,3 +204,34 @@ def test_second_reader_keeps_the_kernels(extra):
 def test_other_blocks_keep_their_kernels(name, make, size):
     source = _steps(make, size, batches=(2,))
     assert not re.search(FOLDED, source), name
+
+
+def _shortcut_first(gy, w, gs, ws, y):
+    """The add with the shortcut's gradient first, and both convolutions reading one output
+    gradient when ``gs`` is ``gy``."""
+    short = nnops.conv_backward_input(gs, ws, tuple(y.shape), stride=(2, 2), padding=(0, 0),
+                                      dilation=(1, 1), groups=1)
+    conv = nnops.conv_backward_input(gy, w, tuple(y.shape), stride=(2, 2), padding=(1, 1),
+                                     dilation=(1, 1), groups=1)
+    return threshold_backward(short + conv, y, 0.0)
+
+
+def _one_output_gradient(gy, w, ws, y):
+    return _shortcut_first(gy, w, gy, ws, y)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_shortcut_first_and_one_output_gradient(shared):
+    """The add's operands in the other order, and one output gradient read by both (its role
+    given once): folded, values as eager's and torch's."""
+    gy, w, gs, ws, y = _operands(3, 16, 32, 16, 16, np.float32)
+    fn, arrays = (_one_output_gradient, [gy, w, ws, y]) if shared else \
+        (_shortcut_first, [gy, w, gs, ws, y])
+    compiled = tn.compile(fn)
+    got = compiled(*[tn.from_numpy(a) for a in arrays]).numpy()
+    source = compiled.source()
+    assert _folded(source) == 1 and ("const float *restrict gys" in source) != shared
+    np.testing.assert_allclose(got, fn(*[tn.from_numpy(a) for a in arrays]).numpy(),
+                               rtol=1e-4, atol=1e-4)
+    ref = _torch(*[torch.from_numpy(a) for a in [gy, w, gy if shared else gs, ws, y]]).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
