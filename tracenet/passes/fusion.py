@@ -628,6 +628,8 @@ def _shortcut_input_gradient_groups(graph):
     """[conv_backward_input (3x3 stride 2), conv_backward_input (1x1 stride 2), add,
     threshold_backward?]: see the module's docstring; the kernel's conditions are
     ``conv_winograd_s2.folds_shortcut``'s."""
+    # (the kernel's module says where its form applies; imported when the pass runs, so that
+    # importing the passes does not import the code generator)
     from ..codegen.lowerings.conv_winograd_s2 import folds_shortcut
     users = graph.users()
     groups = []
