@@ -28,6 +28,11 @@ members for people):
   image into scratch and adds it into the other gradient in one pass, so the convolution's
   input gradient, zeros between the strided positions, is never written (the ResNet's
   projection shortcuts, ``codegen/lowerings/conv_pointwise_sum.py``);
+* ``shortcut_input_gradient``: the input gradients of a 3x3 stride-2 convolution and of a 1x1
+  stride-2 one of the same image, each read by nothing but their ``add`` -> optional
+  ``threshold_backward`` of the sum (its only reader), where the 3x3's kernel of tiles of 8x8
+  values takes the 1x1's product into its even-even values' GEMM and stores the masked sum
+  (the ResNet's downsampling blocks, ``codegen/lowerings/conv_winograd_s2.py``);
 * ``cross_entropy``: ``log_softmax`` -> ``nll_loss`` over ``[N, C]`` logits with their backward
   (``nll_loss_backward`` -> log_softmax's rule), forward and backward in one kernel;
 * ``table_gradient``: an embedding table's gradient with the two products that read it and
@@ -603,14 +608,43 @@ def _pointwise_gradient_sum_groups(graph):
         add = _sole_user(users, graph, node.output)
         if add is None or add.op != "add" or _residual(add, node.output) is None:
             continue
-        group = [node, add]
-        mask = _sole_user(users, graph, add.output)
-        if mask is not None and mask.op == "threshold_backward" and \
-                mask.inputs[0] is add.output and mask.inputs[1] is not add.output and \
-                mask.inputs[1].dtype is add.output.dtype and \
-                same_shape(mask.inputs[1].shape, add.output.shape):
-            group.append(mask)
-        groups.append(group)
+        groups.append([node, add] + _sum_mask(users, graph, add))
+    return groups
+
+
+def _sum_mask(users, graph, add):
+    """[the ``threshold_backward`` of the sum by an operand of its shape and dtype, the sum's
+    only reader], or []."""
+    mask = _sole_user(users, graph, add.output)
+    if mask is not None and mask.op == "threshold_backward" and \
+            mask.inputs[0] is add.output and mask.inputs[1] is not add.output and \
+            mask.inputs[1].dtype is add.output.dtype and \
+            same_shape(mask.inputs[1].shape, add.output.shape):
+        return [mask]
+    return []
+
+
+def _shortcut_input_gradient_groups(graph):
+    """[conv_backward_input (3x3 stride 2), conv_backward_input (1x1 stride 2), add,
+    threshold_backward?]: see the module's docstring; the kernel's conditions are
+    ``conv_winograd_s2.folds_shortcut``'s."""
+    # (the kernel's module says where its form applies; imported when the pass runs, so that
+    # importing the passes does not import the code generator)
+    from ..codegen.lowerings.conv_winograd_s2 import folds_shortcut
+    users = graph.users()
+    groups = []
+    for add in graph.nodes:
+        if add.op != "add" or add.inputs[0] is add.inputs[1] or \
+                any(v.producer is None for v in add.inputs) or \
+                _residual(add, add.inputs[0]) is None:
+            continue
+        for conv, shortcut in (add.inputs[0].producer, add.inputs[1].producer), \
+                (add.inputs[1].producer, add.inputs[0].producer):
+            if folds_shortcut(conv, shortcut) and \
+                    _sole_user(users, graph, conv.output) is add and \
+                    _sole_user(users, graph, shortcut.output) is add:
+                groups.append([conv, shortcut, add] + _sum_mask(users, graph, add))
+                break
     return groups
 
 
@@ -711,6 +745,7 @@ def fuse(graph):
                                (_gemm_sgd_groups, "weight_update"), (_gemm_mask_groups, "gemm"),
                                (_table_gradient_groups, "table_gradient"),
                                (_gemm_groups, "gemm"),
+                               (_shortcut_input_gradient_groups, "shortcut_input_gradient"),
                                (_pointwise_gradient_sum_groups, "pointwise_gradient_sum"),
                                (_elementwise_groups, "elementwise")):
         fuser = _Fuser(graph)

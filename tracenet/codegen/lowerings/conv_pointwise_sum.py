@@ -9,11 +9,19 @@ expressions of the add and the mask) from the other gradient, the mask operand a
 row, interleaved with zeros for stride 2 (odd rows: the product is zero there). The
 convolution's own input gradient, three quarters zeros for stride 2, is never written or read
 back: in the ResNet's training step its kernel and the add's took 192 + 284 us (16->32
-shortcut, one thread)."""
+shortcut, one thread).
+
+The ``shortcut_input_gradient`` group (the same shortcut's input gradient added to a 3x3
+stride-2 convolution's, then maybe masked) goes to the 3x3's kernel instead
+(``conv_winograd_s2.py``): its GEMM of the even-even values takes the shortcut's product, so
+neither input gradient is written before the sum."""
+from ...ops.cexpr import scalar
 from ...ops.common import numel
 from ..base import Kernel, SFX, ctype, group_lowering, members, node_lines, signature, \
     threads_scratch
 from ..templates import render
+from . import conv_winograd_s2
+from .conv import _conv_grad_geometry
 from .elementwise import c_expr
 
 # A block of input channels' products fits this many bytes (a core's L1 data cache is 32-48
@@ -76,3 +84,32 @@ def _lines(group, role_of, product):
         expr_of[m.output] = f"t{k}"
     lines.append(f"out_r[j] = t{len(group) - 2};")
     return lines
+
+
+@group_lowering("shortcut_input_gradient")
+def lower_shortcut_input_gradient(name, node, exported, target):
+    """[3x3 stride-2 input gradient, 1x1 stride-2 input gradient, add, threshold_backward?]
+    (``passes/fusion.py``): the 3x3's kernel of tiles of 8x8 values with the shortcut's
+    product in its even-even points' GEMM and the mask applied as it stores."""
+    group = members(node)
+    conv, shortcut, add = group[:3]
+    mask = group[3] if len(group) > 3 else None
+    (gy, w), (gs, ws) = conv.inputs, shortcut.inputs
+    out = group[-1].output
+    reads, role_of = [], {}
+    named = [("gy", gy), ("w", w), ("gys", gs), ("ws", ws)] + \
+        ([("y", mask.inputs[1])] if mask is not None else [])
+    for role, v in named:
+        if v not in role_of:
+            role_of[v] = role
+            reads.append((role, v))
+    geo = _conv_grad_geometry(conv, out.shape, w.shape, gy.shape)
+    ct = ctype(out)
+    n, cis = out.shape[0], gs.shape[1]
+    fold = dict(nodes=group, reads=reads, writes=[("out", out)],
+                flops=2 * n * cis * geo["C"] * geo["OH"] * geo["OW"],
+                SUM=dict(CIS=cis, gys=role_of[gs], ws=role_of[ws],
+                         mask=role_of[mask.inputs[1]] if mask is not None else None,
+                         THR=scalar(mask.attrs["threshold"], ct) if mask is not None else None),
+                masked=(lambda g, y: c_expr(mask, [g, y])) if mask is not None else None)
+    return conv_winograd_s2.lower_backward_input(name, conv, geo, target, fold)

@@ -28,7 +28,16 @@ read backwards (the same weight transforms), the four even ones w1 dy j alone: 8
 per 8x8 values against 100. Their 36 GEMMs group the points alike.
 ``lowerings/conv.py`` hands a convolution here when ``takes_forward`` or
 ``takes_input_gradient`` say so.
+
+The input gradient of tiles of 8x8 values also takes a 1x1 stride-2 shortcut's input gradient
+summed with it (``folds_shortcut``, the ``shortcut_input_gradient`` group of
+``passes/fusion.py``, lowered in ``conv_pointwise_sum.py``): the shortcut's product
+W_s^T dy_s lands on the even image-gradient rows and columns, which are the points of w1 in
+both dims taken as they are, so dy_s joins their GEMM as more rows of V and W_s^T joins w1's
+transform as more columns: no pass over the image gradient adds it, and the relu's mask after
+the sum is applied as the values are stored.
 """
+from ..._dtype import float32, float64
 from ..base import Kernel, SFX, ctype, node_lines, signature, threads_scratch
 from ..templates import render
 from .conv_flops import conv_flops
@@ -61,7 +70,11 @@ def takes_forward(geo, ct, target):
     return (ct in SFX and geo["G"] == 1 and not geo["deep"] and geo["KD"] == 1 and
             geo["KH"] == geo["KW"] == 3 and geo["SH"] == geo["SW"] == 2 and
             geo["PH"] == geo["PW"] == 1 and geo["DH"] == geo["DW"] == 1 and
-            geo["C"] * geo["O"] >= _MIN_CHANNEL_PAIRS)
+            _enough_channels(geo["C"], geo["O"]))
+
+
+def _enough_channels(c, o):
+    return c * o >= _MIN_CHANNEL_PAIRS
 
 
 def _groups(ci, co, rb, m=2):
@@ -155,36 +168,82 @@ def _input_tile(geo):
     return 8 if geo["H"] % 8 == 0 and geo["W"] % 8 == 0 else 4
 
 
-def lower_backward_input(name, node, geo, target):
+def folds_shortcut(conv, shortcut):
+    """Whether the input gradient ``conv`` (a ``conv_backward_input``) takes this module's
+    tiles of 8x8 values and the input gradient ``shortcut`` of a 1x1 stride-2 convolution of
+    the same image-gradient shape can join its even-even points (see the module's docstring):
+    float, 2-d, one group, no dilation, static channels and sizes, the output gradients'
+    sizes half the image gradient's."""
+    if conv.op != "conv_backward_input" or shortcut.op != "conv_backward_input":
+        return False
+    (gy, w), (gs, ws), dx = conv.inputs, shortcut.inputs, conv.output
+    if dx.dtype not in (float32, float64) or \
+            any(v.dtype is not dx.dtype for v in (gy, w, gs, ws, shortcut.output)) or \
+            len(dx.shape) != 4 or len(w.shape) != 4 or len(ws.shape) != 4:
+        return False
+    sizes = [*dx.shape[1:], *shortcut.output.shape[1:], *gy.shape[1:], *gs.shape[1:]]
+    if not all(isinstance(d, int) for d in sizes) or \
+            tuple(dx.shape[1:]) != tuple(shortcut.output.shape[1:]):
+        return False
+    _, c, h, wd = dx.shape
+    geometry = [(conv.attrs, (3, 3), (1, 1)), (shortcut.attrs, (1, 1), (0, 0))]
+    return (tuple(w.shape[2:]) == (3, 3) and tuple(ws.shape[2:]) == (1, 1) and
+            all(tuple(a["stride"]) == (2, 2) and tuple(a["padding"]) == pad and
+                tuple(a["dilation"]) == (1, 1) and a["groups"] == 1
+                for a, _, pad in geometry) and
+            _enough_channels(c, gy.shape[1]) and _input_tile(dict(H=h, W=wd)) == 8 and
+            tuple(gy.shape[2:]) == tuple(gs.shape[2:]) == (h // 2, wd // 2))
+
+
+def lower_backward_input(name, node, geo, target, fold=None):
     """dX from the output gradient's tiles through the products of ``_input_tile``'s form
-    (``conv_winograd_s2_input.c.j2``)."""
+    (``conv_winograd_s2_input.c.j2``). ``fold``: a shortcut's input gradient and a mask
+    (``folds_shortcut``; what ``_fold_shortcut`` reads)."""
     if _input_tile(geo) == 8:
-        return _lower_backward_input_8(name, node, geo, target)
+        return _lower_backward_input_8(name, node, geo, target, fold)
+    assert fold is None, "a shortcut folds only into the tiles of 8x8 values"
     return _lower_backward_input_4(name, node, geo, target)
 
 
-def _render_input(name, node, geo, target, m, blocks, split, buffer):
+def _fold_shortcut(fold, groups, v_size, shared, ci, co):
+    """The even-even points' GEMM (the last group: w1 in both dims) with the shortcut's CIS
+    channels of output gradient as more rows of V and its weights beside w1's transform (UF,
+    [co][ci + CIS], after the transforms in the shared scratch): the sizes of V and of the
+    shared scratch."""
+    last, cis = groups[-1], fold["SUM"]["CIS"]
+    groups[-1] = dict(last, depth=ci + cis, weights="UF")
+    return v_size + cis * last["ld"], shared + co * (ci + cis) + _PAD
+
+
+def _render_input(name, node, geo, target, m, blocks, split, buffer, fold=None):
     """The input-gradient kernel of tiles of 2 m image-gradient values per side, ``blocks``
-    its blocking, ``split`` and ``buffer`` the sizes of its split rows and row buffer."""
+    its blocking, ``split`` and ``buffer`` the sizes of its split rows and row buffer.
+    ``fold``: the shortcut's input gradient and mask folded in (its ``nodes``, ``reads``,
+    ``writes``, ``flops``, and the template's ``SUM`` and ``masked``)."""
     gy, w = node.inputs
     out = node.outputs[0]
     ct = ctype(out)
     ci, co = geo["O"], geo["C"]  # the GEMMs' depth: the output gradient's channels
-    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
+    flops = conv_flops(geo) + (fold["flops"] if fold else 0)
+    parallel = target.parallel.compute(flops, geo["N"])
     groups, points, v_size, m_size = _groups(ci, co, blocks["RB"], m)
     us = co * ci + _PAD
-    per_thread = split + v_size + m_size + buffer
     shared = _distinct(m) ** 2 * us
-    reads, writes = [("gy", gy), ("w", w)], [("out", out)]
-    src = render("conv_winograd_s2_input.c.j2", name=name, node_lines=node_lines([node]),
+    reads, writes, nodes = [("gy", gy), ("w", w)], [("out", out)], [node]
+    if fold:
+        v_size, shared = _fold_shortcut(fold, groups, v_size, shared, ci, co)
+        reads, writes, nodes = fold["reads"], fold["writes"], fold["nodes"]
+    per_thread = split + v_size + m_size + buffer
+    src = render("conv_winograd_s2_input.c.j2", name=name, node_lines=node_lines(nodes),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, shared=shared, u_at=0, N=geo["N"],
                  CI=ci, CO=co, YH=geo["OH"], YW=geo["OW"], YP=geo["OH"] * geo["OW"], H=geo["H"],
                  W=geo["W"], P=geo["H"] * geo["W"], SPLIT=split, VL=_VL[ct], US=us,
                  V_SIZE=v_size, M_SIZE=m_size, groups=groups, points=points, MT=m,
-                 DIST=_distinct(m), **blocks, **_tiles(co, blocks["RB"], ct))
+                 DIST=_distinct(m), SUM=fold and fold["SUM"], masked=fold and fold["masked"],
+                 **blocks, **_tiles(co, blocks["RB"], ct))
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel, shared), ct,
-                  flops=conv_flops(geo), parallel=parallel)
+                  flops=flops, parallel=parallel)
 
 
 def _lower_backward_input_4(name, node, geo, target):
@@ -195,11 +254,11 @@ def _lower_backward_input_4(name, node, geo, target):
                          rows * 2 * we, 16 * blocks["RB"])
 
 
-def _lower_backward_input_8(name, node, geo, target):
+def _lower_backward_input_8(name, node, geo, target, fold=None):
     """Tiles of 8x8 values from the output gradient's 5x5 tiles (4 apart), 81 products each,
     blocked as the forward's tiles (``_blocking_f4`` with tiles of 8: J images interleaved),
     the values stored straight into the image gradient."""
     blocks = _blocking_f4(geo["O"], geo["H"], geo["W"], geo["N"], ctype(node.outputs[0]), m=8)
     we, rows = blocks["TW"] + 1, 4 * blocks["R"] + 1
     return _render_input(name, node, geo, target, 4, dict(blocks, WE=we, ROWS=rows),
-                         rows * 4 * we * blocks["J"], 0)
+                         rows * 4 * we * blocks["J"], 0, fold)
