@@ -61,18 +61,38 @@ def _fused_geometry(geo, ct, target):
         return None
     conv._batch_gathered_images(gathered, geo)
     gathered["wide"] = conv._gathered_weight_tile(geo, ct, target)
-    planes = gathered["wide"] and conv._channel_planes(gathered, geo)
-    if not planes:
+    if not (gathered["wide"] and conv._channel_planes(gathered, geo)):
         return None
     ib, p, o = gathered["images"], gathered["P"], geo["O"]
-    plane = gathered["HP"] * gathered["WP"]
+    planes = _aligned_planes(geo, ib)
     # the transposed output gradient, one channel's padded planes of the call's images and the
     # centre tap's inputs, then the sums on their own cache lines
-    work = -(-(ib * p * o + ib * plane + geo["C"] * ib * p) // 16) * 16
+    work = ib * p * o + ib * planes["plane"] + _PLANES_SLACK + geo["C"] * ib * p
     sums = (gathered["K"] + geo["C"]) * o  # [C x taps][O] and the shortcut's [O][C]
-    return dict(gathered, planes=planes, plane=plane, work=work, per_thread=work + sums,
+    return dict(gathered, **planes, work=work, per_thread=work + sums,
                 centre=(geo["PH"] // geo["DH"]) * geo["KW"] + geo["PW"] // geo["DW"],
                 tree=_lane_sums_tree(), transpose16=conv._transpose16_stages())
+
+
+def _aligned_planes(geo, images):
+    """One channel's padded planes of a call's images with each row's data on a cache line:
+    rows of ``WP`` elements (a whole number of lines), the data from column ``left`` (the
+    padding before it in the row, the padding after it the next row's first columns), the
+    planes ``plane`` apart; the tile's tap offsets (``taps``) and each position's window start
+    (``planes``)."""
+    line = 16
+    left = -(-geo["PW"] // line) * line
+    wp = left + -(-geo["W"] // line) * line
+    plane = (geo["H"] + 2 * geo["PH"]) * wp
+    positions = [b * plane + geo["SH"] * oh * wp + geo["SW"] * ow + left - geo["PW"]
+                 for b in range(images) for oh in range(geo["OH"]) for ow in range(geo["OW"])]
+    taps = [kh * geo["DH"] * wp + kw * geo["DW"] for kh in range(geo["KH"])
+            for kw in range(geo["KW"])]
+    return dict(WP=wp, left=left, plane=plane, planes=positions, taps=taps)
+
+
+# zeros past the last plane: the last row's padding after its data
+_PLANES_SLACK = 16
 
 
 def _lane_sums_tree():
