@@ -38,7 +38,8 @@ def test_lowerings_are_registered_for_registry_ops_and_fusion_groups_only():
     # the fusion pass's groups, and a recurrent step's gate math (grouped when a scan lowers)
     assert set(GROUP_LOWERINGS) == {"conv", "gemm", "elementwise", "pool_backward", "scan_cell",
                                     "norm", "norm_backward", "norm_backward_pair", "weight_update", "loop",
-                                    "cross_entropy", "table_gradient", "pointwise_gradient_sum"}
+                                    "cross_entropy", "table_gradient", "pointwise_gradient_sum",
+                                    "downsample_weight_gradient"}
 
 
 DECOMPOSED = sorted(n for n, op in REGISTRY.items()
