@@ -33,6 +33,11 @@ members for people):
   ``threshold_backward`` of the sum (its only reader), where the 3x3's kernel of tiles of 8x8
   values takes the 1x1's product into its even-even values' GEMM and stores the masked sum
   (the ResNet's downsampling blocks, ``codegen/lowerings/conv_winograd_s2.py``);
+* ``downsample_weight_gradient``: the weight gradients of a 3x3 stride-2 padding-1
+  convolution and of a 1x1 stride-2 one (a ResNet downsampling block's and its shortcut's)
+  of the same input and of output gradients of one shape: the 1x1's is the 3x3's centre tap,
+  so one kernel reads the input once for both
+  (``codegen/lowerings/conv_downsample_weight.py``);
 * ``cross_entropy``: ``log_softmax`` -> ``nll_loss`` over ``[N, C]`` logits with their backward
   (``nll_loss_backward`` -> log_softmax's rule), forward and backward in one kernel;
 * ``table_gradient``: an embedding table's gradient with the two products that read it and
@@ -667,6 +672,40 @@ def _pointwise_strided_gradient(node):
                zip(dx.shape[2:], gy.shape[2:], a["stride"]))
 
 
+def _downsample_weight_gradient_groups(graph):
+    """[conv_backward_weight 3x3, conv_backward_weight 1x1] of one input: see the module's
+    docstring."""
+    users = graph.users()
+    position = {id(n): i for i, n in enumerate(graph.nodes)}
+    groups = []
+    for short in graph.nodes:
+        if short.op != "conv_backward_weight" or \
+                not _strided_weight_gradient(short, kernel=(1, 1), padding=(0, 0)):
+            continue
+        wide = next((u for u in users.get(short.inputs[1], [])
+                     if u.op == "conv_backward_weight" and u.inputs[1] is short.inputs[1] and
+                     u.inputs[0] is not short.inputs[0] and
+                     u.inputs[0].dtype is short.inputs[0].dtype and
+                     tuple(u.inputs[0].shape) == tuple(short.inputs[0].shape) and
+                     _strided_weight_gradient(u, kernel=(3, 3), padding=(1, 1))), None)
+        if wide is not None:
+            groups.append(sorted([wide, short], key=lambda m: position[id(m)]))
+    return groups
+
+
+def _strided_weight_gradient(node, kernel, padding):
+    """Whether ``node`` (a ``conv_backward_weight``) is the float weight gradient of a 2-d
+    convolution of that kernel size and padding, stride 2, no dilation and one group, of
+    static channels and sizes."""
+    a = node.attrs
+    gy, x = node.inputs
+    dw = node.output
+    return dw.dtype in (float32, float64) and len(x.shape) == 4 and len(dw.shape) == 4 and \
+        tuple(dw.shape[2:]) == kernel and tuple(a["padding"]) == padding and \
+        tuple(a["stride"]) == (2, 2) and tuple(a["dilation"]) == (1, 1) and \
+        a["groups"] == 1 and all(isinstance(d, int) for d in list(x.shape[1:]) + list(dw.shape))
+
+
 def _gemm_mask_groups(graph):
     """gemm -> threshold_backward: the input gradient of a linear layer masked by the relu
     that followed it, applied in the gemm's epilogue."""
@@ -747,6 +786,7 @@ def fuse(graph):
                                (_gemm_groups, "gemm"),
                                (_shortcut_input_gradient_groups, "shortcut_input_gradient"),
                                (_pointwise_gradient_sum_groups, "pointwise_gradient_sum"),
+                               (_downsample_weight_gradient_groups, "downsample_weight_gradient"),
                                (_elementwise_groups, "elementwise")):
         fuser = _Fuser(graph)
         for found in finder(graph):

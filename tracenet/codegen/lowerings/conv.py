@@ -776,6 +776,29 @@ def _gathered_weight_tile(geo, ct, target):
     return dict(MR=kk, NV=nv, KC=_GATHERED_WEIGHT_TILE_K)
 
 
+def _transpose16_stages():
+    """The four stages of a 16 x 16 transpose in 16-float vectors (``_gathered_tile.c.j2``'s
+    ``transpose16``): per stage, each output vector as (first input, second input, the
+    indices into their 32 elements). Pairs of rows interleaved by elements, then by pairs,
+    then 128-bit lanes twice (AVX-512's unpcklps, unpcklpd and shuf_f32x4 patterns)."""
+    def per_lane(pattern):
+        return [4 * lane + i for lane in range(4) for i in pattern]
+
+    def lanes(first, second):
+        return [4 * a + i for a in first for i in range(4)] + \
+            [16 + 4 * b + i for b in second for i in range(4)]
+    elements = (per_lane([0, 16, 1, 17]), per_lane([2, 18, 3, 19]))
+    pairs = (per_lane([0, 1, 16, 17]), per_lane([2, 3, 18, 19]))
+    even, odd = lanes((0, 2), (0, 2)), lanes((1, 3), (1, 3))
+    return [
+        [(2 * i, 2 * i + 1, e) for i in range(8) for e in elements],
+        [(4 * g + k, 4 * g + k + 2, p) for g in range(4) for k in (0, 1) for p in pairs],
+        [(8 * h + j, 8 * h + j + 4, lane) for h in range(2) for lane in (even, odd)
+         for j in range(4)],
+        [(j, j + 8, lane) for lane in (even, odd) for j in range(8)],
+    ]
+
+
 def _channel_planes(gathered, geo):
     """The positions of the images of one call in one channel's padded planes (placed one after
     another), for the AVX-512 tile to copy and sum a channel at a time, or None: 2-d padded
