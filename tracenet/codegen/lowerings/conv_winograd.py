@@ -247,17 +247,15 @@ def _wide_tiles(ci, co, ct):
     return dict(ZL=zl, NV=nv, MR=mr if co >= mr else 0)
 
 
-# The weight gradient's fused products: input channels a pass (4 points x 6 channels, 24 of
-# AVX-512's 32 registers accumulating), and up to this many 64-byte vectors of output channels
+# The weight gradient's fused products for up to this many 64-byte vectors of output channels
 # (each vector's passes read the transposed output gradient again: one thread, interleaved in
 # one process, 16 channels on 32x32 1.05-1.08x, 32 on 16x16 0.99-1.07x, 64 on 8x8 0.94-0.99x)
-_FUSED_CHANNELS = 6
 _FUSED_MAX_OUT_VECTORS = 2
 
 
 def _fused_products(co, ct, target):
     """Whether the weight gradient makes A dy A^T in registers inside its products
-    (``conv_winograd_weight.c.j2``'s ``fused_pass``): float32 with AVX-512, one or two whole
+    (``conv_winograd_weight.c.j2``'s ``wide_pass``): float32 with AVX-512, one or two whole
     64-byte vectors of output channels."""
     return (ct == "float" and target.vector_bits >= 512 and co % _ZMM_FLOATS == 0 and
             co // _ZMM_FLOATS <= _FUSED_MAX_OUT_VECTORS)
@@ -347,7 +345,7 @@ def lower_backward_weight(name, node, geo, target):
                  parallel=parallel, N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"],
                  P=geo["H"] * geo["W"], VL=_VL[ct], RBLK=_WEIGHT_REDUCE_BLOCK, **layout,
                  **blocks, **_wide_tiles(ci, co, ct), FUSED=_fused_products(co, ct, target),
-                 CB=_WIDE_TILE_CHANNELS if mw == 4 else _FUSED_CHANNELS,
+                 CB=_WIDE_TILE_CHANNELS,
                  SUMROWS=_sum_rows(blocks))
     return Kernel(name, reads, writes, src, threads_scratch(layout["per_thread"], parallel), ct,
                   flops=conv_flops(geo), parallel=parallel)
