@@ -6,7 +6,8 @@ vectors of tiles a row, images interleaved, a last block of fewer images), odd s
 phases have different pads, batch 1 and others, with a training-mode batch norm's statistics
 against eager mode, PyTorch and PyTorch in float64; float64 keeps F(2x2). With AVX-512 the
 rows of two 16-column images, or of eight 8-column ones, are split together by vector permutes
-(``split_rows(together=True)``), also built for AVX2 only."""
+(``split_rows(together=True)``); on rows of one vector of tiles the training statistics are
+summed from the stored vectors (``register_stats``); both also built for AVX2 only."""
 import os
 
 import numpy as np
@@ -25,6 +26,9 @@ ZEROED = "the split rows' columns past the edges"
 # the comment of the split of two 16-column or eight 8-column images' rows together by
 # AVX-512's permutes (_winograd.c.j2's ``split_rows(together=True)``)
 TOGETHER = "images' rows split together by permutes"
+# the comment of the batch norm's statistics summed from the stored vectors
+# (conv_winograd_f4.c.j2's ``register_stats``)
+STORED_STATS = "the batch statistics from the stored vectors"
 
 
 @pytest.fixture(autouse=True)
@@ -135,14 +139,28 @@ def _output_and_input_gradient_within_float64(compiled, model, tmodel, exact, x,
     np.testing.assert_allclose(xn.grad.numpy(), xg.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
+# (batch, channels, height, width): 32x32 and 20x32 (a last block of one tile row, a run of 128
+# values) sum the statistics from the stored vectors; 12x64 (two vectors of tiles a row),
+# 13x30, 8x8 and 16x16 (two images a block) sum them by a pass over the stored block
+STATISTICS_SHAPES = [(1, 16, 32, 32), (3, 16, 32, 32), (2, 16, 20, 32), (2, 16, 12, 64),
+                     (5, 16, 13, 30), (9, 16, 8, 8), (1, 32, 16, 16), (4, 32, 16, 16),
+                     (3, 32, 29, 16)]
+
+
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape", [(1, 16, 32, 32), (3, 16, 32, 32), (5, 16, 13, 30),
-                                   (9, 16, 8, 8), (1, 32, 16, 16), (4, 32, 16, 16),
-                                   (3, 32, 29, 16)])
+@pytest.mark.parametrize("shape", STATISTICS_SHAPES)
 def test_training_statistics_on_nan_arenas(nan_arenas_split, threads, shape):
     """The training forward with the batch norm's statistics in its epilogue, and its input
     gradient, against PyTorch in float64 and float32 and against eager mode."""
-    _training_statistics_checked(threads, shape)
+    source = _training_statistics_checked(threads, shape)
+    assert (STORED_STATS in source) == (shape[3] == 32)
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 32, 32), (2, 16, 20, 32)])
+def test_training_statistics_without_avx512(nan_arenas_split, avx2_only, shape):
+    """The statistics from the stored vectors with AVX2 only (16 vector registers)."""
+    source = _training_statistics_checked(1, shape)
+    assert STORED_STATS in source and toolchain.vector_bits() == 256
 
 
 def _training_statistics_checked(threads, shape):
