@@ -4,19 +4,31 @@ image's edges zeroed once a block instead of per row (templates/conv_winograd_f4
 (a pad column left unwritten shows as NaN) on 1 and 2 threads, over the ResNet's sizes (whole
 vectors of tiles a row, images interleaved, a last block of fewer images), odd sizes whose
 phases have different pads, batch 1 and others, with a training-mode batch norm's statistics
-against eager mode, PyTorch and PyTorch in float64; float64 keeps F(2x2)."""
+against eager mode, PyTorch and PyTorch in float64; float64 keeps F(2x2). With AVX-512 the
+rows of two 16-column images, or of eight 8-column ones, are split together by vector permutes
+(``split_rows(together=True)``); on rows of one vector of tiles the training statistics are
+summed from the stored vectors (``register_stats``); both also built for AVX2 only."""
+import os
+
 import numpy as np
 import pytest
 import torch
 
 import tracenet as tn
+from tracenet.runtime import toolchain
 
 from compile_checks import check_compiled
-from test_conv_kernels import _copy_to_torch, _step_against_torch
+from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
 from test_conv_winograd import _forms, _two_convs_on_nan_arenas
 
 # the comment of the zeroing in the generated source (templates/conv_winograd_f4.c.j2)
 ZEROED = "the split rows' columns past the edges"
+# the comment of the split of two 16-column or eight 8-column images' rows together by
+# AVX-512's permutes (_winograd.c.j2's ``split_rows(together=True)``)
+TOGETHER = "images' rows split together by permutes"
+# the comment of the batch norm's statistics summed from the stored vectors
+# (conv_winograd_f4.c.j2's ``register_stats``)
+STORED_STATS = "the batch statistics from the stored vectors"
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +50,59 @@ def test_pads_zeroed_once_a_block_on_nan_arenas(nan_arenas_split, threads, size)
     source = _two_convs_on_nan_arenas(threads, size, 16)
     assert _forms(source, 4)[:2] == (2, 2)
     assert source.count(ZEROED) == 4 * (1 + ("(nb image(s) interleaved)" in source))
+
+
+# 16 columns, two images a block: whole tile rows (16x16), the last tile row cut (13x16), the
+# last block of fewer tile rows than the others (29x16)
+PAIRED_SIZES = [(16, 16), (13, 16), (29, 16)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("size", PAIRED_SIZES)
+def test_image_pairs_split_together_on_nan_arenas(nan_arenas_split, threads, size):
+    """The rows of two 16-column images split together (each block of two images; the last
+    image of the odd batch 5 in a block of its own, split value by value), forward and input
+    gradient, at batch 5 and 2 against torch on NaN-filled work memory."""
+    source = _two_convs_on_nan_arenas(threads, size, 16)
+    assert _forms(source, 4)[:2] == (2, 2)
+    assert source.count(TOGETHER) == 4
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_eight_images_split_together_on_nan_arenas(nan_arenas_split, threads):
+    """The rows of eight 8x8 images split together (blocks of eight images; the batch 9's last
+    image and the batch 3 in a block of fewer, split value by value), forward and input
+    gradient, against torch on NaN-filled work memory. (8x8 is the one size of eight images a
+    block: 64 positions at least, at most 4 tiles.)"""
+    tn.set_num_threads(threads)
+
+    def make(lib):
+        return lib.nn.Sequential(lib.nn.Conv2d(16, 24, 3, 1, 1), lib.nn.ReLU(),
+                                 lib.nn.Conv2d(24, 16, 3, 1, 1))
+    source = _stepped_twins(make, [(batch, 16, 8, 8) for batch in (9, 16, 3)]).source()
+    assert _forms(source, 4)[:2] == (2, 2)
+    assert source.count(TOGETHER) == 4
+
+
+@pytest.fixture
+def avx2_only(policy_cache, monkeypatch):
+    """Builds for AVX2 + FMA only (``TRACENET_MARCH=x86-64-v3``), apart from the others."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("x86-64 only")
+    policy_cache("march-x86-64-v3")
+    monkeypatch.setenv("TRACENET_MARCH", "x86-64-v3")
+    toolchain.reset()
+    yield
+    monkeypatch.delenv("TRACENET_MARCH")
+    toolchain.reset()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("size", [(16, 16), (8, 8)])
+def test_images_split_value_by_value_without_avx512(nan_arenas_split, avx2_only, threads, size):
+    """Without AVX-512 the same source splits the images' rows value by value."""
+    source = _two_convs_on_nan_arenas(threads, size, 16)
+    assert source.count(TOGETHER) == 4 and toolchain.vector_bits() == 256
 
 
 def _conv_bn(lib, channels=16):
@@ -74,17 +139,39 @@ def _output_and_input_gradient_within_float64(compiled, model, tmodel, exact, x,
     np.testing.assert_allclose(xn.grad.numpy(), xg.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
+# (batch, channels, height, width): 32x32 and 20x32 (a last block of one tile row, a run of 128
+# values) sum the statistics from the stored vectors; 12x64 (two vectors of tiles a row),
+# 13x30, 8x8 and 16x16 (two images a block) sum them by a pass over the stored block
+STATISTICS_SHAPES = [(1, 16, 32, 32), (3, 16, 32, 32), (2, 16, 20, 32), (2, 16, 12, 64),
+                     (5, 16, 13, 30), (9, 16, 8, 8), (1, 32, 16, 16), (4, 32, 16, 16),
+                     (3, 32, 29, 16)]
+
+
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape", [(1, 16, 32, 32), (3, 16, 32, 32), (5, 16, 13, 30),
-                                   (9, 16, 8, 8)])
+@pytest.mark.parametrize("shape", STATISTICS_SHAPES)
 def test_training_statistics_on_nan_arenas(nan_arenas_split, threads, shape):
     """The training forward with the batch norm's statistics in its epilogue, and its input
     gradient, against PyTorch in float64 and float32 and against eager mode."""
+    source = _training_statistics_checked(threads, shape)
+    assert (STORED_STATS in source) == (shape[3] == 32)
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 32, 32), (2, 16, 20, 32)])
+def test_training_statistics_without_avx512(nan_arenas_split, avx2_only, shape):
+    """The statistics from the stored vectors with AVX2 only (16 vector registers)."""
+    source = _training_statistics_checked(1, shape)
+    assert STORED_STATS in source and toolchain.vector_bits() == 256
+
+
+def _training_statistics_checked(threads, shape):
+    """_output_and_input_gradient_within_float64 for the conv + batch norm pair of ``shape``
+    on ``threads`` threads: the compiled source."""
     tn.set_num_threads(threads)
     tn.manual_seed(0)
-    model, tmodel = _conv_bn(tn), _conv_bn(torch)
+    channels = shape[1]
+    model, tmodel = _conv_bn(tn, channels), _conv_bn(torch, channels)
     _copy_to_torch(model, tmodel)
-    exact = _conv_bn(torch).double()
+    exact = _conv_bn(torch, channels).double()
     exact.load_state_dict({k: v.double() for k, v in tmodel.state_dict().items()})
     compiled = tn.compile(model)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -92,6 +179,7 @@ def test_training_statistics_on_nan_arenas(nan_arenas_split, threads, shape):
     source = compiled.source()
     assert "the batch statistics per block" in source and ZEROED in source
     assert min(_forms(source, 4)[:2]) >= 1
+    return source
 
 
 def test_float64_keeps_f2():
