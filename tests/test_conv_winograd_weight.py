@@ -44,6 +44,23 @@ def _conv(lib, cin, cout, bias, dtype):
     return conv.double() if dtype == np.float64 else conv
 
 
+def _forms_checked(cin, cout, shape, dtype, check):
+    """A 3x3 convolution (bias) of ``cin`` -> ``cout`` channels and its torch twin (seed 0),
+    compiled and stepped against torch on a standard normal input of ``shape`` (seed 0), then
+    compiled again against eager mode (``check_compiled``); ``check(source)`` on both builds."""
+    double = dtype == np.float64
+    tol = 1e-10 if double else 1e-4
+    tn.manual_seed(0)
+    model, tmodel = _conv(tn, cin, cout, True, dtype), _conv(torch, cin, cout, True, dtype)
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    _step_against_torch(compiled, model, tmodel, x, tol)
+    check(compiled.source())
+    eager = check_compiled(model, shape, dtype=tn.float64 if double else tn.float32, tol=tol)
+    check(eager.source())
+
+
 # name -> (in channels, out channels, bias, input shape, dtype)
 CASES = {
     # whole vectors of channels and columns: transposes only

@@ -8,15 +8,14 @@ NaN-filled work memory on 1-3 threads; its rounding against a float64 sum; not t
 float64, with AVX2 only, or off the fused products' output channels (F(2x2) there)."""
 import numpy as np
 import pytest
-import torch
 
 import tracenet as tn
 from tracenet.runtime import target as runtime_target
 
 from compile_checks import check_compiled
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
-from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
-from test_conv_winograd_weight import _conv, _takes_it
+from test_conv_kernels import _stepped_twins
+from test_conv_winograd_weight import _conv, _forms_checked, _takes_it
 from test_resnet_wgrad_fused import NOT_FUSED
 
 WIDE = "winograd 3x3 convolution weight gradient F(2x4,3x3)"
@@ -61,16 +60,7 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_wide_tiles_match_torch_and_eager(march, name):
     cin, cout, shape = CASES[name]
-    tn.manual_seed(0)
-    model = _conv(tn, cin, cout, True, np.float32)
-    tmodel = _conv(torch, cin, cout, True, np.float32)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    _step_against_torch(compiled, model, tmodel, x, 1e-4)
-    _check_form(compiled.source())
-    eager = check_compiled(model, shape, tol=1e-4)
-    _check_form(eager.source())
+    _forms_checked(cin, cout, shape, np.float32, _check_form)
 
 
 def _float64_weight_gradient(x, gy):

@@ -15,10 +15,9 @@ import torch
 
 import tracenet as tn
 
-from compile_checks import check_compiled
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
 from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
-from test_conv_winograd_weight import WEIGHT, _conv, _takes_it
+from test_conv_winograd_weight import WEIGHT, _conv, _forms_checked, _takes_it
 from test_resnet_wgrad2_tiles import _float64_weight_gradient
 
 COLUMNS = "down each column of\n                   tiles"
@@ -63,17 +62,7 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_column_transform_matches_torch_and_eager(march, name):
     cin, cout, shape, dtype = CASES[name]
-    double = dtype == np.float64
-    tol = 1e-10 if double else 1e-4
-    tn.manual_seed(0)
-    model, tmodel = _conv(tn, cin, cout, True, dtype), _conv(torch, cin, cout, True, dtype)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
-    _step_against_torch(compiled, model, tmodel, x, tol)
-    _check_form(compiled.source())
-    eager = check_compiled(model, shape, dtype=tn.float64 if double else tn.float32, tol=tol)
-    _check_form(eager.source())
+    _forms_checked(cin, cout, shape, dtype, _check_form)
 
 
 # name -> (in channels, out channels, input shape): the general kernel's

@@ -11,14 +11,13 @@ channels past its AVX-512 GEMM tiles in a tile of their own (bit for bit the GEM
 in float32 and float64, batch 1 and 3, NaN-filled work memory on 1 and 2 threads."""
 import numpy as np
 import pytest
-import torch
 
 import tracenet as tn
 
 from compile_checks import check_compiled
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
-from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
-from test_conv_winograd_weight import _conv, _takes_it
+from test_conv_kernels import _stepped_twins
+from test_conv_winograd_weight import _conv, _forms_checked, _takes_it
 from test_resnet_wgrad2_tiles import NARROW, _check_form, _float64_weight_gradient, _wide_here
 from test_resnet_wgrad_fused import NOT_FUSED
 
@@ -53,16 +52,7 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_points_made_once_match_torch_and_eager(march, name):
     cin, cout, shape = CASES[name]
-    tn.manual_seed(0)
-    model = _conv(tn, cin, cout, True, np.float32)
-    tmodel = _conv(torch, cin, cout, True, np.float32)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    _step_against_torch(compiled, model, tmodel, x, 1e-4)
-    _check_points_stored(compiled.source())
-    eager = check_compiled(model, shape, tol=1e-4)
-    _check_points_stored(eager.source())
+    _forms_checked(cin, cout, shape, np.float32, _check_points_stored)
 
 
 @pytest.mark.parametrize("name", list(NOT_FUSED))
@@ -157,17 +147,7 @@ def _check_rest_rows(source, count=1):
 @pytest.mark.parametrize("name", list(REST_ROWS))
 def test_rest_rows_match_torch_and_eager(march, name):
     cin, cout, shape, dtype = REST_ROWS[name]
-    double = dtype == np.float64
-    tol = 1e-10 if double else 1e-4
-    tn.manual_seed(0)
-    model, tmodel = _conv(tn, cin, cout, True, dtype), _conv(torch, cin, cout, True, dtype)
-    _copy_to_torch(model, tmodel)
-    compiled = tn.compile(model)
-    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
-    _step_against_torch(compiled, model, tmodel, x, tol)
-    _check_rest_rows(compiled.source())
-    eager = check_compiled(model, shape, dtype=tn.float64 if double else tn.float32, tol=tol)
-    _check_rest_rows(eager.source())
+    _forms_checked(cin, cout, shape, dtype, _check_rest_rows)
 
 
 def test_whole_tiles_take_no_rest():
