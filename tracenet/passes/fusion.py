@@ -56,6 +56,7 @@ from .._dtype import float32, float64, int64
 from .._sym import same_shape
 from ..ir.graph import Node
 from ..ops.registry import REGISTRY, op_kind
+from .conv_shapes import folds_shortcut
 
 
 def _pointwise(op):
@@ -632,10 +633,7 @@ def _sum_mask(users, graph, add):
 def _shortcut_input_gradient_groups(graph):
     """[conv_backward_input (3x3 stride 2), conv_backward_input (1x1 stride 2), add,
     threshold_backward?]: see the module's docstring; the kernel's conditions are
-    ``conv_winograd_s2.folds_shortcut``'s."""
-    # (the kernel's module says where its form applies; imported when the pass runs, so that
-    # importing the passes does not import the code generator)
-    from ..codegen.lowerings.conv_winograd_s2 import folds_shortcut
+    ``conv_shapes.folds_shortcut``'s."""
     users = graph.users()
     groups = []
     for add in graph.nodes:

@@ -30,20 +30,20 @@ per 8x8 values against 100. Their 36 GEMMs group the points alike.
 ``takes_input_gradient`` say so.
 
 The input gradient of tiles of 8x8 values also takes a 1x1 stride-2 shortcut's input gradient
-summed with it (``folds_shortcut``, the ``shortcut_input_gradient`` group of
+summed with it (``passes/conv_shapes.folds_shortcut``, the ``shortcut_input_gradient`` group of
 ``passes/fusion.py``, lowered in ``conv_pointwise_sum.py``): the shortcut's product
 W_s^T dy_s lands on the even image-gradient rows and columns, which are the points of w1 in
 both dims taken as they are, so dy_s joins their GEMM as more rows of V and W_s^T joins w1's
 transform as more columns: no pass over the image gradient adds it, and the relu's mask after
 the sum is applied as the values are stored.
 """
-from ..._dtype import float32, float64
 from ..base import Kernel, SFX, ctype, node_lines, signature, threads_scratch
 from ..templates import render
 from .conv_flops import conv_flops
 from .conv_winograd import _F4_BLOCK_ELEMENTS, _MIN_IMAGE_BLOCK_TILES, _PAD, _VL, _blocking_f4, \
     _f4_tiles
 from .normalization import statistics_scratch
+from ...passes.conv_shapes import enough_channels, input_tile
 
 # Per tile side of m outputs (2: F(2, 2) on the even inputs, 4: F(4, 2)), which distinct
 # weight transform along one dim each of the 2 m + 1 points of a transformed tile takes: the
@@ -56,25 +56,15 @@ def _distinct(m):
     return max(_POINT_WEIGHTS[m]) + 1
 
 
-# Channel pairs (in x out) from which the phases' Winograd forms are taken: below, the
-# transforms cost about what the products save (one thread, a 1x1 convolution, this one and a
-# relu, forward and backward at batch 32, against the general and phased kernels: 16 -> 32 on
-# 32x32 and 32 -> 64 on 16x16, the ResNet's, win; 16 -> 16 on 16x16 0.97-0.98x, 16 -> 8 0.97x,
-# 8 -> 16 0.97x, 8 -> 8 on 16x16 0.95x, on 32x32 1.02-1.03x; 12 -> 12 on 8x8 1.14x)
-_MIN_CHANNEL_PAIRS = 512
 
 
 def takes_forward(geo, ct, target):
     """2-d (or 1-d height) 3x3, stride 2, padding 1, no dilation, one group, from
-    ``_MIN_CHANNEL_PAIRS`` channel pairs."""
+    ``MIN_CHANNEL_PAIRS`` channel pairs (``passes/conv_shapes.py``)."""
     return (ct in SFX and geo["G"] == 1 and not geo["deep"] and geo["KD"] == 1 and
             geo["KH"] == geo["KW"] == 3 and geo["SH"] == geo["SW"] == 2 and
             geo["PH"] == geo["PW"] == 1 and geo["DH"] == geo["DW"] == 1 and
-            _enough_channels(geo["C"], geo["O"]))
-
-
-def _enough_channels(c, o):
-    return c * o >= _MIN_CHANNEL_PAIRS
+            enough_channels(geo["C"], geo["O"]))
 
 
 def _groups(ci, co, rb, m=2):
@@ -162,37 +152,7 @@ def _input_blocking(co, h, w):
 
 
 def _input_tile(geo):
-    """Image-gradient values per tile side of the input gradient: 8 (the odd values F(4, 2) of
-    five output-gradient values, the even ones w1 alone: 81 products per 8x8 values against
-    25 per 4x4) on whole tiles, else 4."""
-    return 8 if geo["H"] % 8 == 0 and geo["W"] % 8 == 0 else 4
-
-
-def folds_shortcut(conv, shortcut):
-    """Whether the input gradient ``conv`` (a ``conv_backward_input``) takes this module's
-    tiles of 8x8 values and the input gradient ``shortcut`` of a 1x1 stride-2 convolution of
-    the same image-gradient shape can join its even-even points (see the module's docstring):
-    float, 2-d, one group, no dilation, static channels and sizes, the output gradients'
-    sizes half the image gradient's."""
-    if conv.op != "conv_backward_input" or shortcut.op != "conv_backward_input":
-        return False
-    (gy, w), (gs, ws), dx = conv.inputs, shortcut.inputs, conv.output
-    if dx.dtype not in (float32, float64) or \
-            any(v.dtype is not dx.dtype for v in (gy, w, gs, ws, shortcut.output)) or \
-            len(dx.shape) != 4 or len(w.shape) != 4 or len(ws.shape) != 4:
-        return False
-    sizes = [*dx.shape[1:], *shortcut.output.shape[1:], *gy.shape[1:], *gs.shape[1:]]
-    if not all(isinstance(d, int) for d in sizes) or \
-            tuple(dx.shape[1:]) != tuple(shortcut.output.shape[1:]):
-        return False
-    _, c, h, wd = dx.shape
-    geometry = [(conv.attrs, (3, 3), (1, 1)), (shortcut.attrs, (1, 1), (0, 0))]
-    return (tuple(w.shape[2:]) == (3, 3) and tuple(ws.shape[2:]) == (1, 1) and
-            all(tuple(a["stride"]) == (2, 2) and tuple(a["padding"]) == pad and
-                tuple(a["dilation"]) == (1, 1) and a["groups"] == 1
-                for a, _, pad in geometry) and
-            _enough_channels(c, gy.shape[1]) and _input_tile(dict(H=h, W=wd)) == 8 and
-            tuple(gy.shape[2:]) == tuple(gs.shape[2:]) == (h // 2, wd // 2))
+    return input_tile(geo["H"], geo["W"])
 
 
 def lower_backward_input(name, node, geo, target, fold=None):
