@@ -18,7 +18,7 @@ import tracenet as tn
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
 from test_conv_kernels import _copy_to_torch, _step_against_torch, _stepped_twins
 from test_conv_winograd_weight import WEIGHT, _conv, _forms_checked, _takes_it
-from test_resnet_wgrad2_tiles import _float64_weight_gradient
+from test_resnet_wgrad2_tiles import _one_thread_errors
 
 COLUMNS = "down each column of\n                   tiles"
 
@@ -119,19 +119,5 @@ def test_rounding_against_float64(march, shape):
     """One thread, four seeds: the largest error against the float64 sum stays within 0.6 of
     the tests' tolerance (1e-4 + 1e-4 |value|); natively, 2x16x32x32 (F(2x4)) 0.31-0.50, and
     at batch 32 on 64 channels 8x8 (F(2x2)) 0.40-0.48, as before the column transform."""
-    old = tn.get_num_threads()
-    tn.set_num_threads(1)
-    try:
-        for seed in range(4):
-            rng = np.random.default_rng(seed)
-            x = rng.standard_normal(shape).astype(np.float32)
-            gy = rng.standard_normal(shape).astype(np.float32)
-            conv = tn.nn.Conv2d(shape[1], shape[1], 3, 1, 1, bias=False)
-            compiled = tn.compile(conv)
-            compiled(tn.from_numpy(x).requires_grad_(True)).backward(tn.from_numpy(gy))
-            _check_form(compiled.source())
-            exact = _float64_weight_gradient(x, gy)
-            err = np.abs(conv.weight.grad.numpy() - exact) / (1e-4 + 1e-4 * np.abs(exact))
-            assert err.max() <= 0.6, (seed, err.max())
-    finally:
-        tn.set_num_threads(old)
+    errors = _one_thread_errors(shape, range(4), _check_form)
+    assert max(errors) <= 0.6, errors

@@ -18,7 +18,7 @@ from compile_checks import check_compiled
 from test_conv_small_channels import march  # noqa: F401 (native and AVX2-only builds)
 from test_conv_kernels import _stepped_twins
 from test_conv_winograd_weight import _conv, _forms_checked, _takes_it
-from test_resnet_wgrad2_tiles import NARROW, _check_form, _float64_weight_gradient, _wide_here
+from test_resnet_wgrad2_tiles import NARROW, _check_form, _one_thread_errors, _wide_here
 from test_resnet_wgrad_fused import NOT_FUSED
 
 POINTS_STORED = "a run's column points of a pass"
@@ -105,22 +105,8 @@ def test_rounding_at_batch_32(shape):
     shapes at batch 32 on one thread (F(2x4) needs AVX-512)."""
     if not _wide_here():
         pytest.skip("F(2x4) is built with AVX-512 only")
-    old = tn.get_num_threads()
-    tn.set_num_threads(1)
-    try:
-        for seed in range(4):
-            rng = np.random.default_rng(seed)
-            x = rng.standard_normal(shape).astype(np.float32)
-            gy = rng.standard_normal(shape).astype(np.float32)
-            conv = tn.nn.Conv2d(shape[1], shape[1], 3, 1, 1, bias=False)
-            compiled = tn.compile(conv)
-            compiled(tn.from_numpy(x).requires_grad_(True)).backward(tn.from_numpy(gy))
-            _check_points_stored(compiled.source())
-            exact = _float64_weight_gradient(x, gy)
-            err = np.abs(conv.weight.grad.numpy() - exact) / (1e-4 + 1e-4 * np.abs(exact))
-            assert err.max() <= BATCH32[shape], (seed, err.max())
-    finally:
-        tn.set_num_threads(old)
+    errors = _one_thread_errors(shape, range(4), _check_points_stored)
+    assert max(errors) <= BATCH32[shape], errors
 
 
 # F(2x2) with D in memory, the AVX-512 GEMM tiles of MR rows x NV vectors: the output channels
