@@ -14,7 +14,7 @@ from ...ops.common import numel
 from ..base import Kernel, LoweringError, SFX, ctype, group_lowering, lowering, members, \
     node_lines, signature, size_symbols, threads_scratch, where
 from ..templates import render
-from . import conv_phased, conv_pointwise, conv_winograd, conv_winograd_s2
+from . import conv_nonfinite, conv_phased, conv_pointwise, conv_winograd, conv_winograd_s2
 from .conv_flops import conv_flops
 from .normalization import residual_operand, statistics_reads, statistics_scratch
 from .pooling import lower_max_pool, pool_geometry
@@ -254,7 +254,9 @@ _TAPWISE_MIN_CHANNELS = 8
 # --- kernels --------------------------------------------------------------------------------------
 
 
-def _lower_conv_group(name, group, exported, target):
+def _lower_conv_group(name, group, exported, target, winograd=True):
+    """The group's kernel; ``winograd`` False: not by a Winograd form (its direct twin, see
+    ``conv_nonfinite.py``)."""
     conv = group[0]
     relu = next((m for m in group if m.op == "relu"), None)
     pool = next((m for m in group if m.op == "max_pool"), None)
@@ -301,12 +303,12 @@ def _lower_conv_group(name, group, exported, target):
     if pool is None and pool_after is None and conv_pointwise.applies(geo, ct):
         return conv_pointwise.lower_forward(name, group, geo, reads, writes, plane_out,
                                             relu_out, bn, res, stats, target)
-    if pool is None and pool_after is None and conv_winograd.takes_forward(geo, ct, target):
-        return conv_winograd.lower_forward(name, group, geo, reads, writes, plane_out,
-                                           relu_out, bn, res, stats, target)
-    if pool is None and pool_after is None and conv_winograd_s2.takes_forward(geo, ct, target):
-        return conv_winograd_s2.lower_forward(name, group, geo, reads, writes, plane_out,
-                                              relu_out, bn, res, stats, target)
+    for form in (conv_winograd, conv_winograd_s2) if winograd else ():
+        if pool is None and pool_after is None and form.takes_forward(geo, ct, target):
+            kernel = form.lower_forward(f"{name}_winograd", group, geo, reads, writes,
+                                        plane_out, relu_out, bn, res, stats, target)
+            direct = _lower_conv_group(f"{name}_direct", group, exported, target, False)
+            return _forward_checked(name, kernel, direct, plane_out, stats)
     direct = _direct_geometry(geo)
     few = None
     if pool is None and pool_after is None:
@@ -374,6 +376,18 @@ def _lower_conv_group(name, group, exported, target):
                   parallel=parallel or bool(then_pool and then_pool["parallel"]))
 
 
+def _forward_checked(name, kernel, direct, plane_out, stats):
+    """The Winograd forward ``kernel`` with its ``direct`` twin (``conv_nonfinite.py``),
+    checked by a training batch norm's means, else by its own notes and its weights (with an
+    epilogue), else by the stored plane."""
+    if stats is not None and stats["mean_out"]:
+        return conv_nonfinite.checked(name, kernel, direct,
+                                      conv_nonfinite.stored(kernel, "mean_out"))
+    if kernel.finite_flag:
+        return conv_nonfinite.checked(name, kernel, direct, conv_nonfinite.stored(kernel, "w"))
+    return conv_nonfinite.checked(name, kernel, direct, conv_nonfinite.stored(kernel, plane_out))
+
+
 def _batch_norm_reads(group, reads):
     """For an eval-mode batch norm in the group: append its running statistics (and weight
     and bias) to ``reads``; returns what the template needs (None without one)."""
@@ -438,17 +452,19 @@ def _then_pool(name, reads, conv_writes, conv_scratch, pool, exported, target):
             writes, conv_scratch)
 
 
-def _lower_conv_backward_input(name, node, target):
+def _lower_conv_backward_input(name, node, target, winograd=True):
+    """The input gradient's kernel; ``winograd`` False: not by a Winograd form."""
     gy, w = node.inputs
     out = node.outputs[0]
     geo = _conv_grad_geometry(node, out.shape, w.shape, gy.shape)
     ct = ctype(out)
     if conv_pointwise.takes_input_gradient(geo, ct, target):
         return conv_pointwise.lower_backward_input(name, node, geo, target)
-    if conv_winograd.takes_input_gradient(geo, ct, target):
-        return conv_winograd.lower_backward_input(name, node, geo, target)
-    if conv_winograd_s2.takes_input_gradient(geo, ct, target):
-        return conv_winograd_s2.lower_backward_input(name, node, geo, target)
+    for form in (conv_winograd, conv_winograd_s2) if winograd else ():
+        if form.takes_input_gradient(geo, ct, target):
+            kernel = form.lower_backward_input(f"{name}_winograd", node, geo, target)
+            direct = _lower_conv_backward_input(f"{name}_direct", node, target, False)
+            return conv_nonfinite.checked(name, kernel, direct, [])  # (its own notes)
     if conv_phased.takes_input_gradient(geo, ct):
         return conv_phased.lower_backward_input(name, node, geo, target)
     return _sparse_or_general(name, node, geo, ct, target, "input", _max_pooled(gy),
@@ -529,19 +545,6 @@ def _scratch_elements_known(scratch):
     return all(isinstance(p, int) for p in parts if p != "threads")
 
 
-def _scratch_for_either(a, b):
-    """Scratch enough for each of two kernels that never run at once (``Kernel.scratch``)."""
-    if isinstance(a, int) and isinstance(b, int):
-        return max(a, b)
-
-    def per_thread_and_shared(s):
-        if not isinstance(s, tuple):
-            return 0, s
-        return s[0], (s[2] if len(s) > 2 else 0)
-    (pa, sa), (pb, sb) = per_thread_and_shared(a), per_thread_and_shared(b)
-    return threads_scratch(max(pa, pb), True, max(sa, sb))
-
-
 def _lower_sparse_gradient(name, node, geo, sparse, dense, ct, of):
     """The input or weight gradient (``of``) from a mostly-zero output gradient
     (``_sparse_gradient_geometry``), with the ``dense`` kernel for output gradients with more
@@ -570,7 +573,7 @@ def _lower_sparse_gradient(name, node, geo, sparse, dense, ct, of):
                  sparse=sparse, dense=dense, dense_args=", ".join(args), parallel=parallel,
                  per_thread=per_thread, **geo)
     own = threads_scratch(per_thread, parallel)
-    return Kernel(name, reads, writes, src, _scratch_for_either(own, dense.scratch), ct,
+    return Kernel(name, reads, writes, src, conv_nonfinite.scratch_for_either(own, dense.scratch), ct,
                   flops=conv_flops(geo), parallel=parallel)
 
 
@@ -667,7 +670,10 @@ def _lower_row_folded_backward_input(name, node, geo, direct, ct, target, per_ta
                   parallel=parallel)
 
 
-def _lower_conv_backward_weight(name, node, target):
+def _lower_conv_backward_weight(name, node, target, winograd=True):
+    """The weight gradient's kernel; ``winograd`` False: not by a Winograd form. A Winograd
+    form's direct twin (``conv_nonfinite.py``) is the gathered GEMM or columns (``shifted``
+    False): their products are eager mode's, the output gradient's positions only."""
     gy, x = node.inputs
     out = node.outputs[0]
     geo = _conv_grad_geometry(node, x.shape, out.shape, gy.shape)
@@ -677,8 +683,11 @@ def _lower_conv_backward_weight(name, node, target):
     few = _few_channels_weight_geometry(geo, ct, target)
     if few is not None:
         return _lower_few_channels_weight(name, node, geo, few, ct, target)
-    if conv_winograd.takes_weight_gradient(geo, ct, target):
-        return conv_winograd.lower_backward_weight(name, node, geo, target)
+    if winograd and conv_winograd.takes_weight_gradient(geo, ct, target):
+        kernel = conv_winograd.lower_backward_weight(f"{name}_winograd", node, geo, target)
+        direct = _lower_general_backward_weight(f"{name}_direct", node, geo, ct, target,
+                                                shifted=False)
+        return conv_nonfinite.checked(name, kernel, direct, conv_nonfinite.stored(kernel, "out"))
     return _sparse_or_general(name, node, geo, ct, target, "weight",
                               _max_pooled(gy) and geo["C"] >= _SPARSE_WEIGHT_MIN_CHANNELS,
                               _lower_general_backward_weight)
@@ -811,12 +820,14 @@ def _channel_planes(gathered, geo):
     return [p + b * plane for b in range(gathered["images"]) for p in gathered["positions"]]
 
 
-def _lower_general_backward_weight(name, node, geo, ct, target):
-    """Tap-wise GEMMs, a gathered GEMM, dot products along the positions, or columns."""
+def _lower_general_backward_weight(name, node, geo, ct, target, shifted=True):
+    """Tap-wise GEMMs, a gathered GEMM, dot products along the positions, or columns; with
+    ``shifted`` False not on shifted views of the padded image (whose rows' gaps multiply the
+    image by zeros: a NaN where it is not finite)."""
     gy, x = node.inputs
     out = node.outputs[0]
     wsize = numel(out.shape)
-    direct = _direct_geometry(geo)
+    direct = _direct_geometry(geo) if shifted else None
     t = _conv_template_geo(geo, ct, direct)
     # with a row block of input channels, GEMMs vectorised along the output channels
     tapwise = t["CG"] >= _TAPWISE_MIN_CHANNELS

@@ -20,6 +20,7 @@ from ..base import Kernel, SFX, ctype, group_lowering, members, node_lines, sign
     threads_scratch
 from ..templates import render
 from . import conv
+from .conv_nonfinite import call, scratch_for_either
 from .conv_flops import conv_flops
 
 
@@ -132,8 +133,8 @@ def _one_after_the_other(name, node, wide, short, reads, writes, target):
     second = conv.lower_conv_backward_weight(f"{name}_shortcut", short, set(short.outputs),
                                              target)
     roles = {v: role for role, v in reads + writes}
-    calls = [_call(k, roles) for k in (first, second)]
-    scratch = conv._scratch_for_either(first.scratch, second.scratch)
+    calls = [call(k, roles) for k in (first, second)]
+    scratch = scratch_for_either(first.scratch, second.scratch)
     ct = ctype(wide.output)
     src = render("conv_downsample_weight.c.j2", name=name, node_lines=node_lines(members(node)),
                  signature=signature(reads, writes, scratch, ct), parts=(first, second),
@@ -141,13 +142,3 @@ def _one_after_the_other(name, node, wide, short, reads, writes, target):
     return Kernel(name, reads, writes, src, scratch, ct, flops=first.flops + second.flops,
                   parallel=first.parallel or second.parallel,
                   helpers=first.helpers + second.helpers)
-
-
-def _call(kernel, roles):
-    """The C call of ``kernel`` with the group's arguments (its values' roles in the group)."""
-    args = [f"tn_{s}" for s in kernel.symbols]
-    args += [roles[v] for _, v in kernel.reads + kernel.writes]
-    if kernel.scratch:
-        args.append("scratch")
-    return f"{kernel.name}({', '.join(args)});"
-

@@ -20,7 +20,7 @@ from ...ops.common import numel
 from ..base import Kernel, SFX, ctype, group_lowering, members, node_lines, signature, \
     threads_scratch
 from ..templates import render
-from . import conv_winograd_s2
+from . import conv, conv_nonfinite, conv_winograd_s2
 from .conv import _conv_grad_geometry
 from .elementwise import c_expr
 
@@ -112,4 +112,30 @@ def lower_shortcut_input_gradient(name, node, exported, target):
                          mask=role_of[mask.inputs[1]] if mask is not None else None,
                          THR=scalar(mask.attrs["threshold"], ct) if mask is not None else None),
                 masked=(lambda g, y: c_expr(mask, [g, y])) if mask is not None else None)
-    return conv_winograd_s2.lower_backward_input(name, conv, geo, target, fold)
+    kernel = conv_winograd_s2.lower_backward_input(f"{name}_winograd", conv, geo, target, fold)
+    direct = _direct_shortcut_sum(f"{name}_direct", group, reads, role_of, target)
+    return conv_nonfinite.checked(name, kernel, direct, [])  # (its own notes)
+
+
+def _direct_shortcut_sum(name, group, reads, role_of, target):
+    """The group's direct twin (``conv_nonfinite.py``): the 3x3's input gradient by its direct
+    kernel into the output, then the shortcut's input gradient added and the mask applied as
+    eager mode computes them (``conv_shortcut_sum_direct.c.j2``)."""
+    wide_node, shortcut = group[:2]
+    out = group[-1].output
+    ct = ctype(out)
+    wide = conv._lower_conv_backward_input(f"{name}_3x3", wide_node, target, winograd=False)
+    roles = dict(role_of)
+    roles[wide_node.output] = "out"  # (the 3x3's gradient, then the sum, in the output)
+    gs, ws = shortcut.inputs
+    n, c, h, w = out.shape
+    writes = [("out", out)]
+    lines = _lines(group[1:], roles, "z")
+    rows = sorted({role_of[v] for m in group[2:] for v in m.inputs if v in role_of})
+    src = render("conv_shortcut_sum_direct.c.j2", name=name, ctype=ct,
+                 signature=signature(reads, writes, wide.scratch, ct), wide=wide,
+                 wide_call=conv_nonfinite.call(wide, roles), N=n, C=c, H=h, W=w,
+                 CS=gs.shape[1], OH=gs.shape[2], OW=gs.shape[3], gys=role_of[gs],
+                 ws=role_of[ws], rows=rows, lines=lines)
+    return Kernel(name, reads, writes, src, wide.scratch, ct, flops=wide.flops,
+                  parallel=wide.parallel, helpers=wide.helpers)

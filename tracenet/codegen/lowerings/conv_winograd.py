@@ -231,10 +231,21 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     relu = any(m.op == "relu" for m in group)
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     stats_at = 0 if stats is None else statistics_scratch(stats, geo["O"], ct, parallel, target)
-    return _render("forward", name, group, ct, reads, writes, geo, geo["C"], geo["O"],
-                   parallel, stats_at, has_bias=has_bias, bn=bn, res=res, relu=relu,
-                   plane_out=plane_out, relu_out=relu_out, stats=stats,
-                   epilogue=bool(has_bias or bn or res or relu))
+    epilogue = bool(has_bias or bn or res or relu)
+    return noting_finite(_render("forward", name, group, ct, reads, writes, geo, geo["C"],
+                                 geo["O"], parallel, stats_at, has_bias=has_bias, bn=bn,
+                                 res=res, relu=relu, plane_out=plane_out, relu_out=relu_out,
+                                 stats=stats, epilogue=epilogue, finite_images=epilogue,
+                                 finite_inputs=epilogue),
+                         epilogue)
+
+
+def noting_finite(kernel, note):
+    """``kernel``, which notes once a block whether a value of the images it stored (and, for
+    a forward with an epilogue, read) was not finite when ``note`` (``_finite_check.c.j2``'s
+    ``images``): its flag's C name as ``finite_flag`` (``conv_nonfinite.py``), else None."""
+    kernel.finite_flag = f"{kernel.name}_not_finite" if note else None
+    return kernel
 
 
 def _wide_tiles(ci, co, ct):
@@ -358,6 +369,7 @@ def lower_backward_input(name, node, geo, target):
     ct = ctype(out)
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
-    return _render("input", name, [node], ct, reads, writes, geo, geo["O"], geo["C"],
-                   parallel, 0, stats=None, bn=None, res=False, relu=False, relu_out=None,
-                   has_bias=False, epilogue=False)
+    return noting_finite(_render("input", name, [node], ct, reads, writes, geo, geo["O"],
+                                 geo["C"], parallel, 0, stats=None, bn=None, res=False,
+                                 relu=False, relu_out=None, has_bias=False, epilogue=False,
+                                 finite_images=True, finite_inputs=False), True)
