@@ -32,13 +32,28 @@ def _all_finite_helpers(ct):
             ("tn_direct_fallback_log", str(macros.fallback_log()))]
 
 
-def call(kernel, roles):
-    """The C call of ``kernel`` with a group's arguments (its values' roles in the group)."""
+def call(kernel, roles, scratch="scratch"):
+    """The C call of ``kernel`` with a group's arguments (its values' roles in the group), its
+    scratch at ``scratch``."""
     args = [f"tn_{s}" for s in kernel.symbols]
     args += [roles[v] for _, v in kernel.reads + kernel.writes]
     if kernel.scratch:
-        args.append("scratch")
+        args.append(scratch)
     return f"{kernel.name}({', '.join(args)});"
+
+
+# Elements ahead of the twins' scratch that hold the call's flag (``_finite_check.c.j2``'s
+# ``flag``): whole 64-byte lines (of float or double), so that the twins' scratch keeps its
+# alignment
+_FLAG_ELEMENTS = 16
+
+
+def _with_flag(scratch):
+    """``scratch`` (``Kernel.scratch``) with ``_FLAG_ELEMENTS`` more ahead of it."""
+    if not isinstance(scratch, tuple):
+        return scratch + _FLAG_ELEMENTS
+    shared = scratch[2] if len(scratch) > 2 else 0
+    return (scratch[0], "threads", shared + _FLAG_ELEMENTS)
 
 
 def scratch_for_either(a, b):
@@ -73,11 +88,14 @@ def checked(name, winograd, direct, after):
     reads, writes = winograd.reads, winograd.writes
     ct = ctype(writes[0][1])
     scratch = scratch_for_either(winograd.scratch, direct.scratch)
+    at = "scratch"
+    if flag:
+        scratch, at = _with_flag(scratch), f"scratch + {_FLAG_ELEMENTS}"
     roles = {v: role for role, v in reads + writes}
     src = render("conv_winograd_checked.c.j2", name=name, sfx=SFX[ct],
                  signature=signature(reads, writes, scratch, winograd.scratch_ctype),
-                 winograd=winograd, direct=direct, winograd_call=call(winograd, roles),
-                 direct_call=call(direct, roles), after=after,
+                 winograd=winograd, direct=direct, winograd_call=call(winograd, roles, at),
+                 direct_call=call(direct, roles, at), after=after,
                  flag=flag)
     return Kernel(name, reads, writes, src, scratch, winograd.scratch_ctype,
                   flops=winograd.flops, parallel=winograd.parallel or direct.parallel,

@@ -243,8 +243,9 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
 def noting_finite(kernel, note):
     """``kernel``, which notes once a block whether a value of the images it stored (and, for
     a forward with an epilogue, read) was not finite when ``note`` (``_finite_check.c.j2``'s
-    ``images``): its flag's C name as ``finite_flag`` (``conv_nonfinite.py``), else None."""
-    kernel.finite_flag = f"{kernel.name}_not_finite" if note else None
+    ``images``: in the int ahead of its scratch, which ``conv_nonfinite.checked`` reserves):
+    ``finite_flag`` True, else False."""
+    kernel.finite_flag = bool(note)
     return kernel
 
 
