@@ -102,13 +102,16 @@ def _forward_tile(geo):
 
 
 def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res, stats,
-                  target):
+                  target, short=None):
     """conv [-> eval-mode batch_norm] [-> residual add] [-> relu], or conv with the
-    ``stats`` of a training-mode batch norm, without pooling."""
+    ``stats`` of a training-mode batch norm, without pooling. ``short``: a 1x1 stride-2
+    shortcut of the same input computed beside it (``conv_downsample_forward.py``: its
+    ``CO``, ``bn``, ``stats``, ``has_bias``, ``flops``)."""
     conv = group[0]
     ct = ctype(conv.outputs[0])
     ci, co = geo["C"], geo["O"]
-    parallel = target.parallel.compute(conv_flops(geo), geo["N"])
+    flops = conv_flops(geo) + (short["flops"] if short else 0)
+    parallel = target.parallel.compute(flops, geo["N"])
     stats_at = 0 if stats is None else statistics_scratch(stats, co, ct, parallel, target)
     m = _forward_tile(geo)
     blocks = _blocking_f4(ci, geo["OH"], geo["OW"], geo["N"], ct, m=m)
@@ -116,8 +119,12 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     we, rows = blocks["TW"] + 1, 2 * m * blocks["R"] + 1
     split = rows * 2 * m * we * blocks["J"]
     us = co * ci + _PAD
+    shared = _distinct(m) ** 2 * us
+    if short:
+        stats_at, m_size, shared = _pair_shortcut(short, groups, ct, parallel, target,
+                                                  stats_at, m_size, shared, ci, co)
     per_thread = split + v_size + m_size + m * m * blocks["L"] * blocks["R"]
-    shared = stats_at + _distinct(m) ** 2 * us
+    shared += stats_at
     has_bias = len(conv.inputs) > 2
     relu = any(m.op == "relu" for m in group)
     src = render("conv_winograd_s2.c.j2", name=name, node_lines=node_lines(group),
@@ -128,10 +135,23 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
                  ROWS=rows, VL=_VL[ct], US=us, V_SIZE=v_size, M_SIZE=m_size, groups=groups,
                  points=points, MT=m, DIST=_distinct(m), has_bias=has_bias, bn=bn, res=res,
                  relu=relu, plane_out=plane_out, relu_out=relu_out, stats=stats,
-                 epilogue=bool(has_bias or bn or res or relu),
+                 epilogue=bool(has_bias or bn or res or relu), short=short,
                  **blocks, **_tiles(co, blocks["RB"], ct))
     return Kernel(name, reads, writes, src, threads_scratch(per_thread, parallel, shared), ct,
-                  flops=conv_flops(geo), parallel=parallel)
+                  flops=flops, parallel=parallel)
+
+
+def _pair_shortcut(short, groups, ct, parallel, target, stats_at, m_size, shared, ci, co):
+    """The shortcut's products as more rows of the even-even points' GEMM (the last group: w1
+    in both dims, its M last): its weights ([COS][ci]) right after w1's transform, its
+    statistics' sums after the 3x3's (at ``short["stats_at"]``). Returns where the weight
+    transforms start (after both statistics), M's and the transforms' new sizes."""
+    last, cos = groups[-1], short["CO"]
+    groups[-1] = dict(last, rows=co + cos)
+    short["stats_at"] = stats_at
+    if short["stats"] is not None:
+        stats_at += statistics_scratch(short["stats"], cos, ct, parallel, target)
+    return stats_at, m_size + cos * last["ld"], shared + cos * ci
 
 
 def takes_input_gradient(geo, ct, target):

@@ -1,0 +1,70 @@
+"""C lowering of the ``downsample_forward`` group (``passes/fusion.py``): a ResNet downsampling
+block's 3x3 stride-2 padding-1 convolution and its 1x1 stride-2 shortcut, both of the block
+input x, in one kernel.
+
+The shortcut's output at (i, j) is W_s x[2i, 2j]. In the 3x3's Winograd form of its phases
+(``conv_winograd_s2.py``) x[2i, 2j] are the odd points of each input tile in both dims, which
+take the centre tap w1 as they are: the last GEMM multiplies them by w1's transform. The
+shortcut's weights join that GEMM as more rows of its weight matrix (after w1's, in the
+shared scratch), so its products come out as more rows of M, already the shortcut's outputs
+(no transform), stored with the shortcut's own epilogue (its eval-mode batch norm folded in,
+or its batch statistics summed per block). x is read and split once for both.
+"""
+from ..base import ctype, group_lowering, members
+from .conv import _batch_norm_reads, _conv_geometry, _statistics_writes
+from . import conv_winograd_s2
+
+
+@group_lowering("downsample_forward")
+def lower_downsample_forward(name, node, exported, target):
+    group = members(node)
+    split = next(i for i, m in enumerate(group[1:], 1) if m.op == "convolution")
+    wide, narrow = group[:split], group[split:]
+    conv, short = wide[0], narrow[0]
+    geo = _conv_geometry(conv)
+    reads = [("x", conv.inputs[0]), ("w", conv.inputs[1])]
+    if len(conv.inputs) > 2:
+        reads.append(("b", conv.inputs[2]))
+    bn = _batch_norm_reads(wide, reads)
+    writes = []
+    stats = _statistics_writes(wide, exported, writes)
+    plane_out, relu_out = _plane_writes(wide, exported, writes)
+    shortcut = _shortcut(narrow, exported, reads, writes)
+    assert conv_winograd_s2.takes_forward(geo, shortcut["ctype"], target), \
+        "passes/conv_shapes.pairs_shortcut_forward and takes_forward disagree"
+    return conv_winograd_s2.lower_forward(name, group, geo, reads, writes, plane_out,
+                                          relu_out, bn, False, stats, target, shortcut)
+
+
+def _plane_writes(part, exported, writes):
+    """The 3x3 part's outputs: (the role of the planes written first, the role of relu's
+    output written beside them or None), as ``conv._lower_conv_group`` names them."""
+    relu = next((m for m in part if m.op == "relu"), None)
+    conv_v = next(m for m in reversed(part) if m.op in ("convolution", "batch_norm")).output
+    plane_out = relu_out = None
+    if conv_v in exported:
+        writes.append(("conv_out", conv_v))
+        plane_out = "conv_out"
+    if relu is not None and relu.output in exported:
+        writes.append(("relu_out", relu.output))
+        relu_out, plane_out = ("relu_out", plane_out) if plane_out else (None, "relu_out")
+    assert plane_out is not None, "a conv group must export its last value"
+    return plane_out, relu_out
+
+
+def _shortcut(part, exported, reads, writes):
+    """The shortcut part's reads and writes appended (roles ``ws``, ``bs``, ``sbn_*``,
+    ``short_out``, ``short_mean_out``, ``short_var_out``); what the template needs of it."""
+    conv = part[0]
+    out = part[-1].output if part[-1].op == "batch_norm" else conv.output
+    reads.append(("ws", conv.inputs[1]))
+    if len(conv.inputs) > 2:
+        reads.append(("bs", conv.inputs[2]))
+    bn = _batch_norm_reads(part, reads, "sbn_")
+    stats = _statistics_writes(part, exported, writes, "short_")
+    writes.append(("short_out", out))
+    x, w = conv.inputs[0], conv.inputs[1]
+    n, oh, ow = conv.output.shape[0], conv.output.shape[2], conv.output.shape[3]
+    return dict(CO=w.shape[0], bn=bn, stats=stats, has_bias=len(conv.inputs) > 2,
+                ctype=ctype(out),
+                flops=2 * n * w.shape[0] * x.shape[1] * oh * ow)
