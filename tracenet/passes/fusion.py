@@ -42,8 +42,8 @@ members for people):
   same input (a ResNet downsampling block's and its shortcut's), each with what the ``conv``
   group would fuse after it: both the ``batch_norm_stats`` of a training-mode batch norm, or
   neither; an eval-mode batch norm (then relu for the 3x3) each. The shortcut's output at
-  (i, j) is its weights times x[2i, 2j], the 3x3 Winograd form's even-even points, so it joins
-  their GEMM and one kernel reads x once for both
+  (i, j) is its weights times x[2i, 2j], the 3x3 Winograd form's even-even points, so one
+  kernel takes it from their V and reads x once for both
   (``codegen/lowerings/conv_downsample_forward.py``);
 * ``cross_entropy``: ``log_softmax`` -> ``nll_loss`` over ``[N, C]`` logits with their backward
   (``nll_loss_backward`` -> log_softmax's rule), forward and backward in one kernel;

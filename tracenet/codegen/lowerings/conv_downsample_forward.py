@@ -4,14 +4,20 @@ input x, in one kernel.
 
 The shortcut's output at (i, j) is W_s x[2i, 2j]. In the 3x3's Winograd form of its phases
 (``conv_winograd_s2.py``) x[2i, 2j] are the odd points of each input tile in both dims, which
-take the centre tap w1 as they are: the last GEMM multiplies them by w1's transform. The
-shortcut's weights join that GEMM as more rows of its weight matrix (after w1's, in the
-shared scratch), so its products come out as more rows of M, already the shortcut's outputs
-(no transform), stored with the shortcut's own epilogue (its eval-mode batch norm folded in,
-or its batch statistics summed per block). x is read and split once for both.
+take the centre tap w1 as they are: V's rows of those 16 points (tiles of 4x4 outputs; 4 for
+2x2) are x at the strided positions, the point (i, k) of a tile its shortcut output (i, k). So
+after the 3x3's products and outputs of a block, the shortcut's weights times that V, a chunk
+of channels at a time (``_winograd_s2_shortcut.c.j2``), are its outputs, stored with its own
+epilogue (its eval-mode batch norm folded in, or its batch statistics summed from the
+registers) while the chunk is in the first-level cache. x is read and split once for both.
+With float32 and AVX-512 only (``_paired``); elsewhere the two kernels run one after the
+other.
 """
-from ..base import ctype, group_lowering, members
-from .conv import _batch_norm_reads, _conv_geometry, _statistics_writes
+from ..base import Kernel, ctype, group_lowering, members, node_lines, signature
+from ..templates import render
+from .conv import _batch_norm_reads, _conv_geometry, _lower_conv_group, _scratch_for_either, \
+    _statistics_writes
+from .conv_downsample_weight import _call
 from . import conv_winograd_s2
 
 
@@ -20,7 +26,9 @@ def lower_downsample_forward(name, node, exported, target):
     group = members(node)
     split = next(i for i, m in enumerate(group[1:], 1) if m.op == "convolution")
     wide, narrow = group[:split], group[split:]
-    conv, short = wide[0], narrow[0]
+    conv = wide[0]
+    if not _paired(conv, target):
+        return _one_after_the_other(name, group, wide, narrow, exported, target)
     geo = _conv_geometry(conv)
     reads = [("x", conv.inputs[0]), ("w", conv.inputs[1])]
     if len(conv.inputs) > 2:
@@ -68,3 +76,32 @@ def _shortcut(part, exported, reads, writes):
     return dict(CO=w.shape[0], bn=bn, stats=stats, has_bias=len(conv.inputs) > 2,
                 ctype=ctype(out),
                 flops=2 * n * w.shape[0] * x.shape[1] * oh * ow)
+
+
+def _paired(conv, target):
+    """Whether the pair runs as one kernel: float32 with AVX-512, whose product tiles take the
+    shortcut's rows. Elsewhere its products on the GEMM core cost more than the shortcut's own
+    kernel (AVX2 only, the ResNet's inference, one thread, medians of 30 calls: 16 -> 32 813
+    against 643 + 147 us, 32 -> 64 703 against 549 + 109 us)."""
+    return ctype(conv.output) == "float" and target.vector_bits >= 512
+
+
+def _one_after_the_other(name, group, wide, narrow, exported, target):
+    """The two parts by their own kernels (``conv._lower_conv_group``), called in turn from
+    one function (they share the scratch: neither runs while the other does)."""
+    parts = [_lower_conv_group(f"{name}_{role}", part, exported, target)
+             for role, part in (("wide", wide), ("shortcut", narrow))]
+    reads, writes, roles = [], [], {}
+    for k in parts:
+        for role, v in k.reads + k.writes:
+            if v not in roles:
+                roles[v] = f"{k.name[len(name) + 1:]}_{role}"
+                (writes if (role, v) in k.writes else reads).append((roles[v], v))
+    calls = [_call(k, {v: roles[v] for _, v in k.reads + k.writes}) for k in parts]
+    scratch = _scratch_for_either(parts[0].scratch, parts[1].scratch)
+    ct = ctype(wide[0].output)
+    src = render("conv_downsample_forward.c.j2", name=name, node_lines=node_lines(group),
+                 signature=signature(reads, writes, scratch, ct), parts=parts, calls=calls)
+    return Kernel(name, reads, writes, src, scratch, ct, flops=sum(k.flops for k in parts),
+                  parallel=any(k.parallel for k in parts),
+                  helpers=[h for k in parts for h in k.helpers])
