@@ -9,7 +9,7 @@ and eight images a block) or a value at a time (a last block of fewer images, fl
 of 2x2 outputs on odd sizes, builds for AVX-512 and AVX2 only, NaN-filled work memory on 1 and
 2 threads, the shortcut's rounding against a float64 sum, and the graphs that keep today's
 kernels (smaller planes, other strides, kernels, paddings and groups, too few channels, a relu
-or max pooling after the shortcut)."""
+or max pooling after the shortcut, a sum of the two that the shortcut's kernel takes)."""
 import numpy as np
 import pytest
 import torch
@@ -248,3 +248,22 @@ def test_second_reader_of_the_shortcut():
     assert PAIRED in compiled.source()
     for g, e in zip(got, fn(*args)):
         np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_sum_of_the_pair_keeps_the_shortcut_kernel():
+    """relu(bn(3x3) + bn(shortcut)) in eval mode: the shortcut's kernel takes the sum and the
+    relu, which the pair would leave to a pass of its own: today's kernels, torch's values."""
+    from test_resnet_shortcut_kernels import _shortcut_block
+    tn.manual_seed(0)
+    model, tmodel = _shortcut_block(tn, 16, 32, False), _shortcut_block(torch, 16, 32, False)
+    _copy_to_torch(model, tmodel)
+    model.eval()
+    tmodel.eval()
+    compiled = tn.compile(model)
+    x = np.random.default_rng(6).standard_normal((2, 16, 32, 32)).astype(np.float32)
+    with tn.no_grad():
+        got = compiled(tn.from_numpy(x)).numpy()
+    with torch.no_grad():
+        ref = tmodel(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    assert PAIRED not in compiled.source() and APART not in compiled.source()

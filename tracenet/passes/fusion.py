@@ -214,7 +214,8 @@ def _downsample_forward_groups(graph):
                       if pairs_shortcut_forward(conv, u)), None)
         if short is None:
             continue
-        wide, narrow = _forward_part(users, graph, conv), _forward_part(users, graph, short)
+        wide = _forward_part(users, graph, conv, (conv, short))
+        narrow = _forward_part(users, graph, short, (conv, short))
         if wide is None or narrow is None or any(m.op == "relu" for m in narrow) or \
                 (wide[-1].op == "batch_norm_stats") != (narrow[-1].op == "batch_norm_stats"):
             continue
@@ -222,15 +223,20 @@ def _downsample_forward_groups(graph):
     return groups
 
 
-def _forward_part(users, graph, conv):
-    """What ``_conv_groups`` fuses after ``conv`` but a residual add (left to the add's other
-    operand's group, or its own): [conv, batch_norm_stats], or [conv] with an eval-mode batch
-    norm (its only reader) and a relu; None when a max pooling would join."""
+def _forward_part(users, graph, conv, pair):
+    """What ``_conv_groups`` fuses after ``conv`` but a residual add: [conv,
+    batch_norm_stats], or [conv] with an eval-mode batch norm (its only reader) and a relu;
+    None when a max pooling would join, or a residual add that no other convolution's group
+    takes (``_residual_taken``)."""
     part = [conv]
     bn = _sole_user(users, graph, conv.output)
     if bn is not None and bn.op == "batch_norm" and not bn.attrs["training"] and \
             bn.inputs[0] is conv.output:
         part.append(bn)
+        add = _sole_user(users, graph, bn.output)
+        if add is not None and add.op == "add" and _residual(add, bn.output) is not None and \
+                not _residual_taken(users, graph, add, bn, pair):
+            return None
     else:
         stats = _user_with_op(users, conv.output, "batch_norm_stats")
         if stats is not None:
@@ -241,6 +247,19 @@ def _forward_part(users, graph, conv):
     if _user_with_op(users, part[-1].output, "max_pool") is not None:
         return None
     return part
+
+
+def _residual_taken(users, graph, add, bn, pair):
+    """Whether the residual ``add`` after ``bn`` goes to the ``conv`` group of its other
+    operand: an eval-mode batch norm, the add its only reader, of a convolution outside
+    ``pair`` that it alone reads (the ResNet's second 3x3 of the block)."""
+    other = _residual(add, bn.output).producer
+    if other is None or other.op != "batch_norm" or other.attrs["training"] or \
+            _sole_user(users, graph, other.output) is not add:
+        return False
+    conv = other.inputs[0].producer
+    return conv is not None and conv.op == "convolution" and \
+        all(conv is not p for p in pair) and _sole_user(users, graph, conv.output) is other
 
 
 def _residual(add, value):
