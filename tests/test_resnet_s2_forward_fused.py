@@ -267,3 +267,48 @@ def test_sum_of_the_pair_keeps_the_shortcut_kernel():
         ref = tmodel(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     assert PAIRED not in compiled.source() and APART not in compiled.source()
+
+
+def _pair_module(lib, cin, cout):
+    """relu(bn(3x3 stride 2)) and bn(1x1 stride 2) of one input, training-mode batch norms."""
+    nn, F = lib.nn, lib.nn.functional
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(cin, cout, 3, 2, 1, bias=False)
+            self.short = nn.Conv2d(cin, cout, 1, 2, bias=False)
+            self.bn, self.bns = nn.BatchNorm2d(cout), nn.BatchNorm2d(cout)
+
+        def forward(self, x):
+            return F.relu(self.bn(self.conv(x))), self.bns(self.short(x))
+    return Pair()
+
+
+@needs_avx512
+@pytest.mark.parametrize("overflow", [False, True])
+def test_statistics_at_the_resnet_size(overflow):
+    """The ResNet's 16 -> 32 pair in training (whole blocks of two images: the shortcut's
+    statistics summed from the registers; a last block of one: from its planes), on inputs of
+    mean 3: outputs and running statistics as torch's. With the weights of the first channel
+    of a chunk overflowing its outputs, that channel's statistics are not finite and every
+    other channel's (its chunk's too) still torch's."""
+    tn.manual_seed(0)
+    model, tmodel = _pair_module(tn, 16, 32), _pair_module(torch, 16, 32)
+    if overflow:
+        model.short.weight.detach().numpy()[8] = 3e38
+    _copy_to_torch(model, tmodel)
+    compiled = tn.compile(model)
+    rng = np.random.default_rng(7)
+    for batch in (4, 3):
+        x = (rng.standard_normal((batch, 16, 32, 32)) + 3).astype(np.float32)
+        got = [v.detach().numpy() for v in compiled(tn.from_numpy(x))]
+        ref = [v.detach().numpy() for v in tmodel(torch.from_numpy(x))]
+        keep = np.arange(32) != 8 if overflow else np.arange(32) >= 0
+        np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got[1][:, keep], ref[1][:, keep], rtol=1e-4, atol=1e-4)
+        for name in ("running_mean", "running_var"):
+            ours, theirs = getattr(model.bns, name).numpy(), getattr(tmodel.bns, name).numpy()
+            np.testing.assert_allclose(ours[keep], theirs[keep], rtol=1e-5, atol=1e-6)
+            assert np.isfinite(ours[8]) != overflow
+    assert PAIRED in compiled.source()
