@@ -39,7 +39,8 @@ def test_lowerings_are_registered_for_registry_ops_and_fusion_groups_only():
     assert set(GROUP_LOWERINGS) == {"conv", "gemm", "elementwise", "pool_backward", "scan_cell",
                                     "norm", "norm_backward", "norm_backward_pair", "weight_update", "loop",
                                     "cross_entropy", "table_gradient", "pointwise_gradient_sum",
-                                    "shortcut_input_gradient", "downsample_weight_gradient"}
+                                    "shortcut_input_gradient", "downsample_weight_gradient",
+                                    "downsample_forward"}
 
 
 DECOMPOSED = sorted(n for n, op in REGISTRY.items()

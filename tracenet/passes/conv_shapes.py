@@ -47,3 +47,37 @@ def folds_shortcut(conv, shortcut):
                 for a, _, pad in geometry) and
             enough_channels(c, gy.shape[1]) and input_tile(h, wd) == 8 and
             tuple(gy.shape[2:]) == tuple(gs.shape[2:]) == (h // 2, wd // 2))
+
+
+# Output positions per plane from which a 1x1 stride-2 shortcut's forward runs inside the 3x3
+# stride-2 forward (``pairs_shortcut_forward``): one thread, the ResNet's kernels at batch 32,
+# medians of 40 calls, against the two kernels: 16 -> 32 on 16x16 outputs 504 against
+# 433 + 88 us (inference); 32 -> 64 on 8x8 398 against 329 + 51 us (inference), 434 against
+# 346 + 59 us (training): its blocks of eight images of 2x2 tiles store through transposes and
+# sum their statistics over runs of 64 values, which costs more than the shortcut's kernel
+MIN_PAIRED_POSITIONS = 256
+
+
+def pairs_shortcut_forward(conv, shortcut):
+    """Whether the forward ``conv`` (a 3x3 stride-2 padding-1 ``convolution``, the stride-2
+    Winograd form's) and ``shortcut`` (a 1x1 stride-2 one of the same input) run as one
+    kernel, the shortcut's products from the V of the 3x3's even-even points
+    (``conv_winograd_s2.py``'s docstring): float, 2-d, one group, no dilation, static channels
+    and sizes, one dtype, at least ``MIN_PAIRED_POSITIONS`` outputs a plane."""
+    if conv.op != "convolution" or shortcut.op != "convolution" or conv is shortcut or \
+            conv.inputs[0] is not shortcut.inputs[0]:
+        return False
+    x, w, ws = conv.inputs[0], conv.inputs[1], shortcut.inputs[1]
+    values = [x, *conv.inputs[1:], *shortcut.inputs[1:], conv.output, shortcut.output]
+    if x.dtype not in (float32, float64) or any(v.dtype is not x.dtype for v in values) or \
+            len(x.shape) != 4 or len(w.shape) != 4 or len(ws.shape) != 4:
+        return False
+    if not all(isinstance(d, int) for d in [*x.shape[1:], *w.shape, *ws.shape]):
+        return False
+    geometry = [(conv.attrs, (3, 3), (1, 1)), (shortcut.attrs, (1, 1), (0, 0))]
+    return (tuple(w.shape[2:]) == (3, 3) and tuple(ws.shape[2:]) == (1, 1) and
+            all(tuple(a["stride"]) == (2, 2) and tuple(a["padding"]) == pad and
+                tuple(a["dilation"]) == (1, 1) and a["groups"] == 1
+                for a, _, pad in geometry) and
+            enough_channels(x.shape[1], w.shape[0]) and
+            ((x.shape[2] + 1) // 2) * ((x.shape[3] + 1) // 2) >= MIN_PAIRED_POSITIONS)

@@ -38,6 +38,13 @@ members for people):
   of the same input and of output gradients of one shape: the 1x1's is the 3x3's centre tap,
   so one kernel reads the input once for both
   (``codegen/lowerings/conv_downsample_weight.py``);
+* ``downsample_forward``: a 3x3 stride-2 padding-1 convolution and a 1x1 stride-2 one of the
+  same input (a ResNet downsampling block's and its shortcut's), each with what the ``conv``
+  group would fuse after it: both the ``batch_norm_stats`` of a training-mode batch norm, or
+  neither; an eval-mode batch norm (then relu for the 3x3) each. The shortcut's output at
+  (i, j) is its weights times x[2i, 2j], the 3x3 Winograd form's even-even points, so one
+  kernel takes it from their V and reads x once for both
+  (``codegen/lowerings/conv_downsample_forward.py``);
 * ``cross_entropy``: ``log_softmax`` -> ``nll_loss`` over ``[N, C]`` logits with their backward
   (``nll_loss_backward`` -> log_softmax's rule), forward and backward in one kernel;
 * ``table_gradient``: an embedding table's gradient with the two products that read it and
@@ -56,7 +63,7 @@ from .._dtype import float32, float64, int64
 from .._sym import same_shape
 from ..ir.graph import Node
 from ..ops.registry import REGISTRY, op_kind
-from .conv_shapes import folds_shortcut
+from .conv_shapes import folds_shortcut, pairs_shortcut_forward
 
 
 def _pointwise(op):
@@ -191,6 +198,68 @@ def _conv_groups(graph):
         if len(group) > 1:
             groups.append(group)
     return groups
+
+
+def _downsample_forward_groups(graph):
+    """[the 3x3 stride-2 convolution's ``conv`` group members, the 1x1 stride-2 shortcut's]
+    of one input (``conv_shapes.pairs_shortcut_forward``): see the module's docstring. Pairs
+    whose parts the pair's kernel does not take (max pooling after either, a relu after the
+    shortcut, the statistics of one only) keep their ``conv`` groups."""
+    users = graph.users()
+    groups = []
+    for conv in graph.nodes:
+        if conv.op != "convolution":
+            continue
+        short = next((u for u in users.get(conv.inputs[0], [])
+                      if pairs_shortcut_forward(conv, u)), None)
+        if short is None:
+            continue
+        wide = _forward_part(users, graph, conv, (conv, short))
+        narrow = _forward_part(users, graph, short, (conv, short))
+        if wide is None or narrow is None or any(m.op == "relu" for m in narrow) or \
+                (wide[-1].op == "batch_norm_stats") != (narrow[-1].op == "batch_norm_stats"):
+            continue
+        groups.append(wide + narrow)
+    return groups
+
+
+def _forward_part(users, graph, conv, pair):
+    """What ``_conv_groups`` fuses after ``conv`` but a residual add: [conv,
+    batch_norm_stats], or [conv] with an eval-mode batch norm (its only reader) and a relu;
+    None when a max pooling would join, or a residual add that no other convolution's group
+    takes (``_residual_taken``)."""
+    part = [conv]
+    bn = _sole_user(users, graph, conv.output)
+    if bn is not None and bn.op == "batch_norm" and not bn.attrs["training"] and \
+            bn.inputs[0] is conv.output:
+        part.append(bn)
+        add = _sole_user(users, graph, bn.output)
+        if add is not None and add.op == "add" and _residual(add, bn.output) is not None and \
+                not _residual_taken(users, graph, add, bn, pair):
+            return None
+    else:
+        stats = _user_with_op(users, conv.output, "batch_norm_stats")
+        if stats is not None:
+            return [conv, stats]
+    relu = _user_with_op(users, part[-1].output, "relu")
+    if relu is not None:
+        part.append(relu)
+    if _user_with_op(users, part[-1].output, "max_pool") is not None:
+        return None
+    return part
+
+
+def _residual_taken(users, graph, add, bn, pair):
+    """Whether the residual ``add`` after ``bn`` goes to the ``conv`` group of its other
+    operand: an eval-mode batch norm, the add its only reader, of a convolution outside
+    ``pair`` that it alone reads (the ResNet's second 3x3 of the block)."""
+    other = _residual(add, bn.output).producer
+    if other is None or other.op != "batch_norm" or other.attrs["training"] or \
+            _sole_user(users, graph, other.output) is not add:
+        return False
+    conv = other.inputs[0].producer
+    return conv is not None and conv.op == "convolution" and \
+        all(conv is not p for p in pair) and _sole_user(users, graph, conv.output) is other
 
 
 def _residual(add, value):
@@ -774,7 +843,9 @@ def fuse(graph):
     place)."""
     for body in graph.bodies():
         fuse(body)
-    for finder, group_name in ((_loop_groups, "loop"), (_conv_groups, "conv"), (_norm_groups, "norm"),
+    for finder, group_name in ((_loop_groups, "loop"),
+                               (_downsample_forward_groups, "downsample_forward"),
+                               (_conv_groups, "conv"), (_norm_groups, "norm"),
                                (_norm_backward_groups, "norm_backward"),
                                (_shared_gradient_norm_backward_groups, "norm_backward_pair"),
                                (_pool_relu_backward_groups, "pool_backward"),

@@ -388,26 +388,28 @@ def _forward_checked(name, kernel, direct, plane_out, stats):
     return conv_nonfinite.checked(name, kernel, direct, conv_nonfinite.stored(kernel, plane_out))
 
 
-def _batch_norm_reads(group, reads):
+def _batch_norm_reads(group, reads, prefix="bn_"):
     """For an eval-mode batch norm in the group: append its running statistics (and weight
-    and bias) to ``reads``; returns what the template needs (None without one)."""
+    and bias) to ``reads`` (roles from ``prefix``); returns what the template needs (None
+    without one)."""
     bn = next((m for m in group if m.op == "batch_norm"), None)
     if bn is None:
         return None
-    reads += statistics_reads(bn, "bn_")
+    reads += statistics_reads(bn, prefix)
     a = bn.attrs
     return dict(eps=fmt_float(a["eps"], "double"), has_weight=a["has_weight"],
                 has_bias=a["has_bias"])
 
 
-def _statistics_writes(group, exported, writes):
+def _statistics_writes(group, exported, writes, prefix=""):
     """For a training-mode batch norm's ``batch_norm_stats`` in the group: append its mean and
-    variance to ``writes``; returns what the template needs (None without one)."""
+    variance to ``writes`` (roles ``prefix`` + mean_out, var_out); returns what the template
+    needs (None without one)."""
     st = next((m for m in group if m.op == "batch_norm_stats"), None)
     if st is None:
         return None
     mean, var = st.outputs
-    for role, v in (("mean_out", mean), ("var_out", var)):
+    for role, v in ((prefix + "mean_out", mean), (prefix + "var_out", var)):
         if v in exported:
             writes.append((role, v))
     return dict(mean_out=mean in exported, var_out=var in exported)
