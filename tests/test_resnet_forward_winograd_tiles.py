@@ -7,7 +7,9 @@ phases have different pads, batch 1 and others, with a training-mode batch norm'
 against eager mode, PyTorch and PyTorch in float64; float64 keeps F(2x2). With AVX-512 the
 rows of two 16-column images, or of eight 8-column ones, are split together by vector permutes
 (``split_rows(together=True)``); on rows of one vector of tiles the training statistics are
-summed from the stored vectors (``register_stats``); both also built for AVX2 only."""
+summed from the stored vectors (``register_stats``); both also built for AVX2 only. On one
+image a block each phase of a split row takes whole 64-byte lines (conv_winograd.py's
+``_split_stride_f4``)."""
 import os
 import re
 
