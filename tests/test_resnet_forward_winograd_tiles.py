@@ -7,8 +7,11 @@ phases have different pads, batch 1 and others, with a training-mode batch norm'
 against eager mode, PyTorch and PyTorch in float64; float64 keeps F(2x2). With AVX-512 the
 rows of two 16-column images, or of eight 8-column ones, are split together by vector permutes
 (``split_rows(together=True)``); on rows of one vector of tiles the training statistics are
-summed from the stored vectors (``register_stats``); both also built for AVX2 only."""
+summed from the stored vectors (``register_stats``); both also built for AVX2 only. On one
+image a block each phase of a split row takes whole 64-byte lines (conv_winograd.py's
+``_split_stride_f4``)."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -50,6 +53,47 @@ def test_pads_zeroed_once_a_block_on_nan_arenas(nan_arenas_split, threads, size)
     source = _two_convs_on_nan_arenas(threads, size, 16)
     assert _forms(source, 4)[:2] == (2, 2)
     assert source.count(ZEROED) == 4 * (1 + ("(nb image(s) interleaved)" in source))
+
+
+# The split rows' phases on whole 64-byte lines on one image a block (conv_winograd.py's
+# ``_split_stride_f4``): (size, values a phase) for 32x32 (10 -> 16), 16x60 (15 tiles a row,
+# 17 -> 32, the last block of one tile row), 12x56 (16 already a line); two 16x16 images a
+# block keep 6
+PHASE_STRIDES = [((32, 32), 16), ((16, 60), 32), ((12, 56), 16), ((16, 16), 6)]
+
+
+def _phase_stride(source, stride):
+    """Whether every F(4x4) kernel's split rows in ``source`` take ``stride`` values a phase
+    (the work memory's comment)."""
+    strides = re.findall(r"\[column mod 4\]\[(\d+)\]", source)
+    return bool(strides) and set(strides) == {str(stride)}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("size, stride", PHASE_STRIDES)
+def test_split_phases_on_whole_lines_on_nan_arenas(nan_arenas_split, threads, size, stride):
+    """Forward and input gradient with the split phases rounded up to whole lines, at batch 5
+    and 2 against torch on NaN-filled work memory (a column between the row's values and the
+    line's end left unzeroed would show as NaN)."""
+    source = _two_convs_on_nan_arenas(threads, size, 16)
+    assert _forms(source, 4)[:2] == (2, 2)
+    assert _phase_stride(source, stride)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 16, 20, 60), (3, 16, 24, 56)])
+def test_split_phases_on_whole_lines_with_statistics(nan_arenas_split, threads, shape):
+    """The training statistics and input gradient on those phases, batch 1 and 3, against
+    PyTorch in float64 and eager mode."""
+    source = _training_statistics_checked(threads, shape)
+    assert _phase_stride(source, 32 if shape[3] == 60 else 16)
+
+
+@pytest.mark.parametrize("size, stride", PHASE_STRIDES[:2])
+def test_split_phases_on_whole_lines_without_avx512(nan_arenas_split, avx2_only, size, stride):
+    """The same source with AVX2 only."""
+    source = _two_convs_on_nan_arenas(1, size, 16)
+    assert _phase_stride(source, stride) and toolchain.vector_bits() == 256
 
 
 # 16 columns, two images a block: whole tile rows (16x16), the last tile row cut (13x16), the
