@@ -50,7 +50,9 @@ class Net(tn.nn.Module):
     """A 3x3 convolution (``stride``) with the epilogue ``tail``: "relu", "batch_norm" (the
     training statistics), "residual" (eval: batch norm, the input added, relu), "shortcut"
     (a relu, then the 3x3 stride-2 and a 1x1 stride-2 shortcut summed: the downsampling
-    block's input and weight gradient groups)."""
+    block's input and weight gradient groups), "pair" (the 3x3 with its batch norm and relu
+    beside the 1x1 with its own batch norm: the downsampling block's forward, one kernel for
+    both; in training the convolutions' outputs are returned too)."""
 
     def __init__(self, cin, cout, stride, tail):
         super().__init__()
@@ -59,9 +61,14 @@ class Net(tn.nn.Module):
         self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=tail == "relu")
         self.bn = nn.BatchNorm2d(cout)
         self.short = nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+        self.sbn = nn.BatchNorm2d(cout)
 
     def forward(self, x):
         F = tn.nn.functional
+        if self.tail == "pair":
+            y, s = self.conv(x), self.short(x)
+            out = F.relu(self.bn(y)), self.sbn(s)
+            return (y, s) + out if self.training else out
         if self.tail == "shortcut":
             x = F.relu(x)
             return self.conv(x) + self.short(x)
@@ -84,6 +91,13 @@ def _torch_forward(net, x):
         return T.conv2d(x, p["conv.weight"], None, **conv) + \
             T.conv2d(x, p["short.weight"], None, stride=net.conv.stride), p
     y = T.conv2d(x, p["conv.weight"], p.get("conv.bias"), **conv)
+    if net.tail == "pair":
+        s = T.conv2d(x, p["short.weight"], None, stride=net.conv.stride)
+        out = tuple(T.batch_norm(v, p[f"{b}.running_mean"].detach().clone(),
+                                 p[f"{b}.running_var"].detach().clone(), p[f"{b}.weight"],
+                                 p[f"{b}.bias"], net.training) for v, b in ((y, "bn"), (s, "sbn")))
+        out = (T.relu(out[0]), out[1])
+        return ((y, s) + out if net.training else out), p
     if net.tail == "relu":
         return T.relu(y), p
     bn = (p["bn.running_mean"].detach(), p["bn.running_var"].detach(), p["bn.weight"],
@@ -96,7 +110,7 @@ def _torch_forward(net, x):
 def _used(net):
     """The parameters the tail reads, by name."""
     names = ["conv.weight"] + {"relu": ["conv.bias"], "batch_norm": [],
-                               "residual": [], "shortcut": ["short.weight"]}[net.tail]
+                               "residual": [], "shortcut": ["short.weight"], "pair": []}[net.tail]
     return [n for n in names if n in dict(net.named_parameters())]
 
 
@@ -159,9 +173,10 @@ def _check(cin, cout, size, stride, tail, dtype, threads, capfd, train=True, gra
     if not train:
         net.eval()
         with tn.no_grad():
-            for i, p in enumerate(net.bn.parameters()):
-                p.copy_(tn.from_numpy(np.linspace(0.5, 1.5, cout).astype(dtype) + i))
-            net.bn.running_var.copy_(tn.from_numpy(np.linspace(0.5, 2, cout).astype(dtype)))
+            for bn in (net.bn, net.sbn):
+                for i, p in enumerate(bn.parameters()):
+                    p.copy_(tn.from_numpy(np.linspace(0.5, 1.5, cout).astype(dtype) + i))
+                bn.running_var.copy_(tn.from_numpy(np.linspace(0.5, 2, cout).astype(dtype)))
     model = tn.compile(net)
     tol = 1e-4 if dtype == np.float32 else 1e-10
     rng = np.random.default_rng(0)
@@ -246,3 +261,13 @@ def test_downsampling_block(march, cin, cout, size, threads, capfd):
     """The downsampling block's input gradient (the shortcut's folded into the 3x3's phases,
     the relu's mask applied) and weight gradients (one kernel for both)."""
     _check(cin, cout, size, 2, "shortcut", np.float32, threads, capfd)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("cin,cout,size", [(16, 32, (32, 32)), (32, 64, (16, 16))])
+def test_downsampling_forward_pair(march, cin, cout, size, train, threads, capfd):
+    """The downsampling block's forward: the 3x3 stride-2 Winograd kernel with the 1x1
+    shortcut's products beside it (``downsample_forward``), checked by the batch norm's
+    means in training and by its notes with the folded batch norms in inference."""
+    _check(cin, cout, size, 2, "pair", np.float32, threads, capfd, train=train, grads=False)
