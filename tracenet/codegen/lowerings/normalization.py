@@ -97,11 +97,16 @@ def lower_batch_norm(name, node, exported, target):
 # The backward's stashed walk (templates/norm_batch_norm_backward.c.j2): the sums pass copies
 # what the dx pass reads (the gradient as it reads it, x - mean) for a block of channels into
 # this many bytes of each thread's scratch, which the dx pass then reads from the core's L2
-# instead of L3. The ResNet's 16-channel backwards on 32x32 planes, batch 32, one thread,
-# in the training step: 512 KB (blocks of 2 channels) 264-297 -> 258-266 us plain, 397-451 ->
-# 335-380 us with the sum of two gradients; 1 MB made the plain one slower (290 us), 256 KB
-# were 3-15 us slower than 512 KB.
+# instead of L3. The ResNet's 16-channel backward of the sum of two gradients on 32x32 planes,
+# batch 32, one thread, in the training step: 397-451 -> 335-380 us with 512 KB (blocks of 2
+# channels), 350 us with 256 KB; 1 MB made the plain backward slower (264 -> 290 us).
 STASH_BYTES = 512 << 10
+# Only a backward whose dx pass reads three tensors (the two addends of its gradient and x, or
+# g and two x) is stashed: one reading two (g and x: plain or masked) stores as much as it
+# saves reading, 264 -> 258 us on the ResNet's 16-channel plain one with AVX-512 but 272 ->
+# 299-303 us with AVX2 only (masked 278 -> 300), where the sum's took 397-404 -> 354 us and the
+# 32-channel pair's 377 -> 293-296 us.
+MIN_STASHED_READS = 3
 # Reads up to this many bytes keep the image walk, which finds the images it read last still
 # in L2 (this machine's L2 per core): stashing the 64-channel backwards on 8x8 planes (1-1.5
 # MB) took them 55 -> 68 us masked, 114 -> 118 us the pair.
@@ -165,7 +170,8 @@ def _batch_norm_backward(name, group, exported, target):
     par = _parallel(x.shape, target)
     training = bool(node.attrs["training"]) and layout["M"] > 0
     gx_parts = [info for info in infos if info["gx_out"]] if training else []
-    stash_bytes = STASH_BYTES if gx_parts else 0
+    read_streams = len(grads) + len(parts)
+    stash_bytes = STASH_BYTES if gx_parts and read_streams >= MIN_STASHED_READS else 0
     # per thread: its partial sums of g and of g (x - mean) per part, one per channel each
     # (rounded up to 64 bytes), then its stash
     sums = -(-(len(parts) + 1) * layout["C"] // 8) * 8
@@ -177,7 +183,7 @@ def _batch_norm_backward(name, group, exported, target):
                  eps=infos[0]["eps"], has_weight=infos[0]["has_weight"],
                  training=training, parts=infos, gx_parts=gx_parts,
                  stash_bytes=stash_bytes, stash_streams=1 + len(gx_parts),
-                 read_streams=len(grads) + len(parts), fits_l2=L2_BYTES, min_run=MIN_RUN_BYTES,
+                 read_streams=read_streams, fits_l2=L2_BYTES, min_run=MIN_RUN_BYTES,
                  sums_per_thread=sums, per_thread=per_thread,
                  mask=mask is not None, grads=grads,
                  gradient_sum=gradient, summed=add is not None,
