@@ -7,10 +7,11 @@ channel's sums come from one thread in one order.
 
 Op-level steps (``tracenet.compile``) of the stashed forms (the sum of two gradients, masked or
 not, and two batch norms of one gradient) against eager mode and PyTorch: float32 and float64,
-channel counts no block size divides, 1-D and 3-D inputs, batch 1, a symbolic batch whose
-batches take either walk, work memory filled with NaN on 1-3 threads (the same bits on each),
-sizes that keep the image walk (a channel larger than the stash, runs per image shorter than a
-page), and the forms reading two tensors (the gradient alone or masked), never stashed."""
+channel counts no block size divides, planes shorter than a 256-value run, 1-D and 3-D inputs,
+batch 1, a symbolic batch whose batches take either walk, work memory filled with NaN on 1-3
+threads (the same bits on each), sizes that keep the image walk (a channel larger than the
+stash, runs per image shorter than a page), and the forms reading two tensors (the gradient
+alone or masked), never stashed."""
 import numpy as np
 import pytest
 
@@ -32,6 +33,10 @@ STASHED_SHAPES = {
     "batch_one": ((1, 13, 160, 160), np.float32),
     "sequence": ((32, 7, 1024), np.float32),  # (BatchNorm1d's (N, C, L))
     "volume": ((2, 7, 16, 32, 32), np.float32),
+    # planes of fewer than 256 values (the sums in two vectors, then a scalar tail): blocks of
+    # 22-33 channels
+    "short_planes": ((40, 96, 7, 7), np.float32),
+    "short_planes_float64": ((20, 96, 7, 7), np.float64),
 }
 
 
