@@ -94,6 +94,28 @@ def lower_batch_norm(name, node, exported, target):
     return Kernel(name, reads, writes, src, parallel=par)
 
 
+# The backward's stashed walk (templates/norm_batch_norm_backward.c.j2): the sums pass copies
+# what the dx pass reads (the gradient as it reads it, x - mean) for a block of channels into
+# this many bytes of each thread's scratch, which the dx pass then reads from the core's L2
+# instead of L3. The ResNet's 16-channel backward of the sum of two gradients on 32x32 planes,
+# batch 32, one thread, in the training step: 397-451 -> 335-380 us with 512 KB (blocks of 2
+# channels), 350 us with 256 KB; 1 MB made the plain backward slower (264 -> 290 us).
+STASH_BYTES = 512 << 10
+# Only a backward whose dx pass reads three tensors (the two addends of its gradient and x, or
+# g and two x) is stashed: one reading two (g and x: plain or masked) stores as much as it
+# saves reading, 264 -> 258 us on the ResNet's 16-channel plain one with AVX-512 but 272 ->
+# 299-303 us with AVX2 only (masked 278 -> 300), where the sum's took 397-404 -> 354 us and the
+# 32-channel pair's 377 -> 293-296 us.
+MIN_STASHED_READS = 3
+# Reads up to this many bytes keep the image walk, which finds the images it read last still
+# in L2 (this machine's L2 per core): stashing the 64-channel backwards on 8x8 planes (1-1.5
+# MB) took them 55 -> 68 us masked, 114 -> 118 us the pair.
+L2_BYTES = 2 << 20
+# A block's run per image of at least a page: shorter runs starve the prefetchers (one plane
+# per image was 1.3-2x slower).
+MIN_RUN_BYTES = 4096
+
+
 @lowering("batch_norm_backward")
 def lower_batch_norm_backward(name, node, exported, target):
     return _batch_norm_backward(name, [node], exported, target)
@@ -146,13 +168,23 @@ def _batch_norm_backward(name, group, exported, target):
         reads.append(statistics_reads(forward)[-1])
     layout = _layout(x.shape)
     par = _parallel(x.shape, target)
+    training = bool(node.attrs["training"]) and layout["M"] > 0
+    gx_parts = [info for info in infos if info["gx_out"]] if training else []
+    read_streams = len(grads) + len(parts)
+    stash_bytes = STASH_BYTES if gx_parts and read_streams >= MIN_STASHED_READS else 0
     # per thread: its partial sums of g and of g (x - mean) per part, one per channel each
-    scratch = threads_scratch((len(parts) + 1) * layout["C"], par)
+    # (rounded up to 64 bytes), then its stash
+    sums = -(-(len(parts) + 1) * layout["C"] // 8) * 8
+    per_thread = sums + stash_bytes // 8
+    scratch = threads_scratch(per_thread, par)
     src = render("norm_batch_norm_backward.c.j2", name=name, node_lines=node_lines(group),
                  ctype=ctype(x), signature=signature(reads, writes, scratch, "double"),
                  parallel=par,
                  eps=infos[0]["eps"], has_weight=infos[0]["has_weight"],
-                 training=bool(node.attrs["training"]) and layout["M"] > 0, parts=infos,
+                 training=training, parts=infos, gx_parts=gx_parts,
+                 stash_bytes=stash_bytes, stash_streams=1 + len(gx_parts),
+                 read_streams=read_streams, fits_l2=L2_BYTES, min_run=MIN_RUN_BYTES,
+                 sums_per_thread=sums, per_thread=per_thread,
                  mask=mask is not None, grads=grads,
                  gradient_sum=gradient, summed=add is not None,
                  keep=lambda cond, value: select(cond, value, "0", ctype(x)), has_bias=has_bias,
