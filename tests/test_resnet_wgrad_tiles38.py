@@ -121,7 +121,8 @@ REST_ROWS = {
     # float64 (8 lanes a vector: MR 6 x 4 vectors), 4 rows past 10 tiles, odd sizes
     "float64_odd_sizes": (64, 64, (2, 64, 9, 11), np.float64),
 }
-REST = "_conv_backward_weight_rest("
+# (the Winograd kernel's own function, beside its direct twin: lowerings/conv_nonfinite.py)
+REST = "_conv_backward_weight_winograd_rest("
 
 
 def _check_rest_rows(source, count=1):
