@@ -169,15 +169,13 @@ def _conv_groups(graph):
         if node.op != "convolution":
             continue
         group = [node]
-        bn = _sole_user(users, graph, node.output)
-        if bn is not None and bn.op == "batch_norm" and not bn.attrs["training"] and \
-                bn.inputs[0] is node.output:
+        bn = _eval_batch_norm(users, graph, node)
+        if bn is not None:
             # eval-mode batch norm: a per-channel scale and shift in the epilogue, computed
             # from the running statistics when the kernel runs (they may change between calls)
             group.append(bn)
-            add = _sole_user(users, graph, bn.output)
-            if add is not None and add.op == "add" and id(add) not in claimed and \
-                    _residual(add, bn.output) is not None:
+            add = _residual_add(users, graph, bn)
+            if add is not None and id(add) not in claimed:
                 claimed.add(id(add))  # a sum of two convolutions goes to the first
                 group.append(add)
         else:
@@ -229,13 +227,11 @@ def _forward_part(users, graph, conv, pair):
     None when a max pooling would join, or a residual add that no other convolution's group
     takes (``_residual_taken``)."""
     part = [conv]
-    bn = _sole_user(users, graph, conv.output)
-    if bn is not None and bn.op == "batch_norm" and not bn.attrs["training"] and \
-            bn.inputs[0] is conv.output:
+    bn = _eval_batch_norm(users, graph, conv)
+    if bn is not None:
         part.append(bn)
-        add = _sole_user(users, graph, bn.output)
-        if add is not None and add.op == "add" and _residual(add, bn.output) is not None and \
-                not _residual_taken(users, graph, add, bn, pair):
+        add = _residual_add(users, graph, bn)
+        if add is not None and not _residual_taken(users, graph, add, bn, pair):
             return None
     else:
         stats = _user_with_op(users, conv.output, "batch_norm_stats")
@@ -260,6 +256,23 @@ def _residual_taken(users, graph, add, bn, pair):
     conv = other.inputs[0].producer
     return conv is not None and conv.op == "convolution" and \
         all(conv is not p for p in pair) and _sole_user(users, graph, conv.output) is other
+
+
+def _eval_batch_norm(users, graph, conv):
+    """The eval-mode batch norm of ``conv``'s output when it is that output's only reader."""
+    bn = _sole_user(users, graph, conv.output)
+    if bn is not None and bn.op == "batch_norm" and not bn.attrs["training"] and \
+            bn.inputs[0] is conv.output:
+        return bn
+    return None
+
+
+def _residual_add(users, graph, bn):
+    """The residual ``add`` that is the only reader of ``bn``'s output, else None."""
+    add = _sole_user(users, graph, bn.output)
+    if add is not None and add.op == "add" and _residual(add, bn.output) is not None:
+        return add
+    return None
 
 
 def _residual(add, value):
