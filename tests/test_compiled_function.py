@@ -387,3 +387,81 @@ def test_momentum_buffers_replaced_between_steps_match_torch():
         np.testing.assert_allclose(got[0], expected[0], rtol=1e-5)
         np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(got[2], expected[2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_repeated_calls_follow_new_inputs_learning_rates_and_keep_returned_losses(batch):
+    """The calls after the first skip the key and re-read only what may have changed: a new
+    tensor of the same shape, the same tensor written in place, a learning rate set in the
+    param group between calls and a training flag switched are all seen, as by the eager
+    step, and every returned loss keeps its value."""
+    model, reference, opt, ref_opt = _pair(MLP, torch.optim.SGD, lr=0.05, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    step = torch.compile(_step_fn(model, opt, criterion))
+    eager = _step_fn(reference, ref_opt, criterion)
+    rng = np.random.default_rng(9)
+    x = torch.tensor(rng.standard_normal((batch, 20)).astype(np.float32))
+    y = torch.tensor(rng.integers(0, 5, batch))
+    losses, ref_losses = [], []
+    for i in range(8):
+        if i == 3:  # another tensor of the same shape
+            x = torch.tensor(rng.standard_normal((batch, 20)).astype(np.float32))
+        if i == 4:  # the same tensor written in place
+            x.mul_(0.5)
+        if i == 5:
+            for group in opt.param_groups + ref_opt.param_groups:
+                group["lr"] = 0.01
+        if i == 6:
+            for group in opt.param_groups + ref_opt.param_groups:
+                group["momentum"] = 0.5
+        losses.append(step(x, y))
+        ref_losses.append(eager(x, y))
+        _same_state(model, reference, opt, ref_opt)
+    assert len({id(loss) for loss in losses}) == len(losses)
+    np.testing.assert_allclose([loss.item() for loss in losses],
+                               [loss.item() for loss in ref_losses], rtol=1e-5)
+    assert len(step._specs) == 1
+
+
+def test_a_parameter_frozen_and_unfrozen_between_calls_follows_the_eager_step():
+    """``requires_grad_(False)`` on a parameter between calls: the eager step leaves it, its
+    .grad (None after zero_grad) and its momentum as they are; the compiled function compiles
+    a specialisation without its update, and goes back to the first once it is unfrozen."""
+    model, reference, opt, ref_opt = _pair(MLP, torch.optim.SGD, lr=0.05, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    step = torch.compile(_step_fn(model, opt, criterion))
+    eager = _step_fn(reference, ref_opt, criterion)
+    rng = np.random.default_rng(10)
+    for i in range(7):
+        x = torch.tensor(rng.standard_normal((4, 20)).astype(np.float32))
+        y = torch.tensor(rng.integers(0, 5, 4))
+        if i in (2, 5):
+            for m in (model, reference):
+                m.l1.weight.requires_grad_(i == 5)
+        np.testing.assert_allclose(step(x, y).item(), eager(x, y).item(), rtol=1e-5)
+        _same_state(model, reference, opt, ref_opt)
+        assert (model.l1.weight.grad is None) == (2 <= i < 5)
+    assert len(step._specs) == 2
+
+
+def test_a_training_flag_switched_between_repeated_calls_takes_effect():
+    """``eval()`` and ``train()`` between calls of the same inputs: each call runs the
+    specialisation of the current flags (batch norm with the running statistics, or with the
+    batch's and updating them), as the eager step does."""
+    model, reference, opt, ref_opt = _pair(_BNNet, torch.optim.SGD, lr=0.05, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    step = torch.compile(_step_fn(model, opt, criterion))
+    eager = _step_fn(reference, ref_opt, criterion)
+    rng = np.random.default_rng(11)
+    x = torch.tensor(rng.standard_normal((4, 1, 8, 8)).astype(np.float32))
+    y = torch.tensor(rng.integers(0, 5, 4))
+    for i in range(6):
+        if i in (2, 4):
+            for m in (model, reference):
+                m.train(i == 4)
+        np.testing.assert_allclose(step(x, y).item(), eager(x, y).item(), **TOL)
+        _same_state(model, reference, opt, ref_opt)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            np.testing.assert_allclose(getattr(model.bn, name).numpy(),
+                                       getattr(reference.bn, name).numpy(), **TOL)
+    assert len(step._specs) == 2

@@ -487,18 +487,8 @@ class Arguments:
                 args[k] = pointer(arr)
                 held[k] = _weak(arr)
             k += 1
-        k = self.n_inputs + len(vector.owned)
-        for arr in outputs:
-            ref = held[k]
-            if ref is None or ref() is not arr:
-                args[k] = pointer(arr)
-                held[k] = _weak(arr)
-            k += 1
-        if spares is not vector.spares:
-            for arr in spares:
-                args[k] = pointer(arr)
-                k += 1
-            vector.spares = spares
+        if outputs or spares is not vector.spares:
+            self._point_outputs(vector, outputs, spares)
         seeds = None
         if self._n_seeds:
             seeds = fresh_seeds(self._n_seeds)
@@ -532,6 +522,23 @@ class Arguments:
             self.raise_check(failed)
         idle_vectors.append(vector)
         return seeds
+
+    def _point_outputs(self, vector, outputs, spares):
+        """Point the per-call output slots at ``outputs`` and, unless they are the very tuple
+        of the vector's last call, the slots after them at ``spares``."""
+        args, pointer, held = vector.args, self.pointer, vector.held
+        k = self.n_inputs + len(vector.owned)
+        for arr in outputs:
+            ref = held[k]
+            if ref is None or ref() is not arr:
+                args[k] = pointer(arr)
+                held[k] = _weak(arr)
+            k += 1
+        if spares is not vector.spares:
+            for arr in spares:
+                args[k] = pointer(arr)
+                k += 1
+            vector.spares = spares
 
     def raise_check(self, status):
         """Raise the exception eager mode raises for the data check that failed (``status``:

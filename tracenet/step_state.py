@@ -16,6 +16,7 @@ from .tensor import Tensor, arrays_replaced
 
 # what ``refresh`` looks a parameter without state up in (never written)
 _NO_STATE = repeat({})
+_UNSET = object()  # no state tensor is this one
 
 
 def declaration_of(optimizer):
@@ -50,7 +51,8 @@ class UpdateState:
         self._scratch = {}  # (parameter index, name) -> array the optimizer does not keep
         self._values = None
         self._replaced = None  # ``arrays_replaced`` when the arrays were read
-        self._tensors = ()
+        # (one entry per lookup from the start: the identity check pairs them one to one)
+        self._tensors = [_UNSET] * len(self._lookup_params)
         self.arrays = []    # per parameter, its state arrays in the op's argument order
         self._counters = []
         self._created = []  # (state dict, name) of the entries the last refresh created
@@ -61,27 +63,37 @@ class UpdateState:
         ``values``: each param group's hyperparameters, if the caller has read them."""
         if values is None:
             values = list(map(self.update.hyper_from_group, self.optimizer.param_groups))
-        entries = map(self._live_state().get, self._lookup_params, _NO_STATE)
-        try:  # (per-parameter state dicts, as the optimizers keep them: looked up in C)
-            tensors = list(map(dict.get, entries, self._lookup_names))
-        except TypeError:  # a state entry that is not a dict
-            entries = map(self._live_state().get, self._lookup_params)
-            tensors = [None if st is None else st.get(name)
-                       for st, name in zip(entries, self._lookup_names)]
         # (a first step creates state, so the step after it takes the slow path once more)
         if self._created:
             self._created = []
-        replaced = arrays_replaced[0]  # (a state tensor may have another array: ``.data =``)
-        if values != self._values or replaced != self._replaced or \
-                len(tensors) != len(self._tensors) or \
-                not all(map(operator.is_, tensors, self._tensors)):
+        # the state tensors compared with the last step's as they are looked up (in C), with
+        # no list made unless one changed (a state tensor may also have another array:
+        # ``arrays_replaced``)
+        if values != self._values or arrays_replaced[0] != self._replaced or \
+                not self._same_state_tensors():
+            tensors = self._state_tensors()
             self._sync(values)
             self._values = values
             self._tensors = tensors
-            self._replaced = replaced
+            self._replaced = arrays_replaced[0]
         if self._counters:
             self._count()
         return self.arrays
+
+    def _same_state_tensors(self):
+        entries = map(self._live_state().get, self._lookup_params, _NO_STATE)
+        try:  # (per-parameter state dicts, as the optimizers keep them)
+            return all(map(operator.is_, map(dict.get, entries, self._lookup_names),
+                           self._tensors))
+        except TypeError:  # a state entry that is not a dict
+            return False
+
+    def _state_tensors(self):
+        """The tensors of ``optimizer.state`` the update reads, in lookup order (None where
+        there is none yet)."""
+        entries = map(self._live_state().get, self._lookup_params)
+        return [None if st is None else st.get(name)
+                for st, name in zip(entries, self._lookup_names)]
 
     def _sync(self, values):
         """Create missing state as the eager step does; re-read every array and hyper row."""
