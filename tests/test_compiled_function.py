@@ -465,3 +465,23 @@ def test_a_training_flag_switched_between_repeated_calls_takes_effect():
             np.testing.assert_allclose(getattr(model.bn, name).numpy(),
                                        getattr(reference.bn, name).numpy(), **TOL)
     assert len(step._specs) == 2
+
+
+def test_an_input_that_requires_grad_is_refused_when_backward_reaches_it():
+    """The eager step would give such an input a .grad, which the compiled code does not
+    compute: the call raises instead (also after calls on an input that did not require
+    grad), and the step goes on with inputs that do not."""
+    model, reference, opt, ref_opt = _pair(MLP, torch.optim.SGD, lr=0.05, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    step = torch.compile(_step_fn(model, opt, criterion))
+    eager = _step_fn(reference, ref_opt, criterion)
+    x, y = torch.randn(4, 20), torch.randint(0, 5, (4,))
+    for needs_grad in (False, True, False):
+        x.requires_grad_(needs_grad)
+        if needs_grad:
+            with pytest.raises(TraceError, match="reaches its input 0, which requires grad"):
+                step(x, y)
+            continue
+        np.testing.assert_allclose(step(x, y).item(), eager(x, y).item(), rtol=1e-5)
+        _same_state(model, reference, opt, ref_opt)
+    assert x.grad is None

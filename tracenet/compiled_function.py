@@ -142,8 +142,9 @@ def _state_of(modules, optimizers):
 class _StepRecorder:
     """What ``backward``, ``zero_grad`` and ``step`` do while the function is traced."""
 
-    def __init__(self, state, optimizers):
+    def __init__(self, state, optimizers, n_inputs=0):
         self.params = [t for _, t in state if isinstance(t, Tensor) and t._requires_grad]
+        self.n_inputs = n_inputs          # the graph's first inputs are the function's
         self.optimizers = optimizers
         self.updates = []                 # (optimizer, [parameters], [state input values],
         #                                    [hyper input values], [new state values])
@@ -162,6 +163,12 @@ class _StepRecorder:
             raise RuntimeError("element 0 of tensors does not require grad and does not have a "
                                "grad_fn")
         reached = _ancestors(loss._ir)
+        for i, v in enumerate(graph.inputs[:self.n_inputs]):
+            if v.requires_grad and v in reached:
+                # (eager mode would give the input a .grad: the compiled code computes none)
+                raise TraceError(f"loss.backward() in a compiled function reaches its input {i}, "
+                                 "which requires grad: its .grad would not be computed (pass "
+                                 "it detached, or call the function eagerly)")
         params = [p for p in self.params if p._ir is not None and p._ir.requires_grad
                   and p._ir in reached]
         if gradient is None:
@@ -352,7 +359,7 @@ class _Specialisation:
         """Trace ``fn`` (backward and updates recorded as it calls them), optimise and build;
         returns the layout of the graph's inputs and outputs (``_setup``)."""
         real_grads = {t: t._grad for t in self.state}
-        recorder = _StepRecorder(named, optimizers)
+        recorder = _StepRecorder(named, optimizers, len(inputs))
         seen = {}
         observe = (lambda m: seen.setdefault(id(m), m))
         final_grads = {}
@@ -699,7 +706,8 @@ class CompiledFunction:
         self._specs = Specialisations(name or getattr(fn, "__name__", "function"))
         self._lines = {}
         self._sizes = SymbolicSizes(dynamic)
-        self._steady = None  # (shapes and dtypes, module epoch, grad mode, specialisation)
+        # ((shape, dtype, requires_grad) per input, module epoch, grad mode, specialisation)
+        self._steady = None
         reach = fn if reach is None else reach
         self.modules, found, self.wheres = _reachable(reach)
         self.optimizers = found + [o for o in optimizers if all(o is not f for f in found)]
@@ -719,28 +727,32 @@ class CompiledFunction:
     def source(self):
         return self._last.source_code if self._last else None
 
-    def _rest(self):
-        return (tuple(map(_training_of, self.modules)), grad_mode._state.enabled)
+    def _rest(self, flags):
+        """What besides the inputs' shapes and dtypes a specialisation depends on: the modules'
+        training flags, grad mode and the inputs' requires_grad ``flags``."""
+        return (tuple(map(_training_of, self.modules)), grad_mode._state.enabled, flags)
 
     def __call__(self, *inputs):
         for x in inputs:
             if not isinstance(x, Tensor):
                 _refuse(inputs)
         arrays = [x._data for x in inputs]
-        shapes = [(a.shape, a.dtype) for a in arrays]
+        described = [(x._data.shape, x._data.dtype, x._requires_grad) for x in inputs]
         epoch, grad_enabled = _epoch[0], grad_mode._state.enabled
         steady = self._steady
-        # the last call's specialisation while its shapes, dtypes and grad mode recur and no
-        # module changed (the modules' training flags are set through ``Module.__setattr__``,
-        # which moves the epoch): 0.4 us less than building the key
-        if steady is not None and steady[0] == shapes and steady[1] == epoch and \
+        # the last call's specialisation while its inputs' shapes, dtypes and requires_grad
+        # flags and the grad mode recur and no module changed (the modules' training flags
+        # are set through ``Module.__setattr__``, which moves the epoch): 0.4 us less than
+        # building the key
+        if steady is not None and steady[0] == described and steady[1] == epoch and \
                 steady[2] is grad_enabled and steady[3].guards.hold():
             return steady[3].run(arrays)
-        spec = self._sizes.specialisation(arrays, inputs, self._rest(), self._lines,
+        flags = tuple(flag for _, _, flag in described)
+        spec = self._sizes.specialisation(arrays, inputs, self._rest(flags), self._lines,
                                           lambda key, line, sizes:
                                           self._lookup(key, line, inputs, sizes))
         self._specs.last = spec
-        self._steady = (shapes, epoch, grad_enabled, spec)
+        self._steady = (described, epoch, grad_enabled, spec)
         return spec.run(arrays)
 
     def _lookup(self, key, line, inputs, sizes):
