@@ -199,7 +199,8 @@ def test_a_padded_offset_is_the_c_expression_it_prints():
     offset = Padded(at, 67584, PERIOD)
     for n in BATCHES:
         c = str(offset).replace("tn_N", str(n))  # (Python's & and - on ints are C's on int64)
-        assert eval(c) == offset.evaluate({"N": n}) == value(at, n) + (67584 - value(at, n)) % PERIOD  # noqa: S307
+        expect = value(at, n) + (67584 - value(at, n)) % PERIOD
+        assert eval(c) == offset.evaluate({"N": n}) == expect  # noqa: S307
         assert offset.evaluate({"N": n}) % PERIOD == 67584
 
 

@@ -49,7 +49,8 @@ Plans are packed (every buffer at ``ALIGN``) with ``TRACENET_ARENA=packed``. The
 staggered modulo a page with ``Target.staggered_arena``
 (``TRACENET_ARENA=staggered``): on the AMD EPYC with AVX-512 this was measured on, LeNet's C
 calls took the same time with either layout at batch 1, 8 and 64, in AVX2 and AVX-512 builds,
-and with the arena at any offset modulo 4096, so it is not the default. The option is there to measure a processor whose loads do stall on 4K aliasing.
+and with the arena at any offset modulo 4096, so it is not the default. The option is there
+to measure a processor whose loads do stall on 4K aliasing.
 """
 from .._sym import Specialize, Sym
 
@@ -181,10 +182,11 @@ class Plan:
 
     def __init__(self, staggered=False, spread=0):
         self.staggered = staggered
-        self.spread = 0 if staggered else spread  # the period spread buffers' residues are of
+        self.spread = 0 if staggered else spread  # the period of spread residues (0: none)
         self.regions = {}   # (monomial, packed) -> FirstFit
-        self.live = {}      # id(slot) -> the buffer's residue modulo PAGE (staggered plans)
-        self.spread_slots = []  # (spread plans)
+        # id(slot) -> the live buffer's residue modulo PAGE (staggered plans) or the period
+        self.live = {}
+        self.spread_slots = []  # every slot of a spread plan, to shift at layout
 
     def _region(self, key):
         if key not in self.regions:
