@@ -1,7 +1,10 @@
 """The memory plan of an entry point (``tracenet.codegen.memory_plan``): buffers live at the same
 time never overlap, whatever the batch size; every buffer is aligned; a staggered plan puts
 each buffer at the same address modulo a page for every batch size, and buffers live at the
-same time at different ones (4K aliasing); per-thread scratch holds every thread a call runs."""
+same time at different ones (4K aliasing); a spread plan (the default) does the same modulo
+the L2's set period, its pads written as C expressions that compute what the plan says, for
+about ``period`` bytes more per distinct start; per-thread scratch holds every thread a call
+runs."""
 import random
 import re
 
@@ -11,8 +14,10 @@ import pytest
 
 import tracenet as tn
 from tracenet._sym import Sym
-from tracenet.codegen.memory_plan import ALIGN, PAGE, SMALL, Plan, pick_stagger
+from tracenet.codegen.memory_plan import (ALIGN, PAGE, SMALL, Padded, Plan, pick_residue,
+                                          pick_stagger)
 from tracenet.executable import _Arena
+from tracenet.runtime import target as runtime_target
 from tracenet.runtime import threads
 
 from test_ir import LeNet
@@ -20,10 +25,12 @@ from test_ir import LeNet
 N = Sym.symbol("N", 1)
 T = Sym.symbol("T", 1)
 BATCHES = (1, 2, 3, 7, 8, 13, 64, 100)
+PERIOD = 131072  # the L2 set period of a 2 MB 16-way L2 (2048 sets of 64 bytes)
+LAYOUTS = {"packed": {}, "staggered": {"staggered": True}, "spread": {"spread": PERIOD}}
 
 
 def value(x, n, t=5):
-    return x.evaluate({"N": n, "T": t}) if isinstance(x, Sym) else x
+    return x.evaluate({"N": n, "T": t}) if isinstance(x, (Sym, Padded)) else x
 
 
 def _random_program(rng, steps=60):
@@ -42,10 +49,10 @@ def _random_program(rng, steps=60):
     return buffers
 
 
-def _plan(buffers, staggered):
+def _plan(buffers, staggered=False, **layout):
     """Allocate and release in program order, as ``plan_entry`` does; returns the plan, each
     buffer's slot and the total."""
-    plan = Plan(staggered=staggered)
+    plan = Plan(staggered=staggered, **layout)
     slots, live = [None] * len(buffers), []
     steps = max(end for _, _, end in buffers) + 1
     for step in range(steps):
@@ -60,16 +67,16 @@ def _plan(buffers, staggered):
     return [Plan.offset(base, s) for s in slots], slots, total
 
 
-@pytest.mark.parametrize("staggered", [True, False])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("seed", range(6))
-def test_live_buffers_never_overlap_and_stay_aligned_for_every_batch_size(staggered, seed):
+def test_live_buffers_never_overlap_and_stay_aligned_for_every_batch_size(layout, seed):
     buffers = _random_program(random.Random(seed))
-    offsets, _, total = _plan(buffers, staggered)
+    offsets, _, total = _plan(buffers, **LAYOUTS[layout])
     for n in BATCHES:
         spans = [(value(off, n), value(off, n) + value(size, n), start, end)
                  for off, (size, start, end) in zip(offsets, buffers)]
         assert all(lo % ALIGN == 0 and hi <= value(total, n) for lo, hi, _, _ in spans)
-        if staggered:
+        if layout == "staggered":
             assert value(total, n) % PAGE == 0
         for i, (lo, hi, s0, e0) in enumerate(spans):
             for lo2, hi2, s1, e1 in spans[i + 1:]:
@@ -140,6 +147,103 @@ def test_an_unstaggered_plan_packs_everything():
     assert value(total, 2) == 5184 + 2 * (128 + 5056)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_spread_buffer_has_its_residue_modulo_the_period_for_every_batch_size(seed):
+    buffers = _random_program(random.Random(seed))
+    offsets, slots, _ = _plan(buffers, spread=PERIOD)
+    for off, slot, (size, _, _) in zip(offsets, slots, buffers):
+        residues = {value(off, n) % PERIOD for n in BATCHES}
+        if slot.period:
+            assert residues == {slot.stagger}
+        else:  # small constant buffers: packed at the arena's start
+            assert not isinstance(size, Sym) and size < SMALL and value(off, 1) < PAGE
+
+
+def test_buffers_live_together_start_on_distinct_pages_and_offsets_of_the_period():
+    plan = Plan(spread=PERIOD)
+    sizes = [65536 * N, 65536 * N, 65536 * N, 262144, 32768 * N, 3200 * N * T, 40 * N + 8]
+    slots = [plan.alloc(s) for s in sizes]
+    base, _ = plan.layout()
+    for n in BATCHES:
+        residues = [value(Plan.offset(base, s), n) % PERIOD for s in slots]
+        # the first buffer half a period from 0 (the packed region), the next a quarter...
+        assert residues[:3] == [PERIOD // 2 + PAGE // 2, PERIOD // 4 + PAGE // 4,
+                                3 * PERIOD // 4 + 3 * PAGE // 4]
+        pages = [r // PAGE for r in residues] + [0]
+        assert len(set(pages)) == len(pages)
+        within = [r % PAGE for r in residues] + [0]
+        assert len(set(within)) == len(within)
+
+
+def test_pick_residue_spreads_pages_then_offsets_in_the_page():
+    assert pick_residue([0], PERIOD) == PERIOD // 2 + PAGE // 2
+    assert pick_residue([0, PERIOD // 2 + PAGE // 2], PERIOD) == PERIOD // 4 + PAGE // 4
+    assert pick_residue([0], PAGE) == PAGE // 2 == pick_stagger([0])
+
+
+def test_a_spread_plan_takes_a_period_more_per_distinct_start_of_a_region():
+    buffers = _random_program(random.Random(0))
+    plan = Plan(spread=PERIOD)
+    slots = [plan.alloc(size) for size, _, _ in buffers]  # (all live at once)
+    _, total = plan.layout()
+    starts = len({(s.key, s.off) for s in slots if s.period})
+    assert {s.key[0] for s in slots if s.period} == {(), ("N",), ("N", "T")}
+    for n in BATCHES:
+        first_fit = sum(value(r.size * (Sym({key[0]: 1}, 0) if key[0] else 1), n)
+                        for key, r in plan.regions.items())
+        assert value(total, n) == first_fit + starts * PERIOD
+
+
+def test_a_padded_offset_is_the_c_expression_it_prints():
+    at = 65536 * N + 31930688
+    offset = Padded(at, 67584, PERIOD)
+    for n in BATCHES:
+        c = str(offset).replace("tn_N", str(n))  # (Python's & and - on ints are C's on int64)
+        expect = value(at, n) + (67584 - value(at, n)) % PERIOD
+        assert eval(c) == offset.evaluate({"N": n}) == expect  # noqa: S307
+        assert offset.evaluate({"N": n}) % PERIOD == 67584
+
+
+def _cache_index(root, name, level, kind, sets, line):
+    index = root / name
+    index.mkdir()
+    for field, text in (("level", level), ("type", kind), ("number_of_sets", sets),
+                        ("coherency_line_size", line)):
+        (index / field).write_text(f"{text}\n")
+
+
+def test_the_l2_set_period_is_read_from_sysfs(tmp_path):
+    _cache_index(tmp_path, "index0", 1, "Data", 64, 64)
+    _cache_index(tmp_path, "index1", 1, "Instruction", 64, 64)
+    _cache_index(tmp_path, "index2", 2, "Unified", 2048, 64)
+    _cache_index(tmp_path, "index3", 3, "Unified", 245760, 64)
+    assert runtime_target.l2_set_period(str(tmp_path)) == PERIOD
+
+
+@pytest.mark.parametrize("sets", [1536, 32])  # not a power of two; less than a page
+def test_an_l2_set_period_the_plan_cannot_use_is_0(tmp_path, sets):
+    _cache_index(tmp_path, "index2", 2, "Unified", sets, 64)
+    assert runtime_target.l2_set_period(str(tmp_path)) == 0
+
+
+def test_no_cache_information_means_no_period(tmp_path):
+    assert runtime_target.l2_set_period(str(tmp_path / "missing")) == 0
+
+
+@pytest.mark.parametrize("env, layout", [(None, (False, PERIOD)), ("packed", (False, 0)),
+                                         ("staggered", (True, 0))])
+def test_tracenet_arena_picks_the_layout(monkeypatch, env, layout):
+    monkeypatch.setattr(runtime_target, "l2_set_period", lambda: PERIOD)
+    if env is None:
+        monkeypatch.delenv("TRACENET_ARENA", raising=False)
+    else:
+        monkeypatch.setenv("TRACENET_ARENA", env)
+    assert runtime_target.arena_layout() == layout
+    target = runtime_target.current()
+    assert (target.staggered_arena, target.l2_set_period) == layout
+    assert (f"l2_set_period={PERIOD}" in repr(target)) == bool(layout[1])  # (caches key on it)
+
+
 def test_the_arena_a_call_gets_is_aligned():
     for nbytes in (64, 5000, 300_000):
         arena = _Arena(nbytes)
@@ -151,10 +255,16 @@ def _address(pointer):
 
 
 def _arena_offsets(call):
-    """The arena offsets a kernel call passes, as functions of N."""
+    """The arena offsets a kernel call passes, as functions of N (the C expression after
+    ``arena + ``: a number or a parenthesised expression)."""
     out = []
-    for m in re.finditer(r"arena \+ \(([^()]*)\)|arena \+ ([0-9]+)\)", call):
-        text = m.group(1) or m.group(2)
+    for m in re.finditer(r"arena \+ ", call):
+        text, depth = "", 0
+        for ch in call[m.end():]:
+            if ch in ",)" and depth == 0:
+                break
+            depth += (ch == "(") - (ch == ")")
+            text += ch
         out.append(lambda n, text=text: eval(text.replace("tn_N", str(n))))  # noqa: S307
     return out
 
@@ -188,8 +298,32 @@ def test_lenet_kernels_read_and_write_at_distinct_addresses_modulo_a_page(train,
             assert len(set(residues)) == len(residues), (n, call)
 
 
-def test_the_default_plan_packs_lenets_buffers(monkeypatch):
+def test_a_spread_plan_puts_lenets_kernel_arguments_on_distinct_pages_of_the_period(
+        monkeypatch):
     monkeypatch.delenv("TRACENET_ARENA", raising=False)
+    monkeypatch.setattr(runtime_target, "l2_set_period", lambda: PERIOD)
+    tn.manual_seed(0)
+    net = LeNet()
+    compiled = tn.compile(net)
+    x = tn.randn(3, 1, 32, 32)
+    expect, out = net(x), compiled(x)
+    np.testing.assert_allclose(out.detach().numpy(), expect.detach().numpy(), rtol=1e-4,
+                               atol=1e-5)
+    source = compiled.source()
+    assert f"&{PERIOD - 1}))" in source
+    calls = [line for line in source.splitlines()
+             if line.startswith("    tn_") and "arena" in line]
+    assert calls
+    for call in calls:
+        offsets = _arena_offsets(call)
+        for n in (1, 8, 64):
+            residues = [f(n) % PERIOD for f in offsets]
+            assert all(r % ALIGN == 0 for r in residues)
+            assert len({r // PAGE for r in residues}) == len(residues), (n, call)
+
+
+def test_a_packed_plan_packs_lenets_buffers(monkeypatch):
+    monkeypatch.setenv("TRACENET_ARENA", "packed")
     tn.manual_seed(0)
     net = LeNet().eval()
     compiled = tn.compile(net)

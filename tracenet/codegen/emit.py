@@ -73,8 +73,8 @@ class EntryPoint:
         self.copies = []           # (output index, value) copied at the end
         self.checks = []           # status code - 1 -> (exception type, message format)
 
-    # whether its plan may stagger buffers modulo a page (``Target.staggered_arena``; see
-    # ``memory_plan``): not inside another kernel's scratch
+    # whether its plan may stagger or spread buffers (``Target.staggered_arena``,
+    # ``Target.l2_set_period``; see ``memory_plan``): not inside another kernel's scratch
     page_aligned = True
 
     @property
@@ -156,7 +156,8 @@ def plan_entry(entry, prefix, target):
         for v in node.inputs:
             r = root_of(v)
             last_use[r] = max(last_use.get(r, idx), idx)
-    plan = Plan(staggered=entry.page_aligned and target.staggered_arena)
+    plan = Plan(staggered=entry.page_aligned and target.staggered_arena,
+                spread=target.l2_set_period if entry.page_aligned else 0)
     live = []  # (end, slot)
     placements = {}
     scratch_at = {}

@@ -24,11 +24,33 @@ start, which is aligned to ``ALIGN`` only: a page-aligned arena measured slower 
   arena instead (a page per handful of bytes would spread them over many pages); their
   offsets, below a page or so, are their addresses modulo 4096 and count as taken.
 
-Plans are packed (every buffer at ``ALIGN``) unless ``Target.staggered_arena``
+Spreading (``Plan(spread=period)``, the default: ``Target.l2_set_period``). The arena lies on
+2 MB pages where the kernel gives them (transparent huge pages), so its addresses modulo the
+L2's set period (sets x line: 2048 x 64 = 128 KB on the Sapphire Rapids measured) are physical
+ones, and a packed plan puts buffers whose sizes are multiples of that period (the ResNet's
+activations at batch 32: 2 MB, 1 MB, 512 KB) at one residue: a kernel walking one channel of
+several such tensors across the images reads all of them through the same few sets. A spread
+plan starts every buffer at a residue modulo the period that it chooses, for every value of
+the symbols, without rounding slots to the period:
+
+* a buffer's address is ``a + ((r - a) & (period - 1))``, ``a`` its place in a first-fit
+  region (a C expression in the symbols) and ``r`` its residue: the pad is computed by the
+  call, at most ``period - 1`` bytes;
+* room for the pads: the ``k``-th distinct start of a region is moved ``k * period`` bytes
+  further, so a region takes ``period`` bytes more per distinct start (the ResNet's step:
+  a few MB) and buffers live together still never overlap;
+* the residue is a page of the period as far as possible from the pages of the buffers live
+  at that moment, and an offset in the page as far as possible from theirs (4K aliasing);
+* buffers of constant size below ``SMALL`` bytes are packed at the arena's start.
+With 4 KB pages (``MADV_NOHUGEPAGE``) the physical pages scatter the sets instead, but every
+kernel pays TLB misses: the README's Performance section has both measured.
+
+Plans are packed (every buffer at ``ALIGN``) with ``TRACENET_ARENA=packed``. They are
+staggered modulo a page with ``Target.staggered_arena``
 (``TRACENET_ARENA=staggered``): on the AMD EPYC with AVX-512 this was measured on, LeNet's C
 calls took the same time with either layout at batch 1, 8 and 64, in AVX2 and AVX-512 builds,
-and with the arena at any offset modulo 4096, so the default keeps the smaller arena. The
-option is there to measure a processor whose loads do stall on 4K aliasing.
+and with the arena at any offset modulo 4096, so it is not the default. The option is there
+to measure a processor whose loads do stall on 4K aliasing.
 """
 from .._sym import Specialize, Sym
 
@@ -96,21 +118,61 @@ def circular_distance(a, b, period=PAGE):
     return min(d, period - d)
 
 
+def farthest(taken, period, step):
+    """The multiple of ``step`` below ``period`` farthest (modulo ``period``) from every
+    residue in ``taken``; the smallest such."""
+    return max(range(0, period, step),
+               key=lambda c: (min((circular_distance(c, t, period) for t in taken),
+                                  default=period), -c))
+
+
 def pick_stagger(taken):
     """The multiple of ``ALIGN`` below ``PAGE`` farthest (modulo ``PAGE``) from every residue
     in ``taken``; the smallest such."""
-    return max(range(0, PAGE, ALIGN),
-               key=lambda c: (min((circular_distance(c, t) for t in taken), default=PAGE), -c))
+    return farthest(taken, PAGE, ALIGN)
+
+
+def pick_residue(taken, period):
+    """A spread buffer's residue modulo ``period`` (a multiple of ``PAGE``): the page farthest
+    from the pages in ``taken``, the offset in it farthest from their offsets in theirs."""
+    page = farthest([t // PAGE for t in taken], period // PAGE, 1)
+    return page * PAGE + farthest([t % PAGE for t in taken], PAGE, ALIGN)
+
+
+class Padded:
+    """The address ``at + ((residue - at) & (period - 1))`` of a spread buffer (``at`` a
+    ``Sym``): ``str`` is the C expression, ``evaluate`` its value for given symbols."""
+
+    __slots__ = ("at", "residue", "period")
+
+    def __init__(self, at, residue, period):
+        self.at, self.residue, self.period = at, residue, period
+
+    def __str__(self):
+        return f"({self.at}+(({self.residue}-{self.at})&{self.period - 1}))"
+
+    def evaluate(self, values):
+        at = self.at.evaluate(values)
+        return at + (self.residue - at) % self.period
+
+
+def padded(at, residue, period):
+    """The first address from ``at`` on at ``residue`` modulo ``period``."""
+    if isinstance(at, Sym):
+        return Padded(at, residue, period)
+    return at + (residue - at) % period
 
 
 class Slot:
     """A buffer's place: ``units`` of the region ``key`` from ``off`` on, the buffer itself
-    ``stagger`` bytes in."""
+    ``stagger`` bytes in; in a spread plan (``period`` set) ``shift`` bytes further, then
+    padded to ``stagger`` modulo ``period``."""
 
-    __slots__ = ("key", "off", "units", "stagger")
+    __slots__ = ("key", "off", "units", "stagger", "shift", "period")
 
-    def __init__(self, key, off, units, stagger):
+    def __init__(self, key, off, units, stagger, period=0):
         self.key, self.off, self.units, self.stagger = key, off, units, stagger
+        self.shift, self.period = 0, period
 
 
 class Plan:
@@ -118,20 +180,25 @@ class Plan:
     buffer of ``nbytes`` (an int or a ``Sym``), ``release`` it when its last reader has run,
     then ``layout`` the regions and ask each slot's ``offset``."""
 
-    def __init__(self, staggered=False):
+    def __init__(self, staggered=False, spread=0):
         self.staggered = staggered
+        self.spread = 0 if staggered else spread  # the period of spread residues (0: none)
         self.regions = {}   # (monomial, packed) -> FirstFit
-        self.live = {}      # id(slot) -> the buffer's residue modulo PAGE (staggered plans)
+        # id(slot) -> the live buffer's residue modulo PAGE (staggered plans) or the period
+        self.live = {}
+        self.spread_slots = []  # every slot of a spread plan, to shift at layout
 
     def _region(self, key):
         if key not in self.regions:
-            self.regions[key] = FirstFit(ALIGN if key[1] else PAGE)
+            self.regions[key] = FirstFit(PAGE if self.staggered and not key[1] else ALIGN)
         return self.regions[key]
 
     def alloc(self, nbytes):
         scale, units = scale_of(nbytes)
-        packed = not self.staggered or (not scale and units < SMALL)
+        packed = not (self.staggered or self.spread) or (not scale and units < SMALL)
         key = (scale, packed)
+        if self.spread and not packed:
+            return self._alloc_spread(key, units)
         if packed:
             slot = Slot(key, self._region(key).alloc(units), units, 0)
             if self.staggered:  # the packed region starts the arena, a page-aligned address
@@ -141,6 +208,25 @@ class Plan:
         slot = Slot(key, self._region(key).alloc(units + stagger), units + stagger, stagger)
         self.live[id(slot)] = stagger
         return slot
+
+    def _alloc_spread(self, key, units):
+        residue = pick_residue(list(self.live.values()) + [0], self.spread)
+        slot = Slot(key, self._region(key).alloc(units), units, residue, self.spread)
+        self.live[id(slot)] = residue
+        self.spread_slots.append(slot)
+        return slot
+
+    def _shift_spread_slots(self):
+        """Each spread slot's ``shift``: ``period`` bytes per distinct start below its own in
+        its region (room for the pads); returns the room each region needs."""
+        starts = {}
+        for slot in self.spread_slots:
+            starts.setdefault(slot.key, set()).add(slot.off)
+        rank = {key: {off: k for k, off in enumerate(sorted(offs))}
+                for key, offs in starts.items()}
+        for slot in self.spread_slots:
+            slot.shift = rank[slot.key][slot.off] * self.spread
+        return {key: len(offs) * self.spread for key, offs in starts.items()}
 
     def release(self, slot):
         self.regions[slot.key].release(slot.off, slot.units)
@@ -155,17 +241,21 @@ class Plan:
         """(region base per key, total bytes): in a staggered plan every base and the total
         are multiples of ``PAGE`` for every value of the symbols."""
         base, total = {}, 0
+        room = self._shift_spread_slots()
         for key in self._order():
             base[key] = total
             size = self.regions[key].size
             if self.staggered:
                 size = -(-size // PAGE) * PAGE
-            total = total + (size * Sym({key[0]: 1}, 0) if key[0] else size)
+            total = total + (size * Sym({key[0]: 1}, 0) if key[0] else size) + room.get(key, 0)
         return base, total
 
     @staticmethod
     def offset(base, slot):
-        """The byte offset of the slot's buffer in the arena (an int or a ``Sym``)."""
+        """The byte offset of the slot's buffer in the arena (an int, a ``Sym`` or, in a spread
+        plan, a ``Padded``)."""
         scale = slot.key[0]
-        return base[slot.key] + (slot.off * Sym({scale: 1}, 0) if scale else slot.off) + \
-            slot.stagger
+        at = base[slot.key] + (slot.off * Sym({scale: 1}, 0) if scale else slot.off)
+        if slot.period:
+            return padded(at + slot.shift, slot.stagger, slot.period)
+        return at + slot.stagger

@@ -91,24 +91,28 @@ class Target:
     ``-fopenmp`` works; ``vector_bits``: the widest SIMD registers the flags allow (the
     templates pick their vector code from the same compiler macros); ``max_threads``:
     per-thread scratch is reserved for at most this many threads (entry points run no more);
-    ``staggered_arena``: whether memory plans stagger buffers modulo a page
-    (``codegen.memory_plan``); ``cache_dir``: where compiled templates may be cached (None:
+    ``staggered_arena``: whether memory plans stagger buffers modulo a page;
+    ``l2_set_period``: the bytes after which addresses map to the same L2 sets again (sets x
+    line), the period memory plans spread buffers over (0: they pack them; see
+    ``codegen.memory_plan``); ``cache_dir``: where compiled templates may be cached (None:
     nowhere)."""
 
     max_threads = 16
 
     def __init__(self, cc="cc", flags=(), openmp=False, vector_bits=0, cache_dir=None,
-                 staggered_arena=False):
+                 staggered_arena=False, l2_set_period=0):
         self.cc = cc
         self.flags = tuple(flags)
         self.openmp = bool(openmp)
         self.vector_bits = int(vector_bits)
         self.cache_dir = cache_dir
         self.staggered_arena = bool(staggered_arena)
+        self.l2_set_period = int(l2_set_period)
         self.parallel = Parallelism(openmp)
 
     def __repr__(self):
         # (what the generated code depends on: caches key on it)
         return (f"Target(cc={self.cc!r}, flags={self.flags!r}, openmp={self.openmp}, "
                 f"vector_bits={self.vector_bits}"
-                f"{', staggered_arena=True' if self.staggered_arena else ''})")
+                f"{', staggered_arena=True' if self.staggered_arena else ''}"
+                f"{f', l2_set_period={self.l2_set_period}' if self.l2_set_period else ''})")
