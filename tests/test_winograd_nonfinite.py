@@ -275,3 +275,38 @@ def test_downsampling_forward_pair(march, cin, cout, size, train, threads, capfd
     shortcut's products beside it (``downsample_forward``), checked by the batch norm's
     means in training and by its notes with the folded batch norms in inference."""
     _check(cin, cout, size, 2, "pair", np.float32, threads, capfd, train=train, grads=False)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("tail,stride,dtype,cout,size", [
+    ("relu", 1, np.float32, 16, (13, 11)), ("residual", 1, np.float32, 16, (13, 11)),
+    ("relu", 1, np.float64, 16, (13, 11)), ("relu", 2, np.float32, 32, (18, 14))])
+def test_partial_tiles(march, tail, stride, dtype, cout, size, threads, capfd):
+    """Sizes whose last tile row and column are cut (F(4x4), F(2x2) in float64, the stride-2
+    phases' tiles of 2x2 outputs and 4x4 image-gradient values): the notes take the values
+    past the edges too; the corner position is in such a tile, and the last image of the
+    batch of 3 in a block of fewer images than the others (the scalar paths)."""
+    _check(16, cout, size, stride, tail, dtype, threads, capfd, train=tail != "residual",
+           grads=tail != "residual")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_eval_batch_norm_not_finite(march, threads, capfd):
+    """A NaN in the folded batch norm's bias: its shift is not finite, so the call is computed
+    again by the direct form (the notes take the values before the epilogue)."""
+    tn.set_num_threads(threads)
+    tn.manual_seed(0)
+    net = Net(16, 16, 1, "residual")
+    net.eval()
+    with tn.no_grad():
+        bias = net.bn.bias.detach().numpy().copy()
+        bias[5] = np.nan
+        net.bn.bias.copy_(tn.from_numpy(bias))
+    model = tn.compile(net)
+    x = np.random.default_rng(0).standard_normal((3, 16, 16, 16)).astype(np.float32)
+    capfd.readouterr()
+    got = _run(model, net, x, None, False)
+    assert FALLBACK.findall(capfd.readouterr().err), "no call fell back"
+    want = _run(net, net, x, None, False)
+    _assert_same(got[0], want[0], 1e-4, "against eager")
+    _assert_same(want[0], _torch_run(net, x, None, False)[0], 1e-4, "eager against torch")

@@ -308,7 +308,7 @@ def _lower_conv_group(name, group, exported, target, winograd=True):
             kernel = form.lower_forward(f"{name}_winograd", group, geo, reads, writes,
                                         plane_out, relu_out, bn, res, stats, target)
             direct = _lower_conv_group(f"{name}_direct", group, exported, target, False)
-            return _forward_checked(name, kernel, direct, plane_out, stats)
+            return _forward_checked(name, kernel, direct)
     direct = _direct_geometry(geo)
     few = None
     if pool is None and pool_after is None:
@@ -376,16 +376,13 @@ def _lower_conv_group(name, group, exported, target, winograd=True):
                   parallel=parallel or bool(then_pool and then_pool["parallel"]))
 
 
-def _forward_checked(name, kernel, direct, plane_out, stats):
+def _forward_checked(name, kernel, direct):
     """The Winograd forward ``kernel`` with its ``direct`` twin (``conv_nonfinite.py``),
-    checked by a training batch norm's means, else by its own notes and its weights (with an
-    epilogue), else by the stored plane."""
-    if stats is not None and stats["mean_out"]:
-        return conv_nonfinite.checked(name, kernel, direct,
-                                      conv_nonfinite.stored(kernel, "mean_out"))
+    checked by its own notes (``conv_winograd.notes_finite``), else by a training batch
+    norm's means."""
     if kernel.finite_flag:
-        return conv_nonfinite.checked(name, kernel, direct, conv_nonfinite.stored(kernel, "w"))
-    return conv_nonfinite.checked(name, kernel, direct, conv_nonfinite.stored(kernel, plane_out))
+        return conv_nonfinite.checked(name, kernel, direct, [])
+    return conv_nonfinite.checked(name, kernel, direct, conv_nonfinite.stored(kernel, "mean_out"))
 
 
 def _batch_norm_reads(group, reads, prefix="bn_"):

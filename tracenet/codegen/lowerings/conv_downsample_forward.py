@@ -45,7 +45,7 @@ def lower_downsample_forward(name, node, exported, target):
                                             shortcut)
     direct = _one_after_the_other(f"{name}_direct", group, wide, narrow, exported, target,
                                   paired, winograd=False)
-    return _forward_checked(name, paired, direct, plane_out, stats)
+    return _forward_checked(name, paired, direct)
 
 
 def _plane_writes(part, exported, writes):

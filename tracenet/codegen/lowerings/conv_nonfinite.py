@@ -10,15 +10,17 @@ returns, with a ``TRACENET_DEBUG=fallback`` line.
 What tells that a call was not all finite (``templates/conv_winograd_checked.c.j2``):
 * a training forward's batch statistics: the mean of a channel is finite exactly when each of
   its values is (a sum that takes an ``inf`` or ``NaN`` is not finite), at no cost;
-* the input gradients: a pass over each block's images as the kernel stored them, while they
-  are in the core's caches (``_finite_check.c.j2``'s ``images``), which also catches a
-  transform that overflowed on finite values;
-* a forward with an epilogue (bias, eval-mode batch norm, residual, relu), which takes each
-  value as eager mode does: the same passes over each block's input images and stored ones,
-  and its weights once a call (a relu turns a tile's ``-inf`` into zeros: a transform's
-  overflow to ``-inf`` alone, on finite operands, would not show);
-* else the results the kernel stored after the call (``tn_all_finite``: a weight gradient, a
-  plane without an epilogue).
+* the input gradients and the other forwards: notes in registers (``_finite_check.c.j2``'s
+  ``note``): the output transform sums each tile's values before they are stored (before the
+  epilogue) and adds the sum less itself into a vector that lives across a block's rows. An
+  ``inf`` or ``NaN`` in an input, a weight or an output gradient reaches a tile's values: each
+  transform (B^T d B, G g G^T, A^T M A, in every form) takes each of its operands with a
+  nonzero coefficient, each product takes every value of V and U, and no arithmetic on an
+  ``inf`` or ``NaN`` gives a finite value. A transform that overflows on finite values shows
+  too, before a relu could turn its ``-inf`` into zeros. A forward's epilogue constants (the
+  batch norm's scale and shift, or the bias) are checked once a call (``_winograd.c.j2``'s
+  ``epilogue_finite``); the residual is added value by value, as eager mode does;
+* else the results the kernel stored after the call (``tn_all_finite``: a weight gradient).
 """
 from ...ops.common import numel
 from ..base import Kernel, SFX, ctype, signature, size_max, threads_scratch

@@ -251,19 +251,25 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     stats_at = 0 if stats is None else statistics_scratch(stats, geo["O"], ct, parallel, target)
     epilogue = bool(has_bias or bn or res or relu)
+    notes = notes_finite(stats)
     return noting_finite(_render("forward", name, group, ct, reads, writes, geo, geo["C"],
                                  geo["O"], parallel, stats_at, has_bias=has_bias, bn=bn,
                                  res=res, relu=relu, plane_out=plane_out, relu_out=relu_out,
-                                 stats=stats, epilogue=epilogue, finite_images=epilogue,
-                                 finite_inputs=epilogue),
-                         epilogue)
+                                 stats=stats, epilogue=epilogue, finite_notes=notes),
+                         notes)
+
+
+def notes_finite(stats):
+    """Whether a Winograd forward notes its values in registers (``_finite_check.c.j2``'s
+    ``note``): unless a training batch norm's means, which it writes, tell at no cost
+    (``conv_nonfinite.py``)."""
+    return stats is None or not stats["mean_out"]
 
 
 def noting_finite(kernel, note):
-    """``kernel``, which notes once a block whether a value of the images it stored (and, for
-    a forward with an epilogue, read) was not finite when ``note`` (``_finite_check.c.j2``'s
-    ``images``: in the int ahead of its scratch, which ``conv_nonfinite.checked`` reserves):
-    ``finite_flag`` True, else False."""
+    """``kernel``, which notes in registers whether a value its output transforms made was not
+    finite when ``note`` (``_finite_check.c.j2``'s ``note``: in the int ahead of its scratch,
+    which ``conv_nonfinite.checked`` reserves): ``finite_flag`` True, else False."""
     kernel.finite_flag = bool(note)
     return kernel
 
@@ -392,4 +398,4 @@ def lower_backward_input(name, node, geo, target):
     return noting_finite(_render("input", name, [node], ct, reads, writes, geo, geo["O"],
                                  geo["C"], parallel, 0, stats=None, bn=None, res=False,
                                  relu=False, relu_out=None, has_bias=False, epilogue=False,
-                                 finite_images=True, finite_inputs=False), True)
+                                 finite_notes=True), True)

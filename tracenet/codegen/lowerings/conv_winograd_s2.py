@@ -44,7 +44,7 @@ from ..base import Kernel, SFX, ctype, node_lines, signature, threads_scratch
 from ..templates import render
 from .conv_flops import conv_flops
 from .conv_winograd import _F4_BLOCK_ELEMENTS, _MIN_IMAGE_BLOCK_TILES, _PAD, _VL, _blocking_f4, \
-    _f4_tiles, noting_finite
+    _f4_tiles, notes_finite, noting_finite
 from .normalization import statistics_scratch
 from ...passes.conv_shapes import enough_channels, input_tile
 
@@ -131,6 +131,7 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     has_bias = len(conv.inputs) > 2
     relu = any(m.op == "relu" for m in group)
     epilogue = bool(has_bias or bn or res or relu)
+    notes = notes_finite(stats)
     src = render("conv_winograd_s2.c.j2", name=name, node_lines=node_lines(group),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, shared=shared, u_at=stats_at,
@@ -139,11 +140,11 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
                  ROWS=rows, VL=_VL[ct], US=us, V_SIZE=v_size, M_SIZE=m_size, groups=groups,
                  points=points, MT=m, DIST=_distinct(m), has_bias=has_bias, bn=bn, res=res,
                  relu=relu, plane_out=plane_out, relu_out=relu_out, stats=stats,
-                 epilogue=epilogue, finite_images=epilogue, finite_inputs=epilogue,
+                 epilogue=epilogue, finite_notes=notes,
                  short=short, **blocks, **tiles)
     return noting_finite(Kernel(name, reads, writes, src,
                                 threads_scratch(per_thread, parallel, shared), ct,
-                                flops=flops, parallel=parallel), epilogue)
+                                flops=flops, parallel=parallel), notes)
 
 
 def _pair_shortcut(short, groups, ct, parallel, target, stats_at, tiles):
@@ -228,7 +229,7 @@ def _render_input(name, node, geo, target, m, blocks, split, buffer, fold=None):
                  W=geo["W"], P=geo["H"] * geo["W"], SPLIT=split, VL=_VL[ct], US=us,
                  V_SIZE=v_size, M_SIZE=m_size, groups=groups, points=points, MT=m,
                  DIST=_distinct(m), SUM=fold and fold["SUM"], masked=fold and fold["masked"],
-                 finite_images=True,
+                 finite_notes=True,
                  **blocks, **_tiles(co, blocks["RB"], ct))
     return noting_finite(Kernel(name, reads, writes, src,
                                 threads_scratch(per_thread, parallel, shared), ct, flops=flops,
