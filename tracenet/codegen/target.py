@@ -44,10 +44,11 @@ class Parallelism:
     memory_min_elements = 100_000    # memory-bound kernels, split over planes or channels
     # a linear layer's backward and SGD update at a batch of one (lowerings/weight_update.py)
     # and its forward, split by blocks of W's rows so each core keeps its rows of W, the
-    # gradient and the momentum in its own cache: None, never. Measured on LeNet's fc1 (48k
-    # elements) in interleaved A/Bs of the step at batch 1, split at 32768: 1.07x with
-    # AVX-512, 0.86-0.89x with AVX2 only (the kernel alone: 5.3 against 8.5 us)
-    weight_update_min_elements = None
+    # gradient and the momentum in its own cache (None: never). LeNet's fc1 (48k elements),
+    # `bench/ab.py` of the step on a quiet machine, split at 32768 against never: batch 1
+    # 1.03x with AVX-512, 1.08x with AVX2 only, batches 8 and 64 level (0.99-1.00x). (An
+    # earlier A/B under load read 0.86-0.89x with AVX2 only: a split waits for a free core)
+    weight_update_min_elements = 32768
     weight_update_min_rows = 16
     recurrent_min_step_flops = 200_000  # recurrent loops, each step split by batch rows or
     recurrent_min_columns = 32          # by gate columns
