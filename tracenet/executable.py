@@ -481,6 +481,8 @@ class Arguments:
             self._rebind(vector, bound)
         args, pointer, held = vector.args, self.pointer, vector.held
         k = 0
+        # (the loop of ``_point_outputs``, inline: every call runs it, and a call to a helper
+        # costs more than the loop itself on a batch-1 step)
         for arr in inputs:
             ref = held[k]
             if ref is None or ref() is not arr:
