@@ -33,11 +33,17 @@ def policy_cache(tmp_path_factory, monkeypatch):
     from builds under the usual one and shared by the tests of that policy: a directory per
     test probed the compiler and built the GEMM objects again each time, and built the same
     library once per thread count. Sharing is safe because a library's file is named by the
-    hash of its source and flags, and a process never reads back the graphs it stored
-    (``runtime/graph_cache.py``); pytest-xdist gives each worker a base directory of its own."""
+    hash of its source and flags, and is built under a per-file lock (a second process waits
+    and reuses it). The session's pytest-xdist workers share the directory too (a case on one
+    thread and its twin on two often run on different workers, and built the same library
+    twice); the graph cache is off there, so no test reads a graph another process traced."""
     def use(name):
-        d = tmp_path_factory.getbasetemp() / f"cache-{name}"
+        base = tmp_path_factory.getbasetemp()
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            base = base.parent  # (the session's directory, above the worker's own)
+        d = base / f"cache-{name}"
         monkeypatch.setenv("TRACENET_CACHE_DIR", str(d))
+        monkeypatch.setenv("TRACENET_GRAPH_CACHE", "0")
         return d
     return use
 
