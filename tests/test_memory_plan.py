@@ -254,6 +254,14 @@ def _address(pointer):
     return int(cffi.FFI().cast("uintptr_t", pointer))
 
 
+def _kernel_calls(source):
+    """The lines of ``source`` that call a kernel with arena memory (at least one)."""
+    calls = [line for line in source.splitlines()
+             if line.startswith("    tn_") and "arena" in line]
+    assert calls
+    return calls
+
+
 def _arena_offsets(call):
     """The arena offsets a kernel call passes, as functions of N (the C expression after
     ``arena + ``: a number or a parenthesised expression)."""
@@ -287,10 +295,7 @@ def test_lenet_kernels_read_and_write_at_distinct_addresses_modulo_a_page(train,
                                atol=1e-5)
     source = compiled.source()
     assert re.search(r"arena [0-9]+\*N\+[0-9]+ bytes", source)
-    calls = [line for line in source.splitlines()
-             if line.startswith("    tn_") and "arena" in line]
-    assert calls
-    for call in calls:
+    for call in _kernel_calls(source):
         offsets = _arena_offsets(call)
         for n in (1, 8, 64):
             residues = [f(n) % PAGE for f in offsets]
@@ -311,10 +316,7 @@ def test_a_spread_plan_puts_lenets_kernel_arguments_on_distinct_pages_of_the_per
                                atol=1e-5)
     source = compiled.source()
     assert f"&{PERIOD - 1}))" in source
-    calls = [line for line in source.splitlines()
-             if line.startswith("    tn_") and "arena" in line]
-    assert calls
-    for call in calls:
+    for call in _kernel_calls(source):
         offsets = _arena_offsets(call)
         for n in (1, 8, 64):
             residues = [f(n) % PERIOD for f in offsets]

@@ -47,7 +47,8 @@ class Parallelism:
     # gradient and the momentum in its own cache (None: never). LeNet's fc1 (48k elements),
     # `bench/ab.py` of the step on a quiet machine, split at 32768 against never: batch 1
     # 1.03x with AVX-512, 1.08x with AVX2 only, batches 8 and 64 level (0.99-1.00x). (An
-    # earlier A/B under load read 0.86-0.89x with AVX2 only: a split waits for a free core)
+    # earlier A/B had read 0.86-0.89x with AVX2 only; that loss did not come back. On a busy
+    # machine the load watch gives the call one thread, so a split does not wait for a core)
     weight_update_min_elements = 32768
     weight_update_min_rows = 16
     recurrent_min_step_flops = 200_000  # recurrent loops, each step split by batch rows or
