@@ -6,9 +6,9 @@ import os
 os.environ["TRACENET_PREBUILT"] = "0"
 # OpenMP threads (compiled code's libgomp and torch's) spin for a while after each parallel
 # region before they sleep (GOMP_SPINCOUNT 300000 by default); beside the other worker of the
-# suite that spinning held the cores the next call's threads needed, and 20 two-thread
-# tests of two files took 90 s instead of 56. Results do not depend on it. (Set before torch and the first
-# compiled library load libgomp; the workers inherit it.)
+# suite that spinning held the cores the next call's threads needed, and 20 two-thread tests
+# of two files took 90 s instead of 56. Results do not depend on it. (Set before torch and the
+# first compiled library load libgomp; the workers inherit it.)
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 
