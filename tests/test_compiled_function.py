@@ -485,3 +485,24 @@ def test_an_input_that_requires_grad_is_refused_when_backward_reaches_it():
         np.testing.assert_allclose(step(x, y).item(), eager(x, y).item(), rtol=1e-5)
         _same_state(model, reference, opt, ref_opt)
     assert x.grad is None
+
+
+def test_an_input_that_is_not_a_tensor_is_refused_after_steady_calls():
+    """A numpy array where a tensor was passed before: the call raises (on the path of
+    repeated calls as on the first) and changes nothing; the next calls go on as the eager
+    step does."""
+    model, reference, opt, ref_opt = _pair(MLP, torch.optim.SGD, lr=0.05, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    step = torch.compile(_step_fn(model, opt, criterion))
+    eager = _step_fn(reference, ref_opt, criterion)
+    x, y = torch.randn(4, 20), torch.randint(0, 5, (4,))
+    with pytest.raises(TypeError, match="compiled function input 0 must be a Tensor, got "
+                                        "ndarray"):
+        step(x.numpy(), y)
+    for i in range(4):
+        if i == 2:
+            with pytest.raises(TypeError, match="input 1 must be a Tensor, got ndarray"):
+                step(x, y.numpy())
+            _same_state(model, reference, opt, ref_opt)
+        np.testing.assert_allclose(step(x, y).item(), eager(x, y).item(), rtol=1e-5)
+        _same_state(model, reference, opt, ref_opt)

@@ -102,6 +102,23 @@ def test_load_is_sampled_at_most_once_a_period(tmp_path):
     assert watch.free_cores(105.0) == 1  # within the period: the last answer
 
 
+def test_compiled_calls_follow_the_watch_within_and_after_a_period(tmp_path, monkeypatch):
+    # (compiled_threads reads the watch's last answer itself within a period)
+    watch, path = _watch_on(tmp_path, "4.0 4.0 4.0 4/200 42\n")
+    watch.period = 10.0
+    monkeypatch.setattr(threads, "_watch", watch)
+    monkeypatch.setattr(threads, "_adaptive", [True])
+    monkeypatch.setattr(threads, "_threads", [2])
+    assert threads.compiled_threads(100.0) == 1
+    path.write_text("0.5 0.5 0.5 1/200 42\n")
+    assert threads.compiled_threads(105.0) == 1  # within the period: the last answer
+    for now in (111.0, 122.0, 133.0):  # sampled again: the median moves back
+        got = threads.compiled_threads(now)
+    assert got == 2
+    monkeypatch.setattr(threads, "_threads", [1])
+    assert threads.compiled_threads(134.0) == 1  # never more than the set count
+
+
 def test_a_set_thread_count_is_used_as_given(monkeypatch):
     monkeypatch.setattr(threads, "_adaptive", [True])
     tn.set_num_threads(2)

@@ -733,11 +733,14 @@ class CompiledFunction:
         return (tuple(map(_training_of, self.modules)), grad_mode._state.enabled, flags)
 
     def __call__(self, *inputs):
+        # (one loop: two comprehensions cost 0.60 us for LeNet's two inputs, this 0.39)
+        arrays, described = [], []
         for x in inputs:
             if not isinstance(x, Tensor):
                 _refuse(inputs)
-        arrays = [x._data for x in inputs]
-        described = [(x._data.shape, x._data.dtype, x._requires_grad) for x in inputs]
+            a = x._data
+            arrays.append(a)
+            described.append((a.shape, a.dtype, x._requires_grad))
         epoch, grad_enabled = _epoch[0], grad_mode._state.enabled
         steady = self._steady
         # the last call's specialisation while its inputs' shapes, dtypes and requires_grad

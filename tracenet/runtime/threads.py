@@ -160,7 +160,14 @@ def compiled_threads(now=None):
     set, no more than the cores other processes leave free."""
     if not _adaptive[0]:
         return _threads[0]
-    return min(_threads[0], _watch.free_cores(time.monotonic() if now is None else now))
+    if now is None:
+        now = time.monotonic()
+    # (the last sample's answer read here within its period: every compiled call asks, and
+    # the method call cost as much as the rest)
+    watch = _watch
+    free = watch.free if now - watch._last < watch.period else watch.free_cores(now)
+    n = _threads[0]
+    return n if n < free else free
 
 
 def set_num_threads(n):
