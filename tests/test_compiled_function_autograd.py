@@ -361,6 +361,24 @@ def test_nan_arenas_and_threads(nan_arenas_split, threads):
         twins.check_grads([tuple(x for x, _ in inputs)])
 
 
+def test_dropout_each_backward_uses_its_own_calls_mask():
+    """Random ops draw a fresh mask per call; two calls' outputs alive at once, each backward
+    reads the mask (the seed) of its own call."""
+    tn.manual_seed(0)
+    lin, drop = tn.nn.Linear(6, 5), tn.nn.Dropout(0.5)
+    f = tn.compile(lambda a: drop(lin(a)))
+    x = tn.randn(8, 6, requires_grad=True)
+    first, second = f(x), f(x)
+    masks = [(out.detach().numpy() != 0) for out in (first, second)]
+    assert (masks[0] != masks[1]).any()
+    for out, mask in ((second, masks[1]), (first, masks[0])):
+        lin.bias.grad = x.grad = None
+        out.sum().backward()
+        np.testing.assert_allclose(lin.bias.grad.numpy(), 2.0 * mask.sum(0), rtol=1e-6)
+        np.testing.assert_allclose(x.grad.numpy(), 2.0 * mask @ lin.weight.detach().numpy(),
+                                   rtol=1e-5, atol=1e-6)
+
+
 def _refused(fn, *inputs):
     with pytest.raises(TraceError) as e:
         tn.compile(fn)(*inputs)
