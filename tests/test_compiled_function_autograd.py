@@ -361,6 +361,27 @@ def test_nan_arenas_and_threads(nan_arenas_split, threads):
         twins.check_grads([tuple(x for x, _ in inputs)])
 
 
+def test_a_function_that_needs_the_exact_batch_size_keeps_history_per_size():
+    """A trace that reads the batch size's value falls back to exact sizes: each batch size
+    gets a specialisation of its own, whose outputs keep their history."""
+    twins = _Twins()
+    features, head = twins.tn
+
+    def scaled(lib, features, head):
+        def fn(x):
+            return head(features(x)) * (2.0 if x.shape[0] > 2 else 0.5)
+        return fn
+
+    f = tn.compile(scaled(tn, features, head))
+    fns = (f, scaled(tn, *twins.eager), scaled(torch, *twins.torch))
+    rng = np.random.default_rng(12)
+    for batch in (4, 2, 3):
+        for fn, (x, _) in zip(fns, twins.inputs(rng, batch)):
+            fn(x).pow(2).sum().backward()
+        twins.check_grads()
+    assert len(f._specs) == 3
+
+
 def test_dropout_each_backward_uses_its_own_calls_mask():
     """Random ops draw a fresh mask per call; two calls' outputs alive at once, each backward
     reads the mask (the seed) of its own call."""
