@@ -212,7 +212,7 @@ LAYERS = [
     ("runtime", ["tracenet.runtime"]),
     ("compile drivers", ["tracenet.executable", "tracenet.step_state", "tracenet.warm",
                          "tracenet.compiler", "tracenet.step", "tracenet.compiled_function",
-                         "tracenet.fused_optim"]),
+                         "tracenet.compiled_pair", "tracenet.fused_optim"]),
     ("the public package", ["tracenet", "tracenet.cli", "tracenet.__main__"]),
 ]
 

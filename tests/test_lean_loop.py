@@ -241,6 +241,29 @@ def test_compiled_module_called_on_one_leaf_twice_sums_its_gradients():
     np.testing.assert_allclose(x.grad.numpy(), x_eager.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_module_returning_an_output_twice_gives_each_its_own_gradient():
+    """The same value returned twice: each output takes its own cotangent (the second's was
+    taken from the first's)."""
+    class Twice(tn.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = tn.nn.Linear(3, 2)
+
+        def forward(self, x):
+            y = self.lin(x)
+            return y, y
+
+    net = Twice()
+    x = tn.randn(4, 3)
+    a, b = tn.compile(net)(x)
+    (a + 2 * b).sum().backward()
+    got = net.lin.weight.grad.numpy().copy()
+    net.zero_grad()
+    a, b = net(x)
+    (a + 2 * b).sum().backward()
+    np.testing.assert_allclose(got, net.lin.weight.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def _loop_step(net, opt, crit, x, y, before_step=None):
     opt.zero_grad()
     loss = crit(net(x), y)

@@ -43,7 +43,8 @@ MODEL = textwrap.dedent('''
 
 # runs a training step compiled (``mode``: loop, step, or function: tracenet.compile of a step
 # function that clips gradients, with a learning-rate schedule around it; with COMPILED_NET set
-# the step function calls a compiled module) and the same step
+# the step function calls a compiled module; or forward: tracenet.compile of the loss function,
+# its loss keeping its history for the backward and step after it) and the same step
 # eagerly on a copy, and prints both losses and the largest difference of the updated weights;
 # with NO_TRACE set, tracing raises; BATCH sets the batch size
 CHILD = textwrap.dedent('''
@@ -95,6 +96,18 @@ CHILD = textwrap.dedent('''
                 losses.append(float(step(x, y)))
                 schedule.step()
             return losses
+        if mode == "forward":
+            def forward_loss(a, b):
+                return criterion(m(a), b)
+            f = torch.compile(forward_loss) if compiled else forward_loss
+            losses = []
+            for _ in range(2):
+                opt.zero_grad()
+                loss = f(x, y)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss))
+            return losses
         if compiled and mode == "step":
             step = torch.compile_step(lambda a, b: criterion(m(a), b), opt)
             return [float(step(x, y)) for _ in range(2)]
@@ -139,7 +152,7 @@ def graph_hits(log):
     return log.count("[tracenet:cache] graph hit")
 
 
-@pytest.mark.parametrize("mode", ["loop", "step", "function"])
+@pytest.mark.parametrize("mode", ["loop", "step", "function", "forward"])
 def test_warm_process_runs_without_tracing(tmp_path, env, mode):
     cold, log = run(tmp_path, env, mode)
     assert "stored graph" in log and graph_hits(log) == 0

@@ -21,6 +21,12 @@ function would; hyperparameters are read on every call, so schedulers keep worki
 module (``tracenet.compile(net)``) the function names or calls stands for the module it wraps:
 its forward is traced inline, with that module's parameters and buffers as graph inputs.
 
+A function that leaves ``backward`` to its caller (``loss = f(x, y); loss.backward()``),
+called with grad enabled, keeps its outputs' autograd history: the specialisation is a forward
+and backward pair, as a compiled module's (``compiled_pair.py``), whose outputs hold one
+``CompiledFunctionBackward`` node; what cannot keep eager mode's history raises ``TraceError``
+(``_refuse_history``).
+
 A specialisation is stored in the graph cache (``tracenet/warm.py``) under a key of what
 determines it: the function's code, the modules' structure and forward code, the parameters',
 buffers' and inputs' shapes and dtypes, the optimizers' types, update flags and param groups
@@ -37,6 +43,7 @@ from . import _aligned, _dtype, warm
 from ._meta import Meta
 from ._sym import has_symbols, is_one
 from .autograd import grad_mode
+from .compiled_pair import CompiledPair
 from .executable import Executable, ShapeTable, SizeChecks, Specialisations, SymbolicSizes, \
     graph_symbols, optimise, run_sizes
 from .nn.modules import module as module_mod
@@ -155,6 +162,8 @@ class _StepRecorder:
         self.stepped = set()              # the parameter values a deferred step would update
         self.compiled_modules = []        # the tracenet.compile(module) objects it calls
         self.zeroed = {}                  # id -> parameter whose .grad zero_grad set to None
+        self.zero_grads = []              # (optimizer, set_to_none) of every zero_grad call
+        self.differentiated = False       # whether the function called backward
 
     # --- Tensor.backward ---------------------------------------------------------------------
     def backward(self, loss, gradient=None):
@@ -162,6 +171,7 @@ class _StepRecorder:
         if loss._ir is None or not loss._ir.requires_grad:
             raise RuntimeError("element 0 of tensors does not require grad and does not have a "
                                "grad_fn")
+        self.differentiated = True
         reached = _ancestors(loss._ir)
         for i, v in enumerate(graph.inputs[:self.n_inputs]):
             if v.requires_grad and v in reached:
@@ -198,6 +208,7 @@ class _StepRecorder:
 
     # --- Optimizer.zero_grad -------------------------------------------------------------------
     def zero_grad(self, optimizer, set_to_none=True):
+        self.zero_grads.append((optimizer, set_to_none))
         with grad_mode.no_grad():
             for group in optimizer.param_groups:
                 for p in group["params"]:
@@ -332,7 +343,12 @@ class _Specialisation:
     """One compiled specialisation of a function, and how to call it: traced from ``fn`` or,
     with ``stored`` (a graph cache payload, see ``stored_state``, its executable restored and
     its ``modules`` and ``guards`` found in this process), rebuilt from what an earlier process
-    traced and built."""
+    traced and built.
+
+    Called with grad enabled, a function that does not call ``backward`` itself and returns
+    an output that needs a gradient is compiled as a forward and backward pair (``pair``, a
+    ``CompiledPair`` as a compiled module's): its outputs carry autograd history
+    (``run_with_history``)."""
 
     def __init__(self, fn, inputs, unit, sizes, modules, optimizers, stored=None):
         title = "training step" if optimizers else "function"
@@ -342,6 +358,7 @@ class _Specialisation:
         self.names = [n for n, _ in named]
         self.optimizers = optimizers
         self.checks = None  # what a new process must re-check to reuse this (None: it cannot)
+        self.pair = None
         if stored is None:
             self.layout = self._trace(fn, inputs, unit, sizes, named, modules, optimizers)
         else:
@@ -349,7 +366,14 @@ class _Specialisation:
             self.layout, self.modules, self.guards = stored["layout"], stored["modules"], \
                 stored["guards"]
             self.ddp, self.deferred = (), []  # (a step with DDP is never stored)
-        self._setup(self.layout)
+            if "pair" in stored:
+                self.pair = CompiledPair(named, self.layout["n_user"],
+                                         stored=dict(stored["pair"], executable=self.executable))
+        if self.pair is None:
+            self._setup(self.layout)
+        else:
+            self._zero_grads = [(optimizers[k], set_to_none)
+                                for k, set_to_none in self.layout["zero_grads"]]
         cached = self.executable.library.cached
         clock.done("graph cache" if stored is not None else "cache hit" if cached else
                    "compiled")
@@ -357,16 +381,21 @@ class _Specialisation:
 
     def _trace(self, fn, inputs, unit, sizes, named, modules, optimizers):
         """Trace ``fn`` (backward and updates recorded as it calls them), optimise and build;
-        returns the layout of the graph's inputs and outputs (``_setup``)."""
+        returns the layout of the graph's inputs and outputs (``_setup``), or of the pair's
+        (``_trace_pair``) when the outputs keep their history."""
+        grad_enabled = grad_mode.is_grad_enabled()  # the call's (the trace enables grad)
         real_grads = {t: t._grad for t in self.state}
         recorder = _StepRecorder(named, optimizers, len(inputs))
         seen = {}
         observe = (lambda m: seen.setdefault(id(m), m))
         final_grads = {}
         cleared = []  # the parameters the function leaves without a .grad (frozen ones)
+        changed = []  # the inputs the function changed in place
 
         def body(*args):
+            before = [x._ir for x in args]
             out = fn(*args)
+            changed.extend(i for i, (x, v) in enumerate(zip(args, before)) if x._ir is not v)
             final_grads.update((p, p._grad) for p in recorder.params
                                if p._grad is not None and p._grad._ir is not None)
             cleared.extend(p for p in recorder.zeroed.values() if p._grad is None)
@@ -400,6 +429,9 @@ class _Specialisation:
         if not self.ddp:
             self.checks = _checks(fwd, modules, optimizers + recorder.compiled_modules,
                                   self.modules)
+        if grad_enabled and not recorder.differentiated and _needs_gradient(fwd):
+            return self._trace_pair(fwd, recorder, changed, named, modules, unit,
+                                    len(inputs))
         position = {id(t): i for i, t in enumerate(self.state)}
         index = {v: i for i, v in enumerate(fwd.inputs)}
         n_out = len(fwd.outputs) - len(fwd.state_updates)
@@ -426,10 +458,34 @@ class _Specialisation:
                 "cleared": [position[id(p)] for p in cleared if id(p) in position],
                 "seeds": sorted(index[v] for v in fwd.seed_inputs)}
 
+    def _trace_pair(self, fwd, recorder, changed, named, modules, unit, n_user):
+        """The traced ``fwd`` compiled as a forward and backward pair whose call gives its
+        outputs autograd history; returns the layout (the ``zero_grad`` calls to make after
+        each call)."""
+        _refuse_history(fwd, recorder, changed, _module_names(modules, named), n_user)
+        debug.log("ir", f"compiled function (its outputs keep their history):\n{fwd}")
+        self.pair = CompiledPair(named, n_user, fwd, unit, clock=self._clock)
+        self.graph, self.executable = self.pair.forward_graph, self.pair.executable
+        return {"n_user": n_user,
+                "zero_grads": [(self.optimizers.index(o), set_to_none)
+                               for o, set_to_none in recorder.zero_grads]}
+
+    def run_with_history(self, inputs):
+        """A call whose outputs carry autograd history (``CompiledPair.call``); the function's
+        ``zero_grad`` calls are made after it, as its forward reads no gradient."""
+        outputs = self.pair.call(inputs)
+        for optimizer, set_to_none in self._zero_grads:
+            optimizer.zero_grad(set_to_none)
+        return outputs
+
     def stored_state(self):
         """What a new process needs to rebuild this specialisation without tracing."""
-        return {"graph": self.graph, "executable": self.executable.stored_state(),
-                "layout": self.layout, "tensors": _tensor_layout(self.names, self.state)}
+        state = {"graph": self.graph, "executable": self.executable.stored_state(),
+                 "layout": self.layout, "tensors": _tensor_layout(self.names, self.state)}
+        if self.pair is not None:
+            state["pair"] = {k: v for k, v in self.pair.pair_state().items()
+                             if k != "executable"}  # (the same executable as above)
+        return state
 
     def _setup(self, layout):
         self.n_user, self.n_out = layout["n_user"], layout["n_out"]
@@ -681,6 +737,80 @@ def _check_nothing_reads_stepped(graph, recorder):
                          "after optimizer.step(): the update runs after the compiled code")
 
 
+def _module_names(modules, named):
+    """The names of the state tensors ``named`` as their modules call them (an optimizer's
+    parameter by its module's name for it)."""
+    found = {}
+    for m in modules:
+        for n, t in list(m.named_parameters()) + list(m.named_buffers()):
+            found.setdefault(id(t), f"{type(m).__name__}.{n}")
+    return [found.get(id(t), n) for n, t in named]
+
+
+def _needs_gradient(graph):
+    """Whether an output of the traced function (not a buffer's update) requires grad."""
+    n_out = len(graph.outputs) - len(graph.state_updates)
+    return any(v.requires_grad for v in graph.outputs[:n_out])
+
+
+def _viewed(value):
+    """The value that ``value`` is a view of in eager mode (through every op that makes
+    views there: reshapes, slices, indexing, ``split``...), or itself."""
+    while value.producer is not None and value.producer.op in registry.REGISTRY and \
+            registry.REGISTRY[value.producer.op].is_view:
+        value = value.producer.inputs[0]
+    return value
+
+
+def _refuse_history(graph, recorder, changed, names, n_user):
+    """Raise ``TraceError`` for what a compiled function whose outputs keep their autograd
+    history cannot do as eager mode does. The graph's inputs are the ``n_user`` inputs of the
+    function, then the state tensors (``names``); ``changed``: the inputs it changed in place."""
+    if recorder.updates:  # (eager mode's would use the gradients computed outside)
+        stepped = type(recorder.updates[0][0]).__name__
+        raise TraceError(f"{stepped}.step() in a compiled function that does not call "
+                         "backward, called with grad enabled: step outside the function, or "
+                         "call backward inside it")
+    for optimizer, _ in recorder.zero_grads:  # (made after each call: it must be found)
+        if optimizer not in recorder.optimizers:
+            raise TraceError(f"{type(optimizer).__name__}.zero_grad() on an optimizer the "
+                             "compiled function does not name (pass it through a closure, "
+                             "default or global)")
+    _refuse_changes(graph, changed, names, n_user)
+    _refuse_aliases(graph, names, n_user)
+
+
+def _refuse_changes(graph, changed, names, n_user):
+    """An input or a state tensor that requires grad changed in place (under ``no_grad``):
+    the outputs' history would not pass through the change, as eager mode's does."""
+    for i in changed:
+        if graph.inputs[i].requires_grad:
+            raise TraceError(f"the compiled function changes its input {i}, which requires "
+                             "grad, in place: its outputs cannot keep their autograd history "
+                             "through the change (change a clone, or call it eagerly)")
+    for state_index, _ in graph.state_updates:
+        if graph.inputs[n_user + state_index].requires_grad:
+            raise TraceError(f"the compiled function changes {names[state_index]}, which "
+                             "requires grad, in place: its outputs cannot keep their autograd "
+                             "history through the change (change it outside the function)")
+
+
+def _refuse_aliases(graph, names, n_user):
+    """An output that is an input that requires grad, or a view of one: eager mode's shares
+    that tensor's memory and history, a compiled output is a new tensor."""
+    index = {v: i for i, v in enumerate(graph.inputs)}
+    for k, v in enumerate(graph.outputs[:len(graph.outputs) - len(graph.state_updates)]):
+        source = _viewed(v)
+        if source not in index or not source.requires_grad:
+            continue
+        i = index[source]
+        what = f"its input {i}" if i < n_user else names[i - n_user]
+        raise TraceError(f"output {k} of the compiled function is "
+                         f"{what if source is v else 'a view of ' + what}, which requires "
+                         "grad: a compiled output is a new tensor and cannot share its memory "
+                         "and history as eager mode's does (return a clone)")
+
+
 def _active_graph():
     """The graph the active tracer records into (the function's, while it is traced: the
     recorder's hooks run from its code)."""
@@ -755,6 +885,8 @@ class CompiledFunction:
                                           lambda key, line, sizes:
                                           self._lookup(key, line, inputs, sizes))
         self._specs.last = spec
+        if spec.pair is not None:  # (outputs with autograd history: never the steady path)
+            return spec.run_with_history(inputs)
         self._steady = (described, epoch, grad_enabled, spec)
         return spec.run(arrays)
 
