@@ -20,6 +20,9 @@ from test_conv_winograd import _block, _biased_block, _forms, _keeps_both, \
 # the transforms' comment names the images interleaved per block (templates/conv_winograd_f4.c.j2)
 INTERLEAVED = re.compile(r"\((\d+) image\(s\) interleaved\)")
 FEWER = "(nb image(s) interleaved)"
+# each thread's own transformed weights (templates/conv_winograd_f4.c.j2; from
+# codegen/target.py's Parallelism.private_weights_min_elements, 36 x 32 x 34 values and up)
+PRIVATE_U = "each thread transforms all of U into its own work memory"
 
 
 @pytest.fixture(autouse=True)
@@ -129,3 +132,15 @@ def test_nan_arena_threads_interleaved(nan_arenas_split, threads, size, channels
     image left unwritten shows as NaN."""
     source = _two_convs_on_nan_arenas(threads, size, channels)
     assert min(_images_per_block(source)) > 1 and FEWER in source
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("size,channels,private", [((8, 8), 32, True), ((12, 12), 16, False)])
+def test_weight_transform_per_thread_or_shared(nan_arenas_split, threads, size, channels,
+                                               private):
+    """The transformed weights U in each thread's own work memory (32 channels: every thread
+    transforms all of U before its first block; a thread without blocks none) or in halves of
+    one shared copy (16 channels), on work memory filled with NaN over five images (blocks
+    split unevenly between the threads) and two: the same answers as PyTorch on 1-3 threads."""
+    source = _two_convs_on_nan_arenas(threads, size, channels)
+    assert (PRIVATE_U in source) == private

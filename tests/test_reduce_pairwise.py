@@ -109,3 +109,30 @@ def test_row_sums_are_numpys_with_each_instruction_set(march, width, dtype):
             got = tn.compile(model)(x).numpy()
             eager = model(x).numpy()
         assert got.tobytes() == eager.tobytes(), (march, kind)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_runs_split_between_threads_match_eager(nan_arenas_split, threads, dtype):
+    """A mean over each plane (the ResNet's average pool, 64 channels of 8x8) with the runs
+    split between 1-3 threads in contiguous ranges, built at batch 32 and called at 32, 7
+    (ranges of unequal length) and 1, on work memory filled with NaN: the numbers eager
+    mode gives, and the same bits on any number of threads (each run summed alone)."""
+    tn.set_num_threads(threads)
+    model = _Reduce("mean", (2, 3))
+    compiled = tn.compile(model)
+    rng = np.random.default_rng(0)
+    for batch in (32, 7, 1):
+        a = (rng.random((batch, 64, 8, 8)) + 10.0).astype(dtype)
+        x = tn.from_numpy(a)
+        with tn.no_grad():
+            got = compiled(x).numpy()
+            eager = model(x).numpy()
+        rtol = 1e-6 if dtype == np.float32 else 1e-14
+        np.testing.assert_allclose(got, eager, rtol=rtol)
+        tn.set_num_threads(1)
+        with tn.no_grad():
+            one = compiled(x).numpy()
+        tn.set_num_threads(threads)
+        assert got.tobytes() == one.tobytes()
+    assert "#pragma omp parallel" in compiled.source()

@@ -51,6 +51,14 @@ class Parallelism:
     # machine the load watch gives the call one thread, so a split does not wait for a core)
     weight_update_min_elements = 32768
     weight_update_min_rows = 16
+    # transformed weights (the F(4x4) Winograd kernels' U, 36 x CO x CI values) from which
+    # each thread transforms all of them into its own memory before its first block instead
+    # of a half each of one shared copy, whose other half its GEMMs then read from the other
+    # core's cache. The ResNet's step, two threads, best of 40 calls, two runs: 64 x 64
+    # channels (148k values) forward 179-182 -> 160-162 us, input gradient 176-180 -> 155-156;
+    # 32 x 32 (37k) 163-166 -> 162-163 and 156-157 -> 151-152; 16 x 16 (10k, a transform of
+    # 3 us) 224-229 -> 230-234 us, not worth its copy
+    private_weights_min_elements = 32768
     recurrent_min_step_flops = 200_000  # recurrent loops, each step split by batch rows or
     recurrent_min_columns = 32          # by gate columns
     # rows per thread from which a recurrent loop's threads split the batch rows (no barrier
@@ -75,6 +83,11 @@ class Parallelism:
             return 0
         return _all(self.openmp, _at_least(rows, self.weight_update_min_rows),
                     _at_least(elements, self.weight_update_min_elements))
+
+    def private_weights(self, elements, parallel):
+        """Whether each thread of a kernel split by ``parallel`` makes its own copy of
+        ``elements`` transformed weights."""
+        return bool(parallel) and elements >= self.private_weights_min_elements
 
     def recurrent(self, step_flops, columns):
         """A recurrent loop whose threads split each step's gate columns, with a barrier per

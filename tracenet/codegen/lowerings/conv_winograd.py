@@ -153,10 +153,11 @@ def _scratch(ci, co, blocks, parallel, shared_before):
     return per_thread, shared, threads_scratch(per_thread, parallel, shared)
 
 
-def _render(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stats_at, **extra):
+def _render(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stats_at, target,
+            **extra):
     if _takes_f4(geo, ct):
         return _render_f4(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel,
-                          stats_at, **extra)
+                          stats_at, target, **extra)
     blocks = _blocking(ci, geo["H"], geo["W"], images=True)
     per_thread, shared, scratch = _scratch(ci, co, blocks, parallel, stats_at)
     src = render("conv_winograd.c.j2", kind=kind, name=name, node_lines=node_lines(nodes),
@@ -222,18 +223,26 @@ def _split_stride_f4(blocks):
     return we
 
 
-def _render_f4(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stats_at,
+def _render_f4(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stats_at, target,
                **extra):
     blocks = _blocking_f4(ci, geo["H"], geo["W"], geo["N"], ct)
     we, rows = _split_stride_f4(blocks), 4 * blocks["R"] + 2
     split = rows * 4 * we * blocks["J"]
     st = _strides(ci, co, blocks["RB"])
     per_thread = split + 36 * (st["VS"] + st["MS"]) + 16 * blocks["L"]
-    shared = stats_at + 36 * st["US"]
+    u_in_thread = per_thread
+    # each thread its own U (36 matrices CO x CI) or a half each of one shared U
+    private_u = target.parallel.private_weights(36 * st["US"], parallel)
+    if private_u:
+        per_thread += 36 * st["US"]
+        shared = stats_at
+    else:
+        shared = stats_at + 36 * st["US"]
     scratch = threads_scratch(per_thread, parallel, shared)
     src = render("conv_winograd_f4.c.j2", kind=kind, name=name, node_lines=node_lines(nodes),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, shared=shared, u_at=stats_at,
+                 private_u=private_u, u_in_thread=u_in_thread,
                  N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"],
                  SPLIT=split, WE=we, ROWS=rows, VL=_VL[ct], **st, **blocks,
                  **_f4_tiles(co, blocks["RB"]), **extra)
@@ -253,7 +262,7 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     epilogue = bool(has_bias or bn or res or relu)
     notes = notes_finite(stats)
     return noting_finite(_render("forward", name, group, ct, reads, writes, geo, geo["C"],
-                                 geo["O"], parallel, stats_at, has_bias=has_bias, bn=bn,
+                                 geo["O"], parallel, stats_at, target, has_bias=has_bias, bn=bn,
                                  res=res, relu=relu, plane_out=plane_out, relu_out=relu_out,
                                  stats=stats, epilogue=epilogue, finite_notes=notes),
                          notes)
@@ -396,6 +405,6 @@ def lower_backward_input(name, node, geo, target):
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     reads, writes = [("gy", gy), ("w", w)], [("out", out)]
     return noting_finite(_render("input", name, [node], ct, reads, writes, geo, geo["O"],
-                                 geo["C"], parallel, 0, stats=None, bn=None, res=False,
+                                 geo["C"], parallel, 0, target, stats=None, bn=None, res=False,
                                  relu=False, relu_out=None, has_bias=False, epilogue=False,
                                  finite_notes=True), True)

@@ -54,8 +54,13 @@ def lower_reduce(name, node, exported, target):
         helper = f"tn_pairwise_sum{SFX[acc]}"
         pairwise = (helper, render("pairwise_sum.c.j2", helper=helper, ctype=acc))
     columns = _column_blocks(node.op, x, dims, acc)
-    parallel = target.parallel.memory(columns[0] * columns[1], columns[1] // (4 * columns[2])) \
-        if columns else 0
+    if columns:
+        parallel = target.parallel.memory(columns[0] * columns[1], columns[1] // (4 * columns[2]))
+    elif pairwise:
+        # the contiguous runs split between the threads
+        parallel = target.parallel.memory(numel(shape), numel(out.shape))
+    else:
+        parallel = 0
     reads, writes = [("x", x)], [("out", out)]
     src = render("reduce.c.j2", name=name, node_lines=node_lines([node]), ctype=ctype(x),
                  out_ctype=out_ct, acctype=acc, signature=signature(reads, writes),
