@@ -262,7 +262,8 @@ def _check_inplace_allowed(self):
     if self._ir is not None:
         if self.__dict__:  # (a traced input or a view of one is marked)
             from .trace import check_inplace_on_input
-            check_inplace_on_input(self)
+            if check_inplace_on_input(self):
+                return  # an input that is not a leaf: allowed, as on the caller's tensor
         if self._ir.producer is not None:
             return  # a traced intermediate: in-place ops are rebound functionally
     if grad_mode._state.enabled and self._requires_grad:

@@ -432,6 +432,8 @@ class _Specialisation:
         if grad_enabled and not recorder.differentiated and _needs_gradient(fwd):
             return self._trace_pair(fwd, recorder, changed, named, modules, unit,
                                     len(inputs))
+        if grad_enabled:  # (the trace always records with grad enabled)
+            _refuse_inputs_taking_history(fwd)
         position = {id(t): i for i, t in enumerate(self.state)}
         index = {v: i for i, v in enumerate(fwd.inputs)}
         n_out = user_output_count(fwd)
@@ -593,7 +595,7 @@ class _Specialisation:
 
     def run_writing_inputs(self, inputs, arrays):
         """A call that changes some of its ``inputs`` in place, as eager mode does."""
-        refuse_aliased_inputs(self.input_updates, inputs)
+        refuse_aliased_inputs(self.input_updates, inputs, self.state)
         return self.run(arrays, inputs)
 
     def run(self, arrays, written=None):
@@ -796,6 +798,17 @@ def _refuse_history(graph, recorder, changed, names, n_user):
                              "default or global)")
     _refuse_changes(graph, changed, names, n_user)
     _refuse_aliases(graph, names, n_user)
+
+
+def _refuse_inputs_taking_history(graph):
+    """An input changed in place by a value that requires grad, in a function whose outputs
+    keep no history (it calls ``backward`` itself): eager mode gives the caller's tensor that
+    history, which only a forward and backward pair could."""
+    for i, out_index, _ in graph.input_updates:
+        if graph.outputs[out_index].requires_grad:
+            raise TraceError(f"the compiled function changes its input {i} in place by a "
+                             "value that requires grad: its caller's tensor cannot take that "
+                             "autograd history here (change a clone, or call it eagerly)")
 
 
 def _refuse_changes(graph, changed, names, n_user):

@@ -52,9 +52,10 @@ def _positions(values, wanted):
     return out
 
 
-def refuse_aliased_inputs(input_updates, inputs):
+def refuse_aliased_inputs(input_updates, inputs, state):
     """Raise ``TraceError`` when an input the call writes in place shares memory with another
-    input: eager mode's later reads of the other see the write, the compiled call's do not."""
+    input or with a state tensor (parameter, buffer) of the call: eager mode's later reads of
+    the other see the write, the compiled call's do not."""
     for i, _, _ in input_updates:
         written = inputs[i]._data
         for j, x in enumerate(inputs):
@@ -62,6 +63,11 @@ def refuse_aliased_inputs(input_updates, inputs):
                 raise TraceError(f"inputs {i} and {j} of a compiled call share memory and "
                                  f"input {i} is changed in place: compiled code does not "
                                  "support this (pass a clone, or call it eagerly)")
+        for t in state:
+            if np.shares_memory(written, t._data):
+                raise TraceError(f"input {i} of a compiled call shares memory with a parameter "
+                                 "or buffer it reads and is changed in place: compiled code "
+                                 "does not support this (pass a clone, or call it eagerly)")
 
 
 def write_back_inputs(input_updates, inputs, outs):
@@ -105,7 +111,10 @@ class CompiledPair:
         # random ops' seeds: the last graph inputs, given fresh values on every call
         self.n_seeds = len(fwd.seed_inputs)
         assert fwd.inputs[len(fwd.inputs) - self.n_seeds:] == fwd.seed_inputs
-        self.differentiable = [v.requires_grad for v in fwd.outputs[:self.n_out]]
+        # (the inputs' new values follow the outputs: an input changed in place by a value
+        # that requires grad takes this call's history, as in eager mode)
+        self.differentiable = [v.requires_grad for v in
+                               fwd.outputs[:self.n_out + len(self.input_updates)]]
         self.needs_grad = any(self.differentiable)
         self.forward_graph = fwd
         self.backward_graph = None
@@ -188,7 +197,7 @@ class CompiledPair:
         self.check_sizes = SizeChecks(self.size_checks)
         self.fresh_shapes = ShapeTable(self.out_meta[:self.n_fresh])
         self.spare_shapes = ShapeTable(self.out_meta[self.n_fresh:])
-        self.user_out_shapes = ShapeTable(self.out_meta[:self.n_out])
+        self.user_out_shapes = ShapeTable(self.out_meta[:len(self.differentiable)])
         if self.needs_grad:
             self._plan_backward()
 
@@ -259,7 +268,9 @@ class CompiledPair:
         """Run the forward on the tensors ``inputs``: buffers take their updates, and with
         grad enabled the differentiable outputs get this call's backward node."""
         if self.input_updates:
-            refuse_aliased_inputs(self.input_updates, inputs)
+            refuse_aliased_inputs(self.input_updates, inputs, self._param_tensors)
+            if self.needs_grad and grad_mode._state.enabled:
+                self._refuse_views_taking_history(inputs)
         pool, outs, spares, sizes = self.run_forward(inputs)
         for state_index, out_index in self.state_updates:
             buf = self.params[state_index][1]  # e.g. a running mean, updated as in eager mode
@@ -282,12 +293,17 @@ class CompiledPair:
             node.freed = False
             node.sizes = sizes
             node.out_shapes = self.user_out_shapes(sizes)
-            node._num_outputs = self.n_out
+            node._num_outputs = len(self.differentiable)
+            if self.input_updates:  # (after the saved versions and the edges: an input the
+                # backward reads and the call changes is caught there, as in eager mode)
+                write_back_inputs(self.input_updates, inputs, outs)
+                results += [inputs[i] for i, _, _ in self.input_updates]
             for i in self.differentiable_outputs:
                 t = results[i]
                 t._req, t._grad_fn, t._output_nr = True, node, i
-        if self.input_updates:  # (after the saved versions: an input the backward reads and
-            # the call changes is caught there, as in eager mode)
+                t._hist += 1  # (a view of a changed input rebuilds its history)
+            del results[self.n_out:]
+        elif self.input_updates:
             write_back_inputs(self.input_updates, inputs, outs)
         structure = self.output_structure
         if type(structure) is int:  # (one tensor: what rebuild gives)
@@ -295,6 +311,17 @@ class CompiledPair:
         if structure is not None:
             return rebuild(structure, results)
         return results[0] if len(results) == 1 else tuple(results)
+
+    def _refuse_views_taking_history(self, inputs):
+        """An input that is a view and takes this call's history in place: eager mode rewrites
+        its base's history too, which a compiled call does not."""
+        for k in self.differentiable_outputs:
+            if k >= self.n_out:
+                i = self.input_updates[k - self.n_out][0]
+                if inputs[i]._base_ is not None:
+                    raise TraceError(f"input {i} of a compiled call is a view and takes a value "
+                                     "that requires grad in place: compiled code does not "
+                                     "support this (pass a clone, or call it eagerly)")
 
     def run_forward(self, inputs):
         """Run the forward on the tensors ``inputs``: (the call's array pool: user inputs,

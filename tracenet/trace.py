@@ -121,19 +121,17 @@ def _check_input_view_current(t):
 
 
 def check_inplace_on_input(t):
-    """Raise ``TraceError`` for an in-place op on the traced tensor ``t`` that compiled code
-    cannot carry back to the caller's input: one through a view of an input, or one on an input
-    that requires grad and is not a leaf (called from ``_tensor_methods.inplace``)."""
+    """Raise ``TraceError`` for an in-place op on the traced tensor ``t`` through a view of an
+    input, which compiled code cannot carry back to the caller's tensor; True when ``t`` is an
+    input that requires grad and is not a leaf, which takes the op as the caller's tensor does
+    in eager mode (called from ``_tensor_methods._check_inplace_allowed``)."""
     d = t.__dict__
     if "_input_view" in d:
         raise TraceError(f"an in-place op on a view of input "
                          f"{d['_input_view'][0].__dict__['_input_index']}: compiled code does "
                          "not support writing an input through a view yet (write the input "
                          "itself, or call it eagerly)")
-    if d.get("_input_is_nonleaf") and grad_mode.is_grad_enabled():
-        raise TraceError(f"an in-place op on input {d['_input_index']}, which requires grad "
-                         "and is not a leaf: compiled code does not support this yet (eager "
-                         "mode records it; clone the input first, or call it eagerly)")
+    return "_input_is_nonleaf" in d
 
 
 def _traced_input(graph, i, x, sizes):
@@ -155,10 +153,6 @@ def _record_input_updates(graph, args, inputs_of_args):
     for i, (t, v) in enumerate(zip(args, inputs_of_args)):
         if t._ir is v:
             continue
-        if t._ir.requires_grad and grad_mode.is_grad_enabled():
-            raise TraceError(f"input {i} takes a value that requires grad in place: compiled "
-                             "code cannot give the caller's tensor that autograd history as "
-                             "eager mode does (change a clone, or call it eagerly)")
         graph.input_updates.append((i, len(graph.outputs), t._vc.value))
         graph.outputs.append(t._ir)
 
