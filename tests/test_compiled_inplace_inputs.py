@@ -285,6 +285,74 @@ def test_a_view_taken_after_the_write_reads_the_new_values():
         assert x._version == want_x._version == 1
 
 
+def _through_whole_views(lib):
+    """A function writing its input through views that hold all of it, in its order."""
+    def fn(x):
+        x.flatten(1).relu_()
+        x.view(-1).mul_(3)
+        x.detach().view(x.shape[0], 2, 3).add_(1)
+        y = x.reshape(x.shape[0], 6)
+        y.sub_(0.5)
+        return y * 2 + x.sum()
+    return fn
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("grad", [True, False])
+def test_an_input_written_through_views_of_all_of_it_ends_as_in_eager_mode(dtype, grad):
+    compiled = tn.compile(_through_whole_views(tn))
+    rng = np.random.default_rng(6)
+    for batch in (5, 1, 3):
+        inputs = _inputs(rng.standard_normal((batch, 6)).astype(dtype))
+        with tn.set_grad_enabled(grad), torch.set_grad_enabled(grad):
+            outputs = [f(x) for f, x in zip((compiled, _through_whole_views(tn),
+                                             _through_whole_views(torch)), inputs)]
+        _check_call(outputs, inputs)
+        assert inputs[0]._version == 4
+
+
+def _scaled_through_views(lib, w):
+    def fn(x):
+        x.view(-1, 6).mul_(w)
+        x.flatten(1).add_(1)
+        return (x * x).sum(1)
+    return fn
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_compiled_function_gives_a_non_leaf_input_written_through_views_its_history(dtype):
+    """The outputs keep their history (no backward in the function), the non-leaf input that
+    requires grad takes the call's: gradients through both are eager mode's and PyTorch's."""
+    w = np.linspace(-1, 1, 6).astype(dtype)
+    fns = (tn.compile(_scaled_through_views(tn, tn.tensor(w))),
+           _scaled_through_views(tn, tn.tensor(w)),
+           _scaled_through_views(torch, torch.tensor(w)))
+    rng = np.random.default_rng(7)
+    for batch in (3, 1):
+        a = rng.standard_normal((batch, 2, 3)).astype(dtype)
+        leaves, inputs, outputs = [], [], []
+        for lib, f in zip((tn, tn, torch), fns):
+            leaf = lib.tensor(a.copy(), requires_grad=True)
+            x = leaf * 1
+            out = f(x)
+            (out.sum() + x.sum()).backward()
+            leaves.append(leaf)
+            inputs.append(x)
+            outputs.append(out)
+        _check_call(outputs, inputs)
+        _check_call([], [leaf.grad for leaf in leaves])
+
+
+def test_a_view_of_a_leaf_that_requires_grad_written_raises_as_eager_mode():
+    def fn(x):
+        x.view(-1).mul_(2)
+        return x * 1
+
+    for f in (fn, tn.compile(fn)):
+        with pytest.raises(RuntimeError, match="a view of a leaf Variable that requires grad"):
+            f(tn.ones(2, 3, requires_grad=True))
+
+
 def test_setitem_on_an_input_raises_a_clear_error():
     class SetItem(tn.nn.Module):
         def forward(self, x):

@@ -282,9 +282,12 @@ def inplace(self, compute, *args, **kwargs):
     if self._ir is not None:
         out = compute(self, *args, **kwargs)
         self._ir = out._ir
+        self.grad_fn, self._output_nr, self._requires_grad = out.grad_fn, 0, out._requires_grad
         if self._data is None:  # (a state tensor traced in place keeps its real version)
             self._vc.value += 1  # counts the writes a traced input's caller sees
-        self.grad_fn, self._output_nr, self._requires_grad = out.grad_fn, 0, out._requires_grad
+            if self.__dict__:  # (a view of a traced input is marked)
+                from .trace import write_through_input_view
+                write_through_input_view(self)
         return self
     src = self
     recording = grad_mode._state.enabled and (self._requires_grad or any(

@@ -813,9 +813,12 @@ def _refuse_inputs_taking_history(graph):
 
 def _refuse_changes(graph, changed, names, n_user):
     """An input or a state tensor that requires grad changed in place (under ``no_grad``):
-    the outputs' history would not pass through the change, as eager mode's does."""
+    the outputs' history would not pass through the change, as eager mode's does. (An input
+    changed by a value that requires grad takes the call's history, ``CompiledPair.call``.)"""
+    takes_history = {i for i, out_index, _ in graph.input_updates
+                     if graph.outputs[out_index].requires_grad}
     for i in changed:
-        if graph.inputs[i].requires_grad:
+        if graph.inputs[i].requires_grad and i not in takes_history:
             raise TraceError(f"the compiled function changes its input {i}, which requires "
                              "grad, in place: its outputs cannot keep their autograd history "
                              "through the change (change a clone, or call it eagerly)")

@@ -71,7 +71,7 @@ class Tracer:
             v.requires_grad = requires_grad and v.dtype.is_floating_point
             outs.append(traced_tensor(v))
         if op.is_view:
-            _mark_input_views(inputs[0], outs)
+            _mark_input_views(op, inputs[0], outs)
         return tuple(outs) if multi else outs[0]
 
     def random_seed(self):
@@ -92,28 +92,37 @@ class Tracer:
 # counter (``_tensor_methods.inplace``). A graph input changed so becomes an extra output that
 # the runtime copies into the caller's tensor, advancing its version by as many writes
 # (``graph.input_updates``), as buffers' updates are (``graph.state_updates``). Views of an
-# input share its version counter and remember it (``_input_view``: the input and its version
-# when the view was made): a write through such a view, or a read of a view made before the
-# input changed, would not see the change, and raises ``TraceError``.
+# input share its version counter and remember it (``_input_view``: the input, its version
+# when the view was made, and whether the view holds all of the input's elements in its order:
+# made by ``view``/``reshape``/``flatten``/``detach`` alone). A write through a whole view
+# rebinds the input to the view's new value reshaped; a write through any other view, or a
+# read of a view made before the input changed, would not see the change, and raises
+# ``TraceError``.
+
+# the view ops whose output is the whole input in its order (reshapes and detach)
+_WHOLE_VIEW_OPS = frozenset(("view", "detach"))
 
 
-def _mark_input_views(source, views):
-    """Record on the traced ``views`` (outputs of a view op of ``source``) the input they
+def _mark_input_views(op, source, views):
+    """Record on the traced ``views`` (outputs of the view ``op`` of ``source``) the input they
     view, if ``source`` is a traced input or a view of one."""
     d = source.__dict__
-    root = d["_input_view"][0] if "_input_view" in d else \
-        source if "_input_index" in d else None
-    if root is None:
+    if "_input_view" in d:
+        root, _, whole = d["_input_view"]
+    elif "_input_index" in d:
+        root, whole = source, True
+    else:
         return
+    whole = whole and op.name in _WHOLE_VIEW_OPS
     for v in views:
         v._vc = root._vc
-        v.__dict__["_input_view"] = (root, root._vc.value)
+        v.__dict__["_input_view"] = (root, root._vc.value, whole)
 
 
 def _check_input_view_current(t):
     """A view of a traced input, read after the input changed in place, would read the old
     values in compiled code (eager mode's sees the new ones)."""
-    root, version = t.__dict__["_input_view"]
+    root, version, _ = t.__dict__["_input_view"]
     if root._vc.value != version:
         raise TraceError(f"a view of input {root.__dict__['_input_index']} is read after an "
                          "in-place op changed the input: compiled code does not support this "
@@ -122,16 +131,37 @@ def _check_input_view_current(t):
 
 def check_inplace_on_input(t):
     """Raise ``TraceError`` for an in-place op on the traced tensor ``t`` through a view of an
-    input, which compiled code cannot carry back to the caller's tensor; True when ``t`` is an
-    input that requires grad and is not a leaf, which takes the op as the caller's tensor does
-    in eager mode (called from ``_tensor_methods._check_inplace_allowed``)."""
+    input that is not all of it, which compiled code cannot carry back to the caller's tensor;
+    True when ``t`` is an input that requires grad and is not a leaf, which takes the op as the
+    caller's tensor does in eager mode (called from ``_tensor_methods._check_inplace_allowed``)."""
     d = t.__dict__
-    if "_input_view" in d:
+    if "_input_view" not in d:
+        return "_input_is_nonleaf" in d
+    root, _, whole = d["_input_view"]
+    if grad_mode.is_grad_enabled() and root._ir.producer is None and root._ir.requires_grad \
+            and "_input_is_nonleaf" not in root.__dict__:
+        raise RuntimeError("a view of a leaf Variable that requires grad is being used in an "
+                           "in-place operation.")
+    if not whole:
         raise TraceError(f"an in-place op on a view of input "
-                         f"{d['_input_view'][0].__dict__['_input_index']}: compiled code does "
-                         "not support writing an input through a view yet (write the input "
-                         "itself, or call it eagerly)")
-    return "_input_is_nonleaf" in d
+                         f"{root.__dict__['_input_index']}: compiled code does "
+                         "not support writing an input through a view of part of it, or of "
+                         "its elements in another order, yet (write the input itself, or call "
+                         "it eagerly)")
+    return False
+
+
+def write_through_input_view(t):
+    """After an in-place op on the traced ``t``: if ``t`` is a whole view of an input (see
+    above), the input takes ``t``'s new value, reshaped to its shape, and ``t`` stays
+    current (called from ``_tensor_methods.inplace``)."""
+    d = t.__dict__
+    if "_input_view" not in d:
+        return
+    root = d["_input_view"][0]
+    d["_input_view"] = (root, root._vc.value, True)  # (current: read just below)
+    new = t.reshape(tuple(root.shape))
+    root._ir, root._requires_grad = new._ir, new._requires_grad
 
 
 def _traced_input(graph, i, x, sizes):
