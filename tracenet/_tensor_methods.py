@@ -259,8 +259,13 @@ def _check_multi_view(self, args):
 
 
 def _check_inplace_allowed(self):
-    if self._ir is not None and self._ir.producer is not None:
-        return  # a traced intermediate: in-place ops are rebound functionally
+    if self._ir is not None:
+        if self.__dict__:  # (a traced input or a view of one is marked)
+            from .trace import check_inplace_on_input
+            if check_inplace_on_input(self):
+                return  # an input that is not a leaf: allowed, as on the caller's tensor
+        if self._ir.producer is not None:
+            return  # a traced intermediate: in-place ops are rebound functionally
     if grad_mode._state.enabled and self._requires_grad:
         if self.grad_fn is None:
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place "
@@ -278,6 +283,11 @@ def inplace(self, compute, *args, **kwargs):
         out = compute(self, *args, **kwargs)
         self._ir = out._ir
         self.grad_fn, self._output_nr, self._requires_grad = out.grad_fn, 0, out._requires_grad
+        if self._data is None:  # (a state tensor traced in place keeps its real version)
+            self._vc.value += 1  # counts the writes a traced input's caller sees
+            if self.__dict__:  # (a view of a traced input is marked)
+                from .trace import write_through_input_view
+                write_through_input_view(self)
         return self
     src = self
     recording = grad_mode._state.enabled and (self._requires_grad or any(
@@ -362,25 +372,48 @@ for _name, _fn in _INPLACE.items():
     setattr(Tensor, _name, _inplace_method(_fn))
 
 
+def _overwrite(name):
+    """The computation of an in-place op that writes ``value`` over all of the tensor
+    (``copy_``, ``fill_``, ``zero_``; ``name``: its eager autograd node). Traced, the new value
+    is ``value`` broadcast to the tensor's shape: the whole-tensor ``index_put`` eager mode
+    records has no C lowering."""
+    def compute(s, value):
+        if s._ir is None and not (isinstance(value, Tensor) and value._ir is not None):
+            return ix.index_put(s, value, [], (), _name=name)
+        if not isinstance(value, Tensor):
+            value = common.scalar_tensor(value, s.dtype)
+        elif value.dtype is not s.dtype:
+            value = value.to(s.dtype)
+        if value._ir is None:  # (a constant of the graph, so that the broadcast is traced)
+            value = common.traced_tensor(common.active_tracer().value_of(value))
+        return value.expand(tuple(s.shape)).clone()
+    return compute
+
+
+_fill_tensor = _overwrite("FillBackward3")
+_fill_scalar = _overwrite("FillBackward2")
+_zero = _overwrite("ZeroBackward0")
+_copy = _overwrite("CopyBackwards")
+
+
 def _fill_(self, value):
     if isinstance(value, Tensor):
         if value.dim() != 0:
             raise RuntimeError(f"fill_ only supports 0-dimension value tensor but got tensor "
                                f"with {value.dim()} dimensions.")
-        return inplace(self, lambda s, v: ix.index_put(s, v, [], (), _name="FillBackward3"),
-                       value)
+        return inplace(self, _fill_tensor, value)
     if self._ir is None and not (grad_mode._state.enabled and self._requires_grad):
         _check_inplace_allowed(self)
         self._data[...] = value
         self._vc.value += 1
         return self
-    return inplace(self, lambda s: ix.index_put(s, value, [], (), _name="FillBackward2"))
+    return inplace(self, lambda s: _fill_scalar(s, value))
 
 
 def _zero_(self):
     if self._ir is None and not (grad_mode._state.enabled and self._requires_grad):
         return _fill_(self, 0)
-    return inplace(self, lambda s: ix.index_put(s, 0, [], (), _name="ZeroBackward0"))
+    return inplace(self, lambda s: _zero(s, 0))
 
 
 def _copy_(self, src, non_blocking=False):
@@ -390,7 +423,7 @@ def _copy_(self, src, non_blocking=False):
     if shape != tuple(self.shape):
         raise RuntimeError(f"output with shape [{', '.join(map(str, self.shape))}] doesn't match "
                            f"the broadcast shape [{', '.join(map(str, shape))}]")
-    return inplace(self, lambda s, v: ix.index_put(s, v, [], (), _name="CopyBackwards"), src)
+    return inplace(self, _copy, src)
 
 
 def _setitem(self, key, value):

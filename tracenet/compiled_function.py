@@ -43,7 +43,7 @@ from . import _aligned, _dtype, warm
 from ._meta import Meta
 from ._sym import has_symbols, is_one
 from .autograd import grad_mode
-from .compiled_pair import CompiledPair
+from .compiled_pair import CompiledPair, refuse_aliased_inputs, write_back_inputs
 from .executable import Executable, ShapeTable, SizeChecks, Specialisations, SymbolicSizes, \
     graph_symbols, optimise, run_sizes
 from .nn.modules import module as module_mod
@@ -57,7 +57,7 @@ from .tensor import Tensor, arrays_replaced, clocked
 from .ops import registry
 from .ops.common import numel
 from .trace import Guards, TraceError, format_inputs, rebuild, symbolic_shape, trace, \
-    traced_tensor
+    traced_tensor, user_output_count
 
 _epoch = module_mod._epoch  # advanced by every change to a module (``Module.__setattr__``)
 
@@ -432,9 +432,11 @@ class _Specialisation:
         if grad_enabled and not recorder.differentiated and _needs_gradient(fwd):
             return self._trace_pair(fwd, recorder, changed, named, modules, unit,
                                     len(inputs))
+        if grad_enabled:  # (the trace always records with grad enabled)
+            _refuse_inputs_taking_history(fwd)
         position = {id(t): i for i, t in enumerate(self.state)}
         index = {v: i for i, v in enumerate(fwd.inputs)}
-        n_out = len(fwd.outputs) - len(fwd.state_updates)
+        n_out = user_output_count(fwd)
         # outputs after the function's: state updates (stepped parameters, buffers), the final
         # gradients, the optimizers' new state arrays
         grads = []
@@ -454,6 +456,7 @@ class _Specialisation:
         self.executable = Executable([("function", self.graph)], unit)
         return {"n_user": len(inputs), "n_out": n_out, "output_structure": fwd.output_structure,
                 "size_checks": list(fwd.size_checks), "state_updates": list(fwd.state_updates),
+                "input_updates": list(fwd.input_updates),
                 "grads": grads, "updates": updates,
                 "cleared": [position[id(p)] for p in cleared if id(p) in position],
                 "seeds": sorted(index[v] for v in fwd.seed_inputs)}
@@ -496,7 +499,11 @@ class _Specialisation:
         self._check_sizes = self.size_checks if self.size_checks else None
         self.symbols = graph_symbols([self.graph])
         self.out_meta = [(v.shape, v.dtype.np) for v in self.graph.outputs]
-        self.user_out_shapes = ShapeTable(self.out_meta[:self.n_out])
+        # the inputs' new values (of inputs changed in place) follow the function's outputs
+        # and are made with them
+        self.input_updates = layout.get("input_updates", [])
+        self.n_made = self.n_out + len(self.input_updates)
+        self.user_out_shapes = ShapeTable(self.out_meta[:self.n_made])
         self.updates = []  # (optimizer, UpdateState, output index of its first new state)
         for k, params, first, _, _ in layout["updates"]:
             optimizer = self.optimizers[k]
@@ -570,7 +577,7 @@ class _Specialisation:
         self._bound, self._refreshed, self._replaced = (), [], None
         # small outputs of static shapes are written to arrays the argument vectors keep and
         # copied out: cheaper than pointing a slot at a fresh array per call
-        user = self.out_meta[:self.n_out]
+        user = self.out_meta[:self.n_made]
         self._owned = not any(has_symbols(shape) for shape, _ in user) and \
             sum(numel(shape) * np.dtype(dt).itemsize for shape, dt in user) <= _OWNED_BYTES
         if self._owned:
@@ -580,8 +587,20 @@ class _Specialisation:
     def source_code(self):
         return self.executable.source_code
 
-    def run(self, arrays):
-        """One call on the inputs' arrays."""
+    @property
+    def written_inputs(self):
+        """The indices of the inputs a call changes in place (and copies back)."""
+        updates = self.pair.input_updates if self.pair is not None else self.input_updates
+        return [i for i, _, _ in updates]
+
+    def run_writing_inputs(self, inputs, arrays):
+        """A call that changes some of its ``inputs`` in place, as eager mode does."""
+        refuse_aliased_inputs(self.input_updates, inputs, self.state)
+        return self.run(arrays, inputs)
+
+    def run(self, arrays, written=None):
+        """One call on the inputs' arrays (``written``: the input tensors, when the call
+        changes some of them in place)."""
         if self.ddp:
             ddp_mod.before_compiled_step(self.ddp)
         for arr in arrays:
@@ -604,6 +623,8 @@ class _Specialisation:
                 update_state.undo()
             raise
         self._after_call()
+        if written is not None:
+            write_back_inputs(self.input_updates, written, outs)
         if self._one_output:
             return Tensor._wrap(outs[0])
         results = [Tensor._wrap(o) for o in outs[:self.n_out]]
@@ -749,8 +770,7 @@ def _module_names(modules, named):
 
 def _needs_gradient(graph):
     """Whether an output of the traced function (not a buffer's update) requires grad."""
-    n_out = len(graph.outputs) - len(graph.state_updates)
-    return any(v.requires_grad for v in graph.outputs[:n_out])
+    return any(v.requires_grad for v in graph.outputs[:user_output_count(graph)])
 
 
 def _viewed(value):
@@ -780,11 +800,25 @@ def _refuse_history(graph, recorder, changed, names, n_user):
     _refuse_aliases(graph, names, n_user)
 
 
+def _refuse_inputs_taking_history(graph):
+    """An input changed in place by a value that requires grad, in a function whose outputs
+    keep no history (it calls ``backward`` itself): eager mode gives the caller's tensor that
+    history, which only a forward and backward pair could."""
+    for i, out_index, _ in graph.input_updates:
+        if graph.outputs[out_index].requires_grad:
+            raise TraceError(f"the compiled function changes its input {i} in place by a "
+                             "value that requires grad: its caller's tensor cannot take that "
+                             "autograd history here (change a clone, or call it eagerly)")
+
+
 def _refuse_changes(graph, changed, names, n_user):
     """An input or a state tensor that requires grad changed in place (under ``no_grad``):
-    the outputs' history would not pass through the change, as eager mode's does."""
+    the outputs' history would not pass through the change, as eager mode's does. (An input
+    changed by a value that requires grad takes the call's history, ``CompiledPair.call``.)"""
+    takes_history = {i for i, out_index, _ in graph.input_updates
+                     if graph.outputs[out_index].requires_grad}
     for i in changed:
-        if graph.inputs[i].requires_grad:
+        if graph.inputs[i].requires_grad and i not in takes_history:
             raise TraceError(f"the compiled function changes its input {i}, which requires "
                              "grad, in place: its outputs cannot keep their autograd history "
                              "through the change (change a clone, or call it eagerly)")
@@ -799,7 +833,7 @@ def _refuse_aliases(graph, names, n_user):
     """An output that is an input that requires grad, or a view of one: eager mode's shares
     that tensor's memory and history, a compiled output is a new tensor."""
     index = {v: i for i, v in enumerate(graph.inputs)}
-    for k, v in enumerate(graph.outputs[:len(graph.outputs) - len(graph.state_updates)]):
+    for k, v in enumerate(graph.outputs[:user_output_count(graph)]):
         source = _viewed(v)
         if source not in index or not source.requires_grad:
             continue
@@ -887,6 +921,8 @@ class CompiledFunction:
         self._specs.last = spec
         if spec.pair is not None:  # (outputs with autograd history: never the steady path)
             return spec.run_with_history(inputs)
+        if spec.input_updates:  # (it changes its inputs in place: never the steady path)
+            return spec.run_writing_inputs(inputs, arrays)
         self._steady = (described, epoch, grad_enabled, spec)
         return spec.run(arrays)
 

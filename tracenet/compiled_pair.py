@@ -22,7 +22,7 @@ from .passes import grad as ir_grad, joint_forward
 from .passes.autodiff import view_source
 from .runtime import debug
 from .tensor import Tensor
-from .trace import rebuild
+from .trace import TraceError, rebuild, user_output_count
 
 _data_of = operator.attrgetter("_data")
 _refcount = sys.getrefcount
@@ -52,6 +52,33 @@ def _positions(values, wanted):
     return out
 
 
+def refuse_aliased_inputs(input_updates, inputs, state):
+    """Raise ``TraceError`` when an input the call writes in place shares memory with another
+    input or with a state tensor (parameter, buffer) of the call: eager mode's later reads of
+    the other see the write, the compiled call's do not."""
+    for i, _, _ in input_updates:
+        written = inputs[i]._data
+        for j, x in enumerate(inputs):
+            if j != i and np.shares_memory(written, x._data):
+                raise TraceError(f"inputs {i} and {j} of a compiled call share memory and "
+                                 f"input {i} is changed in place: compiled code does not "
+                                 "support this (pass a clone, or call it eagerly)")
+        for t in state:
+            if np.shares_memory(written, t._data):
+                raise TraceError(f"input {i} of a compiled call shares memory with a parameter "
+                                 "or buffer it reads and is changed in place: compiled code "
+                                 "does not support this (pass a clone, or call it eagerly)")
+
+
+def write_back_inputs(input_updates, inputs, outs):
+    """Copy the new values of the inputs a call changed in place into the caller's tensors and
+    advance their versions by as many writes as eager mode makes (``graph.input_updates``)."""
+    for i, out_index, writes in input_updates:
+        x = inputs[i]
+        np.copyto(x._data, outs[out_index])
+        x._vc.value += writes
+
+
 class CompiledPair:
     """The compiled forward (and backward) of one traced graph and how to call them.
 
@@ -60,7 +87,7 @@ class CompiledPair:
     for ``unit``) or from ``stored`` (``pair_state``, its executable restored)."""
 
     # what a graph cache entry keeps, besides the graphs and the executable
-    _STORED = ("output_structure", "state_updates", "n_out", "n_seeds", "size_checks",
+    _STORED = ("output_structure", "state_updates", "input_updates", "n_out", "n_seeds", "size_checks",
                "differentiable", "needs_grad", "saved_sources", "recyclable",
                "version_checked", "grad_of", "cotangent_of")
 
@@ -79,11 +106,15 @@ class CompiledPair:
         self.output_structure = fwd.output_structure
         self.size_checks = list(fwd.size_checks)
         self.state_updates = list(fwd.state_updates)
-        self.n_out = len(fwd.outputs) - len(self.state_updates)
+        self.input_updates = list(fwd.input_updates)
+        self.n_out = user_output_count(fwd)
         # random ops' seeds: the last graph inputs, given fresh values on every call
         self.n_seeds = len(fwd.seed_inputs)
         assert fwd.inputs[len(fwd.inputs) - self.n_seeds:] == fwd.seed_inputs
-        self.differentiable = [v.requires_grad for v in fwd.outputs[:self.n_out]]
+        # (the inputs' new values follow the outputs: an input changed in place by a value
+        # that requires grad takes this call's history, as in eager mode)
+        self.differentiable = [v.requires_grad for v in
+                               fwd.outputs[:self.n_out + len(self.input_updates)]]
         self.needs_grad = any(self.differentiable)
         self.forward_graph = fwd
         self.backward_graph = None
@@ -116,6 +147,7 @@ class CompiledPair:
 
     def _load(self, stored):
         self.size_checks = []  # (an entry may have none)
+        self.input_updates = []
         for name in self._STORED:
             if name in stored:
                 setattr(self, name, stored[name])
@@ -165,13 +197,18 @@ class CompiledPair:
         self.check_sizes = SizeChecks(self.size_checks)
         self.fresh_shapes = ShapeTable(self.out_meta[:self.n_fresh])
         self.spare_shapes = ShapeTable(self.out_meta[self.n_fresh:])
-        self.user_out_shapes = ShapeTable(self.out_meta[:self.n_out])
+        self.user_out_shapes = ShapeTable(self.out_meta[:len(self.differentiable)])
         if self.needs_grad:
             self._plan_backward()
 
     @property
     def source_code(self):
         return self.executable.source_code
+
+    @property
+    def written_inputs(self):
+        """The indices of the inputs a call changes in place (and copies back)."""
+        return [i for i, _, _ in self.input_updates]
 
     @property
     def library(self):
@@ -230,6 +267,10 @@ class CompiledPair:
     def call(self, inputs):
         """Run the forward on the tensors ``inputs``: buffers take their updates, and with
         grad enabled the differentiable outputs get this call's backward node."""
+        if self.input_updates:
+            refuse_aliased_inputs(self.input_updates, inputs, self._param_tensors)
+            if self.needs_grad and grad_mode._state.enabled:
+                self._refuse_views_taking_history(inputs)
         pool, outs, spares, sizes = self.run_forward(inputs)
         for state_index, out_index in self.state_updates:
             buf = self.params[state_index][1]  # e.g. a running mean, updated as in eager mode
@@ -252,16 +293,35 @@ class CompiledPair:
             node.freed = False
             node.sizes = sizes
             node.out_shapes = self.user_out_shapes(sizes)
-            node._num_outputs = self.n_out
+            node._num_outputs = len(self.differentiable)
+            if self.input_updates:  # (after the saved versions and the edges: an input the
+                # backward reads and the call changes is caught there, as in eager mode)
+                write_back_inputs(self.input_updates, inputs, outs)
+                results += [inputs[i] for i, _, _ in self.input_updates]
             for i in self.differentiable_outputs:
                 t = results[i]
                 t._req, t._grad_fn, t._output_nr = True, node, i
+                t._hist += 1  # (a view of a changed input rebuilds its history)
+            del results[self.n_out:]
+        elif self.input_updates:
+            write_back_inputs(self.input_updates, inputs, outs)
         structure = self.output_structure
         if type(structure) is int:  # (one tensor: what rebuild gives)
             return results[structure]
         if structure is not None:
             return rebuild(structure, results)
         return results[0] if len(results) == 1 else tuple(results)
+
+    def _refuse_views_taking_history(self, inputs):
+        """An input that is a view and takes this call's history in place: eager mode rewrites
+        its base's history too, which a compiled call does not."""
+        for k in self.differentiable_outputs:
+            if k >= self.n_out:
+                i = self.input_updates[k - self.n_out][0]
+                if inputs[i]._base_ is not None:
+                    raise TraceError(f"input {i} of a compiled call is a view and takes a value "
+                                     "that requires grad in place: compiled code does not "
+                                     "support this (pass a clone, or call it eagerly)")
 
     def run_forward(self, inputs):
         """Run the forward on the tensors ``inputs``: (the call's array pool: user inputs,

@@ -43,6 +43,8 @@ class Tracer:
 
     def value_of(self, t):
         if t._ir is not None:
+            if "_input_view" in t.__dict__:
+                _check_input_view_current(t)
             if self.foreign is not None:
                 return self.foreign(t._ir)
             return t._ir
@@ -68,6 +70,8 @@ class Tracer:
         for v in node.outputs:
             v.requires_grad = requires_grad and v.dtype.is_floating_point
             outs.append(traced_tensor(v))
+        if op.is_view:
+            _mark_input_views(op, inputs[0], outs)
         return tuple(outs) if multi else outs[0]
 
     def random_seed(self):
@@ -81,6 +85,112 @@ class Tracer:
         v = graph.add_input(f"seed{len(graph.seed_inputs)}", (), _dtype.int64)
         graph.seed_inputs.append(v)
         return traced_tensor(v)
+
+
+# --- in-place ops on the traced inputs ---------------------------------------------------------
+# An in-place op on a traced tensor rebinds its ``_ir`` to the new value and bumps its version
+# counter (``_tensor_methods.inplace``). A graph input changed so becomes an extra output that
+# the runtime copies into the caller's tensor, advancing its version by as many writes
+# (``graph.input_updates``), as buffers' updates are (``graph.state_updates``). Views of an
+# input share its version counter and remember it (``_input_view``: the input, its version
+# when the view was made, and whether the view holds all of the input's elements in its order:
+# made by ``view``/``reshape``/``flatten``/``detach`` alone). A write through a whole view
+# rebinds the input to the view's new value reshaped; a write through any other view, or a
+# read of a view made before the input changed, would not see the change, and raises
+# ``TraceError``.
+
+# the view ops whose output is the whole input in its order (reshapes and detach)
+_WHOLE_VIEW_OPS = frozenset(("view", "detach"))
+
+
+def _mark_input_views(op, source, views):
+    """Record on the traced ``views`` (outputs of the view ``op`` of ``source``) the input they
+    view, if ``source`` is a traced input or a view of one."""
+    d = source.__dict__
+    if "_input_view" in d:
+        root, _, whole = d["_input_view"]
+    elif "_input_index" in d:
+        root, whole = source, True
+    else:
+        return
+    whole = whole and op.name in _WHOLE_VIEW_OPS
+    for v in views:
+        v._vc = root._vc
+        v.__dict__["_input_view"] = (root, root._vc.value, whole)
+
+
+def _check_input_view_current(t):
+    """A view of a traced input, read after the input changed in place, would read the old
+    values in compiled code (eager mode's sees the new ones)."""
+    root, version, _ = t.__dict__["_input_view"]
+    if root._vc.value != version:
+        raise TraceError(f"a view of input {root.__dict__['_input_index']} is read after an "
+                         "in-place op changed the input: compiled code does not support this "
+                         "yet (take the view after the change, or call it eagerly)")
+
+
+def check_inplace_on_input(t):
+    """Raise ``TraceError`` for an in-place op on the traced tensor ``t`` through a view of an
+    input that is not all of it, which compiled code cannot carry back to the caller's tensor;
+    True when ``t`` is an input that requires grad and is not a leaf, which takes the op as the
+    caller's tensor does in eager mode (called from ``_tensor_methods._check_inplace_allowed``)."""
+    d = t.__dict__
+    if "_input_view" not in d:
+        return "_input_is_nonleaf" in d
+    root, _, whole = d["_input_view"]
+    if grad_mode.is_grad_enabled() and root._ir.producer is None and root._ir.requires_grad \
+            and "_input_is_nonleaf" not in root.__dict__:
+        raise RuntimeError("a view of a leaf Variable that requires grad is being used in an "
+                           "in-place operation.")
+    if not whole:
+        raise TraceError(f"an in-place op on a view of input "
+                         f"{root.__dict__['_input_index']}: compiled code does "
+                         "not support writing an input through a view of part of it, or of "
+                         "its elements in another order, yet (write the input itself, or call "
+                         "it eagerly)")
+    return False
+
+
+def write_through_input_view(t):
+    """After an in-place op on the traced ``t``: if ``t`` is a whole view of an input (see
+    above), the input takes ``t``'s new value, reshaped to its shape, and ``t`` stays
+    current (called from ``_tensor_methods.inplace``)."""
+    d = t.__dict__
+    if "_input_view" not in d:
+        return
+    root = d["_input_view"][0]
+    d["_input_view"] = (root, root._vc.value, True)  # (current: read just below)
+    new = t.reshape(tuple(root.shape))
+    root._ir, root._requires_grad = new._ir, new._requires_grad
+
+
+def _traced_input(graph, i, x, sizes):
+    """The traced tensor standing for example input ``i`` (``x``), marked as an input."""
+    v = graph.add_input("x" if i == 0 else f"x{i}", symbolic_shape(x.shape, sizes), x.dtype,
+                        x.requires_grad)
+    t = traced_tensor(v)
+    t.__dict__["_input_index"] = i
+    if x._requires_grad and x.grad_fn is not None:
+        t.__dict__["_input_is_nonleaf"] = True
+    return t
+
+
+def _record_input_updates(graph, args, inputs_of_args):
+    """The inputs changed in place become extra outputs, right after the traced function's
+    own (a call makes them as it makes those): ``graph.input_updates[k] = (input index,
+    output index, number of writes)``."""
+    graph.input_updates = []
+    for i, (t, v) in enumerate(zip(args, inputs_of_args)):
+        if t._ir is v:
+            continue
+        graph.input_updates.append((i, len(graph.outputs), t._vc.value))
+        graph.outputs.append(t._ir)
+
+
+def user_output_count(graph):
+    """How many of a traced graph's outputs are the traced function's own (the state and input
+    updates follow them)."""
+    return len(graph.outputs) - len(graph.state_updates) - len(graph.input_updates)
 
 
 def trace_scan(fn, carries, xs, reverse):
@@ -224,9 +334,8 @@ def trace(fn, *example_inputs, name=None, state=None, sizes=None):
     for i, x in enumerate(example_inputs):
         if not isinstance(x, Tensor):
             raise TraceError(f"example input {i} must be a Tensor, got {type(x).__name__}")
-        v = graph.add_input("x" if i == 0 else f"x{i}", symbolic_shape(x.shape, sizes),
-                            x.dtype, x.requires_grad)
-        args.append(traced_tensor(v))
+        args.append(_traced_input(graph, i, x, sizes))
+    inputs_of_args = [t._ir for t in args]
     saved = []
     try:
         for n, p in state:
@@ -244,8 +353,10 @@ def trace(fn, *example_inputs, name=None, state=None, sizes=None):
         outputs = []
         graph.output_structure = structure_of(out, outputs)
         graph.outputs = [tracer.value_of(o) for o in outputs]
-        # in-place updates of buffers (batch-norm running statistics...) become extra outputs
-        # that the runtime writes back: graph.state_updates[i] = (state index, output index)
+        # in-place updates of the inputs, then of buffers (batch-norm running statistics...),
+        # become extra outputs that the runtime writes back:
+        # graph.state_updates[i] = (state index, output index)
+        _record_input_updates(graph, args, inputs_of_args)
         graph.state_updates = []
         for i, ((_, p), v) in enumerate(zip(state, inputs_of_state)):
             if p._ir is not v:

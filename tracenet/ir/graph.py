@@ -65,6 +65,9 @@ class Graph:
         self.key = None       # the specialisation: input shapes/dtypes and the training flag
         # (state input index, output index) for buffers the traced code updates in place
         self.state_updates = []
+        # (input index, output index, number of writes) for inputs the traced code changes in
+        # place (``trace._record_input_updates``)
+        self.input_updates = []
         # int64 scalar inputs that take a fresh random value on every run (random ops' seeds)
         self.seed_inputs = []
         # how the traced function's outputs nest (trace.structure_of); None: a flat list
