@@ -10,8 +10,17 @@ that would finish first, the GEMM objects not built yet counted as jobs of their
 with the entry points keeps its kernels static, as in the one-file unit, the others give theirs
 hidden external linkage. A unit is built as one file when that is quicker: small, without GEMM
 calls, or on one core with the GEMM objects still to build.
+
+A unit with large kernels (``OBJECT_MIN_BYTES``) builds each of them as an object file of the
+cache of its own (``object_plan``), keyed by its source like every entry: the same kernel in
+another unit (the model traced again with another head: the ResNet's training step after its
+classifier changed, 0.5 s of gcc instead of 14) is compiled once and linked into each. The
+units name their kernels after themselves, so the object's copy is renamed after its content
+(``kernel_object``), and each unit calls it under its own name through a macro.
 """
+import hashlib
 import os
+import re
 
 # kernel source (bytes) from which a unit without GEMM calls may be split
 MIN_KERNEL_BYTES = 12_000
@@ -107,3 +116,113 @@ def plan(pieces, jobs=None, built=(), started=()):
         files.append("\n".join(text))
         b["jobs"].insert(0, ("file", i))
     return Plan(files, called, [b["jobs"] for b in bins])
+
+
+# kernel source (bytes) from which a kernel is compiled as an object of its own, shared by the
+# units that have it. Compiling one file costs ~15 ms more than its kernel (the header; 62
+# kernels of the ResNet's step, 15.2 s of gcc one by one against 14.2 s as one file), as
+# much as ~3 KB of kernel source; below this the unit's own file compiles it.
+OBJECT_MIN_BYTES = 8_000
+
+_HIDDEN = '__attribute__((visibility("hidden")))'
+# what the renaming reads: comments and literals (left alone, but for the kernel's own name as
+# a whole string literal passed to a function) and identifiers
+_TOKENS = r'/\*.*?\*/|//[^\n]*|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|\b[A-Za-z_]\w*'
+
+
+class KernelObject:
+    """A kernel as a C file of its own: ``symbol`` (the name it is defined under, from its
+    content), ``text`` and ``name_literal`` (whether the file refers to ``<symbol>_name``,
+    the kernel's name in the unit as a string, which the unit defines)."""
+
+    def __init__(self, name, symbol, text, name_literal):
+        self.name, self.symbol, self.text, self.name_literal = name, symbol, text, name_literal
+
+
+def _without_leading_comment(code):
+    """The kernel without the comment it starts with (its IR nodes: not what it computes)."""
+    if code.lstrip().startswith("/*"):
+        return code[code.index("*/") + 2:]
+    return code
+
+
+def kernel_object(pieces, kernel):
+    """``kernel`` (an item of ``pieces["kernels"]``) as a ``KernelObject``: the header, its
+    helpers and its hidden definition, with its name and every identifier that starts with it
+    (its own macros and functions) renamed after a hash of the renamed text. A string literal
+    of exactly its name, passed to a function (a log line naming the kernel), becomes an array
+    the unit defines; any other mention in a literal stays, and keeps the file the unit's own."""
+    name = kernel[0]
+    own = re.compile(rf"{re.escape(name)}\w*\Z")
+    literal = f'"{name}"'
+    uses_literal = []
+
+    def rename(placeholder):
+        def one(m):
+            token = m.group(0)
+            if token == literal and _argument(m.string, m.start(), m.end()):
+                uses_literal.append(True)
+                return placeholder + "_name"
+            if token[0] in "\"'":
+                return token
+            if token.startswith("/"):
+                return re.sub(rf"\b{re.escape(name)}", placeholder, token)
+            return placeholder + token[len(name):] if own.match(token) else token
+        return one
+
+    body = "\n".join([pieces["helpers"][h] for h in kernel[4]] +
+                      [_without_leading_comment(kernel[2])])
+    generic = re.sub(_TOKENS, rename("\0"), body, flags=re.S)
+    symbol = "tn_kernel_" + hashlib.sha256(
+        (pieces["header"] + "\0" + generic).encode()).hexdigest()[:24]
+    declared = [f"extern {_HIDDEN} const char {symbol}_name[];"] if uses_literal else []
+    text = "\n".join([pieces["header"]] + declared + [generic.replace("\0", symbol)])
+    return KernelObject(name, symbol, text, bool(uses_literal))
+
+
+def _argument(text, start, end):
+    """Whether text[start:end] stands alone as an argument of a call (where an array of
+    unknown size can stand for it: not under ``sizeof``)."""
+    head = text[:start].rstrip()
+    before, after = head[-1:], text[end:].lstrip()[:1]
+    if before == "(" and re.search(r"\b(sizeof|_Alignof|__alignof__)\s*$", head[:-1]):
+        return False
+    return before in ("(", ",") and after in (")", ",")
+
+
+class ObjectPlan:
+    """``entry``: the unit's own file (its small kernels, static, the others declared under
+    their own names, then the entry points); ``kernels``: the ``KernelObject`` of each large
+    kernel; ``objects``: the GEMM objects to link in."""
+
+    def __init__(self, entry, kernels, objects):
+        self.entry, self.kernels, self.objects = entry, kernels, objects
+
+
+def object_plan(pieces):
+    """How to build the unit from kernel objects: an ``ObjectPlan``, or None when it has no
+    kernel of ``OBJECT_MIN_BYTES`` (``plan`` decides then)."""
+    kernels = pieces["kernels"]
+    large = [k for k in kernels if len(k[1]) >= OBJECT_MIN_BYTES]
+    if not large:
+        return None
+    objects = [kernel_object(pieces, k) for k in large]
+    small = [k for k in kernels if len(k[1]) < OBJECT_MIN_BYTES]
+    text = [pieces["header"]]
+    done = set()
+    for k in small:
+        for h in k[4]:
+            if h not in done:
+                done.add(h)
+                text.append(pieces["helpers"][h])
+    text += [k[1] for k in small]
+    named = set()
+    for obj, k in zip(objects, large):
+        text.append(f"#define {k[0]} {obj.symbol}")  # (the unit calls it by its own name)
+        text.append(k[3])
+        if obj.name_literal and obj.symbol not in named:
+            named.add(obj.symbol)
+            text.append(f'{_HIDDEN} const char {obj.symbol}_name[] = "{k[0]}";')
+    text.append(pieces["tail"])
+    called = sorted({g for k in kernels for g in k[5]})
+    return ObjectPlan("\n".join(text), objects, called)
