@@ -29,18 +29,6 @@ def _cache_files(suffix):
     return sorted(f for f in os.listdir(d) if f.endswith(suffix))
 
 
-def _gemm_objects():
-    """The GEMM's object files in the cache (the kernels' own are named ``kernel_*``)."""
-    return [f for f in _cache_files(".o") if f.startswith("tn_")]
-
-
-@pytest.fixture
-def without_kernel_objects(monkeypatch):
-    """Units built as ``split.plan`` says, whatever the size of their kernels (those of
-    ``OBJECT_MIN_BYTES`` are objects of their own otherwise: tests/test_build_objects.py)."""
-    monkeypatch.setattr(split, "OBJECT_MIN_BYTES", float("inf"))
-
-
 class Twice(nn.Module):
     """The same convolution + relu geometry twice: one kernel in the C."""
 
@@ -80,7 +68,7 @@ def test_identical_kernels_train_like_eager():
 
 
 @pytest.mark.parametrize("jobs", ["2", "3"])
-def test_split_unit_builds_and_matches_eager(monkeypatch, jobs, without_kernel_objects):
+def test_split_unit_builds_and_matches_eager(monkeypatch, jobs):
     monkeypatch.setenv("TRACENET_BUILD_JOBS", jobs)
     torch.manual_seed(0)
     net, ref = LeNet(), LeNet()
@@ -170,7 +158,7 @@ def test_split_plan_one_file_when_that_is_quicker():
     assert split.plan(_pieces([_kernel("k0", 60_000)]), jobs=4) is None
 
 
-def test_small_units_and_one_core_build_one_file(monkeypatch, without_kernel_objects):
+def test_small_units_and_one_core_build_one_file(monkeypatch):
     monkeypatch.setenv("TRACENET_BUILD_JOBS", "1")
     torch.compile(LeNet())(torch.randn(2, 1, 32, 32))
     assert not [f for f in _cache_files(".c") if ".part" in f]
@@ -197,7 +185,7 @@ def test_gemm_objects_are_built_once_and_linked_into_every_unit(monkeypatch):
     monkeypatch.setenv("TRACENET_BUILD_JOBS", "2")
     runs = _compiler_runs(monkeypatch)
     torch.compile(LeNet())(torch.randn(2, 1, 32, 32))
-    objects = _gemm_objects()
+    objects = _cache_files(".o")
     # tn_gemm, tn_gemm_nt, the first convolution's dot-product tiles and the gathered GEMM of
     # the second convolution
     assert len(objects) == 4
@@ -215,7 +203,7 @@ def test_gemm_objects_are_built_once_and_linked_into_every_unit(monkeypatch):
     x = torch.randn(3, 20)
     with torch.no_grad():
         np.testing.assert_allclose(compiled(x).numpy(), net(x).numpy(), **TOL)
-    assert _gemm_objects() == objects
+    assert _cache_files(".o") == objects
     assert [os.stat(os.path.join(d, o)).st_mtime_ns for o in objects] == stamps
     assert not [c for c in runs if "-c" in c and any(re.search("tn_g?gemm", a) for a in c)]
     link = [c for c in runs if "-c" not in c]  # (inference calls only tn_gemm_nt)
@@ -368,7 +356,7 @@ def test_gemm_objects_compile_while_the_kernels_are_rendered(monkeypatch):
         np.testing.assert_allclose(compiled(x).numpy(), ref(x).numpy(), **TOL)
     # the convolution's GEMM was asked for as soon as its kernel was rendered, before the build
     assert events[0] == ("start", ["tn_gemm_f32"]) and ("build",) in events
-    assert [o.split("-")[0] for o in _gemm_objects()][:1] == ["tn_gemm_f32"]
+    assert [o.split("-")[0] for o in _cache_files(".o")][:1] == ["tn_gemm_f32"]
     assert not [c for c in runs if "-c" in c and any("tn_gemm_f32-" in a for a in c)]
     d = os.environ["TRACENET_CACHE_DIR"]
     assert not [p for p in build._started if p.startswith(d)]  # waited for, and published

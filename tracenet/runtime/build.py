@@ -10,9 +10,7 @@ library would crash the process on load): it is removed and rebuilt, with a warn
 merely has no ``.meta`` (built by an older version). A large unit may be compiled as several
 files at once and linked (``split``): the entry, its key and its checks are the same. The
 GEMM's entry points are object files of the cache, built once (the same way: key, lock,
-record, checks) and linked into every unit that calls them; so are a unit's large kernels,
-renamed after their content (``split.object_plan``), so units that share one (the model with
-another head, say) compile it once.
+record, checks) and linked into every unit that calls them.
 """
 import atexit
 import contextlib
@@ -125,14 +123,11 @@ def _build_entry(source, c_path, so_path, flags, bad=None, pieces=None):
         _clear(so_path, problem)
         remove_stale_temps(os.path.dirname(so_path))
         objects = {g: object_path(g, text) for g, text in (pieces or {}).get("gemm", {}).items()}
-        with_objects = split.object_plan(pieces) if pieces else None
         layout = split.plan(pieces, built={g for g, path in objects.items()
                                            if _entry_problem(path) is None},
                             started={g for g, path in objects.items() if path in _started}) \
-            if pieces and not with_objects else None
-        if with_objects:
-            _compile_with_objects(source, pieces, c_path, so_path, flags, with_objects, objects)
-        elif layout:
+            if pieces else None
+        if layout:
             _compile_split(source, pieces, c_path, so_path, flags, layout, objects)
         else:
             _compile(source, c_path, so_path, flags)
@@ -304,50 +299,6 @@ def _compile_split(source, pieces, c_path, so_path, flags, layout, objects):
             remove(tmp)
 
 
-def kernel_object_path(kernel, flags):
-    """Where the object file of ``kernel`` (a ``split.KernelObject``) compiled with ``flags``
-    is: named after what the kernel does (the unit's name for it, less the unit), keyed like
-    every entry by its exact source, the compiler, the flags and the target CPU."""
-    what = re.sub(r"^.*?_k\d+_", "", kernel.name)
-    return os.path.join(cache_dir(),
-                        f"{file_stem('kernel_' + what)}-{cache_key(kernel.text, flags)}.o")
-
-
-def _compile_with_objects(source, pieces, c_path, so_path, flags, layout, gemm_paths):
-    """Build the unit as ``layout`` (a ``split.ObjectPlan``): the kernel and GEMM objects the
-    cache lacks and the unit's own file compiled at once, the largest first, each by the
-    first core free, then linked (the caller holds the entry's lock)."""
-    atomic_write(c_path, source)  # the whole unit, for inspection
-    argv, _ = toolchain.compiler()
-    object_flags_here = _compile_flags(flags)
-    kernels = {kernel_object_path(k, object_flags_here): k.text for k in layout.kernels}
-    entry_c = f"{so_path[:-3]}.part0.c"
-    atomic_write(entry_c, layout.entry)  # kept for inspection and messages
-    entry_o = temp_path(so_path[:-3] + ".part0.o")
-    jobs = [(len(text), build_object, (path, text, object_flags_here))
-            for path, text in kernels.items()]
-    jobs += [(split.gemm_cost(pieces["gemm"][g]), build_object,
-              (gemm_paths[g], pieces["gemm"][g])) for g in layout.objects]
-    jobs.append((len(layout.entry), _run,
-                 (list(argv) + object_flags_here + [entry_c, "-o", entry_o], entry_c)))
-    tmp_so = None
-    try:
-        with ThreadPoolExecutor(max_workers=split.cores()) as pool:
-            for job in [pool.submit(run, *args)
-                        for _, run, args in sorted(jobs, key=lambda j: -j[0])]:
-                job.result()
-        linked = [entry_o] + list(kernels) + [gemm_paths[g] for g in layout.objects]
-        tmp_so = temp_path(so_path)
-        _run(list(argv) + list(flags) + linked + ["-o", tmp_so] + list(toolchain.libraries()),
-             c_path)
-        _check_output(tmp_so, "a library", c_path, argv)
-        _publish(tmp_so, so_path)
-    finally:
-        remove(entry_o)
-        if tmp_so:
-            remove(tmp_so)
-
-
 def object_flags():
     """What the shared objects (the GEMM) are compiled with: the library flags, less linking
     and OpenMP (they have no parallel regions), so every unit can link the same ones."""
@@ -445,28 +396,26 @@ def _abandon_started():
     _started.clear()
 
 
-def build_object(path, source, flags=None):
-    """Compile ``source`` with ``flags`` (default ``object_flags()``, the GEMM's) to the cached
-    object ``path`` unless it is there: under the entry's lock (a process that finds another
-    one building it waits and reuses it), checked and published like a library."""
+def build_object(path, source):
+    """Compile ``source`` to the cached object ``path`` unless it is there: under the entry's
+    lock (a process that finds another one building it waits and reuses it), checked and
+    published like a library."""
     started = _started.pop(path, None)
     if started is not None:
         started.finish()
     elif _entry_problem(path) is None:  # (the cache's, or a prebuilt one: not locked)
-        debug.log("cache", f"hit {path}")
         return
     with locked(path):
         problem = _entry_problem(path)
         if problem is None:
             return
         _clear(path, problem)
-        debug.log("cache", f"miss {path}")
         c_path = path[:-2] + ".c"
         atomic_write(c_path, source)
         argv, _ = toolchain.compiler()
         tmp = temp_path(path)
         try:
-            _run(list(argv) + list(flags or object_flags()) + [c_path, "-o", tmp], c_path)
+            _run(list(argv) + object_flags() + [c_path, "-o", tmp], c_path)
             _check_output(tmp, "an object file", c_path, argv)
             _publish(tmp, path)
         finally:
