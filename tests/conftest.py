@@ -1,7 +1,11 @@
-"""The suite's processes ignore a prebuilt directory (``python -m tracenet.runtime.prebuild``
-in this checkout): tests that count compiler runs expect the cache alone. The prebuilt path
-has its own tests (tests/test_prebuilt.py), which point ``TRACENET_PREBUILT`` at theirs."""
+"""The suite's processes ignore a prebuilt directory of this checkout (``python -m
+tracenet.runtime.prebuild``): they use the session's own (``shared_prebuilt``), built once for
+all workers, as an installed package uses the one its build wrote. Tests of the cache itself,
+which count compiler runs or look for the GEMM objects in it, turn it off
+(``no_prebuilt``); tests/test_prebuilt.py points ``TRACENET_PREBUILT`` at its own."""
 import os
+import subprocess
+import sys
 
 os.environ["TRACENET_PREBUILT"] = "0"
 # OpenMP threads (compiled code's libgomp and torch's) spin for a while after each parallel
@@ -13,6 +17,48 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 
 import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _session_dir(tmp_path_factory):
+    """The directory shared by the session's processes (pytest-xdist's workers each have one
+    of their own below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_prebuilt(tmp_path_factory):
+    """Point ``TRACENET_PREBUILT`` at one prebuilt directory (the compiler probe's record and
+    the GEMM objects) for the whole session, built by the first process that gets here while
+    the others wait for it. Most tests compile into a cache directory of their own, and each
+    of those probed the compiler and compiled the GEMM objects it needed again (all eight:
+    2.9 s of gcc; in tests/test_warm_start.py 21 of its 31 gcc seconds). A compile for another
+    compiler, CPU or set of flags (a wrapper ``CC``, ``TRACENET_MARCH``) does not match its
+    keys and builds its own, as before. Without a working compiler it is left off."""
+    from tracenet.runtime.cache import locked
+    d = _session_dir(tmp_path_factory) / "prebuilt"
+    done = d / "complete"
+    with locked(str(d)):  # (the lock file is prebuilt.lock, beside it)
+        if not done.exists():
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+            built = subprocess.run([sys.executable, "-m", "tracenet.runtime.prebuild", str(d)],
+                                   env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL).returncode == 0
+            if built:
+                done.touch()
+    if done.exists():
+        os.environ["TRACENET_PREBUILT"] = str(d)
+    yield
+
+
+@pytest.fixture
+def no_prebuilt(monkeypatch):
+    """The cache alone, as without a prebuilt directory: for tests of the cache's own files
+    and compiler runs."""
+    monkeypatch.setenv("TRACENET_PREBUILT", "0")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -38,10 +84,7 @@ def policy_cache(tmp_path_factory, monkeypatch):
     thread and its twin on two often run on different workers, and built the same library
     twice); the graph cache is off there, so no test reads a graph another process traced."""
     def use(name):
-        base = tmp_path_factory.getbasetemp()
-        if os.environ.get("PYTEST_XDIST_WORKER"):
-            base = base.parent  # (the session's directory, above the worker's own)
-        d = base / f"cache-{name}"
+        d = _session_dir(tmp_path_factory) / f"cache-{name}"
         monkeypatch.setenv("TRACENET_CACHE_DIR", str(d))
         monkeypatch.setenv("TRACENET_GRAPH_CACHE", "0")
         return d

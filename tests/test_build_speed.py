@@ -18,7 +18,7 @@ TOL = dict(rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
+def _cache(tmp_path, monkeypatch, no_prebuilt):  # (these look at the GEMM objects it builds)
     monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path / "cache"))
     yield
     toolchain.reset()
