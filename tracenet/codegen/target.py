@@ -59,6 +59,12 @@ class Parallelism:
     # 32 x 32 (37k) 163-166 -> 162-163 and 156-157 -> 151-152; 16 x 16 (10k, a transform of
     # 3 us) 224-229 -> 230-234 us, not worth its copy
     private_weights_min_elements = 32768
+    # an optimizer's update of one parameter (lowerings/optim.py), split over its elements.
+    # From the private transformed weights' size on both cores read all of W in the step, so a
+    # serial update waits for each line's copy in the other core to be invalidated: the
+    # ResNet's 64 x 64 x 3 x 3 weight (37k values), two threads, median of 20 steps, three
+    # runs: serial 50-52 us (one thread 14 us), split 29-31 us
+    update_min_elements = 32768
     recurrent_min_step_flops = 200_000  # recurrent loops, each step split by batch rows or
     recurrent_min_columns = 32          # by gate columns
     # rows per thread from which a recurrent loop's threads split the batch rows (no barrier
@@ -88,6 +94,11 @@ class Parallelism:
         """Whether each thread of a kernel split by ``parallel`` makes its own copy of
         ``elements`` transformed weights."""
         return bool(parallel) and elements >= self.private_weights_min_elements
+
+    def update(self, elements):
+        """An optimizer's elementwise update of a parameter of ``elements`` values."""
+        return _all(self.openmp, _at_least(elements, min(self.update_min_elements,
+                                                         self.memory_min_elements)))
 
     def recurrent(self, step_flops, columns):
         """A recurrent loop whose threads split each step's gate columns, with a barrier per
