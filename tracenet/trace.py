@@ -95,31 +95,83 @@ class Tracer:
 #
 # Eager mode writes through a view into its base; the trace has no memory to share, so a view
 # of a traced tensor (its root: an input, a parameter or buffer, an intermediate) remembers the
-# root, the root's count of traced writes when the view was made, and the steps that map the
-# view back onto the root (``_view_of``; views of an input also share its version counter). A
-# write through a view whose steps map back (``_map_back_steps``) rebinds the root to the
-# view's new value mapped back; any other write through a view, or a read of a view made
-# before its root changed, would differ from eager mode and raises ``TraceError``.
+# root, the root's count of traced writes when the view was made, and the view ops from the
+# root (``_view_of``; views of an input also share its version counter). A
+# write through a view whose steps map back (``_map_back_steps``: reshapes, permutes, detach,
+# a basic index of one dim) rebinds the root to the view's new value mapped back; any other
+# write through a view, or a read of a view made before its root changed, would differ from
+# eager mode and raises ``TraceError``.
 
 
 def _map_back_steps(steps, layout_known):
-    """The steps (name, source shape, attrs) that map a written view back onto its root, from
-    the view ops that made it (``steps``: (op name, source shape, attrs) each, the root's
-    first; ``layout_known``: eager mode's root is row-major); None when one cannot be mapped
-    back: a view of part of its source, or a reshape that eager mode may make as a copy (of a
-    source of unknown layout)."""
-    out = []
-    for name, shape, attrs in steps:
+    """The steps that map a written view back onto its root, from the view ops that made it
+    (``steps``: (op name, source shape, attrs, source value) each, the root's first;
+    ``layout_known``: eager mode's root is row-major); None when one cannot be mapped back: a
+    view of elements of its source other than one basic slice or index of one dim (expand,
+    split, a stepped slice...), or a reshape that eager mode may make as a copy (of a source
+    of unknown layout)."""
+    for name, shape, attrs, _ in steps:
         if name == "permute":
             layout_known = False
         elif name == "view":
             if not (layout_known or not attrs["copy_ok"] or
                     _same_sizes(_not_ones(shape), _not_ones(attrs["shape"]))):
                 return None
+        elif name == "index":
+            part = _indexed_part(attrs["spec"])
+            if part is None:
+                return None
+            layout_known = layout_known and part is _ALL
         elif name != "detach":
             return None
-        out.append((name, shape, attrs))
-    return out
+    return steps
+
+
+_ALL = "all"
+
+
+def _indexed_part(spec):
+    """For a basic ``index`` spec: (dim, item) of its one item that does not take all of a
+    dim (an int, or a slice of step 1), ``_ALL`` when every item takes all, None for any other
+    key (tensors, None, Ellipsis, a stepped slice, several partial items)."""
+    part = _ALL
+    for dim, item in enumerate(spec):
+        if item == ("s", None, None, None):
+            continue
+        if part is not _ALL or not (type(item) is int or (
+                isinstance(item, tuple) and item[0] == "s" and item[3] in (None, 1))):
+            return None
+        part = (dim, item)
+    return part
+
+
+def _put_back_index(source, new, spec):
+    """``source`` with the part the basic key ``spec`` selects replaced by ``new``: the
+    unchanged parts around it concatenated with it along its dim."""
+    part = _indexed_part(spec)
+    if part is _ALL:
+        return new
+    dim, item = part
+    size = source.shape[dim]
+    if type(item) is int:
+        start = item + size if item < 0 else item
+        stop, new = start + 1, new.unsqueeze(dim)
+    else:
+        start, stop = _slice_bounds(item[1], item[2], size)
+    pieces = [source.narrow(dim, 0, start)] if start > 0 else []
+    pieces.append(new)
+    if stop is not size and stop < size:
+        pieces.append(source.narrow(dim, stop, size - stop))
+    return _shape_ops.cat(pieces, dim) if len(pieces) > 1 else new
+
+
+def _slice_bounds(start, stop, size):
+    """A step-1 slice's bounds in ``[0, size]``, as Python's (``stop`` None: ``size``)."""
+    start = 0 if start is None else max(start + size, 0) if start < 0 else min(start, size)
+    if stop is None:
+        return start, size
+    stop = max(stop + size, 0) if stop < 0 else min(stop, size)
+    return start, max(stop, start)
 
 
 def _not_ones(shape):
@@ -157,7 +209,7 @@ def _mark_views(op, source, views, attrs):
         # inputs, parameters and buffers are row-major in eager mode; intermediates may not be
         layout_known = "_input_index" in d or source._data is not None
         d.setdefault("_traced_writes", 0)
-    steps += ((op.name, tuple(source.shape), attrs),)
+    steps += ((op.name, tuple(source.shape), attrs, source._ir),)
     for v in views:
         if "_input_index" in root.__dict__:
             v._vc = root._vc  # (writes through it count for the caller's tensor)
@@ -201,7 +253,7 @@ def check_inplace_on_traced(t, op_name):
                            "in-place operation.")
     _check_view_current(t)
     steps = _map_back_steps(steps, layout_known)
-    detached = steps is not None and any(name == "detach" for name, _, _ in steps)
+    detached = steps is not None and any(name == "detach" for name, _, _, _ in steps)
     if steps is None or (detached and grad_on and root._requires_grad):
         raise TraceError(f"{op_name} writes in place through a view of "
                          f"{_root_description(root)}: compiled code does not support this "
@@ -223,11 +275,13 @@ def note_traced_write(t):
         return
     root, _, steps, layout_known = d["_view_of"]
     new = t
-    for name, shape, attrs in reversed(_map_back_steps(steps, layout_known)):
+    for name, shape, attrs, source in reversed(_map_back_steps(steps, layout_known)):
         if name == "view":
             new = new.reshape(shape)
         elif name == "permute":
             new = new.permute(_shape_ops._inverse(attrs["dims"]))
+        elif name == "index":  # (the source's value is current: the view was, see above)
+            new = _put_back_index(traced_tensor(source), new, attrs["spec"])
     root._ir, root._requires_grad = new._ir, new._requires_grad
     root.__dict__["_traced_writes"] += 1
     d["_view_of"] = (root, _view_writes(root), steps, layout_known)
