@@ -480,3 +480,29 @@ def test_a_write_through_a_part_of_the_batch_gives_eager_values_at_every_batch_s
         np.testing.assert_allclose(compiled(tn.tensor(x)).numpy(), f(tn.tensor(x)).numpy(),
                                    **TOL)
         np.testing.assert_allclose(f(tn.tensor(x)).numpy(), f(torch.tensor(x)).numpy(), **TOL)
+
+
+def test_writes_through_views_of_views_give_eager_values():
+    def f(lib, x):
+        h = x * 2
+        v = h[1:3]
+        v.mul_(2)
+        v[:, 0].add_(10)  # (a view of a view written before)
+        w = h.t()
+        w.sub_(1)
+        w[2].relu_()
+        return h * 1
+    a = np.random.default_rng(6).standard_normal((4, 3)).astype(np.float32)
+    got = tn.compile(lambda x: f(tn, x))(tn.tensor(a)).numpy()
+    np.testing.assert_allclose(got, f(tn, tn.tensor(a)).numpy(), **TOL)
+    np.testing.assert_allclose(got, f(torch, torch.tensor(a)).numpy(), **TOL)
+
+
+def test_a_write_under_no_grad_through_a_view_of_a_tensor_needing_grad_raises():
+    def f(x):
+        h = x * 2
+        with tn.no_grad():
+            h[0].mul_(3)
+        return h * 3 + x
+    with pytest.raises(TraceError, match="under no_grad"):
+        tn.compile(f)(tn.ones(2, 3, requires_grad=True))

@@ -253,14 +253,17 @@ def check_inplace_on_traced(t, op_name):
                            "in-place operation.")
     _check_view_current(t)
     steps = _map_back_steps(steps, layout_known)
-    detached = steps is not None and any(name == "detach" for name, _, _, _ in steps)
-    if steps is None or (detached and grad_on and root._requires_grad):
+    # (the root would take a value without its history, where eager mode's keeps it)
+    untracked = root._requires_grad and (
+        not grad_on or any(name == "detach" for name, _, _, _ in steps or ()))
+    if steps is None or untracked:
         raise TraceError(f"{op_name} writes in place through a view of "
                          f"{_root_description(root)}: compiled code does not support this "
-                         "write through a view of a traced tensor yet (a view of part of it, "
-                         "a reshape eager mode may copy, or a detached view of a tensor that "
-                         "requires grad; write the tensor itself, or call it eagerly, where it "
-                         "runs)")
+                         "write through a view of a traced tensor yet (a view of elements "
+                         "other than all of it or a basic index of one dim, a reshape eager "
+                         "mode may copy, or a detached view or a write under no_grad of a "
+                         "tensor that requires grad; write the tensor itself, or call it "
+                         "eagerly, where it runs)")
     return False
 
 
