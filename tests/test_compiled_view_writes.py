@@ -506,3 +506,29 @@ def test_a_write_under_no_grad_through_a_view_of_a_tensor_needing_grad_raises():
         return h * 3 + x
     with pytest.raises(TraceError, match="under no_grad"):
         tn.compile(f)(tn.ones(2, 3, requires_grad=True))
+
+
+@pytest.mark.parametrize("kind", ["module", "function"])
+def test_an_input_written_through_a_reshape_must_be_contiguous(kind):
+    class Flat(tn.nn.Module):
+        def forward(self, x):
+            x.reshape(-1).mul_(2)
+            return x.sum(1)
+    compiled = tn.compile(Flat()) if kind == "module" else tn.compile(Flat().forward)
+    a = np.arange(12, dtype=np.float32).reshape(4, 3)
+    x, eager = tn.tensor(a), tn.tensor(a)
+    np.testing.assert_allclose(compiled(x).numpy(), Flat()(eager).numpy(), **TOL)
+    np.testing.assert_allclose(x.numpy(), eager.numpy(), **TOL)
+    # eager mode's reshape of a transposed tensor is a copy: the write does not reach it
+    x, eager = tn.tensor(a).t(), tn.tensor(a).t()
+    Flat()(eager)
+    np.testing.assert_allclose(eager.numpy(), a.T)
+    with pytest.raises(TraceError, match="input 0 .* not contiguous"):
+        compiled(x)
+    np.testing.assert_allclose(x.numpy(), a.T)
+    # a view that only adds or drops dims of size 1 is a view of any layout: no such check
+    x, eager = tn.tensor(a).t(), tn.tensor(a).t()
+    tn.compile(lambda x: x.unsqueeze(0).mul_(2).sum())(x)
+    eager.unsqueeze(0).mul_(2)
+    np.testing.assert_allclose(x.numpy(), eager.numpy(), **TOL)
+    np.testing.assert_allclose(eager.numpy(), a.T * 2, **TOL)

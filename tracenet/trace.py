@@ -287,7 +287,17 @@ def note_traced_write(t):
             new = _put_back_index(traced_tensor(source), new, attrs["spec"])
     root._ir, root._requires_grad = new._ir, new._requires_grad
     root.__dict__["_traced_writes"] += 1
+    if "_input_index" in root.__dict__ and _reshapes_memory(steps):
+        root.__dict__["_written_as_row_major"] = True  # (see _record_input_updates)
     d["_view_of"] = (root, _view_writes(root), steps, layout_known)
+
+
+def _reshapes_memory(steps):
+    """Whether the view ops ``steps`` include a reshape that eager mode makes as a view only of
+    a row-major source (and as a copy of another)."""
+    return any(name == "view" and attrs["copy_ok"] and
+               not _same_sizes(_not_ones(shape), _not_ones(attrs["shape"]))
+               for name, shape, attrs, _ in steps)
 
 
 def _traced_input(graph, i, x, sizes):
@@ -311,6 +321,10 @@ def _record_input_updates(graph, args, inputs_of_args):
             continue
         graph.input_updates.append((i, len(graph.outputs), t._vc.value))
         graph.outputs.append(t._ir)
+    # the inputs written through a reshape: eager mode's reshape of a caller's tensor that is
+    # not row-major is a copy, which a call refuses (``compiled_pair.refuse_other_layouts``)
+    graph.row_major_inputs = [i for i, t in enumerate(args)
+                              if "_written_as_row_major" in t.__dict__]
 
 
 def user_output_count(graph):
