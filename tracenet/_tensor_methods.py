@@ -258,11 +258,11 @@ def _check_multi_view(self, args):
                            f"with grad mode enabled. {_MULTI_VIEW_TAIL}")
 
 
-def _check_inplace_allowed(self):
+def _check_inplace_allowed(self, op_name="an in-place op"):
     if self._ir is not None:
-        if self.__dict__:  # (a traced input or a view of one is marked)
-            from .trace import check_inplace_on_input
-            if check_inplace_on_input(self):
+        if self.__dict__:  # (a traced input, or a view of a traced tensor, is marked)
+            from .trace import check_inplace_on_traced
+            if check_inplace_on_traced(self, op_name):
                 return  # an input that is not a leaf: allowed, as on the caller's tensor
         if self._ir.producer is not None:
             return  # a traced intermediate: in-place ops are rebound functionally
@@ -275,9 +275,10 @@ def _check_inplace_allowed(self):
                                "in-place operation.")
 
 
-def inplace(self, compute, *args, **kwargs):
-    """Run ``compute(self, *args)`` out of place and make ``self`` hold the result."""
-    _check_inplace_allowed(self)
+def inplace(self, compute, *args, op_name="an in-place op", **kwargs):
+    """Run ``compute(self, *args)`` out of place and make ``self`` hold the result
+    (``op_name``: the op, named in errors)."""
+    _check_inplace_allowed(self, op_name)
     _check_multi_view(self, args)
     if self._ir is not None:
         out = compute(self, *args, **kwargs)
@@ -285,9 +286,9 @@ def inplace(self, compute, *args, **kwargs):
         self.grad_fn, self._output_nr, self._requires_grad = out.grad_fn, 0, out._requires_grad
         if self._data is None:  # (a state tensor traced in place keeps its real version)
             self._vc.value += 1  # counts the writes a traced input's caller sees
-            if self.__dict__:  # (a view of a traced input is marked)
-                from .trace import write_through_input_view
-                write_through_input_view(self)
+        if self.__dict__:  # (a root of traced views, or a view, is marked)
+            from .trace import note_traced_write
+            note_traced_write(self)
         return self
     src = self
     recording = grad_mode._state.enabled and (self._requires_grad or any(
@@ -349,9 +350,9 @@ def _type_word(dt):
     return {"float32": "Float", "float64": "Double", "int64": "Long", "bool": "Bool"}[dt.name]
 
 
-def _inplace_method(fn):
+def _inplace_method(name, fn):
     def method(self, *args, **kwargs):
-        return inplace(self, fn, *args, **kwargs)
+        return inplace(self, fn, *args, op_name=name, **kwargs)
     return method
 
 
@@ -369,7 +370,7 @@ _INPLACE = {
     "__ipow__": ew.pow,
 }
 for _name, _fn in _INPLACE.items():
-    setattr(Tensor, _name, _inplace_method(_fn))
+    setattr(Tensor, _name, _inplace_method(_name, _fn))
 
 
 def _overwrite(name):
@@ -401,19 +402,19 @@ def _fill_(self, value):
         if value.dim() != 0:
             raise RuntimeError(f"fill_ only supports 0-dimension value tensor but got tensor "
                                f"with {value.dim()} dimensions.")
-        return inplace(self, _fill_tensor, value)
+        return inplace(self, _fill_tensor, value, op_name="fill_")
     if self._ir is None and not (grad_mode._state.enabled and self._requires_grad):
-        _check_inplace_allowed(self)
+        _check_inplace_allowed(self, "fill_")
         self._data[...] = value
         self._vc.value += 1
         return self
-    return inplace(self, lambda s: _fill_scalar(s, value))
+    return inplace(self, lambda s: _fill_scalar(s, value), op_name="fill_")
 
 
 def _zero_(self):
     if self._ir is None and not (grad_mode._state.enabled and self._requires_grad):
         return _fill_(self, 0)
-    return inplace(self, lambda s: _zero(s, 0))
+    return inplace(self, lambda s: _zero(s, 0), op_name="zero_")
 
 
 def _copy_(self, src, non_blocking=False):
@@ -423,7 +424,7 @@ def _copy_(self, src, non_blocking=False):
     if shape != tuple(self.shape):
         raise RuntimeError(f"output with shape [{', '.join(map(str, self.shape))}] doesn't match "
                            f"the broadcast shape [{', '.join(map(str, shape))}]")
-    return inplace(self, _copy, src)
+    return inplace(self, _copy, src, op_name="copy_")
 
 
 def _setitem(self, key, value):
@@ -434,7 +435,8 @@ def _setitem(self, key, value):
         # torch writes a basic-indexed assignment through a view of self
         raise RuntimeError("a view of a leaf Variable that requires grad is being used in an "
                            "in-place operation.")
-    inplace(self, lambda s, v: ix.setitem_value(s, key, v), value)
+    inplace(self, lambda s, v: ix.setitem_value(s, key, v), value,
+            op_name="an assignment to an index (t[...] = value)")
 
 
 def _uniform_(self, a=0.0, b=1.0, generator=None):

@@ -43,7 +43,8 @@ from . import _aligned, _dtype, warm
 from ._meta import Meta
 from ._sym import has_symbols, is_one
 from .autograd import grad_mode
-from .compiled_pair import CompiledPair, refuse_aliased_inputs, write_back_inputs
+from .compiled_pair import (CompiledPair, refuse_aliased_inputs, refuse_other_layouts,
+                            write_back_inputs)
 from .executable import Executable, ShapeTable, SizeChecks, Specialisations, SymbolicSizes, \
     graph_symbols, optimise, run_sizes
 from .nn.modules import module as module_mod
@@ -457,6 +458,7 @@ class _Specialisation:
         return {"n_user": len(inputs), "n_out": n_out, "output_structure": fwd.output_structure,
                 "size_checks": list(fwd.size_checks), "state_updates": list(fwd.state_updates),
                 "input_updates": list(fwd.input_updates),
+                "row_major_inputs": list(getattr(fwd, "row_major_inputs", ())),
                 "grads": grads, "updates": updates,
                 "cleared": [position[id(p)] for p in cleared if id(p) in position],
                 "seeds": sorted(index[v] for v in fwd.seed_inputs)}
@@ -502,6 +504,7 @@ class _Specialisation:
         # the inputs' new values (of inputs changed in place) follow the function's outputs
         # and are made with them
         self.input_updates = layout.get("input_updates", [])
+        self.row_major_inputs = layout.get("row_major_inputs", [])
         self.n_made = self.n_out + len(self.input_updates)
         self.user_out_shapes = ShapeTable(self.out_meta[:self.n_made])
         self.updates = []  # (optimizer, UpdateState, output index of its first new state)
@@ -596,6 +599,7 @@ class _Specialisation:
     def run_writing_inputs(self, inputs, arrays):
         """A call that changes some of its ``inputs`` in place, as eager mode does."""
         refuse_aliased_inputs(self.input_updates, inputs, self.state)
+        refuse_other_layouts(self.row_major_inputs, inputs)
         return self.run(arrays, inputs)
 
     def run(self, arrays, written=None):

@@ -70,6 +70,18 @@ def refuse_aliased_inputs(input_updates, inputs, state):
                                  "does not support this (pass a clone, or call it eagerly)")
 
 
+def refuse_other_layouts(row_major_inputs, inputs):
+    """Raise ``TraceError`` when an input the call writes through a reshape is not row-major:
+    eager mode's reshape of it is a copy, and the write does not reach it
+    (``graph.row_major_inputs``)."""
+    for i in row_major_inputs:
+        if not inputs[i]._data.flags.c_contiguous:
+            raise TraceError(f"input {i} of a compiled call is written in place through a "
+                             "reshape and is not contiguous: eager mode's reshape of it is a "
+                             "copy that the write does not carry back, which compiled code "
+                             "does not support (pass x.contiguous(), or call it eagerly)")
+
+
 def write_back_inputs(input_updates, inputs, outs):
     """Copy the new values of the inputs a call changed in place into the caller's tensors and
     advance their versions by as many writes as eager mode makes (``graph.input_updates``)."""
@@ -87,7 +99,8 @@ class CompiledPair:
     for ``unit``) or from ``stored`` (``pair_state``, its executable restored)."""
 
     # what a graph cache entry keeps, besides the graphs and the executable
-    _STORED = ("output_structure", "state_updates", "input_updates", "n_out", "n_seeds", "size_checks",
+    _STORED = ("output_structure", "state_updates", "input_updates", "row_major_inputs", "n_out",
+               "n_seeds", "size_checks",
                "differentiable", "needs_grad", "saved_sources", "recyclable",
                "version_checked", "grad_of", "cotangent_of")
 
@@ -107,6 +120,7 @@ class CompiledPair:
         self.size_checks = list(fwd.size_checks)
         self.state_updates = list(fwd.state_updates)
         self.input_updates = list(fwd.input_updates)
+        self.row_major_inputs = list(getattr(fwd, "row_major_inputs", ()))
         self.n_out = user_output_count(fwd)
         # random ops' seeds: the last graph inputs, given fresh values on every call
         self.n_seeds = len(fwd.seed_inputs)
@@ -147,7 +161,7 @@ class CompiledPair:
 
     def _load(self, stored):
         self.size_checks = []  # (an entry may have none)
-        self.input_updates = []
+        self.input_updates = self.row_major_inputs = []
         for name in self._STORED:
             if name in stored:
                 setattr(self, name, stored[name])
@@ -269,6 +283,7 @@ class CompiledPair:
         grad enabled the differentiable outputs get this call's backward node."""
         if self.input_updates:
             refuse_aliased_inputs(self.input_updates, inputs, self._param_tensors)
+            refuse_other_layouts(self.row_major_inputs, inputs)
             if self.needs_grad and grad_mode._state.enabled:
                 self._refuse_views_taking_history(inputs)
         pool, outs, spares, sizes = self.run_forward(inputs)
