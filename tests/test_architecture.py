@@ -202,6 +202,7 @@ LAYERS = [
                                 "tracenet._grad_mode", "tracenet._random", "tracenet._trace_errors", "tracenet.size",
                                 "tracenet.utils", "tracenet.cuda", "tracenet.backends"]),
     ("Tensor and the op registry", ["tracenet.tensor", "tracenet._tensor_methods",
+                                    "tracenet._view_writes",
                                     "tracenet._tensor_str", "tracenet.ops",
                                     "tracenet._legacy_types"]),
     ("autograd engine", ["tracenet.autograd"]),

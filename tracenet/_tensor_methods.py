@@ -15,6 +15,7 @@ from . import _grad_mode as grad_mode
 from .ops import common, creation, elementwise as ew, index as ix, linalg, nn as nnops, \
     reduce as rd, shape as sh, sorting as so
 from .tensor import Tensor, _check_device
+from ._view_writes import check_inplace_on_traced, note_traced_write
 from .ops import batch_products, norms, scatter as scatter_ops
 
 
@@ -261,7 +262,6 @@ def _check_multi_view(self, args):
 def _check_inplace_allowed(self, op_name="an in-place op"):
     if self._ir is not None:
         if self.__dict__:  # (a traced input, or a view of a traced tensor, is marked)
-            from .trace import check_inplace_on_traced
             if check_inplace_on_traced(self, op_name):
                 return  # an input that is not a leaf: allowed, as on the caller's tensor
         if self._ir.producer is not None:
@@ -287,7 +287,6 @@ def inplace(self, compute, *args, op_name="an in-place op", **kwargs):
         if self._data is None:  # (a state tensor traced in place keeps its real version)
             self._vc.value += 1  # counts the writes a traced input's caller sees
         if self.__dict__:  # (a root of traced views, or a view, is marked)
-            from .trace import note_traced_write
             note_traced_write(self)
         return self
     src = self
