@@ -1,6 +1,7 @@
-"""An optimizer's update of one parameter in a compiled step is split between the threads from
-``Parallelism.update_min_elements`` values (codegen/target.py: both cores read all of a large
-convolution's weight in the step, so a serial update waits for the other core's copies): the
+"""An optimizer's update of one parameter in a compiled step is split between the threads when
+it is a 3x3 convolution's weight whose F(4x4) transforms each thread makes on its own
+(``Parallelism.update``, codegen/target.py: both cores then hold the weight's lines, so a
+serial update waits for the other core's copies), else from the memory-bound kernels' size: the
 decision, and the split update of a 64 x 64 x 3 x 3 weight against eager mode and PyTorch."""
 import numpy as np
 import pytest
@@ -14,10 +15,15 @@ from compile_checks import nan_filled_arenas
 from test_conv_kernels import _copy_to_torch
 
 
-def test_the_decision_follows_the_threshold():
+def test_the_decision():
     on, off = Parallelism(True), Parallelism(False)
-    n = Parallelism.update_min_elements
-    assert on.update(n) == 1 and on.update(n - 1) == 0 and off.update(n) == 0
+    assert on.update(64 * 64 * 9, (64, 64, 3, 3)) == 1
+    assert on.update(32 * 32 * 9, (32, 32, 3, 3)) == 1  # (36 x 32 x 32 transformed values)
+    assert on.update(16 * 16 * 9, (16, 16, 3, 3)) == 0  # (the transforms are shared)
+    assert on.update(120 * 400, (120, 400)) == 0  # (LeNet's fc1: a linear layer's weight)
+    assert on.update(64 * 64, (64, 64, 1, 1)) == 0
+    assert on.update(Parallelism.memory_min_elements, (Parallelism.memory_min_elements,)) == 1
+    assert off.update(64 * 64 * 9, (64, 64, 3, 3)) == 0
 
 
 def _nets(lib):

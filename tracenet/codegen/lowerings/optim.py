@@ -30,7 +30,7 @@ def lower_update(name, node, rule, state_roles, flags, target):
     n = numel(p.shape)
     # a large parameter's update is memory-bound: each thread updates its own block, read
     # through its own core's cache
-    parallel = target.parallel.update(n)
+    parallel = target.parallel.update(n, p.shape)
     src = render("optim_step.c.j2", name=name, node_lines=node_lines([node]),
                  signature=signature(reads, writes), numel=n, helper=helper[0],
                  args=[role for role, _ in reads + writes], parallel=parallel,
