@@ -26,17 +26,19 @@ def check_compiled(model, shape, dtype=tn.float32, tol=1e-4):
     return compiled
 
 
-def sgd_steps_against_torch_and_eager(model, tmodel, eager, batches, tol, dynamic=True):
-    """SGD steps compiled (``compile_step`` on ``model``), in eager mode (``eager``, a copy of
-    ``model``) and in PyTorch (``tmodel``) on each (x, y) of ``batches``: the losses,
-    parameter gradients and updated parameters agree. Returns the compiled step."""
+def sgd_steps_against_torch_and_eager(model, tmodel, eager, batches, tol, dynamic=True,
+                                      sgd=(("lr", 0.1),)):
+    """SGD steps (options ``sgd``) compiled (``compile_step`` on ``model``), in eager mode
+    (``eager``, a copy of ``model``) and in PyTorch (``tmodel``) on each (x, y) of ``batches``:
+    the losses, parameter gradients and updated parameters agree. Returns the compiled step."""
     import torch  # (only the tests that compare with PyTorch need it)
     eager.load_state_dict(model.state_dict())
     crit = tn.nn.CrossEntropyLoss()
+    sgd = dict(sgd)
     step = tn.compile_step(lambda a, b: crit(model(a), b),
-                           tn.optim.SGD(model.parameters(), lr=0.1), dynamic=dynamic)
-    eager_opt = tn.optim.SGD(eager.parameters(), lr=0.1)
-    topt = torch.optim.SGD(tmodel.parameters(), lr=0.1)
+                           tn.optim.SGD(model.parameters(), **sgd), dynamic=dynamic)
+    eager_opt = tn.optim.SGD(eager.parameters(), **sgd)
+    topt = torch.optim.SGD(tmodel.parameters(), **sgd)
     for x, y in batches:
         loss = step(tn.from_numpy(x), tn.from_numpy(y)).item()
         eager_opt.zero_grad()
