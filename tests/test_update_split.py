@@ -8,21 +8,26 @@ import pytest
 import torch
 
 import tracenet as tn
-from tracenet.codegen.target import Parallelism
+from tracenet.codegen.lowerings.conv_winograd import private_transforms_f4
+from tracenet.codegen.target import Parallelism, Target
 
 from compile_checks import nan_filled_arenas, sgd_steps_against_torch_and_eager
 from test_conv_kernels import _copy_to_torch
 
 
 def test_the_decision():
-    on, off = Parallelism(True), Parallelism(False)
-    assert on.update(64 * 64 * 9, (64, 64, 3, 3)) == 1
-    assert on.update(32 * 32 * 9, (32, 32, 3, 3)) == 1  # (36 x 32 x 32 transformed values)
-    assert on.update(16 * 16 * 9, (16, 16, 3, 3)) == 0  # (the transforms are shared)
-    assert on.update(120 * 400, (120, 400)) == 0  # (LeNet's fc1: a linear layer's weight)
-    assert on.update(64 * 64, (64, 64, 1, 1)) == 0
-    assert on.update(Parallelism.memory_min_elements, (Parallelism.memory_min_elements,)) == 1
-    assert off.update(64 * 64 * 9, (64, 64, 3, 3)) == 0
+    on, off = Target(openmp=True), Target(openmp=False)
+
+    def split(target, shape):
+        return target.parallel.update(int(np.prod(shape)), private_transforms_f4(shape, target))
+
+    assert split(on, (64, 64, 3, 3)) == 1
+    assert split(on, (32, 32, 3, 3)) == 1  # (36 x 32 x 32 transformed values)
+    assert split(on, (16, 16, 3, 3)) == 0  # (the transforms are shared)
+    assert split(on, (120, 400)) == 0  # (LeNet's fc1: a linear layer's weight)
+    assert split(on, (64, 64, 1, 1)) == 0
+    assert split(on, (Parallelism.memory_min_elements,)) == 1
+    assert split(off, (64, 64, 3, 3)) == 0
 
 
 def _nets(lib):

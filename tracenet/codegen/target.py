@@ -59,8 +59,6 @@ class Parallelism:
     # 32 x 32 (37k) 163-166 -> 162-163 and 156-157 -> 151-152; 16 x 16 (10k, a transform of
     # 3 us) 224-229 -> 230-234 us, not worth its copy
     private_weights_min_elements = 32768
-    # (an optimizer's update of a 3x3 convolution's weight whose F(4x4) transforms each thread
-    # makes on its own, see ``update`` below, splits at any size)
     recurrent_min_step_flops = 200_000  # recurrent loops, each step split by batch rows or
     recurrent_min_columns = 32          # by gate columns
     # rows per thread from which a recurrent loop's threads split the batch rows (no barrier
@@ -91,19 +89,17 @@ class Parallelism:
         ``elements`` transformed weights."""
         return bool(parallel) and elements >= self.private_weights_min_elements
 
-    def update(self, elements, shape):
-        """An optimizer's elementwise update of a parameter of ``elements`` values and
-        ``shape``: memory-bound, and split from the memory-bound kernels' size, or at any size
-        when it is a 3x3 convolution's weight whose transformed weights each thread makes on its
-        own (``private_weights``): both cores then hold its lines, and a serial update waits
-        for the other core's copies to be invalidated. The ResNet's 64 x 64 x 3 x 3 update on
-        two threads, median of 20 steps, three alternating runs: serial 50-52 us (one thread
-        14 us), split 29-31 us. (A split from 32768 values whatever the shape cost the loop
-        around a compiled LeNet 134 -> 207 us a step: fc1's update in the fused optimizer call,
-        between eager calls, waited for the other thread)"""
-        shared = (len(shape) == 4 and tuple(shape[2:]) == (3, 3) and
-                  self.private_weights(36 * shape[0] * shape[1], True))
-        return _all(self.openmp, shared or _at_least(elements, self.memory_min_elements))
+    def update(self, elements, both_cores_read):
+        """An optimizer's elementwise update of a parameter of ``elements`` values: memory-bound,
+        split from the memory-bound kernels' size, or at any size when both cores read all of
+        the parameter in the step (``both_cores_read``: a 3x3 convolution's weight whose
+        transformed weights each thread makes on its own, ``private_weights``), so that a
+        serial update waits for the other core's copies to be invalidated. The ResNet's 64 x 64
+        x 3 x 3 update on two threads, median of 20 steps, three alternating runs: serial 50-52
+        us (one thread 14 us), split 29-31 us. (A split from 32768 values whatever the parameter
+        cost the loop around a compiled LeNet 134 -> 207 us a step: fc1's update in the fused
+        optimizer call, between eager calls, waited for the other thread)"""
+        return _all(self.openmp, both_cores_read or _at_least(elements, self.memory_min_elements))
 
     def recurrent(self, step_flops, columns):
         """A recurrent loop whose threads split each step's gate columns, with a barrier per

@@ -223,6 +223,19 @@ def _split_stride_f4(blocks):
     return we
 
 
+def transformed_weights_f4(co, ci):
+    """How many values an F(4x4) kernel's transformed weights U take (36 matrices CO x CI)."""
+    return 36 * (co * ci + _PAD)
+
+
+def private_transforms_f4(shape, target):
+    """Whether the F(4x4) kernels of a convolution with weights of ``shape`` (3x3) make their
+    transformed weights in each thread, reading all of the weights on every core, when they
+    split their work."""
+    return (len(shape) == 4 and tuple(shape[2:]) == (3, 3) and
+            target.parallel.private_weights(transformed_weights_f4(shape[0], shape[1]), True))
+
+
 def _render_f4(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stats_at, target,
                **extra):
     blocks = _blocking_f4(ci, geo["H"], geo["W"], geo["N"], ct)
@@ -232,12 +245,13 @@ def _render_f4(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stat
     per_thread = split + 36 * (st["VS"] + st["MS"]) + 16 * blocks["L"]
     u_in_thread = per_thread
     # each thread its own U (36 matrices CO x CI) or a half each of one shared U
-    private_u = target.parallel.private_weights(36 * st["US"], parallel)
+    u_values = transformed_weights_f4(co, ci)  # (36 * st["US"])
+    private_u = target.parallel.private_weights(u_values, parallel)
     if private_u:
-        per_thread += 36 * st["US"]
+        per_thread += u_values
         shared = stats_at
     else:
-        shared = stats_at + 36 * st["US"]
+        shared = stats_at + u_values
     scratch = threads_scratch(per_thread, parallel, shared)
     src = render("conv_winograd_f4.c.j2", kind=kind, name=name, node_lines=node_lines(nodes),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),

@@ -8,6 +8,7 @@ same function and a GEMM that computes a weight gradient can call it on its rows
 from ...ops.common import numel
 from ..base import SFX, Kernel, ctype, lowering, node_lines, signature
 from ..templates import render
+from .conv_winograd import private_transforms_f4
 
 
 def update_helper(template, ct, **flags):
@@ -30,7 +31,7 @@ def lower_update(name, node, rule, state_roles, flags, target):
     n = numel(p.shape)
     # a large parameter's update is memory-bound: each thread updates its own block, read
     # through its own core's cache
-    parallel = target.parallel.update(n, p.shape)
+    parallel = target.parallel.update(n, private_transforms_f4(p.shape, target))
     src = render("optim_step.c.j2", name=name, node_lines=node_lines([node]),
                  signature=signature(reads, writes), numel=n, helper=helper[0],
                  args=[role for role, _ in reads + writes], parallel=parallel,
