@@ -26,6 +26,7 @@ CDEF = "int tn_probe(void);"
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch, no_prebuilt):  # (these damage the cache's own records)
     monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path / "cache"))
+    toolchain.reset()  # (probed by an earlier test in this process: its record is elsewhere)
     yield
     toolchain.reset()
 
