@@ -506,3 +506,82 @@ def test_an_input_that_is_not_a_tensor_is_refused_after_steady_calls():
             _same_state(model, reference, opt, ref_opt)
         np.testing.assert_allclose(step(x, y).item(), eager(x, y).item(), rtol=1e-5)
         _same_state(model, reference, opt, ref_opt)
+
+
+def test_backward_without_zero_grad_refuses_to_add_to_a_grad_left_by_an_earlier_call():
+    """A function that calls backward but not zero_grad: its first call's gradients are new
+    ones; at the next call eager mode would add to them, which the compiled code does not do,
+    so the call refuses (the trace's error) instead of silently leaving only this call's."""
+    lin = nn.Linear(3, 1)
+
+    def step(x):
+        loss = lin(x).sum()
+        loss.backward()
+        return loss
+    compiled = torch.compile(step)
+    x = torch.ones(2, 3)
+    compiled(x)
+    np.testing.assert_allclose(lin.weight.grad.numpy(), [[2.0, 2.0, 2.0]])
+    with pytest.raises(TraceError, match="would add to gradients computed outside it"):
+        compiled(x)
+    lin.weight.grad = lin.bias.grad = None  # as zero_grad(set_to_none=True) leaves them
+    compiled(x)
+    np.testing.assert_allclose(lin.weight.grad.numpy(), [[2.0, 2.0, 2.0]])
+
+
+_NET = None
+_OPT = None
+
+
+def _global_step(x, y):
+    _OPT.zero_grad()
+    loss = nn.functional.mse_loss(_NET(x), y)
+    loss.backward()
+    _OPT.step()
+    return loss
+
+
+def _fresh(seed):
+    torch.manual_seed(seed)
+    net = nn.Linear(3, 2)
+    return net, torch.optim.SGD(net.parameters(), lr=0.1)
+
+
+def test_a_global_module_and_optimizer_rebound_after_compiling_are_used():
+    """A notebook's pattern: the model and optimizer globals are made again after the step
+    was compiled. The compiled step trains the new ones, as the eager step does."""
+    global _NET, _OPT
+    x, y = torch.randn(4, 3), torch.randn(4, 2)
+    try:
+        _NET, _OPT = _fresh(0)
+        compiled = torch.compile(_global_step)
+        compiled(x, y)
+        old = _NET
+        _NET, _OPT = _fresh(1)
+        reference = copy.deepcopy(_NET)
+        ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+        before = old.weight.detach().clone()
+        for _ in range(2):
+            got = compiled(x, y)
+            ref_opt.zero_grad()
+            want = nn.functional.mse_loss(reference(x), y)
+            want.backward()
+            ref_opt.step()
+            np.testing.assert_allclose(got.item(), want.item(), **TOL)
+        _same_state(_NET, reference, _OPT, ref_opt)
+        np.testing.assert_array_equal(old.weight.detach().numpy(), before.numpy())
+    finally:
+        _NET = _OPT = None
+
+
+def test_a_closure_module_rebound_after_compiling_is_used():
+    net = nn.Linear(3, 2)
+
+    def f(x):
+        return net(x)
+    compiled = torch.compile(f)
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        compiled(x)
+        net = nn.Linear(3, 2)  # (rebinds the closure's cell)
+        np.testing.assert_allclose(compiled(x).numpy(), f(x).numpy(), **TOL)

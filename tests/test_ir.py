@@ -42,6 +42,8 @@ def test_op_traces_verifies_interprets_and_differentiates(name):
     graph = trace(fn, *_tensors(arrays, grad_idx))
     verify(graph)
     assert name in graph.op_counts(), f"{name} does not appear in its sample's graph:\n{graph}"
+    # (tensors the sample reads from its module, such as running statistics, are inputs too)
+    inputs += [t for _, t in graph.captured]
     (out,) = interpret(graph, *inputs)
     np.testing.assert_allclose(out, eager_out.detach().numpy(), rtol=1e-12, atol=1e-12)
     if not eager_out.requires_grad:
@@ -298,9 +300,8 @@ def test_dce_and_cse():
 
 
 def test_constant_folding_in_backward_graph():
-    exponent = torch.tensor([3.0, 2.0, 1.5])  # a constant of the forward graph
-
     def f(x):
+        exponent = torch.tensor([3.0, 2.0, 1.5])  # a constant of the forward graph
         return x ** exponent
     x = torch.rand(3, requires_grad=True) + 0.5
     x = x.detach().requires_grad_()

@@ -16,7 +16,7 @@ from .ops import common, creation, elementwise as ew, index as ix, linalg, nn as
     reduce as rd, shape as sh, sorting as so
 from .tensor import Tensor, _check_device
 from ._view_writes import check_inplace_on_traced, note_traced_write
-from .ops import batch_products, norms, scatter as scatter_ops
+from .ops import batch_products, norms, registry, scatter as scatter_ops
 
 
 def _rev(fn):
@@ -155,8 +155,8 @@ Tensor.type_as = lambda self, other: self.to(other.dtype)
 
 
 def _detach(self):
-    if self._ir is not None:
-        return sh.detach(self)
+    if self._ir is not None or registry._tracer[0] is not None:
+        return sh.detach(self)  # (while tracing: a captured tensor detaches through the op)
     out = Tensor._wrap(self._data)
     out._vc = self._vc  # detach shares the version counter, .data does not
     return out
@@ -280,6 +280,8 @@ def inplace(self, compute, *args, op_name="an in-place op", **kwargs):
     (``op_name``: the op, named in errors)."""
     _check_inplace_allowed(self, op_name)
     _check_multi_view(self, args)
+    if self._ir is None and registry._tracer[0] is not None:
+        common.active_tracer().lift(self)  # (a tensor from outside the trace: captured)
     if self._ir is not None:
         out = compute(self, *args, **kwargs)
         self._ir = out._ir

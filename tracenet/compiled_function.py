@@ -56,7 +56,7 @@ from .runtime import debug
 from .step_state import UpdateState, declaration_of
 from .tensor import Tensor, arrays_replaced, clocked
 from .ops import registry
-from .ops.common import numel
+from .ops.common import active_tracer, numel
 from .trace import Guards, TraceError, format_inputs, rebuild, symbolic_shape, trace, \
     traced_tensor, user_output_count
 
@@ -83,6 +83,36 @@ def reachable(fn):
         g = getattr(fn, "__globals__", {})
         candidates += [(("global", n), g[n]) for n in code.co_names if n in g]
     return candidates
+
+
+def _places(fn, found):
+    """(getter, key, object) of each global and closure variable of ``fn`` that holds one of
+    the modules or optimizers ``found``: a call checks ``getter(key) is object``, and finds
+    them again if one was rebound (eager mode would use the new one)."""
+    ids = {id(o) for o in found}
+    out = []
+    for where, obj in reachable(fn):
+        if id(_unwrapped(obj)) not in ids:
+            continue
+        if where[0] == "global":
+            out.append((fn.__globals__.get, where[1], obj))
+        elif where[0] == "cell":
+            out.append((_cell_contents, fn.__closure__[where[1]], obj))
+    return tuple(out)
+
+
+def _places_hold(places):
+    for get, key, obj in places:  # (a loop: all() over a generator costs 2.5x as much)
+        if get(key) is not obj:
+            return False
+    return True
+
+
+def _cell_contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # (emptied)
+        return None
 
 
 def _cell_filled(cell):
@@ -163,6 +193,7 @@ class _StepRecorder:
         self.stepped = set()              # the parameter values a deferred step would update
         self.compiled_modules = []        # the tracenet.compile(module) objects it calls
         self.zeroed = {}                  # id -> parameter whose .grad zero_grad set to None
+        self.zeroed_any = set()           # ids of the parameters zero_grad reached, either way
         self.zero_grads = []              # (optimizer, set_to_none) of every zero_grad call
         self.differentiated = False       # whether the function called backward
 
@@ -180,8 +211,10 @@ class _StepRecorder:
                 raise TraceError(f"loss.backward() in a compiled function reaches its input {i}, "
                                  "which requires grad: its .grad would not be computed (pass "
                                  "it detached, or call the function eagerly)")
-        params = [p for p in self.params if p._ir is not None and p._ir.requires_grad
-                  and p._ir in reached]
+        # (and the tensors captured so far that require grad: leaves as parameters are)
+        captured = [t for _, t in active_tracer().captured]
+        params = [p for p in list(self.params) + captured
+                  if p._ir is not None and p._ir.requires_grad and p._ir in reached]
         if gradient is None:
             if not all(map(is_one, loss._ir.shape)):  # (torch's rule: one element)
                 raise RuntimeError("grad can be implicitly created only for scalar outputs")
@@ -213,6 +246,7 @@ class _StepRecorder:
         with grad_mode.no_grad():
             for group in optimizer.param_groups:
                 for p in group["params"]:
+                    self.zeroed_any.add(id(p))
                     if set_to_none:
                         self.zeroed.setdefault(id(p), p)
                     if p._grad is not None:
@@ -397,7 +431,8 @@ class _Specialisation:
             before = [x._ir for x in args]
             out = fn(*args)
             changed.extend(i for i, (x, v) in enumerate(zip(args, before)) if x._ir is not v)
-            final_grads.update((p, p._grad) for p in recorder.params
+            captured = [t for _, t in active_tracer().captured]
+            final_grads.update((p, p._grad) for p in list(recorder.params) + captured
                                if p._grad is not None and p._grad._ir is not None)
             cleared.extend(p for p in recorder.zeroed.values() if p._grad is None)
             return out
@@ -414,6 +449,10 @@ class _Specialisation:
             for t, g in real_grads.items():  # the trace's gradients were traced values
                 t._grad = g
         self._clock.lap("trace")
+        if fwd.captured:  # tensors it read that no module or optimizer holds: state after those
+            named = named + fwd.captured
+            self.state += [t for _, t in fwd.captured]
+            self.names += [n for n, _ in fwd.captured]
         self.modules = tuple(seen.values())
         self.ddp = tuple({id(m): m for m in recorder.ddp}.values())
         self.deferred = list(recorder.deferred)
@@ -426,7 +465,13 @@ class _Specialisation:
             _check_nothing_reads_stepped(fwd, recorder)
         # (which state tensors get a gradient and an update is traced: a flag changed later
         # needs another specialisation, as eager mode would skip or start updating them)
-        self.guards = Guards(fwd.reads, self.modules, self.state)
+        # the gradients backward computed as new ones (no .grad before the call, none reset
+        # by zero_grad in the function): a .grad there at a later call needs another trace,
+        # which refuses to add to it (eager mode would accumulate)
+        fresh = [p for p in final_grads
+                 if real_grads.get(p) is None and id(p) not in recorder.zeroed_any]
+        self.guards = Guards(fwd.reads, self.modules, self.state, fwd.captured_at,
+                             fwd.frozen, fresh)
         if not self.ddp:
             self.checks = _checks(fwd, modules, optimizers + recorder.compiled_modules,
                                   self.modules)
@@ -871,18 +916,28 @@ class CompiledFunction:
 
     def __init__(self, fn, dynamic=True, *, reach=None, optimizers=(), name=None):
         self.fn = fn
-        self._specs = Specialisations(name or getattr(fn, "__name__", "function"))
+        self._name = name or getattr(fn, "__name__", "function")
+        self._dynamic = dynamic
+        self._reach = fn if reach is None else reach
+        self._extra_optimizers = tuple(optimizers)
+        self._find()
+        # (for the graph cache key: the code that runs; the files it is in are checked)
+        self.code = (warm._code_id(fn), warm._code_id(self._reach))
+
+    def _find(self):
+        """Find the modules and optimizers ``reach`` names, and start with no specialisation
+        (again when a name holds another object now: ``_places``)."""
+        self._specs = Specialisations(self._name)
         self._lines = {}
-        self._sizes = SymbolicSizes(dynamic)
+        self._sizes = SymbolicSizes(self._dynamic)
         # ((shape, dtype, requires_grad) per input, module epoch, grad mode, specialisation)
         self._steady = None
-        reach = fn if reach is None else reach
-        self.modules, found, self.wheres = _reachable(reach)
-        self.optimizers = found + [o for o in optimizers if all(o is not f for f in found)]
+        self.modules, found, self.wheres = _reachable(self._reach)
+        self.optimizers = found + [o for o in self._extra_optimizers
+                                   if all(o is not f for f in found)]
         for opt in self.optimizers:
             declaration_of(opt)  # fail now for an optimizer that cannot be compiled
-        # (for the graph cache key: the code that runs; the files it is in are checked)
-        self.code = (warm._code_id(fn), warm._code_id(reach))
+        self._places = _places(self._reach, self.modules + found)
 
     @property
     def _last(self):
@@ -909,6 +964,8 @@ class CompiledFunction:
             a = x._data
             arrays.append(a)
             described.append((a.shape, a.dtype, x._requires_grad))
+        if self._places and not _places_hold(self._places):
+            self._find()  # a global or closure variable holds another module or optimizer
         epoch, grad_enabled = _epoch[0], grad_mode._state.enabled
         steady = self._steady
         # the last call's specialisation while its inputs' shapes, dtypes and requires_grad

@@ -33,6 +33,7 @@ class Specialisation(CompiledPair):
         self.checks = None  # what a new process must re-check to reuse this (None: it cannot)
         if stored is None:
             traced = self._trace(module, inputs, key, input_structure, params, sizes)
+            params = params + traced.captured  # (read like buffers, after the module's state)
         else:
             traced = None
             self.guards = guards
@@ -54,7 +55,8 @@ class Specialisation(CompiledPair):
         # what the trace assumed of the module: its attributes read, its tree's structure and,
         # when it traced with grad enabled, which parameters require grad
         self.guards = Guards(fwd.reads, [module],
-                             [p for _, p in params] if key[2] else [])
+                             [p for _, p in params + fwd.captured] if key[2] else [],
+                             fwd.captured_at, fwd.frozen)
         self._clock.lap("trace")
         self.checks = warm.checks_of(fwd, [module])
         debug.log("ir", f"traced forward:\n{fwd}")

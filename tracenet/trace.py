@@ -1,9 +1,13 @@
 """Tracing: run ``forward`` once on symbolic tensors and record every registry op as an IR node.
 
 A traced tensor is a ``Tensor`` whose ``_ir`` is an IR ``Value`` (and whose ``_data`` is None).
-``registry.apply`` sends any op with a traced input here. Concrete tensors met during tracing
-(Python numbers, tensors created inside ``forward``) become ``constant`` nodes; Python control
-flow and shape arithmetic simply run, so the graph is specialised to the example inputs.
+``registry.apply`` sends every op here while tracing. Concrete tensors created inside ``forward``
+(and Python numbers) become ``constant`` nodes, and ops on them alone run eagerly; a concrete
+tensor that existed before the trace (a plain tensor attribute of a module, a closure's or a
+global's tensor) is captured: it becomes a graph input, read on every call like a buffer
+(``Tracer.capture``), so that later in-place changes are seen and, when it requires grad, it
+gets a gradient. Python control flow and shape arithmetic simply run, so the graph is
+specialised to the example inputs.
 """
 import functools
 import operator
@@ -37,12 +41,20 @@ class Tracer:
     def __init__(self, graph, foreign=None):
         self.graph = graph
         self._constants = {}
+        # (name, tensor) of the tensors captured as graph inputs (``capture``), and what each
+        # one held before (restored when the trace ends)
+        self.captured = []
+        self.captured_inputs = []
+        self._captured_before = []
+        self.frozen = []  # (tensor, array, version) of the ones frozen instead
         self.loc = None  # when set, recorded nodes take this location (autodiff uses the
         # forward node's, so backward nodes point at the user's line they differentiate)
         # values from another graph (autodiff reads forward values): mapped to new inputs
         self.foreign = foreign
 
     def value_of(self, t):
+        if t._ir is None and is_captured(t):
+            _recording.capturer.capture_or_freeze(t)
         if t._ir is not None:
             if "_view_of" in t.__dict__:
                 check_view_current(t)
@@ -55,6 +67,56 @@ class Tracer:
             entry = (t._data, self.graph.add_constant(np.array(t._data, copy=True)))
             self._constants[key] = entry
         return entry[1]
+
+    def lift(self, t):
+        """Capture ``t`` (before an in-place op on it) if it is a concrete tensor that existed
+        before the trace."""
+        if t._ir is None and is_captured(t):
+            _recording.capturer.capture_or_freeze(t)
+
+    def capture_or_freeze(self, t):
+        """``capture`` a row-major ``t``; the values of another are frozen into the graph (the
+        compiled code reads its inputs row-major), which a call checks are unchanged (its
+        array and version: ``Guards``) or traces again."""
+        if t._data.flags.c_contiguous:
+            self.capture(t)
+        elif t._requires_grad and grad_mode.is_grad_enabled():
+            raise TraceError(f"the traced code reads a tensor of shape {list(t.shape)} that "
+                             "requires grad, is not an input, parameter or buffer, and is not "
+                             "contiguous: its gradient cannot be computed compiled (make it "
+                             "contiguous, or a parameter of a module the code calls)")
+        else:
+            self.freeze(t)
+
+    def freeze(self, t):
+        """Build the values of ``t`` (from before the trace) into the graph; a call where its
+        array or version changed traces again (``Guards``)."""
+        if all(f[0] is not t for f in self.frozen):
+            self.frozen.append((t, t._data, t._vc.value))
+
+    def capture(self, t):
+        """Make the concrete tensor ``t``, which existed before the trace, a graph input (after
+        the state inputs), as a parameter or buffer is: ``t._ir`` stands for it until the trace
+        ends (``release_captured``)."""
+        v = self.graph.add_input(f"captured{len(self.captured)}", tuple(t.shape), t.dtype,
+                                 t._requires_grad)
+        self._captured_before.append((t, t._ir, t.grad_fn, t._requires_grad, t._output_nr,
+                                      t._grad))
+        self.captured.append((f"captured{len(self.captured)}", t))
+        self.captured_inputs.append(v)
+        t._ir = v
+
+    def release_captured(self):
+        for t, prev, grad_fn, requires_grad, output_nr, grad in self._captured_before:
+            t._ir, t.grad_fn, t._requires_grad, t._output_nr, t._grad = (
+                prev, grad_fn, requires_grad, output_nr, grad)
+            t.__dict__.pop("_traced_writes", None)
+
+    @staticmethod
+    def captures_any(tensors):
+        """Whether an op on these concrete tensors must be recorded: one existed before the
+        trace (ops on tensors made while tracing alone run now, their results constants)."""
+        return any(map(is_captured, tensors))
 
     def record(self, op, inputs, attrs):
         values = [self.value_of(t) for t in inputs]
@@ -265,14 +327,13 @@ def trace(fn, *example_inputs, name=None, state=None, sizes=None):
         args.append(_traced_input(graph, i, x, sizes))
     inputs_of_args = [t._ir for t in args]
     saved = []
+    tracer = Tracer(graph)
     try:
         for n, p in state:
             saved.append((p, p._ir, p.grad_fn, p._requires_grad, p._output_nr))
             p._ir = graph.add_input(n, p.shape, p.dtype, p.requires_grad)
-        inputs_of_state = [p._ir for _, p in state]
-        tracer = Tracer(graph)
         with tracing(tracer), recording_reads() as recorded, \
-                forbidding_frozen_calls() as watched:
+                forbidding_frozen_calls() as watched, capturing(tracer):
             out = fn(*args)
         graph.reads = list(recorded.reads.values())
         # for the graph cache: what else the Python that ran depended on (None: not known)
@@ -285,18 +346,44 @@ def trace(fn, *example_inputs, name=None, state=None, sizes=None):
         # become extra outputs that the runtime writes back:
         # graph.state_updates[i] = (state index, output index)
         _record_input_updates(graph, args, inputs_of_args)
+        # the captured tensors are state after the caller's (buffers the caller did not know)
+        graph.captured = tracer.captured
+        graph.captured_at = _where_captured(tracer.captured, recorded.unportable,
+                                            watched.codes)
+        graph.frozen = tracer.frozen
+        state_inputs = graph.inputs[len(args):len(args) + len(state)] + \
+            tracer.captured_inputs
         graph.state_updates = []
-        for i, ((_, p), v) in enumerate(zip(state, inputs_of_state)):
+        for i, ((_, p), v) in enumerate(zip(list(state) + graph.captured, state_inputs)):
             if p._ir is not v:
                 p._ir.requires_grad = False  # a side effect, never differentiated
                 graph.state_updates.append((i, len(graph.outputs)))
                 graph.outputs.append(p._ir)
+        # the random ops' seeds stay the last inputs (a capture may have come after one)
+        seeds = set(graph.seed_inputs)
+        graph.inputs = [v for v in graph.inputs if v not in seeds] + graph.seed_inputs
     finally:
         for p, prev, grad_fn, requires_grad, output_nr in saved:
             p._ir, p.grad_fn, p._requires_grad, p._output_nr = (prev, grad_fn, requires_grad,
                                                                 output_nr)
             p.__dict__.pop("_traced_writes", None)  # (marks it as the root of traced views)
+        tracer.release_captured()
     return graph.renumber()
+
+
+def _where_captured(captured, attribute_reads, codes):
+    """(namespace dict, name, tensor) of each place the traced code found a captured tensor
+    by name: a module's attribute, a global of a function that ran. A compiled call checks
+    that the name still holds that tensor (``Guards``): one rebound to another tensor needs
+    another trace, as eager mode would read the new one."""
+    ids = {id(t) for _, t in captured}
+    if not ids:
+        return []
+    out = [(m.__dict__, name, value) for m, name, value in attribute_reads if id(value) in ids]
+    for code, (globals_, _, _) in (codes or {}).items():
+        out += [(globals_, n, globals_[n]) for n in code.co_names
+                if id(globals_.get(n)) in ids]
+    return out
 
 
 def symbolic_shape(shape, sizes):
@@ -372,6 +459,10 @@ class _Recording(threading.local):
     other_reads = None
     forbid = False  # while tracing in this thread: random/time calls raise
     codes = None  # while tracing in this thread: {user code object: its globals, closure}
+    # while tracing in this thread: {id: tensor} of the tensors made meanwhile, and the
+    # tracer that captures the others (``capturing``)
+    made = None
+    capturer = None
 
 
 _recording = _Recording()
@@ -434,6 +525,80 @@ class recording_reads:
     def unportable(self):
         """(module, name, value) of the attributes read that are not plain values."""
         return list(self.other_reads.values())
+
+
+_plain_wrap = Tensor.__dict__["_wrap"].__func__
+_plain_init = Tensor._init
+_plain_concrete = Tensor._concrete
+
+
+def _noting_wrap(cls, array, requires_grad=False):
+    t = _plain_wrap(cls, array, requires_grad)
+    made = _recording.made
+    if made is not None:
+        made[id(t)] = t
+    return t
+
+
+def _noting_init(self, array, requires_grad=False):
+    _plain_init(self, array, requires_grad)
+    made = _recording.made
+    if made is not None:
+        made[id(self)] = self
+
+
+def _noting_concrete(self, what):
+    """``Tensor._concrete`` while tracing: the values of a tensor from before the trace, read
+    in Python (``.item()``, ``bool()``...), are built into the graph: frozen, checked by each
+    call's guards."""
+    if self._ir is None and is_captured(self):
+        _recording.capturer.freeze(self)
+    return _plain_concrete(self, what)
+
+
+_made_users = [0]
+
+
+def is_captured(t):
+    """Whether the concrete tensor ``t``, met while tracing, existed before the trace began (a
+    tensor attribute of a module, a closure's or a global's): the trace captures it as an
+    input rather than freezing its values (``Tracer.capture``)."""
+    made = _recording.made
+    return made is not None and made.get(id(t)) is not t
+
+
+class capturing:
+    """While active (in this thread), tensors made are noted (``Tensor``'s constructors are
+    only replaced meanwhile), and ``tracer`` captures the concrete tensors met that were not
+    made meanwhile (or freezes those whose values are read in Python). Inside another trace's,
+    the tensors made in the inner one were made in the outer one too."""
+
+    def __init__(self, tracer):
+        self.tracer = tracer
+
+    def __enter__(self):
+        self._prev = _recording.made, _recording.capturer
+        _recording.made, _recording.capturer = {}, self.tracer
+        with _hook_lock:
+            if _made_users[0] == 0:
+                Tensor._wrap = classmethod(_noting_wrap)
+                Tensor._init = _noting_init
+                Tensor._concrete = _noting_concrete
+            _made_users[0] += 1
+        return self
+
+    def __exit__(self, *exc):
+        with _hook_lock:
+            _made_users[0] -= 1
+            if _made_users[0] == 0:
+                Tensor._wrap = classmethod(_plain_wrap)
+                Tensor._init = _plain_init
+                Tensor._concrete = _plain_concrete
+        made = _recording.made
+        _recording.made, _recording.capturer = self._prev
+        if self._prev[0] is not None:
+            self._prev[0].update(made)
+        return False
 
 
 # calls whose results differ from call to call: tracing would freeze one of them
@@ -626,9 +791,16 @@ class Guards:
     whose tree structure it depends on; ``params``: tensors whose requires_grad it baked in."""
 
     __slots__ = ("reads", "roots", "signature", "modules", "params", "flags", "checked",
-                 "verified", "_flag_of")
+                 "verified", "_flag_of", "names", "frozen", "gradless", "outside")
 
-    def __init__(self, reads, roots, params):
+    def __init__(self, reads, roots, params, names=(), frozen=(), gradless=()):
+        # (namespace dict, name, object): names that must still hold those objects (where the
+        # trace found the tensors it captured: ``_where_captured``); (tensor, array, version):
+        # tensors whose values the graph froze, unchanged since. Both checked on every call.
+        self.names = tuple(names)
+        self.frozen = tuple(frozen)
+        self.gradless = tuple(gradless)  # tensors whose .grad the graph assumes is None
+        self.outside = bool(self.names or self.frozen or self.gradless)
         self.reads = tuple(reads)
         self.roots = tuple(roots)
         self.signature = tree_signature(self.roots)
@@ -651,8 +823,16 @@ class Guards:
         requires_grad flags while no module has changed."""
         if self.checked != _epoch[0] and not self._recheck(_epoch[0]):
             return False
+        if self.outside and not self._outside_holds():
+            return False
         params = self.params
         return not params or tuple(map(self._flag_of, params)) == self.flags
+
+    def _outside_holds(self):
+        """The checks of what lies outside the modules (names, frozen tensors, .grad)."""
+        return (all(d.get(n) is v for d, n, v in self.names) and
+                all(t._data is a and t._vc.value == v for t, a, v in self.frozen) and
+                all(t._grad is None for t in self.gradless))
 
     def _recheck(self, epoch):
         verified = self.verified

@@ -263,6 +263,9 @@ def analyse(graph, roots, named=()):
         if not _plain_tree(value):
             raise NotPortable(f"forward read {what}, a {type(value).__name__}")
         reads.append(paths[id(m)] + (name, value))
+    if getattr(graph, "captured", None) or getattr(graph, "frozen", None):
+        raise NotPortable("the traced code reads tensors that are not inputs, parameters or "
+                          "buffers (a new process could not find them)")
     return {"files": files, "globals": [k + (v,) for k, v in globals_.items()],
             "reads": reads}
 

@@ -185,7 +185,9 @@ class Function(metaclass=_FunctionMeta):
         ctx = FunctionCtx()
         tensor_args = [a for a in args if isinstance(a, Tensor)]
         ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a._requires_grad for a in args)
-        if registry._tracer[0] is not None and any(t._ir is not None for t in tensor_args):
+        tracer = registry._tracer[0]
+        if tracer is not None and (any(t._ir is not None for t in tensor_args) or
+                                   tracer.__self__.captures_any(tensor_args)):
             return _apply_traced(cls, ctx, args, kwargs)
         with grad_mode.no_grad():
             out = cls.forward(ctx, *args, **kwargs)

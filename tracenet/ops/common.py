@@ -83,8 +83,8 @@ def unsaved(t):
     product when only this one needs a gradient): the same place in the graph, but its own
     version counter, so an in-place change to ``t`` after the op is, as in torch, not an error
     at backward time."""
-    if t._ir is not None or not grad_mode._state.enabled:
-        return t
+    if t._ir is not None or not grad_mode._state.enabled or _registry._tracer[0] is not None:
+        return t  # (while tracing: an alias would hide a captured tensor from the tracer)
     alias = Tensor._wrap(t._data)
     if t._requires_grad:
         alias._requires_grad = True

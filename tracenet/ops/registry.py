@@ -207,8 +207,11 @@ _eager = [None]
 
 
 def apply(op, *inputs, **attrs):
-    """Run ``op`` on tensors: record an IR node under tracing, else compute eagerly."""
+    """Run ``op`` on tensors: record an IR node under tracing (when an input is traced, or
+    a concrete tensor from before the trace, which the tracer captures), else compute
+    eagerly."""
     tracer = _tracer[0]
-    if tracer is not None and any(t._ir is not None for t in inputs):
+    if tracer is not None and (any(t._ir is not None for t in inputs) or
+                               tracer.__self__.captures_any(inputs)):
         return tracer(op, inputs, attrs)
     return _eager[0](op, inputs, attrs)

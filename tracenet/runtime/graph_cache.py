@@ -153,7 +153,8 @@ def load_library(file_name, cdef):
 
 
 # graph attributes that hold the traced Python world (modules, code): never stored
-_UNSTORED = frozenset(("reads", "user_code", "unportable"))
+_UNSTORED = frozenset(("reads", "user_code", "unportable", "captured", "captured_at",
+                       "frozen"))
 
 
 class _Pickler(pickle.Pickler):
