@@ -24,7 +24,6 @@ import tracenet as tn  # noqa: E402
 
 
 def compiled_function_of(name):
-X
     import gc
     from tracenet.compiled_function import CompiledFunction
     return next(o for o in gc.get_objects()
