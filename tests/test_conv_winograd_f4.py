@@ -13,7 +13,8 @@ import torch
 import tracenet as tn
 
 from compile_checks import check_compiled
-from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, _step_against_torch
+from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, _step_against_torch, \
+    _stepped_twins
 from test_conv_winograd import _block, _biased_block, _forms, _keeps_both, \
     _step_within_torch_rounding, _two_convs_on_nan_arenas, _two_convs_over_batches
 
@@ -144,3 +145,77 @@ def test_weight_transform_per_thread_or_shared(nan_arenas_split, threads, size, 
     split unevenly between the threads) and two: the same answers as PyTorch on 1-3 threads."""
     source = _two_convs_on_nan_arenas(threads, size, channels)
     assert (PRIVATE_U in source) == private
+
+
+# the weight transform reads a chunk of 16 kernels tap by tap with AVX-512 (the forward by
+# shuffles, the input gradient by gathers: templates/conv_winograd_f4.c.j2's taps), where the
+# kernels' input channels are whole vectors
+TAPS_FORWARD = "_taps(w + ((size_t)o * "
+TAPS_INPUT = "_taps(w + ((size_t)c0 * "
+
+
+def test_tap_shuffles_put_each_tap_in_a_vector():
+    """lowerings/conv_winograd._tap_shuffles, replayed in numpy: lane j of tap t's vector is
+    value 9 j + t of the chunk's 144 contiguous kernel values, for every tap."""
+    from tracenet.codegen.lowerings.conv_winograd import _tap_shuffles
+
+    def shuffle(a, b, idx):
+        return np.concatenate([a, b])[idx]
+
+    values = np.arange(144, dtype=np.float32) + 0.5
+    z = values.reshape(9, 16)
+    shuffles = _tap_shuffles()
+    assert len(shuffles) == 9
+    for t, s in enumerate(shuffles):
+        a = [shuffle(z[2 * k], z[2 * k + 1], idx) for k, idx in enumerate(s["pairs"])]
+        b0, b1 = shuffle(a[0], a[1], s["blends"][0]), shuffle(a[2], a[3], s["blends"][1])
+        tap = shuffle(shuffle(b0, b1, s["blends"][2]), z[8], s["last"])
+        np.testing.assert_array_equal(tap, values[9 * np.arange(16) + t], err_msg=f"tap {t}")
+
+
+def test_taps_form_only_for_whole_vectors_of_float_channels():
+    from tracenet.codegen.lowerings.conv_winograd import _taps_form
+    assert _taps_form("float", 32, "forward") == "shuffles"
+    assert _taps_form("float", 64, "input") == "gathers"
+    assert _taps_form("float", 17, "forward") is None
+    assert _taps_form("float", 24, "input") is None
+    assert _taps_form("double", 32, "forward") is None
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("cin,cout", [(16, 32), (32, 64), (24, 32), (17, 16), (32, 20)])
+def test_weight_taps_match_torch(nan_arenas_split, threads, cin, cout):
+    """The weight transforms with their chunks read by shuffles (forward) and gathers (input
+    gradient) where the chunk's channels are whole vectors, else a value at a time: training
+    steps at batch 5 and 1 on one compiled module (a symbolic batch), on 1-3 threads, work
+    memory filled with NaN: the same answers as PyTorch and eager."""
+    tn.set_num_threads(threads)
+
+    def make(lib):
+        return lib.nn.Sequential(lib.nn.Conv2d(cin, cout, 3, 1, 1), lib.nn.ReLU(),
+                                 lib.nn.Conv2d(cout, 16, 3, 1, 1))
+    compiled = _stepped_twins(make, [(batch, cin, 8, 8) for batch in (5, 1)])
+    source = compiled.source()
+    assert _forms(source, 4)[:2] == (2, 2)
+    # (forward chunks run along each kernel's input channels; the input gradient's along the
+    # forward's output channels, the second convolution's 16 always whole)
+    assert source.count(TAPS_FORWARD) == (cin % 16 == 0) + (cout % 16 == 0)
+    assert source.count(TAPS_INPUT) == (cout % 16 == 0) + 1
+    check_compiled(make(tn), (2, cin, 8, 8))
+
+
+def test_weights_changed_between_calls_are_transformed_again():
+    """U is made from the weights on every call: weights changed in place outside the compiled
+    module give the answers of the new weights (64 channels: each thread's own U)."""
+    tn.set_num_threads(2)
+    tn.manual_seed(0)
+    model = tn.nn.Conv2d(64, 64, 3, 1, 1)
+    tmodel = torch.nn.Conv2d(64, 64, 3, 1, 1)
+    compiled = tn.compile(model)
+    x = np.random.default_rng(0).standard_normal((4, 64, 8, 8)).astype(np.float32)
+    for scale in (1.0, -0.5):
+        with tn.no_grad():
+            model.weight.mul_(scale)
+        _copy_to_torch(model, tmodel)
+        _step_against_torch(compiled, model, tmodel, x, 1e-4)
+    assert PRIVATE_U in compiled.source()

@@ -223,6 +223,49 @@ def _split_stride_f4(blocks):
     return we
 
 
+# Values per 3x3 kernel: the F(4x4) weight transform reads a chunk of a 64-byte vector of
+# kernels as this many vectors, one per tap
+_TAPS = 9
+
+
+def _taps_form(ct, ci, kind):
+    """How the F(4x4) weight transform reads a chunk's 16 kernels tap by tap with AVX-512
+    (``conv_winograd_f4.c.j2``'s ``taps``): "shuffles" in the forward, whose chunk is 144
+    contiguous values (``_tap_shuffles``), "gathers" in the input gradient, whose kernels are
+    CO x 9 values apart; None where the chunks are not whole vectors of float32 channels (a
+    value at a time, as without AVX-512). U is the same bit for bit either way."""
+    if ct != "float" or ci % _ZMM_FLOATS:
+        return None
+    return "shuffles" if kind == "forward" else "gathers"
+
+
+def _tap_shuffles():
+    """The shuffles by which the F(4x4) forward's weight transform turns a chunk's 16 kernels
+    (vectors z0 .. z8 of 144 contiguous values) into a vector per tap: tap t of kernel j is
+    value 9 j + t. Per tap: a shuffle of each pair (z0 z1) .. (z6 z7) into the lanes whose
+    values it holds, three blends of those, a shuffle taking the rest from z8. A list per tap
+    of the index lists: ``pairs`` (4), ``blends`` (3), ``last``."""
+    lanes, pair_values = range(_ZMM_FLOATS), 2 * _ZMM_FLOATS
+    out = []
+    for t in range(_TAPS):
+        at = [_TAPS * j + t for j in lanes]
+
+        def from_pair(k):
+            return [a - pair_values * k if 0 <= a - pair_values * k < pair_values else 0
+                    for a in at]
+
+        def blend(below):
+            return [j if at[j] < below else _ZMM_FLOATS + j for j in lanes]
+
+        last = 4 * pair_values
+        out.append(dict(pairs=[from_pair(k) for k in range(4)],
+                        blends=[blend(pair_values), blend(3 * pair_values),
+                                blend(2 * pair_values)],
+                        last=[j if at[j] < last else _ZMM_FLOATS + at[j] - last
+                              for j in lanes]))
+    return out
+
+
 def transformed_weights_f4(co, ci):
     """How many values an F(4x4) kernel's transformed weights U take (36 matrices CO x CI)."""
     return 36 * (co * ci + _PAD)
@@ -257,6 +300,7 @@ def _render_f4(kind, name, nodes, ct, reads, writes, geo, ci, co, parallel, stat
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, shared=shared, u_at=stats_at,
                  private_u=private_u, u_in_thread=u_in_thread,
+                 taps=_taps_form(ct, ci, kind), tap_shuffles=_tap_shuffles(),
                  N=geo["N"], CI=ci, CO=co, H=geo["H"], W=geo["W"], P=geo["H"] * geo["W"],
                  SPLIT=split, WE=we, ROWS=rows, VL=_VL[ct], **st, **blocks,
                  **_f4_tiles(co, blocks["RB"]), **extra)
