@@ -16,28 +16,30 @@ from .ops.common import traced_tensor
 #
 # Eager mode writes through a view into its base; the trace has no memory to share, so a view
 # of a traced tensor (its root: an input, a parameter or buffer, an intermediate) remembers the
-# root, how many traced writes the root had when the view was made (and when it was last
-# current), and the view ops from the root, each as a step (``_view_of``; views of an input
-# also share its version counter). ``split``/``chunk``/``unbind`` outputs and ``narrow``/
-# ``select`` are recorded as the basic index of their part (``_step_of``), so that every step
-# is a reshape, a permute, a detach, an expand or a basic index. A write through a view whose
-# steps map back (``_map_back_steps``: all but an expand and a reshape eager mode may make as a
-# copy) rebinds the root to the view's new value mapped back, step by step from the view to the
-# root, each step's inverse: a reshape back, the inverse permute, or the written part put into
-# its source (``index_put``, which has a C lowering for basic keys). The root logs what each
-# write covered (the written view's steps, or all of it); a view read after a write that may
-# overlap it would read its old value in compiled code (eager mode's sees the new one) and
-# raises ``TraceError``, as does any other write through a view. A write through a part
-# provably apart from the view (another chunk, another row) leaves it current.
+# root, the root's count of traced writes when the view was last current, and the view ops
+# from the root, each as a step (``_view_of``; views of an input also share its version
+# counter). ``split``/``chunk``/``unbind`` outputs and ``narrow``/``select`` are recorded as the
+# basic index of their part (``_step_of``), so that every step is a reshape, a permute, a
+# detach, an expand or a basic index. A write through a view whose steps map back
+# (``_map_back_steps``: all but an expand and a reshape eager mode may make as a copy) rebinds
+# the root to the view's new value mapped back, step by step from the view to the root, each
+# step's inverse: a reshape back, the inverse permute, or the written part put into its source
+# (``index_put``, which has a C lowering for basic keys), the sources being the same views of
+# the root's value now (``_sources_now``). The root logs what each write covered (the written
+# view's steps, or all of it). A view read after a write that may have changed it is taken
+# again of the root's new value (``check_view_current``), as eager mode's view sees its base's
+# new memory; one provably apart from every write since (another chunk, another row) is left
+# as it was; a reshape eager mode may have made as a copy raises ``TraceError``, as does any
+# write through a view that does not map back.
 
 
 def _map_back_steps(steps, layout_known):
     """The steps that map a written view back onto its root, from the view ops that made it
-    (``steps``: (op name, source shape, attrs, source value) each, the root's first;
+    (``steps``: (op name, source shape, attrs) each, the root's first;
     ``layout_known``: eager mode's root is row-major); None when one cannot be mapped back: an
     expand (eager mode refuses to write it), or a reshape that eager mode may make as a copy (of
     a source of unknown layout)."""
-    for name, shape, attrs, _ in steps:
+    for name, shape, attrs in steps:
         if name == "permute":
             layout_known = False
         elif name == "view":
@@ -67,10 +69,10 @@ def _step_of(op, source, attrs, output):
         dim, sizes = attrs["dim"], attrs["sizes"]
         start = sum(sizes[:output])
         spec = (_FULL,) * dim + (("s", start, start + sizes[output], None),)
-        return "index", shape, {"spec": spec}, source._ir
+        return "index", shape, {"spec": spec}
     if op.name == "unbind":
-        return "index", shape, {"spec": (_FULL,) * attrs["dim"] + (output,)}, source._ir
-    return op.name, shape, attrs, source._ir
+        return "index", shape, {"spec": (_FULL,) * attrs["dim"] + (output,)}
+    return op.name, shape, attrs
 
 
 def _put_back_index(source, new, spec):
@@ -82,7 +84,7 @@ def _put_back_index(source, new, spec):
 
 def _view_forward(source, step, shape):
     """The view ``step`` takes of ``source`` (of the value ``source`` has now), of ``shape``."""
-    name, _, attrs, _ = step
+    name, _, attrs = step
     if name == "view":
         return source.reshape(shape)
     if name == "permute":
@@ -239,7 +241,7 @@ def check_inplace_on_traced(t, op_name):
     steps = _map_back_steps(steps, layout_known)
     # (the root would take a value without its history, where eager mode's keeps it)
     untracked = root._requires_grad and (
-        not grad_on or any(name == "detach" for name, _, _, _ in steps or ()))
+        not grad_on or any(name == "detach" for name, _, _ in steps or ()))
     if steps is None or untracked:
         raise TraceError(f"{op_name} writes in place through a view of "
                          f"{_root_description(root)}: compiled code does not support this "
@@ -273,7 +275,7 @@ def note_traced_write(t):
     mapped = _map_back_steps(steps, layout_known)
     new = t
     sources = _sources_now(root, mapped)
-    for (name, shape, attrs, _), source in zip(reversed(mapped), reversed(sources)):
+    for (name, shape, attrs), source in zip(reversed(mapped), reversed(sources)):
         if name == "view":
             new = new.reshape(shape)
         elif name == "permute":
@@ -292,4 +294,4 @@ def _reshapes_memory(steps):
     a row-major source (and as a copy of another)."""
     return any(name == "view" and attrs["copy_ok"] and
                not _same_sizes(_not_ones(shape), _not_ones(attrs["shape"]))
-               for name, shape, attrs, _ in steps)
+               for name, shape, attrs in steps)
