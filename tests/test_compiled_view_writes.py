@@ -458,7 +458,8 @@ def test_a_parameter_is_left_unmarked_after_a_trace():
 
 # --- a compiled training step ---------------------------------------------------------------
 
-@pytest.mark.parametrize("view", ["t", "int index", "chunk"])
+@pytest.mark.parametrize("view", ["t", "int index", "chunk", "stepped slice", "two partial dims",
+                                  "ellipsis index"])
 def test_a_compiled_training_step_writing_through_a_view_trains_as_eager_mode_or_refuses(view):
     make, carried = VIEWS[view]
 
@@ -744,3 +745,52 @@ def test_writes_through_views_with_nan_arenas_and_threads(nan_arenas_split, thre
         got = compiled(tn.tensor(a)).numpy()
         np.testing.assert_allclose(got, f(tn, tn.tensor(a)).numpy(), **TOL)
         np.testing.assert_allclose(got, f(torch, torch.tensor(a)).numpy(), **TOL)
+
+
+def _writing_net(lib):
+    class Net(lib.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = lib.nn.Linear(4, 6)
+
+        def forward(self, x):
+            h = self.fc(x)
+            h[:, ::2].mul_(3)  # (saves nothing that changes later: eager mode's backward runs)
+            h[:, 1] = x[:, 0] * 2
+            a, b = h[:, :3], h[:, 3:]  # (read after h changes below: eager sees it)
+            with lib.no_grad():
+                mask = h > 1
+            h[mask] = 1.0
+            return (a * b).sum(1)
+    return Net
+
+
+def test_compile_step_trains_a_model_writing_through_views_as_eager_mode():
+    torch.manual_seed(0)
+    theirs = _writing_net(torch)()
+    ours, eager = _writing_net(tn)(), _writing_net(tn)()
+    for m in (ours, eager):
+        m.load_state_dict({k: tn.tensor(v.detach().numpy().copy())
+                           for k, v in theirs.state_dict().items()})
+    opts = [tn.optim.SGD(ours.parameters(), lr=0.05, momentum=0.9),
+            tn.optim.SGD(eager.parameters(), lr=0.05, momentum=0.9),
+            torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=0.9)]
+    step = tn.compile_step(lambda x: (ours(x) ** 2).mean(), opts[0])
+
+    def eager_step(lib, net, opt, x):
+        opt.zero_grad()
+        loss = (net(x) ** 2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    rng = np.random.default_rng(12)
+    for batch in (5, 1, 3, 5):
+        a = rng.standard_normal((batch, 4)).astype(np.float32)
+        losses = [step(tn.tensor(a)), eager_step(tn, eager, opts[1], tn.tensor(a)),
+                  eager_step(torch, theirs, opts[2], torch.tensor(a))]
+        for loss in losses[1:]:
+            np.testing.assert_allclose(losses[0].item(), loss.item(), **TOL)
+        for p, q, t in zip(ours.parameters(), eager.parameters(), theirs.parameters()):
+            np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), **TOL)
+            np.testing.assert_allclose(q.detach().numpy(), t.detach().numpy(), **TOL)
