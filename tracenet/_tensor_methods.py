@@ -275,6 +275,18 @@ def _check_inplace_allowed(self, op_name="an in-place op"):
                                "in-place operation.")
 
 
+def _own_old_value(self, args):
+    """What a traced in-place op on ``self`` computes from: eager mode's op saves a snapshot of
+    the old value for its backward, not the tensor it changes, so a backward reading it does
+    not see the change. A traced input is the caller's tensor, which the backward would read
+    at its new version (and refuse): while recording, the op reads a copy of it instead."""
+    recording = grad_mode._state.enabled and (self._requires_grad or any(
+        isinstance(a, Tensor) and a._requires_grad for a in args))
+    if recording and "_input_index" in self.__dict__:
+        return ew.clone(self)
+    return self
+
+
 def inplace(self, compute, *args, op_name="an in-place op", **kwargs):
     """Run ``compute(self, *args)`` out of place and make ``self`` hold the result
     (``op_name``: the op, named in errors)."""
@@ -283,7 +295,7 @@ def inplace(self, compute, *args, op_name="an in-place op", **kwargs):
     if self._ir is None and registry._tracer[0] is not None:
         common.active_tracer().lift(self)  # (a tensor from outside the trace: captured)
     if self._ir is not None:
-        out = compute(self, *args, **kwargs)
+        out = compute(_own_old_value(self, args), *args, **kwargs)
         self._ir = out._ir
         self.grad_fn, self._output_nr, self._requires_grad = out.grad_fn, 0, out._requires_grad
         if self._data is None:  # (a state tensor traced in place keeps its real version)

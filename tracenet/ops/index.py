@@ -10,8 +10,9 @@ import warnings
 import numpy as np
 
 from .. import _dtype
-from .._sym import has_symbols
+from .._sym import has_symbols, is_one, same_size
 from .._meta import Meta
+from .._trace_errors import TraceError
 from ..tensor import Tensor, _VersionCounter
 from . import common, creation, reduce
 from .elementwise import where
@@ -391,7 +392,8 @@ def _index_put_meta(x, v, *idx, spec):
     if not has_tensors(spec):
         # a view of x takes the value: copy_'s broadcasting, after dropping leading 1s
         vshape = tuple(v.shape)
-        while vshape and vshape[0] == 1:
+        # (a size symbol is not compared with 1: expand broadcasts a dim it keeps)
+        while vshape and is_one(vshape[0]):
             vshape = vshape[1:]
         expanded_shape(vshape, tuple(target.shape), v.dtype)
         return Meta(tuple(x.shape), x.dtype)
@@ -434,7 +436,7 @@ def _index_put_grad_fn(ctx):
     return "IndexPutBackward0" if has_tensors(spec) else "CopyBackwards"
 
 
-index_put_op = register("index_put", eager_only="no C lowering yet (index checks)", infer=_index_put_meta, eager=_index_put_eager,
+index_put_op = register("index_put", infer=_index_put_meta, eager=_index_put_eager,
                         saves=(2, ...), backward=_index_put_backward,
                         grad_fn=_index_put_grad_fn)
 
@@ -476,16 +478,60 @@ def key_is_view(x, key):
     return basic_part_is_view(tuple(x.shape), spec)
 
 
+def _check_same_dtype(x, value):
+    if common.is_tensor(value) and value.dtype is not x.dtype:
+        raise RuntimeError(f"Index put requires the source and destination dtypes match, got "
+                           f"{_type_word(x.dtype)} for the destination and "
+                           f"{_type_word(value.dtype)} for the source.")
+
+
+def _traced_mask(x, key):
+    """The bool mask that is all of ``key`` (``x[mask] = value``) while ``x`` is traced, checked
+    against ``x``'s leading dims; None for any other key or an ``x`` that is not traced."""
+    single = key[0] if isinstance(key, tuple) and len(key) == 1 else key
+    if x._ir is None or not common.is_tensor(single) or single.dtype is not _dtype.bool_ \
+            or single.dim() == 0:
+        return None
+    _check_mask(single, x, 0)
+    return single
+
+
+def _masked_assignment(x, mask, value):
+    """``x[mask] = value`` traced as ``where(mask, value, x)``: the positions the mask takes
+    are data a static graph cannot hold (their count is the shape of ``index_put``'s index
+    tensors), a ``where`` over all of ``x`` can. Only for a value that is the same for every
+    masked position (it broadcasts to the dims after the mask's); eager mode's values and
+    gradients, ``IndexPutBackward0``'s."""
+    rest = tuple(x.shape)[mask.dim():]
+    if common.is_tensor(value) and value.numel() != 1:  # (one value: masked_fill's rule)
+        _check_same_dtype(x, value)
+    if not common.is_tensor(value):
+        value = common.scalar_tensor(value, x.dtype)
+    vshape = tuple(value.shape)
+    while len(vshape) > len(rest) and is_one(vshape[0]):
+        vshape = vshape[1:]
+    if len(vshape) > len(rest) or not all(is_one(v) or same_size(v, r) for v, r in
+                                          zip(vshape, rest[len(rest) - len(vshape):])):
+        raise TraceError(f"an assignment through a mask (x[mask] = value) of a value of shape "
+                         f"[{', '.join(map(str, value.shape))}] in traced code: the value's "
+                         "shape must not depend on how many elements the mask takes (a scalar, "
+                         "or a value for the dims after the mask's); run it eagerly, where it "
+                         "runs")
+    mask = mask.reshape(tuple(mask.shape) + (1,) * len(rest))
+    return where(mask, value.reshape(vshape).to(x.dtype), x)
+
+
 def setitem_value(x, key, value):
     """The tensor ``x`` would become after ``x[key] = value`` (computed out of place)."""
+    mask = _traced_mask(x, key)
+    if mask is not None:
+        return _masked_assignment(x, mask, value)
     spec, tensors = split_key(x, key)
     single = key[0] if isinstance(key, tuple) and len(key) == 1 else key
     masked_fill = (common.is_tensor(single) and single.dtype is _dtype.bool_
                    and common.is_tensor(value) and value.numel() == 1)
-    if tensors and common.is_tensor(value) and value.dtype is not x.dtype and not masked_fill:
-        raise RuntimeError(f"Index put requires the source and destination dtypes match, got "
-                           f"{_type_word(x.dtype)} for the destination and "
-                           f"{_type_word(value.dtype)} for the source.")
+    if tensors and not masked_fill:
+        _check_same_dtype(x, value)
     # the backward node torch records: a write through a view of x, index_put_ on x itself,
     # or (the key selects all of x) fill_/copy_
     if basic_part_is_view(tuple(x.shape), spec):
@@ -654,7 +700,7 @@ def split(x, split_size_or_sections, dim=0):
         name = "split_with_sizes"
     outs = apply(split_op, x, dim=dim, sizes=tuple(sizes),
                  _name="SplitBackward0" if name == "split" else "SplitWithSizesBackward0")
-    return _mark_multi_view(outs, name) if x._ir is None else outs
+    return _mark_multi_view(outs, name)
 
 
 def chunk(x, chunks, dim=0):
@@ -670,7 +716,7 @@ def chunk(x, chunks, dim=0):
 def unbind(x, dim=0):
     dim = common.wrap_dim(dim, x.dim())
     outs = apply(unbind_op, x, dim=dim)
-    return _mark_multi_view(outs, "unbind") if x._ir is None else outs
+    return _mark_multi_view(outs, "unbind")
 
 
 def index_select(x, dim, idx):
