@@ -467,7 +467,28 @@ class _Recording(threading.local):
 
 _recording = _Recording()
 _hook_lock = threading.Lock()
-_hook_users = [0]
+
+
+class _SharedPatch:
+    """Class attributes replaced while any thread's trace needs them: ``install`` runs when
+    the first user enters, ``restore`` when the last one leaves."""
+
+    def __init__(self, install, restore):
+        self._install, self._restore, self._users = install, restore, 0
+
+    def enter(self):
+        with _hook_lock:
+            if self._users == 0:
+                self._install()
+            self._users += 1
+
+    def leave(self):
+        with _hook_lock:
+            self._users -= 1
+            if self._users == 0:
+                self._restore()
+
+
 # what every Module keeps in its __dict__ (hooks, registries): not a value forward computes with
 _MODULE_INTERNALS = frozenset(("_parameters", "_buffers", "_modules",
                                "_non_persistent_buffers_set"))
@@ -488,6 +509,14 @@ def _recording_getattribute(self, name):
     return value
 
 
+def _unhook_getattribute():
+    del Module.__getattribute__
+
+
+_reads_patch = _SharedPatch(
+    lambda: setattr(Module, "__getattribute__", _recording_getattribute), _unhook_getattribute)
+
+
 def _is_concrete_array(value):
     return isinstance(value, np.ndarray) or (isinstance(value, Tensor) and value._ir is None)
 
@@ -501,17 +530,11 @@ class recording_reads:
         self._prev_other = _recording.other_reads
         self.reads = _recording.reads = {}
         self.other_reads = _recording.other_reads = {}
-        with _hook_lock:
-            if _hook_users[0] == 0:
-                Module.__getattribute__ = _recording_getattribute
-            _hook_users[0] += 1
+        _reads_patch.enter()
         return self
 
     def __exit__(self, *exc):
-        with _hook_lock:
-            _hook_users[0] -= 1
-            if _hook_users[0] == 0:
-                del Module.__getattribute__
+        _reads_patch.leave()
         _recording.reads = self._prev
         _recording.other_reads = self._prev_other
         if self._prev is not None:  # a nested trace's reads matter to the outer one too
@@ -556,7 +579,19 @@ def _noting_concrete(self, what):
     return _plain_concrete(self, what)
 
 
-_made_users = [0]
+def _note_made():
+    Tensor._wrap = classmethod(_noting_wrap)
+    Tensor._init = _noting_init
+    Tensor._concrete = _noting_concrete
+
+
+def _stop_noting():
+    Tensor._wrap = classmethod(_plain_wrap)
+    Tensor._init = _plain_init
+    Tensor._concrete = _plain_concrete
+
+
+_made_patch = _SharedPatch(_note_made, _stop_noting)
 
 
 def is_captured(t):
@@ -579,21 +614,11 @@ class capturing:
     def __enter__(self):
         self._prev = _recording.made, _recording.capturer
         _recording.made, _recording.capturer = {}, self.tracer
-        with _hook_lock:
-            if _made_users[0] == 0:
-                Tensor._wrap = classmethod(_noting_wrap)
-                Tensor._init = _noting_init
-                Tensor._concrete = _noting_concrete
-            _made_users[0] += 1
+        _made_patch.enter()
         return self
 
     def __exit__(self, *exc):
-        with _hook_lock:
-            _made_users[0] -= 1
-            if _made_users[0] == 0:
-                Tensor._wrap = classmethod(_plain_wrap)
-                Tensor._init = _plain_init
-                Tensor._concrete = _plain_concrete
+        _made_patch.leave()
         made = _recording.made
         _recording.made, _recording.capturer = self._prev
         if self._prev[0] is not None:
