@@ -85,6 +85,18 @@ def test_global_tensor_changed_in_place_or_rebound():
         SHIFT = saved
 
 
+def test_closure_tensor_rebound():
+    scale = tn.tensor([1.0, 2.0, 3.0])
+
+    def f(x):
+        return x * scale
+    compiled = tn.compile(f)
+    x = tn.randn(2, 3)
+    _close(compiled(x), f(x))
+    scale = tn.tensor([-4.0, 0.5, 9.0])  # (rebinds the closure's cell)
+    _close(compiled(x), f(x))
+
+
 def test_closure_tensor_changed_in_place():
     bias = tn.zeros(3)
 

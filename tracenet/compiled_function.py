@@ -57,8 +57,8 @@ from .step_state import UpdateState, declaration_of
 from .tensor import Tensor, arrays_replaced, clocked
 from .ops import registry
 from .ops.common import active_tracer, numel
-from .trace import Guards, TraceError, format_inputs, rebuild, symbolic_shape, trace, \
-    traced_tensor, user_output_count
+from .trace import Guards, TraceError, cell_contents, format_inputs, rebuild, symbolic_shape, \
+    trace, traced_tensor, user_output_count
 
 _epoch = module_mod._epoch  # advanced by every change to a module (``Module.__setattr__``)
 
@@ -87,8 +87,9 @@ def reachable(fn):
 
 def _places(fn, found):
     """(getter, key, object) of each global and closure variable of ``fn`` that holds one of
-    the modules or optimizers ``found``: a call checks ``getter(key) is object``, and finds
-    them again if one was rebound (eager mode would use the new one)."""
+    the objects ``found`` (modules and optimizers, or captured tensors): a call checks
+    ``getter(key) is object``, and finds them again (or traces again) if one was rebound, as
+    eager mode would use the new one."""
     ids = {id(o) for o in found}
     out = []
     for where, obj in reachable(fn):
@@ -97,7 +98,7 @@ def _places(fn, found):
         if where[0] == "global":
             out.append((fn.__globals__.get, where[1], obj))
         elif where[0] == "cell":
-            out.append((_cell_contents, fn.__closure__[where[1]], obj))
+            out.append((cell_contents, fn.__closure__[where[1]], obj))
     return tuple(out)
 
 
@@ -106,13 +107,6 @@ def _places_hold(places):
         if get(key) is not obj:
             return False
     return True
-
-
-def _cell_contents(cell):
-    try:
-        return cell.cell_contents
-    except ValueError:  # (emptied)
-        return None
 
 
 def _cell_filled(cell):
@@ -470,7 +464,8 @@ class _Specialisation:
         # which refuses to add to it (eager mode would accumulate)
         fresh = [p for p in final_grads
                  if real_grads.get(p) is None and id(p) not in recorder.zeroed_any]
-        self.guards = Guards(fwd.reads, self.modules, self.state, fwd.captured_at,
+        self.guards = Guards(fwd.reads, self.modules, self.state,
+                             fwd.captured_at + list(_places(fn, [t for _, t in fwd.captured])),
                              fwd.frozen, fresh)
         if not self.ddp:
             self.checks = _checks(fwd, modules, optimizers + recorder.compiled_modules,

@@ -372,18 +372,27 @@ def trace(fn, *example_inputs, name=None, state=None, sizes=None):
 
 
 def _where_captured(captured, attribute_reads, codes):
-    """(namespace dict, name, tensor) of each place the traced code found a captured tensor
-    by name: a module's attribute, a global of a function that ran. A compiled call checks
-    that the name still holds that tensor (``Guards``): one rebound to another tensor needs
+    """(getter, key, tensor) of each place the traced code found a captured tensor by name: a
+    module's attribute, a global of a function that ran. A compiled call checks that
+    ``getter(key)`` still is that tensor (``Guards``): one rebound to another tensor needs
     another trace, as eager mode would read the new one."""
     ids = {id(t) for _, t in captured}
     if not ids:
         return []
-    out = [(m.__dict__, name, value) for m, name, value in attribute_reads if id(value) in ids]
+    out = [(m.__dict__.get, name, value) for m, name, value in attribute_reads
+           if id(value) in ids]
     for code, (globals_, _, _) in (codes or {}).items():
-        out += [(globals_, n, globals_[n]) for n in code.co_names
+        out += [(globals_.get, n, globals_[n]) for n in code.co_names
                 if id(globals_.get(n)) in ids]
     return out
+
+
+def cell_contents(cell):
+    """What a closure cell holds (None once emptied): a getter for ``Guards`` names."""
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return None
 
 
 def symbolic_shape(shape, sizes):
@@ -819,8 +828,8 @@ class Guards:
                  "verified", "_flag_of", "names", "frozen", "gradless", "outside")
 
     def __init__(self, reads, roots, params, names=(), frozen=(), gradless=()):
-        # (namespace dict, name, object): names that must still hold those objects (where the
-        # trace found the tensors it captured: ``_where_captured``); (tensor, array, version):
+        # (getter, key, object): names that must still hold those objects (where the trace
+        # found the tensors it captured: ``_where_captured``); (tensor, array, version):
         # tensors whose values the graph froze, unchanged since. Both checked on every call.
         self.names = tuple(names)
         self.frozen = tuple(frozen)
@@ -855,7 +864,7 @@ class Guards:
 
     def _outside_holds(self):
         """The checks of what lies outside the modules (names, frozen tensors, .grad)."""
-        return (all(d.get(n) is v for d, n, v in self.names) and
+        return (all(get(key) is v for get, key, v in self.names) and
                 all(t._data is a and t._vc.value == v for t, a, v in self.frozen) and
                 all(t._grad is None for t in self.gradless))
 
