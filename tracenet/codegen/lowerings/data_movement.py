@@ -1,6 +1,6 @@
 """C lowerings of data-movement ops: indexing (``index``) and its gradient
-(``index_backward``), a basic-indexed assignment (``index_put``), ``cat``, ``stack``, ``split``, ``unbind`` and ``permute``; ``view`` and
-``detach`` share their input's buffer.
+(``index_backward``), a basic-indexed assignment (``index_put``), ``cat``, ``stack``,
+``split``, ``unbind`` and ``permute``; ``view`` and ``detach`` share their input's buffer.
 
 Every value in compiled code owns a contiguous buffer, so each of these is a set of strided
 block copies between buffers. A copy is described by its element offsets in source and
@@ -21,8 +21,8 @@ import numpy as np
 from ..._sym import as_size, has_symbols, is_one, same_shape, same_size
 from ...ops.common import numel
 from ...ops.index import has_tensors, np_key, split_np_key, symbolic_view
-from ..base import Kernel, LoweringError, alias_lowering, offset_expr, ctype, lowering, node_lines, \
-    signature, where
+from ..base import Kernel, LoweringError, alias_lowering, offset_expr, ctype, lowering, \
+    node_lines, signature, where
 from ..templates import render
 
 
