@@ -150,3 +150,34 @@ def test_nan_arena_threads(nan_arenas_split, threads, cin, cout, size):
         lambda lib: _net(lib, cin, cout, True), [(batch, cin, size, size) for batch in (9, 2)])
     source = compiled.source()
     assert _paths(source)["f4"] == 1 and "omp_get_thread_num()" in source
+
+
+# the stride-2 kernels' transformed weights U in each thread's own work memory, made before
+# its first block (codegen/target.py, Parallelism.private_weights: 32 -> 64's 74k values),
+# or halves of one shared copy (16 -> 32's 19k)
+PRIVATE_U = "each thread transforms all of U before its first block"
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("cin,cout,size,private", [(32, 64, 16, True), (16, 32, 32, False),
+                                                   (32, 64, 12, True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_transforms_per_thread_or_shared(nan_arenas_split, threads, cin, cout, size,
+                                                private, dtype):
+    """The forward and the input gradient with U per thread or shared, on work memory filled
+    with NaN: 17 images (three blocks of up to eight for 32 -> 64, nine of two for 16 -> 32:
+    odd counts, a thread without a block on 3 threads), then one, from one build (a symbolic
+    batch); the same answers as PyTorch and eager on 1-3 threads, float32 and float64. On
+    12x12 (6x6 outputs: cut tiles) both kernels take their 2x2-output and 4x4-value forms."""
+    tn.set_num_threads(threads)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+
+    def make(lib):
+        net = _net(lib, cin, cout, True)
+        return net.double() if dtype == np.float64 else net
+
+    compiled = _stepped_twins(make, [(batch, cin, size, size) for batch in (17, 1)], tol,
+                              dtype)
+    source = compiled.source()
+    assert _paths(source)["f4" if size % 8 == 0 else "f2"] == 1
+    assert source.count(PRIVATE_U) == (2 if private else 0)

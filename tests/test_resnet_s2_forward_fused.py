@@ -134,14 +134,15 @@ def test_inference_matches_torch_and_eager(march, any_plane, cin, cout, size, ba
 
 
 @needs_avx512
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 def test_nan_arena_threads(nan_arenas_split, any_plane, threads):
     """Nine and then two images (blocks of eight, the last of one) over NaN work memory, split
     between threads however small, training with batch norms and then inference: every
-    output and statistic of the shortcut is written."""
+    output and statistic of the shortcut is written, each thread with its own U."""
     tn.set_num_threads(threads)
     source = _steps(_block(32, 64, 2, batch_norm=True), (8, 8), batches=(9, 2))
     assert PAIRED in source
+    assert "each thread transforms all of U before its first block" in source
     model, tmodel = _eval_block(32, 64, np.float32)
     compiled = tn.compile(model)
     x = np.random.default_rng(2).standard_normal((9, 3, 16, 16)).astype(np.float32)

@@ -72,17 +72,19 @@ def test_folded_matches_torch_and_eager(march, name):
         assert TRANSPOSED_ROWS not in source and SHUFFLED_ROWS not in source
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 def test_nan_arena_threads(nan_arenas_split, threads):
     """Nine and then two images (blocks of eight, the last of one) over NaN work memory, split
     between threads however small: V's shortcut rows and every image-gradient value are
-    written."""
+    written; each thread makes its own U and the shortcut's weights beside w1's (UF)."""
     tn.set_num_threads(threads)
     source = _steps(_block(32, 64, 2), (16, 16), batches=(9, 2))
     assert _folded(source) == 1
     # (the Winograd kernel, which its direct twin's wrapper calls: conv_nonfinite.py)
     winograd = MASKED[:-len(r"\(")] + r"_winograd\("
-    assert "omp_get_thread_num()" in re.split(winograd, source)[1].split("\n}\n")[0]
+    kernel = re.split(winograd, source)[1].split("\n}\n")[0]
+    assert "omp_get_thread_num()" in kernel
+    assert "each thread transforms all of U before its first block" in kernel
 
 
 def _gradients(lib_conv_input, threshold, gy, w, gs, ws, y, shape):

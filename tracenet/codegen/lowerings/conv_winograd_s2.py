@@ -127,7 +127,13 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     if short:
         stats_at, chunk = _pair_shortcut(short, groups, ct, parallel, target, stats_at, tiles)
     per_thread = split + v_size + m_size + m * m * blocks["L"] * blocks["R"] + chunk
-    shared = stats_at + _distinct(m) ** 2 * us
+    # each thread its own U (after its work memory) or a half each of one shared U
+    u_values, u_in_thread = _distinct(m) ** 2 * us, per_thread
+    private_u = target.parallel.private_weights(u_values, parallel)
+    if private_u:
+        per_thread, shared = per_thread + u_values, stats_at
+    else:
+        shared = stats_at + u_values
     has_bias = len(conv.inputs) > 2
     relu = any(m.op == "relu" for m in group)
     epilogue = bool(has_bias or bn or res or relu)
@@ -135,6 +141,7 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     src = render("conv_winograd_s2.c.j2", name=name, node_lines=node_lines(group),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
                  parallel=parallel, per_thread=per_thread, shared=shared, u_at=stats_at,
+                 private_u=private_u, u_in_thread=u_in_thread,
                  N=geo["N"], CI=ci, CO=co, XH=geo["H"], XW=geo["W"], XP=geo["H"] * geo["W"],
                  H=geo["OH"], W=geo["OW"], P=geo["OH"] * geo["OW"], SPLIT=split, WE=we,
                  ROWS=rows, VL=_VL[ct], US=us, V_SIZE=v_size, M_SIZE=m_size, groups=groups,
@@ -216,15 +223,23 @@ def _render_input(name, node, geo, target, m, blocks, split, buffer, fold=None):
     parallel = target.parallel.compute(flops, geo["N"])
     groups, points, v_size, m_size = _groups(ci, co, blocks["RB"], m)
     us = co * ci + _PAD
-    shared = _distinct(m) ** 2 * us
+    u_values = _distinct(m) ** 2 * us
     reads, writes, nodes = [("gy", gy), ("w", w)], [("out", out)], [node]
     if fold:
-        v_size, shared = _fold_shortcut(fold, groups, v_size, shared, ci, co)
+        v_size, u_values = _fold_shortcut(fold, groups, v_size, u_values, ci, co)
         reads, writes, nodes = fold["reads"], fold["writes"], fold["nodes"]
     per_thread = split + v_size + m_size + buffer
+    # each thread its own U (and UF, after its work memory) or a half each of one shared U
+    u_in_thread = per_thread
+    private_u = target.parallel.private_weights(u_values, parallel)
+    if private_u:
+        per_thread, shared = per_thread + u_values, 0
+    else:
+        shared = u_values
     src = render("conv_winograd_s2_input.c.j2", name=name, node_lines=node_lines(nodes),
                  ctype=ct, sfx=SFX[ct], signature=signature(reads, writes, 1, ct),
-                 parallel=parallel, per_thread=per_thread, shared=shared, u_at=0, N=geo["N"],
+                 parallel=parallel, per_thread=per_thread, shared=shared, u_at=0,
+                 private_u=private_u, u_in_thread=u_in_thread, N=geo["N"],
                  CI=ci, CO=co, YH=geo["OH"], YW=geo["OW"], YP=geo["OH"] * geo["OW"], H=geo["H"],
                  W=geo["W"], P=geo["H"] * geo["W"], SPLIT=split, VL=_VL[ct], US=us,
                  V_SIZE=v_size, M_SIZE=m_size, groups=groups, points=points, MT=m,
