@@ -464,8 +464,10 @@ class _Specialisation:
         # which refuses to add to it (eager mode would accumulate)
         fresh = [p for p in final_grads
                  if real_grads.get(p) is None and id(p) not in recorder.zeroed_any]
-        self.guards = Guards(fwd.reads, self.modules, self.state,
-                             fwd.captured_at + list(_places(fn, [t for _, t in fwd.captured])),
+        # (where the captured tensors were found: the trace's globals and attributes, and the
+        # function's own closure cells)
+        cells = [p for p in _places(fn, [t for _, t in fwd.captured]) if p[0] is cell_contents]
+        self.guards = Guards(fwd.reads, self.modules, self.state, fwd.captured_at + cells,
                              fwd.frozen, fresh)
         if not self.ddp:
             self.checks = _checks(fwd, modules, optimizers + recorder.compiled_modules,

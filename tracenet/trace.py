@@ -53,8 +53,7 @@ class Tracer:
         self.foreign = foreign
 
     def value_of(self, t):
-        if t._ir is None and is_captured(t):
-            _recording.capturer.capture_or_freeze(t)
+        self.lift(t)
         if t._ir is not None:
             if "_view_of" in t.__dict__:
                 check_view_current(t)
@@ -69,8 +68,8 @@ class Tracer:
         return entry[1]
 
     def lift(self, t):
-        """Capture ``t`` (before an in-place op on it) if it is a concrete tensor that existed
-        before the trace."""
+        """Capture ``t`` (before an op reads it or writes it in place) if it is a concrete
+        tensor that existed before the trace."""
         if t._ir is None and is_captured(t):
             _recording.capturer.capture_or_freeze(t)
 
@@ -98,19 +97,14 @@ class Tracer:
         """Make the concrete tensor ``t``, which existed before the trace, a graph input (after
         the state inputs), as a parameter or buffer is: ``t._ir`` stands for it until the trace
         ends (``release_captured``)."""
-        v = self.graph.add_input(f"captured{len(self.captured)}", tuple(t.shape), t.dtype,
-                                 t._requires_grad)
-        self._captured_before.append((t, t._ir, t.grad_fn, t._requires_grad, t._output_nr,
-                                      t._grad))
-        self.captured.append((f"captured{len(self.captured)}", t))
+        name = f"captured{len(self.captured)}"
+        v = self.graph.add_input(name, tuple(t.shape), t.dtype, t._requires_grad)
+        self._captured_before.append(_stand_in(t, v))
+        self.captured.append((name, t))
         self.captured_inputs.append(v)
-        t._ir = v
 
     def release_captured(self):
-        for t, prev, grad_fn, requires_grad, output_nr, grad in self._captured_before:
-            t._ir, t.grad_fn, t._requires_grad, t._output_nr, t._grad = (
-                prev, grad_fn, requires_grad, output_nr, grad)
-            t.__dict__.pop("_traced_writes", None)
+        _restore_stand_ins(self._captured_before)
 
     @staticmethod
     def captures_any(tensors):
@@ -330,8 +324,7 @@ def trace(fn, *example_inputs, name=None, state=None, sizes=None):
     tracer = Tracer(graph)
     try:
         for n, p in state:
-            saved.append((p, p._ir, p.grad_fn, p._requires_grad, p._output_nr))
-            p._ir = graph.add_input(n, p.shape, p.dtype, p.requires_grad)
+            saved.append(_stand_in(p, graph.add_input(n, p.shape, p.dtype, p.requires_grad)))
         with tracing(tracer), recording_reads() as recorded, \
                 forbidding_frozen_calls() as watched, capturing(tracer):
             out = fn(*args)
@@ -363,12 +356,24 @@ def trace(fn, *example_inputs, name=None, state=None, sizes=None):
         seeds = set(graph.seed_inputs)
         graph.inputs = [v for v in graph.inputs if v not in seeds] + graph.seed_inputs
     finally:
-        for p, prev, grad_fn, requires_grad, output_nr in saved:
-            p._ir, p.grad_fn, p._requires_grad, p._output_nr = (prev, grad_fn, requires_grad,
-                                                                output_nr)
-            p.__dict__.pop("_traced_writes", None)  # (marks it as the root of traced views)
+        _restore_stand_ins(saved)
         tracer.release_captured()
     return graph.renumber()
+
+
+def _stand_in(t, value):
+    """Make the graph input ``value`` stand for the concrete tensor ``t`` (a parameter, buffer
+    or captured tensor) while tracing; returns what ``_restore_stand_ins`` puts back."""
+    saved = (t, t._ir, t.grad_fn, t._requires_grad, t._output_nr, t._grad)
+    t._ir = value
+    return saved
+
+
+def _restore_stand_ins(saved):
+    for t, prev, grad_fn, requires_grad, output_nr, grad in saved:
+        t._ir, t.grad_fn, t._requires_grad, t._output_nr, t._grad = (
+            prev, grad_fn, requires_grad, output_nr, grad)
+        t.__dict__.pop("_traced_writes", None)  # (marks it as the root of traced views)
 
 
 def _where_captured(captured, attribute_reads, codes):
