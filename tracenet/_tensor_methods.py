@@ -279,12 +279,16 @@ def _own_old_value(self, args):
     """What a traced in-place op on ``self`` computes from: eager mode's op saves a snapshot of
     the old value for its backward, not the tensor it changes, so a backward reading it does
     not see the change. A traced input is the caller's tensor, which the backward would read
-    at its new version (and refuse): while recording, the op reads a copy of it instead."""
+    at its new version (and refuse): while recording, the op reads a copy of it instead.
+    Another traced tensor is read through an alias with a version of its own, as eager mode's
+    snapshot (the trace's check of saved versions then sees what eager mode's sees)."""
     recording = grad_mode._state.enabled and (self._requires_grad or any(
         isinstance(a, Tensor) and a._requires_grad for a in args))
-    if recording and "_input_index" in self.__dict__:
+    if not recording:
+        return self
+    if "_input_index" in self.__dict__:
         return ew.clone(self)
-    return self
+    return common.traced_alias(self)
 
 
 def inplace(self, compute, *args, op_name="an in-place op", **kwargs):
@@ -300,6 +304,7 @@ def inplace(self, compute, *args, op_name="an in-place op", **kwargs):
         self.grad_fn, self._output_nr, self._requires_grad = out.grad_fn, 0, out._requires_grad
         if self._data is None:  # (a state tensor traced in place keeps its real version)
             self._vc.value += 1  # counts the writes a traced input's caller sees
+        common.active_tracer().saved_versions.note_write(self)
         if self.__dict__:  # (a root of traced views, or a view, is marked)
             note_traced_write(self)
         return self

@@ -198,6 +198,9 @@ class _StepRecorder:
             raise RuntimeError("element 0 of tensors does not require grad and does not have a "
                                "grad_fn")
         self.differentiated = True
+        stale = active_tracer().saved_versions.stale(graph, [loss._ir])
+        if stale is not None:  # (a tensor it reads was changed in place since it was saved)
+            raise RuntimeError(stale.message())
         reached = _ancestors(loss._ir)
         for i, v in enumerate(graph.inputs[:self.n_inputs]):
             if v.requires_grad and v in reached:

@@ -130,6 +130,8 @@ class CompiledPair:
         self.differentiable = [v.requires_grad for v in
                                fwd.outputs[:self.n_out + len(self.input_updates)]]
         self.needs_grad = any(self.differentiable)
+        # {output index: StaleSaved}: its backward raises, as eager mode's would
+        self.stale_saved = dict(getattr(fwd, "stale_saved", None) or {})
         self.forward_graph = fwd
         self.backward_graph = None
         if self.needs_grad:
@@ -161,6 +163,7 @@ class CompiledPair:
 
     def _load(self, stored):
         self.size_checks = []  # (an entry may have none)
+        self.stale_saved = {}  # (a graph with one is not stored)
         self.input_updates = self.row_major_inputs = []
         for name in self._STORED:
             if name in stored:
@@ -416,6 +419,9 @@ class CompiledFunctionBackward(engine.Node):
             if t._vc.value != version:
                 raise RuntimeError(engine._inplace_error(t, version))
         spec = self.spec
+        for i, stale in spec.stale_saved.items():
+            if grads[i] is not None:
+                raise RuntimeError(stale.message(self.sizes))
         cots = []
         for idx in spec.cotangent_of:
             g = grads[idx]

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _dtype, _random
 from ._meta import Meta
+from ._saved_versions import SavedVersions
 from ._sym import Sym, display
 from ._trace_errors import TraceError, data_dependent, user_location  # noqa: F401  (public here)
 from ._view_writes import check_view_current, mark_views
@@ -51,6 +52,8 @@ class Tracer:
         # forward node's, so backward nodes point at the user's line they differentiate)
         # values from another graph (autodiff reads forward values): mapped to new inputs
         self.foreign = foreign
+        # what the recorded ops' eager nodes would save (a backward checks it as eager mode's)
+        self.saved_versions = SavedVersions()
 
     def value_of(self, t):
         self.lift(t)
@@ -127,6 +130,8 @@ class Tracer:
         for v in node.outputs:
             v.requires_grad = requires_grad and v.dtype.is_floating_point
             outs.append(traced_tensor(v))
+        if requires_grad and self.foreign is None:
+            self.saved_versions.note_op(op, node, inputs, outs, metas, out_metas, attrs)
         if op.is_view:
             mark_views(op, inputs[0], outs, kw)
         return tuple(outs) if multi else outs[0]
@@ -344,6 +349,8 @@ def trace(fn, *example_inputs, name=None, state=None, sizes=None):
         graph.captured_at = _where_captured(tracer.captured, recorded.unportable,
                                             watched.codes)
         graph.frozen = tracer.frozen
+        # outputs whose backward would raise in eager mode: a tensor it reads changed in place
+        graph.stale_saved = tracer.saved_versions.stale_outputs(graph, len(graph.outputs))
         state_inputs = graph.inputs[len(args):len(args) + len(state)] + \
             tracer.captured_inputs
         graph.state_updates = []

@@ -266,6 +266,8 @@ def analyse(graph, roots, named=()):
     if getattr(graph, "captured", None) or getattr(graph, "frozen", None):
         raise NotPortable("the traced code reads tensors that are not inputs, parameters or "
                           "buffers (a new process could not find them)")
+    if getattr(graph, "stale_saved", None):
+        raise NotPortable("an output's backward raises: a tensor it reads is changed in place")
     return {"files": files, "globals": [k + (v,) for k, v in globals_.items()],
             "reads": reads}
 

@@ -195,14 +195,22 @@ def _inplace_error(tensor, version, producer=None, output_nr=0):
     made a saved output (its alias carries no grad_fn of its own)."""
     if producer is None and tensor.grad_fn is not None:
         producer, output_nr = tensor.grad_fn.name(), tensor._output_nr
+    return inplace_message(tensor.dtype, tensor.shape, tensor._vc.value, version, producer,
+                           output_nr)
+
+
+def inplace_message(dtype, shape, version_now, version, producer=None, output_nr=0):
+    """torch's message for a saved tensor of ``dtype`` and ``shape``, at version
+    ``version_now`` where the backward expected ``version``, made by the node named
+    ``producer`` (None: a leaf)."""
     where = ""
     if producer is not None:
         # torch names the forward function: SigmoidBackward0 -> Sigmoid
         where = f", which is output {output_nr} of {re.sub(r'Backward[0-9]*$', '', producer)},"
-    shape = ", ".join(str(s) for s in tensor.shape)
+    shape = ", ".join(str(s) for s in shape)
     return ("one of the variables needed for gradient computation has been modified by an "
-            f"inplace operation: [{_legacy_type_name(tensor.dtype)} [{shape}]]{where} is at "
-            f"version {tensor._vc.value}; expected version {version} instead. Hint: enable "
+            f"inplace operation: [{_legacy_type_name(dtype)} [{shape}]]{where} is at "
+            f"version {version_now}; expected version {version} instead. Hint: enable "
             "anomaly detection to find the operation that failed to compute its gradient, with "
             "torch.autograd.set_detect_anomaly(True, check_nan=False).")
 

@@ -83,7 +83,11 @@ def unsaved(t):
     product when only this one needs a gradient): the same place in the graph, but its own
     version counter, so an in-place change to ``t`` after the op is, as in torch, not an error
     at backward time."""
-    if t._ir is not None or not grad_mode._state.enabled or _registry._tracer[0] is not None:
+    if not grad_mode._state.enabled:
+        return t
+    if t._ir is not None:
+        return traced_alias(t)
+    if _registry._tracer[0] is not None:
         return t  # (while tracing: an alias would hide a captured tensor from the tracer)
     alias = Tensor._wrap(t._data)
     if t._requires_grad:
@@ -93,6 +97,18 @@ def unsaved(t):
         else:  # a leaf: gradients must still reach t's own accumulator
             acc = _accumulator_of[0](t)
             alias._accumulator = lambda: acc
+    return alias
+
+
+def traced_alias(t):
+    """The traced tensor ``t``'s value now as another tensor, with a version counter of its
+    own: what eager mode's ``unsaved`` alias or in-place snapshot is, for the trace's check of
+    saved versions (``tracenet._saved_versions``)."""
+    tracer = active_tracer()
+    if tracer is not None and "_view_of" in t.__dict__:
+        tracer.value_of(t)  # (a view read after a write to its root is taken again)
+    alias = traced_tensor(t._ir)
+    alias._requires_grad = t._requires_grad
     return alias
 
 
