@@ -5,8 +5,9 @@ For every user function that ran while tracing (``trace.forbidding_frozen_calls`
 one's code, globals and the values its closure cells held), each global it loads and each of
 its closure cells that holds
 
-* a module, an optimizer, a compiled module, a tensor the trace captured or froze, or a
-  function (a ``functools.partial``, a bound method) whose code ran, is checked by identity;
+* a module, an optimizer or a compiled module (``found``), a tensor the trace captured or
+  froze, or a function (a ``functools.partial``, a bound method) whose code ran, is checked by
+  identity;
 * a Python scalar (bool, int, float, complex, str, None; a numpy scalar), or a list, dict or
   tuple nesting at most ``SNAPSHOT_LEAVES`` of them, is compared by value (same types, equal)
   with what it held when the trace ended;
@@ -30,24 +31,25 @@ from .optim.optimizer import Optimizer
 SNAPSHOT_LEAVES = 64
 _SCALARS = frozenset((int, float, bool, str, type(None), complex))
 _MISSING = object()
-_IDENTITY, _VALUE = "identity", "value"
+_FOUND, _IDENTITY, _VALUE = "found", "identity", "value"
 
 
 class NameGuards:
-    """``names``: (getter, key, object) that must still hold that object; ``values``: (getter,
-    key, snapshot) whose value must still equal the snapshot (``same_tree``). Each entry's
-    ``where``, ``(kind, module name, global name)``, finds it again in another process (None:
-    it cannot be, as a closure cell or a global of code run by ``exec``)."""
+    """``found`` (modules, optimizers) and ``names`` (the rest): (getter, key, object) that must
+    still hold that object; ``values``: (getter, key, snapshot) whose value must still equal
+    the snapshot (``same_tree``). Each entry's ``where``, ``(kind, module name, global
+    name)``, finds it again in another process (None: it cannot be, as a closure cell or a
+    global of code run by ``exec``)."""
 
     def __init__(self):
-        self.names, self.values = [], []
-        self._where = {_IDENTITY: [], _VALUE: []}  # (in the order of names, of values)
+        self.found, self.names, self.values = [], [], []
+        self._where = {_FOUND: [], _IDENTITY: [], _VALUE: []}  # (in the order of each list)
 
     def add(self, kind, getter, key, value, where):
-        if kind == _IDENTITY:
-            self.names.append((getter, key, value))
-        else:
+        if kind == _VALUE:
             self.values.append((getter, key, snapshot(value)))
+        else:
+            (self.found if kind == _FOUND else self.names).append((getter, key, value))
         self._where[kind].append(None if where is None else (kind,) + where)
 
     def without(self, places):
@@ -55,16 +57,17 @@ class NameGuards:
         compiled function's own globals and closure holding its modules and optimizers)."""
         known = {_place_id(get, key) for get, key, _ in places}
         out = NameGuards()
-        for entry, where in zip(self.names, self._where[_IDENTITY]):
-            if _place_id(*entry[:2]) not in known:
-                out.names.append(entry)
-                out._where[_IDENTITY].append(where)
+        for kind, entries in ((_FOUND, self.found), (_IDENTITY, self.names)):
+            for entry, where in zip(entries, self._where[kind]):
+                if _place_id(*entry[:2]) not in known:
+                    (out.found if kind == _FOUND else out.names).append(entry)
+                    out._where[kind].append(where)
         out.values, out._where[_VALUE] = self.values, self._where[_VALUE]
         return out
 
     def portable(self):
         """``where`` of every entry, or None when one cannot be found in another process."""
-        where = self._where[_IDENTITY] + self._where[_VALUE]
+        where = self._where[_FOUND] + self._where[_IDENTITY] + self._where[_VALUE]
         return None if any(w is None for w in where) else where
 
     @classmethod
@@ -157,12 +160,14 @@ class _Classifier:
     def __init__(self, ran, tensors):
         self.ran = ran  # the code objects that ran while tracing
         self.tensor_ids = {id(t) for t in tensors}
-        self.identity_types = (Module, Optimizer) + tuple(module_wrappers)
+        self.found_types = (Module, Optimizer) + tuple(module_wrappers)
 
     def kind(self, value):
         if type(value) in _SCALARS or _leaves(value, SNAPSHOT_LEAVES) >= 0:
             return _VALUE
-        if isinstance(value, self.identity_types) or id(value) in self.tensor_ids:
+        if isinstance(value, self.found_types):
+            return _FOUND
+        if id(value) in self.tensor_ids:
             return _IDENTITY
         code = _code_of(value)
         return _IDENTITY if code is not None and code in self.ran else None

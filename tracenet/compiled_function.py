@@ -396,6 +396,7 @@ class _Specialisation:
             self.graph, self.executable = stored["graph"], stored["executable"]
             self.layout, self.modules, self.guards = stored["layout"], stored["modules"], \
                 stored["guards"]
+            self.found = stored["found"]
             self.ddp, self.deferred = (), []  # (a step with DDP is never stored)
             if "pair" in stored:
                 self.pair = CompiledPair(named, self.layout["n_user"],
@@ -468,8 +469,10 @@ class _Specialisation:
         fresh = [p for p in final_grads
                  if real_grads.get(p) is None and id(p) not in recorder.zeroed_any]
         # (the globals and closure cells of the code that ran, less those the compiled
-        # function checks itself: ``_places``)
+        # function checks itself: ``_places``; those holding modules and optimizers are
+        # checked with them from now on: ``CompiledFunction._watch``)
         names = fwd.name_guards.without(places)
+        self.found = names.found
         self.guards = Guards(fwd.reads, self.modules, self.state,
                              fwd.captured_at + names.names, fwd.frozen, fresh, names.values)
         if not self.ddp:
@@ -778,9 +781,11 @@ def _specialise(compiled, inputs, unit, sizes, key):
                 spec = _restore(compiled, inputs, unit, sizes, *found)
                 if spec is not None:
                     warm.used(cache_key)
+                    compiled._watch(spec.found)
                     return spec
     spec = _Specialisation(compiled.fn, inputs, unit, sizes, modules, optimizers,
                            places=compiled._places)
+    compiled._watch(spec.found)
     if cache_key is not None and spec.checks is not None:
         stored = spec.stored_state()
         stored["modules"] = spec.checks.pop("modules")
@@ -802,7 +807,7 @@ def _restore(compiled, inputs, unit, sizes, state, reads):
     names = NameGuards.found_again(state["names"])
     if names is None:
         return None
-    stored = dict(state, executable=executable, modules=called,
+    stored = dict(state, executable=executable, modules=called, found=names.found,
                   guards=Guards(reads, called, [t for _, t in named], names.names,
                                 values=names.values))
     return _Specialisation(compiled.fn, inputs, unit, sizes, modules, compiled.optimizers,
@@ -949,6 +954,13 @@ class CompiledFunction:
         for opt in self.optimizers:
             declaration_of(opt)  # fail now for an optimizer that cannot be compiled
         self._places = _places(self._reach, self.modules + found)
+
+    def _watch(self, places):
+        """Check ``places`` too on every call: a helper's globals and closure cells holding the
+        modules and optimizers a trace used (``_Specialisation.found``). One rebound makes
+        ``_find`` start over, as the function's own do (and forget these until a trace finds
+        them again)."""
+        self._places += tuple(places)
 
     @property
     def _last(self):

@@ -59,7 +59,8 @@ class Specialisation(CompiledPair):
         names = fwd.name_guards  # (the globals and closure cells of the code that ran)
         self.guards = Guards(fwd.reads, [module],
                              [p for _, p in params + fwd.captured] if key[2] else [],
-                             fwd.captured_at + names.names, fwd.frozen, values=names.values)
+                             fwd.captured_at + names.found + names.names, fwd.frozen,
+                             values=names.values)
         self._clock.lap("trace")
         self.checks = warm.checks_of(fwd, [module])
         self._names = names.portable()
@@ -107,8 +108,8 @@ def _restore(module, inputs, shown, unit, structure, key, state, reads):
     names = NameGuards.found_again(state["names"])
     if names is None:
         return None
-    guards = Guards(reads, [module], [p for _, p in params] if shown[2] else [], names.names,
-                    values=names.values)
+    guards = Guards(reads, [module], [p for _, p in params] if shown[2] else [],
+                    names.found + names.names, values=names.values)
     return Specialisation(module, inputs, shown, unit, structure, stored=state, guards=guards)
 
 
