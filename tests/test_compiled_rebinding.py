@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import tracenet as tn
-from tracenet import compiled_function, compiler
+from tracenet import _name_guards, compiled_function, compiler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -397,6 +397,34 @@ def test_compiled_module_whose_forward_calls_helpers(made):
         assert made[0] == 3
     finally:
         net, scale = saved, 2.0
+
+
+class _Stack(tn.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = tn.nn.ModuleList([tn.nn.Linear(4, 4) for _ in range(2)])
+
+    def forward(self, x):
+        return sum(self.layers[i](x) * scale for i in range(len(self.layers)))
+
+
+def test_comprehensions_closing_over_self_are_not_searched(monkeypatch, made):
+    """A comprehension's function lives while it runs, its cells those of ``forward``'s
+    frame: nothing outside can rebind them, so no trace searches the heap for it."""
+    global scale
+    def refuse(*objects):
+        raise AssertionError("searched the heap for closures")
+    monkeypatch.setattr(_name_guards.gc, "get_referrers", refuse)
+    stack = _Stack()
+    compiled = tn.compile(stack)
+    x = tn.randn(2, 4)
+    try:
+        _close(compiled(x), stack(x))
+        scale = 0.5  # (the generator's global)
+        _close(compiled(x), stack(x))
+        assert made[0] == 2
+    finally:
+        scale = 2.0
 
 
 def test_a_function_calling_a_module_whose_methods_call_helpers(made):

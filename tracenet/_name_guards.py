@@ -224,8 +224,9 @@ def _cells_that_ran(closures, classify):
     hold scalars (the traced code may have reassigned those, e.g. a call counter). Every
     function that matches is guarded (two closures of one factory holding the same objects)."""
     wanted = {code: seen for code, seen in closures.items()
-              if any(v is not _MISSING and classify.kind(v) is not None
-                     for values in seen for v in values)}
+              if code.co_name not in _COMPREHENSIONS and
+              any(v is not _MISSING and classify.kind(v) is not None
+                  for values in seen for v in values)}
     if not wanted:
         return []
     found = {}
@@ -241,6 +242,11 @@ def _cells_that_ran(closures, classify):
             for closure in matches:
                 cells.update((id(c), c) for c in closure)
     return list(cells.values())
+
+
+# a comprehension's function lives while it runs, its cells those of the function around it
+# (``[layer(x) for layer in self.layers]`` closes over ``self``): not searched for
+_COMPREHENSIONS = frozenset(("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>"))
 
 
 def _holds(closure, values, exact):

@@ -21,8 +21,8 @@ import time as _py_time
 import numpy as np
 
 from . import _dtype, _random
-from ._name_guards import name_guards, same_tree
 from ._meta import Meta
+from ._name_guards import name_guards, same_tree
 from ._sym import Sym, display
 from ._trace_errors import TraceError, data_dependent, user_location  # noqa: F401  (public here)
 from ._view_writes import check_view_current, mark_views
@@ -685,7 +685,8 @@ def _frozen_call_error(name, frame):
 
 def _note_code(frame):
     """Remember a user function that ran while tracing: its code, globals and closure (the
-    graph cache checks its source file and the global values it reads)."""
+    graph cache checks its source file and the global values it reads; ``_name_guards`` makes
+    guards of its names)."""
     code = frame.f_code
     codes = _recording.codes
     if codes is not None and not _is_internal(code.co_filename) and \
