@@ -209,6 +209,21 @@ def test_number_of_another_type_traces_again(made):
         scale = 2.0
 
 
+def test_list_element_of_another_type_traces_again(made):
+    f = tn.compile(lambda x: _from_table(x))
+    x = tn.tensor([1, 2, 3])
+    try:
+        table[:] = [2, 3]
+        assert f(x).dtype == _from_table(x).dtype == tn.int64
+        table[0] = 2.0
+        got = f(x)
+        assert got.dtype == _from_table(x).dtype == tn.float32
+        _close(got, _from_table(x))
+        assert made[0] == 2
+    finally:
+        table[:] = [2.0, 3.0]
+
+
 def test_list_and_dict_changed_in_place_trace_again(made):
     f = tn.compile(lambda x: _from_table(x).sum())
     g = tn.compile(lambda x: _from_options(x).sum())

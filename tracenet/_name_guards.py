@@ -36,8 +36,8 @@ _FOUND, _IDENTITY, _VALUE = "found", "identity", "value"
 
 class NameGuards:
     """``found`` (modules, optimizers) and ``names`` (the rest): (getter, key, object) that must
-    still hold that object; ``values``: (getter, key, snapshot) whose value must still equal
-    the snapshot (``same_tree``). Each entry's ``where``, ``(kind, module name, global
+    still hold that object; ``values``: (getter, key, snapshot, same) whose value must still
+    be the snapshot or ``same(value, snapshot)`` (``comparison``). Each entry's ``where``, ``(kind, module name, global
     name)``, finds it again in another process (None: it cannot be, as a closure cell or a
     global of code run by ``exec``)."""
 
@@ -47,7 +47,7 @@ class NameGuards:
 
     def add(self, kind, getter, key, value, where):
         if kind == _VALUE:
-            self.values.append((getter, key, snapshot(value)))
+            self.values.append((getter, key, snapshot(value), comparison(value)))
         else:
             (self.found if kind == _FOUND else self.names).append((getter, key, value))
         self._where[kind].append(None if where is None else (kind,) + where)
@@ -97,6 +97,20 @@ def snapshot(value):
     if t is dict:
         return {k: snapshot(v) for k, v in value.items()}
     return value
+
+
+def comparison(value):
+    """``same(now, snapshot)`` for a plain value: ``same_tree``, or for a flat list, tuple or
+    dict of scalars an equivalent that compares in C (0.5 against 1.3 us for three floats)."""
+    t = type(value)
+    items = value.values() if t is dict else value if t in (list, tuple) else None
+    if items is None or not all(type(v) in _SCALARS for v in items):
+        return same_tree
+    types = tuple(map(type, items))
+    if t is dict:
+        return lambda now, snap: (type(now) is dict and now == snap and
+                                  tuple(map(type, now.values())) == types)
+    return lambda now, snap: type(now) is t and now == snap and tuple(map(type, now)) == types
 
 
 def same_tree(a, b):

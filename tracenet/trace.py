@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _dtype, _random
 from ._meta import Meta
-from ._name_guards import name_guards, same_tree
+from ._name_guards import name_guards
 from ._sym import Sym, display
 from ._trace_errors import TraceError, data_dependent, user_location  # noqa: F401  (public here)
 from ._view_writes import check_view_current, mark_views
@@ -843,8 +843,8 @@ class Guards:
     def __init__(self, reads, roots, params, names=(), frozen=(), gradless=(), values=()):
         # (getter, key, object): names that must still hold those objects (where the trace
         # found the tensors it captured: ``_where_captured``; the globals and closure cells of
-        # the code that ran: ``_name_guards``); (getter, key, snapshot): names whose Python
-        # values must still equal the snapshot; (tensor, array, version): tensors whose values
+        # the code that ran: ``_name_guards``); (getter, key, snapshot, same): names whose
+        # Python values must still be the snapshot or ``same`` as it; (tensor, array, version): tensors whose values
         # the graph froze, unchanged since. All checked on every call.
         self.names = tuple(names)
         self.values = tuple(values)
@@ -884,12 +884,17 @@ class Guards:
         for get, key, v in self.names:
             if get(key) is not v:
                 return False
-        for get, key, v in self.values:
+        for get, key, v, same in self.values:
             now = get(key)
-            if now is not v and not same_tree(now, v):
+            if now is not v and not same(now, v):
                 return False
-        return (all(t._data is a and t._vc.value == v for t, a, v in self.frozen) and
-                all(t._grad is None for t in self.gradless))
+        for t, a, v in self.frozen:
+            if t._data is not a or t._vc.value != v:
+                return False
+        for t in self.gradless:
+            if t._grad is not None:
+                return False
+        return True
 
     def _recheck(self, epoch):
         verified = self.verified
