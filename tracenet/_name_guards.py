@@ -101,7 +101,9 @@ def snapshot(value):
 
 def comparison(value):
     """``same(now, snapshot)`` for a plain value: ``same_tree``, or for a flat list, tuple or
-    dict of scalars an equivalent that compares in C (0.5 against 1.3 us for three floats)."""
+    dict of scalars an equivalent that compares in C (at load 9 on 2 cores: 0.9 against 2.1 us
+    for three floats, 4.4 against 18 for 64; nested ones recurse, ~1 us per scalar: reading
+    them along a layout made at the trace saved nothing)."""
     t = type(value)
     items = value.values() if t is dict else value if t in (list, tuple) else None
     if items is None or not all(type(v) in _SCALARS for v in items):
