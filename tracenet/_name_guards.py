@@ -37,9 +37,9 @@ _FOUND, _IDENTITY, _VALUE = "found", "identity", "value"
 class NameGuards:
     """``found`` (modules, optimizers) and ``names`` (the rest): (getter, key, object) that must
     still hold that object; ``values``: (getter, key, snapshot, same) whose value must still
-    be the snapshot or ``same(value, snapshot)`` (``comparison``). Each entry's ``where``, ``(kind, module name, global
-    name)``, finds it again in another process (None: it cannot be, as a closure cell or a
-    global of code run by ``exec``)."""
+    be the snapshot or ``same(value, snapshot)`` (``comparison``). Each entry's ``where``,
+    ``(kind, module name, global name)``, finds it again in another process (None: it cannot
+    be, as a closure cell or a global of code run by ``exec``)."""
 
     def __init__(self):
         self.found, self.names, self.values = [], [], []

@@ -844,8 +844,9 @@ class Guards:
         # (getter, key, object): names that must still hold those objects (where the trace
         # found the tensors it captured: ``_where_captured``; the globals and closure cells of
         # the code that ran: ``_name_guards``); (getter, key, snapshot, same): names whose
-        # Python values must still be the snapshot or ``same`` as it; (tensor, array, version): tensors whose values
-        # the graph froze, unchanged since. All checked on every call.
+        # Python values must still be the snapshot or ``same`` as it; (tensor, array,
+        # version): tensors whose values the graph froze, unchanged since. All checked on
+        # every call.
         self.names = tuple(names)
         self.values = tuple(values)
         self.frozen = tuple(frozen)
