@@ -41,6 +41,7 @@ import numpy as np
 
 from . import _aligned, _dtype, warm
 from ._meta import Meta
+from ._name_guards import NameGuards, cell_value, module_wrappers
 from ._sym import has_symbols, is_one
 from .autograd import grad_mode
 from .compiled_pair import (CompiledPair, refuse_aliased_inputs, refuse_other_layouts,
@@ -57,7 +58,7 @@ from .step_state import UpdateState, declaration_of
 from .tensor import Tensor, arrays_replaced, clocked
 from .ops import registry
 from .ops.common import active_tracer, numel
-from .trace import Guards, TraceError, cell_contents, format_inputs, rebuild, symbolic_shape, \
+from .trace import Guards, TraceError, format_inputs, rebuild, symbolic_shape, \
     trace, traced_tensor, user_output_count
 
 _epoch = module_mod._epoch  # advanced by every change to a module (``Module.__setattr__``)
@@ -98,7 +99,7 @@ def _places(fn, found):
         if where[0] == "global":
             out.append((fn.__globals__.get, where[1], obj))
         elif where[0] == "cell":
-            out.append((cell_contents, fn.__closure__[where[1]], obj))
+            out.append((cell_value, fn.__closure__[where[1]], obj))
     return tuple(out)
 
 
@@ -137,7 +138,7 @@ def _reachable(fn):
     return modules, optimizers, wheres
 
 
-_module_wrappers = []  # the class of tracenet.compile(module) (compiler.py imports this module)
+_module_wrappers = module_wrappers  # the class of tracenet.compile(module)
 
 
 def module_wrapper(cls):
@@ -382,7 +383,7 @@ class _Specialisation:
     ``CompiledPair`` as a compiled module's): its outputs carry autograd history
     (``run_with_history``)."""
 
-    def __init__(self, fn, inputs, unit, sizes, modules, optimizers, stored=None):
+    def __init__(self, fn, inputs, unit, sizes, modules, optimizers, stored=None, places=()):
         title = "training step" if optimizers else "function"
         clock = self._clock = debug.CompileClock(f"{title} {unit}")
         named = _state_of(modules, optimizers)
@@ -392,11 +393,13 @@ class _Specialisation:
         self.checks = None  # what a new process must re-check to reuse this (None: it cannot)
         self.pair = None
         if stored is None:
-            self.layout = self._trace(fn, inputs, unit, sizes, named, modules, optimizers)
+            self.layout = self._trace(fn, inputs, unit, sizes, named, modules, optimizers,
+                                      places)
         else:
             self.graph, self.executable = stored["graph"], stored["executable"]
             self.layout, self.modules, self.guards = stored["layout"], stored["modules"], \
                 stored["guards"]
+            self.found = stored["found"]
             self.ddp, self.deferred = (), []  # (a step with DDP is never stored)
             if "pair" in stored:
                 self.pair = CompiledPair(named, self.layout["n_user"],
@@ -411,10 +414,11 @@ class _Specialisation:
                    "compiled")
         del self._clock
 
-    def _trace(self, fn, inputs, unit, sizes, named, modules, optimizers):
+    def _trace(self, fn, inputs, unit, sizes, named, modules, optimizers, places):
         """Trace ``fn`` (backward and updates recorded as it calls them), optimise and build;
         returns the layout of the graph's inputs and outputs (``_setup``), or of the pair's
-        (``_trace_pair``) when the outputs keep their history."""
+        (``_trace_pair``) when the outputs keep their history. ``places``: the names the
+        compiled function checks itself (``_places``)."""
         grad_enabled = grad_mode.is_grad_enabled()  # the call's (the trace enables grad)
         real_grads = {t: t._grad for t in self.state}
         recorder = _StepRecorder(named, optimizers, len(inputs))
@@ -467,14 +471,16 @@ class _Specialisation:
         # which refuses to add to it (eager mode would accumulate)
         fresh = [p for p in final_grads
                  if real_grads.get(p) is None and id(p) not in recorder.zeroed_any]
-        # (where the captured tensors were found: the trace's globals and attributes, and the
-        # function's own closure cells)
-        cells = [p for p in _places(fn, [t for _, t in fwd.captured]) if p[0] is cell_contents]
-        self.guards = Guards(fwd.reads, self.modules, self.state, fwd.captured_at + cells,
-                             fwd.frozen, fresh)
+        # (the globals and closure cells of the code that ran, less those the compiled
+        # function checks itself: ``_places``; those holding modules and optimizers are
+        # checked with them from now on: ``CompiledFunction._watch``)
+        names = fwd.name_guards.without(places)
+        self.found = names.found
+        self.guards = Guards(fwd.reads, self.modules, self.state,
+                             fwd.captured_at + names.names, fwd.frozen, fresh, names.values)
         if not self.ddp:
             self.checks = _checks(fwd, modules, optimizers + recorder.compiled_modules,
-                                  self.modules)
+                                  self.modules, names)
         if grad_enabled and not recorder.differentiated and _needs_gradient(fwd):
             return self._trace_pair(fwd, recorder, changed, named, modules, unit,
                                     len(inputs))
@@ -719,13 +725,18 @@ def _tensor_layout(names, tensors):
     return [(n, tuple(t.shape), t.dtype.short) for n, t in zip(names, tensors)]
 
 
-def _checks(graph, modules, named, called):
+def _checks(graph, modules, named, called, names):
     """``warm.checks_of`` for a function's trace (its code may name the optimizers and the
     compiled modules it called, which the key describes through the modules they wrap), plus
-    where each module it called sits in the trees a new process finds; None when it cannot be
-    checked there."""
+    where each module it called sits in the trees a new process finds and where the names it
+    guards are (``NameGuards.portable``); None when it cannot be checked there."""
     checks = warm.checks_of(graph, modules, named)
     if checks is None:
+        return None
+    checks["names"] = names.portable()
+    if checks["names"] is None:
+        debug.log("cache", "graph not cached: the traced code reads a closure cell or globals "
+                  "not of a module")
         return None
     paths = {}
     for i, root in enumerate(modules):
@@ -773,11 +784,15 @@ def _specialise(compiled, inputs, unit, sizes, key):
                 spec = _restore(compiled, inputs, unit, sizes, *found)
                 if spec is not None:
                     warm.used(cache_key)
+                    compiled._watch(spec.found)
                     return spec
-    spec = _Specialisation(compiled.fn, inputs, unit, sizes, modules, optimizers)
+    spec = _Specialisation(compiled.fn, inputs, unit, sizes, modules, optimizers,
+                           places=compiled._places)
+    compiled._watch(spec.found)
     if cache_key is not None and spec.checks is not None:
         stored = spec.stored_state()
         stored["modules"] = spec.checks.pop("modules")
+        stored["names"] = spec.checks.pop("names")
         warm.store(cache_key, stored, spec.checks)
     return spec
 
@@ -792,8 +807,12 @@ def _restore(compiled, inputs, unit, sizes, state, reads):
         return None
     called = tuple(modules[i].get_submodule(path) if path else modules[i]
                    for i, path in state["modules"])
-    stored = dict(state, executable=executable, modules=called,
-                  guards=Guards(reads, called, [t for _, t in named]))
+    names = NameGuards.found_again(state["names"])
+    if names is None:
+        return None
+    stored = dict(state, executable=executable, modules=called, found=names.found,
+                  guards=Guards(reads, called, [t for _, t in named], names.names,
+                                values=names.values))
     return _Specialisation(compiled.fn, inputs, unit, sizes, modules, compiled.optimizers,
                            stored=stored)
 
@@ -938,6 +957,13 @@ class CompiledFunction:
         for opt in self.optimizers:
             declaration_of(opt)  # fail now for an optimizer that cannot be compiled
         self._places = _places(self._reach, self.modules + found)
+
+    def _watch(self, places):
+        """Check ``places`` too on every call: a helper's globals and closure cells holding the
+        modules and optimizers a trace used (``_Specialisation.found``). One rebound makes
+        ``_find`` start over, as the function's own do (and forget these until a trace finds
+        them again)."""
+        self._places += tuple(places)
 
     @property
     def _last(self):

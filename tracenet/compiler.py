@@ -9,6 +9,7 @@ accumulates them into ``.grad`` exactly as in eager mode (``compiled_pair.py``, 
 compiled function whose outputs keep their history).
 """
 from . import warm
+from ._name_guards import NameGuards
 from .autograd import grad_mode
 from .compiled_function import CompiledFunction, call_inline, module_wrapper, \
     tracing_a_function
@@ -37,6 +38,7 @@ class Specialisation(CompiledPair):
         else:
             traced = None
             self.guards = guards
+            self._names = stored["names"]
         super().__init__(params, len(inputs), traced, unit, stored, clock)
         cached = self.executable.library.cached
         self.compile_seconds = clock.done(
@@ -54,11 +56,18 @@ class Specialisation(CompiledPair):
                         name=type(module).__name__, state=params, sizes=sizes)
         # what the trace assumed of the module: its attributes read, its tree's structure and,
         # when it traced with grad enabled, which parameters require grad
+        names = fwd.name_guards  # (the globals and closure cells of the code that ran)
         self.guards = Guards(fwd.reads, [module],
                              [p for _, p in params + fwd.captured] if key[2] else [],
-                             fwd.captured_at, fwd.frozen)
+                             fwd.captured_at + names.found + names.names, fwd.frozen,
+                             values=names.values)
         self._clock.lap("trace")
         self.checks = warm.checks_of(fwd, [module])
+        self._names = names.portable()
+        if self.checks is not None and self._names is None:
+            debug.log("cache", "graph not cached: forward reads a closure cell or globals not "
+                      "of a module")
+            self.checks = None
         debug.log("ir", f"traced forward:\n{fwd}")
         return fwd
 
@@ -66,6 +75,7 @@ class Specialisation(CompiledPair):
         """What a new process needs to rebuild this specialisation without tracing."""
         state = self.pair_state()
         state["params"] = [(n, tuple(p.shape), p.dtype.short) for n, p in self.params]
+        state["names"] = self._names
         return state
 
 
@@ -95,7 +105,11 @@ def _restore(module, inputs, shown, unit, structure, key, state, reads):
     if executable is None:
         return None
     state["executable"] = executable
-    guards = Guards(reads, [module], [p for _, p in params] if shown[2] else [])
+    names = NameGuards.found_again(state["names"])
+    if names is None:
+        return None
+    guards = Guards(reads, [module], [p for _, p in params] if shown[2] else [],
+                    names.found + names.names, values=names.values)
     return Specialisation(module, inputs, shown, unit, structure, stored=state, guards=guards)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _dtype, _random
 from ._meta import Meta
+from ._name_guards import name_guards
 from ._saved_versions import SavedVersions
 from ._sym import Sym, display
 from ._trace_errors import TraceError, data_dependent, user_location  # noqa: F401  (public here)
@@ -346,11 +347,14 @@ def trace(fn, *example_inputs, name=None, state=None, sizes=None):
         _record_input_updates(graph, args, inputs_of_args)
         # the captured tensors are state after the caller's (buffers the caller did not know)
         graph.captured = tracer.captured
-        graph.captured_at = _where_captured(tracer.captured, recorded.unportable,
-                                            watched.codes)
+        graph.captured_at = _where_captured(tracer.captured, recorded.unportable)
         graph.frozen = tracer.frozen
         # outputs whose backward would raise in eager mode: a tensor it reads changed in place
         graph.stale_saved = tracer.saved_versions.stale_outputs(graph, len(graph.outputs))
+        # the globals and closure cells of the code that ran (``_name_guards``)
+        graph.name_guards = name_guards(watched.codes, watched.closures,
+                                        [t for _, t in tracer.captured] +
+                                        [t for t, _, _ in tracer.frozen])
         state_inputs = graph.inputs[len(args):len(args) + len(state)] + \
             tracer.captured_inputs
         graph.state_updates = []
@@ -383,28 +387,14 @@ def _restore_stand_ins(saved):
         t.__dict__.pop("_traced_writes", None)  # (marks it as the root of traced views)
 
 
-def _where_captured(captured, attribute_reads, codes):
-    """(getter, key, tensor) of each place the traced code found a captured tensor by name: a
-    module's attribute, a global of a function that ran. A compiled call checks that
-    ``getter(key)`` still is that tensor (``Guards``): one rebound to another tensor needs
-    another trace, as eager mode would read the new one."""
+def _where_captured(captured, attribute_reads):
+    """(getter, key, tensor) of each module attribute where the traced code found a captured
+    tensor. A compiled call checks that ``getter(key)`` still is that tensor (``Guards``): one
+    rebound to another tensor needs another trace, as eager mode would read the new one. (The
+    globals and closure cells of the code that ran are ``graph.name_guards``.)"""
     ids = {id(t) for _, t in captured}
-    if not ids:
-        return []
-    out = [(m.__dict__.get, name, value) for m, name, value in attribute_reads
-           if id(value) in ids]
-    for code, (globals_, _, _) in (codes or {}).items():
-        out += [(globals_.get, n, globals_[n]) for n in code.co_names
-                if id(globals_.get(n)) in ids]
-    return out
-
-
-def cell_contents(cell):
-    """What a closure cell holds (None once emptied): a getter for ``Guards`` names."""
-    try:
-        return cell.cell_contents
-    except ValueError:
-        return None
+    return [(m.__dict__.get, name, value) for m, name, value in attribute_reads
+            if id(value) in ids]
 
 
 def symbolic_shape(shape, sizes):
@@ -480,6 +470,7 @@ class _Recording(threading.local):
     other_reads = None
     forbid = False  # while tracing in this thread: random/time calls raise
     codes = None  # while tracing in this thread: {user code object: its globals, closure}
+    closures = None  # and {user code object: [what its closure cells held, per closure]}
     # while tracing in this thread: {id: tensor} of the tensors made meanwhile, and the
     # tracer that captures the others (``capturing``)
     made = None
@@ -701,7 +692,8 @@ def _frozen_call_error(name, frame):
 
 def _note_code(frame):
     """Remember a user function that ran while tracing: its code, globals and closure (the
-    graph cache checks its source file and the global values it reads)."""
+    graph cache checks its source file and the global values it reads; ``_name_guards`` makes
+    guards of its names)."""
     code = frame.f_code
     codes = _recording.codes
     if codes is not None and not _is_internal(code.co_filename) and \
@@ -711,12 +703,24 @@ def _note_code(frame):
         n_args = code.co_argcount + code.co_kwonlyargcount
         arrays = tuple(n for n in code.co_varnames[:n_args]
                        if _is_concrete_array(local.get(n)))
+        if code.co_freevars:
+            _note_closure(code, tuple(local.get(n, _MISSING) for n in code.co_freevars))
         known = codes.get(code)
         if known is None:
             cells = tuple((n, local.get(n, _MISSING)) for n in code.co_freevars)
             codes[code] = (frame.f_globals, cells, arrays)
         elif arrays and not known[2]:
             codes[code] = known[:2] + (arrays,)
+
+
+def _note_closure(code, values):
+    """Remember what the closure cells of a call of ``code`` held (once per distinct closure):
+    ``_name_guards`` finds the function whose cells they are."""
+    seen = _recording.closures.setdefault(code, [])
+    for known in seen:
+        if all(map(operator.is_, known, values)):
+            return
+    seen.append(values)
 
 
 def _no_frozen_calls(frame, event, arg):
@@ -775,9 +779,10 @@ class forbidding_frozen_calls:
     def __enter__(self):
         self._prev = prev = sys.getprofile()
         self._prev_forbid = _recording.forbid
-        self._prev_codes = _recording.codes
+        self._prev_codes = _recording.codes, _recording.closures
         # the user functions that run meanwhile (None: not watched, under a C-level profiler)
         self.codes = _recording.codes = {}
+        self.closures = _recording.closures = {}
         _recording.forbid = True
         _patch_np_random(True)
         if prev is None:
@@ -795,9 +800,12 @@ class forbidding_frozen_calls:
         if self.codes is not None:  # (a C-level profiler was left in place)
             sys.setprofile(self._prev)
         _recording.forbid = self._prev_forbid
-        _recording.codes = self._prev_codes
-        if self._prev_codes is not None:  # a nested trace's code ran for the outer one too
-            self._prev_codes.update(self.codes or {})
+        _recording.codes, _recording.closures = self._prev_codes
+        if self._prev_codes[0] is not None:  # a nested trace's code ran for the outer one too
+            self._prev_codes[0].update(self.codes or {})
+            for code, seen in self.closures.items():
+                for values in seen:
+                    _note_closure(code, values)
         _patch_np_random(False)
         return False
 
@@ -837,16 +845,20 @@ class Guards:
     whose tree structure it depends on; ``params``: tensors whose requires_grad it baked in."""
 
     __slots__ = ("reads", "roots", "signature", "modules", "params", "flags", "checked",
-                 "verified", "_flag_of", "names", "frozen", "gradless", "outside")
+                 "verified", "_flag_of", "names", "frozen", "gradless", "outside", "values")
 
-    def __init__(self, reads, roots, params, names=(), frozen=(), gradless=()):
+    def __init__(self, reads, roots, params, names=(), frozen=(), gradless=(), values=()):
         # (getter, key, object): names that must still hold those objects (where the trace
-        # found the tensors it captured: ``_where_captured``); (tensor, array, version):
-        # tensors whose values the graph froze, unchanged since. Both checked on every call.
+        # found the tensors it captured: ``_where_captured``; the globals and closure cells of
+        # the code that ran: ``_name_guards``); (getter, key, snapshot, same): names whose
+        # Python values must still be the snapshot or ``same`` as it; (tensor, array,
+        # version): tensors whose values the graph froze, unchanged since. All checked on
+        # every call.
         self.names = tuple(names)
+        self.values = tuple(values)
         self.frozen = tuple(frozen)
         self.gradless = tuple(gradless)  # tensors whose .grad the graph assumes is None
-        self.outside = bool(self.names or self.frozen or self.gradless)
+        self.outside = bool(self.names or self.values or self.frozen or self.gradless)
         self.reads = tuple(reads)
         self.roots = tuple(roots)
         self.signature = tree_signature(self.roots)
@@ -875,10 +887,22 @@ class Guards:
         return not params or tuple(map(self._flag_of, params)) == self.flags
 
     def _outside_holds(self):
-        """The checks of what lies outside the modules (names, frozen tensors, .grad)."""
-        return (all(get(key) is v for get, key, v in self.names) and
-                all(t._data is a and t._vc.value == v for t, a, v in self.frozen) and
-                all(t._grad is None for t in self.gradless))
+        """The checks of what lies outside the modules (names, values, frozen tensors, .grad).
+        (Loops: ``all()`` over a generator costs 2.5x as much.)"""
+        for get, key, v in self.names:
+            if get(key) is not v:
+                return False
+        for get, key, v, same in self.values:
+            now = get(key)
+            if now is not v and not same(now, v):
+                return False
+        for t, a, v in self.frozen:
+            if t._data is not a or t._vc.value != v:
+                return False
+        for t in self.gradless:
+            if t._grad is not None:
+                return False
+        return True
 
     def _recheck(self, epoch):
         verified = self.verified

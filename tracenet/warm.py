@@ -20,7 +20,6 @@ under a C-level profiler) cannot be checked in another process: ``analyse`` says
 specialisation is simply not cached.
 """
 import builtins
-import dis
 import functools
 import hashlib
 import os
@@ -31,6 +30,7 @@ import warnings
 import numpy as np
 
 from . import _dtype
+from ._name_guards import global_names
 from .codegen.templates import template_dir
 from .nn.modules import module as module_mod
 from .nn.modules.module import Module
@@ -179,12 +179,6 @@ def _file_hash(path, memo):
     return memo[path]
 
 
-@functools.lru_cache(maxsize=None)
-def _global_names(code):
-    return tuple(sorted({i.argval for i in dis.get_instructions(code)
-                         if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}))
-
-
 def _qualname(code):
     return getattr(code, "co_qualname", code.co_name)
 
@@ -242,7 +236,7 @@ def analyse(graph, roots, named=()):
         for name, value in cells:
             allowed(value, f"closure variable {name!r} of {_qualname(code)}")
         module_name = g.get("__name__")
-        for name in _global_names(code):
+        for name in global_names(code):
             if name not in g:
                 if hasattr(builtins, name):
                     continue

@@ -154,7 +154,7 @@ def load_library(file_name, cdef):
 
 # graph attributes that hold the traced Python world (modules, code): never stored
 _UNSTORED = frozenset(("reads", "user_code", "unportable", "captured", "captured_at",
-                       "frozen"))
+                       "frozen", "name_guards"))
 
 
 class _Pickler(pickle.Pickler):
