@@ -194,6 +194,40 @@ def test_global_number_rebound_traces_again(made):
         scale = 2.0
 
 
+class _Scaling(tn.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = tn.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x) * scale
+
+
+@pytest.mark.parametrize("kind", ["function", "module"])
+def test_a_number_changing_on_every_call_runs_eagerly_after_a_few_traces(made, kind):
+    """A global number that changes on every call would trace and build on every call: after
+    MAX_GUARDED_VARIANTS traces the calls that none fits run eagerly (eager mode's values),
+    with one warning naming the global; a value seen before still runs its compiled code."""
+    global scale
+    limit = compiled_function.MAX_GUARDED_VARIANTS
+    net = _Scaling()
+    f = tn.compile(net) if kind == "module" else tn.compile(lambda x: _scaled(x).sum())
+    eager = net if kind == "module" else (lambda x: _scaled(x).sum())
+    x = tn.randn(2, 4)
+    try:
+        with pytest.warns(RuntimeWarning, match="traced 8 times.*'scale'") as warned:
+            for i in range(limit + 4):
+                scale = 1.0 + i
+                _close(f(x), eager(x))
+        assert made[0] == limit
+        assert len([w for w in warned if "traced" in str(w.message)]) == 1
+        scale = 3.0  # (one of the traced values: its compiled code, no new trace)
+        _close(f(x), eager(x))
+        assert made[0] == limit
+    finally:
+        scale = 2.0
+
+
 def test_number_of_another_type_traces_again(made):
     global scale
     try:

@@ -46,7 +46,8 @@ from ._sym import has_symbols, is_one
 from .autograd import grad_mode
 from .compiled_pair import (CompiledPair, refuse_aliased_inputs, refuse_other_layouts,
                             write_back_inputs)
-from .executable import Executable, ShapeTable, SizeChecks, Specialisations, SymbolicSizes, \
+from .executable import MAX_GUARDED_VARIANTS, Executable, ShapeTable, SizeChecks, \
+    Specialisations, SymbolicSizes, TooManyVariants, warn_running_eagerly, \
     graph_symbols, optimise, run_sizes
 from .nn.modules import module as module_mod
 from .nn.modules.module import Module
@@ -947,6 +948,7 @@ class CompiledFunction:
         """Find the modules and optimizers ``reach`` names, and start with no specialisation
         (again when a name holds another object now: ``_places``)."""
         self._specs = Specialisations(self._name)
+        self._warned = [False]  # (whether calls running eagerly were warned of)
         self._lines = {}
         self._sizes = SymbolicSizes(self._dynamic)
         # ((shape, dtype, requires_grad) per input, module epoch, grad mode, specialisation)
@@ -1002,9 +1004,13 @@ class CompiledFunction:
                 steady[2] is grad_enabled and steady[3].guards.hold():
             return steady[3].run(arrays)
         flags = tuple(flag for _, _, flag in described)
-        spec = self._sizes.specialisation(arrays, inputs, self._rest(flags), self._lines,
-                                          lambda key, line, sizes:
-                                          self._lookup(key, line, inputs, sizes))
+        try:
+            spec = self._sizes.specialisation(arrays, inputs, self._rest(flags), self._lines,
+                                              lambda key, line, sizes:
+                                              self._lookup(key, line, inputs, sizes))
+        except TooManyVariants as e:
+            warn_running_eagerly(self._name, e, self._warned)
+            return self.fn(*inputs)
         self._specs.last = spec
         if spec.pair is not None:  # (outputs with autograd history: never the steady path)
             return spec.run_with_history(inputs)
@@ -1020,6 +1026,8 @@ class CompiledFunction:
             if spec.guards.hold():
                 line.insert(0, line.pop(i))
                 return spec
+        if len(line) >= MAX_GUARDED_VARIANTS:
+            raise TooManyVariants(line[0].guards.changed())
         shown = format_inputs((symbolic_shape(x.shape, sizes), x.dtype.short)
                               for x in inputs)
         n = len(line)

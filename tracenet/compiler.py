@@ -14,7 +14,8 @@ from .autograd import grad_mode
 from .compiled_function import CompiledFunction, call_inline, module_wrapper, \
     tracing_a_function
 from .compiled_pair import CompiledPair
-from .executable import Executable, Specialisations, SymbolicSizes
+from .executable import MAX_GUARDED_VARIANTS, Executable, Specialisations, SymbolicSizes, \
+    TooManyVariants, warn_running_eagerly
 from .nn.modules.module import Module
 from .runtime import debug
 from .tensor import Tensor
@@ -161,6 +162,7 @@ class CompiledModule:
         # whose guards hold runs
         object.__setattr__(self, "_lines", {})
         object.__setattr__(self, "_sizes", SymbolicSizes(dynamic))
+        object.__setattr__(self, "_warned", [False])  # (whether calls running eagerly were)
 
     def __reduce__(self):
         # pickling a compiled module pickles the module; unpickling compiles it again
@@ -215,9 +217,13 @@ class CompiledModule:
         if tracing_a_function():  # (inside tracenet.compile(fn): traced into its graph)
             return call_inline(self, args, kwargs)
         inputs, structure = _flatten_call(args, kwargs)
-        spec = self._sizes.specialisation(
-            [x._data for x in inputs], inputs, self._rest(inputs, structure), self._lines,
-            lambda key, line, sizes: self._lookup(key, line, inputs, structure, sizes))
+        try:
+            spec = self._sizes.specialisation(
+                [x._data for x in inputs], inputs, self._rest(inputs, structure), self._lines,
+                lambda key, line, sizes: self._lookup(key, line, inputs, structure, sizes))
+        except TooManyVariants as e:
+            warn_running_eagerly(type(self._module).__name__, e, self._warned)
+            return self._module(*args, **kwargs)
         self._specs.last = spec
         return spec.call(inputs)
 
@@ -231,6 +237,8 @@ class CompiledModule:
             if spec.guards.hold():
                 line.insert(0, line.pop(i))
                 return spec
+        if len(line) >= MAX_GUARDED_VARIANTS:
+            raise TooManyVariants(line[0].guards.changed())
         shown = specialisation_key(inputs, self._module, sizes)
         if line:
             debug.log("cache", f"guards failed for {shown}: "

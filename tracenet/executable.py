@@ -19,6 +19,7 @@ import functools
 import operator
 import os
 import threading
+import warnings
 import weakref
 
 import _cffi_backend
@@ -562,6 +563,35 @@ class Arguments:
 
 def _described(shape, dtype):
     return f"{dtype.name} of shape {tuple(shape)}"
+
+
+# the specialisations one callable may make for one key because the guards of the ones before
+# failed (a Python value the traced code read changed): a call that none of them fits then runs
+# eagerly. A number that changes on every call (a step counter read by the traced code) would
+# otherwise trace and build on every call, ~145 ms each for a small step function, and keep
+# every build.
+MAX_GUARDED_VARIANTS = 8
+
+
+class TooManyVariants(Exception):
+    """Raised by a callable's lookup when a key's guarded variants reached
+    ``MAX_GUARDED_VARIANTS``: the call runs eagerly (``warn_running_eagerly``)."""
+
+    def __init__(self, changed):
+        super().__init__(changed)
+        self.changed = changed
+
+
+def warn_running_eagerly(name, error, warned):
+    """Warn once per callable (``warned``: a one-element list) that a call runs eagerly."""
+    if warned[0]:
+        return
+    warned[0] = True
+    changed = ", ".join(error.changed) or "a value the traced code read"
+    warnings.warn(f"tracenet.compile: {name} was traced {MAX_GUARDED_VARIANTS} times for the "
+                  f"same inputs because what the traced code read changed ({changed}); calls "
+                  "that none of those traces fits run eagerly from now on (pass a number that "
+                  "changes from call to call as a tensor)", RuntimeWarning, stacklevel=3)
 
 
 class Specialisations(dict):

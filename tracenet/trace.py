@@ -839,6 +839,11 @@ def _same_value(a, b):
     return type(a) is type(b) and (a is b or a == b)
 
 
+def _name_of(key):
+    """A guarded name's key as a message shows it: a global's name, else a closure variable."""
+    return repr(key) if isinstance(key, str) else "a closure variable"
+
+
 class Guards:
     """What one traced graph assumed of the Python world; ``hold()`` tells whether it still
     does. ``reads``: (module, attribute, value) the traced code read; ``roots``: the modules
@@ -916,6 +921,22 @@ class Guards:
             return False
         self.checked = self.verified = epoch
         return True
+
+    def changed(self):
+        """Names for what no longer holds (for messages): module attributes, and the global
+        or closure variables of the code that ran."""
+        out = [f"{type(m).__name__}.{n}" for m, n, v in self.reads
+               if not _same_value(m.__dict__.get(n, _MISSING), v)]
+        for get, key, v in self.names:
+            if get(key) is not v:
+                out.append(_name_of(key))
+        for get, key, v, same in self.values:
+            now = get(key)
+            if now is not v and not same(now, v):
+                out.append(_name_of(key))
+        if any(t._data is not a or t._vc.value != v for t, a, v in self.frozen):
+            out.append("a tensor built into the graph")
+        return out
 
     def __str__(self):
         reads = ", ".join(f"{type(m).__name__}.{n}={v!r}" for m, n, v in self.reads)
