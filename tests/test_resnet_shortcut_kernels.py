@@ -23,8 +23,9 @@ def _cache(tmp_path_factory, monkeypatch):
 
 
 def _zmm_forward(source):
-    """Whether the compiled source has the forward's AVX-512 form."""
-    return "_zgather(img, xs);" in source
+    """Whether the compiled source has the forward's AVX-512 form (the panel packed by a pass
+    of its own, or with the statistics by the first tile)."""
+    return "_zgather(img, xs);" in source or "_zstats_gather_" in source
 
 
 def _zmm_weight(source):
@@ -83,6 +84,11 @@ TRAINING = {
                                      (True, False)),
     # 48 positions: a last single vector after a tile of four
     "single_last_vector": (8, 6, True, [(2, 8, 12, 16)], np.float32, 0.0, (True, False)),
+    # fewer than 4 output channels: the first tile, which packs the panel, of 2 (then one of 1)
+    # and of 1 channel
+    "three_outputs": (8, 3, True, [(2, 8, 8, 32), (1, 8, 8, 32)], np.float32, 0.0,
+                      (True, False)),
+    "one_output": (8, 1, False, [(3, 8, 4, 16)], np.float32, 0.0, (True, False)),
     # means about 100 times the deviations: the sums are of deviations from a value of the
     # channel
     "large_mean": (16, 13, True, [(2, 16, 8, 16)], np.float32, 100.0, (True, True)),
