@@ -74,12 +74,6 @@ def _zmm_forward(geo, ct, target):
 _ZMM_POSITION_VECTORS = 4
 
 
-def _first_tile_channels(channels):
-    """Output channels of the AVX-512 forward's first statistics tile, which packs the panel
-    (``zstats_gather_*`` in the template): the widest tile of 4, 2 or 1 that fits."""
-    return next(mr for mr in (4, 2, 1) if mr <= channels)
-
-
 def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res, stats,
                   target):
     """conv [-> eval-mode batch_norm] [-> residual add] [-> relu], or conv with the
@@ -109,7 +103,7 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
                  parallel=parallel, per_thread=per_thread, has_bias=has_bias, bn=bn, res=res,
                  relu=relu, plane_out=plane_out, relu_out=relu_out, stats=stats,
                  stats_at=stats_at, stats_tiles=stats_tiles, LDX=ldx, zmm_forward=zmm,
-                 ZLDX=t["P"] + line, ZNV=_ZMM_POSITION_VECTORS, ZFIRST=_first_tile_channels(geo["O"]),
+                 ZLDX=t["P"] + line, ZNV=_ZMM_POSITION_VECTORS,
                  epilogue=bool(has_bias or bn or res or relu or stats), **t)
     return Kernel(name, reads, writes, src, scratch, ct, flops=conv_flops(geo), parallel=parallel)
 
