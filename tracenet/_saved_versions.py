@@ -51,11 +51,13 @@ class SavedVersions:
         entry = self._writes.get(id(_root_of(t)))
         return (0 if t._data is None else t._vc.value) + (0 if entry is None else entry[1])
 
-    def stale(self, graph, roots):
+    def stale(self, graph, roots, stale=None):
         """What eager mode would raise for a backward from the IR values ``roots`` (a
         ``StaleSaved``), or None: the first node on the backward's path (the latest first, as
-        eager's engine runs them) that saved a tensor changed in place since."""
-        stale = self._stale_nodes()
+        eager's engine runs them) that saved a tensor changed in place since (``stale``:
+        ``_stale_nodes()``, when the caller has it)."""
+        if stale is None:
+            stale = self._stale_nodes()
         if not stale:
             return None
         order = {n: i for i, n in enumerate(graph.nodes)}
@@ -82,11 +84,12 @@ class SavedVersions:
     def stale_outputs(self, graph, count):
         """{index: ``StaleSaved``} of the first ``count`` graph outputs whose backward would
         read a tensor changed in place since it was saved."""
-        if not self._stale_nodes():
+        stale = self._stale_nodes()
+        if not stale:
             return {}
         out = {}
         for i, v in enumerate(graph.outputs[:count]):
-            found = self.stale(graph, [v])
+            found = self.stale(graph, [v], stale)
             if found is not None:
                 out[i] = found
         return out
