@@ -21,9 +21,18 @@ def check_compiled(model, shape, dtype=tn.float32, tol=1e-4):
     model.zero_grad()
     out.backward(gy)
     for p, e in zip(model.parameters(), expect):
-        np.testing.assert_allclose(p.grad.numpy(), e, rtol=tol, atol=tol)
-    np.testing.assert_allclose(x.grad.numpy(), gx, rtol=tol, atol=tol)
+        np.testing.assert_allclose(p.grad.numpy(), e, rtol=tol, atol=_grad_atol(e, tol))
+    np.testing.assert_allclose(x.grad.numpy(), gx, rtol=tol, atol=_grad_atol(gx, tol))
     return compiled
+
+
+def _grad_atol(expected, tol):
+    """``tol``, scaled by the gradient's largest magnitude when that is above 1: a weight's
+    gradient sums hundreds of products per element, and an element near zero among values of
+    ~100 (a stride-2 block's weights under batch norms) differs by ~1e-4 between two float32
+    summation orders (Winograd's and eager's im2col), each within ~3e-6 of the float64 gradient
+    relative to its largest value."""
+    return tol * max(1.0, float(np.abs(expected).max(initial=0.0)))
 
 
 def sgd_steps_against_torch_and_eager(model, tmodel, eager, batches, tol, dynamic=True,

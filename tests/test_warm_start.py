@@ -366,11 +366,13 @@ def test_entry_that_does_not_fit_is_ignored_with_a_warning(tmp_path, env, mode):
 
 def test_other_optimizer_is_not_used(tmp_path, env):
     run(tmp_path, env, "step")
-    # (fc1's bias feeds a batch norm: its gradient is rounding noise, which Adam's normalised
-    # steps turn into differences of up to the learning rate, compiled or not)
-    _, log = run(tmp_path, env, "step", ADAM="1", tol=0.02)
+    # (fc1's bias feeds a batch norm: its gradient is rounding noise, whose sign Adam's
+    # normalised steps follow, so each of the two steps (lr 0.01) moves it by up to the
+    # learning rate either way, compiled or not: up to 0.04 apart; the losses, compared
+    # tightly, tell the optimizers apart)
+    _, log = run(tmp_path, env, "step", ADAM="1", tol=0.041)
     assert graph_hits(log) == 0 and "graph miss" in log, log
-    _, log = run(tmp_path, env, "step", ADAM="1", NO_TRACE="1", tol=0.02)
+    _, log = run(tmp_path, env, "step", ADAM="1", NO_TRACE="1", tol=0.041)
     assert graph_hits(log) == 1, log
 
 

@@ -154,6 +154,7 @@ def _probe_cache_path():
     key = hashlib.sha256(("\0".join(argv) + "\0" + identity + "\0" + target_cpu() + "\0" +
                           os.environ.get("TRACENET_NATIVE", "1") + "\0" + _march() + "\0" +
                           os.environ.get("TRACENET_OPENMP", "1") + "\0" +
+                          "fma-chains\0" +  # (records from before that flag: probe again)
                           " ".join(_sanitize_flags())).encode()).hexdigest()[:24]
     return os.path.join(cache_dir(), f"toolchain-{key}.json")
 
@@ -209,7 +210,7 @@ def _probed():
     sanitize = _sanitize_flags()
     # the usual outcome, everything works, costs one test compile (the macros the flags define
     # are read meanwhile); only when it fails does each flag get a test compile of its own
-    likely = [march, "-fopenmp-simd"]
+    likely = [march, "-fopenmp-simd"] + _fma_chain_flags()
     guess = _start_macros([f for f in out + sanitize + likely if f not in ("-shared", "-fPIC")])
     # one test compile for OpenMP and libmvec together, two apart only if that fails
     both = ok_mvec = _try_compile_all([
@@ -220,12 +221,13 @@ def _probed():
             (likely + ["-fopenmp"] + sanitize, _OPENMP_PROBE),
             (["-O2", "-fno-math-errno"] + likely + sanitize, _LIBMVEC_PROBE, _LIBMVEC_LINK)])
     if both:
-        ok_native = ok_simd = ok_omp = True
+        ok_native = ok_simd = ok_omp = ok_chains = True
         ok_sanitize = [True]
     else:
-        ok_native, ok_simd, ok_omp, *ok_sanitize = _try_compile_all([
+        ok_native, ok_simd, ok_omp, ok_chains, *ok_sanitize = _try_compile_all([
             ([march], _SIMPLE_PROBE), (["-fopenmp-simd"], _SIMPLE_PROBE),
-            (["-fopenmp"], _OPENMP_PROBE)] + [(sanitize, _SIMPLE_PROBE)] * bool(sanitize))
+            (["-fopenmp"], _OPENMP_PROBE), (_fma_chain_flags() or [march], _SIMPLE_PROBE)] +
+            [(sanitize, _SIMPLE_PROBE)] * bool(sanitize))
     if not all(ok_sanitize):
         raise CompilerError(f"TRACENET_SANITIZE=1 but {' '.join(compiler()[0])} cannot build "
                             "with -fsanitize=address,undefined (is libasan/libubsan installed?)")
@@ -234,6 +236,8 @@ def _probed():
         out.append(march)
     if ok_simd:
         out.append("-fopenmp-simd")
+    if ok_chains:
+        out += _fma_chain_flags()
     if ok_simd and ok_native and ok_mvec and native:
         out.append("-DTN_LIBMVEC")
     omp = ("-fopenmp",) if openmp and ok_omp else ()
@@ -241,6 +245,21 @@ def _probed():
     _remember(path, json.dumps({"flags": out, "openmp": list(omp), "vector_bits": bits,
                                 "libmvec": "-DTN_LIBMVEC" in out}))
     return tuple(out), omp, bits
+
+
+# gcc tuning for AMD Zen (-march=native there) keeps a product and a sum apart where the sum
+# feeds the next one (a chain of FMAs in a loop): a register tile with one accumulator per
+# vector then rounds as a multiply and an add, one with several as FMAs, so a batch of one row
+# gave results other than the same row in a larger batch. These turn that tuning off.
+_FMA_CHAINS = "-mtune-ctrl=^avoid_fma_chains,^avoid_fma256_chains"
+
+
+def _fma_chain_flags():
+    """[_FMA_CHAINS] for gcc on x86 (clang has no such tuning nor flag), else []; probed like
+    the other flags."""
+    _, identity = compiler()
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return [_FMA_CHAINS] if x86 and "clang" not in identity.lower() else []
 
 
 def _sanitize_flags():
