@@ -43,7 +43,7 @@ the symbols, without rounding slots to the period:
   at that moment, and an offset in the page as far as possible from theirs (4K aliasing);
 * buffers of constant size below ``SMALL`` bytes are packed at the arena's start.
 With 4 KB pages (``MADV_NOHUGEPAGE``) the physical pages scatter the sets instead, but every
-kernel pays TLB misses: the README's Performance section has both measured.
+kernel pays TLB misses: docs/performance-log.md has both measured.
 
 Plans are packed (every buffer at ``ALIGN``) with ``TRACENET_ARENA=packed``. They are
 staggered modulo a page with ``Target.staggered_arena``

@@ -52,7 +52,7 @@ class Parallelism:
     weight_update_min_elements = 32768
     weight_update_min_rows = 16
     # transformed weights (the F(4x4) and stride-2 Winograd kernels' U, 36 x CO x CI values;
-    # stride 2, 32 -> 64: README's stride-2 paragraphs) from which
+    # stride 2, 32 -> 64: docs/performance-log.md's stride-2 paragraphs) from which
     # each thread transforms all of them into its own memory before its first block instead
     # of a half each of one shared copy, whose other half its GEMMs then read from the other
     # core's cache. The ResNet's step, two threads, best of 40 calls, two runs: 64 x 64
