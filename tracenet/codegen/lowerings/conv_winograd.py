@@ -370,7 +370,8 @@ def _fused_products(co, ct, target):
 # input channels a pass (3 of the 6 column points x 8 channels, 24 of AVX-512's 32 registers)
 _WIDE_TILE_CHANNELS = 8
 # ... and tiles summed in registers before the sums go to memory: one long float32 run per
-# thread rounds F(2x4)'s larger transformed values past the tests' tolerance (see docs/performance-log.md)
+# thread rounds F(2x4)'s larger transformed values past the tests' tolerance (see
+# docs/performance-log.md)
 _WEIGHT_SUM_TILES = 64
 
 
