@@ -61,6 +61,13 @@ def no_prebuilt(monkeypatch):
     monkeypatch.setenv("TRACENET_PREBUILT", "0")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Before ``-m`` selects: the cases a test's ``sweep.keep`` leaves out are ``sweep``."""
+    from sweep import mark_sweep_cases
+    mark_sweep_cases(items)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pyproject.toml): one worker per core, except for tests of one file, which
