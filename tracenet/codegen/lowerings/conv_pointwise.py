@@ -13,6 +13,15 @@ reduction. ``lowerings/conv.py`` hands a convolution here when ``applies`` says 
 epilogues (bias, eval-mode batch norm, residual add, relu, a training-mode batch norm's
 statistics) are those of its kernel; max
 pooling stays there.
+
+The float32 forward of stride 2 on an image of twice the output's size has a form of its own
+(``_tiles``; the template's ``tiles``): the even-even positions gathered by vector shuffles,
+then register tiles of output channels x vectors of positions that span the image's positions,
+with the epilogue on the registers (a training-mode batch norm's statistics summed there per
+lane, as deviations from each channel's first value) and the next image's rows prefetched
+among the products. AVX-512's tiles are 16-float vectors (``_zmm_forward``), AVX2's 8-float
+ones, 6 channels x 2 vectors (``_ymm_forward``), whose gather shuffles within the vectors'
+16-byte halves.
 """
 from ..base import Kernel, SFX, ctype, node_lines, signature, threads_scratch
 from ..templates import render
@@ -74,6 +83,29 @@ def _zmm_forward(geo, ct, target):
 _ZMM_POSITION_VECTORS = 4
 
 
+def _ymm_forward(geo, ct, target):
+    """Whether the forward takes AVX2's form (the same template code in 8-float vectors): where
+    AVX-512's does not, float32, stride 2 both ways on an image of twice the output's size,
+    output rows of a multiple of 8 positions (each vector the even elements of two of an
+    input row's)."""
+    return (ct == "float" and 256 <= target.vector_bits < 512 and
+            geo["SH"] == geo["SW"] == 2 and geo["H"] == 2 * geo["OH"] and
+            geo["W"] == 2 * geo["OW"] and geo["OW"] % 8 == 0)
+
+
+def _tiles(geo, ct, target):
+    """The template's ``tiles``: the vectors of the forward's form of stride 2 (``f`` "z",
+    AVX-512's, or "y", AVX2's; ``vl`` floats a vector, ``nv`` vectors of positions a tile) and
+    its tiles' output channels with the statistics and without; None where neither applies.
+    AVX2's 16 registers: 6 channels x 2 vectors (12 accumulators) either way."""
+    if _zmm_forward(geo, ct, target):
+        return dict(f="z", vl=16, nv=_ZMM_POSITION_VECTORS, stats_mr=(4, 2, 1),
+                    affine_mr=(6, 4, 2, 1))
+    if _ymm_forward(geo, ct, target):
+        return dict(f="y", vl=8, nv=2, stats_mr=(6, 4, 2, 1), affine_mr=(6, 4, 2, 1))
+    return None
+
+
 def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res, stats,
                   target):
     """conv [-> eval-mode batch_norm] [-> residual add] [-> relu], or conv with the
@@ -91,9 +123,9 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
     # rows a multiple of 4 KiB apart (the output planes' too) alias in the store buffer
     line = 64 // (4 if ct == "float" else 8)
     ldx = t["P"] + (line if t["strided"] and stats_tiles else 0)
-    zmm = (_zmm_forward(geo, ct, target) and not relu_out and
-           (stats is None or stats_tiles))
-    per_thread = geo["C"] * max(ldx, t["P"] + line if zmm else 0) if t["strided"] else 0
+    tiles = (_tiles(geo, ct, target) if not relu_out and (stats is None or stats_tiles)
+             else None)
+    per_thread = geo["C"] * max(ldx, t["P"] + line if tiles else 0) if t["strided"] else 0
     parallel = target.parallel.compute(conv_flops(geo), geo["N"])
     stats_at = 0 if stats is None else statistics_scratch(stats, geo["O"], ct, parallel, target)
     scratch = _scratch(per_thread, parallel, stats_at)
@@ -102,8 +134,8 @@ def lower_forward(name, group, geo, reads, writes, plane_out, relu_out, bn, res,
                  signature=signature(reads, writes, 1 if scratch else 0, ct),
                  parallel=parallel, per_thread=per_thread, has_bias=has_bias, bn=bn, res=res,
                  relu=relu, plane_out=plane_out, relu_out=relu_out, stats=stats,
-                 stats_at=stats_at, stats_tiles=stats_tiles, LDX=ldx, zmm_forward=zmm,
-                 ZLDX=t["P"] + line, ZNV=_ZMM_POSITION_VECTORS,
+                 stats_at=stats_at, stats_tiles=stats_tiles, LDX=ldx, tiles=tiles,
+                 ZLDX=t["P"] + line,
                  epilogue=bool(has_bias or bn or res or relu or stats), **t)
     return Kernel(name, reads, writes, src, scratch, ct, flops=conv_flops(geo), parallel=parallel)
 
