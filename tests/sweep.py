@@ -16,7 +16,7 @@ import pytest
 
 def keep(predicate):
     """The cases of the decorated test for which ``predicate(params)`` is false are ``sweep``."""
-    return pytest.mark.sweep_keep(predicate)
+    return pytest.mark.sweep_keep.with_args(predicate)  # (a lone callable would be decorated)
 
 
 def mark_sweep_cases(items):

@@ -15,6 +15,7 @@ alone or masked), never stashed."""
 import numpy as np
 import pytest
 
+import sweep
 import tracenet as tn
 from compile_checks import nan_filled_arenas
 from tracenet.ops.elementwise import threshold_backward
@@ -116,6 +117,14 @@ def _with_threads(threads, fn):
         tn.set_num_threads(old)
 
 
+# the default run: every form on the odd channels, and each other shape in one form (the forms
+# taken in turn); the other pairs with -m sweep
+DEFAULT_STASHED_FORM = {"float64": "summed_masked", "batch_one": "summed", "sequence": "pair",
+                        "volume": "summed", "short_planes": "summed_masked",
+                        "short_planes_float64": "pair"}
+
+
+@sweep.keep(lambda p: p["name"] == "odd_channels" or DEFAULT_STASHED_FORM[p["name"]] == p["form"])
 @pytest.mark.parametrize("form", STASHED_FORMS)
 @pytest.mark.parametrize("name", list(STASHED_SHAPES))
 def test_stashed_walk_matches_eager_and_torch(name, form):

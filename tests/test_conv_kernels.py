@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 import tracenet.nn as nn
 
@@ -110,7 +111,9 @@ CASES = {
     "padding_past_reach": ((4, 5, 2, 1, 2), {}, (2, 4, 5, 6)),
 }
 
-
+# the default run: every shape but resnet_3x3_stride1, whose 16 channels on 12x12 take the
+# Winograd F(4x4) form of two images a block as many_channels_8x8 does; it runs with -m sweep
+@sweep.keep(lambda p: p["name"] != "resnet_3x3_stride1")
 @pytest.mark.parametrize("name", list(CASES))
 def test_conv2d_matches_torch(name):
     args, kwargs, shape = CASES[name]
@@ -235,6 +238,9 @@ def _eval_follows_statistics(model, tmodel, shape):
     return compiled.source()
 
 
+# the default run: the residual second on stride 1 (the Winograd kernel), first on stride 2 (the
+# general one); the other two pairings with -m sweep
+@sweep.keep(lambda p: p["residual_first"] == (p["stride"] == 2))
 @pytest.mark.parametrize("residual_first", [False, True])
 @pytest.mark.parametrize("stride,bias", [(1, False), (2, True)])
 def test_eval_batch_norm_fused_into_conv(residual_first, stride, bias):
@@ -414,6 +420,8 @@ def test_gathered_conv2d_matches_torch(name, monkeypatch):
     check_compiled(nn.Conv2d(*args, **kwargs), shape)
 
 
+# the default run: 16x16 (gathered) and 32x32 (shifted views); 8x8, gathered too, with -m sweep
+@sweep.keep(lambda p: p["size"] != 8)
 @pytest.mark.parametrize("size,gathered", [(16, True), (8, True), (32, False)])
 def test_resnet_3x3_forward_form_by_padded_width(size, gathered, monkeypatch):
     """Stride-1 3x3 convolutions, padding 1: on 16x16 and 8x8 images the padded rows (18 and

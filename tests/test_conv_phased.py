@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 
 from compile_checks import check_compiled
@@ -52,8 +53,12 @@ CASES = {
     "float64": (6, 10, False, (2, 3, 8, 12), np.float64),
     "float64_vectors": (4, 9, True, (3, 3, 10, 16), np.float64),
 }
+# the default run: the ResNet's 16->32 shape, odd channels and short rows, batch 1 and float64;
+# the 32->64 shape and float64 on whole vectors with -m sweep
+DEFAULT_CASES = {"resnet_16_32", "odd_channels_short_rows", "batch1_wide", "float64"}
 
 
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_phased_input_gradient_matches_torch(name):
     cin, cout, bias, shape, dtype = CASES[name]

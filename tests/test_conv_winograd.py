@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 
 from compile_checks import check_compiled
@@ -65,7 +66,14 @@ CASES = {
     "float64_32x32": (32, 16, False, (1, 32, 32, 32), np.float64),
 }
 
+# the default run: one image a block (32x32), two with a partial last block, eight with a
+# partial last block, odd channels and sizes with bias, a weight gradient off Winograd (8 -> 12),
+# batch 1 on rows split by column modulo 4, float64; the rest with -m sweep
+DEFAULT_CASES = {"resnet_32x32", "resnet_16x16_batch3", "many_channels_8x8_batch9",
+                 "odd_7x11_bias", "odd_13x6", "wide_9x37_batch1", "float64_odd"}
 
+
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_winograd_conv_matches_torch(name):
     cin, cout, bias, shape, dtype = CASES[name]
@@ -96,6 +104,9 @@ def _two_convs_over_batches(size, batches):
     return source
 
 
+# the default run: every refusal; the second image of fewer than 64 positions (4x15) with
+# -m sweep
+@sweep.keep(lambda p: p["shape"] != (2, 16, 4, 15))
 @pytest.mark.parametrize("conv,shape", [
     (dict(in_channels=6, out_channels=16), (2, 6, 8, 8)),  # few input channels
     (dict(in_channels=16, out_channels=7), (2, 16, 8, 8)),  # few output channels
@@ -237,6 +248,9 @@ def test_relu_with_the_value_before_it_kept():
 
 # --- NaN-filled work memory, split between threads ---------------------------------------------
 
+# the default run: 16 channels on 7x11 (edge tiles cut) on 1-3 threads; 16x16 and 32
+# channels with -m sweep
+@sweep.keep(lambda p: p["size"] == (7, 11) and p["channels"] == 16)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("size", [(7, 11), (16, 16)])
 @pytest.mark.parametrize("channels", [16, 32])

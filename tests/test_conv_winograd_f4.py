@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 
 from compile_checks import check_compiled
@@ -55,6 +56,14 @@ CASES = {
 }
 
 
+# the default run: the ResNet's 8x8 (eight images a block, the last of one) and 16x16 (two),
+# odd channels with four images a block, edge tiles cut with every block full, and batch 1;
+# the other odd sizes with -m sweep
+DEFAULT_CASES = {"resnet_8x8_batch9", "resnet_16x16_batch3", "odd_12x12", "odd_10x14",
+                 "batch1_8x8"}
+
+
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_interleaved_images_match_torch_and_eager(name):
     cin, cout, bias, shape, images = CASES[name]
@@ -125,6 +134,12 @@ def test_relu_with_the_value_before_it_kept_interleaved():
     assert _forms(source, 4)[:2] == (1, 1) and set(_images_per_block(source)) == {6}
 
 
+# the default run: 1-3 threads on 32 channels of 8x8 (eight images a block, each thread's own
+# U); the 12x12 and 16x16 images (four and two a block) with -m sweep
+DEFAULT_NAN_SIZE = (8, 8)
+
+
+@sweep.keep(lambda p: p["size"] == DEFAULT_NAN_SIZE)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("size,channels", [((8, 8), 32), ((12, 12), 16), ((16, 16), 16)])
 def test_nan_arena_threads_interleaved(nan_arenas_split, threads, size, channels):
@@ -182,6 +197,14 @@ def test_taps_form_only_for_whole_vectors_of_float_channels():
     assert _taps_form("double", 32, "forward") is None
 
 
+# the default run, 1-3 threads: 17 -> 16 (odd input channels: the forward a value at a time,
+# the input gradient's gathers) and 32 -> 20 (the forward's shuffles and values, the input
+# gradient's values and gathers): every taps form; the whole-vector shapes 16 -> 32 and
+# 32 -> 64 and 24 -> 32 with -m sweep
+DEFAULT_TAPS = {(17, 16), (32, 20)}
+
+
+@sweep.keep(lambda p: (p["cin"], p["cout"]) in DEFAULT_TAPS)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("cin,cout", [(16, 32), (32, 64), (24, 32), (17, 16), (32, 20)])
 def test_weight_taps_match_torch(nan_arenas_split, threads, cin, cout):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 
 from compile_checks import check_compiled
@@ -61,7 +62,14 @@ CASES = {
     "cut_edges_30x30": (16, 8, False, (2, 16, 30, 30), [(8, 32), (8, 32)], 2),
 }
 
+# the default run: one and four images a block with vector outputs, rows and columns past the
+# tiles, one vector of tiles, the GEMM core alone, cut edges; two images a block (also
+# test_symbolic_batch's) with -m sweep
+DEFAULT_CASES = {"resnet_32x32", "four_images_8x16_batch5", "odd_channels_12x12",
+                 "batch1_wide_9x37", "batch1_8x8", "cut_edges_30x30"}
 
+
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_vector_paths_match_torch_and_eager(march, name):
     cin, cout, bias, shape, tiles, vectors = CASES[name]
@@ -97,6 +105,9 @@ def test_eval_batch_norm_residual_relu():
     assert len(_tiles(source)) == 2 and source.count(VECTOR_OUTPUTS) == 2
 
 
+# the default run: 16x16 (two images a block, the last of one) on 1-3 threads; 32x32 with
+# -m sweep
+@sweep.keep(lambda p: p["size"] == (16, 16))
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("size", [(32, 32), (16, 16)])
 def test_nan_arena_threads(nan_arenas_split, threads, size):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 
 from compile_checks import check_compiled
@@ -80,8 +81,16 @@ CASES = {
     "float64_odd": (18, 16, True, (2, 18, 9, 11), np.float64),
     "float64_small_images_batch3": (16, 17, False, (3, 16, 8, 8), np.float64),
 }
+# the default run: every form of the rows and blocks once (whole vectors, odd channels, columns
+# past the vectors at batch 1, blocks of eight images, more outputs than inputs, partial row
+# blocks) and float64's odd channels; the six images a block of 9x9 and float64's small images
+# with -m sweep
+DEFAULT_CASES = {"resnet_16x16", "odd_channels_odd_size", "wide_odd_rows_batch1",
+                 "small_images_batch9", "channels_in_fewer_than_out", "row_blocks_partial",
+                 "float64_odd"}
 
 
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_weight_gradient_matches_torch_and_eager(name):
     cin, cout, bias, shape, dtype = CASES[name]
@@ -112,6 +121,9 @@ def test_symbolic_batch_of_small_images():
     _takes_it(source)
 
 
+# the default run: the odd 11x7 images (edge columns and rows, padding channels; on three
+# threads one has no image) on 1-3 threads; the five 8x8 images with -m sweep
+@sweep.keep(lambda p: p["shape"] == (2, 17, 11, 7))
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("shape", [(5, 17, 8, 8), (2, 17, 11, 7)])
 def test_nan_arena_threads(nan_arenas_split, threads, shape):

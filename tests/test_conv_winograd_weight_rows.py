@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 from tracenet.runtime import target as runtime_target
 
@@ -36,6 +37,11 @@ CASES = {
     "batch1_odd_7x15": (24, 16, (1, 24, 7, 15), np.float32),
 }
 
+# the default run: two vector pairs, one pair and the columns one by one with an odd last,
+# fewer columns than a pair in blocks of several images, float64; batch1_odd_7x15 (one by one,
+# an odd last column, a partial block, as narrow_9x13_batch5) with -m sweep
+DEFAULT_CASES = {"resnet_32x32", "odd_23x21", "narrow_9x13_batch5", "float64_odd_17x11"}
+
 
 def _fused(cout, dtype):
     """Whether the tiles are made inside the products instead (test_resnet_wgrad_fused.py)."""
@@ -43,6 +49,7 @@ def _fused(cout, dtype):
             cout % 16 == 0 and cout <= 32)
 
 
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_tiles_from_rows_match_torch_and_eager(march, name):
     cin, cout, shape, dtype = CASES[name]
@@ -62,6 +69,9 @@ def test_tiles_from_rows_match_torch_and_eager(march, name):
                    tol=tol)
 
 
+# the default run: 9x11 (the row of zeros past an odd height, an odd last column) on 1-3
+# threads; 32x32 with -m sweep
+@sweep.keep(lambda p: p["size"] == (9, 11))
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("size", [(32, 32), (9, 11)])
 def test_nan_arena_threads(nan_arenas_split, threads, size):

@@ -11,6 +11,7 @@ packed by 8 x 8 blocks in registers and the rest one by one: hidden sizes 20 and
 import numpy as np
 import pytest
 
+import sweep
 import tracenet as tn
 
 from test_catalogue_rnn import _cache  # noqa: F401  (the cache-directory fixture)
@@ -47,6 +48,9 @@ def test_inference_follows_eager_on_the_vector_tiles(march, monkeypatch, policy_
 
 
 # 20 units: panels of 16 and 4 of the weight's rows, packed as blocks of 8 x 8 and one by one
+# the default run: 20 units (whole panels and a partial one) in float32 and float64; 64 units
+# (whole panels only) with -m sweep
+@sweep.keep(lambda p: p["hidden"] == 20)
 @pytest.mark.parametrize("hidden", [20, 64])
 @pytest.mark.parametrize("f64", [False, True])
 def test_training_follows_eager_on_the_vector_tiles(march, monkeypatch, policy_cache, f64,

@@ -9,6 +9,7 @@ split between 1-3 threads; and the MLP's training step at a symbolic batch."""
 import numpy as np
 import pytest
 
+import sweep
 import tracenet as tn
 from compile_checks import nan_filled_arenas
 from test_conv_small_channels import march  # noqa: F401  (the fixture)
@@ -34,6 +35,9 @@ def _product(lib, trans_a, bias_relu):
     return f
 
 
+# the default run: float32 at every shape, form and thread count, float64 at the MLP's weight
+# gradient; the other float64 cases with -m sweep
+@sweep.keep(lambda p: p["dtype"] == np.float32 or p["name"] == "mlp_weight_gradient")
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("trans_a,bias_relu", [(True, False), (False, True)])

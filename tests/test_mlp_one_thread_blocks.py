@@ -6,6 +6,7 @@ on NaN-filled work memory, on one thread and on two and three (where the blocks 
 import numpy as np
 import pytest
 
+import sweep
 import tracenet as tn
 from compile_checks import nan_filled_arenas
 from test_mlp_adam_update import train_mlp_against_eager_and_torch
@@ -16,6 +17,16 @@ torch = pytest.importorskip("torch")
 ONE_THREAD_BLOCK = "omp_get_max_threads() == 1 ?"  # the row block's choice at run time
 
 
+def _default_product(p):
+    """The default run: both shapes in float32 on one thread with every transpose pair, and
+    untransposed on two and three threads and in float64 on one; the rest with -m sweep."""
+    untransposed = not (p["trans_a"] or p["trans_b"])
+    if p["dtype"] == np.float64:
+        return untransposed and p["threads"] == 1
+    return p["threads"] == 1 or untransposed
+
+
+@sweep.keep(_default_product)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False),
@@ -45,6 +56,9 @@ def test_product_matches_torch_and_eager(monkeypatch, m, k, n, trans_a, trans_b,
     assert ONE_THREAD_BLOCK in compiled.source()
 
 
+# the default run: every batch and thread count in float32, batch 13 on one thread in float64;
+# float64's others with -m sweep
+@sweep.keep(lambda p: p["dtype"] == np.float32 or (p["batch"], p["threads"]) == (13, 1))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("batch, threads", [(1, 1), (13, 1), (64, 1), (13, 2), (64, 3)])
 def test_mlp_step_matches_eager_and_torch(monkeypatch, batch, threads, dtype):

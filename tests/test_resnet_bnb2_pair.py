@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 
 from compile_checks import nan_filled_arenas, sgd_steps_against_torch_and_eager
@@ -102,8 +103,13 @@ CASES = {
     "float64_odd": (3, 7, 2, True, 1e-5, (2, 3, 11, 5), np.float64),
     "float64_no_affine": (3, 7, 1, False, 1e-4, (3, 3, 6, 6), np.float64),
 }
+# the default run: the ResNet's 16->32 shape, odd sizes, batch 1, no affine with another eps
+# and float64; the 32->64 shape, stride 1 and float64 without affine with -m sweep
+DEFAULT_CASES = {"resnet_16to32_32x32", "odd_3to5_7x9", "batch1_8to16_16x16",
+                 "no_affine_other_eps", "float64_odd"}
 
 
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_pair_matches_torch_and_eager(name):
     cin, c, stride, affine, eps2, shape, dtype = CASES[name]

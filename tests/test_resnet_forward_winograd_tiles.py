@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 from tracenet.runtime import toolchain
 
@@ -43,8 +44,12 @@ def _cache(tmp_path_factory, monkeypatch):
 # interleaved; 8x8 eight, the last block of fewer; 13x30 and 9x9 edge tiles cut, the four
 # column phases with different pads
 SIZES = [(32, 32), (16, 16), (8, 8), (13, 30), (9, 9)]
+# the default run: one image, two and eight images a block and the cut edge tiles of 13x30;
+# 9x9 (edge tiles cut too) with -m sweep
+DEFAULT_SIZES = {(32, 32), (16, 16), (8, 8), (13, 30)}
 
 
+@sweep.keep(lambda p: p["size"] in DEFAULT_SIZES)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("size", SIZES)
 def test_pads_zeroed_once_a_block_on_nan_arenas(nan_arenas_split, threads, size):
@@ -60,6 +65,9 @@ def test_pads_zeroed_once_a_block_on_nan_arenas(nan_arenas_split, threads, size)
 # 17 -> 32, the last block of one tile row), 12x56 (16 already a line); two 16x16 images a
 # block keep 6
 PHASE_STRIDES = [((32, 32), 16), ((16, 60), 32), ((12, 56), 16), ((16, 16), 6)]
+# the default run: 10 -> 16, 17 -> 32 and the two images' 6; 12x56 (16 already a line, as
+# 32x32's stride) with -m sweep
+DEFAULT_PHASE_SIZES = {(32, 32), (16, 60), (16, 16)}
 
 
 def _phase_stride(source, stride):
@@ -69,6 +77,7 @@ def _phase_stride(source, stride):
     return bool(strides) and set(strides) == {str(stride)}
 
 
+@sweep.keep(lambda p: p["size"] in DEFAULT_PHASE_SIZES)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("size, stride", PHASE_STRIDES)
 def test_split_phases_on_whole_lines_on_nan_arenas(nan_arenas_split, threads, size, stride):
@@ -80,6 +89,8 @@ def test_split_phases_on_whole_lines_on_nan_arenas(nan_arenas_split, threads, si
     assert _phase_stride(source, stride)
 
 
+# the default run: batch 1 on 20x60 (17 -> 32 a phase); 24x56 (16 already a line) with -m sweep
+@sweep.keep(lambda p: p["shape"] == (1, 16, 20, 60))
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", [(1, 16, 20, 60), (3, 16, 24, 56)])
 def test_split_phases_on_whole_lines_with_statistics(nan_arenas_split, threads, shape):
@@ -89,6 +100,8 @@ def test_split_phases_on_whole_lines_with_statistics(nan_arenas_split, threads, 
     assert _phase_stride(source, 32 if shape[3] == 60 else 16)
 
 
+# the default run: 16x60 (17 -> 32 a phase); 32x32 with -m sweep
+@sweep.keep(lambda p: p["size"] == (16, 60))
 @pytest.mark.parametrize("size, stride", PHASE_STRIDES[:2])
 def test_split_phases_on_whole_lines_without_avx512(nan_arenas_split, avx2_only, size, stride):
     """The same source with AVX2 only."""
@@ -99,8 +112,11 @@ def test_split_phases_on_whole_lines_without_avx512(nan_arenas_split, avx2_only,
 # 16 columns, two images a block: whole tile rows (16x16), the last tile row cut (13x16), the
 # last block of fewer tile rows than the others (29x16)
 PAIRED_SIZES = [(16, 16), (13, 16), (29, 16)]
+# the default run: whole tile rows and 29x16 (its last tile row cut too); 13x16 with -m sweep
+DEFAULT_PAIRED_SIZES = {(16, 16), (29, 16)}
 
 
+@sweep.keep(lambda p: p["size"] in DEFAULT_PAIRED_SIZES)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("size", PAIRED_SIZES)
 def test_image_pairs_split_together_on_nan_arenas(nan_arenas_split, threads, size):
@@ -141,6 +157,9 @@ def avx2_only(policy_cache, monkeypatch):
     toolchain.reset()
 
 
+# the default run: two images a block (the same value-by-value split as eight); 8x8 with
+# -m sweep
+@sweep.keep(lambda p: p["size"] == (16, 16))
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("size", [(16, 16), (8, 8)])
 def test_images_split_value_by_value_without_avx512(nan_arenas_split, avx2_only, threads, size):
@@ -189,8 +208,12 @@ def _output_and_input_gradient_within_float64(compiled, model, tmodel, exact, x,
 STATISTICS_SHAPES = [(1, 16, 32, 32), (3, 16, 32, 32), (2, 16, 20, 32), (2, 16, 12, 64),
                      (5, 16, 13, 30), (9, 16, 8, 8), (1, 32, 16, 16), (4, 32, 16, 16),
                      (3, 32, 29, 16)]
+# the default run: from the stored vectors at batch 1 and on 20x32, by a pass on the odd 13x30
+# and on two images a block at batch 1; the other batches and sizes with -m sweep
+DEFAULT_STATISTICS_SHAPES = {(1, 16, 32, 32), (2, 16, 20, 32), (5, 16, 13, 30), (1, 32, 16, 16)}
 
 
+@sweep.keep(lambda p: p["shape"] in DEFAULT_STATISTICS_SHAPES)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", STATISTICS_SHAPES)
 def test_training_statistics_on_nan_arenas(nan_arenas_split, threads, shape):
@@ -200,6 +223,8 @@ def test_training_statistics_on_nan_arenas(nan_arenas_split, threads, shape):
     assert (STORED_STATS in source) == (shape[3] == 32)
 
 
+# the default run: 20x32 (a last block of one tile row); 32x32 with -m sweep
+@sweep.keep(lambda p: p["shape"] == (2, 16, 20, 32))
 @pytest.mark.parametrize("shape", [(3, 16, 32, 32), (2, 16, 20, 32)])
 def test_training_statistics_without_avx512(nan_arenas_split, avx2_only, shape):
     """The statistics from the stored vectors with AVX2 only (16 vector registers)."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 from tracenet.codegen.lowerings import conv
 
@@ -71,6 +72,15 @@ CASES = {
 }
 
 
+# the default run: each expected store form, one image a block and two with the last block
+# of one (stride 1 and stride 2), the bias, cut edges, batch 1 and float64 F(2x2); four images a
+# block, the ResNet's 16 -> 32 downsampling (one image a block, as 32 -> 64's full blocks) and
+# stride 2 in float64 (as s2_12x20_batch1's forms) with -m sweep
+DEFAULT_CASES = {"f4_resnet_32x32", "f4_two_images_16x16_batch3", "f4_bias", "f4_cut_edges_30x30",
+                 "f2_float64", "s2_resnet_32_64_batch3", "s2_odd_11x13", "s2_12x20_batch1"}
+
+
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_direct_rows_match_torch_and_eager(march, name):
     cin, cout, stride, bias, shape, dtype, direct, direct_input = CASES[name]
@@ -169,6 +179,12 @@ def _step_against_torch_and_float64(compiled, model, tmodel, exact, x, tol):
         assert ours <= theirs + tol, (name, ours, theirs)
 
 
+# the default run: runs without a tail, with a tail of a few values (14x14), stride 2's, the
+# stem's general kernel and float64; 8x10 (whole images with a tail, as 14x14) with -m sweep
+DEFAULT_STATISTICS = {"f4_32x32", "f4_14x14", "s2_11x13", "stem_32x32", "float64_12x12"}
+
+
+@sweep.keep(lambda p: p["name"] in DEFAULT_STATISTICS)
 @pytest.mark.parametrize("name", list(STATISTICS))
 def test_training_statistics_in_lanes_match_torch(name, monkeypatch):
     """The batch norm's statistics summed in the convolution's epilogue in vectors of lanes:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 
 from compile_checks import nan_filled_arenas, sgd_steps_against_torch_and_eager
@@ -103,7 +104,12 @@ CASES = {
     "float64_no_affine": (3, 7, False, (3, 3, 6, 6), np.float64),
 }
 
+# the default run: the ResNet's 32 channels at batch 1, odd sizes, no weight and bias, float64;
+# the 16-channel ResNet shape and float64 without weight and bias with -m sweep
+DEFAULT_CASES = {"batch1_32ch_16x16", "odd_5ch_7x9", "no_weight_no_bias", "float64_odd"}
 
+
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_masked_backward_matches_torch_and_eager(name):
     cin, c, affine, shape, dtype = CASES[name]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 
 from compile_checks import check_compiled
@@ -65,7 +66,14 @@ CASES = {
     "float64_16x16": (16, 32, True, (3, 16, 16, 16), np.float64, True, 8, False, False, False),
 }
 
+# the default run: one case of each block form (two images a block with output rows straight
+# into the output, eight through transposes, one image of 64 columns through the buffer, batch
+# 1, odd channels, float64); the ResNet shapes' bias and batch-3 twins with -m sweep
+DEFAULT_CASES = {"resnet_16_32", "resnet_32_64_batch9", "batch1_32x32", "one_image_64x64",
+                 "odd_channels_24x40", "float64_16x16"}
 
+
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_f4_forward_matches_torch_and_eager(march, name):
     cin, cout, bias, shape, dtype, dynamic, images, split, rows, transposed = CASES[name]
@@ -140,6 +148,9 @@ def test_training_statistics_match_torch(march):
     assert _paths(source)["direct"]
 
 
+# the default run: 32 -> 64 (blocks of eight, the transposes' buffer, U per thread) on 1-3
+# threads; 16 -> 32 with -m sweep
+@sweep.keep(lambda p: p["cin"] == 32)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("cin,cout,size", [(16, 32, 32), (32, 64, 16)])
 def test_nan_arena_threads(nan_arenas_split, threads, cin, cout, size):
@@ -158,6 +169,9 @@ def test_nan_arena_threads(nan_arenas_split, threads, cin, cout, size):
 PRIVATE_U = "each thread transforms all of U before its first block"
 
 
+# the default run: float32 on every shape and thread count, float64 on 32 -> 64 on 16x16;
+# the other float64 cases with -m sweep
+@sweep.keep(lambda p: p["dtype"] == np.float32 or (p["cin"], p["size"]) == (32, 16))
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("cin,cout,size,private", [(32, 64, 16, True), (16, 32, 32, False),
                                                    (32, 64, 12, True)])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 from tracenet.passes import conv_shapes
 from tracenet.runtime import target as runtime_target
@@ -73,8 +74,14 @@ CASES = {
     "float64": (16, 32, (16, 16), False, (3, 1), np.float64, False),
     "float64_batch_norms": (32, 16, (8, 24), True, (3, 2), np.float64, False),
 }
+# the default run: both ResNet blocks (two and eight images a block), small planes with batch
+# norms, odd sizes and float64; the other small planes and float64 with batch norms with
+# -m sweep
+DEFAULT_CASES = {"resnet_16_32", "resnet_32_64", "batch_norms_16_32", "odd_17_33_15x21",
+                 "float64"}
 
 
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_training_matches_torch_and_eager(march, any_plane, name):
     """Steps of SGD through the block: losses, every parameter's gradient and update (the
@@ -106,6 +113,9 @@ def _eval_block(cin, cout, dtype, seed=0):
     return model, tmodel
 
 
+# the default run: the 16 -> 32 block, odd sizes and float64; the 32 -> 64 block (eight images
+# a block, in test_training_matches_torch_and_eager's default run) with -m sweep
+@sweep.keep(lambda p: p["cout"] == 32)
 @pytest.mark.parametrize("cin,cout,size,batches,dtype", [
     (16, 32, (32, 32), (3, 1), np.float32),
     (32, 64, (16, 16), (9, 2), np.float32),

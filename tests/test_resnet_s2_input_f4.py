@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 
 from compile_checks import check_compiled
@@ -62,6 +63,13 @@ CASES = {
 }
 
 
+# the default run: each form (two and eight images a block with a last one of fewer, one image
+# by transposes or by stores, three images, float64); the ResNet's shapes again at a static
+# batch of whole blocks with -m sweep
+DEFAULT_CASES = set(CASES) - {"resnet_16_32", "resnet_32_64_bias"}
+
+
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_f4_input_gradient_matches_torch_and_eager(march, name):
     cin, cout, bias, shape, dtype, dynamic, images, transposed, split = CASES[name]
@@ -80,6 +88,11 @@ def test_f4_input_gradient_matches_torch_and_eager(march, name):
     check_compiled(model, shape, dtype=tn.float64 if dtype == np.float64 else tn.float32)
 
 
+# the default run: 12x20 (neither side a multiple of 8); 14x10 and 36x32 with -m sweep
+DEFAULT_SIDES = (2, 16, 12, 20)
+
+
+@sweep.keep(lambda p: p["shape"] == DEFAULT_SIDES)
 @pytest.mark.parametrize("shape", [(2, 16, 12, 20), (2, 16, 14, 10), (2, 16, 36, 32)])
 def test_sides_off_multiples_of_8_keep_4x4_values(shape):
     """Image gradients of 12x20, 14x10 and 36x32 are not whole 8x8 tiles: the 4x4 form."""
@@ -102,6 +115,11 @@ def test_symbolic_batch():
     assert "tn_N" in source and _paths(source)["f4"] == 1
 
 
+# the default run: the ResNet's 16 -> 32 on 32x32; 32 -> 64 (the same transforms) with -m sweep
+DEFAULT_ROUNDING = (16, 32, 32)
+
+
+@sweep.keep(lambda p: (p["cin"], p["cout"], p["size"]) == DEFAULT_ROUNDING)
 @pytest.mark.parametrize("cin,cout,size", [(16, 32, 32), (32, 64, 16)])
 def test_rounding_against_the_float64_sum(cin, cout, size):
     """The float32 image gradient against the float64 sum on the ResNet's shapes: F(4, 2)'s
@@ -128,6 +146,12 @@ def test_rounding_against_the_float64_sum(cin, cout, size):
     assert err < 1e-5 and err < 12 * torch_err, (err, torch_err)
 
 
+# the default run: 32 -> 64 on 16x16 (eight images a block: nine in blocks of eight and one,
+# none for a third thread) on 1-3 threads; 16 -> 32 with -m sweep
+DEFAULT_NAN = (32, 64, 16)
+
+
+@sweep.keep(lambda p: (p["cin"], p["cout"], p["size"]) == DEFAULT_NAN)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("cin,cout,size", [(16, 32, 32), (32, 64, 16)])
 def test_nan_arena_threads(nan_arenas_split, threads, cin, cout, size):

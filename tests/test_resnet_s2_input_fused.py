@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 from tracenet.ops import nn as nnops
 from tracenet.ops.elementwise import threshold_backward
@@ -58,7 +59,13 @@ CASES = {
     "float64_batch_norms": (32, 16, (8, 24), True, True, (3, 2), np.float64),
 }
 
+# the default run: both ResNet shapes (two and eight images a block), the batch norms on one
+# shape, no mask, odd channels and float64 (a value at a time); the rest with -m sweep
+DEFAULT_CASES = {"resnet_16_32", "resnet_32_64", "batch_norms_32_64", "no_mask",
+                 "odd_channels_24x40", "float64"}
 
+
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_folded_matches_torch_and_eager(march, name):
     cin, cout, size, mask, bn, batches, dtype = CASES[name]
@@ -137,6 +144,8 @@ def test_nan_through_the_mask():
     assert got[0, 3, 2, 5] != 0 and got[1, 0, 7, 7] != 0
 
 
+# the default run: the 32 -> 64 shape (the longer sums); 16 -> 32 with -m sweep
+@sweep.keep(lambda p: p["c"] == 32)
 @pytest.mark.parametrize("c,o,size", [(16, 32, 32), (32, 64, 16)])
 def test_rounding_against_the_float64_sum(c, o, size):
     """The float32 masked sum against the float64 one on the ResNet's shapes (weights scaled as
@@ -194,6 +203,9 @@ def test_second_reader_keeps_the_kernels(extra):
         np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-4, atol=1e-4)
 
 
+# the default run: every refusal but odd_size, whose image gradient is not whole 8x8 tiles
+# either (conv_shapes.input_tile, as tiles_of_4); it runs with -m sweep
+@sweep.keep(lambda p: p["name"] != "odd_size")
 @pytest.mark.parametrize("name,make,size", [
     # too few channel pairs for the 3x3's Winograd form (8 x 16 < 512)
     ("few_channels", _block(8, 16, 2), (16, 16)),

@@ -14,6 +14,7 @@ import re
 import numpy as np
 import pytest
 
+import sweep
 import tracenet as tn
 
 from test_conv_pointwise_rows import compiled_steps
@@ -60,8 +61,14 @@ CASES = {
     "six_input_channels": (6, 16, (16, 16), (2, 1), np.float32, False, False),
     "float64": (8, 16, (16, 16), (3, 1), np.float64, False, False),
 }
+# the default run: the fused form's three tilings (one and four images a call, one vector of
+# outputs) and the two kernels in turn for rows of 5, six channels and float64; the block with
+# batch norms (rows of 4, in turn) with -m sweep
+DEFAULT_CASES = {"resnet_16_32", "resnet_32_64", "one_vector_of_outputs", "odd_9x10",
+                 "six_input_channels", "float64"}
 
 
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_fused_matches_torch_and_eager(march, name):
     cin, cout, size, batches, dtype, batch_norm, fused = CASES[name]
@@ -74,6 +81,9 @@ def test_fused_matches_torch_and_eager(march, name):
         assert not _avx512(source) and IN_TURN in source
 
 
+# the default run: float32 (the fused kernel where AVX-512 is) on both thread counts; float64
+# (the two kernels in turn) with -m sweep
+@sweep.keep(lambda p: p["dtype"] == np.float32)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_nan_arena_threads(nan_arenas_split, threads, dtype):

@@ -13,6 +13,7 @@ without the padded images."""
 import numpy as np
 import pytest
 
+import sweep
 import tracenet as tn
 
 from compile_checks import check_compiled
@@ -59,6 +60,12 @@ CASES = {
 }
 
 
+# the default run: every form but the ResNet's 16 -> 32 (one image a call, as 32 -> 64 at
+# batch 1), which runs with -m sweep
+DEFAULT_CASES = set(CASES) - {"resnet_16_to_32"}
+
+
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_weight_gradient_matches_torch_and_eager(march, name):
     args, kw, shape, dtype, zeroed_once, planes = CASES[name]
@@ -83,6 +90,12 @@ def test_symbolic_batch():
     assert (PLANES in source) == (TILE in source)
 
 
+# the default run: float32 on one and two threads; float64 (whose form the float64 case above
+# checks) with -m sweep
+DEFAULT_NAN_DTYPE = np.float32
+
+
+@sweep.keep(lambda p: p["dtype"] == DEFAULT_NAN_DTYPE)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_nan_arena_threads(nan_arenas_split, threads, dtype):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 
 from compile_checks import check_compiled
@@ -58,7 +59,14 @@ CASES = {
     "float64_32x32": (16, 32, False, (1, 16, 32, 32), np.float64, 2),
 }
 
+# the default run: one case of each block width (two images of 4x4 outputs, two at batch 1,
+# three, eight of which two are there, four in float64); the 32 -> 64 ResNet shape
+# (test_resnet_s2_f4.py) and float64 on 32x32 with -m sweep
+DEFAULT_CASES = {"resnet_16_32", "odd_11x13_bias", "odd_channels_7x6", "batch1_wide_6x40",
+                 "float64_odd"}
 
+
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_stride2_forward_matches_torch_and_eager(name):
     cin, cout, bias, shape, dtype, images = CASES[name]
@@ -170,6 +178,8 @@ def test_training_statistics_match_torch():
     assert _taken(source) == (1, 1)
 
 
+# the default run: 9x14 (edge tiles cut) on 1-3 threads; 16x16 with -m sweep
+@sweep.keep(lambda p: p["size"] == (9, 14))
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("size", [(16, 16), (9, 14)])
 def test_nan_arena_threads(nan_arenas_split, threads, size):

@@ -9,6 +9,7 @@ float64, with AVX2 only, or off the fused products' output channels (F(2x2) ther
 import numpy as np
 import pytest
 
+import sweep
 import tracenet as tn
 from tracenet.runtime import target as runtime_target
 
@@ -56,7 +57,14 @@ CASES = {
     "row_blocks_partial": (64, 16, (1, 64, 20, 64)),
 }
 
+# the default run: the ResNet's two shapes (one image a block; four, the last partial), odd
+# channels in with a zero column, partial row blocks at batch 1; the other widths and the blocks
+# of sixteen images (test_symbolic_batch) with -m sweep
+DEFAULT_CASES = {"resnet_16_32x32", "resnet_32_16x16_batch5", "odd_17_to_32_odd_size",
+                 "row_blocks_partial"}
 
+
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_wide_tiles_match_torch_and_eager(march, name):
     cin, cout, shape = CASES[name]
@@ -132,6 +140,9 @@ def test_symbolic_batch():
     _check_form(source)
 
 
+# the default run: 9x11 (zero rows and columns past the last tile) on 1-3 threads; 32x32 with
+# -m sweep
+@sweep.keep(lambda p: p["size"] == (9, 11))
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("size", [(32, 32), (9, 11)])
 def test_nan_arena_threads(nan_arenas_split, threads, size):

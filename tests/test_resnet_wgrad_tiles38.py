@@ -12,6 +12,7 @@ in float32 and float64, batch 1 and 3, NaN-filled work memory on 1 and 2 threads
 import numpy as np
 import pytest
 
+import sweep
 import tracenet as tn
 
 from compile_checks import check_compiled
@@ -47,8 +48,12 @@ CASES = {
     # 24 channels (8 + 16) into two vectors, odd sizes (zero columns past the last tile)
     "odd_sizes_two_vectors_out": (24, 32, (2, 24, 9, 14)),
 }
+# the default run: the ResNet's shape, channels past the blocks and the partial run at batch 1;
+# the odd sizes (as test_nan_arena_threads' 11x9) with -m sweep
+DEFAULT_CASES = {"resnet_32_16x16_batch3", "channels_past_blocks", "partial_run_batch1"}
 
 
+@sweep.keep(lambda p: p["name"] in DEFAULT_CASES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_points_made_once_match_torch_and_eager(march, name):
     cin, cout, shape = CASES[name]
@@ -79,6 +84,8 @@ def test_symbolic_batch():
     _check_points_stored(source)
 
 
+# the default run: the odd 11x9 on both thread counts; 16x16 with -m sweep
+@sweep.keep(lambda p: p["size"] == (11, 9))
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("size", [(16, 16), (11, 9)])
 def test_nan_arena_threads(nan_arenas_split, threads, size):

@@ -24,6 +24,7 @@ from tracenet.runtime import target as runtime_target
 
 torch = pytest.importorskip("torch")
 
+import sweep  # noqa: E402
 from compile_checks import nan_filled_arenas  # noqa: E402
 from test_catalogue_rnn import _cache, rand, twins  # noqa: E402,F401  (cache fixture)
 from test_scan import run  # noqa: E402
@@ -105,6 +106,13 @@ def test_backward_step_is_gates_barrier_then_each_threads_columns_of_the_product
     assert re.findall(r"\bout1_\d\b", cell.group(2)) == ["out1_0", "out1_1", "out1_2", "out1_3"]
 
 
+# the default run, split by rows and by columns: hidden 32 (one block a thread, none for one
+# of three) and 40 (unequal shares, a narrower rest); 64 (equal shares of several blocks) with
+# -m sweep
+DEFAULT_HIDDEN = {32, 40}
+
+
+@sweep.keep(lambda p: p["hidden"] in DEFAULT_HIDDEN)
 @pytest.mark.parametrize("hidden", [32, 40, 64])
 def test_float32_gradients_follow_eager_on_one_two_and_three_threads(_small_steps_split,
                                                                      hidden):
@@ -127,6 +135,9 @@ def test_float32_gradients_follow_eager_on_one_two_and_three_threads(_small_step
         assert len(_split_scans(compiled.source())) == 2
 
 
+# the default run, split by rows and by columns: the two-layer bidirectional LSTM and GRU
+# (batch first); the one-layer ones (a loop each of those runs) with -m sweep
+@sweep.keep(lambda p: p["kwargs"].get("num_layers") == 2)
 @pytest.mark.parametrize("name,kwargs", [
     ("LSTM", {}),
     ("LSTM", dict(num_layers=2, bidirectional=True)),
@@ -157,6 +168,12 @@ def test_float64_gradients_match_eager_and_torch_on_two_and_three_threads(
         assert len([s for s in _split_scans(compiled.source()) if "backward" in s]) == layers
 
 
+# the default run, split by rows and by columns: hidden 33 (whole blocks and a narrower rest);
+# 32 (whole blocks only) with -m sweep
+DEFAULT_GRU_HIDDEN = 33
+
+
+@sweep.keep(lambda p: p["hidden"] == DEFAULT_GRU_HIDDEN)
 @pytest.mark.parametrize("hidden", [32, 33])
 def test_gru_backward_adds_the_product_to_the_direct_gradient_on_each_threads_columns(
         _small_steps_split, hidden):

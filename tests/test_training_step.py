@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+import sweep
 import tracenet as torch
 import tracenet.nn as nn
 import tracenet.optim as optim
@@ -58,6 +59,9 @@ def _steps_match(make, make_opt, x, y, steps):
     return eager, compiled, opt_e, opt_c
 
 
+# the default run: every optimizer and update flag; SGD's momentum alone (as in its nesterov and
+# dampening cases) and plain Adagrad (the code of its decay/weight decay case) with -m sweep
+@sweep.keep(lambda p: p["name"] not in ("sgd_momentum", "adagrad"))
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_step_matches_eager_loop(name):
     eager, compiled, opt_e, opt_c = _steps_match(
@@ -250,6 +254,9 @@ UPDATES = {  # op, compile-time flags, number of state arrays, hyper vector
 }
 
 
+# the default run: every rule and flag; plain RMSprop (the code of its momentum/weight decay
+# case) with -m sweep
+@sweep.keep(lambda p: p["name"] != "rmsprop")
 @pytest.mark.parametrize("name", sorted(UPDATES))
 def test_update_kernel_is_the_eager_rule_bit_for_bit(name):
     """The C update loop follows the numpy rule operation by operation: the same float32

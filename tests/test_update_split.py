@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import sweep
 import tracenet as tn
 from tracenet.codegen.lowerings.conv_winograd import private_transforms_f4
 from tracenet.codegen.target import Parallelism, Target
@@ -94,6 +95,10 @@ def test_odd_sized_updates_in_runs_match_eager_and_torch(monkeypatch, threads):
         assert "__builtin_prefetch(p_out + q, 1, 3)" in kernel
 
 
+# the default run: every rule's split update (past the memory-bound kernels' size) on 1-3
+# threads, and SGD's runs (37, 256, 1000: serial updates) on one thread; the rest with -m sweep
+@sweep.keep(lambda p: p["n"] > Parallelism.memory_min_elements or
+            (p["name"] == "sgd_nesterov" and p["threads"] == 1))
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("n", [37, 256, 1000, Parallelism.memory_min_elements + 3])
 @pytest.mark.parametrize("name", sorted(UPDATES))

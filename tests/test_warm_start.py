@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+import sweep
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODEL = textwrap.dedent('''
@@ -152,6 +154,10 @@ def graph_hits(log):
     return log.count("[tracenet:cache] graph hit")
 
 
+# the default run: a module (compiler.py) and a loss function (its backward after it); a step
+# function and compile_step (compiled_function.py, as the loss function) with -m sweep (the
+# warm step function tests and test_other_optimizer_is_not_used also run them warm)
+@sweep.keep(lambda p: p["mode"] in ("loop", "forward"))
 @pytest.mark.parametrize("mode", ["loop", "step", "function", "forward"])
 def test_warm_process_runs_without_tracing(tmp_path, env, mode):
     cold, log = run(tmp_path, env, mode)
@@ -169,6 +175,9 @@ def libraries(log, event):
                   and "_update_" not in line)
 
 
+# the default run: the two keys (a module's, compiler.py; a function's, compiled_function.py);
+# compile_step (a function's key too) with -m sweep
+@sweep.keep(lambda p: p["mode"] in ("loop", "function"))
 @pytest.mark.parametrize("mode", ["loop", "step", "function"])
 def test_warm_process_restores_the_code_planned_for_its_own_batch_size(tmp_path, env, mode):
     """The batch size stays symbolic, but the code's plans (thread splits, tiles) are chosen
@@ -349,6 +358,9 @@ def test_cache_clear_removes_graph_entries(tmp_path, env):
     assert not glob.glob(str(tmp_path / "cache" / "graph-*"))
 
 
+# the default run: the two restores (a module's, compiler.py; a function's,
+# compiled_function.py); compile_step (a function's restore too) with -m sweep
+@sweep.keep(lambda p: p["mode"] in ("loop", "function"))
 @pytest.mark.parametrize("mode", ["loop", "step", "function"])
 def test_entry_that_does_not_fit_is_ignored_with_a_warning(tmp_path, env, mode):
     run(tmp_path, env, mode)

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 
+import sweep
 import tracenet as tn
 from tracenet.codegen.target import Parallelism
 from tracenet.runtime import target as runtime_target
@@ -119,6 +120,9 @@ def test_sgd_variants_at_batch1_match_eager(variant):
                           source)) == 2
 
 
+# the default run: every width in float32, the odd widths in float64; float64's LeNet and rows
+# mod 4 with -m sweep
+@sweep.keep(lambda p: p["dtype"] == np.float32 or p["name"] == "odd")
 @pytest.mark.parametrize("name", list(WIDTHS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batch1_against_torch(name, dtype):
@@ -126,6 +130,9 @@ def test_batch1_against_torch(name, dtype):
     _train_and_compare(WIDTHS[name], VARIANTS["momentum"], dtype, [1] * 4, against_torch=True)
 
 
+# the default run: momentum; nesterov and weight decay (each switch at batch 1 in
+# test_sgd_variants_at_batch1_match_eager) with -m sweep
+@sweep.keep(lambda p: p["variant"] == "momentum")
 @pytest.mark.parametrize("variant", ["momentum", "nesterov", "weight_decay"])
 def test_symbolic_batch_leaves_one_pass_for_the_gemms(variant):
     """Built at batch one, run at batches 3, 1, 5, 1: other batch sizes take the GEMM kernels
@@ -156,6 +163,8 @@ def _nan_arenas_all_split(monkeypatch, policy_cache):
     tn.set_num_threads(before)
 
 
+# the default run: the odd widths (rows not in eights) on 1-3 threads; LeNet's with -m sweep
+@sweep.keep(lambda p: p["name"] == "odd")
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("name", ["lenet", "odd"])  # (layers wide enough to split the forward)
 def test_threads_split_rows_in_nan_arena(_nan_arenas_all_split, threads, name):
