@@ -3,62 +3,26 @@
 output channels x 2 vectors with a training-mode batch norm's statistics or an eval-mode one's
 scale and shift, the residual and relu on the registers) against PyTorch and eager mode: the
 ResNet's shortcuts at batch 32, 1 and 3, odd channel counts, a last single vector of positions,
-a large mean, running statistics, eval mode, a NaN through the relu, 1, 2 and 3 threads over
-NaN-filled work memory with the same values on each, and the sizes that keep the other forms
+a large mean, running statistics, eval mode, 1, 2 and 3 threads over NaN-filled work memory
+with the same values on each (a NaN through the relu and NaN work memory on 1 and 2 threads
+in tests/test_resnet_shortcut_kernels.py), and the sizes that keep the other forms
 (float64, output rows not a multiple of 8, odd inputs)."""
 import numpy as np
 import pytest
 import torch
 
 import tracenet as tn
-from tracenet.runtime import target as runtime_target
 
 from compile_checks import check_compiled
-from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, _step_against_torch
-from test_resnet_shortcut_kernels import _shortcut_block
+from test_conv_kernels import _copy_to_torch, _eval_follows_statistics
+from test_resnet_shortcut_kernels import AVX2, _shortcut_block, _training_steps, _twins, \
+    _ymm_forward
 
-# AVX2's form is taken on 256-bit targets (AVX-512 has its own)
-AVX2 = runtime_target.current().vector_bits == 256
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TRACENET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-def _ymm_forward(source):
-    """Whether the compiled source has the forward's AVX2 form."""
-    return "_ygather(img, xs);" in source
-
-
-def _conv_bn(lib, cin, cout, bias):
-    return lib.nn.Sequential(lib.nn.Conv2d(cin, cout, 1, stride=2, bias=bias),
-                             lib.nn.BatchNorm2d(cout))
-
-
-def _twins(cin, cout, bias=False, dtype=np.float32, offset=0.0):
-    tn.manual_seed(0)
-    model, tmodel = _conv_bn(tn, cin, cout, bias), _conv_bn(torch, cin, cout, bias)
-    if dtype == np.float64:
-        model, tmodel = model.double(), tmodel.double()
-    if offset:
-        model[0].bias.data.copy_(model[0].bias.data + offset)
-    _copy_to_torch(model, tmodel)
-    return model, tmodel
-
-
-def _training_steps(model, tmodel, shapes, dtype, tol):
-    """A step of the compiled model against torch per input shape (one module: a symbolic
-    batch when they differ), the running statistics compared after each; the source."""
-    compiled = tn.compile(model)
-    rng = np.random.default_rng(0)
-    for shape in shapes:
-        x = rng.standard_normal(shape).astype(dtype)
-        _step_against_torch(compiled, model, tmodel, x, tol, what=str(shape))
-        for ours, theirs in ((model[1].running_mean, tmodel[1].running_mean),
-                             (model[1].running_var, tmodel[1].running_var)):
-            np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=tol, atol=tol)
-    return compiled.source()
 
 
 # name -> (in channels, out channels, bias, input shapes, dtype, bias offset, whether AVX2's
@@ -90,7 +54,7 @@ def test_training_matches_torch(name):
     """conv 1x1 stride 2 -> training batch norm: output, gradients and running statistics
     against PyTorch; AVX2's form taken exactly where it applies."""
     cin, cout, bias, shapes, dtype, offset, applies = TRAINING[name]
-    model, tmodel = _twins(cin, cout, bias, dtype, offset)
+    model, tmodel = _twins(cin, cout, bias, dtype=dtype, offset=offset)
     # (with a large bias, its gradient, zero but for rounding, is ~1e-4 of noise in both)
     tol = 1e-9 if dtype == np.float64 else 5e-4 if offset else 1e-4
     source = _training_steps(model, tmodel, shapes, dtype, tol)
@@ -101,7 +65,7 @@ def test_training_matches_torch(name):
                                   "rows_of_12"])
 def test_training_matches_eager(name):
     cin, cout, bias, shapes, dtype, _, applies = TRAINING[name]
-    model, _ = _twins(cin, cout, bias, dtype)
+    model, _ = _twins(cin, cout, bias, dtype=dtype)
     source = check_compiled(model, shapes[0]).source()
     assert _ymm_forward(source) == (applies and AVX2)
 
@@ -149,33 +113,6 @@ def test_eval_bias_alone_matches_eager():
         out, ref = compiled(tn.from_numpy(x)).numpy(), model(tn.from_numpy(x)).numpy()
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     assert _ymm_forward(compiled.source()) == AVX2
-
-
-def test_relu_keeps_nan():
-    """The tiles' relu keeps a NaN, as eager mode does."""
-    tn.manual_seed(0)
-    model = tn.nn.Sequential(tn.nn.Conv2d(8, 16, 1, 2), tn.nn.ReLU()).eval()
-    compiled = tn.compile(model)
-    x = np.random.default_rng(0).standard_normal((2, 8, 32, 32)).astype(np.float32)
-    x[1, 3, 4, 6] = np.nan
-    with tn.no_grad():
-        out, ref = compiled(tn.from_numpy(x)).numpy(), model(tn.from_numpy(x)).numpy()
-    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
-    assert np.isnan(out[1, :, 2, 3]).all()
-    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
-    assert _ymm_forward(compiled.source()) == AVX2
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_nan_arena_threads(nan_arenas_split, threads):
-    """The packed panels and per-thread statistics in NaN work memory, five images and then
-    two of one compiled module split between threads."""
-    tn.set_num_threads(threads)
-    model, tmodel = _twins(16, 24, bias=True)
-    source = _training_steps(model, tmodel, [(5, 16, 16, 32), (2, 16, 16, 32)], np.float32,
-                             1e-4)
-    assert _ymm_forward(source) == AVX2
-    assert "omp_get_thread_num()" in source
 
 
 def _outputs(threads, x):

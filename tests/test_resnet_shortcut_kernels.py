@@ -15,6 +15,7 @@ from compile_checks import check_compiled
 from test_conv_kernels import _copy_to_torch, _eval_follows_statistics, _step_against_torch
 
 AVX512 = runtime_target.current().vector_bits >= 512
+AVX2 = runtime_target.current().vector_bits == 256  # (the forward's AVX2 form)
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +26,11 @@ def _cache(tmp_path_factory, monkeypatch):
 def _zmm_forward(source):
     """Whether the compiled source has the forward's AVX-512 form."""
     return "_zgather(img, xs);" in source
+
+
+def _ymm_forward(source):
+    """Whether the compiled source has the forward's AVX2 form."""
+    return "_ygather(img, xs);" in source
 
 
 def _zmm_weight(source):
@@ -176,6 +182,7 @@ def test_relu_keeps_nan():
     assert np.isnan(out[1, :, 2, 3]).all()
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
     assert _zmm_forward(compiled.source()) == AVX512
+    assert _ymm_forward(compiled.source()) == AVX2
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -188,4 +195,5 @@ def test_nan_arena_threads(nan_arenas_split, threads):
     source = _training_steps(model, tmodel, [(5, 16, 16, 32), (2, 16, 16, 32)], np.float32,
                              1e-4)
     assert _zmm_forward(source) == AVX512
+    assert _ymm_forward(source) == AVX2
     assert _zmm_weight(source) == AVX512
