@@ -344,7 +344,7 @@ def generate(graphs, unit, target, timing=False, pieces=False, on_gemm=None):
         entries.append(entry)
     uses_openmp = any(k.parallel for e in entries for k, _ in e.kernels)
     # only the GEMM entry points the kernels call: the whole GEMM is ~5000 lines, most of a
-    # small unit's parsing (a unit of three elementwise kernels: gcc 130 -> 95 ms)
+    # small unit's parsing (a unit of three elementwise kernels: gcc 104-153 -> 87-130 ms)
     called = {_GEMM_ENTRY[g[:-4]] for g in _gemm_calls("\n".join(parts[preamble_at + 1:]))}
     parts[preamble_at] = render("_preamble.c.j2", max_threads=target.max_threads, ctypes=ctypes,
                                 gemm_only=tuple(sorted(called)))
